@@ -1,0 +1,446 @@
+//! `postroom.toml`: the one file that names every path and every limit.
+//!
+//! Every relative path is relative to the folder that holds the config file,
+//! so a whole system (config, users, mail, queue) can live in one directory
+//! for tests and the demo. Unknown keys are errors: a typo in a limit must
+//! not silently leave the default in force. The format is documented in
+//! `postroom.toml(5)`; keep the two in step.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the config is looked for when neither `--config` nor
+/// `POSTROOM_CONFIG` names one.
+pub const DEFAULT_CONFIG: &str = "/etc/postroom/postroom.toml";
+
+/// A config that could not be used: the file, and what is wrong in it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The name this system gives itself in greetings, Received headers and
+    /// unique file names.
+    pub hostname: String,
+    #[serde(default)]
+    pub paths: Paths,
+    #[serde(default)]
+    pub tls: Tls,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub queue: QueuePolicy,
+    /// The folder holding the config file; every relative path hangs off it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+    /// The config file itself, for messages.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// The tree (DESIGN §2). Each path may be absolute or relative to the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    /// Dovecot-compatible passwd-file of virtual users.
+    pub users: PathBuf,
+    /// /etc/aliases-style file.
+    pub aliases: PathBuf,
+    /// The local domains, one per line.
+    pub domains: PathBuf,
+    /// IP allow/deny rules and the kill file of senders.
+    pub access: PathBuf,
+    /// Root of the mailboxes: `mail/DOMAIN/USER/`.
+    pub mail: PathBuf,
+    /// The mail queue (`postroom-queue(5)`).
+    pub queue: PathBuf,
+    /// Mailing lists.
+    pub lists: PathBuf,
+    /// Vacation records, rate counters.
+    pub state: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            users: "users".into(),
+            aliases: "aliases".into(),
+            domains: "domains".into(),
+            access: "access".into(),
+            mail: "mail".into(),
+            queue: "queue".into(),
+            lists: "lists".into(),
+            state: "state".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: "tls/cert.pem".into(),
+            key: "tls/key.pem".into(),
+        }
+    }
+}
+
+/// Every limit is finite (DESIGN §7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest command line a server reads, in bytes, CRLF included.
+    pub line_length: usize,
+    /// Largest message accepted, in bytes.
+    #[serde(deserialize_with = "size")]
+    pub message_size: u64,
+    /// Most recipients in one message.
+    pub recipients: usize,
+    /// Seconds a client may stay silent.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Longest a whole session may last.
+    #[serde(deserialize_with = "duration")]
+    pub session_timeout: Duration,
+    /// Most simultaneous connections a standalone server accepts.
+    pub connections: usize,
+    /// Most simultaneous connections from one IP address.
+    pub connections_per_ip: usize,
+    /// Unknown or failed commands before a server hangs up.
+    pub errors: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            line_length: 4096,
+            message_size: 35 * 1024 * 1024,
+            recipients: 1000,
+            idle_timeout: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(3600),
+            connections: 20_000,
+            connections_per_ip: 50,
+            errors: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Allow passwords over unencrypted connections from non-loopback peers.
+    /// Loopback always counts as secure, as in Dovecot.
+    pub allow_plaintext: bool,
+    /// Scheme `postroom passwd` and `user add` hash new passwords with.
+    pub default_scheme: String,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            allow_plaintext: false,
+            default_scheme: "ARGON2ID".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// RFC 5233 subaddress delimiter: `user+tag@domain` reaches `user`.
+    pub recipient_delimiter: Option<char>,
+    /// How deep aliases may nest before expansion fails.
+    pub alias_depth: usize,
+    /// Quota for users that set none, in bytes (0: no quota).
+    #[serde(deserialize_with = "size")]
+    pub default_quota: u64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            recipient_delimiter: Some('+'),
+            alias_depth: 10,
+            default_quota: 0,
+        }
+    }
+}
+
+/// How long mail may wait, and how often it is tried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuePolicy {
+    /// After this, undelivered recipients bounce.
+    #[serde(deserialize_with = "duration")]
+    pub lifetime: Duration,
+    /// After this, the sender gets one delay warning.
+    #[serde(deserialize_with = "duration")]
+    pub warn_after: Duration,
+    /// Shortest wait before a retry.
+    #[serde(deserialize_with = "duration")]
+    pub min_backoff: Duration,
+    /// Longest wait between retries.
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+    /// Bounces that cannot be delivered go here, once.
+    pub postmaster: Option<String>,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            lifetime: Duration::from_secs(5 * 86400),
+            warn_after: Duration::from_secs(4 * 3600),
+            min_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(4 * 3600),
+            postmaster: None,
+        }
+    }
+}
+
+impl Config {
+    /// Finds the config file: the argument, else `POSTROOM_CONFIG`, else the
+    /// default path. Binaries pass clap's `--config` (which already reads the
+    /// environment) so this is the one place the rule lives.
+    pub fn locate(arg: Option<&Path>) -> PathBuf {
+        arg.map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("POSTROOM_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let error = |message: String| ConfigError {
+            file: file.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            error(format!(
+                "cannot read: {e} (create one with `postroom init DIR`, or name it with --config)"
+            ))
+        })?;
+        let mut config = Config::parse(&text).map_err(error)?;
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        config.dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.file = file;
+        Ok(config)
+    }
+
+    /// Parses config text; relative paths stay relative (see [`Config::path`]).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !crate::address::is_domain_name(&self.hostname) {
+            return Err(format!("hostname: {:?} is not a domain name", self.hostname));
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.line_length", l.line_length as u64),
+            ("limits.message_size", l.message_size),
+            ("limits.recipients", l.recipients as u64),
+            ("limits.connections", l.connections as u64),
+            ("limits.connections_per_ip", l.connections_per_ip as u64),
+            ("limits.errors", l.errors as u64),
+            ("delivery.alias_depth", self.delivery.alias_depth as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        if l.line_length < 512 {
+            return Err("limits.line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
+        }
+        if crate::password::Scheme::parse(&self.auth.default_scheme).is_none() {
+            return Err(format!(
+                "auth.default_scheme: unknown scheme {:?} (use ARGON2ID, SHA512-CRYPT or BLF-CRYPT)",
+                self.auth.default_scheme
+            ));
+        }
+        if self.queue.min_backoff > self.queue.max_backoff {
+            return Err("queue.min_backoff: must not exceed queue.max_backoff".into());
+        }
+        Ok(())
+    }
+
+    /// A path from the config, made absolute against the config's folder.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    pub fn users_file(&self) -> PathBuf {
+        self.path(&self.paths.users)
+    }
+    pub fn aliases_file(&self) -> PathBuf {
+        self.path(&self.paths.aliases)
+    }
+    pub fn domains_file(&self) -> PathBuf {
+        self.path(&self.paths.domains)
+    }
+    pub fn access_file(&self) -> PathBuf {
+        self.path(&self.paths.access)
+    }
+    pub fn mail_dir(&self) -> PathBuf {
+        self.path(&self.paths.mail)
+    }
+    pub fn queue_dir(&self) -> PathBuf {
+        self.path(&self.paths.queue)
+    }
+    pub fn lists_dir(&self) -> PathBuf {
+        self.path(&self.paths.lists)
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.path(&self.paths.state)
+    }
+    pub fn tls_cert(&self) -> PathBuf {
+        self.path(&self.tls.cert)
+    }
+    pub fn tls_key(&self) -> PathBuf {
+        self.path(&self.tls.key)
+    }
+}
+
+/// True when a password may be sent in clear by this peer: loopback always,
+/// others only when the config allows plaintext.
+pub fn plaintext_allowed(config: &Config, peer: Option<IpAddr>) -> bool {
+    config.auth.allow_plaintext || peer.is_none_or(|ip| ip.is_loopback())
+}
+
+/// Parses `30`, `30s`, `5m`, `4h`, `5d` into a duration (bare numbers are
+/// seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 4h or 5d"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use s, m, h, d or w)")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(scale)))
+}
+
+/// Parses `1000`, `64K`, `35M`, `2G` into bytes (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1000, 64K, 35M or 2G"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" => 1 << 10,
+        "M" | "MB" => 1 << 20,
+        "G" | "GB" => 1 << 30,
+        "T" | "TB" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    Ok(number.saturating_mul(scale))
+}
+
+/// A number or a string: TOML lets either stand for a size or a duration.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => Ok(Duration::from_secs(n)),
+        NumberOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => Ok(n),
+        NumberOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = Config::parse("hostname = \"mx.example.test\"\n").unwrap();
+        assert_eq!(c.limits.recipients, 1000);
+        assert_eq!(c.paths.queue, PathBuf::from("queue"));
+    }
+
+    #[test]
+    fn durations_and_sizes_in_either_form() {
+        let c = Config::parse(
+            "hostname = \"h.test\"\n[limits]\nmessage_size = \"10M\"\nidle_timeout = \"2m\"\n[queue]\nlifetime = 86400\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.message_size, 10 << 20);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.queue.lifetime, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("hostname = \"h.test\"\n[limits]\nrecipents = 5\n").unwrap_err();
+        assert!(e.contains("recipents"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = Config::parse("hostname = \"h.test\"\n[limits]\nidle_timeout = \"5 fortnights\"\n")
+            .unwrap_err();
+        assert!(e.contains("unknown unit"), "{e}");
+        let e = Config::parse("hostname = \"h.test\"\n[limits]\nrecipients = 0\n").unwrap_err();
+        assert!(e.contains("limits.recipients"), "{e}");
+        let e = Config::parse("hostname = \"bad host\"\n").unwrap_err();
+        assert!(e.contains("hostname"), "{e}");
+        let e = Config::parse("").unwrap_err();
+        assert!(e.contains("hostname"), "{e}");
+    }
+
+    #[test]
+    fn paths_resolve_against_config_folder() {
+        let mut c = Config::parse("hostname = \"h.test\"\n[paths]\nqueue = \"/var/q\"\n").unwrap();
+        c.dir = PathBuf::from("/srv/mail");
+        assert_eq!(c.queue_dir(), PathBuf::from("/var/q"));
+        assert_eq!(c.users_file(), PathBuf::from("/srv/mail/users"));
+    }
+}

@@ -1,0 +1,15 @@
+//! postroom: the tree contract shared by every postroom command.
+//!
+//! The binaries in `bin/` are thin: they parse arguments, speak a protocol or
+//! a command line, and call into this library for everything that touches
+//! the tree (DESIGN §2): the config, the users, aliases and domains files,
+//! maildirs, and the queue. Processes coordinate only through that tree,
+//! guarded by file locks; nothing here keeps state in memory that another
+//! process would need.
+
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod config;
+pub mod fsutil;
+pub mod password;
