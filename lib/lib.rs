@@ -12,4 +12,6 @@
 pub mod address;
 pub mod config;
 pub mod fsutil;
+pub mod maildir;
 pub mod password;
+pub mod queue;
