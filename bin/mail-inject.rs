@@ -1,1 +1,347 @@
-fn main() {}
+//! mail-inject: the sendmail-compatible way into the queue.
+//!
+//! Reads one message on stdin, queues it for the recipients named on the
+//! command line (or in its headers with `-t`), and exits 0 only after the
+//! queue commit (`postroom-queue(5)`). Local recipients are then delivered at
+//! once unless `-odq` asks for queueing only; remote ones wait for
+//! `smtp-send`. Linked or copied as `sendmail`, it serves cron, mail(1) and
+//! git send-email. Contract and exit codes: `mail-inject(8)`.
+//!
+//! Why not clap: sendmail's flags are not POSIX options (`-oi` and `-odq` are
+//! single flags, `-fSENDER` glues its value), and programs that call
+//! sendmail pass them that way. The parser below takes them as sendmail does
+//! and ignores the historic ones that mean nothing here, as Postfix does.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use postroom::address::{Address, EnvelopeText, ReversePath};
+use postroom::aliases::Directory;
+use postroom::config::Config;
+use postroom::deliver;
+use postroom::message;
+use postroom::queue::{Envelope, Queue};
+
+/// sysexits(3), the contract every sendmail caller understands.
+const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
+const EX_NOUSER: u8 = 67;
+const EX_TEMPFAIL: u8 = 75;
+const EX_CONFIG: u8 = 78;
+
+const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message";
+
+#[derive(Debug, Default)]
+struct Options {
+    config: Option<PathBuf>,
+    /// `-t`: take recipients from To, Cc and Bcc.
+    from_headers: bool,
+    /// `-i` / `-oi`: a line with a single dot does not end the message.
+    ignore_dots: bool,
+    sender: Option<String>,
+    full_name: Option<String>,
+    /// `-odq`: queue only, deliver nothing now.
+    queue_only: bool,
+    notify: Option<String>,
+    ret: Option<String>,
+    envid: Option<String>,
+    recipients: Vec<String>,
+}
+
+/// A failure with its sysexits code and a message that says what to do.
+struct Failure(u8, String);
+
+fn main() -> ExitCode {
+    postroom::log::init("mail-inject");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = parse_args(&args).and_then(run);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, message)) => {
+            eprintln!("mail-inject: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Options, Failure> {
+    let usage = |what: String| Failure(EX_USAGE, format!("{what}\n{USAGE}"));
+    let mut options = Options {
+        config: std::env::var_os("POSTROOM_CONFIG").map(PathBuf::from),
+        ..Options::default()
+    };
+    let mut i = 0;
+    // A flag's value is glued (`-fme@x`) or the next argument (`-f me@x`).
+    let mut value = |i: &mut usize, glued: &str, flag: &str| -> Result<String, Failure> {
+        if !glued.is_empty() {
+            return Ok(glued.to_string());
+        }
+        *i += 1;
+        args.get(*i).cloned().ok_or_else(|| usage(format!("{flag} needs a value")))
+    };
+    while i < args.len() {
+        let arg = args[i].as_str();
+        match arg {
+            "--" => {
+                options.recipients.extend(args[i + 1..].iter().cloned());
+                break;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}\nSee mail-inject(8).");
+                std::process::exit(0);
+            }
+            "--config" | "-C" => options.config = Some(value(&mut i, "", arg)?.into()),
+            _ if arg.starts_with("--config=") => options.config = Some(arg[9..].into()),
+            "-t" => options.from_headers = true,
+            "-i" | "-oi" => options.ignore_dots = true,
+            "-odq" => options.queue_only = true,
+            // Interactive and background delivery both mean "now" here.
+            "-odi" | "-odb" | "-bm" | "-oem" | "-oee" | "-oep" | "-oeq" | "-oew" | "-om" | "-v"
+            | "-n" | "-U" | "-G" | "-Am" | "-Ac" => {}
+            _ if arg.starts_with("-f") || arg.starts_with("-r") => {
+                options.sender = Some(value(&mut i, &arg[2..], &arg[..2])?)
+            }
+            _ if arg.starts_with("-F") => options.full_name = Some(value(&mut i, &arg[2..], "-F")?),
+            _ if arg.starts_with("-N") => options.notify = Some(value(&mut i, &arg[2..], "-N")?),
+            _ if arg.starts_with("-R") => options.ret = Some(value(&mut i, &arg[2..], "-R")?),
+            _ if arg.starts_with("-V") => options.envid = Some(value(&mut i, &arg[2..], "-V")?),
+            // -oX options and -B bodytype: accepted and ignored, as Postfix does.
+            _ if arg.starts_with("-o") => {}
+            _ if arg.starts_with("-B") || arg.starts_with("-L") || arg.starts_with("-X") => {
+                if arg.len() == 2 {
+                    i += 1;
+                }
+            }
+            "-bs" | "-bp" | "-q" | "-bd" | "-bi" => {
+                return Err(usage(format!(
+                    "{arg} is not supported: use smtp-recv, `postroom queue list` or smtp-send"
+                )));
+            }
+            _ if arg.starts_with('-') && arg.len() > 1 => return Err(usage(format!("unknown option {arg}"))),
+            _ => options.recipients.push(arg.to_string()),
+        }
+        i += 1;
+    }
+    Ok(options)
+}
+
+fn run(options: Options) -> Result<(), Failure> {
+    let config_path = Config::locate(options.config.as_deref());
+    let config = Config::load(&config_path).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    postroom::privileges::drop_privileges(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    let directory = Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+
+    let raw = read_message(&config, options.ignore_dots)?;
+    let body = message::to_crlf(&raw);
+    let head_len = message::header_len(&body);
+    let (mut headers, rest) = (body[..head_len].to_vec(), &body[head_len..]);
+
+    let sender = envelope_sender(&options, &config)?;
+    let mut wanted: Vec<String> = options.recipients.clone();
+    if options.from_headers {
+        wanted.extend(header_recipients(&headers));
+        headers = message::remove_header(&headers, "Bcc");
+    }
+    if wanted.is_empty() {
+        return Err(Failure(EX_USAGE, format!("no recipients given\n{USAGE}")));
+    }
+    let recipients = route(&directory, &wanted, &options)?;
+
+    let mut envelope = Envelope::new(sender.clone(), recipients);
+    envelope.protocol = Some(text("local")?);
+    envelope.auth = Some(text(&login_name())?);
+    envelope.envid = options.envid.as_deref().map(text).transpose()?;
+    envelope.ret = options.ret.as_deref().map(text).transpose()?;
+    envelope.smtputf8 = !body.is_ascii() || wanted.iter().any(|r| !r.is_ascii());
+
+    let queue = Queue::from_config(&config);
+    let mut incoming = queue.incoming(&envelope).map_err(tempfail)?;
+    let id = incoming.id().clone();
+    let added = added_headers(&config, &headers, &sender, options.full_name.as_deref(), &id.to_string());
+    use std::io::Write;
+    incoming
+        .write_all(added.as_bytes())
+        .and_then(|()| incoming.write_all(&headers))
+        .and_then(|()| incoming.write_all(rest))
+        .map_err(|e| tempfail(format!("writing the queue file: {e}")))?;
+    incoming.commit().map_err(tempfail)?;
+    tracing::info!(queue_id = %id, sender = %sender, recipients = wanted.len(), "queued");
+
+    if !options.queue_only {
+        deliver_now(&config, &directory, &queue, &id);
+    }
+    Ok(())
+}
+
+/// Reads stdin up to the size limit; without `-i`, a line holding a single
+/// dot ends the message, as sendmail has always done.
+fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> {
+    let limit = config.limits.message_size;
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(limit + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| Failure(EX_TEMPFAIL, format!("reading the message: {e}")))?;
+    if raw.len() as u64 > limit {
+        return Err(Failure(
+            EX_DATAERR,
+            format!("message is larger than limits.message_size ({limit} bytes)"),
+        ));
+    }
+    if !ignore_dots {
+        let mut offset = 0;
+        for line in raw.split_inclusive(|&b| b == b'\n') {
+            if line == b".\n" || line == b".\r\n" || line == b"." {
+                raw.truncate(offset);
+                break;
+            }
+            offset += line.len();
+        }
+    }
+    Ok(raw)
+}
+
+/// `-f` if given, else the login name at the system's hostname.
+fn envelope_sender(options: &Options, config: &Config) -> Result<ReversePath, Failure> {
+    let bad = |e: postroom::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
+    match options.sender.as_deref() {
+        Some(s) => ReversePath::parse(s.trim_start_matches('<').trim_end_matches('>')).map_err(bad),
+        None => Address::parse(&format!("{}@{}", login_name(), config.hostname))
+            .map(ReversePath::Address)
+            .map_err(bad),
+    }
+}
+
+fn login_name() -> String {
+    std::env::var("LOGNAME")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "nobody".to_string())
+}
+
+/// Addresses in To, Cc and Bcc, for `-t`.
+fn header_recipients(headers: &[u8]) -> Vec<String> {
+    let parsed = mail_parser::MessageParser::default().parse_headers(headers);
+    let Some(parsed) = parsed else {
+        return Vec::new();
+    };
+    [parsed.to(), parsed.cc(), parsed.bcc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|list| list.iter())
+        .filter_map(|addr| addr.address().map(str::to_string))
+        .collect()
+}
+
+/// Expands aliases and validates every recipient; any bad one stops the
+/// injection, so nothing is queued half-addressed.
+fn route(
+    directory: &Directory,
+    wanted: &[String],
+    options: &Options,
+) -> Result<Vec<postroom::queue::Recipient>, Failure> {
+    let mut recipients = Vec::new();
+    let mut problems = Vec::new();
+    let mut temporary = false;
+    for rcpt in wanted {
+        let rcpt = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
+        let address = match Address::parse(rcpt) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("{rcpt:?}: {e}"));
+                continue;
+            }
+        };
+        match deliver::routes_for(directory, &address) {
+            Ok(mut routes) => {
+                for r in &mut routes {
+                    r.notify = options.notify.as_deref().map(text).transpose()?;
+                }
+                for r in routes {
+                    if !recipients.contains(&r) {
+                        recipients.push(r);
+                    }
+                }
+            }
+            Err(e) => {
+                temporary |= e.is_temporary();
+                problems.push(format!("<{address}>: {e}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(recipients)
+    } else {
+        let code = if temporary { EX_TEMPFAIL } else { EX_NOUSER };
+        Err(Failure(code, format!("not queued: {}", problems.join("; "))))
+    }
+}
+
+/// Received, and the From, Date and Message-ID a submission must have
+/// (RFC 6409 §8.1-8.3 lets the submission agent add them).
+fn added_headers(
+    config: &Config,
+    headers: &[u8],
+    sender: &ReversePath,
+    full_name: Option<&str>,
+    id: &str,
+) -> String {
+    let now = postroom::fsutil::now_secs();
+    let date = message::rfc5322_date(now);
+    let mut added = format!(
+        "Received: by {host} (postroom mail-inject, from userid {uid})\r\n\tid {id}; {date}\r\n",
+        host = config.hostname,
+        uid = nix::unistd::getuid(),
+    );
+    if !message::has_header(headers, "From") {
+        match full_name.filter(|n| !n.chars().any(char::is_control)) {
+            Some(name) => added.push_str(&format!("From: \"{}\" <{sender}>\r\n", name.replace('"', "'"))),
+            None => added.push_str(&format!("From: <{sender}>\r\n")),
+        }
+    }
+    if !message::has_header(headers, "Date") {
+        added.push_str(&format!("Date: {date}\r\n"));
+    }
+    if !message::has_header(headers, "Message-ID") {
+        added.push_str(&format!("Message-ID: <{id}@{}>\r\n", config.hostname));
+    }
+    added
+}
+
+/// Delivers the local recipients right away, as sendmail's default delivery
+/// mode does; whatever fails stays queued for `smtp-send`.
+fn deliver_now(config: &Config, directory: &Directory, queue: &Queue, id: &postroom::queue::QueueId) {
+    let result = (|| -> Result<(), postroom::queue::QueueError> {
+        let Some(mut locked) = queue.lock(id)? else {
+            return Ok(());
+        };
+        deliver::deliver_local(config, directory, &mut locked, true)?;
+        if locked.message.is_finished() {
+            queue.clear_todo(id);
+            locked.remove(false)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(queue_id = %id, "left in the queue: {e}");
+    }
+}
+
+fn text(value: &str) -> Result<EnvelopeText, Failure> {
+    EnvelopeText::new(value, postroom::queue::MAX_FIELD)
+        .map_err(|e| Failure(EX_USAGE, format!("{value:?}: {e}")))
+}
+
+fn tempfail(e: impl std::fmt::Display) -> Failure {
+    Failure(EX_TEMPFAIL, format!("{e}; the message was not queued, try again"))
+}
+

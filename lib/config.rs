@@ -30,6 +30,11 @@ pub struct Config {
     /// The name this system gives itself in greetings, Received headers and
     /// unique file names.
     pub hostname: String,
+    /// The system user that owns the tree: programs started as root become
+    /// this user before touching it (default: the owner of the config's
+    /// folder).
+    #[serde(default)]
+    pub run_as: Option<String>,
     #[serde(default)]
     pub paths: Paths,
     #[serde(default)]

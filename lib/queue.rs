@@ -361,6 +361,9 @@ impl Queue {
                 }
                 Err(e) => return Err(io_err(&path)(e)),
             };
+            // The writer holds a lock on its tmp file until the commit, so
+            // `postroom check` can tell a live writer from a dead one's debris.
+            fs2::FileExt::try_lock_exclusive(&file).map_err(io_err(&path))?;
             let mut out = io::BufWriter::with_capacity(64 * 1024, file);
             out.write_all(envelope.render(&id).as_bytes()).map_err(io_err(&path))?;
             return Ok(Incoming {
@@ -503,10 +506,11 @@ impl Queue {
         let _ = fs::remove_file(self.dir("todo").join(id.as_str()));
     }
 
-    /// Files in `tmp/` older than [`STALE_TMP`]: writers that died before
-    /// their commit. They were never acknowledged, so removing them loses
-    /// nothing.
-    pub fn stale_tmp(&self) -> Result<Vec<PathBuf>, QueueError> {
+    /// Files in `tmp/` whose writer is gone: it died before its commit (the
+    /// file is not locked), or it is older than [`STALE_TMP`]. They were
+    /// never acknowledged, so removing them loses nothing. With `remove`,
+    /// each is deleted while we hold its lock.
+    pub fn debris(&self, remove: bool) -> Result<Vec<PathBuf>, QueueError> {
         let tmp = self.dir("tmp");
         let entries = match fs::read_dir(&tmp) {
             Ok(entries) => entries,
@@ -514,16 +518,24 @@ impl Queue {
             Err(e) => return Err(io_err(&tmp)(e)),
         };
         let now = SystemTime::now();
-        Ok(entries
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .map(|t| now.duration_since(t).unwrap_or_default() > STALE_TMP)
-                    .unwrap_or(false)
-            })
-            .map(|e| e.path())
-            .collect())
+        let mut found = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() > STALE_TMP)
+                .unwrap_or(false);
+            let Ok(file) = File::open(&path) else { continue };
+            let lock = FileLock::try_on(file).map_err(io_err(&path))?;
+            if lock.is_some() || old {
+                if remove {
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                }
+                found.push(path);
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -550,13 +562,20 @@ impl Incoming {
     /// `mess/`. Only after this may a server answer 250. Then a `todo/` hint
     /// (not fsynced: a runner's periodic pass finds the message anyway).
     pub fn commit(mut self) -> Result<QueueId, QueueError> {
-        let out = self.out.take().expect("commit runs once");
+        let Some(out) = self.out.take() else {
+            return Err(io_err(&self.path)(io::Error::other("message committed twice")));
+        };
         let file = out.into_inner().map_err(|e| io_err(&self.path)(e.into_error()))?;
         file.sync_all().map_err(io_err(&self.path))?;
-        drop(file);
         let mess_dir = self.queue.dir("mess");
         let target = mess_dir.join(self.id.as_str());
-        fs::rename(&self.path, &target).map_err(io_err(&target))?;
+        // Renamed while still locked: the tmp file is never unlocked and
+        // still there, which `postroom check --fix` would take for debris.
+        if let Err(e) = fs::rename(&self.path, &target) {
+            let _ = fs::remove_file(&self.path);
+            return Err(io_err(&target)(e));
+        }
+        drop(file);
         fsutil::fsync_dir(&mess_dir).map_err(io_err(&mess_dir))?;
         let _ = File::create(self.queue.dir("todo").join(self.id.as_str()));
         Ok(self.id.clone())
@@ -941,6 +960,19 @@ mod tests {
         drop(incoming);
         assert!(queue.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn debris_is_told_from_live_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        let live = queue.incoming(&sample()).unwrap();
+        fs::write(dir.path().join("tmp").join("0123456789abcdef01"), "dead writer").unwrap();
+        let found = queue.debris(true).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with("0123456789abcdef01"));
+        live.commit().unwrap();
+        assert_eq!(queue.list().unwrap().len(), 1);
     }
 
     #[test]

@@ -1,1 +1,92 @@
-fn main() {}
+//! postroom: the administrator's command (see `postroom(8)`).
+//!
+//! Creates a tree, edits the users, aliases and domains files (plain text,
+//! edited under a lock and replaced atomically, so hand edits stay possible),
+//! hashes passwords, checks the whole tree, inspects and steers the queue,
+//! and runs a demo system on loopback. Each subcommand is one small function
+//! in a file of its own.
+
+mod admin;
+mod check;
+mod demo;
+mod queue_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "postroom", version, about = "Administer a postroom mail system")]
+struct Cli {
+    /// The config file (default /etc/postroom/postroom.toml).
+    #[arg(long, global = true, env = "POSTROOM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a fresh tree: config, users, aliases, domains, folders, a
+    /// self-signed certificate.
+    Init(admin::InitArgs),
+    /// Add, remove, list users, or change a password.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Add, remove or list aliases.
+    #[command(subcommand)]
+    Alias(admin::AliasCommand),
+    /// Add, remove or list local domains.
+    #[command(subcommand)]
+    Domain(admin::DomainCommand),
+    /// Hash a password for the users file (read from stdin if not given).
+    Passwd(admin::PasswdArgs),
+    /// Check config, users, aliases, domains, the queue and the mail tree;
+    /// list every problem and exit non-zero if there is one.
+    Check(check::CheckArgs),
+    /// Inspect and steer the mail queue.
+    #[command(subcommand)]
+    Queue(queue_cmd::QueueCommand),
+    /// Run a demo system on loopback ports in a sandbox tree.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    postroom::log::init("postroom");
+    let cli = Cli::parse();
+    let config = cli.config;
+    let result = match cli.command {
+        Command::Init(args) => admin::init(args),
+        Command::User(cmd) => admin::user(config, cmd),
+        Command::Alias(cmd) => admin::alias(config, cmd),
+        Command::Domain(cmd) => admin::domain(config, cmd),
+        Command::Passwd(args) => admin::passwd(config, args),
+        Command::Check(args) => check::run(config, args),
+        Command::Queue(cmd) => queue_cmd::run(config, cmd),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed pipe (`postroom queue list | head`) is not an error.
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("postroom: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the config named by `--config`, `POSTROOM_CONFIG` or the default,
+/// and leaves root behind (see `privileges`).
+pub fn load_config(config: Option<PathBuf>) -> anyhow::Result<postroom::config::Config> {
+    let path = postroom::config::Config::locate(config.as_deref());
+    let config = postroom::config::Config::load(&path)?;
+    // Files this command writes must belong to the tree's owner, not root.
+    postroom::privileges::drop_privileges(&config)?;
+    Ok(config)
+}

@@ -1,1 +1,5 @@
+//! End-to-end tests: the real binaries on temporary trees (one test index,
+//! as ripgrep does, so the binaries are built once).
 
+mod foundation;
+mod util;

@@ -1,0 +1,312 @@
+//! `postroom init`, `user`, `alias`, `domain`, `passwd`: the tree's plain
+//! files, edited under their locks (see `fsutil::edit_locked`).
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use postroom::address::Address;
+use postroom::config::Config;
+use postroom::password::{self, Scheme};
+use postroom::{aliases, domains, users};
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// The folder to create the tree in.
+    pub dir: PathBuf,
+    /// The first local domain.
+    #[arg(long, default_value = "example.test")]
+    pub domain: String,
+    /// This system's host name (default: mail.DOMAIN).
+    #[arg(long)]
+    pub hostname: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add users: one ADDRESS, or many from --file (one `ADDRESS PASSWORD`
+    /// or `ADDRESS {SCHEME}hash` per line; `-` reads stdin).
+    Add {
+        #[arg(required_unless_present = "file")]
+        address: Option<String>,
+        /// The password (prefer --password-stdin: arguments show in ps).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Quota, e.g. 500M or 2G.
+        #[arg(long)]
+        quota: Option<String>,
+        /// Many users at once.
+        #[arg(long, conflicts_with = "address")]
+        file: Option<PathBuf>,
+    },
+    /// Remove a user (their mail stays on disk).
+    Del { address: String },
+    /// List users, one per line.
+    List,
+    /// Change a user's password.
+    Passwd {
+        address: String,
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AliasCommand {
+    /// Add an alias: KEY (address, local part or @domain) to TARGETS.
+    Add {
+        key: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove an alias.
+    Del { key: String },
+    /// List aliases.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum DomainCommand {
+    /// Add local domains.
+    Add {
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Remove a local domain (its mail stays on disk).
+    Del { domain: String },
+    /// List local domains.
+    List,
+}
+
+#[derive(Args)]
+pub struct PasswdArgs {
+    /// The password; read from stdin when absent.
+    pub password: Option<String>,
+    /// ARGON2ID, SHA512-CRYPT or BLF-CRYPT (default: auth.default_scheme).
+    #[arg(long)]
+    pub scheme: Option<String>,
+}
+
+pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let config_path = create_tree(&args.dir, &args.domain, args.hostname.as_deref())?;
+    println!("created {}", config_path.display());
+    println!("next: postroom --config {} user add USER@{} --password-stdin", config_path.display(), args.domain);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a fresh tree; refuses to overwrite an existing config.
+pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::Result<PathBuf> {
+    if !postroom::address::is_domain_name(domain) {
+        bail!("{domain:?} is not a domain name");
+    }
+    let hostname = hostname.map(str::to_string).unwrap_or_else(|| format!("mail.{domain}"));
+    let config_path = dir.join("postroom.toml");
+    if config_path.exists() {
+        bail!("{} exists already; remove it or choose another folder", config_path.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config_text = format!(
+        "# postroom configuration: see postroom.toml(5).\n\
+         # Relative paths are relative to this file's folder.\n\
+         hostname = \"{hostname}\"\n\n\
+         [paths]\nusers = \"users\"\naliases = \"aliases\"\ndomains = \"domains\"\naccess = \"access\"\n\
+         mail = \"mail\"\nqueue = \"queue\"\nlists = \"lists\"\nstate = \"state\"\n\n\
+         [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\n\
+         [limits]\nmessage_size = \"35M\"\nrecipients = 1000\nidle_timeout = \"5m\"\n\n\
+         [auth]\n# Passwords over unencrypted connections are refused except from loopback.\nallow_plaintext = false\n"
+    );
+    let files = [
+        ("users", "# user@domain:{SCHEME}hash:uid:gid::home::extra  (postroom-users(5))\n".to_string()),
+        ("aliases", "# address: target, target  (postroom-aliases(5))\n".to_string()),
+        ("domains", format!("# local domains, one per line\n{domain}\n")),
+        ("access", "# allow/deny rules and the kill file (postroom.toml(5))\n".to_string()),
+    ];
+    for (name, text) in files {
+        postroom::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    for sub in ["mail", "lists", "state"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::create_dir_all(dir.join("mail").join(domain))?;
+    postroom::queue::Queue::new(dir.join("queue")).create()?;
+    postroom::tls::generate_self_signed(&hostname, &dir.join("tls/cert.pem"), &dir.join("tls/key.pem"))?;
+    // The config goes last: its presence means the tree is complete.
+    postroom::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
+    Ok(config_path)
+}
+
+fn read_password(given: Option<String>, from_stdin: bool) -> anyhow::Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    if !from_stdin {
+        bail!("give --password or --password-stdin");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        bail!("empty password on stdin");
+    }
+    Ok(password)
+}
+
+fn scheme_of(config: &Config, name: Option<&str>) -> anyhow::Result<Scheme> {
+    let name = name.unwrap_or(&config.auth.default_scheme);
+    Scheme::parse(name).with_context(|| format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT"))
+}
+
+/// A stored hash as given (`{SCHEME}…`), or a fresh hash of a password.
+fn hash_or_keep(config: &Config, secret: &str) -> anyhow::Result<String> {
+    if secret.starts_with('{') && secret.contains('}') {
+        return Ok(secret.to_string());
+    }
+    Ok(password::hash(secret, scheme_of(config, None)?)?)
+}
+
+pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<ExitCode> {
+    let config = crate::load_config(config)?;
+    let file = config.users_file();
+    match command {
+        UserCommand::Add { address, password, password_stdin, quota, file: list } => {
+            let quota = quota.map(|q| postroom::config::parse_size(&q)).transpose().map_err(anyhow::Error::msg)?;
+            let domains = domains::Domains::load(&config.domains_file())?;
+            let mut entries = Vec::new();
+            if let Some(list) = list {
+                let text = if list == Path::new("-") {
+                    let mut t = String::new();
+                    std::io::stdin().read_to_string(&mut t)?;
+                    t
+                } else {
+                    std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?
+                };
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let (addr, secret) = line
+                        .split_once(char::is_whitespace)
+                        .with_context(|| format!("line {}: expected ADDRESS PASSWORD", n + 1))?;
+                    entries.push(new_user(&config, &domains, addr, secret.trim(), quota)?);
+                }
+            } else {
+                let address = address.unwrap_or_default();
+                let secret = read_password(password, password_stdin)?;
+                entries.push(new_user(&config, &domains, &address, &secret, quota)?);
+            }
+            users::add_users(&file, &entries)?;
+            for entry in &entries {
+                let maildir = postroom::maildir::Maildir::new(
+                    config.mail_dir().join(entry.address.domain()).join(entry.address.local_part().to_lowercase()),
+                );
+                maildir.create()?;
+            }
+            println!("added {} user(s)", entries.len());
+        }
+        UserCommand::Del { address } => {
+            users::remove_user(&file, &address)?;
+            println!("removed {address}; the mail under {} stays", config.mail_dir().display());
+        }
+        UserCommand::List => {
+            let users = users::Users::load(&file)?;
+            let mut out = std::io::stdout().lock();
+            let mut names: Vec<&str> = users.iter().map(|u| u.address.as_str()).collect();
+            names.sort_unstable();
+            for name in names {
+                writeln!(out, "{name}")?;
+            }
+        }
+        UserCommand::Passwd { address, password, password_stdin } => {
+            let secret = read_password(password, password_stdin)?;
+            users::set_password(&file, &address, &hash_or_keep(&config, &secret)?)?;
+            println!("password changed for {address}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn new_user(
+    config: &Config,
+    domains: &domains::Domains,
+    address: &str,
+    secret: &str,
+    quota: Option<u64>,
+) -> anyhow::Result<users::NewUser> {
+    let address = Address::parse(address).with_context(|| format!("{address:?}"))?;
+    if !domains.contains(address.domain()) {
+        bail!("{address}: {} is not a local domain (postroom domain add {})", address.domain(), address.domain());
+    }
+    Ok(users::NewUser {
+        address,
+        password_hash: hash_or_keep(config, secret)?,
+        quota,
+    })
+}
+
+pub fn alias(config: Option<PathBuf>, command: AliasCommand) -> anyhow::Result<ExitCode> {
+    let config = crate::load_config(config)?;
+    let file = config.aliases_file();
+    match command {
+        AliasCommand::Add { key, targets } => {
+            aliases::add_alias(&file, &key, &targets)?;
+            println!("{key}: {}", targets.join(", "));
+        }
+        AliasCommand::Del { key } => {
+            aliases::remove_alias(&file, &key)?;
+            println!("removed {key}");
+        }
+        AliasCommand::List => {
+            let mut out = std::io::stdout().lock();
+            for (key, targets) in aliases::list_aliases(&file)? {
+                writeln!(out, "{key}: {}", targets.join(", "))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn domain(config: Option<PathBuf>, command: DomainCommand) -> anyhow::Result<ExitCode> {
+    let config = crate::load_config(config)?;
+    let file = config.domains_file();
+    match command {
+        DomainCommand::Add { domains: names } => {
+            let names: Vec<String> = names.iter().map(|d| d.to_lowercase()).collect();
+            domains::add_domains(&file, &names)?;
+            for name in &names {
+                std::fs::create_dir_all(config.mail_dir().join(name))?;
+            }
+            println!("added {} domain(s)", names.len());
+        }
+        DomainCommand::Del { domain } => {
+            domains::remove_domain(&file, &domain)?;
+            println!("removed {domain}; its mail stays on disk");
+        }
+        DomainCommand::List => {
+            let mut out = std::io::stdout().lock();
+            for name in domains::Domains::load(&file)?.iter() {
+                writeln!(out, "{name}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn passwd(config: Option<PathBuf>, args: PasswdArgs) -> anyhow::Result<ExitCode> {
+    // Hashing needs no tree, but honours the config's default scheme if a
+    // config is at hand.
+    let path = Config::locate(config.as_deref());
+    let default = Config::load(&path).map(|c| c.auth.default_scheme).unwrap_or_else(|_| "ARGON2ID".into());
+    let name = args.scheme.unwrap_or(default);
+    let scheme = Scheme::parse(&name).with_context(|| format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT"))?;
+    let secret = read_password(args.password, true)?;
+    println!("{}", password::hash(&secret, scheme)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,215 @@
+//! `postroom check`: every problem in the tree, listed at once.
+//!
+//! It reads everything the servers read (config, users, aliases, domains,
+//! the TLS key pair, the queue, the maildirs) and reports each problem with
+//! its file and line; it exits 1 if there is any. Debris of crashed writers
+//! (queue tmp files whose writer is gone, maildir tmp files older than 36
+//! hours) is not a problem: it was never acknowledged and nothing reads it.
+//! It is reported, and `--fix` removes it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use postroom::address::Address;
+use postroom::aliases::{self, Directory};
+use postroom::config::Config;
+use postroom::queue::Queue;
+
+/// The Maildir spec's age for tmp/ files that no delivery still writes.
+const MAILDIR_TMP_STALE: Duration = Duration::from_secs(36 * 3600);
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Remove the debris of crashed writers.
+    #[arg(long)]
+    fix: bool,
+}
+
+#[derive(Default)]
+struct Report {
+    problems: Vec<String>,
+    notices: Vec<String>,
+}
+
+pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let path = Config::locate(config.as_deref());
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("problem: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut report = Report::default();
+    check_files(&config, &mut report);
+    check_tls(&config, &mut report);
+    check_queue(&config, args.fix, &mut report);
+    check_mail(&config, args.fix, &mut report);
+
+    for notice in &report.notices {
+        println!("notice: {notice}");
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    if report.problems.is_empty() {
+        println!("ok: {} is healthy", config.file.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} problem(s) found", report.problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Users, domains, aliases, and whether every alias resolves.
+fn check_files(config: &Config, report: &mut Report) {
+    let domains = match postroom::domains::Domains::load(&config.domains_file()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            report.problems.push(e.to_string());
+            None
+        }
+    };
+    match postroom::users::Users::load(&config.users_file()) {
+        Ok(users) => {
+            if let Some(domains) = &domains {
+                for user in users.iter() {
+                    let domain = user.address.rsplit('@').next().unwrap_or("");
+                    if !domains.contains(domain) {
+                        report.problems.push(format!(
+                            "{}: user {} is in {domain}, which is not a local domain",
+                            config.users_file().display(),
+                            user.address
+                        ));
+                    }
+                }
+            }
+        }
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    let directory = match Directory::load(config) {
+        Ok(d) => d,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return;
+        }
+    };
+    let list = match aliases::list_aliases(&config.aliases_file()) {
+        Ok(list) => list,
+        Err(e) => {
+            report.problems.push(e.to_string());
+            return;
+        }
+    };
+    let local_domains: Vec<String> = domains.map(|d| d.iter().map(str::to_string).collect()).unwrap_or_default();
+    for (key, _) in list {
+        // A bare local part applies in every domain; a catch-all is tried
+        // with a name no one has.
+        let addresses: Vec<String> = if let Some(domain) = key.strip_prefix('@') {
+            vec![format!("postroom-check-nobody@{domain}")]
+        } else if key.contains('@') {
+            vec![key.clone()]
+        } else {
+            local_domains.iter().map(|d| format!("{key}@{d}")).collect()
+        };
+        for text in addresses {
+            let Ok(address) = Address::parse(&text) else {
+                report.problems.push(format!("{}: alias {key:?} is not an address", config.aliases_file().display()));
+                continue;
+            };
+            if let Err(e) = directory.resolve(&address) {
+                report
+                    .problems
+                    .push(format!("{}: alias {key}: {e}", config.aliases_file().display()));
+            }
+        }
+    }
+}
+
+fn check_tls(config: &Config, report: &mut Report) {
+    if let Err(e) = postroom::tls::server_config(&config.tls_cert(), &config.tls_key()) {
+        report.problems.push(format!("tls: {e}"));
+    }
+}
+
+fn check_queue(config: &Config, fix: bool, report: &mut Report) {
+    let queue = Queue::from_config(config);
+    for sub in ["tmp", "mess", "log", "todo"] {
+        let dir = queue.root().join(sub);
+        if !dir.is_dir() {
+            report.problems.push(format!("{}: missing (postroom init creates it)", dir.display()));
+        }
+    }
+    match queue.debris(fix) {
+        Ok(found) if !found.is_empty() => report.notices.push(format!(
+            "{} unfinished queue file(s) left by crashed writers in {}{}",
+            found.len(),
+            queue.root().join("tmp").display(),
+            if fix { ", removed" } else { " (never acknowledged; --fix removes them)" }
+        )),
+        Ok(_) => {}
+        Err(e) => report.problems.push(e.to_string()),
+    }
+    match queue.list() {
+        Ok(ids) => {
+            for id in &ids {
+                match queue.read(id) {
+                    Ok(_) | Err(postroom::queue::QueueError::NotFound(_)) => {}
+                    Err(e) => report.problems.push(e.to_string()),
+                }
+            }
+            report.notices.push(format!("{} message(s) in the queue", ids.len()));
+        }
+        Err(e) => report.problems.push(e.to_string()),
+    }
+}
+
+/// Maildir tmp/ files older than 36 hours, in every mailbox of every domain.
+fn check_mail(config: &Config, fix: bool, report: &mut Report) {
+    let mail = config.mail_dir();
+    if !mail.is_dir() {
+        report.problems.push(format!("{}: missing (postroom init creates it)", mail.display()));
+        return;
+    }
+    let now = SystemTime::now();
+    let mut stale = 0;
+    let dirs = |p: &std::path::Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|it| it.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default()
+    };
+    for domain in dirs(&mail) {
+        for mailbox in dirs(&domain) {
+            let mut folders = vec![mailbox.clone()];
+            folders.extend(
+                dirs(&mailbox)
+                    .into_iter()
+                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))),
+            );
+            for folder in folders {
+                let Ok(entries) = std::fs::read_dir(folder.join("tmp")) else { continue };
+                for entry in entries.flatten() {
+                    let old = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .map(|t| now.duration_since(t).unwrap_or_default() > MAILDIR_TMP_STALE)
+                        .unwrap_or(false);
+                    if old {
+                        stale += 1;
+                        if fix {
+                            let _ = std::fs::remove_file(entry.path());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if stale > 0 {
+        report.notices.push(format!(
+            "{stale} maildir tmp file(s) older than 36 hours{}",
+            if fix { ", removed" } else { " (--fix removes them)" }
+        ));
+    }
+}
