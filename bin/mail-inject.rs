@@ -73,12 +73,14 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
     };
     let mut i = 0;
     // A flag's value is glued (`-fme@x`) or the next argument (`-f me@x`).
-    let mut value = |i: &mut usize, glued: &str, flag: &str| -> Result<String, Failure> {
+    let value = |i: &mut usize, glued: &str, flag: &str| -> Result<String, Failure> {
         if !glued.is_empty() {
             return Ok(glued.to_string());
         }
         *i += 1;
-        args.get(*i).cloned().ok_or_else(|| usage(format!("{flag} needs a value")))
+        args.get(*i)
+            .cloned()
+            .ok_or_else(|| usage(format!("{flag} needs a value")))
     };
     while i < args.len() {
         let arg = args[i].as_str();
@@ -118,7 +120,9 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
                     "{arg} is not supported: use smtp-recv, `postroom queue list` or smtp-send"
                 )));
             }
-            _ if arg.starts_with('-') && arg.len() > 1 => return Err(usage(format!("unknown option {arg}"))),
+            _ if arg.starts_with('-') && arg.len() > 1 => {
+                return Err(usage(format!("unknown option {arg}")));
+            }
             _ => options.recipients.push(arg.to_string()),
         }
         i += 1;
@@ -129,7 +133,8 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
 fn run(options: Options) -> Result<(), Failure> {
     let config_path = Config::locate(options.config.as_deref());
     let config = Config::load(&config_path).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
-    postroom::privileges::drop_privileges(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    postroom::privileges::drop_privileges(&config)
+        .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
     let directory = Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
 
     let raw = read_message(&config, options.ignore_dots)?;
@@ -158,7 +163,13 @@ fn run(options: Options) -> Result<(), Failure> {
     let queue = Queue::from_config(&config);
     let mut incoming = queue.incoming(&envelope).map_err(tempfail)?;
     let id = incoming.id().clone();
-    let added = added_headers(&config, &headers, &sender, options.full_name.as_deref(), &id.to_string());
+    let added = added_headers(
+        &config,
+        &headers,
+        &sender,
+        options.full_name.as_deref(),
+        &id.to_string(),
+    );
     use std::io::Write;
     incoming
         .write_all(added.as_bytes())
@@ -218,7 +229,11 @@ fn login_name() -> String {
     std::env::var("LOGNAME")
         .or_else(|_| std::env::var("USER"))
         .ok()
-        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .filter(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        })
         .or_else(|| {
             nix::unistd::User::from_uid(nix::unistd::getuid())
                 .ok()
@@ -282,7 +297,10 @@ fn route(
         Ok(recipients)
     } else {
         let code = if temporary { EX_TEMPFAIL } else { EX_NOUSER };
-        Err(Failure(code, format!("not queued: {}", problems.join("; "))))
+        Err(Failure(
+            code,
+            format!("not queued: {}", problems.join("; ")),
+        ))
     }
 }
 
@@ -304,7 +322,10 @@ fn added_headers(
     );
     if !message::has_header(headers, "From") {
         match full_name.filter(|n| !n.chars().any(char::is_control)) {
-            Some(name) => added.push_str(&format!("From: \"{}\" <{sender}>\r\n", name.replace('"', "'"))),
+            Some(name) => added.push_str(&format!(
+                "From: \"{}\" <{sender}>\r\n",
+                name.replace('"', "'")
+            )),
             None => added.push_str(&format!("From: <{sender}>\r\n")),
         }
     }
@@ -319,7 +340,12 @@ fn added_headers(
 
 /// Delivers the local recipients right away, as sendmail's default delivery
 /// mode does; whatever fails stays queued for `smtp-send`.
-fn deliver_now(config: &Config, directory: &Directory, queue: &Queue, id: &postroom::queue::QueueId) {
+fn deliver_now(
+    config: &Config,
+    directory: &Directory,
+    queue: &Queue,
+    id: &postroom::queue::QueueId,
+) {
     let result = (|| -> Result<(), postroom::queue::QueueError> {
         let Some(mut locked) = queue.lock(id)? else {
             return Ok(());
@@ -342,6 +368,8 @@ fn text(value: &str) -> Result<EnvelopeText, Failure> {
 }
 
 fn tempfail(e: impl std::fmt::Display) -> Failure {
-    Failure(EX_TEMPFAIL, format!("{e}; the message was not queued, try again"))
+    Failure(
+        EX_TEMPFAIL,
+        format!("{e}; the message was not queued, try again"),
+    )
 }
-

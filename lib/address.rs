@@ -258,7 +258,9 @@ fn is_local_part(local: &str) -> bool {
         return !escaped;
     }
     // Dot-string = Atom *("." Atom)
-    local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+    local
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
 /// RFC 5322 `atext`, widened by RFC 6531 to any non-ASCII character.
@@ -270,7 +272,10 @@ fn is_atext(c: char) -> bool {
 /// `[1.2.3.4]` / `[IPv6:…]`.
 fn is_domain(domain: &str) -> bool {
     if let Some(literal) = domain.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-        return match literal.strip_prefix("IPv6:").or(literal.strip_prefix("ipv6:")) {
+        return match literal
+            .strip_prefix("IPv6:")
+            .or(literal.strip_prefix("ipv6:"))
+        {
             Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
             None => literal.parse::<std::net::Ipv4Addr>().is_ok(),
         };
@@ -312,7 +317,10 @@ mod tests {
         ] {
             assert!(Address::parse(good).is_ok(), "{good}");
         }
-        assert_eq!(Address::parse("U@Example.TEST").unwrap().to_string(), "U@example.test");
+        assert_eq!(
+            Address::parse("U@Example.TEST").unwrap().to_string(),
+            "U@example.test"
+        );
     }
 
     #[test]
@@ -326,7 +334,11 @@ mod tests {
             "a@b\u{7f}",
             "a@b\u{85}",
         ] {
-            assert_eq!(Address::parse(bad), Err(AddressError::ControlCharacter), "{bad:?}");
+            assert_eq!(
+                Address::parse(bad),
+                Err(AddressError::ControlCharacter),
+                "{bad:?}"
+            );
         }
         assert!(EnvelopeText::new("helo\r\nMAIL FROM:<x@y>", 255).is_err());
         assert_eq!(EnvelopeText::sanitize("a\r\nb", 10).as_str(), "a??b");
@@ -357,8 +369,16 @@ mod tests {
     fn subaddress_and_lookup_key() {
         let a = Address::parse("Joe+Lists@Example.test").unwrap();
         assert_eq!(a.lookup_key(), "joe+lists@example.test");
-        assert_eq!(a.without_detail('+').unwrap().to_string(), "Joe@example.test");
-        assert!(Address::parse("+x@a").unwrap().without_detail('+').is_none());
+        assert_eq!(
+            a.without_detail('+').unwrap().to_string(),
+            "Joe@example.test"
+        );
+        assert!(
+            Address::parse("+x@a")
+                .unwrap()
+                .without_detail('+')
+                .is_none()
+        );
     }
 
     #[test]

@@ -260,7 +260,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         if !crate::address::is_domain_name(&self.hostname) {
-            return Err(format!("hostname: {:?} is not a domain name", self.hostname));
+            return Err(format!(
+                "hostname: {:?} is not a domain name",
+                self.hostname
+            ));
         }
         let l = &self.limits;
         for (key, value) in [
@@ -342,7 +345,9 @@ pub fn plaintext_allowed(config: &Config, peer: Option<IpAddr>) -> bool {
 /// seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
@@ -353,7 +358,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3600,
         "d" => 86400,
         "w" => 7 * 86400,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use s, m, h, d or w)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use s, m, h, d or w)"
+            ));
+        }
     };
     Ok(Duration::from_secs(number.saturating_mul(scale)))
 }
@@ -361,7 +370,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `1000`, `64K`, `35M`, `2G` into bytes (powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
@@ -372,7 +383,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "M" | "MB" => 1 << 20,
         "G" | "GB" => 1 << 30,
         "T" | "TB" => 1 << 40,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ));
+        }
     };
     Ok(number.saturating_mul(scale))
 }

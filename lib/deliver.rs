@@ -84,7 +84,10 @@ pub fn deliver_local(
                 Route::Local => {
                     let interrupted = matches!(
                         message.state.recipients[i],
-                        RcptState::Pending { interrupted: true, .. }
+                        RcptState::Pending {
+                            interrupted: true,
+                            ..
+                        }
                     );
                     to_mailbox(config, directory, locked, i, interrupted)
                 }
@@ -117,7 +120,10 @@ pub fn deliver_local(
 /// mailboxes, remote addresses, pipe commands. Each keeps the address the
 /// sender gave as its RFC 3461 ORCPT, so a DSN names what the sender wrote.
 pub fn routes_for(directory: &Directory, rcpt: &Address) -> Result<Vec<Recipient>, ResolveError> {
-    let orcpt = EnvelopeText::sanitize(&format!("rfc822;{}", xtext(&rcpt.to_string())), queue::MAX_FIELD);
+    let orcpt = EnvelopeText::sanitize(
+        &format!("rfc822;{}", xtext(&rcpt.to_string())),
+        queue::MAX_FIELD,
+    );
     let targets = directory.resolve(rcpt)?;
     Ok(targets
         .into_iter()
@@ -150,8 +156,13 @@ pub fn xtext(text: &str) -> String {
 /// A deferral past the queue lifetime becomes a failure.
 fn expire(outcome: Outcome, arrived: u64, now: u64, config: &Config) -> Outcome {
     match outcome {
-        Outcome::Deferred(text) if now.saturating_sub(arrived) >= config.queue.lifetime.as_secs() => {
-            Outcome::Failed(format!("{text} (gave up after {} days)", config.queue.lifetime.as_secs() / 86400))
+        Outcome::Deferred(text)
+            if now.saturating_sub(arrived) >= config.queue.lifetime.as_secs() =>
+        {
+            Outcome::Failed(format!(
+                "{text} (gave up after {} days)",
+                config.queue.lifetime.as_secs() / 86400
+            ))
         }
         other => other,
     }
@@ -178,7 +189,10 @@ fn to_mailbox(
         "Return-Path: <{}>\nDelivered-To: {}\n",
         message.envelope.sender, rcpt
     );
-    let quota = user.quota.or(Some(config.delivery.default_quota)).filter(|&q| q > 0);
+    let quota = user
+        .quota
+        .or(Some(config.delivery.default_quota))
+        .filter(|&q| q > 0);
     let delivery = Message {
         prepend: prepend.as_bytes(),
         body: &mut body,
@@ -207,7 +221,11 @@ fn to_pipe(locked: &LockedMessage, index: usize, command: &EnvelopeText) -> Outc
     let rcpt = &message.envelope.recipients[index].address;
     let mut body = Vec::with_capacity(message.body_size as usize + 256);
     body.extend_from_slice(
-        format!("Return-Path: <{}>\nDelivered-To: {}\n", message.envelope.sender, rcpt).as_bytes(),
+        format!(
+            "Return-Path: <{}>\nDelivered-To: {}\n",
+            message.envelope.sender, rcpt
+        )
+        .as_bytes(),
     );
     match message.body().and_then(|mut f| {
         let mut raw = Vec::new();
@@ -220,11 +238,23 @@ fn to_pipe(locked: &LockedMessage, index: usize, command: &EnvelopeText) -> Outc
         Ok(raw) => body.extend(crlf_to_lf(&raw)),
         Err(e) => return Outcome::Deferred(format!("451 4.3.0 cannot read queue file: {e}")),
     }
-    run_pipe(command.as_str(), &body, &message.envelope.sender.to_string(), rcpt, PIPE_TIMEOUT)
+    run_pipe(
+        command.as_str(),
+        &body,
+        &message.envelope.sender.to_string(),
+        rcpt,
+        PIPE_TIMEOUT,
+    )
 }
 
 /// Runs `sh -c COMMAND` with the message on stdin and maps its exit code.
-pub fn run_pipe(command: &str, input: &[u8], sender: &str, rcpt: &Address, timeout: Duration) -> Outcome {
+pub fn run_pipe(
+    command: &str,
+    input: &[u8],
+    sender: &str,
+    rcpt: &Address,
+    timeout: Duration,
+) -> Outcome {
     let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
@@ -265,8 +295,18 @@ pub fn run_pipe(command: &str, input: &[u8], sender: &str, rcpt: &Address, timeo
             kept
         })
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -289,14 +329,25 @@ pub fn run_pipe(command: &str, input: &[u8], sender: &str, rcpt: &Address, timeo
         .unwrap_or("")
         .trim()
         .to_string();
-    let said = |default: &str| if first_line.is_empty() { default.to_string() } else { first_line.clone() };
+    let said = |default: &str| {
+        if first_line.is_empty() {
+            default.to_string()
+        } else {
+            first_line.clone()
+        }
+    };
     match status.map(|s| s.code()) {
         None => Outcome::Deferred(format!("451 4.3.0 {command:?} timed out")),
         Some(None) => Outcome::Deferred(format!("451 4.3.0 {command:?} was killed by a signal")),
         Some(Some(0 | 99)) => Outcome::Delivered("250 2.0.0 delivered to command".into()),
-        Some(Some(75 | 111)) => Outcome::Deferred(format!("451 4.3.0 {}", said("command asked to try later"))),
+        Some(Some(75 | 111)) => {
+            Outcome::Deferred(format!("451 4.3.0 {}", said("command asked to try later")))
+        }
         Some(Some(67)) => Outcome::Failed(format!("550 5.1.1 {}", said("no such user"))),
-        Some(Some(code)) => Outcome::Failed(format!("554 5.3.0 {} (exit {code})", said("command failed"))),
+        Some(Some(code)) => Outcome::Failed(format!(
+            "554 5.3.0 {} (exit {code})",
+            said("command failed")
+        )),
     }
 }
 
@@ -361,15 +412,30 @@ mod tests {
     #[test]
     fn pipe_exit_codes_map_to_outcomes() {
         let t = Duration::from_secs(10);
-        assert!(matches!(run_pipe("cat >/dev/null", b"x\n", "", &rcpt(), t), Outcome::Delivered(_)));
-        assert!(matches!(run_pipe("exit 99", b"", "", &rcpt(), t), Outcome::Delivered(_)));
-        assert!(matches!(run_pipe("exit 75", b"", "", &rcpt(), t), Outcome::Deferred(_)));
-        assert!(matches!(run_pipe("exit 111", b"", "", &rcpt(), t), Outcome::Deferred(_)));
+        assert!(matches!(
+            run_pipe("cat >/dev/null", b"x\n", "", &rcpt(), t),
+            Outcome::Delivered(_)
+        ));
+        assert!(matches!(
+            run_pipe("exit 99", b"", "", &rcpt(), t),
+            Outcome::Delivered(_)
+        ));
+        assert!(matches!(
+            run_pipe("exit 75", b"", "", &rcpt(), t),
+            Outcome::Deferred(_)
+        ));
+        assert!(matches!(
+            run_pipe("exit 111", b"", "", &rcpt(), t),
+            Outcome::Deferred(_)
+        ));
         match run_pipe("echo 'no such list'; exit 67", b"", "", &rcpt(), t) {
             Outcome::Failed(text) => assert!(text.contains("no such list"), "{text}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(run_pipe("exit 1", b"", "", &rcpt(), t), Outcome::Failed(_)));
+        assert!(matches!(
+            run_pipe("exit 1", b"", "", &rcpt(), t),
+            Outcome::Failed(_)
+        ));
         assert!(matches!(
             run_pipe("sleep 5", b"", "", &rcpt(), Duration::from_millis(100)),
             Outcome::Deferred(_)

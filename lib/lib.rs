@@ -10,8 +10,16 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod aliases;
 pub mod config;
+pub mod deliver;
+pub mod domains;
 pub mod fsutil;
+pub mod log;
 pub mod maildir;
+pub mod message;
 pub mod password;
+pub mod privileges;
 pub mod queue;
+pub mod tls;
+pub mod users;

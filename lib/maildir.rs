@@ -190,7 +190,8 @@ impl Maildir {
             .open(tmp)
             .map_err(MaildirError::io(tmp))?;
         let mut out = io::BufWriter::with_capacity(64 * 1024, file);
-        out.write_all(message.prepend).map_err(MaildirError::io(tmp))?;
+        out.write_all(message.prepend)
+            .map_err(MaildirError::io(tmp))?;
         let prepend_lines = message.prepend.iter().filter(|&&b| b == b'\n').count() as u64;
         let (body_size, body_lines) =
             copy_with_lf(message.body, &mut out).map_err(MaildirError::io(tmp))?;
@@ -212,7 +213,9 @@ impl Maildir {
         let new = self.root.join("new").join(&name);
         match fs::hard_link(tmp, &new) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Delivered::AlreadyThere),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Ok(Delivered::AlreadyThere);
+            }
             Err(e) => return Err(MaildirError::io(&new)(e)),
         }
         fsutil::fsync_dir(&self.root.join("new")).map_err(MaildirError::io(&new))?;
@@ -225,7 +228,11 @@ impl Maildir {
     /// True if a message whose name starts with `base,` is in new/ (or cur/).
     fn find_base(&self, base: &str, search_cur: bool) -> Result<bool, MaildirError> {
         let prefix = format!("{base},");
-        let dirs: &[&str] = if search_cur { &["new", "cur"] } else { &["new"] };
+        let dirs: &[&str] = if search_cur {
+            &["new", "cur"]
+        } else {
+            &["new"]
+        };
         for dir in dirs {
             let path = self.root.join(dir);
             let entries = match fs::read_dir(&path) {
@@ -253,7 +260,10 @@ impl Maildir {
         let path = self.maildirsize_path();
         let limits_line = format!("{limit}S");
         if let Ok(file) = File::open(&path) {
-            let long = file.metadata().map(|m| m.len() > MAILDIRSIZE_REBUILD_BYTES).unwrap_or(true);
+            let long = file
+                .metadata()
+                .map(|m| m.len() > MAILDIRSIZE_REBUILD_BYTES)
+                .unwrap_or(true);
             let mut lines = BufReader::new(file).lines();
             let first = lines.next().and_then(Result::ok);
             if !long && first.as_deref() == Some(limits_line.as_str()) {
@@ -394,7 +404,12 @@ fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u6
 mod tests {
     use super::*;
 
-    fn deliver(md: &Maildir, body: &[u8], base: Option<&str>, quota: Option<u64>) -> Result<Delivered, MaildirError> {
+    fn deliver(
+        md: &Maildir,
+        body: &[u8],
+        base: Option<&str>,
+        quota: Option<u64>,
+    ) -> Result<Delivered, MaildirError> {
         let mut body = body;
         md.deliver(
             Message {
@@ -412,7 +427,8 @@ mod tests {
     fn delivers_with_lf_and_sizes_in_name() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::new(dir.path().join("u"));
-        let Delivered::New(path) = deliver(&md, b"Subject: x\r\n\r\nhi\r\n", None, None).unwrap() else {
+        let Delivered::New(path) = deliver(&md, b"Subject: x\r\n\r\nhi\r\n", None, None).unwrap()
+        else {
             panic!("not delivered")
         };
         let text = fs::read(&path).unwrap();
@@ -427,13 +443,23 @@ mod tests {
     fn derived_name_delivers_once_even_after_move_to_cur() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::new(dir.path().join("u"));
-        let Delivered::New(path) = deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap() else {
+        let Delivered::New(path) = deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap()
+        else {
             panic!()
         };
-        assert_eq!(deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap(), Delivered::AlreadyThere);
-        let cur = md.path().join("cur").join(format!("{}:2,S", path.file_name().unwrap().to_string_lossy()));
+        assert_eq!(
+            deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap(),
+            Delivered::AlreadyThere
+        );
+        let cur = md.path().join("cur").join(format!(
+            "{}:2,S",
+            path.file_name().unwrap().to_string_lossy()
+        ));
         fs::rename(&path, cur).unwrap();
-        assert_eq!(deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap(), Delivered::AlreadyThere);
+        assert_eq!(
+            deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap(),
+            Delivered::AlreadyThere
+        );
     }
 
     #[test]
@@ -479,6 +505,9 @@ mod tests {
         }
         assert_eq!(md.folder("Sent").unwrap().path(), Path::new("/m/u/.Sent"));
         assert_eq!(md.folder("inbox").unwrap().path(), Path::new("/m/u"));
-        assert_eq!(md.folder("Lists.rust").unwrap().path(), Path::new("/m/u/.Lists.rust"));
+        assert_eq!(
+            md.folder("Lists.rust").unwrap().path(),
+            Path::new("/m/u/.Lists.rust")
+        );
     }
 }

@@ -67,7 +67,9 @@ pub fn header_fields(headers: &[u8]) -> Vec<(String, String)> {
 
 /// True if the header block has a field of this name (case-insensitive).
 pub fn has_header(headers: &[u8], name: &str) -> bool {
-    header_fields(headers).iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+    header_fields(headers)
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(name))
 }
 
 /// Removes every field of this name (with its continuation lines).
@@ -112,7 +114,10 @@ mod tests {
         let f = header_fields(h);
         assert_eq!(f[0], ("To".into(), "a@b, c@d".into()));
         assert!(has_header(h, "bcc"));
-        assert_eq!(remove_header(h, "Bcc"), b"To: a@b,\r\n c@d\r\nSubject: s\r\n\r\n");
+        assert_eq!(
+            remove_header(h, "Bcc"),
+            b"To: a@b,\r\n c@d\r\nSubject: s\r\n\r\n"
+        );
         assert_eq!(header_len(b"\r\nbody"), 2);
     }
 

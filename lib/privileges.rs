@@ -34,7 +34,9 @@ pub fn drop_privileges(config: &Config) -> Result<(), PrivilegeError> {
             .flatten()
             .ok_or_else(|| PrivilegeError::NoSuchUser(name.to_string()))?,
         None => {
-            let owner = std::fs::metadata(&config.dir).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+            let owner = std::fs::metadata(&config.dir)
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .unwrap_or(0);
             match User::from_uid(Uid::from_raw(owner)).ok().flatten() {
                 Some(user) if owner != 0 => user,
                 _ => {
@@ -52,7 +54,9 @@ pub fn drop_privileges(config: &Config) -> Result<(), PrivilegeError> {
     setgid(user.gid).map_err(switch)?;
     setuid(user.uid).map_err(switch)?;
     // Costs nothing, and proves root is gone for good.
-    if setuid(Uid::from_raw(0)).is_ok() || (user.gid != Gid::from_raw(0) && setgid(Gid::from_raw(0)).is_ok()) {
+    if setuid(Uid::from_raw(0)).is_ok()
+        || (user.gid != Gid::from_raw(0) && setgid(Gid::from_raw(0)).is_ok())
+    {
         return Err(switch(nix::Error::EPERM));
     }
     tracing::debug!(user = %user.name, "dropped root");

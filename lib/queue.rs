@@ -189,7 +189,10 @@ impl Envelope {
     /// The envelope as queue-file lines. Every value is a validated type, so
     /// none can hold a line break.
     fn render(&self, id: &QueueId) -> String {
-        let mut out = format!("{MAGIC}\nid {id}\narrived {}\nsender {}\n", self.arrived, self.sender);
+        let mut out = format!(
+            "{MAGIC}\nid {id}\narrived {}\nsender {}\n",
+            self.arrived, self.sender
+        );
         let optional = [
             ("helo", &self.helo),
             ("client", &self.client),
@@ -230,7 +233,10 @@ impl Envelope {
     }
 
     /// Parses the envelope part of a queue file; `path` is for messages.
-    fn parse(reader: &mut impl BufRead, path: &Path) -> Result<(QueueId, Envelope, u64), QueueError> {
+    fn parse(
+        reader: &mut impl BufRead,
+        path: &Path,
+    ) -> Result<(QueueId, Envelope, u64), QueueError> {
         let corrupt = |line: usize, message: String| QueueError::Corrupt {
             path: path.to_path_buf(),
             line,
@@ -247,7 +253,10 @@ impl Envelope {
             number += 1;
             offset += n as u64;
             if n == 0 || !line.ends_with('\n') {
-                return Err(corrupt(number, "envelope ends before the blank line".into()));
+                return Err(corrupt(
+                    number,
+                    "envelope ends before the blank line".into(),
+                ));
             }
             let text = &line[..line.len() - 1];
             if number == 1 {
@@ -260,14 +269,21 @@ impl Envelope {
                 break;
             }
             let (key, value) = text.split_once(' ').unwrap_or((text, ""));
-            let field = |v: &str| EnvelopeText::new(v, MAX_FIELD).map_err(|e| corrupt(number, e.to_string()));
+            let field = |v: &str| {
+                EnvelopeText::new(v, MAX_FIELD).map_err(|e| corrupt(number, e.to_string()))
+            };
             match key {
-                "id" => id = Some(QueueId::parse(value).map_err(|e| corrupt(number, e.to_string()))?),
+                "id" => {
+                    id = Some(QueueId::parse(value).map_err(|e| corrupt(number, e.to_string()))?)
+                }
                 "arrived" => {
-                    env.arrived = value.parse().map_err(|_| corrupt(number, "bad time".into()))?
+                    env.arrived = value
+                        .parse()
+                        .map_err(|_| corrupt(number, "bad time".into()))?
                 }
                 "sender" => {
-                    env.sender = ReversePath::parse(value).map_err(|e| corrupt(number, e.to_string()))?
+                    env.sender =
+                        ReversePath::parse(value).map_err(|e| corrupt(number, e.to_string()))?
                 }
                 "helo" => env.helo = Some(field(value)?),
                 "client" => env.client = Some(field(value)?),
@@ -277,7 +293,9 @@ impl Envelope {
                 "ret" => env.ret = Some(field(value)?),
                 "body" => env.body_type = Some(field(value)?),
                 "smtputf8" => env.smtputf8 = true,
-                "rcpt" => env.recipients.push(parse_rcpt(value).map_err(|m| corrupt(number, m))?),
+                "rcpt" => env
+                    .recipients
+                    .push(parse_rcpt(value).map_err(|m| corrupt(number, m))?),
                 other => return Err(corrupt(number, format!("unknown key {other:?}"))),
             }
         }
@@ -298,7 +316,9 @@ fn parse_rcpt(value: &str) -> Result<Recipient, String> {
     let route = match (route, command) {
         ("local", None) => Route::Local,
         ("remote", None) => Route::Remote,
-        ("pipe", Some(cmd)) => Route::Pipe(EnvelopeText::new(cmd, MAX_FIELD).map_err(|e| e.to_string())?),
+        ("pipe", Some(cmd)) => {
+            Route::Pipe(EnvelopeText::new(cmd, MAX_FIELD).map_err(|e| e.to_string())?)
+        }
         _ => return Err(format!("bad recipient line {value:?}")),
     };
     let mut rcpt = Recipient::new(route, address);
@@ -352,7 +372,12 @@ impl Queue {
         loop {
             let id = QueueId::generate();
             let path = tmp_dir.join(id.as_str());
-            let file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            let file = match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -365,7 +390,8 @@ impl Queue {
             // `postroom check` can tell a live writer from a dead one's debris.
             fs2::FileExt::try_lock_exclusive(&file).map_err(io_err(&path))?;
             let mut out = io::BufWriter::with_capacity(64 * 1024, file);
-            out.write_all(envelope.render(&id).as_bytes()).map_err(io_err(&path))?;
+            out.write_all(envelope.render(&id).as_bytes())
+                .map_err(io_err(&path))?;
             return Ok(Incoming {
                 queue: self.clone(),
                 id,
@@ -379,7 +405,9 @@ impl Queue {
     /// Queues a whole message in one call (body already CRLF-canonical).
     pub fn enqueue(&self, envelope: &Envelope, body: &[u8]) -> Result<QueueId, QueueError> {
         let mut incoming = self.incoming(envelope)?;
-        incoming.write_all(body).map_err(io_err(&incoming.path.clone()))?;
+        incoming
+            .write_all(body)
+            .map_err(io_err(&incoming.path.clone()))?;
         incoming.commit()
     }
 
@@ -468,7 +496,11 @@ impl Queue {
 
     /// Locks a message for an admin command, waiting up to `patience` for a
     /// runner to let go.
-    pub fn lock_waiting(&self, id: &QueueId, patience: Duration) -> Result<LockedMessage, QueueError> {
+    pub fn lock_waiting(
+        &self,
+        id: &QueueId,
+        patience: Duration,
+    ) -> Result<LockedMessage, QueueError> {
         let deadline = std::time::Instant::now() + patience;
         loop {
             if let Some(locked) = self.lock(id)? {
@@ -526,7 +558,9 @@ impl Queue {
                 .and_then(|m| m.modified())
                 .map(|t| now.duration_since(t).unwrap_or_default() > STALE_TMP)
                 .unwrap_or(false);
-            let Ok(file) = File::open(&path) else { continue };
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
             let lock = FileLock::try_on(file).map_err(io_err(&path))?;
             if lock.is_some() || old {
                 if remove {
@@ -563,9 +597,13 @@ impl Incoming {
     /// (not fsynced: a runner's periodic pass finds the message anyway).
     pub fn commit(mut self) -> Result<QueueId, QueueError> {
         let Some(out) = self.out.take() else {
-            return Err(io_err(&self.path)(io::Error::other("message committed twice")));
+            return Err(io_err(&self.path)(io::Error::other(
+                "message committed twice",
+            )));
         };
-        let file = out.into_inner().map_err(|e| io_err(&self.path)(e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_err(&self.path)(e.into_error()))?;
         file.sync_all().map_err(io_err(&self.path))?;
         let mess_dir = self.queue.dir("mess");
         let target = mess_dir.join(self.id.as_str());
@@ -584,7 +622,10 @@ impl Incoming {
 
 impl Write for Incoming {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let out = self.out.as_mut().ok_or_else(|| io::Error::other("message already committed"))?;
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| io::Error::other("message already committed"))?;
         let n = out.write(buf)?;
         self.size += n as u64;
         Ok(n)
@@ -619,7 +660,11 @@ pub enum RcptState {
     /// Delivered (the reply that said so).
     Delivered { at: u64, reply: String },
     /// Failed for good; a bounce is owed unless `bounced`.
-    Failed { at: u64, reply: String, bounced: bool },
+    Failed {
+        at: u64,
+        reply: String,
+        bounced: bool,
+    },
 }
 
 impl RcptState {
@@ -643,7 +688,11 @@ pub enum LogEntry {
     /// A delivery attempt for recipient N starts.
     Try(usize),
     Delivered(usize, EnvelopeText),
-    Deferred { rcpt: usize, next_try: u64, reply: EnvelopeText },
+    Deferred {
+        rcpt: usize,
+        next_try: u64,
+        reply: EnvelopeText,
+    },
     Failed(usize, EnvelopeText),
     /// The bounce for a failed recipient has been queued.
     Bounced(usize),
@@ -659,7 +708,11 @@ impl LogEntry {
         match self {
             LogEntry::Try(i) => format!("{now} try {i}\n"),
             LogEntry::Delivered(i, reply) => format!("{now} delivered {i} {reply}\n"),
-            LogEntry::Deferred { rcpt, next_try, reply } => {
+            LogEntry::Deferred {
+                rcpt,
+                next_try,
+                reply,
+            } => {
                 format!("{now} deferred {rcpt} {next_try} {reply}\n")
             }
             LogEntry::Failed(i, reply) => format!("{now} failed {i} {reply}\n"),
@@ -705,7 +758,10 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
             message: message.to_string(),
         };
         let mut words = line.splitn(3, ' ');
-        let at: u64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(|| corrupt("bad time"))?;
+        let at: u64 = words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| corrupt("bad time"))?;
         let op = words.next().unwrap_or("");
         let rest = words.next().unwrap_or("");
         let (index, tail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -793,7 +849,8 @@ impl QueuedMessage {
     /// The body (CRLF line ends), positioned at its first byte.
     pub fn body(&self) -> Result<File, QueueError> {
         let mut file = File::open(&self.path).map_err(io_err(&self.path))?;
-        file.seek(SeekFrom::Start(self.body_offset)).map_err(io_err(&self.path))?;
+        file.seek(SeekFrom::Start(self.body_offset))
+            .map_err(io_err(&self.path))?;
         Ok(file)
     }
 
@@ -935,7 +992,9 @@ mod tests {
     fn enqueue_then_read_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
-        let id = queue.enqueue(&sample(), b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        let id = queue
+            .enqueue(&sample(), b"Subject: hi\r\n\r\nbody\r\n")
+            .unwrap();
         assert_eq!(queue.list().unwrap(), vec![id.clone()]);
         assert_eq!(queue.todo().unwrap(), vec![id.clone()]);
         let msg = queue.read(&id).unwrap();
@@ -967,7 +1026,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         let live = queue.incoming(&sample()).unwrap();
-        fs::write(dir.path().join("tmp").join("0123456789abcdef01"), "dead writer").unwrap();
+        fs::write(
+            dir.path().join("tmp").join("0123456789abcdef01"),
+            "dead writer",
+        )
+        .unwrap();
         let found = queue.debris(true).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].ends_with("0123456789abcdef01"));
@@ -981,14 +1044,21 @@ mod tests {
         let queue = Queue::new(dir.path());
         let id = queue.enqueue(&sample(), b"x\r\n").unwrap();
         let mut locked = queue.lock(&id).unwrap().unwrap();
-        assert!(queue.lock(&id).unwrap().is_none(), "second runner must not get the lock");
+        assert!(
+            queue.lock(&id).unwrap().is_none(),
+            "second runner must not get the lock"
+        );
         let reply = |s: &str| EnvelopeText::new(s, 100).unwrap();
         locked
             .record(
                 &[
                     LogEntry::Try(0),
                     LogEntry::Delivered(0, reply("250 ok")),
-                    LogEntry::Deferred { rcpt: 1, next_try: 99, reply: reply("451 later") },
+                    LogEntry::Deferred {
+                        rcpt: 1,
+                        next_try: 99,
+                        reply: reply("451 later"),
+                    },
                     LogEntry::Try(2),
                 ],
                 true,
@@ -996,10 +1066,28 @@ mod tests {
             .unwrap();
         let state = &locked.message.state;
         assert!(matches!(state.recipients[0], RcptState::Delivered { .. }));
-        assert!(matches!(state.recipients[1], RcptState::Pending { next_try: 99, attempts: 1, .. }));
-        assert!(matches!(state.recipients[2], RcptState::Pending { interrupted: true, .. }));
+        assert!(matches!(
+            state.recipients[1],
+            RcptState::Pending {
+                next_try: 99,
+                attempts: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            state.recipients[2],
+            RcptState::Pending {
+                interrupted: true,
+                ..
+            }
+        ));
         assert_eq!(locked.message.next_due(), Some(0));
-        locked.record(&[LogEntry::Failed(2, reply("550 no")), LogEntry::RetryNow], false).unwrap();
+        locked
+            .record(
+                &[LogEntry::Failed(2, reply("550 no")), LogEntry::RetryNow],
+                false,
+            )
+            .unwrap();
         assert_eq!(locked.message.next_due(), Some(0));
         assert!(!locked.message.is_finished());
         drop(locked);
@@ -1036,7 +1124,11 @@ mod tests {
         let queue = Queue::new(dir.path());
         queue.create().unwrap();
         let id = QueueId::parse("0123456789abcdef01").unwrap();
-        for text in ["", "garbage\n", "postroom-queue 1\nid 0123456789abcdef01\nrcpt local nope\n\n"] {
+        for text in [
+            "",
+            "garbage\n",
+            "postroom-queue 1\nid 0123456789abcdef01\nrcpt local nope\n\n",
+        ] {
             fs::write(dir.path().join("mess").join(id.as_str()), text).unwrap();
             let err = queue.read(&id).unwrap_err().to_string();
             assert!(err.contains("mess/0123456789abcdef01"), "{err}");

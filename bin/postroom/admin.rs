@@ -97,7 +97,11 @@ pub struct PasswdArgs {
 pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let config_path = create_tree(&args.dir, &args.domain, args.hostname.as_deref())?;
     println!("created {}", config_path.display());
-    println!("next: postroom --config {} user add USER@{} --password-stdin", config_path.display(), args.domain);
+    println!(
+        "next: postroom --config {} user add USER@{} --password-stdin",
+        config_path.display(),
+        args.domain
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -106,10 +110,15 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
     if !postroom::address::is_domain_name(domain) {
         bail!("{domain:?} is not a domain name");
     }
-    let hostname = hostname.map(str::to_string).unwrap_or_else(|| format!("mail.{domain}"));
+    let hostname = hostname
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("mail.{domain}"));
     let config_path = dir.join("postroom.toml");
     if config_path.exists() {
-        bail!("{} exists already; remove it or choose another folder", config_path.display());
+        bail!(
+            "{} exists already; remove it or choose another folder",
+            config_path.display()
+        );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config_text = format!(
@@ -123,10 +132,22 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
          [auth]\n# Passwords over unencrypted connections are refused except from loopback.\nallow_plaintext = false\n"
     );
     let files = [
-        ("users", "# user@domain:{SCHEME}hash:uid:gid::home::extra  (postroom-users(5))\n".to_string()),
-        ("aliases", "# address: target, target  (postroom-aliases(5))\n".to_string()),
-        ("domains", format!("# local domains, one per line\n{domain}\n")),
-        ("access", "# allow/deny rules and the kill file (postroom.toml(5))\n".to_string()),
+        (
+            "users",
+            "# user@domain:{SCHEME}hash:uid:gid::home::extra  (postroom-users(5))\n".to_string(),
+        ),
+        (
+            "aliases",
+            "# address: target, target  (postroom-aliases(5))\n".to_string(),
+        ),
+        (
+            "domains",
+            format!("# local domains, one per line\n{domain}\n"),
+        ),
+        (
+            "access",
+            "# allow/deny rules and the kill file (postroom.toml(5))\n".to_string(),
+        ),
     ];
     for (name, text) in files {
         postroom::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
@@ -136,7 +157,11 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
     }
     std::fs::create_dir_all(dir.join("mail").join(domain))?;
     postroom::queue::Queue::new(dir.join("queue")).create()?;
-    postroom::tls::generate_self_signed(&hostname, &dir.join("tls/cert.pem"), &dir.join("tls/key.pem"))?;
+    postroom::tls::generate_self_signed(
+        &hostname,
+        &dir.join("tls/cert.pem"),
+        &dir.join("tls/key.pem"),
+    )?;
     // The config goes last: its presence means the tree is complete.
     postroom::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
     Ok(config_path)
@@ -160,7 +185,9 @@ fn read_password(given: Option<String>, from_stdin: bool) -> anyhow::Result<Stri
 
 fn scheme_of(config: &Config, name: Option<&str>) -> anyhow::Result<Scheme> {
     let name = name.unwrap_or(&config.auth.default_scheme);
-    Scheme::parse(name).with_context(|| format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT"))
+    Scheme::parse(name).with_context(|| {
+        format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT")
+    })
 }
 
 /// A stored hash as given (`{SCHEME}…`), or a fresh hash of a password.
@@ -175,8 +202,17 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
     let config = crate::load_config(config)?;
     let file = config.users_file();
     match command {
-        UserCommand::Add { address, password, password_stdin, quota, file: list } => {
-            let quota = quota.map(|q| postroom::config::parse_size(&q)).transpose().map_err(anyhow::Error::msg)?;
+        UserCommand::Add {
+            address,
+            password,
+            password_stdin,
+            quota,
+            file: list,
+        } => {
+            let quota = quota
+                .map(|q| postroom::config::parse_size(&q))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let domains = domains::Domains::load(&config.domains_file())?;
             let mut entries = Vec::new();
             if let Some(list) = list {
@@ -185,7 +221,8 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                     std::io::stdin().read_to_string(&mut t)?;
                     t
                 } else {
-                    std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?
+                    std::fs::read_to_string(&list)
+                        .with_context(|| format!("reading {}", list.display()))?
                 };
                 for (n, line) in text.lines().enumerate() {
                     let line = line.trim();
@@ -203,9 +240,14 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                 entries.push(new_user(&config, &domains, &address, &secret, quota)?);
             }
             users::add_users(&file, &entries)?;
-            for entry in &entries {
+            // One user gets a maildir now, so the admin sees it; bulk adds
+            // leave that to the first delivery or login, which create it.
+            for entry in entries.iter().filter(|_| entries.len() == 1) {
                 let maildir = postroom::maildir::Maildir::new(
-                    config.mail_dir().join(entry.address.domain()).join(entry.address.local_part().to_lowercase()),
+                    config
+                        .mail_dir()
+                        .join(entry.address.domain())
+                        .join(entry.address.local_part().to_lowercase()),
                 );
                 maildir.create()?;
             }
@@ -213,7 +255,10 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
         }
         UserCommand::Del { address } => {
             users::remove_user(&file, &address)?;
-            println!("removed {address}; the mail under {} stays", config.mail_dir().display());
+            println!(
+                "removed {address}; the mail under {} stays",
+                config.mail_dir().display()
+            );
         }
         UserCommand::List => {
             let users = users::Users::load(&file)?;
@@ -224,7 +269,11 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                 writeln!(out, "{name}")?;
             }
         }
-        UserCommand::Passwd { address, password, password_stdin } => {
+        UserCommand::Passwd {
+            address,
+            password,
+            password_stdin,
+        } => {
             let secret = read_password(password, password_stdin)?;
             users::set_password(&file, &address, &hash_or_keep(&config, &secret)?)?;
             println!("password changed for {address}");
@@ -242,7 +291,11 @@ fn new_user(
 ) -> anyhow::Result<users::NewUser> {
     let address = Address::parse(address).with_context(|| format!("{address:?}"))?;
     if !domains.contains(address.domain()) {
-        bail!("{address}: {} is not a local domain (postroom domain add {})", address.domain(), address.domain());
+        bail!(
+            "{address}: {} is not a local domain (postroom domain add {})",
+            address.domain(),
+            address.domain()
+        );
     }
     Ok(users::NewUser {
         address,
@@ -303,9 +356,13 @@ pub fn passwd(config: Option<PathBuf>, args: PasswdArgs) -> anyhow::Result<ExitC
     // Hashing needs no tree, but honours the config's default scheme if a
     // config is at hand.
     let path = Config::locate(config.as_deref());
-    let default = Config::load(&path).map(|c| c.auth.default_scheme).unwrap_or_else(|_| "ARGON2ID".into());
+    let default = Config::load(&path)
+        .map(|c| c.auth.default_scheme)
+        .unwrap_or_else(|_| "ARGON2ID".into());
     let name = args.scheme.unwrap_or(default);
-    let scheme = Scheme::parse(&name).with_context(|| format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT"))?;
+    let scheme = Scheme::parse(&name).with_context(|| {
+        format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT")
+    })?;
     let secret = read_password(args.password, true)?;
     println!("{}", password::hash(&secret, scheme)?);
     Ok(ExitCode::SUCCESS)

@@ -103,7 +103,9 @@ fn check_files(config: &Config, report: &mut Report) {
             return;
         }
     };
-    let local_domains: Vec<String> = domains.map(|d| d.iter().map(str::to_string).collect()).unwrap_or_default();
+    let local_domains: Vec<String> = domains
+        .map(|d| d.iter().map(str::to_string).collect())
+        .unwrap_or_default();
     for (key, _) in list {
         // A bare local part applies in every domain; a catch-all is tried
         // with a name no one has.
@@ -116,13 +118,17 @@ fn check_files(config: &Config, report: &mut Report) {
         };
         for text in addresses {
             let Ok(address) = Address::parse(&text) else {
-                report.problems.push(format!("{}: alias {key:?} is not an address", config.aliases_file().display()));
+                report.problems.push(format!(
+                    "{}: alias {key:?} is not an address",
+                    config.aliases_file().display()
+                ));
                 continue;
             };
             if let Err(e) = directory.resolve(&address) {
-                report
-                    .problems
-                    .push(format!("{}: alias {key}: {e}", config.aliases_file().display()));
+                report.problems.push(format!(
+                    "{}: alias {key}: {e}",
+                    config.aliases_file().display()
+                ));
             }
         }
     }
@@ -139,7 +145,10 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
     for sub in ["tmp", "mess", "log", "todo"] {
         let dir = queue.root().join(sub);
         if !dir.is_dir() {
-            report.problems.push(format!("{}: missing (postroom init creates it)", dir.display()));
+            report.problems.push(format!(
+                "{}: missing (postroom init creates it)",
+                dir.display()
+            ));
         }
     }
     match queue.debris(fix) {
@@ -147,7 +156,11 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
             "{} unfinished queue file(s) left by crashed writers in {}{}",
             found.len(),
             queue.root().join("tmp").display(),
-            if fix { ", removed" } else { " (never acknowledged; --fix removes them)" }
+            if fix {
+                ", removed"
+            } else {
+                " (never acknowledged; --fix removes them)"
+            }
         )),
         Ok(_) => {}
         Err(e) => report.problems.push(e.to_string()),
@@ -160,7 +173,9 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
                     Err(e) => report.problems.push(e.to_string()),
                 }
             }
-            report.notices.push(format!("{} message(s) in the queue", ids.len()));
+            report
+                .notices
+                .push(format!("{} message(s) in the queue", ids.len()));
         }
         Err(e) => report.problems.push(e.to_string()),
     }
@@ -170,26 +185,35 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
 fn check_mail(config: &Config, fix: bool, report: &mut Report) {
     let mail = config.mail_dir();
     if !mail.is_dir() {
-        report.problems.push(format!("{}: missing (postroom init creates it)", mail.display()));
+        report.problems.push(format!(
+            "{}: missing (postroom init creates it)",
+            mail.display()
+        ));
         return;
     }
     let now = SystemTime::now();
     let mut stale = 0;
     let dirs = |p: &std::path::Path| -> Vec<PathBuf> {
         std::fs::read_dir(p)
-            .map(|it| it.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .map(|it| {
+                it.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     for domain in dirs(&mail) {
         for mailbox in dirs(&domain) {
             let mut folders = vec![mailbox.clone()];
-            folders.extend(
-                dirs(&mailbox)
-                    .into_iter()
-                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))),
-            );
+            folders.extend(dirs(&mailbox).into_iter().filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            }));
             for folder in folders {
-                let Ok(entries) = std::fs::read_dir(folder.join("tmp")) else { continue };
+                let Ok(entries) = std::fs::read_dir(folder.join("tmp")) else {
+                    continue;
+                };
                 for entry in entries.flatten() {
                     let old = entry
                         .metadata()
@@ -209,7 +233,11 @@ fn check_mail(config: &Config, fix: bool, report: &mut Report) {
     if stale > 0 {
         report.notices.push(format!(
             "{stale} maildir tmp file(s) older than 36 hours{}",
-            if fix { ", removed" } else { " (--fix removes them)" }
+            if fix {
+                ", removed"
+            } else {
+                " (--fix removes them)"
+            }
         ));
     }
 }

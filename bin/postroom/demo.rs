@@ -42,7 +42,9 @@ struct Server {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let root = args.root.unwrap_or_else(|| std::env::temp_dir().join("postroom-demo"));
+    let root = args
+        .root
+        .unwrap_or_else(|| std::env::temp_dir().join("postroom-demo"));
     let config_path = root.join("postroom.toml");
     if !config_path.exists() {
         crate::admin::create_tree(&root, DOMAIN, Some("mail.example.test"))?;
@@ -65,22 +67,36 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 quota: None,
             }],
         )?;
-        aliases::add_alias(&config.aliases_file(), &format!("postmaster@{DOMAIN}"), &[USER.to_string()])?;
+        aliases::add_alias(
+            &config.aliases_file(),
+            &format!("postmaster@{DOMAIN}"),
+            &[USER.to_string()],
+        )?;
         welcome(&config, &address).context("delivering the welcome message")?;
     }
 
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let servers = servers(&config_path, args.port_offset);
     println!("postroom demo in {}", root.display());
     println!("  user:      {USER}");
     println!("  password:  {secret}");
-    println!("  mailbox:   {}", config.mail_dir().join(DOMAIN).join("demo").display());
+    println!(
+        "  mailbox:   {}",
+        config.mail_dir().join(DOMAIN).join("demo").display()
+    );
     println!(
         "  inject:    echo 'Subject: hi' | {} --config {} {USER}",
         bin_dir.join("mail-inject").display(),
         config_path.display()
     );
-    println!("  queue:     {} --config {} queue list", bin_dir.join("postroom").display(), config_path.display());
+    println!(
+        "  queue:     {} --config {} queue list",
+        bin_dir.join("postroom").display(),
+        config_path.display()
+    );
     let mut available = Vec::new();
     for server in servers {
         let path = bin_dir.join(server.binary);
@@ -109,12 +125,26 @@ fn servers(config: &Path, offset: u16) -> Vec<Server> {
         Server {
             binary: "smtp-recv",
             args: with(&["--listen", &port(2525)]),
-            about: format!("SMTP:      {}  (swaks --server {} --to {USER})", port(2525), port(2525)),
+            about: format!(
+                "SMTP:      {}  (swaks --server {} --to {USER})",
+                port(2525),
+                port(2525)
+            ),
         },
         Server {
             binary: "smtp-recv",
-            args: with(&["--submission", "--listen", &port(2587), "--listen-tls", &port(2465)]),
-            about: format!("submission:{} STARTTLS, {} TLS  (login {USER})", port(2587), port(2465)),
+            args: with(&[
+                "--submission",
+                "--listen",
+                &port(2587),
+                "--listen-tls",
+                &port(2465),
+            ]),
+            about: format!(
+                "submission:{} STARTTLS, {} TLS  (login {USER})",
+                port(2587),
+                port(2465)
+            ),
         },
         Server {
             binary: "smtp-send",
@@ -136,7 +166,9 @@ fn servers(config: &Path, offset: u16) -> Vec<Server> {
 
 /// Starts the servers and waits for Ctrl-C (or SIGTERM), then stops them.
 fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let mut children = Vec::new();
         for (path, server) in servers {
@@ -191,5 +223,7 @@ fn fresh_password() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::thread_rng();
-    (0..16).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..16)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }

@@ -17,7 +17,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "postroom", version, about = "Administer a postroom mail system")]
+#[command(
+    name = "postroom",
+    version,
+    about = "Administer a postroom mail system"
+)]
 struct Cli {
     /// The config file (default /etc/postroom/postroom.toml).
     #[arg(long, global = true, env = "POSTROOM_CONFIG", value_name = "FILE")]

@@ -59,16 +59,24 @@ pub fn run(config: Option<PathBuf>, command: QueueCommand) -> anyhow::Result<Exi
         QueueCommand::Show { id, json } => {
             let message = queue.read(&QueueId::parse(&id)?)?;
             if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&describe(&message, true))?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&describe(&message, true))?
+                )?;
             } else {
                 show(&message, &mut out)?;
             }
         }
-        QueueCommand::Hold(ids) => change(&queue, ids, "held", |m| m.record(&[LogEntry::Hold], true))?,
-        QueueCommand::Release(ids) => change(&queue, ids, "released", |m| m.record(&[LogEntry::Release], true))?,
-        QueueCommand::Retry(ids) => {
-            change(&queue, ids, "scheduled for retry", |m| m.record(&[LogEntry::RetryNow], true))?
+        QueueCommand::Hold(ids) => {
+            change(&queue, ids, "held", |m| m.record(&[LogEntry::Hold], true))?
         }
+        QueueCommand::Release(ids) => change(&queue, ids, "released", |m| {
+            m.record(&[LogEntry::Release], true)
+        })?,
+        QueueCommand::Retry(ids) => change(&queue, ids, "scheduled for retry", |m| {
+            m.record(&[LogEntry::RetryNow], true)
+        })?,
         QueueCommand::Delete(ids) => {
             let ids = resolve(&queue, ids)?;
             for id in ids {
@@ -111,8 +119,15 @@ fn list(queue: &Queue, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
         write!(out, "[")?;
         let mut first = true;
         for id in ids {
-            let Ok(message) = queue.read(&id) else { continue };
-            write!(out, "{}{}", if first { "\n" } else { ",\n" }, describe(&message, false))?;
+            let Ok(message) = queue.read(&id) else {
+                continue;
+            };
+            write!(
+                out,
+                "{}{}",
+                if first { "\n" } else { ",\n" },
+                describe(&message, false)
+            )?;
             first = false;
         }
         writeln!(out, "\n]")?;
@@ -131,7 +146,11 @@ fn list(queue: &Queue, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
         };
         let pending = message.pending().count();
         let total = message.envelope.recipients.len();
-        let state = if message.state.held { "held" } else { state_word(&message) };
+        let state = if message.state.held {
+            "held"
+        } else {
+            state_word(&message)
+        };
         writeln!(
             out,
             "{id}  {date}  {size:>9}  {state:<8}  <{sender}>  {pending}/{total} pending",
@@ -215,17 +234,29 @@ fn headers_of(message: &QueuedMessage) -> Vec<(String, String)> {
 fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
     let env = &message.envelope;
     writeln!(out, "id:       {}", message.id)?;
-    writeln!(out, "arrived:  {}", postroom::message::rfc5322_date(env.arrived))?;
+    writeln!(
+        out,
+        "arrived:  {}",
+        postroom::message::rfc5322_date(env.arrived)
+    )?;
     writeln!(out, "sender:   <{}>", env.sender)?;
     writeln!(out, "size:     {} bytes", message.body_size)?;
     if let Some(client) = &env.client {
-        writeln!(out, "client:   {client} (helo {})", env.helo.as_ref().map(|h| h.as_str()).unwrap_or("-"))?;
+        writeln!(
+            out,
+            "client:   {client} (helo {})",
+            env.helo.as_ref().map(|h| h.as_str()).unwrap_or("-")
+        )?;
     }
     if let Some(auth) = &env.auth {
         writeln!(out, "auth:     {auth}")?;
     }
     if message.state.held {
-        writeln!(out, "state:    held (postroom queue release {})", message.id)?;
+        writeln!(
+            out,
+            "state:    held (postroom queue release {})",
+            message.id
+        )?;
     }
     writeln!(out, "recipients:")?;
     for (r, s) in env.recipients.iter().zip(&message.state.recipients) {
@@ -236,7 +267,12 @@ fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
         };
         let state = match s {
             RcptState::Pending { attempts: 0, .. } => "pending".to_string(),
-            RcptState::Pending { next_try, attempts, last_reply, .. } => format!(
+            RcptState::Pending {
+                next_try,
+                attempts,
+                last_reply,
+                ..
+            } => format!(
                 "deferred after {attempts} attempt(s), next {}: {}",
                 postroom::message::rfc5322_date(*next_try),
                 last_reply.as_deref().unwrap_or("")

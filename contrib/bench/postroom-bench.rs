@@ -41,7 +41,10 @@ const MESSAGE_SIZE: usize = 4096;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let base = cli.dir.unwrap_or_else(std::env::temp_dir).join(format!("postroom-bench-{}", std::process::id()));
+    let base = cli
+        .dir
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("postroom-bench-{}", std::process::id()));
     let result = match cli.bench {
         Bench::Foundation { messages } => foundation(&base, messages),
     };
@@ -56,7 +59,10 @@ fn main() -> ExitCode {
 }
 
 fn foundation(base: &Path, messages: usize) -> anyhow::Result<()> {
-    println!("postroom-bench foundation: {messages} messages of {MESSAGE_SIZE} bytes per run, in {}", base.display());
+    println!(
+        "postroom-bench foundation: {messages} messages of {MESSAGE_SIZE} bytes per run, in {}",
+        base.display()
+    );
     let mut raw = Vec::new();
     for writers in [1, 8] {
         let rate = raw_rate(&base.join(format!("raw{writers}")), messages, writers)?;
@@ -64,7 +70,11 @@ fn foundation(base: &Path, messages: usize) -> anyhow::Result<()> {
         raw.push(rate);
     }
     for (i, injectors) in [1, 8].into_iter().enumerate() {
-        let rate = inject_rate(&base.join(format!("inject{injectors}")), messages, injectors)?;
+        let rate = inject_rate(
+            &base.join(format!("inject{injectors}")),
+            messages,
+            injectors,
+        )?;
         println!(
             "mail-inject -> queue -> maildir, {injectors} injector(s): {rate:>8.0} msg/s = {:.0}% of raw with {injectors}",
             100.0 * rate / raw[i]
@@ -109,7 +119,12 @@ fn inject_rate(dir: &Path, messages: usize, injectors: usize) -> anyhow::Result<
     let bin = std::env::current_exe()?.with_file_name("postroom");
     let inject = std::env::current_exe()?.with_file_name("mail-inject");
     let status = Command::new(&bin)
-        .args(["init", dir.to_str().unwrap_or_default(), "--domain", "bench.test"])
+        .args([
+            "init",
+            dir.to_str().unwrap_or_default(),
+            "--domain",
+            "bench.test",
+        ])
         .stdout(Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "postroom init failed");
@@ -123,7 +138,9 @@ fn inject_rate(dir: &Path, messages: usize, injectors: usize) -> anyhow::Result<
     anyhow::ensure!(status.success(), "postroom user add failed");
     let mut body = b"Subject: bench\n\n".to_vec();
     while body.len() < MESSAGE_SIZE {
-        body.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n");
+        body.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n",
+        );
     }
     body.truncate(MESSAGE_SIZE);
 
@@ -151,12 +168,17 @@ fn inject_rate(dir: &Path, messages: usize, injectors: usize) -> anyhow::Result<
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("injector panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("injector panicked"))??;
         }
         Ok(())
     })?;
     let elapsed = start.elapsed().as_secs_f64();
     let delivered = std::fs::read_dir(dir.join("mail/bench.test/sink/new"))?.count();
-    anyhow::ensure!(delivered == per * injectors, "only {delivered} of {} delivered", per * injectors);
+    anyhow::ensure!(
+        delivered == per * injectors,
+        "only {delivered} of {} delivered",
+        per * injectors
+    );
     Ok(delivered as f64 / elapsed)
 }
