@@ -53,7 +53,7 @@ struct Options {
 struct Failure(u8, String);
 
 fn main() -> ExitCode {
-    postroom::log::init("mail-inject");
+    postroom::log::init("mail-inject", "warn");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = parse_args(&args).and_then(run);
     match result {
@@ -176,11 +176,17 @@ fn run(options: Options) -> Result<(), Failure> {
         .and_then(|()| incoming.write_all(&headers))
         .and_then(|()| incoming.write_all(rest))
         .map_err(|e| tempfail(format!("writing the queue file: {e}")))?;
-    incoming.commit().map_err(tempfail)?;
-    tracing::info!(queue_id = %id, sender = %sender, recipients = wanted.len(), "queued");
-
-    if !options.queue_only {
-        deliver_now(&config, &directory, &queue, &id);
+    let staged = incoming.finish().map_err(tempfail)?;
+    // Early delivery: local recipients get the message now, and only what
+    // is left enters the queue (postroom-queue(5)); -odq queues it all.
+    let outcome = if options.queue_only {
+        staged.commit(&[]).map(deliver::Early::Queued)
+    } else {
+        deliver::deliver_staged(&config, &directory, staged)
+    };
+    match outcome.map_err(tempfail)? {
+        deliver::Early::Delivered => tracing::info!(queue_id = %id, sender = %sender, "delivered"),
+        deliver::Early::Queued(id) => tracing::info!(queue_id = %id, sender = %sender, "queued"),
     }
     Ok(())
 }
@@ -336,30 +342,6 @@ fn added_headers(
         added.push_str(&format!("Message-ID: <{id}@{}>\r\n", config.hostname));
     }
     added
-}
-
-/// Delivers the local recipients right away, as sendmail's default delivery
-/// mode does; whatever fails stays queued for `smtp-send`.
-fn deliver_now(
-    config: &Config,
-    directory: &Directory,
-    queue: &Queue,
-    id: &postroom::queue::QueueId,
-) {
-    let result = (|| -> Result<(), postroom::queue::QueueError> {
-        let Some(mut locked) = queue.lock(id)? else {
-            return Ok(());
-        };
-        deliver::deliver_local(config, directory, &mut locked, true)?;
-        if locked.message.is_finished() {
-            queue.clear_todo(id);
-            locked.remove(false)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        tracing::warn!(queue_id = %id, "left in the queue: {e}");
-    }
 }
 
 fn text(value: &str) -> Result<EnvelopeText, Failure> {

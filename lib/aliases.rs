@@ -171,12 +171,12 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         if raw.trim_start().starts_with('#') || raw.trim().is_empty() {
             continue;
         }
-        if raw.starts_with([' ', '\t']) {
-            if let Some((_, last)) = out.last_mut() {
-                last.push(' ');
-                last.push_str(raw.trim());
-                continue;
-            }
+        if raw.starts_with([' ', '\t'])
+            && let Some((_, last)) = out.last_mut()
+        {
+            last.push(' ');
+            last.push_str(raw.trim());
+            continue;
         }
         out.push((number + 1, raw.trim().to_string()));
     }

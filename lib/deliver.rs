@@ -21,7 +21,10 @@ use crate::aliases::{Directory, ResolveError, Target};
 use crate::config::Config;
 use crate::fsutil;
 use crate::maildir::{Delivered, Maildir, MaildirError, Message};
-use crate::queue::{self, LockedMessage, LogEntry, QueueError, RcptState, Recipient, Route};
+use crate::queue::{
+    self, LockedMessage, LogEntry, QueueError, QueueId, QueuedMessage, RcptState, Recipient, Route,
+    Staged,
+};
 use crate::users;
 
 /// How long a pipe command may run.
@@ -38,21 +41,77 @@ pub enum Outcome {
 }
 
 /// Delivers every local and pipe recipient of the locked message that is
-/// due (`force`: due or not), records the outcomes, and removes the message
-/// from the queue when nothing is left to do. Returns the outcomes by
-/// recipient index.
+/// due (`force`: due or not) and records the outcomes. The queue runner's
+/// path: a `try` line goes first, so if this process dies mid-delivery the
+/// next runner knows to look for a copy already made. Returns the outcomes
+/// by recipient index.
 pub fn deliver_local(
     config: &Config,
     directory: &Directory,
     locked: &mut LockedMessage,
     force: bool,
 ) -> Result<Vec<(usize, Outcome)>, QueueError> {
-    let now = fsutil::now_secs();
-    let message = &locked.message;
-    if message.state.held {
+    if locked.message.state.held {
         return Ok(Vec::new());
     }
-    let due: Vec<usize> = message
+    let due = due_local(&locked.message, force);
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tries: Vec<LogEntry> = due.iter().map(|&i| LogEntry::Try(i)).collect();
+    locked.record(&tries, false)?;
+    let outcomes = attempt(config, directory, &locked.message, &due)?;
+    // A pipe is not idempotent, so its outcome must not be lost.
+    let durable = due
+        .iter()
+        .any(|&i| matches!(locked.message.envelope.recipients[i].route, Route::Pipe(_)));
+    locked.record(&log_entries(config, &locked.message, &outcomes), durable)?;
+    Ok(outcomes)
+}
+
+/// What became of a freshly written message after [`deliver_staged`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Early {
+    /// Every recipient was delivered; the message never entered the queue.
+    Delivered,
+    /// The message is queued for the rest (remote recipients, deferrals,
+    /// bounces), with what was done recorded.
+    Queued(QueueId),
+}
+
+/// Early delivery for a writer that has just finished a message (see
+/// [`Staged`]): local and pipe recipients are delivered from the staged
+/// file; only if anything is left does the message get committed to the
+/// queue. Either way, on `Ok` the message is durable where it belongs.
+pub fn deliver_staged(
+    config: &Config,
+    directory: &Directory,
+    staged: Staged,
+) -> Result<Early, QueueError> {
+    let due = due_local(&staged.message, true);
+    let outcomes = attempt(config, directory, &staged.message, &due)?;
+    let remote = staged
+        .message
+        .envelope
+        .recipients
+        .iter()
+        .any(|r| r.route == Route::Remote);
+    let all_delivered = outcomes
+        .iter()
+        .all(|(_, o)| matches!(o, Outcome::Delivered(_)));
+    if !remote && all_delivered && outcomes.len() == staged.message.envelope.recipients.len() {
+        staged.discard()?;
+        return Ok(Early::Delivered);
+    }
+    let entries = log_entries(config, &staged.message, &outcomes);
+    staged.commit(&entries).map(Early::Queued)
+}
+
+/// Local and pipe recipients still pending and due now (or at all, with
+/// `force`).
+fn due_local(message: &QueuedMessage, force: bool) -> Vec<usize> {
+    let now = fsutil::now_secs();
+    message
         .pending()
         .filter(|(_, r)| !matches!(r.route, Route::Remote))
         .filter(|(i, _)| match &message.state.recipients[*i] {
@@ -60,19 +119,20 @@ pub fn deliver_local(
             _ => false,
         })
         .map(|(i, _)| i)
-        .collect();
-    if due.is_empty() {
-        return Ok(Vec::new());
-    }
-    let tries: Vec<LogEntry> = due.iter().map(|&i| LogEntry::Try(i)).collect();
-    locked.record(&tries, false)?;
+        .collect()
+}
 
-    let headers = header_block(locked)?;
+/// One attempt for each of `due`; nothing is recorded here.
+fn attempt(
+    config: &Config,
+    directory: &Directory,
+    message: &QueuedMessage,
+    due: &[usize],
+) -> Result<Vec<(usize, Outcome)>, QueueError> {
+    let now = fsutil::now_secs();
+    let headers = header_block(message)?;
     let mut outcomes = Vec::new();
-    let mut entries = Vec::new();
-    let mut durable = false;
-    for &i in &due {
-        let message = &locked.message;
+    for &i in due {
         let rcpt = &message.envelope.recipients[i];
         let outcome = if has_delivered_to(&headers, &rcpt.address) {
             Outcome::Failed(format!(
@@ -89,31 +149,39 @@ pub fn deliver_local(
                             ..
                         }
                     );
-                    to_mailbox(config, directory, locked, i, interrupted)
+                    to_mailbox(config, directory, message, i, interrupted)
                 }
-                Route::Pipe(command) => {
-                    durable = true;
-                    to_pipe(locked, i, command)
-                }
+                Route::Pipe(command) => to_pipe(message, i, command),
                 Route::Remote => continue,
             }
         };
         let outcome = expire(outcome, message.envelope.arrived, now, config);
-        let reply = |text: &str| EnvelopeText::sanitize(text, queue::MAX_FIELD);
-        entries.push(match &outcome {
-            Outcome::Delivered(text) => LogEntry::Delivered(i, reply(text)),
-            Outcome::Failed(text) => LogEntry::Failed(i, reply(text)),
-            Outcome::Deferred(text) => LogEntry::Deferred {
-                rcpt: i,
-                next_try: queue::next_retry(message.envelope.arrived, now, &config.queue),
-                reply: reply(text),
-            },
-        });
         tracing::info!(queue_id = %message.id, rcpt = %rcpt.address, ?outcome, "local delivery");
         outcomes.push((i, outcome));
     }
-    locked.record(&entries, durable)?;
     Ok(outcomes)
+}
+
+/// The log lines that record `outcomes`.
+fn log_entries(
+    config: &Config,
+    message: &QueuedMessage,
+    outcomes: &[(usize, Outcome)],
+) -> Vec<LogEntry> {
+    let now = fsutil::now_secs();
+    let reply = |text: &str| EnvelopeText::sanitize(text, queue::MAX_FIELD);
+    outcomes
+        .iter()
+        .map(|(i, outcome)| match outcome {
+            Outcome::Delivered(text) => LogEntry::Delivered(*i, reply(text)),
+            Outcome::Failed(text) => LogEntry::Failed(*i, reply(text)),
+            Outcome::Deferred(text) => LogEntry::Deferred {
+                rcpt: *i,
+                next_try: queue::next_retry(message.envelope.arrived, now, &config.queue),
+                reply: reply(text),
+            },
+        })
+        .collect()
 }
 
 /// The queue recipients one RCPT turns into, after alias expansion: local
@@ -171,11 +239,10 @@ fn expire(outcome: Outcome, arrived: u64, now: u64, config: &Config) -> Outcome 
 fn to_mailbox(
     config: &Config,
     directory: &Directory,
-    locked: &LockedMessage,
+    message: &QueuedMessage,
     index: usize,
     interrupted: bool,
 ) -> Outcome {
-    let message = &locked.message;
     let rcpt = &message.envelope.recipients[index].address;
     let Some(user) = directory.user(rcpt) else {
         return Outcome::Failed(format!("550 5.1.1 <{rcpt}>: no such user here"));
@@ -216,8 +283,7 @@ fn to_mailbox(
     }
 }
 
-fn to_pipe(locked: &LockedMessage, index: usize, command: &EnvelopeText) -> Outcome {
-    let message = &locked.message;
+fn to_pipe(message: &QueuedMessage, index: usize, command: &EnvelopeText) -> Outcome {
     let rcpt = &message.envelope.recipients[index].address;
     let mut body = Vec::with_capacity(message.body_size as usize + 256);
     body.extend_from_slice(
@@ -353,8 +419,7 @@ pub fn run_pipe(
 
 /// The header block of the queued body (up to the first empty line, at most
 /// 256 KiB: enough to find loop markers without reading a huge message).
-fn header_block(locked: &LockedMessage) -> Result<Vec<u8>, QueueError> {
-    let message = &locked.message;
+fn header_block(message: &QueuedMessage) -> Result<Vec<u8>, QueueError> {
     let mut head = Vec::new();
     message
         .body()?

@@ -8,7 +8,7 @@
 //! user, else the owner of the folder holding the config (the tree's owner);
 //! supplementary groups are cleared and gid set before uid, so root cannot
 //! come back. A tree owned by root itself (a sandbox, a test) is left to
-//! root, with a warning. Anyone other than root keeps who they are: the
+//! root. Anyone other than root keeps who they are: the
 //! tree's permissions decide.
 
 use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
@@ -40,7 +40,7 @@ pub fn drop_privileges(config: &Config) -> Result<(), PrivilegeError> {
             match User::from_uid(Uid::from_raw(owner)).ok().flatten() {
                 Some(user) if owner != 0 => user,
                 _ => {
-                    tracing::warn!(tree = %config.dir.display(), "the tree belongs to root; staying root (set run_as)");
+                    tracing::debug!(tree = %config.dir.display(), "the tree belongs to root; staying root (set run_as)");
                     return Ok(());
                 }
             }

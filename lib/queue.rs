@@ -29,6 +29,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::address::{Address, AddressError, EnvelopeText, ReversePath};
@@ -365,49 +366,49 @@ impl Queue {
         Ok(())
     }
 
-    /// Starts a message: writes the envelope into `tmp/ID`. The body follows
-    /// through [`Incoming`]'s `Write`; nothing is queued until `commit`.
+    /// Starts a message. The envelope and body are held in memory up to
+    /// [`SPILL_BYTES`], then written on to `tmp/ID`; nothing is queued until
+    /// [`Incoming::commit`] (or [`Staged::commit`]).
     pub fn incoming(&self, envelope: &Envelope) -> Result<Incoming, QueueError> {
-        let tmp_dir = self.dir("tmp");
-        loop {
-            let id = QueueId::generate();
-            let path = tmp_dir.join(id.as_str());
-            let file = match OpenOptions::new()
+        let id = QueueId::generate();
+        Ok(Incoming {
+            queue: self.clone(),
+            path: self.dir("tmp").join(id.as_str()),
+            buffer: envelope.render(&id).into_bytes(),
+            id,
+            spill: None,
+            size: 0,
+            done: false,
+        })
+    }
+
+    /// Creates `tmp/ID` for a writer and locks it: the lock lets
+    /// `postroom check` tell a live writer from a dead one's debris.
+    fn create_tmp(&self, path: &Path) -> Result<File, QueueError> {
+        let open = || {
+            OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
-            {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.create()?;
-                    continue;
-                }
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            // The writer holds a lock on its tmp file until the commit, so
-            // `postroom check` can tell a live writer from a dead one's debris.
-            fs2::FileExt::try_lock_exclusive(&file).map_err(io_err(&path))?;
-            let mut out = io::BufWriter::with_capacity(64 * 1024, file);
-            out.write_all(envelope.render(&id).as_bytes())
-                .map_err(io_err(&path))?;
-            return Ok(Incoming {
-                queue: self.clone(),
-                id,
-                path,
-                out: Some(out),
-                size: 0,
-            });
+                .open(path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.create()?;
+                open()
+            }
+            other => other,
         }
+        .map_err(io_err(path))?;
+        fs2::FileExt::try_lock_exclusive(&file).map_err(io_err(path))?;
+        Ok(file)
     }
 
     /// Queues a whole message in one call (body already CRLF-canonical).
     pub fn enqueue(&self, envelope: &Envelope, body: &[u8]) -> Result<QueueId, QueueError> {
         let mut incoming = self.incoming(envelope)?;
-        incoming
-            .write_all(body)
-            .map_err(io_err(&incoming.path.clone()))?;
+        let path = incoming.path.clone();
+        incoming.write_all(body).map_err(io_err(&path))?;
         incoming.commit()
     }
 
@@ -446,10 +447,41 @@ impl Queue {
     }
 
     fn read_open(&self, id: &QueueId, file: File) -> Result<QueuedMessage, QueueError> {
-        let path = self.mess_path(id);
+        self.read_at(id, file, self.mess_path(id))
+    }
+
+    fn read_at(
+        &self,
+        id: &QueueId,
+        file: File,
+        path: PathBuf,
+    ) -> Result<QueuedMessage, QueueError> {
         let size = file.metadata().map_err(io_err(&path))?.len();
         let mut reader = BufReader::with_capacity(8192, file);
-        let (file_id, envelope, body_offset) = Envelope::parse(&mut reader, &path)?;
+        self.parse_message(id, &mut reader, size, path, BodySource::File)
+    }
+
+    /// A staged message that is still in memory.
+    fn read_bytes(
+        &self,
+        id: &QueueId,
+        bytes: Arc<Vec<u8>>,
+        path: PathBuf,
+    ) -> Result<QueuedMessage, QueueError> {
+        let size = bytes.len() as u64;
+        let mut reader = io::Cursor::new(SharedBytes(bytes.clone(), 0));
+        self.parse_message(id, &mut reader, size, path, BodySource::Memory(bytes))
+    }
+
+    fn parse_message(
+        &self,
+        id: &QueueId,
+        reader: &mut impl BufRead,
+        size: u64,
+        path: PathBuf,
+        source: BodySource,
+    ) -> Result<QueuedMessage, QueueError> {
+        let (file_id, envelope, body_offset) = Envelope::parse(reader, &path)?;
         if &file_id != id {
             return Err(QueueError::Corrupt {
                 path,
@@ -465,6 +497,7 @@ impl Queue {
             body_size: size.saturating_sub(body_offset),
             state: log,
             path,
+            source,
         })
     }
 
@@ -569,17 +602,48 @@ impl Queue {
                 found.push(path);
             }
         }
+        // A log whose message is gone: its writer died between writing the
+        // log and committing the message (an hour covers any live writer).
+        let log = self.dir("log");
+        for entry in fs::read_dir(&log)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
+            let name = entry.file_name();
+            let orphan = !self.dir("mess").join(&name).exists();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() > Duration::from_secs(3600))
+                .unwrap_or(false);
+            if orphan && old {
+                if remove {
+                    let _ = fs::remove_file(entry.path());
+                }
+                found.push(entry.path());
+            }
+        }
         Ok(found)
     }
 }
+
+/// Messages up to this size are staged in memory; larger ones go to
+/// `tmp/` as they arrive, so memory stays bounded whatever the size limit.
+pub const SPILL_BYTES: usize = 1 << 20;
 
 /// A message being written. Dropping it without `commit` removes it.
 pub struct Incoming {
     queue: Queue,
     id: QueueId,
     path: PathBuf,
-    out: Option<io::BufWriter<File>>,
+    /// Envelope and body so far, until they outgrow [`SPILL_BYTES`].
+    buffer: Vec<u8>,
+    /// `tmp/ID`, once the message has spilled to disk.
+    spill: Option<io::BufWriter<File>>,
     size: u64,
+    /// Finished (or failed): the drop leaves the file alone.
+    done: bool,
 }
 
 impl Incoming {
@@ -593,45 +657,134 @@ impl Incoming {
     }
 
     /// The commit point: fsync the file, rename it into `mess/`, fsync
-    /// `mess/`. Only after this may a server answer 250. Then a `todo/` hint
-    /// (not fsynced: a runner's periodic pass finds the message anyway).
-    pub fn commit(mut self) -> Result<QueueId, QueueError> {
-        let Some(out) = self.out.take() else {
-            return Err(io_err(&self.path)(io::Error::other(
-                "message committed twice",
-            )));
+    /// `mess/`. Only after this may a server answer 250 for mail that is
+    /// not delivered yet. Then a `todo/` hint (not fsynced: a runner's
+    /// periodic pass finds the message anyway).
+    pub fn commit(self) -> Result<QueueId, QueueError> {
+        self.finish()?.commit(&[])
+    }
+
+    /// Finishes writing without committing: the message can be read and
+    /// delivered at once while runners cannot see it. See [`Staged`].
+    pub fn finish(mut self) -> Result<Staged, QueueError> {
+        self.done = true;
+        let (file, message) = match self.spill.take() {
+            None => {
+                let bytes = Arc::new(std::mem::take(&mut self.buffer));
+                let message = self.queue.read_bytes(&self.id, bytes, self.path.clone())?;
+                (None, message)
+            }
+            Some(out) => {
+                let result: Result<_, QueueError> = (|| {
+                    let file = out
+                        .into_inner()
+                        .map_err(|e| io_err(&self.path)(e.into_error()))?;
+                    let reader = File::open(&self.path).map_err(io_err(&self.path))?;
+                    let message = self.queue.read_at(&self.id, reader, self.path.clone())?;
+                    Ok((Some(file), message))
+                })();
+                if result.is_err() {
+                    let _ = fs::remove_file(&self.path);
+                }
+                result?
+            }
         };
-        let file = out
-            .into_inner()
-            .map_err(|e| io_err(&self.path)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&self.path))?;
+        Ok(Staged {
+            queue: self.queue.clone(),
+            file,
+            message,
+        })
+    }
+}
+
+/// A message written in full and still held by its writer, not yet
+/// committed. Early delivery (`postroom-queue(5)`): the writer delivers its
+/// local recipients straight from here; if every one of them is delivered
+/// and nothing else is left, the message is [`discard`](Staged::discard)ed
+/// and never enters the queue — the fsynced maildir link was its commit
+/// point, at half the fsyncs and none of the queue's file churn. Anything
+/// left (remote recipients, deferrals, failures that need a bounce) is
+/// [`commit`](Staged::commit)ted with the outcomes so far. A writer that dies
+/// here never acknowledged the message; a spilled file is debris.
+pub struct Staged {
+    queue: Queue,
+    /// The spilled `tmp/ID`, locked until committed or dropped; `None`
+    /// while the message is in memory.
+    file: Option<File>,
+    pub message: QueuedMessage,
+}
+
+impl Staged {
+    /// Nothing is left to do: forgets the message.
+    pub fn discard(self) -> Result<(), QueueError> {
+        if self.file.is_some() {
+            fs::remove_file(&self.message.path).map_err(io_err(&self.message.path))?;
+        }
+        Ok(())
+    }
+
+    /// Commits the message to `mess/`, with the log of what was already
+    /// done written (and fsynced) first, so no runner repeats it.
+    pub fn commit(self, outcomes: &[LogEntry]) -> Result<QueueId, QueueError> {
+        let id = self.message.id.clone();
+        let tmp = self.message.path.clone();
+        let fail = |e: QueueError| {
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(self.queue.log_path(&id));
+            e
+        };
+        let file = match self.file {
+            Some(file) => file,
+            None => {
+                let mut file = self.queue.create_tmp(&tmp)?;
+                let bytes = match &self.message.source {
+                    BodySource::Memory(bytes) => bytes.clone(),
+                    BodySource::File => Arc::new(Vec::new()),
+                };
+                file.write_all(&bytes).map_err(|e| fail(io_err(&tmp)(e)))?;
+                file
+            }
+        };
+        if !outcomes.is_empty() {
+            append_log(&self.queue.log_path(&id), outcomes, true).map_err(fail)?;
+        }
+        file.sync_all().map_err(|e| fail(io_err(&tmp)(e)))?;
         let mess_dir = self.queue.dir("mess");
-        let target = mess_dir.join(self.id.as_str());
+        let target = mess_dir.join(id.as_str());
         // Renamed while still locked: the tmp file is never unlocked and
         // still there, which `postroom check --fix` would take for debris.
-        if let Err(e) = fs::rename(&self.path, &target) {
-            let _ = fs::remove_file(&self.path);
-            return Err(io_err(&target)(e));
-        }
+        fs::rename(&tmp, &target).map_err(|e| fail(io_err(&target)(e)))?;
         drop(file);
         fsutil::fsync_dir(&mess_dir).map_err(io_err(&mess_dir))?;
-        let _ = File::create(self.queue.dir("todo").join(self.id.as_str()));
-        Ok(self.id.clone())
+        let _ = File::create(self.queue.dir("todo").join(id.as_str()));
+        Ok(id)
     }
 }
 
 impl Write for Incoming {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| io::Error::other("message already committed"))?;
-        let n = out.write(buf)?;
-        self.size += n as u64;
-        Ok(n)
+        if self.done {
+            return Err(io::Error::other("message already finished"));
+        }
+        if self.spill.is_none() && self.buffer.len() + buf.len() > SPILL_BYTES {
+            let file = self
+                .queue
+                .create_tmp(&self.path)
+                .map_err(io::Error::other)?;
+            let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+            out.write_all(&self.buffer)?;
+            self.buffer = Vec::new();
+            self.spill = Some(out);
+        }
+        match self.spill.as_mut() {
+            Some(out) => out.write_all(buf)?,
+            None => self.buffer.extend_from_slice(buf),
+        }
+        self.size += buf.len() as u64;
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self.out.as_mut() {
+        match self.spill.as_mut() {
             Some(out) => out.flush(),
             None => Ok(()),
         }
@@ -640,7 +793,7 @@ impl Write for Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        if self.out.take().is_some() {
+        if !self.done && self.spill.take().is_some() {
             let _ = fs::remove_file(&self.path);
         }
     }
@@ -843,15 +996,40 @@ pub struct QueuedMessage {
     pub body_offset: u64,
     pub body_size: u64,
     path: PathBuf,
+    source: BodySource,
+}
+
+/// Where a message's bytes are: its queue file, or memory while staged.
+#[derive(Debug, Clone)]
+enum BodySource {
+    File,
+    Memory(Arc<Vec<u8>>),
+}
+
+/// A shared byte buffer read from an offset, for staged bodies.
+struct SharedBytes(Arc<Vec<u8>>, usize);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get(self.1..).unwrap_or(&[])
+    }
 }
 
 impl QueuedMessage {
-    /// The body (CRLF line ends), positioned at its first byte.
-    pub fn body(&self) -> Result<File, QueueError> {
-        let mut file = File::open(&self.path).map_err(io_err(&self.path))?;
-        file.seek(SeekFrom::Start(self.body_offset))
-            .map_err(io_err(&self.path))?;
-        Ok(file)
+    /// The body (CRLF line ends), from its first byte.
+    pub fn body(&self) -> Result<Box<dyn Read + Send>, QueueError> {
+        match &self.source {
+            BodySource::Memory(bytes) => Ok(Box::new(io::Cursor::new(SharedBytes(
+                bytes.clone(),
+                self.body_offset as usize,
+            )))),
+            BodySource::File => {
+                let mut file = File::open(&self.path).map_err(io_err(&self.path))?;
+                file.seek(SeekFrom::Start(self.body_offset))
+                    .map_err(io_err(&self.path))?;
+                Ok(Box::new(file))
+            }
+        }
     }
 
     /// Recipients still to deliver, with their index.
@@ -907,19 +1085,8 @@ impl LockedMessage {
         if entries.is_empty() {
             return Ok(());
         }
-        let now = fsutil::now_secs();
-        let text: String = entries.iter().map(|e| e.render(now)).collect();
         let path = self.queue.log_path(&self.message.id);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.write_all(text.as_bytes()).map_err(io_err(&path))?;
-        if durable {
-            file.sync_data().map_err(io_err(&path))?;
-        }
+        append_log(&path, entries, durable)?;
         self.message.state = read_log(&path, self.message.envelope.recipients.len())?;
         Ok(())
     }
@@ -937,6 +1104,23 @@ impl LockedMessage {
         }
         Ok(())
     }
+}
+
+/// Appends log lines in one `write(2)`, so a reader sees whole lines only.
+fn append_log(path: &Path, entries: &[LogEntry], durable: bool) -> Result<(), QueueError> {
+    let now = fsutil::now_secs();
+    let text: String = entries.iter().map(|e| e.render(now)).collect();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(text.as_bytes()).map_err(io_err(path))?;
+    if durable {
+        file.sync_data().map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 /// When to try again: wait as long as the message has already waited,
@@ -1015,7 +1199,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         let mut incoming = queue.incoming(&sample()).unwrap();
-        incoming.write_all(b"half a mess").unwrap();
+        incoming.write_all(&vec![b'x'; SPILL_BYTES + 10]).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            1,
+            "spilled to tmp/"
+        );
         drop(incoming);
         assert!(queue.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -1025,7 +1214,8 @@ mod tests {
     fn debris_is_told_from_live_writers() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
-        let live = queue.incoming(&sample()).unwrap();
+        let mut live = queue.incoming(&sample()).unwrap();
+        live.write_all(&vec![b'x'; SPILL_BYTES + 1]).unwrap();
         fs::write(
             dir.path().join("tmp").join("0123456789abcdef01"),
             "dead writer",

@@ -208,14 +208,9 @@ fn welcome(config: &Config, to: &Address) -> anyhow::Result<()> {
          This message went through the queue into your maildir.\r\n",
         postroom::fsutil::now_secs()
     );
-    let queue = Queue::from_config(config);
-    let id = queue.enqueue(&envelope, body.as_bytes())?;
-    if let Some(mut locked) = queue.lock(&id)? {
-        deliver::deliver_local(config, &directory, &mut locked, true)?;
-        if locked.message.is_finished() {
-            locked.remove(false)?;
-        }
-    }
+    let mut incoming = Queue::from_config(config).incoming(&envelope)?;
+    std::io::Write::write_all(&mut incoming, body.as_bytes())?;
+    deliver::deliver_staged(config, &directory, incoming.finish()?)?;
     Ok(())
 }
 

@@ -57,7 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("postroom");
+    postroom::log::init("postroom", "warn");
     let cli = Cli::parse();
     let config = cli.config;
     let result = match cli.command {

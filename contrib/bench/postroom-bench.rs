@@ -6,8 +6,11 @@
 //! - `mail-inject` → queue → maildir end to end (4 KiB messages, local
 //!   recipient, immediate delivery), with 1 and 8 parallel injectors, each
 //!   message a new `mail-inject` process as cron or a CGI would run it;
-//! and the ratio of the two. It is a benchmark, not a test: it asserts
-//! nothing but that every message arrived.
+//! - the queued path: `mail-inject -odq` into the queue, then one runner
+//!   pass from the queue into the maildir;
+//!
+//! each with its ratio to the raw rate. It is a benchmark, not a test: it
+//! asserts nothing but that every message arrived.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,16 +73,26 @@ fn foundation(base: &Path, messages: usize) -> anyhow::Result<()> {
         raw.push(rate);
     }
     for (i, injectors) in [1, 8].into_iter().enumerate() {
-        let rate = inject_rate(
-            &base.join(format!("inject{injectors}")),
-            messages,
-            injectors,
-        )?;
+        let dir = base.join(format!("inject{injectors}"));
+        let rate = inject_rate(&dir, messages, injectors, false)?;
         println!(
             "mail-inject -> queue -> maildir, {injectors} injector(s): {rate:>8.0} msg/s = {:.0}% of raw with {injectors}",
             100.0 * rate / raw[i]
         );
     }
+    // The queued path: every message committed to the queue (-odq), then
+    // one runner pass delivers them all, as smtp-send does.
+    let dir = base.join("queued");
+    let rate = inject_rate(&dir, messages, 8, true)?;
+    println!(
+        "mail-inject -odq -> queue, 8 injector(s):    {rate:>8.0} msg/s = {:.0}% of raw with 8",
+        100.0 * rate / raw[1]
+    );
+    let rate = runner_rate(&dir)?;
+    println!(
+        "queue -> maildir, one runner pass:           {rate:>8.0} msg/s = {:.0}% of raw with 1",
+        100.0 * rate / raw[0]
+    );
     Ok(())
 }
 
@@ -115,7 +128,12 @@ fn raw_rate(dir: &Path, messages: usize, writers: usize) -> anyhow::Result<f64> 
 }
 
 /// mail-inject processes delivering to one local user.
-fn inject_rate(dir: &Path, messages: usize, injectors: usize) -> anyhow::Result<f64> {
+fn inject_rate(
+    dir: &Path,
+    messages: usize,
+    injectors: usize,
+    queue_only: bool,
+) -> anyhow::Result<f64> {
     let bin = std::env::current_exe()?.with_file_name("postroom");
     let inject = std::env::current_exe()?.with_file_name("mail-inject");
     let status = Command::new(&bin)
@@ -155,6 +173,7 @@ fn inject_rate(dir: &Path, messages: usize, injectors: usize) -> anyhow::Result<
                         let mut child = Command::new(inject)
                             .arg("--config")
                             .arg(config)
+                            .args(if queue_only { &["-odq"][..] } else { &[] })
                             .arg("sink@bench.test")
                             .stdin(Stdio::piped())
                             .spawn()?;
@@ -174,11 +193,39 @@ fn inject_rate(dir: &Path, messages: usize, injectors: usize) -> anyhow::Result<
         Ok(())
     })?;
     let elapsed = start.elapsed().as_secs_f64();
+    let done = if queue_only {
+        std::fs::read_dir(dir.join("queue/mess"))?.count()
+    } else {
+        std::fs::read_dir(dir.join("mail/bench.test/sink/new"))?.count()
+    };
+    anyhow::ensure!(
+        done == per * injectors,
+        "only {done} of {} arrived",
+        per * injectors
+    );
+    Ok(done as f64 / elapsed)
+}
+
+/// One pass over the queue delivering every message, in this process.
+fn runner_rate(dir: &Path) -> anyhow::Result<f64> {
+    let config = postroom::config::Config::load(&dir.join("postroom.toml"))?;
+    let directory = postroom::aliases::Directory::load(&config)?;
+    let queue = postroom::queue::Queue::from_config(&config);
+    let start = Instant::now();
+    let ids = queue.list()?;
+    for id in &ids {
+        if let Some(mut locked) = queue.lock(id)? {
+            postroom::deliver::deliver_local(&config, &directory, &mut locked, true)?;
+            anyhow::ensure!(locked.message.is_finished(), "{id} not delivered");
+            locked.remove(false)?;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
     let delivered = std::fs::read_dir(dir.join("mail/bench.test/sink/new"))?.count();
     anyhow::ensure!(
-        delivered == per * injectors,
+        delivered == ids.len(),
         "only {delivered} of {} delivered",
-        per * injectors
+        ids.len()
     );
     Ok(delivered as f64 / elapsed)
 }
