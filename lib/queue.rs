@@ -1324,4 +1324,35 @@ mod tests {
             assert!(err.contains("mess/0123456789abcdef01"), "{err}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn envelope_parser_never_panics(text in "\\PC{0,400}") {
+            let mut reader = io::Cursor::new(format!("{MAGIC}\nid 0123456789abcdef01\n{text}\n\n"));
+            let _ = Envelope::parse(&mut reader, Path::new("mess/x"));
+        }
+
+        #[test]
+        fn log_replay_never_panics(text in "[0-9a-z \n]{0,400}") {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("log");
+            fs::write(&path, text).unwrap();
+            let _ = read_log(&path, 3);
+        }
+
+        #[test]
+        fn envelope_round_trips(local in "[a-z0-9.+_-]{1,20}", helo in "[ -~]{0,40}", notify in "[A-Z,]{0,20}") {
+            let address = Address::parse(&format!("{local}@example.test"));
+            proptest::prop_assume!(address.is_ok());
+            let mut env = sample();
+            env.helo = Some(EnvelopeText::new(&helo, 100).unwrap());
+            env.recipients[0].address = address.unwrap();
+            env.recipients[1].notify = Some(EnvelopeText::new(&notify, 100).unwrap()).filter(|n| !n.as_str().is_empty() && !n.as_str().contains(' '));
+            let id = QueueId::generate();
+            let text = env.render(&id);
+            let (parsed_id, parsed, _) = Envelope::parse(&mut io::Cursor::new(text), Path::new("x")).unwrap();
+            proptest::prop_assert_eq!(parsed_id, id);
+            proptest::prop_assert_eq!(parsed, env);
+        }
+    }
 }
