@@ -21,40 +21,16 @@
 //! loop, unless that address is a real user (sendmail's `joe: joe, other`).
 
 use std::collections::HashMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::address::{Address, EnvelopeText};
 use crate::config::Config;
-use crate::domains::{Domains, DomainsError};
-use crate::fsutil;
-use crate::users::{User, Users, UsersError};
+use crate::domains::Domains;
+use crate::fsutil::{self, FileError};
+use crate::users::{User, Users};
 
 /// Longest pipe command accepted.
 const MAX_COMMAND: usize = 1000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AliasError {
-    #[error("{file}:{line}: {message}")]
-    Syntax {
-        file: PathBuf,
-        line: usize,
-        message: String,
-    },
-    #[error("{0}")]
-    Refused(String),
-    #[error("{file}: {error}")]
-    Io { file: PathBuf, error: io::Error },
-}
-
-impl From<io::Error> for AliasError {
-    fn from(error: io::Error) -> Self {
-        AliasError::Io {
-            file: PathBuf::new(),
-            error,
-        }
-    }
-}
 
 /// Why a recipient does not resolve. Permanent unless [`is_temporary`].
 ///
@@ -77,16 +53,6 @@ impl ResolveError {
     pub fn is_temporary(&self) -> bool {
         matches!(self, ResolveError::Include { .. })
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    #[error(transparent)]
-    Domains(#[from] DomainsError),
-    #[error(transparent)]
-    Users(#[from] UsersError),
-    #[error(transparent)]
-    Aliases(#[from] AliasError),
 }
 
 /// Where one recipient's copy goes.
@@ -125,21 +91,14 @@ pub struct Aliases {
 
 impl Aliases {
     /// Reads the file; a missing file means no aliases.
-    pub fn load(path: &Path) -> Result<Aliases, AliasError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Aliases::parse(&text, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Aliases::default()),
-            Err(error) => Err(AliasError::Io {
-                file: path.to_path_buf(),
-                error,
-            }),
-        }
+    pub fn load(path: &Path) -> Result<Aliases, FileError> {
+        Aliases::parse(&FileError::read(path)?, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Aliases, AliasError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Aliases, FileError> {
         let mut aliases = Aliases::default();
         for (line, logical) in logical_lines(text) {
-            let syntax = |message: String| AliasError::Syntax {
+            let syntax = |message: String| FileError::Syntax {
                 file: path.to_path_buf(),
                 line,
                 message,
@@ -297,7 +256,7 @@ pub struct Directory {
 
 impl Directory {
     /// Loads the domains, users and aliases files named by the config.
-    pub fn load(config: &Config) -> Result<Directory, DirectoryError> {
+    pub fn load(config: &Config) -> Result<Directory, FileError> {
         Ok(Directory {
             domains: Domains::load(&config.domains_file())?,
             users: Users::load(&config.users_file())?,
@@ -493,13 +452,13 @@ fn push(out: &mut Vec<Target>, target: Target) {
 
 /// Adds `key: targets` to the aliases file under its lock; refuses a key
 /// that exists or targets that do not parse, writing nothing.
-pub fn add_alias(path: &Path, key: &str, targets: &[String]) -> Result<(), AliasError> {
+pub fn add_alias(path: &Path, key: &str, targets: &[String]) -> Result<(), FileError> {
     let line = format!("{key}: {}", targets.join(", "));
-    let (key, _) = parse_entry(&line).map_err(AliasError::Refused)?;
+    let (key, _) = parse_entry(&line).map_err(FileError::Refused)?;
     fsutil::edit_locked(path, |mut text| {
         let existing = Aliases::parse(&text, path)?;
         if existing.entries.contains_key(&key) {
-            return Err(AliasError::Refused(format!(
+            return Err(FileError::Refused(format!(
                 "{key} exists already; `postroom alias del {key}` first"
             )));
         }
@@ -513,7 +472,7 @@ pub fn add_alias(path: &Path, key: &str, targets: &[String]) -> Result<(), Alias
 }
 
 /// Removes an alias with its continuation lines.
-pub fn remove_alias(path: &Path, key: &str) -> Result<(), AliasError> {
+pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
     let key = key.trim().to_lowercase();
     fsutil::edit_locked(path, |text| {
         let mut out = String::with_capacity(text.len());
@@ -535,7 +494,7 @@ pub fn remove_alias(path: &Path, key: &str) -> Result<(), AliasError> {
             }
         }
         if !found {
-            return Err(AliasError::Refused(format!(
+            return Err(FileError::Refused(format!(
                 "{key} is not an alias (see `postroom alias list`)"
             )));
         }
@@ -544,17 +503,8 @@ pub fn remove_alias(path: &Path, key: &str) -> Result<(), AliasError> {
 }
 
 /// Every alias as (key, targets as written), in file order.
-pub fn list_aliases(path: &Path) -> Result<Vec<(String, Vec<String>)>, AliasError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => {
-            return Err(AliasError::Io {
-                file: path.to_path_buf(),
-                error,
-            });
-        }
-    };
+pub fn list_aliases(path: &Path) -> Result<Vec<(String, Vec<String>)>, FileError> {
+    let text = FileError::read(path)?;
     Aliases::parse(&text, path)?;
     Ok(logical_lines(&text)
         .into_iter()

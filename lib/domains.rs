@@ -5,34 +5,10 @@
 //! for any other domain is relayed, if the sender may relay at all.
 
 use std::collections::BTreeSet;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::address::is_domain_name;
-use crate::fsutil;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DomainsError {
-    #[error("{file}:{line}: {message}")]
-    Syntax {
-        file: PathBuf,
-        line: usize,
-        message: String,
-    },
-    #[error("{0}")]
-    Refused(String),
-    #[error("{file}: {error}")]
-    Io { file: PathBuf, error: io::Error },
-}
-
-impl From<io::Error> for DomainsError {
-    fn from(error: io::Error) -> Self {
-        DomainsError::Io {
-            file: PathBuf::new(),
-            error,
-        }
-    }
-}
+use crate::fsutil::{self, FileError};
 
 /// The set of local domains, in lower case.
 #[derive(Debug, Clone, Default)]
@@ -42,21 +18,11 @@ pub struct Domains {
 
 impl Domains {
     /// Reads the file; a missing file means no local domains yet.
-    pub fn load(path: &Path) -> Result<Domains, DomainsError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Domains::default()),
-            Err(error) => {
-                return Err(DomainsError::Io {
-                    file: path.to_path_buf(),
-                    error,
-                });
-            }
-        };
-        Domains::parse(&text, path)
+    pub fn load(path: &Path) -> Result<Domains, FileError> {
+        Domains::parse(&FileError::read(path)?, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Domains, DomainsError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Domains, FileError> {
         let mut names = BTreeSet::new();
         for (number, line) in text.lines().enumerate() {
             let name = line.split('#').next().unwrap_or("").trim();
@@ -64,7 +30,7 @@ impl Domains {
                 continue;
             }
             if !is_domain_name(name) {
-                return Err(DomainsError::Syntax {
+                return Err(FileError::Syntax {
                     file: path.to_path_buf(),
                     line: number + 1,
                     message: format!("{name:?} is not a domain name"),
@@ -99,19 +65,17 @@ impl Domains {
 
 /// Adds domains in one locked rewrite; refuses invalid or present ones and
 /// then writes nothing.
-pub fn add_domains(path: &Path, names: &[String]) -> Result<(), DomainsError> {
+pub fn add_domains(path: &Path, names: &[String]) -> Result<(), FileError> {
     fsutil::edit_locked(path, |mut text| {
         let existing = Domains::parse(&text, path)?;
         let mut seen = BTreeSet::new();
         for name in names {
             let name = name.to_lowercase();
             if !is_domain_name(&name) {
-                return Err(DomainsError::Refused(format!(
-                    "{name:?} is not a domain name"
-                )));
+                return Err(FileError::Refused(format!("{name:?} is not a domain name")));
             }
             if existing.contains(&name) || !seen.insert(name.clone()) {
-                return Err(DomainsError::Refused(format!(
+                return Err(FileError::Refused(format!(
                     "{name} is a local domain already"
                 )));
             }
@@ -128,7 +92,7 @@ pub fn add_domains(path: &Path, names: &[String]) -> Result<(), DomainsError> {
 }
 
 /// Removes a domain's line; its mail stays on disk.
-pub fn remove_domain(path: &Path, name: &str) -> Result<(), DomainsError> {
+pub fn remove_domain(path: &Path, name: &str) -> Result<(), FileError> {
     let name = name.to_lowercase();
     fsutil::edit_locked(path, |text| {
         let mut found = false;
@@ -142,9 +106,7 @@ pub fn remove_domain(path: &Path, name: &str) -> Result<(), DomainsError> {
             .map(|line| format!("{line}\n"))
             .collect();
         if !found {
-            return Err(DomainsError::Refused(format!(
-                "{name} is not a local domain"
-            )));
+            return Err(FileError::Refused(format!("{name} is not a local domain")));
         }
         Ok(kept)
     })

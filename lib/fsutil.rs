@@ -15,6 +15,57 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fs2::FileExt;
 
+/// What can go wrong with a plain text file of the tree (users, aliases,
+/// domains): its syntax, an edit that is refused, or the file itself.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A line that does not parse, named as `FILE:LINE`.
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// An edit that would break the file (a duplicate, a missing entry).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{file}: {error}")]
+    Io { file: PathBuf, error: io::Error },
+}
+
+impl From<io::Error> for FileError {
+    fn from(error: io::Error) -> Self {
+        FileError::Io {
+            file: PathBuf::new(),
+            error,
+        }
+    }
+}
+
+impl FileError {
+    /// A syntax error at `line` of `file`.
+    pub fn syntax(file: &Path, line: usize, message: impl Into<String>) -> FileError {
+        FileError::Syntax {
+            file: file.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    /// Reads a tree file; a missing file reads as empty, since a fresh tree
+    /// may have no users, aliases or domains yet.
+    pub fn read(path: &Path) -> Result<String, FileError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(error) => Err(FileError::Io {
+                file: path.to_path_buf(),
+                error,
+            }),
+        }
+    }
+}
+
 /// Makes the directory entries of `dir` durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -13,36 +13,12 @@
 //! a local part with `/`, a leading `.` or a control character is refused.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::address::{Address, is_domain_name};
 use crate::config::{Config, parse_size};
-use crate::fsutil;
+use crate::fsutil::{self, FileError};
 use crate::password::{self, PasswordError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum UsersError {
-    #[error("{file}:{line}: {message}")]
-    Syntax {
-        file: PathBuf,
-        line: usize,
-        message: String,
-    },
-    #[error("{0}")]
-    Refused(String),
-    #[error("{file}: {error}")]
-    Io { file: PathBuf, error: io::Error },
-}
-
-impl From<io::Error> for UsersError {
-    fn from(error: io::Error) -> Self {
-        UsersError::Io {
-            file: PathBuf::new(),
-            error,
-        }
-    }
-}
 
 /// One user of the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,22 +68,15 @@ const DUMMY_HASH: &str = "{SHA512-CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiN
 
 impl Users {
     /// Reads the users file; a missing file means no users yet.
-    pub fn load(path: &Path) -> Result<Users, UsersError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Users::parse(&text, path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Users::default()),
-            Err(error) => Err(UsersError::Io {
-                file: path.to_path_buf(),
-                error,
-            }),
-        }
+    pub fn load(path: &Path) -> Result<Users, FileError> {
+        Users::parse(&FileError::read(path)?, path)
     }
 
-    pub fn parse(text: &str, path: &Path) -> Result<Users, UsersError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Users, FileError> {
         let mut by_address = HashMap::new();
         let mut lines_of: HashMap<String, usize> = HashMap::new();
         for (number, line) in text.lines().enumerate() {
-            let Some(user) = parse_line(line).map_err(|message| UsersError::Syntax {
+            let Some(user) = parse_line(line).map_err(|message| FileError::Syntax {
                 file: path.to_path_buf(),
                 line: number + 1,
                 message,
@@ -116,7 +85,7 @@ impl Users {
                 continue;
             };
             if let Some(first) = lines_of.insert(user.address.clone(), number + 1) {
-                return Err(UsersError::Syntax {
+                return Err(FileError::Syntax {
                     file: path.to_path_buf(),
                     line: number + 1,
                     message: format!("{} is listed already on line {first}", user.address),
@@ -283,15 +252,15 @@ fn render(user: &NewUser) -> String {
 
 /// Adds users in one locked rewrite (10,000 in one call is one write). Any
 /// invalid or existing user refuses the whole call, naming them.
-pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), UsersError> {
+pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
     fsutil::edit_locked(path, |mut text| {
         let existing = Users::parse(&text, path)?;
         let mut seen = HashSet::new();
         let mut refused = Vec::new();
         for user in users {
-            let key = check_user_name(&user.address.to_string()).map_err(UsersError::Refused)?;
+            let key = check_user_name(&user.address.to_string()).map_err(FileError::Refused)?;
             if user.password_hash.contains([':', '\n', '\r']) {
-                return Err(UsersError::Refused(format!(
+                return Err(FileError::Refused(format!(
                     "{key}: the password hash may not contain ':' or a line break"
                 )));
             }
@@ -301,7 +270,7 @@ pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), UsersError> {
         }
         if !refused.is_empty() {
             refused.truncate(20);
-            return Err(UsersError::Refused(format!(
+            return Err(FileError::Refused(format!(
                 "already users, nothing added: {}",
                 refused.join(", ")
             )));
@@ -322,7 +291,7 @@ fn edit_user(
     path: &Path,
     address: &str,
     change: impl Fn(&str) -> Option<String>,
-) -> Result<(), UsersError> {
+) -> Result<(), FileError> {
     let key = address.trim().to_lowercase();
     fsutil::edit_locked(path, |text| {
         let mut found = false;
@@ -341,7 +310,7 @@ fn edit_user(
             }
         }
         if !found {
-            return Err(UsersError::Refused(format!(
+            return Err(FileError::Refused(format!(
                 "{key} is not a user (see `postroom user list`)"
             )));
         }
@@ -350,14 +319,14 @@ fn edit_user(
 }
 
 /// Removes a user's line; their mail stays on disk.
-pub fn remove_user(path: &Path, address: &str) -> Result<(), UsersError> {
+pub fn remove_user(path: &Path, address: &str) -> Result<(), FileError> {
     edit_user(path, address, |_| None)
 }
 
 /// Replaces a user's password hash, keeping the rest of the line.
-pub fn set_password(path: &Path, address: &str, hash: &str) -> Result<(), UsersError> {
+pub fn set_password(path: &Path, address: &str, hash: &str) -> Result<(), FileError> {
     if hash.contains([':', '\n', '\r']) {
-        return Err(UsersError::Refused(
+        return Err(FileError::Refused(
             "the password hash may not contain ':' or a line break".into(),
         ));
     }
