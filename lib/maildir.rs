@@ -86,8 +86,10 @@ pub struct Message<'a> {
     /// A base name derived from the queue id and recipient, for idempotent
     /// queue deliveries; `None` picks a fresh unique name.
     pub base_name: Option<String>,
-    /// Look in `cur/` too for an earlier copy: set on a retry after a crash,
-    /// when a mail client may have moved the first copy out of `new/`.
+    /// Search new/ and cur/ for an earlier copy under `base_name`: set on a
+    /// retry after an interrupted attempt, when a mail client may have moved
+    /// the first copy to cur/. (Otherwise an exact repeat is caught by
+    /// `link` alone, at no cost.)
     pub search_cur: bool,
     /// Quota in bytes for this mailbox, if any.
     pub quota: Option<u64>,
@@ -157,7 +159,10 @@ impl Maildir {
                 fsutil::host_for_names(hostname)
             ),
         };
-        if message.base_name.is_some() && self.find_base(&base, message.search_cur)? {
+        // The exact name is caught by link()'s EEXIST below, for free. Only
+        // after an interrupted attempt is it worth a readdir, to find a copy
+        // a mail client has since moved to cur/ (and renamed with flags).
+        if message.base_name.is_some() && message.search_cur && self.find_base(&base)? {
             return Ok(Delivered::AlreadyThere);
         }
         let used = match message.quota {
@@ -225,14 +230,10 @@ impl Maildir {
         Ok(Delivered::New(new))
     }
 
-    /// True if a message whose name starts with `base,` is in new/ (or cur/).
-    fn find_base(&self, base: &str, search_cur: bool) -> Result<bool, MaildirError> {
+    /// True if a message whose name starts with `base,` is in new/ or cur/.
+    fn find_base(&self, base: &str) -> Result<bool, MaildirError> {
         let prefix = format!("{base},");
-        let dirs: &[&str] = if search_cur {
-            &["new", "cur"]
-        } else {
-            &["new"]
-        };
+        let dirs: &[&str] = &["new", "cur"];
         for dir in dirs {
             let path = self.root.join(dir);
             let entries = match fs::read_dir(&path) {
