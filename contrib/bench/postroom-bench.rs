@@ -35,8 +35,13 @@ enum Bench {
     /// Raw fsync-bound write rate against mail-inject → queue → maildir.
     Foundation {
         /// Messages per measurement.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 1000)]
         messages: usize,
+        /// Rounds; each figure is the median. Every end-to-end run is paired
+        /// with a raw run just before it, because a shared disk's fsync
+        /// cost drifts by several times within a minute.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -49,7 +54,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(std::env::temp_dir)
         .join(format!("postroom-bench-{}", std::process::id()));
     let result = match cli.bench {
-        Bench::Foundation { messages } => foundation(&base, messages),
+        Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {
@@ -61,38 +66,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn foundation(base: &Path, messages: usize) -> anyhow::Result<()> {
+fn foundation(base: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
     println!(
-        "postroom-bench foundation: {messages} messages of {MESSAGE_SIZE} bytes per run, in {}",
+        "postroom-bench foundation: {messages} messages of {MESSAGE_SIZE} bytes per run, {rounds} round(s), in {}",
         base.display()
     );
-    let mut raw = Vec::new();
-    for writers in [1, 8] {
-        let rate = raw_rate(&base.join(format!("raw{writers}")), messages, writers)?;
-        println!("raw tmp+fsync+rename+fsync loop, {writers} writer(s): {rate:>8.0} msg/s");
-        raw.push(rate);
+    // (label, raw writers, runs): each run is (rate, raw rate just before).
+    let mut figures: Vec<(&str, usize, Vec<(f64, f64)>)> = vec![
+        (
+            "mail-inject -> queue -> maildir, 1 injector ",
+            1,
+            Vec::new(),
+        ),
+        (
+            "mail-inject -> queue -> maildir, 8 injectors",
+            8,
+            Vec::new(),
+        ),
+        (
+            "mail-inject -odq -> queue,       8 injectors",
+            8,
+            Vec::new(),
+        ),
+        (
+            "queue -> maildir, one runner pass           ",
+            1,
+            Vec::new(),
+        ),
+    ];
+    for round in 0..rounds {
+        let dir = |name: &str| base.join(format!("{name}-{round}"));
+        for (i, figure) in figures.iter_mut().enumerate() {
+            let raw = raw_rate(&dir(&format!("raw{i}")), messages, figure.1)?;
+            let rate = match i {
+                0 => inject_rate(&dir("inject1"), messages, 1, false)?,
+                1 => inject_rate(&dir("inject8"), messages, 8, false)?,
+                2 => inject_rate(&dir("queued"), messages, 8, true)?,
+                _ => runner_rate(&dir("queued"))?,
+            };
+            figure.2.push((rate, raw));
+        }
+        let _ = std::fs::remove_dir_all(base);
     }
-    for (i, injectors) in [1, 8].into_iter().enumerate() {
-        let dir = base.join(format!("inject{injectors}"));
-        let rate = inject_rate(&dir, messages, injectors, false)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    for (label, writers, runs) in figures {
+        let rate = median(runs.iter().map(|r| r.0).collect());
+        let raw = median(runs.iter().map(|r| r.1).collect());
+        let ratio = median(runs.iter().map(|r| r.0 / r.1).collect());
         println!(
-            "mail-inject -> queue -> maildir, {injectors} injector(s): {rate:>8.0} msg/s = {:.0}% of raw with {injectors}",
-            100.0 * rate / raw[i]
+            "{label}: {rate:>6.0} msg/s; raw loop with {writers} writer(s) just before: {raw:>6.0} msg/s; ratio {:>3.0}%",
+            100.0 * ratio
         );
     }
-    // The queued path: every message committed to the queue (-odq), then
-    // one runner pass delivers them all, as smtp-send does.
-    let dir = base.join("queued");
-    let rate = inject_rate(&dir, messages, 8, true)?;
-    println!(
-        "mail-inject -odq -> queue, 8 injector(s):    {rate:>8.0} msg/s = {:.0}% of raw with 8",
-        100.0 * rate / raw[1]
-    );
-    let rate = runner_rate(&dir)?;
-    println!(
-        "queue -> maildir, one runner pass:           {rate:>8.0} msg/s = {:.0}% of raw with 1",
-        100.0 * rate / raw[0]
-    );
     Ok(())
 }
 
