@@ -66,13 +66,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// (label, raw writers, runs); each run is (rate, raw rate just before).
+type Figure = (&'static str, usize, Vec<(f64, f64)>);
+
 fn foundation(base: &Path, messages: usize, rounds: usize) -> anyhow::Result<()> {
     println!(
         "postroom-bench foundation: {messages} messages of {MESSAGE_SIZE} bytes per run, {rounds} round(s), in {}",
         base.display()
     );
-    // (label, raw writers, runs): each run is (rate, raw rate just before).
-    let mut figures: Vec<(&str, usize, Vec<(f64, f64)>)> = vec![
+    let mut figures: Vec<Figure> = vec![
         (
             "mail-inject -> queue -> maildir, 1 injector ",
             1,
