@@ -12,4 +12,7 @@
 pub mod address;
 pub mod config;
 pub mod fsutil;
+pub mod log;
+pub mod net;
 pub mod password;
+pub mod tls;
