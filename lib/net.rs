@@ -166,6 +166,11 @@ impl Launch {
     /// one connection on fd 0/1 (inetd, plain text; a binary started by
     /// inetd on an implicit-TLS port uses [`Launch::inetd`]`(true)`
     /// instead).
+    ///
+    /// Call it before the tokio runtime starts: taking systemd's sockets
+    /// removes `LISTEN_FDS` and `LISTEN_PID` from the environment (so child
+    /// processes do not take them too), which is only sound while the
+    /// process has one thread.
     pub fn from_args(listen: &[SocketAddr], listen_tls: &[SocketAddr]) -> Result<Launch, NetError> {
         if !listen.is_empty() || !listen_tls.is_empty() {
             let plain = listen.iter().map(|a| (a, false));
