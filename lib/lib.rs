@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod log;
 pub mod maildir;
 pub mod message;
+pub mod net;
 pub mod password;
 pub mod privileges;
 pub mod queue;
