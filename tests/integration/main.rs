@@ -2,4 +2,5 @@
 //! as ripgrep does, so the binaries are built once).
 
 mod foundation;
+mod man_pages;
 mod util;
