@@ -47,6 +47,8 @@ pub struct Config {
     pub delivery: Delivery,
     #[serde(default)]
     pub queue: QueuePolicy,
+    #[serde(default)]
+    pub smtp: Smtp,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -191,6 +193,29 @@ impl Default for Delivery {
     }
 }
 
+/// What `smtp-recv` adds to the limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Text after the host name in the 220 greeting.
+    pub greeting: String,
+    /// Networks (CIDR) whose clients may relay without authenticating.
+    /// Empty by default: no open relay, not even by accident.
+    pub relay_networks: Vec<String>,
+    /// Messages one session may send before it must reconnect.
+    pub messages_per_session: usize,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            greeting: "ESMTP postroom".into(),
+            relay_networks: Vec::new(),
+            messages_per_session: 100,
+        }
+    }
+}
+
 /// How long mail may wait, and how often it is tried.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -287,6 +312,13 @@ impl Config {
                 "auth.default_scheme: unknown scheme {:?} (use ARGON2ID, SHA512-CRYPT or BLF-CRYPT)",
                 self.auth.default_scheme
             ));
+        }
+        for network in &self.smtp.relay_networks {
+            crate::smtp::Network::parse(network)
+                .map_err(|e| format!("smtp.relay_networks: {e}"))?;
+        }
+        if self.smtp.messages_per_session == 0 {
+            return Err("smtp.messages_per_session: must be greater than 0".into());
         }
         if self.queue.min_backoff > self.queue.max_backoff {
             return Err("queue.min_backoff: must not exceed queue.max_backoff".into());

@@ -22,5 +22,6 @@ pub mod net;
 pub mod password;
 pub mod privileges;
 pub mod queue;
+pub mod smtp;
 pub mod tls;
 pub mod users;

@@ -1,0 +1,827 @@
+//! One SMTP session: the command table of RFC 5321 and its extensions.
+//!
+//! Replies are buffered and sent when the client has nothing more in
+//! flight (RFC 2920 PIPELINING). Policy, in the order a session meets it:
+//! the client must say EHLO/HELO; AUTH only over TLS or loopback (unless
+//! `auth.allow_plaintext`); in `--submission` mode MAIL needs AUTH and the
+//! sender must be one of the user's addresses; RCPT for a local domain must
+//! resolve to a user, alias or catch-all; RCPT elsewhere needs AUTH or a
+//! client in `smtp.relay_networks`. `%`, `!`, quoted local parts and source
+//! routes never route anything: an address is local or it is relaying.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use postroom::address::{Address, EnvelopeText, ReversePath};
+use postroom::aliases::{Directory, ResolveError, Target};
+use postroom::config::Config;
+use postroom::deliver::{self, Early};
+use postroom::net::{Connection, NetError};
+use postroom::queue::{self, Envelope, Queue, Recipient};
+use postroom::smtp::{DataLine, DataReader, Network, Reply, is_clean_command, xtext_decode};
+use smtp_proto::Request;
+use tokio_rustls::TlsAcceptor;
+
+/// Longest DATA line read; RFC 5321 asks for 1000, real mail is sloppier.
+const BODY_LINE_MAX: usize = 64 * 1024;
+/// Failed AUTH attempts before the session is dropped.
+const AUTH_FAILURES_MAX: u32 = 3;
+
+/// What every session of this process shares.
+pub struct Shared {
+    pub config: Config,
+    submission: bool,
+    tls: Option<TlsAcceptor>,
+    relay_networks: Vec<Network>,
+    directory: Mutex<(Arc<Directory>, Stamp)>,
+}
+
+/// Modification times of the users, aliases and domains files: a
+/// standalone server reloads them when an admin changes one.
+type Stamp = Vec<Option<SystemTime>>;
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        submission: bool,
+        tls: Option<TlsAcceptor>,
+    ) -> anyhow::Result<Shared> {
+        let relay_networks = config
+            .smtp
+            .relay_networks
+            .iter()
+            .map(|n| Network::parse(n).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?;
+        let directory = Directory::load(&config)?;
+        let stamp = stamp(&config);
+        Ok(Shared {
+            config,
+            submission,
+            tls,
+            relay_networks,
+            directory: Mutex::new((Arc::new(directory), stamp)),
+        })
+    }
+
+    /// The directory, reloaded if one of its files changed. A file that
+    /// no longer parses keeps the last good directory in force (logged).
+    fn directory(&self) -> Arc<Directory> {
+        let now = stamp(&self.config);
+        let mut guard = match self.directory.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.1 != now {
+            match Directory::load(&self.config) {
+                Ok(d) => *guard = (Arc::new(d), now),
+                Err(e) => tracing::error!("keeping the previous users/aliases/domains: {e}"),
+            }
+        }
+        guard.0.clone()
+    }
+}
+
+fn stamp(config: &Config) -> Stamp {
+    [
+        config.users_file(),
+        config.aliases_file(),
+        config.domains_file(),
+    ]
+    .iter()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
+}
+
+/// One mail transaction, MAIL to the end of DATA.
+struct Transaction {
+    sender: ReversePath,
+    recipients: Vec<Recipient>,
+    /// RCPT commands accepted (one may expand to several recipients).
+    accepted: Vec<Address>,
+    body_type: Option<&'static str>,
+    smtputf8: bool,
+    envid: Option<EnvelopeText>,
+    ret: Option<&'static str>,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    conn: Connection,
+    helo: Option<String>,
+    esmtp: bool,
+    /// The authenticated user (their address).
+    user: Option<String>,
+    tx: Option<Transaction>,
+    errors: usize,
+    messages: usize,
+    auth_failures: u32,
+}
+
+/// Whether the session goes on after a command.
+enum Next {
+    Continue,
+    Quit,
+}
+
+pub async fn run(shared: Arc<Shared>, conn: Connection) {
+    let greeting = Reply::new(
+        220,
+        "",
+        format!("{} {}", shared.config.hostname, shared.config.smtp.greeting),
+    );
+    let mut session = Session {
+        shared,
+        conn,
+        helo: None,
+        esmtp: false,
+        user: None,
+        tx: None,
+        errors: 0,
+        messages: 0,
+        auth_failures: 0,
+    };
+    session.reply(greeting);
+    if let Err(e) = session.serve().await {
+        tracing::info!("session ended: {e}");
+    }
+}
+
+impl Session {
+    fn reply(&mut self, reply: Reply) {
+        if !reply.is_positive() {
+            tracing::debug!(%reply, "refused");
+        }
+        self.conn.write(&reply.to_bytes());
+    }
+
+    async fn serve(&mut self) -> Result<(), NetError> {
+        let max = self.shared.config.limits.line_length;
+        loop {
+            if !self.conn.has_buffered_input() {
+                self.conn.flush().await?;
+            }
+            let line = match self.conn.read_line(max).await {
+                Ok(line) => line,
+                Err(NetError::LineTooLong) => {
+                    self.error(Reply::new(500, "5.5.2", "line too long"));
+                    if self.too_many_errors().await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(NetError::Timeout) => {
+                    self.reply(Reply::new(421, "4.4.2", "idle too long, closing"));
+                    return self.conn.flush().await;
+                }
+                Err(e) => return Err(e),
+            };
+            let next = self.command(&line).await?;
+            if matches!(next, Next::Quit) || self.too_many_errors().await? {
+                return self.conn.flush().await;
+            }
+        }
+    }
+
+    fn error(&mut self, reply: Reply) {
+        self.errors += 1;
+        self.reply(reply);
+    }
+
+    async fn too_many_errors(&mut self) -> Result<bool, NetError> {
+        if self.errors < self.shared.config.limits.errors {
+            return Ok(false);
+        }
+        self.reply(Reply::new(421, "4.7.0", "too many errors, closing"));
+        self.conn.flush().await?;
+        Ok(true)
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Result<Next, NetError> {
+        if !is_clean_command(line) {
+            self.error(Reply::new(
+                500,
+                "5.5.2",
+                "commands must end with CRLF; bare CR or LF refused",
+            ));
+            return Ok(Next::Continue);
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(r) => r.into_owned(),
+            Err(e) => {
+                self.error(syntax_reply(&e));
+                return Ok(Next::Continue);
+            }
+        };
+        match request {
+            Request::Ehlo { host } => self.hello(host, true),
+            Request::Helo { host } => self.hello(host, false),
+            Request::StartTls => return self.starttls().await.map(|()| Next::Continue),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                return self.auth(mechanism, initial_response).await;
+            }
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => return self.data().await.map(|()| Next::Continue),
+            Request::Rset => {
+                self.tx = None;
+                self.reply(Reply::new(250, "2.0.0", "reset"));
+            }
+            Request::Noop { .. } => self.reply(Reply::new(250, "2.0.0", "ok")),
+            Request::Vrfy { .. } => self.reply(Reply::new(
+                252,
+                "2.1.5",
+                "cannot verify, but send some mail and it will be tried",
+            )),
+            Request::Help { .. } => {
+                self.reply(Reply::new(214, "2.0.0", "see RFC 5321; smtp-recv(8)"))
+            }
+            Request::Quit => {
+                self.reply(Reply::new(
+                    221,
+                    "2.0.0",
+                    format!("{} closing", self.shared.config.hostname),
+                ));
+                return Ok(Next::Quit);
+            }
+            other => self.error(Reply::new(
+                502,
+                "5.5.1",
+                format!("{} is not implemented here", other.name()),
+            )),
+        }
+        Ok(Next::Continue)
+    }
+
+    fn hello(&mut self, host: String, esmtp: bool) {
+        if host.chars().any(char::is_control) || host.len() > 255 {
+            self.error(Reply::new(501, "5.5.4", "invalid host name"));
+            return;
+        }
+        self.helo = Some(host);
+        self.esmtp = esmtp;
+        self.tx = None;
+        let config = &self.shared.config;
+        if !esmtp {
+            self.reply(Reply::new(250, "", config.hostname.clone()));
+            return;
+        }
+        let mut caps = vec![
+            config.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", config.limits.message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "DSN".into(),
+        ];
+        if self.shared.tls.is_some() && !self.conn.is_tls() {
+            caps.push("STARTTLS".into());
+        }
+        if self.may_authenticate() && self.user.is_none() {
+            caps.push("AUTH PLAIN LOGIN".into());
+        }
+        caps.push("HELP".into());
+        self.reply(Reply::multi(250, caps));
+    }
+
+    fn may_authenticate(&self) -> bool {
+        self.conn.is_secure() || self.shared.config.auth.allow_plaintext
+    }
+
+    async fn starttls(&mut self) -> Result<(), NetError> {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            self.error(Reply::new(454, "4.7.0", "TLS not available"));
+            return Ok(());
+        };
+        if self.conn.is_tls() {
+            self.error(Reply::new(503, "5.5.1", "TLS already active"));
+            return Ok(());
+        }
+        self.reply(Reply::new(220, "2.0.0", "ready to start TLS"));
+        // start_tls sends the reply, then discards anything the client sent
+        // after STARTTLS in the clear (CVE-2011-0411 class).
+        self.conn.start_tls(&acceptor).await?;
+        // RFC 3207 §4.2: forget everything learned before TLS.
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        Ok(())
+    }
+
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Result<Next, NetError> {
+        if !self.esmtp {
+            self.error(Reply::new(503, "5.5.1", "say EHLO first"));
+            return Ok(Next::Continue);
+        }
+        if self.user.is_some() || self.tx.is_some() {
+            self.error(Reply::new(
+                503,
+                "5.5.1",
+                "already authenticated, or inside a transaction",
+            ));
+            return Ok(Next::Continue);
+        }
+        if !self.may_authenticate() {
+            self.error(Reply::new(
+                538,
+                "5.7.11",
+                "encryption required: use STARTTLS first",
+            ));
+            return Ok(Next::Continue);
+        }
+        let credentials = match mechanism {
+            smtp_proto::AUTH_PLAIN => {
+                let response = if initial.is_empty() {
+                    self.challenge("").await?
+                } else {
+                    Some(initial)
+                };
+                response.and_then(|r| decode_plain(&r))
+            }
+            smtp_proto::AUTH_LOGIN => {
+                let user = if initial.is_empty() {
+                    self.challenge("VXNlcm5hbWU6").await?
+                } else {
+                    Some(initial)
+                };
+                let user = user.and_then(|u| decode_base64(&u));
+                match user {
+                    Some(user) => self
+                        .challenge("UGFzc3dvcmQ6")
+                        .await?
+                        .and_then(|p| decode_base64(&p))
+                        .map(|p| (user, p)),
+                    None => None,
+                }
+            }
+            _ => {
+                self.error(Reply::new(
+                    504,
+                    "5.5.4",
+                    "mechanism not supported; use PLAIN or LOGIN",
+                ));
+                return Ok(Next::Continue);
+            }
+        };
+        let Some((login, password)) = credentials else {
+            self.error(Reply::new(
+                501,
+                "5.5.2",
+                "cancelled or malformed authentication",
+            ));
+            return Ok(Next::Continue);
+        };
+        let directory = self.shared.directory();
+        let checked = tokio::task::spawn_blocking(move || {
+            directory
+                .users()
+                .authenticate(&login, &password)
+                .map(|u| u.map(|u| u.address.clone()))
+        })
+        .await;
+        match checked {
+            Ok(Ok(Some(user))) => {
+                tracing::info!(%user, "authenticated");
+                self.user = Some(user);
+                self.reply(Reply::new(235, "2.7.0", "authenticated"));
+            }
+            Ok(Err(e)) => {
+                tracing::error!("password check failed: {e}");
+                self.reply(Reply::new(454, "4.7.0", "temporary authentication failure"));
+            }
+            _ => {
+                self.auth_failures += 1;
+                // Slow down guessing in this session without locking out
+                // the account: a stranger must not be able to do that.
+                tokio::time::sleep(Duration::from_secs(u64::from(self.auth_failures).min(5))).await;
+                self.error(Reply::new(535, "5.7.8", "authentication failed"));
+                if self.auth_failures >= AUTH_FAILURES_MAX {
+                    self.reply(Reply::new(421, "4.7.0", "too many authentication failures"));
+                    return Ok(Next::Quit);
+                }
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Sends `334 challenge`, reads the answer; `None` if cancelled (`*`).
+    async fn challenge(&mut self, text: &str) -> Result<Option<String>, NetError> {
+        self.conn.write(format!("334 {text}\r\n").as_bytes());
+        self.conn.flush().await?;
+        let line = self
+            .conn
+            .read_line(self.shared.config.limits.line_length)
+            .await?;
+        let answer = String::from_utf8_lossy(&line).trim_end().to_string();
+        Ok((answer != "*").then_some(answer))
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
+        let config = &self.shared.config;
+        if self.helo.is_none() {
+            return self.error(Reply::new(503, "5.5.1", "say EHLO or HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.error(Reply::new(503, "5.5.1", "nested MAIL command"));
+        }
+        if self.shared.submission && self.user.is_none() {
+            return self.error(Reply::new(530, "5.7.0", "authentication required"));
+        }
+        if self.messages >= config.smtp.messages_per_session {
+            return self.error(Reply::new(
+                451,
+                "4.7.0",
+                "too many messages in one session, reconnect",
+            ));
+        }
+        if from.size as u64 > config.limits.message_size {
+            return self.error(Reply::new(
+                552,
+                "5.3.4",
+                format!("message too big (limit {})", config.limits.message_size),
+            ));
+        }
+        let sender = match ReversePath::parse(&from.address) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.error(Reply::new(501, "5.1.7", format!("bad sender address: {e}")));
+            }
+        };
+        if self.shared.submission && !self.sender_is_users(&sender) {
+            return self.error(Reply::new(
+                553,
+                "5.7.1",
+                format!("<{sender}> is not one of your addresses"),
+            ));
+        }
+        let envid = match from
+            .env_id
+            .as_deref()
+            .map(|e| xtext_decode(e).and_then(|t| EnvelopeText::new(&t, 100).ok()))
+        {
+            Some(None) => return self.error(Reply::new(501, "5.5.4", "malformed ENVID")),
+            Some(Some(e)) => Some(e),
+            None => None,
+        };
+        let body_type = if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
+            Some("8BITMIME")
+        } else if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            return self.error(Reply::new(
+                504,
+                "5.5.4",
+                "BINARYMIME needs CHUNKING, which is not offered",
+            ));
+        } else if from.flags & smtp_proto::MAIL_BODY_7BIT != 0 {
+            Some("7BIT")
+        } else {
+            None
+        };
+        let ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+            Some("FULL")
+        } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+            Some("HDRS")
+        } else {
+            None
+        };
+        tracing::info!(sender = %sender, "MAIL");
+        self.tx = Some(Transaction {
+            sender,
+            recipients: Vec::new(),
+            accepted: Vec::new(),
+            body_type,
+            smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
+            envid,
+            ret,
+        });
+        self.reply(Reply::new(250, "2.1.0", "sender ok"));
+    }
+
+    /// In submission mode the sender must be the user, or an address whose
+    /// aliases reach the user's mailbox (no sender spoofing). The null
+    /// sender is refused: people do not send bounces.
+    fn sender_is_users(&self, sender: &ReversePath) -> bool {
+        let (Some(user), Some(address)) = (&self.user, sender.address()) else {
+            return false;
+        };
+        if address.lookup_key() == *user {
+            return true;
+        }
+        let directory = self.shared.directory();
+        directory.is_local_domain(address.domain())
+            && directory
+                .resolve(address)
+                .map(|targets| {
+                    targets
+                        .iter()
+                        .any(|t| matches!(t, Target::Mailbox(m) if m.lookup_key() == *user))
+                })
+                .unwrap_or(false)
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
+        let limit = self.shared.config.limits.recipients;
+        let relay_ok = self.user.is_some() || self.client_in_relay_networks();
+        let Some(tx) = self.tx.as_ref() else {
+            return self.error(Reply::new(503, "5.5.1", "MAIL first"));
+        };
+        if tx.accepted.len() >= limit {
+            return self.reply(Reply::new(
+                452,
+                "4.5.3",
+                format!("too many recipients (limit {limit})"),
+            ));
+        }
+        let address = match Address::parse(&to.address) {
+            Ok(a) => a,
+            Err(e) => {
+                return self.error(Reply::new(
+                    501,
+                    "5.1.3",
+                    format!("bad recipient address: {e}"),
+                ));
+            }
+        };
+        let directory = self.shared.directory();
+        if !directory.is_local_domain(address.domain()) && !relay_ok {
+            tracing::info!(rcpt = %address, "relay refused");
+            return self.error(Reply::new(
+                554,
+                "5.7.1",
+                format!("<{address}>: relay access denied"),
+            ));
+        }
+        let mut routes = match deliver::routes_for(&directory, &address) {
+            Ok(routes) => routes,
+            Err(ResolveError::UnknownUser(_)) => {
+                return self.error(Reply::new(
+                    550,
+                    "5.1.1",
+                    format!("<{address}>: no such user here"),
+                ));
+            }
+            Err(e) if e.is_temporary() => {
+                return self.reply(Reply::new(451, "4.3.0", format!("<{address}>: {e}")));
+            }
+            Err(e) => return self.error(Reply::new(550, "5.4.6", format!("<{address}>: {e}"))),
+        };
+        let notify = notify_text(to.flags);
+        let orcpt = to
+            .orcpt
+            .as_deref()
+            .and_then(|o| EnvelopeText::new(o, queue::MAX_FIELD).ok());
+        for route in &mut routes {
+            route.notify = notify.clone();
+            if orcpt.is_some() {
+                route.orcpt = orcpt.clone();
+            }
+        }
+        let Some(tx) = self.tx.as_mut() else { return };
+        for route in routes {
+            if !tx.recipients.contains(&route) {
+                tx.recipients.push(route);
+            }
+        }
+        tx.accepted.push(address);
+        self.reply(Reply::new(250, "2.1.5", "recipient ok"));
+    }
+
+    fn client_in_relay_networks(&self) -> bool {
+        let Some(ip) = self.conn.peer().map(|p| p.ip()) else {
+            return false;
+        };
+        self.shared.relay_networks.iter().any(|n| n.contains(ip))
+    }
+
+    async fn data(&mut self) -> Result<(), NetError> {
+        let Some(tx) = self.tx.take() else {
+            self.error(Reply::new(503, "5.5.1", "MAIL first"));
+            return Ok(());
+        };
+        if tx.accepted.is_empty() {
+            self.tx = Some(tx);
+            self.error(Reply::new(554, "5.5.1", "no valid recipients"));
+            return Ok(());
+        }
+        let envelope = self.envelope(&tx);
+        let queue = Queue::from_config(&self.shared.config);
+        let mut incoming = match queue.incoming(&envelope) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!("cannot start a queue file: {e}");
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "cannot queue now, try again later",
+                ));
+                return Ok(());
+            }
+        };
+        let received = self.received_header(&tx, incoming.id());
+        self.reply(Reply::new(
+            354,
+            "",
+            "send the message, end with <CRLF>.<CRLF>",
+        ));
+        self.conn.flush().await?;
+
+        let max_size = self.shared.config.limits.message_size;
+        let mut reader = DataReader::new(max_size);
+        let mut write_failed = None;
+        use std::io::Write;
+        if let Err(e) = incoming.write_all(received.as_bytes()) {
+            write_failed = Some(e);
+        }
+        loop {
+            let line = match self.conn.read_line(BODY_LINE_MAX).await {
+                Ok(line) => line,
+                Err(NetError::LineTooLong) => {
+                    reader.line_too_long();
+                    continue;
+                }
+                // A client gone or stalled mid-DATA: nothing was accepted,
+                // and dropping `incoming` leaves nothing behind.
+                Err(e) => return Err(e),
+            };
+            match reader.line(&line) {
+                DataLine::End => break,
+                DataLine::Body(bytes) => {
+                    if reader.keeping() && write_failed.is_none() {
+                        write_failed = incoming.write_all(bytes).err();
+                    }
+                }
+            }
+        }
+        self.messages += 1;
+        if let Some(problem) = reader.problem() {
+            self.reply(problem.reply(max_size));
+            return Ok(());
+        }
+        if let Some(e) = write_failed {
+            tracing::error!("writing the message failed: {e}");
+            self.reply(Reply::new(
+                451,
+                "4.3.0",
+                "local error in processing, try again later",
+            ));
+            return Ok(());
+        }
+        let id = incoming.id().clone();
+        let config = self.shared.config.clone();
+        let directory = self.shared.directory();
+        // The 250 waits for the commit point: local delivery done, or the
+        // rest committed to the queue (postroom-queue(5)).
+        let outcome = tokio::task::spawn_blocking(move || {
+            let staged = incoming.finish()?;
+            deliver::deliver_staged(&config, &directory, staged)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(Early::Delivered)) => {
+                tracing::info!(queue_id = %id, size = reader.size(), "delivered");
+                self.reply(Reply::new(250, "2.0.0", format!("ok, delivered as {id}")));
+            }
+            Ok(Ok(Early::Queued(id))) => {
+                tracing::info!(queue_id = %id, size = reader.size(), "queued");
+                self.reply(Reply::new(250, "2.0.0", format!("ok, queued as {id}")));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %id, "not accepted: {e}");
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "local error in processing, try again later",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, "delivery task failed: {e}");
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "local error in processing, try again later",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn envelope(&self, tx: &Transaction) -> Envelope {
+        let text = |t: &str| EnvelopeText::sanitize(t, queue::MAX_FIELD);
+        let mut envelope = Envelope::new(tx.sender.clone(), tx.recipients.clone());
+        envelope.helo = self.helo.as_deref().map(text);
+        envelope.client = self.conn.peer().map(|p| text(&p.ip().to_string()));
+        envelope.auth = self.user.as_deref().map(text);
+        envelope.protocol = Some(text(self.protocol()));
+        envelope.envid = tx.envid.clone();
+        envelope.ret = tx.ret.map(text);
+        envelope.body_type = tx.body_type.map(text);
+        envelope.smtputf8 = tx.smtputf8;
+        envelope
+    }
+
+    /// RFC 3848 protocol names for the Received header.
+    fn protocol(&self) -> &'static str {
+        match (self.esmtp, self.conn.is_tls(), self.user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
+
+    fn received_header(&self, tx: &Transaction, id: &queue::QueueId) -> String {
+        let clean = |t: &str| -> String {
+            t.chars()
+                .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+                .collect()
+        };
+        let helo = clean(self.helo.as_deref().unwrap_or("unknown"));
+        let ip = self
+            .conn
+            .peer()
+            .map(|p| p.ip().to_string())
+            .unwrap_or_else(|| "local".into());
+        let tls = self
+            .conn
+            .tls_info()
+            .map(|t| format!(" ({})", clean(&t)))
+            .unwrap_or_default();
+        let auth = if self.user.is_some() {
+            " (authenticated)"
+        } else {
+            ""
+        };
+        let for_rcpt = match tx.accepted.as_slice() {
+            [one] => format!("\r\n\tfor <{one}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ([{ip}]){auth}\r\n\tby {host} (postroom) with {proto}{tls}\r\n\tid {id}{for_rcpt};\r\n\t{date}\r\n",
+            host = self.shared.config.hostname,
+            proto = self.protocol(),
+            date = postroom::message::rfc5322_date(postroom::fsutil::now_secs()),
+        )
+    }
+}
+
+/// The NOTIFY parameter as the queue records it.
+fn notify_text(flags: u64) -> Option<EnvelopeText> {
+    if flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
+        return EnvelopeText::new("NEVER", 10).ok();
+    }
+    let words: Vec<&str> = [
+        (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+        (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+        (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, word)| *word)
+    .collect();
+    (!words.is_empty())
+        .then(|| EnvelopeText::new(&words.join(","), 40).ok())
+        .flatten()
+}
+
+fn syntax_reply(error: &smtp_proto::Error) -> Reply {
+    match error {
+        smtp_proto::Error::UnknownCommand => Reply::new(500, "5.5.1", "unknown command"),
+        smtp_proto::Error::InvalidSenderAddress => Reply::new(501, "5.1.7", "bad sender address"),
+        smtp_proto::Error::InvalidRecipientAddress => {
+            Reply::new(501, "5.1.3", "bad recipient address")
+        }
+        smtp_proto::Error::SyntaxError { syntax } => {
+            Reply::new(501, "5.5.4", format!("syntax: {syntax}"))
+        }
+        smtp_proto::Error::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("invalid parameter {param}"))
+        }
+        smtp_proto::Error::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("unsupported parameter {param}"))
+        }
+        _ => Reply::new(500, "5.5.2", "syntax error"),
+    }
+}
+
+fn decode_base64(text: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// RFC 4616: `authzid NUL authcid NUL passwd`; an authzid other than the
+/// login itself is refused (no proxy authorization).
+fn decode_plain(text: &str) -> Option<(String, String)> {
+    let decoded = decode_base64(text)?;
+    let mut parts = decoded.split('\0');
+    let (authz, authc, password) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || (!authz.is_empty() && !authz.eq_ignore_ascii_case(authc)) {
+        return None;
+    }
+    Some((authc.to_string(), password.to_string()))
+}
