@@ -3,4 +3,5 @@
 
 mod foundation;
 mod man_pages;
+mod smtp_recv;
 mod util;

@@ -1,0 +1,420 @@
+//! smtp-recv end to end: real clients (Python's smtplib, swaks) and raw
+//! sockets against the real binary, standalone and in inetd mode.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Tree, bin, maildir_files, stderr, stdout};
+
+/// A standalone smtp-recv on a free loopback port, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(tree: &Tree, extra: &[&str]) -> Server {
+        let port = free_port();
+        let child = Command::new(bin("smtp-recv"))
+            .arg("--config")
+            .arg(&tree.config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtp-recv");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "smtp-recv did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, port }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a Python script with PORT set; returns (success, stdout+stderr).
+fn python(script: &str, port: u16) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PORT", port.to_string())
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+/// A raw SMTP conversation: sends `input` in one write, reads until the
+/// server closes or `wait` passes.
+fn raw(port: u16, input: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    stream.write_all(input).unwrap();
+    let mut out = greeting;
+    let _ = reader.read_to_string(&mut out);
+    out
+}
+
+fn tree_with_users() -> Tree {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    tree.add_user("bob@example.test");
+    tree
+}
+
+#[test]
+fn smtplib_plain_starttls_auth_and_relay() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, &[]);
+    let script = r#"
+import os, smtplib, ssl
+port = int(os.environ["PORT"])
+s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+code, caps = s.ehlo("client.test")
+assert code == 250 and b"PIPELINING" in caps and b"STARTTLS" in caps, caps
+s.sendmail("sender@remote.test", ["ann@example.test"], b"Subject: one\r\n\r\nfirst\r\n")
+try:
+    s.sendmail("sender@remote.test", ["x@elsewhere.test"], b"Subject: relay\r\n\r\nno\r\n")
+    raise SystemExit("relay was accepted without auth")
+except smtplib.SMTPRecipientsRefused as e:
+    assert e.recipients["x@elsewhere.test"][0] == 554, e.recipients
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+code, caps = s.ehlo("client.test")
+assert b"STARTTLS" not in caps and b"AUTH PLAIN LOGIN" in caps, caps
+try:
+    s.login("ann@example.test", "wrong")
+    raise SystemExit("bad password accepted")
+except smtplib.SMTPAuthenticationError as e:
+    assert e.smtp_code == 535
+s.login("ann@example.test", "secret")
+s.sendmail("ann@example.test", ["bob@example.test", "friend@elsewhere.test"], b"Subject: two\r\n\r\nsecond\r\n")
+s.quit()
+print("ok")
+"#;
+    let (ok, said) = python(script, server.port);
+    assert!(ok, "{said}");
+    assert_eq!(maildir_files(&tree.maildir("ann")).len(), 1);
+    let bob = maildir_files(&tree.maildir("bob"));
+    assert_eq!(bob.len(), 1);
+    let text = std::fs::read_to_string(&bob[0]).unwrap();
+    assert!(text.contains("with ESMTPSA (TLS"), "{text}");
+    // The remote copy waits in the queue for smtp-send, bob's is done.
+    let queue = tree.queue();
+    let ids = queue.list().unwrap();
+    assert_eq!(ids.len(), 1);
+    let message = queue.read(&ids[0]).unwrap();
+    assert_eq!(message.pending().count(), 1);
+    assert_eq!(
+        message.envelope.auth.as_ref().map(|a| a.as_str()),
+        Some("ann@example.test")
+    );
+}
+
+#[test]
+fn swaks_in_inetd_mode_with_pipelining() {
+    let tree = tree_with_users();
+    if Command::new("swaks").arg("--version").output().is_err() {
+        panic!("swaks is not installed (.ci/run installs it)");
+    }
+    let pipe = format!(
+        "{} --config {}",
+        bin("smtp-recv").display(),
+        tree.config.display()
+    );
+    let out = Command::new("swaks")
+        .args([
+            "--pipe",
+            &pipe,
+            "--to",
+            "ann@example.test",
+            "--from",
+            "s@remote.test",
+        ])
+        .args([
+            "--pipeline",
+            "--header",
+            "Subject: via swaks",
+            "--body",
+            "hello from swaks",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1);
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .unwrap()
+            .contains("hello from swaks")
+    );
+}
+
+#[test]
+fn smuggling_sequences_never_end_data() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, &[]);
+    for smuggle in ["\n.\n", "\r.\n", "\n.\r\n", "\r.\r"] {
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n\
+             Subject: outer\r\n\r\nbody{smuggle}MAIL FROM:<evil@remote.test>\r\nRCPT TO:<bob@example.test>\r\n\
+             DATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n"
+        );
+        let said = raw(server.port, input.as_bytes(), Duration::from_secs(5));
+        assert!(said.contains("554 5.6.0"), "{smuggle:?}: {said}");
+        assert!(said.contains("221 2.0.0"), "{smuggle:?}: {said}");
+    }
+    assert!(
+        maildir_files(&tree.maildir("bob")).is_empty(),
+        "nothing smuggled through"
+    );
+    assert!(
+        maildir_files(&tree.maildir("ann")).is_empty(),
+        "messages with bare line ends are refused"
+    );
+    // Bare LF in a command is refused too, and counts as an error.
+    let said = raw(server.port, b"EHLO c\nQUIT\r\n", Duration::from_secs(5));
+    assert!(said.contains("500 5.5.2"), "{said}");
+}
+
+#[test]
+fn plaintext_pipelined_after_starttls_is_discarded() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, &[]);
+    let script = r#"
+import os, socket, ssl
+port = int(os.environ["PORT"])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"EHLO c\r\n")
+while not f.readline().startswith(b"250 "): pass
+s.sendall(b"STARTTLS\r\nMAIL FROM:<injected@remote.test>\r\n")
+assert f.readline().startswith(b"220"), "no 220 to STARTTLS"
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(s, server_hostname="localhost")
+tf = t.makefile("rb")
+t.sendall(b"NOOP\r\n")
+line = tf.readline()
+assert line.startswith(b"250 2.0.0"), line   # the NOOP's reply, not the injected MAIL's
+t.sendall(b"MAIL FROM:<a@remote.test>\r\n")
+line = tf.readline()
+assert line.startswith(b"503"), line        # EHLO is needed again after TLS
+print("ok")
+"#;
+    let (ok, said) = python(script, server.port);
+    assert!(ok, "{said}");
+}
+
+#[test]
+fn open_relay_tricks_are_all_refused() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, &[]);
+    let tricks = [
+        "<@example.test:victim@elsewhere.test>",
+        "<@example.test,@other.test:victim@elsewhere.test>",
+        "<victim%elsewhere.test@example.test>",
+        "<\"victim@elsewhere.test\"@example.test>",
+        "<elsewhere.test!victim@example.test>",
+        "<victim@[192.0.2.1]>",
+        "<victim@elsewhere.test.>",
+        "<victim@elsewhere.test>",
+    ];
+    for trick in tricks {
+        let input = format!("EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:{trick}\r\nQUIT\r\n");
+        let said = raw(server.port, input.as_bytes(), Duration::from_secs(5));
+        let rcpt_reply = said.lines().rev().nth(1).unwrap_or("");
+        assert!(
+            rcpt_reply.starts_with("550")
+                || rcpt_reply.starts_with("554")
+                || rcpt_reply.starts_with("501"),
+            "{trick} was not refused: {said}"
+        );
+    }
+    assert!(tree.queue().list().unwrap().is_empty());
+}
+
+#[test]
+fn limits_size_stall_and_errors() {
+    let tree = tree_with_users();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        text.replace("message_size = \"35M\"", "message_size = 2000")
+            .replace("idle_timeout = \"5m\"", "idle_timeout = \"2s\"")
+            .replace("recipients = 1000", "recipients = 2"),
+    )
+    .unwrap();
+    let server = Server::start(&tree, &[]);
+
+    // Declared and actual size over the limit: refused, nothing stored.
+    let said = raw(
+        server.port,
+        b"EHLO c\r\nMAIL FROM:<a@remote.test> SIZE=5000\r\nQUIT\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(said.contains("552 5.3.4"), "{said}");
+    let big = format!(
+        "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n{}\r\n.\r\nQUIT\r\n",
+        "x".repeat(900)
+            .repeat(3)
+            .chars()
+            .collect::<Vec<_>>()
+            .chunks(900)
+            .map(|c| c.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    );
+    let said = raw(server.port, big.as_bytes(), Duration::from_secs(5));
+    assert!(said.contains("552 5.3.4"), "{said}");
+
+    // Too many recipients: a 452 for the third.
+    let said = raw(
+        server.port,
+        b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<ann@example.test>\r\nQUIT\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(said.contains("452 4.5.3"), "{said}");
+
+    // A client that stalls mid-DATA is timed out; nothing half received is kept.
+    let start = Instant::now();
+    let said = raw(
+        server.port,
+        b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: half\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "the server closed the stalled session: {said}"
+    );
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+    assert!(tree.queue().list().unwrap().is_empty());
+
+    // Error after error: the server hangs up.
+    let junk = "BOGUS\r\n".repeat(30);
+    let said = raw(server.port, junk.as_bytes(), Duration::from_secs(5));
+    assert!(said.contains("421 4.7.0"), "{said}");
+}
+
+#[test]
+fn submission_requires_auth_and_refuses_spoofed_senders() {
+    let tree = tree_with_users();
+    std::fs::write(tree.root().join("aliases"), "sales@example.test: ann\n").unwrap();
+    let server = Server::start(&tree, &["--submission"]);
+    let script = r#"
+import os, smtplib
+port = int(os.environ["PORT"])
+s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+s.ehlo("c")
+code, _ = s.mail("ann@example.test")
+assert code == 530, code
+s.login("ann@example.test", "secret")     # loopback counts as secure
+code, _ = s.mail("bob@example.test")
+assert code == 553, code
+code, _ = s.mail("sales@example.test")    # an alias of ann's is hers to use
+assert code == 250, code
+s.rset()
+s.sendmail("ann@example.test", ["friend@elsewhere.test"], b"Subject: out\r\n\r\nx\r\n")
+s.quit()
+print("ok")
+"#;
+    let (ok, said) = python(script, server.port);
+    assert!(ok, "{said}");
+    assert_eq!(tree.queue().list().unwrap().len(), 1);
+}
+
+#[test]
+fn inetd_mode_over_pipes_refuses_auth_without_tls_from_remote_peers() {
+    let tree = tree_with_users();
+    let mut child = Command::new(bin("smtp-recv"))
+        .arg("--config")
+        .arg(&tree.config)
+        .env("REMOTE_ADDR", "192.0.2.7")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"EHLO c\r\nAUTH PLAIN AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nQUIT\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = stdout(&out);
+    assert!(
+        !said.contains("AUTH PLAIN"),
+        "AUTH must not be offered in clear: {said}"
+    );
+    assert!(said.contains("538 5.7.11"), "{said}");
+    assert!(said.contains("221 2.0.0"), "{said}");
+}
+
+#[test]
+fn swaks_starttls_auth_and_implicit_tls() {
+    let tree = tree_with_users();
+    let tls_port = free_port();
+    let server = Server::start(&tree, &["--listen-tls", &format!("127.0.0.1:{tls_port}")]);
+    let starttls = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", server.port), "-tls"])
+        .args([
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "ann@example.test",
+            "--auth-password",
+            "secret",
+        ])
+        .args([
+            "--to",
+            "friend@elsewhere.test",
+            "--from",
+            "ann@example.test",
+        ])
+        .output()
+        .unwrap();
+    assert!(starttls.status.success(), "{}", stdout(&starttls));
+    assert!(
+        stdout(&starttls).contains("235 2.7.0"),
+        "{}",
+        stdout(&starttls)
+    );
+    let implicit = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{tls_port}"), "--tlsc"])
+        .args(["--to", "bob@example.test", "--from", "x@remote.test"])
+        .output()
+        .unwrap();
+    assert!(implicit.status.success(), "{}", stdout(&implicit));
+    assert_eq!(maildir_files(&tree.maildir("bob")).len(), 1);
+    assert_eq!(
+        tree.queue().list().unwrap().len(),
+        1,
+        "the relayed copy waits for smtp-send"
+    );
+}
