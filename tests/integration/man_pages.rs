@@ -65,6 +65,16 @@ fn every_flag_of_postroom_is_in_its_man_page() {
 }
 
 #[test]
+fn every_flag_of_smtp_recv_is_in_its_man_page() {
+    let page = man("smtp-recv.8");
+    let found = flags("smtp-recv", &[]);
+    assert!(found.len() >= 5, "{found:?}");
+    for flag in found {
+        assert!(page.contains(&flag), "{flag} is not in man/smtp-recv.8");
+    }
+}
+
+#[test]
 fn every_flag_of_mail_inject_is_in_its_man_page() {
     let page = man("mail-inject.8");
     let out = Command::new(bin("mail-inject"))
