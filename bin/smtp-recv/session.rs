@@ -288,6 +288,13 @@ impl Session {
         self.reply(Reply::multi(250, caps));
     }
 
+    /// Submission rules apply with `--submission`, or on a systemd socket
+    /// named `submission` or `submissions`, so one process can serve 25,
+    /// 587 and 465 with the right rules on each.
+    fn submission(&self) -> bool {
+        self.shared.submission || matches!(self.conn.listener_name(), "submission" | "submissions")
+    }
+
     fn may_authenticate(&self) -> bool {
         self.conn.is_secure() || self.shared.config.auth.allow_plaintext
     }
@@ -428,7 +435,7 @@ impl Session {
         if self.tx.is_some() {
             return self.error(Reply::new(503, "5.5.1", "nested MAIL command"));
         }
-        if self.shared.submission && self.user.is_none() {
+        if self.submission() && self.user.is_none() {
             return self.error(Reply::new(530, "5.7.0", "authentication required"));
         }
         if self.messages >= config.smtp.messages_per_session {
@@ -451,7 +458,7 @@ impl Session {
                 return self.error(Reply::new(501, "5.1.7", format!("bad sender address: {e}")));
             }
         };
-        if self.shared.submission && !self.sender_is_users(&sender) {
+        if self.submission() && !self.sender_is_users(&sender) {
             return self.error(Reply::new(
                 553,
                 "5.7.1",
