@@ -204,6 +204,38 @@ pub struct Smtp {
     pub relay_networks: Vec<String>,
     /// Messages one session may send before it must reconnect.
     pub messages_per_session: usize,
+    /// External commands that may accept or refuse each stage.
+    pub hooks: Hooks,
+}
+
+/// Per-stage SMTP hooks: a command run with `/bin/sh -c` at each stage
+/// (see `smtp-recv(8)`): exit 0 accepts, 75 defers, anything else refuses;
+/// the first line of output is the reply text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    pub connect: Option<String>,
+    pub helo: Option<String>,
+    pub mail: Option<String>,
+    pub rcpt: Option<String>,
+    /// Gets the message on stdin; may print header lines to add.
+    pub data: Option<String>,
+    /// A hook that runs longer is killed and the stage deferred.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            connect: None,
+            helo: None,
+            mail: None,
+            rcpt: None,
+            data: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for Smtp {
@@ -212,6 +244,7 @@ impl Default for Smtp {
             greeting: "ESMTP postroom".into(),
             relay_networks: Vec::new(),
             messages_per_session: 100,
+            hooks: Hooks::default(),
         }
     }
 }

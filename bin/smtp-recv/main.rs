@@ -10,6 +10,7 @@
 //! `--listen` / `--listen-tls`. Started as root to bind port 25, it leaves
 //! root behind before it serves anyone.
 
+mod hooks;
 mod session;
 
 use std::net::SocketAddr;

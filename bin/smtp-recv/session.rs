@@ -13,15 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
+use postroom::access::Access;
 use postroom::address::{Address, EnvelopeText, ReversePath};
 use postroom::aliases::{Directory, ResolveError, Target};
 use postroom::config::Config;
 use postroom::deliver::{self, Early};
 use postroom::net::{Connection, NetError};
-use postroom::queue::{self, Envelope, Queue, Recipient};
+use postroom::queue::{self, Envelope, Queue, Recipient, Staged};
 use postroom::smtp::{DataLine, DataReader, Network, Reply, is_clean_command, xtext_decode};
 use smtp_proto::Request;
 use tokio_rustls::TlsAcceptor;
+
+use crate::hooks;
 
 /// Longest DATA line read; RFC 5321 asks for 1000, real mail is sloppier.
 const BODY_LINE_MAX: usize = 64 * 1024;
@@ -34,10 +37,10 @@ pub struct Shared {
     submission: bool,
     tls: Option<TlsAcceptor>,
     relay_networks: Vec<Network>,
-    directory: Mutex<(Arc<Directory>, Stamp)>,
+    directory: Mutex<(Arc<Directory>, Arc<Access>, Stamp)>,
 }
 
-/// Modification times of the users, aliases and domains files: a
+/// Modification times of the users, aliases, domains and access files: a
 /// standalone server reloads them when an admin changes one.
 type Stamp = Vec<Option<SystemTime>>;
 
@@ -54,31 +57,46 @@ impl Shared {
             .map(|n| Network::parse(n).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?;
         let directory = Directory::load(&config)?;
+        let access = Access::load(&config.access_file())?;
         let stamp = stamp(&config);
         Ok(Shared {
             config,
             submission,
             tls,
             relay_networks,
-            directory: Mutex::new((Arc::new(directory), stamp)),
+            directory: Mutex::new((Arc::new(directory), Arc::new(access), stamp)),
         })
     }
 
-    /// The directory, reloaded if one of its files changed. A file that
-    /// no longer parses keeps the last good directory in force (logged).
-    fn directory(&self) -> Arc<Directory> {
+    /// The directory and access rules, reloaded if one of their files
+    /// changed. A file that no longer parses keeps the last good version in
+    /// force (logged), so a typo does not stop mail.
+    fn current(&self) -> (Arc<Directory>, Arc<Access>) {
         let now = stamp(&self.config);
         let mut guard = match self.directory.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if guard.1 != now {
-            match Directory::load(&self.config) {
-                Ok(d) => *guard = (Arc::new(d), now),
-                Err(e) => tracing::error!("keeping the previous users/aliases/domains: {e}"),
+        if guard.2 != now {
+            match (
+                Directory::load(&self.config),
+                Access::load(&self.config.access_file()),
+            ) {
+                (Ok(d), Ok(a)) => *guard = (Arc::new(d), Arc::new(a), now),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!("keeping the previous users/aliases/domains/access: {e}")
+                }
             }
         }
-        guard.0.clone()
+        (guard.0.clone(), guard.1.clone())
+    }
+
+    fn directory(&self) -> Arc<Directory> {
+        self.current().0
+    }
+
+    fn access(&self) -> Arc<Access> {
+        self.current().1
     }
 }
 
@@ -141,6 +159,11 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         messages: 0,
         auth_failures: 0,
     };
+    if let Some(refusal) = session.refuse_at_connect().await {
+        session.reply(refusal);
+        let _ = session.conn.flush().await;
+        return;
+    }
     session.reply(greeting);
     if let Err(e) = session.serve().await {
         tracing::info!("session ended: {e}");
@@ -148,6 +171,81 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
 }
 
 impl Session {
+    /// The access file's IP rules, then the connect hook.
+    async fn refuse_at_connect(&mut self) -> Option<Reply> {
+        if let Some(ip) = self.conn.peer().map(|p| p.ip())
+            && !self.shared.access().allows(ip)
+        {
+            tracing::info!(%ip, "denied by the access file");
+            return Some(Reply::new(554, "5.7.1", "access denied"));
+        }
+        self.hook("connect", None).await.map(|mut r| {
+            // A refusal at connect is a 554 (RFC 5321 §3.1) or a 421.
+            r.code = if r.code >= 500 { 554 } else { 421 };
+            r
+        })
+    }
+
+    /// Runs the hook for `stage`, if one is configured; `Some(reply)` if it
+    /// refused. Accepted data-hook headers are returned through `headers`.
+    async fn hook(&mut self, stage: &str, rcpt: Option<&str>) -> Option<Reply> {
+        match self.run_hook(stage, rcpt, None).await {
+            hooks::Verdict::Accept { .. } => None,
+            hooks::Verdict::Refuse(reply) => Some(reply),
+        }
+    }
+
+    async fn run_hook(
+        &mut self,
+        stage: &str,
+        rcpt: Option<&str>,
+        stdin: Option<Box<dyn std::io::Read + Send>>,
+    ) -> hooks::Verdict {
+        let hooks = &self.shared.config.smtp.hooks;
+        let command = match stage {
+            "connect" => &hooks.connect,
+            "helo" => &hooks.helo,
+            "mail" => &hooks.mail,
+            "rcpt" => &hooks.rcpt,
+            _ => &hooks.data,
+        };
+        let Some(command) = command.clone() else {
+            return hooks::Verdict::Accept {
+                headers: Vec::new(),
+            };
+        };
+        let env = [
+            ("STAGE", stage.to_string()),
+            (
+                "REMOTE_IP",
+                self.conn
+                    .peer()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("HELO", self.helo.clone().unwrap_or_default()),
+            (
+                "SENDER",
+                self.tx
+                    .as_ref()
+                    .map(|t| t.sender.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("RECIPIENT", rcpt.unwrap_or_default().to_string()),
+            ("AUTH_USER", self.user.clone().unwrap_or_default()),
+            (
+                "TLS",
+                if self.conn.is_tls() { "yes" } else { "no" }.to_string(),
+            ),
+        ];
+        let timeout = hooks.timeout;
+        let verdict = hooks::run(&command, &env, stdin, timeout).await;
+        if let hooks::Verdict::Refuse(reply) = &verdict {
+            tracing::info!(stage, %reply, "hook refused");
+        }
+        verdict
+    }
+
     fn reply(&mut self, reply: Reply) {
         if !reply.is_positive() {
             tracing::debug!(%reply, "refused");
@@ -214,8 +312,8 @@ impl Session {
             }
         };
         match request {
-            Request::Ehlo { host } => self.hello(host, true),
-            Request::Helo { host } => self.hello(host, false),
+            Request::Ehlo { host } => self.hello(host, true).await,
+            Request::Helo { host } => self.hello(host, false).await,
             Request::StartTls => return self.starttls().await.map(|()| Next::Continue),
             Request::Auth {
                 mechanism,
@@ -223,8 +321,8 @@ impl Session {
             } => {
                 return self.auth(mechanism, initial_response).await;
             }
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Mail { from } => self.mail(from).await,
+            Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => return self.data().await.map(|()| Next::Continue),
             Request::Rset => {
                 self.tx = None;
@@ -256,12 +354,16 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    fn hello(&mut self, host: String, esmtp: bool) {
+    async fn hello(&mut self, host: String, esmtp: bool) {
         if host.chars().any(char::is_control) || host.len() > 255 {
             self.error(Reply::new(501, "5.5.4", "invalid host name"));
             return;
         }
         self.helo = Some(host);
+        if let Some(refusal) = self.hook("helo", None).await {
+            self.helo = None;
+            return self.error(refusal);
+        }
         self.esmtp = esmtp;
         self.tx = None;
         let config = &self.shared.config;
@@ -427,7 +529,7 @@ impl Session {
         Ok((answer != "*").then_some(answer))
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
         let config = &self.shared.config;
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "say EHLO or HELO first"));
@@ -494,6 +596,16 @@ impl Session {
         } else {
             None
         };
+        if let Some(address) = sender.address()
+            && self.shared.access().rejects_sender(address)
+        {
+            tracing::info!(sender = %address, "sender in the kill file");
+            return self.error(Reply::new(
+                550,
+                "5.7.1",
+                format!("<{address}>: sender refused"),
+            ));
+        }
         tracing::info!(sender = %sender, "MAIL");
         self.tx = Some(Transaction {
             sender,
@@ -504,6 +616,10 @@ impl Session {
             envid,
             ret,
         });
+        if let Some(refusal) = self.hook("mail", None).await {
+            self.tx = None;
+            return self.error(refusal);
+        }
         self.reply(Reply::new(250, "2.1.0", "sender ok"));
     }
 
@@ -529,7 +645,7 @@ impl Session {
                 .unwrap_or(false)
     }
 
-    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
+    async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
         let limit = self.shared.config.limits.recipients;
         let relay_ok = self.user.is_some() || self.client_in_relay_networks();
         let Some(tx) = self.tx.as_ref() else {
@@ -585,6 +701,9 @@ impl Session {
             if orcpt.is_some() {
                 route.orcpt = orcpt.clone();
             }
+        }
+        if let Some(refusal) = self.hook("rcpt", Some(&address.to_string())).await {
+            return self.error(refusal);
         }
         let Some(tx) = self.tx.as_mut() else { return };
         for route in routes {
@@ -677,12 +796,27 @@ impl Session {
             return Ok(());
         }
         let id = incoming.id().clone();
+        let staged = match incoming.finish() {
+            Ok(staged) => staged,
+            Err(e) => {
+                tracing::error!(queue_id = %id, "not accepted: {e}");
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "local error in processing, try again later",
+                ));
+                return Ok(());
+            }
+        };
+        self.tx = Some(tx);
+        let staged = self.data_hook(staged).await;
+        self.tx = None;
+        let Some(staged) = staged else { return Ok(()) };
         let config = self.shared.config.clone();
         let directory = self.shared.directory();
         // The 250 waits for the commit point: local delivery done, or the
         // rest committed to the queue (postroom-queue(5)).
         let outcome = tokio::task::spawn_blocking(move || {
-            let staged = incoming.finish()?;
             deliver::deliver_staged(&config, &directory, staged)
         })
         .await;
@@ -713,6 +847,61 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Runs the data hook on a received message: `None` if it refused (the
+    /// reply is sent), else the message, rewritten with the hook's headers
+    /// on top if it added any.
+    async fn data_hook(&mut self, staged: Staged) -> Option<Staged> {
+        if self.shared.config.smtp.hooks.data.is_none() {
+            return Some(staged);
+        }
+        let body = match staged.message.body() {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!("cannot read the message for the data hook: {e}");
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "local error in processing, try again later",
+                ));
+                let _ = staged.discard();
+                return None;
+            }
+        };
+        let headers = match self.run_hook("data", None, Some(body)).await {
+            hooks::Verdict::Refuse(reply) => {
+                self.reply(reply);
+                let _ = staged.discard();
+                return None;
+            }
+            hooks::Verdict::Accept { headers } if headers.is_empty() => return Some(staged),
+            hooks::Verdict::Accept { headers } => headers,
+        };
+        let queue = Queue::from_config(&self.shared.config);
+        let rewritten = (|| -> Result<Staged, Box<dyn std::error::Error>> {
+            use std::io::Write;
+            let mut incoming = queue.incoming(&staged.message.envelope)?;
+            for header in &headers {
+                incoming.write_all(header.as_bytes())?;
+                incoming.write_all(b"\r\n")?;
+            }
+            std::io::copy(&mut staged.message.body()?, &mut incoming)?;
+            Ok(incoming.finish()?)
+        })();
+        let _ = staged.discard();
+        match rewritten {
+            Ok(staged) => Some(staged),
+            Err(e) => {
+                tracing::error!("adding the data hook's headers failed: {e}");
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "local error in processing, try again later",
+                ));
+                None
+            }
+        }
     }
 
     fn envelope(&self, tx: &Transaction) -> Envelope {

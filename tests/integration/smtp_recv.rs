@@ -418,3 +418,73 @@ fn swaks_starttls_auth_and_implicit_tls() {
         "the relayed copy waits for smtp-send"
     );
 }
+
+/// One inetd-mode session over pipes, as if from `ip`.
+fn inetd_session(tree: &Tree, ip: &str, input: &str) -> String {
+    let mut child = Command::new(bin("smtp-recv"))
+        .arg("--config")
+        .arg(&tree.config)
+        .env("REMOTE_ADDR", ip)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    stdout(&child.wait_with_output().unwrap())
+}
+
+#[test]
+fn access_rules_and_kill_file() {
+    let tree = tree_with_users();
+    std::fs::write(
+        tree.root().join("access"),
+        "allow 192.0.2.7\ndeny 192.0.2.0/24\nreject-sender @junk.test\nreject-sender spammer@remote.test\n",
+    )
+    .unwrap();
+    let said = inetd_session(&tree, "192.0.2.8", "EHLO c\r\nQUIT\r\n");
+    assert!(said.starts_with("554 5.7.1"), "{said}");
+    assert!(!said.contains("250"), "{said}");
+    let said = inetd_session(
+        &tree,
+        "192.0.2.7",
+        "EHLO c\r\nMAIL FROM:<x@junk.test>\r\nMAIL FROM:<Spammer@remote.test>\r\nMAIL FROM:<friend@remote.test>\r\nQUIT\r\n",
+    );
+    assert_eq!(said.matches("550 5.7.1").count(), 2, "{said}");
+    assert!(said.contains("250 2.1.0"), "{said}");
+}
+
+#[test]
+fn hooks_accept_defer_refuse_and_add_headers() {
+    let tree = tree_with_users();
+    let mut text = std::fs::read_to_string(&tree.config).unwrap();
+    text.push_str(
+        r#"
+[smtp.hooks]
+helo = 'if [ "$HELO" = evil.test ]; then echo "no thanks"; exit 1; fi'
+rcpt = 'case "$RECIPIENT" in bob@*) echo "bob is busy"; exit 75;; esac'
+data = 'if grep -q EICAR; then echo "infected"; exit 1; fi; echo "X-Scanned: clean by $STAGE hook for $SENDER"'
+timeout = "5s"
+"#,
+    );
+    std::fs::write(&tree.config, text).unwrap();
+    let said = inetd_session(&tree, "192.0.2.1", "EHLO evil.test\r\nQUIT\r\n");
+    assert!(said.contains("550 5.7.1 no thanks"), "{said}");
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        "EHLO good.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<ann@example.test>\r\n\
+         DATA\r\nSubject: scanned\r\n\r\nhello\r\n.\r\n\
+         MAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: bad\r\n\r\nEICAR\r\n.\r\nQUIT\r\n",
+    );
+    assert!(said.contains("451 4.7.1 bob is busy"), "{said}");
+    assert!(said.contains("550 5.7.1 infected"), "{said}");
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1, "{said}");
+    let delivered = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        delivered.contains("X-Scanned: clean by data hook for s@remote.test\n"),
+        "{delivered}"
+    );
+    assert!(maildir_files(&tree.maildir("bob")).is_empty());
+}
