@@ -1,6 +1,7 @@
 //! `postroom check`: every problem in the tree, listed at once.
 //!
 //! It reads everything the servers read (config, users, aliases, domains,
+//! the access rules,
 //! the TLS key pair, the queue, the maildirs) and reports each problem with
 //! its file and line; it exits 1 if there is any. Debris of crashed writers
 //! (queue tmp files whose writer is gone, maildir tmp files older than 36
@@ -44,6 +45,7 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     };
     let mut report = Report::default();
     check_files(&config, &mut report);
+    check_access(&config, &mut report);
     check_tls(&config, &mut report);
     check_queue(&config, args.fix, &mut report);
     check_mail(&config, args.fix, &mut report);
@@ -131,6 +133,12 @@ fn check_files(config: &Config, report: &mut Report) {
                 ));
             }
         }
+    }
+}
+
+fn check_access(config: &Config, report: &mut Report) {
+    if let Err(e) = postroom::access::Access::load(&config.access_file()) {
+        report.problems.push(e.to_string());
     }
 }
 
