@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod smtp;
+
 #[derive(Parser)]
 #[command(name = "postroom-bench", about = "Measure postroom on this machine")]
 struct Cli {
@@ -43,9 +45,18 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// smtp-recv under load: rates, dot-to-250 latency, greeting time, RSS.
+    Smtp {
+        /// Messages per session count.
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Idle sessions held open for the memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+    },
 }
 
-const MESSAGE_SIZE: usize = 4096;
+pub const MESSAGE_SIZE: usize = 4096;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -55,6 +66,7 @@ fn main() -> ExitCode {
         .join(format!("postroom-bench-{}", std::process::id()));
     let result = match cli.bench {
         Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
+        Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {
@@ -127,7 +139,7 @@ fn foundation(base: &Path, messages: usize, rounds: usize) -> anyhow::Result<()>
 }
 
 /// The bare durable-write loop: what any mail system on this disk pays.
-fn raw_rate(dir: &Path, messages: usize, writers: usize) -> anyhow::Result<f64> {
+pub fn raw_rate(dir: &Path, messages: usize, writers: usize) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir.join("tmp"))?;
     std::fs::create_dir_all(dir.join("new"))?;
     let data = vec![b'x'; MESSAGE_SIZE];

@@ -1,0 +1,265 @@
+//! `postroom-bench smtp`: smtp-recv under load, on loopback.
+//!
+//! Prints accepted-and-committed messages per second over 1, 8 and 32
+//! sessions (4 KiB messages to a local user, so each 250 covers an fsynced
+//! maildir delivery) beside the raw durable-write rate measured just
+//! before, the p99 time from the final dot to the 250, the time from
+//! connect to greeting in inetd mode, and the resident memory of one
+//! standalone process holding many idle sessions.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::{MESSAGE_SIZE, raw_rate};
+
+pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
+    raise_fd_limit(idle)?;
+    let dir = base.join("smtp");
+    let config = make_tree(&dir)?;
+    let recv = std::env::current_exe()?.with_file_name("smtp-recv");
+    println!(
+        "postroom-bench smtp: {messages} messages of {MESSAGE_SIZE} bytes per run, in {}",
+        dir.display()
+    );
+
+    let port = free_port()?;
+    let server = Server::start(&recv, &config, port)?;
+    for sessions in [1usize, 8, 32] {
+        let raw = raw_rate(
+            &base.join(format!("raw{sessions}")),
+            messages.min(1000),
+            sessions.min(8),
+        )?;
+        let (rate, p99) = load(port, messages, sessions)?;
+        println!(
+            "{sessions:>2} session(s): {rate:>6.0} msg/s accepted and committed; raw loop ({} writers) {raw:>6.0} msg/s; ratio {:>3.0}%; p99 dot-to-250 {:.1} ms",
+            sessions.min(8),
+            100.0 * rate / raw,
+            p99.as_secs_f64() * 1000.0
+        );
+    }
+    drop(server);
+
+    let greeting = inetd_greeting(&recv, &config, 50)?;
+    println!(
+        "inetd connect-to-greeting: median {:.2} ms, p99 {:.2} ms (process start included)",
+        greeting.0.as_secs_f64() * 1000.0,
+        greeting.1.as_secs_f64() * 1000.0
+    );
+
+    let port = free_port()?;
+    let server = Server::start(&recv, &config, port)?;
+    let before = rss_kib(server.child.id())?;
+    let mut held = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        held.push(stream);
+    }
+    // Read every greeting: each session is then really set up and waiting.
+    for stream in &mut held {
+        let mut line = String::new();
+        BufReader::new(&*stream).read_line(&mut line)?;
+        anyhow::ensure!(line.starts_with("220"), "no greeting: {line}");
+    }
+    let after = rss_kib(server.child.id())?;
+    println!(
+        "{idle} idle sessions in one standalone process: RSS {:.1} MB (idle process {:.1} MB, {:.1} KB per session)",
+        after as f64 / 1024.0,
+        before as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / idle as f64
+    );
+    Ok(())
+}
+
+fn make_tree(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name("postroom");
+    let ok = Command::new(&bin)
+        .args([
+            "init",
+            dir.to_str().unwrap_or_default(),
+            "--domain",
+            "bench.test",
+        ])
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "postroom init failed");
+    let config = dir.join("postroom.toml");
+    let ok = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["user", "add", "sink@bench.test", "--password", "{PLAIN}x"])
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "postroom user add failed");
+    // Every client is 127.0.0.1 here, so the per-IP cap must not bite.
+    let text = std::fs::read_to_string(&config)?.replace(
+        "[limits]\n",
+        "[limits]\nconnections_per_ip = 20000\nconnections = 20000\n",
+    ) + "\n[smtp]\nmessages_per_session = 1000000\n";
+    std::fs::write(&config, text)?;
+    Ok(config)
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(recv: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
+        let child = Command::new(recv)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("POSTROOM_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting smtp-recv")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "smtp-recv did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Server { child })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `messages` sent over `sessions` connections; (rate, p99 dot-to-250).
+fn load(port: u16, messages: usize, sessions: usize) -> anyhow::Result<(f64, Duration)> {
+    let per = messages / sessions;
+    let mut body = b"Subject: bench\r\n\r\n".to_vec();
+    while body.len() < MESSAGE_SIZE {
+        body.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc\r\n",
+        );
+    }
+    body.truncate(MESSAGE_SIZE - 2);
+    body.extend_from_slice(b"\r\n.\r\n");
+    let start = Instant::now();
+    let latencies = std::thread::scope(|scope| -> anyhow::Result<Vec<Duration>> {
+        let handles: Vec<_> = (0..sessions)
+            .map(|_| {
+                let body = &body;
+                scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+                    stream.set_nodelay(true)?;
+                    let mut reader = BufReader::new(stream.try_clone()?);
+                    expect(&mut reader, "220")?;
+                    stream.write_all(b"EHLO bench.test\r\n")?;
+                    expect(&mut reader, "250 ")?;
+                    let mut latencies = Vec::with_capacity(per);
+                    for _ in 0..per {
+                        // PIPELINING: envelope and DATA in one write.
+                        stream.write_all(b"MAIL FROM:<load@remote.test>\r\nRCPT TO:<sink@bench.test>\r\nDATA\r\n")?;
+                        expect(&mut reader, "250")?;
+                        expect(&mut reader, "250")?;
+                        expect(&mut reader, "354")?;
+                        stream.write_all(body)?;
+                        let dot = Instant::now();
+                        expect(&mut reader, "250")?;
+                        latencies.push(dot.elapsed());
+                    }
+                    stream.write_all(b"QUIT\r\n")?;
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+        }
+        Ok(all)
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut sorted = latencies;
+    sorted.sort();
+    let p99 = sorted
+        .get(sorted.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    Ok((sorted.len() as f64 / elapsed, p99))
+}
+
+/// Reads one reply (all its lines) and checks its code.
+fn expect(reader: &mut impl BufRead, code: &str) -> anyhow::Result<()> {
+    loop {
+        let mut line = String::new();
+        anyhow::ensure!(reader.read_line(&mut line)? > 0, "connection closed");
+        anyhow::ensure!(
+            line.starts_with(&code[..3]),
+            "expected {code}, got {line:?}"
+        );
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(());
+        }
+    }
+}
+
+/// Spawn-to-greeting of smtp-recv over pipes, as inetd runs it.
+fn inetd_greeting(recv: &Path, config: &Path, runs: usize) -> anyhow::Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut child = Command::new(recv)
+            .arg("--config")
+            .arg(config)
+            .env("REMOTE_ADDR", "192.0.2.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        times.push(start.elapsed());
+        anyhow::ensure!(line.starts_with("220"), "no greeting: {line}");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"QUIT\r\n");
+        }
+        let _ = child.wait();
+    }
+    times.sort();
+    Ok((times[runs / 2], times[(runs * 99 / 100).min(runs - 1)]))
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Room for `idle` client sockets here and as many in the server, which
+/// inherits the limit.
+fn raise_fd_limit(idle: usize) -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let want = (idle as u64 + 1000).min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
+    anyhow::ensure!(
+        want >= idle as u64 + 100,
+        "the hard limit on open files ({hard}) is too low for {idle} sessions"
+    );
+    Ok(())
+}
