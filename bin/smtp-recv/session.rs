@@ -19,8 +19,10 @@ use postroom::aliases::{Directory, ResolveError, Target};
 use postroom::config::Config;
 use postroom::deliver::{self, Early};
 use postroom::net::{Connection, NetError};
-use postroom::queue::{self, Envelope, Queue, Recipient, Staged};
-use postroom::smtp::{DataLine, DataReader, Network, Reply, is_clean_command, xtext_decode};
+use postroom::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
+use postroom::smtp::{
+    DataLine, DataProblem, DataReader, Network, Reply, is_clean_command, xtext_decode,
+};
 use smtp_proto::Request;
 use tokio_rustls::TlsAcceptor;
 
@@ -131,9 +133,78 @@ struct Session {
     /// The authenticated user (their address).
     user: Option<String>,
     tx: Option<Transaction>,
+    /// A message arriving in BDAT chunks.
+    chunks: Option<Chunks>,
     errors: usize,
     messages: usize,
     auth_failures: u32,
+}
+
+/// A message being received by BDAT: the line-end rule across chunk
+/// boundaries, the size limit, the first write error.
+struct Chunks {
+    tx: Transaction,
+    incoming: Incoming,
+    max_size: u64,
+    size: u64,
+    previous: u8,
+    bare_line_end: bool,
+    failed: Option<std::io::Error>,
+}
+
+impl Chunks {
+    fn new(tx: Transaction, incoming: Incoming, max_size: u64) -> Chunks {
+        Chunks {
+            tx,
+            incoming,
+            max_size,
+            size: 0,
+            previous: b'\n',
+            bare_line_end: false,
+            failed: None,
+        }
+    }
+
+    /// The message, or the reply that refuses it (`None`: bare line ends).
+    fn finish(self) -> Result<(Transaction, Incoming, u64), Option<Reply>> {
+        if self.bare_line_end || self.previous == b'\r' {
+            return Err(None);
+        }
+        if self.size > self.max_size {
+            return Err(Some(DataProblem::TooBig.reply(self.max_size)));
+        }
+        if let Some(e) = self.failed {
+            tracing::error!("writing the message failed: {e}");
+            return Err(Some(Reply::new(
+                451,
+                "4.3.0",
+                "local error in processing, try again later",
+            )));
+        }
+        Ok((self.tx, self.incoming, self.size))
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            match (self.previous, b) {
+                (b'\r', b'\n') => {}
+                (b'\r', _) | (_, b'\n') => self.bare_line_end = true,
+                _ => {}
+            }
+            self.previous = b;
+        }
+        self.size += buf.len() as u64;
+        // A doomed message is read to its end but no longer stored.
+        if !self.bare_line_end && self.size <= self.max_size && self.failed.is_none() {
+            self.failed = self.incoming.write_all(buf).err();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether the session goes on after a command.
@@ -155,6 +226,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         esmtp: false,
         user: None,
         tx: None,
+        chunks: None,
         errors: 0,
         messages: 0,
         auth_failures: 0,
@@ -324,8 +396,18 @@ impl Session {
             Request::Mail { from } => self.mail(from).await,
             Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => return self.data().await.map(|()| Next::Continue),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => {
+                return self
+                    .bdat(chunk_size, is_last)
+                    .await
+                    .map(|()| Next::Continue);
+            }
             Request::Rset => {
                 self.tx = None;
+                self.chunks = None;
                 self.reply(Reply::new(250, "2.0.0", "reset"));
             }
             Request::Noop { .. } => self.reply(Reply::new(250, "2.0.0", "ok")),
@@ -360,6 +442,7 @@ impl Session {
             return;
         }
         self.helo = Some(host);
+        self.chunks = None;
         if let Some(refusal) = self.hook("helo", None).await {
             self.helo = None;
             return self.error(refusal);
@@ -379,6 +462,7 @@ impl Session {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "DSN".into(),
+            "CHUNKING".into(),
         ];
         if self.shared.tls.is_some() && !self.conn.is_tls() {
             caps.push("STARTTLS".into());
@@ -418,6 +502,7 @@ impl Session {
         self.helo = None;
         self.esmtp = false;
         self.tx = None;
+        self.chunks = None;
         Ok(())
     }
 
@@ -534,7 +619,7 @@ impl Session {
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "say EHLO or HELO first"));
         }
-        if self.tx.is_some() {
+        if self.tx.is_some() || self.chunks.is_some() {
             return self.error(Reply::new(503, "5.5.1", "nested MAIL command"));
         }
         if self.submission() && self.user.is_none() {
@@ -722,20 +807,38 @@ impl Session {
         self.shared.relay_networks.iter().any(|n| n.contains(ip))
     }
 
-    async fn data(&mut self) -> Result<(), NetError> {
+    /// The transaction, if DATA or a first BDAT may start now; otherwise
+    /// the refusal is sent and `None` returned.
+    fn ready_transaction(&mut self) -> Option<Transaction> {
         let Some(tx) = self.tx.take() else {
             self.error(Reply::new(503, "5.5.1", "MAIL first"));
-            return Ok(());
+            return None;
         };
         if tx.accepted.is_empty() {
             self.tx = Some(tx);
             self.error(Reply::new(554, "5.5.1", "no valid recipients"));
-            return Ok(());
+            return None;
         }
-        let envelope = self.envelope(&tx);
+        Some(tx)
+    }
+
+    /// A new message for `tx`, with its Received header written.
+    fn start_message(&mut self, tx: &Transaction) -> Option<Incoming> {
+        let envelope = self.envelope(tx);
         let queue = Queue::from_config(&self.shared.config);
-        let mut incoming = match queue.incoming(&envelope) {
-            Ok(i) => i,
+        let started = queue.incoming(&envelope).and_then(|mut incoming| {
+            use std::io::Write;
+            let received = self.received_header(tx, incoming.id());
+            incoming
+                .write_all(received.as_bytes())
+                .map_err(|error| queue::QueueError::Io {
+                    path: queue.root().to_path_buf(),
+                    error,
+                })?;
+            Ok(incoming)
+        });
+        match started {
+            Ok(incoming) => Some(incoming),
             Err(e) => {
                 tracing::error!("cannot start a queue file: {e}");
                 self.reply(Reply::new(
@@ -743,10 +846,26 @@ impl Session {
                     "4.3.0",
                     "cannot queue now, try again later",
                 ));
-                return Ok(());
+                None
             }
+        }
+    }
+
+    async fn data(&mut self) -> Result<(), NetError> {
+        if self.chunks.is_some() {
+            self.error(Reply::new(
+                503,
+                "5.5.1",
+                "DATA after BDAT; finish with BDAT LAST",
+            ));
+            return Ok(());
+        }
+        let Some(tx) = self.ready_transaction() else {
+            return Ok(());
         };
-        let received = self.received_header(&tx, incoming.id());
+        let Some(mut incoming) = self.start_message(&tx) else {
+            return Ok(());
+        };
         self.reply(Reply::new(
             354,
             "",
@@ -758,9 +877,6 @@ impl Session {
         let mut reader = DataReader::new(max_size);
         let mut write_failed = None;
         use std::io::Write;
-        if let Err(e) = incoming.write_all(received.as_bytes()) {
-            write_failed = Some(e);
-        }
         loop {
             let line = match self.conn.read_line(BODY_LINE_MAX).await {
                 Ok(line) => line,
@@ -795,6 +911,62 @@ impl Session {
             ));
             return Ok(());
         }
+        self.accept_message(tx, incoming, reader.size()).await;
+        Ok(())
+    }
+
+    /// RFC 3030 BDAT: the chunk is always read in full, even when refused,
+    /// so its bytes are never taken for commands. Line ends are held to the
+    /// same rule as DATA across chunk boundaries.
+    async fn bdat(&mut self, size: usize, last: bool) -> Result<(), NetError> {
+        if self.chunks.is_none() {
+            let refusal = match self.ready_transaction() {
+                Some(tx) => match self.start_message(&tx) {
+                    Some(incoming) => {
+                        self.chunks = Some(Chunks::new(
+                            tx,
+                            incoming,
+                            self.shared.config.limits.message_size,
+                        ));
+                        None
+                    }
+                    None => Some(()),
+                },
+                None => Some(()),
+            };
+            if refusal.is_some() {
+                // The refusal is already queued as a reply; swallow the chunk.
+                self.conn
+                    .read_exact_into(size, &mut std::io::sink())
+                    .await?;
+                return Ok(());
+            }
+        }
+        let Some(chunks) = self.chunks.as_mut() else {
+            return Ok(());
+        };
+        self.conn.read_exact_into(size, chunks).await?;
+        if !last {
+            self.reply(Reply::new(250, "2.0.0", format!("{size} octets received")));
+            return Ok(());
+        }
+        let Some(chunks) = self.chunks.take() else {
+            return Ok(());
+        };
+        self.messages += 1;
+        let max_size = self.shared.config.limits.message_size;
+        match chunks.finish() {
+            Err(reply) => {
+                self.reply(reply.unwrap_or_else(|| DataProblem::BareLineEnd.reply(max_size)))
+            }
+            Ok((tx, incoming, size)) => self.accept_message(tx, incoming, size).await,
+        }
+        Ok(())
+    }
+
+    /// The end of a received message: the data hook, then early delivery
+    /// or the queue commit, then the 250 (only after the commit point).
+    async fn accept_message(&mut self, tx: Transaction, incoming: Incoming, size: u64) {
         let id = incoming.id().clone();
         let staged = match incoming.finish() {
             Ok(staged) => staged,
@@ -805,13 +977,13 @@ impl Session {
                     "4.3.0",
                     "local error in processing, try again later",
                 ));
-                return Ok(());
+                return;
             }
         };
         self.tx = Some(tx);
         let staged = self.data_hook(staged).await;
         self.tx = None;
-        let Some(staged) = staged else { return Ok(()) };
+        let Some(staged) = staged else { return };
         let config = self.shared.config.clone();
         let directory = self.shared.directory();
         // The 250 waits for the commit point: local delivery done, or the
@@ -822,11 +994,11 @@ impl Session {
         .await;
         match outcome {
             Ok(Ok(Early::Delivered)) => {
-                tracing::info!(queue_id = %id, size = reader.size(), "delivered");
+                tracing::info!(queue_id = %id, size, "delivered");
                 self.reply(Reply::new(250, "2.0.0", format!("ok, delivered as {id}")));
             }
             Ok(Ok(Early::Queued(id))) => {
-                tracing::info!(queue_id = %id, size = reader.size(), "queued");
+                tracing::info!(queue_id = %id, size, "queued");
                 self.reply(Reply::new(250, "2.0.0", format!("ok, queued as {id}")));
             }
             Ok(Err(e)) => {
@@ -846,7 +1018,6 @@ impl Session {
                 ));
             }
         }
-        Ok(())
     }
 
     /// Runs the data hook on a received message: `None` if it refused (the

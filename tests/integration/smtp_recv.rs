@@ -488,3 +488,31 @@ timeout = "5s"
     );
     assert!(maildir_files(&tree.maildir("bob")).is_empty());
 }
+
+#[test]
+fn bdat_chunks_are_read_whole_and_checked() {
+    let tree = tree_with_users();
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        "EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\n\
+         BDAT 20\r\nSubject: chunked\r\n\r\nBDAT 7 LAST\r\nhello\r\n\
+         MAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nBDAT 9 LAST\r\nbad\nline\n\
+         BDAT 14 LAST\r\nMAIL FROM:<>\r\nQUIT\r\n",
+    );
+    assert!(said.contains("CHUNKING"), "{said}");
+    assert!(said.contains("250 2.0.0 20 octets received"), "{said}");
+    assert!(said.contains("250 2.0.0 ok, delivered as"), "{said}");
+    assert!(
+        said.contains("554 5.6.0"),
+        "bare LF in a chunk is refused: {said}"
+    );
+    // A BDAT without a transaction is refused, and its 14 bytes (which look
+    // like a command) are swallowed, never run.
+    assert!(said.contains("503 5.5.1 MAIL first\r\n221"), "{said}");
+    assert!(!said.contains("unknown command"), "{said}");
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.ends_with("Subject: chunked\n\nhello\n"), "{text}");
+}
