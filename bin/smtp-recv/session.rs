@@ -396,6 +396,7 @@ impl Session {
             Request::Mail { from } => self.mail(from).await,
             Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => return self.data().await.map(|()| Next::Continue),
+            Request::Etrn { name } => self.etrn(name),
             Request::Bdat {
                 chunk_size,
                 is_last,
@@ -800,6 +801,55 @@ impl Session {
         self.reply(Reply::new(250, "2.1.5", "recipient ok"));
     }
 
+    /// RFC 1985 ETRN: start a queue run for one domain (`smtp-send
+    /// --domain`), for clients that may relay. The run is started, not
+    /// waited for.
+    fn etrn(&mut self, name: String) {
+        if self.helo.is_none() || self.tx.is_some() {
+            return self.error(Reply::new(
+                503,
+                "5.5.1",
+                "ETRN needs EHLO first and no transaction",
+            ));
+        }
+        let domain = name.trim_start_matches('@').to_lowercase();
+        if !postroom::address::is_domain_name(&domain) {
+            return self.error(Reply::new(501, "5.5.4", "ETRN takes a domain name"));
+        }
+        if self.user.is_none() && !self.client_in_relay_networks() {
+            return self.reply(Reply::new(
+                459,
+                "4.7.1",
+                format!("{domain}: not allowed to start queue runs"),
+            ));
+        }
+        let runner = std::env::current_exe().map(|p| p.with_file_name("smtp-send"));
+        let started = runner.and_then(|runner| {
+            std::process::Command::new(runner)
+                .arg("--config")
+                .arg(&self.shared.config.file)
+                .args(["--domain", &domain])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+        });
+        match started {
+            Ok(_) => self.reply(Reply::new(
+                250,
+                "2.0.0",
+                format!("queuing for node {domain} started"),
+            )),
+            Err(e) => {
+                tracing::warn!("ETRN: cannot start smtp-send: {e}");
+                self.reply(Reply::new(
+                    458,
+                    "4.3.0",
+                    format!("unable to queue messages for node {domain}"),
+                ))
+            }
+        }
+    }
+
     fn client_in_relay_networks(&self) -> bool {
         let Some(ip) = self.conn.peer().map(|p| p.ip()) else {
             return false;
@@ -980,6 +1030,15 @@ impl Session {
                 return;
             }
         };
+        if hops(&staged) > MAX_HOPS {
+            self.reply(Reply::new(
+                554,
+                "5.4.6",
+                format!("too many hops (over {MAX_HOPS} Received headers): a mail loop"),
+            ));
+            let _ = staged.discard();
+            return;
+        }
         self.tx = Some(tx);
         let staged = self.data_hook(staged).await;
         self.tx = None;
@@ -1133,6 +1192,24 @@ impl Session {
             date = postroom::message::rfc5322_date(postroom::fsutil::now_secs()),
         )
     }
+}
+
+/// RFC 5321 §6.3: a message with more Received headers than this is in a
+/// loop (Postfix's default is 50; 100 errs on the side of delivering).
+const MAX_HOPS: usize = 100;
+
+/// Received headers in a message's header block (our own included).
+fn hops(staged: &Staged) -> usize {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(body) = staged.message.body() {
+        let _ = body.take(1 << 20).read_to_end(&mut head);
+    }
+    let len = postroom::message::header_len(&head);
+    postroom::message::header_fields(&head[..len])
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
+        .count()
 }
 
 /// The NOTIFY parameter as the queue records it.

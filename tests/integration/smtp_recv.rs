@@ -516,3 +516,38 @@ fn bdat_chunks_are_read_whole_and_checked() {
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.ends_with("Subject: chunked\n\nhello\n"), "{text}");
 }
+
+#[test]
+fn etrn_needs_relay_rights_and_loops_are_refused() {
+    let tree = tree_with_users();
+    let said = inetd_session(&tree, "192.0.2.1", "EHLO c\r\nETRN example.org\r\nQUIT\r\n");
+    assert!(said.contains("459 4.7.1"), "{said}");
+    // Loopback with relay_networks may ask; without a runner installed the
+    // answer is an honest 458 (or 250 once smtp-send exists beside us).
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!("{text}\n[smtp]\nrelay_networks = [\"192.0.2.0/24\"]\n"),
+    )
+    .unwrap();
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        "EHLO c\r\nETRN @example.org\r\nQUIT\r\n",
+    );
+    assert!(
+        said.contains("458 4.3.0") || said.contains("250 2.0.0 queuing for node example.org"),
+        "{said}"
+    );
+
+    let hops = "Received: from x by y; Mon, 1 Jan 2026 00:00:00 +0000\r\n".repeat(101);
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        &format!(
+            "EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n{hops}Subject: loop\r\n\r\nx\r\n.\r\nQUIT\r\n"
+        ),
+    );
+    assert!(said.contains("554 5.4.6"), "{said}");
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+}
