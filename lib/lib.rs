@@ -12,6 +12,7 @@
 pub mod access;
 pub mod address;
 pub mod aliases;
+pub mod authlimit;
 pub mod config;
 pub mod deliver;
 pub mod domains;

@@ -10,12 +10,13 @@
 //! routes never route anything: an address is local or it is relaying.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine;
 use postroom::access::Access;
 use postroom::address::{Address, EnvelopeText, ReversePath};
 use postroom::aliases::{Directory, ResolveError, Target};
+use postroom::authlimit::AuthLimit;
 use postroom::config::Config;
 use postroom::deliver::{self, Early};
 use postroom::net::{Connection, NetError};
@@ -571,11 +572,24 @@ impl Session {
             return Ok(Next::Continue);
         };
         let directory = self.shared.directory();
+        let limit = AuthLimit::new(self.shared.config.state_dir());
+        let ip = self.conn.peer().map(|p| p.ip());
+        // Wait first, answer after: a guesser learns nothing by hanging up.
+        let wait = {
+            let (limit, login) = (limit.clone(), login.clone());
+            tokio::task::spawn_blocking(move || limit.delay(ip, &login))
+                .await
+                .unwrap_or_default()
+        };
+        tokio::time::sleep(wait).await;
         let checked = tokio::task::spawn_blocking(move || {
-            directory
-                .users()
-                .authenticate(&login, &password)
-                .map(|u| u.map(|u| u.address.clone()))
+            let result = directory.users().authenticate(&login, &password);
+            match &result {
+                Ok(Some(_)) => limit.succeeded(&login),
+                Ok(None) => limit.failed(ip, &login),
+                Err(_) => {}
+            }
+            result.map(|u| u.map(|u| u.address.clone()))
         })
         .await;
         match checked {
@@ -590,9 +604,7 @@ impl Session {
             }
             _ => {
                 self.auth_failures += 1;
-                // Slow down guessing in this session without locking out
-                // the account: a stranger must not be able to do that.
-                tokio::time::sleep(Duration::from_secs(u64::from(self.auth_failures).min(5))).await;
+                tracing::info!(failures = self.auth_failures, "authentication failed");
                 self.error(Reply::new(535, "5.7.8", "authentication failed"));
                 if self.auth_failures >= AUTH_FAILURES_MAX {
                     self.reply(Reply::new(421, "4.7.0", "too many authentication failures"));

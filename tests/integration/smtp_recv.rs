@@ -551,3 +551,31 @@ fn etrn_needs_relay_rights_and_loops_are_refused() {
     assert!(said.contains("554 5.4.6"), "{said}");
     assert!(maildir_files(&tree.maildir("ann")).is_empty());
 }
+
+#[test]
+fn auth_failures_slow_the_guesser_down_across_processes() {
+    let tree = tree_with_users();
+    // AUTH PLAIN for ann@example.test with a wrong password ("nope").
+    let wrong = "AUTH PLAIN AGFubkBleGFtcGxlLnRlc3QAbm9wZQ==\r\n";
+    for _ in 0..3 {
+        let said = inetd_session(&tree, "127.0.0.9", &format!("EHLO c\r\n{wrong}QUIT\r\n"));
+        assert!(said.contains("535 5.7.8"), "{said}");
+    }
+    // A fourth process, same address: it waits before answering.
+    let start = Instant::now();
+    let said = inetd_session(&tree, "127.0.0.9", &format!("EHLO c\r\n{wrong}QUIT\r\n"));
+    assert!(said.contains("535 5.7.8"), "{said}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "no backoff: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        tree.root()
+            .join("state/auth-failures")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 2
+    );
+}
