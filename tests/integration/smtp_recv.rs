@@ -579,3 +579,50 @@ fn auth_failures_slow_the_guesser_down_across_processes() {
             >= 2
     );
 }
+
+#[test]
+fn demo_serves_smtp_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("demo");
+    // Ports 2525, 2587, 2465 shifted into a quiet range.
+    let offset = 20_000 + (std::process::id() % 5000) as u16;
+    let mut demo = Command::new(bin("postroom"))
+        .args([
+            "demo",
+            "--root",
+            root.to_str().unwrap(),
+            "--port-offset",
+            &offset.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = 2525 + offset;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the demo's smtp-recv did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = raw(
+        port,
+        b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<demo@example.test>\r\nDATA\r\nSubject: demo\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+        Duration::from_secs(5),
+    );
+    // SIGTERM: the demo stops its servers and exits.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = demo.wait().unwrap();
+    assert!(said.contains("250 2.0.0 ok, delivered as"), "{said}");
+    assert!(status.success(), "demo exit: {status:?}");
+    assert_eq!(
+        maildir_files(&root.join("mail/example.test/demo")).len(),
+        2,
+        "welcome + ours"
+    );
+}
