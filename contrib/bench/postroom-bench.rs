@@ -169,15 +169,10 @@ pub fn raw_rate(dir: &Path, messages: usize, writers: usize) -> anyhow::Result<f
     Ok((messages / writers * writers) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// mail-inject processes delivering to one local user.
-fn inject_rate(
-    dir: &Path,
-    messages: usize,
-    injectors: usize,
-    queue_only: bool,
-) -> anyhow::Result<f64> {
+/// A fresh tree in `dir` with the local user sink@bench.test; returns the
+/// config path.
+pub fn bench_tree(dir: &Path) -> anyhow::Result<PathBuf> {
     let bin = std::env::current_exe()?.with_file_name("postroom");
-    let inject = std::env::current_exe()?.with_file_name("mail-inject");
     let status = Command::new(&bin)
         .args([
             "init",
@@ -196,6 +191,18 @@ fn inject_rate(
         .stdout(Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "postroom user add failed");
+    Ok(config)
+}
+
+/// mail-inject processes delivering to one local user.
+fn inject_rate(
+    dir: &Path,
+    messages: usize,
+    injectors: usize,
+    queue_only: bool,
+) -> anyhow::Result<f64> {
+    let inject = std::env::current_exe()?.with_file_name("mail-inject");
+    let config = bench_tree(dir)?;
     let mut body = b"Subject: bench\n\n".to_vec();
     while body.len() < MESSAGE_SIZE {
         body.extend_from_slice(

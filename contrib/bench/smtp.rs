@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::{MESSAGE_SIZE, raw_rate};
+use crate::{MESSAGE_SIZE, bench_tree, raw_rate};
 
 pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
     raise_fd_limit(idle)?;
@@ -77,27 +77,7 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
 }
 
 fn make_tree(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let bin = std::env::current_exe()?.with_file_name("postroom");
-    let ok = Command::new(&bin)
-        .args([
-            "init",
-            dir.to_str().unwrap_or_default(),
-            "--domain",
-            "bench.test",
-        ])
-        .stdout(Stdio::null())
-        .status()?
-        .success();
-    anyhow::ensure!(ok, "postroom init failed");
-    let config = dir.join("postroom.toml");
-    let ok = Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
-        .args(["user", "add", "sink@bench.test", "--password", "{PLAIN}x"])
-        .stdout(Stdio::null())
-        .status()?
-        .success();
-    anyhow::ensure!(ok, "postroom user add failed");
+    let config = bench_tree(dir)?;
     // Every client is 127.0.0.1 here, so the per-IP cap must not bite.
     let text = std::fs::read_to_string(&config)?.replace(
         "[limits]\n",

@@ -351,23 +351,11 @@ print("ok")
 #[test]
 fn inetd_mode_over_pipes_refuses_auth_without_tls_from_remote_peers() {
     let tree = tree_with_users();
-    let mut child = Command::new(bin("smtp-recv"))
-        .arg("--config")
-        .arg(&tree.config)
-        .env("REMOTE_ADDR", "192.0.2.7")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"EHLO c\r\nAUTH PLAIN AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nQUIT\r\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = stdout(&out);
+    let said = inetd_session(
+        &tree,
+        "192.0.2.7",
+        "EHLO c\r\nAUTH PLAIN AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nQUIT\r\n",
+    );
     assert!(
         !said.contains("AUTH PLAIN"),
         "AUTH must not be offered in clear: {said}"
