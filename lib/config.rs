@@ -49,6 +49,8 @@ pub struct Config {
     pub queue: QueuePolicy,
     #[serde(default)]
     pub smtp: Smtp,
+    #[serde(default)]
+    pub dns: Dns,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -204,8 +206,31 @@ pub struct Smtp {
     pub relay_networks: Vec<String>,
     /// Messages one session may send before it must reconnect.
     pub messages_per_session: usize,
+    /// DNS blocklist zones asked about each client at connect
+    /// (`zen.spamhaus.org`); a listed client gets 554.
+    pub dnsbl: Vec<String>,
     /// External commands that may accept or refuse each stage.
     pub hooks: Hooks,
+}
+
+/// Where DNS questions go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers as `IP:PORT`; empty means the system's (resolv.conf).
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// How long one question may take.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Per-stage SMTP hooks: a command run with `/bin/sh -c` at each stage
@@ -244,6 +269,7 @@ impl Default for Smtp {
             greeting: "ESMTP postroom".into(),
             relay_networks: Vec::new(),
             messages_per_session: 100,
+            dnsbl: Vec::new(),
             hooks: Hooks::default(),
         }
     }
@@ -350,6 +376,11 @@ impl Config {
             crate::smtp::Network::parse(network)
                 .map_err(|e| format!("smtp.relay_networks: {e}"))?;
         }
+        for zone in &self.smtp.dnsbl {
+            if !crate::address::is_domain_name(zone) {
+                return Err(format!("smtp.dnsbl: {zone:?} is not a DNS zone"));
+            }
+        }
         if self.smtp.messages_per_session == 0 {
             return Err("smtp.messages_per_session: must be greater than 0".into());
         }
@@ -406,8 +437,8 @@ pub fn plaintext_allowed(config: &Config, peer: Option<IpAddr>) -> bool {
     config.auth.allow_plaintext || peer.is_none_or(|ip| ip.is_loopback())
 }
 
-/// Parses `30`, `30s`, `5m`, `4h`, `5d` into a duration (bare numbers are
-/// seconds).
+/// Parses `30`, `30s`, `5m`, `4h`, `5d`, `1w` or `250ms` into a duration
+/// (bare numbers are seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -418,6 +449,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 4h or 5d"))?;
     let scale = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(number)),
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
@@ -425,7 +457,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "w" => 7 * 86400,
         _ => {
             return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use s, m, h, d or w)"
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h, d or w)"
             ));
         }
     };

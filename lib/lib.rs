@@ -15,6 +15,7 @@ pub mod aliases;
 pub mod authlimit;
 pub mod config;
 pub mod deliver;
+pub mod dns;
 pub mod domains;
 pub mod fsutil;
 pub mod log;

@@ -41,6 +41,8 @@ pub struct Shared {
     tls: Option<TlsAcceptor>,
     relay_networks: Vec<Network>,
     directory: Mutex<(Arc<Directory>, Arc<Access>, Stamp)>,
+    /// Only when `smtp.dnsbl` names zones.
+    resolver: Option<hickory_resolver::TokioResolver>,
 }
 
 /// Modification times of the users, aliases, domains and access files: a
@@ -62,7 +64,13 @@ impl Shared {
         let directory = Directory::load(&config)?;
         let access = Access::load(&config.access_file())?;
         let stamp = stamp(&config);
+        let resolver = if config.smtp.dnsbl.is_empty() {
+            None
+        } else {
+            Some(postroom::dns::resolver(&config)?)
+        };
         Ok(Shared {
+            resolver,
             config,
             submission,
             tls,
@@ -252,11 +260,38 @@ impl Session {
             tracing::info!(%ip, "denied by the access file");
             return Some(Reply::new(554, "5.7.1", "access denied"));
         }
+        if let Some(reply) = self.dnsbl().await {
+            return Some(reply);
+        }
         self.hook("connect", None).await.map(|mut r| {
             // A refusal at connect is a 554 (RFC 5321 §3.1) or a 421.
             r.code = if r.code >= 500 { 554 } else { 421 };
             r
         })
+    }
+
+    /// The DNS blocklists of `smtp.dnsbl`, in order. A zone that does not
+    /// answer lets the client in (logged): a dead blocklist must not stop mail.
+    async fn dnsbl(&mut self) -> Option<Reply> {
+        let (Some(resolver), Some(ip)) = (&self.shared.resolver, self.conn.peer().map(|p| p.ip()))
+        else {
+            return None;
+        };
+        for zone in &self.shared.config.smtp.dnsbl {
+            match postroom::dns::dnsbl_listed(resolver, ip, zone).await {
+                Ok(Some(code)) => {
+                    tracing::info!(%ip, zone, %code, "listed in a DNS blocklist");
+                    return Some(Reply::new(
+                        554,
+                        "5.7.1",
+                        format!("{ip} is listed in {zone} ({code})"),
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}; letting the client in"),
+            }
+        }
+        None
     }
 
     /// Runs the hook for `stage`, if one is configured; `Some(reply)` if it

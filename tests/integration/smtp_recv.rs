@@ -614,3 +614,43 @@ fn demo_serves_smtp_on_loopback() {
         "welcome + ours"
     );
 }
+
+#[test]
+fn dns_blocklists_refuse_listed_clients_and_fail_open() {
+    use crate::dns::{DnsServer, Record};
+    let tree = tree_with_users();
+    let mut records = std::collections::HashMap::new();
+    records.insert(
+        "7.2.0.192.bl.test".to_string(),
+        vec![Record::A("127.0.0.2".parse().unwrap())],
+    );
+    // An answer outside 127/8 is not a listing (RFC 5782 §2.3).
+    records.insert(
+        "8.2.0.192.bl.test".to_string(),
+        vec![Record::A("192.0.2.1".parse().unwrap())],
+    );
+    records.insert("bl.test".to_string(), vec![Record::Txt("zone apex".into())]);
+    let dns = DnsServer::start(records);
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!(
+            "{text}\n[smtp]\ndnsbl = [\"bl.test\"]\n\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\n",
+            dns.addr
+        ),
+    )
+    .unwrap();
+    let said = inetd_session(&tree, "192.0.2.7", "EHLO c\r\nQUIT\r\n");
+    assert!(
+        said.starts_with("554 5.7.1 192.0.2.7 is listed in bl.test (127.0.0.2)"),
+        "{said}"
+    );
+    for clean in ["192.0.2.8", "192.0.2.9"] {
+        let said = inetd_session(&tree, clean, "EHLO c\r\nQUIT\r\n");
+        assert!(said.starts_with("220 "), "{clean}: {said}");
+    }
+    // A dead blocklist lets everyone in.
+    drop(dns);
+    let said = inetd_session(&tree, "192.0.2.7", "EHLO c\r\nQUIT\r\n");
+    assert!(said.starts_with("220 "), "{said}");
+}

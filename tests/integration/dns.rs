@@ -1,0 +1,120 @@
+//! A small authoritative DNS server on loopback, for tests: it answers A
+//! and TXT questions from a table and NXDOMAIN for anything else (RFC 1035
+//! §4.1 wire format, UDP only, no compression in answers). Enough for DNS
+//! blocklists now and MX lookups later; never a real network.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One answer: an A address or a TXT string.
+#[derive(Clone)]
+pub enum Record {
+    A(Ipv4Addr),
+    Txt(String),
+}
+
+/// The server; stops when dropped.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Serves `records` (names lower case, without the final dot).
+    pub fn start(records: HashMap<String, Vec<Record>>) -> DnsServer {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(reply) = answer(&buf[..n], &records) {
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        });
+        DnsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Joined, so the socket is closed when the drop returns.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    // The question: labels up to the zero byte, then QTYPE and QCLASS.
+    let mut labels = Vec::new();
+    let mut i = 12;
+    loop {
+        let len = *query.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(i..i + len)?).to_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(i)?, *query.get(i + 1)?]);
+    let question = &query[12..i + 4];
+    let name = labels.join(".");
+    let matching: Vec<&Record> = records
+        .get(&name)
+        .map(|rs| {
+            rs.iter()
+                .filter(|r| matches!((r, qtype), (Record::A(_), 1) | (Record::Txt(_), 16)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let exists = records.contains_key(&name);
+    let mut reply = Vec::with_capacity(512);
+    reply.extend_from_slice(&query[0..2]); // id
+    let rcode = if exists { 0 } else { 3 }; // NOERROR or NXDOMAIN
+    reply.extend_from_slice(&[0x84 | (query[2] & 0x01), rcode as u8]); // QR, AA, RD copied
+    reply.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
+    reply.extend_from_slice(&(matching.len() as u16).to_be_bytes()); // ANCOUNT
+    reply.extend_from_slice(&[0, 0, 0, 0]); // NSCOUNT, ARCOUNT
+    reply.extend_from_slice(question);
+    for record in matching {
+        reply.extend_from_slice(&[0xc0, 0x0c]); // the name: pointer to the question
+        let (rtype, data) = match record {
+            Record::A(ip) => (1u16, ip.octets().to_vec()),
+            Record::Txt(text) => {
+                let mut data = Vec::new();
+                for chunk in text.as_bytes().chunks(255) {
+                    data.push(chunk.len() as u8);
+                    data.extend_from_slice(chunk);
+                }
+                (16u16, data)
+            }
+        };
+        reply.extend_from_slice(&rtype.to_be_bytes());
+        reply.extend_from_slice(&1u16.to_be_bytes()); // IN
+        reply.extend_from_slice(&60u32.to_be_bytes()); // TTL
+        reply.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        reply.extend_from_slice(&data);
+    }
+    Some(reply)
+}
