@@ -209,6 +209,13 @@ pub struct Smtp {
     /// DNS blocklist zones asked about each client at connect
     /// (`zen.spamhaus.org`); a listed client gets 554.
     pub dnsbl: Vec<String>,
+    /// Check SPF (RFC 7208) for MAIL FROM, DKIM (RFC 6376) and DMARC
+    /// (RFC 7489) for each message, and record the results in an
+    /// Authentication-Results header (RFC 8601). They never refuse mail by
+    /// themselves: filters (mailsort, hooks) decide on the header.
+    pub spf: bool,
+    pub dkim: bool,
+    pub dmarc: bool,
     /// External commands that may accept or refuse each stage.
     pub hooks: Hooks,
 }
@@ -270,6 +277,9 @@ impl Default for Smtp {
             relay_networks: Vec::new(),
             messages_per_session: 100,
             dnsbl: Vec::new(),
+            spf: false,
+            dkim: false,
+            dmarc: false,
             hooks: Hooks::default(),
         }
     }

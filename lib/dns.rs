@@ -39,6 +39,36 @@ pub fn resolver(config: &Config) -> Result<TokioResolver, DnsError> {
     Ok(builder.with_options(opts).build())
 }
 
+/// SPF, DKIM and DMARC checks (the `mail-auth` crate, Stalwart's, Apache-2.0
+/// OR MIT) through the config's name servers. mail-auth brings its own
+/// hickory version, so this builds its resolver config with that one.
+pub fn authenticator(config: &Config) -> Result<mail_auth::MessageAuthenticator, DnsError> {
+    use mail_auth::hickory_resolver::config::{
+        NameServerConfig as AuthNameServer, ProtocolConfig, ResolverConfig as AuthConfig,
+        ResolverOpts as AuthOpts,
+    };
+    let setup = |e: mail_auth::hickory_resolver::proto::ProtoError| DnsError::Setup(e.to_string());
+    if config.dns.nameservers.is_empty() {
+        return mail_auth::MessageAuthenticator::new_system_conf().map_err(setup);
+    }
+    let servers: Vec<AuthNameServer> = config
+        .dns
+        .nameservers
+        .iter()
+        .flat_map(|&addr| {
+            [
+                AuthNameServer::new(addr, ProtocolConfig::Udp),
+                AuthNameServer::new(addr, ProtocolConfig::Tcp),
+            ]
+        })
+        .collect();
+    let mut opts = AuthOpts::default();
+    opts.timeout = config.dns.timeout;
+    opts.attempts = 2;
+    mail_auth::MessageAuthenticator::new(AuthConfig::from_parts(None, vec![], servers), opts)
+        .map_err(setup)
+}
+
 /// The DNSBL query name for `ip` in `zone` (RFC 5782 §2.1 and §2.4):
 /// reversed octets for IPv4, reversed nibbles for IPv6.
 pub fn dnsbl_name(ip: IpAddr, zone: &str) -> String {

@@ -43,6 +43,8 @@ pub struct Shared {
     directory: Mutex<(Arc<Directory>, Arc<Access>, Stamp)>,
     /// Only when `smtp.dnsbl` names zones.
     resolver: Option<hickory_resolver::TokioResolver>,
+    /// Only when SPF, DKIM or DMARC checks are on.
+    authenticator: Option<mail_auth::MessageAuthenticator>,
 }
 
 /// Modification times of the users, aliases, domains and access files: a
@@ -69,8 +71,15 @@ impl Shared {
         } else {
             Some(postroom::dns::resolver(&config)?)
         };
+        let checks = &config.smtp;
+        let authenticator = if checks.spf || checks.dkim || checks.dmarc {
+            Some(postroom::dns::authenticator(&config)?)
+        } else {
+            None
+        };
         Ok(Shared {
             resolver,
+            authenticator,
             config,
             submission,
             tls,
@@ -132,6 +141,8 @@ struct Transaction {
     smtputf8: bool,
     envid: Option<EnvelopeText>,
     ret: Option<&'static str>,
+    /// The SPF result for MAIL FROM, when SPF is checked.
+    spf: Option<mail_auth::SpfOutput>,
 }
 
 struct Session {
@@ -268,6 +279,102 @@ impl Session {
             r.code = if r.code >= 500 { 554 } else { 421 };
             r
         })
+    }
+
+    /// SPF for the transaction's MAIL FROM (or the HELO name for the null
+    /// sender), when `smtp.spf` is on.
+    async fn check_spf(&mut self) -> Option<mail_auth::SpfOutput> {
+        let shared = self.shared.clone();
+        let (true, Some(authenticator), Some(ip), Some(tx)) = (
+            shared.config.smtp.spf,
+            shared.authenticator.as_ref(),
+            self.conn.peer().map(|p| p.ip()),
+            self.tx.as_ref(),
+        ) else {
+            return None;
+        };
+        let helo = self.helo.clone().unwrap_or_default();
+        let sender = tx.sender.to_string();
+        let params = mail_auth::spf::verify::SpfParameters::verify_mail_from(
+            ip,
+            &helo,
+            &shared.config.hostname,
+            &sender,
+        );
+        Some(authenticator.verify_spf(params).await)
+    }
+
+    /// The Authentication-Results header (RFC 8601) for a received message:
+    /// SPF from MAIL time, DKIM and DMARC now. `None` when no check is on.
+    async fn authentication_results(
+        &mut self,
+        tx: &Transaction,
+        staged: &Staged,
+    ) -> Option<String> {
+        use mail_auth::common::headers::HeaderWriter;
+        let shared = self.shared.clone();
+        let authenticator = shared.authenticator.as_ref()?;
+        let config = &shared.config;
+        let ip = self
+            .conn
+            .peer()
+            .map(|p| p.ip())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let helo = self.helo.clone().unwrap_or_default();
+        let sender = tx.sender.to_string();
+        let mut raw = Vec::new();
+        if let Ok(mut body) = staged.message.body() {
+            // DKIM reads the whole message; past this size it is not checked.
+            let _ =
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut body, 50 << 20), &mut raw);
+        }
+        let mut results = mail_auth::AuthenticationResults::new(&config.hostname);
+        if let Some(spf) = &tx.spf {
+            results = results.with_spf_mailfrom_result(spf, ip, &sender, &helo);
+        }
+        let message = mail_auth::AuthenticatedMessage::parse(&raw);
+        if let Some(message) = &message {
+            let dkim = if config.smtp.dkim || config.smtp.dmarc {
+                authenticator.verify_dkim(message).await
+            } else {
+                Vec::new()
+            };
+            let from = message.from().to_string();
+            if config.smtp.dkim {
+                results = results.with_dkim_results(&dkim, &from);
+            }
+            if config.smtp.dmarc {
+                let spf_for_dmarc = match &tx.spf {
+                    Some(spf) => spf.clone(),
+                    None => {
+                        authenticator
+                            .verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
+                                ip,
+                                &helo,
+                                &config.hostname,
+                                &sender,
+                            ))
+                            .await
+                    }
+                };
+                let mail_from_domain = tx
+                    .sender
+                    .address()
+                    .map(|a| a.domain().to_string())
+                    .unwrap_or(helo.clone());
+                let dmarc = authenticator
+                    .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
+                        message,
+                        &dkim,
+                        &mail_from_domain,
+                        &spf_for_dmarc,
+                    ))
+                    .await;
+                results = results.with_dmarc_result(&dmarc);
+            }
+        }
+        let header = results.to_header();
+        Some(header.trim_end_matches(['\r', '\n']).to_string())
     }
 
     /// The DNS blocklists of `smtp.dnsbl`, in order. A zone that does not
@@ -748,7 +855,12 @@ impl Session {
             smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
             envid,
             ret,
+            spf: None,
         });
+        let spf = self.check_spf().await;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.spf = spf;
+        }
         if let Some(refusal) = self.hook("mail", None).await {
             self.tx = None;
             return self.error(refusal);
@@ -1086,6 +1198,21 @@ impl Session {
             let _ = staged.discard();
             return;
         }
+        let staged = match self.authentication_results(&tx, &staged).await {
+            Some(header) => match prepend_headers(&self.shared.config, staged, &[header]) {
+                Ok(staged) => staged,
+                Err(e) => {
+                    tracing::error!("adding Authentication-Results failed: {e}");
+                    self.reply(Reply::new(
+                        451,
+                        "4.3.0",
+                        "local error in processing, try again later",
+                    ));
+                    return;
+                }
+            },
+            None => staged,
+        };
         self.tx = Some(tx);
         let staged = self.data_hook(staged).await;
         self.tx = None;
@@ -1155,19 +1282,7 @@ impl Session {
             hooks::Verdict::Accept { headers } if headers.is_empty() => return Some(staged),
             hooks::Verdict::Accept { headers } => headers,
         };
-        let queue = Queue::from_config(&self.shared.config);
-        let rewritten = (|| -> Result<Staged, Box<dyn std::error::Error>> {
-            use std::io::Write;
-            let mut incoming = queue.incoming(&staged.message.envelope)?;
-            for header in &headers {
-                incoming.write_all(header.as_bytes())?;
-                incoming.write_all(b"\r\n")?;
-            }
-            std::io::copy(&mut staged.message.body()?, &mut incoming)?;
-            Ok(incoming.finish()?)
-        })();
-        let _ = staged.discard();
-        match rewritten {
+        match prepend_headers(&self.shared.config, staged, &headers) {
             Ok(staged) => Some(staged),
             Err(e) => {
                 tracing::error!("adding the data hook's headers failed: {e}");
@@ -1239,6 +1354,29 @@ impl Session {
             date = postroom::message::rfc5322_date(postroom::fsutil::now_secs()),
         )
     }
+}
+
+/// The same message with `headers` on top: a new staged message (memory
+/// or tmp/), the old one discarded. Costs a copy, only when headers are
+/// added (Authentication-Results, a filter's verdict).
+fn prepend_headers(
+    config: &Config,
+    staged: Staged,
+    headers: &[String],
+) -> Result<Staged, Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let queue = Queue::from_config(config);
+    let result = (|| -> Result<Staged, Box<dyn std::error::Error>> {
+        let mut incoming = queue.incoming(&staged.message.envelope)?;
+        for header in headers {
+            incoming.write_all(header.as_bytes())?;
+            incoming.write_all(b"\r\n")?;
+        }
+        std::io::copy(&mut staged.message.body()?, &mut incoming)?;
+        Ok(incoming.finish()?)
+    })();
+    let _ = staged.discard();
+    result
 }
 
 /// RFC 5321 §6.3: a message with more Received headers than this is in a

@@ -654,3 +654,86 @@ fn dns_blocklists_refuse_listed_clients_and_fail_open() {
     let said = inetd_session(&tree, "192.0.2.7", "EHLO c\r\nQUIT\r\n");
     assert!(said.starts_with("220 "), "{said}");
 }
+
+#[test]
+fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
+    use crate::dns::{DnsServer, Record};
+    use base64::Engine;
+    use mail_auth::common::crypto::{Ed25519Key, SigningKey};
+    use mail_auth::common::headers::HeaderWriter;
+
+    let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
+    let key = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap();
+    let public = base64::engine::general_purpose::STANDARD.encode(key.public_key());
+    let mut records = std::collections::HashMap::new();
+    let txt = |t: &str| vec![Record::Txt(t.to_string())];
+    records.insert(
+        "remote.test".to_string(),
+        txt("v=spf1 ip4:192.0.2.0/24 -all"),
+    );
+    records.insert(
+        "sel._domainkey.remote.test".to_string(),
+        txt(&format!("v=DKIM1; k=ed25519; p={public}")),
+    );
+    records.insert("_dmarc.remote.test".to_string(), txt("v=DMARC1; p=reject"));
+    let dns = DnsServer::start(records);
+
+    let tree = tree_with_users();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!(
+            "{text}\n[smtp]\nspf = true\ndkim = true\ndmarc = true\n\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n",
+            dns.addr
+        ),
+    )
+    .unwrap();
+
+    let message =
+        "From: Sender <s@remote.test>\r\nTo: ann@example.test\r\nSubject: signed\r\n\r\nhello\r\n";
+    let signature = mail_auth::dkim::DkimSigner::from_key(key)
+        .domain("remote.test")
+        .selector("sel")
+        .headers(["From", "To", "Subject"])
+        .sign(message.as_bytes())
+        .unwrap();
+    let signed = format!("{}{message}", signature.to_header());
+    let session = |ip: &str| {
+        inetd_session(
+            &tree,
+            ip,
+            &format!(
+                "EHLO mx.remote.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n{signed}.\r\nQUIT\r\n"
+            ),
+        )
+    };
+    let said = session("192.0.2.1");
+    assert!(said.contains("250 2.0.0 ok, delivered"), "{said}");
+    let said = session("198.51.100.1");
+    assert!(
+        said.contains("250 2.0.0 ok, delivered"),
+        "SPF records, never refuses: {said}"
+    );
+
+    let mut texts: Vec<String> = maildir_files(&tree.maildir("ann"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    texts.sort_by_key(|t| t.contains("spf=fail"));
+    assert_eq!(texts.len(), 2);
+    let header = |t: &str| t.split("\nReceived:").next().unwrap_or("").to_string();
+    let good = header(&texts[0]);
+    assert!(
+        good.contains("Authentication-Results: mail.example.test"),
+        "{good}"
+    );
+    assert!(good.contains("spf=pass"), "{good}");
+    assert!(good.contains("dkim=pass"), "{good}");
+    assert!(good.contains("dmarc=pass"), "{good}");
+    let bad = header(&texts[1]);
+    assert!(bad.contains("spf=fail"), "{bad}");
+    assert!(
+        bad.contains("dkim=pass") && bad.contains("dmarc=pass"),
+        "DKIM still aligns: {bad}"
+    );
+}
