@@ -659,7 +659,7 @@ fn dns_blocklists_refuse_listed_clients_and_fail_open() {
 fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
     use crate::dns::{DnsServer, Record};
     use base64::Engine;
-    use mail_auth::common::crypto::{Ed25519Key, SigningKey};
+    use mail_auth::common::crypto::Ed25519Key;
     use mail_auth::common::headers::HeaderWriter;
 
     let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
