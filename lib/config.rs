@@ -204,6 +204,9 @@ pub struct Smtp {
     /// Networks (CIDR) whose clients may relay without authenticating.
     /// Empty by default: no open relay, not even by accident.
     pub relay_networks: Vec<String>,
+    /// Domains mail is relayed to for anyone: the sites this system is a
+    /// backup MX or gateway for. Listed, never a pattern.
+    pub relay_domains: Vec<String>,
     /// Messages one session may send before it must reconnect.
     pub messages_per_session: usize,
     /// DNS blocklist zones asked about each client at connect
@@ -275,6 +278,7 @@ impl Default for Smtp {
         Smtp {
             greeting: "ESMTP postroom".into(),
             relay_networks: Vec::new(),
+            relay_domains: Vec::new(),
             messages_per_session: 100,
             dnsbl: Vec::new(),
             spf: false,
@@ -385,6 +389,11 @@ impl Config {
         for network in &self.smtp.relay_networks {
             crate::smtp::Network::parse(network)
                 .map_err(|e| format!("smtp.relay_networks: {e}"))?;
+        }
+        for domain in &self.smtp.relay_domains {
+            if !crate::address::is_domain_name(domain) {
+                return Err(format!("smtp.relay_domains: {domain:?} is not a domain name"));
+            }
         }
         for zone in &self.smtp.dnsbl {
             if !crate::address::is_domain_name(zone) {

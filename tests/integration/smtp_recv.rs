@@ -257,6 +257,16 @@ fn open_relay_tricks_are_all_refused() {
         );
     }
     assert!(tree.queue().list().unwrap().is_empty());
+
+    // A domain this system is backup MX for is relayed for anyone.
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(&tree.config, format!("{text}\n[smtp]\nrelay_domains = [\"backup.test\"]\n")).unwrap();
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<x@backup.test>\r\nRCPT TO:<x@sub.backup.test>\r\nQUIT\r\n",
+    );
+    assert!(said.contains("250 2.1.5") && said.contains("554 5.7.1 <x@sub.backup.test>"), "{said}");
 }
 
 #[test]
@@ -314,6 +324,11 @@ fn limits_size_stall_and_errors() {
     );
     assert!(maildir_files(&tree.maildir("ann")).is_empty());
     assert!(tree.queue().list().unwrap().is_empty());
+
+    // An overlong command line is refused and the session goes on.
+    let long = format!("NOOP {}\r\nNOOP\r\nQUIT\r\n", "x".repeat(10_000));
+    let said = raw(server.port, long.as_bytes(), Duration::from_secs(5));
+    assert!(said.contains("500 5.5.2 line too long") && said.contains("250 2.0.0"), "{said}");
 
     // Error after error: the server hangs up.
     let junk = "BOGUS\r\n".repeat(30);
