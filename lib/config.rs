@@ -392,7 +392,9 @@ impl Config {
         }
         for domain in &self.smtp.relay_domains {
             if !crate::address::is_domain_name(domain) {
-                return Err(format!("smtp.relay_domains: {domain:?} is not a domain name"));
+                return Err(format!(
+                    "smtp.relay_domains: {domain:?} is not a domain name"
+                ));
             }
         }
         for zone in &self.smtp.dnsbl {

@@ -914,7 +914,13 @@ impl Session {
             }
         };
         let directory = self.shared.directory();
-        let relay_domain = self.shared.config.smtp.relay_domains.iter().any(|d| d.eq_ignore_ascii_case(address.domain()));
+        let relay_domain = self
+            .shared
+            .config
+            .smtp
+            .relay_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(address.domain()));
         if !directory.is_local_domain(address.domain()) && !relay_ok && !relay_domain {
             tracing::info!(rcpt = %address, "relay refused");
             return self.error(Reply::new(

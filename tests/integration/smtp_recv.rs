@@ -260,13 +260,20 @@ fn open_relay_tricks_are_all_refused() {
 
     // A domain this system is backup MX for is relayed for anyone.
     let text = std::fs::read_to_string(&tree.config).unwrap();
-    std::fs::write(&tree.config, format!("{text}\n[smtp]\nrelay_domains = [\"backup.test\"]\n")).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!("{text}\n[smtp]\nrelay_domains = [\"backup.test\"]\n"),
+    )
+    .unwrap();
     let said = inetd_session(
         &tree,
         "192.0.2.1",
         "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<x@backup.test>\r\nRCPT TO:<x@sub.backup.test>\r\nQUIT\r\n",
     );
-    assert!(said.contains("250 2.1.5") && said.contains("554 5.7.1 <x@sub.backup.test>"), "{said}");
+    assert!(
+        said.contains("250 2.1.5") && said.contains("554 5.7.1 <x@sub.backup.test>"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -328,7 +335,10 @@ fn limits_size_stall_and_errors() {
     // An overlong command line is refused and the session goes on.
     let long = format!("NOOP {}\r\nNOOP\r\nQUIT\r\n", "x".repeat(10_000));
     let said = raw(server.port, long.as_bytes(), Duration::from_secs(5));
-    assert!(said.contains("500 5.5.2 line too long") && said.contains("250 2.0.0"), "{said}");
+    assert!(
+        said.contains("500 5.5.2 line too long") && said.contains("250 2.0.0"),
+        "{said}"
+    );
 
     // Error after error: the server hangs up.
     let junk = "BOGUS\r\n".repeat(30);
@@ -751,4 +761,96 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
         bad.contains("dkim=pass") && bad.contains("dmarc=pass"),
         "DKIM still aligns: {bad}"
     );
+}
+
+/// Sends one message on a fresh connection; true only if the final 250 came.
+fn send_one(port: u16, marker: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let message = format!(
+        "EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n\
+         Subject: {marker}\r\n\r\n{}\r\nEND-{marker}\r\n.\r\n",
+        "y".repeat(3000)
+    );
+    if stream.write_all(message.as_bytes()).is_err() {
+        return false;
+    }
+    let mut reader = BufReader::new(stream);
+    let mut replies = 0;
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+        if line.as_bytes().get(3) == Some(&b' ') {
+            replies += 1;
+            // greeting, EHLO, MAIL, RCPT, 354, then the verdict on the message
+            if replies == 6 {
+                return line.starts_with("250 ");
+            }
+        }
+        line.clear();
+    }
+    false
+}
+
+#[test]
+fn sigkill_of_smtp_recv_loses_no_acknowledged_message() {
+    let tree = tree_with_users();
+    let mut acknowledged = Vec::new();
+    let mut sent = 0;
+    for round in 0..12 {
+        let server = Server::start(&tree, &[]);
+        let port = server.port;
+        let pid = server.child.id() as i32;
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(40 + (rand::random::<u64>() % 160)));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(250) {
+            let marker = format!("r{round}m{sent}");
+            sent += 1;
+            if send_one(port, &marker) {
+                acknowledged.push(marker);
+            }
+        }
+        killer.join().unwrap();
+        drop(server);
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "some messages must get through ({})",
+        acknowledged.len()
+    );
+    assert!(
+        sent > acknowledged.len(),
+        "and the kills must land mid-session"
+    );
+    let mut seen = std::collections::HashMap::new();
+    for file in maildir_files(&tree.maildir("ann")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let marker = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains(&format!("END-{marker}")),
+            "half a message visible: {}",
+            file.display()
+        );
+        *seen.entry(marker).or_insert(0) += 1;
+    }
+    for marker in &acknowledged {
+        assert_eq!(
+            seen.get(marker),
+            Some(&1),
+            "acknowledged {marker} must be delivered exactly once"
+        );
+    }
+    let check = tree.postroom(&["check", "--fix"]);
+    assert!(check.status.success(), "{}", stdout(&check));
 }
