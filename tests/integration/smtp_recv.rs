@@ -854,3 +854,88 @@ fn sigkill_of_smtp_recv_loses_no_acknowledged_message() {
     let check = tree.postroom(&["check", "--fix"]);
     assert!(check.status.success(), "{}", stdout(&check));
 }
+
+/// Waits until something listens on `port`.
+fn wait_for(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn systemd_accept_no_named_sockets_and_accept_yes_inetd() {
+    let tree = tree_with_users();
+    // Accept=no: one process gets both sockets in LISTEN_FDS; the names
+    // say which follows submission rules.
+    let (mx, submission) = (free_port(), free_port());
+    let _activator = Killed(
+        Command::new("systemd-socket-activate")
+            .args([
+                "-l",
+                &format!("127.0.0.1:{mx}"),
+                "-l",
+                &format!("127.0.0.1:{submission}"),
+            ])
+            .args(["--fdname=smtp:submission"])
+            .arg(bin("smtp-recv"))
+            .arg("--config")
+            .arg(&tree.config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-socket-activate (package systemd) runs"),
+    );
+    wait_for(mx);
+    let said = raw(
+        mx,
+        b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nQUIT\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(said.contains("250 2.1.0"), "port 25 rules: {said}");
+    let said = raw(
+        submission,
+        b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nQUIT\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(
+        said.contains("530 5.7.0"),
+        "the socket named submission needs AUTH: {said}"
+    );
+
+    // Accept=yes with the connection on stdin/stdout, as StandardInput=socket
+    // gives it: the peer comes from getpeername(0).
+    let port = free_port();
+    let _inetd = Killed(
+        Command::new("systemd-socket-activate")
+            .args(["--inetd", "-a", "-l", &format!("127.0.0.1:{port}")])
+            .arg(bin("smtp-recv"))
+            .arg("--config")
+            .arg(&tree.config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(port);
+    let said = raw(
+        port,
+        b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: via socket\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(said.contains("250 2.0.0 ok, delivered"), "{said}");
+    let files = maildir_files(&tree.maildir("ann"));
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        text.contains("from c ([127.0.0.1])"),
+        "peer from getpeername: {text}"
+    );
+}
