@@ -939,3 +939,39 @@ fn systemd_accept_no_named_sockets_and_accept_yes_inetd() {
         "peer from getpeername: {text}"
     );
 }
+
+#[test]
+fn random_bytes_never_crash_the_session() {
+    let tree = tree_with_users();
+    for round in 0..40u64 {
+        let mut input: Vec<u8> = (0..2000).map(|_| rand::random::<u8>()).collect();
+        // Some rounds start like a real session so the junk reaches deeper states.
+        if round % 2 == 0 {
+            let mut session =
+                b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\n".to_vec();
+            if round % 4 == 0 {
+                session.extend_from_slice(b"DATA\r\n");
+            }
+            session.extend(input);
+            input = session;
+        }
+        let mut child = Command::new(bin("smtp-recv"))
+            .arg("--config")
+            .arg(&tree.config)
+            .env("REMOTE_ADDR", "192.0.2.1")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(&input);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "round {round}: {err}");
+        assert!(
+            out.status.code().is_some(),
+            "round {round}: killed by a signal"
+        );
+    }
+}
