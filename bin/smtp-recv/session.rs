@@ -461,6 +461,17 @@ impl Session {
         verdict
     }
 
+    /// Logs a local failure and tells the client to try again later: the
+    /// message was not accepted, so nothing is lost.
+    fn local_error(&mut self, what: std::fmt::Arguments<'_>) {
+        tracing::error!("{what}");
+        self.reply(Reply::new(
+            451,
+            "4.3.0",
+            "local error in processing, try again later",
+        ));
+    }
+
     fn reply(&mut self, reply: Reply) {
         if !reply.is_positive() {
             tracing::debug!(%reply, "refused");
@@ -1122,12 +1133,7 @@ impl Session {
             return Ok(());
         }
         if let Some(e) = write_failed {
-            tracing::error!("writing the message failed: {e}");
-            self.reply(Reply::new(
-                451,
-                "4.3.0",
-                "local error in processing, try again later",
-            ));
+            self.local_error(format_args!("writing the message failed: {e}"));
             return Ok(());
         }
         self.accept_message(tx, incoming, reader.size()).await;
@@ -1190,12 +1196,7 @@ impl Session {
         let staged = match incoming.finish() {
             Ok(staged) => staged,
             Err(e) => {
-                tracing::error!(queue_id = %id, "not accepted: {e}");
-                self.reply(Reply::new(
-                    451,
-                    "4.3.0",
-                    "local error in processing, try again later",
-                ));
+                self.local_error(format_args!("{id} not accepted: {e}"));
                 return;
             }
         };
@@ -1212,12 +1213,7 @@ impl Session {
             Some(header) => match prepend_headers(&self.shared.config, staged, &[header]) {
                 Ok(staged) => staged,
                 Err(e) => {
-                    tracing::error!("adding Authentication-Results failed: {e}");
-                    self.reply(Reply::new(
-                        451,
-                        "4.3.0",
-                        "local error in processing, try again later",
-                    ));
+                    self.local_error(format_args!("adding Authentication-Results failed: {e}"));
                     return;
                 }
             },
@@ -1245,20 +1241,10 @@ impl Session {
                 self.reply(Reply::new(250, "2.0.0", format!("ok, queued as {id}")));
             }
             Ok(Err(e)) => {
-                tracing::error!(queue_id = %id, "not accepted: {e}");
-                self.reply(Reply::new(
-                    451,
-                    "4.3.0",
-                    "local error in processing, try again later",
-                ));
+                self.local_error(format_args!("{id} not accepted: {e}"));
             }
             Err(e) => {
-                tracing::error!(queue_id = %id, "delivery task failed: {e}");
-                self.reply(Reply::new(
-                    451,
-                    "4.3.0",
-                    "local error in processing, try again later",
-                ));
+                self.local_error(format_args!("{id}: delivery task failed: {e}"));
             }
         }
     }
@@ -1273,11 +1259,8 @@ impl Session {
         let body = match staged.message.body() {
             Ok(body) => body,
             Err(e) => {
-                tracing::error!("cannot read the message for the data hook: {e}");
-                self.reply(Reply::new(
-                    451,
-                    "4.3.0",
-                    "local error in processing, try again later",
+                self.local_error(format_args!(
+                    "cannot read the message for the data hook: {e}"
                 ));
                 let _ = staged.discard();
                 return None;
@@ -1295,12 +1278,7 @@ impl Session {
         match prepend_headers(&self.shared.config, staged, &headers) {
             Ok(staged) => Some(staged),
             Err(e) => {
-                tracing::error!("adding the data hook's headers failed: {e}");
-                self.reply(Reply::new(
-                    451,
-                    "4.3.0",
-                    "local error in processing, try again later",
-                ));
+                self.local_error(format_args!("adding the data hook's headers failed: {e}"));
                 None
             }
         }
