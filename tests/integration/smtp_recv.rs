@@ -975,3 +975,41 @@ fn random_bytes_never_crash_the_session() {
         );
     }
 }
+
+#[test]
+fn a_hanging_hook_defers_and_per_ip_connections_are_capped() {
+    let tree = tree_with_users();
+    let mut text = std::fs::read_to_string(&tree.config).unwrap();
+    text = text.replace("[limits]\n", "[limits]\nconnections_per_ip = 2\n");
+    text.push_str("\n[smtp.hooks]\nmail = 'sleep 30'\ntimeout = \"300ms\"\n");
+    std::fs::write(&tree.config, text).unwrap();
+
+    let start = Instant::now();
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nQUIT\r\n",
+    );
+    assert!(said.contains("451 4.3.0"), "{said}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the hook was not cut short"
+    );
+
+    let server = Server::start(&tree, &[]);
+    // Let the readiness probe's session end, so it no longer counts.
+    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    for stream in &held {
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        assert!(line.starts_with("220"), "{line}");
+    }
+    let said = raw(server.port, b"", Duration::from_secs(5));
+    assert!(
+        said.starts_with("421 4.7.0"),
+        "the third connection from one address is refused: {said}"
+    );
+}
