@@ -37,7 +37,7 @@ const MAX_COMMAND: usize = 1000;
 /// [`is_temporary`]: ResolveError::is_temporary
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
-    #[error("no such user here")]
+    #[error("no such user here: {0}")]
     UnknownUser(Address),
     #[error("alias loop: {}", .0.join(" -> "))]
     Loop(Vec<String>),
@@ -174,6 +174,15 @@ fn parse_key(key: &str) -> Result<String, String> {
 
 /// Splits on commas outside double quotes and classifies each target.
 fn parse_targets(text: &str) -> Result<Vec<Written>, String> {
+    split_targets(text)?
+        .into_iter()
+        .map(|p| parse_target(&p))
+        .collect()
+}
+
+/// Splits a target list at the commas outside double quotes (a quoted
+/// pipe command may hold commas), trimmed, empty parts dropped.
+fn split_targets(text: &str) -> Result<Vec<String>, String> {
     let mut parts = Vec::new();
     let mut current = String::new();
     let mut quoted = false;
@@ -191,12 +200,12 @@ fn parse_targets(text: &str) -> Result<Vec<Written>, String> {
         return Err("unterminated double quote".into());
     }
     parts.push(current);
-    parts
+    Ok(parts
         .iter()
         .map(|p| p.trim())
         .filter(|p| !p.is_empty())
-        .map(parse_target)
-        .collect()
+        .map(str::to_string)
+        .collect())
 }
 
 fn parse_target(text: &str) -> Result<Written, String> {
@@ -398,10 +407,26 @@ impl Directory {
             }
             Written::Include(file) => {
                 let file = self.config.path(file);
+                // An include is one step on the path like an alias, so a
+                // file that includes itself (directly or through another)
+                // is a loop and deep nesting hits alias_depth, instead of
+                // recursing until the stack runs out.
+                let key = format!(":include:{}", file.display());
+                if path.contains(&key) {
+                    let mut chain = path.clone();
+                    chain.push(key);
+                    return Err(ResolveError::Loop(chain));
+                }
+                if path.len() >= self.config.delivery.alias_depth {
+                    let mut chain = path.clone();
+                    chain.push(key);
+                    return Err(ResolveError::TooDeep(chain));
+                }
                 let text = std::fs::read_to_string(&file).map_err(|e| ResolveError::Include {
                     file: file.clone(),
                     error: e.to_string(),
                 })?;
+                path.push(key);
                 for (line, logical) in logical_lines(&text) {
                     let targets = parse_targets(&logical).map_err(|e| ResolveError::Include {
                         file: file.clone(),
@@ -411,6 +436,7 @@ impl Directory {
                         self.expand_one(alias, t, path, out)?;
                     }
                 }
+                path.pop();
                 Ok(())
             }
         }
@@ -478,14 +504,32 @@ pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
         let mut out = String::with_capacity(text.len());
         let mut found = false;
         let mut skipping = false;
+        // Comments and blank lines do not end an entry (a continuation line
+        // after them still belongs to it), so while an entry is being
+        // dropped they wait here: dropped with a later continuation, kept
+        // when the next entry starts.
+        let mut held = String::new();
         for line in text.lines() {
-            let continuation = line.starts_with([' ', '\t']) && !line.trim().is_empty();
-            if !continuation {
-                skipping = !line.trim_start().starts_with('#')
-                    && line
-                        .split(':')
-                        .next()
-                        .is_some_and(|k| k.trim().to_lowercase() == key);
+            let aside = line.trim().is_empty() || line.trim_start().starts_with('#');
+            let continuation = line.starts_with([' ', '\t']) && !aside;
+            if aside {
+                if skipping {
+                    held.push_str(line);
+                    held.push('\n');
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                continue;
+            }
+            if continuation {
+                held.clear();
+            } else {
+                out.push_str(&std::mem::take(&mut held));
+                skipping = line
+                    .split(':')
+                    .next()
+                    .is_some_and(|k| k.trim().to_lowercase() == key);
                 found |= skipping;
             }
             if !skipping {
@@ -493,6 +537,7 @@ pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
                 out.push('\n');
             }
         }
+        out.push_str(&held);
         if !found {
             return Err(FileError::Refused(format!(
                 "{key} is not an alias (see `postroom alias list`)"
@@ -512,7 +557,8 @@ pub fn list_aliases(path: &Path) -> Result<Vec<(String, Vec<String>)>, FileError
             let (key, rest) = l.split_once(':')?;
             Some((
                 key.trim().to_string(),
-                rest.split(',').map(|t| t.trim().to_string()).collect(),
+                // The file parsed above, so the quotes balance.
+                split_targets(rest).unwrap_or_default(),
             ))
         })
         .collect())
@@ -708,6 +754,62 @@ mod tests {
                 "new@example.test".to_string(),
                 vec!["ann".to_string(), "|cmd x".to_string()]
             )
+        );
+    }
+
+    #[test]
+    fn include_loops_and_nesting_end_in_errors() {
+        let (d, dir) = directory(
+            "me@example.test: :include:self.list\n\
+             ping@example.test: :include:ping.list\n\
+             deep@example.test: :include:n0.list\n\
+             twice@example.test: :include:n11.list, :include:n11.list\n",
+        );
+        std::fs::write(d.path().join("self.list"), ":include:self.list\n").unwrap();
+        std::fs::write(d.path().join("ping.list"), ":include:pong.list\n").unwrap();
+        std::fs::write(d.path().join("pong.list"), "ann, :include:ping.list\n").unwrap();
+        for i in 0..12 {
+            std::fs::write(
+                d.path().join(format!("n{i}.list")),
+                format!(":include:n{}.list\n", i + 1),
+            )
+            .unwrap();
+        }
+        std::fs::write(d.path().join("n12.list"), "ann\n").unwrap();
+        for (rcpt, loop_expected) in [("me", true), ("ping", true), ("deep", false)] {
+            match dir.resolve(&a(&format!("{rcpt}@example.test"))) {
+                Err(ResolveError::Loop(_)) if loop_expected => {}
+                Err(ResolveError::TooDeep(_)) if !loop_expected => {}
+                other => panic!("{rcpt}: {other:?}"),
+            }
+        }
+        // The same file twice side by side is no loop.
+        assert_eq!(
+            names(&dir.resolve(&a("twice@example.test")).unwrap()),
+            ["mbox:ann@example.test"]
+        );
+    }
+
+    #[test]
+    fn remove_keeps_comments_and_drops_continuations_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aliases");
+        std::fs::write(
+            &path,
+            "old: ann,\n# about bob\n  bob\n\n# next\nkeep: \"|cmd a, b\", cat\n",
+        )
+        .unwrap();
+        remove_alias(&path, "old").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "\n# next\nkeep: \"|cmd a, b\", cat\n"
+        );
+        assert_eq!(
+            list_aliases(&path).unwrap(),
+            [(
+                "keep".to_string(),
+                vec!["\"|cmd a, b\"".to_string(), "cat".to_string()]
+            )]
         );
     }
 

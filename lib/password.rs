@@ -132,10 +132,18 @@ pub fn verify(password: &str, stored: &str) -> Result<bool, PasswordError> {
 fn verify_argon2(password: &str, hashed: &str) -> Result<bool, String> {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     let parsed = PasswordHash::new(hashed).map_err(|e| e.to_string())?;
-    // The crate compares the computed digest in constant time.
-    Ok(argon2::Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok())
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        // The crate would call this a wrong password.
+        return Err("the hash has no salt or no digest".into());
+    }
+    // The crate compares the computed digest in constant time. Only a
+    // mismatch is a wrong password; anything else (parameters out of
+    // range, say) is a hash the admin must fix, not a failed login.
+    match argon2::Argon2::default().verify_password(password.as_bytes(), &parsed) {
+        Ok(()) => Ok(true),
+        Err(argon2::password_hash::Error::Password) => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn verify_bcrypt(password: &str, hashed: &str) -> Result<bool, String> {
@@ -205,7 +213,16 @@ mod tests {
         let e = verify("pw", "{MD5-CRYPT}$1$x$y").unwrap_err().to_string();
         assert!(e.contains("MD5-CRYPT") && e.contains("supported"), "{e}");
         assert!(verify("pw", "{SHA512-CRYPT}garbage").is_err());
-        assert!(!verify("pw", "{ARGON2ID}$argon2id$nonsense").unwrap_or(false));
+        assert!(verify("pw", "{ARGON2ID}$argon2id$nonsense").is_err());
+        // Well-formed but with a memory cost argon2 refuses: an error for
+        // the admin, not a wrong password.
+        assert!(
+            verify(
+                "pw",
+                "{ARGON2ID}$argon2id$v=19$m=1,t=2,p=1$lOEw4rxZrCW2d5VkpAaD2g$ajEKeK2QaEDitlOxW96rEXCrcfmCuuR9uXij99Ns2p8"
+            )
+            .is_err()
+        );
         assert!(verify("pw", "{BLF-CRYPT}$2y$xx").is_err());
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
     }

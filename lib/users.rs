@@ -57,14 +57,31 @@ pub struct NewUser {
 }
 
 /// Every user, by lower-case address.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Users {
     by_address: HashMap<String, User>,
+    /// What an unknown user's password is checked against.
+    dummy_hash: &'static str,
 }
 
-/// A hash to verify against when the user does not exist, so the time a
-/// failed login takes does not tell whether the name is real.
-const DUMMY_HASH: &str = "{SHA512-CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+/// Hashes to verify against when the user does not exist, so the time a
+/// failed login takes does not tell whether the name is real: one per
+/// scheme, with the parameters `postroom passwd` uses, and the one of the
+/// scheme most users have is taken (see [`Users::parse`]).
+const DUMMY_HASHES: [(&str, &str); 3] = [
+    (
+        "{ARGON2ID}",
+        "{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$lOEw4rxZrCW2d5VkpAaD2g$ajEKeK2QaEDitlOxW96rEXCrcfmCuuR9uXij99Ns2p8",
+    ),
+    (
+        "{SHA512-CRYPT}",
+        "{SHA512-CRYPT}$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1",
+    ),
+    (
+        "{BLF-CRYPT}",
+        "{BLF-CRYPT}$2y$12$UaQX.7xxZ77DnPhJPPftj.iOEESNZ0GuVkV0BqCYLpV/DU8r8wKvm",
+    ),
+];
 
 impl Users {
     /// Reads the users file; a missing file means no users yet.
@@ -93,7 +110,11 @@ impl Users {
             }
             by_address.insert(user.address.clone(), user);
         }
-        Ok(Users { by_address })
+        let dummy_hash = most_used_dummy(by_address.values());
+        Ok(Users {
+            by_address,
+            dummy_hash,
+        })
     }
 
     /// The user with this address (any case).
@@ -127,11 +148,32 @@ impl Users {
         match self.get(login.trim()) {
             Some(user) => Ok(password::verify(password, &user.password)?.then_some(user)),
             None => {
-                let _ = password::verify(password, DUMMY_HASH);
+                let _ = password::verify(password, self.dummy_hash);
                 Ok(None)
             }
         }
     }
+}
+
+/// The dummy hash in the scheme most users have (ARGON2ID, the default
+/// scheme, when there are none or none of ours).
+fn most_used_dummy<'a>(users: impl Iterator<Item = &'a User>) -> &'static str {
+    let mut counts = [0usize; DUMMY_HASHES.len()];
+    for user in users {
+        let upper = user
+            .password
+            .get(..16)
+            .unwrap_or(&user.password)
+            .to_ascii_uppercase();
+        if let Some(i) = DUMMY_HASHES.iter().position(|(p, _)| upper.starts_with(p)) {
+            counts[i] += 1;
+        }
+    }
+    let best = (0..counts.len())
+        .rev()
+        .max_by_key(|&i| counts[i])
+        .unwrap_or(0);
+    DUMMY_HASHES[best].1
 }
 
 /// Parses one line; `Ok(None)` for blank lines and comments.
@@ -216,8 +258,9 @@ fn quota_from_extra(extra: &str) -> Result<Option<u64>, String> {
         // Dovecot reads a bare number as kilobytes.
         let bytes = if size.bytes().all(|b| b.is_ascii_digit()) {
             size.parse::<u64>()
-                .map(|k| k * 1024)
-                .map_err(|e| e.to_string())?
+                .ok()
+                .and_then(|k| k.checked_mul(1024))
+                .ok_or_else(|| format!("quota {size} KiB is too large"))?
         } else {
             parse_size(size)?
         };
@@ -361,6 +404,22 @@ mod tests {
             quota_from_extra("userdb_quota_rule=*:storage=10").unwrap(),
             Some(10240)
         );
+        // KiB that overflow u64 bytes are an error naming the quota.
+        let e = quota_from_extra("quota_rule=*:storage=18446744073709551615").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn unknown_users_are_checked_against_the_common_scheme() {
+        let sha = "a@example.test:{SHA512-CRYPT}$6$x$y\nb@example.test:{sha512-crypt}$6$x$y\nc@example.test:{PLAIN}p\n";
+        let users = Users::parse(sha, Path::new("users")).unwrap();
+        assert!(users.dummy_hash.starts_with("{SHA512-CRYPT}"));
+        let users = Users::parse("", Path::new("users")).unwrap();
+        assert!(users.dummy_hash.starts_with("{ARGON2ID}"));
+        // Every dummy hash is one verify accepts as well-formed.
+        for (_, hash) in DUMMY_HASHES {
+            assert!(!password::verify("x", hash).unwrap(), "{hash}");
+        }
     }
 
     #[test]
