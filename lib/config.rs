@@ -51,6 +51,8 @@ pub struct Config {
     pub smtp: Smtp,
     #[serde(default)]
     pub dns: Dns,
+    #[serde(default)]
+    pub send: Send,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -321,6 +323,146 @@ impl Default for QueuePolicy {
     }
 }
 
+/// How `smtp-send` talks to other systems.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Send {
+    /// The name given in EHLO (default: `hostname`).
+    pub helo_name: Option<String>,
+    /// The TCP port of mail exchangers: 25 on the Internet; tests and
+    /// private networks change it.
+    pub port: u16,
+    /// Connections open at once, to all destinations together.
+    pub concurrency: usize,
+    /// Connections open at once to one destination.
+    pub destination_concurrency: usize,
+    /// Recipients in one transaction (RFC 5321 §4.5.3.1.8: servers take at
+    /// least 100).
+    pub recipients_per_transaction: usize,
+    /// Transactions over one connection before it is closed.
+    pub messages_per_connection: usize,
+    /// Messages worked on at once; each holds an open file and its lock.
+    pub active_messages: usize,
+    /// How long connecting to one address may take.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// How long to wait for a reply to a command (RFC 5321 §4.5.3.2: 5 min).
+    #[serde(deserialize_with = "duration")]
+    pub command_timeout: Duration,
+    /// How long to wait for the reply after the final dot (10 min).
+    #[serde(deserialize_with = "duration")]
+    pub data_timeout: Duration,
+    /// TLS to other systems when no per-domain policy says otherwise.
+    pub tls: TlsPolicy,
+    /// Per-domain TLS policy: `"bank.example" = "verify"`.
+    pub tls_policy: std::collections::BTreeMap<String, TlsPolicy>,
+    /// Certificates (PEM) trusted for `verify` besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Routes that replace the MX lookup: a domain, or `"*"` for all mail
+    /// (a smarthost), to `"host"`, `"host:port"` (MX lookup of host) or
+    /// `"[host]:port"` (that host itself).
+    pub transports: std::collections::BTreeMap<String, String>,
+    /// SMTP AUTH for relay hosts: host to a file holding `user:password`.
+    pub credentials: std::collections::BTreeMap<String, PathBuf>,
+    /// Also try IPv6 addresses of mail exchangers.
+    pub ipv6: bool,
+}
+
+impl Default for Send {
+    fn default() -> Self {
+        Send {
+            helo_name: None,
+            port: 25,
+            concurrency: 100,
+            destination_concurrency: 10,
+            recipients_per_transaction: 100,
+            messages_per_connection: 100,
+            active_messages: 1000,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            tls: TlsPolicy::Opportunistic,
+            tls_policy: Default::default(),
+            ca_file: None,
+            transports: Default::default(),
+            credentials: Default::default(),
+            ipv6: true,
+        }
+    }
+}
+
+/// TLS towards another system (RFC 7435 terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never STARTTLS.
+    None,
+    /// STARTTLS when offered, any certificate; plaintext when not offered.
+    Opportunistic,
+    /// STARTTLS required, any certificate (Postfix's `encrypt`).
+    Encrypt,
+    /// STARTTLS required and the certificate must match the host name.
+    Verify,
+}
+
+/// Where `smtp-send` connects for a destination, from `send.transports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    pub host: String,
+    pub port: Option<u16>,
+    /// Look up the host's MX records (no brackets) or connect to it as is.
+    pub mx: bool,
+}
+
+impl Transport {
+    /// `host`, `host:port`, `[host]` or `[host]:port`.
+    pub fn parse(text: &str) -> Result<Transport, String> {
+        let bad = || format!("{text:?} is not host, host:port or [host]:port");
+        let (host, port, mx) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (host, port, false)
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port), true),
+                None => (text, None, true),
+            }
+        };
+        let port = port
+            .map(|p| p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad))
+            .transpose()?;
+        let is_ip = host.parse::<IpAddr>().is_ok();
+        if !(is_ip || crate::address::is_domain_name(host)) || (is_ip && mx) {
+            return Err(bad());
+        }
+        Ok(Transport {
+            host: host.to_ascii_lowercase(),
+            port,
+            mx,
+        })
+    }
+}
+
+impl Send {
+    /// The transport for a domain: its own entry, else `"*"`, else MX.
+    pub fn transport_for(&self, domain: &str) -> Option<Transport> {
+        let text = self
+            .transports
+            .get(domain)
+            .or_else(|| self.transports.get("*"))?;
+        // Checked when the config was loaded.
+        Transport::parse(text).ok()
+    }
+
+    /// The TLS policy for a domain.
+    pub fn tls_for(&self, domain: &str) -> TlsPolicy {
+        self.tls_policy.get(domain).copied().unwrap_or(self.tls)
+    }
+}
+
 impl Config {
     /// Finds the config file: the argument, else `POSTROOM_CONFIG`, else the
     /// default path. Binaries pass clap's `--config` (which already reads the
@@ -404,6 +546,44 @@ impl Config {
         }
         if self.smtp.messages_per_session == 0 {
             return Err("smtp.messages_per_session: must be greater than 0".into());
+        }
+        let send = &self.send;
+        for (key, value) in [
+            ("send.port", send.port as u64),
+            ("send.concurrency", send.concurrency as u64),
+            (
+                "send.destination_concurrency",
+                send.destination_concurrency as u64,
+            ),
+            (
+                "send.recipients_per_transaction",
+                send.recipients_per_transaction as u64,
+            ),
+            (
+                "send.messages_per_connection",
+                send.messages_per_connection as u64,
+            ),
+            ("send.active_messages", send.active_messages as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        if let Some(name) = &send.helo_name
+            && !crate::address::is_domain_name(name)
+        {
+            return Err(format!("send.helo_name: {name:?} is not a domain name"));
+        }
+        for (domain, text) in &send.transports {
+            if domain != "*" && !crate::address::is_domain_name(domain) {
+                return Err(format!("send.transports: {domain:?} is not a domain or \"*\""));
+            }
+            Transport::parse(text).map_err(|e| format!("send.transports.{domain}: {e}"))?;
+        }
+        if let Some(p) = &self.queue.postmaster
+            && crate::address::Address::parse(p).is_err()
+        {
+            return Err(format!("queue.postmaster: {p:?} is not a mail address"));
         }
         if self.queue.min_backoff > self.queue.max_backoff {
             return Err("queue.min_backoff: must not exceed queue.max_backoff".into());

@@ -162,8 +162,8 @@ fn attempt(
     Ok(outcomes)
 }
 
-/// The log lines that record `outcomes`.
-fn log_entries(
+/// The log lines that record `outcomes` (a deferral carries its next try).
+pub fn log_entries(
     config: &Config,
     message: &QueuedMessage,
     outcomes: &[(usize, Outcome)],
@@ -222,7 +222,7 @@ pub fn xtext(text: &str) -> String {
 }
 
 /// A deferral past the queue lifetime becomes a failure.
-fn expire(outcome: Outcome, arrived: u64, now: u64, config: &Config) -> Outcome {
+pub fn expire(outcome: Outcome, arrived: u64, now: u64, config: &Config) -> Outcome {
     match outcome {
         Outcome::Deferred(text)
             if now.saturating_sub(arrived) >= config.queue.lifetime.as_secs() =>

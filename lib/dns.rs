@@ -1,5 +1,6 @@
 //! DNS for every program that asks: a resolver built from `[dns]`, and the
-//! questions postroom asks (DNS blocklists now; MX for `smtp-send`).
+//! questions postroom asks: DNS blocklists, and mail exchangers for
+//! `smtp-send`.
 //!
 //! The name servers are configurable so tests point them at a server they
 //! run on loopback, and a site can use a local validating resolver.
@@ -112,6 +113,119 @@ pub async fn dnsbl_listed(
     }
 }
 
+/// A host to try for a destination, with its addresses in the order to
+/// try them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchanger {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Why a destination has no host to try.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The domain says it takes no mail, or does not exist: bounce now.
+    #[error("{0}")]
+    Permanent(String),
+    /// DNS trouble: try again later.
+    #[error("{0}")]
+    Temporary(String),
+}
+
+/// The mail exchangers of `domain` (RFC 5321 §5.1): MX records by
+/// preference, shuffled among equals so load spreads; no MX records means
+/// the domain itself (the implicit MX); a null MX (RFC 7505) or a domain
+/// that does not exist is a permanent failure. Hosts whose addresses cannot
+/// be found are left out; if none is left, the failure is temporary.
+pub async fn mail_exchangers(
+    resolver: &TokioResolver,
+    domain: &str,
+    ipv6: bool,
+) -> Result<Vec<Exchanger>, RouteError> {
+    let fqdn = format!("{}.", domain.trim_end_matches('.'));
+    let mut names: Vec<(u16, String)> = match resolver.mx_lookup(fqdn.as_str()).await {
+        Ok(answers) => answers
+            .iter()
+            .map(|mx| {
+                let name = mx.exchange().to_ascii();
+                (mx.preference(), name.trim_end_matches('.').to_ascii_lowercase())
+            })
+            .collect(),
+        Err(e) if e.is_nx_domain() => {
+            return Err(RouteError::Permanent(format!(
+                "550 5.1.2 domain {domain} does not exist (DNS: NXDOMAIN)"
+            )));
+        }
+        Err(e) if e.is_no_records_found() => vec![(0, domain.to_ascii_lowercase())],
+        Err(e) => {
+            return Err(RouteError::Temporary(format!(
+                "451 4.4.3 MX lookup of {domain} failed: {e}"
+            )));
+        }
+    };
+    if names.iter().any(|(_, name)| name.is_empty()) {
+        return Err(RouteError::Permanent(format!(
+            "556 5.1.10 {domain} accepts no mail (null MX, RFC 7505)"
+        )));
+    }
+    order_by_preference(&mut names, &mut rand::thread_rng());
+    let mut exchangers = Vec::new();
+    let mut last_error = String::new();
+    for (_, name) in names {
+        match host_addresses(resolver, &name, ipv6).await {
+            Ok(addrs) if !addrs.is_empty() => exchangers.push(Exchanger { name, addrs }),
+            Ok(_) => last_error = format!("{name} has no address"),
+            Err(e) => last_error = e,
+        }
+    }
+    if exchangers.is_empty() {
+        return Err(RouteError::Temporary(format!(
+            "451 4.4.3 no mail exchanger of {domain} has an address ({last_error})"
+        )));
+    }
+    Ok(exchangers)
+}
+
+/// Sorts by preference and shuffles each run of equal preference.
+fn order_by_preference(names: &mut [(u16, String)], rng: &mut impl rand::Rng) {
+    use rand::seq::SliceRandom;
+    names.shuffle(rng);
+    // A stable sort keeps the shuffled order among equal preferences.
+    names.sort_by_key(|(preference, _)| *preference);
+}
+
+/// The IPv6 then IPv4 addresses of a host (IPv4 only without `ipv6`); a
+/// literal IP is its own address.
+pub async fn host_addresses(
+    resolver: &TokioResolver,
+    host: &str,
+    ipv6: bool,
+) -> Result<Vec<IpAddr>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let fqdn = format!("{}.", host.trim_end_matches('.'));
+    let absent = |e: &hickory_resolver::ResolveError| e.is_no_records_found() || e.is_nx_domain();
+    let mut addrs = Vec::new();
+    let mut error = None;
+    if ipv6 {
+        match resolver.ipv6_lookup(fqdn.as_str()).await {
+            Ok(answers) => addrs.extend(answers.iter().map(|a| IpAddr::V6(a.0))),
+            Err(e) if absent(&e) => {}
+            Err(e) => error = Some(format!("AAAA lookup of {host} failed: {e}")),
+        }
+    }
+    match resolver.ipv4_lookup(fqdn.as_str()).await {
+        Ok(answers) => addrs.extend(answers.iter().map(|a| IpAddr::V4(a.0))),
+        Err(e) if absent(&e) => {}
+        Err(e) => error = Some(format!("A lookup of {host} failed: {e}")),
+    }
+    match error {
+        Some(e) if addrs.is_empty() => Err(e),
+        _ => Ok(addrs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +241,24 @@ mod tests {
             v6.starts_with("1.0.0.0.0.0.0.0.") && v6.ends_with(".8.b.d.0.1.0.0.2.bl.example."),
             "{v6}"
         );
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled_but_order_is_kept() {
+        use rand::SeedableRng;
+        let mut seen_first = std::collections::HashSet::new();
+        for seed in 0..50 {
+            let mut names = vec![
+                (20, "c".to_string()),
+                (10, "a".to_string()),
+                (10, "b".to_string()),
+                (30, "d".to_string()),
+            ];
+            order_by_preference(&mut names, &mut rand::rngs::StdRng::seed_from_u64(seed));
+            let prefs: Vec<u16> = names.iter().map(|(p, _)| *p).collect();
+            assert_eq!(prefs, [10, 10, 20, 30]);
+            seen_first.insert(names[0].1.clone());
+        }
+        assert_eq!(seen_first.len(), 2, "both preference-10 hosts come first sometimes");
     }
 }

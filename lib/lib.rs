@@ -16,6 +16,7 @@ pub mod authlimit;
 pub mod config;
 pub mod deliver;
 pub mod dns;
+pub mod dsn;
 pub mod domains;
 pub mod fsutil;
 pub mod log;

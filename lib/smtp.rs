@@ -1,4 +1,5 @@
-//! SMTP server pieces that do no I/O: replies, the DATA reader, networks.
+//! SMTP pieces that do no I/O: replies, the DATA reader, networks, and the
+//! encoder `smtp-send` writes message bodies through.
 //!
 //! Commands are parsed by the `smtp-proto` crate (Stalwart's RFC 5321
 //! parser, Apache-2.0 OR MIT); this module holds what `smtp-recv` adds
@@ -262,6 +263,104 @@ pub fn xtext_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The longest line SMTP carries, without its CRLF (RFC 5321 §4.5.3.1.6).
+pub const MAX_WIRE_LINE: usize = 998;
+
+/// Turns a message into DATA as another server must see it (RFC 5321
+/// §4.5.2 and §4.5.3.1.6): every line ends in CRLF (a bare LF or bare CR
+/// becomes CRLF, so nothing we send can be read as a smuggled message end),
+/// a line starting with "." gets another, and no line is longer than 998
+/// octets. A long header line is folded at its last space or tab before the
+/// limit (a fold the reader unfolds again) or, with no blank to fold at,
+/// continued on a new line that starts with a space; a long body line is
+/// broken into lines of at most 998 octets. Nothing is ever dropped.
+#[derive(Debug, Default)]
+pub struct DataEncoder {
+    line: Vec<u8>,
+    pending_cr: bool,
+    in_body: bool,
+}
+
+impl DataEncoder {
+    pub fn new() -> DataEncoder {
+        DataEncoder::default()
+    }
+
+    /// Encodes the next piece of the message into `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.pending_cr {
+                self.pending_cr = false;
+                self.end_line(out);
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => self.end_line(out),
+                _ => {
+                    // A leading dot is doubled on the wire; leave room.
+                    let room = MAX_WIRE_LINE - usize::from(self.line.first() == Some(&b'.'));
+                    if self.line.len() >= room {
+                        self.fold(out);
+                    }
+                    self.line.push(b);
+                }
+            }
+        }
+    }
+
+    /// Ends the message: the last line gets its CRLF, then "." CRLF.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr || !self.line.is_empty() {
+            self.pending_cr = false;
+            self.end_line(out);
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+
+    fn end_line(&mut self, out: &mut Vec<u8>) {
+        if self.line.is_empty() {
+            self.in_body = true;
+        }
+        emit(&self.line, out);
+        self.line.clear();
+    }
+
+    /// The current line is full: send what fits, keep the rest.
+    fn fold(&mut self, out: &mut Vec<u8>) {
+        if !self.in_body {
+            // Fold before the last blank (not one at the start, which would
+            // leave an empty line and end the header).
+            if let Some(at) = self.line[1..]
+                .iter()
+                .rposition(|&c| c == b' ' || c == b'\t')
+                .map(|p| p + 1)
+            {
+                emit(&self.line[..at], out);
+                self.line.drain(..at);
+                return;
+            }
+            emit(&self.line, out);
+            self.line.clear();
+            self.line.push(b' ');
+            return;
+        }
+        emit(&self.line, out);
+        self.line.clear();
+    }
+}
+
+/// One wire line: dot-stuffed, CRLF added.
+fn emit(line: &[u8], out: &mut Vec<u8>) {
+    if line.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +472,93 @@ mod tests {
                     proptest::prop_assert_eq!(line, b".\r\n");
                     break;
                 }
+            }
+        }
+    }
+
+    fn encode(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut encoder = DataEncoder::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            encoder.push(piece, &mut out);
+        }
+        encoder.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn encoder_stuffs_dots_and_fixes_line_ends() {
+        assert_eq!(
+            encode(b"A: b\r\n\r\n.hi\nbare\rcr\r\n..x", 3),
+            b"A: b\r\n\r\n..hi\r\nbare\r\ncr\r\n...x\r\n.\r\n"
+        );
+        assert_eq!(encode(b"", 1), b".\r\n");
+        assert_eq!(encode(b"x\r\n", 1), b"x\r\n.\r\n");
+    }
+
+    #[test]
+    fn encoder_folds_long_header_lines_at_a_blank_and_splits_body_lines() {
+        let mut header = b"Subject:".to_vec();
+        for _ in 0..300 {
+            header.extend_from_slice(b" word");
+        }
+        let mut input = header.clone();
+        input.extend_from_slice(b"\r\n\r\n");
+        input.extend(std::iter::repeat_n(b'y', 2500));
+        let out = encode(&input, 7);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert!(lines.iter().all(|l| l.len() <= MAX_WIRE_LINE), "{lines:?}");
+        // Unfolding the header gives it back exactly.
+        let blank = lines.iter().position(|l| l.is_empty()).unwrap();
+        assert_eq!(lines[..blank].concat().as_bytes(), &header[..]);
+        assert!(lines[1].starts_with(' '));
+        // The body is all there, in lines of 998, 998 and 504.
+        let body: Vec<&str> = lines[blank + 1..lines.len() - 2].to_vec();
+        assert_eq!(body.iter().map(|l| l.len()).collect::<Vec<_>>(), [998, 998, 504]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoder_output_is_always_clean_smtp(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'.'),
+                    proptest::strategy::Just(b' '),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..3000,
+            ),
+            chunk in 1usize..100,
+        ) {
+            let out = encode(&input, chunk);
+            proptest::prop_assert!(out.ends_with(b"\r\n.\r\n") || out == b".\r\n");
+            let body = &out[..out.len() - 3];
+            // Only CRLF line ends, no line over the limit, and the only
+            // "." line is the end.
+            for line in body.split(|&b| b == b'\n') {
+                if line.is_empty() { continue; }
+                proptest::prop_assert!(line.ends_with(b"\r"));
+                let line = &line[..line.len() - 1];
+                proptest::prop_assert!(!line.contains(&b'\r'));
+                proptest::prop_assert!(line.len() <= MAX_WIRE_LINE);
+                proptest::prop_assert!(line != b".");
+            }
+            // Clean input (CRLF lines, none long) comes through unchanged
+            // once unstuffed.
+            let clean: Vec<u8> = input
+                .iter()
+                .copied()
+                .filter(|&b| b != b'\r' && b != b'\n')
+                .collect();
+            let mut crlf = clean.clone();
+            crlf.extend_from_slice(b"\r\n");
+            if clean.len() <= MAX_WIRE_LINE && !clean.is_empty() {
+                let out = encode(&crlf, chunk);
+                let unstuffed = if clean[0] == b'.' { &out[1..] } else { &out[..] };
+                proptest::prop_assert_eq!(&unstuffed[..unstuffed.len() - 3], &crlf[..]);
             }
         }
     }
