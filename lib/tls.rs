@@ -1,5 +1,6 @@
 //! TLS for every postroom server: loading the certificate, and making a
-//! self-signed one for a fresh install.
+//! self-signed one for a fresh install; and the client side `smtp-send`
+//! uses towards other systems.
 //!
 //! rustls with the ring provider, TLS 1.2 and 1.3 only (rustls's safe
 //! defaults). The same acceptor serves STARTTLS and implicit TLS (465, 993,
@@ -57,6 +58,112 @@ pub enum TlsError {
         #[source]
         error: std::io::Error,
     },
+}
+
+/// The two ways `smtp-send` starts TLS (`config::TlsPolicy`).
+pub struct ClientTls {
+    /// Any certificate: opportunistic TLS and `encrypt` (RFC 7435: an
+    /// unchecked certificate still beats plaintext, and refusing it would
+    /// only push the mail to plaintext).
+    pub any_certificate: Arc<rustls::ClientConfig>,
+    /// The certificate must chain to a trusted root and name the host.
+    pub verified: Arc<rustls::ClientConfig>,
+}
+
+/// Client configs with the system's trusted roots plus `send.ca_file`.
+pub fn client_configs(config: &Config) -> Result<ClientTls, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    // A system without a certificate store still gets opportunistic TLS;
+    // only `verify` destinations will fail, each saying why.
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(file) = &config.send.ca_file {
+        let file = config.path(file);
+        let certs = CertificateDer::pem_file_iter(&file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError::Cert {
+                file: file.clone(),
+                message: e.to_string(),
+            })?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| TlsError::Cert {
+                file: file.clone(),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Generate {
+                hostname: config.hostname.clone(),
+                message: e.to_string(),
+            })
+    };
+    let verified = builder()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let any_certificate = builder()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
+        .with_no_client_auth();
+    Ok(ClientTls {
+        any_certificate: Arc::new(any_certificate),
+        verified: Arc::new(verified),
+    })
+}
+
+/// Accepts any certificate, but still checks the handshake signatures so
+/// the session keys are the peer's (opportunistic TLS).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Loads a PEM certificate chain (leaf first) and a PEM private key into a
