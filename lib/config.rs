@@ -576,7 +576,9 @@ impl Config {
         }
         for (domain, text) in &send.transports {
             if domain != "*" && !crate::address::is_domain_name(domain) {
-                return Err(format!("send.transports: {domain:?} is not a domain or \"*\""));
+                return Err(format!(
+                    "send.transports: {domain:?} is not a domain or \"*\""
+                ));
             }
             Transport::parse(text).map_err(|e| format!("send.transports.{domain}: {e}"))?;
         }

@@ -148,7 +148,10 @@ pub async fn mail_exchangers(
             .iter()
             .map(|mx| {
                 let name = mx.exchange().to_ascii();
-                (mx.preference(), name.trim_end_matches('.').to_ascii_lowercase())
+                (
+                    mx.preference(),
+                    name.trim_end_matches('.').to_ascii_lowercase(),
+                )
             })
             .collect(),
         Err(e) if e.is_nx_domain() => {
@@ -259,6 +262,10 @@ mod tests {
             assert_eq!(prefs, [10, 10, 20, 30]);
             seen_first.insert(names[0].1.clone());
         }
-        assert_eq!(seen_first.len(), 2, "both preference-10 hosts come first sometimes");
+        assert_eq!(
+            seen_first.len(),
+            2,
+            "both preference-10 hosts come first sometimes"
+        );
     }
 }

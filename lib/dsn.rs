@@ -171,7 +171,11 @@ pub fn report(
         .to(to.as_str())
         .subject(subject)
         .date(now as i64)
-        .message_id(format!("{}.{}.{now}@{reporting}", kind_tag(kind), message.id))
+        .message_id(format!(
+            "{}.{}.{now}@{reporting}",
+            kind_tag(kind),
+            message.id
+        ))
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-replied"),
@@ -298,11 +302,8 @@ mod tests {
             .record(
                 &[crate::queue::LogEntry::Failed(
                     0,
-                    EnvelopeText::new(
-                        "550 5.1.1 no such user (from mx1.far.test[192.0.2.1])",
-                        200,
-                    )
-                    .unwrap(),
+                    EnvelopeText::new("550 5.1.1 no such user (from mx1.far.test[192.0.2.1])", 200)
+                        .unwrap(),
                 )],
                 false,
             )
@@ -318,8 +319,8 @@ mod tests {
     #[test]
     fn failure_report_has_the_three_parts_and_the_fields() {
         let (_d, message) = queued(None, None);
-        let text = String::from_utf8(report(&config(), &message, Kind::Failure, &[0]).unwrap())
-            .unwrap();
+        let text =
+            String::from_utf8(report(&config(), &message, Kind::Failure, &[0]).unwrap()).unwrap();
         for want in [
             "To: <ann@example.test>",
             "Auto-Submitted: auto-replied",
@@ -349,8 +350,8 @@ mod tests {
     #[test]
     fn ret_full_returns_the_body() {
         let (_d, message) = queued(None, Some("FULL"));
-        let text = String::from_utf8(report(&config(), &message, Kind::Failure, &[0]).unwrap())
-            .unwrap();
+        let text =
+            String::from_utf8(report(&config(), &message, Kind::Failure, &[0]).unwrap()).unwrap();
         assert!(text.contains("message/rfc822") && text.contains("secret body"));
     }
 
@@ -374,6 +375,9 @@ mod tests {
         assert_eq!(status_of("452 too many", "delayed"), "4.0.0");
         assert_eq!(status_of("554 nope", "failed"), "5.0.0");
         assert_eq!(status_of("5.1.10 null MX", "failed"), "5.1.10");
-        assert_eq!(remote_mta("421 bye (from mx.x.test[::1])"), Some("mx.x.test"));
+        assert_eq!(
+            remote_mta("421 bye (from mx.x.test[::1])"),
+            Some("mx.x.test")
+        );
     }
 }

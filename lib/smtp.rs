@@ -515,7 +515,10 @@ mod tests {
         assert!(lines[1].starts_with(' '));
         // The body is all there, in lines of 998, 998 and 504.
         let body: Vec<&str> = lines[blank + 1..lines.len() - 2].to_vec();
-        assert_eq!(body.iter().map(|l| l.len()).collect::<Vec<_>>(), [998, 998, 504]);
+        assert_eq!(
+            body.iter().map(|l| l.len()).collect::<Vec<_>>(),
+            [998, 998, 504]
+        );
     }
 
     proptest::proptest! {

@@ -664,7 +664,10 @@ mod tests {
             parse_reply_line(b"250-PIPELINING"),
             Some((250, false, "PIPELINING".into()))
         );
-        assert_eq!(parse_reply_line(b"550 5.1.1 no"), Some((550, true, "5.1.1 no".into())));
+        assert_eq!(
+            parse_reply_line(b"550 5.1.1 no"),
+            Some((550, true, "5.1.1 no".into()))
+        );
         assert_eq!(parse_reply_line(b"354"), Some((354, true, String::new())));
         assert_eq!(parse_reply_line(b"hello"), None);
         assert_eq!(parse_reply_line(b"999 x"), None);

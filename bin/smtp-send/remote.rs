@@ -181,7 +181,10 @@ impl Dispatcher {
         job: &Job,
     ) -> Vec<(usize, Outcome)> {
         let everyone = |outcome: Outcome| -> Vec<(usize, Outcome)> {
-            job.rcpts.iter().map(|(i, _)| (*i, outcome.clone())).collect()
+            job.rcpts
+                .iter()
+                .map(|(i, _)| (*i, outcome.clone()))
+                .collect()
         };
         if let Some(open) = client.as_mut() {
             if open.transactions < self.config.send.messages_per_connection {
@@ -210,27 +213,27 @@ impl Dispatcher {
             queue.destination.key
         ));
         for (name, addr) in hosts {
-            match self.open(&queue.destination, name, *addr).await {
-                Ok(mut open) => match {
-                    tracing::debug!(host = %name, %addr, tls = open.is_tls(), "connected");
-                    open.transaction(&job.message, &job.rcpts).await
-                } {
-                    Ok(outcomes) => {
-                        *client = Some(open);
-                        return outcomes;
-                    }
-                    Err(e) => {
-                        // Lost mid-transaction: what the other side got
-                        // is unknown, so no other host gets it now.
-                        tracing::info!(host = %name, error = e.text(), "transaction failed");
-                        return everyone(Outcome::Deferred(e.text().to_string()));
-                    }
-                },
+            let mut open = match self.open(&queue.destination, name, *addr).await {
+                Ok(open) => open,
                 Err(e) => {
                     tracing::info!(host = %name, %addr, error = e.text(), "connection failed");
                     last = e;
+                    continue;
                 }
-            }
+            };
+            tracing::debug!(host = %name, %addr, tls = open.is_tls(), "connected");
+            return match open.transaction(&job.message, &job.rcpts).await {
+                Ok(outcomes) => {
+                    *client = Some(open);
+                    outcomes
+                }
+                Err(e) => {
+                    // Lost mid-transaction: what the other side got is
+                    // unknown, so no other host gets it now.
+                    tracing::info!(host = %name, error = e.text(), "transaction failed");
+                    everyone(Outcome::Deferred(e.text().to_string()))
+                }
+            };
         }
         everyone(Outcome::Deferred(last.text().to_string()))
     }

@@ -1,10 +1,12 @@
-//! A small authoritative DNS server on loopback, for tests: it answers A
-//! and TXT questions from a table and NXDOMAIN for anything else (RFC 1035
-//! §4.1 wire format, UDP only, no compression in answers). Enough for DNS
-//! blocklists now and MX lookups later; never a real network.
+//! A small authoritative DNS server on loopback, for tests: it answers A,
+//! AAAA, MX and TXT questions from a table, NOERROR with no answer for a
+//! known name without that type, NXDOMAIN for unknown names and SERVFAIL
+//! for names marked so (RFC 1035 §4.1 wire format, UDP only, no
+//! compression in answers). Enough for DNS blocklists and mail routing;
+//! never a real network.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,7 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Clone)]
 pub enum Record {
     A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    /// Preference and exchange ("" for the null MX of RFC 7505).
+    Mx(u16, String),
     Txt(String),
+    /// Every question about the name gets SERVFAIL.
+    ServFail,
 }
 
 /// The server; stops when dropped.
@@ -84,14 +91,32 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
         .get(&name)
         .map(|rs| {
             rs.iter()
-                .filter(|r| matches!((r, qtype), (Record::A(_), 1) | (Record::Txt(_), 16)))
+                .filter(|r| {
+                    matches!(
+                        (r, qtype),
+                        (Record::A(_), 1)
+                            | (Record::Txt(_), 16)
+                            | (Record::Mx(..), 15)
+                            | (Record::Aaaa(_), 28)
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
     let exists = records.contains_key(&name);
     let mut reply = Vec::with_capacity(512);
     reply.extend_from_slice(&query[0..2]); // id
-    let rcode = if exists { 0 } else { 3 }; // NOERROR or NXDOMAIN
+    let servfail = records
+        .get(&name)
+        .is_some_and(|rs| rs.iter().any(|r| matches!(r, Record::ServFail)));
+    // NOERROR, NXDOMAIN or SERVFAIL
+    let rcode = if servfail {
+        2
+    } else if exists {
+        0
+    } else {
+        3
+    };
     reply.extend_from_slice(&[0x84 | (query[2] & 0x01), rcode as u8]); // QR, AA, RD copied
     reply.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
     reply.extend_from_slice(&(matching.len() as u16).to_be_bytes()); // ANCOUNT
@@ -101,6 +126,17 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
         reply.extend_from_slice(&[0xc0, 0x0c]); // the name: pointer to the question
         let (rtype, data) = match record {
             Record::A(ip) => (1u16, ip.octets().to_vec()),
+            Record::Aaaa(ip) => (28u16, ip.octets().to_vec()),
+            Record::Mx(preference, exchange) => {
+                let mut data = preference.to_be_bytes().to_vec();
+                for label in exchange.split('.').filter(|l| !l.is_empty()) {
+                    data.push(label.len() as u8);
+                    data.extend_from_slice(label.as_bytes());
+                }
+                data.push(0);
+                (15u16, data)
+            }
+            Record::ServFail => continue,
             Record::Txt(text) => {
                 let mut data = Vec::new();
                 for chunk in text.as_bytes().chunks(255) {

@@ -4,5 +4,7 @@
 mod dns;
 mod foundation;
 mod man_pages;
+mod sink;
 mod smtp_recv;
+mod smtp_send;
 mod util;
