@@ -75,6 +75,16 @@ fn every_flag_of_smtp_recv_is_in_its_man_page() {
 }
 
 #[test]
+fn every_flag_of_smtp_send_is_in_its_man_page() {
+    let page = man("smtp-send.8");
+    let found = flags("smtp-send", &[]);
+    assert!(found.len() >= 6, "{found:?}");
+    for flag in found {
+        assert!(page.contains(&flag), "{flag} is not in man/smtp-send.8");
+    }
+}
+
+#[test]
 fn every_flag_of_mail_inject_is_in_its_man_page() {
     let page = man("mail-inject.8");
     let out = Command::new(bin("mail-inject"))
