@@ -1096,12 +1096,15 @@ impl LockedMessage {
     pub fn remove(self, durable: bool) -> Result<(), QueueError> {
         let mess = self.queue.mess_path(&self.message.id);
         fs::remove_file(&mess).map_err(io_err(&mess))?;
-        let _ = fs::remove_file(self.queue.log_path(&self.message.id));
-        self.queue.clear_todo(&self.message.id);
         if durable {
             let dir = self.queue.dir("mess");
             fsutil::fsync_dir(&dir).map_err(io_err(&dir))?;
         }
+        // The log goes only after the message is surely gone: a message
+        // that came back after a crash without its log would look
+        // undelivered and go out again.
+        let _ = fs::remove_file(self.queue.log_path(&self.message.id));
+        self.queue.clear_todo(&self.message.id);
         Ok(())
     }
 }

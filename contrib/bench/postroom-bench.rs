@@ -9,7 +9,8 @@
 //! - the queued path: `mail-inject -odq` into the queue, then one runner
 //!   pass from the queue into the maildir;
 //!
-//! each with its ratio to the raw rate. It is a benchmark, not a test: it
+//! each with its ratio to the raw rate. `smtp` measures smtp-recv, `send`
+//! smtp-send (see their modules). It is a benchmark, not a test: it
 //! asserts nothing but that every message arrived.
 
 use std::io::Write;
@@ -19,6 +20,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod send;
 mod smtp;
 
 #[derive(Parser)]
@@ -54,6 +56,13 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
     },
+    /// smtp-send emptying a queue into a loopback SMTP sink.
+    Send {
+        /// Messages queued (one recipient each; then as many recipients
+        /// in messages of 1,000).
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+    },
 }
 
 pub const MESSAGE_SIZE: usize = 4096;
@@ -67,6 +76,7 @@ fn main() -> ExitCode {
     let result = match cli.bench {
         Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
+        Bench::Send { messages } => send::run(&base, messages),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {
