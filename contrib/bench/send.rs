@@ -104,7 +104,9 @@ fn fill_queue(root: &Path, count: usize, per_message: usize) -> anyhow::Result<(
     queue.create()?;
     let mut body = b"From: bench@bench.test\r\nSubject: bench\r\n\r\n".to_vec();
     while body.len() < MESSAGE_SIZE {
-        body.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
+        body.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n",
+        );
     }
     let sender = ReversePath::Address(Address::parse("bench@bench.test")?);
     for n in 0..count {

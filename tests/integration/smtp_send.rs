@@ -645,8 +645,14 @@ fn sigkill_mid_transaction_loses_nothing_and_never_repeats_a_logged_delivery() {
         // Checked against everything that arrives later, at the end.
         checkpoints.push((logged, before.len()));
     }
-    ok(&w.send(&["--flush"]));
-    assert!(w.queue_ids().is_empty(), "everything delivered in the end");
+    let last = w.send(&["--flush"]);
+    ok(&last);
+    let left: Vec<String> = w.queue_ids().iter().map(|id| w.show(id)).collect();
+    assert!(
+        left.is_empty(),
+        "everything delivered in the end, but:\n{left:#?}\n{}",
+        stderr(&last)
+    );
     let all = sink.messages();
     for n in 0..8 {
         for rcpt in &rcpts {
