@@ -904,7 +904,25 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
         Some(end) => &text[..end],
         None => "",
     };
+    // A line that does not parse can only be a write cut short by a crash
+    // (or a damaged disk): it is skipped with a warning rather than making
+    // the whole message unworkable.
     for (number, line) in complete.lines().enumerate() {
+        if let Err(e) = apply_log_line(&mut state, path, number, line) {
+            tracing::warn!("{e}; line skipped");
+        }
+    }
+    Ok(state)
+}
+
+/// Applies one log line to the state.
+fn apply_log_line(
+    state: &mut MessageState,
+    path: &Path,
+    number: usize,
+    line: &str,
+) -> Result<(), QueueError> {
+    {
         let corrupt = |message: &str| QueueError::Corrupt {
             path: path.to_path_buf(),
             line: number + 1,
@@ -918,7 +936,7 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
         let op = words.next().unwrap_or("");
         let rest = words.next().unwrap_or("");
         let (index, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-        let rcpt = |state: &mut MessageState| -> Result<usize, QueueError> {
+        let rcpt = |state: &MessageState| -> Result<usize, QueueError> {
             index
                 .parse::<usize>()
                 .ok()
@@ -927,20 +945,20 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
         };
         match op {
             "try" => {
-                let i = rcpt(&mut state)?;
+                let i = rcpt(state)?;
                 if let RcptState::Pending { interrupted, .. } = &mut state.recipients[i] {
                     *interrupted = true;
                 }
             }
             "delivered" => {
-                let i = rcpt(&mut state)?;
+                let i = rcpt(state)?;
                 state.recipients[i] = RcptState::Delivered {
                     at,
                     reply: tail.to_string(),
                 };
             }
             "deferred" => {
-                let i = rcpt(&mut state)?;
+                let i = rcpt(state)?;
                 let (next, reply) = tail.split_once(' ').unwrap_or((tail, ""));
                 let next: u64 = next.parse().map_err(|_| corrupt("bad retry time"))?;
                 if let RcptState::Pending {
@@ -957,7 +975,7 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
                 }
             }
             "failed" => {
-                let i = rcpt(&mut state)?;
+                let i = rcpt(state)?;
                 state.recipients[i] = RcptState::Failed {
                     at,
                     reply: tail.to_string(),
@@ -965,7 +983,7 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
                 };
             }
             "bounced" => {
-                let i = rcpt(&mut state)?;
+                let i = rcpt(state)?;
                 if let RcptState::Failed { bounced, .. } = &mut state.recipients[i] {
                     *bounced = true;
                 }
@@ -983,7 +1001,7 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
             _ => return Err(corrupt("unknown operation")),
         }
     }
-    Ok(state)
+    Ok(())
 }
 
 /// A queued message as read from the tree.
@@ -1112,18 +1130,36 @@ impl LockedMessage {
 /// Appends log lines in one `write(2)`, so a reader sees whole lines only.
 fn append_log(path: &Path, entries: &[LogEntry], durable: bool) -> Result<(), QueueError> {
     let now = fsutil::now_secs();
-    let text: String = entries.iter().map(|e| e.render(now)).collect();
+    let mut text: String = entries.iter().map(|e| e.render(now)).collect();
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o600)
         .open(path)
         .map_err(io_err(path))?;
+    // A line cut short by a crash (no newline) is ignored by `read_log`
+    // while it is last; a newline first keeps it from swallowing ours.
+    if ends_mid_line(&file).map_err(io_err(path))? {
+        text.insert(0, '\n');
+    }
     file.write_all(text.as_bytes()).map_err(io_err(path))?;
     if durable {
         file.sync_data().map_err(io_err(path))?;
     }
     Ok(())
+}
+
+/// True when the file's last byte is not a newline.
+fn ends_mid_line(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
 }
 
 /// When to try again: wait as long as the message has already waited,
@@ -1229,6 +1265,28 @@ mod tests {
         assert!(found[0].ends_with("0123456789abcdef01"));
         live.commit().unwrap();
         assert_eq!(queue.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_torn_log_line_does_not_swallow_the_next_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        let id = queue.enqueue(&sample(), b"x\r\n").unwrap();
+        // A crash cut this line short.
+        std::fs::write(queue.log_path(&id), "1 delivered 0 250 ok\n2 deliv").unwrap();
+        let mut locked = queue.lock(&id).unwrap().unwrap();
+        assert!(matches!(
+            locked.message.state.recipients[0],
+            RcptState::Delivered { .. }
+        ));
+        let reply = EnvelopeText::new("250 ok", 100).unwrap();
+        locked
+            .record(&[LogEntry::Delivered(1, reply)], false)
+            .unwrap();
+        assert!(matches!(
+            locked.message.state.recipients[1],
+            RcptState::Delivered { .. }
+        ));
     }
 
     #[test]
