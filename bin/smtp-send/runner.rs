@@ -288,7 +288,12 @@ impl Runner {
                     );
                 }
                 let entries = deliver::log_entries(&config, &locked.message, &outcomes);
-                locked.record(&entries, true)
+                // When these deliveries finish the message, it is removed
+                // (durably) right after, and the log with it: its fsync
+                // would buy nothing a kill could take away, so it is left
+                // to the removal's.
+                let durable = !finishes(&locked.message, &outcomes);
+                locked.record(&entries, durable)
             })
             .await?;
         }
@@ -407,6 +412,23 @@ impl Runner {
         tracing::info!(report_id = %id, %to, "report queued");
         Ok(id)
     }
+}
+
+/// True when `outcomes` deliver every recipient still pending and nothing
+/// else is owed.
+fn finishes(message: &queue::QueuedMessage, outcomes: &[(usize, Outcome)]) -> bool {
+    let delivered: Vec<usize> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Delivered(_)))
+        .map(|(i, _)| *i)
+        .collect();
+    delivered.len() == outcomes.len()
+        && message.pending().all(|(i, _)| delivered.contains(&i))
+        && message
+            .state
+            .recipients
+            .iter()
+            .all(|r| !matches!(r, RcptState::Failed { bounced: false, .. }))
 }
 
 /// Runs file work off the async threads.
