@@ -294,6 +294,33 @@ fn null_mx_and_missing_domains_bounce_at_once_dns_trouble_waits() {
 }
 
 #[test]
+fn a_message_over_the_servers_size_fails_without_being_sent() {
+    let w = World::new(
+        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
+        "",
+    );
+    let sink = w.sink(
+        2,
+        Behaviour {
+            size: 1000,
+            ..Behaviour::default()
+        },
+    );
+    w.queue_mail(&["small@far.test"], "short\n");
+    ok(&w.send(&["--once"]));
+    assert!(
+        sink.messages()[0].mail_from.contains("SIZE="),
+        "SIZE announced"
+    );
+    w.queue_mail(&["big@far.test"], &"x".repeat(2000));
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages().len(), 1, "the big one was not sent");
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].contains("Status: 5.3.4"), "{}", reports[0]);
+}
+
+#[test]
 fn a_connection_dropped_mid_data_defers_without_a_bounce() {
     let w = World::new(
         vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
