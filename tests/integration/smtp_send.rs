@@ -182,6 +182,25 @@ fn one_transaction_per_destination_dot_stuffed_and_removed_when_done() {
 }
 
 #[test]
+fn one_connection_carries_several_messages_to_a_destination() {
+    let w = World::new(
+        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
+        "destination_concurrency = 1\nmessages_per_connection = 2\n",
+    );
+    let sink = w.sink(2, Behaviour::default());
+    for n in 0..5 {
+        w.queue_mail(&["bob@far.test"], &format!("number {n}\n"));
+    }
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages().len(), 5);
+    assert_eq!(
+        *sink.connections.lock().unwrap(),
+        3,
+        "two messages per connection, one connection at a time"
+    );
+}
+
+#[test]
 fn mx_preference_and_fallback_past_dead_and_busy_hosts() {
     let w = World::new(
         vec![
