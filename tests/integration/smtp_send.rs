@@ -50,6 +50,14 @@ impl World {
         }
     }
 
+    /// far.test, whose one MX is mx.far.test at 127.0.0.2.
+    fn far(extra: &str) -> World {
+        World::new(
+            vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
+            extra,
+        )
+    }
+
     /// A sink on 127.0.0.N at the world's port.
     fn sink(&self, n: u8, behaviour: Behaviour) -> Sink {
         Sink::start(SocketAddr::new(ip(n), self.port), behaviour).expect("bind sink")
@@ -183,10 +191,7 @@ fn one_transaction_per_destination_dot_stuffed_and_removed_when_done() {
 
 #[test]
 fn one_connection_carries_several_messages_to_a_destination() {
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "destination_concurrency = 1\nmessages_per_connection = 2\n",
-    );
+    let w = World::far("destination_concurrency = 1\nmessages_per_connection = 2\n");
     let sink = w.sink(2, Behaviour::default());
     for n in 0..5 {
         w.queue_mail(&["bob@far.test"], &format!("number {n}\n"));
@@ -235,10 +240,7 @@ fn mx_preference_and_fallback_past_dead_and_busy_hosts() {
 
 #[test]
 fn temporary_failures_wait_and_permanent_ones_bounce_with_a_report() {
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "",
-    );
+    let w = World::far("");
     let sink = w.sink(
         2,
         Behaviour {
@@ -314,10 +316,7 @@ fn null_mx_and_missing_domains_bounce_at_once_dns_trouble_waits() {
 
 #[test]
 fn a_message_over_the_servers_size_fails_without_being_sent() {
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "",
-    );
+    let w = World::far("");
     let sink = w.sink(
         2,
         Behaviour {
@@ -341,10 +340,7 @@ fn a_message_over_the_servers_size_fails_without_being_sent() {
 
 #[test]
 fn a_connection_dropped_mid_data_defers_without_a_bounce() {
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "",
-    );
+    let w = World::far("");
     let _sink = w.sink(
         2,
         Behaviour {
@@ -364,10 +360,7 @@ fn a_connection_dropped_mid_data_defers_without_a_bounce() {
 fn lifetime_ends_in_a_bounce_and_a_delay_warning_comes_once() {
     // warn_after 0: the first deferral warns; lifetime 1s: a deferral
     // after that is final.
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "\n[queue]\nwarn_after = 0\nlifetime = \"2s\"\nmin_backoff = 0\n",
-    );
+    let w = World::far("\n[queue]\nwarn_after = 0\nlifetime = \"2s\"\nmin_backoff = 0\n");
     let _sink = w.sink(
         2,
         Behaviour {
@@ -396,10 +389,7 @@ fn lifetime_ends_in_a_bounce_and_a_delay_warning_comes_once() {
 
 #[test]
 fn failed_reports_go_to_the_postmaster_once_and_never_loop() {
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "\n[queue]\npostmaster = \"postmaster@example.test\"\n",
-    );
+    let w = World::far("\n[queue]\npostmaster = \"postmaster@example.test\"\n");
     let _sink = w.sink(
         2,
         Behaviour {
@@ -497,10 +487,7 @@ fn ipv6_exchangers_and_implicit_mx() {
 #[test]
 fn opportunistic_tls_is_used_when_offered() {
     let (_ca, server) = ca_and_server_config("mx.far.test");
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "",
-    );
+    let w = World::far("");
     let sink = w.sink(
         2,
         Behaviour {
@@ -589,10 +576,7 @@ fn local_recipients_of_queued_mail_and_bad_arguments() {
 
 #[test]
 fn watch_delivers_new_mail_and_stops_cleanly_on_sigterm() {
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "",
-    );
+    let w = World::far("");
     let sink = w.sink(2, Behaviour::default());
     let mut runner = Command::new(bin("smtp-send"))
         .arg("--config")
@@ -628,10 +612,7 @@ fn watch_delivers_new_mail_and_stops_cleanly_on_sigterm() {
 /// once, and none whose delivery the runner had logged got it again.
 #[test]
 fn sigkill_mid_transaction_loses_nothing_and_never_repeats_a_logged_delivery() {
-    let w = World::new(
-        vec![("far.test", mx(10, "mx.far.test")), ("mx.far.test", a(2))],
-        "recipients_per_transaction = 2\ndestination_concurrency = 2\n",
-    );
+    let w = World::far("recipients_per_transaction = 2\ndestination_concurrency = 2\n");
     let sink = w.sink(
         2,
         Behaviour {
