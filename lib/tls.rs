@@ -61,6 +61,7 @@ pub enum TlsError {
 }
 
 /// The two ways `smtp-send` starts TLS (`config::TlsPolicy`).
+#[derive(Clone)]
 pub struct ClientTls {
     /// Any certificate: opportunistic TLS and `encrypt` (RFC 7435: an
     /// unchecked certificate still beats plaintext, and refusing it would

@@ -25,6 +25,7 @@ use anyhow::Context;
 use clap::Parser;
 use postroom::config::Config;
 use postroom::queue::QueueId;
+use postroom::tls::ClientTls;
 use tokio::sync::Notify;
 
 use remote::Dispatcher;
@@ -101,16 +102,18 @@ fn run(args: Args) -> anyhow::Result<()> {
                     queue.read(id)?;
                 }
             }
-            one_pass(&config, &stopping, &selection, None).await?;
+            let tls = postroom::tls::client_configs(&config)?;
+            one_pass(&config, &tls, &stopping, &selection, None).await?;
             Ok(())
         }
     })
 }
 
-/// A pass with a fresh view of users, aliases and DNS. `only`: just these
+/// A pass with a fresh view of users, aliases, credentials and DNS. `only`: just these
 /// messages (hints), not a scan of the whole queue.
 async fn one_pass(
     config: &Arc<Config>,
+    tls: &ClientTls,
     stopping: &Arc<AtomicBool>,
     selection: &Selection,
     only: Option<Vec<QueueId>>,
@@ -118,7 +121,7 @@ async fn one_pass(
     let dispatcher = Dispatcher::new(
         config.clone(),
         postroom::dns::resolver(config)?,
-        postroom::tls::client_configs(config)?,
+        tls.clone(),
         runner::load_credentials(config)?,
     );
     let runner = Runner::new(config.clone(), dispatcher, stopping.clone())?;
@@ -154,10 +157,12 @@ async fn watch(
     let queue = postroom::queue::Queue::from_config(&config);
     queue.create()?;
     let hints = Hints::watch(&queue.root().join("todo"))?;
+    // Read once: the system's certificate store takes a while to load.
+    let tls = postroom::tls::client_configs(&config)?;
     let mut full = true;
     while !stopping.load(Ordering::Relaxed) {
         let only = if full { None } else { Some(queue.todo()?) };
-        let runner = match one_pass(&config, &stopping, &Selection::Due, only).await {
+        let runner = match one_pass(&config, &tls, &stopping, &Selection::Due, only).await {
             Ok(runner) => Some(runner),
             Err(e) => {
                 // A broken config or an unreadable queue may be fixed
