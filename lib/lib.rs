@@ -29,3 +29,4 @@ pub mod queue;
 pub mod smtp;
 pub mod tls;
 pub mod users;
+pub mod vacation;

@@ -8,3 +8,4 @@ mod sink;
 mod smtp_recv;
 mod smtp_send;
 mod util;
+mod vacation;

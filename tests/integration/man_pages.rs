@@ -75,12 +75,17 @@ fn every_flag_of_smtp_recv_is_in_its_man_page() {
 }
 
 #[test]
-fn every_flag_of_smtp_send_is_in_its_man_page() {
-    let page = man("smtp-send.8");
-    let found = flags("smtp-send", &[]);
-    assert!(found.len() >= 6, "{found:?}");
-    for flag in found {
-        assert!(page.contains(&flag), "{flag} is not in man/smtp-send.8");
+fn every_flag_of_smtp_send_and_vacation_is_in_its_man_page() {
+    for (program, page, at_least) in [
+        ("smtp-send", "smtp-send.8", 6),
+        ("vacation", "vacation.1", 8),
+    ] {
+        let text = man(page);
+        let found = flags(program, &[]);
+        assert!(found.len() >= at_least, "{found:?}");
+        for flag in found {
+            assert!(text.contains(&flag), "{flag} is not in man/{page}");
+        }
     }
 }
 

@@ -94,6 +94,7 @@ pub fn bin(name: &str) -> PathBuf {
         "mail-inject" => PathBuf::from(env!("CARGO_BIN_EXE_mail-inject")),
         "smtp-recv" => PathBuf::from(env!("CARGO_BIN_EXE_smtp-recv")),
         "smtp-send" => PathBuf::from(env!("CARGO_BIN_EXE_smtp-send")),
+        "vacation" => PathBuf::from(env!("CARGO_BIN_EXE_vacation")),
         other => Path::new(env!("CARGO_BIN_EXE_postroom")).with_file_name(other),
     }
 }
