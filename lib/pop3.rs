@@ -283,6 +283,27 @@ fn line_count(word: &str) -> Option<u64> {
     Some(word.parse::<u64>().unwrap_or(u64::MAX))
 }
 
+/// The longest unique-id RFC 1939 §7 allows.
+pub const UIDL_MAX: usize = 70;
+
+/// The UIDL of a message with this maildir base name: the base name itself,
+/// as qmail-pop3d gives it, when RFC 1939 §7 allows it (1 to 70 characters
+/// in 0x21-0x7E); otherwise 40 hex digits of its SHA-256. Either way it
+/// depends on the base name alone, which neither a move from new/ to cur/
+/// nor a flag change touches, so it is the same in every session.
+pub fn uidl(base: &str) -> std::borrow::Cow<'_, str> {
+    let fits = !base.is_empty()
+        && base.len() <= UIDL_MAX
+        && base.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if fits {
+        return std::borrow::Cow::Borrowed(base);
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(base.as_bytes());
+    let hex: String = digest[..20].iter().map(|b| format!("{b:02x}")).collect();
+    std::borrow::Cow::Owned(hex)
+}
+
 /// Decodes an RFC 4616 PLAIN response (base64 of `authzid NUL authcid NUL
 /// passwd`) into login and password. An authorization identity other than
 /// the login itself is refused: nobody may act as someone else here.
@@ -550,6 +571,26 @@ mod tests {
         assert!(decode_plain("Ym9iQGV4YW1wbGUudGVzdABhbm5AZXhhbXBsZS50ZXN0AHNlY3JldA==").is_none());
         assert!(decode_plain("not base64!").is_none());
         assert!(decode_plain("").is_none());
+    }
+
+    #[test]
+    fn uidl_is_the_base_name_when_rfc_1939_allows_it() {
+        assert_eq!(
+            uidl("1732212345.M1P2Q3R4.mx,S=10,W=12"),
+            "1732212345.M1P2Q3R4.mx,S=10,W=12"
+        );
+        for bad in [
+            "1732212345.M1P2Q3R4.a-very-long-host-name.example.test,S=123456,W=125000",
+            "with space",
+            "caf\u{e9}",
+            "",
+        ] {
+            let id = uidl(bad);
+            assert_eq!(id.len(), 40, "{bad:?}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(id, uidl(bad), "stable");
+        }
+        assert_ne!(uidl("with space"), uidl("with  space"));
     }
 
     fn retr(message: &[u8], chunk: usize) -> (Vec<u8>, u64) {
