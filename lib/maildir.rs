@@ -413,14 +413,21 @@ pub struct Removed {
     pub removed: usize,
     /// Already gone: removed by another session (POP3 or IMAP) meanwhile.
     pub gone: usize,
-    /// Could not be removed (permissions, I/O); each one is logged.
+    /// Could not be removed (permissions, I/O, or renamed by someone else
+    /// every time we looked); each one is logged.
     pub failed: usize,
 }
 
-/// How often a message that moves while we rename or remove it is looked
-/// for again before it counts as gone. Each retry follows one more rename
-/// by another process; three in a row means something is spinning.
-const FOLLOW_ROUNDS: usize = 3;
+/// How often a message that moves while we open, rename or remove it is
+/// looked for again (Dovecot's `maildir_file_do` retries as often). Each
+/// round follows one more rename by another process.
+const FOLLOW_ROUNDS: usize = 10;
+
+/// A message counts as gone only when this many scans in a row miss it:
+/// readdir can miss a file that another process renames during the scan
+/// (the reason Dovecot's uidlist sync takes a lock), so one miss proves
+/// nothing.
+const GONE_AFTER_MISSES: usize = 2;
 
 /// Reading and changing messages already delivered, shared by POP3 and
 /// IMAP. Nothing here takes a lock (DESIGN §5): renames and unlinks are
@@ -508,6 +515,43 @@ impl Maildir {
         Ok(found)
     }
 
+    /// Runs `op` on a message's current path, following it through renames
+    /// by other processes (new/ to cur/, flag changes): when `op` fails
+    /// with NotFound the message is looked up by base name and `op` tried
+    /// again on its new name. Returns what `op` returned and the name it
+    /// worked on, or None when the message is gone.
+    pub fn follow<T>(
+        &self,
+        file: &MessageFile,
+        mut op: impl FnMut(&MessageFile) -> io::Result<T>,
+    ) -> Result<Option<(T, MessageFile)>, MaildirError> {
+        let mut current = file.clone();
+        let mut misses = 0;
+        for _ in 0..FOLLOW_ROUNDS {
+            match op(&current) {
+                Ok(value) => return Ok(Some((value, current))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(MaildirError::io(&self.file_path(&current))(e)),
+            }
+            match self.locate(&[current.base()])?.pop().flatten() {
+                Some(moved) => {
+                    misses = 0;
+                    current = moved;
+                }
+                None => {
+                    misses += 1;
+                    if misses >= GONE_AFTER_MISSES {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(MaildirError::Io {
+            path: self.file_path(&current),
+            error: io::Error::other("renamed by another process every time we looked"),
+        })
+    }
+
     /// Adds flags to a message: renames it into cur/ with its flags merged
     /// (`:2,` + the old letters and the new, sorted), keeping the flags
     /// another client set. If someone else renamed it first, it is found
@@ -521,29 +565,19 @@ impl Maildir {
         file: &MessageFile,
         flags: &str,
     ) -> Result<Option<MessageFile>, MaildirError> {
-        let mut current = file.clone();
-        for _ in 0..FOLLOW_ROUNDS {
+        let renamed = self.follow(file, |current| {
             let merged = merge_flags(current.flags(), flags);
             if current.sub == Sub::Cur && merged == current.flags() {
-                return Ok(Some(current));
+                return Ok(current.clone());
             }
             let target = MessageFile {
                 sub: Sub::Cur,
                 name: format!("{}:2,{merged}", current.base()),
             };
-            let from = self.file_path(&current);
-            match fs::rename(&from, self.file_path(&target)) {
-                Ok(()) => return Ok(Some(target)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    match self.locate(&[current.base()])?.pop().flatten() {
-                        Some(moved) => current = moved,
-                        None => return Ok(None),
-                    }
-                }
-                Err(e) => return Err(MaildirError::io(&from)(e)),
-            }
-        }
-        Ok(Some(current))
+            fs::rename(self.file_path(current), self.file_path(&target))?;
+            Ok(target)
+        })?;
+        Ok(renamed.map(|(target, _)| target))
     }
 
     /// Removes messages (POP3 DELE at QUIT, IMAP EXPUNGE), following any
@@ -554,10 +588,12 @@ impl Maildir {
     pub fn remove(&self, files: &[MessageFile]) -> Removed {
         let mut result = Removed::default();
         let mut freed: u64 = 0;
-        let mut pending: Vec<MessageFile> = files.to_vec();
-        for round in 0..FOLLOW_ROUNDS {
+        // Each pending message with the number of scans in a row that
+        // missed it; one readdir per round serves them all.
+        let mut pending: Vec<(MessageFile, usize)> = files.iter().map(|f| (f.clone(), 0)).collect();
+        for _ in 0..FOLLOW_ROUNDS {
             let mut moved = Vec::new();
-            for file in pending.drain(..) {
+            for (file, misses) in pending.drain(..) {
                 let path = self.file_path(&file);
                 let size = file
                     .size()
@@ -567,7 +603,7 @@ impl Maildir {
                         result.removed += 1;
                         freed += size.unwrap_or(0);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => moved.push(file),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => moved.push((file, misses)),
                     Err(e) => {
                         tracing::error!("cannot remove {}: {e}", path.display());
                         result.failed += 1;
@@ -577,23 +613,30 @@ impl Maildir {
             if moved.is_empty() {
                 break;
             }
-            if round + 1 == FOLLOW_ROUNDS {
-                result.gone += moved.len();
-                break;
-            }
-            let bases: Vec<&str> = moved.iter().map(MessageFile::base).collect();
-            match self.locate(&bases) {
-                Ok(found) => {
-                    result.gone += found.iter().filter(|f| f.is_none()).count();
-                    pending = found.into_iter().flatten().collect();
-                }
+            let bases: Vec<&str> = moved.iter().map(|(f, _)| f.base()).collect();
+            let found = match self.locate(&bases) {
+                Ok(found) => found,
                 Err(e) => {
                     tracing::error!("{e}");
                     result.failed += moved.len();
                     break;
                 }
+            };
+            for ((file, misses), now) in moved.into_iter().zip(found) {
+                match now {
+                    Some(now) => pending.push((now, 0)),
+                    None if misses + 1 >= GONE_AFTER_MISSES => result.gone += 1,
+                    None => pending.push((file, misses + 1)),
+                }
             }
         }
+        for (file, _) in &pending {
+            tracing::error!(
+                "cannot remove {}: renamed by another process every time we looked",
+                file.base()
+            );
+        }
+        result.failed += pending.len();
         if result.removed > 0 {
             for sub in [Sub::New, Sub::Cur] {
                 if let Err(e) = fsutil::fsync_dir(&self.root.join(sub.dir())) {

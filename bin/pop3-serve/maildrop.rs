@@ -142,32 +142,16 @@ impl Maildrop {
 
     /// Opens a message for RETR or TOP, following it if another client
     /// moved or re-flagged it; Ok(None) if it has been expunged.
-    pub fn open_message(&mut self, n: MessageNumber) -> io::Result<Option<File>> {
+    pub fn open_message(&mut self, n: MessageNumber) -> Result<Option<File>, MaildirError> {
         let Some(entry) = self.messages.get_mut(n.index()) else {
             return Ok(None);
         };
-        match File::open(self.maildir.file_path(&entry.file)) {
-            Ok(file) => return Ok(Some(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        // Moved: look it up once more. Moved again in between is
-        // vanishingly rare, and the client may simply ask again.
-        let found = self
-            .maildir
-            .locate(&[entry.file.base()])
-            .map_err(io::Error::other)?
-            .pop()
-            .flatten();
-        let Some(file) = found else {
-            return Ok(None);
-        };
-        entry.file = file;
-        match File::open(self.maildir.file_path(&entry.file)) {
-            Ok(file) => Ok(Some(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let maildir = &self.maildir;
+        let opened = maildir.follow(&entry.file, |file| File::open(maildir.file_path(file)))?;
+        Ok(opened.map(|(file, name)| {
+            entry.file = name;
+            file
+        }))
     }
 
     /// After a complete RETR: the message gets the Seen flag (moved into
