@@ -75,6 +75,16 @@ fn every_flag_of_smtp_recv_is_in_its_man_page() {
 }
 
 #[test]
+fn every_flag_of_pop3_serve_is_in_its_man_page() {
+    let page = man("pop3-serve.8");
+    let found = flags("pop3-serve", &[]);
+    assert!(found.len() >= 4, "{found:?}");
+    for flag in found {
+        assert!(page.contains(&flag), "{flag} is not in man/pop3-serve.8");
+    }
+}
+
+#[test]
 fn every_flag_of_mail_inject_is_in_its_man_page() {
     let page = man("mail-inject.8");
     let out = Command::new(bin("mail-inject"))
