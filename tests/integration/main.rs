@@ -4,5 +4,6 @@
 mod dns;
 mod foundation;
 mod man_pages;
+mod pop3_serve;
 mod smtp_recv;
 mod util;
