@@ -448,21 +448,30 @@ impl Maildir {
     /// into one, keeping the cur/ name). A message renamed inside cur/
     /// during the scan may be missed by readdir; it is there next time.
     pub fn messages(&self) -> Result<Vec<MessageFile>, MaildirError> {
-        let mut files: Vec<MessageFile> = Vec::new();
+        // Each name with its sort key, computed once: recomputing it in
+        // every comparison was most of the cost of a 10,000-message scan.
+        let mut keyed: Vec<(u64, usize, MessageFile)> = Vec::new();
         for sub in [Sub::New, Sub::Cur] {
             self.read_sub(sub, |name| {
-                files.push(MessageFile {
-                    sub,
-                    name: name.to_string(),
-                });
+                let base = base_of(name);
+                keyed.push((
+                    delivery_secs(base),
+                    base.len(),
+                    MessageFile {
+                        sub,
+                        name: name.to_string(),
+                    },
+                ));
             })?;
         }
-        files.sort_by(|a, b| {
-            delivery_key(a.base())
-                .cmp(&delivery_key(b.base()))
+        keyed.sort_unstable_by(|(a_secs, a_len, a), (b_secs, b_len, b)| {
+            a_secs
+                .cmp(b_secs)
+                .then_with(|| a.name[..*a_len].cmp(&b.name[..*b_len]))
                 // cur/ after new/, so dedup_by keeps the cur/ name.
                 .then_with(|| (a.sub == Sub::Cur).cmp(&(b.sub == Sub::Cur)))
         });
+        let mut files: Vec<MessageFile> = keyed.into_iter().map(|(_, _, f)| f).collect();
         files.dedup_by(|later, earlier| {
             if later.base() == earlier.base() {
                 std::mem::swap(later, earlier);
@@ -649,11 +658,11 @@ impl Maildir {
     }
 }
 
-/// Sort key putting messages in delivery order: maildir names start with
-/// the delivery time in seconds.
-fn delivery_key(base: &str) -> (u64, &str) {
+/// The delivery time that starts a maildir name, in seconds; names that
+/// do not start with one sort last.
+fn delivery_secs(base: &str) -> u64 {
     let digits = base.bytes().take_while(u8::is_ascii_digit).count();
-    (base[..digits].parse().unwrap_or(u64::MAX), base)
+    base[..digits].parse().unwrap_or(u64::MAX)
 }
 
 /// The `,S=` size in a maildir name, if present.
