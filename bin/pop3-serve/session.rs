@@ -383,7 +383,7 @@ impl Session {
                 .unwrap_or_default()
         };
         tokio::time::sleep(wait).await;
-        let config = self.shared.config.clone();
+        let shared = self.shared.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let user = match users.authenticate(&login, &password.0) {
                 Ok(Some(user)) => user,
@@ -394,7 +394,7 @@ impl Session {
                 Err(e) => return Err(format!("password check failed: {e}")),
             };
             limit.succeeded(&login);
-            let maildir = users::maildir_of(&config, user);
+            let maildir = users::maildir_of(&shared.config, user);
             let address = user.address.clone();
             Maildrop::open(maildir)
                 .map(|drop| Some((address, drop)))
@@ -519,7 +519,11 @@ impl Session {
             None => Transmit::whole(),
             Some(lines) => Transmit::top(lines),
         };
-        self.conn.write(format!("+OK {size} octets\r\n").as_bytes());
+        let status = match top {
+            None => format!("+OK {size} octets\r\n"),
+            Some(_) => "+OK top of message follows\r\n".to_string(),
+        };
+        self.conn.write(status.as_bytes());
         let mut buf = vec![0u8; READ_CHUNK];
         let mut out = Vec::with_capacity(READ_CHUNK + READ_CHUNK / 2);
         while !transmit.is_done() {
