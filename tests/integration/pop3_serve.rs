@@ -1218,3 +1218,69 @@ for p in (poplib.POP3("127.0.0.1", {port}, timeout=10),
     );
     assert!(status.success(), "demo exit: {status:?}");
 }
+
+/// Random bytes and random command-shaped lines, before and after login,
+/// at the real binary: it answers, never panics, never hangs, and deletes
+/// nothing without a QUIT.
+#[test]
+fn random_input_never_crashes_the_session() {
+    let tree = tree_with_ann();
+    for i in 0..3 {
+        deliver(&tree, "ann", format!("Subject: {i}\n\n.x\n").as_bytes());
+    }
+    const WORDS: [&str; 16] = [
+        "USER", "PASS", "AUTH", "STAT", "LIST", "RETR", "DELE", "TOP", "UIDL", "RSET", "NOOP",
+        "CAPA", "STLS", "APOP", "PLAIN", "*",
+    ];
+    for round in 0..30u64 {
+        let mut input = Vec::new();
+        if round % 2 == 0 {
+            input.extend_from_slice(b"USER ann@example.test\r\nPASS secret\r\n");
+        }
+        for _ in 0..40 {
+            if rand::random::<bool>() {
+                let word = WORDS[rand::random::<usize>() % WORDS.len()];
+                let arg = match rand::random::<u8>() % 4 {
+                    0 => String::new(),
+                    1 => format!(" {}", rand::random::<i64>()),
+                    2 => format!(" {} {}", rand::random::<u8>(), rand::random::<u32>()),
+                    _ => " ".repeat(rand::random::<usize>() % 3),
+                };
+                input.extend_from_slice(format!("{word}{arg}\r\n").as_bytes());
+            } else {
+                let len = rand::random::<usize>() % 300;
+                input.extend((0..len).map(|_| rand::random::<u8>()));
+                input.extend_from_slice(b"\r\n");
+            }
+        }
+        let mut child = Command::new(bin("pop3-serve"))
+            .arg("--config")
+            .arg(&tree.config)
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(&input);
+        let mut err = child.stderr.take().unwrap();
+        let said = collect(child, Duration::from_secs(20));
+        let mut log = String::new();
+        let _ = err.read_to_string(&mut log);
+        assert!(!log.contains("panicked"), "round {round}: {log}");
+        assert!(
+            said.starts_with(b"+OK POP3 postroom ready\r\n"),
+            "round {round}"
+        );
+        assert!(
+            said.ends_with(b"\r\n"),
+            "round {round}: every reply is whole"
+        );
+        assert_eq!(
+            maildir_files(&tree.maildir("ann")).len(),
+            3,
+            "round {round}"
+        );
+    }
+}
