@@ -50,6 +50,8 @@ pub struct Config {
     #[serde(default)]
     pub smtp: Smtp,
     #[serde(default)]
+    pub pop3: Pop3,
+    #[serde(default)]
     pub dns: Dns,
     #[serde(default)]
     pub send: Send,
@@ -223,6 +225,22 @@ pub struct Smtp {
     pub dmarc: bool,
     /// External commands that may accept or refuse each stage.
     pub hooks: Hooks,
+}
+
+/// What `pop3-serve` adds to the limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// Text after `+OK` in the greeting.
+    pub greeting: String,
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Pop3 {
+            greeting: "POP3 postroom ready".into(),
+        }
+    }
 }
 
 /// Where DNS questions go.
@@ -528,6 +546,16 @@ impl Config {
                 self.auth.default_scheme
             ));
         }
+        for (key, text) in [
+            ("smtp.greeting", &self.smtp.greeting),
+            ("pop3.greeting", &self.pop3.greeting),
+        ] {
+            if text.chars().any(char::is_control) || text.len() > 200 {
+                return Err(format!(
+                    "{key}: one line of at most 200 characters, without control characters"
+                ));
+            }
+        }
         for network in &self.smtp.relay_networks {
             crate::smtp::Network::parse(network)
                 .map_err(|e| format!("smtp.relay_networks: {e}"))?;
@@ -754,6 +782,11 @@ mod tests {
         assert!(e.contains("hostname"), "{e}");
         let e = Config::parse("").unwrap_err();
         assert!(e.contains("hostname"), "{e}");
+        let e = Config::parse("hostname = \"h.test\"\n[pop3]\ngreeting = \"hi\\r\\n-ERR\"\n")
+            .unwrap_err();
+        assert!(e.contains("pop3.greeting"), "{e}");
+        let c = Config::parse("hostname = \"h.test\"\n[pop3]\ngreeting = \"Welcome\"\n").unwrap();
+        assert_eq!(c.pop3.greeting, "Welcome");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod maildir;
 pub mod message;
 pub mod net;
 pub mod password;
+pub mod pop3;
 pub mod privileges;
 pub mod queue;
 pub mod smtp;

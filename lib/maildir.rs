@@ -22,6 +22,12 @@
 //! what POP3 and IMAP report), as Courier and Dovecot write them, so readers
 //! never open a file to learn its size.
 //!
+//! Readers (POP3, IMAP) share [`Maildir::messages`], [`Maildir::locate`],
+//! [`Maildir::add_flags`] and [`Maildir::remove`]. None takes a lock: a
+//! message is known by its base name (the part before `:`), which no rename
+//! changes, so one moved to cur/ or re-flagged by another client meanwhile
+//! is found again, and one removed meanwhile is simply gone (DESIGN §5).
+//!
 //! Quota is Maildir++ `maildirsize` (courier-libs README.maildirquota): a
 //! limits line, then appended `bytes count` lines; approximate by design, no
 //! lock; recalculated from the names when it grows past 5120 bytes.
@@ -197,15 +203,16 @@ impl Maildir {
         let mut out = io::BufWriter::with_capacity(64 * 1024, file);
         out.write_all(message.prepend)
             .map_err(MaildirError::io(tmp))?;
-        let prepend_lines = message.prepend.iter().filter(|&&b| b == b'\n').count() as u64;
-        let (body_size, body_lines) =
+        let mut prepended = WireCount::default();
+        prepended.add(message.prepend);
+        let (body_size, body_wire) =
             copy_with_lf(message.body, &mut out).map_err(MaildirError::io(tmp))?;
         let file = out.into_inner().map_err(|e| MaildirError::Io {
             path: tmp.to_path_buf(),
             error: e.into_error(),
         })?;
         let size = message.prepend.len() as u64 + body_size;
-        let wire_size = size + prepend_lines + body_lines;
+        let wire_size = prepended.wire + body_wire;
         if let Some((limit, (bytes, _))) = used
             && bytes + size > limit
         {
@@ -329,6 +336,335 @@ impl Maildir {
     }
 }
 
+/// Where a message file is: `new/` (not yet seen by any mail client) or
+/// `cur/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sub {
+    New,
+    Cur,
+}
+
+impl Sub {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+/// One message of a folder, by the name it had when last seen. Another
+/// process may rename it at any time (new/ to cur/, flag changes): the
+/// base name stays, so [`Maildir::locate`] finds it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFile {
+    pub sub: Sub,
+    pub name: String,
+}
+
+impl MessageFile {
+    /// The base name: everything before the `:` of the info part. Stable
+    /// for the life of the message, unique in the folder (qmail-pop3d's
+    /// UIDL, Dovecot's uidlist key).
+    pub fn base(&self) -> &str {
+        base_of(&self.name)
+    }
+
+    /// The flag letters after `:2,` (empty when there are none).
+    pub fn flags(&self) -> &str {
+        match self.name.split_once(':') {
+            Some((_, info)) => info.strip_prefix("2,").unwrap_or(""),
+            None => "",
+        }
+    }
+
+    pub fn has_flag(&self, flag: char) -> bool {
+        self.flags().contains(flag)
+    }
+
+    /// Size on disk from the name's `,S=`.
+    pub fn size(&self) -> Option<u64> {
+        size_from_name(&self.name)
+    }
+
+    /// Size on the wire (what POP3 RETR sends) from the name's `,W=`.
+    pub fn wire_size(&self) -> Option<u64> {
+        wire_size_from_name(&self.name)
+    }
+}
+
+fn base_of(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(base, _)| base)
+}
+
+/// Merges flag letters into a name's flags: each once, in ASCII order, as
+/// the maildir spec asks (`FRS`, then Dovecot keyword letters `a`-`z`).
+pub fn merge_flags(flags: &str, add: &str) -> String {
+    let mut all: Vec<char> = flags.chars().chain(add.chars()).collect();
+    all.sort_unstable();
+    all.dedup();
+    all.into_iter().collect()
+}
+
+/// What [`Maildir::remove`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Unlinked by this call.
+    pub removed: usize,
+    /// Already gone: removed by another session (POP3 or IMAP) meanwhile.
+    pub gone: usize,
+    /// Could not be removed (permissions, I/O, or renamed by someone else
+    /// every time we looked); each one is logged.
+    pub failed: usize,
+}
+
+/// How often a message that moves while we open, rename or remove it is
+/// looked for again (Dovecot's `maildir_file_do` retries as often). Each
+/// round follows one more rename by another process.
+const FOLLOW_ROUNDS: usize = 10;
+
+/// A message counts as gone only when this many scans in a row miss it:
+/// readdir can miss a file that another process renames during the scan
+/// (the reason Dovecot's uidlist sync takes a lock), so one miss proves
+/// nothing.
+const GONE_AFTER_MISSES: usize = 2;
+
+/// Reading and changing messages already delivered, shared by POP3 and
+/// IMAP. Nothing here takes a lock (DESIGN §5): renames and unlinks are
+/// atomic, and a message moved by someone else is found again by its base
+/// name.
+impl Maildir {
+    /// The path of a message file of this folder.
+    pub fn file_path(&self, file: &MessageFile) -> PathBuf {
+        self.root.join(file.sub.dir()).join(&file.name)
+    }
+
+    /// Every message in new/ and cur/, one per base name, in delivery order
+    /// (the seconds that start a maildir name, then the name). A folder not
+    /// yet created is empty.
+    ///
+    /// new/ is read before cur/: messages only move from new/ to cur/, so
+    /// one moved during the scan is seen at least once (twice is folded
+    /// into one, keeping the cur/ name). A message renamed inside cur/
+    /// during the scan may be missed by readdir; it is there next time.
+    pub fn messages(&self) -> Result<Vec<MessageFile>, MaildirError> {
+        // Each name with its sort key, computed once: recomputing it in
+        // every comparison was most of the cost of a 10,000-message scan.
+        let mut keyed: Vec<(u64, usize, MessageFile)> = Vec::new();
+        for sub in [Sub::New, Sub::Cur] {
+            self.read_sub(sub, |name| {
+                let base = base_of(name);
+                keyed.push((
+                    delivery_secs(base),
+                    base.len(),
+                    MessageFile {
+                        sub,
+                        name: name.to_string(),
+                    },
+                ));
+            })?;
+        }
+        keyed.sort_unstable_by(|(a_secs, a_len, a), (b_secs, b_len, b)| {
+            a_secs
+                .cmp(b_secs)
+                .then_with(|| a.name[..*a_len].cmp(&b.name[..*b_len]))
+                // cur/ after new/, so dedup_by keeps the cur/ name.
+                .then_with(|| (a.sub == Sub::Cur).cmp(&(b.sub == Sub::Cur)))
+        });
+        let mut files: Vec<MessageFile> = keyed.into_iter().map(|(_, _, f)| f).collect();
+        files.dedup_by(|later, earlier| {
+            if later.base() == earlier.base() {
+                std::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        Ok(files)
+    }
+
+    /// Calls `each` with every message name in `sub` (no dot files).
+    fn read_sub(&self, sub: Sub, mut each: impl FnMut(&str)) -> Result<(), MaildirError> {
+        let path = self.root.join(sub.dir());
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(MaildirError::io(&path)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(MaildirError::io(&path))?;
+            let name = entry.file_name();
+            // A name that is not UTF-8 was not written by a maildir
+            // program; it is left alone rather than guessed at.
+            if let Some(name) = name.to_str()
+                && !name.starts_with('.')
+            {
+                each(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current names of the messages with these base names, in one
+    /// pass over new/ and cur/. Missing ones are gone (expunged).
+    pub fn locate(&self, bases: &[&str]) -> Result<Vec<Option<MessageFile>>, MaildirError> {
+        let wanted: std::collections::HashMap<&str, usize> =
+            bases.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+        let mut found = vec![None; bases.len()];
+        for sub in [Sub::New, Sub::Cur] {
+            self.read_sub(sub, |name| {
+                if let Some(&i) = wanted.get(base_of(name)) {
+                    found[i] = Some(MessageFile {
+                        sub,
+                        name: name.to_string(),
+                    });
+                }
+            })?;
+        }
+        Ok(found)
+    }
+
+    /// Runs `op` on a message's current path, following it through renames
+    /// by other processes (new/ to cur/, flag changes): when `op` fails
+    /// with NotFound the message is looked up by base name and `op` tried
+    /// again on its new name. Returns what `op` returned and the name it
+    /// worked on, or None when the message is gone.
+    pub fn follow<T>(
+        &self,
+        file: &MessageFile,
+        mut op: impl FnMut(&MessageFile) -> io::Result<T>,
+    ) -> Result<Option<(T, MessageFile)>, MaildirError> {
+        let mut current = file.clone();
+        let mut misses = 0;
+        for _ in 0..FOLLOW_ROUNDS {
+            match op(&current) {
+                Ok(value) => return Ok(Some((value, current))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(MaildirError::io(&self.file_path(&current))(e)),
+            }
+            match self.locate(&[current.base()])?.pop().flatten() {
+                Some(moved) => {
+                    misses = 0;
+                    current = moved;
+                }
+                None => {
+                    misses += 1;
+                    if misses >= GONE_AFTER_MISSES {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(MaildirError::Io {
+            path: self.file_path(&current),
+            error: io::Error::other("renamed by another process every time we looked"),
+        })
+    }
+
+    /// Adds flags to a message: renames it into cur/ with its flags merged
+    /// (`:2,` + the old letters and the new, sorted), keeping the flags
+    /// another client set. If someone else renamed it first, it is found
+    /// by base name and the rename tried again on its current name.
+    /// Returns the new name, or None if the message is gone.
+    ///
+    /// Not fsynced: losing a flag change in a crash loses no mail, and
+    /// Dovecot and Courier make the same trade.
+    pub fn add_flags(
+        &self,
+        file: &MessageFile,
+        flags: &str,
+    ) -> Result<Option<MessageFile>, MaildirError> {
+        let renamed = self.follow(file, |current| {
+            let merged = merge_flags(current.flags(), flags);
+            if current.sub == Sub::Cur && merged == current.flags() {
+                return Ok(current.clone());
+            }
+            let target = MessageFile {
+                sub: Sub::Cur,
+                name: format!("{}:2,{merged}", current.base()),
+            };
+            fs::rename(self.file_path(current), self.file_path(&target))?;
+            Ok(target)
+        })?;
+        Ok(renamed.map(|(target, _)| target))
+    }
+
+    /// Removes messages (POP3 DELE at QUIT, IMAP EXPUNGE), following any
+    /// that were renamed meanwhile; those already gone are counted, not an
+    /// error. The directories are fsynced afterwards, so a removal
+    /// reported is durable, and `maildirsize` gets one line with the bytes
+    /// and count freed.
+    pub fn remove(&self, files: &[MessageFile]) -> Removed {
+        let mut result = Removed::default();
+        let mut freed: u64 = 0;
+        // Each pending message with the number of scans in a row that
+        // missed it; one readdir per round serves them all.
+        let mut pending: Vec<(MessageFile, usize)> = files.iter().map(|f| (f.clone(), 0)).collect();
+        for _ in 0..FOLLOW_ROUNDS {
+            let mut moved = Vec::new();
+            for (file, misses) in pending.drain(..) {
+                let path = self.file_path(&file);
+                let size = file
+                    .size()
+                    .or_else(|| fs::metadata(&path).ok().map(|m| m.len()));
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        result.removed += 1;
+                        freed += size.unwrap_or(0);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => moved.push((file, misses)),
+                    Err(e) => {
+                        tracing::error!("cannot remove {}: {e}", path.display());
+                        result.failed += 1;
+                    }
+                }
+            }
+            if moved.is_empty() {
+                break;
+            }
+            let bases: Vec<&str> = moved.iter().map(|(f, _)| f.base()).collect();
+            let found = match self.locate(&bases) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    result.failed += moved.len();
+                    break;
+                }
+            };
+            for ((file, misses), now) in moved.into_iter().zip(found) {
+                match now {
+                    Some(now) => pending.push((now, 0)),
+                    None if misses + 1 >= GONE_AFTER_MISSES => result.gone += 1,
+                    None => pending.push((file, misses + 1)),
+                }
+            }
+        }
+        for (file, _) in &pending {
+            tracing::error!(
+                "cannot remove {}: renamed by another process every time we looked",
+                file.base()
+            );
+        }
+        result.failed += pending.len();
+        if result.removed > 0 {
+            for sub in [Sub::New, Sub::Cur] {
+                if let Err(e) = fsutil::fsync_dir(&self.root.join(sub.dir())) {
+                    tracing::error!("fsync {}/{}: {e}", self.root.display(), sub.dir());
+                }
+            }
+            self.quota_add(-(freed as i64), -(result.removed as i64));
+        }
+        result
+    }
+}
+
+/// The delivery time that starts a maildir name, in seconds; names that
+/// do not start with one sort last.
+fn delivery_secs(base: &str) -> u64 {
+    let digits = base.bytes().take_while(u8::is_ascii_digit).count();
+    base[..digits].parse().unwrap_or(u64::MAX)
+}
+
 /// The `,S=` size in a maildir name, if present.
 pub fn size_from_name(name: &str) -> Option<u64> {
     name_field(name, "S=")
@@ -348,12 +684,14 @@ fn name_field(name: &str, key: &str) -> Option<u64> {
 }
 
 /// Copies `body` to `out`, turning CRLF into LF (a maildir holds LF-ended
-/// lines, as qmail and Dovecot write them). Returns the bytes written and the
-/// number of lines (each becomes one extra byte on the wire).
+/// lines, as qmail and Dovecot write them), and ending a last line that has
+/// no line end with LF: a message is lines (RFC 5322 §2.1), and POP3 and
+/// IMAP must send it as lines whose sizes they can state before sending.
+/// Returns the bytes written and the wire size ([`pop3_size`] of them).
 fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u64)> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut written = 0u64;
-    let mut lines = 0u64;
+    let mut converted = Vec::with_capacity(buf.len() + 2);
+    let mut wire = WireCount::default();
     let mut pending_cr = false;
     loop {
         let n = match body.read(&mut buf) {
@@ -362,43 +700,90 @@ fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u6
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let chunk = &buf[..n];
-        let mut start = 0;
-        if pending_cr {
-            // A CR ended the previous chunk: drop it if this one starts with LF.
-            if chunk[0] != b'\n' {
-                out.write_all(b"\r")?;
-                written += 1;
+        converted.clear();
+        for &b in &buf[..n] {
+            if std::mem::take(&mut pending_cr) && b != b'\n' {
+                // A CR not followed by LF is content; CRLF becomes LF.
+                converted.push(b'\r');
             }
-            pending_cr = false;
-        }
-        let mut i = 0;
-        while i < chunk.len() {
-            match chunk[i] {
-                b'\r' if i + 1 == chunk.len() => {
-                    out.write_all(&chunk[start..i])?;
-                    written += (i - start) as u64;
-                    pending_cr = true;
-                    start = chunk.len();
-                }
-                b'\r' if chunk[i + 1] == b'\n' => {
-                    out.write_all(&chunk[start..i])?;
-                    written += (i - start) as u64;
-                    start = i + 1;
-                }
-                b'\n' => lines += 1,
-                _ => {}
+            if b == b'\r' {
+                pending_cr = true;
+            } else {
+                converted.push(b);
             }
-            i += 1;
         }
-        out.write_all(&chunk[start..])?;
-        written += (chunk.len() - start) as u64;
+        wire.add(&converted);
+        out.write_all(&converted)?;
     }
+    converted.clear();
     if pending_cr {
-        out.write_all(b"\r")?;
-        written += 1;
+        converted.push(b'\r');
     }
-    Ok((written, lines))
+    if (wire.size > 0 || !converted.is_empty()) && converted.last().unwrap_or(&wire.last) != &b'\n'
+    {
+        converted.push(b'\n');
+    }
+    wire.add(&converted);
+    out.write_all(&converted)?;
+    Ok((wire.size, wire.wire))
+}
+
+/// Counts a file's size on the wire as it streams past: every LF not
+/// already preceded by CR becomes CRLF.
+#[derive(Debug)]
+struct WireCount {
+    size: u64,
+    wire: u64,
+    last: u8,
+}
+
+impl Default for WireCount {
+    fn default() -> Self {
+        WireCount {
+            size: 0,
+            wire: 0,
+            // As if after a line end: an empty file is complete.
+            last: b'\n',
+        }
+    }
+}
+
+impl WireCount {
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.wire += if b == b'\n' && self.last != b'\r' {
+                2
+            } else {
+                1
+            };
+            self.last = b;
+        }
+        self.size += bytes.len() as u64;
+    }
+
+    /// The POP3 size: a last line without a line end gets CRLF on the wire.
+    fn pop3(&self) -> u64 {
+        self.wire + if self.last == b'\n' { 0 } else { 2 }
+    }
+}
+
+/// The size of a stored message as POP3 sends it (RETR, and the size LIST
+/// and STAT report): LF line ends become CRLF, CRLF stays, a last line
+/// without a line end gets one. Dot-stuffing is not counted (RFC 1939 §5).
+/// For every file `deliver` writes this equals the `,W=` of its name; it is
+/// for files from elsewhere whose names carry no `,W=`. `pop3::Transmit`
+/// sends exactly this many octets.
+pub fn pop3_size(reader: &mut dyn Read) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut count = WireCount::default();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(count.pop3()),
+            Ok(n) => count.add(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -477,9 +862,11 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        let (n, lines) = copy_with_lf(&mut Dribble(b"a\r\nb\rc\r\n\r"), &mut out).unwrap();
-        assert_eq!(out, b"a\nb\rc\n\r");
-        assert_eq!((n, lines), (out.len() as u64, 2));
+        let (n, wire) = copy_with_lf(&mut Dribble(b"a\r\nb\rc\r\n\r"), &mut out).unwrap();
+        // The trailing bare CR is content; the missing line end is added.
+        assert_eq!(out, b"a\nb\rc\n\r\n");
+        assert_eq!((n, wire), (out.len() as u64, 10));
+        assert_eq!(pop3_size(&mut &out[..]).unwrap(), wire);
     }
 
     #[test]
@@ -510,5 +897,108 @@ mod tests {
             md.folder("Lists.rust").unwrap().path(),
             Path::new("/m/u/.Lists.rust")
         );
+    }
+
+    fn put(md: &Maildir, sub: &str, name: &str, body: &[u8]) {
+        fs::create_dir_all(md.path().join(sub)).unwrap();
+        fs::write(md.path().join(sub).join(name), body).unwrap();
+    }
+
+    #[test]
+    fn messages_in_delivery_order_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        assert_eq!(md.messages().unwrap(), vec![], "no folder yet: empty");
+        md.create().unwrap();
+        put(&md, "cur", "200.b.h,S=1:2,S", b"x");
+        put(&md, "new", "100.a.h,S=1", b"x");
+        put(&md, "new", "1000.c.h", b"x");
+        put(&md, "new", ".hidden", b"x");
+        // The same message in both (caught mid-move): counted once, cur/ wins.
+        put(&md, "new", "300.d.h", b"x");
+        put(&md, "cur", "300.d.h:2,F", b"x");
+        let names: Vec<String> = md.messages().unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            ["100.a.h,S=1", "200.b.h,S=1:2,S", "300.d.h:2,F", "1000.c.h"]
+        );
+    }
+
+    #[test]
+    fn flags_merge_sorted_and_follow_a_moved_message() {
+        assert_eq!(merge_flags("SF", "R"), "FRS");
+        assert_eq!(merge_flags("FRS", "S"), "FRS");
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        md.create().unwrap();
+        put(&md, "new", "1.a.h,S=1,W=2", b"x\n");
+        let seen_as = MessageFile {
+            sub: Sub::New,
+            name: "1.a.h,S=1,W=2".into(),
+        };
+        // Another client moves it and flags it before we get to it.
+        fs::rename(
+            md.path().join("new/1.a.h,S=1,W=2"),
+            md.path().join("cur/1.a.h,S=1,W=2:2,Fa"),
+        )
+        .unwrap();
+        let now = md.add_flags(&seen_as, "S").unwrap().unwrap();
+        assert_eq!(now.name, "1.a.h,S=1,W=2:2,FSa");
+        assert_eq!(now.base(), seen_as.base());
+        assert!(md.file_path(&now).exists());
+        fs::remove_file(md.file_path(&now)).unwrap();
+        assert_eq!(md.add_flags(&seen_as, "S").unwrap(), None);
+    }
+
+    #[test]
+    fn remove_follows_renames_counts_the_gone_and_updates_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        for body in [b"aaaa\n", b"bbbb\n", b"cccc\n"] {
+            deliver(&md, body, None, Some(10_000)).unwrap();
+        }
+        let (bytes, count) = md.quota_usage(10_000).unwrap();
+        assert_eq!(count, 3);
+        let files = md.messages().unwrap();
+        // One moved to cur/ by an IMAP client, one removed by another session.
+        let moved = md.add_flags(&files[0], "S").unwrap().unwrap();
+        assert_eq!(moved.sub, Sub::Cur);
+        fs::remove_file(md.file_path(&files[1])).unwrap();
+        let result = md.remove(&files);
+        assert_eq!(
+            result,
+            Removed {
+                removed: 2,
+                gone: 1,
+                failed: 0
+            }
+        );
+        assert_eq!(md.messages().unwrap(), vec![]);
+        let one = files[0].size().unwrap();
+        assert_eq!(md.quota_usage(10_000).unwrap(), (bytes - 2 * one, 1));
+    }
+
+    #[test]
+    fn delivered_messages_end_with_a_line_end_and_w_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        for body in [
+            &b"no line end"[..],
+            b"cr before crlf\r\r\n",
+            b"",
+            b"a\r\n.\r\n",
+        ] {
+            let Delivered::New(path) = deliver(&md, body, None, None).unwrap() else {
+                panic!()
+            };
+            let stored = fs::read(&path).unwrap();
+            assert!(stored.ends_with(b"\n"));
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            assert_eq!(
+                wire_size_from_name(&name),
+                Some(pop3_size(&mut &stored[..]).unwrap()),
+                "{name}"
+            );
+        }
     }
 }

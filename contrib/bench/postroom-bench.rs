@@ -12,6 +12,9 @@
 //! each with its ratio to the raw rate. `smtp` measures smtp-recv, `send`
 //! smtp-send (see their modules). It is a benchmark, not a test: it
 //! asserts nothing but that every message arrived.
+//!
+//! `postroom-bench smtp` and `postroom-bench pop3` measure the servers on
+//! loopback; see `smtp.rs` and `pop3.rs`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod pop3;
 mod send;
 mod smtp;
 
@@ -63,6 +67,21 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         messages: usize,
     },
+    /// pop3-serve: fetch rates, time to the first LIST line, RSS per session.
+    Pop3 {
+        /// Messages in each of the 8 mailboxes fetched.
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        /// Size of each of those messages, in bytes.
+        #[arg(long, default_value_t = 20 * 1024)]
+        size: usize,
+        /// Messages in the mailbox the time-to-first-LIST figure opens.
+        #[arg(long, default_value_t = 10_000)]
+        big: usize,
+        /// Sessions held open for the memory figure.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+    },
 }
 
 pub const MESSAGE_SIZE: usize = 4096;
@@ -77,6 +96,12 @@ fn main() -> ExitCode {
         Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
         Bench::Send { messages } => send::run(&base, messages),
+        Bench::Pop3 {
+            messages,
+            size,
+            big,
+            sessions,
+        } => pop3::run(&base, messages, size, big, sessions),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {

@@ -4,6 +4,7 @@
 mod dns;
 mod foundation;
 mod man_pages;
+mod pop3_serve;
 mod sink;
 mod smtp_recv;
 mod smtp_send;

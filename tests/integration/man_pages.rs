@@ -75,9 +75,10 @@ fn every_flag_of_smtp_recv_is_in_its_man_page() {
 }
 
 #[test]
-fn every_flag_of_smtp_send_and_vacation_is_in_its_man_page() {
+fn every_flag_of_smtp_send_pop3_serve_and_vacation_is_in_its_man_page() {
     for (program, page, at_least) in [
         ("smtp-send", "smtp-send.8", 6),
+        ("pop3-serve", "pop3-serve.8", 4),
         ("vacation", "vacation.1", 8),
     ] {
         let text = man(page);
