@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use postroom::address::{Address, ReversePath};
+use postroom::address::Address;
 use postroom::aliases::Directory;
 use postroom::config::{Config, parse_duration};
 use postroom::vacation::{self, Decision, Settings};
@@ -115,7 +115,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .take(MAX_READ)
         .read_to_end(&mut message)
         .context("reading the message")?;
-    let sender = envelope_sender(args.sender.as_deref(), &message);
+    let sender = postroom::message::envelope_sender(args.sender.as_deref(), &message);
     let message_file = args
         .message
         .clone()
@@ -204,31 +204,6 @@ fn split_message_file(text: &str) -> (Option<String>, Option<String>, String) {
     (subject, from, body.join("\n") + "\n")
 }
 
-/// The envelope sender: the flag, else `$SENDER` (set by postroom's pipe
-/// delivery), else the Return-Path header delivery put on top.
-fn envelope_sender(flag: Option<&str>, message: &[u8]) -> ReversePath {
-    let from_env = std::env::var("SENDER").ok();
-    let from_header = || {
-        let end = postroom::message::header_len(message);
-        postroom::message::header_fields(&message[..end])
-            .into_iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("Return-Path"))
-            .map(|(_, value)| {
-                value
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            })
-    };
-    let text = flag
-        .map(str::to_string)
-        .or(from_env)
-        .or_else(from_header)
-        .unwrap_or_default();
-    ReversePath::parse(&text).unwrap_or(ReversePath::Null)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,13 +218,5 @@ mod tests {
         let (s, _, b) = split_message_file("Just text.\nMore.\n");
         assert_eq!(s, None);
         assert_eq!(b, "Just text.\nMore.\n");
-    }
-
-    #[test]
-    fn sender_from_the_return_path() {
-        let sender = envelope_sender(Some("bob@far.test"), b"Return-Path: <x@y.test>\r\n\r\n");
-        assert_eq!(sender.to_string(), "bob@far.test");
-        let sender = envelope_sender(Some(""), b"");
-        assert!(sender.is_null());
     }
 }

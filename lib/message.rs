@@ -95,6 +95,33 @@ pub fn rfc5322_date(secs: u64) -> String {
     mail_builder::headers::date::Date::new(secs as i64).to_rfc822()
 }
 
+/// The envelope sender of a message handed to a delivery program: the
+/// `--sender` flag if given, else `$SENDER` (set by postroom's pipe
+/// delivery), else the `Return-Path` field delivery put on top; the null
+/// sender when none parses. Line ends may be LF or CRLF.
+pub fn envelope_sender(flag: Option<&str>, message: &[u8]) -> crate::address::ReversePath {
+    let from_header = || {
+        let crlf = to_crlf(&message[..message.len().min(64 << 10)]);
+        let end = header_len(&crlf);
+        header_fields(&crlf[..end])
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("Return-Path"))
+            .map(|(_, value)| {
+                value
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    };
+    let text = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("SENDER").ok())
+        .or_else(from_header)
+        .unwrap_or_default();
+    crate::address::ReversePath::parse(&text).unwrap_or(crate::address::ReversePath::Null)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +151,15 @@ mod tests {
     #[test]
     fn dates_look_like_rfc5322() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+    }
+
+    #[test]
+    fn envelope_sender_from_a_return_path_with_lf_line_ends() {
+        let m = b"Return-Path: <bob@far.test>\nDelivered-To: x@y.test\n\nbody\n";
+        assert_eq!(envelope_sender(Some("a@b.test"), m).to_string(), "a@b.test");
+        if std::env::var_os("SENDER").is_none() {
+            assert_eq!(envelope_sender(None, m).to_string(), "bob@far.test");
+            assert!(envelope_sender(None, b"Subject: x\n\n").is_null());
+        }
     }
 }
