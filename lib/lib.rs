@@ -19,6 +19,7 @@ pub mod dns;
 pub mod domains;
 pub mod dsn;
 pub mod fsutil;
+pub mod lists;
 pub mod log;
 pub mod maildir;
 pub mod message;

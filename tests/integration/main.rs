@@ -3,6 +3,7 @@
 
 mod dns;
 mod foundation;
+mod list_expand;
 mod man_pages;
 mod pop3_serve;
 mod sink;

@@ -1,0 +1,583 @@
+//! list-expand: mailing lists (see `list-expand(1)`).
+//!
+//! From the shell it creates lists and edits who is on them; from the
+//! aliases file (`team@example.org: "|list-expand post team@example.org"`)
+//! it takes one post on stdin, decides by the list's policy whether it
+//! goes out, is held for a moderator or is refused, and sends an accepted
+//! post to every member as one queued message (one body, one recipient
+//! line per member) with the RFC 2369 and RFC 2919 headers added.
+//!
+//! Exit codes for `post` follow the delivery contract (`postroom-queue(5)`):
+//! 0 accepted, held or dropped as a loop; 77 refused (the text printed
+//! becomes the bounce's reason); 75 a passing problem, tried again.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use postroom::address::{Address, ReversePath};
+use postroom::aliases::Directory;
+use postroom::config::Config;
+use postroom::lists::{List, Outsiders, Policy, ReplyTo, read_address_lines};
+use postroom::maildir::{Maildir, Message};
+use postroom::message;
+use postroom::queue::{Envelope, Queue};
+
+const EX_NOPERM: u8 = 77;
+const EX_TEMPFAIL: u8 = 75;
+
+#[derive(Parser)]
+#[command(name = "list-expand", version, about = "Mailing lists")]
+struct Cli {
+    /// The config file (default /etc/postroom/postroom.toml).
+    #[arg(long, env = "POSTROOM_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a list.
+    Create {
+        list: String,
+        /// The owner (repeat the command's `add --owners` for more).
+        #[arg(long, value_name = "ADDRESS")]
+        owner: String,
+        /// open, members, moderated or announce.
+        #[arg(long, value_name = "POLICY", default_value = "members")]
+        policy: String,
+    },
+    /// Remove a list, its members and its archive.
+    Delete { list: String },
+    /// Every list with its member count, or one list's settings.
+    Show { list: Option<String> },
+    /// Print the members, one address a line.
+    Members { list: String },
+    /// Add the addresses in FILE (one a line; - for stdin).
+    Add {
+        list: String,
+        file: PathBuf,
+        /// Add to the posters (announce lists) instead of the members.
+        #[arg(long)]
+        posters: bool,
+        /// Add to the moderators instead of the members.
+        #[arg(long)]
+        moderators: bool,
+    },
+    /// Remove the addresses in FILE (one a line; - for stdin).
+    Remove {
+        list: String,
+        file: PathBuf,
+        #[arg(long)]
+        posters: bool,
+        #[arg(long)]
+        moderators: bool,
+    },
+    /// Take one post on stdin (the aliases file runs this).
+    Post {
+        list: String,
+        /// The envelope sender (default $SENDER, else Return-Path).
+        #[arg(long, value_name = "ADDRESS")]
+        sender: Option<String>,
+    },
+    /// The posts held for a moderator.
+    Held { list: String },
+    /// Send a held post to the list.
+    Approve { list: String, id: String },
+    /// Drop a held post.
+    Reject { list: String, id: String },
+}
+
+fn main() -> ExitCode {
+    postroom::log::init("list-expand", "warn");
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("list-expand: {e:#}");
+            ExitCode::from(EX_TEMPFAIL)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = Config::load(&Config::locate(cli.config.as_deref()))?;
+    postroom::privileges::drop_privileges(&config)?;
+    let address = |text: &str| {
+        Address::parse(text).with_context(|| format!("{text:?} is not a list address"))
+    };
+    match cli.command {
+        Command::Create {
+            list,
+            owner,
+            policy,
+        } => {
+            let policy: Policy = toml::Value::String(policy.clone())
+                .try_into()
+                .map_err(|_| {
+                    anyhow::anyhow!("--policy {policy}: use open, members, moderated or announce")
+                })?;
+            let created = List::create(&config, &address(&list)?, &address(&owner)?)?;
+            if policy != created.config.policy {
+                set_policy(&created, policy)?;
+            }
+            println!(
+                "created {}; connect it in the aliases file:",
+                created.address
+            );
+            print_aliases(&created);
+        }
+        Command::Delete { list } => List::open(&config, &address(&list)?)?.delete()?,
+        Command::Show { list: None } => {
+            for list in List::all(&config)? {
+                let opened = List::open(&config, &list)?;
+                println!("{list}\t{} members", opened.members()?.len());
+            }
+        }
+        Command::Show { list: Some(list) } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let c = &list.config;
+            println!("list:       {}", list.address);
+            println!("list-id:    <{}>", list.list_id());
+            println!("owners:     {}", c.owners.join(", "));
+            println!("policy:     {:?} (outsiders: {:?})", c.policy, c.outsiders);
+            println!("members:    {}", list.members()?.len());
+            println!("posters:    {}", list.roster("posters")?.len());
+            println!("moderators: {}", list.roster("moderators")?.len());
+            println!("held posts: {}", held_ids(&list)?.len());
+            println!("aliases:");
+            print_aliases(&list);
+        }
+        Command::Members { list } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let mut out = String::new();
+            for member in list.members()? {
+                out.push_str(&member.address);
+                out.push('\n');
+            }
+            print!("{out}");
+        }
+        Command::Add {
+            list,
+            file,
+            posters,
+            moderators,
+        } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let addresses = read_addresses(&file)?;
+            let added = list.add(roster_file(posters, moderators), &addresses)?;
+            println!("{added} added, {} already there", addresses.len() - added);
+        }
+        Command::Remove {
+            list,
+            file,
+            posters,
+            moderators,
+        } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let addresses = read_addresses(&file)?;
+            let removed = list.remove(roster_file(posters, moderators), &addresses)?;
+            println!("{removed} removed");
+        }
+        Command::Post { list, sender } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let mut raw = Vec::new();
+            std::io::stdin()
+                .take(config.limits.message_size + 1)
+                .read_to_end(&mut raw)
+                .context("reading the post")?;
+            if raw.len() as u64 > config.limits.message_size {
+                println!("552 5.3.4 the post is larger than this system takes");
+                return Ok(EX_NOPERM);
+            }
+            let sender = message::envelope_sender(sender.as_deref(), &raw);
+            return post(&config, &list, &sender, &raw);
+        }
+        Command::Held { list } => {
+            let list = List::open(&config, &address(&list)?)?;
+            for id in held_ids(&list)? {
+                let text = std::fs::read(list.held_dir().join(&id))?;
+                let end = message::header_len(&text);
+                let fields = message::header_fields(&text[..end]);
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                println!("{id}\t{}\t{}", field(HELD_SENDER), field("Subject"));
+            }
+        }
+        Command::Approve { list, id } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let (sender, post) = take_held(&list, &id)?;
+            distribute(&config, &list, &sender, &post)?;
+            println!("sent to {}", list.address);
+        }
+        Command::Reject { list, id } => {
+            let list = List::open(&config, &address(&list)?)?;
+            take_held(&list, &id)?;
+            println!("dropped");
+        }
+    }
+    Ok(0)
+}
+
+/// A header the held copy carries so approval knows the envelope sender.
+const HELD_SENDER: &str = "X-Postroom-Envelope-From";
+
+/// The policy decision for one post.
+fn post(config: &Config, list: &List, sender: &ReversePath, raw: &[u8]) -> anyhow::Result<u8> {
+    let post = message::to_crlf(raw);
+    let end = message::header_len(&post);
+    let fields = message::header_fields(&post[..end]);
+    let has = |name: &str, value: &str| {
+        fields
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.to_ascii_lowercase().contains(value))
+    };
+    // Our own post coming back (a member forwarding to the list, or two
+    // lists subscribed to each other): drop it, never bounce it.
+    if has("List-Id", &format!("<{}>", list.list_id())) || has("X-Loop", &list.address.lookup_key())
+    {
+        eprintln!(
+            "list-expand: {}: a post that went through this list already; dropped",
+            list.address
+        );
+        return Ok(0);
+    }
+    let ReversePath::Address(from) = sender else {
+        eprintln!(
+            "list-expand: {}: a post with the null sender (a bounce?); dropped",
+            list.address
+        );
+        return Ok(0);
+    };
+    let key = from.lookup_key();
+    let owner = list.is_owner(from);
+    let poster = owner || list.roster("posters")?.contains(&key);
+    let moderator = owner || list.roster("moderators")?.contains(&key);
+    let member = list.members()?.iter().any(|m| m.address == key);
+    let allowed = match list.config.policy {
+        Policy::Open => true,
+        Policy::Members => member || poster || moderator,
+        Policy::Moderated => moderator || poster,
+        Policy::Announce => poster,
+    };
+    let hold = !allowed
+        && (list.config.policy == Policy::Moderated || list.config.outsiders == Outsiders::Hold);
+    if hold {
+        let id = hold_post(config, list, from, &post)?;
+        eprintln!(
+            "list-expand: {}: post from {from} held as {id}",
+            list.address
+        );
+        return Ok(0);
+    }
+    if !allowed {
+        let who = match list.config.policy {
+            Policy::Announce => "the list's posters",
+            _ => "members",
+        };
+        println!("550 5.7.1 only {who} may post to {}", list.address);
+        return Ok(EX_NOPERM);
+    }
+    distribute(config, list, sender, &post)?;
+    Ok(0)
+}
+
+/// Sends an accepted post to the members: headers added, archived, one
+/// queued message for all.
+fn distribute(
+    config: &Config,
+    list: &List,
+    sender: &ReversePath,
+    post: &[u8],
+) -> anyhow::Result<()> {
+    let outgoing = list_headers(list, post);
+    if list.config.archive {
+        Maildir::new(list.archive_dir())
+            .deliver(
+                Message {
+                    prepend: b"",
+                    body: &mut &outgoing[..],
+                    base_name: None,
+                    search_cur: false,
+                    quota: None,
+                },
+                &config.hostname,
+            )
+            .context("archiving the post")?;
+    }
+    let directory = Directory::load(config)?;
+    let mut recipients = Vec::new();
+    for member in list.members()? {
+        if member.nomail || member.digest {
+            continue;
+        }
+        let Ok(address) = Address::parse(&member.address) else {
+            tracing::warn!(member = %member.address, "not an address; skipped");
+            continue;
+        };
+        match postroom::deliver::routes_for(&directory, &address) {
+            Ok(routes) => recipients.extend(routes),
+            Err(e) => tracing::warn!(%address, "member skipped: {e}"),
+        }
+    }
+    if recipients.is_empty() {
+        tracing::info!(list = %list.address, %sender, "no member to send to");
+        return Ok(());
+    }
+    let bounces = list
+        .bounce_address()
+        .map(ReversePath::Address)
+        .unwrap_or(ReversePath::Null);
+    let envelope = Envelope::new(bounces, recipients);
+    let id = Queue::from_config(config).enqueue(&envelope, &outgoing)?;
+    tracing::info!(list = %list.address, %sender, queue_id = %id, "post queued");
+    Ok(())
+}
+
+/// The post as members get it: the Return-Path delivery added, the held
+/// marker and another list's List-* headers removed; List-Id (RFC 2919),
+/// List-Post, List-Help, List-Subscribe, List-Unsubscribe (RFC 2369),
+/// Precedence and X-Loop added; the subject tag in front; Reply-To as
+/// configured.
+fn list_headers(list: &List, post: &[u8]) -> Vec<u8> {
+    let end = message::header_len(post);
+    let mut headers = post[..end].to_vec();
+    for name in [
+        "Return-Path",
+        HELD_SENDER,
+        "List-Id",
+        "List-Post",
+        "List-Help",
+        "List-Subscribe",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Owner",
+        "List-Archive",
+        "Precedence",
+        "X-Loop",
+    ] {
+        headers = message::remove_header(&headers, name);
+    }
+    if list.config.reply_to == ReplyTo::List {
+        headers = message::remove_header(&headers, "Reply-To");
+    }
+    if let Some(tag) = &list.config.subject_tag {
+        headers = tag_subject(&headers, tag);
+    }
+    let address = &list.address;
+    let request = list.request_address();
+    let description = list.config.description.replace(['\r', '\n', '"'], " ");
+    let mut added = format!(
+        "List-Id: \"{description}\" <{}>\r\nList-Post: <mailto:{address}>\r\n\
+         List-Help: <mailto:{request}?subject=help>\r\n\
+         List-Subscribe: <mailto:{request}?subject=subscribe>\r\n\
+         List-Unsubscribe: <mailto:{request}?subject=unsubscribe>\r\n\
+         Precedence: list\r\nX-Loop: {address}\r\n",
+        list.list_id()
+    );
+    if list.config.reply_to == ReplyTo::List {
+        added.push_str(&format!("Reply-To: <{address}>\r\n"));
+    }
+    let mut out = Vec::with_capacity(post.len() + added.len());
+    out.extend_from_slice(added.as_bytes());
+    out.extend_from_slice(&headers);
+    out.extend_from_slice(&post[end..]);
+    out
+}
+
+/// `Subject: [tag] …`, unless the tag is there already (a reply).
+fn tag_subject(headers: &[u8], tag: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(headers);
+    let mut out = String::with_capacity(text.len() + tag.len() + 12);
+    let mut found = false;
+    for line in text.split_inclusive("\r\n") {
+        if !found && line.len() >= 8 && line[..8].eq_ignore_ascii_case("subject:") {
+            found = true;
+            let value = &line[8..];
+            if value.contains(tag) {
+                out.push_str(line);
+            } else {
+                out.push_str(&format!("Subject: {tag} {}", value.trim_start()));
+            }
+            continue;
+        }
+        out.push_str(line);
+    }
+    if !found {
+        let end = out.len().saturating_sub(2);
+        out.insert_str(end, &format!("Subject: {tag}\r\n"));
+    }
+    out.into_bytes()
+}
+
+/// Keeps a post in `held/` under an unguessable id and tells the owners.
+fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyhow::Result<String> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut held = format!("{HELD_SENDER}: {from}\r\n").into_bytes();
+    held.extend_from_slice(post);
+    postroom::fsutil::write_atomic(&list.held_dir().join(&id), &held)
+        .context("keeping the held post")?;
+    let end = message::header_len(post);
+    let subject = message::header_fields(&post[..end])
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("Subject"))
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let notice = mail_builder::MessageBuilder::new()
+        .from(format!("{}", list.request_address()))
+        .to(list
+            .config
+            .owners
+            .iter()
+            .map(|o| o.as_str())
+            .collect::<Vec<_>>())
+        .subject(format!(
+            "{}: post from {from} held for approval",
+            list.address
+        ))
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-generated"),
+        )
+        .text_body(format!(
+            "A post to {} from {from} waits for approval.\r\n\r\nSubject: {subject}\r\n\r\n\
+             Its id: {id}\r\n\r\nTo send it:\r\n  list-expand approve {} ID\r\n\
+             To drop it:\r\n  list-expand reject {} ID\r\n",
+            list.address, list.address, list.address
+        ))
+        .write_to_vec()?;
+    let directory = Directory::load(config)?;
+    let mut recipients = Vec::new();
+    for owner in &list.config.owners {
+        if let Ok(owner) = Address::parse(owner) {
+            recipients
+                .extend(postroom::deliver::routes_for(&directory, &owner).unwrap_or_default());
+        }
+    }
+    if !recipients.is_empty() {
+        Queue::from_config(config)
+            .enqueue(&Envelope::new(ReversePath::Null, recipients), &notice)?;
+    }
+    Ok(id)
+}
+
+fn held_ids(list: &List) -> anyhow::Result<Vec<String>> {
+    let mut ids: Vec<String> = std::fs::read_dir(list.held_dir())
+        .with_context(|| format!("reading {}", list.held_dir().display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_held_id(n))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+fn is_held_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Removes a held post and returns its sender and text.
+fn take_held(list: &List, id: &str) -> anyhow::Result<(ReversePath, Vec<u8>)> {
+    anyhow::ensure!(
+        is_held_id(id),
+        "{id:?} is not a held post's id (see `list-expand held LIST`)"
+    );
+    let path = list.held_dir().join(id);
+    let held = std::fs::read(&path).with_context(|| {
+        format!(
+            "no held post {id} in {} (see `list-expand held`)",
+            list.address
+        )
+    })?;
+    let end = message::header_len(&held);
+    let sender = message::header_fields(&held[..end])
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(HELD_SENDER))
+        .and_then(|(_, v)| ReversePath::parse(&v).ok())
+        .unwrap_or(ReversePath::Null);
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok((sender, held))
+}
+
+fn roster_file(posters: bool, moderators: bool) -> &'static str {
+    match (posters, moderators) {
+        (true, _) => "posters",
+        (_, true) => "moderators",
+        _ => "members",
+    }
+}
+
+fn read_addresses(file: &PathBuf) -> anyhow::Result<Vec<Address>> {
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    Ok(read_address_lines(&text, file)?)
+}
+
+fn set_policy(list: &List, policy: Policy) -> anyhow::Result<()> {
+    let mut config = list.config.clone();
+    config.policy = policy;
+    postroom::fsutil::write_atomic(
+        &list.dir.join("config"),
+        toml::to_string(&config)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn print_aliases(list: &List) {
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "list-expand".into());
+    let a = &list.address;
+    println!("  {a}: \"|{me} post {a}\"");
+    println!(
+        "  {}: {}",
+        list.request_address(),
+        list.config.owners.join(", ")
+    );
+    println!(
+        "  {}-owner@{}: {}",
+        a.local_part(),
+        a.domain(),
+        list.config.owners.join(", ")
+    );
+    if let Some(bounces) = list.bounce_address() {
+        println!("  {bounces}: {}", list.config.owners.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_tags_are_added_once() {
+        assert_eq!(
+            tag_subject(b"From: a\r\nSubject: hi\r\n\r\n", "[t]"),
+            b"From: a\r\nSubject: [t] hi\r\n\r\n"
+        );
+        assert_eq!(
+            tag_subject(b"Subject: Re: [t] hi\r\n\r\n", "[t]"),
+            b"Subject: Re: [t] hi\r\n\r\n"
+        );
+        assert_eq!(
+            tag_subject(b"From: a\r\n\r\n", "[t]"),
+            b"From: a\r\nSubject: [t]\r\n\r\n"
+        );
+    }
+}

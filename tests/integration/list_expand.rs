@@ -1,0 +1,213 @@
+//! list-expand end to end: lists made and filled from the shell, posts
+//! through the aliases file pipe, the policies (members, held for a
+//! moderator, announce with refusal), loop dropping, delivery to members
+//! by smtp-send, and 100,000 members added in one call.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::util::{Tree, bin, maildir_files, stderr, stdout};
+
+fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(bin("list-expand"))
+        .arg("--config")
+        .arg(&tree.config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
+    stdout(out)
+}
+
+fn run_queue(tree: &Tree) {
+    let out = Command::new(bin("smtp-send"))
+        .arg("--config")
+        .arg(&tree.config)
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn mail_of(tree: &Tree, user: &str) -> Vec<String> {
+    maildir_files(&tree.maildir(user))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+#[test]
+fn posts_by_policy_through_the_aliases_pipe() {
+    let tree = Tree::new();
+    for user in ["ann", "bob", "cat", "dan"] {
+        tree.add_user(&format!("{user}@example.test"));
+    }
+    ok(&list_expand(
+        &tree,
+        &["create", "team@example.test", "--owner", "ann@example.test"],
+        b"",
+    ));
+    let added = ok(&list_expand(
+        &tree,
+        &["add", "team@example.test", "-"],
+        b"bob@example.test\ncat@example.test\nBOB@example.test\n",
+    ));
+    assert!(added.contains("2 added, 1 already there"), "{added}");
+    assert_eq!(
+        ok(&list_expand(&tree, &["members", "team@example.test"], b"")),
+        "bob@example.test\ncat@example.test\n"
+    );
+    let config = tree.root().join("lists/team@example.test/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "subject_tag = \"[team]\"\n").unwrap();
+    std::fs::write(
+        tree.root().join("aliases"),
+        format!(
+            "team@example.test: \"|{} --config {} post team@example.test\"\n",
+            bin("list-expand").display(),
+            tree.config.display()
+        ),
+    )
+    .unwrap();
+
+    // A member posts: every member gets it, tagged, with the list headers.
+    let out = tree.inject(
+        &["-f", "bob@example.test", "team@example.test"],
+        b"From: bob@example.test\nTo: team@example.test\nSubject: lunch\n\nat noon\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    run_queue(&tree);
+    for user in ["bob", "cat"] {
+        let mail = mail_of(&tree, user);
+        assert_eq!(mail.len(), 1, "{user}");
+        for want in [
+            "Subject: [team] lunch",
+            "List-Id: \"\" <team.example.test>",
+            "List-Post: <mailto:team@example.test>",
+            "List-Unsubscribe: <mailto:team-request@example.test?subject=unsubscribe>",
+            "Return-Path: <team-bounces@example.test>",
+            "at noon",
+        ] {
+            assert!(mail[0].contains(want), "{want:?} missing:\n{}", mail[0]);
+        }
+    }
+    assert!(mail_of(&tree, "dan").is_empty(), "not a member");
+    assert_eq!(
+        maildir_files(&tree.root().join("lists/team@example.test/archive")).len(),
+        1,
+        "archived"
+    );
+
+    // A non-member's post is held; the owner is told; approve sends it.
+    let out = tree.inject(
+        &["-f", "dan@example.test", "team@example.test"],
+        b"Subject: may I?\n\nhello\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held = ok(&list_expand(&tree, &["held", "team@example.test"], b""));
+    let id = held.split('\t').next().unwrap().to_string();
+    assert!(
+        held.contains("dan@example.test") && held.contains("may I?"),
+        "{held}"
+    );
+    run_queue(&tree);
+    let notice = mail_of(&tree, "ann");
+    assert!(notice.iter().any(|m| m.contains(&id)), "{notice:?}");
+    assert_eq!(mail_of(&tree, "cat").len(), 1, "held, not sent");
+    ok(&list_expand(
+        &tree,
+        &["approve", "team@example.test", &id],
+        b"",
+    ));
+    run_queue(&tree);
+    assert_eq!(mail_of(&tree, "cat").len(), 2, "approved");
+    assert!(
+        !list_expand(&tree, &["approve", "team@example.test", &id], b"")
+            .status
+            .success()
+    );
+
+    // A post that went through the list already is dropped, not bounced.
+    let out = tree.inject(
+        &["-f", "bob@example.test", "team@example.test"],
+        b"List-Id: <team.example.test>\nSubject: echo\n\nloop\n",
+    );
+    assert!(out.status.success());
+    run_queue(&tree);
+    assert_eq!(mail_of(&tree, "cat").len(), 2, "loop dropped");
+    assert_eq!(mail_of(&tree, "bob").len(), 2, "and no bounce to bob");
+
+    // An announce list refuses outsiders: the sender gets a bounce.
+    ok(&list_expand(
+        &tree,
+        &[
+            "create",
+            "news@example.test",
+            "--owner",
+            "ann@example.test",
+            "--policy",
+            "announce",
+        ],
+        b"",
+    ));
+    let config = tree.root().join("lists/news@example.test/config");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("outsiders = \"hold\"", "outsiders = \"reject\"");
+    std::fs::write(&config, text).unwrap();
+    let post = list_expand(
+        &tree,
+        &["post", "news@example.test", "--sender", "bob@example.test"],
+        b"Subject: spam\n\nbuy\n",
+    );
+    assert_eq!(post.status.code(), Some(77));
+    assert!(
+        stdout(&post).contains("only the list's posters"),
+        "{}",
+        stdout(&post)
+    );
+    let show = ok(&list_expand(&tree, &["show"], b""));
+    assert!(show.contains("team@example.test\t2 members"), "{show}");
+}
+
+#[test]
+fn a_hundred_thousand_members_in_one_call() {
+    let tree = Tree::new();
+    ok(&list_expand(
+        &tree,
+        &["create", "big@example.test", "--owner", "ann@example.test"],
+        b"",
+    ));
+    let members: String = (0..100_000)
+        .map(|i| format!("m{i}@far{}.test\n", i % 97))
+        .collect();
+    let started = std::time::Instant::now();
+    let out = ok(&list_expand(
+        &tree,
+        &["add", "big@example.test", "-"],
+        members.as_bytes(),
+    ));
+    assert!(out.contains("100000 added"), "{out}");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "took {:?}",
+        started.elapsed()
+    );
+    let listed = ok(&list_expand(&tree, &["members", "big@example.test"], b""));
+    assert_eq!(listed.lines().count(), 100_000);
+    let bad = list_expand(
+        &tree,
+        &["add", "big@example.test", "-"],
+        b"ok@x.test\nnot an address\n",
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("line 2"), "{}", stderr(&bad));
+}
