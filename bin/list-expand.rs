@@ -435,7 +435,7 @@ fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyho
         .map(|(_, v)| v)
         .unwrap_or_default();
     let notice = mail_builder::MessageBuilder::new()
-        .from(format!("{}", list.request_address()))
+        .from(list.request_address())
         .to(list
             .config
             .owners
