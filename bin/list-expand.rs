@@ -43,7 +43,7 @@ enum Command {
     /// Make a list.
     Create {
         list: String,
-        /// The owner (repeat the command's `add --owners` for more).
+        /// The owner (more can be listed in the list's config file).
         #[arg(long, value_name = "ADDRESS")]
         owner: String,
         /// open, members, moderated or announce.
@@ -71,8 +71,10 @@ enum Command {
     Remove {
         list: String,
         file: PathBuf,
+        /// Remove from the posters instead of the members.
         #[arg(long)]
         posters: bool,
+        /// Remove from the moderators instead of the members.
         #[arg(long)]
         moderators: bool,
     },

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod list;
 mod pop3;
 mod send;
 mod smtp;
@@ -60,6 +61,12 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
     },
+    /// list-expand: one post to a big list committed to the queue.
+    List {
+        /// Members of the list.
+        #[arg(long, default_value_t = 100_000)]
+        members: usize,
+    },
     /// smtp-send emptying a queue into a loopback SMTP sink.
     Send {
         /// Messages queued (one recipient each; then as many recipients
@@ -96,6 +103,7 @@ fn main() -> ExitCode {
         Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
         Bench::Send { messages } => send::run(&base, messages),
+        Bench::List { members } => list::run(&base, members),
         Bench::Pop3 {
             messages,
             size,

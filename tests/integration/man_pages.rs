@@ -91,6 +91,20 @@ fn every_flag_of_smtp_send_pop3_serve_and_vacation_is_in_its_man_page() {
 }
 
 #[test]
+fn every_flag_of_list_expand_is_in_its_man_page() {
+    let text = man("list-expand.1");
+    for sub in ["create", "add", "remove", "post", "show"] {
+        for flag in flags("list-expand", &[sub]) {
+            assert!(
+                text.contains(&flag),
+                "list-expand {sub} {flag} is not in man/list-expand.1"
+            );
+        }
+        assert!(text.contains(sub), "{sub} is not in man/list-expand.1");
+    }
+}
+
+#[test]
 fn every_flag_of_mail_inject_is_in_its_man_page() {
     let page = man("mail-inject.8");
     let out = Command::new(bin("mail-inject"))
