@@ -89,6 +89,17 @@ pub struct ListConfig {
     /// Keep every accepted post in `archive/`.
     #[serde(default = "yes")]
     pub archive: bool,
+    /// Anyone on the list may ask for the member list by mail.
+    #[serde(default)]
+    pub members_visible: bool,
+    /// How long a subscribe or unsubscribe confirmation stays good, in
+    /// seconds.
+    #[serde(default = "three_days")]
+    pub confirm_seconds: u64,
+}
+
+fn three_days() -> u64 {
+    3 * 86400
 }
 
 fn default_policy() -> Policy {
@@ -134,7 +145,14 @@ impl List {
         if dir.join("config").exists() {
             return Err(ListError::Exists(address.to_string()));
         }
-        for sub in ["", "held", "archive/new", "archive/cur", "archive/tmp"] {
+        for sub in [
+            "",
+            "held",
+            "pending",
+            "archive/new",
+            "archive/cur",
+            "archive/tmp",
+        ] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|error| ListError::Io {
                 path: dir.join(sub),
                 error,
@@ -148,6 +166,8 @@ impl List {
             subject_tag: None,
             reply_to: default_reply_to(),
             archive: true,
+            members_visible: false,
+            confirm_seconds: three_days(),
         };
         let text = toml::to_string(&list_config).map_err(|e| ListError::Config {
             path: dir.join("config"),
@@ -283,6 +303,84 @@ impl List {
         Ok(removed)
     }
 
+    /// Sets a member's options; `None` leaves one as it is. False when the
+    /// address is no member.
+    pub fn set_options(
+        &self,
+        address: &Address,
+        digest: Option<bool>,
+        nomail: Option<bool>,
+    ) -> Result<bool, ListError> {
+        let key = address.lookup_key();
+        let mut found = false;
+        fsutil::edit_locked(
+            &self.dir.join("members"),
+            |text| -> Result<String, FileError> {
+                let mut out = String::with_capacity(text.len() + 16);
+                for member in parse_members(&text) {
+                    let mut m = member;
+                    if m.address == key {
+                        found = true;
+                        m.digest = digest.unwrap_or(m.digest);
+                        m.nomail = nomail.unwrap_or(m.nomail);
+                    }
+                    out.push_str(&m.address);
+                    if m.digest {
+                        out.push_str(" digest");
+                    }
+                    if m.nomail {
+                        out.push_str(" nomail");
+                    }
+                    out.push('\n');
+                }
+                Ok(out)
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// Keeps `action address` under a new unguessable token for a
+    /// confirmation, and returns the token.
+    pub fn new_token(&self, action: &str, address: &Address) -> Result<String, ListError> {
+        use rand::RngCore;
+        let mut bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.dir.join("pending").join(&token);
+        let text = format!("{action} {} {}\n", address.lookup_key(), fsutil::now_secs());
+        std::fs::create_dir_all(self.dir.join("pending"))
+            .and_then(|()| fsutil::write_atomic(&path, text.as_bytes()))
+            .map_err(|error| ListError::Io { path, error })?;
+        Ok(token)
+    }
+
+    /// Takes a confirmation token: `(action, address)` if it exists and has
+    /// not expired. A token works once.
+    pub fn take_token(&self, token: &str) -> Result<Option<(String, Address)>, ListError> {
+        if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let path = self.dir.join("pending").join(token.to_ascii_lowercase());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(ListError::Io { path, error }),
+        };
+        let _ = std::fs::remove_file(&path);
+        let mut words = text.split_whitespace();
+        let (Some(action), Some(address), Some(at)) = (words.next(), words.next(), words.next())
+        else {
+            return Ok(None);
+        };
+        let at: u64 = at.parse().unwrap_or(0);
+        if fsutil::now_secs().saturating_sub(at) > self.config.confirm_seconds {
+            return Ok(None);
+        }
+        Ok(Address::parse(address)
+            .ok()
+            .map(|a| (action.to_string(), a)))
+    }
+
     /// The RFC 2919 list identifier: the address with `@` made a dot.
     pub fn list_id(&self) -> String {
         self.address.lookup_key().replace('@', ".")
@@ -404,6 +502,31 @@ mod tests {
         assert_eq!(list.members().unwrap().len(), 2);
         assert!(list.is_owner(&a("ANN@example.test")));
         assert_eq!(List::all(&config).unwrap(), [a("team@example.test")]);
+    }
+
+    #[test]
+    fn options_and_tokens() {
+        let (_d, config) = setup();
+        let mut list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        list.add("members", &[a("m@x.test")]).unwrap();
+        assert!(list.set_options(&a("M@x.test"), Some(true), None).unwrap());
+        assert!(!list.set_options(&a("n@x.test"), Some(true), None).unwrap());
+        assert!(list.members().unwrap()[0].digest);
+        let token = list.new_token("subscribe", &a("new@x.test")).unwrap();
+        let (action, who) = list.take_token(&token).unwrap().unwrap();
+        assert_eq!(
+            (action.as_str(), who.to_string().as_str()),
+            ("subscribe", "new@x.test")
+        );
+        assert!(
+            list.take_token(&token).unwrap().is_none(),
+            "a token works once"
+        );
+        list.config.confirm_seconds = 0;
+        let token = list.new_token("unsubscribe", &a("m@x.test")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(list.take_token(&token).unwrap().is_none(), "expired");
+        assert!(list.take_token("../../etc/passwd").unwrap().is_none());
     }
 
     #[test]

@@ -179,6 +179,113 @@ fn posts_by_policy_through_the_aliases_pipe() {
 }
 
 #[test]
+fn subscribe_and_unsubscribe_by_mail_with_confirmation() {
+    let tree = Tree::new();
+    for user in ["ann", "eve"] {
+        tree.add_user(&format!("{user}@example.test"));
+    }
+    ok(&list_expand(
+        &tree,
+        &["create", "team@example.test", "--owner", "ann@example.test"],
+        b"",
+    ));
+    std::fs::write(
+        tree.root().join("aliases"),
+        format!(
+            "team-request@example.test: \"|{} --config {} request team@example.test\"\n",
+            bin("list-expand").display(),
+            tree.config.display()
+        ),
+    )
+    .unwrap();
+    let send = |from: &str, text: &str| {
+        let out = tree.inject(&["-f", from, "team-request@example.test"], text.as_bytes());
+        assert!(out.status.success(), "{}", stderr(&out));
+        run_queue(&tree);
+    };
+    let members = || ok(&list_expand(&tree, &["members", "team@example.test"], b""));
+
+    send(
+        "eve@example.test",
+        "From: eve@example.test\nSubject: subscribe\n\n",
+    );
+    assert_eq!(members(), "", "not before confirming");
+    let reply = mail_of(&tree, "eve").pop().unwrap();
+    assert!(reply.contains("Auto-Submitted: auto-replied"), "{reply}");
+    let subject = reply
+        .lines()
+        .find(|l| l.starts_with("Subject: confirm "))
+        .unwrap_or_else(|| panic!("{reply}"))
+        .to_string();
+    // A plain reply (Re: confirm TOKEN) confirms.
+    send(
+        "eve@example.test",
+        &format!(
+            "From: eve@example.test\nSubject: Re: {}\n\n> quoted\n",
+            &subject[9..]
+        ),
+    );
+    assert_eq!(members(), "eve@example.test\n");
+    // The token worked once.
+    send(
+        "eve@example.test",
+        &format!("From: eve@example.test\nSubject: x\n\n{}\n", &subject[9..]),
+    );
+    assert!(
+        mail_of(&tree, "eve")
+            .iter()
+            .any(|m| m.contains("unknown or has expired"))
+    );
+
+    send(
+        "eve@example.test",
+        "From: eve@example.test\n\nset digest on\nhelp\n-- \nEve\n",
+    );
+    let last = mail_of(&tree, "eve");
+    assert!(
+        last.iter().any(|m| m.contains("digest is now on")),
+        "{last:?}"
+    );
+    assert!(last.iter().any(|m| m.contains("set nomail on|off")));
+    let text =
+        std::fs::read_to_string(tree.root().join("lists/team@example.test/members")).unwrap();
+    assert_eq!(text, "eve@example.test digest\n");
+
+    // Members are private; an automatic request gets no answer at all.
+    let before = mail_of(&tree, "eve").len();
+    send(
+        "eve@example.test",
+        "From: eve@example.test\nSubject: members\n\n",
+    );
+    assert!(mail_of(&tree, "eve").iter().any(|m| m.contains("private")));
+    send(
+        "eve@example.test",
+        "From: eve@example.test\nAuto-Submitted: auto-replied\nSubject: help\n\n",
+    );
+    assert_eq!(mail_of(&tree, "eve").len(), before + 1);
+
+    // Unsubscribe needs its confirmation too.
+    send(
+        "eve@example.test",
+        "From: eve@example.test\nSubject: unsubscribe\n\n",
+    );
+    let reply = mail_of(&tree, "eve")
+        .into_iter()
+        .find(|m| m.contains("To unsubscribe"))
+        .unwrap();
+    let token = reply
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("confirm "))
+        .unwrap()
+        .to_string();
+    send(
+        "eve@example.test",
+        &format!("From: eve@example.test\n\nconfirm {token}\n"),
+    );
+    assert_eq!(members(), "");
+}
+
+#[test]
 fn a_hundred_thousand_members_in_one_call() {
     let tree = Tree::new();
     ok(&list_expand(

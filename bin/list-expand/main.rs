@@ -1,0 +1,301 @@
+//! list-expand: mailing lists (see `list-expand(1)`).
+//!
+//! From the shell it creates lists and edits who is on them; from the
+//! aliases file (`team@example.org: "|list-expand post team@example.org"`)
+//! it takes one post on stdin, decides by the list's policy whether it
+//! goes out, is held for a moderator or is refused, and sends an accepted
+//! post to every member as one queued message (one body, one recipient
+//! line per member) with the RFC 2369 and RFC 2919 headers added.
+//!
+//! Exit codes for `post` follow the delivery contract (`postroom-queue(5)`):
+//! 0 accepted, held or dropped as a loop; 77 refused (the text printed
+//! becomes the bounce's reason); 75 a passing problem, tried again.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use postroom::address::Address;
+use postroom::config::Config;
+use postroom::lists::{List, Policy, read_address_lines};
+use postroom::message;
+
+use post::{HELD_SENDER, distribute, held_ids, post, take_held};
+
+mod post;
+mod requests;
+
+pub const EX_NOPERM: u8 = 77;
+const EX_TEMPFAIL: u8 = 75;
+
+#[derive(Parser)]
+#[command(name = "list-expand", version, about = "Mailing lists")]
+struct Cli {
+    /// The config file (default /etc/postroom/postroom.toml).
+    #[arg(long, env = "POSTROOM_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a list.
+    Create {
+        list: String,
+        /// The owner (more can be listed in the list's config file).
+        #[arg(long, value_name = "ADDRESS")]
+        owner: String,
+        /// open, members, moderated or announce.
+        #[arg(long, value_name = "POLICY", default_value = "members")]
+        policy: String,
+    },
+    /// Remove a list, its members and its archive.
+    Delete { list: String },
+    /// Every list with its member count, or one list's settings.
+    Show { list: Option<String> },
+    /// Print the members, one address a line.
+    Members { list: String },
+    /// Add the addresses in FILE (one a line; - for stdin).
+    Add {
+        list: String,
+        file: PathBuf,
+        /// Add to the posters (announce lists) instead of the members.
+        #[arg(long)]
+        posters: bool,
+        /// Add to the moderators instead of the members.
+        #[arg(long)]
+        moderators: bool,
+    },
+    /// Remove the addresses in FILE (one a line; - for stdin).
+    Remove {
+        list: String,
+        file: PathBuf,
+        /// Remove from the posters instead of the members.
+        #[arg(long)]
+        posters: bool,
+        /// Remove from the moderators instead of the members.
+        #[arg(long)]
+        moderators: bool,
+    },
+    /// Take one post on stdin (the aliases file runs this).
+    Post {
+        list: String,
+        /// The envelope sender (default $SENDER, else Return-Path).
+        #[arg(long, value_name = "ADDRESS")]
+        sender: Option<String>,
+    },
+    /// Answer one message to LIST-request on stdin (the aliases file runs
+    /// this): subscribe, unsubscribe, confirm, help, members, set.
+    Request {
+        list: String,
+        /// The envelope sender (default $SENDER, else Return-Path).
+        #[arg(long, value_name = "ADDRESS")]
+        sender: Option<String>,
+    },
+    /// The posts held for a moderator.
+    Held { list: String },
+    /// Send a held post to the list.
+    Approve { list: String, id: String },
+    /// Drop a held post.
+    Reject { list: String, id: String },
+}
+
+fn main() -> ExitCode {
+    postroom::log::init("list-expand", "warn");
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("list-expand: {e:#}");
+            ExitCode::from(EX_TEMPFAIL)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = Config::load(&Config::locate(cli.config.as_deref()))?;
+    postroom::privileges::drop_privileges(&config)?;
+    let address = |text: &str| {
+        Address::parse(text).with_context(|| format!("{text:?} is not a list address"))
+    };
+    match cli.command {
+        Command::Create {
+            list,
+            owner,
+            policy,
+        } => {
+            let policy: Policy = toml::Value::String(policy.clone())
+                .try_into()
+                .map_err(|_| {
+                    anyhow::anyhow!("--policy {policy}: use open, members, moderated or announce")
+                })?;
+            let created = List::create(&config, &address(&list)?, &address(&owner)?)?;
+            if policy != created.config.policy {
+                set_policy(&created, policy)?;
+            }
+            println!(
+                "created {}; connect it in the aliases file:",
+                created.address
+            );
+            print_aliases(&created);
+        }
+        Command::Delete { list } => List::open(&config, &address(&list)?)?.delete()?,
+        Command::Show { list: None } => {
+            for list in List::all(&config)? {
+                let opened = List::open(&config, &list)?;
+                println!("{list}\t{} members", opened.members()?.len());
+            }
+        }
+        Command::Show { list: Some(list) } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let c = &list.config;
+            println!("list:       {}", list.address);
+            println!("list-id:    <{}>", list.list_id());
+            println!("owners:     {}", c.owners.join(", "));
+            println!("policy:     {:?} (outsiders: {:?})", c.policy, c.outsiders);
+            println!("members:    {}", list.members()?.len());
+            println!("posters:    {}", list.roster("posters")?.len());
+            println!("moderators: {}", list.roster("moderators")?.len());
+            println!("held posts: {}", held_ids(&list)?.len());
+            println!("aliases:");
+            print_aliases(&list);
+        }
+        Command::Members { list } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let mut out = String::new();
+            for member in list.members()? {
+                out.push_str(&member.address);
+                out.push('\n');
+            }
+            print!("{out}");
+        }
+        Command::Add {
+            list,
+            file,
+            posters,
+            moderators,
+        } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let addresses = read_addresses(&file)?;
+            let added = list.add(roster_file(posters, moderators), &addresses)?;
+            println!("{added} added, {} already there", addresses.len() - added);
+        }
+        Command::Remove {
+            list,
+            file,
+            posters,
+            moderators,
+        } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let addresses = read_addresses(&file)?;
+            let removed = list.remove(roster_file(posters, moderators), &addresses)?;
+            println!("{removed} removed");
+        }
+        Command::Post { list, sender } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let mut raw = Vec::new();
+            std::io::stdin()
+                .take(config.limits.message_size + 1)
+                .read_to_end(&mut raw)
+                .context("reading the post")?;
+            if raw.len() as u64 > config.limits.message_size {
+                println!("552 5.3.4 the post is larger than this system takes");
+                return Ok(EX_NOPERM);
+            }
+            let sender = message::envelope_sender(sender.as_deref(), &raw);
+            return post(&config, &list, &sender, &raw);
+        }
+        Command::Request { list, sender } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let mut raw = Vec::new();
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_end(&mut raw)
+                .context("reading the request")?;
+            let sender = message::envelope_sender(sender.as_deref(), &raw);
+            return requests::request(&config, &list, &sender, &raw);
+        }
+        Command::Held { list } => {
+            let list = List::open(&config, &address(&list)?)?;
+            for id in held_ids(&list)? {
+                let text = std::fs::read(list.held_dir().join(&id))?;
+                let end = message::header_len(&text);
+                let fields = message::header_fields(&text[..end]);
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                println!("{id}\t{}\t{}", field(HELD_SENDER), field("Subject"));
+            }
+        }
+        Command::Approve { list, id } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let (sender, post) = take_held(&list, &id)?;
+            distribute(&config, &list, &sender, &post)?;
+            println!("sent to {}", list.address);
+        }
+        Command::Reject { list, id } => {
+            let list = List::open(&config, &address(&list)?)?;
+            take_held(&list, &id)?;
+            println!("dropped");
+        }
+    }
+    Ok(0)
+}
+
+fn roster_file(posters: bool, moderators: bool) -> &'static str {
+    match (posters, moderators) {
+        (true, _) => "posters",
+        (_, true) => "moderators",
+        _ => "members",
+    }
+}
+
+fn read_addresses(file: &PathBuf) -> anyhow::Result<Vec<Address>> {
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    Ok(read_address_lines(&text, file)?)
+}
+
+fn set_policy(list: &List, policy: Policy) -> anyhow::Result<()> {
+    let mut config = list.config.clone();
+    config.policy = policy;
+    postroom::fsutil::write_atomic(
+        &list.dir.join("config"),
+        toml::to_string(&config)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn print_aliases(list: &List) {
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "list-expand".into());
+    let a = &list.address;
+    println!("  {a}: \"|{me} post {a}\"");
+    println!(
+        "  {}: {}",
+        list.request_address(),
+        list.config.owners.join(", ")
+    );
+    println!(
+        "  {}-owner@{}: {}",
+        a.local_part(),
+        a.domain(),
+        list.config.owners.join(", ")
+    );
+    if let Some(bounces) = list.bounce_address() {
+        println!("  {bounces}: {}", list.config.owners.join(", "));
+    }
+}

@@ -1,0 +1,230 @@
+//! Requests by mail to `LIST-request@DOMAIN`: subscribe, unsubscribe (both
+//! confirmed by replying with a token that expires), confirm, help,
+//! members, set digest|nomail on|off, and for owners and moderators
+//! approve/reject of held posts and add/remove of members.
+//!
+//! Commands are read from the subject and then from the body's lines, up
+//! to the first line that is no command (a signature, a quoted reply), at
+//! most ten. The reply goes to the From address (the envelope sender if
+//! From has none), queued with the null sender and `Auto-Submitted`, so
+//! two robots cannot answer each other for ever; a request that is itself
+//! automatic is not answered at all.
+
+use mail_parser::MessageParser;
+use postroom::address::{Address, ReversePath};
+use postroom::aliases::Directory;
+use postroom::config::Config;
+use postroom::lists::List;
+use postroom::queue::{Envelope, Queue};
+
+use crate::post::{distribute, take_held};
+
+/// The most commands one message may carry.
+const MAX_COMMANDS: usize = 10;
+
+/// Handles one message to the request address. Always 0: a request that
+/// cannot be done gets a reply saying why, never a bounce.
+pub fn request(
+    config: &Config,
+    list: &List,
+    sender: &ReversePath,
+    raw: &[u8],
+) -> anyhow::Result<u8> {
+    let Some(parsed) = MessageParser::default().parse(raw) else {
+        return Ok(0);
+    };
+    let automatic = parsed
+        .header_raw("Auto-Submitted")
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
+    let ReversePath::Address(envelope) = sender else {
+        return Ok(0);
+    };
+    if automatic {
+        eprintln!(
+            "list-expand: {}: automatic request from {envelope} ignored",
+            list.address
+        );
+        return Ok(0);
+    }
+    let from = parsed
+        .from()
+        .and_then(|f| f.first())
+        .and_then(|a| a.address())
+        .and_then(|a| Address::parse(a).ok())
+        .unwrap_or_else(|| envelope.clone());
+
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(subject) = parsed.subject() {
+        lines.push(subject.to_string());
+    }
+    if let Some(body) = parsed.body_text(0) {
+        lines.extend(
+            body.lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty()),
+        );
+    }
+    let mut replies = Vec::new();
+    // A confirmation request's subject carries its token, so a plain
+    // reply confirms.
+    let mut subject = format!("Re: your request to {}", list.request_address());
+    for line in lines.iter().take(MAX_COMMANDS + 1) {
+        match command(config, list, &from, line, &mut subject)? {
+            Some(reply) => replies.push(format!("> {line}\r\n{reply}\r\n")),
+            None if replies.is_empty() && line == &lines[0] => continue,
+            None => break,
+        }
+        if replies.len() == MAX_COMMANDS {
+            break;
+        }
+    }
+    if replies.is_empty() {
+        replies.push(help(list));
+    }
+    send_reply(config, list, &from, &subject, &replies.join("\r\n"))?;
+    Ok(0)
+}
+
+/// One command line; `None` when the line is no command.
+fn command(
+    config: &Config,
+    list: &List,
+    from: &Address,
+    line: &str,
+    subject: &mut String,
+) -> anyhow::Result<Option<String>> {
+    let lower = line.to_ascii_lowercase();
+    // "Re: confirm TOKEN" from a reply's subject works too.
+    let lower = lower.trim_start_matches("re:").trim();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    let owner_or_moderator =
+        list.is_owner(from) || list.roster("moderators")?.contains(&from.lookup_key());
+    let reply = match words.as_slice() {
+        ["help"] => help(list),
+        ["subscribe"] | ["join"] => {
+            let token = list.new_token("subscribe", from)?;
+            *subject = format!("confirm {token}");
+            confirm_request(list, "subscribe", from, &token)
+        }
+        ["unsubscribe"] | ["leave"] => {
+            let token = list.new_token("unsubscribe", from)?;
+            *subject = format!("confirm {token}");
+            confirm_request(list, "unsubscribe", from, &token)
+        }
+        ["confirm", token] => match list.take_token(token)? {
+            Some((action, who)) if action == "subscribe" => {
+                list.add("members", std::slice::from_ref(&who))?;
+                format!("{who} is now a member of {}.", list.address)
+            }
+            Some((action, who)) if action == "unsubscribe" => {
+                list.remove("members", std::slice::from_ref(&who))?;
+                format!("{who} has left {}.", list.address)
+            }
+            _ => "That confirmation is unknown or has expired; send the request again.".into(),
+        },
+        [
+            "set",
+            option @ ("digest" | "nomail"),
+            value @ ("on" | "off"),
+        ] => {
+            let on = *value == "on";
+            let (digest, nomail) = if *option == "digest" {
+                (Some(on), None)
+            } else {
+                (None, Some(on))
+            };
+            if list.set_options(from, digest, nomail)? {
+                format!("{option} is now {value} for {from}.")
+            } else {
+                format!("{from} is not a member of {}.", list.address)
+            }
+        }
+        ["members"] | ["who"] => {
+            if list.config.members_visible || owner_or_moderator {
+                let members = list.members()?;
+                let mut text = format!("{} members:\r\n", members.len());
+                for m in members.iter().take(10_000) {
+                    text.push_str(&m.address);
+                    text.push_str("\r\n");
+                }
+                text
+            } else {
+                "The member list of this list is private.".into()
+            }
+        }
+        [action @ ("approve" | "reject"), id] if owner_or_moderator => match take_held(list, id) {
+            Ok((sender, post)) if *action == "approve" => {
+                distribute(config, list, &sender, &post)?;
+                format!("Post {id} sent to {}.", list.address)
+            }
+            Ok(_) => format!("Post {id} dropped."),
+            Err(e) => format!("{e:#}"),
+        },
+        [action @ ("add" | "remove"), who] if list.is_owner(from) => match Address::parse(who) {
+            Ok(who) if *action == "add" => {
+                list.add("members", std::slice::from_ref(&who))?;
+                format!("{who} added.")
+            }
+            Ok(who) => {
+                list.remove("members", std::slice::from_ref(&who))?;
+                format!("{who} removed.")
+            }
+            Err(e) => format!("{who}: {e}"),
+        },
+        ["approve" | "reject" | "add" | "remove", ..] => {
+            "Only the list's owners (and moderators, for held posts) may do that.".into()
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(reply))
+}
+
+fn confirm_request(list: &List, action: &str, who: &Address, token: &str) -> String {
+    format!(
+        "To {action} {who} {} {}, reply to this message keeping the subject, or send\r\n\
+         a message to {} with this line:\r\n\r\n    confirm {token}\r\n\r\n\
+         The confirmation is good for {} hours. If you did not ask for this, do nothing.",
+        if action == "subscribe" { "to" } else { "from" },
+        list.address,
+        list.request_address(),
+        list.config.confirm_seconds / 3600
+    )
+}
+
+fn help(list: &List) -> String {
+    format!(
+        "Commands for {list} (in the subject or one a line in the body of a message to {request}):\r\n\r\n\
+         subscribe              join the list (you will be asked to confirm)\r\n\
+         unsubscribe            leave the list (you will be asked to confirm)\r\n\
+         set digest on|off      get digests instead of each post\r\n\
+         set nomail on|off      stop and start getting posts\r\n\
+         members                the member list, if the list shows it\r\n\
+         help                   this text\r\n",
+        list = list.address,
+        request = list.request_address()
+    )
+}
+
+/// Queues a reply from the request address (null sender, auto-replied).
+fn send_reply(
+    config: &Config,
+    list: &List,
+    to: &Address,
+    subject: &str,
+    text: &str,
+) -> anyhow::Result<()> {
+    let message = mail_builder::MessageBuilder::new()
+        .from(list.request_address())
+        .to(to.to_string())
+        .subject(subject)
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-replied"),
+        )
+        .text_body(text)
+        .write_to_vec()?;
+    let directory = Directory::load(config)?;
+    let recipients = postroom::deliver::routes_for(&directory, to)?;
+    Queue::from_config(config).enqueue(&Envelope::new(ReversePath::Null, recipients), &message)?;
+    Ok(())
+}
