@@ -24,6 +24,7 @@ use postroom::message;
 
 use post::{HELD_SENDER, distribute, held_ids, post, take_held};
 
+mod digest;
 mod post;
 mod requests;
 
@@ -95,6 +96,8 @@ enum Command {
         #[arg(long, value_name = "ADDRESS")]
         sender: Option<String>,
     },
+    /// Send the posts since the last digest to the digest members (cron).
+    Digest { list: String },
     /// The posts held for a moderator.
     Held { list: String },
     /// Send a held post to the list.
@@ -217,6 +220,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .context("reading the request")?;
             let sender = message::envelope_sender(sender.as_deref(), &raw);
             return requests::request(&config, &list, &sender, &raw);
+        }
+        Command::Digest { list } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let posts = digest::digest(&config, &list)?;
+            println!("{posts} posts in the digest");
         }
         Command::Held { list } => {
             let list = List::open(&config, &address(&list)?)?;

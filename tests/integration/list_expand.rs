@@ -286,6 +286,60 @@ fn subscribe_and_unsubscribe_by_mail_with_confirmation() {
 }
 
 #[test]
+fn digest_members_get_one_mime_digest_of_the_new_posts() {
+    let tree = Tree::new();
+    for user in ["ann", "bob", "dig"] {
+        tree.add_user(&format!("{user}@example.test"));
+    }
+    ok(&list_expand(
+        &tree,
+        &[
+            "create",
+            "team@example.test",
+            "--owner",
+            "ann@example.test",
+            "--policy",
+            "open",
+        ],
+        b"",
+    ));
+    ok(&list_expand(
+        &tree,
+        &["add", "team@example.test", "-"],
+        b"bob@example.test\ndig@example.test\n",
+    ));
+    std::fs::write(
+        tree.root().join("lists/team@example.test/members"),
+        "bob@example.test\ndig@example.test digest\n",
+    )
+    .unwrap();
+    for subject in ["first", "second"] {
+        ok(&list_expand(
+            &tree,
+            &["post", "team@example.test", "--sender", "ann@example.test"],
+            format!("From: ann@example.test\nSubject: {subject}\n\nbody of {subject}\n").as_bytes(),
+        ));
+    }
+    let out = ok(&list_expand(&tree, &["digest", "team@example.test"], b""));
+    assert!(out.contains("2 posts"), "{out}");
+    run_queue(&tree);
+    assert_eq!(mail_of(&tree, "bob").len(), 2, "bob gets each post");
+    let digest = mail_of(&tree, "dig");
+    assert_eq!(digest.len(), 1, "dig gets one digest only");
+    for want in [
+        "multipart/digest",
+        "message/rfc822",
+        "body of first",
+        "body of second",
+        "1. first",
+    ] {
+        assert!(digest[0].contains(want), "{want:?} missing:\n{}", digest[0]);
+    }
+    let again = ok(&list_expand(&tree, &["digest", "team@example.test"], b""));
+    assert!(again.contains("0 posts"), "{again}");
+}
+
+#[test]
 fn a_hundred_thousand_members_in_one_call() {
     let tree = Tree::new();
     ok(&list_expand(

@@ -1,0 +1,131 @@
+//! Digests (`list-expand digest LIST`, from cron): every post archived
+//! since the last digest, sent once to the members who chose `digest`, as
+//! a MIME digest (RFC 2046 §5.1.5): a table of contents, then a
+//! `multipart/digest` of the posts as `message/rfc822` parts.
+//!
+//! `digest.last` in the list's folder holds the time of the last digest;
+//! it moves forward only after the digest is queued, so a crash repeats a
+//! digest rather than losing one.
+
+use std::path::PathBuf;
+use std::time::UNIX_EPOCH;
+
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::mime::{BodyPart, MimePart};
+use postroom::address::{Address, ReversePath};
+use postroom::aliases::Directory;
+use postroom::config::Config;
+use postroom::lists::List;
+use postroom::queue::{Envelope, Queue};
+use postroom::{fsutil, message};
+
+/// Sends the digest if there is anything new; returns how many posts it had.
+pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
+    let state = list.dir.join("digest.last");
+    // Nanoseconds, so a post archived in the same second as a digest
+    // still falls on one side of it.
+    let since: u128 = std::fs::read_to_string(&state)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut posts: Vec<(u128, PathBuf)> = Vec::new();
+    for sub in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(list.archive_dir().join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            if modified >= since && modified < now {
+                posts.push((modified, entry.path()));
+            }
+        }
+    }
+    posts.sort();
+    let mut readers = Vec::new();
+    let directory = Directory::load(config)?;
+    for member in list.members()? {
+        if member.digest
+            && !member.nomail
+            && let Ok(address) = Address::parse(&member.address)
+            && let Ok(routes) = postroom::deliver::routes_for(&directory, &address)
+        {
+            readers.extend(routes);
+        }
+    }
+    if posts.is_empty() || readers.is_empty() {
+        return Ok(0);
+    }
+
+    let mut contents = format!("{} digest: {} posts\r\n\r\n", list.address, posts.len());
+    let mut parts = Vec::with_capacity(posts.len());
+    for (n, (_, path)) in posts.iter().enumerate() {
+        let text = message::to_crlf(&std::fs::read(path)?);
+        let end = message::header_len(&text);
+        let fields = message::header_fields(&text[..end]);
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        contents.push_str(&format!(
+            "{:>3}. {} ({})\r\n",
+            n + 1,
+            field("Subject"),
+            field("From")
+        ));
+        parts.push(
+            MimePart::new(
+                ContentType::new("message/rfc822"),
+                BodyPart::Binary(text.into()),
+            )
+            .transfer_encoding("8bit"),
+        );
+    }
+    let body = MimePart::new(
+        ContentType::new("multipart/mixed"),
+        BodyPart::Multipart(vec![
+            MimePart::new(
+                ContentType::new("text/plain"),
+                BodyPart::Text(contents.into()),
+            ),
+            MimePart::new(
+                ContentType::new("multipart/digest"),
+                BodyPart::Multipart(parts),
+            ),
+        ]),
+    );
+    let digest = mail_builder::MessageBuilder::new()
+        .from(list.address.to_string())
+        .to(list.address.to_string())
+        .subject(format!(
+            "{} digest, {}",
+            list.address,
+            message::rfc5322_date(fsutil::now_secs())
+        ))
+        .header(
+            "List-Id",
+            mail_builder::headers::raw::Raw::new(format!("<{}>", list.list_id())),
+        )
+        .header("Precedence", mail_builder::headers::raw::Raw::new("list"))
+        .body(body)
+        .write_to_vec()?;
+    let sender = list
+        .bounce_address()
+        .map(ReversePath::Address)
+        .unwrap_or(ReversePath::Null);
+    Queue::from_config(config).enqueue(&Envelope::new(sender, readers), &digest)?;
+    fsutil::write_atomic(&state, format!("{now}\n").as_bytes())?;
+    Ok(posts.len())
+}
