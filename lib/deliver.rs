@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::address::{Address, EnvelopeText};
+use crate::address::{Address, EnvelopeText, ReversePath};
 use crate::aliases::{Directory, ResolveError, Target};
 use crate::config::Config;
 use crate::fsutil;
@@ -151,7 +151,7 @@ fn attempt(
                     );
                     to_mailbox(config, directory, message, i, interrupted)
                 }
-                Route::Pipe(command) => to_pipe(message, i, command),
+                Route::Pipe(command) => to_pipe(config, message, i, command),
                 Route::Remote => continue,
             }
         };
@@ -254,7 +254,8 @@ fn to_mailbox(
     };
     let prepend = format!(
         "Return-Path: <{}>\nDelivered-To: {}\n",
-        message.envelope.sender, rcpt
+        return_path(config, message, rcpt),
+        rcpt
     );
     let quota = user
         .quota
@@ -283,16 +284,16 @@ fn to_mailbox(
     }
 }
 
-fn to_pipe(message: &QueuedMessage, index: usize, command: &EnvelopeText) -> Outcome {
+fn to_pipe(
+    config: &Config,
+    message: &QueuedMessage,
+    index: usize,
+    command: &EnvelopeText,
+) -> Outcome {
     let rcpt = &message.envelope.recipients[index].address;
+    let sender = return_path(config, message, rcpt);
     let mut body = Vec::with_capacity(message.body_size as usize + 256);
-    body.extend_from_slice(
-        format!(
-            "Return-Path: <{}>\nDelivered-To: {}\n",
-            message.envelope.sender, rcpt
-        )
-        .as_bytes(),
-    );
+    body.extend_from_slice(format!("Return-Path: <{sender}>\nDelivered-To: {rcpt}\n").as_bytes());
     match message.body().and_then(|mut f| {
         let mut raw = Vec::new();
         f.read_to_end(&mut raw).map_err(|e| QueueError::Io {
@@ -307,10 +308,16 @@ fn to_pipe(message: &QueuedMessage, index: usize, command: &EnvelopeText) -> Out
     run_pipe(
         command.as_str(),
         &body,
-        &message.envelope.sender.to_string(),
+        &sender.to_string(),
         rcpt,
         PIPE_TIMEOUT,
     )
+}
+
+/// The return path one recipient's copy carries (VERP-aware).
+fn return_path(config: &Config, message: &QueuedMessage, rcpt: &Address) -> ReversePath {
+    let delimiter = config.delivery.recipient_delimiter.unwrap_or('+');
+    message.envelope.sender_for(rcpt, delimiter)
 }
 
 /// Runs `sh -c COMMAND` with the message on stdin and maps its exit code.

@@ -96,6 +96,13 @@ pub struct ListConfig {
     /// seconds.
     #[serde(default = "three_days")]
     pub confirm_seconds: u64,
+    /// Bounces after which a member is set to `nomail`.
+    #[serde(default = "five")]
+    pub bounce_limit: u32,
+}
+
+fn five() -> u32 {
+    5
 }
 
 fn three_days() -> u64 {
@@ -168,6 +175,7 @@ impl List {
             archive: true,
             members_visible: false,
             confirm_seconds: three_days(),
+            bounce_limit: five(),
         };
         let text = toml::to_string(&list_config).map_err(|e| ListError::Config {
             path: dir.join("config"),
@@ -379,6 +387,47 @@ impl List {
         Ok(Address::parse(address)
             .ok()
             .map(|a| (action.to_string(), a)))
+    }
+
+    /// Counts a bounce for a member (the `bounces` file: `address count`
+    /// lines, under its lock) and returns the new count.
+    pub fn count_bounce(&self, member: &Address) -> Result<u32, ListError> {
+        let key = member.lookup_key();
+        let mut count = 0;
+        fsutil::edit_locked(
+            &self.dir.join("bounces"),
+            |text| -> Result<String, FileError> {
+                let mut out = String::with_capacity(text.len() + 32);
+                for line in text.lines() {
+                    let mut words = line.split_whitespace();
+                    let (Some(address), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    if address == key {
+                        count = n.parse::<u32>().unwrap_or(0);
+                    } else {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+                count += 1;
+                out.push_str(&format!("{key} {count}\n"));
+                Ok(out)
+            },
+        )?;
+        Ok(count)
+    }
+
+    /// The member a VERP bounce address names (`LIST-bounces+local=domain@…`).
+    pub fn member_of_bounce(&self, bounce: &Address, delimiter: char) -> Option<Address> {
+        let prefix = format!("{}-bounces{delimiter}", self.address.local_part());
+        let detail = bounce
+            .local_part()
+            .to_ascii_lowercase()
+            .strip_prefix(&prefix.to_ascii_lowercase())?
+            .to_string();
+        let (local, domain) = detail.rsplit_once('=')?;
+        Address::parse(&format!("{local}@{domain}")).ok()
     }
 
     /// The RFC 2919 list identifier: the address with `@` made a dot.

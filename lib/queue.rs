@@ -168,6 +168,10 @@ pub struct Envelope {
     pub body_type: Option<EnvelopeText>,
     /// RFC 6531: the message needs SMTPUTF8.
     pub smtputf8: bool,
+    /// VERP: each recipient gets its own return path, the sender with the
+    /// recipient folded into its detail (`list-bounces+bob=far.test@…`),
+    /// so a bounce names the address that failed (mailing lists).
+    pub verp: bool,
 }
 
 impl Envelope {
@@ -184,6 +188,25 @@ impl Envelope {
             ret: None,
             body_type: None,
             smtputf8: false,
+            verp: false,
+        }
+    }
+
+    /// The return path for one recipient: the sender, or with VERP the
+    /// sender's local part + `delimiter` + `local=domain` of the recipient.
+    pub fn sender_for(&self, rcpt: &Address, delimiter: char) -> ReversePath {
+        match &self.sender {
+            ReversePath::Address(sender) if self.verp => {
+                let text = format!(
+                    "{}{delimiter}{}={}@{}",
+                    sender.local_part(),
+                    rcpt.local_part(),
+                    rcpt.domain(),
+                    sender.domain()
+                );
+                ReversePath::parse(&text).unwrap_or_else(|_| self.sender.clone())
+            }
+            other => other.clone(),
         }
     }
 
@@ -210,6 +233,9 @@ impl Envelope {
         }
         if self.smtputf8 {
             out.push_str("smtputf8\n");
+        }
+        if self.verp {
+            out.push_str("verp\n");
         }
         for r in &self.recipients {
             let route = match &r.route {
@@ -294,6 +320,7 @@ impl Envelope {
                 "ret" => env.ret = Some(field(value)?),
                 "body" => env.body_type = Some(field(value)?),
                 "smtputf8" => env.smtputf8 = true,
+                "verp" => env.verp = true,
                 "rcpt" => env
                     .recipients
                     .push(parse_rcpt(value).map_err(|m| corrupt(number, m))?),
@@ -1215,7 +1242,28 @@ mod tests {
         );
         env.helo = Some(EnvelopeText::new("client.test", 100).unwrap());
         env.smtputf8 = true;
+        env.verp = true;
         env
+    }
+
+    #[test]
+    fn verp_folds_the_recipient_into_the_return_path() {
+        let mut env = Envelope::new(
+            ReversePath::parse("team-bounces@lists.test").unwrap(),
+            Vec::new(),
+        );
+        let rcpt = addr("Bob@far.test");
+        assert_eq!(
+            env.sender_for(&rcpt, '+').to_string(),
+            "team-bounces@lists.test"
+        );
+        env.verp = true;
+        assert_eq!(
+            env.sender_for(&rcpt, '+').to_string(),
+            "team-bounces+Bob=far.test@lists.test"
+        );
+        env.sender = ReversePath::Null;
+        assert!(env.sender_for(&rcpt, '+').is_null());
     }
 
     #[test]

@@ -96,6 +96,14 @@ enum Command {
         #[arg(long, value_name = "ADDRESS")]
         sender: Option<String>,
     },
+    /// Count a bounce to LIST-bounces+MEMBER (the aliases file runs this);
+    /// at `bounce_limit` the member is set to nomail and the owners told.
+    Bounce {
+        list: String,
+        /// The bounce address (default $RECIPIENT).
+        #[arg(long, value_name = "ADDRESS")]
+        recipient: Option<String>,
+    },
     /// Send the posts since the last digest to the digest members (cron).
     Digest { list: String },
     /// The posts held for a moderator.
@@ -220,6 +228,40 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .context("reading the request")?;
             let sender = message::envelope_sender(sender.as_deref(), &raw);
             return requests::request(&config, &list, &sender, &raw);
+        }
+        Command::Bounce { list, recipient } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let recipient = recipient
+                .or_else(|| std::env::var("RECIPIENT").ok())
+                .context("no bounce address: give --recipient or set $RECIPIENT")?;
+            let delimiter = config.delivery.recipient_delimiter.unwrap_or('+');
+            let member = Address::parse(&recipient)
+                .ok()
+                .and_then(|r| list.member_of_bounce(&r, delimiter));
+            let Some(member) = member else {
+                eprintln!("list-expand: {recipient} names no member; bounce ignored");
+                return Ok(0);
+            };
+            let count = list.count_bounce(&member)?;
+            if count == list.config.bounce_limit {
+                list.set_options(&member, None, Some(true))?;
+                post::tell_owners(
+                    &config,
+                    &list,
+                    &format!(
+                        "{}: {member} set to nomail after {count} bounces",
+                        list.address
+                    ),
+                    &format!(
+                        "Mail to {member} from {} bounced {count} times, so it gets no more.\r\n\
+                          When the address works again, they can send \"set nomail off\" to {},\r\n\
+                         or you can remove \"nomail\" from their line in the list's members file.\r\n",
+                        list.address,
+                        list.request_address()
+                    ),
+                )?;
+            }
+            println!("{member}: {count} bounces");
         }
         Command::Digest { list } => {
             let list = List::open(&config, &address(&list)?)?;

@@ -121,7 +121,9 @@ pub fn distribute(
         .bounce_address()
         .map(ReversePath::Address)
         .unwrap_or(ReversePath::Null);
-    let envelope = Envelope::new(bounces, recipients);
+    let mut envelope = Envelope::new(bounces, recipients);
+    // Each member's copy gets its own return path, so a bounce says who.
+    envelope.verp = true;
     let id = Queue::from_config(config).enqueue(&envelope, &outgoing)?;
     tracing::info!(list = %list.address, %sender, queue_id = %id, "post queued");
     Ok(())
@@ -219,6 +221,26 @@ fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyho
         .find(|(n, _)| n.eq_ignore_ascii_case("Subject"))
         .map(|(_, v)| v)
         .unwrap_or_default();
+    tell_owners(
+        config,
+        list,
+        &format!("{}: post from {from} held for approval", list.address),
+        &format!(
+            "A post to {} from {from} waits for approval.\r\n\r\nSubject: {subject}\r\n\r\n\
+             Its id: {id}\r\n\r\nTo send it:\r\n  list-expand approve {} ID\r\n\
+             To drop it:\r\n  list-expand reject {} ID\r\n\
+             Or reply to {} with the line: approve ID (or reject ID)\r\n",
+            list.address,
+            list.address,
+            list.address,
+            list.request_address()
+        ),
+    )?;
+    Ok(id)
+}
+
+/// Queues a notice from the request address to the owners.
+pub fn tell_owners(config: &Config, list: &List, subject: &str, text: &str) -> anyhow::Result<()> {
     let notice = mail_builder::MessageBuilder::new()
         .from(list.request_address())
         .to(list
@@ -227,20 +249,12 @@ fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyho
             .iter()
             .map(|o| o.as_str())
             .collect::<Vec<_>>())
-        .subject(format!(
-            "{}: post from {from} held for approval",
-            list.address
-        ))
+        .subject(subject)
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-generated"),
         )
-        .text_body(format!(
-            "A post to {} from {from} waits for approval.\r\n\r\nSubject: {subject}\r\n\r\n\
-             Its id: {id}\r\n\r\nTo send it:\r\n  list-expand approve {} ID\r\n\
-             To drop it:\r\n  list-expand reject {} ID\r\n",
-            list.address, list.address, list.address
-        ))
+        .text_body(text)
         .write_to_vec()?;
     let directory = Directory::load(config)?;
     let mut recipients = Vec::new();
@@ -254,7 +268,7 @@ fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyho
         Queue::from_config(config)
             .enqueue(&Envelope::new(ReversePath::Null, recipients), &notice)?;
     }
-    Ok(id)
+    Ok(())
 }
 
 pub fn held_ids(list: &List) -> anyhow::Result<Vec<String>> {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use postroom::address::ReversePath;
 use postroom::deliver::Outcome;
 use postroom::queue::{Envelope, QueuedMessage, Recipient};
 use postroom::smtp::DataEncoder;
@@ -300,6 +301,7 @@ impl Client {
     pub async fn transaction(
         &mut self,
         message: &QueuedMessage,
+        sender: &ReversePath,
         rcpts: &[(usize, Recipient)],
     ) -> Result<Vec<(usize, Outcome)>, SessionError> {
         self.transactions += 1;
@@ -316,7 +318,7 @@ impl Client {
                 ext.size
             ))));
         }
-        if needs_smtputf8(envelope, rcpts) && !ext.smtputf8 {
+        if needs_smtputf8(envelope, sender, rcpts) && !ext.smtputf8 {
             return Ok(everyone(Outcome::Failed(format!(
                 "553 5.6.7 {} does not support SMTPUTF8, which this message needs",
                 self.peer()
@@ -324,7 +326,7 @@ impl Client {
         }
 
         let mut commands: Vec<Vec<u8>> = Vec::with_capacity(rcpts.len() + 2);
-        commands.push(mail_command(envelope, message.body_size, &ext).into_bytes());
+        commands.push(mail_command(envelope, sender, message.body_size, &ext).into_bytes());
         for (_, rcpt) in rcpts {
             commands.push(rcpt_command(rcpt, &ext).into_bytes());
         }
@@ -606,14 +608,14 @@ fn refusal(line: String, reply: &Reply) -> Outcome {
     }
 }
 
-fn needs_smtputf8(envelope: &Envelope, rcpts: &[(usize, Recipient)]) -> bool {
+fn needs_smtputf8(envelope: &Envelope, sender: &ReversePath, rcpts: &[(usize, Recipient)]) -> bool {
     envelope.smtputf8
-        || !envelope.sender.to_string().is_ascii()
+        || !sender.to_string().is_ascii()
         || rcpts.iter().any(|(_, r)| !r.address.to_string().is_ascii())
 }
 
-fn mail_command(envelope: &Envelope, size: u64, ext: &Extensions) -> String {
-    let mut command = format!("MAIL FROM:<{}>", envelope.sender);
+fn mail_command(envelope: &Envelope, sender: &ReversePath, size: u64, ext: &Extensions) -> String {
+    let mut command = format!("MAIL FROM:<{sender}>");
     if ext.size > 0 {
         command.push_str(&format!(" SIZE={size}"));
     }

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hickory_resolver::TokioResolver;
+use postroom::address::ReversePath;
 use postroom::config::{Config, TlsPolicy};
 use postroom::deliver::Outcome;
 use postroom::dns::{self, Exchanger, RouteError};
@@ -25,6 +26,8 @@ use crate::client::{Client, SessionError, Setup};
 /// Recipients of one message for one destination.
 pub struct Job {
     pub message: Arc<QueuedMessage>,
+    /// The return path (the envelope's sender, or its VERP form).
+    pub sender: ReversePath,
     pub rcpts: Vec<(usize, Recipient)>,
     /// Where the outcomes go, one per recipient.
     pub done: oneshot::Sender<Vec<(usize, Outcome)>>,
@@ -188,7 +191,10 @@ impl Dispatcher {
         };
         if let Some(open) = client.as_mut() {
             if open.transactions < self.config.send.messages_per_connection {
-                match open.transaction(&job.message, &job.rcpts).await {
+                match open
+                    .transaction(&job.message, &job.sender, &job.rcpts)
+                    .await
+                {
                     Ok(outcomes) => return outcomes,
                     // A kept connection the server has since closed: the
                     // job starts over on a fresh one below.
@@ -222,7 +228,10 @@ impl Dispatcher {
                 }
             };
             tracing::debug!(host = %name, %addr, tls = open.is_tls(), "connected");
-            return match open.transaction(&job.message, &job.rcpts).await {
+            return match open
+                .transaction(&job.message, &job.sender, &job.rcpts)
+                .await
+            {
                 Ok(outcomes) => {
                     *client = Some(open);
                     outcomes

@@ -251,12 +251,21 @@ impl Runner {
         let snapshot = Arc::new(locked.message.clone());
         let locked = Arc::new(Mutex::new(locked));
         let mut waiting = tokio::task::JoinSet::new();
+        // With VERP every recipient has its own return path, so its own
+        // transaction.
+        let per_transaction = if snapshot.envelope.verp {
+            1
+        } else {
+            self.config.send.recipients_per_transaction
+        };
+        let delimiter = self.config.delivery.recipient_delimiter.unwrap_or('+');
         for (_, (destination, rcpts)) in remote {
-            for chunk in rcpts.chunks(self.config.send.recipients_per_transaction) {
+            for chunk in rcpts.chunks(per_transaction) {
                 let (done, outcome) = oneshot::channel();
                 self.dispatcher.submit(
                     destination.clone(),
                     Job {
+                        sender: snapshot.envelope.sender_for(&chunk[0].1.address, delimiter),
                         message: snapshot.clone(),
                         rcpts: chunk.to_vec(),
                         done,

@@ -93,7 +93,7 @@ fn posts_by_policy_through_the_aliases_pipe() {
             "List-Id: \"\" <team.example.test>",
             "List-Post: <mailto:team@example.test>",
             "List-Unsubscribe: <mailto:team-request@example.test?subject=unsubscribe>",
-            "Return-Path: <team-bounces@example.test>",
+            "Return-Path: <team-bounces+",
             "at noon",
         ] {
             assert!(mail[0].contains(want), "{want:?} missing:\n{}", mail[0]);
@@ -337,6 +337,91 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
     }
     let again = ok(&list_expand(&tree, &["digest", "team@example.test"], b""));
     assert!(again.contains("0 posts"), "{again}");
+}
+
+#[test]
+fn verp_return_paths_and_bounce_counting() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    tree.add_user("cat@example.test");
+    ok(&list_expand(
+        &tree,
+        &[
+            "create",
+            "team@example.test",
+            "--owner",
+            "ann@example.test",
+            "--policy",
+            "open",
+        ],
+        b"",
+    ));
+    ok(&list_expand(
+        &tree,
+        &["add", "team@example.test", "-"],
+        b"bob@far.test\ncat@example.test\n",
+    ));
+    let config = tree.root().join("lists/team@example.test/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("bounce_limit = 5", "bounce_limit = 2"),
+    )
+    .unwrap();
+    ok(&list_expand(
+        &tree,
+        &["post", "team@example.test", "--sender", "ann@example.test"],
+        b"Subject: hi\n\nall\n",
+    ));
+    let queue = tree.queue();
+    let id = queue.list().unwrap().pop().unwrap();
+    assert!(
+        queue.read(&id).unwrap().envelope.verp,
+        "list posts use VERP"
+    );
+    run_queue(&tree);
+    let cat = mail_of(&tree, "cat");
+    assert!(
+        cat[0].contains("Return-Path: <team-bounces+cat=example.test@example.test>"),
+        "{}",
+        cat[0]
+    );
+
+    let bounce = |n: &str| {
+        let out = ok(&list_expand(
+            &tree,
+            &[
+                "bounce",
+                "team@example.test",
+                "--recipient",
+                "team-bounces+bob=far.test@example.test",
+            ],
+            b"",
+        ));
+        assert!(out.contains(&format!("{n} bounces")), "{out}");
+    };
+    bounce("1");
+    bounce("2");
+    let members =
+        std::fs::read_to_string(tree.root().join("lists/team@example.test/members")).unwrap();
+    assert!(members.contains("bob@far.test nomail"), "{members}");
+    run_queue(&tree);
+    assert!(
+        mail_of(&tree, "ann")
+            .iter()
+            .any(|m| m.contains("set to nomail after 2 bounces"))
+    );
+    // A bounce address that names nobody is ignored.
+    ok(&list_expand(
+        &tree,
+        &[
+            "bounce",
+            "team@example.test",
+            "--recipient",
+            "team-bounces@example.test",
+        ],
+        b"",
+    ));
 }
 
 #[test]

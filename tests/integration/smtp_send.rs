@@ -206,6 +206,40 @@ fn one_connection_carries_several_messages_to_a_destination() {
 }
 
 #[test]
+fn verp_gives_each_recipient_its_own_return_path() {
+    use postroom::address::{Address, ReversePath};
+    use postroom::queue::{Envelope, Recipient, Route};
+    let w = World::far("");
+    let sink = w.sink(2, Behaviour::default());
+    let mut envelope = Envelope::new(
+        ReversePath::parse("team-bounces@example.test").unwrap(),
+        ["bob@far.test", "cat@far.test"]
+            .iter()
+            .map(|a| Recipient::new(Route::Remote, Address::parse(a).unwrap()))
+            .collect(),
+    );
+    envelope.verp = true;
+    w.tree
+        .queue()
+        .enqueue(&envelope, b"Subject: list\r\n\r\npost\r\n")
+        .unwrap();
+    ok(&w.send(&["--once"]));
+    let mut froms: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| m.mail_from.clone())
+        .collect();
+    froms.sort();
+    assert_eq!(
+        froms,
+        [
+            "<team-bounces+bob=far.test@example.test>",
+            "<team-bounces+cat=far.test@example.test>"
+        ]
+    );
+}
+
+#[test]
 fn mx_preference_and_fallback_past_dead_and_busy_hosts() {
     let w = World::new(
         vec![
