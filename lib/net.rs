@@ -193,6 +193,35 @@ impl Launch {
         Launch::Inetd { tls }
     }
 
+    /// The launch a server's flags ask for (DESIGN §1): `--listen` and
+    /// `--listen-tls` sockets, else systemd's `LISTEN_FDS`, else one
+    /// connection on stdin/stdout (`--inetd-tls`: TLS from the start).
+    pub fn from_flags(
+        listen: &[SocketAddr],
+        listen_tls: &[SocketAddr],
+        inetd_tls: bool,
+    ) -> Result<Launch, NetError> {
+        if listen.is_empty() && listen_tls.is_empty() && std::env::var_os("LISTEN_FDS").is_none() {
+            Ok(Launch::inetd(inetd_tls))
+        } else {
+            Launch::from_args(listen, listen_tls)
+        }
+    }
+
+    /// A runtime fit for the launch: one thread for one inetd connection
+    /// (starting fast matters there), a thread per core otherwise.
+    pub fn runtime(&self) -> io::Result<tokio::runtime::Runtime> {
+        if matches!(self, Launch::Inetd { .. }) {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        }
+    }
+
     /// The addresses the listening sockets are bound to (none in inetd
     /// mode); tests use it to find an ephemeral port.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {

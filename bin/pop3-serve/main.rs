@@ -57,14 +57,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
     // Sockets first (ports 110 and 995 need root), then root goes, then
     // the tree.
-    let launch = if args.listen.is_empty()
-        && args.listen_tls.is_empty()
-        && std::env::var_os("LISTEN_FDS").is_none()
-    {
-        Launch::inetd(args.inetd_tls)
-    } else {
-        Launch::from_args(&args.listen, &args.listen_tls)?
-    };
+    let launch = Launch::from_flags(&args.listen, &args.listen_tls, args.inetd_tls)?;
     postroom::privileges::drop_privileges(&config)?;
     let tls = match postroom::tls::acceptor(&config) {
         Ok(acceptor) => Some(acceptor),
@@ -74,15 +67,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let shared = Arc::new(session::Shared::new(config, tls.clone())?);
-    let runtime = if matches!(launch, Launch::Inetd { .. }) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-    };
+    let runtime = launch.runtime()?;
     let limits = shared.config.limits.clone();
     runtime.block_on(net::serve(
         launch,
