@@ -96,6 +96,10 @@ pub struct ListConfig {
     /// seconds.
     #[serde(default = "three_days")]
     pub confirm_seconds: u64,
+    /// An HTTPS URL that unsubscribes with one POST (RFC 8058); with it,
+    /// posts carry List-Unsubscribe-Post.
+    #[serde(default)]
+    pub unsubscribe_url: Option<String>,
     /// Bounces after which a member is set to `nomail`.
     #[serde(default = "five")]
     pub bounce_limit: u32,
@@ -176,6 +180,7 @@ impl List {
             members_visible: false,
             confirm_seconds: three_days(),
             bounce_limit: five(),
+            unsubscribe_url: None,
         };
         let text = toml::to_string(&list_config).map_err(|e| ListError::Config {
             path: dir.join("config"),
@@ -210,6 +215,14 @@ impl List {
             path: path.clone(),
             message: e.to_string().trim().to_string(),
         })?;
+        if let Some(url) = &list_config.unsubscribe_url
+            && (!url.starts_with("https://") || url.contains(['<', '>', ',', ' ', '\r', '\n']))
+        {
+            return Err(ListError::Config {
+                path,
+                message: format!("unsubscribe_url: {url:?} must be an https:// URL (RFC 8058)"),
+            });
+        }
         // Lists are named in lower case everywhere (files, headers).
         let address = Address::parse(&address.lookup_key()).unwrap_or_else(|_| address.clone());
         Ok(List {

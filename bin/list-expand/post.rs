@@ -165,11 +165,21 @@ fn list_headers(list: &List, post: &[u8]) -> Vec<u8> {
     let mut added = format!(
         "List-Id: \"{description}\" <{}>\r\nList-Post: <mailto:{address}>\r\n\
          List-Help: <mailto:{request}?subject=help>\r\n\
-         List-Subscribe: <mailto:{request}?subject=subscribe>\r\n\
-         List-Unsubscribe: <mailto:{request}?subject=unsubscribe>\r\n\
-         Precedence: list\r\nX-Loop: {address}\r\n",
+         List-Subscribe: <mailto:{request}?subject=subscribe>\r\n",
         list.list_id()
     );
+    // RFC 8058 one-click unsubscribe needs an HTTPS endpoint the site runs;
+    // the mailto form is always there.
+    match &list.config.unsubscribe_url {
+        Some(url) => added.push_str(&format!(
+            "List-Unsubscribe: <{url}>, <mailto:{request}?subject=unsubscribe>\r\n\
+             List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        )),
+        None => added.push_str(&format!(
+            "List-Unsubscribe: <mailto:{request}?subject=unsubscribe>\r\n"
+        )),
+    }
+    added.push_str(&format!("Precedence: list\r\nX-Loop: {address}\r\n"));
     if list.config.reply_to == ReplyTo::List {
         added.push_str(&format!("Reply-To: <{address}>\r\n"));
     }
