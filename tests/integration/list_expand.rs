@@ -365,7 +365,8 @@ fn verp_return_paths_and_bounce_counting() {
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("bounce_limit = 5", "bounce_limit = 2"),
+        text.replace("bounce_limit = 5", "bounce_limit = 2")
+            + "unsubscribe_url = \"https://lists.example.test/u/team\"\n",
     )
     .unwrap();
     ok(&list_expand(
@@ -381,11 +382,13 @@ fn verp_return_paths_and_bounce_counting() {
     );
     run_queue(&tree);
     let cat = mail_of(&tree, "cat");
-    assert!(
-        cat[0].contains("Return-Path: <team-bounces+cat=example.test@example.test>"),
-        "{}",
-        cat[0]
-    );
+    for want in [
+        "Return-Path: <team-bounces+cat=example.test@example.test>",
+        "List-Unsubscribe: <https://lists.example.test/u/team>, <mailto:",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+    ] {
+        assert!(cat[0].contains(want), "{want:?} missing:\n{}", cat[0]);
+    }
 
     let bounce = |n: &str| {
         let out = ok(&list_expand(
