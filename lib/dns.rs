@@ -113,6 +113,47 @@ pub async fn dnsbl_listed(
     }
 }
 
+/// The DMARC policy a domain publishes (RFC 7489 §6.3 `p=`), lower case:
+/// `Some("reject")`, `Some("quarantine")`, `Some("none")`, or `None` when
+/// it publishes no record. Only the domain itself is asked (no
+/// organizational-domain fallback).
+pub async fn dmarc_policy(
+    resolver: &TokioResolver,
+    domain: &str,
+) -> Result<Option<String>, DnsError> {
+    let name = format!("_dmarc.{}.", domain.trim_end_matches('.'));
+    let answers = match resolver.txt_lookup(name.as_str()).await {
+        Ok(answers) => answers,
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => return Ok(None),
+        Err(e) => {
+            return Err(DnsError::Lookup {
+                name,
+                error: e.to_string(),
+            });
+        }
+    };
+    for txt in answers.iter() {
+        let text: String = txt
+            .txt_data()
+            .iter()
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect();
+        if !text
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("v=dmarc1")
+        {
+            continue;
+        }
+        let policy = text.split(';').find_map(|tag| {
+            let (key, value) = tag.split_once('=')?;
+            (key.trim().eq_ignore_ascii_case("p")).then(|| value.trim().to_ascii_lowercase())
+        });
+        return Ok(policy);
+    }
+    Ok(None)
+}
+
 /// A host to try for a destination, with its addresses in the order to
 /// try them.
 #[derive(Debug, Clone, PartialEq, Eq)]

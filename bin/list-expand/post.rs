@@ -83,7 +83,10 @@ pub fn distribute(
     sender: &ReversePath,
     post: &[u8],
 ) -> anyhow::Result<()> {
-    let outgoing = list_headers(list, post);
+    let mut outgoing = list_headers(list, post);
+    if let Some(rewritten) = rewrite_from_for_dmarc(config, list, &outgoing) {
+        outgoing = rewritten;
+    }
     if list.config.archive {
         Maildir::new(list.archive_dir())
             .deliver(
@@ -188,6 +191,65 @@ fn list_headers(list: &List, post: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&headers);
     out.extend_from_slice(&post[end..]);
     out
+}
+
+/// When the author's domain publishes DMARC `p=reject` or `p=quarantine`,
+/// members' servers would refuse or junk the post: its From domain no
+/// longer matches a signature or SPF once the list has changed and resent
+/// it. So, as Mailman does, From becomes the list (`"Ann via team"
+/// <team@…>`) and, unless the list sets Reply-To, Reply-To keeps the
+/// author. `None`: leave the post as it is (no DMARC, `p=none`, or DNS
+/// trouble, which is logged).
+fn rewrite_from_for_dmarc(config: &Config, list: &List, post: &[u8]) -> Option<Vec<u8>> {
+    let parsed = mail_parser::MessageParser::default().parse_headers(post)?;
+    let author = parsed.from()?.first()?;
+    let address = author.address()?.to_string();
+    if address
+        .chars()
+        .any(|c| c.is_control() || c == '<' || c == '>')
+    {
+        return None;
+    }
+    let domain = address.rsplit_once('@')?.1.to_ascii_lowercase();
+    if domain == list.address.domain() {
+        return None;
+    }
+    let policy = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?
+        .block_on(async {
+            let resolver = postroom::dns::resolver(config).ok()?;
+            match postroom::dns::dmarc_policy(&resolver, &domain).await {
+                Ok(policy) => policy,
+                Err(e) => {
+                    tracing::warn!("{e}; From left as it is");
+                    None
+                }
+            }
+        })?;
+    if policy != "reject" && policy != "quarantine" {
+        return None;
+    }
+    let name = author
+        .name()
+        .map(str::to_string)
+        .unwrap_or_else(|| address.clone());
+    let name = name.replace(['"', '\\', '\r', '\n'], " ");
+    let end = message::header_len(post);
+    let mut headers = message::remove_header(&post[..end], "From");
+    let mut added = format!(
+        "From: \"{name} via {}\" <{}>\r\n",
+        list.address.local_part(),
+        list.address
+    );
+    if list.config.reply_to == ReplyTo::Sender && !message::has_header(&headers, "Reply-To") {
+        added.push_str(&format!("Reply-To: <{address}>\r\n"));
+    }
+    let mut out = added.into_bytes();
+    out.append(&mut headers);
+    out.extend_from_slice(&post[end..]);
+    Some(out)
 }
 
 /// `Subject: [tag] …`, unless the tag is there already (a reply).

@@ -428,6 +428,71 @@ fn verp_return_paths_and_bounce_counting() {
 }
 
 #[test]
+fn from_is_rewritten_for_authors_whose_domain_has_a_strict_dmarc_policy() {
+    use crate::dns::{DnsServer, Record};
+    let dns = DnsServer::start(
+        [
+            (
+                "_dmarc.strict.test",
+                "v=DMARC1; p=reject; rua=mailto:x@strict.test",
+            ),
+            ("_dmarc.relaxed.test", "v=DMARC1; p=none"),
+        ]
+        .into_iter()
+        .map(|(name, txt)| (name.to_string(), vec![Record::Txt(txt.to_string())]))
+        .collect(),
+    );
+    let tree = Tree::new();
+    tree.add_user("cat@example.test");
+    let mut config = std::fs::read_to_string(&tree.config).unwrap();
+    config.push_str(&format!(
+        "\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n",
+        dns.addr
+    ));
+    std::fs::write(&tree.config, config).unwrap();
+    ok(&list_expand(
+        &tree,
+        &[
+            "create",
+            "team@example.test",
+            "--owner",
+            "cat@example.test",
+            "--policy",
+            "open",
+        ],
+        b"",
+    ));
+    ok(&list_expand(
+        &tree,
+        &["add", "team@example.test", "-"],
+        b"cat@example.test\n",
+    ));
+    for (author, subject) in [
+        ("Xena <x@strict.test>", "strict"),
+        ("y@relaxed.test", "relaxed"),
+    ] {
+        ok(&list_expand(
+            &tree,
+            &["post", "team@example.test", "--sender", "a@far.test"],
+            format!("From: {author}\nSubject: {subject}\n\nbody\n").as_bytes(),
+        ));
+    }
+    run_queue(&tree);
+    let mail = mail_of(&tree, "cat");
+    let strict = mail.iter().find(|m| m.contains("Subject: strict")).unwrap();
+    assert!(
+        strict.contains("From: \"Xena via team\" <team@example.test>")
+            && strict.contains("Reply-To: <x@strict.test>"),
+        "{strict}"
+    );
+    let relaxed = mail
+        .iter()
+        .find(|m| m.contains("Subject: relaxed"))
+        .unwrap();
+    assert!(relaxed.contains("From: y@relaxed.test"), "{relaxed}");
+}
+
+#[test]
 fn a_hundred_thousand_members_in_one_call() {
     let tree = Tree::new();
     ok(&list_expand(
