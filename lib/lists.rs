@@ -96,6 +96,10 @@ pub struct ListConfig {
     /// seconds.
     #[serde(default = "three_days")]
     pub confirm_seconds: u64,
+    /// Text added at the end of every post (MIME-correctly: see
+    /// `list-expand(1)`).
+    #[serde(default)]
+    pub footer: Option<String>,
     /// An HTTPS URL that unsubscribes with one POST (RFC 8058); with it,
     /// posts carry List-Unsubscribe-Post.
     #[serde(default)]
@@ -181,6 +185,7 @@ impl List {
             confirm_seconds: three_days(),
             bounce_limit: five(),
             unsubscribe_url: None,
+            footer: None,
         };
         let text = toml::to_string(&list_config).map_err(|e| ListError::Config {
             path: dir.join("config"),

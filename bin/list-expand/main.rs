@@ -25,6 +25,7 @@ use postroom::message;
 use post::{HELD_SENDER, distribute, held_ids, post, take_held};
 
 mod digest;
+mod footer;
 mod post;
 mod requests;
 

@@ -84,6 +84,9 @@ pub fn distribute(
     post: &[u8],
 ) -> anyhow::Result<()> {
     let mut outgoing = list_headers(list, post);
+    if let Some(footer) = &list.config.footer {
+        outgoing = crate::footer::add_footer(&outgoing, footer);
+    }
     if let Some(rewritten) = rewrite_from_for_dmarc(config, list, &outgoing) {
         outgoing = rewritten;
     }
