@@ -67,7 +67,11 @@ fn posts_by_policy_through_the_aliases_pipe() {
     );
     let config = tree.root().join("lists/team@example.test/config");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text + "subject_tag = \"[team]\"\n").unwrap();
+    std::fs::write(
+        &config,
+        text + "subject_tag = \"[team]\"\nfooter = \"To leave: mail team-request\"\n",
+    )
+    .unwrap();
     std::fs::write(
         tree.root().join("aliases"),
         format!(
@@ -94,7 +98,7 @@ fn posts_by_policy_through_the_aliases_pipe() {
             "List-Post: <mailto:team@example.test>",
             "List-Unsubscribe: <mailto:team-request@example.test?subject=unsubscribe>",
             "Return-Path: <team-bounces+",
-            "at noon",
+            "at noon\n-- \nTo leave: mail team-request\n",
         ] {
             assert!(mail[0].contains(want), "{want:?} missing:\n{}", mail[0]);
         }
