@@ -24,6 +24,7 @@ use postroom::message;
 
 use post::{HELD_SENDER, distribute, held_ids, post, take_held};
 
+mod archive;
 mod digest;
 mod footer;
 mod post;
@@ -104,6 +105,13 @@ enum Command {
         /// The bounce address (default $RECIPIENT).
         #[arg(long, value_name = "ADDRESS")]
         recipient: Option<String>,
+    },
+    /// Write the static HTML archive (by date, by thread, a page a post).
+    Archive {
+        list: String,
+        /// The folder to write the pages into.
+        #[arg(long, value_name = "DIR")]
+        html: PathBuf,
     },
     /// Send the posts since the last digest to the digest members (cron).
     Digest { list: String },
@@ -263,6 +271,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 )?;
             }
             println!("{member}: {count} bounces");
+        }
+        Command::Archive { list, html } => {
+            let list = List::open(&config, &address(&list)?)?;
+            let posts = archive::write_html(&list, &html)?;
+            println!("{posts} posts written to {}", html.display());
         }
         Command::Digest { list } => {
             let list = List::open(&config, &address(&list)?)?;

@@ -529,3 +529,121 @@ fn a_hundred_thousand_members_in_one_call() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("line 2"), "{}", stderr(&bad));
 }
+
+/// What a reader sees: the archive pages rendered by headless Chromium.
+fn rendered(page: &std::path::Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); .ci/run installs it"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn the_html_archive_reads_well_in_a_browser_and_runs_nothing() {
+    let tree = Tree::new();
+    ok(&list_expand(
+        &tree,
+        &[
+            "create",
+            "team@example.test",
+            "--owner",
+            "ann@example.test",
+            "--policy",
+            "open",
+        ],
+        b"",
+    ));
+    let post = |text: &str| {
+        ok(&list_expand(
+            &tree,
+            &["post", "team@example.test", "--sender", "ann@example.test"],
+            text.as_bytes(),
+        ));
+    };
+    post(
+        "From: =?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <j@example.test>\n\
+         Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?=\nMessage-ID: <root@example.test>\n\
+         Date: Mon, 23 Nov 2026 10:00:00 +0000\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain; charset=utf-8\n\n\
+         Hallo zusammen\n--b\nContent-Type: application/pdf\n\
+         Content-Disposition: attachment; filename*=utf-8''Bericht%20M%C3%A4rz.pdf\n\
+         Content-Transfer-Encoding: base64\n\nJVBERi0=\n--b--\n",
+    );
+    post(
+        "From: eve@example.test\nSubject: Re: hello <b>there</b>\nIn-Reply-To: <root@example.test>\n\
+         Date: Mon, 23 Nov 2026 11:00:00 +0000\nMIME-Version: 1.0\nContent-Type: text/html\n\n\
+         <p>visible words</p><script>document.title='owned'</script><img src=x onerror=alert(1)>\n",
+    );
+    let html = tree.dir.path().join("web");
+    let out = ok(&list_expand(
+        &tree,
+        &[
+            "archive",
+            "team@example.test",
+            "--html",
+            html.to_str().unwrap(),
+        ],
+        b"",
+    ));
+    assert!(out.contains("2 posts"), "{out}");
+    for file in std::fs::read_dir(&html).unwrap().flatten() {
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(
+            !text.contains("<script") && !text.contains("<img"),
+            "{text}"
+        );
+    }
+    let index = rendered(&html.join("index.html"));
+    assert!(index.contains("Grüße aus Köln"), "{index}");
+    assert!(index.contains("Jürgen Müller"), "{index}");
+    assert!(
+        index.contains("Re: hello &lt;b&gt;there&lt;/b&gt;"),
+        "{index}"
+    );
+    let threads = rendered(&html.join("threads.html"));
+    let root = threads.find("Grüße aus Köln").unwrap();
+    let reply = threads.find("Re: hello").unwrap();
+    assert!(
+        root < reply && threads[root..reply].contains("<ul>"),
+        "the reply nests: {threads}"
+    );
+    let page = index
+        .split("href=\"")
+        .nth(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .unwrap();
+    let first = rendered(&html.join(&page));
+    let shown = if first.contains("visible words") {
+        first
+    } else {
+        let other = index
+            .split("href=\"")
+            .nth(2)
+            .map(|rest| rest.split('"').next().unwrap().to_string())
+            .unwrap();
+        rendered(&html.join(other))
+    };
+    // The HTML post shows its words, and its script never ran.
+    assert!(shown.contains("visible words"), "{shown}");
+    assert!(!shown.contains("<title>owned</title>"), "{shown}");
+    assert!(
+        !shown.contains("<script") && !shown.contains("<img"),
+        "{shown}"
+    );
+    let all: String = std::fs::read_dir(&html)
+        .unwrap()
+        .flatten()
+        .map(|f| rendered(&f.path()))
+        .collect();
+    assert!(all.contains("Bericht März.pdf"), "attachment listed");
+    assert!(all.contains("Hallo zusammen"));
+}

@@ -93,7 +93,9 @@ fn every_flag_of_smtp_send_pop3_serve_and_vacation_is_in_its_man_page() {
 #[test]
 fn every_flag_of_list_expand_is_in_its_man_page() {
     let text = man("list-expand.1");
-    for sub in ["create", "add", "remove", "post", "show"] {
+    for sub in [
+        "create", "add", "remove", "post", "show", "request", "bounce", "archive", "digest",
+    ] {
         for flag in flags("list-expand", &[sub]) {
             assert!(
                 text.contains(&flag),
