@@ -296,19 +296,21 @@ fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyho
         .find(|(n, _)| n.eq_ignore_ascii_case("Subject"))
         .map(|(_, v)| v)
         .unwrap_or_default();
+    // The subject is the command: a plain reply ("Re: approve ID") sends
+    // the post; the id is unguessable, so knowing it is the proof.
     tell_owners(
         config,
         list,
-        &format!("{}: post from {from} held for approval", list.address),
+        &format!("approve {id}"),
         &format!(
             "A post to {} from {from} waits for approval.\r\n\r\nSubject: {subject}\r\n\r\n\
-             Its id: {id}\r\n\r\nTo send it:\r\n  list-expand approve {} ID\r\n\
-             To drop it:\r\n  list-expand reject {} ID\r\n\
-             Or reply to {} with the line: approve ID (or reject ID)\r\n",
+             To send it, reply to this message (to {}) keeping the subject.\r\n\
+             To drop it, reply with the subject: reject {id}\r\n\r\n\
+             From the shell:\r\n  list-expand approve {} {id}\r\n  list-expand reject {} {id}\r\n",
             list.address,
+            list.request_address(),
             list.address,
-            list.address,
-            list.request_address()
+            list.address
         ),
     )?;
     Ok(id)

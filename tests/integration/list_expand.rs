@@ -124,7 +124,12 @@ fn posts_by_policy_through_the_aliases_pipe() {
     );
     run_queue(&tree);
     let notice = mail_of(&tree, "ann");
-    assert!(notice.iter().any(|m| m.contains(&id)), "{notice:?}");
+    assert!(
+        notice
+            .iter()
+            .any(|m| m.contains(&format!("Subject: approve {id}"))),
+        "{notice:?}"
+    );
     assert_eq!(mail_of(&tree, "cat").len(), 1, "held, not sent");
     ok(&list_expand(
         &tree,
@@ -139,6 +144,52 @@ fn posts_by_policy_through_the_aliases_pipe() {
             .success()
     );
 
+    // Moderation by mail: the owner replies to the notice. Someone else
+    // with the id but not owner or moderator cannot.
+    let out = tree.inject(
+        &["-f", "dan@example.test", "team@example.test"],
+        b"Subject: again?\n\nhello again\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held = ok(&list_expand(&tree, &["held", "team@example.test"], b""));
+    let id = held.split('\t').next().unwrap().to_string();
+    let reply = |from: &str| {
+        ok(&list_expand(
+            &tree,
+            &["request", "team@example.test", "--sender", from],
+            format!("From: {from}\nSubject: Re: approve {id}\n\n> quoted notice\n").as_bytes(),
+        ));
+    };
+    reply("dan@example.test");
+    run_queue(&tree);
+    assert_eq!(
+        mail_of(&tree, "cat").len(),
+        2,
+        "dan cannot approve his own post"
+    );
+    reply("ann@example.test");
+    run_queue(&tree);
+    assert_eq!(
+        mail_of(&tree, "cat").len(),
+        3,
+        "approved by the owner's reply"
+    );
+    // The owner adds and removes members by mail.
+    ok(&list_expand(
+        &tree,
+        &[
+            "request",
+            "team@example.test",
+            "--sender",
+            "ann@example.test",
+        ],
+        b"From: ann@example.test\n\nadd dan@example.test\nremove cat@example.test\n",
+    ));
+    assert_eq!(
+        ok(&list_expand(&tree, &["members", "team@example.test"], b"")),
+        "bob@example.test\ndan@example.test\n"
+    );
+
     // A post that went through the list already is dropped, not bounced.
     let out = tree.inject(
         &["-f", "bob@example.test", "team@example.test"],
@@ -146,8 +197,8 @@ fn posts_by_policy_through_the_aliases_pipe() {
     );
     assert!(out.status.success());
     run_queue(&tree);
-    assert_eq!(mail_of(&tree, "cat").len(), 2, "loop dropped");
-    assert_eq!(mail_of(&tree, "bob").len(), 2, "and no bounce to bob");
+    assert_eq!(mail_of(&tree, "cat").len(), 3, "loop dropped");
+    assert_eq!(mail_of(&tree, "bob").len(), 3, "and no bounce to bob");
 
     // An announce list refuses outsiders: the sender gets a bounce.
     ok(&list_expand(
