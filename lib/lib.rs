@@ -28,6 +28,7 @@ pub mod password;
 pub mod pop3;
 pub mod privileges;
 pub mod queue;
+pub mod sieve;
 pub mod smtp;
 pub mod tls;
 pub mod users;

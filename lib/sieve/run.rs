@@ -1,0 +1,727 @@
+//! Running a compiled script on one message: tests against the parsed
+//! message and envelope, and the actions that result, with the implicit
+//! keep of RFC 5228 §2.10.2.
+//!
+//! A step budget and a time budget bound every run; when one runs out the
+//! run stops with an error and the caller keeps the message in INBOX.
+
+use std::time::{Duration, Instant};
+
+use mail_parser::{HeaderValue, Message, MessageParser, MimeHeaders};
+
+use super::SieveError;
+use super::compile::{
+    BodyTransform, Comparator, FlagOp, MatchKind, Matcher, Part, Relation, Rule, Script, Test,
+};
+
+/// Tests and commands one run may evaluate.
+const MAX_STEPS: u64 = 100_000;
+/// Comparisons one run may make (string lists times values).
+const MAX_COMPARISONS: u64 = 2_000_000;
+/// How long one run may take.
+const MAX_TIME: Duration = Duration::from_secs(2);
+
+/// What a script decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Into INBOX, with these IMAP flags.
+    Keep {
+        flags: Vec<String>,
+    },
+    FileInto {
+        mailbox: String,
+        create: bool,
+        flags: Vec<String>,
+    },
+    Redirect {
+        address: String,
+    },
+    /// Refuse the message with this reason (reject and ereject).
+    Reject {
+        reason: String,
+    },
+    Vacation {
+        seconds: u64,
+        subject: Option<String>,
+        from: Option<String>,
+        addresses: Vec<String>,
+        handle: Option<String>,
+        reason: String,
+    },
+}
+
+/// The message and envelope a script runs on.
+pub struct Input<'a> {
+    pub message: &'a [u8],
+    pub envelope_from: &'a str,
+    pub envelope_to: &'a str,
+    /// The recipient delimiter for `:user` / `:detail` (RFC 5233).
+    pub delimiter: char,
+    /// For `mailboxexists`.
+    pub mailbox_exists: &'a dyn Fn(&str) -> bool,
+}
+
+impl Script {
+    /// The actions for one message, implicit keep included.
+    pub fn run(&self, input: &Input<'_>) -> Result<Vec<Action>, SieveError> {
+        let message = MessageParser::default()
+            .parse(input.message)
+            .unwrap_or_default();
+        let mut state = State {
+            input,
+            message,
+            actions: Vec::new(),
+            cancel_keep: false,
+            explicit_keep: false,
+            flags: Vec::new(),
+            steps: 0,
+            comparisons: 0,
+            started: Instant::now(),
+        };
+        let _stopped = state.block(&self.rules)?;
+        let mut actions = std::mem::take(&mut state.actions);
+        if state.explicit_keep || !state.cancel_keep {
+            let flags = state.flags.clone();
+            if !actions.iter().any(|a| matches!(a, Action::Keep { .. })) {
+                actions.push(Action::Keep { flags });
+            }
+        }
+        Ok(actions)
+    }
+}
+
+struct State<'a> {
+    input: &'a Input<'a>,
+    message: Message<'a>,
+    actions: Vec<Action>,
+    cancel_keep: bool,
+    explicit_keep: bool,
+    /// The imap4flags internal variable.
+    flags: Vec<String>,
+    steps: u64,
+    comparisons: u64,
+    started: Instant,
+}
+
+fn budget_error(message: &str) -> SieveError {
+    SieveError {
+        line: 0,
+        column: 0,
+        message: message.into(),
+    }
+}
+
+impl State<'_> {
+    fn step(&mut self) -> Result<(), SieveError> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(budget_error("the script took too many steps"));
+        }
+        if self.steps.is_multiple_of(256) && self.started.elapsed() > MAX_TIME {
+            return Err(budget_error("the script ran out of time"));
+        }
+        Ok(())
+    }
+
+    /// Runs rules; `true` when `stop` ended the script.
+    fn block(&mut self, rules: &[Rule]) -> Result<bool, SieveError> {
+        for rule in rules {
+            self.step()?;
+            match rule {
+                Rule::If {
+                    branches,
+                    otherwise,
+                } => {
+                    let mut taken = None;
+                    for (test, body) in branches {
+                        if self.test(test)? {
+                            taken = Some(body);
+                            break;
+                        }
+                    }
+                    let body = taken.or(otherwise.as_ref());
+                    if let Some(body) = body
+                        && self.block(body)?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Rule::Stop => return Ok(true),
+                Rule::Keep { flags } => {
+                    let flags = flags.clone().unwrap_or_else(|| self.flags.clone());
+                    self.explicit_keep = true;
+                    self.actions.retain(|a| !matches!(a, Action::Keep { .. }));
+                    self.actions.push(Action::Keep { flags });
+                }
+                Rule::Discard => self.cancel_keep = true,
+                Rule::Redirect { address, copy } => {
+                    if !*copy {
+                        self.cancel_keep = true;
+                    }
+                    let action = Action::Redirect {
+                        address: address.clone(),
+                    };
+                    if !self.actions.contains(&action) {
+                        self.actions.push(action);
+                    }
+                }
+                Rule::FileInto {
+                    mailbox,
+                    copy,
+                    create,
+                    flags,
+                } => {
+                    if !*copy {
+                        self.cancel_keep = true;
+                    }
+                    let flags = flags.clone().unwrap_or_else(|| self.flags.clone());
+                    let same = |a: &Action| matches!(a, Action::FileInto { mailbox: m, .. } if m == mailbox);
+                    if !self.actions.iter().any(same) {
+                        self.actions.push(Action::FileInto {
+                            mailbox: mailbox.clone(),
+                            create: *create,
+                            flags,
+                        });
+                    }
+                }
+                Rule::Reject { reason } => {
+                    self.cancel_keep = true;
+                    self.actions.push(Action::Reject {
+                        reason: reason.clone(),
+                    });
+                }
+                Rule::Flags { op, flags } => {
+                    match op {
+                        FlagOp::Set => self.flags = Vec::new(),
+                        FlagOp::Add | FlagOp::Remove => {}
+                    }
+                    for flag in flags {
+                        let present = self.flags.iter().position(|f| f.eq_ignore_ascii_case(flag));
+                        match (op, present) {
+                            (FlagOp::Remove, Some(i)) => {
+                                self.flags.remove(i);
+                            }
+                            (FlagOp::Set | FlagOp::Add, None) => self.flags.push(flag.clone()),
+                            _ => {}
+                        }
+                    }
+                }
+                Rule::Vacation {
+                    seconds,
+                    subject,
+                    from,
+                    addresses,
+                    handle,
+                    reason,
+                } => {
+                    if !self
+                        .actions
+                        .iter()
+                        .any(|a| matches!(a, Action::Vacation { .. }))
+                    {
+                        self.actions.push(Action::Vacation {
+                            seconds: *seconds,
+                            subject: subject.clone(),
+                            from: from.clone(),
+                            addresses: addresses.clone(),
+                            handle: handle.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn test(&mut self, test: &Test) -> Result<bool, SieveError> {
+        self.step()?;
+        Ok(match test {
+            Test::True => true,
+            Test::False => false,
+            Test::Not(t) => !self.test(t)?,
+            Test::AllOf(tests) => {
+                for t in tests {
+                    if !self.test(t)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            Test::AnyOf(tests) => {
+                for t in tests {
+                    if self.test(t)? {
+                        return Ok(true);
+                    }
+                }
+                false
+            }
+            Test::Exists(names) => names.iter().all(|n| !self.header_values(n).is_empty()),
+            Test::Size { over, limit } => {
+                let size = self.input.message.len() as u64;
+                if *over { size > *limit } else { size < *limit }
+            }
+            Test::Header { names, matcher } => {
+                let values: Vec<String> =
+                    names.iter().flat_map(|n| self.header_values(n)).collect();
+                self.matches(matcher, &values)?
+            }
+            Test::Address {
+                part,
+                names,
+                matcher,
+            } => {
+                let values: Vec<String> = names
+                    .iter()
+                    .flat_map(|n| self.addresses(n))
+                    .filter_map(|a| address_part(&a, *part, self.input.delimiter))
+                    .collect();
+                self.matches(matcher, &values)?
+            }
+            Test::Envelope {
+                part,
+                names,
+                matcher,
+            } => {
+                let values: Vec<String> = names
+                    .iter()
+                    .map(|n| {
+                        if n == "from" {
+                            self.input.envelope_from.to_string()
+                        } else {
+                            self.input.envelope_to.to_string()
+                        }
+                    })
+                    .filter_map(|a| address_part(&a, *part, self.input.delimiter))
+                    .collect();
+                self.matches(matcher, &values)?
+            }
+            Test::Body { transform, matcher } => {
+                let values = self.body_values(transform);
+                self.matches(matcher, &values)?
+            }
+            Test::HasFlag { matcher } => {
+                let flags = self.flags.clone();
+                self.matches(matcher, &flags)?
+            }
+            Test::MailboxExists(names) => names.iter().all(|n| (self.input.mailbox_exists)(n)),
+        })
+    }
+
+    /// Every value of a header field, RFC 2047-decoded and unfolded.
+    fn header_values(&self, name: &str) -> Vec<String> {
+        self.message
+            .headers()
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case(name))
+            .map(|h| match h.value() {
+                HeaderValue::Text(t) => t.to_string(),
+                HeaderValue::TextList(list) => list.join(", "),
+                HeaderValue::Address(address) => address
+                    .iter()
+                    .map(|a| match (a.name(), a.address()) {
+                        (Some(n), Some(addr)) => format!("{n} <{addr}>"),
+                        (None, Some(addr)) => addr.to_string(),
+                        (Some(n), None) => n.to_string(),
+                        (None, None) => String::new(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                HeaderValue::DateTime(d) => d.to_rfc822(),
+                _ => {
+                    let raw = self
+                        .input
+                        .message
+                        .get(h.offset_start() as usize..h.offset_end() as usize)
+                        .unwrap_or(&[]);
+                    String::from_utf8_lossy(raw)
+                        .split(['\r', '\n'])
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                }
+            })
+            .collect()
+    }
+
+    /// The addresses in an address header.
+    fn addresses(&self, name: &str) -> Vec<String> {
+        self.message
+            .headers()
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case(name))
+            .flat_map(|h| match h.value() {
+                HeaderValue::Address(a) => a
+                    .iter()
+                    .filter_map(|a| a.address().map(str::to_string))
+                    .collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn body_values(&self, transform: &BodyTransform) -> Vec<String> {
+        match transform {
+            BodyTransform::Raw => {
+                let start = self.message.root_part().raw_body_offset() as usize;
+                vec![
+                    String::from_utf8_lossy(self.input.message.get(start..).unwrap_or(&[]))
+                        .into_owned(),
+                ]
+            }
+            BodyTransform::Text => (0..self.message.text_body.len())
+                .filter_map(|i| self.message.body_text(i).map(|t| t.into_owned()))
+                .collect(),
+            BodyTransform::Content(types) => self
+                .message
+                .parts
+                .iter()
+                .filter(|part| {
+                    let (t, s) = part
+                        .content_type()
+                        .map(|c| {
+                            (
+                                c.ctype().to_ascii_lowercase(),
+                                c.subtype().unwrap_or("").to_ascii_lowercase(),
+                            )
+                        })
+                        .unwrap_or(("text".into(), "plain".into()));
+                    types.iter().any(|want| {
+                        let want = want.to_ascii_lowercase();
+                        want.is_empty() || want == t || want == format!("{t}/{s}")
+                    })
+                })
+                .filter_map(|part| part.text_contents().map(str::to_string))
+                .collect(),
+        }
+    }
+
+    fn matches(&mut self, matcher: &Matcher, values: &[String]) -> Result<bool, SieveError> {
+        if let MatchKind::Count(relation) = matcher.kind {
+            let count = values.len() as u64;
+            return Ok(matcher.keys.iter().any(|k| {
+                k.trim()
+                    .parse::<u64>()
+                    .is_ok_and(|n| relate(count.cmp(&n), relation))
+            }));
+        }
+        for value in values {
+            for (i, key) in matcher.keys.iter().enumerate() {
+                self.comparisons += 1;
+                if self.comparisons > MAX_COMPARISONS {
+                    return Err(budget_error("the script made too many comparisons"));
+                }
+                if compare(matcher, i, key, value) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn compare(matcher: &Matcher, index: usize, key: &str, value: &str) -> bool {
+    let fold = |s: &str| match matcher.comparator {
+        Comparator::AsciiCasemap => s.to_ascii_lowercase(),
+        _ => s.to_string(),
+    };
+    match &matcher.kind {
+        MatchKind::Is => match matcher.comparator {
+            Comparator::AsciiNumeric => numeric(value) == numeric(key),
+            _ => fold(value) == fold(key),
+        },
+        MatchKind::Contains => fold(value).contains(&fold(key)),
+        MatchKind::Matches => wildcard(&fold(key), &fold(value)),
+        MatchKind::Regex(regexes) => regexes.get(index).is_some_and(|r| r.is_match(value)),
+        MatchKind::Value(relation) => {
+            let ordering = match matcher.comparator {
+                Comparator::AsciiNumeric => match (numeric(value), numeric(key)) {
+                    (Some(a), Some(b)) => a.cmp(&b),
+                    // RFC 4790: a non-number is greater than any number.
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, None) => std::cmp::Ordering::Equal,
+                },
+                _ => fold(value).cmp(&fold(key)),
+            };
+            relate(ordering, *relation)
+        }
+        MatchKind::Count(_) => false,
+    }
+}
+
+fn relate(ordering: std::cmp::Ordering, relation: Relation) -> bool {
+    use std::cmp::Ordering::*;
+    match relation {
+        Relation::Gt => ordering == Greater,
+        Relation::Ge => ordering != Less,
+        Relation::Lt => ordering == Less,
+        Relation::Le => ordering != Greater,
+        Relation::Eq => ordering == Equal,
+        Relation::Ne => ordering != Equal,
+    }
+}
+
+/// i;ascii-numeric: the leading digits, or none.
+fn numeric(s: &str) -> Option<u128> {
+    let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+    if digits.is_empty() {
+        None
+    } else {
+        Some(digits.parse().unwrap_or(u128::MAX))
+    }
+}
+
+/// `:matches` with `*`, `?` and `\` escapes (RFC 5228 §2.7.1), by dynamic
+/// programming over characters, so no pattern can take exponential time.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    #[derive(Clone, Copy, PartialEq)]
+    enum P {
+        Any,
+        One,
+        Char(char),
+    }
+    let mut tokens = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        tokens.push(match c {
+            '*' => P::Any,
+            '?' => P::One,
+            '\\' => P::Char(chars.next().unwrap_or('\\')),
+            c => P::Char(c),
+        });
+    }
+    let text: Vec<char> = text.chars().collect();
+    // reachable[j]: the pattern so far can match text[..j].
+    let mut reachable = vec![false; text.len() + 1];
+    reachable[0] = true;
+    for token in tokens {
+        let mut next = vec![false; text.len() + 1];
+        match token {
+            P::Any => {
+                let mut any = false;
+                for j in 0..=text.len() {
+                    any |= reachable[j];
+                    next[j] = any;
+                }
+            }
+            P::One => {
+                next[1..].copy_from_slice(&reachable[..text.len()]);
+            }
+            P::Char(c) => {
+                for j in 0..text.len() {
+                    next[j + 1] = reachable[j] && text[j] == c;
+                }
+            }
+        }
+        reachable = next;
+    }
+    reachable[text.len()]
+}
+
+/// The part of an address a test looks at.
+fn address_part(address: &str, part: Part, delimiter: char) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+    Some(match part {
+        Part::All => address.to_string(),
+        Part::Local => local.to_string(),
+        Part::Domain => domain.to_string(),
+        Part::User => local.split(delimiter).next().unwrap_or(local).to_string(),
+        // No detail at all: the test does not match (RFC 5233 §4).
+        Part::Detail => local.split_once(delimiter)?.1.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MESSAGE: &[u8] = b"From: Wile E. Coyote <coyote@desert.example.org>\r\n\
+To: \"Road Runner\" <roadrunner+birds@acme.example.com>\r\n\
+Cc: boss@acme.example.com\r\n\
+Subject: =?utf-8?q?Ich_m=C3=B6chte_ein_Angebot?=\r\n\
+X-Spam-Score: 12\r\n\
+Sender: owner-ietf-mtgs@ietf.org\r\n\
+\r\n\
+I would like to make money fast.\r\n";
+
+    fn run(script: &str) -> Vec<Action> {
+        let compiled = Script::compile(script).unwrap_or_else(|e| panic!("{script}: {e}"));
+        compiled
+            .run(&Input {
+                message: MESSAGE,
+                envelope_from: "coyote@desert.example.org",
+                envelope_to: "roadrunner+birds@acme.example.com",
+                delimiter: '+',
+                mailbox_exists: &|name| name == "Existing",
+            })
+            .unwrap()
+    }
+
+    fn keep() -> Action {
+        Action::Keep { flags: Vec::new() }
+    }
+
+    fn into(mailbox: &str) -> Action {
+        Action::FileInto {
+            mailbox: mailbox.into(),
+            create: false,
+            flags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn implicit_keep_and_cancelling_it() {
+        assert_eq!(run(""), [keep()]);
+        assert_eq!(run("discard;"), Vec::<Action>::new());
+        assert_eq!(run("require \"fileinto\"; fileinto \"a\";"), [into("a")]);
+        assert_eq!(
+            run("require [\"fileinto\",\"copy\"]; fileinto :copy \"a\";"),
+            [into("a"), keep()]
+        );
+        assert_eq!(run("discard; keep;"), [keep()]);
+        assert_eq!(run("stop; discard;"), [keep()]);
+        assert_eq!(
+            run("redirect \"x@y.test\"; redirect \"x@y.test\";"),
+            [Action::Redirect {
+                address: "x@y.test".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn the_rfc_5228_example_files_meetings() {
+        let script = r#"
+require ["fileinto"];
+if header :is "Sender" "owner-ietf-mtgs@ietf.org" {
+    fileinto "INBOX.meetings";
+} elsif address :domain :is ["From", "To"] "example.com" {
+    keep;
+} else {
+    fileinto "personal";
+}"#;
+        assert_eq!(run(script), [into("INBOX.meetings")]);
+    }
+
+    #[test]
+    fn match_types_comparators_and_address_parts() {
+        let yes = |test: &str| {
+            let script = format!(
+                "require [\"fileinto\", \"envelope\", \"subaddress\", \"relational\", \"comparator-i;ascii-numeric\", \"regex\"];\nif {test} {{ fileinto \"hit\"; }}"
+            );
+            run(&script) == [into("hit")]
+        };
+        assert!(
+            yes(r#"header :contains "subject" "möchte""#),
+            "2047 decoded"
+        );
+        assert!(yes(r#"header :matches "subject" "Ich*Angebot""#));
+        assert!(yes(
+            r#"header :matches "from" "*coyote@desert.example.?rg*""#
+        ));
+        assert!(!yes(
+            r#"header :is :comparator "i;octet" "subject" "ich möchte ein angebot""#
+        ));
+        assert!(
+            !yes(r#"header :is "subject" "ICH MÖCHTE EIN ANGEBOT""#),
+            "casemap is ASCII only"
+        );
+        assert!(yes(r#"address :localpart :is "from" "COYOTE""#));
+        assert!(yes(r#"address :domain :is "to" "acme.example.com""#));
+        assert!(yes(r#"address :user :is "to" "roadrunner""#));
+        assert!(yes(r#"address :detail :is "to" "birds""#));
+        assert!(
+            !yes(r#"address :detail :matches "cc" "*""#),
+            "no detail, no match"
+        );
+        assert!(yes(
+            r#"envelope :all :is "from" "coyote@desert.example.org""#
+        ));
+        assert!(yes(r#"envelope :detail :is "to" "birds""#));
+        assert!(yes(
+            r#"header :value "gt" :comparator "i;ascii-numeric" "x-spam-score" "9""#
+        ));
+        assert!(!yes(
+            r#"header :value "gt" :comparator "i;ascii-numeric" "x-spam-score" "20""#
+        ));
+        assert!(yes(
+            r#"address :count "eq" :comparator "i;ascii-numeric" ["to", "cc"] "2""#
+        ));
+        assert!(yes(r#"header :regex "subject" "^Ich m.chte""#));
+        assert!(yes(r#"exists ["from", "x-spam-score"]"#));
+        assert!(!yes(r#"exists ["from", "x-missing"]"#));
+        assert!(yes("size :over 100"));
+        assert!(!yes("size :under 100"));
+        assert!(yes(r#"allof (true, not false, anyof (false, true))"#));
+    }
+
+    #[test]
+    fn body_flags_reject_vacation_and_mailboxes() {
+        let out = run(r#"require ["body", "imap4flags", "fileinto", "mailbox"];
+               if body :text :contains "money fast" { addflag "\\Flagged junk"; fileinto :create "Junk"; }
+               if hasflag :is "junk" { removeflag "junk"; }
+               if mailboxexists "Existing" { keep :flags "\\Seen"; }"#);
+        assert_eq!(
+            out,
+            [
+                Action::FileInto {
+                    mailbox: "Junk".into(),
+                    create: true,
+                    flags: vec!["\\Flagged".into(), "junk".into()]
+                },
+                Action::Keep {
+                    flags: vec!["\\Seen".into()]
+                }
+            ]
+        );
+        assert_eq!(
+            run(r#"require "reject"; reject "no thanks";"#),
+            [Action::Reject {
+                reason: "no thanks".into()
+            }]
+        );
+        let vacation = run(
+            r#"require ["vacation", "vacation-seconds"]; vacation :seconds 60 :subject "Away" :handle "h" "back soon";"#,
+        );
+        assert!(
+            matches!(&vacation[0], Action::Vacation { seconds: 60, subject: Some(s), .. } if s == "Away")
+        );
+        assert_eq!(vacation[1], keep(), "vacation keeps the message");
+    }
+
+    #[test]
+    fn wildcards_are_linear_and_exact() {
+        assert!(wildcard("a*b?c", "axxxbyc"));
+        assert!(!wildcard("a*b?c", "axxxbc"));
+        assert!(wildcard("\\*x", "*x"));
+        assert!(!wildcard("\\*x", "ax"));
+        let long = "a".repeat(5000);
+        let started = Instant::now();
+        assert!(!wildcard(&"*a".repeat(200), &(long + "b")));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_huge_list_of_keys_stays_bounded() {
+        let keys: Vec<String> = (0..3000).map(|i| format!("\"k{i}*z\"")).collect();
+        let list = format!("[{}]", keys.join(","));
+        let mut script = String::new();
+        for _ in 0..30 {
+            script.push_str(&format!(
+                "if header :contains [\"from\",\"to\",\"subject\"] {list} {{ keep; }}\n"
+            ));
+        }
+        let compiled = Script::compile(&script).unwrap();
+        let started = Instant::now();
+        let _result = compiled.run(&Input {
+            message: MESSAGE,
+            envelope_from: "",
+            envelope_to: "",
+            delimiter: '+',
+            mailbox_exists: &|_| false,
+        });
+        // Ended by the comparison budget or done: either way, soon.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
