@@ -55,6 +55,8 @@ pub struct Config {
     pub dns: Dns,
     #[serde(default)]
     pub send: Send,
+    #[serde(default)]
+    pub sieve: Sieve,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -339,6 +341,16 @@ impl Default for QueuePolicy {
             postmaster: None,
         }
     }
+}
+
+/// Administrator Sieve scripts `mailsort` runs around each user's own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sieve {
+    /// Run before the user's script (in order); their actions add up.
+    pub before: Vec<PathBuf>,
+    /// Run after the user's script.
+    pub after: Vec<PathBuf>,
 }
 
 /// How `smtp-send` talks to other systems.

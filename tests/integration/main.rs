@@ -4,6 +4,7 @@
 mod dns;
 mod foundation;
 mod list_expand;
+mod mailsort;
 mod man_pages;
 mod pop3_serve;
 mod sink;

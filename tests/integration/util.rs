@@ -96,6 +96,7 @@ pub fn bin(name: &str) -> PathBuf {
         "smtp-send" => PathBuf::from(env!("CARGO_BIN_EXE_smtp-send")),
         "vacation" => PathBuf::from(env!("CARGO_BIN_EXE_vacation")),
         "list-expand" => PathBuf::from(env!("CARGO_BIN_EXE_list-expand")),
+        "mailsort" => PathBuf::from(env!("CARGO_BIN_EXE_mailsort")),
         "pop3-serve" => PathBuf::from(env!("CARGO_BIN_EXE_pop3-serve")),
         other => Path::new(env!("CARGO_BIN_EXE_postroom")).with_file_name(other),
     }

@@ -1,0 +1,161 @@
+//! mailsort as the user's delivery pipe: Sieve rules file into folders,
+//! set flags, discard, refuse, redirect; a broken script keeps mail in
+//! INBOX; --check and --test.
+
+use std::process::Command;
+
+use crate::util::{Tree, bin, maildir_files, stderr, stdout};
+
+fn setup(script: &str) -> Tree {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    tree.add_user("bob@example.test");
+    std::fs::write(
+        tree.root().join("aliases"),
+        format!(
+            "ann@example.test: \"|{} --config {} --user ann@example.test\"\n",
+            bin("mailsort").display(),
+            tree.config.display()
+        ),
+    )
+    .unwrap();
+    let sieve = tree.maildir("ann").join("sieve");
+    std::fs::create_dir_all(&sieve).unwrap();
+    std::fs::write(sieve.join("active.sieve"), script).unwrap();
+    tree
+}
+
+fn send(tree: &Tree, from: &str, subject: &str) -> std::process::Output {
+    tree.inject(
+        &["-f", from, "ann@example.test"],
+        format!("From: {from}\nTo: ann@example.test\nSubject: {subject}\n\nbody\n").as_bytes(),
+    )
+}
+
+const RULES: &str = r#"require ["fileinto", "imap4flags", "reject", "mailbox"];
+if header :contains "subject" "[rust]" {
+    fileinto :create "Lists/rust";
+} elsif address :is "from" "boss@far.test" {
+    addflag "\\Flagged";
+    keep;
+} elsif header :contains "subject" "viagra" {
+    discard;
+} elsif header :is "subject" "go away" {
+    reject "I do not take mail from you.";
+} elsif header :is "subject" "forward" {
+    redirect "bob@example.test";
+}
+"#;
+
+#[test]
+fn rules_file_flag_discard_refuse_and_redirect() {
+    let tree = setup(RULES);
+    for (from, subject) in [
+        ("list@far.test", "[rust] release"),
+        ("boss@far.test", "meeting"),
+        ("spam@far.test", "cheap viagra"),
+        ("friend@far.test", "hello"),
+        ("friend@far.test", "forward"),
+    ] {
+        let out = send(&tree, from, subject);
+        assert!(out.status.success(), "{subject}: {}", stderr(&out));
+    }
+    let folder = tree.maildir("ann").join(".Lists.rust");
+    assert_eq!(maildir_files(&folder).len(), 1, "filed into Lists.rust");
+    let inbox: Vec<_> = maildir_files(&tree.maildir("ann"))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/.Lists"))
+        .collect();
+    assert_eq!(inbox.len(), 2, "boss and hello in INBOX: {inbox:?}");
+    assert!(
+        inbox.iter().any(|p| p.to_string_lossy().ends_with(":2,F")),
+        "the boss's mail is flagged: {inbox:?}"
+    );
+    // Redirected mail is queued for bob; the runner delivers it.
+    let run = Command::new(bin("smtp-send"))
+        .arg("--config")
+        .arg(&tree.config)
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let bob = maildir_files(&tree.maildir("bob"));
+    assert_eq!(bob.len(), 1);
+    let text = std::fs::read_to_string(&bob[0]).unwrap();
+    assert!(
+        text.contains("Subject: forward")
+            && text.contains("X-Postroom-Redirected-By: ann@example.test")
+    );
+
+    // A refusal bounces to the sender, with the rule's words.
+    let out = send(&tree, "bob@example.test", "go away");
+    assert!(out.status.success());
+    let run = Command::new(bin("smtp-send"))
+        .arg("--config")
+        .arg(&tree.config)
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let bounced = maildir_files(&tree.maildir("bob"))
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .any(|m| m.contains("I do not take mail from you."));
+    assert!(bounced, "bob got the refusal");
+}
+
+#[test]
+fn a_broken_script_keeps_mail_in_the_inbox() {
+    let tree =
+        setup("require \"fileinto\";\nif header :contains \"subject\" {\n  fileinto \"x\";\n");
+    let out = send(&tree, "friend@far.test", "hello");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(maildir_files(&tree.maildir("ann")).len(), 1);
+}
+
+#[test]
+fn check_and_test_say_what_a_script_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.sieve");
+    std::fs::write(
+        &bad,
+        "require \"fileinto\";\nif true {\n  fileinto \"x\"\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("mailsort"))
+        .arg("--check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("bad.sieve:4:1: ';' or '{' expected after fileinto"),
+        "{}",
+        stdout(&out)
+    );
+    let good = dir.path().join("good.sieve");
+    std::fs::write(&good, RULES).unwrap();
+    let out = Command::new(bin("mailsort"))
+        .arg("--check")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    let mut child = Command::new(bin("mailsort"))
+        .arg("--test")
+        .arg(&good)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"From: boss@far.test\nSubject: q3\n\nnumbers\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "keep :flags \\Flagged\n");
+}
