@@ -80,6 +80,7 @@ fn every_flag_of_smtp_send_pop3_serve_and_vacation_is_in_its_man_page() {
         ("smtp-send", "smtp-send.8", 6),
         ("pop3-serve", "pop3-serve.8", 4),
         ("vacation", "vacation.1", 8),
+        ("mailsort", "mailsort.1", 6),
     ] {
         let text = man(page);
         let found = flags(program, &[]);
