@@ -248,6 +248,9 @@ fn to_mailbox(
         return Outcome::Failed(format!("550 5.1.1 <{rcpt}>: no such user here"));
     };
     let maildir = Maildir::new(users::maildir_of(config, user));
+    if crate::sort::has_rules(config, &maildir) {
+        return by_rules(config, directory, message, index, &maildir, user);
+    }
     let mut body = match message.body() {
         Ok(body) => body,
         Err(e) => return Outcome::Deferred(format!("451 4.3.0 cannot read queue file: {e}")),
@@ -281,6 +284,50 @@ fn to_mailbox(
             Outcome::Deferred(format!("452 4.2.2 <{rcpt}>: mailbox is full"))
         }
         Err(e) => Outcome::Deferred(format!("451 4.3.0 <{rcpt}>: {e}")),
+    }
+}
+
+/// Local delivery through the user's (and the admin's) Sieve rules. Not
+/// idempotent like a plain delivery: a runner killed mid-way may file a
+/// copy twice on the retry (never none).
+fn by_rules(
+    config: &Config,
+    directory: &Directory,
+    message: &QueuedMessage,
+    index: usize,
+    maildir: &Maildir,
+    user: &crate::users::User,
+) -> Outcome {
+    let rcpt = &message.envelope.recipients[index].address;
+    let sender = return_path(config, message, rcpt);
+    let mut raw = format!("Return-Path: <{sender}>\r\nDelivered-To: {rcpt}\r\n").into_bytes();
+    match message.body().and_then(|mut f| {
+        f.read_to_end(&mut raw).map_err(|e| QueueError::Io {
+            path: message.path().to_path_buf(),
+            error: e,
+        })
+    }) {
+        Ok(_) => {}
+        Err(e) => return Outcome::Deferred(format!("451 4.3.0 cannot read queue file: {e}")),
+    }
+    let Ok(address) = Address::parse(&user.address) else {
+        return Outcome::Failed(format!("550 5.1.1 <{rcpt}>: bad user address"));
+    };
+    let quota = user
+        .quota
+        .or(Some(config.delivery.default_quota))
+        .filter(|&q| q > 0);
+    match crate::sort::sort(config, directory, maildir, quota, &address, &sender, &raw) {
+        Ok(crate::sort::Sorted::Delivered) => {
+            Outcome::Delivered("250 2.0.0 delivered by Sieve rules".into())
+        }
+        Ok(crate::sort::Sorted::Refused(reason)) => Outcome::Failed(reason),
+        Err(crate::sort::SortError::OverQuota) => {
+            Outcome::Deferred(format!("452 4.2.2 <{rcpt}>: mailbox is full"))
+        }
+        Err(crate::sort::SortError::Other(e)) => {
+            Outcome::Deferred(format!("451 4.3.0 <{rcpt}>: {e:#}"))
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod privileges;
 pub mod queue;
 pub mod sieve;
 pub mod smtp;
+pub mod sort;
 pub mod tls;
 pub mod users;
 pub mod vacation;

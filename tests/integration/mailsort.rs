@@ -159,3 +159,35 @@ fn check_and_test_say_what_a_script_does() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(stdout(&out), "keep :flags \\Flagged\n");
 }
+
+#[test]
+fn the_rules_apply_to_every_local_delivery_without_an_alias() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    let sieve = tree.maildir("ann").join("sieve");
+    std::fs::create_dir_all(&sieve).unwrap();
+    std::fs::write(sieve.join("active.sieve"), RULES).unwrap();
+    let out = send(&tree, "list@far.test", "[rust] news");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        maildir_files(&tree.maildir("ann").join(".Lists.rust")).len(),
+        1
+    );
+    // Queued mail too (the runner's local delivery).
+    let out = tree.inject(
+        &["-odq", "-f", "list@far.test", "ann@example.test"],
+        b"Subject: [rust] queued\n\nx\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = Command::new(bin("smtp-send"))
+        .arg("--config")
+        .arg(&tree.config)
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(
+        maildir_files(&tree.maildir("ann").join(".Lists.rust")).len(),
+        2
+    );
+}
