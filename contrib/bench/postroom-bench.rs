@@ -26,6 +26,7 @@ use clap::{Parser, Subcommand};
 mod list;
 mod pop3;
 mod send;
+mod sieve;
 mod smtp;
 
 #[derive(Parser)]
@@ -67,6 +68,11 @@ enum Bench {
         #[arg(long, default_value_t = 100_000)]
         members: usize,
     },
+    /// Sieve: messages through a 20-rule script, alone and with delivery.
+    Sieve {
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+    },
     /// smtp-send emptying a queue into a loopback SMTP sink.
     Send {
         /// Messages queued (one recipient each; then as many recipients
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
         Bench::Send { messages } => send::run(&base, messages),
         Bench::List { members } => list::run(&base, members),
+        Bench::Sieve { messages } => sieve::run(&base, messages),
         Bench::Pop3 {
             messages,
             size,
