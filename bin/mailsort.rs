@@ -107,6 +107,14 @@ fn run(args: Args) -> anyhow::Result<u8> {
             envelope_to: &to,
             delimiter: '+',
             mailbox_exists: &|_| true,
+            // --test reads lists beside the script.
+            list: &|name| {
+                let dir = path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("lists");
+                sort::read_list(&dir, name)
+            },
         })?;
         for action in actions {
             println!("{}", sort::describe(&action));

@@ -76,6 +76,8 @@ pub fn decide(
     let sender_text = sender.to_string();
     let to = user.to_string();
     let exists = |name: &str| folder_of(inbox, name).is_ok_and(|f| f.path().join("cur").is_dir());
+    let lists_dir = inbox.path().join("sieve").join("lists");
+    let list = |name: &str| read_list(&lists_dir, name);
     let mut actions: Vec<Action> = Vec::new();
     let mut every_script_kept = true;
     for path in &scripts {
@@ -90,6 +92,7 @@ pub fn decide(
                         envelope_to: &to,
                         delimiter,
                         mailbox_exists: &exists,
+                        list: &list,
                     })
                     .map_err(|e| e.to_string())
             });
@@ -194,6 +197,33 @@ fn carry_out(
         }
     }
     Ok(Sorted::Delivered)
+}
+
+/// An external list (RFC 6134) from the user's `sieve/lists/` folder: the
+/// name with its URL punctuation made safe (`:addrbook:friends` is the
+/// file `addrbook_friends`), one entry a line, `#` comments.
+pub fn read_list(dir: &std::path::Path, name: &str) -> Option<Vec<String>> {
+    let file: String = name
+        .trim_start_matches(':')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if file.is_empty() || file.starts_with('.') {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
+    Some(
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+    )
 }
 
 /// A Sieve mailbox name as a Maildir++ folder: `INBOX` is the root,

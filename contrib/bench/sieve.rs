@@ -1,5 +1,6 @@
 //! `postroom-bench sieve`: 2,000 messages through a 20-rule Sieve script
-//! (header matches, folder moves, a regex, address parts, a body test):
+//! (header matches, folder moves, a regex, an external list of 202
+//! entries, address parts, a body test):
 //! messages per second for filtering alone, and with delivery into the
 //! folders of a maildir (`postroom::sort`, what mailsort and local
 //! delivery run).
@@ -10,7 +11,7 @@ use std::time::Instant;
 use postroom::address::{Address, ReversePath};
 use postroom::sieve::{Input, Script};
 
-const RULES: &str = r#"require ["fileinto", "regex", "subaddress", "envelope", "body", "imap4flags", "relational", "comparator-i;ascii-numeric"];
+const RULES: &str = r#"require ["fileinto", "regex", "subaddress", "envelope", "body", "imap4flags", "relational", "comparator-i;ascii-numeric", "extlists"];
 if header :contains "list-id" "rust-users" { fileinto "Lists/rust"; stop; }
 if header :contains "list-id" "postgres" { fileinto "Lists/pg"; stop; }
 if header :is "x-spam-flag" "YES" { fileinto "Junk"; stop; }
@@ -30,7 +31,7 @@ if header :matches "x-mailer" "*Outlook*" { addflag "outlook"; }
 if not exists "date" { fileinto "Suspicious"; }
 if header :contains "subject" "urgent" { addflag "\\Flagged"; }
 if address :localpart :matches "from" "*-bounces*" { fileinto "Bounces"; stop; }
-if header :is "precedence" "bulk" { fileinto "Bulk"; }
+if address :list "from" ":addrbook:vip" { addflag "\\Flagged"; fileinto "VIP"; }
 "#;
 
 pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
@@ -46,6 +47,7 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
                 envelope_to: "ann+shop@example.test",
                 delimiter: '+',
                 mailbox_exists: &|_| true,
+                list: &|name| (name == ":addrbook:vip").then(vip),
             })?
             .len();
     }
@@ -58,6 +60,11 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
     let inbox = postroom::maildir::Maildir::new(dir.join("mail/bench.test/sink"));
     std::fs::create_dir_all(inbox.path().join("sieve"))?;
     std::fs::write(inbox.path().join("sieve/active.sieve"), RULES)?;
+    std::fs::create_dir_all(inbox.path().join("sieve/lists"))?;
+    std::fs::write(
+        inbox.path().join("sieve/lists/addrbook_vip"),
+        vip().join("\n"),
+    )?;
     let user = Address::parse("sink@bench.test")?;
     let sender = ReversePath::parse("someone@far.example")?;
     let started = Instant::now();
@@ -71,6 +78,14 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
         messages as f64 / deliver
     );
     Ok(())
+}
+
+/// The external list: 200 addresses and a pattern.
+fn vip() -> Vec<String> {
+    let mut list: Vec<String> = (0..200).map(|i| format!("vip{i}@far.example")).collect();
+    list.push("*@family.example".into());
+    list.push("friend@far.example".into());
+    list
 }
 
 /// A varied message: lists, spam scores, tickets, plain mail.

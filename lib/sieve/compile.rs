@@ -23,6 +23,8 @@ pub const EXTENSIONS: &[&str] = &[
     "vacation-seconds",
     "mailbox",
     "body",
+    "encoded-character",
+    "extlists",
 ];
 
 /// The largest compiled regular expression.
@@ -115,6 +117,7 @@ pub(super) enum Test {
         matcher: Matcher,
     },
     MailboxExists(Vec<String>),
+    ValidExtList(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +161,8 @@ pub(super) enum MatchKind {
     Regex(Vec<Regex>),
     Value(Relation),
     Count(Relation),
+    /// RFC 6134: the value is on one of the named lists.
+    List,
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +175,16 @@ pub(super) struct Matcher {
 impl Script {
     /// Parses and checks a script.
     pub fn compile(text: &str) -> Result<Script, SieveError> {
-        let commands = parse::parse(text)?;
+        let mut commands = parse::parse(text)?;
+        let encoded = commands.iter().any(|c| {
+            c.name == "require"
+                && c.args.iter().any(|a| {
+                    matches!(a, Arg::Strings(s) if s.iter().any(|e| e.eq_ignore_ascii_case("encoded-character")))
+                })
+        });
+        if encoded {
+            decode_commands(&mut commands);
+        }
         let mut compiler = Compiler {
             required: Vec::new(),
             requires_allowed: true,
@@ -705,6 +719,12 @@ impl Compiler {
                     }
                 }
             }
+            "valid_ext_list" => {
+                no_tests()?;
+                self.need("extlists", line, column)?;
+                let rest = Args::new("valid_ext_list", &t.args, line, column).rest()?;
+                Test::ValidExtList(strings(rest.first(), "the list names", line, column)?)
+            }
             "mailboxexists" => {
                 no_tests()?;
                 self.need("mailbox", line, column)?;
@@ -780,6 +800,10 @@ impl Compiler {
                 kinds.push(kind);
             }
         }
+        if args.flag("list") {
+            self.need("extlists", line, column)?;
+            kinds.push(MatchKind::List);
+        }
         if args.flag("regex") {
             self.need("regex", line, column)?;
             kinds.push(MatchKind::Regex(Vec::new()));
@@ -836,6 +860,71 @@ fn compile_regexes(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(MatchKind::Regex(regexes))
+}
+
+/// RFC 5228 §2.4.2.4: `${hex: 41 42}` and `${unicode: 263A}` in strings.
+fn decode_commands(commands: &mut [Command]) {
+    for c in commands {
+        decode_args(&mut c.args);
+        decode_tests(&mut c.tests);
+        if let Some(block) = &mut c.block {
+            decode_commands(block);
+        }
+    }
+}
+
+fn decode_tests(tests: &mut [RawTest]) {
+    for t in tests {
+        decode_args(&mut t.args);
+        decode_tests(&mut t.tests);
+    }
+}
+
+fn decode_args(args: &mut [Arg]) {
+    for arg in args {
+        if let Arg::Strings(list) = arg {
+            for s in list {
+                *s = decode_encoded_characters(s);
+            }
+        }
+    }
+}
+
+/// Decodes the encoded characters in one string; a malformed one is left
+/// as it is, as the RFC asks.
+pub(super) fn decode_encoded_characters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = &after[..end];
+        let decoded = inner.split_once(':').and_then(|(kind, body)| {
+            let items = body.split_whitespace();
+            match kind.trim().to_ascii_lowercase().as_str() {
+                "hex" => {
+                    let bytes: Option<Vec<u8>> =
+                        items.map(|h| u8::from_str_radix(h, 16).ok()).collect();
+                    String::from_utf8(bytes?).ok()
+                }
+                "unicode" => items
+                    .map(|h| u32::from_str_radix(h, 16).ok().and_then(char::from_u32))
+                    .collect::<Option<String>>(),
+                _ => None,
+            }
+        });
+        match decoded {
+            Some(d) => out.push_str(&d),
+            None => out.push_str(&rest[start..start + 2 + end + 1]),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn no_block(c: &Command) -> Result<(), SieveError> {

@@ -59,6 +59,9 @@ pub struct Input<'a> {
     pub delimiter: char,
     /// For `mailboxexists`.
     pub mailbox_exists: &'a dyn Fn(&str) -> bool,
+    /// The lines of an external list by name (RFC 6134), `None` if there
+    /// is no such list.
+    pub list: &'a dyn Fn(&str) -> Option<Vec<String>>,
 }
 
 impl Script {
@@ -305,6 +308,7 @@ impl State<'_> {
                 self.matches(matcher, &flags)?
             }
             Test::MailboxExists(names) => names.iter().all(|n| (self.input.mailbox_exists)(n)),
+            Test::ValidExtList(names) => names.iter().all(|n| (self.input.list)(n).is_some()),
         })
     }
 
@@ -398,6 +402,33 @@ impl State<'_> {
     }
 
     fn matches(&mut self, matcher: &Matcher, values: &[String]) -> Result<bool, SieveError> {
+        if let MatchKind::List = matcher.kind {
+            // Each key names a list; a line with * or ? is a pattern.
+            for key in &matcher.keys {
+                let Some(lines) = (self.input.list)(key) else {
+                    continue;
+                };
+                for value in values {
+                    let value = value.to_ascii_lowercase();
+                    for line in &lines {
+                        self.comparisons += 1;
+                        if self.comparisons > MAX_COMPARISONS {
+                            return Err(budget_error("the script made too many comparisons"));
+                        }
+                        let line = line.trim().to_ascii_lowercase();
+                        let hit = if line.contains(['*', '?']) {
+                            wildcard(&line, &value)
+                        } else {
+                            line == value
+                        };
+                        if hit {
+                            return Ok(true);
+                        }
+                    }
+                }
+            }
+            return Ok(false);
+        }
         if let MatchKind::Count(relation) = matcher.kind {
             let count = values.len() as u64;
             return Ok(matcher.keys.iter().any(|k| {
@@ -447,7 +478,7 @@ fn compare(matcher: &Matcher, index: usize, key: &str, value: &str) -> bool {
             };
             relate(ordering, *relation)
         }
-        MatchKind::Count(_) => false,
+        MatchKind::Count(_) | MatchKind::List => false,
     }
 }
 
@@ -555,6 +586,10 @@ I would like to make money fast.\r\n";
                 envelope_to: "roadrunner+birds@acme.example.com",
                 delimiter: '+',
                 mailbox_exists: &|name| name == "Existing",
+                list: &|name| {
+                    (name == ":addrbook:friends")
+                        .then(|| vec!["friend@far.test".into(), "*@desert.example.org".into()])
+                },
             })
             .unwrap()
     }
@@ -691,6 +726,37 @@ if header :is "Sender" "owner-ietf-mtgs@ietf.org" {
     }
 
     #[test]
+    fn external_lists_and_encoded_characters() {
+        let yes = |test: &str| {
+            let script = format!(
+                "require [\"fileinto\", \"extlists\", \"encoded-character\"];\nif {test} {{ fileinto \"hit\"; }}"
+            );
+            run(&script) == [into("hit")]
+        };
+        assert!(
+            yes(r#"address :list "from" ":addrbook:friends""#),
+            "pattern line"
+        );
+        assert!(!yes(r#"address :list "to" ":addrbook:friends""#));
+        assert!(!yes(r#"address :list "from" ":addrbook:missing""#));
+        assert!(yes(r#"valid_ext_list ":addrbook:friends""#));
+        assert!(!yes(r#"valid_ext_list ":addrbook:missing""#));
+        assert!(yes(r#"header :contains "subject" "m${unicode:F6}chte""#));
+        assert!(yes(r#"header :contains "subject" "${hex: 49 63 68}""#));
+        assert_eq!(
+            super::super::compile::decode_encoded_characters("${hex:zz} ${unicode:41"),
+            "${hex:zz} ${unicode:41"
+        );
+        // Without the require, ${…} is literal text.
+        assert_eq!(
+            run(
+                r#"require "fileinto"; if header :contains "subject" "${hex:49}" { fileinto "hit"; }"#
+            ),
+            [keep()]
+        );
+    }
+
+    #[test]
     fn wildcards_are_linear_and_exact() {
         assert!(wildcard("a*b?c", "axxxbyc"));
         assert!(!wildcard("a*b?c", "axxxbc"));
@@ -720,6 +786,7 @@ if header :is "Sender" "owner-ietf-mtgs@ietf.org" {
             envelope_to: "",
             delimiter: '+',
             mailbox_exists: &|_| false,
+            list: &|_| None,
         });
         // Ended by the comparison budget or done: either way, soon.
         assert!(started.elapsed() < Duration::from_secs(5));
