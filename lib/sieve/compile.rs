@@ -25,6 +25,9 @@ pub const EXTENSIONS: &[&str] = &[
     "body",
     "encoded-character",
     "extlists",
+    "variables",
+    "date",
+    "index",
 ];
 
 /// The largest compiled regular expression.
@@ -34,6 +37,8 @@ const REGEX_SIZE: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Script {
     pub(super) rules: Vec<Rule>,
+    /// `require "variables"`: strings are expanded when the rule runs.
+    pub(super) variables: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +79,12 @@ pub(super) enum Rule {
         handle: Option<String>,
         reason: String,
     },
+    /// RFC 5229 `set`.
+    Set {
+        name: String,
+        value: String,
+        modifiers: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +108,13 @@ pub(super) enum Test {
     },
     Header {
         names: Vec<String>,
+        index: Option<(usize, bool)>,
         matcher: Matcher,
     },
     Address {
         part: Part,
         names: Vec<String>,
+        index: Option<(usize, bool)>,
         matcher: Matcher,
     },
     Envelope {
@@ -118,7 +131,27 @@ pub(super) enum Test {
     },
     MailboxExists(Vec<String>),
     ValidExtList(Vec<String>),
+    /// RFC 5229 `string`: the sources, expanded, against the keys.
+    String {
+        sources: Vec<String>,
+        matcher: Matcher,
+    },
+    /// RFC 5260 `date` (a header) and `currentdate` (`header` None).
+    Date {
+        header: Option<String>,
+        /// Minutes east of UTC to show the date in; None: as written.
+        zone: Option<i32>,
+        part: String,
+        index: Option<(usize, bool)>,
+        matcher: Matcher,
+    },
 }
+
+/// RFC 5260 §4.1 date parts.
+const DATE_PARTS: &[&str] = &[
+    "year", "month", "date", "julian", "hour", "minute", "second", "time", "iso8601", "std11",
+    "zone", "weekday",
+];
 
 #[derive(Debug, Clone)]
 pub(super) enum BodyTransform {
@@ -190,7 +223,8 @@ impl Script {
             requires_allowed: true,
         };
         let rules = compiler.block(&commands)?;
-        Ok(Script { rules })
+        let variables = compiler.required.iter().any(|r| r == "variables");
+        Ok(Script { rules, variables })
     }
 }
 
@@ -548,6 +582,45 @@ impl Compiler {
                     reason,
                 }
             }
+            "set" => {
+                self.need("variables", line, column)?;
+                let mut modifiers = Vec::new();
+                // RFC 5229 §4.1: applied in order of precedence, whatever
+                // order they were written in.
+                for m in [
+                    "lower",
+                    "upper",
+                    "lowerfirst",
+                    "upperfirst",
+                    "quotewildcard",
+                    "length",
+                ] {
+                    if args.flag(m) {
+                        modifiers.push(m.to_string());
+                    }
+                }
+                let rest = args.rest()?;
+                if rest.len() != 2 {
+                    return Err(error_at(line, column, "set takes a name and a value"));
+                }
+                let name = one_string(rest.first(), "the variable name", line, column)?
+                    .to_ascii_lowercase();
+                let valid = !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !name.starts_with(|c: char| c.is_ascii_digit());
+                if !valid {
+                    return Err(error_at(
+                        line,
+                        column,
+                        format!("{name:?} is not a variable name"),
+                    ));
+                }
+                Rule::Set {
+                    name,
+                    value: one_string(rest.get(1), "the value", line, column)?,
+                    modifiers,
+                }
+            }
             other => return Err(error_at(line, column, format!("unknown command {other:?}"))),
         };
         Ok(rule)
@@ -640,10 +713,15 @@ impl Compiler {
                     limit: *limit,
                 }
             }
-            "header" | "address" | "envelope" | "hasflag" | "body" => {
+            "header" | "address" | "envelope" | "hasflag" | "body" | "string" => {
                 no_tests()?;
                 let mut args = Args::new(&t.name, &t.args, line, column);
                 let part = self.address_part(&mut args, &t.name, line, column)?;
+                let index = if matches!(t.name.as_str(), "header" | "address") {
+                    self.index_tag(&mut args, line, column)?
+                } else {
+                    None
+                };
                 let transform = if t.name == "body" {
                     self.need("body", line, column)?;
                     let raw = args.flag("raw");
@@ -670,7 +748,7 @@ impl Compiler {
                     ("hasflag" | "body", 1) => {
                         (Vec::new(), strings(rest.first(), "the keys", line, column)?)
                     }
-                    ("header" | "address" | "envelope", 2) => (
+                    ("header" | "address" | "envelope" | "string", 2) => (
                         strings(rest.first(), "the header names", line, column)?,
                         strings(rest.get(1), "the keys", line, column)?,
                     ),
@@ -688,13 +766,25 @@ impl Compiler {
                     kind,
                     keys,
                 };
+                if t.name == "string" {
+                    self.need("variables", line, column)?;
+                    return Ok(Test::String {
+                        sources: names,
+                        matcher,
+                    });
+                }
                 let names: Vec<String> =
                     names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
                 match t.name.as_str() {
-                    "header" => Test::Header { names, matcher },
+                    "header" => Test::Header {
+                        names,
+                        index,
+                        matcher,
+                    },
                     "address" => Test::Address {
                         part,
                         names,
+                        index,
                         matcher,
                     },
                     "envelope" => {
@@ -719,6 +809,67 @@ impl Compiler {
                     }
                 }
             }
+            "date" | "currentdate" => {
+                no_tests()?;
+                self.need("date", line, column)?;
+                let mut args = Args::new(&t.name, &t.args, line, column);
+                let zone = match args.tagged_string("zone")? {
+                    Some(z) => Some(parse_zone(&z).ok_or_else(|| {
+                        error_at(
+                            line,
+                            column,
+                            format!(":zone {z:?} is not like +0100 or -0530"),
+                        )
+                    })?),
+                    None if t.name == "currentdate" || !args.flag("originalzone") => Some(0),
+                    None => None,
+                };
+                let index = self.index_tag(&mut args, line, column)?;
+                let (comparator, kind) = self.match_type(&mut args, line, column)?;
+                let rest = args.rest()?;
+                let (header, part, keys) = match (t.name.as_str(), rest.len()) {
+                    ("date", 3) => (
+                        Some(
+                            one_string(rest.first(), "the header name", line, column)?
+                                .to_ascii_lowercase(),
+                        ),
+                        one_string(rest.get(1), "the date part", line, column)?,
+                        strings(rest.get(2), "the keys", line, column)?,
+                    ),
+                    ("currentdate", 2) => (
+                        None,
+                        one_string(rest.first(), "the date part", line, column)?,
+                        strings(rest.get(1), "the keys", line, column)?,
+                    ),
+                    _ => {
+                        return Err(error_at(
+                            line,
+                            column,
+                            format!("{}: wrong number of arguments", t.name),
+                        ));
+                    }
+                };
+                let part = part.to_ascii_lowercase();
+                if !DATE_PARTS.contains(&part.as_str()) {
+                    return Err(error_at(
+                        line,
+                        column,
+                        format!("unknown date part {part:?} (use {})", DATE_PARTS.join(", ")),
+                    ));
+                }
+                let kind = compile_regexes(kind, &keys, line, column)?;
+                Test::Date {
+                    header,
+                    zone,
+                    part,
+                    index,
+                    matcher: Matcher {
+                        comparator,
+                        kind,
+                        keys,
+                    },
+                }
+            }
             "valid_ext_list" => {
                 no_tests()?;
                 self.need("extlists", line, column)?;
@@ -734,6 +885,26 @@ impl Compiler {
             other => return Err(error_at(line, column, format!("unknown test {other:?}"))),
         };
         Ok(test)
+    }
+
+    /// RFC 5260 §6 `:index N [:last]`.
+    fn index_tag(
+        &self,
+        args: &mut Args,
+        line: usize,
+        column: usize,
+    ) -> Result<Option<(usize, bool)>, SieveError> {
+        let Some(n) = args.tagged_number("index")? else {
+            if args.flag("last") {
+                return Err(error_at(line, column, ":last needs :index"));
+            }
+            return Ok(None);
+        };
+        self.need("index", line, column)?;
+        if n == 0 {
+            return Err(error_at(line, column, ":index counts from 1"));
+        }
+        Ok(Some((n as usize, args.flag("last"))))
     }
 
     fn address_part(
@@ -860,6 +1031,21 @@ fn compile_regexes(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(MatchKind::Regex(regexes))
+}
+
+/// `+0100` → 60 minutes, `-0530` → -330.
+fn parse_zone(text: &str) -> Option<i32> {
+    let (sign, digits) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i32 = digits[..2].parse().ok()?;
+    let minutes: i32 = digits[2..].parse().ok()?;
+    (hours < 24 && minutes < 60).then_some(sign * (hours * 60 + minutes))
 }
 
 /// RFC 5228 §2.4.2.4: `${hex: 41 42}` and `${unicode: 263A}` in strings.

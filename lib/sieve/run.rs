@@ -5,6 +5,7 @@
 //! A step budget and a time budget bound every run; when one runs out the
 //! run stops with an error and the caller keeps the message in INBOX.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use mail_parser::{HeaderValue, Message, MessageParser, MimeHeaders};
@@ -77,6 +78,9 @@ impl Script {
             cancel_keep: false,
             explicit_keep: false,
             flags: Vec::new(),
+            variables: self.variables,
+            vars: HashMap::new(),
+            captures: Vec::new(),
             steps: 0,
             comparisons: 0,
             started: Instant::now(),
@@ -101,6 +105,11 @@ struct State<'a> {
     explicit_keep: bool,
     /// The imap4flags internal variable.
     flags: Vec<String>,
+    /// `require "variables"`: expand `${…}` in strings.
+    variables: bool,
+    vars: HashMap<String, String>,
+    /// `${0}`…`${9}` from the last successful :matches or :regex.
+    captures: Vec<String>,
     steps: u64,
     comparisons: u64,
     started: Instant,
@@ -114,7 +123,45 @@ fn budget_error(message: &str) -> SieveError {
     }
 }
 
+/// The longest a variable may grow (RFC 5229 §3 lets us truncate).
+const MAX_VARIABLE: usize = 64 << 10;
+
 impl State<'_> {
+    /// `${name}` and `${N}` replaced (RFC 5229 §3); an unknown name is
+    /// empty, anything not a variable reference stays as written.
+    fn expand(&self, text: &str) -> String {
+        if !self.variables || !text.contains("${") {
+            return text.to_string();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[start..]);
+                return out;
+            };
+            let name = after[..end].to_ascii_lowercase();
+            let is_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !is_name {
+                out.push_str(&rest[start..start + 3 + end]);
+            } else if name.chars().all(|c| c.is_ascii_digit()) {
+                let n: usize = name.parse().unwrap_or(usize::MAX);
+                out.push_str(self.captures.get(n).map(String::as_str).unwrap_or(""));
+            } else {
+                out.push_str(self.vars.get(&name).map(String::as_str).unwrap_or(""));
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out.truncate(floor_char_boundary(&out, MAX_VARIABLE));
+        out
+    }
+
     fn step(&mut self) -> Result<(), SieveError> {
         self.steps += 1;
         if self.steps > MAX_STEPS {
@@ -162,7 +209,7 @@ impl State<'_> {
                         self.cancel_keep = true;
                     }
                     let action = Action::Redirect {
-                        address: address.clone(),
+                        address: self.expand(address),
                     };
                     if !self.actions.contains(&action) {
                         self.actions.push(action);
@@ -178,6 +225,7 @@ impl State<'_> {
                         self.cancel_keep = true;
                     }
                     let flags = flags.clone().unwrap_or_else(|| self.flags.clone());
+                    let mailbox = &self.expand(mailbox);
                     let same = |a: &Action| matches!(a, Action::FileInto { mailbox: m, .. } if m == mailbox);
                     if !self.actions.iter().any(same) {
                         self.actions.push(Action::FileInto {
@@ -189,11 +237,20 @@ impl State<'_> {
                 }
                 Rule::Reject { reason } => {
                     self.cancel_keep = true;
-                    self.actions.push(Action::Reject {
-                        reason: reason.clone(),
-                    });
+                    let reason = self.expand(reason);
+                    self.actions.push(Action::Reject { reason });
                 }
                 Rule::Flags { op, flags } => {
+                    let flags: Vec<String> = flags
+                        .iter()
+                        .flat_map(|f| {
+                            self.expand(f)
+                                .split_whitespace()
+                                .map(str::to_string)
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    let flags = &flags;
                     match op {
                         FlagOp::Set => self.flags = Vec::new(),
                         FlagOp::Add | FlagOp::Remove => {}
@@ -222,15 +279,27 @@ impl State<'_> {
                         .iter()
                         .any(|a| matches!(a, Action::Vacation { .. }))
                     {
-                        self.actions.push(Action::Vacation {
+                        let action = Action::Vacation {
                             seconds: *seconds,
-                            subject: subject.clone(),
-                            from: from.clone(),
-                            addresses: addresses.clone(),
-                            handle: handle.clone(),
-                            reason: reason.clone(),
-                        });
+                            subject: subject.as_deref().map(|s| self.expand(s)),
+                            from: from.as_deref().map(|s| self.expand(s)),
+                            addresses: addresses.iter().map(|a| self.expand(a)).collect(),
+                            handle: handle.as_deref().map(|s| self.expand(s)),
+                            reason: self.expand(reason),
+                        };
+                        self.actions.push(action);
                     }
+                }
+                Rule::Set {
+                    name,
+                    value,
+                    modifiers,
+                } => {
+                    let mut value = self.expand(value);
+                    for m in modifiers {
+                        value = modify(&value, m);
+                    }
+                    self.vars.insert(name.clone(), value);
                 }
             }
         }
@@ -264,19 +333,27 @@ impl State<'_> {
                 let size = self.input.message.len() as u64;
                 if *over { size > *limit } else { size < *limit }
             }
-            Test::Header { names, matcher } => {
-                let values: Vec<String> =
-                    names.iter().flat_map(|n| self.header_values(n)).collect();
+            Test::Header {
+                names,
+                index,
+                matcher,
+            } => {
+                let values: Vec<String> = names
+                    .iter()
+                    .flat_map(|n| pick(self.header_values(n), *index))
+                    .collect();
                 self.matches(matcher, &values)?
             }
             Test::Address {
                 part,
                 names,
+                index,
                 matcher,
             } => {
                 let values: Vec<String> = names
                     .iter()
-                    .flat_map(|n| self.addresses(n))
+                    .flat_map(|n| pick_fields(self.address_fields(n), *index))
+                    .flatten()
                     .filter_map(|a| address_part(&a, *part, self.input.delimiter))
                     .collect();
                 self.matches(matcher, &values)?
@@ -309,6 +386,49 @@ impl State<'_> {
             }
             Test::MailboxExists(names) => names.iter().all(|n| (self.input.mailbox_exists)(n)),
             Test::ValidExtList(names) => names.iter().all(|n| (self.input.list)(n).is_some()),
+            Test::Date {
+                header,
+                zone,
+                part,
+                index,
+                matcher,
+            } => {
+                let dates: Vec<(i64, i32)> = match header {
+                    None => vec![(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs() as i64)
+                            .unwrap_or(0),
+                        0,
+                    )],
+                    Some(name) => {
+                        let values = pick(self.header_values(name), *index);
+                        values
+                            .iter()
+                            .filter_map(|v| mail_parser::DateTime::parse_rfc822(v))
+                            .map(|d| {
+                                let offset = (d.tz_hour as i32 * 60 + d.tz_minute as i32)
+                                    * if d.tz_before_gmt { -1 } else { 1 };
+                                (d.to_timestamp(), offset)
+                            })
+                            .collect()
+                    }
+                };
+                let values: Vec<String> = dates
+                    .into_iter()
+                    .map(|(ts, original)| date_part(ts, zone.unwrap_or(original), part))
+                    .collect();
+                self.matches(matcher, &values)?
+            }
+            Test::String { sources, matcher } => {
+                let values: Vec<String> = sources.iter().map(|s| self.expand(s)).collect();
+                // RFC 5229 §5: an empty string counts as no value for :count.
+                let values: Vec<String> = match matcher.kind {
+                    MatchKind::Count(_) => values.into_iter().filter(|v| !v.is_empty()).collect(),
+                    _ => values,
+                };
+                self.matches(matcher, &values)?
+            }
         })
     }
 
@@ -349,13 +469,13 @@ impl State<'_> {
             .collect()
     }
 
-    /// The addresses in an address header.
-    fn addresses(&self, name: &str) -> Vec<String> {
+    /// The addresses of each occurrence of an address header.
+    fn address_fields(&self, name: &str) -> Vec<Vec<String>> {
         self.message
             .headers()
             .iter()
             .filter(|h| h.name().eq_ignore_ascii_case(name))
-            .flat_map(|h| match h.value() {
+            .map(|h| match h.value() {
                 HeaderValue::Address(a) => a
                     .iter()
                     .filter_map(|a| a.address().map(str::to_string))
@@ -437,19 +557,181 @@ impl State<'_> {
                     .is_ok_and(|n| relate(count.cmp(&n), relation))
             }));
         }
+        let keys: Vec<String> = matcher.keys.iter().map(|k| self.expand(k)).collect();
         for value in values {
-            for (i, key) in matcher.keys.iter().enumerate() {
+            for (i, key) in keys.iter().enumerate() {
                 self.comparisons += 1;
                 if self.comparisons > MAX_COMPARISONS {
                     return Err(budget_error("the script made too many comparisons"));
                 }
                 if compare(matcher, i, key, value) {
+                    if self.variables {
+                        self.capture(matcher, i, key, value);
+                    }
                     return Ok(true);
                 }
             }
         }
         Ok(false)
     }
+}
+
+impl State<'_> {
+    /// Sets `${0}`… from a successful :matches (each wildcard) or :regex
+    /// (each group).
+    fn capture(&mut self, matcher: &Matcher, index: usize, key: &str, value: &str) {
+        let regex = match &matcher.kind {
+            MatchKind::Regex(regexes) => regexes.get(index).cloned(),
+            MatchKind::Matches => {
+                wildcard_regex(key, matcher.comparator == Comparator::AsciiCasemap)
+            }
+            _ => return,
+        };
+        let Some(captures) = regex.as_ref().and_then(|r| r.captures(value)) else {
+            return;
+        };
+        self.captures = captures
+            .iter()
+            .take(10)
+            .map(|c| c.map(|m| m.as_str().to_string()).unwrap_or_default())
+            .collect();
+    }
+}
+
+/// A `:matches` pattern as an anchored regex with a group per wildcard,
+/// for the match variables only (the match itself is `wildcard`).
+fn wildcard_regex(pattern: &str, fold: bool) -> Option<regex::Regex> {
+    let mut re = String::from(if fold { "(?si)^" } else { "(?s)^" });
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => re.push_str("(.*?)"),
+            '?' => re.push_str("(.)"),
+            '\\' => re.push_str(&regex::escape(&chars.next().unwrap_or('\\').to_string())),
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    regex::RegexBuilder::new(&re)
+        .size_limit(1 << 20)
+        .build()
+        .ok()
+}
+
+/// RFC 5229 §4.1 modifiers.
+fn modify(value: &str, modifier: &str) -> String {
+    match modifier {
+        "lower" => value.to_lowercase(),
+        "upper" => value.to_uppercase(),
+        "lowerfirst" => {
+            let mut chars = value.chars();
+            chars
+                .next()
+                .map(|c| c.to_lowercase().chain(chars).collect())
+                .unwrap_or_default()
+        }
+        "upperfirst" => {
+            let mut chars = value.chars();
+            chars
+                .next()
+                .map(|c| c.to_uppercase().chain(chars).collect())
+                .unwrap_or_default()
+        }
+        "quotewildcard" => value
+            .chars()
+            .flat_map(|c| {
+                if matches!(c, '*' | '?' | '\\') {
+                    vec!['\\', c]
+                } else {
+                    vec![c]
+                }
+            })
+            .collect(),
+        "length" => value.chars().count().to_string(),
+        _ => value.to_string(),
+    }
+}
+
+/// The `:index` occurrence of a header (1 is the first, or with `:last`
+/// the last), or all of them.
+fn pick(values: Vec<String>, index: Option<(usize, bool)>) -> Vec<String> {
+    match index {
+        None => values,
+        Some((n, last)) => {
+            let i = if last {
+                values.len().checked_sub(n)
+            } else {
+                Some(n - 1)
+            };
+            i.and_then(|i| values.get(i).cloned()).into_iter().collect()
+        }
+    }
+}
+
+fn pick_fields(fields: Vec<Vec<String>>, index: Option<(usize, bool)>) -> Vec<Vec<String>> {
+    match index {
+        None => fields,
+        Some((n, last)) => {
+            let i = if last {
+                fields.len().checked_sub(n)
+            } else {
+                Some(n - 1)
+            };
+            i.and_then(|i| fields.get(i).cloned()).into_iter().collect()
+        }
+    }
+}
+
+/// One RFC 5260 §4.1 date part of a time, shown in a zone (minutes east).
+fn date_part(timestamp: i64, zone: i32, part: &str) -> String {
+    let local = timestamp + zone as i64 * 60;
+    let d = mail_parser::DateTime::from_timestamp(local);
+    let sign = if zone < 0 { '-' } else { '+' };
+    let (zh, zm) = (zone.abs() / 60, zone.abs() % 60);
+    match part {
+        "year" => format!("{:04}", d.year),
+        "month" => format!("{:02}", d.month),
+        "date" => format!("{:02}", d.day),
+        // Modified Julian Day: days since 1858-11-17.
+        "julian" => (local.div_euclid(86400) + 40587).to_string(),
+        "hour" => format!("{:02}", d.hour),
+        "minute" => format!("{:02}", d.minute),
+        "second" => format!("{:02}", d.second),
+        "time" => format!("{:02}:{:02}:{:02}", d.hour, d.minute, d.second),
+        "iso8601" => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{zh:02}:{zm:02}",
+            d.year, d.month, d.day, d.hour, d.minute, d.second
+        ),
+        "std11" => {
+            const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            format!(
+                "{}, {} {} {:04} {:02}:{:02}:{:02} {sign}{zh:02}{zm:02}",
+                DAYS[(local.div_euclid(86400) + 4).rem_euclid(7) as usize],
+                d.day,
+                MONTHS[(d.month.clamp(1, 12) - 1) as usize],
+                d.year,
+                d.hour,
+                d.minute,
+                d.second
+            )
+        }
+        "zone" => format!("{sign}{zh:02}{zm:02}"),
+        "weekday" => (local.div_euclid(86400) + 4).rem_euclid(7).to_string(),
+        _ => String::new(),
+    }
+}
+
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    if at >= text.len() {
+        return text.len();
+    }
+    (0..=at)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 fn compare(matcher: &Matcher, index: usize, key: &str, value: &str) -> bool {
@@ -753,6 +1035,86 @@ if header :is "Sender" "owner-ietf-mtgs@ietf.org" {
                 r#"require "fileinto"; if header :contains "subject" "${hex:49}" { fileinto "hit"; }"#
             ),
             [keep()]
+        );
+    }
+
+    #[test]
+    fn variables_set_expand_and_capture() {
+        let script = r#"require ["variables", "fileinto", "reject"];
+            set :lower :upperfirst "who" "ROAD";
+            set :length "n" "abcd";
+            if header :matches "to" "*<*+*@*>" {
+                fileinto "lists/${3}/${who}${n}";
+            }
+            if string :is "${unknown}" "" { set "empty" "yes"; }
+            if string :is "${empty}" "yes" { reject "got ${2}"; }
+        "#;
+        let actions = run(script);
+        assert!(actions.contains(&into("lists/birds/Road4")), "{actions:?}");
+        assert!(
+            actions.contains(&Action::Reject {
+                reason: "got roadrunner".into()
+            }),
+            "{actions:?}"
+        );
+        // Without require "variables", ${…} is literal.
+        assert_eq!(
+            run(r#"require "fileinto"; fileinto "${x}";"#),
+            [into("${x}")]
+        );
+        assert_eq!(modify("a*b", "quotewildcard"), "a\\*b");
+        assert!(Script::compile(r#"require "variables"; set "1x" "v";"#).is_err());
+    }
+
+    #[test]
+    fn dates_and_indexes() {
+        let message = b"Received: from b by c; Tue, 24 Nov 2026 09:00:00 +0000\r\n\
+Received: from a by b; Mon, 23 Nov 2026 23:30:00 -0500\r\n\
+Date: Mon, 23 Nov 2026 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n";
+        let run_on = |test: &str| {
+            let script = format!(
+                "require [\"fileinto\", \"date\", \"index\", \"relational\", \"comparator-i;ascii-numeric\"];\nif {test} {{ fileinto \"hit\"; }}"
+            );
+            Script::compile(&script)
+                .unwrap_or_else(|e| panic!("{test}: {e}"))
+                .run(&Input {
+                    message,
+                    envelope_from: "",
+                    envelope_to: "",
+                    delimiter: '+',
+                    mailbox_exists: &|_| false,
+                    list: &|_| None,
+                })
+                .unwrap()
+                == [into("hit")]
+        };
+        // Shown in UTC by default: 04:30 on the 24th, a Tuesday.
+        assert!(run_on(r#"date :is "date" "date" "24""#));
+        assert!(run_on(r#"date :is "date" "weekday" "2""#));
+        assert!(run_on(r#"date :originalzone :is "date" "hour" "23""#));
+        assert!(run_on(r#"date :zone "+0100" :is "date" "time" "05:30:00""#));
+        assert!(run_on(
+            r#"date :is "date" "iso8601" "2026-11-24T04:30:00+00:00""#
+        ));
+        assert!(run_on(r#"date :originalzone :is "date" "zone" "-0500""#));
+        assert!(run_on(r#"date :is "date" "julian" "61368""#));
+        assert!(run_on(
+            r#"date :is "date" "std11" "Tue, 24 Nov 2026 04:30:00 +0000""#
+        ));
+        assert!(run_on(
+            r#"currentdate :value "ge" :comparator "i;ascii-numeric" "year" "2026""#
+        ));
+        assert!(run_on(r#"header :index 2 :contains "received" "from a""#));
+        assert!(!run_on(r#"header :index 1 :contains "received" "from a""#));
+        assert!(run_on(
+            r#"header :index 1 :last :contains "received" "from a""#
+        ));
+        assert!(run_on(
+            r#"date :index 1 :last :originalzone :is "received" "hour" "23""#
+        ));
+        assert!(
+            Script::compile(r#"require "date"; if date :is "date" "century" "21" { keep; }"#)
+                .is_err()
         );
     }
 
