@@ -322,6 +322,22 @@ impl Directory {
             push(out, Target::Remote(address.clone()));
             return Ok(());
         }
+        // An SRS address of ours: a bounce to mail a rule redirected goes
+        // back to the original sender (the hash proves we made it).
+        if address
+            .local_part()
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("SRS0="))
+            && let Some(secret) = self.config.srs_secret()
+        {
+            return match crate::srs::reverse(address, &secret, crate::srs::today()) {
+                Some(original) => {
+                    push(out, Target::Remote(original));
+                    Ok(())
+                }
+                None => Err(ResolveError::UnknownUser(address.clone())),
+            };
+        }
         let key = address.lookup_key();
         if path.contains(&key) {
             if let Some(user) = self.user(address) {

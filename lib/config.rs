@@ -351,6 +351,26 @@ pub struct Sieve {
     pub before: Vec<PathBuf>,
     /// Run after the user's script.
     pub after: Vec<PathBuf>,
+    /// A file holding the secret for SRS; with it, mail a rule redirects
+    /// goes out with an SRS envelope sender (`postroom-sieve(5)`).
+    pub srs_secret_file: Option<PathBuf>,
+    /// The domain of SRS addresses (default: `hostname`; it must be one of
+    /// the local domains so bounces come back).
+    pub srs_domain: Option<String>,
+}
+
+impl Config {
+    /// The SRS secret, if SRS is on and the file can be read.
+    pub fn srs_secret(&self) -> Option<Vec<u8>> {
+        let file = self.sieve.srs_secret_file.as_ref()?;
+        let text = std::fs::read(self.path(file)).ok()?;
+        let secret: Vec<u8> = text.trim_ascii().to_vec();
+        (!secret.is_empty()).then_some(secret)
+    }
+
+    pub fn srs_domain(&self) -> &str {
+        self.sieve.srs_domain.as_deref().unwrap_or(&self.hostname)
+    }
 }
 
 /// How `smtp-send` talks to other systems.

@@ -31,6 +31,7 @@ pub mod queue;
 pub mod sieve;
 pub mod smtp;
 pub mod sort;
+pub mod srs;
 pub mod tls;
 pub mod users;
 pub mod vacation;

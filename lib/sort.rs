@@ -306,7 +306,19 @@ fn redirect(
     out.extend_from_slice(&crlf[end..]);
     let target = Address::parse(to)?;
     let recipients = crate::deliver::routes_for(directory, &target)?;
-    Queue::from_config(config).enqueue(&Envelope::new(sender.clone(), recipients), &out)?;
+    // With SRS on, a sender from elsewhere is rewritten so the next
+    // system's SPF check sees our domain; bounces come back through it.
+    let sender = match (sender, config.srs_secret()) {
+        (ReversePath::Address(original), Some(secret))
+            if !directory.is_local_domain(original.domain()) =>
+        {
+            crate::srs::forward(original, &secret, config.srs_domain(), crate::srs::today())
+                .map(ReversePath::Address)
+                .unwrap_or_else(|| sender.clone())
+        }
+        _ => sender.clone(),
+    };
+    Queue::from_config(config).enqueue(&Envelope::new(sender, recipients), &out)?;
     Ok(())
 }
 

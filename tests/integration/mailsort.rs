@@ -191,3 +191,41 @@ fn the_rules_apply_to_every_local_delivery_without_an_alias() {
         2
     );
 }
+
+#[test]
+fn redirects_use_srs_when_configured_and_bounces_find_their_way_back() {
+    let tree =
+        setup("if header :is \"subject\" \"forward\" { redirect \"carl@elsewhere.test\"; }\n");
+    std::fs::write(
+        tree.root().join("srs-secret"),
+        "correct horse battery staple\n",
+    )
+    .unwrap();
+    let mut config = std::fs::read_to_string(&tree.config).unwrap();
+    config.push_str("\n[sieve]\nsrs_secret_file = \"srs-secret\"\nsrs_domain = \"example.test\"\n");
+    std::fs::write(&tree.config, config).unwrap();
+    let out = send(&tree, "dave@far.test", "forward");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let queue = tree.queue();
+    let id = queue.list().unwrap().pop().expect("the redirect is queued");
+    let queued = queue.read(&id).unwrap();
+    let sender = queued.envelope.sender.to_string();
+    assert!(
+        sender.starts_with("SRS0=") && sender.ends_with("=far.test=dave@example.test"),
+        "{sender}"
+    );
+    // A bounce to the SRS address resolves to the original sender; a
+    // forged one to nobody.
+    let config = tree.load_config();
+    let directory = postroom::aliases::Directory::load(&config).unwrap();
+    let srs = postroom::address::Address::parse(&sender).unwrap();
+    let targets = directory.resolve(&srs).unwrap();
+    assert_eq!(
+        targets,
+        [postroom::aliases::Target::Remote(
+            postroom::address::Address::parse("dave@far.test").unwrap()
+        )]
+    );
+    let forged = postroom::address::Address::parse(&sender.replace("dave", "mallory")).unwrap();
+    assert!(directory.resolve(&forged).is_err());
+}
