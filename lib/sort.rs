@@ -81,21 +81,18 @@ pub fn decide(
     let mut actions: Vec<Action> = Vec::new();
     let mut every_script_kept = true;
     for path in &scripts {
-        let result = std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| Script::compile(&text).map_err(|e| e.to_string()))
-            .and_then(|script| {
-                script
-                    .run(&Input {
-                        message: raw,
-                        envelope_from: &sender_text,
-                        envelope_to: &to,
-                        delimiter,
-                        mailbox_exists: &exists,
-                        list: &list,
-                    })
-                    .map_err(|e| e.to_string())
-            });
+        let result = compiled(path).and_then(|script| {
+            script
+                .run(&Input {
+                    message: raw,
+                    envelope_from: &sender_text,
+                    envelope_to: &to,
+                    delimiter,
+                    mailbox_exists: &exists,
+                    list: &list,
+                })
+                .map_err(|e| e.to_string())
+        });
         match result {
             Ok(mut decided) => {
                 let kept = decided.iter().any(|a| matches!(a, Action::Keep { .. }));
@@ -197,6 +194,36 @@ fn carry_out(
         }
     }
     Ok(Sorted::Delivered)
+}
+
+/// A script compiled once per process and version of its file: a runner
+/// delivering many messages to one user compiles their rules once. The
+/// key is the path with the file's modification time and size, so an
+/// edited script is compiled afresh. (Not on disk: compiling a 20-rule
+/// script takes about 150 µs against about 2 ms for the delivery, and a
+/// stored form would still have to rebuild its regular expressions.)
+fn compiled(path: &std::path::Path) -> Result<std::sync::Arc<Script>, String> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Key = (PathBuf, std::time::SystemTime, u64);
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Script>>>> = OnceLock::new();
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let key: Key = (
+        path.to_path_buf(),
+        meta.modified().map_err(|e| e.to_string())?,
+        meta.len(),
+    );
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(script) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(script.clone());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let script = Arc::new(Script::compile(&text).map_err(|e| e.to_string())?);
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    // Old versions of a script are dropped with their path's entry.
+    cache.retain(|k, _| k.0 != key.0);
+    cache.insert(key, script.clone());
+    Ok(script)
 }
 
 /// An external list (RFC 6134) from the user's `sieve/lists/` folder: the
