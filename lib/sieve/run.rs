@@ -1119,6 +1119,40 @@ Date: Mon, 23 Nov 2026 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n";
     }
 
     #[test]
+    fn hostile_messages_are_handled_and_bounded() {
+        let script = Script::compile(
+            r#"require ["fileinto", "body", "regex"];
+               if header :regex "subject" "(a|b)*c" { fileinto "x"; }
+               if body :text :contains "needle" { fileinto "y"; }
+               if header :matches "x-big" "*z*z*z*z*z*" { fileinto "z"; }"#,
+        )
+        .unwrap();
+        let mut big = b"X-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 1 << 20));
+        big.extend_from_slice(b"\r\nSubject: \xff\xfe broken \xc3\r\nContent-Type: multipart/mixed; boundary=\"never\"\r\n\r\n--nev\r\nneedle\r\n");
+        let started = Instant::now();
+        let actions = script
+            .run(&Input {
+                message: &big,
+                envelope_from: "",
+                envelope_to: "",
+                delimiter: '+',
+                mailbox_exists: &|_| false,
+                list: &|_| None,
+            })
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            !actions.contains(&into("x")) && !actions.contains(&into("z")),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
     fn wildcards_are_linear_and_exact() {
         assert!(wildcard("a*b?c", "axxxbyc"));
         assert!(!wildcard("a*b?c", "axxxbc"));
