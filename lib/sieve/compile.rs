@@ -1076,9 +1076,10 @@ fn decode_args(args: &mut [Arg]) {
     }
 }
 
-/// Decodes the encoded characters in one string; a malformed one is left
-/// as it is, as the RFC asks.
-pub(super) fn decode_encoded_characters(text: &str) -> String {
+/// Replaces each `${…}` in `text` with what `resolve` makes of its inside;
+/// `None` leaves it as written. Shared by encoded characters (at compile
+/// time) and variables (at run time).
+pub(super) fn substitute(text: &str, resolve: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -1088,29 +1089,34 @@ pub(super) fn decode_encoded_characters(text: &str) -> String {
             out.push_str(&rest[start..]);
             return out;
         };
-        let inner = &after[..end];
-        let decoded = inner.split_once(':').and_then(|(kind, body)| {
-            let items = body.split_whitespace();
-            match kind.trim().to_ascii_lowercase().as_str() {
-                "hex" => {
-                    let bytes: Option<Vec<u8>> =
-                        items.map(|h| u8::from_str_radix(h, 16).ok()).collect();
-                    String::from_utf8(bytes?).ok()
-                }
-                "unicode" => items
-                    .map(|h| u32::from_str_radix(h, 16).ok().and_then(char::from_u32))
-                    .collect::<Option<String>>(),
-                _ => None,
-            }
-        });
-        match decoded {
-            Some(d) => out.push_str(&d),
-            None => out.push_str(&rest[start..start + 2 + end + 1]),
+        match resolve(&after[..end]) {
+            Some(value) => out.push_str(&value),
+            None => out.push_str(&rest[start..start + 3 + end]),
         }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
     out
+}
+
+/// Decodes the encoded characters in one string; a malformed one is left
+/// as it is, as the RFC asks.
+pub(super) fn decode_encoded_characters(text: &str) -> String {
+    substitute(text, |inner| {
+        let (kind, body) = inner.split_once(':')?;
+        let items = body.split_whitespace();
+        match kind.trim().to_ascii_lowercase().as_str() {
+            "hex" => {
+                let bytes: Option<Vec<u8>> =
+                    items.map(|h| u8::from_str_radix(h, 16).ok()).collect();
+                String::from_utf8(bytes?).ok()
+            }
+            "unicode" => items
+                .map(|h| u32::from_str_radix(h, 16).ok().and_then(char::from_u32))
+                .collect::<Option<String>>(),
+            _ => None,
+        }
+    })
 }
 
 fn no_block(c: &Command) -> Result<(), SieveError> {

@@ -133,31 +133,21 @@ impl State<'_> {
         if !self.variables || !text.contains("${") {
             return text.to_string();
         }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else {
-                out.push_str(&rest[start..]);
-                return out;
-            };
-            let name = after[..end].to_ascii_lowercase();
+        let mut out = super::compile::substitute(text, |inside| {
+            let name = inside.to_ascii_lowercase();
             let is_name = !name.is_empty()
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
             if !is_name {
-                out.push_str(&rest[start..start + 3 + end]);
+                None
             } else if name.chars().all(|c| c.is_ascii_digit()) {
                 let n: usize = name.parse().unwrap_or(usize::MAX);
-                out.push_str(self.captures.get(n).map(String::as_str).unwrap_or(""));
+                Some(self.captures.get(n).cloned().unwrap_or_default())
             } else {
-                out.push_str(self.vars.get(&name).map(String::as_str).unwrap_or(""));
+                Some(self.vars.get(&name).cloned().unwrap_or_default())
             }
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
+        });
         out.truncate(floor_char_boundary(&out, MAX_VARIABLE));
         out
     }
