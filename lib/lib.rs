@@ -19,6 +19,7 @@ pub mod dns;
 pub mod domains;
 pub mod fsutil;
 pub mod log;
+pub mod mailbox;
 pub mod maildir;
 pub mod message;
 pub mod net;
