@@ -451,6 +451,20 @@ impl Folder {
         remove: bool,
     ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
         let host = crate::fsutil::host_for_names(hostname);
+        // Keyword letters are per folder: map each source letter to the
+        // destination's letter for the same name.
+        let ours = Keywords::read(&self.dir).map_err(self.io())?;
+        let used = entries.iter().fold(0u32, |acc, e| acc | e.flags().keywords);
+        let names: Vec<&str> = ours.names_of(used).collect();
+        let mut letters = [None::<usize>; super::flags::MAX_KEYWORDS];
+        if !names.is_empty() {
+            let (theirs, _) = dest.add_keywords(&names)?;
+            for (i, name) in ours.names.iter().enumerate() {
+                if !name.is_empty() && used & (1 << i) != 0 {
+                    letters[i] = theirs.index(name);
+                }
+            }
+        }
         let mut placed: Vec<(u32, String)> = Vec::new();
         let mut bytes = 0i64;
         for entry in entries {
@@ -465,10 +479,18 @@ impl Folder {
                 crate::fsutil::unique_suffix()
             );
             let from = self.path_of(&entry);
-            let to = dest
-                .dir
-                .join("cur")
-                .join(format!("{base}:2,{}", entry.info));
+            let mut flags = entry.flags();
+            let mut mapped = 0u32;
+            for (i, letter) in letters.iter().enumerate() {
+                if flags.keywords & (1 << i) != 0
+                    && let Some(j) = letter
+                {
+                    mapped |= 1 << j;
+                }
+            }
+            flags.keywords = mapped;
+            let info = flags.apply_to_info(&entry.info);
+            let to = dest.dir.join("cur").join(format!("{base}:2,{info}"));
             let result = if remove {
                 fs::rename(&from, &to)
             } else {

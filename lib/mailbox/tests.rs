@@ -105,9 +105,10 @@ fn append_copy_move_keep_flags_and_give_uids() {
     mb.ensure_defaults().unwrap();
     let f = inbox(&mb);
     let date = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let (kw, _) = f.add_keywords(&["$Junk", "work"]).unwrap();
     let flags = Flags {
         system: flags::SEEN | flags::FLAGGED,
-        keywords: 0,
+        keywords: 1 << kw.index("work").unwrap(),
     };
     let (validity, uid) = f
         .append(
@@ -122,7 +123,7 @@ fn append_copy_move_keep_flags_and_give_uids() {
     let s = f.sync().unwrap();
     assert_eq!(s.validity, validity);
     let e = &s.entries[0];
-    assert_eq!(&*e.info, "FS");
+    assert_eq!(&*e.info, "FSb");
     assert_eq!(fs::read(f.path_of(e)).unwrap(), b"Subject: hi\n\nbody\n");
     assert_eq!(e.wire_size(), Some(21));
     assert_eq!(
@@ -140,7 +141,13 @@ fn append_copy_move_keep_flags_and_give_uids() {
     assert!(f.sync().unwrap().entries.is_empty());
     let s = sent.sync().unwrap();
     assert_eq!(s.entries.len(), 2);
-    assert!(s.entries.iter().all(|e| &*e.info == "FS"));
+    // "work" is letter b in INBOX but the first keyword (a) in Sent.
+    assert!(
+        s.entries.iter().all(|e| &*e.info == "FSa"),
+        "{:?}",
+        s.entries
+    );
+    assert_eq!(s.keywords.names, vec!["work"]);
 }
 
 #[test]

@@ -93,6 +93,7 @@ pub fn bin(name: &str) -> PathBuf {
         "postroom" => PathBuf::from(env!("CARGO_BIN_EXE_postroom")),
         "mail-inject" => PathBuf::from(env!("CARGO_BIN_EXE_mail-inject")),
         "smtp-recv" => PathBuf::from(env!("CARGO_BIN_EXE_smtp-recv")),
+        "imap-serve" => PathBuf::from(env!("CARGO_BIN_EXE_imap-serve")),
         other => Path::new(env!("CARGO_BIN_EXE_postroom")).with_file_name(other),
     }
 }
