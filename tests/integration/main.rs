@@ -3,6 +3,7 @@
 
 mod dns;
 mod foundation;
+mod imap_serve;
 mod man_pages;
 mod smtp_recv;
 mod util;
