@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod imap;
 mod smtp;
 
 #[derive(Parser)]
@@ -54,6 +55,15 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
     },
+    /// imap-serve on a large folder: SELECT, FETCH, SEARCH, greeting, RSS.
+    Imap {
+        /// Messages in the folder.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Sessions held in IDLE for the memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+    },
 }
 
 pub const MESSAGE_SIZE: usize = 4096;
@@ -67,6 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.bench {
         Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
+        Bench::Imap { messages, idle } => imap::run(&base, messages, idle),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {

@@ -214,7 +214,7 @@ fn inetd_greeting(recv: &Path, config: &Path, runs: usize) -> anyhow::Result<(Du
     Ok((times[runs / 2], times[(runs * 99 / 100).min(runs - 1)]))
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -224,7 +224,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS")
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -232,7 +232,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Room for `idle` client sockets here and as many in the server, which
 /// inherits the limit.
-fn raise_fd_limit(idle: usize) -> anyhow::Result<()> {
+pub fn raise_fd_limit(idle: usize) -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     let want = (idle as u64 + 1000).min(hard);
