@@ -57,6 +57,8 @@ pub struct Config {
     pub send: Send,
     #[serde(default)]
     pub sieve: Sieve,
+    #[serde(default)]
+    pub imap: Imap,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -241,6 +243,28 @@ impl Default for Pop3 {
     fn default() -> Self {
         Pop3 {
             greeting: "POP3 postroom ready".into(),
+        }
+    }
+}
+
+/// What `imap-serve` adds to the limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Imap {
+    /// Longest command line, in bytes (literals not counted): IMAP clients
+    /// send long UID sets, so more than `limits.line_length`.
+    pub line_length: usize,
+    /// Seconds a client may stay silent, IDLE included: RFC 9051 §5.4 asks
+    /// for at least 30 minutes (`limits.idle_timeout` is for SMTP).
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Imap {
+    fn default() -> Self {
+        Imap {
+            line_length: 64 * 1024,
+            idle_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -564,6 +588,7 @@ impl Config {
             ("limits.connections_per_ip", l.connections_per_ip as u64),
             ("limits.errors", l.errors as u64),
             ("delivery.alias_depth", self.delivery.alias_depth as u64),
+            ("imap.line_length", self.imap.line_length as u64),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be greater than 0"));

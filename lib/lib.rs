@@ -21,6 +21,7 @@ pub mod dsn;
 pub mod fsutil;
 pub mod lists;
 pub mod log;
+pub mod mailbox;
 pub mod maildir;
 pub mod message;
 pub mod net;

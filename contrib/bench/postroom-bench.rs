@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod imap;
 mod list;
 mod pop3;
 mod send;
@@ -95,6 +96,15 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
     },
+    /// imap-serve on a large folder: SELECT, FETCH, SEARCH, greeting, RSS.
+    Imap {
+        /// Messages in the folder.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Sessions held in IDLE for the memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+    },
 }
 
 pub const MESSAGE_SIZE: usize = 4096;
@@ -117,6 +127,7 @@ fn main() -> ExitCode {
             big,
             sessions,
         } => pop3::run(&base, messages, size, big, sessions),
+        Bench::Imap { messages, idle } => imap::run(&base, messages, idle),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {

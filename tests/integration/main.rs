@@ -3,6 +3,7 @@
 
 mod dns;
 mod foundation;
+mod imap_serve;
 mod list_expand;
 mod mailsort;
 mod man_pages;

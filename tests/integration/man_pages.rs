@@ -164,3 +164,13 @@ fn every_page_has_its_sections() {
     }
     assert!(pages >= 7);
 }
+
+#[test]
+fn every_flag_of_imap_serve_is_in_its_man_page() {
+    let page = man("imap-serve.8");
+    let found = flags("imap-serve", &[]);
+    assert!(found.len() >= 4, "{found:?}");
+    for flag in found {
+        assert!(page.contains(&flag), "{flag} is not in man/imap-serve.8");
+    }
+}

@@ -98,6 +98,7 @@ pub fn bin(name: &str) -> PathBuf {
         "list-expand" => PathBuf::from(env!("CARGO_BIN_EXE_list-expand")),
         "mailsort" => PathBuf::from(env!("CARGO_BIN_EXE_mailsort")),
         "pop3-serve" => PathBuf::from(env!("CARGO_BIN_EXE_pop3-serve")),
+        "imap-serve" => PathBuf::from(env!("CARGO_BIN_EXE_imap-serve")),
         other => Path::new(env!("CARGO_BIN_EXE_postroom")).with_file_name(other),
     }
 }

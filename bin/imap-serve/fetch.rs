@@ -1,0 +1,352 @@
+//! FETCH (RFC 3501 §6.4.5, RFC 9051 §6.4.5): flags, dates and sizes from
+//! the file name and inode; ENVELOPE from the header alone; BODYSTRUCTURE
+//! and `BODY[...]` sections from the message in its wire form (CRLF).
+//!
+//! A maildir file has LF line ends (maildir.rs); what IMAP sends, and what
+//! RFC822.SIZE (`,W=` in the name) counts, has CRLF. [`wire_form`] turns one
+//! into the other, so every offset here is an offset in what the client
+//! receives.
+
+use std::io::Read;
+
+use postroom::mailbox::{Entry, flags};
+use postroom::net::NetError;
+
+use crate::command::{FetchItem, Section, SectionText, SequenceSet};
+use crate::mime;
+use crate::response::{astring, flag_list, internal_date, literal};
+use crate::session::{Done, Session};
+
+/// How much of a file is read when only its header is needed; a header
+/// longer than this is read with the rest of the file.
+const HEADER_READ: usize = 64 * 1024;
+
+/// LF → CRLF (the file is maildir text with LF line ends).
+pub fn wire_form(file: &[u8]) -> Vec<u8> {
+    let lines = file.iter().filter(|&&b| b == b'\n').count();
+    let mut out = Vec::with_capacity(file.len() + lines);
+    for chunk in file.split_inclusive(|&b| b == b'\n') {
+        match chunk.strip_suffix(b"\n") {
+            Some(line) => {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(chunk),
+        }
+    }
+    out
+}
+
+/// What of a message a FETCH needs.
+#[derive(PartialEq, PartialOrd, Clone, Copy)]
+enum Need {
+    Nothing,
+    Header,
+    Everything,
+}
+
+fn need_of(items: &[FetchItem]) -> Need {
+    let mut need = Need::Nothing;
+    for item in items {
+        let n = match item {
+            FetchItem::Envelope | FetchItem::Rfc822Header => Need::Header,
+            FetchItem::Section { section, .. }
+                if section.part.is_empty()
+                    && matches!(
+                        section.text,
+                        SectionText::Header | SectionText::HeaderFields { .. }
+                    ) =>
+            {
+                Need::Header
+            }
+            FetchItem::Section { .. }
+            | FetchItem::Rfc822
+            | FetchItem::Rfc822Text
+            | FetchItem::Body
+            | FetchItem::BodyStructure => Need::Everything,
+            _ => Need::Nothing,
+        };
+        if n > need {
+            need = n;
+        }
+    }
+    need
+}
+
+/// Reads a message file: the header only (if it fits in the first read) or
+/// all of it; `None` if it is gone.
+fn read_message(path: &std::path::Path, need: Need) -> Option<Vec<u8>> {
+    let mut file = std::fs::File::open(path).ok()?;
+    if need == Need::Header {
+        let mut buf = vec![0; HEADER_READ];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(_) => return None,
+            }
+        }
+        buf.truncate(filled);
+        let header_done = buf.starts_with(b"\n") || buf.windows(2).any(|w| w == b"\n\n");
+        if header_done || filled < HEADER_READ {
+            return Some(buf);
+        }
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest).ok()?;
+        buf.extend_from_slice(&rest);
+        return Some(buf);
+    }
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+pub async fn fetch(
+    session: &mut Session,
+    uid: bool,
+    set: &SequenceSet,
+    items: &[FetchItem],
+) -> Result<Done, NetError> {
+    let positions = match session.resolve(set, uid) {
+        Ok(p) => p,
+        Err(done) => return Ok(done),
+    };
+    let need = need_of(items);
+    let sets_seen = items.iter().any(|i| {
+        matches!(
+            i,
+            FetchItem::Rfc822 | FetchItem::Rfc822Text | FetchItem::Section { peek: false, .. }
+        )
+    });
+    let wants_flags = items.contains(&FetchItem::Flags);
+    let mut gone = false;
+    for i in positions {
+        let Some(sel) = session.selected.as_mut() else {
+            break;
+        };
+        let mut entry = sel.view[i].clone();
+        let mut message = None;
+        if need != Need::Nothing
+            || items.contains(&FetchItem::InternalDate)
+            || entry.wire_size().is_none()
+        {
+            // The file may have been renamed by a flag change elsewhere.
+            match sel.folder.refresh(&entry) {
+                Ok(Some(e)) => {
+                    entry = Entry {
+                        uid: entry.uid,
+                        ..e
+                    }
+                }
+                _ => {
+                    gone = true;
+                    continue;
+                }
+            }
+        }
+        let path = sel.folder.path_of(&entry);
+        if need != Need::Nothing {
+            match read_message(&path, need) {
+                Some(m) => message = Some(wire_form(&m)),
+                None => {
+                    gone = true;
+                    continue;
+                }
+            }
+        }
+        let mut flags_changed = false;
+        if sets_seen && !sel.read_only && !entry.flags().has(flags::SEEN) {
+            let mut f = entry.flags();
+            f.system |= flags::SEEN;
+            if let Ok(Some(updated)) = sel.folder.set_flags(&entry, f) {
+                entry = updated;
+                sel.view[i] = entry.clone();
+                flags_changed = true;
+            }
+        }
+        let mut out = format!("* {} FETCH (", i + 1).into_bytes();
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !first {
+                out.push(b' ');
+            }
+            first = false;
+        };
+        let structure = match (&message, need) {
+            (Some(m), Need::Everything) => Some(mime::parse(m)),
+            _ => None,
+        };
+        for item in items {
+            sep(&mut out);
+            match item {
+                FetchItem::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
+                FetchItem::Flags => out.extend_from_slice(
+                    format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
+                ),
+                FetchItem::InternalDate => {
+                    let secs = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs() as i64);
+                    out.extend_from_slice(
+                        format!("INTERNALDATE {}", internal_date(secs)).as_bytes(),
+                    );
+                }
+                FetchItem::Rfc822Size => {
+                    let size = match entry.wire_size() {
+                        Some(s) => s,
+                        None => match &message {
+                            Some(m) if need == Need::Everything => m.len() as u64,
+                            _ => read_message(&path, Need::Everything)
+                                .map_or(0, |m| wire_form(&m).len() as u64),
+                        },
+                    };
+                    out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes());
+                }
+                FetchItem::Envelope => {
+                    out.extend_from_slice(b"ENVELOPE ");
+                    let m = message.as_deref().unwrap_or(b"");
+                    mime::envelope(&mut out, mime::header_of(m));
+                }
+                FetchItem::Body | FetchItem::BodyStructure => {
+                    let extended = *item == FetchItem::BodyStructure;
+                    out.extend_from_slice(if extended {
+                        b"BODYSTRUCTURE "
+                    } else {
+                        b"BODY "
+                    });
+                    if let (Some(m), Some(root)) = (&message, &structure) {
+                        mime::body_structure(&mut out, m, root, extended);
+                    }
+                }
+                FetchItem::Rfc822 => {
+                    out.extend_from_slice(b"RFC822 ");
+                    literal(&mut out, message.as_deref().unwrap_or(b""));
+                }
+                FetchItem::Rfc822Header => {
+                    out.extend_from_slice(b"RFC822.HEADER ");
+                    literal(&mut out, mime::header_of(message.as_deref().unwrap_or(b"")));
+                }
+                FetchItem::Rfc822Text => {
+                    out.extend_from_slice(b"RFC822.TEXT ");
+                    let m = message.as_deref().unwrap_or(b"");
+                    literal(&mut out, &m[mime::header_of(m).len()..]);
+                }
+                FetchItem::Section {
+                    section, partial, ..
+                } => {
+                    out.extend_from_slice(b"BODY[");
+                    section_name(&mut out, section);
+                    out.push(b']');
+                    let m = message.as_deref().unwrap_or(b"");
+                    let data = section_data(m, structure.as_ref(), section);
+                    match (data, partial) {
+                        (None, _) => out.extend_from_slice(b" NIL"),
+                        (Some(data), None) => {
+                            out.push(b' ');
+                            literal(&mut out, &data);
+                        }
+                        (Some(data), Some((origin, count))) => {
+                            out.extend_from_slice(format!("<{origin}> ").as_bytes());
+                            let start = (*origin as usize).min(data.len());
+                            let end = start.saturating_add(*count as usize).min(data.len());
+                            literal(&mut out, &data[start..end]);
+                        }
+                    }
+                }
+            }
+        }
+        if flags_changed && !wants_flags {
+            sep(&mut out);
+            out.extend_from_slice(
+                format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
+            );
+        }
+        out.extend_from_slice(b")\r\n");
+        session.out(&out).await?;
+    }
+    Ok(if gone {
+        Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
+    } else {
+        Done::Ok("FETCH completed".into())
+    })
+}
+
+/// The section as the response names it: `1.2.HEADER.FIELDS (A B)`.
+fn section_name(out: &mut Vec<u8>, section: &Section) {
+    let parts: Vec<String> = section.part.iter().map(u32::to_string).collect();
+    out.extend_from_slice(parts.join(".").as_bytes());
+    let text = match &section.text {
+        SectionText::Full => return,
+        SectionText::Header => "HEADER",
+        SectionText::Text => "TEXT",
+        SectionText::Mime => "MIME",
+        SectionText::HeaderFields { not, fields } => {
+            if !parts.is_empty() {
+                out.push(b'.');
+            }
+            out.extend_from_slice(if *not {
+                b"HEADER.FIELDS.NOT ("
+            } else {
+                b"HEADER.FIELDS ("
+            });
+            for (i, f) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                astring(out, f);
+            }
+            out.push(b')');
+            return;
+        }
+    };
+    if !parts.is_empty() {
+        out.push(b'.');
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// The bytes of a section; `None` for a part that does not exist.
+fn section_data(m: &[u8], root: Option<&mime::Part>, section: &Section) -> Option<Vec<u8>> {
+    if section.part.is_empty() {
+        let header = mime::header_of(m);
+        return Some(match &section.text {
+            SectionText::Full => m.to_vec(),
+            SectionText::Header => header.to_vec(),
+            SectionText::Text => m[header.len()..].to_vec(),
+            SectionText::HeaderFields { not, fields } => mime::header_fields(header, fields, *not),
+            SectionText::Mime => return None,
+        });
+    }
+    let part = mime::resolve(root?, &section.part)?;
+    Some(match &section.text {
+        SectionText::Full => m[part.body.min(part.end)..part.end].to_vec(),
+        SectionText::Mime => m[part.start..part.body].to_vec(),
+        text => {
+            // HEADER and TEXT of a part are those of the message it holds.
+            let inner = part.message.as_deref()?;
+            let header = &m[inner.start..inner.body];
+            match text {
+                SectionText::Header => header.to_vec(),
+                SectionText::Text => m[inner.body..inner.end].to_vec(),
+                SectionText::HeaderFields { not, fields } => {
+                    mime::header_fields(header, fields, *not)
+                }
+                _ => return None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_the_w_size() {
+        assert_eq!(wire_form(b"a\nb\n\nc"), b"a\r\nb\r\n\r\nc");
+        assert_eq!(wire_form(b""), b"");
+    }
+}

@@ -1,0 +1,579 @@
+//! Commands on folders as a whole: SELECT/EXAMINE, CREATE, DELETE, RENAME,
+//! SUBSCRIBE, LIST/LSUB (RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS,
+//! RFC 6154 SPECIAL-USE), STATUS, APPEND (UIDPLUS), GETQUOTA(ROOT).
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use postroom::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
+use postroom::net::NetError;
+
+use crate::command::{ListOptions, StatusItem};
+use crate::response::{astring, flag_list};
+use crate::session::{Done, Selected, Session};
+
+macro_rules! mailbox_or_bad {
+    ($session:expr) => {
+        match $session.mailbox() {
+            Ok(m) => m,
+            Err(done) => return Ok(done),
+        }
+    };
+}
+
+impl Session {
+    /// A client's mailbox name, checked.
+    pub fn name(&self, wire: &str) -> Result<MailboxName, Done> {
+        MailboxName::from_wire(wire, self.rev2).map_err(|e| Done::No(format!("[CANNOT] {e}")))
+    }
+
+    fn wire_name(&self, name: &MailboxName) -> Vec<u8> {
+        let mut out = Vec::new();
+        astring(&mut out, &name.wire(self.rev2));
+        out
+    }
+
+    pub async fn select(&mut self, wire: &str, read_only: bool) -> Result<Done, NetError> {
+        let mailbox = mailbox_or_bad!(self);
+        if self.selected.take().is_some() && self.rev2 {
+            self.out(b"* OK [CLOSED] previous mailbox closed\r\n")
+                .await?;
+        }
+        let name = match self.name(wire) {
+            Ok(n) => n,
+            Err(done) => return Ok(done),
+        };
+        let folder = mailbox.folder(&name);
+        let stamp = folder.stamp();
+        let state = match folder.sync() {
+            Ok(s) => s,
+            Err(e) => return Ok(e.into()),
+        };
+        let mut out = Vec::with_capacity(512);
+        let flags_line = all_flags(&state.keywords);
+        out.extend_from_slice(format!("* FLAGS {flags_line}\r\n").as_bytes());
+        let permanent = if read_only {
+            "()".to_string()
+        } else {
+            permanent_flags(&state.keywords)
+        };
+        out.extend_from_slice(format!("* OK [PERMANENTFLAGS {permanent}] flags\r\n").as_bytes());
+        out.extend_from_slice(format!("* {} EXISTS\r\n", state.entries.len()).as_bytes());
+        if !self.rev2 {
+            out.extend_from_slice(b"* 0 RECENT\r\n");
+            if let Some(first) = state
+                .entries
+                .iter()
+                .position(|e| !e.flags().has(flags::SEEN))
+            {
+                out.extend_from_slice(
+                    format!("* OK [UNSEEN {}] first unseen\r\n", first + 1).as_bytes(),
+                );
+            }
+        }
+        out.extend_from_slice(
+            format!("* OK [UIDVALIDITY {}] UIDs valid\r\n", state.validity).as_bytes(),
+        );
+        out.extend_from_slice(
+            format!("* OK [UIDNEXT {}] predicted next UID\r\n", state.next_uid).as_bytes(),
+        );
+        self.out(&out).await?;
+        self.selected = Some(Selected {
+            name,
+            folder,
+            read_only,
+            view: state.entries,
+            keywords: state.keywords,
+            next_uid: state.next_uid,
+            stamp,
+        });
+        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        Ok(Done::Ok(format!(
+            "[{mode}] {} completed",
+            if read_only { "EXAMINE" } else { "SELECT" }
+        )))
+    }
+
+    pub fn create(&mut self, wire: &str) -> Done {
+        let mailbox = match self.mailbox() {
+            Ok(m) => m,
+            Err(done) => return done,
+        };
+        // A trailing delimiter only says the name will have children.
+        let wire = wire.strip_suffix('.').unwrap_or(wire);
+        let name = match self.name(wire) {
+            Ok(n) => n,
+            Err(done) => return done,
+        };
+        if name.is_inbox() {
+            return Done::No("[ALREADYEXISTS] INBOX always exists".into());
+        }
+        match mailbox.create(&name) {
+            Ok(()) => Done::Ok("CREATE completed".into()),
+            Err(e) => e.into(),
+        }
+    }
+
+    pub fn delete(&mut self, wire: &str) -> Done {
+        let mailbox = match self.mailbox() {
+            Ok(m) => m,
+            Err(done) => return done,
+        };
+        let name = match self.name(wire) {
+            Ok(n) => n,
+            Err(done) => return done,
+        };
+        if self.selected.as_ref().is_some_and(|s| s.name == name) {
+            return Done::No("[INUSE] close the mailbox before deleting it".into());
+        }
+        match mailbox.delete(&name) {
+            Ok(()) => Done::Ok("DELETE completed".into()),
+            Err(e) => e.into(),
+        }
+    }
+
+    pub fn rename(&mut self, from: &str, to: &str) -> Done {
+        let mailbox = match self.mailbox() {
+            Ok(m) => m,
+            Err(done) => return done,
+        };
+        let (from, to) = match (self.name(from), self.name(to)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(d), _) | (_, Err(d)) => return d,
+        };
+        if to.is_inbox() {
+            return Done::No("[ALREADYEXISTS] INBOX always exists".into());
+        }
+        if to.as_str().starts_with(&format!("{from}.")) {
+            return Done::No("[CANNOT] a mailbox cannot move into itself".into());
+        }
+        match mailbox.rename(&from, &to) {
+            Ok(()) => Done::Ok("RENAME completed".into()),
+            Err(e) => e.into(),
+        }
+    }
+
+    pub fn subscribe(&mut self, wire: &str, on: bool) -> Done {
+        let mailbox = match self.mailbox() {
+            Ok(m) => m,
+            Err(done) => return done,
+        };
+        let name = match self.name(wire) {
+            Ok(n) => n,
+            Err(done) => return done,
+        };
+        if on && !mailbox.folder(&name).exists() {
+            return Done::No("[NONEXISTENT] no such mailbox".into());
+        }
+        match mailbox.subscribe(&[name], on) {
+            Ok(()) => Done::Ok("completed".into()),
+            Err(e) => e.into(),
+        }
+    }
+
+    pub async fn list(
+        &mut self,
+        reference: &str,
+        patterns: &[String],
+        options: &ListOptions,
+        lsub: bool,
+    ) -> Result<Done, NetError> {
+        let mailbox = mailbox_or_bad!(self);
+        let what = if lsub { "LSUB" } else { "LIST" };
+        if patterns.len() == 1 && patterns[0].is_empty() {
+            self.out(format!("* {what} (\\Noselect) \".\" \"\"\r\n").as_bytes())
+                .await?;
+            return Ok(Done::Ok(format!("{what} completed")));
+        }
+        let existing = match mailbox.list() {
+            Ok(l) => l,
+            Err(e) => return Ok(e.into()),
+        };
+        let subscribed: BTreeSet<MailboxName> = match mailbox.subscriptions() {
+            Ok(s) => s.into_iter().collect(),
+            Err(e) => return Ok(e.into()),
+        };
+        let exists: BTreeSet<&MailboxName> = existing.iter().collect();
+        // Every name that exists, is subscribed, or is a parent of one.
+        let mut names: BTreeSet<MailboxName> = existing.iter().cloned().collect();
+        for name in existing.iter().chain(subscribed.iter()) {
+            names.insert(name.clone());
+            for parent in name.parents() {
+                if let Ok(p) = MailboxName::new(&parent) {
+                    names.insert(p);
+                }
+            }
+        }
+        let only_subscribed = lsub || options.subscribed;
+        let patterns: Vec<Vec<char>> = patterns
+            .iter()
+            .map(|p| {
+                let full = format!("{reference}{p}");
+                let decoded = MailboxName::from_wire(&full, self.rev2)
+                    .map(|n| n.to_string())
+                    .unwrap_or(full);
+                decoded.chars().collect()
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut listed = Vec::new();
+        for name in &names {
+            let chars: Vec<char> = name.as_str().chars().collect();
+            if !patterns.iter().any(|p| wildcard(p, &chars)) {
+                continue;
+            }
+            let is_subscribed = subscribed.contains(name);
+            let prefix = format!("{name}.");
+            let has_children = names.iter().any(|n| n.as_str().starts_with(&prefix));
+            let subscribed_child = subscribed.iter().any(|n| n.as_str().starts_with(&prefix));
+            let special = Mailbox::special_use(name);
+            if options.special_use_only && special.is_none() {
+                continue;
+            }
+            let mut child_info = false;
+            if only_subscribed && !is_subscribed {
+                if options.recursive_match && subscribed_child {
+                    child_info = true;
+                } else if lsub && subscribed_child {
+                    // LSUB shows an unsubscribed parent as \Noselect.
+                } else {
+                    continue;
+                }
+            }
+            let mut attrs: Vec<&str> = Vec::new();
+            let present = exists.contains(name);
+            if !present {
+                attrs.push(if options.subscribed || options.recursive_match {
+                    "\\NonExistent"
+                } else {
+                    "\\Noselect"
+                });
+            }
+            if lsub && only_subscribed && !is_subscribed {
+                attrs.push("\\Noselect");
+            }
+            if !lsub {
+                attrs.push(if has_children {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
+                if is_subscribed && (options.subscribed || options.return_subscribed) {
+                    attrs.push("\\Subscribed");
+                }
+                if let Some(special) = special {
+                    attrs.push(special);
+                }
+            }
+            out.extend_from_slice(format!("* {what} ({}) \".\" ", attrs.join(" ")).as_bytes());
+            out.extend_from_slice(&self.wire_name(name));
+            if child_info {
+                out.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+            }
+            out.extend_from_slice(b"\r\n");
+            if present && !options.status.is_empty() {
+                listed.push(name.clone());
+            }
+            if out.len() > 64 * 1024 {
+                self.out(&out).await?;
+                out.clear();
+            }
+        }
+        self.out(&out).await?;
+        for name in listed {
+            let folder = mailbox.folder(&name);
+            if let Some(line) = self.status_line(&name, &folder, &options.status) {
+                self.out(line.as_bytes()).await?;
+            }
+        }
+        Ok(Done::Ok(format!("{what} completed")))
+    }
+
+    /// `* STATUS name (...)`, or None if the folder cannot be read.
+    fn status_line(
+        &self,
+        name: &MailboxName,
+        folder: &Folder,
+        items: &[StatusItem],
+    ) -> Option<String> {
+        let state = folder.sync().ok()?;
+        let mut parts = Vec::new();
+        for item in items {
+            parts.push(match item {
+                StatusItem::Messages => format!("MESSAGES {}", state.entries.len()),
+                StatusItem::Recent => "RECENT 0".to_string(),
+                StatusItem::UidNext => format!("UIDNEXT {}", state.next_uid),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", state.validity),
+                StatusItem::Unseen => format!(
+                    "UNSEEN {}",
+                    state
+                        .entries
+                        .iter()
+                        .filter(|e| !e.flags().has(flags::SEEN))
+                        .count()
+                ),
+                StatusItem::Deleted => format!(
+                    "DELETED {}",
+                    state
+                        .entries
+                        .iter()
+                        .filter(|e| e.flags().has(flags::DELETED))
+                        .count()
+                ),
+                StatusItem::Size => format!(
+                    "SIZE {}",
+                    state
+                        .entries
+                        .iter()
+                        .map(|e| e.wire_size().unwrap_or(0))
+                        .sum::<u64>()
+                ),
+            });
+        }
+        Some(format!(
+            "* STATUS {} ({})\r\n",
+            String::from_utf8_lossy(&self.wire_name(name)),
+            parts.join(" ")
+        ))
+    }
+
+    pub async fn status(&mut self, wire: &str, items: &[StatusItem]) -> Result<Done, NetError> {
+        let mailbox = mailbox_or_bad!(self);
+        let name = match self.name(wire) {
+            Ok(n) => n,
+            Err(done) => return Ok(done),
+        };
+        let folder = mailbox.folder(&name);
+        if !folder.exists() {
+            return Ok(Done::No("[NONEXISTENT] no such mailbox".into()));
+        }
+        match self.status_line(&name, &folder, items) {
+            Some(line) => {
+                self.out(line.as_bytes()).await?;
+                Ok(Done::Ok("STATUS completed".into()))
+            }
+            None => Ok(Done::No(
+                "[SERVERUNAVAILABLE] cannot read the mailbox".into(),
+            )),
+        }
+    }
+
+    pub fn append(
+        &mut self,
+        wire: &str,
+        flag_names: &[String],
+        date: Option<SystemTime>,
+        message: &[u8],
+    ) -> Done {
+        let mailbox = match self.mailbox() {
+            Ok(m) => m,
+            Err(done) => return done,
+        };
+        let name = match self.name(wire) {
+            Ok(n) => n,
+            Err(done) => return done,
+        };
+        let folder = mailbox.folder(&name);
+        if !folder.exists() {
+            return Done::No("[TRYCREATE] no such mailbox".into());
+        }
+        if message.is_empty() {
+            return Done::No("empty message".into());
+        }
+        let flags = match flags_from_names(&folder, flag_names) {
+            Ok((f, _)) => f,
+            Err(done) => return done,
+        };
+        let quota = self.login.as_ref().and_then(|l| l.quota);
+        let hostname = self.shared.config.hostname.clone();
+        match folder.append(message, flags, date, &hostname, quota) {
+            Ok((validity, uid)) => {
+                Done::Ok(format!("[APPENDUID {validity} {uid}] APPEND completed"))
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    pub async fn quota(&mut self, mailbox_name: Option<&str>) -> Result<Done, NetError> {
+        let mailbox = mailbox_or_bad!(self);
+        let quota = self.login.as_ref().and_then(|l| l.quota);
+        let mut out = Vec::new();
+        if let Some(wire) = mailbox_name {
+            let name = match self.name(wire) {
+                Ok(n) => n,
+                Err(done) => return Ok(done),
+            };
+            if !mailbox.folder(&name).exists() {
+                return Ok(Done::No("[NONEXISTENT] no such mailbox".into()));
+            }
+            out.extend_from_slice(b"* QUOTAROOT ");
+            out.extend_from_slice(&self.wire_name(&name));
+            if quota.is_some() {
+                out.extend_from_slice(b" \"\"");
+            }
+            out.extend_from_slice(b"\r\n");
+        } else if quota.is_none() {
+            return Ok(Done::No("[NONEXISTENT] no quota for this user".into()));
+        }
+        if let Some(limit) = quota {
+            let used = match postroom::maildir::Maildir::new(mailbox.root()).quota_usage(limit) {
+                Ok((bytes, _)) => bytes,
+                Err(e) => return Ok(postroom::mailbox::MailboxError::from(e).into()),
+            };
+            // RFC 9208 counts STORAGE in units of 1024 octets.
+            out.extend_from_slice(
+                format!(
+                    "* QUOTA \"\" (STORAGE {} {})\r\n",
+                    used.div_ceil(1024),
+                    limit / 1024
+                )
+                .as_bytes(),
+            );
+        }
+        self.out(&out).await?;
+        Ok(Done::Ok("completed".into()))
+    }
+}
+
+/// `* FLAGS` of a folder: the system flags and its keywords.
+pub fn all_flags(keywords: &Keywords) -> String {
+    let all = Flags {
+        system: 0xff,
+        keywords: u32::MAX,
+    };
+    flag_list(all, keywords)
+}
+
+/// PERMANENTFLAGS: all flags, and `\*` while keyword letters are free.
+pub fn permanent_flags(keywords: &Keywords) -> String {
+    let mut list = all_flags(keywords);
+    if !keywords.is_full() {
+        list.pop();
+        if !list.ends_with('(') {
+            list.push(' ');
+        }
+        list.push_str("\\*)");
+    }
+    list
+}
+
+/// Flags from names; keywords new to the folder are added to its file.
+/// Returns the flags and whether the folder's keywords changed.
+pub fn flags_from_names(
+    folder: &Folder,
+    names: &[String],
+) -> Result<(Flags, Option<Keywords>), Done> {
+    let mut f = Flags::default();
+    let mut keywords = Vec::new();
+    for name in names {
+        if let Some(bit) = flags::system_bit(name) {
+            f.system |= bit;
+        } else if name.eq_ignore_ascii_case("\\Recent") {
+            // Not settable, silently ignored as RFC 3501 §6.4.6 implies.
+        } else if name.starts_with('\\') {
+            return Err(Done::Bad(format!("unknown system flag {name}")));
+        } else if flags::is_keyword(name) {
+            keywords.push(name.as_str());
+        } else {
+            return Err(Done::Bad(format!("invalid keyword {name}")));
+        }
+    }
+    if keywords.is_empty() {
+        return Ok((f, None));
+    }
+    let (all, fit) = folder.add_keywords(&keywords).map_err(Done::from)?;
+    if !fit {
+        return Err(Done::No(
+            "[LIMIT] this folder has its 26 keywords already".into(),
+        ));
+    }
+    for k in keywords {
+        if let Some(i) = all.index(k) {
+            f.keywords |= 1 << i;
+        }
+    }
+    Ok((f, Some(all)))
+}
+
+/// RFC 3501 §6.3.8 wildcards: `*` matches anything, `%` anything but the
+/// delimiter. INBOX matches case-insensitively.
+pub fn wildcard(pattern: &[char], name: &[char]) -> bool {
+    let upper = |c: &char| c.to_ascii_uppercase();
+    let name_is_inbox_prefixed = name.len() >= 5 && name[..5].iter().map(upper).eq("INBOX".chars());
+    let pattern: Vec<char> = if name_is_inbox_prefixed
+        && pattern.len() >= 5
+        && pattern[..5].iter().map(upper).eq("INBOX".chars())
+    {
+        "INBOX"
+            .chars()
+            .chain(pattern[5..].iter().copied())
+            .collect()
+    } else {
+        pattern.to_vec()
+    };
+    // Dynamic programming over (pattern position, name position).
+    let n = name.len();
+    let mut row = vec![false; n + 1];
+    row[0] = true;
+    for &pc in &pattern {
+        let mut next = vec![false; n + 1];
+        match pc {
+            '*' => {
+                let mut any = false;
+                for j in 0..=n {
+                    any |= row[j];
+                    next[j] = any;
+                }
+            }
+            '%' => {
+                for j in 0..=n {
+                    if row[j] {
+                        next[j] = true;
+                        let mut k = j;
+                        while k < n && name[k] != '.' {
+                            k += 1;
+                            next[k] = true;
+                        }
+                    }
+                }
+            }
+            c => {
+                for j in 0..n {
+                    next[j + 1] = row[j] && name[j] == c;
+                }
+            }
+        }
+        row = next;
+        if !row.iter().any(|&b| b) {
+            return false;
+        }
+    }
+    row[n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, n: &str) -> bool {
+        wildcard(
+            &p.chars().collect::<Vec<_>>(),
+            &n.chars().collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn list_wildcards() {
+        assert!(m("*", "a.b.c"));
+        assert!(m("%", "Sent"));
+        assert!(!m("%", "a.b"));
+        assert!(m("a.%", "a.b"));
+        assert!(!m("a.%", "a.b.c"));
+        assert!(m("a*c", "a.b.c"));
+        assert!(m("inbox", "INBOX"));
+        assert!(!m("Sent", "sent"));
+        assert!(m("%.%", "a.b"));
+        let long: String = "%*".repeat(500);
+        assert!(m(&long, "x"));
+    }
+}

@@ -1,0 +1,108 @@
+//! imap-serve: the IMAP server (RFC 9051 and RFC 3501; see `imap-serve(8)`).
+//!
+//! Serves each user's Maildir++ tree through the folder state in
+//! `postroom::mailbox` (`postroom-mailbox(5)`), which other processes
+//! (deliveries, POP3, other IMAP sessions) share through the files alone.
+//!
+//! Runs under inetd or a systemd socket with Accept=yes (one connection on
+//! stdin/stdout, `--inetd-tls` for port 993), with Accept=no (`LISTEN_FDS`;
+//! a socket named `imaps` speaks implicit TLS), or standalone with
+//! `--listen` / `--listen-tls`. Started as root to bind port 143, it leaves
+//! root behind before it serves anyone.
+
+mod command;
+mod fetch;
+mod folders;
+mod mime;
+mod response;
+mod search;
+mod session;
+mod view;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use postroom::config::Config;
+use postroom::net::{self, Launch};
+
+#[derive(Parser)]
+#[command(name = "imap-serve", version, about = "Serve mailboxes by IMAP")]
+struct Args {
+    /// The config file (default /etc/postroom/postroom.toml).
+    #[arg(long, env = "POSTROOM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on this address (repeatable); without it, serve one
+    /// connection on stdin/stdout or the sockets systemd passes.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Listen with implicit TLS (port 993, RFC 8314).
+    #[arg(long, value_name = "ADDR")]
+    listen_tls: Vec<SocketAddr>,
+    /// In inetd mode, start TLS at once (for port 993 under inetd).
+    #[arg(long)]
+    inetd_tls: bool,
+}
+
+fn main() -> ExitCode {
+    postroom::log::init("imap-serve", "info");
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imap-serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config::load(&Config::locate(args.config.as_deref()))?;
+    // Sockets first (port 143 needs root), then root goes, then the tree.
+    let launch = if args.listen.is_empty()
+        && args.listen_tls.is_empty()
+        && std::env::var_os("LISTEN_FDS").is_none()
+    {
+        Launch::inetd(args.inetd_tls)
+    } else {
+        Launch::from_args(&args.listen, &args.listen_tls)?
+    };
+    postroom::privileges::drop_privileges(&config)?;
+    let tls = match postroom::tls::acceptor(&config) {
+        Ok(acceptor) => Some(acceptor),
+        Err(e) => {
+            tracing::warn!("no TLS: {e}");
+            None
+        }
+    };
+    let runtime = if matches!(launch, Launch::Inetd { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
+    // IMAP clients idle for up to 29 minutes between commands (RFC 9051
+    // §5.4), so imap.idle_timeout replaces the SMTP-sized default.
+    let mut limits = config.limits.clone();
+    limits.idle_timeout = config.imap.idle_timeout;
+    runtime.block_on(async move {
+        let shared = Arc::new(session::Shared::new(config, tls.clone())?);
+        net::serve(
+            launch,
+            &limits,
+            tls,
+            b"* BYE too many connections, try again later\r\n",
+            move |conn| session::run(shared.clone(), conn),
+        )
+        .await?;
+        anyhow::Ok(())
+    })?;
+    // A stdin read still waiting in tokio's blocking pool would hold the
+    // runtime open; the session is over, so leave now.
+    std::process::exit(0);
+}

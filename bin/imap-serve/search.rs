@@ -1,0 +1,315 @@
+//! SEARCH (RFC 3501 §6.4.4) and its ESEARCH form (RFC 4731).
+//!
+//! Keys on flags, UIDs, sizes and internal dates cost no file read; header
+//! keys read the header only, and decode it with mail-parser (RFC 2047
+//! encoded words, so `SUBJECT "Grüße"` finds `=?utf-8?q?Gr=C3=BC=C3=9Fe?=`);
+//! BODY and TEXT read the whole message and search its decoded text parts.
+//! Comparison is case-insensitive substring, as the RFC asks.
+
+use mail_parser::{Address, HeaderValue, MessageParser, PartType};
+use postroom::mailbox::{Entry, Keywords};
+use postroom::net::NetError;
+
+use crate::command::{Date, SearchKey, days_from_civil};
+use crate::fetch::wire_form;
+use crate::session::{Done, Session};
+
+/// What of one message has been read so far.
+struct Candidate<'a> {
+    entry: &'a Entry,
+    seq: u32,
+    path: std::path::PathBuf,
+    file: Option<Option<Vec<u8>>>,
+    headers: Option<Vec<(String, String)>>,
+    mtime_days: Option<i64>,
+}
+
+impl Candidate<'_> {
+    fn file(&mut self) -> Option<&[u8]> {
+        if self.file.is_none() {
+            self.file = Some(std::fs::read(&self.path).ok().map(|f| wire_form(&f)));
+        }
+        self.file.as_ref().and_then(|f| f.as_deref())
+    }
+
+    /// (upper-case name, decoded value) of every header field.
+    fn headers(&mut self) -> &[(String, String)] {
+        if self.headers.is_none() {
+            let parsed = self.file().map(|m| {
+                let header = crate::mime::header_of(m);
+                decoded_headers(header)
+            });
+            self.headers = Some(parsed.unwrap_or_default());
+        }
+        self.headers.as_deref().unwrap_or(&[])
+    }
+
+    fn internal_days(&mut self) -> i64 {
+        *self.mtime_days.get_or_insert_with(|| {
+            std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64 / 86_400)
+        })
+    }
+
+    fn size(&mut self) -> u64 {
+        match self.entry.wire_size() {
+            Some(s) => s,
+            None => self.file().map_or(0, |f| f.len() as u64),
+        }
+    }
+
+    fn sent_days(&mut self) -> Option<i64> {
+        let m = self.file()?;
+        let header = crate::mime::header_of(m);
+        let parsed = MessageParser::new().parse_headers(header)?;
+        let d = parsed.date()?;
+        Some(days_from_civil(
+            i64::from(d.year),
+            u32::from(d.month),
+            u32::from(d.day),
+        ))
+    }
+}
+
+/// Header fields with RFC 2047 words decoded and addresses written out.
+fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
+    let Some(message) = MessageParser::new().parse_headers(header) else {
+        return Vec::new();
+    };
+    message
+        .headers()
+        .iter()
+        .map(|h| {
+            let value = match h.value() {
+                HeaderValue::Text(t) => t.to_string(),
+                HeaderValue::TextList(l) => l.join(" "),
+                HeaderValue::Address(a) => address_text(a),
+                _ => {
+                    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
+                    String::from_utf8_lossy(header.get(s..e).unwrap_or_default()).into_owned()
+                }
+            };
+            (h.name().to_ascii_uppercase(), value)
+        })
+        .collect()
+}
+
+fn address_text(a: &Address<'_>) -> String {
+    let one = |addr: &mail_parser::Addr<'_>| {
+        format!(
+            "{} <{}>",
+            addr.name.as_deref().unwrap_or(""),
+            addr.address.as_deref().unwrap_or("")
+        )
+    };
+    match a {
+        Address::List(list) => list.iter().map(one).collect::<Vec<_>>().join(", "),
+        Address::Group(groups) => groups
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}: {}",
+                    g.name.as_deref().unwrap_or(""),
+                    g.addresses.iter().map(one).collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+fn contains(haystack: &str, needle: &str) -> bool {
+    needle.is_empty() || haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+struct Context<'a> {
+    keywords: &'a Keywords,
+    count: u32,
+    largest_uid: u32,
+}
+
+fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> bool {
+    let f = c.entry.flags();
+    match key {
+        SearchKey::All => true,
+        SearchKey::Flag(bit, set) => f.has(*bit) == *set,
+        SearchKey::Keyword(name, set) => {
+            let has = ctx
+                .keywords
+                .index(name)
+                .is_some_and(|i| f.keywords & (1 << i) != 0);
+            has == *set
+        }
+        // No message is \Recent here (IMAP4rev2 dropped it).
+        SearchKey::New | SearchKey::Recent => false,
+        SearchKey::Old => true,
+        SearchKey::Header(name, text) => c
+            .headers()
+            .iter()
+            .any(|(n, v)| n == name && contains(v, text)),
+        SearchKey::Body(text) => body_contains(c, text),
+        SearchKey::Text(text) => {
+            c.headers()
+                .iter()
+                .any(|(n, v)| contains(n, text) || contains(v, text))
+                || body_contains(c, text)
+        }
+        SearchKey::Before(Date(d)) => c.internal_days() < *d,
+        SearchKey::On(Date(d)) => c.internal_days() == *d,
+        SearchKey::Since(Date(d)) => c.internal_days() >= *d,
+        SearchKey::SentBefore(Date(d)) => c.sent_days().is_some_and(|s| s < *d),
+        SearchKey::SentOn(Date(d)) => c.sent_days().is_some_and(|s| s == *d),
+        SearchKey::SentSince(Date(d)) => c.sent_days().is_some_and(|s| s >= *d),
+        SearchKey::Larger(n) => c.size() > *n,
+        SearchKey::Smaller(n) => c.size() < *n,
+        SearchKey::Uid(set) => set
+            .ranges(ctx.largest_uid)
+            .any(|(lo, hi)| (lo..=hi).contains(&c.entry.uid)),
+        SearchKey::Seq(set) => set
+            .ranges(ctx.count)
+            .any(|(lo, hi)| (lo..=hi).contains(&c.seq)),
+        SearchKey::Not(k) => !matches(k, c, ctx),
+        SearchKey::Or(a, b) => matches(a, c, ctx) || matches(b, c, ctx),
+        SearchKey::And(keys) => keys.iter().all(|k| matches(k, c, ctx)),
+    }
+}
+
+fn body_contains(c: &mut Candidate<'_>, text: &str) -> bool {
+    let Some(m) = c.file() else {
+        return false;
+    };
+    let Some(parsed) = MessageParser::new().parse(m) else {
+        return false;
+    };
+    parsed.parts.iter().any(|p| match &p.body {
+        PartType::Text(t) | PartType::Html(t) => contains(t, text),
+        _ => false,
+    })
+}
+
+pub async fn search(
+    session: &mut Session,
+    tag: &str,
+    uid: bool,
+    key: &SearchKey,
+    ret: Option<&[String]>,
+) -> Result<Done, NetError> {
+    let Some(sel) = session.selected.as_ref() else {
+        return Ok(Done::Bad("select a mailbox first".into()));
+    };
+    let ctx = Context {
+        keywords: &sel.keywords,
+        count: sel.view.len() as u32,
+        largest_uid: sel.view.last().map_or(0, |e| e.uid),
+    };
+    let mut found: Vec<u32> = Vec::new();
+    for (i, entry) in sel.view.iter().enumerate() {
+        let mut c = Candidate {
+            entry,
+            seq: i as u32 + 1,
+            path: sel.folder.path_of(entry),
+            file: None,
+            headers: None,
+            mtime_days: None,
+        };
+        // The file may have moved (a flag change elsewhere): look it up.
+        if !c.path.exists()
+            && let Ok(Some(now)) = sel.folder.refresh(entry)
+        {
+            c.path = sel.folder.path_of(&now);
+        }
+        if matches(key, &mut c, &ctx) {
+            found.push(if uid { entry.uid } else { i as u32 + 1 });
+        }
+    }
+    let line = match ret {
+        None => {
+            let mut line = String::from("* SEARCH");
+            for n in &found {
+                line.push(' ');
+                line.push_str(&n.to_string());
+            }
+            line
+        }
+        Some(opts) => esearch(tag, uid, &found, opts),
+    };
+    session.out(format!("{line}\r\n").as_bytes()).await?;
+    Ok(Done::Ok("SEARCH completed".into()))
+}
+
+/// `* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set` (RFC 4731).
+fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
+    let all = opts.is_empty() || opts.iter().any(|o| o == "ALL");
+    let mut line = String::from("* ESEARCH (TAG ");
+    let mut quoted = Vec::new();
+    crate::response::quoted_or_literal(&mut quoted, tag.as_bytes());
+    line.push_str(&String::from_utf8_lossy(&quoted));
+    line.push(')');
+    if uid {
+        line.push_str(" UID");
+    }
+    if opts.iter().any(|o| o == "MIN")
+        && let Some(min) = found.first()
+    {
+        line.push_str(&format!(" MIN {min}"));
+    }
+    if opts.iter().any(|o| o == "MAX")
+        && let Some(max) = found.last()
+    {
+        line.push_str(&format!(" MAX {max}"));
+    }
+    if opts.iter().any(|o| o == "COUNT") {
+        line.push_str(&format!(" COUNT {}", found.len()));
+    }
+    if all && !found.is_empty() {
+        line.push_str(" ALL ");
+        line.push_str(&compress(found));
+    }
+    line
+}
+
+/// `1,2,3,7` → `1:3,7`.
+pub fn compress(numbers: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        let mut end = start;
+        while i + 1 < numbers.len() && numbers[i + 1] == end + 1 {
+            end += 1;
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_compress_and_headers_decode() {
+        assert_eq!(compress(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        let h = decoded_headers(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\n\r\n");
+        assert!(
+            h.iter()
+                .any(|(n, v)| n == "SUBJECT" && contains(v, "grüße"))
+        );
+        assert!(
+            h.iter()
+                .any(|(n, v)| n == "FROM" && contains(v, "Jörg") && contains(v, "j@x.test"))
+        );
+    }
+}

@@ -1,0 +1,685 @@
+//! One IMAP session: framing commands with their literals, the command
+//! table of RFC 9051/3501 and its extensions, and keeping the client's view
+//! of the selected folder in step with the disk.
+//!
+//! Policy: LOGIN and AUTHENTICATE only over TLS or loopback (unless
+//! `auth.allow_plaintext`), with the failure back-off of `authlimit`.
+//! Literals are refused before a byte of them is read when they pass the
+//! limits (`limits.message_size` for APPEND, 64 KiB otherwise); a
+//! non-synchronizing literal over the limit ends the session, since its
+//! bytes are already on the way and must never be read as commands.
+//!
+//! The view: a session keeps the folder's entries as it last reported them
+//! (sequence number = position). After every command, and while IDLE, it
+//! syncs the folder and reports what changed: EXPUNGE (not during FETCH,
+//! STORE or SEARCH by sequence number, RFC 3501 §7.4.1), EXISTS, and FETCH
+//! FLAGS for flags other sessions changed.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use base64::Engine;
+use postroom::access::Access;
+use postroom::authlimit::AuthLimit;
+use postroom::config::Config;
+use postroom::mailbox::watch::Watcher;
+use postroom::mailbox::{
+    Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
+};
+use postroom::net::{Connection, NetError};
+use postroom::users::Users;
+use tokio_rustls::TlsAcceptor;
+
+use crate::command::{self, Bad, Body, Command};
+
+/// Failed LOGIN/AUTHENTICATE attempts before the session is dropped.
+const AUTH_FAILURES_MAX: u32 = 3;
+/// Largest literal outside APPEND (a password, a search string).
+const SMALL_LITERAL_MAX: usize = 64 * 1024;
+/// Most literals in one command.
+const LITERALS_MAX: usize = 1000;
+
+/// What every session of this process shares.
+pub struct Shared {
+    pub config: Config,
+    tls: Option<TlsAcceptor>,
+    users: Mutex<(Arc<Users>, Arc<Access>, Option<SystemTime>)>,
+    /// None when inotify is unavailable: IDLE then re-syncs on its timer.
+    watcher: Option<Watcher>,
+}
+
+impl Shared {
+    /// Call inside the runtime (the watcher registers with it).
+    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
+        let users = Users::load(&config.users_file())?;
+        let access = Access::load(&config.access_file())?;
+        let stamp = users_stamp(&config);
+        let watcher = match Watcher::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("inotify unavailable ({e}); IDLE polls every minute");
+                None
+            }
+        };
+        Ok(Shared {
+            config,
+            tls,
+            users: Mutex::new((Arc::new(users), Arc::new(access), stamp)),
+            watcher,
+        })
+    }
+
+    pub fn watcher(&self) -> Option<&Watcher> {
+        self.watcher.as_ref()
+    }
+
+    /// The users and access rules, reloaded when the users file changed; a
+    /// file that no longer parses keeps the last good one (logged).
+    fn current(&self) -> (Arc<Users>, Arc<Access>) {
+        let now = users_stamp(&self.config);
+        let mut guard = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.2 != now {
+            match (
+                Users::load(&self.config.users_file()),
+                Access::load(&self.config.access_file()),
+            ) {
+                (Ok(u), Ok(a)) => *guard = (Arc::new(u), Arc::new(a), now),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!("keeping the previous users/access: {e}")
+                }
+            }
+        }
+        (guard.0.clone(), guard.1.clone())
+    }
+}
+
+fn users_stamp(config: &Config) -> Option<SystemTime> {
+    let m = |p: std::path::PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    m(config.users_file()).max(m(config.access_file()))
+}
+
+/// The logged-in user.
+pub struct Login {
+    pub mailbox: Mailbox,
+    pub quota: Option<u64>,
+}
+
+/// The selected folder and the client's view of it.
+pub struct Selected {
+    pub name: MailboxName,
+    pub folder: Folder,
+    pub read_only: bool,
+    /// Entries by sequence number - 1, UIDs ascending.
+    pub view: Vec<Entry>,
+    pub keywords: Keywords,
+    pub next_uid: u32,
+    pub stamp: Stamp,
+}
+
+pub struct Session {
+    pub shared: Arc<Shared>,
+    pub conn: Connection,
+    pub login: Option<Login>,
+    pub selected: Option<Selected>,
+    /// IMAP4rev2 enabled (RFC 9051): UTF-8 names, ESEARCH replies, no RECENT.
+    pub rev2: bool,
+    errors: usize,
+    auth_failures: u32,
+}
+
+/// How a command ended: its tagged status and text.
+pub enum Done {
+    Ok(String),
+    No(String),
+    Bad(String),
+    /// LOGOUT or a fatal error: the BYE is already written.
+    Bye,
+    /// The tagged reply is already written (STARTTLS).
+    Sent,
+}
+
+impl From<MailboxError> for Done {
+    fn from(e: MailboxError) -> Done {
+        match e {
+            MailboxError::NoSuchMailbox => Done::No("[NONEXISTENT] no such mailbox".into()),
+            MailboxError::AlreadyExists => {
+                Done::No("[ALREADYEXISTS] mailbox already exists".into())
+            }
+            MailboxError::BadName(e) => Done::No(format!("[CANNOT] {e}")),
+            MailboxError::InboxDelete => Done::No("[CANNOT] INBOX cannot be deleted".into()),
+            e if e.is_over_quota() => Done::No(format!("[OVERQUOTA] {e}")),
+            e => {
+                tracing::error!("{e}");
+                Done::No("[SERVERUNAVAILABLE] local error, try again later".into())
+            }
+        }
+    }
+}
+
+/// What reading a command gave.
+enum Input {
+    Command(Vec<u8>),
+    /// A synchronizing literal over the limit: refused, session goes on.
+    Refused(String, String),
+}
+
+pub async fn run(shared: Arc<Shared>, conn: Connection) {
+    let mut session = Session {
+        shared,
+        conn,
+        login: None,
+        selected: None,
+        rev2: false,
+        errors: 0,
+        auth_failures: 0,
+    };
+    if let Some(ip) = session.conn.peer().map(|p| p.ip())
+        && !session.shared.current().1.allows(ip)
+    {
+        tracing::info!("refused by the access file");
+        session.conn.write(b"* BYE access denied\r\n");
+        let _ = session.conn.flush().await;
+        return;
+    }
+    let greeting = format!(
+        "* OK [CAPABILITY {}] {} IMAP ready\r\n",
+        session.capabilities(),
+        session.shared.config.hostname
+    );
+    session.conn.write(greeting.as_bytes());
+    if let Err(e) = session.serve().await {
+        tracing::info!("session ended: {e}");
+    }
+}
+
+impl Session {
+    fn may_authenticate(&self) -> bool {
+        self.conn.is_secure() || self.shared.config.auth.allow_plaintext
+    }
+
+    pub fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"];
+        if self.login.is_none() {
+            if self.shared.tls.is_some() && !self.conn.is_tls() {
+                caps.push("STARTTLS");
+            }
+            if self.may_authenticate() {
+                caps.push("AUTH=PLAIN");
+            } else {
+                caps.push("LOGINDISABLED");
+            }
+        } else {
+            caps.extend([
+                "NAMESPACE",
+                "UNSELECT",
+                "UIDPLUS",
+                "MOVE",
+                "CHILDREN",
+                "LIST-EXTENDED",
+                "LIST-STATUS",
+                "SPECIAL-USE",
+                "ESEARCH",
+                "QUOTA",
+                "QUOTA=RES-STORAGE",
+                "STATUS=SIZE",
+            ]);
+        }
+        caps.join(" ")
+    }
+
+    /// Queues output, sending first when over the high-water mark, so a
+    /// client that does not read costs a bounded buffer (then a timeout).
+    pub async fn out(&mut self, bytes: &[u8]) -> Result<(), NetError> {
+        self.conn.write_bulk(bytes).await
+    }
+
+    async fn serve(&mut self) -> Result<(), NetError> {
+        loop {
+            if !self.conn.has_buffered_input() {
+                self.conn.flush().await?;
+            }
+            let input = match self.read_command().await {
+                Ok(input) => input,
+                Err(NetError::Timeout) => {
+                    self.conn.write(b"* BYE idle too long, closing\r\n");
+                    return self.conn.flush().await;
+                }
+                Err(NetError::LineTooLong) => {
+                    // The rest of the line (and any literal it announced)
+                    // was not seen: the only safe move is to hang up.
+                    self.conn
+                        .write(b"* BYE command line too long (imap.line_length)\r\n");
+                    return self.conn.flush().await;
+                }
+                Err(e) => return Err(e),
+            };
+            let line = match input {
+                Input::Command(line) => line,
+                Input::Refused(tag, text) => {
+                    self.conn.write(format!("{tag} {text}\r\n").as_bytes());
+                    self.errors += 1;
+                    if self.too_many_errors().await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let command = match command::parse(&line) {
+                Ok(c) => c,
+                Err((tag, Bad(text))) => {
+                    let tag = tag.unwrap_or_else(|| "*".into());
+                    self.conn.write(format!("{tag} BAD {text}\r\n").as_bytes());
+                    self.errors += 1;
+                    if self.too_many_errors().await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            drop(line);
+            let tag = command.tag.clone();
+            // Boxed: a command's state lives on the heap only while it
+            // runs, so an idle session's task stays small.
+            let done = Box::pin(self.command(command)).await?;
+            let (status, text) = match done {
+                Done::Ok(t) => ("OK", t),
+                Done::No(t) => ("NO", t),
+                Done::Bad(t) => {
+                    self.errors += 1;
+                    ("BAD", t)
+                }
+                Done::Bye => return self.conn.flush().await,
+                Done::Sent => continue,
+            };
+            self.out(format!("{tag} {status} {text}\r\n").as_bytes())
+                .await?;
+            if self.too_many_errors().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn too_many_errors(&mut self) -> Result<bool, NetError> {
+        if self.errors < self.shared.config.limits.errors {
+            return Ok(false);
+        }
+        self.conn.write(b"* BYE too many errors, closing\r\n");
+        self.conn.flush().await?;
+        Ok(true)
+    }
+
+    /// Reads one command line and the literals it announces (RFC 9051
+    /// §4.3, RFC 7888 LITERAL+).
+    async fn read_command(&mut self) -> Result<Input, NetError> {
+        let max_line = self.shared.config.imap.line_length;
+        let mut buf = self.conn.read_line(max_line).await?;
+        let is_append = {
+            let mut words = buf.split(|&b| b == b' ');
+            words.next();
+            words
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"APPEND"))
+        };
+        let literal_max = if is_append {
+            self.shared.config.limits.message_size as usize
+        } else {
+            SMALL_LITERAL_MAX
+        };
+        let mut literals = 0;
+        loop {
+            let Some((size, sync)) = literal_at_end(&buf) else {
+                return Ok(Input::Command(buf));
+            };
+            literals += 1;
+            let tag = String::from_utf8_lossy(buf.split(|&b| b == b' ').next().unwrap_or(b"*"))
+                .into_owned();
+            if size > literal_max || literals > LITERALS_MAX {
+                if sync {
+                    // The client waits for "+" and sends nothing more of
+                    // this command.
+                    let text = if is_append {
+                        format!("NO [TOOBIG] message larger than {literal_max} bytes")
+                    } else {
+                        format!("BAD literal larger than {literal_max} bytes")
+                    };
+                    return Ok(Input::Refused(tag, text));
+                }
+                self.conn.write(
+                    format!("* BYE [TOOBIG] literal larger than {literal_max} bytes\r\n")
+                        .as_bytes(),
+                );
+                self.conn.flush().await?;
+                return Err(NetError::Closed);
+            }
+            if sync {
+                self.conn.write(b"+ go ahead\r\n");
+                self.conn.flush().await?;
+            }
+            buf.reserve(size);
+            self.conn.read_exact_into(size, &mut buf).await?;
+            let rest = self.conn.read_line(max_line).await?;
+            buf.extend_from_slice(&rest);
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) -> Result<Done, NetError> {
+        let Command { tag, body } = cmd;
+        let allows_expunge = body.allows_expunge();
+        let done = match body {
+            Body::Capability => {
+                let caps = format!("* CAPABILITY {}\r\n", self.capabilities());
+                self.out(caps.as_bytes()).await?;
+                Done::Ok("CAPABILITY completed".into())
+            }
+            Body::Noop | Body::Check => Done::Ok("completed".into()),
+            Body::Logout => {
+                self.conn.write(b"* BYE logging out\r\n");
+                self.conn
+                    .write(format!("{tag} OK LOGOUT completed\r\n").as_bytes());
+                let _ = self.conn.shutdown().await;
+                return Ok(Done::Bye);
+            }
+            Body::Id => {
+                self.out(b"* ID (\"name\" \"postroom\")\r\n").await?;
+                Done::Ok("ID completed".into())
+            }
+            Body::StartTls => return self.starttls(&tag).await,
+            Body::Login { user, password } => self.login(user, password).await?,
+            Body::Authenticate { mechanism, initial } => {
+                self.authenticate(&mechanism, initial).await?
+            }
+            body if self.login.is_none() => {
+                let _ = body;
+                Done::Bad("log in first (LOGIN or AUTHENTICATE)".into())
+            }
+            Body::Enable(caps) => {
+                // Only what is done for real: IMAP4rev2 is not offered yet
+                // (BINARY and SEARCHRES are missing), so ENABLE of it
+                // enables nothing, as RFC 5161 allows.
+                let _ = caps;
+                self.out(b"* ENABLED\r\n").await?;
+                Done::Ok("ENABLE completed".into())
+            }
+            Body::Namespace => {
+                self.out(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\n").await?;
+                Done::Ok("NAMESPACE completed".into())
+            }
+            Body::Select { mailbox, read_only } => self.select(&mailbox, read_only).await?,
+            Body::Create(name) => self.create(&name),
+            Body::Delete(name) => self.delete(&name),
+            Body::Rename(from, to) => self.rename(&from, &to),
+            Body::Subscribe(name) => self.subscribe(&name, true),
+            Body::Unsubscribe(name) => self.subscribe(&name, false),
+            Body::List {
+                reference,
+                patterns,
+                options,
+                lsub,
+            } => self.list(&reference, &patterns, &options, lsub).await?,
+            Body::Status { mailbox, items } => self.status(&mailbox, &items).await?,
+            Body::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => self.append(&mailbox, &flags, date, &message),
+            Body::GetQuotaRoot(mailbox) => self.quota(Some(&mailbox)).await?,
+            Body::GetQuota(root) => {
+                if root.is_empty() {
+                    self.quota(None).await?
+                } else {
+                    Done::No("[NONEXISTENT] no such quota root (the one root is \"\")".into())
+                }
+            }
+            Body::SetQuota => Done::No("[CANNOT] quotas are set in the users file".into()),
+            Body::Idle => self.idle().await?,
+            body if self.selected.is_none() => {
+                let _ = body;
+                Done::Bad("select a mailbox first".into())
+            }
+            Body::Close | Body::Unselect => {
+                let close = matches!(body, Body::Close);
+                if let Some(sel) = self.selected.take()
+                    && close
+                    && !sel.read_only
+                {
+                    let deleted: Vec<Entry> = sel
+                        .folder
+                        .sync()
+                        .map(|s| s.entries)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|e| e.flags().has(flags::DELETED))
+                        .collect();
+                    if let Err(e) = sel.folder.expunge(&deleted) {
+                        return Ok(e.into());
+                    }
+                }
+                return Ok(Done::Ok("completed, no mailbox selected".into()));
+            }
+            Body::Expunge(uids) => self.expunge(uids.as_ref()).await?,
+            Body::Search { uid, key, ret } => {
+                crate::search::search(self, &tag, uid, &key, ret.as_deref()).await?
+            }
+            Body::Fetch { uid, set, items } => crate::fetch::fetch(self, uid, &set, &items).await?,
+            Body::Store {
+                uid,
+                set,
+                mode,
+                silent,
+                flags,
+            } => self.store(uid, &set, mode, silent, &flags).await?,
+            Body::Copy {
+                uid,
+                set,
+                mailbox,
+                remove,
+            } => self.copy(uid, &set, &mailbox, remove).await?,
+        };
+        if self.selected.is_some() {
+            self.report(allows_expunge).await?;
+        }
+        Ok(done)
+    }
+
+    async fn starttls(&mut self, tag: &str) -> Result<Done, NetError> {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            return Ok(Done::No("TLS is not available".into()));
+        };
+        if self.conn.is_tls() {
+            return Ok(Done::Bad("TLS is already active".into()));
+        }
+        if self.login.is_some() {
+            return Ok(Done::Bad("STARTTLS only before login".into()));
+        }
+        self.conn
+            .write(format!("{tag} OK begin TLS now\r\n").as_bytes());
+        // start_tls sends the reply, then discards anything the client sent
+        // after STARTTLS in the clear (CVE-2011-0411 class).
+        self.conn.start_tls(&acceptor).await?;
+        // The tagged reply went before the handshake; nothing more now.
+        Ok(Done::Sent)
+    }
+}
+
+/// `{N}` or `{N+}` at the end of a line: the literal's size and whether
+/// the client waits for a continuation.
+fn literal_at_end(line: &[u8]) -> Option<(usize, bool)> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_suffix(b"}")?;
+    let (line, sync) = match line.strip_suffix(b"+") {
+        Some(l) => (l, false),
+        None => (line, true),
+    };
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    let digits = &line[open + 1..];
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((usize::try_from(n).unwrap_or(usize::MAX), sync))
+}
+
+impl Session {
+    async fn login(&mut self, user: String, password: String) -> Result<Done, NetError> {
+        if self.login.is_some() {
+            return Ok(Done::Bad("already logged in".into()));
+        }
+        if !self.may_authenticate() {
+            return Ok(Done::No(
+                "[PRIVACYREQUIRED] use STARTTLS (or port 993) before LOGIN".into(),
+            ));
+        }
+        self.check_password(user, password).await
+    }
+
+    /// AUTHENTICATE PLAIN (RFC 4616), with SASL-IR (RFC 4959).
+    async fn authenticate(
+        &mut self,
+        mechanism: &str,
+        initial: Option<String>,
+    ) -> Result<Done, NetError> {
+        if self.login.is_some() {
+            return Ok(Done::Bad("already logged in".into()));
+        }
+        if mechanism != "PLAIN" {
+            return Ok(Done::No("unsupported mechanism; use PLAIN".into()));
+        }
+        if !self.may_authenticate() {
+            return Ok(Done::No(
+                "[PRIVACYREQUIRED] use STARTTLS (or port 993) before AUTHENTICATE".into(),
+            ));
+        }
+        let response = match initial {
+            Some(r) if r == "=" => String::new(),
+            Some(r) => r,
+            None => {
+                self.conn.write(b"+ \r\n");
+                self.conn.flush().await?;
+                let line = self
+                    .conn
+                    .read_line(self.shared.config.imap.line_length)
+                    .await?;
+                String::from_utf8_lossy(&line).trim_end().to_string()
+            }
+        };
+        if response == "*" {
+            return Ok(Done::Bad("authentication cancelled".into()));
+        }
+        let Some((user, password)) = decode_plain(&response) else {
+            return Ok(Done::Bad("malformed PLAIN response".into()));
+        };
+        self.check_password(user, password).await
+    }
+
+    async fn check_password(&mut self, login: String, password: String) -> Result<Done, NetError> {
+        let (users, _) = self.shared.current();
+        let limit = AuthLimit::new(self.shared.config.state_dir());
+        let ip = self.conn.peer().map(|p| p.ip());
+        // Wait first, answer after: a guesser learns nothing by hanging up.
+        let wait = {
+            let (limit, login) = (limit.clone(), login.clone());
+            tokio::task::spawn_blocking(move || limit.delay(ip, &login))
+                .await
+                .unwrap_or_default()
+        };
+        tokio::time::sleep(wait).await;
+        let checked = tokio::task::spawn_blocking(move || {
+            let result = users.authenticate(&login, &password);
+            match &result {
+                Ok(Some(_)) => limit.succeeded(&login),
+                Ok(None) => limit.failed(ip, &login),
+                Err(_) => {}
+            }
+            result.map(|u| u.cloned())
+        })
+        .await;
+        match checked {
+            Ok(Ok(Some(user))) => {
+                let root = postroom::users::maildir_of(&self.shared.config, &user);
+                let mailbox = Mailbox::new(root);
+                if let Err(e) = mailbox.ensure_defaults() {
+                    tracing::error!(user = %user.address, "cannot prepare the mailbox: {e}");
+                    return Ok(Done::No(
+                        "[SERVERUNAVAILABLE] mailbox unavailable, try again later".into(),
+                    ));
+                }
+                tracing::info!(user = %user.address, "logged in");
+                let default_quota = self.shared.config.delivery.default_quota;
+                self.login = Some(Login {
+                    mailbox,
+                    quota: user.quota.or((default_quota > 0).then_some(default_quota)),
+                });
+                Ok(Done::Ok(format!(
+                    "[CAPABILITY {}] logged in",
+                    self.capabilities()
+                )))
+            }
+            Ok(Err(e)) => {
+                tracing::error!("password check failed: {e}");
+                Ok(Done::No(
+                    "[UNAVAILABLE] temporary authentication failure".into(),
+                ))
+            }
+            _ => {
+                self.auth_failures += 1;
+                tracing::info!(failures = self.auth_failures, "authentication failed");
+                if self.auth_failures >= AUTH_FAILURES_MAX {
+                    self.conn
+                        .write(b"* BYE too many authentication failures\r\n");
+                    return Ok(Done::Bye);
+                }
+                Ok(Done::No(
+                    "[AUTHENTICATIONFAILED] authentication failed".into(),
+                ))
+            }
+        }
+    }
+
+    /// The user's mailbox; `Err` (a BAD to return) before login, which
+    /// command() already refuses, so it only guards against a slip there.
+    pub fn mailbox(&self) -> Result<Mailbox, Done> {
+        match &self.login {
+            Some(login) => Ok(login.mailbox.clone()),
+            None => Err(Done::Bad("log in first".into())),
+        }
+    }
+}
+
+/// RFC 4616: `authzid NUL authcid NUL passwd`; an authzid other than the
+/// login itself is refused (no proxy authorization).
+fn decode_plain(text: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut parts = text.split('\0');
+    let (authz, authc, password) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || (!authz.is_empty() && !authz.eq_ignore_ascii_case(authc)) {
+        return None;
+    }
+    Some((authc.to_string(), password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_announcements() {
+        assert_eq!(literal_at_end(b"a LOGIN {5}\r\n"), Some((5, true)));
+        assert_eq!(literal_at_end(b"a APPEND x {100+}\r\n"), Some((100, false)));
+        assert_eq!(literal_at_end(b"a LOGIN {}\r\n"), None);
+        assert_eq!(literal_at_end(b"a LOGIN {5} x\r\n"), None);
+        assert_eq!(
+            literal_at_end(b"a {99999999999999999999}\r\n"),
+            None,
+            "more than 19 digits is no literal we accept"
+        );
+        assert_eq!(
+            decode_plain("AHVzZXIAcGFzcw=="),
+            Some(("user".into(), "pass".into()))
+        );
+    }
+}

@@ -1,0 +1,383 @@
+//! The selected folder as the client sees it: sequence sets, reporting
+//! other sessions' changes, and the commands that change messages
+//! (STORE, EXPUNGE, COPY/MOVE) or wait for changes (IDLE).
+
+use std::time::Duration;
+
+use postroom::mailbox::{Entry, Flags, flags};
+use postroom::net::NetError;
+
+use crate::command::{SequenceSet, StoreMode};
+use crate::folders::{all_flags, flags_from_names, permanent_flags};
+use crate::response::flag_list;
+use crate::session::{Done, Session};
+
+/// IDLE re-syncs this often even without an inotify event (changes made
+/// on other hosts of a shared filesystem, DESIGN §6).
+const IDLE_RESYNC: Duration = Duration::from_secs(60);
+
+impl Session {
+    /// Positions in the view (0-based, ascending) named by a set of
+    /// sequence numbers or UIDs. Never expands a range: each range becomes
+    /// an interval of positions, so `1:4294967295` costs what `1:*` does.
+    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<usize>, Done> {
+        let Some(sel) = &self.selected else {
+            return Err(Done::Bad("select a mailbox first".into()));
+        };
+        let view = &sel.view;
+        let mut intervals: Vec<(usize, usize)> = Vec::new();
+        if uid {
+            let largest = view.last().map_or(0, |e| e.uid);
+            for (lo, hi) in set.ranges(largest) {
+                let start = view.partition_point(|e| e.uid < lo);
+                let end = view.partition_point(|e| e.uid <= hi);
+                if start < end {
+                    intervals.push((start, end));
+                }
+            }
+        } else {
+            let n = view.len() as u32;
+            for (lo, hi) in set.ranges(n) {
+                if lo > n || lo == 0 {
+                    return Err(Done::Bad(
+                        "no such message (sequence number beyond the mailbox)".into(),
+                    ));
+                }
+                intervals.push(((lo - 1) as usize, hi.min(n) as usize));
+            }
+        }
+        intervals.sort_unstable();
+        let mut out = Vec::new();
+        let mut next = 0;
+        for (start, end) in intervals {
+            for i in start.max(next)..end {
+                out.push(i);
+            }
+            next = next.max(end);
+        }
+        Ok(out)
+    }
+
+    /// Syncs the selected folder and reports changes made elsewhere.
+    /// `expunge_ok`: whether EXPUNGE may be sent now (RFC 3501 §7.4.1);
+    /// when not, vanished messages stay in the view until a later sync.
+    pub async fn report(&mut self, expunge_ok: bool) -> Result<(), NetError> {
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(());
+        };
+        let stamp = sel.folder.stamp();
+        if stamp == sel.stamp {
+            return Ok(());
+        }
+        let state = match sel.folder.sync() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("sync of {}: {e}", sel.name);
+                return Ok(());
+            }
+        };
+        sel.stamp = stamp;
+        let mut out = Vec::new();
+        if state.keywords != sel.keywords {
+            sel.keywords = state.keywords.clone();
+            out.extend_from_slice(format!("* FLAGS {}\r\n", all_flags(&sel.keywords)).as_bytes());
+            if !sel.read_only {
+                out.extend_from_slice(
+                    format!(
+                        "* OK [PERMANENTFLAGS {}] flags\r\n",
+                        permanent_flags(&sel.keywords)
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        // Merge the old view with the folder's state; both ascend by UID.
+        let mut kept: Vec<Entry> = Vec::with_capacity(state.entries.len());
+        let mut expunged: Vec<usize> = Vec::new();
+        let mut changed: Vec<usize> = Vec::new();
+        let mut fresh = state.entries.into_iter().peekable();
+        let old = std::mem::take(&mut sel.view);
+        for (i, entry) in old.into_iter().enumerate() {
+            while fresh.peek().is_some_and(|f| f.uid < entry.uid) {
+                // In the folder, older than this entry, yet not in the view:
+                // only possible if the view was built before a rewrite. It
+                // cannot be shown without breaking UID order; skip it.
+                fresh.next();
+            }
+            match fresh.peek() {
+                Some(f) if f.uid == entry.uid => {
+                    let f = fresh.next().unwrap_or_else(|| entry.clone());
+                    if f.info != entry.info {
+                        changed.push(kept.len());
+                    }
+                    kept.push(f);
+                }
+                _ if expunge_ok => expunged.push(i),
+                // Gone, but not reportable now: keep it as it was.
+                _ => kept.push(entry),
+            }
+        }
+        // Report expunges from the highest sequence number down, so each
+        // number is still right when the client applies it.
+        for &i in expunged.iter().rev() {
+            out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+        }
+        for &i in &changed {
+            let e = &kept[i];
+            out.extend_from_slice(
+                format!(
+                    "* {} FETCH (UID {} FLAGS {})\r\n",
+                    i + 1,
+                    e.uid,
+                    flag_list(e.flags(), &sel.keywords)
+                )
+                .as_bytes(),
+            );
+        }
+        let before = kept.len();
+        kept.extend(fresh);
+        if kept.len() != before || !expunged.is_empty() {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", kept.len()).as_bytes());
+        }
+        sel.next_uid = state.next_uid;
+        sel.view = kept;
+        self.out(&out).await
+    }
+
+    pub async fn store(
+        &mut self,
+        uid: bool,
+        set: &SequenceSet,
+        mode: StoreMode,
+        silent: bool,
+        names: &[String],
+    ) -> Result<Done, NetError> {
+        let positions = match self.resolve(set, uid) {
+            Ok(p) => p,
+            Err(done) => return Ok(done),
+        };
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(Done::Bad("select a mailbox first".into()));
+        };
+        if sel.read_only {
+            return Ok(Done::No(
+                "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
+            ));
+        }
+        let (given, keywords) = match flags_from_names(&sel.folder, names) {
+            Ok(f) => f,
+            Err(done) => return Ok(done),
+        };
+        let mut out = Vec::new();
+        if let Some(keywords) = keywords
+            && keywords != sel.keywords
+        {
+            sel.keywords = keywords;
+            out.extend_from_slice(format!("* FLAGS {}\r\n", all_flags(&sel.keywords)).as_bytes());
+            out.extend_from_slice(
+                format!(
+                    "* OK [PERMANENTFLAGS {}] flags\r\n",
+                    permanent_flags(&sel.keywords)
+                )
+                .as_bytes(),
+            );
+        }
+        let mut gone = false;
+        for i in positions {
+            let entry = sel.view[i].clone();
+            // Start from the flags on disk: another session may have
+            // changed them since our last sync.
+            let current = match sel.folder.refresh(&entry) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    gone = true;
+                    continue;
+                }
+                Err(e) => return Ok(e.into()),
+            };
+            let old = current.flags();
+            let new = match mode {
+                StoreMode::Replace => Flags {
+                    system: given.system,
+                    keywords: given.keywords,
+                },
+                StoreMode::Add => Flags {
+                    system: old.system | given.system,
+                    keywords: old.keywords | given.keywords,
+                },
+                StoreMode::Remove => Flags {
+                    system: old.system & !given.system,
+                    keywords: old.keywords & !given.keywords,
+                },
+            };
+            let updated = match sel.folder.set_flags(&current, new) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    gone = true;
+                    continue;
+                }
+                Err(e) => return Ok(e.into()),
+            };
+            if !silent {
+                let uid_part = if uid {
+                    format!("UID {} ", updated.uid)
+                } else {
+                    String::new()
+                };
+                out.extend_from_slice(
+                    format!(
+                        "* {} FETCH ({uid_part}FLAGS {})\r\n",
+                        i + 1,
+                        flag_list(updated.flags(), &sel.keywords)
+                    )
+                    .as_bytes(),
+                );
+            }
+            sel.view[i] = updated;
+        }
+        self.out(&out).await?;
+        // Our own renames are reported already; do not report them again.
+        if let Some(sel) = self.selected.as_mut() {
+            sel.stamp = Default::default();
+        }
+        Ok(if gone {
+            Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
+        } else {
+            Done::Ok("STORE completed".into())
+        })
+    }
+
+    pub async fn expunge(&mut self, uids: Option<&SequenceSet>) -> Result<Done, NetError> {
+        let only = match uids {
+            Some(set) => match self.resolve(set, true) {
+                Ok(p) => Some(p),
+                Err(done) => return Ok(done),
+            },
+            None => None,
+        };
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(Done::Bad("select a mailbox first".into()));
+        };
+        if sel.read_only {
+            return Ok(Done::No(
+                "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
+            ));
+        }
+        let candidates: Vec<Entry> = match only {
+            Some(positions) => positions.into_iter().map(|i| sel.view[i].clone()).collect(),
+            None => sel.view.clone(),
+        };
+        // \Deleted as it is on disk now (another session may have set it).
+        let mut doomed = Vec::new();
+        for entry in candidates {
+            if let Ok(Some(e)) = sel.folder.refresh(&entry)
+                && e.flags().has(flags::DELETED)
+            {
+                doomed.push(e);
+            }
+        }
+        if let Err(e) = sel.folder.expunge(&doomed) {
+            return Ok(e.into());
+        }
+        // The EXPUNGE responses come from the sync after the command.
+        sel.stamp = Default::default();
+        Ok(Done::Ok("EXPUNGE completed".into()))
+    }
+
+    pub async fn copy(
+        &mut self,
+        uid: bool,
+        set: &SequenceSet,
+        wire: &str,
+        remove: bool,
+    ) -> Result<Done, NetError> {
+        let positions = match self.resolve(set, uid) {
+            Ok(p) => p,
+            Err(done) => return Ok(done),
+        };
+        let mailbox = match self.mailbox() {
+            Ok(m) => m,
+            Err(done) => return Ok(done),
+        };
+        let name = match self.name(wire) {
+            Ok(n) => n,
+            Err(done) => return Ok(done),
+        };
+        let hostname = self.shared.config.hostname.clone();
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(Done::Bad("select a mailbox first".into()));
+        };
+        if remove && sel.read_only {
+            return Ok(Done::No(
+                "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
+            ));
+        }
+        let dest = mailbox.folder(&name);
+        if !dest.exists() {
+            return Ok(Done::No("[TRYCREATE] no such mailbox".into()));
+        }
+        let what = if remove { "MOVE" } else { "COPY" };
+        if positions.is_empty() {
+            return Ok(Done::Ok(format!("{what} completed (nothing to do)")));
+        }
+        if name == sel.name && remove {
+            return Ok(Done::No(
+                "[CANNOT] cannot move a message into its own mailbox".into(),
+            ));
+        }
+        let entries: Vec<Entry> = positions.iter().map(|&i| sel.view[i].clone()).collect();
+        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, &hostname, remove) {
+            Ok(r) => r,
+            Err(e) => return Ok(e.into()),
+        };
+        sel.stamp = Default::default();
+        if pairs.is_empty() {
+            return Ok(Done::No(
+                "[EXPUNGEISSUED] the messages were expunged meanwhile".into(),
+            ));
+        }
+        let src: Vec<String> = pairs.iter().map(|(s, _)| s.to_string()).collect();
+        let dst: Vec<String> = pairs.iter().map(|(_, d)| d.to_string()).collect();
+        let code = format!("COPYUID {validity} {} {}", src.join(","), dst.join(","));
+        if remove {
+            // RFC 6851: COPYUID untagged, then the EXPUNGEs, then OK.
+            self.out(format!("* OK [{code}] moved\r\n").as_bytes())
+                .await?;
+            return Ok(Done::Ok(format!("{what} completed")));
+        }
+        Ok(Done::Ok(format!("[{code}] {what} completed")))
+    }
+
+    /// IDLE (RFC 2177): report changes as they happen until DONE.
+    pub async fn idle(&mut self) -> Result<Done, NetError> {
+        self.conn.write(b"+ idling\r\n");
+        let mut watch = match (self.shared.watcher(), &self.selected) {
+            (Some(w), Some(sel)) => w.watch(sel.folder.path()).ok(),
+            _ => None,
+        };
+        let max = self.shared.config.imap.line_length;
+        loop {
+            if let Some(w) = watch.as_mut() {
+                w.mark_seen();
+            }
+            self.report(true).await?;
+            self.conn.flush().await?;
+            let line = tokio::select! {
+                line = self.conn.read_line(max) => line?,
+                _ = async {
+                    match watch.as_mut() {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => continue,
+                _ = tokio::time::sleep(IDLE_RESYNC) => continue,
+            };
+            let word = String::from_utf8_lossy(&line);
+            return Ok(if word.trim().eq_ignore_ascii_case("DONE") {
+                Done::Ok("IDLE terminated".into())
+            } else {
+                Done::Bad("expected DONE".into())
+            });
+        }
+    }
+}

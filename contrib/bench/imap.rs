@@ -1,0 +1,294 @@
+//! `postroom-bench imap`: imap-serve on a large folder, on loopback.
+//!
+//! Fills one INBOX with `--messages` messages (written straight into
+//! `cur/` as a delivery would leave them, without fsync: the figure is the
+//! server's, not the disk's), then times over one connection: the first
+//! SELECT (which gives every message its UID), a warm SELECT, `UID FETCH
+//! 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and warm, and SEARCH on a
+//! header. Then the time from spawn to greeting in inetd mode, and the
+//! resident memory of one standalone process holding `--idle` sessions in
+//! IDLE (each logged in, with a small INBOX selected).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::bench_tree;
+
+pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
+    crate::smtp::raise_fd_limit(idle)?;
+    let dir = base.join("imap");
+    let config = make_tree(&dir)?;
+    let serve = std::env::current_exe()?.with_file_name("imap-serve");
+    let inbox = dir.join("mail/bench.test/sink");
+    let start = Instant::now();
+    fill(&inbox, messages)?;
+    println!(
+        "postroom-bench imap: {messages} messages written in {:.1} s, in {}",
+        start.elapsed().as_secs_f64(),
+        dir.display()
+    );
+
+    let port = crate::smtp::free_port()?;
+    let server = Server::start(&serve, &config, port)?;
+    let mut client = Client::connect(port)?;
+    client.run("LOGIN sink@bench.test x")?;
+    let (first, _) = client.run("SELECT INBOX")?;
+    let mut selects = Vec::new();
+    for _ in 0..3 {
+        client.run("UNSELECT")?;
+        selects.push(client.run("SELECT INBOX")?.0);
+    }
+    selects.sort();
+    println!(
+        "SELECT of {messages}: first {:.0} ms (gives every message its UID), warm {:.0} ms",
+        ms(first),
+        ms(selects[1])
+    );
+    let (flags, out) = client.run("UID FETCH 1:* (FLAGS)")?;
+    anyhow::ensure!(
+        out.matches(" FETCH (").count() == messages,
+        "FETCH FLAGS returned {} lines",
+        out.matches(" FETCH (").count()
+    );
+    println!("UID FETCH 1:* (FLAGS): {:.0} ms", ms(flags));
+    let (cold, _) = client.run("FETCH 1:* (ENVELOPE)")?;
+    let (warm, out) = client.run("FETCH 1:* (ENVELOPE)")?;
+    println!(
+        "FETCH 1:* (ENVELOPE): first {:.0} ms, again {:.0} ms ({:.1} MB sent)",
+        ms(cold),
+        ms(warm),
+        out.len() as f64 / 1e6
+    );
+    let needle = messages * 7 / 10;
+    let (search, out) = client.run(&format!("SEARCH HEADER Subject \"needle {needle}\""))?;
+    anyhow::ensure!(
+        out.contains(&format!("* SEARCH {}", needle + 1)),
+        "SEARCH found the wrong message: {}",
+        out.lines().next().unwrap_or_default()
+    );
+    let (search_from, _) = client.run("SEARCH FROM \"nobody-matches\"")?;
+    println!(
+        "SEARCH HEADER Subject: {:.0} ms; SEARCH FROM (no match): {:.0} ms",
+        ms(search),
+        ms(search_from)
+    );
+    client.run("LOGOUT")?;
+    drop(server);
+
+    let greeting = inetd_greeting(&serve, &config, 50)?;
+    println!(
+        "inetd connect-to-greeting: median {:.2} ms, p99 {:.2} ms (process start included)",
+        ms(greeting.0),
+        ms(greeting.1)
+    );
+
+    let port = crate::smtp::free_port()?;
+    let server = Server::start(&serve, &config, port)?;
+    let before = crate::smtp::rss_kib(server.child.id())?;
+    let mut held = Vec::with_capacity(idle);
+    let start = Instant::now();
+    for _ in 0..idle {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.write_all(b"a LOGIN idle@bench.test x\r\nb SELECT INBOX\r\nc IDLE\r\n")?;
+        held.push(stream);
+    }
+    // Read up to each "+ idling": every session is then really waiting.
+    for stream in &mut held {
+        let mut reader = BufReader::new(&*stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            anyhow::ensure!(reader.read_line(&mut line)? > 0, "session closed");
+            if line.starts_with("+ ") {
+                break;
+            }
+        }
+    }
+    let after = crate::smtp::rss_kib(server.child.id())?;
+    println!(
+        "{idle} sessions in IDLE in one standalone process: RSS {:.1} MB (idle process {:.1} MB, {:.1} KB per session; set up in {:.1} s)",
+        after as f64 / 1024.0,
+        before as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / idle as f64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
+    let config = bench_tree(dir)?;
+    let bin = std::env::current_exe()?.with_file_name("postroom");
+    let status = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["user", "add", "idle@bench.test", "--password", "{PLAIN}x"])
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "postroom user add failed");
+    // Every client is 127.0.0.1 here, so the per-IP cap must not bite.
+    let text = std::fs::read_to_string(&config)?.replace(
+        "[limits]\n",
+        "[limits]\nconnections_per_ip = 20000\nconnections = 20000\n",
+    );
+    std::fs::write(&config, text)?;
+    let idle_inbox = dir.join("mail/bench.test/idle");
+    fill(&idle_inbox, 10)?;
+    Ok(config)
+}
+
+/// Writes `n` messages of about 2 KB into `maildir/cur`, named and sized as
+/// maildir.rs names them, a third of them \Seen.
+fn fill(maildir: &Path, n: usize) -> anyhow::Result<()> {
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub))?;
+    }
+    let now = postroom::fsutil::now_secs();
+    let filler =
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
+            .repeat(20);
+    for i in 0..n {
+        let text = format!(
+            "Return-Path: <sender{i}@remote.test>\nDelivered-To: sink@bench.test\nDate: Mon, 23 Nov 2026 04:00:00 +0000\nFrom: \"Sender {i}\" <sender{i}@remote.test>\nTo: sink@bench.test\nSubject: needle {i}\nMessage-ID: <{i}@remote.test>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n{filler}"
+        );
+        let lines = text.matches('\n').count();
+        let seen = if i % 3 == 0 { "S" } else { "" };
+        let name = format!(
+            "{}.M{i}P1.bench,S={},W={}:2,{seen}",
+            now - (n - i) as u64,
+            text.len(),
+            text.len() + lines
+        );
+        std::fs::write(maildir.join("cur").join(name), text)?;
+    }
+    Ok(())
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(serve: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
+        let child = Command::new(serve)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting imap-serve")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "imap-serve did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Server { child })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One IMAP connection that runs a command and reads to its tagged reply.
+struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    tag: u32,
+}
+
+impl Client {
+    fn connect(port: u16) -> anyhow::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        anyhow::ensure!(greeting.starts_with("* OK"), "greeting: {greeting}");
+        Ok(Client {
+            stream,
+            reader,
+            tag: 0,
+        })
+    }
+
+    /// (time to the tagged OK, everything received).
+    fn run(&mut self, command: &str) -> anyhow::Result<(Duration, String)> {
+        self.tag += 1;
+        let tag = format!("t{}", self.tag);
+        let start = Instant::now();
+        self.stream
+            .write_all(format!("{tag} {command}\r\n").as_bytes())?;
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            anyhow::ensure!(
+                self.reader.read_until(b'\n', &mut line)? > 0,
+                "connection closed during {command}"
+            );
+            // A literal's bytes follow its announcing line.
+            if let Some(n) = literal_size(&line) {
+                out.extend_from_slice(&line);
+                let mut literal = vec![0; n];
+                self.reader.read_exact(&mut literal)?;
+                out.extend_from_slice(&literal);
+                continue;
+            }
+            out.extend_from_slice(&line);
+            if line.starts_with(tag.as_bytes()) {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                anyhow::ensure!(text.starts_with(&format!("{tag} OK")), "{command}: {text}");
+                return Ok((start.elapsed(), String::from_utf8_lossy(&out).into_owned()));
+            }
+        }
+    }
+}
+
+fn literal_size(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    std::str::from_utf8(&line[open + 1..]).ok()?.parse().ok()
+}
+
+/// Spawn-to-greeting of imap-serve over pipes, as inetd runs it.
+fn inetd_greeting(
+    serve: &Path,
+    config: &Path,
+    runs: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut child = Command::new(serve)
+            .arg("--config")
+            .arg(config)
+            .env("REMOTE_ADDR", "192.0.2.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        times.push(start.elapsed());
+        anyhow::ensure!(line.starts_with("* OK"), "no greeting: {line}");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"a LOGOUT\r\n");
+        }
+        let _ = child.wait();
+    }
+    times.sort();
+    Ok((times[runs / 2], times[(runs * 99 / 100).min(runs - 1)]))
+}

@@ -1,0 +1,602 @@
+//! imap-serve end to end: Python's imaplib and raw sockets against the real
+//! binary, standalone and in inetd mode, with mail delivered by the real
+//! mail-inject meanwhile.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{Tree, bin, stderr, stdout};
+
+/// A standalone imap-serve on free loopback ports, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    tls_port: u16,
+}
+
+impl Server {
+    fn start(tree: &Tree) -> Server {
+        let port = free_port();
+        let tls_port = free_port();
+        let child = Command::new(bin("imap-serve"))
+            .arg("--config")
+            .arg(&tree.config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen-tls", &format!("127.0.0.1:{tls_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start imap-serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "imap-serve did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            port,
+            tls_port,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tree_with_user() -> Tree {
+    let tree = Tree::new();
+    tree.add_user("bob@example.test");
+    tree
+}
+
+/// Delivers a message to bob through mail-inject.
+fn deliver(tree: &Tree, subject: &str) {
+    let msg = format!(
+        "From: Alice <alice@remote.test>\nTo: bob@example.test\nSubject: {subject}\n\nHello {subject}\n"
+    );
+    let out = tree.inject(&["bob@example.test"], msg.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Runs a Python script with PORT, TLS_PORT, INJECT and CONFIG set.
+fn python(script: &str, server: &Server, tree: &Tree) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{PRELUDE}\n{script}"))
+        .env("PORT", server.port.to_string())
+        .env("TLS_PORT", server.tls_port.to_string())
+        .env("INJECT", bin("mail-inject"))
+        .env("CONFIG", &tree.config)
+        .output()
+        .expect("python3 runs");
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "python failed:\n{said}");
+    said
+}
+
+const PRELUDE: &str = r#"
+import imaplib, os, socket, ssl, subprocess, time, re
+PORT = int(os.environ["PORT"]); TLS_PORT = int(os.environ["TLS_PORT"])
+def login():
+    M = imaplib.IMAP4("127.0.0.1", PORT)
+    M.login("bob@example.test", "secret")
+    return M
+def ok(r, what=""):
+    assert r[0] == "OK", (what, r)
+    return r[1]
+def deliver(subject, body="hello"):
+    msg = f"From: Alice <alice@remote.test>\nTo: bob@example.test\nSubject: {subject}\n\n{body}\n"
+    subprocess.run([os.environ["INJECT"], "--config", os.environ["CONFIG"], "bob@example.test"],
+                   input=msg.encode(), check=True)
+"#;
+
+#[test]
+fn imaplib_covers_the_commands() {
+    let tree = tree_with_user();
+    deliver(&tree, "=?utf-8?q?Gr=C3=BC=C3=9Fe?= from Alice");
+    deliver(&tree, "second");
+    let server = Server::start(&tree);
+    let said = python(
+        r#"
+M = imaplib.IMAP4("127.0.0.1", PORT)
+assert "AUTH=PLAIN" in M.capabilities and "STARTTLS" in M.capabilities, M.capabilities
+try:
+    M.login("bob@example.test", "wrong"); raise SystemExit("bad password accepted")
+except imaplib.IMAP4.error as e:
+    assert "AUTHENTICATIONFAILED" in str(e), e
+ok(M.login("bob@example.test", "secret"))
+assert "UIDPLUS" in ok(M.capability())[0].decode()
+names = [l.decode() for l in ok(M.list())]
+for special, folder in [("\\Sent", "Sent"), ("\\Drafts", "Drafts"), ("\\Trash", "Trash"), ("\\Junk", "Junk"), ("\\Archive", "Archive")]:
+    assert any(special in l and l.endswith(folder) for l in names), (special, names)
+assert any(l.endswith("INBOX") for l in names), names
+assert ok(M.select("INBOX")) == [b"2"]
+assert M.untagged_responses.get("UIDVALIDITY"), M.untagged_responses
+env = ok(M.fetch("1:*", "(UID FLAGS RFC822.SIZE ENVELOPE)"))
+assert b'(UID 1 FLAGS () RFC822.SIZE ' in env[0], env
+assert b'(("Alice" NIL "alice" "remote.test"))' in env[0], env
+assert b'"=?utf-8?q?Gr=C3=BC=C3=9Fe?= from Alice"' in env[0], env
+# SEARCH decodes RFC 2047 and takes UTF-8.
+assert ok(M.search("UTF-8", b"SUBJECT", "grüße".encode())) == [b"1"]
+assert ok(M.uid("SEARCH", "FROM", "alice", "NOT", "SUBJECT", "second")) == [b"1"]
+assert ok(M.search(None, "OR", "SUBJECT", "second", "LARGER", "100000")) == [b"2"]
+assert ok(M.search(None, "SINCE", "1-Jan-2000", "UNSEEN")) == [b"1 2"]
+# BODY.PEEK leaves \Seen alone; BODY[] sets it.
+ok(M.fetch("1", "(BODY.PEEK[TEXT])"))
+assert ok(M.fetch("1", "(FLAGS)"))[0] == b"1 (FLAGS ())"
+r = ok(M.fetch("1", "(BODY[HEADER.FIELDS (SUBJECT)] BODY[TEXT]<0.3>)"))
+assert r[0][1] == b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= from Alice\r\n\r\n", r
+assert r[1][1] == b"Hel", r
+assert b"\\Seen" in r[2], r
+# STORE with a keyword, then another session sees it.
+r = ok(M.store("2", "+FLAGS", "(\\Flagged $Label1)"))
+assert r == [b"2 (FLAGS (\\Flagged $Label1))"], r
+assert ok(M.store("2", "-FLAGS.SILENT", "(\\Flagged)")) == [None]
+# APPEND with APPENDUID, COPY with COPYUID, MOVE with EXPUNGE.
+r = M.append("Drafts", "(\\Draft)", None, b"Subject: draft\r\n\r\nwip\r\n")
+assert r[0] == "OK" and b"[APPENDUID " in r[1][0] and r[1][0].split()[2] == b"1]", r
+r = M.copy("1:2", "Archive")
+assert r[0] == "OK" and re.search(rb"\[COPYUID \d+ 1:2 1:2\]|\[COPYUID \d+ 1,2 1,2\]", r[1][0]), r
+typ, data = M.uid("MOVE", "1", "Trash")
+assert typ == "OK", data
+assert M.untagged_responses.pop("EXPUNGE") == [b"1"], M.untagged_responses
+assert ok(M.status("Trash", "(MESSAGES UIDNEXT UNSEEN)"))[0] == b'Trash (MESSAGES 1 UIDNEXT 2 UNSEEN 0)'
+assert ok(M.status("Archive", "(MESSAGES)"))[0] == b'Archive (MESSAGES 2)'
+# EXPUNGE of \Deleted, UID EXPUNGE of a subset.
+ok(M.store("1", "+FLAGS", "\\Deleted"))
+assert ok(M.expunge()) == [b"1"]
+assert ok(M.select("Archive")) == [b"2"]
+ok(M.store("1:2", "+FLAGS.SILENT", "\\Deleted"))
+ok(M.uid("EXPUNGE", "2"))
+assert ok(M.search(None, "ALL")) == [b"1"]
+ok(M.unselect())
+# Folders: create (modified UTF-7), rename with children, delete, subscribe.
+ok(M.create("Entw&APw-rfe"))
+ok(M.create("Entw&APw-rfe.2026"))
+ok(M.rename("Entw&APw-rfe", "Old"))
+names = [l.decode() for l in ok(M.list('""', "Old*"))]
+assert names == ['(\\HasChildren) "." Old', '(\\HasNoChildren) "." Old.2026'], names
+ok(M.subscribe("Old"))
+assert any(l.endswith("Old") for l in [x.decode() for x in ok(M.lsub())])
+ok(M.delete("Old.2026"))
+assert M.delete("INBOX")[0] == "NO"
+for bad in ["../escape", "a/b", "/etc", "x..y", ".hidden", "~root"]:
+    assert M.create(bad)[0] == "NO", bad
+assert M.select("NoSuchFolder")[0] == "NO"
+assert M.append("NoSuchFolder", None, None, b"x\r\n")[0] == "NO"
+# LIST-STATUS and SPECIAL-USE selection.
+typ, data = M._simple_command("LIST", "(SPECIAL-USE)", '""', "*", "RETURN", "(STATUS (MESSAGES))")
+assert typ == "OK"
+lists = [l.decode() for l in M.untagged_responses.pop("LIST")]
+assert len(lists) == 5 and not any("INBOX" in l for l in lists), lists
+statuses = [s.decode() for s in M.untagged_responses.pop("STATUS")]
+assert 'Drafts (MESSAGES 1)' in statuses, statuses
+ok(M.namespace())
+imaplib.Commands["ID"] = ("NONAUTH", "AUTH", "SELECTED")
+typ, data = M._simple_command("ID", "NIL")
+assert typ == "OK" and M.untagged_responses.pop("ID") == [b'("name" "postroom")']
+typ, data = M.getquotaroot("INBOX")
+assert typ == "OK" and data[0] == [b"INBOX"], data
+ok(M.noop())
+print("LOGOUT", M.logout()[0])
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("LOGOUT BYE"), "{said}");
+}
+
+#[test]
+fn append_then_fetch_is_byte_for_byte_with_nested_bodystructure() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree);
+    python(
+        r#"
+M = login()
+msg = (b"From: a@b.test\r\nSubject: nested\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\npreamble\r\n"
+       b"--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+       b"--inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain \xc3\xa9\r\n"
+       b"--inner\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--inner--\r\n"
+       b"--outer\r\nContent-Type: message/rfc822\r\n\r\n"
+       b"Subject: inside\r\nFrom: \"Inner, Person\" <in@side.test>\r\n\r\ninner body\r\n"
+       b"--outer\r\nContent-Type: application/pdf\r\n"
+       b"Content-Disposition: attachment;\r\n filename*0*=utf-8''%E2%82%AC%20rates;\r\n filename*1*=%20.pdf\r\n"
+       b"Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--outer--\r\nepilogue\r\n")
+r = M.append("INBOX", "(\\Seen $Important)", '"05-Jul-1994 02:44:25 -0700"', msg)
+assert r[0] == "OK", r
+ok(M.select("INBOX"))
+r = ok(M.fetch("1", "(RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])"))
+assert r[0][1] == msg, (r[0][1], msg)
+head = r[0][0].decode()
+assert f"RFC822.SIZE {len(msg)}" in head, head
+assert 'INTERNALDATE "05-Jul-1994 09:44:25 +0000"' in head, head
+assert "FLAGS (\\Seen $Important)" in head, head
+bs = ok(M.fetch("1", "(BODYSTRUCTURE)"))[0].decode()
+expected = ('(BODYSTRUCTURE ((("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 8 1 NIL NIL NIL NIL)'
+    '("text" "html" NIL NIL NIL "7bit" 11 1 NIL NIL NIL NIL) "alternative" ("boundary" "inner") NIL NIL NIL)'
+    '("message" "rfc822" NIL NIL NIL "7bit" 67 (NIL "inside" (("Inner, Person" NIL "in" "side.test")) '
+    '(("Inner, Person" NIL "in" "side.test")) (("Inner, Person" NIL "in" "side.test")) NIL NIL NIL NIL NIL) '
+    '("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 1 NIL NIL NIL NIL) 4 NIL NIL NIL NIL)'
+    '("application" "pdf" NIL NIL NIL "base64" 4 NIL ("attachment" ("filename*" "utf-8\'\'%E2%82%AC%20rates%20.pdf")) NIL NIL)'
+    ' "mixed" ("boundary" "outer") NIL NIL NIL))')
+assert expected in bs, bs
+r = ok(M.fetch("1", "(BODY.PEEK[1.1] BODY.PEEK[2.HEADER.FIELDS (SUBJECT)] BODY.PEEK[2.TEXT] BODY.PEEK[3.MIME] BODY.PEEK[1.2]<3.4>)"))
+assert r[0][1] == "plain é".encode(), r
+assert r[1][1] == b"Subject: inside\r\n\r\n", r
+assert r[2][1] == b"inner body", r
+assert r[3][1].startswith(b"Content-Type: application/pdf\r\n") and r[3][1].endswith(b"\r\n\r\n"), r
+assert r[4][1] == b"html", r
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+}
+
+#[test]
+fn two_sessions_and_a_delivery_loop_stay_consistent() {
+    let tree = tree_with_user();
+    for i in 0..5 {
+        deliver(&tree, &format!("seed {i}"));
+    }
+    let server = Server::start(&tree);
+    python(
+        r#"
+import random, threading
+random.seed(7)
+
+class View:
+    """One session and the folder as its untagged responses describe it."""
+    def __init__(self):
+        self.M = login()
+        ok(self.M.select("INBOX"))
+        self.uids = [int(x) for x in ok(self.M.uid("SEARCH", "ALL"))[0].split()]
+        self.M.untagged_responses.clear()
+    def apply(self):
+        # EXPUNGEs come before EXISTS in this server's reports; imaplib keeps
+        # each kind in order.
+        r = self.M.untagged_responses
+        for seq in r.pop("EXPUNGE", []):
+            del self.uids[int(seq) - 1]
+        exists = r.pop("EXISTS", [])
+        r.clear()
+        if exists:
+            n = int(exists[-1])
+            assert n >= len(self.uids), (n, self.uids)
+            if n > len(self.uids):
+                data = ok(self.M.fetch(f"{len(self.uids)+1}:{n}", "(UID)"))
+                self.apply_fetch(data)
+    def apply_fetch(self, data):
+        for d in data:
+            m = re.match(rb"(\d+) \(UID (\d+)\)", d)
+            seq, uid = int(m.group(1)), int(m.group(2))
+            if seq == len(self.uids) + 1:
+                self.uids.append(uid)
+            else:
+                assert self.uids[seq - 1] == uid, (seq, uid, self.uids)
+    def check(self):
+        ok(self.M.noop()); self.apply()
+        data = ok(self.M.fetch("1:*", "(UID)")) if self.uids else []
+        seen = [int(re.match(rb"\d+ \(UID (\d+)\)", d).group(1)) for d in data if d]
+        assert seen == self.uids, (seen, self.uids)
+        assert self.uids == sorted(self.uids)
+
+a, b = View(), View()
+stop = threading.Event()
+def delivery_loop():
+    for i in range(30):
+        if stop.is_set(): break
+        deliver(f"loop {i}")
+        time.sleep(0.02)
+t = threading.Thread(target=delivery_loop); t.start()
+for round in range(40):
+    actor = a if round % 2 else b
+    actor.check()
+    if actor.uids:
+        victims = random.sample(actor.uids, min(2, len(actor.uids)))
+        ok(actor.M.uid("STORE", ",".join(map(str, victims)), "+FLAGS.SILENT", "(\\Deleted)"))
+        if round % 3 == 0:
+            # imaplib's expunge() takes the EXPUNGE responses for itself.
+            for seq in ok(actor.M.expunge()):
+                if seq:
+                    del actor.uids[int(seq) - 1]
+            actor.apply()
+    (b if actor is a else a).check()
+t.join()
+for v in (a, b): v.check()
+assert a.uids == b.uids, (a.uids, b.uids)
+fresh = View()
+assert fresh.uids == a.uids, (fresh.uids, a.uids)
+print("consistent", len(a.uids))
+"#,
+        &server,
+        &tree,
+    );
+}
+
+#[test]
+fn idle_is_woken_by_a_delivery_without_polling() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree);
+    let said = python(
+        r#"
+s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\nb SELECT INBOX\r\n")
+while not f.readline().startswith(b"b OK"): pass
+s.sendall(b"c IDLE\r\n")
+assert f.readline().startswith(b"+"), "no continuation"
+start = time.time()
+deliver("wake up")
+line = f.readline()
+took = time.time() - start
+assert line == b"* 1 EXISTS\r\n", line
+assert took < 5, took   # the timer safety net is 60 s: this was inotify
+s.sendall(b"DONE\r\n")
+assert f.readline().startswith(b"c OK"), "IDLE not ended"
+print(f"idle wake {took*1000:.0f} ms (including mail-inject)")
+"#,
+        &server,
+        &tree,
+    );
+    eprintln!("{said}");
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext_and_implicit_tls_works() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree);
+    python(
+        r#"
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"a STARTTLS\r\nb LOGIN bob@example.test secret\r\n")
+assert f.readline().startswith(b"a OK"), "no OK to STARTTLS"
+t = ctx.wrap_socket(s, server_hostname="localhost")
+tf = t.makefile("rb")
+t.sendall(b"c SELECT INBOX\r\n")
+line = tf.readline()
+assert line.startswith(b"c BAD"), line   # not logged in: the injected LOGIN was dropped
+t.sendall(b"d CAPABILITY\r\n")
+caps = tf.readline()
+assert b"STARTTLS" not in caps and b"AUTH=PLAIN" in caps, caps
+M = imaplib.IMAP4_SSL("127.0.0.1", TLS_PORT, ssl_context=ctx)
+ok(M.login("bob@example.test", "secret"))
+ok(M.select("INBOX"))
+M.logout()
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+}
+
+/// Sends `input` in one write on a fresh connection (after the greeting)
+/// and reads until the server closes or `wait` passes.
+fn raw(port: u16, input: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    stream.write_all(input).unwrap();
+    let mut out = Vec::new();
+    let _ = reader.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn hostile_input_is_refused_and_bounded() {
+    let tree = tree_with_user();
+    deliver(&tree, "one");
+    let server = Server::start(&tree);
+    let wait = Duration::from_secs(3);
+    let login = "a LOGIN bob@example.test secret\r\n";
+
+    // A synchronizing literal over the limit is refused before it is read;
+    // the session goes on.
+    let out = raw(
+        server.port,
+        format!("{login}b APPEND INBOX {{999999999999}}\r\nc LOGOUT\r\n").as_bytes(),
+        wait,
+    );
+    assert!(out.contains("b NO [TOOBIG]"), "{out}");
+    assert!(
+        !out.lines().any(|l| l.starts_with("+ ")),
+        "no continuation for a refused literal: {out}"
+    );
+    assert!(out.contains("c OK LOGOUT"), "{out}");
+    let out = raw(server.port, b"a LOGIN {100000}\r\nb LOGOUT\r\n", wait);
+    assert!(out.contains("a BAD literal larger"), "{out}");
+
+    // A non-synchronizing one: its bytes are on the way, so the session
+    // ends rather than read them as commands.
+    let out = raw(
+        server.port,
+        format!("{login}b APPEND INBOX {{50000000+}}\r\nc LOGOUT\r\n").as_bytes(),
+        wait,
+    );
+    assert!(out.contains("* BYE [TOOBIG]"), "{out}");
+    assert!(
+        !out.contains("c OK"),
+        "literal bytes were read as a command: {out}"
+    );
+
+    // Overlong line: BYE. Deep nesting, huge OR trees: BAD, fast.
+    let long = format!("a NOOP {}\r\n", "x".repeat(100_000));
+    assert!(raw(server.port, long.as_bytes(), wait).contains("* BYE command line too long"));
+    let start = Instant::now();
+    let deep = format!(
+        "{login}b SELECT INBOX\r\nc SEARCH {}ALL{}\r\nd SEARCH {}ALL\r\ne UID FETCH 1:4294967295 (FLAGS)\r\nf FETCH 1:* FLAGS\r\ng LOGOUT\r\n",
+        "(".repeat(5000),
+        ")".repeat(5000),
+        "OR ALL ".repeat(5000)
+    );
+    let out = raw(server.port, deep.as_bytes(), wait);
+    assert!(out.contains("c BAD search keys nested too deeply"), "{out}");
+    assert!(out.contains("d BAD"), "{out}");
+    assert!(
+        out.contains("* 1 FETCH (UID 1 FLAGS ())") && out.contains("e OK"),
+        "{out}"
+    );
+    assert!(out.contains("g OK LOGOUT"), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Thousands of pipelined commands, all answered in order.
+    let mut many = String::from(login);
+    for i in 0..5000 {
+        many.push_str(&format!("n{i} NOOP\r\n"));
+    }
+    many.push_str("z LOGOUT\r\n");
+    let out = raw(server.port, many.as_bytes(), Duration::from_secs(10));
+    assert_eq!(
+        out.matches(" OK completed").count(),
+        5000,
+        "{}",
+        &out[..200.min(out.len())]
+    );
+    assert!(out.contains("n4999 OK") && out.contains("z OK LOGOUT"));
+
+    // Names that would leave the maildir, in every spelling.
+    let mut names = String::from(login);
+    for (i, bad) in [
+        "\"../x\"",
+        "\"a/b\"",
+        "\"/etc\"",
+        "\"..\"",
+        "\".x\"",
+        "\"a\\\\b\"",
+        "\"a..b\"",
+        "{3+}\r\na\x01b",
+        "\"~u\"",
+        "&Ly4u-",
+    ]
+    .iter()
+    .enumerate()
+    {
+        names.push_str(&format!("c{i} CREATE {bad}\r\n"));
+    }
+    names.push_str("z LOGOUT\r\n");
+    let out = raw(server.port, names.as_bytes(), wait);
+    assert_eq!(out.matches(" NO ").count(), 10, "{out}");
+    let root = tree.maildir("bob");
+    let entries: Vec<String> = std::fs::read_dir(root.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        entries,
+        vec!["bob"],
+        "nothing was created beside the maildir"
+    );
+}
+
+#[test]
+fn unterminated_literals_and_unread_output_time_out() {
+    let tree = tree_with_user();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!("{text}\n[imap]\nidle_timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let big = format!("Subject: big\n\n{}\n", "x".repeat(200_000));
+    assert!(
+        tree.inject(&["bob@example.test"], big.as_bytes())
+            .status
+            .success()
+    );
+    let server = Server::start(&tree);
+
+    // A literal announced and never finished: cut off after the timeout.
+    let start = Instant::now();
+    let out = raw(server.port, b"a LOGIN {10}\r\nabc", Duration::from_secs(10));
+    assert!(out.starts_with("+ "), "{out}");
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // A client that asks for a lot and never reads: the server's pending
+    // output is bounded and it hangs up after the timeout.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut cmds = String::from("a LOGIN bob@example.test secret\r\nb SELECT INBOX\r\n");
+    for i in 0..500 {
+        cmds.push_str(&format!("f{i} FETCH 1 BODY.PEEK[]\r\n"));
+    }
+    stream.write_all(cmds.as_bytes()).unwrap();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    // Now read: the server must have closed, having sent far less than
+    // the 100 MB asked for.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never closed");
+    }
+    assert!(got < 20_000_000, "read {got} bytes");
+}
+
+#[test]
+fn inetd_mode_over_pipes() {
+    let tree = tree_with_user();
+    deliver(&tree, "piped");
+    let start = Instant::now();
+    let mut child = Command::new(bin("imap-serve"))
+        .arg("--config")
+        .arg(&tree.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).unwrap();
+    let to_greeting = start.elapsed();
+    assert!(
+        greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),
+        "{greeting}"
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"a LOGIN bob@example.test secret\r\nb EXAMINE INBOX\r\nc FETCH 1 (BODY[HEADER.FIELDS (SUBJECT)])\r\nd LOGOUT\r\n")
+        .unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("b OK [READ-ONLY]"), "{rest}");
+    assert!(rest.contains("Subject: piped"), "{rest}");
+    assert!(rest.contains("d OK LOGOUT"), "{rest}");
+    assert!(child.wait().unwrap().success());
+    eprintln!("inetd connect-to-greeting: {to_greeting:?} (debug build, process start included)");
+}
