@@ -61,14 +61,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
     // Sockets first (port 143 needs root), then root goes, then the tree.
-    let launch = if args.listen.is_empty()
-        && args.listen_tls.is_empty()
-        && std::env::var_os("LISTEN_FDS").is_none()
-    {
-        Launch::inetd(args.inetd_tls)
-    } else {
-        Launch::from_args(&args.listen, &args.listen_tls)?
-    };
+    let launch = Launch::from_flags(&args.listen, &args.listen_tls, args.inetd_tls)?;
     postroom::privileges::drop_privileges(&config)?;
     let tls = match postroom::tls::acceptor(&config) {
         Ok(acceptor) => Some(acceptor),
@@ -77,15 +70,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             None
         }
     };
-    let runtime = if matches!(launch, Launch::Inetd { .. }) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-    };
+    let runtime = launch.runtime()?;
     // IMAP clients idle for up to 29 minutes between commands (RFC 9051
     // §5.4), so imap.idle_timeout replaces the SMTP-sized default.
     let mut limits = config.limits.clone();
