@@ -9,6 +9,7 @@
 
 use std::io::Read;
 
+use postroom::mailbox::cache::Record;
 use postroom::mailbox::{Entry, flags};
 use postroom::net::NetError;
 
@@ -16,6 +17,7 @@ use crate::command::{FetchItem, Section, SectionText, SequenceSet};
 use crate::mime;
 use crate::response::{astring, flag_list, internal_date, literal};
 use crate::session::{Done, Session};
+use crate::summary;
 
 /// How much of a file is read when only its header is needed; a header
 /// longer than this is read with the rest of the file.
@@ -45,10 +47,17 @@ enum Need {
     Everything,
 }
 
-fn need_of(items: &[FetchItem]) -> Need {
+/// What the file must give for `items`, given what the cache record (if
+/// any) already has.
+fn need_of(items: &[FetchItem], record: Option<&Record>) -> Need {
     let mut need = Need::Nothing;
     for item in items {
         let n = match item {
+            FetchItem::Envelope if record.is_some() => Need::Nothing,
+            FetchItem::Body if record.is_some_and(|r| r.body.is_some()) => Need::Nothing,
+            FetchItem::BodyStructure if record.is_some_and(|r| r.bodystructure.is_some()) => {
+                Need::Nothing
+            }
             FetchItem::Envelope | FetchItem::Rfc822Header => Need::Header,
             FetchItem::Section { section, .. }
                 if section.part.is_empty()
@@ -71,6 +80,20 @@ fn need_of(items: &[FetchItem]) -> Need {
         }
     }
     need
+}
+
+/// Whether any item is one the folder cache answers.
+fn uses_cache(items: &[FetchItem]) -> bool {
+    items.iter().any(|i| {
+        matches!(
+            i,
+            FetchItem::Envelope
+                | FetchItem::Body
+                | FetchItem::BodyStructure
+                | FetchItem::InternalDate
+                | FetchItem::Rfc822Size
+        )
+    })
 }
 
 /// Reads a message file: the header only (if it fits in the first read) or
@@ -112,7 +135,10 @@ pub async fn fetch(
         Ok(p) => p,
         Err(done) => return Ok(done),
     };
-    let need = need_of(items);
+    let cached = uses_cache(items);
+    if cached && let Some(sel) = session.selected.as_mut() {
+        sel.cache.refresh();
+    }
     let sets_seen = items.iter().any(|i| {
         matches!(
             i,
@@ -126,11 +152,20 @@ pub async fn fetch(
             break;
         };
         let mut entry = sel.view[i].clone();
-        let mut message = None;
-        if need != Need::Nothing
-            || items.contains(&FetchItem::InternalDate)
-            || entry.wire_size().is_none()
-        {
+        let mut record = if cached {
+            sel.cache.get(entry.uid, &entry.base)
+        } else {
+            None
+        };
+        let mut need = need_of(items, record.as_ref());
+        // A record made from a header alone needs the size from the name.
+        if need == Need::Header && record.is_none() && entry.wire_size().is_none() {
+            need = Need::Everything;
+        }
+        let needs_file = need != Need::Nothing
+            || (record.is_none()
+                && (items.contains(&FetchItem::InternalDate) || entry.wire_size().is_none()));
+        if needs_file {
             // The file may have been renamed by a flag change elsewhere.
             match sel.folder.refresh(&entry) {
                 Ok(Some(e)) => {
@@ -146,6 +181,7 @@ pub async fn fetch(
             }
         }
         let path = sel.folder.path_of(&entry);
+        let mut message = None;
         if need != Need::Nothing {
             match read_message(&path, need) {
                 Some(m) => message = Some(wire_form(&m)),
@@ -154,6 +190,22 @@ pub async fn fetch(
                     continue;
                 }
             }
+        }
+        // Whatever was read that the cache lacked goes into it.
+        if let Some(m) = &message
+            && cached
+            && record.as_ref().is_none_or(|r| {
+                need == Need::Everything && (r.body.is_none() || r.bodystructure.is_none())
+            })
+            && let Some(fresh) = summary::summarize(
+                &entry,
+                m,
+                need == Need::Everything,
+                summary::internal_date(&path),
+            )
+        {
+            sel.cache.put(fresh.clone());
+            record = Some(fresh);
         }
         let mut flags_changed = false;
         if sets_seen && !sel.read_only && !entry.flags().has(flags::SEEN) {
@@ -185,30 +237,32 @@ pub async fn fetch(
                     format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
                 ),
                 FetchItem::InternalDate => {
-                    let secs = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs() as i64);
+                    let secs = match &record {
+                        Some(r) => r.internal_date,
+                        None => summary::internal_date(&path),
+                    };
                     out.extend_from_slice(
                         format!("INTERNALDATE {}", internal_date(secs)).as_bytes(),
                     );
                 }
                 FetchItem::Rfc822Size => {
-                    let size = match entry.wire_size() {
-                        Some(s) => s,
-                        None => match &message {
-                            Some(m) if need == Need::Everything => m.len() as u64,
-                            _ => read_message(&path, Need::Everything)
-                                .map_or(0, |m| wire_form(&m).len() as u64),
-                        },
+                    let size = match (entry.wire_size(), &record, &message) {
+                        (Some(s), _, _) => s,
+                        (None, Some(r), _) => r.size,
+                        (None, None, Some(m)) if need == Need::Everything => m.len() as u64,
+                        _ => read_message(&path, Need::Everything)
+                            .map_or(0, |m| wire_form(&m).len() as u64),
                     };
                     out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes());
                 }
                 FetchItem::Envelope => {
                     out.extend_from_slice(b"ENVELOPE ");
-                    let m = message.as_deref().unwrap_or(b"");
-                    mime::envelope(&mut out, mime::header_of(m));
+                    match (&record, &message) {
+                        (Some(r), _) => out.extend_from_slice(&r.envelope),
+                        (None, m) => {
+                            mime::envelope(&mut out, mime::header_of(m.as_deref().unwrap_or(b"")))
+                        }
+                    }
                 }
                 FetchItem::Body | FetchItem::BodyStructure => {
                     let extended = *item == FetchItem::BodyStructure;
@@ -217,8 +271,19 @@ pub async fn fetch(
                     } else {
                         b"BODY "
                     });
-                    if let (Some(m), Some(root)) = (&message, &structure) {
-                        mime::body_structure(&mut out, m, root, extended);
+                    let from_cache = record.as_ref().and_then(|r| {
+                        if extended {
+                            r.bodystructure.as_deref()
+                        } else {
+                            r.body.as_deref()
+                        }
+                    });
+                    match (from_cache, &message, &structure) {
+                        (Some(text), _, _) => out.extend_from_slice(text),
+                        (None, Some(m), Some(root)) => {
+                            mime::body_structure(&mut out, m, root, extended)
+                        }
+                        _ => out.extend_from_slice(b"NIL"),
                     }
                 }
                 FetchItem::Rfc822 => {
@@ -266,6 +331,11 @@ pub async fn fetch(
         }
         out.extend_from_slice(b")\r\n");
         session.out(&out).await?;
+    }
+    if let Some(sel) = session.selected.as_mut() {
+        let view = &sel.view;
+        sel.cache
+            .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
     }
     Ok(if gone {
         Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())

@@ -80,6 +80,7 @@ impl Session {
         self.out(&out).await?;
         self.selected = Some(Selected {
             name,
+            cache: postroom::mailbox::cache::Cache::new(folder.path(), state.validity),
             folder,
             read_only,
             view: state.entries,

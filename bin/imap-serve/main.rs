@@ -17,6 +17,7 @@ mod mime;
 mod response;
 mod search;
 mod session;
+mod summary;
 mod view;
 
 use std::net::SocketAddr;

@@ -6,118 +6,116 @@
 //! BODY and TEXT read the whole message and search its decoded text parts.
 //! Comparison is case-insensitive substring, as the RFC asks.
 
-use mail_parser::{Address, HeaderValue, MessageParser, PartType};
-use postroom::mailbox::{Entry, Keywords};
+use mail_parser::{MessageParser, PartType};
+use postroom::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
+use postroom::mailbox::{Entry, Folder, Keywords};
 use postroom::net::NetError;
 
 use crate::command::{Date, SearchKey, days_from_civil};
 use crate::fetch::wire_form;
 use crate::session::{Done, Session};
+use crate::summary;
 
 /// What of one message has been read so far.
 struct Candidate<'a> {
     entry: &'a Entry,
     seq: u32,
     path: std::path::PathBuf,
+    folder: &'a Folder,
+    cache: &'a mut Cache,
+    /// The cache's record, looked up on first use.
+    record: Option<Option<Record>>,
     file: Option<Option<Vec<u8>>>,
     headers: Option<Vec<(String, String)>>,
-    mtime_days: Option<i64>,
 }
 
 impl Candidate<'_> {
     fn file(&mut self) -> Option<&[u8]> {
         if self.file.is_none() {
-            self.file = Some(std::fs::read(&self.path).ok().map(|f| wire_form(&f)));
+            let mut read = std::fs::read(&self.path).ok();
+            // Renamed by a flag change elsewhere since our last sync?
+            if read.is_none()
+                && let Ok(Some(now)) = self.folder.refresh(self.entry)
+            {
+                self.path = self.folder.path_of(&now);
+                read = std::fs::read(&self.path).ok();
+            }
+            self.file = Some(read.map(|f| wire_form(&f)));
         }
         self.file.as_ref().and_then(|f| f.as_deref())
+    }
+
+    fn record(&mut self) -> Option<&Record> {
+        if self.record.is_none() {
+            let found = self.cache.get(self.entry.uid, &self.entry.base);
+            self.record = Some(found);
+        }
+        self.record.as_ref().and_then(Option::as_ref)
+    }
+
+    /// The decoded values of one header field, from the cache when it keeps
+    /// that field; a message read for it is summarized into the cache.
+    fn header_values(&mut self, name: &str) -> Vec<String> {
+        if SEARCH_FIELDS.contains(&name) {
+            if let Some(r) = self.record() {
+                return r.header(name).map(str::to_string).collect();
+            }
+            if let Some(m) = self.file().map(<[u8]>::to_vec) {
+                let date = summary::internal_date(&self.path);
+                if let Some(r) = summary::summarize(self.entry, &m, true, date) {
+                    let values = r.header(name).map(str::to_string).collect();
+                    self.cache.put(r.clone());
+                    self.record = Some(Some(r));
+                    return values;
+                }
+            }
+        }
+        self.headers()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// (upper-case name, decoded value) of every header field.
     fn headers(&mut self) -> &[(String, String)] {
         if self.headers.is_none() {
-            let parsed = self.file().map(|m| {
-                let header = crate::mime::header_of(m);
-                decoded_headers(header)
-            });
+            let parsed = self
+                .file()
+                .map(|m| summary::decoded_headers(crate::mime::header_of(m)));
             self.headers = Some(parsed.unwrap_or_default());
         }
         self.headers.as_deref().unwrap_or(&[])
     }
 
     fn internal_days(&mut self) -> i64 {
-        *self.mtime_days.get_or_insert_with(|| {
-            std::fs::metadata(&self.path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64 / 86_400)
-        })
+        let secs = match self.record() {
+            Some(r) => r.internal_date,
+            None => summary::internal_date(&self.path),
+        };
+        secs.div_euclid(86_400)
     }
 
     fn size(&mut self) -> u64 {
-        match self.entry.wire_size() {
-            Some(s) => s,
-            None => self.file().map_or(0, |f| f.len() as u64),
+        if let Some(s) = self.entry.wire_size() {
+            return s;
         }
+        if let Some(r) = self.record() {
+            return r.size;
+        }
+        self.file().map_or(0, |f| f.len() as u64)
     }
 
+    /// The day of the Date header as written there (RFC 3501 §6.4.4: time
+    /// and zone disregarded).
     fn sent_days(&mut self) -> Option<i64> {
-        let m = self.file()?;
-        let header = crate::mime::header_of(m);
-        let parsed = MessageParser::new().parse_headers(header)?;
-        let d = parsed.date()?;
+        let date = self.header_values("DATE").into_iter().next()?;
+        let d = mail_parser::DateTime::parse_rfc822(&date)?;
         Some(days_from_civil(
             i64::from(d.year),
             u32::from(d.month),
             u32::from(d.day),
         ))
-    }
-}
-
-/// Header fields with RFC 2047 words decoded and addresses written out.
-fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
-    let Some(message) = MessageParser::new().parse_headers(header) else {
-        return Vec::new();
-    };
-    message
-        .headers()
-        .iter()
-        .map(|h| {
-            let value = match h.value() {
-                HeaderValue::Text(t) => t.to_string(),
-                HeaderValue::TextList(l) => l.join(" "),
-                HeaderValue::Address(a) => address_text(a),
-                _ => {
-                    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
-                    String::from_utf8_lossy(header.get(s..e).unwrap_or_default()).into_owned()
-                }
-            };
-            (h.name().to_ascii_uppercase(), value)
-        })
-        .collect()
-}
-
-fn address_text(a: &Address<'_>) -> String {
-    let one = |addr: &mail_parser::Addr<'_>| {
-        format!(
-            "{} <{}>",
-            addr.name.as_deref().unwrap_or(""),
-            addr.address.as_deref().unwrap_or("")
-        )
-    };
-    match a {
-        Address::List(list) => list.iter().map(one).collect::<Vec<_>>().join(", "),
-        Address::Group(groups) => groups
-            .iter()
-            .map(|g| {
-                format!(
-                    "{}: {}",
-                    g.name.as_deref().unwrap_or(""),
-                    g.addresses.iter().map(one).collect::<Vec<_>>().join(", ")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
     }
 }
 
@@ -146,10 +144,7 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> bool {
         // No message is \Recent here (IMAP4rev2 dropped it).
         SearchKey::New | SearchKey::Recent => false,
         SearchKey::Old => true,
-        SearchKey::Header(name, text) => c
-            .headers()
-            .iter()
-            .any(|(n, v)| n == name && contains(v, text)),
+        SearchKey::Header(name, text) => c.header_values(name).iter().any(|v| contains(v, text)),
         SearchKey::Body(text) => body_contains(c, text),
         SearchKey::Text(text) => {
             c.headers()
@@ -197,7 +192,7 @@ pub async fn search(
     key: &SearchKey,
     ret: Option<&[String]>,
 ) -> Result<Done, NetError> {
-    let Some(sel) = session.selected.as_ref() else {
+    let Some(sel) = session.selected.as_mut() else {
         return Ok(Done::Bad("select a mailbox first".into()));
     };
     let ctx = Context {
@@ -205,26 +200,26 @@ pub async fn search(
         count: sel.view.len() as u32,
         largest_uid: sel.view.last().map_or(0, |e| e.uid),
     };
+    sel.cache.refresh();
     let mut found: Vec<u32> = Vec::new();
     for (i, entry) in sel.view.iter().enumerate() {
         let mut c = Candidate {
             entry,
             seq: i as u32 + 1,
             path: sel.folder.path_of(entry),
+            folder: &sel.folder,
+            cache: &mut sel.cache,
+            record: None,
             file: None,
             headers: None,
-            mtime_days: None,
         };
-        // The file may have moved (a flag change elsewhere): look it up.
-        if !c.path.exists()
-            && let Ok(Some(now)) = sel.folder.refresh(entry)
-        {
-            c.path = sel.folder.path_of(&now);
-        }
         if matches(key, &mut c, &ctx) {
             found.push(if uid { entry.uid } else { i as u32 + 1 });
         }
     }
+    let view = &sel.view;
+    sel.cache
+        .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
     let line = match ret {
         None => {
             let mut line = String::from("* SEARCH");
@@ -302,7 +297,7 @@ mod tests {
     #[test]
     fn sets_compress_and_headers_decode() {
         assert_eq!(compress(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
-        let h = decoded_headers(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\n\r\n");
+        let h = summary::decoded_headers(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\n\r\n");
         assert!(
             h.iter()
                 .any(|(n, v)| n == "SUBJECT" && contains(v, "grüße"))

@@ -22,6 +22,7 @@ use base64::Engine;
 use postroom::access::Access;
 use postroom::authlimit::AuthLimit;
 use postroom::config::Config;
+use postroom::mailbox::cache::Cache;
 use postroom::mailbox::watch::Watcher;
 use postroom::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
@@ -114,6 +115,8 @@ pub struct Selected {
     pub keywords: Keywords,
     pub next_uid: u32,
     pub stamp: Stamp,
+    /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
+    pub cache: Cache,
 }
 
 pub struct Session {

@@ -19,6 +19,7 @@
 //! CONDSTORE (RFC 7162) is planned as a side file per folder,
 //! `postroom-modseq`, so that `dovecot-uidlist` stays Dovecot's format.
 
+pub mod cache;
 pub mod flags;
 pub mod folder;
 pub mod name;

@@ -1,0 +1,151 @@
+//! What the folder cache (`postroom::mailbox::cache`) keeps about a
+//! message, computed from its text: the ENVELOPE, BODY and BODYSTRUCTURE
+//! responses as sent, the size, the dates and the decoded header fields
+//! SEARCH, SORT and THREAD ask for. FETCH and SEARCH both fill it, so the
+//! second look at a big folder reads one file instead of every message.
+
+use mail_parser::{Address, HeaderValue, MessageParser};
+use postroom::mailbox::Entry;
+use postroom::mailbox::cache::{Record, SEARCH_FIELDS};
+
+use crate::mime;
+
+/// A record from the message's wire form (CRLF). `whole` says the text is
+/// the whole message (so BODY and BODYSTRUCTURE can be computed), not just
+/// its header. `None` when the size is unknown from a header alone.
+pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) -> Option<Record> {
+    let size = match entry.wire_size() {
+        Some(size) => size,
+        None if whole => wire.len() as u64,
+        None => return None,
+    };
+    let header = mime::header_of(wire);
+    let mut envelope = Vec::with_capacity(256);
+    mime::envelope(&mut envelope, header);
+    let headers: Vec<(String, String)> = decoded_headers(header)
+        .into_iter()
+        .filter(|(name, _)| SEARCH_FIELDS.contains(&name.as_str()))
+        .collect();
+    let sent_date = headers
+        .iter()
+        .find(|(name, _)| name == "DATE")
+        .and_then(|(_, value)| mail_parser::DateTime::parse_rfc822(value))
+        .map(|d| d.to_timestamp());
+    let (body, bodystructure) = if whole {
+        let root = mime::parse(wire);
+        let mut body = Vec::new();
+        mime::body_structure(&mut body, wire, &root, false);
+        let mut extended = Vec::new();
+        mime::body_structure(&mut extended, wire, &root, true);
+        (Some(body), Some(extended))
+    } else {
+        (None, None)
+    };
+    Some(Record {
+        uid: entry.uid,
+        base: entry.base.to_string(),
+        size,
+        internal_date,
+        sent_date,
+        envelope,
+        body,
+        bodystructure,
+        headers,
+    })
+}
+
+/// The file's modification time, which is the INTERNALDATE (APPEND sets
+/// it; a delivery's is its arrival).
+pub fn internal_date(path: &std::path::Path) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Header fields as (upper-case name, value) with RFC 2047 words decoded
+/// and addresses written out as `Name <addr>`; other structured fields
+/// (Date, Message-ID) as they stand.
+pub fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
+    let Some(message) = MessageParser::new().parse_headers(header) else {
+        return Vec::new();
+    };
+    message
+        .headers()
+        .iter()
+        .map(|h| {
+            let value = match h.value() {
+                HeaderValue::Text(t) => t.to_string(),
+                HeaderValue::TextList(l) => l.join(" "),
+                HeaderValue::Address(a) => address_text(a),
+                _ => {
+                    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
+                    String::from_utf8_lossy(header.get(s..e).unwrap_or_default())
+                        .trim()
+                        .to_string()
+                }
+            };
+            (h.name().to_ascii_uppercase(), value)
+        })
+        .collect()
+}
+
+fn address_text(a: &Address<'_>) -> String {
+    let one = |addr: &mail_parser::Addr<'_>| {
+        format!(
+            "{} <{}>",
+            addr.name.as_deref().unwrap_or(""),
+            addr.address.as_deref().unwrap_or("")
+        )
+    };
+    match a {
+        Address::List(list) => list.iter().map(one).collect::<Vec<_>>().join(", "),
+        Address::Group(groups) => groups
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}: {}",
+                    g.name.as_deref().unwrap_or(""),
+                    g.addresses.iter().map(one).collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_has_what_fetch_and_search_need() {
+        let entry = Entry {
+            uid: 9,
+            base: "1.M1P1.h,S=10,W=99".into(),
+            info: "".into(),
+        };
+        let msg = b"Date: Mon, 23 Nov 2026 04:00:00 +0100\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\nX-Other: not kept\r\n\r\nbody\r\n";
+        let head = summarize(&entry, msg, false, 5).unwrap();
+        assert_eq!(head.size, 99);
+        assert_eq!(head.sent_date, Some(1_795_402_800));
+        assert_eq!(head.header("SUBJECT").collect::<Vec<_>>(), ["Grüße"]);
+        assert_eq!(head.header("FROM").collect::<Vec<_>>(), ["Jörg <j@x.test>"]);
+        assert_eq!(head.header("X-OTHER").count(), 0);
+        assert!(head.bodystructure.is_none());
+        let whole = summarize(&entry, msg, true, 5).unwrap();
+        assert!(
+            whole
+                .bodystructure
+                .unwrap()
+                .starts_with(b"(\"text\" \"plain\"")
+        );
+        // No size in the name and only the header read: nothing to cache.
+        let unsized_entry = Entry {
+            base: "1.M1P1.h".into(),
+            ..entry
+        };
+        assert!(summarize(&unsized_entry, msg, false, 5).is_none());
+    }
+}
