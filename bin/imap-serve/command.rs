@@ -84,6 +84,8 @@ pub enum FetchItem {
     Body,
     BodyStructure,
     Uid,
+    /// The message's mod-sequence (CONDSTORE, RFC 7162).
+    ModSeq,
     /// `BODY[...]` / `BODY.PEEK[...]` with an optional `<origin.count>`.
     Section {
         section: Section,
@@ -110,6 +112,7 @@ pub enum StatusItem {
     Unseen,
     Deleted,
     Size,
+    HighestModSeq,
 }
 
 /// A SEARCH key (RFC 3501 §6.4.4, RFC 9051 §6.4.4).
@@ -135,6 +138,8 @@ pub enum SearchKey {
     Smaller(u64),
     Uid(SequenceSet),
     Seq(SequenceSet),
+    /// `MODSEQ n`: mod-sequence at least n (RFC 7162 §3.1.5).
+    ModSeq(u64),
     Not(Box<SearchKey>),
     Or(Box<SearchKey>, Box<SearchKey>),
     And(Vec<SearchKey>),
@@ -154,6 +159,15 @@ pub struct ListOptions {
     pub return_children: bool,
     pub return_special_use: bool,
     pub status: Vec<StatusItem>,
+}
+
+/// QRESYNC's SELECT parameter: what the client knew when it left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qresync {
+    pub validity: u32,
+    pub modseq: u64,
+    /// The UIDs the client knows (default: all below UIDNEXT).
+    pub known_uids: Option<SequenceSet>,
 }
 
 /// A parsed command.
@@ -183,6 +197,10 @@ pub enum Body {
     Select {
         mailbox: String,
         read_only: bool,
+        /// `(CONDSTORE)` given.
+        condstore: bool,
+        /// `(QRESYNC (...))` given (RFC 7162 §3.2.5).
+        qresync: Option<Qresync>,
     },
     Create(String),
     Delete(String),
@@ -219,6 +237,10 @@ pub enum Body {
         uid: bool,
         set: SequenceSet,
         items: Vec<FetchItem>,
+        /// `(CHANGEDSINCE n)`: only messages changed after n.
+        changed_since: Option<u64>,
+        /// `VANISHED` with CHANGEDSINCE in UID FETCH (QRESYNC).
+        vanished: bool,
     },
     Store {
         uid: bool,
@@ -226,6 +248,8 @@ pub enum Body {
         mode: StoreMode,
         silent: bool,
         flags: Vec<String>,
+        /// `(UNCHANGEDSINCE n)`: only messages not changed after n.
+        unchanged_since: Option<u64>,
     },
     Copy {
         uid: bool,
@@ -588,13 +612,26 @@ impl<'a> Parser<'a> {
             "SELECT" | "EXAMINE" => {
                 self.sp()?;
                 let mailbox = self.mailbox()?;
+                let (mut condstore, mut qresync) = (false, None);
                 if self.eat(b' ') {
-                    // Select parameters (CONDSTORE, QRESYNC) are not offered.
-                    return bad("SELECT parameters are not supported here");
+                    self.expect(b'(')?;
+                    while !self.eat(b')') {
+                        self.eat(b' ');
+                        match self.word()?.as_str() {
+                            "CONDSTORE" => condstore = true,
+                            "QRESYNC" => {
+                                self.sp()?;
+                                qresync = Some(self.qresync_params()?);
+                            }
+                            other => return bad(format!("unknown SELECT parameter {other}")),
+                        }
+                    }
                 }
                 Body::Select {
                     mailbox,
                     read_only: name == "EXAMINE",
+                    condstore,
+                    qresync,
                 }
             }
             "CREATE" | "DELETE" | "SUBSCRIBE" | "UNSUBSCRIBE" | "GETQUOTAROOT" => {
@@ -755,6 +792,7 @@ impl<'a> Parser<'a> {
                 "UNSEEN" => StatusItem::Unseen,
                 "DELETED" => StatusItem::Deleted,
                 "SIZE" => StatusItem::Size,
+                "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
                 other => return bad(format!("unknown STATUS item {other}")),
             });
             if items.len() > 20 {
@@ -862,8 +900,23 @@ impl<'a> Parser<'a> {
                 }
             }
         }
+        let (mut changed_since, mut vanished) = (None, false);
         if self.eat(b' ') {
-            return bad("FETCH modifiers (CHANGEDSINCE) are not supported here");
+            self.expect(b'(')?;
+            while !self.eat(b')') {
+                self.eat(b' ');
+                match self.word()?.as_str() {
+                    "CHANGEDSINCE" => {
+                        self.sp()?;
+                        changed_since = Some(self.number()?);
+                    }
+                    "VANISHED" if uid => vanished = true,
+                    other => return bad(format!("unknown FETCH modifier {other}")),
+                }
+            }
+            if vanished && changed_since.is_none() {
+                return bad("VANISHED needs CHANGEDSINCE");
+            }
         }
         if items.is_empty() {
             return bad("FETCH needs at least one item");
@@ -871,7 +924,17 @@ impl<'a> Parser<'a> {
         if uid && !items.contains(&FetchItem::Uid) {
             items.insert(0, FetchItem::Uid);
         }
-        Ok(Body::Fetch { uid, set, items })
+        // CHANGEDSINCE implies MODSEQ (RFC 7162 §3.1.4.1).
+        if changed_since.is_some() && !items.contains(&FetchItem::ModSeq) {
+            items.push(FetchItem::ModSeq);
+        }
+        Ok(Body::Fetch {
+            uid,
+            set,
+            items,
+            changed_since,
+            vanished,
+        })
     }
 
     fn fetch_att(&mut self) -> R<FetchItem> {
@@ -890,6 +953,7 @@ impl<'a> Parser<'a> {
             "RFC822.TEXT" => FetchItem::Rfc822Text,
             "BODYSTRUCTURE" => FetchItem::BodyStructure,
             "UID" => FetchItem::Uid,
+            "MODSEQ" => FetchItem::ModSeq,
             "BODY" if self.peek() != Some(b'[') => FetchItem::Body,
             "BODY" | "BODY.PEEK" => {
                 let section = self.section()?;
@@ -973,6 +1037,16 @@ impl<'a> Parser<'a> {
         self.sp()?;
         let set = self.sequence_set()?;
         self.sp()?;
+        let mut unchanged_since = None;
+        if self.eat(b'(') {
+            if self.word()? != "UNCHANGEDSINCE" {
+                return bad("the STORE modifier is UNCHANGEDSINCE");
+            }
+            self.sp()?;
+            unchanged_since = Some(self.number()?);
+            self.expect(b')')?;
+            self.sp()?;
+        }
         let op = self.word()?;
         let (mode, rest) = match op.as_bytes().first() {
             Some(b'+') => (StoreMode::Add, &op[1..]),
@@ -997,7 +1071,43 @@ impl<'a> Parser<'a> {
             mode,
             silent,
             flags,
+            unchanged_since,
         })
+    }
+
+    /// `"(" uidvalidity SP mod-sequence-value [SP known-uids]
+    /// [SP seq-match-data] ")"`; the sequence match data is read and
+    /// dropped (it only saves the server work it does not need).
+    fn qresync_params(&mut self) -> R<Qresync> {
+        self.expect(b'(')?;
+        let validity = self.nz_number()?;
+        self.sp()?;
+        let modseq = self.number()?;
+        let mut known_uids = None;
+        if self.eat(b' ') {
+            if self.peek() == Some(b'(') {
+                self.skip_seq_match()?;
+            } else {
+                known_uids = Some(self.sequence_set()?);
+                if self.eat(b' ') {
+                    self.skip_seq_match()?;
+                }
+            }
+        }
+        self.expect(b')')?;
+        Ok(Qresync {
+            validity,
+            modseq,
+            known_uids,
+        })
+    }
+
+    fn skip_seq_match(&mut self) -> R<()> {
+        self.expect(b'(')?;
+        self.sequence_set()?;
+        self.sp()?;
+        self.sequence_set()?;
+        self.expect(b')')
     }
 
     fn copy(&mut self, uid: bool, remove: bool) -> R<Body> {
@@ -1136,6 +1246,18 @@ impl<'a> Parser<'a> {
                 self.sp()?;
                 SearchKey::Uid(self.sequence_set()?)
             }
+            "MODSEQ" => {
+                self.sp()?;
+                // `[entry-name SP entry-type-req SP]`: per-flag modseqs
+                // are not kept, so the entry is read and ignored.
+                if self.peek() == Some(b'"') {
+                    self.astring()?;
+                    self.sp()?;
+                    self.word()?;
+                    self.sp()?;
+                }
+                SearchKey::ModSeq(self.number()?)
+            }
             "NOT" => {
                 self.sp()?;
                 SearchKey::Not(Box::new(self.search_key(depth + 1)?))
@@ -1250,6 +1372,7 @@ mod tests {
                 uid: false,
                 set,
                 items,
+                ..
             } => {
                 assert_eq!(set.0, vec![(Bound::Num(2), Bound::Num(4))]);
                 assert_eq!(items.len(), 3);
@@ -1267,6 +1390,52 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // CONDSTORE and QRESYNC (RFC 7162).
+        match ok("t UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\n") {
+            Body::Fetch {
+                items,
+                changed_since: Some(12345),
+                vanished: true,
+                ..
+            } => assert_eq!(
+                items,
+                vec![FetchItem::Uid, FetchItem::Flags, FetchItem::ModSeq]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(b"t FETCH 1 FLAGS (VANISHED)\r\n").is_err());
+        assert!(matches!(
+            ok("t STORE 1:3 (UNCHANGEDSINCE 7) +FLAGS.SILENT (\\Seen)\r\n"),
+            Body::Store {
+                unchanged_since: Some(7),
+                silent: true,
+                ..
+            }
+        ));
+        match ok("t SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))\r\n") {
+            Body::Select {
+                qresync: Some(q), ..
+            } => {
+                assert_eq!((q.validity, q.modseq), (67890007, 20050715194045000));
+                assert!(q.known_uids.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ok("t EXAMINE INBOX (CONDSTORE)\r\n"),
+            Body::Select {
+                condstore: true,
+                read_only: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ok("t SEARCH MODSEQ \"/flags/\\\\draft\" all 620162338\r\n"),
+            Body::Search {
+                key: SearchKey::ModSeq(620162338),
+                ..
+            }
+        ));
         match ok("t UID FETCH 1:* FLAGS\r\n") {
             Body::Fetch {
                 uid: true, items, ..

@@ -125,16 +125,40 @@ fn read_message(path: &std::path::Path, need: Need) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// CONDSTORE and QRESYNC's FETCH modifiers (RFC 7162 §3.1.4, §3.2.6).
+#[derive(Default)]
+pub struct Modifiers {
+    pub changed_since: Option<u64>,
+    pub vanished: bool,
+}
+
 pub async fn fetch(
     session: &mut Session,
     uid: bool,
     set: &SequenceSet,
     items: &[FetchItem],
+    modifiers: Modifiers,
 ) -> Result<Done, NetError> {
-    let positions = match session.resolve(set, uid) {
+    let mut positions = match session.resolve(set, uid) {
         Ok(p) => p,
         Err(done) => return Ok(done),
     };
+    // Asking for MODSEQ turns CONDSTORE on for the session (§3.1).
+    session.condstore |= items.contains(&FetchItem::ModSeq);
+    let condstore = session.condstore;
+    if condstore && let Some(sel) = session.selected.as_mut() {
+        sel.update_modseqs();
+        if let Some(since) = modifiers.changed_since {
+            positions.retain(|&i| sel.modseqs.of(sel.view[i].uid) > since);
+            if modifiers.vanished {
+                let vanished = vanished_since(sel, set, since);
+                if !vanished.is_empty() {
+                    let line = format!("* VANISHED (EARLIER) {vanished}\r\n");
+                    session.out(line.as_bytes()).await?;
+                }
+            }
+        }
+    }
     let cached = uses_cache(items);
     if cached && let Some(sel) = session.selected.as_mut() {
         sel.cache.refresh();
@@ -233,6 +257,9 @@ pub async fn fetch(
             sep(&mut out);
             match item {
                 FetchItem::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
+                FetchItem::ModSeq => out.extend_from_slice(
+                    format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
+                ),
                 FetchItem::Flags => out.extend_from_slice(
                     format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
                 ),
@@ -329,6 +356,14 @@ pub async fn fetch(
                 format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
             );
         }
+        if flags_changed && condstore {
+            // The implicit \Seen gave the message a new mod-sequence.
+            let new = sel.update_modseqs();
+            if new.contains(&entry.uid) && !items.contains(&FetchItem::ModSeq) {
+                sep(&mut out);
+                out.extend_from_slice(format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes());
+            }
+        }
         out.extend_from_slice(b")\r\n");
         session.out(&out).await?;
     }
@@ -342,6 +377,48 @@ pub async fn fetch(
     } else {
         Done::Ok("FETCH completed".into())
     })
+}
+
+/// The UIDs in `set` expunged after `since`, as a UID set (QRESYNC's
+/// `VANISHED (EARLIER)`); when expunges that old are forgotten, every UID
+/// of the set below UIDNEXT that is not here (RFC 7162 §3.2.6 allows it),
+/// worked out as the gaps between the UIDs here, never one by one.
+pub fn vanished_since(sel: &crate::session::Selected, set: &SequenceSet, since: u64) -> String {
+    let largest = sel.next_uid.saturating_sub(1);
+    let ranges: Vec<(u32, u32)> = set.ranges(largest).collect();
+    let here = |uid: u32| sel.view.binary_search_by_key(&uid, |e| e.uid).is_ok();
+    let (gone, exact) = sel.modseqs.expunged_since(since);
+    if exact {
+        let uids: Vec<u32> = gone
+            .into_iter()
+            .filter(|&u| !here(u) && ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&u)))
+            .collect();
+        return crate::search::compress(&uids);
+    }
+    let mut parts = Vec::new();
+    for (lo, hi) in ranges {
+        let hi = hi.min(largest);
+        let mut next = lo;
+        let start = sel.view.partition_point(|e| e.uid < lo);
+        for e in sel.view[start..].iter().take_while(|e| e.uid <= hi) {
+            if e.uid > next {
+                parts.push(interval(next, e.uid - 1));
+            }
+            next = e.uid.saturating_add(1);
+        }
+        if next <= hi {
+            parts.push(interval(next, hi));
+        }
+    }
+    parts.join(",")
+}
+
+fn interval(lo: u32, hi: u32) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}:{hi}")
+    }
 }
 
 /// The section as the response names it: `1.2.HEADER.FIELDS (A B)`.

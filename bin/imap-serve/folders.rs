@@ -5,10 +5,11 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
+use postroom::mailbox::modseq::ModSeqs;
 use postroom::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
 use postroom::net::NetError;
 
-use crate::command::{ListOptions, StatusItem};
+use crate::command::{Bound, ListOptions, Qresync, SequenceSet, StatusItem};
 use crate::response::{astring, flag_list};
 use crate::session::{Done, Selected, Session};
 
@@ -33,9 +34,14 @@ impl Session {
         out
     }
 
-    pub async fn select(&mut self, wire: &str, read_only: bool) -> Result<Done, NetError> {
+    pub async fn select(
+        &mut self,
+        wire: &str,
+        read_only: bool,
+        qresync: Option<&Qresync>,
+    ) -> Result<Done, NetError> {
         let mailbox = mailbox_or_bad!(self);
-        if self.selected.take().is_some() && self.rev2 {
+        if self.selected.take().is_some() && (self.rev2 || self.qresync) {
             self.out(b"* OK [CLOSED] previous mailbox closed\r\n")
                 .await?;
         }
@@ -77,17 +83,29 @@ impl Session {
         out.extend_from_slice(
             format!("* OK [UIDNEXT {}] predicted next UID\r\n", state.next_uid).as_bytes(),
         );
-        self.out(&out).await?;
-        self.selected = Some(Selected {
+        let validity = state.validity;
+        let mut sel = Selected {
             name,
-            cache: postroom::mailbox::cache::Cache::new(folder.path(), state.validity),
+            cache: postroom::mailbox::cache::Cache::new(folder.path(), validity),
+            modseqs: ModSeqs::new(folder.path(), validity),
             folder,
             read_only,
             view: state.entries,
             keywords: state.keywords,
             next_uid: state.next_uid,
             stamp,
-        });
+        };
+        // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
+        // mod-sequences reports the highest.
+        sel.update_modseqs();
+        out.extend_from_slice(
+            format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.modseqs.highest()).as_bytes(),
+        );
+        if let Some(q) = qresync.filter(|q| q.validity == validity) {
+            resync(&mut out, &sel, q);
+        }
+        self.out(&out).await?;
+        self.selected = Some(sel);
         let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         Ok(Done::Ok(format!(
             "[{mode}] {} completed",
@@ -321,6 +339,13 @@ impl Session {
                         .filter(|e| e.flags().has(flags::DELETED))
                         .count()
                 ),
+                StatusItem::HighestModSeq => {
+                    let mut modseqs = ModSeqs::new(folder.path(), state.validity);
+                    if let Err(e) = modseqs.update(&state.entries) {
+                        tracing::warn!("mod-sequences of {name}: {e}");
+                    }
+                    format!("HIGHESTMODSEQ {}", modseqs.highest())
+                }
                 StatusItem::Size => format!(
                     "SIZE {}",
                     state
@@ -576,5 +601,31 @@ mod tests {
         assert!(m("%.%", "a.b"));
         let long: String = "%*".repeat(500);
         assert!(m(&long, "x"));
+    }
+}
+
+/// What a QRESYNC client missed since it left (RFC 7162 §3.2.5.1): the
+/// UIDs it knew that are gone, as `VANISHED (EARLIER)`, then FLAGS and
+/// MODSEQ of every message changed after its mod-sequence.
+fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
+    let all = SequenceSet(vec![(Bound::Num(1), Bound::Star)]);
+    let known = q.known_uids.as_ref().unwrap_or(&all);
+    let vanished = crate::fetch::vanished_since(sel, known, q.modseq);
+    if !vanished.is_empty() {
+        out.extend_from_slice(format!("* VANISHED (EARLIER) {vanished}\r\n").as_bytes());
+    }
+    for (i, e) in sel.view.iter().enumerate() {
+        let modseq = sel.modseqs.of(e.uid);
+        if modseq > q.modseq {
+            out.extend_from_slice(
+                format!(
+                    "* {} FETCH (UID {} FLAGS {} MODSEQ ({modseq}))\r\n",
+                    i + 1,
+                    e.uid,
+                    flag_list(e.flags(), &sel.keywords)
+                )
+                .as_bytes(),
+            );
+        }
     }
 }

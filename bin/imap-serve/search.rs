@@ -8,6 +8,7 @@
 
 use mail_parser::{MessageParser, PartType};
 use postroom::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
+use postroom::mailbox::modseq::ModSeqs;
 use postroom::mailbox::{Entry, Folder, Keywords};
 use postroom::net::NetError;
 
@@ -125,6 +126,7 @@ fn contains(haystack: &str, needle: &str) -> bool {
 
 struct Context<'a> {
     keywords: &'a Keywords,
+    modseqs: &'a ModSeqs,
     count: u32,
     largest_uid: u32,
 }
@@ -163,6 +165,7 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> bool {
         SearchKey::Uid(set) => set
             .ranges(ctx.largest_uid)
             .any(|(lo, hi)| (lo..=hi).contains(&c.entry.uid)),
+        SearchKey::ModSeq(n) => ctx.modseqs.of(c.entry.uid) >= *n,
         SearchKey::Seq(set) => set
             .ranges(ctx.count)
             .any(|(lo, hi)| (lo..=hi).contains(&c.seq)),
@@ -192,16 +195,23 @@ pub async fn search(
     key: &SearchKey,
     ret: Option<&[String]>,
 ) -> Result<Done, NetError> {
+    let uses_modseq = mentions_modseq(key);
+    session.condstore |= uses_modseq;
     let Some(sel) = session.selected.as_mut() else {
         return Ok(Done::Bad("select a mailbox first".into()));
     };
+    if uses_modseq {
+        sel.update_modseqs();
+    }
     let ctx = Context {
         keywords: &sel.keywords,
+        modseqs: &sel.modseqs,
         count: sel.view.len() as u32,
         largest_uid: sel.view.last().map_or(0, |e| e.uid),
     };
     sel.cache.refresh();
     let mut found: Vec<u32> = Vec::new();
+    let mut highest = 0;
     for (i, entry) in sel.view.iter().enumerate() {
         let mut c = Candidate {
             entry,
@@ -215,12 +225,13 @@ pub async fn search(
         };
         if matches(key, &mut c, &ctx) {
             found.push(if uid { entry.uid } else { i as u32 + 1 });
+            highest = highest.max(ctx.modseqs.of(entry.uid));
         }
     }
     let view = &sel.view;
     sel.cache
         .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
-    let line = match ret {
+    let mut line = match ret {
         None => {
             let mut line = String::from("* SEARCH");
             for n in &found {
@@ -231,8 +242,26 @@ pub async fn search(
         }
         Some(opts) => esearch(tag, uid, &found, opts),
     };
+    // RFC 7162 §3.1.5: a search by MODSEQ tells the highest one it found.
+    if uses_modseq && !found.is_empty() {
+        if ret.is_some() {
+            line.push_str(&format!(" MODSEQ {highest}"));
+        } else {
+            line.push_str(&format!(" (MODSEQ {highest})"));
+        }
+    }
     session.out(format!("{line}\r\n").as_bytes()).await?;
     Ok(Done::Ok("SEARCH completed".into()))
+}
+
+fn mentions_modseq(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::ModSeq(_) => true,
+        SearchKey::Not(k) => mentions_modseq(k),
+        SearchKey::Or(a, b) => mentions_modseq(a) || mentions_modseq(b),
+        SearchKey::And(keys) => keys.iter().any(mentions_modseq),
+        _ => false,
+    }
 }
 
 /// `* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set` (RFC 4731).

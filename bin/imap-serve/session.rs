@@ -23,6 +23,7 @@ use postroom::access::Access;
 use postroom::authlimit::AuthLimit;
 use postroom::config::Config;
 use postroom::mailbox::cache::Cache;
+use postroom::mailbox::modseq::ModSeqs;
 use postroom::mailbox::watch::Watcher;
 use postroom::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
@@ -117,6 +118,23 @@ pub struct Selected {
     pub stamp: Stamp,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
     pub cache: Cache,
+    /// Mod-sequences (CONDSTORE), brought up to date before each use.
+    pub modseqs: ModSeqs,
+}
+
+impl Selected {
+    /// Records what changed since the mod-sequences were last brought up
+    /// to date; returns the UIDs with a new mod-sequence. A failure is
+    /// logged: the values then lag, and the next look catches up.
+    pub fn update_modseqs(&mut self) -> Vec<u32> {
+        match self.modseqs.update(&self.view) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!("mod-sequences of {}: {e}", self.name);
+                Vec::new()
+            }
+        }
+    }
 }
 
 pub struct Session {
@@ -126,6 +144,10 @@ pub struct Session {
     pub selected: Option<Selected>,
     /// IMAP4rev2 enabled (RFC 9051): UTF-8 names, ESEARCH replies, no RECENT.
     pub rev2: bool,
+    /// CONDSTORE in use (RFC 7162 §3.1): MODSEQ in every FETCH response.
+    pub condstore: bool,
+    /// QRESYNC enabled: VANISHED instead of EXPUNGE.
+    pub qresync: bool,
     errors: usize,
     auth_failures: u32,
 }
@@ -173,6 +195,8 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         login: None,
         selected: None,
         rev2: false,
+        condstore: false,
+        qresync: false,
         errors: 0,
         auth_failures: 0,
     };
@@ -225,6 +249,8 @@ impl Session {
                 "QUOTA",
                 "QUOTA=RES-STORAGE",
                 "STATUS=SIZE",
+                "CONDSTORE",
+                "QRESYNC",
             ]);
         }
         caps.join(" ")
@@ -399,15 +425,43 @@ impl Session {
                 // Only what is done for real: IMAP4rev2 is not offered yet
                 // (BINARY and SEARCHRES are missing), so ENABLE of it
                 // enables nothing, as RFC 5161 allows.
-                let _ = caps;
-                self.out(b"* ENABLED\r\n").await?;
+                let mut enabled = String::from("* ENABLED");
+                for cap in caps {
+                    match cap.to_ascii_uppercase().as_str() {
+                        "CONDSTORE" => self.condstore = true,
+                        // QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
+                        "QRESYNC" => (self.condstore, self.qresync) = (true, true),
+                        _ => continue,
+                    }
+                    enabled.push(' ');
+                    enabled.push_str(&cap.to_ascii_uppercase());
+                }
+                if self.condstore
+                    && let Some(sel) = self.selected.as_mut()
+                {
+                    sel.update_modseqs();
+                }
+                enabled.push_str("\r\n");
+                self.out(enabled.as_bytes()).await?;
                 Done::Ok("ENABLE completed".into())
             }
             Body::Namespace => {
                 self.out(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\n").await?;
                 Done::Ok("NAMESPACE completed".into())
             }
-            Body::Select { mailbox, read_only } => self.select(&mailbox, read_only).await?,
+            Body::Select {
+                mailbox,
+                read_only,
+                condstore,
+                qresync,
+            } => {
+                if qresync.is_some() && !self.qresync {
+                    Done::Bad("ENABLE QRESYNC before SELECT with QRESYNC".into())
+                } else {
+                    self.condstore |= condstore;
+                    self.select(&mailbox, read_only, qresync.as_ref()).await?
+                }
+            }
             Body::Create(name) => self.create(&name),
             Body::Delete(name) => self.delete(&name),
             Body::Rename(from, to) => self.rename(&from, &to),
@@ -464,14 +518,31 @@ impl Session {
             Body::Search { uid, key, ret } => {
                 crate::search::search(self, &tag, uid, &key, ret.as_deref()).await?
             }
-            Body::Fetch { uid, set, items } => crate::fetch::fetch(self, uid, &set, &items).await?,
+            Body::Fetch {
+                uid,
+                set,
+                items,
+                changed_since,
+                vanished,
+            } => {
+                let modifiers = crate::fetch::Modifiers {
+                    changed_since,
+                    vanished,
+                };
+                crate::fetch::fetch(self, uid, &set, &items, modifiers).await?
+            }
             Body::Store {
                 uid,
                 set,
                 mode,
                 silent,
                 flags,
-            } => self.store(uid, &set, mode, silent, &flags).await?,
+                unchanged_since,
+            } => {
+                self.condstore |= unchanged_since.is_some();
+                self.store(uid, &set, mode, silent, &flags, unchanged_since)
+                    .await?
+            }
             Body::Copy {
                 uid,
                 set,

@@ -62,6 +62,7 @@ impl Session {
     /// `expunge_ok`: whether EXPUNGE may be sent now (RFC 3501 §7.4.1);
     /// when not, vanished messages stay in the view until a later sync.
     pub async fn report(&mut self, expunge_ok: bool) -> Result<(), NetError> {
+        let (condstore, qresync) = (self.condstore, self.qresync);
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
@@ -97,6 +98,7 @@ impl Session {
         let mut changed: Vec<usize> = Vec::new();
         let mut fresh = state.entries.into_iter().peekable();
         let old = std::mem::take(&mut sel.view);
+        let old_uids: Vec<u32> = old.iter().map(|e| e.uid).collect();
         for (i, entry) in old.into_iter().enumerate() {
             while fresh.peek().is_some_and(|f| f.uid < entry.uid) {
                 // In the folder, older than this entry, yet not in the view:
@@ -117,16 +119,41 @@ impl Session {
                 _ => kept.push(entry),
             }
         }
-        // Report expunges from the highest sequence number down, so each
-        // number is still right when the client applies it.
-        for &i in expunged.iter().rev() {
-            out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+        let vanished: Vec<u32> = expunged.iter().map(|&i| old_uids[i]).collect();
+        let before = kept.len();
+        kept.extend(fresh);
+        let grew = kept.len() != before || !expunged.is_empty();
+        sel.next_uid = state.next_uid;
+        sel.view = kept;
+        if condstore {
+            sel.update_modseqs();
+        }
+        if qresync {
+            // RFC 7162 §3.2.10: UIDs, not sequence numbers, once enabled.
+            if !vanished.is_empty() {
+                let mut uids = vanished;
+                uids.sort_unstable();
+                out.extend_from_slice(
+                    format!("* VANISHED {}\r\n", crate::search::compress(&uids)).as_bytes(),
+                );
+            }
+        } else {
+            // From the highest sequence number down, so each number is
+            // still right when the client applies it.
+            for &i in expunged.iter().rev() {
+                out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+            }
         }
         for &i in &changed {
-            let e = &kept[i];
+            let e = &sel.view[i];
+            let modseq = if condstore {
+                format!(" MODSEQ ({})", sel.modseqs.of(e.uid))
+            } else {
+                String::new()
+            };
             out.extend_from_slice(
                 format!(
-                    "* {} FETCH (UID {} FLAGS {})\r\n",
+                    "* {} FETCH (UID {} FLAGS {}{modseq})\r\n",
                     i + 1,
                     e.uid,
                     flag_list(e.flags(), &sel.keywords)
@@ -134,16 +161,13 @@ impl Session {
                 .as_bytes(),
             );
         }
-        let before = kept.len();
-        kept.extend(fresh);
-        if kept.len() != before || !expunged.is_empty() {
-            out.extend_from_slice(format!("* {} EXISTS\r\n", kept.len()).as_bytes());
+        if grew {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", sel.view.len()).as_bytes());
         }
-        sel.next_uid = state.next_uid;
-        sel.view = kept;
         self.out(&out).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn store(
         &mut self,
         uid: bool,
@@ -151,11 +175,13 @@ impl Session {
         mode: StoreMode,
         silent: bool,
         names: &[String],
+        unchanged_since: Option<u64>,
     ) -> Result<Done, NetError> {
         let positions = match self.resolve(set, uid) {
             Ok(p) => p,
             Err(done) => return Ok(done),
         };
+        let condstore = self.condstore;
         let Some(sel) = self.selected.as_mut() else {
             return Ok(Done::Bad("select a mailbox first".into()));
         };
@@ -182,9 +208,21 @@ impl Session {
                 .as_bytes(),
             );
         }
+        if unchanged_since.is_some() {
+            // Compare against what is on disk now, not at the last sync.
+            sel.update_modseqs();
+        }
         let mut gone = false;
+        let mut modified = Vec::new();
+        let mut stored = Vec::new();
         for i in positions {
             let entry = sel.view[i].clone();
+            if let Some(since) = unchanged_since
+                && sel.modseqs.of(entry.uid) > since
+            {
+                modified.push(if uid { entry.uid } else { i as u32 + 1 });
+                continue;
+            }
             // Start from the flags on disk: another session may have
             // changed them since our last sync.
             let current = match sel.folder.refresh(&entry) {
@@ -218,29 +256,43 @@ impl Session {
                 }
                 Err(e) => return Ok(e.into()),
             };
+            sel.view[i] = updated;
+            stored.push(i);
+        }
+        if condstore {
+            sel.update_modseqs();
+        }
+        for i in stored {
+            let e = &sel.view[i];
+            let mut items = Vec::new();
+            if uid {
+                items.push(format!("UID {}", e.uid));
+            }
             if !silent {
-                let uid_part = if uid {
-                    format!("UID {} ", updated.uid)
-                } else {
-                    String::new()
-                };
+                items.push(format!("FLAGS {}", flag_list(e.flags(), &sel.keywords)));
+            }
+            // With CONDSTORE the client learns each new mod-sequence, even
+            // from a .SILENT store (RFC 7162 §3.1.3).
+            if condstore {
+                items.push(format!("MODSEQ ({})", sel.modseqs.of(e.uid)));
+            }
+            if !silent || condstore {
                 out.extend_from_slice(
-                    format!(
-                        "* {} FETCH ({uid_part}FLAGS {})\r\n",
-                        i + 1,
-                        flag_list(updated.flags(), &sel.keywords)
-                    )
-                    .as_bytes(),
+                    format!("* {} FETCH ({})\r\n", i + 1, items.join(" ")).as_bytes(),
                 );
             }
-            sel.view[i] = updated;
         }
         self.out(&out).await?;
         // Our own renames are reported already; do not report them again.
         if let Some(sel) = self.selected.as_mut() {
             sel.stamp = Default::default();
         }
-        Ok(if gone {
+        Ok(if !modified.is_empty() {
+            Done::Ok(format!(
+                "[MODIFIED {}] conditional STORE failed for these",
+                crate::search::compress(&modified)
+            ))
+        } else if gone {
             Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
         } else {
             Done::Ok("STORE completed".into())

@@ -16,12 +16,14 @@
 //! be called, modified UTF-7), [`uidlist`], [`flags`], [`folder`] (sync and
 //! message operations), [`watch`] (inotify, for IMAP IDLE).
 //!
-//! CONDSTORE (RFC 7162) is planned as a side file per folder,
-//! `postroom-modseq`, so that `dovecot-uidlist` stays Dovecot's format.
+//! Beside them, two files of postroom's own, so that the two above stay
+//! Dovecot's format: `postroom-modseq` ([`modseq`], CONDSTORE and QRESYNC)
+//! and `postroom-cache` ([`cache`], what IMAP computed about each message).
 
 pub mod cache;
 pub mod flags;
 pub mod folder;
+pub mod modseq;
 pub mod name;
 pub mod uidlist;
 pub mod watch;
