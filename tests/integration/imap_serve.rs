@@ -80,6 +80,7 @@ fn python(script: &str, server: &Server, tree: &Tree) -> String {
         .env("TLS_PORT", server.tls_port.to_string())
         .env("INJECT", bin("mail-inject"))
         .env("CONFIG", &tree.config)
+        .env("MAILDIR", tree.maildir("bob"))
         .output()
         .expect("python3 runs");
     let said = format!("{}{}", stdout(&out), stderr(&out));
@@ -599,4 +600,139 @@ fn inetd_mode_over_pipes() {
     assert!(rest.contains("d OK LOGOUT"), "{rest}");
     assert!(child.wait().unwrap().success());
     eprintln!("inetd connect-to-greeting: {to_greeting:?} (debug build, process start included)");
+}
+
+#[test]
+fn condstore_and_qresync_resynchronise_a_client_after_changes_by_anyone() {
+    let tree = tree_with_user();
+    for subject in ["one", "two", "three"] {
+        deliver(&tree, subject);
+    }
+    let server = Server::start(&tree);
+    let said = python(
+        r#"
+def code(M, name):
+    return M.untagged_responses.pop(name, [None])[-1]
+M = login()
+caps = ok(M.capability())[0].decode().split()
+assert "CONDSTORE" in caps and "QRESYNC" in caps, caps
+typ, data = M._simple_command("ENABLE", "QRESYNC")
+assert typ == "OK" and M.untagged_responses.pop("ENABLED") == [b"QRESYNC"]
+ok(M.select("INBOX"))
+h1 = int(code(M, "HIGHESTMODSEQ"))
+validity = int(code(M, "UIDVALIDITY"))
+r = ok(M.fetch("1:*", "(MODSEQ)"))
+assert all(re.fullmatch(rb"\d \(MODSEQ \(\d+\)\)", l) for l in r), r
+assert max(int(re.search(rb"MODSEQ \((\d+)", l).group(1)) for l in r) == h1, (r, h1)
+
+# Another session flags 2 and expunges 3; a fourth message arrives.
+N = login()
+ok(N.select("INBOX"))
+ok(N.store("2", "+FLAGS", "(\\Flagged)"))
+ok(N.store("3", "+FLAGS", "(\\Deleted)"))
+ok(N.expunge())
+deliver("four")
+assert int(ok(N.status("INBOX", "(HIGHESTMODSEQ)"))[0].split()[-1].rstrip(b")")) > h1
+
+# M, QRESYNC enabled, hears VANISHED (not EXPUNGE) and FLAGS with MODSEQ.
+ok(M.noop())
+assert M.untagged_responses.pop("VANISHED") == [b"3"], M.untagged_responses
+assert "EXPUNGE" not in M.untagged_responses
+fetches = M.untagged_responses.pop("FETCH")
+assert any(re.fullmatch(rb"2 \(UID 2 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)", f) for f in fetches), fetches
+# (imaplib keeps SELECT's EXISTS too: the last one is the news.)
+assert M.untagged_responses.pop("EXISTS")[-1] == b"3", M.untagged_responses
+
+# Conditional STORE: 1 is unchanged since h1, 2 is not.
+typ, data = M._simple_command("UID", "STORE", "1", "(UNCHANGEDSINCE %d)" % h1, "+FLAGS", "(\\Seen)")
+assert typ == "OK" and b"MODIFIED" not in data[0], data
+typ, data = M._simple_command("UID", "STORE", "2", "(UNCHANGEDSINCE %d)" % h1, "+FLAGS", "(\\Answered)")
+assert typ == "OK" and data[0].startswith(b"[MODIFIED 2]"), data
+assert b"\\Answered" not in ok(M.uid("FETCH", "2", "(FLAGS)"))[0]
+
+# A flag changed behind IMAP's back (a rename in cur/, as POP3 or a local
+# reader does) gets a new mod-sequence too.
+h2 = int(ok(M.status("INBOX", "(HIGHESTMODSEQ)"))[0].split()[-1].rstrip(b")"))
+cur = os.path.join(os.environ["MAILDIR"], "cur")
+name = sorted(f for f in os.listdir(cur) if not f.endswith("S"))[0]
+os.rename(os.path.join(cur, name), os.path.join(cur, name[:name.index(":2,") + 3] + "D"))
+ok(M.noop())
+fetches = M.untagged_responses.pop("FETCH")
+assert any(b"\\Draft" in f and int(re.search(rb"MODSEQ \((\d+)", f).group(1)) > h2 for f in fetches), fetches
+
+# SEARCH MODSEQ and UID FETCH CHANGEDSINCE with VANISHED.
+r = ok(M.search(None, "MODSEQ", str(h1 + 1)))[0]
+assert re.fullmatch(rb"[\d ]+ \(MODSEQ \d+\)", r) and b"1" in r.split()[:3], r
+typ, data = M._simple_command("UID", "FETCH", "1:*", "(FLAGS)", "(CHANGEDSINCE %d VANISHED)" % h1)
+assert typ == "OK"
+assert M.untagged_responses.pop("VANISHED") == [b"(EARLIER) 3"], M.untagged_responses
+changed = M.untagged_responses.pop("FETCH")
+assert len(changed) == 3 and all(b"MODSEQ" in f for f in changed), changed
+
+# A new session picks up where the first left off, in one SELECT.
+R = login()
+R._simple_command("ENABLE", "QRESYNC")
+typ, data = R._simple_command("SELECT", "INBOX", "(QRESYNC (%d %d 1:3))" % (validity, h1))
+assert typ == "OK", data
+assert R.untagged_responses.pop("VANISHED") == [b"(EARLIER) 3"], R.untagged_responses
+fetches = R.untagged_responses.pop("FETCH")
+assert len(fetches) == 3 and all(b"MODSEQ" in f for f in fetches), fetches
+# A stale UIDVALIDITY gets no resync data, only the plain SELECT.
+typ, data = R._simple_command("SELECT", "INBOX", "(QRESYNC (1 %d))" % h1)
+assert typ == "OK" and "VANISHED" not in R.untagged_responses
+# Without ENABLE QRESYNC the parameter is refused.
+try:
+    N._simple_command("SELECT", "INBOX", "(QRESYNC (%d %d))" % (validity, h1))
+    raise SystemExit("QRESYNC without ENABLE accepted")
+except imaplib.IMAP4.error as e:
+    assert "ENABLE QRESYNC" in str(e), e
+print("done")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("done"), "{said}");
+}
+
+#[test]
+fn the_folder_cache_is_only_a_cache() {
+    let tree = tree_with_user();
+    let nested = "From: Ann <ann@remote.test>\nTo: bob@example.test\nSubject: nested\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain\n\nhi\n--b1\nContent-Type: message/rfc822\n\nSubject: inner\nFrom: x@y.test\n\ninner body\n--b1--\n";
+    let out = tree.inject(&["bob@example.test"], nested.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    deliver(&tree, "plain");
+    let server = Server::start(&tree);
+    let said = python(
+        r#"
+cache = os.path.join(os.environ["MAILDIR"], "postroom-cache")
+ITEMS = "(UID RFC822.SIZE INTERNALDATE ENVELOPE BODY BODYSTRUCTURE)"
+def look():
+    M = login()
+    ok(M.select("INBOX"))
+    r = ok(M.fetch("1:*", ITEMS))
+    s = ok(M.search(None, "SUBJECT", "nested"))
+    M.logout()
+    return r, s
+first = look()
+assert os.path.getsize(cache) > 100, "FETCH filled the cache"
+assert look() == first, "answers from the cache are the same"
+os.remove(cache)
+assert look() == first, "deleted: recomputed"
+with open(cache, "r+b") as f:
+    f.seek(40); f.write(b"\xff" * 64)
+assert look() == first, "corrupted: ignored"
+size = os.path.getsize(cache)
+with open(cache, "r+b") as f:
+    f.truncate(size - 7)
+assert look() == first, "torn: ignored"
+with open(cache, "wb") as f:
+    f.write(b"garbage")
+assert look() == first, "not ours: replaced"
+assert b"BODYSTRUCTURE ((" in first[0][0], first
+print("done")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("done"), "{said}");
 }
