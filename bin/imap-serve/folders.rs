@@ -577,6 +577,32 @@ pub fn wildcard(pattern: &[char], name: &[char]) -> bool {
     row[n]
 }
 
+/// What a QRESYNC client missed since it left (RFC 7162 §3.2.5.1): the
+/// UIDs it knew that are gone, as `VANISHED (EARLIER)`, then FLAGS and
+/// MODSEQ of every message changed after its mod-sequence.
+fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
+    let all = SequenceSet(vec![(Bound::Num(1), Bound::Star)]);
+    let known = q.known_uids.as_ref().unwrap_or(&all);
+    let vanished = crate::fetch::vanished_since(sel, known, q.modseq);
+    if !vanished.is_empty() {
+        out.extend_from_slice(format!("* VANISHED (EARLIER) {vanished}\r\n").as_bytes());
+    }
+    for (i, e) in sel.view.iter().enumerate() {
+        let modseq = sel.modseqs.of(e.uid);
+        if modseq > q.modseq {
+            out.extend_from_slice(
+                format!(
+                    "* {} FETCH (UID {} FLAGS {} MODSEQ ({modseq}))\r\n",
+                    i + 1,
+                    e.uid,
+                    flag_list(e.flags(), &sel.keywords)
+                )
+                .as_bytes(),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,31 +627,5 @@ mod tests {
         assert!(m("%.%", "a.b"));
         let long: String = "%*".repeat(500);
         assert!(m(&long, "x"));
-    }
-}
-
-/// What a QRESYNC client missed since it left (RFC 7162 §3.2.5.1): the
-/// UIDs it knew that are gone, as `VANISHED (EARLIER)`, then FLAGS and
-/// MODSEQ of every message changed after its mod-sequence.
-fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
-    let all = SequenceSet(vec![(Bound::Num(1), Bound::Star)]);
-    let known = q.known_uids.as_ref().unwrap_or(&all);
-    let vanished = crate::fetch::vanished_since(sel, known, q.modseq);
-    if !vanished.is_empty() {
-        out.extend_from_slice(format!("* VANISHED (EARLIER) {vanished}\r\n").as_bytes());
-    }
-    for (i, e) in sel.view.iter().enumerate() {
-        let modseq = sel.modseqs.of(e.uid);
-        if modseq > q.modseq {
-            out.extend_from_slice(
-                format!(
-                    "* {} FETCH (UID {} FLAGS {} MODSEQ ({modseq}))\r\n",
-                    i + 1,
-                    e.uid,
-                    flag_list(e.flags(), &sel.keywords)
-                )
-                .as_bytes(),
-            );
-        }
     }
 }
