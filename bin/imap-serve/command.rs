@@ -29,6 +29,9 @@ fn bad<T>(what: impl Into<String>) -> R<T> {
 pub enum Bound {
     Num(u32),
     Star,
+    /// `$`: the last saved search result (RFC 5182), which the session
+    /// replaces with numbers before the command runs.
+    Saved,
 }
 
 /// `sequence-set`: ranges, each in either order (`4:2` is `2:4`).
@@ -38,14 +41,32 @@ pub struct SequenceSet(pub Vec<(Bound, Bound)>);
 impl SequenceSet {
     /// The ranges as inclusive numbers, `*` being `largest`.
     pub fn ranges(&self, largest: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
-        self.0.iter().map(move |&(a, b)| {
+        self.0.iter().filter_map(move |&(a, b)| {
             let v = |x| match x {
-                Bound::Num(n) => n,
-                Bound::Star => largest,
+                Bound::Num(n) => Some(n),
+                Bound::Star => Some(largest),
+                Bound::Saved => None,
             };
-            let (a, b) = (v(a), v(b));
-            (a.min(b), a.max(b))
+            let (a, b) = (v(a)?, v(b)?);
+            Some((a.min(b), a.max(b)))
         })
+    }
+
+    /// Whether this is `$`.
+    pub fn is_saved(&self) -> bool {
+        self.0.first().is_some_and(|(a, _)| *a == Bound::Saved)
+    }
+
+    /// The set of exactly these ascending numbers, as runs.
+    pub fn of_sorted(numbers: &[u32]) -> SequenceSet {
+        let mut ranges: Vec<(Bound, Bound)> = Vec::new();
+        for &n in numbers {
+            match ranges.last_mut() {
+                Some((_, Bound::Num(end))) if end.checked_add(1) == Some(n) => *end = n,
+                _ => ranges.push((Bound::Num(n), Bound::Num(n))),
+            }
+        }
+        SequenceSet(ranges)
     }
 }
 
@@ -86,6 +107,15 @@ pub enum FetchItem {
     Uid,
     /// The message's mod-sequence (CONDSTORE, RFC 7162).
     ModSeq,
+    /// `BINARY[part]` / `BINARY.PEEK[part]` (RFC 3516, IMAP4rev2): the
+    /// part with its transfer encoding undone.
+    Binary {
+        part: Vec<u32>,
+        peek: bool,
+        partial: Option<(u32, u32)>,
+    },
+    /// `BINARY.SIZE[part]`: the size of that.
+    BinarySize(Vec<u32>),
     /// `BODY[...]` / `BODY.PEEK[...]` with an optional `<origin.count>`.
     Section {
         section: Section,
@@ -518,6 +548,10 @@ impl<'a> Parser<'a> {
 
     /// `sequence-set = (seq-number / seq-range) ["," sequence-set]`
     fn sequence_set(&mut self) -> R<SequenceSet> {
+        // RFC 5182: `$` stands alone, never inside a list.
+        if self.eat(b'$') {
+            return Ok(SequenceSet(vec![(Bound::Saved, Bound::Saved)]));
+        }
         let mut ranges = Vec::new();
         loop {
             let a = self.seq_number()?;
@@ -545,7 +579,7 @@ impl<'a> Parser<'a> {
     }
 
     fn looks_like_sequence_set(&self) -> bool {
-        matches!(self.peek(), Some(b'0'..=b'9') | Some(b'*'))
+        matches!(self.peek(), Some(b'0'..=b'9' | b'*' | b'$'))
     }
 
     fn command_body(&mut self) -> R<Body> {
@@ -954,19 +988,32 @@ impl<'a> Parser<'a> {
             "BODYSTRUCTURE" => FetchItem::BodyStructure,
             "UID" => FetchItem::Uid,
             "MODSEQ" => FetchItem::ModSeq,
+            "BINARY" | "BINARY.PEEK" | "BINARY.SIZE" => {
+                self.expect(b'[')?;
+                let mut part = Vec::new();
+                while !self.eat(b']') {
+                    if !part.is_empty() {
+                        self.expect(b'.')?;
+                    }
+                    part.push(self.nz_number()?);
+                    if part.len() > 100 {
+                        return bad("part number too deep");
+                    }
+                }
+                if name == "BINARY.SIZE" {
+                    FetchItem::BinarySize(part)
+                } else {
+                    FetchItem::Binary {
+                        part,
+                        peek: name == "BINARY.PEEK",
+                        partial: self.partial()?,
+                    }
+                }
+            }
             "BODY" if self.peek() != Some(b'[') => FetchItem::Body,
             "BODY" | "BODY.PEEK" => {
                 let section = self.section()?;
-                let partial = if self.eat(b'<') {
-                    let origin =
-                        u32::try_from(self.number()?).or_else(|_| bad("partial too large"))?;
-                    self.expect(b'.')?;
-                    let count = self.nz_number()?;
-                    self.expect(b'>')?;
-                    Some((origin, count))
-                } else {
-                    None
-                };
+                let partial = self.partial()?;
                 FetchItem::Section {
                     section,
                     peek: name == "BODY.PEEK",
@@ -976,6 +1023,18 @@ impl<'a> Parser<'a> {
             "" => return bad("expected a FETCH item"),
             other => return bad(format!("unknown FETCH item {other}")),
         })
+    }
+
+    /// `partial = "<" number "." nz-number ">"`, if there.
+    fn partial(&mut self) -> R<Option<(u32, u32)>> {
+        if !self.eat(b'<') {
+            return Ok(None);
+        }
+        let origin = u32::try_from(self.number()?).or_else(|_| bad("partial too large"))?;
+        self.expect(b'.')?;
+        let count = self.nz_number()?;
+        self.expect(b'>')?;
+        Ok(Some((origin, count)))
     }
 
     /// `section = "[" [section-spec] "]"`
@@ -1136,7 +1195,7 @@ impl<'a> Parser<'a> {
             while !self.eat(b')') {
                 self.eat(b' ');
                 let opt = self.word()?;
-                if !["MIN", "MAX", "ALL", "COUNT"].contains(&opt.as_str()) {
+                if !["MIN", "MAX", "ALL", "COUNT", "SAVE"].contains(&opt.as_str()) {
                     return bad(format!("unknown SEARCH return option {opt}"));
                 }
                 opts.push(opt);

@@ -231,6 +231,40 @@ pub async fn search(
     let view = &sel.view;
     sel.cache
         .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+    // IMAP4rev2 answers every SEARCH with ESEARCH (RFC 9051 §7.3.4).
+    let rev2_all = Vec::new();
+    let ret = ret.or(session.rev2.then_some(&rev2_all[..]));
+    if let Some(opts) = ret
+        && opts.iter().any(|o| o == "SAVE")
+    {
+        // RFC 5182 §2.4: with MIN or MAX (and not ALL or COUNT), only
+        // those are saved.
+        let uids: Vec<u32> = match &session.selected {
+            Some(sel) if !uid => found
+                .iter()
+                .map(|&n| sel.view[n as usize - 1].uid)
+                .collect(),
+            _ => found.clone(),
+        };
+        let has = |o: &str| opts.iter().any(|x| x == o);
+        session.saved = if (has("MIN") || has("MAX")) && !has("ALL") && !has("COUNT") {
+            let mut some = Vec::new();
+            if has("MIN") {
+                some.extend(uids.first());
+            }
+            if has("MAX") {
+                some.extend(uids.last());
+            }
+            some.dedup();
+            some
+        } else {
+            uids
+        };
+        if opts.iter().all(|o| o == "SAVE") {
+            // SAVE alone answers nothing but OK.
+            return Ok(Done::Ok("SEARCH completed, result saved".into()));
+        }
+    }
     let mut line = match ret {
         None => {
             let mut line = String::from("* SEARCH");

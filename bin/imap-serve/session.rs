@@ -32,7 +32,7 @@ use postroom::net::{Connection, NetError};
 use postroom::users::Users;
 use tokio_rustls::TlsAcceptor;
 
-use crate::command::{self, Bad, Body, Command};
+use crate::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
 
 /// Failed LOGIN/AUTHENTICATE attempts before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -148,6 +148,8 @@ pub struct Session {
     pub condstore: bool,
     /// QRESYNC enabled: VANISHED instead of EXPUNGE.
     pub qresync: bool,
+    /// UIDs saved by `SEARCH RETURN (SAVE)`, which `$` names (RFC 5182).
+    pub saved: Vec<u32>,
     errors: usize,
     auth_failures: u32,
 }
@@ -197,6 +199,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         rev2: false,
         condstore: false,
         qresync: false,
+        saved: Vec::new(),
         errors: 0,
         auth_failures: 0,
     };
@@ -225,7 +228,15 @@ impl Session {
     }
 
     pub fn capabilities(&self) -> String {
-        let mut caps = vec!["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"];
+        let mut caps = vec![
+            "IMAP4rev1",
+            "IMAP4rev2",
+            "LITERAL+",
+            "SASL-IR",
+            "ID",
+            "ENABLE",
+            "IDLE",
+        ];
         if self.login.is_none() {
             if self.shared.tls.is_some() && !self.conn.is_tls() {
                 caps.push("STARTTLS");
@@ -251,6 +262,8 @@ impl Session {
                 "STATUS=SIZE",
                 "CONDSTORE",
                 "QRESYNC",
+                "BINARY",
+                "SEARCHRES",
             ]);
         }
         caps.join(" ")
@@ -392,7 +405,12 @@ impl Session {
     }
 
     async fn command(&mut self, cmd: Command) -> Result<Done, NetError> {
-        let Command { tag, body } = cmd;
+        let Command { tag, mut body } = cmd;
+        if matches!(body, Body::Select { .. } | Body::Close | Body::Unselect) {
+            // A saved result belongs to the folder it was made in.
+            self.saved.clear();
+        }
+        self.substitute_saved(&mut body);
         let allows_expunge = body.allows_expunge();
         let done = match body {
             Body::Capability => {
@@ -422,19 +440,29 @@ impl Session {
                 Done::Bad("log in first (LOGIN or AUTHENTICATE)".into())
             }
             Body::Enable(caps) => {
-                // Only what is done for real: IMAP4rev2 is not offered yet
-                // (BINARY and SEARCHRES are missing), so ENABLE of it
-                // enables nothing, as RFC 5161 allows.
+                // Only what is done for real, as RFC 5161 asks: unknown
+                // capabilities are left out of the reply.
                 let mut enabled = String::from("* ENABLED");
                 for cap in caps {
-                    match cap.to_ascii_uppercase().as_str() {
-                        "CONDSTORE" => self.condstore = true,
+                    let name = match cap.to_ascii_uppercase().as_str() {
+                        "CONDSTORE" => {
+                            self.condstore = true;
+                            "CONDSTORE"
+                        }
                         // QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
-                        "QRESYNC" => (self.condstore, self.qresync) = (true, true),
+                        "QRESYNC" => {
+                            (self.condstore, self.qresync) = (true, true);
+                            "QRESYNC"
+                        }
+                        // UTF-8 names, ESEARCH replies, no \Recent (RFC 9051).
+                        "IMAP4REV2" => {
+                            self.rev2 = true;
+                            "IMAP4rev2"
+                        }
                         _ => continue,
-                    }
+                    };
                     enabled.push(' ');
-                    enabled.push_str(&cap.to_ascii_uppercase());
+                    enabled.push_str(name);
                 }
                 if self.condstore
                     && let Some(sel) = self.selected.as_mut()
@@ -554,6 +582,49 @@ impl Session {
             self.report(allows_expunge).await?;
         }
         Ok(done)
+    }
+
+    /// Replaces `$` with the saved result: UIDs in UID commands, sequence
+    /// numbers (of the saved messages still in the view) otherwise.
+    fn substitute_saved(&self, body: &mut Body) {
+        let saved = |uid: bool| -> SequenceSet {
+            if uid {
+                return SequenceSet::of_sorted(&self.saved);
+            }
+            let view = self.selected.as_ref().map_or(&[][..], |s| &s.view[..]);
+            let seqs: Vec<u32> = self
+                .saved
+                .iter()
+                .filter_map(|u| view.binary_search_by_key(u, |e| e.uid).ok())
+                .map(|i| i as u32 + 1)
+                .collect();
+            SequenceSet::of_sorted(&seqs)
+        };
+        fn in_key(key: &mut SearchKey, saved: &dyn Fn(bool) -> SequenceSet) {
+            match key {
+                SearchKey::Seq(set) if set.is_saved() => *set = saved(false),
+                SearchKey::Uid(set) if set.is_saved() => *set = saved(true),
+                SearchKey::Not(k) => in_key(k, saved),
+                SearchKey::Or(a, b) => {
+                    in_key(a, saved);
+                    in_key(b, saved);
+                }
+                SearchKey::And(keys) => keys.iter_mut().for_each(|k| in_key(k, saved)),
+                _ => {}
+            }
+        }
+        match body {
+            Body::Fetch { uid, set, .. }
+            | Body::Store { uid, set, .. }
+            | Body::Copy { uid, set, .. }
+                if set.is_saved() =>
+            {
+                *set = saved(*uid)
+            }
+            Body::Expunge(Some(set)) if set.is_saved() => *set = saved(true),
+            Body::Search { key, .. } => in_key(key, &saved),
+            _ => {}
+        }
     }
 
     async fn starttls(&mut self, tag: &str) -> Result<Done, NetError> {

@@ -736,3 +736,54 @@ print("done")
     );
     assert!(said.contains("done"), "{said}");
 }
+
+#[test]
+fn imap4rev2_binary_and_saved_search_results() {
+    let tree = tree_with_user();
+    let encoded = "From: Ann <ann@remote.test>\nTo: bob@example.test\nSubject: binary\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\ncaf=C3=A9\n--b\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\nAAECAw==\n--b--\n";
+    let out = tree.inject(&["bob@example.test"], encoded.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    for subject in ["two", "three", "four"] {
+        deliver(&tree, subject);
+    }
+    let server = Server::start(&tree);
+    let said = python(
+        r#"
+M = login()
+caps = ok(M.capability())[0].decode().split()
+for cap in ["IMAP4rev2", "BINARY", "SEARCHRES", "ESEARCH"]:
+    assert cap in caps, (cap, caps)
+typ, data = M._simple_command("ENABLE", "IMAP4rev2")
+assert typ == "OK" and M.untagged_responses.pop("ENABLED") == [b"IMAP4rev2"]
+ok(M.select("INBOX"))
+assert "RECENT" not in M.untagged_responses, "no RECENT in IMAP4rev2"
+# BINARY undoes the transfer encoding; a NUL-bearing part comes as literal8.
+r = ok(M.fetch("1", "(BINARY.PEEK[1] BINARY.SIZE[1] BINARY.SIZE[2])"))
+assert r[0][1] == "café".encode(), r
+assert b"BINARY.SIZE[1] 5" in r[1] and b"BINARY.SIZE[2] 4" in r[1], r
+M.send(b"b1 FETCH 1 (BINARY.PEEK[2])\r\n")
+raw = b""
+while b"b1 OK" not in raw:
+    raw += M.sock.recv(4096)
+assert b"BINARY[2] ~{4}\r\n\x00\x01\x02\x03)" in raw, raw
+assert b"\\Seen" not in ok(M.fetch("1", "(FLAGS)"))[0], "PEEK leaves \\Seen alone"
+# SEARCH answers with ESEARCH; SAVE keeps the result for $.
+typ, data = M._simple_command("SEARCH", "SUBJECT", "t")
+assert typ == "OK" and M.untagged_responses.pop("ESEARCH")[0].endswith(b"ALL 2:3"), M.untagged_responses
+typ, data = M._simple_command("UID", "SEARCH", "RETURN", "(SAVE)", "OR", "SUBJECT", "two", "SUBJECT", "four")
+assert typ == "OK" and "ESEARCH" not in M.untagged_responses
+r = ok(M.fetch("$", "(UID)"))
+assert r == [b"2 (UID 2)", b"4 (UID 4)"], r
+ok(M.uid("STORE", "$", "+FLAGS.SILENT", "(\\Flagged)"))
+typ, data = M._simple_command("SEARCH", "RETURN", "(COUNT)", "FLAGGED", "$")
+assert M.untagged_responses.pop("ESEARCH")[0].endswith(b"COUNT 2"), data
+# The saved result is the folder's: gone after another SELECT.
+ok(M.select("INBOX"))
+assert ok(M.fetch("$", "(UID)")) == [None]
+print("done")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("done"), "{said}");
+}
