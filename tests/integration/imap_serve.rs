@@ -787,3 +787,46 @@ print("done")
     );
     assert!(said.contains("done"), "{said}");
 }
+
+/// The class of Dovecot's CVE-2024-23184 and CVE-2026-27859: headers built
+/// to make ENVELOPE or BODYSTRUCTURE cost quadratic time or unbounded
+/// memory. Both stay fast, and their answers bounded.
+#[test]
+fn hostile_headers_keep_envelope_and_bodystructure_bounded() {
+    let tree = tree_with_user();
+    let mut msg = String::from("From: a@remote.test\nSubject: many\nTo: ");
+    for i in 0..100_000 {
+        msg.push_str(&format!("u{i}@x.test, "));
+    }
+    msg.push_str("last@x.test\n");
+    for i in 0..2_000 {
+        msg.push_str(&format!("Cc: c{i}@y.test\n"));
+    }
+    msg.push_str("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b");
+    for i in 0..5_000 {
+        msg.push_str(&format!(";\n p{i}*0*=utf-8''%E2%82%AC; p{i}*1=x"));
+    }
+    msg.push_str("\n\n--b\nContent-Type: text/plain\n\nhi\n--b--\n");
+    let new = tree.maildir("bob").join("new");
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(new.join("1700000000.M1P1.test"), &msg).unwrap();
+    let server = Server::start(&tree);
+    let start = Instant::now();
+    let out = raw(
+        server.port,
+        b"a LOGIN bob@example.test secret\r\nb SELECT INBOX\r\nc FETCH 1 (ENVELOPE BODYSTRUCTURE)\r\nd SEARCH TO u99999\r\ne LOGOUT\r\n",
+        Duration::from_secs(10),
+    );
+    let took = start.elapsed();
+    assert!(
+        out.contains("c OK") && out.contains("e OK LOGOUT"),
+        "{}",
+        &out[..out.len().min(500)]
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(out.len() < 400_000, "answer of {} bytes", out.len());
+    assert!(
+        out.contains("* SEARCH 1"),
+        "the search still sees the whole header"
+    );
+}
