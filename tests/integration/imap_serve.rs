@@ -79,6 +79,7 @@ fn python(script: &str, server: &Server, tree: &Tree) -> String {
         .env("PORT", server.port.to_string())
         .env("TLS_PORT", server.tls_port.to_string())
         .env("INJECT", bin("mail-inject"))
+        .env("POP3", bin("pop3-serve"))
         .env("CONFIG", &tree.config)
         .env("MAILDIR", tree.maildir("bob"))
         .output()
@@ -829,4 +830,36 @@ fn hostile_headers_keep_envelope_and_bodystructure_bounded() {
         out.contains("* SEARCH 1"),
         "the search still sees the whole header"
     );
+}
+
+/// POP3 and IMAP share one mailbox through files alone: what a POP3
+/// session deletes or reads, an open IMAP session hears about.
+#[test]
+fn pop3_deletes_and_reads_reach_an_open_imap_session() {
+    let tree = tree_with_user();
+    for subject in ["one", "two", "three"] {
+        deliver(&tree, subject);
+    }
+    let server = Server::start(&tree);
+    let said = python(
+        r#"
+M = login()
+ok(M.select("INBOX"))
+assert ok(M.uid("SEARCH", "ALL")) == [b"1 2 3"]
+M.untagged_responses.clear()
+pop = subprocess.run([os.environ["POP3"], "--config", os.environ["CONFIG"]],
+    input=b"USER bob@example.test\r\nPASS secret\r\nRETR 1\r\nDELE 2\r\nQUIT\r\n",
+    env=dict(os.environ, REMOTE_ADDR="127.0.0.1"), capture_output=True, timeout=20)
+assert pop.stdout.count(b"+OK") == 6, pop.stdout
+ok(M.noop())
+assert M.untagged_responses.pop("EXPUNGE") == [b"2"], M.untagged_responses
+fetches = M.untagged_responses.pop("FETCH")
+assert fetches == [b"1 (UID 1 FLAGS (\\Seen))"], fetches
+assert ok(M.uid("SEARCH", "ALL")) == [b"1 3"]
+print("done")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("done"), "{said}");
 }
