@@ -184,6 +184,20 @@ pub enum SearchKey {
     And(Vec<SearchKey>),
 }
 
+/// A SORT criterion (`sort-key`); the bool beside it says REVERSE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Arrival,
+    Cc,
+    Date,
+    From,
+    Size,
+    Subject,
+    To,
+    DisplayFrom,
+    DisplayTo,
+}
+
 /// A calendar date (`date` in the ABNF), as days since 1970-01-01.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Date(pub i64);
@@ -198,6 +212,14 @@ pub struct ListOptions {
     pub return_children: bool,
     pub return_special_use: bool,
     pub status: Vec<StatusItem>,
+}
+
+/// One message of an APPEND.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub flags: Vec<String>,
+    pub date: Option<SystemTime>,
+    pub message: Vec<u8>,
 }
 
 /// QRESYNC's SELECT parameter: what the client knew when it left.
@@ -256,11 +278,10 @@ pub enum Body {
         mailbox: String,
         items: Vec<StatusItem>,
     },
+    /// APPEND of one message or, with MULTIAPPEND (RFC 3502), several.
     Append {
         mailbox: String,
-        flags: Vec<String>,
-        date: Option<SystemTime>,
-        message: Vec<u8>,
+        messages: Vec<Appended>,
     },
     Check,
     Close,
@@ -296,6 +317,18 @@ pub enum Body {
         mailbox: String,
         remove: bool,
     },
+    /// SORT (RFC 5256, with RFC 5957's DISPLAYFROM and DISPLAYTO).
+    Sort {
+        uid: bool,
+        criteria: Vec<(bool, SortKey)>,
+        key: SearchKey,
+    },
+    /// THREAD (RFC 5256).
+    Thread {
+        uid: bool,
+        references: bool,
+        key: SearchKey,
+    },
     Idle,
     GetQuota(String),
     GetQuotaRoot(String),
@@ -311,6 +344,8 @@ impl Body {
             Body::Fetch { uid: false, .. }
                 | Body::Store { uid: false, .. }
                 | Body::Search { uid: false, .. }
+                | Body::Sort { uid: false, .. }
+                | Body::Thread { uid: false, .. }
         )
     }
 }
@@ -376,10 +411,6 @@ impl<'a> Parser<'a> {
         } else {
             bad("unexpected text at the end of the command")
         }
-    }
-
-    fn at_end(&self) -> bool {
-        matches!(self.peek(), Some(b'\r') | Some(b'\n') | None)
     }
 
     /// `tag = 1*<any ASTRING-CHAR except "+">`
@@ -720,6 +751,8 @@ impl<'a> Parser<'a> {
             }
             "APPEND" => self.append()?,
             "SEARCH" => self.search(false)?,
+            "SORT" => self.sort(false)?,
+            "THREAD" => self.thread(false)?,
             "FETCH" => self.fetch(false)?,
             "STORE" => self.store(false)?,
             "COPY" | "MOVE" => self.copy(false, name == "MOVE")?,
@@ -728,6 +761,8 @@ impl<'a> Parser<'a> {
                 let sub = self.word()?;
                 match sub.as_str() {
                     "SEARCH" => self.search(true)?,
+                    "SORT" => self.sort(true)?,
+                    "THREAD" => self.thread(true)?,
                     "FETCH" => self.fetch(true)?,
                     "STORE" => self.store(true)?,
                     "COPY" => self.copy(true, false)?,
@@ -877,28 +912,31 @@ impl<'a> Parser<'a> {
     fn append(&mut self) -> R<Body> {
         self.sp()?;
         let mailbox = self.mailbox()?;
-        self.sp()?;
-        let mut flags = Vec::new();
-        if self.peek() == Some(b'(') {
-            flags = self.flag_list()?;
-            self.sp()?;
+        let mut messages = Vec::new();
+        // `append-message *(SP append-message)` (MULTIAPPEND, RFC 3502).
+        while self.eat(b' ') {
+            let mut flags = Vec::new();
+            if self.peek() == Some(b'(') {
+                flags = self.flag_list()?;
+                self.sp()?;
+            }
+            let mut date = None;
+            if self.peek() == Some(b'"') {
+                let text = self.quoted()?;
+                date = Some(parse_date_time(&String::from_utf8_lossy(&text))?);
+                self.sp()?;
+            }
+            let message = self.string()?;
+            messages.push(Appended {
+                flags,
+                date,
+                message,
+            });
         }
-        let mut date = None;
-        if self.peek() == Some(b'"') {
-            let text = self.quoted()?;
-            date = Some(parse_date_time(&String::from_utf8_lossy(&text))?);
-            self.sp()?;
+        if messages.is_empty() {
+            return bad("APPEND needs a message");
         }
-        let message = self.string()?;
-        if !self.at_end() {
-            return bad("MULTIAPPEND is not supported here");
-        }
-        Ok(Body::Append {
-            mailbox,
-            flags,
-            date,
-            message,
-        })
+        Ok(Body::Append { mailbox, messages })
     }
 
     fn fetch(&mut self, uid: bool) -> R<Body> {
@@ -1191,6 +1229,86 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// `sort = ["UID" SP] "SORT" SP sort-criteria SP search-charset
+    /// 1*(SP search-key)`
+    fn sort(&mut self, uid: bool) -> R<Body> {
+        self.sp()?;
+        self.expect(b'(')?;
+        let mut criteria = Vec::new();
+        while !self.eat(b')') {
+            self.eat(b' ');
+            let mut word = self.word()?;
+            let reverse = word == "REVERSE";
+            if reverse {
+                self.sp()?;
+                word = self.word()?;
+            }
+            let key = match word.as_str() {
+                "ARRIVAL" => SortKey::Arrival,
+                "CC" => SortKey::Cc,
+                "DATE" => SortKey::Date,
+                "FROM" => SortKey::From,
+                "SIZE" => SortKey::Size,
+                "SUBJECT" => SortKey::Subject,
+                "TO" => SortKey::To,
+                "DISPLAYFROM" => SortKey::DisplayFrom,
+                "DISPLAYTO" => SortKey::DisplayTo,
+                other => return bad(format!("unknown SORT criterion {other}")),
+            };
+            criteria.push((reverse, key));
+            if criteria.len() > 20 {
+                return bad("too many SORT criteria");
+            }
+        }
+        if criteria.is_empty() {
+            return bad("SORT needs a criterion");
+        }
+        self.sp()?;
+        let key = self.charset_and_keys()?;
+        Ok(Body::Sort { uid, criteria, key })
+    }
+
+    /// `thread = ["UID" SP] "THREAD" SP thread-alg SP search-charset
+    /// 1*(SP search-key)`
+    fn thread(&mut self, uid: bool) -> R<Body> {
+        self.sp()?;
+        let references = match self.word()?.as_str() {
+            "REFERENCES" => true,
+            "ORDEREDSUBJECT" => false,
+            other => return bad(format!("unknown THREAD algorithm {other}")),
+        };
+        self.sp()?;
+        let key = self.charset_and_keys()?;
+        Ok(Body::Thread {
+            uid,
+            references,
+            key,
+        })
+    }
+
+    /// The charset SORT and THREAD require, then the search keys.
+    fn charset_and_keys(&mut self) -> R<SearchKey> {
+        let charset = self.astring()?.to_ascii_uppercase();
+        if charset != "UTF-8" && charset != "US-ASCII" {
+            return bad("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
+        }
+        self.sp()?;
+        self.search_keys()
+    }
+
+    /// `search-key *(SP search-key)`, as one key.
+    fn search_keys(&mut self) -> R<SearchKey> {
+        let mut keys = vec![self.search_key(0)?];
+        while self.eat(b' ') {
+            keys.push(self.search_key(0)?);
+        }
+        Ok(if keys.len() == 1 {
+            keys.remove(0)
+        } else {
+            SearchKey::And(keys)
+        })
+    }
+
     /// `search = "SEARCH" [search-return-opts] [SP "CHARSET" SP charset]
     /// 1*(SP search-key)`
     fn search(&mut self, uid: bool) -> R<Body> {
@@ -1225,15 +1343,7 @@ impl<'a> Parser<'a> {
         } else {
             self.pos = save;
         }
-        let mut keys = vec![self.search_key(0)?];
-        while self.eat(b' ') {
-            keys.push(self.search_key(0)?);
-        }
-        let key = if keys.len() == 1 {
-            keys.remove(0)
-        } else {
-            SearchKey::And(keys)
-        };
+        let key = self.search_keys()?;
         Ok(Body::Search { uid, key, ret })
     }
 
@@ -1527,12 +1637,12 @@ mod tests {
         match ok(
             "a APPEND saved-messages (\\Seen) \"05-Jul-1994 02:44:25 -0700\" {5+}\r\nhello\r\n",
         ) {
-            Body::Append {
-                message,
-                date,
-                flags,
-                ..
-            } => {
+            Body::Append { mut messages, .. } if messages.len() == 1 => {
+                let Appended {
+                    message,
+                    date,
+                    flags,
+                } = messages.remove(0);
                 assert_eq!(message, b"hello");
                 assert_eq!(flags, vec!["\\Seen"]);
                 let secs = date

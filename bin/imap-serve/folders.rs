@@ -3,13 +3,12 @@
 //! RFC 6154 SPECIAL-USE), STATUS, APPEND (UIDPLUS), GETQUOTA(ROOT).
 
 use std::collections::BTreeSet;
-use std::time::SystemTime;
 
 use postroom::mailbox::modseq::ModSeqs;
 use postroom::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
 use postroom::net::NetError;
 
-use crate::command::{Bound, ListOptions, Qresync, SequenceSet, StatusItem};
+use crate::command::{Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem};
 use crate::response::{astring, flag_list};
 use crate::session::{Done, Selected, Session};
 
@@ -384,13 +383,8 @@ impl Session {
         }
     }
 
-    pub fn append(
-        &mut self,
-        wire: &str,
-        flag_names: &[String],
-        date: Option<SystemTime>,
-        message: &[u8],
-    ) -> Done {
+    /// APPEND, and MULTIAPPEND (RFC 3502): all the messages or none.
+    pub fn append(&mut self, wire: &str, messages: &[Appended]) -> Done {
         let mailbox = match self.mailbox() {
             Ok(m) => m,
             Err(done) => return done,
@@ -403,21 +397,48 @@ impl Session {
         if !folder.exists() {
             return Done::No("[TRYCREATE] no such mailbox".into());
         }
-        if message.is_empty() {
+        if messages.iter().any(|m| m.message.is_empty()) {
             return Done::No("empty message".into());
         }
-        let flags = match flags_from_names(&folder, flag_names) {
-            Ok((f, _)) => f,
-            Err(done) => return done,
-        };
+        let mut flags = Vec::with_capacity(messages.len());
+        for m in messages {
+            match flags_from_names(&folder, &m.flags) {
+                Ok((f, _)) => flags.push(f),
+                Err(done) => return done,
+            }
+        }
         let quota = self.login.as_ref().and_then(|l| l.quota);
         let hostname = self.shared.config.hostname.clone();
-        match folder.append(message, flags, date, &hostname, quota) {
-            Ok((validity, uid)) => {
-                Done::Ok(format!("[APPENDUID {validity} {uid}] APPEND completed"))
+        let mut stored = Vec::with_capacity(messages.len());
+        let mut validity = 0;
+        for (m, flags) in messages.iter().zip(flags) {
+            match folder.append(&m.message, flags, m.date, &hostname, quota) {
+                Ok((v, uid)) => {
+                    validity = v;
+                    stored.push(uid);
+                }
+                Err(e) => {
+                    // All or nothing: take back the ones already stored.
+                    if !stored.is_empty()
+                        && let Ok(state) = folder.sync()
+                    {
+                        let undo: Vec<_> = state
+                            .entries
+                            .into_iter()
+                            .filter(|e| stored.contains(&e.uid))
+                            .collect();
+                        if let Err(e) = folder.expunge(&undo) {
+                            tracing::error!("could not take back a failed MULTIAPPEND: {e}");
+                        }
+                    }
+                    return e.into();
+                }
             }
-            Err(e) => e.into(),
         }
+        Done::Ok(format!(
+            "[APPENDUID {validity} {}] APPEND completed",
+            crate::search::compress(&stored)
+        ))
     }
 
     pub async fn quota(&mut self, mailbox_name: Option<&str>) -> Result<Done, NetError> {

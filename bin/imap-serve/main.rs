@@ -18,6 +18,7 @@ mod response;
 mod search;
 mod session;
 mod summary;
+mod thread;
 mod view;
 
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use postroom::net::NetError;
 
 use crate::command::{Date, SearchKey, days_from_civil};
 use crate::fetch::wire_form;
-use crate::session::{Done, Session};
+use crate::session::{Done, Selected, Session};
 use crate::summary;
 
 /// What of one message has been read so far.
@@ -188,19 +188,11 @@ fn body_contains(c: &mut Candidate<'_>, text: &str) -> bool {
     })
 }
 
-pub async fn search(
-    session: &mut Session,
-    tag: &str,
-    uid: bool,
-    key: &SearchKey,
-    ret: Option<&[String]>,
-) -> Result<Done, NetError> {
-    let uses_modseq = mentions_modseq(key);
-    session.condstore |= uses_modseq;
-    let Some(sel) = session.selected.as_mut() else {
-        return Ok(Done::Bad("select a mailbox first".into()));
-    };
-    if uses_modseq {
+/// Positions in the view (0-based) of the messages `key` matches; what
+/// it reads of them goes into the folder cache. SEARCH, SORT and THREAD
+/// all start here.
+pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
+    if mentions_modseq(key) {
         sel.update_modseqs();
     }
     let ctx = Context {
@@ -210,8 +202,7 @@ pub async fn search(
         largest_uid: sel.view.last().map_or(0, |e| e.uid),
     };
     sel.cache.refresh();
-    let mut found: Vec<u32> = Vec::new();
-    let mut highest = 0;
+    let mut found = Vec::new();
     for (i, entry) in sel.view.iter().enumerate() {
         let mut c = Candidate {
             entry,
@@ -224,13 +215,37 @@ pub async fn search(
             headers: None,
         };
         if matches(key, &mut c, &ctx) {
-            found.push(if uid { entry.uid } else { i as u32 + 1 });
-            highest = highest.max(ctx.modseqs.of(entry.uid));
+            found.push(i);
         }
     }
     let view = &sel.view;
     sel.cache
         .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+    found
+}
+
+pub async fn search(
+    session: &mut Session,
+    tag: &str,
+    uid: bool,
+    key: &SearchKey,
+    ret: Option<&[String]>,
+) -> Result<Done, NetError> {
+    let uses_modseq = mentions_modseq(key);
+    session.condstore |= uses_modseq;
+    let Some(sel) = session.selected.as_mut() else {
+        return Ok(Done::Bad("select a mailbox first".into()));
+    };
+    let positions = matching(sel, key);
+    let highest = positions
+        .iter()
+        .map(|&i| sel.modseqs.of(sel.view[i].uid))
+        .max()
+        .unwrap_or(0);
+    let found: Vec<u32> = positions
+        .iter()
+        .map(|&i| if uid { sel.view[i].uid } else { i as u32 + 1 })
+        .collect();
     // IMAP4rev2 answers every SEARCH with ESEARCH (RFC 9051 §7.3.4).
     let rev2_all = Vec::new();
     let ret = ret.or(session.rev2.then_some(&rev2_all[..]));

@@ -264,6 +264,11 @@ impl Session {
                 "QRESYNC",
                 "BINARY",
                 "SEARCHRES",
+                "SORT",
+                "SORT=DISPLAY",
+                "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES",
+                "MULTIAPPEND",
             ]);
         }
         caps.join(" ")
@@ -368,14 +373,21 @@ impl Session {
             SMALL_LITERAL_MAX
         };
         let mut literals = 0;
+        // A MULTIAPPEND holds its messages in memory until the last one
+        // arrives: four messages' worth at most.
+        let mut total = 0usize;
         loop {
             let Some((size, sync)) = literal_at_end(&buf) else {
                 return Ok(Input::Command(buf));
             };
             literals += 1;
+            total = total.saturating_add(size);
             let tag = String::from_utf8_lossy(buf.split(|&b| b == b' ').next().unwrap_or(b"*"))
                 .into_owned();
-            if size > literal_max || literals > LITERALS_MAX {
+            if size > literal_max
+                || literals > LITERALS_MAX
+                || total > literal_max.saturating_mul(4)
+            {
                 if sync {
                     // The client waits for "+" and sends nothing more of
                     // this command.
@@ -502,12 +514,7 @@ impl Session {
                 lsub,
             } => self.list(&reference, &patterns, &options, lsub).await?,
             Body::Status { mailbox, items } => self.status(&mailbox, &items).await?,
-            Body::Append {
-                mailbox,
-                flags,
-                date,
-                message,
-            } => self.append(&mailbox, &flags, date, &message),
+            Body::Append { mailbox, messages } => self.append(&mailbox, &messages),
             Body::GetQuotaRoot(mailbox) => self.quota(Some(&mailbox)).await?,
             Body::GetQuota(root) => {
                 if root.is_empty() {
@@ -546,6 +553,14 @@ impl Session {
             Body::Search { uid, key, ret } => {
                 crate::search::search(self, &tag, uid, &key, ret.as_deref()).await?
             }
+            Body::Sort { uid, criteria, key } => {
+                crate::thread::sort(self, uid, &criteria, &key).await?
+            }
+            Body::Thread {
+                uid,
+                references,
+                key,
+            } => crate::thread::thread(self, uid, references, &key).await?,
             Body::Fetch {
                 uid,
                 set,
@@ -622,7 +637,9 @@ impl Session {
                 *set = saved(*uid)
             }
             Body::Expunge(Some(set)) if set.is_saved() => *set = saved(true),
-            Body::Search { key, .. } => in_key(key, &saved),
+            Body::Search { key, .. } | Body::Sort { key, .. } | Body::Thread { key, .. } => {
+                in_key(key, &saved)
+            }
             _ => {}
         }
     }

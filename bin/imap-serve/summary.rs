@@ -9,6 +9,7 @@ use postroom::mailbox::Entry;
 use postroom::mailbox::cache::{Record, SEARCH_FIELDS};
 
 use crate::mime;
+use crate::session::Selected;
 
 /// A record from the message's wire form (CRLF). `whole` says the text is
 /// the whole message (so BODY and BODYSTRUCTURE can be computed), not just
@@ -52,6 +53,46 @@ pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) ->
         bodystructure,
         headers,
     })
+}
+
+/// The cache records of the messages at `positions` of the selected
+/// folder's view; a message without one is read now, and its record
+/// cached. `None` for a message that is gone.
+pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
+    sel.cache.refresh();
+    let mut out = Vec::with_capacity(positions.len());
+    for &i in positions {
+        let entry = &sel.view[i];
+        if let Some(record) = sel.cache.get(entry.uid, &entry.base) {
+            out.push(Some(record));
+            continue;
+        }
+        // The file may have been renamed by a flag change elsewhere.
+        let entry = match sel.folder.refresh(entry) {
+            Ok(Some(now)) => now,
+            _ => {
+                out.push(None);
+                continue;
+            }
+        };
+        let path = sel.folder.path_of(&entry);
+        let record = std::fs::read(&path).ok().and_then(|text| {
+            summarize(
+                &entry,
+                &crate::fetch::wire_form(&text),
+                true,
+                internal_date(&path),
+            )
+        });
+        if let Some(r) = &record {
+            sel.cache.put(r.clone());
+        }
+        out.push(record);
+    }
+    let view = &sel.view;
+    sel.cache
+        .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+    out
 }
 
 /// The file's modification time, which is the INTERNALDATE (APPEND sets

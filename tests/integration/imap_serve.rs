@@ -863,3 +863,66 @@ print("done")
     );
     assert!(said.contains("done"), "{said}");
 }
+
+#[test]
+fn sort_thread_and_multiappend() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree);
+    let said = python(
+        r#"
+M = login()
+caps = ok(M.capability())[0].decode().split()
+for cap in ["SORT", "SORT=DISPLAY", "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "MULTIAPPEND"]:
+    assert cap in caps, (cap, caps)
+def msg(subject, frm, date, mid, refs="", body="x"):
+    head = f"From: {frm}\r\nTo: bob@example.test\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{mid}>\r\n"
+    if refs:
+        head += f"References: {refs}\r\n"
+    return (head + "\r\n" + body + "\r\n").encode()
+msgs = [
+    msg("Lunch", "Zoe <zoe@x.test>", "Mon, 2 Nov 2026 10:00:00 +0000", "1@x"),
+    msg("Re: Lunch", "Adam <adam@x.test>", "Mon, 2 Nov 2026 11:00:00 +0000", "2@x", "<1@x>", "longer body " * 50),
+    msg("[team] Budget", "Mia <mia@x.test>", "Sun, 1 Nov 2026 09:00:00 +0000", "3@x"),
+    msg("Re: Re: Lunch", "Bea <bea@x.test>", "Mon, 2 Nov 2026 10:30:00 +0000", "4@x", "<1@x> <2@x>"),
+    msg("Fwd: Budget (fwd)", "Cal <cal@x.test>", "Tue, 3 Nov 2026 08:00:00 -0500", "5@x"),
+]
+# MULTIAPPEND, raw (imaplib sends one message per APPEND).
+cmd = b"m1 APPEND INBOX"
+for i, m in enumerate(msgs):
+    cmd += b" (\\Seen) {%d+}\r\n" % len(m) + m
+M.send(cmd + b"\r\n")
+reply = b""
+while b"m1 " not in reply:
+    reply += M.sock.recv(4096)
+assert re.search(rb"m1 OK \[APPENDUID \d+ 1:5\]", reply), reply
+ok(M.select("INBOX"))
+assert ok(M.sort("(SUBJECT)", "UTF-8", "ALL")) == [b"3 5 1 2 4"]
+assert ok(M.sort("(DATE)", "UTF-8", "ALL")) == [b"3 1 4 2 5"]
+assert ok(M.sort("(REVERSE SIZE SUBJECT)", "UTF-8", "ALL"))[0].split()[0] == b"2"
+assert ok(M.sort("(FROM)", "UTF-8", "ALL")) == [b"2 4 5 3 1"]
+assert ok(M.sort("(DISPLAYFROM)", "UTF-8", "SUBJECT", "lunch")) == [b"2 4 1"]
+assert ok(M.uid("SORT", "(ARRIVAL)", "UTF-8", "SUBJECT", "budget")) == [b"3 5"]
+# 4 names 2 as its parent; ORDEREDSUBJECT knows only subjects and dates.
+assert ok(M.thread("REFERENCES", "UTF-8", "ALL")) == [b"(3 5)(1 2 4)"]
+assert ok(M.thread("ORDEREDSUBJECT", "UTF-8", "ALL")) == [b"(3 5)(1 (4)(2))"]
+try:
+    M.sort("(SUBJECT)", "KOI8-R", "ALL"); raise SystemExit("bad charset accepted")
+except imaplib.IMAP4.error as e:
+    assert "BADCHARSET" in str(e), e
+# All or nothing: the second message has a flag that cannot be stored.
+before = ok(M.status("INBOX", "(MESSAGES UIDNEXT)"))[0]
+good = msg("fine", "a@x.test", "Mon, 2 Nov 2026 10:00:00 +0000", "6@x")
+M.send(b"m2 APPEND INBOX {%d+}\r\n" % len(good) + good + b" {0+}\r\n\r\n")
+reply = b""
+while b"m2 " not in reply:
+    reply += M.sock.recv(4096)
+assert b"m2 NO" in reply, reply
+after = ok(M.status("INBOX", "(MESSAGES)"))[0]
+assert b"MESSAGES 5" in after, (before, after)
+print("done")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("done"), "{said}");
+}
