@@ -4,8 +4,8 @@
 //! `cur/` as a delivery would leave them, without fsync: the figure is the
 //! server's, not the disk's), then times over one connection: the first
 //! SELECT (which gives every message its UID), a warm SELECT, `UID FETCH
-//! 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and warm, and SEARCH on a
-//! header. Then the time from spawn to greeting in inetd mode, and the
+//! 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and warm, SEARCH on a
+//! header, SORT and THREAD. Then the time from spawn to greeting in inetd mode, and the
 //! resident memory of one standalone process holding `--idle` sessions in
 //! IDLE (each logged in, with a small INBOX selected).
 
@@ -76,6 +76,13 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         "SEARCH HEADER Subject: {:.0} ms; SEARCH FROM (no match): {:.0} ms",
         ms(search),
         ms(search_from)
+    );
+    let (sort, _) = client.run("SORT (DATE) UTF-8 ALL")?;
+    let (thread, _) = client.run("THREAD REFERENCES UTF-8 ALL")?;
+    println!(
+        "SORT (DATE) of {messages}: {:.0} ms; THREAD REFERENCES: {:.0} ms",
+        ms(sort),
+        ms(thread)
     );
     client.run("LOGOUT")?;
     drop(server);
