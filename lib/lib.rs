@@ -29,6 +29,7 @@ pub mod password;
 pub mod pop3;
 pub mod privileges;
 pub mod queue;
+pub mod sasl;
 pub mod sieve;
 pub mod smtp;
 pub mod sort;

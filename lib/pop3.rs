@@ -308,20 +308,7 @@ pub fn uidl(base: &str) -> std::borrow::Cow<'_, str> {
 /// passwd`) into login and password. An authorization identity other than
 /// the login itself is refused: nobody may act as someone else here.
 pub fn decode_plain(response: &str) -> Option<(String, Password)> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(response.trim())
-        .ok()?;
-    let decoded = String::from_utf8(bytes).ok()?;
-    let mut parts = decoded.split('\0');
-    let (authz, authc, password) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some()
-        || authc.is_empty()
-        || (!authz.is_empty() && !authz.eq_ignore_ascii_case(authc))
-    {
-        return None;
-    }
-    Some((authc.to_string(), Password(password.to_string())))
+    crate::sasl::decode_plain(response).map(|(login, password)| (login, Password(password)))
 }
 
 /// Turns the bytes of a stored message into a RETR or TOP response body:

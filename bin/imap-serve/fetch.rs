@@ -412,9 +412,7 @@ pub async fn fetch(
         session.out(&out).await?;
     }
     if let Some(sel) = session.selected.as_mut() {
-        let view = &sel.view;
-        sel.cache
-            .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+        sel.done_with_cache();
     }
     Ok(if unknown_cte {
         Done::No("[UNKNOWN-CTE] a part has a transfer encoding this server cannot undo".into())

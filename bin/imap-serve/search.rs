@@ -218,9 +218,7 @@ pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
             found.push(i);
         }
     }
-    let view = &sel.view;
-    sel.cache
-        .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+    sel.done_with_cache();
     found
 }
 

@@ -18,7 +18,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use base64::Engine;
 use postroom::access::Access;
 use postroom::authlimit::AuthLimit;
 use postroom::config::Config;
@@ -123,6 +122,15 @@ pub struct Selected {
 }
 
 impl Selected {
+    /// Writes what a command added to the folder cache, and closes its
+    /// file until the next command needs it.
+    pub fn done_with_cache(&mut self) {
+        let view = &self.view;
+        self.cache
+            .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+        self.cache.release();
+    }
+
     /// Records what changed since the mod-sequences were last brought up
     /// to date; returns the UIDs with a new mod-sequence. A failure is
     /// logged: the values then lag, and the next look catches up.
@@ -729,7 +737,7 @@ impl Session {
         if response == "*" {
             return Ok(Done::Bad("authentication cancelled".into()));
         }
-        let Some((user, password)) = decode_plain(&response) else {
+        let Some((user, password)) = postroom::sasl::decode_plain(&response) else {
             return Ok(Done::Bad("malformed PLAIN response".into()));
         };
         self.check_password(user, password).await
@@ -809,21 +817,6 @@ impl Session {
     }
 }
 
-/// RFC 4616: `authzid NUL authcid NUL passwd`; an authzid other than the
-/// login itself is refused (no proxy authorization).
-fn decode_plain(text: &str) -> Option<(String, String)> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let mut parts = text.split('\0');
-    let (authz, authc, password) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || (!authz.is_empty() && !authz.eq_ignore_ascii_case(authc)) {
-        return None;
-    }
-    Some((authc.to_string(), password.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,10 +831,6 @@ mod tests {
             literal_at_end(b"a {99999999999999999999}\r\n"),
             None,
             "more than 19 digits is no literal we accept"
-        );
-        assert_eq!(
-            decode_plain("AHVzZXIAcGFzcw=="),
-            Some(("user".into(), "pass".into()))
         );
     }
 }

@@ -89,9 +89,7 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
         }
         out.push(record);
     }
-    let view = &sel.view;
-    sel.cache
-        .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+    sel.done_with_cache();
     out
 }
 

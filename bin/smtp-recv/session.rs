@@ -692,7 +692,7 @@ impl Session {
                 } else {
                     Some(initial)
                 };
-                response.and_then(|r| decode_plain(&r))
+                response.and_then(|r| postroom::sasl::decode_plain(&r))
             }
             smtp_proto::AUTH_LOGIN => {
                 let user = if initial.is_empty() {
@@ -1429,16 +1429,4 @@ fn decode_base64(text: &str) -> Option<String> {
         .decode(text.trim())
         .ok()?;
     String::from_utf8(bytes).ok()
-}
-
-/// RFC 4616: `authzid NUL authcid NUL passwd`; an authzid other than the
-/// login itself is refused (no proxy authorization).
-fn decode_plain(text: &str) -> Option<(String, String)> {
-    let decoded = decode_base64(text)?;
-    let mut parts = decoded.split('\0');
-    let (authz, authc, password) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || (!authz.is_empty() && !authz.eq_ignore_ascii_case(authc)) {
-        return None;
-    }
-    Some((authc.to_string(), password.to_string()))
 }

@@ -97,22 +97,27 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
     let port = crate::smtp::free_port()?;
     let server = Server::start(&serve, &config, port)?;
     let before = crate::smtp::rss_kib(server.child.id())?;
-    let mut held = Vec::with_capacity(idle);
+    let mut held: Vec<TcpStream> = Vec::with_capacity(idle);
     let start = Instant::now();
-    for _ in 0..idle {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.write_all(b"a LOGIN idle@bench.test x\r\nb SELECT INBOX\r\nc IDLE\r\n")?;
-        held.push(stream);
-    }
-    // Read up to each "+ idling": every session is then really waiting.
-    for stream in &mut held {
-        let mut reader = BufReader::new(&*stream);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            anyhow::ensure!(reader.read_line(&mut line)? > 0, "session closed");
-            if line.starts_with("+ ") {
-                break;
+    // In batches, each read up to its "+ idling" before the next connects:
+    // 10,000 connects at once would overflow the listen backlog.
+    while held.len() < idle {
+        let batch = (idle - held.len()).min(250);
+        let first = held.len();
+        for _ in 0..batch {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            stream.write_all(b"a LOGIN idle@bench.test x\r\nb SELECT INBOX\r\nc IDLE\r\n")?;
+            held.push(stream);
+        }
+        for stream in &mut held[first..] {
+            let mut reader = BufReader::new(&*stream);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                anyhow::ensure!(reader.read_line(&mut line)? > 0, "session closed");
+                if line.starts_with("+ ") {
+                    break;
+                }
             }
         }
     }

@@ -229,36 +229,37 @@ impl Cache {
     }
 
     fn try_refresh(&mut self) -> io::Result<()> {
-        let on_disk = match fs::metadata(&self.path) {
-            Ok(m) => m,
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.reset();
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
-        // A file rewritten in place (another UIDVALIDITY's) is shorter or
-        // has another header: start over.
-        let rewritten = self.file.as_ref().is_some_and(|f| {
-            let mut head = vec![0; self.header().len()];
-            on_disk.len() < self.read_to
-                || f.read_exact_at(&mut head, 0).is_err()
-                || head != self.header().as_bytes()
-        });
-        if self.file.is_none() || on_disk.ino() != self.inode || rewritten {
+        let meta = file.metadata()?;
+        let mut head = vec![0; self.header().len()];
+        if file.read_exact_at(&mut head, 0).is_err() || head != self.header().as_bytes() {
+            // Another UIDVALIDITY's, or not ours: as good as none.
             self.reset();
-            let file = File::open(&self.path)?;
-            let mut head = vec![0; self.header().len()];
-            if file.read_exact_at(&mut head, 0).is_err() || head != self.header().as_bytes() {
-                // Another UIDVALIDITY's, or not ours: as good as none.
-                return Ok(());
-            }
-            self.inode = file.metadata()?.ino();
-            self.read_to = head.len() as u64;
-            self.file = Some(file);
+            return Ok(());
         }
+        // The index holds for the same file, grown or not; a replaced
+        // (compacted) or truncated one is read again from the start.
+        if meta.ino() != self.inode || meta.len() < self.read_to || self.read_to == 0 {
+            self.reset();
+            self.inode = meta.ino();
+            self.read_to = head.len() as u64;
+        }
+        self.file = Some(file);
         self.scan()?;
         Ok(())
+    }
+
+    /// Closes the file, keeping the index for the next
+    /// [`Cache::refresh`]: an idle session holds no descriptor for it.
+    pub fn release(&mut self) {
+        self.file = None;
     }
 
     /// Indexes records from `read_to` up to the first incomplete one;
@@ -342,10 +343,12 @@ impl Cache {
             (&file).write_all(self.header().as_bytes())?;
             self.reset();
         }
-        if self.file.is_none() || self.inode != file.metadata()?.ino() {
+        if self.inode != file.metadata()?.ino() || self.read_to == 0 {
             self.reset();
             self.inode = file.metadata()?.ino();
             self.read_to = self.header().len() as u64;
+        }
+        if self.file.is_none() {
             // A file of its own, not a dup of `file`: a dup would share
             // the open file description, and with it the flock.
             self.file = Some(File::open(&self.path)?);

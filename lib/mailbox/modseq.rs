@@ -48,7 +48,9 @@ const COMPACT_SLACK: usize = 10_000;
 pub struct ModSeqs {
     path: PathBuf,
     validity: u32,
-    file: Option<File>,
+    /// Whether the file's header has been read (no file is kept open:
+    /// 10,000 idle sessions must not hold 10,000 descriptors for it).
+    opened: bool,
     inode: u64,
     read_to: u64,
     lines: usize,
@@ -72,7 +74,7 @@ impl ModSeqs {
         ModSeqs {
             path: dir.join(FILE),
             validity,
-            file: None,
+            opened: false,
             inode: 0,
             read_to: 0,
             lines: 0,
@@ -84,7 +86,7 @@ impl ModSeqs {
     }
 
     fn reset(&mut self) {
-        self.file = None;
+        self.opened = false;
         self.inode = 0;
         self.read_to = 0;
         self.lines = 0;
@@ -124,7 +126,7 @@ impl ModSeqs {
     /// mod-sequence. Errors leave the in-memory state as it was read.
     pub fn update(&mut self, entries: &[Entry]) -> io::Result<Vec<u32>> {
         self.read()?;
-        if self.diff(entries).is_empty() && self.file.is_some() {
+        if self.diff(entries).is_empty() && self.opened {
             return Ok(Vec::new());
         }
         let file = OpenOptions::new()
@@ -156,10 +158,6 @@ impl ModSeqs {
             file.set_len(0)?;
             (&*file).write_all(header.as_bytes())?;
             self.reset();
-        }
-        if self.file.is_none() {
-            self.file = Some(File::open(&self.path)?);
-            self.inode = file.metadata()?.ino();
         }
         if !self.read()? {
             // A torn last line: cut it off before appending after it.
@@ -225,19 +223,19 @@ impl ModSeqs {
     /// Reads what was appended since the last look; true when the file
     /// ended on a whole line.
     fn read(&mut self) -> io::Result<bool> {
-        let meta = match fs::metadata(&self.path) {
-            Ok(m) => m,
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.reset();
                 return Ok(true);
             }
             Err(e) => return Err(e),
         };
-        if self.file.is_some() && (meta.ino() != self.inode || meta.len() < self.read_to) {
+        let meta = file.metadata()?;
+        if self.opened && (meta.ino() != self.inode || meta.len() < self.read_to) {
             self.reset();
         }
-        if self.file.is_none() {
-            let file = File::open(&self.path)?;
+        if !self.opened {
             let Some((validity, floor)) = self.read_header(&file) else {
                 return Ok(true);
             };
@@ -253,11 +251,8 @@ impl ModSeqs {
             self.floor = floor;
             self.highest = floor;
             self.inode = meta.ino();
-            self.file = Some(file);
+            self.opened = true;
         }
-        let Some(file) = &self.file else {
-            return Ok(true);
-        };
         let len = meta.len();
         if len <= self.read_to {
             return Ok(true);
