@@ -624,6 +624,8 @@ mod tests {
             ("[fwd: inner thing]", "inner thing", true),
             ("Re[2]: counted", "counted", true),
             ("Grüße", "grüße", false),
+            // Lower-casing may lengthen: Ⱥ is two bytes, ⱥ three.
+            ("Ⱥ (fwd)", "ⱥ", true),
             ("", "", false),
             ("Fw:Fwd: re:x", "x", true),
             ("Rethinking: not a reply", "rethinking: not a reply", false),

@@ -14,8 +14,16 @@
 //! Readers take no lock: the file is only ever replaced by `rename`, so a
 //! reader sees an old list or a new one. A writer creates
 //! `dovecot-uidlist.lock` with O_EXCL, writes the new list into it and
-//! renames it over `dovecot-uidlist`; a lock older than [`STALE_AFTER`] is
-//! a crashed writer's and is removed. UIDs only grow and are never given
+//! renames it over `dovecot-uidlist`.
+//!
+//! A writer killed mid-way leaves its lock file behind. Dovecot waits for
+//! such a lock to age ([`STALE_AFTER`], two minutes), and every session of
+//! the folder waits with it: the "unable to lock" failure of busy servers.
+//! Here the writer also holds a `flock` on its lock file, which the kernel
+//! drops when the process dies; a lock file nobody holds a `flock` on, and
+//! older than [`UNHELD_STALE_AFTER`] (the moment between its creation and
+//! its flock), is a dead writer's and is removed at once. The age rule
+//! stays for filesystems where flock means nothing across hosts. UIDs only grow and are never given
 //! twice: `N` is never lowered, even when the last messages are expunged.
 
 use std::fs::{self, File, OpenOptions};
@@ -29,6 +37,9 @@ pub const FILE: &str = "dovecot-uidlist";
 pub const LOCK: &str = "dovecot-uidlist.lock";
 /// A lock untouched for this long belongs to a dead writer (Dovecot's rule).
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
+/// A lock file this old that no process holds a flock on is a dead
+/// writer's.
+pub const UNHELD_STALE_AFTER: Duration = Duration::from_secs(1);
 /// How long a writer waits for another's lock before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -148,6 +159,8 @@ impl UidLock {
         loop {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
+                    // Held for as long as this process lives (see above).
+                    let _ = fs2::FileExt::try_lock_exclusive(&file);
                     return Ok(UidLock {
                         dir: dir.to_path_buf(),
                         file: Some(file),
@@ -156,11 +169,12 @@ impl UidLock {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
-            let stale = fs::metadata(&path)
+            let age = fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_AFTER);
+                .and_then(|t| t.elapsed().ok());
+            let unheld = age.is_some_and(|age| age > UNHELD_STALE_AFTER) && nobody_holds(&path);
+            let stale = unheld || age.is_some_and(|age| age > STALE_AFTER);
             if stale {
                 tracing::warn!("removing stale lock {}", path.display());
                 let _ = fs::remove_file(&path);
@@ -198,6 +212,19 @@ impl UidLock {
     }
 }
 
+/// Whether no process holds a flock on the file at `path` (false when in
+/// doubt: the file is gone or cannot be opened).
+fn nobody_holds(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        // Ours now; it goes with `file`, and the caller removes the file.
+        Ok(()) => true,
+        Err(_) => false,
+    }
+}
+
 impl Drop for UidLock {
     fn drop(&mut self) {
         if self.file.take().is_some() {
@@ -231,6 +258,23 @@ mod tests {
         assert!(dir.path().join(LOCK).exists());
         drop(lock);
         assert!(!dir.path().join(LOCK).exists());
+
+        // A lock file left by a writer killed a moment ago: nobody holds
+        // its flock, so it is taken at once, not after two minutes.
+        File::create(dir.path().join(LOCK)).unwrap();
+        let file = File::options()
+            .write(true)
+            .open(dir.path().join(LOCK))
+            .unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(2))
+            .unwrap();
+        let start = std::time::Instant::now();
+        drop(UidLock::acquire(dir.path()).unwrap());
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // A live writer's lock is respected while it holds it.
+        let held = UidLock::acquire(dir.path()).unwrap();
+        assert!(!nobody_holds(&dir.path().join(LOCK)));
+        drop(held);
 
         // A lock file left by a dead writer three minutes ago.
         let path = dir.path().join(LOCK);

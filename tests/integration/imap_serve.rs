@@ -926,3 +926,124 @@ print("done")
     );
     assert!(said.contains("done"), "{said}");
 }
+
+/// A tagged OK to APPEND means the message is on disk with its UID: kill -9
+/// the server at random moments while a client appends, and every message
+/// it acknowledged is there afterwards, under the UID APPENDUID gave, byte
+/// for byte; no half message is ever visible in cur/ or new/.
+#[test]
+fn kill_9_during_appends_loses_no_acknowledged_message() {
+    let tree = tree_with_user();
+    let mut acked: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut sent = 0u32;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for _round in 0..8 {
+        let server = Server::start(&tree);
+        let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+        let delay = Duration::from_millis(30 + random(200));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        });
+        let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = writer.write_all(b"l LOGIN bob@example.test secret\r\n");
+        let _ = reader.read_line(&mut line);
+        loop {
+            sent += 1;
+            let body = format!(
+                "Subject: crash {sent}\r\n\r\n{}\r\nEND {sent}\r\n",
+                "x".repeat(100 + random(30_000) as usize)
+            );
+            let command = format!("a{sent} APPEND INBOX {{{}+}}\r\n{body}\r\n", body.len());
+            if writer.write_all(command.as_bytes()).is_err() {
+                break;
+            }
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+            let Some(uid) = line
+                .strip_prefix(&format!("a{sent} OK [APPENDUID "))
+                .and_then(|rest| rest.split([' ', ']']).nth(1))
+                .and_then(|uid| uid.parse::<u32>().ok())
+            else {
+                break;
+            };
+            acked.push((uid, body.into_bytes()));
+        }
+        killer.join().unwrap();
+        drop(server);
+        // Nothing half-written is visible: every message file is whole.
+        for sub in ["cur", "new"] {
+            for entry in std::fs::read_dir(tree.maildir("bob").join(sub)).unwrap() {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                let n = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("Subject: crash "))
+                    .unwrap_or("?");
+                assert!(text.ends_with(&format!("END {n}\n")), "a torn message: {n}");
+            }
+        }
+    }
+    assert!(
+        acked.len() > 20,
+        "only {} appends acknowledged",
+        acked.len()
+    );
+    let server = Server::start(&tree);
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    stream
+        .write_all(b"l LOGIN bob@example.test secret\r\ns SELECT INBOX\r\n")
+        .unwrap();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.starts_with("s OK") {
+            break;
+        }
+    }
+    for (uid, body) in &acked {
+        stream
+            .write_all(format!("f UID FETCH {uid} (BODY.PEEK[])\r\n").as_bytes())
+            .unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let size: usize = line
+            .rsplit('{')
+            .next()
+            .and_then(|s| s.trim_end().strip_suffix('}'))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("UID {uid} is gone: {line}"));
+        let mut got = vec![0; size];
+        reader.read_exact(&mut got).unwrap();
+        assert!(got == *body, "UID {uid} holds another message");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.starts_with("f OK") {
+                break;
+            }
+        }
+    }
+}
