@@ -12,10 +12,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use crate::server::{Server, inetd_greeting, ms};
 
 use crate::bench_tree;
 
@@ -87,7 +87,7 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
     client.run("LOGOUT")?;
     drop(server);
 
-    let greeting = inetd_greeting(&serve, &config, 50)?;
+    let greeting = inetd_greeting(&serve, &config, "* OK", b"a LOGOUT\r\n", 50)?;
     println!(
         "inetd connect-to-greeting: median {:.2} ms, p99 {:.2} ms (process start included)",
         ms(greeting.0),
@@ -130,10 +130,6 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -182,36 +178,6 @@ fn fill(maildir: &Path, n: usize) -> anyhow::Result<()> {
         std::fs::write(maildir.join("cur").join(name), text)?;
     }
     Ok(())
-}
-
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(serve: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
-        let child = Command::new(serve)
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting imap-serve")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "imap-serve did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Server { child })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One IMAP connection that runs a command and reads to its tagged reply.
@@ -273,34 +239,4 @@ fn literal_size(line: &[u8]) -> Option<usize> {
     let line = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
     let open = line.iter().rposition(|&b| b == b'{')?;
     std::str::from_utf8(&line[open + 1..]).ok()?.parse().ok()
-}
-
-/// Spawn-to-greeting of imap-serve over pipes, as inetd runs it.
-fn inetd_greeting(
-    serve: &Path,
-    config: &Path,
-    runs: usize,
-) -> anyhow::Result<(Duration, Duration)> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        let mut child = Command::new(serve)
-            .arg("--config")
-            .arg(config)
-            .env("REMOTE_ADDR", "192.0.2.1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        times.push(start.elapsed());
-        anyhow::ensure!(line.starts_with("* OK"), "no greeting: {line}");
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(b"a LOGOUT\r\n");
-        }
-        let _ = child.wait();
-    }
-    times.sort();
-    Ok((times[runs / 2], times[(runs * 99 / 100).min(runs - 1)]))
 }

@@ -16,10 +16,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::server::{Server, ms};
 
 use crate::bench_tree;
 use crate::smtp::{free_port, raise_fd_limit, rss_kib};
@@ -309,36 +311,6 @@ fn read_body(reader: &mut impl BufRead, mut each: impl FnMut(&[u8])) -> anyhow::
     }
 }
 
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(serve: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
-        let child = Command::new(serve)
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("POSTROOM_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting pop3-serve")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "pop3-serve did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Server { child })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn best(rates: &[f64]) -> f64 {
     rates.iter().copied().fold(0.0, f64::max)
 }
@@ -355,8 +327,4 @@ fn spread(mut times: Vec<Duration>) -> (Duration, Duration) {
     times.sort();
     let p95 = (times.len() * 95 / 100).min(times.len() - 1);
     (times[times.len() / 2], times[p95])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

@@ -27,6 +27,7 @@ mod imap;
 mod list;
 mod pop3;
 mod send;
+mod server;
 mod sieve;
 mod smtp;
 

@@ -10,10 +10,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::server::{Server, inetd_greeting};
 
 use crate::{MESSAGE_SIZE, bench_tree, raw_rate};
 
@@ -45,7 +46,7 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
     }
     drop(server);
 
-    let greeting = inetd_greeting(&recv, &config, 50)?;
+    let greeting = inetd_greeting(&recv, &config, "220", b"QUIT\r\n", 50)?;
     println!(
         "inetd connect-to-greeting: median {:.2} ms, p99 {:.2} ms (process start included)",
         greeting.0.as_secs_f64() * 1000.0,
@@ -85,36 +86,6 @@ fn make_tree(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     ) + "\n[smtp]\nmessages_per_session = 1000000\n";
     std::fs::write(&config, text)?;
     Ok(config)
-}
-
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(recv: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
-        let child = Command::new(recv)
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("POSTROOM_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting smtp-recv")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "smtp-recv did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Server { child })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `messages` sent over `sessions` connections; (rate, p99 dot-to-250).
@@ -186,32 +157,6 @@ fn expect(reader: &mut impl BufRead, code: &str) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-}
-
-/// Spawn-to-greeting of smtp-recv over pipes, as inetd runs it.
-fn inetd_greeting(recv: &Path, config: &Path, runs: usize) -> anyhow::Result<(Duration, Duration)> {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        let mut child = Command::new(recv)
-            .arg("--config")
-            .arg(config)
-            .env("REMOTE_ADDR", "192.0.2.1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        times.push(start.elapsed());
-        anyhow::ensure!(line.starts_with("220"), "no greeting: {line}");
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(b"QUIT\r\n");
-        }
-        let _ = child.wait();
-    }
-    times.sort();
-    Ok((times[runs / 2], times[(runs * 99 / 100).min(runs - 1)]))
 }
 
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {

@@ -1,0 +1,82 @@
+//! A server under test: started on a loopback port and killed when done,
+//! and its inetd-mode start-up time. Shared by the smtp, pop3 and imap
+//! benchmarks.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// A standalone server on `127.0.0.1:port`, killed on drop.
+pub struct Server {
+    pub child: Child,
+}
+
+impl Server {
+    pub fn start(binary: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
+        let name = binary.file_name().unwrap_or_default().to_string_lossy();
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("POSTROOM_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "{name} did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Server { child })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawn-to-greeting over pipes, as inetd runs a server, `runs` times:
+/// (median, p99). `greeting` is how the first line starts; `quit` ends the
+/// session politely.
+pub fn inetd_greeting(
+    binary: &Path,
+    config: &Path,
+    greeting: &str,
+    quit: &[u8],
+    runs: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .env("REMOTE_ADDR", "192.0.2.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        times.push(start.elapsed());
+        anyhow::ensure!(line.starts_with(greeting), "no greeting: {line}");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(quit);
+        }
+        let _ = child.wait();
+    }
+    times.sort();
+    Ok((times[runs / 2], times[(runs * 99 / 100).min(runs - 1)]))
+}
+
+/// Milliseconds, for printing.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
