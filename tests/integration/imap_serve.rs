@@ -3,58 +3,11 @@
 //! mail-inject meanwhile.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Tree, bin, stderr, stdout};
-
-/// A standalone imap-serve on free loopback ports, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    tls_port: u16,
-}
-
-impl Server {
-    fn start(tree: &Tree) -> Server {
-        let port = free_port();
-        let tls_port = free_port();
-        let child = Command::new(bin("imap-serve"))
-            .arg("--config")
-            .arg(&tree.config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--listen-tls", &format!("127.0.0.1:{tls_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start imap-serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "imap-serve did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server {
-            child,
-            port,
-            tls_port,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::util::{Server, Tree, bin, stderr, stdout};
 
 fn tree_with_user() -> Tree {
     let tree = Tree::new();
@@ -110,7 +63,7 @@ fn imaplib_covers_the_commands() {
     let tree = tree_with_user();
     deliver(&tree, "=?utf-8?q?Gr=C3=BC=C3=9Fe?= from Alice");
     deliver(&tree, "second");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
         r#"
 M = imaplib.IMAP4("127.0.0.1", PORT)
@@ -204,7 +157,7 @@ print("LOGOUT", M.logout()[0])
 #[test]
 fn append_then_fetch_is_byte_for_byte_with_nested_bodystructure() {
     let tree = tree_with_user();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     python(
         r#"
 M = login()
@@ -255,7 +208,7 @@ fn two_sessions_and_a_delivery_loop_stay_consistent() {
     for i in 0..5 {
         deliver(&tree, &format!("seed {i}"));
     }
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     python(
         r#"
 import random, threading
@@ -333,7 +286,7 @@ print("consistent", len(a.uids))
 #[test]
 fn idle_is_woken_by_a_delivery_without_polling() {
     let tree = tree_with_user();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
         r#"
 s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
@@ -362,7 +315,7 @@ print(f"idle wake {took*1000:.0f} ms (including mail-inject)")
 #[test]
 fn starttls_discards_pipelined_plaintext_and_implicit_tls_works() {
     let tree = tree_with_user();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     python(
         r#"
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
@@ -409,7 +362,7 @@ fn raw(port: u16, input: &[u8], wait: Duration) -> String {
 fn hostile_input_is_refused_and_bounded() {
     let tree = tree_with_user();
     deliver(&tree, "one");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let wait = Duration::from_secs(3);
     let login = "a LOGIN bob@example.test secret\r\n";
 
@@ -530,7 +483,7 @@ fn unterminated_literals_and_unread_output_time_out() {
             .status
             .success()
     );
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
 
     // A literal announced and never finished: cut off after the timeout.
     let start = Instant::now();
@@ -609,7 +562,7 @@ fn condstore_and_qresync_resynchronise_a_client_after_changes_by_anyone() {
     for subject in ["one", "two", "three"] {
         deliver(&tree, subject);
     }
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
         r#"
 def code(M, name):
@@ -702,7 +655,7 @@ fn the_folder_cache_is_only_a_cache() {
     let out = tree.inject(&["bob@example.test"], nested.as_bytes());
     assert!(out.status.success(), "{}", stderr(&out));
     deliver(&tree, "plain");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
         r#"
 cache = os.path.join(os.environ["MAILDIR"], "postroom-cache")
@@ -747,7 +700,7 @@ fn imap4rev2_binary_and_saved_search_results() {
     for subject in ["two", "three", "four"] {
         deliver(&tree, subject);
     }
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
         r#"
 M = login()
@@ -811,7 +764,7 @@ fn hostile_headers_keep_envelope_and_bodystructure_bounded() {
     let new = tree.maildir("bob").join("new");
     std::fs::create_dir_all(&new).unwrap();
     std::fs::write(new.join("1700000000.M1P1.test"), &msg).unwrap();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let start = Instant::now();
     let out = raw(
         server.port,
@@ -840,7 +793,7 @@ fn pop3_deletes_and_reads_reach_an_open_imap_session() {
     for subject in ["one", "two", "three"] {
         deliver(&tree, subject);
     }
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
         r#"
 M = login()
@@ -867,7 +820,7 @@ print("done")
 #[test]
 fn sort_thread_and_multiappend() {
     let tree = tree_with_user();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
         r#"
 M = login()
@@ -944,7 +897,7 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
         seed % n
     };
     for _round in 0..8 {
-        let server = Server::start(&tree);
+        let server = Server::start(&tree, "imap-serve", &[]);
         let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
         let delay = Duration::from_millis(30 + random(200));
         let killer = std::thread::spawn(move || {
@@ -1005,7 +958,7 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
         "only {} appends acknowledged",
         acked.len()
     );
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "imap-serve", &[]);
     let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

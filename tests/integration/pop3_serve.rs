@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,58 +15,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use postroom::maildir::{Delivered, Maildir, Message};
 
-use crate::util::{Tree, bin, maildir_files, stderr, stdout};
+use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
 
 const ANN_PLAIN: &str = "AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0"; // \0ann@example.test\0secret
-
-/// A standalone pop3-serve on free loopback ports, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    tls_port: u16,
-}
-
-impl Server {
-    fn start(tree: &Tree) -> Server {
-        let (port, tls_port) = (free_port(), free_port());
-        let child = Command::new(bin("pop3-serve"))
-            .arg("--config")
-            .arg(&tree.config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--listen-tls", &format!("127.0.0.1:{tls_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pop3-serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "pop3-serve did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server {
-            child,
-            port,
-            tls_port,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs a Python script with PORT and TLS_PORT set; (success, output).
 fn python(script: &str, server: &Server) -> (bool, String) {
@@ -300,7 +251,7 @@ fn poplib_session_sizes_and_dot_stuffing_round_trip() {
         .unwrap();
     expected.push(wire_form(&std::fs::read(injected).unwrap()));
 
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let script = r#"
 import base64, json, os, poplib
 p = poplib.POP3("127.0.0.1", int(os.environ["PORT"]), timeout=10)
@@ -378,7 +329,7 @@ fn top_uidl_stability_and_seen_flag_keeping_other_flags() {
         first.file_name().unwrap().to_string_lossy()
     ));
     std::fs::rename(&first, &flagged).unwrap();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let mut c = Client::connect(server.port);
     c.login();
     assert!(c.cmd("UIDL").starts_with("+OK"));
@@ -436,7 +387,7 @@ fn top_uidl_stability_and_seen_flag_keeping_other_flags() {
 fn stls_auth_plain_and_implicit_tls_with_poplib() {
     let tree = tree_with_ann();
     deliver(&tree, "ann", b"Subject: tls\n\nhi\n");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let script = format!(
         r#"
 import base64, os, poplib, ssl
@@ -499,7 +450,7 @@ p.quit()
 #[test]
 fn plaintext_pipelined_after_stls_is_discarded() {
     let tree = tree_with_ann();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let script = r#"
 import os, socket, ssl
 s = socket.create_connection(("127.0.0.1", int(os.environ["PORT"])), timeout=10)
@@ -573,7 +524,7 @@ fn pipelined_commands_answer_in_order() {
     for i in 0..3 {
         deliver(&tree, "ann", format!("Subject: {i}\n\n.{i}\n").as_bytes());
     }
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let mut c = Client::connect(server.port);
     c.writer
         .write_all(b"CAPA\r\nUSER ann@example.test\r\nPASS secret\r\nSTAT\r\nLIST\r\nUIDL\r\nTOP 1 0\r\nRETR 2\r\nDELE 3\r\nLIST 3\r\nNOOP\r\nRSET\r\nLIST 3\r\nQUIT\r\n")
@@ -726,7 +677,7 @@ fn a_client_that_never_quits_deletes_nothing() {
     assert!(said.ends_with("+OK 0 0\r\n"), "{said}");
     assert_eq!(maildir_files(&tree.maildir("ann")).len(), 3);
     // The same over TCP, hanging up mid-session.
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let mut c = Client::connect(server.port);
     c.login();
     assert!(c.cmd("DELE 1").starts_with("+OK"));
@@ -894,7 +845,7 @@ fn a_mailbox_of_100000_messages() {
         );
         std::fs::write(md.path().join("new").join(name), text).unwrap();
     }
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let mut c = Client::connect(server.port);
     let started = Instant::now();
     c.login();
@@ -931,7 +882,7 @@ fn concurrent_clients_deliveries_and_flag_changes() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let tree = tree_with_ann();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, "pop3-serve", &[]);
     let port = server.port;
     let maildir = tree.maildir("ann");
     let stop = Arc::new(AtomicBool::new(false));

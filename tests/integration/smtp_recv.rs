@@ -2,55 +2,11 @@
 //! sockets against the real binary, standalone and in inetd mode.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Tree, bin, maildir_files, stderr, stdout};
-
-/// A standalone smtp-recv on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(tree: &Tree, extra: &[&str]) -> Server {
-        let port = free_port();
-        let child = Command::new(bin("smtp-recv"))
-            .arg("--config")
-            .arg(&tree.config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start smtp-recv");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "smtp-recv did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::util::{Server, Tree, bin, free_port, maildir_files, stderr, stdout};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
 fn python(script: &str, port: u16) -> (bool, String) {
@@ -90,7 +46,7 @@ fn tree_with_users() -> Tree {
 #[test]
 fn smtplib_plain_starttls_auth_and_relay() {
     let tree = tree_with_users();
-    let server = Server::start(&tree, &[]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
     let script = r#"
 import os, smtplib, ssl
 port = int(os.environ["PORT"])
@@ -178,7 +134,7 @@ fn swaks_in_inetd_mode_with_pipelining() {
 #[test]
 fn smuggling_sequences_never_end_data() {
     let tree = tree_with_users();
-    let server = Server::start(&tree, &[]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
     for smuggle in ["\n.\n", "\r.\n", "\n.\r\n", "\r.\r"] {
         let input = format!(
             "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n\
@@ -205,7 +161,7 @@ fn smuggling_sequences_never_end_data() {
 #[test]
 fn plaintext_pipelined_after_starttls_is_discarded() {
     let tree = tree_with_users();
-    let server = Server::start(&tree, &[]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
     let script = r#"
 import os, socket, ssl
 port = int(os.environ["PORT"])
@@ -234,7 +190,7 @@ print("ok")
 #[test]
 fn open_relay_tricks_are_all_refused() {
     let tree = tree_with_users();
-    let server = Server::start(&tree, &[]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
     let tricks = [
         "<@example.test:victim@elsewhere.test>",
         "<@example.test,@other.test:victim@elsewhere.test>",
@@ -287,7 +243,7 @@ fn limits_size_stall_and_errors() {
             .replace("recipients = 1000", "recipients = 2"),
     )
     .unwrap();
-    let server = Server::start(&tree, &[]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
 
     // Declared and actual size over the limit: refused, nothing stored.
     let said = raw(
@@ -350,7 +306,7 @@ fn limits_size_stall_and_errors() {
 fn submission_requires_auth_and_refuses_spoofed_senders() {
     let tree = tree_with_users();
     std::fs::write(tree.root().join("aliases"), "sales@example.test: ann\n").unwrap();
-    let server = Server::start(&tree, &["--submission"]);
+    let server = Server::start(&tree, "smtp-recv", &["--submission"]);
     let script = r#"
 import os, smtplib
 port = int(os.environ["PORT"])
@@ -393,7 +349,11 @@ fn inetd_mode_over_pipes_refuses_auth_without_tls_from_remote_peers() {
 fn swaks_starttls_auth_and_implicit_tls() {
     let tree = tree_with_users();
     let tls_port = free_port();
-    let server = Server::start(&tree, &["--listen-tls", &format!("127.0.0.1:{tls_port}")]);
+    let server = Server::start(
+        &tree,
+        "smtp-recv",
+        &["--listen-tls", &format!("127.0.0.1:{tls_port}")],
+    );
     let starttls = Command::new("swaks")
         .args(["--server", &format!("127.0.0.1:{}", server.port), "-tls"])
         .args([
@@ -799,7 +759,7 @@ fn sigkill_of_smtp_recv_loses_no_acknowledged_message() {
     let mut acknowledged = Vec::new();
     let mut sent = 0;
     for round in 0..12 {
-        let server = Server::start(&tree, &[]);
+        let server = Server::start(&tree, "smtp-recv", &[]);
         let port = server.port;
         let pid = server.child.id() as i32;
         let killer = std::thread::spawn(move || {
@@ -996,7 +956,7 @@ fn a_hanging_hook_defers_and_per_ip_connections_are_capped() {
         "the hook was not cut short"
     );
 
-    let server = Server::start(&tree, &[]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
     // Let the readiness probe's session end, so it no longer counts.
     std::thread::sleep(Duration::from_millis(300));
     let held: Vec<TcpStream> = (0..2)

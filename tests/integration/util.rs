@@ -1,8 +1,10 @@
 //! Shared test fixtures: a fresh tree per test, and the real binaries.
 
 use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// A temporary postroom tree made by `postroom init`, removed on drop.
 pub struct Tree {
@@ -130,4 +132,57 @@ pub fn stderr(out: &Output) -> String {
 
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A standalone server (`smtp-recv`, `pop3-serve`, `imap-serve`) on two
+/// free loopback ports, `port` plain and `tls_port` implicit TLS, started
+/// with the tree's config and `extra` flags, and killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub tls_port: u16,
+}
+
+impl Server {
+    pub fn start(tree: &Tree, binary: &str, extra: &[&str]) -> Server {
+        let (port, tls_port) = (free_port(), free_port());
+        let child = Command::new(bin(binary))
+            .arg("--config")
+            .arg(&tree.config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen-tls", &format!("127.0.0.1:{tls_port}")])
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{binary} did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            port,
+            tls_port,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
