@@ -51,6 +51,43 @@ impl AuthLimit {
         by_address.max(by_account)
     }
 
+    /// The whole of a server's login check: waits out the delay earlier
+    /// failures earned (before answering, so a guesser learns nothing by
+    /// hanging up), runs `check` on the blocking pool, and records its
+    /// outcome. `check` gives `Ok(Some(_))` for a good password, `Ok(None)`
+    /// for a wrong one, and `Err` when it could not tell (nothing is
+    /// recorded then); the error comes back as text for the log.
+    pub async fn check<T, E>(
+        &self,
+        ip: Option<IpAddr>,
+        login: &str,
+        check: impl FnOnce() -> Result<Option<T>, E> + Send + 'static,
+    ) -> Result<Option<T>, String>
+    where
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let wait = {
+            let (limit, login) = (self.clone(), login.to_string());
+            tokio::task::spawn_blocking(move || limit.delay(ip, &login))
+                .await
+                .unwrap_or_default()
+        };
+        tokio::time::sleep(wait).await;
+        let (limit, login) = (self.clone(), login.to_string());
+        tokio::task::spawn_blocking(move || {
+            let result = check();
+            match &result {
+                Ok(Some(_)) => limit.succeeded(&login),
+                Ok(None) => limit.failed(ip, &login),
+                Err(_) => {}
+            }
+            result.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the password check failed: {e}")))
+    }
+
     /// Counts a failed login.
     pub fn failed(&self, ip: Option<IpAddr>, login: &str) {
         if let Some(ip) = ip {

@@ -747,26 +747,13 @@ impl Session {
         let (users, _) = self.shared.current();
         let limit = AuthLimit::new(self.shared.config.state_dir());
         let ip = self.conn.peer().map(|p| p.ip());
-        // Wait first, answer after: a guesser learns nothing by hanging up.
-        let wait = {
-            let (limit, login) = (limit.clone(), login.clone());
-            tokio::task::spawn_blocking(move || limit.delay(ip, &login))
-                .await
-                .unwrap_or_default()
-        };
-        tokio::time::sleep(wait).await;
-        let checked = tokio::task::spawn_blocking(move || {
-            let result = users.authenticate(&login, &password);
-            match &result {
-                Ok(Some(_)) => limit.succeeded(&login),
-                Ok(None) => limit.failed(ip, &login),
-                Err(_) => {}
-            }
-            result.map(|u| u.cloned())
-        })
-        .await;
+        let checked = limit
+            .check(ip, &login.clone(), move || {
+                users.authenticate(&login, &password).map(|u| u.cloned())
+            })
+            .await;
         match checked {
-            Ok(Ok(Some(user))) => {
+            Ok(Some(user)) => {
                 let root = postroom::users::maildir_of(&self.shared.config, &user);
                 let mailbox = Mailbox::new(root);
                 if let Err(e) = mailbox.ensure_defaults() {
@@ -786,13 +773,13 @@ impl Session {
                     self.capabilities()
                 )))
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::error!("password check failed: {e}");
                 Ok(Done::No(
                     "[UNAVAILABLE] temporary authentication failure".into(),
                 ))
             }
-            _ => {
+            Ok(None) => {
                 self.auth_failures += 1;
                 tracing::info!(failures = self.auth_failures, "authentication failed");
                 if self.auth_failures >= AUTH_FAILURES_MAX {

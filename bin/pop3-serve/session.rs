@@ -375,33 +375,22 @@ impl Session {
         let (users, _) = self.shared.current();
         let limit = AuthLimit::new(self.shared.config.state_dir());
         let ip = self.conn.peer().map(|p| p.ip());
-        // Wait first, answer after: a guesser learns nothing by hanging up.
-        let wait = {
-            let (limit, login) = (limit.clone(), login.clone());
-            tokio::task::spawn_blocking(move || limit.delay(ip, &login))
-                .await
-                .unwrap_or_default()
-        };
-        tokio::time::sleep(wait).await;
         let shared = self.shared.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            let user = match users.authenticate(&login, &password.0) {
-                Ok(Some(user)) => user,
-                Ok(None) => {
-                    limit.failed(ip, &login);
-                    return Ok(None);
-                }
-                Err(e) => return Err(format!("password check failed: {e}")),
-            };
-            limit.succeeded(&login);
-            let maildir = users::maildir_of(&shared.config, user);
-            let address = user.address.clone();
-            Maildrop::open(maildir)
-                .map(|drop| Some((address, drop)))
-                .map_err(|e| format!("cannot read the mailbox: {e}"))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("login task failed: {e}")));
+        // The snapshot is taken on the same blocking thread as the check.
+        let opened = limit
+            .check(ip, &login.clone(), move || {
+                let user = match users.authenticate(&login, &password.0) {
+                    Ok(Some(user)) => user,
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(format!("password check failed: {e}")),
+                };
+                let maildir = users::maildir_of(&shared.config, user);
+                let address = user.address.clone();
+                Maildrop::open(maildir)
+                    .map(|drop| Some((address, drop)))
+                    .map_err(|e| format!("cannot read the mailbox: {e}"))
+            })
+            .await;
         match opened {
             Ok(Some((login, maildrop))) => {
                 let (count, octets) = maildrop.stat();

@@ -730,35 +730,25 @@ impl Session {
         let directory = self.shared.directory();
         let limit = AuthLimit::new(self.shared.config.state_dir());
         let ip = self.conn.peer().map(|p| p.ip());
-        // Wait first, answer after: a guesser learns nothing by hanging up.
-        let wait = {
-            let (limit, login) = (limit.clone(), login.clone());
-            tokio::task::spawn_blocking(move || limit.delay(ip, &login))
-                .await
-                .unwrap_or_default()
-        };
-        tokio::time::sleep(wait).await;
-        let checked = tokio::task::spawn_blocking(move || {
-            let result = directory.users().authenticate(&login, &password);
-            match &result {
-                Ok(Some(_)) => limit.succeeded(&login),
-                Ok(None) => limit.failed(ip, &login),
-                Err(_) => {}
-            }
-            result.map(|u| u.map(|u| u.address.clone()))
-        })
-        .await;
+        let checked = limit
+            .check(ip, &login.clone(), move || {
+                let users = directory.users();
+                users
+                    .authenticate(&login, &password)
+                    .map(|u| u.map(|u| u.address.clone()))
+            })
+            .await;
         match checked {
-            Ok(Ok(Some(user))) => {
+            Ok(Some(user)) => {
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 self.reply(Reply::new(235, "2.7.0", "authenticated"));
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::error!("password check failed: {e}");
                 self.reply(Reply::new(454, "4.7.0", "temporary authentication failure"));
             }
-            _ => {
+            Ok(None) => {
                 self.auth_failures += 1;
                 tracing::info!(failures = self.auth_failures, "authentication failed");
                 self.error(Reply::new(535, "5.7.8", "authentication failed"));
