@@ -25,12 +25,10 @@
 //! and reads each record with `pread` when it needs it.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-use fs2::FileExt as _;
 
 /// The file's name in each folder.
 pub const FILE: &str = "postroom-cache";
@@ -324,16 +322,9 @@ impl Cache {
     }
 
     fn append(&mut self, records: &[Record], live: &dyn Fn(u32) -> bool) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)?;
-        file.lock_exclusive()?;
-        // A compaction may have replaced the file while we waited.
-        if fs::metadata(&self.path)?.ino() != file.metadata()?.ino() {
+        let Some(file) = super::open_locked_for_append(&self.path)? else {
             return Ok(());
-        }
+        };
         let mut head = vec![0; self.header().len()];
         let fresh = file.metadata()?.len() == 0
             || file.read_exact_at(&mut head, 0).is_err()
@@ -419,6 +410,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn record(uid: u32, base: &str) -> Record {
         Record {

@@ -36,6 +36,25 @@ pub use flags::{Flags, Keywords};
 pub use folder::{Entry, Folder, Stamp, State};
 pub use name::{MailboxName, NameError};
 
+/// Opens an append-only side file (`postroom-cache`, `postroom-modseq`)
+/// for appending, under an exclusive `flock` that goes with the file;
+/// `None` if a compaction replaced the file while we waited for the lock
+/// (the caller then lets its next look see the new one).
+pub(crate) fn open_locked_for_append(path: &Path) -> io::Result<Option<fs::File>> {
+    use fs2::FileExt;
+    use std::os::unix::fs::MetadataExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    file.lock_exclusive()?;
+    if fs::metadata(path)?.ino() != file.metadata()?.ino() {
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
 /// Folders every user gets at first login, with their RFC 6154 use.
 pub const SPECIAL_FOLDERS: [(&str, &str); 5] = [
     ("Sent", "\\Sent"),

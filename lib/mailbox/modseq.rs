@@ -28,12 +28,10 @@
 //! writer. Readers keep their offset and read only what was appended.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-use fs2::FileExt as _;
 
 use super::folder::Entry;
 
@@ -129,22 +127,14 @@ impl ModSeqs {
         if self.diff(entries).is_empty() && self.opened {
             return Ok(Vec::new());
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)?;
-        file.lock_exclusive()?;
-        let result = self.update_locked(&file, entries);
-        let _ = file.unlock();
-        result
+        let Some(file) = super::open_locked_for_append(&self.path)? else {
+            // Compacted while we waited: the next look sees the new file.
+            return Ok(Vec::new());
+        };
+        self.update_locked(&file, entries)
     }
 
     fn update_locked(&mut self, file: &File, entries: &[Entry]) -> io::Result<Vec<u32>> {
-        if fs::metadata(&self.path)?.ino() != file.metadata()?.ino() {
-            // Compacted while we waited: the next look sees the new file.
-            return Ok(Vec::new());
-        }
         let header = format!("{MAGIC}{} F0\n", self.validity);
         let mut head = vec![0; MAGIC.len()];
         let len = file.metadata()?.len();
@@ -314,6 +304,7 @@ impl ModSeqs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn entry(uid: u32, info: &str) -> Entry {
         Entry {
