@@ -531,6 +531,7 @@ impl Session {
                     Done::No("[NONEXISTENT] no such quota root (the one root is \"\")".into())
                 }
             }
+            Body::Refused(text) => Done::No(text),
             Body::SetQuota => Done::No("[CANNOT] quotas are set in the users file".into()),
             Body::Idle => self.idle().await?,
             body if self.selected.is_none() => {
