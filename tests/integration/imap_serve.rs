@@ -1093,6 +1093,14 @@ M.send(b"m2 APPEND INBOX {%d}\r\n" % len(small))
 expect_continuation(M)
 reply = send(M, small + b" {%d}\r\n" % len(big), b"m2")
 eq(reply, b"m2 NO [TOOBIG] message larger than 3000 bytes\r\n")
+# Each message fits, but not all five: at most 4 x 3000 bytes in all.
+part = msg("b", "Mon, 2 Nov 2026 10:00:00 +0000", "8@x", size=2900)
+M.send(b"m4 APPEND INBOX {%d}\r\n" % len(part))
+for _ in range(4):
+    expect_continuation(M)
+    M.send(part + b" {%d}\r\n" % len(part))
+reply = send(M, b"", b"m4")
+eq(reply, b"m4 NO [TOOBIG] messages larger than 12000 bytes in all\r\n")
 # A bad flag on the second message: nothing stored either.
 reply = send(M, b"m3 APPEND INBOX {%d+}\r\n" % len(small) + small + b" (\\Bogus) {%d+}\r\n" % len(small) + small + b"\r\n", b"m3")
 eq(reply, b"m3 BAD unknown system flag \\Bogus\r\n")
