@@ -329,6 +329,9 @@ pub enum Body {
         references: bool,
         key: SearchKey,
     },
+    /// A well-formed command the server declines (a tagged NO with this
+    /// text), such as SORT with a charset it does not know.
+    Refused(String),
     Idle,
     GetQuota(String),
     GetQuotaRoot(String),
@@ -1264,7 +1267,10 @@ impl<'a> Parser<'a> {
             return bad("SORT needs a criterion");
         }
         self.sp()?;
-        let key = self.charset_and_keys()?;
+        let (charset, key) = self.charset_and_keys()?;
+        if let Some(refused) = charset {
+            return Ok(refused);
+        }
         Ok(Body::Sort { uid, criteria, key })
     }
 
@@ -1278,7 +1284,10 @@ impl<'a> Parser<'a> {
             other => return bad(format!("unknown THREAD algorithm {other}")),
         };
         self.sp()?;
-        let key = self.charset_and_keys()?;
+        let (charset, key) = self.charset_and_keys()?;
+        if let Some(refused) = charset {
+            return Ok(refused);
+        }
         Ok(Body::Thread {
             uid,
             references,
@@ -1286,14 +1295,22 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// The charset SORT and THREAD require, then the search keys.
-    fn charset_and_keys(&mut self) -> R<SearchKey> {
-        let charset = self.astring()?.to_ascii_uppercase();
-        if charset != "UTF-8" && charset != "US-ASCII" {
-            return bad("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
-        }
+    /// The charset SORT and THREAD require, then the search keys. An
+    /// unknown charset is no syntax error: RFC 5256 §3 wants a tagged NO
+    /// with BADCHARSET, so it comes back as a [`Body::Refused`]. Its keys
+    /// may hold bytes of that charset, so they are skipped, not parsed.
+    fn charset_and_keys(&mut self) -> R<(Option<Body>, SearchKey)> {
+        let charset = self.astring_bytes()?;
         self.sp()?;
-        self.search_keys()
+        if !charset.eq_ignore_ascii_case(b"UTF-8") && !charset.eq_ignore_ascii_case(b"US-ASCII") {
+            let end = self.input.strip_suffix(b"\n").unwrap_or(self.input);
+            self.pos = end.strip_suffix(b"\r").unwrap_or(end).len();
+            // The client's charset name is not echoed: a literal may
+            // hold a CRLF.
+            let text = "[BADCHARSET (UTF-8 US-ASCII)] only UTF-8 and US-ASCII are supported";
+            return Ok((Some(Body::Refused(text.into())), SearchKey::All));
+        }
+        Ok((None, self.search_keys()?))
     }
 
     /// `search-key *(SP search-key)`, as one key.

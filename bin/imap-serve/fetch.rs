@@ -41,7 +41,7 @@ pub fn wire_form(file: &[u8]) -> Vec<u8> {
 
 /// What of a message a FETCH needs.
 #[derive(PartialEq, PartialOrd, Clone, Copy)]
-enum Need {
+pub enum Need {
     Nothing,
     Header,
     Everything,
@@ -100,7 +100,7 @@ fn uses_cache(items: &[FetchItem]) -> bool {
 
 /// Reads a message file: the header only (if it fits in the first read) or
 /// all of it; `None` if it is gone.
-fn read_message(path: &std::path::Path, need: Need) -> Option<Vec<u8>> {
+pub fn read_message(path: &std::path::Path, need: Need) -> Option<Vec<u8>> {
     let mut file = std::fs::File::open(path).ok()?;
     if need == Need::Header {
         let mut buf = vec![0; HEADER_READ];

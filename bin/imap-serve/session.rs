@@ -399,7 +399,15 @@ impl Session {
                 if sync {
                     // The client waits for "+" and sends nothing more of
                     // this command.
-                    let text = if is_append {
+                    let all = literal_max.saturating_mul(4);
+                    let text = if literals > LITERALS_MAX {
+                        format!("BAD more than {LITERALS_MAX} literals in one command")
+                    } else if size <= literal_max && is_append {
+                        // Each message fits; the MULTIAPPEND as a whole does not.
+                        format!("NO [TOOBIG] messages larger than {all} bytes in all")
+                    } else if size <= literal_max {
+                        format!("BAD literals larger than {all} bytes in all")
+                    } else if is_append {
                         format!("NO [TOOBIG] message larger than {literal_max} bytes")
                     } else {
                         format!("BAD literal larger than {literal_max} bytes")
@@ -531,6 +539,7 @@ impl Session {
                     Done::No("[NONEXISTENT] no such quota root (the one root is \"\")".into())
                 }
             }
+            Body::Refused(text) => Done::No(text),
             Body::SetQuota => Done::No("[CANNOT] quotas are set in the users file".into()),
             Body::Idle => self.idle().await?,
             body if self.selected.is_none() => {

@@ -58,6 +58,11 @@ pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) ->
 /// The cache records of the messages at `positions` of the selected
 /// folder's view; a message without one is read now, and its record
 /// cached. `None` for a message that is gone.
+///
+/// This is the one place SORT and THREAD get header fields from. A
+/// message whose name gives its size is read up to its header only (a
+/// SORT of a folder of big attachments reads kilobytes, not gigabytes);
+/// only one without a size in its name is read whole, to count it.
 pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
     sel.cache.refresh();
     let mut out = Vec::with_capacity(positions.len());
@@ -76,11 +81,17 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
             }
         };
         let path = sel.folder.path_of(&entry);
-        let record = std::fs::read(&path).ok().and_then(|text| {
+        let whole = entry.wire_size().is_none();
+        let need = if whole {
+            crate::fetch::Need::Everything
+        } else {
+            crate::fetch::Need::Header
+        };
+        let record = crate::fetch::read_message(&path, need).and_then(|text| {
             summarize(
                 &entry,
                 &crate::fetch::wire_form(&text),
-                true,
+                whole,
                 internal_date(&path),
             )
         });
