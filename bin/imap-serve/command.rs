@@ -1295,7 +1295,8 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// The charset SORT and THREAD require, then the search keys. An
+    /// The charset SORT and THREAD require (and SEARCH may name), then the
+    /// search keys. An
     /// unknown charset is no syntax error: RFC 5256 §3 wants a tagged NO
     /// with BADCHARSET, so it comes back as a [`Body::Refused`]. Its keys
     /// may hold bytes of that charset, so they are skipped, not parsed.
@@ -1352,11 +1353,8 @@ impl<'a> Parser<'a> {
         let save = self.pos;
         if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "CHARSET" {
             self.sp()?;
-            let charset = self.astring()?.to_ascii_uppercase();
-            if charset != "UTF-8" && charset != "US-ASCII" {
-                return bad("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset");
-            }
-            self.sp()?;
+            let (refused, key) = self.charset_and_keys()?;
+            return Ok(refused.unwrap_or(Body::Search { uid, key, ret }));
         } else {
             self.pos = save;
         }
@@ -1630,6 +1628,15 @@ mod tests {
                 key: SearchKey::ModSeq(620162338),
                 ..
             }
+        ));
+        // An unknown charset is a refusal (NO [BADCHARSET]), not bad syntax.
+        assert!(matches!(
+            ok("t SEARCH CHARSET KOI8-R SUBJECT x\r\n"),
+            Body::Refused(t) if t.starts_with("[BADCHARSET (UTF-8 US-ASCII)]")
+        ));
+        assert!(matches!(
+            ok("t UID SEARCH CHARSET utf-8 SUBJECT x\r\n"),
+            Body::Search { uid: true, .. }
         ));
         match ok("t UID FETCH 1:* FLAGS\r\n") {
             Body::Fetch {
