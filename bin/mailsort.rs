@@ -21,13 +21,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use postroom::address::Address;
-use postroom::aliases::Directory;
+use postroom::proto::address::Address;
+use postroom::directory::aliases::Directory;
 use postroom::config::Config;
-use postroom::maildir::Maildir;
-use postroom::sieve::{Input, Script};
-use postroom::sort::{self, SortError, Sorted};
-use postroom::{message, users};
+use postroom::store::maildir::Maildir;
+use postroom::delivery::sieve::{Input, Script};
+use postroom::delivery::filter::{self, SortError, Sorted};
+use postroom::directory::users;
+use postroom::proto::message;
 
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
@@ -58,7 +59,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("mailsort", "warn");
+    postroom::net::log::init("mailsort", "warn");
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),
@@ -113,11 +114,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
                     .parent()
                     .unwrap_or(std::path::Path::new("."))
                     .join("lists");
-                sort::read_list(&dir, name)
+                filter::read_list(&dir, name)
             },
         })?;
         for action in actions {
-            println!("{}", sort::describe(&action));
+            println!("{}", filter::describe(&action));
         }
         return Ok(0);
     }
@@ -125,7 +126,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         anyhow::bail!("give --user ADDRESS (deliver), --check SCRIPT or --test SCRIPT");
     };
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     let directory = Directory::load(&config)?;
     let Some(user) = Address::parse(user)
         .ok()
@@ -141,7 +142,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .quota
         .or(Some(config.delivery.default_quota))
         .filter(|&q| q > 0);
-    match sort::sort(&config, &directory, &inbox, quota, &address, &sender, &raw) {
+    match filter::sort(&config, &directory, &inbox, quota, &address, &sender, &raw) {
         Ok(Sorted::Delivered) => Ok(0),
         Ok(Sorted::Refused(reason)) => {
             println!("{reason}");

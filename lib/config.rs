@@ -509,7 +509,7 @@ impl Transport {
             .map(|p| p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad))
             .transpose()?;
         let is_ip = host.parse::<IpAddr>().is_ok();
-        if !(is_ip || crate::address::is_domain_name(host)) || (is_ip && mx) {
+        if !(is_ip || crate::proto::address::is_domain_name(host)) || (is_ip && mx) {
             return Err(bad());
         }
         Ok(Transport {
@@ -573,7 +573,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !crate::address::is_domain_name(&self.hostname) {
+        if !crate::proto::address::is_domain_name(&self.hostname) {
             return Err(format!(
                 "hostname: {:?} is not a domain name",
                 self.hostname
@@ -597,7 +597,7 @@ impl Config {
         if l.line_length < 512 {
             return Err("limits.line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
         }
-        if crate::password::Scheme::parse(&self.auth.default_scheme).is_none() {
+        if crate::directory::password::Scheme::parse(&self.auth.default_scheme).is_none() {
             return Err(format!(
                 "auth.default_scheme: unknown scheme {:?} (use ARGON2ID, SHA512-CRYPT or BLF-CRYPT)",
                 self.auth.default_scheme
@@ -614,18 +614,18 @@ impl Config {
             }
         }
         for network in &self.smtp.relay_networks {
-            crate::smtp::Network::parse(network)
+            crate::proto::smtp::Network::parse(network)
                 .map_err(|e| format!("smtp.relay_networks: {e}"))?;
         }
         for domain in &self.smtp.relay_domains {
-            if !crate::address::is_domain_name(domain) {
+            if !crate::proto::address::is_domain_name(domain) {
                 return Err(format!(
                     "smtp.relay_domains: {domain:?} is not a domain name"
                 ));
             }
         }
         for zone in &self.smtp.dnsbl {
-            if !crate::address::is_domain_name(zone) {
+            if !crate::proto::address::is_domain_name(zone) {
                 return Err(format!("smtp.dnsbl: {zone:?} is not a DNS zone"));
             }
         }
@@ -655,12 +655,12 @@ impl Config {
             }
         }
         if let Some(name) = &send.helo_name
-            && !crate::address::is_domain_name(name)
+            && !crate::proto::address::is_domain_name(name)
         {
             return Err(format!("send.helo_name: {name:?} is not a domain name"));
         }
         for (domain, text) in &send.transports {
-            if domain != "*" && !crate::address::is_domain_name(domain) {
+            if domain != "*" && !crate::proto::address::is_domain_name(domain) {
                 return Err(format!(
                     "send.transports: {domain:?} is not a domain or \"*\""
                 ));
@@ -668,7 +668,7 @@ impl Config {
             Transport::parse(text).map_err(|e| format!("send.transports.{domain}: {e}"))?;
         }
         if let Some(p) = &self.queue.postmaster
-            && crate::address::Address::parse(p).is_err()
+            && crate::proto::address::Address::parse(p).is_err()
         {
             return Err(format!("queue.postmaster: {p:?} is not a mail address"));
         }

@@ -9,13 +9,13 @@
 
 use std::io::Read;
 
-use postroom::mailbox::cache::Record;
-use postroom::mailbox::{Entry, flags};
+use postroom::store::mailbox::cache::Record;
+use postroom::store::mailbox::{Entry, flags};
 use postroom::net::NetError;
 
-use crate::command::{FetchItem, Section, SectionText, SequenceSet};
-use crate::mime;
-use crate::response::{astring, flag_list, internal_date, literal};
+use postroom::proto::imap::command::{FetchItem, Section, SectionText, SequenceSet};
+use postroom::proto::mime;
+use postroom::proto::imap::response::{astring, flag_list, internal_date, literal};
 use crate::session::{Done, Session};
 use crate::summary;
 

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeSet;
 
-use postroom::mailbox::modseq::ModSeqs;
-use postroom::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
+use postroom::store::mailbox::modseq::ModSeqs;
+use postroom::store::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
 use postroom::net::NetError;
 
-use crate::command::{Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem};
-use crate::response::{astring, flag_list};
+use postroom::proto::imap::command::{Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem};
+use postroom::proto::imap::response::{astring, flag_list};
 use crate::session::{Done, Selected, Session};
 
 macro_rules! mailbox_or_bad {
@@ -85,7 +85,7 @@ impl Session {
         let validity = state.validity;
         let mut sel = Selected {
             name,
-            cache: postroom::mailbox::cache::Cache::new(folder.path(), validity),
+            cache: postroom::store::mailbox::cache::Cache::new(folder.path(), validity),
             modseqs: ModSeqs::new(folder.path(), validity),
             folder,
             read_only,
@@ -463,9 +463,9 @@ impl Session {
             return Ok(Done::No("[NONEXISTENT] no quota for this user".into()));
         }
         if let Some(limit) = quota {
-            let used = match postroom::maildir::Maildir::new(mailbox.root()).quota_usage(limit) {
+            let used = match postroom::store::maildir::Maildir::new(mailbox.root()).quota_usage(limit) {
                 Ok((bytes, _)) => bytes,
-                Err(e) => return Ok(postroom::mailbox::MailboxError::from(e).into()),
+                Err(e) => return Ok(postroom::store::mailbox::MailboxError::from(e).into()),
             };
             // RFC 9208 counts STORAGE in units of 1024 octets.
             out.extend_from_slice(

@@ -1,7 +1,7 @@
 //! imap-serve: the IMAP server (RFC 9051 and RFC 3501; see `imap-serve(8)`).
 //!
 //! Serves each user's Maildir++ tree through the folder state in
-//! `postroom::mailbox` (`postroom-mailbox(5)`), which other processes
+//! `postroom::store::mailbox` (`postroom-mailbox(5)`), which other processes
 //! (deliveries, POP3, other IMAP sessions) share through the files alone.
 //!
 //! Runs under inetd or a systemd socket with Accept=yes (one connection on
@@ -10,11 +10,8 @@
 //! `--listen` / `--listen-tls`. Started as root to bind port 143, it leaves
 //! root behind before it serves anyone.
 
-mod command;
 mod fetch;
 mod folders;
-mod mime;
-mod response;
 mod search;
 mod session;
 mod summary;
@@ -49,7 +46,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("imap-serve", "info");
+    postroom::net::log::init("imap-serve", "info");
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,8 +61,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
     // Sockets first (port 143 needs root), then root goes, then the tree.
     let launch = Launch::from_flags(&args.listen, &args.listen_tls, args.inetd_tls)?;
-    postroom::privileges::drop_privileges(&config)?;
-    let tls = match postroom::tls::acceptor(&config) {
+    postroom::net::privileges::drop_privileges(&config)?;
+    let tls = match postroom::net::tls::acceptor(&config) {
         Ok(acceptor) => Some(acceptor),
         Err(e) => {
             tracing::warn!("no TLS: {e}");

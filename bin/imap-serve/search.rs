@@ -7,12 +7,12 @@
 //! Comparison is case-insensitive substring, as the RFC asks.
 
 use mail_parser::{MessageParser, PartType};
-use postroom::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
-use postroom::mailbox::modseq::ModSeqs;
-use postroom::mailbox::{Entry, Folder, Keywords};
+use postroom::store::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
+use postroom::store::mailbox::modseq::ModSeqs;
+use postroom::store::mailbox::{Entry, Folder, Keywords};
 use postroom::net::NetError;
 
-use crate::command::{Date, SearchKey, days_from_civil};
+use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
 use crate::fetch::wire_form;
 use crate::session::{Done, Selected, Session};
 use crate::summary;
@@ -83,7 +83,7 @@ impl Candidate<'_> {
         if self.headers.is_none() {
             let parsed = self
                 .file()
-                .map(|m| summary::decoded_headers(crate::mime::header_of(m)));
+                .map(|m| summary::decoded_headers(postroom::proto::mime::header_of(m)));
             self.headers = Some(parsed.unwrap_or_default());
         }
         self.headers.as_deref().unwrap_or(&[])
@@ -316,7 +316,7 @@ fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
     let all = opts.is_empty() || opts.iter().any(|o| o == "ALL");
     let mut line = String::from("* ESEARCH (TAG ");
     let mut quoted = Vec::new();
-    crate::response::quoted_or_literal(&mut quoted, tag.as_bytes());
+    postroom::proto::imap::response::quoted_or_literal(&mut quoted, tag.as_bytes());
     line.push_str(&String::from_utf8_lossy(&quoted));
     line.push(')');
     if uid {

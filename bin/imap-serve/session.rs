@@ -18,20 +18,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use postroom::access::Access;
-use postroom::authlimit::AuthLimit;
+use postroom::directory::access::Access;
+use postroom::directory::authlimit::AuthLimit;
 use postroom::config::Config;
-use postroom::mailbox::cache::Cache;
-use postroom::mailbox::modseq::ModSeqs;
-use postroom::mailbox::watch::Watcher;
-use postroom::mailbox::{
+use postroom::store::mailbox::cache::Cache;
+use postroom::store::mailbox::modseq::ModSeqs;
+use postroom::store::mailbox::watch::Watcher;
+use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
 };
 use postroom::net::{Connection, NetError};
-use postroom::users::Users;
+use postroom::directory::users::Users;
 use tokio_rustls::TlsAcceptor;
 
-use crate::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
+use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
 
 /// Failed LOGIN/AUTHENTICATE attempts before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -746,7 +746,7 @@ impl Session {
         if response == "*" {
             return Ok(Done::Bad("authentication cancelled".into()));
         }
-        let Some((user, password)) = postroom::sasl::decode_plain(&response) else {
+        let Some((user, password)) = postroom::directory::sasl::decode_plain(&response) else {
             return Ok(Done::Bad("malformed PLAIN response".into()));
         };
         self.check_password(user, password).await
@@ -763,7 +763,7 @@ impl Session {
             .await;
         match checked {
             Ok(Some(user)) => {
-                let root = postroom::users::maildir_of(&self.shared.config, &user);
+                let root = postroom::directory::users::maildir_of(&self.shared.config, &user);
                 let mailbox = Mailbox::new(root);
                 if let Err(e) = mailbox.ensure_defaults() {
                     tracing::error!(user = %user.address, "cannot prepare the mailbox: {e}");

@@ -1,14 +1,14 @@
-//! What the folder cache (`postroom::mailbox::cache`) keeps about a
+//! What the folder cache (`postroom::store::mailbox::cache`) keeps about a
 //! message, computed from its text: the ENVELOPE, BODY and BODYSTRUCTURE
 //! responses as sent, the size, the dates and the decoded header fields
 //! SEARCH, SORT and THREAD ask for. FETCH and SEARCH both fill it, so the
 //! second look at a big folder reads one file instead of every message.
 
 use mail_parser::{Address, HeaderValue, MessageParser};
-use postroom::mailbox::Entry;
-use postroom::mailbox::cache::{Record, SEARCH_FIELDS};
+use postroom::store::mailbox::Entry;
+use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
 
-use crate::mime;
+use postroom::proto::mime;
 use crate::session::Selected;
 
 /// A record from the message's wire form (CRLF). `whole` says the text is

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use postroom::mailbox::{Entry, Flags, flags};
+use postroom::store::mailbox::{Entry, Flags, flags};
 use postroom::net::NetError;
 
-use crate::command::{SequenceSet, StoreMode};
+use postroom::proto::imap::command::{SequenceSet, StoreMode};
 use crate::folders::{all_flags, flags_from_names, permanent_flags};
-use crate::response::flag_list;
+use postroom::proto::imap::response::flag_list;
 use crate::session::{Done, Session};
 
 /// IDLE re-syncs this often even without an inotify event (changes made

@@ -12,12 +12,13 @@ use std::time::UNIX_EPOCH;
 
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
-use postroom::address::{Address, ReversePath};
-use postroom::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
+use postroom::directory::aliases::Directory;
 use postroom::config::Config;
-use postroom::lists::List;
-use postroom::queue::{Envelope, Queue};
-use postroom::{fsutil, message};
+use postroom::delivery::lists::List;
+use postroom::store::queue::{Envelope, Queue};
+use postroom::proto::message;
+use postroom::store::fsutil;
 
 /// Sends the digest if there is anything new; returns how many posts it had.
 pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
@@ -57,7 +58,7 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
         if member.digest
             && !member.nomail
             && let Ok(address) = Address::parse(&member.address)
-            && let Ok(routes) = postroom::deliver::routes_for(&directory, &address)
+            && let Ok(routes) = postroom::delivery::deliver::routes_for(&directory, &address)
         {
             readers.extend(routes);
         }

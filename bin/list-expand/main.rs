@@ -17,10 +17,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use postroom::address::Address;
+use postroom::proto::address::Address;
 use postroom::config::Config;
-use postroom::lists::{List, Policy, read_address_lines};
-use postroom::message;
+use postroom::delivery::lists::{List, Policy, read_address_lines};
+use postroom::proto::message;
 
 use post::{HELD_SENDER, distribute, held_ids, post, take_held};
 
@@ -124,7 +124,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("list-expand", "warn");
+    postroom::net::log::init("list-expand", "warn");
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = Config::load(&Config::locate(cli.config.as_deref()))?;
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     let address = |text: &str| {
         Address::parse(text).with_context(|| format!("{text:?} is not a list address"))
     };
@@ -335,7 +335,7 @@ fn read_addresses(file: &PathBuf) -> anyhow::Result<Vec<Address>> {
 fn set_policy(list: &List, policy: Policy) -> anyhow::Result<()> {
     let mut config = list.config.clone();
     config.policy = policy;
-    postroom::fsutil::write_atomic(
+    postroom::store::fsutil::write_atomic(
         &list.dir.join("config"),
         toml::to_string(&config)?.as_bytes(),
     )?;

@@ -2,13 +2,13 @@
 //! accepted post to the members with the list headers added.
 
 use anyhow::Context;
-use postroom::address::{Address, ReversePath};
-use postroom::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
+use postroom::directory::aliases::Directory;
 use postroom::config::Config;
-use postroom::lists::{List, Outsiders, Policy, ReplyTo};
-use postroom::maildir::{Maildir, Message};
-use postroom::message;
-use postroom::queue::{Envelope, Queue};
+use postroom::delivery::lists::{List, Outsiders, Policy, ReplyTo};
+use postroom::store::maildir::{Maildir, Message};
+use postroom::proto::message;
+use postroom::store::queue::{Envelope, Queue};
 
 use crate::EX_NOPERM;
 
@@ -114,7 +114,7 @@ pub fn distribute(
             tracing::warn!(member = %member.address, "not an address; skipped");
             continue;
         };
-        match postroom::deliver::routes_for(&directory, &address) {
+        match postroom::delivery::deliver::routes_for(&directory, &address) {
             Ok(routes) => recipients.extend(routes),
             Err(e) => tracing::warn!(%address, "member skipped: {e}"),
         }
@@ -222,8 +222,8 @@ fn rewrite_from_for_dmarc(config: &Config, list: &List, post: &[u8]) -> Option<V
         .build()
         .ok()?
         .block_on(async {
-            let resolver = postroom::dns::resolver(config).ok()?;
-            match postroom::dns::dmarc_policy(&resolver, &domain).await {
+            let resolver = postroom::net::dns::resolver(config).ok()?;
+            match postroom::net::dns::dmarc_policy(&resolver, &domain).await {
                 Ok(policy) => policy,
                 Err(e) => {
                     tracing::warn!("{e}; From left as it is");
@@ -288,7 +288,7 @@ fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyho
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut held = format!("{HELD_SENDER}: {from}\r\n").into_bytes();
     held.extend_from_slice(post);
-    postroom::fsutil::write_atomic(&list.held_dir().join(&id), &held)
+    postroom::store::fsutil::write_atomic(&list.held_dir().join(&id), &held)
         .context("keeping the held post")?;
     let end = message::header_len(post);
     let subject = message::header_fields(&post[..end])
@@ -338,7 +338,7 @@ pub fn tell_owners(config: &Config, list: &List, subject: &str, text: &str) -> a
     for owner in &list.config.owners {
         if let Ok(owner) = Address::parse(owner) {
             recipients
-                .extend(postroom::deliver::routes_for(&directory, &owner).unwrap_or_default());
+                .extend(postroom::delivery::deliver::routes_for(&directory, &owner).unwrap_or_default());
         }
     }
     if !recipients.is_empty() {

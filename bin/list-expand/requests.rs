@@ -11,11 +11,11 @@
 //! automatic is not answered at all.
 
 use mail_parser::MessageParser;
-use postroom::address::{Address, ReversePath};
-use postroom::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
+use postroom::directory::aliases::Directory;
 use postroom::config::Config;
-use postroom::lists::List;
-use postroom::queue::{Envelope, Queue};
+use postroom::delivery::lists::List;
+use postroom::store::queue::{Envelope, Queue};
 
 use crate::post::{distribute, take_held};
 
@@ -224,7 +224,7 @@ fn send_reply(
         .text_body(text)
         .write_to_vec()?;
     let directory = Directory::load(config)?;
-    let recipients = postroom::deliver::routes_for(&directory, to)?;
+    let recipients = postroom::delivery::deliver::routes_for(&directory, to)?;
     Queue::from_config(config).enqueue(&Envelope::new(ReversePath::Null, recipients), &message)?;
     Ok(())
 }

@@ -23,8 +23,8 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use postroom::maildir::{Maildir, MaildirError, MessageFile, Removed, pop3_size};
-use postroom::pop3::MessageNumber;
+use postroom::store::maildir::{Maildir, MaildirError, MessageFile, Removed, pop3_size};
+use postroom::proto::pop3::MessageNumber;
 
 /// The size cache's file name, in the maildir's root.
 const SIZE_CACHE: &str = "postroom-pop3-sizes";
@@ -160,7 +160,7 @@ impl Maildrop {
         let Some(entry) = self.messages.get_mut(n.index()) else {
             return;
         };
-        if entry.file.has_flag('S') && entry.file.sub == postroom::maildir::Sub::Cur {
+        if entry.file.has_flag('S') && entry.file.sub == postroom::store::maildir::Sub::Cur {
             return;
         }
         match self.maildir.add_flags(&entry.file, "S") {
@@ -245,7 +245,7 @@ impl SizeCache {
             }
         }
         let path = root.join(SIZE_CACHE);
-        if let Err(e) = postroom::fsutil::write_atomic(&path, text.as_bytes()) {
+        if let Err(e) = postroom::store::fsutil::write_atomic(&path, text.as_bytes()) {
             tracing::warn!("cannot write the size cache {}: {e}", path.display());
         }
     }
@@ -256,8 +256,8 @@ mod tests {
     use super::*;
 
     fn number(n: u32) -> MessageNumber {
-        match postroom::pop3::Command::parse(format!("RETR {n}").as_bytes()) {
-            Ok(postroom::pop3::Command::Retr(n)) => n,
+        match postroom::proto::pop3::Command::parse(format!("RETR {n}").as_bytes()) {
+            Ok(postroom::proto::pop3::Command::Retr(n)) => n,
             other => panic!("{other:?}"),
         }
     }

@@ -42,7 +42,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("pop3-serve", "info");
+    postroom::net::log::init("pop3-serve", "info");
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,8 +58,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Sockets first (ports 110 and 995 need root), then root goes, then
     // the tree.
     let launch = Launch::from_flags(&args.listen, &args.listen_tls, args.inetd_tls)?;
-    postroom::privileges::drop_privileges(&config)?;
-    let tls = match postroom::tls::acceptor(&config) {
+    postroom::net::privileges::drop_privileges(&config)?;
+    let tls = match postroom::net::tls::acceptor(&config) {
         Ok(acceptor) => Some(acceptor),
         Err(e) => {
             tracing::warn!("no TLS, so no STLS and no passwords from remote clients: {e}");

@@ -20,12 +20,12 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use postroom::access::Access;
-use postroom::authlimit::AuthLimit;
+use postroom::directory::access::Access;
+use postroom::directory::authlimit::AuthLimit;
 use postroom::config::Config;
 use postroom::net::{Connection, NetError};
-use postroom::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
-use postroom::users::{self, Users};
+use postroom::proto::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
+use postroom::directory::users::{self, Users};
 use tokio_rustls::TlsAcceptor;
 
 use crate::maildrop::Maildrop;

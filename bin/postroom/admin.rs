@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use postroom::address::Address;
+use postroom::proto::address::Address;
 use postroom::config::Config;
-use postroom::password::{self, Scheme};
-use postroom::{aliases, domains, users};
+use postroom::directory::password::{self, Scheme};
+use postroom::directory::{aliases, domains, users};
 
 #[derive(Args)]
 pub struct InitArgs {
@@ -107,7 +107,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes a fresh tree; refuses to overwrite an existing config.
 pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::Result<PathBuf> {
-    if !postroom::address::is_domain_name(domain) {
+    if !postroom::proto::address::is_domain_name(domain) {
         bail!("{domain:?} is not a domain name");
     }
     let hostname = hostname
@@ -150,20 +150,20 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         ),
     ];
     for (name, text) in files {
-        postroom::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+        postroom::store::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
     }
     for sub in ["mail", "lists", "state"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
     std::fs::create_dir_all(dir.join("mail").join(domain))?;
-    postroom::queue::Queue::new(dir.join("queue")).create()?;
-    postroom::tls::generate_self_signed(
+    postroom::store::queue::Queue::new(dir.join("queue")).create()?;
+    postroom::net::tls::generate_self_signed(
         &hostname,
         &dir.join("tls/cert.pem"),
         &dir.join("tls/key.pem"),
     )?;
     // The config goes last: its presence means the tree is complete.
-    postroom::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
+    postroom::store::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
     Ok(config_path)
 }
 
@@ -243,7 +243,7 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
             // One user gets a maildir now, so the admin sees it; bulk adds
             // leave that to the first delivery or login, which create it.
             for entry in entries.iter().filter(|_| entries.len() == 1) {
-                let maildir = postroom::maildir::Maildir::new(
+                let maildir = postroom::store::maildir::Maildir::new(
                     config
                         .mail_dir()
                         .join(entry.address.domain())

@@ -13,10 +13,10 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use postroom::address::Address;
-use postroom::aliases::{self, Directory};
+use postroom::proto::address::Address;
+use postroom::directory::aliases::{self, Directory};
 use postroom::config::Config;
-use postroom::queue::Queue;
+use postroom::store::queue::Queue;
 
 /// The Maildir spec's age for tmp/ files that no delivery still writes.
 const MAILDIR_TMP_STALE: Duration = Duration::from_secs(36 * 3600);
@@ -67,14 +67,14 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
 
 /// Users, domains, aliases, and whether every alias resolves.
 fn check_files(config: &Config, report: &mut Report) {
-    let domains = match postroom::domains::Domains::load(&config.domains_file()) {
+    let domains = match postroom::directory::domains::Domains::load(&config.domains_file()) {
         Ok(d) => Some(d),
         Err(e) => {
             report.problems.push(e.to_string());
             None
         }
     };
-    match postroom::users::Users::load(&config.users_file()) {
+    match postroom::directory::users::Users::load(&config.users_file()) {
         Ok(users) => {
             if let Some(domains) = &domains {
                 for user in users.iter() {
@@ -137,13 +137,13 @@ fn check_files(config: &Config, report: &mut Report) {
 }
 
 fn check_access(config: &Config, report: &mut Report) {
-    if let Err(e) = postroom::access::Access::load(&config.access_file()) {
+    if let Err(e) = postroom::directory::access::Access::load(&config.access_file()) {
         report.problems.push(e.to_string());
     }
 }
 
 fn check_tls(config: &Config, report: &mut Report) {
-    if let Err(e) = postroom::tls::server_config(&config.tls_cert(), &config.tls_key()) {
+    if let Err(e) = postroom::net::tls::server_config(&config.tls_cert(), &config.tls_key()) {
         report.problems.push(format!("tls: {e}"));
     }
 }
@@ -177,7 +177,7 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
         Ok(ids) => {
             for id in &ids {
                 match queue.read(id) {
-                    Ok(_) | Err(postroom::queue::QueueError::NotFound(_)) => {}
+                    Ok(_) | Err(postroom::store::queue::QueueError::NotFound(_)) => {}
                     Err(e) => report.problems.push(e.to_string()),
                 }
             }

@@ -12,10 +12,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use postroom::address::{Address, ReversePath};
+use postroom::proto::address::{Address, ReversePath};
 use postroom::config::Config;
-use postroom::queue::{Envelope, Queue};
-use postroom::{aliases, deliver, password, users};
+use postroom::store::queue::{Envelope, Queue};
+use postroom::delivery::deliver;
+use postroom::directory::{aliases, password, users};
 
 const DOMAIN: &str = "example.test";
 const USER: &str = "demo@example.test";
@@ -200,13 +201,13 @@ fn welcome(config: &Config, to: &Address) -> anyhow::Result<()> {
     let recipients = deliver::routes_for(&directory, to)?;
     let sender = ReversePath::parse(&format!("postmaster@{DOMAIN}"))?;
     let mut envelope = Envelope::new(sender, recipients);
-    envelope.protocol = Some(postroom::address::EnvelopeText::new("local", 16)?);
-    let date = postroom::message::rfc5322_date(postroom::fsutil::now_secs());
+    envelope.protocol = Some(postroom::proto::address::EnvelopeText::new("local", 16)?);
+    let date = postroom::proto::message::rfc5322_date(postroom::store::fsutil::now_secs());
     let body = format!(
         "From: postroom demo <postmaster@{DOMAIN}>\r\nTo: <{to}>\r\nSubject: Welcome to postroom\r\n\
          Date: {date}\r\nMessage-ID: <welcome.{}@{DOMAIN}>\r\n\r\n\
          This message went through the queue into your maildir.\r\n",
-        postroom::fsutil::now_secs()
+        postroom::store::fsutil::now_secs()
     );
     let mut incoming = Queue::from_config(config).incoming(&envelope)?;
     std::io::Write::write_all(&mut incoming, body.as_bytes())?;

@@ -57,7 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("postroom", "warn");
+    postroom::net::log::init("postroom", "warn");
     let cli = Cli::parse();
     let config = cli.config;
     let result = match cli.command {
@@ -91,6 +91,6 @@ pub fn load_config(config: Option<PathBuf>) -> anyhow::Result<postroom::config::
     let path = postroom::config::Config::locate(config.as_deref());
     let config = postroom::config::Config::load(&path)?;
     // Files this command writes must belong to the tree's owner, not root.
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     Ok(config)
 }

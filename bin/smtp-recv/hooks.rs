@@ -13,7 +13,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use postroom::smtp::Reply;
+use postroom::proto::smtp::Reply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a hook said.

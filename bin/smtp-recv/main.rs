@@ -45,7 +45,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("smtp-recv", "info");
+    postroom::net::log::init("smtp-recv", "info");
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,8 +60,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
     // Sockets first (port 25 needs root), then root goes, then the tree.
     let launch = Launch::from_flags(&args.listen, &args.listen_tls, args.inetd_tls)?;
-    postroom::privileges::drop_privileges(&config)?;
-    let tls = match postroom::tls::acceptor(&config) {
+    postroom::net::privileges::drop_privileges(&config)?;
+    let tls = match postroom::net::tls::acceptor(&config) {
         Ok(acceptor) => Some(acceptor),
         Err(e) => {
             tracing::warn!("no TLS: {e}");

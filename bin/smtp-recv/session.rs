@@ -13,15 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use base64::Engine;
-use postroom::access::Access;
-use postroom::address::{Address, EnvelopeText, ReversePath};
-use postroom::aliases::{Directory, ResolveError, Target};
-use postroom::authlimit::AuthLimit;
+use postroom::directory::access::Access;
+use postroom::proto::address::{Address, EnvelopeText, ReversePath};
+use postroom::directory::aliases::{Directory, ResolveError, Target};
+use postroom::directory::authlimit::AuthLimit;
 use postroom::config::Config;
-use postroom::deliver::{self, Early};
+use postroom::delivery::deliver::{self, Early};
 use postroom::net::{Connection, NetError};
-use postroom::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
-use postroom::smtp::{
+use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
+use postroom::proto::smtp::{
     DataLine, DataProblem, DataReader, Network, Reply, is_clean_command, xtext_decode,
 };
 use smtp_proto::Request;
@@ -69,11 +69,11 @@ impl Shared {
         let resolver = if config.smtp.dnsbl.is_empty() {
             None
         } else {
-            Some(postroom::dns::resolver(&config)?)
+            Some(postroom::net::dns::resolver(&config)?)
         };
         let checks = &config.smtp;
         let authenticator = if checks.spf || checks.dkim || checks.dmarc {
-            Some(postroom::dns::authenticator(&config)?)
+            Some(postroom::net::dns::authenticator(&config)?)
         } else {
             None
         };
@@ -385,7 +385,7 @@ impl Session {
             return None;
         };
         for zone in &self.shared.config.smtp.dnsbl {
-            match postroom::dns::dnsbl_listed(resolver, ip, zone).await {
+            match postroom::net::dns::dnsbl_listed(resolver, ip, zone).await {
                 Ok(Some(code)) => {
                     tracing::info!(%ip, zone, %code, "listed in a DNS blocklist");
                     return Some(Reply::new(
@@ -692,7 +692,7 @@ impl Session {
                 } else {
                     Some(initial)
                 };
-                response.and_then(|r| postroom::sasl::decode_plain(&r))
+                response.and_then(|r| postroom::directory::sasl::decode_plain(&r))
             }
             smtp_proto::AUTH_LOGIN => {
                 let user = if initial.is_empty() {
@@ -983,7 +983,7 @@ impl Session {
             ));
         }
         let domain = name.trim_start_matches('@').to_lowercase();
-        if !postroom::address::is_domain_name(&domain) {
+        if !postroom::proto::address::is_domain_name(&domain) {
             return self.error(Reply::new(501, "5.5.4", "ETRN takes a domain name"));
         }
         if self.user.is_none() && !self.client_in_relay_networks() {
@@ -1329,7 +1329,7 @@ impl Session {
             "Received: from {helo} ([{ip}]){auth}\r\n\tby {host} (postroom) with {proto}{tls}\r\n\tid {id}{for_rcpt};\r\n\t{date}\r\n",
             host = self.shared.config.hostname,
             proto = self.protocol(),
-            date = postroom::message::rfc5322_date(postroom::fsutil::now_secs()),
+            date = postroom::proto::message::rfc5322_date(postroom::store::fsutil::now_secs()),
         )
     }
 }
@@ -1368,8 +1368,8 @@ fn hops(staged: &Staged) -> usize {
     if let Ok(body) = staged.message.body() {
         let _ = body.take(1 << 20).read_to_end(&mut head);
     }
-    let len = postroom::message::header_len(&head);
-    postroom::message::header_fields(&head[..len])
+    let len = postroom::proto::message::header_len(&head);
+    postroom::proto::message::header_fields(&head[..len])
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
         .count()

@@ -24,8 +24,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use postroom::config::Config;
-use postroom::queue::QueueId;
-use postroom::tls::ClientTls;
+use postroom::store::queue::QueueId;
+use postroom::net::tls::ClientTls;
 use tokio::sync::Notify;
 
 use remote::Dispatcher;
@@ -57,7 +57,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("smtp-send", "info");
+    postroom::net::log::init("smtp-send", "info");
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&Config::locate(args.config.as_deref()))?);
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     let selection = if args.flush {
         Selection::All
     } else if let Some(domain) = &args.domain {
@@ -96,13 +96,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             watch(config, stopping, stop).await
         } else {
             if let Selection::Messages(ids) = &selection {
-                let queue = postroom::queue::Queue::from_config(&config);
+                let queue = postroom::store::queue::Queue::from_config(&config);
                 for id in ids {
                     // Says "no message ID in the queue" for a wrong id.
                     queue.read(id)?;
                 }
             }
-            let tls = postroom::tls::client_configs(&config)?;
+            let tls = postroom::net::tls::client_configs(&config)?;
             one_pass(&config, &tls, &stopping, &selection, None).await?;
             Ok(())
         }
@@ -120,7 +120,7 @@ async fn one_pass(
 ) -> anyhow::Result<Arc<Runner>> {
     let dispatcher = Dispatcher::new(
         config.clone(),
-        postroom::dns::resolver(config)?,
+        postroom::net::dns::resolver(config)?,
         tls.clone(),
         runner::load_credentials(config)?,
     );
@@ -154,11 +154,11 @@ async fn watch(
     stopping: Arc<AtomicBool>,
     stop: Arc<Notify>,
 ) -> anyhow::Result<()> {
-    let queue = postroom::queue::Queue::from_config(&config);
+    let queue = postroom::store::queue::Queue::from_config(&config);
     queue.create()?;
     let hints = Hints::watch(&queue.root().join("todo"))?;
     // Read once: the system's certificate store takes a while to load.
-    let tls = postroom::tls::client_configs(&config)?;
+    let tls = postroom::net::tls::client_configs(&config)?;
     let mut full = true;
     while !stopping.load(Ordering::Relaxed) {
         let only = if full { None } else { Some(queue.todo()?) };
@@ -171,7 +171,7 @@ async fn watch(
                 None
             }
         };
-        let now = postroom::fsutil::now_secs();
+        let now = postroom::store::fsutil::now_secs();
         let next_due = runner
             .map(|r| r.tally.next_due.load(Ordering::Relaxed))
             .unwrap_or(0);

@@ -15,15 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use postroom::address::{Address, ReversePath};
-use postroom::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
+use postroom::directory::aliases::Directory;
 use postroom::config::Config;
-use postroom::deliver::{self, Outcome};
-use postroom::dsn::{self, Kind};
-use postroom::queue::{
+use postroom::delivery::deliver::{self, Outcome};
+use postroom::proto::dsn::{self, Kind};
+use postroom::store::queue::{
     Envelope, LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
 };
-use postroom::{fsutil, queue};
+use postroom::store::{fsutil, queue};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::remote::{Destination, Dispatcher, Job};

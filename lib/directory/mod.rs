@@ -1,0 +1,10 @@
+//! Who exists and who may log in: the users file, aliases, domains,
+//! access rules, password hashes, login backoff and SASL decoding.
+
+pub mod access;
+pub mod aliases;
+pub mod authlimit;
+pub mod domains;
+pub mod password;
+pub mod sasl;
+pub mod users;

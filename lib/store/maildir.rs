@@ -1,0 +1,1004 @@
+//! Maildir++ delivery: the one durable write into a mailbox (DESIGN §3).
+//!
+//! States of a delivered message, as files:
+//!
+//! | state        | file                         | committed by                     |
+//! |--------------|------------------------------|----------------------------------|
+//! | being written| `tmp/BASE`                   | nothing: debris after a crash    |
+//! | delivered    | `new/BASE,S=n,W=m`           | `link(tmp, new)` + fsync of new/ |
+//! | seen by MUA  | `cur/BASE,S=n,W=m:2,FLAGS`   | the reader's rename              |
+//!
+//! The file is fsynced before the link, and `new/` after it, so a reader never
+//! sees half a message and a 250 never covers a message only in the page
+//! cache. Deliveries take no lock: unique names make them safe.
+//!
+//! Why not the `maildir` crate's `store_new`: it renames without fsyncing the
+//! directory, and it always picks a random name, while queue deliveries need a
+//! name derived from the queue id and recipient so that a repeat after a crash
+//! finds the first copy (`link` fails with EEXIST) instead of delivering twice.
+//! The crate is still used where it fits: creating the folder structure.
+//!
+//! Names carry `,S=` (size on disk, LF line ends) and `,W=` (size with CRLF,
+//! what POP3 and IMAP report), as Courier and Dovecot write them, so readers
+//! never open a file to learn its size.
+//!
+//! Readers (POP3, IMAP) share [`Maildir::messages`], [`Maildir::locate`],
+//! [`Maildir::add_flags`] and [`Maildir::remove`]. None takes a lock: a
+//! message is known by its base name (the part before `:`), which no rename
+//! changes, so one moved to cur/ or re-flagged by another client meanwhile
+//! is found again, and one removed meanwhile is simply gone (DESIGN §5).
+//!
+//! Quota is Maildir++ `maildirsize` (courier-libs README.maildirquota): a
+//! limits line, then appended `bytes count` lines; approximate by design, no
+//! lock; recalculated from the names when it grows past 5120 bytes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::store::fsutil;
+
+/// `maildirsize` is rebuilt from scratch past this size (Maildir++ rule).
+const MAILDIRSIZE_REBUILD_BYTES: u64 = 5120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaildirError {
+    /// The folder name could escape the mailbox or is not a valid name.
+    #[error("invalid folder name {0:?}")]
+    BadFolder(String),
+    /// Delivering would exceed the user's quota (a temporary failure: the
+    /// user may delete mail).
+    #[error("mailbox is over quota ({used} of {limit} bytes used)")]
+    OverQuota { used: u64, limit: u64 },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+}
+
+impl MaildirError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> MaildirError + '_ {
+        move |error| MaildirError::Io {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+}
+
+/// What happened to one delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// Written now, under this name in `new/`.
+    New(PathBuf),
+    /// A copy with the same derived name was already there: a repeat after a
+    /// crash, so nothing was written twice.
+    AlreadyThere,
+}
+
+/// A Maildir++ mailbox: INBOX at the root, folders as `.Name` beside it.
+#[derive(Debug, Clone)]
+pub struct Maildir {
+    root: PathBuf,
+    /// The INBOX root, where `maildirsize` lives even for subfolders.
+    inbox: PathBuf,
+}
+
+/// One message to deliver.
+pub struct Message<'a> {
+    /// Header lines written before the message (`Return-Path`,
+    /// `Delivered-To`), LF-terminated.
+    pub prepend: &'a [u8],
+    /// The message itself, with CRLF or LF line ends; written with LF.
+    pub body: &'a mut dyn Read,
+    /// A base name derived from the queue id and recipient, for idempotent
+    /// queue deliveries; `None` picks a fresh unique name.
+    pub base_name: Option<String>,
+    /// Search new/ and cur/ for an earlier copy under `base_name`: set on a
+    /// retry after an interrupted attempt, when a mail client may have moved
+    /// the first copy to cur/. (Otherwise an exact repeat is caught by
+    /// `link` alone, at no cost.)
+    pub search_cur: bool,
+    /// Quota in bytes for this mailbox, if any.
+    pub quota: Option<u64>,
+}
+
+impl Maildir {
+    /// The INBOX of the mailbox rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Maildir {
+        let root = root.into();
+        Maildir {
+            inbox: root.clone(),
+            root,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// A folder of this mailbox by its Maildir++ name (`Sent`, `Lists.rust`);
+    /// `INBOX` is the root. Names that could leave the mailbox (`..`, `/`,
+    /// a leading dot, control characters) are refused.
+    pub fn folder(&self, name: &str) -> Result<Maildir, MaildirError> {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Ok(Maildir::new(self.inbox.clone()));
+        }
+        let bad = name.is_empty()
+            || name.len() > 255
+            || name.starts_with('.')
+            || name.ends_with('.')
+            || name.contains("..")
+            || name.contains('/')
+            || name.chars().any(char::is_control);
+        if bad {
+            return Err(MaildirError::BadFolder(name.to_string()));
+        }
+        Ok(Maildir {
+            root: self.inbox.join(format!(".{name}")),
+            inbox: self.inbox.clone(),
+        })
+    }
+
+    /// Creates `cur`, `new` and `tmp` (and the root) if missing, mode 0700.
+    /// A subfolder also gets `maildirfolder`, as Maildir++ asks.
+    pub fn create(&self) -> Result<(), MaildirError> {
+        if self.root.join("cur").is_dir() && self.root.join("new").is_dir() {
+            return Ok(());
+        }
+        maildir::Maildir::from(self.root.clone())
+            .create_dirs()
+            .map_err(MaildirError::io(&self.root))?;
+        if self.root != self.inbox {
+            File::create(self.root.join("maildirfolder")).map_err(MaildirError::io(&self.root))?;
+        }
+        fsutil::fsync_dir(fsutil::parent_of(&self.root)).map_err(MaildirError::io(&self.root))
+    }
+
+    /// Delivers one message: tmp → fsync → link into new/ → fsync new/.
+    pub fn deliver(&self, message: Message<'_>, hostname: &str) -> Result<Delivered, MaildirError> {
+        self.create()?;
+        let base = match &message.base_name {
+            Some(base) => base.clone(),
+            None => format!(
+                "{}.{}.{}",
+                fsutil::now_secs(),
+                fsutil::unique_suffix(),
+                fsutil::host_for_names(hostname)
+            ),
+        };
+        // The exact name is caught by link()'s EEXIST below, for free. Only
+        // after an interrupted attempt is it worth a readdir, to find a copy
+        // a mail client has since moved to cur/ (and renamed with flags).
+        if message.base_name.is_some() && message.search_cur && self.find_base(&base)? {
+            return Ok(Delivered::AlreadyThere);
+        }
+        let used = match message.quota {
+            Some(limit) if limit > 0 => Some((limit, self.quota_usage(limit)?)),
+            _ => None,
+        };
+
+        let tmp = self.root.join("tmp").join(&base);
+        let result = self.write_and_link(&tmp, &base, message, used);
+        // The tmp name is only a staging name; it goes whatever happened.
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    fn write_and_link(
+        &self,
+        tmp: &Path,
+        base: &str,
+        message: Message<'_>,
+        used: Option<(u64, (u64, u64))>,
+    ) -> Result<Delivered, MaildirError> {
+        // A derived name may meet the debris of a crashed attempt in tmp/:
+        // truncating it is right, since only the queue-message lock holder
+        // delivers that name.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(MaildirError::io(tmp))?;
+        let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+        out.write_all(message.prepend)
+            .map_err(MaildirError::io(tmp))?;
+        let mut prepended = WireCount::default();
+        prepended.add(message.prepend);
+        let (body_size, body_wire) =
+            copy_with_lf(message.body, &mut out).map_err(MaildirError::io(tmp))?;
+        let file = out.into_inner().map_err(|e| MaildirError::Io {
+            path: tmp.to_path_buf(),
+            error: e.into_error(),
+        })?;
+        let size = message.prepend.len() as u64 + body_size;
+        let wire_size = prepended.wire + body_wire;
+        if let Some((limit, (bytes, _))) = used
+            && bytes + size > limit
+        {
+            return Err(MaildirError::OverQuota { used: bytes, limit });
+        }
+        file.sync_all().map_err(MaildirError::io(tmp))?;
+        drop(file);
+
+        let name = format!("{base},S={size},W={wire_size}");
+        let new = self.root.join("new").join(&name);
+        match fs::hard_link(tmp, &new) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Ok(Delivered::AlreadyThere);
+            }
+            Err(e) => return Err(MaildirError::io(&new)(e)),
+        }
+        fsutil::fsync_dir(&self.root.join("new")).map_err(MaildirError::io(&new))?;
+        if used.is_some() {
+            self.quota_add(size as i64, 1);
+        }
+        Ok(Delivered::New(new))
+    }
+
+    /// True if a message whose name starts with `base,` is in new/ or cur/.
+    fn find_base(&self, base: &str) -> Result<bool, MaildirError> {
+        let prefix = format!("{base},");
+        let dirs: &[&str] = &["new", "cur"];
+        for dir in dirs {
+            let path = self.root.join(dir);
+            let entries = match fs::read_dir(&path) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(MaildirError::io(&path)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(MaildirError::io(&path))?;
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn maildirsize_path(&self) -> PathBuf {
+        self.inbox.join("maildirsize")
+    }
+
+    /// (bytes, messages) in use, from `maildirsize`, rebuilt when missing,
+    /// too long, or written for another limit.
+    pub fn quota_usage(&self, limit: u64) -> Result<(u64, u64), MaildirError> {
+        let path = self.maildirsize_path();
+        let limits_line = format!("{limit}S");
+        if let Ok(file) = File::open(&path) {
+            let long = file
+                .metadata()
+                .map(|m| m.len() > MAILDIRSIZE_REBUILD_BYTES)
+                .unwrap_or(true);
+            let mut lines = BufReader::new(file).lines();
+            let first = lines.next().and_then(Result::ok);
+            if !long && first.as_deref() == Some(limits_line.as_str()) {
+                let (mut bytes, mut count) = (0i64, 0i64);
+                for line in lines.map_while(Result::ok) {
+                    let mut fields = line.split_whitespace().map(|f| f.parse::<i64>());
+                    if let (Some(Ok(b)), Some(Ok(c))) = (fields.next(), fields.next()) {
+                        bytes += b;
+                        count += c;
+                    }
+                }
+                return Ok((bytes.max(0) as u64, count.max(0) as u64));
+            }
+        }
+        let (bytes, count) = self.scan_usage()?;
+        let text = format!("{limits_line}\n{bytes:>12} {count:>12}\n");
+        fsutil::write_atomic(&path, text.as_bytes()).map_err(MaildirError::io(&path))?;
+        Ok((bytes, count))
+    }
+
+    /// Appends one change to `maildirsize` (one write, O_APPEND, no lock:
+    /// the format is designed for concurrent appenders).
+    pub fn quota_add(&self, bytes: i64, count: i64) {
+        let path = self.maildirsize_path();
+        if let Ok(mut file) = OpenOptions::new().append(true).open(&path) {
+            let _ = file.write_all(format!("{bytes} {count}\n").as_bytes());
+        }
+    }
+
+    /// Sums sizes over INBOX and every folder, from the `,S=` in the names
+    /// (stat only for names without it).
+    fn scan_usage(&self) -> Result<(u64, u64), MaildirError> {
+        let mut roots = vec![self.inbox.clone()];
+        if let Ok(entries) = fs::read_dir(&self.inbox) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                // Maildir++ does not count Trash against the quota.
+                if name.starts_with('.') && name != ".Trash" && entry.path().is_dir() {
+                    roots.push(entry.path());
+                }
+            }
+        }
+        let (mut bytes, mut count) = (0, 0);
+        for root in roots {
+            for sub in ["new", "cur"] {
+                let Ok(entries) = fs::read_dir(root.join(sub)) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let size = size_from_name(&name.to_string_lossy())
+                        .or_else(|| entry.metadata().ok().map(|m| m.len()));
+                    if let Some(size) = size {
+                        bytes += size;
+                        count += 1;
+                    }
+                }
+            }
+        }
+        Ok((bytes, count))
+    }
+}
+
+/// Where a message file is: `new/` (not yet seen by any mail client) or
+/// `cur/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sub {
+    New,
+    Cur,
+}
+
+impl Sub {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+/// One message of a folder, by the name it had when last seen. Another
+/// process may rename it at any time (new/ to cur/, flag changes): the
+/// base name stays, so [`Maildir::locate`] finds it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFile {
+    pub sub: Sub,
+    pub name: String,
+}
+
+impl MessageFile {
+    /// The base name: everything before the `:` of the info part. Stable
+    /// for the life of the message, unique in the folder (qmail-pop3d's
+    /// UIDL, Dovecot's uidlist key).
+    pub fn base(&self) -> &str {
+        base_of(&self.name)
+    }
+
+    /// The flag letters after `:2,` (empty when there are none).
+    pub fn flags(&self) -> &str {
+        match self.name.split_once(':') {
+            Some((_, info)) => info.strip_prefix("2,").unwrap_or(""),
+            None => "",
+        }
+    }
+
+    pub fn has_flag(&self, flag: char) -> bool {
+        self.flags().contains(flag)
+    }
+
+    /// Size on disk from the name's `,S=`.
+    pub fn size(&self) -> Option<u64> {
+        size_from_name(&self.name)
+    }
+
+    /// Size on the wire (what POP3 RETR sends) from the name's `,W=`.
+    pub fn wire_size(&self) -> Option<u64> {
+        wire_size_from_name(&self.name)
+    }
+}
+
+fn base_of(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(base, _)| base)
+}
+
+/// Merges flag letters into a name's flags: each once, in ASCII order, as
+/// the maildir spec asks (`FRS`, then Dovecot keyword letters `a`-`z`).
+pub fn merge_flags(flags: &str, add: &str) -> String {
+    let mut all: Vec<char> = flags.chars().chain(add.chars()).collect();
+    all.sort_unstable();
+    all.dedup();
+    all.into_iter().collect()
+}
+
+/// What [`Maildir::remove`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Unlinked by this call.
+    pub removed: usize,
+    /// Already gone: removed by another session (POP3 or IMAP) meanwhile.
+    pub gone: usize,
+    /// Could not be removed (permissions, I/O, or renamed by someone else
+    /// every time we looked); each one is logged.
+    pub failed: usize,
+}
+
+/// How often a message that moves while we open, rename or remove it is
+/// looked for again (Dovecot's `maildir_file_do` retries as often). Each
+/// round follows one more rename by another process.
+const FOLLOW_ROUNDS: usize = 10;
+
+/// A message counts as gone only when this many scans in a row miss it:
+/// readdir can miss a file that another process renames during the scan
+/// (the reason Dovecot's uidlist sync takes a lock), so one miss proves
+/// nothing.
+const GONE_AFTER_MISSES: usize = 2;
+
+/// Reading and changing messages already delivered, shared by POP3 and
+/// IMAP. Nothing here takes a lock (DESIGN §5): renames and unlinks are
+/// atomic, and a message moved by someone else is found again by its base
+/// name.
+impl Maildir {
+    /// The path of a message file of this folder.
+    pub fn file_path(&self, file: &MessageFile) -> PathBuf {
+        self.root.join(file.sub.dir()).join(&file.name)
+    }
+
+    /// Every message in new/ and cur/, one per base name, in delivery order
+    /// (the seconds that start a maildir name, then the name). A folder not
+    /// yet created is empty.
+    ///
+    /// new/ is read before cur/: messages only move from new/ to cur/, so
+    /// one moved during the scan is seen at least once (twice is folded
+    /// into one, keeping the cur/ name). A message renamed inside cur/
+    /// during the scan may be missed by readdir; it is there next time.
+    pub fn messages(&self) -> Result<Vec<MessageFile>, MaildirError> {
+        // Each name with its sort key, computed once: recomputing it in
+        // every comparison was most of the cost of a 10,000-message scan.
+        let mut keyed: Vec<(u64, usize, MessageFile)> = Vec::new();
+        for sub in [Sub::New, Sub::Cur] {
+            self.read_sub(sub, |name| {
+                let base = base_of(name);
+                keyed.push((
+                    delivery_secs(base),
+                    base.len(),
+                    MessageFile {
+                        sub,
+                        name: name.to_string(),
+                    },
+                ));
+            })?;
+        }
+        keyed.sort_unstable_by(|(a_secs, a_len, a), (b_secs, b_len, b)| {
+            a_secs
+                .cmp(b_secs)
+                .then_with(|| a.name[..*a_len].cmp(&b.name[..*b_len]))
+                // cur/ after new/, so dedup_by keeps the cur/ name.
+                .then_with(|| (a.sub == Sub::Cur).cmp(&(b.sub == Sub::Cur)))
+        });
+        let mut files: Vec<MessageFile> = keyed.into_iter().map(|(_, _, f)| f).collect();
+        files.dedup_by(|later, earlier| {
+            if later.base() == earlier.base() {
+                std::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        Ok(files)
+    }
+
+    /// Calls `each` with every message name in `sub` (no dot files).
+    fn read_sub(&self, sub: Sub, mut each: impl FnMut(&str)) -> Result<(), MaildirError> {
+        let path = self.root.join(sub.dir());
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(MaildirError::io(&path)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(MaildirError::io(&path))?;
+            let name = entry.file_name();
+            // A name that is not UTF-8 was not written by a maildir
+            // program; it is left alone rather than guessed at.
+            if let Some(name) = name.to_str()
+                && !name.starts_with('.')
+            {
+                each(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current names of the messages with these base names, in one
+    /// pass over new/ and cur/. Missing ones are gone (expunged).
+    pub fn locate(&self, bases: &[&str]) -> Result<Vec<Option<MessageFile>>, MaildirError> {
+        let wanted: std::collections::HashMap<&str, usize> =
+            bases.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+        let mut found = vec![None; bases.len()];
+        for sub in [Sub::New, Sub::Cur] {
+            self.read_sub(sub, |name| {
+                if let Some(&i) = wanted.get(base_of(name)) {
+                    found[i] = Some(MessageFile {
+                        sub,
+                        name: name.to_string(),
+                    });
+                }
+            })?;
+        }
+        Ok(found)
+    }
+
+    /// Runs `op` on a message's current path, following it through renames
+    /// by other processes (new/ to cur/, flag changes): when `op` fails
+    /// with NotFound the message is looked up by base name and `op` tried
+    /// again on its new name. Returns what `op` returned and the name it
+    /// worked on, or None when the message is gone.
+    pub fn follow<T>(
+        &self,
+        file: &MessageFile,
+        mut op: impl FnMut(&MessageFile) -> io::Result<T>,
+    ) -> Result<Option<(T, MessageFile)>, MaildirError> {
+        let mut current = file.clone();
+        let mut misses = 0;
+        for _ in 0..FOLLOW_ROUNDS {
+            match op(&current) {
+                Ok(value) => return Ok(Some((value, current))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(MaildirError::io(&self.file_path(&current))(e)),
+            }
+            match self.locate(&[current.base()])?.pop().flatten() {
+                Some(moved) => {
+                    misses = 0;
+                    current = moved;
+                }
+                None => {
+                    misses += 1;
+                    if misses >= GONE_AFTER_MISSES {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(MaildirError::Io {
+            path: self.file_path(&current),
+            error: io::Error::other("renamed by another process every time we looked"),
+        })
+    }
+
+    /// Adds flags to a message: renames it into cur/ with its flags merged
+    /// (`:2,` + the old letters and the new, sorted), keeping the flags
+    /// another client set. If someone else renamed it first, it is found
+    /// by base name and the rename tried again on its current name.
+    /// Returns the new name, or None if the message is gone.
+    ///
+    /// Not fsynced: losing a flag change in a crash loses no mail, and
+    /// Dovecot and Courier make the same trade.
+    pub fn add_flags(
+        &self,
+        file: &MessageFile,
+        flags: &str,
+    ) -> Result<Option<MessageFile>, MaildirError> {
+        let renamed = self.follow(file, |current| {
+            let merged = merge_flags(current.flags(), flags);
+            if current.sub == Sub::Cur && merged == current.flags() {
+                return Ok(current.clone());
+            }
+            let target = MessageFile {
+                sub: Sub::Cur,
+                name: format!("{}:2,{merged}", current.base()),
+            };
+            fs::rename(self.file_path(current), self.file_path(&target))?;
+            Ok(target)
+        })?;
+        Ok(renamed.map(|(target, _)| target))
+    }
+
+    /// Removes messages (POP3 DELE at QUIT, IMAP EXPUNGE), following any
+    /// that were renamed meanwhile; those already gone are counted, not an
+    /// error. The directories are fsynced afterwards, so a removal
+    /// reported is durable, and `maildirsize` gets one line with the bytes
+    /// and count freed.
+    pub fn remove(&self, files: &[MessageFile]) -> Removed {
+        let mut result = Removed::default();
+        let mut freed: u64 = 0;
+        // Each pending message with the number of scans in a row that
+        // missed it; one readdir per round serves them all.
+        let mut pending: Vec<(MessageFile, usize)> = files.iter().map(|f| (f.clone(), 0)).collect();
+        for _ in 0..FOLLOW_ROUNDS {
+            let mut moved = Vec::new();
+            for (file, misses) in pending.drain(..) {
+                let path = self.file_path(&file);
+                let size = file
+                    .size()
+                    .or_else(|| fs::metadata(&path).ok().map(|m| m.len()));
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        result.removed += 1;
+                        freed += size.unwrap_or(0);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => moved.push((file, misses)),
+                    Err(e) => {
+                        tracing::error!("cannot remove {}: {e}", path.display());
+                        result.failed += 1;
+                    }
+                }
+            }
+            if moved.is_empty() {
+                break;
+            }
+            let bases: Vec<&str> = moved.iter().map(|(f, _)| f.base()).collect();
+            let found = match self.locate(&bases) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    result.failed += moved.len();
+                    break;
+                }
+            };
+            for ((file, misses), now) in moved.into_iter().zip(found) {
+                match now {
+                    Some(now) => pending.push((now, 0)),
+                    None if misses + 1 >= GONE_AFTER_MISSES => result.gone += 1,
+                    None => pending.push((file, misses + 1)),
+                }
+            }
+        }
+        for (file, _) in &pending {
+            tracing::error!(
+                "cannot remove {}: renamed by another process every time we looked",
+                file.base()
+            );
+        }
+        result.failed += pending.len();
+        if result.removed > 0 {
+            for sub in [Sub::New, Sub::Cur] {
+                if let Err(e) = fsutil::fsync_dir(&self.root.join(sub.dir())) {
+                    tracing::error!("fsync {}/{}: {e}", self.root.display(), sub.dir());
+                }
+            }
+            self.quota_add(-(freed as i64), -(result.removed as i64));
+        }
+        result
+    }
+}
+
+/// The delivery time that starts a maildir name, in seconds; names that
+/// do not start with one sort last.
+fn delivery_secs(base: &str) -> u64 {
+    let digits = base.bytes().take_while(u8::is_ascii_digit).count();
+    base[..digits].parse().unwrap_or(u64::MAX)
+}
+
+/// The `,S=` size in a maildir name, if present.
+pub fn size_from_name(name: &str) -> Option<u64> {
+    name_field(name, "S=")
+}
+
+/// The `,W=` (CRLF) size in a maildir name, if present.
+pub fn wire_size_from_name(name: &str) -> Option<u64> {
+    name_field(name, "W=")
+}
+
+fn name_field(name: &str, key: &str) -> Option<u64> {
+    let base = name.split(':').next().unwrap_or(name);
+    base.split(',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Copies `body` to `out`, turning CRLF into LF (a maildir holds LF-ended
+/// lines, as qmail and Dovecot write them), and ending a last line that has
+/// no line end with LF: a message is lines (RFC 5322 §2.1), and POP3 and
+/// IMAP must send it as lines whose sizes they can state before sending.
+/// Returns the bytes written and the wire size ([`pop3_size`] of them).
+fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u64)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut converted = Vec::with_capacity(buf.len() + 2);
+    let mut wire = WireCount::default();
+    let mut pending_cr = false;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        converted.clear();
+        for &b in &buf[..n] {
+            if std::mem::take(&mut pending_cr) && b != b'\n' {
+                // A CR not followed by LF is content; CRLF becomes LF.
+                converted.push(b'\r');
+            }
+            if b == b'\r' {
+                pending_cr = true;
+            } else {
+                converted.push(b);
+            }
+        }
+        wire.add(&converted);
+        out.write_all(&converted)?;
+    }
+    converted.clear();
+    if pending_cr {
+        converted.push(b'\r');
+    }
+    if (wire.size > 0 || !converted.is_empty()) && converted.last().unwrap_or(&wire.last) != &b'\n'
+    {
+        converted.push(b'\n');
+    }
+    wire.add(&converted);
+    out.write_all(&converted)?;
+    Ok((wire.size, wire.wire))
+}
+
+/// Counts a file's size on the wire as it streams past: every LF not
+/// already preceded by CR becomes CRLF.
+#[derive(Debug)]
+struct WireCount {
+    size: u64,
+    wire: u64,
+    last: u8,
+}
+
+impl Default for WireCount {
+    fn default() -> Self {
+        WireCount {
+            size: 0,
+            wire: 0,
+            // As if after a line end: an empty file is complete.
+            last: b'\n',
+        }
+    }
+}
+
+impl WireCount {
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.wire += if b == b'\n' && self.last != b'\r' {
+                2
+            } else {
+                1
+            };
+            self.last = b;
+        }
+        self.size += bytes.len() as u64;
+    }
+
+    /// The POP3 size: a last line without a line end gets CRLF on the wire.
+    fn pop3(&self) -> u64 {
+        self.wire + if self.last == b'\n' { 0 } else { 2 }
+    }
+}
+
+/// The size of a stored message as POP3 sends it (RETR, and the size LIST
+/// and STAT report): LF line ends become CRLF, CRLF stays, a last line
+/// without a line end gets one. Dot-stuffing is not counted (RFC 1939 §5).
+/// For every file `deliver` writes this equals the `,W=` of its name; it is
+/// for files from elsewhere whose names carry no `,W=`. `pop3::Transmit`
+/// sends exactly this many octets.
+pub fn pop3_size(reader: &mut dyn Read) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut count = WireCount::default();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(count.pop3()),
+            Ok(n) => count.add(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(
+        md: &Maildir,
+        body: &[u8],
+        base: Option<&str>,
+        quota: Option<u64>,
+    ) -> Result<Delivered, MaildirError> {
+        let mut body = body;
+        md.deliver(
+            Message {
+                prepend: b"Return-Path: <a@b>\n",
+                body: &mut body,
+                base_name: base.map(str::to_string),
+                search_cur: true,
+                quota,
+            },
+            "host.test",
+        )
+    }
+
+    #[test]
+    fn delivers_with_lf_and_sizes_in_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        let Delivered::New(path) = deliver(&md, b"Subject: x\r\n\r\nhi\r\n", None, None).unwrap()
+        else {
+            panic!("not delivered")
+        };
+        let text = fs::read(&path).unwrap();
+        assert_eq!(text, b"Return-Path: <a@b>\nSubject: x\n\nhi\n");
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert_eq!(size_from_name(&name), Some(text.len() as u64));
+        assert_eq!(wire_size_from_name(&name), Some(text.len() as u64 + 4));
+        assert_eq!(fs::read_dir(md.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn derived_name_delivers_once_even_after_move_to_cur() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        let Delivered::New(path) = deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap(),
+            Delivered::AlreadyThere
+        );
+        let cur = md.path().join("cur").join(format!(
+            "{}:2,S",
+            path.file_name().unwrap().to_string_lossy()
+        ));
+        fs::rename(&path, cur).unwrap();
+        assert_eq!(
+            deliver(&md, b"x\r\n", Some("100.Qabc-0.h"), None).unwrap(),
+            Delivered::AlreadyThere
+        );
+    }
+
+    #[test]
+    fn crlf_split_across_reads_is_joined() {
+        struct Dribble<'a>(&'a [u8]);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Ok(0);
+                }
+                buf[0] = self.0[0];
+                self.0 = &self.0[1..];
+                Ok(1)
+            }
+        }
+        let mut out = Vec::new();
+        let (n, wire) = copy_with_lf(&mut Dribble(b"a\r\nb\rc\r\n\r"), &mut out).unwrap();
+        // The trailing bare CR is content; the missing line end is added.
+        assert_eq!(out, b"a\nb\rc\n\r\n");
+        assert_eq!((n, wire), (out.len() as u64, 10));
+        assert_eq!(pop3_size(&mut &out[..]).unwrap(), wire);
+    }
+
+    #[test]
+    fn quota_refuses_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        deliver(&md, &[b'x'; 100], None, Some(250)).unwrap();
+        match deliver(&md, &[b'x'; 200], None, Some(250)) {
+            Err(MaildirError::OverQuota { used, limit: 250 }) => assert!(used >= 100),
+            other => panic!("{other:?}"),
+        }
+        let (bytes, count) = md.quota_usage(250).unwrap();
+        assert_eq!(count, 1);
+        assert!(bytes > 100);
+        // A changed limit rebuilds the file from the names.
+        assert_eq!(md.quota_usage(999).unwrap(), (bytes, 1));
+    }
+
+    #[test]
+    fn folder_names_cannot_escape() {
+        let md = Maildir::new("/m/u");
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a..b", "x\n", "x."] {
+            assert!(md.folder(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(md.folder("Sent").unwrap().path(), Path::new("/m/u/.Sent"));
+        assert_eq!(md.folder("inbox").unwrap().path(), Path::new("/m/u"));
+        assert_eq!(
+            md.folder("Lists.rust").unwrap().path(),
+            Path::new("/m/u/.Lists.rust")
+        );
+    }
+
+    fn put(md: &Maildir, sub: &str, name: &str, body: &[u8]) {
+        fs::create_dir_all(md.path().join(sub)).unwrap();
+        fs::write(md.path().join(sub).join(name), body).unwrap();
+    }
+
+    #[test]
+    fn messages_in_delivery_order_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        assert_eq!(md.messages().unwrap(), vec![], "no folder yet: empty");
+        md.create().unwrap();
+        put(&md, "cur", "200.b.h,S=1:2,S", b"x");
+        put(&md, "new", "100.a.h,S=1", b"x");
+        put(&md, "new", "1000.c.h", b"x");
+        put(&md, "new", ".hidden", b"x");
+        // The same message in both (caught mid-move): counted once, cur/ wins.
+        put(&md, "new", "300.d.h", b"x");
+        put(&md, "cur", "300.d.h:2,F", b"x");
+        let names: Vec<String> = md.messages().unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            ["100.a.h,S=1", "200.b.h,S=1:2,S", "300.d.h:2,F", "1000.c.h"]
+        );
+    }
+
+    #[test]
+    fn flags_merge_sorted_and_follow_a_moved_message() {
+        assert_eq!(merge_flags("SF", "R"), "FRS");
+        assert_eq!(merge_flags("FRS", "S"), "FRS");
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        md.create().unwrap();
+        put(&md, "new", "1.a.h,S=1,W=2", b"x\n");
+        let seen_as = MessageFile {
+            sub: Sub::New,
+            name: "1.a.h,S=1,W=2".into(),
+        };
+        // Another client moves it and flags it before we get to it.
+        fs::rename(
+            md.path().join("new/1.a.h,S=1,W=2"),
+            md.path().join("cur/1.a.h,S=1,W=2:2,Fa"),
+        )
+        .unwrap();
+        let now = md.add_flags(&seen_as, "S").unwrap().unwrap();
+        assert_eq!(now.name, "1.a.h,S=1,W=2:2,FSa");
+        assert_eq!(now.base(), seen_as.base());
+        assert!(md.file_path(&now).exists());
+        fs::remove_file(md.file_path(&now)).unwrap();
+        assert_eq!(md.add_flags(&seen_as, "S").unwrap(), None);
+    }
+
+    #[test]
+    fn remove_follows_renames_counts_the_gone_and_updates_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        for body in [b"aaaa\n", b"bbbb\n", b"cccc\n"] {
+            deliver(&md, body, None, Some(10_000)).unwrap();
+        }
+        let (bytes, count) = md.quota_usage(10_000).unwrap();
+        assert_eq!(count, 3);
+        let files = md.messages().unwrap();
+        // One moved to cur/ by an IMAP client, one removed by another session.
+        let moved = md.add_flags(&files[0], "S").unwrap().unwrap();
+        assert_eq!(moved.sub, Sub::Cur);
+        fs::remove_file(md.file_path(&files[1])).unwrap();
+        let result = md.remove(&files);
+        assert_eq!(
+            result,
+            Removed {
+                removed: 2,
+                gone: 1,
+                failed: 0
+            }
+        );
+        assert_eq!(md.messages().unwrap(), vec![]);
+        let one = files[0].size().unwrap();
+        assert_eq!(md.quota_usage(10_000).unwrap(), (bytes - 2 * one, 1));
+    }
+
+    #[test]
+    fn delivered_messages_end_with_a_line_end_and_w_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        for body in [
+            &b"no line end"[..],
+            b"cr before crlf\r\r\n",
+            b"",
+            b"a\r\n.\r\n",
+        ] {
+            let Delivered::New(path) = deliver(&md, body, None, None).unwrap() else {
+                panic!()
+            };
+            let stored = fs::read(&path).unwrap();
+            assert!(stored.ends_with(b"\n"));
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            assert_eq!(
+                wire_size_from_name(&name),
+                Some(pop3_size(&mut &stored[..]).unwrap()),
+                "{name}"
+            );
+        }
+    }
+}
