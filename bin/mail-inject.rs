@@ -16,10 +16,10 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use postroom::proto::address::{Address, EnvelopeText, ReversePath};
-use postroom::directory::aliases::Directory;
 use postroom::config::Config;
 use postroom::delivery::deliver;
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::message;
 use postroom::store::queue::{Envelope, Queue};
 
@@ -222,7 +222,8 @@ fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> 
 
 /// `-f` if given, else the login name at the system's hostname.
 fn envelope_sender(options: &Options, config: &Config) -> Result<ReversePath, Failure> {
-    let bad = |e: postroom::proto::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
+    let bad =
+        |e: postroom::proto::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
     match options.sender.as_deref() {
         Some(s) => ReversePath::parse(s.trim_start_matches('<').trim_end_matches('>')).map_err(bad),
         None => Address::parse(&format!("{}@{}", login_name(), config.hostname))

@@ -21,14 +21,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use postroom::proto::address::Address;
-use postroom::directory::aliases::Directory;
 use postroom::config::Config;
-use postroom::store::maildir::Maildir;
-use postroom::delivery::sieve::{Input, Script};
 use postroom::delivery::filter::{self, SortError, Sorted};
+use postroom::delivery::sieve::{Input, Script};
+use postroom::directory::aliases::Directory;
 use postroom::directory::users;
+use postroom::proto::address::Address;
 use postroom::proto::message;
+use postroom::store::maildir::Maildir;
 
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;

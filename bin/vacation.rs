@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use postroom::proto::address::Address;
-use postroom::directory::aliases::Directory;
 use postroom::config::{Config, parse_duration};
 use postroom::delivery::vacation::{self, Decision, Settings};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::Address;
 
 /// sysexits: unknown user, temporary failure, bad config.
 const EX_NOUSER: u8 = 67;
@@ -101,7 +101,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
             } else {
                 format!(" ({handle})")
             };
-            println!("{}  {sender}{handle}", postroom::proto::message::rfc5322_date(at));
+            println!(
+                "{}  {sender}{handle}",
+                postroom::proto::message::rfc5322_date(at)
+            );
         }
         return Ok(0);
     }
@@ -116,10 +119,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .read_to_end(&mut message)
         .context("reading the message")?;
     let sender = postroom::proto::message::envelope_sender(args.sender.as_deref(), &message);
-    let message_file = args
-        .message
-        .clone()
-        .unwrap_or_else(|| postroom::directory::users::maildir_of(&config, &user).join("vacation.msg"));
+    let message_file = args.message.clone().unwrap_or_else(|| {
+        postroom::directory::users::maildir_of(&config, &user).join("vacation.msg")
+    });
     let Some(settings) = settings(&args, &address, &message_file)? else {
         // Nothing to say is not the sender's problem: the mail was
         // delivered beside this pipe; only the admin needs to know.

@@ -67,7 +67,7 @@ pub struct Config {
     pub file: PathBuf,
 }
 
-/// The tree (DESIGN §2). Each path may be absolute or relative to the config.
+/// The tree (postroom-tree(5)). Each path may be absolute or relative to the config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Paths {
@@ -122,7 +122,7 @@ impl Default for Tls {
     }
 }
 
-/// Every limit is finite (DESIGN §7).
+/// Every limit is finite (postroom-tree(5), LIMITS AND SECURITY).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

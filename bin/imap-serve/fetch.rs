@@ -9,15 +9,15 @@
 
 use std::io::Read;
 
+use postroom::net::NetError;
 use postroom::store::mailbox::cache::Record;
 use postroom::store::mailbox::{Entry, flags};
-use postroom::net::NetError;
 
-use postroom::proto::imap::command::{FetchItem, Section, SectionText, SequenceSet};
-use postroom::proto::mime;
-use postroom::proto::imap::response::{astring, flag_list, internal_date, literal};
 use crate::session::{Done, Session};
 use crate::summary;
+use postroom::proto::imap::command::{FetchItem, Section, SectionText, SequenceSet};
+use postroom::proto::imap::response::{astring, flag_list, internal_date, literal};
+use postroom::proto::mime;
 
 /// How much of a file is read when only its header is needed; a header
 /// longer than this is read with the rest of the file.

@@ -4,13 +4,15 @@
 
 use std::collections::BTreeSet;
 
+use postroom::net::NetError;
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
-use postroom::net::NetError;
 
-use postroom::proto::imap::command::{Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem};
-use postroom::proto::imap::response::{astring, flag_list};
 use crate::session::{Done, Selected, Session};
+use postroom::proto::imap::command::{
+    Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
+};
+use postroom::proto::imap::response::{astring, flag_list};
 
 macro_rules! mailbox_or_bad {
     ($session:expr) => {
@@ -463,10 +465,11 @@ impl Session {
             return Ok(Done::No("[NONEXISTENT] no quota for this user".into()));
         }
         if let Some(limit) = quota {
-            let used = match postroom::store::maildir::Maildir::new(mailbox.root()).quota_usage(limit) {
-                Ok((bytes, _)) => bytes,
-                Err(e) => return Ok(postroom::store::mailbox::MailboxError::from(e).into()),
-            };
+            let used =
+                match postroom::store::maildir::Maildir::new(mailbox.root()).quota_usage(limit) {
+                    Ok((bytes, _)) => bytes,
+                    Err(e) => return Ok(postroom::store::mailbox::MailboxError::from(e).into()),
+                };
             // RFC 9208 counts STORAGE in units of 1024 octets.
             out.extend_from_slice(
                 format!(

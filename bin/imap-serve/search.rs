@@ -7,15 +7,15 @@
 //! Comparison is case-insensitive substring, as the RFC asks.
 
 use mail_parser::{MessageParser, PartType};
+use postroom::net::NetError;
 use postroom::store::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Entry, Folder, Keywords};
-use postroom::net::NetError;
 
-use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
 use crate::fetch::wire_form;
 use crate::session::{Done, Selected, Session};
 use crate::summary;
+use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
 
 /// What of one message has been read so far.
 struct Candidate<'a> {

@@ -18,17 +18,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use postroom::config::Config;
 use postroom::directory::access::Access;
 use postroom::directory::authlimit::AuthLimit;
-use postroom::config::Config;
+use postroom::directory::users::Users;
+use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::watch::Watcher;
 use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
 };
-use postroom::net::{Connection, NetError};
-use postroom::directory::users::Users;
 use tokio_rustls::TlsAcceptor;
 
 use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};

@@ -8,8 +8,8 @@ use mail_parser::{Address, HeaderValue, MessageParser};
 use postroom::store::mailbox::Entry;
 use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
 
-use postroom::proto::mime;
 use crate::session::Selected;
+use postroom::proto::mime;
 
 /// A record from the message's wire form (CRLF). `whole` says the text is
 /// the whole message (so BODY and BODYSTRUCTURE can be computed), not just

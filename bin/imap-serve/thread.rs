@@ -22,11 +22,11 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use postroom::store::mailbox::cache::Record;
 use postroom::net::NetError;
+use postroom::store::mailbox::cache::Record;
 
-use postroom::proto::imap::command::{SearchKey, SortKey};
 use crate::session::{Done, Session};
+use postroom::proto::imap::command::{SearchKey, SortKey};
 
 /// What SORT and THREAD know of one matched message.
 struct Item {

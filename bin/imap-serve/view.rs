@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
-use postroom::store::mailbox::{Entry, Flags, flags};
 use postroom::net::NetError;
+use postroom::store::mailbox::{Entry, Flags, flags};
 
-use postroom::proto::imap::command::{SequenceSet, StoreMode};
 use crate::folders::{all_flags, flags_from_names, permanent_flags};
-use postroom::proto::imap::response::flag_list;
 use crate::session::{Done, Session};
+use postroom::proto::imap::command::{SequenceSet, StoreMode};
+use postroom::proto::imap::response::flag_list;
 
 /// IDLE re-syncs this often even without an inotify event (changes made
-/// on other hosts of a shared filesystem, DESIGN §6).
+/// on other hosts of a shared filesystem, postroom-tree(5), SEVERAL HOSTS).
 const IDLE_RESYNC: Duration = Duration::from_secs(60);
 
 impl Session {

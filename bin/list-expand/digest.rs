@@ -12,13 +12,13 @@ use std::time::UNIX_EPOCH;
 
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
-use postroom::proto::address::{Address, ReversePath};
-use postroom::directory::aliases::Directory;
 use postroom::config::Config;
 use postroom::delivery::lists::List;
-use postroom::store::queue::{Envelope, Queue};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
 use postroom::proto::message;
 use postroom::store::fsutil;
+use postroom::store::queue::{Envelope, Queue};
 
 /// Sends the digest if there is anything new; returns how many posts it had.
 pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {

@@ -17,9 +17,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use postroom::proto::address::Address;
 use postroom::config::Config;
 use postroom::delivery::lists::{List, Policy, read_address_lines};
+use postroom::proto::address::Address;
 use postroom::proto::message;
 
 use post::{HELD_SENDER, distribute, held_ids, post, take_held};

@@ -2,12 +2,12 @@
 //! accepted post to the members with the list headers added.
 
 use anyhow::Context;
-use postroom::proto::address::{Address, ReversePath};
-use postroom::directory::aliases::Directory;
 use postroom::config::Config;
 use postroom::delivery::lists::{List, Outsiders, Policy, ReplyTo};
-use postroom::store::maildir::{Maildir, Message};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
 use postroom::proto::message;
+use postroom::store::maildir::{Maildir, Message};
 use postroom::store::queue::{Envelope, Queue};
 
 use crate::EX_NOPERM;
@@ -337,8 +337,9 @@ pub fn tell_owners(config: &Config, list: &List, subject: &str, text: &str) -> a
     let mut recipients = Vec::new();
     for owner in &list.config.owners {
         if let Ok(owner) = Address::parse(owner) {
-            recipients
-                .extend(postroom::delivery::deliver::routes_for(&directory, &owner).unwrap_or_default());
+            recipients.extend(
+                postroom::delivery::deliver::routes_for(&directory, &owner).unwrap_or_default(),
+            );
         }
     }
     if !recipients.is_empty() {

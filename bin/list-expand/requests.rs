@@ -11,10 +11,10 @@
 //! automatic is not answered at all.
 
 use mail_parser::MessageParser;
-use postroom::proto::address::{Address, ReversePath};
-use postroom::directory::aliases::Directory;
 use postroom::config::Config;
 use postroom::delivery::lists::List;
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
 use postroom::store::queue::{Envelope, Queue};
 
 use crate::post::{distribute, take_held};

@@ -2,7 +2,7 @@
 //!
 //! RFC 1939 numbers messages 1..n for the whole session, so the list is
 //! read once, at login, and never re-read: deliveries during the session
-//! show up in the next one. No lock is taken (DESIGN §5, and Dovecot's
+//! show up in the next one. No lock is taken (postroom-mailbox(5), and Dovecot's
 //! `pop3_lock_session=no`): an IMAP client may move a message to cur/,
 //! change its flags or expunge it while we hold its number. We keep each
 //! message's last known name and find it again by base name when it has
@@ -23,8 +23,8 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use postroom::store::maildir::{Maildir, MaildirError, MessageFile, Removed, pop3_size};
 use postroom::proto::pop3::MessageNumber;
+use postroom::store::maildir::{Maildir, MaildirError, MessageFile, Removed, pop3_size};
 
 /// The size cache's file name, in the maildir's root.
 const SIZE_CACHE: &str = "postroom-pop3-sizes";

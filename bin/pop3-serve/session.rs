@@ -20,12 +20,12 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use postroom::config::Config;
 use postroom::directory::access::Access;
 use postroom::directory::authlimit::AuthLimit;
-use postroom::config::Config;
+use postroom::directory::users::{self, Users};
 use postroom::net::{Connection, NetError};
 use postroom::proto::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
-use postroom::directory::users::{self, Users};
 use tokio_rustls::TlsAcceptor;
 
 use crate::maildrop::Maildrop;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use postroom::proto::address::Address;
 use postroom::config::Config;
 use postroom::directory::password::{self, Scheme};
 use postroom::directory::{aliases, domains, users};
+use postroom::proto::address::Address;
 
 #[derive(Args)]
 pub struct InitArgs {

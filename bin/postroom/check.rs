@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use postroom::proto::address::Address;
-use postroom::directory::aliases::{self, Directory};
 use postroom::config::Config;
+use postroom::directory::aliases::{self, Directory};
+use postroom::proto::address::Address;
 use postroom::store::queue::Queue;
 
 /// The Maildir spec's age for tmp/ files that no delivery still writes.

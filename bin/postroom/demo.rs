@@ -12,11 +12,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use postroom::proto::address::{Address, ReversePath};
 use postroom::config::Config;
-use postroom::store::queue::{Envelope, Queue};
 use postroom::delivery::deliver;
 use postroom::directory::{aliases, password, users};
+use postroom::proto::address::{Address, ReversePath};
+use postroom::store::queue::{Envelope, Queue};
 
 const DOMAIN: &str = "example.test";
 const USER: &str = "demo@example.test";

@@ -99,7 +99,9 @@ fn change(
     queue: &Queue,
     ids: Ids,
     done: &str,
-    apply: impl Fn(&mut postroom::store::queue::LockedMessage) -> Result<(), postroom::store::queue::QueueError>,
+    apply: impl Fn(
+        &mut postroom::store::queue::LockedMessage,
+    ) -> Result<(), postroom::store::queue::QueueError>,
 ) -> anyhow::Result<()> {
     for id in resolve(queue, ids)? {
         let mut locked = queue.lock_waiting(&id, PATIENCE)?;

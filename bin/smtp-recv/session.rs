@@ -13,17 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use base64::Engine;
-use postroom::directory::access::Access;
-use postroom::proto::address::{Address, EnvelopeText, ReversePath};
-use postroom::directory::aliases::{Directory, ResolveError, Target};
-use postroom::directory::authlimit::AuthLimit;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Early};
+use postroom::directory::access::Access;
+use postroom::directory::aliases::{Directory, ResolveError, Target};
+use postroom::directory::authlimit::AuthLimit;
 use postroom::net::{Connection, NetError};
-use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
+use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::smtp::{
     DataLine, DataProblem, DataReader, Network, Reply, is_clean_command, xtext_decode,
 };
+use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
 use tokio_rustls::TlsAcceptor;
 

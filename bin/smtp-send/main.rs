@@ -24,8 +24,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use postroom::config::Config;
-use postroom::store::queue::QueueId;
 use postroom::net::tls::ClientTls;
+use postroom::store::queue::QueueId;
 use tokio::sync::Notify;
 
 use remote::Dispatcher;

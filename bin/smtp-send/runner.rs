@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use postroom::proto::address::{Address, ReversePath};
-use postroom::directory::aliases::Directory;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Outcome};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
 use postroom::proto::dsn::{self, Kind};
 use postroom::store::queue::{
     Envelope, LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,

@@ -159,7 +159,7 @@ fn fill(maildir: &Path, n: usize) -> anyhow::Result<()> {
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(maildir.join(sub))?;
     }
-    let now = postroom::fsutil::now_secs();
+    let now = postroom::store::fsutil::now_secs();
     let filler =
         "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
             .repeat(20);

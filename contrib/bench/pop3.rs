@@ -190,13 +190,13 @@ fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
         .map(|b| format!("box{b}"))
         .chain(["big".to_string()])
     {
-        users.push(postroom::users::NewUser {
-            address: postroom::address::Address::parse(&format!("{name}@bench.test"))?,
+        users.push(postroom::directory::users::NewUser {
+            address: postroom::proto::address::Address::parse(&format!("{name}@bench.test"))?,
             password_hash: "{PLAIN}x".into(),
             quota: None,
         });
     }
-    postroom::users::add_users(&dir.join("users"), &users)?;
+    postroom::directory::users::add_users(&dir.join("users"), &users)?;
     Ok(config)
 }
 
@@ -207,7 +207,7 @@ fn mailbox(dir: &Path, user: &str) -> PathBuf {
 /// Writes `count` messages of about `size` bytes; returns their total
 /// size on the wire.
 fn fill(root: &Path, count: usize, size: usize) -> anyhow::Result<u64> {
-    postroom::maildir::Maildir::new(root).create()?;
+    postroom::store::maildir::Maildir::new(root).create()?;
     let mut text = b"From: bench@bench.test\nSubject: bench\n\n".to_vec();
     let mut line = 0;
     while text.len() < size {
@@ -221,8 +221,8 @@ fn fill(root: &Path, count: usize, size: usize) -> anyhow::Result<u64> {
         );
         line += 1;
     }
-    let wire = postroom::maildir::pop3_size(&mut &text[..])?;
-    let now = postroom::fsutil::now_secs();
+    let wire = postroom::store::maildir::pop3_size(&mut &text[..])?;
+    let now = postroom::store::fsutil::now_secs();
     for i in 0..count {
         let name = format!(
             "{}.M{i}P{}.bench,S={},W={wire}",

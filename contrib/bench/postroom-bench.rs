@@ -320,13 +320,13 @@ fn inject_rate(
 /// One pass over the queue delivering every message, in this process.
 fn runner_rate(dir: &Path) -> anyhow::Result<f64> {
     let config = postroom::config::Config::load(&dir.join("postroom.toml"))?;
-    let directory = postroom::aliases::Directory::load(&config)?;
-    let queue = postroom::queue::Queue::from_config(&config);
+    let directory = postroom::directory::aliases::Directory::load(&config)?;
+    let queue = postroom::store::queue::Queue::from_config(&config);
     let start = Instant::now();
     let ids = queue.list()?;
     for id in &ids {
         if let Some(mut locked) = queue.lock(id)? {
-            postroom::deliver::deliver_local(&config, &directory, &mut locked, true)?;
+            postroom::delivery::deliver::deliver_local(&config, &directory, &mut locked, true)?;
             anyhow::ensure!(locked.message.is_finished(), "{id} not delivered");
             locked.remove(false)?;
         }

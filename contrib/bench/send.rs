@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use postroom::address::{Address, ReversePath};
-use postroom::queue::{Envelope, Queue, Recipient, Route};
+use postroom::proto::address::{Address, ReversePath};
+use postroom::store::queue::{Envelope, Queue, Recipient, Route};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[path = "../../tests/integration/dns.rs"]

@@ -16,16 +16,16 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proto::address::{Address, EnvelopeText, ReversePath};
-use crate::directory::aliases::{Directory, ResolveError, Target};
 use crate::config::Config;
+use crate::directory::aliases::{Directory, ResolveError, Target};
+use crate::directory::users;
+use crate::proto::address::{Address, EnvelopeText, ReversePath};
 use crate::store::fsutil;
 use crate::store::maildir::{Delivered, Maildir, MaildirError, Message};
 use crate::store::queue::{
     self, LockedMessage, LogEntry, QueueError, QueueId, QueuedMessage, RcptState, Recipient, Route,
     Staged,
 };
-use crate::directory::users;
 
 /// How long a pipe command may run.
 pub const PIPE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -317,7 +317,8 @@ fn by_rules(
         .quota
         .or(Some(config.delivery.default_quota))
         .filter(|&q| q > 0);
-    match crate::delivery::filter::sort(config, directory, maildir, quota, &address, &sender, &raw) {
+    match crate::delivery::filter::sort(config, directory, maildir, quota, &address, &sender, &raw)
+    {
         Ok(crate::delivery::filter::Sorted::Delivered) => {
             Outcome::Delivered("250 2.0.0 delivered by Sieve rules".into())
         }

@@ -7,14 +7,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::proto::address::{Address, ReversePath};
-use crate::directory::aliases::Directory;
 use crate::config::Config;
-use crate::store::maildir::{Delivered, Maildir, MaildirError, Message, MessageFile, Sub};
-use crate::store::queue::{Envelope, Queue};
 use crate::delivery::sieve::{Action, Input, Script};
 use crate::delivery::vacation;
+use crate::directory::aliases::Directory;
+use crate::proto::address::{Address, ReversePath};
 use crate::proto::message;
+use crate::store::maildir::{Delivered, Maildir, MaildirError, Message, MessageFile, Sub};
+use crate::store::queue::{Envelope, Queue};
 
 /// Redirects a message may have been through before it is kept instead.
 const MAX_REDIRECTS: usize = 5;
@@ -340,9 +340,14 @@ fn redirect(
         (ReversePath::Address(original), Some(secret))
             if !directory.is_local_domain(original.domain()) =>
         {
-            crate::delivery::srs::forward(original, &secret, config.srs_domain(), crate::delivery::srs::today())
-                .map(ReversePath::Address)
-                .unwrap_or_else(|| sender.clone())
+            crate::delivery::srs::forward(
+                original,
+                &secret,
+                config.srs_domain(),
+                crate::delivery::srs::today(),
+            )
+            .map(ReversePath::Address)
+            .unwrap_or_else(|| sender.clone())
         }
         _ => sender.clone(),
     };

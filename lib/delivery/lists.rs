@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proto::address::Address;
 use crate::config::Config;
+use crate::proto::address::Address;
 use crate::store::fsutil::{self, FileError};
 
 #[derive(Debug, thiserror::Error)]

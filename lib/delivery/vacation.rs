@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use mail_parser::{HeaderValue, MessageParser};
 
-use crate::proto::address::{Address, ReversePath};
 use crate::config::Config;
+use crate::proto::address::{Address, ReversePath};
 use crate::store::fsutil::{self, FileLock};
 use crate::store::queue::{Envelope, Queue, QueueError, QueueId, Recipient, Route};
 

@@ -17,8 +17,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::proto::address::{Address, is_domain_name};
-use crate::store::fsutil::FileError;
 use crate::proto::smtp::Network;
+use crate::store::fsutil::FileError;
 
 #[derive(Debug, Clone, Default)]
 pub struct Access {

@@ -23,11 +23,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::proto::address::{Address, EnvelopeText};
 use crate::config::Config;
 use crate::directory::domains::Domains;
-use crate::store::fsutil::{self, FileError};
 use crate::directory::users::{User, Users};
+use crate::proto::address::{Address, EnvelopeText};
+use crate::store::fsutil::{self, FileError};
 
 /// Longest pipe command accepted.
 const MAX_COMMAND: usize = 1000;
@@ -330,7 +330,11 @@ impl Directory {
             .is_some_and(|p| p.eq_ignore_ascii_case("SRS0="))
             && let Some(secret) = self.config.srs_secret()
         {
-            return match crate::delivery::srs::reverse(address, &secret, crate::delivery::srs::today()) {
+            return match crate::delivery::srs::reverse(
+                address,
+                &secret,
+                crate::delivery::srs::today(),
+            ) {
                 Some(original) => {
                     push(out, Target::Remote(original));
                     Ok(())

@@ -15,10 +15,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::proto::address::{Address, is_domain_name};
 use crate::config::{Config, parse_size};
-use crate::store::fsutil::{self, FileError};
 use crate::directory::password::{self, PasswordError};
+use crate::proto::address::{Address, is_domain_name};
+use crate::store::fsutil::{self, FileError};
 
 /// One user of the system.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Diagnostics for every postroom program: one line per event, on stderr.
 //!
-//! Stderr and never stdout, always: in inetd mode (DESIGN §1) stdout *is* the
+//! Stderr and never stdout, always: in inetd mode (postroom-tree(5), PROCESSES) stdout *is* the
 //! client's socket, so a log line there would be sent to the client as if it
 //! were a protocol reply. Under systemd stderr goes to the journal, under
 //! inetd or tcpserver to whatever the launcher set up (often multilog).

@@ -1,7 +1,7 @@
 //! How a server gets its connections, and the [`Connection`] every protocol
 //! (SMTP, POP3, IMAP) reads lines from and writes replies to.
 //!
-//! DESIGN §1: a server runs in one of three ways, chosen at start by
+//! postroom-tree(5), PROCESSES: a server runs in one of three ways, chosen at start by
 //! [`Launch::from_args`]:
 //!
 //! 1. **inetd** (systemd `Accept=yes`, inetd, tcpserver): one connection on
@@ -11,7 +11,7 @@
 //! 3. **standalone** `--listen ADDR` / `--listen-tls ADDR`: the same code
 //!    path as 2, with sockets we bind ourselves.
 //!
-//! [`serve`] runs a handler per connection under the limits of DESIGN §7:
+//! [`serve`] runs a handler per connection under the limits of postroom-tree(5), LIMITS AND SECURITY:
 //! connections in total and per IP, idle time per read and write, session
 //! time, and a TLS handshake time. Every connection has a short random id
 //! and runs in a `tracing` span `conn=<id> peer=<ip:port>`, so every log line
@@ -130,7 +130,7 @@ fn from_io(error: io::Error) -> NetError {
     }
 }
 
-/// How this process gets its connections (DESIGN §1).
+/// How this process gets its connections (postroom-tree(5), PROCESSES).
 #[derive(Debug)]
 pub enum Launch {
     /// Listening sockets: bound from `--listen`/`--listen-tls`, or inherited
@@ -198,7 +198,7 @@ impl Launch {
         Launch::Inetd { tls }
     }
 
-    /// The launch a server's flags ask for (DESIGN §1): `--listen` and
+    /// The launch a server's flags ask for (postroom-tree(5), PROCESSES): `--listen` and
     /// `--listen-tls` sockets, else systemd's `LISTEN_FDS`, else one
     /// connection on stdin/stdout (`--inetd-tls`: TLS from the start).
     pub fn from_flags(
@@ -826,7 +826,7 @@ impl Connection {
     }
 
     /// Reads one line, terminator included, ending at LF. Bare LF and bare
-    /// CR are left as received: the protocol decides (DESIGN §7).
+    /// CR are left as received: the protocol decides (postroom-tree(5), LIMITS AND SECURITY).
     ///
     /// A line longer than `max` bytes gives [`NetError::LineTooLong`] once
     /// the rest of it has been read and dropped (at most `max` bytes are
@@ -967,7 +967,7 @@ impl Connection {
     /// Every byte received before the handshake is discarded, and logged
     /// at warn: a client or a man in the middle may have sent commands
     /// right after STARTTLS, which must not run as if they came over TLS
-    /// (DESIGN §7, CVE-2011-0411). The handshake must finish within the
+    /// (postroom-tree(5), LIMITS AND SECURITY, CVE-2011-0411). The handshake must finish within the
     /// idle timeout. After a failed handshake the connection is unusable
     /// (every call returns [`NetError::Closed`]); end the session.
     pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> Result<(), NetError> {
@@ -1059,7 +1059,8 @@ mod tests {
         let key = dir.path().join("key.pem");
         crate::net::tls::generate_self_signed("mx.example.test", &cert, &key).unwrap();
         let acceptor = TlsAcceptor::from(crate::net::tls::server_config(&cert, &key).unwrap());
-        let connector = tokio_rustls::TlsConnector::from(crate::net::tls::tests::client_trusting(&cert));
+        let connector =
+            tokio_rustls::TlsConnector::from(crate::net::tls::tests::client_trusting(&cert));
         (dir, acceptor, connector)
     }
 

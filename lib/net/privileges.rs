@@ -1,4 +1,4 @@
-//! Dropping root (DESIGN §7).
+//! Dropping root (postroom-tree(5), LIMITS AND SECURITY).
 //!
 //! Servers may start as root to bind ports below 1024; `mail-inject` may be
 //! run by root's cron. Neither should touch the tree as root: files it made

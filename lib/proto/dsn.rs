@@ -18,8 +18,8 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
 
-use crate::proto::address::{Address, ReversePath};
 use crate::config::Config;
+use crate::proto::address::{Address, ReversePath};
 use crate::proto::message;
 use crate::store::queue::{QueueError, QueuedMessage, RcptState, Recipient};
 

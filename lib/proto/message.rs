@@ -119,7 +119,8 @@ pub fn envelope_sender(flag: Option<&str>, message: &[u8]) -> crate::proto::addr
         .or_else(|| std::env::var("SENDER").ok())
         .or_else(from_header)
         .unwrap_or_default();
-    crate::proto::address::ReversePath::parse(&text).unwrap_or(crate::proto::address::ReversePath::Null)
+    crate::proto::address::ReversePath::parse(&text)
+        .unwrap_or(crate::proto::address::ReversePath::Null)
 }
 
 #[cfg(test)]

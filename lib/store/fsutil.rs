@@ -1,6 +1,6 @@
 //! The durable-write primitives every part of the tree uses.
 //!
-//! The rule (DESIGN §3, §8): a file is fsynced before it appears under its
+//! The rule (postroom-tree(5), "Delivery into a maildir"): a file is fsynced before it appears under its
 //! final name, and the directory is fsynced after every rename, link or unlink
 //! that commits state, because fsync of a file does not make its directory
 //! entry durable. Locks are `flock` on files inside the tree (never PID files,

@@ -1,4 +1,4 @@
-//! Maildir++ delivery: the one durable write into a mailbox (DESIGN §3).
+//! Maildir++ delivery: the one durable write into a mailbox (postroom-tree(5), "Delivery into a maildir").
 //!
 //! States of a delivered message, as files:
 //!
@@ -26,7 +26,7 @@
 //! [`Maildir::add_flags`] and [`Maildir::remove`]. None takes a lock: a
 //! message is known by its base name (the part before `:`), which no rename
 //! changes, so one moved to cur/ or re-flagged by another client meanwhile
-//! is found again, and one removed meanwhile is simply gone (DESIGN §5).
+//! is found again, and one removed meanwhile is simply gone (postroom-mailbox(5)).
 //!
 //! Quota is Maildir++ `maildirsize` (courier-libs README.maildirquota): a
 //! limits line, then appended `bytes count` lines; approximate by design, no
@@ -430,7 +430,7 @@ const FOLLOW_ROUNDS: usize = 10;
 const GONE_AFTER_MISSES: usize = 2;
 
 /// Reading and changing messages already delivered, shared by POP3 and
-/// IMAP. Nothing here takes a lock (DESIGN §5): renames and unlinks are
+/// IMAP. Nothing here takes a lock (postroom-mailbox(5)): renames and unlinks are
 /// atomic, and a message moved by someone else is found again by its base
 /// name.
 impl Maildir {

@@ -1,4 +1,4 @@
-//! The mail queue (DESIGN §4; the format is `postroom-queue(5)`).
+//! The mail queue (postroom-queue(5); the format is `postroom-queue(5)`).
 //!
 //! States of a message, as files under `queue/`:
 //!
@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::proto::address::{Address, AddressError, EnvelopeText, ReversePath};
 use crate::config::{Config, QueuePolicy};
+use crate::proto::address::{Address, AddressError, EnvelopeText, ReversePath};
 use crate::store::fsutil::{self, FileLock};
 
 /// First line of every queue file; bump the number when the format changes.

@@ -9,9 +9,9 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use postroom::address::{Address, ReversePath};
-use postroom::maildir::{Delivered, Maildir, Message};
-use postroom::queue::{Envelope, Recipient, Route};
+use postroom::proto::address::{Address, ReversePath};
+use postroom::store::maildir::{Delivered, Maildir, Message};
+use postroom::store::queue::{Envelope, Recipient, Route};
 
 use crate::util::{Tree, bin, maildir_files, stderr, stdout};
 
@@ -48,7 +48,7 @@ fn census(tree: &Tree, user: &str) -> HashMap<String, usize> {
     let queue = tree.queue();
     for id in queue.list().unwrap() {
         let m = queue.read(&id).expect("every committed queue file parses");
-        let body = postroom::queue::read_body(&m).unwrap();
+        let body = postroom::store::queue::read_body(&m).unwrap();
         count(&String::from_utf8_lossy(&body), m.path());
     }
     seen
@@ -137,11 +137,11 @@ fn sigkill_of_mail_inject_loses_no_acknowledged_message_and_shows_no_half_one() 
     // A runner finishing what the killed injectors left must not duplicate
     // anything that was already delivered before the kill.
     let config = tree.load_config();
-    let directory = postroom::aliases::Directory::load(&config).unwrap();
+    let directory = postroom::directory::aliases::Directory::load(&config).unwrap();
     let queue = tree.queue();
     for id in queue.list().unwrap() {
         let mut locked = queue.lock(&id).unwrap().expect("no one else holds it");
-        postroom::deliver::deliver_local(&config, &directory, &mut locked, true).unwrap();
+        postroom::delivery::deliver::deliver_local(&config, &directory, &mut locked, true).unwrap();
         assert!(locked.message.is_finished());
         locked.remove(true).unwrap();
     }
@@ -473,7 +473,7 @@ fn demo_sets_up_a_working_tree() {
         .trim()
         .to_string();
     let config = postroom::config::Config::load(&root.join("postroom.toml")).unwrap();
-    let users = postroom::users::Users::load(&config.users_file()).unwrap();
+    let users = postroom::directory::users::Users::load(&config.users_file()).unwrap();
     assert!(
         users
             .authenticate("demo@example.test", &password)
@@ -488,5 +488,5 @@ fn demo_sets_up_a_working_tree() {
         .output()
         .unwrap();
     assert!(again.status.success(), "{}", stderr(&again));
-    assert!(postroom::tls::server_config(&config.tls_cert(), &config.tls_key()).is_ok());
+    assert!(postroom::net::tls::server_config(&config.tls_cert(), &config.tls_key()).is_ok());
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use postroom::maildir::{Delivered, Maildir, Message};
+use postroom::store::maildir::{Delivered, Maildir, Message};
 
 use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
 

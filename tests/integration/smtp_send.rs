@@ -207,8 +207,8 @@ fn one_connection_carries_several_messages_to_a_destination() {
 
 #[test]
 fn verp_gives_each_recipient_its_own_return_path() {
-    use postroom::address::{Address, ReversePath};
-    use postroom::queue::{Envelope, Recipient, Route};
+    use postroom::proto::address::{Address, ReversePath};
+    use postroom::store::queue::{Envelope, Recipient, Route};
     let w = World::far("");
     let sink = w.sink(2, Behaviour::default());
     let mut envelope = Envelope::new(
@@ -686,10 +686,10 @@ fn sigkill_mid_transaction_loses_nothing_and_never_repeats_a_logged_delivery() {
         let mut logged = Vec::new();
         for id in queue.list().unwrap() {
             let Ok(m) = queue.read(&id) else { continue };
-            let body = String::from_utf8(postroom::queue::read_body(&m).unwrap()).unwrap();
+            let body = String::from_utf8(postroom::store::queue::read_body(&m).unwrap()).unwrap();
             let subject = body.lines().last().unwrap_or("").to_string();
             for (i, state) in m.state.recipients.iter().enumerate() {
-                if matches!(state, postroom::queue::RcptState::Delivered { .. }) {
+                if matches!(state, postroom::store::queue::RcptState::Delivered { .. }) {
                     logged.push((
                         subject.clone(),
                         m.envelope.recipients[i].address.to_string(),

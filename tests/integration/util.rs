@@ -84,8 +84,8 @@ impl Tree {
         postroom::config::Config::load(&self.config).expect("config loads")
     }
 
-    pub fn queue(&self) -> postroom::queue::Queue {
-        postroom::queue::Queue::from_config(&self.load_config())
+    pub fn queue(&self) -> postroom::store::queue::Queue {
+        postroom::store::queue::Queue::from_config(&self.load_config())
     }
 }
 

@@ -2,7 +2,7 @@
 //! new mail its UIDs, and the few writes a mail client makes (flags by
 //! rename, expunge by unlink, append, copy, move).
 //!
-//! The sync is Dovecot's (DESIGN §8): stat nothing, read the list without a
+//! The sync is Dovecot's (its maildir-sync.c): stat nothing, read the list without a
 //! lock, readdir `new/` and `cur/`; if `new/` holds mail or `cur/` a name the
 //! list lacks, take the list's lock, read everything again, move `new/` to
 //! `cur/`, give the newcomers the next UIDs in name order (names begin with
@@ -382,7 +382,8 @@ impl Folder {
         }
         self.forget(entries)?;
         if !gone.is_empty() && !self.is_trash {
-            crate::store::maildir::Maildir::new(&self.inbox).quota_add(-bytes, -(gone.len() as i64));
+            crate::store::maildir::Maildir::new(&self.inbox)
+                .quota_add(-bytes, -(gone.len() as i64));
         }
         Ok(gone)
     }

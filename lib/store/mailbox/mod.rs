@@ -1,4 +1,4 @@
-//! Mailbox state that POP3 and IMAP share (DESIGN §5), as files any process
+//! Mailbox state that POP3 and IMAP share (postroom-mailbox(5)), as files any process
 //! can read and write: nothing lives in a server's memory that another
 //! process needs.
 //!

@@ -9,7 +9,7 @@
 //! larger one, so no wakeup is lost between a sync and the wait.
 //!
 //! inotify does not see changes made on other hosts of a shared filesystem
-//! (DESIGN §6): IDLE also re-syncs on a timer as a safety net.
+//! (postroom-tree(5), SEVERAL HOSTS): IDLE also re-syncs on a timer as a safety net.
 
 use std::collections::HashMap;
 use std::io;
