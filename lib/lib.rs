@@ -20,7 +20,8 @@
 //!   Sieve, vacation, mailing lists, SRS.
 //! - [`net`]: how servers get and keep connections: launch modes, limits,
 //!   TLS, DNS, privileges, logging.
-//! - [`config`]: `postroom.toml`, which names every path of the tree.
+//! - [`config`]: `postroom.toml`, which names every path of the tree;
+//!   [`program`]: how an outside program (a pipe alias, a hook) is run.
 
 #![forbid(unsafe_code)]
 
@@ -28,5 +29,6 @@ pub mod config;
 pub mod delivery;
 pub mod directory;
 pub mod net;
+pub mod program;
 pub mod proto;
 pub mod store;

@@ -12,13 +12,13 @@
 //! and 111 deferred; 67 (EX_NOUSER), 77 (EX_NOPERM), 100 and everything else
 //! failed. A command killed by a signal or out of time is deferred.
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::directory::aliases::{Directory, ResolveError, Target};
 use crate::directory::users;
+use crate::program::{Ended, Program};
 use crate::proto::address::{Address, EnvelopeText, ReversePath};
 use crate::store::fsutil;
 use crate::store::maildir::{Delivered, Maildir, MaildirError, Message};
@@ -368,7 +368,9 @@ fn return_path(config: &Config, message: &QueuedMessage, rcpt: &Address) -> Reve
     message.envelope.sender_for(rcpt, delimiter)
 }
 
-/// Runs `sh -c COMMAND` with the message on stdin and maps its exit code.
+/// Runs `sh -c COMMAND` with the message on stdin and maps its exit code
+/// (sysexits and qmail's: 0 and 99 delivered, 75 and 111 later, 67 no
+/// such user, anything else a failure).
 pub fn run_pipe(
     command: &str,
     input: &[u8],
@@ -376,96 +378,34 @@ pub fn run_pipe(
     rcpt: &Address,
     timeout: Duration,
 ) -> Outcome {
-    let child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .env("SENDER", sender)
-        .env("RECIPIENT", rcpt.to_string())
-        .env("LOCAL", rcpt.local_part())
-        .env("DOMAIN", rcpt.domain())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
+    let ran = Program {
+        command: command.to_string(),
+        env: vec![
+            ("SENDER".into(), sender.to_string()),
+            ("RECIPIENT".into(), rcpt.to_string()),
+            ("LOCAL".into(), rcpt.local_part().to_string()),
+            ("DOMAIN".into(), rcpt.domain().to_string()),
+        ],
+        input: Some(Box::new(std::io::Cursor::new(input.to_vec()))),
+        keep_stderr: true,
+        output_max: PIPE_OUTPUT_KEPT,
+        timeout,
+    }
+    .run();
+    let ran = match ran {
+        Ok(ran) => ran,
         Err(e) => return Outcome::Deferred(format!("451 4.3.0 cannot run {command:?}: {e}")),
     };
-    // Feed stdin and drain output on threads so a command that writes a lot
-    // before reading, or never reads, cannot deadlock us.
-    let stdin = child.stdin.take();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(&input);
-        }
-    });
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let room = PIPE_OUTPUT_KEPT.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
-                }
-            }
-            kept
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => break None,
-        }
-    };
-    let _ = feeder.join();
-    let mut output = out.join().unwrap_or_default();
-    output.extend(err.join().unwrap_or_default());
-    let first_line = String::from_utf8_lossy(&output)
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let said = |default: &str| {
-        if first_line.is_empty() {
-            default.to_string()
-        } else {
-            first_line.clone()
-        }
-    };
-    match status.map(|s| s.code()) {
-        None => Outcome::Deferred(format!("451 4.3.0 {command:?} timed out")),
-        Some(None) => Outcome::Deferred(format!("451 4.3.0 {command:?} was killed by a signal")),
-        Some(Some(0 | 99)) => Outcome::Delivered("250 2.0.0 delivered to command".into()),
-        Some(Some(75 | 111)) => {
+    let said = |default: &str| ran.first_line().unwrap_or_else(|| default.to_string());
+    match ran.ended {
+        Ended::TimedOut => Outcome::Deferred(format!("451 4.3.0 {command:?} timed out")),
+        Ended::Killed => Outcome::Deferred(format!("451 4.3.0 {command:?} was killed by a signal")),
+        Ended::Exited(0 | 99) => Outcome::Delivered("250 2.0.0 delivered to command".into()),
+        Ended::Exited(75 | 111) => {
             Outcome::Deferred(format!("451 4.3.0 {}", said("command asked to try later")))
         }
-        Some(Some(67)) => Outcome::Failed(format!("550 5.1.1 {}", said("no such user"))),
-        Some(Some(code)) => Outcome::Failed(format!(
+        Ended::Exited(67) => Outcome::Failed(format!("550 5.1.1 {}", said("no such user"))),
+        Ended::Exited(code) => Outcome::Failed(format!(
             "554 5.3.0 {} (exit {code})",
             said("command failed")
         )),
