@@ -90,7 +90,11 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
                 break;
             }
             "--help" | "-h" => {
-                println!("{USAGE}\nSee mail-inject(8).");
+                {
+                    // Help to a closed pipe is nobody's loss: no error.
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stdout(), "{USAGE}\nSee mail-inject(8).");
+                }
                 std::process::exit(0);
             }
             "--config" | "-C" => options.config = Some(value(&mut i, "", arg)?.into()),

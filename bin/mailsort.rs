@@ -63,6 +63,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),
+        // `| head` closing the pipe is not a failure.
+        Err(e) if postroom::cli::reader_left(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mailsort: {e:#}");
             ExitCode::from(EX_TEMPFAIL)
@@ -76,11 +78,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         return Ok(match Script::compile(&text) {
             Ok(_) => {
-                println!("{}: ok", path.display());
+                postroom::say!("{}: ok", path.display());
                 0
             }
             Err(e) => {
-                println!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
+                postroom::say!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
                 1
             }
         });
@@ -96,7 +98,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         let script = match Script::compile(&text) {
             Ok(script) => script,
             Err(e) => {
-                println!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
+                postroom::say!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
                 return Ok(1);
             }
         };
@@ -118,7 +120,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
             },
         })?;
         for action in actions {
-            println!("{}", filter::describe(&action));
+            postroom::say!("{}", filter::describe(&action));
         }
         return Ok(0);
     }
@@ -132,7 +134,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .ok()
         .and_then(|a| directory.user(&a).cloned())
     else {
-        println!("550 5.1.1 {user}: no such user here");
+        postroom::say!("550 5.1.1 {user}: no such user here");
         return Ok(EX_NOUSER);
     };
     let address = Address::parse(&user.address)?;
@@ -145,11 +147,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
     match filter::sort(&config, &directory, &inbox, quota, &address, &sender, &raw) {
         Ok(Sorted::Delivered) => Ok(0),
         Ok(Sorted::Refused(reason)) => {
-            println!("{reason}");
+            postroom::say!("{reason}");
             Ok(EX_NOPERM)
         }
         Err(SortError::OverQuota) => {
-            println!("452 4.2.2 {address}: mailbox is full");
+            postroom::say!("452 4.2.2 {address}: mailbox is full");
             Ok(EX_TEMPFAIL)
         }
         Err(SortError::Other(e)) => Err(e),

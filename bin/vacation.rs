@@ -68,6 +68,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),
+        // `| head` closing the pipe is not a failure.
+        Err(e) if postroom::cli::reader_left(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vacation: {e:#}");
             ExitCode::from(EX_TEMPFAIL)
@@ -101,7 +103,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
             } else {
                 format!(" ({handle})")
             };
-            println!(
+            postroom::say!(
                 "{}  {sender}{handle}",
                 postroom::proto::message::rfc5322_date(at)
             );

@@ -21,10 +21,12 @@
 //! - [`net`]: how servers get and keep connections: launch modes, limits,
 //!   TLS, DNS, privileges, logging.
 //! - [`config`]: `postroom.toml`, which names every path of the tree;
+//!   [`cli`]: what every command-line program does with its output;
 //!   [`program`]: how an outside program (a pipe alias, a hook) is run.
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod directory;

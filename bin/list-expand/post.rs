@@ -68,7 +68,7 @@ pub fn post(config: &Config, list: &List, sender: &ReversePath, raw: &[u8]) -> a
             Policy::Announce => "the list's posters",
             _ => "members",
         };
-        println!("550 5.7.1 only {who} may post to {}", list.address);
+        postroom::say!("550 5.7.1 only {who} may post to {}", list.address);
         return Ok(EX_NOPERM);
     }
     distribute(config, list, sender, &post)?;

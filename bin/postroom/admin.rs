@@ -96,8 +96,8 @@ pub struct PasswdArgs {
 
 pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let config_path = create_tree(&args.dir, &args.domain, args.hostname.as_deref())?;
-    println!("created {}", config_path.display());
-    println!(
+    postroom::say!("created {}", config_path.display());
+    postroom::say!(
         "next: postroom --config {} user add USER@{} --password-stdin",
         config_path.display(),
         args.domain
@@ -251,11 +251,11 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                 );
                 maildir.create()?;
             }
-            println!("added {} user(s)", entries.len());
+            postroom::say!("added {} user(s)", entries.len());
         }
         UserCommand::Del { address } => {
             users::remove_user(&file, &address)?;
-            println!(
+            postroom::say!(
                 "removed {address}; the mail under {} stays",
                 config.mail_dir().display()
             );
@@ -276,7 +276,7 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
         } => {
             let secret = read_password(password, password_stdin)?;
             users::set_password(&file, &address, &hash_or_keep(&config, &secret)?)?;
-            println!("password changed for {address}");
+            postroom::say!("password changed for {address}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -310,11 +310,11 @@ pub fn alias(config: Option<PathBuf>, command: AliasCommand) -> anyhow::Result<E
     match command {
         AliasCommand::Add { key, targets } => {
             aliases::add_alias(&file, &key, &targets)?;
-            println!("{key}: {}", targets.join(", "));
+            postroom::say!("{key}: {}", targets.join(", "));
         }
         AliasCommand::Del { key } => {
             aliases::remove_alias(&file, &key)?;
-            println!("removed {key}");
+            postroom::say!("removed {key}");
         }
         AliasCommand::List => {
             let mut out = std::io::stdout().lock();
@@ -336,11 +336,11 @@ pub fn domain(config: Option<PathBuf>, command: DomainCommand) -> anyhow::Result
             for name in &names {
                 std::fs::create_dir_all(config.mail_dir().join(name))?;
             }
-            println!("added {} domain(s)", names.len());
+            postroom::say!("added {} domain(s)", names.len());
         }
         DomainCommand::Del { domain } => {
             domains::remove_domain(&file, &domain)?;
-            println!("removed {domain}; its mail stays on disk");
+            postroom::say!("removed {domain}; its mail stays on disk");
         }
         DomainCommand::List => {
             let mut out = std::io::stdout().lock();
@@ -364,6 +364,6 @@ pub fn passwd(config: Option<PathBuf>, args: PasswdArgs) -> anyhow::Result<ExitC
         format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT")
     })?;
     let secret = read_password(args.password, true)?;
-    println!("{}", password::hash(&secret, scheme)?);
+    postroom::say!("{}", password::hash(&secret, scheme)?);
     Ok(ExitCode::SUCCESS)
 }

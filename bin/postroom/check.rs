@@ -39,7 +39,7 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            println!("problem: {e}");
+            postroom::say!("problem: {e}");
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -51,16 +51,16 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     check_mail(&config, args.fix, &mut report);
 
     for notice in &report.notices {
-        println!("notice: {notice}");
+        postroom::say!("notice: {notice}");
     }
     for problem in &report.problems {
-        println!("problem: {problem}");
+        postroom::say!("problem: {problem}");
     }
     if report.problems.is_empty() {
-        println!("ok: {} is healthy", config.file.display());
+        postroom::say!("ok: {} is healthy", config.file.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} problem(s) found", report.problems.len());
+        postroom::say!("{} problem(s) found", report.problems.len());
         Ok(ExitCode::FAILURE)
     }
 }

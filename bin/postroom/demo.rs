@@ -81,19 +81,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let servers = servers(&config_path, args.port_offset);
-    println!("postroom demo in {}", root.display());
-    println!("  user:      {USER}");
-    println!("  password:  {secret}");
-    println!(
+    postroom::say!("postroom demo in {}", root.display());
+    postroom::say!("  user:      {USER}");
+    postroom::say!("  password:  {secret}");
+    postroom::say!(
         "  mailbox:   {}",
         config.mail_dir().join(DOMAIN).join("demo").display()
     );
-    println!(
+    postroom::say!(
         "  inject:    echo 'Subject: hi' | {} --config {} {USER}",
         bin_dir.join("mail-inject").display(),
         config_path.display()
     );
-    println!(
+    postroom::say!(
         "  queue:     {} --config {} queue list",
         bin_dir.join("postroom").display(),
         config_path.display()
@@ -102,10 +102,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for server in servers {
         let path = bin_dir.join(server.binary);
         if path.is_file() {
-            println!("  {}", server.about);
+            postroom::say!("  {}", server.about);
             available.push((path, server));
         } else {
-            println!("  ({} is not built yet)", server.binary);
+            postroom::say!("  ({} is not built yet)", server.binary);
         }
     }
     if args.setup_only || available.is_empty() {
@@ -180,7 +180,7 @@ fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("starting {}", path.display()))?;
             children.push(child);
         }
-        println!("running; press Ctrl-C to stop");
+        postroom::say!("running; press Ctrl-C to stop");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -189,7 +189,7 @@ fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
         for child in &mut children {
             let _ = child.kill().await;
         }
-        println!("stopped");
+        postroom::say!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

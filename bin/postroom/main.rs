@@ -72,13 +72,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A closed pipe (`postroom queue list | head`) is not an error.
+        Err(e) if postroom::cli::reader_left(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            // A closed pipe (`postroom queue list | head`) is not an error.
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::BrokenPipe
-            {
-                return ExitCode::SUCCESS;
-            }
             eprintln!("postroom: {e:#}");
             ExitCode::FAILURE
         }

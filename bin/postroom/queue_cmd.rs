@@ -108,7 +108,7 @@ fn change(
         apply(&mut locked).with_context(|| format!("message {id}"))?;
         // A hint file wakes a watching runner for released or retried mail.
         let _ = std::fs::File::create(queue.root().join("todo").join(id.as_str()));
-        println!("{id}: {done}");
+        postroom::say!("{id}: {done}");
     }
     Ok(())
 }

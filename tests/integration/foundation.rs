@@ -490,3 +490,52 @@ fn demo_sets_up_a_working_tree() {
     assert!(again.status.success(), "{}", stderr(&again));
     assert!(postroom::net::tls::server_config(&config.tls_cert(), &config.tls_key()).is_ok());
 }
+
+#[test]
+fn commands_exit_quietly_when_the_reader_of_their_output_has_gone() {
+    // `postroom check | head -1` and `list-expand members L | head` used to
+    // panic in println! with "failed printing to stdout: Broken pipe".
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    let closed_stdout = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        writer
+    };
+    let config = tree.config.to_str().unwrap();
+    let runs: [(&str, Vec<&str>); 6] = [
+        ("postroom", vec!["--config", config, "check"]),
+        ("postroom", vec!["--config", config, "user", "list"]),
+        ("postroom", vec!["--config", config, "queue", "list"]),
+        (
+            "list-expand",
+            vec![
+                "--config",
+                config,
+                "create",
+                "team@example.test",
+                "--owner",
+                "ann@example.test",
+            ],
+        ),
+        ("list-expand", vec!["--config", config, "show"]),
+        (
+            "list-expand",
+            vec!["--config", config, "members", "team@example.test"],
+        ),
+    ];
+    for (program, args) in runs {
+        let out = Command::new(bin(program))
+            .args(&args)
+            .stdout(closed_stdout())
+            .output()
+            .expect("run");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{program} {args:?}: {err}");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}
