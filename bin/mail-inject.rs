@@ -12,6 +12,8 @@
 //! sendmail pass them that way. The parser below takes them as sendmail does
 //! and ignores the historic ones that mean nothing here, as Postfix does.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -15,6 +15,8 @@
 //! Exit codes (sysexits): 0 delivered, 67 unknown user, 75 temporary
 //! (a full mailbox, a write that failed), 77 refused by a `reject`.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;

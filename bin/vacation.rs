@@ -7,6 +7,8 @@
 //! it rides on: whatever goes wrong is said on stderr, and only a missing
 //! user or a passing problem is an exit code the delivery acts on.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

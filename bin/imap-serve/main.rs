@@ -10,6 +10,8 @@
 //! `--listen` / `--listen-tls`. Started as root to bind port 143, it leaves
 //! root behind before it serves anyone.
 
+#![forbid(unsafe_code)]
+
 mod fetch;
 mod folders;
 mod search;

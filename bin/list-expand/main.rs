@@ -11,6 +11,8 @@
 //! 0 accepted, held or dropped as a loop; 77 refused (the text printed
 //! becomes the bounce's reason); 75 a passing problem, tried again.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;

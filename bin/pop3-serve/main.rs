@@ -11,6 +11,8 @@
 //! `--listen` / `--listen-tls`. Started as root to bind port 110 or 995, it
 //! leaves root behind before it serves anyone.
 
+#![forbid(unsafe_code)]
+
 mod maildrop;
 mod session;
 

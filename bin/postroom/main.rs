@@ -6,6 +6,8 @@
 //! and runs a demo system on loopback. Each subcommand is one small function
 //! in a file of its own.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod check;
 mod demo;

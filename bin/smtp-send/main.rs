@@ -11,6 +11,8 @@
 //! or keeps watching the queue. Any number may run at once, on one host or
 //! several sharing the tree: each message is worked by one at a time.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod remote;
 mod runner;

@@ -16,6 +16,8 @@
 //! `postroom-bench smtp` and `postroom-bench pop3` measure the servers on
 //! loopback; see `smtp.rs` and `pop3.rs`.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
