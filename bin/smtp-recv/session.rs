@@ -20,9 +20,8 @@ use postroom::directory::aliases::{Directory, ResolveError, Target};
 use postroom::directory::authlimit::AuthLimit;
 use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
-use postroom::proto::smtp::{
-    DataLine, DataProblem, DataReader, Network, Reply, is_clean_command, xtext_decode,
-};
+use postroom::proto::smtp::{DataLine, DataProblem, DataReader, Network, Reply, is_clean_command};
+use postroom::proto::xtext;
 use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
 use tokio_rustls::TlsAcceptor;
@@ -814,7 +813,7 @@ impl Session {
         let envid = match from
             .env_id
             .as_deref()
-            .map(|e| xtext_decode(e).and_then(|t| EnvelopeText::new(&t, 100).ok()))
+            .map(|e| xtext::decode(e).and_then(|t| EnvelopeText::new(&t, 100).ok()))
         {
             Some(None) => return self.error(Reply::new(501, "5.5.4", "malformed ENVID")),
             Some(Some(e)) => Some(e),

@@ -20,6 +20,7 @@ use crate::directory::aliases::{Directory, ResolveError, Target};
 use crate::directory::users;
 use crate::program::{Ended, Program};
 use crate::proto::address::{Address, EnvelopeText, ReversePath};
+use crate::proto::xtext;
 use crate::store::fsutil;
 use crate::store::maildir::{Delivered, Maildir, MaildirError, Message};
 use crate::store::queue::{
@@ -189,7 +190,7 @@ pub fn log_entries(
 /// sender gave as its RFC 3461 ORCPT, so a DSN names what the sender wrote.
 pub fn routes_for(directory: &Directory, rcpt: &Address) -> Result<Vec<Recipient>, ResolveError> {
     let orcpt = EnvelopeText::sanitize(
-        &format!("rfc822;{}", xtext(&rcpt.to_string())),
+        &format!("rfc822;{}", xtext::encode(&rcpt.to_string())),
         queue::MAX_FIELD,
     );
     let targets = directory.resolve(rcpt)?;
@@ -205,20 +206,6 @@ pub fn routes_for(directory: &Directory, rcpt: &Address) -> Result<Vec<Recipient
             r
         })
         .collect())
-}
-
-/// RFC 3461 §4 xtext: `+` followed by two hex digits for `+`, `=` and
-/// anything outside printable ASCII.
-pub fn xtext(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A deferral past the queue lifetime becomes a failure.

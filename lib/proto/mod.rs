@@ -9,3 +9,4 @@ pub mod message;
 pub mod mime;
 pub mod pop3;
 pub mod smtp;
+pub mod xtext;

@@ -245,24 +245,6 @@ impl Network {
     }
 }
 
-/// Decodes RFC 3461 xtext (`+HH` escapes); `None` if malformed.
-pub fn xtext_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'+' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// The longest line SMTP carries, without its CRLF (RFC 5321 §4.5.3.1.6).
 pub const MAX_WIRE_LINE: usize = 998;
 
@@ -452,15 +434,6 @@ mod tests {
         );
         assert!(Network::parse("10.0.0.0/33").is_err());
         assert!(Network::parse("bogus").is_err());
-    }
-
-    #[test]
-    fn xtext() {
-        assert_eq!(
-            xtext_decode("rfc822;a+2Bb@c").as_deref(),
-            Some("rfc822;a+b@c")
-        );
-        assert_eq!(xtext_decode("bad+2"), None);
     }
 
     proptest::proptest! {
