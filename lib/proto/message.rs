@@ -30,6 +30,23 @@ pub fn to_crlf(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// CRLF → LF, for programs that read mail the Unix way (a pipe alias,
+/// Sieve's `pipe`). A bare CR stays: it was refused or canonicalized on
+/// the way in, and this is no place to guess.
+pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    out
+}
+
 /// The length of the header block including its terminating empty line, in
 /// a CRLF message; the whole message when it has no body.
 pub fn header_len(message: &[u8]) -> usize {
@@ -126,6 +143,11 @@ pub fn envelope_sender(flag: Option<&str>, message: &[u8]) -> crate::proto::addr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crlf_to_lf_leaves_bare_cr() {
+        assert_eq!(crlf_to_lf(b"a\r\nb\rc\n\r\n"), b"a\nb\rc\n\n");
+    }
 
     #[test]
     fn canonical_line_ends() {
