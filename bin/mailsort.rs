@@ -156,6 +156,6 @@ fn run(args: Args) -> anyhow::Result<u8> {
             postroom::say!("452 4.2.2 {address}: mailbox is full");
             Ok(EX_TEMPFAIL)
         }
-        Err(SortError::Other(e)) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }

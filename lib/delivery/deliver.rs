@@ -313,9 +313,7 @@ fn by_rules(
         Err(crate::delivery::filter::SortError::OverQuota) => {
             Outcome::Deferred(format!("452 4.2.2 <{rcpt}>: mailbox is full"))
         }
-        Err(crate::delivery::filter::SortError::Other(e)) => {
-            Outcome::Deferred(format!("451 4.3.0 <{rcpt}>: {e:#}"))
-        }
+        Err(e) => Outcome::Deferred(format!("451 4.3.0 <{rcpt}>: {e}")),
     }
 }
 

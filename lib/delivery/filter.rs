@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::sieve::{Action, Input, Script};
-use crate::delivery::vacation;
-use crate::directory::aliases::Directory;
-use crate::proto::address::{Address, ReversePath};
+use crate::delivery::vacation::{self, VacationError};
+use crate::directory::aliases::{Directory, ResolveError};
+use crate::proto::address::{Address, AddressError, ReversePath};
 use crate::proto::message;
 use crate::store::maildir::{Delivered, Maildir, MaildirError, Message, MessageFile, Sub};
-use crate::store::queue::{Envelope, Queue};
+use crate::store::queue::{Envelope, Queue, QueueError};
 
 /// Redirects a message may have been through before it is kept instead.
 const MAX_REDIRECTS: usize = 5;
@@ -28,12 +28,31 @@ pub enum Sorted {
     Refused(String),
 }
 
+/// Why rules could not be carried out; each a temporary failure, so the
+/// message is tried again and never lost.
 #[derive(Debug, thiserror::Error)]
 pub enum SortError {
     #[error("mailbox is full")]
     OverQuota,
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    #[error("storing the message: {0}")]
+    Store(MaildirError),
+    #[error("redirect to a bad address: {0}")]
+    RedirectAddress(#[from] AddressError),
+    #[error("redirect: {0}")]
+    RedirectRoute(#[from] ResolveError),
+    #[error("redirect: {0}")]
+    RedirectQueue(#[from] QueueError),
+    #[error("vacation reply: {0}")]
+    Vacation(#[from] VacationError),
+}
+
+impl From<MaildirError> for SortError {
+    fn from(e: MaildirError) -> SortError {
+        match e {
+            MaildirError::OverQuota { .. } => SortError::OverQuota,
+            e => SortError::Store(e),
+        }
+    }
 }
 
 /// True when this user's mail goes through Sieve rules at all.
@@ -106,10 +125,7 @@ pub fn decide(
                 }
             }
             Err(e) => {
-                eprintln!(
-                    "mailsort: {}: {e}; the message is kept in INBOX",
-                    path.display()
-                );
+                tracing::warn!("{}: {e}; the message is kept in INBOX", path.display());
                 if !actions.iter().any(|a| matches!(a, Action::Keep { .. })) {
                     actions.push(Action::Keep { flags: Vec::new() });
                 }
@@ -154,14 +170,17 @@ fn carry_out(
     }
     for action in &actions {
         let result = match action {
-            Action::Keep { flags } => store(config, inbox, quota, raw, flags),
+            Action::Keep { flags } => {
+                store(config, inbox, quota, raw, flags).map_err(SortError::from)
+            }
             Action::FileInto { mailbox, flags, .. } => match folder_of(inbox, mailbox) {
                 Ok(folder) => store(config, &folder, quota, raw, flags),
                 Err(e) => {
                     tracing::warn!("fileinto {mailbox:?}: {e}; kept in INBOX instead");
                     store(config, inbox, quota, raw, flags)
                 }
-            },
+            }
+            .map_err(SortError::from),
             Action::Redirect { address } => redirect(config, directory, user, sender, raw, address),
             Action::Vacation {
                 seconds,
@@ -183,16 +202,11 @@ fn carry_out(
                 };
                 vacation::respond(config, user, sender, raw, &settings, None)
                     .map(|_| ())
-                    .map_err(anyhow::Error::from)
+                    .map_err(SortError::from)
             }
             Action::Reject { .. } => Ok(()),
         };
-        if let Err(e) = result {
-            return Err(match e.downcast_ref::<MaildirError>() {
-                Some(MaildirError::OverQuota { .. }) => SortError::OverQuota,
-                _ => SortError::Other(e),
-            });
-        }
+        result?;
     }
     Ok(Sorted::Delivered)
 }
@@ -272,7 +286,7 @@ fn store(
     quota: Option<u64>,
     raw: &[u8],
     flags: &[String],
-) -> anyhow::Result<()> {
+) -> Result<(), MaildirError> {
     maildir.create()?;
     let delivered = maildir.deliver(
         Message {
@@ -316,7 +330,7 @@ fn redirect(
     sender: &ReversePath,
     raw: &[u8],
     to: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), SortError> {
     let crlf = message::to_crlf(raw);
     let end = message::header_len(&crlf);
     let hops = message::header_fields(&crlf[..end])
