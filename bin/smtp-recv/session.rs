@@ -963,7 +963,7 @@ impl Session {
                 format!("too many recipients (limit {limit})"),
             ));
         }
-        if bare_postmaster {
+        if bare_postmaster && to.address.is_empty() {
             // RFC 5321 §4.5.1: "Postmaster" alone must be accepted, and
             // means the postmaster of the primary domain.
             match self.primary_domain() {
