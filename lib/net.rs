@@ -722,6 +722,9 @@ pub struct Connection {
     line: Vec<u8>,
     /// Inside an over-long line, throwing bytes away up to its LF.
     discarding: bool,
+    /// The last byte read was a CR: after an over-long line, whether it
+    /// ended with CRLF (SMTP DATA needs to know, DESIGN §7).
+    after_cr: bool,
     out: Vec<u8>,
 }
 
@@ -772,6 +775,7 @@ impl Connection {
             end: 0,
             line: Vec::new(),
             discarding: false,
+            after_cr: false,
             out: Vec::new(),
         }
     }
@@ -835,6 +839,10 @@ impl Connection {
             if let Some(lf) = available.iter().position(|&b| b == b'\n') {
                 let take = lf + 1;
                 let too_long = self.discarding || self.line.len() + take > max;
+                self.after_cr = match lf {
+                    0 => self.after_cr,
+                    _ => available[lf - 1] == b'\r',
+                };
                 if !too_long {
                     self.line.extend_from_slice(&available[..take]);
                 }
@@ -854,9 +862,18 @@ impl Connection {
             if !self.discarding {
                 self.line.extend_from_slice(available);
             }
+            if let Some(&last) = available.last() {
+                self.after_cr = last == b'\r';
+            }
             self.start = self.end;
             self.fill().await?;
         }
+    }
+
+    /// After [`NetError::LineTooLong`]: whether the discarded line ended
+    /// with CRLF rather than a bare LF.
+    pub fn long_line_ended_with_crlf(&self) -> bool {
+        self.after_cr
     }
 
     /// Copies exactly `n` bytes from the client to `out` (a BDAT chunk, an
@@ -1102,6 +1119,33 @@ mod tests {
             Err(NetError::LineTooLong)
         ));
         assert_eq!(conn.read_line(5).await.unwrap(), b"ok\n");
+    }
+
+    #[tokio::test]
+    async fn a_long_line_tells_whether_it_ended_with_crlf() {
+        let (mut conn, mut client) = pair(IDLE).await;
+        let writer = tokio::spawn(async move {
+            // The CR of the first line ends one read, its LF starts the next.
+            client.write_all(&vec![b'x'; 2000]).await.unwrap();
+            client.write_all(b"\r").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b"\n").await.unwrap();
+            client.write_all(&vec![b'y'; 2000]).await.unwrap();
+            client.write_all(b"\n.\r\n").await.unwrap();
+            client
+        });
+        assert!(matches!(
+            conn.read_line(1000).await,
+            Err(NetError::LineTooLong)
+        ));
+        assert!(conn.long_line_ended_with_crlf());
+        assert!(matches!(
+            conn.read_line(1000).await,
+            Err(NetError::LineTooLong)
+        ));
+        assert!(!conn.long_line_ended_with_crlf(), "a bare LF");
+        assert_eq!(conn.read_line(1000).await.unwrap(), b".\r\n");
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]

@@ -343,6 +343,37 @@ print("ok")
     );
 }
 
+#[test]
+fn imap_starttls_after_login_is_refused() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        r#"
+s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"a CAPABILITY\r\n")
+caps = f.readline(); f.readline()
+assert b"STARTTLS" in caps, caps        # TLS is on offer before login
+s.sendall(b"b LOGIN bob@example.test secret\r\n")   # loopback counts as secure
+line = f.readline()
+while line.startswith(b"*"): line = f.readline()
+assert line.startswith(b"b OK"), line
+s.sendall(b"c STARTTLS\r\n")
+print("starttls", f.readline())
+s.sendall(b"d NOOP\r\n")                # still the same plaintext session
+print("noop", f.readline())
+"#,
+        &server,
+        &tree,
+    );
+    assert!(
+        said.contains("starttls b'c BAD STARTTLS only before login\\r\\n'"),
+        "{said}"
+    );
+    assert!(said.contains("noop b'd OK"), "{said}");
+}
+
 /// Sends `input` in one write on a fresh connection (after the greeting)
 /// and reads until the server closes or `wait` passes.
 fn raw(port: u16, input: &[u8], wait: Duration) -> String {
