@@ -725,6 +725,9 @@ pub struct Connection {
     /// The last byte read was a CR: after an over-long line, whether it
     /// ended with CRLF (SMTP DATA needs to know, DESIGN §7).
     after_cr: bool,
+    /// The first bytes of the last over-long line, so a protocol can tell
+    /// what it was (an over-long `BDAT` line must end an SMTP session).
+    long_line_start: [u8; 8],
     out: Vec<u8>,
 }
 
@@ -776,6 +779,7 @@ impl Connection {
             line: Vec::new(),
             discarding: false,
             after_cr: false,
+            long_line_start: [0; 8],
             out: Vec::new(),
         }
     }
@@ -845,6 +849,8 @@ impl Connection {
                 };
                 if !too_long {
                     self.line.extend_from_slice(&available[..take]);
+                } else if !self.discarding {
+                    self.long_line_start = first_bytes(&self.line, available);
                 }
                 self.start += take;
                 self.discarding = false;
@@ -857,6 +863,7 @@ impl Connection {
             // No LF yet: the line is at least one byte longer than this.
             if !self.discarding && self.line.len() + available.len() >= max {
                 self.discarding = true;
+                self.long_line_start = first_bytes(&self.line, available);
                 self.line = Vec::new();
             }
             if !self.discarding {
@@ -874,6 +881,14 @@ impl Connection {
     /// with CRLF rather than a bare LF.
     pub fn long_line_ended_with_crlf(&self) -> bool {
         self.after_cr
+    }
+
+    /// After [`NetError::LineTooLong`]: whether the discarded line began
+    /// with `word`, compared without regard to ASCII case (at most 8 bytes
+    /// are kept).
+    pub fn long_line_began_with(&self, word: &[u8]) -> bool {
+        word.len() <= self.long_line_start.len()
+            && self.long_line_start[..word.len()].eq_ignore_ascii_case(word)
     }
 
     /// Copies exactly `n` bytes from the client to `out` (a BDAT chunk, an
@@ -1027,6 +1042,15 @@ impl Connection {
 
 /// `TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`, as Postfix and others
 /// write it in Received headers.
+/// The first 8 bytes of a line held in two pieces (zeros after its end).
+fn first_bytes(held: &[u8], rest: &[u8]) -> [u8; 8] {
+    let mut start = [0u8; 8];
+    for (slot, b) in start.iter_mut().zip(held.iter().chain(rest)) {
+        *slot = *b;
+    }
+    start
+}
+
 fn describe_tls(conn: &rustls::ServerConnection) -> String {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),

@@ -497,6 +497,16 @@ impl Session {
             }
             let line = match self.conn.read_line(max).await {
                 Ok(line) => line,
+                Err(NetError::LineTooLong) if self.conn.long_line_began_with(b"BDAT ") => {
+                    // Its chunk follows at once and can no longer be told
+                    // from commands: the session cannot go on (as Postfix).
+                    self.reply(Reply::new(
+                        521,
+                        "5.5.4",
+                        "BDAT line too long; the chunk cannot be told from commands, closing",
+                    ));
+                    return self.conn.flush().await;
+                }
                 Err(NetError::LineTooLong) => {
                     self.error(Reply::new(500, "5.5.2", "line too long"));
                     if self.too_many_errors().await? {

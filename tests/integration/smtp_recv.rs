@@ -532,6 +532,7 @@ fn bdat_with_a_bad_or_huge_size_ends_the_session_unread() {
     let tree = tree_with_users();
     let server = Server::start(&tree, "smtp-recv", &[]);
     let start = "EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\n";
+    let long_bdat = format!("BDAT {}5 LAST\r\n", "0".repeat(5000));
     for (bdat, want) in [
         // A sign: not a size. What follows may be chunk bytes: never run.
         (
@@ -547,6 +548,9 @@ fn bdat_with_a_bad_or_huge_size_ends_the_session_unread() {
             "552 5.3.4 BDAT chunk larger than the message size limit of 36700160 bytes, closing",
         ),
         ("BDAT 36700161\r\n", "552 5.3.4 "),
+        // Longer than limits.line_length: the line is dropped unseen, but
+        // it was a BDAT, so its chunk must not be read as commands either.
+        (long_bdat.as_str(), "521 5.5.4 BDAT line too long"),
     ] {
         let input = format!("{start}{bdat}hello\r\nNOOP\r\nQUIT\r\n");
         let said = raw(server.port, input.as_bytes(), Duration::from_secs(10));
