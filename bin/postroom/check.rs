@@ -177,7 +177,22 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
         Ok(ids) => {
             for id in &ids {
                 match queue.read(id) {
-                    Ok(_) | Err(postroom::queue::QueueError::NotFound(_)) => {}
+                    Ok(message) => {
+                        // A message with nothing left to do is normal for
+                        // the instant before its runner removes it; it is a
+                        // problem only when no runner holds it.
+                        let worth_reporting = !message.is_finished()
+                            || message.is_torn()
+                            || matches!(queue.lock(id), Ok(Some(_)));
+                        if worth_reporting
+                            && let Some(problem) = crate::queue_cmd::problem(&message)
+                        {
+                            report
+                                .problems
+                                .push(format!("queue message {id}: {problem}"));
+                        }
+                    }
+                    Err(postroom::queue::QueueError::NotFound(_)) => {}
                     Err(e) => report.problems.push(e.to_string()),
                 }
             }
