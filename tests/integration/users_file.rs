@@ -99,6 +99,14 @@ fn a_missing_users_file_defers_rcpt_and_mail_inject_instead_of_refusing() {
     );
     // Remote recipients are not a users question (relay is still refused).
     assert!(smtp_rcpt(server.port, &["far@remote.test"])[0].starts_with("554 5.7.1"));
+    // AUTH (PLAIN ann@example.test / secret) fails for now, not for good.
+    let (mut smtp, _) = Line::connect(server.port);
+    smtp.say("EHLO client.test", None);
+    assert_eq!(
+        smtp.say("AUTH PLAIN AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0", None),
+        "454 4.7.0 temporary authentication failure"
+    );
+    smtp.say("QUIT", None);
 
     let out = tree.inject(
         &["-f", "x@example.test", "ann@example.test"],
@@ -268,4 +276,50 @@ fn queued_local_mail_waits_for_a_missing_users_file_instead_of_bouncing() {
     assert!(tree.queue().list().unwrap().is_empty());
     assert_eq!(maildir_files(&tree.maildir("ann")).len(), 1);
     assert!(maildir_files(&tree.maildir("bob")).is_empty());
+}
+
+#[test]
+fn a_list_post_waits_for_a_missing_users_file_instead_of_skipping_members() {
+    let tree = tree_with_ann_and_bob();
+    let list_expand = |args: &[&str], input: &[u8]| {
+        let mut child = std::process::Command::new(bin("list-expand"))
+            .arg("--config")
+            .arg(&tree.config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(input);
+        child.wait_with_output().unwrap()
+    };
+    let out = list_expand(
+        &["create", "team@example.test", "--owner", "ann@example.test"],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = list_expand(
+        &["add", "team@example.test", "-"],
+        b"bob@example.test\nfar@remote.test\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_file(users_path(&tree)).unwrap();
+    let post = b"From: far@remote.test\nSubject: hello\n\nhi all\n";
+    let out = list_expand(
+        &["post", "team@example.test", "--sender", "far@remote.test"],
+        post,
+    );
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("member bob@example.test: local users cannot be looked up now"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(tree.queue().list().unwrap().is_empty(), "sent without bob");
+    let archive = tree.root().join("lists/team@example.test/archive");
+    assert!(
+        maildir_files(&archive).is_empty(),
+        "archived before it was sent"
+    );
 }
