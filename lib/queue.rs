@@ -19,13 +19,17 @@
 //! careless `truncate` — is told from a whole one: such a *torn* message is
 //! never sent, delivered or quoted in a bounce; the runner holds it and
 //! `postroom check` reports it. Files written before the field existed have
-//! none and are read as before. What changes afterwards — a recipient delivered, deferred
-//! or failed, the message held — is appended to `log/ID`; the pending set is
+//! none and are read as before.
+//!
+//! What changes afterwards — a recipient delivered, deferred or failed, the
+//! message held — is appended to `log/ID`; the pending set is
 //! the envelope's recipients minus those the log closes, so it only shrinks
 //! and a crash yields at worst a repeat, never a loss. A repeat of a local
 //! delivery is harmless too: maildir names derive from the queue id and the
 //! recipient index (see `maildir`), and a `try` line left without an outcome
-//! tells the next runner to look for an earlier copy.
+//! tells the next runner to look for an earlier copy. A message whose log
+//! closes every recipient (and owes no report) is finished; if its runner
+//! died before the unlink, the next pass of any runner removes it.
 //!
 //! Enqueue costs one fsync of the file and one of `mess/`: the same price as
 //! the bare maildir write, which is what lets the queue keep up with the disk.
