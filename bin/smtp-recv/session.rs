@@ -102,7 +102,7 @@ impl Shared {
         };
         if guard.2 != now {
             match (
-                Directory::load(&self.config),
+                Directory::reload(&self.config),
                 Access::load(&self.config.access_file()),
             ) {
                 (Ok(d), Ok(a)) => *guard = (Arc::new(d), Arc::new(a), now),
