@@ -930,7 +930,12 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
         let server = Server::start(&tree, "imap-serve", &[]);
         let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
         let delay = Duration::from_millis(30 + random(200));
+        // The clock starts at the round's first acknowledged APPEND, so a
+        // loaded machine (slow start, slow login) still gets appends in
+        // before the kill, and the kill still lands at a random moment.
+        let (first_ack, started) = std::sync::mpsc::channel::<()>();
         let killer = std::thread::spawn(move || {
+            let _ = started.recv_timeout(Duration::from_secs(30));
             std::thread::sleep(delay);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         });
@@ -967,7 +972,9 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
                 break;
             };
             acked.push((uid, body.into_bytes()));
+            let _ = first_ack.send(());
         }
+        drop(first_ack);
         killer.join().unwrap();
         drop(server);
         // Nothing half-written is visible: every message file is whole.
