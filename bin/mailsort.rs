@@ -136,6 +136,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .ok()
         .and_then(|a| directory.user(&a).cloned())
     else {
+        // A missing users file says nothing about this user: try later.
+        if let Some(why) = directory.users().unavailable() {
+            postroom::say!("451 4.3.0 {user}: local users cannot be looked up now ({why})");
+            return Ok(EX_TEMPFAIL);
+        }
         postroom::say!("550 5.1.1 {user}: no such user here");
         return Ok(EX_NOUSER);
     };

@@ -87,6 +87,14 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .ok()
         .and_then(|a| directory.user(&a).cloned())
     else {
+        // A missing users file says nothing about this user: try later.
+        if let Some(why) = directory.users().unavailable() {
+            eprintln!(
+                "vacation: {}: local users cannot be looked up now ({why})",
+                args.user
+            );
+            return Ok(EX_TEMPFAIL);
+        }
         eprintln!(
             "vacation: {} is no user here (see `postroom user list`)",
             args.user

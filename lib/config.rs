@@ -217,6 +217,13 @@ pub struct Smtp {
     pub relay_domains: Vec<String>,
     /// Messages one session may send before it must reconnect.
     pub messages_per_session: usize,
+    /// An authenticated session, on any port, may send only as the user's
+    /// own addresses (aliases, +tag and case variants included): the
+    /// submission rule. `false` lets every user send as anyone.
+    pub auth_sender_check: bool,
+    /// Logins the sender rule does not bind (a web mail or list host that
+    /// sends for others), when `auth_sender_check` is on.
+    pub auth_sender_exempt: Vec<String>,
     /// DNS blocklist zones asked about each client at connect
     /// (`zen.spamhaus.org`); a listed client gets 554.
     pub dnsbl: Vec<String>,
@@ -326,6 +333,8 @@ impl Default for Smtp {
             relay_networks: Vec::new(),
             relay_domains: Vec::new(),
             messages_per_session: 100,
+            auth_sender_check: true,
+            auth_sender_exempt: Vec::new(),
             dnsbl: Vec::new(),
             spf: false,
             dkim: false,
@@ -627,6 +636,13 @@ impl Config {
         for zone in &self.smtp.dnsbl {
             if !crate::proto::address::is_domain_name(zone) {
                 return Err(format!("smtp.dnsbl: {zone:?} is not a DNS zone"));
+            }
+        }
+        for login in &self.smtp.auth_sender_exempt {
+            if crate::proto::address::Address::parse(login).is_err() {
+                return Err(format!(
+                    "smtp.auth_sender_exempt: {login:?} is not a login (user@domain)"
+                ));
             }
         }
         if self.smtp.messages_per_session == 0 {

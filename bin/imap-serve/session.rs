@@ -81,7 +81,7 @@ impl Shared {
         let mut guard = self.users.lock().unwrap_or_else(|p| p.into_inner());
         if guard.2 != now {
             match (
-                Users::load(&self.config.users_file()),
+                Users::reload(&self.config.users_file()),
                 Access::load(&self.config.access_file()),
             ) {
                 (Ok(u), Ok(a)) => *guard = (Arc::new(u), Arc::new(a), now),

@@ -58,9 +58,16 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
         if member.digest
             && !member.nomail
             && let Ok(address) = Address::parse(&member.address)
-            && let Ok(routes) = postroom::delivery::deliver::routes_for(&directory, &address)
         {
-            readers.extend(routes);
+            match postroom::delivery::deliver::routes_for(&directory, &address) {
+                Ok(routes) => readers.extend(routes),
+                // No digest rather than one that skips readers who may
+                // well exist (a missing users file): the next run sends it.
+                Err(e) if e.is_temporary() => {
+                    anyhow::bail!("digest reader {address}: {e}; no digest sent now")
+                }
+                Err(_) => {}
+            }
         }
     }
     if posts.is_empty() || readers.is_empty() {

@@ -90,6 +90,27 @@ pub fn distribute(
     if let Some(rewritten) = rewrite_from_for_dmarc(config, list, &outgoing) {
         outgoing = rewritten;
     }
+    let directory = Directory::load(config)?;
+    let mut recipients = Vec::new();
+    for member in list.members()? {
+        if member.nomail || member.digest {
+            continue;
+        }
+        let Ok(address) = Address::parse(&member.address) else {
+            tracing::warn!(member = %member.address, "not an address; skipped");
+            continue;
+        };
+        match postroom::delivery::deliver::routes_for(&directory, &address) {
+            Ok(routes) => recipients.extend(routes),
+            // Nothing is archived or sent yet: the whole post waits (exit
+            // 75) rather than go out without members who may well exist
+            // (a missing users file, an include file unreadable now).
+            Err(e) if e.is_temporary() => {
+                anyhow::bail!("member {address}: {e}; the post is not sent now")
+            }
+            Err(e) => tracing::warn!(%address, "member skipped: {e}"),
+        }
+    }
     if list.config.archive {
         Maildir::new(list.archive_dir())
             .deliver(
@@ -103,21 +124,6 @@ pub fn distribute(
                 &config.hostname,
             )
             .context("archiving the post")?;
-    }
-    let directory = Directory::load(config)?;
-    let mut recipients = Vec::new();
-    for member in list.members()? {
-        if member.nomail || member.digest {
-            continue;
-        }
-        let Ok(address) = Address::parse(&member.address) else {
-            tracing::warn!(member = %member.address, "not an address; skipped");
-            continue;
-        };
-        match postroom::delivery::deliver::routes_for(&directory, &address) {
-            Ok(routes) => recipients.extend(routes),
-            Err(e) => tracing::warn!(%address, "member skipped: {e}"),
-        }
     }
     if recipients.is_empty() {
         tracing::info!(list = %list.address, %sender, "no member to send to");

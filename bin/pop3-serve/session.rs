@@ -68,7 +68,7 @@ impl Shared {
         };
         if guard.2 != now {
             match (
-                Users::load(&self.config.users_file()),
+                Users::reload(&self.config.users_file()),
                 Access::load(&self.config.access_file()),
             ) {
                 (Ok(u), Ok(a)) => *guard = (Arc::new(u), Arc::new(a), now),

@@ -134,7 +134,11 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
     let files = [
         (
             "users",
-            "# user@domain:{SCHEME}hash:uid:gid::home::extra  (postroom-users(5))\n".to_string(),
+            format!(
+                "# user@domain:{{SCHEME}}hash:uid:gid::home::extra  (postroom-users(5))\n\
+                 {} yet (postroom user add removes this line)\n",
+                users::NO_USERS_MARK
+            ),
         ),
         (
             "aliases",

@@ -75,6 +75,19 @@ fn check_files(config: &Config, report: &mut Report) {
         }
     };
     match postroom::directory::users::Users::load(&config.users_file()) {
+        Ok(users) if users.unavailable().is_some() => {
+            let why = users
+                .unavailable()
+                .map(|w| w.to_string())
+                .unwrap_or_default();
+            report.problems.push(format!(
+                "{}: {why}: mail for local users waits (451 4.3.0, exit 75) and every login \
+                 fails until it is restored; if there are really no users, write the line \
+                 `{}` in it",
+                config.users_file().display(),
+                postroom::directory::users::NO_USERS_MARK
+            ));
+        }
         Ok(users) => {
             if let Some(domains) = &domains {
                 for user in users.iter() {
@@ -126,7 +139,10 @@ fn check_files(config: &Config, report: &mut Report) {
                 ));
                 continue;
             };
-            if let Err(e) = directory.resolve(&address) {
+            // Said once above, not for every alias that names a user.
+            if let Err(e) = directory.resolve(&address)
+                && !matches!(e, aliases::ResolveError::UsersUnavailable(_))
+            {
                 report.problems.push(format!(
                     "{}: alias {key}: {e}",
                     config.aliases_file().display()
@@ -177,7 +193,22 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
         Ok(ids) => {
             for id in &ids {
                 match queue.read(id) {
-                    Ok(_) | Err(postroom::store::queue::QueueError::NotFound(_)) => {}
+                    Ok(message) => {
+                        // A message with nothing left to do is normal for
+                        // the instant before its runner removes it; it is a
+                        // problem only when no runner holds it.
+                        let worth_reporting = !message.is_finished()
+                            || message.is_torn()
+                            || matches!(queue.lock(id), Ok(Some(_)));
+                        if worth_reporting
+                            && let Some(problem) = crate::queue_cmd::problem(&message)
+                        {
+                            report
+                                .problems
+                                .push(format!("queue message {id}: {problem}"));
+                        }
+                    }
+                    Err(postroom::store::queue::QueueError::NotFound(_)) => {}
                     Err(e) => report.problems.push(e.to_string()),
                 }
             }

@@ -163,6 +163,9 @@ fn list(queue: &Queue, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
         for (_, r) in message.pending() {
             writeln!(out, "    {}", r.address)?;
         }
+        if let Some(problem) = problem(&message) {
+            writeln!(out, "    problem: {problem}")?;
+        }
         count += 1;
     }
     writeln!(out, "{count} message(s) in the queue")?;
@@ -170,12 +173,42 @@ fn list(queue: &Queue, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
 }
 
 fn state_word(message: &QueuedMessage) -> &'static str {
+    if message.is_torn() {
+        return "torn";
+    }
     match message.next_due() {
         Some(0) => "active",
         Some(t) if t <= postroom::store::fsutil::now_secs() => "active",
         Some(_) => "deferred",
+        None if message.is_finished() => "finished",
         None => "bouncing",
     }
+}
+
+/// What is wrong with a message that no runner will fix by itself, or
+/// that a runner must finish, with what to do.
+pub fn problem(message: &QueuedMessage) -> Option<String> {
+    if let Err(torn) = message.intact() {
+        return Some(torn.to_string());
+    }
+    if message.is_finished() {
+        return Some(if message.state.held {
+            format!(
+                "nothing left to deliver, but held: `postroom queue release {id}` lets the \
+                 next smtp-send pass remove it, or `postroom queue delete {id}`",
+                id = message.id
+            )
+        } else {
+            "nothing left to deliver (a runner stopped before removing it); the next \
+             smtp-send pass removes it"
+                .to_string()
+        });
+    }
+    message
+        .state
+        .hold_reason
+        .as_ref()
+        .map(|reason| format!("held by smtp-send: {reason}"))
 }
 
 fn describe(message: &QueuedMessage, with_headers: bool) -> serde_json::Value {
@@ -210,6 +243,8 @@ fn describe(message: &QueuedMessage, with_headers: bool) -> serde_json::Value {
         "sender": env.sender.to_string(),
         "size": message.body_size,
         "held": message.state.held,
+        "hold_reason": message.state.hold_reason,
+        "problem": problem(message),
         "warned": message.state.warned,
         "helo": env.helo.as_ref().map(|h| h.as_str()),
         "client": env.client.as_ref().map(|h| h.as_str()),
@@ -260,6 +295,9 @@ fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
             message.id
         )?;
     }
+    if let Some(problem) = problem(message) {
+        writeln!(out, "problem:  {problem}")?;
+    }
     writeln!(out, "recipients:")?;
     for (r, s) in env.recipients.iter().zip(&message.state.recipients) {
         let how = match &r.route {
@@ -285,6 +323,10 @@ fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
             }
         };
         writeln!(out, "  <{}> ({how}) {state}", r.address)?;
+    }
+    if message.is_torn() {
+        writeln!(out, "headers:  not shown: the body is torn")?;
+        return Ok(());
     }
     writeln!(out, "headers:")?;
     for (name, value) in headers_of(message) {

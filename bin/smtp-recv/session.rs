@@ -3,8 +3,10 @@
 //! Replies are buffered and sent when the client has nothing more in
 //! flight (RFC 2920 PIPELINING). Policy, in the order a session meets it:
 //! the client must say EHLO/HELO; AUTH only over TLS or loopback (unless
-//! `auth.allow_plaintext`); in `--submission` mode MAIL needs AUTH and the
-//! sender must be one of the user's addresses; RCPT for a local domain must
+//! `auth.allow_plaintext`), and STARTTLS forgets it with everything else;
+//! in `--submission` mode MAIL needs AUTH; after AUTH, on any port, the
+//! sender must be one of the user's addresses (unless
+//! `smtp.auth_sender_check` says otherwise); RCPT for a local domain must
 //! resolve to a user, alias or catch-all; RCPT elsewhere needs AUTH or a
 //! client in `smtp.relay_networks`. `%`, `!`, quoted local parts and source
 //! routes never route anything: an address is local or it is relaying.
@@ -20,7 +22,10 @@ use postroom::directory::aliases::{Directory, ResolveError, Target};
 use postroom::directory::authlimit::AuthLimit;
 use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
-use postroom::proto::smtp::{DataLine, DataProblem, DataReader, Network, Reply, is_clean_command};
+use postroom::proto::smtp::{
+    BdatError, DataLine, DataProblem, DataReader, Network, Reply, has_nul, is_bare_postmaster,
+    is_clean_command, parse_bdat,
+};
 use postroom::proto::xtext;
 use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
@@ -98,7 +103,7 @@ impl Shared {
         };
         if guard.2 != now {
             match (
-                Directory::load(&self.config),
+                Directory::reload(&self.config),
                 Access::load(&self.config.access_file()),
             ) {
                 (Ok(d), Ok(a)) => *guard = (Arc::new(d), Arc::new(a), now),
@@ -168,6 +173,7 @@ struct Chunks {
     size: u64,
     previous: u8,
     bare_line_end: bool,
+    nul: bool,
     failed: Option<std::io::Error>,
 }
 
@@ -180,25 +186,29 @@ impl Chunks {
             size: 0,
             previous: b'\n',
             bare_line_end: false,
+            nul: false,
             failed: None,
         }
     }
 
-    /// The message, or the reply that refuses it (`None`: bare line ends).
-    fn finish(self) -> Result<(Transaction, Incoming, u64), Option<Reply>> {
+    /// The message, or the reply that refuses it.
+    fn finish(self) -> Result<(Transaction, Incoming, u64), Reply> {
         if self.bare_line_end || self.previous == b'\r' {
-            return Err(None);
+            return Err(DataProblem::BareLineEnd.reply(self.max_size));
+        }
+        if self.nul {
+            return Err(DataProblem::Nul.reply(self.max_size));
         }
         if self.size > self.max_size {
-            return Err(Some(DataProblem::TooBig.reply(self.max_size)));
+            return Err(DataProblem::TooBig.reply(self.max_size));
         }
         if let Some(e) = self.failed {
             tracing::error!("writing the message failed: {e}");
-            return Err(Some(Reply::new(
+            return Err(Reply::new(
                 451,
                 "4.3.0",
                 "local error in processing, try again later",
-            )));
+            ));
         }
         Ok((self.tx, self.incoming, self.size))
     }
@@ -214,9 +224,11 @@ impl std::io::Write for Chunks {
             }
             self.previous = b;
         }
+        self.nul |= has_nul(buf);
         self.size += buf.len() as u64;
         // A doomed message is read to its end but no longer stored.
-        if !self.bare_line_end && self.size <= self.max_size && self.failed.is_none() {
+        let doomed = self.bare_line_end || self.nul || self.size > self.max_size;
+        if !doomed && self.failed.is_none() {
             self.failed = self.incoming.write_all(buf).err();
         }
         Ok(buf.len())
@@ -486,6 +498,16 @@ impl Session {
             }
             let line = match self.conn.read_line(max).await {
                 Ok(line) => line,
+                Err(NetError::LineTooLong) if self.conn.long_line_began_with(b"BDAT ") => {
+                    // Its chunk follows at once and can no longer be told
+                    // from commands: the session cannot go on (as Postfix).
+                    self.reply(Reply::new(
+                        521,
+                        "5.5.4",
+                        "BDAT line too long; the chunk cannot be told from commands, closing",
+                    ));
+                    return self.conn.flush().await;
+                }
                 Err(NetError::LineTooLong) => {
                     self.error(Reply::new(500, "5.5.2", "line too long"));
                     if self.too_many_errors().await? {
@@ -524,11 +546,33 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> Result<Next, NetError> {
+        // BDAT first, and by our own parser: a chunk whose size cannot be
+        // trusted cannot be skipped, so a bad BDAT line (bare LF included)
+        // ends the session rather than run the chunk as commands.
+        let max_size = self.shared.config.limits.message_size;
+        if let Some(bdat) = parse_bdat(line, max_size) {
+            return match bdat.and_then(|b| {
+                usize::try_from(b.size)
+                    .map(|size| (size, b.last))
+                    .map_err(|_| BdatError::TooBig)
+            }) {
+                Ok((size, last)) => self.bdat(size, last).await.map(|()| Next::Continue),
+                Err(e) => Ok(self.malformed_bdat(e)),
+            };
+        }
         if !is_clean_command(line) {
             self.error(Reply::new(
                 500,
                 "5.5.2",
                 "commands must end with CRLF; bare CR or LF refused",
+            ));
+            return Ok(Next::Continue);
+        }
+        if has_nul(line) {
+            self.error(Reply::new(
+                500,
+                "5.5.2",
+                "NUL bytes are refused in commands",
             ));
             return Ok(Next::Continue);
         }
@@ -550,18 +594,11 @@ impl Session {
                 return self.auth(mechanism, initial_response).await;
             }
             Request::Mail { from } => self.mail(from).await,
-            Request::Rcpt { to } => self.rcpt(to).await,
+            Request::Rcpt { to } => self.rcpt(to, is_bare_postmaster(line)).await,
             Request::Data => return self.data().await.map(|()| Next::Continue),
             Request::Etrn { name } => self.etrn(name),
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => {
-                return self
-                    .bdat(chunk_size, is_last)
-                    .await
-                    .map(|()| Next::Continue);
-            }
+            // Taken by parse_bdat above; never run on smtp-proto's size.
+            Request::Bdat { .. } => return Ok(self.malformed_bdat(BdatError::Syntax)),
             Request::Rset => {
                 self.tx = None;
                 self.chunks = None;
@@ -591,6 +628,16 @@ impl Session {
             )),
         }
         Ok(Next::Continue)
+    }
+
+    /// A BDAT that cannot be used: the last reply, then the session ends
+    /// (whatever the client sends next may be chunk bytes).
+    fn malformed_bdat(&mut self, error: BdatError) -> Next {
+        tracing::info!(?error, "malformed BDAT, closing");
+        self.chunks = None;
+        self.tx = None;
+        self.reply(error.reply(self.shared.config.limits.message_size));
+        Next::Quit
     }
 
     async fn hello(&mut self, host: String, esmtp: bool) {
@@ -655,9 +702,12 @@ impl Session {
         // start_tls sends the reply, then discards anything the client sent
         // after STARTTLS in the clear (CVE-2011-0411 class).
         self.conn.start_tls(&acceptor).await?;
-        // RFC 3207 §4.2: forget everything learned before TLS.
+        // RFC 3207 §4.2: forget everything learned before TLS, the
+        // authenticated identity included (as Postfix does): a login made
+        // in the clear must not carry over into the protected session.
         self.helo = None;
         self.esmtp = false;
+        self.user = None;
         self.tx = None;
         self.chunks = None;
         Ok(())
@@ -803,7 +853,7 @@ impl Session {
                 return self.error(Reply::new(501, "5.1.7", format!("bad sender address: {e}")));
             }
         };
-        if self.submission() && !self.sender_is_users(&sender) {
+        if self.sender_rule_applies() && !self.sender_is_users(&sender) {
             return self.error(Reply::new(
                 553,
                 "5.7.1",
@@ -871,9 +921,25 @@ impl Session {
         self.reply(Reply::new(250, "2.1.0", "sender ok"));
     }
 
-    /// In submission mode the sender must be the user, or an address whose
-    /// aliases reach the user's mailbox (no sender spoofing). The null
-    /// sender is refused: people do not send bounces.
+    /// Whether the sender must be the user's own: after AUTH on any port
+    /// (on port 25 too, or a stolen password would send as anyone), unless
+    /// `smtp.auth_sender_check` is off or exempts this login.
+    fn sender_rule_applies(&self) -> bool {
+        let Some(user) = &self.user else {
+            return false;
+        };
+        let smtp = &self.shared.config.smtp;
+        smtp.auth_sender_check
+            && !smtp
+                .auth_sender_exempt
+                .iter()
+                .any(|login| login.eq_ignore_ascii_case(user))
+    }
+
+    /// The sender must be the user, or an address whose aliases reach the
+    /// user's mailbox (no sender spoofing); `+tag` and case variants
+    /// resolve to the user too. The null sender is refused: people do not
+    /// send bounces.
     fn sender_is_users(&self, sender: &ReversePath) -> bool {
         let (Some(user), Some(address)) = (&self.user, sender.address()) else {
             return false;
@@ -893,7 +959,9 @@ impl Session {
                 .unwrap_or(false)
     }
 
-    async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
+    /// RCPT; `bare_postmaster` when the path was `<Postmaster>` with no
+    /// domain, which smtp-proto hands over as an empty address.
+    async fn rcpt(&mut self, mut to: smtp_proto::RcptTo<String>, bare_postmaster: bool) {
         let limit = self.shared.config.limits.recipients;
         let relay_ok = self.user.is_some() || self.client_in_relay_networks();
         let Some(tx) = self.tx.as_ref() else {
@@ -905,6 +973,20 @@ impl Session {
                 "4.5.3",
                 format!("too many recipients (limit {limit})"),
             ));
+        }
+        if bare_postmaster && to.address.is_empty() {
+            // RFC 5321 §4.5.1: "Postmaster" alone must be accepted, and
+            // means the postmaster of the primary domain.
+            match self.primary_domain() {
+                Some(domain) => to.address = format!("postmaster@{domain}"),
+                None => {
+                    return self.error(Reply::new(
+                        550,
+                        "5.1.1",
+                        "<postmaster>: the host name is in no local domain",
+                    ));
+                }
+            }
         }
         let address = match Address::parse(&to.address) {
             Ok(a) => a,
@@ -1019,6 +1101,20 @@ impl Session {
         }
     }
 
+    /// The domain a bare `postmaster` belongs to: the host name if it is a
+    /// local domain, else the nearest local domain above it
+    /// (`mail.example.org` → `example.org`).
+    fn primary_domain(&self) -> Option<String> {
+        let directory = self.shared.directory();
+        let mut name = self.shared.config.hostname.as_str();
+        loop {
+            if directory.is_local_domain(name) {
+                return Some(name.to_lowercase());
+            }
+            name = name.split_once('.')?.1;
+        }
+    }
+
     fn client_in_relay_networks(&self) -> bool {
         let Some(ip) = self.conn.peer().map(|p| p.ip()) else {
             return false;
@@ -1100,7 +1196,7 @@ impl Session {
             let line = match self.conn.read_line(BODY_LINE_MAX).await {
                 Ok(line) => line,
                 Err(NetError::LineTooLong) => {
-                    reader.line_too_long();
+                    reader.line_too_long(self.conn.long_line_ended_with_crlf());
                     continue;
                 }
                 // A client gone or stalled mid-DATA: nothing was accepted,
@@ -1168,11 +1264,8 @@ impl Session {
             return Ok(());
         };
         self.messages += 1;
-        let max_size = self.shared.config.limits.message_size;
         match chunks.finish() {
-            Err(reply) => {
-                self.reply(reply.unwrap_or_else(|| DataProblem::BareLineEnd.reply(max_size)))
-            }
+            Err(reply) => self.reply(reply),
             Ok((tx, incoming, size)) => self.accept_message(tx, incoming, size).await,
         }
         Ok(())

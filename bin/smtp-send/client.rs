@@ -406,7 +406,10 @@ impl Client {
         Ok(outcomes)
     }
 
-    /// Streams the body from the queue file through the encoder.
+    /// Streams the body from the queue file through the encoder: exactly
+    /// the length the envelope recorded. A file that ends sooner was cut
+    /// short: the error drops the connection before the final dot, so the
+    /// other side discards what it got (RFC 5321 §4.1.1.4).
     async fn send_body(&mut self, message: &QueuedMessage) -> Result<(), SessionError> {
         let local = |e: std::io::Error| {
             SessionError::Temporary(format!("451 4.3.0 cannot read the queue file: {e}"))
@@ -418,11 +421,18 @@ impl Client {
         let mut encoder = DataEncoder::new();
         let mut chunk = vec![0u8; BODY_CHUNK];
         let mut wire = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
-        loop {
-            let n = file.read(&mut chunk).await.map_err(local)?;
+        let mut left = message.body_length();
+        while left > 0 {
+            let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut chunk[..want]).await.map_err(local)?;
             if n == 0 {
-                break;
+                return Err(SessionError::Temporary(format!(
+                    "451 4.3.0 queue file {} ends {left} bytes before its body does; \
+                     not sent (see postroom check)",
+                    message.id
+                )));
             }
+            left -= n as u64;
             wire.clear();
             encoder.push(&chunk[..n], &mut wire);
             self.send(&wire).await?;

@@ -18,7 +18,7 @@ use anyhow::Context;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Outcome};
 use postroom::directory::aliases::Directory;
-use postroom::proto::address::{Address, ReversePath};
+use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::dsn::{self, Kind};
 use postroom::store::queue::{
     Envelope, LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
@@ -214,10 +214,35 @@ impl Runner {
         }
         let reports_owed = self.reports_owed(&locked);
         if !local_due && remote.is_empty() && !reports_owed {
+            if locked.message.is_finished() {
+                // Nothing pending and nothing owed, yet still here: a
+                // runner died between logging the last outcome and removing
+                // the message. Left alone it would stay for ever, since no
+                // recipient will ever fall due again.
+                tracing::warn!(queue_id = %id, "nothing left to do; finishing it");
+                self.tally.messages.fetch_add(1, Ordering::Relaxed);
+                let runner = self.clone();
+                return blocking(move || runner.finish(locked)).await;
+            }
             if let Some(at) = locked.message.next_due() {
                 self.tally.due_at(at);
             }
             return Ok(());
+        }
+        if let Err(torn) = locked.message.intact() {
+            // Never send, deliver or quote part of a message as if it were
+            // all of it: hold it for the administrator (the error says
+            // what to do).
+            tracing::error!(queue_id = %id, "{torn}");
+            let reason = EnvelopeText::sanitize(
+                &format!(
+                    "torn queue file: the body has {} bytes, {} were written at commit",
+                    locked.message.body_size,
+                    locked.message.body_length()
+                ),
+                queue::MAX_FIELD,
+            );
+            return blocking(move || locked.record(&[LogEntry::HoldBecause(reason)], true)).await;
         }
         self.tally.messages.fetch_add(1, Ordering::Relaxed);
 

@@ -232,6 +232,12 @@ fn to_mailbox(
 ) -> Outcome {
     let rcpt = &message.envelope.recipients[index].address;
     let Some(user) = directory.user(rcpt) else {
+        // With the users file missing, nobody can say the user is gone:
+        // wait for it to come back rather than bounce.
+        if let Some(why) = directory.users().unavailable() {
+            let e = ResolveError::UsersUnavailable(why);
+            return Outcome::Deferred(format!("451 4.3.0 <{rcpt}>: {e}"));
+        }
         return Outcome::Failed(format!("550 5.1.1 <{rcpt}>: no such user here"));
     };
     let maildir = Maildir::new(users::maildir_of(config, user));

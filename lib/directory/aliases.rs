@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::directory::domains::Domains;
-use crate::directory::users::{User, Users};
+use crate::directory::users::{Unavailable, User, Users};
 use crate::proto::address::{Address, EnvelopeText};
 use crate::store::fsutil::{self, FileError};
 
@@ -45,13 +45,21 @@ pub enum ResolveError {
     TooDeep(Vec<String>),
     #[error("cannot read include file {file}: {error}")]
     Include { file: PathBuf, error: String },
+    /// The address would be an unknown user, but the users file is missing
+    /// or emptied by accident, so nobody can say (see `users`).
+    #[error("local users cannot be looked up now ({0}); try again later")]
+    UsersUnavailable(Unavailable),
 }
 
 impl ResolveError {
     /// True when trying again later may succeed (an include file that
-    /// cannot be read now); everything else is the sender's problem.
+    /// cannot be read now, a users file that is missing); everything else
+    /// is the sender's problem.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, ResolveError::Include { .. })
+        matches!(
+            self,
+            ResolveError::Include { .. } | ResolveError::UsersUnavailable(_)
+        )
     }
 }
 
@@ -274,6 +282,18 @@ impl Directory {
         })
     }
 
+    /// [`load`](Directory::load) for a server that already has a directory
+    /// in hand: a users file that is missing or emptied by accident is an
+    /// error, so the caller keeps its last good copy.
+    pub fn reload(config: &Config) -> Result<Directory, FileError> {
+        Ok(Directory {
+            domains: Domains::load(&config.domains_file())?,
+            users: Users::reload(&config.users_file())?,
+            aliases: Aliases::load(&config.aliases_file())?,
+            config: config.clone(),
+        })
+    }
+
     pub fn from_parts(
         config: Config,
         domains: Domains,
@@ -303,6 +323,15 @@ impl Directory {
             self.users
                 .get(&address.without_detail(delimiter)?.lookup_key())
         })
+    }
+
+    /// "No such user" — unless the users file is unavailable, when nobody
+    /// can tell and the answer is "try again later".
+    fn unknown(&self, address: &Address) -> ResolveError {
+        match self.users.unavailable() {
+            Some(why) => ResolveError::UsersUnavailable(why),
+            None => ResolveError::UnknownUser(address.clone()),
+        }
     }
 
     /// Where mail for `rcpt` goes; see the module doc for the order.
@@ -363,7 +392,7 @@ impl Directory {
         {
             return self.expand_targets(address, catch_all, targets, path, out);
         }
-        Err(ResolveError::UnknownUser(address.clone()))
+        Err(self.unknown(address))
     }
 
     fn expand_targets(
@@ -412,7 +441,7 @@ impl Directory {
                         push(out, Target::Remote(address));
                         Ok(())
                     }
-                    None => Err(ResolveError::UnknownUser(address)),
+                    None => Err(self.unknown(&address)),
                 }
             }
             Written::Pipe(command) => {
@@ -674,6 +703,42 @@ mod tests {
             dir.resolve(&a("nobody@example.test")),
             Err(ResolveError::UnknownUser(a("nobody@example.test")))
         );
+    }
+
+    #[test]
+    fn an_unavailable_users_file_makes_unknown_users_temporary() {
+        let (_d, dir) = directory("fwd@example.test: far@remote.test\nx@example.test: \\nobody\n");
+        let config = dir.config.clone();
+        let aliases = dir.aliases.clone();
+        let domains = Domains::parse("example.test\n", Path::new("domains")).unwrap();
+        for (text, temporary) in [
+            ("", true),
+            ("# just a comment\n", true),
+            (
+                "# postroom: no users (`postroom user del` removed the last one)\n",
+                false,
+            ),
+        ] {
+            let users = Users::parse(text, Path::new("users")).unwrap();
+            let dir =
+                Directory::from_parts(config.clone(), domains.clone(), users, aliases.clone());
+            for rcpt in ["nobody@example.test", "x@example.test"] {
+                let e = dir.resolve(&a(rcpt)).unwrap_err();
+                assert_eq!(e.is_temporary(), temporary, "{text:?} {rcpt}: {e}");
+                if temporary {
+                    assert_eq!(
+                        e.to_string(),
+                        "local users cannot be looked up now (the users file lists no users); \
+                         try again later"
+                    );
+                }
+            }
+            // Aliases that need no user still resolve.
+            assert_eq!(
+                names(&dir.resolve(&a("fwd@example.test")).unwrap()),
+                ["remote:far@remote.test"]
+            );
+        }
     }
 
     #[test]

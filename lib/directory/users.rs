@@ -11,6 +11,16 @@
 //! `userdb_quota_rule=*:storage=SIZE` (a bare number is kilobytes, as in
 //! Dovecot; `100M`, `2G` also work). The user name becomes a folder name, so
 //! a local part with `/`, a leading `.` or a control character is refused.
+//!
+//! A users file that is missing, or lists no users without saying so on
+//! purpose ([`NO_USERS_MARK`]), is taken for an accident — a failed restore,
+//! a config management run that wrote an empty file, `> users` — and not for
+//! "nobody lives here": the [`Users`] it yields is *unavailable*, and every
+//! place that would say "no such user" says "try again later" instead
+//! (4.3.0, exit 75), and logins fail temporarily. Long-running servers
+//! [`reload`](Users::reload), which refuses such a file, so they keep the
+//! last good copy. `postroom init` and `postroom user del` (when it removes
+//! the last user) write the mark; `postroom user add` removes it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,6 +29,38 @@ use crate::config::{Config, parse_size};
 use crate::directory::password::{self, PasswordError};
 use crate::proto::address::{Address, is_domain_name};
 use crate::store::fsutil::{self, FileError};
+
+/// The comment that says a users file without users is meant to be so;
+/// without it, such a file is an accident (see the module doc).
+pub const NO_USERS_MARK: &str = "# postroom: no users";
+
+/// Why a users file gives no users when it should give some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The file does not exist.
+    Missing,
+    /// The file lists no users and has no [`NO_USERS_MARK`] line.
+    Empty,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::Missing => f.write_str("the users file is missing"),
+            Unavailable::Empty => f.write_str("the users file lists no users"),
+        }
+    }
+}
+
+/// Why a login could not be checked (as opposed to a wrong password).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    /// No users file to check against; the login may work later.
+    #[error("{0}: no login can be checked until it is restored")]
+    Unavailable(Unavailable),
+}
 
 /// One user of the system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +104,9 @@ pub struct Users {
     by_address: HashMap<String, User>,
     /// What an unknown user's password is checked against.
     dummy_hash: &'static str,
+    /// Set when the file is missing or emptied by accident: no lookup may
+    /// then conclude that a user does not exist.
+    unavailable: Option<Unavailable>,
 }
 
 /// Hashes to verify against when the user does not exist, so the time a
@@ -84,9 +129,49 @@ const DUMMY_HASHES: [(&str, &str); 3] = [
 ];
 
 impl Users {
-    /// Reads the users file; a missing file means no users yet.
+    /// Reads the users file. A missing file, or one without users or
+    /// [`NO_USERS_MARK`], gives an [`unavailable`](Users::unavailable) set
+    /// of users (logged), so that mail waits instead of bouncing.
     pub fn load(path: &Path) -> Result<Users, FileError> {
-        Users::parse(&FileError::read(path)?, path)
+        let users = match std::fs::read_to_string(path) {
+            Ok(text) => Users::parse(&text, path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Users {
+                by_address: HashMap::new(),
+                dummy_hash: most_used_dummy(std::iter::empty()),
+                unavailable: Some(Unavailable::Missing),
+            },
+            Err(error) => {
+                return Err(FileError::Io {
+                    file: path.to_path_buf(),
+                    error,
+                });
+            }
+        };
+        if let Some(why) = users.unavailable {
+            tracing::error!(
+                "{}: {why}; mail for local users waits (4.3.0) and logins fail until it is \
+                 restored (if there are really no users, write the line `{NO_USERS_MARK}` in it)",
+                path.display()
+            );
+        }
+        Ok(users)
+    }
+
+    /// [`load`](Users::load) for a server that already has users in hand:
+    /// a file that is missing or emptied by accident is an error, so the
+    /// caller keeps its last good copy (and logs why).
+    pub fn reload(path: &Path) -> Result<Users, FileError> {
+        let users = Users::load(path)?;
+        match users.unavailable {
+            Some(why) => Err(FileError::Unavailable {
+                file: path.to_path_buf(),
+                message: format!(
+                    "{why} (without the line `{NO_USERS_MARK}`, an empty users file is taken \
+                     for an accident)"
+                ),
+            }),
+            None => Ok(users),
+        }
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Users, FileError> {
@@ -111,10 +196,21 @@ impl Users {
             by_address.insert(user.address.clone(), user);
         }
         let dummy_hash = most_used_dummy(by_address.values());
+        let meant_empty = text
+            .lines()
+            .any(|line| line.trim_start().starts_with(NO_USERS_MARK));
+        let unavailable = (by_address.is_empty() && !meant_empty).then_some(Unavailable::Empty);
         Ok(Users {
             by_address,
             dummy_hash,
+            unavailable,
         })
+    }
+
+    /// Why there are no users when there should be some: lookups must then
+    /// answer "try again later", never "no such user".
+    pub fn unavailable(&self) -> Option<Unavailable> {
+        self.unavailable
     }
 
     /// The user with this address (any case).
@@ -139,12 +235,13 @@ impl Users {
     }
 
     /// Checks a login (the full address) and password. `Ok(None)` for an
-    /// unknown user or a wrong password alike.
-    pub fn authenticate(
-        &self,
-        login: &str,
-        password: &str,
-    ) -> Result<Option<&User>, PasswordError> {
+    /// unknown user or a wrong password alike; an error when there is no
+    /// users file to check against (a temporary failure, not a wrong
+    /// password).
+    pub fn authenticate(&self, login: &str, password: &str) -> Result<Option<&User>, LoginError> {
+        if let Some(why) = self.unavailable {
+            return Err(LoginError::Unavailable(why));
+        }
         match self.get(login.trim()) {
             Some(user) => Ok(password::verify(password, &user.password)?.then_some(user)),
             None => {
@@ -318,6 +415,15 @@ pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
                 refused.join(", ")
             )));
         }
+        // With users in it, the file is no longer empty on purpose: should
+        // it lose them by accident later, that must not look deliberate.
+        if text.contains(NO_USERS_MARK) {
+            text = text
+                .lines()
+                .filter(|line| !line.trim_start().starts_with(NO_USERS_MARK))
+                .map(|line| format!("{line}\n"))
+                .collect();
+        }
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
@@ -356,6 +462,15 @@ fn edit_user(
             return Err(FileError::Refused(format!(
                 "{key} is not a user (see `postroom user list`)"
             )));
+        }
+        // The last user removed through us: the empty file is meant, and
+        // says so, unlike one emptied by accident.
+        let any_user = out
+            .lines()
+            .any(|line| matches!(parse_line(line), Ok(Some(_))));
+        if !any_user && !out.contains(NO_USERS_MARK) {
+            out.push_str(NO_USERS_MARK);
+            out.push_str(" (`postroom user del` removed the last one)\n");
         }
         Ok(out)
     })
@@ -494,6 +609,68 @@ mod tests {
         );
         let users = Users::load(&path).unwrap();
         assert_eq!(users.get("cat@example.test").unwrap().quota, Some(1 << 20));
+    }
+
+    #[test]
+    fn missing_or_accidentally_empty_files_are_unavailable_not_userless() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        assert_eq!(
+            Users::load(&path).unwrap().unavailable(),
+            Some(Unavailable::Missing)
+        );
+        for text in ["", "\n\n", "# users\n"] {
+            std::fs::write(&path, text).unwrap();
+            let users = Users::load(&path).unwrap();
+            assert_eq!(users.unavailable(), Some(Unavailable::Empty), "{text:?}");
+            let e = users.authenticate("ann@example.test", "pw").unwrap_err();
+            assert!(matches!(e, LoginError::Unavailable(_)), "{e}");
+            let e = Users::reload(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("lists no users") && e.contains(NO_USERS_MARK),
+                "{e}"
+            );
+        }
+        std::fs::write(&path, format!("# users\n{NO_USERS_MARK} yet\n")).unwrap();
+        let users = Users::reload(&path).unwrap();
+        assert_eq!(users.unavailable(), None);
+        assert!(
+            users
+                .authenticate("ann@example.test", "pw")
+                .unwrap()
+                .is_none()
+        );
+        std::fs::write(&path, FILE).unwrap();
+        assert_eq!(Users::reload(&path).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn user_del_of_the_last_user_marks_the_file_empty_on_purpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, format!("# users\n{NO_USERS_MARK} yet\n")).unwrap();
+        let new = |a: &str| NewUser {
+            address: Address::parse(a).unwrap(),
+            password_hash: "{PLAIN}n".into(),
+            quota: None,
+        };
+        add_users(&path, &[new("ann@example.test"), new("bob@example.test")]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(NO_USERS_MARK), "{text}");
+        assert!(text.starts_with("# users\nann@example.test:"), "{text}");
+        remove_user(&path, "ann@example.test").unwrap();
+        assert!(
+            !std::fs::read_to_string(&path)
+                .unwrap()
+                .contains(NO_USERS_MARK)
+        );
+        remove_user(&path, "bob@example.test").unwrap();
+        let users = Users::reload(&path).unwrap();
+        assert!(users.is_empty());
+        assert_eq!(users.unavailable(), None);
+        // The same file cut to nothing is an accident again.
+        std::fs::write(&path, "").unwrap();
+        assert!(Users::reload(&path).is_err());
     }
 
     #[test]

@@ -727,6 +727,12 @@ pub struct Connection {
     line: Vec<u8>,
     /// Inside an over-long line, throwing bytes away up to its LF.
     discarding: bool,
+    /// The last byte read was a CR: after an over-long line, whether it
+    /// ended with CRLF (SMTP DATA needs to know, postroom-tree(5), LIMITS AND SECURITY).
+    after_cr: bool,
+    /// The first bytes of the last over-long line, so a protocol can tell
+    /// what it was (an over-long `BDAT` line must end an SMTP session).
+    long_line_start: [u8; 8],
     out: Vec<u8>,
 }
 
@@ -777,6 +783,8 @@ impl Connection {
             end: 0,
             line: Vec::new(),
             discarding: false,
+            after_cr: false,
+            long_line_start: [0; 8],
             out: Vec::new(),
         }
     }
@@ -840,8 +848,14 @@ impl Connection {
             if let Some(lf) = available.iter().position(|&b| b == b'\n') {
                 let take = lf + 1;
                 let too_long = self.discarding || self.line.len() + take > max;
+                self.after_cr = match lf {
+                    0 => self.after_cr,
+                    _ => available[lf - 1] == b'\r',
+                };
                 if !too_long {
                     self.line.extend_from_slice(&available[..take]);
+                } else if !self.discarding {
+                    self.long_line_start = first_bytes(&self.line, available);
                 }
                 self.start += take;
                 self.discarding = false;
@@ -854,14 +868,32 @@ impl Connection {
             // No LF yet: the line is at least one byte longer than this.
             if !self.discarding && self.line.len() + available.len() >= max {
                 self.discarding = true;
+                self.long_line_start = first_bytes(&self.line, available);
                 self.line = Vec::new();
             }
             if !self.discarding {
                 self.line.extend_from_slice(available);
             }
+            if let Some(&last) = available.last() {
+                self.after_cr = last == b'\r';
+            }
             self.start = self.end;
             self.fill().await?;
         }
+    }
+
+    /// After [`NetError::LineTooLong`]: whether the discarded line ended
+    /// with CRLF rather than a bare LF.
+    pub fn long_line_ended_with_crlf(&self) -> bool {
+        self.after_cr
+    }
+
+    /// After [`NetError::LineTooLong`]: whether the discarded line began
+    /// with `word`, compared without regard to ASCII case (at most 8 bytes
+    /// are kept).
+    pub fn long_line_began_with(&self, word: &[u8]) -> bool {
+        word.len() <= self.long_line_start.len()
+            && self.long_line_start[..word.len()].eq_ignore_ascii_case(word)
     }
 
     /// Copies exactly `n` bytes from the client to `out` (a BDAT chunk, an
@@ -1015,6 +1047,15 @@ impl Connection {
 
 /// `TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`, as Postfix and others
 /// write it in Received headers.
+/// The first 8 bytes of a line held in two pieces (zeros after its end).
+fn first_bytes(held: &[u8], rest: &[u8]) -> [u8; 8] {
+    let mut start = [0u8; 8];
+    for (slot, b) in start.iter_mut().zip(held.iter().chain(rest)) {
+        *slot = *b;
+    }
+    start
+}
+
 fn describe_tls(conn: &rustls::ServerConnection) -> String {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
@@ -1108,6 +1149,33 @@ mod tests {
             Err(NetError::LineTooLong)
         ));
         assert_eq!(conn.read_line(5).await.unwrap(), b"ok\n");
+    }
+
+    #[tokio::test]
+    async fn a_long_line_tells_whether_it_ended_with_crlf() {
+        let (mut conn, mut client) = pair(IDLE).await;
+        let writer = tokio::spawn(async move {
+            // The CR of the first line ends one read, its LF starts the next.
+            client.write_all(&vec![b'x'; 2000]).await.unwrap();
+            client.write_all(b"\r").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b"\n").await.unwrap();
+            client.write_all(&vec![b'y'; 2000]).await.unwrap();
+            client.write_all(b"\n.\r\n").await.unwrap();
+            client
+        });
+        assert!(matches!(
+            conn.read_line(1000).await,
+            Err(NetError::LineTooLong)
+        ));
+        assert!(conn.long_line_ended_with_crlf());
+        assert!(matches!(
+            conn.read_line(1000).await,
+            Err(NetError::LineTooLong)
+        ));
+        assert!(!conn.long_line_ended_with_crlf(), "a bare LF");
+        assert_eq!(conn.read_line(1000).await.unwrap(), b".\r\n");
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]

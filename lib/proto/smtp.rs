@@ -11,6 +11,12 @@
 //! gets a 500, the message gets a 554 once its real end arrives. So `\n.\n`,
 //! `\r.\n`, `\n.\r\n` and `\r.\r` never end a message here, and nothing that
 //! another server might read as two messages is ever accepted as one.
+//!
+//! NUL (RFC 5321 §4.1.1.4 forbids it in text, and a next hop that strips
+//! NULs could read `\r\n\x00.\r\n` as the end of DATA) is refused the
+//! same way: a command with a NUL gets a 500, a message a 554 5.6.0.
+//! Nothing is encoded or stripped: a message is stored as it was sent, or
+//! not at all.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -85,6 +91,117 @@ pub fn is_clean_command(line: &[u8]) -> bool {
             .any(|&b| b == b'\r' || b == b'\n')
 }
 
+/// True when a line holds a NUL byte, which SMTP text never does.
+pub fn has_nul(line: &[u8]) -> bool {
+    line.contains(&0)
+}
+
+/// A BDAT command (RFC 3030 §2):
+///
+/// ```text
+/// bdat-cmd   ::= "BDAT" SP chunk-size [ SP end-marker ] CR LF
+/// chunk-size ::= 1*DIGIT
+/// end-marker ::= "LAST"
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bdat {
+    pub size: u64,
+    pub last: bool,
+}
+
+/// Why a BDAT command cannot be used. Either way the chunk's length is
+/// unknown or not to be read, so its bytes can no longer be told from
+/// commands: the session must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BdatError {
+    /// Not `BDAT chunk-size [LAST]`: a sign, letters, a missing size,
+    /// a stray word, a bare CR or LF, a NUL.
+    Syntax,
+    /// A chunk larger than the whole message may be.
+    TooBig,
+}
+
+impl BdatError {
+    /// The last reply of the session (Postfix answers a malformed BDAT
+    /// with 521 and hangs up too).
+    pub fn reply(self, max_size: u64) -> Reply {
+        match self {
+            BdatError::Syntax => Reply::new(
+                521,
+                "5.5.4",
+                "syntax: BDAT chunk-size [LAST]; the chunk cannot be told from commands, closing",
+            ),
+            BdatError::TooBig => Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "BDAT chunk larger than the message size limit of {max_size} bytes, closing"
+                ),
+            ),
+        }
+    }
+}
+
+/// Parses a BDAT command line, raw as read (CRLF included). `None` when
+/// the line is some other command. The size is read here rather than by
+/// `smtp-proto`, whose parser saturates past 20 digits and then starts
+/// over, so that `BDAT 100000000000000000000000000005` meant 5. Spaces
+/// between the words are taken one or many; anything else is refused.
+pub fn parse_bdat(line: &[u8], max_size: u64) -> Option<Result<Bdat, BdatError>> {
+    let verb_end = line
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(line.len());
+    if !line[..verb_end].eq_ignore_ascii_case(b"BDAT") {
+        return None;
+    }
+    Some(bdat_arguments(line, verb_end, max_size))
+}
+
+fn bdat_arguments(line: &[u8], verb_end: usize, max_size: u64) -> Result<Bdat, BdatError> {
+    if !is_clean_command(line) || has_nul(line) {
+        return Err(BdatError::Syntax);
+    }
+    let arguments = &line[verb_end..line.len() - 2];
+    if !arguments.is_empty() && arguments[0] != b' ' {
+        return Err(BdatError::Syntax);
+    }
+    let mut words = arguments.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let (Some(size), last) = (words.next(), words.next()) else {
+        return Err(BdatError::Syntax);
+    };
+    let last = match last {
+        None => false,
+        Some(word) if word.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return Err(BdatError::Syntax),
+    };
+    if words.next().is_some() || !size.iter().all(u8::is_ascii_digit) {
+        return Err(BdatError::Syntax);
+    }
+    // Digits only, so the one way to fail is overflow: too big as well.
+    let size = size
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .filter(|&n| n <= max_size)
+        .ok_or(BdatError::TooBig)?;
+    Ok(Bdat { size, last })
+}
+
+/// True when a RCPT line's path is `<Postmaster>` with no domain, which
+/// RFC 5321 §4.5.1 says every server must accept. `smtp-proto` hands it
+/// over as an empty address, like `<>`; the raw line tells them apart.
+pub fn is_bare_postmaster(line: &[u8]) -> bool {
+    let Some(open) = line.iter().position(|&b| b == b'<') else {
+        return false;
+    };
+    let path = &line[open + 1..];
+    path.iter()
+        .position(|&b| b == b'>')
+        .is_some_and(|close| path[..close].eq_ignore_ascii_case(b"postmaster"))
+}
+
 /// What one DATA line came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DataLine<'a> {
@@ -103,6 +220,7 @@ pub struct DataReader {
     max_size: u64,
     size: u64,
     bare_line_end: bool,
+    nul: bool,
     too_big: bool,
     line_too_long: bool,
     /// The previous line ended with CRLF: only then can "." CRLF end DATA
@@ -114,6 +232,7 @@ pub struct DataReader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataProblem {
     BareLineEnd,
+    Nul,
     TooBig,
     LineTooLong,
 }
@@ -125,6 +244,11 @@ impl DataProblem {
                 554,
                 "5.6.0",
                 "message contains a bare CR or LF; lines must end with CRLF (RFC 5321 2.3.8)",
+            ),
+            DataProblem::Nul => Reply::new(
+                554,
+                "5.6.0",
+                "message contains a NUL byte, which SMTP does not carry (RFC 5321 4.1.1.4)",
             ),
             DataProblem::TooBig => Reply::new(
                 552,
@@ -144,6 +268,7 @@ impl DataReader {
             max_size,
             size: 0,
             bare_line_end: false,
+            nul: false,
             too_big: false,
             line_too_long: false,
             after_crlf: true,
@@ -159,6 +284,9 @@ impl DataReader {
         if !self.after_crlf {
             self.bare_line_end = true;
         }
+        if has_nul(line) {
+            self.nul = true;
+        }
         let body = line.strip_prefix(b".").unwrap_or(line);
         self.size += body.len() as u64;
         if self.size > self.max_size {
@@ -167,13 +295,17 @@ impl DataReader {
         DataLine::Body(body)
     }
 
-    /// Records a line that was longer than the reader's limit. How it ended
-    /// is unknown (the rest was discarded unseen), so a "." line after it
-    /// does not end DATA: safe over friendly, since the message is refused
-    /// anyway and ending early would run the rest of it as commands.
-    pub fn line_too_long(&mut self) {
+    /// Records a line that was longer than the reader's limit, its bytes
+    /// discarded unseen but for how it ended. After CRLF a "." line ends
+    /// DATA as after any line, so the client gets its 552 at the real end
+    /// instead of waiting for the idle timeout; after a bare LF it does
+    /// not (and the message has a bare line end as well).
+    pub fn line_too_long(&mut self, ended_with_crlf: bool) {
         self.line_too_long = true;
-        self.after_crlf = false;
+        self.after_crlf = ended_with_crlf;
+        if !ended_with_crlf {
+            self.bare_line_end = true;
+        }
     }
 
     /// Whether bytes should still be kept (false once the message is
@@ -185,6 +317,8 @@ impl DataReader {
     pub fn problem(&self) -> Option<DataProblem> {
         if self.bare_line_end {
             Some(DataProblem::BareLineEnd)
+        } else if self.nul {
+            Some(DataProblem::Nul)
         } else if self.too_big {
             Some(DataProblem::TooBig)
         } else if self.line_too_long {
@@ -409,6 +543,106 @@ mod tests {
         assert!(ended);
         assert_eq!(r.problem(), Some(DataProblem::TooBig));
         assert!(!r.keeping());
+    }
+
+    #[test]
+    fn a_long_line_ending_in_crlf_still_lets_the_end_of_data_through() {
+        let mut r = DataReader::new(1000);
+        r.line_too_long(true);
+        assert_eq!(r.line(b".\r\n"), DataLine::End);
+        assert_eq!(r.problem(), Some(DataProblem::LineTooLong));
+        // After a bare LF, "." CRLF is body, and the message has a bare
+        // line end: the smuggling rule holds for long lines too.
+        let mut r = DataReader::new(1000);
+        r.line_too_long(false);
+        assert_eq!(r.line(b".\r\n"), DataLine::Body(b"\r\n"));
+        assert_eq!(r.line(b".\r\n"), DataLine::End);
+        assert_eq!(r.problem(), Some(DataProblem::BareLineEnd));
+    }
+
+    #[test]
+    fn nul_in_data_is_a_problem_and_the_end_is_still_found() {
+        let mut r = DataReader::new(1000);
+        let (_, ended) = feed(&mut r, b"Subject: x\r\n\r\na\x00b\r\n\x00.\r\n.\r\n");
+        assert!(ended);
+        assert_eq!(r.problem(), Some(DataProblem::Nul));
+        assert_eq!(DataProblem::Nul.reply(0).code, 554);
+        assert!(has_nul(b"MAIL FROM:<a\x00@b>\r\n"));
+        assert!(!has_nul(b"NOOP\r\n"));
+    }
+
+    #[test]
+    fn bdat_sizes_are_digits_within_the_limit() {
+        let ok = |line: &[u8]| parse_bdat(line, 1000);
+        assert_eq!(
+            ok(b"BDAT 20\r\n"),
+            Some(Ok(Bdat {
+                size: 20,
+                last: false
+            }))
+        );
+        assert_eq!(
+            ok(b"bdat 0 last\r\n"),
+            Some(Ok(Bdat {
+                size: 0,
+                last: true
+            }))
+        );
+        assert_eq!(
+            ok(b"BDAT  1000  LAST \r\n"),
+            Some(Ok(Bdat {
+                size: 1000,
+                last: true
+            }))
+        );
+        assert_eq!(
+            ok(b"BDAT 0007\r\n"),
+            Some(Ok(Bdat {
+                size: 7,
+                last: false
+            }))
+        );
+        for bad in [
+            &b"BDAT -5 LAST\r\n"[..],
+            b"BDAT +5\r\n",
+            b"BDAT\r\n",
+            b"BDAT \r\n",
+            b"BDAT LAST\r\n",
+            b"BDAT 5x\r\n",
+            b"BDAT 5 LAST x\r\n",
+            b"BDAT 5 FIRST\r\n",
+            b"BDAT\t5\r\n",
+            b"BDAT 5\n",
+            b"BDAT 5\r\r\n",
+            b"BDAT 5\x00\r\n",
+            b"BDAT 0x10\r\n",
+        ] {
+            assert_eq!(ok(bad), Some(Err(BdatError::Syntax)), "{bad:?}");
+        }
+        for big in [
+            &b"BDAT 1001\r\n"[..],
+            b"BDAT 100000000000000000000000000005 LAST\r\n",
+            b"BDAT 18446744073709551616\r\n",
+        ] {
+            assert_eq!(ok(big), Some(Err(BdatError::TooBig)), "{big:?}");
+        }
+        assert_eq!(ok(b"DATA\r\n"), None);
+        assert_eq!(ok(b"BDATX 5\r\n"), None);
+        assert_eq!(BdatError::Syntax.reply(1).code, 521);
+    }
+
+    #[test]
+    fn bare_postmaster_is_told_from_the_null_path() {
+        assert!(is_bare_postmaster(b"RCPT TO:<postmaster>\r\n"));
+        assert!(is_bare_postmaster(
+            b"rcpt to: <PostMaster> NOTIFY=NEVER\r\n"
+        ));
+        assert!(!is_bare_postmaster(b"RCPT TO:<>\r\n"));
+        assert!(!is_bare_postmaster(
+            b"RCPT TO:<postmaster@example.test>\r\n"
+        ));
+        assert!(!is_bare_postmaster(b"RCPT TO:<postmasterx>\r\n"));
+        assert!(!is_bare_postmaster(b"RCPT TO:postmaster\r\n"));
     }
 
     #[test]

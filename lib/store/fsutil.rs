@@ -31,6 +31,10 @@ pub enum FileError {
     Refused(String),
     #[error("{file}: {error}")]
     Io { file: PathBuf, error: io::Error },
+    /// A file that must not be missing or empty is (the users file: see
+    /// `users`).
+    #[error("{file}: {message}")]
+    Unavailable { file: PathBuf, message: String },
 }
 
 impl From<io::Error> for FileError {

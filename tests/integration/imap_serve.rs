@@ -343,6 +343,37 @@ print("ok")
     );
 }
 
+#[test]
+fn imap_starttls_after_login_is_refused() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        r#"
+s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"a CAPABILITY\r\n")
+caps = f.readline(); f.readline()
+assert b"STARTTLS" in caps, caps        # TLS is on offer before login
+s.sendall(b"b LOGIN bob@example.test secret\r\n")   # loopback counts as secure
+line = f.readline()
+while line.startswith(b"*"): line = f.readline()
+assert line.startswith(b"b OK"), line
+s.sendall(b"c STARTTLS\r\n")
+print("starttls", f.readline())
+s.sendall(b"d NOOP\r\n")                # still the same plaintext session
+print("noop", f.readline())
+"#,
+        &server,
+        &tree,
+    );
+    assert!(
+        said.contains("starttls b'c BAD STARTTLS only before login\\r\\n'"),
+        "{said}"
+    );
+    assert!(said.contains("noop b'd OK"), "{said}");
+}
+
 /// Sends `input` in one write on a fresh connection (after the greeting)
 /// and reads until the server closes or `wait` passes.
 fn raw(port: u16, input: &[u8], wait: Duration) -> String {
@@ -899,7 +930,12 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
         let server = Server::start(&tree, "imap-serve", &[]);
         let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
         let delay = Duration::from_millis(30 + random(200));
+        // The clock starts at the round's first acknowledged APPEND, so a
+        // loaded machine (slow start, slow login) still gets appends in
+        // before the kill, and the kill still lands at a random moment.
+        let (first_ack, started) = std::sync::mpsc::channel::<()>();
         let killer = std::thread::spawn(move || {
+            let _ = started.recv_timeout(Duration::from_secs(30));
             std::thread::sleep(delay);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         });
@@ -936,7 +972,9 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
                 break;
             };
             acked.push((uid, body.into_bytes()));
+            let _ = first_ack.send(());
         }
+        drop(first_ack);
         killer.join().unwrap();
         drop(server);
         // Nothing half-written is visible: every message file is whole.

@@ -11,5 +11,6 @@ mod pop3_serve;
 mod sink;
 mod smtp_recv;
 mod smtp_send;
+mod users_file;
 mod util;
 mod vacation;

@@ -480,6 +480,35 @@ print("quit", tf.readline())
 }
 
 #[test]
+fn pop3_stls_after_login_is_refused() {
+    let tree = tree_with_ann();
+    let server = Server::start(&tree, "pop3-serve", &[]);
+    let script = r#"
+import os, socket
+s = socket.create_connection(("127.0.0.1", int(os.environ["PORT"])), timeout=10)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"CAPA\r\n")
+caps = b"".join(iter(f.readline, b".\r\n"))
+assert b"STLS" in caps, caps            # TLS is on offer before login
+s.sendall(b"USER ann@example.test\r\nPASS secret\r\n")  # loopback counts as secure
+f.readline(); print("pass", f.readline())
+s.sendall(b"STLS\r\n")
+print("stls", f.readline())
+s.sendall(b"STAT\r\n")                  # still the same plaintext session
+print("stat", f.readline())
+"#;
+    let (ok, said) = python(script, &server);
+    assert!(ok, "{said}");
+    assert!(said.contains("pass b'+OK ann@example.test"), "{said}");
+    assert!(
+        said.contains("stls b'-ERR STLS is not valid after login\\r\\n'"),
+        "{said}"
+    );
+    assert!(said.contains("stat b'+OK 0 0"), "{said}");
+}
+
+#[test]
 fn passwords_need_tls_from_remote_clients_unless_allowed() {
     let tree = tree_with_ann();
     let input =

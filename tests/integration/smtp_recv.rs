@@ -491,6 +491,257 @@ fn bdat_chunks_are_read_whole_and_checked() {
 }
 
 #[test]
+fn auth_does_not_survive_starttls() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let script = r#"
+import os, smtplib, ssl
+port = int(os.environ["PORT"])
+s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+s.ehlo("c")
+s.login("ann@example.test", "secret")     # in the clear: loopback counts as secure
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+print("starttls", s.starttls(context=ctx))
+code, caps = s.ehlo("c")
+assert b"AUTH PLAIN LOGIN" in caps, caps   # offered again: nobody is logged in
+print("mail", s.mail("ann@example.test"))
+print("rcpt", s.rcpt("friend@elsewhere.test"))
+s.rset()
+s.login("ann@example.test", "secret")     # a login inside TLS counts
+s.sendmail("ann@example.test", ["friend@elsewhere.test"], b"Subject: out\r\n\r\nx\r\n")
+s.quit()
+print("ok")
+"#;
+    let (ok, said) = python(script, server.port);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("starttls (220, b'2.0.0 ready to start TLS')"),
+        "{said}"
+    );
+    assert!(said.contains("mail (250, b'2.1.0 sender ok')"), "{said}");
+    assert!(
+        said.contains("rcpt (554, b'5.7.1 <friend@elsewhere.test>: relay access denied')"),
+        "the login made before STARTTLS must not relay: {said}"
+    );
+    let ids = tree.queue().list().unwrap();
+    assert_eq!(ids.len(), 1, "only the message sent after a new AUTH");
+}
+
+#[test]
+fn bdat_with_a_bad_or_huge_size_ends_the_session_unread() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let start = "EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\n";
+    let long_bdat = format!("BDAT {}5 LAST\r\n", "0".repeat(5000));
+    for (bdat, want) in [
+        // A sign: not a size. What follows may be chunk bytes: never run.
+        (
+            "BDAT -5 LAST\r\n",
+            "521 5.5.4 syntax: BDAT chunk-size [LAST]",
+        ),
+        ("BDAT 5x LAST\r\n", "521 5.5.4 "),
+        ("BDAT 5 LAST\n", "521 5.5.4 "),
+        ("BDAT 5 FIRST\r\n", "521 5.5.4 "),
+        // 30 digits wrapped to 5 in smtp-proto's parser, and over the limit.
+        (
+            "BDAT 100000000000000000000000000005 LAST\r\n",
+            "552 5.3.4 BDAT chunk larger than the message size limit of 36700160 bytes, closing",
+        ),
+        ("BDAT 36700161\r\n", "552 5.3.4 "),
+        // Longer than limits.line_length: the line is dropped unseen, but
+        // it was a BDAT, so its chunk must not be read as commands either.
+        (long_bdat.as_str(), "521 5.5.4 BDAT line too long"),
+    ] {
+        let input = format!("{start}{bdat}hello\r\nNOOP\r\nQUIT\r\n");
+        let said = raw(server.port, input.as_bytes(), Duration::from_secs(10));
+        let last = said.lines().last().unwrap_or_default();
+        assert!(last.starts_with(want), "{bdat:?} got {said}");
+        assert!(
+            !said.contains("221") && !said.contains("2.0.0 ok"),
+            "{bdat:?}: the session must end at the BDAT: {said}"
+        );
+    }
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+    // A good one still works, and so does BDAT 0 LAST after chunks.
+    let input = format!("{start}BDAT 11\r\nSubj: x\r\n\r\nbdat 0 last\r\nQUIT\r\n");
+    let said = raw(server.port, input.as_bytes(), Duration::from_secs(10));
+    assert!(said.contains("250 2.0.0 ok, delivered as"), "{said}");
+    assert_eq!(maildir_files(&tree.maildir("ann")).len(), 1);
+}
+
+#[test]
+fn a_data_line_over_the_limit_still_ends_at_crlf_dot_crlf() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let start = "EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n";
+    let long = "x".repeat(70_000);
+    // The idle timeout is 5 minutes: an answer within 10 s is the real one.
+    let input = format!("{start}Subject: long\r\n\r\n{long}\r\n.\r\nQUIT\r\n");
+    let began = Instant::now();
+    let said = raw(server.port, input.as_bytes(), Duration::from_secs(10));
+    assert!(
+        said.contains("354 ")
+            && said.contains("552 5.3.4 a line of the message is too long\r\n221 2.0.0"),
+        "after {:?}: {said}",
+        began.elapsed()
+    );
+    // Ended by a bare LF, the long line does not let "." CRLF end DATA
+    // (the smuggling rule): the next CRLF "." CRLF does, with a 554.
+    let input = format!("{start}{long}\n.\r\nMAIL FROM:<x@remote.test>\r\n.\r\nQUIT\r\n");
+    let said = raw(server.port, input.as_bytes(), Duration::from_secs(10));
+    assert!(said.contains("554 5.6.0"), "{said}");
+    assert_eq!(said.matches("2.1.0").count(), 1, "one MAIL ran: {said}");
+    assert!(
+        said.ends_with("221 2.0.0 mail.example.test closing\r\n"),
+        "{said}"
+    );
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+}
+
+#[test]
+fn auth_on_port_25_may_only_send_as_the_users_addresses() {
+    let tree = tree_with_users();
+    std::fs::write(tree.root().join("aliases"), "sales@example.test: ann\n").unwrap();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let script = r#"
+import os, smtplib
+port = int(os.environ["PORT"])
+s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+s.login("ann@example.test", "secret")     # no --submission: port 25 rules
+for sender in ["bob@example.test", "boss@remote.test", "<>"]:
+    code, msg = s.mail(sender)
+    print("refused", sender, code, msg)
+    assert code == 553, (sender, code, msg)
+for sender in ["ann@example.test", "Ann+Lists@Example.TEST", "sales@example.test"]:
+    code, msg = s.mail(sender)
+    assert code == 250, (sender, code, msg)
+    s.rset()
+s.sendmail("ann+out@example.test", ["friend@elsewhere.test"], b"Subject: out\r\n\r\nx\r\n")
+s.quit()
+# Without AUTH nothing changes: anyone may send to a local user.
+s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+s.sendmail("boss@remote.test", ["bob@example.test"], b"Subject: in\r\n\r\nx\r\n")
+s.quit()
+print("ok")
+"#;
+    let (ok, said) = python(script, server.port);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains(
+            "refused boss@remote.test 553 b'5.7.1 <boss@remote.test> is not one of your addresses'"
+        ),
+        "{said}"
+    );
+    assert_eq!(tree.queue().list().unwrap().len(), 1);
+    assert_eq!(maildir_files(&tree.maildir("bob")).len(), 1);
+    drop(server);
+
+    // Per login, and for everyone.
+    let with_smtp = |n: usize, setting: &str| {
+        let text = std::fs::read_to_string(&tree.config).unwrap();
+        let text = text.replace("[limits]", &format!("[smtp]\n{setting}\n\n[limits]"));
+        let path = tree.root().join(format!("exempt{n}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let script = r#"
+import os, smtplib
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
+s.login(os.environ["LOGIN"], "secret")
+print("mail", s.mail("boss@remote.test")[0])
+"#;
+    for (n, (setting, login, want)) in [
+        (
+            r#"auth_sender_exempt = ["Ann@example.test"]"#,
+            "ann@example.test",
+            "mail 250",
+        ),
+        (
+            r#"auth_sender_exempt = ["ann@example.test"]"#,
+            "bob@example.test",
+            "mail 553",
+        ),
+        ("auth_sender_check = false", "bob@example.test", "mail 250"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let config = with_smtp(n, setting);
+        let port = crate::util::free_port();
+        let mut child = Command::new(bin("smtp-recv"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(port);
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .env("PORT", port.to_string())
+            .env("LOGIN", login)
+            .output()
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let said = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(said.contains(want), "{setting} as {login}: {said}");
+    }
+}
+
+#[test]
+fn nul_in_a_message_or_command_is_refused_not_stored() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let tx = "MAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\n";
+    let input = format!(
+        "EHLO c\r\n{tx}DATA\r\nSubject: nul\r\n\r\na\0b\r\n\0.\r\n.\r\n\
+         {tx}BDAT 14 LAST\r\nSubject: \0\r\n\r\n\
+         NOOP \0\r\n\
+         {tx}DATA\r\nSubject: clean\r\n\r\nok\r\n.\r\nQUIT\r\n"
+    );
+    let said = raw(server.port, input.as_bytes(), Duration::from_secs(10));
+    assert_eq!(
+        said.matches("554 5.6.0 message contains a NUL byte")
+            .count(),
+        2,
+        "{said}"
+    );
+    assert!(
+        said.contains("500 5.5.2 NUL bytes are refused in commands"),
+        "{said}"
+    );
+    assert!(said.contains("250 2.0.0 ok, delivered as"), "{said}");
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1, "{said}");
+    assert!(!std::fs::read(&files[0]).unwrap().contains(&0));
+}
+
+#[test]
+fn rcpt_to_bare_postmaster_is_accepted_for_the_primary_domain() {
+    let tree = tree_with_users();
+    std::fs::write(tree.root().join("aliases"), "postmaster: ann\n").unwrap();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    // The host name is mail.example.test; its local domain is example.test.
+    let said = raw(
+        server.port,
+        b"EHLO c\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<>\r\nRCPT TO:<Postmaster>\r\n\
+          DATA\r\nSubject: to the postmaster\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        said.contains("501 5.1.3"),
+        "<> is still no recipient: {said}"
+    );
+    assert!(said.contains("250 2.1.5 recipient ok"), "{said}");
+    assert!(said.contains("250 2.0.0 ok, delivered as"), "{said}");
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("for <postmaster@example.test>"), "{text}");
+}
+
+#[test]
 fn etrn_needs_relay_rights_and_loops_are_refused() {
     let tree = tree_with_users();
     let said = inetd_session(&tree, "192.0.2.1", "EHLO c\r\nETRN example.org\r\nQUIT\r\n");

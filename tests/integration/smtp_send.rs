@@ -733,3 +733,205 @@ fn sigkill_mid_transaction_loses_nothing_and_never_repeats_a_logged_delivery() {
         }
     }
 }
+
+/// Appends a log line to a queued message as a runner would have.
+fn append_log(w: &World, id: &str, line: &str) {
+    use std::io::Write;
+    let now = postroom::store::fsutil::now_secs();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(w.tree.root().join("queue/log").join(id))
+        .unwrap();
+    writeln!(log, "{now} {line}").unwrap();
+}
+
+fn check(w: &World) -> (bool, String) {
+    let out = w.tree.postroom(&["check"]);
+    (out.status.success(), stdout(&out))
+}
+
+#[test]
+fn a_finished_message_left_in_the_queue_is_finished_by_the_next_pass() {
+    // A runner died after logging the last outcome and before removing
+    // the message: nothing is pending, so no recipient ever falls due.
+    let w = World::far("");
+    let sink = w.sink(2, Behaviour::default());
+    for (n, how) in ["--flush", "--message", "--once"].iter().enumerate() {
+        let out = w.tree.inject(
+            &["-odq", "-f", "ann@example.test", "x@far.test"],
+            format!("Subject: {n}\n\nbody\n").as_bytes(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let ids = w.queue_ids();
+        assert_eq!(ids.len(), 1);
+        let id = ids[0].clone();
+        append_log(&w, &id, "delivered 0 250 ok");
+        let list = stdout(&w.tree.postroom(&["queue", "list"]));
+        assert!(
+            list.contains("finished") && list.contains("0/1 pending"),
+            "{list}"
+        );
+        assert!(
+            list.contains("the next smtp-send pass removes it"),
+            "{list}"
+        );
+        let (healthy, said) = check(&w);
+        assert!(!healthy, "check says healthy:\n{said}");
+        assert!(
+            said.contains(&format!(
+                "problem: queue message {id}: nothing left to deliver"
+            )),
+            "{said}"
+        );
+        let args: Vec<&str> = match *how {
+            "--message" => vec!["--message", &id],
+            other => vec![other],
+        };
+        ok(&w.send(&args));
+        assert!(w.queue_ids().is_empty(), "{how} left {id} in the queue");
+        assert!(!w.tree.root().join("queue/log").join(&id).exists());
+    }
+    assert!(sink.messages().is_empty(), "nothing is sent again");
+    assert!(check(&w).0, "{}", check(&w).1);
+    // A failure whose bounce was owed when the runner died: the report is
+    // sent, then the message goes.
+    w.queue_mail(&["y@far.test"], "body\n");
+    let id = w.queue_ids()[0].clone();
+    append_log(&w, &id, "failed 0 550 5.1.1 no such user");
+    ok(&w.send(&["--once"]));
+    assert!(w.queue_ids().is_empty());
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].contains("y@far.test"), "{}", reports[0]);
+}
+
+/// The queue file of the only queued message, and its id.
+fn only_queue_file(w: &World) -> (String, std::path::PathBuf) {
+    let ids = w.queue_ids();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let path = w.tree.root().join("queue/mess").join(&ids[0]);
+    (ids[0].clone(), path)
+}
+
+fn two_hundred_lines() -> String {
+    (0..200)
+        .map(|n| format!("line {n:03} of a message that must arrive whole\n"))
+        .collect()
+}
+
+#[test]
+fn a_torn_queue_file_is_held_and_never_sent_delivered_or_bounced() {
+    let w = World::far("");
+    let sink = w.sink(2, Behaviour::default());
+    // Remote: `truncate -s 2000 queue/mess/ID; smtp-send --once`.
+    w.queue_mail(&["bob@far.test"], &two_hundred_lines());
+    let (id, path) = only_queue_file(&w);
+    let whole = std::fs::metadata(&path).unwrap().len();
+    assert!(whole > 8000, "{whole}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2000)
+        .unwrap();
+    let list = stdout(&w.tree.postroom(&["queue", "list"]));
+    assert!(list.contains("torn"), "{list}");
+    ok(&w.send(&["--once"]));
+    assert!(sink.messages().is_empty(), "a torn body was sent");
+    assert_eq!(*sink.connections.lock().unwrap(), 0);
+    let list = stdout(&w.tree.postroom(&["queue", "list"]));
+    assert!(
+        list.contains(&format!("{id}  ")) && list.contains("  held  "),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("problem: {}: torn queue file", path.display())),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("postroom queue release {id}"))
+            && list.contains(&format!("postroom queue delete {id}")),
+        "{list}"
+    );
+    let show = w.show(&id);
+    assert!(
+        show.contains("state:    held") && show.contains("torn queue file"),
+        "{show}"
+    );
+    let (healthy, said) = check(&w);
+    assert!(!healthy, "{said}");
+    assert!(
+        said.contains(&format!(
+            "problem: queue message {id}: {}: torn queue file",
+            path.display()
+        )),
+        "{said}"
+    );
+    // Flushing or naming it does not send it either.
+    ok(&w.send(&["--flush"]));
+    ok(&w.send(&["--message", &id]));
+    assert!(sink.messages().is_empty());
+    // Released without a repair: held again, still not sent.
+    assert!(w.tree.postroom(&["queue", "release", &id]).status.success());
+    ok(&w.send(&["--flush"]));
+    assert!(sink.messages().is_empty());
+    assert!(stdout(&w.tree.postroom(&["queue", "list"])).contains("  held  "));
+    assert!(w.tree.postroom(&["queue", "delete", &id]).status.success());
+
+    // Local: queued only (-odq), then cut short.
+    let out = w.tree.inject(
+        &["-odq", "-f", "ann@example.test", "ann@example.test"],
+        format!("Subject: local\n\n{}", two_hundred_lines()).as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (id, path) = only_queue_file(&w);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2000)
+        .unwrap();
+    ok(&w.send(&["--once"]));
+    assert!(
+        maildir_files(&w.tree.maildir("ann")).is_empty(),
+        "a torn body was delivered"
+    );
+    assert_eq!(w.queue_ids(), [id.as_str()]);
+
+    // A failed recipient whose bounce would quote the torn body: held, no
+    // bounce.
+    assert!(w.tree.postroom(&["queue", "delete", &id]).status.success());
+    w.queue_mail(&["cat@far.test"], &two_hundred_lines());
+    let (id, path) = only_queue_file(&w);
+    append_log(&w, &id, "failed 0 550 5.1.1 no such user");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(2000)
+        .unwrap();
+    ok(&w.send(&["--once"]));
+    assert!(w.ann_mail().is_empty(), "a bounce quoted a torn body");
+    assert!(stdout(&w.tree.postroom(&["queue", "list"])).contains("  held  "));
+}
+
+#[test]
+fn a_queue_file_without_a_recorded_length_is_delivered_as_before() {
+    let w = World::far("");
+    let sink = w.sink(2, Behaviour::default());
+    w.queue_mail(&["bob@far.test"], &two_hundred_lines());
+    let (_, path) = only_queue_file(&w);
+    // As written before the envelope recorded the length.
+    let text = std::fs::read(&path).unwrap();
+    let start = text.windows(8).position(|w| w == b"\nlength ").unwrap() + 1;
+    let end = start + text[start..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    std::fs::write(&path, [&text[..start], &text[end..]].concat()).unwrap();
+    assert!(check(&w).0, "{}", check(&w).1);
+    ok(&w.send(&["--once"]));
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8(got[0].data.clone()).unwrap();
+    assert!(text.contains("line 199 of a message"), "{text}");
+    assert!(w.queue_ids().is_empty());
+}
