@@ -379,8 +379,12 @@ fn hostile_input_is_refused_and_bounded() {
         "no continuation for a refused literal: {out}"
     );
     assert!(out.contains("c OK LOGOUT"), "{out}");
-    let out = raw(server.port, b"a LOGIN {100000}\r\nb LOGOUT\r\n", wait);
-    assert!(out.contains("a BAD literal larger"), "{out}");
+    let out = raw(
+        server.port,
+        format!("{login}b SEARCH TEXT {{100000}}\r\nc LOGOUT\r\n").as_bytes(),
+        wait,
+    );
+    assert!(out.contains("b BAD literal larger"), "{out}");
 
     // A non-synchronizing one: its bytes are on the way, so the session
     // ends rather than read them as commands.
@@ -396,7 +400,7 @@ fn hostile_input_is_refused_and_bounded() {
     );
 
     // Overlong line: BYE. Deep nesting, huge OR trees: BAD, fast.
-    let long = format!("a NOOP {}\r\n", "x".repeat(100_000));
+    let long = format!("{login}b NOOP {}\r\n", "x".repeat(100_000));
     assert!(raw(server.port, long.as_bytes(), wait).contains("* BYE command line too long"));
     let start = Instant::now();
     let deep = format!(
@@ -1126,4 +1130,120 @@ print("done")
         &tree,
     );
     assert!(said.contains("done"), "{said}");
+}
+
+/// The peak resident memory of a process (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Reads one CRLF line within `wait`; what came if the wait ran out.
+fn line_within(reader: &mut BufReader<TcpStream>, wait: Duration) -> String {
+    reader.get_ref().set_read_timeout(Some(wait)).unwrap();
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    line
+}
+
+#[test]
+fn append_literal_before_login_is_refused_unread() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let wait = Duration::from_secs(5);
+    let connect = || {
+        let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        assert!(line_within(&mut reader, wait).starts_with("* OK"));
+        (stream, reader)
+    };
+
+    // A synchronizing literal the size of a message: a tagged refusal, no
+    // continuation, and the session goes on.
+    let (mut stream, mut reader) = connect();
+    stream
+        .write_all(b"a APPEND INBOX {36700160}\r\nb NOOP\r\n")
+        .unwrap();
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "a BAD [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+    assert_eq!(line_within(&mut reader, wait), "b OK completed\r\n");
+
+    // Non-synchronizing: answered at once, before a byte of the literal
+    // is sent, and the connection is closed.
+    let (mut stream, mut reader) = connect();
+    stream.write_all(b"a APPEND INBOX {36700160+}\r\n").unwrap();
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+    assert_eq!(line_within(&mut reader, wait), "", "closed after the BYE");
+
+    // The bound is on the whole command: many small literals add up.
+    let (mut stream, mut reader) = connect();
+    let mut many = String::from("a LOGIN");
+    for _ in 0..3 {
+        many.push_str(" {4000+}\r\n");
+        many.push_str(&"x".repeat(4000));
+    }
+    many.push_str("\r\n");
+    let _ = stream.write_all(many.as_bytes());
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+
+    // A long line before login is cut off at the same bound.
+    let (mut stream, mut reader) = connect();
+    let _ = stream.write_all(format!("a LOGIN {} x\r\n", "u".repeat(10_000)).as_bytes());
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+
+    // LOGIN by literals still works, and after it APPEND takes messages.
+    let (mut stream, mut reader) = connect();
+    stream.write_all(b"a LOGIN {16}\r\n").unwrap();
+    assert!(line_within(&mut reader, wait).starts_with("+ "));
+    stream
+        .write_all(b"bob@example.test {6+}\r\nsecret\r\n")
+        .unwrap();
+    assert!(line_within(&mut reader, wait).starts_with("a OK"));
+    let message = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(20_000));
+    stream
+        .write_all(format!("b APPEND INBOX {{{}+}}\r\n{message}\r\n", message.len()).as_bytes())
+        .unwrap();
+    assert!(
+        line_within(&mut reader, wait).starts_with("b OK [APPENDUID "),
+        "a logged-in APPEND of 20 kB is taken"
+    );
+
+    // Three connections that never log in, each pushing a 35 MiB literal
+    // as fast as it can: the server reads none of it, so its memory stays
+    // where it was (it used to grow by every byte sent).
+    let senders: Vec<_> = (0..3)
+        .map(|_| {
+            let port = server.port;
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let _ = stream.write_all(b"a APPEND INBOX {36700160+}\r\n");
+                let chunk = vec![b'z'; 64 * 1024];
+                for _ in 0..(36_700_160 / chunk.len()) {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let peak = peak_rss_kib(server.child.id());
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
 }
