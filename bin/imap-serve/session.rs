@@ -120,6 +120,8 @@ pub struct Selected {
     /// Entries by sequence number - 1, UIDs ascending.
     pub view: Vec<Entry>,
     pub keywords: Keywords,
+    /// The UIDVALIDITY the client was given at SELECT.
+    pub validity: u32,
     pub next_uid: u32,
     pub stamp: Stamp,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.

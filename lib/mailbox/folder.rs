@@ -265,21 +265,47 @@ impl Folder {
             .filter(|b| !known.contains(b))
             .collect();
         newcomers.sort_unstable();
-        let mut added = Vec::with_capacity(newcomers.len());
-        for base in newcomers {
-            added.push((list.next_uid, base.to_string()));
-            list.next_uid = list
-                .next_uid
-                .checked_add(1)
-                .ok_or(MailboxError::UidsExhausted)?;
-        }
+        let newcomers: Vec<String> = newcomers.into_iter().map(str::to_string).collect();
         drop(known);
         // Entries whose files are gone (expunged by POP3 or by hand) leave
         // the list; their UIDs are never given again since N only grows.
         list.entries.retain(|(_, b)| cur.contains_key(b.as_str()));
-        list.entries.extend(added);
+        if u64::from(list.next_uid) + newcomers.len() as u64 > u64::from(u32::MAX) {
+            self.renumber(&mut list);
+        }
+        for base in newcomers {
+            list.entries.push((list.next_uid, base));
+            // Cannot overflow: checked above, after any renumbering.
+            list.next_uid = list.next_uid.saturating_add(1);
+        }
         lock.commit(&list).map_err(self.io())?;
         Ok(self.present(list, cur)?.0)
+    }
+
+    /// The folder's UIDs are used up (RFC 9051 §2.3.1.1 allows no UID past
+    /// 2^32-1, and a UID is never given twice): start again as Dovecot does,
+    /// with a new UIDVALIDITY, the messages renumbered from 1 in their old
+    /// order, and a line in the log. Clients see the new UIDVALIDITY and
+    /// resynchronise; a session with the folder selected is told to leave.
+    /// Runs under the list's lock; mod-sequences and the cache are keyed
+    /// by UIDVALIDITY, so they start again by themselves.
+    fn renumber(&self, list: &mut UidList) {
+        let old_validity = list.validity;
+        let old_next = list.next_uid;
+        let fresh = UidList::fresh();
+        // Larger than the old one, as RFC 9051 §2.3.1.1 requires, even
+        // when the old one came from a clock running ahead.
+        list.validity = fresh.validity.max(old_validity.saturating_add(1)).max(1);
+        for (uid, (old, _)) in (1u32..).zip(list.entries.iter_mut()) {
+            *old = uid;
+        }
+        list.next_uid = list.entries.len() as u32 + 1;
+        tracing::warn!(
+            folder = %self.dir.display(),
+            "UIDs used up (next UID {old_next}): new UIDVALIDITY {} (was {old_validity}), {} messages renumbered",
+            list.validity,
+            list.entries.len()
+        );
     }
 
     /// Sets an entry's flags by renaming its file; returns the entry as it

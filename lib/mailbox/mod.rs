@@ -80,8 +80,6 @@ pub enum MailboxError {
     InboxDelete,
     #[error("the message is gone (expunged by another session)")]
     NoSuchMessage,
-    #[error("this folder has used up its 2^32 UIDs; recreate it")]
-    UidsExhausted,
     #[error(transparent)]
     Maildir(#[from] crate::maildir::MaildirError),
     #[error("{}: {error}", path.display())]

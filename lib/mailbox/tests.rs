@@ -72,6 +72,60 @@ fn sync_gives_ascending_uids_never_reused() {
 }
 
 #[test]
+fn used_up_uids_renumber_the_folder_with_a_new_uidvalidity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = Mailbox::new(dir.path().join("u"));
+    mb.ensure_defaults().unwrap();
+    let f = inbox(&mb);
+    deliver(mb.root(), "Subject: 1\n\nx\n");
+    deliver(mb.root(), "Subject: 2\n\nx\n");
+    let s = f.sync().unwrap();
+    let bases: Vec<String> = s.entries.iter().map(|e| e.base.to_string()).collect();
+    // The last UIDs of the 32-bit space are taken, and a validity from a
+    // clock far ahead.
+    let far = u32::MAX - 10;
+    fs::write(
+        mb.root().join(uidlist::FILE),
+        format!(
+            "3 V{far} N4294967295\n4294967293 :{}\n4294967294 :{}\n",
+            bases[0], bases[1]
+        ),
+    )
+    .unwrap();
+    let s = f.sync().unwrap();
+    assert_eq!(
+        (s.validity, s.next_uid),
+        (far, u32::MAX),
+        "nothing new: the list stands"
+    );
+    deliver(mb.root(), "Subject: 3\n\nx\n");
+    let s = f
+        .sync()
+        .expect("a folder out of UIDs is renumbered, not stuck");
+    assert!(s.validity > far, "{} > {far}", s.validity);
+    assert_eq!(s.next_uid, 4);
+    let uids: Vec<u32> = s.entries.iter().map(|e| e.uid).collect();
+    assert_eq!(uids, [1, 2, 3]);
+    assert_eq!(&*s.entries[0].base, bases[0], "the old order is kept");
+    assert_eq!(&*s.entries[1].base, bases[1]);
+    // Stable afterwards.
+    let again = f.sync().unwrap();
+    assert_eq!((again.validity, again.entries), (s.validity, s.entries));
+
+    // A list whose last entry already holds 4294967295 gives nothing twice.
+    fs::write(
+        mb.root().join(uidlist::FILE),
+        format!("3 V7 N5\n4294967295 :{}\n", bases[0]),
+    )
+    .unwrap();
+    deliver(mb.root(), "Subject: 4\n\nx\n");
+    let s = f.sync().unwrap();
+    let uids: Vec<u32> = s.entries.iter().map(|e| e.uid).collect();
+    assert_eq!(uids, [1, 2, 3, 4]);
+    assert!(s.validity > 7);
+}
+
+#[test]
 fn flags_rename_and_concurrent_change_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     let mb = Mailbox::new(dir.path().join("u"));

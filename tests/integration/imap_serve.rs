@@ -33,6 +33,7 @@ fn python(script: &str, server: &Server, tree: &Tree) -> String {
         .env("TLS_PORT", server.tls_port.to_string())
         .env("INJECT", bin("mail-inject"))
         .env("POP3", bin("pop3-serve"))
+        .env("IMAP", bin("imap-serve"))
         .env("CONFIG", &tree.config)
         .env("MAILDIR", tree.maildir("bob"))
         .output()
@@ -1246,4 +1247,75 @@ fn append_literal_before_login_is_refused_unread() {
     }
     let peak = peak_rss_kib(server.child.id());
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
+
+#[test]
+fn folder_whose_uids_ran_out_is_renumbered_not_stuck() {
+    let tree = tree_with_user();
+    deliver(&tree, "one");
+    deliver(&tree, "two");
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login(); ok(M.select("INBOX")); M.logout()
+"#,
+        &server,
+        &tree,
+    );
+    // The folder has given out the last UIDs there are.
+    let list = tree.maildir("bob").join("dovecot-uidlist");
+    let text = std::fs::read_to_string(&list).unwrap();
+    let bases: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(" :"))
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(bases.len(), 2, "{text}");
+    std::fs::write(
+        &list,
+        format!(
+            "3 V1234 N4294967295\n4294967293 :{}\n4294967294 :{}\n",
+            bases[0], bases[1]
+        ),
+    )
+    .unwrap();
+    let said = python(
+        r#"
+A = login()
+ok(A.select("INBOX"))
+assert A.untagged_responses["UIDVALIDITY"] == [b"1234"], A.untagged_responses
+r = ok(A.uid("FETCH", "1:*", "(UID)"))
+assert r == [b"1 (UID 4294967293)", b"2 (UID 4294967294)"], r
+deliver("three")
+# A new session: SELECT works (it used to answer NO ... try again later),
+# with a new UIDVALIDITY and the messages numbered from 1 in their order.
+p = subprocess.run([os.environ["IMAP"], "--config", os.environ["CONFIG"]],
+    input=b"a LOGIN bob@example.test secret\r\nb SELECT INBOX\r\n"
+          b"c UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\nd LOGOUT\r\n",
+    capture_output=True, timeout=30)
+out = p.stdout.decode()
+assert "b OK [READ-WRITE]" in out, out
+validity = int(re.search(r"\[UIDVALIDITY (\d+)\]", out).group(1))
+assert validity > 1234, out
+assert "[UIDNEXT 4]" in out, out
+subjects = re.findall(r"UID (\d+) BODY\[HEADER.FIELDS \(SUBJECT\)\] \{\d+\}\r\nSubject: (\w+)", out)
+assert subjects == [("1", "one"), ("2", "two"), ("3", "three")], (subjects, out)
+log = p.stderr.decode()
+assert "UIDs used up (next UID 4294967295): new UIDVALIDITY" in log and "(was 1234), 2 messages renumbered" in log, log
+# The session that had it selected holds UIDs that mean nothing now: it
+# is told so and let go.
+try:
+    A.noop(); raise SystemExit("stale session not told")
+except imaplib.IMAP4.abort as e:
+    assert "renumbered" in str(e), e
+B = login()
+assert ok(B.select("INBOX")) == [b"3"]
+assert B.untagged_responses["UIDVALIDITY"] == [str(validity).encode()]
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("ok"), "{said}");
 }
