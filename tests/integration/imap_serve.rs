@@ -1319,3 +1319,33 @@ print("ok")
     );
     assert!(said.contains("ok"), "{said}");
 }
+
+#[test]
+fn starttls_after_login_is_refused_and_the_session_stays_as_it_was() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    // RFC 9051 §6.2.1: STARTTLS only in the not-authenticated state. A TLS
+    // session that began logged in would carry the plaintext login over.
+    python(
+        r#"
+s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+f = s.makefile("rb")
+assert b"STARTTLS" in f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n")
+line = f.readline()
+assert line.startswith(b"a OK") and b"STARTTLS" not in line, line
+s.sendall(b"b STARTTLS\r\n")
+assert f.readline() == b"b BAD STARTTLS only before login\r\n"
+# Still plaintext, still logged in: a TLS ClientHello now would be junk.
+s.sendall(b"c SELECT INBOX\r\n")
+lines = []
+while not lines or not lines[-1].startswith(b"c "):
+    lines.append(f.readline())
+assert lines[-1].startswith(b"c OK [READ-WRITE]"), lines
+s.sendall(b"d LOGOUT\r\n")
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+}

@@ -1244,3 +1244,19 @@ fn random_input_never_crashes_the_session() {
         );
     }
 }
+
+#[test]
+fn stls_after_login_is_refused_and_the_session_stays_as_it_was() {
+    let tree = tree_with_ann();
+    deliver(&tree, "ann", b"Subject: x\n\nhi\n");
+    let server = Server::start(&tree, "pop3-serve", &[]);
+    // RFC 2595 §4: STLS only in the AUTHORIZATION state. A TLS session that
+    // began logged in would carry the plaintext login over (RFC 3207 §4.2
+    // has the same rule for SMTP).
+    let mut client = Client::connect(server.port);
+    client.login();
+    assert_eq!(client.cmd("STLS"), "-ERR STLS is not valid after login");
+    // Still the same plaintext session, still logged in.
+    assert!(client.cmd("STAT").starts_with("+OK 1 "));
+    assert!(client.cmd("QUIT").starts_with("+OK"));
+}
