@@ -191,6 +191,11 @@ impl From<MailboxError> for Done {
             }
             MailboxError::BadName(e) => Done::No(format!("[CANNOT] {e}")),
             MailboxError::InboxDelete => Done::No("[CANNOT] INBOX cannot be deleted".into()),
+            MailboxError::Maildir(postroom::maildir::MaildirError::Symlink(e)) => {
+                // The admin's to look at; the client learns no path.
+                tracing::warn!("{e}");
+                Done::No("[CANNOT] a symlink is in the way (none is followed in a mailbox)".into())
+            }
             e if e.is_over_quota() => Done::No(format!("[OVERQUOTA] {e}")),
             e => {
                 tracing::error!("{e}");

@@ -1349,3 +1349,76 @@ print("ok")
         &tree,
     );
 }
+
+#[test]
+fn symlinked_folders_and_message_files_inside_a_maildir_are_not_followed() {
+    let tree = tree_with_user();
+    tree.add_user("carol@example.test");
+    let secret = b"From: carol@example.test\nSubject: carol's secret\n\nthe combination is 1234\n";
+    assert!(
+        tree.inject(&["carol@example.test"], secret)
+            .status
+            .success()
+    );
+    deliver(&tree, "mine");
+    let (bob, carol) = (tree.maildir("bob"), tree.maildir("carol"));
+    let carols = crate::util::maildir_files(&carol);
+    assert_eq!(carols.len(), 1);
+    let link = |target: &std::path::Path, at: std::path::PathBuf| {
+        std::os::unix::fs::symlink(target, at).unwrap()
+    };
+    // ln -s ../carol bob/.Evil; a folder whose cur/ is carol's; a message
+    // file linked to carol's message, in new/ and in cur/.
+    link(std::path::Path::new("../carol"), bob.join(".Evil"));
+    for sub in ["new", "tmp"] {
+        std::fs::create_dir_all(bob.join(".Half").join(sub)).unwrap();
+    }
+    link(
+        std::path::Path::new("../../carol/cur"),
+        bob.join(".Half/cur"),
+    );
+    link(&carols[0], bob.join("new/1700000000.evil.host"));
+    link(&carols[0], bob.join("cur/1700000001.evil.host:2,S"));
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+names = b" ".join(ok(M.list()))
+assert b"Evil" not in names and b"Half" not in names, names
+for folder in ["Evil", "Half"]:
+    typ, data = M.select(folder)
+    assert typ == "NO" and b"[NONEXISTENT]" in data[0], (folder, typ, data)
+    typ, data = M.status(folder, "(MESSAGES)")
+    assert typ == "NO" and b"[NONEXISTENT]" in data[0], (folder, typ, data)
+    typ, data = M.append(folder, None, None, b"Subject: planted\r\n\r\nx\r\n")
+    assert typ == "NO" and b"[TRYCREATE]" in data[0], (folder, typ, data)
+typ, data = M.create("Evil")
+assert typ == "NO" and data[0] == b"[CANNOT] a symlink is in the way (none is followed in a mailbox)", data
+typ, data = M.delete("Evil")
+assert typ == "NO" and b"[NONEXISTENT]" in data[0], data
+# INBOX holds bob's own message only: the linked files get no UID.
+assert ok(M.select("INBOX")) == [b"1"]
+body = ok(M.fetch("1:*", "(BODY.PEEK[])"))
+assert b"mine" in body[0][1] and b"combination" not in repr(body).encode(), body
+typ, data = M.copy("1", "Evil")
+assert typ == "NO" and b"[TRYCREATE]" in data[0], data
+# A message swapped for a symlink after it got its UID is not served.
+import glob
+mine = glob.glob(os.environ["MAILDIR"] + "/cur/*mine*") or [p for p in glob.glob(os.environ["MAILDIR"] + "/cur/*") if "evil" not in p]
+assert len(mine) == 1, mine
+carols = [p for p in glob.glob(os.environ["MAILDIR"] + "/../carol/cur/*") + glob.glob(os.environ["MAILDIR"] + "/../carol/new/*")]
+os.symlink(os.path.realpath(carols[0]), mine[0] + ".tmp")
+os.rename(mine[0] + ".tmp", mine[0])
+typ, data = M.fetch("1", "(BODY[])")
+assert b"combination" not in repr(data).encode(), data
+assert typ == "NO" and data == [b"[EXPUNGEISSUED] some messages were expunged meanwhile"], (typ, data)
+M.logout()
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+    // Carol's mailbox is as it was: nothing appended, copied or moved.
+    assert_eq!(crate::util::maildir_files(&carol), carols);
+    assert!(!carol.join("maildirfolder").exists());
+}
