@@ -77,6 +77,16 @@ impl Session {
                 return Ok(());
             }
         };
+        if state.validity != sel.validity {
+            // Renumbered under us (its UIDs ran out, or the folder was
+            // recreated): no UID the client holds means anything now, and
+            // RFC 9051 §2.3.1.1 forbids a change while it is selected.
+            tracing::warn!("UIDVALIDITY of {} changed while selected", sel.name);
+            self.conn
+                .write(b"* BYE the mailbox was renumbered (new UIDVALIDITY), select it again\r\n");
+            self.conn.flush().await?;
+            return Err(NetError::Closed);
+        }
         sel.stamp = stamp;
         let mut out = Vec::new();
         if state.keywords != sel.keywords {
