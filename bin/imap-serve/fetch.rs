@@ -10,14 +10,14 @@
 use std::io::Read;
 
 use postroom::net::NetError;
-use postroom::store::mailbox::cache::Record;
-use postroom::store::mailbox::{Entry, flags};
-
-use crate::session::{Done, Session};
-use crate::summary;
 use postroom::proto::imap::command::{FetchItem, Section, SectionText, SequenceSet};
 use postroom::proto::imap::response::{astring, flag_list, internal_date, literal};
 use postroom::proto::mime;
+use postroom::store::mailbox::cache::Record;
+use postroom::store::mailbox::{Entry, Folder, flags};
+
+use crate::session::{Done, Session};
+use crate::summary;
 
 /// How much of a file is read when only its header is needed; a header
 /// longer than this is read with the rest of the file.
@@ -99,9 +99,10 @@ fn uses_cache(items: &[FetchItem]) -> bool {
 }
 
 /// Reads a message file: the header only (if it fits in the first read) or
-/// all of it; `None` if it is gone.
-pub fn read_message(path: &std::path::Path, need: Need) -> Option<Vec<u8>> {
-    let mut file = std::fs::File::open(path).ok()?;
+/// all of it; `None` if it is gone, or is a symlink (never followed, so
+/// never served).
+pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8>> {
+    let mut file = folder.open_message(entry).ok()?;
     if need == Need::Header {
         let mut buf = vec![0; HEADER_READ];
         let mut filled = 0;
@@ -210,10 +211,9 @@ pub async fn fetch(
                 }
             }
         }
-        let path = sel.folder.path_of(&entry);
         let mut message = None;
         if need != Need::Nothing {
-            match read_message(&path, need) {
+            match read_message(&sel.folder, &entry, need) {
                 Some(m) => message = Some(wire_form(&m)),
                 None => {
                     gone = true;
@@ -231,7 +231,7 @@ pub async fn fetch(
                 &entry,
                 m,
                 need == Need::Everything,
-                summary::internal_date(&path),
+                summary::internal_date(&sel.folder, &entry),
             )
         {
             sel.cache.put(fresh.clone());
@@ -310,7 +310,7 @@ pub async fn fetch(
                 FetchItem::InternalDate => {
                     let secs = match &record {
                         Some(r) => r.internal_date,
-                        None => summary::internal_date(&path),
+                        None => summary::internal_date(&sel.folder, &entry),
                     };
                     out.extend_from_slice(
                         format!("INTERNALDATE {}", internal_date(secs)).as_bytes(),
@@ -321,7 +321,7 @@ pub async fn fetch(
                         (Some(s), _, _) => s,
                         (None, Some(r), _) => r.size,
                         (None, None, Some(m)) if need == Need::Everything => m.len() as u64,
-                        _ => read_message(&path, Need::Everything)
+                        _ => read_message(&sel.folder, &entry, Need::Everything)
                             .map_or(0, |m| wire_form(&m).len() as u64),
                     };
                     out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes());

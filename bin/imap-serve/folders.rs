@@ -5,14 +5,14 @@
 use std::collections::BTreeSet;
 
 use postroom::net::NetError;
-use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
-
-use crate::session::{Done, Selected, Session};
 use postroom::proto::imap::command::{
     Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
 };
 use postroom::proto::imap::response::{astring, flag_list};
+use postroom::store::mailbox::modseq::ModSeqs;
+use postroom::store::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
+
+use crate::session::{Done, Selected, Session};
 
 macro_rules! mailbox_or_bad {
     ($session:expr) => {
@@ -93,6 +93,7 @@ impl Session {
             read_only,
             view: state.entries,
             keywords: state.keywords,
+            validity,
             next_uid: state.next_uid,
             stamp,
         };
@@ -413,9 +414,11 @@ impl Session {
         let hostname = self.shared.config.hostname.clone();
         let mut stored = Vec::with_capacity(messages.len());
         let mut validity = 0;
+        let mut renumbered = false;
         for (m, flags) in messages.iter().zip(flags) {
             match folder.append(&m.message, flags, m.date, &hostname, quota) {
                 Ok((v, uid)) => {
+                    renumbered |= validity != 0 && v != validity;
                     validity = v;
                     stored.push(uid);
                 }
@@ -424,10 +427,14 @@ impl Session {
                     if !stored.is_empty()
                         && let Ok(state) = folder.sync()
                     {
+                        // Only UIDs of the folder's current numbering: had
+                        // it been renumbered half-way, older ones name
+                        // other messages now.
+                        let same = !renumbered && state.validity == validity;
                         let undo: Vec<_> = state
                             .entries
                             .into_iter()
-                            .filter(|e| stored.contains(&e.uid))
+                            .filter(|e| same && stored.contains(&e.uid))
                             .collect();
                         if let Err(e) = folder.expunge(&undo) {
                             tracing::error!("could not take back a failed MULTIAPPEND: {e}");
@@ -436,6 +443,12 @@ impl Session {
                     return e.into();
                 }
             }
+        }
+        if renumbered {
+            // The folder's UIDs ran out half-way and it was renumbered: the
+            // first UIDs given are no longer theirs (RFC 4315 lets APPENDUID
+            // be left out).
+            return Done::Ok("APPEND completed".into());
         }
         Done::Ok(format!(
             "[APPENDUID {validity} {}] APPEND completed",

@@ -6,8 +6,11 @@
 //! BODY and TEXT read the whole message and search its decoded text parts.
 //! Comparison is case-insensitive substring, as the RFC asks.
 
+use std::io::Read;
+
 use mail_parser::{MessageParser, PartType};
 use postroom::net::NetError;
+use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
 use postroom::store::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Entry, Folder, Keywords};
@@ -15,13 +18,13 @@ use postroom::store::mailbox::{Entry, Folder, Keywords};
 use crate::fetch::wire_form;
 use crate::session::{Done, Selected, Session};
 use crate::summary;
-use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
 
 /// What of one message has been read so far.
 struct Candidate<'a> {
     entry: &'a Entry,
+    /// The entry as last found on disk (a flag change elsewhere renames it).
+    current: Entry,
     seq: u32,
-    path: std::path::PathBuf,
     folder: &'a Folder,
     cache: &'a mut Cache,
     /// The cache's record, looked up on first use.
@@ -33,13 +36,21 @@ struct Candidate<'a> {
 impl Candidate<'_> {
     fn file(&mut self) -> Option<&[u8]> {
         if self.file.is_none() {
-            let mut read = std::fs::read(&self.path).ok();
+            let read_all = |entry: &Entry| {
+                let mut bytes = Vec::new();
+                self.folder
+                    .open_message(entry)
+                    .and_then(|mut f| f.read_to_end(&mut bytes))
+                    .ok()
+                    .map(|_| bytes)
+            };
+            let mut read = read_all(&self.current);
             // Renamed by a flag change elsewhere since our last sync?
             if read.is_none()
                 && let Ok(Some(now)) = self.folder.refresh(self.entry)
             {
-                self.path = self.folder.path_of(&now);
-                read = std::fs::read(&self.path).ok();
+                read = read_all(&now);
+                self.current = now;
             }
             self.file = Some(read.map(|f| wire_form(&f)));
         }
@@ -62,7 +73,7 @@ impl Candidate<'_> {
                 return r.header(name).map(str::to_string).collect();
             }
             if let Some(m) = self.file().map(<[u8]>::to_vec) {
-                let date = summary::internal_date(&self.path);
+                let date = summary::internal_date(self.folder, &self.current);
                 if let Some(r) = summary::summarize(self.entry, &m, true, date) {
                     let values = r.header(name).map(str::to_string).collect();
                     self.cache.put(r.clone());
@@ -92,7 +103,7 @@ impl Candidate<'_> {
     fn internal_days(&mut self) -> i64 {
         let secs = match self.record() {
             Some(r) => r.internal_date,
-            None => summary::internal_date(&self.path),
+            None => summary::internal_date(self.folder, &self.current),
         };
         secs.div_euclid(86_400)
     }
@@ -207,7 +218,7 @@ pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
         let mut c = Candidate {
             entry,
             seq: i as u32 + 1,
-            path: sel.folder.path_of(entry),
+            current: entry.clone(),
             folder: &sel.folder,
             cache: &mut sel.cache,
             record: None,

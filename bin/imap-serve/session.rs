@@ -8,6 +8,9 @@
 //! limits (`limits.message_size` for APPEND, 64 KiB otherwise); a
 //! non-synchronizing literal over the limit ends the session, since its
 //! bytes are already on the way and must never be read as commands.
+//! Before login a whole command (line, literals and the lines between
+//! them) is held to [`PRE_LOGIN_COMMAND_MAX`]: a client that has not
+//! logged in never makes the process hold more than that per connection.
 //!
 //! The view: a session keeps the folder's entries as it last reported them
 //! (sequence number = position). After every command, and while IDLE, it
@@ -37,6 +40,10 @@ use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, Sequen
 const AUTH_FAILURES_MAX: u32 = 3;
 /// Largest literal outside APPEND (a password, a search string).
 const SMALL_LITERAL_MAX: usize = 64 * 1024;
+/// Before login, the most one command may hold in all: LOGIN with a long
+/// name and password, or AUTHENTICATE's response, fits many times over;
+/// a message does not (Dovecot's imap-login keeps a bound of this size).
+pub const PRE_LOGIN_COMMAND_MAX: usize = 8 * 1024;
 /// Most literals in one command.
 const LITERALS_MAX: usize = 1000;
 
@@ -113,6 +120,8 @@ pub struct Selected {
     /// Entries by sequence number - 1, UIDs ascending.
     pub view: Vec<Entry>,
     pub keywords: Keywords,
+    /// The UIDVALIDITY the client was given at SELECT.
+    pub validity: u32,
     pub next_uid: u32,
     pub stamp: Stamp,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
@@ -182,6 +191,11 @@ impl From<MailboxError> for Done {
             }
             MailboxError::BadName(e) => Done::No(format!("[CANNOT] {e}")),
             MailboxError::InboxDelete => Done::No("[CANNOT] INBOX cannot be deleted".into()),
+            MailboxError::Maildir(postroom::store::maildir::MaildirError::Symlink(e)) => {
+                // The admin's to look at; the client learns no path.
+                tracing::warn!("{e}");
+                Done::No("[CANNOT] a symlink is in the way (none is followed in a mailbox)".into())
+            }
             e if e.is_over_quota() => Done::No(format!("[OVERQUOTA] {e}")),
             e => {
                 tracing::error!("{e}");
@@ -302,8 +316,13 @@ impl Session {
                 Err(NetError::LineTooLong) => {
                     // The rest of the line (and any literal it announced)
                     // was not seen: the only safe move is to hang up.
-                    self.conn
-                        .write(b"* BYE command line too long (imap.line_length)\r\n");
+                    if self.login.is_none() {
+                        let bye = format!("{}\r\n", pre_login_refusal("* BYE"));
+                        self.conn.write(bye.as_bytes());
+                    } else {
+                        self.conn
+                            .write(b"* BYE command line too long (imap.line_length)\r\n");
+                    }
                     return self.conn.flush().await;
                 }
                 Err(e) => return Err(e),
@@ -366,7 +385,14 @@ impl Session {
     /// Reads one command line and the literals it announces (RFC 9051
     /// §4.3, RFC 7888 LITERAL+).
     async fn read_command(&mut self) -> Result<Input, NetError> {
-        let max_line = self.shared.config.imap.line_length;
+        // Before login nothing bigger than a LOGIN is held, whatever the
+        // command (an APPEND there is refused anyway, but only once read).
+        let pre_login = self.login.is_none();
+        let max_line = if pre_login {
+            PRE_LOGIN_COMMAND_MAX.min(self.shared.config.imap.line_length)
+        } else {
+            self.shared.config.imap.line_length
+        };
         let mut buf = self.conn.read_line(max_line).await?;
         let is_append = {
             let mut words = buf.split(|&b| b == b' ');
@@ -392,6 +418,19 @@ impl Session {
             total = total.saturating_add(size);
             let tag = String::from_utf8_lossy(buf.split(|&b| b == b' ').next().unwrap_or(b"*"))
                 .into_owned();
+            if pre_login && buf.len().saturating_add(size) > PRE_LOGIN_COMMAND_MAX {
+                if sync {
+                    // No continuation: the client sends nothing more of it.
+                    return Ok(Input::Refused(tag, pre_login_refusal("BAD")));
+                }
+                // Its bytes are on the way (LITERAL+, RFC 7888 §4): they
+                // must neither be held nor read as commands.
+                tracing::info!("non-synchronizing literal of {size} bytes before login");
+                self.conn
+                    .write(format!("{}\r\n", pre_login_refusal("* BYE")).as_bytes());
+                self.conn.flush().await?;
+                return Err(NetError::Closed);
+            }
             if size > literal_max
                 || literals > LITERALS_MAX
                 || total > literal_max.saturating_mul(4)
@@ -427,7 +466,14 @@ impl Session {
             }
             buf.reserve(size);
             self.conn.read_exact_into(size, &mut buf).await?;
-            let rest = self.conn.read_line(max_line).await?;
+            let line_max = if pre_login {
+                // What is left of the command's allowance (at least the
+                // CRLF that ends it).
+                PRE_LOGIN_COMMAND_MAX.saturating_sub(buf.len()).max(2)
+            } else {
+                max_line
+            };
+            let rest = self.conn.read_line(line_max).await?;
             buf.extend_from_slice(&rest);
         }
     }
@@ -681,6 +727,12 @@ impl Session {
     }
 }
 
+/// The refusal of a command too big before login, after `lead` (`BAD` for
+/// a tagged reply, `* BYE` when the session ends).
+fn pre_login_refusal(lead: &str) -> String {
+    format!("{lead} [TOOBIG] before login a command is limited to {PRE_LOGIN_COMMAND_MAX} bytes")
+}
+
 /// `{N}` or `{N+}` at the end of a line: the literal's size and whether
 /// the client waits for a continuation.
 fn literal_at_end(line: &[u8]) -> Option<(usize, bool)> {
@@ -736,10 +788,8 @@ impl Session {
             None => {
                 self.conn.write(b"+ \r\n");
                 self.conn.flush().await?;
-                let line = self
-                    .conn
-                    .read_line(self.shared.config.imap.line_length)
-                    .await?;
+                // Not logged in yet: held to the pre-login bound.
+                let line = self.conn.read_line(PRE_LOGIN_COMMAND_MAX).await?;
                 String::from_utf8_lossy(&line).trim_end().to_string()
             }
         };

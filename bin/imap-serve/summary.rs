@@ -5,11 +5,11 @@
 //! second look at a big folder reads one file instead of every message.
 
 use mail_parser::{Address, HeaderValue, MessageParser};
-use postroom::store::mailbox::Entry;
+use postroom::proto::mime;
 use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
+use postroom::store::mailbox::{Entry, Folder};
 
 use crate::session::Selected;
-use postroom::proto::mime;
 
 /// A record from the message's wire form (CRLF). `whole` says the text is
 /// the whole message (so BODY and BODYSTRUCTURE can be computed), not just
@@ -80,19 +80,18 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
                 continue;
             }
         };
-        let path = sel.folder.path_of(&entry);
         let whole = entry.wire_size().is_none();
         let need = if whole {
             crate::fetch::Need::Everything
         } else {
             crate::fetch::Need::Header
         };
-        let record = crate::fetch::read_message(&path, need).and_then(|text| {
+        let record = crate::fetch::read_message(&sel.folder, &entry, need).and_then(|text| {
             summarize(
                 &entry,
                 &crate::fetch::wire_form(&text),
                 whole,
-                internal_date(&path),
+                internal_date(&sel.folder, &entry),
             )
         });
         if let Some(r) = &record {
@@ -106,10 +105,9 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
 
 /// The file's modification time, which is the INTERNALDATE (APPEND sets
 /// it; a delivery's is its arrival).
-pub fn internal_date(path: &std::path::Path) -> i64 {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
+pub fn internal_date(folder: &Folder, entry: &Entry) -> i64 {
+    folder
+        .internal_date(entry)
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs() as i64)
 }

@@ -23,10 +23,10 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use postroom::net::NetError;
+use postroom::proto::imap::command::{SearchKey, SortKey};
 use postroom::store::mailbox::cache::Record;
 
 use crate::session::{Done, Session};
-use postroom::proto::imap::command::{SearchKey, SortKey};
 
 /// What SORT and THREAD know of one matched message.
 struct Item {

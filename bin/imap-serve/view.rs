@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use postroom::net::NetError;
+use postroom::proto::imap::command::{SequenceSet, StoreMode};
+use postroom::proto::imap::response::flag_list;
 use postroom::store::mailbox::{Entry, Flags, flags};
 
 use crate::folders::{all_flags, flags_from_names, permanent_flags};
 use crate::session::{Done, Session};
-use postroom::proto::imap::command::{SequenceSet, StoreMode};
-use postroom::proto::imap::response::flag_list;
 
 /// IDLE re-syncs this often even without an inotify event (changes made
 /// on other hosts of a shared filesystem, postroom-tree(5), SEVERAL HOSTS).
@@ -77,6 +77,16 @@ impl Session {
                 return Ok(());
             }
         };
+        if state.validity != sel.validity {
+            // Renumbered under us (its UIDs ran out, or the folder was
+            // recreated): no UID the client holds means anything now, and
+            // RFC 9051 §2.3.1.1 forbids a change while it is selected.
+            tracing::warn!("UIDVALIDITY of {} changed while selected", sel.name);
+            self.conn
+                .write(b"* BYE the mailbox was renumbered (new UIDVALIDITY), select it again\r\n");
+            self.conn.flush().await?;
+            return Err(NetError::Closed);
+        }
         sel.stamp = stamp;
         let mut out = Vec::new();
         if state.keywords != sel.keywords {

@@ -147,7 +147,9 @@ impl Maildrop {
             return Ok(None);
         };
         let maildir = &self.maildir;
-        let opened = maildir.follow(&entry.file, |file| File::open(maildir.file_path(file)))?;
+        // Never through a symlink: a message file linked to any file is
+        // not served (it is not even listed; this catches one made since).
+        let opened = maildir.follow(&entry.file, |file| maildir.open_message(file))?;
         Ok(opened.map(|(file, name)| {
             entry.file = name;
             file
@@ -216,7 +218,10 @@ impl SizeCache {
             return Some(size);
         }
         let path = maildir.file_path(file);
-        let size = match File::open(&path).and_then(|mut f| pop3_size(&mut f)) {
+        let size = match maildir
+            .open_message(file)
+            .and_then(|mut f| pop3_size(&mut f))
+        {
             Ok(size) => size,
             Err(e) => {
                 if e.kind() != io::ErrorKind::NotFound {

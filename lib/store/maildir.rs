@@ -16,7 +16,7 @@
 //! directory, and it always picks a random name, while queue deliveries need a
 //! name derived from the queue id and recipient so that a repeat after a crash
 //! finds the first copy (`link` fails with EEXIST) instead of delivering twice.
-//! The crate is still used where it fits: creating the folder structure.
+//! Nor its `create_dirs`: it follows symlinks.
 //!
 //! Names carry `,S=` (size on disk, LF line ends) and `,W=` (size with CRLF,
 //! what POP3 and IMAP report), as Courier and Dovecot write them, so readers
@@ -31,11 +31,25 @@
 //! Quota is Maildir++ `maildirsize` (courier-libs README.maildirquota): a
 //! limits line, then appended `bytes count` lines; approximate by design, no
 //! lock; recalculated from the names when it grows past 5120 bytes.
+//!
+//! No symlink inside a mailbox is followed (`postroom-mailbox(5)`): the
+//! mailbox root is the admin's to place and is opened by its path, but a
+//! folder, its `cur/`, `new/` and `tmp/`, and every message are opened with
+//! `O_NOFOLLOW` relative to the descriptor of the directory above them
+//! ([`NoFollowDir`]), and directory listings leave symlinks out. So
+//! `ln -s ../user2 user1/.Evil` or `new -> /elsewhere` can neither show
+//! another mailbox nor make a delivery write outside this one, and a
+//! folder swapped for a symlink half-way cannot redirect a process that
+//! already opened it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::store::fsutil;
 
@@ -51,15 +65,22 @@ pub enum MaildirError {
     /// user may delete mail).
     #[error("mailbox is over quota ({used} of {limit} bytes used)")]
     OverQuota { used: u64, limit: u64 },
+    /// A folder or one of its directories is a symlink, which postroom
+    /// does not follow (a temporary failure: the admin must look).
+    #[error(transparent)]
+    Symlink(SymlinkRefused),
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: io::Error },
 }
 
 impl MaildirError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> MaildirError + '_ {
-        move |error| MaildirError::Io {
-            path: path.to_path_buf(),
-            error,
+        move |error| match symlink_refused(&error) {
+            Some(refused) => MaildirError::Symlink(refused.clone()),
+            None => MaildirError::Io {
+                path: path.to_path_buf(),
+                error,
+            },
         }
     }
 }
@@ -138,24 +159,88 @@ impl Maildir {
         })
     }
 
+    /// This folder's directory (the root for INBOX), opened without
+    /// following a symlink below the root.
+    pub fn open_dir(&self) -> io::Result<NoFollowDir> {
+        let root = NoFollowDir::root(&self.inbox)?;
+        match self.folder_entry() {
+            None => Ok(root),
+            Some(entry) => root.dir(entry),
+        }
+    }
+
+    /// This folder's `new/` or `cur/`, opened without following a symlink.
+    pub fn sub_dir(&self, sub: Sub) -> io::Result<NoFollowDir> {
+        self.open_dir()?.dir(sub.dir())
+    }
+
+    /// The `.Name` entry of a subfolder in the INBOX root; `None` for INBOX.
+    fn folder_entry(&self) -> Option<&str> {
+        if self.root == self.inbox {
+            return None;
+        }
+        // folder() made root as inbox/.Name, so this is that one entry.
+        self.root.file_name().and_then(|n| n.to_str())
+    }
+
     /// Creates `cur`, `new` and `tmp` (and the root) if missing, mode 0700.
-    /// A subfolder also gets `maildirfolder`, as Maildir++ asks.
+    /// A subfolder also gets `maildirfolder`, as Maildir++ asks. Nothing
+    /// below the root is created or entered through a symlink: one in the
+    /// way gives [`MaildirError::Symlink`].
     pub fn create(&self) -> Result<(), MaildirError> {
-        if self.root.join("cur").is_dir() && self.root.join("new").is_dir() {
+        let err = MaildirError::io(&self.root);
+        if let Ok(dir) = self.open_dir()
+            && dir.dir("cur").is_ok()
+            && dir.dir("new").is_ok()
+            && dir.dir("tmp").is_ok()
+        {
             return Ok(());
         }
-        maildir::Maildir::from(self.root.clone())
-            .create_dirs()
-            .map_err(MaildirError::io(&self.root))?;
-        if self.root != self.inbox {
-            File::create(self.root.join("maildirfolder")).map_err(MaildirError::io(&self.root))?;
-        }
-        fsutil::fsync_dir(fsutil::parent_of(&self.root)).map_err(MaildirError::io(&self.root))
+        let result = (|| {
+            // The directories above the mailbox are the admin's layout
+            // (mail/DOMAIN/), made with the usual mode; the mailbox 0700.
+            let parent = fsutil::parent_of(&self.inbox);
+            fs::create_dir_all(parent)?;
+            match fs::DirBuilder::new().mode(0o700).create(&self.inbox) {
+                Ok(()) => fsutil::fsync_dir(parent)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            let root = NoFollowDir::root(&self.inbox)?;
+            let folder = match self.folder_entry() {
+                None => root,
+                Some(entry) => {
+                    if root.make_dir(entry)? {
+                        root.sync()?;
+                    }
+                    root.dir(entry)?
+                }
+            };
+            let mut made = false;
+            for sub in ["cur", "new", "tmp"] {
+                made |= folder.make_dir(sub)?;
+                folder.dir(sub)?;
+            }
+            if self.folder_entry().is_some() {
+                folder.open_with("maildirfolder", OFlags::WRONLY | OFlags::CREATE, 0o600)?;
+            }
+            if made {
+                folder.sync()?;
+            }
+            Ok(())
+        })();
+        result.map_err(err)
     }
 
     /// Delivers one message: tmp → fsync → link into new/ → fsync new/.
+    /// The tmp file is created and linked relative to this folder's
+    /// `tmp/` and `new/` as opened once, without following symlinks.
     pub fn deliver(&self, message: Message<'_>, hostname: &str) -> Result<Delivered, MaildirError> {
         self.create()?;
+        let (tmp_dir, new_dir) = self
+            .open_dir()
+            .and_then(|dir| Ok((dir.dir("tmp")?, dir.dir("new")?)))
+            .map_err(MaildirError::io(&self.root))?;
         let base = match &message.base_name {
             Some(base) => base.clone(),
             None => format!(
@@ -176,29 +261,26 @@ impl Maildir {
             _ => None,
         };
 
-        let tmp = self.root.join("tmp").join(&base);
-        let result = self.write_and_link(&tmp, &base, message, used);
+        let result = self.write_and_link(&tmp_dir, &new_dir, &base, message, used);
         // The tmp name is only a staging name; it goes whatever happened.
-        let _ = fs::remove_file(&tmp);
+        let _ = tmp_dir.unlink(&base);
         result
     }
 
     fn write_and_link(
         &self,
-        tmp: &Path,
+        tmp_dir: &NoFollowDir,
+        new_dir: &NoFollowDir,
         base: &str,
         message: Message<'_>,
         used: Option<(u64, (u64, u64))>,
     ) -> Result<Delivered, MaildirError> {
+        let tmp = &tmp_dir.join(base);
         // A derived name may meet the debris of a crashed attempt in tmp/:
         // truncating it is right, since only the queue-message lock holder
-        // delivers that name.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(tmp)
+        // delivers that name. (A symlink planted there is refused.)
+        let file = tmp_dir
+            .open_with(base, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC, 0o600)
             .map_err(MaildirError::io(tmp))?;
         let mut out = io::BufWriter::with_capacity(64 * 1024, file);
         out.write_all(message.prepend)
@@ -222,15 +304,15 @@ impl Maildir {
         drop(file);
 
         let name = format!("{base},S={size},W={wire_size}");
-        let new = self.root.join("new").join(&name);
-        match fs::hard_link(tmp, &new) {
+        let new = new_dir.join(&name);
+        match tmp_dir.link(base, new_dir, &name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Ok(Delivered::AlreadyThere);
             }
             Err(e) => return Err(MaildirError::io(&new)(e)),
         }
-        fsutil::fsync_dir(&self.root.join("new")).map_err(MaildirError::io(&new))?;
+        new_dir.sync().map_err(MaildirError::io(&new))?;
         if used.is_some() {
             self.quota_add(size as i64, 1);
         }
@@ -240,22 +322,11 @@ impl Maildir {
     /// True if a message whose name starts with `base,` is in new/ or cur/.
     fn find_base(&self, base: &str) -> Result<bool, MaildirError> {
         let prefix = format!("{base},");
-        let dirs: &[&str] = &["new", "cur"];
-        for dir in dirs {
-            let path = self.root.join(dir);
-            let entries = match fs::read_dir(&path) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(MaildirError::io(&path)(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(MaildirError::io(&path))?;
-                if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                    return Ok(true);
-                }
-            }
+        let mut found = false;
+        for sub in [Sub::New, Sub::Cur] {
+            self.read_sub(sub, |name| found |= name.starts_with(&prefix))?;
         }
-        Ok(false)
+        Ok(found)
     }
 
     fn maildirsize_path(&self) -> PathBuf {
@@ -267,7 +338,7 @@ impl Maildir {
     pub fn quota_usage(&self, limit: u64) -> Result<(u64, u64), MaildirError> {
         let path = self.maildirsize_path();
         let limits_line = format!("{limit}S");
-        if let Ok(file) = File::open(&path) {
+        if let Ok(file) = open_nofollow(&path) {
             let long = file
                 .metadata()
                 .map(|m| m.len() > MAILDIRSIZE_REBUILD_BYTES)
@@ -296,7 +367,11 @@ impl Maildir {
     /// the format is designed for concurrent appenders).
     pub fn quota_add(&self, bytes: i64, count: i64) {
         let path = self.maildirsize_path();
-        if let Ok(mut file) = OpenOptions::new().append(true).open(&path) {
+        if let Ok(mut file) = OpenOptions::new()
+            .append(true)
+            .custom_flags(nofollow_flag())
+            .open(&path)
+        {
             let _ = file.write_all(format!("{bytes} {count}\n").as_bytes());
         }
     }
@@ -304,28 +379,29 @@ impl Maildir {
     /// Sums sizes over INBOX and every folder, from the `,S=` in the names
     /// (stat only for names without it).
     fn scan_usage(&self) -> Result<(u64, u64), MaildirError> {
-        let mut roots = vec![self.inbox.clone()];
-        if let Ok(entries) = fs::read_dir(&self.inbox) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                // Maildir++ does not count Trash against the quota.
-                if name.starts_with('.') && name != ".Trash" && entry.path().is_dir() {
-                    roots.push(entry.path());
-                }
+        let Ok(inbox) = NoFollowDir::root(&self.inbox) else {
+            return Ok((0, 0));
+        };
+        let mut folders = Vec::new();
+        for name in inbox.names().unwrap_or_default() {
+            // Maildir++ does not count Trash against the quota. Symlinks
+            // are not in names(): another mailbox is not counted here.
+            if name.starts_with('.')
+                && name != ".Trash"
+                && let Ok(folder) = inbox.dir(&name)
+            {
+                folders.push(folder);
             }
         }
+        folders.push(inbox);
         let (mut bytes, mut count) = (0, 0);
-        for root in roots {
+        for folder in folders {
             for sub in ["new", "cur"] {
-                let Ok(entries) = fs::read_dir(root.join(sub)) else {
+                let Ok(dir) = folder.dir(sub) else {
                     continue;
                 };
-                for entry in entries.flatten() {
-                    let name = entry.file_name();
-                    let size = size_from_name(&name.to_string_lossy())
-                        .or_else(|| entry.metadata().ok().map(|m| m.len()));
-                    if let Some(size) = size {
+                for name in dir.names().unwrap_or_default() {
+                    if let Some(size) = size_from_name(&name).or_else(|| dir.size_of(&name)) {
                         bytes += size;
                         count += 1;
                     }
@@ -483,26 +559,27 @@ impl Maildir {
         Ok(files)
     }
 
-    /// Calls `each` with every message name in `sub` (no dot files).
+    /// Calls `each` with every message name in `sub` (no dot files, no
+    /// symlinks: a message linked to any file is not a message).
     fn read_sub(&self, sub: Sub, mut each: impl FnMut(&str)) -> Result<(), MaildirError> {
         let path = self.root.join(sub.dir());
-        let entries = match fs::read_dir(&path) {
-            Ok(entries) => entries,
+        let names = match self.sub_dir(sub).and_then(|dir| dir.names()) {
+            Ok(names) => names,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(MaildirError::io(&path)(e)),
         };
-        for entry in entries {
-            let entry = entry.map_err(MaildirError::io(&path))?;
-            let name = entry.file_name();
-            // A name that is not UTF-8 was not written by a maildir
-            // program; it is left alone rather than guessed at.
-            if let Some(name) = name.to_str()
-                && !name.starts_with('.')
-            {
-                each(name);
-            }
+        // A name that is not UTF-8 was not written by a maildir program;
+        // names() left it alone rather than guess at it.
+        for name in names.iter().filter(|n| !n.starts_with('.')) {
+            each(name);
         }
         Ok(())
+    }
+
+    /// Opens a message for reading, never through a symlink (the message
+    /// file's or a directory's): a file linked to anything is not served.
+    pub fn open_message(&self, file: &MessageFile) -> io::Result<File> {
+        self.sub_dir(file.sub)?.open_file(&file.name)
     }
 
     /// The current names of the messages with these base names, in one
@@ -540,6 +617,12 @@ impl Maildir {
             match op(&current) {
                 Ok(value) => return Ok(Some((value, current))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Swapped for a symlink since it was listed: no longer a
+                // message (postroom-mailbox(5)), so gone, like one expunged.
+                Err(e) if symlink_refused(&e).is_some() => {
+                    tracing::warn!("{e}");
+                    return Ok(None);
+                }
                 Err(e) => return Err(MaildirError::io(&self.file_path(&current))(e)),
             }
             match self.locate(&[current.base()])?.pop().flatten() {
@@ -574,6 +657,9 @@ impl Maildir {
         file: &MessageFile,
         flags: &str,
     ) -> Result<Option<MessageFile>, MaildirError> {
+        let folder = self.open_dir().map_err(MaildirError::io(&self.root))?;
+        let cur = folder.dir("cur").map_err(MaildirError::io(&self.root))?;
+        let new = folder.dir("new").ok();
         let renamed = self.follow(file, |current| {
             let merged = merge_flags(current.flags(), flags);
             if current.sub == Sub::Cur && merged == current.flags() {
@@ -583,7 +669,11 @@ impl Maildir {
                 sub: Sub::Cur,
                 name: format!("{}:2,{merged}", current.base()),
             };
-            fs::rename(self.file_path(current), self.file_path(&target))?;
+            let from = match current.sub {
+                Sub::Cur => &cur,
+                Sub::New => new.as_ref().ok_or(io::ErrorKind::NotFound)?,
+            };
+            from.rename(&current.name, &cur, &target.name)?;
             Ok(target)
         })?;
         Ok(renamed.map(|(target, _)| target))
@@ -597,6 +687,7 @@ impl Maildir {
     pub fn remove(&self, files: &[MessageFile]) -> Removed {
         let mut result = Removed::default();
         let mut freed: u64 = 0;
+        let (new, cur) = (self.sub_dir(Sub::New), self.sub_dir(Sub::Cur));
         // Each pending message with the number of scans in a row that
         // missed it; one readdir per round serves them all.
         let mut pending: Vec<(MessageFile, usize)> = files.iter().map(|f| (f.clone(), 0)).collect();
@@ -604,10 +695,16 @@ impl Maildir {
             let mut moved = Vec::new();
             for (file, misses) in pending.drain(..) {
                 let path = self.file_path(&file);
-                let size = file
-                    .size()
-                    .or_else(|| fs::metadata(&path).ok().map(|m| m.len()));
-                match fs::remove_file(&path) {
+                let dir = match (file.sub, &new, &cur) {
+                    (Sub::New, Ok(dir), _) | (Sub::Cur, _, Ok(dir)) => dir,
+                    (_, Err(e), _) | (_, _, Err(e)) => {
+                        tracing::error!("cannot remove {}: {e}", path.display());
+                        result.failed += 1;
+                        continue;
+                    }
+                };
+                let size = file.size().or_else(|| dir.size_of(&file.name));
+                match dir.unlink(&file.name) {
                     Ok(()) => {
                         result.removed += 1;
                         freed += size.unwrap_or(0);
@@ -647,9 +744,9 @@ impl Maildir {
         }
         result.failed += pending.len();
         if result.removed > 0 {
-            for sub in [Sub::New, Sub::Cur] {
-                if let Err(e) = fsutil::fsync_dir(&self.root.join(sub.dir())) {
-                    tracing::error!("fsync {}/{}: {e}", self.root.display(), sub.dir());
+            for dir in [&new, &cur].into_iter().flatten() {
+                if let Err(e) = dir.sync() {
+                    tracing::error!("fsync {}: {e}", dir.path().display());
                 }
             }
             self.quota_add(-(freed as i64), -(result.removed as i64));
@@ -783,6 +880,216 @@ pub fn pop3_size(reader: &mut dyn Read) -> io::Result<u64> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A symlink met inside a mailbox, where postroom follows none
+/// (`postroom-mailbox(5)`). It travels inside an [`io::Error`], so every
+/// caller's error path stays as it was; [`symlink_refused`] finds it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: a symlink inside a mailbox, not followed (postroom-mailbox(5))", path.display())]
+pub struct SymlinkRefused {
+    pub path: PathBuf,
+}
+
+/// The [`SymlinkRefused`] an error carries, if it is one.
+pub fn symlink_refused(error: &io::Error) -> Option<&SymlinkRefused> {
+    error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<SymlinkRefused>())
+}
+
+/// `O_NOFOLLOW`, for `OpenOptionsExt::custom_flags`.
+pub fn nofollow_flag() -> i32 {
+    OFlags::NOFOLLOW.bits() as i32
+}
+
+/// Opens a file of the mailbox root (`maildirsize`, a folder's side files)
+/// for reading, refusing it if the file itself is a symlink.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow_flag())
+        .open(path)
+}
+
+/// Reads a side file of a folder (`dovecot-uidlist`, `dovecot-keywords`)
+/// that is replaced by rename, never written in place: a missing file, or
+/// a symlink (not followed), reads as `None`, and the next write puts a
+/// real file in its place.
+pub fn read_side_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut file = match open_nofollow(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+            tracing::warn!("{}: a symlink, not followed", path.display());
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+/// A directory inside a mailbox, opened so that no symlink below the
+/// mailbox root is ever followed: the root by its path (where the admin put
+/// it, a symlink included), every directory below it with `O_NOFOLLOW`
+/// relative to its parent's descriptor, and every file relative to its own
+/// directory's. Nothing is looked up by path again, so a folder replaced by
+/// a symlink while a process works in it cannot send that process
+/// elsewhere. The path is kept for messages only.
+#[derive(Debug)]
+pub struct NoFollowDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl NoFollowDir {
+    /// Opens a mailbox root (or any directory the admin names) by path.
+    pub fn root(path: &Path) -> io::Result<NoFollowDir> {
+        let fd = rustix::fs::openat(rustix::fs::CWD, path, DIR_FLAGS, Mode::empty())?;
+        Ok(NoFollowDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Where this directory was (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of an entry (for messages).
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The directory `name` in this one; a symlink there is refused with
+    /// [`SymlinkRefused`].
+    pub fn dir(&self, name: &str) -> io::Result<NoFollowDir> {
+        match rustix::fs::openat(&self.fd, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
+            Ok(fd) => Ok(NoFollowDir {
+                fd,
+                path: self.join(name),
+            }),
+            Err(e) => Err(self.refusal(name, e)),
+        }
+    }
+
+    /// Makes the directory `name` (mode 0700) unless something is there
+    /// already; true when it made it.
+    pub fn make_dir(&self, name: &str) -> io::Result<bool> {
+        match rustix::fs::mkdirat(&self.fd, name, Mode::RWXU) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the file `name` for reading; a symlink is refused.
+    pub fn open_file(&self, name: &str) -> io::Result<File> {
+        self.open_with(name, OFlags::RDONLY, 0)
+    }
+
+    /// Opens the file `name` with `flags` (plus `O_NOFOLLOW` and
+    /// `O_CLOEXEC`), creating it with `mode` if `flags` say so.
+    pub fn open_with(&self, name: &str, flags: OFlags, mode: u32) -> io::Result<File> {
+        let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(&self.fd, name, flags, Mode::from_bits_truncate(mode)) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(e) => Err(self.refusal(name, e)),
+        }
+    }
+
+    /// An open that failed on a symlink gives ELOOP (a file) or ENOTDIR
+    /// (a directory): say what it was.
+    fn refusal(&self, name: &str, errno: Errno) -> io::Error {
+        if (errno == Errno::LOOP || errno == Errno::NOTDIR) && self.is_link(name) {
+            return io::Error::other(SymlinkRefused {
+                path: self.join(name),
+            });
+        }
+        errno.into()
+    }
+
+    /// Whether `name` here is a symlink.
+    pub fn is_link(&self, name: &str) -> bool {
+        self.file_type(name) == Some(FileType::Symlink)
+    }
+
+    /// Whether `name` is here and is not a symlink.
+    pub fn has(&self, name: &str) -> bool {
+        self.file_type(name).is_some_and(|t| t != FileType::Symlink)
+    }
+
+    fn file_type(&self, name: &str) -> Option<FileType> {
+        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| FileType::from_raw_mode(st.st_mode as _))
+    }
+
+    /// The size of `name` (not of what a symlink points to).
+    pub fn size_of(&self, name: &str) -> Option<u64> {
+        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .and_then(|st| u64::try_from(st.st_size).ok())
+    }
+
+    /// The entries' names, less `.` and `..`, symlinks, and names that are
+    /// not UTF-8 (no maildir program writes those).
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let link = match entry.file_type() {
+                FileType::Symlink => true,
+                // Filesystems without d_type: ask.
+                FileType::Unknown => self.is_link(name),
+                _ => false,
+            };
+            if !link {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Renames `from` here to `to` in `dir` (the entry itself: a symlink
+    /// would be moved, never followed).
+    pub fn rename(&self, from: &str, dir: &NoFollowDir, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&self.fd, from, &dir.fd, to)?)
+    }
+
+    /// Hard-links `from` here as `to` in `dir` (a symlink is linked as
+    /// itself, never followed).
+    pub fn link(&self, from: &str, dir: &NoFollowDir, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::linkat(
+            &self.fd,
+            from,
+            &dir.fd,
+            to,
+            AtFlags::empty(),
+        )?)
+    }
+
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
+    }
+
+    /// Makes the directory's entries durable (Dovecot's maildir-sync.c).
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(rustix::fs::fsync(&self.fd)?)
     }
 }
 
@@ -1000,5 +1307,69 @@ mod tests {
                 "{name}"
             );
         }
+    }
+    #[test]
+    fn delivery_never_writes_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let empty = |p: &Path| fs::read_dir(p).unwrap().count() == 0;
+        for sub in ["new", "tmp", "cur"] {
+            let md = Maildir::new(dir.path().join(format!("u-{sub}")));
+            md.create().unwrap();
+            fs::remove_dir(md.path().join(sub)).unwrap();
+            std::os::unix::fs::symlink(&outside, md.path().join(sub)).unwrap();
+            match deliver(&md, b"x\n", None, None) {
+                Err(MaildirError::Symlink(e)) => assert!(e.path.ends_with(sub), "{e}"),
+                other => panic!("{sub}: {other:?}"),
+            }
+            assert!(empty(&outside), "{sub}: wrote outside the mailbox");
+        }
+
+        // A folder that is a symlink to another maildir.
+        let other = Maildir::new(dir.path().join("other"));
+        other.create().unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        md.create().unwrap();
+        std::os::unix::fs::symlink("../other", md.path().join(".Evil")).unwrap();
+        let evil = md.folder("Evil").unwrap();
+        assert!(matches!(
+            deliver(&evil, b"x\n", None, None),
+            Err(MaildirError::Symlink(_))
+        ));
+        assert!(matches!(evil.create(), Err(MaildirError::Symlink(_))));
+        assert!(other.messages().unwrap().is_empty());
+        assert!(!other.path().join("maildirfolder").exists());
+
+        // A symlink planted in tmp/ under the name a queue delivery uses.
+        let target = dir.path().join("victim");
+        fs::write(&target, b"keep\n").unwrap();
+        std::os::unix::fs::symlink(&target, md.path().join("tmp/100.Qx-0.h")).unwrap();
+        assert!(deliver(&md, b"x\n", Some("100.Qx-0.h"), None).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep\n");
+        assert!(md.messages().unwrap().is_empty());
+    }
+
+    #[test]
+    fn readers_leave_out_and_refuse_symlinked_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, b"Subject: not yours\n\n").unwrap();
+        let md = Maildir::new(dir.path().join("u"));
+        md.create().unwrap();
+        put(&md, "new", "100.a.h", b"x\n");
+        std::os::unix::fs::symlink(&secret, md.path().join("new/200.b.h")).unwrap();
+        std::os::unix::fs::symlink(&secret, md.path().join("cur/300.c.h:2,S")).unwrap();
+        let names: Vec<String> = md.messages().unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["100.a.h"]);
+        let link = MessageFile {
+            sub: Sub::New,
+            name: "200.b.h".into(),
+        };
+        let err = md.open_message(&link).unwrap_err();
+        assert!(symlink_refused(&err).is_some(), "{err}");
+        // Removing it removes the link, never what it points to.
+        assert_eq!(md.remove(&[link]).removed, 1);
+        assert!(secret.exists());
     }
 }

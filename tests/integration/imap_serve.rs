@@ -33,6 +33,7 @@ fn python(script: &str, server: &Server, tree: &Tree) -> String {
         .env("TLS_PORT", server.tls_port.to_string())
         .env("INJECT", bin("mail-inject"))
         .env("POP3", bin("pop3-serve"))
+        .env("IMAP", bin("imap-serve"))
         .env("CONFIG", &tree.config)
         .env("MAILDIR", tree.maildir("bob"))
         .output()
@@ -410,8 +411,12 @@ fn hostile_input_is_refused_and_bounded() {
         "no continuation for a refused literal: {out}"
     );
     assert!(out.contains("c OK LOGOUT"), "{out}");
-    let out = raw(server.port, b"a LOGIN {100000}\r\nb LOGOUT\r\n", wait);
-    assert!(out.contains("a BAD literal larger"), "{out}");
+    let out = raw(
+        server.port,
+        format!("{login}b SEARCH TEXT {{100000}}\r\nc LOGOUT\r\n").as_bytes(),
+        wait,
+    );
+    assert!(out.contains("b BAD literal larger"), "{out}");
 
     // A non-synchronizing one: its bytes are on the way, so the session
     // ends rather than read them as commands.
@@ -427,7 +432,7 @@ fn hostile_input_is_refused_and_bounded() {
     );
 
     // Overlong line: BYE. Deep nesting, huge OR trees: BAD, fast.
-    let long = format!("a NOOP {}\r\n", "x".repeat(100_000));
+    let long = format!("{login}b NOOP {}\r\n", "x".repeat(100_000));
     assert!(raw(server.port, long.as_bytes(), wait).contains("* BYE command line too long"));
     let start = Instant::now();
     let deep = format!(
@@ -1164,4 +1169,294 @@ print("done")
         &tree,
     );
     assert!(said.contains("done"), "{said}");
+}
+
+/// The peak resident memory of a process (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Reads one CRLF line within `wait`; what came if the wait ran out.
+fn line_within(reader: &mut BufReader<TcpStream>, wait: Duration) -> String {
+    reader.get_ref().set_read_timeout(Some(wait)).unwrap();
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    line
+}
+
+#[test]
+fn append_literal_before_login_is_refused_unread() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let wait = Duration::from_secs(5);
+    let connect = || {
+        let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        assert!(line_within(&mut reader, wait).starts_with("* OK"));
+        (stream, reader)
+    };
+
+    // A synchronizing literal the size of a message: a tagged refusal, no
+    // continuation, and the session goes on.
+    let (mut stream, mut reader) = connect();
+    stream
+        .write_all(b"a APPEND INBOX {36700160}\r\nb NOOP\r\n")
+        .unwrap();
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "a BAD [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+    assert_eq!(line_within(&mut reader, wait), "b OK completed\r\n");
+
+    // Non-synchronizing: answered at once, before a byte of the literal
+    // is sent, and the connection is closed.
+    let (mut stream, mut reader) = connect();
+    stream.write_all(b"a APPEND INBOX {36700160+}\r\n").unwrap();
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+    assert_eq!(line_within(&mut reader, wait), "", "closed after the BYE");
+
+    // The bound is on the whole command: many small literals add up.
+    let (mut stream, mut reader) = connect();
+    let mut many = String::from("a LOGIN");
+    for _ in 0..3 {
+        many.push_str(" {4000+}\r\n");
+        many.push_str(&"x".repeat(4000));
+    }
+    many.push_str("\r\n");
+    let _ = stream.write_all(many.as_bytes());
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+
+    // A long line before login is cut off at the same bound.
+    let (mut stream, mut reader) = connect();
+    let _ = stream.write_all(format!("a LOGIN {} x\r\n", "u".repeat(10_000)).as_bytes());
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+
+    // LOGIN by literals still works, and after it APPEND takes messages.
+    let (mut stream, mut reader) = connect();
+    stream.write_all(b"a LOGIN {16}\r\n").unwrap();
+    assert!(line_within(&mut reader, wait).starts_with("+ "));
+    stream
+        .write_all(b"bob@example.test {6+}\r\nsecret\r\n")
+        .unwrap();
+    assert!(line_within(&mut reader, wait).starts_with("a OK"));
+    let message = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(20_000));
+    stream
+        .write_all(format!("b APPEND INBOX {{{}+}}\r\n{message}\r\n", message.len()).as_bytes())
+        .unwrap();
+    assert!(
+        line_within(&mut reader, wait).starts_with("b OK [APPENDUID "),
+        "a logged-in APPEND of 20 kB is taken"
+    );
+
+    // Three connections that never log in, each pushing a 35 MiB literal
+    // as fast as it can: the server reads none of it, so its memory stays
+    // where it was (it used to grow by every byte sent).
+    let senders: Vec<_> = (0..3)
+        .map(|_| {
+            let port = server.port;
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let _ = stream.write_all(b"a APPEND INBOX {36700160+}\r\n");
+                let chunk = vec![b'z'; 64 * 1024];
+                for _ in 0..(36_700_160 / chunk.len()) {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let peak = peak_rss_kib(server.child.id());
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
+
+#[test]
+fn folder_whose_uids_ran_out_is_renumbered_not_stuck() {
+    let tree = tree_with_user();
+    deliver(&tree, "one");
+    deliver(&tree, "two");
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login(); ok(M.select("INBOX")); M.logout()
+"#,
+        &server,
+        &tree,
+    );
+    // The folder has given out the last UIDs there are.
+    let list = tree.maildir("bob").join("dovecot-uidlist");
+    let text = std::fs::read_to_string(&list).unwrap();
+    let bases: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(" :"))
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(bases.len(), 2, "{text}");
+    std::fs::write(
+        &list,
+        format!(
+            "3 V1234 N4294967295\n4294967293 :{}\n4294967294 :{}\n",
+            bases[0], bases[1]
+        ),
+    )
+    .unwrap();
+    let said = python(
+        r#"
+A = login()
+ok(A.select("INBOX"))
+assert A.untagged_responses["UIDVALIDITY"] == [b"1234"], A.untagged_responses
+r = ok(A.uid("FETCH", "1:*", "(UID)"))
+assert r == [b"1 (UID 4294967293)", b"2 (UID 4294967294)"], r
+deliver("three")
+# A new session: SELECT works (it used to answer NO ... try again later),
+# with a new UIDVALIDITY and the messages numbered from 1 in their order.
+p = subprocess.run([os.environ["IMAP"], "--config", os.environ["CONFIG"]],
+    input=b"a LOGIN bob@example.test secret\r\nb SELECT INBOX\r\n"
+          b"c UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\nd LOGOUT\r\n",
+    capture_output=True, timeout=30)
+out = p.stdout.decode()
+assert "b OK [READ-WRITE]" in out, out
+validity = int(re.search(r"\[UIDVALIDITY (\d+)\]", out).group(1))
+assert validity > 1234, out
+assert "[UIDNEXT 4]" in out, out
+subjects = re.findall(r"UID (\d+) BODY\[HEADER.FIELDS \(SUBJECT\)\] \{\d+\}\r\nSubject: (\w+)", out)
+assert subjects == [("1", "one"), ("2", "two"), ("3", "three")], (subjects, out)
+log = p.stderr.decode()
+assert "UIDs used up (next UID 4294967295): new UIDVALIDITY" in log and "(was 1234), 2 messages renumbered" in log, log
+# The session that had it selected holds UIDs that mean nothing now: it
+# is told so and let go.
+try:
+    A.noop(); raise SystemExit("stale session not told")
+except imaplib.IMAP4.abort as e:
+    assert "renumbered" in str(e), e
+B = login()
+assert ok(B.select("INBOX")) == [b"3"]
+assert B.untagged_responses["UIDVALIDITY"] == [str(validity).encode()]
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("ok"), "{said}");
+}
+
+#[test]
+fn starttls_after_login_is_refused_and_the_session_stays_as_it_was() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    // RFC 9051 §6.2.1: STARTTLS only in the not-authenticated state. A TLS
+    // session that began logged in would carry the plaintext login over.
+    python(
+        r#"
+s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+f = s.makefile("rb")
+assert b"STARTTLS" in f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n")
+line = f.readline()
+assert line.startswith(b"a OK") and b"STARTTLS" not in line, line
+s.sendall(b"b STARTTLS\r\n")
+assert f.readline() == b"b BAD STARTTLS only before login\r\n"
+# Still plaintext, still logged in: a TLS ClientHello now would be junk.
+s.sendall(b"c SELECT INBOX\r\n")
+lines = []
+while not lines or not lines[-1].startswith(b"c "):
+    lines.append(f.readline())
+assert lines[-1].startswith(b"c OK [READ-WRITE]"), lines
+s.sendall(b"d LOGOUT\r\n")
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+}
+
+#[test]
+fn symlinked_folders_and_message_files_inside_a_maildir_are_not_followed() {
+    let tree = tree_with_user();
+    tree.add_user("carol@example.test");
+    let secret = b"From: carol@example.test\nSubject: carol's secret\n\nthe combination is 1234\n";
+    assert!(
+        tree.inject(&["carol@example.test"], secret)
+            .status
+            .success()
+    );
+    deliver(&tree, "mine");
+    let (bob, carol) = (tree.maildir("bob"), tree.maildir("carol"));
+    let carols = crate::util::maildir_files(&carol);
+    assert_eq!(carols.len(), 1);
+    let link = |target: &std::path::Path, at: std::path::PathBuf| {
+        std::os::unix::fs::symlink(target, at).unwrap()
+    };
+    // ln -s ../carol bob/.Evil; a folder whose cur/ is carol's; a message
+    // file linked to carol's message, in new/ and in cur/.
+    link(std::path::Path::new("../carol"), bob.join(".Evil"));
+    for sub in ["new", "tmp"] {
+        std::fs::create_dir_all(bob.join(".Half").join(sub)).unwrap();
+    }
+    link(
+        std::path::Path::new("../../carol/cur"),
+        bob.join(".Half/cur"),
+    );
+    link(&carols[0], bob.join("new/1700000000.evil.host"));
+    link(&carols[0], bob.join("cur/1700000001.evil.host:2,S"));
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+names = b" ".join(ok(M.list()))
+assert b"Evil" not in names and b"Half" not in names, names
+for folder in ["Evil", "Half"]:
+    typ, data = M.select(folder)
+    assert typ == "NO" and b"[NONEXISTENT]" in data[0], (folder, typ, data)
+    typ, data = M.status(folder, "(MESSAGES)")
+    assert typ == "NO" and b"[NONEXISTENT]" in data[0], (folder, typ, data)
+    typ, data = M.append(folder, None, None, b"Subject: planted\r\n\r\nx\r\n")
+    assert typ == "NO" and b"[TRYCREATE]" in data[0], (folder, typ, data)
+typ, data = M.create("Evil")
+assert typ == "NO" and data[0] == b"[CANNOT] a symlink is in the way (none is followed in a mailbox)", data
+typ, data = M.delete("Evil")
+assert typ == "NO" and b"[NONEXISTENT]" in data[0], data
+# INBOX holds bob's own message only: the linked files get no UID.
+assert ok(M.select("INBOX")) == [b"1"]
+body = ok(M.fetch("1:*", "(BODY.PEEK[])"))
+assert b"mine" in body[0][1] and b"combination" not in repr(body).encode(), body
+typ, data = M.copy("1", "Evil")
+assert typ == "NO" and b"[TRYCREATE]" in data[0], data
+# A message swapped for a symlink after it got its UID is not served.
+import glob
+mine = glob.glob(os.environ["MAILDIR"] + "/cur/*mine*") or [p for p in glob.glob(os.environ["MAILDIR"] + "/cur/*") if "evil" not in p]
+assert len(mine) == 1, mine
+carols = [p for p in glob.glob(os.environ["MAILDIR"] + "/../carol/cur/*") + glob.glob(os.environ["MAILDIR"] + "/../carol/new/*")]
+os.symlink(os.path.realpath(carols[0]), mine[0] + ".tmp")
+os.rename(mine[0] + ".tmp", mine[0])
+typ, data = M.fetch("1", "(BODY[])")
+assert b"combination" not in repr(data).encode(), data
+assert typ == "NO" and data == [b"[EXPUNGEISSUED] some messages were expunged meanwhile"], (typ, data)
+M.logout()
+print("ok")
+"#,
+        &server,
+        &tree,
+    );
+    // Carol's mailbox is as it was: nothing appended, copied or moved.
+    assert_eq!(crate::util::maildir_files(&carol), carols);
+    assert!(!carol.join("maildirfolder").exists());
 }

@@ -230,3 +230,52 @@ fn redirects_use_srs_when_configured_and_bounces_find_their_way_back() {
         postroom::proto::address::Address::parse(&sender.replace("dave", "mallory")).unwrap();
     assert!(directory.resolve(&forged).is_err());
 }
+
+#[test]
+fn delivery_never_writes_through_a_symlinked_folder_or_maildir_directory() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    let outside = tree.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let ann = tree.maildir("ann");
+    let queued = |tree: &Tree| {
+        let out = tree.postroom(&["queue", "list"]);
+        stdout(&out)
+    };
+    // new -> /elsewhere, then tmp, then cur: each delivery is deferred (451,
+    // the admin has to look) and nothing is written outside the mailbox.
+    for (i, sub) in ["new", "tmp", "cur"].into_iter().enumerate() {
+        std::fs::create_dir_all(&ann).unwrap();
+        let _ = std::fs::remove_dir_all(ann.join(sub));
+        std::os::unix::fs::symlink(&outside, ann.join(sub)).unwrap();
+        let out = tree.inject(&["ann@example.test"], b"Subject: x\n\nbody\n");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{sub}: written outside"
+        );
+        let list = queued(&tree);
+        assert_eq!(list.matches("deferred").count(), i + 1, "{sub}: {list}");
+        std::fs::remove_file(ann.join(sub)).unwrap();
+    }
+    // The folder a Sieve rule files into is a symlink to another maildir.
+    std::fs::create_dir_all(ann.join("sieve")).unwrap();
+    std::fs::write(
+        ann.join("sieve/active.sieve"),
+        "require \"fileinto\";\nfileinto \"Evil\";\n",
+    )
+    .unwrap();
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(outside.join(sub)).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, ann.join(".Evil")).unwrap();
+    let out = tree.inject(&["ann@example.test"], b"Subject: y\n\nbody\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        maildir_files(&outside).is_empty(),
+        "filed through the symlink"
+    );
+    assert!(!outside.join("maildirfolder").exists());
+    assert!(queued(&tree).contains("4 message(s)"), "{}", queued(&tree));
+}

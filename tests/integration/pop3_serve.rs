@@ -1273,3 +1273,55 @@ fn random_input_never_crashes_the_session() {
         );
     }
 }
+
+#[test]
+fn stls_after_login_is_refused_and_the_session_stays_as_it_was() {
+    let tree = tree_with_ann();
+    deliver(&tree, "ann", b"Subject: x\n\nhi\n");
+    let server = Server::start(&tree, "pop3-serve", &[]);
+    // RFC 2595 §4: STLS only in the AUTHORIZATION state. A TLS session that
+    // began logged in would carry the plaintext login over (RFC 3207 §4.2
+    // has the same rule for SMTP).
+    let mut client = Client::connect(server.port);
+    client.login();
+    assert_eq!(client.cmd("STLS"), "-ERR STLS is not valid after login");
+    // Still the same plaintext session, still logged in.
+    assert!(client.cmd("STAT").starts_with("+OK 1 "));
+    assert!(client.cmd("QUIT").starts_with("+OK"));
+}
+
+#[test]
+fn a_message_file_that_is_a_symlink_is_not_listed_or_served() {
+    let tree = tree_with_ann();
+    tree.add_user("carol@example.test");
+    let theirs = deliver(
+        &tree,
+        "carol",
+        b"Subject: carol's\n\nthe combination is 1234\n",
+    );
+    deliver(&tree, "ann", b"Subject: mine\n\nhello\n");
+    let ann = tree.maildir("ann");
+    std::os::unix::fs::symlink(&theirs, ann.join("new/1700000000.evil.host")).unwrap();
+    std::os::unix::fs::symlink(&theirs, ann.join("cur/1700000001.evil.host:2,S")).unwrap();
+    let server = Server::start(&tree, "pop3-serve", &[]);
+    let mut client = Client::connect(server.port);
+    client.login();
+    assert_eq!(client.cmd("STAT"), "+OK 1 24");
+    assert!(client.cmd("RETR 1").starts_with("+OK"));
+    let body = client.body();
+    assert_eq!(body, b"Subject: mine\r\n\r\nhello\r\n");
+    assert_eq!(client.cmd("RETR 2"), "-ERR no such message");
+    // Swapped for a symlink after the listing: not served either.
+    let mine = maildir_files(&ann)
+        .into_iter()
+        .find(|p| !p.to_string_lossy().contains("evil"))
+        .unwrap();
+    std::fs::remove_file(&mine).unwrap();
+    std::os::unix::fs::symlink(&theirs, &mine).unwrap();
+    assert_eq!(
+        client.cmd("RETR 1"),
+        "-ERR message 1 was removed by another client"
+    );
+    assert!(client.cmd("QUIT").starts_with("+OK"));
+    assert!(theirs.exists(), "carol's message is untouched");
+}

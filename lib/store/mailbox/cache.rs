@@ -227,7 +227,7 @@ impl Cache {
     }
 
     fn try_refresh(&mut self) -> io::Result<()> {
-        let file = match File::open(&self.path) {
+        let file = match crate::store::maildir::open_nofollow(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.reset();
@@ -342,7 +342,7 @@ impl Cache {
         if self.file.is_none() {
             // A file of its own, not a dup of `file`: a dup would share
             // the open file description, and with it the flock.
-            self.file = Some(File::open(&self.path)?);
+            self.file = Some(crate::store::maildir::open_nofollow(&self.path)?);
         }
         if !self.scan()? {
             // A torn record from a writer that died: cut it off, under the

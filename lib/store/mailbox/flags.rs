@@ -9,7 +9,6 @@
 //! format: `<index> <name>` per line). So a folder has at most 26 keywords,
 //! and a rename of the file is the only write a flag change needs.
 
-use std::fs;
 use std::io;
 use std::path::Path;
 
@@ -95,11 +94,10 @@ pub struct Keywords {
 impl Keywords {
     /// Reads `dovecot-keywords`; a missing file is no keywords.
     pub fn read(dir: &Path) -> io::Result<Keywords> {
-        let text = match fs::read_to_string(dir.join(KEYWORDS_FILE)) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Keywords::default()),
-            Err(e) => return Err(e),
+        let Some(bytes) = crate::store::maildir::read_side_file(&dir.join(KEYWORDS_FILE))? else {
+            return Ok(Keywords::default());
         };
+        let text = String::from_utf8_lossy(&bytes);
         let mut names: Vec<String> = Vec::new();
         for line in text.lines() {
             let Some((index, name)) = line.split_once(' ') else {
@@ -214,7 +212,7 @@ mod tests {
         assert_eq!(k.add("WORK"), Some(1));
         k.write(dir.path()).unwrap();
         assert_eq!(
-            fs::read_to_string(dir.path().join(KEYWORDS_FILE)).unwrap(),
+            std::fs::read_to_string(dir.path().join(KEYWORDS_FILE)).unwrap(),
             "0 $Junk\n1 work\n"
         );
         let k = Keywords::read(dir.path()).unwrap();

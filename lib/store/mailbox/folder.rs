@@ -10,6 +10,12 @@
 //! readdir can miss a file another process renames during the scan; a name
 //! the list has but the scan missed is looked for once more before it is
 //! taken for expunged.
+//!
+//! Every message operation works relative to the folder's `cur/` and `new/`
+//! as opened without following symlinks (`maildir::NoFollowDir`): a folder
+//! whose directory, `cur/`, `new/` or `tmp/` is a symlink does not exist,
+//! and a message file that is a symlink is not a message (it gets no UID
+//! and is never opened).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -20,7 +26,8 @@ use std::time::SystemTime;
 use super::MailboxError;
 use super::flags::{Flags, Keywords};
 use super::uidlist::{self, UidList, UidLock};
-use crate::store::maildir::wire_size_from_name;
+use crate::store::maildir::{NoFollowDir, wire_size_from_name};
+use rustix::fs::OFlags;
 
 /// One message as a session knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,25 +92,23 @@ fn split_name(name: &str) -> Option<(&str, &str)> {
     }
 }
 
-fn read_names(dir: &Path) -> io::Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if let Ok(name) = entry.file_name().into_string() {
-            names.push(name);
-        }
+/// The folder's `cur/` and `new/` (which a foreign maildir may lack), as
+/// opened once for one operation.
+struct Subdirs {
+    cur: NoFollowDir,
+    new: Option<NoFollowDir>,
+}
+
+impl Subdirs {
+    /// The names in `new/` (none when there is no `new/`).
+    fn new_names(&self) -> io::Result<Vec<String>> {
+        self.new.as_ref().map_or(Ok(Vec::new()), NoFollowDir::names)
     }
-    Ok(names)
 }
 
 /// base → info of every message in `cur/`.
-fn read_cur(dir: &Path) -> io::Result<HashMap<Box<str>, Box<str>>> {
-    let names = read_names(&dir.join("cur"))?;
+fn read_cur(cur: &NoFollowDir) -> io::Result<HashMap<Box<str>, Box<str>>> {
+    let names = cur.names()?;
     let mut map = HashMap::with_capacity(names.len());
     for name in &names {
         if let Some((base, info)) = split_name(name) {
@@ -137,8 +142,57 @@ impl Folder {
         self.dir.join("cur").join(entry.file_name())
     }
 
+    /// Whether the folder is there: its directory with `cur/` in it,
+    /// neither of them a symlink, nor `new/` or `tmp/` (which may be
+    /// missing until the first delivery makes them).
     pub fn exists(&self) -> bool {
-        self.dir.join("cur").is_dir()
+        // (Both name one directory, unless the name was one maildir.rs
+        // refuses, which MailboxName never lets through.)
+        if self.maildir.path() != self.dir {
+            return false;
+        }
+        let Ok(dir) = self.maildir.open_dir() else {
+            return false;
+        };
+        dir.dir("cur").is_ok() && !dir.is_link("new") && !dir.is_link("tmp")
+    }
+
+    /// Opens `cur/` and `new/` for one operation.
+    fn subdirs(&self) -> Result<Subdirs, MailboxError> {
+        let dir = self.maildir.open_dir().map_err(self.io())?;
+        let cur = dir.dir("cur").map_err(self.io())?;
+        let new = match dir.dir("new") {
+            Ok(new) => Some(new),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.io()(e)),
+        };
+        Ok(Subdirs { cur, new })
+    }
+
+    fn cur(&self) -> Result<NoFollowDir, MailboxError> {
+        self.maildir
+            .open_dir()
+            .and_then(|dir| dir.dir("cur"))
+            .map_err(self.io())
+    }
+
+    /// Opens a message for reading, never through a symlink: a message
+    /// file linked to anything is not served.
+    pub fn open_message(&self, entry: &Entry) -> io::Result<fs::File> {
+        self.maildir
+            .open_dir()?
+            .dir("cur")?
+            .open_file(&entry.file_name())
+    }
+
+    /// A message's internal date: its file's modification time.
+    pub fn internal_date(&self, entry: &Entry) -> Option<SystemTime> {
+        self.open_message(entry)
+            .ok()?
+            .metadata()
+            .ok()?
+            .modified()
+            .ok()
     }
 
     pub fn stamp(&self) -> Stamp {
@@ -152,9 +206,14 @@ impl Folder {
     }
 
     fn io(&self) -> impl FnOnce(io::Error) -> MailboxError + '_ {
-        move |error| MailboxError::Io {
-            path: self.dir.clone(),
-            error,
+        move |error| match crate::store::maildir::symlink_refused(&error) {
+            Some(refused) => MailboxError::Maildir(crate::store::maildir::MaildirError::Symlink(
+                refused.clone(),
+            )),
+            None => MailboxError::Io {
+                path: self.dir.clone(),
+                error,
+            },
         }
     }
 
@@ -167,23 +226,23 @@ impl Folder {
         // each is tens of milliseconds of its own.
         let (list, scan) = std::thread::scope(|s| {
             let list = s.spawn(|| UidList::read(&self.dir));
-            let scan = (|| {
-                let new = read_names(&self.dir.join("new"))?;
-                let cur = read_cur(&self.dir)?;
-                Ok::<_, io::Error>((new, cur))
-            })();
+            let scan = self.subdirs().and_then(|dirs| {
+                let new = dirs.new_names().map_err(self.io())?;
+                let cur = read_cur(&dirs.cur).map_err(self.io())?;
+                Ok((dirs, new, cur))
+            });
             let list = list
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("uidlist reader panicked")));
             (list, scan)
         });
         let list = list.map_err(self.io())?;
-        let (new, cur) = scan.map_err(self.io())?;
+        let (dirs, new, cur) = scan?;
         if let Some(list) = list
             && !new.iter().any(|n| split_name(n).is_some())
             && cur.len() <= list.entries.len()
         {
-            let (state, unknown) = self.present(list, cur)?;
+            let (state, unknown) = self.present(&dirs.cur, list, cur)?;
             if unknown == 0 {
                 return Ok(state);
             }
@@ -196,6 +255,7 @@ impl Folder {
     /// any that seem gone), and how many files in `cur` the list lacks.
     fn present(
         &self,
+        cur_dir: &NoFollowDir,
         list: UidList,
         mut cur: HashMap<Box<str>, Box<str>>,
     ) -> Result<(State, usize), MailboxError> {
@@ -205,7 +265,7 @@ impl Folder {
             .any(|(_, base)| !cur.contains_key(base.as_str()))
         {
             // A rename (a flag change) during the readdir can hide a file.
-            for (base, info) in read_cur(&self.dir).map_err(self.io())? {
+            for (base, info) in read_cur(cur_dir).map_err(self.io())? {
                 cur.entry(base).or_insert(info);
             }
         }
@@ -235,26 +295,27 @@ impl Folder {
         let mut list = UidList::read(&self.dir)
             .map_err(self.io())?
             .unwrap_or_else(UidList::fresh);
-        for name in read_names(&self.dir.join("new")).map_err(self.io())? {
-            let Some((base, info)) = split_name(&name) else {
-                continue;
-            };
-            let from = self.dir.join("new").join(&name);
-            let to = self.dir.join("cur").join(format!("{base}:2,{info}"));
-            match fs::rename(&from, &to) {
-                Ok(()) => {}
-                // Another process moved it first.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io()(e)),
+        let dirs = self.subdirs()?;
+        if let Some(new) = &dirs.new {
+            for name in new.names().map_err(self.io())? {
+                let Some((base, info)) = split_name(&name) else {
+                    continue;
+                };
+                match new.rename(&name, &dirs.cur, &format!("{base}:2,{info}")) {
+                    Ok(()) => {}
+                    // Another process moved it first.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io()(e)),
+                }
             }
         }
-        let mut cur = read_cur(&self.dir).map_err(self.io())?;
+        let mut cur = read_cur(&dirs.cur).map_err(self.io())?;
         if list
             .entries
             .iter()
             .any(|(_, b)| !cur.contains_key(b.as_str()))
         {
-            for (base, info) in read_cur(&self.dir).map_err(self.io())? {
+            for (base, info) in read_cur(&dirs.cur).map_err(self.io())? {
                 cur.entry(base).or_insert(info);
             }
         }
@@ -265,48 +326,69 @@ impl Folder {
             .filter(|b| !known.contains(b))
             .collect();
         newcomers.sort_unstable();
-        let mut added = Vec::with_capacity(newcomers.len());
-        for base in newcomers {
-            added.push((list.next_uid, base.to_string()));
-            list.next_uid = list
-                .next_uid
-                .checked_add(1)
-                .ok_or(MailboxError::UidsExhausted)?;
-        }
+        let newcomers: Vec<String> = newcomers.into_iter().map(str::to_string).collect();
         drop(known);
         // Entries whose files are gone (expunged by POP3 or by hand) leave
         // the list; their UIDs are never given again since N only grows.
         list.entries.retain(|(_, b)| cur.contains_key(b.as_str()));
-        list.entries.extend(added);
+        if u64::from(list.next_uid) + newcomers.len() as u64 > u64::from(u32::MAX) {
+            self.renumber(&mut list);
+        }
+        for base in newcomers {
+            list.entries.push((list.next_uid, base));
+            // Cannot overflow: checked above, after any renumbering.
+            list.next_uid = list.next_uid.saturating_add(1);
+        }
         lock.commit(&list).map_err(self.io())?;
-        Ok(self.present(list, cur)?.0)
+        Ok(self.present(&dirs.cur, list, cur)?.0)
+    }
+
+    /// The folder's UIDs are used up (RFC 9051 §2.3.1.1 allows no UID past
+    /// 2^32-1, and a UID is never given twice): start again as Dovecot does,
+    /// with a new UIDVALIDITY, the messages renumbered from 1 in their old
+    /// order, and a line in the log. Clients see the new UIDVALIDITY and
+    /// resynchronise; a session with the folder selected is told to leave.
+    /// Runs under the list's lock; mod-sequences and the cache are keyed
+    /// by UIDVALIDITY, so they start again by themselves.
+    fn renumber(&self, list: &mut UidList) {
+        let old_validity = list.validity;
+        let old_next = list.next_uid;
+        let fresh = UidList::fresh();
+        // Larger than the old one, as RFC 9051 §2.3.1.1 requires, even
+        // when the old one came from a clock running ahead.
+        list.validity = fresh.validity.max(old_validity.saturating_add(1)).max(1);
+        for (uid, (old, _)) in (1u32..).zip(list.entries.iter_mut()) {
+            *old = uid;
+        }
+        list.next_uid = list.entries.len() as u32 + 1;
+        tracing::warn!(
+            folder = %self.dir.display(),
+            "UIDs used up (next UID {old_next}): new UIDVALIDITY {} (was {old_validity}), {} messages renumbered",
+            list.validity,
+            list.entries.len()
+        );
     }
 
     /// Sets an entry's flags by renaming its file; returns the entry as it
     /// now is, or `None` if the message has been expunged meanwhile.
     pub fn set_flags(&self, entry: &Entry, flags: Flags) -> Result<Option<Entry>, MailboxError> {
+        let cur = self.cur()?;
         let mut current = entry.info.to_string();
         // Twice at most: a concurrent flag change by another session moves
         // the file under us once; then we take its name from a readdir.
         for _ in 0..3 {
             let info = flags.apply_to_info(&current);
-            let from = self
-                .dir
-                .join("cur")
-                .join(format!("{}:2,{current}", entry.base));
+            let from = format!("{}:2,{current}", entry.base);
             if info == current {
-                if from.exists() {
+                if cur.has(&from) {
                     return Ok(Some(Entry {
                         info: info.into(),
                         ..entry.clone()
                     }));
                 }
             } else {
-                let to = self
-                    .dir
-                    .join("cur")
-                    .join(format!("{}:2,{info}", entry.base));
-                match fs::rename(&from, &to) {
+                let to = format!("{}:2,{info}", entry.base);
+                match cur.rename(&from, &cur, &to) {
                     Ok(()) => {
                         return Ok(Some(Entry {
                             info: info.into(),
@@ -317,7 +399,7 @@ impl Folder {
                     Err(e) => return Err(self.io()(e)),
                 }
             }
-            match read_cur(&self.dir).map_err(self.io())?.remove(&*entry.base) {
+            match read_cur(&cur).map_err(self.io())?.remove(&*entry.base) {
                 Some(info) => current = info.to_string(),
                 None => return Ok(None),
             }
@@ -328,10 +410,11 @@ impl Folder {
     /// Current info of one entry, from the disk (for a flag change that
     /// must start from what other sessions did).
     pub fn refresh(&self, entry: &Entry) -> Result<Option<Entry>, MailboxError> {
-        if self.path_of(entry).exists() {
+        let cur = self.cur()?;
+        if cur.has(&entry.file_name()) {
             return Ok(Some(entry.clone()));
         }
-        Ok(read_cur(&self.dir)
+        Ok(read_cur(&cur)
             .map_err(self.io())?
             .remove(&*entry.base)
             .map(|info| Entry {
@@ -363,13 +446,14 @@ impl Folder {
     pub fn expunge(&self, entries: &[Entry]) -> Result<Vec<u32>, MailboxError> {
         let mut gone = Vec::new();
         let mut bytes = 0i64;
+        let cur = self.cur()?;
         for entry in entries {
-            let removed = match fs::remove_file(self.path_of(entry)) {
+            let removed = match cur.unlink(&entry.file_name()) {
                 Ok(()) => true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // Renamed by a flag change meanwhile: find it.
                     match self.refresh(entry)? {
-                        Some(now) => fs::remove_file(self.path_of(&now)).is_ok(),
+                        Some(now) => cur.unlink(&now.file_name()).is_ok(),
                         None => false,
                     }
                 }
@@ -433,14 +517,20 @@ impl Folder {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let info = flags.apply_to_info("");
-        let to = self.dir.join("cur").join(format!("{name}:2,{info}"));
-        if fs::rename(&delivered, &to).is_err() {
+        let to = format!("{name}:2,{info}");
+        let dirs = self.subdirs()?;
+        let moved = match &dirs.new {
+            Some(new) => new.rename(&name, &dirs.cur, &to),
+            None => Err(io::ErrorKind::NotFound.into()),
+        };
+        if moved.is_err() {
             // A sync moved it to cur/ first (as `name:2,`).
-            let moved = self.dir.join("cur").join(format!("{name}:2,"));
-            fs::rename(&moved, &to).map_err(self.io())?;
+            dirs.cur
+                .rename(&format!("{name}:2,"), &dirs.cur, &to)
+                .map_err(self.io())?;
         }
         if let Some(date) = internal_date
-            && let Ok(file) = fs::File::options().write(true).open(&to)
+            && let Ok(file) = dirs.cur.open_with(&to, OFlags::WRONLY, 0)
         {
             let _ = file.set_modified(date);
         }
@@ -482,6 +572,9 @@ impl Folder {
         }
         let mut placed: Vec<(u32, String)> = Vec::new();
         let mut bytes = 0i64;
+        let from_cur = self.cur()?;
+        let dest_dir = dest.maildir.open_dir().map_err(dest.io())?;
+        let dest_cur = dest_dir.dir("cur").map_err(dest.io())?;
         for entry in entries {
             let Some(entry) = self.refresh(entry)? else {
                 continue;
@@ -493,7 +586,7 @@ impl Folder {
                 crate::store::fsutil::now_secs(),
                 crate::store::fsutil::unique_suffix()
             );
-            let from = self.path_of(&entry);
+            let from = entry.file_name();
             let mut flags = entry.flags();
             let mut mapped = 0u32;
             for (i, letter) in letters.iter().enumerate() {
@@ -505,11 +598,13 @@ impl Folder {
             }
             flags.keywords = mapped;
             let info = flags.apply_to_info(&entry.info);
-            let to = dest.dir.join("cur").join(format!("{base}:2,{info}"));
+            let to = format!("{base}:2,{info}");
             let result = if remove {
-                fs::rename(&from, &to)
+                from_cur.rename(&from, &dest_cur, &to)
             } else {
-                fs::hard_link(&from, &to).or_else(|_| copy_file(&from, &to, &dest.dir))
+                from_cur
+                    .link(&from, &dest_cur, &to)
+                    .or_else(|_| copy_file(&from_cur, &from, &dest_dir, &dest_cur, &to))
             };
             match result {
                 Ok(()) => {}
@@ -539,25 +634,30 @@ impl Folder {
     }
 }
 
-/// Copies a file through the destination's tmp/ (for filesystems without
-/// hard links between the two folders).
-fn copy_file(from: &Path, to: &Path, dest_dir: &Path) -> io::Result<()> {
-    let tmp = dest_dir
-        .join("tmp")
-        .join(format!("copy.{}", crate::store::fsutil::unique_suffix()));
+/// Copies a message through the destination's tmp/ (for filesystems
+/// without hard links between the two folders), never through a symlink.
+fn copy_file(
+    from_cur: &NoFollowDir,
+    from: &str,
+    dest_dir: &NoFollowDir,
+    dest_cur: &NoFollowDir,
+    to: &str,
+) -> io::Result<()> {
+    let tmp_dir = dest_dir.dir("tmp")?;
+    let tmp = format!("copy.{}", crate::store::fsutil::unique_suffix());
     let result = (|| {
-        fs::copy(from, &tmp)?;
-        fs::File::open(&tmp)?.sync_all()?;
-        if let Ok(modified) = fs::metadata(from).and_then(|m| m.modified()) {
-            let _ = fs::File::options()
-                .write(true)
-                .open(&tmp)
-                .and_then(|f| f.set_modified(modified));
+        let mut source = from_cur.open_file(from)?;
+        let mut copy =
+            tmp_dir.open_with(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)?;
+        io::copy(&mut source, &mut copy)?;
+        copy.sync_all()?;
+        if let Ok(modified) = source.metadata().and_then(|m| m.modified()) {
+            let _ = copy.set_modified(modified);
         }
-        fs::rename(&tmp, to)
+        tmp_dir.rename(&tmp, dest_cur, to)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = tmp_dir.unlink(&tmp);
     }
     result
 }

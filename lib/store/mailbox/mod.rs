@@ -42,11 +42,14 @@ pub use name::{MailboxName, NameError};
 /// (the caller then lets its next look see the new one).
 pub(crate) fn open_locked_for_append(path: &Path) -> io::Result<Option<fs::File>> {
     use fs2::FileExt;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // Not through a symlink: one planted here would have us append to (or
+    // create) a file anywhere the mail user may write.
     let file = fs::OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
+        .custom_flags(crate::store::maildir::nofollow_flag())
         .open(path)?;
     file.lock_exclusive()?;
     if fs::metadata(path)?.ino() != file.metadata()?.ino() {
@@ -80,8 +83,6 @@ pub enum MailboxError {
     InboxDelete,
     #[error("the message is gone (expunged by another session)")]
     NoSuchMessage,
-    #[error("this folder has used up its 2^32 UIDs; recreate it")]
-    UidsExhausted,
     #[error(transparent)]
     Maildir(#[from] crate::store::maildir::MaildirError),
     #[error("{}: {error}", path.display())]
@@ -147,14 +148,21 @@ impl Mailbox {
     }
 
     /// Creates INBOX and the special-use folders if missing (first login).
+    /// A special folder that a symlink stands in for is left out (logged):
+    /// the user can still log in and reach the rest.
     pub fn ensure_defaults(&self) -> Result<(), MailboxError> {
         crate::store::maildir::Maildir::new(&self.root).create()?;
         let mut subscribe = Vec::new();
         for (name, _) in SPECIAL_FOLDERS {
             let name = MailboxName::new(name)?;
             if !self.folder(&name).exists() {
-                self.create(&name)?;
-                subscribe.push(name);
+                match self.create(&name) {
+                    Ok(()) => subscribe.push(name),
+                    Err(MailboxError::Maildir(crate::store::maildir::MaildirError::Symlink(e))) => {
+                        tracing::warn!("{e}; folder {name} left out");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         if !subscribe.is_empty() {
@@ -194,7 +202,7 @@ impl Mailbox {
             return Err(MailboxError::InboxDelete);
         }
         let dir = self.dir_of(name);
-        if !dir.join("cur").is_dir() {
+        if !self.folder(name).exists() {
             return Err(MailboxError::NoSuchMailbox);
         }
         // Out of sight in one rename, then removed at leisure: a reader
@@ -240,7 +248,9 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Every folder that exists, INBOX first, then by name.
+    /// Every folder that exists, INBOX first, then by name. A `.Name`
+    /// that is a symlink (or whose `cur/`, `new/` or `tmp/` is one) is not
+    /// a folder and is not listed.
     pub fn list(&self) -> Result<Vec<MailboxName>, MailboxError> {
         let mut names = vec![MailboxName::new("INBOX")?];
         let entries = match fs::read_dir(&self.root) {
@@ -254,11 +264,12 @@ impl Mailbox {
             let Some(disk) = file.to_str().and_then(|f| f.strip_prefix('.')) else {
                 continue;
             };
-            if !entry.path().join("cur").is_dir() {
+            // file_type() does not follow a symlink.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             match MailboxName::from_disk(disk) {
-                Ok(name) if !name.is_inbox() => others.push(name),
+                Ok(name) if !name.is_inbox() && self.folder(&name).exists() => others.push(name),
                 _ => {}
             }
         }

@@ -213,7 +213,7 @@ impl ModSeqs {
     /// Reads what was appended since the last look; true when the file
     /// ended on a whole line.
     fn read(&mut self) -> io::Result<bool> {
-        let file = match File::open(&self.path) {
+        let file = match crate::store::maildir::open_nofollow(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.reset();

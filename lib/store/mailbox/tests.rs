@@ -72,6 +72,60 @@ fn sync_gives_ascending_uids_never_reused() {
 }
 
 #[test]
+fn used_up_uids_renumber_the_folder_with_a_new_uidvalidity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = Mailbox::new(dir.path().join("u"));
+    mb.ensure_defaults().unwrap();
+    let f = inbox(&mb);
+    deliver(mb.root(), "Subject: 1\n\nx\n");
+    deliver(mb.root(), "Subject: 2\n\nx\n");
+    let s = f.sync().unwrap();
+    let bases: Vec<String> = s.entries.iter().map(|e| e.base.to_string()).collect();
+    // The last UIDs of the 32-bit space are taken, and a validity from a
+    // clock far ahead.
+    let far = u32::MAX - 10;
+    fs::write(
+        mb.root().join(uidlist::FILE),
+        format!(
+            "3 V{far} N4294967295\n4294967293 :{}\n4294967294 :{}\n",
+            bases[0], bases[1]
+        ),
+    )
+    .unwrap();
+    let s = f.sync().unwrap();
+    assert_eq!(
+        (s.validity, s.next_uid),
+        (far, u32::MAX),
+        "nothing new: the list stands"
+    );
+    deliver(mb.root(), "Subject: 3\n\nx\n");
+    let s = f
+        .sync()
+        .expect("a folder out of UIDs is renumbered, not stuck");
+    assert!(s.validity > far, "{} > {far}", s.validity);
+    assert_eq!(s.next_uid, 4);
+    let uids: Vec<u32> = s.entries.iter().map(|e| e.uid).collect();
+    assert_eq!(uids, [1, 2, 3]);
+    assert_eq!(&*s.entries[0].base, bases[0], "the old order is kept");
+    assert_eq!(&*s.entries[1].base, bases[1]);
+    // Stable afterwards.
+    let again = f.sync().unwrap();
+    assert_eq!((again.validity, again.entries), (s.validity, s.entries));
+
+    // A list whose last entry already holds 4294967295 gives nothing twice.
+    fs::write(
+        mb.root().join(uidlist::FILE),
+        format!("3 V7 N5\n4294967295 :{}\n", bases[0]),
+    )
+    .unwrap();
+    deliver(mb.root(), "Subject: 4\n\nx\n");
+    let s = f.sync().unwrap();
+    let uids: Vec<u32> = s.entries.iter().map(|e| e.uid).collect();
+    assert_eq!(uids, [1, 2, 3, 4]);
+    assert!(s.validity > 7);
+}
+
+#[test]
 fn flags_rename_and_concurrent_change_is_followed() {
     let dir = tempfile::tempdir().unwrap();
     let mb = Mailbox::new(dir.path().join("u"));
@@ -225,4 +279,71 @@ async fn watcher_wakes_on_delivery() {
     drop(w2);
     drop(w);
     assert_eq!(watcher.watched(), 0);
+}
+
+#[test]
+fn symlinked_folders_and_messages_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = Mailbox::new(dir.path().join("u1"));
+    let other = Mailbox::new(dir.path().join("u2"));
+    mb.ensure_defaults().unwrap();
+    other.ensure_defaults().unwrap();
+    deliver(other.root(), "Subject: not yours\n\nsecret\n");
+    let theirs = inbox(&other).sync().unwrap().entries;
+    let n = |s: &str| MailboxName::new(s).unwrap();
+
+    // A folder that is a symlink to another mailbox, and one whose cur/ is.
+    std::os::unix::fs::symlink("../u2", mb.root().join(".Evil")).unwrap();
+    for sub in ["new", "tmp"] {
+        fs::create_dir_all(mb.root().join(".Half").join(sub)).unwrap();
+    }
+    std::os::unix::fs::symlink("../../u2/cur", mb.root().join(".Half/cur")).unwrap();
+    let listed: Vec<String> = mb.list().unwrap().iter().map(|n| n.to_string()).collect();
+    assert!(
+        !listed.iter().any(|l| l == "Evil" || l == "Half"),
+        "{listed:?}"
+    );
+    for name in ["Evil", "Half"] {
+        let f = mb.folder(&n(name));
+        assert!(!f.exists(), "{name}");
+        assert!(
+            matches!(f.sync(), Err(MailboxError::NoSuchMailbox)),
+            "{name}"
+        );
+        assert!(matches!(
+            mb.delete(&n(name)),
+            Err(MailboxError::NoSuchMailbox)
+        ));
+    }
+    assert!(matches!(
+        mb.create(&n("Evil")),
+        Err(MailboxError::Maildir(
+            crate::store::maildir::MaildirError::Symlink(_)
+        ))
+    ));
+    // A symlinked special folder does not stop a login.
+    fs::remove_dir_all(mb.root().join(".Junk")).unwrap();
+    std::os::unix::fs::symlink("../u2", mb.root().join(".Junk")).unwrap();
+    mb.ensure_defaults().unwrap();
+
+    // A message file that is a symlink gets no UID.
+    let f = inbox(&mb);
+    let target = other.root().join("cur").join(theirs[0].file_name());
+    std::os::unix::fs::symlink(&target, mb.root().join("cur/100.evil.h:2,")).unwrap();
+    std::os::unix::fs::symlink(&target, mb.root().join("new/101.evil.h")).unwrap();
+    deliver(mb.root(), "Subject: mine\n\nx\n");
+    let s = f.sync().unwrap();
+    assert_eq!(s.entries.len(), 1, "{:?}", s.entries);
+    // One replaced by a symlink after it got its UID is not opened.
+    let mine = &s.entries[0];
+    fs::remove_file(f.path_of(mine)).unwrap();
+    std::os::unix::fs::symlink(&target, f.path_of(mine)).unwrap();
+    let err = f.open_message(mine).unwrap_err();
+    assert!(
+        crate::store::maildir::symlink_refused(&err).is_some(),
+        "{err}"
+    );
+    assert_eq!(f.internal_date(mine), None);
+    // Their mailbox is as it was.
+    assert_eq!(inbox(&other).sync().unwrap().entries, theirs);
 }

@@ -74,10 +74,10 @@ impl UidList {
     /// Lines that do not parse are skipped: their messages get new UIDs,
     /// which is the safe direction.
     pub fn read(dir: &Path) -> io::Result<Option<UidList>> {
-        let text = match fs::read(dir.join(FILE)) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        // A symlink in its place is not followed: no list, and the next
+        // write replaces the link with a list of this folder's own.
+        let Some(text) = crate::store::maildir::read_side_file(&dir.join(FILE))? else {
+            return Ok(None);
         };
         Ok(UidList::parse(&String::from_utf8_lossy(&text)))
     }
