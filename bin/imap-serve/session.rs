@@ -28,10 +28,10 @@ use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::watch::Watcher;
 use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
 };
+use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
 
 use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};

@@ -14,7 +14,7 @@
 //! and at the root, `subscriptions` (one modified-UTF-7 name per line) and
 //! `maildirsize` (quota, maildir.rs). Modules: [`name`] (what a folder may
 //! be called, modified UTF-7), [`uidlist`], [`flags`], [`folder`] (sync and
-//! message operations), [`watch`] (inotify, for IMAP IDLE).
+//! message operations); IMAP IDLE waits on `crate::store::watch`.
 //!
 //! Beside them, two files of postroom's own, so that the two above stay
 //! Dovecot's format: `postroom-modseq` ([`modseq`], CONDSTORE and QRESYNC)
@@ -26,7 +26,6 @@ pub mod folder;
 pub mod modseq;
 pub mod name;
 pub mod uidlist;
-pub mod watch;
 
 use std::fs;
 use std::io;
