@@ -248,6 +248,11 @@ class View:
         ok(self.M.noop()); self.apply()
         data = ok(self.M.fetch("1:*", "(UID)")) if self.uids else []
         seen = [int(re.match(rb"\d+ \(UID (\d+)\)", d).group(1)) for d in data if d]
+        # A delivery may be announced (EXISTS) before this FETCH's answers,
+        # and 1:* then covers it, or after them, and the next apply() takes
+        # it: RFC 3501 lets EXISTS come at any time.
+        if len(seen) > len(self.uids) and "EXISTS" in self.M.untagged_responses:
+            self.uids.extend(seen[len(self.uids):])
         assert seen == self.uids, (seen, self.uids)
         assert self.uids == sorted(self.uids)
 
