@@ -174,8 +174,7 @@ fn burst(
             })
             .collect();
         for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("client panicked"))??;
+            h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
         }
     } else {
         for i in 0..clients {
@@ -198,9 +197,7 @@ fn burst(
 
 /// A connection to 127.0.0.1:`port` from 127.0.0.(2 + i % 250).
 fn connect_from(i: usize, port: u16) -> anyhow::Result<TcpStream> {
-    use nix::sys::socket::{
-        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket,
-    };
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
     let octet = 2 + (i % 250) as u8;
     let fd = socket(
         AddressFamily::Inet,
@@ -208,10 +205,13 @@ fn connect_from(i: usize, port: u16) -> anyhow::Result<TcpStream> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(
-        Ipv4Addr::new(127, 0, 0, octet),
-        0,
-    )))?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(
+            Ipv4Addr::new(127, 0, 0, octet),
+            0,
+        )),
+    )?;
     connect(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))?;
     let stream = TcpStream::from(fd);
     stream.set_read_timeout(Some(Duration::from_secs(300)))?;
