@@ -571,6 +571,8 @@ fn inetd_mode_over_pipes() {
     let mut child = Command::new(bin("imap-serve"))
         .arg("--config")
         .arg(&tree.config)
+        // A pipe that names no peer is not loopback (auth.plaintext).
+        .env("REMOTE_ADDR", "127.0.0.1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
