@@ -165,18 +165,65 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
-    /// Allow passwords over unencrypted connections from non-loopback peers.
-    /// Loopback always counts as secure, as in Dovecot.
+    /// Where a password may cross without TLS (see [`Plaintext`]); `None`
+    /// when not set, so that it can be told from `allow_plaintext`.
+    pub plaintext: Option<Plaintext>,
+    /// The older spelling of `plaintext = "always"`, still read.
     pub allow_plaintext: bool,
     /// Scheme `postroom passwd` and `user add` hash new passwords with.
     pub default_scheme: String,
+    /// Networks (CIDR) whose failed logins slow down no one by address,
+    /// e.g. a webmail host: only the account-wide back-off applies.
+    pub trusted_networks: Vec<String>,
 }
 
 impl Default for Auth {
     fn default() -> Self {
         Auth {
+            plaintext: None,
             allow_plaintext: false,
             default_scheme: "ARGON2ID".into(),
+            trusted_networks: Vec::new(),
+        }
+    }
+}
+
+impl Auth {
+    /// The rule in force: `plaintext`, else `always` if `allow_plaintext`,
+    /// else the Dovecot-like `loopback`.
+    pub fn plaintext_rule(&self) -> Plaintext {
+        match (self.plaintext, self.allow_plaintext) {
+            (Some(rule), _) => rule,
+            (None, true) => Plaintext::Always,
+            (None, false) => Plaintext::Loopback,
+        }
+    }
+}
+
+/// `auth.plaintext`: which clients may send a password without TLS.
+/// Under TLS a password may always be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plaintext {
+    /// Only under TLS.
+    Never,
+    /// Under TLS, or from a loopback address: a TCP peer on 127.0.0.0/8 or
+    /// ::1, or a pipe whose launcher says so in `REMOTE_ADDR` or
+    /// `TCPREMOTEIP`. A pipe with no peer address at all does not count:
+    /// it may be anything, a local proxy included.
+    Loopback,
+    /// From anyone (passwords may cross the network in clear).
+    Always,
+}
+
+impl Plaintext {
+    /// Whether a client at `peer` (`None`: a pipe that names no peer) may
+    /// send a password in clear under this rule.
+    pub fn allows(self, peer: Option<IpAddr>) -> bool {
+        match self {
+            Plaintext::Never => false,
+            Plaintext::Loopback => peer.is_some_and(|ip| ip.to_canonical().is_loopback()),
+            Plaintext::Always => true,
         }
     }
 }
@@ -622,6 +669,19 @@ impl Config {
                 ));
             }
         }
+        if self.auth.allow_plaintext
+            && let Some(rule) = self.auth.plaintext
+            && rule != Plaintext::Always
+        {
+            return Err(format!(
+                "auth.allow_plaintext = true contradicts auth.plaintext = {:?} (keep only auth.plaintext)",
+                format!("{rule:?}").to_lowercase()
+            ));
+        }
+        for network in &self.auth.trusted_networks {
+            crate::proto::smtp::Network::parse(network)
+                .map_err(|e| format!("auth.trusted_networks: {e}"))?;
+        }
         for network in &self.smtp.relay_networks {
             crate::proto::smtp::Network::parse(network)
                 .map_err(|e| format!("smtp.relay_networks: {e}"))?;
@@ -735,10 +795,10 @@ impl Config {
     }
 }
 
-/// True when a password may be sent in clear by this peer: loopback always,
-/// others only when the config allows plaintext.
+/// True when a password may be sent in clear (without TLS) by this peer
+/// (`None`: a pipe that names no peer), under `auth.plaintext`.
 pub fn plaintext_allowed(config: &Config, peer: Option<IpAddr>) -> bool {
-    config.auth.allow_plaintext || peer.is_none_or(|ip| ip.is_loopback())
+    config.auth.plaintext_rule().allows(peer)
 }
 
 /// Parses `30`, `30s`, `5m`, `4h`, `5d`, `1w` or `250ms` into a duration
@@ -868,5 +928,34 @@ mod tests {
         c.dir = PathBuf::from("/srv/mail");
         assert_eq!(c.queue_dir(), PathBuf::from("/var/q"));
         assert_eq!(c.users_file(), PathBuf::from("/srv/mail/users"));
+    }
+
+    #[test]
+    fn plaintext_rule_and_its_older_spelling() {
+        let rule = |auth: &str| {
+            Config::parse(&format!("hostname = \"h.test\"\n[auth]\n{auth}\n"))
+                .map(|c| c.auth.plaintext_rule())
+        };
+        let (lo, remote) = (
+            Some("127.0.0.1".parse().unwrap()),
+            Some("192.0.2.1".parse().unwrap()),
+        );
+        assert_eq!(rule(""), Ok(Plaintext::Loopback));
+        assert_eq!(rule("allow_plaintext = true"), Ok(Plaintext::Always));
+        assert_eq!(rule("plaintext = \"never\""), Ok(Plaintext::Never));
+        let e = rule("plaintext = \"never\"\nallow_plaintext = true").unwrap_err();
+        assert!(e.contains("contradicts"), "{e}");
+        assert!(rule("plaintext = \"sometimes\"").is_err());
+        assert!(Plaintext::Loopback.allows(lo));
+        assert!(Plaintext::Loopback.allows(Some("::ffff:127.0.0.2".parse().unwrap())));
+        assert!(!Plaintext::Loopback.allows(remote));
+        // A pipe that names no peer may be a local proxy: not loopback.
+        assert!(!Plaintext::Loopback.allows(None));
+        assert!(!Plaintext::Never.allows(lo));
+        assert!(Plaintext::Always.allows(None) && Plaintext::Always.allows(remote));
+        let e =
+            Config::parse("hostname = \"h.test\"\n[auth]\ntrusted_networks = [\"10.0.0.0/33\"]\n")
+                .unwrap_err();
+        assert!(e.contains("auth.trusted_networks"), "{e}");
     }
 }

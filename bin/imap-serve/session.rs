@@ -2,8 +2,8 @@
 //! table of RFC 9051/3501 and its extensions, and keeping the client's view
 //! of the selected folder in step with the disk.
 //!
-//! Policy: LOGIN and AUTHENTICATE only over TLS or loopback (unless
-//! `auth.allow_plaintext`), with the failure back-off of `authlimit`.
+//! Policy: LOGIN and AUTHENTICATE only where `auth.plaintext` allows them
+//! (TLS or loopback by default), with the failure back-off of `authlimit`.
 //! Literals are refused before a byte of them is read when they pass the
 //! limits (`limits.message_size` for APPEND, 64 KiB otherwise); a
 //! non-synchronizing literal over the limit ends the session, since its
@@ -246,7 +246,8 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
 
 impl Session {
     fn may_authenticate(&self) -> bool {
-        self.conn.is_secure() || self.shared.config.auth.allow_plaintext
+        self.conn
+            .may_send_password(self.shared.config.auth.plaintext_rule())
     }
 
     pub fn capabilities(&self) -> String {
@@ -804,10 +805,11 @@ impl Session {
 
     async fn check_password(&mut self, login: String, password: String) -> Result<Done, NetError> {
         let users = self.shared.users();
-        let limit = AuthLimit::new(self.shared.config.state_dir());
+        let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
+        let tried = login.clone();
         let checked = limit
-            .check(ip, &login.clone(), move || {
+            .check(ip, &tried, move || {
                 users.authenticate(&login, &password).map(|u| u.cloned())
             })
             .await;
@@ -840,7 +842,7 @@ impl Session {
             }
             Ok(None) => {
                 self.auth_failures += 1;
-                tracing::info!(failures = self.auth_failures, "authentication failed");
+                tracing::info!(login = ?tried, failures = self.auth_failures, "authentication failed");
                 if self.auth_failures >= AUTH_FAILURES_MAX {
                     self.conn
                         .write(b"* BYE too many authentication failures\r\n");

@@ -7,8 +7,8 @@
 //! session that ends any other way (the client hangs up, goes idle, runs
 //! past `limits.session_timeout`) removes nothing.
 //!
-//! Policy: the access file's IP rules at connect; passwords only over TLS
-//! or from loopback unless `auth.allow_plaintext`; failed logins wait
+//! Policy: the access file's IP rules at connect; passwords only where
+//! `auth.plaintext` allows them (TLS or loopback by default); failed logins wait
 //! before the answer (`authlimit`, counted per address and account across
 //! processes) and the third in a session ends it; `limits.errors` unknown,
 //! malformed, over-long or out-of-state commands end it too.
@@ -235,10 +235,11 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    /// Passwords may cross this connection: TLS, loopback, a local pipe,
-    /// or the config allows plain text.
+    /// Passwords may cross this connection: TLS, or what `auth.plaintext`
+    /// allows.
     fn may_authenticate(&self) -> bool {
-        self.conn.is_secure() || self.shared.config.auth.allow_plaintext
+        self.conn
+            .may_send_password(self.shared.config.auth.plaintext_rule())
     }
 
     /// RFC 2449 §5; what is offered depends on the state and on TLS.
@@ -364,24 +365,33 @@ impl Session {
     /// takes the mailbox snapshot.
     async fn login(&mut self, login: String, password: Password) -> Result<Next, NetError> {
         let users = self.shared.users();
-        let limit = AuthLimit::new(self.shared.config.state_dir());
+        let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
-        let shared = self.shared.clone();
-        // The snapshot is taken on the same blocking thread as the check.
-        let opened = limit
-            .check(ip, &login.clone(), move || {
-                let user = match users.authenticate(&login, &password.0) {
-                    Ok(Some(user)) => user,
-                    Ok(None) => return Ok(None),
-                    Err(e) => return Err(format!("password check failed: {e}")),
-                };
-                let maildir = users::maildir_of(&shared.config, user);
-                let address = user.address.clone();
-                Maildrop::open(maildir)
-                    .map(|drop| Some((address, drop)))
-                    .map_err(|e| format!("cannot read the mailbox: {e}"))
+        let tried = login.clone();
+        let checked = limit
+            .check(ip, &tried, move || {
+                users
+                    .authenticate(&login, &password.0)
+                    .map(|user| user.cloned())
+                    .map_err(|e| format!("password check failed: {e}"))
             })
             .await;
+        // The snapshot is taken after the check, outside the permits that
+        // bound password checks: a big mailbox must not hold one.
+        let opened = match checked {
+            Ok(Some(user)) => {
+                let maildir = users::maildir_of(&self.shared.config, &user);
+                tokio::task::spawn_blocking(move || {
+                    Maildrop::open(maildir)
+                        .map(|drop| Some((user.address, drop)))
+                        .map_err(|e| format!("cannot read the mailbox: {e}"))
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("cannot read the mailbox: {e}")))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         match opened {
             Ok(Some((login, maildrop))) => {
                 let (count, octets) = maildrop.stat();
@@ -391,7 +401,7 @@ impl Session {
             }
             Ok(None) => {
                 self.auth_failures += 1;
-                tracing::info!(failures = self.auth_failures, "authentication failed");
+                tracing::info!(login = ?tried, failures = self.auth_failures, "authentication failed");
                 self.err("[AUTH] authentication failed");
                 if self.auth_failures >= AUTH_FAILURES_MAX {
                     self.err("too many failed logins, closing");

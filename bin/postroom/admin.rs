@@ -129,7 +129,7 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
          mail = \"mail\"\nqueue = \"queue\"\nlists = \"lists\"\nstate = \"state\"\n\n\
          [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\n\
          [limits]\nmessage_size = \"35M\"\nrecipients = 1000\nidle_timeout = \"5m\"\n\n\
-         [auth]\n# Passwords over unencrypted connections are refused except from loopback.\nallow_plaintext = false\n"
+         [auth]\n# Where passwords may cross without TLS: never, loopback (the default) or always.\n# plaintext = \"loopback\"\n"
     );
     let files = [
         (

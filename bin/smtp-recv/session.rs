@@ -2,10 +2,10 @@
 //!
 //! Replies are buffered and sent when the client has nothing more in
 //! flight (RFC 2920 PIPELINING). Policy, in the order a session meets it:
-//! the client must say EHLO/HELO; AUTH only over TLS or loopback (unless
-//! `auth.allow_plaintext`), and STARTTLS forgets it with everything else;
-//! in `--submission` mode MAIL needs AUTH; after AUTH, on any port, the
-//! sender must be one of the user's addresses (unless
+//! the client must say EHLO/HELO; AUTH only where `auth.plaintext` allows
+//! it (TLS or loopback by default), and STARTTLS forgets it with everything
+//! else; in `--submission` mode MAIL needs AUTH; after AUTH, on any port,
+//! the sender must be one of the user's addresses (unless
 //! `smtp.auth_sender_check` says otherwise); RCPT for a local domain must
 //! resolve to a user, alias or catch-all; RCPT elsewhere needs AUTH or a
 //! client in `smtp.relay_networks`. `%`, `!`, quoted local parts and source
@@ -670,7 +670,8 @@ impl Session {
     }
 
     fn may_authenticate(&self) -> bool {
-        self.conn.is_secure() || self.shared.config.auth.allow_plaintext
+        self.conn
+            .may_send_password(self.shared.config.auth.plaintext_rule())
     }
 
     async fn starttls(&mut self) -> Result<(), NetError> {
@@ -761,10 +762,11 @@ impl Session {
             return Ok(Next::Continue);
         };
         let directory = self.shared.directory();
-        let limit = AuthLimit::new(self.shared.config.state_dir());
+        let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
+        let tried = login.clone();
         let checked = limit
-            .check(ip, &login.clone(), move || {
+            .check(ip, &tried, move || {
                 let users = directory.users();
                 users
                     .authenticate(&login, &password)
@@ -783,7 +785,7 @@ impl Session {
             }
             Ok(None) => {
                 self.auth_failures += 1;
-                tracing::info!(failures = self.auth_failures, "authentication failed");
+                tracing::info!(login = ?tried, failures = self.auth_failures, "authentication failed");
                 self.error(Reply::new(535, "5.7.8", "authentication failed"));
                 if self.auth_failures >= AUTH_FAILURES_MAX {
                     self.reply(Reply::new(421, "4.7.0", "too many authentication failures"));

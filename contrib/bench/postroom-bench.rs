@@ -14,7 +14,8 @@
 //! asserts nothing but that every message arrived.
 //!
 //! `postroom-bench smtp` and `postroom-bench pop3` measure the servers on
-//! loopback; see `smtp.rs` and `pop3.rs`.
+//! loopback; see `smtp.rs` and `pop3.rs`. `postroom-bench auth` measures
+//! what a burst of failed logins costs each server (`auth.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod imap;
 mod list;
 mod pop3;
@@ -108,6 +110,15 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
     },
+    /// Failed logins at once and in turn: peak and settled RSS, threads.
+    Auth {
+        /// Failed logins per server and run.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Seconds after the last answer for the settled figure.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+    },
 }
 
 pub const MESSAGE_SIZE: usize = 4096;
@@ -131,6 +142,7 @@ fn main() -> ExitCode {
             sessions,
         } => pop3::run(&base, messages, size, big, sessions),
         Bench::Imap { messages, idle } => imap::run(&base, messages, idle),
+        Bench::Auth { clients, settle } => auth::run(&base, clients, settle),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {

@@ -17,11 +17,22 @@ pub struct Server {
 
 impl Server {
     pub fn start(binary: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
+        Server::start_with(binary, config, port, &[])
+    }
+
+    /// [`Server::start`] with `extra` flags (`--submission`).
+    pub fn start_with(
+        binary: &Path,
+        config: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Server> {
         let name = binary.file_name().unwrap_or_default().to_string_lossy();
         let child = Command::new(binary)
             .arg("--config")
             .arg(config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("POSTROOM_LOG", "warn")
             .stderr(Stdio::null())
             .spawn()

@@ -46,7 +46,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::config::Limits;
+use crate::config::{Limits, Plaintext};
 
 /// Bytes read from the socket at a time, and the only input buffer a
 /// connection keeps while idle.
@@ -824,14 +824,18 @@ impl Connection {
         self.tls.clone()
     }
 
-    /// Whether a password may cross this connection in clear: under TLS,
-    /// or from a loopback peer, or with no network peer at all (a local
-    /// pipe). The config may allow more (`config::plaintext_allowed`).
+    /// Whether a password may cross this connection: under TLS always,
+    /// otherwise as `rule` (`auth.plaintext`) says for this peer. A pipe
+    /// without `REMOTE_ADDR`/`TCPREMOTEIP` has no peer and is loopback to
+    /// no rule: behind a local proxy anything could be on its other end.
+    pub fn may_send_password(&self, rule: Plaintext) -> bool {
+        self.tls.is_some() || rule.allows(self.peer.map(|p| p.ip()))
+    }
+
+    /// [`Connection::may_send_password`] under the default rule
+    /// (`loopback`).
     pub fn is_secure(&self) -> bool {
-        self.tls.is_some()
-            || self
-                .peer
-                .is_none_or(|p| p.ip().to_canonical().is_loopback())
+        self.may_send_password(Plaintext::Loopback)
     }
 
     /// Reads one line, terminator included, ending at LF. Bare LF and bare
@@ -1491,7 +1495,11 @@ mod tests {
         let mapped = Connection::new(a, Some("[::ffff:127.0.0.1]:1".parse().unwrap()), "x", IDLE);
         assert!(mapped.is_secure());
         let (a, _b) = tokio::io::duplex(64);
-        assert!(Connection::new(a, None, "x", IDLE).is_secure());
+        let pipe = Connection::new(a, None, "x", IDLE);
+        assert!(!pipe.is_secure(), "a pipe that names no peer");
+        assert!(pipe.may_send_password(Plaintext::Always));
+        assert!(!mapped.may_send_password(Plaintext::Never));
+        assert!(!remote.may_send_password(Plaintext::Loopback));
     }
 
     /// Memory of idle sessions: run with
