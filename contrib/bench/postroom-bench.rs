@@ -14,7 +14,8 @@
 //! asserts nothing but that every message arrived.
 //!
 //! `postroom-bench smtp` and `postroom-bench pop3` measure the servers on
-//! loopback; see `smtp.rs` and `pop3.rs`.
+//! loopback; see `smtp.rs` and `pop3.rs`. `postroom-bench net` measures the
+//! connection layer alone (`net.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ use clap::{Parser, Subcommand};
 
 mod imap;
 mod list;
+mod net;
 mod pop3;
 mod send;
 mod server;
@@ -56,6 +58,12 @@ enum Bench {
         /// cost drifts by several times within a minute.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// postroom::net alone: resident memory per idle connection.
+    Net {
+        /// Idle sessions held open (each with its client in this process).
+        #[arg(long, default_value_t = 4000)]
+        sessions: usize,
     },
     /// smtp-recv under load: rates, dot-to-250 latency, greeting time, RSS.
     Smtp {
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
         .join(format!("postroom-bench-{}", std::process::id()));
     let result = match cli.bench {
         Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
+        Bench::Net { sessions } => net::run(sessions),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
         Bench::Send { messages } => send::run(&base, messages),
         Bench::List { members } => list::run(&base, members),
