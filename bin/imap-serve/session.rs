@@ -18,20 +18,20 @@
 //! STORE or SEARCH by sequence number, RFC 3501 §7.4.1), EXISTS, and FETCH
 //! FLAGS for flags other sessions changed.
 
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use postroom::config::Config;
 use postroom::directory::access::Access;
 use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::reloading::Reloading;
 use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::watch::Watcher;
 use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
 };
+use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
 
 use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
@@ -51,7 +51,8 @@ const LITERALS_MAX: usize = 1000;
 pub struct Shared {
     pub config: Config,
     tls: Option<TlsAcceptor>,
-    users: Mutex<(Arc<Users>, Arc<Access>, Option<SystemTime>)>,
+    users: Reloading<Users>,
+    access: Reloading<Access>,
     /// None when inotify is unavailable: IDLE then re-syncs on its timer.
     watcher: Option<Watcher>,
 }
@@ -59,9 +60,20 @@ pub struct Shared {
 impl Shared {
     /// Call inside the runtime (the watcher registers with it).
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = Users::load(&config.users_file())?;
-        let access = Access::load(&config.access_file())?;
-        let stamp = users_stamp(&config);
+        let users = {
+            let file = config.users_file();
+            Reloading::new(vec![file.clone()], || Users::load(&file), {
+                let file = file.clone();
+                move || Users::reload(&file)
+            })?
+        };
+        let access = {
+            let file = config.access_file();
+            Reloading::new(vec![file.clone()], || Access::load(&file), {
+                let file = file.clone();
+                move || Access::load(&file)
+            })?
+        };
         let watcher = match Watcher::new() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -72,7 +84,8 @@ impl Shared {
         Ok(Shared {
             config,
             tls,
-            users: Mutex::new((Arc::new(users), Arc::new(access), stamp)),
+            users,
+            access,
             watcher,
         })
     }
@@ -81,29 +94,16 @@ impl Shared {
         self.watcher.as_ref()
     }
 
-    /// The users and access rules, reloaded when the users file changed; a
-    /// file that no longer parses keeps the last good one (logged).
-    fn current(&self) -> (Arc<Users>, Arc<Access>) {
-        let now = users_stamp(&self.config);
-        let mut guard = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.2 != now {
-            match (
-                Users::reload(&self.config.users_file()),
-                Access::load(&self.config.access_file()),
-            ) {
-                (Ok(u), Ok(a)) => *guard = (Arc::new(u), Arc::new(a), now),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!("keeping the previous users/access: {e}")
-                }
-            }
-        }
-        (guard.0.clone(), guard.1.clone())
+    /// The users, reloaded if the file changed; a version that does not
+    /// load keeps the last good one in force (logged).
+    fn users(&self) -> Arc<Users> {
+        self.users.current()
     }
-}
 
-fn users_stamp(config: &Config) -> Option<SystemTime> {
-    let m = |p: std::path::PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    m(config.users_file()).max(m(config.access_file()))
+    /// The access rules, reloaded the same way.
+    fn access(&self) -> Arc<Access> {
+        self.access.current()
+    }
 }
 
 /// The logged-in user.
@@ -226,7 +226,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         auth_failures: 0,
     };
     if let Some(ip) = session.conn.peer().map(|p| p.ip())
-        && !session.shared.current().1.allows(ip)
+        && !session.shared.access().allows(ip)
     {
         tracing::info!("refused by the access file");
         session.conn.write(b"* BYE access denied\r\n");
@@ -803,7 +803,7 @@ impl Session {
     }
 
     async fn check_password(&mut self, login: String, password: String) -> Result<Done, NetError> {
-        let (users, _) = self.shared.current();
+        let users = self.shared.users();
         let limit = AuthLimit::new(self.shared.config.state_dir());
         let ip = self.conn.peer().map(|p| p.ip());
         let checked = limit

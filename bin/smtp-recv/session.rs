@@ -11,8 +11,7 @@
 //! client in `smtp.relay_networks`. `%`, `!`, quoted local parts and source
 //! routes never route anything: an address is local or it is relaying.
 
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use base64::Engine;
 use postroom::config::Config;
@@ -20,6 +19,7 @@ use postroom::delivery::deliver::{self, Early};
 use postroom::directory::access::Access;
 use postroom::directory::aliases::{Directory, ResolveError, Target};
 use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::reloading::Reloading;
 use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::smtp::{
@@ -44,16 +44,13 @@ pub struct Shared {
     submission: bool,
     tls: Option<TlsAcceptor>,
     relay_networks: Vec<Network>,
-    directory: Mutex<(Arc<Directory>, Arc<Access>, Stamp)>,
+    directory: Reloading<Directory>,
+    access: Reloading<Access>,
     /// Only when `smtp.dnsbl` names zones.
     resolver: Option<hickory_resolver::TokioResolver>,
     /// Only when SPF, DKIM or DMARC checks are on.
     authenticator: Option<mail_auth::MessageAuthenticator>,
 }
-
-/// Modification times of the users, aliases, domains and access files: a
-/// standalone server reloads them when an admin changes one.
-type Stamp = Vec<Option<SystemTime>>;
 
 impl Shared {
     pub fn new(
@@ -67,9 +64,25 @@ impl Shared {
             .iter()
             .map(|n| Network::parse(n).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?;
-        let directory = Directory::load(&config)?;
-        let access = Access::load(&config.access_file())?;
-        let stamp = stamp(&config);
+        let directory = {
+            let files = vec![
+                config.users_file(),
+                config.aliases_file(),
+                config.domains_file(),
+            ];
+            let reload = {
+                let config = config.clone();
+                move || Directory::reload(&config)
+            };
+            Reloading::new(files, || Directory::load(&config), reload)?
+        };
+        let access = {
+            let file = config.access_file();
+            Reloading::new(vec![file.clone()], || Access::load(&file), {
+                let file = file.clone();
+                move || Access::load(&file)
+            })?
+        };
         let resolver = if config.smtp.dnsbl.is_empty() {
             None
         } else {
@@ -88,51 +101,22 @@ impl Shared {
             submission,
             tls,
             relay_networks,
-            directory: Mutex::new((Arc::new(directory), Arc::new(access), stamp)),
+            directory,
+            access,
         })
     }
 
-    /// The directory and access rules, reloaded if one of their files
-    /// changed. A file that no longer parses keeps the last good version in
+    /// The users, aliases and domains, reloaded if one of their files
+    /// changed; a version that does not load keeps the last good one in
     /// force (logged), so a typo does not stop mail.
-    fn current(&self) -> (Arc<Directory>, Arc<Access>) {
-        let now = stamp(&self.config);
-        let mut guard = match self.directory.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if guard.2 != now {
-            match (
-                Directory::reload(&self.config),
-                Access::load(&self.config.access_file()),
-            ) {
-                (Ok(d), Ok(a)) => *guard = (Arc::new(d), Arc::new(a), now),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!("keeping the previous users/aliases/domains/access: {e}")
-                }
-            }
-        }
-        (guard.0.clone(), guard.1.clone())
-    }
-
     fn directory(&self) -> Arc<Directory> {
-        self.current().0
+        self.directory.current()
     }
 
+    /// The access rules, reloaded the same way.
     fn access(&self) -> Arc<Access> {
-        self.current().1
+        self.access.current()
     }
-}
-
-fn stamp(config: &Config) -> Stamp {
-    [
-        config.users_file(),
-        config.aliases_file(),
-        config.domains_file(),
-    ]
-    .iter()
-    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-    .collect()
 }
 
 /// One mail transaction, MAIL to the end of DATA.

@@ -28,6 +28,7 @@ use clap::Parser;
 use postroom::config::Config;
 use postroom::net::tls::ClientTls;
 use postroom::store::queue::QueueId;
+use postroom::store::watch::Watcher;
 use tokio::sync::Notify;
 
 use remote::Dispatcher;
@@ -158,11 +159,19 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let queue = postroom::store::queue::Queue::from_config(&config);
     queue.create()?;
-    let hints = Hints::watch(&queue.root().join("todo"))?;
+    // Hints arriving in todo/ wake the loop (one inotify for the process,
+    // as IMAP IDLE uses); without inotify the minute's timer does.
+    let todo = queue.root().join("todo");
+    let watcher = Watcher::new().context("inotify")?;
+    let mut hints = watcher
+        .watch_arrivals(&todo)
+        .with_context(|| format!("watching {}", todo.display()))?;
     // Read once: the system's certificate store takes a while to load.
     let tls = postroom::net::tls::client_configs(&config)?;
     let mut full = true;
     while !stopping.load(Ordering::Relaxed) {
+        // Hints from here on wake the next wait, even during the pass.
+        hints.mark_seen();
         let only = if full { None } else { Some(queue.todo()?) };
         let runner = match one_pass(&config, &tls, &stopping, &Selection::Due, only).await {
             Ok(runner) => Some(runner),
@@ -182,7 +191,7 @@ async fn watch(
             at => at.saturating_sub(now).clamp(1, 60),
         };
         tokio::select! {
-            _ = hints.wait() => full = false,
+            _ = hints.changed() => full = false,
             _ = tokio::time::sleep(Duration::from_secs(wait)) => full = true,
             _ = stop.notified() => break,
         }
@@ -205,38 +214,4 @@ fn watch_signals(stopping: Arc<AtomicBool>, stop: Arc<Notify>) -> anyhow::Result
         stop.notify_one();
     });
     Ok(())
-}
-
-/// inotify on `todo/`: wakes when a hint file appears. A thread blocks
-/// on the inotify descriptor and rings a bell the async side waits on (a
-/// ring while nobody waits is kept for the next wait).
-struct Hints {
-    bell: Arc<Notify>,
-}
-
-impl Hints {
-    fn watch(dir: &std::path::Path) -> anyhow::Result<Hints> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).context("inotify")?;
-        inotify
-            .add_watch(
-                dir,
-                AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB,
-            )
-            .with_context(|| format!("watching {}", dir.display()))?;
-        let bell = Arc::new(Notify::new());
-        let ringer = bell.clone();
-        std::thread::spawn(move || {
-            // Which events does not matter: the pass reads `todo/` itself.
-            while inotify.read_events().is_ok() {
-                ringer.notify_one();
-            }
-            tracing::warn!("inotify stopped; new mail waits for the next timed pass");
-        });
-        Ok(Hints { bell })
-    }
-
-    async fn wait(&self) {
-        self.bell.notified().await;
-    }
 }

@@ -6,5 +6,6 @@ pub mod aliases;
 pub mod authlimit;
 pub mod domains;
 pub mod password;
+pub mod reloading;
 pub mod sasl;
 pub mod users;

@@ -28,6 +28,7 @@
 pub mod dns;
 pub mod log;
 pub mod privileges;
+pub mod server;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -6,3 +6,4 @@ pub mod fsutil;
 pub mod mailbox;
 pub mod maildir;
 pub mod queue;
+pub mod watch;

@@ -267,7 +267,7 @@ async fn watcher_wakes_on_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let mb = Mailbox::new(dir.path().join("u"));
     mb.ensure_defaults().unwrap();
-    let watcher = watch::Watcher::new().unwrap();
+    let watcher = crate::store::watch::Watcher::new().unwrap();
     let mut w = watcher.watch(mb.root()).unwrap();
     let w2 = watcher.watch(mb.root()).unwrap();
     assert_eq!(watcher.watched(), 1);

@@ -1,15 +1,18 @@
-//! Waking sessions when a folder changes, by inotify rather than polling.
+//! Waking a process when part of the tree changes, by inotify rather than
+//! polling: IMAP IDLE on a folder's `new/` and `cur/`, `smtp-send --watch`
+//! on the queue's `todo/`.
 //!
-//! One inotify instance per process, shared by every session in it: the
+//! One inotify instance per process, shared by every waiter in it: the
 //! kernel allows few instances per user (128 by default) but many watches,
-//! so 10,000 IDLE sessions cost one file descriptor. Sessions watching the
-//! same folder share its watches. Each folder has a counter that goes up on
-//! every change to its `new/` or `cur/` (a delivery, a flag rename, an
-//! expunge); a session remembers the value it has seen and waits for a
-//! larger one, so no wakeup is lost between a sync and the wait.
+//! so 10,000 IDLE sessions cost one file descriptor. Waiters on the same
+//! place share its watches. Each watched place has a counter that goes up
+//! on every change (a delivery, a flag rename, an expunge, a queue hint); a
+//! waiter remembers the value it has seen and waits for a larger one, so no
+//! wakeup is lost between a look and the wait.
 //!
 //! inotify does not see changes made on other hosts of a shared filesystem
-//! (postroom-tree(5), SEVERAL HOSTS): IDLE also re-syncs on a timer as a safety net.
+//! (postroom-tree(5), SEVERAL HOSTS): every waiter also looks again on a
+//! timer as a safety net.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,7 +24,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-/// The process's inotify instance and the folders it watches.
+/// The process's inotify instance and the places it watches.
 #[derive(Clone)]
 pub struct Watcher {
     shared: Arc<Shared>,
@@ -69,32 +72,47 @@ impl Watcher {
         Ok(Watcher { shared })
     }
 
-    /// Watches the folder at `dir` until the returned guard is dropped.
+    /// Watches the maildir folder at `dir` (its `new/` and `cur/`: a
+    /// delivery, a flag rename, an expunge) until the guard is dropped.
     pub fn watch(&self, dir: &Path) -> io::Result<FolderWatch> {
-        let mut folders = self.shared.folders();
-        if let Some(watched) = folders.by_path.get_mut(dir) {
-            watched.users += 1;
-            let changes = watched.changes.subscribe();
-            return Ok(FolderWatch {
-                watcher: self.clone(),
-                dir: dir.to_path_buf(),
-                changes,
-            });
-        }
         let mask = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_ONLYDIR;
+        self.watch_dirs(dir, &[dir.join("new"), dir.join("cur")], mask)
+    }
+
+    /// Watches files arriving in `dir` (created, moved in or touched: the
+    /// queue's `todo/` hints) until the guard is dropped.
+    pub fn watch_arrivals(&self, dir: &Path) -> io::Result<FolderWatch> {
+        let mask = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_ONLYDIR;
+        self.watch_dirs(dir, &[dir.to_path_buf()], mask)
+    }
+
+    /// Watches `dirs` as one place named `key`.
+    fn watch_dirs(
+        &self,
+        key: &Path,
+        dirs: &[PathBuf],
+        mask: AddWatchFlags,
+    ) -> io::Result<FolderWatch> {
+        let mut folders = self.shared.folders();
+        if let Some(watched) = folders.by_path.get_mut(key) {
+            watched.users += 1;
+            let changes = watched.changes.subscribe();
+            return Ok(FolderWatch {
+                watcher: self.clone(),
+                dir: key.to_path_buf(),
+                changes,
+            });
+        }
         let mut wds = Vec::new();
-        for sub in ["new", "cur"] {
-            match self
-                .shared
-                .inotify
-                .get_ref()
-                .0
-                .add_watch(&dir.join(sub), mask)
-            {
+        for dir in dirs {
+            match self.shared.inotify.get_ref().0.add_watch(dir, mask) {
                 Ok(wd) => wds.push(wd),
                 Err(e) => {
                     for wd in wds {
@@ -106,10 +124,10 @@ impl Watcher {
         }
         let (changes, receiver) = watch::channel(0);
         for wd in &wds {
-            folders.by_wd.insert(*wd, dir.to_path_buf());
+            folders.by_wd.insert(*wd, key.to_path_buf());
         }
         folders.by_path.insert(
-            dir.to_path_buf(),
+            key.to_path_buf(),
             Watched {
                 wds,
                 changes,
@@ -118,7 +136,7 @@ impl Watcher {
         );
         Ok(FolderWatch {
             watcher: self.clone(),
-            dir: dir.to_path_buf(),
+            dir: key.to_path_buf(),
             changes: receiver,
         })
     }
@@ -144,7 +162,7 @@ async fn read_events(shared: std::sync::Weak<Shared>) {
         let mut ready = match strong.inotify.readable().await {
             Ok(ready) => ready,
             Err(e) => {
-                tracing::error!("inotify: {e}; IDLE falls back to its timer");
+                tracing::error!("inotify: {e}; waiters fall back to their timers");
                 return;
             }
         };
@@ -152,7 +170,7 @@ async fn read_events(shared: std::sync::Weak<Shared>) {
         {
             Ok(Ok(events)) => events,
             Ok(Err(e)) => {
-                tracing::error!("inotify read: {e}; IDLE falls back to its timer");
+                tracing::error!("inotify read: {e}; waiters fall back to their timers");
                 return;
             }
             Err(_would_block) => continue,
@@ -173,7 +191,7 @@ async fn read_events(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// A session's interest in one folder.
+/// A waiter's interest in one watched place.
 pub struct FolderWatch {
     watcher: Watcher,
     dir: PathBuf,
