@@ -16,13 +16,13 @@
 //! with them the UIDLs.
 //!
 //! It lives beside IMAP's [`Folder`](super::Folder) because both read the
-//! same directories by the same rules: `new/` and `cur/` listed without
-//! following a symlink (`maildir::NoFollowDir`), a message known by its base
-//! name whatever flags another client renames it to, sizes from `,W=`.
-//! What differs is only what a POP3 session may do: it never moves mail to
-//! cur/ at login, gives no UIDs and keeps no uidlist, so a POP3-only
-//! mailbox stays a plain maildir. pop3-serve's session drives it; the
-//! protocol is `proto::pop3`.
+//! same directories the same way: without a lock, never through a symlink
+//! (`maildir::NoFollowDir`), a message known by its base name whatever
+//! flags another client renames it to (`maildir::split_name`), its size
+//! taken from `,W=`. What differs is what a POP3 session may do: it never
+//! moves mail to cur/ at login, gives no UIDs and keeps no uidlist, so a
+//! POP3-only mailbox stays a plain maildir. pop3-serve's session drives
+//! it; the protocol is `proto::pop3`.
 //!
 //! Everything here blocks on the filesystem; the session runs it on
 //! tokio's blocking pool.
