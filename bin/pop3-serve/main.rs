@@ -13,7 +13,6 @@
 
 #![forbid(unsafe_code)]
 
-mod maildrop;
 mod session;
 
 use std::process::ExitCode;

@@ -3,9 +3,9 @@
 //!
 //! States, as RFC 1939 names them: AUTHORIZATION until USER/PASS or AUTH
 //! succeeds, then TRANSACTION over the snapshot taken at login
-//! (`maildrop`), then UPDATE at QUIT, which removes what DELE marked. A
-//! session that ends any other way (the client hangs up, goes idle, runs
-//! past `limits.session_timeout`) removes nothing.
+//! (`store::mailbox::maildrop`), then UPDATE at QUIT, which removes what
+//! DELE marked. A session that ends any other way (the client hangs up,
+//! goes idle, runs past `limits.session_timeout`) removes nothing.
 //!
 //! Policy: the access file's IP rules at connect; passwords only where
 //! `auth.plaintext` allows them (TLS or loopback by default); failed logins wait
@@ -26,9 +26,8 @@ use postroom::directory::reloading::Reloading;
 use postroom::directory::users::{self, Users};
 use postroom::net::{Connection, NetError};
 use postroom::proto::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
+use postroom::store::mailbox::maildrop::Maildrop;
 use tokio_rustls::TlsAcceptor;
-
-use crate::maildrop::Maildrop;
 
 /// Failed logins before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;

@@ -24,7 +24,7 @@ use anyhow::Context;
 use crate::server::{Server, ms};
 
 use crate::bench_tree;
-use crate::smtp::{free_port, raise_fd_limit, rss_kib};
+use crate::smtp::{raise_fd_limit, rss_kib};
 
 /// Mailboxes the parallel figure reads, one client each.
 const PARALLEL: usize = 8;
@@ -51,8 +51,8 @@ pub fn run(
     }
     fill(&mailbox(&dir, "big"), big, 2048)?;
 
-    let port = free_port()?;
-    let server = Server::start(&serve, &config, port)?;
+    let server = Server::start(&serve, &config)?;
+    let port = server.port;
     // Round 1 also moves every message to cur/ with the Seen flag; the
     // best of three is the steady state.
     let mut one = Vec::new();
@@ -157,8 +157,8 @@ fn rss_per_session(
     count: usize,
     user: Option<&str>,
 ) -> anyhow::Result<(f64, u64)> {
-    let port = free_port()?;
-    let server = Server::start(serve, config, port)?;
+    let server = Server::start(serve, config)?;
+    let port = server.port;
     let pid = server.child.id();
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(count);

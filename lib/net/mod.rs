@@ -19,7 +19,7 @@
 //!
 //! Memory per idle connection is kept small on purpose (one 4 KiB read
 //! buffer, output buffers released after large flushes) so one standalone
-//! process can hold 10,000 idle sessions; see the `idle_memory` test.
+//! process can hold 10,000 idle sessions; `postroom-bench net` measures it.
 //!
 //! Security: [`Connection::start_tls`] discards every byte received before
 //! the handshake (CVE-2011-0411, "STARTTLS command injection"), and nothing
@@ -1500,54 +1500,5 @@ mod tests {
         assert!(pipe.may_send_password(Plaintext::Always));
         assert!(!mapped.may_send_password(Plaintext::Never));
         assert!(!remote.may_send_password(Plaintext::Loopback));
-    }
-
-    /// Memory of idle sessions: run with
-    /// `cargo test --lib idle_memory -- --ignored --nocapture`.
-    /// Opens N sessions waiting in read_line and reports the growth of the
-    /// resident set per session (client ends included, so an overestimate).
-    #[tokio::test]
-    #[ignore = "measurement, not a check: run by hand"]
-    async fn idle_memory() {
-        const N: usize = 4000;
-        fn rss_kib() -> usize {
-            let status = std::fs::read_to_string("/proc/self/status").unwrap();
-            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-            line.split_whitespace().nth(1).unwrap().parse().unwrap()
-        }
-        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let launch = Launch::from_args(&[addr], &[]).unwrap();
-        let bound = launch.local_addrs()[0];
-        let limits = Limits {
-            connections_per_ip: N + 1,
-            ..Limits::default()
-        };
-        tokio::spawn(async move {
-            serve_until(launch, &limits, None, b"", echo, std::future::pending()).await
-        });
-        // Warm up allocator and runtime before the baseline.
-        let mut clients = Vec::with_capacity(N);
-        for _ in 0..10 {
-            let mut c = TcpStream::connect(bound).await.unwrap();
-            read_reply(&mut c).await;
-            clients.push(c);
-        }
-        let before = rss_kib();
-        for _ in 10..N {
-            let mut c = TcpStream::connect(bound).await.unwrap();
-            read_reply(&mut c).await;
-            clients.push(c);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let after = rss_kib();
-        let per = (after - before) as f64 * 1024.0 / (N - 10) as f64;
-        println!(
-            "{N} idle sessions: RSS {before} KiB -> {after} KiB, {per:.0} bytes per session, {:.0} MB for 10,000",
-            per * 10_000.0 / 1e6
-        );
-        println!(
-            "size_of::<Connection>() = {}",
-            std::mem::size_of::<Connection>()
-        );
     }
 }

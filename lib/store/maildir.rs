@@ -22,8 +22,10 @@
 //! what POP3 and IMAP report), as Courier and Dovecot write them, so readers
 //! never open a file to learn its size.
 //!
-//! Readers (POP3, IMAP) share [`Maildir::messages`], [`Maildir::locate`],
-//! [`Maildir::add_flags`] and [`Maildir::remove`]. None takes a lock: a
+//! POP3 (`mailbox::maildrop`) reads through [`Maildir::messages`],
+//! [`Maildir::locate`], [`Maildir::add_flags`] and [`Maildir::remove`];
+//! IMAP (`mailbox::folder`) through its uidlist, by the same name rules
+//! ([`split_name`], [`NoFollowDir`]). None takes a lock: a
 //! message is known by its base name (the part before `:`), which no rename
 //! changes, so one moved to cur/ or re-flagged by another client meanwhile
 //! is found again, and one removed meanwhile is simply gone (postroom-mailbox(5)).
@@ -448,10 +450,7 @@ impl MessageFile {
 
     /// The flag letters after `:2,` (empty when there are none).
     pub fn flags(&self) -> &str {
-        match self.name.split_once(':') {
-            Some((_, info)) => info.strip_prefix("2,").unwrap_or(""),
-            None => "",
-        }
+        split_name(&self.name).map_or("", |(_, info)| info)
     }
 
     pub fn has_flag(&self, flag: char) -> bool {
@@ -471,6 +470,20 @@ impl MessageFile {
 
 fn base_of(name: &str) -> &str {
     name.split_once(':').map_or(name, |(base, _)| base)
+}
+
+/// Splits a message file name into its base name and its flag letters
+/// (the info after `:2,`), as POP3 and IMAP both read them; `None` for
+/// names that are not messages (dot files) or carry an info version other
+/// than 2.
+pub fn split_name(name: &str) -> Option<(&str, &str)> {
+    if name.starts_with('.') || name.is_empty() {
+        return None;
+    }
+    match name.split_once(':') {
+        None => Some((name, "")),
+        Some((base, info)) => info.strip_prefix("2,").map(|info| (base, info)),
+    }
 }
 
 /// Merges flag letters into a name's flags: each once, in ASCII order, as
@@ -505,8 +518,8 @@ const FOLLOW_ROUNDS: usize = 10;
 /// nothing.
 const GONE_AFTER_MISSES: usize = 2;
 
-/// Reading and changing messages already delivered, shared by POP3 and
-/// IMAP. Nothing here takes a lock (postroom-mailbox(5)): renames and unlinks are
+/// Reading and changing messages already delivered, for POP3's maildrop
+/// and Sieve's flags at delivery. Nothing here takes a lock (postroom-mailbox(5)): renames and unlinks are
 /// atomic, and a message moved by someone else is found again by its base
 /// name.
 impl Maildir {
@@ -1209,6 +1222,27 @@ mod tests {
     fn put(md: &Maildir, sub: &str, name: &str, body: &[u8]) {
         fs::create_dir_all(md.path().join(sub)).unwrap();
         fs::write(md.path().join(sub).join(name), body).unwrap();
+    }
+
+    #[test]
+    fn split_name_reads_base_and_flags_as_pop3_and_imap_both_do() {
+        for (name, want) in [
+            ("1.a.h,S=2,W=3", Some(("1.a.h,S=2,W=3", ""))),
+            ("1.a.h:2,", Some(("1.a.h", ""))),
+            ("1.a.h,S=2:2,FRS", Some(("1.a.h,S=2", "FRS"))),
+            ("1.a.h:2,Sab", Some(("1.a.h", "Sab"))),
+            // Another info version, a dot file, nothing: not messages.
+            ("1.a.h:1,x", None),
+            (".uidlist.lock", None),
+            ("", None),
+        ] {
+            assert_eq!(split_name(name), want, "{name:?}");
+        }
+        let file = MessageFile {
+            sub: Sub::Cur,
+            name: "1.a.h:1,x".into(),
+        };
+        assert_eq!((file.base(), file.flags()), ("1.a.h", ""));
     }
 
     #[test]

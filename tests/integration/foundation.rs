@@ -92,6 +92,7 @@ fn sigkill_of_mail_inject_loses_no_acknowledged_message_and_shows_no_half_one() 
         let mut stdin = child.stdin.take().unwrap();
         let _ = stdin.write_all(&message(&marker));
         drop(stdin);
+        // On purpose: the kill lands at a random moment of the injection.
         std::thread::sleep(Duration::from_micros(rand::random::<u64>() % window));
         let _ = child.kill();
         let status = child.wait().unwrap();

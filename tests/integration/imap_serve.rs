@@ -262,7 +262,7 @@ def delivery_loop():
     for i in range(30):
         if stop.is_set(): break
         deliver(f"loop {i}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # on purpose: deliveries paced through the rounds
 t = threading.Thread(target=delivery_loop); t.start()
 for round in range(40):
     actor = a if round % 2 else b
@@ -545,7 +545,12 @@ fn unterminated_literals_and_unread_output_time_out() {
     }
     stream.write_all(cmds.as_bytes()).unwrap();
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(5));
+    // Not a byte read until the server gives the session up (its idle
+    // timeout, 2 s, runs out while its output waits for us).
+    let peer = format!("peer={}", stream.local_addr().unwrap());
+    server
+        .log
+        .wait_for(&[&peer, "session ended"], Duration::from_secs(30));
     // Now read: the server must have closed, having sent far less than
     // the 100 MB asked for.
     stream
@@ -948,6 +953,7 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
         let (first_ack, started) = std::sync::mpsc::channel::<()>();
         let killer = std::thread::spawn(move || {
             let _ = started.recv_timeout(Duration::from_secs(30));
+            // On purpose: the random moment of the kill.
             std::thread::sleep(delay);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         });

@@ -3,10 +3,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, Tree, bin, free_port, maildir_files, stderr, stdout};
+use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
 fn python(script: &str, port: u16) -> (bool, String) {
@@ -348,12 +348,8 @@ fn inetd_mode_over_pipes_refuses_auth_without_tls_from_remote_peers() {
 #[test]
 fn swaks_starttls_auth_and_implicit_tls() {
     let tree = tree_with_users();
-    let tls_port = free_port();
-    let server = Server::start(
-        &tree,
-        "smtp-recv",
-        &["--listen-tls", &format!("127.0.0.1:{tls_port}")],
-    );
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let tls_port = server.tls_port;
     let starttls = Command::new("swaks")
         .args(["--server", &format!("127.0.0.1:{}", server.port), "-tls"])
         .args([
@@ -667,23 +663,14 @@ print("mail", s.mail("boss@remote.test")[0])
     .enumerate()
     {
         let config = with_smtp(n, setting);
-        let port = crate::util::free_port();
-        let mut child = Command::new(bin("smtp-recv"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(port);
+        let server = Server::start_config(&config, "smtp-recv", &[]);
         let out = Command::new("python3")
             .args(["-c", script])
-            .env("PORT", port.to_string())
+            .env("PORT", server.port.to_string())
             .env("LOGIN", login)
             .output()
             .unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(server);
         let said = format!("{}{}", stdout(&out), stderr(&out));
         assert!(said.contains(want), "{setting} as {login}: {said}");
     }
@@ -808,40 +795,14 @@ fn auth_failures_slow_the_guesser_down_across_processes() {
 fn demo_serves_smtp_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("demo");
-    // Ports 2525, 2587, 2465 shifted into a quiet range.
-    let offset = 20_000 + (std::process::id() % 5000) as u16;
-    let mut demo = Command::new(bin("postroom"))
-        .args([
-            "demo",
-            "--root",
-            root.to_str().unwrap(),
-            "--port-offset",
-            &offset.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let port = 2525 + offset;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the demo's smtp-recv did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut demo = crate::util::start_demo(&root);
+    let port = 2525 + demo.base;
     let said = raw(
         port,
         b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<demo@example.test>\r\nDATA\r\nSubject: demo\r\n\r\nhi\r\n.\r\nQUIT\r\n",
         Duration::from_secs(5),
     );
-    // SIGTERM: the demo stops its servers and exits.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let status = demo.wait().unwrap();
+    let status = demo.terminate();
     assert!(said.contains("250 2.0.0 ok, delivered as"), "{said}");
     assert!(status.success(), "demo exit: {status:?}");
     assert_eq!(
@@ -1014,6 +975,7 @@ fn sigkill_of_smtp_recv_loses_no_acknowledged_message() {
         let port = server.port;
         let pid = server.child.id() as i32;
         let killer = std::thread::spawn(move || {
+            // On purpose: the kill lands at a random moment of the load.
             std::thread::sleep(Duration::from_millis(40 + (rand::random::<u64>() % 160)));
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -1066,47 +1028,24 @@ fn sigkill_of_smtp_recv_loses_no_acknowledged_message() {
     assert!(check.status.success(), "{}", stdout(&check));
 }
 
-/// Waits until something listens on `port`.
-fn wait_for(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn systemd_accept_no_named_sockets_and_accept_yes_inetd() {
     let tree = tree_with_users();
     // Accept=no: one process gets both sockets in LISTEN_FDS; the names
     // say which follows submission rules.
-    let (mx, submission) = (free_port(), free_port());
-    let _activator = Killed(
-        Command::new("systemd-socket-activate")
-            .args([
-                "-l",
-                &format!("127.0.0.1:{mx}"),
-                "-l",
-                &format!("127.0.0.1:{submission}"),
-            ])
+    // (systemd-socket-activate cannot bind port 0: it gets a base port.)
+    let activator = Server::start_with("systemd-socket-activate", 2, |base| {
+        let mut command = Command::new("systemd-socket-activate");
+        command
+            .args(["-l", &format!("127.0.0.1:{base}")])
+            .args(["-l", &format!("127.0.0.1:{}", base + 1)])
             .args(["--fdname=smtp:submission"])
             .arg(bin("smtp-recv"))
             .arg("--config")
-            .arg(&tree.config)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("systemd-socket-activate (package systemd) runs"),
-    );
-    wait_for(mx);
+            .arg(&tree.config);
+        command
+    });
+    let (mx, submission) = (activator.base, activator.base + 1);
     let said = raw(
         mx,
         b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nQUIT\r\n",
@@ -1125,20 +1064,17 @@ fn systemd_accept_no_named_sockets_and_accept_yes_inetd() {
 
     // Accept=yes with the connection on stdin/stdout, as StandardInput=socket
     // gives it: the peer comes from getpeername(0).
-    let port = free_port();
-    let _inetd = Killed(
-        Command::new("systemd-socket-activate")
-            .args(["--inetd", "-a", "-l", &format!("127.0.0.1:{port}")])
+    let inetd = Server::start_with("systemd-socket-activate --inetd", 1, |base| {
+        let mut command = Command::new("systemd-socket-activate");
+        command
+            .args(["--inetd", "-a", "-l", &format!("127.0.0.1:{base}")])
             .arg(bin("smtp-recv"))
             .arg("--config")
-            .arg(&tree.config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(port);
+            .arg(&tree.config);
+        command
+    });
     let said = raw(
-        port,
+        inetd.base,
         b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: via socket\r\n\r\nhi\r\n.\r\nQUIT\r\n",
         Duration::from_secs(5),
     );
@@ -1207,9 +1143,9 @@ fn a_hanging_hook_defers_and_per_ip_connections_are_capped() {
         "the hook was not cut short"
     );
 
+    // No readiness probe connects first (the server's log says where it
+    // listens), so the two held here are the only connections.
     let server = Server::start(&tree, "smtp-recv", &[]);
-    // Let the readiness probe's session end, so it no longer counts.
-    std::thread::sleep(Duration::from_millis(300));
     let held: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
         .collect();

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use super::MailboxError;
 use super::flags::{Flags, Keywords};
 use super::uidlist::{self, UidList, UidLock};
-use crate::store::maildir::{NoFollowDir, wire_size_from_name};
+use crate::store::maildir::{NoFollowDir, split_name, wire_size_from_name};
 use rustix::fs::OFlags;
 
 /// One message as a session knows it.
@@ -78,18 +78,6 @@ pub struct Folder {
     is_trash: bool,
     /// The same folder for delivery (maildir.rs's one durable write).
     maildir: crate::store::maildir::Maildir,
-}
-
-/// Splits a `cur/` file name into (base, info); `None` for names that are
-/// not messages (dot files) or carry an unknown info version.
-fn split_name(name: &str) -> Option<(&str, &str)> {
-    if name.starts_with('.') || name.is_empty() {
-        return None;
-    }
-    match name.split_once(':') {
-        None => Some((name, "")),
-        Some((base, info)) => info.strip_prefix("2,").map(|info| (base, info)),
-    }
 }
 
 /// The folder's `cur/` and `new/` (which a foreign maildir may lack), as

@@ -14,7 +14,9 @@
 //! and at the root, `subscriptions` (one modified-UTF-7 name per line) and
 //! `maildirsize` (quota, maildir.rs). Modules: [`name`] (what a folder may
 //! be called, modified UTF-7), [`uidlist`], [`flags`], [`folder`] (sync and
-//! message operations); IMAP IDLE waits on `crate::store::watch`.
+//! message operations), [`maildrop`] (POP3's snapshot of INBOX, with
+//! `postroom-pop3-sizes` at the root: sizes of messages whose names carry
+//! no `,W=`); IMAP IDLE waits on `crate::store::watch`.
 //!
 //! Beside them, two files of postroom's own, so that the two above stay
 //! Dovecot's format: `postroom-modseq` ([`modseq`], CONDSTORE and QRESYNC)
@@ -23,6 +25,7 @@
 pub mod cache;
 pub mod flags;
 pub mod folder;
+pub mod maildrop;
 pub mod modseq;
 pub mod name;
 pub mod uidlist;

@@ -15,6 +15,15 @@
 //! into the message names because that would change the base names, and
 //! with them the UIDLs.
 //!
+//! It lives beside IMAP's [`Folder`](super::Folder) because both read the
+//! same directories the same way: without a lock, never through a symlink
+//! (`maildir::NoFollowDir`), a message known by its base name whatever
+//! flags another client renames it to (`maildir::split_name`), its size
+//! taken from `,W=`. What differs is what a POP3 session may do: it never
+//! moves mail to cur/ at login, gives no UIDs and keeps no uidlist, so a
+//! POP3-only mailbox stays a plain maildir. pop3-serve's session drives
+//! it; the protocol is `proto::pop3`.
+//!
 //! Everything here blocks on the filesystem; the session runs it on
 //! tokio's blocking pool.
 
@@ -23,8 +32,8 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use postroom::proto::pop3::MessageNumber;
-use postroom::store::maildir::{Maildir, MaildirError, MessageFile, Removed, pop3_size};
+use crate::proto::pop3::MessageNumber;
+use crate::store::maildir::{Maildir, MaildirError, MessageFile, Removed, Sub, pop3_size};
 
 /// The size cache's file name, in the maildir's root.
 const SIZE_CACHE: &str = "postroom-pop3-sizes";
@@ -58,6 +67,8 @@ impl std::fmt::Display for Missing {
     }
 }
 
+/// One session's numbered list of a maildir's messages (RFC 1939
+/// "maildrop"), and the maildir it came from.
 #[derive(Debug)]
 pub struct Maildrop {
     maildir: Maildir,
@@ -162,7 +173,7 @@ impl Maildrop {
         let Some(entry) = self.messages.get_mut(n.index()) else {
             return;
         };
-        if entry.file.has_flag('S') && entry.file.sub == postroom::store::maildir::Sub::Cur {
+        if entry.file.has_flag('S') && entry.file.sub == Sub::Cur {
             return;
         }
         match self.maildir.add_flags(&entry.file, "S") {
@@ -250,7 +261,7 @@ impl SizeCache {
             }
         }
         let path = root.join(SIZE_CACHE);
-        if let Err(e) = postroom::store::fsutil::write_atomic(&path, text.as_bytes()) {
+        if let Err(e) = crate::store::fsutil::write_atomic(&path, text.as_bytes()) {
             tracing::warn!("cannot write the size cache {}: {e}", path.display());
         }
     }
@@ -261,8 +272,8 @@ mod tests {
     use super::*;
 
     fn number(n: u32) -> MessageNumber {
-        match postroom::proto::pop3::Command::parse(format!("RETR {n}").as_bytes()) {
-            Ok(postroom::proto::pop3::Command::Retr(n)) => n,
+        match crate::proto::pop3::Command::parse(format!("RETR {n}").as_bytes()) {
+            Ok(crate::proto::pop3::Command::Retr(n)) => n,
             other => panic!("{other:?}"),
         }
     }
