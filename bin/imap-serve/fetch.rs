@@ -154,7 +154,7 @@ pub async fn fetch(
         if let Some(since) = modifiers.changed_since {
             positions.retain(|&i| sel.modseqs.of(sel.view[i].uid) > since);
             if modifiers.vanished {
-                let vanished = vanished_since(sel, set, since);
+                let vanished = sel.vanished_since(set, since);
                 if !vanished.is_empty() {
                     let line = format!("* VANISHED (EARLIER) {vanished}\r\n");
                     session.out(line.as_bytes()).await?;
@@ -470,48 +470,6 @@ fn literal8(out: &mut Vec<u8>, data: &[u8]) {
         out.push(b'~');
     }
     literal(out, data);
-}
-
-/// The UIDs in `set` expunged after `since`, as a UID set (QRESYNC's
-/// `VANISHED (EARLIER)`); when expunges that old are forgotten, every UID
-/// of the set below UIDNEXT that is not here (RFC 7162 §3.2.6 allows it),
-/// worked out as the gaps between the UIDs here, never one by one.
-pub fn vanished_since(sel: &crate::session::Selected, set: &SequenceSet, since: u64) -> String {
-    let largest = sel.next_uid.saturating_sub(1);
-    let ranges: Vec<(u32, u32)> = set.ranges(largest).collect();
-    let here = |uid: u32| sel.view.binary_search_by_key(&uid, |e| e.uid).is_ok();
-    let (gone, exact) = sel.modseqs.expunged_since(since);
-    if exact {
-        let uids: Vec<u32> = gone
-            .into_iter()
-            .filter(|&u| !here(u) && ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&u)))
-            .collect();
-        return crate::search::compress(&uids);
-    }
-    let mut parts = Vec::new();
-    for (lo, hi) in ranges {
-        let hi = hi.min(largest);
-        let mut next = lo;
-        let start = sel.view.partition_point(|e| e.uid < lo);
-        for e in sel.view[start..].iter().take_while(|e| e.uid <= hi) {
-            if e.uid > next {
-                parts.push(interval(next, e.uid - 1));
-            }
-            next = e.uid.saturating_add(1);
-        }
-        if next <= hi {
-            parts.push(interval(next, hi));
-        }
-    }
-    parts.join(",")
-}
-
-fn interval(lo: u32, hi: u32) -> String {
-    if lo == hi {
-        lo.to_string()
-    } else {
-        format!("{lo}:{hi}")
-    }
 }
 
 /// The section as the response names it: `1.2.HEADER.FIELDS (A B)`.

@@ -452,7 +452,7 @@ impl Session {
         }
         Done::Ok(format!(
             "[APPENDUID {validity} {}] APPEND completed",
-            crate::search::compress(&stored)
+            SequenceSet::of_sorted(&stored)
         ))
     }
 
@@ -620,7 +620,7 @@ pub fn wildcard(pattern: &[char], name: &[char]) -> bool {
 fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
     let all = SequenceSet(vec![(Bound::Num(1), Bound::Star)]);
     let known = q.known_uids.as_ref().unwrap_or(&all);
-    let vanished = crate::fetch::vanished_since(sel, known, q.modseq);
+    let vanished = sel.vanished_since(known, q.modseq);
     if !vanished.is_empty() {
         out.extend_from_slice(format!("* VANISHED (EARLIER) {vanished}\r\n").as_bytes());
     }

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use mail_parser::{MessageParser, PartType};
 use postroom::net::NetError;
-use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
+use postroom::proto::imap::command::{Date, SearchKey, SequenceSet, days_from_civil};
 use postroom::store::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Entry, Folder, Keywords};
@@ -348,33 +348,9 @@ fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
     }
     if all && !found.is_empty() {
         line.push_str(" ALL ");
-        line.push_str(&compress(found));
+        line.push_str(&SequenceSet::of_sorted(found).to_string());
     }
     line
-}
-
-/// `1,2,3,7` → `1:3,7`.
-pub fn compress(numbers: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < numbers.len() {
-        let start = numbers[i];
-        let mut end = start;
-        while i + 1 < numbers.len() && numbers[i + 1] == end + 1 {
-            end += 1;
-            i += 1;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -382,8 +358,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sets_compress_and_headers_decode() {
-        assert_eq!(compress(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+    fn headers_decode() {
         let h = summary::decoded_headers(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\n\r\n");
         assert!(
             h.iter()
