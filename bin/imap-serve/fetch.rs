@@ -3,15 +3,16 @@
 //! and `BODY[...]` sections from the message in its wire form (CRLF).
 //!
 //! A maildir file has LF line ends (maildir.rs); what IMAP sends, and what
-//! RFC822.SIZE (`,W=` in the name) counts, has CRLF. [`wire_form`] turns one
-//! into the other, so every offset here is an offset in what the client
-//! receives.
+//! RFC822.SIZE (`,W=` in the name) counts, is its wire form (CRLF,
+//! `postroom::proto::message::wire_form`, the rule POP3 follows too), so
+//! every offset here is an offset in what the client receives.
 
 use std::io::Read;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{FetchItem, Section, SectionText, SequenceSet};
 use postroom::proto::imap::response::{astring, flag_list, internal_date, literal};
+use postroom::proto::message::wire_form;
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::Record;
 use postroom::store::mailbox::{Entry, Folder, flags};
@@ -22,22 +23,6 @@ use crate::summary;
 /// How much of a file is read when only its header is needed; a header
 /// longer than this is read with the rest of the file.
 const HEADER_READ: usize = 64 * 1024;
-
-/// LF → CRLF (the file is maildir text with LF line ends).
-pub fn wire_form(file: &[u8]) -> Vec<u8> {
-    let lines = file.iter().filter(|&&b| b == b'\n').count();
-    let mut out = Vec::with_capacity(file.len() + lines);
-    for chunk in file.split_inclusive(|&b| b == b'\n') {
-        match chunk.strip_suffix(b"\n") {
-            Some(line) => {
-                out.extend_from_slice(line);
-                out.extend_from_slice(b"\r\n");
-            }
-            None => out.extend_from_slice(chunk),
-        }
-    }
-    out
-}
 
 /// What of a message a FETCH needs.
 #[derive(PartialEq, PartialOrd, Clone, Copy)]
@@ -558,11 +543,5 @@ mod tests {
         let mut out = Vec::new();
         literal8(&mut out, &[0, 1]);
         assert_eq!(out, b"~{2}\r\n\x00\x01");
-    }
-
-    #[test]
-    fn wire_form_matches_the_w_size() {
-        assert_eq!(wire_form(b"a\nb\n\nc"), b"a\r\nb\r\n\r\nc");
-        assert_eq!(wire_form(b""), b"");
     }
 }

@@ -15,9 +15,9 @@ use postroom::store::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Entry, Folder, Keywords};
 
-use crate::fetch::wire_form;
 use crate::session::{Done, Selected, Session};
 use crate::summary;
+use postroom::proto::message::wire_form;
 
 /// What of one message has been read so far.
 struct Candidate<'a> {

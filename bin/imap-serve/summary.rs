@@ -89,7 +89,7 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
         let record = crate::fetch::read_message(&sel.folder, &entry, need).and_then(|text| {
             summarize(
                 &entry,
-                &crate::fetch::wire_form(&text),
+                &postroom::proto::message::wire_form(&text),
                 whole,
                 internal_date(&sel.folder, &entry),
             )
