@@ -2,35 +2,19 @@
 //! the file name and inode; ENVELOPE from the header alone; BODYSTRUCTURE
 //! and `BODY[...]` sections from the message in its wire form (CRLF).
 //!
-//! A maildir file has LF line ends (maildir.rs); what IMAP sends, and what
-//! RFC822.SIZE (`,W=` in the name) counts, is its wire form (CRLF,
-//! `postroom::proto::message::wire_form`, the rule POP3 follows too), so
-//! every offset here is an offset in what the client receives.
-
-use std::io::Read;
+//! Messages are read through `message` in their wire form, what IMAP sends
+//! and RFC822.SIZE (`,W=` in the name) counts, so every offset here is an
+//! offset in what the client receives.
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{FetchItem, Section, SectionText, SequenceSet};
 use postroom::proto::imap::response::{astring, flag_list, internal_date, literal};
-use postroom::proto::message::wire_form;
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::Record;
-use postroom::store::mailbox::{Entry, Folder, flags};
+use postroom::store::mailbox::{Entry, flags};
 
+use crate::message::{self, Need, read_message};
 use crate::session::{Done, Session};
-use crate::summary;
-
-/// How much of a file is read when only its header is needed; a header
-/// longer than this is read with the rest of the file.
-const HEADER_READ: usize = 64 * 1024;
-
-/// What of a message a FETCH needs.
-#[derive(PartialEq, PartialOrd, Clone, Copy)]
-pub enum Need {
-    Nothing,
-    Header,
-    Everything,
-}
 
 /// What the file must give for `items`, given what the cache record (if
 /// any) already has.
@@ -81,36 +65,6 @@ fn uses_cache(items: &[FetchItem]) -> bool {
                 | FetchItem::Rfc822Size
         )
     })
-}
-
-/// Reads a message file: the header only (if it fits in the first read) or
-/// all of it; `None` if it is gone, or is a symlink (never followed, so
-/// never served).
-pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8>> {
-    let mut file = folder.open_message(entry).ok()?;
-    if need == Need::Header {
-        let mut buf = vec![0; HEADER_READ];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(_) => return None,
-            }
-        }
-        buf.truncate(filled);
-        let header_done = buf.starts_with(b"\n") || buf.windows(2).any(|w| w == b"\n\n");
-        if header_done || filled < HEADER_READ {
-            return Some(buf);
-        }
-        let mut rest = Vec::new();
-        file.read_to_end(&mut rest).ok()?;
-        buf.extend_from_slice(&rest);
-        return Some(buf);
-    }
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).ok()?;
-    Some(buf)
 }
 
 /// CONDSTORE and QRESYNC's FETCH modifiers (RFC 7162 §3.1.4, §3.2.6).
@@ -199,7 +153,7 @@ pub async fn fetch(
         let mut message = None;
         if need != Need::Nothing {
             match read_message(&sel.folder, &entry, need) {
-                Some(m) => message = Some(wire_form(&m)),
+                Some(m) => message = Some(m),
                 None => {
                     gone = true;
                     continue;
@@ -212,11 +166,11 @@ pub async fn fetch(
             && record.as_ref().is_none_or(|r| {
                 need == Need::Everything && (r.body.is_none() || r.bodystructure.is_none())
             })
-            && let Some(fresh) = summary::summarize(
+            && let Some(fresh) = message::summarize(
                 &entry,
                 m,
                 need == Need::Everything,
-                summary::internal_date(&sel.folder, &entry),
+                message::internal_date(&sel.folder, &entry),
             )
         {
             sel.cache.put(fresh.clone());
@@ -295,7 +249,7 @@ pub async fn fetch(
                 FetchItem::InternalDate => {
                     let secs = match &record {
                         Some(r) => r.internal_date,
-                        None => summary::internal_date(&sel.folder, &entry),
+                        None => message::internal_date(&sel.folder, &entry),
                     };
                     out.extend_from_slice(
                         format!("INTERNALDATE {}", internal_date(secs)).as_bytes(),
@@ -307,7 +261,7 @@ pub async fn fetch(
                         (None, Some(r), _) => r.size,
                         (None, None, Some(m)) if need == Need::Everything => m.len() as u64,
                         _ => read_message(&sel.folder, &entry, Need::Everything)
-                            .map_or(0, |m| wire_form(&m).len() as u64),
+                            .map_or(0, |m| m.len() as u64),
                     };
                     out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes());
                 }
@@ -526,6 +480,7 @@ fn section_data(m: &[u8], root: Option<&mime::Part>, section: &Section) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postroom::proto::message::wire_form;
 
     #[test]
     fn binary_undoes_transfer_encodings() {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
-use postroom::proto::imap::response::flag_list;
+use postroom::proto::imap::response::{all_flags, flag_list, permanent_flags};
 use postroom::store::mailbox::{Entry, Flags, flags};
 
-use crate::folders::{all_flags, flags_from_names, permanent_flags};
+use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
 
 /// IDLE re-syncs this often even without an inotify event (changes made

@@ -55,6 +55,28 @@ pub fn flag_list(flags: Flags, keywords: &Keywords) -> String {
     format!("({})", names.join(" "))
 }
 
+/// `* FLAGS` of a folder: the system flags and its keywords.
+pub fn all_flags(keywords: &Keywords) -> String {
+    let all = Flags {
+        system: 0xff,
+        keywords: u32::MAX,
+    };
+    flag_list(all, keywords)
+}
+
+/// PERMANENTFLAGS: all flags, and `\*` while keyword letters are free.
+pub fn permanent_flags(keywords: &Keywords) -> String {
+    let mut list = all_flags(keywords);
+    if !keywords.is_full() {
+        list.pop();
+        if !list.ends_with('(') {
+            list.push(' ');
+        }
+        list.push_str("\\*)");
+    }
+    list
+}
+
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];

@@ -1,15 +1,79 @@
+//! Message access, shared by the commands that look into messages (FETCH,
+//! SEARCH, SORT, THREAD, STORE, APPEND): reading a message file in its
+//! wire form, the folder-cache record of a message, its INTERNALDATE, and
+//! the flags a client names.
+//!
+//! The wire form (`postroom::proto::message`) is what the client receives
+//! and what RFC822.SIZE (`,W=` in the name) counts, so every offset into a
+//! message read here is an offset in what is sent.
+//!
 //! What the folder cache (`postroom::store::mailbox::cache`) keeps about a
-//! message, computed from its text: the ENVELOPE, BODY and BODYSTRUCTURE
+//! message is computed from its text: the ENVELOPE, BODY and BODYSTRUCTURE
 //! responses as sent, the size, the dates and the decoded header fields
 //! SEARCH, SORT and THREAD ask for. FETCH and SEARCH both fill it, so the
 //! second look at a big folder reads one file instead of every message.
 
+use std::io::Read;
+
 use mail_parser::{Address, HeaderValue, MessageParser};
+use postroom::proto::message::WireForm;
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
-use postroom::store::mailbox::{Entry, Folder};
+use postroom::store::mailbox::{Entry, Flags, Folder, Keywords, flags};
 
-use crate::session::Selected;
+use crate::session::{Done, Selected};
+
+/// How much of a file is read when only its header is needed; a header
+/// longer than this is read with the rest of the file.
+const HEADER_READ: usize = 64 * 1024;
+
+/// What of a message a command needs.
+#[derive(PartialEq, PartialOrd, Clone, Copy)]
+pub enum Need {
+    Nothing,
+    Header,
+    Everything,
+}
+
+/// Reads a message file in its wire form: the header only (if it fits in
+/// the first read) or all of it; `None` if it is gone, or is a symlink
+/// (never followed, so never served). Only a read of the whole file gets
+/// the line end a last line may lack: a header read may stop mid-line.
+pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8>> {
+    let mut file = folder.open_message(entry).ok()?;
+    let mut raw = Vec::new();
+    let mut whole = true;
+    if need == Need::Header {
+        raw.resize(HEADER_READ, 0);
+        let mut filled = 0;
+        while filled < raw.len() {
+            match file.read(&mut raw[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(_) => return None,
+            }
+        }
+        raw.truncate(filled);
+        let header_done = raw.starts_with(b"\n") || raw.windows(2).any(|w| w == b"\n\n");
+        if filled < HEADER_READ {
+            // All of the file.
+        } else if header_done {
+            whole = false;
+        } else {
+            file.read_to_end(&mut raw).ok()?;
+        }
+    } else {
+        file.read_to_end(&mut raw).ok()?;
+    }
+    let lines = raw.iter().filter(|&&b| b == b'\n').count();
+    let mut wire = WireForm::new();
+    let mut out = Vec::with_capacity(raw.len() + lines + 2);
+    wire.encode(&raw, &mut out);
+    if whole {
+        wire.finish(&mut out);
+    }
+    Some(out)
+}
 
 /// A record from the message's wire form (CRLF). `whole` says the text is
 /// the whole message (so BODY and BODYSTRUCTURE can be computed), not just
@@ -82,18 +146,12 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
         };
         let whole = entry.wire_size().is_none();
         let need = if whole {
-            crate::fetch::Need::Everything
+            Need::Everything
         } else {
-            crate::fetch::Need::Header
+            Need::Header
         };
-        let record = crate::fetch::read_message(&sel.folder, &entry, need).and_then(|text| {
-            summarize(
-                &entry,
-                &postroom::proto::message::wire_form(&text),
-                whole,
-                internal_date(&sel.folder, &entry),
-            )
-        });
+        let record = read_message(&sel.folder, &entry, need)
+            .and_then(|wire| summarize(&entry, &wire, whole, internal_date(&sel.folder, &entry)));
         if let Some(r) = &record {
             sel.cache.put(r.clone());
         }
@@ -110,6 +168,44 @@ pub fn internal_date(folder: &Folder, entry: &Entry) -> i64 {
         .internal_date(entry)
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Flags from names; keywords new to the folder are added to its file.
+/// Returns the flags and whether the folder's keywords changed.
+pub fn flags_from_names(
+    folder: &Folder,
+    names: &[String],
+) -> Result<(Flags, Option<Keywords>), Done> {
+    let mut f = Flags::default();
+    let mut keywords = Vec::new();
+    for name in names {
+        if let Some(bit) = flags::system_bit(name) {
+            f.system |= bit;
+        } else if name.eq_ignore_ascii_case("\\Recent") {
+            // Not settable, silently ignored as RFC 3501 §6.4.6 implies.
+        } else if name.starts_with('\\') {
+            return Err(Done::Bad(format!("unknown system flag {name}")));
+        } else if flags::is_keyword(name) {
+            keywords.push(name.as_str());
+        } else {
+            return Err(Done::Bad(format!("invalid keyword {name}")));
+        }
+    }
+    if keywords.is_empty() {
+        return Ok((f, None));
+    }
+    let (all, fit) = folder.add_keywords(&keywords).map_err(Done::from)?;
+    if !fit {
+        return Err(Done::No(
+            "[LIMIT] this folder has its 26 keywords already".into(),
+        ));
+    }
+    for k in keywords {
+        if let Some(i) = all.index(k) {
+            f.keywords |= 1 << i;
+        }
+    }
+    Ok((f, Some(all)))
 }
 
 /// Header fields as (upper-case name, value) with RFC 2047 words decoded
