@@ -7,8 +7,10 @@
 //! offset in what the client receives.
 
 use postroom::net::NetError;
-use postroom::proto::imap::command::{FetchItem, Section, SectionText, SequenceSet};
-use postroom::proto::imap::response::{astring, flag_list, internal_date, literal};
+use postroom::proto::imap::command::{FetchItem, SectionText, SequenceSet};
+use postroom::proto::imap::response::{
+    flag_list, internal_date, literal, literal8, part_number, section_name,
+};
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::Record;
 use postroom::store::mailbox::{Entry, flags};
@@ -203,10 +205,10 @@ pub async fn fetch(
             match item {
                 FetchItem::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
                 FetchItem::Binary { part, partial, .. } => {
-                    out.extend_from_slice(format!("BINARY[{}]", dotted(part)).as_bytes());
+                    out.extend_from_slice(format!("BINARY[{}]", part_number(part)).as_bytes());
                     let m = message.as_deref().unwrap_or(b"");
-                    match binary_data(m, structure.as_ref(), part) {
-                        Binary::Data(data) => {
+                    match mime::binary_data(m, structure.as_ref(), part) {
+                        mime::Binary::Data(data) => {
                             let data = match partial {
                                 Some((origin, count)) => {
                                     out.extend_from_slice(format!("<{origin}>").as_bytes());
@@ -219,22 +221,24 @@ pub async fn fetch(
                             out.push(b' ');
                             literal8(&mut out, data);
                         }
-                        Binary::NoSuchPart => out.extend_from_slice(b" NIL"),
-                        Binary::UnknownEncoding => {
+                        mime::Binary::NoSuchPart => out.extend_from_slice(b" NIL"),
+                        mime::Binary::UnknownEncoding => {
                             unknown_cte = true;
                             out.extend_from_slice(b" NIL");
                         }
                     }
                 }
                 FetchItem::BinarySize(part) => {
-                    out.extend_from_slice(format!("BINARY.SIZE[{}] ", dotted(part)).as_bytes());
+                    out.extend_from_slice(
+                        format!("BINARY.SIZE[{}] ", part_number(part)).as_bytes(),
+                    );
                     let m = message.as_deref().unwrap_or(b"");
-                    match binary_data(m, structure.as_ref(), part) {
-                        Binary::Data(data) => {
+                    match mime::binary_data(m, structure.as_ref(), part) {
+                        mime::Binary::Data(data) => {
                             out.extend_from_slice(data.len().to_string().as_bytes())
                         }
-                        Binary::NoSuchPart => out.extend_from_slice(b"NIL"),
-                        Binary::UnknownEncoding => {
+                        mime::Binary::NoSuchPart => out.extend_from_slice(b"NIL"),
+                        mime::Binary::UnknownEncoding => {
                             unknown_cte = true;
                             out.extend_from_slice(b"NIL");
                         }
@@ -316,7 +320,7 @@ pub async fn fetch(
                     section_name(&mut out, section);
                     out.push(b']');
                     let m = message.as_deref().unwrap_or(b"");
-                    let data = section_data(m, structure.as_ref(), section);
+                    let data = mime::section_data(m, structure.as_ref(), section);
                     match (data, partial) {
                         (None, _) => out.extend_from_slice(b" NIL"),
                         (Some(data), None) => {
@@ -360,143 +364,4 @@ pub async fn fetch(
     } else {
         Done::Ok("FETCH completed".into())
     })
-}
-
-/// What `BINARY[part]` gives.
-enum Binary {
-    Data(Vec<u8>),
-    NoSuchPart,
-    UnknownEncoding,
-}
-
-/// A part's body with its Content-Transfer-Encoding undone (RFC 3516);
-/// the empty part number is the whole message, as it is.
-fn binary_data(m: &[u8], root: Option<&mime::Part>, part: &[u32]) -> Binary {
-    if part.is_empty() {
-        return Binary::Data(m.to_vec());
-    }
-    let Some(p) = root.and_then(|root| mime::resolve(root, part)) else {
-        return Binary::NoSuchPart;
-    };
-    let body = &m[p.body.min(p.end)..p.end];
-    let encoding = p.encoding.as_deref().unwrap_or("7bit").to_ascii_lowercase();
-    match encoding.as_str() {
-        "7bit" | "8bit" | "binary" => Binary::Data(body.to_vec()),
-        // Broken encodings decode as far as they go: the client asked for
-        // the bytes, and a lenient decoder gives the most of them.
-        "base64" => {
-            Binary::Data(mail_parser::decoders::base64::base64_decode(body).unwrap_or_default())
-        }
-        "quoted-printable" => Binary::Data(
-            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
-                .unwrap_or_else(|| body.to_vec()),
-        ),
-        _ => Binary::UnknownEncoding,
-    }
-}
-
-fn dotted(part: &[u32]) -> String {
-    part.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// A literal, as `~{n}` (RFC 3516 literal8) when it holds a NUL, which a
-/// plain literal may not.
-fn literal8(out: &mut Vec<u8>, data: &[u8]) {
-    if data.contains(&0) {
-        out.push(b'~');
-    }
-    literal(out, data);
-}
-
-/// The section as the response names it: `1.2.HEADER.FIELDS (A B)`.
-fn section_name(out: &mut Vec<u8>, section: &Section) {
-    let parts: Vec<String> = section.part.iter().map(u32::to_string).collect();
-    out.extend_from_slice(parts.join(".").as_bytes());
-    let text = match &section.text {
-        SectionText::Full => return,
-        SectionText::Header => "HEADER",
-        SectionText::Text => "TEXT",
-        SectionText::Mime => "MIME",
-        SectionText::HeaderFields { not, fields } => {
-            if !parts.is_empty() {
-                out.push(b'.');
-            }
-            out.extend_from_slice(if *not {
-                b"HEADER.FIELDS.NOT ("
-            } else {
-                b"HEADER.FIELDS ("
-            });
-            for (i, f) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                astring(out, f);
-            }
-            out.push(b')');
-            return;
-        }
-    };
-    if !parts.is_empty() {
-        out.push(b'.');
-    }
-    out.extend_from_slice(text.as_bytes());
-}
-
-/// The bytes of a section; `None` for a part that does not exist.
-fn section_data(m: &[u8], root: Option<&mime::Part>, section: &Section) -> Option<Vec<u8>> {
-    if section.part.is_empty() {
-        let header = mime::header_of(m);
-        return Some(match &section.text {
-            SectionText::Full => m.to_vec(),
-            SectionText::Header => header.to_vec(),
-            SectionText::Text => m[header.len()..].to_vec(),
-            SectionText::HeaderFields { not, fields } => mime::header_fields(header, fields, *not),
-            SectionText::Mime => return None,
-        });
-    }
-    let part = mime::resolve(root?, &section.part)?;
-    Some(match &section.text {
-        SectionText::Full => m[part.body.min(part.end)..part.end].to_vec(),
-        SectionText::Mime => m[part.start..part.body].to_vec(),
-        text => {
-            // HEADER and TEXT of a part are those of the message it holds.
-            let inner = part.message.as_deref()?;
-            let header = &m[inner.start..inner.body];
-            match text {
-                SectionText::Header => header.to_vec(),
-                SectionText::Text => m[inner.body..inner.end].to_vec(),
-                SectionText::HeaderFields { not, fields } => {
-                    mime::header_fields(header, fields, *not)
-                }
-                _ => return None,
-            }
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use postroom::proto::message::wire_form;
-
-    #[test]
-    fn binary_undoes_transfer_encodings() {
-        let m = wire_form(b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Transfer-Encoding: base64\n\nAAEC\nAwQ=\n--b\nContent-Transfer-Encoding: quoted-printable\n\ncaf=C3=A9 =\nau lait\n--b\nContent-Transfer-Encoding: x-uuencode\n\nbegin\n--b--\n");
-        let root = mime::parse(&m);
-        let data = |part: &[u32]| match binary_data(&m, Some(&root), part) {
-            Binary::Data(d) => Ok(d),
-            Binary::NoSuchPart => Err("no such part"),
-            Binary::UnknownEncoding => Err("unknown"),
-        };
-        assert_eq!(data(&[1]), Ok(vec![0, 1, 2, 3, 4]));
-        assert_eq!(data(&[2]), Ok("café au lait".as_bytes().to_vec()));
-        assert_eq!(data(&[3]), Err("unknown"));
-        assert_eq!(data(&[9]), Err("no such part"));
-        let mut out = Vec::new();
-        literal8(&mut out, &[0, 1]);
-        assert_eq!(out, b"~{2}\r\n\x00\x01");
-    }
 }

@@ -9,6 +9,7 @@
 
 use mail_parser::{MessageParser, PartType};
 use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
+use postroom::proto::mime;
 use postroom::store::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Entry, Folder, Keywords};
@@ -83,7 +84,7 @@ impl Candidate<'_> {
         if self.headers.is_none() {
             let parsed = self
                 .file()
-                .map(|m| message::decoded_headers(postroom::proto::mime::header_of(m)));
+                .map(|m| mime::decoded_headers(mime::header_of(m)));
             self.headers = Some(parsed.unwrap_or_default());
         }
         self.headers.as_deref().unwrap_or(&[])
@@ -239,7 +240,7 @@ mod tests {
 
     #[test]
     fn headers_decode() {
-        let h = message::decoded_headers(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\n\r\n");
+        let h = mime::decoded_headers(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\n\r\n");
         assert!(
             h.iter()
                 .any(|(n, v)| n == "SUBJECT" && contains(v, "grüße"))

@@ -15,7 +15,6 @@
 
 use std::io::Read;
 
-use mail_parser::{Address, HeaderValue, MessageParser};
 use postroom::proto::message::WireForm;
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
@@ -87,7 +86,7 @@ pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) ->
     let header = mime::header_of(wire);
     let mut envelope = Vec::with_capacity(256);
     mime::envelope(&mut envelope, header);
-    let headers: Vec<(String, String)> = decoded_headers(header)
+    let headers: Vec<(String, String)> = mime::decoded_headers(header)
         .into_iter()
         .filter(|(name, _)| SEARCH_FIELDS.contains(&name.as_str()))
         .collect();
@@ -206,57 +205,6 @@ pub fn flags_from_names(
         }
     }
     Ok((f, Some(all)))
-}
-
-/// Header fields as (upper-case name, value) with RFC 2047 words decoded
-/// and addresses written out as `Name <addr>`; other structured fields
-/// (Date, Message-ID) as they stand.
-pub fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
-    let Some(message) = MessageParser::new().parse_headers(header) else {
-        return Vec::new();
-    };
-    message
-        .headers()
-        .iter()
-        .map(|h| {
-            let value = match h.value() {
-                HeaderValue::Text(t) => t.to_string(),
-                HeaderValue::TextList(l) => l.join(" "),
-                HeaderValue::Address(a) => address_text(a),
-                _ => {
-                    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
-                    String::from_utf8_lossy(header.get(s..e).unwrap_or_default())
-                        .trim()
-                        .to_string()
-                }
-            };
-            (h.name().to_ascii_uppercase(), value)
-        })
-        .collect()
-}
-
-fn address_text(a: &Address<'_>) -> String {
-    let one = |addr: &mail_parser::Addr<'_>| {
-        format!(
-            "{} <{}>",
-            addr.name.as_deref().unwrap_or(""),
-            addr.address.as_deref().unwrap_or("")
-        )
-    };
-    match a {
-        Address::List(list) => list.iter().map(one).collect::<Vec<_>>().join(", "),
-        Address::Group(groups) => groups
-            .iter()
-            .map(|g| {
-                format!(
-                    "{}: {}",
-                    g.name.as_deref().unwrap_or(""),
-                    g.addresses.iter().map(one).collect::<Vec<_>>().join(", ")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! (SEARCHRES, RFC 5182). Which messages a key matches is `matching`'s.
 
 use postroom::net::NetError;
-use postroom::proto::imap::command::{SearchKey, SequenceSet};
+use postroom::proto::imap::command::SearchKey;
+use postroom::proto::imap::response::esearch;
 
 use crate::matching::{matching, mentions_modseq};
 use crate::session::{Done, Session};
@@ -84,35 +85,4 @@ pub async fn search(
     }
     session.out(format!("{line}\r\n").as_bytes()).await?;
     Ok(Done::Ok("SEARCH completed".into()))
-}
-
-/// `* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set` (RFC 4731).
-fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
-    let all = opts.is_empty() || opts.iter().any(|o| o == "ALL");
-    let mut line = String::from("* ESEARCH (TAG ");
-    let mut quoted = Vec::new();
-    postroom::proto::imap::response::quoted_or_literal(&mut quoted, tag.as_bytes());
-    line.push_str(&String::from_utf8_lossy(&quoted));
-    line.push(')');
-    if uid {
-        line.push_str(" UID");
-    }
-    if opts.iter().any(|o| o == "MIN")
-        && let Some(min) = found.first()
-    {
-        line.push_str(&format!(" MIN {min}"));
-    }
-    if opts.iter().any(|o| o == "MAX")
-        && let Some(max) = found.last()
-    {
-        line.push_str(&format!(" MAX {max}"));
-    }
-    if opts.iter().any(|o| o == "COUNT") {
-        line.push_str(&format!(" COUNT {}", found.len()));
-    }
-    if all && !found.is_empty() {
-        line.push_str(" ALL ");
-        line.push_str(&SequenceSet::of_sorted(found).to_string());
-    }
-    line
 }
