@@ -15,7 +15,7 @@
 
 use std::io::Read;
 
-use postroom::proto::message::WireForm;
+use postroom::proto::message::{WireForm, wire_form};
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
 use postroom::store::mailbox::{Entry, Flags, Folder, Keywords, flags};
@@ -54,23 +54,23 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
         }
         raw.truncate(filled);
         let header_done = raw.starts_with(b"\n") || raw.windows(2).any(|w| w == b"\n\n");
-        if filled < HEADER_READ {
-            // All of the file.
-        } else if header_done {
-            whole = false;
-        } else {
-            file.read_to_end(&mut raw).ok()?;
+        // A short read was all of the file; a full one holding the whole
+        // header leaves the rest of the file unread.
+        if filled == HEADER_READ {
+            if header_done {
+                whole = false;
+            } else {
+                file.read_to_end(&mut raw).ok()?;
+            }
         }
     } else {
         file.read_to_end(&mut raw).ok()?;
     }
-    let lines = raw.iter().filter(|&&b| b == b'\n').count();
-    let mut wire = WireForm::new();
-    let mut out = Vec::with_capacity(raw.len() + lines + 2);
-    wire.encode(&raw, &mut out);
     if whole {
-        wire.finish(&mut out);
+        return Some(wire_form(&raw));
     }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
+    WireForm::new().encode(&raw, &mut out);
     Some(out)
 }
 
