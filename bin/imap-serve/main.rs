@@ -12,13 +12,17 @@
 
 #![forbid(unsafe_code)]
 
+// The session, the view of the selected folder, and what the command
+// handlers share (message access, search-key matching)...
+mod matching;
+mod message;
+mod session;
+mod view;
+// ...and the handlers, which point at those and never at each other.
 mod fetch;
 mod folders;
 mod search;
-mod session;
-mod summary;
 mod thread;
-mod view;
 
 use std::process::ExitCode;
 

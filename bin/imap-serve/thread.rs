@@ -174,8 +174,8 @@ fn items(session: &mut Session, key: &SearchKey) -> Result<Vec<Item>, Done> {
     let Some(sel) = session.selected.as_mut() else {
         return Err(Done::Bad("select a mailbox first".into()));
     };
-    let positions = crate::search::matching(sel, key);
-    let records = crate::summary::records(sel, &positions);
+    let positions = crate::matching::matching(sel, key);
+    let records = crate::message::records(sel, &positions);
     Ok(positions
         .iter()
         .zip(records)
@@ -747,7 +747,7 @@ mod tests {
             info: "".into(),
         };
         let wire = format!("{header}\r\n\r\nbody\r\n");
-        let record = crate::summary::summarize(&entry, wire.as_bytes(), false, 7);
+        let record = crate::message::summarize(&entry, wire.as_bytes(), false, 7);
         Item {
             seq,
             uid: seq + 100,

@@ -1,10 +1,26 @@
 //! Small operations on message text that several programs share: line-end
-//! canonicalization, finding and reading header fields, dates.
+//! rules, finding and reading header fields, dates.
 //!
-//! The queue holds bodies with CRLF line ends (the wire form); maildirs hold
-//! LF. Local injectors hand us LF, CRLF or a mix; [`to_crlf`] makes one form
-//! of it, and treats a bare CR as a line end too, so no bare CR ever reaches
-//! the queue (a bare CR or LF is what the 2023 SMTP smuggling attacks ride on).
+//! Every line-end rule of the tree is here, one function (or one streaming
+//! encoder) each:
+//!
+//! - The queue holds bodies with CRLF line ends (the wire form of SMTP).
+//!   Local injectors hand us LF, CRLF or a mix; [`to_crlf`] makes one form
+//!   of it, and treats a bare CR as a line end too, so no bare CR ever
+//!   reaches the queue (a bare CR or LF is what the 2023 SMTP smuggling
+//!   attacks ride on).
+//! - Maildirs hold LF. Delivery (`store::maildir`) writes CRLF as LF and
+//!   keeps a bare CR as content; [`crlf_to_lf`] is the same rule for
+//!   programs that read mail the Unix way (a pipe alias, Sieve's `pipe`).
+//! - What POP3 and IMAP send of a stored message, and what the `,W=` of a
+//!   maildir name counts, is its wire form: [`wire_form`] for a message in
+//!   memory, [`WireForm`] chunk by chunk (POP3 RETR streams it, delivery
+//!   counts it without writing it). Its rule: every LF not already preceded
+//!   by CR becomes CRLF, a CR LF stays as it is, and a last line without a
+//!   line end gets CRLF (a message is lines, RFC 5322 §2.1). So a CR that
+//!   delivery kept before an LF reads as that line's end, exactly as `,W=`
+//!   counted it, and one message has one size in IMAP's RFC822.SIZE, in its
+//!   `BODY[]` literal, in POP3's LIST and in the octets of RETR.
 
 /// Canonical CRLF line ends: CRLF stays, a bare LF or a bare CR becomes CRLF.
 /// A missing final line end is added.
@@ -45,6 +61,139 @@ pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// The wire form of a stored message, which IMAP sends and `,W=` counts
+/// (the rule is in the module note): LF → CRLF, CRLF kept, a missing last
+/// line end added.
+pub fn wire_form(file: &[u8]) -> Vec<u8> {
+    let lines = file.iter().filter(|&&b| b == b'\n').count();
+    let mut out = Vec::with_capacity(file.len() + lines + 2);
+    let mut wire = WireForm::new();
+    wire.encode(file, &mut out);
+    wire.finish(&mut out);
+    out
+}
+
+/// The wire form as a stream: feed a stored message in chunks of any size
+/// to encode it ([`WireForm::encode`], or line by line with
+/// [`WireForm::encode_line`] for a protocol that frames lines, as POP3
+/// dot-stuffs them) or only to count it ([`WireForm::count`]). Chunked or
+/// not, the bytes and the count are those of [`wire_form`].
+#[derive(Debug, Clone)]
+pub struct WireForm {
+    /// The last byte fed; LF before any, so an empty message is complete.
+    last: u8,
+    /// Bytes of the current line so far, before its LF.
+    line: u64,
+    /// Octets of wire form so far.
+    octets: u64,
+}
+
+/// A line [`WireForm::encode_line`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineEnd {
+    /// Nothing before its line end (LF or CR LF): the empty line that ends
+    /// a header.
+    pub empty: bool,
+}
+
+impl Default for WireForm {
+    fn default() -> Self {
+        WireForm {
+            last: b'\n',
+            line: 0,
+            octets: 0,
+        }
+    }
+}
+
+impl WireForm {
+    pub fn new() -> WireForm {
+        WireForm::default()
+    }
+
+    /// Octets of wire form so far.
+    pub fn octets(&self) -> u64 {
+        self.octets
+    }
+
+    /// The octets once [`WireForm::finish`]ed: the size of the message on
+    /// the wire, known before it is sent.
+    pub fn octets_when_finished(&self) -> u64 {
+        self.octets + if self.at_line_start() { 0 } else { 2 }
+    }
+
+    /// Nothing fed yet, or the last byte fed ended a line.
+    pub fn at_line_start(&self) -> bool {
+        self.last == b'\n'
+    }
+
+    /// Encodes the start of `input` into `out`, up to and including its
+    /// first LF (all of it when it has none), and moves `input` past what
+    /// it took; says so when that ended a line.
+    pub fn encode_line(&mut self, input: &mut &[u8], out: &mut Vec<u8>) -> Option<LineEnd> {
+        let (content, end) = self.take_line(input);
+        out.extend_from_slice(content);
+        let (ending, line) = end?;
+        out.extend_from_slice(ending);
+        Some(line)
+    }
+
+    /// Encodes a whole chunk into `out`.
+    pub fn encode(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+        while !chunk.is_empty() {
+            self.encode_line(&mut chunk, out);
+        }
+    }
+
+    /// Counts a chunk's wire octets without writing them.
+    pub fn count(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            self.take_line(&mut chunk);
+        }
+    }
+
+    /// Ends the message: CRLF after a last line that has no line end.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start() {
+            out.extend_from_slice(b"\r\n");
+            self.octets += 2;
+            self.last = b'\n';
+            self.line = 0;
+        }
+    }
+
+    /// The one place the rule is applied: takes the content before the
+    /// first LF of `input` (all of it when it has none) and, if there was
+    /// an LF, gives the bytes that end the line on the wire: CRLF, or a
+    /// lone LF when the line's last byte, sent as content, was a CR.
+    fn take_line<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+    ) -> (&'a [u8], Option<(&'static [u8], LineEnd)>) {
+        let whole: &'a [u8] = input;
+        let lf = whole.iter().position(|&b| b == b'\n');
+        let content = &whole[..lf.unwrap_or(whole.len())];
+        *input = &whole[lf.map_or(whole.len(), |lf| lf + 1)..];
+        if let Some(&last) = content.last() {
+            self.last = last;
+        }
+        self.octets += content.len() as u64;
+        self.line += content.len() as u64;
+        if lf.is_none() {
+            return (content, None);
+        }
+        let after_cr = self.last == b'\r';
+        let line = LineEnd {
+            empty: self.line == 0 || (self.line == 1 && after_cr),
+        };
+        let ending: &'static [u8] = if after_cr { b"\n" } else { b"\r\n" };
+        self.octets += ending.len() as u64;
+        self.last = b'\n';
+        self.line = 0;
+        (content, Some((ending, line)))
+    }
 }
 
 /// The length of the header block including its terminating empty line, in
@@ -143,6 +292,76 @@ pub fn envelope_sender(flag: Option<&str>, message: &[u8]) -> crate::proto::addr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The wire form chunk by chunk, as POP3 RETR makes it.
+    fn streamed(file: &[u8], chunk: usize) -> (Vec<u8>, u64) {
+        let mut wire = WireForm::new();
+        let mut out = Vec::new();
+        for piece in file.chunks(chunk.max(1)) {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                wire.encode_line(&mut piece, &mut out);
+            }
+        }
+        wire.finish(&mut out);
+        (out, wire.octets())
+    }
+
+    #[test]
+    fn the_wire_form_keeps_crlf_and_ends_the_last_line() {
+        assert_eq!(wire_form(b"a\nb\n\nc"), b"a\r\nb\r\n\r\nc\r\n");
+        assert_eq!(wire_form(b"a\r\nb\rc\n"), b"a\r\nb\rc\r\n");
+        assert_eq!(wire_form(b"x\r"), b"x\r\r\n");
+        assert_eq!(wire_form(b""), b"");
+        let mut wire = WireForm::new();
+        let mut out = Vec::new();
+        let mut input = &b"\r\nA: b\n\nrest"[..];
+        assert_eq!(
+            wire.encode_line(&mut input, &mut out),
+            Some(LineEnd { empty: true })
+        );
+        assert_eq!(
+            wire.encode_line(&mut input, &mut out),
+            Some(LineEnd { empty: false })
+        );
+        assert_eq!(
+            wire.encode_line(&mut input, &mut out),
+            Some(LineEnd { empty: true })
+        );
+        assert_eq!(wire.encode_line(&mut input, &mut out), None);
+        assert!(input.is_empty() && !wire.at_line_start());
+        assert_eq!(wire.octets_when_finished(), wire.octets() + 2);
+    }
+
+    proptest! {
+        #[test]
+        fn one_wire_form_however_it_is_fed(
+            file in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'\n'),
+                    Just(b'\r'),
+                    any::<u8>(),
+                ],
+                0..200,
+            ),
+            chunk in 1usize..17,
+        ) {
+            let whole = wire_form(&file);
+            let (out, octets) = streamed(&file, chunk);
+            prop_assert_eq!(&out, &whole);
+            prop_assert_eq!(octets, whole.len() as u64);
+            let mut counted = WireForm::new();
+            for piece in file.chunks(chunk) {
+                counted.count(piece);
+            }
+            prop_assert_eq!(counted.octets_when_finished(), whole.len() as u64);
+            // Every line of it ends with CRLF.
+            for line in whole.split_inclusive(|&b| b == b'\n') {
+                prop_assert!(line.ends_with(b"\r\n"));
+            }
+        }
+    }
 
     #[test]
     fn crlf_to_lf_leaves_bare_cr() {

@@ -14,14 +14,18 @@
 //! its whole argument, spaces included (RFC 1939 §7 allows that).
 //!
 //! On the wire (RFC 1939 §3): every line ends with CRLF, a line starting
-//! with "." gets another "." in front, and "." CRLF ends the response. A
-//! stored line ending in LF gets a CR before the LF; one already ending in
-//! CRLF is sent as it is; a last line without any line end gets CRLF. The
+//! with "." gets another "." in front, and "." CRLF ends the response. The
+//! lines are the message's wire form (`proto::message`, what IMAP sends
+//! and `,W=` counts): a stored line ending in LF gets a CR before the LF;
+//! one already ending in CRLF is sent as it is; a last line without any
+//! line end gets CRLF. The
 //! octet count [`Transmit::octets`] is the message as the client keeps it
 //! after undoing the dot-stuffing: what LIST and STAT must report
 //! (RFC 1939 §5, "exact size").
 
 use std::fmt;
+
+use crate::proto::message::WireForm;
 
 /// The longest argument RFC 1939 §3 allows. Longer USER names are refused
 /// here; PASS and AUTH responses may be longer (RFC 5034 §4).
@@ -313,33 +317,26 @@ pub fn decode_plain(response: &str) -> Option<(String, Password)> {
 }
 
 /// Turns the bytes of a stored message into a RETR or TOP response body:
-/// CRLF line ends, dot-stuffing, TOP's line limit, and the terminating
-/// "." CRLF. Feed it the file in chunks of any size.
+/// the message's wire form (`proto::message`, the one line-end rule IMAP
+/// and `,W=` follow too), dot-stuffing, TOP's line limit, and the
+/// terminating "." CRLF. Feed it the file in chunks of any size.
 #[derive(Debug, Clone)]
 pub struct Transmit {
-    at_line_start: bool,
-    /// The last byte of the line so far was a CR (kept across chunks).
-    previous_cr: bool,
-    /// Bytes in the current line before its LF.
-    line_len: u64,
+    wire: WireForm,
     in_headers: bool,
     /// TOP: body lines still to send; None for RETR.
     body_lines_left: Option<u64>,
     done: bool,
-    octets: u64,
 }
 
 impl Transmit {
     /// RETR: the whole message.
     pub fn whole() -> Transmit {
         Transmit {
-            at_line_start: true,
-            previous_cr: false,
-            line_len: 0,
+            wire: WireForm::new(),
             in_headers: true,
             body_lines_left: None,
             done: false,
-            octets: 0,
         }
     }
 
@@ -360,51 +357,22 @@ impl Transmit {
     /// counted. After [`Transmit::finish`] on a RETR this must equal the
     /// size LIST gave.
     pub fn octets(&self) -> u64 {
-        self.octets
+        self.wire.octets()
     }
 
     /// Encodes the next chunk of the file into `out`.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() && !self.done {
-            if self.at_line_start {
-                if input[0] == b'.' {
-                    out.push(b'.');
-                }
-                self.at_line_start = false;
-                self.previous_cr = false;
-                self.line_len = 0;
+            if self.wire.at_line_start() && input[0] == b'.' {
+                out.push(b'.');
             }
-            let Some(lf) = input.iter().position(|&b| b == b'\n') else {
-                out.extend_from_slice(input);
-                self.count_content(input);
-                return;
-            };
-            let content = &input[..lf];
-            out.extend_from_slice(content);
-            self.count_content(content);
-            if self.previous_cr {
-                out.push(b'\n');
-                self.octets += 1;
-            } else {
-                out.extend_from_slice(b"\r\n");
-                self.octets += 2;
+            if let Some(line) = self.wire.encode_line(&mut input, out) {
+                self.end_line(line.empty);
             }
-            let empty = self.line_len == 0 || (self.line_len == 1 && self.previous_cr);
-            self.end_line(empty);
-            input = &input[lf + 1..];
         }
-    }
-
-    fn count_content(&mut self, content: &[u8]) {
-        if let Some(&last) = content.last() {
-            self.previous_cr = last == b'\r';
-        }
-        self.octets += content.len() as u64;
-        self.line_len += content.len() as u64;
     }
 
     fn end_line(&mut self, empty: bool) {
-        self.at_line_start = true;
         if self.in_headers {
             if empty {
                 self.in_headers = false;
@@ -420,11 +388,7 @@ impl Transmit {
     /// end (counted: it is part of the message as the client stores it),
     /// then "." CRLF.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.at_line_start {
-            out.extend_from_slice(b"\r\n");
-            self.octets += 2;
-            self.at_line_start = true;
-        }
+        self.wire.finish(out);
         out.extend_from_slice(b".\r\n");
     }
 }
@@ -672,6 +636,8 @@ mod tests {
             prop_assert_eq!(retr(&message, 1000).0, out);
             // And the size a reader computes without sending agrees.
             prop_assert_eq!(crate::store::maildir::pop3_size(&mut &message[..]).unwrap(), octets);
+            // What the client keeps is the wire form IMAP sends.
+            prop_assert_eq!(kept, crate::proto::message::wire_form(&message));
         }
     }
 }

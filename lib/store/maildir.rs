@@ -53,6 +53,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::proto::message::WireForm;
 use crate::store::fsutil;
 
 /// `maildirsize` is rebuilt from scratch past this size (Maildir++ rule).
@@ -287,8 +288,8 @@ impl Maildir {
         let mut out = io::BufWriter::with_capacity(64 * 1024, file);
         out.write_all(message.prepend)
             .map_err(MaildirError::io(tmp))?;
-        let mut prepended = WireCount::default();
-        prepended.add(message.prepend);
+        let mut prepended = WireForm::new();
+        prepended.count(message.prepend);
         let (body_size, body_wire) =
             copy_with_lf(message.body, &mut out).map_err(MaildirError::io(tmp))?;
         let file = out.into_inner().map_err(|e| MaildirError::Io {
@@ -296,7 +297,7 @@ impl Maildir {
             error: e.into_error(),
         })?;
         let size = message.prepend.len() as u64 + body_size;
-        let wire_size = prepended.wire + body_wire;
+        let wire_size = prepended.octets() + body_wire;
         if let Some((limit, (bytes, _))) = used
             && bytes + size > limit
         {
@@ -797,11 +798,13 @@ fn name_field(name: &str, key: &str) -> Option<u64> {
 /// lines, as qmail and Dovecot write them), and ending a last line that has
 /// no line end with LF: a message is lines (RFC 5322 §2.1), and POP3 and
 /// IMAP must send it as lines whose sizes they can state before sending.
-/// Returns the bytes written and the wire size ([`pop3_size`] of them).
+/// Returns the bytes written and the size of their wire form
+/// (`proto::message::WireForm`, what POP3 and IMAP send).
 fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u64)> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut converted = Vec::with_capacity(buf.len() + 2);
-    let mut wire = WireCount::default();
+    let mut size = 0;
+    let mut wire = WireForm::new();
     let mut pending_cr = false;
     loop {
         let n = match body.read(&mut buf) {
@@ -822,74 +825,37 @@ fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u6
                 converted.push(b);
             }
         }
-        wire.add(&converted);
+        wire.count(&converted);
+        size += converted.len() as u64;
         out.write_all(&converted)?;
     }
     converted.clear();
     if pending_cr {
         converted.push(b'\r');
     }
-    if (wire.size > 0 || !converted.is_empty()) && converted.last().unwrap_or(&wire.last) != &b'\n'
-    {
+    wire.count(&converted);
+    if !wire.at_line_start() {
         converted.push(b'\n');
+        wire.count(b"\n");
     }
-    wire.add(&converted);
+    size += converted.len() as u64;
     out.write_all(&converted)?;
-    Ok((wire.size, wire.wire))
+    Ok((size, wire.octets()))
 }
 
-/// Counts a file's size on the wire as it streams past: every LF not
-/// already preceded by CR becomes CRLF.
-#[derive(Debug)]
-struct WireCount {
-    size: u64,
-    wire: u64,
-    last: u8,
-}
-
-impl Default for WireCount {
-    fn default() -> Self {
-        WireCount {
-            size: 0,
-            wire: 0,
-            // As if after a line end: an empty file is complete.
-            last: b'\n',
-        }
-    }
-}
-
-impl WireCount {
-    fn add(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.wire += if b == b'\n' && self.last != b'\r' {
-                2
-            } else {
-                1
-            };
-            self.last = b;
-        }
-        self.size += bytes.len() as u64;
-    }
-
-    /// The POP3 size: a last line without a line end gets CRLF on the wire.
-    fn pop3(&self) -> u64 {
-        self.wire + if self.last == b'\n' { 0 } else { 2 }
-    }
-}
-
-/// The size of a stored message as POP3 sends it (RETR, and the size LIST
-/// and STAT report): LF line ends become CRLF, CRLF stays, a last line
-/// without a line end gets one. Dot-stuffing is not counted (RFC 1939 §5).
-/// For every file `deliver` writes this equals the `,W=` of its name; it is
+/// The size of a stored message as POP3 and IMAP send it (RETR, FETCH
+/// BODY[], and the size LIST, STAT and RFC822.SIZE report): its wire form
+/// (`proto::message`). Dot-stuffing is not counted (RFC 1939 §5). For
+/// every file `deliver` writes this equals the `,W=` of its name; it is
 /// for files from elsewhere whose names carry no `,W=`. `pop3::Transmit`
 /// sends exactly this many octets.
 pub fn pop3_size(reader: &mut dyn Read) -> io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut count = WireCount::default();
+    let mut wire = WireForm::new();
     loop {
         match reader.read(&mut buf) {
-            Ok(0) => return Ok(count.pop3()),
-            Ok(n) => count.add(&buf[..n]),
+            Ok(0) => return Ok(wire.octets_when_finished()),
+            Ok(n) => wire.count(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -1405,5 +1371,42 @@ mod tests {
         // Removing it removes the link, never what it points to.
         assert_eq!(md.remove(&[link]).removed, 1);
         assert!(secret.exists());
+    }
+
+    proptest::proptest! {
+        /// The three readers of a delivered message agree on its size: the
+        /// `,W=` delivery puts in the name, the octets IMAP sends (its wire
+        /// form) and what POP3 RETR sends, dot-stuffing undone.
+        #[test]
+        fn w_size_imap_and_pop3_agree_on_any_message(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'.'),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..300,
+            ),
+        ) {
+            let mut file = Vec::new();
+            let (size, w) = copy_with_lf(&mut &body[..], &mut file).unwrap();
+            proptest::prop_assert_eq!(size, file.len() as u64);
+            let imap = crate::proto::message::wire_form(&file);
+            proptest::prop_assert_eq!(imap.len() as u64, w);
+            proptest::prop_assert_eq!(pop3_size(&mut &file[..]).unwrap(), w);
+            let mut retr = crate::proto::pop3::Transmit::whole();
+            let mut sent = Vec::new();
+            retr.feed(&file, &mut sent);
+            retr.finish(&mut sent);
+            proptest::prop_assert_eq!(retr.octets(), w);
+            let kept: Vec<u8> = sent
+                .strip_suffix(b".\r\n")
+                .unwrap_or_default()
+                .split_inclusive(|&b| b == b'\n')
+                .flat_map(|line| line.strip_prefix(b".").unwrap_or(line).to_vec())
+                .collect();
+            proptest::prop_assert_eq!(kept, imap);
+        }
     }
 }

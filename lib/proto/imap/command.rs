@@ -16,6 +16,7 @@
 //! here; swapping it for `imap-codec` 2.0 once that is stable touches this
 //! file only.
 
+use std::fmt;
 use std::time::SystemTime;
 
 /// Deepest nesting of search keys (parentheses, NOT, OR).
@@ -61,6 +62,12 @@ impl SequenceSet {
         })
     }
 
+    /// Whether it names nothing (only a set made here can: the grammar
+    /// needs one number at least).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether this is `$`.
     pub fn is_saved(&self) -> bool {
         self.0.first().is_some_and(|(a, _)| *a == Bound::Saved)
@@ -76,6 +83,35 @@ impl SequenceSet {
             }
         }
         SequenceSet(ranges)
+    }
+}
+
+/// The set written back as `sequence-set` reads it: `1:3,7,9:*`, `$`;
+/// a range of one number as that number. With [`SequenceSet::of_sorted`]
+/// this is every set a response names (ESEARCH `ALL`, `VANISHED`,
+/// APPENDUID/COPYUID, MODIFIED).
+impl fmt::Display for SequenceSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (a, b)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+            if a != b {
+                write!(f, ":{b}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bound::Num(n) => write!(f, "{n}"),
+            Bound::Star => f.write_str("*"),
+            Bound::Saved => f.write_str("$"),
+        }
     }
 }
 
@@ -1721,7 +1757,61 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn sequence_sets_are_written_as_runs() {
+        assert_eq!(
+            SequenceSet::of_sorted(&[1, 2, 3, 7, 9, 10]).to_string(),
+            "1:3,7,9:10"
+        );
+        assert_eq!(SequenceSet::of_sorted(&[]).to_string(), "");
+        assert_eq!(
+            SequenceSet::of_sorted(&[u32::MAX - 1, u32::MAX]).to_string(),
+            "4294967294:4294967295"
+        );
+        assert_eq!(
+            SequenceSet(vec![
+                (Bound::Num(4), Bound::Num(2)),
+                (Bound::Num(5), Bound::Star)
+            ])
+            .to_string(),
+            "4:2,5:*"
+        );
+        assert_eq!(
+            SequenceSet(vec![(Bound::Saved, Bound::Saved)]).to_string(),
+            "$"
+        );
+    }
+
+    fn fetched_set(command: &str) -> SequenceSet {
+        match ok(command) {
+            Body::Fetch { set, .. } => set,
+            other => panic!("{command}: {other:?}"),
+        }
+    }
+
     proptest! {
+        #[test]
+        fn a_written_sequence_set_parses_back_to_itself(
+            ranges in proptest::collection::vec(
+                (prop_oneof![(1u32..).prop_map(Bound::Num), Just(Bound::Star)],
+                 prop_oneof![(1u32..).prop_map(Bound::Num), Just(Bound::Star)]),
+                1..20),
+        ) {
+            let set = SequenceSet(ranges);
+            prop_assert_eq!(fetched_set(&format!("t FETCH {set} FLAGS\r\n")), set);
+        }
+
+        #[test]
+        fn runs_cover_exactly_the_numbers(
+            mut numbers in proptest::collection::vec(1u32..60, 0..40),
+        ) {
+            numbers.sort_unstable();
+            numbers.dedup();
+            let set = SequenceSet::of_sorted(&numbers);
+            let covered: Vec<u32> = set.ranges(0).flat_map(|(lo, hi)| lo..=hi).collect();
+            prop_assert_eq!(covered, numbers);
+        }
+
         #[test]
         fn random_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse(&bytes);

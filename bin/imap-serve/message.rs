@@ -1,15 +1,78 @@
+//! Message access, shared by the commands that look into messages (FETCH,
+//! SEARCH, SORT, THREAD, STORE, APPEND): reading a message file in its
+//! wire form, the folder-cache record of a message, its INTERNALDATE, and
+//! the flags a client names.
+//!
+//! The wire form (`postroom::proto::message`) is what the client receives
+//! and what RFC822.SIZE (`,W=` in the name) counts, so every offset into a
+//! message read here is an offset in what is sent.
+//!
 //! What the folder cache (`postroom::store::mailbox::cache`) keeps about a
-//! message, computed from its text: the ENVELOPE, BODY and BODYSTRUCTURE
+//! message is computed from its text: the ENVELOPE, BODY and BODYSTRUCTURE
 //! responses as sent, the size, the dates and the decoded header fields
 //! SEARCH, SORT and THREAD ask for. FETCH and SEARCH both fill it, so the
 //! second look at a big folder reads one file instead of every message.
 
-use mail_parser::{Address, HeaderValue, MessageParser};
+use std::io::Read;
+
+use postroom::proto::message::{WireForm, wire_form};
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
-use postroom::store::mailbox::{Entry, Folder};
+use postroom::store::mailbox::{Entry, Flags, Folder, Keywords, flags};
 
-use crate::session::Selected;
+use crate::session::{Done, Selected};
+
+/// How much of a file is read when only its header is needed; a header
+/// longer than this is read with the rest of the file.
+const HEADER_READ: usize = 64 * 1024;
+
+/// What of a message a command needs.
+#[derive(PartialEq, PartialOrd, Clone, Copy)]
+pub enum Need {
+    Nothing,
+    Header,
+    Everything,
+}
+
+/// Reads a message file in its wire form: the header only (if it fits in
+/// the first read) or all of it; `None` if it is gone, or is a symlink
+/// (never followed, so never served). Only a read of the whole file gets
+/// the line end a last line may lack: a header read may stop mid-line.
+pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8>> {
+    let mut file = folder.open_message(entry).ok()?;
+    let mut raw = Vec::new();
+    let mut whole = true;
+    if need == Need::Header {
+        raw.resize(HEADER_READ, 0);
+        let mut filled = 0;
+        while filled < raw.len() {
+            match file.read(&mut raw[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(_) => return None,
+            }
+        }
+        raw.truncate(filled);
+        let header_done = raw.starts_with(b"\n") || raw.windows(2).any(|w| w == b"\n\n");
+        // A short read was all of the file; a full one holding the whole
+        // header leaves the rest of the file unread.
+        if filled == HEADER_READ {
+            if header_done {
+                whole = false;
+            } else {
+                file.read_to_end(&mut raw).ok()?;
+            }
+        }
+    } else {
+        file.read_to_end(&mut raw).ok()?;
+    }
+    if whole {
+        return Some(wire_form(&raw));
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
+    WireForm::new().encode(&raw, &mut out);
+    Some(out)
+}
 
 /// A record from the message's wire form (CRLF). `whole` says the text is
 /// the whole message (so BODY and BODYSTRUCTURE can be computed), not just
@@ -23,7 +86,7 @@ pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) ->
     let header = mime::header_of(wire);
     let mut envelope = Vec::with_capacity(256);
     mime::envelope(&mut envelope, header);
-    let headers: Vec<(String, String)> = decoded_headers(header)
+    let headers: Vec<(String, String)> = mime::decoded_headers(header)
         .into_iter()
         .filter(|(name, _)| SEARCH_FIELDS.contains(&name.as_str()))
         .collect();
@@ -82,18 +145,12 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
         };
         let whole = entry.wire_size().is_none();
         let need = if whole {
-            crate::fetch::Need::Everything
+            Need::Everything
         } else {
-            crate::fetch::Need::Header
+            Need::Header
         };
-        let record = crate::fetch::read_message(&sel.folder, &entry, need).and_then(|text| {
-            summarize(
-                &entry,
-                &crate::fetch::wire_form(&text),
-                whole,
-                internal_date(&sel.folder, &entry),
-            )
-        });
+        let record = read_message(&sel.folder, &entry, need)
+            .and_then(|wire| summarize(&entry, &wire, whole, internal_date(&sel.folder, &entry)));
         if let Some(r) = &record {
             sel.cache.put(r.clone());
         }
@@ -112,55 +169,42 @@ pub fn internal_date(folder: &Folder, entry: &Entry) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Header fields as (upper-case name, value) with RFC 2047 words decoded
-/// and addresses written out as `Name <addr>`; other structured fields
-/// (Date, Message-ID) as they stand.
-pub fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
-    let Some(message) = MessageParser::new().parse_headers(header) else {
-        return Vec::new();
-    };
-    message
-        .headers()
-        .iter()
-        .map(|h| {
-            let value = match h.value() {
-                HeaderValue::Text(t) => t.to_string(),
-                HeaderValue::TextList(l) => l.join(" "),
-                HeaderValue::Address(a) => address_text(a),
-                _ => {
-                    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
-                    String::from_utf8_lossy(header.get(s..e).unwrap_or_default())
-                        .trim()
-                        .to_string()
-                }
-            };
-            (h.name().to_ascii_uppercase(), value)
-        })
-        .collect()
-}
-
-fn address_text(a: &Address<'_>) -> String {
-    let one = |addr: &mail_parser::Addr<'_>| {
-        format!(
-            "{} <{}>",
-            addr.name.as_deref().unwrap_or(""),
-            addr.address.as_deref().unwrap_or("")
-        )
-    };
-    match a {
-        Address::List(list) => list.iter().map(one).collect::<Vec<_>>().join(", "),
-        Address::Group(groups) => groups
-            .iter()
-            .map(|g| {
-                format!(
-                    "{}: {}",
-                    g.name.as_deref().unwrap_or(""),
-                    g.addresses.iter().map(one).collect::<Vec<_>>().join(", ")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
+/// Flags from names; keywords new to the folder are added to its file.
+/// Returns the flags and whether the folder's keywords changed.
+pub fn flags_from_names(
+    folder: &Folder,
+    names: &[String],
+) -> Result<(Flags, Option<Keywords>), Done> {
+    let mut f = Flags::default();
+    let mut keywords = Vec::new();
+    for name in names {
+        if let Some(bit) = flags::system_bit(name) {
+            f.system |= bit;
+        } else if name.eq_ignore_ascii_case("\\Recent") {
+            // Not settable, silently ignored as RFC 3501 §6.4.6 implies.
+        } else if name.starts_with('\\') {
+            return Err(Done::Bad(format!("unknown system flag {name}")));
+        } else if flags::is_keyword(name) {
+            keywords.push(name.as_str());
+        } else {
+            return Err(Done::Bad(format!("invalid keyword {name}")));
+        }
     }
+    if keywords.is_empty() {
+        return Ok((f, None));
+    }
+    let (all, fit) = folder.add_keywords(&keywords).map_err(Done::from)?;
+    if !fit {
+        return Err(Done::No(
+            "[LIMIT] this folder has its 26 keywords already".into(),
+        ));
+    }
+    for k in keywords {
+        if let Some(i) = all.index(k) {
+            f.keywords |= 1 << i;
+        }
+    }
+    Ok((f, Some(all)))
 }
 
 #[cfg(test)]
