@@ -59,7 +59,7 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
             && !member.nomail
             && let Ok(address) = Address::parse(&member.address)
         {
-            match postroom::delivery::deliver::routes_for(&directory, &address) {
+            match directory.routes_for(&address) {
                 Ok(routes) => readers.extend(routes),
                 // No digest rather than one that skips readers who may
                 // well exist (a missing users file): the next run sends it.

@@ -100,7 +100,7 @@ pub fn distribute(
             tracing::warn!(member = %member.address, "not an address; skipped");
             continue;
         };
-        match postroom::delivery::deliver::routes_for(&directory, &address) {
+        match directory.routes_for(&address) {
             Ok(routes) => recipients.extend(routes),
             // Nothing is archived or sent yet: the whole post waits (exit
             // 75) rather than go out without members who may well exist
@@ -343,9 +343,7 @@ pub fn tell_owners(config: &Config, list: &List, subject: &str, text: &str) -> a
     let mut recipients = Vec::new();
     for owner in &list.config.owners {
         if let Ok(owner) = Address::parse(owner) {
-            recipients.extend(
-                postroom::delivery::deliver::routes_for(&directory, &owner).unwrap_or_default(),
-            );
+            recipients.extend(directory.routes_for(&owner).unwrap_or_default());
         }
     }
     if !recipients.is_empty() {

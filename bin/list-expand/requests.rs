@@ -224,7 +224,7 @@ fn send_reply(
         .text_body(text)
         .write_to_vec()?;
     let directory = Directory::load(config)?;
-    let recipients = postroom::delivery::deliver::routes_for(&directory, to)?;
+    let recipients = directory.routes_for(to)?;
     Queue::from_config(config).enqueue(&Envelope::new(ReversePath::Null, recipients), &message)?;
     Ok(())
 }

@@ -198,7 +198,7 @@ fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
 /// any other local mail.
 fn welcome(config: &Config, to: &Address) -> anyhow::Result<()> {
     let directory = aliases::Directory::load(config)?;
-    let recipients = deliver::routes_for(&directory, to)?;
+    let recipients = directory.routes_for(to)?;
     let sender = ReversePath::parse(&format!("postmaster@{DOMAIN}"))?;
     let mut envelope = Envelope::new(sender, recipients);
     envelope.protocol = Some(postroom::proto::address::EnvelopeText::new("local", 16)?);

@@ -1014,7 +1014,7 @@ impl Session {
                 format!("<{address}>: relay access denied"),
             ));
         }
-        let mut routes = match deliver::routes_for(&directory, &address) {
+        let mut routes = match directory.routes_for(&address) {
             Ok(routes) => routes,
             Err(ResolveError::UnknownUser(_)) => {
                 return self.error(Reply::new(

@@ -429,11 +429,11 @@ impl Runner {
     /// Queues a report (null sender) to `to`, routed like any mail; if the
     /// address no longer resolves, the postmaster gets it instead.
     fn send_report(&self, to: &Address, report: &[u8]) -> anyhow::Result<QueueId> {
-        let routes = deliver::routes_for(&self.directory, to).or_else(|e| {
+        let routes = self.directory.routes_for(to).or_else(|e| {
             tracing::warn!(%to, "report cannot be routed ({e}); sending it to the postmaster");
             dsn::postmaster(&self.config)
                 .filter(|p| p != to)
-                .map(|p| deliver::routes_for(&self.directory, &p))
+                .map(|p| self.directory.routes_for(&p))
                 .unwrap_or(Err(e))
         });
         let recipients = match routes {

@@ -347,18 +347,18 @@ fn redirect(
     out.extend_from_slice(&message::remove_header(&crlf[..end], "Return-Path"));
     out.extend_from_slice(&crlf[end..]);
     let target = Address::parse(to)?;
-    let recipients = crate::delivery::deliver::routes_for(directory, &target)?;
+    let recipients = directory.routes_for(&target)?;
     // With SRS on, a sender from elsewhere is rewritten so the next
     // system's SPF check sees our domain; bounces come back through it.
     let sender = match (sender, config.srs_secret()) {
         (ReversePath::Address(original), Some(secret))
             if !directory.is_local_domain(original.domain()) =>
         {
-            crate::delivery::srs::forward(
+            crate::directory::srs::forward(
                 original,
                 &secret,
                 config.srs_domain(),
-                crate::delivery::srs::today(),
+                crate::directory::srs::today(),
             )
             .map(ReversePath::Address)
             .unwrap_or_else(|| sender.clone())

@@ -1,10 +1,9 @@
 //! What happens to a message after it is accepted: delivery into maildirs
 //! and pipes, Sieve rules (the language in [`sieve`], delivery by it in
-//! [`filter`]), vacation replies, mailing lists and SRS.
+//! [`filter`]), vacation replies and mailing lists.
 
 pub mod deliver;
 pub mod filter;
 pub mod lists;
 pub mod sieve;
-pub mod srs;
 pub mod vacation;
