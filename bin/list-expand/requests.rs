@@ -13,9 +13,9 @@
 use mail_parser::MessageParser;
 use postroom::config::Config;
 use postroom::delivery::lists::List;
+use postroom::delivery::submit::{Recipients, Submission, Unresolvable, submit};
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, ReversePath};
-use postroom::store::queue::{Envelope, Queue};
 
 use crate::post::{distribute, take_held};
 
@@ -224,7 +224,10 @@ fn send_reply(
         .text_body(text)
         .write_to_vec()?;
     let directory = Directory::load(config)?;
-    let recipients = directory.routes_for(to)?;
-    Queue::from_config(config).enqueue(&Envelope::new(ReversePath::Null, recipients), &message)?;
+    let submission = Submission::new(
+        ReversePath::Null,
+        Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
+    );
+    submit(config, &directory, submission, &message)?;
     Ok(())
 }

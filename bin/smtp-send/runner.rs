@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Outcome};
+use postroom::delivery::submit::{Recipients, Submission, submit};
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::dsn::{self, Kind};
 use postroom::store::queue::{
-    Envelope, LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
+    LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
 };
 use postroom::store::{fsutil, queue};
 use tokio::sync::{Semaphore, oneshot};
@@ -440,8 +441,8 @@ impl Runner {
             Ok(routes) if !routes.is_empty() => routes,
             _ => anyhow::bail!("no route for a report to {to}, nor to the postmaster"),
         };
-        let envelope = Envelope::new(ReversePath::Null, recipients);
-        let id = self.queue.enqueue(&envelope, report)?;
+        let submission = Submission::new(ReversePath::Null, Recipients::Routes(recipients));
+        let id = submit(&self.config, &self.directory, submission, report)?;
         self.tally.reports.fetch_add(1, Ordering::Relaxed);
         tracing::info!(report_id = %id, %to, "report queued");
         Ok(id)

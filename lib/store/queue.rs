@@ -487,10 +487,15 @@ impl Queue {
 
     /// Queues a whole message in one call (body already CRLF-canonical).
     pub fn enqueue(&self, envelope: &Envelope, body: &[u8]) -> Result<QueueId, QueueError> {
+        self.stage(envelope, body)?.commit(&[])
+    }
+
+    /// Writes a whole message without committing it (see [`Staged`]).
+    pub fn stage(&self, envelope: &Envelope, body: &[u8]) -> Result<Staged, QueueError> {
         let mut incoming = self.incoming(envelope)?;
         let path = incoming.path.clone();
         incoming.write_all(body).map_err(io_err(&path))?;
-        incoming.commit()
+        incoming.finish()
     }
 
     /// Every queued message id, oldest first.
