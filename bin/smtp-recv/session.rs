@@ -1292,7 +1292,7 @@ impl Session {
             return;
         }
         let staged = match self.authentication_results(&tx, &staged).await {
-            Some(header) => match prepend_headers(&self.shared.config, staged, &[header]) {
+            Some(header) => match prepend_headers(staged, &[header]) {
                 Ok(staged) => staged,
                 Err(e) => {
                     self.local_error(format_args!("adding Authentication-Results failed: {e}"));
@@ -1357,7 +1357,7 @@ impl Session {
             hooks::Verdict::Accept { headers } if headers.is_empty() => return Some(staged),
             hooks::Verdict::Accept { headers } => headers,
         };
-        match prepend_headers(&self.shared.config, staged, &headers) {
+        match prepend_headers(staged, &headers) {
             Ok(staged) => Some(staged),
             Err(e) => {
                 self.local_error(format_args!("adding the data hook's headers failed: {e}"));
@@ -1426,27 +1426,12 @@ impl Session {
     }
 }
 
-/// The same message with `headers` on top: a new staged message (memory
-/// or tmp/), the old one discarded. Costs a copy, only when headers are
-/// added (Authentication-Results, a filter's verdict).
-fn prepend_headers(
-    config: &Config,
-    staged: Staged,
-    headers: &[String],
-) -> Result<Staged, Box<dyn std::error::Error>> {
-    use std::io::Write;
-    let queue = Queue::from_config(config);
-    let result = (|| -> Result<Staged, Box<dyn std::error::Error>> {
-        let mut incoming = queue.incoming(&staged.message.envelope)?;
-        for header in headers {
-            incoming.write_all(header.as_bytes())?;
-            incoming.write_all(b"\r\n")?;
-        }
-        std::io::copy(&mut staged.message.body()?, &mut incoming)?;
-        Ok(incoming.finish()?)
-    })();
-    let _ = staged.discard();
-    result
+/// The same message with `headers` on top, under the same queue id (the
+/// Received line, the reply and the log name it). Costs a copy, only when
+/// headers are added (Authentication-Results, a filter's verdict).
+fn prepend_headers(staged: Staged, headers: &[String]) -> Result<Staged, queue::QueueError> {
+    let block: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    staged.prepend(block.as_bytes())
 }
 
 /// RFC 5321 §6.3: a message with more Received headers than this is in a

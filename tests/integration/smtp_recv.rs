@@ -462,6 +462,102 @@ timeout = "5s"
     assert!(maildir_files(&tree.maildir("bob")).is_empty());
 }
 
+/// One inetd-style session from 192.0.2.1; returns (replies, log).
+fn inetd_session_logged(tree: &Tree, input: &str) -> (String, String) {
+    let mut child = Command::new(bin("smtp-recv"))
+        .arg("--config")
+        .arg(&tree.config)
+        .env("REMOTE_ADDR", "192.0.2.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (stdout(&out), stderr(&out))
+}
+
+/// smtp-recv used to write a message again under a new queue id when it
+/// put Authentication-Results or a data hook's headers on top: the
+/// Received line, the 250 reply and the log named the old id, the maildir
+/// and the queue the new one.
+#[test]
+fn the_queue_id_stays_the_same_when_headers_are_prepended() {
+    let dns = crate::dns::DnsServer::start(std::collections::HashMap::new());
+    let tree = tree_with_users();
+    // A pipe that asks to try later keeps the message in the queue.
+    std::fs::write(
+        tree.root().join("aliases"),
+        "later@example.test: \"|exit 75\"\n",
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&tree.config).unwrap();
+    text.push_str(&format!(
+        "\n[smtp]\ndkim = true\n\n[smtp.hooks]\ndata = 'cat >/dev/null; echo \"X-Scanned: yes\"'\n\
+         timeout = \"5s\"\n\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n",
+        dns.addr
+    ));
+    std::fs::write(&tree.config, text).unwrap();
+    let id_after = |said: &str, words: &str| -> String {
+        said.lines()
+            .find_map(|l| l.strip_prefix(&format!("250 2.0.0 ok, {words} as ")))
+            .unwrap_or_else(|| panic!("no \"{words} as\" in {said}"))
+            .trim()
+            .to_string()
+    };
+
+    let (said, log) = inetd_session_logged(
+        &tree,
+        "EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\n\
+         DATA\r\nSubject: now\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    );
+    let id = id_after(&said, "delivered");
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1, "{said}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.contains(&format!(".Q{id}R0.")), "{name} for {id}");
+    let delivered = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(delivered.starts_with("Return-Path:"), "{delivered}");
+    assert!(delivered.contains("\nX-Scanned: yes\n"), "{delivered}");
+    assert!(
+        delivered.contains("\nAuthentication-Results: "),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains(&format!("\tid {id}\n")),
+        "{id}: {delivered}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("delivered") && l.contains(&format!("queue_id={id}"))),
+        "{id}: {log}"
+    );
+
+    let (said, log) = inetd_session_logged(
+        &tree,
+        "EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<later@example.test>\r\n\
+         DATA\r\nSubject: later\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    );
+    let id = id_after(&said, "queued");
+    let queue = tree.queue();
+    assert_eq!(
+        queue.list().unwrap(),
+        [postroom::store::queue::QueueId::parse(&id).unwrap()],
+        "{said}"
+    );
+    let queued = queue.read(&queue.list().unwrap()[0]).unwrap();
+    let body = postroom::store::queue::read_body(&queued).unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("X-Scanned: yes\r\n"), "{body}");
+    assert!(body.contains(&format!("\tid {id}\r\n")), "{id}: {body}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("queued") && l.contains(&format!("queue_id={id}"))),
+        "{id}: {log}"
+    );
+}
+
 #[test]
 fn bdat_chunks_are_read_whole_and_checked() {
     let tree = tree_with_users();
