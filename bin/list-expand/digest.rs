@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::UNIX_EPOCH;
 
-use anyhow::Context;
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
 use postroom::config::Config;
@@ -63,7 +62,7 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
     // No digest rather than one that skips readers who may well exist (a
     // missing users file): the next run sends it.
     let readers = submit::resolve(&directory, &wanted, Unresolvable::SkipUnknown)
-        .context("no digest sent now")?;
+        .map_err(|e| anyhow::anyhow!("digest reader {e}; no digest sent now"))?;
     if posts.is_empty() || readers.is_empty() {
         return Ok(0);
     }

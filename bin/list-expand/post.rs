@@ -106,7 +106,7 @@ pub fn distribute(
     // members who may well exist (a missing users file, an include file
     // unreadable now). One who does not exist is left out.
     let recipients = submit::resolve(&directory, &members, Unresolvable::SkipUnknown)
-        .context("the post is not sent now")?;
+        .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
     if list.config.archive {
         Maildir::new(list.archive_dir())
             .deliver(

@@ -13,7 +13,7 @@
 use mail_parser::MessageParser;
 use postroom::config::Config;
 use postroom::delivery::lists::List;
-use postroom::delivery::submit::{Recipients, Submission, Unresolvable, submit};
+use postroom::delivery::submit::{Recipients, Submission, SubmitError, Unresolvable, submit};
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, ReversePath};
 
@@ -228,6 +228,9 @@ fn send_reply(
         ReversePath::Null,
         Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
     );
-    submit(config, &directory, submission, &message)?;
-    Ok(())
+    match submit(config, &directory, submission, &message) {
+        // An address that expands to nobody gets no reply, and that is all.
+        Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -350,8 +350,12 @@ fn redirect(
         Recipients::Addresses(&target, Unresolvable::Refuse),
     );
     submission.forwarding = true;
-    submit(config, directory, submission, &out)?;
-    Ok(())
+    match submit(config, directory, submission, &out) {
+        // An alias that expands to nobody (an empty include file) takes the
+        // copy, as it would from anyone else.
+        Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One action as `mailsort --test` prints it.

@@ -29,7 +29,7 @@ use crate::store::queue::{Envelope, Queue, QueueError, QueueId, Recipient, Stage
 pub enum SubmitError {
     /// A recipient did not resolve and the caller's [`Unresolvable`] rule
     /// does not let it be left out.
-    #[error("<{address}>: {error}")]
+    #[error("{address}: {error}")]
     Unresolvable {
         address: Address,
         error: ResolveError,
@@ -37,7 +37,7 @@ pub enum SubmitError {
     /// Nobody is left to send to (every recipient left out, or none given).
     #[error("no recipient to send to")]
     NoRecipients,
-    #[error("cannot queue the message: {0}")]
+    #[error(transparent)]
     Queue(#[from] QueueError),
 }
 
@@ -111,7 +111,10 @@ impl Submission<'_> {
 }
 
 /// Resolves, rewrites and queues `message` (CRLF line ends); returns its
-/// queue id. On `Ok` the message is committed to the queue.
+/// queue id. On `Ok` the message is committed to the queue. Nobody to send
+/// to (everyone left out, or an alias that expands to nobody) is
+/// [`SubmitError::NoRecipients`]; a caller for whom that is no failure
+/// matches it.
 pub fn submit(
     config: &Config,
     directory: &Directory,
