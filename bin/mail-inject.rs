@@ -289,7 +289,7 @@ fn route(
                 continue;
             }
         };
-        match deliver::routes_for(directory, &address) {
+        match directory.routes_for(&address) {
             Ok(mut routes) => {
                 for r in &mut routes {
                     r.notify = options.notify.as_deref().map(text).transpose()?;

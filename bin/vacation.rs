@@ -145,6 +145,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
     };
     match vacation::respond(
         &config,
+        &directory,
         &address,
         &sender,
         &message,

@@ -14,9 +14,9 @@ use anyhow::Context;
 use clap::Args;
 use postroom::config::Config;
 use postroom::delivery::deliver;
+use postroom::delivery::submit::{self, Recipients, Submission, Unresolvable};
 use postroom::directory::{aliases, password, users};
 use postroom::proto::address::{Address, ReversePath};
-use postroom::store::queue::{Envelope, Queue};
 
 const DOMAIN: &str = "example.test";
 const USER: &str = "demo@example.test";
@@ -198,10 +198,12 @@ fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
 /// any other local mail.
 fn welcome(config: &Config, to: &Address) -> anyhow::Result<()> {
     let directory = aliases::Directory::load(config)?;
-    let recipients = deliver::routes_for(&directory, to)?;
     let sender = ReversePath::parse(&format!("postmaster@{DOMAIN}"))?;
-    let mut envelope = Envelope::new(sender, recipients);
-    envelope.protocol = Some(postroom::proto::address::EnvelopeText::new("local", 16)?);
+    let mut submission = Submission::new(
+        sender,
+        Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
+    );
+    submission.protocol = Some("local");
     let date = postroom::proto::message::rfc5322_date(postroom::store::fsutil::now_secs());
     let body = format!(
         "From: postroom demo <postmaster@{DOMAIN}>\r\nTo: <{to}>\r\nSubject: Welcome to postroom\r\n\
@@ -209,9 +211,8 @@ fn welcome(config: &Config, to: &Address) -> anyhow::Result<()> {
          This message went through the queue into your maildir.\r\n",
         postroom::store::fsutil::now_secs()
     );
-    let mut incoming = Queue::from_config(config).incoming(&envelope)?;
-    std::io::Write::write_all(&mut incoming, body.as_bytes())?;
-    deliver::deliver_staged(config, &directory, incoming.finish()?)?;
+    let staged = submit::stage(config, &directory, submission, body.as_bytes())?;
+    deliver::deliver_staged(config, &directory, staged)?;
     Ok(())
 }
 

@@ -301,12 +301,17 @@ impl Session {
 
     /// The Authentication-Results header (RFC 8601) for a received message:
     /// SPF from MAIL time, DKIM and DMARC now. `None` when no check is on.
+    /// A message over [`DKIM_MAX`] is not DKIM-verified (reading it all
+    /// would cost that much memory) rather than judged on a body cut
+    /// short: each signature gets `dkim=neutral` with the reason, RFC
+    /// 8601 §2.7.1's result for a signature "not otherwise able to be
+    /// processed" (mail-auth gives it to one it cannot evaluate, such as
+    /// an expired one).
     async fn authentication_results(
         &mut self,
         tx: &Transaction,
         staged: &Staged,
     ) -> Option<String> {
-        use mail_auth::common::headers::HeaderWriter;
         let shared = self.shared.clone();
         let authenticator = shared.authenticator.as_ref()?;
         let config = &shared.config;
@@ -317,26 +322,51 @@ impl Session {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let helo = self.helo.clone().unwrap_or_default();
         let sender = tx.sender.to_string();
+        let too_large = staged.message.body_length() > DKIM_MAX;
         let mut raw = Vec::new();
         if let Ok(mut body) = staged.message.body() {
-            // DKIM reads the whole message; past this size it is not checked.
+            // Past DKIM_MAX only the header block is read: it tells DMARC
+            // the From domain and shows whether the message is signed.
+            let limit = if too_large { 1 << 20 } else { DKIM_MAX };
             let _ =
-                std::io::Read::read_to_end(&mut std::io::Read::take(&mut body, 50 << 20), &mut raw);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut body, limit), &mut raw);
+        }
+        if too_large {
+            raw.truncate(postroom::proto::message::header_len(&raw));
         }
         let mut results = mail_auth::AuthenticationResults::new(&config.hostname);
         if let Some(spf) = &tx.spf {
             results = results.with_spf_mailfrom_result(spf, ip, &sender, &helo);
         }
+        // Each method is appended in turn, so a skipped one can say why.
+        let more = || mail_auth::AuthenticationResults::new("");
+        let mut text = results.to_string();
         let message = mail_auth::AuthenticatedMessage::parse(&raw);
         if let Some(message) = &message {
-            let dkim = if config.smtp.dkim || config.smtp.dmarc {
+            let unverified = too_large && !message.dkim_headers.is_empty();
+            let dkim = if (config.smtp.dkim || config.smtp.dmarc) && !too_large {
                 authenticator.verify_dkim(message).await
             } else {
                 Vec::new()
             };
             let from = message.from().to_string();
             if config.smtp.dkim {
-                results = results.with_dkim_results(&dkim, &from);
+                if unverified {
+                    // One entry a signature, as for verified ones.
+                    for header in &message.dkim_headers {
+                        text.push_str(&format!(";\r\n\tdkim=neutral reason=\"{TOO_LARGE}\""));
+                        if let Ok(signature) = &header.header
+                            && [&signature.d, &signature.s].iter().all(|v| is_token(v))
+                        {
+                            text.push_str(&format!(
+                                " header.d={} header.s={}",
+                                signature.d, signature.s
+                            ));
+                        }
+                    }
+                } else {
+                    text.push_str(&more().with_dkim_results(&dkim, &from).to_string());
+                }
             }
             if config.smtp.dmarc {
                 let spf_for_dmarc = match &tx.spf {
@@ -365,11 +395,23 @@ impl Session {
                         &spf_for_dmarc,
                     ))
                     .await;
-                results = results.with_dmarc_result(&dmarc);
+                let passed = *dmarc.spf_result() == mail_auth::DmarcResult::Pass
+                    || *dmarc.dkim_result() == mail_auth::DmarcResult::Pass;
+                if unverified && !passed {
+                    // Without the signature checked, a failure says nothing.
+                    text.push_str(&format!(
+                        ";\r\n\tdmarc=none reason=\"{TOO_LARGE}; DKIM not verified\" header.from={}",
+                        dmarc.domain()
+                    ));
+                } else {
+                    text.push_str(&more().with_dmarc_result(&dmarc).to_string());
+                }
             }
         }
-        let header = results.to_header();
-        Some(header.trim_end_matches(['\r', '\n']).to_string())
+        if text == config.hostname {
+            text.push_str("; none");
+        }
+        Some(format!("Authentication-Results: {text}"))
     }
 
     /// The DNS blocklists of `smtp.dnsbl`, in order. A zone that does not
@@ -1000,7 +1042,7 @@ impl Session {
                 format!("<{address}>: relay access denied"),
             ));
         }
-        let mut routes = match deliver::routes_for(&directory, &address) {
+        let mut routes = match directory.routes_for(&address) {
             Ok(routes) => routes,
             Err(ResolveError::UnknownUser(_)) => {
                 return self.error(Reply::new(
@@ -1278,7 +1320,7 @@ impl Session {
             return;
         }
         let staged = match self.authentication_results(&tx, &staged).await {
-            Some(header) => match prepend_headers(&self.shared.config, staged, &[header]) {
+            Some(header) => match prepend_headers(staged, &[header]) {
                 Ok(staged) => staged,
                 Err(e) => {
                     self.local_error(format_args!("adding Authentication-Results failed: {e}"));
@@ -1343,7 +1385,7 @@ impl Session {
             hooks::Verdict::Accept { headers } if headers.is_empty() => return Some(staged),
             hooks::Verdict::Accept { headers } => headers,
         };
-        match prepend_headers(&self.shared.config, staged, &headers) {
+        match prepend_headers(staged, &headers) {
             Ok(staged) => Some(staged),
             Err(e) => {
                 self.local_error(format_args!("adding the data hook's headers failed: {e}"));
@@ -1412,27 +1454,26 @@ impl Session {
     }
 }
 
-/// The same message with `headers` on top: a new staged message (memory
-/// or tmp/), the old one discarded. Costs a copy, only when headers are
-/// added (Authentication-Results, a filter's verdict).
-fn prepend_headers(
-    config: &Config,
-    staged: Staged,
-    headers: &[String],
-) -> Result<Staged, Box<dyn std::error::Error>> {
-    use std::io::Write;
-    let queue = Queue::from_config(config);
-    let result = (|| -> Result<Staged, Box<dyn std::error::Error>> {
-        let mut incoming = queue.incoming(&staged.message.envelope)?;
-        for header in headers {
-            incoming.write_all(header.as_bytes())?;
-            incoming.write_all(b"\r\n")?;
-        }
-        std::io::copy(&mut staged.message.body()?, &mut incoming)?;
-        Ok(incoming.finish()?)
-    })();
-    let _ = staged.discard();
-    result
+/// The same message with `headers` on top, under the same queue id (the
+/// Received line, the reply and the log name it). Costs a copy, only when
+/// headers are added (Authentication-Results, a filter's verdict).
+fn prepend_headers(staged: Staged, headers: &[String]) -> Result<Staged, queue::QueueError> {
+    let block: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    staged.prepend(block.as_bytes())
+}
+
+/// DKIM verification holds the whole message in memory; a larger one is
+/// not verified, and its Authentication-Results says so (`smtp-recv(8)`).
+const DKIM_MAX: u64 = 50 << 20;
+/// The reason Authentication-Results gives for a message over [`DKIM_MAX`].
+const TOO_LARGE: &str = "message too large to verify";
+
+/// True for a domain or selector that can stand in a header as it is.
+fn is_token(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
 /// RFC 5321 §6.3: a message with more Received headers than this is in a

@@ -16,16 +16,15 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::directory::aliases::{Directory, ResolveError, Target};
+use crate::directory::aliases::{Directory, ResolveError};
 use crate::directory::users;
 use crate::program::{Ended, Program};
 use crate::proto::address::{Address, EnvelopeText, ReversePath};
-use crate::proto::{message, xtext};
+use crate::proto::message;
 use crate::store::fsutil;
 use crate::store::maildir::{Delivered, Maildir, MaildirError, Message};
 use crate::store::queue::{
-    self, LockedMessage, LogEntry, QueueError, QueueId, QueuedMessage, RcptState, Recipient, Route,
-    Staged,
+    self, LockedMessage, LogEntry, QueueError, QueueId, QueuedMessage, RcptState, Route, Staged,
 };
 
 /// How long a pipe command may run.
@@ -183,29 +182,6 @@ pub fn log_entries(
             },
         })
         .collect()
-}
-
-/// The queue recipients one RCPT turns into, after alias expansion: local
-/// mailboxes, remote addresses, pipe commands. Each keeps the address the
-/// sender gave as its RFC 3461 ORCPT, so a DSN names what the sender wrote.
-pub fn routes_for(directory: &Directory, rcpt: &Address) -> Result<Vec<Recipient>, ResolveError> {
-    let orcpt = EnvelopeText::sanitize(
-        &format!("rfc822;{}", xtext::encode(&rcpt.to_string())),
-        queue::MAX_FIELD,
-    );
-    let targets = directory.resolve(rcpt)?;
-    Ok(targets
-        .into_iter()
-        .map(|target| {
-            let mut r = match target {
-                Target::Mailbox(address) => Recipient::new(Route::Local, address),
-                Target::Remote(address) => Recipient::new(Route::Remote, address),
-                Target::Pipe { alias, command } => Recipient::new(Route::Pipe(command), alias),
-            };
-            r.orcpt = Some(orcpt.clone());
-            r
-        })
-        .collect())
 }
 
 /// A deferral past the queue lifetime becomes a failure.

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::sieve::{Action, Input, Script};
+use crate::delivery::submit::{Recipients, Submission, SubmitError, Unresolvable, submit};
 use crate::delivery::vacation::{self, VacationError};
-use crate::directory::aliases::{Directory, ResolveError};
+use crate::directory::aliases::Directory;
 use crate::proto::address::{Address, AddressError, ReversePath};
 use crate::proto::message;
 use crate::store::maildir::{Delivered, Maildir, MaildirError, Message, MessageFile, Sub};
-use crate::store::queue::{Envelope, Queue, QueueError};
 
 /// Redirects a message may have been through before it is kept instead.
 const MAX_REDIRECTS: usize = 5;
@@ -39,9 +39,7 @@ pub enum SortError {
     #[error("redirect to a bad address: {0}")]
     RedirectAddress(#[from] AddressError),
     #[error("redirect: {0}")]
-    RedirectRoute(#[from] ResolveError),
-    #[error("redirect: {0}")]
-    RedirectQueue(#[from] QueueError),
+    Redirect(#[from] SubmitError),
     #[error("vacation reply: {0}")]
     Vacation(#[from] VacationError),
 }
@@ -200,7 +198,7 @@ fn carry_out(
                     body: reason.clone(),
                     handle: handle.clone(),
                 };
-                vacation::respond(config, user, sender, raw, &settings, None)
+                vacation::respond(config, directory, user, sender, raw, &settings, None)
                     .map(|_| ())
                     .map_err(SortError::from)
             }
@@ -346,27 +344,18 @@ fn redirect(
     let mut out = format!("{REDIRECT_HEADER}: {user}\r\n").into_bytes();
     out.extend_from_slice(&message::remove_header(&crlf[..end], "Return-Path"));
     out.extend_from_slice(&crlf[end..]);
-    let target = Address::parse(to)?;
-    let recipients = crate::delivery::deliver::routes_for(directory, &target)?;
-    // With SRS on, a sender from elsewhere is rewritten so the next
-    // system's SPF check sees our domain; bounces come back through it.
-    let sender = match (sender, config.srs_secret()) {
-        (ReversePath::Address(original), Some(secret))
-            if !directory.is_local_domain(original.domain()) =>
-        {
-            crate::delivery::srs::forward(
-                original,
-                &secret,
-                config.srs_domain(),
-                crate::delivery::srs::today(),
-            )
-            .map(ReversePath::Address)
-            .unwrap_or_else(|| sender.clone())
-        }
-        _ => sender.clone(),
-    };
-    Queue::from_config(config).enqueue(&Envelope::new(sender, recipients), &out)?;
-    Ok(())
+    let target = [Address::parse(to)?];
+    let mut submission = Submission::new(
+        sender.clone(),
+        Recipients::Addresses(&target, Unresolvable::Refuse),
+    );
+    submission.forwarding = true;
+    match submit(config, directory, submission, &out) {
+        // An alias that expands to nobody (an empty include file) takes the
+        // copy, as it would from anyone else.
+        Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One action as `mailsort --test` prints it.

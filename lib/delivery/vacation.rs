@@ -22,9 +22,11 @@ use std::time::Duration;
 use mail_parser::{HeaderValue, MessageParser};
 
 use crate::config::Config;
+use crate::delivery::submit::{Recipients, Submission, SubmitError, submit};
+use crate::directory::aliases::Directory;
 use crate::proto::address::{Address, ReversePath};
 use crate::store::fsutil::{self, FileLock};
-use crate::store::queue::{Envelope, Queue, QueueError, QueueId, Recipient, Route};
+use crate::store::queue::{QueueId, Recipient, Route};
 
 /// The default interval between two replies to one sender.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(7 * 86400);
@@ -37,7 +39,7 @@ pub enum VacationError {
         error: std::io::Error,
     },
     #[error("cannot queue the reply: {0}")]
-    Queue(#[from] QueueError),
+    Queue(#[from] SubmitError),
 }
 
 /// What to answer with, and to whom the user answers.
@@ -74,6 +76,7 @@ pub fn records_path(config: &Config, user: &Address) -> PathBuf {
 /// so, queues the reply and records it. `db` overrides the records file.
 pub fn respond(
     config: &Config,
+    directory: &Directory,
     user: &Address,
     sender: &ReversePath,
     message: &[u8],
@@ -165,13 +168,19 @@ pub fn respond(
     }
 
     let reply = build_reply(config, user_main, sender, parsed.as_ref(), settings, now);
-    let queue = Queue::from_config(config);
-    let mut envelope = Envelope::new(
+    // Straight to the sender's mailbox or domain, never through aliases:
+    // the reply answers the address the mail came from.
+    let route = if directory.is_local_domain(sender.domain()) {
+        Route::Local
+    } else {
+        Route::Remote
+    };
+    let mut submission = Submission::new(
         ReversePath::Null,
-        vec![Recipient::new(route_of(config, sender), sender.clone())],
+        Recipients::Routes(vec![Recipient::new(route, sender.clone())]),
     );
-    envelope.protocol = crate::proto::address::EnvelopeText::new("local", 16).ok();
-    let id = queue.enqueue(&envelope, &reply)?;
+    submission.protocol = Some("local");
+    let id = submit(config, directory, submission, &reply)?;
 
     // Old records no longer stop anything; keep the file small.
     records.retain(|r| {
@@ -243,14 +252,6 @@ fn addresses_in(value: Option<&HeaderValue<'_>>) -> Vec<String> {
         .filter_map(|a| a.address())
         .map(|a| a.to_ascii_lowercase())
         .collect()
-}
-
-/// Mailbox for a local sender, SMTP for the rest.
-fn route_of(config: &Config, sender: &Address) -> Route {
-    match crate::directory::domains::Domains::load(&config.domains_file()) {
-        Ok(domains) if domains.contains(sender.domain()) => Route::Local,
-        _ => Route::Remote,
-    }
 }
 
 /// The reply (CRLF), RFC 3834 §3.
@@ -353,6 +354,7 @@ fn ago(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::queue::Queue;
 
     fn setup() -> (tempfile::TempDir, Config) {
         let dir = tempfile::tempdir().unwrap();
@@ -361,6 +363,10 @@ mod tests {
         std::fs::write(dir.path().join("domains"), "example.test\n").unwrap();
         Queue::from_config(&config).create().unwrap();
         (dir, config)
+    }
+
+    fn directory(config: &Config) -> Directory {
+        Directory::load(config).unwrap()
     }
 
     fn settings() -> Settings {
@@ -387,6 +393,7 @@ mod tests {
         let ann = Address::parse("ann@example.test").unwrap();
         let first = respond(
             &config,
+            &directory(&config),
             &ann,
             &from("bob@far.test"),
             MESSAGE,
@@ -414,6 +421,7 @@ mod tests {
         }
         let again = respond(
             &config,
+            &directory(&config),
             &ann,
             &from("BOB@far.test"),
             MESSAGE,
@@ -426,7 +434,16 @@ mod tests {
         let mut other = settings();
         other.handle = Some("h2".into());
         assert!(matches!(
-            respond(&config, &ann, &from("bob@far.test"), MESSAGE, &other, None).unwrap(),
+            respond(
+                &config,
+                &directory(&config),
+                &ann,
+                &from("bob@far.test"),
+                MESSAGE,
+                &other,
+                None
+            )
+            .unwrap(),
             Decision::Replied(_)
         ));
         let listed = answered(&records_path(&config, &ann)).unwrap();
@@ -440,7 +457,16 @@ mod tests {
         let (_d, config) = setup();
         let ann = Address::parse("ann@example.test").unwrap();
         let skip = |sender: ReversePath, message: &[u8]| {
-            let d = respond(&config, &ann, &sender, message, &settings(), None).unwrap();
+            let d = respond(
+                &config,
+                &directory(&config),
+                &ann,
+                &sender,
+                message,
+                &settings(),
+                None,
+            )
+            .unwrap();
             assert!(matches!(d, Decision::Skipped(_)), "{d:?}");
         };
         skip(ReversePath::Null, MESSAGE);
@@ -471,7 +497,16 @@ mod tests {
         let mut m = b"Auto-Submitted: no\r\n".to_vec();
         m.extend_from_slice(MESSAGE);
         assert!(matches!(
-            respond(&config, &ann, &from("bob@far.test"), &m, &settings(), None).unwrap(),
+            respond(
+                &config,
+                &directory(&config),
+                &ann,
+                &from("bob@far.test"),
+                &m,
+                &settings(),
+                None
+            )
+            .unwrap(),
             Decision::Replied(_)
         ));
     }

@@ -27,7 +27,9 @@ use crate::config::Config;
 use crate::directory::domains::Domains;
 use crate::directory::users::{Unavailable, User, Users};
 use crate::proto::address::{Address, EnvelopeText};
+use crate::proto::xtext;
 use crate::store::fsutil::{self, FileError};
+use crate::store::queue::{self, Recipient, Route};
 
 /// Longest pipe command accepted.
 const MAX_COMMAND: usize = 1000;
@@ -341,6 +343,30 @@ impl Directory {
         Ok(out)
     }
 
+    /// The queue recipients one RCPT turns into, after alias expansion:
+    /// local mailboxes, remote addresses, pipe commands. Each keeps the
+    /// address the sender gave as its RFC 3461 ORCPT, so a DSN names what
+    /// the sender wrote.
+    pub fn routes_for(&self, rcpt: &Address) -> Result<Vec<Recipient>, ResolveError> {
+        let orcpt = EnvelopeText::sanitize(
+            &format!("rfc822;{}", xtext::encode(&rcpt.to_string())),
+            queue::MAX_FIELD,
+        );
+        let targets = self.resolve(rcpt)?;
+        Ok(targets
+            .into_iter()
+            .map(|target| {
+                let mut r = match target {
+                    Target::Mailbox(address) => Recipient::new(Route::Local, address),
+                    Target::Remote(address) => Recipient::new(Route::Remote, address),
+                    Target::Pipe { alias, command } => Recipient::new(Route::Pipe(command), alias),
+                };
+                r.orcpt = Some(orcpt.clone());
+                r
+            })
+            .collect())
+    }
+
     fn expand(
         &self,
         address: &Address,
@@ -359,10 +385,10 @@ impl Directory {
             .is_some_and(|p| p.eq_ignore_ascii_case("SRS0="))
             && let Some(secret) = self.config.srs_secret()
         {
-            return match crate::delivery::srs::reverse(
+            return match crate::directory::srs::reverse(
                 address,
                 &secret,
-                crate::delivery::srs::today(),
+                crate::directory::srs::today(),
             ) {
                 Some(original) => {
                     push(out, Target::Remote(original));

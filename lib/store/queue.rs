@@ -449,9 +449,14 @@ impl Queue {
     /// [`SPILL_BYTES`], then written on to `tmp/ID`; nothing is queued until
     /// [`Incoming::commit`] (or [`Staged::commit`]).
     pub fn incoming(&self, envelope: &Envelope) -> Result<Incoming, QueueError> {
-        let id = QueueId::generate();
+        Ok(self.incoming_as(envelope, QueueId::generate()))
+    }
+
+    /// [`incoming`](Queue::incoming) under an id the writer already holds
+    /// (see [`Staged::prepend`]).
+    fn incoming_as(&self, envelope: &Envelope, id: QueueId) -> Incoming {
         let (head, length_at) = envelope.render(&id);
-        Ok(Incoming {
+        Incoming {
             queue: self.clone(),
             path: self.dir("tmp").join(id.as_str()),
             buffer: head.into_bytes(),
@@ -460,7 +465,7 @@ impl Queue {
             spill: None,
             size: 0,
             done: false,
-        })
+        }
     }
 
     /// Creates `tmp/ID` for a writer and locks it: the lock lets
@@ -487,10 +492,15 @@ impl Queue {
 
     /// Queues a whole message in one call (body already CRLF-canonical).
     pub fn enqueue(&self, envelope: &Envelope, body: &[u8]) -> Result<QueueId, QueueError> {
+        self.stage(envelope, body)?.commit(&[])
+    }
+
+    /// Writes a whole message without committing it (see [`Staged`]).
+    pub fn stage(&self, envelope: &Envelope, body: &[u8]) -> Result<Staged, QueueError> {
         let mut incoming = self.incoming(envelope)?;
         let path = incoming.path.clone();
         incoming.write_all(body).map_err(io_err(&path))?;
-        incoming.commit()
+        incoming.finish()
     }
 
     /// Every queued message id, oldest first.
@@ -818,6 +828,28 @@ impl Staged {
             fs::remove_file(&self.message.path).map_err(io_err(&self.message.path))?;
         }
         Ok(())
+    }
+
+    /// The same message with `headers` (whole CRLF lines) on top, under
+    /// the same queue id: the Received line already written, the reply
+    /// and the log all name this id, and maildir names derive from it.
+    /// Costs a copy of the body, so only for headers known at the end
+    /// (Authentication-Results, a filter's verdict). The old copy is gone
+    /// whatever happens; on error nothing of the message is left.
+    pub fn prepend(self, headers: &[u8]) -> Result<Staged, QueueError> {
+        // Opened before the old copy is removed: a spilled body is read
+        // through this descriptor after its name is free for the new one.
+        let body = self.message.body();
+        let id = self.message.id.clone();
+        let envelope = self.message.envelope.clone();
+        let queue = self.queue.clone();
+        self.discard()?;
+        let mut body = body?;
+        let mut incoming = queue.incoming_as(&envelope, id);
+        let path = incoming.path.clone();
+        incoming.write_all(headers).map_err(io_err(&path))?;
+        io::copy(&mut body, &mut incoming).map_err(io_err(&path))?;
+        incoming.finish()
     }
 
     /// Commits the message to `mess/`, with the log of what was already
@@ -1460,6 +1492,27 @@ mod tests {
             assert_eq!(msg.recorded_length, Some(body.len() as u64));
             msg.intact().unwrap();
             assert_eq!(read_body(&msg).unwrap(), body);
+        }
+    }
+
+    #[test]
+    fn prepended_headers_keep_the_queue_id_in_memory_and_spilled() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        let small = b"Subject: hi\r\n\r\nbody\r\n".to_vec();
+        let large = vec![b'x'; SPILL_BYTES + 1234];
+        for body in [small, large] {
+            let staged = queue.stage(&sample(), &body).unwrap();
+            let id = staged.message.id.clone();
+            let staged = staged.prepend(b"X-Added: yes\r\n").unwrap();
+            assert_eq!(staged.message.id, id);
+            assert_eq!(staged.commit(&[]).unwrap(), id);
+            let mut want = b"X-Added: yes\r\n".to_vec();
+            want.extend_from_slice(&body);
+            let msg = queue.read(&id).unwrap();
+            msg.intact().unwrap();
+            assert_eq!(read_body(&msg).unwrap(), want);
+            assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         }
     }
 

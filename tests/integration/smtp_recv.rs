@@ -390,17 +390,23 @@ fn swaks_starttls_auth_and_implicit_tls() {
 
 /// One inetd-mode session over pipes, as if from `ip`.
 fn inetd_session(tree: &Tree, ip: &str, input: &str) -> String {
+    inetd_session_logged(tree, ip, input).0
+}
+
+/// One inetd-style session from `ip`; returns (replies, log).
+fn inetd_session_logged(tree: &Tree, ip: &str, input: &str) -> (String, String) {
     let mut child = Command::new(bin("smtp-recv"))
         .arg("--config")
         .arg(&tree.config)
         .env("REMOTE_ADDR", ip)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    stdout(&child.wait_with_output().unwrap())
+    let out = child.wait_with_output().unwrap();
+    (stdout(&out), stderr(&out))
 }
 
 #[test]
@@ -456,6 +462,89 @@ timeout = "5s"
         "{delivered}"
     );
     assert!(maildir_files(&tree.maildir("bob")).is_empty());
+}
+
+/// smtp-recv used to write a message again under a new queue id when it
+/// put Authentication-Results or a data hook's headers on top: the
+/// Received line, the 250 reply and the log named the old id, the maildir
+/// and the queue the new one.
+#[test]
+fn the_queue_id_stays_the_same_when_headers_are_prepended() {
+    let dns = crate::dns::DnsServer::start(std::collections::HashMap::new());
+    let tree = tree_with_users();
+    // A pipe that asks to try later keeps the message in the queue.
+    std::fs::write(
+        tree.root().join("aliases"),
+        "later@example.test: \"|exit 75\"\n",
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&tree.config).unwrap();
+    text.push_str(&format!(
+        "\n[smtp]\ndkim = true\n\n[smtp.hooks]\ndata = 'cat >/dev/null; echo \"X-Scanned: yes\"'\n\
+         timeout = \"5s\"\n\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n",
+        dns.addr
+    ));
+    std::fs::write(&tree.config, text).unwrap();
+    let id_after = |said: &str, words: &str| -> String {
+        said.lines()
+            .find_map(|l| l.strip_prefix(&format!("250 2.0.0 ok, {words} as ")))
+            .unwrap_or_else(|| panic!("no \"{words} as\" in {said}"))
+            .trim()
+            .to_string()
+    };
+
+    let send = |rcpt: &str| {
+        inetd_session_logged(
+            &tree,
+            "192.0.2.1",
+            &format!(
+                "EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<{rcpt}>\r\n\
+                 DATA\r\nSubject: to {rcpt}\r\n\r\nhello\r\n.\r\nQUIT\r\n"
+            ),
+        )
+    };
+
+    let (said, log) = send("ann@example.test");
+    let id = id_after(&said, "delivered");
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1, "{said}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.contains(&format!(".Q{id}R0.")), "{name} for {id}");
+    let delivered = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(delivered.starts_with("Return-Path:"), "{delivered}");
+    assert!(delivered.contains("\nX-Scanned: yes\n"), "{delivered}");
+    assert!(
+        delivered.contains("\nAuthentication-Results: "),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains(&format!("\tid {id}\n")),
+        "{id}: {delivered}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("delivered") && l.contains(&format!("queue_id={id}"))),
+        "{id}: {log}"
+    );
+
+    let (said, log) = send("later@example.test");
+    let id = id_after(&said, "queued");
+    let queue = tree.queue();
+    assert_eq!(
+        queue.list().unwrap(),
+        [postroom::store::queue::QueueId::parse(&id).unwrap()],
+        "{said}"
+    );
+    let queued = queue.read(&queue.list().unwrap()[0]).unwrap();
+    let body = postroom::store::queue::read_body(&queued).unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("X-Scanned: yes\r\n"), "{body}");
+    assert!(body.contains(&format!("\tid {id}\r\n")), "{id}: {body}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("queued") && l.contains(&format!("queue_id={id}"))),
+        "{id}: {log}"
+    );
 }
 
 #[test]
@@ -852,15 +941,16 @@ fn dns_blocklists_refuse_listed_clients_and_fail_open() {
     assert!(said.starts_with("220 "), "{said}");
 }
 
-#[test]
-fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
+/// A tree that checks SPF, DKIM and DMARC (its config text passed through
+/// `edit` first), and a name server for remote.test that allows
+/// 192.0.2.0/24 by SPF, publishes `key` as DKIM selector `sel` and asks for
+/// DMARC p=reject. The name server lives as long as the handle.
+fn tree_checking_remote_test(
+    key: &mail_auth::common::crypto::Ed25519Key,
+    edit: impl FnOnce(String) -> String,
+) -> (crate::dns::DnsServer, Tree) {
     use crate::dns::{DnsServer, Record};
     use base64::Engine;
-    use mail_auth::common::crypto::Ed25519Key;
-    use mail_auth::common::headers::HeaderWriter;
-
-    let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
-    let key = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap();
     let public = base64::engine::general_purpose::STANDARD.encode(key.public_key());
     let mut records = std::collections::HashMap::new();
     let txt = |t: &str| vec![Record::Txt(t.to_string())];
@@ -874,9 +964,8 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
     );
     records.insert("_dmarc.remote.test".to_string(), txt("v=DMARC1; p=reject"));
     let dns = DnsServer::start(records);
-
     let tree = tree_with_users();
-    let text = std::fs::read_to_string(&tree.config).unwrap();
+    let text = edit(std::fs::read_to_string(&tree.config).unwrap());
     std::fs::write(
         &tree.config,
         format!(
@@ -885,7 +974,48 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
         ),
     )
     .unwrap();
+    (dns, tree)
+}
 
+/// Sends `message` from s@remote.test to ann, connecting from `ip`, and
+/// checks it is delivered.
+fn deliver_from_remote_test(tree: &Tree, ip: &str, message: &str) {
+    let said = inetd_session(
+        tree,
+        ip,
+        &format!(
+            "EHLO mx.remote.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n{message}.\r\nQUIT\r\n"
+        ),
+    );
+    assert!(
+        said.contains("250 2.0.0 ok, delivered"),
+        "SPF records, never refuses: {said}"
+    );
+}
+
+/// The headers above our Received line in each of ann's messages, the one
+/// that passed SPF first.
+fn authentication_headers_of_ann(tree: &Tree) -> Vec<String> {
+    let mut heads: Vec<String> = maildir_files(&tree.maildir("ann"))
+        .iter()
+        .map(|f| {
+            let mut head = vec![0; 4096];
+            let n = std::fs::File::open(f).unwrap().read(&mut head).unwrap();
+            let text = String::from_utf8_lossy(&head[..n]).into_owned();
+            text.split("\nReceived:").next().unwrap_or("").to_string()
+        })
+        .collect();
+    heads.sort_by_key(|t| t.contains("spf=fail"));
+    heads
+}
+
+#[test]
+fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
+    use mail_auth::common::crypto::Ed25519Key;
+    use mail_auth::common::headers::HeaderWriter;
+
+    let key = Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()).unwrap();
+    let (_dns, tree) = tree_checking_remote_test(&key, |text| text);
     let message =
         "From: Sender <s@remote.test>\r\nTo: ann@example.test\r\nSubject: signed\r\n\r\nhello\r\n";
     let signature = mail_auth::dkim::DkimSigner::from_key(key)
@@ -895,31 +1025,12 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
         .sign(message.as_bytes())
         .unwrap();
     let signed = format!("{}{message}", signature.to_header());
-    let session = |ip: &str| {
-        inetd_session(
-            &tree,
-            ip,
-            &format!(
-                "EHLO mx.remote.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n{signed}.\r\nQUIT\r\n"
-            ),
-        )
-    };
-    let said = session("192.0.2.1");
-    assert!(said.contains("250 2.0.0 ok, delivered"), "{said}");
-    let said = session("198.51.100.1");
-    assert!(
-        said.contains("250 2.0.0 ok, delivered"),
-        "SPF records, never refuses: {said}"
-    );
+    deliver_from_remote_test(&tree, "192.0.2.1", &signed);
+    deliver_from_remote_test(&tree, "198.51.100.1", &signed);
 
-    let mut texts: Vec<String> = maildir_files(&tree.maildir("ann"))
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
-    texts.sort_by_key(|t| t.contains("spf=fail"));
-    assert_eq!(texts.len(), 2);
-    let header = |t: &str| t.split("\nReceived:").next().unwrap_or("").to_string();
-    let good = header(&texts[0]);
+    let heads = authentication_headers_of_ann(&tree);
+    assert_eq!(heads.len(), 2);
+    let good = &heads[0];
     assert!(
         good.contains("Authentication-Results: mail.example.test"),
         "{good}"
@@ -927,11 +1038,86 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
     assert!(good.contains("spf=pass"), "{good}");
     assert!(good.contains("dkim=pass"), "{good}");
     assert!(good.contains("dmarc=pass"), "{good}");
-    let bad = header(&texts[1]);
+    let bad = &heads[1];
     assert!(bad.contains("spf=fail"), "{bad}");
     assert!(
         bad.contains("dkim=pass") && bad.contains("dmarc=pass"),
         "DKIM still aligns: {bad}"
+    );
+}
+
+/// A DKIM-Signature field (ed25519-sha256, `c=simple/simple`: RFC 6376
+/// §3.4.1 and §3.4.3, header fields and body as they are) by `key` for
+/// remote.test over `headers` (whole CRLF lines, all signed) and `body`.
+/// Made by hand because mail-auth's signer canonicalizes byte by byte,
+/// which takes seconds over 50 MiB in a debug build.
+fn dkim_simple(key: &mail_auth::common::crypto::Ed25519Key, headers: &str, body: &str) -> String {
+    use base64::Engine;
+    use mail_auth::common::crypto::SigningKey;
+    let base64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let names: Vec<&str> = headers
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name))
+        .collect();
+    let field = format!(
+        "DKIM-Signature: v=1; a=ed25519-sha256; c=simple/simple; d=remote.test; s=sel;\r\n\t\
+         h={}; bh={}; b=",
+        names.join(":"),
+        base64(key.hash(body.as_bytes()).as_ref())
+    );
+    // RFC 6376 §3.7: the signed fields, then this one with b= empty and no
+    // CRLF.
+    let signed = format!("{headers}{field}");
+    let b = base64(&key.sign(signed.as_bytes()).unwrap());
+    format!("{field}{b}\r\n")
+}
+
+/// DKIM used to be verified on the first 50 MiB of a message when
+/// limits.message_size allowed more, so a large, validly signed message was
+/// said to have a body that did not match its signature, and DMARC was
+/// judged without it. Past the cut it is not verified, and
+/// Authentication-Results says so.
+#[test]
+fn a_signed_message_over_the_dkim_cut_is_not_verified_rather_than_failed() {
+    use mail_auth::common::crypto::Ed25519Key;
+
+    let key = Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()).unwrap();
+    let (_dns, tree) = tree_checking_remote_test(&key, |text| {
+        text.replace("message_size = \"35M\"", "message_size = \"60M\"")
+    });
+    let headers = "From: Sender <s@remote.test>\r\nTo: ann@example.test\r\nSubject: big\r\n";
+    let signed = |body: &str| format!("{}{headers}\r\n{body}", dkim_simple(&key, headers, body));
+    // Just over 50 MiB, in lines of 1000 octets.
+    let line = format!("{}\r\n", "x".repeat(998));
+    let big = signed(&line.repeat((50 << 20) / line.len() + 10));
+    assert!(big.len() > 50 << 20);
+    // The same signer on a small message, to show the signature is good.
+    deliver_from_remote_test(&tree, "192.0.2.1", &signed("hello\r\n"));
+    // From outside the SPF range, so only DKIM could make DMARC pass.
+    deliver_from_remote_test(&tree, "198.51.100.1", &big);
+
+    let heads = authentication_headers_of_ann(&tree);
+    assert_eq!(heads.len(), 2);
+    let small = &heads[0];
+    assert!(small.contains("dkim=pass"), "{small}");
+    let big = &heads[1];
+    assert!(big.contains("spf=fail"), "{big}");
+    assert!(
+        big.contains(
+            "dkim=neutral reason=\"message too large to verify\" header.d=remote.test header.s=sel"
+        ),
+        "{big}"
+    );
+    assert!(
+        big.contains("dmarc=none reason=\"message too large to verify; DKIM not verified\""),
+        "{big}"
+    );
+    // Before, the first 50 MiB were checked against the whole body's hash.
+    assert!(
+        !big.contains("did not verify")
+            && !big.contains("dkim=fail")
+            && !big.contains("dmarc=fail"),
+        "{big}"
     );
 }
 

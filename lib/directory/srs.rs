@@ -1,7 +1,9 @@
 //! The Sender Rewriting Scheme for mail a Sieve `redirect` sends on: the
 //! envelope sender becomes an address of ours that names the original,
 //! so the next system's SPF check sees our domain, and a bounce to it
-//! comes back here and is passed on to the original sender.
+//! comes back here and is passed on to the original sender. It lives with
+//! the directory because both halves are "who is this address": delivery
+//! makes SRS addresses (`delivery::submit`), the aliases resolve them back.
 //!
 //! `SRS0=HASH=TT=domain=local@our-domain`: TT is the day (base 32, mod
 //! 1024), HASH the first 4 base64 characters of an HMAC-SHA256 over
