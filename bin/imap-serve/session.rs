@@ -60,20 +60,8 @@ pub struct Shared {
 impl Shared {
     /// Call inside the runtime (the watcher registers with it).
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = {
-            let file = config.users_file();
-            Reloading::new(vec![file.clone()], || Users::load(&file), {
-                let file = file.clone();
-                move || Users::reload(&file)
-            })?
-        };
-        let access = {
-            let file = config.access_file();
-            Reloading::new(vec![file.clone()], || Access::load(&file), {
-                let file = file.clone();
-                move || Access::load(&file)
-            })?
-        };
+        let users = Reloading::users(&config)?;
+        let access = Reloading::access(&config)?;
         let watcher = match Watcher::new() {
             Ok(w) => Some(w),
             Err(e) => {

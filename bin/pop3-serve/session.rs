@@ -44,20 +44,8 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = {
-            let file = config.users_file();
-            Reloading::new(vec![file.clone()], || Users::load(&file), {
-                let file = file.clone();
-                move || Users::reload(&file)
-            })?
-        };
-        let access = {
-            let file = config.access_file();
-            Reloading::new(vec![file.clone()], || Access::load(&file), {
-                let file = file.clone();
-                move || Access::load(&file)
-            })?
-        };
+        let users = Reloading::users(&config)?;
+        let access = Reloading::access(&config)?;
         Ok(Shared {
             config,
             tls,

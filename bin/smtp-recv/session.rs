@@ -64,25 +64,8 @@ impl Shared {
             .iter()
             .map(|n| Network::parse(n).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?;
-        let directory = {
-            let files = vec![
-                config.users_file(),
-                config.aliases_file(),
-                config.domains_file(),
-            ];
-            let reload = {
-                let config = config.clone();
-                move || Directory::reload(&config)
-            };
-            Reloading::new(files, || Directory::load(&config), reload)?
-        };
-        let access = {
-            let file = config.access_file();
-            Reloading::new(vec![file.clone()], || Access::load(&file), {
-                let file = file.clone();
-                move || Access::load(&file)
-            })?
-        };
+        let directory = Reloading::directory(&config)?;
+        let access = Reloading::access(&config)?;
         let resolver = if config.smtp.dnsbl.is_empty() {
             None
         } else {

@@ -16,6 +16,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::config::Config;
+use crate::directory::access::Access;
+use crate::directory::aliases::Directory;
+use crate::directory::users::Users;
 use crate::store::fsutil::FileError;
 
 /// What a file was when last looked at; `None` in [`Reloading`]'s list
@@ -72,6 +76,46 @@ impl<T> Reloading<T> {
             state.1 = now;
         }
         state.0.clone()
+    }
+}
+
+impl Reloading<Users> {
+    /// The users file (`postroom-users(5)`): at start a missing file means
+    /// "no users known yet"; later, a missing or emptied one keeps the last
+    /// good copy.
+    pub fn users(config: &Config) -> Result<Reloading<Users>, FileError> {
+        let file = config.users_file();
+        Reloading::new(vec![file.clone()], || Users::load(&file), {
+            let file = file.clone();
+            move || Users::reload(&file)
+        })
+    }
+}
+
+impl Reloading<Access> {
+    /// The access rules (`postroom-access(5)`).
+    pub fn access(config: &Config) -> Result<Reloading<Access>, FileError> {
+        let file = config.access_file();
+        Reloading::new(vec![file.clone()], || Access::load(&file), {
+            let file = file.clone();
+            move || Access::load(&file)
+        })
+    }
+}
+
+impl Reloading<Directory> {
+    /// Users, aliases and domains together, as delivery looks them up.
+    pub fn directory(config: &Config) -> Result<Reloading<Directory>, FileError> {
+        let files = vec![
+            config.users_file(),
+            config.aliases_file(),
+            config.domains_file(),
+        ];
+        let reload = {
+            let config = config.clone();
+            move || Directory::reload(&config)
+        };
+        Reloading::new(files, || Directory::load(config), reload)
     }
 }
 
