@@ -12,16 +12,18 @@
 //! sendmail pass them that way. The parser below takes them as sendmail does
 //! and ignores the historic ones that mean nothing here, as Postfix does.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use postroom::address::{Address, EnvelopeText, ReversePath};
-use postroom::aliases::Directory;
 use postroom::config::Config;
-use postroom::deliver;
-use postroom::message;
-use postroom::queue::{Envelope, Queue};
+use postroom::delivery::deliver;
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, EnvelopeText, ReversePath};
+use postroom::proto::message;
+use postroom::store::queue::{Envelope, Queue};
 
 /// sysexits(3), the contract every sendmail caller understands.
 const EX_USAGE: u8 = 64;
@@ -53,7 +55,7 @@ struct Options {
 struct Failure(u8, String);
 
 fn main() -> ExitCode {
-    postroom::log::init("mail-inject", "warn");
+    postroom::net::log::init("mail-inject", "warn");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = parse_args(&args).and_then(run);
     match result {
@@ -90,7 +92,11 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
                 break;
             }
             "--help" | "-h" => {
-                println!("{USAGE}\nSee mail-inject(8).");
+                {
+                    // Help to a closed pipe is nobody's loss: no error.
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stdout(), "{USAGE}\nSee mail-inject(8).");
+                }
                 std::process::exit(0);
             }
             "--config" | "-C" => options.config = Some(value(&mut i, "", arg)?.into()),
@@ -133,7 +139,7 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
 fn run(options: Options) -> Result<(), Failure> {
     let config_path = Config::locate(options.config.as_deref());
     let config = Config::load(&config_path).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
-    postroom::privileges::drop_privileges(&config)
+    postroom::net::privileges::drop_privileges(&config)
         .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
     let directory = Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
 
@@ -222,7 +228,8 @@ fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> 
 
 /// `-f` if given, else the login name at the system's hostname.
 fn envelope_sender(options: &Options, config: &Config) -> Result<ReversePath, Failure> {
-    let bad = |e: postroom::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
+    let bad =
+        |e: postroom::proto::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
     match options.sender.as_deref() {
         Some(s) => ReversePath::parse(s.trim_start_matches('<').trim_end_matches('>')).map_err(bad),
         None => Address::parse(&format!("{}@{}", login_name(), config.hostname))
@@ -269,7 +276,7 @@ fn route(
     directory: &Directory,
     wanted: &[String],
     options: &Options,
-) -> Result<Vec<postroom::queue::Recipient>, Failure> {
+) -> Result<Vec<postroom::store::queue::Recipient>, Failure> {
     let mut recipients = Vec::new();
     let mut problems = Vec::new();
     let mut temporary = false;
@@ -282,7 +289,7 @@ fn route(
                 continue;
             }
         };
-        match deliver::routes_for(directory, &address) {
+        match directory.routes_for(&address) {
             Ok(mut routes) => {
                 for r in &mut routes {
                     r.notify = options.notify.as_deref().map(text).transpose()?;
@@ -319,7 +326,7 @@ fn added_headers(
     full_name: Option<&str>,
     id: &str,
 ) -> String {
-    let now = postroom::fsutil::now_secs();
+    let now = postroom::store::fsutil::now_secs();
     let date = message::rfc5322_date(now);
     let mut added = format!(
         "Received: by {host} (postroom mail-inject, from userid {uid})\r\n\tid {id}; {date}\r\n",
@@ -345,7 +352,7 @@ fn added_headers(
 }
 
 fn text(value: &str) -> Result<EnvelopeText, Failure> {
-    EnvelopeText::new(value, postroom::queue::MAX_FIELD)
+    EnvelopeText::new(value, postroom::store::queue::MAX_FIELD)
         .map_err(|e| Failure(EX_USAGE, format!("{value:?}: {e}")))
 }
 

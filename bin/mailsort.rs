@@ -15,19 +15,22 @@
 //! Exit codes (sysexits): 0 delivered, 67 unknown user, 75 temporary
 //! (a full mailbox, a write that failed), 77 refused by a `reject`.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use postroom::address::Address;
-use postroom::aliases::Directory;
 use postroom::config::Config;
-use postroom::maildir::Maildir;
-use postroom::sieve::{Input, Script};
-use postroom::sort::{self, SortError, Sorted};
-use postroom::{message, users};
+use postroom::delivery::filter::{self, SortError, Sorted};
+use postroom::delivery::sieve::{Input, Script};
+use postroom::directory::aliases::Directory;
+use postroom::directory::users;
+use postroom::proto::address::Address;
+use postroom::proto::message;
+use postroom::store::maildir::Maildir;
 
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
@@ -58,10 +61,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("mailsort", "warn");
+    postroom::net::log::init("mailsort", "warn");
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),
+        // `| head` closing the pipe is not a failure.
+        Err(e) if postroom::cli::reader_left(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mailsort: {e:#}");
             ExitCode::from(EX_TEMPFAIL)
@@ -75,11 +80,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         return Ok(match Script::compile(&text) {
             Ok(_) => {
-                println!("{}: ok", path.display());
+                postroom::say!("{}: ok", path.display());
                 0
             }
             Err(e) => {
-                println!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
+                postroom::say!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
                 1
             }
         });
@@ -95,7 +100,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         let script = match Script::compile(&text) {
             Ok(script) => script,
             Err(e) => {
-                println!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
+                postroom::say!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);
                 return Ok(1);
             }
         };
@@ -113,11 +118,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
                     .parent()
                     .unwrap_or(std::path::Path::new("."))
                     .join("lists");
-                sort::read_list(&dir, name)
+                filter::read_list(&dir, name)
             },
         })?;
         for action in actions {
-            println!("{}", sort::describe(&action));
+            postroom::say!("{}", filter::describe(&action));
         }
         return Ok(0);
     }
@@ -125,7 +130,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         anyhow::bail!("give --user ADDRESS (deliver), --check SCRIPT or --test SCRIPT");
     };
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     let directory = Directory::load(&config)?;
     let Some(user) = Address::parse(user)
         .ok()
@@ -133,10 +138,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
     else {
         // A missing users file says nothing about this user: try later.
         if let Some(why) = directory.users().unavailable() {
-            println!("451 4.3.0 {user}: local users cannot be looked up now ({why})");
+            postroom::say!("451 4.3.0 {user}: local users cannot be looked up now ({why})");
             return Ok(EX_TEMPFAIL);
         }
-        println!("550 5.1.1 {user}: no such user here");
+        postroom::say!("550 5.1.1 {user}: no such user here");
         return Ok(EX_NOUSER);
     };
     let address = Address::parse(&user.address)?;
@@ -146,16 +151,16 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .quota
         .or(Some(config.delivery.default_quota))
         .filter(|&q| q > 0);
-    match sort::sort(&config, &directory, &inbox, quota, &address, &sender, &raw) {
+    match filter::sort(&config, &directory, &inbox, quota, &address, &sender, &raw) {
         Ok(Sorted::Delivered) => Ok(0),
         Ok(Sorted::Refused(reason)) => {
-            println!("{reason}");
+            postroom::say!("{reason}");
             Ok(EX_NOPERM)
         }
         Err(SortError::OverQuota) => {
-            println!("452 4.2.2 {address}: mailbox is full");
+            postroom::say!("452 4.2.2 {address}: mailbox is full");
             Ok(EX_TEMPFAIL)
         }
-        Err(SortError::Other(e)) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }

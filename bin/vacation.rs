@@ -3,9 +3,11 @@
 //! The classic Unix interface, as a pipe in the aliases file next to the
 //! user's mailbox (`ann: \ann, "|vacation ann@example.org"`): it reads one
 //! message on stdin, answers its sender at most once per interval by the
-//! rules of RFC 3834 (`postroom::vacation`), and never fails the delivery
+//! rules of RFC 3834 (`postroom::delivery::vacation`), and never fails the delivery
 //! it rides on: whatever goes wrong is said on stderr, and only a missing
 //! user or a passing problem is an exit code the delivery acts on.
+
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,10 +16,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use postroom::address::Address;
-use postroom::aliases::Directory;
 use postroom::config::{Config, parse_duration};
-use postroom::vacation::{self, Decision, Settings};
+use postroom::delivery::vacation::{self, Decision, Settings};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::Address;
 
 /// sysexits: unknown user, temporary failure, bad config.
 const EX_NOUSER: u8 = 67;
@@ -64,10 +66,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("vacation", "warn");
+    postroom::net::log::init("vacation", "warn");
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),
+        // `| head` closing the pipe is not a failure.
+        Err(e) if postroom::cli::reader_left(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vacation: {e:#}");
             ExitCode::from(EX_TEMPFAIL)
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<u8> {
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     let directory = Directory::load(&config)?;
     let Some(user) = Address::parse(&args.user)
         .ok()
@@ -109,7 +113,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
             } else {
                 format!(" ({handle})")
             };
-            println!("{}  {sender}{handle}", postroom::message::rfc5322_date(at));
+            postroom::say!(
+                "{}  {sender}{handle}",
+                postroom::proto::message::rfc5322_date(at)
+            );
         }
         return Ok(0);
     }
@@ -123,11 +130,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .take(MAX_READ)
         .read_to_end(&mut message)
         .context("reading the message")?;
-    let sender = postroom::message::envelope_sender(args.sender.as_deref(), &message);
-    let message_file = args
-        .message
-        .clone()
-        .unwrap_or_else(|| postroom::users::maildir_of(&config, &user).join("vacation.msg"));
+    let sender = postroom::proto::message::envelope_sender(args.sender.as_deref(), &message);
+    let message_file = args.message.clone().unwrap_or_else(|| {
+        postroom::directory::users::maildir_of(&config, &user).join("vacation.msg")
+    });
     let Some(settings) = settings(&args, &address, &message_file)? else {
         // Nothing to say is not the sender's problem: the mail was
         // delivered beside this pipe; only the admin needs to know.
@@ -139,6 +145,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
     };
     match vacation::respond(
         &config,
+        &directory,
         &address,
         &sender,
         &message,

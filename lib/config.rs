@@ -67,7 +67,7 @@ pub struct Config {
     pub file: PathBuf,
 }
 
-/// The tree (DESIGN §2). Each path may be absolute or relative to the config.
+/// The tree (postroom-tree(5)). Each path may be absolute or relative to the config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Paths {
@@ -122,7 +122,7 @@ impl Default for Tls {
     }
 }
 
-/// Every limit is finite (DESIGN §7).
+/// Every limit is finite (postroom-tree(5), LIMITS AND SECURITY).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -565,7 +565,7 @@ impl Transport {
             .map(|p| p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad))
             .transpose()?;
         let is_ip = host.parse::<IpAddr>().is_ok();
-        if !(is_ip || crate::address::is_domain_name(host)) || (is_ip && mx) {
+        if !(is_ip || crate::proto::address::is_domain_name(host)) || (is_ip && mx) {
             return Err(bad());
         }
         Ok(Transport {
@@ -629,7 +629,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !crate::address::is_domain_name(&self.hostname) {
+        if !crate::proto::address::is_domain_name(&self.hostname) {
             return Err(format!(
                 "hostname: {:?} is not a domain name",
                 self.hostname
@@ -653,7 +653,7 @@ impl Config {
         if l.line_length < 512 {
             return Err("limits.line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
         }
-        if crate::password::Scheme::parse(&self.auth.default_scheme).is_none() {
+        if crate::directory::password::Scheme::parse(&self.auth.default_scheme).is_none() {
             return Err(format!(
                 "auth.default_scheme: unknown scheme {:?} (use ARGON2ID, SHA512-CRYPT or BLF-CRYPT)",
                 self.auth.default_scheme
@@ -679,27 +679,27 @@ impl Config {
             ));
         }
         for network in &self.auth.trusted_networks {
-            crate::smtp::Network::parse(network)
+            crate::proto::smtp::Network::parse(network)
                 .map_err(|e| format!("auth.trusted_networks: {e}"))?;
         }
         for network in &self.smtp.relay_networks {
-            crate::smtp::Network::parse(network)
+            crate::proto::smtp::Network::parse(network)
                 .map_err(|e| format!("smtp.relay_networks: {e}"))?;
         }
         for domain in &self.smtp.relay_domains {
-            if !crate::address::is_domain_name(domain) {
+            if !crate::proto::address::is_domain_name(domain) {
                 return Err(format!(
                     "smtp.relay_domains: {domain:?} is not a domain name"
                 ));
             }
         }
         for zone in &self.smtp.dnsbl {
-            if !crate::address::is_domain_name(zone) {
+            if !crate::proto::address::is_domain_name(zone) {
                 return Err(format!("smtp.dnsbl: {zone:?} is not a DNS zone"));
             }
         }
         for login in &self.smtp.auth_sender_exempt {
-            if crate::address::Address::parse(login).is_err() {
+            if crate::proto::address::Address::parse(login).is_err() {
                 return Err(format!(
                     "smtp.auth_sender_exempt: {login:?} is not a login (user@domain)"
                 ));
@@ -731,12 +731,12 @@ impl Config {
             }
         }
         if let Some(name) = &send.helo_name
-            && !crate::address::is_domain_name(name)
+            && !crate::proto::address::is_domain_name(name)
         {
             return Err(format!("send.helo_name: {name:?} is not a domain name"));
         }
         for (domain, text) in &send.transports {
-            if domain != "*" && !crate::address::is_domain_name(domain) {
+            if domain != "*" && !crate::proto::address::is_domain_name(domain) {
                 return Err(format!(
                     "send.transports: {domain:?} is not a domain or \"*\""
                 ));
@@ -744,7 +744,7 @@ impl Config {
             Transport::parse(text).map_err(|e| format!("send.transports.{domain}: {e}"))?;
         }
         if let Some(p) = &self.queue.postmaster
-            && crate::address::Address::parse(p).is_err()
+            && crate::proto::address::Address::parse(p).is_err()
         {
             return Err(format!("queue.postmaster: {p:?} is not a mail address"));
         }

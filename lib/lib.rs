@@ -2,38 +2,35 @@
 //!
 //! The binaries in `bin/` are thin: they parse arguments, speak a protocol or
 //! a command line, and call into this library for everything that touches
-//! the tree (DESIGN §2): the config, the users, aliases and domains files,
-//! maildirs, and the queue. Processes coordinate only through that tree,
-//! guarded by file locks; nothing here keeps state in memory that another
-//! process would need.
+//! the tree (`postroom-tree(5)`). Processes coordinate only through that
+//! tree, guarded by file locks; nothing here keeps state in memory that
+//! another process would need.
+//!
+//! The library is grouped by concern, so a folder name says where a job
+//! lives:
+//!
+//! - [`store`]: the tree's durable state: maildir delivery, the mailbox view
+//!   POP3 and IMAP share, the queue, and the locking and atomic-replace
+//!   rules they all use.
+//! - [`directory`]: who exists and who may log in: users, aliases, domains,
+//!   access rules, password hashes, login limits, SASL.
+//! - [`proto`]: codecs and state machines that do no I/O: SMTP, POP3, IMAP,
+//!   MIME structure, messages and their line endings, addresses, DSNs.
+//! - [`delivery`]: what happens to a message once accepted: local delivery,
+//!   Sieve, vacation, mailing lists, SRS.
+//! - [`net`]: how servers get and keep connections: launch modes, limits,
+//!   TLS, DNS, privileges, logging.
+//! - [`config`]: `postroom.toml`, which names every path of the tree;
+//!   [`cli`]: what every command-line program does with its output;
+//!   [`program`]: how an outside program (a pipe alias, a hook) is run.
 
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod address;
-pub mod aliases;
-pub mod authlimit;
+pub mod cli;
 pub mod config;
-pub mod deliver;
-pub mod dns;
-pub mod domains;
-pub mod dsn;
-pub mod fsutil;
-pub mod lists;
-pub mod log;
-pub mod mailbox;
-pub mod maildir;
-pub mod message;
+pub mod delivery;
+pub mod directory;
 pub mod net;
-pub mod password;
-pub mod pop3;
-pub mod privileges;
-pub mod queue;
-pub mod sasl;
-pub mod sieve;
-pub mod smtp;
-pub mod sort;
-pub mod srs;
-pub mod tls;
-pub mod users;
-pub mod vacation;
+pub mod program;
+pub mod proto;
+pub mod store;

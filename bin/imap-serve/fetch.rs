@@ -2,50 +2,21 @@
 //! the file name and inode; ENVELOPE from the header alone; BODYSTRUCTURE
 //! and `BODY[...]` sections from the message in its wire form (CRLF).
 //!
-//! A maildir file has LF line ends (maildir.rs); what IMAP sends, and what
-//! RFC822.SIZE (`,W=` in the name) counts, has CRLF. [`wire_form`] turns one
-//! into the other, so every offset here is an offset in what the client
-//! receives.
+//! Messages are read through `message` in their wire form, what IMAP sends
+//! and RFC822.SIZE (`,W=` in the name) counts, so every offset here is an
+//! offset in what the client receives.
 
-use std::io::Read;
-
-use postroom::mailbox::cache::Record;
-use postroom::mailbox::{Entry, Folder, flags};
 use postroom::net::NetError;
+use postroom::proto::imap::command::{FetchItem, SectionText, SequenceSet};
+use postroom::proto::imap::response::{
+    flag_list, internal_date, literal, literal8, part_number, section_name,
+};
+use postroom::proto::mime;
+use postroom::store::mailbox::cache::Record;
+use postroom::store::mailbox::{Entry, flags};
 
-use crate::command::{FetchItem, Section, SectionText, SequenceSet};
-use crate::mime;
-use crate::response::{astring, flag_list, internal_date, literal};
+use crate::message::{self, Need, read_message};
 use crate::session::{Done, Session};
-use crate::summary;
-
-/// How much of a file is read when only its header is needed; a header
-/// longer than this is read with the rest of the file.
-const HEADER_READ: usize = 64 * 1024;
-
-/// LF → CRLF (the file is maildir text with LF line ends).
-pub fn wire_form(file: &[u8]) -> Vec<u8> {
-    let lines = file.iter().filter(|&&b| b == b'\n').count();
-    let mut out = Vec::with_capacity(file.len() + lines);
-    for chunk in file.split_inclusive(|&b| b == b'\n') {
-        match chunk.strip_suffix(b"\n") {
-            Some(line) => {
-                out.extend_from_slice(line);
-                out.extend_from_slice(b"\r\n");
-            }
-            None => out.extend_from_slice(chunk),
-        }
-    }
-    out
-}
-
-/// What of a message a FETCH needs.
-#[derive(PartialEq, PartialOrd, Clone, Copy)]
-pub enum Need {
-    Nothing,
-    Header,
-    Everything,
-}
 
 /// What the file must give for `items`, given what the cache record (if
 /// any) already has.
@@ -98,36 +69,6 @@ fn uses_cache(items: &[FetchItem]) -> bool {
     })
 }
 
-/// Reads a message file: the header only (if it fits in the first read) or
-/// all of it; `None` if it is gone, or is a symlink (never followed, so
-/// never served).
-pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8>> {
-    let mut file = folder.open_message(entry).ok()?;
-    if need == Need::Header {
-        let mut buf = vec![0; HEADER_READ];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(_) => return None,
-            }
-        }
-        buf.truncate(filled);
-        let header_done = buf.starts_with(b"\n") || buf.windows(2).any(|w| w == b"\n\n");
-        if header_done || filled < HEADER_READ {
-            return Some(buf);
-        }
-        let mut rest = Vec::new();
-        file.read_to_end(&mut rest).ok()?;
-        buf.extend_from_slice(&rest);
-        return Some(buf);
-    }
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).ok()?;
-    Some(buf)
-}
-
 /// CONDSTORE and QRESYNC's FETCH modifiers (RFC 7162 §3.1.4, §3.2.6).
 #[derive(Default)]
 pub struct Modifiers {
@@ -154,7 +95,7 @@ pub async fn fetch(
         if let Some(since) = modifiers.changed_since {
             positions.retain(|&i| sel.modseqs.of(sel.view[i].uid) > since);
             if modifiers.vanished {
-                let vanished = vanished_since(sel, set, since);
+                let vanished = sel.vanished_since(set, since);
                 if !vanished.is_empty() {
                     let line = format!("* VANISHED (EARLIER) {vanished}\r\n");
                     session.out(line.as_bytes()).await?;
@@ -214,7 +155,7 @@ pub async fn fetch(
         let mut message = None;
         if need != Need::Nothing {
             match read_message(&sel.folder, &entry, need) {
-                Some(m) => message = Some(wire_form(&m)),
+                Some(m) => message = Some(m),
                 None => {
                     gone = true;
                     continue;
@@ -227,11 +168,11 @@ pub async fn fetch(
             && record.as_ref().is_none_or(|r| {
                 need == Need::Everything && (r.body.is_none() || r.bodystructure.is_none())
             })
-            && let Some(fresh) = summary::summarize(
+            && let Some(fresh) = message::summarize(
                 &entry,
                 m,
                 need == Need::Everything,
-                summary::internal_date(&sel.folder, &entry),
+                message::internal_date(&sel.folder, &entry),
             )
         {
             sel.cache.put(fresh.clone());
@@ -264,10 +205,10 @@ pub async fn fetch(
             match item {
                 FetchItem::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
                 FetchItem::Binary { part, partial, .. } => {
-                    out.extend_from_slice(format!("BINARY[{}]", dotted(part)).as_bytes());
+                    out.extend_from_slice(format!("BINARY[{}]", part_number(part)).as_bytes());
                     let m = message.as_deref().unwrap_or(b"");
-                    match binary_data(m, structure.as_ref(), part) {
-                        Binary::Data(data) => {
+                    match mime::binary_data(m, structure.as_ref(), part) {
+                        mime::Binary::Data(data) => {
                             let data = match partial {
                                 Some((origin, count)) => {
                                     out.extend_from_slice(format!("<{origin}>").as_bytes());
@@ -280,22 +221,24 @@ pub async fn fetch(
                             out.push(b' ');
                             literal8(&mut out, data);
                         }
-                        Binary::NoSuchPart => out.extend_from_slice(b" NIL"),
-                        Binary::UnknownEncoding => {
+                        mime::Binary::NoSuchPart => out.extend_from_slice(b" NIL"),
+                        mime::Binary::UnknownEncoding => {
                             unknown_cte = true;
                             out.extend_from_slice(b" NIL");
                         }
                     }
                 }
                 FetchItem::BinarySize(part) => {
-                    out.extend_from_slice(format!("BINARY.SIZE[{}] ", dotted(part)).as_bytes());
+                    out.extend_from_slice(
+                        format!("BINARY.SIZE[{}] ", part_number(part)).as_bytes(),
+                    );
                     let m = message.as_deref().unwrap_or(b"");
-                    match binary_data(m, structure.as_ref(), part) {
-                        Binary::Data(data) => {
+                    match mime::binary_data(m, structure.as_ref(), part) {
+                        mime::Binary::Data(data) => {
                             out.extend_from_slice(data.len().to_string().as_bytes())
                         }
-                        Binary::NoSuchPart => out.extend_from_slice(b"NIL"),
-                        Binary::UnknownEncoding => {
+                        mime::Binary::NoSuchPart => out.extend_from_slice(b"NIL"),
+                        mime::Binary::UnknownEncoding => {
                             unknown_cte = true;
                             out.extend_from_slice(b"NIL");
                         }
@@ -310,7 +253,7 @@ pub async fn fetch(
                 FetchItem::InternalDate => {
                     let secs = match &record {
                         Some(r) => r.internal_date,
-                        None => summary::internal_date(&sel.folder, &entry),
+                        None => message::internal_date(&sel.folder, &entry),
                     };
                     out.extend_from_slice(
                         format!("INTERNALDATE {}", internal_date(secs)).as_bytes(),
@@ -322,7 +265,7 @@ pub async fn fetch(
                         (None, Some(r), _) => r.size,
                         (None, None, Some(m)) if need == Need::Everything => m.len() as u64,
                         _ => read_message(&sel.folder, &entry, Need::Everything)
-                            .map_or(0, |m| wire_form(&m).len() as u64),
+                            .map_or(0, |m| m.len() as u64),
                     };
                     out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes());
                 }
@@ -377,7 +320,7 @@ pub async fn fetch(
                     section_name(&mut out, section);
                     out.push(b']');
                     let m = message.as_deref().unwrap_or(b"");
-                    let data = section_data(m, structure.as_ref(), section);
+                    let data = mime::section_data(m, structure.as_ref(), section);
                     match (data, partial) {
                         (None, _) => out.extend_from_slice(b" NIL"),
                         (Some(data), None) => {
@@ -421,190 +364,4 @@ pub async fn fetch(
     } else {
         Done::Ok("FETCH completed".into())
     })
-}
-
-/// What `BINARY[part]` gives.
-enum Binary {
-    Data(Vec<u8>),
-    NoSuchPart,
-    UnknownEncoding,
-}
-
-/// A part's body with its Content-Transfer-Encoding undone (RFC 3516);
-/// the empty part number is the whole message, as it is.
-fn binary_data(m: &[u8], root: Option<&mime::Part>, part: &[u32]) -> Binary {
-    if part.is_empty() {
-        return Binary::Data(m.to_vec());
-    }
-    let Some(p) = root.and_then(|root| mime::resolve(root, part)) else {
-        return Binary::NoSuchPart;
-    };
-    let body = &m[p.body.min(p.end)..p.end];
-    let encoding = p.encoding.as_deref().unwrap_or("7bit").to_ascii_lowercase();
-    match encoding.as_str() {
-        "7bit" | "8bit" | "binary" => Binary::Data(body.to_vec()),
-        // Broken encodings decode as far as they go: the client asked for
-        // the bytes, and a lenient decoder gives the most of them.
-        "base64" => {
-            Binary::Data(mail_parser::decoders::base64::base64_decode(body).unwrap_or_default())
-        }
-        "quoted-printable" => Binary::Data(
-            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
-                .unwrap_or_else(|| body.to_vec()),
-        ),
-        _ => Binary::UnknownEncoding,
-    }
-}
-
-fn dotted(part: &[u32]) -> String {
-    part.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// A literal, as `~{n}` (RFC 3516 literal8) when it holds a NUL, which a
-/// plain literal may not.
-fn literal8(out: &mut Vec<u8>, data: &[u8]) {
-    if data.contains(&0) {
-        out.push(b'~');
-    }
-    literal(out, data);
-}
-
-/// The UIDs in `set` expunged after `since`, as a UID set (QRESYNC's
-/// `VANISHED (EARLIER)`); when expunges that old are forgotten, every UID
-/// of the set below UIDNEXT that is not here (RFC 7162 §3.2.6 allows it),
-/// worked out as the gaps between the UIDs here, never one by one.
-pub fn vanished_since(sel: &crate::session::Selected, set: &SequenceSet, since: u64) -> String {
-    let largest = sel.next_uid.saturating_sub(1);
-    let ranges: Vec<(u32, u32)> = set.ranges(largest).collect();
-    let here = |uid: u32| sel.view.binary_search_by_key(&uid, |e| e.uid).is_ok();
-    let (gone, exact) = sel.modseqs.expunged_since(since);
-    if exact {
-        let uids: Vec<u32> = gone
-            .into_iter()
-            .filter(|&u| !here(u) && ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&u)))
-            .collect();
-        return crate::search::compress(&uids);
-    }
-    let mut parts = Vec::new();
-    for (lo, hi) in ranges {
-        let hi = hi.min(largest);
-        let mut next = lo;
-        let start = sel.view.partition_point(|e| e.uid < lo);
-        for e in sel.view[start..].iter().take_while(|e| e.uid <= hi) {
-            if e.uid > next {
-                parts.push(interval(next, e.uid - 1));
-            }
-            next = e.uid.saturating_add(1);
-        }
-        if next <= hi {
-            parts.push(interval(next, hi));
-        }
-    }
-    parts.join(",")
-}
-
-fn interval(lo: u32, hi: u32) -> String {
-    if lo == hi {
-        lo.to_string()
-    } else {
-        format!("{lo}:{hi}")
-    }
-}
-
-/// The section as the response names it: `1.2.HEADER.FIELDS (A B)`.
-fn section_name(out: &mut Vec<u8>, section: &Section) {
-    let parts: Vec<String> = section.part.iter().map(u32::to_string).collect();
-    out.extend_from_slice(parts.join(".").as_bytes());
-    let text = match &section.text {
-        SectionText::Full => return,
-        SectionText::Header => "HEADER",
-        SectionText::Text => "TEXT",
-        SectionText::Mime => "MIME",
-        SectionText::HeaderFields { not, fields } => {
-            if !parts.is_empty() {
-                out.push(b'.');
-            }
-            out.extend_from_slice(if *not {
-                b"HEADER.FIELDS.NOT ("
-            } else {
-                b"HEADER.FIELDS ("
-            });
-            for (i, f) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                astring(out, f);
-            }
-            out.push(b')');
-            return;
-        }
-    };
-    if !parts.is_empty() {
-        out.push(b'.');
-    }
-    out.extend_from_slice(text.as_bytes());
-}
-
-/// The bytes of a section; `None` for a part that does not exist.
-fn section_data(m: &[u8], root: Option<&mime::Part>, section: &Section) -> Option<Vec<u8>> {
-    if section.part.is_empty() {
-        let header = mime::header_of(m);
-        return Some(match &section.text {
-            SectionText::Full => m.to_vec(),
-            SectionText::Header => header.to_vec(),
-            SectionText::Text => m[header.len()..].to_vec(),
-            SectionText::HeaderFields { not, fields } => mime::header_fields(header, fields, *not),
-            SectionText::Mime => return None,
-        });
-    }
-    let part = mime::resolve(root?, &section.part)?;
-    Some(match &section.text {
-        SectionText::Full => m[part.body.min(part.end)..part.end].to_vec(),
-        SectionText::Mime => m[part.start..part.body].to_vec(),
-        text => {
-            // HEADER and TEXT of a part are those of the message it holds.
-            let inner = part.message.as_deref()?;
-            let header = &m[inner.start..inner.body];
-            match text {
-                SectionText::Header => header.to_vec(),
-                SectionText::Text => m[inner.body..inner.end].to_vec(),
-                SectionText::HeaderFields { not, fields } => {
-                    mime::header_fields(header, fields, *not)
-                }
-                _ => return None,
-            }
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn binary_undoes_transfer_encodings() {
-        let m = wire_form(b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Transfer-Encoding: base64\n\nAAEC\nAwQ=\n--b\nContent-Transfer-Encoding: quoted-printable\n\ncaf=C3=A9 =\nau lait\n--b\nContent-Transfer-Encoding: x-uuencode\n\nbegin\n--b--\n");
-        let root = mime::parse(&m);
-        let data = |part: &[u32]| match binary_data(&m, Some(&root), part) {
-            Binary::Data(d) => Ok(d),
-            Binary::NoSuchPart => Err("no such part"),
-            Binary::UnknownEncoding => Err("unknown"),
-        };
-        assert_eq!(data(&[1]), Ok(vec![0, 1, 2, 3, 4]));
-        assert_eq!(data(&[2]), Ok("café au lait".as_bytes().to_vec()));
-        assert_eq!(data(&[3]), Err("unknown"));
-        assert_eq!(data(&[9]), Err("no such part"));
-        let mut out = Vec::new();
-        literal8(&mut out, &[0, 1]);
-        assert_eq!(out, b"~{2}\r\n\x00\x01");
-    }
-
-    #[test]
-    fn wire_form_matches_the_w_size() {
-        assert_eq!(wire_form(b"a\nb\n\nc"), b"a\r\nb\r\n\r\nc");
-        assert_eq!(wire_form(b""), b"");
-    }
 }

@@ -4,12 +4,15 @@
 
 use std::collections::BTreeSet;
 
-use postroom::mailbox::modseq::ModSeqs;
-use postroom::mailbox::{Flags, Folder, Keywords, Mailbox, MailboxName, flags};
 use postroom::net::NetError;
+use postroom::proto::imap::command::{
+    Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
+};
+use postroom::proto::imap::response::{all_flags, astring, flag_list, permanent_flags};
+use postroom::store::mailbox::modseq::ModSeqs;
+use postroom::store::mailbox::{Folder, Mailbox, MailboxName, flags};
 
-use crate::command::{Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem};
-use crate::response::{astring, flag_list};
+use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
 
 macro_rules! mailbox_or_bad {
@@ -85,7 +88,7 @@ impl Session {
         let validity = state.validity;
         let mut sel = Selected {
             name,
-            cache: postroom::mailbox::cache::Cache::new(folder.path(), validity),
+            cache: postroom::store::mailbox::cache::Cache::new(folder.path(), validity),
             modseqs: ModSeqs::new(folder.path(), validity),
             folder,
             read_only,
@@ -450,7 +453,7 @@ impl Session {
         }
         Done::Ok(format!(
             "[APPENDUID {validity} {}] APPEND completed",
-            crate::search::compress(&stored)
+            SequenceSet::of_sorted(&stored)
         ))
     }
 
@@ -476,10 +479,11 @@ impl Session {
             return Ok(Done::No("[NONEXISTENT] no quota for this user".into()));
         }
         if let Some(limit) = quota {
-            let used = match postroom::maildir::Maildir::new(mailbox.root()).quota_usage(limit) {
-                Ok((bytes, _)) => bytes,
-                Err(e) => return Ok(postroom::mailbox::MailboxError::from(e).into()),
-            };
+            let used =
+                match postroom::store::maildir::Maildir::new(mailbox.root()).quota_usage(limit) {
+                    Ok((bytes, _)) => bytes,
+                    Err(e) => return Ok(postroom::store::mailbox::MailboxError::from(e).into()),
+                };
             // RFC 9208 counts STORAGE in units of 1024 octets.
             out.extend_from_slice(
                 format!(
@@ -493,66 +497,6 @@ impl Session {
         self.out(&out).await?;
         Ok(Done::Ok("completed".into()))
     }
-}
-
-/// `* FLAGS` of a folder: the system flags and its keywords.
-pub fn all_flags(keywords: &Keywords) -> String {
-    let all = Flags {
-        system: 0xff,
-        keywords: u32::MAX,
-    };
-    flag_list(all, keywords)
-}
-
-/// PERMANENTFLAGS: all flags, and `\*` while keyword letters are free.
-pub fn permanent_flags(keywords: &Keywords) -> String {
-    let mut list = all_flags(keywords);
-    if !keywords.is_full() {
-        list.pop();
-        if !list.ends_with('(') {
-            list.push(' ');
-        }
-        list.push_str("\\*)");
-    }
-    list
-}
-
-/// Flags from names; keywords new to the folder are added to its file.
-/// Returns the flags and whether the folder's keywords changed.
-pub fn flags_from_names(
-    folder: &Folder,
-    names: &[String],
-) -> Result<(Flags, Option<Keywords>), Done> {
-    let mut f = Flags::default();
-    let mut keywords = Vec::new();
-    for name in names {
-        if let Some(bit) = flags::system_bit(name) {
-            f.system |= bit;
-        } else if name.eq_ignore_ascii_case("\\Recent") {
-            // Not settable, silently ignored as RFC 3501 §6.4.6 implies.
-        } else if name.starts_with('\\') {
-            return Err(Done::Bad(format!("unknown system flag {name}")));
-        } else if flags::is_keyword(name) {
-            keywords.push(name.as_str());
-        } else {
-            return Err(Done::Bad(format!("invalid keyword {name}")));
-        }
-    }
-    if keywords.is_empty() {
-        return Ok((f, None));
-    }
-    let (all, fit) = folder.add_keywords(&keywords).map_err(Done::from)?;
-    if !fit {
-        return Err(Done::No(
-            "[LIMIT] this folder has its 26 keywords already".into(),
-        ));
-    }
-    for k in keywords {
-        if let Some(i) = all.index(k) {
-            f.keywords |= 1 << i;
-        }
-    }
-    Ok((f, Some(all)))
 }
 
 /// RFC 3501 §6.3.8 wildcards: `*` matches anything, `%` anything but the
@@ -617,7 +561,7 @@ pub fn wildcard(pattern: &[char], name: &[char]) -> bool {
 fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
     let all = SequenceSet(vec![(Bound::Num(1), Bound::Star)]);
     let known = q.known_uids.as_ref().unwrap_or(&all);
-    let vanished = crate::fetch::vanished_since(sel, known, q.modseq);
+    let vanished = sel.vanished_since(known, q.modseq);
     if !vanished.is_empty() {
         out.extend_from_slice(format!("* VANISHED (EARLIER) {vanished}\r\n").as_bytes());
     }

@@ -18,23 +18,23 @@
 //! STORE or SEARCH by sequence number, RFC 3501 §7.4.1), EXISTS, and FETCH
 //! FLAGS for flags other sessions changed.
 
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
-use postroom::access::Access;
-use postroom::authlimit::AuthLimit;
 use postroom::config::Config;
-use postroom::mailbox::cache::Cache;
-use postroom::mailbox::modseq::ModSeqs;
-use postroom::mailbox::watch::Watcher;
-use postroom::mailbox::{
+use postroom::directory::access::Access;
+use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::reloading::Reloading;
+use postroom::directory::users::Users;
+use postroom::net::{Connection, NetError};
+use postroom::store::mailbox::cache::Cache;
+use postroom::store::mailbox::modseq::ModSeqs;
+use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
 };
-use postroom::net::{Connection, NetError};
-use postroom::users::Users;
+use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
 
-use crate::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
+use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
 
 /// Failed LOGIN/AUTHENTICATE attempts before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -51,7 +51,8 @@ const LITERALS_MAX: usize = 1000;
 pub struct Shared {
     pub config: Config,
     tls: Option<TlsAcceptor>,
-    users: Mutex<(Arc<Users>, Arc<Access>, Option<SystemTime>)>,
+    users: Reloading<Users>,
+    access: Reloading<Access>,
     /// None when inotify is unavailable: IDLE then re-syncs on its timer.
     watcher: Option<Watcher>,
 }
@@ -59,9 +60,8 @@ pub struct Shared {
 impl Shared {
     /// Call inside the runtime (the watcher registers with it).
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = Users::load(&config.users_file())?;
-        let access = Access::load(&config.access_file())?;
-        let stamp = users_stamp(&config);
+        let users = Reloading::users(&config)?;
+        let access = Reloading::access(&config)?;
         let watcher = match Watcher::new() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -72,7 +72,8 @@ impl Shared {
         Ok(Shared {
             config,
             tls,
-            users: Mutex::new((Arc::new(users), Arc::new(access), stamp)),
+            users,
+            access,
             watcher,
         })
     }
@@ -81,29 +82,16 @@ impl Shared {
         self.watcher.as_ref()
     }
 
-    /// The users and access rules, reloaded when the users file changed; a
-    /// file that no longer parses keeps the last good one (logged).
-    fn current(&self) -> (Arc<Users>, Arc<Access>) {
-        let now = users_stamp(&self.config);
-        let mut guard = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.2 != now {
-            match (
-                Users::reload(&self.config.users_file()),
-                Access::load(&self.config.access_file()),
-            ) {
-                (Ok(u), Ok(a)) => *guard = (Arc::new(u), Arc::new(a), now),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!("keeping the previous users/access: {e}")
-                }
-            }
-        }
-        (guard.0.clone(), guard.1.clone())
+    /// The users, reloaded if the file changed; a version that does not
+    /// load keeps the last good one in force (logged).
+    fn users(&self) -> Arc<Users> {
+        self.users.current()
     }
-}
 
-fn users_stamp(config: &Config) -> Option<SystemTime> {
-    let m = |p: std::path::PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    m(config.users_file()).max(m(config.access_file()))
+    /// The access rules, reloaded the same way.
+    fn access(&self) -> Arc<Access> {
+        self.access.current()
+    }
 }
 
 /// The logged-in user.
@@ -191,7 +179,7 @@ impl From<MailboxError> for Done {
             }
             MailboxError::BadName(e) => Done::No(format!("[CANNOT] {e}")),
             MailboxError::InboxDelete => Done::No("[CANNOT] INBOX cannot be deleted".into()),
-            MailboxError::Maildir(postroom::maildir::MaildirError::Symlink(e)) => {
+            MailboxError::Maildir(postroom::store::maildir::MaildirError::Symlink(e)) => {
                 // The admin's to look at; the client learns no path.
                 tracing::warn!("{e}");
                 Done::No("[CANNOT] a symlink is in the way (none is followed in a mailbox)".into())
@@ -226,7 +214,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         auth_failures: 0,
     };
     if let Some(ip) = session.conn.peer().map(|p| p.ip())
-        && !session.shared.current().1.allows(ip)
+        && !session.shared.access().allows(ip)
     {
         tracing::info!("refused by the access file");
         session.conn.write(b"* BYE access denied\r\n");
@@ -797,14 +785,14 @@ impl Session {
         if response == "*" {
             return Ok(Done::Bad("authentication cancelled".into()));
         }
-        let Some((user, password)) = postroom::sasl::decode_plain(&response) else {
+        let Some((user, password)) = postroom::directory::sasl::decode_plain(&response) else {
             return Ok(Done::Bad("malformed PLAIN response".into()));
         };
         self.check_password(user, password).await
     }
 
     async fn check_password(&mut self, login: String, password: String) -> Result<Done, NetError> {
-        let (users, _) = self.shared.current();
+        let users = self.shared.users();
         let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
@@ -815,7 +803,7 @@ impl Session {
             .await;
         match checked {
             Ok(Some(user)) => {
-                let root = postroom::users::maildir_of(&self.shared.config, &user);
+                let root = postroom::directory::users::maildir_of(&self.shared.config, &user);
                 let mailbox = Mailbox::new(root);
                 if let Err(e) = mailbox.ensure_defaults() {
                     tracing::error!(user = %user.address, "cannot prepare the mailbox: {e}");

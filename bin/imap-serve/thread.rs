@@ -22,10 +22,10 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
-use postroom::mailbox::cache::Record;
 use postroom::net::NetError;
+use postroom::proto::imap::command::{SearchKey, SortKey};
+use postroom::store::mailbox::cache::Record;
 
-use crate::command::{SearchKey, SortKey};
 use crate::session::{Done, Session};
 
 /// What SORT and THREAD know of one matched message.
@@ -174,8 +174,8 @@ fn items(session: &mut Session, key: &SearchKey) -> Result<Vec<Item>, Done> {
     let Some(sel) = session.selected.as_mut() else {
         return Err(Done::Bad("select a mailbox first".into()));
     };
-    let positions = crate::search::matching(sel, key);
-    let records = crate::summary::records(sel, &positions);
+    let positions = crate::matching::matching(sel, key);
+    let records = crate::message::records(sel, &positions);
     Ok(positions
         .iter()
         .zip(records)
@@ -741,13 +741,13 @@ mod tests {
     /// An item whose header fields come from a raw header, through the
     /// same decoding a real message gets.
     fn raw_item(seq: u32, header: &str) -> Item {
-        let entry = postroom::mailbox::Entry {
+        let entry = postroom::store::mailbox::Entry {
             uid: seq + 100,
             base: format!("{seq}.M1P1.h,S=1,W=1").into(),
             info: "".into(),
         };
         let wire = format!("{header}\r\n\r\nbody\r\n");
-        let record = crate::summary::summarize(&entry, wire.as_bytes(), false, 7);
+        let record = crate::message::summarize(&entry, wire.as_bytes(), false, 7);
         Item {
             seq,
             uid: seq + 100,
@@ -1041,7 +1041,7 @@ mod tests {
 
     #[test]
     fn an_unknown_charset_is_refused_not_a_syntax_error() {
-        use crate::command::{Body, parse};
+        use postroom::proto::imap::command::{Body, parse};
         for line in [
             &b"a SORT (DATE) KOI8-R SUBJECT {3}\r\n\xe0\xe1\xe2\r\n"[..],
             b"a UID THREAD REFERENCES iso-8859-1 ALL\r\n",

@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
-use postroom::mailbox::{Entry, Flags, flags};
 use postroom::net::NetError;
+use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
+use postroom::proto::imap::response::{all_flags, flag_list, permanent_flags};
+use postroom::store::mailbox::{Entry, Flags, flags};
 
-use crate::command::{SequenceSet, StoreMode};
-use crate::folders::{all_flags, flags_from_names, permanent_flags};
-use crate::response::flag_list;
-use crate::session::{Done, Session};
+use crate::message::flags_from_names;
+use crate::session::{Done, Selected, Session};
 
 /// IDLE re-syncs this often even without an inotify event (changes made
-/// on other hosts of a shared filesystem, DESIGN §6).
+/// on other hosts of a shared filesystem, postroom-tree(5), SEVERAL HOSTS).
 const IDLE_RESYNC: Duration = Duration::from_secs(60);
 
 impl Session {
@@ -57,7 +57,45 @@ impl Session {
         }
         Ok(out)
     }
+}
 
+impl Selected {
+    /// The UIDs in `set` expunged after `since` (QRESYNC's `VANISHED
+    /// (EARLIER)`); when expunges that old are forgotten, every UID of the
+    /// set below UIDNEXT that is not here (RFC 7162 §3.2.6 allows it),
+    /// worked out as the gaps between the UIDs here, never one by one.
+    pub fn vanished_since(&self, set: &SequenceSet, since: u64) -> SequenceSet {
+        let largest = self.next_uid.saturating_sub(1);
+        let ranges: Vec<(u32, u32)> = set.ranges(largest).collect();
+        let here = |uid: u32| self.view.binary_search_by_key(&uid, |e| e.uid).is_ok();
+        let (gone, exact) = self.modseqs.expunged_since(since);
+        if exact {
+            let uids: Vec<u32> = gone
+                .into_iter()
+                .filter(|&u| !here(u) && ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&u)))
+                .collect();
+            return SequenceSet::of_sorted(&uids);
+        }
+        let mut gaps = Vec::new();
+        for (lo, hi) in ranges {
+            let hi = hi.min(largest);
+            let mut next = lo;
+            let start = self.view.partition_point(|e| e.uid < lo);
+            for e in self.view[start..].iter().take_while(|e| e.uid <= hi) {
+                if e.uid > next {
+                    gaps.push((Bound::Num(next), Bound::Num(e.uid - 1)));
+                }
+                next = e.uid.saturating_add(1);
+            }
+            if next <= hi {
+                gaps.push((Bound::Num(next), Bound::Num(hi)));
+            }
+        }
+        SequenceSet(gaps)
+    }
+}
+
+impl Session {
     /// Syncs the selected folder and reports changes made elsewhere.
     /// `expunge_ok`: whether EXPUNGE may be sent now (RFC 3501 §7.4.1);
     /// when not, vanished messages stay in the view until a later sync.
@@ -144,7 +182,7 @@ impl Session {
                 let mut uids = vanished;
                 uids.sort_unstable();
                 out.extend_from_slice(
-                    format!("* VANISHED {}\r\n", crate::search::compress(&uids)).as_bytes(),
+                    format!("* VANISHED {}\r\n", SequenceSet::of_sorted(&uids)).as_bytes(),
                 );
             }
         } else {
@@ -300,7 +338,7 @@ impl Session {
         Ok(if !modified.is_empty() {
             Done::Ok(format!(
                 "[MODIFIED {}] conditional STORE failed for these",
-                crate::search::compress(&modified)
+                SequenceSet::of_sorted(&modified)
             ))
         } else if gone {
             Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())

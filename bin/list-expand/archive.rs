@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use mail_parser::{MessageParser, MimeHeaders};
-use postroom::fsutil;
-use postroom::lists::List;
+use postroom::delivery::lists::List;
+use postroom::store::fsutil;
 use sha2::{Digest, Sha256};
 
 /// One post, as the pages show it.

@@ -12,12 +12,13 @@ use std::time::UNIX_EPOCH;
 
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
-use postroom::address::{Address, ReversePath};
-use postroom::aliases::Directory;
 use postroom::config::Config;
-use postroom::lists::List;
-use postroom::queue::{Envelope, Queue};
-use postroom::{fsutil, message};
+use postroom::delivery::lists::List;
+use postroom::delivery::submit::{self, Recipients, Submission, Unresolvable};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
+use postroom::proto::message;
+use postroom::store::fsutil;
 
 /// Sends the digest if there is anything new; returns how many posts it had.
 pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
@@ -51,24 +52,17 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
         }
     }
     posts.sort();
-    let mut readers = Vec::new();
     let directory = Directory::load(config)?;
-    for member in list.members()? {
-        if member.digest
-            && !member.nomail
-            && let Ok(address) = Address::parse(&member.address)
-        {
-            match postroom::deliver::routes_for(&directory, &address) {
-                Ok(routes) => readers.extend(routes),
-                // No digest rather than one that skips readers who may
-                // well exist (a missing users file): the next run sends it.
-                Err(e) if e.is_temporary() => {
-                    anyhow::bail!("digest reader {address}: {e}; no digest sent now")
-                }
-                Err(_) => {}
-            }
-        }
-    }
+    let wanted: Vec<Address> = list
+        .members()?
+        .iter()
+        .filter(|m| m.digest && !m.nomail)
+        .filter_map(|m| Address::parse(&m.address).ok())
+        .collect();
+    // No digest rather than one that skips readers who may well exist (a
+    // missing users file): the next run sends it.
+    let readers = submit::resolve(&directory, &wanted, Unresolvable::SkipUnknown)
+        .map_err(|e| anyhow::anyhow!("digest reader {e}; no digest sent now"))?;
     if posts.is_empty() || readers.is_empty() {
         return Ok(0);
     }
@@ -132,7 +126,8 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
         .bounce_address()
         .map(ReversePath::Address)
         .unwrap_or(ReversePath::Null);
-    Queue::from_config(config).enqueue(&Envelope::new(sender, readers), &digest)?;
+    let submission = Submission::new(sender, Recipients::Routes(readers));
+    submit::submit(config, &directory, submission, &digest)?;
     fsutil::write_atomic(&state, format!("{now}\n").as_bytes())?;
     Ok(posts.len())
 }

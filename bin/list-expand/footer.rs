@@ -8,7 +8,7 @@
 //! a signature over the original part still verifies, and no encoding is
 //! ever undone.
 
-use postroom::message;
+use postroom::proto::message;
 
 /// The post with `footer` added.
 pub fn add_footer(post: &[u8], footer: &str) -> Vec<u8> {
@@ -62,8 +62,11 @@ fn wrap(headers: &[u8], body: &[u8], footer: &[u8]) -> Vec<u8> {
     if inner.is_empty() {
         inner.extend_from_slice(b"Content-Type: text/plain\r\n");
     }
-    let boundary = format!("postroom-footer-{}", postroom::fsutil::unique_suffix())
-        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let boundary = format!(
+        "postroom-footer-{}",
+        postroom::store::fsutil::unique_suffix()
+    )
+    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
     let mut out = outer;
     out.extend_from_slice(
         format!(

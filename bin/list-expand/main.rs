@@ -11,16 +11,18 @@
 //! 0 accepted, held or dropped as a loop; 77 refused (the text printed
 //! becomes the bounce's reason); 75 a passing problem, tried again.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use postroom::address::Address;
 use postroom::config::Config;
-use postroom::lists::{List, Policy, read_address_lines};
-use postroom::message;
+use postroom::delivery::lists::{List, Policy, read_address_lines};
+use postroom::proto::address::Address;
+use postroom::proto::message;
 
 use post::{HELD_SENDER, distribute, held_ids, post, take_held};
 
@@ -124,10 +126,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("list-expand", "warn");
+    postroom::net::log::init("list-expand", "warn");
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // `| head` closing the pipe is not a failure.
+        Err(e) if postroom::cli::reader_left(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("list-expand: {e:#}");
             ExitCode::from(EX_TEMPFAIL)
@@ -137,7 +141,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = Config::load(&Config::locate(cli.config.as_deref()))?;
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     let address = |text: &str| {
         Address::parse(text).with_context(|| format!("{text:?} is not a list address"))
     };
@@ -156,32 +160,32 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if policy != created.config.policy {
                 set_policy(&created, policy)?;
             }
-            println!(
+            postroom::say!(
                 "created {}; connect it in the aliases file:",
                 created.address
             );
-            print_aliases(&created);
+            print_aliases(&created)?;
         }
         Command::Delete { list } => List::open(&config, &address(&list)?)?.delete()?,
         Command::Show { list: None } => {
             for list in List::all(&config)? {
                 let opened = List::open(&config, &list)?;
-                println!("{list}\t{} members", opened.members()?.len());
+                postroom::say!("{list}\t{} members", opened.members()?.len());
             }
         }
         Command::Show { list: Some(list) } => {
             let list = List::open(&config, &address(&list)?)?;
             let c = &list.config;
-            println!("list:       {}", list.address);
-            println!("list-id:    <{}>", list.list_id());
-            println!("owners:     {}", c.owners.join(", "));
-            println!("policy:     {:?} (outsiders: {:?})", c.policy, c.outsiders);
-            println!("members:    {}", list.members()?.len());
-            println!("posters:    {}", list.roster("posters")?.len());
-            println!("moderators: {}", list.roster("moderators")?.len());
-            println!("held posts: {}", held_ids(&list)?.len());
-            println!("aliases:");
-            print_aliases(&list);
+            postroom::say!("list:       {}", list.address);
+            postroom::say!("list-id:    <{}>", list.list_id());
+            postroom::say!("owners:     {}", c.owners.join(", "));
+            postroom::say!("policy:     {:?} (outsiders: {:?})", c.policy, c.outsiders);
+            postroom::say!("members:    {}", list.members()?.len());
+            postroom::say!("posters:    {}", list.roster("posters")?.len());
+            postroom::say!("moderators: {}", list.roster("moderators")?.len());
+            postroom::say!("held posts: {}", held_ids(&list)?.len());
+            postroom::say!("aliases:");
+            print_aliases(&list)?;
         }
         Command::Members { list } => {
             let list = List::open(&config, &address(&list)?)?;
@@ -201,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let list = List::open(&config, &address(&list)?)?;
             let addresses = read_addresses(&file)?;
             let added = list.add(roster_file(posters, moderators), &addresses)?;
-            println!("{added} added, {} already there", addresses.len() - added);
+            postroom::say!("{added} added, {} already there", addresses.len() - added);
         }
         Command::Remove {
             list,
@@ -212,7 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let list = List::open(&config, &address(&list)?)?;
             let addresses = read_addresses(&file)?;
             let removed = list.remove(roster_file(posters, moderators), &addresses)?;
-            println!("{removed} removed");
+            postroom::say!("{removed} removed");
         }
         Command::Post { list, sender } => {
             let list = List::open(&config, &address(&list)?)?;
@@ -222,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .read_to_end(&mut raw)
                 .context("reading the post")?;
             if raw.len() as u64 > config.limits.message_size {
-                println!("552 5.3.4 the post is larger than this system takes");
+                postroom::say!("552 5.3.4 the post is larger than this system takes");
                 return Ok(EX_NOPERM);
             }
             let sender = message::envelope_sender(sender.as_deref(), &raw);
@@ -270,17 +274,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     ),
                 )?;
             }
-            println!("{member}: {count} bounces");
+            postroom::say!("{member}: {count} bounces");
         }
         Command::Archive { list, html } => {
             let list = List::open(&config, &address(&list)?)?;
             let posts = archive::write_html(&list, &html)?;
-            println!("{posts} posts written to {}", html.display());
+            postroom::say!("{posts} posts written to {}", html.display());
         }
         Command::Digest { list } => {
             let list = List::open(&config, &address(&list)?)?;
             let posts = digest::digest(&config, &list)?;
-            println!("{posts} posts in the digest");
+            postroom::say!("{posts} posts in the digest");
         }
         Command::Held { list } => {
             let list = List::open(&config, &address(&list)?)?;
@@ -295,19 +299,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         .map(|(_, v)| v.clone())
                         .unwrap_or_default()
                 };
-                println!("{id}\t{}\t{}", field(HELD_SENDER), field("Subject"));
+                postroom::say!("{id}\t{}\t{}", field(HELD_SENDER), field("Subject"));
             }
         }
         Command::Approve { list, id } => {
             let list = List::open(&config, &address(&list)?)?;
             let (sender, post) = take_held(&list, &id)?;
             distribute(&config, &list, &sender, &post)?;
-            println!("sent to {}", list.address);
+            postroom::say!("sent to {}", list.address);
         }
         Command::Reject { list, id } => {
             let list = List::open(&config, &address(&list)?)?;
             take_held(&list, &id)?;
-            println!("dropped");
+            postroom::say!("dropped");
         }
     }
     Ok(0)
@@ -335,31 +339,32 @@ fn read_addresses(file: &PathBuf) -> anyhow::Result<Vec<Address>> {
 fn set_policy(list: &List, policy: Policy) -> anyhow::Result<()> {
     let mut config = list.config.clone();
     config.policy = policy;
-    postroom::fsutil::write_atomic(
+    postroom::store::fsutil::write_atomic(
         &list.dir.join("config"),
         toml::to_string(&config)?.as_bytes(),
     )?;
     Ok(())
 }
 
-fn print_aliases(list: &List) {
+fn print_aliases(list: &List) -> std::io::Result<()> {
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "list-expand".into());
     let a = &list.address;
-    println!("  {a}: \"|{me} post {a}\"");
-    println!(
+    postroom::say!("  {a}: \"|{me} post {a}\"");
+    postroom::say!(
         "  {}: {}",
         list.request_address(),
         list.config.owners.join(", ")
     );
-    println!(
+    postroom::say!(
         "  {}-owner@{}: {}",
         a.local_part(),
         a.domain(),
         list.config.owners.join(", ")
     );
     if let Some(bounces) = list.bounce_address() {
-        println!("  {bounces}: {}", list.config.owners.join(", "));
+        postroom::say!("  {bounces}: {}", list.config.owners.join(", "));
     }
+    Ok(())
 }

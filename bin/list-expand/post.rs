@@ -2,13 +2,13 @@
 //! accepted post to the members with the list headers added.
 
 use anyhow::Context;
-use postroom::address::{Address, ReversePath};
-use postroom::aliases::Directory;
 use postroom::config::Config;
-use postroom::lists::{List, Outsiders, Policy, ReplyTo};
-use postroom::maildir::{Maildir, Message};
-use postroom::message;
-use postroom::queue::{Envelope, Queue};
+use postroom::delivery::lists::{List, Outsiders, Policy, ReplyTo};
+use postroom::delivery::submit::{self, Recipients, Submission, SubmitError, Unresolvable};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
+use postroom::proto::message;
+use postroom::store::maildir::{Maildir, Message};
 
 use crate::EX_NOPERM;
 
@@ -68,7 +68,7 @@ pub fn post(config: &Config, list: &List, sender: &ReversePath, raw: &[u8]) -> a
             Policy::Announce => "the list's posters",
             _ => "members",
         };
-        println!("550 5.7.1 only {who} may post to {}", list.address);
+        postroom::say!("550 5.7.1 only {who} may post to {}", list.address);
         return Ok(EX_NOPERM);
     }
     distribute(config, list, sender, &post)?;
@@ -91,26 +91,22 @@ pub fn distribute(
         outgoing = rewritten;
     }
     let directory = Directory::load(config)?;
-    let mut recipients = Vec::new();
+    let mut members = Vec::new();
     for member in list.members()? {
         if member.nomail || member.digest {
             continue;
         }
-        let Ok(address) = Address::parse(&member.address) else {
-            tracing::warn!(member = %member.address, "not an address; skipped");
-            continue;
-        };
-        match postroom::deliver::routes_for(&directory, &address) {
-            Ok(routes) => recipients.extend(routes),
-            // Nothing is archived or sent yet: the whole post waits (exit
-            // 75) rather than go out without members who may well exist
-            // (a missing users file, an include file unreadable now).
-            Err(e) if e.is_temporary() => {
-                anyhow::bail!("member {address}: {e}; the post is not sent now")
-            }
-            Err(e) => tracing::warn!(%address, "member skipped: {e}"),
+        match Address::parse(&member.address) {
+            Ok(address) => members.push(address),
+            Err(_) => tracing::warn!(member = %member.address, "not an address; skipped"),
         }
     }
+    // Nothing is archived or sent yet: a member who cannot be looked up
+    // now makes the whole post wait (exit 75) rather than go out without
+    // members who may well exist (a missing users file, an include file
+    // unreadable now). One who does not exist is left out.
+    let recipients = submit::resolve(&directory, &members, Unresolvable::SkipUnknown)
+        .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
     if list.config.archive {
         Maildir::new(list.archive_dir())
             .deliver(
@@ -133,10 +129,10 @@ pub fn distribute(
         .bounce_address()
         .map(ReversePath::Address)
         .unwrap_or(ReversePath::Null);
-    let mut envelope = Envelope::new(bounces, recipients);
+    let mut submission = Submission::new(bounces, Recipients::Routes(recipients));
     // Each member's copy gets its own return path, so a bounce says who.
-    envelope.verp = true;
-    let id = Queue::from_config(config).enqueue(&envelope, &outgoing)?;
+    submission.verp = true;
+    let id = submit::submit(config, &directory, submission, &outgoing)?;
     tracing::info!(list = %list.address, %sender, queue_id = %id, "post queued");
     Ok(())
 }
@@ -228,8 +224,8 @@ fn rewrite_from_for_dmarc(config: &Config, list: &List, post: &[u8]) -> Option<V
         .build()
         .ok()?
         .block_on(async {
-            let resolver = postroom::dns::resolver(config).ok()?;
-            match postroom::dns::dmarc_policy(&resolver, &domain).await {
+            let resolver = postroom::net::dns::resolver(config).ok()?;
+            match postroom::net::dns::dmarc_policy(&resolver, &domain).await {
                 Ok(policy) => policy,
                 Err(e) => {
                     tracing::warn!("{e}; From left as it is");
@@ -294,7 +290,7 @@ fn hold_post(config: &Config, list: &List, from: &Address, post: &[u8]) -> anyho
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let mut held = format!("{HELD_SENDER}: {from}\r\n").into_bytes();
     held.extend_from_slice(post);
-    postroom::fsutil::write_atomic(&list.held_dir().join(&id), &held)
+    postroom::store::fsutil::write_atomic(&list.held_dir().join(&id), &held)
         .context("keeping the held post")?;
     let end = message::header_len(post);
     let subject = message::header_fields(&post[..end])
@@ -340,18 +336,22 @@ pub fn tell_owners(config: &Config, list: &List, subject: &str, text: &str) -> a
         .text_body(text)
         .write_to_vec()?;
     let directory = Directory::load(config)?;
-    let mut recipients = Vec::new();
-    for owner in &list.config.owners {
-        if let Ok(owner) = Address::parse(owner) {
-            recipients
-                .extend(postroom::deliver::routes_for(&directory, &owner).unwrap_or_default());
-        }
+    let owners: Vec<Address> = list
+        .config
+        .owners
+        .iter()
+        .filter_map(|o| Address::parse(o).ok())
+        .collect();
+    // The notice goes to the owners it can reach: failing here would undo
+    // nothing (the post is held, the bounce counted already).
+    let submission = Submission::new(
+        ReversePath::Null,
+        Recipients::Addresses(&owners, Unresolvable::Skip),
+    );
+    match submit::submit(config, &directory, submission, &notice) {
+        Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    if !recipients.is_empty() {
-        Queue::from_config(config)
-            .enqueue(&Envelope::new(ReversePath::Null, recipients), &notice)?;
-    }
-    Ok(())
 }
 
 pub fn held_ids(list: &List) -> anyhow::Result<Vec<String>> {

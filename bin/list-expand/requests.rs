@@ -11,11 +11,11 @@
 //! automatic is not answered at all.
 
 use mail_parser::MessageParser;
-use postroom::address::{Address, ReversePath};
-use postroom::aliases::Directory;
 use postroom::config::Config;
-use postroom::lists::List;
-use postroom::queue::{Envelope, Queue};
+use postroom::delivery::lists::List;
+use postroom::delivery::submit::{Recipients, Submission, SubmitError, Unresolvable, submit};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, ReversePath};
 
 use crate::post::{distribute, take_held};
 
@@ -224,7 +224,13 @@ fn send_reply(
         .text_body(text)
         .write_to_vec()?;
     let directory = Directory::load(config)?;
-    let recipients = postroom::deliver::routes_for(&directory, to)?;
-    Queue::from_config(config).enqueue(&Envelope::new(ReversePath::Null, recipients), &message)?;
-    Ok(())
+    let submission = Submission::new(
+        ReversePath::Null,
+        Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
+    );
+    match submit(config, &directory, submission, &message) {
+        // An address that expands to nobody gets no reply, and that is all.
+        Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

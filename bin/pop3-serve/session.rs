@@ -3,9 +3,9 @@
 //!
 //! States, as RFC 1939 names them: AUTHORIZATION until USER/PASS or AUTH
 //! succeeds, then TRANSACTION over the snapshot taken at login
-//! (`maildrop`), then UPDATE at QUIT, which removes what DELE marked. A
-//! session that ends any other way (the client hangs up, goes idle, runs
-//! past `limits.session_timeout`) removes nothing.
+//! (`store::mailbox::maildrop`), then UPDATE at QUIT, which removes what
+//! DELE marked. A session that ends any other way (the client hangs up,
+//! goes idle, runs past `limits.session_timeout`) removes nothing.
 //!
 //! Policy: the access file's IP rules at connect; passwords only where
 //! `auth.plaintext` allows them (TLS or loopback by default); failed logins wait
@@ -17,18 +17,17 @@
 //! flight (RFC 2449 PIPELINING).
 
 use std::io::Read;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
-use postroom::access::Access;
-use postroom::authlimit::AuthLimit;
 use postroom::config::Config;
+use postroom::directory::access::Access;
+use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::reloading::Reloading;
+use postroom::directory::users::{self, Users};
 use postroom::net::{Connection, NetError};
-use postroom::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
-use postroom::users::{self, Users};
+use postroom::proto::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
+use postroom::store::mailbox::maildrop::Maildrop;
 use tokio_rustls::TlsAcceptor;
-
-use crate::maildrop::Maildrop;
 
 /// Failed logins before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -39,53 +38,32 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Shared {
     pub config: Config,
     tls: Option<TlsAcceptor>,
-    directory: Mutex<(Arc<Users>, Arc<Access>, Stamp)>,
+    users: Reloading<Users>,
+    access: Reloading<Access>,
 }
-
-/// Modification times of the users and access files: a standalone server
-/// reloads them when an admin changes one.
-type Stamp = Vec<Option<SystemTime>>;
 
 impl Shared {
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = Users::load(&config.users_file())?;
-        let access = Access::load(&config.access_file())?;
-        let stamp = stamp(&config);
+        let users = Reloading::users(&config)?;
+        let access = Reloading::access(&config)?;
         Ok(Shared {
             config,
             tls,
-            directory: Mutex::new((Arc::new(users), Arc::new(access), stamp)),
+            users,
+            access,
         })
     }
 
-    /// The users and access rules, reloaded if either file changed. A file
-    /// that no longer parses keeps the last good version in force (logged).
-    fn current(&self) -> (Arc<Users>, Arc<Access>) {
-        let now = stamp(&self.config);
-        let mut guard = match self.directory.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if guard.2 != now {
-            match (
-                Users::reload(&self.config.users_file()),
-                Access::load(&self.config.access_file()),
-            ) {
-                (Ok(u), Ok(a)) => *guard = (Arc::new(u), Arc::new(a), now),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!("keeping the previous users/access: {e}")
-                }
-            }
-        }
-        (guard.0.clone(), guard.1.clone())
+    /// The users, reloaded if the file changed; a version that does not
+    /// load keeps the last good one in force (logged).
+    fn users(&self) -> Arc<Users> {
+        self.users.current()
     }
-}
 
-fn stamp(config: &Config) -> Stamp {
-    [config.users_file(), config.access_file()]
-        .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
+    /// The access rules, reloaded the same way.
+    fn access(&self) -> Arc<Access> {
+        self.access.current()
+    }
 }
 
 enum State {
@@ -120,7 +98,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         retrieved: 0,
     };
     if let Some(ip) = session.conn.peer().map(|p| p.ip())
-        && !session.shared.current().1.allows(ip)
+        && !session.shared.access().allows(ip)
     {
         tracing::info!(%ip, "denied by the access file");
         session.conn.write(b"-ERR [SYS/PERM] access denied\r\n");
@@ -373,7 +351,7 @@ impl Session {
     /// Checks a password (after the wait earlier failures earned), then
     /// takes the mailbox snapshot.
     async fn login(&mut self, login: String, password: Password) -> Result<Next, NetError> {
-        let (users, _) = self.shared.current();
+        let users = self.shared.users();
         let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use postroom::address::Address;
 use postroom::config::Config;
-use postroom::password::{self, Scheme};
-use postroom::{aliases, domains, users};
+use postroom::directory::password::{self, Scheme};
+use postroom::directory::{aliases, domains, users};
+use postroom::proto::address::Address;
 
 #[derive(Args)]
 pub struct InitArgs {
@@ -96,8 +96,8 @@ pub struct PasswdArgs {
 
 pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let config_path = create_tree(&args.dir, &args.domain, args.hostname.as_deref())?;
-    println!("created {}", config_path.display());
-    println!(
+    postroom::say!("created {}", config_path.display());
+    postroom::say!(
         "next: postroom --config {} user add USER@{} --password-stdin",
         config_path.display(),
         args.domain
@@ -107,7 +107,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
 
 /// Writes a fresh tree; refuses to overwrite an existing config.
 pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::Result<PathBuf> {
-    if !postroom::address::is_domain_name(domain) {
+    if !postroom::proto::address::is_domain_name(domain) {
         bail!("{domain:?} is not a domain name");
     }
     let hostname = hostname
@@ -154,20 +154,20 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         ),
     ];
     for (name, text) in files {
-        postroom::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+        postroom::store::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
     }
     for sub in ["mail", "lists", "state"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
     std::fs::create_dir_all(dir.join("mail").join(domain))?;
-    postroom::queue::Queue::new(dir.join("queue")).create()?;
-    postroom::tls::generate_self_signed(
+    postroom::store::queue::Queue::new(dir.join("queue")).create()?;
+    postroom::net::tls::generate_self_signed(
         &hostname,
         &dir.join("tls/cert.pem"),
         &dir.join("tls/key.pem"),
     )?;
     // The config goes last: its presence means the tree is complete.
-    postroom::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
+    postroom::store::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
     Ok(config_path)
 }
 
@@ -247,7 +247,7 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
             // One user gets a maildir now, so the admin sees it; bulk adds
             // leave that to the first delivery or login, which create it.
             for entry in entries.iter().filter(|_| entries.len() == 1) {
-                let maildir = postroom::maildir::Maildir::new(
+                let maildir = postroom::store::maildir::Maildir::new(
                     config
                         .mail_dir()
                         .join(entry.address.domain())
@@ -255,11 +255,11 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                 );
                 maildir.create()?;
             }
-            println!("added {} user(s)", entries.len());
+            postroom::say!("added {} user(s)", entries.len());
         }
         UserCommand::Del { address } => {
             users::remove_user(&file, &address)?;
-            println!(
+            postroom::say!(
                 "removed {address}; the mail under {} stays",
                 config.mail_dir().display()
             );
@@ -280,7 +280,7 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
         } => {
             let secret = read_password(password, password_stdin)?;
             users::set_password(&file, &address, &hash_or_keep(&config, &secret)?)?;
-            println!("password changed for {address}");
+            postroom::say!("password changed for {address}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -314,11 +314,11 @@ pub fn alias(config: Option<PathBuf>, command: AliasCommand) -> anyhow::Result<E
     match command {
         AliasCommand::Add { key, targets } => {
             aliases::add_alias(&file, &key, &targets)?;
-            println!("{key}: {}", targets.join(", "));
+            postroom::say!("{key}: {}", targets.join(", "));
         }
         AliasCommand::Del { key } => {
             aliases::remove_alias(&file, &key)?;
-            println!("removed {key}");
+            postroom::say!("removed {key}");
         }
         AliasCommand::List => {
             let mut out = std::io::stdout().lock();
@@ -340,11 +340,11 @@ pub fn domain(config: Option<PathBuf>, command: DomainCommand) -> anyhow::Result
             for name in &names {
                 std::fs::create_dir_all(config.mail_dir().join(name))?;
             }
-            println!("added {} domain(s)", names.len());
+            postroom::say!("added {} domain(s)", names.len());
         }
         DomainCommand::Del { domain } => {
             domains::remove_domain(&file, &domain)?;
-            println!("removed {domain}; its mail stays on disk");
+            postroom::say!("removed {domain}; its mail stays on disk");
         }
         DomainCommand::List => {
             let mut out = std::io::stdout().lock();
@@ -368,6 +368,6 @@ pub fn passwd(config: Option<PathBuf>, args: PasswdArgs) -> anyhow::Result<ExitC
         format!("unknown scheme {name:?}: use ARGON2ID, SHA512-CRYPT or BLF-CRYPT")
     })?;
     let secret = read_password(args.password, true)?;
-    println!("{}", password::hash(&secret, scheme)?);
+    postroom::say!("{}", password::hash(&secret, scheme)?);
     Ok(ExitCode::SUCCESS)
 }

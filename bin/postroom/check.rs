@@ -13,10 +13,10 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use postroom::address::Address;
-use postroom::aliases::{self, Directory};
 use postroom::config::Config;
-use postroom::queue::Queue;
+use postroom::directory::aliases::{self, Directory};
+use postroom::proto::address::Address;
+use postroom::store::queue::Queue;
 
 /// The Maildir spec's age for tmp/ files that no delivery still writes.
 const MAILDIR_TMP_STALE: Duration = Duration::from_secs(36 * 3600);
@@ -39,7 +39,7 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            println!("problem: {e}");
+            postroom::say!("problem: {e}");
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -51,30 +51,30 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     check_mail(&config, args.fix, &mut report);
 
     for notice in &report.notices {
-        println!("notice: {notice}");
+        postroom::say!("notice: {notice}");
     }
     for problem in &report.problems {
-        println!("problem: {problem}");
+        postroom::say!("problem: {problem}");
     }
     if report.problems.is_empty() {
-        println!("ok: {} is healthy", config.file.display());
+        postroom::say!("ok: {} is healthy", config.file.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} problem(s) found", report.problems.len());
+        postroom::say!("{} problem(s) found", report.problems.len());
         Ok(ExitCode::FAILURE)
     }
 }
 
 /// Users, domains, aliases, and whether every alias resolves.
 fn check_files(config: &Config, report: &mut Report) {
-    let domains = match postroom::domains::Domains::load(&config.domains_file()) {
+    let domains = match postroom::directory::domains::Domains::load(&config.domains_file()) {
         Ok(d) => Some(d),
         Err(e) => {
             report.problems.push(e.to_string());
             None
         }
     };
-    match postroom::users::Users::load(&config.users_file()) {
+    match postroom::directory::users::Users::load(&config.users_file()) {
         Ok(users) if users.unavailable().is_some() => {
             let why = users
                 .unavailable()
@@ -85,7 +85,7 @@ fn check_files(config: &Config, report: &mut Report) {
                  fails until it is restored; if there are really no users, write the line \
                  `{}` in it",
                 config.users_file().display(),
-                postroom::users::NO_USERS_MARK
+                postroom::directory::users::NO_USERS_MARK
             ));
         }
         Ok(users) => {
@@ -153,13 +153,13 @@ fn check_files(config: &Config, report: &mut Report) {
 }
 
 fn check_access(config: &Config, report: &mut Report) {
-    if let Err(e) = postroom::access::Access::load(&config.access_file()) {
+    if let Err(e) = postroom::directory::access::Access::load(&config.access_file()) {
         report.problems.push(e.to_string());
     }
 }
 
 fn check_tls(config: &Config, report: &mut Report) {
-    if let Err(e) = postroom::tls::server_config(&config.tls_cert(), &config.tls_key()) {
+    if let Err(e) = postroom::net::tls::server_config(&config.tls_cert(), &config.tls_key()) {
         report.problems.push(format!("tls: {e}"));
     }
 }
@@ -208,7 +208,7 @@ fn check_queue(config: &Config, fix: bool, report: &mut Report) {
                                 .push(format!("queue message {id}: {problem}"));
                         }
                     }
-                    Err(postroom::queue::QueueError::NotFound(_)) => {}
+                    Err(postroom::store::queue::QueueError::NotFound(_)) => {}
                     Err(e) => report.problems.push(e.to_string()),
                 }
             }

@@ -12,10 +12,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use postroom::address::{Address, ReversePath};
 use postroom::config::Config;
-use postroom::queue::{Envelope, Queue};
-use postroom::{aliases, deliver, password, users};
+use postroom::delivery::deliver;
+use postroom::delivery::submit::{self, Recipients, Submission, Unresolvable};
+use postroom::directory::{aliases, password, users};
+use postroom::proto::address::{Address, ReversePath};
 
 const DOMAIN: &str = "example.test";
 const USER: &str = "demo@example.test";
@@ -80,19 +81,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let servers = servers(&config_path, args.port_offset);
-    println!("postroom demo in {}", root.display());
-    println!("  user:      {USER}");
-    println!("  password:  {secret}");
-    println!(
+    postroom::say!("postroom demo in {}", root.display());
+    postroom::say!("  user:      {USER}");
+    postroom::say!("  password:  {secret}");
+    postroom::say!(
         "  mailbox:   {}",
         config.mail_dir().join(DOMAIN).join("demo").display()
     );
-    println!(
+    postroom::say!(
         "  inject:    echo 'Subject: hi' | {} --config {} {USER}",
         bin_dir.join("mail-inject").display(),
         config_path.display()
     );
-    println!(
+    postroom::say!(
         "  queue:     {} --config {} queue list",
         bin_dir.join("postroom").display(),
         config_path.display()
@@ -101,10 +102,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for server in servers {
         let path = bin_dir.join(server.binary);
         if path.is_file() {
-            println!("  {}", server.about);
+            postroom::say!("  {}", server.about);
             available.push((path, server));
         } else {
-            println!("  ({} is not built yet)", server.binary);
+            postroom::say!("  ({} is not built yet)", server.binary);
         }
     }
     if args.setup_only || available.is_empty() {
@@ -179,7 +180,7 @@ fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("starting {}", path.display()))?;
             children.push(child);
         }
-        println!("running; press Ctrl-C to stop");
+        postroom::say!("running; press Ctrl-C to stop");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -188,7 +189,7 @@ fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
         for child in &mut children {
             let _ = child.kill().await;
         }
-        println!("stopped");
+        postroom::say!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -197,20 +198,21 @@ fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
 /// any other local mail.
 fn welcome(config: &Config, to: &Address) -> anyhow::Result<()> {
     let directory = aliases::Directory::load(config)?;
-    let recipients = deliver::routes_for(&directory, to)?;
     let sender = ReversePath::parse(&format!("postmaster@{DOMAIN}"))?;
-    let mut envelope = Envelope::new(sender, recipients);
-    envelope.protocol = Some(postroom::address::EnvelopeText::new("local", 16)?);
-    let date = postroom::message::rfc5322_date(postroom::fsutil::now_secs());
+    let mut submission = Submission::new(
+        sender,
+        Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
+    );
+    submission.protocol = Some("local");
+    let date = postroom::proto::message::rfc5322_date(postroom::store::fsutil::now_secs());
     let body = format!(
         "From: postroom demo <postmaster@{DOMAIN}>\r\nTo: <{to}>\r\nSubject: Welcome to postroom\r\n\
          Date: {date}\r\nMessage-ID: <welcome.{}@{DOMAIN}>\r\n\r\n\
          This message went through the queue into your maildir.\r\n",
-        postroom::fsutil::now_secs()
+        postroom::store::fsutil::now_secs()
     );
-    let mut incoming = Queue::from_config(config).incoming(&envelope)?;
-    std::io::Write::write_all(&mut incoming, body.as_bytes())?;
-    deliver::deliver_staged(config, &directory, incoming.finish()?)?;
+    let staged = submit::stage(config, &directory, submission, body.as_bytes())?;
+    deliver::deliver_staged(config, &directory, staged)?;
     Ok(())
 }
 

@@ -6,6 +6,8 @@
 //! and runs a demo system on loopback. Each subcommand is one small function
 //! in a file of its own.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod check;
 mod demo;
@@ -57,7 +59,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("postroom", "warn");
+    postroom::net::log::init("postroom", "warn");
     let cli = Cli::parse();
     let config = cli.config;
     let result = match cli.command {
@@ -72,13 +74,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // A closed pipe (`postroom queue list | head`) is not an error.
+        Err(e) if postroom::cli::reader_left(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            // A closed pipe (`postroom queue list | head`) is not an error.
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::BrokenPipe
-            {
-                return ExitCode::SUCCESS;
-            }
             eprintln!("postroom: {e:#}");
             ExitCode::FAILURE
         }
@@ -91,6 +89,6 @@ pub fn load_config(config: Option<PathBuf>) -> anyhow::Result<postroom::config::
     let path = postroom::config::Config::locate(config.as_deref());
     let config = postroom::config::Config::load(&path)?;
     // Files this command writes must belong to the tree's owner, not root.
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     Ok(config)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use postroom::queue::{LogEntry, Queue, QueueId, QueuedMessage, RcptState, Route};
+use postroom::store::queue::{LogEntry, Queue, QueueId, QueuedMessage, RcptState, Route};
 use serde_json::json;
 
 /// How long an admin command waits for a runner to let go of a message.
@@ -99,14 +99,16 @@ fn change(
     queue: &Queue,
     ids: Ids,
     done: &str,
-    apply: impl Fn(&mut postroom::queue::LockedMessage) -> Result<(), postroom::queue::QueueError>,
+    apply: impl Fn(
+        &mut postroom::store::queue::LockedMessage,
+    ) -> Result<(), postroom::store::queue::QueueError>,
 ) -> anyhow::Result<()> {
     for id in resolve(queue, ids)? {
         let mut locked = queue.lock_waiting(&id, PATIENCE)?;
         apply(&mut locked).with_context(|| format!("message {id}"))?;
         // A hint file wakes a watching runner for released or retried mail.
         let _ = std::fs::File::create(queue.root().join("todo").join(id.as_str()));
-        println!("{id}: {done}");
+        postroom::say!("{id}: {done}");
     }
     Ok(())
 }
@@ -138,7 +140,7 @@ fn list(queue: &Queue, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
         // A message finished between readdir and read is simply gone.
         let message = match queue.read(&id) {
             Ok(m) => m,
-            Err(postroom::queue::QueueError::NotFound(_)) => continue,
+            Err(postroom::store::queue::QueueError::NotFound(_)) => continue,
             Err(e) => {
                 writeln!(out, "{id}  unreadable: {e}")?;
                 continue;
@@ -154,7 +156,7 @@ fn list(queue: &Queue, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
         writeln!(
             out,
             "{id}  {date}  {size:>9}  {state:<8}  <{sender}>  {pending}/{total} pending",
-            date = postroom::message::rfc5322_date(message.envelope.arrived),
+            date = postroom::proto::message::rfc5322_date(message.envelope.arrived),
             size = message.body_size,
             sender = message.envelope.sender,
         )?;
@@ -176,7 +178,7 @@ fn state_word(message: &QueuedMessage) -> &'static str {
     }
     match message.next_due() {
         Some(0) => "active",
-        Some(t) if t <= postroom::fsutil::now_secs() => "active",
+        Some(t) if t <= postroom::store::fsutil::now_secs() => "active",
         Some(_) => "deferred",
         None if message.is_finished() => "finished",
         None => "bouncing",
@@ -262,8 +264,8 @@ fn headers_of(message: &QueuedMessage) -> Vec<(String, String)> {
     if let Ok(body) = message.body() {
         let _ = body.take(64 * 1024).read_to_end(&mut head);
     }
-    let len = postroom::message::header_len(&head);
-    postroom::message::header_fields(&head[..len])
+    let len = postroom::proto::message::header_len(&head);
+    postroom::proto::message::header_fields(&head[..len])
 }
 
 fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
@@ -272,7 +274,7 @@ fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "arrived:  {}",
-        postroom::message::rfc5322_date(env.arrived)
+        postroom::proto::message::rfc5322_date(env.arrived)
     )?;
     writeln!(out, "sender:   <{}>", env.sender)?;
     writeln!(out, "size:     {} bytes", message.body_size)?;
@@ -312,7 +314,7 @@ fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
                 ..
             } => format!(
                 "deferred after {attempts} attempt(s), next {}: {}",
-                postroom::message::rfc5322_date(*next_try),
+                postroom::proto::message::rfc5322_date(*next_try),
                 last_reply.as_deref().unwrap_or("")
             ),
             RcptState::Delivered { reply, .. } => format!("delivered: {reply}"),

@@ -10,11 +10,10 @@
 //! lines of the form `Name: value` are headers to add. A hook that outlives
 //! `smtp.hooks.timeout` is killed and the stage deferred.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use postroom::smtp::Reply;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use postroom::program::{Ended, Program};
+use postroom::proto::smtp::Reply;
 
 /// What a hook said.
 #[derive(Debug)]
@@ -26,83 +25,56 @@ pub enum Verdict {
 /// Most output read from a hook.
 const OUTPUT_MAX: usize = 16 * 1024;
 
+/// Runs a hook (on the blocking pool: the runner waits on threads) and
+/// reads its verdict.
 pub async fn run(
     command: &str,
     env: &[(&str, String)],
     stdin: Option<Box<dyn std::io::Read + Send>>,
     timeout: Duration,
 ) -> Verdict {
-    let mut child = match tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
+    let program = Program {
+        command: command.to_string(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        input: stdin,
+        keep_stderr: false,
+        output_max: OUTPUT_MAX,
+        timeout,
+    };
+    let ran = tokio::task::spawn_blocking(move || program.run()).await;
+    match ran {
+        Ok(Ok(ran)) => match ran.ended {
+            Ended::Exited(code) => interpret(Some(code), &String::from_utf8_lossy(&ran.output)),
+            Ended::Killed => interpret(None, ""),
+            Ended::TimedOut => {
+                tracing::warn!(command, "hook timed out");
+                Verdict::Refuse(Reply::new(
+                    451,
+                    "4.3.0",
+                    "local policy check timed out, try later",
+                ))
+            }
+        },
+        Ok(Err(e)) => {
             tracing::error!(command, "cannot run hook: {e}");
-            return Verdict::Refuse(Reply::new(
+            Verdict::Refuse(Reply::new(
                 451,
                 "4.3.0",
                 "local policy check unavailable, try later",
-            ));
+            ))
         }
-    };
-    let feed = stdin.zip(child.stdin.take()).map(|(mut source, mut pipe)| {
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                // The body is in memory or a local file: a short blocking read.
-                let n = match source.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if pipe.write_all(&buf[..n]).await.is_err() {
-                    break; // the hook decided without reading it all
-                }
-            }
-        })
-    });
-    let mut stdout = child.stdout.take();
-    let work = async {
-        let mut output = Vec::new();
-        if let Some(out) = stdout.as_mut() {
-            let _ = out.take(OUTPUT_MAX as u64).read_to_end(&mut output).await;
-        }
-        (child.wait().await, output)
-    };
-    let result = tokio::time::timeout(timeout, work).await;
-    if let Some(feed) = feed {
-        feed.abort();
-    }
-    let (status, output) = match result {
-        Ok((Ok(status), output)) => (status, output),
-        Ok((Err(e), _)) => {
+        Err(e) => {
             tracing::error!(command, "hook failed: {e}");
-            return Verdict::Refuse(Reply::new(
+            Verdict::Refuse(Reply::new(
                 451,
                 "4.3.0",
                 "local policy check failed, try later",
-            ));
+            ))
         }
-        Err(_) => {
-            tracing::warn!(command, "hook timed out");
-            return Verdict::Refuse(Reply::new(
-                451,
-                "4.3.0",
-                "local policy check timed out, try later",
-            ));
-        }
-    };
-    interpret(status.code(), &String::from_utf8_lossy(&output))
+    }
 }
 
 /// Maps an exit code and output to a verdict.

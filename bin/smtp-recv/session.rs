@@ -11,22 +11,23 @@
 //! client in `smtp.relay_networks`. `%`, `!`, quoted local parts and source
 //! routes never route anything: an address is local or it is relaying.
 
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use base64::Engine;
-use postroom::access::Access;
-use postroom::address::{Address, EnvelopeText, ReversePath};
-use postroom::aliases::{Directory, ResolveError, Target};
-use postroom::authlimit::AuthLimit;
 use postroom::config::Config;
-use postroom::deliver::{self, Early};
+use postroom::delivery::deliver::{self, Early};
+use postroom::directory::access::Access;
+use postroom::directory::aliases::{Directory, ResolveError, Target};
+use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::reloading::Reloading;
 use postroom::net::{Connection, NetError};
-use postroom::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
-use postroom::smtp::{
+use postroom::proto::address::{Address, EnvelopeText, ReversePath};
+use postroom::proto::smtp::{
     BdatError, DataLine, DataProblem, DataReader, Network, Reply, has_nul, is_bare_postmaster,
-    is_clean_command, parse_bdat, xtext_decode,
+    is_clean_command, parse_bdat,
 };
+use postroom::proto::xtext;
+use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
 use tokio_rustls::TlsAcceptor;
 
@@ -43,16 +44,13 @@ pub struct Shared {
     submission: bool,
     tls: Option<TlsAcceptor>,
     relay_networks: Vec<Network>,
-    directory: Mutex<(Arc<Directory>, Arc<Access>, Stamp)>,
+    directory: Reloading<Directory>,
+    access: Reloading<Access>,
     /// Only when `smtp.dnsbl` names zones.
     resolver: Option<hickory_resolver::TokioResolver>,
     /// Only when SPF, DKIM or DMARC checks are on.
     authenticator: Option<mail_auth::MessageAuthenticator>,
 }
-
-/// Modification times of the users, aliases, domains and access files: a
-/// standalone server reloads them when an admin changes one.
-type Stamp = Vec<Option<SystemTime>>;
 
 impl Shared {
     pub fn new(
@@ -66,17 +64,16 @@ impl Shared {
             .iter()
             .map(|n| Network::parse(n).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?;
-        let directory = Directory::load(&config)?;
-        let access = Access::load(&config.access_file())?;
-        let stamp = stamp(&config);
+        let directory = Reloading::directory(&config)?;
+        let access = Reloading::access(&config)?;
         let resolver = if config.smtp.dnsbl.is_empty() {
             None
         } else {
-            Some(postroom::dns::resolver(&config)?)
+            Some(postroom::net::dns::resolver(&config)?)
         };
         let checks = &config.smtp;
         let authenticator = if checks.spf || checks.dkim || checks.dmarc {
-            Some(postroom::dns::authenticator(&config)?)
+            Some(postroom::net::dns::authenticator(&config)?)
         } else {
             None
         };
@@ -87,51 +84,22 @@ impl Shared {
             submission,
             tls,
             relay_networks,
-            directory: Mutex::new((Arc::new(directory), Arc::new(access), stamp)),
+            directory,
+            access,
         })
     }
 
-    /// The directory and access rules, reloaded if one of their files
-    /// changed. A file that no longer parses keeps the last good version in
+    /// The users, aliases and domains, reloaded if one of their files
+    /// changed; a version that does not load keeps the last good one in
     /// force (logged), so a typo does not stop mail.
-    fn current(&self) -> (Arc<Directory>, Arc<Access>) {
-        let now = stamp(&self.config);
-        let mut guard = match self.directory.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if guard.2 != now {
-            match (
-                Directory::reload(&self.config),
-                Access::load(&self.config.access_file()),
-            ) {
-                (Ok(d), Ok(a)) => *guard = (Arc::new(d), Arc::new(a), now),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!("keeping the previous users/aliases/domains/access: {e}")
-                }
-            }
-        }
-        (guard.0.clone(), guard.1.clone())
-    }
-
     fn directory(&self) -> Arc<Directory> {
-        self.current().0
+        self.directory.current()
     }
 
+    /// The access rules, reloaded the same way.
     fn access(&self) -> Arc<Access> {
-        self.current().1
+        self.access.current()
     }
-}
-
-fn stamp(config: &Config) -> Stamp {
-    [
-        config.users_file(),
-        config.aliases_file(),
-        config.domains_file(),
-    ]
-    .iter()
-    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-    .collect()
 }
 
 /// One mail transaction, MAIL to the end of DATA.
@@ -316,12 +284,17 @@ impl Session {
 
     /// The Authentication-Results header (RFC 8601) for a received message:
     /// SPF from MAIL time, DKIM and DMARC now. `None` when no check is on.
+    /// A message over [`DKIM_MAX`] is not DKIM-verified (reading it all
+    /// would cost that much memory) rather than judged on a body cut
+    /// short: each signature gets `dkim=neutral` with the reason, RFC
+    /// 8601 §2.7.1's result for a signature "not otherwise able to be
+    /// processed" (mail-auth gives it to one it cannot evaluate, such as
+    /// an expired one).
     async fn authentication_results(
         &mut self,
         tx: &Transaction,
         staged: &Staged,
     ) -> Option<String> {
-        use mail_auth::common::headers::HeaderWriter;
         let shared = self.shared.clone();
         let authenticator = shared.authenticator.as_ref()?;
         let config = &shared.config;
@@ -332,26 +305,51 @@ impl Session {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let helo = self.helo.clone().unwrap_or_default();
         let sender = tx.sender.to_string();
+        let too_large = staged.message.body_length() > DKIM_MAX;
         let mut raw = Vec::new();
         if let Ok(mut body) = staged.message.body() {
-            // DKIM reads the whole message; past this size it is not checked.
+            // Past DKIM_MAX only the header block is read: it tells DMARC
+            // the From domain and shows whether the message is signed.
+            let limit = if too_large { 1 << 20 } else { DKIM_MAX };
             let _ =
-                std::io::Read::read_to_end(&mut std::io::Read::take(&mut body, 50 << 20), &mut raw);
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut body, limit), &mut raw);
+        }
+        if too_large {
+            raw.truncate(postroom::proto::message::header_len(&raw));
         }
         let mut results = mail_auth::AuthenticationResults::new(&config.hostname);
         if let Some(spf) = &tx.spf {
             results = results.with_spf_mailfrom_result(spf, ip, &sender, &helo);
         }
+        // Each method is appended in turn, so a skipped one can say why.
+        let more = || mail_auth::AuthenticationResults::new("");
+        let mut text = results.to_string();
         let message = mail_auth::AuthenticatedMessage::parse(&raw);
         if let Some(message) = &message {
-            let dkim = if config.smtp.dkim || config.smtp.dmarc {
+            let unverified = too_large && !message.dkim_headers.is_empty();
+            let dkim = if (config.smtp.dkim || config.smtp.dmarc) && !too_large {
                 authenticator.verify_dkim(message).await
             } else {
                 Vec::new()
             };
             let from = message.from().to_string();
             if config.smtp.dkim {
-                results = results.with_dkim_results(&dkim, &from);
+                if unverified {
+                    // One entry a signature, as for verified ones.
+                    for header in &message.dkim_headers {
+                        text.push_str(&format!(";\r\n\tdkim=neutral reason=\"{TOO_LARGE}\""));
+                        if let Ok(signature) = &header.header
+                            && [&signature.d, &signature.s].iter().all(|v| is_token(v))
+                        {
+                            text.push_str(&format!(
+                                " header.d={} header.s={}",
+                                signature.d, signature.s
+                            ));
+                        }
+                    }
+                } else {
+                    text.push_str(&more().with_dkim_results(&dkim, &from).to_string());
+                }
             }
             if config.smtp.dmarc {
                 let spf_for_dmarc = match &tx.spf {
@@ -380,11 +378,23 @@ impl Session {
                         &spf_for_dmarc,
                     ))
                     .await;
-                results = results.with_dmarc_result(&dmarc);
+                let passed = *dmarc.spf_result() == mail_auth::DmarcResult::Pass
+                    || *dmarc.dkim_result() == mail_auth::DmarcResult::Pass;
+                if unverified && !passed {
+                    // Without the signature checked, a failure says nothing.
+                    text.push_str(&format!(
+                        ";\r\n\tdmarc=none reason=\"{TOO_LARGE}; DKIM not verified\" header.from={}",
+                        dmarc.domain()
+                    ));
+                } else {
+                    text.push_str(&more().with_dmarc_result(&dmarc).to_string());
+                }
             }
         }
-        let header = results.to_header();
-        Some(header.trim_end_matches(['\r', '\n']).to_string())
+        if text == config.hostname {
+            text.push_str("; none");
+        }
+        Some(format!("Authentication-Results: {text}"))
     }
 
     /// The DNS blocklists of `smtp.dnsbl`, in order. A zone that does not
@@ -395,7 +405,7 @@ impl Session {
             return None;
         };
         for zone in &self.shared.config.smtp.dnsbl {
-            match postroom::dns::dnsbl_listed(resolver, ip, zone).await {
+            match postroom::net::dns::dnsbl_listed(resolver, ip, zone).await {
                 Ok(Some(code)) => {
                     tracing::info!(%ip, zone, %code, "listed in a DNS blocklist");
                     return Some(Reply::new(
@@ -741,7 +751,7 @@ impl Session {
                 } else {
                     Some(initial)
                 };
-                response.and_then(|r| postroom::sasl::decode_plain(&r))
+                response.and_then(|r| postroom::directory::sasl::decode_plain(&r))
             }
             smtp_proto::AUTH_LOGIN => {
                 let user = if initial.is_empty() {
@@ -864,7 +874,7 @@ impl Session {
         let envid = match from
             .env_id
             .as_deref()
-            .map(|e| xtext_decode(e).and_then(|t| EnvelopeText::new(&t, 100).ok()))
+            .map(|e| xtext::decode(e).and_then(|t| EnvelopeText::new(&t, 100).ok()))
         {
             Some(None) => return self.error(Reply::new(501, "5.5.4", "malformed ENVID")),
             Some(Some(e)) => Some(e),
@@ -1015,7 +1025,7 @@ impl Session {
                 format!("<{address}>: relay access denied"),
             ));
         }
-        let mut routes = match deliver::routes_for(&directory, &address) {
+        let mut routes = match directory.routes_for(&address) {
             Ok(routes) => routes,
             Err(ResolveError::UnknownUser(_)) => {
                 return self.error(Reply::new(
@@ -1065,7 +1075,7 @@ impl Session {
             ));
         }
         let domain = name.trim_start_matches('@').to_lowercase();
-        if !postroom::address::is_domain_name(&domain) {
+        if !postroom::proto::address::is_domain_name(&domain) {
             return self.error(Reply::new(501, "5.5.4", "ETRN takes a domain name"));
         }
         if self.user.is_none() && !self.client_in_relay_networks() {
@@ -1293,7 +1303,7 @@ impl Session {
             return;
         }
         let staged = match self.authentication_results(&tx, &staged).await {
-            Some(header) => match prepend_headers(&self.shared.config, staged, &[header]) {
+            Some(header) => match prepend_headers(staged, &[header]) {
                 Ok(staged) => staged,
                 Err(e) => {
                     self.local_error(format_args!("adding Authentication-Results failed: {e}"));
@@ -1358,7 +1368,7 @@ impl Session {
             hooks::Verdict::Accept { headers } if headers.is_empty() => return Some(staged),
             hooks::Verdict::Accept { headers } => headers,
         };
-        match prepend_headers(&self.shared.config, staged, &headers) {
+        match prepend_headers(staged, &headers) {
             Ok(staged) => Some(staged),
             Err(e) => {
                 self.local_error(format_args!("adding the data hook's headers failed: {e}"));
@@ -1422,32 +1432,31 @@ impl Session {
             "Received: from {helo} ([{ip}]){auth}\r\n\tby {host} (postroom) with {proto}{tls}\r\n\tid {id}{for_rcpt};\r\n\t{date}\r\n",
             host = self.shared.config.hostname,
             proto = self.protocol(),
-            date = postroom::message::rfc5322_date(postroom::fsutil::now_secs()),
+            date = postroom::proto::message::rfc5322_date(postroom::store::fsutil::now_secs()),
         )
     }
 }
 
-/// The same message with `headers` on top: a new staged message (memory
-/// or tmp/), the old one discarded. Costs a copy, only when headers are
-/// added (Authentication-Results, a filter's verdict).
-fn prepend_headers(
-    config: &Config,
-    staged: Staged,
-    headers: &[String],
-) -> Result<Staged, Box<dyn std::error::Error>> {
-    use std::io::Write;
-    let queue = Queue::from_config(config);
-    let result = (|| -> Result<Staged, Box<dyn std::error::Error>> {
-        let mut incoming = queue.incoming(&staged.message.envelope)?;
-        for header in headers {
-            incoming.write_all(header.as_bytes())?;
-            incoming.write_all(b"\r\n")?;
-        }
-        std::io::copy(&mut staged.message.body()?, &mut incoming)?;
-        Ok(incoming.finish()?)
-    })();
-    let _ = staged.discard();
-    result
+/// The same message with `headers` on top, under the same queue id (the
+/// Received line, the reply and the log name it). Costs a copy, only when
+/// headers are added (Authentication-Results, a filter's verdict).
+fn prepend_headers(staged: Staged, headers: &[String]) -> Result<Staged, queue::QueueError> {
+    let block: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    staged.prepend(block.as_bytes())
+}
+
+/// DKIM verification holds the whole message in memory; a larger one is
+/// not verified, and its Authentication-Results says so (`smtp-recv(8)`).
+const DKIM_MAX: u64 = 50 << 20;
+/// The reason Authentication-Results gives for a message over [`DKIM_MAX`].
+const TOO_LARGE: &str = "message too large to verify";
+
+/// True for a domain or selector that can stand in a header as it is.
+fn is_token(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
 /// RFC 5321 §6.3: a message with more Received headers than this is in a
@@ -1461,8 +1470,8 @@ fn hops(staged: &Staged) -> usize {
     if let Ok(body) = staged.message.body() {
         let _ = body.take(1 << 20).read_to_end(&mut head);
     }
-    let len = postroom::message::header_len(&head);
-    postroom::message::header_fields(&head[..len])
+    let len = postroom::proto::message::header_len(&head);
+    postroom::proto::message::header_fields(&head[..len])
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
         .count()

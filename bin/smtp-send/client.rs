@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use postroom::address::ReversePath;
-use postroom::deliver::Outcome;
-use postroom::queue::{Envelope, QueuedMessage, Recipient};
-use postroom::smtp::DataEncoder;
+use postroom::delivery::deliver::Outcome;
+use postroom::proto::address::ReversePath;
+use postroom::proto::smtp::DataEncoder;
+use postroom::store::queue::{Envelope, QueuedMessage, Recipient};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -11,6 +11,8 @@
 //! or keeps watching the queue. Any number may run at once, on one host or
 //! several sharing the tree: each message is worked by one at a time.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod remote;
 mod runner;
@@ -24,8 +26,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use postroom::config::Config;
-use postroom::queue::QueueId;
-use postroom::tls::ClientTls;
+use postroom::net::tls::ClientTls;
+use postroom::store::queue::QueueId;
+use postroom::store::watch::Watcher;
 use tokio::sync::Notify;
 
 use remote::Dispatcher;
@@ -57,7 +60,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    postroom::log::init("smtp-send", "info");
+    postroom::net::log::init("smtp-send", "info");
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,7 +73,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&Config::locate(args.config.as_deref()))?);
-    postroom::privileges::drop_privileges(&config)?;
+    postroom::net::privileges::drop_privileges(&config)?;
     let selection = if args.flush {
         Selection::All
     } else if let Some(domain) = &args.domain {
@@ -96,13 +99,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             watch(config, stopping, stop).await
         } else {
             if let Selection::Messages(ids) = &selection {
-                let queue = postroom::queue::Queue::from_config(&config);
+                let queue = postroom::store::queue::Queue::from_config(&config);
                 for id in ids {
                     // Says "no message ID in the queue" for a wrong id.
                     queue.read(id)?;
                 }
             }
-            let tls = postroom::tls::client_configs(&config)?;
+            let tls = postroom::net::tls::client_configs(&config)?;
             one_pass(&config, &tls, &stopping, &selection, None).await?;
             Ok(())
         }
@@ -120,7 +123,7 @@ async fn one_pass(
 ) -> anyhow::Result<Arc<Runner>> {
     let dispatcher = Dispatcher::new(
         config.clone(),
-        postroom::dns::resolver(config)?,
+        postroom::net::dns::resolver(config)?,
         tls.clone(),
         runner::load_credentials(config)?,
     );
@@ -154,13 +157,21 @@ async fn watch(
     stopping: Arc<AtomicBool>,
     stop: Arc<Notify>,
 ) -> anyhow::Result<()> {
-    let queue = postroom::queue::Queue::from_config(&config);
+    let queue = postroom::store::queue::Queue::from_config(&config);
     queue.create()?;
-    let hints = Hints::watch(&queue.root().join("todo"))?;
+    // Hints arriving in todo/ wake the loop (one inotify for the process,
+    // as IMAP IDLE uses); without inotify the minute's timer does.
+    let todo = queue.root().join("todo");
+    let watcher = Watcher::new().context("inotify")?;
+    let mut hints = watcher
+        .watch_arrivals(&todo)
+        .with_context(|| format!("watching {}", todo.display()))?;
     // Read once: the system's certificate store takes a while to load.
-    let tls = postroom::tls::client_configs(&config)?;
+    let tls = postroom::net::tls::client_configs(&config)?;
     let mut full = true;
     while !stopping.load(Ordering::Relaxed) {
+        // Hints from here on wake the next wait, even during the pass.
+        hints.mark_seen();
         let only = if full { None } else { Some(queue.todo()?) };
         let runner = match one_pass(&config, &tls, &stopping, &Selection::Due, only).await {
             Ok(runner) => Some(runner),
@@ -171,7 +182,7 @@ async fn watch(
                 None
             }
         };
-        let now = postroom::fsutil::now_secs();
+        let now = postroom::store::fsutil::now_secs();
         let next_due = runner
             .map(|r| r.tally.next_due.load(Ordering::Relaxed))
             .unwrap_or(0);
@@ -180,7 +191,7 @@ async fn watch(
             at => at.saturating_sub(now).clamp(1, 60),
         };
         tokio::select! {
-            _ = hints.wait() => full = false,
+            _ = hints.changed() => full = false,
             _ = tokio::time::sleep(Duration::from_secs(wait)) => full = true,
             _ = stop.notified() => break,
         }
@@ -203,38 +214,4 @@ fn watch_signals(stopping: Arc<AtomicBool>, stop: Arc<Notify>) -> anyhow::Result
         stop.notify_one();
     });
     Ok(())
-}
-
-/// inotify on `todo/`: wakes when a hint file appears. A thread blocks
-/// on the inotify descriptor and rings a bell the async side waits on (a
-/// ring while nobody waits is kept for the next wait).
-struct Hints {
-    bell: Arc<Notify>,
-}
-
-impl Hints {
-    fn watch(dir: &std::path::Path) -> anyhow::Result<Hints> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).context("inotify")?;
-        inotify
-            .add_watch(
-                dir,
-                AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB,
-            )
-            .with_context(|| format!("watching {}", dir.display()))?;
-        let bell = Arc::new(Notify::new());
-        let ringer = bell.clone();
-        std::thread::spawn(move || {
-            // Which events does not matter: the pass reads `todo/` itself.
-            while inotify.read_events().is_ok() {
-                ringer.notify_one();
-            }
-            tracing::warn!("inotify stopped; new mail waits for the next timed pass");
-        });
-        Ok(Hints { bell })
-    }
-
-    async fn wait(&self) {
-        self.bell.notified().await;
-    }
 }

@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hickory_resolver::TokioResolver;
-use postroom::address::ReversePath;
 use postroom::config::{Config, TlsPolicy};
-use postroom::deliver::Outcome;
-use postroom::dns::{self, Exchanger, RouteError};
-use postroom::queue::{QueuedMessage, Recipient};
-use postroom::tls::ClientTls;
+use postroom::delivery::deliver::Outcome;
+use postroom::net::dns::{self, Exchanger, RouteError};
+use postroom::net::tls::ClientTls;
+use postroom::proto::address::ReversePath;
+use postroom::store::queue::{QueuedMessage, Recipient};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 use crate::client::{Client, SessionError, Setup};

@@ -15,15 +15,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use postroom::address::{Address, EnvelopeText, ReversePath};
-use postroom::aliases::Directory;
 use postroom::config::Config;
-use postroom::deliver::{self, Outcome};
-use postroom::dsn::{self, Kind};
-use postroom::queue::{
-    Envelope, LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
+use postroom::delivery::deliver::{self, Outcome};
+use postroom::delivery::submit::{Recipients, Submission, submit};
+use postroom::directory::aliases::Directory;
+use postroom::proto::address::{Address, EnvelopeText, ReversePath};
+use postroom::proto::dsn::{self, Kind};
+use postroom::store::queue::{
+    LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
 };
-use postroom::{fsutil, queue};
+use postroom::store::{fsutil, queue};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::remote::{Destination, Dispatcher, Job};
@@ -429,19 +430,19 @@ impl Runner {
     /// Queues a report (null sender) to `to`, routed like any mail; if the
     /// address no longer resolves, the postmaster gets it instead.
     fn send_report(&self, to: &Address, report: &[u8]) -> anyhow::Result<QueueId> {
-        let routes = deliver::routes_for(&self.directory, to).or_else(|e| {
+        let routes = self.directory.routes_for(to).or_else(|e| {
             tracing::warn!(%to, "report cannot be routed ({e}); sending it to the postmaster");
             dsn::postmaster(&self.config)
                 .filter(|p| p != to)
-                .map(|p| deliver::routes_for(&self.directory, &p))
+                .map(|p| self.directory.routes_for(&p))
                 .unwrap_or(Err(e))
         });
         let recipients = match routes {
             Ok(routes) if !routes.is_empty() => routes,
             _ => anyhow::bail!("no route for a report to {to}, nor to the postmaster"),
         };
-        let envelope = Envelope::new(ReversePath::Null, recipients);
-        let id = self.queue.enqueue(&envelope, report)?;
+        let submission = Submission::new(ReversePath::Null, Recipients::Routes(recipients));
+        let id = submit(&self.config, &self.directory, submission, report)?;
         self.tally.reports.fetch_add(1, Ordering::Relaxed);
         tracing::info!(report_id = %id, %to, "report queued");
         Ok(id)

@@ -28,7 +28,7 @@ use base64::Engine;
 
 use crate::bench_tree;
 use crate::server::Server;
-use crate::smtp::{free_port, raise_fd_limit};
+use crate::smtp::raise_fd_limit;
 
 /// A server under test and how its clients fail to log in.
 #[derive(Clone, Copy)]
@@ -139,8 +139,8 @@ fn burst(
     concurrent: bool,
     settle: Duration,
 ) -> anyhow::Result<Figures> {
-    let port = free_port()?;
-    let server = Server::start_with(binary, config, port, protocol.flags())?;
+    let server = Server::start_with(binary, config, protocol.flags())?;
+    let port = server.port;
     let pid = server.child.id();
     // Let start-up finish (config, users, TLS) before the idle figure.
     std::thread::sleep(Duration::from_millis(500));

@@ -33,8 +33,8 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         dir.display()
     );
 
-    let port = crate::smtp::free_port()?;
-    let server = Server::start(&serve, &config, port)?;
+    let server = Server::start(&serve, &config)?;
+    let port = server.port;
     let mut client = Client::connect(port)?;
     client.run("LOGIN sink@bench.test x")?;
     let (first, _) = client.run("SELECT INBOX")?;
@@ -94,8 +94,8 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         ms(greeting.1)
     );
 
-    let port = crate::smtp::free_port()?;
-    let server = Server::start(&serve, &config, port)?;
+    let server = Server::start(&serve, &config)?;
+    let port = server.port;
     let before = crate::smtp::rss_kib(server.child.id())?;
     let mut held: Vec<TcpStream> = Vec::with_capacity(idle);
     let start = Instant::now();
@@ -159,7 +159,7 @@ fn fill(maildir: &Path, n: usize) -> anyhow::Result<()> {
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(maildir.join(sub))?;
     }
-    let now = postroom::fsutil::now_secs();
+    let now = postroom::store::fsutil::now_secs();
     let filler =
         "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
             .repeat(20);

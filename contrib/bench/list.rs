@@ -55,13 +55,13 @@ pub fn run(base: &Path, members: usize) -> anyhow::Result<()> {
     let rss = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
         .map(|u| u.max_rss())
         .unwrap_or(0);
-    let queued = postroom::queue::Queue::new(dir.join("queue")).list()?;
+    let queued = postroom::store::queue::Queue::new(dir.join("queue")).list()?;
     anyhow::ensure!(
         queued.len() == 1,
         "expected one queued message, found {}",
         queued.len()
     );
-    let message = postroom::queue::Queue::new(dir.join("queue")).read(&queued[0])?;
+    let message = postroom::store::queue::Queue::new(dir.join("queue")).read(&queued[0])?;
     println!(
         "postroom-bench list: {members} members added in {:.2} s; one 4 KiB post queued for {} recipients in {:.2} s; peak RSS of list-expand {:.1} MB",
         add.as_secs_f64(),

@@ -24,7 +24,7 @@ use anyhow::Context;
 use crate::server::{Server, ms};
 
 use crate::bench_tree;
-use crate::smtp::{free_port, raise_fd_limit, rss_kib};
+use crate::smtp::{raise_fd_limit, rss_kib};
 
 /// Mailboxes the parallel figure reads, one client each.
 const PARALLEL: usize = 8;
@@ -51,8 +51,8 @@ pub fn run(
     }
     fill(&mailbox(&dir, "big"), big, 2048)?;
 
-    let port = free_port()?;
-    let server = Server::start(&serve, &config, port)?;
+    let server = Server::start(&serve, &config)?;
+    let port = server.port;
     // Round 1 also moves every message to cur/ with the Seen flag; the
     // best of three is the steady state.
     let mut one = Vec::new();
@@ -157,8 +157,8 @@ fn rss_per_session(
     count: usize,
     user: Option<&str>,
 ) -> anyhow::Result<(f64, u64)> {
-    let port = free_port()?;
-    let server = Server::start(serve, config, port)?;
+    let server = Server::start(serve, config)?;
+    let port = server.port;
     let pid = server.child.id();
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(count);
@@ -190,13 +190,13 @@ fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
         .map(|b| format!("box{b}"))
         .chain(["big".to_string()])
     {
-        users.push(postroom::users::NewUser {
-            address: postroom::address::Address::parse(&format!("{name}@bench.test"))?,
+        users.push(postroom::directory::users::NewUser {
+            address: postroom::proto::address::Address::parse(&format!("{name}@bench.test"))?,
             password_hash: "{PLAIN}x".into(),
             quota: None,
         });
     }
-    postroom::users::add_users(&dir.join("users"), &users)?;
+    postroom::directory::users::add_users(&dir.join("users"), &users)?;
     Ok(config)
 }
 
@@ -207,7 +207,7 @@ fn mailbox(dir: &Path, user: &str) -> PathBuf {
 /// Writes `count` messages of about `size` bytes; returns their total
 /// size on the wire.
 fn fill(root: &Path, count: usize, size: usize) -> anyhow::Result<u64> {
-    postroom::maildir::Maildir::new(root).create()?;
+    postroom::store::maildir::Maildir::new(root).create()?;
     let mut text = b"From: bench@bench.test\nSubject: bench\n\n".to_vec();
     let mut line = 0;
     while text.len() < size {
@@ -221,8 +221,8 @@ fn fill(root: &Path, count: usize, size: usize) -> anyhow::Result<u64> {
         );
         line += 1;
     }
-    let wire = postroom::maildir::pop3_size(&mut &text[..])?;
-    let now = postroom::fsutil::now_secs();
+    let wire = postroom::store::maildir::pop3_size(&mut &text[..])?;
+    let now = postroom::store::fsutil::now_secs();
     for i in 0..count {
         let name = format!(
             "{}.M{i}P{}.bench,S={},W={wire}",

@@ -15,7 +15,10 @@
 //!
 //! `postroom-bench smtp` and `postroom-bench pop3` measure the servers on
 //! loopback; see `smtp.rs` and `pop3.rs`. `postroom-bench auth` measures
-//! what a burst of failed logins costs each server (`auth.rs`).
+//! what a burst of failed logins costs each server (`auth.rs`), and
+//! `postroom-bench net` the connection layer alone (`net.rs`).
+
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,7 @@ use clap::{Parser, Subcommand};
 mod auth;
 mod imap;
 mod list;
+mod net;
 mod pop3;
 mod send;
 mod server;
@@ -56,6 +60,12 @@ enum Bench {
         /// cost drifts by several times within a minute.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// postroom::net alone: resident memory per idle connection.
+    Net {
+        /// Idle sessions held open (each with its client in this process).
+        #[arg(long, default_value_t = 4000)]
+        sessions: usize,
     },
     /// smtp-recv under load: rates, dot-to-250 latency, greeting time, RSS.
     Smtp {
@@ -129,6 +139,7 @@ fn main() -> ExitCode {
         .join(format!("postroom-bench-{}", std::process::id()));
     let result = match cli.bench {
         Bench::Foundation { messages, rounds } => foundation(&base, messages, rounds.max(1)),
+        Bench::Net { sessions } => net::run(sessions),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
         Bench::Send { messages } => send::run(&base, messages),
         Bench::List { members } => list::run(&base, members),
@@ -332,13 +343,13 @@ fn inject_rate(
 /// One pass over the queue delivering every message, in this process.
 fn runner_rate(dir: &Path) -> anyhow::Result<f64> {
     let config = postroom::config::Config::load(&dir.join("postroom.toml"))?;
-    let directory = postroom::aliases::Directory::load(&config)?;
-    let queue = postroom::queue::Queue::from_config(&config);
+    let directory = postroom::directory::aliases::Directory::load(&config)?;
+    let queue = postroom::store::queue::Queue::from_config(&config);
     let start = Instant::now();
     let ids = queue.list()?;
     for id in &ids {
         if let Some(mut locked) = queue.lock(id)? {
-            postroom::deliver::deliver_local(&config, &directory, &mut locked, true)?;
+            postroom::delivery::deliver::deliver_local(&config, &directory, &mut locked, true)?;
             anyhow::ensure!(locked.message.is_finished(), "{id} not delivered");
             locked.remove(false)?;
         }

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use postroom::address::{Address, ReversePath};
-use postroom::queue::{Envelope, Queue, Recipient, Route};
+use postroom::proto::address::{Address, ReversePath};
+use postroom::store::queue::{Envelope, Queue, Recipient, Route};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[path = "../../tests/integration/dns.rs"]
@@ -32,12 +32,13 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let sink_port = crate::smtp::free_port()?;
     let accepted = Arc::new(AtomicUsize::new(0));
+    // Port 0: the kernel picks one free on 127.0.0.2 as the sink binds it.
     let listener = runtime.block_on(tokio::net::TcpListener::bind(SocketAddr::new(
         Ipv4Addr::new(127, 0, 0, 2).into(),
-        sink_port,
+        0,
     )))?;
+    let sink_port = listener.local_addr()?.port();
     runtime.spawn(sink(listener, accepted.clone()));
 
     let mut records: HashMap<String, Vec<dns::Record>> = HashMap::new();

@@ -1,9 +1,8 @@
-//! A server under test: started on a loopback port and killed when done,
-//! and its inetd-mode start-up time. Shared by the smtp, pop3 and imap
-//! benchmarks.
+//! A server under test: started on a loopback port it picks itself and
+//! killed when done, and its inetd-mode start-up time. Shared by the smtp,
+//! pop3 and imap benchmarks.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,36 +12,57 @@ use anyhow::Context;
 /// A standalone server on `127.0.0.1:port`, killed on drop.
 pub struct Server {
     pub child: Child,
+    pub port: u16,
 }
 
 impl Server {
-    pub fn start(binary: &Path, config: &Path, port: u16) -> anyhow::Result<Server> {
-        Server::start_with(binary, config, port, &[])
+    /// Starts `binary` with `--listen 127.0.0.1:0`: the kernel picks a free
+    /// port as the server binds it, and the server's `listening on ADDR`
+    /// log line says which (no port is chosen here and let go for someone
+    /// else to take first).
+    pub fn start(binary: &Path, config: &Path) -> anyhow::Result<Server> {
+        Server::start_with(binary, config, &[])
     }
 
     /// [`Server::start`] with `extra` flags (`--submission`).
-    pub fn start_with(
-        binary: &Path,
-        config: &Path,
-        port: u16,
-        extra: &[&str],
-    ) -> anyhow::Result<Server> {
+    pub fn start_with(binary: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Server> {
         let name = binary.file_name().unwrap_or_default().to_string_lossy();
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .arg("--config")
             .arg(config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("POSTROOM_LOG", "warn")
-            .stderr(Stdio::null())
+            // Warnings, and the line that says where it listens.
+            .env("POSTROOM_LOG", "warn,postroom::net=info")
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "{name} did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Server { child })
+        let mut log = BufReader::new(child.stderr.take().context("stderr")?);
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            anyhow::ensure!(
+                log.read_line(&mut line)? > 0,
+                "{name} ended before it listened"
+            );
+            if let Some((_, rest)) = line.split_once("listening on ") {
+                let addr: std::net::SocketAddr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .with_context(|| format!("{name} said {line:?}"))?;
+                break addr.port();
+            }
+            eprint!("{line}");
+        };
+        // Its later warnings go where ours go.
+        std::thread::spawn(move || {
+            for line in log.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
+        Ok(Server { child, port })
     }
 }
 

@@ -2,14 +2,14 @@
 //! (header matches, folder moves, a regex, an external list of 202
 //! entries, address parts, a body test):
 //! messages per second for filtering alone, and with delivery into the
-//! folders of a maildir (`postroom::sort`, what mailsort and local
+//! folders of a maildir (`postroom::delivery::filter`, what mailsort and local
 //! delivery run).
 
 use std::path::Path;
 use std::time::Instant;
 
-use postroom::address::{Address, ReversePath};
-use postroom::sieve::{Input, Script};
+use postroom::delivery::sieve::{Input, Script};
+use postroom::proto::address::{Address, ReversePath};
 
 const RULES: &str = r#"require ["fileinto", "regex", "subaddress", "envelope", "body", "imap4flags", "relational", "comparator-i;ascii-numeric", "extlists"];
 if header :contains "list-id" "rust-users" { fileinto "Lists/rust"; stop; }
@@ -61,8 +61,8 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
     let dir = base.join("sieve");
     let config_path = crate::bench_tree(&dir)?;
     let config = postroom::config::Config::load(&config_path)?;
-    let directory = postroom::aliases::Directory::load(&config)?;
-    let inbox = postroom::maildir::Maildir::new(dir.join("mail/bench.test/sink"));
+    let directory = postroom::directory::aliases::Directory::load(&config)?;
+    let inbox = postroom::store::maildir::Maildir::new(dir.join("mail/bench.test/sink"));
     std::fs::create_dir_all(inbox.path().join("sieve"))?;
     std::fs::write(inbox.path().join("sieve/active.sieve"), RULES)?;
     std::fs::create_dir_all(inbox.path().join("sieve/lists"))?;
@@ -74,7 +74,7 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
     let sender = ReversePath::parse("someone@far.example")?;
     let started = Instant::now();
     for raw in &samples {
-        postroom::sort::sort(&config, &directory, &inbox, None, &user, &sender, raw)?;
+        postroom::delivery::filter::sort(&config, &directory, &inbox, None, &user, &sender, raw)?;
     }
     let deliver = started.elapsed().as_secs_f64();
     println!(

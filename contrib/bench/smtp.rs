@@ -28,8 +28,8 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         dir.display()
     );
 
-    let port = free_port()?;
-    let server = Server::start(&recv, &config, port)?;
+    let server = Server::start(&recv, &config)?;
+    let port = server.port;
     for sessions in [1usize, 8, 32] {
         let raw = raw_rate(
             &base.join(format!("raw{sessions}")),
@@ -53,8 +53,8 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         greeting.1.as_secs_f64() * 1000.0
     );
 
-    let port = free_port()?;
-    let server = Server::start(&recv, &config, port)?;
+    let server = Server::start(&recv, &config)?;
+    let port = server.port;
     let before = rss_kib(server.child.id())?;
     let mut held = Vec::with_capacity(idle);
     for _ in 0..idle {
@@ -167,12 +167,6 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no VmRSS")
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Room for `idle` client sockets here and as many in the server, which

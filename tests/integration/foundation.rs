@@ -9,9 +9,9 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use postroom::address::{Address, ReversePath};
-use postroom::maildir::{Delivered, Maildir, Message};
-use postroom::queue::{Envelope, Recipient, Route};
+use postroom::proto::address::{Address, ReversePath};
+use postroom::store::maildir::{Delivered, Maildir, Message};
+use postroom::store::queue::{Envelope, Recipient, Route};
 
 use crate::util::{Tree, bin, maildir_files, stderr, stdout};
 
@@ -48,7 +48,7 @@ fn census(tree: &Tree, user: &str) -> HashMap<String, usize> {
     let queue = tree.queue();
     for id in queue.list().unwrap() {
         let m = queue.read(&id).expect("every committed queue file parses");
-        let body = postroom::queue::read_body(&m).unwrap();
+        let body = postroom::store::queue::read_body(&m).unwrap();
         count(&String::from_utf8_lossy(&body), m.path());
     }
     seen
@@ -92,6 +92,7 @@ fn sigkill_of_mail_inject_loses_no_acknowledged_message_and_shows_no_half_one() 
         let mut stdin = child.stdin.take().unwrap();
         let _ = stdin.write_all(&message(&marker));
         drop(stdin);
+        // On purpose: the kill lands at a random moment of the injection.
         std::thread::sleep(Duration::from_micros(rand::random::<u64>() % window));
         let _ = child.kill();
         let status = child.wait().unwrap();
@@ -137,11 +138,11 @@ fn sigkill_of_mail_inject_loses_no_acknowledged_message_and_shows_no_half_one() 
     // A runner finishing what the killed injectors left must not duplicate
     // anything that was already delivered before the kill.
     let config = tree.load_config();
-    let directory = postroom::aliases::Directory::load(&config).unwrap();
+    let directory = postroom::directory::aliases::Directory::load(&config).unwrap();
     let queue = tree.queue();
     for id in queue.list().unwrap() {
         let mut locked = queue.lock(&id).unwrap().expect("no one else holds it");
-        postroom::deliver::deliver_local(&config, &directory, &mut locked, true).unwrap();
+        postroom::delivery::deliver::deliver_local(&config, &directory, &mut locked, true).unwrap();
         assert!(locked.message.is_finished());
         locked.remove(true).unwrap();
     }
@@ -474,7 +475,7 @@ fn demo_sets_up_a_working_tree() {
         .trim()
         .to_string();
     let config = postroom::config::Config::load(&root.join("postroom.toml")).unwrap();
-    let users = postroom::users::Users::load(&config.users_file()).unwrap();
+    let users = postroom::directory::users::Users::load(&config.users_file()).unwrap();
     assert!(
         users
             .authenticate("demo@example.test", &password)
@@ -489,5 +490,54 @@ fn demo_sets_up_a_working_tree() {
         .output()
         .unwrap();
     assert!(again.status.success(), "{}", stderr(&again));
-    assert!(postroom::tls::server_config(&config.tls_cert(), &config.tls_key()).is_ok());
+    assert!(postroom::net::tls::server_config(&config.tls_cert(), &config.tls_key()).is_ok());
+}
+
+#[test]
+fn commands_exit_quietly_when_the_reader_of_their_output_has_gone() {
+    // `postroom check | head -1` and `list-expand members L | head` used to
+    // panic in println! with "failed printing to stdout: Broken pipe".
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    let closed_stdout = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        writer
+    };
+    let config = tree.config.to_str().unwrap();
+    let runs: [(&str, Vec<&str>); 6] = [
+        ("postroom", vec!["--config", config, "check"]),
+        ("postroom", vec!["--config", config, "user", "list"]),
+        ("postroom", vec!["--config", config, "queue", "list"]),
+        (
+            "list-expand",
+            vec![
+                "--config",
+                config,
+                "create",
+                "team@example.test",
+                "--owner",
+                "ann@example.test",
+            ],
+        ),
+        ("list-expand", vec!["--config", config, "show"]),
+        (
+            "list-expand",
+            vec!["--config", config, "members", "team@example.test"],
+        ),
+    ];
+    for (program, args) in runs {
+        let out = Command::new(bin(program))
+            .args(&args)
+            .stdout(closed_stdout())
+            .output()
+            .expect("run");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{program} {args:?}: {err}");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {:?} {err}",
+            out.status
+        );
+    }
 }

@@ -262,7 +262,7 @@ def delivery_loop():
     for i in range(30):
         if stop.is_set(): break
         deliver(f"loop {i}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # on purpose: deliveries paced through the rounds
 t = threading.Thread(target=delivery_loop); t.start()
 for round in range(40):
     actor = a if round % 2 else b
@@ -545,7 +545,12 @@ fn unterminated_literals_and_unread_output_time_out() {
     }
     stream.write_all(cmds.as_bytes()).unwrap();
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(5));
+    // Not a byte read until the server gives the session up (its idle
+    // timeout, 2 s, runs out while its output waits for us).
+    let peer = format!("peer={}", stream.local_addr().unwrap());
+    server
+        .log
+        .wait_for(&[&peer, "session ended"], Duration::from_secs(30));
     // Now read: the server must have closed, having sent far less than
     // the 100 MB asked for.
     stream
@@ -948,6 +953,7 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
         let (first_ack, started) = std::sync::mpsc::channel::<()>();
         let killer = std::thread::spawn(move || {
             let _ = started.recv_timeout(Duration::from_secs(30));
+            // On purpose: the random moment of the kill.
             std::thread::sleep(delay);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         });
@@ -1467,4 +1473,87 @@ print("ok")
     // Carol's mailbox is as it was: nothing appended, copied or moved.
     assert_eq!(crate::util::maildir_files(&carol), carols);
     assert!(!carol.join("maildirfolder").exists());
+}
+
+/// Python for the two tests below: `sizes(n)` is message n's
+/// (RFC822.SIZE, BODY[]) from IMAP and (LIST size, RETR octets with the
+/// dot-stuffing undone) from POP3, the real pop3-serve run inetd-style.
+const ONE_WIRE_FORM: &str = r#"
+def sizes(n):
+    M = login()
+    ok(M.select("INBOX", readonly=True))
+    r = ok(M.fetch(str(n), "(RFC822.SIZE BODY.PEEK[])"))
+    M.logout()
+    imap = (int(re.search(r"RFC822\.SIZE (\d+)", r[0][0].decode()).group(1)), r[0][1])
+    pop = subprocess.run([os.environ["POP3"], "--config", os.environ["CONFIG"]],
+        input=f"USER bob@example.test\r\nPASS secret\r\nLIST {n}\r\nRETR {n}\r\nQUIT\r\n".encode(),
+        env=dict(os.environ, REMOTE_ADDR="127.0.0.1"), capture_output=True, timeout=20).stdout
+    m = re.search(rb"\+OK %d (\d+)\r\n\+OK[^\r\n]*\r\n" % n, pop)
+    assert m, pop
+    sent = pop[m.end():]
+    sent = sent[:sent.index(b"\r\n.\r\n") + 2]
+    lines = [line + b"\n" for line in sent.split(b"\n")[:-1]]
+    kept = b"".join(line[1:] if line.startswith(b".") else line for line in lines)
+    return imap, (int(m.group(1)), kept)
+def one_wire_form(n, expected):
+    (size, body), (listed, retr) = sizes(n)
+    assert body == expected, ("IMAP BODY[]", body, expected)
+    assert size == len(body), ("RFC822.SIZE", size, len(body))
+    assert retr == body, ("POP3 RETR", retr, body)
+    assert listed == size, ("POP3 LIST", listed, size)
+"#;
+
+/// A message appended with a CR before a CRLF is stored with that CR
+/// before its LF (delivery writes CRLF as LF and keeps a bare CR), and
+/// `,W=` counts that pair as the line end. IMAP used to send it as CR CR LF,
+/// one octet more than the RFC822.SIZE it announced and than POP3 sends.
+#[test]
+fn imap_body_matches_rfc822_size_and_pop3_when_a_cr_preceded_a_crlf() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        &format!(
+            r#"{ONE_WIRE_FORM}
+M = login()
+# imaplib's append() turns a bare CR into CRLF: send the literal as it is.
+M.literal = b"Subject: cr\r\n\r\nbare\r\r\nend\r\n"
+ok(M._simple_command("APPEND", "INBOX"))
+M.logout()
+one_wire_form(1, b"Subject: cr\r\n\r\nbare\r\nend\r\n")
+print("agreed")
+"#
+        ),
+        &server,
+        &tree,
+    );
+    assert!(said.contains("agreed"), "{said}");
+}
+
+/// A message file put in the maildir by something other than delivery
+/// (a migration, a restore), with a CRLF inside, no line end after its last
+/// line and no `,W=` in its name. POP3 sent the CRLF as it is and ended the
+/// last line; IMAP sent CR CR LF and no last line end, so the two servers
+/// gave the one message two sizes and two texts.
+#[test]
+fn imap_and_pop3_send_one_text_of_a_file_without_a_last_line_end() {
+    let tree = tree_with_user();
+    let new = tree.maildir("bob").join("new");
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(
+        new.join("1700000000.M1P1.restored.test"),
+        b"Subject: restored\n\nline\r\nno end",
+    )
+    .unwrap();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        &format!(
+            r#"{ONE_WIRE_FORM}
+one_wire_form(1, b"Subject: restored\r\n\r\nline\r\nno end\r\n")
+print("agreed")
+"#
+        ),
+        &server,
+        &tree,
+    );
+    assert!(said.contains("agreed"), "{said}");
 }

@@ -217,16 +217,17 @@ fn redirects_use_srs_when_configured_and_bounces_find_their_way_back() {
     // A bounce to the SRS address resolves to the original sender; a
     // forged one to nobody.
     let config = tree.load_config();
-    let directory = postroom::aliases::Directory::load(&config).unwrap();
-    let srs = postroom::address::Address::parse(&sender).unwrap();
+    let directory = postroom::directory::aliases::Directory::load(&config).unwrap();
+    let srs = postroom::proto::address::Address::parse(&sender).unwrap();
     let targets = directory.resolve(&srs).unwrap();
     assert_eq!(
         targets,
-        [postroom::aliases::Target::Remote(
-            postroom::address::Address::parse("dave@far.test").unwrap()
+        [postroom::directory::aliases::Target::Remote(
+            postroom::proto::address::Address::parse("dave@far.test").unwrap()
         )]
     );
-    let forged = postroom::address::Address::parse(&sender.replace("dave", "mallory")).unwrap();
+    let forged =
+        postroom::proto::address::Address::parse(&sender.replace("dave", "mallory")).unwrap();
     assert!(directory.resolve(&forged).is_err());
 }
 

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use postroom::maildir::{Delivered, Maildir, Message};
+use postroom::store::maildir::{Delivered, Maildir, Message};
 
-use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
+use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout, wait_until};
 
 const ANN_PLAIN: &str = "AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0"; // \0ann@example.test\0secret
 
@@ -143,18 +143,7 @@ fn collect(mut child: Child, limit: Duration) -> Vec<u8> {
         let _ = out.read_to_end(&mut said);
         said
     });
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("pop3-serve still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("pop3-serve to exit", limit, || child.try_wait().unwrap());
     reader.join().unwrap()
 }
 
@@ -710,8 +699,14 @@ fn a_client_that_never_quits_deletes_nothing() {
     let mut c = Client::connect(server.port);
     c.login();
     assert!(c.cmd("DELE 1").starts_with("+OK"));
+    let peer = format!("peer={}", c.writer.local_addr().unwrap());
     drop(c);
-    std::thread::sleep(Duration::from_millis(300));
+    // The session is over once the server says so; only then does the
+    // maildir show what hanging up did.
+    server.log.wait_for(
+        &[&peer, "ended without QUIT: nothing deleted"],
+        Duration::from_secs(10),
+    );
     assert_eq!(maildir_files(&tree.maildir("ann")).len(), 3);
 }
 
@@ -733,14 +728,11 @@ fn a_client_that_stalls_mid_retr_is_cut_off_by_the_idle_timeout() {
         .write_all(b"USER ann@example.test\r\nPASS secret\r\nDELE 1\r\nRETR 2\r\n")
         .unwrap();
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "a stalled client held the server"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the stalled session to be cut off",
+        Duration::from_secs(30),
+        || child.try_wait().unwrap(),
+    );
     assert!(started.elapsed() >= Duration::from_millis(900));
     drop(stdin);
     assert_eq!(
@@ -780,7 +772,8 @@ fn the_session_timeout_ends_a_busy_session() {
     let started = Instant::now();
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(b"USER ann@example.test\r\nPASS secret\r\nDELE 1\r\n");
-        // A NOOP every 100 ms keeps it from ever being idle; bounded.
+        // On purpose: a NOOP every 100 ms keeps it from ever being idle;
+        // bounded.
         for _ in 0..150 {
             if stdin.write_all(b"NOOP\r\n").is_err() {
                 break;
@@ -945,6 +938,7 @@ fn concurrent_clients_deliveries_and_flag_changes() {
                 )
                 .unwrap();
                 delivered.push(i);
+                // On purpose: the deliveries' pace in the load loop.
                 std::thread::sleep(Duration::from_millis(2));
             }
             delivered
@@ -983,6 +977,7 @@ fn concurrent_clients_deliveries_and_flag_changes() {
                         }
                     }
                 }
+                // On purpose: the flag changer's pace.
                 std::thread::sleep(Duration::from_millis(1));
             }
             renames
@@ -1061,8 +1056,8 @@ fn concurrent_clients_deliveries_and_flag_changes() {
                         } else {
                             fail(format!("QUIT: {said}"));
                         }
-                        // Let mail pile up a little, so the flag changer has
-                        // something to rename under the next session.
+                        // On purpose: let mail pile up a little, so the flag
+                        // changer has something to rename under the next session.
                         std::thread::sleep(Duration::from_millis(30));
                     }
                     (retrieved, sessions)
@@ -1128,20 +1123,8 @@ fn concurrent_clients_deliveries_and_flag_changes() {
 fn demo_serves_pop3_and_pop3s_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("demo");
-    let offset = 25_000 + (std::process::id() % 5000) as u16;
-    let mut demo = Command::new(bin("postroom"))
-        .args([
-            "demo",
-            "--root",
-            root.to_str().unwrap(),
-            "--port-offset",
-            &offset.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(demo.stdout.take().unwrap());
+    let mut demo = crate::util::start_demo(&root);
+    let mut out = BufReader::new(demo.child.stdout.take().unwrap());
     let mut password = None;
     for _ in 0..40 {
         let mut line = String::new();
@@ -1156,17 +1139,7 @@ fn demo_serves_pop3_and_pop3s_on_loopback() {
         }
     }
     let password = password.expect("the demo prints its password");
-    let (port, tls_port) = (2110 + offset, 2995 + offset);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err()
-        || TcpStream::connect(("127.0.0.1", tls_port)).is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the demo's pop3-serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (port, tls_port) = (2110 + demo.base, 2995 + demo.base);
     let script = format!(
         r#"
 import poplib, ssl
@@ -1186,11 +1159,7 @@ for p in (poplib.POP3("127.0.0.1", {port}, timeout=10),
         .arg(&script)
         .output()
         .unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let status = demo.wait().unwrap();
+    let status = demo.terminate();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert_eq!(
         stdout(&out).matches("Subject: Welcome to postroom").count(),

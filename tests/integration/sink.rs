@@ -68,35 +68,37 @@ pub struct Sink {
     /// Connections accepted so far.
     pub connections: Arc<Mutex<usize>>,
     stop: Arc<AtomicBool>,
+    addr: SocketAddr,
 }
 
 impl Sink {
-    /// Listens on `addr` (port 0 for any).
-    pub fn start(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Sink> {
-        let listener = TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
+    /// Serves on `listener`, a socket the caller bound and keeps no other
+    /// handle to: it closes when the sink is dropped.
+    pub fn on(listener: TcpListener, behaviour: Behaviour) -> std::io::Result<Sink> {
+        let addr = listener.local_addr()?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, c, s) = (received.clone(), connections.clone(), stop.clone());
         std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        *c.lock().unwrap() += 1;
-                        let (behaviour, r) = (behaviour.clone(), r.clone());
-                        std::thread::spawn(move || {
-                            let _ = serve(stream, &behaviour, &r);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            // Blocks in accept; Drop wakes it with a connection of its own.
+            for stream in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
                 }
+                let Ok(stream) = stream else { continue };
+                *c.lock().unwrap() += 1;
+                let (behaviour, r) = (behaviour.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &behaviour, &r);
+                });
             }
         });
         Ok(Sink {
             received,
             connections,
             stop,
+            addr,
         })
     }
 
@@ -108,6 +110,7 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
     }
 }
 
@@ -225,6 +228,7 @@ fn serve(stream: TcpStream, b: &Behaviour, received: &Mutex<Vec<Received>>) -> s
                         return Ok(());
                     }
                 }
+                // On purpose: a server slow to answer the final dot.
                 std::thread::sleep(b.delay_final);
                 if b.data_reply.starts_with('2') {
                     received.lock().unwrap().push(Received {

@@ -3,10 +3,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, Tree, bin, free_port, maildir_files, stderr, stdout};
+use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
 fn python(script: &str, port: u16) -> (bool, String) {
@@ -348,12 +348,8 @@ fn inetd_mode_over_pipes_refuses_auth_without_tls_from_remote_peers() {
 #[test]
 fn swaks_starttls_auth_and_implicit_tls() {
     let tree = tree_with_users();
-    let tls_port = free_port();
-    let server = Server::start(
-        &tree,
-        "smtp-recv",
-        &["--listen-tls", &format!("127.0.0.1:{tls_port}")],
-    );
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let tls_port = server.tls_port;
     let starttls = Command::new("swaks")
         .args(["--server", &format!("127.0.0.1:{}", server.port), "-tls"])
         .args([
@@ -394,17 +390,23 @@ fn swaks_starttls_auth_and_implicit_tls() {
 
 /// One inetd-mode session over pipes, as if from `ip`.
 fn inetd_session(tree: &Tree, ip: &str, input: &str) -> String {
+    inetd_session_logged(tree, ip, input).0
+}
+
+/// One inetd-style session from `ip`; returns (replies, log).
+fn inetd_session_logged(tree: &Tree, ip: &str, input: &str) -> (String, String) {
     let mut child = Command::new(bin("smtp-recv"))
         .arg("--config")
         .arg(&tree.config)
         .env("REMOTE_ADDR", ip)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    stdout(&child.wait_with_output().unwrap())
+    let out = child.wait_with_output().unwrap();
+    (stdout(&out), stderr(&out))
 }
 
 #[test]
@@ -460,6 +462,89 @@ timeout = "5s"
         "{delivered}"
     );
     assert!(maildir_files(&tree.maildir("bob")).is_empty());
+}
+
+/// smtp-recv used to write a message again under a new queue id when it
+/// put Authentication-Results or a data hook's headers on top: the
+/// Received line, the 250 reply and the log named the old id, the maildir
+/// and the queue the new one.
+#[test]
+fn the_queue_id_stays_the_same_when_headers_are_prepended() {
+    let dns = crate::dns::DnsServer::start(std::collections::HashMap::new());
+    let tree = tree_with_users();
+    // A pipe that asks to try later keeps the message in the queue.
+    std::fs::write(
+        tree.root().join("aliases"),
+        "later@example.test: \"|exit 75\"\n",
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&tree.config).unwrap();
+    text.push_str(&format!(
+        "\n[smtp]\ndkim = true\n\n[smtp.hooks]\ndata = 'cat >/dev/null; echo \"X-Scanned: yes\"'\n\
+         timeout = \"5s\"\n\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n",
+        dns.addr
+    ));
+    std::fs::write(&tree.config, text).unwrap();
+    let id_after = |said: &str, words: &str| -> String {
+        said.lines()
+            .find_map(|l| l.strip_prefix(&format!("250 2.0.0 ok, {words} as ")))
+            .unwrap_or_else(|| panic!("no \"{words} as\" in {said}"))
+            .trim()
+            .to_string()
+    };
+
+    let send = |rcpt: &str| {
+        inetd_session_logged(
+            &tree,
+            "192.0.2.1",
+            &format!(
+                "EHLO c.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<{rcpt}>\r\n\
+                 DATA\r\nSubject: to {rcpt}\r\n\r\nhello\r\n.\r\nQUIT\r\n"
+            ),
+        )
+    };
+
+    let (said, log) = send("ann@example.test");
+    let id = id_after(&said, "delivered");
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1, "{said}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.contains(&format!(".Q{id}R0.")), "{name} for {id}");
+    let delivered = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(delivered.starts_with("Return-Path:"), "{delivered}");
+    assert!(delivered.contains("\nX-Scanned: yes\n"), "{delivered}");
+    assert!(
+        delivered.contains("\nAuthentication-Results: "),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains(&format!("\tid {id}\n")),
+        "{id}: {delivered}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("delivered") && l.contains(&format!("queue_id={id}"))),
+        "{id}: {log}"
+    );
+
+    let (said, log) = send("later@example.test");
+    let id = id_after(&said, "queued");
+    let queue = tree.queue();
+    assert_eq!(
+        queue.list().unwrap(),
+        [postroom::store::queue::QueueId::parse(&id).unwrap()],
+        "{said}"
+    );
+    let queued = queue.read(&queue.list().unwrap()[0]).unwrap();
+    let body = postroom::store::queue::read_body(&queued).unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("X-Scanned: yes\r\n"), "{body}");
+    assert!(body.contains(&format!("\tid {id}\r\n")), "{id}: {body}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("queued") && l.contains(&format!("queue_id={id}"))),
+        "{id}: {log}"
+    );
 }
 
 #[test]
@@ -667,23 +752,14 @@ print("mail", s.mail("boss@remote.test")[0])
     .enumerate()
     {
         let config = with_smtp(n, setting);
-        let port = crate::util::free_port();
-        let mut child = Command::new(bin("smtp-recv"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(port);
+        let server = Server::start_config(&config, "smtp-recv", &[]);
         let out = Command::new("python3")
             .args(["-c", script])
-            .env("PORT", port.to_string())
+            .env("PORT", server.port.to_string())
             .env("LOGIN", login)
             .output()
             .unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(server);
         let said = format!("{}{}", stdout(&out), stderr(&out));
         assert!(said.contains(want), "{setting} as {login}: {said}");
     }
@@ -808,40 +884,14 @@ fn auth_failures_slow_the_guesser_down_across_processes() {
 fn demo_serves_smtp_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("demo");
-    // Ports 2525, 2587, 2465 shifted into a quiet range.
-    let offset = 20_000 + (std::process::id() % 5000) as u16;
-    let mut demo = Command::new(bin("postroom"))
-        .args([
-            "demo",
-            "--root",
-            root.to_str().unwrap(),
-            "--port-offset",
-            &offset.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let port = 2525 + offset;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the demo's smtp-recv did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut demo = crate::util::start_demo(&root);
+    let port = 2525 + demo.base;
     let said = raw(
         port,
         b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<demo@example.test>\r\nDATA\r\nSubject: demo\r\n\r\nhi\r\n.\r\nQUIT\r\n",
         Duration::from_secs(5),
     );
-    // SIGTERM: the demo stops its servers and exits.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let status = demo.wait().unwrap();
+    let status = demo.terminate();
     assert!(said.contains("250 2.0.0 ok, delivered as"), "{said}");
     assert!(status.success(), "demo exit: {status:?}");
     assert_eq!(
@@ -891,15 +941,16 @@ fn dns_blocklists_refuse_listed_clients_and_fail_open() {
     assert!(said.starts_with("220 "), "{said}");
 }
 
-#[test]
-fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
+/// A tree that checks SPF, DKIM and DMARC (its config text passed through
+/// `edit` first), and a name server for remote.test that allows
+/// 192.0.2.0/24 by SPF, publishes `key` as DKIM selector `sel` and asks for
+/// DMARC p=reject. The name server lives as long as the handle.
+fn tree_checking_remote_test(
+    key: &mail_auth::common::crypto::Ed25519Key,
+    edit: impl FnOnce(String) -> String,
+) -> (crate::dns::DnsServer, Tree) {
     use crate::dns::{DnsServer, Record};
     use base64::Engine;
-    use mail_auth::common::crypto::Ed25519Key;
-    use mail_auth::common::headers::HeaderWriter;
-
-    let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
-    let key = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap();
     let public = base64::engine::general_purpose::STANDARD.encode(key.public_key());
     let mut records = std::collections::HashMap::new();
     let txt = |t: &str| vec![Record::Txt(t.to_string())];
@@ -913,9 +964,8 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
     );
     records.insert("_dmarc.remote.test".to_string(), txt("v=DMARC1; p=reject"));
     let dns = DnsServer::start(records);
-
     let tree = tree_with_users();
-    let text = std::fs::read_to_string(&tree.config).unwrap();
+    let text = edit(std::fs::read_to_string(&tree.config).unwrap());
     std::fs::write(
         &tree.config,
         format!(
@@ -924,7 +974,48 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
         ),
     )
     .unwrap();
+    (dns, tree)
+}
 
+/// Sends `message` from s@remote.test to ann, connecting from `ip`, and
+/// checks it is delivered.
+fn deliver_from_remote_test(tree: &Tree, ip: &str, message: &str) {
+    let said = inetd_session(
+        tree,
+        ip,
+        &format!(
+            "EHLO mx.remote.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n{message}.\r\nQUIT\r\n"
+        ),
+    );
+    assert!(
+        said.contains("250 2.0.0 ok, delivered"),
+        "SPF records, never refuses: {said}"
+    );
+}
+
+/// The headers above our Received line in each of ann's messages, the one
+/// that passed SPF first.
+fn authentication_headers_of_ann(tree: &Tree) -> Vec<String> {
+    let mut heads: Vec<String> = maildir_files(&tree.maildir("ann"))
+        .iter()
+        .map(|f| {
+            let mut head = vec![0; 4096];
+            let n = std::fs::File::open(f).unwrap().read(&mut head).unwrap();
+            let text = String::from_utf8_lossy(&head[..n]).into_owned();
+            text.split("\nReceived:").next().unwrap_or("").to_string()
+        })
+        .collect();
+    heads.sort_by_key(|t| t.contains("spf=fail"));
+    heads
+}
+
+#[test]
+fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
+    use mail_auth::common::crypto::Ed25519Key;
+    use mail_auth::common::headers::HeaderWriter;
+
+    let key = Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()).unwrap();
+    let (_dns, tree) = tree_checking_remote_test(&key, |text| text);
     let message =
         "From: Sender <s@remote.test>\r\nTo: ann@example.test\r\nSubject: signed\r\n\r\nhello\r\n";
     let signature = mail_auth::dkim::DkimSigner::from_key(key)
@@ -934,31 +1025,12 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
         .sign(message.as_bytes())
         .unwrap();
     let signed = format!("{}{message}", signature.to_header());
-    let session = |ip: &str| {
-        inetd_session(
-            &tree,
-            ip,
-            &format!(
-                "EHLO mx.remote.test\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\n{signed}.\r\nQUIT\r\n"
-            ),
-        )
-    };
-    let said = session("192.0.2.1");
-    assert!(said.contains("250 2.0.0 ok, delivered"), "{said}");
-    let said = session("198.51.100.1");
-    assert!(
-        said.contains("250 2.0.0 ok, delivered"),
-        "SPF records, never refuses: {said}"
-    );
+    deliver_from_remote_test(&tree, "192.0.2.1", &signed);
+    deliver_from_remote_test(&tree, "198.51.100.1", &signed);
 
-    let mut texts: Vec<String> = maildir_files(&tree.maildir("ann"))
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap())
-        .collect();
-    texts.sort_by_key(|t| t.contains("spf=fail"));
-    assert_eq!(texts.len(), 2);
-    let header = |t: &str| t.split("\nReceived:").next().unwrap_or("").to_string();
-    let good = header(&texts[0]);
+    let heads = authentication_headers_of_ann(&tree);
+    assert_eq!(heads.len(), 2);
+    let good = &heads[0];
     assert!(
         good.contains("Authentication-Results: mail.example.test"),
         "{good}"
@@ -966,11 +1038,86 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
     assert!(good.contains("spf=pass"), "{good}");
     assert!(good.contains("dkim=pass"), "{good}");
     assert!(good.contains("dmarc=pass"), "{good}");
-    let bad = header(&texts[1]);
+    let bad = &heads[1];
     assert!(bad.contains("spf=fail"), "{bad}");
     assert!(
         bad.contains("dkim=pass") && bad.contains("dmarc=pass"),
         "DKIM still aligns: {bad}"
+    );
+}
+
+/// A DKIM-Signature field (ed25519-sha256, `c=simple/simple`: RFC 6376
+/// §3.4.1 and §3.4.3, header fields and body as they are) by `key` for
+/// remote.test over `headers` (whole CRLF lines, all signed) and `body`.
+/// Made by hand because mail-auth's signer canonicalizes byte by byte,
+/// which takes seconds over 50 MiB in a debug build.
+fn dkim_simple(key: &mail_auth::common::crypto::Ed25519Key, headers: &str, body: &str) -> String {
+    use base64::Engine;
+    use mail_auth::common::crypto::SigningKey;
+    let base64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let names: Vec<&str> = headers
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name))
+        .collect();
+    let field = format!(
+        "DKIM-Signature: v=1; a=ed25519-sha256; c=simple/simple; d=remote.test; s=sel;\r\n\t\
+         h={}; bh={}; b=",
+        names.join(":"),
+        base64(key.hash(body.as_bytes()).as_ref())
+    );
+    // RFC 6376 §3.7: the signed fields, then this one with b= empty and no
+    // CRLF.
+    let signed = format!("{headers}{field}");
+    let b = base64(&key.sign(signed.as_bytes()).unwrap());
+    format!("{field}{b}\r\n")
+}
+
+/// DKIM used to be verified on the first 50 MiB of a message when
+/// limits.message_size allowed more, so a large, validly signed message was
+/// said to have a body that did not match its signature, and DMARC was
+/// judged without it. Past the cut it is not verified, and
+/// Authentication-Results says so.
+#[test]
+fn a_signed_message_over_the_dkim_cut_is_not_verified_rather_than_failed() {
+    use mail_auth::common::crypto::Ed25519Key;
+
+    let key = Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()).unwrap();
+    let (_dns, tree) = tree_checking_remote_test(&key, |text| {
+        text.replace("message_size = \"35M\"", "message_size = \"60M\"")
+    });
+    let headers = "From: Sender <s@remote.test>\r\nTo: ann@example.test\r\nSubject: big\r\n";
+    let signed = |body: &str| format!("{}{headers}\r\n{body}", dkim_simple(&key, headers, body));
+    // Just over 50 MiB, in lines of 1000 octets.
+    let line = format!("{}\r\n", "x".repeat(998));
+    let big = signed(&line.repeat((50 << 20) / line.len() + 10));
+    assert!(big.len() > 50 << 20);
+    // The same signer on a small message, to show the signature is good.
+    deliver_from_remote_test(&tree, "192.0.2.1", &signed("hello\r\n"));
+    // From outside the SPF range, so only DKIM could make DMARC pass.
+    deliver_from_remote_test(&tree, "198.51.100.1", &big);
+
+    let heads = authentication_headers_of_ann(&tree);
+    assert_eq!(heads.len(), 2);
+    let small = &heads[0];
+    assert!(small.contains("dkim=pass"), "{small}");
+    let big = &heads[1];
+    assert!(big.contains("spf=fail"), "{big}");
+    assert!(
+        big.contains(
+            "dkim=neutral reason=\"message too large to verify\" header.d=remote.test header.s=sel"
+        ),
+        "{big}"
+    );
+    assert!(
+        big.contains("dmarc=none reason=\"message too large to verify; DKIM not verified\""),
+        "{big}"
+    );
+    // Before, the first 50 MiB were checked against the whole body's hash.
+    assert!(
+        !big.contains("did not verify")
+            && !big.contains("dkim=fail")
+            && !big.contains("dmarc=fail"),
+        "{big}"
     );
 }
 
@@ -1014,6 +1161,7 @@ fn sigkill_of_smtp_recv_loses_no_acknowledged_message() {
         let port = server.port;
         let pid = server.child.id() as i32;
         let killer = std::thread::spawn(move || {
+            // On purpose: the kill lands at a random moment of the load.
             std::thread::sleep(Duration::from_millis(40 + (rand::random::<u64>() % 160)));
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -1066,47 +1214,24 @@ fn sigkill_of_smtp_recv_loses_no_acknowledged_message() {
     assert!(check.status.success(), "{}", stdout(&check));
 }
 
-/// Waits until something listens on `port`.
-fn wait_for(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn systemd_accept_no_named_sockets_and_accept_yes_inetd() {
     let tree = tree_with_users();
     // Accept=no: one process gets both sockets in LISTEN_FDS; the names
     // say which follows submission rules.
-    let (mx, submission) = (free_port(), free_port());
-    let _activator = Killed(
-        Command::new("systemd-socket-activate")
-            .args([
-                "-l",
-                &format!("127.0.0.1:{mx}"),
-                "-l",
-                &format!("127.0.0.1:{submission}"),
-            ])
+    // (systemd-socket-activate cannot bind port 0: it gets a base port.)
+    let activator = Server::start_with("systemd-socket-activate", 2, |base| {
+        let mut command = Command::new("systemd-socket-activate");
+        command
+            .args(["-l", &format!("127.0.0.1:{base}")])
+            .args(["-l", &format!("127.0.0.1:{}", base + 1)])
             .args(["--fdname=smtp:submission"])
             .arg(bin("smtp-recv"))
             .arg("--config")
-            .arg(&tree.config)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("systemd-socket-activate (package systemd) runs"),
-    );
-    wait_for(mx);
+            .arg(&tree.config);
+        command
+    });
+    let (mx, submission) = (activator.base, activator.base + 1);
     let said = raw(
         mx,
         b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nQUIT\r\n",
@@ -1125,20 +1250,17 @@ fn systemd_accept_no_named_sockets_and_accept_yes_inetd() {
 
     // Accept=yes with the connection on stdin/stdout, as StandardInput=socket
     // gives it: the peer comes from getpeername(0).
-    let port = free_port();
-    let _inetd = Killed(
-        Command::new("systemd-socket-activate")
-            .args(["--inetd", "-a", "-l", &format!("127.0.0.1:{port}")])
+    let inetd = Server::start_with("systemd-socket-activate --inetd", 1, |base| {
+        let mut command = Command::new("systemd-socket-activate");
+        command
+            .args(["--inetd", "-a", "-l", &format!("127.0.0.1:{base}")])
             .arg(bin("smtp-recv"))
             .arg("--config")
-            .arg(&tree.config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(port);
+            .arg(&tree.config);
+        command
+    });
     let said = raw(
-        port,
+        inetd.base,
         b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: via socket\r\n\r\nhi\r\n.\r\nQUIT\r\n",
         Duration::from_secs(5),
     );
@@ -1207,9 +1329,9 @@ fn a_hanging_hook_defers_and_per_ip_connections_are_capped() {
         "the hook was not cut short"
     );
 
+    // No readiness probe connects first (the server's log says where it
+    // listens), so the two held here are the only connections.
     let server = Server::start(&tree, "smtp-recv", &[]);
-    // Let the readiness probe's session end, so it no longer counts.
-    std::thread::sleep(Duration::from_millis(300));
     let held: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
         .collect();

@@ -8,20 +8,23 @@
 //! `send.port`, so MX records can point at them as on the Internet.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Output};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::dns::{DnsServer, Record};
 use crate::sink::{Behaviour, Sink};
-use crate::util::{Tree, bin, maildir_files, stderr, stdout};
+use crate::util::{Tree, bin, maildir_files, stderr, stdout, wait_until};
 
-/// A tree whose runner asks the test DNS server and connects to `port`.
+/// A tree whose runner asks the test DNS server and connects to its
+/// exchangers' one port.
 struct World {
     tree: Tree,
     _dns: DnsServer,
-    port: u16,
+    /// The exchangers' sockets not yet made sinks (see [`reserve`]).
+    reserved: Mutex<HashMap<IpAddr, OwnedFd>>,
 }
 
 impl World {
@@ -34,7 +37,7 @@ impl World {
         let tree = Tree::new();
         tree.add_user("ann@example.test");
         tree.add_user("postmaster@example.test");
-        let port = free_port_on_all();
+        let (port, reserved) = reserve();
         let mut config = std::fs::read_to_string(&tree.config).unwrap();
         config.push_str(&format!(
             "\n[dns]\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\n\
@@ -46,7 +49,7 @@ impl World {
         World {
             tree,
             _dns: dns,
-            port,
+            reserved: Mutex::new(reserved),
         }
     }
 
@@ -60,7 +63,17 @@ impl World {
 
     /// A sink on 127.0.0.N at the world's port.
     fn sink(&self, n: u8, behaviour: Behaviour) -> Sink {
-        Sink::start(SocketAddr::new(ip(n), self.port), behaviour).expect("bind sink")
+        self.sink_at(ip(n), behaviour)
+            .expect("one sink per exchanger")
+    }
+
+    /// A sink on `addr` at the world's port, from the socket reserved for
+    /// it; `None` if there is none (no IPv6 loopback here).
+    fn sink_at(&self, addr: IpAddr, behaviour: Behaviour) -> Option<Sink> {
+        let socket = self.reserved.lock().unwrap().remove(&addr)?;
+        let backlog = nix::sys::socket::Backlog::new(64).unwrap();
+        nix::sys::socket::listen(&socket, backlog).unwrap();
+        Some(Sink::on(socket.into(), behaviour).expect("sink"))
     }
 
     fn send(&self, args: &[&str]) -> Output {
@@ -113,18 +126,52 @@ fn ip(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
 }
 
-/// A port free on 127.0.0.1 through .9 (tried a few times; loopback only).
-fn free_port_on_all() -> u16 {
-    for _ in 0..20 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        let free =
-            (2..10).all(|n| std::net::TcpListener::bind(SocketAddr::new(ip(n), port)).is_ok());
-        if free {
-            return port;
+/// The exchangers' addresses, 127.0.0.2 to .9 and `::1` where there is
+/// one, bound to one port from the start but not listening: a connection
+/// to one is refused, as to a host where nothing runs, until
+/// [`World::sink`] makes it listen. The port is the one the kernel gives
+/// .2; if another address has it taken, all are let go and the kernel
+/// asked again. Held from the start, no port can be taken by someone
+/// else between its choice and the sink.
+fn reserve() -> (u16, HashMap<IpAddr, OwnedFd>) {
+    use nix::errno::Errno;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
+    let bound = |addr: SocketAddr| -> nix::Result<OwnedFd> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let socket =
+            nix::sys::socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        match addr {
+            SocketAddr::V4(a) => nix::sys::socket::bind(socket.as_raw_fd(), &SockaddrIn::from(a))?,
+            SocketAddr::V6(a) => nix::sys::socket::bind(socket.as_raw_fd(), &SockaddrIn6::from(a))?,
         }
+        Ok(socket)
+    };
+    'again: for _ in 0..20 {
+        let first = bound(SocketAddr::new(ip(2), 0)).unwrap();
+        let port = nix::sys::socket::getsockname::<SockaddrIn>(first.as_raw_fd())
+            .unwrap()
+            .port();
+        let mut held = HashMap::from([(ip(2), first)]);
+        for n in 3..10 {
+            match bound(SocketAddr::new(ip(n), port)) {
+                Ok(socket) => held.insert(ip(n), socket),
+                Err(_) => continue 'again,
+            };
+        }
+        match bound(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)) {
+            Ok(socket) => {
+                held.insert(Ipv6Addr::LOCALHOST.into(), socket);
+            }
+            Err(Errno::EADDRINUSE) => continue 'again,
+            // No IPv6 loopback here.
+            Err(_) => {}
+        }
+        return (port, held);
     }
-    panic!("no port free on all loopback test addresses");
+    panic!("no port free on every loopback test address");
 }
 
 fn ok(out: &Output) {
@@ -207,8 +254,8 @@ fn one_connection_carries_several_messages_to_a_destination() {
 
 #[test]
 fn verp_gives_each_recipient_its_own_return_path() {
-    use postroom::address::{Address, ReversePath};
-    use postroom::queue::{Envelope, Recipient, Route};
+    use postroom::proto::address::{Address, ReversePath};
+    use postroom::store::queue::{Envelope, Recipient, Route};
     let w = World::far("");
     let sink = w.sink(2, Behaviour::default());
     let mut envelope = Envelope::new(
@@ -409,6 +456,7 @@ fn lifetime_ends_in_a_bounce_and_a_delay_warning_comes_once() {
     assert!(mail[0].contains("Action: delayed") && mail[0].contains("4.2.1"));
     ok(&w.send(&["--flush"]));
     assert_eq!(w.ann_mail().len(), 1, "still one warning");
+    // On purpose: the message must outlive its lifetime (2 s).
     std::thread::sleep(Duration::from_millis(2100));
     ok(&w.send(&["--flush"]));
     let mail = w.ann_mail();
@@ -504,10 +552,7 @@ fn ipv6_exchangers_and_implicit_mx() {
         ],
         "",
     );
-    let Ok(six) = Sink::start(
-        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), w.port),
-        Behaviour::default(),
-    ) else {
+    let Some(six) = w.sink_at(Ipv6Addr::LOCALHOST.into(), Behaviour::default()) else {
         eprintln!("no IPv6 loopback here; only the implicit MX is tested");
         return;
     };
@@ -618,26 +663,29 @@ fn watch_delivers_new_mail_and_stops_cleanly_on_sigterm() {
         .arg("--watch")
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let delivered = |n: usize| {
+        wait_until(&format!("{n} delivered"), Duration::from_secs(10), || {
+            (sink.messages().len() >= n).then_some(())
+        })
+    };
+    // The first message is sent by the runner's first pass, which starts
+    // only once it watches the queue: so it watches now, and the second,
+    // queued with no pass due for a minute, can only go by the watch.
+    w.queue_mail(&["bob@far.test"], "before\n");
+    delivered(1);
     w.queue_mail(&["bob@far.test"], "watched\n");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sink.messages().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(sink.messages().len(), 1, "delivered while watching");
+    delivered(2);
+    assert_eq!(sink.messages().len(), 2, "delivered while watching");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(runner.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = runner.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_until(
+        "smtp-send to stop on SIGTERM",
+        Duration::from_secs(10),
+        || runner.try_wait().unwrap(),
+    );
     assert!(status.success());
 }
 
@@ -678,6 +726,7 @@ fn sigkill_mid_transaction_loses_nothing_and_never_repeats_a_logged_delivery() {
             .spawn()
             .unwrap();
         rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1);
+        // On purpose: the kill lands at a random moment of the run.
         std::thread::sleep(Duration::from_millis(20 + (rng_state >> 33) % 150));
         let _ = child.kill();
         let _ = child.wait();
@@ -686,10 +735,10 @@ fn sigkill_mid_transaction_loses_nothing_and_never_repeats_a_logged_delivery() {
         let mut logged = Vec::new();
         for id in queue.list().unwrap() {
             let Ok(m) = queue.read(&id) else { continue };
-            let body = String::from_utf8(postroom::queue::read_body(&m).unwrap()).unwrap();
+            let body = String::from_utf8(postroom::store::queue::read_body(&m).unwrap()).unwrap();
             let subject = body.lines().last().unwrap_or("").to_string();
             for (i, state) in m.state.recipients.iter().enumerate() {
-                if matches!(state, postroom::queue::RcptState::Delivered { .. }) {
+                if matches!(state, postroom::store::queue::RcptState::Delivered { .. }) {
                     logged.push((
                         subject.clone(),
                         m.envelope.recipients[i].address.to_string(),
@@ -737,7 +786,7 @@ fn sigkill_mid_transaction_loses_nothing_and_never_repeats_a_logged_delivery() {
 /// Appends a log line to a queued message as a runner would have.
 fn append_log(w: &World, id: &str, line: &str) {
     use std::io::Write;
-    let now = postroom::fsutil::now_secs();
+    let now = postroom::store::fsutil::now_secs();
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

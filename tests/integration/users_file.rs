@@ -323,3 +323,38 @@ fn a_list_post_waits_for_a_missing_users_file_instead_of_skipping_members() {
         "archived before it was sent"
     );
 }
+
+#[test]
+fn an_access_file_copied_in_with_an_older_time_is_read_by_every_server() {
+    // imap-serve reloaded only when the newest of the users and access
+    // mtimes moved, and smtp-recv never looked at the access file's: a rule
+    // put in place with `cp -p` or `rsync -t` was never read.
+    let tree = tree_with_ann_and_bob();
+    let servers = [
+        (Server::start(&tree, "smtp-recv", &[]), "220 "),
+        (Server::start(&tree, "pop3-serve", &[]), "+OK"),
+        (Server::start(&tree, "imap-serve", &[]), "* OK"),
+    ];
+    for (server, welcome) in &servers {
+        let (_, greeting) = Line::connect(server.port);
+        assert!(greeting.starts_with(welcome), "{greeting}");
+    }
+    let staged = tree.root().join("access.new");
+    std::fs::write(&staged, "deny 127.0.0.0/8\ndeny ::1\n").unwrap();
+    let past = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    std::fs::rename(&staged, tree.root().join("access")).unwrap();
+    for (server, welcome) in &servers {
+        let (_, greeting) = Line::connect(server.port);
+        assert!(
+            !greeting.starts_with(welcome),
+            "port {}: still welcomed after the deny rule: {greeting}",
+            server.port
+        );
+    }
+}

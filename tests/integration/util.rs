@@ -1,9 +1,11 @@
 //! Shared test fixtures: a fresh tree per test, and the real binaries.
 
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A temporary postroom tree made by `postroom init`, removed on drop.
@@ -84,8 +86,8 @@ impl Tree {
         postroom::config::Config::load(&self.config).expect("config loads")
     }
 
-    pub fn queue(&self) -> postroom::queue::Queue {
-        postroom::queue::Queue::from_config(&self.load_config())
+    pub fn queue(&self) -> postroom::store::queue::Queue {
+        postroom::store::queue::Queue::from_config(&self.load_config())
     }
 }
 
@@ -134,55 +136,270 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A standalone server (`smtp-recv`, `pop3-serve`, `imap-serve`) on two
-/// free loopback ports, `port` plain and `tls_port` implicit TLS, started
-/// with the tree's config and `extra` flags, and killed on drop.
+/// A program that listens on loopback (a postroom server, `postroom demo`,
+/// `systemd-socket-activate`), started by [`Server::start_with`] and killed
+/// on drop, with what it logs.
 pub struct Server {
     pub child: Child,
+    /// Its stderr, kept for the test to read and wait on.
+    pub log: Log,
+    /// The first plain and the first implicit-TLS port (0 when none).
     pub port: u16,
     pub tls_port: u16,
+    /// The base port it was started with (see [`Server::start_with`]).
+    pub base: u16,
 }
 
 impl Server {
+    /// A standalone server (`smtp-recv`, `pop3-serve`, `imap-serve`) with
+    /// the tree's config, a plain and an implicit-TLS listener on ports
+    /// the kernel picks, and `extra` flags.
     pub fn start(tree: &Tree, binary: &str, extra: &[&str]) -> Server {
-        let (port, tls_port) = (free_port(), free_port());
-        let child = Command::new(bin(binary))
-            .arg("--config")
-            .arg(&tree.config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--listen-tls", &format!("127.0.0.1:{tls_port}")])
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{binary} did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server {
-            child,
-            port,
-            tls_port,
-        }
+        Server::start_config(&tree.config, binary, extra)
     }
+
+    /// [`Server::start`] with another config file.
+    pub fn start_config(config: &Path, binary: &str, extra: &[&str]) -> Server {
+        let listeners = 2 + extra
+            .iter()
+            .filter(|a| ["--listen", "--listen-tls"].contains(a))
+            .count();
+        Server::start_with(binary, listeners, |_| {
+            let mut command = Command::new(bin(binary));
+            command
+                .arg("--config")
+                .arg(config)
+                .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
+                .args(extra);
+            command
+        })
+    }
+
+    /// Starts a program that listens, and learns where from its log: the
+    /// one way the tests get a port, free of races. Nothing picks a port
+    /// and lets it go for someone else to bind later.
+    ///
+    /// `command(base)` builds the command line. postroom's servers are given
+    /// port 0 (`--listen 127.0.0.1:0`) and ignore `base`: the kernel picks a
+    /// free port as the server binds it, and the server logs `listening on
+    /// ADDR`. A program that cannot bind port 0 (`postroom demo`'s fixed
+    /// ports, `systemd-socket-activate`, which logs `Listening on ADDR as
+    /// FD.`) is given `base`, a port below the kernel's ephemeral range, so
+    /// never one a port-0 bind holds; if something already listens there,
+    /// it is started again with another. Either way a test uses a port
+    /// only once the program itself has said that it holds it.
+    ///
+    /// Returns once `count` listening lines are logged.
+    pub fn start_with(what: &str, count: usize, mut command: impl FnMut(u16) -> Command) -> Server {
+        for _ in 0..10 {
+            // Ports up to base + 2995 (the demo's highest) stay below 32768.
+            let base = 10_000 + rand::random::<u16>() % 19_000;
+            // A process group of its own, so that stopping it stops what
+            // it started too (the demo's servers).
+            let mut child = command(base)
+                .process_group(0)
+                .env("POSTROOM_LOG", "info")
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {what}: {e}"));
+            let log = Log::capture(&mut child);
+            let said = poll(START_LIMIT, || {
+                let text = log.text();
+                let addrs = listening_addrs(&text);
+                if addrs.len() >= count {
+                    Some(Ok(addrs))
+                } else if text.to_ascii_lowercase().contains("already in use") {
+                    Some(Err(text))
+                } else if log.ended() {
+                    panic!("{what} ended before it listened:\n{text}");
+                } else {
+                    None
+                }
+            })
+            .unwrap_or_else(|| panic!("{what} did not listen in {START_LIMIT:?}:\n{}", log.text()));
+            match said {
+                Ok(addrs) => {
+                    let first = |tls: bool| {
+                        addrs
+                            .iter()
+                            .find(|(_, t)| *t == tls)
+                            .map_or(0, |(a, _)| a.port())
+                    };
+                    return Server {
+                        port: first(false),
+                        tls_port: first(true),
+                        child,
+                        log,
+                        base,
+                    };
+                }
+                // A port of the base was taken: stop this one, try another.
+                Err(_) => stop(&mut child),
+            }
+        }
+        panic!("{what}: every base port tried was taken");
+    }
+}
+
+impl Server {
+    /// SIGTERM, as a service manager stops a server, and its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap()
+    }
+}
+
+/// `postroom demo` with its sandbox in `root`, once its seven listeners are
+/// up: each of its ports (SMTP 2525, POP3 2110, …) plus `base`. Its stdout,
+/// where it prints the password, is piped.
+pub fn start_demo(root: &Path) -> Server {
+    Server::start_with("postroom demo", 7, |base| {
+        let mut demo = Command::new(bin("postroom"));
+        demo.arg("demo")
+            .arg("--root")
+            .arg(root)
+            .args(["--port-offset", &base.to_string()])
+            .stdout(Stdio::piped());
+        demo
+    })
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
-/// A loopback port free at the moment of asking.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Kills a child started by [`Server::start_with`] and its process group.
+fn stop(child: &mut Child) {
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How long a program may take to start listening (a debug build on a
+/// loaded machine).
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// The addresses of the `listening on ADDR` lines of a log, each with
+/// whether the line says implicit TLS.
+fn listening_addrs(log: &str) -> Vec<(SocketAddr, bool)> {
+    log.lines()
+        .filter_map(|line| {
+            let at = line.to_ascii_lowercase().find("listening on ")?;
+            let word = line[at + "listening on ".len()..]
+                .split_whitespace()
+                .next()?;
+            let addr = word.trim_end_matches(['.', ',']).parse().ok()?;
+            Some((addr, line.contains("implicit TLS")))
+        })
+        .collect()
+}
+
+/// A child's stderr, read line by line on a thread and kept, so that a
+/// test can wait for what the child logs instead of sleeping.
+#[derive(Clone)]
+pub struct Log(Arc<Mutex<(String, bool)>>);
+
+impl Log {
+    /// Takes `child`'s stderr, which must be `Stdio::piped()`.
+    pub fn capture(child: &mut Child) -> Log {
+        let log = Log(Arc::new(Mutex::new((String::new(), false))));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                kept.0.lock().unwrap().0.push_str(&line);
+                line.clear();
+            }
+            kept.0.lock().unwrap().1 = true;
+        });
+        log
+    }
+
+    /// All it has logged so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().0.clone()
+    }
+
+    /// Whether the child has closed its stderr (it has ended).
+    pub fn ended(&self) -> bool {
+        self.0.lock().unwrap().1
+    }
+
+    /// Waits for a line that holds every one of `words` and returns it.
+    pub fn wait_for(&self, words: &[&str], limit: Duration) -> String {
+        poll(limit, || {
+            self.text()
+                .lines()
+                .find(|line| words.iter().all(|w| line.contains(w)))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no line with {words:?} in {limit:?}:\n{}", self.text()))
+    }
+}
+
+/// Waits until `check` gives something and returns it, trying every 10 ms
+/// for at most `limit`, and fails the test if it never does. The one way
+/// the tests wait for a condition: a sleep in a test is the point of the
+/// test, never a guess at how long something takes.
+pub fn wait_until<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    poll(limit, check).unwrap_or_else(|| panic!("waited {limit:?} for {what} in vain"))
+}
+
+/// [`wait_until`] that gives `None` at the limit, for callers that say more.
+fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(done) = check() {
+            return Some(done);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // On purpose: the pause between two looks.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The rules above, kept: no test picks a port (from the process id, or by
+/// binding one and letting it go), and every sleep in a test says that it
+/// is on purpose, in a comment on its line or just above.
+#[test]
+fn tests_learn_ports_from_listeners_and_sleep_only_on_purpose() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration");
+    // Spelt in pieces, so this file does not find them in itself.
+    let port_pickers = [["free", "_port("].concat(), ["process::", "id()"].concat()];
+    let sleep = ["sleep", "("].concat();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            let at = format!("{}:{}: {code}", path.display(), i + 1);
+            if port_pickers.iter().any(|p| line.contains(p.as_str())) {
+                found.push(format!("{at} (a port picked, not learnt)"));
+            }
+            let said = lines[i.saturating_sub(6)..=i]
+                .iter()
+                .any(|l| l.to_ascii_lowercase().contains("on purpose"));
+            if line.contains(&sleep) && !said {
+                found.push(format!("{at} (wait for the thing: util::wait_until)"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }

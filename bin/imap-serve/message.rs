@@ -1,0 +1,243 @@
+//! Message access, shared by the commands that look into messages (FETCH,
+//! SEARCH, SORT, THREAD, STORE, APPEND): reading a message file in its
+//! wire form, the folder-cache record of a message, its INTERNALDATE, and
+//! the flags a client names.
+//!
+//! The wire form (`postroom::proto::message`) is what the client receives
+//! and what RFC822.SIZE (`,W=` in the name) counts, so every offset into a
+//! message read here is an offset in what is sent.
+//!
+//! What the folder cache (`postroom::store::mailbox::cache`) keeps about a
+//! message is computed from its text: the ENVELOPE, BODY and BODYSTRUCTURE
+//! responses as sent, the size, the dates and the decoded header fields
+//! SEARCH, SORT and THREAD ask for. FETCH and SEARCH both fill it, so the
+//! second look at a big folder reads one file instead of every message.
+
+use std::io::Read;
+
+use postroom::proto::message::{WireForm, wire_form};
+use postroom::proto::mime;
+use postroom::store::mailbox::cache::{Record, SEARCH_FIELDS};
+use postroom::store::mailbox::{Entry, Flags, Folder, Keywords, flags};
+
+use crate::session::{Done, Selected};
+
+/// How much of a file is read when only its header is needed; a header
+/// longer than this is read with the rest of the file.
+const HEADER_READ: usize = 64 * 1024;
+
+/// What of a message a command needs.
+#[derive(PartialEq, PartialOrd, Clone, Copy)]
+pub enum Need {
+    Nothing,
+    Header,
+    Everything,
+}
+
+/// Reads a message file in its wire form: the header only (if it fits in
+/// the first read) or all of it; `None` if it is gone, or is a symlink
+/// (never followed, so never served). Only a read of the whole file gets
+/// the line end a last line may lack: a header read may stop mid-line.
+pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8>> {
+    let mut file = folder.open_message(entry).ok()?;
+    let mut raw = Vec::new();
+    let mut whole = true;
+    if need == Need::Header {
+        raw.resize(HEADER_READ, 0);
+        let mut filled = 0;
+        while filled < raw.len() {
+            match file.read(&mut raw[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(_) => return None,
+            }
+        }
+        raw.truncate(filled);
+        let header_done = raw.starts_with(b"\n") || raw.windows(2).any(|w| w == b"\n\n");
+        // A short read was all of the file; a full one holding the whole
+        // header leaves the rest of the file unread.
+        if filled == HEADER_READ {
+            if header_done {
+                whole = false;
+            } else {
+                file.read_to_end(&mut raw).ok()?;
+            }
+        }
+    } else {
+        file.read_to_end(&mut raw).ok()?;
+    }
+    if whole {
+        return Some(wire_form(&raw));
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
+    WireForm::new().encode(&raw, &mut out);
+    Some(out)
+}
+
+/// A record from the message's wire form (CRLF). `whole` says the text is
+/// the whole message (so BODY and BODYSTRUCTURE can be computed), not just
+/// its header. `None` when the size is unknown from a header alone.
+pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) -> Option<Record> {
+    let size = match entry.wire_size() {
+        Some(size) => size,
+        None if whole => wire.len() as u64,
+        None => return None,
+    };
+    let header = mime::header_of(wire);
+    let mut envelope = Vec::with_capacity(256);
+    mime::envelope(&mut envelope, header);
+    let headers: Vec<(String, String)> = mime::decoded_headers(header)
+        .into_iter()
+        .filter(|(name, _)| SEARCH_FIELDS.contains(&name.as_str()))
+        .collect();
+    let sent_date = headers
+        .iter()
+        .find(|(name, _)| name == "DATE")
+        .and_then(|(_, value)| mail_parser::DateTime::parse_rfc822(value))
+        .map(|d| d.to_timestamp());
+    let (body, bodystructure) = if whole {
+        let root = mime::parse(wire);
+        let mut body = Vec::new();
+        mime::body_structure(&mut body, wire, &root, false);
+        let mut extended = Vec::new();
+        mime::body_structure(&mut extended, wire, &root, true);
+        (Some(body), Some(extended))
+    } else {
+        (None, None)
+    };
+    Some(Record {
+        uid: entry.uid,
+        base: entry.base.to_string(),
+        size,
+        internal_date,
+        sent_date,
+        envelope,
+        body,
+        bodystructure,
+        headers,
+    })
+}
+
+/// The cache records of the messages at `positions` of the selected
+/// folder's view; a message without one is read now, and its record
+/// cached. `None` for a message that is gone.
+///
+/// This is the one place SORT and THREAD get header fields from. A
+/// message whose name gives its size is read up to its header only (a
+/// SORT of a folder of big attachments reads kilobytes, not gigabytes);
+/// only one without a size in its name is read whole, to count it.
+pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
+    sel.cache.refresh();
+    let mut out = Vec::with_capacity(positions.len());
+    for &i in positions {
+        let entry = &sel.view[i];
+        if let Some(record) = sel.cache.get(entry.uid, &entry.base) {
+            out.push(Some(record));
+            continue;
+        }
+        // The file may have been renamed by a flag change elsewhere.
+        let entry = match sel.folder.refresh(entry) {
+            Ok(Some(now)) => now,
+            _ => {
+                out.push(None);
+                continue;
+            }
+        };
+        let whole = entry.wire_size().is_none();
+        let need = if whole {
+            Need::Everything
+        } else {
+            Need::Header
+        };
+        let record = read_message(&sel.folder, &entry, need)
+            .and_then(|wire| summarize(&entry, &wire, whole, internal_date(&sel.folder, &entry)));
+        if let Some(r) = &record {
+            sel.cache.put(r.clone());
+        }
+        out.push(record);
+    }
+    sel.done_with_cache();
+    out
+}
+
+/// The file's modification time, which is the INTERNALDATE (APPEND sets
+/// it; a delivery's is its arrival).
+pub fn internal_date(folder: &Folder, entry: &Entry) -> i64 {
+    folder
+        .internal_date(entry)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Flags from names; keywords new to the folder are added to its file.
+/// Returns the flags and whether the folder's keywords changed.
+pub fn flags_from_names(
+    folder: &Folder,
+    names: &[String],
+) -> Result<(Flags, Option<Keywords>), Done> {
+    let mut f = Flags::default();
+    let mut keywords = Vec::new();
+    for name in names {
+        if let Some(bit) = flags::system_bit(name) {
+            f.system |= bit;
+        } else if name.eq_ignore_ascii_case("\\Recent") {
+            // Not settable, silently ignored as RFC 3501 §6.4.6 implies.
+        } else if name.starts_with('\\') {
+            return Err(Done::Bad(format!("unknown system flag {name}")));
+        } else if flags::is_keyword(name) {
+            keywords.push(name.as_str());
+        } else {
+            return Err(Done::Bad(format!("invalid keyword {name}")));
+        }
+    }
+    if keywords.is_empty() {
+        return Ok((f, None));
+    }
+    let (all, fit) = folder.add_keywords(&keywords).map_err(Done::from)?;
+    if !fit {
+        return Err(Done::No(
+            "[LIMIT] this folder has its 26 keywords already".into(),
+        ));
+    }
+    for k in keywords {
+        if let Some(i) = all.index(k) {
+            f.keywords |= 1 << i;
+        }
+    }
+    Ok((f, Some(all)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_has_what_fetch_and_search_need() {
+        let entry = Entry {
+            uid: 9,
+            base: "1.M1P1.h,S=10,W=99".into(),
+            info: "".into(),
+        };
+        let msg = b"Date: Mon, 23 Nov 2026 04:00:00 +0100\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?iso-8859-1?q?J=F6rg?= <j@x.test>\r\nX-Other: not kept\r\n\r\nbody\r\n";
+        let head = summarize(&entry, msg, false, 5).unwrap();
+        assert_eq!(head.size, 99);
+        assert_eq!(head.sent_date, Some(1_795_402_800));
+        assert_eq!(head.header("SUBJECT").collect::<Vec<_>>(), ["Grüße"]);
+        assert_eq!(head.header("FROM").collect::<Vec<_>>(), ["Jörg <j@x.test>"]);
+        assert_eq!(head.header("X-OTHER").count(), 0);
+        assert!(head.bodystructure.is_none());
+        let whole = summarize(&entry, msg, true, 5).unwrap();
+        assert!(
+            whole
+                .bodystructure
+                .unwrap()
+                .starts_with(b"(\"text\" \"plain\"")
+        );
+        // No size in the name and only the header read: nothing to cache.
+        let unsized_entry = Entry {
+            base: "1.M1P1.h".into(),
+            ..entry
+        };
+        assert!(summarize(&unsized_entry, msg, false, 5).is_none());
+    }
+}

@@ -1,0 +1,61 @@
+//! What every command-line program (`postroom`, `list-expand`, `mailsort`,
+//! `mail-inject`, `vacation`) does the same way with its standard output.
+//!
+//! Rust ignores SIGPIPE, so `println!` panics when the reader has gone
+//! (`postroom check | head -1`). Programs print with [`say!`](crate::say)
+//! instead, which returns the write error to the caller, and `main` asks
+//! [`reader_left`] whether the error is only that: then the program exits
+//! quietly with success, as a C tool killed by SIGPIPE would look to a shell.
+
+use std::error::Error;
+use std::io;
+
+/// `println!` that returns a write error with `?` instead of panicking.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        ::std::writeln!(::std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// Whether an error, or any error it wraps, is a write to a pipe whose
+/// reader has gone.
+pub fn reader_left(error: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("while listing")
+        }
+    }
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_broken_pipe_is_found_under_wrappers() {
+        let pipe = Wrapper(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(reader_left(&pipe));
+        let other = Wrapper(io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(!reader_left(&other));
+    }
+}

@@ -1,0 +1,613 @@
+//! Mailing lists in the tree: `lists/LIST@DOMAIN/` holds a list's settings
+//! (`config`, TOML), its members (`members`, one address a line with
+//! options), posters and moderators (`posters`, `moderators`), held posts
+//! (`held/`) and the archive (`archive/`, a maildir). See
+//! `postroom-lists(5)`.
+//!
+//! Member files are plain text so an admin can read and fix them, edited
+//! under a lock with an atomic replace (`fsutil::edit_locked`); adding
+//! 100,000 members is one read, one set insertion each, one write.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::proto::address::Address;
+use crate::store::fsutil::{self, FileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("no list {0} (see `list-expand --config C show`, or create it)")]
+    NoSuchList(String),
+    #[error("the list {0} exists already")]
+    Exists(String),
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+/// Who may post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Anyone.
+    Open,
+    /// Members, posters and owners.
+    Members,
+    /// Every post waits for a moderator (moderators and owners post freely).
+    Moderated,
+    /// Only posters and owners (a newsletter).
+    Announce,
+}
+
+/// What happens to a post from someone the policy does not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outsiders {
+    /// Held for a moderator.
+    Hold,
+    /// Refused with a message to the sender.
+    Reject,
+}
+
+/// Where replies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyTo {
+    /// Leave the header as the sender wrote it.
+    Sender,
+    /// Reply-To: the list.
+    List,
+}
+
+/// A list's `config` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListConfig {
+    /// One line about the list, for List-Id and help replies.
+    #[serde(default)]
+    pub description: String,
+    pub owners: Vec<String>,
+    #[serde(default = "default_policy")]
+    pub policy: Policy,
+    #[serde(default = "default_outsiders")]
+    pub outsiders: Outsiders,
+    /// Put in front of every subject, e.g. `[team]`.
+    #[serde(default)]
+    pub subject_tag: Option<String>,
+    #[serde(default = "default_reply_to")]
+    pub reply_to: ReplyTo,
+    /// Keep every accepted post in `archive/`.
+    #[serde(default = "yes")]
+    pub archive: bool,
+    /// Anyone on the list may ask for the member list by mail.
+    #[serde(default)]
+    pub members_visible: bool,
+    /// How long a subscribe or unsubscribe confirmation stays good, in
+    /// seconds.
+    #[serde(default = "three_days")]
+    pub confirm_seconds: u64,
+    /// Text added at the end of every post (MIME-correctly: see
+    /// `list-expand(1)`).
+    #[serde(default)]
+    pub footer: Option<String>,
+    /// An HTTPS URL that unsubscribes with one POST (RFC 8058); with it,
+    /// posts carry List-Unsubscribe-Post.
+    #[serde(default)]
+    pub unsubscribe_url: Option<String>,
+    /// Bounces after which a member is set to `nomail`.
+    #[serde(default = "five")]
+    pub bounce_limit: u32,
+}
+
+fn five() -> u32 {
+    5
+}
+
+fn three_days() -> u64 {
+    3 * 86400
+}
+
+fn default_policy() -> Policy {
+    Policy::Members
+}
+fn default_outsiders() -> Outsiders {
+    Outsiders::Hold
+}
+fn default_reply_to() -> ReplyTo {
+    ReplyTo::Sender
+}
+fn yes() -> bool {
+    true
+}
+
+/// One member and their options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Lower case.
+    pub address: String,
+    /// Gets digests instead of each post.
+    pub digest: bool,
+    /// Gets nothing (on holiday, say) but may still post.
+    pub nomail: bool,
+}
+
+/// An open list.
+#[derive(Debug, Clone)]
+pub struct List {
+    pub address: Address,
+    pub dir: PathBuf,
+    pub config: ListConfig,
+}
+
+impl List {
+    /// Where a list lives.
+    pub fn dir_for(config: &Config, address: &Address) -> PathBuf {
+        config.lists_dir().join(address.lookup_key())
+    }
+
+    pub fn create(config: &Config, address: &Address, owner: &Address) -> Result<List, ListError> {
+        let dir = List::dir_for(config, address);
+        if dir.join("config").exists() {
+            return Err(ListError::Exists(address.to_string()));
+        }
+        for sub in [
+            "",
+            "held",
+            "pending",
+            "archive/new",
+            "archive/cur",
+            "archive/tmp",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|error| ListError::Io {
+                path: dir.join(sub),
+                error,
+            })?;
+        }
+        let list_config = ListConfig {
+            description: String::new(),
+            owners: vec![owner.to_string()],
+            policy: default_policy(),
+            outsiders: default_outsiders(),
+            subject_tag: None,
+            reply_to: default_reply_to(),
+            archive: true,
+            members_visible: false,
+            confirm_seconds: three_days(),
+            bounce_limit: five(),
+            unsubscribe_url: None,
+            footer: None,
+        };
+        let text = toml::to_string(&list_config).map_err(|e| ListError::Config {
+            path: dir.join("config"),
+            message: e.to_string(),
+        })?;
+        fsutil::write_atomic(&dir.join("config"), text.as_bytes()).map_err(|error| {
+            ListError::Io {
+                path: dir.join("config"),
+                error,
+            }
+        })?;
+        for file in ["members", "posters", "moderators"] {
+            fsutil::write_atomic(&dir.join(file), b"").map_err(|error| ListError::Io {
+                path: dir.join(file),
+                error,
+            })?;
+        }
+        List::open(config, address)
+    }
+
+    pub fn open(config: &Config, address: &Address) -> Result<List, ListError> {
+        let dir = List::dir_for(config, address);
+        let path = dir.join("config");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ListError::NoSuchList(address.to_string()));
+            }
+            Err(error) => return Err(ListError::Io { path, error }),
+        };
+        let list_config: ListConfig = toml::from_str(&text).map_err(|e| ListError::Config {
+            path: path.clone(),
+            message: e.to_string().trim().to_string(),
+        })?;
+        if let Some(url) = &list_config.unsubscribe_url
+            && (!url.starts_with("https://") || url.contains(['<', '>', ',', ' ', '\r', '\n']))
+        {
+            return Err(ListError::Config {
+                path,
+                message: format!("unsubscribe_url: {url:?} must be an https:// URL (RFC 8058)"),
+            });
+        }
+        // Lists are named in lower case everywhere (files, headers).
+        let address = Address::parse(&address.lookup_key()).unwrap_or_else(|_| address.clone());
+        Ok(List {
+            address,
+            dir,
+            config: list_config,
+        })
+    }
+
+    /// Every list in the tree, by address.
+    pub fn all(config: &Config) -> Result<Vec<Address>, ListError> {
+        let dir = config.lists_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(ListError::Io { path: dir, error }),
+        };
+        let mut lists: Vec<Address> = entries
+            .flatten()
+            .filter(|e| e.path().join("config").exists())
+            .filter_map(|e| Address::parse(&e.file_name().to_string_lossy()).ok())
+            .collect();
+        lists.sort_by_key(|a| a.lookup_key());
+        Ok(lists)
+    }
+
+    /// Removes the list and everything in it.
+    pub fn delete(self) -> Result<(), ListError> {
+        std::fs::remove_dir_all(&self.dir).map_err(|error| ListError::Io {
+            path: self.dir.clone(),
+            error,
+        })
+    }
+
+    pub fn members(&self) -> Result<Vec<Member>, ListError> {
+        Ok(parse_members(&FileError::read(&self.dir.join("members"))?))
+    }
+
+    /// Addresses in `posters` or `moderators`.
+    pub fn roster(&self, file: &str) -> Result<HashSet<String>, ListError> {
+        Ok(parse_members(&FileError::read(&self.dir.join(file))?)
+            .into_iter()
+            .map(|m| m.address)
+            .collect())
+    }
+
+    /// True when `address` is one of the owners.
+    pub fn is_owner(&self, address: &Address) -> bool {
+        self.config
+            .owners
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(&address.lookup_key()))
+    }
+
+    /// Adds addresses to a member file (`members`, `posters`,
+    /// `moderators`); those already there are left as they are. Returns how
+    /// many were new.
+    pub fn add(&self, file: &str, addresses: &[Address]) -> Result<usize, ListError> {
+        let mut added = 0;
+        fsutil::edit_locked(&self.dir.join(file), |text| -> Result<String, FileError> {
+            let mut present: HashSet<String> = parse_members(&text)
+                .into_iter()
+                .map(|m| m.address)
+                .collect();
+            let mut out = text;
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            for address in addresses {
+                let key = address.lookup_key();
+                if present.insert(key.clone()) {
+                    out.push_str(&key);
+                    out.push('\n');
+                    added += 1;
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(added)
+    }
+
+    /// Removes addresses from a member file; returns how many were there.
+    pub fn remove(&self, file: &str, addresses: &[Address]) -> Result<usize, ListError> {
+        let gone: HashSet<String> = addresses.iter().map(Address::lookup_key).collect();
+        let mut removed = 0;
+        fsutil::edit_locked(&self.dir.join(file), |text| -> Result<String, FileError> {
+            let mut out = String::with_capacity(text.len());
+            for line in text.lines() {
+                let address = line.split_whitespace().next().unwrap_or("").to_lowercase();
+                if gone.contains(&address) {
+                    removed += 1;
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(removed)
+    }
+
+    /// Sets a member's options; `None` leaves one as it is. False when the
+    /// address is no member.
+    pub fn set_options(
+        &self,
+        address: &Address,
+        digest: Option<bool>,
+        nomail: Option<bool>,
+    ) -> Result<bool, ListError> {
+        let key = address.lookup_key();
+        let mut found = false;
+        fsutil::edit_locked(
+            &self.dir.join("members"),
+            |text| -> Result<String, FileError> {
+                let mut out = String::with_capacity(text.len() + 16);
+                for member in parse_members(&text) {
+                    let mut m = member;
+                    if m.address == key {
+                        found = true;
+                        m.digest = digest.unwrap_or(m.digest);
+                        m.nomail = nomail.unwrap_or(m.nomail);
+                    }
+                    out.push_str(&m.address);
+                    if m.digest {
+                        out.push_str(" digest");
+                    }
+                    if m.nomail {
+                        out.push_str(" nomail");
+                    }
+                    out.push('\n');
+                }
+                Ok(out)
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// Keeps `action address` under a new unguessable token for a
+    /// confirmation, and returns the token.
+    pub fn new_token(&self, action: &str, address: &Address) -> Result<String, ListError> {
+        use rand::RngCore;
+        let mut bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.dir.join("pending").join(&token);
+        let text = format!("{action} {} {}\n", address.lookup_key(), fsutil::now_secs());
+        std::fs::create_dir_all(self.dir.join("pending"))
+            .and_then(|()| fsutil::write_atomic(&path, text.as_bytes()))
+            .map_err(|error| ListError::Io { path, error })?;
+        Ok(token)
+    }
+
+    /// Takes a confirmation token: `(action, address)` if it exists and has
+    /// not expired. A token works once.
+    pub fn take_token(&self, token: &str) -> Result<Option<(String, Address)>, ListError> {
+        if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let path = self.dir.join("pending").join(token.to_ascii_lowercase());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(ListError::Io { path, error }),
+        };
+        let _ = std::fs::remove_file(&path);
+        let mut words = text.split_whitespace();
+        let (Some(action), Some(address), Some(at)) = (words.next(), words.next(), words.next())
+        else {
+            return Ok(None);
+        };
+        let at: u64 = at.parse().unwrap_or(0);
+        if fsutil::now_secs().saturating_sub(at) > self.config.confirm_seconds {
+            return Ok(None);
+        }
+        Ok(Address::parse(address)
+            .ok()
+            .map(|a| (action.to_string(), a)))
+    }
+
+    /// Counts a bounce for a member (the `bounces` file: `address count`
+    /// lines, under its lock) and returns the new count.
+    pub fn count_bounce(&self, member: &Address) -> Result<u32, ListError> {
+        let key = member.lookup_key();
+        let mut count = 0;
+        fsutil::edit_locked(
+            &self.dir.join("bounces"),
+            |text| -> Result<String, FileError> {
+                let mut out = String::with_capacity(text.len() + 32);
+                for line in text.lines() {
+                    let mut words = line.split_whitespace();
+                    let (Some(address), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    if address == key {
+                        count = n.parse::<u32>().unwrap_or(0);
+                    } else {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+                count += 1;
+                out.push_str(&format!("{key} {count}\n"));
+                Ok(out)
+            },
+        )?;
+        Ok(count)
+    }
+
+    /// The member a VERP bounce address names (`LIST-bounces+local=domain@…`).
+    pub fn member_of_bounce(&self, bounce: &Address, delimiter: char) -> Option<Address> {
+        let prefix = format!("{}-bounces{delimiter}", self.address.local_part());
+        let detail = bounce
+            .local_part()
+            .to_ascii_lowercase()
+            .strip_prefix(&prefix.to_ascii_lowercase())?
+            .to_string();
+        let (local, domain) = detail.rsplit_once('=')?;
+        Address::parse(&format!("{local}@{domain}")).ok()
+    }
+
+    /// The RFC 2919 list identifier: the address with `@` made a dot.
+    pub fn list_id(&self) -> String {
+        self.address.lookup_key().replace('@', ".")
+    }
+
+    /// `LIST-bounces@DOMAIN`: where members' servers send bounces.
+    pub fn bounce_address(&self) -> Option<Address> {
+        Address::parse(&format!(
+            "{}-bounces@{}",
+            self.address.local_part(),
+            self.address.domain()
+        ))
+        .ok()
+    }
+
+    /// `LIST-request@DOMAIN`.
+    pub fn request_address(&self) -> String {
+        format!(
+            "{}-request@{}",
+            self.address.local_part(),
+            self.address.domain()
+        )
+    }
+
+    pub fn held_dir(&self) -> PathBuf {
+        self.dir.join("held")
+    }
+
+    pub fn archive_dir(&self) -> PathBuf {
+        self.dir.join("archive")
+    }
+}
+
+/// Member lines: `address [digest] [nomail]`; `#` comments and blank
+/// lines are skipped, and so is anything that is not an address.
+fn parse_members(text: &str) -> Vec<Member> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let mut words = line.split_whitespace();
+            let address = words.next()?.to_lowercase();
+            let mut member = Member {
+                address,
+                digest: false,
+                nomail: false,
+            };
+            for option in words {
+                match option {
+                    "digest" => member.digest = true,
+                    "nomail" => member.nomail = true,
+                    _ => {}
+                }
+            }
+            Some(member)
+        })
+        .collect()
+}
+
+/// Reads addresses one a line (for bulk adds), naming the first bad line.
+pub fn read_address_lines(text: &str, source: &Path) -> Result<Vec<Address>, ListError> {
+    let mut out = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let address = Address::parse(line).map_err(|e| ListError::Config {
+            path: source.to_path_buf(),
+            message: format!("line {}: {line:?}: {e}", number + 1),
+        })?;
+        out.push(address);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::parse("hostname = \"mx.example.test\"\n").unwrap();
+        config.dir = dir.path().to_path_buf();
+        (dir, config)
+    }
+
+    fn a(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    #[test]
+    fn create_add_remove_and_options() {
+        let (_d, config) = setup();
+        let list = List::create(&config, &a("Team@example.test"), &a("ann@example.test")).unwrap();
+        assert!(matches!(
+            List::create(&config, &a("team@example.test"), &a("ann@example.test")),
+            Err(ListError::Exists(_))
+        ));
+        assert_eq!(list.list_id(), "team.example.test");
+        assert_eq!(
+            list.bounce_address().unwrap().to_string(),
+            "team-bounces@example.test"
+        );
+        assert_eq!(
+            list.add("members", &[a("B@x.test"), a("c@x.test"), a("b@x.test")])
+                .unwrap(),
+            2
+        );
+        std::fs::write(
+            list.dir.join("members"),
+            "b@x.test digest\n# a comment\nc@x.test nomail\n",
+        )
+        .unwrap();
+        assert_eq!(list.add("members", &[a("d@x.test")]).unwrap(), 1);
+        let members = list.members().unwrap();
+        assert_eq!(members.len(), 3);
+        assert!(members[0].digest && members[1].nomail);
+        assert_eq!(list.remove("members", &[a("C@x.test")]).unwrap(), 1);
+        assert_eq!(list.members().unwrap().len(), 2);
+        assert!(list.is_owner(&a("ANN@example.test")));
+        assert_eq!(List::all(&config).unwrap(), [a("team@example.test")]);
+    }
+
+    #[test]
+    fn options_and_tokens() {
+        let (_d, config) = setup();
+        let mut list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        list.add("members", &[a("m@x.test")]).unwrap();
+        assert!(list.set_options(&a("M@x.test"), Some(true), None).unwrap());
+        assert!(!list.set_options(&a("n@x.test"), Some(true), None).unwrap());
+        assert!(list.members().unwrap()[0].digest);
+        let token = list.new_token("subscribe", &a("new@x.test")).unwrap();
+        let (action, who) = list.take_token(&token).unwrap().unwrap();
+        assert_eq!(
+            (action.as_str(), who.to_string().as_str()),
+            ("subscribe", "new@x.test")
+        );
+        assert!(
+            list.take_token(&token).unwrap().is_none(),
+            "a token works once"
+        );
+        list.config.confirm_seconds = 0;
+        let token = list.new_token("unsubscribe", &a("m@x.test")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(list.take_token(&token).unwrap().is_none(), "expired");
+        assert!(list.take_token("../../etc/passwd").unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_lines_and_bad_config_are_named() {
+        let (_d, config) = setup();
+        let e = read_address_lines("ok@x.test\nnot an address\n", Path::new("in")).unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        std::fs::write(
+            list.dir.join("config"),
+            "owners = []\npolicy = \"sometimes\"\n",
+        )
+        .unwrap();
+        let e = List::open(&config, &a("l@example.test")).unwrap_err();
+        assert!(e.to_string().contains("config"), "{e}");
+    }
+}

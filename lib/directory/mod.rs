@@ -1,0 +1,13 @@
+//! Who exists and who may log in: the users file, aliases, domains,
+//! access rules, password hashes, login backoff, SASL decoding and the
+//! SRS addresses that stand for forwarded senders.
+
+pub mod access;
+pub mod aliases;
+pub mod authlimit;
+pub mod domains;
+pub mod password;
+pub mod reloading;
+pub mod sasl;
+pub mod srs;
+pub mod users;

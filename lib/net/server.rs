@@ -1,0 +1,126 @@
+//! What every server (smtp-recv, pop3-serve, imap-serve) does before its
+//! first session and after its last, so each `main` only says what is its
+//! own: its protocol's session, its limits, its "too busy" reply.
+//!
+//! The order is the security stance of `postroom-tree(5)`, LIMITS AND
+//! SECURITY: the config is read, the sockets are taken (low ports need
+//! root), root is left behind, and only then is anything of the tree (the
+//! TLS key, users, mailboxes) opened.
+
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ConfigError, Limits};
+use crate::net::privileges::{self, PrivilegeError};
+use crate::net::{Connection, Launch, NetError, tls};
+
+/// The flags every server takes, flattened into its own `clap` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ServerFlags {
+    /// The config file (default /etc/postroom/postroom.toml).
+    #[arg(long, env = "POSTROOM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen on this address (repeatable); without it, serve one
+    /// connection on stdin/stdout or the sockets systemd passes.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Listen with implicit TLS (RFC 8314: SMTPS 465, IMAPS 993, POP3S 995).
+    #[arg(long, value_name = "ADDR")]
+    pub listen_tls: Vec<SocketAddr>,
+    /// In inetd mode, start TLS at once (implicit TLS under inetd).
+    #[arg(long)]
+    pub inetd_tls: bool,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(io::Error),
+    /// The server's own shared state (users, access rules…) did not load.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A server with its sockets, without root, ready to serve.
+pub struct Server {
+    pub config: Config,
+    pub tls: Option<TlsAcceptor>,
+    launch: Launch,
+}
+
+impl Server {
+    /// Reads the config, takes the sockets the flags or the launcher give,
+    /// leaves root, then loads the TLS certificate. Without a usable
+    /// certificate the server still runs, without STARTTLS or implicit TLS
+    /// (and so without plaintext passwords from remote clients); a warning
+    /// says why.
+    pub fn start(flags: &ServerFlags) -> Result<Server, StartError> {
+        let config = Config::load(&Config::locate(flags.config.as_deref()))?;
+        let launch = Launch::from_flags(&flags.listen, &flags.listen_tls, flags.inetd_tls)?;
+        privileges::drop_privileges(&config)?;
+        let tls = match tls::acceptor(&config) {
+            Ok(acceptor) => Some(acceptor),
+            Err(e) => {
+                tracing::warn!("no TLS, so no STARTTLS and no passwords from remote clients: {e}");
+                None
+            }
+        };
+        Ok(Server {
+            config,
+            tls,
+            launch,
+        })
+    }
+
+    /// Builds the shared state with `shared` (inside the runtime, since it
+    /// may register with it) and runs `session` for every connection under
+    /// `limits`, until the launch ends: one connection under inetd, the
+    /// first SIGTERM or SIGINT otherwise. Then the process exits, because a
+    /// read of stdin still waiting in tokio's blocking pool would hold the
+    /// runtime open after the session is over.
+    pub fn serve<S, E, F, Fut>(
+        self,
+        limits: Limits,
+        busy_reply: &'static [u8],
+        shared: impl FnOnce(Config, Option<TlsAcceptor>) -> Result<S, E>,
+        session: F,
+    ) -> Result<Infallible, StartError>
+    where
+        S: Send + Sync + 'static,
+        E: Display,
+        F: Fn(Arc<S>, Connection) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let runtime = self.launch.runtime().map_err(StartError::Runtime)?;
+        let Server {
+            config,
+            tls,
+            launch,
+        } = self;
+        runtime.block_on(async move {
+            let state = Arc::new(
+                shared(config, tls.clone()).map_err(|e| StartError::Setup(format!("{e:#}")))?,
+            );
+            crate::net::serve(launch, &limits, tls, busy_reply, move |conn| {
+                session(state.clone(), conn)
+            })
+            .await
+            .map_err(StartError::from)
+        })?;
+        std::process::exit(0);
+    }
+}

@@ -1,0 +1,274 @@
+//! Writing IMAP data: strings (quoted, literal, RFC 3516 literal8), flag
+//! lists (FLAGS, PERMANENTFLAGS), dates, the names FETCH gives sections, and
+//! ESEARCH answers. Sequence sets write themselves (`command::SequenceSet`).
+
+use crate::proto::imap::command::{Section, SectionText, SequenceSet};
+use crate::store::mailbox::flags::SYSTEM;
+use crate::store::mailbox::{Flags, Keywords};
+
+/// A `string`: quoted when it is printable ASCII, else a literal.
+pub fn quoted_or_literal(out: &mut Vec<u8>, s: &[u8]) {
+    if s.iter().all(|&b| (0x20..0x7f).contains(&b)) && s.len() < 4096 {
+        out.push(b'"');
+        for &b in s {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, s);
+    }
+}
+
+pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A literal, as `~{n}` (RFC 3516 literal8) when it holds a NUL, which a
+/// plain literal may not.
+pub fn literal8(out: &mut Vec<u8>, data: &[u8]) {
+    if data.contains(&0) {
+        out.push(b'~');
+    }
+    literal(out, data);
+}
+
+/// `nstring`: NIL or a string.
+pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => quoted_or_literal(out, s),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+/// `astring` for a mailbox name: an atom when it can be, else a string.
+pub fn astring(out: &mut Vec<u8>, s: &str) {
+    let atom = !s.is_empty()
+        && s.bytes()
+            .all(|b| b > 0x20 && b < 0x7f && !b"(){ %*\"\\]".contains(&b));
+    if atom {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        quoted_or_literal(out, s.as_bytes());
+    }
+}
+
+/// `(\Seen $Junk ...)`
+pub fn flag_list(flags: Flags, keywords: &Keywords) -> String {
+    let mut names: Vec<&str> = SYSTEM
+        .iter()
+        .filter(|(bit, _, _)| flags.has(*bit))
+        .map(|(_, _, name)| *name)
+        .collect();
+    names.extend(keywords.names_of(flags.keywords));
+    format!("({})", names.join(" "))
+}
+
+/// `* FLAGS` of a folder: the system flags and its keywords.
+pub fn all_flags(keywords: &Keywords) -> String {
+    let all = Flags {
+        system: 0xff,
+        keywords: u32::MAX,
+    };
+    flag_list(all, keywords)
+}
+
+/// PERMANENTFLAGS: all flags, and `\*` while keyword letters are free.
+pub fn permanent_flags(keywords: &Keywords) -> String {
+    let mut list = all_flags(keywords);
+    if !keywords.is_full() {
+        list.pop();
+        if !list.ends_with('(') {
+            list.push(' ');
+        }
+        list.push_str("\\*)");
+    }
+    list
+}
+
+/// A part number as sections write it: `1.2.3`.
+pub fn part_number(part: &[u32]) -> String {
+    part.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The section as the response names it: `1.2.HEADER.FIELDS (A B)`.
+pub fn section_name(out: &mut Vec<u8>, section: &Section) {
+    let parts = part_number(&section.part);
+    out.extend_from_slice(parts.as_bytes());
+    let text = match &section.text {
+        SectionText::Full => return,
+        SectionText::Header => "HEADER",
+        SectionText::Text => "TEXT",
+        SectionText::Mime => "MIME",
+        SectionText::HeaderFields { not, fields } => {
+            if !parts.is_empty() {
+                out.push(b'.');
+            }
+            out.extend_from_slice(if *not {
+                b"HEADER.FIELDS.NOT ("
+            } else {
+                b"HEADER.FIELDS ("
+            });
+            for (i, f) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                astring(out, f);
+            }
+            out.push(b')');
+            return;
+        }
+    };
+    if !parts.is_empty() {
+        out.push(b'.');
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// `* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set` (RFC 4731).
+pub fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
+    let all = opts.is_empty() || opts.iter().any(|o| o == "ALL");
+    let mut line = String::from("* ESEARCH (TAG ");
+    let mut quoted = Vec::new();
+    quoted_or_literal(&mut quoted, tag.as_bytes());
+    line.push_str(&String::from_utf8_lossy(&quoted));
+    line.push(')');
+    if uid {
+        line.push_str(" UID");
+    }
+    if opts.iter().any(|o| o == "MIN")
+        && let Some(min) = found.first()
+    {
+        line.push_str(&format!(" MIN {min}"));
+    }
+    if opts.iter().any(|o| o == "MAX")
+        && let Some(max) = found.last()
+    {
+        line.push_str(&format!(" MAX {max}"));
+    }
+    if opts.iter().any(|o| o == "COUNT") {
+        line.push_str(&format!(" COUNT {}", found.len()));
+    }
+    if all && !found.is_empty() {
+        line.push_str(" ALL ");
+        line.push_str(&SequenceSet::of_sorted(found).to_string());
+    }
+    line
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Civil date of days since the epoch (Howard Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `date-time` in UTC: `"17-Jul-1996 02:44:25 +0000"`.
+pub fn internal_date(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "\"{d:02}-{}-{y:04} {:02}:{:02}:{:02} +0000\"",
+        MONTHS[(m - 1) as usize],
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_dates() {
+        let mut out = Vec::new();
+        quoted_or_literal(&mut out, b"a \"b\" \\");
+        out.push(b' ');
+        quoted_or_literal(&mut out, "é\r\n".as_bytes());
+        out.push(b' ');
+        astring(&mut out, "Sent");
+        out.push(b' ');
+        astring(&mut out, "My Folder");
+        assert_eq!(
+            out,
+            b"\"a \\\"b\\\" \\\\\" {4}\r\n\xc3\xa9\r\n Sent \"My Folder\""
+        );
+        assert_eq!(internal_date(773_401_465), "\"05-Jul-1994 09:44:25 +0000\"");
+        assert_eq!(
+            crate::proto::imap::command::days_from_civil(2024, 2, 29),
+            civil_days(2024, 2, 29)
+        );
+    }
+
+    #[test]
+    fn fetch_names_sections_and_sends_nul_as_literal8() {
+        let mut out = Vec::new();
+        literal8(&mut out, &[0, 1]);
+        out.push(b' ');
+        literal8(&mut out, b"ab");
+        assert_eq!(out, b"~{2}\r\n\x00\x01 {2}\r\nab");
+        let name = |part: Vec<u32>, text: SectionText| {
+            let mut out = Vec::new();
+            section_name(&mut out, &Section { part, text });
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(name(vec![], SectionText::Full), "");
+        assert_eq!(name(vec![1, 2], SectionText::Full), "1.2");
+        assert_eq!(name(vec![], SectionText::Header), "HEADER");
+        assert_eq!(name(vec![3], SectionText::Mime), "3.MIME");
+        let fields = SectionText::HeaderFields {
+            not: true,
+            fields: vec!["Subject".into(), "X Y".into()],
+        };
+        assert_eq!(
+            name(vec![2], fields),
+            "2.HEADER.FIELDS.NOT (Subject \"X Y\")"
+        );
+    }
+
+    #[test]
+    fn esearch_answers_what_was_asked() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            esearch(
+                "A1",
+                true,
+                &[2, 3, 4, 9],
+                &opts(&["MIN", "MAX", "COUNT", "ALL"])
+            ),
+            "* ESEARCH (TAG \"A1\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9"
+        );
+        assert_eq!(
+            esearch("t", false, &[], &opts(&[])),
+            "* ESEARCH (TAG \"t\")"
+        );
+        assert_eq!(
+            esearch("t", false, &[5], &opts(&["COUNT"])),
+            "* ESEARCH (TAG \"t\") COUNT 1"
+        );
+    }
+
+    fn civil_days(y: i64, m: u32, d: u32) -> i64 {
+        (0..30_000)
+            .find(|&z| civil_from_days(z) == (y, m, d))
+            .unwrap()
+    }
+}

@@ -1,0 +1,407 @@
+//! Small operations on message text that several programs share: line-end
+//! rules, finding and reading header fields, dates.
+//!
+//! Every line-end rule of the tree is here, one function (or one streaming
+//! encoder) each:
+//!
+//! - The queue holds bodies with CRLF line ends (the wire form of SMTP).
+//!   Local injectors hand us LF, CRLF or a mix; [`to_crlf`] makes one form
+//!   of it, and treats a bare CR as a line end too, so no bare CR ever
+//!   reaches the queue (a bare CR or LF is what the 2023 SMTP smuggling
+//!   attacks ride on).
+//! - Maildirs hold LF. Delivery (`store::maildir`) writes CRLF as LF and
+//!   keeps a bare CR as content; [`crlf_to_lf`] is the same rule for
+//!   programs that read mail the Unix way (a pipe alias, Sieve's `pipe`).
+//! - What POP3 and IMAP send of a stored message, and what the `,W=` of a
+//!   maildir name counts, is its wire form: [`wire_form`] for a message in
+//!   memory, [`WireForm`] chunk by chunk (POP3 RETR streams it, delivery
+//!   counts it without writing it). Its rule: every LF not already preceded
+//!   by CR becomes CRLF, a CR LF stays as it is, and a last line without a
+//!   line end gets CRLF (a message is lines, RFC 5322 §2.1). So a CR that
+//!   delivery kept before an LF reads as that line's end, exactly as `,W=`
+//!   counted it, and one message has one size in IMAP's RFC822.SIZE, in its
+//!   `BODY[]` literal, in POP3's LIST and in the octets of RETR.
+
+/// Canonical CRLF line ends: CRLF stays, a bare LF or a bare CR becomes CRLF.
+/// A missing final line end is added.
+pub fn to_crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32 + 2);
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// CRLF → LF, for programs that read mail the Unix way (a pipe alias,
+/// Sieve's `pipe`). A bare CR stays: it was refused or canonicalized on
+/// the way in, and this is no place to guess.
+pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The wire form of a stored message, which IMAP sends and `,W=` counts
+/// (the rule is in the module note): LF → CRLF, CRLF kept, a missing last
+/// line end added.
+pub fn wire_form(file: &[u8]) -> Vec<u8> {
+    let lines = file.iter().filter(|&&b| b == b'\n').count();
+    let mut out = Vec::with_capacity(file.len() + lines + 2);
+    let mut wire = WireForm::new();
+    wire.encode(file, &mut out);
+    wire.finish(&mut out);
+    out
+}
+
+/// The wire form as a stream: feed a stored message in chunks of any size
+/// to encode it ([`WireForm::encode`], or line by line with
+/// [`WireForm::encode_line`] for a protocol that frames lines, as POP3
+/// dot-stuffs them) or only to count it ([`WireForm::count`]). Chunked or
+/// not, the bytes and the count are those of [`wire_form`].
+#[derive(Debug, Clone)]
+pub struct WireForm {
+    /// The last byte fed; LF before any, so an empty message is complete.
+    last: u8,
+    /// Bytes of the current line so far, before its LF.
+    line: u64,
+    /// Octets of wire form so far.
+    octets: u64,
+}
+
+/// A line [`WireForm::encode_line`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineEnd {
+    /// Nothing before its line end (LF or CR LF): the empty line that ends
+    /// a header.
+    pub empty: bool,
+}
+
+impl Default for WireForm {
+    fn default() -> Self {
+        WireForm {
+            last: b'\n',
+            line: 0,
+            octets: 0,
+        }
+    }
+}
+
+impl WireForm {
+    pub fn new() -> WireForm {
+        WireForm::default()
+    }
+
+    /// Octets of wire form so far.
+    pub fn octets(&self) -> u64 {
+        self.octets
+    }
+
+    /// The octets once [`WireForm::finish`]ed: the size of the message on
+    /// the wire, known before it is sent.
+    pub fn octets_when_finished(&self) -> u64 {
+        self.octets + if self.at_line_start() { 0 } else { 2 }
+    }
+
+    /// Nothing fed yet, or the last byte fed ended a line.
+    pub fn at_line_start(&self) -> bool {
+        self.last == b'\n'
+    }
+
+    /// Encodes the start of `input` into `out`, up to and including its
+    /// first LF (all of it when it has none), and moves `input` past what
+    /// it took; says so when that ended a line.
+    pub fn encode_line(&mut self, input: &mut &[u8], out: &mut Vec<u8>) -> Option<LineEnd> {
+        let (content, end) = self.take_line(input);
+        out.extend_from_slice(content);
+        let (ending, line) = end?;
+        out.extend_from_slice(ending);
+        Some(line)
+    }
+
+    /// Encodes a whole chunk into `out`.
+    pub fn encode(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+        while !chunk.is_empty() {
+            self.encode_line(&mut chunk, out);
+        }
+    }
+
+    /// Counts a chunk's wire octets without writing them.
+    pub fn count(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            self.take_line(&mut chunk);
+        }
+    }
+
+    /// Ends the message: CRLF after a last line that has no line end.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start() {
+            out.extend_from_slice(b"\r\n");
+            self.octets += 2;
+            self.last = b'\n';
+            self.line = 0;
+        }
+    }
+
+    /// The one place the rule is applied: takes the content before the
+    /// first LF of `input` (all of it when it has none) and, if there was
+    /// an LF, gives the bytes that end the line on the wire: CRLF, or a
+    /// lone LF when the line's last byte, sent as content, was a CR.
+    fn take_line<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+    ) -> (&'a [u8], Option<(&'static [u8], LineEnd)>) {
+        let whole: &'a [u8] = input;
+        let lf = whole.iter().position(|&b| b == b'\n');
+        let content = &whole[..lf.unwrap_or(whole.len())];
+        *input = &whole[lf.map_or(whole.len(), |lf| lf + 1)..];
+        if let Some(&last) = content.last() {
+            self.last = last;
+        }
+        self.octets += content.len() as u64;
+        self.line += content.len() as u64;
+        if lf.is_none() {
+            return (content, None);
+        }
+        let after_cr = self.last == b'\r';
+        let line = LineEnd {
+            empty: self.line == 0 || (self.line == 1 && after_cr),
+        };
+        let ending: &'static [u8] = if after_cr { b"\n" } else { b"\r\n" };
+        self.octets += ending.len() as u64;
+        self.last = b'\n';
+        self.line = 0;
+        (content, Some((ending, line)))
+    }
+}
+
+/// The length of the header block including its terminating empty line, in
+/// a CRLF message; the whole message when it has no body.
+pub fn header_len(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 2;
+    }
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(message.len())
+}
+
+/// The header fields of a CRLF header block as (name, unfolded value) pairs.
+pub fn header_fields(headers: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(headers);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.split("\r\n") {
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    fields
+}
+
+/// True if the header block has a field of this name (case-insensitive).
+pub fn has_header(headers: &[u8], name: &str) -> bool {
+    header_fields(headers)
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(name))
+}
+
+/// Removes every field of this name (with its continuation lines).
+pub fn remove_header(headers: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.len());
+    let mut skipping = false;
+    for line in headers.split_inclusive(|&b| b == b'\n') {
+        let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
+        if !continuation {
+            skipping = line.len() > name.len()
+                && line[name.len()] == b':'
+                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes());
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// An RFC 5322 date for `secs` since the epoch, in UTC.
+pub fn rfc5322_date(secs: u64) -> String {
+    mail_builder::headers::date::Date::new(secs as i64).to_rfc822()
+}
+
+/// The envelope sender of a message handed to a delivery program: the
+/// `--sender` flag if given, else `$SENDER` (set by postroom's pipe
+/// delivery), else the `Return-Path` field delivery put on top; the null
+/// sender when none parses. Line ends may be LF or CRLF.
+pub fn envelope_sender(flag: Option<&str>, message: &[u8]) -> crate::proto::address::ReversePath {
+    let from_header = || {
+        let crlf = to_crlf(&message[..message.len().min(64 << 10)]);
+        let end = header_len(&crlf);
+        header_fields(&crlf[..end])
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("Return-Path"))
+            .map(|(_, value)| {
+                value
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    };
+    let text = flag
+        .map(str::to_string)
+        .or_else(|| std::env::var("SENDER").ok())
+        .or_else(from_header)
+        .unwrap_or_default();
+    crate::proto::address::ReversePath::parse(&text)
+        .unwrap_or(crate::proto::address::ReversePath::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The wire form chunk by chunk, as POP3 RETR makes it.
+    fn streamed(file: &[u8], chunk: usize) -> (Vec<u8>, u64) {
+        let mut wire = WireForm::new();
+        let mut out = Vec::new();
+        for piece in file.chunks(chunk.max(1)) {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                wire.encode_line(&mut piece, &mut out);
+            }
+        }
+        wire.finish(&mut out);
+        (out, wire.octets())
+    }
+
+    #[test]
+    fn the_wire_form_keeps_crlf_and_ends_the_last_line() {
+        assert_eq!(wire_form(b"a\nb\n\nc"), b"a\r\nb\r\n\r\nc\r\n");
+        assert_eq!(wire_form(b"a\r\nb\rc\n"), b"a\r\nb\rc\r\n");
+        assert_eq!(wire_form(b"x\r"), b"x\r\r\n");
+        assert_eq!(wire_form(b""), b"");
+        let mut wire = WireForm::new();
+        let mut out = Vec::new();
+        let mut input = &b"\r\nA: b\n\nrest"[..];
+        assert_eq!(
+            wire.encode_line(&mut input, &mut out),
+            Some(LineEnd { empty: true })
+        );
+        assert_eq!(
+            wire.encode_line(&mut input, &mut out),
+            Some(LineEnd { empty: false })
+        );
+        assert_eq!(
+            wire.encode_line(&mut input, &mut out),
+            Some(LineEnd { empty: true })
+        );
+        assert_eq!(wire.encode_line(&mut input, &mut out), None);
+        assert!(input.is_empty() && !wire.at_line_start());
+        assert_eq!(wire.octets_when_finished(), wire.octets() + 2);
+    }
+
+    proptest! {
+        #[test]
+        fn one_wire_form_however_it_is_fed(
+            file in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'\n'),
+                    Just(b'\r'),
+                    any::<u8>(),
+                ],
+                0..200,
+            ),
+            chunk in 1usize..17,
+        ) {
+            let whole = wire_form(&file);
+            let (out, octets) = streamed(&file, chunk);
+            prop_assert_eq!(&out, &whole);
+            prop_assert_eq!(octets, whole.len() as u64);
+            let mut counted = WireForm::new();
+            for piece in file.chunks(chunk) {
+                counted.count(piece);
+            }
+            prop_assert_eq!(counted.octets_when_finished(), whole.len() as u64);
+            // Every line of it ends with CRLF.
+            for line in whole.split_inclusive(|&b| b == b'\n') {
+                prop_assert!(line.ends_with(b"\r\n"));
+            }
+        }
+    }
+
+    #[test]
+    fn crlf_to_lf_leaves_bare_cr() {
+        assert_eq!(crlf_to_lf(b"a\r\nb\rc\n\r\n"), b"a\nb\rc\n\n");
+    }
+
+    #[test]
+    fn canonical_line_ends() {
+        assert_eq!(to_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(to_crlf(b""), b"");
+        assert_eq!(to_crlf(b"\n.\n"), b"\r\n.\r\n");
+    }
+
+    #[test]
+    fn headers_found_and_removed() {
+        let m = b"To: a@b,\r\n c@d\r\nBcc: x@y\r\n  z@w\r\nSubject: s\r\n\r\nbody\r\n";
+        let h = &m[..header_len(m)];
+        assert_eq!(h.len(), m.len() - 6);
+        let f = header_fields(h);
+        assert_eq!(f[0], ("To".into(), "a@b, c@d".into()));
+        assert!(has_header(h, "bcc"));
+        assert_eq!(
+            remove_header(h, "Bcc"),
+            b"To: a@b,\r\n c@d\r\nSubject: s\r\n\r\n"
+        );
+        assert_eq!(header_len(b"\r\nbody"), 2);
+    }
+
+    #[test]
+    fn dates_look_like_rfc5322() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+    }
+
+    #[test]
+    fn envelope_sender_from_a_return_path_with_lf_line_ends() {
+        let m = b"Return-Path: <bob@far.test>\nDelivered-To: x@y.test\n\nbody\n";
+        assert_eq!(envelope_sender(Some("a@b.test"), m).to_string(), "a@b.test");
+        if std::env::var_os("SENDER").is_none() {
+            assert_eq!(envelope_sender(None, m).to_string(), "bob@far.test");
+            assert!(envelope_sender(None, b"Subject: x\n\n").is_null());
+        }
+    }
+}

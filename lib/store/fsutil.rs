@@ -1,0 +1,255 @@
+//! The durable-write primitives every part of the tree uses.
+//!
+//! The rule (postroom-tree(5), "Delivery into a maildir"): a file is fsynced before it appears under its
+//! final name, and the directory is fsynced after every rename, link or unlink
+//! that commits state, because fsync of a file does not make its directory
+//! entry durable. Locks are `flock` on files inside the tree (never PID files,
+//! never state in memory), so a crashed process's lock is freed by the kernel
+//! and several hosts sharing the tree over NFSv4 see the same locks.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fs2::FileExt;
+
+/// What can go wrong with a plain text file of the tree (users, aliases,
+/// domains): its syntax, an edit that is refused, or the file itself.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A line that does not parse, named as `FILE:LINE`.
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// An edit that would break the file (a duplicate, a missing entry).
+    #[error("{0}")]
+    Refused(String),
+    #[error("{file}: {error}")]
+    Io { file: PathBuf, error: io::Error },
+    /// A file that must not be missing or empty is (the users file: see
+    /// `users`).
+    #[error("{file}: {message}")]
+    Unavailable { file: PathBuf, message: String },
+}
+
+impl From<io::Error> for FileError {
+    fn from(error: io::Error) -> Self {
+        FileError::Io {
+            file: PathBuf::new(),
+            error,
+        }
+    }
+}
+
+impl FileError {
+    /// A syntax error at `line` of `file`.
+    pub fn syntax(file: &Path, line: usize, message: impl Into<String>) -> FileError {
+        FileError::Syntax {
+            file: file.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    /// Reads a tree file; a missing file reads as empty, since a fresh tree
+    /// may have no users, aliases or domains yet.
+    pub fn read(path: &Path) -> Result<String, FileError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(error) => Err(FileError::Io {
+                file: path.to_path_buf(),
+                error,
+            }),
+        }
+    }
+}
+
+/// Makes the directory entries of `dir` durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The folder a path lives in (`.` for a bare name).
+pub fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Replaces `path` with `data` atomically and durably: a reader sees the old
+/// content or the new, never a mix, and after return the new content survives
+/// a crash. The temporary name is unique per host and process so two writers
+/// never share one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = parent_of(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        unique_suffix()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// An exclusive `flock` held until dropped.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Waits for an exclusive lock on `path`, creating the file if needed.
+    pub fn exclusive(path: &Path) -> io::Result<FileLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        file.lock_exclusive()?;
+        Ok(FileLock { file })
+    }
+
+    /// Takes an exclusive lock on an already open file without waiting;
+    /// `None` when someone else holds it.
+    pub fn try_on(file: File) -> io::Result<Option<FileLock>> {
+        match file.try_lock_exclusive() {
+            Ok(()) => Ok(Some(FileLock { file })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The locked file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// The lock file that guards edits of `path`: `path.lock` beside it. A
+/// separate file, because the edited file is replaced by rename and a lock on
+/// the old inode would not exclude a writer that opened the new one.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Edits a plain text file (users, aliases, domains) under its lock: reads
+/// it (empty if missing), applies `change`, writes the result atomically.
+/// Hand edits stay possible because the file stays plain text; concurrent
+/// `postroom` commands serialize on the lock.
+pub fn edit_locked<E>(
+    path: &Path,
+    change: impl FnOnce(String) -> Result<String, E>,
+) -> Result<(), E>
+where
+    E: From<io::Error>,
+{
+    let _lock = FileLock::exclusive(&lock_path(path))?;
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let new = change(old)?;
+    write_atomic(path, new.as_bytes())?;
+    Ok(())
+}
+
+/// This host's name as it may appear in a unique file name: Maildir's rule
+/// replaces `/` with `\057` and `:` with `\072` so a name never has a path
+/// separator or the info separator in it.
+pub fn host_for_names(hostname: &str) -> String {
+    hostname.replace('/', "\\057").replace(':', "\\072")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A suffix unique among all processes on all hosts sharing the tree:
+/// time in microseconds, process id, a per-process counter and random bits.
+/// (The qmail/Courier recipe, with randomness standing in for the inode
+/// number that NFS makes unreliable.)
+pub fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "M{}P{}Q{}R{:08x}",
+        now.subsec_micros(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        write_atomic(&path, b"one\n").unwrap();
+        write_atomic(&path, b"two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn edit_locked_serializes_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("domains");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for j in 0..20 {
+                        edit_locked::<io::Error>(&path, |old| Ok(format!("{old}d{i}-{j}\n")))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 160);
+    }
+
+    #[test]
+    fn unique_suffixes_differ() {
+        let a = unique_suffix();
+        let b = unique_suffix();
+        assert_ne!(a, b);
+        assert_eq!(host_for_names("a/b:c"), "a\\057b\\072c");
+    }
+}

@@ -1,0 +1,651 @@
+//! One folder's messages as every session sees them: the sync that gives
+//! new mail its UIDs, and the few writes a mail client makes (flags by
+//! rename, expunge by unlink, append, copy, move).
+//!
+//! The sync is Dovecot's (its maildir-sync.c): stat nothing, read the list without a
+//! lock, readdir `new/` and `cur/`; if `new/` holds mail or `cur/` a name the
+//! list lacks, take the list's lock, read everything again, move `new/` to
+//! `cur/`, give the newcomers the next UIDs in name order (names begin with
+//! the delivery time), and replace the list. The lock is needed because a
+//! readdir can miss a file another process renames during the scan; a name
+//! the list has but the scan missed is looked for once more before it is
+//! taken for expunged.
+//!
+//! Every message operation works relative to the folder's `cur/` and `new/`
+//! as opened without following symlinks (`maildir::NoFollowDir`): a folder
+//! whose directory, `cur/`, `new/` or `tmp/` is a symlink does not exist,
+//! and a message file that is a symlink is not a message (it gets no UID
+//! and is never opened).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::MailboxError;
+use super::flags::{Flags, Keywords};
+use super::uidlist::{self, UidList, UidLock};
+use crate::store::maildir::{NoFollowDir, split_name, wire_size_from_name};
+use rustix::fs::OFlags;
+
+/// One message as a session knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub uid: u32,
+    /// The maildir base name (the file name up to `:2,`).
+    pub base: Box<str>,
+    /// The info letters after `:2,`.
+    pub info: Box<str>,
+}
+
+impl Entry {
+    pub fn flags(&self) -> Flags {
+        Flags::from_info(&self.info)
+    }
+
+    pub fn file_name(&self) -> String {
+        format!("{}:2,{}", self.base, self.info)
+    }
+
+    /// The size with CRLF line ends (`,W=` in the name), if the name says.
+    pub fn wire_size(&self) -> Option<u64> {
+        wire_size_from_name(&self.base)
+    }
+}
+
+/// A folder's state after a sync.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub validity: u32,
+    pub next_uid: u32,
+    /// Ascending UIDs.
+    pub entries: Vec<Entry>,
+    pub keywords: Keywords,
+}
+
+/// Modification times that change whenever the folder does: a session
+/// whose stamp is unchanged has nothing to sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp([Option<SystemTime>; 4]);
+
+/// A folder on disk (INBOX or a `.Name` folder).
+#[derive(Debug, Clone)]
+pub struct Folder {
+    dir: PathBuf,
+    /// Where `maildirsize` lives (the INBOX root).
+    inbox: PathBuf,
+    is_trash: bool,
+    /// The same folder for delivery (maildir.rs's one durable write).
+    maildir: crate::store::maildir::Maildir,
+}
+
+/// The folder's `cur/` and `new/` (which a foreign maildir may lack), as
+/// opened once for one operation.
+struct Subdirs {
+    cur: NoFollowDir,
+    new: Option<NoFollowDir>,
+}
+
+impl Subdirs {
+    /// The names in `new/` (none when there is no `new/`).
+    fn new_names(&self) -> io::Result<Vec<String>> {
+        self.new.as_ref().map_or(Ok(Vec::new()), NoFollowDir::names)
+    }
+}
+
+/// base → info of every message in `cur/`.
+fn read_cur(cur: &NoFollowDir) -> io::Result<HashMap<Box<str>, Box<str>>> {
+    let names = cur.names()?;
+    let mut map = HashMap::with_capacity(names.len());
+    for name in &names {
+        if let Some((base, info)) = split_name(name) {
+            map.insert(base.into(), info.into());
+        }
+    }
+    Ok(map)
+}
+
+impl Folder {
+    pub(crate) fn new(
+        dir: PathBuf,
+        inbox: PathBuf,
+        is_trash: bool,
+        maildir: crate::store::maildir::Maildir,
+    ) -> Folder {
+        Folder {
+            dir,
+            inbox,
+            is_trash,
+            maildir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The message file of an entry.
+    pub fn path_of(&self, entry: &Entry) -> PathBuf {
+        self.dir.join("cur").join(entry.file_name())
+    }
+
+    /// Whether the folder is there: its directory with `cur/` in it,
+    /// neither of them a symlink, nor `new/` or `tmp/` (which may be
+    /// missing until the first delivery makes them).
+    pub fn exists(&self) -> bool {
+        // (Both name one directory, unless the name was one maildir.rs
+        // refuses, which MailboxName never lets through.)
+        if self.maildir.path() != self.dir {
+            return false;
+        }
+        let Ok(dir) = self.maildir.open_dir() else {
+            return false;
+        };
+        dir.dir("cur").is_ok() && !dir.is_link("new") && !dir.is_link("tmp")
+    }
+
+    /// Opens `cur/` and `new/` for one operation.
+    fn subdirs(&self) -> Result<Subdirs, MailboxError> {
+        let dir = self.maildir.open_dir().map_err(self.io())?;
+        let cur = dir.dir("cur").map_err(self.io())?;
+        let new = match dir.dir("new") {
+            Ok(new) => Some(new),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.io()(e)),
+        };
+        Ok(Subdirs { cur, new })
+    }
+
+    fn cur(&self) -> Result<NoFollowDir, MailboxError> {
+        self.maildir
+            .open_dir()
+            .and_then(|dir| dir.dir("cur"))
+            .map_err(self.io())
+    }
+
+    /// Opens a message for reading, never through a symlink: a message
+    /// file linked to anything is not served.
+    pub fn open_message(&self, entry: &Entry) -> io::Result<fs::File> {
+        self.maildir
+            .open_dir()?
+            .dir("cur")?
+            .open_file(&entry.file_name())
+    }
+
+    /// A message's internal date: its file's modification time.
+    pub fn internal_date(&self, entry: &Entry) -> Option<SystemTime> {
+        self.open_message(entry)
+            .ok()?
+            .metadata()
+            .ok()?
+            .modified()
+            .ok()
+    }
+
+    pub fn stamp(&self) -> Stamp {
+        let m = |p: PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
+        Stamp([
+            m(self.dir.join("new")),
+            m(self.dir.join("cur")),
+            m(self.dir.join(uidlist::FILE)),
+            m(self.dir.join(super::flags::KEYWORDS_FILE)),
+        ])
+    }
+
+    fn io(&self) -> impl FnOnce(io::Error) -> MailboxError + '_ {
+        move |error| match crate::store::maildir::symlink_refused(&error) {
+            Some(refused) => MailboxError::Maildir(crate::store::maildir::MaildirError::Symlink(
+                refused.clone(),
+            )),
+            None => MailboxError::Io {
+                path: self.dir.clone(),
+                error,
+            },
+        }
+    }
+
+    /// Syncs the folder (see the module doc) and returns its state.
+    pub fn sync(&self) -> Result<State, MailboxError> {
+        if !self.exists() {
+            return Err(MailboxError::NoSuchMailbox);
+        }
+        // The list and the directory are read at once: on a big folder
+        // each is tens of milliseconds of its own.
+        let (list, scan) = std::thread::scope(|s| {
+            let list = s.spawn(|| UidList::read(&self.dir));
+            let scan = self.subdirs().and_then(|dirs| {
+                let new = dirs.new_names().map_err(self.io())?;
+                let cur = read_cur(&dirs.cur).map_err(self.io())?;
+                Ok((dirs, new, cur))
+            });
+            let list = list
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("uidlist reader panicked")));
+            (list, scan)
+        });
+        let list = list.map_err(self.io())?;
+        let (dirs, new, cur) = scan?;
+        if let Some(list) = list
+            && !new.iter().any(|n| split_name(n).is_some())
+            && cur.len() <= list.entries.len()
+        {
+            let (state, unknown) = self.present(&dirs.cur, list, cur)?;
+            if unknown == 0 {
+                return Ok(state);
+            }
+        }
+        // New mail, or names the list lacks: give them UIDs.
+        self.sync_locked()
+    }
+
+    /// The entries of `list` whose files are in `cur` (looking once more for
+    /// any that seem gone), and how many files in `cur` the list lacks.
+    fn present(
+        &self,
+        cur_dir: &NoFollowDir,
+        list: UidList,
+        mut cur: HashMap<Box<str>, Box<str>>,
+    ) -> Result<(State, usize), MailboxError> {
+        if list
+            .entries
+            .iter()
+            .any(|(_, base)| !cur.contains_key(base.as_str()))
+        {
+            // A rename (a flag change) during the readdir can hide a file.
+            for (base, info) in read_cur(cur_dir).map_err(self.io())? {
+                cur.entry(base).or_insert(info);
+            }
+        }
+        let entries = list
+            .entries
+            .into_iter()
+            .filter_map(|(uid, base)| {
+                cur.remove(base.as_str()).map(|info| Entry {
+                    uid,
+                    base: base.into(),
+                    info,
+                })
+            })
+            .collect();
+        let state = State {
+            validity: list.validity,
+            next_uid: list.next_uid,
+            entries,
+            keywords: super::flags::Keywords::read(&self.dir).map_err(self.io())?,
+        };
+        Ok((state, cur.len()))
+    }
+
+    /// The writer's half of the sync, under the list's lock.
+    fn sync_locked(&self) -> Result<State, MailboxError> {
+        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
+        let mut list = UidList::read(&self.dir)
+            .map_err(self.io())?
+            .unwrap_or_else(UidList::fresh);
+        let dirs = self.subdirs()?;
+        if let Some(new) = &dirs.new {
+            for name in new.names().map_err(self.io())? {
+                let Some((base, info)) = split_name(&name) else {
+                    continue;
+                };
+                match new.rename(&name, &dirs.cur, &format!("{base}:2,{info}")) {
+                    Ok(()) => {}
+                    // Another process moved it first.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io()(e)),
+                }
+            }
+        }
+        let mut cur = read_cur(&dirs.cur).map_err(self.io())?;
+        if list
+            .entries
+            .iter()
+            .any(|(_, b)| !cur.contains_key(b.as_str()))
+        {
+            for (base, info) in read_cur(&dirs.cur).map_err(self.io())? {
+                cur.entry(base).or_insert(info);
+            }
+        }
+        let known: HashSet<&str> = list.entries.iter().map(|(_, b)| b.as_str()).collect();
+        let mut newcomers: Vec<&str> = cur
+            .keys()
+            .map(|b| &**b)
+            .filter(|b| !known.contains(b))
+            .collect();
+        newcomers.sort_unstable();
+        let newcomers: Vec<String> = newcomers.into_iter().map(str::to_string).collect();
+        drop(known);
+        // Entries whose files are gone (expunged by POP3 or by hand) leave
+        // the list; their UIDs are never given again since N only grows.
+        list.entries.retain(|(_, b)| cur.contains_key(b.as_str()));
+        if u64::from(list.next_uid) + newcomers.len() as u64 > u64::from(u32::MAX) {
+            self.renumber(&mut list);
+        }
+        for base in newcomers {
+            list.entries.push((list.next_uid, base));
+            // Cannot overflow: checked above, after any renumbering.
+            list.next_uid = list.next_uid.saturating_add(1);
+        }
+        lock.commit(&list).map_err(self.io())?;
+        Ok(self.present(&dirs.cur, list, cur)?.0)
+    }
+
+    /// The folder's UIDs are used up (RFC 9051 §2.3.1.1 allows no UID past
+    /// 2^32-1, and a UID is never given twice): start again as Dovecot does,
+    /// with a new UIDVALIDITY, the messages renumbered from 1 in their old
+    /// order, and a line in the log. Clients see the new UIDVALIDITY and
+    /// resynchronise; a session with the folder selected is told to leave.
+    /// Runs under the list's lock; mod-sequences and the cache are keyed
+    /// by UIDVALIDITY, so they start again by themselves.
+    fn renumber(&self, list: &mut UidList) {
+        let old_validity = list.validity;
+        let old_next = list.next_uid;
+        let fresh = UidList::fresh();
+        // Larger than the old one, as RFC 9051 §2.3.1.1 requires, even
+        // when the old one came from a clock running ahead.
+        list.validity = fresh.validity.max(old_validity.saturating_add(1)).max(1);
+        for (uid, (old, _)) in (1u32..).zip(list.entries.iter_mut()) {
+            *old = uid;
+        }
+        list.next_uid = list.entries.len() as u32 + 1;
+        tracing::warn!(
+            folder = %self.dir.display(),
+            "UIDs used up (next UID {old_next}): new UIDVALIDITY {} (was {old_validity}), {} messages renumbered",
+            list.validity,
+            list.entries.len()
+        );
+    }
+
+    /// Sets an entry's flags by renaming its file; returns the entry as it
+    /// now is, or `None` if the message has been expunged meanwhile.
+    pub fn set_flags(&self, entry: &Entry, flags: Flags) -> Result<Option<Entry>, MailboxError> {
+        let cur = self.cur()?;
+        let mut current = entry.info.to_string();
+        // Twice at most: a concurrent flag change by another session moves
+        // the file under us once; then we take its name from a readdir.
+        for _ in 0..3 {
+            let info = flags.apply_to_info(&current);
+            let from = format!("{}:2,{current}", entry.base);
+            if info == current {
+                if cur.has(&from) {
+                    return Ok(Some(Entry {
+                        info: info.into(),
+                        ..entry.clone()
+                    }));
+                }
+            } else {
+                let to = format!("{}:2,{info}", entry.base);
+                match cur.rename(&from, &cur, &to) {
+                    Ok(()) => {
+                        return Ok(Some(Entry {
+                            info: info.into(),
+                            ..entry.clone()
+                        }));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io()(e)),
+                }
+            }
+            match read_cur(&cur).map_err(self.io())?.remove(&*entry.base) {
+                Some(info) => current = info.to_string(),
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Current info of one entry, from the disk (for a flag change that
+    /// must start from what other sessions did).
+    pub fn refresh(&self, entry: &Entry) -> Result<Option<Entry>, MailboxError> {
+        let cur = self.cur()?;
+        if cur.has(&entry.file_name()) {
+            return Ok(Some(entry.clone()));
+        }
+        Ok(read_cur(&cur)
+            .map_err(self.io())?
+            .remove(&*entry.base)
+            .map(|info| Entry {
+                info,
+                ..entry.clone()
+            }))
+    }
+
+    /// Adds keywords to the folder's file (under the list's lock) and
+    /// returns all of them; `None` in the result for a keyword that did not
+    /// fit (26 letters).
+    pub fn add_keywords(&self, names: &[&str]) -> Result<(Keywords, bool), MailboxError> {
+        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
+        let mut keywords = Keywords::read(&self.dir).map_err(self.io())?;
+        let before = keywords.clone();
+        let mut all_fit = true;
+        for name in names {
+            all_fit &= keywords.add(name).is_some();
+        }
+        if keywords != before {
+            keywords.write(&self.dir).map_err(self.io())?;
+        }
+        drop(lock);
+        Ok((keywords, all_fit))
+    }
+
+    /// Removes messages: unlinks their files, then drops them from the
+    /// list. Returns the UIDs actually removed here.
+    pub fn expunge(&self, entries: &[Entry]) -> Result<Vec<u32>, MailboxError> {
+        let mut gone = Vec::new();
+        let mut bytes = 0i64;
+        let cur = self.cur()?;
+        for entry in entries {
+            let removed = match cur.unlink(&entry.file_name()) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Renamed by a flag change meanwhile: find it.
+                    match self.refresh(entry)? {
+                        Some(now) => cur.unlink(&now.file_name()).is_ok(),
+                        None => false,
+                    }
+                }
+                Err(e) => return Err(self.io()(e)),
+            };
+            if removed {
+                bytes += crate::store::maildir::size_from_name(&entry.base).unwrap_or(0) as i64;
+                gone.push(entry.uid);
+            }
+        }
+        self.forget(entries)?;
+        if !gone.is_empty() && !self.is_trash {
+            crate::store::maildir::Maildir::new(&self.inbox)
+                .quota_add(-bytes, -(gone.len() as i64));
+        }
+        Ok(gone)
+    }
+
+    /// Drops entries from the list (their files are gone or moved away).
+    fn forget(&self, entries: &[Entry]) -> Result<(), MailboxError> {
+        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
+        let Some(mut list) = UidList::read(&self.dir).map_err(self.io())? else {
+            return Ok(());
+        };
+        let dropped: HashSet<&str> = entries.iter().map(|e| &*e.base).collect();
+        list.entries.retain(|(_, b)| !dropped.contains(b.as_str()));
+        lock.commit(&list).map_err(self.io())
+    }
+
+    /// Stores a new message (LF or CRLF text) with flags and an internal
+    /// date; returns its UID after a sync. Quota is the user's, if any.
+    pub fn append(
+        &self,
+        message: &[u8],
+        flags: Flags,
+        internal_date: Option<SystemTime>,
+        hostname: &str,
+        quota: Option<u64>,
+    ) -> Result<(u32, u32), MailboxError> {
+        // The one durable write (maildir.rs) into this folder's new/, then
+        // straight on to cur/ with the flags.
+        let mut body = message;
+        let delivered = self
+            .maildir
+            .deliver(
+                crate::store::maildir::Message {
+                    prepend: b"",
+                    body: &mut body,
+                    base_name: None,
+                    search_cur: false,
+                    quota: if self.is_trash { None } else { quota },
+                },
+                hostname,
+            )
+            .map_err(MailboxError::from)?;
+        let crate::store::maildir::Delivered::New(delivered) = delivered else {
+            return Err(MailboxError::NoSuchMessage);
+        };
+        let name = delivered
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let info = flags.apply_to_info("");
+        let to = format!("{name}:2,{info}");
+        let dirs = self.subdirs()?;
+        let moved = match &dirs.new {
+            Some(new) => new.rename(&name, &dirs.cur, &to),
+            None => Err(io::ErrorKind::NotFound.into()),
+        };
+        if moved.is_err() {
+            // A sync moved it to cur/ first (as `name:2,`).
+            dirs.cur
+                .rename(&format!("{name}:2,"), &dirs.cur, &to)
+                .map_err(self.io())?;
+        }
+        if let Some(date) = internal_date
+            && let Ok(file) = dirs.cur.open_with(&to, OFlags::WRONLY, 0)
+        {
+            let _ = file.set_modified(date);
+        }
+        let state = self.sync()?;
+        let uid = state
+            .entries
+            .iter()
+            .rev()
+            .find(|e| *e.base == *name)
+            .map(|e| e.uid)
+            .ok_or(MailboxError::NoSuchMessage)?;
+        Ok((state.validity, uid))
+    }
+
+    /// Copies (hard links, or copies where links fail) or moves entries of
+    /// this folder into `dest`. Returns (destination UIDVALIDITY, pairs of
+    /// source and destination UIDs) for COPYUID.
+    pub fn transfer(
+        &self,
+        entries: &[Entry],
+        dest: &Folder,
+        hostname: &str,
+        remove: bool,
+    ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
+        let host = crate::store::fsutil::host_for_names(hostname);
+        // Keyword letters are per folder: map each source letter to the
+        // destination's letter for the same name.
+        let ours = Keywords::read(&self.dir).map_err(self.io())?;
+        let used = entries.iter().fold(0u32, |acc, e| acc | e.flags().keywords);
+        let names: Vec<&str> = ours.names_of(used).collect();
+        let mut letters = [None::<usize>; super::flags::MAX_KEYWORDS];
+        if !names.is_empty() {
+            let (theirs, _) = dest.add_keywords(&names)?;
+            for (i, name) in ours.names.iter().enumerate() {
+                if !name.is_empty() && used & (1 << i) != 0 {
+                    letters[i] = theirs.index(name);
+                }
+            }
+        }
+        let mut placed: Vec<(u32, String)> = Vec::new();
+        let mut bytes = 0i64;
+        let from_cur = self.cur()?;
+        let dest_dir = dest.maildir.open_dir().map_err(dest.io())?;
+        let dest_cur = dest_dir.dir("cur").map_err(dest.io())?;
+        for entry in entries {
+            let Some(entry) = self.refresh(entry)? else {
+                continue;
+            };
+            // A fresh base name in the destination, keeping the size fields.
+            let sizes = entry.base.find(',').map(|i| &entry.base[i..]).unwrap_or("");
+            let base = format!(
+                "{}.{}.{host}{sizes}",
+                crate::store::fsutil::now_secs(),
+                crate::store::fsutil::unique_suffix()
+            );
+            let from = entry.file_name();
+            let mut flags = entry.flags();
+            let mut mapped = 0u32;
+            for (i, letter) in letters.iter().enumerate() {
+                if flags.keywords & (1 << i) != 0
+                    && let Some(j) = letter
+                {
+                    mapped |= 1 << j;
+                }
+            }
+            flags.keywords = mapped;
+            let info = flags.apply_to_info(&entry.info);
+            let to = format!("{base}:2,{info}");
+            let result = if remove {
+                from_cur.rename(&from, &dest_cur, &to)
+            } else {
+                from_cur
+                    .link(&from, &dest_cur, &to)
+                    .or_else(|_| copy_file(&from_cur, &from, &dest_dir, &dest_cur, &to))
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io()(e)),
+            }
+            bytes += crate::store::maildir::size_from_name(&entry.base).unwrap_or(0) as i64;
+            placed.push((entry.uid, base));
+        }
+        if remove {
+            self.forget(entries)?;
+        }
+        let md = crate::store::maildir::Maildir::new(&self.inbox);
+        let n = placed.len() as i64;
+        match (self.is_trash, dest.is_trash, remove) {
+            (_, false, false) | (true, false, true) => md.quota_add(bytes, n),
+            (false, true, true) => md.quota_add(-bytes, -n),
+            _ => {}
+        }
+        let state = dest.sync()?;
+        let uids: HashMap<&str, u32> = state.entries.iter().map(|e| (&*e.base, e.uid)).collect();
+        let pairs = placed
+            .iter()
+            .filter_map(|(src, base)| uids.get(base.as_str()).map(|d| (*src, *d)))
+            .collect();
+        Ok((state.validity, pairs))
+    }
+}
+
+/// Copies a message through the destination's tmp/ (for filesystems
+/// without hard links between the two folders), never through a symlink.
+fn copy_file(
+    from_cur: &NoFollowDir,
+    from: &str,
+    dest_dir: &NoFollowDir,
+    dest_cur: &NoFollowDir,
+    to: &str,
+) -> io::Result<()> {
+    let tmp_dir = dest_dir.dir("tmp")?;
+    let tmp = format!("copy.{}", crate::store::fsutil::unique_suffix());
+    let result = (|| {
+        let mut source = from_cur.open_file(from)?;
+        let mut copy =
+            tmp_dir.open_with(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600)?;
+        io::copy(&mut source, &mut copy)?;
+        copy.sync_all()?;
+        if let Ok(modified) = source.metadata().and_then(|m| m.modified()) {
+            let _ = copy.set_modified(modified);
+        }
+        tmp_dir.rename(&tmp, dest_cur, to)
+    })();
+    if result.is_err() {
+        let _ = tmp_dir.unlink(&tmp);
+    }
+    result
+}

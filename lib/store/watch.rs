@@ -1,0 +1,232 @@
+//! Waking a process when part of the tree changes, by inotify rather than
+//! polling: IMAP IDLE on a folder's `new/` and `cur/`, `smtp-send --watch`
+//! on the queue's `todo/`.
+//!
+//! One inotify instance per process, shared by every waiter in it: the
+//! kernel allows few instances per user (128 by default) but many watches,
+//! so 10,000 IDLE sessions cost one file descriptor. Waiters on the same
+//! place share its watches. Each watched place has a counter that goes up
+//! on every change (a delivery, a flag rename, an expunge, a queue hint); a
+//! waiter remembers the value it has seen and waits for a larger one, so no
+//! wakeup is lost between a look and the wait.
+//!
+//! inotify does not see changes made on other hosts of a shared filesystem
+//! (postroom-tree(5), SEVERAL HOSTS): every waiter also looks again on a
+//! timer as a safety net.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+/// The process's inotify instance and the places it watches.
+#[derive(Clone)]
+pub struct Watcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inotify: AsyncFd<InotifyFd>,
+    folders: Mutex<Folders>,
+}
+
+#[derive(Default)]
+struct Folders {
+    by_path: HashMap<PathBuf, Watched>,
+    by_wd: HashMap<WatchDescriptor, PathBuf>,
+}
+
+struct Watched {
+    wds: Vec<WatchDescriptor>,
+    changes: watch::Sender<u64>,
+    users: usize,
+}
+
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Watcher {
+    /// Starts the process's watcher; call inside the tokio runtime.
+    pub fn new() -> io::Result<Watcher> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // `AsyncFd::new` is deprecated for types that may close their fd
+        // while registered; ours owns it for as long as the AsyncFd lives,
+        // and the replacement (`register`) is `unsafe`, which lib/ forbids.
+        #[allow(deprecated)]
+        let inotify = AsyncFd::new(InotifyFd(inotify))?;
+        let shared = Arc::new(Shared {
+            inotify,
+            folders: Mutex::new(Folders::default()),
+        });
+        tokio::spawn(read_events(Arc::downgrade(&shared)));
+        Ok(Watcher { shared })
+    }
+
+    /// Watches the maildir folder at `dir` (its `new/` and `cur/`: a
+    /// delivery, a flag rename, an expunge) until the guard is dropped.
+    pub fn watch(&self, dir: &Path) -> io::Result<FolderWatch> {
+        let mask = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ONLYDIR;
+        self.watch_dirs(dir, &[dir.join("new"), dir.join("cur")], mask)
+    }
+
+    /// Watches files arriving in `dir` (created, moved in or touched: the
+    /// queue's `todo/` hints) until the guard is dropped.
+    pub fn watch_arrivals(&self, dir: &Path) -> io::Result<FolderWatch> {
+        let mask = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_ONLYDIR;
+        self.watch_dirs(dir, &[dir.to_path_buf()], mask)
+    }
+
+    /// Watches `dirs` as one place named `key`.
+    fn watch_dirs(
+        &self,
+        key: &Path,
+        dirs: &[PathBuf],
+        mask: AddWatchFlags,
+    ) -> io::Result<FolderWatch> {
+        let mut folders = self.shared.folders();
+        if let Some(watched) = folders.by_path.get_mut(key) {
+            watched.users += 1;
+            let changes = watched.changes.subscribe();
+            return Ok(FolderWatch {
+                watcher: self.clone(),
+                dir: key.to_path_buf(),
+                changes,
+            });
+        }
+        let mut wds = Vec::new();
+        for dir in dirs {
+            match self.shared.inotify.get_ref().0.add_watch(dir, mask) {
+                Ok(wd) => wds.push(wd),
+                Err(e) => {
+                    for wd in wds {
+                        let _ = self.shared.inotify.get_ref().0.rm_watch(wd);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let (changes, receiver) = watch::channel(0);
+        for wd in &wds {
+            folders.by_wd.insert(*wd, key.to_path_buf());
+        }
+        folders.by_path.insert(
+            key.to_path_buf(),
+            Watched {
+                wds,
+                changes,
+                users: 1,
+            },
+        );
+        Ok(FolderWatch {
+            watcher: self.clone(),
+            dir: key.to_path_buf(),
+            changes: receiver,
+        })
+    }
+
+    /// How many folders are watched now (for tests).
+    pub fn watched(&self) -> usize {
+        self.shared.folders().by_path.len()
+    }
+}
+
+impl Shared {
+    fn folders(&self) -> MutexGuard<'_, Folders> {
+        // Each update of the maps is complete before anything can panic.
+        self.folders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn read_events(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let mut ready = match strong.inotify.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!("inotify: {e}; waiters fall back to their timers");
+                return;
+            }
+        };
+        let events = match ready.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from))
+        {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                tracing::error!("inotify read: {e}; waiters fall back to their timers");
+                return;
+            }
+            Err(_would_block) => continue,
+        };
+        let mut folders = strong.folders();
+        for event in events {
+            if let Some(dir) = folders.by_wd.get(&event.wd)
+                && let Some(watched) = folders.by_path.get(dir)
+            {
+                watched.changes.send_modify(|n| *n += 1);
+            }
+            // The directory is gone (folder deleted): the kernel may give
+            // the descriptor to a new watch, so forget this one.
+            if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                folders.by_wd.remove(&event.wd);
+            }
+        }
+    }
+}
+
+/// A waiter's interest in one watched place.
+pub struct FolderWatch {
+    watcher: Watcher,
+    dir: PathBuf,
+    changes: watch::Receiver<u64>,
+}
+
+impl FolderWatch {
+    /// Waits for a change after the last one this watch saw.
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Forgets changes so far (call before a sync, so a change during it
+    /// wakes the next wait).
+    pub fn mark_seen(&mut self) {
+        self.changes.mark_unchanged();
+    }
+}
+
+impl Drop for FolderWatch {
+    fn drop(&mut self) {
+        let mut folders = self.watcher.shared.folders();
+        let Some(watched) = folders.by_path.get_mut(&self.dir) else {
+            return;
+        };
+        watched.users -= 1;
+        if watched.users == 0
+            && let Some(watched) = folders.by_path.remove(&self.dir)
+        {
+            for wd in watched.wds {
+                folders.by_wd.remove(&wd);
+                let _ = self.watcher.shared.inotify.get_ref().0.rm_watch(wd);
+            }
+        }
+    }
+}
