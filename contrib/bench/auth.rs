@@ -267,11 +267,7 @@ fn fail_login(protocol: Protocol, mut stream: TcpStream, i: usize) -> anyhow::Re
 
 fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
     let config = bench_tree(dir)?;
-    let text = std::fs::read_to_string(&config)?.replace(
-        "[limits]\n",
-        "[limits]\nconnections_per_ip = 20000\nconnections = 20000\n",
-    );
-    std::fs::write(&config, text)?;
+    crate::lift_connection_caps(&config)?;
     Ok(config)
 }
 

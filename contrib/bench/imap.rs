@@ -142,12 +142,7 @@ fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
         .stdout(Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "postroom user add failed");
-    // Every client is 127.0.0.1 here, so the per-IP cap must not bite.
-    let text = std::fs::read_to_string(&config)?.replace(
-        "[limits]\n",
-        "[limits]\nconnections_per_ip = 20000\nconnections = 20000\n",
-    );
-    std::fs::write(&config, text)?;
+    crate::lift_connection_caps(&config)?;
     let idle_inbox = dir.join("mail/bench.test/idle");
     fill(&idle_inbox, 10)?;
     Ok(config)

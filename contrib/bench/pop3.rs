@@ -179,12 +179,7 @@ fn rss_per_session(
 
 fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
     let config = bench_tree(dir)?;
-    // Every client is 127.0.0.1 here, so the per-IP cap must not bite.
-    let text = std::fs::read_to_string(&config)?.replace(
-        "[limits]\n",
-        "[limits]\nconnections_per_ip = 20000\nconnections = 20000\n",
-    );
-    std::fs::write(&config, text)?;
+    crate::lift_connection_caps(&config)?;
     let mut users = Vec::new();
     for name in (0..PARALLEL)
         .map(|b| format!("box{b}"))

@@ -279,6 +279,17 @@ pub fn bench_tree(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(config)
 }
 
+/// Lifts the connection caps of the tree's config: a benchmark's clients
+/// all come from loopback, so the per-address cap must not bite.
+pub fn lift_connection_caps(config: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?.replace(
+        "[limits]\n",
+        "[limits]\nconnections_per_ip = 20000\nconnections = 20000\n",
+    );
+    std::fs::write(config, text)?;
+    Ok(())
+}
+
 /// mail-inject processes delivering to one local user.
 fn inject_rate(
     dir: &Path,

@@ -79,11 +79,8 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
 
 fn make_tree(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let config = bench_tree(dir)?;
-    // Every client is 127.0.0.1 here, so the per-IP cap must not bite.
-    let text = std::fs::read_to_string(&config)?.replace(
-        "[limits]\n",
-        "[limits]\nconnections_per_ip = 20000\nconnections = 20000\n",
-    ) + "\n[smtp]\nmessages_per_session = 1000000\n";
+    crate::lift_connection_caps(&config)?;
+    let text = std::fs::read_to_string(&config)? + "\n[smtp]\nmessages_per_session = 1000000\n";
     std::fs::write(&config, text)?;
     Ok(config)
 }
