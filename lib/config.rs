@@ -653,7 +653,7 @@ impl Config {
         if l.line_length < 512 {
             return Err("limits.line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
         }
-        if crate::directory::password::Scheme::parse(&self.auth.default_scheme).is_none() {
+        if PasswordScheme::parse(&self.auth.default_scheme).is_none() {
             return Err(format!(
                 "auth.default_scheme: unknown scheme {:?} (use ARGON2ID, SHA512-CRYPT or BLF-CRYPT)",
                 self.auth.default_scheme
@@ -872,6 +872,36 @@ fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match NumberOrText::deserialize(d)? {
         NumberOrText::Number(n) => Ok(n),
         NumberOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A password scheme postroom can hash new passwords with (the values of
+/// `auth.default_scheme`; the directory's password module hashes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordScheme {
+    Argon2id,
+    Sha512Crypt,
+    BlfCrypt,
+}
+
+impl PasswordScheme {
+    /// Parses a scheme name as Dovecot spells it (case-insensitive).
+    pub fn parse(name: &str) -> Option<PasswordScheme> {
+        match name.to_ascii_uppercase().as_str() {
+            "ARGON2ID" => Some(PasswordScheme::Argon2id),
+            "SHA512-CRYPT" => Some(PasswordScheme::Sha512Crypt),
+            "BLF-CRYPT" => Some(PasswordScheme::BlfCrypt),
+            _ => None,
+        }
+    }
+
+    /// Dovecot's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            PasswordScheme::Argon2id => "ARGON2ID",
+            PasswordScheme::Sha512Crypt => "SHA512-CRYPT",
+            PasswordScheme::BlfCrypt => "BLF-CRYPT",
+        }
     }
 }
 

@@ -13,16 +13,23 @@
 //!   POP3 and IMAP share, the queue, and the locking and atomic-replace
 //!   rules they all use.
 //! - [`directory`]: who exists and who may log in: users, aliases, domains,
-//!   access rules, password hashes, login limits, SASL.
+//!   access rules, password hashes, login limits, SRS.
 //! - [`proto`]: codecs and state machines that do no I/O: SMTP, POP3, IMAP,
-//!   MIME structure, messages and their line endings, addresses, DSNs.
+//!   SASL, MIME structure, message flags, messages and their line endings,
+//!   addresses.
 //! - [`delivery`]: what happens to a message once accepted: local delivery,
-//!   Sieve, vacation, mailing lists, SRS.
+//!   Sieve, vacation, mailing lists, delivery status notifications, and the
+//!   one way into the queue.
 //! - [`net`]: how servers get and keep connections: launch modes, limits,
 //!   TLS, DNS, privileges, logging.
 //! - [`config`]: `postroom.toml`, which names every path of the tree;
 //!   [`cli`]: what every command-line program does with its output;
 //!   [`program`]: how an outside program (a pipe alias, a hook) is run.
+//!
+//! The groups form layers, and a module uses only the layers below its own:
+//! `proto` (uses nothing of ours), then `config`, then `store`, then
+//! `directory`, then `delivery` and `net`. A helper that seems to need a
+//! layer above belongs in that layer.
 
 #![forbid(unsafe_code)]
 

@@ -71,297 +71,311 @@ fn uses_cache(items: &[FetchItem]) -> bool {
 
 /// CONDSTORE and QRESYNC's FETCH modifiers (RFC 7162 §3.1.4, §3.2.6).
 #[derive(Default)]
-pub struct Modifiers {
+struct Modifiers {
     pub changed_since: Option<u64>,
     pub vanished: bool,
 }
 
-pub async fn fetch(
-    session: &mut Session,
-    uid: bool,
-    set: &SequenceSet,
-    items: &[FetchItem],
-    modifiers: Modifiers,
-) -> Result<Done, NetError> {
-    let mut positions = match session.resolve(set, uid) {
-        Ok(p) => p,
-        Err(done) => return Ok(done),
-    };
-    // Asking for MODSEQ turns CONDSTORE on for the session (§3.1).
-    session.condstore |= items.contains(&FetchItem::ModSeq);
-    let condstore = session.condstore;
-    if condstore && let Some(sel) = session.selected.as_mut() {
-        sel.update_modseqs();
-        if let Some(since) = modifiers.changed_since {
-            positions.retain(|&i| sel.modseqs.of(sel.view[i].uid) > since);
-            if modifiers.vanished {
-                let vanished = sel.vanished_since(set, since);
-                if !vanished.is_empty() {
-                    let line = format!("* VANISHED (EARLIER) {vanished}\r\n");
-                    session.out(line.as_bytes()).await?;
-                }
-            }
-        }
-    }
-    let cached = uses_cache(items);
-    if cached && let Some(sel) = session.selected.as_mut() {
-        sel.cache.refresh();
-    }
-    let sets_seen = items.iter().any(|i| {
-        matches!(
-            i,
-            FetchItem::Rfc822
-                | FetchItem::Rfc822Text
-                | FetchItem::Section { peek: false, .. }
-                | FetchItem::Binary { peek: false, .. }
-        )
-    });
-    let mut unknown_cte = false;
-    let wants_flags = items.contains(&FetchItem::Flags);
-    let mut gone = false;
-    for i in positions {
-        let Some(sel) = session.selected.as_mut() else {
-            break;
+impl Session {
+    pub async fn fetch(
+        &mut self,
+        uid: bool,
+        set: &SequenceSet,
+        items: &[FetchItem],
+        changed_since: Option<u64>,
+        vanished: bool,
+    ) -> Result<Done, NetError> {
+        let session = self;
+        let modifiers = Modifiers {
+            changed_since,
+            vanished,
         };
-        let mut entry = sel.view[i].clone();
-        let mut record = if cached {
-            sel.cache.get(entry.uid, &entry.base)
-        } else {
-            None
+        let mut positions = match session.resolve(set, uid) {
+            Ok(p) => p,
+            Err(done) => return Ok(done),
         };
-        let mut need = need_of(items, record.as_ref());
-        // A record made from a header alone needs the size from the name.
-        if need == Need::Header && record.is_none() && entry.wire_size().is_none() {
-            need = Need::Everything;
-        }
-        let needs_file = need != Need::Nothing
-            || (record.is_none()
-                && (items.contains(&FetchItem::InternalDate) || entry.wire_size().is_none()));
-        if needs_file {
-            // The file may have been renamed by a flag change elsewhere.
-            match sel.folder.refresh(&entry) {
-                Ok(Some(e)) => {
-                    entry = Entry {
-                        uid: entry.uid,
-                        ..e
+        // Asking for MODSEQ turns CONDSTORE on for the session (§3.1).
+        session.condstore |= items.contains(&FetchItem::ModSeq);
+        let condstore = session.condstore;
+        if condstore && let Some(sel) = session.selected.as_mut() {
+            sel.update_modseqs();
+            if let Some(since) = modifiers.changed_since {
+                positions.retain(|&i| sel.modseqs.of(sel.view[i].uid) > since);
+                if modifiers.vanished {
+                    let vanished = sel.vanished_since(set, since);
+                    if !vanished.is_empty() {
+                        let line = format!("* VANISHED (EARLIER) {vanished}\r\n");
+                        session.out(line.as_bytes()).await?;
                     }
                 }
-                _ => {
-                    gone = true;
-                    continue;
-                }
             }
         }
-        let mut message = None;
-        if need != Need::Nothing {
-            match read_message(&sel.folder, &entry, need) {
-                Some(m) => message = Some(m),
-                None => {
-                    gone = true;
-                    continue;
-                }
-            }
+        let cached = uses_cache(items);
+        if cached && let Some(sel) = session.selected.as_mut() {
+            sel.cache.refresh();
         }
-        // Whatever was read that the cache lacked goes into it.
-        if let Some(m) = &message
-            && cached
-            && record.as_ref().is_none_or(|r| {
-                need == Need::Everything && (r.body.is_none() || r.bodystructure.is_none())
-            })
-            && let Some(fresh) = message::summarize(
-                &entry,
-                m,
-                need == Need::Everything,
-                message::internal_date(&sel.folder, &entry),
+        let sets_seen = items.iter().any(|i| {
+            matches!(
+                i,
+                FetchItem::Rfc822
+                    | FetchItem::Rfc822Text
+                    | FetchItem::Section { peek: false, .. }
+                    | FetchItem::Binary { peek: false, .. }
             )
-        {
-            sel.cache.put(fresh.clone());
-            record = Some(fresh);
-        }
-        let mut flags_changed = false;
-        if sets_seen && !sel.read_only && !entry.flags().has(flags::SEEN) {
-            let mut f = entry.flags();
-            f.system |= flags::SEEN;
-            if let Ok(Some(updated)) = sel.folder.set_flags(&entry, f) {
-                entry = updated;
-                sel.view[i] = entry.clone();
-                flags_changed = true;
+        });
+        let mut unknown_cte = false;
+        let wants_flags = items.contains(&FetchItem::Flags);
+        let mut gone = false;
+        for i in positions {
+            let Some(sel) = session.selected.as_mut() else {
+                break;
+            };
+            let mut entry = sel.view[i].clone();
+            let mut record = if cached {
+                sel.cache.get(entry.uid, &entry.base)
+            } else {
+                None
+            };
+            let mut need = need_of(items, record.as_ref());
+            // A record made from a header alone needs the size from the name.
+            if need == Need::Header && record.is_none() && entry.wire_size().is_none() {
+                need = Need::Everything;
             }
-        }
-        let mut out = format!("* {} FETCH (", i + 1).into_bytes();
-        let mut first = true;
-        let mut sep = |out: &mut Vec<u8>| {
-            if !first {
-                out.push(b' ');
-            }
-            first = false;
-        };
-        let structure = match (&message, need) {
-            (Some(m), Need::Everything) => Some(mime::parse(m)),
-            _ => None,
-        };
-        for item in items {
-            sep(&mut out);
-            match item {
-                FetchItem::Uid => out.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
-                FetchItem::Binary { part, partial, .. } => {
-                    out.extend_from_slice(format!("BINARY[{}]", part_number(part)).as_bytes());
-                    let m = message.as_deref().unwrap_or(b"");
-                    match mime::binary_data(m, structure.as_ref(), part) {
-                        mime::Binary::Data(data) => {
-                            let data = match partial {
-                                Some((origin, count)) => {
-                                    out.extend_from_slice(format!("<{origin}>").as_bytes());
-                                    let start = (*origin as usize).min(data.len());
-                                    let end = start.saturating_add(*count as usize).min(data.len());
-                                    &data[start..end]
-                                }
-                                None => &data[..],
-                            };
-                            out.push(b' ');
-                            literal8(&mut out, data);
-                        }
-                        mime::Binary::NoSuchPart => out.extend_from_slice(b" NIL"),
-                        mime::Binary::UnknownEncoding => {
-                            unknown_cte = true;
-                            out.extend_from_slice(b" NIL");
+            let needs_file = need != Need::Nothing
+                || (record.is_none()
+                    && (items.contains(&FetchItem::InternalDate) || entry.wire_size().is_none()));
+            if needs_file {
+                // The file may have been renamed by a flag change elsewhere.
+                match sel.folder.refresh(&entry) {
+                    Ok(Some(e)) => {
+                        entry = Entry {
+                            uid: entry.uid,
+                            ..e
                         }
                     }
-                }
-                FetchItem::BinarySize(part) => {
-                    out.extend_from_slice(
-                        format!("BINARY.SIZE[{}] ", part_number(part)).as_bytes(),
-                    );
-                    let m = message.as_deref().unwrap_or(b"");
-                    match mime::binary_data(m, structure.as_ref(), part) {
-                        mime::Binary::Data(data) => {
-                            out.extend_from_slice(data.len().to_string().as_bytes())
-                        }
-                        mime::Binary::NoSuchPart => out.extend_from_slice(b"NIL"),
-                        mime::Binary::UnknownEncoding => {
-                            unknown_cte = true;
-                            out.extend_from_slice(b"NIL");
-                        }
-                    }
-                }
-                FetchItem::ModSeq => out.extend_from_slice(
-                    format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
-                ),
-                FetchItem::Flags => out.extend_from_slice(
-                    format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
-                ),
-                FetchItem::InternalDate => {
-                    let secs = match &record {
-                        Some(r) => r.internal_date,
-                        None => message::internal_date(&sel.folder, &entry),
-                    };
-                    out.extend_from_slice(
-                        format!("INTERNALDATE {}", internal_date(secs)).as_bytes(),
-                    );
-                }
-                FetchItem::Rfc822Size => {
-                    let size = match (entry.wire_size(), &record, &message) {
-                        (Some(s), _, _) => s,
-                        (None, Some(r), _) => r.size,
-                        (None, None, Some(m)) if need == Need::Everything => m.len() as u64,
-                        _ => read_message(&sel.folder, &entry, Need::Everything)
-                            .map_or(0, |m| m.len() as u64),
-                    };
-                    out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes());
-                }
-                FetchItem::Envelope => {
-                    out.extend_from_slice(b"ENVELOPE ");
-                    match (&record, &message) {
-                        (Some(r), _) => out.extend_from_slice(&r.envelope),
-                        (None, m) => {
-                            mime::envelope(&mut out, mime::header_of(m.as_deref().unwrap_or(b"")))
-                        }
-                    }
-                }
-                FetchItem::Body | FetchItem::BodyStructure => {
-                    let extended = *item == FetchItem::BodyStructure;
-                    out.extend_from_slice(if extended {
-                        b"BODYSTRUCTURE "
-                    } else {
-                        b"BODY "
-                    });
-                    let from_cache = record.as_ref().and_then(|r| {
-                        if extended {
-                            r.bodystructure.as_deref()
-                        } else {
-                            r.body.as_deref()
-                        }
-                    });
-                    match (from_cache, &message, &structure) {
-                        (Some(text), _, _) => out.extend_from_slice(text),
-                        (None, Some(m), Some(root)) => {
-                            mime::body_structure(&mut out, m, root, extended)
-                        }
-                        _ => out.extend_from_slice(b"NIL"),
-                    }
-                }
-                FetchItem::Rfc822 => {
-                    out.extend_from_slice(b"RFC822 ");
-                    literal(&mut out, message.as_deref().unwrap_or(b""));
-                }
-                FetchItem::Rfc822Header => {
-                    out.extend_from_slice(b"RFC822.HEADER ");
-                    literal(&mut out, mime::header_of(message.as_deref().unwrap_or(b"")));
-                }
-                FetchItem::Rfc822Text => {
-                    out.extend_from_slice(b"RFC822.TEXT ");
-                    let m = message.as_deref().unwrap_or(b"");
-                    literal(&mut out, &m[mime::header_of(m).len()..]);
-                }
-                FetchItem::Section {
-                    section, partial, ..
-                } => {
-                    out.extend_from_slice(b"BODY[");
-                    section_name(&mut out, section);
-                    out.push(b']');
-                    let m = message.as_deref().unwrap_or(b"");
-                    let data = mime::section_data(m, structure.as_ref(), section);
-                    match (data, partial) {
-                        (None, _) => out.extend_from_slice(b" NIL"),
-                        (Some(data), None) => {
-                            out.push(b' ');
-                            literal(&mut out, &data);
-                        }
-                        (Some(data), Some((origin, count))) => {
-                            out.extend_from_slice(format!("<{origin}> ").as_bytes());
-                            let start = (*origin as usize).min(data.len());
-                            let end = start.saturating_add(*count as usize).min(data.len());
-                            literal(&mut out, &data[start..end]);
-                        }
+                    _ => {
+                        gone = true;
+                        continue;
                     }
                 }
             }
-        }
-        if flags_changed && !wants_flags {
-            sep(&mut out);
-            out.extend_from_slice(
-                format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
-            );
-        }
-        if flags_changed && condstore {
-            // The implicit \Seen gave the message a new mod-sequence.
-            let new = sel.update_modseqs();
-            if new.contains(&entry.uid) && !items.contains(&FetchItem::ModSeq) {
+            let mut message = None;
+            if need != Need::Nothing {
+                match read_message(&sel.folder, &entry, need) {
+                    Some(m) => message = Some(m),
+                    None => {
+                        gone = true;
+                        continue;
+                    }
+                }
+            }
+            // Whatever was read that the cache lacked goes into it.
+            if let Some(m) = &message
+                && cached
+                && record.as_ref().is_none_or(|r| {
+                    need == Need::Everything && (r.body.is_none() || r.bodystructure.is_none())
+                })
+                && let Some(fresh) = message::summarize(
+                    &entry,
+                    m,
+                    need == Need::Everything,
+                    message::internal_date(&sel.folder, &entry),
+                )
+            {
+                sel.cache.put(fresh.clone());
+                record = Some(fresh);
+            }
+            let mut flags_changed = false;
+            if sets_seen && !sel.read_only && !entry.flags().has(flags::SEEN) {
+                let mut f = entry.flags();
+                f.system |= flags::SEEN;
+                if let Ok(Some(updated)) = sel.folder.set_flags(&entry, f) {
+                    entry = updated;
+                    sel.view[i] = entry.clone();
+                    flags_changed = true;
+                }
+            }
+            let mut out = format!("* {} FETCH (", i + 1).into_bytes();
+            let mut first = true;
+            let mut sep = |out: &mut Vec<u8>| {
+                if !first {
+                    out.push(b' ');
+                }
+                first = false;
+            };
+            let structure = match (&message, need) {
+                (Some(m), Need::Everything) => Some(mime::parse(m)),
+                _ => None,
+            };
+            for item in items {
                 sep(&mut out);
-                out.extend_from_slice(format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes());
+                match item {
+                    FetchItem::Uid => {
+                        out.extend_from_slice(format!("UID {}", entry.uid).as_bytes())
+                    }
+                    FetchItem::Binary { part, partial, .. } => {
+                        out.extend_from_slice(format!("BINARY[{}]", part_number(part)).as_bytes());
+                        let m = message.as_deref().unwrap_or(b"");
+                        match mime::binary_data(m, structure.as_ref(), part) {
+                            mime::Binary::Data(data) => {
+                                let data = match partial {
+                                    Some((origin, count)) => {
+                                        out.extend_from_slice(format!("<{origin}>").as_bytes());
+                                        let start = (*origin as usize).min(data.len());
+                                        let end =
+                                            start.saturating_add(*count as usize).min(data.len());
+                                        &data[start..end]
+                                    }
+                                    None => &data[..],
+                                };
+                                out.push(b' ');
+                                literal8(&mut out, data);
+                            }
+                            mime::Binary::NoSuchPart => out.extend_from_slice(b" NIL"),
+                            mime::Binary::UnknownEncoding => {
+                                unknown_cte = true;
+                                out.extend_from_slice(b" NIL");
+                            }
+                        }
+                    }
+                    FetchItem::BinarySize(part) => {
+                        out.extend_from_slice(
+                            format!("BINARY.SIZE[{}] ", part_number(part)).as_bytes(),
+                        );
+                        let m = message.as_deref().unwrap_or(b"");
+                        match mime::binary_data(m, structure.as_ref(), part) {
+                            mime::Binary::Data(data) => {
+                                out.extend_from_slice(data.len().to_string().as_bytes())
+                            }
+                            mime::Binary::NoSuchPart => out.extend_from_slice(b"NIL"),
+                            mime::Binary::UnknownEncoding => {
+                                unknown_cte = true;
+                                out.extend_from_slice(b"NIL");
+                            }
+                        }
+                    }
+                    FetchItem::ModSeq => out.extend_from_slice(
+                        format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
+                    ),
+                    FetchItem::Flags => out.extend_from_slice(
+                        format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
+                    ),
+                    FetchItem::InternalDate => {
+                        let secs = match &record {
+                            Some(r) => r.internal_date,
+                            None => message::internal_date(&sel.folder, &entry),
+                        };
+                        out.extend_from_slice(
+                            format!("INTERNALDATE {}", internal_date(secs)).as_bytes(),
+                        );
+                    }
+                    FetchItem::Rfc822Size => {
+                        let size = match (entry.wire_size(), &record, &message) {
+                            (Some(s), _, _) => s,
+                            (None, Some(r), _) => r.size,
+                            (None, None, Some(m)) if need == Need::Everything => m.len() as u64,
+                            _ => read_message(&sel.folder, &entry, Need::Everything)
+                                .map_or(0, |m| m.len() as u64),
+                        };
+                        out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes());
+                    }
+                    FetchItem::Envelope => {
+                        out.extend_from_slice(b"ENVELOPE ");
+                        match (&record, &message) {
+                            (Some(r), _) => out.extend_from_slice(&r.envelope),
+                            (None, m) => mime::envelope(
+                                &mut out,
+                                mime::header_of(m.as_deref().unwrap_or(b"")),
+                            ),
+                        }
+                    }
+                    FetchItem::Body | FetchItem::BodyStructure => {
+                        let extended = *item == FetchItem::BodyStructure;
+                        out.extend_from_slice(if extended {
+                            b"BODYSTRUCTURE "
+                        } else {
+                            b"BODY "
+                        });
+                        let from_cache = record.as_ref().and_then(|r| {
+                            if extended {
+                                r.bodystructure.as_deref()
+                            } else {
+                                r.body.as_deref()
+                            }
+                        });
+                        match (from_cache, &message, &structure) {
+                            (Some(text), _, _) => out.extend_from_slice(text),
+                            (None, Some(m), Some(root)) => {
+                                mime::body_structure(&mut out, m, root, extended)
+                            }
+                            _ => out.extend_from_slice(b"NIL"),
+                        }
+                    }
+                    FetchItem::Rfc822 => {
+                        out.extend_from_slice(b"RFC822 ");
+                        literal(&mut out, message.as_deref().unwrap_or(b""));
+                    }
+                    FetchItem::Rfc822Header => {
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        literal(&mut out, mime::header_of(message.as_deref().unwrap_or(b"")));
+                    }
+                    FetchItem::Rfc822Text => {
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        let m = message.as_deref().unwrap_or(b"");
+                        literal(&mut out, &m[mime::header_of(m).len()..]);
+                    }
+                    FetchItem::Section {
+                        section, partial, ..
+                    } => {
+                        out.extend_from_slice(b"BODY[");
+                        section_name(&mut out, section);
+                        out.push(b']');
+                        let m = message.as_deref().unwrap_or(b"");
+                        let data = mime::section_data(m, structure.as_ref(), section);
+                        match (data, partial) {
+                            (None, _) => out.extend_from_slice(b" NIL"),
+                            (Some(data), None) => {
+                                out.push(b' ');
+                                literal(&mut out, &data);
+                            }
+                            (Some(data), Some((origin, count))) => {
+                                out.extend_from_slice(format!("<{origin}> ").as_bytes());
+                                let start = (*origin as usize).min(data.len());
+                                let end = start.saturating_add(*count as usize).min(data.len());
+                                literal(&mut out, &data[start..end]);
+                            }
+                        }
+                    }
+                }
             }
+            if flags_changed && !wants_flags {
+                sep(&mut out);
+                out.extend_from_slice(
+                    format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
+                );
+            }
+            if flags_changed && condstore {
+                // The implicit \Seen gave the message a new mod-sequence.
+                let new = sel.update_modseqs();
+                if new.contains(&entry.uid) && !items.contains(&FetchItem::ModSeq) {
+                    sep(&mut out);
+                    out.extend_from_slice(
+                        format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
+                    );
+                }
+            }
+            out.extend_from_slice(b")\r\n");
+            session.out(&out).await?;
         }
-        out.extend_from_slice(b")\r\n");
-        session.out(&out).await?;
+        if let Some(sel) = session.selected.as_mut() {
+            sel.done_with_cache();
+        }
+        Ok(if unknown_cte {
+            Done::No("[UNKNOWN-CTE] a part has a transfer encoding this server cannot undo".into())
+        } else if gone {
+            Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
+        } else {
+            Done::Ok("FETCH completed".into())
+        })
     }
-    if let Some(sel) = session.selected.as_mut() {
-        sel.done_with_cache();
-    }
-    Ok(if unknown_cte {
-        Done::No("[UNKNOWN-CTE] a part has a transfer encoding this server cannot undo".into())
-    } else if gone {
-        Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
-    } else {
-        Done::Ok("FETCH completed".into())
-    })
 }

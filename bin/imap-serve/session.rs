@@ -602,17 +602,13 @@ impl Session {
                 return Ok(Done::Ok("completed, no mailbox selected".into()));
             }
             Body::Expunge(uids) => self.expunge(uids.as_ref()).await?,
-            Body::Search { uid, key, ret } => {
-                crate::search::search(self, &tag, uid, &key, ret.as_deref()).await?
-            }
-            Body::Sort { uid, criteria, key } => {
-                crate::thread::sort(self, uid, &criteria, &key).await?
-            }
+            Body::Search { uid, key, ret } => self.search(&tag, uid, &key, ret.as_deref()).await?,
+            Body::Sort { uid, criteria, key } => self.sort(uid, &criteria, &key).await?,
             Body::Thread {
                 uid,
                 references,
                 key,
-            } => crate::thread::thread(self, uid, references, &key).await?,
+            } => self.thread(uid, references, &key).await?,
             Body::Fetch {
                 uid,
                 set,
@@ -620,11 +616,8 @@ impl Session {
                 changed_since,
                 vanished,
             } => {
-                let modifiers = crate::fetch::Modifiers {
-                    changed_since,
-                    vanished,
-                };
-                crate::fetch::fetch(self, uid, &set, &items, modifiers).await?
+                self.fetch(uid, &set, &items, changed_since, vanished)
+                    .await?
             }
             Body::Store {
                 uid,
@@ -785,7 +778,7 @@ impl Session {
         if response == "*" {
             return Ok(Done::Bad("authentication cancelled".into()));
         }
-        let Some((user, password)) = postroom::directory::sasl::decode_plain(&response) else {
+        let Some((user, password)) = postroom::proto::sasl::decode_plain(&response) else {
             return Ok(Done::Bad("malformed PLAIN response".into()));
         };
         self.check_password(user, password).await

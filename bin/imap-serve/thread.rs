@@ -189,40 +189,43 @@ fn items(session: &mut Session, key: &SearchKey) -> Result<Vec<Item>, Done> {
         .collect())
 }
 
-pub async fn sort(
-    session: &mut Session,
-    uid: bool,
-    criteria: &[(bool, SortKey)],
-    key: &SearchKey,
-) -> Result<Done, NetError> {
-    let items = match items(session, key) {
-        Ok(items) => items,
-        Err(done) => return Ok(done),
-    };
-    // Every key computed once per message, not once per comparison.
-    let keys: Vec<Vec<SortValue>> = items
-        .iter()
-        .map(|item| criteria.iter().map(|(_, k)| sort_value(item, *k)).collect())
-        .collect();
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|&a, &b| {
-        for (n, (reverse, _)) in criteria.iter().enumerate() {
-            let o = keys[a][n].cmp(&keys[b][n]);
-            let o = if *reverse { o.reverse() } else { o };
-            if o != Ordering::Equal {
-                return o;
+impl Session {
+    pub async fn sort(
+        &mut self,
+        uid: bool,
+        criteria: &[(bool, SortKey)],
+        key: &SearchKey,
+    ) -> Result<Done, NetError> {
+        let session = self;
+        let items = match items(session, key) {
+            Ok(items) => items,
+            Err(done) => return Ok(done),
+        };
+        // Every key computed once per message, not once per comparison.
+        let keys: Vec<Vec<SortValue>> = items
+            .iter()
+            .map(|item| criteria.iter().map(|(_, k)| sort_value(item, *k)).collect())
+            .collect();
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| {
+            for (n, (reverse, _)) in criteria.iter().enumerate() {
+                let o = keys[a][n].cmp(&keys[b][n]);
+                let o = if *reverse { o.reverse() } else { o };
+                if o != Ordering::Equal {
+                    return o;
+                }
             }
+            items[a].seq.cmp(&items[b].seq)
+        });
+        let mut line = String::from("* SORT");
+        for i in order {
+            line.push(' ');
+            line.push_str(&items[i].number(uid).to_string());
         }
-        items[a].seq.cmp(&items[b].seq)
-    });
-    let mut line = String::from("* SORT");
-    for i in order {
-        line.push(' ');
-        line.push_str(&items[i].number(uid).to_string());
+        line.push_str("\r\n");
+        session.out(line.as_bytes()).await?;
+        Ok(Done::Ok("SORT completed".into()))
     }
-    line.push_str("\r\n");
-    session.out(line.as_bytes()).await?;
-    Ok(Done::Ok("SORT completed".into()))
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -252,26 +255,29 @@ fn sort_value(item: &Item, key: SortKey) -> SortValue {
     }
 }
 
-pub async fn thread(
-    session: &mut Session,
-    uid: bool,
-    references: bool,
-    key: &SearchKey,
-) -> Result<Done, NetError> {
-    let items = match items(session, key) {
-        Ok(items) => items,
-        Err(done) => return Ok(done),
-    };
-    let forest = if references {
-        by_references(&items)
-    } else {
-        by_subject(&items)
-    };
-    let mut line = String::from("* THREAD ");
-    forest.print(&items, uid, &mut line);
-    line.push_str("\r\n");
-    session.out(line.as_bytes()).await?;
-    Ok(Done::Ok("THREAD completed".into()))
+impl Session {
+    pub async fn thread(
+        &mut self,
+        uid: bool,
+        references: bool,
+        key: &SearchKey,
+    ) -> Result<Done, NetError> {
+        let session = self;
+        let items = match items(session, key) {
+            Ok(items) => items,
+            Err(done) => return Ok(done),
+        };
+        let forest = if references {
+            by_references(&items)
+        } else {
+            by_subject(&items)
+        };
+        let mut line = String::from("* THREAD ");
+        forest.print(&items, uid, &mut line);
+        line.push_str("\r\n");
+        session.out(line.as_bytes()).await?;
+        Ok(Done::Ok("THREAD completed".into()))
+    }
 }
 
 /// Containers: a message (an index into the items) or a placeholder.

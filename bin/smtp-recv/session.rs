@@ -751,7 +751,7 @@ impl Session {
                 } else {
                     Some(initial)
                 };
-                response.and_then(|r| postroom::directory::sasl::decode_plain(&r))
+                response.and_then(|r| postroom::proto::sasl::decode_plain(&r))
             }
             smtp_proto::AUTH_LOGIN => {
                 let user = if initial.is_empty() {

@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Outcome};
+use postroom::delivery::dsn::{self, Kind};
 use postroom::delivery::submit::{Recipients, Submission, submit};
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
-use postroom::proto::dsn::{self, Kind};
 use postroom::store::queue::{
     LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
 };

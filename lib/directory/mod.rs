@@ -1,5 +1,5 @@
 //! Who exists and who may log in: the users file, aliases, domains,
-//! access rules, password hashes, login backoff, SASL decoding and the
+//! access rules, password hashes, login backoff and the
 //! SRS addresses that stand for forwarded senders.
 
 pub mod access;
@@ -8,6 +8,5 @@ pub mod authlimit;
 pub mod domains;
 pub mod password;
 pub mod reloading;
-pub mod sasl;
 pub mod srs;
 pub mod users;

@@ -12,34 +12,9 @@ use std::sync::Mutex;
 
 use subtle::ConstantTimeEq;
 
-/// A password scheme postroom can hash new passwords with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Argon2id,
-    Sha512Crypt,
-    BlfCrypt,
-}
-
-impl Scheme {
-    /// Parses a scheme name as Dovecot spells it (case-insensitive).
-    pub fn parse(name: &str) -> Option<Scheme> {
-        match name.to_ascii_uppercase().as_str() {
-            "ARGON2ID" => Some(Scheme::Argon2id),
-            "SHA512-CRYPT" => Some(Scheme::Sha512Crypt),
-            "BLF-CRYPT" => Some(Scheme::BlfCrypt),
-            _ => None,
-        }
-    }
-
-    /// Dovecot's spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheme::Argon2id => "ARGON2ID",
-            Scheme::Sha512Crypt => "SHA512-CRYPT",
-            Scheme::BlfCrypt => "BLF-CRYPT",
-        }
-    }
-}
+/// A scheme new passwords are hashed with; its names are the values of
+/// `auth.default_scheme`, so the config module owns the list.
+pub use crate::config::PasswordScheme as Scheme;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {

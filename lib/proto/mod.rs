@@ -3,10 +3,11 @@
 //! line endings, addresses and delivery status notifications.
 
 pub mod address;
-pub mod dsn;
+pub mod flags;
 pub mod imap;
 pub mod message;
 pub mod mime;
 pub mod pop3;
+pub mod sasl;
 pub mod smtp;
 pub mod xtext;

@@ -312,8 +312,7 @@ pub fn uidl(base: &str) -> std::borrow::Cow<'_, str> {
 /// passwd`) into login and password. An authorization identity other than
 /// the login itself is refused: nobody may act as someone else here.
 pub fn decode_plain(response: &str) -> Option<(String, Password)> {
-    crate::directory::sasl::decode_plain(response)
-        .map(|(login, password)| (login, Password(password)))
+    crate::proto::sasl::decode_plain(response).map(|(login, password)| (login, Password(password)))
 }
 
 /// Turns the bytes of a stored message into a RETR or TOP response body:

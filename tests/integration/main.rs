@@ -5,6 +5,7 @@ mod auth;
 mod dns;
 mod foundation;
 mod imap_serve;
+mod layout;
 mod list_expand;
 mod mailsort;
 mod man_pages;

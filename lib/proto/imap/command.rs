@@ -194,7 +194,7 @@ pub enum StatusItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchKey {
     All,
-    /// A system flag bit (see `crate::store::mailbox::flags`), set or not.
+    /// A system flag bit (see `crate::proto::flags`), set or not.
     Flag(u8, bool),
     Keyword(String, bool),
     New,
@@ -1417,7 +1417,7 @@ impl<'a> Parser<'a> {
         if self.looks_like_sequence_set() {
             return Ok(SearchKey::Seq(self.sequence_set()?));
         }
-        use crate::store::mailbox::flags;
+        use crate::proto::flags;
         let key = self.word()?;
         let text = |p: &mut Self| -> R<String> {
             p.sp()?;

@@ -2,9 +2,8 @@
 //! lists (FLAGS, PERMANENTFLAGS), dates, the names FETCH gives sections, and
 //! ESEARCH answers. Sequence sets write themselves (`command::SequenceSet`).
 
+use crate::proto::flags::{Flags, Keywords, SYSTEM};
 use crate::proto::imap::command::{Section, SectionText, SequenceSet};
-use crate::store::mailbox::flags::SYSTEM;
-use crate::store::mailbox::{Flags, Keywords};
 
 /// A `string`: quoted when it is printable ASCII, else a literal.
 pub fn quoted_or_literal(out: &mut Vec<u8>, s: &[u8]) {

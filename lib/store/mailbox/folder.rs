@@ -272,7 +272,7 @@ impl Folder {
             validity: list.validity,
             next_uid: list.next_uid,
             entries,
-            keywords: super::flags::Keywords::read(&self.dir).map_err(self.io())?,
+            keywords: super::flags::read_keywords(&self.dir).map_err(self.io())?,
         };
         Ok((state, cur.len()))
     }
@@ -416,14 +416,14 @@ impl Folder {
     /// fit (26 letters).
     pub fn add_keywords(&self, names: &[&str]) -> Result<(Keywords, bool), MailboxError> {
         let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
-        let mut keywords = Keywords::read(&self.dir).map_err(self.io())?;
+        let mut keywords = super::flags::read_keywords(&self.dir).map_err(self.io())?;
         let before = keywords.clone();
         let mut all_fit = true;
         for name in names {
             all_fit &= keywords.add(name).is_some();
         }
         if keywords != before {
-            keywords.write(&self.dir).map_err(self.io())?;
+            super::flags::write_keywords(&self.dir, &keywords).map_err(self.io())?;
         }
         drop(lock);
         Ok((keywords, all_fit))
@@ -546,7 +546,7 @@ impl Folder {
         let host = crate::store::fsutil::host_for_names(hostname);
         // Keyword letters are per folder: map each source letter to the
         // destination's letter for the same name.
-        let ours = Keywords::read(&self.dir).map_err(self.io())?;
+        let ours = super::flags::read_keywords(&self.dir).map_err(self.io())?;
         let used = entries.iter().fold(0u32, |acc, e| acc | e.flags().keywords);
         let names: Vec<&str> = ours.names_of(used).collect();
         let mut letters = [None::<usize>; super::flags::MAX_KEYWORDS];
