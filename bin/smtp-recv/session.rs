@@ -786,18 +786,12 @@ impl Session {
             ));
             return Ok(Next::Continue);
         };
-        let directory = self.shared.directory();
-        let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
-        let checked = limit
-            .check(ip, &tried, move || {
-                let users = directory.users();
-                users
-                    .authenticate(&login, &password)
-                    .map(|u| u.map(|u| u.address.clone()))
-            })
-            .await;
+        let checked = AuthLimit::from_config(&self.shared.config)
+            .check_password(ip, self.shared.directory().shared_users(), login, password)
+            .await
+            .map(|user| user.map(|u| u.address));
         match checked {
             Ok(Some(user)) => {
                 tracing::info!(%user, "authenticated");

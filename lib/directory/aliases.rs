@@ -22,9 +22,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::directory::domains::Domains;
+
 use crate::directory::users::{Unavailable, User, Users};
 use crate::proto::address::{Address, EnvelopeText};
 use crate::proto::xtext;
@@ -269,7 +271,8 @@ fn parse_target(text: &str) -> Result<Written, String> {
 pub struct Directory {
     config: Config,
     domains: Domains,
-    users: Users,
+    /// Shared, so a password check on the blocking pool can hold it.
+    users: Arc<Users>,
     aliases: Aliases,
 }
 
@@ -278,7 +281,7 @@ impl Directory {
     pub fn load(config: &Config) -> Result<Directory, FileError> {
         Ok(Directory {
             domains: Domains::load(&config.domains_file())?,
-            users: Users::load(&config.users_file())?,
+            users: Arc::new(Users::load(&config.users_file())?),
             aliases: Aliases::load(&config.aliases_file())?,
             config: config.clone(),
         })
@@ -290,7 +293,7 @@ impl Directory {
     pub fn reload(config: &Config) -> Result<Directory, FileError> {
         Ok(Directory {
             domains: Domains::load(&config.domains_file())?,
-            users: Users::reload(&config.users_file())?,
+            users: Arc::new(Users::reload(&config.users_file())?),
             aliases: Aliases::load(&config.aliases_file())?,
             config: config.clone(),
         })
@@ -305,7 +308,7 @@ impl Directory {
         Directory {
             config,
             domains,
-            users,
+            users: Arc::new(users),
             aliases,
         }
     }
@@ -316,6 +319,12 @@ impl Directory {
 
     pub fn users(&self) -> &Users {
         &self.users
+    }
+
+    /// The users, to hand to work that outlives this borrow (a password
+    /// check on the blocking pool).
+    pub fn shared_users(&self) -> Arc<Users> {
+        Arc::clone(&self.users)
     }
 
     /// The user an address delivers to directly (with or without +detail).
