@@ -1459,13 +1459,8 @@ const MAX_HOPS: usize = 100;
 
 /// Received headers in a message's header block (our own included).
 fn hops(staged: &Staged) -> usize {
-    use std::io::Read;
-    let mut head = Vec::new();
-    if let Ok(body) = staged.message.body() {
-        let _ = body.take(1 << 20).read_to_end(&mut head);
-    }
-    let len = postroom::proto::message::header_len(&head);
-    postroom::proto::message::header_fields(&head[..len])
+    let head = staged.message.header_block(1 << 20).unwrap_or_default();
+    postroom::proto::message::header_fields(&head)
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
         .count()

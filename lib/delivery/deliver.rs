@@ -130,7 +130,7 @@ fn attempt(
     due: &[usize],
 ) -> Result<Vec<(usize, Outcome)>, QueueError> {
     let now = fsutil::now_secs();
-    let headers = header_block(message)?;
+    let headers = message.header_block(256 * 1024)?;
     let mut outcomes = Vec::new();
     for &i in due {
         let rcpt = &message.envelope.recipients[i];
@@ -379,24 +379,6 @@ pub fn run_pipe(
     }
 }
 
-/// The header block of the queued body (up to the first empty line, at most
-/// 256 KiB: enough to find loop markers without reading a huge message).
-fn header_block(message: &QueuedMessage) -> Result<Vec<u8>, QueueError> {
-    let mut head = Vec::new();
-    message
-        .body()?
-        .take(256 * 1024)
-        .read_to_end(&mut head)
-        .map_err(|e| QueueError::Io {
-            path: message.path().to_path_buf(),
-            error: e,
-        })?;
-    if let Some(end) = find(&head, b"\r\n\r\n") {
-        head.truncate(end + 2);
-    }
-    Ok(head)
-}
-
 /// True if a `Delivered-To:` header names `rcpt`: this message has been
 /// here before, so delivering again would loop.
 fn has_delivered_to(headers: &[u8], rcpt: &Address) -> bool {
@@ -407,10 +389,6 @@ fn has_delivered_to(headers: &[u8], rcpt: &Address) -> bool {
             && line[..13].eq_ignore_ascii_case("delivered-to:")
             && line[13..].trim().to_ascii_lowercase() == wanted
     })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::directory::domains::Domains;
-
 use crate::directory::users::{Unavailable, User, Users};
 use crate::proto::address::{Address, EnvelopeText};
 use crate::proto::xtext;

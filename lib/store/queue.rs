@@ -1205,6 +1205,19 @@ impl QueuedMessage {
         }
     }
 
+    /// The header block of the body, its empty line included, read no
+    /// further than `limit` bytes: enough to count hops or find loop
+    /// markers without reading a large message.
+    pub fn header_block(&self, limit: u64) -> Result<Vec<u8>, QueueError> {
+        let mut head = Vec::new();
+        self.body()?
+            .take(limit)
+            .read_to_end(&mut head)
+            .map_err(io_err(&self.path))?;
+        head.truncate(crate::proto::message::header_len(&head));
+        Ok(head)
+    }
+
     /// The body's length: as written at commit, or for a file from before
     /// the envelope recorded it, as found.
     pub fn body_length(&self) -> u64 {
