@@ -20,10 +20,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 /// One client connection: line reading with limits, buffered replies,
 /// STARTTLS. Every read and write waits at most the idle timeout.
 pub struct Connection {
-pub(super)     id: String,
-pub(super)     peer: Option<SocketAddr>,
+    pub(super) id: String,
+    pub(super) peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
-pub(super)     listener: Arc<str>,
+    pub(super) listener: Arc<str>,
     /// None only after a failed TLS handshake, which leaves nothing usable.
     io: Option<Box<dyn Transport>>,
     /// Protocol and cipher once TLS is on.
@@ -35,7 +35,7 @@ pub(super)     listener: Arc<str>,
     end: usize,
     /// The line being assembled, kept here rather than in `read_line`'s
     /// future so that a `read_line` dropped by `select!` loses nothing.
-pub(super)     line: Vec<u8>,
+    pub(super) line: Vec<u8>,
     /// Inside an over-long line, throwing bytes away up to its LF.
     discarding: bool,
     /// The last byte read was a CR: after an over-long line, whether it
@@ -44,7 +44,7 @@ pub(super)     line: Vec<u8>,
     /// The first bytes of the last over-long line, so a protocol can tell
     /// what it was (an over-long `BDAT` line must end an SMTP session).
     long_line_start: [u8; 8],
-pub(super)     out: Vec<u8>,
+    pub(super) out: Vec<u8>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -74,7 +74,7 @@ impl Connection {
         Connection::with_parts(Box::new(stream), peer, None, listener.into(), idle_timeout)
     }
 
-pub(super)     fn with_parts(
+    pub(super) fn with_parts(
         io: Box<dyn Transport>,
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,

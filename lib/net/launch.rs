@@ -22,9 +22,9 @@ pub enum Launch {
 /// One listening socket and what is spoken on it.
 #[derive(Debug)]
 pub struct Listener {
-pub(super)     socket: std::net::TcpListener,
-pub(super)     name: Arc<str>,
-pub(super)     tls: bool,
+    pub(super) socket: std::net::TcpListener,
+    pub(super) name: Arc<str>,
+    pub(super) tls: bool,
 }
 
 impl Listener {

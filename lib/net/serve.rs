@@ -372,11 +372,7 @@ impl Limiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn acquire(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        alive: mpsc::Sender<()>,
-    ) -> Result<Slot, Refused> {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, alive: mpsc::Sender<()>) -> Result<Slot, Refused> {
         let mut counts = self.counts();
         if counts.total >= self.max_total {
             return Err(Refused::Total(counts.total));
