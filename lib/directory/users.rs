@@ -133,7 +133,7 @@ impl Users {
     /// [`NO_USERS_MARK`], gives an [`unavailable`](Users::unavailable) set
     /// of users (logged), so that mail waits instead of bouncing.
     pub fn load(path: &Path) -> Result<Users, FileError> {
-        let users = match std::fs::read_to_string(path) {
+        let users = match crate::store::fsutil::read_to_string_fresh(path) {
             Ok(text) => Users::parse(&text, path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Users {
                 by_address: HashMap::new(),

@@ -59,7 +59,7 @@ impl FileError {
     /// Reads a tree file; a missing file reads as empty, since a fresh tree
     /// may have no users, aliases or domains yet.
     pub fn read(path: &Path) -> Result<String, FileError> {
-        match std::fs::read_to_string(path) {
+        match read_to_string_fresh(path) {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
             Err(error) => Err(FileError::Io {
@@ -182,6 +182,60 @@ where
 /// separator or the info separator in it.
 pub fn host_for_names(hostname: &str) -> String {
     hostname.replace('/', "\\057").replace(':', "\\072")
+}
+
+/// True when `path` is on a filesystem other hosts may share: a network
+/// filesystem (NFS, CephFS, SMB, AFS, 9P, Lustre), a cluster filesystem
+/// (GFS2, OCFS2) or FUSE (GlusterFS, MooseFS, ceph-fuse). There inotify
+/// sees only this host's changes. Unknown when statfs fails: not shared.
+pub fn is_shared_filesystem(path: &Path) -> bool {
+    const SHARED: [u64; 11] = [
+        0x6969,      // NFS
+        0x6573_5546, // FUSE
+        0x00c3_6400, // CephFS
+        0xfe53_4d42, // SMB2
+        0xff53_4d42, // CIFS
+        0x517b,      // SMB
+        0x5346_414f, // AFS
+        0x0102_1997, // 9P
+        0x0bd0_0bd0, // Lustre
+        0x0116_1970, // GFS2
+        0x7461_636f, // OCFS2
+    ];
+    match rustix::fs::statfs(path) {
+        Ok(fs) => SHARED.contains(&(fs.f_type as u64)),
+        Err(_) => false,
+    }
+}
+
+/// Runs `open` (an open, or an open and a read) again when it fails with
+/// ESTALE. On NFS and FUSE a name whose file another host replaced (every
+/// atomic write is such a replace) may still point at the old file in this
+/// host's caches; the kernel drops the stale entry on the failure, so a
+/// second look finds the new file. A few tries, then the error stands.
+pub fn retry_stale<T>(mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match open() {
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::STALE.raw_os_error())
+                    && tries < 4 =>
+            {
+                tries += 1
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Reads a whole file, looking again on ESTALE ([`retry_stale`]).
+pub fn read_fresh(path: &Path) -> io::Result<Vec<u8>> {
+    retry_stale(|| std::fs::read(path))
+}
+
+/// [`read_fresh`] as text.
+pub fn read_to_string_fresh(path: &Path) -> io::Result<String> {
+    retry_stale(|| std::fs::read_to_string(path))
 }
 
 /// Seconds since the Unix epoch.

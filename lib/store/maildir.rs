@@ -897,18 +897,20 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 /// a symlink (not followed), reads as `None`, and the next write puts a
 /// real file in its place.
 pub fn read_side_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let mut file = match open_nofollow(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    let read = || {
+        let mut bytes = Vec::new();
+        open_nofollow(path)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match fsutil::retry_stale(read) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
             tracing::warn!("{}: a symlink, not followed", path.display());
-            return Ok(None);
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+        Err(e) => Err(e),
+    }
 }
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY

@@ -9,6 +9,7 @@ mod layout;
 mod list_expand;
 mod mailsort;
 mod man_pages;
+mod multihost;
 mod pop3_serve;
 mod sink;
 mod smtp_recv;
