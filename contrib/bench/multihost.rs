@@ -67,7 +67,14 @@ pub fn run(base: &Path, mounts: &str, messages: usize) -> anyhow::Result<()> {
 fn as_host(host: &str, binary: &Path, config: &Path) -> Command {
     let mut command = Command::new("unshare");
     command
-        .args(["--uts", "--", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
+        .args([
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            "hostname \"$0\" && exec \"$@\"",
+            host,
+        ])
         .arg(binary)
         .arg("--config")
         .arg(config);
