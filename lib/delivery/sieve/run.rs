@@ -864,6 +864,24 @@ I would like to make money fast.\r\n";
             .unwrap()
     }
 
+    /// Whether `if TEST { fileinto "hit"; }` files `message`, with the
+    /// extensions `require` names.
+    fn files(require: &str, test: &str, message: &[u8]) -> bool {
+        let script = format!("require [{require}];\nif {test} {{ fileinto \"hit\"; }}");
+        Script::compile(&script)
+            .unwrap_or_else(|e| panic!("{test}: {e}"))
+            .run(&Input {
+                message,
+                envelope_from: "",
+                envelope_to: "",
+                delimiter: '+',
+                mailbox_exists: &|_| false,
+                list: &|_| None,
+            })
+            .unwrap()
+            == [into("hit")]
+    }
+
     fn keep() -> Action {
         Action::Keep { flags: Vec::new() }
     }
@@ -1060,21 +1078,11 @@ if header :is "Sender" "owner-ietf-mtgs@ietf.org" {
 Received: from a by b; Mon, 23 Nov 2026 23:30:00 -0500\r\n\
 Date: Mon, 23 Nov 2026 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n";
         let run_on = |test: &str| {
-            let script = format!(
-                "require [\"fileinto\", \"date\", \"index\", \"relational\", \"comparator-i;ascii-numeric\"];\nif {test} {{ fileinto \"hit\"; }}"
-            );
-            Script::compile(&script)
-                .unwrap_or_else(|e| panic!("{test}: {e}"))
-                .run(&Input {
-                    message,
-                    envelope_from: "",
-                    envelope_to: "",
-                    delimiter: '+',
-                    mailbox_exists: &|_| false,
-                    list: &|_| None,
-                })
-                .unwrap()
-                == [into("hit")]
+            files(
+                r#""fileinto", "date", "index", "relational", "comparator-i;ascii-numeric""#,
+                test,
+                message,
+            )
         };
         // Shown in UTC by default: 04:30 on the 24th, a Tuesday.
         assert!(run_on(r#"date :is "date" "date" "24""#));
@@ -1160,21 +1168,7 @@ In-Reply-To: <parent@example.org>\r\n\
 References: <one@example.org>\r\n <parent@example.org>\r\n\
 From: \"Ann\" <ann@example.org>\r\n\
 Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n";
-        let hit = |test: &str| {
-            let script = format!("require \"fileinto\";\nif {test} {{ fileinto \"hit\"; }}");
-            Script::compile(&script)
-                .unwrap_or_else(|e| panic!("{test}: {e}"))
-                .run(&Input {
-                    message,
-                    envelope_from: "",
-                    envelope_to: "",
-                    delimiter: '+',
-                    mailbox_exists: &|_| false,
-                    list: &|_| None,
-                })
-                .unwrap()
-                == [into("hit")]
-        };
+        let hit = |test: &str| files(r#""fileinto""#, test, message);
         assert!(hit(
             r#"header :contains "List-Id" "<dev.lists.example.org>""#
         ));
