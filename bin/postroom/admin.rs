@@ -65,6 +65,9 @@ pub enum AliasCommand {
         key: String,
         #[arg(required = true)]
         targets: Vec<String>,
+        /// Accept targets that lead nowhere yet (a user added later).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove an alias.
     Del { key: String },
@@ -154,7 +157,12 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         ),
     ];
     for (name, text) in files {
-        postroom::store::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+        // Password hashes are secret; the rest is for anyone to read.
+        if name == "users" {
+            postroom::store::fsutil::write_secret(&dir.join(name), text.as_bytes())?;
+        } else {
+            postroom::store::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+        }
     }
     for sub in ["mail", "lists", "state"] {
         std::fs::create_dir_all(dir.join(sub))?;
@@ -312,7 +320,25 @@ pub fn alias(config: Option<PathBuf>, command: AliasCommand) -> anyhow::Result<E
     let config = crate::load_config(config)?;
     let file = config.aliases_file();
     match command {
-        AliasCommand::Add { key, targets } => {
+        AliasCommand::Add {
+            key,
+            targets,
+            force,
+        } => {
+            if !force {
+                let directory = aliases::Directory::load(&config)?;
+                let problems: Vec<String> = targets
+                    .iter()
+                    .filter_map(|t| directory.check_target(&key, t).err())
+                    .collect();
+                if !problems.is_empty() {
+                    bail!(
+                        "not added: {}; add the user first, or give --force for a target \
+                         that comes later",
+                        problems.join("; ")
+                    );
+                }
+            }
             aliases::add_alias(&file, &key, &targets)?;
             postroom::say!("{key}: {}", targets.join(", "));
         }

@@ -393,7 +393,7 @@ fn render(user: &NewUser) -> String {
 /// Adds users in one locked rewrite (10,000 in one call is one write). Any
 /// invalid or existing user refuses the whole call, naming them.
 pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
-    fsutil::edit_locked(path, |mut text| {
+    fsutil::edit_secret_locked(path, |mut text| {
         let existing = Users::parse(&text, path)?;
         let mut seen = HashSet::new();
         let mut refused = Vec::new();
@@ -442,7 +442,7 @@ fn edit_user(
     change: impl Fn(&str) -> Option<String>,
 ) -> Result<(), FileError> {
     let key = address.trim().to_lowercase();
-    fsutil::edit_locked(path, |text| {
+    fsutil::edit_secret_locked(path, |text| {
         let mut found = false;
         let mut out = String::with_capacity(text.len());
         for line in text.lines() {

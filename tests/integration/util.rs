@@ -253,14 +253,15 @@ impl Server {
 
 /// `postroom demo` with its sandbox in `root`, once its seven listeners are
 /// up: each of its ports (SMTP 2525, POP3 2110, …) plus `base`. Its stdout,
-/// where it prints the password, is piped.
+/// where it prints the password, is piped; `--verbose` puts the servers'
+/// log lines on its stderr, where they say which ports they hold.
 pub fn start_demo(root: &Path) -> Server {
     Server::start_with("postroom demo", 7, |base| {
         let mut demo = Command::new(bin("postroom"));
         demo.arg("demo")
             .arg("--root")
             .arg(root)
-            .args(["--port-offset", &base.to_string()])
+            .args(["--port-offset", &base.to_string(), "--verbose"])
             .stdout(Stdio::piped());
         demo
     })
@@ -307,11 +308,16 @@ pub struct Log(Arc<Mutex<(String, bool)>>);
 impl Log {
     /// Takes `child`'s stderr, which must be `Stdio::piped()`.
     pub fn capture(child: &mut Child) -> Log {
+        Log::read(child.stderr.take().expect("stderr is piped"))
+    }
+
+    /// Keeps what `from` says, line by line, on a thread (a child's
+    /// stdout, when that is where it speaks).
+    pub fn read(from: impl std::io::Read + Send + 'static) -> Log {
         let log = Log(Arc::new(Mutex::new((String::new(), false))));
-        let stderr = child.stderr.take().expect("stderr is piped");
         let kept = log.clone();
         std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
+            let mut reader = BufReader::new(from);
             let mut line = String::new();
             while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
                 kept.0.lock().unwrap().0.push_str(&line);
