@@ -32,7 +32,7 @@ const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
-const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       (run as mailq: -bp; as newaliases: -bi)";
+const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       run as mailq it does -bp and as newaliases -bi";
 
 /// What a run does: sendmail's `-b` modes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
