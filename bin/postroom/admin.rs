@@ -46,8 +46,14 @@ pub enum UserCommand {
     },
     /// Remove a user (their mail stays on disk).
     Del { address: String },
-    /// List users, one per line.
-    List,
+    /// List users, one per line: address, quota, usage (or --json).
+    List {
+        /// A JSON array of {address, quota, used, messages}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a user's quota (500M, 2G; `none` for no quota of their own).
+    Quota { address: String, size: String },
     /// Change a user's password.
     Passwd {
         address: String,
@@ -272,13 +278,18 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                 config.mail_dir().display()
             );
         }
-        UserCommand::List => {
-            let users = users::Users::load(&file)?;
-            let mut out = std::io::stdout().lock();
-            let mut names: Vec<&str> = users.iter().map(|u| u.address.as_str()).collect();
-            names.sort_unstable();
-            for name in names {
-                writeln!(out, "{name}")?;
+        UserCommand::List { json } => list_users(&config, json)?,
+        UserCommand::Quota { address, size } => {
+            let quota = match size.as_str() {
+                "none" | "0" => None,
+                _ => Some(postroom::config::parse_size(&size).map_err(anyhow::Error::msg)?),
+            };
+            users::set_quota(&file, &address, quota)?;
+            match quota {
+                Some(bytes) => postroom::say!("{address}: quota {}", human_size(bytes)),
+                None => postroom::say!(
+                    "{address}: no quota of their own (delivery.default_quota applies)"
+                ),
             }
         }
         UserCommand::Passwd {
@@ -292,6 +303,69 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `user list`: one line per user, sorted, with the quota in force (the
+/// user's, else `delivery.default_quota`) and what the mailbox holds.
+fn list_users(config: &Config, json: bool) -> anyhow::Result<()> {
+    let users = users::Users::load(&config.users_file())?;
+    let mut sorted: Vec<&users::User> = users.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.address.cmp(&b.address));
+    let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
+    for user in sorted {
+        let quota = user
+            .quota
+            .or(Some(config.delivery.default_quota))
+            .filter(|&q| q > 0);
+        let maildir = postroom::store::maildir::Maildir::new(users::maildir_of(config, user));
+        // A mailbox not made yet holds nothing; an unreadable one says so.
+        let usage = maildir.usage().ok();
+        if json {
+            rows.push(serde_json::json!({
+                "address": user.address,
+                "quota": quota,
+                "used": usage.map(|u| u.0),
+                "messages": usage.map(|u| u.1),
+            }));
+            continue;
+        }
+        let used = match usage {
+            Some((bytes, messages)) => format!("{} in {messages} message(s)", human_size(bytes)),
+            None => "unreadable".to_string(),
+        };
+        let share = match (quota, usage) {
+            (Some(q), Some((bytes, _))) => format!(" ({}%)", bytes.saturating_mul(100) / q),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "{}  quota {}  used {used}{share}",
+            user.address,
+            quota.map_or_else(|| "none".to_string(), human_size)
+        )?;
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+/// Bytes as an admin reads them: 512B, 20K, 1.5M, 2G.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    for (size, unit) in UNITS {
+        if bytes >= size {
+            let whole = bytes / size;
+            let tenth = (bytes % size) * 10 / size;
+            return if tenth == 0 || whole >= 100 {
+                format!("{whole}{unit}")
+            } else {
+                format!("{whole}.{tenth}{unit}")
+            };
+        }
+    }
+    format!("{bytes}B")
 }
 
 fn new_user(

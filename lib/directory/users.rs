@@ -476,6 +476,26 @@ fn edit_user(
     })
 }
 
+/// Sets a user's quota in bytes (`None`: no quota of their own, so
+/// `delivery.default_quota` applies), keeping the rest of the line: the
+/// `userdb_quota_rule` in the extra fields is replaced, other fields stay.
+pub fn set_quota(path: &Path, address: &str, quota: Option<u64>) -> Result<(), FileError> {
+    edit_user(path, address, |line| {
+        let mut fields: Vec<String> = line.splitn(8, ':').map(str::to_string).collect();
+        fields.resize(fields.len().max(8), String::new());
+        let mut extra: Vec<String> = fields[7]
+            .split_whitespace()
+            .filter(|f| !f.starts_with("userdb_quota_rule=") && !f.starts_with("quota_rule="))
+            .map(str::to_string)
+            .collect();
+        if let Some(bytes) = quota {
+            extra.push(format!("userdb_quota_rule=*:storage={bytes}B"));
+        }
+        fields[7] = extra.join(" ");
+        Some(fields.join(":").trim_end_matches(':').to_string())
+    })
+}
+
 /// Removes a user's line; their mail stays on disk.
 pub fn remove_user(path: &Path, address: &str) -> Result<(), FileError> {
     edit_user(path, address, |_| None)

@@ -383,6 +383,12 @@ impl Maildir {
         }
     }
 
+    /// Bytes and messages stored, counted as the quota counts them, without
+    /// writing anything (for reports: `postroom user list`).
+    pub fn usage(&self) -> Result<(u64, u64), MaildirError> {
+        self.scan_usage()
+    }
+
     /// Sums sizes over INBOX and every folder, from the `,S=` in the names
     /// (stat only for names without it).
     fn scan_usage(&self) -> Result<(u64, u64), MaildirError> {

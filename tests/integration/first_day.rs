@@ -500,3 +500,44 @@ fn non_ascii_addresses_need_smtputf8_and_the_received_line_says_so() {
     // RFC 6531 §3.7.3: UTF8SMTPA, not ESMTPA (UTF8SMTPSA under TLS).
     assert!(stored[0].contains("with UTF8SMTPA\n"), "{}", stored[0]);
 }
+
+#[test]
+fn quotas_are_set_and_shown_from_the_shell() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    tree.add_user("bob@example.test");
+    ok(
+        "inject",
+        &tree.inject(&["ann@example.test"], b"Subject: one\n\nhello\n"),
+    );
+    ok(
+        "quota",
+        &tree.postroom(&["user", "quota", "ann@example.test", "2M"]),
+    );
+    let users = std::fs::read_to_string(tree.root().join("users")).unwrap();
+    assert!(
+        users.contains("userdb_quota_rule=*:storage=2097152B"),
+        "{users}"
+    );
+    let list = stdout(&tree.postroom(&["user", "list"]));
+    let ann = list.lines().find(|l| l.starts_with("ann@")).unwrap();
+    assert!(ann.contains("quota 2M") && ann.contains("in 1 message(s)"), "{list}");
+    let bob = list.lines().find(|l| l.starts_with("bob@")).unwrap();
+    assert!(bob.contains("quota none") && bob.contains("used 0B"), "{list}");
+    let json = tree.postroom(&["user", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[0]["address"], "ann@example.test");
+    assert_eq!(rows[0]["quota"], 2 * 1024 * 1024);
+    assert_eq!(rows[0]["messages"], 1);
+    assert!(rows[0]["used"].as_u64().unwrap() > 0);
+    assert!(rows[1]["quota"].is_null());
+    ok(
+        "quota none",
+        &tree.postroom(&["user", "quota", "ann@example.test", "none"]),
+    );
+    let json = tree.postroom(&["user", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(rows[0]["quota"].is_null(), "{rows}");
+    let out = tree.postroom(&["user", "quota", "ghost@example.test", "1G"]);
+    assert!(!out.status.success() && stderr(&out).contains("not a user"));
+}
