@@ -231,6 +231,14 @@ fn run(options: Options) -> Result<(), Failure> {
         .and_then(|()| incoming.write_all(rest))
         .map_err(|e| tempfail(format!("writing the queue file: {e}")))?;
     let staged = incoming.finish().map_err(tempfail)?;
+    tracing::info!(
+        queue_id = %id,
+        from = %sender,
+        size = staged.message.body_length(),
+        nrcpt = staged.message.envelope.recipients.len(),
+        uid = %nix::unistd::getuid(),
+        "received"
+    );
     // Early delivery: local recipients get the message now, and only what
     // is left enters the queue (postroom-queue(5)); -odq queues it all.
     let outcome = if options.queue_only {

@@ -1350,10 +1350,22 @@ impl Session {
             },
             None => staged,
         };
+        let (from, protocol) = (tx.sender.to_string(), self.protocol(&tx));
         self.tx = Some(tx);
         let staged = self.data_hook(staged).await;
         self.tx = None;
         let Some(staged) = staged else { return };
+        // The arrival, as log summarisers read it (postfix's cleanup and
+        // qmgr lines in one): who from, how big, for how many.
+        tracing::info!(
+            queue_id = %id,
+            from = %from,
+            size,
+            nrcpt = staged.message.envelope.recipients.len(),
+            client = %self.conn.peer().map(|p| p.ip().to_string()).unwrap_or_else(|| "local".into()),
+            protocol = %protocol,
+            "received"
+        );
         let config = self.shared.config.clone();
         let directory = self.shared.directory();
         // The 250 waits for the commit point: local delivery done, or the

@@ -96,6 +96,15 @@ fn bounces_of_injected_mail_reach_the_postmaster_with_the_default_config() {
         .unwrap();
     ok("smtp-send", &send);
     assert!(!stderr(&send).contains("dropped"), "{}", stderr(&send));
+    // One summary line per recipient and attempt, as log summarisers read.
+    let summary = stderr(&send);
+    let line = summary
+        .lines()
+        .find(|l| l.contains("to=friend@nowhere.test"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    for field in ["delivery", "queue_id=", "from=root@mail.example.test", "size=", "relay=nowhere.test", "delay=", "status=bounced"] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
     let reports = messages(&tree.maildir("ann"));
     assert_eq!(reports.len(), 1, "the bounce reached ann");
     assert!(reports[0].contains("friend@nowhere.test"), "{}", reports[0]);
@@ -540,4 +549,171 @@ fn quotas_are_set_and_shown_from_the_shell() {
     assert!(rows[0]["quota"].is_null(), "{rows}");
     let out = tree.postroom(&["user", "quota", "ghost@example.test", "1G"]);
     assert!(!out.status.success() && stderr(&out).contains("not a user"));
+}
+
+/// The JSON objects a program logged on stderr.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"))
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_carry_one_summary_per_message_for_log_summarisers() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    let mut inject = tree.inject_command(&["-f", "bob@remote.test", "ann@example.test"]);
+    inject
+        .env("POSTROOM_LOG", "info")
+        .env("POSTROOM_LOG_FORMAT", "json");
+    let out = run_with(inject, b"Subject: logged\n\nhi\n");
+    ok("mail-inject", &out);
+    let events = json_lines(&stderr(&out));
+    assert!(events.iter().all(|e| e["program"] == "mail-inject"), "{events:?}");
+    let received = events
+        .iter()
+        .find(|e| e["message"] == "received")
+        .expect("a received event");
+    assert_eq!(received["from"], "bob@remote.test");
+    assert_eq!(received["nrcpt"], 1);
+    assert!(received["size"].as_u64().unwrap() > 0);
+    let id = received["queue_id"].as_str().unwrap();
+    let delivery = events
+        .iter()
+        .find(|e| e["message"] == "delivery")
+        .expect("a delivery event");
+    assert_eq!(delivery["queue_id"], id);
+    assert_eq!(delivery["from"], "bob@remote.test");
+    assert_eq!(delivery["to"], "ann@example.test");
+    assert_eq!(delivery["relay"], "local");
+    assert_eq!(delivery["status"], "sent");
+    assert!(delivery["delay"].is_u64() && delivery["size"].is_u64(), "{delivery}");
+}
+
+#[test]
+fn journald_logs_go_to_the_journal_socket_with_searchable_fields() {
+    let socket_path = std::path::Path::new("/run/systemd/journal/socket");
+    if socket_path.exists() {
+        // A real journal: the fields land there; reading it back needs
+        // journalctl and its permissions, so only the exit is checked.
+        let tree = Tree::new();
+        tree.add_user("ann@example.test");
+        let mut inject = tree.inject_command(&["ann@example.test"]);
+        inject.env("POSTROOM_LOG_FORMAT", "journald");
+        ok("mail-inject", &run_with(inject, b"Subject: j\n\nhi\n"));
+        return;
+    }
+    // No journal here: stand in for it on its socket, as root can.
+    if std::fs::create_dir_all(socket_path.parent().unwrap()).is_err() {
+        eprintln!("cannot create /run/systemd/journal (not root): nothing to check");
+        return;
+    }
+    let journal = std::os::unix::net::UnixDatagram::bind(socket_path).unwrap();
+    struct Remove<'a>(&'a std::path::Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(socket_path);
+    journal
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    let mut inject = tree.inject_command(&["-f", "bob@remote.test", "ann@example.test"]);
+    inject
+        .env("POSTROOM_LOG", "info")
+        .env("POSTROOM_LOG_FORMAT", "journald");
+    let out = run_with(inject, b"Subject: journal\n\nhi\n");
+    ok("mail-inject", &out);
+    assert!(!stderr(&out).contains("received"), "{}", stderr(&out));
+    let mut records = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    journal.set_nonblocking(true).unwrap();
+    while let Ok(n) = journal.recv(&mut buf) {
+        records.push(journal_fields(&buf[..n]));
+    }
+    let delivery = records
+        .iter()
+        .find(|r| r.get("MESSAGE").map(String::as_str) == Some("delivery"))
+        .unwrap_or_else(|| panic!("no delivery record in {records:?}"));
+    for (field, value) in [
+        ("SYSLOG_IDENTIFIER", "mail-inject"),
+        ("TO", "ann@example.test"),
+        ("FROM", "bob@remote.test"),
+        ("STATUS", "sent"),
+        ("RELAY", "local"),
+    ] {
+        assert_eq!(delivery.get(field).map(String::as_str), Some(value), "{delivery:?}");
+    }
+    assert!(delivery.contains_key("QUEUE_ID"), "{delivery:?}");
+}
+
+/// The fields of one journal native-protocol datagram: `KEY=value\n`, or
+/// `KEY\n`, a 64-bit little-endian length, the value and `\n`.
+fn journal_fields(mut data: &[u8]) -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    while let Some(end) = data.iter().position(|&b| b == b'\n' || b == b'=') {
+        let key = String::from_utf8_lossy(&data[..end]).into_owned();
+        let value;
+        if data[end] == b'=' {
+            let rest = &data[end + 1..];
+            let stop = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            value = &rest[..stop];
+            data = rest.get(stop + 1..).unwrap_or_default();
+        } else {
+            let len = u64::from_le_bytes(data[end + 1..end + 9].try_into().unwrap()) as usize;
+            value = &data[end + 9..end + 9 + len];
+            data = data.get(end + 10 + len..).unwrap_or_default();
+        }
+        fields.insert(key, String::from_utf8_lossy(value).into_owned());
+    }
+    fields
+}
+
+#[test]
+fn an_ip_address_as_sni_is_not_a_warning() {
+    // Common clients send the server's IP address as SNI on every
+    // connection; rustls warns about it each time.
+    let tree = Tree::new();
+    for (level, shown) in [("info", false), ("debug", true)] {
+        let mut server = Server::start_with("smtp-recv", 2, |_| {
+            let mut c = Command::new(bin("smtp-recv"));
+            c.arg("--config")
+                .arg(&tree.config)
+                .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
+                .env("POSTROOM_LOG", level);
+            c
+        });
+        let out = sni_client(server.tls_port);
+        assert!(stdout(&out).contains("220 "), "{}", stderr(&out));
+        let _ = server.terminate();
+        wait_until("the log to end", Duration::from_secs(10), || {
+            server.log.ended().then_some(())
+        });
+        let log = server.log.text();
+        let line = log.lines().find(|l| l.contains("Illegal SNI"));
+        match (shown, line) {
+            (false, None) => {}
+            (true, Some(line)) => assert!(line.contains("DEBUG"), "{line}"),
+            _ => panic!("at {level}: {log}"),
+        }
+    }
+}
+
+/// `openssl s_client` with the IP address as SNI: one SMTPS session.
+fn sni_client(port: u16) -> Output {
+    let mut c = Command::new("openssl");
+    c.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "127.0.0.1",
+        "-quiet",
+    ]);
+    run_with(c, b"QUIT\r\n")
 }

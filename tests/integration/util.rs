@@ -196,9 +196,13 @@ impl Server {
             let base = 10_000 + rand::random::<u16>() % 19_000;
             // A process group of its own, so that stopping it stops what
             // it started too (the demo's servers).
-            let mut child = command(base)
+            let mut command = command(base);
+            // Info unless the test asked for another level.
+            if !command.get_envs().any(|(k, _)| k == "POSTROOM_LOG") {
+                command.env("POSTROOM_LOG", "info");
+            }
+            let mut child = command
                 .process_group(0)
-                .env("POSTROOM_LOG", "info")
                 .stdin(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
