@@ -208,9 +208,14 @@ fn scheme_of(config: &Config, name: Option<&str>) -> anyhow::Result<Scheme> {
     })
 }
 
+/// Whether a secret is a hash to store as given (`{SCHEME}…`).
+fn is_stored_hash(secret: &str) -> bool {
+    secret.starts_with('{') && secret.contains('}')
+}
+
 /// A stored hash as given (`{SCHEME}…`), or a fresh hash of a password.
 fn hash_or_keep(config: &Config, secret: &str) -> anyhow::Result<String> {
-    if secret.starts_with('{') && secret.contains('}') {
+    if is_stored_hash(secret) {
         return Ok(secret.to_string());
     }
     Ok(password::hash(secret, scheme_of(config, None)?)?)
@@ -242,6 +247,7 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                     std::fs::read_to_string(&list)
                         .with_context(|| format!("reading {}", list.display()))?
                 };
+                let mut lines = Vec::new();
                 for (n, line) in text.lines().enumerate() {
                     let line = line.trim();
                     if line.is_empty() || line.starts_with('#') {
@@ -250,8 +256,9 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                     let (addr, secret) = line
                         .split_once(char::is_whitespace)
                         .with_context(|| format!("line {}: expected ADDRESS PASSWORD", n + 1))?;
-                    entries.push(new_user(&config, &domains, addr, secret.trim(), quota)?);
+                    lines.push((n + 1, addr, secret.trim()));
                 }
+                entries = new_users(&config, &domains, &lines, quota)?;
             } else {
                 let address = address.unwrap_or_default();
                 let secret = read_password(password, password_stdin)?;
@@ -366,6 +373,44 @@ fn human_size(bytes: u64) -> String {
         }
     }
     format!("{bytes}B")
+}
+
+/// Many users at once. Hashing is the slow part (Argon2 takes ~28 ms a
+/// password, so thousands take minutes): it runs on every core, with a
+/// progress bar when stderr is a terminal.
+fn new_users(
+    config: &Config,
+    domains: &domains::Domains,
+    lines: &[(usize, &str, &str)],
+    quota: Option<u64>,
+) -> anyhow::Result<Vec<users::NewUser>> {
+    use rayon::prelude::*;
+    let to_hash = lines.iter().filter(|(_, _, s)| !is_stored_hash(s)).count();
+    let bar = if to_hash > 1 {
+        let bar = indicatif::ProgressBar::new(to_hash as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "hashing passwords {wide_bar} {pos}/{len}, {eta} left",
+        ) {
+            bar.set_style(style);
+        }
+        bar.tick();
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let entries = lines
+        .par_iter()
+        .map(|&(n, addr, secret)| {
+            let entry =
+                new_user(config, domains, addr, secret, quota).with_context(|| format!("line {n}"));
+            if !is_stored_hash(secret) {
+                bar.inc(1);
+            }
+            entry
+        })
+        .collect::<anyhow::Result<Vec<_>>>();
+    bar.finish_and_clear();
+    entries
 }
 
 fn new_user(

@@ -717,3 +717,52 @@ fn sni_client(port: u16) -> Output {
     ]);
     run_with(c, b"QUIT\r\n")
 }
+
+#[test]
+fn bulk_user_add_hashes_on_every_core_and_shows_progress_on_a_terminal() {
+    let tree = Tree::new();
+    let list: String = (0..8)
+        .map(|i| format!("user{i}@example.test password-{i}\n"))
+        .collect();
+    let file = tree.root().join("new-users");
+    std::fs::write(&file, list).unwrap();
+    // `script` gives the command a terminal, as an admin's shell would.
+    let command = format!(
+        "{} --config {} user add --file {}",
+        bin("postroom").display(),
+        tree.config.display(),
+        file.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    ok("user add --file under script", &out);
+    let screen = stdout(&out);
+    assert!(screen.contains("hashing passwords"), "{screen:?}");
+    assert!(screen.contains("added 8 user(s)"), "{screen:?}");
+    let users = postroom::directory::users::Users::load(&tree.root().join("users")).unwrap();
+    assert_eq!(users.len(), 8);
+    for i in [0, 7] {
+        let address = format!("user{i}@example.test");
+        assert!(
+            users.get(&address).unwrap().password.starts_with("{ARGON2ID}"),
+            "hashed with the default scheme"
+        );
+        assert!(
+            users
+                .authenticate(&address, &format!("password-{i}"))
+                .unwrap()
+                .is_some()
+        );
+    }
+    // Without a terminal, no bar: stdout stays one line.
+    let again: String = (8..10)
+        .map(|i| format!("user{i}@example.test password-{i}\n"))
+        .collect();
+    std::fs::write(&file, again).unwrap();
+    let out = tree.postroom(&["user", "add", "--file", file.to_str().unwrap()]);
+    ok("user add --file", &out);
+    assert_eq!(stdout(&out), "added 2 user(s)\n");
+    assert!(!stderr(&out).contains("hashing"), "{}", stderr(&out));
+}
