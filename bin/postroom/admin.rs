@@ -103,8 +103,13 @@ pub struct PasswdArgs {
     pub scheme: Option<String>,
 }
 
-pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let config_path = create_tree(&args.dir, &args.domain, args.hostname.as_deref())?;
+pub fn init(config: Option<PathBuf>, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let config_path = create_tree(
+        &args.dir,
+        &args.domain,
+        args.hostname.as_deref(),
+        config.as_deref(),
+    )?;
     postroom::say!("created {}", config_path.display());
     postroom::say!(
         "next: postroom --config {} user add USER@{} --password-stdin",
@@ -114,15 +119,24 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes a fresh tree; refuses to overwrite an existing config.
-pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::Result<PathBuf> {
+/// Writes a fresh tree; refuses to overwrite an existing config. The
+/// config goes in the tree with paths relative to it, or to `config_at`
+/// (`/etc/postroom/postroom.toml`) with absolute paths into the tree.
+pub fn create_tree(
+    dir: &Path,
+    domain: &str,
+    hostname: Option<&str>,
+    config_at: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     if !postroom::proto::address::is_domain_name(domain) {
         bail!("{domain:?} is not a domain name");
     }
     let hostname = hostname
         .map(str::to_string)
         .unwrap_or_else(|| format!("mail.{domain}"));
-    let config_path = dir.join("postroom.toml");
+    let config_path = config_at
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join("postroom.toml"));
     if config_path.exists() {
         bail!(
             "{} exists already; remove it or choose another folder",
@@ -130,15 +144,36 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = &std::path::absolute(dir)?;
+    // In the tree the paths stay relative, so the tree can move; a config
+    // kept elsewhere names them in full.
+    let place = |name: &str| -> String {
+        let path = if config_at.is_some() {
+            dir.join(name).display().to_string()
+        } else {
+            name.to_string()
+        };
+        toml::Value::String(path).to_string()
+    };
     let config_text = format!(
         "# postroom configuration: see postroom.toml(5).\n\
          # Relative paths are relative to this file's folder.\n\
          hostname = \"{hostname}\"\n\n\
-         [paths]\nusers = \"users\"\naliases = \"aliases\"\ndomains = \"domains\"\naccess = \"access\"\n\
-         mail = \"mail\"\nqueue = \"queue\"\nlists = \"lists\"\nstate = \"state\"\n\n\
-         [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\n\
+         [paths]\nusers = {users}\naliases = {aliases}\ndomains = {domains}\naccess = {access}\n\
+         mail = {mail}\nqueue = {queue}\nlists = {lists}\nstate = {state}\n\n\
+         [tls]\ncert = {cert}\nkey = {key}\n\n\
          [limits]\nmessage_size = \"35M\"\nrecipients = 1000\nidle_timeout = \"5m\"\n\n\
-         [auth]\n# Where passwords may cross without TLS: never, loopback (the default) or always.\n# plaintext = \"loopback\"\n"
+         [auth]\n# Where passwords may cross without TLS: never, loopback (the default) or always.\n# plaintext = \"loopback\"\n",
+        users = place("users"),
+        aliases = place("aliases"),
+        domains = place("domains"),
+        access = place("access"),
+        mail = place("mail"),
+        queue = place("queue"),
+        lists = place("lists"),
+        state = place("state"),
+        cert = place("tls/cert.pem"),
+        key = place("tls/key.pem"),
     );
     let files = [
         (
@@ -181,6 +216,7 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         &dir.join("tls/key.pem"),
     )?;
     // The config goes last: its presence means the tree is complete.
+    std::fs::create_dir_all(postroom::store::fsutil::parent_of(&config_path))?;
     postroom::store::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
     Ok(config_path)
 }

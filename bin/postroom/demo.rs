@@ -60,7 +60,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let config_path = root.join("postroom.toml");
     let reused = config_path.exists();
     if !reused {
-        crate::admin::create_tree(&root, DOMAIN, Some("mail.example.test"))?;
+        crate::admin::create_tree(&root, DOMAIN, Some("mail.example.test"), None)?;
     }
     let config = Config::load(&config_path)?;
     let bin_dir = std::env::current_exe()?

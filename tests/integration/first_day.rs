@@ -766,3 +766,34 @@ fn bulk_user_add_hashes_on_every_core_and_shows_progress_on_a_terminal() {
     assert_eq!(stdout(&out), "added 2 user(s)\n");
     assert!(!stderr(&out).contains("hashing"), "{}", stderr(&out));
 }
+
+#[test]
+fn init_puts_the_config_where_the_install_layout_wants_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("etc/postroom/postroom.toml");
+    let tree = dir.path().join("var/lib/postroom");
+    let run = |args: &[&str]| {
+        Command::new(bin("postroom"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(
+        "init",
+        &run(&["init", tree.to_str().unwrap(), "--domain", "example.org"]),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains(&format!("users = \"{}/users\"", tree.display())),
+        "{text}"
+    );
+    ok(
+        "user add",
+        &run(&["user", "add", "ann@example.org", "--password", "{PLAIN}x"]),
+    );
+    assert!(tree.join("mail/example.org/ann/new").is_dir());
+    assert_eq!(mode(&tree.join("users")), 0o640);
+    ok("check", &run(&["check"]));
+}
