@@ -226,7 +226,10 @@ fn servers(config: &Path, offset: u16) -> anyhow::Result<Vec<Server>> {
         Server {
             binary: "smtp-recv",
             args: with(&["--listen", &addr(smtp)]),
-            about: format!("SMTP:      {}  (MX: mail from anyone to {DOMAIN})", addr(smtp)),
+            about: format!(
+                "SMTP:      {}  (MX: mail from anyone to {DOMAIN})",
+                addr(smtp)
+            ),
             ports: vec![(smtp, "SMTP")],
         },
         Server {
@@ -312,7 +315,11 @@ fn start_servers(
                         anyhow::bail!(
                             "{} stopped at start ({status}); its reason is in {}",
                             path.display(),
-                            if verbose { "the lines above" } else { "demo.log" }
+                            if verbose {
+                                "the lines above"
+                            } else {
+                                "demo.log"
+                            }
                         );
                     }
                 }

@@ -71,8 +71,8 @@ fn run(args: Args) -> Result<std::convert::Infallible, StartError> {
 /// Whether fd 0 is a socket (inetd, systemd Accept=yes), as opposed to a
 /// pipe or terminal a local user holds.
 fn stdin_is_socket() -> bool {
-    use std::os::unix::fs::FileTypeExt;
     use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
     std::io::stdin()
         .as_fd()
         .try_clone_to_owned()

@@ -999,8 +999,7 @@ impl Session {
     /// domain, which smtp-proto hands over as an empty address.
     async fn rcpt(&mut self, mut to: smtp_proto::RcptTo<String>, bare_postmaster: bool) {
         let limit = self.shared.config.limits.recipients;
-        let relay_ok =
-            self.user.is_some() || self.shared.local || self.client_in_relay_networks();
+        let relay_ok = self.user.is_some() || self.shared.local || self.client_in_relay_networks();
         let Some(tx) = self.tx.as_ref() else {
             return self.error(Reply::new(503, "5.5.1", "MAIL first"));
         };
@@ -1462,7 +1461,12 @@ impl Session {
     /// RFC 3848 protocol names for the Received header, with RFC 6531
     /// §3.7.3's `UTF8` prefix for a transaction under SMTPUTF8.
     fn protocol(&self, tx: &Transaction) -> &'static str {
-        match (self.esmtp, tx.smtputf8, self.conn.is_tls(), self.user.is_some()) {
+        match (
+            self.esmtp,
+            tx.smtputf8,
+            self.conn.is_tls(),
+            self.user.is_some(),
+        ) {
             (false, _, _, _) => "SMTP",
             (true, false, false, false) => "ESMTP",
             (true, false, true, false) => "ESMTPS",

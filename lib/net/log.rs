@@ -49,10 +49,7 @@ pub enum Format {
 impl Format {
     /// `POSTROOM_LOG_FORMAT` as given, else journald under systemd, else
     /// text; an unknown name is returned as the error, to be reported.
-    pub fn from_env(
-        format: Option<&str>,
-        journal_stream: bool,
-    ) -> (Format, Option<String>) {
+    pub fn from_env(format: Option<&str>, journal_stream: bool) -> (Format, Option<String>) {
         let default = if journal_stream {
             Format::Journald
         } else {

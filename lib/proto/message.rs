@@ -396,9 +396,7 @@ impl HeaderEnd {
                 self.fields = true;
                 self.state = HeaderState::InField;
             }
-            (line, 33..=126)
-                if line.len() < MAX_FIELD_NAME && line.first() != Some(&b'\r') =>
-            {
+            (line, 33..=126) if line.len() < MAX_FIELD_NAME && line.first() != Some(&b'\r') => {
                 self.line.push(b)
             }
             _ => {

@@ -293,9 +293,12 @@ impl Maildir {
             .map_err(MaildirError::io(tmp))?;
         let mut prepended = WireForm::new();
         prepended.count(message.prepend);
-        let (body_size, body_wire) =
-            copy_with_lf(message.body, &mut out, message.end_header.then(HeaderEnd::lf))
-                .map_err(MaildirError::io(tmp))?;
+        let (body_size, body_wire) = copy_with_lf(
+            message.body,
+            &mut out,
+            message.end_header.then(HeaderEnd::lf),
+        )
+        .map_err(MaildirError::io(tmp))?;
         let file = out.into_inner().map_err(|e| MaildirError::Io {
             path: tmp.to_path_buf(),
             error: e.into_error(),

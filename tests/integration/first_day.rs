@@ -102,7 +102,15 @@ fn bounces_of_injected_mail_reach_the_postmaster_with_the_default_config() {
         .lines()
         .find(|l| l.contains("to=friend@nowhere.test"))
         .unwrap_or_else(|| panic!("{summary}"));
-    for field in ["delivery", "queue_id=", "from=root@mail.example.test", "size=", "relay=nowhere.test", "delay=", "status=bounced"] {
+    for field in [
+        "delivery",
+        "queue_id=",
+        "from=root@mail.example.test",
+        "size=",
+        "relay=nowhere.test",
+        "delay=",
+        "status=bounced",
+    ] {
         assert!(line.contains(field), "{field}: {line}");
     }
     let reports = messages(&tree.maildir("ann"));
@@ -129,7 +137,13 @@ fn secret_files_are_private_and_edits_keep_the_admins_modes() {
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
     ok(
         "passwd",
-        &tree.postroom(&["user", "passwd", "ann@example.test", "--password", "{PLAIN}x"]),
+        &tree.postroom(&[
+            "user",
+            "passwd",
+            "ann@example.test",
+            "--password",
+            "{PLAIN}x",
+        ]),
     );
     assert_eq!(mode(&users), 0o600, "an edit keeps the admin's chmod");
     std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -167,7 +181,12 @@ fn mailq_newaliases_and_sendmail_modes_work_through_links() {
     assert!(stdout(&out).contains("valid"), "{}", stdout(&out));
 
     let out = run_with(
-        linked(&links, "sendmail", &tree, &["-f", "ann@example.test", "far@remote.test"]),
+        linked(
+            &links,
+            "sendmail",
+            &tree,
+            &["-f", "ann@example.test", "far@remote.test"],
+        ),
         b"Subject: out\n\nx\n",
     );
     ok("sendmail", &out);
@@ -175,7 +194,9 @@ fn mailq_newaliases_and_sendmail_modes_work_through_links() {
     ok("mailq", &out);
     assert!(stdout(&out).contains("far@remote.test"), "{}", stdout(&out));
     assert!(stdout(&out).contains("1 message(s)"), "{}", stdout(&out));
-    let bp = linked(&links, "sendmail", &tree, &["-bp"]).output().unwrap();
+    let bp = linked(&links, "sendmail", &tree, &["-bp"])
+        .output()
+        .unwrap();
     assert_eq!(stdout(&bp), stdout(&out), "-bp is mailq");
 
     // -bs: SMTP on stdin/stdout for a local user, who may send anywhere
@@ -238,7 +259,12 @@ fn alias_add_refuses_a_target_that_leads_nowhere_and_check_names_the_line() {
     );
     for fine in [
         vec!["sales@example.test", "ann"],
-        vec!["team@example.test", "sales", "far@remote.test", "|/bin/true"],
+        vec![
+            "team@example.test",
+            "sales",
+            "far@remote.test",
+            "|/bin/true",
+        ],
     ] {
         let mut args = vec!["alias", "add"];
         args.extend(fine);
@@ -305,7 +331,10 @@ fn a_demo_on_taken_ports_stops_and_names_the_port() {
         reason.contains(&format!("127.0.0.1:{port}")) && reason.contains("--port-offset"),
         "{reason}"
     );
-    assert!(!said.text().contains("password"), "no password for no server");
+    assert!(
+        !said.text().contains("password"),
+        "no password for no server"
+    );
     drop(taken);
 }
 
@@ -337,7 +366,10 @@ fn the_running_demo_prints_one_summary_and_logs_to_a_file() {
             "{summary}"
         );
         assert!(!summary.contains("listening on"), "{summary}");
-        assert!(!demo.log.text().contains("listening on"), "logs stay off the terminal");
+        assert!(
+            !demo.log.text().contains("listening on"),
+            "logs stay off the terminal"
+        );
         let log = std::fs::read_to_string(root.join("demo.log")).unwrap();
         assert!(
             log.matches("listening on").count() >= 7,
@@ -378,7 +410,11 @@ fn the_demo_summary_explains_itself() {
         .and_then(|t| t.split(')').next())
         .expect("a fingerprint");
     assert_eq!(fingerprint.split(':').count(), 32, "{fingerprint}");
-    for command in ["swaks --server 127.0.0.1:2587 --tls --auth-user", "imaps://", "pop3s://"] {
+    for command in [
+        "swaks --server 127.0.0.1:2587 --tls --auth-user",
+        "imaps://",
+        "pop3s://",
+    ] {
         assert!(first.contains(command), "{command}: {first}");
     }
     let again = setup(&root);
@@ -530,9 +566,15 @@ fn quotas_are_set_and_shown_from_the_shell() {
     );
     let list = stdout(&tree.postroom(&["user", "list"]));
     let ann = list.lines().find(|l| l.starts_with("ann@")).unwrap();
-    assert!(ann.contains("quota 2M") && ann.contains("in 1 message(s)"), "{list}");
+    assert!(
+        ann.contains("quota 2M") && ann.contains("in 1 message(s)"),
+        "{list}"
+    );
     let bob = list.lines().find(|l| l.starts_with("bob@")).unwrap();
-    assert!(bob.contains("quota none") && bob.contains("used 0B"), "{list}");
+    assert!(
+        bob.contains("quota none") && bob.contains("used 0B"),
+        "{list}"
+    );
     let json = tree.postroom(&["user", "list", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(rows[0]["address"], "ann@example.test");
@@ -554,9 +596,7 @@ fn quotas_are_set_and_shown_from_the_shell() {
 /// The JSON objects a program logged on stderr.
 fn json_lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"))
-        })
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}")))
         .collect()
 }
 
@@ -571,7 +611,10 @@ fn json_logs_carry_one_summary_per_message_for_log_summarisers() {
     let out = run_with(inject, b"Subject: logged\n\nhi\n");
     ok("mail-inject", &out);
     let events = json_lines(&stderr(&out));
-    assert!(events.iter().all(|e| e["program"] == "mail-inject"), "{events:?}");
+    assert!(
+        events.iter().all(|e| e["program"] == "mail-inject"),
+        "{events:?}"
+    );
     let received = events
         .iter()
         .find(|e| e["message"] == "received")
@@ -589,7 +632,10 @@ fn json_logs_carry_one_summary_per_message_for_log_summarisers() {
     assert_eq!(delivery["to"], "ann@example.test");
     assert_eq!(delivery["relay"], "local");
     assert_eq!(delivery["status"], "sent");
-    assert!(delivery["delay"].is_u64() && delivery["size"].is_u64(), "{delivery}");
+    assert!(
+        delivery["delay"].is_u64() && delivery["size"].is_u64(),
+        "{delivery}"
+    );
 }
 
 #[test]
@@ -647,7 +693,11 @@ fn journald_logs_go_to_the_journal_socket_with_searchable_fields() {
         ("STATUS", "sent"),
         ("RELAY", "local"),
     ] {
-        assert_eq!(delivery.get(field).map(String::as_str), Some(value), "{delivery:?}");
+        assert_eq!(
+            delivery.get(field).map(String::as_str),
+            Some(value),
+            "{delivery:?}"
+        );
     }
     assert!(delivery.contains_key("QUEUE_ID"), "{delivery:?}");
 }
@@ -746,7 +796,11 @@ fn bulk_user_add_hashes_on_every_core_and_shows_progress_on_a_terminal() {
     for i in [0, 7] {
         let address = format!("user{i}@example.test");
         assert!(
-            users.get(&address).unwrap().password.starts_with("{ARGON2ID}"),
+            users
+                .get(&address)
+                .unwrap()
+                .password
+                .starts_with("{ARGON2ID}"),
             "hashed with the default scheme"
         );
         assert!(
