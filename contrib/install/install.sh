@@ -25,7 +25,7 @@ done
 
 # 1. The system user that owns the tree.
 getent passwd postroom >/dev/null ||
-    adduser --system --group --home "$tree" --no-create-home \
+    adduser --system --group --home "$tree" \
         --gecos "postroom mail system" postroom
 
 # 2. The programs: servers and admin tools in sbin, user tools in bin.
