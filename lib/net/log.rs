@@ -116,7 +116,7 @@ pub fn init(program: &str, default_level: &str) {
             let ansi_free = tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
-                .event_format(Json {
+                .event_format(Prefixed {
                     program: program.to_string(),
                     inner: tracing_subscriber::fmt::format()
                         .json()
@@ -124,6 +124,7 @@ pub fn init(program: &str, default_level: &str) {
                         .flatten_event(true)
                         .with_current_span(false)
                         .with_span_list(true),
+                    json: true,
                 })
                 .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new());
             install(tracing_subscriber::registry().with(filter).with(ansi_free))
@@ -147,6 +148,7 @@ fn install_text(program: &str, filter: EnvFilter, journal_stream: bool) -> bool 
         let prefixed = Prefixed {
             program: program.to_string(),
             inner: format::default_format().without_time().with_ansi(ansi),
+            json: false,
         };
         install(
             tracing_subscriber::registry()
@@ -157,6 +159,7 @@ fn install_text(program: &str, filter: EnvFilter, journal_stream: bool) -> bool 
         let prefixed = Prefixed {
             program: program.to_string(),
             inner: format::default_format().with_ansi(ansi),
+            json: false,
         };
         install(
             tracing_subscriber::registry()
@@ -221,33 +224,6 @@ impl log::Log for Demote {
     fn flush(&self) {}
 }
 
-/// `{"program":"smtp-recv",` then the stock JSON object's fields.
-struct Json<F> {
-    program: String,
-    inner: F,
-}
-
-impl<S, N, F> FormatEvent<S, N> for Json<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let mut object = String::new();
-        self.inner
-            .format_event(ctx, Writer::new(&mut object), event)?;
-        let rest = object.strip_prefix('{').unwrap_or(&object);
-        let program = serde_json::to_string(&self.program).map_err(|_| fmt::Error)?;
-        write!(writer, "{{\"program\":{program},{rest}")
-    }
-}
-
 mod format {
     use tracing_subscriber::fmt::format::{Format, Full};
 
@@ -258,10 +234,12 @@ mod format {
     }
 }
 
-/// Puts `program: ` in front of every line, then the stock format.
+/// Names the program in every event, then the stock format: `program: `
+/// in front of a text line, a first `"program"` field in a JSON object.
 struct Prefixed<F> {
     program: String,
     inner: F,
+    json: bool,
 }
 
 impl<S, N, F> FormatEvent<S, N> for Prefixed<F>
@@ -276,8 +254,16 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "{}: ", self.program)?;
-        self.inner.format_event(ctx, writer, event)
+        if !self.json {
+            write!(writer, "{}: ", self.program)?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut object = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut object), event)?;
+        let rest = object.strip_prefix('{').unwrap_or(&object);
+        let program = serde_json::to_string(&self.program).map_err(|_| fmt::Error)?;
+        write!(writer, "{{\"program\":{program},{rest}")
     }
 }
 

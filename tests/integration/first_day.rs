@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::dns::DnsServer;
-use crate::util::{Log, Server, Tree, bin, maildir_files, stderr, stdout, wait_until};
+use crate::util::{Log, Server, Tree, bin, maildir_texts, stderr, stdout, wait_until};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -34,14 +34,6 @@ fn run_with(mut command: Command, input: &[u8]) -> Output {
         .unwrap();
     let _ = child.stdin.take().unwrap().write_all(input);
     child.wait_with_output().unwrap()
-}
-
-/// The messages in a maildir, as text.
-fn messages(maildir: &std::path::Path) -> Vec<String> {
-    maildir_files(maildir)
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect()
 }
 
 #[test]
@@ -113,7 +105,7 @@ fn bounces_of_injected_mail_reach_the_postmaster_with_the_default_config() {
     ] {
         assert!(line.contains(field), "{field}: {line}");
     }
-    let reports = messages(&tree.maildir("ann"));
+    let reports = maildir_texts(&tree.maildir("ann"));
     assert_eq!(reports.len(), 1, "the bounce reached ann");
     assert!(reports[0].contains("friend@nowhere.test"), "{}", reports[0]);
     assert!(
@@ -212,7 +204,7 @@ fn mailq_newaliases_and_sendmail_modes_work_through_links() {
     assert!(!said.contains("\n5"), "{said}");
     assert!(said.contains("250 2.0.0 ok, queued as"), "{said}");
     assert!(
-        messages(&tree.maildir("ann"))
+        maildir_texts(&tree.maildir("ann"))
             .iter()
             .any(|m| m.contains("Subject: bs"))
     );
@@ -441,7 +433,7 @@ fn header_only_messages_are_stored_with_their_empty_line() {
     session(b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: data\r\n.\r\nQUIT\r\n");
     session(b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<ann@example.test>\r\nBDAT 15 LAST\r\nSubject: bdat\r\nQUIT\r\n");
     session(b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: body\r\nno blank line before this\r\n.\r\nQUIT\r\n");
-    let stored = messages(&tree.maildir("ann"));
+    let stored = maildir_texts(&tree.maildir("ann"));
     assert_eq!(stored.len(), 4);
     for subject in ["injected", "data", "bdat"] {
         let message = stored
@@ -497,7 +489,7 @@ s.quit()
         b"EHLO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: relayed\r\n\r\nhi\r\n.\r\nQUIT\r\n",
     );
     assert!(stdout(&out).contains("250 2.0.0 ok"), "{}", stdout(&out));
-    let stored = messages(&tree.maildir("ann"));
+    let stored = maildir_texts(&tree.maildir("ann"));
     let submitted = stored.iter().find(|m| m.contains("submitted")).unwrap();
     assert!(submitted.contains("\nDate: "), "{submitted}");
     assert!(
@@ -541,7 +533,7 @@ fn non_ascii_addresses_need_smtputf8_and_the_received_line_says_so() {
         auth_plain("ann@example.test")
     ));
     assert!(said.contains("250 2.0.0 ok"), "{said}");
-    let stored = messages(&tree.maildir("ann"));
+    let stored = maildir_texts(&tree.maildir("ann"));
     // RFC 6531 §3.7.3: UTF8SMTPA, not ESMTPA (UTF8SMTPSA under TLS).
     assert!(stored[0].contains("with UTF8SMTPA\n"), "{}", stored[0]);
 }

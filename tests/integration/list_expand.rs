@@ -38,10 +38,7 @@ fn run_queue(tree: &Tree) {
 }
 
 fn mail_of(tree: &Tree, user: &str) -> Vec<String> {
-    maildir_files(&tree.maildir(user))
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect()
+    crate::util::maildir_texts(&tree.maildir(user))
 }
 
 #[test]

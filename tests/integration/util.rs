@@ -128,6 +128,14 @@ pub fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The text of every message in a maildir, in [`maildir_files`] order.
+pub fn maildir_texts(maildir: &Path) -> Vec<String> {
+    maildir_files(maildir)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
