@@ -2,13 +2,12 @@
 //! admin commands and the demo, each as a new admin meets them.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::dns::DnsServer;
-use crate::util::{Log, Server, Tree, bin, maildir_texts, stderr, stdout, wait_until};
+use crate::util::{Log, Server, Tree, bin, maildir_texts, run_with, stderr, stdout, wait_until};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
@@ -22,18 +21,6 @@ fn ok(what: &str, out: &Output) {
         stdout(out),
         stderr(out)
     );
-}
-
-/// Runs a binary with stdin from `input`.
-fn run_with(mut command: Command, input: &[u8]) -> Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(input);
-    child.wait_with_output().unwrap()
 }
 
 #[test]

@@ -128,6 +128,19 @@ pub fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Runs `command` with `input` on its stdin, its output kept.
+pub fn run_with(mut command: Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    // A program may refuse before it reads: not the test's error.
+    let _ = child.stdin.take().expect("stdin is piped").write_all(input);
+    child.wait_with_output().expect("wait for the command")
+}
+
 /// The text of every message in a maildir, in [`maildir_files`] order.
 pub fn maildir_texts(maildir: &Path) -> Vec<String> {
     maildir_files(maildir)
