@@ -609,7 +609,7 @@ impl Config {
             file: file.to_path_buf(),
             message,
         };
-        let text = crate::store::fsutil::read_to_string_fresh(file).map_err(|e| {
+        let text = std::fs::read_to_string(file).map_err(|e| {
             error(format!(
                 "cannot read: {e} (create one with `postroom init DIR`, or name it with --config)"
             ))

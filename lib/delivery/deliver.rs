@@ -156,10 +156,42 @@ fn attempt(
             }
         };
         let outcome = expire(outcome, message.envelope.arrived, now, config);
-        tracing::info!(queue_id = %message.id, rcpt = %rcpt.address, ?outcome, "local delivery");
+        let relay = if matches!(rcpt.route, Route::Pipe(_)) {
+            "pipe"
+        } else {
+            "local"
+        };
+        log_outcome(message, i, relay, &outcome);
         outcomes.push((i, outcome));
     }
     Ok(outcomes)
+}
+
+/// One log event per recipient and attempt, with the fields that log
+/// summarisers (pflogsumm and its kind) count: queue id, sender,
+/// recipient, size, relay, delay in seconds since arrival, status (`sent`,
+/// `deferred`, `bounced`) and the reply. The one place that says it, for
+/// local, pipe and remote deliveries alike.
+pub fn log_outcome(message: &QueuedMessage, i: usize, relay: &str, outcome: &Outcome) {
+    let Some(rcpt) = message.envelope.recipients.get(i) else {
+        return;
+    };
+    let (status, reply) = match outcome {
+        Outcome::Delivered(reply) => ("sent", reply),
+        Outcome::Deferred(reply) => ("deferred", reply),
+        Outcome::Failed(reply) => ("bounced", reply),
+    };
+    tracing::info!(
+        queue_id = %message.id,
+        from = %message.envelope.sender,
+        to = %rcpt.address,
+        size = message.body_length(),
+        relay = %relay,
+        delay = crate::store::fsutil::now_secs().saturating_sub(message.envelope.arrived),
+        status = %status,
+        reply = %reply,
+        "delivery"
+    );
 }
 
 /// The log lines that record `outcomes` (a deferral carries its next try).
@@ -244,6 +276,7 @@ fn to_mailbox(
             fsutil::host_for_names(&config.hostname)
         )),
         search_cur: interrupted,
+        end_header: true,
         quota,
     };
     match maildir.deliver(delivery, &config.hostname) {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod dns;
+mod first_day;
 mod foundation;
 mod imap_serve;
 mod layout;

@@ -42,7 +42,7 @@ impl SharedTree {
             "{} is not a network or FUSE filesystem",
             a.display()
         );
-        let name = format!("tree-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let name = format!("tree-{:016x}", rand::random::<u64>());
         let tree = SharedTree { name, a, b };
         let out = Command::new(bin("postroom"))
             .arg("init")

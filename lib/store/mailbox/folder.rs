@@ -508,6 +508,7 @@ impl Folder {
                     body: &mut body,
                     base_name: None,
                     search_cur: false,
+                    end_header: false,
                     quota: if self.is_trash { None } else { quota },
                 },
                 hostname,
