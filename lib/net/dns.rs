@@ -183,6 +183,11 @@ pub async fn mail_exchangers(
     domain: &str,
     ipv6: bool,
 ) -> Result<Vec<Exchanger>, RouteError> {
+    if is_invalid_name(domain) {
+        return Err(RouteError::Permanent(format!(
+            "550 5.1.2 domain {domain} does not exist (.invalid, RFC 6761)"
+        )));
+    }
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
     let mut names: Vec<(u16, String)> = match resolver.mx_lookup(fqdn.as_str()).await {
         Ok(answers) => answers
@@ -230,6 +235,14 @@ pub async fn mail_exchangers(
     Ok(exchangers)
 }
 
+/// A name under `.invalid`, which never exists: RFC 6761 §6.4 asks
+/// resolving code to answer so at once, without sending a query anywhere
+/// (so examples and tests that use such names never leave the machine).
+pub fn is_invalid_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "invalid" || name.ends_with(".invalid")
+}
+
 /// Sorts by preference and shuffles each run of equal preference.
 fn order_by_preference(names: &mut [(u16, String)], rng: &mut impl rand::Rng) {
     use rand::seq::SliceRandom;
@@ -273,6 +286,27 @@ pub async fn host_addresses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn invalid_names_fail_at_once_without_a_query() {
+        // A resolver pointed at a port nobody answers: a query would time out.
+        let mut config = ResolverConfig::new();
+        config.add_name_server(NameServerConfig::new(
+            "127.0.0.1:9".parse().unwrap(),
+            Protocol::Udp,
+        ));
+        let mut opts = ResolverOpts::default();
+        opts.timeout = std::time::Duration::from_secs(30);
+        let resolver =
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                .with_options(opts)
+                .build();
+        let started = std::time::Instant::now();
+        let result = mail_exchangers(&resolver, "elsewhere.INVALID.", false).await;
+        assert!(matches!(result, Err(RouteError::Permanent(ref e)) if e.starts_with("550 5.1.2")));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(is_invalid_name("invalid") && !is_invalid_name("invalid.test"));
+    }
 
     #[test]
     fn dnsbl_names() {
