@@ -125,7 +125,6 @@ impl Session {
         });
         let mut unknown_cte = false;
         let wants_flags = items.contains(&FetchItem::Flags);
-        let mut gone = false;
         for i in positions {
             let Some(sel) = session.selected.as_mut() else {
                 break;
@@ -153,20 +152,17 @@ impl Session {
                             ..e
                         }
                     }
-                    _ => {
-                        gone = true;
-                        continue;
-                    }
+                    // Expunged by another session, its EXPUNGE not yet
+                    // sent: nothing more is known of it. The command goes
+                    // on with the rest and succeeds, as Dovecot's does.
+                    _ => continue,
                 }
             }
             let mut message = None;
             if need != Need::Nothing {
                 match read_message(&sel.folder, &entry, need) {
                     Some(m) => message = Some(m),
-                    None => {
-                        gone = true;
-                        continue;
-                    }
+                    None => continue,
                 }
             }
             // Whatever was read that the cache lacked goes into it.
@@ -372,8 +368,6 @@ impl Session {
         }
         Ok(if unknown_cte {
             Done::No("[UNKNOWN-CTE] a part has a transfer encoding this server cannot undo".into())
-        } else if gone {
-            Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
         } else {
             Done::Ok("FETCH completed".into())
         })

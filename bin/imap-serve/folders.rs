@@ -97,6 +97,7 @@ impl Session {
             validity,
             next_uid: state.next_uid,
             stamp,
+            held_back: false,
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest.

@@ -112,6 +112,11 @@ pub struct Selected {
     pub validity: u32,
     pub next_uid: u32,
     pub stamp: Stamp,
+    /// Messages gone from the folder that are still in the view because
+    /// the command that saw them go could not report it (RFC 3501
+    /// §7.4.1): the next command that may report EXPUNGE must sync even
+    /// when the folder's stamp has not moved since.
+    pub held_back: bool,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
     pub cache: Cache,
     /// Mod-sequences (CONDSTORE), brought up to date before each use.

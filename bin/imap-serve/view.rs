@@ -105,7 +105,7 @@ impl Session {
             return Ok(());
         };
         let stamp = sel.folder.stamp();
-        if stamp == sel.stamp {
+        if stamp == sel.stamp && !(expunge_ok && sel.held_back) {
             return Ok(());
         }
         let state = match sel.folder.sync() {
@@ -144,6 +144,7 @@ impl Session {
         let mut kept: Vec<Entry> = Vec::with_capacity(state.entries.len());
         let mut expunged: Vec<usize> = Vec::new();
         let mut changed: Vec<usize> = Vec::new();
+        let mut held_back = false;
         let mut fresh = state.entries.into_iter().peekable();
         let old = std::mem::take(&mut sel.view);
         let old_uids: Vec<u32> = old.iter().map(|e| e.uid).collect();
@@ -163,10 +164,15 @@ impl Session {
                     kept.push(f);
                 }
                 _ if expunge_ok => expunged.push(i),
-                // Gone, but not reportable now: keep it as it was.
-                _ => kept.push(entry),
+                // Gone, but not reportable now: keep it as it was, and
+                // remember to report it at the first command that may.
+                _ => {
+                    held_back = true;
+                    kept.push(entry);
+                }
             }
         }
+        sel.held_back = held_back;
         let vanished: Vec<u32> = expunged.iter().map(|&i| old_uids[i]).collect();
         let before = kept.len();
         kept.extend(fresh);
@@ -260,7 +266,6 @@ impl Session {
             // Compare against what is on disk now, not at the last sync.
             sel.update_modseqs();
         }
-        let mut gone = false;
         let mut modified = Vec::new();
         let mut stored = Vec::new();
         for i in positions {
@@ -275,10 +280,9 @@ impl Session {
             // changed them since our last sync.
             let current = match sel.folder.refresh(&entry) {
                 Ok(Some(e)) => e,
-                Ok(None) => {
-                    gone = true;
-                    continue;
-                }
+                // Expunged by another session: nothing to store, and no
+                // failure either (the EXPUNGE follows when it may).
+                Ok(None) => continue,
                 Err(e) => return Ok(e.into()),
             };
             let old = current.flags();
@@ -298,10 +302,9 @@ impl Session {
             };
             let updated = match sel.folder.set_flags(&current, new) {
                 Ok(Some(e)) => e,
-                Ok(None) => {
-                    gone = true;
-                    continue;
-                }
+                // Expunged by another session: nothing to store, and no
+                // failure either (the EXPUNGE follows when it may).
+                Ok(None) => continue,
                 Err(e) => return Ok(e.into()),
             };
             sel.view[i] = updated;
@@ -340,8 +343,6 @@ impl Session {
                 "[MODIFIED {}] conditional STORE failed for these",
                 SequenceSet::of_sorted(&modified)
             ))
-        } else if gone {
-            Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
         } else {
             Done::Ok("STORE completed".into())
         })

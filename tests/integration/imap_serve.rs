@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Server, Tree, bin, stderr, stdout};
 
-fn tree_with_user() -> Tree {
+pub(crate) fn tree_with_user() -> Tree {
     let tree = Tree::new();
     tree.add_user("bob@example.test");
     tree
 }
 
 /// Delivers a message to bob through mail-inject.
-fn deliver(tree: &Tree, subject: &str) {
+pub(crate) fn deliver(tree: &Tree, subject: &str) {
     let msg = format!(
         "From: Alice <alice@remote.test>\nTo: bob@example.test\nSubject: {subject}\n\nHello {subject}\n"
     );
@@ -25,7 +25,7 @@ fn deliver(tree: &Tree, subject: &str) {
 }
 
 /// Runs a Python script with PORT, TLS_PORT, INJECT and CONFIG set.
-fn python(script: &str, server: &Server, tree: &Tree) -> String {
+pub(crate) fn python(script: &str, server: &Server, tree: &Tree) -> String {
     let out = Command::new("python3")
         .arg("-c")
         .arg(format!("{PRELUDE}\n{script}"))

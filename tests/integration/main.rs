@@ -4,6 +4,7 @@
 mod auth;
 mod dns;
 mod foundation;
+mod imap_round2;
 mod imap_serve;
 mod layout;
 mod list_expand;
