@@ -53,7 +53,12 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
             }
         }
         raw.truncate(filled);
-        let header_done = raw.starts_with(b"\n") || raw.windows(2).any(|w| w == b"\n\n");
+        // The empty line that ends the header, with LF or CRLF line ends
+        // (a file another MDA or a migration wrote).
+        let header_done = raw.starts_with(b"\n")
+            || raw.starts_with(b"\r\n")
+            || raw.windows(2).any(|w| w == b"\n\n")
+            || raw.windows(3).any(|w| w == b"\n\r\n");
         // A short read was all of the file; a full one holding the whole
         // header leaves the rest of the file unread.
         if filled == HEADER_READ {

@@ -1,7 +1,7 @@
 //! imap-serve, round 2 (issue 15): each exchange a conformance or stress
 //! run failed on, replayed with Python's imaplib or a raw socket.
 
-use crate::imap_serve::{deliver, python, tree_with_user};
+use crate::imap_serve::{ONE_WIRE_FORM, deliver, python, tree_with_user};
 use crate::util::Server;
 
 /// Item 1: an EXPUNGE held back during a FETCH by sequence number is sent
@@ -52,4 +52,92 @@ print("held-back ok")
         &server,
         &tree,
     );
+}
+
+/// Item 2: a folder deleted and created again at once gets a UIDVALIDITY
+/// it never had, so a client's cached UIDs are not taken for new ones.
+#[test]
+fn a_recreated_folder_never_reuses_a_uidvalidity() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+seen = set()
+for round in range(3):
+    ok(M.create("Again"))
+    ok(M.append("Again", None, None, b"Subject: x\r\n\r\nx\r\n"))
+    st = ok(M.status("Again", "(UIDVALIDITY UIDNEXT)"))[0].decode()
+    v = int(re.search(r"UIDVALIDITY (\d+)", st).group(1))
+    assert "UIDNEXT 2" in st, st
+    assert v not in seen, (v, seen)
+    seen.add(v)
+    ok(M.delete("Again"))
+"#,
+        &server,
+        &tree,
+    );
+}
+
+/// Item 3: message files that other MDAs (or a migration) left with CRLF
+/// line ends, or a mix, are served with one CR per line end: sizes,
+/// sections and BODYSTRUCTURE agree with each other and with POP3.
+#[test]
+fn crlf_and_mixed_maildir_files_are_served_as_they_are() {
+    let tree = tree_with_user();
+    let cur = tree.maildir("bob").join("cur");
+    std::fs::create_dir_all(&cur).unwrap();
+    let crlf = b"Subject: crlf\r\nFrom: a@b.test\r\n\r\nline one\r\nline two\r\n";
+    let mixed = b"Subject: mixed\r\nFrom: a@b.test\n\nline one\r\nline two\n";
+    let lf = b"Subject: lf\nFrom: a@b.test\n\nline one\nline two\n";
+    // As Dovecot names them (W= the size with CRLF), as a bare migration
+    // does (no sizes at all), and as delivery does.
+    std::fs::write(
+        cur.join(format!(
+            "1700000001.M1P1.other.test,S={0},W={0}:2,",
+            crlf.len()
+        )),
+        crlf,
+    )
+    .unwrap();
+    std::fs::write(cur.join("1700000002.M1P1.migrated.test:2,"), mixed).unwrap();
+    std::fs::write(
+        cur.join(format!(
+            "1700000003.M1P1.here.test,S={},W={}:2,",
+            lf.len(),
+            lf.len() + 5
+        )),
+        lf,
+    )
+    .unwrap();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        &format!(
+            r#"{ONE_WIRE_FORM}
+wire = b"Subject: %s\r\nFrom: a@b.test\r\n\r\nline one\r\nline two\r\n"
+M = login()
+ok(M.select("INBOX", readonly=True))
+for n, name in [(1, b"crlf"), (2, b"mixed"), (3, b"lf")]:
+    expected = wire % name
+    header = expected[:expected.index(b"\r\n\r\n") + 4]
+    r = ok(M.fetch(str(n), "(RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER] BODY.PEEK[TEXT] BODY.PEEK[])"))
+    parts = {{}}
+    for item in r:
+        if isinstance(item, tuple):
+            key = re.search(rb"(BODY\[[A-Z]*\]) \{{\d+\}}$", item[0]).group(1)
+            parts[key] = item[1]
+    text = b"".join(i[0] if isinstance(i, tuple) else i for i in r).decode()
+    assert parts[b"BODY[HEADER]"] == header, (name, parts)
+    assert parts[b"BODY[TEXT]"] == b"line one\r\nline two\r\n", (name, parts)
+    assert parts[b"BODY[]"] == expected, (name, parts)
+    assert "RFC822.SIZE %d " % len(expected) in text, (name, text)
+    assert '"7bit" 20 2' in text.lower(), (name, text)
+    one_wire_form(n, expected)
+print("agreed")
+"#
+        ),
+        &server,
+        &tree,
+    );
+    assert!(said.contains("agreed"), "{said}");
 }

@@ -1478,7 +1478,7 @@ print("ok")
 /// Python for the two tests below: `sizes(n)` is message n's
 /// (RFC822.SIZE, BODY[]) from IMAP and (LIST size, RETR octets with the
 /// dot-stuffing undone) from POP3, the real pop3-serve run inetd-style.
-const ONE_WIRE_FORM: &str = r#"
+pub(crate) const ONE_WIRE_FORM: &str = r#"
 def sizes(n):
     M = login()
     ok(M.select("INBOX", readonly=True))

@@ -282,7 +282,7 @@ impl Folder {
         let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
         let mut list = UidList::read(&self.dir)
             .map_err(self.io())?
-            .unwrap_or_else(UidList::fresh);
+            .unwrap_or_else(|| UidList::fresh_in(&self.inbox));
         let dirs = self.subdirs()?;
         if let Some(new) = &dirs.new {
             for name in new.names().map_err(self.io())? {
@@ -341,7 +341,7 @@ impl Folder {
     fn renumber(&self, list: &mut UidList) {
         let old_validity = list.validity;
         let old_next = list.next_uid;
-        let fresh = UidList::fresh();
+        let fresh = UidList::fresh_in(&self.inbox);
         // Larger than the old one, as RFC 9051 §2.3.1.1 requires, even
         // when the old one came from a clock running ahead.
         list.validity = fresh.validity.max(old_validity.saturating_add(1)).max(1);

@@ -192,7 +192,7 @@ impl Mailbox {
             .create()?;
         // The list first, so the folder's UIDVALIDITY is fixed from birth.
         let lock = uidlist::UidLock::acquire(&dir).map_err(Self::io(&dir))?;
-        lock.commit(&uidlist::UidList::fresh())
+        lock.commit(&uidlist::UidList::fresh_in(&self.root))
             .map_err(Self::io(&dir))?;
         Ok(())
     }
