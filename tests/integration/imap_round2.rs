@@ -141,3 +141,24 @@ print("agreed")
     );
     assert!(said.contains("agreed"), "{said}");
 }
+
+/// Item 4: an empty Sender or Reply-To is From in the ENVELOPE, and a
+/// source route is kept in the address's adl field.
+#[test]
+fn envelope_falls_back_to_from_and_keeps_source_routes() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+ok(M.append("INBOX", None, None, b"From: Ann <ann@a.test>\r\nSender:\r\nReply-To:  \r\nTo: <@relay.test,@hop.test:bob@b.test>\r\nSubject: s\r\n\r\nx\r\n"))
+ok(M.select("INBOX"))
+env = ok(M.fetch("1", "(ENVELOPE)"))[0].decode()
+ann = '(("Ann" NIL "ann" "a.test"))'
+assert env.count(ann) == 3, env
+assert '((NIL "@relay.test,@hop.test" "bob" "b.test"))' in env, env
+"#,
+        &server,
+        &tree,
+    );
+}
