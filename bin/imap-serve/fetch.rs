@@ -328,6 +328,11 @@ impl Session {
                         out.push(b']');
                         let m = message.as_deref().unwrap_or(b"");
                         let data = mime::section_data(m, structure.as_ref(), section);
+                        // A part holding a NUL goes content-transfer-encoded.
+                        let data = match (data, section.part.is_empty(), &section.text) {
+                            (Some(d), false, SectionText::Full) => Some(mime::without_nul(d)),
+                            (d, _, _) => d,
+                        };
                         match (data, partial) {
                             (None, _) => out.extend_from_slice(b" NIL"),
                             (Some(data), None) => {

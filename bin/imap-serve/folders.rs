@@ -418,7 +418,7 @@ impl Session {
         let mut validity = 0;
         let mut renumbered = false;
         for (m, flags) in messages.iter().zip(flags) {
-            match folder.append(&m.message, flags, m.date, &hostname, quota) {
+            match folder.append(&m.message, m.binary, flags, m.date, &hostname, quota) {
                 Ok((v, uid)) => {
                     renumbered |= validity != 0 && v != validity;
                     validity = v;

@@ -71,6 +71,10 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
     } else {
         file.read_to_end(&mut raw).ok()?;
     }
+    if postroom::store::maildir::is_wire_form(&entry.base) {
+        // Stored as the client gave it (APPEND of binary content).
+        return Some(raw);
+    }
     if whole {
         return Some(wire_form(&raw));
     }

@@ -115,6 +115,7 @@ pub fn distribute(
                     body: &mut &outgoing[..],
                     base_name: None,
                     search_cur: false,
+                    as_given: false,
                     quota: None,
                 },
                 &config.hostname,

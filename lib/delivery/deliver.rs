@@ -244,6 +244,7 @@ fn to_mailbox(
             fsutil::host_for_names(&config.hostname)
         )),
         search_cur: interrupted,
+        as_given: false,
         quota,
     };
     match maildir.deliver(delivery, &config.hostname) {

@@ -292,6 +292,7 @@ fn store(
             body: &mut &raw[..],
             base_name: None,
             search_cur: false,
+            as_given: false,
             quota,
         },
         &config.hostname,

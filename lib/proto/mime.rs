@@ -742,6 +742,24 @@ pub fn section_data(m: &[u8], root: Option<&Part>, section: &Section) -> Option<
     })
 }
 
+/// A part's body fit for `BODY[part]` when it holds a NUL, which no
+/// IMAP literal may carry (RFC 3516 §4.2, RFC 9051 §4.3): base64 in lines
+/// of 76 characters, as a content-transfer-encoding would give it.
+/// Anything else is sent as it is.
+pub fn without_nul(data: Vec<u8>) -> Vec<u8> {
+    use base64::Engine;
+    if !data.contains(&0) {
+        return data;
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 38 + 2);
+    for line in encoded.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// What `BINARY[part]` gives.
 pub enum Binary {
     Data(Vec<u8>),

@@ -121,6 +121,10 @@ pub struct Message<'a> {
     /// the first copy to cur/. (Otherwise an exact repeat is caught by
     /// `link` alone, at no cost.)
     pub search_cur: bool,
+    /// Store the bytes exactly as given, line ends and all (IMAP APPEND
+    /// of a `~{n}` literal8, RFC 3516): the name's `,W=` then equals its
+    /// `,S=`, which says the file is its own wire form ([`is_wire_form`]).
+    pub as_given: bool,
     /// Quota in bytes for this mailbox, if any.
     pub quota: Option<u64>,
 }
@@ -290,8 +294,12 @@ impl Maildir {
             .map_err(MaildirError::io(tmp))?;
         let mut prepended = WireForm::new();
         prepended.count(message.prepend);
-        let (body_size, body_wire) =
-            copy_with_lf(message.body, &mut out).map_err(MaildirError::io(tmp))?;
+        let (body_size, body_wire) = if message.as_given {
+            io::copy(message.body, &mut out).map(|n| (n, n))
+        } else {
+            copy_with_lf(message.body, &mut out)
+        }
+        .map_err(MaildirError::io(tmp))?;
         let file = out.into_inner().map_err(|e| MaildirError::Io {
             path: tmp.to_path_buf(),
             error: e.into_error(),
@@ -843,6 +851,18 @@ fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u6
     Ok((size, wire.octets()))
 }
 
+/// Whether a base name says its file is its own wire form: `,W=` equal
+/// to `,S=`. Every file delivery writes with LF has a `,W=` larger than
+/// its `,S=` (each LF counts two), and for a file with CRLF line ends the
+/// two forms are the same bytes anyway; so only a file stored as given
+/// (`Message::as_given`) is read differently: as it is, bare LFs and all.
+pub fn is_wire_form(base: &str) -> bool {
+    match (size_from_name(base), wire_size_from_name(base)) {
+        (Some(s), Some(w)) => s == w,
+        _ => false,
+    }
+}
+
 /// The size of a stored message as POP3 and IMAP send it (RETR, FETCH
 /// BODY[], and the size LIST, STAT and RFC822.SIZE report): its wire form
 /// (`proto::message`). Dot-stuffing is not counted (RFC 1939 §5). For
@@ -1089,6 +1109,7 @@ mod tests {
                 body: &mut body,
                 base_name: base.map(str::to_string),
                 search_cur: true,
+                as_given: false,
                 quota,
             },
             "host.test",

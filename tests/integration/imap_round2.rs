@@ -162,3 +162,55 @@ assert '((NIL "@relay.test,@hop.test" "bob" "b.test"))' in env, env
         &tree,
     );
 }
+
+/// Item 5: APPEND of a `~{n}` literal keeps the bytes as given (a binary
+/// part's bare LFs are not made CRLF), and `BODY[n]` of a part holding a
+/// NUL is sent base64-encoded, never as a literal with a NUL in it.
+#[test]
+fn binary_append_keeps_bytes_and_body_of_a_nul_part_is_encoded() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+import base64
+part = b"line1\nline2\x00x\n"
+msg = (b"Subject: bin\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+       b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+       + part + b"\r\n--b--\r\n")
+s = socket.create_connection(("127.0.0.1", PORT))
+f = s.makefile("rb")
+def upto(tag):
+    out = b""
+    while True:
+        line = f.readline()
+        assert line, out
+        out += line
+        m = re.search(rb"[~]?\{(\d+)\}\r\n$", line)
+        if m:
+            out += f.read(int(m.group(1)))
+        if line.startswith(tag + b" "):
+            return out
+f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in upto(b"a")
+s.sendall(b"b APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
+r = upto(b"b"); assert b"b OK" in r, r
+s.sendall(b"c SELECT INBOX\r\n"); upto(b"c")
+s.sendall(b"d FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] RFC822.SIZE)\r\n")
+r = upto(b"d"); assert b"d OK" in r, r
+assert b"BINARY.SIZE[1] %d" % len(part) in r, r
+assert b"BINARY[1] ~{%d}\r\n" % len(part) + part in r, r
+assert b"RFC822.SIZE %d" % len(msg) in r, r
+s.sendall(b"e FETCH 1 (BODY.PEEK[1] BODY.PEEK[])\r\n")
+r = upto(b"e"); assert b"e OK" in r, r
+body1 = r[r.index(b"BODY[1] {"):]
+n = int(re.match(rb"BODY\[1\] \{(\d+)\}\r\n", body1).group(1))
+data = body1[body1.index(b"}\r\n") + 3:][:n]
+assert b"\x00" not in data, data
+assert base64.b64decode(data) == part, data
+whole = r[r.index(b"BODY[] "):]
+assert msg in whole, whole
+"#,
+        &server,
+        &tree,
+    );
+}

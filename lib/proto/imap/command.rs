@@ -256,6 +256,9 @@ pub struct Appended {
     pub flags: Vec<String>,
     pub date: Option<SystemTime>,
     pub message: Vec<u8>,
+    /// Sent as a `~{n}` literal8 (RFC 3516): binary content, to be kept
+    /// byte for byte.
+    pub binary: bool,
 }
 
 /// QRESYNC's SELECT parameter: what the client knew when it left.
@@ -965,11 +968,13 @@ impl<'a> Parser<'a> {
                 date = Some(parse_date_time(&String::from_utf8_lossy(&text))?);
                 self.sp()?;
             }
+            let binary = self.peek() == Some(b'~');
             let message = self.string()?;
             messages.push(Appended {
                 flags,
                 date,
                 message,
+                binary,
             });
         }
         if messages.is_empty() {
@@ -1702,7 +1707,9 @@ mod tests {
                     message,
                     date,
                     flags,
+                    binary,
                 } = messages.remove(0);
+                assert!(!binary);
                 assert_eq!(message, b"hello");
                 assert_eq!(flags, vec!["\\Seen"]);
                 let secs = date

@@ -471,11 +471,15 @@ impl Folder {
         lock.commit(&list).map_err(self.io())
     }
 
-    /// Stores a new message (LF or CRLF text) with flags and an internal
-    /// date; returns its UID after a sync. Quota is the user's, if any.
+    /// Stores a new message (LF or CRLF text; with `as_given`, bytes kept
+    /// exactly, see `maildir::Message::as_given`) with flags and an
+    /// internal date; returns its UID after a sync. Quota is the user's,
+    /// if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn append(
         &self,
         message: &[u8],
+        as_given: bool,
         flags: Flags,
         internal_date: Option<SystemTime>,
         hostname: &str,
@@ -492,6 +496,7 @@ impl Folder {
                     body: &mut body,
                     base_name: None,
                     search_cur: false,
+                    as_given,
                     quota: if self.is_trash { None } else { quota },
                 },
                 hostname,

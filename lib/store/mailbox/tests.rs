@@ -12,6 +12,7 @@ fn deliver(root: &Path, text: &str) {
             body: &mut body,
             base_name: None,
             search_cur: false,
+            as_given: false,
             quota: None,
         },
         "host.test",
@@ -167,6 +168,7 @@ fn append_copy_move_keep_flags_and_give_uids() {
     let (validity, uid) = f
         .append(
             b"Subject: hi\r\n\r\nbody\r\n",
+            false,
             flags,
             Some(date),
             "host.test",
