@@ -480,6 +480,9 @@ impl Session {
         }
         self.substitute_saved(&mut body);
         let allows_expunge = body.allows_expunge();
+        // Whether this command turns CONDSTORE on in the selected state
+        // (not by SELECT, which reports HIGHESTMODSEQ itself).
+        let condstore_before = self.condstore || matches!(body, Body::Select { .. });
         let done = match body {
             Body::Capability => {
                 let caps = format!("* CAPABILITY {}\r\n", self.capabilities());
@@ -643,6 +646,17 @@ impl Session {
                 remove,
             } => self.copy(uid, &set, &mailbox, remove).await?,
         };
+        if !condstore_before
+            && self.condstore
+            && let Some(sel) = self.selected.as_mut()
+        {
+            // RFC 7162 §3.1: the first CONDSTORE-enabling command in the
+            // selected state (FETCH MODSEQ, SEARCH MODSEQ, STORE
+            // UNCHANGEDSINCE, ENABLE) tells the folder's HIGHESTMODSEQ.
+            sel.update_modseqs();
+            let line = format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.modseqs.highest());
+            self.out(line.as_bytes()).await?;
+        }
         if self.selected.is_some() {
             self.report(allows_expunge).await?;
         }

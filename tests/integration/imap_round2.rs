@@ -214,3 +214,39 @@ assert msg in whole, whole
         &tree,
     );
 }
+
+/// Item 6: the first FETCH MODSEQ of a session announces HIGHESTMODSEQ,
+/// and SEARCH RETURN (MIN) / (MAX) give the mod-sequence of the message
+/// they return, not the highest of all matches.
+#[test]
+fn condstore_announces_highestmodseq_and_min_max_carry_their_own_modseq() {
+    let tree = tree_with_user();
+    for s in ["one", "two", "three"] {
+        deliver(&tree, s);
+    }
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+ok(M.select("INBOX"))
+M.untagged_responses.clear()
+r = ok(M.fetch("1:3", "(MODSEQ)"))
+assert M.untagged_responses.get("HIGHESTMODSEQ"), M.untagged_responses
+ok(M.store("3", "+FLAGS", "(\\Flagged)"))
+r = ok(M.fetch("1:3", "(MODSEQ)"))
+mods = [int(re.search(rb"MODSEQ \((\d+)\)", x).group(1)) for x in r]
+assert mods[2] > mods[0], mods
+typ, data = M._simple_command("SEARCH", "RETURN", "(MIN)", "MODSEQ", "1")
+es = M.untagged_responses.pop("ESEARCH")[0].decode()
+assert es.endswith("MIN 1 MODSEQ %d" % mods[0]), (es, mods)
+typ, data = M._simple_command("SEARCH", "RETURN", "(MAX)", "MODSEQ", "1")
+es = M.untagged_responses.pop("ESEARCH")[0].decode()
+assert es.endswith("MAX 3 MODSEQ %d" % mods[2]), (es, mods)
+typ, data = M._simple_command("SEARCH", "RETURN", "(MIN COUNT)", "MODSEQ", "1")
+es = M.untagged_responses.pop("ESEARCH")[0].decode()
+assert es.endswith("MODSEQ %d" % max(mods)), (es, mods)
+"#,
+        &server,
+        &tree,
+    );
+}
