@@ -247,42 +247,48 @@ impl Session {
             }
             let is_subscribed = subscribed.contains(name);
             let prefix = format!("{name}.");
-            let has_children = names.iter().any(|n| n.as_str().starts_with(&prefix));
+            // Children that exist (RFC 5258 §4: a subscription to a name
+            // that does not exist makes no child).
+            let has_children = existing.iter().any(|n| n.as_str().starts_with(&prefix));
             let subscribed_child = subscribed.iter().any(|n| n.as_str().starts_with(&prefix));
             let special = Mailbox::special_use(name);
             if options.special_use_only && special.is_none() {
                 continue;
             }
-            let mut child_info = false;
+            let present = exists.contains(name);
             if only_subscribed && !is_subscribed {
-                if options.recursive_match && subscribed_child {
-                    child_info = true;
-                } else if lsub && subscribed_child {
-                    // LSUB shows an unsubscribed parent as \Noselect.
-                } else {
+                // RECURSIVEMATCH lists a parent for its subscribed
+                // descendants; LSUB shows it as \Noselect.
+                if !(subscribed_child && (options.recursive_match || lsub)) {
                     continue;
                 }
+            } else if !only_subscribed && !present && !has_children {
+                // Only subscribed: not a mailbox, nor a parent of one.
+                continue;
             }
+            // RFC 5258 §3.5: with RECURSIVEMATCH, every name returned that
+            // has a descendant matching the selection says so.
+            let child_info = options.recursive_match && subscribed_child;
             let mut attrs: Vec<&str> = Vec::new();
-            let present = exists.contains(name);
-            if !present {
-                attrs.push(if options.subscribed || options.recursive_match {
-                    "\\NonExistent"
-                } else {
-                    "\\Noselect"
-                });
-            }
-            if lsub && only_subscribed && !is_subscribed {
-                attrs.push("\\Noselect");
-            }
-            if !lsub {
-                attrs.push(if has_children {
-                    "\\HasChildren"
-                } else {
-                    "\\HasNoChildren"
-                });
+            if lsub {
+                if !present || !is_subscribed {
+                    attrs.push("\\Noselect");
+                }
+            } else {
                 if is_subscribed && (options.subscribed || options.return_subscribed) {
                     attrs.push("\\Subscribed");
+                }
+                if !present {
+                    attrs.push(if options.subscribed || options.recursive_match {
+                        "\\NonExistent"
+                    } else {
+                        "\\Noselect"
+                    });
+                }
+                if has_children {
+                    attrs.push("\\HasChildren");
+                } else if present {
+                    attrs.push("\\HasNoChildren");
                 }
                 if let Some(special) = special {
                     attrs.push(special);

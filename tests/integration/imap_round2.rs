@@ -250,3 +250,40 @@ assert es.endswith("MODSEQ %d" % max(mods)), (es, mods)
         &tree,
     );
 }
+
+/// Item 7: DELETE keeps the subscription, which LIST (SUBSCRIBED) shows
+/// as \NonExistent; CHILDINFO goes with every name returned that has a
+/// subscribed descendant (RFC 5258 §3.5), and only with RECURSIVEMATCH.
+#[test]
+fn list_extended_keeps_subscriptions_of_deleted_folders_and_childinfo() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+for n in ["Gone", "P", "P.kid", "Q", "Q.kid"]:
+    ok(M.create(n))
+for n in ["Gone", "P.kid", "Q", "Q.kid"]:
+    ok(M.subscribe(n))
+ok(M.delete("Gone"))
+def lst(*args):
+    typ, data = M._simple_command("LIST", *args)
+    assert typ == "OK", (typ, data)
+    return sorted(l.decode() for l in M.untagged_responses.pop("LIST", []))
+r = lst("(SUBSCRIBED)", '""', "Gone")
+assert len(r) == 1 and set(r[0].split(")")[0][1:].split()) == {"\\Subscribed", "\\NonExistent"}, r
+# Plain LIST does not show the deleted name.
+assert lst('""', "Gone") == [], lst('""', "Gone")
+r = lst("(SUBSCRIBED RECURSIVEMATCH)", '""', "%")
+p = [l for l in r if l.split('"."')[1].strip().startswith("P")]
+q = [l for l in r if l.split('"."')[1].strip().startswith("Q")]
+assert len(p) == 1 and "\\Subscribed" not in p[0] and p[0].endswith('P ("CHILDINFO" ("SUBSCRIBED"))'), r
+assert len(q) == 1 and "\\Subscribed" in q[0] and q[0].endswith('Q ("CHILDINFO" ("SUBSCRIBED"))'), r
+r = lst("(SUBSCRIBED)", '""', "%")
+assert not any("CHILDINFO" in l for l in r), r
+assert not any(l.endswith(" P") for l in r), r
+"#,
+        &server,
+        &tree,
+    );
+}

@@ -198,7 +198,8 @@ impl Mailbox {
     }
 
     /// Deletes a folder and its messages (not its subfolders: they stay,
-    /// and the name lives on as their parent in LIST).
+    /// and the name lives on as their parent in LIST), not its
+    /// subscription.
     pub fn delete(&self, name: &MailboxName) -> Result<(), MailboxError> {
         if name.is_inbox() {
             return Err(MailboxError::InboxDelete);
@@ -216,7 +217,8 @@ impl Mailbox {
         fs::create_dir_all(self.root.join("tmp")).map_err(Self::io(&dir))?;
         fs::rename(&dir, &trash).map_err(Self::io(&dir))?;
         let _ = fs::remove_dir_all(&trash);
-        let _ = self.subscribe(std::slice::from_ref(name), false);
+        // The subscription stays (RFC 3501 §6.3.4, RFC 5258 §3: LIST
+        // (SUBSCRIBED) shows it as \NonExistent), as in Dovecot.
         Ok(())
     }
 
