@@ -421,11 +421,6 @@ impl Session {
         if positions.is_empty() {
             return Ok(Done::Ok(format!("{what} completed (nothing to do)")));
         }
-        if name == sel.name && remove {
-            return Ok(Done::No(
-                "[CANNOT] cannot move a message into its own mailbox".into(),
-            ));
-        }
         let entries: Vec<Entry> = positions.iter().map(|&i| sel.view[i].clone()).collect();
         let (validity, pairs) = match sel.folder.transfer(&entries, &dest, &hostname, remove) {
             Ok(r) => r,

@@ -287,3 +287,29 @@ assert not any(l.endswith(" P") for l in r), r
         &tree,
     );
 }
+
+/// Item 8: MOVE into the selected mailbox succeeds (RFC 6851 does not
+/// forbid it): the messages get new UIDs, told in COPYUID, and the old
+/// ones are expunged.
+#[test]
+fn move_into_the_selected_mailbox_gives_new_uids() {
+    let tree = tree_with_user();
+    deliver(&tree, "one");
+    deliver(&tree, "two");
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+ok(M.select("INBOX"))
+typ, data = M.uid("MOVE", "1", "INBOX")
+assert typ == "OK", (typ, data)
+copyuid = [x for x in M.untagged_responses.pop("OK", []) if b"COPYUID" in x]
+assert copyuid and re.search(rb"\[COPYUID \d+ 1 3\]", copyuid[0]), copyuid
+assert M.untagged_responses.pop("EXPUNGE") == [b"1"], M.untagged_responses
+r = ok(M.uid("FETCH", "1:*", "(UID)"))
+assert r == [b"1 (UID 2)", b"2 (UID 3)"], r
+"#,
+        &server,
+        &tree,
+    );
+}
