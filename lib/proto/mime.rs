@@ -672,11 +672,14 @@ pub fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
 
 fn address_text(a: &mail_parser::Address<'_>) -> String {
     let one = |addr: &mail_parser::Addr<'_>| {
-        format!(
-            "{} <{}>",
-            addr.name.as_deref().unwrap_or(""),
-            addr.address.as_deref().unwrap_or("")
-        )
+        let name = addr.name.as_deref().unwrap_or("");
+        let address = addr.address.as_deref().unwrap_or("");
+        // A name with a colon is quoted, so it never reads as a group's.
+        if name.contains([':', ',', '<']) {
+            format!("\"{}\" <{address}>", name.replace('"', ""))
+        } else {
+            format!("{name} <{address}>")
+        }
     };
     match a {
         mail_parser::Address::List(list) => list.iter().map(one).collect::<Vec<_>>().join(", "),

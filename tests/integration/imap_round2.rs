@@ -313,3 +313,28 @@ assert r == [b"1 (UID 2)", b"2 (UID 3)"], r
         &tree,
     );
 }
+
+/// Item 9: SORT under i;ascii-casemap folds to upper case (so `_` sorts
+/// after the letters, RFC 4790 §9.2), and a group sorts by its name.
+#[test]
+fn sort_folds_to_upper_case_and_sorts_groups_by_name() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = login()
+for subject, sender in [("_under", "zz@x.test"), ("beta", "undisclosed: a@b.test;"), ("Alpha", "mm@x.test")]:
+    ok(M.append("INBOX", None, None, f"From: {sender}\r\nSubject: {subject}\r\n\r\nx\r\n".encode()))
+ok(M.select("INBOX"))
+typ, data = M._simple_command("SORT", "(SUBJECT)", "UTF-8", "ALL")
+assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "subject"
+typ, data = M._simple_command("SORT", "(FROM)", "UTF-8", "ALL")
+# mm, undisclosed, zz.
+assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "from"
+typ, data = M._simple_command("SORT", "(DISPLAYFROM)", "UTF-8", "ALL")
+assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "displayfrom"
+"#,
+        &server,
+        &tree,
+    );
+}
