@@ -9,7 +9,7 @@
 use postroom::net::NetError;
 use postroom::proto::imap::command::{FetchItem, SectionText, SequenceSet};
 use postroom::proto::imap::response::{
-    flag_list, internal_date, literal, literal8, part_number, section_name,
+    internal_date, literal, literal8, part_number, section_name,
 };
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::Record;
@@ -254,7 +254,7 @@ impl Session {
                         format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
                     ),
                     FetchItem::Flags => out.extend_from_slice(
-                        format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
+                        format!("FLAGS {}", sel.flags(&entry)).as_bytes(),
                     ),
                     FetchItem::InternalDate => {
                         let secs = match &record {
@@ -352,7 +352,7 @@ impl Session {
             if flags_changed && !wants_flags {
                 sep(&mut out);
                 out.extend_from_slice(
-                    format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
+                    format!("FLAGS {}", sel.flags(&entry)).as_bytes(),
                 );
             }
             if flags_changed && condstore {

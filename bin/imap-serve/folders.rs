@@ -8,7 +8,7 @@ use postroom::net::NetError;
 use postroom::proto::imap::command::{
     Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
 };
-use postroom::proto::imap::response::{all_flags, astring, flag_list, permanent_flags};
+use postroom::proto::imap::response::{all_flags, astring, permanent_flags};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Folder, Mailbox, MailboxName, flags};
 
@@ -67,8 +67,21 @@ impl Session {
         };
         out.extend_from_slice(format!("* OK [PERMANENTFLAGS {permanent}] flags\r\n").as_bytes());
         out.extend_from_slice(format!("* {} EXISTS\r\n", state.entries.len()).as_bytes());
+        let mut recent = Vec::new();
+        crate::view::take_recent(
+            &folder,
+            read_only,
+            state.first_recent,
+            state.next_uid,
+            &mut recent,
+        );
         if !self.rev2 {
-            out.extend_from_slice(b"* 0 RECENT\r\n");
+            let n = state
+                .entries
+                .iter()
+                .filter(|e| recent.iter().any(|&(a, b)| (a..b).contains(&e.uid)))
+                .count();
+            out.extend_from_slice(format!("* {n} RECENT\r\n").as_bytes());
             if let Some(first) = state
                 .entries
                 .iter()
@@ -98,6 +111,8 @@ impl Session {
             next_uid: state.next_uid,
             stamp,
             held_back: false,
+            recent,
+            report_recent: !self.rev2,
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest.
@@ -330,7 +345,16 @@ impl Session {
         for item in items {
             parts.push(match item {
                 StatusItem::Messages => format!("MESSAGES {}", state.entries.len()),
-                StatusItem::Recent => "RECENT 0".to_string(),
+                // Not yet taken by any session (none here: STATUS takes
+                // none, RFC 3501 §6.3.10).
+                StatusItem::Recent => format!(
+                    "RECENT {}",
+                    state
+                        .entries
+                        .iter()
+                        .filter(|e| e.uid >= state.first_recent)
+                        .count()
+                ),
                 StatusItem::UidNext => format!("UIDNEXT {}", state.next_uid),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", state.validity),
                 StatusItem::Unseen => format!(
@@ -580,7 +604,7 @@ fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
                     "* {} FETCH (UID {} FLAGS {} MODSEQ ({modseq}))\r\n",
                     i + 1,
                     e.uid,
-                    flag_list(e.flags(), &sel.keywords)
+                    sel.flags(e)
                 )
                 .as_bytes(),
             );

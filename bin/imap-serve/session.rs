@@ -35,6 +35,7 @@ use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
 
 use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
+use postroom::proto::imap::response::flag_list;
 
 /// Failed LOGIN/AUTHENTICATE attempts before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -117,6 +118,11 @@ pub struct Selected {
     /// §7.4.1): the next command that may report EXPUNGE must sync even
     /// when the folder's stamp has not moved since.
     pub held_back: bool,
+    /// UIDs this session owns \Recent for, as `first..next` ranges
+    /// (`view::take_recent`); all from the folder's `R` on for EXAMINE.
+    pub recent: Vec<(u32, u32)>,
+    /// \Recent is reported (IMAP4rev1; IMAP4rev2 dropped it).
+    pub report_recent: bool,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
     pub cache: Cache,
     /// Mod-sequences (CONDSTORE), brought up to date before each use.
@@ -124,6 +130,30 @@ pub struct Selected {
 }
 
 impl Selected {
+    /// Whether this session shows the message as \Recent.
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.report_recent && self.recent.iter().any(|&(a, b)| (a..b).contains(&uid))
+    }
+
+    /// `* n RECENT`: the messages of the view this session shows \Recent.
+    pub fn recent_line(&self) -> String {
+        let n = self.view.iter().filter(|e| self.is_recent(e.uid)).count();
+        format!("* {n} RECENT\r\n")
+    }
+
+    /// A message's FLAGS, with \Recent where this session shows it.
+    pub fn flags(&self, e: &Entry) -> String {
+        let mut list = flag_list(e.flags(), &self.keywords);
+        if self.is_recent(e.uid) {
+            list.pop();
+            if !list.ends_with('(') {
+                list.push(' ');
+            }
+            list.push_str("\\Recent)");
+        }
+        list
+    }
+
     /// Writes what a command added to the folder cache, and closes its
     /// file until the next command needs it.
     pub fn done_with_cache(&mut self) {
@@ -528,6 +558,9 @@ impl Session {
                         // UTF-8 names, ESEARCH replies, no \Recent (RFC 9051).
                         "IMAP4REV2" => {
                             self.rev2 = true;
+                            if let Some(sel) = self.selected.as_mut() {
+                                sel.report_recent = false;
+                            }
                             "IMAP4rev2"
                         }
                         _ => continue,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
-use postroom::proto::imap::response::{all_flags, flag_list, permanent_flags};
-use postroom::store::mailbox::{Entry, Flags, flags};
+use postroom::proto::imap::response::{all_flags, permanent_flags};
+use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
@@ -95,6 +95,35 @@ impl Selected {
     }
 }
 
+/// The \Recent messages a session shows, brought up to date with the
+/// folder's `R` (`uidlist`): a read-write session takes those no session
+/// has taken yet, as Dovecot does (the first to see a message owns its
+/// \Recent, RFC 3501 §2.3.2); EXAMINE shows those not taken, taking none.
+pub fn take_recent(
+    folder: &Folder,
+    read_only: bool,
+    first_recent: u32,
+    next_uid: u32,
+    recent: &mut Vec<(u32, u32)>,
+) {
+    if read_only {
+        *recent = vec![(first_recent, u32::MAX)];
+        return;
+    }
+    if first_recent >= next_uid {
+        return;
+    }
+    match folder.claim_recent() {
+        Ok(Some((first, next))) => match recent.last_mut() {
+            Some(last) if last.1 == first => last.1 = next,
+            _ => recent.push((first, next)),
+        },
+        Ok(None) => {}
+        // No \Recent this time; the messages stay for the next session.
+        Err(e) => tracing::warn!("\\Recent in {}: {e}", folder.path().display()),
+    }
+}
+
 impl Session {
     /// Syncs the selected folder and reports changes made elsewhere.
     /// `expunge_ok`: whether EXPUNGE may be sent now (RFC 3501 §7.4.1);
@@ -105,7 +134,7 @@ impl Session {
             return Ok(());
         };
         let stamp = sel.folder.stamp();
-        if stamp == sel.stamp && !(expunge_ok && sel.held_back) {
+        if stamp.unchanged_since(&sel.stamp) && !(expunge_ok && sel.held_back) {
             return Ok(());
         }
         let state = match sel.folder.sync() {
@@ -179,6 +208,14 @@ impl Session {
         let grew = kept.len() != before || !expunged.is_empty();
         sel.next_uid = state.next_uid;
         sel.view = kept;
+        let recent_before = sel.recent.clone();
+        take_recent(
+            &sel.folder,
+            sel.read_only,
+            state.first_recent,
+            state.next_uid,
+            &mut sel.recent,
+        );
         if condstore {
             sel.update_modseqs();
         }
@@ -210,13 +247,16 @@ impl Session {
                     "* {} FETCH (UID {} FLAGS {}{modseq})\r\n",
                     i + 1,
                     e.uid,
-                    flag_list(e.flags(), &sel.keywords)
+                    sel.flags(e)
                 )
                 .as_bytes(),
             );
         }
         if grew {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.view.len()).as_bytes());
+        }
+        if sel.report_recent && (grew || sel.recent != recent_before) {
+            out.extend_from_slice(sel.recent_line().as_bytes());
         }
         self.out(&out).await
     }
@@ -320,7 +360,7 @@ impl Session {
                 items.push(format!("UID {}", e.uid));
             }
             if !silent {
-                items.push(format!("FLAGS {}", flag_list(e.flags(), &sel.keywords)));
+                items.push(format!("FLAGS {}", sel.flags(e)));
             }
             // With CONDSTORE the client learns each new mod-sequence, even
             // from a .SILENT store (RFC 7162 §3.1.3).

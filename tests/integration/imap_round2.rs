@@ -338,3 +338,47 @@ assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "displayfrom"
         &tree,
     );
 }
+
+/// Item 10: \Recent in IMAP4rev1 sessions as Dovecot has it: the first
+/// session to see a message owns its \Recent; others see it as not
+/// recent; IMAP4rev2 sessions report none.
+#[test]
+fn recent_belongs_to_the_first_session_that_sees_a_message() {
+    let tree = tree_with_user();
+    deliver(&tree, "one");
+    deliver(&tree, "two");
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+A = login(); B = login()
+ok(A.select("INBOX"))
+assert A.untagged_responses.pop("RECENT") == [b"2"], A.untagged_responses
+assert ok(A.search(None, "NEW")) == [b"1 2"]
+r = ok(A.fetch("1", "(FLAGS)"))
+assert b"\\Recent" in r[0], r
+ok(B.select("INBOX"))
+assert B.untagged_responses.pop("RECENT") == [b"0"], B.untagged_responses
+assert ok(B.search(None, "RECENT")) == [b""]
+assert ok(B.search(None, "OLD")) == [b"1 2"]
+deliver("three")
+# STATUS takes no \Recent (a session with nothing selected asks).
+D = login()
+assert ok(D.status("INBOX", "(RECENT)"))[0] == b"INBOX (RECENT 1)"
+A.untagged_responses.clear(); B.untagged_responses.clear()
+ok(A.noop())
+assert A.untagged_responses.pop("EXISTS") == [b"3"], A.untagged_responses
+assert A.untagged_responses.pop("RECENT") == [b"3"], A.untagged_responses
+ok(B.noop())
+assert B.untagged_responses.pop("EXISTS") == [b"3"], B.untagged_responses
+assert B.untagged_responses.pop("RECENT", [b"0"]) == [b"0"], B.untagged_responses
+# Read-only, and IMAP4rev2: no \Recent taken, none reported.
+C = login()
+ok(C._simple_command("ENABLE", "IMAP4rev2"))
+ok(C.select("INBOX"))
+assert "RECENT" not in C.untagged_responses, C.untagged_responses
+assert b"\\Recent" not in ok(C.fetch("1:*", "(FLAGS)"))[0]
+"#,
+        &server,
+        &tree,
+    );
+}

@@ -59,15 +59,35 @@ impl Entry {
 pub struct State {
     pub validity: u32,
     pub next_uid: u32,
+    /// UIDs from here on are \Recent and not yet claimed by a session.
+    pub first_recent: u32,
     /// Ascending UIDs.
     pub entries: Vec<Entry>,
     pub keywords: Keywords,
 }
 
 /// Modification times that change whenever the folder does: a session
-/// whose stamp is unchanged has nothing to sync.
+/// whose stamp is unchanged has nothing to sync ([`Stamp::unchanged_since`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stamp([Option<SystemTime>; 4]);
+pub struct Stamp {
+    times: [Option<SystemTime>; 4],
+    /// A time was as recent as [`STAMP_DIRTY`] when the stamp was taken:
+    /// the kernel's file times tick coarsely (a jiffy, or a second on some
+    /// filesystems), so a change made just after may leave them as they
+    /// are. Such a stamp proves nothing (Dovecot's "dirty" maildir rule).
+    dirty: bool,
+}
+
+/// How old a file time must be for a stamp to trust it.
+const STAMP_DIRTY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Stamp {
+    /// Nothing changed between `older` and this stamp. A default (never
+    /// taken) stamp matches nothing.
+    pub fn unchanged_since(&self, older: &Stamp) -> bool {
+        !older.dirty && older.times.iter().any(Option::is_some) && self.times == older.times
+    }
+}
 
 /// A folder on disk (INBOX or a `.Name` folder).
 #[derive(Debug, Clone)]
@@ -185,12 +205,17 @@ impl Folder {
 
     pub fn stamp(&self) -> Stamp {
         let m = |p: PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
-        Stamp([
+        let times = [
             m(self.dir.join("new")),
             m(self.dir.join("cur")),
             m(self.dir.join(uidlist::FILE)),
             m(self.dir.join(super::flags::KEYWORDS_FILE)),
-        ])
+        ];
+        let recent = SystemTime::now()
+            .checked_sub(STAMP_DIRTY)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let dirty = times.iter().flatten().any(|&t| t > recent);
+        Stamp { times, dirty }
     }
 
     fn io(&self) -> impl FnOnce(io::Error) -> MailboxError + '_ {
@@ -271,6 +296,7 @@ impl Folder {
         let state = State {
             validity: list.validity,
             next_uid: list.next_uid,
+            first_recent: list.first_recent,
             entries,
             keywords: super::flags::read_keywords(&self.dir).map_err(self.io())?,
         };
@@ -349,12 +375,30 @@ impl Folder {
             *old = uid;
         }
         list.next_uid = list.entries.len() as u32 + 1;
+        list.first_recent = list.next_uid;
         tracing::warn!(
             folder = %self.dir.display(),
             "UIDs used up (next UID {old_next}): new UIDVALIDITY {} (was {old_validity}), {} messages renumbered",
             list.validity,
             list.entries.len()
         );
+    }
+
+    /// Takes the \Recent flag of every message no session has taken it
+    /// for yet (RFC 3501 §2.3.2: one session owns it), moving the list's
+    /// `R` past them; returns the UIDs taken, `first..next`, if any.
+    pub fn claim_recent(&self) -> Result<Option<(u32, u32)>, MailboxError> {
+        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
+        let Some(mut list) = UidList::read(&self.dir).map_err(self.io())? else {
+            return Ok(None);
+        };
+        if list.first_recent >= list.next_uid {
+            return Ok(None);
+        }
+        let taken = (list.first_recent, list.next_uid);
+        list.first_recent = list.next_uid;
+        lock.commit(&list).map_err(self.io())?;
+        Ok(Some(taken))
     }
 
     /// Sets an entry's flags by renaming its file; returns the entry as it
