@@ -10,7 +10,7 @@ use postroom::proto::imap::command::{
 };
 use postroom::proto::imap::response::{all_flags, astring, permanent_flags};
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::{Folder, Mailbox, MailboxName, flags};
+use postroom::store::mailbox::{Folder, MailboxName, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
@@ -25,14 +25,20 @@ macro_rules! mailbox_or_bad {
 }
 
 impl Session {
+    /// Mailbox names in UTF-8, not modified UTF-7: IMAP4rev2 (RFC 9051
+    /// §5.1) or UTF8=ACCEPT (RFC 6855 §3) enabled.
+    fn utf8_names(&self) -> bool {
+        self.rev2 || self.utf8
+    }
+
     /// A client's mailbox name, checked.
     pub fn name(&self, wire: &str) -> Result<MailboxName, Done> {
-        MailboxName::from_wire(wire, self.rev2).map_err(|e| Done::No(format!("[CANNOT] {e}")))
+        MailboxName::from_wire(wire, self.utf8_names()).map_err(|e| Done::No(format!("[CANNOT] {e}")))
     }
 
     fn wire_name(&self, name: &MailboxName) -> Vec<u8> {
         let mut out = Vec::new();
-        astring(&mut out, &name.wire(self.rev2));
+        astring(&mut out, &name.wire(self.utf8_names()));
         out
     }
 
@@ -132,7 +138,7 @@ impl Session {
         )))
     }
 
-    pub fn create(&mut self, wire: &str) -> Done {
+    pub fn create(&mut self, wire: &str, uses: &[String]) -> Done {
         let mailbox = match self.mailbox() {
             Ok(m) => m,
             Err(done) => return done,
@@ -146,8 +152,20 @@ impl Session {
         if name.is_inbox() {
             return Done::No("[ALREADYEXISTS] INBOX always exists".into());
         }
-        match mailbox.create(&name) {
-            Ok(()) => Done::Ok("CREATE completed".into()),
+        let created = match uses {
+            [] => mailbox.create(&name).map(Some),
+            [special] => mailbox.create_special(&name, special),
+            _ => {
+                return Done::No("[USEATTR] one special use per mailbox here".into());
+            }
+        };
+        match created {
+            Ok(Some(())) => Done::Ok("CREATE completed".into()),
+            Ok(None) => Done::No(format!(
+                "[USEATTR] {} is not a special use this server gives (one of {})",
+                uses.join(" "),
+                postroom::store::mailbox::SPECIAL_USES.join(" ")
+            )),
             Err(e) => e.into(),
         }
     }
@@ -247,7 +265,7 @@ impl Session {
             .iter()
             .map(|p| {
                 let full = format!("{reference}{p}");
-                let decoded = MailboxName::from_wire(&full, self.rev2)
+                let decoded = MailboxName::from_wire(&full, self.utf8_names())
                     .map(|n| n.to_string())
                     .unwrap_or(full);
                 decoded.chars().collect()
@@ -266,7 +284,7 @@ impl Session {
             // that does not exist makes no child).
             let has_children = existing.iter().any(|n| n.as_str().starts_with(&prefix));
             let subscribed_child = subscribed.iter().any(|n| n.as_str().starts_with(&prefix));
-            let special = Mailbox::special_use(name);
+            let special = mailbox.special_use(name);
             if options.special_use_only && special.is_none() {
                 continue;
             }

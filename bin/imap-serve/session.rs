@@ -184,6 +184,8 @@ pub struct Session {
     pub selected: Option<Selected>,
     /// IMAP4rev2 enabled (RFC 9051): UTF-8 names, ESEARCH replies, no RECENT.
     pub rev2: bool,
+    /// UTF8=ACCEPT enabled (RFC 6855): UTF-8 mailbox names and strings.
+    pub utf8: bool,
     /// CONDSTORE in use (RFC 7162 §3.1): MODSEQ in every FETCH response.
     pub condstore: bool,
     /// QRESYNC enabled: VANISHED instead of EXPUNGE.
@@ -242,6 +244,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         login: None,
         selected: None,
         rev2: false,
+        utf8: false,
         condstore: false,
         qresync: false,
         saved: Vec::new(),
@@ -312,6 +315,10 @@ impl Session {
                 "SEARCHRES",
                 "SORT",
                 "SORT=DISPLAY",
+                "ESORT",
+                "PARTIAL",
+                "UTF8=ACCEPT",
+                "CREATE-SPECIAL-USE",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
                 "MULTIAPPEND",
@@ -555,6 +562,10 @@ impl Session {
                             (self.condstore, self.qresync) = (true, true);
                             "QRESYNC"
                         }
+                        "UTF8=ACCEPT" => {
+                            self.utf8 = true;
+                            "UTF8=ACCEPT"
+                        }
                         // UTF-8 names, ESEARCH replies, no \Recent (RFC 9051).
                         "IMAP4REV2" => {
                             self.rev2 = true;
@@ -594,7 +605,7 @@ impl Session {
                     self.select(&mailbox, read_only, qresync.as_ref()).await?
                 }
             }
-            Body::Create(name) => self.create(&name),
+            Body::Create(name, uses) => self.create(&name, &uses),
             Body::Delete(name) => self.delete(&name),
             Body::Rename(from, to) => self.rename(&from, &to),
             Body::Subscribe(name) => self.subscribe(&name, true),
@@ -644,7 +655,12 @@ impl Session {
             }
             Body::Expunge(uids) => self.expunge(uids.as_ref()).await?,
             Body::Search { uid, key, ret } => self.search(&tag, uid, &key, ret.as_deref()).await?,
-            Body::Sort { uid, criteria, key } => self.sort(uid, &criteria, &key).await?,
+            Body::Sort {
+                uid,
+                criteria,
+                key,
+                ret,
+            } => self.sort(&tag, uid, &criteria, &key, ret.as_deref()).await?,
             Body::Thread {
                 uid,
                 references,

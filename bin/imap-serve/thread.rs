@@ -24,6 +24,7 @@ use std::collections::HashMap;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{SearchKey, SortKey};
+use postroom::proto::imap::response::esearch;
 use postroom::store::mailbox::cache::Record;
 
 use crate::session::{Done, Session};
@@ -213,9 +214,11 @@ fn items(session: &mut Session, key: &SearchKey) -> Result<Vec<Item>, Done> {
 impl Session {
     pub async fn sort(
         &mut self,
+        tag: &str,
         uid: bool,
         criteria: &[(bool, SortKey)],
         key: &SearchKey,
+        ret: Option<&[String]>,
     ) -> Result<Done, NetError> {
         let session = self;
         let items = match items(session, key) {
@@ -238,11 +241,19 @@ impl Session {
             }
             items[a].seq.cmp(&items[b].seq)
         });
-        let mut line = String::from("* SORT");
-        for i in order {
-            line.push(' ');
-            line.push_str(&items[i].number(uid).to_string());
-        }
+        let sorted: Vec<u32> = order.iter().map(|&i| items[i].number(uid)).collect();
+        // ESORT (RFC 5267): RETURN options answer as ESEARCH, in sort order.
+        let mut line = match ret {
+            Some(opts) => esearch(tag, uid, &sorted, opts),
+            None => {
+                let mut line = String::from("* SORT");
+                for n in &sorted {
+                    line.push(' ');
+                    line.push_str(&n.to_string());
+                }
+                line
+            }
+        };
         line.push_str("\r\n");
         session.out(line.as_bytes()).await?;
         Ok(Done::Ok("SORT completed".into()))

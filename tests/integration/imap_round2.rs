@@ -382,3 +382,63 @@ assert b"\\Recent" not in ok(C.fetch("1:*", "(FLAGS)"))[0]
         &tree,
     );
 }
+
+/// Item 11: LOGIN's tagged OK carries the post-login capabilities, and
+/// the extensions offered work: ESORT and PARTIAL (RETURN options of SORT
+/// and SEARCH), UTF8=ACCEPT (UTF-8 names, APPEND UTF8), CREATE-SPECIAL-USE.
+#[test]
+fn login_capabilities_and_the_extensions_they_offer() {
+    let tree = tree_with_user();
+    for s in ["c", "a", "d", "b"] {
+        deliver(&tree, s);
+    }
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+M = imaplib.IMAP4("127.0.0.1", PORT)
+typ, data = M.login("bob@example.test", "secret")
+caps = data[0].decode()
+assert caps.startswith("[CAPABILITY IMAP4rev1"), caps
+for c in ["ESORT", "PARTIAL", "UTF8=ACCEPT", "CREATE-SPECIAL-USE", "UIDPLUS", "MOVE"]:
+    assert " " + c + " " in caps or caps.split("]")[0].endswith(" " + c), (c, caps)
+assert ok(M._simple_command("ENABLE", "UTF8=ACCEPT")) and M.untagged_responses.pop("ENABLED") == [b"UTF8=ACCEPT"]
+M._mode_utf8()
+ok(M.select("INBOX"))
+def esearch(*args):
+    ok(M._simple_command(*args))
+    return M.untagged_responses.pop("ESEARCH")[0].decode()
+# Subjects c a d b: sorted a b c d are messages 2 4 1 3.
+e = esearch("SORT", "RETURN", "(MIN MAX COUNT ALL)", "(SUBJECT)", "UTF-8", "ALL")
+assert e.endswith("MIN 2 MAX 3 COUNT 4 ALL 2,4,1,3"), e
+e = esearch("SORT", "RETURN", "(PARTIAL 2:3)", "(SUBJECT)", "UTF-8", "ALL")
+assert e.endswith("PARTIAL (2:3 4,1)"), e
+e = esearch("UID", "SEARCH", "RETURN", "(PARTIAL -1:-2)", "ALL")
+assert e.endswith("UID PARTIAL (-2:-1 3:4)"), e
+e = esearch("SEARCH", "RETURN", "(PARTIAL 5:9)", "ALL")
+assert e.endswith("PARTIAL (5:9 NIL)"), e
+# UTF8=ACCEPT: names in UTF-8, and APPEND UTF8 (literal8).
+ok(M.create('"Entwürfe"'))
+r = ok(M.list('""', "Entw*"))
+# As a quoted string or a literal: either way, UTF-8 bytes.
+name = r[0][1] if isinstance(r[0], tuple) else r[0].split(b'"." ')[1].strip(b'"')
+assert name.decode("utf-8") == "Entwürfe", r
+msg = "Subject: Grüße\r\n\r\nx\r\n".encode()
+s = socket.create_connection(("127.0.0.1", PORT)); f = s.makefile("rb"); f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\nb ENABLE UTF8=ACCEPT\r\n")
+while not f.readline().startswith(b"b OK"): pass
+s.sendall(b"c APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")\r\n")
+line = f.readline()
+while not line.startswith(b"c "): line = f.readline()
+assert line.startswith(b"c OK [APPENDUID"), line
+# CREATE-SPECIAL-USE.
+typ, data = M._simple_command("CREATE", "Outbox", "(USE (\\Sent))")
+assert typ == "OK", (typ, data)
+typ, data = M._simple_command("CREATE", "Virtual", "(USE (\\All))")
+assert typ == "NO" and b"[USEATTR]" in data[0], (typ, data)
+lines = [l.decode() for l in ok(M.list('""', "Outbox"))]
+assert lines == ['(\\HasNoChildren \\Sent) "." Outbox'], lines
+"#,
+        &server,
+        &tree,
+    );
+}
