@@ -10,7 +10,7 @@ use postroom::proto::imap::command::{
 };
 use postroom::proto::imap::response::{all_flags, astring, permanent_flags};
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::{Folder, MailboxName, flags};
+use postroom::store::mailbox::{Appending, Folder, MailboxName, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
@@ -462,48 +462,24 @@ impl Session {
         }
         let quota = self.login.as_ref().and_then(|l| l.quota);
         let hostname = self.shared.config.hostname.clone();
-        let mut stored = Vec::with_capacity(messages.len());
-        let mut validity = 0;
-        let mut renumbered = false;
-        for (m, flags) in messages.iter().zip(flags) {
-            match folder.append(&m.message, m.binary, flags, m.date, &hostname, quota) {
-                Ok((v, uid)) => {
-                    renumbered |= validity != 0 && v != validity;
-                    validity = v;
-                    stored.push(uid);
-                }
-                Err(e) => {
-                    // All or nothing: take back the ones already stored.
-                    if !stored.is_empty()
-                        && let Ok(state) = folder.sync()
-                    {
-                        // Only UIDs of the folder's current numbering: had
-                        // it been renumbered half-way, older ones name
-                        // other messages now.
-                        let same = !renumbered && state.validity == validity;
-                        let undo: Vec<_> = state
-                            .entries
-                            .into_iter()
-                            .filter(|e| same && stored.contains(&e.uid))
-                            .collect();
-                        if let Err(e) = folder.expunge(&undo) {
-                            tracing::error!("could not take back a failed MULTIAPPEND: {e}");
-                        }
-                    }
-                    return e.into();
-                }
-            }
+        let batch: Vec<Appending<'_>> = messages
+            .iter()
+            .zip(flags)
+            .map(|(m, flags)| Appending {
+                message: &m.message,
+                as_given: m.binary,
+                flags,
+                internal_date: m.date,
+            })
+            .collect();
+        // All or none (Folder::append takes back what it stored).
+        match folder.append(&batch, &hostname, quota) {
+            Ok((validity, uids)) => Done::Ok(format!(
+                "[APPENDUID {validity} {}] APPEND completed",
+                SequenceSet::of_sorted(&uids)
+            )),
+            Err(e) => e.into(),
         }
-        if renumbered {
-            // The folder's UIDs ran out half-way and it was renumbered: the
-            // first UIDs given are no longer theirs (RFC 4315 lets APPENDUID
-            // be left out).
-            return Done::Ok("APPEND completed".into());
-        }
-        Done::Ok(format!(
-            "[APPENDUID {validity} {}] APPEND completed",
-            SequenceSet::of_sorted(&stored)
-        ))
     }
 
     pub async fn quota(&mut self, mailbox_name: Option<&str>) -> Result<Done, NetError> {

@@ -54,6 +54,21 @@ impl Entry {
     }
 }
 
+/// A list this long (about 10,000 messages) is read on a thread of its
+/// own while `cur/` is read.
+const PARALLEL_SYNC_BYTES: u64 = 640 * 1024;
+
+/// One message for [`Folder::append`].
+#[derive(Debug, Clone, Copy)]
+pub struct Appending<'a> {
+    /// LF or CRLF text (stored with LF), or with `as_given` the bytes to
+    /// keep exactly (`maildir::Message::as_given`).
+    pub message: &'a [u8],
+    pub as_given: bool,
+    pub flags: Flags,
+    pub internal_date: Option<SystemTime>,
+}
+
 /// A folder's state after a sync.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -235,20 +250,30 @@ impl Folder {
         if !self.exists() {
             return Err(MailboxError::NoSuchMailbox);
         }
-        // The list and the directory are read at once: on a big folder
-        // each is tens of milliseconds of its own.
-        let (list, scan) = std::thread::scope(|s| {
-            let list = s.spawn(|| UidList::read(&self.dir));
-            let scan = self.subdirs().and_then(|dirs| {
+        let scan = || {
+            self.subdirs().and_then(|dirs| {
                 let new = dirs.new_names().map_err(self.io())?;
                 let cur = read_cur(&dirs.cur).map_err(self.io())?;
                 Ok((dirs, new, cur))
-            });
-            let list = list
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("uidlist reader panicked")));
-            (list, scan)
-        });
+            })
+        };
+        // On a big folder the list and the directory are read at once,
+        // each being tens of milliseconds of its own; a small one's are
+        // read in turn, for less than starting a thread costs.
+        let big = fs::symlink_metadata(self.dir.join(uidlist::FILE))
+            .is_ok_and(|m| m.len() > PARALLEL_SYNC_BYTES);
+        let (list, scan) = if big {
+            std::thread::scope(|s| {
+                let list = s.spawn(|| UidList::read(&self.dir));
+                let scan = scan();
+                let list = list
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("uidlist reader panicked")));
+                (list, scan)
+            })
+        } else {
+            (UidList::read(&self.dir), scan())
+        };
         let list = list.map_err(self.io())?;
         let (dirs, new, cur) = scan?;
         if let Some(list) = list
@@ -515,71 +540,96 @@ impl Folder {
         lock.commit(&list).map_err(self.io())
     }
 
-    /// Stores a new message (LF or CRLF text; with `as_given`, bytes kept
-    /// exactly, see `maildir::Message::as_given`) with flags and an
-    /// internal date; returns its UID after a sync. Quota is the user's,
-    /// if any.
-    #[allow(clippy::too_many_arguments)]
+    /// Stores new messages (IMAP APPEND, and MULTIAPPEND's several) with
+    /// their flags and internal dates, all or none; returns the folder's
+    /// UIDVALIDITY and their UIDs. The user's quota, if any, holds for
+    /// them together.
+    ///
+    /// Durable in three steps however many there are: each file is
+    /// fsynced as it is written into `tmp/` and linked straight into `cur/`
+    /// with its flags; then `cur/` is synced once; then one write of the
+    /// list under its lock gives them the next UIDs, without the readdir
+    /// of a full sync (other newcomers get theirs at the next sync).
     pub fn append(
         &self,
-        message: &[u8],
-        as_given: bool,
-        flags: Flags,
-        internal_date: Option<SystemTime>,
+        messages: &[Appending<'_>],
         hostname: &str,
         quota: Option<u64>,
-    ) -> Result<(u32, u32), MailboxError> {
-        // The one durable write (maildir.rs) into this folder's new/, then
-        // straight on to cur/ with the flags.
-        let mut body = message;
-        let delivered = self
-            .maildir
-            .deliver(
+    ) -> Result<(u32, Vec<u32>), MailboxError> {
+        let mut used = match quota {
+            Some(limit) if limit > 0 && !self.is_trash => {
+                Some((limit, self.maildir.quota_usage(limit)?.0))
+            }
+            _ => None,
+        };
+        let mut placed: Vec<(String, String)> = Vec::with_capacity(messages.len());
+        let mut bytes = 0u64;
+        for m in messages {
+            let info = m.flags.apply_to_info("");
+            let mut body = m.message;
+            let stored = self.maildir.store_in_cur(
                 crate::store::maildir::Message {
                     prepend: b"",
                     body: &mut body,
                     base_name: None,
                     search_cur: false,
-                    as_given,
-                    quota: if self.is_trash { None } else { quota },
+                    as_given: m.as_given,
+                    quota: None,
                 },
+                &info,
+                m.internal_date,
                 hostname,
-            )
-            .map_err(MailboxError::from)?;
-        let crate::store::maildir::Delivered::New(delivered) = delivered else {
-            return Err(MailboxError::NoSuchMessage);
-        };
-        let name = delivered
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let info = flags.apply_to_info("");
-        let to = format!("{name}:2,{info}");
-        let dirs = self.subdirs()?;
-        let moved = match &dirs.new {
-            Some(new) => new.rename(&name, &dirs.cur, &to),
-            None => Err(io::ErrorKind::NotFound.into()),
-        };
-        if moved.is_err() {
-            // A sync moved it to cur/ first (as `name:2,`).
-            dirs.cur
-                .rename(&format!("{name}:2,"), &dirs.cur, &to)
-                .map_err(self.io())?;
+                used,
+            );
+            match stored {
+                Ok((base, size)) => {
+                    bytes += size;
+                    if let Some((_, in_use)) = used.as_mut() {
+                        *in_use += size;
+                    }
+                    placed.push((base, info));
+                }
+                Err(e) => {
+                    // All or none: the ones placed have no UID yet, so
+                    // unlinking them is all it takes.
+                    if let Ok(cur) = self.cur() {
+                        for (base, info) in &placed {
+                            let _ = cur.unlink(&format!("{base}:2,{info}"));
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
         }
-        if let Some(date) = internal_date
-            && let Ok(file) = dirs.cur.open_with(&to, OFlags::WRONLY, 0)
-        {
-            let _ = file.set_modified(date);
+        self.maildir.sync_cur()?;
+        if used.is_some() {
+            crate::store::maildir::Maildir::new(&self.inbox)
+                .quota_add(bytes as i64, placed.len() as i64);
         }
-        let state = self.sync()?;
-        let uid = state
-            .entries
-            .iter()
-            .rev()
-            .find(|e| *e.base == *name)
-            .map(|e| e.uid)
-            .ok_or(MailboxError::NoSuchMessage)?;
-        Ok((state.validity, uid))
+        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
+        let mut list = UidList::read(&self.dir)
+            .map_err(self.io())?
+            .unwrap_or_else(|| UidList::fresh_in(&self.inbox));
+        if u64::from(list.next_uid) + placed.len() as u64 > u64::from(u32::MAX) {
+            // The UIDs run out: the full sync renumbers the folder.
+            drop(lock);
+            let state = self.sync()?;
+            let uids = placed
+                .iter()
+                .filter_map(|(base, _)| {
+                    state.entries.iter().rev().find(|e| *e.base == **base).map(|e| e.uid)
+                })
+                .collect();
+            return Ok((state.validity, uids));
+        }
+        let mut uids = Vec::with_capacity(placed.len());
+        for (base, _) in placed {
+            uids.push(list.next_uid);
+            list.entries.push((list.next_uid, base));
+            list.next_uid += 1;
+        }
+        lock.commit(&list).map_err(self.io())?;
+        Ok((list.validity, uids))
     }
 
     /// Copies (hard links, or copies where links fail) or moves entries of

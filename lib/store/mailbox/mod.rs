@@ -35,7 +35,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use flags::{Flags, Keywords};
-pub use folder::{Entry, Folder, Stamp, State};
+pub use folder::{Appending, Entry, Folder, Stamp, State};
 pub use name::{MailboxName, NameError};
 
 /// Opens an append-only side file (`postroom-cache`, `postroom-modseq`)
