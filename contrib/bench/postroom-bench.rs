@@ -117,6 +117,10 @@ enum Bench {
         /// Sessions held in IDLE for the memory figure.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
+        /// Rounds each client of the multi-client figure runs (login,
+        /// select, fetch, store, append, store, expunge, logout).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
     },
     /// Failed logins at once and in turn: peak and settled RSS, threads.
     Auth {
@@ -150,7 +154,11 @@ fn main() -> ExitCode {
             big,
             sessions,
         } => pop3::run(&base, messages, size, big, sessions),
-        Bench::Imap { messages, idle } => imap::run(&base, messages, idle),
+        Bench::Imap {
+            messages,
+            idle,
+            rounds,
+        } => imap::run(&base, messages, idle, rounds),
         Bench::Auth { clients, settle } => auth::run(&base, clients, settle),
     };
     let _ = std::fs::remove_dir_all(&base);
