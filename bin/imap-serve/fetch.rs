@@ -18,6 +18,9 @@ use postroom::store::mailbox::{Entry, flags};
 use crate::message::{self, Need, read_message};
 use crate::session::{Done, Session};
 
+/// Responses are gathered up to this size before they are written.
+const FETCH_BATCH: usize = 64 * 1024;
+
 /// What the file must give for `items`, given what the cache record (if
 /// any) already has.
 fn need_of(items: &[FetchItem], record: Option<&Record>) -> Need {
@@ -125,6 +128,9 @@ impl Session {
         });
         let mut unknown_cte = false;
         let wants_flags = items.contains(&FetchItem::Flags);
+        // Small responses (FLAGS, UID) go out in batches: one write per
+        // message costs more than the message's own work.
+        let mut batch: Vec<u8> = Vec::new();
         for i in positions {
             let Some(sel) = session.selected.as_mut() else {
                 break;
@@ -191,7 +197,8 @@ impl Session {
                     flags_changed = true;
                 }
             }
-            let mut out = format!("* {} FETCH (", i + 1).into_bytes();
+            let mut out = std::mem::take(&mut batch);
+            out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
             let mut first = true;
             let mut sep = |out: &mut Vec<u8>| {
                 if !first {
@@ -366,8 +373,13 @@ impl Session {
                 }
             }
             out.extend_from_slice(b")\r\n");
-            session.out(&out).await?;
+            if out.len() >= FETCH_BATCH {
+                session.out(&out).await?;
+                out.clear();
+            }
+            batch = out;
         }
+        session.out(&batch).await?;
         if let Some(sel) = session.selected.as_mut() {
             sel.done_with_cache();
         }

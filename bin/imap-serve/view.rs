@@ -113,7 +113,7 @@ pub fn take_recent(
     if first_recent >= next_uid {
         return;
     }
-    match folder.claim_recent() {
+    match folder.claim_recent(next_uid) {
         Ok(Some((first, next))) => match recent.last_mut() {
             Some(last) if last.1 == first => last.1 = next,
             _ => recent.push((first, next)),

@@ -58,6 +58,9 @@ impl Entry {
 /// own while `cur/` is read.
 const PARALLEL_SYNC_BYTES: u64 = 640 * 1024;
 
+/// In each folder: the first UID no IMAP session has taken \Recent for.
+pub const RECENT_FILE: &str = "postroom-recent";
+
 /// One message for [`Folder::append`].
 #[derive(Debug, Clone, Copy)]
 pub struct Appending<'a> {
@@ -321,7 +324,7 @@ impl Folder {
         let state = State {
             validity: list.validity,
             next_uid: list.next_uid,
-            first_recent: list.first_recent,
+            first_recent: self.first_recent(),
             entries,
             keywords: super::flags::read_keywords(&self.dir).map_err(self.io())?,
         };
@@ -400,7 +403,8 @@ impl Folder {
             *old = uid;
         }
         list.next_uid = list.entries.len() as u32 + 1;
-        list.first_recent = list.next_uid;
+        // The old UIDs' \Recent mark means nothing for the new ones.
+        let _ = fs::remove_file(self.dir.join(RECENT_FILE));
         tracing::warn!(
             folder = %self.dir.display(),
             "UIDs used up (next UID {old_next}): new UIDVALIDITY {} (was {old_validity}), {} messages renumbered",
@@ -409,21 +413,47 @@ impl Folder {
         );
     }
 
-    /// Takes the \Recent flag of every message no session has taken it
-    /// for yet (RFC 3501 §2.3.2: one session owns it), moving the list's
-    /// `R` past them; returns the UIDs taken, `first..next`, if any.
-    pub fn claim_recent(&self) -> Result<Option<(u32, u32)>, MailboxError> {
-        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
-        let Some(mut list) = UidList::read(&self.dir).map_err(self.io())? else {
-            return Ok(None);
-        };
-        if list.first_recent >= list.next_uid {
+    /// The first UID no IMAP session has taken \Recent for (the folder's
+    /// [`RECENT_FILE`]; 1 when there is none: nothing taken yet).
+    fn first_recent(&self) -> u32 {
+        crate::store::maildir::read_side_file(&self.dir.join(RECENT_FILE))
+            .ok()
+            .flatten()
+            .and_then(|text| String::from_utf8_lossy(&text).trim().parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Takes the \Recent flag of every message below `next_uid` no session
+    /// has taken it for yet (RFC 3501 §2.3.2: one session owns it), moving
+    /// [`RECENT_FILE`] past them; returns the UIDs taken, `first..next`.
+    ///
+    /// The file is rewritten in place under its own `flock`, without
+    /// fsync: a value lost in a crash only shows some messages \Recent
+    /// once more, and a write of ten digits is never seen half done.
+    pub fn claim_recent(&self, next_uid: u32) -> Result<Option<(u32, u32)>, MailboxError> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let path = self.dir.join(RECENT_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(crate::store::maildir::nofollow_flag())
+            .open(&path)
+            .map_err(self.io())?;
+        fs2::FileExt::lock_exclusive(&file).map_err(self.io())?;
+        let mut text = [0u8; 16];
+        let n = file.read_at(&mut text, 0).map_err(self.io())?;
+        let first = std::str::from_utf8(&text[..n])
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(1);
+        if first >= next_uid {
             return Ok(None);
         }
-        let taken = (list.first_recent, list.next_uid);
-        list.first_recent = list.next_uid;
-        lock.commit(&list).map_err(self.io())?;
-        Ok(Some(taken))
+        file.write_all_at(format!("{next_uid:010}\n").as_bytes(), 0)
+            .map_err(self.io())?;
+        Ok(Some((first, next_uid)))
     }
 
     /// Sets an entry's flags by renaming its file; returns the entry as it

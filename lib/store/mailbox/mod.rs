@@ -20,7 +20,9 @@
 //!
 //! Beside them, two files of postroom's own, so that the two above stay
 //! Dovecot's format: `postroom-modseq` ([`modseq`], CONDSTORE and QRESYNC)
-//! and `postroom-cache` ([`cache`], what IMAP computed about each message).
+//! and `postroom-cache` ([`cache`], what IMAP computed about each message);
+//! and `postroom-recent` (`folder::RECENT_FILE`, which UIDs some IMAP
+//! session has taken \Recent for).
 
 pub mod cache;
 pub mod flags;

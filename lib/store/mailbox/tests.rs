@@ -67,7 +67,7 @@ fn sync_gives_ascending_uids_never_reused() {
     );
     let text = fs::read_to_string(mb.root().join(uidlist::FILE)).unwrap();
     assert!(
-        text.starts_with(&format!("3 V{validity} N6 R1\n2 :")),
+        text.starts_with(&format!("3 V{validity} N6\n2 :")),
         "{text}"
     );
 }

@@ -48,12 +48,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 pub struct UidList {
     pub validity: u32,
     pub next_uid: u32,
-    /// `R`: the first UID no IMAP session has taken as \Recent yet
-    /// (Dovecot keeps this in its index header; postroom, which has no
-    /// index, here). The first read-write session to see a message with
-    /// a UID at or above it owns its \Recent flag and moves it past.
-    pub first_recent: u32,
-    /// Header fields other than the version, `V`, `N` and `R`, kept verbatim.
+    /// Header fields other than the version, `V` and `N`, kept verbatim.
     pub other_header: Vec<String>,
     /// (uid, base name), UIDs ascending.
     pub entries: Vec<(u32, String)>,
@@ -70,7 +65,6 @@ impl UidList {
         UidList {
             validity: (now as u32).max(1),
             next_uid: 1,
-            first_recent: 1,
             other_header: Vec::new(),
             entries: Vec::new(),
         }
@@ -114,8 +108,6 @@ impl UidList {
                 list.validity = v.parse().ok()?;
             } else if let Some(n) = field.strip_prefix('N') {
                 list.next_uid = n.parse().ok()?;
-            } else if let Some(Ok(r)) = field.strip_prefix('R').map(str::parse::<u32>) {
-                list.first_recent = r;
             } else {
                 list.other_header.push(field.to_string());
             }
@@ -140,19 +132,13 @@ impl UidList {
             list.entries.push((uid, base.to_string()));
         }
         list.next_uid = list.next_uid.max(last.saturating_add(1)).max(1);
-        // A list without `R` (Dovecot's, or one older than \Recent here):
-        // no session has claimed any message yet.
-        list.first_recent = list.first_recent.clamp(1, list.next_uid);
         Some(list)
     }
 
     /// The file's text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(32 + self.entries.len() * 64);
-        out.push_str(&format!(
-            "3 V{} N{} R{}",
-            self.validity, self.next_uid, self.first_recent
-        ));
+        out.push_str(&format!("3 V{} N{}", self.validity, self.next_uid));
         for field in &self.other_header {
             out.push(' ');
             out.push_str(field);
@@ -290,13 +276,7 @@ mod tests {
         assert_eq!(list.validity, 1234);
         assert_eq!(list.next_uid, 10);
         assert_eq!(list.entries, vec![(3, "a,S=1".into()), (5, "b:c".into())]);
-        assert_eq!(list.first_recent, 1);
-        assert_eq!(
-            list.render(),
-            "3 V1234 N10 R1 G0123abcd\n3 :a,S=1\n5 :b:c\n"
-        );
-        let claimed = UidList::parse("3 V1 N9 R7\n").unwrap();
-        assert_eq!((claimed.first_recent, claimed.other_header.len()), (7, 0));
+        assert_eq!(list.render(), "3 V1234 N10 G0123abcd\n3 :a,S=1\n5 :b:c\n");
         // N below the last UID is corrected upward, never downward.
         assert_eq!(UidList::parse("3 V1 N2\n7 :x\n").unwrap().next_uid, 8);
         assert!(UidList::parse("1 V1 N1\n").is_none());
