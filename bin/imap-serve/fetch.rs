@@ -260,9 +260,9 @@ impl Session {
                     FetchItem::ModSeq => out.extend_from_slice(
                         format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
                     ),
-                    FetchItem::Flags => out.extend_from_slice(
-                        format!("FLAGS {}", sel.flags(&entry)).as_bytes(),
-                    ),
+                    FetchItem::Flags => {
+                        out.extend_from_slice(format!("FLAGS {}", sel.flags(&entry)).as_bytes())
+                    }
                     FetchItem::InternalDate => {
                         let secs = match &record {
                             Some(r) => r.internal_date,
@@ -358,9 +358,7 @@ impl Session {
             }
             if flags_changed && !wants_flags {
                 sep(&mut out);
-                out.extend_from_slice(
-                    format!("FLAGS {}", sel.flags(&entry)).as_bytes(),
-                );
+                out.extend_from_slice(format!("FLAGS {}", sel.flags(&entry)).as_bytes());
             }
             if flags_changed && condstore {
                 // The implicit \Seen gave the message a new mod-sequence.

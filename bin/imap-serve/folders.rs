@@ -33,7 +33,8 @@ impl Session {
 
     /// A client's mailbox name, checked.
     pub fn name(&self, wire: &str) -> Result<MailboxName, Done> {
-        MailboxName::from_wire(wire, self.utf8_names()).map_err(|e| Done::No(format!("[CANNOT] {e}")))
+        MailboxName::from_wire(wire, self.utf8_names())
+            .map_err(|e| Done::No(format!("[CANNOT] {e}")))
     }
 
     fn wire_name(&self, name: &MailboxName) -> Vec<u8> {

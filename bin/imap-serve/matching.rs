@@ -204,11 +204,7 @@ pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
     }
     let ctx = Context {
         keywords: &sel.keywords,
-        recent: if sel.report_recent {
-            &sel.recent
-        } else {
-            &[]
-        },
+        recent: if sel.report_recent { &sel.recent } else { &[] },
         modseqs: &sel.modseqs,
         count: sel.view.len() as u32,
         largest_uid: sel.view.last().map_or(0, |e| e.uid),

@@ -660,7 +660,10 @@ impl Session {
                 criteria,
                 key,
                 ret,
-            } => self.sort(&tag, uid, &criteria, &key, ret.as_deref()).await?,
+            } => {
+                self.sort(&tag, uid, &criteria, &key, ret.as_deref())
+                    .await?
+            }
             Body::Thread {
                 uid,
                 references,

@@ -1133,7 +1133,10 @@ mod tests {
         assert!(
             matches!(sort_value(&it, SortKey::DisplayTo), SortValue::Text(t) if t == "PLAIN@Y.TEST")
         );
-        let group = raw_item(3, "From: undisclosed: a@b.test;\r\nTo: \"Re: x\" <r@x.test>");
+        let group = raw_item(
+            3,
+            "From: undisclosed: a@b.test;\r\nTo: \"Re: x\" <r@x.test>",
+        );
         assert!(
             matches!(sort_value(&group, SortKey::From), SortValue::Text(t) if t == "UNDISCLOSED")
         );

@@ -148,12 +148,19 @@ const MIXED_USERS: usize = 10;
 fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
     let config = bench_tree(dir)?;
     let bin = std::env::current_exe()?.with_file_name("postroom");
-    let users = std::iter::once("idle".to_string()).chain((0..MIXED_USERS).map(|i| format!("mix{i}")));
+    let users =
+        std::iter::once("idle".to_string()).chain((0..MIXED_USERS).map(|i| format!("mix{i}")));
     for user in users {
         let status = Command::new(&bin)
             .arg("--config")
             .arg(&config)
-            .args(["user", "add", &format!("{user}@bench.test"), "--password", "{PLAIN}x"])
+            .args([
+                "user",
+                "add",
+                &format!("{user}@bench.test"),
+                "--password",
+                "{PLAIN}x",
+            ])
             .stdout(Stdio::null())
             .status()?;
         anyhow::ensure!(status.success(), "postroom user add failed");
@@ -202,7 +209,11 @@ fn mixed(server: &Server, clients: usize, rounds: usize) -> anyhow::Result<()> {
     let took = start.elapsed();
     let cpu = cpu_ticks(server.child.id())?.saturating_sub(cpu_before);
     all.appends.sort();
-    let median = all.appends.get(all.appends.len() / 2).copied().unwrap_or_default();
+    let median = all
+        .appends
+        .get(all.appends.len() / 2)
+        .copied()
+        .unwrap_or_default();
     println!(
         "{clients} clients x {rounds} rounds (login select fetch store append store expunge logout): {:.0} ops/s, server CPU {:.2} ms/op, APPEND median {:.1} ms, NO {} BAD {}",
         all.ops as f64 / took.as_secs_f64(),
@@ -234,14 +245,19 @@ fn mixed_client(port: u16, user: usize, rounds: usize) -> anyhow::Result<Tally> 
                 _ => t.bad += 1,
             }
             if status != "OK" && t.examples.len() < 5 {
-                t.examples.push(format!("{command}: {}", out.lines().last().unwrap_or("")));
+                t.examples
+                    .push(format!("{command}: {}", out.lines().last().unwrap_or("")));
             }
             if command.starts_with("APPEND") {
                 t.appends.push(took);
             }
             Ok(out)
         };
-        step(&mut client, &format!("LOGIN mix{user}@bench.test x"), &mut t)?;
+        step(
+            &mut client,
+            &format!("LOGIN mix{user}@bench.test x"),
+            &mut t,
+        )?;
         step(&mut client, "SELECT INBOX", &mut t)?;
         // ENVELOPE reads the file of a message not cached yet: one another
         // client expunged since this one's last sync must not fail it.
@@ -258,7 +274,11 @@ fn mixed_client(port: u16, user: usize, rounds: usize) -> anyhow::Result<Tally> 
             .and_then(|r| r.split([' ', ']']).nth(1))
             .unwrap_or("0")
             .to_string();
-        step(&mut client, &format!("UID STORE {uid} +FLAGS (\\Deleted)"), &mut t)?;
+        step(
+            &mut client,
+            &format!("UID STORE {uid} +FLAGS (\\Deleted)"),
+            &mut t,
+        )?;
         step(&mut client, &format!("UID EXPUNGE {uid}"), &mut t)?;
         step(&mut client, "LOGOUT", &mut t)?;
     }
@@ -271,7 +291,12 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     // After the command name in parentheses: state is field 3, utime 14.
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Ok(tick(11) + tick(12))
 }
 
@@ -327,7 +352,11 @@ impl Client {
     /// (time to the tagged OK, everything received).
     fn run(&mut self, command: &str) -> anyhow::Result<(Duration, String)> {
         let (took, status, out) = self.status_of(command)?;
-        anyhow::ensure!(status == "OK", "{command}: {}", out.lines().last().unwrap_or(""));
+        anyhow::ensure!(
+            status == "OK",
+            "{command}: {}",
+            out.lines().last().unwrap_or("")
+        );
         Ok((took, out))
     }
 

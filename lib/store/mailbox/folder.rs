@@ -647,7 +647,12 @@ impl Folder {
             let uids = placed
                 .iter()
                 .filter_map(|(base, _)| {
-                    state.entries.iter().rev().find(|e| *e.base == **base).map(|e| e.uid)
+                    state
+                        .entries
+                        .iter()
+                        .rev()
+                        .find(|e| *e.base == **base)
+                        .map(|e| e.uid)
                 })
                 .collect();
             return Ok((state.validity, uids));
