@@ -3,7 +3,7 @@
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::SearchKey;
-use postroom::proto::imap::response::esearch;
+use postroom::proto::imap::response::{esearch, number_list};
 
 use crate::matching::{matching, mentions_modseq};
 use crate::session::{Done, Session};
@@ -84,14 +84,7 @@ impl Session {
             }
         }
         let mut line = match ret {
-            None => {
-                let mut line = String::from("* SEARCH");
-                for n in &found {
-                    line.push(' ');
-                    line.push_str(&n.to_string());
-                }
-                line
-            }
+            None => number_list("SEARCH", &found),
             Some(opts) => esearch(tag, uid, &found, opts),
         };
         // RFC 7162 §3.1.5: a search by MODSEQ tells the highest one it found.

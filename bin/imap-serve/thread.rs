@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{SearchKey, SortKey};
-use postroom::proto::imap::response::esearch;
+use postroom::proto::imap::response::{esearch, number_list};
 use postroom::store::mailbox::cache::Record;
 
 use crate::session::{Done, Session};
@@ -245,14 +245,7 @@ impl Session {
         // ESORT (RFC 5267): RETURN options answer as ESEARCH, in sort order.
         let mut line = match ret {
             Some(opts) => esearch(tag, uid, &sorted, opts),
-            None => {
-                let mut line = String::from("* SORT");
-                for n in &sorted {
-                    line.push(' ');
-                    line.push_str(&n.to_string());
-                }
-                line
-            }
+            None => number_list("SORT", &sorted),
         };
         line.push_str("\r\n");
         session.out(line.as_bytes()).await?;

@@ -1315,14 +1315,7 @@ impl<'a> Parser<'a> {
     /// 1*(SP search-key)`
     fn sort(&mut self, uid: bool) -> R<Body> {
         self.sp()?;
-        let mut ret = None;
-        let save = self.pos;
-        if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "RETURN" {
-            ret = Some(self.return_options(false)?);
-            self.sp()?;
-        } else {
-            self.pos = save;
-        }
+        let ret = self.return_clause(false)?;
         self.expect(b'(')?;
         let mut criteria = Vec::new();
         while !self.eat(b')') {
@@ -1423,14 +1416,7 @@ impl<'a> Parser<'a> {
     /// 1*(SP search-key)`
     fn search(&mut self, uid: bool) -> R<Body> {
         self.sp()?;
-        let mut ret = None;
-        let save = self.pos;
-        if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "RETURN" {
-            ret = Some(self.return_options(true)?);
-            self.sp()?;
-        } else {
-            self.pos = save;
-        }
+        let ret = self.return_clause(true)?;
         let save = self.pos;
         if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "CHARSET" {
             self.sp()?;
@@ -1441,6 +1427,19 @@ impl<'a> Parser<'a> {
         }
         let key = self.search_keys()?;
         Ok(Body::Search { uid, key, ret })
+    }
+
+    /// `"RETURN" SP "(" ... ")" SP` if it comes next (else nothing is
+    /// taken): the options of [`Parser::return_options`].
+    fn return_clause(&mut self, search: bool) -> R<Option<Vec<String>>> {
+        let save = self.pos;
+        if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "RETURN" {
+            let opts = self.return_options(search)?;
+            self.sp()?;
+            return Ok(Some(opts));
+        }
+        self.pos = save;
+        Ok(None)
     }
 
     /// `SP "(" [return-opt *(SP return-opt)] ")"` after RETURN, for SEARCH

@@ -180,6 +180,16 @@ pub fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
     line
 }
 
+/// `* SEARCH 1 2 3` or `* SORT 3 1 2`: the untagged `word` and the numbers.
+pub fn number_list(word: &str, numbers: &[u32]) -> String {
+    let mut line = format!("* {word}");
+    for n in numbers {
+        line.push(' ');
+        line.push_str(&n.to_string());
+    }
+    line
+}
+
 /// A sequence set that keeps the order of `numbers`: runs that ascend by
 /// one become `a:b`, and nothing is reordered.
 fn in_order(numbers: &[u32]) -> String {
