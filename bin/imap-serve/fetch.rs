@@ -6,6 +6,8 @@
 //! and RFC822.SIZE (`,W=` in the name) counts, so every offset here is an
 //! offset in what the client receives.
 
+use std::collections::HashMap;
+
 use postroom::net::NetError;
 use postroom::proto::imap::command::{FetchItem, SectionText, SequenceSet};
 use postroom::proto::imap::response::{
@@ -17,6 +19,9 @@ use postroom::store::mailbox::{Entry, flags};
 
 use crate::message::{self, Need, read_message};
 use crate::session::{Done, Session};
+
+/// Messages whose headers are read ahead at once.
+const READ_AHEAD: usize = 512;
 
 /// Responses are gathered up to this size before they are written.
 const FETCH_BATCH: usize = 64 * 1024;
@@ -131,13 +136,33 @@ impl Session {
         // Small responses (FLAGS, UID) go out in batches: one write per
         // message costs more than the message's own work.
         let mut batch: Vec<u8> = Vec::new();
-        for i in positions {
+        // Headers the cache lacks are read ahead, a slice of the set at a
+        // time, on every core (`message::summarize_headers`).
+        let read_ahead = cached && need_of(items, None) <= Need::Header;
+        let mut ahead: HashMap<u32, Record> = HashMap::new();
+        for (n, &i) in positions.iter().enumerate() {
             let Some(sel) = session.selected.as_mut() else {
                 break;
             };
+            if read_ahead && n % READ_AHEAD == 0 {
+                let todo: Vec<Entry> = positions[n..]
+                    .iter()
+                    .take(READ_AHEAD)
+                    .map(|&j| &sel.view[j])
+                    .filter(|e| e.wire_size().is_some() && !sel.cache.has(e.uid))
+                    .cloned()
+                    .collect();
+                ahead.clear();
+                for r in message::summarize_headers(&sel.folder, &todo) {
+                    sel.cache.put(r.clone());
+                    ahead.insert(r.uid, r);
+                }
+            }
             let mut entry = sel.view[i].clone();
             let mut record = if cached {
-                sel.cache.get(entry.uid, &entry.base)
+                ahead
+                    .remove(&entry.uid)
+                    .or_else(|| sel.cache.get(entry.uid, &entry.base))
             } else {
                 None
             };

@@ -5,7 +5,8 @@
 //! server's, not the disk's), then times over one connection: the first
 //! SELECT (which gives every message its UID), a warm SELECT, `UID FETCH
 //! 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and warm, SEARCH on a
-//! header, SORT and THREAD. Then the time from spawn to greeting in inetd mode, the
+//! header, SORT and THREAD, a new session's SELECT of the folder as it was
+//! left, and the server's RSS after all that. Then the time from spawn to greeting in inetd mode, the
 //! multi-client figure (10 and 50 clients on 10 shared mailboxes, each
 //! running `--rounds` of login, select, fetch, store, append, store,
 //! expunge, logout: operations a second, the server's CPU per operation,
@@ -39,6 +40,7 @@ pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::
 
     let server = Server::start(&serve, &config)?;
     let port = server.port;
+    let idle_rss = crate::smtp::rss_kib(server.child.id())?;
     let mut client = Client::connect(port)?;
     client.run("LOGIN sink@bench.test x")?;
     let (first, _) = client.run("SELECT INBOX")?;
@@ -87,6 +89,21 @@ pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::
         "SORT (DATE) of {messages}: {:.0} ms; THREAD REFERENCES: {:.0} ms",
         ms(sort),
         ms(thread)
+    );
+    // A new session's SELECT of the folder as the last one left it.
+    let mut again = Client::connect(port)?;
+    again.run("LOGIN sink@bench.test x")?;
+    let (fresh, _) = again.run("SELECT INBOX")?;
+    again.run("LOGOUT")?;
+    println!(
+        "SELECT in a new session, folder unchanged: {:.0} ms",
+        ms(fresh)
+    );
+    let rss = crate::smtp::rss_kib(server.child.id())?;
+    println!(
+        "RSS with one session after these: {:.1} MB (idle process {:.1} MB)",
+        rss as f64 / 1024.0,
+        idle_rss as f64 / 1024.0
     );
     client.run("LOGOUT")?;
     drop(server);

@@ -442,3 +442,34 @@ assert lines == ['(\\HasNoChildren \\Sent) "." Outbox'], lines
         &tree,
     );
 }
+
+/// A first FETCH ENVELOPE of a folder nothing was cached for reads the
+/// headers ahead on every core: each message still gets its own
+/// envelope, in order, and a second look answers the same from the cache.
+#[test]
+fn a_cold_envelope_fetch_read_ahead_answers_every_message() {
+    let tree = tree_with_user();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        r#"
+# Written as a delivery leaves them (sizes in the names), as a migration
+# might: nothing read or cached yet.
+cur = os.environ["MAILDIR"] + "/cur"
+os.makedirs(cur, exist_ok=True)
+for i in range(700):
+    text = b"Subject: m%d\nFrom: a%d@x.test\n\nbody\n" % (i, i)
+    with open(cur + "/%d.M%dP1.test,S=%d,W=%d:2," % (1700000000 + i, i, len(text), len(text) + 4), "wb") as f:
+        f.write(text)
+M = login()
+ok(M.select("INBOX"))
+first = ok(M.fetch("1:*", "(UID ENVELOPE)"))
+assert len(first) == 700, len(first)
+for i, line in enumerate(first):
+    assert line.startswith(b"%d (UID %d ENVELOPE (" % (i + 1, i + 1)), line
+    assert b'"m%d"' % i in line and b'"a%d" "x.test"' % i in line, line
+assert ok(M.fetch("1:*", "(UID ENVELOPE)")) == first
+"#,
+        &server,
+        &tree,
+    );
+}

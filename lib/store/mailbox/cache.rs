@@ -304,6 +304,12 @@ impl Cache {
         (record.uid == uid && record.base == base).then_some(record)
     }
 
+    /// Whether a record for `uid` is known (it may still turn out to be
+    /// another message's, which [`Cache::get`] checks).
+    pub fn has(&self, uid: u32) -> bool {
+        self.index.contains_key(&uid)
+    }
+
     /// Queues a record for the next [`Cache::flush`].
     pub fn put(&mut self, record: Record) {
         self.pending.push(record);
