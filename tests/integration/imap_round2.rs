@@ -4,17 +4,24 @@
 use crate::imap_serve::{ONE_WIRE_FORM, deliver, python, tree_with_user};
 use crate::util::Server;
 
+/// Bob's mailbox with a message for each of `subjects`, imap-serve on it,
+/// and `script` run against it with the Python prelude of `imap_serve`.
+fn replay(subjects: &[&str], script: &str) -> String {
+    let tree = tree_with_user();
+    for subject in subjects {
+        deliver(&tree, subject);
+    }
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(script, &server, &tree)
+}
+
 /// Item 1: an EXPUNGE held back during a FETCH by sequence number is sent
 /// at the next command that allows it, and FETCH/STORE of the ghost
 /// succeed meanwhile instead of failing with EXPUNGEISSUED.
 #[test]
 fn held_back_expunges_are_sent_at_the_next_command_that_allows_them() {
-    let tree = tree_with_user();
-    for s in ["one", "two", "three"] {
-        deliver(&tree, s);
-    }
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &["one", "two", "three"],
         r#"
 A = login(); B = login()
 assert ok(A.select("INBOX")) == [b"3"]
@@ -49,8 +56,6 @@ for cmd in ["CHECK", "UID"]:
     assert B.untagged_responses.pop("EXPUNGE") == [b"1"], (cmd, B.untagged_responses)
 print("held-back ok")
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -58,9 +63,8 @@ print("held-back ok")
 /// it never had, so a client's cached UIDs are not taken for new ones.
 #[test]
 fn a_recreated_folder_never_reuses_a_uidvalidity() {
-    let tree = tree_with_user();
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &[],
         r#"
 M = login()
 seen = set()
@@ -74,8 +78,6 @@ for round in range(3):
     seen.add(v)
     ok(M.delete("Again"))
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -146,9 +148,8 @@ print("agreed")
 /// source route is kept in the address's adl field.
 #[test]
 fn envelope_falls_back_to_from_and_keeps_source_routes() {
-    let tree = tree_with_user();
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &[],
         r#"
 M = login()
 ok(M.append("INBOX", None, None, b"From: Ann <ann@a.test>\r\nSender:\r\nReply-To:  \r\nTo: <@relay.test,@hop.test:bob@b.test>\r\nSubject: s\r\n\r\nx\r\n"))
@@ -158,8 +159,6 @@ ann = '(("Ann" NIL "ann" "a.test"))'
 assert env.count(ann) == 3, env
 assert '((NIL "@relay.test,@hop.test" "bob" "b.test"))' in env, env
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -168,9 +167,8 @@ assert '((NIL "@relay.test,@hop.test" "bob" "b.test"))' in env, env
 /// NUL is sent base64-encoded, never as a literal with a NUL in it.
 #[test]
 fn binary_append_keeps_bytes_and_body_of_a_nul_part_is_encoded() {
-    let tree = tree_with_user();
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &[],
         r#"
 import base64
 part = b"line1\nline2\x00x\n"
@@ -210,8 +208,6 @@ assert base64.b64decode(data) == part, data
 whole = r[r.index(b"BODY[] "):]
 assert msg in whole, whole
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -220,12 +216,8 @@ assert msg in whole, whole
 /// they return, not the highest of all matches.
 #[test]
 fn condstore_announces_highestmodseq_and_min_max_carry_their_own_modseq() {
-    let tree = tree_with_user();
-    for s in ["one", "two", "three"] {
-        deliver(&tree, s);
-    }
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &["one", "two", "three"],
         r#"
 M = login()
 ok(M.select("INBOX"))
@@ -246,8 +238,6 @@ typ, data = M._simple_command("SEARCH", "RETURN", "(MIN COUNT)", "MODSEQ", "1")
 es = M.untagged_responses.pop("ESEARCH")[0].decode()
 assert es.endswith("MODSEQ %d" % max(mods)), (es, mods)
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -256,9 +246,8 @@ assert es.endswith("MODSEQ %d" % max(mods)), (es, mods)
 /// subscribed descendant (RFC 5258 §3.5), and only with RECURSIVEMATCH.
 #[test]
 fn list_extended_keeps_subscriptions_of_deleted_folders_and_childinfo() {
-    let tree = tree_with_user();
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &[],
         r#"
 M = login()
 for n in ["Gone", "P", "P.kid", "Q", "Q.kid"]:
@@ -283,8 +272,6 @@ r = lst("(SUBSCRIBED)", '""', "%")
 assert not any("CHILDINFO" in l for l in r), r
 assert not any(l.endswith(" P") for l in r), r
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -293,11 +280,8 @@ assert not any(l.endswith(" P") for l in r), r
 /// ones are expunged.
 #[test]
 fn move_into_the_selected_mailbox_gives_new_uids() {
-    let tree = tree_with_user();
-    deliver(&tree, "one");
-    deliver(&tree, "two");
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &["one", "two"],
         r#"
 M = login()
 ok(M.select("INBOX"))
@@ -309,8 +293,6 @@ assert M.untagged_responses.pop("EXPUNGE") == [b"1"], M.untagged_responses
 r = ok(M.uid("FETCH", "1:*", "(UID)"))
 assert r == [b"1 (UID 2)", b"2 (UID 3)"], r
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -318,9 +300,8 @@ assert r == [b"1 (UID 2)", b"2 (UID 3)"], r
 /// after the letters, RFC 4790 §9.2), and a group sorts by its name.
 #[test]
 fn sort_folds_to_upper_case_and_sorts_groups_by_name() {
-    let tree = tree_with_user();
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &[],
         r#"
 M = login()
 for subject, sender in [("_under", "zz@x.test"), ("beta", "undisclosed: a@b.test;"), ("Alpha", "mm@x.test")]:
@@ -334,8 +315,6 @@ assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "from"
 typ, data = M._simple_command("SORT", "(DISPLAYFROM)", "UTF-8", "ALL")
 assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "displayfrom"
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -344,11 +323,8 @@ assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "displayfrom"
 /// recent; IMAP4rev2 sessions report none.
 #[test]
 fn recent_belongs_to_the_first_session_that_sees_a_message() {
-    let tree = tree_with_user();
-    deliver(&tree, "one");
-    deliver(&tree, "two");
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &["one", "two"],
         r#"
 A = login(); B = login()
 ok(A.select("INBOX"))
@@ -378,8 +354,6 @@ ok(C.select("INBOX"))
 assert "RECENT" not in C.untagged_responses, C.untagged_responses
 assert b"\\Recent" not in ok(C.fetch("1:*", "(FLAGS)"))[0]
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -388,12 +362,8 @@ assert b"\\Recent" not in ok(C.fetch("1:*", "(FLAGS)"))[0]
 /// and SEARCH), UTF8=ACCEPT (UTF-8 names, APPEND UTF8), CREATE-SPECIAL-USE.
 #[test]
 fn login_capabilities_and_the_extensions_they_offer() {
-    let tree = tree_with_user();
-    for s in ["c", "a", "d", "b"] {
-        deliver(&tree, s);
-    }
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &["c", "a", "d", "b"],
         r#"
 M = imaplib.IMAP4("127.0.0.1", PORT)
 typ, data = M.login("bob@example.test", "secret")
@@ -438,8 +408,6 @@ assert typ == "NO" and b"[USEATTR]" in data[0], (typ, data)
 lines = [l.decode() for l in ok(M.list('""', "Outbox"))]
 assert lines == ['(\\HasNoChildren \\Sent) "." Outbox'], lines
 "#,
-        &server,
-        &tree,
     );
 }
 
@@ -448,9 +416,8 @@ assert lines == ['(\\HasNoChildren \\Sent) "." Outbox'], lines
 /// envelope, in order, and a second look answers the same from the cache.
 #[test]
 fn a_cold_envelope_fetch_read_ahead_answers_every_message() {
-    let tree = tree_with_user();
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    replay(
+        &[],
         r#"
 # Written as a delivery leaves them (sizes in the names), as a migration
 # might: nothing read or cached yet.
@@ -469,7 +436,5 @@ for i, line in enumerate(first):
     assert b'"m%d"' % i in line and b'"a%d" "x.test"' % i in line, line
 assert ok(M.fetch("1:*", "(UID ENVELOPE)")) == first
 "#,
-        &server,
-        &tree,
     );
 }
