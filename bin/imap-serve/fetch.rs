@@ -145,6 +145,11 @@ impl Session {
                 break;
             };
             if read_ahead && n % READ_AHEAD == 0 {
+                // The records the last slice made are written now, so a
+                // big folder's are never all held at once.
+                let view = &sel.view;
+                sel.cache
+                    .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
                 let todo: Vec<Entry> = positions[n..]
                     .iter()
                     .take(READ_AHEAD)
