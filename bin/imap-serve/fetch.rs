@@ -6,10 +6,12 @@
 //! and RFC822.SIZE (`,W=` in the name) counts, so every offset here is an
 //! offset in what the client receives.
 
+use std::collections::HashMap;
+
 use postroom::net::NetError;
 use postroom::proto::imap::command::{FetchItem, SectionText, SequenceSet};
 use postroom::proto::imap::response::{
-    flag_list, internal_date, literal, literal8, part_number, section_name,
+    internal_date, literal, literal8, part_number, section_name,
 };
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::Record;
@@ -17,6 +19,12 @@ use postroom::store::mailbox::{Entry, flags};
 
 use crate::message::{self, Need, read_message};
 use crate::session::{Done, Session};
+
+/// Messages whose headers are read ahead at once.
+const READ_AHEAD: usize = 512;
+
+/// Responses are gathered up to this size before they are written.
+const FETCH_BATCH: usize = 64 * 1024;
 
 /// What the file must give for `items`, given what the cache record (if
 /// any) already has.
@@ -125,14 +133,41 @@ impl Session {
         });
         let mut unknown_cte = false;
         let wants_flags = items.contains(&FetchItem::Flags);
-        let mut gone = false;
-        for i in positions {
+        // Small responses (FLAGS, UID) go out in batches: one write per
+        // message costs more than the message's own work.
+        let mut batch: Vec<u8> = Vec::new();
+        // Headers the cache lacks are read ahead, a slice of the set at a
+        // time, on every core (`message::summarize_headers`).
+        let read_ahead = cached && need_of(items, None) <= Need::Header;
+        let mut ahead: HashMap<u32, Record> = HashMap::new();
+        for (n, &i) in positions.iter().enumerate() {
             let Some(sel) = session.selected.as_mut() else {
                 break;
             };
+            if read_ahead && n % READ_AHEAD == 0 {
+                // The records the last slice made are written now, so a
+                // big folder's are never all held at once.
+                let view = &sel.view;
+                sel.cache
+                    .flush(&|uid| view.binary_search_by_key(&uid, |e| e.uid).is_ok());
+                let todo: Vec<Entry> = positions[n..]
+                    .iter()
+                    .take(READ_AHEAD)
+                    .map(|&j| &sel.view[j])
+                    .filter(|e| e.wire_size().is_some() && !sel.cache.has(e.uid))
+                    .cloned()
+                    .collect();
+                ahead.clear();
+                for r in message::summarize_headers(&sel.folder, &todo) {
+                    sel.cache.put(r.clone());
+                    ahead.insert(r.uid, r);
+                }
+            }
             let mut entry = sel.view[i].clone();
             let mut record = if cached {
-                sel.cache.get(entry.uid, &entry.base)
+                ahead
+                    .remove(&entry.uid)
+                    .or_else(|| sel.cache.get(entry.uid, &entry.base))
             } else {
                 None
             };
@@ -153,20 +188,17 @@ impl Session {
                             ..e
                         }
                     }
-                    _ => {
-                        gone = true;
-                        continue;
-                    }
+                    // Expunged by another session, its EXPUNGE not yet
+                    // sent: nothing more is known of it. The command goes
+                    // on with the rest and succeeds, as Dovecot's does.
+                    _ => continue,
                 }
             }
             let mut message = None;
             if need != Need::Nothing {
                 match read_message(&sel.folder, &entry, need) {
                     Some(m) => message = Some(m),
-                    None => {
-                        gone = true;
-                        continue;
-                    }
+                    None => continue,
                 }
             }
             // Whatever was read that the cache lacked goes into it.
@@ -195,7 +227,8 @@ impl Session {
                     flags_changed = true;
                 }
             }
-            let mut out = format!("* {} FETCH (", i + 1).into_bytes();
+            let mut out = std::mem::take(&mut batch);
+            out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
             let mut first = true;
             let mut sep = |out: &mut Vec<u8>| {
                 if !first {
@@ -257,9 +290,9 @@ impl Session {
                     FetchItem::ModSeq => out.extend_from_slice(
                         format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
                     ),
-                    FetchItem::Flags => out.extend_from_slice(
-                        format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
-                    ),
+                    FetchItem::Flags => {
+                        out.extend_from_slice(format!("FLAGS {}", sel.flags(&entry)).as_bytes())
+                    }
                     FetchItem::InternalDate => {
                         let secs = match &record {
                             Some(r) => r.internal_date,
@@ -332,6 +365,11 @@ impl Session {
                         out.push(b']');
                         let m = message.as_deref().unwrap_or(b"");
                         let data = mime::section_data(m, structure.as_ref(), section);
+                        // A part holding a NUL goes content-transfer-encoded.
+                        let data = match (data, section.part.is_empty(), &section.text) {
+                            (Some(d), false, SectionText::Full) => Some(mime::without_nul(d)),
+                            (d, _, _) => d,
+                        };
                         match (data, partial) {
                             (None, _) => out.extend_from_slice(b" NIL"),
                             (Some(data), None) => {
@@ -350,9 +388,7 @@ impl Session {
             }
             if flags_changed && !wants_flags {
                 sep(&mut out);
-                out.extend_from_slice(
-                    format!("FLAGS {}", flag_list(entry.flags(), &sel.keywords)).as_bytes(),
-                );
+                out.extend_from_slice(format!("FLAGS {}", sel.flags(&entry)).as_bytes());
             }
             if flags_changed && condstore {
                 // The implicit \Seen gave the message a new mod-sequence.
@@ -365,15 +401,18 @@ impl Session {
                 }
             }
             out.extend_from_slice(b")\r\n");
-            session.out(&out).await?;
+            if out.len() >= FETCH_BATCH {
+                session.out(&out).await?;
+                out.clear();
+            }
+            batch = out;
         }
+        session.out(&batch).await?;
         if let Some(sel) = session.selected.as_mut() {
             sel.done_with_cache();
         }
         Ok(if unknown_cte {
             Done::No("[UNKNOWN-CTE] a part has a transfer encoding this server cannot undo".into())
-        } else if gone {
-            Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
         } else {
             Done::Ok("FETCH completed".into())
         })

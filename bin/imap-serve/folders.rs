@@ -8,9 +8,9 @@ use postroom::net::NetError;
 use postroom::proto::imap::command::{
     Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
 };
-use postroom::proto::imap::response::{all_flags, astring, flag_list, permanent_flags};
+use postroom::proto::imap::response::{all_flags, astring, permanent_flags};
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::{Folder, Mailbox, MailboxName, flags};
+use postroom::store::mailbox::{Appending, Folder, MailboxName, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
@@ -25,14 +25,21 @@ macro_rules! mailbox_or_bad {
 }
 
 impl Session {
+    /// Mailbox names in UTF-8, not modified UTF-7: IMAP4rev2 (RFC 9051
+    /// §5.1) or UTF8=ACCEPT (RFC 6855 §3) enabled.
+    fn utf8_names(&self) -> bool {
+        self.rev2 || self.utf8
+    }
+
     /// A client's mailbox name, checked.
     pub fn name(&self, wire: &str) -> Result<MailboxName, Done> {
-        MailboxName::from_wire(wire, self.rev2).map_err(|e| Done::No(format!("[CANNOT] {e}")))
+        MailboxName::from_wire(wire, self.utf8_names())
+            .map_err(|e| Done::No(format!("[CANNOT] {e}")))
     }
 
     fn wire_name(&self, name: &MailboxName) -> Vec<u8> {
         let mut out = Vec::new();
-        astring(&mut out, &name.wire(self.rev2));
+        astring(&mut out, &name.wire(self.utf8_names()));
         out
     }
 
@@ -67,8 +74,21 @@ impl Session {
         };
         out.extend_from_slice(format!("* OK [PERMANENTFLAGS {permanent}] flags\r\n").as_bytes());
         out.extend_from_slice(format!("* {} EXISTS\r\n", state.entries.len()).as_bytes());
+        let mut recent = Vec::new();
+        crate::view::take_recent(
+            &folder,
+            read_only,
+            state.first_recent,
+            state.next_uid,
+            &mut recent,
+        );
         if !self.rev2 {
-            out.extend_from_slice(b"* 0 RECENT\r\n");
+            let n = state
+                .entries
+                .iter()
+                .filter(|e| recent.iter().any(|&(a, b)| (a..b).contains(&e.uid)))
+                .count();
+            out.extend_from_slice(format!("* {n} RECENT\r\n").as_bytes());
             if let Some(first) = state
                 .entries
                 .iter()
@@ -97,6 +117,9 @@ impl Session {
             validity,
             next_uid: state.next_uid,
             stamp,
+            held_back: false,
+            recent,
+            report_recent: !self.rev2,
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest.
@@ -116,7 +139,7 @@ impl Session {
         )))
     }
 
-    pub fn create(&mut self, wire: &str) -> Done {
+    pub fn create(&mut self, wire: &str, uses: &[String]) -> Done {
         let mailbox = match self.mailbox() {
             Ok(m) => m,
             Err(done) => return done,
@@ -130,8 +153,20 @@ impl Session {
         if name.is_inbox() {
             return Done::No("[ALREADYEXISTS] INBOX always exists".into());
         }
-        match mailbox.create(&name) {
-            Ok(()) => Done::Ok("CREATE completed".into()),
+        let created = match uses {
+            [] => mailbox.create(&name).map(Some),
+            [special] => mailbox.create_special(&name, special),
+            _ => {
+                return Done::No("[USEATTR] one special use per mailbox here".into());
+            }
+        };
+        match created {
+            Ok(Some(())) => Done::Ok("CREATE completed".into()),
+            Ok(None) => Done::No(format!(
+                "[USEATTR] {} is not a special use this server gives (one of {})",
+                uses.join(" "),
+                postroom::store::mailbox::SPECIAL_USES.join(" ")
+            )),
             Err(e) => e.into(),
         }
     }
@@ -231,7 +266,7 @@ impl Session {
             .iter()
             .map(|p| {
                 let full = format!("{reference}{p}");
-                let decoded = MailboxName::from_wire(&full, self.rev2)
+                let decoded = MailboxName::from_wire(&full, self.utf8_names())
                     .map(|n| n.to_string())
                     .unwrap_or(full);
                 decoded.chars().collect()
@@ -246,42 +281,48 @@ impl Session {
             }
             let is_subscribed = subscribed.contains(name);
             let prefix = format!("{name}.");
-            let has_children = names.iter().any(|n| n.as_str().starts_with(&prefix));
+            // Children that exist (RFC 5258 §4: a subscription to a name
+            // that does not exist makes no child).
+            let has_children = existing.iter().any(|n| n.as_str().starts_with(&prefix));
             let subscribed_child = subscribed.iter().any(|n| n.as_str().starts_with(&prefix));
-            let special = Mailbox::special_use(name);
+            let special = mailbox.special_use(name);
             if options.special_use_only && special.is_none() {
                 continue;
             }
-            let mut child_info = false;
+            let present = exists.contains(name);
             if only_subscribed && !is_subscribed {
-                if options.recursive_match && subscribed_child {
-                    child_info = true;
-                } else if lsub && subscribed_child {
-                    // LSUB shows an unsubscribed parent as \Noselect.
-                } else {
+                // RECURSIVEMATCH lists a parent for its subscribed
+                // descendants; LSUB shows it as \Noselect.
+                if !(subscribed_child && (options.recursive_match || lsub)) {
                     continue;
                 }
+            } else if !only_subscribed && !present && !has_children {
+                // Only subscribed: not a mailbox, nor a parent of one.
+                continue;
             }
+            // RFC 5258 §3.5: with RECURSIVEMATCH, every name returned that
+            // has a descendant matching the selection says so.
+            let child_info = options.recursive_match && subscribed_child;
             let mut attrs: Vec<&str> = Vec::new();
-            let present = exists.contains(name);
-            if !present {
-                attrs.push(if options.subscribed || options.recursive_match {
-                    "\\NonExistent"
-                } else {
-                    "\\Noselect"
-                });
-            }
-            if lsub && only_subscribed && !is_subscribed {
-                attrs.push("\\Noselect");
-            }
-            if !lsub {
-                attrs.push(if has_children {
-                    "\\HasChildren"
-                } else {
-                    "\\HasNoChildren"
-                });
+            if lsub {
+                if !present || !is_subscribed {
+                    attrs.push("\\Noselect");
+                }
+            } else {
                 if is_subscribed && (options.subscribed || options.return_subscribed) {
                     attrs.push("\\Subscribed");
+                }
+                if !present {
+                    attrs.push(if options.subscribed || options.recursive_match {
+                        "\\NonExistent"
+                    } else {
+                        "\\Noselect"
+                    });
+                }
+                if has_children {
+                    attrs.push("\\HasChildren");
+                } else if present {
+                    attrs.push("\\HasNoChildren");
                 }
                 if let Some(special) = special {
                     attrs.push(special);
@@ -323,7 +364,16 @@ impl Session {
         for item in items {
             parts.push(match item {
                 StatusItem::Messages => format!("MESSAGES {}", state.entries.len()),
-                StatusItem::Recent => "RECENT 0".to_string(),
+                // Not yet taken by any session (none here: STATUS takes
+                // none, RFC 3501 §6.3.10).
+                StatusItem::Recent => format!(
+                    "RECENT {}",
+                    state
+                        .entries
+                        .iter()
+                        .filter(|e| e.uid >= state.first_recent)
+                        .count()
+                ),
                 StatusItem::UidNext => format!("UIDNEXT {}", state.next_uid),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", state.validity),
                 StatusItem::Unseen => format!(
@@ -413,48 +463,24 @@ impl Session {
         }
         let quota = self.login.as_ref().and_then(|l| l.quota);
         let hostname = self.shared.config.hostname.clone();
-        let mut stored = Vec::with_capacity(messages.len());
-        let mut validity = 0;
-        let mut renumbered = false;
-        for (m, flags) in messages.iter().zip(flags) {
-            match folder.append(&m.message, flags, m.date, &hostname, quota) {
-                Ok((v, uid)) => {
-                    renumbered |= validity != 0 && v != validity;
-                    validity = v;
-                    stored.push(uid);
-                }
-                Err(e) => {
-                    // All or nothing: take back the ones already stored.
-                    if !stored.is_empty()
-                        && let Ok(state) = folder.sync()
-                    {
-                        // Only UIDs of the folder's current numbering: had
-                        // it been renumbered half-way, older ones name
-                        // other messages now.
-                        let same = !renumbered && state.validity == validity;
-                        let undo: Vec<_> = state
-                            .entries
-                            .into_iter()
-                            .filter(|e| same && stored.contains(&e.uid))
-                            .collect();
-                        if let Err(e) = folder.expunge(&undo) {
-                            tracing::error!("could not take back a failed MULTIAPPEND: {e}");
-                        }
-                    }
-                    return e.into();
-                }
-            }
+        let batch: Vec<Appending<'_>> = messages
+            .iter()
+            .zip(flags)
+            .map(|(m, flags)| Appending {
+                message: &m.message,
+                as_given: m.binary,
+                flags,
+                internal_date: m.date,
+            })
+            .collect();
+        // All or none (Folder::append takes back what it stored).
+        match folder.append(&batch, &hostname, quota) {
+            Ok((validity, uids)) => Done::Ok(format!(
+                "[APPENDUID {validity} {}] APPEND completed",
+                SequenceSet::of_sorted(&uids)
+            )),
+            Err(e) => e.into(),
         }
-        if renumbered {
-            // The folder's UIDs ran out half-way and it was renumbered: the
-            // first UIDs given are no longer theirs (RFC 4315 lets APPENDUID
-            // be left out).
-            return Done::Ok("APPEND completed".into());
-        }
-        Done::Ok(format!(
-            "[APPENDUID {validity} {}] APPEND completed",
-            SequenceSet::of_sorted(&stored)
-        ))
     }
 
     pub async fn quota(&mut self, mailbox_name: Option<&str>) -> Result<Done, NetError> {
@@ -573,7 +599,7 @@ fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
                     "* {} FETCH (UID {} FLAGS {} MODSEQ ({modseq}))\r\n",
                     i + 1,
                     e.uid,
-                    flag_list(e.flags(), &sel.keywords)
+                    sel.flags(e)
                 )
                 .as_bytes(),
             );

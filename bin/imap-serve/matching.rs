@@ -12,7 +12,7 @@ use postroom::proto::imap::command::{Date, SearchKey, days_from_civil};
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::{Cache, Record, SEARCH_FIELDS};
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::{Entry, Folder, Keywords};
+use postroom::store::mailbox::{Entry, Folder, Keywords, flags};
 
 use crate::message::{self, Need, read_message};
 use crate::session::Selected;
@@ -127,6 +127,8 @@ fn contains(haystack: &str, needle: &str) -> bool {
 
 struct Context<'a> {
     keywords: &'a Keywords,
+    /// The session's \Recent ranges (none in IMAP4rev2).
+    recent: &'a [(u32, u32)],
     modseqs: &'a ModSeqs,
     count: u32,
     largest_uid: u32,
@@ -144,9 +146,9 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> bool {
                 .is_some_and(|i| f.keywords & (1 << i) != 0);
             has == *set
         }
-        // No message is \Recent here (IMAP4rev2 dropped it).
-        SearchKey::New | SearchKey::Recent => false,
-        SearchKey::Old => true,
+        SearchKey::Recent => is_recent(ctx, c.entry.uid),
+        SearchKey::New => is_recent(ctx, c.entry.uid) && !f.has(flags::SEEN),
+        SearchKey::Old => !is_recent(ctx, c.entry.uid),
         SearchKey::Header(name, text) => c.header_values(name).iter().any(|v| contains(v, text)),
         SearchKey::Body(text) => body_contains(c, text),
         SearchKey::Text(text) => {
@@ -176,6 +178,10 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> bool {
     }
 }
 
+fn is_recent(ctx: &Context<'_>, uid: u32) -> bool {
+    ctx.recent.iter().any(|&(a, b)| (a..b).contains(&uid))
+}
+
 fn body_contains(c: &mut Candidate<'_>, text: &str) -> bool {
     let Some(m) = c.file() else {
         return false;
@@ -198,6 +204,7 @@ pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
     }
     let ctx = Context {
         keywords: &sel.keywords,
+        recent: if sel.report_recent { &sel.recent } else { &[] },
         modseqs: &sel.modseqs,
         count: sel.view.len() as u32,
         largest_uid: sel.view.last().map_or(0, |e| e.uid),

@@ -53,7 +53,12 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
             }
         }
         raw.truncate(filled);
-        let header_done = raw.starts_with(b"\n") || raw.windows(2).any(|w| w == b"\n\n");
+        // The empty line that ends the header, with LF or CRLF line ends
+        // (a file another MDA or a migration wrote).
+        let header_done = raw.starts_with(b"\n")
+            || raw.starts_with(b"\r\n")
+            || raw.windows(2).any(|w| w == b"\n\n")
+            || raw.windows(3).any(|w| w == b"\n\r\n");
         // A short read was all of the file; a full one holding the whole
         // header leaves the rest of the file unread.
         if filled == HEADER_READ {
@@ -65,6 +70,10 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
         }
     } else {
         file.read_to_end(&mut raw).ok()?;
+    }
+    if postroom::store::maildir::is_wire_form(&entry.base) {
+        // Stored as the client gave it (APPEND of binary content).
+        return Some(raw);
     }
     if whole {
         return Some(wire_form(&raw));
@@ -159,6 +168,39 @@ pub fn records(sel: &mut Selected, positions: &[usize]) -> Vec<Option<Record>> {
     sel.done_with_cache();
     out
 }
+
+/// Cache records of messages whose names give their sizes, made from
+/// their headers alone on every core at once: a first FETCH ENVELOPE of a
+/// big folder (one migrated, or never opened) waits on reading a file per
+/// message, and the reads overlap. A message that cannot be read now
+/// (renamed or expunged meanwhile) is left out, for the caller's own look.
+pub fn summarize_headers(folder: &Folder, entries: &[Entry]) -> Vec<Record> {
+    let one = |entry: &Entry| {
+        read_message(folder, entry, Need::Header)
+            .and_then(|wire| summarize(entry, &wire, false, internal_date(folder, entry)))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || entries.len() < 2 * PARALLEL_MIN {
+        return entries.iter().filter_map(one).collect();
+    }
+    let share = entries.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut parts = entries.chunks(share);
+        let mine = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts
+            .map(|part| s.spawn(move || part.iter().filter_map(one).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<Record> = mine.iter().filter_map(one).collect();
+        for handle in others {
+            // A reader that panicked leaves its messages to the caller.
+            out.extend(handle.join().unwrap_or_default());
+        }
+        out
+    })
+}
+
+/// Fewer messages than this per thread are read on the caller's alone.
+const PARALLEL_MIN: usize = 16;
 
 /// The file's modification time, which is the INTERNALDATE (APPEND sets
 /// it; a delivery's is its arrival).

@@ -3,7 +3,7 @@
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::SearchKey;
-use postroom::proto::imap::response::esearch;
+use postroom::proto::imap::response::{esearch, number_list};
 
 use crate::matching::{matching, mentions_modseq};
 use crate::session::{Done, Session};
@@ -23,7 +23,24 @@ impl Session {
             return Ok(Done::Bad("select a mailbox first".into()));
         };
         let positions = matching(sel, key);
-        let highest = positions
+        // RFC 4731 §3.2 with RFC 7162 §3.1.5: the highest mod-sequence of
+        // the messages returned; with only MIN and/or MAX, those are the
+        // first and/or last match, not all of them.
+        let has = |o: &str| ret.is_some_and(|opts| opts.iter().any(|x| x == o));
+        let only_ends = (has("MIN") || has("MAX")) && !has("ALL") && !has("COUNT");
+        let returned: Vec<usize> = if only_ends {
+            let mut ends = Vec::new();
+            if has("MIN") {
+                ends.extend(positions.first());
+            }
+            if has("MAX") {
+                ends.extend(positions.last());
+            }
+            ends
+        } else {
+            positions.clone()
+        };
+        let highest = returned
             .iter()
             .map(|&i| sel.modseqs.of(sel.view[i].uid))
             .max()
@@ -67,14 +84,7 @@ impl Session {
             }
         }
         let mut line = match ret {
-            None => {
-                let mut line = String::from("* SEARCH");
-                for n in &found {
-                    line.push(' ');
-                    line.push_str(&n.to_string());
-                }
-                line
-            }
+            None => number_list("SEARCH", &found),
             Some(opts) => esearch(tag, uid, &found, opts),
         };
         // RFC 7162 §3.1.5: a search by MODSEQ tells the highest one it found.

@@ -35,6 +35,7 @@ use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
 
 use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
+use postroom::proto::imap::response::flag_list;
 
 /// Failed LOGIN/AUTHENTICATE attempts before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -112,6 +113,16 @@ pub struct Selected {
     pub validity: u32,
     pub next_uid: u32,
     pub stamp: Stamp,
+    /// Messages gone from the folder that are still in the view because
+    /// the command that saw them go could not report it (RFC 3501
+    /// §7.4.1): the next command that may report EXPUNGE must sync even
+    /// when the folder's stamp has not moved since.
+    pub held_back: bool,
+    /// UIDs this session owns \Recent for, as `first..next` ranges
+    /// (`view::take_recent`); all from the folder's `R` on for EXAMINE.
+    pub recent: Vec<(u32, u32)>,
+    /// \Recent is reported (IMAP4rev1; IMAP4rev2 dropped it).
+    pub report_recent: bool,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
     pub cache: Cache,
     /// Mod-sequences (CONDSTORE), brought up to date before each use.
@@ -119,6 +130,30 @@ pub struct Selected {
 }
 
 impl Selected {
+    /// Whether this session shows the message as \Recent.
+    pub fn is_recent(&self, uid: u32) -> bool {
+        self.report_recent && self.recent.iter().any(|&(a, b)| (a..b).contains(&uid))
+    }
+
+    /// `* n RECENT`: the messages of the view this session shows \Recent.
+    pub fn recent_line(&self) -> String {
+        let n = self.view.iter().filter(|e| self.is_recent(e.uid)).count();
+        format!("* {n} RECENT\r\n")
+    }
+
+    /// A message's FLAGS, with \Recent where this session shows it.
+    pub fn flags(&self, e: &Entry) -> String {
+        let mut list = flag_list(e.flags(), &self.keywords);
+        if self.is_recent(e.uid) {
+            list.pop();
+            if !list.ends_with('(') {
+                list.push(' ');
+            }
+            list.push_str("\\Recent)");
+        }
+        list
+    }
+
     /// Writes what a command added to the folder cache, and closes its
     /// file until the next command needs it.
     pub fn done_with_cache(&mut self) {
@@ -149,6 +184,8 @@ pub struct Session {
     pub selected: Option<Selected>,
     /// IMAP4rev2 enabled (RFC 9051): UTF-8 names, ESEARCH replies, no RECENT.
     pub rev2: bool,
+    /// UTF8=ACCEPT enabled (RFC 6855): UTF-8 mailbox names and strings.
+    pub utf8: bool,
     /// CONDSTORE in use (RFC 7162 §3.1): MODSEQ in every FETCH response.
     pub condstore: bool,
     /// QRESYNC enabled: VANISHED instead of EXPUNGE.
@@ -207,6 +244,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         login: None,
         selected: None,
         rev2: false,
+        utf8: false,
         condstore: false,
         qresync: false,
         saved: Vec::new(),
@@ -277,6 +315,10 @@ impl Session {
                 "SEARCHRES",
                 "SORT",
                 "SORT=DISPLAY",
+                "ESORT",
+                "PARTIAL",
+                "UTF8=ACCEPT",
+                "CREATE-SPECIAL-USE",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
                 "MULTIAPPEND",
@@ -475,6 +517,9 @@ impl Session {
         }
         self.substitute_saved(&mut body);
         let allows_expunge = body.allows_expunge();
+        // Whether this command turns CONDSTORE on in the selected state
+        // (not by SELECT, which reports HIGHESTMODSEQ itself).
+        let condstore_before = self.condstore || matches!(body, Body::Select { .. });
         let done = match body {
             Body::Capability => {
                 let caps = format!("* CAPABILITY {}\r\n", self.capabilities());
@@ -517,9 +562,16 @@ impl Session {
                             (self.condstore, self.qresync) = (true, true);
                             "QRESYNC"
                         }
+                        "UTF8=ACCEPT" => {
+                            self.utf8 = true;
+                            "UTF8=ACCEPT"
+                        }
                         // UTF-8 names, ESEARCH replies, no \Recent (RFC 9051).
                         "IMAP4REV2" => {
                             self.rev2 = true;
+                            if let Some(sel) = self.selected.as_mut() {
+                                sel.report_recent = false;
+                            }
                             "IMAP4rev2"
                         }
                         _ => continue,
@@ -553,7 +605,7 @@ impl Session {
                     self.select(&mailbox, read_only, qresync.as_ref()).await?
                 }
             }
-            Body::Create(name) => self.create(&name),
+            Body::Create(name, uses) => self.create(&name, &uses),
             Body::Delete(name) => self.delete(&name),
             Body::Rename(from, to) => self.rename(&from, &to),
             Body::Subscribe(name) => self.subscribe(&name, true),
@@ -603,7 +655,15 @@ impl Session {
             }
             Body::Expunge(uids) => self.expunge(uids.as_ref()).await?,
             Body::Search { uid, key, ret } => self.search(&tag, uid, &key, ret.as_deref()).await?,
-            Body::Sort { uid, criteria, key } => self.sort(uid, &criteria, &key).await?,
+            Body::Sort {
+                uid,
+                criteria,
+                key,
+                ret,
+            } => {
+                self.sort(&tag, uid, &criteria, &key, ret.as_deref())
+                    .await?
+            }
             Body::Thread {
                 uid,
                 references,
@@ -638,6 +698,17 @@ impl Session {
                 remove,
             } => self.copy(uid, &set, &mailbox, remove).await?,
         };
+        if !condstore_before
+            && self.condstore
+            && let Some(sel) = self.selected.as_mut()
+        {
+            // RFC 7162 §3.1: the first CONDSTORE-enabling command in the
+            // selected state (FETCH MODSEQ, SEARCH MODSEQ, STORE
+            // UNCHANGEDSINCE, ENABLE) tells the folder's HIGHESTMODSEQ.
+            sel.update_modseqs();
+            let line = format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.modseqs.highest());
+            self.out(line.as_bytes()).await?;
+        }
         if self.selected.is_some() {
             self.report(allows_expunge).await?;
         }

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{SearchKey, SortKey};
+use postroom::proto::imap::response::{esearch, number_list};
 use postroom::store::mailbox::cache::Record;
 
 use crate::session::{Done, Session};
@@ -56,8 +57,16 @@ impl Item {
     }
 }
 
-/// The first address of a decoded address field (`Name <local@host>, …`).
+/// The first address of a decoded address field (`Name <local@host>, …`,
+/// a group as `group: …`, `mime::decoded_headers`): (display name,
+/// mailbox, address), ASCII-lower-cased. A group stands first as its
+/// name in all three, as the group's start does in an ENVELOPE (RFC 9051
+/// §7.5.2) and as Dovecot sorts it.
 fn first_address(value: &str) -> (String, String, String) {
+    if let Some(group) = group_name(value) {
+        let group = group.to_ascii_lowercase();
+        return (group.clone(), group.clone(), group);
+    }
     let (name, addr) = match (value.find('<'), value.find('>')) {
         (Some(open), Some(close)) if open < close => {
             (value[..open].trim(), value[open + 1..close].trim())
@@ -65,14 +74,27 @@ fn first_address(value: &str) -> (String, String, String) {
         _ => ("", value.split(',').next().unwrap_or("").trim()),
     };
     let name = name.trim_matches('"').trim();
-    // A group's name comes first ("team: Ann <a@x>"): it is no person's.
-    let name = name.rsplit(':').next().unwrap_or(name).trim();
     let mailbox = addr.split('@').next().unwrap_or("");
     (
         name.to_ascii_lowercase(),
         mailbox.to_ascii_lowercase(),
         addr.to_ascii_lowercase(),
     )
+}
+
+/// The group's name when a decoded address field starts with a group:
+/// a colon outside quotes before any `<`, `,` or `@`.
+fn group_name(value: &str) -> Option<&str> {
+    let mut quoted = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ':' if !quoted => return Some(value[..i].trim().trim_matches('"').trim()),
+            '<' | ',' | '@' if !quoted => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// RFC 5256 §2.1: the subject without "Re:", "Fwd:", "[list]" and
@@ -192,9 +214,11 @@ fn items(session: &mut Session, key: &SearchKey) -> Result<Vec<Item>, Done> {
 impl Session {
     pub async fn sort(
         &mut self,
+        tag: &str,
         uid: bool,
         criteria: &[(bool, SortKey)],
         key: &SearchKey,
+        ret: Option<&[String]>,
     ) -> Result<Done, NetError> {
         let session = self;
         let items = match items(session, key) {
@@ -217,11 +241,12 @@ impl Session {
             }
             items[a].seq.cmp(&items[b].seq)
         });
-        let mut line = String::from("* SORT");
-        for i in order {
-            line.push(' ');
-            line.push_str(&items[i].number(uid).to_string());
-        }
+        let sorted: Vec<u32> = order.iter().map(|&i| items[i].number(uid)).collect();
+        // ESORT (RFC 5267): RETURN options answer as ESEARCH, in sort order.
+        let mut line = match ret {
+            Some(opts) => esearch(tag, uid, &sorted, opts),
+            None => number_list("SORT", &sorted),
+        };
         line.push_str("\r\n");
         session.out(line.as_bytes()).await?;
         Ok(Done::Ok("SORT completed".into()))
@@ -234,7 +259,16 @@ enum SortValue {
     Text(String),
 }
 
+/// i;ascii-casemap (RFC 4790 §9.2) folds to upper case, so `_`, `[` and
+/// the other characters between the two cases sort after the letters.
 fn sort_value(item: &Item, key: SortKey) -> SortValue {
+    match raw_sort_value(item, key) {
+        SortValue::Text(t) => SortValue::Text(t.to_ascii_uppercase()),
+        number => number,
+    }
+}
+
+fn raw_sort_value(item: &Item, key: SortKey) -> SortValue {
     match key {
         SortKey::Arrival => SortValue::Number(item.record.internal_date),
         SortKey::Date => SortValue::Number(item.sent()),
@@ -1085,13 +1119,24 @@ mod tests {
             1,
             "From: =?utf-8?q?Z=C3=BCrich?= <Zed@X.test>, a@b.test\r\nTo: plain@y.test\r\nDate: Mon, 2 Nov 2026 10:00:00 +0200",
         );
-        assert!(matches!(sort_value(&it, SortKey::From), SortValue::Text(t) if t == "zed"));
+        assert!(matches!(sort_value(&it, SortKey::From), SortValue::Text(t) if t == "ZED"));
         assert!(
-            matches!(sort_value(&it, SortKey::DisplayFrom), SortValue::Text(t) if t == "zürich")
+            matches!(sort_value(&it, SortKey::DisplayFrom), SortValue::Text(t) if t == "ZüRICH")
         );
         assert!(
-            matches!(sort_value(&it, SortKey::DisplayTo), SortValue::Text(t) if t == "plain@y.test")
+            matches!(sort_value(&it, SortKey::DisplayTo), SortValue::Text(t) if t == "PLAIN@Y.TEST")
         );
+        let group = raw_item(
+            3,
+            "From: undisclosed: a@b.test;\r\nTo: \"Re: x\" <r@x.test>",
+        );
+        assert!(
+            matches!(sort_value(&group, SortKey::From), SortValue::Text(t) if t == "UNDISCLOSED")
+        );
+        assert!(
+            matches!(sort_value(&group, SortKey::DisplayFrom), SortValue::Text(t) if t == "UNDISCLOSED")
+        );
+        assert!(matches!(sort_value(&group, SortKey::To), SortValue::Text(t) if t == "R"));
         assert!(matches!(sort_value(&it, SortKey::Cc), SortValue::Text(t) if t.is_empty()));
         // 10:00 at +0200 is 08:00 UTC.
         assert!(matches!(

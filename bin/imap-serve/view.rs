@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
-use postroom::proto::imap::response::{all_flags, flag_list, permanent_flags};
-use postroom::store::mailbox::{Entry, Flags, flags};
+use postroom::proto::imap::response::{all_flags, permanent_flags};
+use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
@@ -96,6 +96,35 @@ impl Selected {
     }
 }
 
+/// The \Recent messages a session shows, brought up to date with the
+/// folder's `R` (`uidlist`): a read-write session takes those no session
+/// has taken yet, as Dovecot does (the first to see a message owns its
+/// \Recent, RFC 3501 §2.3.2); EXAMINE shows those not taken, taking none.
+pub fn take_recent(
+    folder: &Folder,
+    read_only: bool,
+    first_recent: u32,
+    next_uid: u32,
+    recent: &mut Vec<(u32, u32)>,
+) {
+    if read_only {
+        *recent = vec![(first_recent, u32::MAX)];
+        return;
+    }
+    if first_recent >= next_uid {
+        return;
+    }
+    match folder.claim_recent(next_uid) {
+        Ok(Some((first, next))) => match recent.last_mut() {
+            Some(last) if last.1 == first => last.1 = next,
+            _ => recent.push((first, next)),
+        },
+        Ok(None) => {}
+        // No \Recent this time; the messages stay for the next session.
+        Err(e) => tracing::warn!("\\Recent in {}: {e}", folder.path().display()),
+    }
+}
+
 impl Session {
     /// Syncs the selected folder and reports changes made elsewhere.
     /// `expunge_ok`: whether EXPUNGE may be sent now (RFC 3501 §7.4.1);
@@ -106,7 +135,7 @@ impl Session {
             return Ok(());
         };
         let stamp = sel.folder.stamp();
-        if stamp == sel.stamp {
+        if stamp.unchanged_since(&sel.stamp) && !(expunge_ok && sel.held_back) {
             return Ok(());
         }
         let state = match sel.folder.sync() {
@@ -145,6 +174,7 @@ impl Session {
         let mut kept: Vec<Entry> = Vec::with_capacity(state.entries.len());
         let mut expunged: Vec<usize> = Vec::new();
         let mut changed: Vec<usize> = Vec::new();
+        let mut held_back = false;
         let mut fresh = state.entries.into_iter().peekable();
         let old = std::mem::take(&mut sel.view);
         let old_uids: Vec<u32> = old.iter().map(|e| e.uid).collect();
@@ -164,16 +194,29 @@ impl Session {
                     kept.push(f);
                 }
                 _ if expunge_ok => expunged.push(i),
-                // Gone, but not reportable now: keep it as it was.
-                _ => kept.push(entry),
+                // Gone, but not reportable now: keep it as it was, and
+                // remember to report it at the first command that may.
+                _ => {
+                    held_back = true;
+                    kept.push(entry);
+                }
             }
         }
+        sel.held_back = held_back;
         let vanished: Vec<u32> = expunged.iter().map(|&i| old_uids[i]).collect();
         let before = kept.len();
         kept.extend(fresh);
         let grew = kept.len() != before || !expunged.is_empty();
         sel.next_uid = state.next_uid;
         sel.view = kept;
+        let recent_before = sel.recent.clone();
+        take_recent(
+            &sel.folder,
+            sel.read_only,
+            state.first_recent,
+            state.next_uid,
+            &mut sel.recent,
+        );
         if condstore {
             sel.update_modseqs();
         }
@@ -205,13 +248,16 @@ impl Session {
                     "* {} FETCH (UID {} FLAGS {}{modseq})\r\n",
                     i + 1,
                     e.uid,
-                    flag_list(e.flags(), &sel.keywords)
+                    sel.flags(e)
                 )
                 .as_bytes(),
             );
         }
         if grew {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.view.len()).as_bytes());
+        }
+        if sel.report_recent && (grew || sel.recent != recent_before) {
+            out.extend_from_slice(sel.recent_line().as_bytes());
         }
         self.out(&out).await
     }
@@ -261,7 +307,6 @@ impl Session {
             // Compare against what is on disk now, not at the last sync.
             sel.update_modseqs();
         }
-        let mut gone = false;
         let mut modified = Vec::new();
         let mut stored = Vec::new();
         for i in positions {
@@ -276,10 +321,9 @@ impl Session {
             // changed them since our last sync.
             let current = match sel.folder.refresh(&entry) {
                 Ok(Some(e)) => e,
-                Ok(None) => {
-                    gone = true;
-                    continue;
-                }
+                // Expunged by another session: nothing to store, and no
+                // failure either (the EXPUNGE follows when it may).
+                Ok(None) => continue,
                 Err(e) => return Ok(e.into()),
             };
             let old = current.flags();
@@ -299,10 +343,9 @@ impl Session {
             };
             let updated = match sel.folder.set_flags(&current, new) {
                 Ok(Some(e)) => e,
-                Ok(None) => {
-                    gone = true;
-                    continue;
-                }
+                // Expunged by another session: nothing to store, and no
+                // failure either (the EXPUNGE follows when it may).
+                Ok(None) => continue,
                 Err(e) => return Ok(e.into()),
             };
             sel.view[i] = updated;
@@ -318,7 +361,7 @@ impl Session {
                 items.push(format!("UID {}", e.uid));
             }
             if !silent {
-                items.push(format!("FLAGS {}", flag_list(e.flags(), &sel.keywords)));
+                items.push(format!("FLAGS {}", sel.flags(e)));
             }
             // With CONDSTORE the client learns each new mod-sequence, even
             // from a .SILENT store (RFC 7162 §3.1.3).
@@ -341,8 +384,6 @@ impl Session {
                 "[MODIFIED {}] conditional STORE failed for these",
                 SequenceSet::of_sorted(&modified)
             ))
-        } else if gone {
-            Done::No("[EXPUNGEISSUED] some messages were expunged meanwhile".into())
         } else {
             Done::Ok("STORE completed".into())
         })
@@ -420,11 +461,6 @@ impl Session {
         let what = if remove { "MOVE" } else { "COPY" };
         if positions.is_empty() {
             return Ok(Done::Ok(format!("{what} completed (nothing to do)")));
-        }
-        if name == sel.name && remove {
-            return Ok(Done::No(
-                "[CANNOT] cannot move a message into its own mailbox".into(),
-            ));
         }
         let entries: Vec<Entry> = positions.iter().map(|&i| sel.view[i].clone()).collect();
         let (validity, pairs) = match sel.folder.transfer(&entries, &dest, &hostname, remove) {

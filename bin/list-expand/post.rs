@@ -116,6 +116,7 @@ pub fn distribute(
                     base_name: None,
                     search_cur: false,
                     end_header: true,
+                    as_given: false,
                     quota: None,
                 },
                 &config.hostname,

@@ -5,7 +5,12 @@
 //! server's, not the disk's), then times over one connection: the first
 //! SELECT (which gives every message its UID), a warm SELECT, `UID FETCH
 //! 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and warm, SEARCH on a
-//! header, SORT and THREAD. Then the time from spawn to greeting in inetd mode, and the
+//! header, SORT and THREAD, a new session's SELECT of the folder as it was
+//! left, and the server's RSS after all that. Then the time from spawn to greeting in inetd mode, the
+//! multi-client figure (10 and 50 clients on 10 shared mailboxes, each
+//! running `--rounds` of login, select, fetch, store, append, store,
+//! expunge, logout: operations a second, the server's CPU per operation,
+//! APPEND's median time, and every NO or BAD reply counted), and the
 //! resident memory of one standalone process holding `--idle` sessions in
 //! IDLE (each logged in, with a small INBOX selected).
 
@@ -19,7 +24,7 @@ use crate::server::{Server, inetd_greeting, ms};
 
 use crate::bench_tree;
 
-pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
+pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::Result<()> {
     crate::smtp::raise_fd_limit(idle)?;
     let dir = base.join("imap");
     let config = make_tree(&dir)?;
@@ -35,6 +40,7 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
 
     let server = Server::start(&serve, &config)?;
     let port = server.port;
+    let idle_rss = crate::smtp::rss_kib(server.child.id())?;
     let mut client = Client::connect(port)?;
     client.run("LOGIN sink@bench.test x")?;
     let (first, _) = client.run("SELECT INBOX")?;
@@ -84,6 +90,21 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         ms(sort),
         ms(thread)
     );
+    // A new session's SELECT of the folder as the last one left it.
+    let mut again = Client::connect(port)?;
+    again.run("LOGIN sink@bench.test x")?;
+    let (fresh, _) = again.run("SELECT INBOX")?;
+    again.run("LOGOUT")?;
+    println!(
+        "SELECT in a new session, folder unchanged: {:.0} ms",
+        ms(fresh)
+    );
+    let rss = crate::smtp::rss_kib(server.child.id())?;
+    println!(
+        "RSS with one session after these: {:.1} MB (idle process {:.1} MB)",
+        rss as f64 / 1024.0,
+        idle_rss as f64 / 1024.0
+    );
     client.run("LOGOUT")?;
     drop(server);
 
@@ -93,6 +114,12 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
         ms(greeting.0),
         ms(greeting.1)
     );
+
+    let server = Server::start(&serve, &config)?;
+    for clients in [10, 50] {
+        mixed(&server, clients, rounds)?;
+    }
+    drop(server);
 
     let server = Server::start(&serve, &config)?;
     let port = server.port;
@@ -132,20 +159,162 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Mailboxes the multi-client figure's clients share.
+const MIXED_USERS: usize = 10;
+
 fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
     let config = bench_tree(dir)?;
     let bin = std::env::current_exe()?.with_file_name("postroom");
-    let status = Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
-        .args(["user", "add", "idle@bench.test", "--password", "{PLAIN}x"])
-        .stdout(Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "postroom user add failed");
+    let users =
+        std::iter::once("idle".to_string()).chain((0..MIXED_USERS).map(|i| format!("mix{i}")));
+    for user in users {
+        let status = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "user",
+                "add",
+                &format!("{user}@bench.test"),
+                "--password",
+                "{PLAIN}x",
+            ])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "postroom user add failed");
+        fill(&dir.join(format!("mail/bench.test/{user}")), 10)?;
+    }
     crate::lift_connection_caps(&config)?;
-    let idle_inbox = dir.join("mail/bench.test/idle");
-    fill(&idle_inbox, 10)?;
     Ok(config)
+}
+
+/// What the clients of the multi-client figure counted.
+#[derive(Default)]
+struct Tally {
+    ops: usize,
+    no: usize,
+    bad: usize,
+    /// The first few NO/BAD replies, to print.
+    examples: Vec<String>,
+    appends: Vec<Duration>,
+}
+
+/// `clients` clients at once, `rounds` rounds each, client i on mailbox
+/// i mod [`MIXED_USERS`]: several clients share each mailbox, as mail
+/// clients on a phone and a desktop do.
+fn mixed(server: &Server, clients: usize, rounds: usize) -> anyhow::Result<()> {
+    let port = server.port;
+    let cpu_before = cpu_ticks(server.child.id())?;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|i| std::thread::spawn(move || mixed_client(port, i % MIXED_USERS, rounds)))
+        .collect();
+    let mut all = Tally::default();
+    for w in workers {
+        let t = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        all.ops += t.ops;
+        all.no += t.no;
+        all.bad += t.bad;
+        all.appends.extend(t.appends);
+        for e in t.examples {
+            if all.examples.len() < 5 {
+                all.examples.push(e);
+            }
+        }
+    }
+    let took = start.elapsed();
+    let cpu = cpu_ticks(server.child.id())?.saturating_sub(cpu_before);
+    all.appends.sort();
+    let median = all
+        .appends
+        .get(all.appends.len() / 2)
+        .copied()
+        .unwrap_or_default();
+    println!(
+        "{clients} clients x {rounds} rounds (login select fetch store append store expunge logout): {:.0} ops/s, server CPU {:.2} ms/op, APPEND median {:.1} ms, NO {} BAD {}",
+        all.ops as f64 / took.as_secs_f64(),
+        cpu as f64 * 10.0 / all.ops.max(1) as f64,
+        ms(median),
+        all.no,
+        all.bad
+    );
+    for e in &all.examples {
+        println!("  unexpected: {}", e.trim_end());
+    }
+    Ok(())
+}
+
+fn mixed_client(port: u16, user: usize, rounds: usize) -> anyhow::Result<Tally> {
+    let mut t = Tally::default();
+    let message = format!(
+        "From: bench <b@bench.test>\r\nSubject: mixed {user}\r\n\r\n{}",
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n".repeat(30)
+    );
+    for _ in 0..rounds {
+        let mut client = Client::connect(port)?;
+        let step = |client: &mut Client, command: &str, t: &mut Tally| -> anyhow::Result<String> {
+            let (took, status, out) = client.status_of(command)?;
+            t.ops += 1;
+            match status.as_str() {
+                "OK" => {}
+                "NO" => t.no += 1,
+                _ => t.bad += 1,
+            }
+            if status != "OK" && t.examples.len() < 5 {
+                t.examples
+                    .push(format!("{command}: {}", out.lines().last().unwrap_or("")));
+            }
+            if command.starts_with("APPEND") {
+                t.appends.push(took);
+            }
+            Ok(out)
+        };
+        step(
+            &mut client,
+            &format!("LOGIN mix{user}@bench.test x"),
+            &mut t,
+        )?;
+        step(&mut client, "SELECT INBOX", &mut t)?;
+        // ENVELOPE reads the file of a message not cached yet: one another
+        // client expunged since this one's last sync must not fail it.
+        step(&mut client, "FETCH 1:* (UID FLAGS ENVELOPE)", &mut t)?;
+        step(&mut client, "STORE 1 +FLAGS (\\Seen)", &mut t)?;
+        let out = step(
+            &mut client,
+            &format!("APPEND INBOX {{{}+}}\r\n{message}", message.len()),
+            &mut t,
+        )?;
+        let uid = out
+            .split("[APPENDUID ")
+            .nth(1)
+            .and_then(|r| r.split([' ', ']']).nth(1))
+            .unwrap_or("0")
+            .to_string();
+        step(
+            &mut client,
+            &format!("UID STORE {uid} +FLAGS (\\Deleted)"),
+            &mut t,
+        )?;
+        step(&mut client, &format!("UID EXPUNGE {uid}"), &mut t)?;
+        step(&mut client, "LOGOUT", &mut t)?;
+    }
+    Ok(t)
+}
+
+/// The process's user and system CPU time so far, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name in parentheses: state is field 3, utime 14.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(tick(11) + tick(12))
 }
 
 /// Writes `n` messages of about 2 KB into `maildir/cur`, named and sized as
@@ -199,6 +368,17 @@ impl Client {
 
     /// (time to the tagged OK, everything received).
     fn run(&mut self, command: &str) -> anyhow::Result<(Duration, String)> {
+        let (took, status, out) = self.status_of(command)?;
+        anyhow::ensure!(
+            status == "OK",
+            "{command}: {}",
+            out.lines().last().unwrap_or("")
+        );
+        Ok((took, out))
+    }
+
+    /// (time to the tagged reply, its status word, everything received).
+    fn status_of(&mut self, command: &str) -> anyhow::Result<(Duration, String, String)> {
         self.tag += 1;
         let tag = format!("t{}", self.tag);
         let start = Instant::now();
@@ -221,10 +401,14 @@ impl Client {
                 continue;
             }
             out.extend_from_slice(&line);
-            if line.starts_with(tag.as_bytes()) {
+            if line.starts_with(format!("{tag} ").as_bytes()) {
                 let text = String::from_utf8_lossy(&line).into_owned();
-                anyhow::ensure!(text.starts_with(&format!("{tag} OK")), "{command}: {text}");
-                return Ok((start.elapsed(), String::from_utf8_lossy(&out).into_owned()));
+                let status = text.split(' ').nth(1).unwrap_or("").to_string();
+                return Ok((
+                    start.elapsed(),
+                    status,
+                    String::from_utf8_lossy(&out).into_owned(),
+                ));
             }
         }
     }

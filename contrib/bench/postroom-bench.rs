@@ -119,6 +119,10 @@ enum Bench {
         /// Sessions held in IDLE for the memory figure.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
+        /// Rounds each client of the multi-client figure runs (login,
+        /// select, fetch, store, append, store, expunge, logout).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
     },
     /// SMTP accept → maildir on one tree over a shared filesystem, from two
     /// hosts and from one, against a local tree (contrib/multihost/run).
@@ -162,7 +166,11 @@ fn main() -> ExitCode {
             big,
             sessions,
         } => pop3::run(&base, messages, size, big, sessions),
-        Bench::Imap { messages, idle } => imap::run(&base, messages, idle),
+        Bench::Imap {
+            messages,
+            idle,
+            rounds,
+        } => imap::run(&base, messages, idle, rounds),
         Bench::Auth { clients, settle } => auth::run(&base, clients, settle),
         Bench::Multihost { mounts, messages } => multihost::run(&base, &mounts, messages),
     };

@@ -277,6 +277,7 @@ fn to_mailbox(
         )),
         search_cur: interrupted,
         end_header: true,
+        as_given: false,
         quota,
     };
     match maildir.deliver(delivery, &config.hostname) {

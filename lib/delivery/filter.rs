@@ -293,6 +293,7 @@ fn store(
             base_name: None,
             search_cur: false,
             end_header: true,
+            as_given: false,
             quota,
         },
         &config.hostname,

@@ -463,17 +463,18 @@ pub fn envelope(out: &mut Vec<u8>, header: &[u8]) {
     nstring(out, f("Date").map(str::as_bytes));
     out.push(b' ');
     nstring(out, f("Subject").map(str::as_bytes));
-    let from = f("From");
-    for (name, fallback) in [
-        ("From", None),
-        ("Sender", from),
-        ("Reply-To", from),
-        ("To", None),
-        ("Cc", None),
-        ("Bcc", None),
-    ] {
+    let from = f("From").map(parse_addresses).unwrap_or_default();
+    for name in ["From", "Sender", "Reply-To", "To", "Cc", "Bcc"] {
         out.push(b' ');
-        address_list(out, f(name).or(fallback));
+        let addrs = f(name).map(parse_addresses).unwrap_or_default();
+        // Sender and Reply-To absent or empty are From (RFC 3501 §7.4.2,
+        // RFC 9051 §7.5.2).
+        let addrs = if addrs.is_empty() && matches!(name, "Sender" | "Reply-To") {
+            &from
+        } else {
+            &addrs
+        };
+        address_list(out, addrs);
     }
     out.push(b' ');
     nstring(out, f("In-Reply-To").map(str::as_bytes));
@@ -482,27 +483,48 @@ pub fn envelope(out: &mut Vec<u8>, header: &[u8]) {
     out.push(b')');
 }
 
-/// One address of a list: (name, mailbox, host); a group start is
-/// (None, Some(group), None), a group end (None, None, None).
-type Addr = (Option<String>, Option<String>, Option<String>);
+/// One address of a list, as ENVELOPE gives it (RFC 9051 §7.5.2): a
+/// group start has only `mailbox` (the group's name), a group end nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addr {
+    pub name: Option<String>,
+    /// The source route (`@a,@b`) of an obsolete route-addr.
+    pub adl: Option<String>,
+    pub mailbox: Option<String>,
+    pub host: Option<String>,
+}
+
+impl Addr {
+    fn group_start(name: String) -> Addr {
+        Addr {
+            mailbox: Some(name),
+            ..Addr::default()
+        }
+    }
+
+    pub fn is_group_start(&self) -> bool {
+        self.host.is_none() && self.mailbox.is_some()
+    }
+}
 
 /// Most addresses of one header reported in an ENVELOPE.
 const MAX_ADDRESSES: usize = 1000;
 
-fn address_list(out: &mut Vec<u8>, value: Option<&str>) {
-    let addrs = value.map(parse_addresses).unwrap_or_default();
+fn address_list(out: &mut Vec<u8>, addrs: &[Addr]) {
     if addrs.is_empty() {
         out.extend_from_slice(b"NIL");
         return;
     }
     out.push(b'(');
-    for (name, mailbox, host) in addrs {
+    for a in addrs {
         out.push(b'(');
-        nstring(out, name.as_deref().map(str::as_bytes));
-        out.extend_from_slice(b" NIL ");
-        nstring(out, mailbox.as_deref().map(str::as_bytes));
+        nstring(out, a.name.as_deref().map(str::as_bytes));
         out.push(b' ');
-        nstring(out, host.as_deref().map(str::as_bytes));
+        nstring(out, a.adl.as_deref().map(str::as_bytes));
+        out.push(b' ');
+        nstring(out, a.mailbox.as_deref().map(str::as_bytes));
+        out.push(b' ');
+        nstring(out, a.host.as_deref().map(str::as_bytes));
         out.push(b')');
     }
     out.push(b')');
@@ -532,14 +554,25 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
                 (!c.is_empty()).then(|| c.to_string())
             });
             if !spec.is_empty() {
-                // A source route (`@a,@b:user@host`) is dropped.
-                let spec = spec.rsplit(':').next().unwrap_or(&spec).to_string();
+                // A source route (`@a,@b:user@host`) goes in the adl.
+                let (adl, spec) = match spec.rsplit_once(':') {
+                    Some((route, rest)) if route.starts_with('@') => {
+                        (Some(route.to_string()), rest.to_string())
+                    }
+                    Some((_, rest)) => (None, rest.to_string()),
+                    None => (None, spec),
+                };
                 let (mailbox, host) = match spec.rsplit_once('@') {
                     Some((m, h)) => (m.to_string(), Some(h.to_string())),
                     None => (spec.clone(), None),
                 };
                 if out.len() < MAX_ADDRESSES {
-                    out.push((name, Some(mailbox), host));
+                    out.push(Addr {
+                        name,
+                        adl,
+                        mailbox: Some(mailbox),
+                        host,
+                    });
                 }
             }
             phrase.clear();
@@ -587,13 +620,13 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
                 let group = phrase.trim().to_string();
                 phrase.clear();
                 if out.len() < MAX_ADDRESSES {
-                    out.push((None, Some(group), None));
+                    out.push(Addr::group_start(group));
                 }
             }
             ';' if !in_angle && in_group => {
                 finish(&mut phrase, &mut addr, &mut comment_name, &mut out);
                 in_group = false;
-                out.push((None, None, None));
+                out.push(Addr::default());
             }
             ',' if !in_angle => finish(&mut phrase, &mut addr, &mut comment_name, &mut out),
             _ if in_angle => addr.push(c),
@@ -605,7 +638,7 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
     }
     finish(&mut phrase, &mut addr, &mut comment_name, &mut out);
     if in_group {
-        out.push((None, None, None));
+        out.push(Addr::default());
     }
     out
 }
@@ -639,11 +672,14 @@ pub fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
 
 fn address_text(a: &mail_parser::Address<'_>) -> String {
     let one = |addr: &mail_parser::Addr<'_>| {
-        format!(
-            "{} <{}>",
-            addr.name.as_deref().unwrap_or(""),
-            addr.address.as_deref().unwrap_or("")
-        )
+        let name = addr.name.as_deref().unwrap_or("");
+        let address = addr.address.as_deref().unwrap_or("");
+        // A name with a colon is quoted, so it never reads as a group's.
+        if name.contains([':', ',', '<']) {
+            format!("\"{}\" <{address}>", name.replace('"', ""))
+        } else {
+            format!("{name} <{address}>")
+        }
     };
     match a {
         mail_parser::Address::List(list) => list.iter().map(one).collect::<Vec<_>>().join(", "),
@@ -707,6 +743,24 @@ pub fn section_data(m: &[u8], root: Option<&Part>, section: &Section) -> Option<
             }
         }
     })
+}
+
+/// A part's body fit for `BODY[part]` when it holds a NUL, which no
+/// IMAP literal may carry (RFC 3516 §4.2, RFC 9051 §4.3): base64 in lines
+/// of 76 characters, as a content-transfer-encoding would give it.
+/// Anything else is sent as it is.
+pub fn without_nul(data: Vec<u8>) -> Vec<u8> {
+    use base64::Engine;
+    if !data.contains(&0) {
+        return data;
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+    let mut out = Vec::with_capacity(encoded.len() + encoded.len() / 38 + 2);
+    for line in encoded.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }
 
 /// What `BINARY[part]` gives.
@@ -846,20 +900,25 @@ mod tests {
         let a = parse_addresses(
             "Joe <joe@x.test>, undisclosed-recipients:;, \"A \\\"B\\\"\" <ab@y>, c@z (Cee)",
         );
+        let addr = |name: Option<&str>, mailbox: &str, host: &str| Addr {
+            name: name.map(str::to_string),
+            adl: None,
+            mailbox: Some(mailbox.into()),
+            host: Some(host.into()),
+        };
         assert_eq!(
             a,
             vec![
-                (
-                    Some("Joe".into()),
-                    Some("joe".into()),
-                    Some("x.test".into())
-                ),
-                (None, Some("undisclosed-recipients".into()), None),
-                (None, None, None),
-                (Some("A \"B\"".into()), Some("ab".into()), Some("y".into())),
-                (Some("Cee".into()), Some("c".into()), Some("z".into())),
+                addr(Some("Joe"), "joe", "x.test"),
+                Addr::group_start("undisclosed-recipients".into()),
+                Addr::default(),
+                addr(Some("A \"B\""), "ab", "y"),
+                addr(Some("Cee"), "c", "z"),
             ]
         );
+        let routed = parse_addresses("Old <@relay.test,@b.test:u@h.test>");
+        assert_eq!(routed[0].adl.as_deref(), Some("@relay.test,@b.test"));
+        assert_eq!(routed[0].mailbox.as_deref(), Some("u"));
     }
 
     #[test]

@@ -121,11 +121,23 @@ pub struct Message<'a> {
     /// the first copy to cur/. (Otherwise an exact repeat is caught by
     /// `link` alone, at no cost.)
     pub search_cur: bool,
+    /// Store the bytes exactly as given, line ends and all (IMAP APPEND
+    /// of a `~{n}` literal8, RFC 3516): the name's `,W=` then equals its
+    /// `,S=`, which says the file is its own wire form ([`is_wire_form`]).
+    pub as_given: bool,
     /// Quota in bytes for this mailbox, if any.
     pub quota: Option<u64>,
     /// Add the empty line after the header if the message lacks it (mail
     /// delivered from the queue); an IMAP APPEND stores what it was given.
     pub end_header: bool,
+}
+
+/// Where [`Maildir::write_and_link`] puts a message: `new/` as delivered
+/// (no info), or `cur/` with its flags and internal date (IMAP APPEND).
+struct Target<'a> {
+    dir: &'a NoFollowDir,
+    info: Option<&'a str>,
+    mtime: Option<std::time::SystemTime>,
 }
 
 impl Maildir {
@@ -267,20 +279,95 @@ impl Maildir {
             _ => None,
         };
 
-        let result = self.write_and_link(&tmp_dir, &new_dir, &base, message, used);
+        let target = Target {
+            dir: &new_dir,
+            info: None,
+            mtime: None,
+        };
+        let result = self.write_and_link(&tmp_dir, &target, &base, message, used);
         // The tmp name is only a staging name; it goes whatever happened.
         let _ = tmp_dir.unlink(&base);
-        result
+        let (new, size) = match result? {
+            Some(linked) => linked,
+            None => return Ok(Delivered::AlreadyThere),
+        };
+        new_dir.sync().map_err(MaildirError::io(&new))?;
+        if used.is_some() {
+            self.quota_add(size as i64, 1);
+        }
+        Ok(Delivered::New(new))
     }
 
+    /// Stores a message straight into `cur/` with its flags (`info`) and
+    /// modification time, as IMAP APPEND does: tmp → fsync → link into
+    /// cur/. `cur/` itself is not synced here: a caller storing several
+    /// messages syncs it once for all ([`Maildir::sync_cur`]) before it
+    /// answers. `used` is the quota's (limit, bytes in use), which a batch
+    /// carries from one message to the next. Returns the name's base and
+    /// the size on disk.
+    pub fn store_in_cur(
+        &self,
+        message: Message<'_>,
+        info: &str,
+        mtime: Option<std::time::SystemTime>,
+        hostname: &str,
+        used: Option<(u64, u64)>,
+    ) -> Result<(String, u64), MaildirError> {
+        self.create()?;
+        let (tmp_dir, cur_dir) = self
+            .open_dir()
+            .and_then(|dir| Ok((dir.dir("tmp")?, dir.dir("cur")?)))
+            .map_err(MaildirError::io(&self.root))?;
+        let base = format!(
+            "{}.{}.{}",
+            fsutil::now_secs(),
+            fsutil::unique_suffix(),
+            fsutil::host_for_names(hostname)
+        );
+        let target = Target {
+            dir: &cur_dir,
+            info: Some(info),
+            mtime,
+        };
+        let used = used.map(|(limit, bytes)| (limit, (bytes, 0)));
+        let result = self.write_and_link(&tmp_dir, &target, &base, message, used);
+        let _ = tmp_dir.unlink(&base);
+        match result? {
+            Some((path, size)) => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Ok((base_of(&name).to_string(), size))
+            }
+            // A fresh unique name already there: not possible short of a
+            // clock gone back and a reused pid; say so rather than lose it.
+            None => Err(MaildirError::io(&self.root)(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a fresh message name was taken",
+            ))),
+        }
+    }
+
+    /// Makes the links [`Maildir::store_in_cur`] made durable.
+    pub fn sync_cur(&self) -> Result<(), MaildirError> {
+        self.open_dir()
+            .and_then(|dir| dir.dir("cur"))
+            .and_then(|cur| cur.sync())
+            .map_err(MaildirError::io(&self.root))
+    }
+
+    /// Writes `tmp/base`, fsyncs it and links it into the target; the
+    /// linked path and the size on disk, or `None` when the name was
+    /// there already (an idempotent redelivery).
     fn write_and_link(
         &self,
         tmp_dir: &NoFollowDir,
-        new_dir: &NoFollowDir,
+        target: &Target<'_>,
         base: &str,
         message: Message<'_>,
         used: Option<(u64, (u64, u64))>,
-    ) -> Result<Delivered, MaildirError> {
+    ) -> Result<Option<(PathBuf, u64)>, MaildirError> {
         let tmp = &tmp_dir.join(base);
         // A derived name may meet the debris of a crashed attempt in tmp/:
         // truncating it is right, since only the queue-message lock holder
@@ -293,11 +380,15 @@ impl Maildir {
             .map_err(MaildirError::io(tmp))?;
         let mut prepended = WireForm::new();
         prepended.count(message.prepend);
-        let (body_size, body_wire) = copy_with_lf(
-            message.body,
-            &mut out,
-            message.end_header.then(HeaderEnd::lf),
-        )
+        let (body_size, body_wire) = if message.as_given {
+            io::copy(message.body, &mut out).map(|n| (n, n))
+        } else {
+            copy_with_lf(
+                message.body,
+                &mut out,
+                message.end_header.then(HeaderEnd::lf),
+            )
+        }
         .map_err(MaildirError::io(tmp))?;
         let file = out.into_inner().map_err(|e| MaildirError::Io {
             path: tmp.to_path_buf(),
@@ -310,23 +401,24 @@ impl Maildir {
         {
             return Err(MaildirError::OverQuota { used: bytes, limit });
         }
+        if let Some(mtime) = target.mtime {
+            // The INTERNALDATE APPEND gave; the link below shares the inode.
+            let _ = file.set_modified(mtime);
+        }
         file.sync_all().map_err(MaildirError::io(tmp))?;
         drop(file);
 
-        let name = format!("{base},S={size},W={wire_size}");
-        let new = new_dir.join(&name);
-        match tmp_dir.link(base, new_dir, &name) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Ok(Delivered::AlreadyThere);
-            }
-            Err(e) => return Err(MaildirError::io(&new)(e)),
+        let mut name = format!("{base},S={size},W={wire_size}");
+        if let Some(info) = target.info {
+            name.push_str(":2,");
+            name.push_str(info);
         }
-        new_dir.sync().map_err(MaildirError::io(&new))?;
-        if used.is_some() {
-            self.quota_add(size as i64, 1);
+        let linked = target.dir.join(&name);
+        match tmp_dir.link(base, target.dir, &name) {
+            Ok(()) => Ok(Some((linked, size))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(MaildirError::io(&linked)(e)),
         }
-        Ok(Delivered::New(new))
     }
 
     /// True if a message whose name starts with `base,` is in new/ or cur/.
@@ -872,6 +964,18 @@ fn copy_with_lf(
     Ok((size, wire.octets()))
 }
 
+/// Whether a base name says its file is its own wire form: `,W=` equal
+/// to `,S=`. Every file delivery writes with LF has a `,W=` larger than
+/// its `,S=` (each LF counts two), and for a file with CRLF line ends the
+/// two forms are the same bytes anyway; so only a file stored as given
+/// (`Message::as_given`) is read differently: as it is, bare LFs and all.
+pub fn is_wire_form(base: &str) -> bool {
+    match (size_from_name(base), wire_size_from_name(base)) {
+        (Some(s), Some(w)) => s == w,
+        _ => false,
+    }
+}
+
 /// The size of a stored message as POP3 and IMAP send it (RETR, FETCH
 /// BODY[], and the size LIST, STAT and RFC822.SIZE report): its wire form
 /// (`proto::message`). Dot-stuffing is not counted (RFC 1939 §5). For
@@ -1121,6 +1225,7 @@ mod tests {
                 base_name: base.map(str::to_string),
                 search_cur: true,
                 end_header: false,
+                as_given: false,
                 quota,
             },
             "host.test",

@@ -171,6 +171,7 @@ fn eight_concurrent_writers_into_one_maildir_and_the_queue() {
                                 base_name: None,
                                 search_cur: false,
                                 end_header: false,
+                                as_given: false,
                                 quota: None,
                             },
                             "host.test",

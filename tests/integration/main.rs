@@ -5,6 +5,7 @@ mod auth;
 mod dns;
 mod first_day;
 mod foundation;
+mod imap_round2;
 mod imap_serve;
 mod layout;
 mod list_expand;

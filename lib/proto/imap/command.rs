@@ -256,6 +256,9 @@ pub struct Appended {
     pub flags: Vec<String>,
     pub date: Option<SystemTime>,
     pub message: Vec<u8>,
+    /// Sent as a `~{n}` literal8 (RFC 3516): binary content, to be kept
+    /// byte for byte.
+    pub binary: bool,
 }
 
 /// QRESYNC's SELECT parameter: what the client knew when it left.
@@ -299,7 +302,8 @@ pub enum Body {
         /// `(QRESYNC (...))` given (RFC 7162 §3.2.5).
         qresync: Option<Qresync>,
     },
-    Create(String),
+    /// CREATE, with the special uses asked for (RFC 6154 §3).
+    Create(String, Vec<String>),
     Delete(String),
     Rename(String, String),
     Subscribe(String),
@@ -358,6 +362,8 @@ pub enum Body {
         uid: bool,
         criteria: Vec<(bool, SortKey)>,
         key: SearchKey,
+        /// `RETURN (...)` options (ESORT, RFC 5267); `None` for plain.
+        ret: Option<Vec<String>>,
     },
     /// THREAD (RFC 5256).
     Thread {
@@ -387,6 +393,18 @@ impl Body {
                 | Body::Thread { uid: false, .. }
         )
     }
+}
+
+/// The range of a `PARTIAL lo:hi` return option (RFC 9394): 1-based
+/// positions in the result, both of one sign (negative counts from the
+/// end), in either order; `None` if there is none or it is malformed.
+pub fn partial_range(opts: &str) -> Option<(i64, i64)> {
+    let range = opts.strip_prefix("PARTIAL ")?;
+    let (a, b) = range.split_once(':')?;
+    let (a, b): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+    let same_sign = (a > 0 && b > 0) || (a < 0 && b < 0);
+    let bound = i64::from(u32::MAX);
+    (same_sign && a.abs() <= bound && b.abs() <= bound).then_some((a.min(b), a.max(b)))
 }
 
 /// Parses one framed command (ending in CRLF or LF).
@@ -750,12 +768,22 @@ impl<'a> Parser<'a> {
             "CREATE" | "DELETE" | "SUBSCRIBE" | "UNSUBSCRIBE" | "GETQUOTAROOT" => {
                 self.sp()?;
                 let mailbox = self.mailbox()?;
+                let mut uses = Vec::new();
                 if name == "CREATE" && self.eat(b' ') {
-                    // CREATE-SPECIAL-USE parameters: not offered.
-                    return bad("CREATE parameters are not supported here");
+                    // `create-param = "USE" SP "(" [use-attr *(SP use-attr)] ")"`
+                    // (CREATE-SPECIAL-USE, RFC 6154 §3), in a parameter list.
+                    self.expect(b'(')?;
+                    while !self.eat(b')') {
+                        self.eat(b' ');
+                        if self.word()? != "USE" {
+                            return bad("the one CREATE parameter is USE (RFC 6154)");
+                        }
+                        self.sp()?;
+                        uses.extend(self.flag_list()?);
+                    }
                 }
                 match name.as_str() {
-                    "CREATE" => Body::Create(mailbox),
+                    "CREATE" => Body::Create(mailbox, uses),
                     "DELETE" => Body::Delete(mailbox),
                     "SUBSCRIBE" => Body::Subscribe(mailbox),
                     "UNSUBSCRIBE" => Body::Unsubscribe(mailbox),
@@ -965,11 +993,26 @@ impl<'a> Parser<'a> {
                 date = Some(parse_date_time(&String::from_utf8_lossy(&text))?);
                 self.sp()?;
             }
+            // `utf8-literal = "UTF8" SP "(" literal8 ")"` (RFC 6855 §4):
+            // a message with UTF-8 headers, kept as given.
+            let utf8 = self.peek().is_some_and(|b| b.eq_ignore_ascii_case(&b'U'));
+            if utf8 {
+                if self.word()? != "UTF8" {
+                    return bad("expected a message literal or UTF8 (literal8)");
+                }
+                self.sp()?;
+                self.expect(b'(')?;
+            }
+            let binary = self.peek() == Some(b'~');
             let message = self.string()?;
+            if utf8 {
+                self.expect(b')')?;
+            }
             messages.push(Appended {
                 flags,
                 date,
                 message,
+                binary,
             });
         }
         if messages.is_empty() {
@@ -1272,6 +1315,7 @@ impl<'a> Parser<'a> {
     /// 1*(SP search-key)`
     fn sort(&mut self, uid: bool) -> R<Body> {
         self.sp()?;
+        let ret = self.return_clause(false)?;
         self.expect(b'(')?;
         let mut criteria = Vec::new();
         while !self.eat(b')') {
@@ -1307,7 +1351,12 @@ impl<'a> Parser<'a> {
         if let Some(refused) = charset {
             return Ok(refused);
         }
-        Ok(Body::Sort { uid, criteria, key })
+        Ok(Body::Sort {
+            uid,
+            criteria,
+            key,
+            ret,
+        })
     }
 
     /// `thread = ["UID" SP] "THREAD" SP thread-alg SP search-charset
@@ -1367,25 +1416,7 @@ impl<'a> Parser<'a> {
     /// 1*(SP search-key)`
     fn search(&mut self, uid: bool) -> R<Body> {
         self.sp()?;
-        let mut ret = None;
-        let save = self.pos;
-        if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "RETURN" {
-            self.sp()?;
-            self.expect(b'(')?;
-            let mut opts = Vec::new();
-            while !self.eat(b')') {
-                self.eat(b' ');
-                let opt = self.word()?;
-                if !["MIN", "MAX", "ALL", "COUNT", "SAVE"].contains(&opt.as_str()) {
-                    return bad(format!("unknown SEARCH return option {opt}"));
-                }
-                opts.push(opt);
-            }
-            ret = Some(opts);
-            self.sp()?;
-        } else {
-            self.pos = save;
-        }
+        let ret = self.return_clause(true)?;
         let save = self.pos;
         if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "CHARSET" {
             self.sp()?;
@@ -1396,6 +1427,50 @@ impl<'a> Parser<'a> {
         }
         let key = self.search_keys()?;
         Ok(Body::Search { uid, key, ret })
+    }
+
+    /// `"RETURN" SP "(" ... ")" SP` if it comes next (else nothing is
+    /// taken): the options of [`Parser::return_options`].
+    fn return_clause(&mut self, search: bool) -> R<Option<Vec<String>>> {
+        let save = self.pos;
+        if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) && self.word()? == "RETURN" {
+            let opts = self.return_options(search)?;
+            self.sp()?;
+            return Ok(Some(opts));
+        }
+        self.pos = save;
+        Ok(None)
+    }
+
+    /// `SP "(" [return-opt *(SP return-opt)] ")"` after RETURN, for SEARCH
+    /// (ESEARCH, RFC 4731; SAVE, RFC 5182) and SORT (ESORT, RFC 5267):
+    /// MIN, MAX, ALL, COUNT, SAVE (SEARCH only) and `PARTIAL range` (RFC
+    /// 9394), which is kept as the one option `PARTIAL lo:hi`.
+    fn return_options(&mut self, search: bool) -> R<Vec<String>> {
+        self.sp()?;
+        self.expect(b'(')?;
+        let mut opts = Vec::new();
+        while !self.eat(b')') {
+            self.eat(b' ');
+            let opt = self.word()?;
+            match opt.as_str() {
+                "MIN" | "MAX" | "ALL" | "COUNT" => opts.push(opt),
+                "SAVE" if search => opts.push(opt),
+                "PARTIAL" => {
+                    self.sp()?;
+                    let range = self.atom()?;
+                    if partial_range(&format!("PARTIAL {range}")).is_none() {
+                        return bad(format!("bad PARTIAL range {range}"));
+                    }
+                    opts.push(format!("PARTIAL {range}"));
+                }
+                _ => return bad(format!("unknown RETURN option {opt}")),
+            }
+            if opts.len() > 8 {
+                return bad("too many RETURN options");
+            }
+        }
+        Ok(opts)
     }
 
     fn search_key(&mut self, depth: usize) -> R<SearchKey> {
@@ -1702,7 +1777,9 @@ mod tests {
                     message,
                     date,
                     flags,
+                    binary,
                 } = messages.remove(0);
+                assert!(!binary);
                 assert_eq!(message, b"hello");
                 assert_eq!(flags, vec!["\\Seen"]);
                 let secs = date

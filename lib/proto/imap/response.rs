@@ -3,7 +3,7 @@
 //! ESEARCH answers. Sequence sets write themselves (`command::SequenceSet`).
 
 use crate::proto::flags::{Flags, Keywords, SYSTEM};
-use crate::proto::imap::command::{Section, SectionText, SequenceSet};
+use crate::proto::imap::command::{Section, SectionText, partial_range};
 
 /// A `string`: quoted when it is printable ASCII, else a literal.
 pub fn quoted_or_literal(out: &mut Vec<u8>, s: &[u8]) {
@@ -130,8 +130,12 @@ pub fn section_name(out: &mut Vec<u8>, section: &Section) {
     out.extend_from_slice(text.as_bytes());
 }
 
-/// `* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set` (RFC 4731).
+/// `* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set PARTIAL (r set)`
+/// (RFC 4731, RFC 9394) for SEARCH, whose `found` ascends, and for SORT
+/// (ESORT, RFC 5267), whose `found` is in sort order: MIN and MAX are
+/// then the first and last sorted, and ALL lists them in that order.
 pub fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
+    let partial = opts.iter().find_map(|o| partial_range(o));
     let all = opts.is_empty() || opts.iter().any(|o| o == "ALL");
     let mut line = String::from("* ESEARCH (TAG ");
     let mut quoted = Vec::new();
@@ -156,9 +160,57 @@ pub fn esearch(tag: &str, uid: bool, found: &[u32], opts: &[String]) -> String {
     }
     if all && !found.is_empty() {
         line.push_str(" ALL ");
-        line.push_str(&SequenceSet::of_sorted(found).to_string());
+        line.push_str(&in_order(found));
+    }
+    if let Some((lo, hi)) = partial {
+        // Positions are 1-based; negative ones count from the end.
+        let n = found.len() as i64;
+        let (start, end) = if lo > 0 {
+            (lo - 1, hi.min(n))
+        } else {
+            ((n + lo).max(0), (n + hi + 1).max(0))
+        };
+        let some = if start < end && start < n {
+            in_order(&found[start as usize..end as usize])
+        } else {
+            "NIL".to_string()
+        };
+        line.push_str(&format!(" PARTIAL ({lo}:{hi} {some})"));
     }
     line
+}
+
+/// `* SEARCH 1 2 3` or `* SORT 3 1 2`: the untagged `word` and the numbers.
+pub fn number_list(word: &str, numbers: &[u32]) -> String {
+    let mut line = format!("* {word}");
+    for n in numbers {
+        line.push(' ');
+        line.push_str(&n.to_string());
+    }
+    line
+}
+
+/// A sequence set that keeps the order of `numbers`: runs that ascend by
+/// one become `a:b`, and nothing is reordered.
+fn in_order(numbers: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let mut j = i;
+        while j + 1 < numbers.len() && numbers[j + 1] == numbers[j].wrapping_add(1) {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j > i {
+            out.push_str(&format!("{}:{}", numbers[i], numbers[j]));
+        } else {
+            out.push_str(&numbers[i].to_string());
+        }
+        i = j + 1;
+    }
+    out
 }
 
 const MONTHS: [&str; 12] = [

@@ -7,7 +7,7 @@
 //! out is ignored. Nothing in it is ever the only copy of anything.
 //!
 //! ```text
-//! postroom-cache 1 V<uidvalidity>\n
+//! postroom-cache 2 V<uidvalidity>\n
 //! record*      record = len:u32le crc32(payload):u32le payload
 //! ```
 //!
@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 
 /// The file's name in each folder.
 pub const FILE: &str = "postroom-cache";
-const MAGIC: &str = "postroom-cache 1 V";
+// 2: ENVELOPEs with the Sender/Reply-To fallback and source routes; a
+// file of version 1 reads as another UIDVALIDITY's, and is replaced.
+const MAGIC: &str = "postroom-cache 2 V";
 /// Largest record accepted; anything larger is corruption.
 const RECORD_MAX: u32 = 16 << 20;
 /// Rewrite when the file is at least this big and mostly dead records.
@@ -300,6 +302,12 @@ impl Cache {
         file.read_exact_at(&mut payload, offset).ok()?;
         let record = Record::decode(&payload)?;
         (record.uid == uid && record.base == base).then_some(record)
+    }
+
+    /// Whether a record for `uid` is known (it may still turn out to be
+    /// another message's, which [`Cache::get`] checks).
+    pub fn has(&self, uid: u32) -> bool {
+        self.index.contains_key(&uid)
     }
 
     /// Queues a record for the next [`Cache::flush`].

@@ -54,31 +54,64 @@ impl Entry {
     }
 }
 
+/// A list this long (about 10,000 messages) is read on a thread of its
+/// own while `cur/` is read.
+const PARALLEL_SYNC_BYTES: u64 = 640 * 1024;
+
+/// In each folder: the first UID no IMAP session has taken \Recent for.
+pub const RECENT_FILE: &str = "postroom-recent";
+
+/// One message for [`Folder::append`].
+#[derive(Debug, Clone, Copy)]
+pub struct Appending<'a> {
+    /// LF or CRLF text (stored with LF), or with `as_given` the bytes to
+    /// keep exactly (`maildir::Message::as_given`).
+    pub message: &'a [u8],
+    pub as_given: bool,
+    pub flags: Flags,
+    pub internal_date: Option<SystemTime>,
+}
+
 /// A folder's state after a sync.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     pub validity: u32,
     pub next_uid: u32,
+    /// UIDs from here on are \Recent and not yet claimed by a session.
+    pub first_recent: u32,
     /// Ascending UIDs.
     pub entries: Vec<Entry>,
     pub keywords: Keywords,
 }
 
 /// Modification times that change whenever the folder does: a session
-/// whose stamp is unchanged has nothing to sync.
-#[derive(Debug, Clone, Copy, Default)]
+/// whose stamp is unchanged has nothing to sync ([`Stamp::unchanged_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
     times: [Option<SystemTime>; 4],
-    /// False on a shared filesystem, where this host's view of the times
+    /// A time was as recent as [`STAMP_DIRTY`] when the stamp was taken:
+    /// the kernel's file times tick coarsely (a jiffy, or a second on some
+    /// filesystems), so a change made just after may leave them as they
+    /// are. Such a stamp proves nothing (Dovecot's "dirty" maildir rule).
+    dirty: bool,
+    /// Taken on a shared filesystem, where this host's view of the times
     /// may lag another host's change (FUSE and NFS attribute caches): such
-    /// a stamp equals no other, so every look syncs (postroom-tree(5),
+    /// a stamp proves nothing either, so every look syncs (postroom-tree(5),
     /// SEVERAL HOSTS).
-    trusted: bool,
+    shared: bool,
 }
 
-impl PartialEq for Stamp {
-    fn eq(&self, other: &Stamp) -> bool {
-        self.trusted && other.trusted && self.times == other.times
+/// How old a file time must be for a stamp to trust it.
+const STAMP_DIRTY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Stamp {
+    /// Nothing changed between `older` and this stamp. A default (never
+    /// taken) stamp matches nothing.
+    pub fn unchanged_since(&self, older: &Stamp) -> bool {
+        !older.dirty
+            && !older.shared
+            && older.times.iter().any(Option::is_some)
+            && self.times == older.times
     }
 }
 
@@ -198,14 +231,21 @@ impl Folder {
 
     pub fn stamp(&self) -> Stamp {
         let m = |p: PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
+        let times = [
+            m(self.dir.join("new")),
+            m(self.dir.join("cur")),
+            m(self.dir.join(uidlist::FILE)),
+            m(self.dir.join(super::flags::KEYWORDS_FILE)),
+        ];
+        let recent = SystemTime::now()
+            .checked_sub(STAMP_DIRTY)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let dirty = times.iter().flatten().any(|&t| t > recent);
+        let shared = crate::store::fsutil::is_shared_filesystem(&self.dir);
         Stamp {
-            times: [
-                m(self.dir.join("new")),
-                m(self.dir.join("cur")),
-                m(self.dir.join(uidlist::FILE)),
-                m(self.dir.join(super::flags::KEYWORDS_FILE)),
-            ],
-            trusted: !crate::store::fsutil::is_shared_filesystem(&self.dir),
+            times,
+            dirty,
+            shared,
         }
     }
 
@@ -226,20 +266,30 @@ impl Folder {
         if !self.exists() {
             return Err(MailboxError::NoSuchMailbox);
         }
-        // The list and the directory are read at once: on a big folder
-        // each is tens of milliseconds of its own.
-        let (list, scan) = std::thread::scope(|s| {
-            let list = s.spawn(|| UidList::read(&self.dir));
-            let scan = self.subdirs().and_then(|dirs| {
+        let scan = || {
+            self.subdirs().and_then(|dirs| {
                 let new = dirs.new_names().map_err(self.io())?;
                 let cur = read_cur(&dirs.cur).map_err(self.io())?;
                 Ok((dirs, new, cur))
-            });
-            let list = list
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("uidlist reader panicked")));
-            (list, scan)
-        });
+            })
+        };
+        // On a big folder the list and the directory are read at once,
+        // each being tens of milliseconds of its own; a small one's are
+        // read in turn, for less than starting a thread costs.
+        let big = fs::symlink_metadata(self.dir.join(uidlist::FILE))
+            .is_ok_and(|m| m.len() > PARALLEL_SYNC_BYTES);
+        let (list, scan) = if big {
+            std::thread::scope(|s| {
+                let list = s.spawn(|| UidList::read(&self.dir));
+                let scan = scan();
+                let list = list
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("uidlist reader panicked")));
+                (list, scan)
+            })
+        } else {
+            (UidList::read(&self.dir), scan())
+        };
         let list = list.map_err(self.io())?;
         let (dirs, new, cur) = scan?;
         if let Some(list) = list
@@ -287,6 +337,7 @@ impl Folder {
         let state = State {
             validity: list.validity,
             next_uid: list.next_uid,
+            first_recent: self.first_recent(),
             entries,
             keywords: super::flags::read_keywords(&self.dir).map_err(self.io())?,
         };
@@ -298,7 +349,7 @@ impl Folder {
         let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
         let mut list = UidList::read(&self.dir)
             .map_err(self.io())?
-            .unwrap_or_else(UidList::fresh);
+            .unwrap_or_else(|| UidList::fresh_in(&self.inbox));
         let dirs = self.subdirs()?;
         if let Some(new) = &dirs.new {
             for name in new.names().map_err(self.io())? {
@@ -357,7 +408,7 @@ impl Folder {
     fn renumber(&self, list: &mut UidList) {
         let old_validity = list.validity;
         let old_next = list.next_uid;
-        let fresh = UidList::fresh();
+        let fresh = UidList::fresh_in(&self.inbox);
         // Larger than the old one, as RFC 9051 §2.3.1.1 requires, even
         // when the old one came from a clock running ahead.
         list.validity = fresh.validity.max(old_validity.saturating_add(1)).max(1);
@@ -365,12 +416,57 @@ impl Folder {
             *old = uid;
         }
         list.next_uid = list.entries.len() as u32 + 1;
+        // The old UIDs' \Recent mark means nothing for the new ones.
+        let _ = fs::remove_file(self.dir.join(RECENT_FILE));
         tracing::warn!(
             folder = %self.dir.display(),
             "UIDs used up (next UID {old_next}): new UIDVALIDITY {} (was {old_validity}), {} messages renumbered",
             list.validity,
             list.entries.len()
         );
+    }
+
+    /// The first UID no IMAP session has taken \Recent for (the folder's
+    /// [`RECENT_FILE`]; 1 when there is none: nothing taken yet).
+    fn first_recent(&self) -> u32 {
+        crate::store::maildir::read_side_file(&self.dir.join(RECENT_FILE))
+            .ok()
+            .flatten()
+            .and_then(|text| String::from_utf8_lossy(&text).trim().parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Takes the \Recent flag of every message below `next_uid` no session
+    /// has taken it for yet (RFC 3501 §2.3.2: one session owns it), moving
+    /// [`RECENT_FILE`] past them; returns the UIDs taken, `first..next`.
+    ///
+    /// The file is rewritten in place under its own `flock`, without
+    /// fsync: a value lost in a crash only shows some messages \Recent
+    /// once more, and a write of ten digits is never seen half done.
+    pub fn claim_recent(&self, next_uid: u32) -> Result<Option<(u32, u32)>, MailboxError> {
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let path = self.dir.join(RECENT_FILE);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(crate::store::maildir::nofollow_flag())
+            .open(&path)
+            .map_err(self.io())?;
+        fs2::FileExt::lock_exclusive(&file).map_err(self.io())?;
+        let mut text = [0u8; 16];
+        let n = file.read_at(&mut text, 0).map_err(self.io())?;
+        let first = std::str::from_utf8(&text[..n])
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(1);
+        if first >= next_uid {
+            return Ok(None);
+        }
+        file.write_all_at(format!("{next_uid:010}\n").as_bytes(), 0)
+            .map_err(self.io())?;
+        Ok(Some((first, next_uid)))
     }
 
     /// Sets an entry's flags by renaming its file; returns the entry as it
@@ -487,67 +583,102 @@ impl Folder {
         lock.commit(&list).map_err(self.io())
     }
 
-    /// Stores a new message (LF or CRLF text) with flags and an internal
-    /// date; returns its UID after a sync. Quota is the user's, if any.
+    /// Stores new messages (IMAP APPEND, and MULTIAPPEND's several) with
+    /// their flags and internal dates, all or none; returns the folder's
+    /// UIDVALIDITY and their UIDs. The user's quota, if any, holds for
+    /// them together.
+    ///
+    /// Durable in three steps however many there are: each file is
+    /// fsynced as it is written into `tmp/` and linked straight into `cur/`
+    /// with its flags; then `cur/` is synced once; then one write of the
+    /// list under its lock gives them the next UIDs, without the readdir
+    /// of a full sync (other newcomers get theirs at the next sync).
     pub fn append(
         &self,
-        message: &[u8],
-        flags: Flags,
-        internal_date: Option<SystemTime>,
+        messages: &[Appending<'_>],
         hostname: &str,
         quota: Option<u64>,
-    ) -> Result<(u32, u32), MailboxError> {
-        // The one durable write (maildir.rs) into this folder's new/, then
-        // straight on to cur/ with the flags.
-        let mut body = message;
-        let delivered = self
-            .maildir
-            .deliver(
+    ) -> Result<(u32, Vec<u32>), MailboxError> {
+        let mut used = match quota {
+            Some(limit) if limit > 0 && !self.is_trash => {
+                Some((limit, self.maildir.quota_usage(limit)?.0))
+            }
+            _ => None,
+        };
+        let mut placed: Vec<(String, String)> = Vec::with_capacity(messages.len());
+        let mut bytes = 0u64;
+        for m in messages {
+            let info = m.flags.apply_to_info("");
+            let mut body = m.message;
+            let stored = self.maildir.store_in_cur(
                 crate::store::maildir::Message {
                     prepend: b"",
                     body: &mut body,
                     base_name: None,
                     search_cur: false,
                     end_header: false,
-                    quota: if self.is_trash { None } else { quota },
+                    as_given: m.as_given,
+                    quota: None,
                 },
+                &info,
+                m.internal_date,
                 hostname,
-            )
-            .map_err(MailboxError::from)?;
-        let crate::store::maildir::Delivered::New(delivered) = delivered else {
-            return Err(MailboxError::NoSuchMessage);
-        };
-        let name = delivered
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let info = flags.apply_to_info("");
-        let to = format!("{name}:2,{info}");
-        let dirs = self.subdirs()?;
-        let moved = match &dirs.new {
-            Some(new) => new.rename(&name, &dirs.cur, &to),
-            None => Err(io::ErrorKind::NotFound.into()),
-        };
-        if moved.is_err() {
-            // A sync moved it to cur/ first (as `name:2,`).
-            dirs.cur
-                .rename(&format!("{name}:2,"), &dirs.cur, &to)
-                .map_err(self.io())?;
+                used,
+            );
+            match stored {
+                Ok((base, size)) => {
+                    bytes += size;
+                    if let Some((_, in_use)) = used.as_mut() {
+                        *in_use += size;
+                    }
+                    placed.push((base, info));
+                }
+                Err(e) => {
+                    // All or none: the ones placed have no UID yet, so
+                    // unlinking them is all it takes.
+                    if let Ok(cur) = self.cur() {
+                        for (base, info) in &placed {
+                            let _ = cur.unlink(&format!("{base}:2,{info}"));
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
         }
-        if let Some(date) = internal_date
-            && let Ok(file) = dirs.cur.open_with(&to, OFlags::WRONLY, 0)
-        {
-            let _ = file.set_modified(date);
+        self.maildir.sync_cur()?;
+        if used.is_some() {
+            crate::store::maildir::Maildir::new(&self.inbox)
+                .quota_add(bytes as i64, placed.len() as i64);
         }
-        let state = self.sync()?;
-        let uid = state
-            .entries
-            .iter()
-            .rev()
-            .find(|e| *e.base == *name)
-            .map(|e| e.uid)
-            .ok_or(MailboxError::NoSuchMessage)?;
-        Ok((state.validity, uid))
+        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
+        let mut list = UidList::read(&self.dir)
+            .map_err(self.io())?
+            .unwrap_or_else(|| UidList::fresh_in(&self.inbox));
+        if u64::from(list.next_uid) + placed.len() as u64 > u64::from(u32::MAX) {
+            // The UIDs run out: the full sync renumbers the folder.
+            drop(lock);
+            let state = self.sync()?;
+            let uids = placed
+                .iter()
+                .filter_map(|(base, _)| {
+                    state
+                        .entries
+                        .iter()
+                        .rev()
+                        .find(|e| *e.base == **base)
+                        .map(|e| e.uid)
+                })
+                .collect();
+            return Ok((state.validity, uids));
+        }
+        let mut uids = Vec::with_capacity(placed.len());
+        for (base, _) in placed {
+            uids.push(list.next_uid);
+            list.entries.push((list.next_uid, base));
+            list.next_uid += 1;
+        }
+        lock.commit(&list).map_err(self.io())?;
+        Ok((list.validity, uids))
     }
 
     /// Copies (hard links, or copies where links fail) or moves entries of

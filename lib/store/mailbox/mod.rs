@@ -20,7 +20,9 @@
 //!
 //! Beside them, two files of postroom's own, so that the two above stay
 //! Dovecot's format: `postroom-modseq` ([`modseq`], CONDSTORE and QRESYNC)
-//! and `postroom-cache` ([`cache`], what IMAP computed about each message).
+//! and `postroom-cache` ([`cache`], what IMAP computed about each message);
+//! and `postroom-recent` (`folder::RECENT_FILE`, which UIDs some IMAP
+//! session has taken \Recent for).
 
 pub mod cache;
 pub mod flags;
@@ -35,7 +37,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use flags::{Flags, Keywords};
-pub use folder::{Entry, Folder, Stamp, State};
+pub use folder::{Appending, Entry, Folder, Stamp, State};
 pub use name::{MailboxName, NameError};
 
 /// Opens an append-only side file (`postroom-cache`, `postroom-modseq`)
@@ -68,6 +70,13 @@ pub const SPECIAL_FOLDERS: [(&str, &str); 5] = [
     ("Junk", "\\Junk"),
     ("Archive", "\\Archive"),
 ];
+
+/// The special uses a client may give a folder at CREATE (RFC 6154 §2
+/// less `\All` and `\Flagged`, which name virtual folders postroom has not).
+pub const SPECIAL_USES: [&str; 5] = ["\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash"];
+
+/// In a folder created with a special use: that use, on one line.
+pub const SPECIAL_USE_FILE: &str = "postroom-special-use";
 
 /// The subscriptions file at the mailbox root.
 pub const SUBSCRIPTIONS: &str = "subscriptions";
@@ -173,12 +182,44 @@ impl Mailbox {
         Ok(())
     }
 
-    /// The RFC 6154 attribute of a folder, if it is a special one.
-    pub fn special_use(name: &MailboxName) -> Option<&'static str> {
-        SPECIAL_FOLDERS
+    /// The RFC 6154 attribute of a folder, if it is a special one: one of
+    /// the folders every user gets, or one a client created with a USE
+    /// (its [`SPECIAL_USE_FILE`]).
+    pub fn special_use(&self, name: &MailboxName) -> Option<&'static str> {
+        if let Some((_, u)) = SPECIAL_FOLDERS.iter().find(|(n, _)| *n == name.as_str()) {
+            return Some(u);
+        }
+        if name.is_inbox() {
+            return None;
+        }
+        let path = self.dir_of(name).join(SPECIAL_USE_FILE);
+        let text = crate::store::maildir::read_side_file(&path).ok()??;
+        let text = String::from_utf8_lossy(&text);
+        SPECIAL_USES
             .iter()
-            .find(|(n, _)| *n == name.as_str())
-            .map(|(_, u)| *u)
+            .find(|u| u.eq_ignore_ascii_case(text.trim()))
+            .copied()
+    }
+
+    /// Creates a folder with a special use (CREATE-SPECIAL-USE, RFC 6154
+    /// §3): one of [`SPECIAL_USES`], kept in the folder's
+    /// [`SPECIAL_USE_FILE`]. `None` in the result: the use is not one.
+    pub fn create_special(
+        &self,
+        name: &MailboxName,
+        special: &str,
+    ) -> Result<Option<()>, MailboxError> {
+        let Some(special) = SPECIAL_USES
+            .iter()
+            .find(|u| u.eq_ignore_ascii_case(special))
+        else {
+            return Ok(None);
+        };
+        self.create(name)?;
+        let path = self.dir_of(name).join(SPECIAL_USE_FILE);
+        crate::store::fsutil::write_atomic(&path, format!("{special}\n").as_bytes())
+            .map_err(Self::io(&path))?;
+        Ok(Some(()))
     }
 
     pub fn create(&self, name: &MailboxName) -> Result<(), MailboxError> {
@@ -192,13 +233,14 @@ impl Mailbox {
             .create()?;
         // The list first, so the folder's UIDVALIDITY is fixed from birth.
         let lock = uidlist::UidLock::acquire(&dir).map_err(Self::io(&dir))?;
-        lock.commit(&uidlist::UidList::fresh())
+        lock.commit(&uidlist::UidList::fresh_in(&self.root))
             .map_err(Self::io(&dir))?;
         Ok(())
     }
 
     /// Deletes a folder and its messages (not its subfolders: they stay,
-    /// and the name lives on as their parent in LIST).
+    /// and the name lives on as their parent in LIST), not its
+    /// subscription.
     pub fn delete(&self, name: &MailboxName) -> Result<(), MailboxError> {
         if name.is_inbox() {
             return Err(MailboxError::InboxDelete);
@@ -216,7 +258,8 @@ impl Mailbox {
         fs::create_dir_all(self.root.join("tmp")).map_err(Self::io(&dir))?;
         fs::rename(&dir, &trash).map_err(Self::io(&dir))?;
         let _ = fs::remove_dir_all(&trash);
-        let _ = self.subscribe(std::slice::from_ref(name), false);
+        // The subscription stays (RFC 3501 §6.3.4, RFC 5258 §3: LIST
+        // (SUBSCRIBED) shows it as \NonExistent), as in Dovecot.
         Ok(())
     }
 

@@ -13,6 +13,7 @@ fn deliver(root: &Path, text: &str) {
             base_name: None,
             search_cur: false,
             end_header: false,
+            as_given: false,
             quota: None,
         },
         "host.test",
@@ -165,16 +166,19 @@ fn append_copy_move_keep_flags_and_give_uids() {
         system: flags::SEEN | flags::FLAGGED,
         keywords: 1 << kw.index("work").unwrap(),
     };
-    let (validity, uid) = f
+    let (validity, uids) = f
         .append(
-            b"Subject: hi\r\n\r\nbody\r\n",
-            flags,
-            Some(date),
+            &[super::Appending {
+                message: b"Subject: hi\r\n\r\nbody\r\n",
+                as_given: false,
+                flags,
+                internal_date: Some(date),
+            }],
             "host.test",
             None,
         )
         .unwrap();
-    assert_eq!(uid, 1);
+    assert_eq!(uids, [1]);
     let s = f.sync().unwrap();
     assert_eq!(s.validity, validity);
     let e = &s.entries[0];

@@ -70,6 +70,19 @@ impl UidList {
         }
     }
 
+    /// A new list for a folder of the mailbox at `root`, with a
+    /// UIDVALIDITY never given before in that mailbox: see
+    /// [`next_validity`]. Should the root's record be unwritable, the
+    /// clock's value is used (logged): a folder must still be creatable.
+    pub fn fresh_in(root: &Path) -> UidList {
+        let mut list = UidList::fresh();
+        match next_validity(root) {
+            Ok(v) => list.validity = v,
+            Err(e) => tracing::warn!("{}: {e}", root.join(VALIDITY_FILE).display()),
+        }
+        list
+    }
+
     /// Reads the list of the folder at `dir`; `None` when there is none yet.
     /// Lines that do not parse are skipped: their messages get new UIDs,
     /// which is the safe direction.
@@ -139,6 +152,25 @@ impl UidList {
         }
         out
     }
+}
+
+/// At a mailbox's root: the last UIDVALIDITY given to any of its folders,
+/// in hex, as Dovecot keeps it.
+pub const VALIDITY_FILE: &str = "dovecot-uidvalidity";
+
+/// The next UIDVALIDITY for a folder of the mailbox at `root`:
+/// max(now, last + 1), recorded before it is returned. The clock alone
+/// gives a folder deleted and created again within one second the value
+/// it had, and a client's cache of its UIDs would silently name other
+/// messages (RFC 9051 §2.3.1.1).
+pub fn next_validity(root: &Path) -> io::Result<u32> {
+    let mut given = 0;
+    crate::store::fsutil::edit_locked::<io::Error>(&root.join(VALIDITY_FILE), |old| {
+        let last = u32::from_str_radix(old.trim(), 16).unwrap_or(0);
+        given = UidList::fresh().validity.max(last.saturating_add(1));
+        Ok(format!("{given:08x}\n"))
+    })?;
+    Ok(given)
 }
 
 /// The writer's lock on one folder's list; dropping it without

@@ -1,0 +1,440 @@
+//! imap-serve, round 2 (issue 15): each exchange a conformance or stress
+//! run failed on, replayed with Python's imaplib or a raw socket.
+
+use crate::imap_serve::{ONE_WIRE_FORM, deliver, python, tree_with_user};
+use crate::util::Server;
+
+/// Bob's mailbox with a message for each of `subjects`, imap-serve on it,
+/// and `script` run against it with the Python prelude of `imap_serve`.
+fn replay(subjects: &[&str], script: &str) -> String {
+    let tree = tree_with_user();
+    for subject in subjects {
+        deliver(&tree, subject);
+    }
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(script, &server, &tree)
+}
+
+/// Item 1: an EXPUNGE held back during a FETCH by sequence number is sent
+/// at the next command that allows it, and FETCH/STORE of the ghost
+/// succeed meanwhile instead of failing with EXPUNGEISSUED.
+#[test]
+fn held_back_expunges_are_sent_at_the_next_command_that_allows_them() {
+    replay(
+        &["one", "two", "three"],
+        r#"
+A = login(); B = login()
+assert ok(A.select("INBOX")) == [b"3"]
+assert ok(B.select("INBOX")) == [b"3"]
+ok(A.store("1", "+FLAGS.SILENT", "\\Deleted"))
+assert ok(A.expunge()) == [b"1"]
+# A FETCH by sequence number must not report the expunge...
+B.untagged_responses.clear()
+r = ok(B.fetch("1:*", "(UID)"))
+assert "EXPUNGE" not in B.untagged_responses, B.untagged_responses
+assert len(r) == 3, r
+# ...and touching the ghost is no failure.
+r = B.fetch("1", "(BODY.PEEK[])")
+assert r[0] == "OK", r
+r = B.store("1", "+FLAGS", "(\\Seen)")
+assert r[0] == "OK", r
+assert "EXPUNGE" not in B.untagged_responses, B.untagged_responses
+# The folder has not moved since; NOOP still delivers what was held back.
+ok(B.noop())
+assert B.untagged_responses.pop("EXPUNGE") == [b"1"], B.untagged_responses
+assert ok(B.fetch("1:*", "(UID)")) == [b"1 (UID 2)", b"2 (UID 3)"]
+# The same through CHECK, and through a UID command.
+for cmd in ["CHECK", "UID"]:
+    ok(A.store("1", "+FLAGS.SILENT", "\\Deleted")); ok(A.expunge())
+    B.untagged_responses.clear()
+    ok(B.fetch("1", "(FLAGS)"))
+    assert "EXPUNGE" not in B.untagged_responses
+    if cmd == "CHECK":
+        ok(B.check())
+    else:
+        ok(B.uid("FETCH", "1:*", "(FLAGS)"))
+    assert B.untagged_responses.pop("EXPUNGE") == [b"1"], (cmd, B.untagged_responses)
+print("held-back ok")
+"#,
+    );
+}
+
+/// Item 2: a folder deleted and created again at once gets a UIDVALIDITY
+/// it never had, so a client's cached UIDs are not taken for new ones.
+#[test]
+fn a_recreated_folder_never_reuses_a_uidvalidity() {
+    replay(
+        &[],
+        r#"
+M = login()
+seen = set()
+for round in range(3):
+    ok(M.create("Again"))
+    ok(M.append("Again", None, None, b"Subject: x\r\n\r\nx\r\n"))
+    st = ok(M.status("Again", "(UIDVALIDITY UIDNEXT)"))[0].decode()
+    v = int(re.search(r"UIDVALIDITY (\d+)", st).group(1))
+    assert "UIDNEXT 2" in st, st
+    assert v not in seen, (v, seen)
+    seen.add(v)
+    ok(M.delete("Again"))
+"#,
+    );
+}
+
+/// Item 3: message files that other MDAs (or a migration) left with CRLF
+/// line ends, or a mix, are served with one CR per line end: sizes,
+/// sections and BODYSTRUCTURE agree with each other and with POP3.
+#[test]
+fn crlf_and_mixed_maildir_files_are_served_as_they_are() {
+    let tree = tree_with_user();
+    let cur = tree.maildir("bob").join("cur");
+    std::fs::create_dir_all(&cur).unwrap();
+    let crlf = b"Subject: crlf\r\nFrom: a@b.test\r\n\r\nline one\r\nline two\r\n";
+    let mixed = b"Subject: mixed\r\nFrom: a@b.test\n\nline one\r\nline two\n";
+    let lf = b"Subject: lf\nFrom: a@b.test\n\nline one\nline two\n";
+    // As Dovecot names them (W= the size with CRLF), as a bare migration
+    // does (no sizes at all), and as delivery does.
+    std::fs::write(
+        cur.join(format!(
+            "1700000001.M1P1.other.test,S={0},W={0}:2,",
+            crlf.len()
+        )),
+        crlf,
+    )
+    .unwrap();
+    std::fs::write(cur.join("1700000002.M1P1.migrated.test:2,"), mixed).unwrap();
+    std::fs::write(
+        cur.join(format!(
+            "1700000003.M1P1.here.test,S={},W={}:2,",
+            lf.len(),
+            lf.len() + 5
+        )),
+        lf,
+    )
+    .unwrap();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        &format!(
+            r#"{ONE_WIRE_FORM}
+wire = b"Subject: %s\r\nFrom: a@b.test\r\n\r\nline one\r\nline two\r\n"
+M = login()
+ok(M.select("INBOX", readonly=True))
+for n, name in [(1, b"crlf"), (2, b"mixed"), (3, b"lf")]:
+    expected = wire % name
+    header = expected[:expected.index(b"\r\n\r\n") + 4]
+    r = ok(M.fetch(str(n), "(RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER] BODY.PEEK[TEXT] BODY.PEEK[])"))
+    parts = {{}}
+    for item in r:
+        if isinstance(item, tuple):
+            key = re.search(rb"(BODY\[[A-Z]*\]) \{{\d+\}}$", item[0]).group(1)
+            parts[key] = item[1]
+    text = b"".join(i[0] if isinstance(i, tuple) else i for i in r).decode()
+    assert parts[b"BODY[HEADER]"] == header, (name, parts)
+    assert parts[b"BODY[TEXT]"] == b"line one\r\nline two\r\n", (name, parts)
+    assert parts[b"BODY[]"] == expected, (name, parts)
+    assert "RFC822.SIZE %d " % len(expected) in text, (name, text)
+    assert '"7bit" 20 2' in text.lower(), (name, text)
+    one_wire_form(n, expected)
+print("agreed")
+"#
+        ),
+        &server,
+        &tree,
+    );
+    assert!(said.contains("agreed"), "{said}");
+}
+
+/// Item 4: an empty Sender or Reply-To is From in the ENVELOPE, and a
+/// source route is kept in the address's adl field.
+#[test]
+fn envelope_falls_back_to_from_and_keeps_source_routes() {
+    replay(
+        &[],
+        r#"
+M = login()
+ok(M.append("INBOX", None, None, b"From: Ann <ann@a.test>\r\nSender:\r\nReply-To:  \r\nTo: <@relay.test,@hop.test:bob@b.test>\r\nSubject: s\r\n\r\nx\r\n"))
+ok(M.select("INBOX"))
+env = ok(M.fetch("1", "(ENVELOPE)"))[0].decode()
+ann = '(("Ann" NIL "ann" "a.test"))'
+assert env.count(ann) == 3, env
+assert '((NIL "@relay.test,@hop.test" "bob" "b.test"))' in env, env
+"#,
+    );
+}
+
+/// Item 5: APPEND of a `~{n}` literal keeps the bytes as given (a binary
+/// part's bare LFs are not made CRLF), and `BODY[n]` of a part holding a
+/// NUL is sent base64-encoded, never as a literal with a NUL in it.
+#[test]
+fn binary_append_keeps_bytes_and_body_of_a_nul_part_is_encoded() {
+    replay(
+        &[],
+        r#"
+import base64
+part = b"line1\nline2\x00x\n"
+msg = (b"Subject: bin\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+       b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+       + part + b"\r\n--b--\r\n")
+s = socket.create_connection(("127.0.0.1", PORT))
+f = s.makefile("rb")
+def upto(tag):
+    out = b""
+    while True:
+        line = f.readline()
+        assert line, out
+        out += line
+        m = re.search(rb"[~]?\{(\d+)\}\r\n$", line)
+        if m:
+            out += f.read(int(m.group(1)))
+        if line.startswith(tag + b" "):
+            return out
+f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in upto(b"a")
+s.sendall(b"b APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
+r = upto(b"b"); assert b"b OK" in r, r
+s.sendall(b"c SELECT INBOX\r\n"); upto(b"c")
+s.sendall(b"d FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] RFC822.SIZE)\r\n")
+r = upto(b"d"); assert b"d OK" in r, r
+assert b"BINARY.SIZE[1] %d" % len(part) in r, r
+assert b"BINARY[1] ~{%d}\r\n" % len(part) + part in r, r
+assert b"RFC822.SIZE %d" % len(msg) in r, r
+s.sendall(b"e FETCH 1 (BODY.PEEK[1] BODY.PEEK[])\r\n")
+r = upto(b"e"); assert b"e OK" in r, r
+body1 = r[r.index(b"BODY[1] {"):]
+n = int(re.match(rb"BODY\[1\] \{(\d+)\}\r\n", body1).group(1))
+data = body1[body1.index(b"}\r\n") + 3:][:n]
+assert b"\x00" not in data, data
+assert base64.b64decode(data) == part, data
+whole = r[r.index(b"BODY[] "):]
+assert msg in whole, whole
+"#,
+    );
+}
+
+/// Item 6: the first FETCH MODSEQ of a session announces HIGHESTMODSEQ,
+/// and SEARCH RETURN (MIN) / (MAX) give the mod-sequence of the message
+/// they return, not the highest of all matches.
+#[test]
+fn condstore_announces_highestmodseq_and_min_max_carry_their_own_modseq() {
+    replay(
+        &["one", "two", "three"],
+        r#"
+M = login()
+ok(M.select("INBOX"))
+M.untagged_responses.clear()
+r = ok(M.fetch("1:3", "(MODSEQ)"))
+assert M.untagged_responses.get("HIGHESTMODSEQ"), M.untagged_responses
+ok(M.store("3", "+FLAGS", "(\\Flagged)"))
+r = ok(M.fetch("1:3", "(MODSEQ)"))
+mods = [int(re.search(rb"MODSEQ \((\d+)\)", x).group(1)) for x in r]
+assert mods[2] > mods[0], mods
+typ, data = M._simple_command("SEARCH", "RETURN", "(MIN)", "MODSEQ", "1")
+es = M.untagged_responses.pop("ESEARCH")[0].decode()
+assert es.endswith("MIN 1 MODSEQ %d" % mods[0]), (es, mods)
+typ, data = M._simple_command("SEARCH", "RETURN", "(MAX)", "MODSEQ", "1")
+es = M.untagged_responses.pop("ESEARCH")[0].decode()
+assert es.endswith("MAX 3 MODSEQ %d" % mods[2]), (es, mods)
+typ, data = M._simple_command("SEARCH", "RETURN", "(MIN COUNT)", "MODSEQ", "1")
+es = M.untagged_responses.pop("ESEARCH")[0].decode()
+assert es.endswith("MODSEQ %d" % max(mods)), (es, mods)
+"#,
+    );
+}
+
+/// Item 7: DELETE keeps the subscription, which LIST (SUBSCRIBED) shows
+/// as \NonExistent; CHILDINFO goes with every name returned that has a
+/// subscribed descendant (RFC 5258 §3.5), and only with RECURSIVEMATCH.
+#[test]
+fn list_extended_keeps_subscriptions_of_deleted_folders_and_childinfo() {
+    replay(
+        &[],
+        r#"
+M = login()
+for n in ["Gone", "P", "P.kid", "Q", "Q.kid"]:
+    ok(M.create(n))
+for n in ["Gone", "P.kid", "Q", "Q.kid"]:
+    ok(M.subscribe(n))
+ok(M.delete("Gone"))
+def lst(*args):
+    typ, data = M._simple_command("LIST", *args)
+    assert typ == "OK", (typ, data)
+    return sorted(l.decode() for l in M.untagged_responses.pop("LIST", []))
+r = lst("(SUBSCRIBED)", '""', "Gone")
+assert len(r) == 1 and set(r[0].split(")")[0][1:].split()) == {"\\Subscribed", "\\NonExistent"}, r
+# Plain LIST does not show the deleted name.
+assert lst('""', "Gone") == [], lst('""', "Gone")
+r = lst("(SUBSCRIBED RECURSIVEMATCH)", '""', "%")
+p = [l for l in r if l.split('"."')[1].strip().startswith("P")]
+q = [l for l in r if l.split('"."')[1].strip().startswith("Q")]
+assert len(p) == 1 and "\\Subscribed" not in p[0] and p[0].endswith('P ("CHILDINFO" ("SUBSCRIBED"))'), r
+assert len(q) == 1 and "\\Subscribed" in q[0] and q[0].endswith('Q ("CHILDINFO" ("SUBSCRIBED"))'), r
+r = lst("(SUBSCRIBED)", '""', "%")
+assert not any("CHILDINFO" in l for l in r), r
+assert not any(l.endswith(" P") for l in r), r
+"#,
+    );
+}
+
+/// Item 8: MOVE into the selected mailbox succeeds (RFC 6851 does not
+/// forbid it): the messages get new UIDs, told in COPYUID, and the old
+/// ones are expunged.
+#[test]
+fn move_into_the_selected_mailbox_gives_new_uids() {
+    replay(
+        &["one", "two"],
+        r#"
+M = login()
+ok(M.select("INBOX"))
+typ, data = M.uid("MOVE", "1", "INBOX")
+assert typ == "OK", (typ, data)
+copyuid = [x for x in M.untagged_responses.pop("OK", []) if b"COPYUID" in x]
+assert copyuid and re.search(rb"\[COPYUID \d+ 1 3\]", copyuid[0]), copyuid
+assert M.untagged_responses.pop("EXPUNGE") == [b"1"], M.untagged_responses
+r = ok(M.uid("FETCH", "1:*", "(UID)"))
+assert r == [b"1 (UID 2)", b"2 (UID 3)"], r
+"#,
+    );
+}
+
+/// Item 9: SORT under i;ascii-casemap folds to upper case (so `_` sorts
+/// after the letters, RFC 4790 §9.2), and a group sorts by its name.
+#[test]
+fn sort_folds_to_upper_case_and_sorts_groups_by_name() {
+    replay(
+        &[],
+        r#"
+M = login()
+for subject, sender in [("_under", "zz@x.test"), ("beta", "undisclosed: a@b.test;"), ("Alpha", "mm@x.test")]:
+    ok(M.append("INBOX", None, None, f"From: {sender}\r\nSubject: {subject}\r\n\r\nx\r\n".encode()))
+ok(M.select("INBOX"))
+typ, data = M._simple_command("SORT", "(SUBJECT)", "UTF-8", "ALL")
+assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "subject"
+typ, data = M._simple_command("SORT", "(FROM)", "UTF-8", "ALL")
+# mm, undisclosed, zz.
+assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "from"
+typ, data = M._simple_command("SORT", "(DISPLAYFROM)", "UTF-8", "ALL")
+assert M.untagged_responses.pop("SORT") == [b"3 2 1"], "displayfrom"
+"#,
+    );
+}
+
+/// Item 10: \Recent in IMAP4rev1 sessions as Dovecot has it: the first
+/// session to see a message owns its \Recent; others see it as not
+/// recent; IMAP4rev2 sessions report none.
+#[test]
+fn recent_belongs_to_the_first_session_that_sees_a_message() {
+    replay(
+        &["one", "two"],
+        r#"
+A = login(); B = login()
+ok(A.select("INBOX"))
+assert A.untagged_responses.pop("RECENT") == [b"2"], A.untagged_responses
+assert ok(A.search(None, "NEW")) == [b"1 2"]
+r = ok(A.fetch("1", "(FLAGS)"))
+assert b"\\Recent" in r[0], r
+ok(B.select("INBOX"))
+assert B.untagged_responses.pop("RECENT") == [b"0"], B.untagged_responses
+assert ok(B.search(None, "RECENT")) == [b""]
+assert ok(B.search(None, "OLD")) == [b"1 2"]
+deliver("three")
+# STATUS takes no \Recent (a session with nothing selected asks).
+D = login()
+assert ok(D.status("INBOX", "(RECENT)"))[0] == b"INBOX (RECENT 1)"
+A.untagged_responses.clear(); B.untagged_responses.clear()
+ok(A.noop())
+assert A.untagged_responses.pop("EXISTS") == [b"3"], A.untagged_responses
+assert A.untagged_responses.pop("RECENT") == [b"3"], A.untagged_responses
+ok(B.noop())
+assert B.untagged_responses.pop("EXISTS") == [b"3"], B.untagged_responses
+assert B.untagged_responses.pop("RECENT", [b"0"]) == [b"0"], B.untagged_responses
+# Read-only, and IMAP4rev2: no \Recent taken, none reported.
+C = login()
+ok(C._simple_command("ENABLE", "IMAP4rev2"))
+ok(C.select("INBOX"))
+assert "RECENT" not in C.untagged_responses, C.untagged_responses
+assert b"\\Recent" not in ok(C.fetch("1:*", "(FLAGS)"))[0]
+"#,
+    );
+}
+
+/// Item 11: LOGIN's tagged OK carries the post-login capabilities, and
+/// the extensions offered work: ESORT and PARTIAL (RETURN options of SORT
+/// and SEARCH), UTF8=ACCEPT (UTF-8 names, APPEND UTF8), CREATE-SPECIAL-USE.
+#[test]
+fn login_capabilities_and_the_extensions_they_offer() {
+    replay(
+        &["c", "a", "d", "b"],
+        r#"
+M = imaplib.IMAP4("127.0.0.1", PORT)
+typ, data = M.login("bob@example.test", "secret")
+caps = data[0].decode()
+assert caps.startswith("[CAPABILITY IMAP4rev1"), caps
+for c in ["ESORT", "PARTIAL", "UTF8=ACCEPT", "CREATE-SPECIAL-USE", "UIDPLUS", "MOVE"]:
+    assert " " + c + " " in caps or caps.split("]")[0].endswith(" " + c), (c, caps)
+assert ok(M._simple_command("ENABLE", "UTF8=ACCEPT")) and M.untagged_responses.pop("ENABLED") == [b"UTF8=ACCEPT"]
+M._mode_utf8()
+ok(M.select("INBOX"))
+def esearch(*args):
+    ok(M._simple_command(*args))
+    return M.untagged_responses.pop("ESEARCH")[0].decode()
+# Subjects c a d b: sorted a b c d are messages 2 4 1 3.
+e = esearch("SORT", "RETURN", "(MIN MAX COUNT ALL)", "(SUBJECT)", "UTF-8", "ALL")
+assert e.endswith("MIN 2 MAX 3 COUNT 4 ALL 2,4,1,3"), e
+e = esearch("SORT", "RETURN", "(PARTIAL 2:3)", "(SUBJECT)", "UTF-8", "ALL")
+assert e.endswith("PARTIAL (2:3 4,1)"), e
+e = esearch("UID", "SEARCH", "RETURN", "(PARTIAL -1:-2)", "ALL")
+assert e.endswith("UID PARTIAL (-2:-1 3:4)"), e
+e = esearch("SEARCH", "RETURN", "(PARTIAL 5:9)", "ALL")
+assert e.endswith("PARTIAL (5:9 NIL)"), e
+# UTF8=ACCEPT: names in UTF-8, and APPEND UTF8 (literal8).
+ok(M.create('"Entwürfe"'))
+r = ok(M.list('""', "Entw*"))
+# As a quoted string or a literal: either way, UTF-8 bytes.
+name = r[0][1] if isinstance(r[0], tuple) else r[0].split(b'"." ')[1].strip(b'"')
+assert name.decode("utf-8") == "Entwürfe", r
+msg = "Subject: Grüße\r\n\r\nx\r\n".encode()
+s = socket.create_connection(("127.0.0.1", PORT)); f = s.makefile("rb"); f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\nb ENABLE UTF8=ACCEPT\r\n")
+while not f.readline().startswith(b"b OK"): pass
+s.sendall(b"c APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")\r\n")
+line = f.readline()
+while not line.startswith(b"c "): line = f.readline()
+assert line.startswith(b"c OK [APPENDUID"), line
+# CREATE-SPECIAL-USE.
+typ, data = M._simple_command("CREATE", "Outbox", "(USE (\\Sent))")
+assert typ == "OK", (typ, data)
+typ, data = M._simple_command("CREATE", "Virtual", "(USE (\\All))")
+assert typ == "NO" and b"[USEATTR]" in data[0], (typ, data)
+lines = [l.decode() for l in ok(M.list('""', "Outbox"))]
+assert lines == ['(\\HasNoChildren \\Sent) "." Outbox'], lines
+"#,
+    );
+}
+
+/// A first FETCH ENVELOPE of a folder nothing was cached for reads the
+/// headers ahead on every core: each message still gets its own
+/// envelope, in order, and a second look answers the same from the cache.
+#[test]
+fn a_cold_envelope_fetch_read_ahead_answers_every_message() {
+    replay(
+        &[],
+        r#"
+# Written as a delivery leaves them (sizes in the names), as a migration
+# might: nothing read or cached yet.
+cur = os.environ["MAILDIR"] + "/cur"
+os.makedirs(cur, exist_ok=True)
+for i in range(700):
+    text = b"Subject: m%d\nFrom: a%d@x.test\n\nbody\n" % (i, i)
+    with open(cur + "/%d.M%dP1.test,S=%d,W=%d:2," % (1700000000 + i, i, len(text), len(text) + 4), "wb") as f:
+        f.write(text)
+M = login()
+ok(M.select("INBOX"))
+first = ok(M.fetch("1:*", "(UID ENVELOPE)"))
+assert len(first) == 700, len(first)
+for i, line in enumerate(first):
+    assert line.startswith(b"%d (UID %d ENVELOPE (" % (i + 1, i + 1)), line
+    assert b'"m%d"' % i in line and b'"a%d" "x.test"' % i in line, line
+assert ok(M.fetch("1:*", "(UID ENVELOPE)")) == first
+"#,
+    );
+}
