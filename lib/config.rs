@@ -791,10 +791,15 @@ impl Config {
         }
         for key in &self.dkim {
             if !crate::proto::address::is_domain_name(&key.domain) {
-                return Err(format!("dkim.domain: {:?} is not a domain name", key.domain));
+                return Err(format!(
+                    "dkim.domain: {:?} is not a domain name",
+                    key.domain
+                ));
             }
-            let label =
-                |l: &str| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let label = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
             if !key.selector.split('.').all(label) {
                 return Err(format!(
                     "dkim.selector: {:?} is not a selector (letters, digits, '-', '.')",

@@ -165,9 +165,15 @@ pub fn check_records(config: &Config) -> (Vec<String>, Vec<String>) {
                 dkim::zone_line(key, &expected)
             )
         };
-        match runtime.block_on(postroom::net::dns::txt_records(&resolver, &format!("{name}."))) {
+        match runtime.block_on(postroom::net::dns::txt_records(
+            &resolver,
+            &format!("{name}."),
+        )) {
             Ok(found) if found.iter().any(|t| dkim::record_matches(t, &expected)) => {
-                notices.push(format!("dkim: {name} publishes the key of {}", key.key.display()));
+                notices.push(format!(
+                    "dkim: {name} publishes the key of {}",
+                    key.key.display()
+                ));
             }
             Ok(found) if found.is_empty() => problems.push(format!(
                 "dkim: {name} has no record, so mail signed with it fails DKIM; {}",

@@ -16,8 +16,8 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::directory::aliases::{Directory, ResolveError};
 use crate::delivery::dkim::{self, DkimError};
+use crate::directory::aliases::{Directory, ResolveError};
 use crate::directory::users;
 use crate::program::{Ended, Program};
 use crate::proto::address::{Address, EnvelopeText, ReversePath};

@@ -314,11 +314,7 @@ pub fn zone_line(key: &DkimKey, record: &str) -> String {
         .chunks(255)
         .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
         .collect();
-    format!(
-        "{}. IN TXT ( {} )",
-        record_name(key),
-        strings.join("\n\t")
-    )
+    format!("{}. IN TXT ( {} )", record_name(key), strings.join("\n\t"))
 }
 
 /// Whether a published record (TXT strings joined) carries `expected`'s
@@ -427,11 +423,8 @@ mod tests {
         }
         let cache = TestTxt(records);
         // Never asked: every record is in the cache.
-        let authenticator = mail_auth::MessageAuthenticator::new(
-            Default::default(),
-            Default::default(),
-        )
-        .unwrap();
+        let authenticator =
+            mail_auth::MessageAuthenticator::new(Default::default(), Default::default()).unwrap();
         let parsed = mail_auth::AuthenticatedMessage::parse(message).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -481,11 +474,22 @@ mod tests {
         assert_eq!(signed.message.id, id, "the queue id stays");
         let bytes = queue::read_body(&signed.message).unwrap();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=s0; d=example.test; c=relaxed/relaxed;"), "{text}");
-        assert!(text.contains("DKIM-Signature: v=1; a=rsa-sha256; s=s1;"), "{text}");
+        assert!(
+            text.starts_with(
+                "DKIM-Signature: v=1; a=ed25519-sha256; s=s0; d=example.test; c=relaxed/relaxed;"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("DKIM-Signature: v=1; a=rsa-sha256; s=s1;"),
+            "{text}"
+        );
         assert_eq!(smtp::as_sent(&bytes), None, "already as smtp-send sends it");
         let results = verify(&config, &bytes);
-        assert_eq!(results, [mail_auth::DkimResult::Pass, mail_auth::DkimResult::Pass]);
+        assert_eq!(
+            results,
+            [mail_auth::DkimResult::Pass, mail_auth::DkimResult::Pass]
+        );
         // Each field it has, bottom up, then From, To, Subject and Date
         // once more: a second one added later breaks the signature.
         assert!(
@@ -511,7 +515,10 @@ mod tests {
         // Someone else's domain in From: signed for the sender's domain
         // (a list post, a redirect), not at all when neither is ours.
         let theirs = b"From: carol@far.test\r\n\r\nhi\r\n";
-        assert!(signed(&remote_envelope("list-bounces@example.test"), theirs));
+        assert!(signed(
+            &remote_envelope("list-bounces@example.test"),
+            theirs
+        ));
         assert!(!signed(&remote_envelope("carol@far.test"), theirs));
         // Staying here: nothing to sign.
         let mut local = remote_envelope("ann@example.test");
@@ -522,13 +529,19 @@ mod tests {
         let mut stranger = remote_envelope("ann@example.test");
         stranger.client = Some(crate::proto::address::EnvelopeText::new("192.0.2.7", 100).unwrap());
         assert!(!signed(&stranger, message));
-        stranger.auth = Some(crate::proto::address::EnvelopeText::new("ann@example.test", 100).unwrap());
+        stranger.auth =
+            Some(crate::proto::address::EnvelopeText::new("ann@example.test", 100).unwrap());
         assert!(signed(&stranger, message));
 
         std::fs::remove_file(d.path().join("dkim/example.test/s0.pem")).unwrap();
-        let staged = queue.stage(&remote_envelope("ann@example.test"), message).unwrap();
+        let staged = queue
+            .stage(&remote_envelope("ann@example.test"), message)
+            .unwrap();
         let error = sign_staged(&config, staged).err().unwrap();
-        assert!(error.to_string().contains("postroom dkim keygen"), "{error}");
+        assert!(
+            error.to_string().contains("postroom dkim keygen"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -537,7 +550,10 @@ mod tests {
         for key in &config.dkim {
             let text = record(&config, key).unwrap();
             assert!(record_matches(&text, &text));
-            assert!(record_matches(&text.replace("; ", ";\t").replace("p=", "p = "), &text));
+            assert!(record_matches(
+                &text.replace("; ", ";\t").replace("p=", "p = "),
+                &text
+            ));
             assert!(!record_matches(&text.replace("p=", "p=A"), &text));
             assert!(!record_matches("v=DKIM1; p=", &text));
             let zone = zone_line(key, &text);

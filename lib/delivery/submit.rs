@@ -18,7 +18,7 @@
 //! be looked up now; a notice to a list's owners goes to those it can.
 
 use crate::config::Config;
-use crate::delivery::deliver::{self, EnqueueError, Early};
+use crate::delivery::deliver::{self, Early, EnqueueError};
 use crate::directory::aliases::{Directory, ResolveError};
 use crate::directory::srs;
 use crate::proto::address::{Address, EnvelopeText, ReversePath};

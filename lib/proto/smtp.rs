@@ -476,9 +476,11 @@ impl DataEncoder {
 pub fn as_sent(message: &[u8]) -> Option<Vec<u8>> {
     // A line of MAX_WIRE_LINE octets that starts with a dot is folded too;
     // anything shorter that ends in CRLF goes out as it is.
-    let fits = message
-        .split_inclusive(|&b| b == b'\n')
-        .all(|line| line.len() < MAX_WIRE_LINE + 2 && line.ends_with(b"\r\n") && !line[..line.len() - 2].contains(&b'\r'));
+    let fits = message.split_inclusive(|&b| b == b'\n').all(|line| {
+        line.len() < MAX_WIRE_LINE + 2
+            && line.ends_with(b"\r\n")
+            && !line[..line.len() - 2].contains(&b'\r')
+    });
     if fits {
         return None;
     }
@@ -539,8 +541,15 @@ mod tests {
         encoder.push(&sent, &mut again);
         encoder.finish(&mut again);
         assert_eq!(wire, again);
-        assert!(sent.split(|&b| b == b'\n').all(|l| l.len() <= MAX_WIRE_LINE + 1));
-        let joined: Vec<u8> = sent.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+        assert!(
+            sent.split(|&b| b == b'\n')
+                .all(|l| l.len() <= MAX_WIRE_LINE + 1)
+        );
+        let joined: Vec<u8> = sent
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect();
         assert!(joined.windows(2500).any(|w| w.iter().all(|&b| b == b'y')));
     }
 
@@ -775,6 +784,36 @@ mod tests {
             body.iter().map(|l| l.len()).collect::<Vec<_>>(),
             [998, 998, 504]
         );
+    }
+
+    proptest::proptest! {
+        // Long inputs, so fewer cases: each runs the encoder four times.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// What DKIM signs is what goes out: sending `as_sent`'s form puts
+        /// the same bytes on the wire as sending the original, and it needs
+        /// no second pass.
+        #[test]
+        fn as_sent_sends_the_same_wire_bytes_and_is_final(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'.'),
+                    proptest::strategy::Just(b' '),
+                    proptest::strategy::Just(b'x'),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..3000,
+            ),
+        ) {
+            let stored = crate::proto::message::to_crlf(&input);
+            let Some(sent) = as_sent(&stored) else {
+                proptest::prop_assert!(stored.split(|&b| b == b'\n').all(|l| l.len() <= MAX_WIRE_LINE + 1));
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(encode(&sent, 7), encode(&stored, 100));
+            proptest::prop_assert_eq!(as_sent(&sent), None);
+        }
     }
 
     proptest::proptest! {

@@ -1,7 +1,8 @@
 //! DKIM signing end to end: keys made with `postroom dkim keygen`, their
 //! records served by the loopback DNS server, mail written by every kind
 //! of writer (mail-inject, an authenticated smtp-recv client, a list post
-//! with a footer from an outside author) sent by smtp-send to a loopback
+//! with a footer from an outside author, a Sieve redirect with an SRS
+//! sender) sent by smtp-send to a loopback
 //! sink, and every copy the sink got verified by mail-auth (through the
 //! DNS server) and by an independent implementation, Python's dkimpy.
 
@@ -96,7 +97,10 @@ fn dkimpy(records: &HashMap<String, String>, message: &[u8]) -> (bool, String) {
         .expect("python3");
     child.stdin.take().unwrap().write_all(message).unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
 }
 
 fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) {
@@ -111,7 +115,11 @@ fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) {
         .unwrap();
     let _ = child.stdin.take().unwrap().write_all(input);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "list-expand {args:?}: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "list-expand {args:?}: {}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -121,7 +129,25 @@ fn every_writers_mail_leaves_signed_twice_and_verifies_with_mail_auth_and_dkimpy
     for (name, text) in &records {
         dns.push((name.as_str(), Record::Txt(text.clone())));
     }
-    let w = World::with_tree(tree, dns, "");
+    // Ann's Sieve rules redirect what a stranger sends her, with SRS.
+    std::fs::write(tree.root().join("srs-secret"), "a secret of ours\n").unwrap();
+    std::fs::write(
+        tree.root().join("aliases"),
+        format!(
+            "ann@example.test: \"|{} --config {} --user ann@example.test\"\n",
+            bin("mailsort").display(),
+            tree.config.display()
+        ),
+    )
+    .unwrap();
+    let sieve = tree.maildir("ann").join("sieve");
+    std::fs::create_dir_all(&sieve).unwrap();
+    std::fs::write(sieve.join("active.sieve"), "redirect \"fred@far.test\";\n").unwrap();
+    let w = World::with_tree(
+        tree,
+        dns,
+        "\n[sieve]\nsrs_secret_file = \"srs-secret\"\nsrs_domain = \"example.test\"\n",
+    );
     let sink = w.sink(2, Default::default());
 
     // mail-inject: a header and a body line too long for SMTP, which
@@ -174,22 +200,37 @@ s.quit()
         ],
         b"",
     );
-    list_expand(&w.tree, &["add", "team@example.test", "-"], b"dora@far.test\n");
+    list_expand(
+        &w.tree,
+        &["add", "team@example.test", "-"],
+        b"dora@far.test\n",
+    );
     let list_config = w.tree.root().join("lists/team@example.test/config");
     let text = std::fs::read_to_string(&list_config).unwrap();
-    std::fs::write(&list_config, text + "footer = \"To leave: mail team-request\"\n").unwrap();
+    std::fs::write(
+        &list_config,
+        text + "footer = \"To leave: mail team-request\"\n",
+    )
+    .unwrap();
     list_expand(
         &w.tree,
         &["post", "team@example.test", "--sender", "eve@far.test"],
         "From: eve@far.test\nTo: team@example.test\nSubject: hello list\n\nna\u{ef}ve\n".as_bytes(),
     );
 
+    // A redirect: signed for the SRS sender's domain, ours.
+    let out = w.tree.inject(
+        &["-f", "dave@far.test", "ann@example.test"],
+        b"From: dave@far.test\nTo: ann@example.test\nSubject: pass it on\n\nplease\n",
+    );
+    assert!(out.status.success(), "inject: {}", stderr(&out));
+
     let sent = w.send(&["--once"]);
     ok(&sent);
     let got = sink.messages();
     assert_eq!(
         got.len(),
-        3,
+        4,
         "{:?}\n{}{}",
         got.iter().map(|m| &m.rcpts).collect::<Vec<_>>(),
         stderr(&sent),
@@ -221,8 +262,13 @@ s.quit()
         .iter()
         .map(|m| String::from_utf8_lossy(&m.data).into_owned())
         .collect();
-    assert!(bodies.iter().any(|b| b.contains("To leave: mail team-request")));
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("To leave: mail team-request"))
+    );
     assert!(bodies.iter().any(|b| b.contains("via submission")));
+    assert!(bodies.iter().any(|b| b.contains("pass it on")));
     assert!(bodies.iter().any(|b| b.contains(&long_line[..900])));
 
     // A tampered copy fails both: the checks above are not vacuous.
@@ -242,7 +288,11 @@ fn without_its_key_mail_is_refused_before_it_is_accepted_never_sent_unsigned() {
         b"From: ann@example.test\nSubject: x\n\nhi\n",
     );
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
-    assert!(stderr(&out).contains("postroom dkim keygen"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("postroom dkim keygen"),
+        "{}",
+        stderr(&out)
+    );
     assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
     // Mail that stays here needs no signature.
     let out = tree.inject(
@@ -276,5 +326,8 @@ fn check_says_which_records_match_their_keys() {
         said.contains("problem: dkim: rsa._domainkey.example.test publishes another key"),
         "{said}"
     );
-    assert!(said.contains("rsa._domainkey.example.test. IN TXT ( \"v=DKIM1; k=rsa; p="), "{said}");
+    assert!(
+        said.contains("rsa._domainkey.example.test. IN TXT ( \"v=DKIM1; k=rsa; p="),
+        "{said}"
+    );
 }
