@@ -11,8 +11,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::dns::Record;
+use crate::list_expand::{list_expand, ok as list_ok};
 use crate::smtp_send::{World, a, mx, ok};
-use crate::util::{Server, Tree, bin, stderr, stdout};
+use crate::util::{Server, Tree, stderr, stdout};
 
 /// A tree with an Ed25519 and an RSA key for example.test, and the records
 /// of both (name → text).
@@ -103,25 +104,6 @@ fn dkimpy(records: &HashMap<String, String>, message: &[u8]) -> (bool, String) {
     )
 }
 
-fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) {
-    let mut child = Command::new(bin("list-expand"))
-        .arg("--config")
-        .arg(&tree.config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "list-expand {args:?}: {}",
-        stderr(&out)
-    );
-}
-
 #[test]
 fn every_writers_mail_leaves_signed_twice_and_verifies_with_mail_auth_and_dkimpy() {
     let (tree, records) = tree_with_keys();
@@ -131,18 +113,7 @@ fn every_writers_mail_leaves_signed_twice_and_verifies_with_mail_auth_and_dkimpy
     }
     // Ann's Sieve rules redirect what a stranger sends her, with SRS.
     std::fs::write(tree.root().join("srs-secret"), "a secret of ours\n").unwrap();
-    std::fs::write(
-        tree.root().join("aliases"),
-        format!(
-            "ann@example.test: \"|{} --config {} --user ann@example.test\"\n",
-            bin("mailsort").display(),
-            tree.config.display()
-        ),
-    )
-    .unwrap();
-    let sieve = tree.maildir("ann").join("sieve");
-    std::fs::create_dir_all(&sieve).unwrap();
-    std::fs::write(sieve.join("active.sieve"), "redirect \"fred@far.test\";\n").unwrap();
+    crate::mailsort::sort_anns_mail(&tree, "redirect \"fred@far.test\";\n");
     let w = World::with_tree(
         tree,
         dns,
@@ -188,7 +159,7 @@ s.quit()
     // A list post from an outside author, with a footer: signed for the
     // list's domain (the envelope sender's), the footer inside the body
     // hash.
-    list_expand(
+    list_ok(&list_expand(
         &w.tree,
         &[
             "create",
@@ -199,12 +170,12 @@ s.quit()
             "open",
         ],
         b"",
-    );
-    list_expand(
+    ));
+    list_ok(&list_expand(
         &w.tree,
         &["add", "team@example.test", "-"],
         b"dora@far.test\n",
-    );
+    ));
     let list_config = w.tree.root().join("lists/team@example.test/config");
     let text = std::fs::read_to_string(&list_config).unwrap();
     std::fs::write(
@@ -212,11 +183,11 @@ s.quit()
         text + "footer = \"To leave: mail team-request\"\n",
     )
     .unwrap();
-    list_expand(
+    list_ok(&list_expand(
         &w.tree,
         &["post", "team@example.test", "--sender", "eve@far.test"],
         "From: eve@far.test\nTo: team@example.test\nSubject: hello list\n\nna\u{ef}ve\n".as_bytes(),
-    );
+    ));
 
     // A redirect: signed for the SRS sender's domain, ours.
     let out = w.tree.inject(

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use crate::util::{Tree, bin, maildir_files, stderr, stdout};
 
-fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
+pub(crate) fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
     let mut child = Command::new(bin("list-expand"))
         .arg("--config")
         .arg(&tree.config)
@@ -22,7 +22,7 @@ fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)
 }
