@@ -265,6 +265,27 @@ fn without_its_key_mail_is_refused_before_it_is_accepted_never_sent_unsigned() {
         stderr(&out)
     );
     assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
+    // smtp-recv: 451 after DATA, never the 250.
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let script = r#"
+import os, smtplib, ssl
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+s.login("ann@example.test", "secret")
+try:
+    s.sendmail("ann@example.test", ["bob@far.test"], b"From: ann@example.test\r\n\r\nhi\r\n")
+    raise SystemExit("accepted without its signature")
+except smtplib.SMTPDataError as e:
+    assert e.smtp_code == 451, e
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("PORT", server.port.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "smtplib: {}", stderr(&out));
+    assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
     // Mail that stays here needs no signature.
     let out = tree.inject(
         &["-f", "ann@example.test", "ann@example.test"],
