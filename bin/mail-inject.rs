@@ -32,7 +32,24 @@ const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
-const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message";
+const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       run as mailq it does -bp and as newaliases -bi";
+
+/// What a run does: sendmail's `-b` modes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `-bm`: read a message and send it (the default).
+    #[default]
+    Send,
+    /// `-bp`, or run as `mailq`: list the queue.
+    ListQueue,
+    /// `-bi`, or run as `newaliases`: check the aliases file (there is no
+    /// database to rebuild: every program reads the text file).
+    CheckAliases,
+    /// `-bs`: SMTP on stdin/stdout for a local user.
+    Smtp,
+    /// `-bv`: say where each address would go, sending nothing.
+    Verify,
+}
 
 #[derive(Debug, Default)]
 struct Options {
@@ -49,6 +66,7 @@ struct Options {
     ret: Option<String>,
     envid: Option<String>,
     recipients: Vec<String>,
+    mode: Mode,
 }
 
 /// A failure with its sysexits code and a message that says what to do.
@@ -56,8 +74,22 @@ struct Failure(u8, String);
 
 fn main() -> ExitCode {
     postroom::net::log::init("mail-inject", "warn");
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_args(&args).and_then(run);
+    let mut argv = std::env::args();
+    // Debian links mailq and newaliases to /usr/sbin/sendmail: the name
+    // says what is wanted.
+    let called = argv
+        .next()
+        .map(|a| a.rsplit('/').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let args: Vec<String> = argv.collect();
+    let result = parse_args(&args).and_then(|mut options| {
+        match called.as_str() {
+            "mailq" => options.mode = Mode::ListQueue,
+            "newaliases" => options.mode = Mode::CheckAliases,
+            _ => {}
+        }
+        run(options)
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {
@@ -121,9 +153,13 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
                     i += 1;
                 }
             }
-            "-bs" | "-bp" | "-q" | "-bd" | "-bi" => {
+            "-bp" => options.mode = Mode::ListQueue,
+            "-bi" => options.mode = Mode::CheckAliases,
+            "-bs" => options.mode = Mode::Smtp,
+            "-bv" => options.mode = Mode::Verify,
+            "-q" | "-bd" => {
                 return Err(usage(format!(
-                    "{arg} is not supported: use smtp-recv, `postroom queue list` or smtp-send"
+                    "{arg} is not supported: smtp-send runs the queue, smtp-recv listens"
                 )));
             }
             _ if arg.starts_with('-') && arg.len() > 1 => {
@@ -139,12 +175,24 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
 fn run(options: Options) -> Result<(), Failure> {
     let config_path = Config::locate(options.config.as_deref());
     let config = Config::load(&config_path).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    match options.mode {
+        Mode::Send => {}
+        // The queue list and SMTP are other programs' jobs: hand over.
+        Mode::ListQueue => return hand_over("postroom", &config_path, &["queue", "list"]),
+        Mode::Smtp => return hand_over("smtp-recv", &config_path, &["--local"]),
+        Mode::CheckAliases => return check_aliases(&config),
+        Mode::Verify => {}
+    }
     postroom::net::privileges::drop_privileges(&config)
         .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
     let directory = Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    if options.mode == Mode::Verify {
+        return verify(&directory, &options.recipients);
+    }
 
     let raw = read_message(&config, options.ignore_dots)?;
-    let body = message::to_crlf(&raw);
+    // A message that is all header gets the empty line that ends it.
+    let body = message::with_header_end(&message::to_crlf(&raw));
     let head_len = message::header_len(&body);
     let (mut headers, rest) = (body[..head_len].to_vec(), &body[head_len..]);
 
@@ -183,6 +231,14 @@ fn run(options: Options) -> Result<(), Failure> {
         .and_then(|()| incoming.write_all(rest))
         .map_err(|e| tempfail(format!("writing the queue file: {e}")))?;
     let staged = incoming.finish().map_err(tempfail)?;
+    tracing::info!(
+        queue_id = %id,
+        from = %sender,
+        size = staged.message.body_length(),
+        nrcpt = staged.message.envelope.recipients.len(),
+        uid = %nix::unistd::getuid(),
+        "received"
+    );
     // Early delivery: local recipients get the message now, and only what
     // is left enters the queue (postroom-queue(5)); -odq queues it all.
     let outcome = if options.queue_only {
@@ -193,6 +249,83 @@ fn run(options: Options) -> Result<(), Failure> {
     match outcome.map_err(tempfail)? {
         deliver::Early::Delivered => tracing::info!(queue_id = %id, sender = %sender, "delivered"),
         deliver::Early::Queued(id) => tracing::info!(queue_id = %id, sender = %sender, "queued"),
+    }
+    Ok(())
+}
+
+/// Runs a sibling program (installed beside this one) in this process's
+/// place, with the same config.
+fn hand_over(program: &str, config: &std::path::Path, args: &[&str]) -> Result<(), Failure> {
+    use std::os::unix::process::CommandExt;
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(program)))
+        .unwrap_or_else(|| PathBuf::from(program));
+    let error = std::process::Command::new(&path)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .exec();
+    Err(Failure(
+        EX_CONFIG,
+        format!(
+            "cannot run {}: {error}; install it beside mail-inject",
+            path.display()
+        ),
+    ))
+}
+
+/// `newaliases`: every program reads the aliases file as text, so there
+/// is nothing to rebuild; check it and say so, as package scripts expect.
+fn check_aliases(config: &Config) -> Result<(), Failure> {
+    let file = config.aliases_file();
+    let aliases = postroom::directory::aliases::Aliases::load(&file)
+        .map_err(|e| Failure(EX_CONFIG, format!("{e}; fix it, then run newaliases again")))?;
+    println!(
+        "{}: {} aliases, valid (read as text by every program: nothing to rebuild)",
+        file.display(),
+        aliases.len()
+    );
+    Ok(())
+}
+
+/// `-bv`: where each address would go, one line each; exit EX_NOUSER if
+/// any goes nowhere.
+fn verify(directory: &Directory, addresses: &[String]) -> Result<(), Failure> {
+    use postroom::directory::aliases::Target;
+    if addresses.is_empty() {
+        return Err(Failure(EX_USAGE, format!("-bv needs addresses\n{USAGE}")));
+    }
+    let mut undeliverable = 0;
+    for text in addresses {
+        let text = text.trim().trim_start_matches('<').trim_end_matches('>');
+        let verdict = match Address::parse(text) {
+            Err(e) => Err(e.to_string()),
+            Ok(address) => directory.resolve(&address).map_err(|e| e.to_string()),
+        };
+        match verdict {
+            Ok(targets) => {
+                let places: Vec<String> = targets
+                    .iter()
+                    .map(|t| match t {
+                        Target::Mailbox(a) => format!("mailbox {a}"),
+                        Target::Remote(a) => format!("remote {a}"),
+                        Target::Pipe { command, .. } => format!("command |{command}"),
+                    })
+                    .collect();
+                println!("{text}: deliverable: {}", places.join(", "));
+            }
+            Err(e) => {
+                undeliverable += 1;
+                println!("{text}: undeliverable: {e}");
+            }
+        }
+    }
+    if undeliverable > 0 {
+        return Err(Failure(
+            EX_NOUSER,
+            format!("{undeliverable} address(es) undeliverable"),
+        ));
     }
     Ok(())
 }
@@ -342,11 +475,9 @@ fn added_headers(
             None => added.push_str(&format!("From: <{sender}>\r\n")),
         }
     }
-    if !message::has_header(headers, "Date") {
-        added.push_str(&format!("Date: {date}\r\n"));
-    }
-    if !message::has_header(headers, "Message-ID") {
-        added.push_str(&format!("Message-ID: <{id}@{}>\r\n", config.hostname));
+    for field in message::missing_origin_fields(headers, id, &config.hostname, now) {
+        added.push_str(&field);
+        added.push_str("\r\n");
     }
     added
 }

@@ -785,14 +785,10 @@ impl Session {
     }
 
     async fn check_password(&mut self, login: String, password: String) -> Result<Done, NetError> {
-        let users = self.shared.users();
-        let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
-        let checked = limit
-            .check(ip, &tried, move || {
-                users.authenticate(&login, &password).map(|u| u.cloned())
-            })
+        let checked = AuthLimit::from_config(&self.shared.config)
+            .check_password(ip, self.shared.users(), login, password)
             .await;
         match checked {
             Ok(Some(user)) => {

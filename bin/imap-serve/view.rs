@@ -12,8 +12,9 @@ use postroom::store::mailbox::{Entry, Flags, flags};
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
 
-/// IDLE re-syncs this often even without an inotify event (changes made
-/// on other hosts of a shared filesystem, postroom-tree(5), SEVERAL HOSTS).
+/// IDLE with no folder selected looks again this often; with one, as often
+/// as its filesystem asks (`watch::other_hosts_poll`: other hosts' changes
+/// on a shared filesystem, postroom-tree(5), SEVERAL HOSTS).
 const IDLE_RESYNC: Duration = Duration::from_secs(60);
 
 impl Session {
@@ -456,6 +457,10 @@ impl Session {
             _ => None,
         };
         let max = self.shared.config.imap.line_length;
+        let poll = match self.selected.as_ref() {
+            Some(sel) => postroom::store::watch::other_hosts_poll(sel.folder.path()),
+            None => IDLE_RESYNC,
+        };
         loop {
             if let Some(w) = watch.as_mut() {
                 w.mark_seen();
@@ -470,7 +475,7 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => continue,
-                _ = tokio::time::sleep(IDLE_RESYNC) => continue,
+                _ = tokio::time::sleep(poll) => continue,
             };
             let word = String::from_utf8_lossy(&line);
             return Ok(if word.trim().eq_ignore_ascii_case("DONE") {

@@ -115,6 +115,7 @@ pub fn distribute(
                     body: &mut &outgoing[..],
                     base_name: None,
                     search_cur: false,
+                    end_header: true,
                     quota: None,
                 },
                 &config.hostname,

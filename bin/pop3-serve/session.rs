@@ -351,18 +351,12 @@ impl Session {
     /// Checks a password (after the wait earlier failures earned), then
     /// takes the mailbox snapshot.
     async fn login(&mut self, login: String, password: Password) -> Result<Next, NetError> {
-        let users = self.shared.users();
-        let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
-        let checked = limit
-            .check(ip, &tried, move || {
-                users
-                    .authenticate(&login, &password.0)
-                    .map(|user| user.cloned())
-                    .map_err(|e| format!("password check failed: {e}"))
-            })
-            .await;
+        let checked = AuthLimit::from_config(&self.shared.config)
+            .check_password(ip, self.shared.users(), login, password.0)
+            .await
+            .map_err(|e| format!("password check failed: {e}"));
         // The snapshot is taken after the check, outside the permits that
         // bound password checks: a big mailbox must not hold one.
         let opened = match checked {

@@ -46,8 +46,14 @@ pub enum UserCommand {
     },
     /// Remove a user (their mail stays on disk).
     Del { address: String },
-    /// List users, one per line.
-    List,
+    /// List users, one per line: address, quota, usage (or --json).
+    List {
+        /// A JSON array of {address, quota, used, messages}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a user's quota (500M, 2G; `none` for no quota of their own).
+    Quota { address: String, size: String },
     /// Change a user's password.
     Passwd {
         address: String,
@@ -65,6 +71,9 @@ pub enum AliasCommand {
         key: String,
         #[arg(required = true)]
         targets: Vec<String>,
+        /// Accept targets that lead nowhere yet (a user added later).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove an alias.
     Del { key: String },
@@ -94,8 +103,13 @@ pub struct PasswdArgs {
     pub scheme: Option<String>,
 }
 
-pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let config_path = create_tree(&args.dir, &args.domain, args.hostname.as_deref())?;
+pub fn init(config: Option<PathBuf>, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let config_path = create_tree(
+        &args.dir,
+        &args.domain,
+        args.hostname.as_deref(),
+        config.as_deref(),
+    )?;
     postroom::say!("created {}", config_path.display());
     postroom::say!(
         "next: postroom --config {} user add USER@{} --password-stdin",
@@ -105,15 +119,24 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes a fresh tree; refuses to overwrite an existing config.
-pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::Result<PathBuf> {
+/// Writes a fresh tree; refuses to overwrite an existing config. The
+/// config goes in the tree with paths relative to it, or to `config_at`
+/// (`/etc/postroom/postroom.toml`) with absolute paths into the tree.
+pub fn create_tree(
+    dir: &Path,
+    domain: &str,
+    hostname: Option<&str>,
+    config_at: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     if !postroom::proto::address::is_domain_name(domain) {
         bail!("{domain:?} is not a domain name");
     }
     let hostname = hostname
         .map(str::to_string)
         .unwrap_or_else(|| format!("mail.{domain}"));
-    let config_path = dir.join("postroom.toml");
+    let config_path = config_at
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join("postroom.toml"));
     if config_path.exists() {
         bail!(
             "{} exists already; remove it or choose another folder",
@@ -121,15 +144,36 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = &std::path::absolute(dir)?;
+    // In the tree the paths stay relative, so the tree can move; a config
+    // kept elsewhere names them in full.
+    let place = |name: &str| -> String {
+        let path = if config_at.is_some() {
+            dir.join(name).display().to_string()
+        } else {
+            name.to_string()
+        };
+        toml::Value::String(path).to_string()
+    };
     let config_text = format!(
         "# postroom configuration: see postroom.toml(5).\n\
          # Relative paths are relative to this file's folder.\n\
          hostname = \"{hostname}\"\n\n\
-         [paths]\nusers = \"users\"\naliases = \"aliases\"\ndomains = \"domains\"\naccess = \"access\"\n\
-         mail = \"mail\"\nqueue = \"queue\"\nlists = \"lists\"\nstate = \"state\"\n\n\
-         [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\n\
+         [paths]\nusers = {users}\naliases = {aliases}\ndomains = {domains}\naccess = {access}\n\
+         mail = {mail}\nqueue = {queue}\nlists = {lists}\nstate = {state}\n\n\
+         [tls]\ncert = {cert}\nkey = {key}\n\n\
          [limits]\nmessage_size = \"35M\"\nrecipients = 1000\nidle_timeout = \"5m\"\n\n\
-         [auth]\n# Where passwords may cross without TLS: never, loopback (the default) or always.\n# plaintext = \"loopback\"\n"
+         [auth]\n# Where passwords may cross without TLS: never, loopback (the default) or always.\n# plaintext = \"loopback\"\n",
+        users = place("users"),
+        aliases = place("aliases"),
+        domains = place("domains"),
+        access = place("access"),
+        mail = place("mail"),
+        queue = place("queue"),
+        lists = place("lists"),
+        state = place("state"),
+        cert = place("tls/cert.pem"),
+        key = place("tls/key.pem"),
     );
     let files = [
         (
@@ -154,7 +198,12 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         ),
     ];
     for (name, text) in files {
-        postroom::store::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+        // Password hashes are secret; the rest is for anyone to read.
+        if name == "users" {
+            postroom::store::fsutil::write_secret(&dir.join(name), text.as_bytes())?;
+        } else {
+            postroom::store::fsutil::write_atomic(&dir.join(name), text.as_bytes())?;
+        }
     }
     for sub in ["mail", "lists", "state"] {
         std::fs::create_dir_all(dir.join(sub))?;
@@ -167,6 +216,7 @@ pub fn create_tree(dir: &Path, domain: &str, hostname: Option<&str>) -> anyhow::
         &dir.join("tls/key.pem"),
     )?;
     // The config goes last: its presence means the tree is complete.
+    std::fs::create_dir_all(postroom::store::fsutil::parent_of(&config_path))?;
     postroom::store::fsutil::write_atomic(&config_path, config_text.as_bytes())?;
     Ok(config_path)
 }
@@ -194,9 +244,14 @@ fn scheme_of(config: &Config, name: Option<&str>) -> anyhow::Result<Scheme> {
     })
 }
 
+/// Whether a secret is a hash to store as given (`{SCHEME}…`).
+fn is_stored_hash(secret: &str) -> bool {
+    secret.starts_with('{') && secret.contains('}')
+}
+
 /// A stored hash as given (`{SCHEME}…`), or a fresh hash of a password.
 fn hash_or_keep(config: &Config, secret: &str) -> anyhow::Result<String> {
-    if secret.starts_with('{') && secret.contains('}') {
+    if is_stored_hash(secret) {
         return Ok(secret.to_string());
     }
     Ok(password::hash(secret, scheme_of(config, None)?)?)
@@ -228,6 +283,7 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                     std::fs::read_to_string(&list)
                         .with_context(|| format!("reading {}", list.display()))?
                 };
+                let mut lines = Vec::new();
                 for (n, line) in text.lines().enumerate() {
                     let line = line.trim();
                     if line.is_empty() || line.starts_with('#') {
@@ -236,8 +292,9 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                     let (addr, secret) = line
                         .split_once(char::is_whitespace)
                         .with_context(|| format!("line {}: expected ADDRESS PASSWORD", n + 1))?;
-                    entries.push(new_user(&config, &domains, addr, secret.trim(), quota)?);
+                    lines.push((n + 1, addr, secret.trim()));
                 }
+                entries = new_users(&config, &domains, &lines, quota)?;
             } else {
                 let address = address.unwrap_or_default();
                 let secret = read_password(password, password_stdin)?;
@@ -264,13 +321,18 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
                 config.mail_dir().display()
             );
         }
-        UserCommand::List => {
-            let users = users::Users::load(&file)?;
-            let mut out = std::io::stdout().lock();
-            let mut names: Vec<&str> = users.iter().map(|u| u.address.as_str()).collect();
-            names.sort_unstable();
-            for name in names {
-                writeln!(out, "{name}")?;
+        UserCommand::List { json } => list_users(&config, json)?,
+        UserCommand::Quota { address, size } => {
+            let quota = match size.as_str() {
+                "none" | "0" => None,
+                _ => Some(postroom::config::parse_size(&size).map_err(anyhow::Error::msg)?),
+            };
+            users::set_quota(&file, &address, quota)?;
+            match quota {
+                Some(bytes) => postroom::say!("{address}: quota {}", human_size(bytes)),
+                None => postroom::say!(
+                    "{address}: no quota of their own (delivery.default_quota applies)"
+                ),
             }
         }
         UserCommand::Passwd {
@@ -284,6 +346,107 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `user list`: one line per user, sorted, with the quota in force (the
+/// user's, else `delivery.default_quota`) and what the mailbox holds.
+fn list_users(config: &Config, json: bool) -> anyhow::Result<()> {
+    let users = users::Users::load(&config.users_file())?;
+    let mut sorted: Vec<&users::User> = users.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.address.cmp(&b.address));
+    let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
+    for user in sorted {
+        let quota = user
+            .quota
+            .or(Some(config.delivery.default_quota))
+            .filter(|&q| q > 0);
+        let maildir = postroom::store::maildir::Maildir::new(users::maildir_of(config, user));
+        // A mailbox not made yet holds nothing; an unreadable one says so.
+        let usage = maildir.usage().ok();
+        if json {
+            rows.push(serde_json::json!({
+                "address": user.address,
+                "quota": quota,
+                "used": usage.map(|u| u.0),
+                "messages": usage.map(|u| u.1),
+            }));
+            continue;
+        }
+        let used = match usage {
+            Some((bytes, messages)) => format!("{} in {messages} message(s)", human_size(bytes)),
+            None => "unreadable".to_string(),
+        };
+        let share = match (quota, usage) {
+            (Some(q), Some((bytes, _))) => format!(" ({}%)", bytes.saturating_mul(100) / q),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "{}  quota {}  used {used}{share}",
+            user.address,
+            quota.map_or_else(|| "none".to_string(), human_size)
+        )?;
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+/// Bytes as an admin reads them: 512B, 20K, 1.5M, 2G.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    for (size, unit) in UNITS {
+        if bytes >= size {
+            let whole = bytes / size;
+            let tenth = (bytes % size) * 10 / size;
+            return if tenth == 0 || whole >= 100 {
+                format!("{whole}{unit}")
+            } else {
+                format!("{whole}.{tenth}{unit}")
+            };
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// Many users at once. Hashing is the slow part (Argon2 takes ~28 ms a
+/// password, so thousands take minutes): it runs on every core, with a
+/// progress bar when stderr is a terminal.
+fn new_users(
+    config: &Config,
+    domains: &domains::Domains,
+    lines: &[(usize, &str, &str)],
+    quota: Option<u64>,
+) -> anyhow::Result<Vec<users::NewUser>> {
+    use rayon::prelude::*;
+    let to_hash = lines.iter().filter(|(_, _, s)| !is_stored_hash(s)).count();
+    let bar = if to_hash > 1 {
+        let bar = indicatif::ProgressBar::new(to_hash as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "hashing passwords {wide_bar} {pos}/{len}, {eta} left",
+        ) {
+            bar.set_style(style);
+        }
+        bar.tick();
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let entries = lines
+        .par_iter()
+        .map(|&(n, addr, secret)| {
+            let entry =
+                new_user(config, domains, addr, secret, quota).with_context(|| format!("line {n}"));
+            if !is_stored_hash(secret) {
+                bar.inc(1);
+            }
+            entry
+        })
+        .collect::<anyhow::Result<Vec<_>>>();
+    bar.finish_and_clear();
+    entries
 }
 
 fn new_user(
@@ -312,7 +475,25 @@ pub fn alias(config: Option<PathBuf>, command: AliasCommand) -> anyhow::Result<E
     let config = crate::load_config(config)?;
     let file = config.aliases_file();
     match command {
-        AliasCommand::Add { key, targets } => {
+        AliasCommand::Add {
+            key,
+            targets,
+            force,
+        } => {
+            if !force {
+                let directory = aliases::Directory::load(&config)?;
+                let problems: Vec<String> = targets
+                    .iter()
+                    .filter_map(|t| directory.check_target(&key, t).err())
+                    .collect();
+                if !problems.is_empty() {
+                    bail!(
+                        "not added: {}; add the user first, or give --force for a target \
+                         that comes later",
+                        problems.join("; ")
+                    );
+                }
+            }
             aliases::add_alias(&file, &key, &targets)?;
             postroom::say!("{key}: {}", targets.join(", "));
         }

@@ -31,6 +31,8 @@ pub struct CheckArgs {
 #[derive(Default)]
 struct Report {
     problems: Vec<String>,
+    /// Risks that do not stop mail today: said, but the exit stays 0.
+    warnings: Vec<String>,
     notices: Vec<String>,
 }
 
@@ -45,6 +47,8 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     };
     let mut report = Report::default();
     check_files(&config, &mut report);
+    check_postmaster(&config, &mut report);
+    check_secrets(&config, &mut report);
     check_access(&config, &mut report);
     check_tls(&config, &mut report);
     check_queue(&config, args.fix, &mut report);
@@ -55,6 +59,9 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
 
     for notice in &report.notices {
         postroom::say!("notice: {notice}");
+    }
+    for warning in &report.warnings {
+        postroom::say!("warning: {warning}");
     }
     for problem in &report.problems {
         postroom::say!("problem: {problem}");
@@ -114,7 +121,7 @@ fn check_files(config: &Config, report: &mut Report) {
             return;
         }
     };
-    let list = match aliases::list_aliases(&config.aliases_file()) {
+    let list = match aliases::numbered_aliases(&config.aliases_file()) {
         Ok(list) => list,
         Err(e) => {
             report.problems.push(e.to_string());
@@ -124,7 +131,7 @@ fn check_files(config: &Config, report: &mut Report) {
     let local_domains: Vec<String> = domains
         .map(|d| d.iter().map(str::to_string).collect())
         .unwrap_or_default();
-    for (key, _) in list {
+    for (line, key, _) in list {
         // A bare local part applies in every domain; a catch-all is tried
         // with a name no one has.
         let addresses: Vec<String> = if let Some(domain) = key.strip_prefix('@') {
@@ -137,7 +144,7 @@ fn check_files(config: &Config, report: &mut Report) {
         for text in addresses {
             let Ok(address) = Address::parse(&text) else {
                 report.problems.push(format!(
-                    "{}: alias {key:?} is not an address",
+                    "{}:{line}: alias {key:?} is not an address",
                     config.aliases_file().display()
                 ));
                 continue;
@@ -147,10 +154,56 @@ fn check_files(config: &Config, report: &mut Report) {
                 && !matches!(e, aliases::ResolveError::UsersUnavailable(_))
             {
                 report.problems.push(format!(
-                    "{}: alias {key}: {e}",
+                    "{}:{line}: alias {key}: {e}",
                     config.aliases_file().display()
                 ));
             }
+        }
+    }
+}
+
+/// Undeliverable reports go to the postmaster: if that address leads
+/// nowhere, failed bounces are dropped without anyone hearing of them.
+fn check_postmaster(config: &Config, report: &mut Report) {
+    let Ok(directory) = Directory::load(config) else {
+        return; // said by check_files
+    };
+    let Some(postmaster) = postroom::delivery::dsn::postmaster(config) else {
+        return; // a bad queue.postmaster is a config error, said at load
+    };
+    match directory.resolve(&postmaster) {
+        Ok(_) | Err(aliases::ResolveError::UsersUnavailable(_)) => {}
+        Err(e) => {
+            let at = directory
+                .postmaster_alias()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| format!("postmaster@{}", config.hostname));
+            report.warnings.push(format!(
+                "the postmaster address {postmaster} is not deliverable ({e}): reports that \
+                 cannot be delivered are dropped; `postroom alias add {at} USER` fixes it"
+            ));
+        }
+    }
+}
+
+/// Secret files readable by every local user: password hashes, keys.
+fn check_secrets(config: &Config, report: &mut Report) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secrets = vec![config.users_file(), config.tls_key()];
+    if let Some(file) = &config.sieve.srs_secret_file {
+        secrets.push(config.path(file));
+    }
+    for file in secrets {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue; // a missing file is said where it is read
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o004 != 0 {
+            report.warnings.push(format!(
+                "{} is readable by everyone (mode {mode:04o}): chmod o-rwx {}",
+                file.display(),
+                file.display()
+            ));
         }
     }
 }

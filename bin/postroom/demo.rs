@@ -1,11 +1,14 @@
 //! `postroom demo`: a working mail system on loopback, from a fresh checkout.
 //!
 //! It creates (or reuses) a sandbox tree with the domain `example.test` and
-//! the user `demo@example.test` (a fresh password each run, printed), puts a
+//! the user `demo@example.test` (a fresh password each run), puts a
 //! welcome message in the demo INBOX through the real queue, then starts
 //! every server binary built beside this one in standalone mode on loopback
-//! ports and waits for Ctrl-C. Servers that are not built yet are listed as
-//! such; nothing else is assumed.
+//! ports. Once every one of them answers it prints one summary: the
+//! password, the certificate's fingerprint, one ready command per protocol.
+//! The servers log to `demo.log` in the sandbox (`--verbose`: to the
+//! terminal), so the summary is not buried; Ctrl-C stops them all. A port
+//! that is taken stops the demo before anything starts.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,13 +36,21 @@ pub struct DemoArgs {
     /// Set up the tree and print how to use it, but start no server.
     #[arg(long)]
     setup_only: bool,
+    /// Show the servers' log lines here instead of in demo.log.
+    #[arg(long)]
+    verbose: bool,
 }
+
+/// How long the servers may take to answer on their ports.
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A server binary, the arguments it runs with, and what to tell the user.
 struct Server {
     binary: &'static str,
     args: Vec<String>,
     about: String,
+    /// Its loopback ports, each with the protocol it serves.
+    ports: Vec<(u16, &'static str)>,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -47,10 +58,36 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .root
         .unwrap_or_else(|| std::env::temp_dir().join("postroom-demo"));
     let config_path = root.join("postroom.toml");
-    if !config_path.exists() {
-        crate::admin::create_tree(&root, DOMAIN, Some("mail.example.test"))?;
+    let reused = config_path.exists();
+    if !reused {
+        crate::admin::create_tree(&root, DOMAIN, Some("mail.example.test"), None)?;
     }
     let config = Config::load(&config_path)?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut available = Vec::new();
+    let mut missing = Vec::new();
+    for server in servers(&config_path, args.port_offset)? {
+        let path = bin_dir.join(server.binary);
+        if path.is_file() {
+            available.push((path, server));
+        } else {
+            missing.push(server.binary);
+        }
+    }
+    let start = !args.setup_only && !available.is_empty();
+    if start {
+        // Before anything changes: a second demo on the same ports would
+        // otherwise run on with servers that died at once.
+        for (_, server) in &available {
+            for &(port, what) in &server.ports {
+                port_is_free(port, what, args.port_offset)?;
+            }
+        }
+    }
+
     let secret = fresh_password();
     // SHA512-CRYPT keeps demo logins quick; production trees use the
     // config's default scheme.
@@ -76,122 +113,257 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         welcome(&config, &address).context("delivering the welcome message")?;
     }
 
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let servers = servers(&config_path, args.port_offset);
-    postroom::say!("postroom demo in {}", root.display());
+    let log_file = root.join("demo.log");
+    let children = if start {
+        Some(start_servers(&available, &log_file, args.verbose)?)
+    } else {
+        None
+    };
+
+    postroom::say!(
+        "postroom demo in {} ({})",
+        root.display(),
+        if reused {
+            "reused the tree that was there; delete the folder for a fresh one"
+        } else {
+            "a fresh tree"
+        }
+    );
     postroom::say!("  user:      {USER}");
     postroom::say!("  password:  {secret}");
     postroom::say!(
         "  mailbox:   {}",
         config.mail_dir().join(DOMAIN).join("demo").display()
     );
+    let cert = config.tls_cert();
     postroom::say!(
-        "  inject:    echo 'Subject: hi' | {} --config {} {USER}",
+        "  TLS:       self-signed certificate {} (clients will warn; SHA-256 {})",
+        cert.display(),
+        fingerprint(&cert).unwrap_or_else(|e| format!("unreadable: {e}"))
+    );
+    for (_, server) in &available {
+        postroom::say!("  {}", server.about);
+    }
+    for binary in &missing {
+        postroom::say!("  ({binary} is not built yet: cargo build --release)");
+    }
+    let port = |p: u16| p + args.port_offset;
+    postroom::say!("try:");
+    postroom::say!(
+        "  swaks --server 127.0.0.1:{} --tls --auth-user {USER} --auth-password '{secret}' \\\n        --from {USER} --to {USER}",
+        port(2587)
+    );
+    postroom::say!(
+        "  curl -k 'imaps://127.0.0.1:{}/INBOX;UID=1' --user '{USER}:{secret}'",
+        port(2993)
+    );
+    postroom::say!(
+        "  curl -k pop3s://127.0.0.1:{}/1 --user '{USER}:{secret}'",
+        port(2995)
+    );
+    postroom::say!(
+        "  echo 'Subject: hi' | {} --config {} {USER}",
         bin_dir.join("mail-inject").display(),
         config_path.display()
     );
     postroom::say!(
-        "  queue:     {} --config {} queue list",
+        "  {} --config {} queue list",
         bin_dir.join("postroom").display(),
         config_path.display()
     );
-    let mut available = Vec::new();
-    for server in servers {
-        let path = bin_dir.join(server.binary);
-        if path.is_file() {
-            postroom::say!("  {}", server.about);
-            available.push((path, server));
-        } else {
-            postroom::say!("  ({} is not built yet)", server.binary);
-        }
-    }
-    if args.setup_only || available.is_empty() {
+    let Some(children) = children else {
         return Ok(ExitCode::SUCCESS);
+    };
+    if !args.verbose {
+        postroom::say!("logs: {} (--verbose shows them here)", log_file.display());
     }
-    run_servers(available)
+    postroom::say!("running; press Ctrl-C to stop");
+    wait_and_stop(children)
 }
 
-fn servers(config: &Path, offset: u16) -> Vec<Server> {
-    let port = |p: u16| format!("127.0.0.1:{}", p + offset);
+/// Refuses a port something else holds, naming it and the way out.
+fn port_is_free(port: u16, what: &str, offset: u16) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "port 127.0.0.1:{port} ({what}) is already in use ({e}): another demo or server \
+             holds it; stop it, or move every demo port with --port-offset {}",
+            offset.saturating_add(100)
+        ),
+    }
+}
+
+/// SHA-256 of the certificate (the first in the file), as clients show it.
+fn fingerprint(cert: &Path) -> anyhow::Result<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der = CertificateDer::pem_file_iter(cert)?
+        .next()
+        .context("no certificate in the file")??;
+    Ok(sha2::Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+fn servers(config: &Path, offset: u16) -> anyhow::Result<Vec<Server>> {
+    let port = |p: u16| -> anyhow::Result<u16> {
+        p.checked_add(offset)
+            .with_context(|| format!("--port-offset {offset} takes port {p} past 65535"))
+    };
+    let addr = |p: u16| format!("127.0.0.1:{p}");
     let config = config.display().to_string();
     let with = |extra: &[&str]| {
         let mut args = vec!["--config".to_string(), config.clone()];
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    vec![
+    let (smtp, submission, smtps) = (port(2525)?, port(2587)?, port(2465)?);
+    let (pop3, pop3s, imap, imaps) = (port(2110)?, port(2995)?, port(2143)?, port(2993)?);
+    Ok(vec![
         Server {
             binary: "smtp-recv",
-            args: with(&["--listen", &port(2525)]),
+            args: with(&["--listen", &addr(smtp)]),
             about: format!(
-                "SMTP:      {}  (swaks --server {} --to {USER})",
-                port(2525),
-                port(2525)
+                "SMTP:      {}  (MX: mail from anyone to {DOMAIN})",
+                addr(smtp)
             ),
+            ports: vec![(smtp, "SMTP")],
         },
         Server {
             binary: "smtp-recv",
             args: with(&[
                 "--submission",
                 "--listen",
-                &port(2587),
+                &addr(submission),
                 "--listen-tls",
-                &port(2465),
+                &addr(smtps),
             ]),
             about: format!(
                 "submission:{} STARTTLS, {} TLS  (login {USER})",
-                port(2587),
-                port(2465)
+                addr(submission),
+                addr(smtps)
             ),
+            ports: vec![(submission, "submission"), (smtps, "SMTPS")],
         },
         Server {
             binary: "smtp-send",
             args: with(&["--watch"]),
             about: "queue:     smtp-send --watch delivers queued mail".to_string(),
+            ports: Vec::new(),
         },
         Server {
             binary: "pop3-serve",
-            args: with(&["--listen", &port(2110), "--listen-tls", &port(2995)]),
-            about: format!("POP3:      {}, POP3S {}", port(2110), port(2995)),
+            args: with(&["--listen", &addr(pop3), "--listen-tls", &addr(pop3s)]),
+            about: format!("POP3:      {}, POP3S {}", addr(pop3), addr(pop3s)),
+            ports: vec![(pop3, "POP3"), (pop3s, "POP3S")],
         },
         Server {
             binary: "imap-serve",
-            args: with(&["--listen", &port(2143), "--listen-tls", &port(2993)]),
-            about: format!("IMAP:      {}, IMAPS {}", port(2143), port(2993)),
+            args: with(&["--listen", &addr(imap), "--listen-tls", &addr(imaps)]),
+            about: format!("IMAP:      {}, IMAPS {}", addr(imap), addr(imaps)),
+            ports: vec![(imap, "IMAP"), (imaps, "IMAPS")],
         },
-    ]
+    ])
 }
 
-/// Starts the servers and waits for Ctrl-C (or SIGTERM), then stops them.
-fn run_servers(servers: Vec<(PathBuf, Server)>) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let mut children = Vec::new();
+/// Starts the servers, their logs to `log_file` (or this terminal), and
+/// returns once every port answers; a server that ends first stops the
+/// demo with its reason.
+fn start_servers(
+    servers: &[(PathBuf, Server)],
+    log_file: &Path,
+    verbose: bool,
+) -> anyhow::Result<Vec<std::process::Child>> {
+    use std::process::{Command, Stdio};
+    let mut children = Vec::new();
+    let result = (|| {
         for (path, server) in servers {
-            let child = tokio::process::Command::new(&path)
+            let stderr = if verbose {
+                Stdio::inherit()
+            } else {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log_file)
+                    .with_context(|| format!("opening {}", log_file.display()))?;
+                Stdio::from(file)
+            };
+            let child = Command::new(path)
                 .args(&server.args)
-                .kill_on_drop(true)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .with_context(|| format!("starting {}", path.display()))?;
             children.push(child);
         }
-        postroom::say!("running; press Ctrl-C to stop");
+        let deadline = std::time::Instant::now() + START_LIMIT;
+        let ports: Vec<(u16, &str)> = servers
+            .iter()
+            .flat_map(|(_, s)| s.ports.iter().copied())
+            .collect();
+        for (port, what) in ports {
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                for (child, (path, _)) in children.iter_mut().zip(servers) {
+                    if let Some(status) = child.try_wait()? {
+                        anyhow::bail!(
+                            "{} stopped at start ({status}); its reason is in {}",
+                            path.display(),
+                            if verbose {
+                                "the lines above"
+                            } else {
+                                "demo.log"
+                            }
+                        );
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("{what} on port {port} did not answer in {START_LIMIT:?}");
+                }
+                // On purpose: a short poll while the servers bind.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(children),
+        Err(e) => {
+            stop_all(&mut children);
+            Err(e)
+        }
+    }
+}
+
+fn stop_all(children: &mut [std::process::Child]) {
+    for child in children.iter_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Waits for Ctrl-C (or SIGTERM), then stops the servers.
+fn wait_and_stop(mut children: Vec<std::process::Child>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
-        for child in &mut children {
-            let _ = child.kill().await;
-        }
-        postroom::say!("stopped");
-        Ok(ExitCode::SUCCESS)
-    })
+        anyhow::Ok(())
+    })?;
+    stop_all(&mut children);
+    postroom::say!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Queues a welcome message and delivers it, through the same code path as

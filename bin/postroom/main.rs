@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = cli.config;
     let result = match cli.command {
-        Command::Init(args) => admin::init(args),
+        Command::Init(args) => admin::init(config, args),
         Command::User(cmd) => admin::user(config, cmd),
         Command::Alias(cmd) => admin::alias(config, cmd),
         Command::Domain(cmd) => admin::domain(config, cmd),

@@ -29,6 +29,11 @@ struct Args {
     /// and the sender must be one of the user's addresses.
     #[arg(long)]
     submission: bool,
+    /// Serve a local user on stdin/stdout, as `sendmail -bs` does (how
+    /// `mail-inject -bs` runs it): the client may send anywhere, as with
+    /// mail-inject. Refused on a network socket and with --listen.
+    #[arg(long, conflicts_with_all = ["submission", "listen", "listen_tls"])]
+    local: bool,
 }
 
 fn main() -> ExitCode {
@@ -44,13 +49,34 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<std::convert::Infallible, StartError> {
+    if args.local && stdin_is_socket() {
+        return Err(StartError::Setup(
+            "--local serves a local user on a pipe, never a network connection: \
+             drop --local from the inetd or systemd line"
+                .into(),
+        ));
+    }
     let server = Server::start(&args.server)?;
     let limits = server.config.limits.clone();
     let submission = args.submission;
+    let local = args.local;
     server.serve(
         limits,
         b"421 4.7.0 too many connections, try again later\r\n",
-        move |config, tls| session::Shared::new(config, submission, tls),
+        move |config, tls| session::Shared::new(config, submission, local, tls),
         session::run,
     )
+}
+
+/// Whether fd 0 is a socket (inetd, systemd Accept=yes), as opposed to a
+/// pipe or terminal a local user holds.
+fn stdin_is_socket() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.file_type().is_socket())
 }

@@ -22,6 +22,7 @@ use postroom::directory::authlimit::AuthLimit;
 use postroom::directory::reloading::Reloading;
 use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
+use postroom::proto::message::HeaderEnd;
 use postroom::proto::smtp::{
     BdatError, DataLine, DataProblem, DataReader, Network, Reply, has_nul, is_bare_postmaster,
     is_clean_command, parse_bdat,
@@ -42,6 +43,9 @@ const AUTH_FAILURES_MAX: u32 = 3;
 pub struct Shared {
     pub config: Config,
     submission: bool,
+    /// A local user on a pipe (`mail-inject -bs`): trusted as mail-inject
+    /// trusts them, so they may send anywhere.
+    local: bool,
     tls: Option<TlsAcceptor>,
     relay_networks: Vec<Network>,
     directory: Reloading<Directory>,
@@ -56,6 +60,7 @@ impl Shared {
     pub fn new(
         config: Config,
         submission: bool,
+        local: bool,
         tls: Option<TlsAcceptor>,
     ) -> anyhow::Result<Shared> {
         let relay_networks = config
@@ -82,6 +87,7 @@ impl Shared {
             authenticator,
             config,
             submission,
+            local,
             tls,
             relay_networks,
             directory,
@@ -142,6 +148,7 @@ struct Chunks {
     bare_line_end: bool,
     nul: bool,
     failed: Option<std::io::Error>,
+    header_end: HeaderEnd,
 }
 
 impl Chunks {
@@ -155,11 +162,17 @@ impl Chunks {
             bare_line_end: false,
             nul: false,
             failed: None,
+            header_end: HeaderEnd::crlf(),
         }
     }
 
     /// The message, or the reply that refuses it.
-    fn finish(self) -> Result<(Transaction, Incoming, u64), Reply> {
+    fn finish(mut self) -> Result<(Transaction, Incoming, u64), Reply> {
+        let mut tail = Vec::new();
+        self.header_end.finish(&mut tail);
+        if self.failed.is_none() {
+            self.failed = std::io::Write::write_all(&mut self.incoming, &tail).err();
+        }
         if self.bare_line_end || self.previous == b'\r' {
             return Err(DataProblem::BareLineEnd.reply(self.max_size));
         }
@@ -196,7 +209,9 @@ impl std::io::Write for Chunks {
         // A doomed message is read to its end but no longer stored.
         let doomed = self.bare_line_end || self.nul || self.size > self.max_size;
         if !doomed && self.failed.is_none() {
-            self.failed = self.incoming.write_all(buf).err();
+            let mut fixed = Vec::with_capacity(buf.len() + 2);
+            self.header_end.feed(buf, &mut fixed);
+            self.failed = self.incoming.write_all(&fixed).err();
         }
         Ok(buf.len())
     }
@@ -786,18 +801,12 @@ impl Session {
             ));
             return Ok(Next::Continue);
         };
-        let directory = self.shared.directory();
-        let limit = AuthLimit::from_config(&self.shared.config);
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
-        let checked = limit
-            .check(ip, &tried, move || {
-                let users = directory.users();
-                users
-                    .authenticate(&login, &password)
-                    .map(|u| u.map(|u| u.address.clone()))
-            })
-            .await;
+        let checked = AuthLimit::from_config(&self.shared.config)
+            .check_password(ip, self.shared.directory().shared_users(), login, password)
+            .await
+            .map(|user| user.map(|u| u.address));
         match checked {
             Ok(Some(user)) => {
                 tracing::info!(%user, "authenticated");
@@ -858,6 +867,16 @@ impl Session {
                 format!("message too big (limit {})", config.limits.message_size),
             ));
         }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && !from.address.is_ascii() {
+            // RFC 6531 §3.4: an internationalized address needs the
+            // SMTPUTF8 parameter, so that the client knows it sent one.
+            return self.error(Reply::new(
+                553,
+                "5.6.7",
+                "non-ASCII sender address without SMTPUTF8: add the SMTPUTF8 parameter to MAIL",
+            ));
+        }
         let sender = match ReversePath::parse(&from.address) {
             Ok(s) => s,
             Err(e) => {
@@ -916,7 +935,7 @@ impl Session {
             recipients: Vec::new(),
             accepted: Vec::new(),
             body_type,
-            smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
+            smtputf8,
             envid,
             ret,
             spf: None,
@@ -974,7 +993,7 @@ impl Session {
     /// domain, which smtp-proto hands over as an empty address.
     async fn rcpt(&mut self, mut to: smtp_proto::RcptTo<String>, bare_postmaster: bool) {
         let limit = self.shared.config.limits.recipients;
-        let relay_ok = self.user.is_some() || self.client_in_relay_networks();
+        let relay_ok = self.user.is_some() || self.shared.local || self.client_in_relay_networks();
         let Some(tx) = self.tx.as_ref() else {
             return self.error(Reply::new(503, "5.5.1", "MAIL first"));
         };
@@ -985,16 +1004,23 @@ impl Session {
                 format!("too many recipients (limit {limit})"),
             ));
         }
+        if !tx.smtputf8 && !to.address.is_ascii() {
+            return self.error(Reply::new(
+                553,
+                "5.6.7",
+                "non-ASCII recipient address without SMTPUTF8: give SMTPUTF8 on MAIL",
+            ));
+        }
         if bare_postmaster && to.address.is_empty() {
             // RFC 5321 §4.5.1: "Postmaster" alone must be accepted, and
             // means the postmaster of the primary domain.
-            match self.primary_domain() {
+            match self.shared.directory().primary_domain() {
                 Some(domain) => to.address = format!("postmaster@{domain}"),
                 None => {
                     return self.error(Reply::new(
                         550,
                         "5.1.1",
-                        "<postmaster>: the host name is in no local domain",
+                        "<postmaster>: there is no local domain (postroom domain add)",
                     ));
                 }
             }
@@ -1078,7 +1104,7 @@ impl Session {
         if !postroom::proto::address::is_domain_name(&domain) {
             return self.error(Reply::new(501, "5.5.4", "ETRN takes a domain name"));
         }
-        if self.user.is_none() && !self.client_in_relay_networks() {
+        if self.user.is_none() && !self.shared.local && !self.client_in_relay_networks() {
             return self.reply(Reply::new(
                 459,
                 "4.7.1",
@@ -1109,20 +1135,6 @@ impl Session {
                     format!("unable to queue messages for node {domain}"),
                 ))
             }
-        }
-    }
-
-    /// The domain a bare `postmaster` belongs to: the host name if it is a
-    /// local domain, else the nearest local domain above it
-    /// (`mail.example.org` → `example.org`).
-    fn primary_domain(&self) -> Option<String> {
-        let directory = self.shared.directory();
-        let mut name = self.shared.config.hostname.as_str();
-        loop {
-            if directory.is_local_domain(name) {
-                return Some(name.to_lowercase());
-            }
-            name = name.split_once('.')?.1;
         }
     }
 
@@ -1202,6 +1214,8 @@ impl Session {
         let max_size = self.shared.config.limits.message_size;
         let mut reader = DataReader::new(max_size);
         let mut write_failed = None;
+        let mut header_end = HeaderEnd::crlf();
+        let mut fixed = Vec::new();
         use std::io::Write;
         loop {
             let line = match self.conn.read_line(BODY_LINE_MAX).await {
@@ -1218,10 +1232,17 @@ impl Session {
                 DataLine::End => break,
                 DataLine::Body(bytes) => {
                     if reader.keeping() && write_failed.is_none() {
-                        write_failed = incoming.write_all(bytes).err();
+                        fixed.clear();
+                        header_end.feed(bytes, &mut fixed);
+                        write_failed = incoming.write_all(&fixed).err();
                     }
                 }
             }
+        }
+        if write_failed.is_none() {
+            fixed.clear();
+            header_end.finish(&mut fixed);
+            write_failed = incoming.write_all(&fixed).err();
         }
         self.messages += 1;
         if let Some(problem) = reader.problem() {
@@ -1302,6 +1323,16 @@ impl Session {
             let _ = staged.discard();
             return;
         }
+        let staged = match self.origin_fields(&staged) {
+            Some(fields) => match prepend_headers(staged, &fields) {
+                Ok(staged) => staged,
+                Err(e) => {
+                    self.local_error(format_args!("adding Date or Message-ID failed: {e}"));
+                    return;
+                }
+            },
+            None => staged,
+        };
         let staged = match self.authentication_results(&tx, &staged).await {
             Some(header) => match prepend_headers(staged, &[header]) {
                 Ok(staged) => staged,
@@ -1312,10 +1343,22 @@ impl Session {
             },
             None => staged,
         };
+        let (from, protocol) = (tx.sender.to_string(), self.protocol(&tx));
         self.tx = Some(tx);
         let staged = self.data_hook(staged).await;
         self.tx = None;
         let Some(staged) = staged else { return };
+        // The arrival, as log summarisers read it (postfix's cleanup and
+        // qmgr lines in one): who from, how big, for how many.
+        tracing::info!(
+            queue_id = %id,
+            from = %from,
+            size,
+            nrcpt = staged.message.envelope.recipients.len(),
+            client = %self.conn.peer().map(|p| p.ip().to_string()).unwrap_or_else(|| "local".into()),
+            protocol = %protocol,
+            "received"
+        );
         let config = self.shared.config.clone();
         let directory = self.shared.directory();
         // The 250 waits for the commit point: local delivery done, or the
@@ -1340,6 +1383,23 @@ impl Session {
                 self.local_error(format_args!("{id}: delivery task failed: {e}"));
             }
         }
+    }
+
+    /// The Date and Message-ID a submitted message lacks (RFC 6409 §8.2,
+    /// §8.3): only for mail from this site's own users, since a relay must
+    /// not change what it passes on. `None` when nothing is missing.
+    fn origin_fields(&self, staged: &Staged) -> Option<Vec<String>> {
+        if !self.submission() && self.user.is_none() {
+            return None;
+        }
+        let head = staged.message.header_block(1 << 20).unwrap_or_default();
+        let fields = postroom::proto::message::missing_origin_fields(
+            &head,
+            &staged.message.id.to_string(),
+            &self.shared.config.hostname,
+            postroom::store::fsutil::now_secs(),
+        );
+        (!fields.is_empty()).then_some(fields)
     }
 
     /// Runs the data hook on a received message: `None` if it refused (the
@@ -1383,7 +1443,7 @@ impl Session {
         envelope.helo = self.helo.as_deref().map(text);
         envelope.client = self.conn.peer().map(|p| text(&p.ip().to_string()));
         envelope.auth = self.user.as_deref().map(text);
-        envelope.protocol = Some(text(self.protocol()));
+        envelope.protocol = Some(text(self.protocol(tx)));
         envelope.envid = tx.envid.clone();
         envelope.ret = tx.ret.map(text);
         envelope.body_type = tx.body_type.map(text);
@@ -1391,14 +1451,24 @@ impl Session {
         envelope
     }
 
-    /// RFC 3848 protocol names for the Received header.
-    fn protocol(&self) -> &'static str {
-        match (self.esmtp, self.conn.is_tls(), self.user.is_some()) {
-            (false, _, _) => "SMTP",
-            (true, false, false) => "ESMTP",
-            (true, true, false) => "ESMTPS",
-            (true, false, true) => "ESMTPA",
-            (true, true, true) => "ESMTPSA",
+    /// RFC 3848 protocol names for the Received header, with RFC 6531
+    /// §3.7.3's `UTF8` prefix for a transaction under SMTPUTF8.
+    fn protocol(&self, tx: &Transaction) -> &'static str {
+        match (
+            self.esmtp,
+            tx.smtputf8,
+            self.conn.is_tls(),
+            self.user.is_some(),
+        ) {
+            (false, _, _, _) => "SMTP",
+            (true, false, false, false) => "ESMTP",
+            (true, false, true, false) => "ESMTPS",
+            (true, false, false, true) => "ESMTPA",
+            (true, false, true, true) => "ESMTPSA",
+            (true, true, false, false) => "UTF8SMTP",
+            (true, true, true, false) => "UTF8SMTPS",
+            (true, true, false, true) => "UTF8SMTPA",
+            (true, true, true, true) => "UTF8SMTPSA",
         }
     }
 
@@ -1431,7 +1501,7 @@ impl Session {
         format!(
             "Received: from {helo} ([{ip}]){auth}\r\n\tby {host} (postroom) with {proto}{tls}\r\n\tid {id}{for_rcpt};\r\n\t{date}\r\n",
             host = self.shared.config.hostname,
-            proto = self.protocol(),
+            proto = self.protocol(tx),
             date = postroom::proto::message::rfc5322_date(postroom::store::fsutil::now_secs()),
         )
     }
@@ -1465,13 +1535,8 @@ const MAX_HOPS: usize = 100;
 
 /// Received headers in a message's header block (our own included).
 fn hops(staged: &Staged) -> usize {
-    use std::io::Read;
-    let mut head = Vec::new();
-    if let Ok(body) = staged.message.body() {
-        let _ = body.take(1 << 20).read_to_end(&mut head);
-    }
-    let len = postroom::proto::message::header_len(&head);
-    postroom::proto::message::header_fields(&head[..len])
+    let head = staged.message.header_block(1 << 20).unwrap_or_default();
+    postroom::proto::message::header_fields(&head)
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
         .count()

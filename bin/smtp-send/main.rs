@@ -150,8 +150,9 @@ async fn one_pass(
 }
 
 /// `--watch`: a full pass, then wait for a hint in `todo/` (new mail: a
-/// pass over just those), the next retry falling due, or a minute (the
-/// safety net for other hosts' changes, which inotify does not see).
+/// pass over just those), the next retry falling due, or the poll for other
+/// hosts' changes, which inotify does not see (a minute on a local disk,
+/// seconds on a shared filesystem).
 async fn watch(
     config: Arc<Config>,
     stopping: Arc<AtomicBool>,
@@ -168,6 +169,9 @@ async fn watch(
         .with_context(|| format!("watching {}", todo.display()))?;
     // Read once: the system's certificate store takes a while to load.
     let tls = postroom::net::tls::client_configs(&config)?;
+    // Other hosts' mail reaches todo/ unseen by inotify: look again after
+    // this long (a minute on a local disk, seconds on a shared one).
+    let poll = postroom::store::watch::other_hosts_poll(&todo);
     let mut full = true;
     while !stopping.load(Ordering::Relaxed) {
         // Hints from here on wake the next wait, even during the pass.
@@ -187,8 +191,8 @@ async fn watch(
             .map(|r| r.tally.next_due.load(Ordering::Relaxed))
             .unwrap_or(0);
         let wait = match next_due {
-            0 => 60,
-            at => at.saturating_sub(now).clamp(1, 60),
+            0 => poll.as_secs(),
+            at => at.saturating_sub(now).clamp(1, poll.as_secs()),
         };
         tokio::select! {
             _ = hints.changed() => full = false,

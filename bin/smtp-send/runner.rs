@@ -297,13 +297,16 @@ impl Runner {
                         done,
                     },
                 );
-                waiting.spawn(outcome);
+                let relay = destination.key.clone();
+                waiting.spawn(async move { (relay, outcome.await) });
             }
         }
         while let Some(result) = waiting.join_next().await {
             // A dropped sender means the worker died: those recipients are
             // simply tried again next time.
-            let Ok(Ok(outcomes)) = result else { continue };
+            let Ok((relay, Ok(outcomes))) = result else {
+                continue;
+            };
             self.tally.count(&outcomes);
             let (config, locked) = (self.config.clone(), locked.clone());
             blocking(move || {
@@ -315,12 +318,7 @@ impl Runner {
                     .map(|(i, o)| (i, deliver::expire(o, arrived, now, &config)))
                     .collect();
                 for (i, outcome) in &outcomes {
-                    tracing::info!(
-                        queue_id = %locked.message.id,
-                        rcpt = %locked.message.envelope.recipients[*i].address,
-                        ?outcome,
-                        "remote delivery"
-                    );
+                    deliver::log_outcome(&locked.message, *i, &relay, outcome);
                 }
                 let entries = deliver::log_entries(&config, &locked.message, &outcomes);
                 // When these deliveries finish the message, it is removed

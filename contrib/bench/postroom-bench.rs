@@ -15,8 +15,9 @@
 //!
 //! `postroom-bench smtp` and `postroom-bench pop3` measure the servers on
 //! loopback; see `smtp.rs` and `pop3.rs`. `postroom-bench auth` measures
-//! what a burst of failed logins costs each server (`auth.rs`), and
-//! `postroom-bench net` the connection layer alone (`net.rs`).
+//! what a burst of failed logins costs each server (`auth.rs`),
+//! `postroom-bench net` the connection layer alone (`net.rs`), and
+//! `postroom-bench multihost` one tree shared by two hosts (`multihost.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ use clap::{Parser, Subcommand};
 mod auth;
 mod imap;
 mod list;
+mod multihost;
 mod net;
 mod pop3;
 mod send;
@@ -118,6 +120,16 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
     },
+    /// SMTP accept → maildir on one tree over a shared filesystem, from two
+    /// hosts and from one, against a local tree (contrib/multihost/run).
+    Multihost {
+        /// Two mounts of one shared filesystem, `A:B`.
+        #[arg(long)]
+        mounts: String,
+        /// Messages per measurement.
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+    },
     /// Failed logins at once and in turn: peak and settled RSS, threads.
     Auth {
         /// Failed logins per server and run.
@@ -152,6 +164,7 @@ fn main() -> ExitCode {
         } => pop3::run(&base, messages, size, big, sessions),
         Bench::Imap { messages, idle } => imap::run(&base, messages, idle),
         Bench::Auth { clients, settle } => auth::run(&base, clients, settle),
+        Bench::Multihost { mounts, messages } => multihost::run(&base, &mounts, messages),
     };
     let _ = std::fs::remove_dir_all(&base);
     match result {

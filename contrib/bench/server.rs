@@ -26,12 +26,17 @@ impl Server {
 
     /// [`Server::start`] with `extra` flags (`--submission`).
     pub fn start_with(binary: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        let mut command = Command::new(binary);
+        command.arg("--config").arg(config).args(extra);
+        Server::start_command(binary, command)
+    }
+
+    /// Starts `command` (which runs `binary` with its config and flags) as
+    /// [`Server::start`] does; for a server run through a wrapper.
+    pub fn start_command(binary: &Path, mut command: Command) -> anyhow::Result<Server> {
         let name = binary.file_name().unwrap_or_default().to_string_lossy();
-        let mut child = Command::new(binary)
-            .arg("--config")
-            .arg(config)
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
             // Warnings, and the line that says where it listens.
             .env("POSTROOM_LOG", "warn,postroom::net=info")
             .stderr(Stdio::piped())

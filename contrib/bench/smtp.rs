@@ -36,7 +36,7 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
             messages.min(1000),
             sessions.min(8),
         )?;
-        let (rate, p99) = load(port, messages, sessions)?;
+        let (rate, p99) = load(&[port], messages, sessions)?;
         println!(
             "{sessions:>2} session(s): {rate:>6.0} msg/s accepted and committed; raw loop ({} writers) {raw:>6.0} msg/s; ratio {:>3.0}%; p99 dot-to-250 {:.1} ms",
             sessions.min(8),
@@ -77,7 +77,7 @@ pub fn run(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn make_tree(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+pub fn make_tree(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let config = bench_tree(dir)?;
     crate::lift_connection_caps(&config)?;
     let text = std::fs::read_to_string(&config)? + "\n[smtp]\nmessages_per_session = 1000000\n";
@@ -85,8 +85,9 @@ fn make_tree(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(config)
 }
 
-/// `messages` sent over `sessions` connections; (rate, p99 dot-to-250).
-fn load(port: u16, messages: usize, sessions: usize) -> anyhow::Result<(f64, Duration)> {
+/// `messages` sent over `sessions` connections, spread over `ports` in
+/// turn; (rate, p99 dot-to-250).
+pub fn load(ports: &[u16], messages: usize, sessions: usize) -> anyhow::Result<(f64, Duration)> {
     let per = messages / sessions;
     let mut body = b"Subject: bench\r\n\r\n".to_vec();
     while body.len() < MESSAGE_SIZE {
@@ -99,8 +100,9 @@ fn load(port: u16, messages: usize, sessions: usize) -> anyhow::Result<(f64, Dur
     let start = Instant::now();
     let latencies = std::thread::scope(|scope| -> anyhow::Result<Vec<Duration>> {
         let handles: Vec<_> = (0..sessions)
-            .map(|_| {
+            .map(|session| {
                 let body = &body;
+                let port = ports[session % ports.len()];
                 scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
                     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
                     stream.set_nodelay(true)?;

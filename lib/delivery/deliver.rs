@@ -165,7 +165,7 @@ fn attempt(
     due: &[usize],
 ) -> Result<Vec<(usize, Outcome)>, QueueError> {
     let now = fsutil::now_secs();
-    let headers = header_block(message)?;
+    let headers = message.header_block(256 * 1024)?;
     let mut outcomes = Vec::new();
     for &i in due {
         let rcpt = &message.envelope.recipients[i];
@@ -191,10 +191,42 @@ fn attempt(
             }
         };
         let outcome = expire(outcome, message.envelope.arrived, now, config);
-        tracing::info!(queue_id = %message.id, rcpt = %rcpt.address, ?outcome, "local delivery");
+        let relay = if matches!(rcpt.route, Route::Pipe(_)) {
+            "pipe"
+        } else {
+            "local"
+        };
+        log_outcome(message, i, relay, &outcome);
         outcomes.push((i, outcome));
     }
     Ok(outcomes)
+}
+
+/// One log event per recipient and attempt, with the fields that log
+/// summarisers (pflogsumm and its kind) count: queue id, sender,
+/// recipient, size, relay, delay in seconds since arrival, status (`sent`,
+/// `deferred`, `bounced`) and the reply. The one place that says it, for
+/// local, pipe and remote deliveries alike.
+pub fn log_outcome(message: &QueuedMessage, i: usize, relay: &str, outcome: &Outcome) {
+    let Some(rcpt) = message.envelope.recipients.get(i) else {
+        return;
+    };
+    let (status, reply) = match outcome {
+        Outcome::Delivered(reply) => ("sent", reply),
+        Outcome::Deferred(reply) => ("deferred", reply),
+        Outcome::Failed(reply) => ("bounced", reply),
+    };
+    tracing::info!(
+        queue_id = %message.id,
+        from = %message.envelope.sender,
+        to = %rcpt.address,
+        size = message.body_length(),
+        relay = %relay,
+        delay = crate::store::fsutil::now_secs().saturating_sub(message.envelope.arrived),
+        status = %status,
+        reply = %reply,
+        "delivery"
+    );
 }
 
 /// The log lines that record `outcomes` (a deferral carries its next try).
@@ -279,6 +311,7 @@ fn to_mailbox(
             fsutil::host_for_names(&config.hostname)
         )),
         search_cur: interrupted,
+        end_header: true,
         quota,
     };
     match maildir.deliver(delivery, &config.hostname) {
@@ -414,24 +447,6 @@ pub fn run_pipe(
     }
 }
 
-/// The header block of the queued body (up to the first empty line, at most
-/// 256 KiB: enough to find loop markers without reading a huge message).
-fn header_block(message: &QueuedMessage) -> Result<Vec<u8>, QueueError> {
-    let mut head = Vec::new();
-    message
-        .body()?
-        .take(256 * 1024)
-        .read_to_end(&mut head)
-        .map_err(|e| QueueError::Io {
-            path: message.path().to_path_buf(),
-            error: e,
-        })?;
-    if let Some(end) = find(&head, b"\r\n\r\n") {
-        head.truncate(end + 2);
-    }
-    Ok(head)
-}
-
 /// True if a `Delivered-To:` header names `rcpt`: this message has been
 /// here before, so delivering again would loop.
 fn has_delivered_to(headers: &[u8], rcpt: &Address) -> bool {
@@ -442,10 +457,6 @@ fn has_delivered_to(headers: &[u8], rcpt: &Address) -> bool {
             && line[..13].eq_ignore_ascii_case("delivered-to:")
             && line[13..].trim().to_ascii_lowercase() == wanted
     })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -292,6 +292,7 @@ fn store(
             body: &mut &raw[..],
             base_name: None,
             search_cur: false,
+            end_header: true,
             quota,
         },
         &config.hostname,

@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::directory::domains::Domains;
@@ -269,7 +270,8 @@ fn parse_target(text: &str) -> Result<Written, String> {
 pub struct Directory {
     config: Config,
     domains: Domains,
-    users: Users,
+    /// Shared, so a password check on the blocking pool can hold it.
+    users: Arc<Users>,
     aliases: Aliases,
 }
 
@@ -278,7 +280,7 @@ impl Directory {
     pub fn load(config: &Config) -> Result<Directory, FileError> {
         Ok(Directory {
             domains: Domains::load(&config.domains_file())?,
-            users: Users::load(&config.users_file())?,
+            users: Arc::new(Users::load(&config.users_file())?),
             aliases: Aliases::load(&config.aliases_file())?,
             config: config.clone(),
         })
@@ -290,7 +292,7 @@ impl Directory {
     pub fn reload(config: &Config) -> Result<Directory, FileError> {
         Ok(Directory {
             domains: Domains::load(&config.domains_file())?,
-            users: Users::reload(&config.users_file())?,
+            users: Arc::new(Users::reload(&config.users_file())?),
             aliases: Aliases::load(&config.aliases_file())?,
             config: config.clone(),
         })
@@ -305,17 +307,57 @@ impl Directory {
         Directory {
             config,
             domains,
-            users,
+            users: Arc::new(users),
             aliases,
         }
     }
 
+    /// The domains file's domains and the host name: mail to
+    /// `root@HOSTNAME` (mail-inject's default sender) must come back here,
+    /// as Postfix treats `$myhostname`.
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        self.domains.contains(domain)
+        self.domains.contains(domain) || domain.eq_ignore_ascii_case(&self.config.hostname)
+    }
+
+    /// The domain whose postmaster answers for this host: the host name if
+    /// it is in the domains file, else the nearest listed domain above it
+    /// (`mail.example.org` → `example.org`), else the first listed one.
+    pub fn primary_domain(&self) -> Option<String> {
+        let mut name = self.config.hostname.as_str();
+        loop {
+            if self.domains.contains(name) {
+                return Some(name.to_lowercase());
+            }
+            match name.split_once('.') {
+                Some((_, above)) => name = above,
+                None => return self.domains.iter().next().map(str::to_string),
+            }
+        }
+    }
+
+    /// The postmaster alias that the host name's system addresses
+    /// (`root`, `postmaster`, `MAILER-DAEMON`) lead to when nothing else
+    /// claims them: `postmaster@` the [primary domain](Self::primary_domain).
+    pub fn postmaster_alias(&self) -> Option<Address> {
+        Address::parse(&format!("postmaster@{}", self.primary_domain()?)).ok()
+    }
+
+    /// Whether `address` is one of the host name's system addresses.
+    fn is_host_system_address(&self, address: &Address) -> bool {
+        address.domain().eq_ignore_ascii_case(&self.config.hostname)
+            && ["root", "postmaster", "mailer-daemon"]
+                .iter()
+                .any(|name| address.local_part().eq_ignore_ascii_case(name))
     }
 
     pub fn users(&self) -> &Users {
         &self.users
+    }
+
+    /// The users, to hand to work that outlives this borrow (a password
+    /// check on the blocking pool).
+    pub fn shared_users(&self) -> Arc<Users> {
+        Arc::clone(&self.users)
     }
 
     /// The user an address delivers to directly (with or without +detail).
@@ -411,6 +453,15 @@ impl Directory {
         }
         if let Some(user) = self.user(address) {
             return self.mailbox(user, out);
+        }
+        if self.is_host_system_address(address)
+            && let Some(postmaster) = self.postmaster_alias()
+            && postmaster.lookup_key() != key
+        {
+            path.push(key);
+            let result = self.expand(&postmaster, path, out);
+            path.pop();
+            return result;
         }
         let catch_all = format!("@{}", address.domain());
         if !path.contains(&catch_all)
@@ -624,19 +675,61 @@ pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
 
 /// Every alias as (key, targets as written), in file order.
 pub fn list_aliases(path: &Path) -> Result<Vec<(String, Vec<String>)>, FileError> {
+    Ok(numbered_aliases(path)?
+        .into_iter()
+        .map(|(_, key, targets)| (key, targets))
+        .collect())
+}
+
+/// [`list_aliases`] with the line each entry starts on, for messages that
+/// point the admin at it.
+pub fn numbered_aliases(path: &Path) -> Result<Vec<(usize, String, Vec<String>)>, FileError> {
     let text = FileError::read(path)?;
     Aliases::parse(&text, path)?;
     Ok(logical_lines(&text)
         .into_iter()
-        .filter_map(|(_, l)| {
+        .filter_map(|(line, l)| {
             let (key, rest) = l.split_once(':')?;
             Some((
+                line,
                 key.trim().to_string(),
                 // The file parsed above, so the quotes balance.
                 split_targets(rest).unwrap_or_default(),
             ))
         })
         .collect())
+}
+
+impl Directory {
+    /// Whether a target written for alias `key` leads somewhere today: a
+    /// pipe, an include, a remote address, or a local user or alias. A bare
+    /// name takes the key's domain (the primary domain for a bare key).
+    /// `postroom alias add` refuses the rest unless told it is a forward
+    /// reference.
+    pub fn check_target(&self, key: &str, target: &str) -> Result<(), String> {
+        match parse_target(target)? {
+            Written::Pipe(_) | Written::Include(_) => Ok(()),
+            Written::Address(name) | Written::Mailbox(name) => {
+                let text = if name.contains('@') {
+                    name
+                } else {
+                    let domain = match key.rsplit_once('@') {
+                        Some((_, domain)) => Some(domain.to_string()),
+                        None => self.primary_domain(),
+                    };
+                    format!("{name}@{}", domain.unwrap_or_default())
+                };
+                let address = Address::parse(&text).map_err(|e| format!("{text:?}: {e}"))?;
+                match self.resolve(&address) {
+                    Ok(_) | Err(ResolveError::UsersUnavailable(_)) => Ok(()),
+                    Err(ResolveError::UnknownUser(_)) => Err(format!(
+                        "{address} is no user, alias, remote address, |command or :include:"
+                    )),
+                    Err(e) => Err(format!("{address}: {e}")),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,12 +39,13 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::directory::users::{User, Users};
 use crate::proto::smtp::Network;
 use crate::store::fsutil::{self, FileLock};
 
@@ -172,6 +173,23 @@ impl AuthLimit {
             tokio::time::sleep(wait.saturating_sub(before)).await;
         }
         result
+    }
+
+    /// A password check against the users file, under [`AuthLimit::check`]:
+    /// the one way the servers decide a login, so a rule that changes how
+    /// logins are decided is written here once.
+    pub async fn check_password(
+        &self,
+        ip: Option<IpAddr>,
+        users: Arc<Users>,
+        login: String,
+        password: String,
+    ) -> Result<Option<User>, String> {
+        let tried = login.clone();
+        self.check(ip, &tried, move || {
+            users.authenticate(&login, &password).map(|u| u.cloned())
+        })
+        .await
     }
 
     /// Counts a failed login.

@@ -133,7 +133,7 @@ impl Users {
     /// [`NO_USERS_MARK`], gives an [`unavailable`](Users::unavailable) set
     /// of users (logged), so that mail waits instead of bouncing.
     pub fn load(path: &Path) -> Result<Users, FileError> {
-        let users = match std::fs::read_to_string(path) {
+        let users = match crate::store::fsutil::read_to_string_fresh(path) {
             Ok(text) => Users::parse(&text, path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Users {
                 by_address: HashMap::new(),
@@ -393,7 +393,7 @@ fn render(user: &NewUser) -> String {
 /// Adds users in one locked rewrite (10,000 in one call is one write). Any
 /// invalid or existing user refuses the whole call, naming them.
 pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
-    fsutil::edit_locked(path, |mut text| {
+    fsutil::edit_secret_locked(path, |mut text| {
         let existing = Users::parse(&text, path)?;
         let mut seen = HashSet::new();
         let mut refused = Vec::new();
@@ -442,7 +442,7 @@ fn edit_user(
     change: impl Fn(&str) -> Option<String>,
 ) -> Result<(), FileError> {
     let key = address.trim().to_lowercase();
-    fsutil::edit_locked(path, |text| {
+    fsutil::edit_secret_locked(path, |text| {
         let mut found = false;
         let mut out = String::with_capacity(text.len());
         for line in text.lines() {
@@ -473,6 +473,26 @@ fn edit_user(
             out.push_str(" (`postroom user del` removed the last one)\n");
         }
         Ok(out)
+    })
+}
+
+/// Sets a user's quota in bytes (`None`: no quota of their own, so
+/// `delivery.default_quota` applies), keeping the rest of the line: the
+/// `userdb_quota_rule` in the extra fields is replaced, other fields stay.
+pub fn set_quota(path: &Path, address: &str, quota: Option<u64>) -> Result<(), FileError> {
+    edit_user(path, address, |line| {
+        let mut fields: Vec<String> = line.splitn(8, ':').map(str::to_string).collect();
+        fields.resize(fields.len().max(8), String::new());
+        let mut extra: Vec<String> = fields[7]
+            .split_whitespace()
+            .filter(|f| !f.starts_with("userdb_quota_rule=") && !f.starts_with("quota_rule="))
+            .map(str::to_string)
+            .collect();
+        if let Some(bytes) = quota {
+            extra.push(format!("userdb_quota_rule=*:storage={bytes}B"));
+        }
+        fields[7] = extra.join(" ");
+        Some(fields.join(":").trim_end_matches(':').to_string())
     })
 }
 

@@ -22,28 +22,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 pub struct Connection {
     pub(super) id: String,
     pub(super) peer: Option<SocketAddr>,
-    pub(super) local: Option<SocketAddr>,
+    local: Option<SocketAddr>,
     pub(super) listener: Arc<str>,
     /// None only after a failed TLS handshake, which leaves nothing usable.
-    pub(super) io: Option<Box<dyn Transport>>,
+    io: Option<Box<dyn Transport>>,
     /// Protocol and cipher once TLS is on.
-    pub(super) tls: Option<String>,
-    pub(super) idle: Duration,
+    tls: Option<String>,
+    idle: Duration,
     /// Received bytes not yet consumed are `buf[start..end]`.
-    pub(super) buf: Box<[u8]>,
-    pub(super) start: usize,
-    pub(super) end: usize,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
     /// The line being assembled, kept here rather than in `read_line`'s
     /// future so that a `read_line` dropped by `select!` loses nothing.
     pub(super) line: Vec<u8>,
     /// Inside an over-long line, throwing bytes away up to its LF.
-    pub(super) discarding: bool,
+    discarding: bool,
     /// The last byte read was a CR: after an over-long line, whether it
     /// ended with CRLF (SMTP DATA needs to know, postroom-tree(5), LIMITS AND SECURITY).
-    pub(super) after_cr: bool,
+    after_cr: bool,
     /// The first bytes of the last over-long line, so a protocol can tell
     /// what it was (an over-long `BDAT` line must end an SMTP session).
-    pub(super) long_line_start: [u8; 8],
+    long_line_start: [u8; 8],
     pub(super) out: Vec<u8>,
 }
 
@@ -346,7 +346,7 @@ impl Connection {
     }
 
     /// Reads more from the client into the (empty) buffer.
-    pub(super) async fn fill(&mut self) -> Result<(), NetError> {
+    async fn fill(&mut self) -> Result<(), NetError> {
         let io = self.io.as_mut().ok_or(NetError::Closed)?;
         let n = match timeout(self.idle, io.read(&mut self.buf)).await {
             Err(_) => return Err(NetError::Timeout),
@@ -363,7 +363,7 @@ impl Connection {
 /// `TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`, as Postfix and others
 /// write it in Received headers.
 /// The first 8 bytes of a line held in two pieces (zeros after its end).
-pub(super) fn first_bytes(held: &[u8], rest: &[u8]) -> [u8; 8] {
+fn first_bytes(held: &[u8], rest: &[u8]) -> [u8; 8] {
     let mut start = [0u8; 8];
     for (slot, b) in start.iter_mut().zip(held.iter().chain(rest)) {
         *slot = *b;
@@ -371,7 +371,7 @@ pub(super) fn first_bytes(held: &[u8], rest: &[u8]) -> [u8; 8] {
     start
 }
 
-pub(super) fn describe_tls(conn: &rustls::ServerConnection) -> String {
+fn describe_tls(conn: &rustls::ServerConnection) -> String {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),

@@ -117,7 +117,7 @@ impl Launch {
     }
 }
 
-pub(super) fn bind(addr: SocketAddr, tls: bool) -> Result<Listener, NetError> {
+fn bind(addr: SocketAddr, tls: bool) -> Result<Listener, NetError> {
     let bind_error = |error| NetError::Bind { addr, error };
     let socket = std::net::TcpListener::bind(addr).map_err(bind_error)?;
     socket.set_nonblocking(true).map_err(bind_error)?;
@@ -132,7 +132,7 @@ pub(super) fn bind(addr: SocketAddr, tls: bool) -> Result<Listener, NetError> {
 }
 
 /// The sockets systemd passed (`Accept=no`), or None when there are none.
-pub(super) fn inherited_listeners() -> Result<Option<Vec<Listener>>, NetError> {
+fn inherited_listeners() -> Result<Option<Vec<Listener>>, NetError> {
     // Read before listenfd consumes the LISTEN_* variables.
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();

@@ -1,15 +1,26 @@
-//! Diagnostics for every postroom program: one line per event, on stderr.
+//! Diagnostics for every postroom program: one event per line, on stderr,
+//! or records in the journal.
 //!
 //! Stderr and never stdout, always: in inetd mode (postroom-tree(5), PROCESSES) stdout *is* the
 //! client's socket, so a log line there would be sent to the client as if it
-//! were a protocol reply. Under systemd stderr goes to the journal, under
-//! inetd or tcpserver to whatever the launcher set up (often multilog).
+//! were a protocol reply. Under inetd or tcpserver stderr goes to whatever
+//! the launcher set up (often multilog).
 //!
 //! The filter comes from `POSTROOM_LOG` in `tracing_subscriber::EnvFilter`
 //! syntax (`debug`, `info,postroom::net=debug`, …) and defaults to `info`.
-//! Each line starts with the program name, as syslog-style tools expect, and
-//! carries the span fields of the connection it belongs to (`conn=… peer=…`,
-//! see `crate::net`).
+//! The format from `POSTROOM_LOG_FORMAT`: `text` (each line starts with the
+//! program name, as syslog-style tools expect, and carries the span fields
+//! of the connection it belongs to, `conn=… peer=…`, see `crate::net`),
+//! `json` (one object per line, `program` first), or `journald` (the
+//! journal's native protocol, every field its own journal field, so
+//! `journalctl QUEUE_ID=…` finds a message). Under systemd (`JOURNAL_STREAM`
+//! set) the default is `journald`, else `text`.
+//!
+//! Messages from the `log` crate (rustls) come through too, with one
+//! change: rustls warns `Illegal SNI extension: ignoring IP address` each
+//! time a client sends an IP address as SNI, which common clients do on
+//! every connection. That is the client's habit, not the admin's problem,
+//! so it is logged at debug.
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -18,12 +29,48 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The environment variable holding the log filter.
 pub const FILTER_ENV: &str = "POSTROOM_LOG";
 
-/// Installs the process-wide logger writing to stderr.
+/// The environment variable choosing the format.
+pub const FORMAT_ENV: &str = "POSTROOM_LOG_FORMAT";
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Journald,
+}
+
+impl Format {
+    /// `POSTROOM_LOG_FORMAT` as given, else journald under systemd, else
+    /// text; an unknown name is returned as the error, to be reported.
+    pub fn from_env(format: Option<&str>, journal_stream: bool) -> (Format, Option<String>) {
+        let default = if journal_stream {
+            Format::Journald
+        } else {
+            Format::Text
+        };
+        match format.map(str::trim) {
+            None | Some("") => (default, None),
+            Some(name) if name.eq_ignore_ascii_case("text") => (Format::Text, None),
+            Some(name) if name.eq_ignore_ascii_case("json") => (Format::Json, None),
+            Some(name) if name.eq_ignore_ascii_case("journald") => (Format::Journald, None),
+            Some(other) => (
+                default,
+                Some(format!(
+                    "{FORMAT_ENV}={other:?} ignored: use text, json or journald"
+                )),
+            ),
+        }
+    }
+}
+
+/// Installs the process-wide logger.
 ///
 /// `default_level` applies when `POSTROOM_LOG` is unset: servers say
 /// `info` (a line per session and message); command-line tools say `warn`,
@@ -32,8 +79,8 @@ pub const FILTER_ENV: &str = "POSTROOM_LOG";
 /// Safe to call more than once: only the first call installs anything, so a
 /// library function or a test may call it without knowing whether `main` did.
 /// Colours only when stderr is a terminal, so files and the journal get
-/// plain text. Under systemd (`JOURNAL_STREAM` set) the timestamp is left
-/// out because the journal records its own.
+/// plain text. Text under systemd leaves out the timestamp, because the
+/// journal records its own.
 pub fn init(program: &str, default_level: &str) {
     let (filter, bad_filter) = match EnvFilter::try_from_env(FILTER_ENV) {
         Ok(filter) => (filter, None),
@@ -46,29 +93,135 @@ pub fn init(program: &str, default_level: &str) {
             (EnvFilter::new(default_level), bad)
         }
     };
+    let journal_stream = std::env::var_os("JOURNAL_STREAM").is_some();
+    let (format, bad_format) =
+        Format::from_env(std::env::var(FORMAT_ENV).ok().as_deref(), journal_stream);
+    let mut notes: Vec<String> = bad_filter.into_iter().chain(bad_format).collect();
+    let installed = match format {
+        Format::Journald => match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_syslog_identifier(program.to_string())
+                    .with_field_prefix(None);
+                install(tracing_subscriber::registry().with(filter).with(layer))
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "the journal cannot be reached ({e}); logging text to stderr"
+                ));
+                install_text(program, filter, journal_stream)
+            }
+        },
+        Format::Json => {
+            let ansi_free = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .event_format(Prefixed {
+                    program: program.to_string(),
+                    inner: tracing_subscriber::fmt::format()
+                        .json()
+                        .with_target(false)
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(true),
+                    json: true,
+                })
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new());
+            install(tracing_subscriber::registry().with(filter).with(ansi_free))
+        }
+        Format::Text => install_text(program, filter, journal_stream),
+    };
+    if installed {
+        for note in notes {
+            tracing::warn!("{note}");
+        }
+    }
+}
+
+fn install_text(program: &str, filter: EnvFilter, journal_stream: bool) -> bool {
     let ansi = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter)
         .with_ansi(ansi)
         .with_target(false);
-    let installed = if std::env::var_os("JOURNAL_STREAM").is_some() {
-        let format = builder.without_time();
+    if journal_stream {
         let prefixed = Prefixed {
             program: program.to_string(),
             inner: format::default_format().without_time().with_ansi(ansi),
+            json: false,
         };
-        format.event_format(prefixed).try_init().is_ok()
+        install(
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(layer.without_time().event_format(prefixed)),
+        )
     } else {
         let prefixed = Prefixed {
             program: program.to_string(),
             inner: format::default_format().with_ansi(ansi),
+            json: false,
         };
-        builder.event_format(prefixed).try_init().is_ok()
-    };
-    if installed && let Some(message) = bad_filter {
-        tracing::warn!("{message}");
+        install(
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(layer.event_format(prefixed)),
+        )
     }
+}
+
+/// Makes `subscriber` the global one and routes the `log` crate's records
+/// to it (see [`Demote`]); false if a logger was installed already.
+fn install(subscriber: impl Subscriber + Send + Sync + 'static) -> bool {
+    if tracing::subscriber::set_global_default(subscriber).is_err() {
+        return false;
+    }
+    if log::set_boxed_logger(Box::new(Demote(tracing_log::LogTracer::new()))).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    true
+}
+
+/// Passes `log` records on to tracing, with the warnings that clients
+/// cause on every connection demoted to debug.
+struct Demote(tracing_log::LogTracer);
+
+/// Warnings of dependencies that describe a client's habit, not a fault.
+fn is_client_habit(record: &log::Record<'_>) -> bool {
+    record.target().starts_with("rustls")
+        && record
+            .args()
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| record.args().to_string())
+            .starts_with("Illegal SNI extension: ignoring IP address")
+}
+
+impl log::Log for Demote {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // Asked before the message is known: let rustls's warnings through
+        // to `log`, which decides with the message in hand.
+        metadata.target().starts_with("rustls") || self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() <= log::Level::Warn && is_client_habit(record) {
+            let demoted = log::Record::builder()
+                .level(log::Level::Debug)
+                .target(record.target())
+                .args(*record.args())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build();
+            if self.0.enabled(demoted.metadata()) {
+                self.0.log(&demoted);
+            }
+        } else if self.0.enabled(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 mod format {
@@ -81,10 +234,12 @@ mod format {
     }
 }
 
-/// Puts `program: ` in front of every line, then the stock format.
+/// Names the program in every event, then the stock format: `program: `
+/// in front of a text line, a first `"program"` field in a JSON object.
 struct Prefixed<F> {
     program: String,
     inner: F,
+    json: bool,
 }
 
 impl<S, N, F> FormatEvent<S, N> for Prefixed<F>
@@ -99,14 +254,33 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "{}: ", self.program)?;
-        self.inner.format_event(ctx, writer, event)
+        if !self.json {
+            write!(writer, "{}: ", self.program)?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut object = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut object), event)?;
+        let rest = object.strip_prefix('{').unwrap_or(&object);
+        let program = serde_json::to_string(&self.program).map_err(|_| fmt::Error)?;
+        write!(writer, "{{\"program\":{program},{rest}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_format_is_chosen_by_name_or_by_systemd() {
+        assert_eq!(Format::from_env(None, false).0, Format::Text);
+        assert_eq!(Format::from_env(None, true).0, Format::Journald);
+        assert_eq!(Format::from_env(Some("JSON"), true).0, Format::Json);
+        assert_eq!(Format::from_env(Some("text"), true).0, Format::Text);
+        let (format, note) = Format::from_env(Some("xml"), false);
+        assert_eq!(format, Format::Text);
+        assert!(note.unwrap().contains("text, json or journald"));
+    }
 
     #[test]
     fn init_twice_is_harmless() {

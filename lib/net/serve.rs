@@ -56,7 +56,7 @@ where
 
 /// Resolves on the first SIGTERM or SIGINT. Only polled in listener mode,
 /// so an inetd process keeps the default action (die) for both.
-pub(super) async fn shutdown_signal() {
+async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
@@ -167,31 +167,31 @@ where
     Ok(())
 }
 
-pub(super) fn no_certificate(name: &str) -> NetError {
+fn no_certificate(name: &str) -> NetError {
     NetError::Tls(format!(
         "{name} is an implicit-TLS socket but no certificate is loaded (set tls.cert and tls.key, or run `postroom init`)"
     ))
 }
 
 #[derive(Clone, Copy)]
-pub(super) struct Timing {
-    pub(super) idle: Duration,
-    pub(super) session: Duration,
+struct Timing {
+    idle: Duration,
+    session: Duration,
 }
 
 /// One listening socket's accept loop.
-pub(super) struct AcceptLoop {
-    pub(super) socket: tokio::net::TcpListener,
-    pub(super) name: Arc<str>,
-    pub(super) acceptor: Option<TlsAcceptor>,
-    pub(super) limiter: Arc<Limiter>,
-    pub(super) alive: mpsc::Sender<()>,
-    pub(super) busy_reply: &'static [u8],
-    pub(super) timing: Timing,
+struct AcceptLoop {
+    socket: tokio::net::TcpListener,
+    name: Arc<str>,
+    acceptor: Option<TlsAcceptor>,
+    limiter: Arc<Limiter>,
+    alive: mpsc::Sender<()>,
+    busy_reply: &'static [u8],
+    timing: Timing,
 }
 
 impl AcceptLoop {
-    pub(super) async fn run<F, Fut>(self, handler: F)
+    async fn run<F, Fut>(self, handler: F)
     where
         F: Fn(Connection) -> Fut + Clone + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -242,7 +242,7 @@ impl AcceptLoop {
     }
 }
 
-pub(super) fn conn_span(conn: &Connection) -> tracing::Span {
+fn conn_span(conn: &Connection) -> tracing::Span {
     match conn.peer {
         Some(peer) => tracing::info_span!("conn", conn = %conn.id, %peer),
         None => tracing::info_span!("conn", conn = %conn.id, peer = "local"),
@@ -251,7 +251,7 @@ pub(super) fn conn_span(conn: &Connection) -> tracing::Span {
 
 /// One session: the implicit-TLS handshake if any, then the handler under
 /// the session time limit. Runs inside the connection's span.
-pub(super) async fn run_session<F, Fut>(
+async fn run_session<F, Fut>(
     mut conn: Connection,
     acceptor: Option<TlsAcceptor>,
     timing: Timing,
@@ -278,12 +278,12 @@ pub(super) async fn run_session<F, Fut>(
 
 /// IPv4 clients of a dual-stack socket appear as `::ffff:a.b.c.d`; count
 /// and log them as the IPv4 addresses they are.
-pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
+fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The connection on fd 0/1 in inetd mode.
-pub(super) fn inetd_connection(idle: Duration) -> Result<Connection, NetError> {
+fn inetd_connection(idle: Duration) -> Result<Connection, NetError> {
     let name: Arc<str> = "inetd".into();
     // A duplicate, so that closing it never closes fd 0 under code that
     // still expects it.
@@ -342,21 +342,21 @@ pub(super) fn peer_from_env(get: impl Fn(&str) -> Option<String>) -> Option<Sock
 }
 
 /// Connections open now, in total and per IP.
-pub(super) struct Limiter {
-    pub(super) counts: Mutex<Counts>,
-    pub(super) max_total: usize,
-    pub(super) max_per_ip: usize,
+struct Limiter {
+    counts: Mutex<Counts>,
+    max_total: usize,
+    max_per_ip: usize,
 }
 
 #[derive(Default)]
-pub(super) struct Counts {
-    pub(super) total: usize,
-    pub(super) per_ip: HashMap<IpAddr, usize>,
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 /// Which limit refused a connection, for the log.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Refused {
+enum Refused {
     #[error("limits.connections reached ({0} open)")]
     Total(usize),
     #[error("limits.connections_per_ip reached ({0} open from this address)")]
@@ -364,7 +364,7 @@ pub(super) enum Refused {
 }
 
 impl Limiter {
-    pub(super) fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         // A panic while holding this lock cannot leave the counts
         // half-updated (each update is one statement), so go on.
         self.counts
@@ -372,11 +372,7 @@ impl Limiter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(super) fn acquire(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        alive: mpsc::Sender<()>,
-    ) -> Result<Slot, Refused> {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, alive: mpsc::Sender<()>) -> Result<Slot, Refused> {
         let mut counts = self.counts();
         if counts.total >= self.max_total {
             return Err(Refused::Total(counts.total));
@@ -394,16 +390,16 @@ impl Limiter {
         })
     }
 
-    pub(super) fn total(&self) -> usize {
+    fn total(&self) -> usize {
         self.counts().total
     }
 }
 
 /// One counted connection; dropping it frees its place.
-pub(super) struct Slot {
-    pub(super) limiter: Arc<Limiter>,
-    pub(super) ip: IpAddr,
-    pub(super) _alive: mpsc::Sender<()>,
+struct Slot {
+    limiter: Arc<Limiter>,
+    ip: IpAddr,
+    _alive: mpsc::Sender<()>,
 }
 
 impl Drop for Slot {

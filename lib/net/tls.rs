@@ -7,10 +7,7 @@
 //! 995); `crate::net` does the handshakes. Errors name the file and say how
 //! to fix it, because the person reading them is an admin at a prompt.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -247,37 +244,9 @@ pub fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(
     for file in [cert, key] {
         std::fs::create_dir_all(fsutil::parent_of(file)).map_err(write_error(file))?;
     }
-    write_private(key, key_pair.serialize_pem().as_bytes()).map_err(write_error(key))?;
+    fsutil::write_secret(key, key_pair.serialize_pem().as_bytes()).map_err(write_error(key))?;
     fsutil::write_atomic(cert, certificate.pem().as_bytes()).map_err(write_error(cert))?;
     Ok(())
-}
-
-/// Like `fsutil::write_atomic`, but the file is created with mode 0600.
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = fsutil::parent_of(path);
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        fsutil::unique_suffix()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        fsutil::fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -310,7 +279,7 @@ pub(crate) mod tests {
         let key = dir.path().join("tls/key.pem");
         generate_self_signed("mx.example.test", &cert, &key).unwrap();
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode & 0o777, 0o640);
         server_config(&cert, &key).unwrap();
     }
 

@@ -238,6 +238,20 @@ pub fn has_header(headers: &[u8], name: &str) -> bool {
         .any(|(n, _)| n.eq_ignore_ascii_case(name))
 }
 
+/// The `Date:` and `Message-ID:` a submitted message must have and
+/// `headers` lacks (RFC 6409 §8.2, §8.3 let the submission agent add
+/// them), as whole header lines: `id` is the queue id, unique per host.
+pub fn missing_origin_fields(headers: &[u8], id: &str, hostname: &str, now: u64) -> Vec<String> {
+    let mut added = Vec::new();
+    if !has_header(headers, "Date") {
+        added.push(format!("Date: {}", rfc5322_date(now)));
+    }
+    if !has_header(headers, "Message-ID") {
+        added.push(format!("Message-ID: <{id}@{hostname}>"));
+    }
+    added
+}
+
 /// Removes every field of this name (with its continuation lines).
 pub fn remove_header(headers: &[u8], name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(headers.len());
@@ -289,6 +303,140 @@ pub fn envelope_sender(flag: Option<&str>, message: &[u8]) -> crate::proto::addr
         .unwrap_or(crate::proto::address::ReversePath::Null)
 }
 
+/// Longest field name [`HeaderEnd`] waits for before it takes a line for
+/// the body (RFC 5322's line limit).
+const MAX_FIELD_NAME: usize = 998;
+
+/// Adds the empty line that ends a message's header section when the
+/// sender left it out, streaming: RFC 5322 §2.1 allows an empty body, not a
+/// missing separator, and IMAP clients skip a message without one
+/// ("incomplete header"). The first line that is neither a header field
+/// (`name:`) nor a folded continuation starts the body, and the empty line
+/// goes before it, as Postfix's cleanup does; a message that is all header
+/// gets it at the end. Everything else passes through unchanged, so a
+/// well-formed message costs one scan of its header.
+#[derive(Debug, Clone)]
+pub struct HeaderEnd {
+    eol: &'static [u8],
+    state: HeaderState,
+    /// The start of the current line, held until it shows what it is.
+    line: Vec<u8>,
+    /// A field has been seen, so a line starting with white space folds.
+    fields: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderState {
+    /// At (or near) the start of a line in the header section.
+    LineStart,
+    /// Inside a header field's line, up to its LF.
+    InField,
+    /// Past the header section: everything passes.
+    Body,
+}
+
+impl HeaderEnd {
+    /// For CRLF text (the queue, the SMTP wire).
+    pub fn crlf() -> HeaderEnd {
+        HeaderEnd::new(b"\r\n")
+    }
+
+    /// For LF text (a maildir file).
+    pub fn lf() -> HeaderEnd {
+        HeaderEnd::new(b"\n")
+    }
+
+    fn new(eol: &'static [u8]) -> HeaderEnd {
+        HeaderEnd {
+            eol,
+            state: HeaderState::LineStart,
+            line: Vec::new(),
+            fields: false,
+        }
+    }
+
+    /// Passes the next piece of the message to `out`, the empty line
+    /// added where it is missing.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for (i, &b) in chunk.iter().enumerate() {
+            match self.state {
+                HeaderState::Body => {
+                    out.extend_from_slice(&chunk[i..]);
+                    return;
+                }
+                HeaderState::InField => {
+                    out.push(b);
+                    if b == b'\n' {
+                        self.state = HeaderState::LineStart;
+                    }
+                }
+                HeaderState::LineStart => self.line_start(b, out),
+            }
+        }
+    }
+
+    fn line_start(&mut self, b: u8, out: &mut Vec<u8>) {
+        match (self.line.as_slice(), b) {
+            // The empty line is there: nothing to add.
+            ([], b'\n') | ([b'\r'], b'\n') => {
+                out.extend_from_slice(&self.line);
+                out.push(b);
+                self.line.clear();
+                self.state = HeaderState::Body;
+            }
+            ([], b'\r') => self.line.push(b),
+            ([], b' ' | b'\t') if self.fields => {
+                out.push(b);
+                self.state = HeaderState::InField;
+            }
+            ([_, ..], b':') if self.line[0] != b'\r' => {
+                out.extend_from_slice(&self.line);
+                out.push(b);
+                self.line.clear();
+                self.fields = true;
+                self.state = HeaderState::InField;
+            }
+            (line, 33..=126) if line.len() < MAX_FIELD_NAME && line.first() != Some(&b'\r') => {
+                self.line.push(b)
+            }
+            _ => {
+                self.start_body(out);
+                out.push(b);
+            }
+        }
+    }
+
+    fn start_body(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.eol);
+        out.extend_from_slice(&self.line);
+        self.line.clear();
+        self.state = HeaderState::Body;
+    }
+
+    /// The end of the message: the empty line if the header never ended.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.state {
+            HeaderState::Body => {}
+            HeaderState::InField => {
+                out.extend_from_slice(self.eol);
+                out.extend_from_slice(self.eol);
+            }
+            HeaderState::LineStart if self.line.is_empty() => out.extend_from_slice(self.eol),
+            HeaderState::LineStart => self.start_body(out),
+        }
+        self.state = HeaderState::Body;
+    }
+}
+
+/// [`HeaderEnd`] over a whole CRLF message in memory.
+pub fn with_header_end(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 2);
+    let mut guard = HeaderEnd::crlf();
+    guard.feed(message, &mut out);
+    guard.finish(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,7 +482,49 @@ mod tests {
         assert_eq!(wire.octets_when_finished(), wire.octets() + 2);
     }
 
+    #[test]
+    fn header_end_is_added_where_missing() {
+        let fixed = |m: &[u8]| String::from_utf8(with_header_end(m)).unwrap();
+        assert_eq!(fixed(b"Subject: hi\r\n"), "Subject: hi\r\n\r\n");
+        assert_eq!(fixed(b"Subject: hi"), "Subject: hi\r\n\r\n");
+        assert_eq!(
+            fixed(b"Subject: hi\r\n folded\r\nhello there\r\n"),
+            "Subject: hi\r\n folded\r\n\r\nhello there\r\n"
+        );
+        assert_eq!(fixed(b"just text\r\n"), "\r\njust text\r\n");
+        assert_eq!(fixed(b""), "\r\n");
+        let whole = b"Subject: hi\r\n\r\nbody\r\nNot: a header\r\n";
+        assert_eq!(with_header_end(whole), whole.to_vec());
+        let mut out = Vec::new();
+        let mut lf = HeaderEnd::lf();
+        lf.feed(b"A: 1\nB", &mut out);
+        lf.feed(b": 2\n", &mut out);
+        lf.finish(&mut out);
+        assert_eq!(out, b"A: 1\nB: 2\n\n");
+    }
+
     proptest! {
+        #[test]
+        fn header_end_ignores_chunking_and_always_ends_the_header(
+            message in proptest::collection::vec(
+                proptest::sample::select(b"ab: \r\n\tX".to_vec()), 0..80),
+            cut in 0usize..80,
+        ) {
+            let whole = with_header_end(&message);
+            let cut = cut.min(message.len());
+            let mut pieces = Vec::new();
+            let mut guard = HeaderEnd::crlf();
+            guard.feed(&message[..cut], &mut pieces);
+            guard.feed(&message[cut..], &mut pieces);
+            guard.finish(&mut pieces);
+            prop_assert_eq!(&pieces, &whole);
+            // Nothing is lost or reordered: only line ends are added.
+            let mut rest = whole.iter();
+            for b in &message {
+                prop_assert!(rest.any(|x| x == b));
+            }
+        }
+
         #[test]
         fn one_wire_form_however_it_is_fed(
             file in proptest::collection::vec(

@@ -59,7 +59,7 @@ impl FileError {
     /// Reads a tree file; a missing file reads as empty, since a fresh tree
     /// may have no users, aliases or domains yet.
     pub fn read(path: &Path) -> Result<String, FileError> {
-        match std::fs::read_to_string(path) {
+        match read_to_string_fresh(path) {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
             Err(error) => Err(FileError::Io {
@@ -83,11 +83,28 @@ pub fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// The mode of a new secret file (password hashes, private keys, the SRS
+/// secret): the owner writes, the tree's group reads (so a server running
+/// as another user of that group can), everyone else nothing.
+pub const SECRET_MODE: u32 = 0o640;
+
 /// Replaces `path` with `data` atomically and durably: a reader sees the old
 /// content or the new, never a mix, and after return the new content survives
 /// a crash. The temporary name is unique per host and process so two writers
-/// never share one.
+/// never share one. A file that exists keeps its mode and owner (an admin's
+/// chmod or chgrp survives every edit); a new one gets the umask's mode.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, None)
+}
+
+/// [`write_atomic`] for a secret: a new file is made [`SECRET_MODE`]
+/// whatever the umask; an existing one keeps its mode and owner.
+pub fn write_secret(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, Some(SECRET_MODE))
+}
+
+fn replace(path: &Path, data: &[u8], new_mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let dir = parent_of(path);
     let name = path
         .file_name()
@@ -97,8 +114,29 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         name.to_string_lossy(),
         unique_suffix()
     ));
+    let existing = std::fs::metadata(path).ok();
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        // The temporary file is born with no more access than the result
+        // will have, so the secret is never readable in between.
+        let born = match (&existing, new_mode) {
+            (Some(meta), _) => meta.mode() & 0o777 & 0o700,
+            (None, Some(mode)) => mode & 0o700,
+            (None, None) => 0o666,
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(born)
+            .open(&tmp)?;
+        match (&existing, new_mode) {
+            (Some(meta), _) => {
+                keep_owner(&file, meta);
+                file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            }
+            // Set explicitly: the umask must not widen or narrow a secret.
+            (None, Some(mode)) => file.set_permissions(std::fs::Permissions::from_mode(mode))?,
+            (None, None) => {}
+        }
         file.write_all(data)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -108,6 +146,21 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives the replacement the old file's owner and group. Only root may
+/// give a file away; anyone else keeps at least the group when they are in
+/// it. What cannot be kept is not an error: the edit itself matters more,
+/// and `postroom check` reports the modes of secret files.
+fn keep_owner(file: &File, old: &std::fs::Metadata) {
+    use std::os::unix::fs::{MetadataExt, fchown};
+    let Ok(new) = file.metadata() else { return };
+    if new.uid() == old.uid() && new.gid() == old.gid() {
+        return;
+    }
+    if fchown(file, Some(old.uid()), Some(old.gid())).is_err() {
+        let _ = fchown(file, None, Some(old.gid()));
+    }
 }
 
 /// An exclusive `flock` held until dropped.
@@ -166,6 +219,29 @@ pub fn edit_locked<E>(
 where
     E: From<io::Error>,
 {
+    edit(path, change, None)
+}
+
+/// [`edit_locked`] for a secret file (the users file): created
+/// [`SECRET_MODE`] when missing.
+pub fn edit_secret_locked<E>(
+    path: &Path,
+    change: impl FnOnce(String) -> Result<String, E>,
+) -> Result<(), E>
+where
+    E: From<io::Error>,
+{
+    edit(path, change, Some(SECRET_MODE))
+}
+
+fn edit<E>(
+    path: &Path,
+    change: impl FnOnce(String) -> Result<String, E>,
+    new_mode: Option<u32>,
+) -> Result<(), E>
+where
+    E: From<io::Error>,
+{
     let _lock = FileLock::exclusive(&lock_path(path))?;
     let old = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -173,7 +249,7 @@ where
         Err(e) => return Err(e.into()),
     };
     let new = change(old)?;
-    write_atomic(path, new.as_bytes())?;
+    replace(path, new.as_bytes(), new_mode)?;
     Ok(())
 }
 
@@ -182,6 +258,60 @@ where
 /// separator or the info separator in it.
 pub fn host_for_names(hostname: &str) -> String {
     hostname.replace('/', "\\057").replace(':', "\\072")
+}
+
+/// True when `path` is on a filesystem other hosts may share: a network
+/// filesystem (NFS, CephFS, SMB, AFS, 9P, Lustre), a cluster filesystem
+/// (GFS2, OCFS2) or FUSE (GlusterFS, MooseFS, ceph-fuse). There inotify
+/// sees only this host's changes. Unknown when statfs fails: not shared.
+pub fn is_shared_filesystem(path: &Path) -> bool {
+    const SHARED: [u64; 11] = [
+        0x6969,      // NFS
+        0x6573_5546, // FUSE
+        0x00c3_6400, // CephFS
+        0xfe53_4d42, // SMB2
+        0xff53_4d42, // CIFS
+        0x517b,      // SMB
+        0x5346_414f, // AFS
+        0x0102_1997, // 9P
+        0x0bd0_0bd0, // Lustre
+        0x0116_1970, // GFS2
+        0x7461_636f, // OCFS2
+    ];
+    match rustix::fs::statfs(path) {
+        Ok(fs) => SHARED.contains(&(fs.f_type as u64)),
+        Err(_) => false,
+    }
+}
+
+/// Runs `open` (an open, or an open and a read) again when it fails with
+/// ESTALE. On NFS and FUSE a name whose file another host replaced (every
+/// atomic write is such a replace) may still point at the old file in this
+/// host's caches; the kernel drops the stale entry on the failure, so a
+/// second look finds the new file. A few tries, then the error stands.
+pub fn retry_stale<T>(mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match open() {
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::STALE.raw_os_error())
+                    && tries < 4 =>
+            {
+                tries += 1
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Reads a whole file, looking again on ESTALE ([`retry_stale`]).
+pub fn read_fresh(path: &Path) -> io::Result<Vec<u8>> {
+    retry_stale(|| std::fs::read(path))
+}
+
+/// [`read_fresh`] as text.
+pub fn read_to_string_fresh(path: &Path) -> io::Result<String> {
+    retry_stale(|| std::fs::read_to_string(path))
 }
 
 /// Seconds since the Unix epoch.
@@ -222,6 +352,24 @@ mod tests {
         write_atomic(&path, b"two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn replace_keeps_the_mode_and_secrets_are_born_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let users = dir.path().join("users");
+        write_secret(&users, b"a\n").unwrap();
+        assert_eq!(mode(&users), 0o640);
+        std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).unwrap();
+        edit_locked::<io::Error>(&users, |old| Ok(format!("{old}b\n"))).unwrap();
+        assert_eq!(mode(&users), 0o600, "an edit keeps the admin's chmod");
+        let aliases = dir.path().join("aliases");
+        write_atomic(&aliases, b"x\n").unwrap();
+        std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o604)).unwrap();
+        write_atomic(&aliases, b"y\n").unwrap();
+        assert_eq!(mode(&aliases), 0o604);
     }
 
     #[test]

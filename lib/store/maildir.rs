@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::proto::message::WireForm;
+use crate::proto::message::{HeaderEnd, WireForm};
 use crate::store::fsutil;
 
 /// `maildirsize` is rebuilt from scratch past this size (Maildir++ rule).
@@ -123,6 +123,9 @@ pub struct Message<'a> {
     pub search_cur: bool,
     /// Quota in bytes for this mailbox, if any.
     pub quota: Option<u64>,
+    /// Add the empty line after the header if the message lacks it (mail
+    /// delivered from the queue); an IMAP APPEND stores what it was given.
+    pub end_header: bool,
 }
 
 impl Maildir {
@@ -290,8 +293,12 @@ impl Maildir {
             .map_err(MaildirError::io(tmp))?;
         let mut prepended = WireForm::new();
         prepended.count(message.prepend);
-        let (body_size, body_wire) =
-            copy_with_lf(message.body, &mut out).map_err(MaildirError::io(tmp))?;
+        let (body_size, body_wire) = copy_with_lf(
+            message.body,
+            &mut out,
+            message.end_header.then(HeaderEnd::lf),
+        )
+        .map_err(MaildirError::io(tmp))?;
         let file = out.into_inner().map_err(|e| MaildirError::Io {
             path: tmp.to_path_buf(),
             error: e.into_error(),
@@ -377,6 +384,12 @@ impl Maildir {
         {
             let _ = file.write_all(format!("{bytes} {count}\n").as_bytes());
         }
+    }
+
+    /// Bytes and messages stored, counted as the quota counts them, without
+    /// writing anything (for reports: `postroom user list`).
+    pub fn usage(&self) -> Result<(u64, u64), MaildirError> {
+        self.scan_usage()
     }
 
     /// Sums sizes over INBOX and every folder, from the `,S=` in the names
@@ -800,9 +813,14 @@ fn name_field(name: &str, key: &str) -> Option<u64> {
 /// IMAP must send it as lines whose sizes they can state before sending.
 /// Returns the bytes written and the size of their wire form
 /// (`proto::message::WireForm`, what POP3 and IMAP send).
-fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u64)> {
+fn copy_with_lf(
+    body: &mut dyn Read,
+    out: &mut dyn Write,
+    mut header_end: Option<HeaderEnd>,
+) -> io::Result<(u64, u64)> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut converted = Vec::with_capacity(buf.len() + 2);
+    let mut ended = Vec::new();
     let mut size = 0;
     let mut wire = WireForm::new();
     let mut pending_cr = false;
@@ -825,6 +843,11 @@ fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u6
                 converted.push(b);
             }
         }
+        if let Some(guard) = header_end.as_mut() {
+            ended.clear();
+            guard.feed(&converted, &mut ended);
+            std::mem::swap(&mut converted, &mut ended);
+        }
         wire.count(&converted);
         size += converted.len() as u64;
         out.write_all(&converted)?;
@@ -832,6 +855,12 @@ fn copy_with_lf(body: &mut dyn Read, out: &mut dyn Write) -> io::Result<(u64, u6
     converted.clear();
     if pending_cr {
         converted.push(b'\r');
+    }
+    if let Some(guard) = header_end.as_mut() {
+        ended.clear();
+        guard.feed(&converted, &mut ended);
+        guard.finish(&mut ended);
+        std::mem::swap(&mut converted, &mut ended);
     }
     wire.count(&converted);
     if !wire.at_line_start() {
@@ -897,18 +926,20 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 /// a symlink (not followed), reads as `None`, and the next write puts a
 /// real file in its place.
 pub fn read_side_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let mut file = match open_nofollow(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    let read = || {
+        let mut bytes = Vec::new();
+        open_nofollow(path)?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match fsutil::retry_stale(read) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
             tracing::warn!("{}: a symlink, not followed", path.display());
-            return Ok(None);
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+        Err(e) => Err(e),
+    }
 }
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -1089,6 +1120,7 @@ mod tests {
                 body: &mut body,
                 base_name: base.map(str::to_string),
                 search_cur: true,
+                end_header: false,
                 quota,
             },
             "host.test",
@@ -1148,7 +1180,7 @@ mod tests {
             }
         }
         let mut out = Vec::new();
-        let (n, wire) = copy_with_lf(&mut Dribble(b"a\r\nb\rc\r\n\r"), &mut out).unwrap();
+        let (n, wire) = copy_with_lf(&mut Dribble(b"a\r\nb\rc\r\n\r"), &mut out, None).unwrap();
         // The trailing bare CR is content; the missing line end is added.
         assert_eq!(out, b"a\nb\rc\n\r\n");
         assert_eq!((n, wire), (out.len() as u64, 10));
@@ -1390,7 +1422,7 @@ mod tests {
             ),
         ) {
             let mut file = Vec::new();
-            let (size, w) = copy_with_lf(&mut &body[..], &mut file).unwrap();
+            let (size, w) = copy_with_lf(&mut &body[..], &mut file, None).unwrap();
             proptest::prop_assert_eq!(size, file.len() as u64);
             let imap = crate::proto::message::wire_form(&file);
             proptest::prop_assert_eq!(imap.len() as u64, w);

@@ -530,7 +530,7 @@ impl Queue {
     /// wait for a runner: the envelope is immutable and log lines are whole).
     pub fn read(&self, id: &QueueId) -> Result<QueuedMessage, QueueError> {
         let path = self.mess_path(id);
-        let file = File::open(&path).map_err(|e| match e.kind() {
+        let file = fsutil::retry_stale(|| File::open(&path)).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => QueueError::NotFound(id.clone()),
             _ => io_err(&path)(e),
         })?;
@@ -597,7 +597,7 @@ impl Queue {
     /// runner has it (or it has just been finished by one).
     pub fn lock(&self, id: &QueueId) -> Result<Option<LockedMessage>, QueueError> {
         let path = self.mess_path(id);
-        let file = match File::open(&path) {
+        let file = match fsutil::retry_stale(|| File::open(&path)) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
@@ -1041,7 +1041,7 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
         hold_reason: None,
         warned: false,
     };
-    let text = match fs::read(path) {
+    let text = match fsutil::read_fresh(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(state),
         Err(e) => return Err(io_err(path)(e)),
@@ -1215,6 +1215,19 @@ impl QueuedMessage {
                 Ok(Box::new(WholeBody::new(file, length)))
             }
         }
+    }
+
+    /// The header block of the body, its empty line included, read no
+    /// further than `limit` bytes: enough to count hops or find loop
+    /// markers without reading a large message.
+    pub fn header_block(&self, limit: u64) -> Result<Vec<u8>, QueueError> {
+        let mut head = Vec::new();
+        self.body()?
+            .take(limit)
+            .read_to_end(&mut head)
+            .map_err(io_err(&self.path))?;
+        head.truncate(crate::proto::message::header_len(&head));
+        Ok(head)
     }
 
     /// The body's length: as written at commit, or for a file from before

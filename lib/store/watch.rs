@@ -12,17 +12,37 @@
 //!
 //! inotify does not see changes made on other hosts of a shared filesystem
 //! (postroom-tree(5), SEVERAL HOSTS): every waiter also looks again on a
-//! timer as a safety net.
+//! timer, [`other_hosts_poll`]: a minute as a safety net on a local disk,
+//! a few seconds where the tree is on a network or FUSE filesystem and so
+//! other hosts may be writing to it.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
+
+/// How long a waiter waits before it looks again on its own, for changes
+/// inotify cannot see: those of other hosts sharing the tree.
+pub fn other_hosts_poll(path: &Path) -> Duration {
+    if crate::store::fsutil::is_shared_filesystem(path) {
+        SHARED_POLL
+    } else {
+        LOCAL_POLL
+    }
+}
+
+/// On a local disk only another host's change would be missed, and a local
+/// disk has none: the timer is a safety net.
+const LOCAL_POLL: Duration = Duration::from_secs(60);
+/// On NFS, CephFS, GlusterFS and the like, another host's delivery reaches
+/// an IDLE client or a waiting queue runner within this.
+const SHARED_POLL: Duration = Duration::from_secs(3);
 
 /// The process's inotify instance and the places it watches.
 #[derive(Clone)]

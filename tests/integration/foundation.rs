@@ -170,6 +170,7 @@ fn eight_concurrent_writers_into_one_maildir_and_the_queue() {
                                 body: &mut reader,
                                 base_name: None,
                                 search_cur: false,
+                                end_header: false,
                                 quota: None,
                             },
                             "host.test",

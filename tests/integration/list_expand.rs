@@ -3,23 +3,14 @@
 //! moderator, announce with refusal), loop dropping, delivery to members
 //! by smtp-send, and 100,000 members added in one call.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use crate::util::{Tree, bin, maildir_files, stderr, stdout};
 
 pub(crate) fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(bin("list-expand"))
-        .arg("--config")
-        .arg(&tree.config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(input);
-    child.wait_with_output().unwrap()
+    let mut command = Command::new(bin("list-expand"));
+    command.arg("--config").arg(&tree.config).args(args);
+    crate::util::run_with(command, input)
 }
 
 pub(crate) fn ok(out: &Output) -> String {
@@ -38,10 +29,7 @@ fn run_queue(tree: &Tree) {
 }
 
 fn mail_of(tree: &Tree, user: &str) -> Vec<String> {
-    maildir_files(&tree.maildir(user))
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect()
+    crate::util::maildir_texts(&tree.maildir(user))
 }
 
 #[test]

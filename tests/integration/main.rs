@@ -4,12 +4,14 @@
 mod auth;
 mod dkim;
 mod dns;
+mod first_day;
 mod foundation;
 mod imap_serve;
 mod layout;
 mod list_expand;
 mod mailsort;
 mod man_pages;
+mod multihost;
 mod pop3_serve;
 mod sink;
 mod smtp_recv;

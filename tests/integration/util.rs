@@ -128,6 +128,27 @@ pub fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Runs `command` with `input` on its stdin, its output kept.
+pub fn run_with(mut command: Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    // A program may refuse before it reads: not the test's error.
+    let _ = child.stdin.take().expect("stdin is piped").write_all(input);
+    child.wait_with_output().expect("wait for the command")
+}
+
+/// The text of every message in a maildir, in [`maildir_files`] order.
+pub fn maildir_texts(maildir: &Path) -> Vec<String> {
+    maildir_files(maildir)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -196,9 +217,13 @@ impl Server {
             let base = 10_000 + rand::random::<u16>() % 19_000;
             // A process group of its own, so that stopping it stops what
             // it started too (the demo's servers).
-            let mut child = command(base)
+            let mut command = command(base);
+            // Info unless the test asked for another level.
+            if !command.get_envs().any(|(k, _)| k == "POSTROOM_LOG") {
+                command.env("POSTROOM_LOG", "info");
+            }
+            let mut child = command
                 .process_group(0)
-                .env("POSTROOM_LOG", "info")
                 .stdin(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -253,14 +278,15 @@ impl Server {
 
 /// `postroom demo` with its sandbox in `root`, once its seven listeners are
 /// up: each of its ports (SMTP 2525, POP3 2110, …) plus `base`. Its stdout,
-/// where it prints the password, is piped.
+/// where it prints the password, is piped; `--verbose` puts the servers'
+/// log lines on its stderr, where they say which ports they hold.
 pub fn start_demo(root: &Path) -> Server {
     Server::start_with("postroom demo", 7, |base| {
         let mut demo = Command::new(bin("postroom"));
         demo.arg("demo")
             .arg("--root")
             .arg(root)
-            .args(["--port-offset", &base.to_string()])
+            .args(["--port-offset", &base.to_string(), "--verbose"])
             .stdout(Stdio::piped());
         demo
     })
@@ -307,11 +333,16 @@ pub struct Log(Arc<Mutex<(String, bool)>>);
 impl Log {
     /// Takes `child`'s stderr, which must be `Stdio::piped()`.
     pub fn capture(child: &mut Child) -> Log {
+        Log::read(child.stderr.take().expect("stderr is piped"))
+    }
+
+    /// Keeps what `from` says, line by line, on a thread (a child's
+    /// stdout, when that is where it speaks).
+    pub fn read(from: impl std::io::Read + Send + 'static) -> Log {
         let log = Log(Arc::new(Mutex::new((String::new(), false))));
-        let stderr = child.stderr.take().expect("stderr is piped");
         let kept = log.clone();
         std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
+            let mut reader = BufReader::new(from);
             let mut line = String::new();
             while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
                 kept.0.lock().unwrap().0.push_str(&line);

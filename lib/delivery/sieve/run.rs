@@ -74,6 +74,7 @@ impl Script {
         let mut state = State {
             input,
             message,
+            header_text: std::cell::OnceCell::new(),
             actions: Vec::new(),
             cancel_keep: false,
             explicit_keep: false,
@@ -100,6 +101,11 @@ impl Script {
 struct State<'a> {
     input: &'a Input<'a>,
     message: Message<'a>,
+    /// The top-level header fields as unstructured text, parsed at the
+    /// first `header`, `exists` or `date` test: RFC 5228 compares a
+    /// header's decoded value as it stands, angle brackets and all; only
+    /// `address` and `envelope` parse addresses.
+    header_text: std::cell::OnceCell<Option<Message<'a>>>,
     actions: Vec<Action>,
     cancel_keep: bool,
     explicit_keep: bool,
@@ -342,7 +348,7 @@ impl State<'_> {
             } => {
                 let values: Vec<String> = names
                     .iter()
-                    .flat_map(|n| pick_fields(self.address_fields(n), *index))
+                    .flat_map(|n| pick(self.address_fields(n), *index))
                     .flatten()
                     .filter_map(|a| address_part(&a, *part, self.input.delimiter))
                     .collect();
@@ -392,10 +398,10 @@ impl State<'_> {
                         0,
                     )],
                     Some(name) => {
-                        let values = pick(self.header_values(name), *index);
+                        let values = pick(self.header_dates(name), *index);
                         values
-                            .iter()
-                            .filter_map(|v| mail_parser::DateTime::parse_rfc822(v))
+                            .into_iter()
+                            .flatten()
                             .map(|d| {
                                 let offset = (d.tz_hour as i32 * 60 + d.tz_minute as i32)
                                     * if d.tz_before_gmt { -1 } else { 1 };
@@ -422,39 +428,45 @@ impl State<'_> {
         })
     }
 
-    /// Every value of a header field, RFC 2047-decoded and unfolded.
+    /// Every value of a header field, RFC 2047-decoded and unfolded, with
+    /// the white space at its ends removed.
     fn header_values(&self, name: &str) -> Vec<String> {
+        let parsed = self.header_text.get_or_init(|| {
+            // A parser with any explicit entry applies its default to every
+            // other field, known names included; alone, it would parse
+            // From, Message-ID and List-Id as addresses and ids.
+            MessageParser::new()
+                .header_text(mail_parser::HeaderName::Subject)
+                .default_header_text()
+                .parse_headers(self.input.message)
+        });
+        let Some(parsed) = parsed else {
+            return Vec::new();
+        };
+        parsed
+            .headers()
+            .iter()
+            .filter(|h| h.name().eq_ignore_ascii_case(name))
+            .map(|h| match h.value() {
+                HeaderValue::Text(t) => t.trim().to_string(),
+                HeaderValue::TextList(list) => list.join(", "),
+                _ => String::new(),
+            })
+            .collect()
+    }
+
+    /// The date of each occurrence of a header field (RFC 5260): a date
+    /// header's value, or for a trace field such as Received the date after
+    /// its last `;`. `None` where there is no date to read.
+    fn header_dates(&self, name: &str) -> Vec<Option<mail_parser::DateTime>> {
         self.message
             .headers()
             .iter()
             .filter(|h| h.name().eq_ignore_ascii_case(name))
             .map(|h| match h.value() {
-                HeaderValue::Text(t) => t.to_string(),
-                HeaderValue::TextList(list) => list.join(", "),
-                HeaderValue::Address(address) => address
-                    .iter()
-                    .map(|a| match (a.name(), a.address()) {
-                        (Some(n), Some(addr)) => format!("{n} <{addr}>"),
-                        (None, Some(addr)) => addr.to_string(),
-                        (Some(n), None) => n.to_string(),
-                        (None, None) => String::new(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                HeaderValue::DateTime(d) => d.to_rfc822(),
-                _ => {
-                    let raw = self
-                        .input
-                        .message
-                        .get(h.offset_start() as usize..h.offset_end() as usize)
-                        .unwrap_or(&[]);
-                    String::from_utf8_lossy(raw)
-                        .split(['\r', '\n'])
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                }
+                HeaderValue::DateTime(d) => Some(*d),
+                HeaderValue::Received(r) => r.date(),
+                _ => None,
             })
             .collect()
     }
@@ -644,7 +656,7 @@ fn modify(value: &str, modifier: &str) -> String {
 
 /// The `:index` occurrence of a header (1 is the first, or with `:last`
 /// the last), or all of them.
-fn pick(values: Vec<String>, index: Option<(usize, bool)>) -> Vec<String> {
+fn pick<T: Clone>(values: Vec<T>, index: Option<(usize, bool)>) -> Vec<T> {
     match index {
         None => values,
         Some((n, last)) => {
@@ -654,20 +666,6 @@ fn pick(values: Vec<String>, index: Option<(usize, bool)>) -> Vec<String> {
                 Some(n - 1)
             };
             i.and_then(|i| values.get(i).cloned()).into_iter().collect()
-        }
-    }
-}
-
-fn pick_fields(fields: Vec<Vec<String>>, index: Option<(usize, bool)>) -> Vec<Vec<String>> {
-    match index {
-        None => fields,
-        Some((n, last)) => {
-            let i = if last {
-                fields.len().checked_sub(n)
-            } else {
-                Some(n - 1)
-            };
-            i.and_then(|i| fields.get(i).cloned()).into_iter().collect()
         }
     }
 }
@@ -866,6 +864,24 @@ I would like to make money fast.\r\n";
             .unwrap()
     }
 
+    /// Whether `if TEST { fileinto "hit"; }` files `message`, with the
+    /// extensions `require` names.
+    fn files(require: &str, test: &str, message: &[u8]) -> bool {
+        let script = format!("require [{require}];\nif {test} {{ fileinto \"hit\"; }}");
+        Script::compile(&script)
+            .unwrap_or_else(|e| panic!("{test}: {e}"))
+            .run(&Input {
+                message,
+                envelope_from: "",
+                envelope_to: "",
+                delimiter: '+',
+                mailbox_exists: &|_| false,
+                list: &|_| None,
+            })
+            .unwrap()
+            == [into("hit")]
+    }
+
     fn keep() -> Action {
         Action::Keep { flags: Vec::new() }
     }
@@ -1062,21 +1078,11 @@ if header :is "Sender" "owner-ietf-mtgs@ietf.org" {
 Received: from a by b; Mon, 23 Nov 2026 23:30:00 -0500\r\n\
 Date: Mon, 23 Nov 2026 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n";
         let run_on = |test: &str| {
-            let script = format!(
-                "require [\"fileinto\", \"date\", \"index\", \"relational\", \"comparator-i;ascii-numeric\"];\nif {test} {{ fileinto \"hit\"; }}"
-            );
-            Script::compile(&script)
-                .unwrap_or_else(|e| panic!("{test}: {e}"))
-                .run(&Input {
-                    message,
-                    envelope_from: "",
-                    envelope_to: "",
-                    delimiter: '+',
-                    mailbox_exists: &|_| false,
-                    list: &|_| None,
-                })
-                .unwrap()
-                == [into("hit")]
+            files(
+                r#""fileinto", "date", "index", "relational", "comparator-i;ascii-numeric""#,
+                test,
+                message,
+            )
         };
         // Shown in UTC by default: 04:30 on the 24th, a Tuesday.
         assert!(run_on(r#"date :is "date" "date" "24""#));
@@ -1152,6 +1158,33 @@ Date: Mon, 23 Nov 2026 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n";
         let started = Instant::now();
         assert!(!wildcard(&"*a".repeat(200), &(long + "b")));
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn header_tests_compare_the_value_as_it_stands_angle_brackets_and_all() {
+        let message = b"List-Id: <dev.lists.example.org>\r\n\
+Message-ID: <abc@example.org>\r\n\
+In-Reply-To: <parent@example.org>\r\n\
+References: <one@example.org>\r\n <parent@example.org>\r\n\
+From: \"Ann\" <ann@example.org>\r\n\
+Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n";
+        let hit = |test: &str| files(r#""fileinto""#, test, message);
+        assert!(hit(
+            r#"header :contains "List-Id" "<dev.lists.example.org>""#
+        ));
+        assert!(hit(r#"header :is "List-Id" "<dev.lists.example.org>""#));
+        assert!(hit(r#"header :is "Message-ID" "<abc@example.org>""#));
+        assert!(hit(
+            r#"header :contains "In-Reply-To" "<parent@example.org>""#
+        ));
+        // Unfolded: the folding line break becomes nothing, its blank stays.
+        assert!(hit(
+            r#"header :is "References" "<one@example.org> <parent@example.org>""#
+        ));
+        assert!(hit(r#"header :is "From" "\"Ann\" <ann@example.org>""#));
+        assert!(hit(r#"header :is "Subject" "café""#));
+        // `address` still parses addresses.
+        assert!(hit(r#"address :is "From" "ann@example.org""#));
     }
 
     #[test]

@@ -66,8 +66,21 @@ pub struct State {
 
 /// Modification times that change whenever the folder does: a session
 /// whose stamp is unchanged has nothing to sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stamp([Option<SystemTime>; 4]);
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stamp {
+    times: [Option<SystemTime>; 4],
+    /// False on a shared filesystem, where this host's view of the times
+    /// may lag another host's change (FUSE and NFS attribute caches): such
+    /// a stamp equals no other, so every look syncs (postroom-tree(5),
+    /// SEVERAL HOSTS).
+    trusted: bool,
+}
+
+impl PartialEq for Stamp {
+    fn eq(&self, other: &Stamp) -> bool {
+        self.trusted && other.trusted && self.times == other.times
+    }
+}
 
 /// A folder on disk (INBOX or a `.Name` folder).
 #[derive(Debug, Clone)]
@@ -185,12 +198,15 @@ impl Folder {
 
     pub fn stamp(&self) -> Stamp {
         let m = |p: PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
-        Stamp([
-            m(self.dir.join("new")),
-            m(self.dir.join("cur")),
-            m(self.dir.join(uidlist::FILE)),
-            m(self.dir.join(super::flags::KEYWORDS_FILE)),
-        ])
+        Stamp {
+            times: [
+                m(self.dir.join("new")),
+                m(self.dir.join("cur")),
+                m(self.dir.join(uidlist::FILE)),
+                m(self.dir.join(super::flags::KEYWORDS_FILE)),
+            ],
+            trusted: !crate::store::fsutil::is_shared_filesystem(&self.dir),
+        }
     }
 
     fn io(&self) -> impl FnOnce(io::Error) -> MailboxError + '_ {
@@ -492,6 +508,7 @@ impl Folder {
                     body: &mut body,
                     base_name: None,
                     search_cur: false,
+                    end_header: false,
                     quota: if self.is_trash { None } else { quota },
                 },
                 hostname,

@@ -12,6 +12,7 @@ fn deliver(root: &Path, text: &str) {
             body: &mut body,
             base_name: None,
             search_cur: false,
+            end_header: false,
             quota: None,
         },
         "host.test",

@@ -215,7 +215,7 @@ impl UidLock {
 /// Whether no process holds a flock on the file at `path` (false when in
 /// doubt: the file is gone or cannot be opened).
 fn nobody_holds(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
+    let Ok(file) = crate::store::fsutil::retry_stale(|| File::open(path)) else {
         return false;
     };
     match fs2::FileExt::try_lock_exclusive(&file) {
