@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 
 use crate::dns::Record;
 use crate::list_expand::{list_expand, ok as list_ok};
+use crate::smtp_recv::python;
 use crate::smtp_send::{World, a, mx, ok};
 use crate::util::{Server, Tree, stderr, stdout};
 
@@ -149,12 +150,8 @@ s.sendmail("ann@example.test", ["carl@far.test"],
     "From: ann@example.test\r\nTo: carl@far.test\r\nSubject: submitted\r\nDate: Wed, 2 Dec 2026 10:00:00 +0000\r\n\r\nvia submission \u00e9\r\n".encode())
 s.quit()
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .env("PORT", server.port.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "smtplib: {}", stderr(&out));
+    let (passed, said) = python(script, server.port);
+    assert!(passed, "smtplib: {said}");
 
     // A list post from an outside author, with a footer: signed for the
     // list's domain (the envelope sender's), the footer inside the body
@@ -279,12 +276,8 @@ try:
 except smtplib.SMTPDataError as e:
     assert e.smtp_code == 451, e
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .env("PORT", server.port.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "smtplib: {}", stderr(&out));
+    let (passed, said) = python(script, server.port);
+    assert!(passed, "smtplib: {said}");
     assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
     // Mail that stays here needs no signature.
     let out = tree.inject(
