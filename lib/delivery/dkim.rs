@@ -25,10 +25,11 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
-use mail_auth::common::headers::HeaderWriter;
+use mail_auth::common::crypto::{Algorithm, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use rustls_pki_types::PrivateKeyDer;
@@ -211,32 +212,102 @@ fn written_by_us(config: &Config, envelope: &Envelope) -> bool {
 }
 
 enum Loaded {
-    Ed25519(Ed25519Key),
-    Rsa(RsaKey<Sha256>),
+    Ed25519(Shared<Ed25519Key>),
+    Rsa(Shared<RsaKey<Sha256>>),
 }
 
-/// Reads a key file. Per message: a key replaced on disk is used at once,
-/// and reading one small file is nothing beside the signature.
+/// A parsed key shared by every signature made with it in this process.
+struct Shared<K>(Arc<K>);
+
+impl<K> Clone for Shared<K> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<K: SigningKey> SigningKey for Shared<K> {
+    type Hasher = K::Hasher;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.0.algorithm()
+    }
+}
+
+impl Clone for Loaded {
+    fn clone(&self) -> Self {
+        match self {
+            Loaded::Ed25519(k) => Loaded::Ed25519(k.clone()),
+            Loaded::Rsa(k) => Loaded::Rsa(k.clone()),
+        }
+    }
+}
+
+/// Keys parsed in this process, each with the file's identity when it was
+/// read. Parsing is most of the cost of an Ed25519 signature and a good
+/// part of an RSA one (ring checks the key); a `stat` per signature still
+/// sees a key replaced on disk at once. Only a cache: nothing another
+/// process needs lives here.
+static PARSED: Mutex<Vec<(PathBuf, DkimAlgorithm, Stamp, Loaded)>> = Mutex::new(Vec::new());
+
+/// What tells one version of a key file from another.
+type Stamp = (u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((
+        m.dev(),
+        m.ino(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.size() as i64,
+    ))
+}
+
+/// A configured key, parsed (see [`PARSED`]).
 fn load(config: &Config, key: &DkimKey) -> Result<Loaded, DkimError> {
     let path = config.path(&key.key);
     let bad = |error: String| DkimError::Key {
         path: path.clone(),
         error,
     };
-    let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+    let now = stamp(&path).map_err(|e| bad(e.to_string()))?;
+    let mut parsed = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, _, loaded)) = parsed
+        .iter()
+        .find(|(p, a, s, _)| *p == path && *a == key.algorithm && *s == now)
+    {
+        return Ok(loaded.clone());
+    }
+    let loaded = parse(&path, key.algorithm)?;
+    parsed.retain(|(p, a, _, _)| !(*p == path && *a == key.algorithm));
+    parsed.push((path, key.algorithm, now, loaded.clone()));
+    Ok(loaded)
+}
+
+/// Reads and parses a key file.
+fn parse(path: &Path, algorithm: DkimAlgorithm) -> Result<Loaded, DkimError> {
+    let bad = |error: String| DkimError::Key {
+        path: path.to_path_buf(),
+        error,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let der = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| bad(format!("not a PEM private key: {e}")))?;
-    match key.algorithm {
+    match algorithm {
         DkimAlgorithm::Ed25519 => {
             let PrivateKeyDer::Pkcs8(der) = der else {
                 return Err(bad("an Ed25519 key must be PKCS#8".into()));
             };
             Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_pkcs8_der())
-                .map(Loaded::Ed25519)
+                .map(|k| Loaded::Ed25519(Shared(Arc::new(k))))
                 .map_err(|e| bad(e.to_string()))
         }
         DkimAlgorithm::Rsa2048 => RsaKey::<Sha256>::from_key_der(der)
-            .map(Loaded::Rsa)
+            .map(|k| Loaded::Rsa(Shared(Arc::new(k))))
             .map_err(|e| bad(e.to_string())),
     }
 }
@@ -279,7 +350,7 @@ pub fn record(config: &Config, key: &DkimKey) -> Result<String, DkimError> {
         error,
     };
     let (k, public) = match load(config, key)? {
-        Loaded::Ed25519(k) => ("ed25519", k.public_key()),
+        Loaded::Ed25519(k) => ("ed25519", k.0.public_key()),
         Loaded::Rsa(_) => {
             // ring gives the bare RSAPublicKey; the record carries the
             // SubjectPublicKeyInfo, which is what every verifier parses.
@@ -566,5 +637,33 @@ mod tests {
         let rsa = record(&config, &config.dkim[1]).unwrap();
         // A SubjectPublicKeyInfo of a 2048-bit key: 294 octets, 392 in base64.
         assert_eq!(rsa.split("p=").nth(1).unwrap().len(), 392, "{rsa}");
+    }
+
+    #[test]
+    fn a_key_replaced_on_disk_is_used_at_once() {
+        let (d, config) = setup(&[DkimAlgorithm::Ed25519]);
+        let key = &config.dkim[0];
+        let before = record(&config, key).unwrap();
+        assert_eq!(
+            record(&config, key).unwrap(),
+            before,
+            "parsed once, same key"
+        );
+        let path = d.path().join("dkim/example.test/s0.pem");
+        let fresh = generate(DkimAlgorithm::Ed25519).unwrap();
+        crate::store::fsutil::write_atomic(&path, fresh.as_bytes()).unwrap();
+        let after = record(&config, key).unwrap();
+        assert_ne!(after, before, "the new key, not the one parsed before");
+        let message = b"From: ann@example.test\r\n\r\nhi\r\n";
+        let sender = ReversePath::parse("ann@example.test").unwrap();
+        let signed = format!(
+            "{}{}",
+            signatures(&config, &sender, message).unwrap(),
+            String::from_utf8_lossy(message)
+        );
+        assert_eq!(
+            verify(&config, signed.as_bytes()),
+            [mail_auth::DkimResult::Pass]
+        );
     }
 }
