@@ -242,7 +242,7 @@ fn run(options: Options) -> Result<(), Failure> {
     // Early delivery: local recipients get the message now, and only what
     // is left enters the queue (postroom-queue(5)); -odq queues it all.
     let outcome = if options.queue_only {
-        staged.commit(&[]).map(deliver::Early::Queued)
+        deliver::queue_staged(&config, staged)
     } else {
         deliver::deliver_staged(&config, &directory, staged)
     };

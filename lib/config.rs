@@ -59,6 +59,10 @@ pub struct Config {
     pub sieve: Sieve,
     #[serde(default)]
     pub imap: Imap,
+    /// DKIM signing keys (`[[dkim]]` tables, one per domain and selector),
+    /// as `postroom dkim keygen` appends them.
+    #[serde(default)]
+    pub dkim: Vec<DkimKey>,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -535,6 +539,40 @@ pub enum TlsPolicy {
     Verify,
 }
 
+/// One DKIM signing key: mail from `domain` leaving for another host is
+/// signed with it (RFC 6376, RFC 8463); see `postroom(8)`, `dkim keygen`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    /// The signing domain (`d=`), matched against the From domain.
+    pub domain: String,
+    /// The selector (`s=`): the key's record is `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    /// The private key, PKCS#8 PEM.
+    pub key: PathBuf,
+}
+
+/// A DKIM signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    /// ed25519-sha256 (RFC 8463): small keys, fast signatures.
+    Ed25519,
+    /// rsa-sha256 with a 2048-bit key: what every verifier understands.
+    Rsa2048,
+}
+
+impl DkimAlgorithm {
+    /// The name in the config and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DkimAlgorithm::Ed25519 => "ed25519",
+            DkimAlgorithm::Rsa2048 => "rsa2048",
+        }
+    }
+}
+
 /// Where `smtp-send` connects for a destination, from `send.transports`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transport {
@@ -750,6 +788,24 @@ impl Config {
         }
         if self.queue.min_backoff > self.queue.max_backoff {
             return Err("queue.min_backoff: must not exceed queue.max_backoff".into());
+        }
+        for key in &self.dkim {
+            if !crate::proto::address::is_domain_name(&key.domain) {
+                return Err(format!(
+                    "dkim.domain: {:?} is not a domain name",
+                    key.domain
+                ));
+            }
+            let label = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            };
+            if !key.selector.split('.').all(label) {
+                return Err(format!(
+                    "dkim.selector: {:?} is not a selector (letters, digits, '-', '.')",
+                    key.selector
+                ));
+            }
         }
         Ok(())
     }

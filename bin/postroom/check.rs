@@ -53,6 +53,9 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     check_tls(&config, &mut report);
     check_queue(&config, args.fix, &mut report);
     check_mail(&config, args.fix, &mut report);
+    let (notices, problems) = crate::dkim::check_records(&config);
+    report.notices.extend(notices);
+    report.problems.extend(problems);
 
     for notice in &report.notices {
         postroom::say!("notice: {notice}");

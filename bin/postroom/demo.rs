@@ -115,7 +115,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let log_file = root.join("demo.log");
     let children = if start {
-        Some(start_servers(&available, &log_file, args.verbose)?)
+        let stop = Stop::catch()?;
+        Some((stop, start_servers(&available, &log_file, args.verbose)?))
     } else {
         None
     };
@@ -171,14 +172,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         bin_dir.join("postroom").display(),
         config_path.display()
     );
-    let Some(children) = children else {
+    let Some((stop, children)) = children else {
         return Ok(ExitCode::SUCCESS);
     };
     if !args.verbose {
         postroom::say!("logs: {} (--verbose shows them here)", log_file.display());
     }
     postroom::say!("running; press Ctrl-C to stop");
-    wait_and_stop(children)
+    wait_and_stop(stop, children)
 }
 
 /// Refuses a port something else holds, naming it and the way out.
@@ -348,19 +349,53 @@ fn stop_all(children: &mut [std::process::Child]) {
     }
 }
 
+/// Ctrl-C and SIGTERM, caught from before the first server starts: one
+/// that comes while the demo still waits for its servers (a script that
+/// stops it as soon as a port answers) stops it cleanly too, rather than
+/// killing it with the servers left running.
+struct Stop {
+    runtime: tokio::runtime::Runtime,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn catch() -> anyhow::Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (interrupt, terminate) = {
+            let _inside = runtime.enter();
+            (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            )
+        };
+        Ok(Stop {
+            runtime,
+            interrupt,
+            terminate,
+        })
+    }
+}
+
 /// Waits for Ctrl-C (or SIGTERM), then stops the servers.
-fn wait_and_stop(mut children: Vec<std::process::Child>) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+fn wait_and_stop(
+    mut stop: Stop,
+    mut children: Vec<std::process::Child>,
+) -> anyhow::Result<ExitCode> {
+    let Stop {
+        runtime,
+        interrupt,
+        terminate,
+    } = &mut stop;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        anyhow::Ok(())
-    })?;
+    });
     stop_all(&mut children);
     postroom::say!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -2,7 +2,7 @@
 //!
 //! Creates a tree, edits the users, aliases and domains files (plain text,
 //! edited under a lock and replaced atomically, so hand edits stay possible),
-//! hashes passwords, checks the whole tree, inspects and steers the queue,
+//! hashes passwords, makes DKIM keys, checks the whole tree, inspects and steers the queue,
 //! and runs a demo system on loopback. Each subcommand is one small function
 //! in a file of its own.
 
@@ -11,6 +11,7 @@
 mod admin;
 mod check;
 mod demo;
+mod dkim;
 mod queue_cmd;
 
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ enum Command {
     Queue(queue_cmd::QueueCommand),
     /// Run a demo system on loopback ports in a sandbox tree.
     Demo(demo::DemoArgs),
+    /// Make DKIM signing keys and print the DNS records to publish.
+    #[command(subcommand)]
+    Dkim(dkim::DkimCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(config, args),
         Command::Queue(cmd) => queue_cmd::run(config, cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Dkim(cmd) => dkim::run(config, cmd),
     };
     match result {
         Ok(code) => code,

@@ -16,6 +16,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::delivery::dkim::{self, DkimError};
 use crate::directory::aliases::{Directory, ResolveError};
 use crate::directory::users;
 use crate::program::{Ended, Program};
@@ -79,6 +80,17 @@ pub enum Early {
     Queued(QueueId),
 }
 
+/// Why a finished message did not enter the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A message that must be signed could not be: nothing is queued, and
+    /// the writer answers 4xx (or exits 75) rather than send it unsigned.
+    #[error(transparent)]
+    Dkim(#[from] DkimError),
+}
+
 /// Early delivery for a writer that has just finished a message (see
 /// [`Staged`]): local and pipe recipients are delivered from the staged
 /// file; only if anything is left does the message get committed to the
@@ -87,7 +99,30 @@ pub fn deliver_staged(
     config: &Config,
     directory: &Directory,
     staged: Staged,
-) -> Result<Early, QueueError> {
+) -> Result<Early, EnqueueError> {
+    enter_queue(config, Some(directory), staged)
+}
+
+/// Commits a finished message to the queue as it is, local recipients and
+/// all (`mail-inject -odq`, and [`submit`](super::submit)): always
+/// [`Early::Queued`].
+pub fn queue_staged(config: &Config, staged: Staged) -> Result<Early, EnqueueError> {
+    enter_queue(config, None, staged)
+}
+
+/// The one way a finished message enters the queue: DKIM signing first
+/// ([`dkim::sign_staged`]: before any local copy is made, so a signing
+/// failure refuses the whole message and a retry delivers nothing twice),
+/// then early delivery with a `directory`, then the commit of what is left.
+fn enter_queue(
+    config: &Config,
+    directory: Option<&Directory>,
+    staged: Staged,
+) -> Result<Early, EnqueueError> {
+    let staged = dkim::sign_staged(config, staged)?;
+    let Some(directory) = directory else {
+        return Ok(Early::Queued(staged.commit(&[])?));
+    };
     let due = due_local(&staged.message, true);
     let outcomes = attempt(config, directory, &staged.message, &due)?;
     let remote = staged
@@ -104,7 +139,7 @@ pub fn deliver_staged(
         return Ok(Early::Delivered);
     }
     let entries = log_entries(config, &staged.message, &outcomes);
-    staged.commit(&entries).map(Early::Queued)
+    Ok(staged.commit(&entries).map(Early::Queued)?)
 }
 
 /// Local and pipe recipients still pending and due now (or at all, with

@@ -4,6 +4,7 @@
 //! way mail postroom writes or passes on itself enters the queue.
 
 pub mod deliver;
+pub mod dkim;
 pub mod dsn;
 pub mod filter;
 pub mod lists;

@@ -5,12 +5,11 @@
 //! with SRS when someone else's mail is forwarded, and queues the message,
 //! so every such message is addressed and queued by the same rules.
 //!
-//! This is the single place where DKIM signing will hook in (issue 17): a
-//! message is signed in [`stage`], after its envelope is settled and
-//! before its bytes are written, so everything postroom sends of its own
-//! is signed alike. Mail a user submits (`smtp-recv --submission`,
-//! `mail-inject`) does not come through here: those programs stage it
-//! themselves, because their Received line names the queue id.
+//! The commit goes through `deliver::queue_staged`, the one way into the
+//! queue, which DKIM-signs what leaves for another host (`delivery::dkim`)
+//! just as it does for mail a user submits (`smtp-recv`, `mail-inject`:
+//! those programs stage it themselves, because their Received line names
+//! the queue id).
 //!
 //! What becomes of a recipient that does not resolve is the caller's
 //! choice ([`Unresolvable`]): a redirect or a reply to one person fails
@@ -19,6 +18,7 @@
 //! be looked up now; a notice to a list's owners goes to those it can.
 
 use crate::config::Config;
+use crate::delivery::deliver::{self, Early, EnqueueError};
 use crate::directory::aliases::{Directory, ResolveError};
 use crate::directory::srs;
 use crate::proto::address::{Address, EnvelopeText, ReversePath};
@@ -39,6 +39,9 @@ pub enum SubmitError {
     NoRecipients,
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// Not queued: the queue could not be written, or the message not signed.
+    #[error(transparent)]
+    Enqueue(#[from] EnqueueError),
 }
 
 impl SubmitError {
@@ -48,7 +51,7 @@ impl SubmitError {
         match self {
             SubmitError::Unresolvable { error, .. } => error.is_temporary(),
             SubmitError::NoRecipients => false,
-            SubmitError::Queue(_) => true,
+            SubmitError::Queue(_) | SubmitError::Enqueue(_) => true,
         }
     }
 }
@@ -122,12 +125,16 @@ pub fn submit(
     message: &[u8],
 ) -> Result<QueueId, SubmitError> {
     let staged = stage(config, directory, submission, message)?;
-    Ok(staged.commit(&[])?)
+    match deliver::queue_staged(config, staged)? {
+        Early::Queued(id) => Ok(id),
+        Early::Delivered => Err(SubmitError::NoRecipients),
+    }
 }
 
 /// [`submit`] up to the commit: the message is written but not queued, so
 /// a caller can deliver its local recipients at once
-/// (`deliver::deliver_staged`), as `postroom demo` does.
+/// (`deliver::deliver_staged`, which signs and commits the rest), as
+/// `postroom demo` does.
 pub fn stage(
     config: &Config,
     directory: &Directory,
@@ -153,7 +160,6 @@ pub fn stage(
     envelope.protocol = submission
         .protocol
         .and_then(|p| EnvelopeText::new(p, 16).ok());
-    // Issue 17: DKIM signing goes here, over `message`, before it is written.
     Ok(Queue::from_config(config).stage(&envelope, message)?)
 }
 

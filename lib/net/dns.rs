@@ -113,6 +113,30 @@ pub async fn dnsbl_listed(
     }
 }
 
+/// The TXT records at `name`, each one's strings joined (RFC 7208 §3.3);
+/// none when the name or the type does not exist.
+pub async fn txt_records(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, DnsError> {
+    let answers = match resolver.txt_lookup(name).await {
+        Ok(answers) => answers,
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(DnsError::Lookup {
+                name: name.to_string(),
+                error: e.to_string(),
+            });
+        }
+    };
+    Ok(answers
+        .iter()
+        .map(|txt| {
+            txt.txt_data()
+                .iter()
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect()
+        })
+        .collect())
+}
+
 /// The DMARC policy a domain publishes (RFC 7489 §6.3 `p=`), lower case:
 /// `Some("reject")`, `Some("quarantine")`, `Some("none")`, or `None` when
 /// it publishes no record. Only the domain itself is asked (no
@@ -122,22 +146,7 @@ pub async fn dmarc_policy(
     domain: &str,
 ) -> Result<Option<String>, DnsError> {
     let name = format!("_dmarc.{}.", domain.trim_end_matches('.'));
-    let answers = match resolver.txt_lookup(name.as_str()).await {
-        Ok(answers) => answers,
-        Err(e) if e.is_no_records_found() || e.is_nx_domain() => return Ok(None),
-        Err(e) => {
-            return Err(DnsError::Lookup {
-                name,
-                error: e.to_string(),
-            });
-        }
-    };
-    for txt in answers.iter() {
-        let text: String = txt
-            .txt_data()
-            .iter()
-            .map(|part| String::from_utf8_lossy(part).into_owned())
-            .collect();
+    for text in txt_records(resolver, &name).await? {
         if !text
             .trim_start()
             .to_ascii_lowercase()

@@ -840,15 +840,27 @@ impl Staged {
         // Opened before the old copy is removed: a spilled body is read
         // through this descriptor after its name is free for the new one.
         let body = self.message.body();
+        self.replace(|out| {
+            out.write_all(headers)?;
+            io::copy(&mut body.map_err(io::Error::other)?, out).map(drop)
+        })
+    }
+
+    /// The message rewritten by `write` under the same queue id and
+    /// envelope (see [`prepend`](Staged::prepend)); DKIM signing writes its
+    /// signatures and the body as it will be sent. The old copy is gone
+    /// whatever happens; on error nothing of the message is left.
+    pub fn replace(
+        self,
+        write: impl FnOnce(&mut Incoming) -> io::Result<()>,
+    ) -> Result<Staged, QueueError> {
         let id = self.message.id.clone();
         let envelope = self.message.envelope.clone();
         let queue = self.queue.clone();
         self.discard()?;
-        let mut body = body?;
         let mut incoming = queue.incoming_as(&envelope, id);
         let path = incoming.path.clone();
-        incoming.write_all(headers).map_err(io_err(&path))?;
-        io::copy(&mut body, &mut incoming).map_err(io_err(&path))?;
+        write(&mut incoming).map_err(io_err(&path))?;
         incoming.finish()
     }
 

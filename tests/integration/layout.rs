@@ -99,3 +99,38 @@ fn a_reference_up_a_layer_is_seen() {
     assert_eq!(layer_of("store"), Some(2));
     assert!(layer_of("delivery") > layer_of("directory"));
 }
+
+/// Mail enters the queue one way, `deliver::enter_queue`, which DKIM-signs
+/// what leaves for another host: a writer that committed a staged message
+/// itself (or used `Queue::enqueue`) would send it unsigned. The queue's
+/// own module and tests are exempt.
+#[test]
+fn only_deliver_commits_mail_to_the_queue() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["lib", "bin", "contrib"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let exempt = [Path::new("lib/store"), Path::new("lib/delivery/deliver.rs")];
+    let mut wrong = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(root).unwrap();
+        if exempt.iter().any(|e| relative.starts_with(e)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            let line = line.split("//").next().unwrap_or("");
+            if line.contains(".enqueue(") || line.contains(".commit(&") {
+                wrong.push(format!("{}:{}: {}", relative.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "these lines queue mail around deliver::deliver_staged / queue_staged, \
+         so it would leave unsigned:\n{}",
+        wrong.join("\n")
+    );
+}

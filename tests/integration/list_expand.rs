@@ -7,13 +7,13 @@ use std::process::{Command, Output};
 
 use crate::util::{Tree, bin, maildir_files, stderr, stdout};
 
-fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
+pub(crate) fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
     let mut command = Command::new(bin("list-expand"));
     command.arg("--config").arg(&tree.config).args(args);
     crate::util::run_with(command, input)
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)
 }

@@ -10,6 +10,13 @@ fn setup(script: &str) -> Tree {
     let tree = Tree::new();
     tree.add_user("ann@example.test");
     tree.add_user("bob@example.test");
+    sort_anns_mail(&tree, script);
+    tree
+}
+
+/// Ann's mail goes through mailsort (a pipe alias) with `script` as her
+/// Sieve rules.
+pub(crate) fn sort_anns_mail(tree: &Tree, script: &str) {
     std::fs::write(
         tree.root().join("aliases"),
         format!(
@@ -22,7 +29,6 @@ fn setup(script: &str) -> Tree {
     let sieve = tree.maildir("ann").join("sieve");
     std::fs::create_dir_all(&sieve).unwrap();
     std::fs::write(sieve.join("active.sieve"), script).unwrap();
-    tree
 }
 
 fn send(tree: &Tree, from: &str, subject: &str) -> std::process::Output {

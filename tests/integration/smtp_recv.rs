@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
-fn python(script: &str, port: u16) -> (bool, String) {
+pub(crate) fn python(script: &str, port: u16) -> (bool, String) {
     let out = Command::new("python3")
         .arg("-c")
         .arg(script)

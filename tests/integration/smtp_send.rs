@@ -20,8 +20,8 @@ use crate::util::{Tree, bin, maildir_files, stderr, stdout, wait_until};
 
 /// A tree whose runner asks the test DNS server and connects to its
 /// exchangers' one port.
-struct World {
-    tree: Tree,
+pub(crate) struct World {
+    pub(crate) tree: Tree,
     _dns: DnsServer,
     /// The exchangers' sockets not yet made sinks (see [`reserve`]).
     reserved: Mutex<HashMap<IpAddr, OwnedFd>>,
@@ -29,14 +29,20 @@ struct World {
 
 impl World {
     fn new(records: Vec<(&str, Record)>, extra: &str) -> World {
+        let tree = Tree::new();
+        tree.add_user("ann@example.test");
+        tree.add_user("postmaster@example.test");
+        World::with_tree(tree, records, extra)
+    }
+
+    /// A world around a tree the caller has prepared (keys made, users
+    /// added), for records that depend on it.
+    pub(crate) fn with_tree(tree: Tree, records: Vec<(&str, Record)>, extra: &str) -> World {
         let mut table: HashMap<String, Vec<Record>> = HashMap::new();
         for (name, record) in records {
             table.entry(name.to_string()).or_default().push(record);
         }
         let dns = DnsServer::start(table);
-        let tree = Tree::new();
-        tree.add_user("ann@example.test");
-        tree.add_user("postmaster@example.test");
         let (port, reserved) = reserve();
         let mut config = std::fs::read_to_string(&tree.config).unwrap();
         config.push_str(&format!(
@@ -62,7 +68,7 @@ impl World {
     }
 
     /// A sink on 127.0.0.N at the world's port.
-    fn sink(&self, n: u8, behaviour: Behaviour) -> Sink {
+    pub(crate) fn sink(&self, n: u8, behaviour: Behaviour) -> Sink {
         self.sink_at(ip(n), behaviour)
             .expect("one sink per exchanger")
     }
@@ -76,7 +82,7 @@ impl World {
         Some(Sink::on(socket.into(), behaviour).expect("sink"))
     }
 
-    fn send(&self, args: &[&str]) -> Output {
+    pub(crate) fn send(&self, args: &[&str]) -> Output {
         Command::new(bin("smtp-send"))
             .arg("--config")
             .arg(&self.tree.config)
@@ -174,7 +180,7 @@ fn reserve() -> (u16, HashMap<IpAddr, OwnedFd>) {
     panic!("no port free on every loopback test address");
 }
 
-fn ok(out: &Output) {
+pub(crate) fn ok(out: &Output) {
     assert!(
         out.status.success(),
         "smtp-send failed: {}\n{}",
@@ -183,11 +189,11 @@ fn ok(out: &Output) {
     );
 }
 
-fn mx(pref: u16, host: &str) -> Record {
+pub(crate) fn mx(pref: u16, host: &str) -> Record {
     Record::Mx(pref, host.to_string())
 }
 
-fn a(n: u8) -> Record {
+pub(crate) fn a(n: u8) -> Record {
     Record::A(Ipv4Addr::new(127, 0, 0, n))
 }
 
