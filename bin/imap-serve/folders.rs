@@ -462,7 +462,6 @@ impl Session {
             }
         }
         let quota = self.login.as_ref().and_then(|l| l.quota);
-        let hostname = self.shared.config.hostname.clone();
         let batch: Vec<Appending<'_>> = messages
             .iter()
             .zip(flags)
@@ -474,7 +473,7 @@ impl Session {
             })
             .collect();
         // All or none (Folder::append takes back what it stored).
-        match folder.append(&batch, &hostname, quota) {
+        match folder.append(&batch, quota) {
             Ok((validity, uids)) => Done::Ok(format!(
                 "[APPENDUID {validity} {}] APPEND completed",
                 SequenceSet::of_sorted(&uids)

@@ -445,7 +445,6 @@ impl Session {
             Ok(n) => n,
             Err(done) => return Ok(done),
         };
-        let hostname = self.shared.config.hostname.clone();
         let Some(sel) = self.selected.as_mut() else {
             return Ok(Done::Bad("select a mailbox first".into()));
         };
@@ -463,7 +462,7 @@ impl Session {
             return Ok(Done::Ok(format!("{what} completed (nothing to do)")));
         }
         let entries: Vec<Entry> = positions.iter().map(|&i| sel.view[i].clone()).collect();
-        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, &hostname, remove) {
+        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, remove) {
             Ok(r) => r,
             Err(e) => return Ok(e.into()),
         };

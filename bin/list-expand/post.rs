@@ -109,18 +109,15 @@ pub fn distribute(
         .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
     if list.config.archive {
         Maildir::new(list.archive_dir())
-            .deliver(
-                Message {
-                    prepend: b"",
-                    body: &mut &outgoing[..],
-                    base_name: None,
-                    search_cur: false,
-                    end_header: true,
-                    as_given: false,
-                    quota: None,
-                },
-                &config.hostname,
-            )
+            .deliver(Message {
+                prepend: b"",
+                body: &mut &outgoing[..],
+                base_name: None,
+                search_cur: false,
+                end_header: true,
+                as_given: false,
+                quota: None,
+            })
             .context("archiving the post")?;
     }
     if recipients.is_empty() {

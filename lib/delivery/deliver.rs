@@ -315,7 +315,7 @@ fn to_mailbox(
         as_given: false,
         quota,
     };
-    match maildir.deliver(delivery, &config.hostname) {
+    match maildir.deliver(delivery) {
         Ok(Delivered::New(_)) => Outcome::Delivered("250 2.0.0 delivered to maildir".into()),
         Ok(Delivered::AlreadyThere) => Outcome::Delivered("250 2.0.0 already in maildir".into()),
         Err(MaildirError::OverQuota { .. }) => {

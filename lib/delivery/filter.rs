@@ -168,14 +168,12 @@ fn carry_out(
     }
     for action in &actions {
         let result = match action {
-            Action::Keep { flags } => {
-                store(config, inbox, quota, raw, flags).map_err(SortError::from)
-            }
+            Action::Keep { flags } => store(inbox, quota, raw, flags).map_err(SortError::from),
             Action::FileInto { mailbox, flags, .. } => match folder_of(inbox, mailbox) {
-                Ok(folder) => store(config, &folder, quota, raw, flags),
+                Ok(folder) => store(&folder, quota, raw, flags),
                 Err(e) => {
                     tracing::warn!("fileinto {mailbox:?}: {e}; kept in INBOX instead");
-                    store(config, inbox, quota, raw, flags)
+                    store(inbox, quota, raw, flags)
                 }
             }
             .map_err(SortError::from),
@@ -279,25 +277,21 @@ fn folder_of(inbox: &Maildir, name: &str) -> Result<Maildir, MaildirError> {
 
 /// Delivers into a maildir (created if missing), then sets IMAP flags.
 fn store(
-    config: &Config,
     maildir: &Maildir,
     quota: Option<u64>,
     raw: &[u8],
     flags: &[String],
 ) -> Result<(), MaildirError> {
     maildir.create()?;
-    let delivered = maildir.deliver(
-        Message {
-            prepend: b"",
-            body: &mut &raw[..],
-            base_name: None,
-            search_cur: false,
-            end_header: true,
-            as_given: false,
-            quota,
-        },
-        &config.hostname,
-    )?;
+    let delivered = maildir.deliver(Message {
+        prepend: b"",
+        body: &mut &raw[..],
+        base_name: None,
+        search_cur: false,
+        end_header: true,
+        as_given: false,
+        quota,
+    })?;
     let letters: String = flags
         .iter()
         .filter_map(|f| match f.to_ascii_lowercase().as_str() {

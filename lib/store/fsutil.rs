@@ -253,6 +253,21 @@ where
     Ok(())
 }
 
+/// This machine's name as unique file names carry it (Maildir's rule:
+/// the host that wrote the file, not the name the config gives the mail
+/// system, which every host sharing the tree has in common), read once.
+pub fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|n| n.into_string().ok())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        host_for_names(&name)
+    })
+}
+
 /// This host's name as it may appear in a unique file name: Maildir's rule
 /// replaces `/` with `\057` and `:` with `\072` so a name never has a path
 /// separator or the info separator in it.

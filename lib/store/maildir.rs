@@ -253,7 +253,7 @@ impl Maildir {
     /// Delivers one message: tmp → fsync → link into new/ → fsync new/.
     /// The tmp file is created and linked relative to this folder's
     /// `tmp/` and `new/` as opened once, without following symlinks.
-    pub fn deliver(&self, message: Message<'_>, hostname: &str) -> Result<Delivered, MaildirError> {
+    pub fn deliver(&self, message: Message<'_>) -> Result<Delivered, MaildirError> {
         self.create()?;
         let (tmp_dir, new_dir) = self
             .open_dir()
@@ -265,7 +265,7 @@ impl Maildir {
                 "{}.{}.{}",
                 fsutil::now_secs(),
                 fsutil::unique_suffix(),
-                fsutil::host_for_names(hostname)
+                fsutil::this_host()
             ),
         };
         // The exact name is caught by link()'s EEXIST below, for free. Only
@@ -310,7 +310,6 @@ impl Maildir {
         message: Message<'_>,
         info: &str,
         mtime: Option<std::time::SystemTime>,
-        hostname: &str,
         used: Option<(u64, u64)>,
     ) -> Result<(String, u64), MaildirError> {
         self.create()?;
@@ -322,7 +321,7 @@ impl Maildir {
             "{}.{}.{}",
             fsutil::now_secs(),
             fsutil::unique_suffix(),
-            fsutil::host_for_names(hostname)
+            fsutil::this_host()
         );
         let target = Target {
             dir: &cur_dir,
@@ -1218,18 +1217,15 @@ mod tests {
         quota: Option<u64>,
     ) -> Result<Delivered, MaildirError> {
         let mut body = body;
-        md.deliver(
-            Message {
-                prepend: b"Return-Path: <a@b>\n",
-                body: &mut body,
-                base_name: base.map(str::to_string),
-                search_cur: true,
-                end_header: false,
-                as_given: false,
-                quota,
-            },
-            "host.test",
-        )
+        md.deliver(Message {
+            prepend: b"Return-Path: <a@b>\n",
+            body: &mut body,
+            base_name: base.map(str::to_string),
+            search_cur: true,
+            end_header: false,
+            as_given: false,
+            quota,
+        })
     }
 
     #[test]

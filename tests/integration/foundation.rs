@@ -164,18 +164,15 @@ fn eight_concurrent_writers_into_one_maildir_and_the_queue() {
                     let body = message(&format!("t{t}-{i}"));
                     let mut reader = &body[..];
                     let outcome = maildir
-                        .deliver(
-                            Message {
-                                prepend: b"",
-                                body: &mut reader,
-                                base_name: None,
-                                search_cur: false,
-                                end_header: false,
-                                as_given: false,
-                                quota: None,
-                            },
-                            "host.test",
-                        )
+                        .deliver(Message {
+                            prepend: b"",
+                            body: &mut reader,
+                            base_name: None,
+                            search_cur: false,
+                            end_header: false,
+                            as_given: false,
+                            quota: None,
+                        })
                         .unwrap();
                     assert!(matches!(outcome, Delivered::New(_)));
                 }

@@ -441,12 +441,19 @@ B.send(b"DONE\r\n")
 while not B.readline().startswith(b"i1 OK"):
     pass
 print(f"idle woke after {waited:.1f} s")
+# A message appended on each host is named after the host that wrote it.
+for M, tag in ((A, "a"), (B, "b")):
+    assert M.append("INBOX", None, None, f"Subject: appended-{tag}\r\n\r\nx\r\n".encode())[0] == "OK"
+names = os.listdir(os.path.join(os.environ["MAILDIR"], "cur"))
+for host in ("host-a", "host-b"):
+    assert any(host in n for n in names), (host, names)
 A.logout(); B.logout()
 "#,
         )
         .env("IMAP_A", imap_a.port.to_string())
         .env("IMAP_B", imap_b.port.to_string())
         .env("POP3_B", pop3_b.port.to_string())
+        .env("MAILDIR", tree.inbox())
         .env("INJECT_A", inject("a"))
         .env("INJECT_B", inject("b"))
         .output()

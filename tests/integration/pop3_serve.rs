@@ -82,18 +82,15 @@ fn configure(tree: &Tree, section: &str, keys: &[(&str, &str)]) {
 fn deliver(tree: &Tree, user: &str, body: &[u8]) -> PathBuf {
     let mut body = body;
     let delivered = Maildir::new(tree.maildir(user))
-        .deliver(
-            Message {
-                prepend: b"",
-                body: &mut body,
-                base_name: None,
-                search_cur: false,
-                end_header: false,
-                as_given: false,
-                quota: None,
-            },
-            "mail.example.test",
-        )
+        .deliver(Message {
+            prepend: b"",
+            body: &mut body,
+            base_name: None,
+            search_cur: false,
+            end_header: false,
+            as_given: false,
+            quota: None,
+        })
         .unwrap();
     match delivered {
         Delivered::New(path) => path,
@@ -928,18 +925,15 @@ fn concurrent_clients_deliveries_and_flag_changes() {
                 let i = delivered.len();
                 let text = body(i);
                 let mut reader = &text[..];
-                md.deliver(
-                    Message {
-                        prepend: b"",
-                        body: &mut reader,
-                        base_name: None,
-                        search_cur: false,
-                        end_header: false,
-                        as_given: false,
-                        quota: None,
-                    },
-                    "mail.example.test",
-                )
+                md.deliver(Message {
+                    prepend: b"",
+                    body: &mut reader,
+                    base_name: None,
+                    search_cur: false,
+                    end_header: false,
+                    as_given: false,
+                    quota: None,
+                })
                 .unwrap();
                 delivered.push(i);
                 // On purpose: the deliveries' pace in the load loop.

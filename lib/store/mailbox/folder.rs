@@ -596,7 +596,6 @@ impl Folder {
     pub fn append(
         &self,
         messages: &[Appending<'_>],
-        hostname: &str,
         quota: Option<u64>,
     ) -> Result<(u32, Vec<u32>), MailboxError> {
         let mut used = match quota {
@@ -622,7 +621,6 @@ impl Folder {
                 },
                 &info,
                 m.internal_date,
-                hostname,
                 used,
             );
             match stored {
@@ -688,10 +686,9 @@ impl Folder {
         &self,
         entries: &[Entry],
         dest: &Folder,
-        hostname: &str,
         remove: bool,
     ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
-        let host = crate::store::fsutil::host_for_names(hostname);
+        let host = crate::store::fsutil::this_host();
         // Keyword letters are per folder: map each source letter to the
         // destination's letter for the same name.
         let ours = super::flags::read_keywords(&self.dir).map_err(self.io())?;

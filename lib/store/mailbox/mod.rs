@@ -273,7 +273,7 @@ impl Mailbox {
             let inbox = self.folder(from);
             let state = inbox.sync()?;
             self.create(to)?;
-            inbox.transfer(&state.entries, &self.folder(to), "rename", true)?;
+            inbox.transfer(&state.entries, &self.folder(to), true)?;
             return Ok(());
         }
         if !self.folder(from).exists() {

@@ -6,18 +6,15 @@ use std::time::Duration;
 fn deliver(root: &Path, text: &str) {
     let md = crate::store::maildir::Maildir::new(root);
     let mut body = text.as_bytes();
-    md.deliver(
-        crate::store::maildir::Message {
-            prepend: b"",
-            body: &mut body,
-            base_name: None,
-            search_cur: false,
-            end_header: false,
-            as_given: false,
-            quota: None,
-        },
-        "host.test",
-    )
+    md.deliver(crate::store::maildir::Message {
+        prepend: b"",
+        body: &mut body,
+        base_name: None,
+        search_cur: false,
+        end_header: false,
+        as_given: false,
+        quota: None,
+    })
     .unwrap();
 }
 
@@ -174,7 +171,6 @@ fn append_copy_move_keep_flags_and_give_uids() {
                 flags,
                 internal_date: Some(date),
             }],
-            "host.test",
             None,
         )
         .unwrap();
@@ -191,11 +187,11 @@ fn append_copy_move_keep_flags_and_give_uids() {
     );
 
     let sent = mb.folder(&MailboxName::new("Sent").unwrap());
-    let (dv, pairs) = f.transfer(&s.entries, &sent, "host.test", false).unwrap();
+    let (dv, pairs) = f.transfer(&s.entries, &sent, false).unwrap();
     assert_eq!(pairs, vec![(1, 1)]);
     assert_eq!(sent.sync().unwrap().validity, dv);
     assert_eq!(f.sync().unwrap().entries.len(), 1);
-    let (_, pairs) = f.transfer(&s.entries, &sent, "host.test", true).unwrap();
+    let (_, pairs) = f.transfer(&s.entries, &sent, true).unwrap();
     assert_eq!(pairs, vec![(1, 2)]);
     assert!(f.sync().unwrap().entries.is_empty());
     let s = sent.sync().unwrap();
