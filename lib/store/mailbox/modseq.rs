@@ -368,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn the_bytes_read_as_the_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = ModSeqs::new(dir.path(), 5);
+        a.update(&[entry(1, "S"), entry(2, "")]).unwrap();
+        a.update(&[entry(1, "ST")]).unwrap();
+        let bytes = fs::read(dir.path().join(FILE)).unwrap();
+        let b = ModSeqs::parse(&bytes, 5);
+        assert_eq!((b.highest(), b.of(1), b.of(2)), (a.highest(), a.of(1), 0));
+        assert_eq!(b.expunged_since(0).0, vec![2]);
+        // Another UIDVALIDITY's, or a header cut short, is no log at all.
+        assert_eq!(ModSeqs::parse(&bytes, 6).of(1), 0);
+        let header_end = bytes.iter().position(|&b| b == b'\n').unwrap();
+        assert_eq!(ModSeqs::parse(&bytes[..header_end], 5).highest(), 1);
+    }
+
+    #[test]
     fn a_lost_or_foreign_log_only_ever_raises_mod_sequences() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = ModSeqs::new(dir.path(), 5);

@@ -108,10 +108,10 @@ fuzz_target!(|data: &[u8]| {
         for path in &paths {
             let _ = mime::binary_data(&msg, Some(&root), path);
             for text in [
-                None,
-                Some(SectionText::Header),
-                Some(SectionText::Text),
-                Some(SectionText::Mime),
+                SectionText::Full,
+                SectionText::Header,
+                SectionText::Text,
+                SectionText::Mime,
             ] {
                 let section = Section {
                     part: path.clone(),
