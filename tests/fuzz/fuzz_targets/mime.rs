@@ -52,7 +52,8 @@ fn balanced(out: &[u8]) {
                     .ok()
                     .and_then(|d| d.parse().ok())
                     .unwrap_or_else(|| panic!("bad literal in {:?}", String::from_utf8_lossy(out)));
-                i = close + 2 + n;
+                // "}" CRLF, then the n bytes.
+                i = close + 3 + n;
                 continue;
             }
             b'(' => depth += 1,
