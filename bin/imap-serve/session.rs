@@ -34,7 +34,9 @@ use postroom::store::mailbox::{
 use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
 
-use postroom::proto::imap::command::{self, Bad, Body, Command, SearchKey, SequenceSet};
+use postroom::proto::imap::command::{
+    self, Bad, Body, Command, SearchKey, SequenceSet, literal_at_end,
+};
 use postroom::proto::imap::response::flag_list;
 
 /// Failed LOGIN/AUTHENTICATE attempts before the session is dropped.
@@ -786,25 +788,6 @@ fn pre_login_refusal(lead: &str) -> String {
     format!("{lead} [TOOBIG] before login a command is limited to {PRE_LOGIN_COMMAND_MAX} bytes")
 }
 
-/// `{N}` or `{N+}` at the end of a line: the literal's size and whether
-/// the client waits for a continuation.
-fn literal_at_end(line: &[u8]) -> Option<(usize, bool)> {
-    let line = line.strip_suffix(b"\n")?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = line.strip_suffix(b"}")?;
-    let (line, sync) = match line.strip_suffix(b"+") {
-        Some(l) => (l, false),
-        None => (line, true),
-    };
-    let open = line.iter().rposition(|&b| b == b'{')?;
-    let digits = &line[open + 1..];
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((usize::try_from(n).unwrap_or(usize::MAX), sync))
-}
-
 impl Session {
     async fn login(&mut self, user: String, password: String) -> Result<Done, NetError> {
         if self.login.is_some() {
@@ -910,23 +893,5 @@ impl Session {
             Some(login) => Ok(login.mailbox.clone()),
             None => Err(Done::Bad("log in first".into())),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn literal_announcements() {
-        assert_eq!(literal_at_end(b"a LOGIN {5}\r\n"), Some((5, true)));
-        assert_eq!(literal_at_end(b"a APPEND x {100+}\r\n"), Some((100, false)));
-        assert_eq!(literal_at_end(b"a LOGIN {}\r\n"), None);
-        assert_eq!(literal_at_end(b"a LOGIN {5} x\r\n"), None);
-        assert_eq!(
-            literal_at_end(b"a {99999999999999999999}\r\n"),
-            None,
-            "more than 19 digits is no literal we accept"
-        );
     }
 }

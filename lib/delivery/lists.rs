@@ -438,14 +438,7 @@ impl List {
 
     /// The member a VERP bounce address names (`LIST-bounces+local=domain@…`).
     pub fn member_of_bounce(&self, bounce: &Address, delimiter: char) -> Option<Address> {
-        let prefix = format!("{}-bounces{delimiter}", self.address.local_part());
-        let detail = bounce
-            .local_part()
-            .to_ascii_lowercase()
-            .strip_prefix(&prefix.to_ascii_lowercase())?
-            .to_string();
-        let (local, domain) = detail.rsplit_once('=')?;
-        Address::parse(&format!("{local}@{domain}")).ok()
+        member_of_verp(&self.address, bounce, delimiter)
     }
 
     /// The RFC 2919 list identifier: the address with `@` made a dot.
@@ -483,6 +476,21 @@ impl List {
 
 /// Member lines: `address [digest] [nomail]`; `#` comments and blank
 /// lines are skipped, and so is anything that is not an address.
+/// The member a VERP bounce address names for the list at `list`
+/// (`LIST-bounces+local=domain@…`, the inverse of
+/// [`crate::store::queue::Envelope::sender_for`]); `None` for any other
+/// address. The address is what a stranger's bounce says.
+pub fn member_of_verp(list: &Address, bounce: &Address, delimiter: char) -> Option<Address> {
+    let prefix = format!("{}-bounces{delimiter}", list.local_part());
+    let detail = bounce
+        .local_part()
+        .to_ascii_lowercase()
+        .strip_prefix(&prefix.to_ascii_lowercase())?
+        .to_string();
+    let (local, domain) = detail.rsplit_once('=')?;
+    Address::parse(&format!("{local}@{domain}")).ok()
+}
+
 fn parse_members(text: &str) -> Vec<Member> {
     text.lines()
         .filter_map(|line| {

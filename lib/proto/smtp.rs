@@ -280,8 +280,12 @@ impl DataReader {
         if line == b".\r\n" && self.after_crlf {
             return DataLine::End;
         }
-        self.after_crlf = is_clean_command(line);
-        if !self.after_crlf {
+        // A bare CR inside a line that ends in CRLF dooms the message but
+        // does not move its end: CRLF "." CRLF is still there, and every
+        // other server ends DATA at it too (waiting for another would hang
+        // the client until the idle timeout instead of answering 554).
+        self.after_crlf = line.ends_with(b"\r\n");
+        if !is_clean_command(line) {
             self.bare_line_end = true;
         }
         if has_nul(line) {
@@ -592,6 +596,18 @@ mod tests {
         assert!(ended);
         assert_eq!(body, b"Subject: x\r\n\r\n.dot\r\n");
         assert_eq!(r.problem(), None);
+    }
+
+    #[test]
+    fn a_bare_cr_inside_a_line_is_refused_at_the_real_end() {
+        // Found by the smtp_data fuzz target: after a line with a CR inside
+        // it, CRLF "." CRLF did not end DATA, so the client waited for a
+        // reply that came only with the idle timeout.
+        let mut r = DataReader::new(1000);
+        let (body, ended) = feed(&mut r, b"Subject: x\r\n\r\na\rb\r\n.\r\nQUIT\r\n");
+        assert!(ended);
+        assert_eq!(body, b"Subject: x\r\n\r\na\rb\r\n");
+        assert_eq!(r.problem(), Some(DataProblem::BareLineEnd));
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl Envelope {
     /// `length` line start (zeros here: [`Incoming::finish`] writes the body's
     /// length over them). Every value is a validated type, so none can hold
     /// a line break.
-    fn render(&self, id: &QueueId) -> (String, usize) {
+    pub fn render(&self, id: &QueueId) -> (String, usize) {
         let mut out = format!("{MAGIC}\nid {id}\nlength ");
         let length_at = out.len();
         out.push_str(&format!(
@@ -288,6 +288,15 @@ impl Envelope {
         }
         out.push('\n');
         (out, length_at)
+    }
+
+    /// Parses the envelope part of a queue file held in memory (up to and
+    /// including its blank line; the body after it is not looked at): the
+    /// id line and the envelope. `path` only names the file in errors.
+    pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<(QueueId, Envelope), QueueError> {
+        let mut reader = bytes;
+        let head = Envelope::parse(&mut reader, path)?;
+        Ok((head.id, head.envelope))
     }
 
     /// Parses the envelope part of a queue file; `path` is for messages.
@@ -1024,9 +1033,20 @@ impl LogEntry {
     }
 }
 
-/// Replays `log/ID` over `count` recipients. A last line without its newline
-/// is a write cut short by a crash and is ignored.
+/// Replays `log/ID` over `count` recipients (a missing log: all pending).
 fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
+    let text = match fsutil::read_fresh(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    Ok(parse_log(&text, count, path))
+}
+
+/// The state a log's bytes describe for `count` recipients. A last line
+/// without its newline is a write cut short by a crash and is ignored;
+/// `path` only names the file in warnings.
+pub fn parse_log(text: &[u8], count: usize, path: &Path) -> MessageState {
     let mut state = MessageState {
         recipients: vec![
             RcptState::Pending {
@@ -1041,12 +1061,7 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
         hold_reason: None,
         warned: false,
     };
-    let text = match fsutil::read_fresh(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(state),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let text = String::from_utf8_lossy(&text);
+    let text = String::from_utf8_lossy(text);
     let complete = match text.rfind('\n') {
         Some(end) => &text[..end],
         None => "",
@@ -1059,7 +1074,7 @@ fn read_log(path: &Path, count: usize) -> Result<MessageState, QueueError> {
             tracing::warn!("{e}; line skipped");
         }
     }
-    Ok(state)
+    state
 }
 
 /// Applies one log line to the state.

@@ -425,6 +425,26 @@ pub fn parse(input: &[u8]) -> Result<Command, (Option<String>, Bad)> {
     Ok(Command { tag, body })
 }
 
+/// `{N}` or `{N+}` at the end of a line: the literal's size and whether
+/// the client waits for a continuation. The session frames a command with
+/// it: a line, then that many bytes, then the next line.
+pub fn literal_at_end(line: &[u8]) -> Option<(usize, bool)> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_suffix(b"}")?;
+    let (line, sync) = match line.strip_suffix(b"+") {
+        Some(l) => (l, false),
+        None => (line, true),
+    };
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    let digits = &line[open + 1..];
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((usize::try_from(n).unwrap_or(usize::MAX), sync))
+}
+
 struct Parser<'a> {
     input: &'a [u8],
     pos: usize,
@@ -1652,6 +1672,19 @@ pub fn parse_date_time(text: &str) -> R<SystemTime> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn literal_announcements() {
+        assert_eq!(literal_at_end(b"a LOGIN {5}\r\n"), Some((5, true)));
+        assert_eq!(literal_at_end(b"a APPEND x {100+}\r\n"), Some((100, false)));
+        assert_eq!(literal_at_end(b"a LOGIN {}\r\n"), None);
+        assert_eq!(literal_at_end(b"a LOGIN {5} x\r\n"), None);
+        assert_eq!(
+            literal_at_end(b"a {99999999999999999999}\r\n"),
+            None,
+            "more than 19 digits is no literal we accept"
+        );
+    }
 
     fn ok(s: &str) -> Body {
         parse(s.as_bytes())

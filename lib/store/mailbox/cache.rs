@@ -85,7 +85,8 @@ impl Record {
             .map(|(_, v)| v.as_str())
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The record's bytes in the file (a frame's payload).
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             64 + self.base.len()
                 + self.envelope.len()
@@ -107,7 +108,9 @@ impl Record {
         out
     }
 
-    fn decode(mut p: &[u8]) -> Option<Record> {
+    /// A record from a frame's payload; `None` when it is cut short or
+    /// not UTF-8 where text belongs (bytes after the record are ignored).
+    pub fn decode(mut p: &[u8]) -> Option<Record> {
         let uid = u32::from_le_bytes(take(&mut p, 4)?.try_into().ok()?);
         let size = u64::from_le_bytes(take(&mut p, 8)?.try_into().ok()?);
         let internal_date = i64::from_le_bytes(take(&mut p, 8)?.try_into().ok()?);
@@ -166,7 +169,32 @@ fn get<'a>(p: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     take(p, len as usize).map(Some)
 }
 
-fn frame(record: &Record) -> Vec<u8> {
+/// The whole, intact frames at the start of `tail` (the file after its
+/// header or after what was read before) as (uid, offset of the payload in
+/// `tail`, its length), and how many bytes they take: a frame cut short, too
+/// long or failing its CRC ends the scan (a torn append).
+pub fn frames(tail: &[u8]) -> (Vec<(u32, usize, u32)>, usize) {
+    let mut found = Vec::new();
+    let mut at = 0usize;
+    while tail.len() - at >= 8 {
+        let len = u32::from_le_bytes([tail[at], tail[at + 1], tail[at + 2], tail[at + 3]]);
+        let crc = u32::from_le_bytes([tail[at + 4], tail[at + 5], tail[at + 6], tail[at + 7]]);
+        if len > RECORD_MAX || tail.len() - at - 8 < len as usize {
+            break;
+        }
+        let payload = &tail[at + 8..at + 8 + len as usize];
+        if crc32fast::hash(payload) != crc || payload.len() < 4 {
+            break;
+        }
+        let uid = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+        found.push((uid, at + 8, len));
+        at += 8 + len as usize;
+    }
+    (found, at)
+}
+
+/// A record framed as in the file: length, CRC-32, payload.
+pub fn frame(record: &Record) -> Vec<u8> {
     let payload = record.encode();
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -274,21 +302,10 @@ impl Cache {
         }
         let mut tail = vec![0; (end - self.read_to) as usize];
         file.read_exact_at(&mut tail, self.read_to)?;
-        let mut at = 0usize;
-        while tail.len() - at >= 8 {
-            let len = u32::from_le_bytes([tail[at], tail[at + 1], tail[at + 2], tail[at + 3]]);
-            let crc = u32::from_le_bytes([tail[at + 4], tail[at + 5], tail[at + 6], tail[at + 7]]);
-            if len > RECORD_MAX || tail.len() - at - 8 < len as usize {
-                break;
-            }
-            let payload = &tail[at + 8..at + 8 + len as usize];
-            if crc32fast::hash(payload) != crc || payload.len() < 4 {
-                break;
-            }
-            let uid = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-            self.index.insert(uid, (self.read_to + at as u64 + 8, len));
+        let (frames, at) = frames(&tail);
+        for (uid, offset, len) in frames {
+            self.index.insert(uid, (self.read_to + offset as u64, len));
             self.records += 1;
-            at += 8 + len as usize;
         }
         self.read_to += at as u64;
         Ok(self.read_to == end)

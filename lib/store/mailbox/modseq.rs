@@ -67,6 +67,18 @@ fn clock_micros() -> u64 {
         .map_or(1, |d| d.as_micros() as u64)
 }
 
+/// The header line at the start of `head`: UIDVALIDITY, floor, and the
+/// line's length with its newline (`None` unless it is whole and ours).
+fn parse_header(head: &[u8]) -> Option<(u32, u64, usize)> {
+    let end = head.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&head[..end]).ok()?;
+    let rest = line.strip_prefix(MAGIC)?;
+    let mut fields = rest.split(' ');
+    let validity = fields.next()?.parse().ok()?;
+    let floor = fields.next()?.strip_prefix('F')?.parse().ok()?;
+    Some((validity, floor, end + 1))
+}
+
 impl ModSeqs {
     pub fn new(dir: &Path, validity: u32) -> ModSeqs {
         ModSeqs {
@@ -143,7 +155,7 @@ impl ModSeqs {
             && head == MAGIC.as_bytes()
             && self
                 .read_header(file)
-                .is_some_and(|(v, _)| v == self.validity);
+                .is_some_and(|(v, _, _)| v == self.validity);
         if !ours {
             file.set_len(0)?;
             (&*file).write_all(header.as_bytes())?;
@@ -199,15 +211,32 @@ impl ModSeqs {
         out
     }
 
-    fn read_header(&self, file: &File) -> Option<(u32, u64)> {
+    fn read_header(&self, file: &File) -> Option<(u32, u64, usize)> {
         let mut head = vec![0; 64];
         let n = file.read_at(&mut head, 0).ok()?;
-        let line = std::str::from_utf8(&head[..n]).ok()?.lines().next()?;
-        let rest = line.strip_prefix(MAGIC)?;
-        let mut fields = rest.split(' ');
-        let validity = fields.next()?.parse().ok()?;
-        let floor = fields.next()?.strip_prefix('F')?.parse().ok()?;
-        Some((validity, floor))
+        parse_header(&head[..n])
+    }
+
+    /// The state a whole file's bytes describe, for a folder of this
+    /// UIDVALIDITY: what [`ModSeqs::update`] reads, without the file (the
+    /// fuzzer's way in).
+    pub fn parse(bytes: &[u8], validity: u32) -> ModSeqs {
+        let mut seqs = ModSeqs::new(Path::new(""), validity);
+        if let Some((v, floor, header_len)) = parse_header(bytes)
+            && v == validity
+        {
+            seqs.start(floor, header_len, 0);
+            seqs.apply(&bytes[header_len..]);
+        }
+        seqs
+    }
+
+    fn start(&mut self, floor: u64, header_len: usize, inode: u64) {
+        self.read_to = header_len as u64;
+        self.floor = floor;
+        self.highest = floor;
+        self.inode = inode;
+        self.opened = true;
     }
 
     /// Reads what was appended since the last look; true when the file
@@ -226,22 +255,13 @@ impl ModSeqs {
             self.reset();
         }
         if !self.opened {
-            let Some((validity, floor)) = self.read_header(&file) else {
+            let Some((validity, floor, header_len)) = self.read_header(&file) else {
                 return Ok(true);
             };
             if validity != self.validity {
                 return Ok(true);
             }
-            let mut first = vec![0; 64];
-            let n = file.read_at(&mut first, 0)?;
-            let Some(end) = first[..n].iter().position(|&b| b == b'\n') else {
-                return Ok(true);
-            };
-            self.read_to = end as u64 + 1;
-            self.floor = floor;
-            self.highest = floor;
-            self.inode = meta.ino();
-            self.opened = true;
+            self.start(floor, header_len, meta.ino());
         }
         let len = meta.len();
         if len <= self.read_to {
@@ -249,6 +269,14 @@ impl ModSeqs {
         }
         let mut tail = vec![0; (len - self.read_to) as usize];
         file.read_exact_at(&mut tail, self.read_to)?;
+        let used = self.apply(&tail);
+        self.read_to += used as u64;
+        Ok(self.read_to == len)
+    }
+
+    /// Applies the whole lines of `tail` (a torn last one is left); returns
+    /// how many bytes they took.
+    fn apply(&mut self, tail: &[u8]) -> usize {
         let mut used = 0;
         for line in tail.split_inclusive(|&b| b == b'\n') {
             let Some(text) = line.strip_suffix(b"\n") else {
@@ -275,8 +303,7 @@ impl ModSeqs {
                 self.current.insert(uid, (modseq, info.into()));
             }
         }
-        self.read_to += used as u64;
-        Ok(self.read_to == len)
+        used
     }
 
     /// Rewrites the log with the live messages only (under the lock); the
@@ -338,6 +365,22 @@ mod tests {
         assert_eq!(a.highest(), second);
         assert_eq!(a.expunged_since(first), (vec![1], true));
         assert_eq!(a.expunged_since(second), (vec![], true));
+    }
+
+    #[test]
+    fn the_bytes_read_as_the_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = ModSeqs::new(dir.path(), 5);
+        a.update(&[entry(1, "S"), entry(2, "")]).unwrap();
+        a.update(&[entry(1, "ST")]).unwrap();
+        let bytes = fs::read(dir.path().join(FILE)).unwrap();
+        let b = ModSeqs::parse(&bytes, 5);
+        assert_eq!((b.highest(), b.of(1), b.of(2)), (a.highest(), a.of(1), 0));
+        assert_eq!(b.expunged_since(0).0, vec![2]);
+        // Another UIDVALIDITY's, or a header cut short, is no log at all.
+        assert_eq!(ModSeqs::parse(&bytes, 6).of(1), 0);
+        let header_end = bytes.iter().position(|&b| b == b'\n').unwrap();
+        assert_eq!(ModSeqs::parse(&bytes[..header_end], 5).highest(), 1);
     }
 
     #[test]

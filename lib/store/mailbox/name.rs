@@ -100,9 +100,13 @@ impl MailboxName {
         encode_utf7(&self.0)
     }
 
-    /// The name to send: UTF-8 text, or modified UTF-7 for IMAP4rev1.
+    /// The name to send: UTF-8 text, or modified UTF-7 for IMAP4rev1. In
+    /// UTF-8 too, a name that [`MailboxName::from_wire`] would read as
+    /// modified UTF-7 of another (`&Jjo-` is not the text `&Jjo-`) goes in
+    /// modified UTF-7, so what the client sends back names the same folder.
     pub fn wire(&self, utf8: bool) -> String {
-        if utf8 {
+        let reads_back = || decode_utf7(&self.0).is_none_or(|name| name == self.0);
+        if utf8 && reads_back() {
             self.0.clone()
         } else {
             encode_utf7(&self.0)
@@ -236,6 +240,23 @@ mod tests {
         for bad in ["&", "&U,BTF-", "&AGE-", "x\u{1}", "&&-"] {
             assert_eq!(decode_utf7(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_name_sent_in_utf8_reads_back_as_itself() {
+        // Found by the imap_command fuzz target: the folder "&Jjo-" (made
+        // from the wire "&-Jjo-") was sent as is to a UTF8=ACCEPT client,
+        // whose next SELECT of it decoded to the folder "☺".
+        let name = MailboxName::from_wire("&-Jjo-", true).unwrap();
+        assert_eq!(name.as_str(), "&Jjo-");
+        assert_eq!(name.wire(true), "&-Jjo-");
+        let back = MailboxName::from_wire(&name.wire(true), true).unwrap();
+        assert_eq!(back, name);
+        // A name that reads back as itself is sent as UTF-8.
+        assert_eq!(
+            MailboxName::new("Entwürfe & Co").unwrap().wire(true),
+            "Entwürfe & Co"
+        );
     }
 
     #[test]

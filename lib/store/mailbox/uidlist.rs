@@ -124,8 +124,16 @@ impl UidList {
                 continue;
             };
             // Out of order or duplicate UIDs would break every session's
-            // view; such a line is dropped and its message renumbered.
-            if uid <= last || base.is_empty() || base.contains('/') {
+            // view; such a line is dropped and its message renumbered. So
+            // is a name with a control character: a torn last line ending
+            // in the CR of its CRLF would otherwise keep the CR, and the
+            // list would read differently once written back (a name with
+            // a line break cannot be written as one line at all).
+            if uid <= last
+                || base.is_empty()
+                || base.contains('/')
+                || base.contains(char::is_control)
+            {
                 continue;
             }
             last = uid;
@@ -144,7 +152,13 @@ impl UidList {
             out.push_str(field);
         }
         out.push('\n');
-        for (uid, base) in &self.entries {
+        // A name the list cannot hold (see `parse`) is left out rather than
+        // written as a line that reads as another message's.
+        for (uid, base) in self
+            .entries
+            .iter()
+            .filter(|(_, b)| !b.contains(char::is_control))
+        {
             out.push_str(&uid.to_string());
             out.push_str(" :");
             out.push_str(base);
@@ -281,6 +295,20 @@ mod tests {
         assert_eq!(UidList::parse("3 V1 N2\n7 :x\n").unwrap().next_uid, 8);
         assert!(UidList::parse("1 V1 N1\n").is_none());
         assert!(UidList::parse("").is_none());
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_neither_read_nor_written() {
+        // Found by the mailbox_state fuzz target: a last line cut between
+        // the CR and the LF of its CRLF read as a name ending in CR, which
+        // was written back as a line that read as the name without it.
+        let list = UidList::parse("3 V1 N5\n1 :a\n2 :b\r").unwrap();
+        assert_eq!(list.entries, vec![(1, "a".to_string())]);
+        assert_eq!(UidList::parse(&list.render()), Some(list));
+        // A name with a line break in it cannot add a line of its own.
+        let mut list = UidList::parse("3 V1 N9\n").unwrap();
+        list.entries.push((3, "x\n1 :victim".to_string()));
+        assert_eq!(list.render(), "3 V1 N9\n");
     }
 
     #[test]
