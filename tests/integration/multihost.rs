@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::sink::{Behaviour, Sink};
-use crate::util::{Server, bin, stderr, stdout, wait_until};
+use crate::util::{Server, bin, run_with, stderr, stdout, wait_until};
 
 /// The two mounts of one volume.
 fn mounts() -> (PathBuf, PathBuf) {
@@ -100,21 +100,7 @@ impl SharedTree {
     }
 
     fn inject(&self, host: &str, args: &[&str], message: &str) -> Output {
-        let mut child = self
-            .command(host, "mail-inject", args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(message.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        run_with(self.command(host, "mail-inject", args), message.as_bytes())
     }
 
     /// A standalone server of host `host` on a port the kernel picks.
