@@ -85,10 +85,12 @@ fuzz_target!(|input: &[u8]| {
             Body::Login { user, password } => {
                 reparses(&with_strings("LOGIN", &[user, password]), &command.body)
             }
-            Body::Create(mailbox) => {
+            // CREATE-SPECIAL-USE's (USE (...)) is not written back here.
+            Body::Create(mailbox, uses) if uses.is_empty() => {
                 mailbox_name(mailbox);
                 reparses(&with_strings("CREATE", &[mailbox]), &command.body)
             }
+            Body::Create(mailbox, _) => mailbox_name(mailbox),
             Body::Delete(mailbox) => reparses(&with_strings("DELETE", &[mailbox]), &command.body),
             Body::Rename(from, to) => {
                 mailbox_name(from);
