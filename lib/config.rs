@@ -500,6 +500,12 @@ pub struct Send {
     pub credentials: std::collections::BTreeMap<String, PathBuf>,
     /// Also try IPv6 addresses of mail exchangers.
     pub ipv6: bool,
+    /// Follow the MTA-STS policies (RFC 8461) that recipient domains
+    /// publish; a domain in `tls_policy` keeps the policy given there.
+    pub mta_sts: bool,
+    /// The HTTPS port policies are fetched from: 443 as RFC 8461 says;
+    /// only tests and local proxies change it.
+    pub mta_sts_port: u16,
 }
 
 impl Default for Send {
@@ -521,6 +527,8 @@ impl Default for Send {
             transports: Default::default(),
             credentials: Default::default(),
             ipv6: true,
+            mta_sts: true,
+            mta_sts_port: 443,
         }
     }
 }

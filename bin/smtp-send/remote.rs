@@ -7,17 +7,28 @@
 //! A destination is a domain, looked up by MX, or the transport that
 //! `send.transports` names for it (a smarthost carries every domain it is
 //! given, so its jobs share one queue and its limit).
+//!
+//! A domain looked up by MX may publish an MTA-STS policy (RFC 8461):
+//! looked up once per run, it limits the hosts to the MX patterns it
+//! lists and requires TLS with a certificate that names the host
+//! (`enforce`), or only has failures written down (`testing`). Every
+//! connection to such a domain's hosts is written down for TLS reports
+//! (RFC 8460, `postroom tlsrpt send`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use hickory_resolver::TokioResolver;
 use postroom::config::{Config, TlsPolicy};
 use postroom::delivery::deliver::Outcome;
 use postroom::net::dns::{self, Exchanger, RouteError};
+use postroom::net::mta_sts::{Fetcher, KnownPolicy};
 use postroom::net::tls::ClientTls;
+use postroom::net::tlsrpt::{self, SessionLine};
 use postroom::proto::address::ReversePath;
+use postroom::proto::mta_sts::Mode;
 use postroom::store::queue::{QueuedMessage, Recipient};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
@@ -43,6 +54,10 @@ pub struct Destination {
     mx: bool,
     port: u16,
     tls: TlsPolicy,
+    /// The recipient domain whose MTA-STS policy applies: a domain
+    /// reached by its MX records, with no `send.tls_policy` entry of its
+    /// own (the administrator's word wins) and no transport.
+    sts_domain: Option<String>,
 }
 
 impl Destination {
@@ -62,11 +77,14 @@ impl Destination {
                     name: t.host,
                     mx: t.mx,
                     port,
+                    sts_domain: None,
                 }
             }
             None => Destination {
                 key: domain.clone(),
                 tls: config.send.tls_for(&domain),
+                sts_domain: (config.send.mta_sts && !config.send.tls_policy.contains_key(&domain))
+                    .then(|| domain.clone()),
                 name: domain,
                 mx: true,
                 port: config.send.port,
@@ -83,6 +101,10 @@ pub struct Dispatcher {
     credentials: HashMap<String, (String, String)>,
     connections: Arc<Semaphore>,
     queues: Mutex<HashMap<String, Arc<DestinationQueue>>>,
+    /// Finds MTA-STS policies (`None` when `send.mta_sts` is off).
+    sts: Option<Fetcher>,
+    /// Where TLS report lines go (`state/`).
+    state_dir: PathBuf,
 }
 
 /// One destination's waiting jobs and its workers.
@@ -91,6 +113,9 @@ struct DestinationQueue {
     state: Mutex<QueueState>,
     /// The hosts to try, looked up once per run.
     hosts: OnceCell<Result<Vec<(String, SocketAddr)>, RouteError>>,
+    /// The domain's MTA-STS policy, looked up once per run; `None` when
+    /// none applies (no policy, mode `none`, or not a domain by MX).
+    sts: OnceCell<Option<KnownPolicy>>,
 }
 
 #[derive(Default)]
@@ -106,13 +131,22 @@ impl Dispatcher {
         tls: ClientTls,
         credentials: HashMap<String, (String, String)>,
     ) -> Arc<Dispatcher> {
+        let sts = config.send.mta_sts.then(|| Fetcher {
+            resolver: resolver.clone(),
+            tls: tls.verified.clone(),
+            cache_dir: config.state_dir().join("mta-sts"),
+            port: config.send.mta_sts_port,
+            ipv6: config.send.ipv6,
+        });
         Arc::new(Dispatcher {
             connections: Arc::new(Semaphore::new(config.send.concurrency)),
+            state_dir: config.state_dir(),
             config,
             resolver,
             tls,
             credentials,
             queues: Mutex::new(HashMap::new()),
+            sts,
         })
     }
 
@@ -127,6 +161,7 @@ impl Dispatcher {
                         destination,
                         state: Mutex::new(QueueState::default()),
                         hosts: OnceCell::new(),
+                        sts: OnceCell::new(),
                     })
                 })
                 .clone()
@@ -205,6 +240,11 @@ impl Dispatcher {
             }
             *client = None;
         }
+        let sts = queue
+            .sts
+            .get_or_init(|| self.sts_policy(&queue.destination))
+            .await
+            .as_ref();
         let hosts = queue
             .hosts
             .get_or_init(|| self.hosts(&queue.destination))
@@ -219,7 +259,35 @@ impl Dispatcher {
             queue.destination.key
         ));
         for (name, addr) in hosts {
-            let mut open = match self.open(&queue.destination, name, *addr).await {
+            // RFC 8461 §4.1: only the MX hosts the policy lists.
+            let sts_mode = match sts {
+                Some(known) if !known.policy.allows_mx(name) => {
+                    let text = format!(
+                        "451 4.7.5 {name} is not an MX host the MTA-STS policy of {} lists",
+                        queue.destination.name
+                    );
+                    self.write_down(
+                        &queue.destination,
+                        sts,
+                        name,
+                        *addr,
+                        tlsrpt::VALIDATION_FAILURE,
+                        &text,
+                    );
+                    if known.policy.mode == Mode::Enforce {
+                        tracing::info!(host = %name, "skipped: not in the MTA-STS policy");
+                        last = SessionError::Temporary(text);
+                        continue;
+                    }
+                    None
+                }
+                Some(known) => Some(known.policy.mode),
+                None => None,
+            };
+            let mut open = match self
+                .open(&queue.destination, name, *addr, sts_mode, sts)
+                .await
+            {
                 Ok(open) => open,
                 Err(e) => {
                     tracing::info!(host = %name, %addr, error = e.text(), "connection failed");
@@ -249,31 +317,83 @@ impl Dispatcher {
 
     /// A ready connection to one address, following the TLS policy: an
     /// opportunistic handshake that fails is tried once more in plaintext.
+    /// An MTA-STS host (`sts_mode`) gets a checked certificate: required
+    /// under `enforce`; under `testing` a failure is written down and the
+    /// connection goes on as the destination's own policy allows.
     async fn open(
         &self,
         destination: &Destination,
         host: &str,
         addr: SocketAddr,
+        sts_mode: Option<Mode>,
+        sts: Option<&KnownPolicy>,
     ) -> Result<Client, SessionError> {
         let send = &self.config.send;
         let helo = send.helo_name.as_deref().unwrap_or(&self.config.hostname);
-        let tls = match destination.tls {
+        let own_tls = match destination.tls {
             TlsPolicy::None => None,
             TlsPolicy::Opportunistic | TlsPolicy::Encrypt => Some(self.tls.any_certificate.clone()),
             TlsPolicy::Verify => Some(self.tls.verified.clone()),
+        };
+        let own_required = matches!(destination.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
+        let (tls, tls_required) = match sts_mode {
+            Some(Mode::Enforce) => (Some(self.tls.verified.clone()), true),
+            Some(Mode::Testing) => (Some(self.tls.verified.clone()), own_required),
+            _ => (own_tls.clone(), own_required),
         };
         let mut setup = Setup {
             helo,
             host,
             addr,
             tls,
-            tls_required: matches!(destination.tls, TlsPolicy::Encrypt | TlsPolicy::Verify),
+            tls_required,
             credentials: self.credentials.get(&destination.name).cloned(),
             connect_timeout: send.connect_timeout,
             command_timeout: send.command_timeout,
             data_timeout: send.data_timeout,
         };
-        match Client::open(&setup).await {
+        let first = Client::open(&setup).await;
+        // What this connection tells a TLS report.
+        match &first {
+            Ok(client) if client.is_tls() => {
+                self.write_down(destination, sts, host, addr, tlsrpt::SUCCESS, "")
+            }
+            Ok(_) if setup.tls.is_some() => self.write_down(
+                destination,
+                sts,
+                host,
+                addr,
+                tlsrpt::STARTTLS_NOT_SUPPORTED,
+                "no STARTTLS offered",
+            ),
+            Ok(_) => {}
+            Err(SessionError::TlsFailed(text)) => self.write_down(
+                destination,
+                sts,
+                host,
+                addr,
+                tlsrpt::result_of_tls_error(text),
+                text,
+            ),
+            Err(SessionError::Temporary(text)) if text.contains("4.7.4") => self.write_down(
+                destination,
+                sts,
+                host,
+                addr,
+                tlsrpt::STARTTLS_NOT_SUPPORTED,
+                text,
+            ),
+            Err(_) => {}
+        }
+        let result = match first {
+            Err(SessionError::TlsFailed(text)) if sts_mode == Some(Mode::Testing) => {
+                tracing::info!(host, error = %text, "MTA-STS testing: the certificate check failed; going on as without a policy");
+                setup.tls = own_tls;
+                Client::open(&setup).await
+            }
+            other => other,
+        };
+        match result {
             Err(SessionError::TlsFailed(text)) if !setup.tls_required => {
                 tracing::info!(host, error = %text, "TLS failed; trying again without");
                 setup.tls = None;
@@ -281,6 +401,46 @@ impl Dispatcher {
             }
             Err(SessionError::TlsFailed(text)) => Err(SessionError::Temporary(text)),
             other => other,
+        }
+    }
+
+    /// The MTA-STS policy that applies to a destination this run, if any.
+    async fn sts_policy(&self, destination: &Destination) -> Option<KnownPolicy> {
+        let (fetcher, domain) = (self.sts.as_ref()?, destination.sts_domain.as_ref()?);
+        let lookup = fetcher.lookup(domain).await;
+        if let Some(failure) = &lookup.failure {
+            let line = SessionLine::new(
+                lookup.policy.as_ref(),
+                "",
+                None,
+                failure.result_type(),
+                failure.detail(),
+            );
+            if let Err(e) = tlsrpt::record(&self.state_dir, domain, &line) {
+                tracing::warn!(error = %e, "cannot write the TLS report record");
+            }
+        }
+        lookup
+            .policy
+            .filter(|known| known.policy.mode != Mode::None)
+    }
+
+    /// Writes down one session for the domain's TLS report.
+    fn write_down(
+        &self,
+        destination: &Destination,
+        sts: Option<&KnownPolicy>,
+        host: &str,
+        addr: SocketAddr,
+        result: &str,
+        detail: &str,
+    ) {
+        let Some(domain) = &destination.sts_domain else {
+            return;
+        };
+        let line = SessionLine::new(sts, host, Some(addr.ip()), result, detail);
+        if let Err(e) = tlsrpt::record(&self.state_dir, domain, &line) {
+            tracing::warn!(error = %e, "cannot write the TLS report record");
         }
     }
 

@@ -2,7 +2,8 @@
 //! (SMTP, POP3, IMAP) reads lines from and writes replies to. The parts:
 //! `launch` (where sockets come from), `serve` (the accept loop and its
 //! limits), `connection` (one client), [`server`] (a server's start-up),
-//! [`tls`], [`dns`], [`privileges`], [`log`].
+//! [`tls`], [`dns`], [`mta_sts`] (recipient domains' TLS policies),
+//! [`tlsrpt`] (what TLS reports are made of), [`privileges`], [`log`].
 //!
 //! postroom-tree(5), PROCESSES: a server runs in one of three ways, chosen at start by
 //! [`Launch::from_args`]:
@@ -32,10 +33,12 @@ mod connection;
 pub mod dns;
 mod launch;
 pub mod log;
+pub mod mta_sts;
 pub mod privileges;
 mod serve;
 pub mod server;
 pub mod tls;
+pub mod tlsrpt;
 
 use std::io;
 use std::net::SocketAddr;

@@ -182,6 +182,13 @@ impl FileLock {
         Ok(FileLock { file })
     }
 
+    /// Waits for an exclusive lock on an already open file (one appended
+    /// to by several processes, where the lock guards the write itself).
+    pub fn exclusive_on(file: File) -> io::Result<FileLock> {
+        file.lock_exclusive()?;
+        Ok(FileLock { file })
+    }
+
     /// Takes an exclusive lock on an already open file without waiting;
     /// `None` when someone else holds it.
     pub fn try_on(file: File) -> io::Result<Option<FileLock>> {

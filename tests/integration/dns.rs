@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// One answer: an A address or a TXT string.
 #[derive(Clone)]
@@ -25,6 +25,7 @@ pub enum Record {
 /// The server; stops when dropped.
 pub struct DnsServer {
     pub addr: SocketAddr,
+    records: Arc<Mutex<HashMap<String, Vec<Record>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -39,22 +40,36 @@ impl DnsServer {
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let records = Arc::new(Mutex::new(records));
+        let table = records.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stopped.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(reply) = answer(&buf[..n], &records) {
+                let reply = answer(&buf[..n], &table.lock().unwrap());
+                if let Some(reply) = reply {
                     let _ = socket.send_to(&reply, peer);
                 }
             }
         });
         DnsServer {
             addr,
+            records,
             stop,
             thread: Some(thread),
         }
+    }
+}
+
+impl DnsServer {
+    /// Replaces a name's records from now on (a zone edit).
+    pub fn set(&self, name: &str, records: Vec<Record>) {
+        self.records
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), records);
     }
 }
 

@@ -12,6 +12,7 @@ mod layout;
 mod list_expand;
 mod mailsort;
 mod man_pages;
+mod mta_sts;
 mod multihost;
 mod pop3_serve;
 mod sink;

@@ -22,13 +22,13 @@ use crate::util::{Tree, bin, maildir_files, stderr, stdout, wait_until};
 /// exchangers' one port.
 pub(crate) struct World {
     pub(crate) tree: Tree,
-    _dns: DnsServer,
+    pub(crate) dns: DnsServer,
     /// The exchangers' sockets not yet made sinks (see [`reserve`]).
     reserved: Mutex<HashMap<IpAddr, OwnedFd>>,
 }
 
 impl World {
-    fn new(records: Vec<(&str, Record)>, extra: &str) -> World {
+    pub(crate) fn new(records: Vec<(&str, Record)>, extra: &str) -> World {
         let tree = Tree::new();
         tree.add_user("ann@example.test");
         tree.add_user("postmaster@example.test");
@@ -54,7 +54,7 @@ impl World {
         std::fs::write(&tree.config, config).unwrap();
         World {
             tree,
-            _dns: dns,
+            dns,
             reserved: Mutex::new(reserved),
         }
     }
@@ -92,7 +92,7 @@ impl World {
     }
 
     /// Queues a message from ann to `rcpts` (remote ones stay queued).
-    fn queue_mail(&self, rcpts: &[&str], body: &str) {
+    pub(crate) fn queue_mail(&self, rcpts: &[&str], body: &str) {
         let mut args = vec!["-f", "ann@example.test"];
         args.extend_from_slice(rcpts);
         let message = format!(
@@ -103,7 +103,7 @@ impl World {
         assert!(out.status.success(), "inject: {}", stderr(&out));
     }
 
-    fn queue_ids(&self) -> Vec<String> {
+    pub(crate) fn queue_ids(&self) -> Vec<String> {
         let out = self.tree.postroom(&["queue", "list", "--json"]);
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         list.as_array()
@@ -115,7 +115,7 @@ impl World {
             .unwrap_or_default()
     }
 
-    fn show(&self, id: &str) -> String {
+    pub(crate) fn show(&self, id: &str) -> String {
         stdout(&self.tree.postroom(&["queue", "show", id]))
     }
 
@@ -587,27 +587,40 @@ fn opportunistic_tls_is_used_when_offered() {
 
 /// A CA (PEM) and a server config whose certificate it signed for `name`.
 fn ca_and_server_config(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+    let (ca, mut configs) = ca_and_server_configs(&[name]);
+    (ca, configs.remove(0))
+}
+
+/// A CA (PEM) and, for each name, a server config whose certificate it
+/// signed for that name.
+pub(crate) fn ca_and_server_configs(names: &[&str]) -> (String, Vec<Arc<rustls::ServerConfig>>) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    (ca.pem(), Arc::new(config))
+    let configs = names
+        .iter()
+        .map(|name| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+            Arc::new(config)
+        })
+        .collect();
+    (ca.pem(), configs)
 }
 
 #[test]
