@@ -12,6 +12,9 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use mail_auth::report::tlsrpt::{
+    DateRange, FailureDetails, Policy, PolicyDetails, PolicyType, ResultType, Summary, TlsReport,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::net::mta_sts::KnownPolicy;
@@ -116,6 +119,100 @@ pub fn record(state_dir: &Path, domain: &str, line: &SessionLine) -> std::io::Re
     file.write_all(text.as_bytes())
 }
 
+/// Reads a domain's record of one day; lines that do not parse (a line
+/// torn by a crash mid-write) are left out.
+pub fn read_record(file: &Path) -> std::io::Result<Vec<SessionLine>> {
+    let text = fsutil::read_to_string_fresh(file)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect())
+}
+
+/// The RFC 8460 report of one domain's day (`YYYY-MM-DD`, UTC): one
+/// policy entry per policy seen (a changed policy is a new entry), with
+/// its session counts and the failures grouped by result, MX host and
+/// address.
+pub fn build_report(
+    domain: &str,
+    day: &str,
+    lines: &[SessionLine],
+    organization: &str,
+    contact: &str,
+) -> TlsReport {
+    let start = mail_parser::DateTime::parse_rfc3339(&format!("{day}T00:00:00Z"))
+        .unwrap_or_else(|| mail_parser::DateTime::from_timestamp(0));
+    let end = mail_parser::DateTime::from_timestamp(start.to_timestamp() + 86_400);
+    let mut policies: Vec<Policy> = Vec::new();
+    for line in lines {
+        let policy_type = match line.policy_type.as_str() {
+            "sts" => PolicyType::Sts,
+            _ => PolicyType::NoPolicyFound,
+        };
+        let index = match policies.iter().position(|p| {
+            p.policy.policy_type == policy_type && p.policy.policy_string == line.policy_string
+        }) {
+            Some(index) => index,
+            None => {
+                policies.push(Policy {
+                    policy: PolicyDetails {
+                        policy_type,
+                        policy_string: line.policy_string.clone(),
+                        policy_domain: domain.to_string(),
+                        mx_host: line
+                            .policy_string
+                            .iter()
+                            .filter_map(|l| l.strip_prefix("mx: "))
+                            .map(str::to_string)
+                            .collect(),
+                    },
+                    summary: Summary {
+                        total_success: 0,
+                        total_failure: 0,
+                    },
+                    failure_details: Vec::new(),
+                });
+                policies.len() - 1
+            }
+        };
+        let policy = &mut policies[index];
+        if line.result == SUCCESS {
+            policy.summary.total_success += 1;
+            continue;
+        }
+        policy.summary.total_failure += 1;
+        let result_type: ResultType =
+            serde_json::from_value(serde_json::Value::String(line.result.clone()))
+                .unwrap_or(ResultType::Other);
+        let mx = (!line.mx_host.is_empty()).then(|| line.mx_host.clone());
+        match policy.failure_details.iter_mut().find(|f| {
+            f.result_type == result_type
+                && f.receiving_mx_hostname == mx
+                && f.receiving_ip == line.receiving_ip
+        }) {
+            Some(failure) => failure.failed_session_count += 1,
+            None => policy.failure_details.push(FailureDetails {
+                result_type,
+                receiving_mx_hostname: mx,
+                receiving_ip: line.receiving_ip,
+                failed_session_count: 1,
+                additional_information: (!line.detail.is_empty()).then(|| line.detail.clone()),
+                ..FailureDetails::default()
+            }),
+        }
+    }
+    TlsReport {
+        organization_name: Some(organization.to_string()),
+        date_range: DateRange {
+            start_datetime: start,
+            end_datetime: end,
+        },
+        contact_info: Some(contact.to_string()),
+        report_id: format!("{day}.{domain}@{organization}"),
+        policies,
+    }
+}
+
 /// The failure result type of a TLS error text from the SMTP client
 /// (rustls names the certificate problem in its message).
 pub fn result_of_tls_error(text: &str) -> &'static str {
@@ -159,6 +256,65 @@ mod tests {
             .collect();
         assert_eq!(lines, [line.clone(), line]);
         assert!(!dir.path().join("escape").exists());
+    }
+
+    #[test]
+    fn a_report_counts_sessions_per_policy_and_groups_failures() {
+        let known = KnownPolicy {
+            id: "one".into(),
+            fetched: 0,
+            policy: crate::proto::mta_sts::Policy {
+                mode: crate::proto::mta_sts::Mode::Enforce,
+                max_age: 86400,
+                mx: vec!["*.far.test".into()],
+            },
+        };
+        let ip = Some("192.0.2.1".parse().unwrap());
+        let lines = [
+            SessionLine::new(Some(&known), "mx1.far.test", ip, SUCCESS, ""),
+            SessionLine::new(Some(&known), "mx1.far.test", ip, SUCCESS, ""),
+            SessionLine::new(
+                Some(&known),
+                "mx2.far.test",
+                ip,
+                CERTIFICATE_EXPIRED,
+                "expired",
+            ),
+            SessionLine::new(
+                Some(&known),
+                "mx2.far.test",
+                ip,
+                CERTIFICATE_EXPIRED,
+                "expired",
+            ),
+            SessionLine::new(None, "mx1.far.test", ip, STARTTLS_NOT_SUPPORTED, ""),
+        ];
+        let report = build_report(
+            "far.test",
+            "2026-12-01",
+            &lines,
+            "mail.example.test",
+            "postmaster@example.test",
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["date-range"]["start-datetime"], "2026-12-01T00:00:00Z");
+        assert_eq!(json["date-range"]["end-datetime"], "2026-12-02T00:00:00Z");
+        let sts = &json["policies"][0];
+        assert_eq!(sts["policy"]["policy-type"], "sts");
+        assert_eq!(sts["policy"]["mx-host"][0], "*.far.test");
+        assert_eq!(sts["summary"]["total-successful-session-count"], 2);
+        assert_eq!(sts["summary"]["total-failure-session-count"], 2);
+        assert_eq!(
+            sts["failure-details"][0]["result-type"],
+            "certificate-expired"
+        );
+        assert_eq!(sts["failure-details"][0]["failed-session-count"], 2);
+        let none = &json["policies"][1];
+        assert_eq!(none["policy"]["policy-type"], "no-policy-found");
+        assert_eq!(
+            none["failure-details"][0]["result-type"],
+            "starttls-not-supported"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::dns::Record;
 use crate::sink::Behaviour;
 use crate::smtp_send::{World, a, ca_and_server_configs, mx, ok};
 use crate::util::Tree;
+use mail_parser::MimeHeaders;
 
 /// An HTTPS server on 127.0.1.1 answering every request with the policy
 /// it holds (or whatever body a test puts there); counts requests.
@@ -360,4 +361,79 @@ fn a_policy_server_with_an_untrusted_certificate_gives_no_policy() {
     assert_eq!(impostor.requests(), 0, "nothing was asked of it");
     let got = results(&w);
     assert!(got.contains(&"sts-webpki-invalid".to_string()), "{got:?}");
+}
+
+#[test]
+fn tlsrpt_send_mails_a_finished_day_as_gzipped_json_to_the_rua_address() {
+    let (w, _server, mx_tls) = sts_world(&policy("enforce", "mx.far.test", 86400));
+    let sink = w.sink(
+        2,
+        Behaviour {
+            tls: Some(mx_tls),
+            ..Behaviour::default()
+        },
+    );
+    w.queue_mail(&["bob@far.test"], "hi\n");
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages().len(), 1);
+    // Today's record is not reported until the day is over: make it
+    // yesterday's.
+    let records = state(&w).join("tlsrpt");
+    let today = std::fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let out = w.tree.postroom(&["tlsrpt", "send"]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    assert!(today.exists(), "today's record stays");
+    std::fs::rename(&today, records.join("2026-01-01")).unwrap();
+    w.dns.set(
+        "_smtp._tls.far.test",
+        vec![Record::Txt(
+            "v=TLSRPTv1; rua=mailto:ann@example.test".into(),
+        )],
+    );
+    let out = w.tree.postroom(&["tlsrpt", "send", "--dry-run"]);
+    assert!(crate::util::stdout(&out).contains("would go to ann@example.test"));
+    assert!(
+        records.join("2026-01-01/far.test").exists(),
+        "a dry run removes nothing"
+    );
+    let out = w.tree.postroom(&["tlsrpt", "send"]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    assert!(
+        !records.join("2026-01-01").exists(),
+        "the reported day is gone"
+    );
+    ok(&w.send(&["--once"]));
+    let mail = crate::util::maildir_files(&w.tree.maildir("ann"));
+    assert_eq!(mail.len(), 1, "one report");
+    let raw = std::fs::read(&mail[0]).unwrap();
+    let message = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    assert_eq!(
+        message.header_raw("TLS-Report-Domain").map(str::trim),
+        Some("far.test")
+    );
+    let gz = message
+        .attachments()
+        .find(|a| {
+            a.content_type()
+                .is_some_and(|t| t.subtype() == Some("tlsrpt+gzip"))
+        })
+        .expect("the gzipped report")
+        .contents()
+        .to_vec();
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut json).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        report["date-range"]["start-datetime"],
+        "2026-01-01T00:00:00Z"
+    );
+    let policy = &report["policies"][0];
+    assert_eq!(policy["policy"]["policy-type"], "sts");
+    assert_eq!(policy["policy"]["policy-domain"], "far.test");
+    assert_eq!(policy["summary"]["total-successful-session-count"], 1);
 }
