@@ -336,6 +336,10 @@ pub struct Dns {
     /// How long one question may take.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// The name servers validate DNSSEC (a local unbound or similar):
+    /// their AD bit is trusted, which turns on DANE in smtp-send
+    /// (Postfix's `smtp_dns_support_level = dnssec`).
+    pub dnssec: bool,
 }
 
 impl Default for Dns {
@@ -343,6 +347,7 @@ impl Default for Dns {
         Dns {
             nameservers: Vec::new(),
             timeout: Duration::from_secs(5),
+            dnssec: false,
         }
     }
 }

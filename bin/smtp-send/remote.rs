@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use hickory_resolver::TokioResolver;
 use postroom::config::{Config, TlsPolicy};
 use postroom::delivery::deliver::Outcome;
+use postroom::net::dane::{self, Answer, Tlsa};
 use postroom::net::dns::{self, Exchanger, RouteError};
 use postroom::net::mta_sts::{Fetcher, KnownPolicy};
 use postroom::net::tls::ClientTls;
-use postroom::net::tlsrpt::{self, SessionLine};
+use postroom::net::tlsrpt::{self, Applied, SessionLine};
 use postroom::proto::address::ReversePath;
 use postroom::proto::mta_sts::Mode;
 use postroom::store::queue::{QueuedMessage, Recipient};
@@ -54,10 +55,10 @@ pub struct Destination {
     mx: bool,
     port: u16,
     tls: TlsPolicy,
-    /// The recipient domain whose MTA-STS policy applies: a domain
-    /// reached by its MX records, with no `send.tls_policy` entry of its
-    /// own (the administrator's word wins) and no transport.
-    sts_domain: Option<String>,
+    /// The recipient domain whose DANE records and MTA-STS policy apply:
+    /// a domain reached by its MX records, with no `send.tls_policy`
+    /// entry of its own (the administrator's word wins) and no transport.
+    policy_domain: Option<String>,
 }
 
 impl Destination {
@@ -77,13 +78,13 @@ impl Destination {
                     name: t.host,
                     mx: t.mx,
                     port,
-                    sts_domain: None,
+                    policy_domain: None,
                 }
             }
             None => Destination {
                 key: domain.clone(),
                 tls: config.send.tls_for(&domain),
-                sts_domain: (config.send.mta_sts && !config.send.tls_policy.contains_key(&domain))
+                policy_domain: (!config.send.tls_policy.contains_key(&domain))
                     .then(|| domain.clone()),
                 name: domain,
                 mx: true,
@@ -105,6 +106,18 @@ pub struct Dispatcher {
     sts: Option<Fetcher>,
     /// Where TLS report lines go (`state/`).
     state_dir: PathBuf,
+    /// The validating name servers DANE asks (`None` unless `dns.dnssec`).
+    dane: Option<Vec<SocketAddr>>,
+}
+
+/// What protects the TLS of one host.
+enum HostPolicy<'a> {
+    /// The destination's own `send.tls` or `send.tls_policy`.
+    Own,
+    /// DANE: the host's validated TLSA records.
+    Dane(Vec<Tlsa>),
+    /// MTA-STS: the domain's policy, which lists the host.
+    Sts(&'a KnownPolicy),
 }
 
 /// One destination's waiting jobs and its workers.
@@ -116,6 +129,8 @@ struct DestinationQueue {
     /// The domain's MTA-STS policy, looked up once per run; `None` when
     /// none applies (no policy, mode `none`, or not a domain by MX).
     sts: OnceCell<Option<KnownPolicy>>,
+    /// Whether the domain's MX records are DNSSEC-validated (DANE).
+    mx_secure: OnceCell<bool>,
 }
 
 #[derive(Default)]
@@ -141,6 +156,10 @@ impl Dispatcher {
         Arc::new(Dispatcher {
             connections: Arc::new(Semaphore::new(config.send.concurrency)),
             state_dir: config.state_dir(),
+            dane: config
+                .dns
+                .dnssec
+                .then(|| dns::nameserver_addresses(&config)),
             config,
             resolver,
             tls,
@@ -162,6 +181,7 @@ impl Dispatcher {
                         state: Mutex::new(QueueState::default()),
                         hosts: OnceCell::new(),
                         sts: OnceCell::new(),
+                        mx_secure: OnceCell::new(),
                     })
                 })
                 .clone()
@@ -259,35 +279,15 @@ impl Dispatcher {
             queue.destination.key
         ));
         for (name, addr) in hosts {
-            // RFC 8461 §4.1: only the MX hosts the policy lists.
-            let sts_mode = match sts {
-                Some(known) if !known.policy.allows_mx(name) => {
-                    let text = format!(
-                        "451 4.7.5 {name} is not an MX host the MTA-STS policy of {} lists",
-                        queue.destination.name
-                    );
-                    self.write_down(
-                        &queue.destination,
-                        sts,
-                        name,
-                        *addr,
-                        tlsrpt::VALIDATION_FAILURE,
-                        &text,
-                    );
-                    if known.policy.mode == Mode::Enforce {
-                        tracing::info!(host = %name, "skipped: not in the MTA-STS policy");
-                        last = SessionError::Temporary(text);
-                        continue;
-                    }
-                    None
+            let policy = match self.host_policy(queue, sts, name, *addr).await {
+                Ok(policy) => policy,
+                Err(text) => {
+                    tracing::info!(host = %name, error = %text, "skipped");
+                    last = SessionError::Temporary(text);
+                    continue;
                 }
-                Some(known) => Some(known.policy.mode),
-                None => None,
             };
-            let mut open = match self
-                .open(&queue.destination, name, *addr, sts_mode, sts)
-                .await
-            {
+            let mut open = match self.open(&queue.destination, name, *addr, &policy).await {
                 Ok(open) => open,
                 Err(e) => {
                     tracing::info!(host = %name, %addr, error = e.text(), "connection failed");
@@ -315,18 +315,85 @@ impl Dispatcher {
         everyone(Outcome::Deferred(last.text().to_string()))
     }
 
+    /// How one host's TLS is protected (RFC 7672 §2.2, RFC 8461 §4): DANE
+    /// when the domain's MX records and the host's TLSA records are
+    /// validated (it takes precedence over MTA-STS), else the MTA-STS
+    /// policy, which may rule the host out, else the destination's own.
+    /// An `Err` is why the host is not tried now.
+    async fn host_policy<'a>(
+        &self,
+        queue: &DestinationQueue,
+        sts: Option<&'a KnownPolicy>,
+        host: &str,
+        addr: SocketAddr,
+    ) -> Result<HostPolicy<'a>, String> {
+        let destination = &queue.destination;
+        if let (Some(servers), Some(domain)) = (&self.dane, &destination.policy_domain) {
+            let timeout = self.config.dns.timeout;
+            let secure = *queue
+                .mx_secure
+                .get_or_init(|| dane::mx_is_secure(servers, timeout, domain))
+                .await;
+            if secure {
+                match dane::tlsa_records(servers, timeout, host, destination.port).await {
+                    Answer::Secure(records) if !records.is_empty() => {
+                        return Ok(HostPolicy::Dane(records));
+                    }
+                    Answer::Secure(_) | Answer::Insecure => {}
+                    Answer::Failed(text) => {
+                        let text = format!(
+                            "451 4.7.5 the TLSA records of {host} cannot be had now: {text}"
+                        );
+                        self.write_down(
+                            destination,
+                            Applied::None,
+                            host,
+                            addr,
+                            tlsrpt::DNSSEC_INVALID,
+                            &text,
+                        );
+                        return Err(text);
+                    }
+                }
+            }
+        }
+        match sts {
+            // RFC 8461 §4.1: only the MX hosts the policy lists.
+            Some(known) if !known.policy.allows_mx(host) => {
+                let text = format!(
+                    "451 4.7.5 {host} is not an MX host the MTA-STS policy of {} lists",
+                    destination.name
+                );
+                self.write_down(
+                    destination,
+                    Applied::Sts(known),
+                    host,
+                    addr,
+                    tlsrpt::VALIDATION_FAILURE,
+                    &text,
+                );
+                if known.policy.mode == Mode::Enforce {
+                    return Err(text);
+                }
+                Ok(HostPolicy::Own)
+            }
+            Some(known) => Ok(HostPolicy::Sts(known)),
+            None => Ok(HostPolicy::Own),
+        }
+    }
+
     /// A ready connection to one address, following the TLS policy: an
     /// opportunistic handshake that fails is tried once more in plaintext.
-    /// An MTA-STS host (`sts_mode`) gets a checked certificate: required
-    /// under `enforce`; under `testing` a failure is written down and the
-    /// connection goes on as the destination's own policy allows.
+    /// A DANE host must match its TLSA records; an MTA-STS host gets a
+    /// checked certificate, required under `enforce`; under `testing` a
+    /// failure is written down and the connection goes on as the
+    /// destination's own policy allows.
     async fn open(
         &self,
         destination: &Destination,
         host: &str,
         addr: SocketAddr,
-        sts_mode: Option<Mode>,
-        sts: Option<&KnownPolicy>,
+        policy: &HostPolicy<'_>,
     ) -> Result<Client, SessionError> {
         let send = &self.config.send;
         let helo = send.helo_name.as_deref().unwrap_or(&self.config.hostname);
@@ -336,10 +403,25 @@ impl Dispatcher {
             TlsPolicy::Verify => Some(self.tls.verified.clone()),
         };
         let own_required = matches!(destination.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
-        let (tls, tls_required) = match sts_mode {
-            Some(Mode::Enforce) => (Some(self.tls.verified.clone()), true),
-            Some(Mode::Testing) => (Some(self.tls.verified.clone()), own_required),
-            _ => (own_tls.clone(), own_required),
+        let (tls, tls_required, applied) = match policy {
+            HostPolicy::Dane(records) => {
+                // TLSA records none of which is usable still make TLS
+                // mandatory, unauthenticated (RFC 7672 §2.2).
+                let config = if records.iter().any(Tlsa::is_usable) {
+                    dane::client_config(records.clone()).map_err(|e| {
+                        SessionError::Temporary(format!("451 4.7.5 DANE for {host}: {e}"))
+                    })?
+                } else {
+                    self.tls.any_certificate.clone()
+                };
+                (Some(config), true, Applied::Tlsa(records))
+            }
+            HostPolicy::Sts(known) => (
+                Some(self.tls.verified.clone()),
+                known.policy.mode == Mode::Enforce || own_required,
+                Applied::Sts(known),
+            ),
+            HostPolicy::Own => (own_tls.clone(), own_required, Applied::None),
         };
         let mut setup = Setup {
             helo,
@@ -354,41 +436,30 @@ impl Dispatcher {
         };
         let first = Client::open(&setup).await;
         // What this connection tells a TLS report.
-        match &first {
-            Ok(client) if client.is_tls() => {
-                self.write_down(destination, sts, host, addr, tlsrpt::SUCCESS, "")
+        let result = match &first {
+            Ok(client) if client.is_tls() => Some((tlsrpt::SUCCESS, "")),
+            Ok(_) if setup.tls.is_some() => {
+                Some((tlsrpt::STARTTLS_NOT_SUPPORTED, "no STARTTLS offered"))
             }
-            Ok(_) if setup.tls.is_some() => self.write_down(
-                destination,
-                sts,
-                host,
-                addr,
-                tlsrpt::STARTTLS_NOT_SUPPORTED,
-                "no STARTTLS offered",
-            ),
-            Ok(_) => {}
-            Err(SessionError::TlsFailed(text)) => self.write_down(
-                destination,
-                sts,
-                host,
-                addr,
-                tlsrpt::result_of_tls_error(text),
-                text,
-            ),
-            Err(SessionError::Temporary(text)) if text.contains("4.7.4") => self.write_down(
-                destination,
-                sts,
-                host,
-                addr,
-                tlsrpt::STARTTLS_NOT_SUPPORTED,
-                text,
-            ),
-            Err(_) => {}
+            Ok(_) => None,
+            Err(SessionError::TlsFailed(text)) => {
+                Some((tlsrpt::result_of_tls_error(text), text.as_str()))
+            }
+            Err(SessionError::Temporary(text)) if text.contains("4.7.4") => {
+                Some((tlsrpt::STARTTLS_NOT_SUPPORTED, text.as_str()))
+            }
+            Err(_) => None,
+        };
+        if let Some((result, detail)) = result {
+            self.write_down(destination, applied, host, addr, result, detail);
         }
+        let testing =
+            matches!(policy, HostPolicy::Sts(known) if known.policy.mode == Mode::Testing);
         let result = match first {
-            Err(SessionError::TlsFailed(text)) if sts_mode == Some(Mode::Testing) => {
+            Err(SessionError::TlsFailed(text)) if testing => {
                 tracing::info!(host, error = %text, "MTA-STS testing: the certificate check failed; going on as without a policy");
                 setup.tls = own_tls;
+                setup.tls_required = own_required;
                 Client::open(&setup).await
             }
             other => other,
@@ -406,11 +477,11 @@ impl Dispatcher {
 
     /// The MTA-STS policy that applies to a destination this run, if any.
     async fn sts_policy(&self, destination: &Destination) -> Option<KnownPolicy> {
-        let (fetcher, domain) = (self.sts.as_ref()?, destination.sts_domain.as_ref()?);
+        let (fetcher, domain) = (self.sts.as_ref()?, destination.policy_domain.as_ref()?);
         let lookup = fetcher.lookup(domain).await;
         if let Some(failure) = &lookup.failure {
             let line = SessionLine::new(
-                lookup.policy.as_ref(),
+                lookup.policy.as_ref().map_or(Applied::None, Applied::Sts),
                 "",
                 None,
                 failure.result_type(),
@@ -429,16 +500,16 @@ impl Dispatcher {
     fn write_down(
         &self,
         destination: &Destination,
-        sts: Option<&KnownPolicy>,
+        applied: Applied<'_>,
         host: &str,
         addr: SocketAddr,
         result: &str,
         detail: &str,
     ) {
-        let Some(domain) = &destination.sts_domain else {
+        let Some(domain) = &destination.policy_domain else {
             return;
         };
-        let line = SessionLine::new(sts, host, Some(addr.ip()), result, detail);
+        let line = SessionLine::new(applied, host, Some(addr.ip()), result, detail);
         if let Err(e) = tlsrpt::record(&self.state_dir, domain, &line) {
             tracing::warn!(error = %e, "cannot write the TLS report record");
         }

@@ -22,6 +22,24 @@ pub enum DnsError {
     Lookup { name: String, error: String },
 }
 
+/// The addresses of the config's name servers, or the system's
+/// (resolv.conf), for questions asked without the resolver (DANE's).
+pub fn nameserver_addresses(config: &Config) -> Vec<std::net::SocketAddr> {
+    if !config.dns.nameservers.is_empty() {
+        return config.dns.nameservers.clone();
+    }
+    let mut servers: Vec<std::net::SocketAddr> = hickory_resolver::system_conf::read_system_conf()
+        .map(|(conf, _)| {
+            conf.name_servers()
+                .iter()
+                .map(|ns| ns.socket_addr)
+                .collect()
+        })
+        .unwrap_or_default();
+    servers.dedup();
+    servers
+}
+
 /// A resolver for the config's name servers (or the system's).
 pub fn resolver(config: &Config) -> Result<TokioResolver, DnsError> {
     let mut opts = ResolverOpts::default();

@@ -2,7 +2,7 @@
 //! (SMTP, POP3, IMAP) reads lines from and writes replies to. The parts:
 //! `launch` (where sockets come from), `serve` (the accept loop and its
 //! limits), `connection` (one client), [`server`] (a server's start-up),
-//! [`tls`], [`dns`], [`mta_sts`] (recipient domains' TLS policies),
+//! [`tls`], [`dns`], [`mta_sts`] and [`dane`] (recipient domains' TLS policies),
 //! [`tlsrpt`] (what TLS reports are made of), [`privileges`], [`log`].
 //!
 //! postroom-tree(5), PROCESSES: a server runs in one of three ways, chosen at start by
@@ -30,6 +30,7 @@
 //! here panics on what a client sends.
 
 mod connection;
+pub mod dane;
 pub mod dns;
 mod launch;
 pub mod log;

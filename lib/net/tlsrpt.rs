@@ -17,6 +17,7 @@ use mail_auth::report::tlsrpt::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::net::dane::Tlsa;
 use crate::net::mta_sts::KnownPolicy;
 use crate::store::fsutil::{self, FileLock};
 
@@ -27,13 +28,22 @@ pub const CERTIFICATE_HOST_MISMATCH: &str = "certificate-host-mismatch";
 pub const CERTIFICATE_EXPIRED: &str = "certificate-expired";
 pub const CERTIFICATE_NOT_TRUSTED: &str = "certificate-not-trusted";
 pub const VALIDATION_FAILURE: &str = "validation-failure";
+pub const DNSSEC_INVALID: &str = "dnssec-invalid";
+
+/// The policy a session was held under.
+#[derive(Debug, Clone, Copy)]
+pub enum Applied<'a> {
+    None,
+    Sts(&'a KnownPolicy),
+    Tlsa(&'a [Tlsa]),
+}
 
 /// One line of the record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionLine {
     /// Seconds since the epoch.
     pub time: u64,
-    /// "sts" or "no-policy-found" (RFC 8460 §4.3.1.1).
+    /// "tlsa", "sts" or "no-policy-found" (RFC 8460 §4.3.1.1).
     pub policy_type: String,
     /// The policy as the domain serves it, one string per line (§4.4).
     #[serde(default)]
@@ -48,9 +58,9 @@ pub struct SessionLine {
 }
 
 impl SessionLine {
-    /// A session under `policy` (or none) to `mx_host`.
+    /// A session under `policy` to `mx_host`.
     pub fn new(
-        policy: Option<&KnownPolicy>,
+        policy: Applied<'_>,
         mx_host: &str,
         receiving_ip: Option<IpAddr>,
         result: &str,
@@ -58,22 +68,22 @@ impl SessionLine {
     ) -> SessionLine {
         SessionLine {
             time: fsutil::now_secs(),
-            policy_type: if policy.is_some() {
-                "sts"
-            } else {
-                "no-policy-found"
+            policy_type: match policy {
+                Applied::None => "no-policy-found",
+                Applied::Sts(_) => "sts",
+                Applied::Tlsa(_) => "tlsa",
             }
             .into(),
-            policy_string: policy
-                .map(|known| {
-                    known
-                        .policy
-                        .to_string()
-                        .lines()
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            policy_string: match policy {
+                Applied::None => Vec::new(),
+                Applied::Sts(known) => known
+                    .policy
+                    .to_string()
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+                Applied::Tlsa(records) => records.iter().map(Tlsa::to_text).collect(),
+            },
             mx_host: mx_host.to_string(),
             receiving_ip,
             result: result.to_string(),
@@ -147,6 +157,7 @@ pub fn build_report(
     for line in lines {
         let policy_type = match line.policy_type.as_str() {
             "sts" => PolicyType::Sts,
+            "tlsa" => PolicyType::Tlsa,
             _ => PolicyType::NoPolicyFound,
         };
         let index = match policies.iter().position(|p| {
@@ -216,7 +227,9 @@ pub fn build_report(
 /// The failure result type of a TLS error text from the SMTP client
 /// (rustls names the certificate problem in its message).
 pub fn result_of_tls_error(text: &str) -> &'static str {
-    if text.contains("STARTTLS") && text.contains("4.7.4") {
+    if text.contains("TlsaMismatch") {
+        VALIDATION_FAILURE
+    } else if text.contains("STARTTLS") && text.contains("4.7.4") {
         STARTTLS_NOT_SUPPORTED
     } else if text.contains("NotValidForName") {
         CERTIFICATE_HOST_MISMATCH
@@ -242,7 +255,7 @@ mod tests {
     #[test]
     fn lines_are_appended_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let line = SessionLine::new(None, "mx.far.test", None, SUCCESS, "");
+        let line = SessionLine::new(Applied::None, "mx.far.test", None, SUCCESS, "");
         record(dir.path(), "Far.Test.", &line).unwrap();
         record(dir.path(), "far.test", &line).unwrap();
         record(dir.path(), "../escape", &line).unwrap();
@@ -271,23 +284,29 @@ mod tests {
         };
         let ip = Some("192.0.2.1".parse().unwrap());
         let lines = [
-            SessionLine::new(Some(&known), "mx1.far.test", ip, SUCCESS, ""),
-            SessionLine::new(Some(&known), "mx1.far.test", ip, SUCCESS, ""),
+            SessionLine::new(Applied::Sts(&known), "mx1.far.test", ip, SUCCESS, ""),
+            SessionLine::new(Applied::Sts(&known), "mx1.far.test", ip, SUCCESS, ""),
             SessionLine::new(
-                Some(&known),
+                Applied::Sts(&known),
                 "mx2.far.test",
                 ip,
                 CERTIFICATE_EXPIRED,
                 "expired",
             ),
             SessionLine::new(
-                Some(&known),
+                Applied::Sts(&known),
                 "mx2.far.test",
                 ip,
                 CERTIFICATE_EXPIRED,
                 "expired",
             ),
-            SessionLine::new(None, "mx1.far.test", ip, STARTTLS_NOT_SUPPORTED, ""),
+            SessionLine::new(
+                Applied::None,
+                "mx1.far.test",
+                ip,
+                STARTTLS_NOT_SUPPORTED,
+                "",
+            ),
         ];
         let report = build_report(
             "far.test",

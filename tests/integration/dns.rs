@@ -1,5 +1,6 @@
 //! A small authoritative DNS server on loopback, for tests: it answers A,
-//! AAAA, MX and TXT questions from a table, NOERROR with no answer for a
+//! AAAA, MX, TXT and TLSA questions from a table (with the AD bit for names
+//! marked secure), NOERROR with no answer for a
 //! known name without that type, NXDOMAIN for unknown names and SERVFAIL
 //! for names marked so (RFC 1035 §4.1 wire format, UDP only, no
 //! compression in answers). Enough for DNS blocklists and mail routing;
@@ -20,6 +21,11 @@ pub enum Record {
     Txt(String),
     /// Every question about the name gets SERVFAIL.
     ServFail,
+    /// A TLSA record: usage, selector, matching type, data.
+    Tlsa(u8, u8, u8, Vec<u8>),
+    /// Answers about the name carry the AD bit, as a validating
+    /// resolver's do for a signed zone.
+    Secure,
 }
 
 /// The server; stops when dropped.
@@ -113,6 +119,7 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
                             | (Record::Txt(_), 16)
                             | (Record::Mx(..), 15)
                             | (Record::Aaaa(_), 28)
+                            | (Record::Tlsa(..), 52)
                     )
                 })
                 .collect()
@@ -132,7 +139,11 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
     } else {
         3
     };
-    reply.extend_from_slice(&[0x84 | (query[2] & 0x01), rcode as u8]); // QR, AA, RD copied
+    let secure = records
+        .get(&name)
+        .is_some_and(|rs| rs.iter().any(|r| matches!(r, Record::Secure)));
+    let ad = if secure { 0x20 } else { 0 };
+    reply.extend_from_slice(&[0x84 | (query[2] & 0x01), rcode as u8 | ad]); // QR, AA, RD copied; AD
     reply.extend_from_slice(&1u16.to_be_bytes()); // QDCOUNT
     reply.extend_from_slice(&(matching.len() as u16).to_be_bytes()); // ANCOUNT
     reply.extend_from_slice(&[0, 0, 0, 0]); // NSCOUNT, ARCOUNT
@@ -151,7 +162,12 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
                 data.push(0);
                 (15u16, data)
             }
-            Record::ServFail => continue,
+            Record::ServFail | Record::Secure => continue,
+            Record::Tlsa(usage, selector, matching, bytes) => {
+                let mut data = vec![*usage, *selector, *matching];
+                data.extend_from_slice(bytes);
+                (52u16, data)
+            }
             Record::Txt(text) => {
                 let mut data = Vec::new();
                 for chunk in text.as_bytes().chunks(255) {

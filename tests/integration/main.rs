@@ -2,6 +2,7 @@
 //! as ripgrep does, so the binaries are built once).
 
 mod auth;
+mod dane;
 mod dkim;
 mod dns;
 mod first_day;
