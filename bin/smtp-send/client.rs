@@ -57,6 +57,10 @@ pub struct Setup<'a> {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Refuse to go on without TLS.
     pub tls_required: bool,
+    /// Start TLS with OpenSSL (TLS 1.0 and up, any certificate) instead
+    /// of rustls: the `legacy-tls` feature's second try at a peer that
+    /// speaks no TLS 1.2.
+    pub legacy_tls: bool,
     /// AUTH PLAIN with these (user, password).
     pub credentials: Option<(String, String)>,
     pub connect_timeout: Duration,
@@ -95,6 +99,9 @@ struct Extensions {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS 1.0/1.1 through OpenSSL, for a peer rustls cannot talk to.
+    #[cfg(feature = "legacy-tls")]
+    Legacy(Box<tokio_native_tls::TlsStream<TcpStream>>),
     /// Between handing the plain stream to TLS and getting it back, or
     /// after TLS failed: every use is an error.
     Closed,
@@ -105,6 +112,8 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
+            #[cfg(feature = "legacy-tls")]
+            Stream::Legacy(s) => s.read(buf).await,
             Stream::Closed => Err(std::io::ErrorKind::NotConnected.into()),
         }
     }
@@ -116,6 +125,11 @@ impl Stream {
                 s.write_all(bytes).await?;
                 s.flush().await
             }
+            #[cfg(feature = "legacy-tls")]
+            Stream::Legacy(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
             Stream::Closed => Err(std::io::ErrorKind::NotConnected.into()),
         }
     }
@@ -124,6 +138,8 @@ impl Stream {
         let _ = match self {
             Stream::Plain(s) => s.shutdown().await,
             Stream::Tls(s) => s.shutdown().await,
+            #[cfg(feature = "legacy-tls")]
+            Stream::Legacy(s) => s.shutdown().await,
             Stream::Closed => Ok(()),
         };
     }
@@ -178,7 +194,10 @@ impl Client {
         }
         client.hello(setup.helo).await?;
         if let Some(tls) = &setup.tls {
-            if client.extensions.starttls {
+            if client.extensions.starttls && setup.legacy_tls {
+                client.start_legacy_tls(setup.host).await?;
+                client.hello(setup.helo).await?;
+            } else if client.extensions.starttls {
                 client.start_tls(tls.clone(), setup.host).await?;
                 client.hello(setup.helo).await?;
             } else if setup.tls_required {
@@ -263,6 +282,59 @@ impl Client {
                 self.peer()
             ))),
         }
+    }
+
+    /// STARTTLS through OpenSSL for a peer that speaks only TLS 1.0 or
+    /// 1.1: any certificate, as opportunistic TLS takes (RFC 7435). The
+    /// OpenSSL configuration decides what is still allowed: OpenSSL 3
+    /// refuses TLS below 1.2 at its default security level
+    /// (smtp-send(8), TLS, says how to lower it for this program).
+    #[cfg(feature = "legacy-tls")]
+    async fn start_legacy_tls(&mut self, host: &str) -> Result<(), SessionError> {
+        self.send(b"STARTTLS\r\n").await?;
+        let reply = self.read_reply(self.command_timeout).await?;
+        if reply.class() != 2 {
+            return Err(SessionError::TlsFailed(self.said(&reply)));
+        }
+        if !self.buf.is_empty() {
+            return Err(SessionError::Temporary(format!(
+                "421 4.7.0 {} sent data after its STARTTLS reply",
+                self.peer()
+            )));
+        }
+        let connector = native_tls::TlsConnector::builder()
+            .min_protocol_version(Some(native_tls::Protocol::Tlsv10))
+            .danger_accept_invalid_certs(true)
+            .danger_accept_invalid_hostnames(true)
+            .build()
+            .map_err(|e| SessionError::TlsFailed(format!("421 4.7.5 OpenSSL: {e}")))?;
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Err(SessionError::Temporary(
+                "421 4.7.0 STARTTLS on a connection that is not plain TCP".into(),
+            ));
+        };
+        let connector = tokio_native_tls::TlsConnector::from(connector);
+        match timeout(self.command_timeout, connector.connect(host, tcp)).await {
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Legacy(Box::new(tls));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(SessionError::TlsFailed(format!(
+                "421 4.7.5 legacy TLS with {} failed: {e}",
+                self.peer()
+            ))),
+            Err(_) => Err(SessionError::TlsFailed(format!(
+                "421 4.7.5 legacy TLS with {} timed out",
+                self.peer()
+            ))),
+        }
+    }
+
+    #[cfg(not(feature = "legacy-tls"))]
+    async fn start_legacy_tls(&mut self, _host: &str) -> Result<(), SessionError> {
+        Err(SessionError::TlsFailed(
+            "421 4.7.5 this smtp-send was built without the legacy-tls feature".into(),
+        ))
     }
 
     async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), SessionError> {
@@ -564,7 +636,20 @@ impl Client {
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self.stream, Stream::Tls(_))
+        match self.stream {
+            Stream::Tls(_) => true,
+            #[cfg(feature = "legacy-tls")]
+            Stream::Legacy(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a TLS failure is rustls finding no protocol version in
+    /// common with the peer (one that speaks only TLS 1.0 or 1.1).
+    pub fn is_protocol_version_failure(text: &str) -> bool {
+        text.contains("ProtocolVersion")
+            || text.contains("ServerDoesNotSupportTls12Or13")
+            || text.contains("SupportedVersionsExtensionRequired")
     }
 }
 

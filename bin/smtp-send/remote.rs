@@ -429,6 +429,7 @@ impl Dispatcher {
             addr,
             tls,
             tls_required,
+            legacy_tls: false,
             credentials: self.credentials.get(&destination.name).cloned(),
             connect_timeout: send.connect_timeout,
             command_timeout: send.command_timeout,
@@ -461,6 +462,22 @@ impl Dispatcher {
                 setup.tls = own_tls;
                 setup.tls_required = own_required;
                 Client::open(&setup).await
+            }
+            other => other,
+        };
+        // A peer that speaks only TLS 1.0/1.1 gets OpenSSL before it gets
+        // plaintext, where the policy is opportunistic (legacy-tls).
+        let result = match result {
+            Err(SessionError::TlsFailed(text))
+                if cfg!(feature = "legacy-tls")
+                    && !setup.tls_required
+                    && Client::is_protocol_version_failure(&text) =>
+            {
+                tracing::info!(host, error = %text, "no TLS 1.2 or 1.3 in common; trying legacy TLS");
+                setup.legacy_tls = true;
+                let legacy = Client::open(&setup).await;
+                setup.legacy_tls = false;
+                legacy
             }
             other => other,
         };

@@ -10,6 +10,8 @@ mod foundation;
 mod imap_round2;
 mod imap_serve;
 mod layout;
+#[cfg(feature = "legacy-tls")]
+mod legacy_tls;
 mod list_expand;
 mod mailsort;
 mod man_pages;
