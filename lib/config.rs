@@ -63,6 +63,10 @@ pub struct Config {
     /// as `postroom dkim keygen` appends them.
     #[serde(default)]
     pub dkim: Vec<DkimKey>,
+    /// Copies of accepted mail, per domain (`[archive."DOMAIN"]`, `"*"`
+    /// for all mail): see `delivery::archive`.
+    #[serde(default)]
+    pub archive: std::collections::BTreeMap<String, ArchiveRule>,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -573,6 +577,41 @@ impl DkimAlgorithm {
     }
 }
 
+/// One `[archive."DOMAIN"]` table: which mail of the domain is copied,
+/// and where the copy goes (an address, a maildir, or both).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRule {
+    /// `inbound`, `outbound` or `both` (the default).
+    #[serde(default)]
+    pub mail: ArchiveMail,
+    /// An address the copy is delivered to like any recipient's.
+    pub address: Option<String>,
+    /// A maildir the copy is written into before the message is accepted.
+    pub maildir: Option<PathBuf>,
+}
+
+/// Which mail an [`ArchiveRule`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveMail {
+    /// Mail to the domain's addresses.
+    Inbound,
+    /// Mail from the domain's addresses to other systems.
+    Outbound,
+    #[default]
+    Both,
+}
+
+impl ArchiveMail {
+    pub fn inbound(self) -> bool {
+        matches!(self, ArchiveMail::Inbound | ArchiveMail::Both)
+    }
+    pub fn outbound(self) -> bool {
+        matches!(self, ArchiveMail::Outbound | ArchiveMail::Both)
+    }
+}
+
 /// Where `smtp-send` connects for a destination, from `send.transports`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transport {
@@ -804,6 +843,23 @@ impl Config {
                 return Err(format!(
                     "dkim.selector: {:?} is not a selector (letters, digits, '-', '.')",
                     key.selector
+                ));
+            }
+        }
+        for (domain, rule) in &self.archive {
+            if domain != "*" && !crate::proto::address::is_domain_name(domain) {
+                return Err(format!("archive: {domain:?} is not a domain or \"*\""));
+            }
+            if rule.address.is_none() && rule.maildir.is_none() {
+                return Err(format!(
+                    "archive.\"{domain}\": give an address or a maildir for the copies"
+                ));
+            }
+            if let Some(a) = &rule.address
+                && crate::proto::address::Address::parse(a).is_err()
+            {
+                return Err(format!(
+                    "archive.\"{domain}\".address: {a:?} is not a mail address"
                 ));
             }
         }

@@ -89,6 +89,10 @@ pub enum EnqueueError {
     /// the writer answers 4xx (or exits 75) rather than send it unsigned.
     #[error(transparent)]
     Dkim(#[from] DkimError),
+    /// An archive copy (`[archive]`) could not be made: nothing is queued,
+    /// so no message goes unarchived.
+    #[error(transparent)]
+    Archive(#[from] crate::delivery::archive::ArchiveError),
 }
 
 /// Early delivery for a writer that has just finished a message (see
@@ -113,13 +117,16 @@ pub fn queue_staged(config: &Config, staged: Staged) -> Result<Early, EnqueueErr
 /// The one way a finished message enters the queue: DKIM signing first
 /// ([`dkim::sign_staged`]: before any local copy is made, so a signing
 /// failure refuses the whole message and a retry delivers nothing twice),
-/// then early delivery with a `directory`, then the commit of what is left.
+/// then the archive copies of the message as signed
+/// ([`archive::copy`](crate::delivery::archive::copy)), then early
+/// delivery with a `directory`, then the commit of what is left.
 fn enter_queue(
     config: &Config,
     directory: Option<&Directory>,
     staged: Staged,
 ) -> Result<Early, EnqueueError> {
     let staged = dkim::sign_staged(config, staged)?;
+    let staged = crate::delivery::archive::copy(config, directory, staged)?;
     let Some(directory) = directory else {
         return Ok(Early::Queued(staged.commit(&[])?));
     };

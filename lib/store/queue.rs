@@ -873,6 +873,24 @@ impl Staged {
         incoming.finish()
     }
 
+    /// The same message and id with `extra` recipients after the others
+    /// (so earlier indices keep their meaning): an archive copy
+    /// (`delivery::archive`). Costs a copy of the body, like
+    /// [`prepend`](Staged::prepend).
+    pub fn add_recipients(self, extra: Vec<Recipient>) -> Result<Staged, QueueError> {
+        let id = self.message.id.clone();
+        let mut envelope = self.message.envelope.clone();
+        envelope.recipients.extend(extra);
+        let queue = self.queue.clone();
+        // Opened before the old copy is removed (see `prepend`).
+        let mut body = self.message.body()?;
+        self.discard()?;
+        let mut incoming = queue.incoming_as(&envelope, id);
+        let path = incoming.path.clone();
+        io::copy(&mut body, &mut incoming).map_err(io_err(&path))?;
+        incoming.finish()
+    }
+
     /// Commits the message to `mess/`, with the log of what was already
     /// done written (and fsynced) first, so no runner repeats it.
     pub fn commit(self, outcomes: &[LogEntry]) -> Result<QueueId, QueueError> {
