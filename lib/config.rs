@@ -67,6 +67,10 @@ pub struct Config {
     /// for all mail): see `delivery::archive`.
     #[serde(default)]
     pub archive: std::collections::BTreeMap<String, ArchiveRule>,
+    /// Text added to outgoing mail, per sender domain
+    /// (`[disclaimer."DOMAIN"]`): see `delivery::disclaimer`.
+    #[serde(default)]
+    pub disclaimer: std::collections::BTreeMap<String, DisclaimerRule>,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -612,6 +616,37 @@ impl ArchiveMail {
     }
 }
 
+/// One `[disclaimer."DOMAIN"]` table: the text added to mail the domain's
+/// users send to other systems.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisclaimerRule {
+    /// Appended to plain-text mail (and the text of a wrapped message).
+    pub plain: String,
+    /// Put into HTML mail before `</body>`; without it HTML mail is wrapped.
+    pub html: Option<String>,
+    /// Which writers' mail gets it (default: both).
+    #[serde(default = "DisclaimerSource::all")]
+    pub sources: Vec<DisclaimerSource>,
+}
+
+/// Where a message came from, for `disclaimer.sources`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisclaimerSource {
+    /// A client that logged in to `smtp-recv`, or one in
+    /// `smtp.relay_networks`.
+    Submission,
+    /// Mail written on this host: `mail-inject` (and vacation replies).
+    MailInject,
+}
+
+impl DisclaimerSource {
+    fn all() -> Vec<DisclaimerSource> {
+        vec![DisclaimerSource::Submission, DisclaimerSource::MailInject]
+    }
+}
+
 /// Where `smtp-send` connects for a destination, from `send.transports`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transport {
@@ -861,6 +896,14 @@ impl Config {
                 return Err(format!(
                     "archive.\"{domain}\".address: {a:?} is not a mail address"
                 ));
+            }
+        }
+        for (domain, rule) in &self.disclaimer {
+            if domain != "*" && !crate::proto::address::is_domain_name(domain) {
+                return Err(format!("disclaimer: {domain:?} is not a domain or \"*\""));
+            }
+            if rule.plain.trim().is_empty() {
+                return Err(format!("disclaimer.\"{domain}\".plain: must not be empty"));
             }
         }
         Ok(())

@@ -85,7 +85,7 @@ pub fn distribute(
 ) -> anyhow::Result<()> {
     let mut outgoing = list_headers(list, post);
     if let Some(footer) = &list.config.footer {
-        outgoing = crate::footer::add_footer(&outgoing, footer);
+        outgoing = postroom::delivery::footer::add_footer(&outgoing, footer);
     }
     if let Some(rewritten) = rewrite_from_for_dmarc(config, list, &outgoing) {
         outgoing = rewritten;

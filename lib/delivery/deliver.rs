@@ -114,7 +114,9 @@ pub fn queue_staged(config: &Config, staged: Staged) -> Result<Early, EnqueueErr
     enter_queue(config, None, staged)
 }
 
-/// The one way a finished message enters the queue: DKIM signing first
+/// The one way a finished message enters the queue: the disclaimer
+/// ([`disclaimer::add`](crate::delivery::disclaimer::add)), then DKIM
+/// signing
 /// ([`dkim::sign_staged`]: before any local copy is made, so a signing
 /// failure refuses the whole message and a retry delivers nothing twice),
 /// then the archive copies of the message as signed
@@ -125,6 +127,7 @@ fn enter_queue(
     directory: Option<&Directory>,
     staged: Staged,
 ) -> Result<Early, EnqueueError> {
+    let staged = crate::delivery::disclaimer::add(config, staged)?;
     let staged = dkim::sign_staged(config, staged)?;
     let staged = crate::delivery::archive::copy(config, directory, staged)?;
     let Some(directory) = directory else {

@@ -5,9 +5,11 @@
 
 pub mod archive;
 pub mod deliver;
+pub mod disclaimer;
 pub mod dkim;
 pub mod dsn;
 pub mod filter;
+pub mod footer;
 pub mod lists;
 pub mod sieve;
 pub mod submit;

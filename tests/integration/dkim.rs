@@ -18,7 +18,7 @@ use crate::util::{Server, Tree, stderr, stdout};
 
 /// A tree with an Ed25519 and an RSA key for example.test, and the records
 /// of both (name → text).
-fn tree_with_keys() -> (Tree, HashMap<String, String>) {
+pub(crate) fn tree_with_keys() -> (Tree, HashMap<String, String>) {
     let tree = Tree::new();
     tree.add_user("ann@example.test");
     tree.add_user("postmaster@example.test");
@@ -55,7 +55,7 @@ fn tree_with_keys() -> (Tree, HashMap<String, String>) {
 }
 
 /// What mail-auth says of each signature, asking the test DNS server.
-fn mail_auth_results(config: &postroom::config::Config, message: &[u8]) -> Vec<String> {
+pub(crate) fn mail_auth_results(config: &postroom::config::Config, message: &[u8]) -> Vec<String> {
     let authenticator = postroom::net::dns::authenticator(config).unwrap();
     let parsed = mail_auth::AuthenticatedMessage::parse(message).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -3,6 +3,7 @@
 
 mod archive;
 mod auth;
+mod disclaimer;
 mod dkim;
 mod dns;
 mod first_day;
