@@ -508,6 +508,59 @@ pub struct Send {
     pub credentials: std::collections::BTreeMap<String, PathBuf>,
     /// Also try IPv6 addresses of mail exchangers.
     pub ipv6: bool,
+    /// Per recipient domain: `[send.domains."example.com"]`.
+    pub domains: std::collections::BTreeMap<String, SendDomain>,
+}
+
+/// What `smtp-send` does differently for one recipient domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendDomain {
+    /// At most this many transactions to the domain, across every runner
+    /// sharing the tree (`"60/min"`): see `store::pace`.
+    #[serde(deserialize_with = "rate")]
+    pub rate: Option<Rate>,
+}
+
+/// `N/s`, `N/min`, `N/h` or `N/d`: `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let bad = || format!("{text:?} is not a rate like 60/min, 10/s, 500/h or 2000/d");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86400,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("{text:?}: the count must be greater than 0"));
+        }
+        Ok(Rate {
+            count,
+            per: Duration::from_secs(per),
+        })
+    }
+
+    /// The time between two transactions.
+    pub fn interval(self) -> Duration {
+        self.per / self.count
+    }
+}
+
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    let text = String::deserialize(d)?;
+    Rate::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl Default for Send {
@@ -529,6 +582,7 @@ impl Default for Send {
             transports: Default::default(),
             credentials: Default::default(),
             ipv6: true,
+            domains: Default::default(),
         }
     }
 }
@@ -699,6 +753,14 @@ impl Send {
         Transport::parse(text).ok()
     }
 
+    /// The pace set for mail to `domain` (`send.domains`), if any.
+    pub fn rate_for(&self, domain: &str) -> Option<Rate> {
+        self.domains
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .and_then(|(_, d)| d.rate)
+    }
+
     /// The TLS policy for a domain.
     pub fn tls_for(&self, domain: &str) -> TlsPolicy {
         self.tls_policy.get(domain).copied().unwrap_or(self.tls)
@@ -854,6 +916,11 @@ impl Config {
                 ));
             }
             Transport::parse(text).map_err(|e| format!("send.transports.{domain}: {e}"))?;
+        }
+        for domain in send.domains.keys() {
+            if !crate::proto::address::is_domain_name(domain) {
+                return Err(format!("send.domains: {domain:?} is not a domain name"));
+            }
         }
         if let Some(p) = &self.queue.postmaster
             && crate::proto::address::Address::parse(p).is_err()

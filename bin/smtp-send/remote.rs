@@ -133,7 +133,15 @@ impl Dispatcher {
         };
         let start_worker = {
             let mut state = lock(&queue.state);
-            state.jobs.push_back(job);
+            // After every job of its priority or higher: a user's mail
+            // overtakes the list post waiting for the same destination.
+            let priority = job.message.envelope.priority;
+            let at = state
+                .jobs
+                .iter()
+                .position(|j| j.message.envelope.priority < priority)
+                .unwrap_or(state.jobs.len());
+            state.jobs.insert(at, job);
             if state.workers < self.config.send.destination_concurrency
                 && state.workers < state.jobs.len()
             {

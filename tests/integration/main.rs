@@ -16,6 +16,7 @@ mod mailsort;
 mod man_pages;
 mod multihost;
 mod pop3_serve;
+mod queue_priority;
 mod sink;
 mod smtp_recv;
 mod smtp_send;
