@@ -9,7 +9,7 @@ use mail_parser::{MessageParser, PartType};
 
 use crate::dkim::{mail_auth_results, tree_with_keys};
 use crate::dns::Record;
-use crate::smtp_recv::python;
+use crate::smtp_recv::{ANN_LOGS_IN, python};
 use crate::smtp_send::{World, a, mx, ok};
 use crate::util::{Server, maildir_files, stderr};
 
@@ -49,12 +49,8 @@ fn outgoing_mail_gets_the_disclaimer_before_it_is_signed() {
     // Submission: an HTML message, a multipart/alternative one and a
     // signed one.
     let server = Server::start(&w.tree, "smtp-recv", &[]);
-    let script = r#"
-import os, smtplib, ssl
-s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-s.starttls(context=ctx)
-s.login("ann@example.test", "secret")
+    let script = ANN_LOGS_IN.to_string()
+        + r#"
 h = "From: ann@example.test\r\nTo: carl@far.test\r\nMIME-Version: 1.0\r\n"
 s.sendmail("ann@example.test", ["carl@far.test"], (h + "Subject: html\r\n"
     "Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>hi carl</p></body></html>\r\n").encode())
@@ -67,7 +63,7 @@ s.sendmail("ann@example.test", ["carl@far.test"], (h + "Subject: signed\r\n"
     "Content-Type: application/pgp-signature\r\n\r\nSIG\r\n--s1--\r\n").encode())
 s.quit()
 "#;
-    let (passed, said) = python(script, server.port);
+    let (passed, said) = python(&script, server.port);
     assert!(passed, "smtplib: {said}");
 
     // Mail from another domain gets nothing.
@@ -166,16 +162,12 @@ fn only_the_sources_and_domains_a_rule_names_get_it() {
     assert!(!body.contains("confidential"), "{body}");
     // Through smtp-recv, logged in: it is.
     let server = Server::start(&w.tree, "smtp-recv", &[]);
-    let script = r#"
-import os, smtplib, ssl
-s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-s.starttls(context=ctx)
-s.login("ann@example.test", "secret")
+    let script = ANN_LOGS_IN.to_string()
+        + r#"
 s.sendmail("ann@example.test", ["bob@far.test"], b"From: ann@example.test\r\nSubject: y\r\n\r\nhi\r\n")
 s.quit()
 "#;
-    let (passed, said) = python(script, server.port);
+    let (passed, said) = python(&script, server.port);
     assert!(passed, "smtplib: {said}");
     let queue = w.tree.queue();
     let ids = queue.list().unwrap();

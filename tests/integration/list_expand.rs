@@ -13,6 +13,28 @@ pub(crate) fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
     crate::util::run_with(command, input)
 }
 
+/// Creates team@example.test, open to posts from anyone, owned by ann,
+/// with the `members` given one a line.
+pub(crate) fn open_team(tree: &Tree, members: &[u8]) {
+    ok(&list_expand(
+        tree,
+        &[
+            "create",
+            "team@example.test",
+            "--owner",
+            "ann@example.test",
+            "--policy",
+            "open",
+        ],
+        b"",
+    ));
+    ok(&list_expand(
+        tree,
+        &["add", "team@example.test", "-"],
+        members,
+    ));
+}
+
 pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::list_expand::{list_expand, ok as list_ok};
+use crate::list_expand::{list_expand, ok as list_ok, open_team};
 use crate::smtp_send::{World, a, mx, ok};
 use crate::util::{Tree, stderr, stdout};
 
@@ -35,23 +35,7 @@ fn a_users_mail_leaves_before_a_list_post_queued_earlier() {
     // One message at a time, so the order of the pass is the order sent.
     let w = world("active_messages = 1\n");
     let sink = w.sink(2, Default::default());
-    list_ok(&list_expand(
-        &w.tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
-    list_ok(&list_expand(
-        &w.tree,
-        &["add", "team@example.test", "-"],
-        b"dora@far.test\n",
-    ));
+    open_team(&w.tree, b"dora@far.test\n");
     list_ok(&list_expand(
         &w.tree,
         &["post", "team@example.test", "--sender", "eve@far.test"],
