@@ -356,23 +356,7 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
     for user in ["ann", "bob", "dig"] {
         tree.add_user(&format!("{user}@example.test"));
     }
-    ok(&list_expand(
-        &tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
-    ok(&list_expand(
-        &tree,
-        &["add", "team@example.test", "-"],
-        b"bob@example.test\ndig@example.test\n",
-    ));
+    open_team(&tree, b"bob@example.test\ndig@example.test\n");
     std::fs::write(
         tree.root().join("lists/team@example.test/members"),
         "bob@example.test\ndig@example.test digest\n",
@@ -409,23 +393,7 @@ fn verp_return_paths_and_bounce_counting() {
     let tree = Tree::new();
     tree.add_user("ann@example.test");
     tree.add_user("cat@example.test");
-    ok(&list_expand(
-        &tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
-    ok(&list_expand(
-        &tree,
-        &["add", "team@example.test", "-"],
-        b"bob@far.test\ncat@example.test\n",
-    ));
+    open_team(&tree, b"bob@far.test\ncat@example.test\n");
     let config = tree.root().join("lists/team@example.test/config");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
