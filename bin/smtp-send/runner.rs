@@ -243,7 +243,7 @@ impl Runner {
                 tracing::warn!(queue_id = %id, "nothing left to do; finishing it");
                 self.tally.messages.fetch_add(1, Ordering::Relaxed);
                 let runner = self.clone();
-                return blocking(move || runner.finish(locked)).await;
+                return blocking(move || runner.finish(locked, false)).await;
             }
             if let Some(at) = locked.message.next_due() {
                 self.tally.due_at(at);
@@ -278,22 +278,25 @@ impl Runner {
             self.tally.count(&outcomes?);
         }
 
+        let mut paced_out = false;
         if !remote.is_empty() {
-            locked = self.remote(locked, remote).await?;
+            (locked, paced_out) = self.remote(locked, remote).await?;
         }
 
         let runner = self.clone();
-        blocking(move || runner.finish(locked)).await
+        blocking(move || runner.finish(locked, paced_out)).await
     }
 
     /// Hands the remote recipients to the dispatcher and logs each job's
     /// outcomes as they arrive (durably: a logged delivery is never
-    /// repeated).
+    /// repeated). True with the message when some were left for a later
+    /// slot of a paced destination.
     async fn remote(
         &self,
         locked: LockedMessage,
         remote: BTreeMap<String, (Destination, Vec<(usize, queue::Recipient)>)>,
-    ) -> anyhow::Result<LockedMessage> {
+    ) -> anyhow::Result<(LockedMessage, bool)> {
+        let mut paced_out = false;
         let snapshot = Arc::new(locked.message.clone());
         let locked = Arc::new(Mutex::new(locked));
         let mut waiting = tokio::task::JoinSet::new();
@@ -318,7 +321,10 @@ impl Runner {
                         Some(wait) => wait,
                         // No slot soon: the rest stay pending, untouched,
                         // for a later pass.
-                        None => break,
+                        None => {
+                            paced_out = true;
+                            break;
+                        }
                     },
                 };
                 let (done, outcome) = oneshot::channel();
@@ -369,9 +375,10 @@ impl Runner {
             })
             .await?;
         }
-        Arc::try_unwrap(locked)
+        let locked = Arc::try_unwrap(locked)
             .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .map_err(|_| anyhow::anyhow!("a delivery task still holds the message"))
+            .map_err(|_| anyhow::anyhow!("a delivery task still holds the message"))?;
+        Ok((locked, paced_out))
     }
 
     /// Books a slot of a paced destination (`store::pace`): the wait before
@@ -416,7 +423,10 @@ impl Runner {
     /// Queues the reports owed, then removes the message if nothing is
     /// left. A report is queued before it is logged as sent: a crash in
     /// between sends it twice, never not at all.
-    fn finish(&self, mut locked: LockedMessage) -> anyhow::Result<()> {
+    /// `paced_out`: recipients were left for a paced destination's next
+    /// slot, whose time the tally already has; their past due time must
+    /// not wake the next pass at once.
+    fn finish(&self, mut locked: LockedMessage, paced_out: bool) -> anyhow::Result<()> {
         let failed: Vec<usize> = locked
             .message
             .state
@@ -477,7 +487,7 @@ impl Runner {
         }
         if locked.message.is_finished() {
             locked.remove(true)?;
-        } else if let Some(at) = locked.message.next_due() {
+        } else if let Some(at) = locked.message.next_due().filter(|_| !paced_out) {
             self.tally.due_at(at);
         }
         Ok(())
