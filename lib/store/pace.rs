@@ -132,4 +132,17 @@ mod tests {
             Booking::After(Duration::ZERO)
         );
     }
+
+    #[test]
+    fn rates_in_every_unit_and_their_intervals() {
+        use crate::config::Rate;
+        let interval = |t: &str| Rate::parse(t).map(Rate::interval);
+        assert_eq!(interval("60/min"), Ok(Duration::from_secs(1)));
+        assert_eq!(interval(" 4 / s "), Ok(Duration::from_millis(250)));
+        assert_eq!(interval("2/hour"), Ok(Duration::from_secs(1800)));
+        assert_eq!(interval("86400/d"), Ok(Duration::from_secs(1)));
+        for bad in ["0/min", "60", "60/fortnight", "x/s", "-1/s", ""] {
+            assert!(Rate::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }
