@@ -209,6 +209,8 @@ fn run(options: Options) -> Result<(), Failure> {
 
     let mut envelope = Envelope::new(sender.clone(), recipients);
     envelope.protocol = Some(text("local")?);
+    // Someone on this host is waiting for it: before list and bulk mail.
+    envelope.priority = postroom::store::queue::Priority::High;
     envelope.auth = Some(text(&login_name())?);
     envelope.envid = options.envid.as_deref().map(text).transpose()?;
     envelope.ret = options.ret.as_deref().map(text).transpose()?;

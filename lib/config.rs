@@ -63,6 +63,14 @@ pub struct Config {
     /// as `postroom dkim keygen` appends them.
     #[serde(default)]
     pub dkim: Vec<DkimKey>,
+    /// Copies of accepted mail, per domain (`[archive."DOMAIN"]`, `"*"`
+    /// for all mail): see `delivery::archive`.
+    #[serde(default)]
+    pub archive: std::collections::BTreeMap<String, ArchiveRule>,
+    /// Text added to outgoing mail, per sender domain
+    /// (`[disclaimer."DOMAIN"]`): see `delivery::disclaimer`.
+    #[serde(default)]
+    pub disclaimer: std::collections::BTreeMap<String, DisclaimerRule>,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -511,6 +519,59 @@ pub struct Send {
     /// The HTTPS port policies are fetched from: 443 as RFC 8461 says;
     /// only tests and local proxies change it.
     pub mta_sts_port: u16,
+    /// Per recipient domain: `[send.domains."example.com"]`.
+    pub domains: std::collections::BTreeMap<String, SendDomain>,
+}
+
+/// What `smtp-send` does differently for one recipient domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendDomain {
+    /// At most this many transactions to the domain, across every runner
+    /// sharing the tree (`"60/min"`): see `store::pace`.
+    #[serde(deserialize_with = "rate")]
+    pub rate: Option<Rate>,
+}
+
+/// `N/s`, `N/min`, `N/h` or `N/d`: `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let bad = || format!("{text:?} is not a rate like 60/min, 10/s, 500/h or 2000/d");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86400,
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("{text:?}: the count must be greater than 0"));
+        }
+        Ok(Rate {
+            count,
+            per: Duration::from_secs(per),
+        })
+    }
+
+    /// The time between two transactions.
+    pub fn interval(self) -> Duration {
+        self.per / self.count
+    }
+}
+
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    let text = String::deserialize(d)?;
+    Rate::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl Default for Send {
@@ -534,6 +595,7 @@ impl Default for Send {
             ipv6: true,
             mta_sts: true,
             mta_sts_port: 443,
+            domains: Default::default(),
         }
     }
 }
@@ -583,6 +645,72 @@ impl DkimAlgorithm {
             DkimAlgorithm::Ed25519 => "ed25519",
             DkimAlgorithm::Rsa2048 => "rsa2048",
         }
+    }
+}
+
+/// One `[archive."DOMAIN"]` table: which mail of the domain is copied,
+/// and where the copy goes (an address, a maildir, or both).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRule {
+    /// `inbound`, `outbound` or `both` (the default).
+    #[serde(default)]
+    pub mail: ArchiveMail,
+    /// An address the copy is delivered to like any recipient's.
+    pub address: Option<String>,
+    /// A maildir the copy is written into before the message is accepted.
+    pub maildir: Option<PathBuf>,
+}
+
+/// Which mail an [`ArchiveRule`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveMail {
+    /// Mail to the domain's addresses.
+    Inbound,
+    /// Mail from the domain's addresses to other systems.
+    Outbound,
+    #[default]
+    Both,
+}
+
+impl ArchiveMail {
+    pub fn inbound(self) -> bool {
+        matches!(self, ArchiveMail::Inbound | ArchiveMail::Both)
+    }
+    pub fn outbound(self) -> bool {
+        matches!(self, ArchiveMail::Outbound | ArchiveMail::Both)
+    }
+}
+
+/// One `[disclaimer."DOMAIN"]` table: the text added to mail the domain's
+/// users send to other systems.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisclaimerRule {
+    /// Appended to plain-text mail (and the text of a wrapped message).
+    pub plain: String,
+    /// Put into HTML mail before `</body>`; without it HTML mail is wrapped.
+    pub html: Option<String>,
+    /// Which writers' mail gets it (default: both).
+    #[serde(default = "DisclaimerSource::all")]
+    pub sources: Vec<DisclaimerSource>,
+}
+
+/// Where a message came from, for `disclaimer.sources`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisclaimerSource {
+    /// A client that logged in to `smtp-recv`, or one in
+    /// `smtp.relay_networks`.
+    Submission,
+    /// Mail written on this host: `mail-inject` (and vacation replies).
+    MailInject,
+}
+
+impl DisclaimerSource {
+    fn all() -> Vec<DisclaimerSource> {
+        vec![DisclaimerSource::Submission, DisclaimerSource::MailInject]
     }
 }
 
@@ -636,6 +764,14 @@ impl Send {
             .or_else(|| self.transports.get("*"))?;
         // Checked when the config was loaded.
         Transport::parse(text).ok()
+    }
+
+    /// The pace set for mail to `domain` (`send.domains`), if any.
+    pub fn rate_for(&self, domain: &str) -> Option<Rate> {
+        self.domains
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .and_then(|(_, d)| d.rate)
     }
 
     /// The TLS policy for a domain.
@@ -794,6 +930,11 @@ impl Config {
             }
             Transport::parse(text).map_err(|e| format!("send.transports.{domain}: {e}"))?;
         }
+        for domain in send.domains.keys() {
+            if !crate::proto::address::is_domain_name(domain) {
+                return Err(format!("send.domains: {domain:?} is not a domain name"));
+            }
+        }
         if let Some(p) = &self.queue.postmaster
             && crate::proto::address::Address::parse(p).is_err()
         {
@@ -818,6 +959,31 @@ impl Config {
                     "dkim.selector: {:?} is not a selector (letters, digits, '-', '.')",
                     key.selector
                 ));
+            }
+        }
+        for (domain, rule) in &self.archive {
+            if domain != "*" && !crate::proto::address::is_domain_name(domain) {
+                return Err(format!("archive: {domain:?} is not a domain or \"*\""));
+            }
+            if rule.address.is_none() && rule.maildir.is_none() {
+                return Err(format!(
+                    "archive.\"{domain}\": give an address or a maildir for the copies"
+                ));
+            }
+            if let Some(a) = &rule.address
+                && crate::proto::address::Address::parse(a).is_err()
+            {
+                return Err(format!(
+                    "archive.\"{domain}\".address: {a:?} is not a mail address"
+                ));
+            }
+        }
+        for (domain, rule) in &self.disclaimer {
+            if domain != "*" && !crate::proto::address::is_domain_name(domain) {
+                return Err(format!("disclaimer: {domain:?} is not a domain or \"*\""));
+            }
+            if rule.plain.trim().is_empty() {
+                return Err(format!("disclaimer.\"{domain}\".plain: must not be empty"));
             }
         }
         Ok(())

@@ -126,7 +126,8 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
         .bounce_address()
         .map(ReversePath::Address)
         .unwrap_or(ReversePath::Null);
-    let submission = Submission::new(sender, Recipients::Routes(readers));
+    let mut submission = Submission::new(sender, Recipients::Routes(readers));
+    submission.priority = postroom::store::queue::Priority::Low;
     submit::submit(config, &directory, submission, &digest)?;
     fsutil::write_atomic(&state, format!("{now}\n").as_bytes())?;
     Ok(posts.len())

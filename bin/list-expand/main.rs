@@ -28,7 +28,6 @@ use post::{HELD_SENDER, distribute, held_ids, post, take_held};
 
 mod archive;
 mod digest;
-mod footer;
 mod post;
 mod requests;
 

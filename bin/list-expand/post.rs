@@ -85,7 +85,7 @@ pub fn distribute(
 ) -> anyhow::Result<()> {
     let mut outgoing = list_headers(list, post);
     if let Some(footer) = &list.config.footer {
-        outgoing = crate::footer::add_footer(&outgoing, footer);
+        outgoing = postroom::delivery::footer::add_footer(&outgoing, footer);
     }
     if let Some(rewritten) = rewrite_from_for_dmarc(config, list, &outgoing) {
         outgoing = rewritten;
@@ -131,6 +131,8 @@ pub fn distribute(
     let mut submission = Submission::new(bounces, Recipients::Routes(recipients));
     // Each member's copy gets its own return path, so a bounce says who.
     submission.verp = true;
+    // Mail to many waits behind mail a person is waiting for.
+    submission.priority = postroom::store::queue::Priority::Low;
     let id = submit::submit(config, &directory, submission, &outgoing)?;
     tracing::info!(list = %list.address, %sender, queue_id = %id, "post queued");
     Ok(())

@@ -155,8 +155,9 @@ fn list(queue: &Queue, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "{id}  {date}  {size:>9}  {state:<8}  <{sender}>  {pending}/{total} pending",
+            "{id}  {date}  {size:>9}  {state:<8}  <{sender}>  {pending}/{total} pending  priority {priority}",
             date = postroom::proto::message::rfc5322_date(message.envelope.arrived),
+            priority = message.envelope.priority.name(),
             size = message.body_size,
             sender = message.envelope.sender,
         )?;
@@ -250,6 +251,7 @@ fn describe(message: &QueuedMessage, with_headers: bool) -> serde_json::Value {
         "client": env.client.as_ref().map(|h| h.as_str()),
         "auth": env.auth.as_ref().map(|h| h.as_str()),
         "protocol": env.protocol.as_ref().map(|h| h.as_str()),
+        "priority": env.priority.name(),
         "recipients": recipients,
     });
     if with_headers {
@@ -278,6 +280,7 @@ fn show(message: &QueuedMessage, out: &mut impl Write) -> anyhow::Result<()> {
     )?;
     writeln!(out, "sender:   <{}>", env.sender)?;
     writeln!(out, "size:     {} bytes", message.body_size)?;
+    writeln!(out, "priority: {}", env.priority.name())?;
     if let Some(client) = &env.client {
         writeln!(
             out,

@@ -1448,6 +1448,10 @@ impl Session {
         envelope.ret = tx.ret.map(text);
         envelope.body_type = tx.body_type.map(text);
         envelope.smtputf8 = tx.smtputf8;
+        // A user's own mail goes before what other systems pass on.
+        if self.user.is_some() || self.shared.local || self.client_in_relay_networks() {
+            envelope.priority = queue::Priority::High;
+        }
         envelope
     }
 

@@ -30,7 +30,7 @@ use postroom::net::tls::ClientTls;
 use postroom::net::tlsrpt::{self, Applied, SessionLine};
 use postroom::proto::address::ReversePath;
 use postroom::proto::mta_sts::Mode;
-use postroom::store::queue::{QueuedMessage, Recipient};
+use postroom::store::queue::{Priority, QueuedMessage, Recipient};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 use crate::client::{Client, SessionError, Setup};
@@ -188,7 +188,9 @@ impl Dispatcher {
         };
         let start_worker = {
             let mut state = lock(&queue.state);
-            state.jobs.push_back(job);
+            // A user's mail overtakes the list post waiting for the
+            // same destination.
+            insert_by_priority(&mut state.jobs, job, |j| j.message.envelope.priority);
             if state.workers < self.config.send.destination_concurrency
                 && state.workers < state.jobs.len()
             {
@@ -567,8 +569,41 @@ impl Dispatcher {
     }
 }
 
+/// Puts `item` after every one of its priority or higher, before the
+/// first of a lower one: FIFO within a priority.
+fn insert_by_priority<T>(queue: &mut VecDeque<T>, item: T, priority: impl Fn(&T) -> Priority) {
+    let wanted = priority(&item);
+    let at = queue
+        .iter()
+        .position(|other| priority(other) < wanted)
+        .unwrap_or(queue.len());
+    queue.insert(at, item);
+}
+
 /// A poisoned lock only means another task panicked mid-update of a
 /// queue of jobs; the data is still a valid queue.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_overtakes_lower_priorities_and_queues_behind_its_own() {
+        let mut queue = VecDeque::new();
+        let jobs = [
+            ("list 1", Priority::Low),
+            ("list 2", Priority::Low),
+            ("report", Priority::Normal),
+            ("user 1", Priority::High),
+            ("user 2", Priority::High),
+        ];
+        for job in jobs {
+            insert_by_priority(&mut queue, job, |j| j.1);
+        }
+        let order: Vec<&str> = queue.iter().map(|j| j.0).collect();
+        assert_eq!(order, ["user 1", "user 2", "report", "list 1", "list 2"]);
+    }
 }

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use postroom::config::Config;
@@ -21,6 +22,7 @@ use postroom::delivery::dsn::{self, Kind};
 use postroom::delivery::submit::{Recipients, Submission, submit};
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
+use postroom::store::pace::{self, Booking};
 use postroom::store::queue::{
     LockedMessage, LogEntry, Queue, QueueError, QueueId, RcptState, Route,
 };
@@ -151,6 +153,16 @@ impl Runner {
     }
 
     async fn work(self: &Arc<Self>, ids: Vec<QueueId>, selection: &Selection) {
+        // Mail a user submitted first, list and bulk mail last (one read
+        // of each envelope; a pass over one message needs none).
+        let ids = if ids.len() > 1 {
+            let (queue, unsorted) = (self.queue.clone(), ids.clone());
+            tokio::task::spawn_blocking(move || queue.by_priority(unsorted))
+                .await
+                .unwrap_or(ids)
+        } else {
+            ids
+        };
         let active = Arc::new(Semaphore::new(self.config.send.active_messages));
         let mut tasks = tokio::task::JoinSet::new();
         for id in ids {
@@ -205,9 +217,17 @@ impl Runner {
             BTreeMap::new();
         for (i, rcpt) in message.pending() {
             if rcpt.route == Route::Remote && due(i) && domain_wanted(&rcpt.address) {
-                let destination = Destination::for_domain(&self.config, rcpt.address.domain());
+                let domain = rcpt.address.domain();
+                let destination = Destination::for_domain(&self.config, domain);
+                // A paced domain's recipients travel apart from others
+                // sharing its destination (a smarthost), so each of its
+                // transactions books one slot of its own pace.
+                let key = match self.config.send.rate_for(domain) {
+                    Some(_) => format!("{} {}", destination.key, domain.to_ascii_lowercase()),
+                    None => destination.key.clone(),
+                };
                 remote
-                    .entry(destination.key.clone())
+                    .entry(key)
                     .or_insert_with(|| (destination, Vec::new()))
                     .1
                     .push((i, rcpt.clone()));
@@ -223,7 +243,7 @@ impl Runner {
                 tracing::warn!(queue_id = %id, "nothing left to do; finishing it");
                 self.tally.messages.fetch_add(1, Ordering::Relaxed);
                 let runner = self.clone();
-                return blocking(move || runner.finish(locked)).await;
+                return blocking(move || runner.finish(locked, false)).await;
             }
             if let Some(at) = locked.message.next_due() {
                 self.tally.due_at(at);
@@ -258,22 +278,25 @@ impl Runner {
             self.tally.count(&outcomes?);
         }
 
+        let mut paced_out = false;
         if !remote.is_empty() {
-            locked = self.remote(locked, remote).await?;
+            (locked, paced_out) = self.remote(locked, remote).await?;
         }
 
         let runner = self.clone();
-        blocking(move || runner.finish(locked)).await
+        blocking(move || runner.finish(locked, paced_out)).await
     }
 
     /// Hands the remote recipients to the dispatcher and logs each job's
     /// outcomes as they arrive (durably: a logged delivery is never
-    /// repeated).
+    /// repeated). True with the message when some were left for a later
+    /// slot of a paced destination.
     async fn remote(
         &self,
         locked: LockedMessage,
         remote: BTreeMap<String, (Destination, Vec<(usize, queue::Recipient)>)>,
-    ) -> anyhow::Result<LockedMessage> {
+    ) -> anyhow::Result<(LockedMessage, bool)> {
+        let mut paced_out = false;
         let snapshot = Arc::new(locked.message.clone());
         let locked = Arc::new(Mutex::new(locked));
         let mut waiting = tokio::task::JoinSet::new();
@@ -286,19 +309,41 @@ impl Runner {
         };
         let delimiter = self.config.delivery.recipient_delimiter.unwrap_or('+');
         for (_, (destination, rcpts)) in remote {
+            let pace = rcpts.first().and_then(|(_, r)| {
+                let domain = r.address.domain();
+                let rate = self.config.send.rate_for(domain)?;
+                Some((pace::path(&self.config, domain), rate.interval()))
+            });
             for chunk in rcpts.chunks(per_transaction) {
-                let (done, outcome) = oneshot::channel();
-                self.dispatcher.submit(
-                    destination.clone(),
-                    Job {
-                        sender: snapshot.envelope.sender_for(&chunk[0].1.address, delimiter),
-                        message: snapshot.clone(),
-                        rcpts: chunk.to_vec(),
-                        done,
+                let wait = match &pace {
+                    None => Duration::ZERO,
+                    Some((file, interval)) => match self.book(file, *interval).await {
+                        Some(wait) => wait,
+                        // No slot soon: the rest stay pending, untouched,
+                        // for a later pass.
+                        None => {
+                            paced_out = true;
+                            break;
+                        }
                     },
-                );
+                };
+                let (done, outcome) = oneshot::channel();
+                let job = Job {
+                    sender: snapshot.envelope.sender_for(&chunk[0].1.address, delimiter),
+                    message: snapshot.clone(),
+                    rcpts: chunk.to_vec(),
+                    done,
+                };
                 let relay = destination.key.clone();
-                waiting.spawn(async move { (relay, outcome.await) });
+                let (dispatcher, destination) = (self.dispatcher.clone(), destination.clone());
+                waiting.spawn(async move {
+                    // The slot booked for this transaction.
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    dispatcher.submit(destination, job);
+                    (relay, outcome.await)
+                });
             }
         }
         while let Some(result) = waiting.join_next().await {
@@ -330,9 +375,29 @@ impl Runner {
             })
             .await?;
         }
-        Arc::try_unwrap(locked)
+        let locked = Arc::try_unwrap(locked)
             .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .map_err(|_| anyhow::anyhow!("a delivery task still holds the message"))
+            .map_err(|_| anyhow::anyhow!("a delivery task still holds the message"))?;
+        Ok((locked, paced_out))
+    }
+
+    /// Books a slot of a paced destination (`store::pace`): the wait before
+    /// it, or `None` when none is free soon (the pass then wakes again
+    /// when one is). A pace file that cannot be used holds the mail back
+    /// a minute rather than send it unpaced.
+    async fn book(&self, file: &std::path::Path, interval: Duration) -> Option<Duration> {
+        let path = file.to_path_buf();
+        let booked = blocking(move || pace::book(&path, interval)).await;
+        let retry_at = match booked {
+            Ok(Booking::After(wait)) => return Some(wait),
+            Ok(Booking::Full(at)) => at,
+            Err(e) => {
+                tracing::error!(file = %file.display(), "pacing: {e:#}; trying again in a minute");
+                fsutil::now_secs() + 60
+            }
+        };
+        self.tally.due_at(retry_at);
+        None
     }
 
     /// True when a failure report or a delay warning is owed now.
@@ -358,7 +423,10 @@ impl Runner {
     /// Queues the reports owed, then removes the message if nothing is
     /// left. A report is queued before it is logged as sent: a crash in
     /// between sends it twice, never not at all.
-    fn finish(&self, mut locked: LockedMessage) -> anyhow::Result<()> {
+    /// `paced_out`: recipients were left for a paced destination's next
+    /// slot, whose time the tally already has; their past due time must
+    /// not wake the next pass at once.
+    fn finish(&self, mut locked: LockedMessage, paced_out: bool) -> anyhow::Result<()> {
         let failed: Vec<usize> = locked
             .message
             .state
@@ -419,7 +487,7 @@ impl Runner {
         }
         if locked.message.is_finished() {
             locked.remove(true)?;
-        } else if let Some(at) = locked.message.next_due() {
+        } else if let Some(at) = locked.message.next_due().filter(|_| !paced_out) {
             self.tally.due_at(at);
         }
         Ok(())

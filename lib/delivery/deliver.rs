@@ -89,6 +89,10 @@ pub enum EnqueueError {
     /// the writer answers 4xx (or exits 75) rather than send it unsigned.
     #[error(transparent)]
     Dkim(#[from] DkimError),
+    /// An archive copy (`[archive]`) could not be made: nothing is queued,
+    /// so no message goes unarchived.
+    #[error(transparent)]
+    Archive(#[from] crate::delivery::archive::ArchiveError),
 }
 
 /// Early delivery for a writer that has just finished a message (see
@@ -110,16 +114,22 @@ pub fn queue_staged(config: &Config, staged: Staged) -> Result<Early, EnqueueErr
     enter_queue(config, None, staged)
 }
 
-/// The one way a finished message enters the queue: DKIM signing first
+/// The one way a finished message enters the queue: the disclaimer
+/// ([`disclaimer::add`](crate::delivery::disclaimer::add)), then DKIM
+/// signing
 /// ([`dkim::sign_staged`]: before any local copy is made, so a signing
 /// failure refuses the whole message and a retry delivers nothing twice),
-/// then early delivery with a `directory`, then the commit of what is left.
+/// then the archive copies of the message as signed
+/// ([`archive::copy`](crate::delivery::archive::copy)), then early
+/// delivery with a `directory`, then the commit of what is left.
 fn enter_queue(
     config: &Config,
     directory: Option<&Directory>,
     staged: Staged,
 ) -> Result<Early, EnqueueError> {
+    let staged = crate::delivery::disclaimer::add(config, staged)?;
     let staged = dkim::sign_staged(config, staged)?;
+    let staged = crate::delivery::archive::copy(config, directory, staged)?;
     let Some(directory) = directory else {
         return Ok(Early::Queued(staged.commit(&[])?));
     };

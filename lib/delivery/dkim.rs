@@ -194,11 +194,17 @@ fn signing_domain(config: &Config, head: &[u8], sender: &ReversePath) -> Option<
 /// or this host; not mail a stranger sent to one of our users and an alias
 /// forwards.
 fn written_by_us(config: &Config, envelope: &Envelope) -> bool {
+    envelope.client.is_none() || submitted(config, envelope)
+}
+
+/// Mail from a client that logged in, or from one in
+/// `smtp.relay_networks` (submission, for `delivery::disclaimer` too).
+pub fn submitted(config: &Config, envelope: &Envelope) -> bool {
     if envelope.auth.is_some() {
         return true;
     }
     let Some(client) = &envelope.client else {
-        return true;
+        return false;
     };
     let Ok(ip) = client.as_str().parse() else {
         return false;

@@ -3,10 +3,13 @@
 //! [`filter`]), vacation replies, mailing lists, and [`submit`]: the one
 //! way mail postroom writes or passes on itself enters the queue.
 
+pub mod archive;
 pub mod deliver;
+pub mod disclaimer;
 pub mod dkim;
 pub mod dsn;
 pub mod filter;
+pub mod footer;
 pub mod lists;
 pub mod sieve;
 pub mod submit;

@@ -22,7 +22,7 @@ use crate::delivery::deliver::{self, Early, EnqueueError};
 use crate::directory::aliases::{Directory, ResolveError};
 use crate::directory::srs;
 use crate::proto::address::{Address, EnvelopeText, ReversePath};
-use crate::store::queue::{Envelope, Queue, QueueError, QueueId, Recipient, Staged};
+use crate::store::queue::{Envelope, Priority, Queue, QueueError, QueueId, Recipient, Staged};
 
 /// Why a message was not queued.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +98,8 @@ pub struct Submission<'a> {
     /// The envelope's protocol (`local` for mail made on this host), or
     /// none.
     pub protocol: Option<&'static str>,
+    /// The queue priority (list posts and digests: low).
+    pub priority: Priority,
 }
 
 impl Submission<'_> {
@@ -109,6 +111,7 @@ impl Submission<'_> {
             forwarding: false,
             verp: false,
             protocol: None,
+            priority: Priority::Normal,
         }
     }
 }
@@ -157,6 +160,7 @@ pub fn stage(
     };
     let mut envelope = Envelope::new(sender, recipients);
     envelope.verp = submission.verp;
+    envelope.priority = submission.priority;
     envelope.protocol = submission
         .protocol
         .and_then(|p| EnvelopeText::new(p, 16).ok());

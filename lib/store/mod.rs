@@ -5,5 +5,6 @@
 pub mod fsutil;
 pub mod mailbox;
 pub mod maildir;
+pub mod pace;
 pub mod queue;
 pub mod watch;

@@ -199,6 +199,42 @@ pub struct Envelope {
     /// recipient folded into its detail (`list-bounces+bob=far.test@…`),
     /// so a bounce names the address that failed (mailing lists).
     pub verp: bool,
+    /// Which mail runners send first (`priority` line; none is normal).
+    pub priority: Priority,
+}
+
+/// The order runners send mail in (IEMS queue priority): what a person
+/// is waiting for before what nobody is, and mail to many (list posts,
+/// digests) last. Within a priority, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// List and bulk mail.
+    Low,
+    /// Mail passed on from other systems, reports, replies.
+    #[default]
+    Normal,
+    /// Mail a user submitted: `smtp-recv` after AUTH or from a relay
+    /// network, `mail-inject`.
+    High,
+}
+
+impl Priority {
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Priority> {
+        match text {
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            _ => None,
+        }
+    }
 }
 
 impl Envelope {
@@ -216,6 +252,7 @@ impl Envelope {
             body_type: None,
             smtputf8: false,
             verp: false,
+            priority: Priority::Normal,
         }
     }
 
@@ -267,6 +304,10 @@ impl Envelope {
         }
         if self.verp {
             out.push_str("verp\n");
+        }
+        // Normal mail has no line, so its files read as before.
+        if self.priority != Priority::Normal {
+            out.push_str(&format!("priority {}\n", self.priority.name()));
         }
         for r in &self.recipients {
             let route = match &r.route {
@@ -366,6 +407,10 @@ impl Envelope {
                 "body" => env.body_type = Some(field(value)?),
                 "smtputf8" => env.smtputf8 = true,
                 "verp" => env.verp = true,
+                "priority" => {
+                    env.priority = Priority::parse(value)
+                        .ok_or_else(|| corrupt(number, format!("bad priority {value:?}")))?
+                }
                 "rcpt" => env
                     .recipients
                     .push(parse_rcpt(value).map_err(|m| corrupt(number, m))?),
@@ -600,6 +645,28 @@ impl Queue {
             path,
             source,
         })
+    }
+
+    /// `ids` in the order runners send them: higher [`Priority`] first,
+    /// then oldest first. Reads only each envelope; a message gone or
+    /// unreadable meanwhile keeps its place as normal (whoever locks it
+    /// finds out).
+    pub fn by_priority(&self, mut ids: Vec<QueueId>) -> Vec<QueueId> {
+        let priority = |id: &QueueId| -> Priority {
+            let path = self.mess_path(id);
+            File::open(&path)
+                .ok()
+                .and_then(|file| {
+                    Envelope::parse(&mut BufReader::with_capacity(4096, file), &path).ok()
+                })
+                .map_or(Priority::Normal, |head| head.envelope.priority)
+        };
+        let mut keyed: Vec<(std::cmp::Reverse<Priority>, QueueId)> = ids
+            .drain(..)
+            .map(|id| (std::cmp::Reverse(priority(&id)), id))
+            .collect();
+        keyed.sort();
+        keyed.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Locks a message for delivery without waiting: `None` when another
@@ -870,6 +937,24 @@ impl Staged {
         let mut incoming = queue.incoming_as(&envelope, id);
         let path = incoming.path.clone();
         write(&mut incoming).map_err(io_err(&path))?;
+        incoming.finish()
+    }
+
+    /// The same message and id with `extra` recipients after the others
+    /// (so earlier indices keep their meaning): an archive copy
+    /// (`delivery::archive`). Costs a copy of the body, like
+    /// [`prepend`](Staged::prepend).
+    pub fn add_recipients(self, extra: Vec<Recipient>) -> Result<Staged, QueueError> {
+        let id = self.message.id.clone();
+        let mut envelope = self.message.envelope.clone();
+        envelope.recipients.extend(extra);
+        let queue = self.queue.clone();
+        // Opened before the old copy is removed (see `prepend`).
+        let mut body = self.message.body()?;
+        self.discard()?;
+        let mut incoming = queue.incoming_as(&envelope, id);
+        let path = incoming.path.clone();
+        io::copy(&mut body, &mut incoming).map_err(io_err(&path))?;
         incoming.finish()
     }
 
@@ -1499,6 +1584,37 @@ mod tests {
     }
 
     #[test]
+    fn runners_take_high_priority_mail_first_then_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        let mut ids = Vec::new();
+        for priority in [
+            Priority::Low,
+            Priority::Normal,
+            Priority::High,
+            Priority::Low,
+        ] {
+            let mut env = sample();
+            env.priority = priority;
+            ids.push(queue.enqueue(&env, b"Subject: hi\r\n\r\nbody\r\n").unwrap());
+        }
+        let text = fs::read_to_string(dir.path().join("mess").join(ids[2].as_str())).unwrap();
+        assert!(text.contains("\npriority high\n"), "{text}");
+        let normal = fs::read_to_string(dir.path().join("mess").join(ids[1].as_str())).unwrap();
+        assert!(!normal.contains("priority"), "normal mail reads as before");
+        let ordered = queue.by_priority(queue.list().unwrap());
+        assert_eq!(
+            ordered,
+            [
+                ids[2].clone(),
+                ids[1].clone(),
+                ids[0].clone(),
+                ids[3].clone()
+            ]
+        );
+    }
+
+    #[test]
     fn enqueue_then_read_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
@@ -1809,10 +1925,11 @@ mod tests {
         }
 
         #[test]
-        fn envelope_round_trips(local in "[a-z0-9.+_-]{1,20}", helo in "[ -~]{0,40}", notify in "[A-Z,]{0,20}") {
+        fn envelope_round_trips(local in "[a-z0-9.+_-]{1,20}", helo in "[ -~]{0,40}", notify in "[A-Z,]{0,20}", priority in 0..3usize) {
             let address = Address::parse(&format!("{local}@example.test"));
             proptest::prop_assume!(address.is_ok());
             let mut env = sample();
+            env.priority = [Priority::Low, Priority::Normal, Priority::High][priority];
             env.helo = Some(EnvelopeText::new(&helo, 100).unwrap());
             env.recipients[0].address = address.unwrap();
             env.recipients[1].notify = Some(EnvelopeText::new(&notify, 100).unwrap()).filter(|n| !n.as_str().is_empty() && !n.as_str().contains(' '));

@@ -11,14 +11,14 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::dns::Record;
-use crate::list_expand::{list_expand, ok as list_ok};
-use crate::smtp_recv::python;
+use crate::list_expand::{list_expand, ok as list_ok, open_team};
+use crate::smtp_recv::{ANN_LOGS_IN, python};
 use crate::smtp_send::{World, a, mx, ok};
 use crate::util::{Server, Tree, stderr, stdout};
 
 /// A tree with an Ed25519 and an RSA key for example.test, and the records
 /// of both (name → text).
-fn tree_with_keys() -> (Tree, HashMap<String, String>) {
+pub(crate) fn tree_with_keys() -> (Tree, HashMap<String, String>) {
     let tree = Tree::new();
     tree.add_user("ann@example.test");
     tree.add_user("postmaster@example.test");
@@ -55,7 +55,7 @@ fn tree_with_keys() -> (Tree, HashMap<String, String>) {
 }
 
 /// What mail-auth says of each signature, asking the test DNS server.
-fn mail_auth_results(config: &postroom::config::Config, message: &[u8]) -> Vec<String> {
+pub(crate) fn mail_auth_results(config: &postroom::config::Config, message: &[u8]) -> Vec<String> {
     let authenticator = postroom::net::dns::authenticator(config).unwrap();
     let parsed = mail_auth::AuthenticatedMessage::parse(message).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -140,39 +140,19 @@ fn every_writers_mail_leaves_signed_twice_and_verifies_with_mail_auth_and_dkimpy
 
     // smtp-recv: a user logged in (submission).
     let server = Server::start(&w.tree, "smtp-recv", &[]);
-    let script = r#"
-import os, smtplib, ssl
-s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-s.starttls(context=ctx)
-s.login("ann@example.test", "secret")
+    let script = ANN_LOGS_IN.to_string()
+        + r#"
 s.sendmail("ann@example.test", ["carl@far.test"],
     "From: ann@example.test\r\nTo: carl@far.test\r\nSubject: submitted\r\nDate: Wed, 2 Dec 2026 10:00:00 +0000\r\n\r\nvia submission \u00e9\r\n".encode())
 s.quit()
 "#;
-    let (passed, said) = python(script, server.port);
+    let (passed, said) = python(&script, server.port);
     assert!(passed, "smtplib: {said}");
 
     // A list post from an outside author, with a footer: signed for the
     // list's domain (the envelope sender's), the footer inside the body
     // hash.
-    list_ok(&list_expand(
-        &w.tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
-    list_ok(&list_expand(
-        &w.tree,
-        &["add", "team@example.test", "-"],
-        b"dora@far.test\n",
-    ));
+    open_team(&w.tree, b"dora@far.test\n");
     let list_config = w.tree.root().join("lists/team@example.test/config");
     let text = std::fs::read_to_string(&list_config).unwrap();
     std::fs::write(
@@ -264,19 +244,15 @@ fn without_its_key_mail_is_refused_before_it_is_accepted_never_sent_unsigned() {
     assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
     // smtp-recv: 451 after DATA, never the 250.
     let server = Server::start(&tree, "smtp-recv", &[]);
-    let script = r#"
-import os, smtplib, ssl
-s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-s.starttls(context=ctx)
-s.login("ann@example.test", "secret")
+    let script = ANN_LOGS_IN.to_string()
+        + r#"
 try:
     s.sendmail("ann@example.test", ["bob@far.test"], b"From: ann@example.test\r\n\r\nhi\r\n")
     raise SystemExit("accepted without its signature")
 except smtplib.SMTPDataError as e:
     assert e.smtp_code == 451, e
 "#;
-    let (passed, said) = python(script, server.port);
+    let (passed, said) = python(&script, server.port);
     assert!(passed, "smtplib: {said}");
     assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
     // Mail that stays here needs no signature.

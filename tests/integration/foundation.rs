@@ -346,6 +346,7 @@ fn hostile_envelope_data_never_reaches_the_queue() {
         "auth",
         "rcpt",
         "smtputf8",
+        "priority",
     ];
     for line in envelope.lines() {
         let key = line.split(' ').next().unwrap();

@@ -13,6 +13,28 @@ pub(crate) fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
     crate::util::run_with(command, input)
 }
 
+/// Creates team@example.test, open to posts from anyone, owned by ann,
+/// with the `members` given one a line.
+pub(crate) fn open_team(tree: &Tree, members: &[u8]) {
+    ok(&list_expand(
+        tree,
+        &[
+            "create",
+            "team@example.test",
+            "--owner",
+            "ann@example.test",
+            "--policy",
+            "open",
+        ],
+        b"",
+    ));
+    ok(&list_expand(
+        tree,
+        &["add", "team@example.test", "-"],
+        members,
+    ));
+}
+
 pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)
@@ -334,23 +356,7 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
     for user in ["ann", "bob", "dig"] {
         tree.add_user(&format!("{user}@example.test"));
     }
-    ok(&list_expand(
-        &tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
-    ok(&list_expand(
-        &tree,
-        &["add", "team@example.test", "-"],
-        b"bob@example.test\ndig@example.test\n",
-    ));
+    open_team(&tree, b"bob@example.test\ndig@example.test\n");
     std::fs::write(
         tree.root().join("lists/team@example.test/members"),
         "bob@example.test\ndig@example.test digest\n",
@@ -387,23 +393,7 @@ fn verp_return_paths_and_bounce_counting() {
     let tree = Tree::new();
     tree.add_user("ann@example.test");
     tree.add_user("cat@example.test");
-    ok(&list_expand(
-        &tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
-    ok(&list_expand(
-        &tree,
-        &["add", "team@example.test", "-"],
-        b"bob@far.test\ncat@example.test\n",
-    ));
+    open_team(&tree, b"bob@far.test\ncat@example.test\n");
     let config = tree.root().join("lists/team@example.test/config");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

@@ -1,8 +1,10 @@
 //! End-to-end tests: the real binaries on temporary trees (one test index,
 //! as ripgrep does, so the binaries are built once).
 
+mod archive;
 mod auth;
 mod dane;
+mod disclaimer;
 mod dkim;
 mod dns;
 mod first_day;
@@ -18,6 +20,7 @@ mod man_pages;
 mod mta_sts;
 mod multihost;
 mod pop3_serve;
+mod queue_priority;
 mod sink;
 mod smtp_recv;
 mod smtp_send;

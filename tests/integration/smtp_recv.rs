@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
+/// The start of a Python script in which ann logs in over STARTTLS
+/// (submission); the caller adds what `s` sends.
+pub(crate) const ANN_LOGS_IN: &str = r#"
+import os, smtplib, ssl
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+s.login("ann@example.test", "secret")
+"#;
+
 pub(crate) fn python(script: &str, port: u16) -> (bool, String) {
     let out = Command::new("python3")
         .arg("-c")
