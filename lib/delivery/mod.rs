@@ -6,6 +6,7 @@
 pub mod deliver;
 pub mod dkim;
 pub mod dsn;
+pub mod envelope_smtp;
 pub mod filter;
 pub mod lists;
 pub mod sieve;
