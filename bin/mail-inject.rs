@@ -32,7 +32,7 @@ const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
-const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       run as mailq it does -bp and as newaliases -bi";
+const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       mail-inject [--config FILE] --bsmtp < batch\n       run as mailq it does -bp and as newaliases -bi";
 
 /// What a run does: sendmail's `-b` modes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,8 @@ enum Mode {
     Smtp,
     /// `-bv`: say where each address would go, sending nothing.
     Verify,
+    /// `--bsmtp`: stdin is a batch SMTP stream (RFC 2442) to queue.
+    Bsmtp,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +159,7 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
             "-bi" => options.mode = Mode::CheckAliases,
             "-bs" => options.mode = Mode::Smtp,
             "-bv" => options.mode = Mode::Verify,
+            "--bsmtp" => options.mode = Mode::Bsmtp,
             "-q" | "-bd" => {
                 return Err(usage(format!(
                     "{arg} is not supported: smtp-send runs the queue, smtp-recv listens"
@@ -181,13 +184,23 @@ fn run(options: Options) -> Result<(), Failure> {
         Mode::ListQueue => return hand_over("postroom", &config_path, &["queue", "list"]),
         Mode::Smtp => return hand_over("smtp-recv", &config_path, &["--local"]),
         Mode::CheckAliases => return check_aliases(&config),
-        Mode::Verify => {}
+        Mode::Verify | Mode::Bsmtp => {}
     }
     postroom::net::privileges::drop_privileges(&config)
         .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
     let directory = Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
     if options.mode == Mode::Verify {
         return verify(&directory, &options.recipients);
+    }
+    if options.mode == Mode::Bsmtp {
+        // The same import as `postroom bsmtp import`: checked whole, then
+        // queued with the batch's own envelopes.
+        return postroom::delivery::bsmtp::import(&config, &directory, std::io::stdin().lock())
+            .map(drop)
+            .map_err(|e| {
+                let code = if e.is_temporary() { EX_TEMPFAIL } else { EX_DATAERR };
+                Failure(code, e.to_string())
+            });
     }
 
     let raw = read_message(&config, options.ignore_dots)?;

@@ -9,9 +9,12 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod backup;
+mod bsmtp;
 mod check;
 mod demo;
 mod dkim;
+mod export;
 mod queue_cmd;
 
 use std::path::PathBuf;
@@ -60,6 +63,17 @@ enum Command {
     /// Make DKIM signing keys and print the DNS records to publish.
     #[command(subcommand)]
     Dkim(dkim::DkimCommand),
+    /// Move queued mail as batch SMTP (RFC 2442): export a domain's mail
+    /// to a file, import a batch into the queue.
+    #[command(subcommand)]
+    Bsmtp(bsmtp::BsmtpCommand),
+    /// Export a user's mail as mbox files or a Maildir++ copy.
+    Export(export::ExportArgs),
+    /// Back up config, users, aliases, lists, scripts and (--mail) mail
+    /// and queue to one .tar.zst, while the servers run.
+    Backup(backup::BackupArgs),
+    /// Put a backup back in place.
+    Restore(backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +90,10 @@ fn main() -> ExitCode {
         Command::Queue(cmd) => queue_cmd::run(config, cmd),
         Command::Demo(args) => demo::run(args),
         Command::Dkim(cmd) => dkim::run(config, cmd),
+        Command::Bsmtp(cmd) => bsmtp::run(config, cmd),
+        Command::Export(args) => export::run(config, args),
+        Command::Backup(args) => backup::backup(config, args),
+        Command::Restore(args) => backup::restore(config, args),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@
 pub mod address;
 pub mod flags;
 pub mod imap;
+pub mod mbox;
 pub mod message;
 pub mod mime;
 pub mod pop3;

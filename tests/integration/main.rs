@@ -2,6 +2,8 @@
 //! as ripgrep does, so the binaries are built once).
 
 mod auth;
+mod backup;
+mod bsmtp;
 mod dkim;
 mod dns;
 mod first_day;
