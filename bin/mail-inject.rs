@@ -20,6 +20,7 @@ use std::process::ExitCode;
 
 use postroom::config::Config;
 use postroom::delivery::deliver;
+use postroom::delivery::mailall;
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::message;
@@ -30,6 +31,7 @@ const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
+const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
 
 const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       mail-inject [--config FILE] --bsmtp < batch\n       run as mailq it does -bp and as newaliases -bi";
@@ -218,7 +220,7 @@ fn run(options: Options) -> Result<(), Failure> {
     if wanted.is_empty() {
         return Err(Failure(EX_USAGE, format!("no recipients given\n{USAGE}")));
     }
-    let recipients = route(&directory, &wanted, &options)?;
+    let recipients = route(&config, &directory, &wanted, &sender, &options)?;
 
     let mut envelope = Envelope::new(sender.clone(), recipients);
     envelope.protocol = Some(text("local")?);
@@ -419,8 +421,10 @@ fn header_recipients(headers: &[u8]) -> Vec<String> {
 /// Expands aliases and validates every recipient; any bad one stops the
 /// injection, so nothing is queued half-addressed.
 fn route(
+    config: &Config,
     directory: &Directory,
     wanted: &[String],
+    sender: &ReversePath,
     options: &Options,
 ) -> Result<Vec<postroom::store::queue::Recipient>, Failure> {
     let mut recipients = Vec::new();
@@ -435,7 +439,15 @@ fn route(
                 continue;
             }
         };
-        match directory.routes_for(&address) {
+        // A local program's sender is its own to give, as with any mail.
+        let resolved = match mailall::everyone(config, directory, &address, sender, true) {
+            mailall::Everyone::Refused(text) => {
+                return Err(Failure(EX_NOPERM, format!("5.7.1 {text}")));
+            }
+            mailall::Everyone::Routes(routes) => Ok(routes),
+            mailall::Everyone::NotIt => directory.routes_for(&address),
+        };
+        match resolved {
             Ok(mut routes) => {
                 for r in &mut routes {
                     r.notify = options.notify.as_deref().map(text).transpose()?;

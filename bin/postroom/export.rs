@@ -124,7 +124,7 @@ fn to_mbox(
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let sender = return_path(&text);
+        let sender = message::return_path(&text).unwrap_or_default();
         mbox::write_message(&mut out, &text, &sender, secs, flags, &keywords)
             .with_context(|| format!("{}", path.display()))?;
     }
@@ -132,23 +132,6 @@ fn to_mbox(
     drop(out);
     file.sync_all()?;
     Ok(())
-}
-
-/// The Return-Path delivery put on top, without its brackets.
-fn return_path(text: &[u8]) -> String {
-    let head = message::to_crlf(&text[..text.len().min(64 << 10)]);
-    let end = message::header_len(&head);
-    message::header_fields(&head[..end])
-        .into_iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("Return-Path"))
-        .map(|(_, value)| {
-            value
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_string()
-        })
-        .unwrap_or_default()
 }
 
 fn to_maildir(

@@ -15,6 +15,7 @@ mod check;
 mod demo;
 mod dkim;
 mod export;
+mod mailall;
 mod queue_cmd;
 
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Put a backup back in place.
     Restore(backup::RestoreArgs),
+    /// Send the message on standard input to every user (of --domain).
+    Mailall(mailall::MailallArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(config, args),
         Command::Backup(args) => backup::backup(config, args),
         Command::Restore(args) => backup::restore(config, args),
+        Command::Mailall(args) => mailall::run(config, args),
     };
     match result {
         Ok(code) => code,

@@ -17,6 +17,7 @@ use base64::Engine;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Early};
 use postroom::delivery::envelope_smtp;
+use postroom::delivery::mailall;
 use postroom::directory::access::Access;
 use postroom::directory::aliases::{Directory, ResolveError, Target};
 use postroom::directory::authlimit::AuthLimit;
@@ -972,6 +973,7 @@ impl Session {
         let Some(tx) = self.tx.as_ref() else {
             return self.error(Reply::new(503, "5.5.1", "MAIL first"));
         };
+        let sender = tx.sender.clone();
         if tx.accepted.len() >= limit {
             return self.reply(Reply::new(
                 452,
@@ -1026,7 +1028,21 @@ impl Session {
                 format!("<{address}>: relay access denied"),
             ));
         }
-        let mut routes = match directory.routes_for(&address) {
+        let everyone = mailall::everyone(
+            &self.shared.config,
+            &directory,
+            &address,
+            &sender,
+            relay_ok,
+        );
+        let resolved = match everyone {
+            mailall::Everyone::Refused(text) => {
+                return self.error(Reply::new(550, "5.7.1", text));
+            }
+            mailall::Everyone::Routes(routes) => Ok(routes),
+            mailall::Everyone::NotIt => directory.routes_for(&address),
+        };
+        let mut routes = match resolved {
             Ok(routes) => routes,
             Err(ResolveError::UnknownUser(_)) => {
                 return self.error(Reply::new(

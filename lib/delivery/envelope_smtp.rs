@@ -77,15 +77,15 @@ pub fn rcpt_command(rcpt: &Recipient, ext: Offered) -> String {
     command
 }
 
-/// The ORCPT value on the wire: `rfc822;` and the address as xtext. The
-/// queue holds either form (`rfc822;addr` written by postroom itself, the
-/// bare address as `smtp-recv` receives it decoded).
+/// The ORCPT value on the wire. The queue holds it as RFC 3461 gives it,
+/// `rfc822;` and xtext (`directory::aliases::routes_for`); a bare address
+/// (what older `smtp-recv` stored) gets that form.
 fn orcpt_param(stored: &str) -> String {
-    let address = match stored.split_once(';') {
-        Some((kind, address)) if kind.eq_ignore_ascii_case("rfc822") => address,
-        _ => stored,
-    };
-    format!("rfc822;{}", xtext::encode(address))
+    if stored.contains(';') {
+        stored.to_string()
+    } else {
+        format!("rfc822;{}", xtext::encode(stored))
+    }
 }
 
 /// The envelope fields a MAIL command's parameters give.
@@ -171,10 +171,12 @@ pub fn notify_text(flags: u64) -> Option<EnvelopeText> {
 /// Gives each route a RCPT command resolved to its NOTIFY and ORCPT.
 pub fn apply_rcpt_params(routes: &mut [Recipient], to: &smtp_proto::RcptTo<String>) {
     let notify = notify_text(to.flags);
+    // smtp-proto hands over the address decoded; the queue keeps the
+    // RFC 3461 form, as `routes_for` writes it.
     let orcpt = to
         .orcpt
         .as_deref()
-        .and_then(|o| EnvelopeText::new(o, MAX_FIELD).ok());
+        .and_then(|o| EnvelopeText::new(&format!("rfc822;{}", xtext::encode(o)), MAX_FIELD).ok());
     for route in routes {
         route.notify = notify.clone();
         if orcpt.is_some() {
@@ -218,7 +220,7 @@ mod tests {
     fn rcpt_parameters_survive_the_round_trip() {
         let mut rcpt = Recipient::new(Route::Remote, Address::parse("bob@far.test").unwrap());
         rcpt.notify = Some(EnvelopeText::new("SUCCESS,DELAY", 40).unwrap());
-        rcpt.orcpt = Some(EnvelopeText::new("Bob+Smith@Far.test", 100).unwrap());
+        rcpt.orcpt = Some(EnvelopeText::new("rfc822;Bob+2BSmith@Far.test", 100).unwrap());
         let line = rcpt_command(&rcpt, Offered::all());
         let to = match smtp_proto::Request::parse(&mut line.as_bytes().iter()) {
             Ok(smtp_proto::Request::Rcpt { to }) => to.into_owned(),

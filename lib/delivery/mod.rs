@@ -10,6 +10,7 @@ pub mod dsn;
 pub mod envelope_smtp;
 pub mod filter;
 pub mod lists;
+pub mod mailall;
 pub mod sieve;
 pub mod submit;
 pub mod vacation;

@@ -12,6 +12,7 @@ mod imap_round2;
 mod imap_serve;
 mod layout;
 mod list_expand;
+mod mailall;
 mod mailsort;
 mod man_pages;
 mod multihost;
