@@ -200,7 +200,11 @@ fn run(options: Options) -> Result<(), Failure> {
         return postroom::delivery::bsmtp::import(&config, &directory, std::io::stdin().lock())
             .map(drop)
             .map_err(|e| {
-                let code = if e.is_temporary() { EX_TEMPFAIL } else { EX_DATAERR };
+                let code = if e.is_temporary() {
+                    EX_TEMPFAIL
+                } else {
+                    EX_DATAERR
+                };
                 Failure(code, e.to_string())
             });
     }

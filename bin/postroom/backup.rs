@@ -58,7 +58,11 @@ pub fn backup(config: Option<PathBuf>, args: BackupArgs) -> anyhow::Result<ExitC
         report.files,
         report.bytes,
         args.to.display(),
-        if args.mail { "" } else { " (without mail: add --mail)" }
+        if args.mail {
+            ""
+        } else {
+            " (without mail: add --mail)"
+        }
     );
     if report.unlocked > 0 {
         eprintln!(

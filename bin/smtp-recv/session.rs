@@ -1028,13 +1028,8 @@ impl Session {
                 format!("<{address}>: relay access denied"),
             ));
         }
-        let everyone = mailall::everyone(
-            &self.shared.config,
-            &directory,
-            &address,
-            &sender,
-            relay_ok,
-        );
+        let everyone =
+            mailall::everyone(&self.shared.config, &directory, &address, &sender, relay_ok);
         let resolved = match everyone {
             mailall::Everyone::Refused(text) => {
                 return self.error(Reply::new(550, "5.7.1", text));

@@ -327,7 +327,8 @@ impl Client {
         }
 
         let mut commands: Vec<Vec<u8>> = Vec::with_capacity(rcpts.len() + 2);
-        commands.push(mail_command(envelope, sender, message.body_size, offered(&ext)).into_bytes());
+        commands
+            .push(mail_command(envelope, sender, message.body_size, offered(&ext)).into_bytes());
         for (_, rcpt) in rcpts {
             commands.push(rcpt_command(rcpt, offered(&ext)).into_bytes());
         }

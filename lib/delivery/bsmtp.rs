@@ -68,7 +68,10 @@ pub enum BsmtpError {
         "{queued} of the batch's messages were queued before: {error}; \
          remove those first {queued} transactions from the batch before importing it again"
     )]
-    Partial { queued: usize, error: Box<BsmtpError> },
+    Partial {
+        queued: usize,
+        error: Box<BsmtpError>,
+    },
     #[error(transparent)]
     Enqueue(#[from] EnqueueError),
 }
@@ -169,7 +172,8 @@ pub fn export(
                 )?;
                 for &i in &group {
                     let rcpt = &envelope.recipients[i];
-                    writer.write_all(envelope_smtp::rcpt_command(rcpt, Offered::all()).as_bytes())?;
+                    writer
+                        .write_all(envelope_smtp::rcpt_command(rcpt, Offered::all()).as_bytes())?;
                 }
                 writer.write_all(b"DATA\r\n")?;
                 let body = message.body().map_err(io::Error::other)?;
@@ -416,7 +420,10 @@ impl<R: BufRead> Parser<R> {
         // Skip to the end of the overlong line, minding how it ends.
         let mut last = self.line.last().copied();
         loop {
-            let buf = self.input.fill_buf().map_err(io_error("reading the batch"))?;
+            let buf = self
+                .input
+                .fill_buf()
+                .map_err(io_error("reading the batch"))?;
             if buf.is_empty() {
                 return Ok(Line::TooLong(false));
             }
@@ -465,17 +472,16 @@ impl<R: BufRead> Parser<R> {
         loop {
             match self.read_line(COMMAND_MAX)? {
                 Line::End => {
-                    return Err(self.malformed(
-                        "the batch ends without QUIT: it was cut short in transit",
-                    ));
+                    return Err(
+                        self.malformed("the batch ends without QUIT: it was cut short in transit")
+                    );
                 }
                 Line::TooLong(_) => return Err(self.malformed("command line too long")),
                 Line::Whole => {}
             }
             if !is_clean_command(&self.line) || has_nul(&self.line) {
-                return Err(self.malformed(
-                    "a command line must end in CRLF and hold no bare CR, LF or NUL",
-                ));
+                return Err(self
+                    .malformed("a command line must end in CRLF and hold no bare CR, LF or NUL"));
             }
             let request = smtp_proto::Request::parse(&mut self.line.iter())
                 .map(|r| r.into_owned())

@@ -200,10 +200,8 @@ mod tests {
 
     #[test]
     fn mail_parameters_survive_the_round_trip() {
-        let mut envelope = Envelope::new(
-            ReversePath::parse("ann@example.test").unwrap(),
-            Vec::new(),
-        );
+        let mut envelope =
+            Envelope::new(ReversePath::parse("ann@example.test").unwrap(), Vec::new());
         envelope.envid = Some(EnvelopeText::new("id+with=odd chars", 100).unwrap());
         envelope.ret = Some(EnvelopeText::new("HDRS", 10).unwrap());
         envelope.body_type = Some(EnvelopeText::new("8BITMIME", 10).unwrap());

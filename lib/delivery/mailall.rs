@@ -65,9 +65,7 @@ pub fn everyone(
         ));
     }
     if !trusted {
-        return Everyone::Refused(format!(
-            "<{rcpt}>: log in (SMTP AUTH) to write to everyone"
-        ));
+        return Everyone::Refused(format!("<{rcpt}>: log in (SMTP AUTH) to write to everyone"));
     }
     let orcpt = EnvelopeText::sanitize(
         &format!("rfc822;{}", xtext::encode(&rcpt.to_string())),

@@ -262,9 +262,10 @@ pub fn backup(
         (queue.root().to_path_buf(), PathBuf::from("queue")),
     ]
     .into_iter()
-    .chain(["tmp", "mess", "log", "todo"].map(|sub| {
-        (queue.root().join(sub), Path::new("queue").join(sub))
-    })) {
+    .chain(
+        ["tmp", "mess", "log", "todo"]
+            .map(|sub| (queue.root().join(sub), Path::new("queue").join(sub))),
+    ) {
         if path.is_dir() {
             w.dir(&path, &name)?;
         }
@@ -322,7 +323,10 @@ fn keyed_files(config: &Config) -> Vec<(PathBuf, PathBuf)> {
                 .join(format!("{}.pem", key.selector)),
         ));
     }
-    for (when, scripts) in [("before", &config.sieve.before), ("after", &config.sieve.after)] {
+    for (when, scripts) in [
+        ("before", &config.sieve.before),
+        ("after", &config.sieve.after),
+    ] {
         for (i, script) in scripts.iter().enumerate() {
             files.push((
                 config.path(script),
@@ -436,7 +440,10 @@ pub fn restore(
             match config.as_ref().and_then(|c| place(c, &name)) {
                 Some(dest) => dest,
                 None => {
-                    tracing::warn!("{}: no place for it in this config; skipped", name.display());
+                    tracing::warn!(
+                        "{}: no place for it in this config; skipped",
+                        name.display()
+                    );
                     continue;
                 }
             }
@@ -445,14 +452,12 @@ pub fn restore(
         let mode = header.mode().unwrap_or(0o600) & 0o7777;
         let owner = (header.uid().ok(), header.gid().ok());
         match header.entry_type() {
-            tar::EntryType::Directory => {
-                if !dest.is_dir() {
-                    fs::create_dir_all(&dest).map_err(io_err(&dest))?;
-                    fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
-                        .map_err(io_err(&dest))?;
-                    chown(as_root, &dest, owner)?;
-                    touched.insert(fsutil::parent_of(&dest).to_path_buf());
-                }
+            tar::EntryType::Directory if !dest.is_dir() => {
+                fs::create_dir_all(&dest).map_err(io_err(&dest))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+                    .map_err(io_err(&dest))?;
+                chown(as_root, &dest, owner)?;
+                touched.insert(fsutil::parent_of(&dest).to_path_buf());
             }
             tar::EntryType::Regular => {
                 if dest.exists() && !overwrite {

@@ -24,8 +24,15 @@ fn snapshot(root: &Path) -> Snapshot {
                 .unwrap();
             messages.push((entry.uid, entry.info.to_string(), text));
         }
-        let keywords = state.keywords.names_of(u32::MAX).map(str::to_string).collect();
-        all.insert(name.as_str().to_string(), (state.validity, keywords, messages));
+        let keywords = state
+            .keywords
+            .names_of(u32::MAX)
+            .map(str::to_string)
+            .collect();
+        all.insert(
+            name.as_str().to_string(),
+            (state.validity, keywords, messages),
+        );
     }
     all
 }
@@ -34,7 +41,10 @@ fn snapshot(root: &Path) -> Snapshot {
 /// a keyword set through the mailbox code IMAP uses.
 fn fill(tree: &Tree) {
     tree.add_user("ann@example.test");
-    for (i, body) in ["first\nFrom the start\n", "second\n", "third\n"].iter().enumerate() {
+    for (i, body) in ["first\nFrom the start\n", "second\n", "third\n"]
+        .iter()
+        .enumerate()
+    {
         let out = tree.inject(
             &["-f", "bob@example.test", "ann@example.test"],
             format!("Subject: m{i}\n\n{body}").as_bytes(),
@@ -50,7 +60,9 @@ fn fill(tree: &Tree) {
     let mut seen_flagged = Flags::from_info("FS");
     seen_flagged.keywords = 1 << important;
     inbox.set_flags(&state.entries[0], seen_flagged).unwrap();
-    inbox.set_flags(&state.entries[1], Flags::from_info("RS")).unwrap();
+    inbox
+        .set_flags(&state.entries[1], Flags::from_info("RS"))
+        .unwrap();
     let work = MailboxName::new("Work").unwrap();
     mailbox.create(&work).unwrap();
     let folder = mailbox.folder(&work);
@@ -69,13 +81,25 @@ fn export_writes_mbox_with_status_fields_and_a_maildir_copy_with_flags() {
     fill(&tree);
     let out_dir = tree.dir.path().join("out");
     let mbox_dir = out_dir.join("mbox");
-    let out = tree.postroom(&["export", "ann@example.test", "--mbox", mbox_dir.to_str().unwrap()]);
+    let out = tree.postroom(&[
+        "export",
+        "ann@example.test",
+        "--mbox",
+        mbox_dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let inbox = std::fs::read_to_string(mbox_dir.join("INBOX.mbox")).unwrap();
-    assert_eq!(inbox.matches("\nFrom bob@example.test ").count() + 1, 3, "{inbox}");
+    assert_eq!(
+        inbox.matches("\nFrom bob@example.test ").count() + 1,
+        3,
+        "{inbox}"
+    );
     assert!(inbox.starts_with("From bob@example.test "), "{inbox}");
     assert!(inbox.contains("\n>From the start\n"), "{inbox}");
-    assert!(inbox.contains("Status: RO\nX-Status: F\nX-Keywords: $Important\n"), "{inbox}");
+    assert!(
+        inbox.contains("Status: RO\nX-Status: F\nX-Keywords: $Important\n"),
+        "{inbox}"
+    );
     assert!(inbox.contains("Status: RO\nX-Status: A\n"), "{inbox}");
     assert_eq!(inbox.matches("Status: O\n").count(), 1, "{inbox}");
     let work = std::fs::read_to_string(mbox_dir.join("Work.mbox")).unwrap();
@@ -91,7 +115,12 @@ fn export_writes_mbox_with_status_fields_and_a_maildir_copy_with_flags() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(snapshot(&maildir), snapshot(&tree.maildir("ann")));
     // An export never overwrites.
-    let again = tree.postroom(&["export", "ann@example.test", "--mbox", mbox_dir.to_str().unwrap()]);
+    let again = tree.postroom(&[
+        "export",
+        "ann@example.test",
+        "--mbox",
+        mbox_dir.to_str().unwrap(),
+    ]);
     assert!(!again.status.success());
 }
 
@@ -105,17 +134,30 @@ fn backup_wipe_restore_brings_back_every_message_flag_and_queued_mail() {
     let out = tree.postroom(&["alias", "add", "info@example.test", "ann"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // A message for elsewhere waits in the queue.
-    let out = tree.inject(&["-f", "ann@example.test", "far@remote.test"], b"Subject: q\n\nq\n");
+    let out = tree.inject(
+        &["-f", "ann@example.test", "far@remote.test"],
+        b"Subject: q\n\nq\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let queued = tree.queue().list().unwrap();
     assert_eq!(queued.len(), 1);
-    let queue_file = std::fs::read(tree.root().join("queue/mess").join(queued[0].as_str())).unwrap();
+    let queue_file =
+        std::fs::read(tree.root().join("queue/mess").join(queued[0].as_str())).unwrap();
 
     let before = snapshot(&tree.maildir("ann"));
     let files = |names: &[&str]| -> Vec<Vec<u8>> {
-        names.iter().map(|n| std::fs::read(tree.root().join(n)).unwrap()).collect()
+        names
+            .iter()
+            .map(|n| std::fs::read(tree.root().join(n)).unwrap())
+            .collect()
     };
-    let config_files = ["postroom.toml", "users", "aliases", "domains", "tls/key.pem"];
+    let config_files = [
+        "postroom.toml",
+        "users",
+        "aliases",
+        "domains",
+        "tls/key.pem",
+    ];
     let before_files = files(&config_files);
 
     let archive = tree.dir.path().join("tree.tar.zst");
@@ -128,7 +170,10 @@ fn backup_wipe_restore_brings_back_every_message_flag_and_queued_mail() {
 
     assert_eq!(files(&config_files), before_files);
     assert_eq!(snapshot(&tree.maildir("ann")), before);
-    assert_eq!(std::fs::read_to_string(sieve.join("active.sieve")).unwrap(), "keep;\n");
+    assert_eq!(
+        std::fs::read_to_string(sieve.join("active.sieve")).unwrap(),
+        "keep;\n"
+    );
     assert_eq!(tree.queue().list().unwrap(), queued);
     assert_eq!(
         std::fs::read(tree.root().join("queue/mess").join(queued[0].as_str())).unwrap(),
@@ -136,12 +181,21 @@ fn backup_wipe_restore_brings_back_every_message_flag_and_queued_mail() {
     );
     // The tree works: the restored one checks clean.
     let check = tree.postroom(&["check"]);
-    assert!(check.status.success(), "{}{}", crate::util::stdout(&check), stderr(&check));
+    assert!(
+        check.status.success(),
+        "{}{}",
+        crate::util::stdout(&check),
+        stderr(&check)
+    );
 
     // A second restore keeps what is there and says so.
     let out = tree.postroom(&["restore", "--from", archive.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("0 file(s) restored"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0 file(s) restored"),
+        "{}",
+        stderr(&out)
+    );
 
     // Without --mail: the config and scripts, no messages.
     let light = tree.dir.path().join("light.tar.zst");

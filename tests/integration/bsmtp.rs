@@ -81,7 +81,13 @@ fn a_batch_moves_mail_between_trees_byte_for_byte_and_a_torn_one_moves_nothing()
         b"Subject: one\n\n.a line with a dot\n..two dots\n.\nend\n",
     );
     inject(
-        &["-f", "", "bob@dialup.test", "carol@dialup.test", "dan@other.test"],
+        &[
+            "-f",
+            "",
+            "bob@dialup.test",
+            "carol@dialup.test",
+            "dan@other.test",
+        ],
         "Subject: caf\u{e9}\n\nno final newline".as_bytes(),
     );
     // Over a MiB, so it spills to a file on both sides, with dot lines
@@ -91,7 +97,10 @@ fn a_batch_moves_mail_between_trees_byte_for_byte_and_a_torn_one_moves_nothing()
         big.extend_from_slice(format!(".{i} the quick brown fox\n").as_bytes());
     }
     inject(&["-f", "ann@example.test", "carol@dialup.test"], &big);
-    inject(&["-f", "ann@example.test", "eve@other.test"], b"Subject: stays\n\nx\n");
+    inject(
+        &["-f", "ann@example.test", "eve@other.test"],
+        b"Subject: stays\n\nx\n",
+    );
 
     let before = carried(&sender_site.queue(), "dialup.test");
     assert_eq!(before.len(), 3);
@@ -112,9 +121,17 @@ fn a_batch_moves_mail_between_trees_byte_for_byte_and_a_torn_one_moves_nothing()
         file.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "export: {}", stderr(&out));
-    assert!(stderr(&out).contains("3 message(s) for 4 recipient(s)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 message(s) for 4 recipient(s)"),
+        "{}",
+        stderr(&out)
+    );
     let batch = std::fs::read(&file).unwrap();
-    assert!(batch.starts_with(b"EHLO "), "{}", String::from_utf8_lossy(&batch));
+    assert!(
+        batch.starts_with(b"EHLO "),
+        "{}",
+        String::from_utf8_lossy(&batch)
+    );
     assert!(batch.ends_with(b".\r\nQUIT\r\n"));
     // Exported mail is delivered: only other.test's recipients are left.
     assert!(carried(&sender_site.queue(), "dialup.test").is_empty());
@@ -150,14 +167,27 @@ fn a_batch_moves_mail_between_trees_byte_for_byte_and_a_torn_one_moves_nothing()
     for cut in cuts {
         let out = import(&dialup, &batch[..cut]);
         assert_eq!(out.status.code(), Some(1), "cut at {cut}: {}", stderr(&out));
-        assert!(stderr(&out).contains("nothing was queued"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was queued"),
+            "{}",
+            stderr(&out)
+        );
         let out = run_with(dialup.inject_command(&["--bsmtp"]), &batch[..cut]);
-        assert_eq!(out.status.code(), Some(65), "cut at {cut}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(65),
+            "cut at {cut}: {}",
+            stderr(&out)
+        );
     }
     let unknown = text.replacen("carol@dialup.test", "nobody@dialup.test", 1);
     let out = import(&dialup, unknown.as_bytes());
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("nobody@dialup.test"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nobody@dialup.test"),
+        "{}",
+        stderr(&out)
+    );
     assert!(dialup.queue().list().unwrap().is_empty());
 
     let out = run_with(dialup.inject_command(&["--bsmtp"]), &batch);

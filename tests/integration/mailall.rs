@@ -16,7 +16,11 @@ fn tree() -> Tree {
 
 fn mailall(tree: &Tree, args: &[&str], message: &[u8]) -> std::process::Output {
     let mut command = Command::new(bin("postroom"));
-    command.arg("--config").arg(&tree.config).arg("mailall").args(args);
+    command
+        .arg("--config")
+        .arg(&tree.config)
+        .arg("mailall")
+        .args(args);
     run_with(command, message)
 }
 
@@ -28,27 +32,52 @@ fn inbox(tree: &Tree, address: &str) -> Vec<String> {
 #[test]
 fn mailall_reaches_every_user_or_one_domain_with_one_queued_message() {
     let tree = tree();
-    let out = mailall(&tree, &["--domain", "example.test"], b"Subject: fire drill\n\nat ten\n");
+    let out = mailall(
+        &tree,
+        &["--domain", "example.test"],
+        b"Subject: fire drill\n\nat ten\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("2 user(s)"), "{}", stderr(&out));
     for user in ["ann@example.test", "bob@example.test"] {
         let texts = inbox(&tree, user);
         assert_eq!(texts.len(), 1, "{user}");
         assert!(texts[0].contains("Subject: fire drill\n"), "{}", texts[0]);
-        assert!(texts[0].contains("To: undisclosed-recipients:;\n"), "{}", texts[0]);
-        assert!(texts[0].contains(&format!("Delivered-To: {user}\n")), "{}", texts[0]);
+        assert!(
+            texts[0].contains("To: undisclosed-recipients:;\n"),
+            "{}",
+            texts[0]
+        );
+        assert!(
+            texts[0].contains(&format!("Delivered-To: {user}\n")),
+            "{}",
+            texts[0]
+        );
     }
     assert!(inbox(&tree, "cy@other.test").is_empty());
 
-    let out = mailall(&tree, &["--from", "boss@example.test"], b"Subject: all\n\nhi\n");
+    let out = mailall(
+        &tree,
+        &["--from", "boss@example.test"],
+        b"Subject: all\n\nhi\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     for user in ["ann@example.test", "bob@example.test", "cy@other.test"] {
         let texts = inbox(&tree, user);
-        assert!(texts.iter().any(|t| t.contains("Return-Path: <boss@example.test>")), "{user}");
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("Return-Path: <boss@example.test>")),
+            "{user}"
+        );
     }
     let out = mailall(&tree, &["--domain", "far.test"], b"Subject: x\n\nx\n");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a local domain"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a local domain"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -60,13 +89,19 @@ fn the_everyone_alias_is_for_listed_senders_only() {
     tree.add_user("boss@example.test");
 
     // mail-inject: a listed sender reaches every user of the domain.
-    let out = tree.inject(&["-f", "boss@example.test", "everyone@example.test"], b"Subject: news\n\nx\n");
+    let out = tree.inject(
+        &["-f", "boss@example.test", "everyone@example.test"],
+        b"Subject: news\n\nx\n",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     for user in ["ann@example.test", "bob@example.test", "boss@example.test"] {
         assert_eq!(inbox(&tree, user).len(), 1, "{user}");
     }
     assert!(inbox(&tree, "cy@other.test").is_empty());
-    let out = tree.inject(&["-f", "ann@example.test", "everyone@example.test"], b"Subject: no\n\nx\n");
+    let out = tree.inject(
+        &["-f", "ann@example.test", "everyone@example.test"],
+        b"Subject: no\n\nx\n",
+    );
     assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
     assert!(stderr(&out).contains("5.7.1"), "{}", stderr(&out));
     assert_eq!(inbox(&tree, "bob@example.test").len(), 1);
@@ -74,12 +109,22 @@ fn the_everyone_alias_is_for_listed_senders_only() {
     // SMTP from outside: an unlisted sender, and a listed one not logged in.
     let session = |from: &str| {
         let mut command = Command::new(bin("smtp-recv"));
-        command.arg("--config").arg(&tree.config).env("REMOTE_ADDR", "192.0.2.9");
-        let input = format!("EHLO c\r\nMAIL FROM:<{from}>\r\nRCPT TO:<everyone@example.test>\r\nQUIT\r\n");
+        command
+            .arg("--config")
+            .arg(&tree.config)
+            .env("REMOTE_ADDR", "192.0.2.9");
+        let input =
+            format!("EHLO c\r\nMAIL FROM:<{from}>\r\nRCPT TO:<everyone@example.test>\r\nQUIT\r\n");
         stdout(&run_with(command, input.as_bytes()))
     };
     let said = session("eve@far.test");
-    assert!(said.contains("550 5.7.1 <everyone@example.test>: only the senders"), "{said}");
+    assert!(
+        said.contains("550 5.7.1 <everyone@example.test>: only the senders"),
+        "{said}"
+    );
     let said = session("boss@example.test");
-    assert!(said.contains("550 5.7.1 <everyone@example.test>: log in"), "{said}");
+    assert!(
+        said.contains("550 5.7.1 <everyone@example.test>: log in"),
+        "{said}"
+    );
 }
