@@ -14,7 +14,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -352,19 +351,15 @@ fn verify(directory: &Directory, addresses: &[String]) -> Result<(), Failure> {
 /// Reads stdin up to the size limit; without `-i`, a line holding a single
 /// dot ends the message, as sendmail has always done.
 fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> {
+    use postroom::cli::InputError;
     let limit = config.limits.message_size;
-    let mut raw = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(limit + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| Failure(EX_TEMPFAIL, format!("reading the message: {e}")))?;
-    if raw.len() as u64 > limit {
-        return Err(Failure(
-            EX_DATAERR,
-            format!("message is larger than limits.message_size ({limit} bytes)"),
-        ));
-    }
+    let mut raw = postroom::cli::read_message(std::io::stdin().lock(), limit).map_err(|e| {
+        let code = match e {
+            InputError::TooBig(_) => EX_DATAERR,
+            InputError::Io(_) => EX_TEMPFAIL,
+        };
+        Failure(code, e.to_string())
+    })?;
     if !ignore_dots {
         let mut offset = 0;
         for line in raw.split_inclusive(|&b| b == b'\n') {

@@ -3,7 +3,6 @@
 //! same code as any local mail (the recipients are
 //! `postroom::delivery::mailall::all_users`).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,16 +46,7 @@ pub fn run(config: Option<PathBuf>, args: MailallArgs) -> anyhow::Result<ExitCod
             .unwrap_or(ReversePath::Null),
     };
 
-    let limit = config.limits.message_size;
-    let mut raw = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(limit + 1)
-        .read_to_end(&mut raw)
-        .context("reading the message")?;
-    if raw.len() as u64 > limit {
-        bail!("the message is larger than limits.message_size ({limit} bytes)");
-    }
+    let raw = postroom::cli::read_message(std::io::stdin().lock(), config.limits.message_size)?;
     let text = message::with_header_end(&message::to_crlf(&raw));
     let head = message::header_len(&text);
     // What a submission agent adds (RFC 6409 §8), and a To that names

@@ -112,14 +112,17 @@ fn a_batch_moves_mail_between_trees_byte_for_byte_and_a_torn_one_moves_nothing()
     assert_eq!(carried(&sender_site.queue(), "dialup.test"), before);
 
     let file = sender_site.dir.path().join("dialup.bsmtp");
-    let out = sender_site.postroom(&[
-        "bsmtp",
-        "export",
-        "--domain",
-        "dialup.test",
-        "--to",
-        file.to_str().unwrap(),
-    ]);
+    let export = || {
+        sender_site.postroom(&[
+            "bsmtp",
+            "export",
+            "--domain",
+            "dialup.test",
+            "--to",
+            file.to_str().unwrap(),
+        ])
+    };
+    let out = export();
     assert!(out.status.success(), "export: {}", stderr(&out));
     assert!(
         stderr(&out).contains("3 message(s) for 4 recipient(s)"),
@@ -137,14 +140,7 @@ fn a_batch_moves_mail_between_trees_byte_for_byte_and_a_torn_one_moves_nothing()
     assert!(carried(&sender_site.queue(), "dialup.test").is_empty());
     assert_eq!(carried(&sender_site.queue(), "other.test").len(), 2);
     // The batch file is never overwritten.
-    let again = sender_site.postroom(&[
-        "bsmtp",
-        "export",
-        "--domain",
-        "dialup.test",
-        "--to",
-        file.to_str().unwrap(),
-    ]);
+    let again = export();
     assert!(!again.status.success());
     assert_eq!(std::fs::read(&file).unwrap(), batch);
 
