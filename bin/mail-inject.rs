@@ -14,12 +14,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use postroom::config::Config;
 use postroom::delivery::deliver;
+use postroom::delivery::mailall;
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::message;
@@ -30,9 +30,10 @@ const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_TEMPFAIL: u8 = 75;
+const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
 
-const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       run as mailq it does -bp and as newaliases -bi";
+const USAGE: &str = "usage: mail-inject [--config FILE] [-t] [-i|-oi] [-f SENDER] [-F NAME] [-odq|-odi] [-N DSN] [-R RET] [-V ENVID] [RECIPIENT...] < message\n       mail-inject [--config FILE] -bp | -bi | -bs | -bv ADDRESS...\n       mail-inject [--config FILE] --bsmtp < batch\n       run as mailq it does -bp and as newaliases -bi";
 
 /// What a run does: sendmail's `-b` modes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,8 @@ enum Mode {
     Smtp,
     /// `-bv`: say where each address would go, sending nothing.
     Verify,
+    /// `--bsmtp`: stdin is a batch SMTP stream (RFC 2442) to queue.
+    Bsmtp,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +160,7 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
             "-bi" => options.mode = Mode::CheckAliases,
             "-bs" => options.mode = Mode::Smtp,
             "-bv" => options.mode = Mode::Verify,
+            "--bsmtp" => options.mode = Mode::Bsmtp,
             "-q" | "-bd" => {
                 return Err(usage(format!(
                     "{arg} is not supported: smtp-send runs the queue, smtp-recv listens"
@@ -181,13 +185,27 @@ fn run(options: Options) -> Result<(), Failure> {
         Mode::ListQueue => return hand_over("postroom", &config_path, &["queue", "list"]),
         Mode::Smtp => return hand_over("smtp-recv", &config_path, &["--local"]),
         Mode::CheckAliases => return check_aliases(&config),
-        Mode::Verify => {}
+        Mode::Verify | Mode::Bsmtp => {}
     }
     postroom::net::privileges::drop_privileges(&config)
         .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
     let directory = Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
     if options.mode == Mode::Verify {
         return verify(&directory, &options.recipients);
+    }
+    if options.mode == Mode::Bsmtp {
+        // The same import as `postroom bsmtp import`: checked whole, then
+        // queued with the batch's own envelopes.
+        return postroom::delivery::bsmtp::import(&config, &directory, std::io::stdin().lock())
+            .map(drop)
+            .map_err(|e| {
+                let code = if e.is_temporary() {
+                    EX_TEMPFAIL
+                } else {
+                    EX_DATAERR
+                };
+                Failure(code, e.to_string())
+            });
     }
 
     let raw = read_message(&config, options.ignore_dots)?;
@@ -205,7 +223,7 @@ fn run(options: Options) -> Result<(), Failure> {
     if wanted.is_empty() {
         return Err(Failure(EX_USAGE, format!("no recipients given\n{USAGE}")));
     }
-    let recipients = route(&directory, &wanted, &options)?;
+    let recipients = route(&config, &directory, &wanted, &sender, &options)?;
 
     let mut envelope = Envelope::new(sender.clone(), recipients);
     envelope.protocol = Some(text("local")?);
@@ -335,19 +353,15 @@ fn verify(directory: &Directory, addresses: &[String]) -> Result<(), Failure> {
 /// Reads stdin up to the size limit; without `-i`, a line holding a single
 /// dot ends the message, as sendmail has always done.
 fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> {
+    use postroom::cli::InputError;
     let limit = config.limits.message_size;
-    let mut raw = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(limit + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| Failure(EX_TEMPFAIL, format!("reading the message: {e}")))?;
-    if raw.len() as u64 > limit {
-        return Err(Failure(
-            EX_DATAERR,
-            format!("message is larger than limits.message_size ({limit} bytes)"),
-        ));
-    }
+    let mut raw = postroom::cli::read_message(std::io::stdin().lock(), limit).map_err(|e| {
+        let code = match e {
+            InputError::TooBig(_) => EX_DATAERR,
+            InputError::Io(_) => EX_TEMPFAIL,
+        };
+        Failure(code, e.to_string())
+    })?;
     if !ignore_dots {
         let mut offset = 0;
         for line in raw.split_inclusive(|&b| b == b'\n') {
@@ -408,8 +422,10 @@ fn header_recipients(headers: &[u8]) -> Vec<String> {
 /// Expands aliases and validates every recipient; any bad one stops the
 /// injection, so nothing is queued half-addressed.
 fn route(
+    config: &Config,
     directory: &Directory,
     wanted: &[String],
+    sender: &ReversePath,
     options: &Options,
 ) -> Result<Vec<postroom::store::queue::Recipient>, Failure> {
     let mut recipients = Vec::new();
@@ -424,7 +440,15 @@ fn route(
                 continue;
             }
         };
-        match directory.routes_for(&address) {
+        // A local program's sender is its own to give, as with any mail.
+        let resolved = match mailall::everyone(config, directory, &address, sender, true) {
+            mailall::Everyone::Refused(text) => {
+                return Err(Failure(EX_NOPERM, format!("5.7.1 {text}")));
+            }
+            mailall::Everyone::Routes(routes) => Ok(routes),
+            mailall::Everyone::NotIt => directory.routes_for(&address),
+        };
+        match resolved {
             Ok(mut routes) => {
                 for r in &mut routes {
                     r.notify = options.notify.as_deref().map(text).transpose()?;

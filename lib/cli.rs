@@ -34,6 +34,27 @@ pub fn reader_left(error: &(dyn Error + 'static)) -> bool {
     false
 }
 
+/// Why a message could not be read from standard input.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("reading the message: {0}")]
+    Io(#[from] io::Error),
+    #[error("the message is larger than limits.message_size ({0} bytes)")]
+    TooBig(u64),
+}
+
+/// Reads a whole message from `input`, refusing one over `limit` bytes
+/// without reading more than one byte past it: memory stays bounded.
+pub fn read_message(input: impl io::Read, limit: u64) -> Result<Vec<u8>, InputError> {
+    use io::Read as _;
+    let mut raw = Vec::new();
+    input.take(limit + 1).read_to_end(&mut raw)?;
+    if raw.len() as u64 > limit {
+        return Err(InputError::TooBig(limit));
+    }
+    Ok(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,9 @@ pub struct Config {
     /// (`[disclaimer."DOMAIN"]`): see `delivery::disclaimer`.
     #[serde(default)]
     pub disclaimer: std::collections::BTreeMap<String, DisclaimerRule>,
+    /// Mail to every user: the `everyone` alias and who may use it.
+    #[serde(default)]
+    pub mailall: Mailall,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -1138,6 +1141,18 @@ impl PasswordScheme {
             PasswordScheme::BlfCrypt => "BLF-CRYPT",
         }
     }
+}
+
+/// `[mailall]`: an address that reaches every user of its domain
+/// (`delivery::mailall`), for the senders listed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mailall {
+    /// The local part of the alias in every local domain (`everyone`
+    /// makes `everyone@DOMAIN`); none: no such alias.
+    pub alias: Option<String>,
+    /// Who may write to it (addresses, any case); everyone else gets 5.7.1.
+    pub senders: Vec<String>,
 }
 
 #[cfg(test)]

@@ -9,9 +9,13 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod backup;
+mod bsmtp;
 mod check;
 mod demo;
 mod dkim;
+mod export;
+mod mailall;
 mod queue_cmd;
 mod tlsrpt;
 
@@ -64,6 +68,19 @@ enum Command {
     /// Send the SMTP TLS reports (RFC 8460) smtp-send wrote down.
     #[command(subcommand)]
     Tlsrpt(tlsrpt::TlsrptCommand),
+    /// Move queued mail as batch SMTP (RFC 2442): export a domain's mail
+    /// to a file, import a batch into the queue.
+    #[command(subcommand)]
+    Bsmtp(bsmtp::BsmtpCommand),
+    /// Export a user's mail as mbox files or a Maildir++ copy.
+    Export(export::ExportArgs),
+    /// Back up config, users, aliases, lists, scripts and (--mail) mail
+    /// and queue to one .tar.zst, while the servers run.
+    Backup(backup::BackupArgs),
+    /// Put a backup back in place.
+    Restore(backup::RestoreArgs),
+    /// Send the message on standard input to every user (of --domain).
+    Mailall(mailall::MailallArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +98,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Dkim(cmd) => dkim::run(config, cmd),
         Command::Tlsrpt(cmd) => tlsrpt::run(config, cmd),
+        Command::Bsmtp(cmd) => bsmtp::run(config, cmd),
+        Command::Export(args) => export::run(config, args),
+        Command::Backup(args) => backup::backup(config, args),
+        Command::Restore(args) => backup::restore(config, args),
+        Command::Mailall(args) => mailall::run(config, args),
     };
     match result {
         Ok(code) => code,

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use base64::Engine;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Early};
+use postroom::delivery::envelope_smtp;
+use postroom::delivery::mailall;
 use postroom::directory::access::Access;
 use postroom::directory::aliases::{Directory, ResolveError, Target};
 use postroom::directory::authlimit::AuthLimit;
@@ -27,7 +29,6 @@ use postroom::proto::smtp::{
     BdatError, DataLine, DataProblem, DataReader, Network, Reply, has_nul, is_bare_postmaster,
     is_clean_command, parse_bdat,
 };
-use postroom::proto::xtext;
 use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
 use tokio_rustls::TlsAcceptor;
@@ -114,10 +115,8 @@ struct Transaction {
     recipients: Vec<Recipient>,
     /// RCPT commands accepted (one may expand to several recipients).
     accepted: Vec<Address>,
-    body_type: Option<&'static str>,
-    smtputf8: bool,
-    envid: Option<EnvelopeText>,
-    ret: Option<&'static str>,
+    /// ENVID, BODY, RET and SMTPUTF8 from MAIL.
+    params: envelope_smtp::MailParams,
     /// The SPF result for MAIL FROM, when SPF is checked.
     spf: Option<mail_auth::SpfOutput>,
 }
@@ -890,34 +889,14 @@ impl Session {
                 format!("<{sender}> is not one of your addresses"),
             ));
         }
-        let envid = match from
-            .env_id
-            .as_deref()
-            .map(|e| xtext::decode(e).and_then(|t| EnvelopeText::new(&t, 100).ok()))
-        {
-            Some(None) => return self.error(Reply::new(501, "5.5.4", "malformed ENVID")),
-            Some(Some(e)) => Some(e),
-            None => None,
-        };
-        let body_type = if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
-            Some("8BITMIME")
-        } else if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
-            return self.error(Reply::new(
-                504,
-                "5.5.4",
-                "BINARYMIME needs CHUNKING, which is not offered",
-            ));
-        } else if from.flags & smtp_proto::MAIL_BODY_7BIT != 0 {
-            Some("7BIT")
-        } else {
-            None
-        };
-        let ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
-            Some("FULL")
-        } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
-            Some("HDRS")
-        } else {
-            None
+        let params = match envelope_smtp::mail_params(&from) {
+            Ok(params) => params,
+            Err(e @ envelope_smtp::ParamError::Envid) => {
+                return self.error(Reply::new(501, "5.5.4", e.to_string()));
+            }
+            Err(e @ envelope_smtp::ParamError::BinaryMime) => {
+                return self.error(Reply::new(504, "5.5.4", e.to_string()));
+            }
         };
         if let Some(address) = sender.address()
             && self.shared.access().rejects_sender(address)
@@ -934,10 +913,7 @@ impl Session {
             sender,
             recipients: Vec::new(),
             accepted: Vec::new(),
-            body_type,
-            smtputf8,
-            envid,
-            ret,
+            params,
             spf: None,
         });
         let spf = self.check_spf().await;
@@ -997,6 +973,7 @@ impl Session {
         let Some(tx) = self.tx.as_ref() else {
             return self.error(Reply::new(503, "5.5.1", "MAIL first"));
         };
+        let sender = tx.sender.clone();
         if tx.accepted.len() >= limit {
             return self.reply(Reply::new(
                 452,
@@ -1004,7 +981,7 @@ impl Session {
                 format!("too many recipients (limit {limit})"),
             ));
         }
-        if !tx.smtputf8 && !to.address.is_ascii() {
+        if !tx.params.smtputf8 && !to.address.is_ascii() {
             return self.error(Reply::new(
                 553,
                 "5.6.7",
@@ -1051,7 +1028,16 @@ impl Session {
                 format!("<{address}>: relay access denied"),
             ));
         }
-        let mut routes = match directory.routes_for(&address) {
+        let everyone =
+            mailall::everyone(&self.shared.config, &directory, &address, &sender, relay_ok);
+        let resolved = match everyone {
+            mailall::Everyone::Refused(text) => {
+                return self.error(Reply::new(550, "5.7.1", text));
+            }
+            mailall::Everyone::Routes(routes) => Ok(routes),
+            mailall::Everyone::NotIt => directory.routes_for(&address),
+        };
+        let mut routes = match resolved {
             Ok(routes) => routes,
             Err(ResolveError::UnknownUser(_)) => {
                 return self.error(Reply::new(
@@ -1065,17 +1051,7 @@ impl Session {
             }
             Err(e) => return self.error(Reply::new(550, "5.4.6", format!("<{address}>: {e}"))),
         };
-        let notify = notify_text(to.flags);
-        let orcpt = to
-            .orcpt
-            .as_deref()
-            .and_then(|o| EnvelopeText::new(o, queue::MAX_FIELD).ok());
-        for route in &mut routes {
-            route.notify = notify.clone();
-            if orcpt.is_some() {
-                route.orcpt = orcpt.clone();
-            }
-        }
+        envelope_smtp::apply_rcpt_params(&mut routes, &to);
         if let Some(refusal) = self.hook("rcpt", Some(&address.to_string())).await {
             return self.error(refusal);
         }
@@ -1444,10 +1420,7 @@ impl Session {
         envelope.client = self.conn.peer().map(|p| text(&p.ip().to_string()));
         envelope.auth = self.user.as_deref().map(text);
         envelope.protocol = Some(text(self.protocol(tx)));
-        envelope.envid = tx.envid.clone();
-        envelope.ret = tx.ret.map(text);
-        envelope.body_type = tx.body_type.map(text);
-        envelope.smtputf8 = tx.smtputf8;
+        tx.params.apply(&mut envelope);
         // A user's own mail goes before what other systems pass on.
         if self.user.is_some() || self.shared.local || self.client_in_relay_networks() {
             envelope.priority = queue::Priority::High;
@@ -1460,7 +1433,7 @@ impl Session {
     fn protocol(&self, tx: &Transaction) -> &'static str {
         match (
             self.esmtp,
-            tx.smtputf8,
+            tx.params.smtputf8,
             self.conn.is_tls(),
             self.user.is_some(),
         ) {
@@ -1544,25 +1517,6 @@ fn hops(staged: &Staged) -> usize {
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
         .count()
-}
-
-/// The NOTIFY parameter as the queue records it.
-fn notify_text(flags: u64) -> Option<EnvelopeText> {
-    if flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
-        return EnvelopeText::new("NEVER", 10).ok();
-    }
-    let words: Vec<&str> = [
-        (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
-        (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
-        (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
-    ]
-    .iter()
-    .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, word)| *word)
-    .collect();
-    (!words.is_empty())
-        .then(|| EnvelopeText::new(&words.join(","), 40).ok())
-        .flatten()
 }
 
 fn syntax_reply(error: &smtp_proto::Error) -> Reply {

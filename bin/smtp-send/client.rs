@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use postroom::delivery::deliver::Outcome;
+use postroom::delivery::envelope_smtp::{Offered, mail_command, rcpt_command};
 use postroom::proto::address::ReversePath;
 use postroom::proto::smtp::DataEncoder;
 use postroom::store::queue::{Envelope, QueuedMessage, Recipient};
@@ -398,9 +399,10 @@ impl Client {
         }
 
         let mut commands: Vec<Vec<u8>> = Vec::with_capacity(rcpts.len() + 2);
-        commands.push(mail_command(envelope, sender, message.body_size, &ext).into_bytes());
+        commands
+            .push(mail_command(envelope, sender, message.body_size, offered(&ext)).into_bytes());
         for (_, rcpt) in rcpts {
-            commands.push(rcpt_command(rcpt, &ext).into_bytes());
+            commands.push(rcpt_command(rcpt, offered(&ext)).into_bytes());
         }
         commands.push(b"DATA\r\n".to_vec());
 
@@ -709,46 +711,14 @@ fn needs_smtputf8(envelope: &Envelope, sender: &ReversePath, rcpts: &[(usize, Re
         || rcpts.iter().any(|(_, r)| !r.address.to_string().is_ascii())
 }
 
-fn mail_command(envelope: &Envelope, sender: &ReversePath, size: u64, ext: &Extensions) -> String {
-    let mut command = format!("MAIL FROM:<{sender}>");
-    if ext.size > 0 {
-        command.push_str(&format!(" SIZE={size}"));
+/// The lib's command builders, told what this server offers.
+fn offered(ext: &Extensions) -> Offered {
+    Offered {
+        size: ext.size > 0,
+        eightbitmime: ext.eightbitmime,
+        smtputf8: ext.smtputf8,
+        dsn: ext.dsn,
     }
-    if ext.eightbitmime
-        && envelope
-            .body_type
-            .as_ref()
-            .is_some_and(|b| b.as_str().eq_ignore_ascii_case("8BITMIME"))
-    {
-        command.push_str(" BODY=8BITMIME");
-    }
-    if ext.smtputf8 && envelope.smtputf8 {
-        command.push_str(" SMTPUTF8");
-    }
-    if ext.dsn {
-        if let Some(ret) = &envelope.ret {
-            command.push_str(&format!(" RET={ret}"));
-        }
-        if let Some(envid) = &envelope.envid {
-            command.push_str(&format!(" ENVID={envid}"));
-        }
-    }
-    command.push_str("\r\n");
-    command
-}
-
-fn rcpt_command(rcpt: &Recipient, ext: &Extensions) -> String {
-    let mut command = format!("RCPT TO:<{}>", rcpt.address);
-    if ext.dsn {
-        if let Some(notify) = &rcpt.notify {
-            command.push_str(&format!(" NOTIFY={notify}"));
-        }
-        if let Some(orcpt) = &rcpt.orcpt {
-            command.push_str(&format!(" ORCPT={orcpt}"));
-        }
-    }
-    command.push_str("\r\n");
-    command
 }
 
 #[cfg(test)]

@@ -4,13 +4,16 @@
 //! way mail postroom writes or passes on itself enters the queue.
 
 pub mod archive;
+pub mod bsmtp;
 pub mod deliver;
 pub mod disclaimer;
 pub mod dkim;
 pub mod dsn;
+pub mod envelope_smtp;
 pub mod filter;
 pub mod footer;
 pub mod lists;
+pub mod mailall;
 pub mod sieve;
 pub mod submit;
 pub mod vacation;

@@ -280,27 +280,30 @@ pub fn rfc5322_date(secs: u64) -> String {
 /// delivery), else the `Return-Path` field delivery put on top; the null
 /// sender when none parses. Line ends may be LF or CRLF.
 pub fn envelope_sender(flag: Option<&str>, message: &[u8]) -> crate::proto::address::ReversePath {
-    let from_header = || {
-        let crlf = to_crlf(&message[..message.len().min(64 << 10)]);
-        let end = header_len(&crlf);
-        header_fields(&crlf[..end])
-            .into_iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("Return-Path"))
-            .map(|(_, value)| {
-                value
-                    .trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            })
-    };
     let text = flag
         .map(str::to_string)
         .or_else(|| std::env::var("SENDER").ok())
-        .or_else(from_header)
+        .or_else(|| return_path(message))
         .unwrap_or_default();
     crate::proto::address::ReversePath::parse(&text)
         .unwrap_or(crate::proto::address::ReversePath::Null)
+}
+
+/// The address of the `Return-Path` field delivery put on top (LF or
+/// CRLF text), without its brackets: empty for the null sender.
+pub fn return_path(message: &[u8]) -> Option<String> {
+    let crlf = to_crlf(&message[..message.len().min(64 << 10)]);
+    let end = header_len(&crlf);
+    header_fields(&crlf[..end])
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("Return-Path"))
+        .map(|(_, value)| {
+            value
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
 }
 
 /// Longest field name [`HeaderEnd`] waits for before it takes a line for

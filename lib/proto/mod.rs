@@ -6,6 +6,7 @@
 pub mod address;
 pub mod flags;
 pub mod imap;
+pub mod mbox;
 pub mod message;
 pub mod mime;
 pub mod mta_sts;

@@ -2,6 +2,7 @@
 //! mailbox view POP3 and IMAP share, the queue, and the file rules (locks,
 //! atomic replace, fsync) that let many processes and hosts use them at once.
 
+pub mod backup;
 pub mod fsutil;
 pub mod mailbox;
 pub mod maildir;

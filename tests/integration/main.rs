@@ -5,6 +5,8 @@ mod archive;
 mod auth;
 mod dane;
 mod disclaimer;
+mod backup;
+mod bsmtp;
 mod dkim;
 mod dns;
 mod first_day;
@@ -15,6 +17,7 @@ mod layout;
 #[cfg(feature = "legacy-tls")]
 mod legacy_tls;
 mod list_expand;
+mod mailall;
 mod mailsort;
 mod man_pages;
 mod mta_sts;
