@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod login;
+
 /// Where the config is looked for when neither `--config` nor
 /// `POSTROOM_CONFIG` names one.
 pub const DEFAULT_CONFIG: &str = "/etc/postroom/postroom.toml";
@@ -63,6 +65,9 @@ pub struct Config {
     /// as `postroom dkim keygen` appends them.
     #[serde(default)]
     pub dkim: Vec<DkimKey>,
+    /// Login hooks (`[login]`, config/login.rs).
+    #[serde(default)]
+    pub login: login::Login,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -807,6 +812,7 @@ impl Config {
                 ));
             }
         }
+        self.login.validate()?;
         Ok(())
     }
 

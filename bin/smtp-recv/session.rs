@@ -18,7 +18,8 @@ use postroom::config::Config;
 use postroom::delivery::deliver::{self, Early};
 use postroom::directory::access::Access;
 use postroom::directory::aliases::{Directory, ResolveError, Target};
-use postroom::directory::authlimit::AuthLimit;
+use postroom::config::login::Service;
+use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
 use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
@@ -804,7 +805,13 @@ impl Session {
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
         let checked = AuthLimit::from_config(&self.shared.config)
-            .check_password(ip, self.shared.directory().shared_users(), login, password)
+            .check_password(
+                Service::Smtp,
+                ip,
+                self.shared.directory().shared_users(),
+                login,
+                password,
+            )
             .await
             .map(|user| user.map(|u| u.address));
         match checked {
@@ -812,6 +819,10 @@ impl Session {
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 self.reply(Reply::new(235, "2.7.0", "authenticated"));
+            }
+            Err(CheckError::Refused(why)) => {
+                tracing::info!(login = ?tried, %why, "login refused by the after-login hook");
+                self.error(Reply::new(535, "5.7.1", why));
             }
             Err(e) => {
                 tracing::error!("password check failed: {e}");

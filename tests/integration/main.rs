@@ -10,6 +10,7 @@ mod imap_round2;
 mod imap_serve;
 mod layout;
 mod list_expand;
+mod login_hooks;
 mod mailsort;
 mod man_pages;
 mod multihost;
