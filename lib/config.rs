@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod login;
+pub mod quota;
 
 /// Where the config is looked for when neither `--config` nor
 /// `POSTROOM_CONFIG` names one.
@@ -68,6 +69,9 @@ pub struct Config {
     /// Login hooks (`[login]`, config/login.rs).
     #[serde(default)]
     pub login: login::Login,
+    /// Quota notices and full mailboxes (`[quota]`, config/quota.rs).
+    #[serde(default)]
+    pub quota: quota::Quota,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -813,6 +817,7 @@ impl Config {
             }
         }
         self.login.validate()?;
+        self.quota.validate()?;
         Ok(())
     }
 

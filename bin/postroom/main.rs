@@ -13,6 +13,7 @@ mod check;
 mod demo;
 mod dkim;
 mod queue_cmd;
+mod quota;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,9 @@ enum Command {
     /// Make DKIM signing keys and print the DNS records to publish.
     #[command(subcommand)]
     Dkim(dkim::DkimCommand),
+    /// Mailbox usage against the quotas.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Queue(cmd) => queue_cmd::run(config, cmd),
         Command::Demo(args) => demo::run(args),
         Command::Dkim(cmd) => dkim::run(config, cmd),
+        Command::Quota(cmd) => quota::run(config, cmd),
     };
     match result {
         Ok(code) => code,

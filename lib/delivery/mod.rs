@@ -8,6 +8,7 @@ pub mod dkim;
 pub mod dsn;
 pub mod filter;
 pub mod lists;
+pub mod quota;
 pub mod sieve;
 pub mod submit;
 pub mod vacation;

@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod flags;
+pub mod html;
 pub mod imap;
 pub mod message;
 pub mod mime;

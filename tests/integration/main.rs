@@ -15,6 +15,7 @@ mod mailsort;
 mod man_pages;
 mod multihost;
 mod pop3_serve;
+mod quota;
 mod sink;
 mod smtp_recv;
 mod smtp_send;
