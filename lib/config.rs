@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod expire;
 pub mod login;
 pub mod quota;
 
@@ -72,6 +73,9 @@ pub struct Config {
     /// Quota notices and full mailboxes (`[quota]`, config/quota.rs).
     #[serde(default)]
     pub quota: quota::Quota,
+    /// Folder ages for `postroom expire` (`[expire]`, config/expire.rs).
+    #[serde(default)]
+    pub expire: expire::Expire,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -818,6 +822,7 @@ impl Config {
         }
         self.login.validate()?;
         self.quota.validate()?;
+        self.expire.validate()?;
         Ok(())
     }
 

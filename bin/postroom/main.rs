@@ -12,6 +12,7 @@ mod admin;
 mod check;
 mod demo;
 mod dkim;
+mod expire;
 mod queue_cmd;
 mod quota;
 
@@ -64,6 +65,8 @@ enum Command {
     /// Mailbox usage against the quotas.
     #[command(subcommand)]
     Quota(quota::QuotaCommand),
+    /// Remove messages older than their folder's age in [expire].
+    Expire(expire::ExpireArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Dkim(cmd) => dkim::run(config, cmd),
         Command::Quota(cmd) => quota::run(config, cmd),
+        Command::Expire(args) => expire::run(config, args),
     };
     match result {
         Ok(code) => code,

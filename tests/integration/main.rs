@@ -4,6 +4,7 @@
 mod auth;
 mod dkim;
 mod dns;
+mod expire;
 mod first_day;
 mod foundation;
 mod imap_round2;
