@@ -1090,6 +1090,22 @@ impl Session {
         if let Some(refusal) = self.hook("rcpt", Some(&address.to_string())).await {
             return self.error(refusal);
         }
+        let check = postroom::delivery::quota::rcpt_check(
+            &self.shared.config,
+            &self.shared.directory().users(),
+            &routes,
+        );
+        let full = match check {
+            Some(check) => tokio::task::spawn_blocking(move || check.refusal())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        if let Some((code, status, text)) = full {
+            tracing::info!(rcpt = %address, "mailbox full");
+            return self.reply(Reply::new(code, status, text));
+        }
         let Some(tx) = self.tx.as_mut() else { return };
         for route in routes {
             if !tx.recipients.contains(&route) {

@@ -22,10 +22,11 @@ use mail_builder::MessageBuilder;
 use crate::config::Config;
 use crate::config::quota::Full;
 use crate::delivery::deliver::Outcome;
-use crate::directory::users::User;
+use crate::directory::users::{User, Users};
 use crate::proto::address::Address;
 use crate::store::fsutil::{self, FileLock};
 use crate::store::maildir::{Maildir, Message};
+use crate::store::queue::{Recipient, Route};
 
 /// The queue outcome for mail to `rcpt` whose mailbox is full.
 pub fn full(config: &Config, rcpt: &Address) -> Outcome {
@@ -34,6 +35,52 @@ pub fn full(config: &Config, rcpt: &Address) -> Outcome {
             "452 4.2.2 <{rcpt}>: mailbox is full, delivery will be retried"
         )),
         Full::Bounce => Outcome::Failed(format!("552 5.2.2 <{rcpt}>: mailbox is full")),
+    }
+}
+
+/// At RCPT, for a recipient that reaches exactly one local mailbox with a
+/// quota: the check that it is not already full, so the sender hears it
+/// from us at once rather than from a bounce later. An alias to several
+/// mailboxes is taken for the others (a full one defers or bounces at
+/// delivery). Finding the mailbox reads nothing from disk.
+pub fn rcpt_check(config: &Config, users: &Users, routes: &[Recipient]) -> Option<FullCheck> {
+    let [only] = routes else {
+        return None;
+    };
+    if only.route != Route::Local {
+        return None;
+    }
+    let user = users.get(&only.address.lookup_key())?;
+    Some(FullCheck {
+        limit: limit_of(config, user)?,
+        maildir: Maildir::new(crate::directory::users::maildir_of(config, user)),
+        address: only.address.clone(),
+        full: config.quota.full,
+    })
+}
+
+/// See [`rcpt_check`].
+#[derive(Debug)]
+pub struct FullCheck {
+    maildir: Maildir,
+    limit: u64,
+    address: Address,
+    full: Full,
+}
+
+impl FullCheck {
+    /// The reply code, enhanced status and text when the mailbox is full
+    /// (reads `maildirsize`: blocking).
+    pub fn refusal(&self) -> Option<(u16, &'static str, String)> {
+        let (used, _) = self.maildir.quota_usage(self.limit).ok()?;
+        if used < self.limit {
+            return None;
+        }
+        let (code, status) = match self.full {
+            Full::Defer => (452, "4.2.2"),
+            Full::Bounce => (552, "5.2.2"),
+        };
+        Some((code, status, format!("<{}>: mailbox is full", self.address)))
     }
 }
 

@@ -5,7 +5,31 @@
 
 use std::process::Command;
 
-use crate::util::{Tree, bin, maildir_texts, stderr, stdout};
+use crate::util::{Server, Tree, bin, maildir_texts, stderr, stdout};
+
+/// What smtp-recv answers to RCPT TO:<rcpt> from bob.
+fn rcpt_reply(tree: &Tree, rcpt: &str) -> String {
+    let server = Server::start(tree, "smtp-recv", &[]);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import os, smtplib
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=30)
+s.ehlo("client.test")
+s.mail("bob@example.test")
+code, text = s.rcpt(os.environ["RCPT"])
+print(code, text.decode())
+s.quit()
+"#,
+        )
+        .env("PORT", server.port.to_string())
+        .env("RCPT", rcpt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
 
 fn ok(out: &std::process::Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
@@ -99,6 +123,15 @@ fn a_filling_mailbox_warns_once_per_level_and_a_full_one_bounces() {
     assert!(bounces[0].contains("Status: 5.2.2"), "{}", bounces[0]);
     assert!(bounces[0].contains("mailbox is full"), "{}", bounces[0]);
     assert!(tree.queue().list().unwrap().is_empty(), "nothing left queued");
+
+    // Once the mailbox is at its quota, the sender hears it at RCPT.
+    assert!(rcpt_reply(&tree, "ann@example.test").starts_with("250 "));
+    ok(&tree.postroom(&["user", "quota", "ann@example.test", "5K"]));
+    assert_eq!(
+        rcpt_reply(&tree, "ann@example.test"),
+        "552 5.2.2 <ann@example.test>: mailbox is full"
+    );
+    assert!(rcpt_reply(&tree, "bob@example.test").starts_with("250 "));
 }
 
 #[test]
@@ -111,6 +144,17 @@ fn a_full_mailbox_defers_by_default() {
     assert_eq!(queued.len(), 1, "the message waits in the queue");
     let out = ok(&tree.postroom(&["queue", "show", &queued[0].to_string()]));
     assert!(out.contains("452 4.2.2"), "{out}");
+    // Ann gets more room; the message goes in; then her quota shrinks
+    // below what she holds, and her mailbox is full.
+    ok(&tree.postroom(&["user", "quota", "ann@example.test", "1M"]));
+    ok(&tree.postroom(&["queue", "retry", "--all"]));
+    run_queue(&tree);
+    assert!(tree.queue().list().unwrap().is_empty());
+    ok(&tree.postroom(&["user", "quota", "ann@example.test", "1K"]));
+    assert_eq!(
+        rcpt_reply(&tree, "ann@example.test"),
+        "452 4.2.2 <ann@example.test>: mailbox is full"
+    );
 }
 
 /// What a reader sees: the page rendered by headless Chromium.
