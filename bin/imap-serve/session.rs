@@ -21,8 +21,8 @@
 use std::sync::Arc;
 
 use postroom::config::Config;
-use postroom::directory::access::Access;
 use postroom::config::login::Service;
+use postroom::directory::access::Access;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
 use postroom::directory::users::Users;

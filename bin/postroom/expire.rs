@@ -35,9 +35,11 @@ pub fn run(config: Option<PathBuf>, args: ExpireArgs) -> anyhow::Result<ExitCode
         anyhow::bail!("{why}: restore it before expiring mail");
     }
     let mut chosen: Vec<&User> = match &args.user {
-        Some(address) => vec![users.get(address).ok_or_else(|| {
-            anyhow::anyhow!("no user {address} (see `postroom user list`)")
-        })?],
+        Some(address) => vec![
+            users
+                .get(address)
+                .ok_or_else(|| anyhow::anyhow!("no user {address} (see `postroom user list`)"))?,
+        ],
         None => users.iter().collect(),
     };
     chosen.sort_by(|a, b| a.address.cmp(&b.address));
@@ -58,7 +60,11 @@ pub fn run(config: Option<PathBuf>, args: ExpireArgs) -> anyhow::Result<ExitCode
             }
         }
     }
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     postroom::say!("{verb} {messages} message(s), {} in all", human_size(bytes));
     Ok(if failed {
         ExitCode::FAILURE

@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use postroom::config::Config;
+use postroom::config::login::Service;
 use postroom::delivery::deliver::{self, Early};
 use postroom::directory::access::Access;
 use postroom::directory::aliases::{Directory, ResolveError, Target};
-use postroom::config::login::Service;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
 use postroom::net::{Connection, NetError};
@@ -1092,7 +1092,7 @@ impl Session {
         }
         let check = postroom::delivery::quota::rcpt_check(
             &self.shared.config,
-            &self.shared.directory().users(),
+            self.shared.directory().users(),
             &routes,
         );
         let full = match check {

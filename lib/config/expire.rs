@@ -128,7 +128,12 @@ mod tests {
         assert_eq!(bob.get("Junk"), Some(&(14 * day)));
         let elsewhere = c.expire.for_user("eve@example.test");
         assert_eq!(elsewhere.get("Trash"), Some(&(30 * day)));
-        assert!(Config::parse("hostname = \"h.test\"\n").unwrap().expire.is_empty());
+        assert!(
+            Config::parse("hostname = \"h.test\"\n")
+                .unwrap()
+                .expire
+                .is_empty()
+        );
         let e = Config::parse("hostname = \"h.test\"\n[expire]\nTrash = \"0\"\n").unwrap_err();
         assert!(e.contains("never"), "{e}");
         let e = Config::parse("hostname = \"h.test\"\n[expire]\nTrash = \"soon\"\n").unwrap_err();

@@ -74,8 +74,9 @@ mod tests {
         assert_eq!(q.level(99, 100), 95);
         assert_eq!(q.level(500, 100), 95);
         assert_eq!(q.level(5, 0), 0);
-        let c = Config::parse("hostname = \"h.test\"\n[quota]\nwarnings = [90]\nfull = \"bounce\"\n")
-            .unwrap();
+        let c =
+            Config::parse("hostname = \"h.test\"\n[quota]\nwarnings = [90]\nfull = \"bounce\"\n")
+                .unwrap();
         assert_eq!(c.quota.full, Full::Bounce);
         assert_eq!(c.quota.level(91, 100), 90);
         let e = Config::parse("hostname = \"h.test\"\n[quota]\nwarnings = [0]\n").unwrap_err();

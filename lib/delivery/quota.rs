@@ -184,7 +184,9 @@ fn notice(
     let now = fsutil::now_secs();
     let percent = u128::from(used) * 100 / u128::from(limit.max(1));
     let full = match config.quota.full {
-        Full::Defer => "new mail will wait for you to make room, and be returned to its senders if you do not",
+        Full::Defer => {
+            "new mail will wait for you to make room, and be returned to its senders if you do not"
+        }
         Full::Bounce => "new mail will be returned to its senders",
     };
     let text = format!(
@@ -285,6 +287,22 @@ mod tests {
         assert_eq!(notices(), 1, "past 80%");
         after_delivery(&config, ann, &maildir);
         assert_eq!(notices(), 1, "still past 80%: no second notice");
+        // Ann makes room: below every level again, quietly.
+        for file in std::fs::read_dir(&new).unwrap().flatten() {
+            let text = std::fs::read_to_string(file.path()).unwrap();
+            if !text.contains("Subject: Your mailbox is") {
+                std::fs::remove_file(file.path()).unwrap();
+            }
+        }
+        std::fs::remove_file(maildir.path().join("maildirsize")).unwrap();
+        after_delivery(&config, ann, &maildir);
+        assert_eq!(notices(), 1);
+        let warned = record_path(&config, ann);
+        assert_eq!(std::fs::read_to_string(&warned).unwrap(), "0\n");
+        // Crossing again warns again.
+        put(150);
+        after_delivery(&config, ann, &maildir);
+        assert_eq!(notices(), 2, "crossed 80% a second time");
     }
 
     #[test]

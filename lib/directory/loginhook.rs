@@ -265,7 +265,13 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..hooks()
         };
-        let slow = check(&short, "sleep 30", &users, &attempt("ann@example.test"), "x");
+        let slow = check(
+            &short,
+            "sleep 30",
+            &users,
+            &attempt("ann@example.test"),
+            "x",
+        );
         assert!(matches!(slow, Err(HookError::TimedOut { .. })), "{slow:?}");
     }
 

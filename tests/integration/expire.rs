@@ -103,7 +103,15 @@ fn expire_removes_old_mail_as_imap_expunge_does() {
     for user in ["ann@example.test", "bob@example.test"] {
         postroom(
             &tree,
-            &["user", "add", user, "--password", "{PLAIN}secret", "--quota", "1M"],
+            &[
+                "user",
+                "add",
+                user,
+                "--password",
+                "{PLAIN}secret",
+                "--quota",
+                "1M",
+            ],
         );
     }
     let mut config = std::fs::read_to_string(&tree.config).unwrap();
@@ -123,7 +131,10 @@ fn expire_removes_old_mail_as_imap_expunge_does() {
     let ann_dir = tree.maildir("ann");
     let (trash, junk) = (ann_dir.join(".Trash"), ann_dir.join(".Junk"));
     wait_until("the first messages to age", Duration::from_secs(60), || {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         files(&trash)
             .iter()
             .chain(&files(&junk))
@@ -143,23 +154,42 @@ fn expire_removes_old_mail_as_imap_expunge_does() {
     let lines: Vec<&str> = listed.lines().collect();
     assert_eq!(lines.len(), 5, "{listed}");
     assert_eq!(
-        lines.iter().filter(|l| l.starts_with("ann@example.test Trash uid ")).count(),
+        lines
+            .iter()
+            .filter(|l| l.starts_with("ann@example.test Trash uid "))
+            .count(),
         2,
         "{listed}"
     );
     assert_eq!(
-        lines.iter().filter(|l| l.starts_with("ann@example.test Junk uid ")).count(),
+        lines
+            .iter()
+            .filter(|l| l.starts_with("ann@example.test Junk uid "))
+            .count(),
         2,
         "{listed}"
     );
-    assert!(lines[4].starts_with("would remove 4 message(s)"), "{listed}");
-    assert_eq!((files(&trash).len(), files(&junk).len()), (3, 3), "a dry run removes nothing");
+    assert!(
+        lines[4].starts_with("would remove 4 message(s)"),
+        "{listed}"
+    );
+    assert_eq!(
+        (files(&trash).len(), files(&junk).len()),
+        (3, 3),
+        "a dry run removes nothing"
+    );
     let noop = watcher.command("NOOP");
     assert!(!noop.contains("EXPUNGE"), "{noop}");
 
     let done = postroom(&tree, &["expire"]);
-    assert!(done.contains("ann@example.test Trash: removed 2 message(s)"), "{done}");
-    assert!(done.contains("ann@example.test Junk: removed 2 message(s)"), "{done}");
+    assert!(
+        done.contains("ann@example.test Trash: removed 2 message(s)"),
+        "{done}"
+    );
+    assert!(
+        done.contains("ann@example.test Junk: removed 2 message(s)"),
+        "{done}"
+    );
     assert!(done.contains("removed 4 message(s)"), "{done}");
     assert!(!done.contains("bob@"), "bob's Junk never expires: {done}");
 
@@ -167,7 +197,10 @@ fn expire_removes_old_mail_as_imap_expunge_does() {
     let noop = watcher.command("NOOP");
     assert_eq!(noop.matches(" EXPUNGE\r\n").count(), 2, "{noop}");
     let fetched = watcher.command("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
-    assert!(fetched.contains("fresh trash") && !fetched.contains("old trash"), "{fetched}");
+    assert!(
+        fetched.contains("fresh trash") && !fetched.contains("old trash"),
+        "{fetched}"
+    );
     assert_eq!((files(&trash).len(), files(&junk).len()), (1, 1));
     let after = maildir.quota_usage(1 << 20).unwrap();
     assert_eq!(after.1, 1, "the quota gave back the expired Junk");

@@ -91,25 +91,36 @@ fn a_filling_mailbox_warns_once_per_level_and_a_full_one_bounces() {
     let tree = Tree::new();
     add_user(&tree, "ann@example.test", Some("10K"));
     add_user(&tree, "bob@example.test", None);
-    append_config(
-        &tree,
-        "\n[quota]\nwarnings = [50, 90]\nfull = \"bounce\"\n",
-    );
+    append_config(&tree, "\n[quota]\nwarnings = [50, 90]\nfull = \"bounce\"\n");
     // About 2.9K a message with its headers, of 10K.
     send(&tree, 1, 2500);
     assert_eq!(notices(&tree), Vec::<String>::new(), "29%: no notice");
     send(&tree, 2, 2500);
     assert_eq!(notices(&tree), ["50% full"], "58%: past the first level");
     send(&tree, 3, 500);
-    assert_eq!(notices(&tree), ["50% full"], "66%: the same level, no second notice");
+    assert_eq!(
+        notices(&tree),
+        ["50% full"],
+        "66%: the same level, no second notice"
+    );
     send(&tree, 4, 2500);
-    assert_eq!(notices(&tree), ["50% full", "90% full"], "94%: past the second");
+    assert_eq!(
+        notices(&tree),
+        ["50% full", "90% full"],
+        "94%: past the second"
+    );
     let notice = maildir_texts(&tree.maildir("ann"))
         .into_iter()
         .find(|t| t.contains("Subject: Your mailbox is 90% full"))
         .unwrap();
-    assert!(notice.contains("Auto-Submitted: auto-generated"), "{notice}");
-    assert!(notice.contains("delete mail you no longer need"), "{notice}");
+    assert!(
+        notice.contains("Auto-Submitted: auto-generated"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("delete mail you no longer need"),
+        "{notice}"
+    );
 
     // Full: with quota.full = "bounce" bob hears at once, with 5.2.2.
     send(&tree, 5, 2500);
@@ -122,7 +133,10 @@ fn a_filling_mailbox_warns_once_per_level_and_a_full_one_bounces() {
     assert_eq!(bounces.len(), 1, "{bounces:?}");
     assert!(bounces[0].contains("Status: 5.2.2"), "{}", bounces[0]);
     assert!(bounces[0].contains("mailbox is full"), "{}", bounces[0]);
-    assert!(tree.queue().list().unwrap().is_empty(), "nothing left queued");
+    assert!(
+        tree.queue().list().unwrap().is_empty(),
+        "nothing left queued"
+    );
 
     // Once the mailbox is at its quota, the sender hears it at RCPT.
     assert!(rcpt_reply(&tree, "ann@example.test").starts_with("250 "));
@@ -195,8 +209,14 @@ fn the_quota_report_sorts_users_totals_domains_and_reads_in_a_browser() {
         lines[1].contains("ann@example.test") && lines[1].contains("% "),
         "{text}"
     );
-    assert!(lines[2].contains("bob@example.test") && lines[2].contains("0%"), "{text}");
-    assert!(lines[3].contains("carol@example.test") && lines[3].contains("no quota"), "{text}");
+    assert!(
+        lines[2].contains("bob@example.test") && lines[2].contains("0%"),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("carol@example.test") && lines[3].contains("no quota"),
+        "{text}"
+    );
     assert!(lines[4].starts_with("other.test: 1 user(s)"), "{text}");
 
     let json: serde_json::Value =
@@ -212,10 +232,17 @@ fn the_quota_report_sorts_users_totals_domains_and_reads_in_a_browser() {
     assert_eq!(json[1]["domain"], "other.test");
 
     let only = ok(&tree.postroom(&["quota", "report", "--domain", "other.test"]));
-    assert!(only.contains("dave@other.test") && !only.contains("ann@"), "{only}");
+    assert!(
+        only.contains("dave@other.test") && !only.contains("ann@"),
+        "{only}"
+    );
     let none = tree.postroom(&["quota", "report", "--domain", "nowhere.test"]);
     assert!(!none.status.success());
-    assert!(stderr(&none).contains("no users in nowhere.test"), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("no users in nowhere.test"),
+        "{}",
+        stderr(&none)
+    );
 
     let page = tree.dir.path().join("quota.html");
     ok(&tree.postroom(&["quota", "report", "--html", page.to_str().unwrap()]));
@@ -230,7 +257,13 @@ fn the_quota_report_sorts_users_totals_domains_and_reads_in_a_browser() {
     ] {
         assert!(dom.contains(expected), "{expected} not in {dom}");
     }
-    assert!(dom.contains("<tr class=\"warn\"><td>ann@example.test"), "{dom}");
+    assert!(
+        dom.contains("<tr class=\"warn\"><td>ann@example.test"),
+        "{dom}"
+    );
     let raw = std::fs::read_to_string(&page).unwrap();
-    assert!(!raw.contains("<script") && !raw.contains("http"), "self-contained");
+    assert!(
+        !raw.contains("<script") && !raw.contains("http"),
+        "self-contained"
+    );
 }

@@ -86,7 +86,11 @@ mod tests {
             )
             .unwrap();
         let now = SystemTime::now();
-        assert!(old_messages(&trash, Duration::from_secs(3600), now).unwrap().is_empty());
+        assert!(
+            old_messages(&trash, Duration::from_secs(3600), now)
+                .unwrap()
+                .is_empty()
+        );
         let later = now + Duration::from_secs(7200);
         let old = old_messages(&trash, Duration::from_secs(3600), later).unwrap();
         assert_eq!(old.len(), 1);
