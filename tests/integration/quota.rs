@@ -5,7 +5,8 @@
 
 use std::process::Command;
 
-use crate::util::{Server, Tree, bin, maildir_texts, stderr, stdout};
+use crate::list_expand::ok;
+use crate::util::{Server, Tree, maildir_texts, rendered, run_queue, stderr, stdout};
 
 /// What smtp-recv answers to RCPT TO:<rcpt> from bob.
 fn rcpt_reply(tree: &Tree, rcpt: &str) -> String {
@@ -29,21 +30,6 @@ s.quit()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out).trim().to_string()
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
-    stdout(out)
-}
-
-fn run_queue(tree: &Tree) {
-    let out = Command::new(bin("smtp-send"))
-        .arg("--config")
-        .arg(&tree.config)
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 fn add_user(tree: &Tree, address: &str, quota: Option<&str>) {
@@ -169,23 +155,6 @@ fn a_full_mailbox_defers_by_default() {
         rcpt_reply(&tree, "ann@example.test"),
         "452 4.2.2 <ann@example.test>: mailbox is full"
     );
-}
-
-/// What a reader sees: the page rendered by headless Chromium.
-fn rendered(page: &std::path::Path) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); .ci/run installs it"));
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out)
 }
 
 #[test]
