@@ -63,7 +63,7 @@ if [ -d /run/systemd/system ]; then
     install -m 0644 "$here"/contrib/systemd/* /etc/systemd/system/
     systemctl daemon-reload
     systemctl enable --now smtp.socket submission.socket submissions.socket \
-        imaps.socket pop3s.socket smtp-send.path smtp-send.timer
+        imaps.socket pop3s.socket smtp-send.path smtp-send.timer postroom-expire.timer
 else
     echo "no systemd: see contrib/inetd/inetd.conf and contrib/cron/postroom"
 fi
