@@ -265,6 +265,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..hooks()
         };
+        // On purpose: a hook that hangs, killed at the 200 ms timeout.
         let slow = check(
             &short,
             "sleep 30",

@@ -18,6 +18,7 @@ IFS= read -r -d '' login <&3
 IFS= read -r -d '' password <&3
 echo "$POSTROOM_SERVICE $login" >> "$(dirname "$0")/calls"
 env >> "$(dirname "$0")/env"
+# On purpose: a hung hook, which login.timeout must kill.
 [ "$password" = hang ] && exec sleep 60
 [ "$password" = directory-pw ] && exit 0
 exit 1
