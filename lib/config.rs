@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod expire;
+pub mod login;
+pub mod quota;
+
 /// Where the config is looked for when neither `--config` nor
 /// `POSTROOM_CONFIG` names one.
 pub const DEFAULT_CONFIG: &str = "/etc/postroom/postroom.toml";
@@ -74,6 +78,15 @@ pub struct Config {
     /// Mail to every user: the `everyone` alias and who may use it.
     #[serde(default)]
     pub mailall: Mailall,
+    /// Login hooks (`[login]`, config/login.rs).
+    #[serde(default)]
+    pub login: login::Login,
+    /// Quota notices and full mailboxes (`[quota]`, config/quota.rs).
+    #[serde(default)]
+    pub quota: quota::Quota,
+    /// Folder ages for `postroom expire` (`[expire]`, config/expire.rs).
+    #[serde(default)]
+    pub expire: expire::Expire,
     /// The folder holding the config file; every relative path hangs off it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -989,6 +1002,9 @@ impl Config {
                 return Err(format!("disclaimer.\"{domain}\".plain: must not be empty"));
             }
         }
+        self.login.validate()?;
+        self.quota.validate()?;
+        self.expire.validate()?;
         Ok(())
     }
 

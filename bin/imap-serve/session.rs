@@ -21,8 +21,9 @@
 use std::sync::Arc;
 
 use postroom::config::Config;
+use postroom::config::login::Service;
 use postroom::directory::access::Access;
-use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
 use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
@@ -842,7 +843,7 @@ impl Session {
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
         let checked = AuthLimit::from_config(&self.shared.config)
-            .check_password(ip, self.shared.users(), login, password)
+            .check_password(Service::Imap, ip, self.shared.users(), login, password)
             .await;
         match checked {
             Ok(Some(user)) => {
@@ -864,6 +865,10 @@ impl Session {
                     "[CAPABILITY {}] logged in",
                     self.capabilities()
                 )))
+            }
+            Err(CheckError::Refused(why)) => {
+                tracing::info!(login = ?tried, %why, "login refused by the after-login hook");
+                Ok(Done::No(format!("[CONTACTADMIN] {why}")))
             }
             Err(e) => {
                 tracing::error!("password check failed: {e}");

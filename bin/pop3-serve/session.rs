@@ -20,8 +20,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use postroom::config::Config;
+use postroom::config::login::Service;
 use postroom::directory::access::Access;
-use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
 use postroom::directory::users::{self, Users};
 use postroom::net::{Connection, NetError};
@@ -353,10 +354,17 @@ impl Session {
     async fn login(&mut self, login: String, password: Password) -> Result<Next, NetError> {
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
-        let checked = AuthLimit::from_config(&self.shared.config)
-            .check_password(ip, self.shared.users(), login, password.0)
+        let checked = match AuthLimit::from_config(&self.shared.config)
+            .check_password(Service::Pop3, ip, self.shared.users(), login, password.0)
             .await
-            .map_err(|e| format!("password check failed: {e}"));
+        {
+            Err(CheckError::Refused(why)) => {
+                tracing::info!(login = ?tried, %why, "login refused by the after-login hook");
+                self.err(&format!("[AUTH] {why}"));
+                return Ok(Next::Continue);
+            }
+            other => other.map_err(|e| format!("password check failed: {e}")),
+        };
         // The snapshot is taken after the check, outside the permits that
         // bound password checks: a big mailbox must not hold one.
         let opened = match checked {

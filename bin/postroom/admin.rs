@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use postroom::config::Config;
+use postroom::delivery::quota::human_size;
 use postroom::directory::password::{self, Scheme};
 use postroom::directory::{aliases, domains, users};
 use postroom::proto::address::Address;
@@ -357,10 +358,7 @@ fn list_users(config: &Config, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
     for user in sorted {
-        let quota = user
-            .quota
-            .or(Some(config.delivery.default_quota))
-            .filter(|&q| q > 0);
+        let quota = postroom::delivery::quota::limit_of(config, user);
         let maildir = postroom::store::maildir::Maildir::new(users::maildir_of(config, user));
         // A mailbox not made yet holds nothing; an unreadable one says so.
         let usage = maildir.usage().ok();
@@ -392,23 +390,6 @@ fn list_users(config: &Config, json: bool) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
     }
     Ok(())
-}
-
-/// Bytes as an admin reads them: 512B, 20K, 1.5M, 2G.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
-    for (size, unit) in UNITS {
-        if bytes >= size {
-            let whole = bytes / size;
-            let tenth = (bytes % size) * 10 / size;
-            return if tenth == 0 || whole >= 100 {
-                format!("{whole}{unit}")
-            } else {
-                format!("{whole}.{tenth}{unit}")
-            };
-        }
-    }
-    format!("{bytes}B")
 }
 
 /// Many users at once. Hashing is the slow part (Argon2 takes ~28 ms a

@@ -14,9 +14,11 @@ mod bsmtp;
 mod check;
 mod demo;
 mod dkim;
+mod expire;
 mod export;
 mod mailall;
 mod queue_cmd;
+mod quota;
 mod tlsrpt;
 
 use std::path::PathBuf;
@@ -81,6 +83,11 @@ enum Command {
     Restore(backup::RestoreArgs),
     /// Send the message on standard input to every user (of --domain).
     Mailall(mailall::MailallArgs),
+    /// Mailbox usage against the quotas.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
+    /// Remove messages older than their folder's age in [expire].
+    Expire(expire::ExpireArgs),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +110,8 @@ fn main() -> ExitCode {
         Command::Backup(args) => backup::backup(config, args),
         Command::Restore(args) => backup::restore(config, args),
         Command::Mailall(args) => mailall::run(config, args),
+        Command::Quota(cmd) => quota::run(config, cmd),
+        Command::Expire(args) => expire::run(config, args),
     };
     match result {
         Ok(code) => code,

@@ -15,12 +15,13 @@ use std::sync::Arc;
 
 use base64::Engine;
 use postroom::config::Config;
+use postroom::config::login::Service;
 use postroom::delivery::deliver::{self, Early};
 use postroom::delivery::envelope_smtp;
 use postroom::delivery::mailall;
 use postroom::directory::access::Access;
 use postroom::directory::aliases::{Directory, ResolveError, Target};
-use postroom::directory::authlimit::AuthLimit;
+use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
 use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
@@ -803,7 +804,13 @@ impl Session {
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
         let checked = AuthLimit::from_config(&self.shared.config)
-            .check_password(ip, self.shared.directory().shared_users(), login, password)
+            .check_password(
+                Service::Smtp,
+                ip,
+                self.shared.directory().shared_users(),
+                login,
+                password,
+            )
             .await
             .map(|user| user.map(|u| u.address));
         match checked {
@@ -811,6 +818,10 @@ impl Session {
                 tracing::info!(%user, "authenticated");
                 self.user = Some(user);
                 self.reply(Reply::new(235, "2.7.0", "authenticated"));
+            }
+            Err(CheckError::Refused(why)) => {
+                tracing::info!(login = ?tried, %why, "login refused by the after-login hook");
+                self.error(Reply::new(535, "5.7.1", why));
             }
             Err(e) => {
                 tracing::error!("password check failed: {e}");
@@ -1054,6 +1065,22 @@ impl Session {
         envelope_smtp::apply_rcpt_params(&mut routes, &to);
         if let Some(refusal) = self.hook("rcpt", Some(&address.to_string())).await {
             return self.error(refusal);
+        }
+        let check = postroom::delivery::quota::rcpt_check(
+            &self.shared.config,
+            self.shared.directory().users(),
+            &routes,
+        );
+        let full = match check {
+            Some(check) => tokio::task::spawn_blocking(move || check.refusal())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        if let Some((code, status, text)) = full {
+            tracing::info!(rcpt = %address, "mailbox full");
+            return self.reply(Reply::new(code, status, text));
         }
         let Some(tx) = self.tx.as_mut() else { return };
         for route in routes {

@@ -64,7 +64,7 @@ if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable --now smtp.socket submission.socket submissions.socket \
         imaps.socket pop3s.socket smtp-send.path smtp-send.timer \
-        postroom-tlsrpt.timer
+        postroom-tlsrpt.timer postroom-expire.timer
 else
     echo "no systemd: see contrib/inetd/inetd.conf and contrib/cron/postroom"
 fi

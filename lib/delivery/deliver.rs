@@ -306,10 +306,7 @@ fn to_mailbox(
         return_path(config, message, rcpt),
         rcpt
     );
-    let quota = user
-        .quota
-        .or(Some(config.delivery.default_quota))
-        .filter(|&q| q > 0);
+    let quota = crate::delivery::quota::limit_of(config, user);
     let delivery = Message {
         prepend: prepend.as_bytes(),
         body: &mut body,
@@ -326,11 +323,12 @@ fn to_mailbox(
         quota,
     };
     match maildir.deliver(delivery) {
-        Ok(Delivered::New(_)) => Outcome::Delivered("250 2.0.0 delivered to maildir".into()),
-        Ok(Delivered::AlreadyThere) => Outcome::Delivered("250 2.0.0 already in maildir".into()),
-        Err(MaildirError::OverQuota { .. }) => {
-            Outcome::Deferred(format!("452 4.2.2 <{rcpt}>: mailbox is full"))
+        Ok(Delivered::New(_)) => {
+            crate::delivery::quota::after_delivery(config, user, &maildir);
+            Outcome::Delivered("250 2.0.0 delivered to maildir".into())
         }
+        Ok(Delivered::AlreadyThere) => Outcome::Delivered("250 2.0.0 already in maildir".into()),
+        Err(MaildirError::OverQuota { .. }) => crate::delivery::quota::full(config, rcpt),
         Err(e) => Outcome::Deferred(format!("451 4.3.0 <{rcpt}>: {e}")),
     }
 }
@@ -361,18 +359,16 @@ fn by_rules(
     let Ok(address) = Address::parse(&user.address) else {
         return Outcome::Failed(format!("550 5.1.1 <{rcpt}>: bad user address"));
     };
-    let quota = user
-        .quota
-        .or(Some(config.delivery.default_quota))
-        .filter(|&q| q > 0);
+    let quota = crate::delivery::quota::limit_of(config, user);
     match crate::delivery::filter::sort(config, directory, maildir, quota, &address, &sender, &raw)
     {
         Ok(crate::delivery::filter::Sorted::Delivered) => {
+            crate::delivery::quota::after_delivery(config, user, maildir);
             Outcome::Delivered("250 2.0.0 delivered by Sieve rules".into())
         }
         Ok(crate::delivery::filter::Sorted::Refused(reason)) => Outcome::Failed(reason),
         Err(crate::delivery::filter::SortError::OverQuota) => {
-            Outcome::Deferred(format!("452 4.2.2 <{rcpt}>: mailbox is full"))
+            crate::delivery::quota::full(config, rcpt)
         }
         Err(e) => Outcome::Deferred(format!("451 4.3.0 <{rcpt}>: {e}")),
     }

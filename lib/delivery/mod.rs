@@ -14,6 +14,7 @@ pub mod filter;
 pub mod footer;
 pub mod lists;
 pub mod mailall;
+pub mod quota;
 pub mod sieve;
 pub mod submit;
 pub mod vacation;

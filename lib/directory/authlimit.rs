@@ -34,6 +34,12 @@
 //! concurrent failed logins took imap-serve to 4.5 GB and 353 threads. The
 //! record files are read and written under the same permits, so a burst of
 //! logins never starts more blocking threads than that either.
+//!
+//! Login hooks (`[login]`, [`loginhook`]) run here too, so their failures
+//! are counted like any other. They are other processes, holding little of
+//! ours, so they take turns under a permit set of their own
+//! ([`MAX_CONCURRENT_HOOKS`]): a slow LDAP bridge must not stall the
+//! password checks of users the hook does not decide.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -45,6 +51,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::config::login::{Login, Service};
+use crate::directory::loginhook::{self, After, Attempt};
 use crate::directory::users::{User, Users};
 use crate::proto::smtp::Network;
 use crate::store::fsutil::{self, FileLock};
@@ -62,6 +70,8 @@ pub const MAX_CORRECT_WAIT: Duration = Duration::from_secs(2);
 /// The most password checks one process runs at once, however many cores:
 /// eight Argon2 checks hold 152 MiB.
 pub const MAX_CONCURRENT_CHECKS: usize = 8;
+/// The most login hooks one process runs at once.
+pub const MAX_CONCURRENT_HOOKS: usize = 16;
 
 /// How many password checks one process runs at once: one per core, at
 /// most [`MAX_CONCURRENT_CHECKS`]. More would only take turns on the
@@ -72,15 +82,41 @@ pub fn concurrent_checks() -> usize {
         .clamp(1, MAX_CONCURRENT_CHECKS)
 }
 
-/// Runs `work` on the blocking pool once one of the process's
-/// [`concurrent_checks`] permits is free; waiters are served in order.
-/// `None` if `work` panicked.
-async fn with_permit<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+/// The process's [`concurrent_checks`] permits for password checks.
+fn check_permits() -> &'static Semaphore {
     static PERMITS: OnceLock<Semaphore> = OnceLock::new();
-    let permits = PERMITS.get_or_init(|| Semaphore::new(concurrent_checks()));
+    PERMITS.get_or_init(|| Semaphore::new(concurrent_checks()))
+}
+
+/// The process's permits for login hooks.
+fn hook_permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| Semaphore::new(MAX_CONCURRENT_HOOKS))
+}
+
+/// Runs `work` on the blocking pool once one of `permits` is free; waiters
+/// are served in order. `None` if `work` panicked.
+async fn with_permit<R: Send + 'static>(
+    permits: &'static Semaphore,
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Option<R> {
     // The semaphore is never closed, so acquiring cannot fail.
     let _permit = permits.acquire().await.ok()?;
     tokio::task::spawn_blocking(work).await.ok()
+}
+
+/// Why [`AuthLimit::check_password`] gives no answer either way.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The check could not be made (no users file, a hook that failed or
+    /// timed out): the client should try again later. The text is for the
+    /// log.
+    #[error("{0}")]
+    Temporary(String),
+    /// The password was right but the `after` login hook refused the
+    /// login; the text is its reason, for the client.
+    #[error("refused by the after-login hook: {0}")]
+    Refused(String),
 }
 
 /// The failure records of one tree.
@@ -89,6 +125,8 @@ pub struct AuthLimit {
     dir: PathBuf,
     /// Addresses whose failures slow down no one by address.
     trusted: Vec<Network>,
+    /// The login hooks of every service.
+    login: Login,
 }
 
 impl AuthLimit {
@@ -97,6 +135,7 @@ impl AuthLimit {
         AuthLimit {
             dir: state_dir.join("auth-failures"),
             trusted: Vec::new(),
+            login: Login::default(),
         }
     }
 
@@ -110,6 +149,7 @@ impl AuthLimit {
                 .iter()
                 .filter_map(|n| Network::parse(n).ok())
                 .collect(),
+            login: config.login.clone(),
             ..AuthLimit::new(config.state_dir())
         }
     }
@@ -149,16 +189,31 @@ impl AuthLimit {
         T: Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        self.check_under(check_permits(), ip, login, check).await
+    }
+
+    /// [`AuthLimit::check`], with `check` run under `permits`.
+    async fn check_under<T, E>(
+        &self,
+        permits: &'static Semaphore,
+        ip: Option<IpAddr>,
+        login: &str,
+        check: impl FnOnce() -> Result<Option<T>, E> + Send + 'static,
+    ) -> Result<Option<T>, String>
+    where
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let wait = {
             let (limit, login) = (self.clone(), login.to_string());
-            with_permit(move || limit.delay(ip, &login))
+            with_permit(check_permits(), move || limit.delay(ip, &login))
                 .await
                 .unwrap_or_default()
         };
         let before = wait.min(MAX_CORRECT_WAIT);
         tokio::time::sleep(before).await;
         let (limit, login) = (self.clone(), login.to_string());
-        let result = with_permit(move || {
+        let result = with_permit(permits, move || {
             let result = check();
             match &result {
                 Ok(Some(_)) => limit.succeeded(ip, &login),
@@ -175,21 +230,57 @@ impl AuthLimit {
         result
     }
 
-    /// A password check against the users file, under [`AuthLimit::check`]:
-    /// the one way the servers decide a login, so a rule that changes how
-    /// logins are decided is written here once.
+    /// A password check for `service` against the users file, or the
+    /// service's `check` login hook, under [`AuthLimit::check`], then its
+    /// `after` hook: the one way the servers decide a login, so a rule that
+    /// changes how logins are decided is written here once.
     pub async fn check_password(
         &self,
+        service: Service,
         ip: Option<IpAddr>,
         users: Arc<Users>,
         login: String,
         password: String,
-    ) -> Result<Option<User>, String> {
-        let tried = login.clone();
-        self.check(ip, &tried, move || {
-            users.authenticate(&login, &password).map(|u| u.cloned())
+    ) -> Result<Option<User>, CheckError> {
+        let hooks = self.login.for_service(service);
+        let attempt = Attempt {
+            service,
+            ip,
+            login: login.clone(),
+        };
+        let checked = match hooks.check.clone() {
+            None => {
+                self.check(ip, &attempt.login, move || {
+                    users.authenticate(&login, &password).map(|u| u.cloned())
+                })
+                .await
+            }
+            Some(command) => {
+                let (hooks, attempt) = (hooks.clone(), attempt.clone());
+                self.check_under(hook_permits(), ip, &attempt.login.clone(), move || {
+                    loginhook::check(&hooks, &command, &users, &attempt, &password)
+                })
+                .await
+            }
+        };
+        let Some(user) = checked.map_err(CheckError::Temporary)? else {
+            return Ok(None);
+        };
+        let Some(command) = hooks.after.clone() else {
+            return Ok(Some(user));
+        };
+        let decided = with_permit(hook_permits(), move || {
+            loginhook::after(&hooks, &command, &attempt, &user).map(|after| (after, user))
         })
-        .await
+        .await;
+        match decided {
+            Some(Ok((After::Allow, user))) => Ok(Some(user)),
+            Some(Ok((After::Refuse(why), _))) => Err(CheckError::Refused(why)),
+            Some(Err(e)) => Err(CheckError::Temporary(e.to_string())),
+            None => Err(CheckError::Temporary(
+                "the after-login hook could not be run".into(),
+            )),
+        }
     }
 
     /// Counts a failed login.

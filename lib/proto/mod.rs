@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod flags;
+pub mod html;
 pub mod imap;
 pub mod mbox;
 pub mod message;

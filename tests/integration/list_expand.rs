@@ -5,7 +5,7 @@
 
 use std::process::{Command, Output};
 
-use crate::util::{Tree, bin, maildir_files, stderr, stdout};
+use crate::util::{Tree, bin, maildir_files, rendered, run_queue, stderr, stdout};
 
 pub(crate) fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
     let mut command = Command::new(bin("list-expand"));
@@ -38,16 +38,6 @@ pub(crate) fn open_team(tree: &Tree, members: &[u8]) {
 pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)
-}
-
-fn run_queue(tree: &Tree) {
-    let out = Command::new(bin("smtp-send"))
-        .arg("--config")
-        .arg(&tree.config)
-        .arg("--once")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 fn mail_of(tree: &Tree, user: &str) -> Vec<String> {
@@ -557,23 +547,6 @@ fn a_hundred_thousand_members_in_one_call() {
     );
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("line 2"), "{}", stderr(&bad));
-}
-
-/// What a reader sees: the archive pages rendered by headless Chromium.
-fn rendered(page: &std::path::Path) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); .ci/run installs it"));
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out)
 }
 
 #[test]

@@ -3,12 +3,13 @@
 
 mod archive;
 mod auth;
-mod dane;
-mod disclaimer;
 mod backup;
 mod bsmtp;
+mod dane;
+mod disclaimer;
 mod dkim;
 mod dns;
+mod expire;
 mod first_day;
 mod foundation;
 mod imap_round2;
@@ -17,6 +18,7 @@ mod layout;
 #[cfg(feature = "legacy-tls")]
 mod legacy_tls;
 mod list_expand;
+mod login_hooks;
 mod mailall;
 mod mailsort;
 mod man_pages;
@@ -24,6 +26,7 @@ mod mta_sts;
 mod multihost;
 mod pop3_serve;
 mod queue_priority;
+mod quota;
 mod sink;
 mod smtp_recv;
 mod smtp_send;

@@ -434,3 +434,32 @@ fn tests_learn_ports_from_listeners_and_sleep_only_on_purpose() {
     }
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
+
+/// One pass of the queue runner (`smtp-send --once`), which must succeed.
+pub fn run_queue(tree: &Tree) {
+    let out = Command::new(bin("smtp-send"))
+        .arg("--config")
+        .arg(&tree.config)
+        .arg("--once")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// What a reader sees of an HTML page: its DOM as headless Chromium
+/// renders it.
+pub fn rendered(page: &Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); .ci/run installs it"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}

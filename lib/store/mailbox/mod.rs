@@ -25,6 +25,7 @@
 //! session has taken \Recent for).
 
 pub mod cache;
+pub mod expire;
 pub mod flags;
 pub mod folder;
 pub mod maildrop;
