@@ -70,6 +70,8 @@ pub fn run(config: Option<PathBuf>, args: MailallArgs) -> anyhow::Result<ExitCod
     let count = recipients.len();
     let mut submission = Submission::new(sender, Recipients::Routes(recipients));
     submission.protocol = Some("local");
+    // Bulk mail: what users send themselves goes first (postroom-queue(5)).
+    submission.priority = postroom::store::queue::Priority::Low;
     let staged = submit::stage(&config, &directory, submission, &body)?;
     let id = staged.message.id.clone();
     match deliver::deliver_staged(&config, &directory, staged)? {
