@@ -283,9 +283,9 @@ fn to_mailbox(
         }
         return Outcome::Failed(format!("550 5.1.1 <{rcpt}>: no such user here"));
     };
-    let maildir = Maildir::new(users::maildir_of(config, user));
+    let maildir = Maildir::new(users::maildir_of(config, &user));
     if crate::delivery::filter::has_rules(config, &maildir) {
-        return by_rules(config, directory, message, index, &maildir, user);
+        return by_rules(config, directory, message, index, &maildir, &user);
     }
     let mut body = match message.body() {
         Ok(body) => body,

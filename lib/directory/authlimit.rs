@@ -186,10 +186,8 @@ impl AuthLimit {
         password: String,
     ) -> Result<Option<User>, String> {
         let tried = login.clone();
-        self.check(ip, &tried, move || {
-            users.authenticate(&login, &password).map(|u| u.cloned())
-        })
-        .await
+        self.check(ip, &tried, move || users.authenticate(&login, &password))
+            .await
     }
 
     /// Counts a failed login.
