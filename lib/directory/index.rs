@@ -508,3 +508,179 @@ impl Table {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    /// `key value` lines; a line `bad` is a syntax error.
+    fn parse(text: &str, path: &Path) -> Result<(HashMap<String, String>, u64), FileError> {
+        let mut entries = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let Some((k, v)) = line.split_once(' ') else {
+                return Err(FileError::syntax(path, n + 1, "no space"));
+            };
+            entries.insert(k.to_string(), v.to_string());
+        }
+        let count = entries.len() as u64;
+        Ok((entries, count))
+    }
+
+    fn load(text: &Path) -> Table {
+        Table::load(text, Kind::Aliases, parse).unwrap().unwrap().0
+    }
+
+    fn indexed(table: &Table) -> bool {
+        matches!(table, Table::Indexed { .. })
+    }
+
+    #[test]
+    fn built_once_then_read_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("aliases");
+        let lines: String = (0..5000).map(|i| format!("k{i} v{i}\n")).collect();
+        std::fs::write(&text, lines).unwrap();
+        let first = load(&text);
+        assert!(!indexed(&first), "the first load parses");
+        assert!(path_for(&text).exists());
+        let table = load(&text);
+        assert!(indexed(&table), "the second reads the index");
+        assert_eq!(table.len(), 5000);
+        for i in [0, 1, 777, 4999] {
+            assert_eq!(
+                table.get(&format!("k{i}"), Kind::Aliases).unwrap(),
+                Some(format!("v{i}"))
+            );
+        }
+        assert_eq!(table.get("k5000", Kind::Aliases).unwrap(), None);
+        assert_eq!(table.get("", Kind::Aliases).unwrap(), None);
+        // The wrong kind is not read as this one.
+        let meta = std::fs::metadata(&text).unwrap();
+        let e = Index::open(&path_for(&text), Kind::Users, &Stamp::of(&meta)).unwrap_err();
+        assert!(e.to_string().contains("another file"), "{e}");
+    }
+
+    #[test]
+    fn a_hand_edit_is_picked_up_even_with_the_old_size_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("aliases");
+        std::fs::write(&text, "a 1\nb 2\n").unwrap();
+        load(&text);
+        assert!(indexed(&load(&text)));
+        let before = std::fs::metadata(&text).unwrap().modified().unwrap();
+        // Same size, written in place, modification time put back (what
+        // `cp -p` over the file does): only the change time differs.
+        std::fs::write(&text, "a 9\nb 2\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&text)
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
+        let table = load(&text);
+        assert!(!indexed(&table), "stale: read from the text");
+        assert_eq!(table.get("a", Kind::Aliases).unwrap(), Some("9".into()));
+        let table = load(&text);
+        assert!(indexed(&table), "and rebuilt");
+        assert_eq!(table.get("a", Kind::Aliases).unwrap(), Some("9".into()));
+    }
+
+    #[test]
+    fn torn_or_garbage_indexes_are_never_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("aliases");
+        let lines: String = (0..300).map(|i| format!("k{i} v{i}\n")).collect();
+        std::fs::write(&text, lines).unwrap();
+        load(&text);
+        let index = path_for(&text);
+        let good = std::fs::read(&index).unwrap();
+        let damaged: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("torn", good[..good.len() - 7].to_vec()),
+            ("torn in the header", good[..50].to_vec()),
+            ("garbage", vec![0x5a; good.len()]),
+            ("zeros", vec![0; good.len()]),
+        ];
+        for (what, bytes) in damaged {
+            std::fs::write(&index, &bytes).unwrap();
+            let table = load(&text);
+            assert!(!indexed(&table), "{what}: ignored");
+            assert_eq!(table.get("k7", Kind::Aliases).unwrap(), Some("v7".into()));
+            assert!(indexed(&load(&text)), "{what}: rebuilt");
+        }
+        // One flipped byte anywhere: the header fails to open, a block or a
+        // record fails at lookup and the answer comes from the text. No
+        // answer is ever wrong.
+        let spots = (0..HEADER).step_by(9).chain((HEADER..good.len()).step_by(good.len() / 40));
+        for at in spots {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x10;
+            std::fs::write(&index, &bytes).unwrap();
+            let table = match Table::load(&text, Kind::Aliases, parse).unwrap().unwrap().0 {
+                t @ Table::Indexed { .. } => t,
+                _ => continue,
+            };
+            for i in (0..300).step_by(7) {
+                let got = table.get(&format!("k{i}"), Kind::Aliases).unwrap();
+                assert_eq!(got, Some(format!("v{i}")), "byte {at} flipped, key k{i}");
+            }
+            assert_eq!(table.get("absent", Kind::Aliases).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn a_text_that_does_not_parse_is_an_error_and_writes_no_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("aliases");
+        std::fs::write(&text, "a 1\nbad\n").unwrap();
+        let e = Table::load(&text, Kind::Aliases, parse).unwrap_err();
+        assert_eq!(e.to_string(), format!("{}:2: no space", text.display()));
+        assert!(!path_for(&text).exists());
+        assert!(
+            Table::load(&dir.path().join("none"), Kind::Aliases, parse)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_tree_that_cannot_be_written_works_from_the_text() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let text = etc.join("aliases");
+        std::fs::write(&text, "a 1\n").unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let writable = std::fs::write(etc.join("probe"), "").is_ok(); // root writes anyway
+        let table = load(&text);
+        assert_eq!(table.get("a", Kind::Aliases).unwrap(), Some("1".into()));
+        assert_eq!(path_for(&text).exists(), writable);
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn the_index_has_the_mode_of_its_text() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("users");
+        std::fs::write(&text, "a 1\n").unwrap();
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o640)).unwrap();
+        load(&text);
+        let mode = std::fs::metadata(path_for(&text)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_as_an_index_never_panic(bytes in proptest::collection::vec(0u8..=255, 0..400)) {
+            let dir = tempfile::tempdir().unwrap();
+            let text = dir.path().join("aliases");
+            std::fs::write(&text, "a 1\n").unwrap();
+            let stamp = Stamp::of(&std::fs::metadata(&text).unwrap());
+            std::fs::write(path_for(&text), &bytes).unwrap();
+            if let Ok(Some(index)) = Index::open(&path_for(&text), Kind::Aliases, &stamp) {
+                let _ = index.get(b"a");
+            }
+        }
+    }
+}
