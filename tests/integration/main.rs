@@ -3,6 +3,7 @@
 
 mod auth;
 mod dkim;
+mod directory_index;
 mod dns;
 mod first_day;
 mod foundation;
