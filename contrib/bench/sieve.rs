@@ -94,7 +94,7 @@ fn vip() -> Vec<String> {
 }
 
 /// A varied message: lists, spam scores, tickets, plain mail.
-fn sample(n: usize) -> Vec<u8> {
+pub fn sample(n: usize) -> Vec<u8> {
     let (from, extra, subject) = match n % 8 {
         0 => (
             "a@rust-lang.example",
