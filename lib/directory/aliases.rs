@@ -642,7 +642,7 @@ fn push(out: &mut Vec<Target>, target: Target) {
 pub fn add_alias(path: &Path, key: &str, targets: &[String]) -> Result<(), FileError> {
     let line = format!("{key}: {}", targets.join(", "));
     let (key, _) = parse_entry(&line).map_err(FileError::Refused)?;
-    fsutil::edit_locked(path, |mut text| {
+    let edited = fsutil::edit_locked(path, |mut text| {
         let existing = Aliases::parse(&text, path)?;
         if existing.contains(&key) {
             return Err(FileError::Refused(format!(
@@ -655,13 +655,17 @@ pub fn add_alias(path: &Path, key: &str, targets: &[String]) -> Result<(), FileE
         text.push_str(&line);
         text.push('\n');
         Ok(text)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Aliases, entries_of);
+    }
+    edited
 }
 
 /// Removes an alias with its continuation lines.
 pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
     let key = key.trim().to_lowercase();
-    fsutil::edit_locked(path, |text| {
+    let edited = fsutil::edit_locked(path, |text| {
         let mut out = String::with_capacity(text.len());
         let mut found = false;
         let mut skipping = false;
@@ -705,7 +709,11 @@ pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
             )));
         }
         Ok(out)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Aliases, entries_of);
+    }
+    edited
 }
 
 /// Every alias as (key, targets as written), in file order.

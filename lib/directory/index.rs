@@ -430,6 +430,13 @@ impl Table {
         Table::open(text, kind, parse, true)
     }
 
+    /// After an edit of the text, builds its index now, so the first
+    /// program to look a key up does not pay for reading the whole file.
+    /// Best effort: the next program rebuilds it otherwise.
+    pub fn refresh(text: &Path, kind: Kind, parse: Parse) {
+        let _ = Table::open(text, kind, parse, false);
+    }
+
     fn open(
         text: &Path,
         kind: Kind,

@@ -432,7 +432,7 @@ fn render(user: &NewUser) -> String {
 /// Adds users in one locked rewrite (10,000 in one call is one write). Any
 /// invalid or existing user refuses the whole call, naming them.
 pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
-    fsutil::edit_secret_locked(path, |mut text| {
+    let edited = fsutil::edit_secret_locked(path, |mut text| {
         let existing = Users::parse(&text, path)?;
         let mut seen = HashSet::new();
         let mut refused = Vec::new();
@@ -471,7 +471,11 @@ pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
             text.push_str(&render(user));
         }
         Ok(text)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Users, entries_of);
+    }
+    edited
 }
 
 /// Rewrites the lines of the users file that name `address`.
@@ -481,7 +485,7 @@ fn edit_user(
     change: impl Fn(&str) -> Option<String>,
 ) -> Result<(), FileError> {
     let key = address.trim().to_lowercase();
-    fsutil::edit_secret_locked(path, |text| {
+    let edited = fsutil::edit_secret_locked(path, |text| {
         let mut found = false;
         let mut out = String::with_capacity(text.len());
         for line in text.lines() {
@@ -512,7 +516,11 @@ fn edit_user(
             out.push_str(" (`postroom user del` removed the last one)\n");
         }
         Ok(out)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Users, entries_of);
+    }
+    edited
 }
 
 /// Sets a user's quota in bytes (`None`: no quota of their own, so
