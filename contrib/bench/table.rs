@@ -66,7 +66,8 @@ pub fn run(base: &Path, options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mailsort_row(base: &Path, messages: usize, true_start: Duration) -> anyhow::Result<()> {
+/// The mailsort figure (also printed by `postroom-bench sieve`).
+pub fn mailsort_row(base: &Path, messages: usize, true_start: Duration) -> anyhow::Result<()> {
     let samples: Vec<Vec<u8>> = (0..messages).map(crate::sieve::sample).collect();
     let dir = base.join("mailsort");
     let config = crate::bench_tree(&dir)?;
@@ -254,7 +255,7 @@ fn write_directory(dir: &Path, lines: usize) -> anyhow::Result<()> {
 
 /// Spawn of `binary` with pipes, as [`inetd_greeting`] spawns a server, to
 /// its end: the median of `runs`.
-fn spawn_time(binary: &Path, runs: usize) -> anyhow::Result<Duration> {
+pub fn spawn_time(binary: &Path, runs: usize) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
