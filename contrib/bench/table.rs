@@ -84,10 +84,12 @@ pub fn mailsort_row(base: &Path, messages: usize, true_start: Duration) -> anyho
     let mailsort = std::env::current_exe()?.with_file_name("mailsort");
     let ours = per_message(&samples, || {
         let mut command = Command::new(&mailsort);
-        command
-            .arg("--config")
-            .arg(&config)
-            .args(["--user", "sink@bench.test", "--sender", "someone@far.example"]);
+        command.arg("--config").arg(&config).args([
+            "--user",
+            "sink@bench.test",
+            "--sender",
+            "someone@far.example",
+        ]);
         command
     })?;
     let delivered = count_messages(&inbox)?;
@@ -168,7 +170,10 @@ fn count_messages(maildir: &Path) -> anyhow::Result<usize> {
     let mut count = std::fs::read_dir(maildir.join("new"))?.count();
     for entry in std::fs::read_dir(maildir)? {
         let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
             count += std::fs::read_dir(path.join("new"))?.count();
         }
     }
@@ -176,10 +181,7 @@ fn count_messages(maildir: &Path) -> anyhow::Result<usize> {
 }
 
 /// One process per message, in turn: the mean time per message.
-fn per_message(
-    samples: &[Vec<u8>],
-    command: impl Fn() -> Command,
-) -> anyhow::Result<Duration> {
+fn per_message(samples: &[Vec<u8>], command: impl Fn() -> Command) -> anyhow::Result<Duration> {
     let start = Instant::now();
     for raw in samples {
         let mut child = command()
@@ -190,14 +192,22 @@ fn per_message(
             stdin.write_all(raw)?;
         }
         let status = child.wait()?;
-        anyhow::ensure!(status.success(), "{:?} failed: {status}", command().get_program());
+        anyhow::ensure!(
+            status.success(),
+            "{:?} failed: {status}",
+            command().get_program()
+        );
     }
     Ok(start.elapsed() / samples.len() as u32)
 }
 
 fn inject_row(base: &Path, messages: usize) -> anyhow::Result<()> {
     for injectors in [1, 8] {
-        let raw = crate::raw_rate(&base.join(format!("raw-inject{injectors}")), messages, injectors)?;
+        let raw = crate::raw_rate(
+            &base.join(format!("raw-inject{injectors}")),
+            messages,
+            injectors,
+        )?;
         let rate = crate::inject_rate(
             &base.join(format!("inject{injectors}")),
             messages,

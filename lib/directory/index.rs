@@ -617,7 +617,9 @@ mod tests {
         // One flipped byte anywhere: the header fails to open, a block or a
         // record fails at lookup and the answer comes from the text. No
         // answer is ever wrong.
-        let spots = (0..HEADER).step_by(9).chain((HEADER..good.len()).step_by(good.len() / 40));
+        let spots = (0..HEADER)
+            .step_by(9)
+            .chain((HEADER..good.len()).step_by(good.len() / 40));
         for at in spots {
             let mut bytes = good.clone();
             bytes[at] ^= 0x10;
@@ -673,7 +675,10 @@ mod tests {
         std::fs::write(&text, "a 1\n").unwrap();
         std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o640)).unwrap();
         load(&text);
-        let mode = std::fs::metadata(path_for(&text)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(path_for(&text))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o640);
     }
 

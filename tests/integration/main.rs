@@ -2,8 +2,8 @@
 //! as ripgrep does, so the binaries are built once).
 
 mod auth;
-mod dkim;
 mod directory_index;
+mod dkim;
 mod dns;
 mod first_day;
 mod foundation;
