@@ -12,14 +12,12 @@
 //! - the memory of idle IMAP sessions, as `postroom-bench imap` measures
 //!   it (run as a child; its line is repeated here).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
-use crate::server::{inetd_greeting, ms};
+use crate::server::{first_line, inetd_greeting, ms};
 
 /// The 10 header rules, as Sieve and as procmail recipes: (header, text,
 /// folder). Every one files into its folder and stops, as a procmail
@@ -268,16 +266,7 @@ fn write_directory(dir: &Path, lines: usize) -> anyhow::Result<()> {
 pub fn spawn_time(binary: &Path, runs: usize) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let start = Instant::now();
-        let mut child = Command::new(binary)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        child.wait()?;
-        times.push(start.elapsed());
+        times.push(first_line(Command::new(binary), b"")?.0);
     }
     times.sort();
     Ok(times[runs / 2])

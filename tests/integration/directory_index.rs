@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Tree, bin, stdout};
+use crate::smtp_recv::inetd_session;
+use crate::util::{Tree, bin};
 
 /// A tree with `users` users `u0@example.test`... and as many aliases
 /// `a0@example.test: u0`...
@@ -46,24 +47,10 @@ fn greeting_time(tree: &Tree) -> Duration {
     took
 }
 
-/// One inetd-mode session; the replies.
-fn session(tree: &Tree, input: &str) -> String {
-    let mut child = Command::new(bin("smtp-recv"))
-        .arg("--config")
-        .arg(&tree.config)
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    stdout(&child.wait_with_output().unwrap())
-}
-
 fn rcpt(tree: &Tree, to: &str) -> String {
-    let said = session(
+    let said = inetd_session(
         tree,
+        "127.0.0.1",
         &format!("HELO c\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<{to}>\r\nQUIT\r\n"),
     );
     said.lines().nth(3).unwrap_or_default().to_string()
