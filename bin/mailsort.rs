@@ -132,10 +132,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let config = Config::load(&Config::locate(args.config.as_deref()))?;
     postroom::net::privileges::drop_privileges(&config)?;
     let directory = Directory::load(&config)?;
-    let Some(user) = Address::parse(user)
-        .ok()
-        .and_then(|a| directory.user(&a).cloned())
-    else {
+    let Some(user) = Address::parse(user).ok().and_then(|a| directory.user(&a)) else {
         // A missing users file says nothing about this user: try later.
         if let Some(why) = directory.users().unavailable() {
             postroom::say!("451 4.3.0 {user}: local users cannot be looked up now ({why})");

@@ -85,7 +85,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let directory = Directory::load(&config)?;
     let Some(user) = Address::parse(&args.user)
         .ok()
-        .and_then(|a| directory.user(&a).cloned())
+        .and_then(|a| directory.user(&a))
     else {
         // A missing users file says nothing about this user: try later.
         if let Some(why) = directory.users().unavailable() {

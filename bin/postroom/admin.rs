@@ -353,11 +353,11 @@ pub fn user(config: Option<PathBuf>, command: UserCommand) -> anyhow::Result<Exi
 /// user's, else `delivery.default_quota`) and what the mailbox holds.
 fn list_users(config: &Config, json: bool) -> anyhow::Result<()> {
     let users = users::Users::load(&config.users_file())?;
-    let mut sorted: Vec<&users::User> = users.iter().collect();
+    let mut sorted = users.list(&config.users_file())?;
     sorted.sort_unstable_by(|a, b| a.address.cmp(&b.address));
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
-    for user in sorted {
+    for user in &sorted {
         let quota = postroom::delivery::quota::limit_of(config, user);
         let maildir = postroom::store::maildir::Maildir::new(users::maildir_of(config, user));
         // A mailbox not made yet holds nothing; an unreadable one says so.

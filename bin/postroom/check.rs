@@ -98,9 +98,11 @@ fn check_files(config: &Config, report: &mut Report) {
                 postroom::directory::users::NO_USERS_MARK
             ));
         }
-        Ok(users) => {
-            if let Some(domains) = &domains {
-                for user in users.iter() {
+        // The whole text, every line checked, not the index.
+        Ok(users) => match (users.list(&config.users_file()), &domains) {
+            (Err(e), _) => report.problems.push(e.to_string()),
+            (Ok(list), Some(domains)) => {
+                for user in list {
                     let domain = user.address.rsplit('@').next().unwrap_or("");
                     if !domains.contains(domain) {
                         report.problems.push(format!(
@@ -111,7 +113,8 @@ fn check_files(config: &Config, report: &mut Report) {
                     }
                 }
             }
-        }
+            (Ok(_), None) => {}
+        },
         Err(e) => report.problems.push(e.to_string()),
     }
     let directory = match Directory::load(config) {

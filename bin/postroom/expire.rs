@@ -34,18 +34,18 @@ pub fn run(config: Option<PathBuf>, args: ExpireArgs) -> anyhow::Result<ExitCode
     if let Some(why) = users.unavailable() {
         anyhow::bail!("{why}: restore it before expiring mail");
     }
-    let mut chosen: Vec<&User> = match &args.user {
+    let mut chosen: Vec<User> = match &args.user {
         Some(address) => vec![
             users
                 .get(address)
                 .ok_or_else(|| anyhow::anyhow!("no user {address} (see `postroom user list`)"))?,
         ],
-        None => users.iter().collect(),
+        None => users.list(&config.users_file())?,
     };
     chosen.sort_by(|a, b| a.address.cmp(&b.address));
     let now = SystemTime::now();
     let (mut messages, mut bytes, mut failed) = (0usize, 0u64, false);
-    for user in chosen {
+    for user in &chosen {
         for (name, older_than) in config.expire.for_user(&user.address) {
             match folder(&config, user, &name, older_than, now, args.dry_run) {
                 Ok((n, b)) => {

@@ -35,7 +35,7 @@ pub fn run(config: Option<PathBuf>, args: ExportArgs) -> anyhow::Result<ExitCode
     let Some(user) = users.get(&args.user) else {
         bail!("{}: no such user (see `postroom user list`)", args.user);
     };
-    let mailbox = Mailbox::new(maildir_of(&config, user));
+    let mailbox = Mailbox::new(maildir_of(&config, &user));
     let (mut folders, mut messages) = (0, 0);
     for name in mailbox.list()? {
         let folder = mailbox.folder(&name);

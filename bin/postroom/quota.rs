@@ -78,7 +78,7 @@ fn report(config: &Config, args: ReportArgs) -> anyhow::Result<ExitCode> {
     }
     let wanted = args.domain.as_deref().map(str::to_ascii_lowercase);
     let mut domains: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    for user in users.iter() {
+    for user in &users.list(&config.users_file())? {
         if wanted.as_deref().is_some_and(|d| d != user.domain()) {
             continue;
         }

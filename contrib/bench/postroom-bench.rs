@@ -18,6 +18,8 @@
 //! what a burst of failed logins costs each server (`auth.rs`),
 //! `postroom-bench net` the connection layer alone (`net.rs`), and
 //! `postroom-bench multihost` one tree shared by two hosts (`multihost.rs`).
+//! `postroom-bench table` prints issue 18's table, each figure beside its
+//! goal (`table.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -38,6 +40,7 @@ mod send;
 mod server;
 mod sieve;
 mod smtp;
+mod table;
 
 #[derive(Parser)]
 #[command(name = "postroom-bench", about = "Measure postroom on this machine")]
@@ -134,6 +137,26 @@ enum Bench {
         #[arg(long, default_value_t = 2000)]
         messages: usize,
     },
+    /// Issue 18's table: mailsort against procmail and the durable-write
+    /// floor, mail-inject against the raw loop, smtp-recv's inetd start
+    /// against /bin/true, idle IMAP memory; each beside its goal.
+    Table {
+        /// Messages per rate (mailsort, procmail, mail-inject, raw loop).
+        #[arg(long, default_value_t = 500)]
+        messages: usize,
+        /// Spawns per start-up median.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Users and aliases in the big tree of the start-up figure.
+        #[arg(long, default_value_t = 100_000)]
+        big: usize,
+        /// Messages in the folder of the IMAP memory figure.
+        #[arg(long, default_value_t = 10_000)]
+        imap_messages: usize,
+        /// Sessions in IDLE for the IMAP memory figure (0: skip it).
+        #[arg(long, default_value_t = 10_000)]
+        imap_idle: usize,
+    },
     /// Failed logins at once and in turn: peak and settled RSS, threads.
     Auth {
         /// Failed logins per server and run.
@@ -172,6 +195,21 @@ fn main() -> ExitCode {
             rounds,
         } => imap::run(&base, messages, idle, rounds),
         Bench::Auth { clients, settle } => auth::run(&base, clients, settle),
+        Bench::Table {
+            messages,
+            runs,
+            big,
+            imap_messages,
+            imap_idle,
+        } => table::run(
+            &base,
+            &table::Options {
+                messages: messages.max(1),
+                runs: runs.max(1),
+                big,
+                imap: (imap_idle > 0).then_some((imap_messages, imap_idle)),
+            },
+        ),
         Bench::Multihost { mounts, messages } => multihost::run(&base, &mounts, messages),
     };
     let _ = std::fs::remove_dir_all(&base);

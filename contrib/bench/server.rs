@@ -90,26 +90,37 @@ pub fn inetd_greeting(
 ) -> anyhow::Result<(Duration, Duration)> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let start = Instant::now();
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--config")
             .arg(config)
-            .env("REMOTE_ADDR", "192.0.2.1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        times.push(start.elapsed());
+            .env("REMOTE_ADDR", "192.0.2.1");
+        let (time, line) = first_line(command, quit)?;
         anyhow::ensure!(line.starts_with(greeting), "no greeting: {line}");
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(quit);
-        }
-        let _ = child.wait();
+        times.push(time);
     }
     times.sort();
     Ok((times[runs / 2], times[(runs * 99 / 100).min(runs - 1)]))
+}
+
+/// Spawns `command` over pipes, as inetd does, and times it to its first
+/// line of output (or to the end of its output, for a program that writes
+/// none); then sends `quit` and waits for it. Gives the time and the line.
+pub fn first_line(mut command: Command, quit: &[u8]) -> anyhow::Result<(Duration, String)> {
+    let start = Instant::now();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let time = start.elapsed();
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(quit);
+    }
+    let _ = child.wait();
+    Ok((time, line))
 }
 
 /// Milliseconds, for printing.

@@ -3,7 +3,9 @@
 //! entries, address parts, a body test):
 //! messages per second for filtering alone, and with delivery into the
 //! folders of a maildir (`postroom::delivery::filter`, what mailsort and local
-//! delivery run).
+//! delivery run). Then mailsort as a process per message against procmail
+//! and against the disk's durable-write floor plus a process start (see
+//! `table.rs`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -82,7 +84,8 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
         messages as f64 / filter,
         messages as f64 / deliver
     );
-    Ok(())
+    let true_start = crate::table::spawn_time(Path::new("/bin/true"), 50)?;
+    crate::table::mailsort_row(base, messages, true_start)
 }
 
 /// The external list: 200 addresses and a pattern.
@@ -94,7 +97,7 @@ fn vip() -> Vec<String> {
 }
 
 /// A varied message: lists, spam scores, tickets, plain mail.
-fn sample(n: usize) -> Vec<u8> {
+pub fn sample(n: usize) -> Vec<u8> {
     let (from, extra, subject) = match n % 8 {
         0 => (
             "a@rust-lang.example",

@@ -293,9 +293,9 @@ fn to_mailbox(
         }
         return Outcome::Failed(format!("550 5.1.1 <{rcpt}>: no such user here"));
     };
-    let maildir = Maildir::new(users::maildir_of(config, user));
+    let maildir = Maildir::new(users::maildir_of(config, &user));
     if crate::delivery::filter::has_rules(config, &maildir) {
-        return by_rules(config, directory, message, index, &maildir, user);
+        return by_rules(config, directory, message, index, &maildir, &user);
     }
     let mut body = match message.body() {
         Ok(body) => body,
@@ -306,7 +306,7 @@ fn to_mailbox(
         return_path(config, message, rcpt),
         rcpt
     );
-    let quota = crate::delivery::quota::limit_of(config, user);
+    let quota = crate::delivery::quota::limit_of(config, &user);
     let delivery = Message {
         prepend: prepend.as_bytes(),
         body: &mut body,
@@ -324,7 +324,7 @@ fn to_mailbox(
     };
     match maildir.deliver(delivery) {
         Ok(Delivered::New(_)) => {
-            crate::delivery::quota::after_delivery(config, user, &maildir);
+            crate::delivery::quota::after_delivery(config, &user, &maildir);
             Outcome::Delivered("250 2.0.0 delivered to maildir".into())
         }
         Ok(Delivered::AlreadyThere) => Outcome::Delivered("250 2.0.0 already in maildir".into()),

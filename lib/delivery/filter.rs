@@ -275,14 +275,14 @@ fn folder_of(inbox: &Maildir, name: &str) -> Result<Maildir, MaildirError> {
     inbox.folder(&name)
 }
 
-/// Delivers into a maildir (created if missing), then sets IMAP flags.
+/// Delivers into a maildir (created if missing, by `deliver`), then sets
+/// IMAP flags.
 fn store(
     maildir: &Maildir,
     quota: Option<u64>,
     raw: &[u8],
     flags: &[String],
 ) -> Result<(), MaildirError> {
-    maildir.create()?;
     let delivered = maildir.deliver(Message {
         prepend: b"",
         body: &mut &raw[..],

@@ -14,8 +14,12 @@ use crate::store::queue::{MAX_FIELD, Recipient, Route};
 
 /// Every user, or those of `domain`, as queue recipients, sorted.
 pub fn all_users(directory: &Directory, domain: Option<&str>) -> Vec<Recipient> {
-    let mut recipients: Vec<Recipient> = directory
-        .users()
+    let users = directory.all_users().unwrap_or_else(|e| {
+        // Everyone the file can name is nobody now; the caller says so.
+        tracing::error!("{e}");
+        Vec::new()
+    });
+    let mut recipients: Vec<Recipient> = users
         .iter()
         .filter(|u| domain.is_none_or(|d| u.domain().eq_ignore_ascii_case(d)))
         .filter_map(|u| Address::parse(&u.address).ok())

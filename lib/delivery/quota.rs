@@ -52,8 +52,8 @@ pub fn rcpt_check(config: &Config, users: &Users, routes: &[Recipient]) -> Optio
     }
     let user = users.get(&only.address.lookup_key())?;
     Some(FullCheck {
-        limit: limit_of(config, user)?,
-        maildir: Maildir::new(crate::directory::users::maildir_of(config, user)),
+        limit: limit_of(config, &user)?,
+        maildir: Maildir::new(crate::directory::users::maildir_of(config, &user)),
         address: only.address.clone(),
         full: config.quota.full,
     })
@@ -251,7 +251,7 @@ mod tests {
             Path::new("users"),
         )
         .unwrap();
-        let ann = users.get("ann@example.test").unwrap();
+        let ann = &users.get("ann@example.test").unwrap();
         let maildir = Maildir::new(crate::directory::users::maildir_of(&config, ann));
         let put = |size: usize| {
             let body = format!("Subject: x\n\n{}\n", "x".repeat(size));

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::directory::domains::Domains;
+use crate::directory::index::{Kind, Table};
 use crate::directory::users::{Unavailable, User, Users};
 use crate::proto::address::{Address, EnvelopeText};
 use crate::proto::xtext;
@@ -91,46 +92,83 @@ enum Written {
     Include(PathBuf),
 }
 
-/// The parsed aliases file.
+/// The aliases file: its index (see `index`), or its text when the index
+/// cannot be used. A lookup parses the one entry it finds.
 #[derive(Debug, Clone, Default)]
 pub struct Aliases {
-    /// Lower-case key (`user@domain`, `user` or `@domain`) to targets.
-    entries: HashMap<String, Vec<Written>>,
-    /// Keys in file order, for listing.
-    order: Vec<String>,
+    /// Lower-case key (`user@domain`, `user` or `@domain`) to the targets
+    /// as written. Shared: a [`Directory`] is cloned per server session.
+    table: Arc<Table>,
 }
 
 impl Aliases {
-    /// Reads the file; a missing file means no aliases.
+    /// Reads the file through its index (`aliases.index`), rebuilt here
+    /// when the text changed; a missing file means no aliases.
     pub fn load(path: &Path) -> Result<Aliases, FileError> {
-        Aliases::parse(&FileError::read(path)?, path)
+        let table = Table::load(path, Kind::Aliases, entries_of)?;
+        Ok(Aliases {
+            table: Arc::new(table.map(|(table, _)| table).unwrap_or_default()),
+        })
     }
 
+    /// The aliases of `text`, every entry checked; errors name `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Aliases, FileError> {
-        let mut aliases = Aliases::default();
-        for (line, logical) in logical_lines(text) {
-            let syntax = |message: String| FileError::Syntax {
-                file: path.to_path_buf(),
-                line,
-                message,
-            };
-            let (key, targets) = parse_entry(&logical).map_err(syntax)?;
-            if aliases.entries.contains_key(&key) {
-                return Err(syntax(format!("{key} is defined twice")));
+        let (entries, _) = entries_of(text, path)?;
+        Ok(Aliases {
+            table: Arc::new(Table::Memory(entries)),
+        })
+    }
+
+    /// The targets of the alias `key` (lower case). An aliases file that
+    /// cannot be read now (its index damaged and the text gone) is logged
+    /// and answers none.
+    fn get(&self, key: &str) -> Option<Vec<Written>> {
+        let text = match self.table.get(key, Kind::Aliases) {
+            Ok(text) => text?,
+            Err(e) => {
+                tracing::error!("{e}");
+                return None;
             }
-            aliases.order.push(key.clone());
-            aliases.entries.insert(key, targets);
-        }
-        Ok(aliases)
+        };
+        // Checked when the text was read; a line that no longer parses
+        // can only come from a damaged index, which its checksums catch.
+        parse_targets(&text).ok()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.get(&key.to_lowercase()).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.table.is_empty()
     }
+}
+
+/// Checks every entry of an aliases file and gives its entries (lower-case
+/// key to targets as written) for [`Table`].
+fn entries_of(text: &str, path: &Path) -> Result<(HashMap<String, String>, u64), FileError> {
+    let mut entries = HashMap::new();
+    for (line, logical) in logical_lines(text) {
+        let syntax = |message: String| FileError::Syntax {
+            file: path.to_path_buf(),
+            line,
+            message,
+        };
+        let (key, _) = parse_entry(&logical).map_err(syntax)?;
+        if entries.contains_key(&key) {
+            return Err(syntax(format!("{key} is defined twice")));
+        }
+        let targets = logical
+            .split_once(':')
+            .map(|(_, targets)| targets.trim().to_string())
+            .unwrap_or_default();
+        entries.insert(key, targets);
+    }
+    Ok((entries, 0))
 }
 
 /// Joins continuation lines and drops comments; yields (first line number,
@@ -354,6 +392,12 @@ impl Directory {
         &self.users
     }
 
+    /// Every user, read whole from the users file (the index cannot be
+    /// walked): for mail to all users, not for a lookup.
+    pub fn all_users(&self) -> Result<Vec<crate::directory::users::User>, FileError> {
+        self.users.list(&self.config.users_file())
+    }
+
     /// The users, to hand to work that outlives this borrow (a password
     /// check on the blocking pool).
     pub fn shared_users(&self) -> Arc<Users> {
@@ -361,7 +405,7 @@ impl Directory {
     }
 
     /// The user an address delivers to directly (with or without +detail).
-    pub fn user(&self, address: &Address) -> Option<&User> {
+    pub fn user(&self, address: &Address) -> Option<User> {
         self.users.get(&address.lookup_key()).or_else(|| {
             let delimiter = self.config.delivery.recipient_delimiter?;
             self.users
@@ -442,17 +486,17 @@ impl Directory {
         let key = address.lookup_key();
         if path.contains(&key) {
             if let Some(user) = self.user(address) {
-                return self.mailbox(user, out);
+                return self.mailbox(&user, out);
             }
             let mut chain = path.clone();
             chain.push(key);
             return Err(ResolveError::Loop(chain));
         }
         if let Some(targets) = self.alias_for(address) {
-            return self.expand_targets(address, key, targets, path, out);
+            return self.expand_targets(address, key, &targets, path, out);
         }
         if let Some(user) = self.user(address) {
-            return self.mailbox(user, out);
+            return self.mailbox(&user, out);
         }
         if self.is_host_system_address(address)
             && let Some(postmaster) = self.postmaster_alias()
@@ -465,9 +509,9 @@ impl Directory {
         }
         let catch_all = format!("@{}", address.domain());
         if !path.contains(&catch_all)
-            && let Some(targets) = self.aliases.entries.get(&catch_all)
+            && let Some(targets) = self.aliases.get(&catch_all)
         {
-            return self.expand_targets(address, catch_all, targets, path, out);
+            return self.expand_targets(address, catch_all, &targets, path, out);
         }
         Err(self.unknown(address))
     }
@@ -513,7 +557,7 @@ impl Directory {
             Written::Mailbox(name) => {
                 let address = qualify(name)?;
                 match self.user(&address) {
-                    Some(user) => self.mailbox(user, out),
+                    Some(user) => self.mailbox(&user, out),
                     None if !self.is_local_domain(address.domain()) => {
                         push(out, Target::Remote(address));
                         Ok(())
@@ -577,17 +621,14 @@ impl Directory {
 
     /// The alias entry for an address: exact, bare local part, then both
     /// again without the +detail.
-    fn alias_for(&self, address: &Address) -> Option<&Vec<Written>> {
+    fn alias_for(&self, address: &Address) -> Option<Vec<Written>> {
         let lookup = |a: &Address| {
             let key = a.lookup_key();
             let local = key
                 .rsplit_once('@')
                 .map(|(l, _)| l.to_string())
                 .unwrap_or_default();
-            self.aliases
-                .entries
-                .get(&key)
-                .or_else(|| self.aliases.entries.get(&local))
+            self.aliases.get(&key).or_else(|| self.aliases.get(&local))
         };
         lookup(address).or_else(|| {
             let delimiter = self.config.delivery.recipient_delimiter?;
@@ -607,9 +648,9 @@ fn push(out: &mut Vec<Target>, target: Target) {
 pub fn add_alias(path: &Path, key: &str, targets: &[String]) -> Result<(), FileError> {
     let line = format!("{key}: {}", targets.join(", "));
     let (key, _) = parse_entry(&line).map_err(FileError::Refused)?;
-    fsutil::edit_locked(path, |mut text| {
+    let edited = fsutil::edit_locked(path, |mut text| {
         let existing = Aliases::parse(&text, path)?;
-        if existing.entries.contains_key(&key) {
+        if existing.contains(&key) {
             return Err(FileError::Refused(format!(
                 "{key} exists already; `postroom alias del {key}` first"
             )));
@@ -620,13 +661,17 @@ pub fn add_alias(path: &Path, key: &str, targets: &[String]) -> Result<(), FileE
         text.push_str(&line);
         text.push('\n');
         Ok(text)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Aliases, entries_of);
+    }
+    edited
 }
 
 /// Removes an alias with its continuation lines.
 pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
     let key = key.trim().to_lowercase();
-    fsutil::edit_locked(path, |text| {
+    let edited = fsutil::edit_locked(path, |text| {
         let mut out = String::with_capacity(text.len());
         let mut found = false;
         let mut skipping = false;
@@ -670,7 +715,11 @@ pub fn remove_alias(path: &Path, key: &str) -> Result<(), FileError> {
             )));
         }
         Ok(out)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Aliases, entries_of);
+    }
+    edited
 }
 
 /// Every alias as (key, targets as written), in file order.

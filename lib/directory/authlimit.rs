@@ -251,7 +251,7 @@ impl AuthLimit {
         let checked = match hooks.check.clone() {
             None => {
                 self.check(ip, &attempt.login, move || {
-                    users.authenticate(&login, &password).map(|u| u.cloned())
+                    users.authenticate(&login, &password)
                 })
                 .await
             }

@@ -116,7 +116,7 @@ pub fn check(
             if let Some(why) = users.unavailable() {
                 return Err(HookError::Users(why));
             }
-            let user = users.get(attempt.login.trim()).cloned();
+            let user = users.get(attempt.login.trim());
             if user.is_none() {
                 tracing::warn!(
                     login = ?attempt.login,
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn after_hook_refuses_with_its_reason() {
         let h = hooks();
-        let user = users().get("ann@example.test").cloned().unwrap();
+        let user = users().get("ann@example.test").unwrap();
         let a = attempt("ann@example.test");
         assert_eq!(after(&h, "exit 0", &a, &user).unwrap(), After::Allow);
         assert_eq!(

@@ -6,6 +6,7 @@ pub mod access;
 pub mod aliases;
 pub mod authlimit;
 pub mod domains;
+pub mod index;
 pub mod loginhook;
 pub mod password;
 pub mod reloading;

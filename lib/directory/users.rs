@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, parse_size};
+use crate::directory::index::{Kind, Table};
 use crate::directory::password::{self, PasswordError};
 use crate::proto::address::{Address, is_domain_name};
 use crate::store::fsutil::{self, FileError};
@@ -98,16 +99,23 @@ pub struct NewUser {
     pub quota: Option<u64>,
 }
 
-/// Every user, by lower-case address.
-#[derive(Debug, Clone)]
+/// Every user, by lower-case address: the users file's index (see
+/// `index`), or its text when the index cannot be used. A lookup parses
+/// the one line it finds.
+#[derive(Debug, Default)]
 pub struct Users {
-    by_address: HashMap<String, User>,
-    /// What an unknown user's password is checked against.
-    dummy_hash: &'static str,
+    table: Table,
+    /// Which of [`DUMMY_HASHES`] an unknown user's password is checked
+    /// against.
+    dummy: usize,
     /// Set when the file is missing or emptied by accident: no lookup may
     /// then conclude that a user does not exist.
     unavailable: Option<Unavailable>,
 }
+
+/// In the index's `meta`: the users file lists no users and has no
+/// [`NO_USERS_MARK`] (the low byte is the dummy hash's number).
+const META_EMPTY: u64 = 1 << 8;
 
 /// Hashes to verify against when the user does not exist, so the time a
 /// failed login takes does not tell whether the name is real: one per
@@ -132,20 +140,16 @@ impl Users {
     /// Reads the users file. A missing file, or one without users or
     /// [`NO_USERS_MARK`], gives an [`unavailable`](Users::unavailable) set
     /// of users (logged), so that mail waits instead of bouncing.
+    ///
+    /// The file is read through its index (`users.index`), rebuilt here
+    /// when the text changed; a server gets the same answers either way.
     pub fn load(path: &Path) -> Result<Users, FileError> {
-        let users = match crate::store::fsutil::read_to_string_fresh(path) {
-            Ok(text) => Users::parse(&text, path)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Users {
-                by_address: HashMap::new(),
-                dummy_hash: most_used_dummy(std::iter::empty()),
+        let users = match Table::load(path, Kind::Users, entries_of)? {
+            Some((table, meta)) => Users::from_table(table, meta),
+            None => Users {
                 unavailable: Some(Unavailable::Missing),
+                ..Users::default()
             },
-            Err(error) => {
-                return Err(FileError::Io {
-                    file: path.to_path_buf(),
-                    error,
-                });
-            }
         };
         if let Some(why) = users.unavailable {
             tracing::error!(
@@ -174,37 +178,18 @@ impl Users {
         }
     }
 
+    /// The users of `text`, every line checked; errors name `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Users, FileError> {
-        let mut by_address = HashMap::new();
-        let mut lines_of: HashMap<String, usize> = HashMap::new();
-        for (number, line) in text.lines().enumerate() {
-            let Some(user) = parse_line(line).map_err(|message| FileError::Syntax {
-                file: path.to_path_buf(),
-                line: number + 1,
-                message,
-            })?
-            else {
-                continue;
-            };
-            if let Some(first) = lines_of.insert(user.address.clone(), number + 1) {
-                return Err(FileError::Syntax {
-                    file: path.to_path_buf(),
-                    line: number + 1,
-                    message: format!("{} is listed already on line {first}", user.address),
-                });
-            }
-            by_address.insert(user.address.clone(), user);
+        let (entries, meta) = entries_of(text, path)?;
+        Ok(Users::from_table(Table::Memory(entries), meta))
+    }
+
+    fn from_table(table: Table, meta: u64) -> Users {
+        Users {
+            table,
+            dummy: ((meta & 0xff) as usize).min(DUMMY_HASHES.len() - 1),
+            unavailable: (meta & META_EMPTY != 0).then_some(Unavailable::Empty),
         }
-        let dummy_hash = most_used_dummy(by_address.values());
-        let meant_empty = text
-            .lines()
-            .any(|line| line.trim_start().starts_with(NO_USERS_MARK));
-        let unavailable = (by_address.is_empty() && !meant_empty).then_some(Unavailable::Empty);
-        Ok(Users {
-            by_address,
-            dummy_hash,
-            unavailable,
-        })
     }
 
     /// Why there are no users when there should be some: lookups must then
@@ -213,48 +198,103 @@ impl Users {
         self.unavailable
     }
 
-    /// The user with this address (any case).
-    pub fn get(&self, address: &str) -> Option<&User> {
-        if address.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.by_address.get(&address.to_lowercase())
-        } else {
-            self.by_address.get(address)
+    /// The user with this address (any case). A users file that cannot
+    /// be read now (its index damaged and the text gone) is logged and
+    /// answers none.
+    pub fn get(&self, address: &str) -> Option<User> {
+        let key = address.to_lowercase();
+        match self.table.get(&key, Kind::Users) {
+            Ok(line) => parse_line(&line?).ok().flatten(),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &User> {
-        self.by_address.values()
+    /// Every user, in no order. Read from the text when the table is an
+    /// index, which cannot be walked: for `postroom check` and the admin
+    /// commands, not for a lookup.
+    pub fn list(&self, path: &Path) -> Result<Vec<User>, FileError> {
+        let parsed;
+        let entries = match &self.table {
+            Table::Memory(entries) => entries,
+            Table::Indexed { .. } => {
+                parsed = entries_of(&FileError::read(path)?, path)?.0;
+                &parsed
+            }
+        };
+        Ok(entries
+            .values()
+            .filter_map(|line| parse_line(line).ok().flatten())
+            .collect())
     }
 
     pub fn len(&self) -> usize {
-        self.by_address.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_address.is_empty()
+        self.table.is_empty()
     }
 
     /// Checks a login (the full address) and password. `Ok(None)` for an
     /// unknown user or a wrong password alike; an error when there is no
     /// users file to check against (a temporary failure, not a wrong
     /// password).
-    pub fn authenticate(&self, login: &str, password: &str) -> Result<Option<&User>, LoginError> {
+    pub fn authenticate(&self, login: &str, password: &str) -> Result<Option<User>, LoginError> {
         if let Some(why) = self.unavailable {
             return Err(LoginError::Unavailable(why));
         }
         match self.get(login.trim()) {
             Some(user) => Ok(password::verify(password, &user.password)?.then_some(user)),
             None => {
-                let _ = password::verify(password, self.dummy_hash);
+                let _ = password::verify(password, DUMMY_HASHES[self.dummy].1);
                 Ok(None)
             }
         }
     }
 }
 
-/// The dummy hash in the scheme most users have (ARGON2ID, the default
-/// scheme, when there are none or none of ours).
-fn most_used_dummy<'a>(users: impl Iterator<Item = &'a User>) -> &'static str {
+/// Checks every line of a users file and gives its entries (lower-case
+/// address to line) and the index's `meta`: the dummy hash's number, and
+/// [`META_EMPTY`].
+fn entries_of(text: &str, path: &Path) -> Result<(HashMap<String, String>, u64), FileError> {
+    let mut entries = HashMap::new();
+    let mut lines_of: HashMap<String, usize> = HashMap::new();
+    let mut users = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let Some(user) = parse_line(line).map_err(|message| FileError::Syntax {
+            file: path.to_path_buf(),
+            line: number + 1,
+            message,
+        })?
+        else {
+            continue;
+        };
+        if let Some(first) = lines_of.insert(user.address.clone(), number + 1) {
+            return Err(FileError::Syntax {
+                file: path.to_path_buf(),
+                line: number + 1,
+                message: format!("{} is listed already on line {first}", user.address),
+            });
+        }
+        entries.insert(user.address.clone(), line.to_string());
+        users.push(user);
+    }
+    let meant_empty = text
+        .lines()
+        .any(|line| line.trim_start().starts_with(NO_USERS_MARK));
+    let mut meta = most_used_dummy(users.iter()) as u64;
+    if entries.is_empty() && !meant_empty {
+        meta |= META_EMPTY;
+    }
+    Ok((entries, meta))
+}
+
+/// The number of the dummy hash in the scheme most users have (ARGON2ID,
+/// the default scheme, when there are none or none of ours).
+fn most_used_dummy<'a>(users: impl Iterator<Item = &'a User>) -> usize {
     let mut counts = [0usize; DUMMY_HASHES.len()];
     for user in users {
         let upper = user
@@ -266,11 +306,10 @@ fn most_used_dummy<'a>(users: impl Iterator<Item = &'a User>) -> &'static str {
             counts[i] += 1;
         }
     }
-    let best = (0..counts.len())
+    (0..counts.len())
         .rev()
         .max_by_key(|&i| counts[i])
-        .unwrap_or(0);
-    DUMMY_HASHES[best].1
+        .unwrap_or(0)
 }
 
 /// Parses one line; `Ok(None)` for blank lines and comments.
@@ -393,7 +432,7 @@ fn render(user: &NewUser) -> String {
 /// Adds users in one locked rewrite (10,000 in one call is one write). Any
 /// invalid or existing user refuses the whole call, naming them.
 pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
-    fsutil::edit_secret_locked(path, |mut text| {
+    let edited = fsutil::edit_secret_locked(path, |mut text| {
         let existing = Users::parse(&text, path)?;
         let mut seen = HashSet::new();
         let mut refused = Vec::new();
@@ -432,7 +471,11 @@ pub fn add_users(path: &Path, users: &[NewUser]) -> Result<(), FileError> {
             text.push_str(&render(user));
         }
         Ok(text)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Users, entries_of);
+    }
+    edited
 }
 
 /// Rewrites the lines of the users file that name `address`.
@@ -442,7 +485,7 @@ fn edit_user(
     change: impl Fn(&str) -> Option<String>,
 ) -> Result<(), FileError> {
     let key = address.trim().to_lowercase();
-    fsutil::edit_secret_locked(path, |text| {
+    let edited = fsutil::edit_secret_locked(path, |text| {
         let mut found = false;
         let mut out = String::with_capacity(text.len());
         for line in text.lines() {
@@ -473,7 +516,11 @@ fn edit_user(
             out.push_str(" (`postroom user del` removed the last one)\n");
         }
         Ok(out)
-    })
+    });
+    if edited.is_ok() {
+        Table::refresh(path, Kind::Users, entries_of);
+    }
+    edited
 }
 
 /// Sets a user's quota in bytes (`None`: no quota of their own, so
@@ -548,9 +595,9 @@ mod tests {
     fn unknown_users_are_checked_against_the_common_scheme() {
         let sha = "a@example.test:{SHA512-CRYPT}$6$x$y\nb@example.test:{sha512-crypt}$6$x$y\nc@example.test:{PLAIN}p\n";
         let users = Users::parse(sha, Path::new("users")).unwrap();
-        assert!(users.dummy_hash.starts_with("{SHA512-CRYPT}"));
+        assert!(DUMMY_HASHES[users.dummy].1.starts_with("{SHA512-CRYPT}"));
         let users = Users::parse("", Path::new("users")).unwrap();
-        assert!(users.dummy_hash.starts_with("{ARGON2ID}"));
+        assert!(DUMMY_HASHES[users.dummy].1.starts_with("{ARGON2ID}"));
         // Every dummy hash is one verify accepts as well-formed.
         for (_, hash) in DUMMY_HASHES {
             assert!(!password::verify("x", hash).unwrap(), "{hash}");

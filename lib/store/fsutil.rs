@@ -103,7 +103,25 @@ pub fn write_secret(path: &Path, data: &[u8]) -> io::Result<()> {
     replace(path, data, Some(SECRET_MODE))
 }
 
+/// [`write_atomic`] giving the result the mode and owner of another file,
+/// `model` (a file derived from it: the index of the users file holds the
+/// same password hashes and must be no more readable).
+pub fn write_atomic_like(path: &Path, data: &[u8], model: &std::fs::Metadata) -> io::Result<()> {
+    replace_as(path, data, None, Some(model.clone()))
+}
+
 fn replace(path: &Path, data: &[u8], new_mode: Option<u32>) -> io::Result<()> {
+    replace_as(path, data, new_mode, std::fs::metadata(path).ok())
+}
+
+/// The replace of `path`; `existing` is the file whose mode and owner it
+/// keeps (`None`: a new file, made `new_mode` or the umask's mode).
+fn replace_as(
+    path: &Path,
+    data: &[u8],
+    new_mode: Option<u32>,
+    existing: Option<std::fs::Metadata>,
+) -> io::Result<()> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let dir = parent_of(path);
     let name = path
@@ -114,7 +132,6 @@ fn replace(path: &Path, data: &[u8], new_mode: Option<u32>) -> io::Result<()> {
         name.to_string_lossy(),
         unique_suffix()
     ));
-    let existing = std::fs::metadata(path).ok();
     let result = (|| {
         // The temporary file is born with no more access than the result
         // will have, so the secret is never readable in between.

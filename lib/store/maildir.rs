@@ -254,11 +254,21 @@ impl Maildir {
     /// The tmp file is created and linked relative to this folder's
     /// `tmp/` and `new/` as opened once, without following symlinks.
     pub fn deliver(&self, message: Message<'_>) -> Result<Delivered, MaildirError> {
-        self.create()?;
-        let (tmp_dir, new_dir) = self
-            .open_dir()
-            .and_then(|dir| Ok((dir.dir("tmp")?, dir.dir("new")?)))
-            .map_err(MaildirError::io(&self.root))?;
+        // The mailbox almost always exists: open it once, and only when
+        // that fails make what is missing (and say why, a symlink in the
+        // way included) and open it again. `cur` is opened too, so a
+        // mailbox without one is still completed, as before.
+        let open = || {
+            self.open_dir()
+                .and_then(|dir| Ok((dir.dir("tmp")?, dir.dir("new")?, dir.dir("cur")?)))
+        };
+        let (tmp_dir, new_dir, _) = match open() {
+            Ok(dirs) => dirs,
+            Err(_) => {
+                self.create()?;
+                open().map_err(MaildirError::io(&self.root))?
+            }
+        };
         let base = match &message.base_name {
             Some(base) => base.clone(),
             None => format!(

@@ -6,6 +6,7 @@ mod auth;
 mod backup;
 mod bsmtp;
 mod dane;
+mod directory_index;
 mod disclaimer;
 mod dkim;
 mod dns;

@@ -399,7 +399,7 @@ fn swaks_starttls_auth_and_implicit_tls() {
 }
 
 /// One inetd-mode session over pipes, as if from `ip`.
-fn inetd_session(tree: &Tree, ip: &str, input: &str) -> String {
+pub fn inetd_session(tree: &Tree, ip: &str, input: &str) -> String {
     inetd_session_logged(tree, ip, input).0
 }
 

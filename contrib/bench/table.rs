@@ -1,0 +1,309 @@
+//! `postroom-bench table`: every figure of issue 18's table beside its
+//! goal, in one run, on one filesystem:
+//!
+//! - mailsort, one process per message, 10 header rules into Maildir++
+//!   folders, against procmail with the same 10 recipes, and against this
+//!   disk's durable-write floor (the raw tmp → fsync → rename → fsync loop)
+//!   plus the start of a process (`/bin/true`);
+//! - mail-inject → maildir with 1 and 8 injectors against the raw loop;
+//! - smtp-recv under inetd (stdin/stdout), spawn to greeting, against a
+//!   bare `/bin/true` spawned the same way, with users and aliases files of
+//!   10 lines and of 100,000;
+//! - the memory of idle IMAP sessions, as `postroom-bench imap` measures
+//!   it (run as a child; its line is repeated here).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::server::{first_line, inetd_greeting, ms};
+
+/// The 10 header rules, as Sieve and as procmail recipes: (header, text,
+/// folder). Every one files into its folder and stops, as a procmail
+/// recipe without the `c` flag does.
+const RULES: [(&str, &str, &str); 10] = [
+    ("List-Id", "rust-users", "rust"),
+    ("List-Id", "postgres", "pg"),
+    ("X-Spam-Score", "9", "junk"),
+    ("From", "bank.example", "bank"),
+    ("Subject", "JIRA-", "tickets"),
+    ("List-Unsubscribe", "mailto", "news"),
+    ("From", "boss@work.example", "boss"),
+    ("From", "-bounces", "bounces"),
+    ("Subject", "lottery", "lottery"),
+    ("X-Mailer", "Pine", "pine"),
+];
+
+pub struct Options {
+    /// Messages per mailsort/procmail/inject measurement.
+    pub messages: usize,
+    /// Spawns per greeting median.
+    pub runs: usize,
+    /// Users and aliases in the big tree of the greeting figure.
+    pub big: usize,
+    /// Arguments of the IMAP figure (messages per folder, idle sessions);
+    /// `None` skips it.
+    pub imap: Option<(usize, usize)>,
+}
+
+pub fn run(base: &Path, options: &Options) -> anyhow::Result<()> {
+    println!(
+        "postroom-bench table: issue 18's figures, {} messages per rate, in {}",
+        options.messages,
+        base.display()
+    );
+    let true_start = spawn_time(Path::new("/bin/true"), options.runs.max(20))?;
+    mailsort_row(base, options.messages, true_start)?;
+    inject_row(base, options.messages)?;
+    greeting_row(base, options.runs, options.big)?;
+    match options.imap {
+        Some((messages, idle)) => imap_row(base, messages, idle)?,
+        None => println!("private memory per idle IMAP session: skipped (--imap-idle 0)"),
+    }
+    Ok(())
+}
+
+/// The mailsort figure (also printed by `postroom-bench sieve`).
+pub fn mailsort_row(base: &Path, messages: usize, true_start: Duration) -> anyhow::Result<()> {
+    let samples: Vec<Vec<u8>> = (0..messages).map(crate::sieve::sample).collect();
+    let dir = base.join("mailsort");
+    let config = crate::bench_tree(&dir)?;
+    let inbox = dir.join("mail/bench.test/sink");
+    make_folders(&inbox)?;
+    std::fs::create_dir_all(inbox.join("sieve"))?;
+    let mut script = String::from("require \"fileinto\";\n");
+    for (header, text, folder) in RULES {
+        script.push_str(&format!(
+            "if header :contains \"{header}\" \"{text}\" {{ fileinto \"{folder}\"; stop; }}\n"
+        ));
+    }
+    std::fs::write(inbox.join("sieve/active.sieve"), script)?;
+    let mailsort = std::env::current_exe()?.with_file_name("mailsort");
+    let ours = per_message(&samples, || {
+        let mut command = Command::new(&mailsort);
+        command.arg("--config").arg(&config).args([
+            "--user",
+            "sink@bench.test",
+            "--sender",
+            "someone@far.example",
+        ]);
+        command
+    })?;
+    let delivered = count_messages(&inbox)?;
+    anyhow::ensure!(
+        delivered == messages,
+        "mailsort delivered {delivered} of {messages}"
+    );
+    let filed = delivered - std::fs::read_dir(inbox.join("new"))?.count();
+
+    let raw = crate::raw_rate(&base.join("raw-mailsort"), messages, 1)?;
+    let floor = Duration::from_secs_f64(1.0 / raw) + true_start;
+    let procmail = match which("procmail") {
+        Some(procmail) => {
+            let maildir = base.join("procmail/Maildir");
+            std::fs::create_dir_all(&maildir)?;
+            make_folders(&maildir)?;
+            for sub in ["cur", "new", "tmp"] {
+                std::fs::create_dir_all(maildir.join(sub))?;
+            }
+            let rc = base.join("procmail/procmailrc");
+            let mut text = format!("MAILDIR={}\nDEFAULT=$MAILDIR/\n", maildir.display());
+            for (header, needle, folder) in RULES {
+                text.push_str(&format!(
+                    ":0\n* ^{header}:.*{}\n.{folder}/\n",
+                    needle.replace('-', "\\-")
+                ));
+            }
+            std::fs::write(&rc, text)?;
+            let time = per_message(&samples, || {
+                let mut command = Command::new(&procmail);
+                command.arg("-m").arg(&rc);
+                command
+            })?;
+            let got = count_messages(&maildir)?;
+            anyhow::ensure!(got == messages, "procmail delivered {got} of {messages}");
+            Some(time)
+        }
+        None => None,
+    };
+    println!(
+        "mailsort, one process per message, 10 header rules -> Maildir++ folders: {:.0} msg/s ({:.2} ms each; {filed} filed into folders)",
+        1.0 / ours.as_secs_f64(),
+        ms(ours)
+    );
+    match procmail {
+        Some(theirs) => println!(
+            "  procmail, same rules: {:.0} msg/s ({:.2} ms); mailsort/procmail {:.2}x   [goal >= 1.5x]",
+            1.0 / theirs.as_secs_f64(),
+            ms(theirs),
+            theirs.as_secs_f64() / ours.as_secs_f64()
+        ),
+        None => println!("  procmail: not installed (apt-get install procmail)   [goal >= 1.5x]"),
+    }
+    println!(
+        "  floor: durable write {:.2} ms + process start {:.2} ms = {:.2} ms; mailsort {:+.0}%   [goal <= +30%]",
+        1000.0 / raw,
+        ms(true_start),
+        ms(floor),
+        100.0 * (ours.as_secs_f64() / floor.as_secs_f64() - 1.0)
+    );
+    Ok(())
+}
+
+/// The Maildir++ folders of [`RULES`], made beforehand for both programs.
+fn make_folders(maildir: &Path) -> anyhow::Result<()> {
+    for (_, _, folder) in RULES {
+        let folder = maildir.join(format!(".{folder}"));
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(folder.join(sub))?;
+        }
+        std::fs::write(folder.join("maildirfolder"), "")?;
+    }
+    Ok(())
+}
+
+/// Messages in `new/` of a maildir and of its folders.
+fn count_messages(maildir: &Path) -> anyhow::Result<usize> {
+    let mut count = std::fs::read_dir(maildir.join("new"))?.count();
+    for entry in std::fs::read_dir(maildir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
+            count += std::fs::read_dir(path.join("new"))?.count();
+        }
+    }
+    Ok(count)
+}
+
+/// One process per message, in turn: the mean time per message.
+fn per_message(samples: &[Vec<u8>], command: impl Fn() -> Command) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for raw in samples {
+        let mut child = command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(raw)?;
+        }
+        let status = child.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "{:?} failed: {status}",
+            command().get_program()
+        );
+    }
+    Ok(start.elapsed() / samples.len() as u32)
+}
+
+fn inject_row(base: &Path, messages: usize) -> anyhow::Result<()> {
+    for injectors in [1, 8] {
+        let raw = crate::raw_rate(
+            &base.join(format!("raw-inject{injectors}")),
+            messages,
+            injectors,
+        )?;
+        let rate = crate::inject_rate(
+            &base.join(format!("inject{injectors}")),
+            messages,
+            injectors,
+            false,
+        )?;
+        println!(
+            "mail-inject -> maildir, {injectors} injector(s): {rate:.0} msg/s; raw loop with {injectors} writer(s): {raw:.0} msg/s; {:.0}% of raw   [goal >= 50% with 8]",
+            100.0 * rate / raw
+        );
+    }
+    Ok(())
+}
+
+fn greeting_row(base: &Path, runs: usize, big: usize) -> anyhow::Result<()> {
+    let recv = std::env::current_exe()?.with_file_name("smtp-recv");
+    let bare = spawn_time(Path::new("/bin/true"), runs)?;
+    for (label, lines) in [("10-line", 10), ("big", big)] {
+        let dir = base.join(format!("greeting-{lines}"));
+        let config = crate::bench_tree(&dir)?;
+        write_directory(&dir, lines)?;
+        // The first start after the files changed builds their indexes.
+        inetd_greeting(&recv, &config, "220", b"QUIT\r\n", 1)?;
+        let (median, _) = inetd_greeting(&recv, &config, "220", b"QUIT\r\n", runs)?;
+        let label = if lines == 10 {
+            label.to_string()
+        } else {
+            format!("{lines}-line")
+        };
+        println!(
+            "smtp-recv under inetd, connect -> greeting, {label} users and aliases: median {:.2} ms; /bin/true {:.2} ms; above it {:.2} ms   [goal < 2 ms]",
+            ms(median),
+            ms(bare),
+            ms(median.saturating_sub(bare))
+        );
+    }
+    Ok(())
+}
+
+/// Users file and aliases file of `lines` entries each (the bench user
+/// kept).
+fn write_directory(dir: &Path, lines: usize) -> anyhow::Result<()> {
+    let mut users = String::from("sink@bench.test:{PLAIN}x\n");
+    let mut aliases = String::new();
+    for i in 0..lines.saturating_sub(1) {
+        users.push_str(&format!("user{i}@bench.test:{{PLAIN}}x\n"));
+    }
+    for i in 0..lines {
+        aliases.push_str(&format!("alias{i}@bench.test: user{i}\n"));
+    }
+    std::fs::write(dir.join("users"), users)?;
+    std::fs::write(dir.join("aliases"), aliases)?;
+    Ok(())
+}
+
+/// Spawn of `binary` with pipes, as [`inetd_greeting`] spawns a server, to
+/// its end: the median of `runs`.
+pub fn spawn_time(binary: &Path, runs: usize) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        times.push(first_line(Command::new(binary), b"")?.0);
+    }
+    times.sort();
+    Ok(times[runs / 2])
+}
+
+fn imap_row(base: &Path, messages: usize, idle: usize) -> anyhow::Result<()> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--dir")
+        .arg(base.join("imap-run"))
+        .args([
+            "imap",
+            "--messages",
+            &messages.to_string(),
+            "--idle",
+            &idle.to_string(),
+            "--rounds",
+            "1",
+        ])
+        .stderr(Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.lines().find(|l| l.contains("sessions in IDLE")) {
+        Some(line) => println!(
+            "private memory per idle IMAP session (postroom-bench imap --messages {messages} --idle {idle}): {line}   [goal < 50 KB per session, 10,000 in < 500 MB]"
+        ),
+        None => println!(
+            "private memory per idle IMAP session: postroom-bench imap gave no figure ({})",
+            out.status
+        ),
+    }
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    })
+}
