@@ -108,7 +108,7 @@ impl Session {
         if condstore && let Some(sel) = session.selected.as_mut() {
             sel.update_modseqs();
             if let Some(since) = modifiers.changed_since {
-                positions.retain(|&i| sel.modseqs.of(sel.view[i].uid) > since);
+                positions.retain(|&i| sel.modseq(sel.view[i].uid) > since);
                 if modifiers.vanished {
                     let vanished = sel.vanished_since(set, since);
                     if !vanished.is_empty() {
@@ -223,7 +223,8 @@ impl Session {
                 f.system |= flags::SEEN;
                 if let Ok(Some(updated)) = sel.folder.set_flags(&entry, f) {
                     entry = updated;
-                    sel.view[i] = entry.clone();
+                    std::sync::Arc::make_mut(&mut sel.view)[i] = entry.clone();
+                    sel.force = true;
                     flags_changed = true;
                 }
             }
@@ -288,7 +289,7 @@ impl Session {
                         }
                     }
                     FetchItem::ModSeq => out.extend_from_slice(
-                        format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
+                        format!("MODSEQ ({})", sel.modseq(entry.uid)).as_bytes(),
                     ),
                     FetchItem::Flags => {
                         out.extend_from_slice(format!("FLAGS {}", sel.flags(&entry)).as_bytes())
@@ -396,7 +397,7 @@ impl Session {
                 if new.contains(&entry.uid) && !items.contains(&FetchItem::ModSeq) {
                     sep(&mut out);
                     out.extend_from_slice(
-                        format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
+                        format!("MODSEQ ({})", sel.modseq(entry.uid)).as_bytes(),
                     );
                 }
             }
