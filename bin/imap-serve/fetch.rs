@@ -406,9 +406,7 @@ impl Session {
                 let new = sel.update_modseqs();
                 if new.contains(&entry.uid) && !items.contains(&FetchItem::ModSeq) {
                     sep(&mut out);
-                    out.extend_from_slice(
-                        format!("MODSEQ ({})", sel.modseq(entry.uid)).as_bytes(),
-                    );
+                    out.extend_from_slice(format!("MODSEQ ({})", sel.modseq(entry.uid)).as_bytes());
                 }
             }
             out.extend_from_slice(b")\r\n");

@@ -29,7 +29,9 @@ use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::shared::{Entries, Folders, SharedFolder};
-use postroom::store::mailbox::{Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, flags};
+use postroom::store::mailbox::{
+    Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, flags,
+};
 use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
 

@@ -28,11 +28,11 @@
 //! writer. Readers keep their offset and read only what was appended.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use super::folder::Entry;
 

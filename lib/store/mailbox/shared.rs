@@ -85,9 +85,9 @@ impl SharedFolder {
         let asked = Instant::now();
         let stamp = self.folder.stamp();
         let mut last = lock(&self.last);
-        let fresh = last.as_ref().is_some_and(|l| {
-            l.started >= asked || (!force && stamp.unchanged_since(&l.stamp))
-        });
+        let fresh = last
+            .as_ref()
+            .is_some_and(|l| l.started >= asked || (!force && stamp.unchanged_since(&l.stamp)));
         if !fresh {
             // The stamp again: the one above may be from before a wait
             // for another session's sync.
@@ -98,9 +98,7 @@ impl SharedFolder {
             // same entries, so sessions see at a glance that nothing moved
             // and the mod-sequences need no comparison.
             let entries = match last.take() {
-                Some(l) if l.validity == state.validity && *l.entries == state.entries => {
-                    l.entries
-                }
+                Some(l) if l.validity == state.validity && *l.entries == state.entries => l.entries,
                 _ => Arc::new(state.entries),
             };
             *last = Some(Last {
@@ -146,16 +144,32 @@ impl SharedFolder {
     }
 }
 
-/// The folders the sessions of one process have open; a folder no
-/// session holds is dropped with its last holder.
+/// The folders the sessions of one process have open, and the few last
+/// opened ([`KEEP_RECENT`]): a client that selects another folder and
+/// comes back, or logs out and in again, finds its folder known (and if
+/// it has not moved, not read again); any other folder no session holds
+/// is dropped with its last holder.
 #[derive(Debug, Default)]
 pub struct Folders {
     open: Mutex<HashMap<PathBuf, Weak<SharedFolder>>>,
+    recent: Mutex<std::collections::VecDeque<Arc<SharedFolder>>>,
 }
+
+/// How many folders [`Folders`] keeps after their last session let go.
+pub const KEEP_RECENT: usize = 8;
 
 impl Folders {
     /// The shared state of `folder`, made on first use.
     pub fn open(&self, folder: Folder) -> Arc<SharedFolder> {
+        let shared = self.find_or_make(folder);
+        let mut recent = lock(&self.recent);
+        recent.retain(|f| !Arc::ptr_eq(f, &shared));
+        recent.push_front(shared.clone());
+        recent.truncate(KEEP_RECENT);
+        shared
+    }
+
+    fn find_or_make(&self, folder: Folder) -> Arc<SharedFolder> {
         let mut open = lock(&self.open);
         if let Some(shared) = open.get(folder.path()).and_then(Weak::upgrade) {
             return shared;
@@ -216,9 +230,19 @@ mod tests {
         let grown = b.sync(false).unwrap();
         assert_eq!(grown.entries.len(), 2);
         assert_eq!(grown.next_uid, 3);
-        // Dropped with the last session that held it.
+        // Kept a while after the last session let go (a client that
+        // comes back finds it known)...
         drop((a, b));
         let c = folders.open(mailbox.folder(&inbox));
-        assert!(lock(&c.last).is_none());
+        assert!(lock(&c.last).is_some());
+        drop(c);
+        // ...but only the last few folders.
+        for i in 0..KEEP_RECENT {
+            let name = MailboxName::new(&format!("F{i}")).unwrap();
+            mailbox.create(&name).unwrap();
+            folders.open(mailbox.folder(&name));
+        }
+        let d = folders.open(mailbox.folder(&inbox));
+        assert!(lock(&d.last).is_none(), "dropped with its last holder");
     }
 }
