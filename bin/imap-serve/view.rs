@@ -390,7 +390,7 @@ impl Session {
         // \Deleted as it is on disk now (another session may have set it).
         let mut doomed = Vec::new();
         for entry in candidates {
-            if let Ok(Some(e)) = sel.folder.refresh(&entry)
+            if let Ok(Some(e)) = sel.folder.refresh(entry)
                 && e.flags().has(flags::DELETED)
             {
                 doomed.push(e);
