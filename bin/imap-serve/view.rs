@@ -521,8 +521,9 @@ fn merge(old: &[Entry], fresh: &Entries, expunge_ok: bool) -> Merged {
     let mut expunged = Vec::new();
     let mut changed = Vec::new();
     let mut held_back = false;
-    // True when the result is not `fresh` itself.
-    let mut differs = false;
+    // The view when it must differ from `fresh`. Until it must, what is
+    // kept is exactly `fresh[..j]`, so that is where a copy starts.
+    let mut own: Option<Vec<Entry>> = None;
     let mut kept = 0;
     let mut j = 0;
     for (i, entry) in old.iter().enumerate() {
@@ -530,13 +531,16 @@ fn merge(old: &[Entry], fresh: &Entries, expunge_ok: bool) -> Merged {
             // In the folder, older than this entry, yet not in the view:
             // only possible if the view was built before a rewrite. It
             // cannot be shown without breaking UID order; skip it.
+            own.get_or_insert_with(|| fresh[..j].to_vec());
             j += 1;
-            differs = true;
         }
         match fresh.get(j) {
             Some(f) if f.uid == entry.uid => {
                 if f.info != entry.info {
                     changed.push(kept);
+                }
+                if let Some(own) = own.as_mut() {
+                    own.push(f.clone());
                 }
                 kept += 1;
                 j += 1;
@@ -546,33 +550,19 @@ fn merge(old: &[Entry], fresh: &Entries, expunge_ok: bool) -> Merged {
             // remember to report it at the first command that may.
             _ => {
                 held_back = true;
-                differs = true;
+                own.get_or_insert_with(|| fresh[..j].to_vec())
+                    .push(entry.clone());
                 kept += 1;
             }
         }
     }
     let grew = j < fresh.len();
-    let view = if differs {
-        // Once more, keeping what is shown.
-        let mut view: Vec<Entry> = Vec::with_capacity(kept + fresh.len() - j);
-        let mut j = 0;
-        for entry in old {
-            while fresh.get(j).is_some_and(|f| f.uid < entry.uid) {
-                j += 1;
-            }
-            match fresh.get(j) {
-                Some(f) if f.uid == entry.uid => {
-                    view.push(f.clone());
-                    j += 1;
-                }
-                _ if expunge_ok => {}
-                _ => view.push(entry.clone()),
-            }
+    let view = match own {
+        Some(mut own) => {
+            own.extend_from_slice(&fresh[j..]);
+            Arc::new(own)
         }
-        view.extend_from_slice(&fresh[j..]);
-        Arc::new(view)
-    } else {
-        fresh.clone()
+        None => fresh.clone(),
     };
     Merged {
         view,
@@ -580,5 +570,54 @@ fn merge(old: &[Entry], fresh: &Entries, expunge_ok: bool) -> Merged {
         changed,
         held_back,
         grew,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(uid: u32, info: &str) -> Entry {
+        Entry {
+            uid,
+            base: format!("m{uid}").into(),
+            info: info.into(),
+        }
+    }
+
+    #[test]
+    fn a_view_that_agrees_with_the_folder_is_the_folders_shared_copy() {
+        let old = vec![e(1, ""), e(2, ""), e(3, "S")];
+        // Unchanged, a flag changed, one expunged, one added: shared.
+        let fresh: Entries = Arc::new(vec![e(1, "S"), e(3, "S"), e(4, "")]);
+        let m = merge(&old, &fresh, true);
+        assert!(Arc::ptr_eq(&m.view, &fresh));
+        assert_eq!((m.expunged, m.changed), (vec![1], vec![0]));
+        assert!(m.grew && !m.held_back);
+        let same = merge(&fresh, &fresh, false);
+        assert!(Arc::ptr_eq(&same.view, &fresh) && !same.grew);
+        assert!(same.changed.is_empty() && same.expunged.is_empty());
+    }
+
+    #[test]
+    fn a_held_back_expunge_makes_the_view_a_copy_of_its_own_until_sent() {
+        let old = vec![e(1, ""), e(2, ""), e(3, "")];
+        let fresh: Entries = Arc::new(vec![e(1, ""), e(3, "F"), e(4, "")]);
+        let m = merge(&old, &fresh, false);
+        assert!(!Arc::ptr_eq(&m.view, &fresh));
+        let uids: Vec<u32> = m.view.iter().map(|x| x.uid).collect();
+        assert_eq!(uids, vec![1, 2, 3, 4]);
+        assert_eq!(m.changed, vec![2], "position of UID 3 in the new view");
+        assert!(m.held_back && m.grew && m.expunged.is_empty());
+        // The next command that may report it: shared again.
+        let later = merge(&m.view, &fresh, true);
+        assert!(Arc::ptr_eq(&later.view, &fresh));
+        assert_eq!(later.expunged, vec![1]);
+        // An entry the view never showed, older than one it shows, is
+        // left out (it cannot be shown in UID order).
+        let odd: Entries = Arc::new(vec![e(1, ""), e(2, ""), e(3, "")]);
+        let m = merge(&[e(1, ""), e(3, "")], &odd, true);
+        let uids: Vec<u32> = m.view.iter().map(|x| x.uid).collect();
+        assert_eq!(uids, vec![1, 3]);
     }
 }

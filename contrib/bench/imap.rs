@@ -124,7 +124,7 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         ms(fresh)
     );
     let rss = crate::smtp::rss_kib(server.child.id())?;
-    let peak = status_kib(server.child.id(), "VmHWM:")?;
+    let peak = crate::smtp::status_kib(server.child.id(), "VmHWM:")?;
     println!(
         "RSS with one session after these: {:.1} MB, {:.1} MB above the idle process's {:.1} MB (goal < 50 MB above); peak {:.1} MB",
         rss as f64 / 1024.0,
@@ -193,17 +193,6 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
     );
     drop(first);
     Ok(())
-}
-
-/// A `/proc/PID/status` figure in KiB (`VmHWM:`, the peak RSS).
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))
 }
 
 /// The process's private memory in KiB: pages no other process shares
