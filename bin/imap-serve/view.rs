@@ -150,8 +150,11 @@ impl Session {
         if std::ptr::eq(sel.synced.as_ptr(), Arc::as_ptr(&state.entries))
             && state.keywords == sel.keywords
             && !(expunge_ok && sel.held_back)
+            && (sel.held_back || Arc::ptr_eq(&sel.view, &state.entries))
         {
-            // The same entries as last time: nothing moved on disk.
+            // The same entries as last time: nothing moved on disk. (A
+            // view this session changed itself is merged all the same,
+            // so that it goes back to the shared copy.)
             return Ok(());
         }
         if state.validity != sel.validity {
