@@ -6,7 +6,9 @@
 //! and RFC822.SIZE (`,W=` in the name) counts, so every offset here is an
 //! offset in what the client receives.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::Write as _;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{FetchItem, SectionText, SequenceSet};
@@ -108,7 +110,7 @@ impl Session {
         if condstore && let Some(sel) = session.selected.as_mut() {
             sel.update_modseqs();
             if let Some(since) = modifiers.changed_since {
-                positions.retain(|&i| sel.modseqs.of(sel.view[i].uid) > since);
+                positions.retain(|&i| sel.modseq(sel.view[i].uid) > since);
                 if modifiers.vanished {
                     let vanished = sel.vanished_since(set, since);
                     if !vanished.is_empty() {
@@ -140,6 +142,12 @@ impl Session {
         // time, on every core (`message::summarize_headers`).
         let read_ahead = cached && need_of(items, None) <= Need::Header;
         let mut ahead: HashMap<u32, Record> = HashMap::new();
+        // The view as the command began: entries are borrowed from it, not
+        // copied, and a flag change below goes to the session's own view.
+        let view = match session.selected.as_ref() {
+            Some(sel) => sel.view.clone(),
+            None => return Ok(Done::Bad("select a mailbox first".into())),
+        };
         for (n, &i) in positions.iter().enumerate() {
             let Some(sel) = session.selected.as_mut() else {
                 break;
@@ -163,7 +171,7 @@ impl Session {
                     ahead.insert(r.uid, r);
                 }
             }
-            let mut entry = sel.view[i].clone();
+            let mut entry = Cow::Borrowed(&view[i]);
             let mut record = if cached {
                 ahead
                     .remove(&entry.uid)
@@ -183,10 +191,10 @@ impl Session {
                 // The file may have been renamed by a flag change elsewhere.
                 match sel.folder.refresh(&entry) {
                     Ok(Some(e)) => {
-                        entry = Entry {
+                        entry = Cow::Owned(Entry {
                             uid: entry.uid,
                             ..e
-                        }
+                        })
                     }
                     // Expunged by another session, its EXPUNGE not yet
                     // sent: nothing more is known of it. The command goes
@@ -222,13 +230,16 @@ impl Session {
                 let mut f = entry.flags();
                 f.system |= flags::SEEN;
                 if let Ok(Some(updated)) = sel.folder.set_flags(&entry, f) {
-                    entry = updated;
-                    sel.view[i] = entry.clone();
+                    std::sync::Arc::make_mut(&mut sel.view)[i] = updated.clone();
+                    entry = Cow::Owned(updated);
+                    sel.force = true;
                     flags_changed = true;
                 }
             }
             let mut out = std::mem::take(&mut batch);
-            out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+            // Straight into the batch: a FETCH of 100,000 messages' FLAGS
+            // is mostly this formatting.
+            let _ = write!(out, "* {} FETCH (", i + 1);
             let mut first = true;
             let mut sep = |out: &mut Vec<u8>| {
                 if !first {
@@ -244,7 +255,7 @@ impl Session {
                 sep(&mut out);
                 match item {
                     FetchItem::Uid => {
-                        out.extend_from_slice(format!("UID {}", entry.uid).as_bytes())
+                        let _ = write!(out, "UID {}", entry.uid);
                     }
                     FetchItem::Binary { part, partial, .. } => {
                         out.extend_from_slice(format!("BINARY[{}]", part_number(part)).as_bytes());
@@ -288,10 +299,10 @@ impl Session {
                         }
                     }
                     FetchItem::ModSeq => out.extend_from_slice(
-                        format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
+                        format!("MODSEQ ({})", sel.modseq(entry.uid)).as_bytes(),
                     ),
                     FetchItem::Flags => {
-                        out.extend_from_slice(format!("FLAGS {}", sel.flags(&entry)).as_bytes())
+                        let _ = write!(out, "FLAGS {}", sel.flags(&entry));
                     }
                     FetchItem::InternalDate => {
                         let secs = match &record {
@@ -395,9 +406,7 @@ impl Session {
                 let new = sel.update_modseqs();
                 if new.contains(&entry.uid) && !items.contains(&FetchItem::ModSeq) {
                     sep(&mut out);
-                    out.extend_from_slice(
-                        format!("MODSEQ ({})", sel.modseqs.of(entry.uid)).as_bytes(),
-                    );
+                    out.extend_from_slice(format!("MODSEQ ({})", sel.modseq(entry.uid)).as_bytes());
                 }
             }
             out.extend_from_slice(b")\r\n");

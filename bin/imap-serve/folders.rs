@@ -59,8 +59,10 @@ impl Session {
             Err(done) => return Ok(done),
         };
         let folder = mailbox.folder(&name);
-        let stamp = folder.stamp();
-        let state = match folder.sync() {
+        // The state other sessions of this process share: an unchanged
+        // folder is not read again, however big.
+        let shared = self.shared.folders.open(folder.clone());
+        let state = match shared.sync(false) {
             Ok(s) => s,
             Err(e) => return Ok(e.into()),
         };
@@ -109,14 +111,15 @@ impl Session {
         let mut sel = Selected {
             name,
             cache: postroom::store::mailbox::cache::Cache::new(folder.path(), validity),
-            modseqs: ModSeqs::new(folder.path(), validity),
             folder,
+            shared,
             read_only,
+            synced: std::sync::Arc::downgrade(&state.entries),
             view: state.entries,
             keywords: state.keywords,
             validity,
             next_uid: state.next_uid,
-            stamp,
+            force: false,
             held_back: false,
             recent,
             report_recent: !self.rev2,
@@ -125,7 +128,7 @@ impl Session {
         // mod-sequences reports the highest.
         sel.update_modseqs();
         out.extend_from_slice(
-            format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.modseqs.highest()).as_bytes(),
+            format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.highest_modseq()).as_bytes(),
         );
         if let Some(q) = qresync.filter(|q| q.validity == validity) {
             resync(&mut out, &sel, q);
@@ -591,7 +594,7 @@ fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
         out.extend_from_slice(format!("* VANISHED (EARLIER) {vanished}\r\n").as_bytes());
     }
     for (i, e) in sel.view.iter().enumerate() {
-        let modseq = sel.modseqs.of(e.uid);
+        let modseq = sel.modseq(e.uid);
         if modseq > q.modseq {
             out.extend_from_slice(
                 format!(

@@ -129,7 +129,8 @@ struct Context<'a> {
     keywords: &'a Keywords,
     /// The session's \Recent ranges (none in IMAP4rev2).
     recent: &'a [(u32, u32)],
-    modseqs: &'a ModSeqs,
+    /// Held only when the key asks about mod-sequences.
+    modseqs: Option<&'a ModSeqs>,
     count: u32,
     largest_uid: u32,
 }
@@ -168,7 +169,7 @@ fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> bool {
         SearchKey::Uid(set) => set
             .ranges(ctx.largest_uid)
             .any(|(lo, hi)| (lo..=hi).contains(&c.entry.uid)),
-        SearchKey::ModSeq(n) => ctx.modseqs.of(c.entry.uid) >= *n,
+        SearchKey::ModSeq(n) => ctx.modseqs.map_or(0, |m| m.of(c.entry.uid)) >= *n,
         SearchKey::Seq(set) => set
             .ranges(ctx.count)
             .any(|(lo, hi)| (lo..=hi).contains(&c.seq)),
@@ -199,13 +200,19 @@ fn body_contains(c: &mut Candidate<'_>, text: &str) -> bool {
 /// it reads of them goes into the folder cache. SEARCH, SORT and THREAD
 /// all start here.
 pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
-    if mentions_modseq(key) {
+    let modseq = mentions_modseq(key);
+    if modseq {
         sel.update_modseqs();
     }
+    let modseqs = if modseq {
+        Some(sel.shared.modseqs(sel.validity))
+    } else {
+        None
+    };
     let ctx = Context {
         keywords: &sel.keywords,
         recent: if sel.report_recent { &sel.recent } else { &[] },
-        modseqs: &sel.modseqs,
+        modseqs: modseqs.as_ref().and_then(|g| g.as_ref()),
         count: sel.view.len() as u32,
         largest_uid: sel.view.last().map_or(0, |e| e.uid),
     };
@@ -226,6 +233,7 @@ pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
             found.push(i);
         }
     }
+    drop(modseqs);
     sel.done_with_cache();
     found
 }

@@ -42,7 +42,7 @@ impl Session {
         };
         let highest = returned
             .iter()
-            .map(|&i| sel.modseqs.of(sel.view[i].uid))
+            .map(|&i| sel.modseq(sel.view[i].uid))
             .max()
             .unwrap_or(0);
         let found: Vec<u32> = positions

@@ -18,7 +18,7 @@
 //! STORE or SEARCH by sequence number, RFC 3501 §7.4.1), EXISTS, and FETCH
 //! FLAGS for flags other sessions changed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use postroom::config::Config;
 use postroom::config::login::Service;
@@ -29,8 +29,9 @@ use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
+use postroom::store::mailbox::shared::{Entries, Folders, SharedFolder};
 use postroom::store::mailbox::{
-    Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, Stamp, flags,
+    Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, flags,
 };
 use postroom::store::watch::Watcher;
 use tokio_rustls::TlsAcceptor;
@@ -59,6 +60,8 @@ pub struct Shared {
     access: Reloading<Access>,
     /// None when inotify is unavailable: IDLE then re-syncs on its timer.
     watcher: Option<Watcher>,
+    /// The selected folders' entries and mod-sequences, one copy each.
+    pub folders: Folders,
 }
 
 impl Shared {
@@ -79,6 +82,7 @@ impl Shared {
             users,
             access,
             watcher,
+            folders: Folders::default(),
         })
     }
 
@@ -108,14 +112,24 @@ pub struct Login {
 pub struct Selected {
     pub name: MailboxName,
     pub folder: Folder,
+    /// What the sessions of this process know of the folder, one copy.
+    pub shared: Arc<SharedFolder>,
     pub read_only: bool,
-    /// Entries by sequence number - 1, UIDs ascending.
-    pub view: Vec<Entry>,
+    /// Entries by sequence number - 1, UIDs ascending: the folder's
+    /// shared entries as last synced while the view is those (an idle
+    /// session's is), a copy of its own once it differs (a command
+    /// changed flags, an EXPUNGE is held back); `Arc::make_mut` to change.
+    pub view: Entries,
     pub keywords: Keywords,
     /// The UIDVALIDITY the client was given at SELECT.
     pub validity: u32,
     pub next_uid: u32,
-    pub stamp: Stamp,
+    /// The shared entries the view was last brought up to date with: the
+    /// same ones again mean nothing changed on disk since.
+    pub synced: Weak<Vec<Entry>>,
+    /// This session changed the folder: the next sync reads the disk
+    /// whatever the folder's stamp says.
+    pub force: bool,
     /// Messages gone from the folder that are still in the view because
     /// the command that saw them go could not report it (RFC 3501
     /// §7.4.1): the next command that may report EXPUNGE must sync even
@@ -128,8 +142,6 @@ pub struct Selected {
     pub report_recent: bool,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
     pub cache: Cache,
-    /// Mod-sequences (CONDSTORE), brought up to date before each use.
-    pub modseqs: ModSeqs,
 }
 
 impl Selected {
@@ -170,13 +182,34 @@ impl Selected {
     /// to date; returns the UIDs with a new mod-sequence. A failure is
     /// logged: the values then lag, and the next look catches up.
     pub fn update_modseqs(&mut self) -> Vec<u32> {
-        match self.modseqs.update(&self.view) {
+        let mut guard = self.shared.modseqs(self.validity);
+        let Some(modseqs) = guard.as_mut() else {
+            return Vec::new();
+        };
+        match modseqs.update_shared(&self.view) {
             Ok(changed) => changed,
             Err(e) => {
                 tracing::warn!("mod-sequences of {}: {e}", self.name);
                 Vec::new()
             }
         }
+    }
+
+    /// The folder's mod-sequences as last brought up to date (shared with
+    /// the other sessions of the folder); hold it only briefly, never
+    /// across an `.await`.
+    pub fn modseqs(&self) -> std::sync::MutexGuard<'_, Option<ModSeqs>> {
+        self.shared.modseqs(self.validity)
+    }
+
+    /// The mod-sequence of a message (0 for one not yet recorded).
+    pub fn modseq(&self, uid: u32) -> u64 {
+        self.modseqs().as_ref().map_or(0, |m| m.of(uid))
+    }
+
+    /// HIGHESTMODSEQ.
+    pub fn highest_modseq(&self) -> u64 {
+        self.modseqs().as_ref().map_or(1, ModSeqs::highest)
     }
 }
 
@@ -709,7 +742,7 @@ impl Session {
             // selected state (FETCH MODSEQ, SEARCH MODSEQ, STORE
             // UNCHANGEDSINCE, ENABLE) tells the folder's HIGHESTMODSEQ.
             sel.update_modseqs();
-            let line = format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.modseqs.highest());
+            let line = format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.highest_modseq());
             self.out(line.as_bytes()).await?;
         }
         if self.selected.is_some() {

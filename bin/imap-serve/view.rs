@@ -2,11 +2,13 @@
 //! other sessions' changes, and the commands that change messages
 //! (STORE, EXPUNGE, COPY/MOVE) or wait for changes (IDLE).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
 use postroom::proto::imap::response::{all_flags, permanent_flags};
+use postroom::store::mailbox::shared::Entries;
 use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
 use crate::message::flags_from_names;
@@ -69,7 +71,10 @@ impl Selected {
         let largest = self.next_uid.saturating_sub(1);
         let ranges: Vec<(u32, u32)> = set.ranges(largest).collect();
         let here = |uid: u32| self.view.binary_search_by_key(&uid, |e| e.uid).is_ok();
-        let (gone, exact) = self.modseqs.expunged_since(since);
+        let (gone, exact) = self
+            .modseqs()
+            .as_ref()
+            .map_or((Vec::new(), false), |m| m.expunged_since(since));
         if exact {
             let uids: Vec<u32> = gone
                 .into_iter()
@@ -134,17 +139,24 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
-        let stamp = sel.folder.stamp();
-        if stamp.unchanged_since(&sel.stamp) && !(expunge_ok && sel.held_back) {
-            return Ok(());
-        }
-        let state = match sel.folder.sync() {
+        let state = match sel.shared.sync(sel.force) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("sync of {}: {e}", sel.name);
                 return Ok(());
             }
         };
+        sel.force = false;
+        if std::ptr::eq(sel.synced.as_ptr(), Arc::as_ptr(&state.entries))
+            && state.keywords == sel.keywords
+            && !(expunge_ok && sel.held_back)
+            && (sel.held_back || Arc::ptr_eq(&sel.view, &state.entries))
+        {
+            // The same entries as last time: nothing moved on disk. (A
+            // view this session changed itself is merged all the same,
+            // so that it goes back to the shared copy.)
+            return Ok(());
+        }
         if state.validity != sel.validity {
             // Renumbered under us (its UIDs ran out, or the folder was
             // recreated): no UID the client holds means anything now, and
@@ -155,7 +167,7 @@ impl Session {
             self.conn.flush().await?;
             return Err(NetError::Closed);
         }
-        sel.stamp = stamp;
+        sel.synced = Arc::downgrade(&state.entries);
         let mut out = Vec::new();
         if state.keywords != sel.keywords {
             sel.keywords = state.keywords.clone();
@@ -170,45 +182,12 @@ impl Session {
                 );
             }
         }
-        // Merge the old view with the folder's state; both ascend by UID.
-        let mut kept: Vec<Entry> = Vec::with_capacity(state.entries.len());
-        let mut expunged: Vec<usize> = Vec::new();
-        let mut changed: Vec<usize> = Vec::new();
-        let mut held_back = false;
-        let mut fresh = state.entries.into_iter().peekable();
-        let old = std::mem::take(&mut sel.view);
-        let old_uids: Vec<u32> = old.iter().map(|e| e.uid).collect();
-        for (i, entry) in old.into_iter().enumerate() {
-            while fresh.peek().is_some_and(|f| f.uid < entry.uid) {
-                // In the folder, older than this entry, yet not in the view:
-                // only possible if the view was built before a rewrite. It
-                // cannot be shown without breaking UID order; skip it.
-                fresh.next();
-            }
-            match fresh.peek() {
-                Some(f) if f.uid == entry.uid => {
-                    let f = fresh.next().unwrap_or_else(|| entry.clone());
-                    if f.info != entry.info {
-                        changed.push(kept.len());
-                    }
-                    kept.push(f);
-                }
-                _ if expunge_ok => expunged.push(i),
-                // Gone, but not reportable now: keep it as it was, and
-                // remember to report it at the first command that may.
-                _ => {
-                    held_back = true;
-                    kept.push(entry);
-                }
-            }
-        }
-        sel.held_back = held_back;
-        let vanished: Vec<u32> = expunged.iter().map(|&i| old_uids[i]).collect();
-        let before = kept.len();
-        kept.extend(fresh);
-        let grew = kept.len() != before || !expunged.is_empty();
+        let merged = merge(&sel.view, &state.entries, expunge_ok);
+        sel.held_back = merged.held_back;
+        let vanished: Vec<u32> = merged.expunged.iter().map(|&i| sel.view[i].uid).collect();
+        let grew = merged.grew || !merged.expunged.is_empty();
+        sel.view = merged.view;
         sel.next_uid = state.next_uid;
-        sel.view = kept;
         let recent_before = sel.recent.clone();
         take_recent(
             &sel.folder,
@@ -232,14 +211,14 @@ impl Session {
         } else {
             // From the highest sequence number down, so each number is
             // still right when the client applies it.
-            for &i in expunged.iter().rev() {
+            for &i in merged.expunged.iter().rev() {
                 out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
             }
         }
-        for &i in &changed {
+        for &i in &merged.changed {
             let e = &sel.view[i];
             let modseq = if condstore {
-                format!(" MODSEQ ({})", sel.modseqs.of(e.uid))
+                format!(" MODSEQ ({})", sel.modseq(e.uid))
             } else {
                 String::new()
             };
@@ -312,7 +291,7 @@ impl Session {
         for i in positions {
             let entry = sel.view[i].clone();
             if let Some(since) = unchanged_since
-                && sel.modseqs.of(entry.uid) > since
+                && sel.modseq(entry.uid) > since
             {
                 modified.push(if uid { entry.uid } else { i as u32 + 1 });
                 continue;
@@ -348,7 +327,9 @@ impl Session {
                 Ok(None) => continue,
                 Err(e) => return Ok(e.into()),
             };
-            sel.view[i] = updated;
+            // The view becomes this session's own (copied once) until
+            // the sync after the command finds the folder agreeing again.
+            Arc::make_mut(&mut sel.view)[i] = updated;
             stored.push(i);
         }
         if condstore {
@@ -366,7 +347,7 @@ impl Session {
             // With CONDSTORE the client learns each new mod-sequence, even
             // from a .SILENT store (RFC 7162 §3.1.3).
             if condstore {
-                items.push(format!("MODSEQ ({})", sel.modseqs.of(e.uid)));
+                items.push(format!("MODSEQ ({})", sel.modseq(e.uid)));
             }
             if !silent || condstore {
                 out.extend_from_slice(
@@ -377,7 +358,7 @@ impl Session {
         self.out(&out).await?;
         // Our own renames are reported already; do not report them again.
         if let Some(sel) = self.selected.as_mut() {
-            sel.stamp = Default::default();
+            sel.force = true;
         }
         Ok(if !modified.is_empty() {
             Done::Ok(format!(
@@ -405,14 +386,14 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
-        let candidates: Vec<Entry> = match only {
-            Some(positions) => positions.into_iter().map(|i| sel.view[i].clone()).collect(),
-            None => sel.view.clone(),
+        let candidates: Vec<&Entry> = match only {
+            Some(positions) => positions.into_iter().map(|i| &sel.view[i]).collect(),
+            None => sel.view.iter().collect(),
         };
         // \Deleted as it is on disk now (another session may have set it).
         let mut doomed = Vec::new();
         for entry in candidates {
-            if let Ok(Some(e)) = sel.folder.refresh(&entry)
+            if let Ok(Some(e)) = sel.folder.refresh(entry)
                 && e.flags().has(flags::DELETED)
             {
                 doomed.push(e);
@@ -422,7 +403,7 @@ impl Session {
             return Ok(e.into());
         }
         // The EXPUNGE responses come from the sync after the command.
-        sel.stamp = Default::default();
+        sel.force = true;
         Ok(Done::Ok("EXPUNGE completed".into()))
     }
 
@@ -466,7 +447,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => return Ok(e.into()),
         };
-        sel.stamp = Default::default();
+        sel.force = true;
         if pairs.is_empty() {
             return Ok(Done::No(
                 "[EXPUNGEISSUED] the messages were expunged meanwhile".into(),
@@ -519,5 +500,127 @@ impl Session {
                 Done::Bad("expected DONE".into())
             });
         }
+    }
+}
+
+/// A view brought up to date with a sync ([`merge`]).
+struct Merged {
+    view: Entries,
+    /// Positions in the old view of the messages gone (ascending).
+    expunged: Vec<usize>,
+    /// Positions in the new view of messages whose flags changed.
+    changed: Vec<usize>,
+    /// Messages are gone that could not be reported now (kept in view).
+    held_back: bool,
+    /// Messages were added at the end.
+    grew: bool,
+}
+
+/// Merges the old view with the folder's entries (both ascend by UID).
+/// When the result is the folder's entries as they are, which is the
+/// rule, the view becomes those, shared; only a view that must differ
+/// (an EXPUNGE held back) is a copy of the session's own.
+fn merge(old: &[Entry], fresh: &Entries, expunge_ok: bool) -> Merged {
+    let mut expunged = Vec::new();
+    let mut changed = Vec::new();
+    let mut held_back = false;
+    // The view when it must differ from `fresh`. Until it must, what is
+    // kept is exactly `fresh[..j]`, so that is where a copy starts.
+    let mut own: Option<Vec<Entry>> = None;
+    let mut kept = 0;
+    let mut j = 0;
+    for (i, entry) in old.iter().enumerate() {
+        while fresh.get(j).is_some_and(|f| f.uid < entry.uid) {
+            // In the folder, older than this entry, yet not in the view:
+            // only possible if the view was built before a rewrite. It
+            // cannot be shown without breaking UID order; skip it.
+            own.get_or_insert_with(|| fresh[..j].to_vec());
+            j += 1;
+        }
+        match fresh.get(j) {
+            Some(f) if f.uid == entry.uid => {
+                if f.info != entry.info {
+                    changed.push(kept);
+                }
+                if let Some(own) = own.as_mut() {
+                    own.push(f.clone());
+                }
+                kept += 1;
+                j += 1;
+            }
+            _ if expunge_ok => expunged.push(i),
+            // Gone, but not reportable now: keep it as it was, and
+            // remember to report it at the first command that may.
+            _ => {
+                held_back = true;
+                own.get_or_insert_with(|| fresh[..j].to_vec())
+                    .push(entry.clone());
+                kept += 1;
+            }
+        }
+    }
+    let grew = j < fresh.len();
+    let view = match own {
+        Some(mut own) => {
+            own.extend_from_slice(&fresh[j..]);
+            Arc::new(own)
+        }
+        None => fresh.clone(),
+    };
+    Merged {
+        view,
+        expunged,
+        changed,
+        held_back,
+        grew,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(uid: u32, info: &str) -> Entry {
+        Entry {
+            uid,
+            base: format!("m{uid}").into(),
+            info: info.into(),
+        }
+    }
+
+    #[test]
+    fn a_view_that_agrees_with_the_folder_is_the_folders_shared_copy() {
+        let old = vec![e(1, ""), e(2, ""), e(3, "S")];
+        // Unchanged, a flag changed, one expunged, one added: shared.
+        let fresh: Entries = Arc::new(vec![e(1, "S"), e(3, "S"), e(4, "")]);
+        let m = merge(&old, &fresh, true);
+        assert!(Arc::ptr_eq(&m.view, &fresh));
+        assert_eq!((m.expunged, m.changed), (vec![1], vec![0]));
+        assert!(m.grew && !m.held_back);
+        let same = merge(&fresh, &fresh, false);
+        assert!(Arc::ptr_eq(&same.view, &fresh) && !same.grew);
+        assert!(same.changed.is_empty() && same.expunged.is_empty());
+    }
+
+    #[test]
+    fn a_held_back_expunge_makes_the_view_a_copy_of_its_own_until_sent() {
+        let old = vec![e(1, ""), e(2, ""), e(3, "")];
+        let fresh: Entries = Arc::new(vec![e(1, ""), e(3, "F"), e(4, "")]);
+        let m = merge(&old, &fresh, false);
+        assert!(!Arc::ptr_eq(&m.view, &fresh));
+        let uids: Vec<u32> = m.view.iter().map(|x| x.uid).collect();
+        assert_eq!(uids, vec![1, 2, 3, 4]);
+        assert_eq!(m.changed, vec![2], "position of UID 3 in the new view");
+        assert!(m.held_back && m.grew && m.expunged.is_empty());
+        // The next command that may report it: shared again.
+        let later = merge(&m.view, &fresh, true);
+        assert!(Arc::ptr_eq(&later.view, &fresh));
+        assert_eq!(later.expunged, vec![1]);
+        // An entry the view never showed, older than one it shows, is
+        // left out (it cannot be shown in UID order).
+        let odd: Entries = Arc::new(vec![e(1, ""), e(2, ""), e(3, "")]);
+        let m = merge(&[e(1, ""), e(3, "")], &odd, true);
+        let uids: Vec<u32> = m.view.iter().map(|x| x.uid).collect();
+        assert_eq!(uids, vec![1, 3]);
     }
 }

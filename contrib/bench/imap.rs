@@ -1,18 +1,21 @@
 //! `postroom-bench imap`: imap-serve on a large folder, on loopback.
 //!
-//! Fills one INBOX with `--messages` messages (written straight into
-//! `cur/` as a delivery would leave them, without fsync: the figure is the
-//! server's, not the disk's), then times over one connection: the first
-//! SELECT (which gives every message its UID), a warm SELECT, `UID FETCH
-//! 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and warm, SEARCH on a
-//! header, SORT and THREAD, a new session's SELECT of the folder as it was
-//! left, and the server's RSS after all that. Then the time from spawn to greeting in inetd mode, the
+//! Fills one INBOX with `--messages` messages of `--size` bytes on average
+//! (written straight into `cur/` as a delivery would leave them, without
+//! fsync: the figure is the server's, not the disk's), then times over one
+//! connection: the first SELECT (which gives every message its UID), a
+//! warm SELECT, `UID FETCH 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and
+//! warm, SEARCH on a header, SORT and THREAD, a new session's SELECT of
+//! the folder as it was left, and the server's RSS after all that (and its
+//! peak). Then the time from spawn to greeting in inetd mode, the
 //! multi-client figure (10 and 50 clients on 10 shared mailboxes, each
 //! running `--rounds` of login, select, fetch, store, append, store,
 //! expunge, logout: operations a second, the server's CPU per operation,
 //! APPEND's median time, and every NO or BAD reply counted), and the
-//! resident memory of one standalone process holding `--idle` sessions in
-//! IDLE (each logged in, with a small INBOX selected).
+//! memory of one standalone process holding `--idle` sessions in IDLE,
+//! each logged in with an INBOX of `--idle-messages` messages selected:
+//! RSS, and the private memory (`/proc/PID/smaps_rollup`) per session.
+//! Each figure with an issue's goal prints it beside.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -24,14 +27,32 @@ use crate::server::{Server, inetd_greeting, ms};
 
 use crate::bench_tree;
 
-pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::Result<()> {
+/// How big the folders and how many the sessions.
+pub struct Sizes {
+    /// Messages in the big folder.
+    pub messages: usize,
+    /// Their mean size.
+    pub size: usize,
+    /// Sessions in IDLE for the memory figure.
+    pub idle: usize,
+    /// Messages in the folder they have selected.
+    pub idle_messages: usize,
+}
+
+pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
+    let Sizes {
+        messages,
+        size,
+        idle,
+        idle_messages,
+    } = sizes;
     crate::smtp::raise_fd_limit(idle)?;
     let dir = base.join("imap");
-    let config = make_tree(&dir)?;
+    let config = make_tree(&dir, idle_messages)?;
     let serve = std::env::current_exe()?.with_file_name("imap-serve");
     let inbox = dir.join("mail/bench.test/sink");
     let start = Instant::now();
-    fill(&inbox, messages)?;
+    fill(&inbox, messages, size)?;
     println!(
         "postroom-bench imap: {messages} messages written in {:.1} s, in {}",
         start.elapsed().as_secs_f64(),
@@ -61,7 +82,10 @@ pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::
         "FETCH FLAGS returned {} lines",
         out.matches(" FETCH (").count()
     );
-    println!("UID FETCH 1:* (FLAGS): {:.0} ms", ms(flags));
+    println!(
+        "UID FETCH 1:* (FLAGS): {:.0} ms (goal <= 85 ms, Dovecot's)",
+        ms(flags)
+    );
     let (cold, _) = client.run("FETCH 1:* (ENVELOPE)")?;
     let (warm, out) = client.run("FETCH 1:* (ENVELOPE)")?;
     println!(
@@ -96,14 +120,17 @@ pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::
     let (fresh, _) = again.run("SELECT INBOX")?;
     again.run("LOGOUT")?;
     println!(
-        "SELECT in a new session, folder unchanged: {:.0} ms",
+        "SELECT in a new session, folder unchanged: {:.1} ms (goal < 5 ms)",
         ms(fresh)
     );
     let rss = crate::smtp::rss_kib(server.child.id())?;
+    let peak = crate::smtp::status_kib(server.child.id(), "VmHWM:")?;
     println!(
-        "RSS with one session after these: {:.1} MB (idle process {:.1} MB)",
+        "RSS with one session after these: {:.1} MB, {:.1} MB above the idle process's {:.1} MB (goal < 50 MB above); peak {:.1} MB",
         rss as f64 / 1024.0,
-        idle_rss as f64 / 1024.0
+        rss.saturating_sub(idle_rss) as f64 / 1024.0,
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0
     );
     client.run("LOGOUT")?;
     drop(server);
@@ -123,7 +150,12 @@ pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::
 
     let server = Server::start(&serve, &config)?;
     let port = server.port;
+    // One session first, so the figure is what each further one adds.
+    let mut first = Client::connect(port)?;
+    first.run("LOGIN idle@bench.test x")?;
+    first.run("SELECT INBOX")?;
     let before = crate::smtp::rss_kib(server.child.id())?;
+    let private_before = private_kib(server.child.id())?;
     let mut held: Vec<TcpStream> = Vec::with_capacity(idle);
     let start = Instant::now();
     // In batches, each read up to its "+ idling" before the next connects:
@@ -149,20 +181,39 @@ pub fn run(base: &Path, messages: usize, idle: usize, rounds: usize) -> anyhow::
         }
     }
     let after = crate::smtp::rss_kib(server.child.id())?;
+    let private_after = private_kib(server.child.id())?;
+    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / idle.max(1) as f64;
     println!(
-        "{idle} sessions in IDLE in one standalone process: RSS {:.1} MB (idle process {:.1} MB, {:.1} KB per session; set up in {:.1} s)",
+        "{idle} sessions in IDLE on {idle_messages}-message INBOXes, one standalone process: RSS {:.1} MB (with one session {:.1} MB), {:.1} KB RSS and {:.1} KB private per session (goal < 50 KB; < 500 MB for 10,000); set up in {:.1} s",
         after as f64 / 1024.0,
         before as f64 / 1024.0,
-        (after.saturating_sub(before)) as f64 / idle as f64,
+        per(after, before),
+        per(private_after, private_before),
         start.elapsed().as_secs_f64()
     );
+    drop(first);
     Ok(())
+}
+
+/// The process's private memory in KiB: pages no other process shares
+/// (`Private_Clean` + `Private_Dirty` of `/proc/PID/smaps_rollup`).
+fn private_kib(pid: u32) -> anyhow::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |name: &str| -> u64 {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(field("Private_Clean:") + field("Private_Dirty:"))
 }
 
 /// Mailboxes the multi-client figure's clients share.
 const MIXED_USERS: usize = 10;
 
-fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
+fn make_tree(dir: &Path, idle_messages: usize) -> anyhow::Result<PathBuf> {
     let config = bench_tree(dir)?;
     let bin = std::env::current_exe()?.with_file_name("postroom");
     let users =
@@ -181,7 +232,8 @@ fn make_tree(dir: &Path) -> anyhow::Result<PathBuf> {
             .stdout(Stdio::null())
             .status()?;
         anyhow::ensure!(status.success(), "postroom user add failed");
-        fill(&dir.join(format!("mail/bench.test/{user}")), 10)?;
+        let n = if user == "idle" { idle_messages } else { 10 };
+        fill(&dir.join(format!("mail/bench.test/{user}")), n, 2048)?;
     }
     crate::lift_connection_caps(&config)?;
     Ok(config)
@@ -317,19 +369,25 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(tick(11) + tick(12))
 }
 
-/// Writes `n` messages of about 2 KB into `maildir/cur`, named and sized as
-/// maildir.rs names them, a third of them \Seen.
-fn fill(maildir: &Path, n: usize) -> anyhow::Result<()> {
+/// Writes `n` messages of `size` bytes on average (from a quarter of it
+/// to 1.75 times it) into `maildir/cur`, named and sized as maildir.rs
+/// names them, a third of them \Seen.
+fn fill(maildir: &Path, n: usize, size: usize) -> anyhow::Result<()> {
     for sub in ["cur", "new", "tmp"] {
         std::fs::create_dir_all(maildir.join(sub))?;
     }
     let now = postroom::store::fsutil::now_secs();
-    let filler =
-        "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
-            .repeat(20);
+    let line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n";
+    let lines = |i: usize| {
+        // Spread evenly (a fixed stride through 0..1000), mean `size`.
+        let spread = (i * 7919) % 1000;
+        (size / 4 + size * 3 * spread / 2000) / line.len()
+    };
+    let longest = line.repeat(lines(0).max((size * 7 / 4) / line.len() + 1));
     for i in 0..n {
+        let body = &longest[..lines(i) * line.len()];
         let text = format!(
-            "Return-Path: <sender{i}@remote.test>\nDelivered-To: sink@bench.test\nDate: Mon, 23 Nov 2026 04:00:00 +0000\nFrom: \"Sender {i}\" <sender{i}@remote.test>\nTo: sink@bench.test\nSubject: needle {i}\nMessage-ID: <{i}@remote.test>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n{filler}"
+            "Return-Path: <sender{i}@remote.test>\nDelivered-To: sink@bench.test\nDate: Mon, 23 Nov 2026 04:00:00 +0000\nFrom: \"Sender {i}\" <sender{i}@remote.test>\nTo: sink@bench.test\nSubject: needle {i}\nMessage-ID: <{i}@remote.test>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n{body}"
         );
         let lines = text.matches('\n').count();
         let seen = if i % 3 == 0 { "S" } else { "" };

@@ -119,9 +119,16 @@ enum Bench {
         /// Messages in the folder.
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
+        /// Mean size of those messages in bytes (sizes spread from a
+        /// quarter of it to 1.75 times it).
+        #[arg(long, default_value_t = 24 * 1024)]
+        size: usize,
         /// Sessions held in IDLE for the memory figure.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
+        /// Messages in the folder those sessions have selected.
+        #[arg(long, default_value_t = 10_000)]
+        idle_messages: usize,
         /// Rounds each client of the multi-client figure runs (login,
         /// select, fetch, store, append, store, expunge, logout).
         #[arg(long, default_value_t = 20)]
@@ -191,9 +198,20 @@ fn main() -> ExitCode {
         } => pop3::run(&base, messages, size, big, sessions),
         Bench::Imap {
             messages,
+            size,
             idle,
+            idle_messages,
             rounds,
-        } => imap::run(&base, messages, idle, rounds),
+        } => imap::run(
+            &base,
+            imap::Sizes {
+                messages,
+                size,
+                idle,
+                idle_messages,
+            },
+            rounds,
+        ),
         Bench::Auth { clients, settle } => auth::run(&base, clients, settle),
         Bench::Table {
             messages,

@@ -37,6 +37,8 @@ pub const FILE: &str = "postroom-cache";
 const MAGIC: &str = "postroom-cache 2 V";
 /// Largest record accepted; anything larger is corruption.
 const RECORD_MAX: u32 = 16 << 20;
+/// How much of the file a scan reads at a time.
+const SCAN_CHUNK: u64 = 1 << 20;
 /// Rewrite when the file is at least this big and mostly dead records.
 const COMPACT_MIN: u64 = 1 << 20;
 
@@ -300,14 +302,41 @@ impl Cache {
         if end <= self.read_to {
             return Ok(end == self.read_to);
         }
-        let mut tail = vec![0; (end - self.read_to) as usize];
-        file.read_exact_at(&mut tail, self.read_to)?;
-        let (frames, at) = frames(&tail);
-        for (uid, offset, len) in frames {
-            self.index.insert(uid, (self.read_to + offset as u64, len));
-            self.records += 1;
+        // A slice at a time: a big folder's cache is tens of megabytes,
+        // and holding it all at once only to index it would leave the
+        // process that much bigger.
+        let mut want = SCAN_CHUNK;
+        let mut tail = Vec::new();
+        while self.read_to < end {
+            let n = (end - self.read_to).min(want) as usize;
+            tail.resize(n, 0);
+            file.read_exact_at(&mut tail, self.read_to)?;
+            let (frames, at) = frames(&tail);
+            for (uid, offset, len) in frames {
+                self.index.insert(uid, (self.read_to + offset as u64, len));
+                self.records += 1;
+            }
+            self.read_to += at as u64;
+            if at > 0 {
+                want = SCAN_CHUNK;
+                continue;
+            }
+            // Nothing whole in the slice: a record longer than the slice
+            // (read again, whole), or the torn or bad end of the file.
+            let len = tail
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes);
+            match len {
+                Some(len) if len <= RECORD_MAX && u64::from(len) + 8 > n as u64 => {
+                    want = u64::from(len) + 8;
+                }
+                _ => break,
+            }
+            if self.read_to + want > end {
+                break;
+            }
         }
-        self.read_to += at as u64;
         Ok(self.read_to == end)
     }
 
@@ -482,6 +511,36 @@ mod tests {
         c.flush(&|_| true);
         a.refresh();
         assert_eq!(a.get(1, "m1"), None);
+    }
+
+    #[test]
+    fn a_file_bigger_than_a_scan_slice_is_read_whole_with_records_across_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Cache::new(dir.path(), 3);
+        // Records that straddle slice boundaries, and one bigger than a
+        // slice, then a torn one at the end.
+        let mut big = record(5000, "big");
+        big.envelope = vec![b'x'; SCAN_CHUNK as usize * 2];
+        for uid in 1..4000 {
+            a.put(record(uid, &format!("m{uid}")));
+        }
+        a.put(big.clone());
+        a.put(record(5001, "after"));
+        a.flush(&|_| true);
+        let path = dir.path().join(FILE);
+        assert!(fs::metadata(&path).unwrap().len() > 2 * SCAN_CHUNK);
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[200, 0, 0, 0, 1, 2])
+            .unwrap();
+        let mut b = Cache::new(dir.path(), 3);
+        b.refresh();
+        assert_eq!(b.get(3999, "m3999"), Some(record(3999, "m3999")));
+        assert_eq!(b.get(5000, "big"), Some(big));
+        assert_eq!(b.get(5001, "after"), Some(record(5001, "after")));
+        assert_eq!(b.index.len(), 4001);
     }
 
     #[test]

@@ -428,7 +428,7 @@ impl Folder {
 
     /// The first UID no IMAP session has taken \Recent for (the folder's
     /// [`RECENT_FILE`]; 1 when there is none: nothing taken yet).
-    fn first_recent(&self) -> u32 {
+    pub fn first_recent(&self) -> u32 {
         crate::store::maildir::read_side_file(&self.dir.join(RECENT_FILE))
             .ok()
             .flatten()

@@ -22,7 +22,8 @@
 //! Dovecot's format: `postroom-modseq` ([`modseq`], CONDSTORE and QRESYNC)
 //! and `postroom-cache` ([`cache`], what IMAP computed about each message);
 //! and `postroom-recent` (`folder::RECENT_FILE`, which UIDs some IMAP
-//! session has taken \Recent for).
+//! session has taken \Recent for). In memory, [`shared`] keeps one copy
+//! per process of what the sessions of a folder know of it.
 
 pub mod cache;
 pub mod expire;
@@ -31,6 +32,7 @@ pub mod folder;
 pub mod maildrop;
 pub mod modseq;
 pub mod name;
+pub mod shared;
 pub mod uidlist;
 
 use std::fs;

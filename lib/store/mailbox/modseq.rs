@@ -32,6 +32,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use super::folder::Entry;
 
@@ -59,6 +60,10 @@ pub struct ModSeqs {
     highest: u64,
     /// Expunges at or below this were compacted away.
     floor: u64,
+    /// The shared entries the log was last found to agree with, and how
+    /// far the file had been read then: the same entries and no new line
+    /// since need no comparison (SELECT of a big folder, unchanged).
+    agreed: Option<(Weak<Vec<Entry>>, u64, u64)>,
 }
 
 fn clock_micros() -> u64 {
@@ -92,7 +97,13 @@ impl ModSeqs {
             expunged: Vec::new(),
             highest: 0,
             floor: 0,
+            agreed: None,
         }
+    }
+
+    /// The UIDVALIDITY these mod-sequences belong to.
+    pub fn validity(&self) -> u32 {
+        self.validity
     }
 
     fn reset(&mut self) {
@@ -104,6 +115,7 @@ impl ModSeqs {
         self.expunged.clear();
         self.highest = 0;
         self.floor = 0;
+        self.agreed = None;
     }
 
     /// HIGHESTMODSEQ: the largest mod-sequence given in this folder.
@@ -144,6 +156,23 @@ impl ModSeqs {
             return Ok(Vec::new());
         };
         self.update_locked(&file, entries)
+    }
+
+    /// [`ModSeqs::update`] for entries shared between sessions
+    /// (`shared::Entries`): when the log already agreed with these very
+    /// entries and nothing was appended since, nothing is compared.
+    pub fn update_shared(&mut self, entries: &Arc<Vec<Entry>>) -> io::Result<Vec<u32>> {
+        self.read()?;
+        if let Some((seen, read_to, inode)) = &self.agreed
+            && std::ptr::eq(seen.as_ptr(), Arc::as_ptr(entries))
+            && (*read_to, *inode) == (self.read_to, self.inode)
+            && self.opened
+        {
+            return Ok(Vec::new());
+        }
+        let changed = self.update(entries)?;
+        self.agreed = Some((Arc::downgrade(entries), self.read_to, self.inode));
+        Ok(changed)
     }
 
     fn update_locked(&mut self, file: &File, entries: &[Entry]) -> io::Result<Vec<u32>> {

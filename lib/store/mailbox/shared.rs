@@ -1,0 +1,248 @@
+//! One copy per process of what sessions of the same folder know about it:
+//! its entries as last synced and its mod-sequences.
+//!
+//! Every IMAP session of a folder used to hold the folder's entries (UIDs,
+//! names, flags) and mod-sequences of its own: some 200 bytes a message
+//! and session, so 10,000 idle sessions on 10,000-message folders held
+//! 20 GB. Here a process keeps one [`SharedFolder`] per folder some session
+//! has open ([`Folders::open`]), and a session's view is an `Arc` of the
+//! entries it last took from it: while the session's view is the folder
+//! as synced (an idle session's always is), it costs one pointer.
+//!
+//! Nothing here is the truth: the files are (`postroom-mailbox(5)`). The
+//! entries are taken again from the disk whenever the folder's [`Stamp`]
+//! moved, under the same rules a session's own look followed (a stamp that
+//! is dirty or on a shared filesystem proves nothing, and the folder is
+//! synced), so other processes and other hosts see no difference.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
+
+use super::MailboxError;
+use super::flags::Keywords;
+use super::folder::{Entry, Folder, Stamp};
+use super::modseq::ModSeqs;
+
+/// A folder's entries as one sync found them, shared by every session
+/// whose view they are.
+pub type Entries = Arc<Vec<Entry>>;
+
+/// A folder's state as [`SharedFolder::sync`] gives it.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    pub validity: u32,
+    pub next_uid: u32,
+    /// UIDs from here on are \Recent and not yet claimed by a session
+    /// (read at each sync: taking \Recent does not move the stamp).
+    pub first_recent: u32,
+    /// Ascending UIDs.
+    pub entries: Entries,
+    pub keywords: Keywords,
+}
+
+/// What the last sync found, and the stamp taken just before it.
+#[derive(Debug)]
+struct Last {
+    stamp: Stamp,
+    /// When that sync began: a session that asked before then may take
+    /// its result, since the disk it read is at least as new as the one
+    /// the session asked about.
+    started: Instant,
+    validity: u32,
+    next_uid: u32,
+    entries: Entries,
+    keywords: Keywords,
+}
+
+/// One folder as the sessions of this process share it.
+#[derive(Debug)]
+pub struct SharedFolder {
+    folder: Folder,
+    last: Mutex<Option<Last>>,
+    modseqs: Mutex<Option<ModSeqs>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while the lock was held leaves at worst an older state,
+    // which the next sync replaces: carry on with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SharedFolder {
+    pub fn folder(&self) -> &Folder {
+        &self.folder
+    }
+
+    /// The folder as it is now: what the last sync found when the folder's
+    /// stamp has not moved since (one `stat` of `new/`, `cur/` and the
+    /// two lists), else a new sync ([`Folder::sync`]). `force`: sync even
+    /// then (after this session changed the folder itself). Sessions
+    /// that ask while another's sync runs wait for it and take its result
+    /// if it began after they asked.
+    pub fn sync(&self, force: bool) -> Result<Synced, MailboxError> {
+        let asked = Instant::now();
+        let stamp = self.folder.stamp();
+        let mut last = lock(&self.last);
+        let fresh = last
+            .as_ref()
+            .is_some_and(|l| l.started >= asked || (!force && stamp.unchanged_since(&l.stamp)));
+        if !fresh {
+            // The stamp again: the one above may be from before a wait
+            // for another session's sync.
+            let stamp = self.folder.stamp();
+            let started = Instant::now();
+            let state = self.folder.sync()?;
+            // Found as it was (a stamp too recent to trust, a poll): the
+            // same entries, so sessions see at a glance that nothing moved
+            // and the mod-sequences need no comparison.
+            let entries = match last.take() {
+                Some(l) if l.validity == state.validity && *l.entries == state.entries => l.entries,
+                _ => Arc::new(state.entries),
+            };
+            *last = Some(Last {
+                stamp,
+                started,
+                validity: state.validity,
+                next_uid: state.next_uid,
+                entries,
+                keywords: state.keywords,
+            });
+            return Ok(Synced {
+                validity: state.validity,
+                next_uid: state.next_uid,
+                first_recent: state.first_recent,
+                entries: last.as_ref().map(|l| l.entries.clone()).unwrap_or_default(),
+                keywords: last
+                    .as_ref()
+                    .map(|l| l.keywords.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        let Some(l) = last.as_ref() else {
+            return Err(MailboxError::NoSuchMailbox);
+        };
+        Ok(Synced {
+            validity: l.validity,
+            next_uid: l.next_uid,
+            first_recent: self.folder.first_recent(),
+            entries: l.entries.clone(),
+            keywords: l.keywords.clone(),
+        })
+    }
+
+    /// The folder's mod-sequences for this UIDVALIDITY, one copy for the
+    /// sessions of this process (each brings it up to date before use,
+    /// [`ModSeqs::update`]). Do not hold it across an `.await`.
+    pub fn modseqs(&self, validity: u32) -> MutexGuard<'_, Option<ModSeqs>> {
+        let mut guard = lock(&self.modseqs);
+        if guard.as_ref().is_none_or(|m| m.validity() != validity) {
+            *guard = Some(ModSeqs::new(self.folder.path(), validity));
+        }
+        guard
+    }
+}
+
+/// The folders the sessions of one process have open, and the few last
+/// opened ([`KEEP_RECENT`]): a client that selects another folder and
+/// comes back, or logs out and in again, finds its folder known (and if
+/// it has not moved, not read again); any other folder no session holds
+/// is dropped with its last holder.
+#[derive(Debug, Default)]
+pub struct Folders {
+    open: Mutex<HashMap<PathBuf, Weak<SharedFolder>>>,
+    recent: Mutex<std::collections::VecDeque<Arc<SharedFolder>>>,
+}
+
+/// How many folders [`Folders`] keeps after their last session let go.
+pub const KEEP_RECENT: usize = 8;
+
+impl Folders {
+    /// The shared state of `folder`, made on first use.
+    pub fn open(&self, folder: Folder) -> Arc<SharedFolder> {
+        let shared = self.find_or_make(folder);
+        let mut recent = lock(&self.recent);
+        recent.retain(|f| !Arc::ptr_eq(f, &shared));
+        recent.push_front(shared.clone());
+        recent.truncate(KEEP_RECENT);
+        shared
+    }
+
+    fn find_or_make(&self, folder: Folder) -> Arc<SharedFolder> {
+        let mut open = lock(&self.open);
+        if let Some(shared) = open.get(folder.path()).and_then(Weak::upgrade) {
+            return shared;
+        }
+        // Forget folders nobody holds any more, now and then: the map
+        // stays the size of what is open.
+        if open.len() >= 64 && open.len().is_power_of_two() {
+            open.retain(|_, w| w.strong_count() > 0);
+        }
+        let shared = Arc::new(SharedFolder {
+            last: Mutex::new(None),
+            modseqs: Mutex::new(None),
+            folder: folder.clone(),
+        });
+        open.insert(folder.path().to_path_buf(), Arc::downgrade(&shared));
+        shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mailbox::{Mailbox, MailboxName};
+
+    fn deliver(root: &std::path::Path, name: &str) {
+        std::fs::write(root.join("new").join(name), "Subject: x\n\nbody\n").unwrap();
+    }
+
+    #[test]
+    fn sessions_share_one_copy_until_the_folder_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailbox = Mailbox::new(dir.path());
+        mailbox.ensure_defaults().unwrap();
+        deliver(dir.path(), "1000.M1P1.host,S=20");
+        let inbox = MailboxName::new("INBOX").unwrap();
+        let folders = Folders::default();
+        let a = folders.open(mailbox.folder(&inbox));
+        let b = folders.open(mailbox.folder(&inbox));
+        assert!(Arc::ptr_eq(&a, &b), "one state per folder and process");
+        let first = a.sync(false).unwrap();
+        assert_eq!(first.entries.len(), 1);
+        let again = b.sync(false).unwrap();
+        // Just changed: the stamp proves nothing yet, so b synced anew,
+        // found the same, and kept the same copy.
+        assert!(Arc::ptr_eq(&again.entries, &first.entries));
+        // Once the times are old enough, an unchanged folder is not read.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+        for sub in ["new", "cur", "dovecot-uidlist", "dovecot-keywords"] {
+            if let Ok(f) = std::fs::File::open(dir.path().join(sub)) {
+                f.set_modified(old).unwrap();
+            }
+        }
+        let settled = a.sync(false).unwrap();
+        let shared = b.sync(false).unwrap();
+        assert!(Arc::ptr_eq(&settled.entries, &shared.entries));
+        // A delivery moves the stamp: the next look sees it.
+        deliver(dir.path(), "1001.M2P1.host,S=20");
+        let grown = b.sync(false).unwrap();
+        assert_eq!(grown.entries.len(), 2);
+        assert_eq!(grown.next_uid, 3);
+        // Kept a while after the last session let go (a client that
+        // comes back finds it known)...
+        drop((a, b));
+        let c = folders.open(mailbox.folder(&inbox));
+        assert!(lock(&c.last).is_some());
+        drop(c);
+        // ...but only the last few folders.
+        for i in 0..KEEP_RECENT {
+            let name = MailboxName::new(&format!("F{i}")).unwrap();
+            mailbox.create(&name).unwrap();
+            folders.open(mailbox.folder(&name));
+        }
+        let d = folders.open(mailbox.folder(&inbox));
+        assert!(lock(&d.last).is_none(), "dropped with its last holder");
+    }
+}
