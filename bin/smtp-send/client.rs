@@ -242,11 +242,9 @@ impl Client {
         Ok(())
     }
 
-    async fn start_tls(
-        &mut self,
-        config: Arc<rustls::ClientConfig>,
-        host: &str,
-    ) -> Result<(), SessionError> {
+    /// The STARTTLS command and its 220, then the plain TCP stream to
+    /// start TLS on.
+    async fn starttls_command(&mut self) -> Result<TcpStream, SessionError> {
         self.send(b"STARTTLS\r\n").await?;
         let reply = self.read_reply(self.command_timeout).await?;
         if reply.class() != 2 {
@@ -260,14 +258,23 @@ impl Client {
                 self.peer()
             )));
         }
+        match std::mem::replace(&mut self.stream, Stream::Closed) {
+            Stream::Plain(tcp) => Ok(tcp),
+            _ => Err(SessionError::Temporary(
+                "421 4.7.0 STARTTLS on a connection that is not plain TCP".into(),
+            )),
+        }
+    }
+
+    async fn start_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        host: &str,
+    ) -> Result<(), SessionError> {
         let name = ServerName::try_from(host.to_string()).map_err(|_| {
             SessionError::TlsFailed(format!("421 4.7.5 {host}: not a name TLS can check"))
         })?;
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
-            return Err(SessionError::Temporary(
-                "421 4.7.0 STARTTLS on a connection that is not plain TCP".into(),
-            ));
-        };
+        let tcp = self.starttls_command().await?;
         let connector = tokio_rustls::TlsConnector::from(config);
         match timeout(self.command_timeout, connector.connect(name, tcp)).await {
             Ok(Ok(tls)) => {
@@ -292,28 +299,13 @@ impl Client {
     /// (smtp-send(8), TLS, says how to lower it for this program).
     #[cfg(feature = "legacy-tls")]
     async fn start_legacy_tls(&mut self, host: &str) -> Result<(), SessionError> {
-        self.send(b"STARTTLS\r\n").await?;
-        let reply = self.read_reply(self.command_timeout).await?;
-        if reply.class() != 2 {
-            return Err(SessionError::TlsFailed(self.said(&reply)));
-        }
-        if !self.buf.is_empty() {
-            return Err(SessionError::Temporary(format!(
-                "421 4.7.0 {} sent data after its STARTTLS reply",
-                self.peer()
-            )));
-        }
+        let tcp = self.starttls_command().await?;
         let connector = native_tls::TlsConnector::builder()
             .min_protocol_version(Some(native_tls::Protocol::Tlsv10))
             .danger_accept_invalid_certs(true)
             .danger_accept_invalid_hostnames(true)
             .build()
             .map_err(|e| SessionError::TlsFailed(format!("421 4.7.5 OpenSSL: {e}")))?;
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
-            return Err(SessionError::Temporary(
-                "421 4.7.0 STARTTLS on a connection that is not plain TCP".into(),
-            ));
-        };
         let connector = tokio_native_tls::TlsConnector::from(connector);
         match timeout(self.command_timeout, connector.connect(host, tcp)).await {
             Ok(Ok(tls)) => {

@@ -165,17 +165,7 @@ fn is_field_name(key: &str) -> bool {
 fn parse_mx(value: &str) -> Result<String, PolicyError> {
     let pattern = value.trim_end_matches('.').to_ascii_lowercase();
     let domain = pattern.strip_prefix("*.").unwrap_or(&pattern);
-    let valid = !domain.is_empty()
-        && domain.len() <= 253
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+    let valid = crate::proto::address::is_domain_name(domain);
     if !valid {
         return Err(PolicyError::Mx(value.to_string()));
     }

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::dns::Record;
 use crate::sink::Behaviour;
-use crate::smtp_send::{World, a, mx, ok};
+use crate::sink::Sink;
+use crate::smtp_send::{World, a, mx, ok, server_config};
 
 /// A self-signed certificate for `name` as a server config, and the
 /// SHA-256 of its public key (a `3 1 1` record's data).
@@ -19,19 +20,8 @@ fn self_signed(name: &str) -> (Arc<rustls::ServerConfig>, Vec<u8>) {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
     (
-        Arc::new(config),
+        server_config(&cert, &key),
         Sha256::digest(key.public_key_der()).to_vec(),
     )
 }
@@ -67,6 +57,17 @@ fn dane_world(tlsa: Vec<u8>, tlsa_secure: bool) -> World {
     w
 }
 
+/// The MX sink at 127.0.0.2, offering STARTTLS with `tls`.
+fn tls_sink(w: &World, tls: Arc<rustls::ServerConfig>) -> Sink {
+    w.sink(
+        2,
+        Behaviour {
+            tls: Some(tls),
+            ..Behaviour::default()
+        },
+    )
+}
+
 fn report_results(w: &World) -> Vec<(String, String)> {
     let dir = w.tree.config.parent().unwrap().join("state/tlsrpt");
     let mut got = Vec::new();
@@ -88,13 +89,7 @@ fn report_results(w: &World) -> Vec<(String, String)> {
 fn a_matching_dane_ee_record_vouches_for_a_self_signed_certificate() {
     let (tls, spki_hash) = self_signed("mx.far.test");
     let w = dane_world(spki_hash, true);
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     let got = sink.messages();
@@ -110,13 +105,7 @@ fn a_matching_dane_ee_record_vouches_for_a_self_signed_certificate() {
 fn a_mismatching_tlsa_record_defers() {
     let (tls, _) = self_signed("mx.far.test");
     let w = dane_world(vec![0xab; 32], true);
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert!(
@@ -148,13 +137,7 @@ fn tlsa_records_without_dnssec_are_ignored() {
     let (tls, _) = self_signed("mx.far.test");
     // A mismatching record, but not validated: as if there were none.
     let w = dane_world(vec![0xab; 32], false);
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert_eq!(
@@ -180,13 +163,7 @@ fn no_tlsa_record_falls_back_to_the_domains_policy() {
         .unwrap()
         .to_string();
     w.dns.set(&format!("_{port}._tcp.mx.far.test"), vec![]);
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert_eq!(sink.messages().len(), 1);

@@ -136,6 +136,17 @@ fn sts_world_with(
     (world, server, mx_tls)
 }
 
+/// The MX sink at 127.0.0.2, offering STARTTLS with `tls`.
+fn tls_sink(w: &World, tls: Arc<rustls::ServerConfig>) -> crate::sink::Sink {
+    w.sink(
+        2,
+        Behaviour {
+            tls: Some(tls),
+            ..Behaviour::default()
+        },
+    )
+}
+
 /// The tree's `state/` folder.
 fn state(world: &World) -> std::path::PathBuf {
     world.tree.config.parent().unwrap().join("state")
@@ -163,13 +174,7 @@ fn results(world: &World) -> Vec<String> {
 #[test]
 fn enforce_delivers_over_verified_tls_to_a_listed_mx_and_records_success() {
     let (w, server, mx_tls) = sts_world(&policy("enforce", "*.far.test", 86400));
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(mx_tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, mx_tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     let got = sink.messages();
@@ -197,13 +202,7 @@ fn enforce_delivers_over_verified_tls_to_a_listed_mx_and_records_success() {
 #[test]
 fn enforce_defers_when_no_mx_matches_the_policy() {
     let (w, server, mx_tls) = sts_world(&policy("enforce", "mx.elsewhere.test", 86400));
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(mx_tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, mx_tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert!(sink.messages().is_empty(), "nothing went to an unlisted MX");
@@ -220,13 +219,7 @@ fn enforce_defers_when_the_mx_certificate_does_not_verify() {
     let (w, _server, _mx_tls) = sts_world(&policy("enforce", "mx.far.test", 86400));
     // A certificate from a CA nobody trusts.
     let (_other_ca, mut untrusted) = ca_and_server_configs(&["mx.far.test"]);
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(untrusted.remove(0)),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, untrusted.remove(0));
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert!(sink.messages().is_empty());
@@ -251,13 +244,7 @@ fn enforce_defers_when_the_mx_offers_no_starttls() {
 fn testing_mode_delivers_anyway_and_records_the_failure() {
     let (w, _server, _mx_tls) = sts_world(&policy("testing", "mx.far.test", 86400));
     let (_other_ca, mut untrusted) = ca_and_server_configs(&["mx.far.test"]);
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(untrusted.remove(0)),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, untrusted.remove(0));
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     let got = sink.messages();
@@ -274,13 +261,7 @@ fn testing_mode_delivers_anyway_and_records_the_failure() {
 #[test]
 fn a_new_policy_id_or_an_expired_policy_is_fetched_again() {
     let (w, server, mx_tls) = sts_world(&policy("enforce", "mx.far.test", 86400));
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(mx_tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, mx_tls);
     w.queue_mail(&["a@far.test"], "1\n");
     ok(&w.send(&["--once"]));
     assert_eq!((server.requests(), sink.messages().len()), (1, 1));
@@ -348,13 +329,7 @@ fn a_policy_server_with_an_untrusted_certificate_gives_no_policy() {
     // The policy server shows a certificate from another CA.
     let (w, impostor, mx_tls) =
         sts_world_with(&policy("enforce", "mx.elsewhere.test", 86400), false);
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(mx_tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, mx_tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert_eq!(sink.messages().len(), 1, "delivered as without a policy");
@@ -366,13 +341,7 @@ fn a_policy_server_with_an_untrusted_certificate_gives_no_policy() {
 #[test]
 fn tlsrpt_send_mails_a_finished_day_as_gzipped_json_to_the_rua_address() {
     let (w, _server, mx_tls) = sts_world(&policy("enforce", "mx.far.test", 86400));
-    let sink = w.sink(
-        2,
-        Behaviour {
-            tls: Some(mx_tls),
-            ..Behaviour::default()
-        },
-    );
+    let sink = tls_sink(&w, mx_tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert_eq!(sink.messages().len(), 1);

@@ -606,21 +606,29 @@ pub(crate) fn ca_and_server_configs(names: &[&str]) -> (String, Vec<Arc<rustls::
                 .unwrap()
                 .signed_by(&key, &ca, &ca_key)
                 .unwrap();
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-            Arc::new(config)
+            server_config(&cert, &key)
         })
         .collect();
     (ca.pem(), configs)
+}
+
+/// A rustls server config showing `cert` (its key `key`).
+pub(crate) fn server_config(
+    cert: &rcgen::Certificate,
+    key: &rcgen::KeyPair,
+) -> Arc<rustls::ServerConfig> {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    Arc::new(config)
 }
 
 #[test]
