@@ -3,11 +3,10 @@
 //! edits are picked up, and a damaged index is never trusted.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::smtp_recv::inetd_session;
-use crate::util::{Tree, bin};
+use crate::util::{Tree, spawn_inetd};
 
 /// A tree with `users` users `u0@example.test`... and as many aliases
 /// `a0@example.test: u0`...
@@ -27,15 +26,7 @@ fn tree_with(users: usize) -> Tree {
 /// smtp-recv as inetd runs it: spawn to the first line of the greeting.
 fn greeting_time(tree: &Tree) -> Duration {
     let start = Instant::now();
-    let mut child = Command::new(bin("smtp-recv"))
-        .arg("--config")
-        .arg(&tree.config)
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_inetd("smtp-recv", tree);
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

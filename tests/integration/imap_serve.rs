@@ -4,10 +4,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, Tree, bin, stderr, stdout};
+use crate::util::{Server, Tree, bin, spawn_inetd, stderr, stdout};
 
 pub(crate) fn tree_with_user() -> Tree {
     let tree = Tree::new();
@@ -578,16 +578,7 @@ fn inetd_mode_over_pipes() {
     let tree = tree_with_user();
     deliver(&tree, "piped");
     let start = Instant::now();
-    let mut child = Command::new(bin("imap-serve"))
-        .arg("--config")
-        .arg(&tree.config)
-        // A pipe that names no peer is not loopback (auth.plaintext).
-        .env("REMOTE_ADDR", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_inetd("imap-serve", &tree);
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut greeting = String::new();
     reader.read_line(&mut greeting).unwrap();

@@ -92,6 +92,22 @@ impl Tree {
 }
 
 /// The path of a binary of this package, built by cargo for the tests.
+/// A server as inetd starts it for one connection from loopback: its
+/// stdin and stdout piped, stderr dropped. (A pipe names no peer, and
+/// without `REMOTE_ADDR` it would not count as loopback for
+/// auth.plaintext.)
+pub fn spawn_inetd(program: &str, tree: &Tree) -> Child {
+    Command::new(bin(program))
+        .arg("--config")
+        .arg(&tree.config)
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server")
+}
+
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "postroom" => PathBuf::from(env!("CARGO_BIN_EXE_postroom")),
