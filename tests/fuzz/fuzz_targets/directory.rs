@@ -61,7 +61,9 @@ fuzz_target!(|data: &[u8]| {
     let directory = Directory::from_parts(config, domains, users, aliases);
     let mut addresses: Vec<String> = lookups.lines().take(8).map(str::to_string).collect();
     addresses.extend(keys);
-    addresses.extend(directory.users().iter().take(8).map(|u| u.address.clone()));
+    // Users parsed from text are held in memory: listing reads no file.
+    let users = directory.users().list(path).unwrap_or_default();
+    addresses.extend(users.into_iter().take(8).map(|u| u.address));
     for text in addresses {
         let Ok(address) = Address::parse(&text) else {
             continue;
