@@ -350,7 +350,7 @@ impl Dispatcher {
                             destination,
                             Applied::None,
                             host,
-                            addr,
+                            Some(addr),
                             tlsrpt::DNSSEC_INVALID,
                             &text,
                         );
@@ -370,7 +370,7 @@ impl Dispatcher {
                     destination,
                     Applied::Sts(known),
                     host,
-                    addr,
+                    Some(addr),
                     tlsrpt::VALIDATION_FAILURE,
                     &text,
                 );
@@ -454,7 +454,7 @@ impl Dispatcher {
             Err(_) => None,
         };
         if let Some((result, detail)) = result {
-            self.write_down(destination, applied, host, addr, result, detail);
+            self.write_down(destination, applied, host, Some(addr), result, detail);
         }
         let testing =
             matches!(policy, HostPolicy::Sts(known) if known.policy.mode == Mode::Testing);
@@ -499,36 +499,36 @@ impl Dispatcher {
         let (fetcher, domain) = (self.sts.as_ref()?, destination.policy_domain.as_ref()?);
         let lookup = fetcher.lookup(domain).await;
         if let Some(failure) = &lookup.failure {
-            let line = SessionLine::new(
+            // A policy fetch is no session with a host: no MX, no address.
+            self.write_down(
+                destination,
                 lookup.policy.as_ref().map_or(Applied::None, Applied::Sts),
                 "",
                 None,
                 failure.result_type(),
                 failure.detail(),
             );
-            if let Err(e) = tlsrpt::record(&self.state_dir, domain, &line) {
-                tracing::warn!(error = %e, "cannot write the TLS report record");
-            }
         }
         lookup
             .policy
             .filter(|known| known.policy.mode != Mode::None)
     }
 
-    /// Writes down one session for the domain's TLS report.
+    /// Writes down one session (or policy fetch) for the domain's TLS
+    /// report.
     fn write_down(
         &self,
         destination: &Destination,
         applied: Applied<'_>,
         host: &str,
-        addr: SocketAddr,
+        addr: Option<SocketAddr>,
         result: &str,
         detail: &str,
     ) {
         let Some(domain) = &destination.policy_domain else {
             return;
         };
-        let line = SessionLine::new(applied, host, Some(addr.ip()), result, detail);
+        let line = SessionLine::new(applied, host, addr.map(|a| a.ip()), result, detail);
         if let Err(e) = tlsrpt::record(&self.state_dir, domain, &line) {
             tracing::warn!(error = %e, "cannot write the TLS report record");
         }

@@ -148,10 +148,10 @@ async fn ask(
 
 /// One question and its answer: UDP, and TCP when the answer did not fit.
 async fn exchange(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
-    let local: SocketAddr = if server.is_ipv6() {
-        "[::]:0".parse().map_err(std::io::Error::other)?
+    let local = if server.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     } else {
-        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
     };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(server).await?;

@@ -189,12 +189,7 @@ impl Fetcher {
     /// The cache file of a domain; `None` for a name that cannot be a
     /// file name (it would escape the folder).
     fn cache_file(&self, domain: &str) -> Option<PathBuf> {
-        let safe = !domain.is_empty()
-            && !domain.starts_with('.')
-            && domain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        safe.then(|| self.cache_dir.join(domain))
+        is_file_safe_domain(domain).then(|| self.cache_dir.join(domain))
     }
 
     fn store(&self, path: &Path, known: &KnownPolicy) -> std::io::Result<()> {
@@ -274,6 +269,13 @@ impl Fetcher {
             }
         }
     }
+}
+
+/// Whether a domain can name a file in a state folder: an ASCII domain
+/// name (non-empty labels, letters, digits and hyphens), so it cannot
+/// climb out of the folder.
+pub fn is_file_safe_domain(domain: &str) -> bool {
+    domain.is_ascii() && crate::proto::address::is_domain_name(domain)
 }
 
 /// The `id` of the one `v=STSv1` record among a name's TXT records

@@ -107,12 +107,7 @@ pub fn record_dir(state_dir: &Path) -> PathBuf {
 /// to write is logged by the caller and costs only the report.
 pub fn record(state_dir: &Path, domain: &str, line: &SessionLine) -> std::io::Result<()> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let safe = !domain.is_empty()
-        && !domain.starts_with('.')
-        && domain
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if !safe {
+    if !crate::net::mta_sts::is_file_safe_domain(&domain) {
         return Ok(());
     }
     let dir = record_dir(state_dir).join(day_of(line.time));
