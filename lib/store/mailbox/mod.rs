@@ -25,6 +25,7 @@
 //! session has taken \Recent for). In memory, [`shared`] keeps one copy
 //! per process of what the sessions of a folder know of it.
 
+pub mod acl;
 pub mod cache;
 pub mod expire;
 pub mod flags;
