@@ -13,6 +13,7 @@ use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
+use postroom::store::mailbox::acl::Rights;
 
 /// IDLE with no folder selected looks again this often; with one, as often
 /// as its filesystem asks (`watch::other_hosts_poll`: other hosts' changes
@@ -139,6 +140,7 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
+        sel.reload_seen();
         let state = match sel.shared.sync(sel.force) {
             Ok(s) => s,
             Err(e) => {
@@ -264,6 +266,13 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
+        let needed = crate::acl::rights_for_flags(names);
+        if !sel.rights.has(needed) {
+            return Ok(Done::No(format!(
+                "[NOPERM] you lack the right(s) {} on this mailbox to change these flags",
+                needed.without(sel.rights)
+            )));
+        }
         let (given, keywords) = match flags_from_names(&sel.folder, names) {
             Ok(f) => f,
             Err(done) => return Ok(done),
@@ -305,7 +314,7 @@ impl Session {
                 Ok(None) => continue,
                 Err(e) => return Ok(e.into()),
             };
-            let old = current.flags();
+            let old = sel.flags_of(&current);
             let new = match mode {
                 StoreMode::Replace => Flags {
                     system: given.system,
@@ -320,7 +329,7 @@ impl Session {
                     keywords: old.keywords & !given.keywords,
                 },
             };
-            let updated = match sel.folder.set_flags(&current, new) {
+            let updated = match sel.set_flags(&current, new) {
                 Ok(Some(e)) => e,
                 // Expunged by another session: nothing to store, and no
                 // failure either (the EXPUNGE follows when it may).
@@ -386,6 +395,11 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
+        if !sel.rights.has(Rights::EXPUNGE) {
+            return Ok(Done::No(
+                "[NOPERM] you lack the right e (expunge) on this mailbox".into(),
+            ));
+        }
         let candidates: Vec<&Entry> = match only {
             Some(positions) => positions.into_iter().map(|i| &sel.view[i]).collect(),
             None => sel.view.iter().collect(),
@@ -418,14 +432,13 @@ impl Session {
             Ok(p) => p,
             Err(done) => return Ok(done),
         };
-        let mailbox = match self.mailbox() {
-            Ok(m) => m,
+        let target = match self.target(wire) {
+            Ok(t) => t,
             Err(done) => return Ok(done),
         };
-        let name = match self.name(wire) {
-            Ok(n) => n,
-            Err(done) => return Ok(done),
-        };
+        if let Err(done) = target.need(Rights::INSERT) {
+            return Ok(done);
+        }
         let Some(sel) = self.selected.as_mut() else {
             return Ok(Done::Bad("select a mailbox first".into()));
         };
@@ -434,7 +447,13 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
-        let dest = mailbox.folder(&name);
+        // MOVE takes the messages away: t and e on the source (RFC 6851 §3.3).
+        if remove && !sel.rights.has(Rights::DELETE_MESSAGES.with(Rights::EXPUNGE)) {
+            return Ok(Done::No(
+                "[NOPERM] MOVE needs the rights t and e on this mailbox; COPY instead".into(),
+            ));
+        }
+        let dest = target.folder();
         if !dest.exists() {
             return Ok(Done::No("[TRYCREATE] no such mailbox".into()));
         }
