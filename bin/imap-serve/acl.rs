@@ -83,11 +83,14 @@ impl Target {
         }
     }
 
-    /// The key the owner goes by in indexes and private \Seen files.
-    fn owner_key(&self, domain: &str) -> String {
+    /// The key the owner goes by in indexes and private \Seen files:
+    /// an address, or `@DOMAIN` for the public tree. `me` is the user's
+    /// address, the owner of a personal folder.
+    fn owner_key(&self, me: &str, domain: &str) -> String {
         match &self.space {
+            Space::Personal => me.to_string(),
             Space::Shared { owner } => owner.clone(),
-            _ => format!("@{domain}"),
+            Space::Public => format!("@{domain}"),
         }
     }
 }
@@ -347,11 +350,11 @@ impl Session {
         if target.is_personal() {
             return None;
         }
-        let (_, domain) = self.who();
+        let (me, domain) = self.who();
         let root = self.mailbox().ok()?;
         let file = PrivateSeen::new(
             root.root(),
-            &target.owner_key(&domain),
+            &target.owner_key(&me, &domain),
             &target.name.disk_name(),
             validity,
         )?;
@@ -571,7 +574,7 @@ impl Session {
         id: &Identifier,
         change: impl FnOnce(&mut Acl),
     ) -> Result<(), Done> {
-        let (_, domain) = self.who();
+        let (me, domain) = self.who();
         let domain = domain.as_str();
         let folder = target.folder();
         let acl = acl::update(folder.path(), change).map_err(Done::from)?;
@@ -588,7 +591,7 @@ impl Session {
             .grants
             .iter()
             .any(|g| !g.negative && g.id == *id && g.rights.has(Rights::LOOKUP));
-        let owner = target.owner_key(domain);
+        let owner = target.owner_key(&me, domain);
         let index = GranteeIndex::new(&self.shared.config.state_dir());
         if let Err(e) = index.set(&key, &owner, &target.name.disk_name(), shared) {
             // The ACL holds; only LIST of the grantee lags. Logged for
