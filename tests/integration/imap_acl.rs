@@ -161,11 +161,15 @@ for name in ["Shared.ann..Projects", '"Shared.ann/../ann/.Projects"', '"Shared/a
         r = B.create(name + "x" if not name.startswith('"') else name)
         assert r[0] == "NO", (name, r)
 # Identifiers that are no user of the domain, or no name at all.
+def status(f, *args):
+    try:
+        return f(*args)[0]
+    except imaplib.IMAP4.error:  # imaplib raises on BAD
+        return "BAD"
 for who in ['"../x"', "carol@other.test", '"a b"', "nobody@example.test"]:
-    r = A.setacl("Projects", who, "lr")
-    assert r[0] in ("NO", "BAD"), (who, r)
-r = A.setacl("Projects", "bob", "lrz")
-assert r[0] == "BAD", r
+    assert status(A.setacl, "Projects", who, "lr") in ("NO", "BAD"), who
+assert status(A.setacl, "Projects", "bob", "lrz") == "BAD"
+
 # bob without k may not create inside ann's folder; with k he may, and
 # the child starts with the parent's rights.
 no(B.create("Shared.ann.Projects.Sub"), "NOPERM")
@@ -236,6 +240,7 @@ try:
     A.select("public.News"); raise SystemExit("public.News selected read-write")
 except imaplib.IMAP4.readonly:
     pass
+ok(A.select("public.News", readonly=True))
 f = ok(A.fetch("1", "(FLAGS)"))[0].decode()
 assert "\\Flagged" in f and "\\Seen" not in f, f
 no(A.store("1", "+FLAGS", "(\\Seen)"), "READ-ONLY")
