@@ -42,7 +42,9 @@ pub const PUBLIC_DIR: &str = "@public";
 pub enum Space {
     Personal,
     /// Another user's, by address.
-    Shared { owner: String },
+    Shared {
+        owner: String,
+    },
     Public,
 }
 
@@ -548,7 +550,12 @@ impl Session {
 
     /// A user named in SETACL must be one of the owner's domain: nobody
     /// else could reach the folder.
-    fn check_grantee(&self, id: &Identifier, owner: Option<&str>, domain: &str) -> Result<(), Done> {
+    fn check_grantee(
+        &self,
+        id: &Identifier,
+        owner: Option<&str>,
+        domain: &str,
+    ) -> Result<(), Done> {
         let Identifier::User(user) = id else {
             return Ok(());
         };

@@ -202,22 +202,16 @@ impl Session {
     /// CREATE of a child in a folder of another tree: `k` on the parent
     /// (RFC 4314 §4); the child starts with the parent's ACL, as in
     /// Dovecot, so whoever could see the parent sees it.
-    fn create_in_other_tree(
-        &mut self,
-        name: &MailboxName,
-        target: &crate::acl::Target,
-    ) -> Done {
-        let Some(parent) = name
-            .parents()
-            .last()
-            .and_then(|p| MailboxName::new(p).ok())
-        else {
+    fn create_in_other_tree(&mut self, name: &MailboxName, target: &crate::acl::Target) -> Done {
+        let Some(parent) = name.parents().last().and_then(|p| MailboxName::new(p).ok()) else {
             return Done::No("[NOPERM] folders of this namespace are made by their owner".into());
         };
         let parent = match self.target_of(&parent) {
             Ok(p) if p.space == target.space && p.folder().exists() => p,
             Ok(_) => {
-                return Done::No("[NOPERM] folders of this namespace are made by their owner".into());
+                return Done::No(
+                    "[NOPERM] folders of this namespace are made by their owner".into(),
+                );
             }
             Err(done) => return done,
         };
@@ -567,7 +561,11 @@ impl Session {
             let names: Vec<String> = m
                 .flags
                 .iter()
-                .filter(|n| target.rights.has(crate::acl::rights_for_flags(&[(*n).clone()])))
+                .filter(|n| {
+                    target
+                        .rights
+                        .has(crate::acl::rights_for_flags(&[(*n).clone()]))
+                })
                 .cloned()
                 .collect();
             match flags_from_names(&folder, &names) {

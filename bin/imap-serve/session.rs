@@ -27,9 +27,9 @@ use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
 use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
+use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::shared::{Entries, Folders, SharedFolder};
 use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, flags,

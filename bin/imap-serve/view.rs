@@ -448,7 +448,11 @@ impl Session {
             ));
         }
         // MOVE takes the messages away: t and e on the source (RFC 6851 §3.3).
-        if remove && !sel.rights.has(Rights::DELETE_MESSAGES.with(Rights::EXPUNGE)) {
+        if remove
+            && !sel
+                .rights
+                .has(Rights::DELETE_MESSAGES.with(Rights::EXPUNGE))
+        {
             return Ok(Done::No(
                 "[NOPERM] MOVE needs the rights t and e on this mailbox; COPY instead".into(),
             ));

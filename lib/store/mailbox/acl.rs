@@ -517,7 +517,12 @@ impl PrivateSeen {
     /// `owner` is the owner's address (or `@DOMAIN` for a public folder),
     /// `folder` the folder's disk name; both reach a path only after the
     /// same check as a grantee's name.
-    pub fn new(reader_root: &Path, owner: &str, folder: &str, validity: u32) -> Option<PrivateSeen> {
+    pub fn new(
+        reader_root: &Path,
+        owner: &str,
+        folder: &str,
+        validity: u32,
+    ) -> Option<PrivateSeen> {
         checked_name(owner.strip_prefix('@').unwrap_or(owner))?;
         checked_name(folder)?;
         Some(PrivateSeen {
