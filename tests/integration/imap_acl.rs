@@ -69,6 +69,9 @@ assert '(\\Noselect \\HasChildren) "." Shared.ann' in listed, listed
 assert '(\\HasNoChildren) "." Shared.ann.Projects' in listed, listed
 assert not [n for n in listed if "Private" in n], listed
 assert ok(B.myrights("Shared.ann.Projects")) == [b"Shared.ann.Projects lrs"], B.myrights("Shared.ann.Projects")
+ok(B.subscribe("Shared.ann.Projects"))
+assert [l for l in ok(B.lsub()) if b"Shared.ann.Projects" in l] == [b'() "." Shared.ann.Projects'], B.lsub()
+no(B.subscribe("Shared.ann.Private"), "NONEXISTENT")
 typ, dat = B._simple_command("LISTRIGHTS", "Shared.ann.Projects", "bob@example.test")
 assert typ == "NO" and "NOPERM" in dat[0].decode(), (typ, dat)
 typ, dat = A._simple_command("LISTRIGHTS", "Projects", "bob@example.test")
