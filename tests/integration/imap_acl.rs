@@ -8,12 +8,13 @@ use std::process::Command;
 use crate::imap_serve::python;
 use crate::util::{Server, Tree, stderr, stdout};
 
-/// ann and bob of example.test, and carol of another domain.
-fn tree_with_two_users() -> Tree {
+/// ann and bob of example.test, and imap-serve on their tree.
+fn two_users_served() -> (Tree, Server) {
     let tree = Tree::new();
     tree.add_user("ann@example.test");
     tree.add_user("bob@example.test");
-    tree
+    let server = Server::start(&tree, "imap-serve", &[]);
+    (tree, server)
 }
 
 /// Python helpers on top of `imap_serve`'s prelude.
@@ -41,8 +42,7 @@ fn run(tree: &Tree, server: &Server, script: &str) -> String {
 /// flag changes as they happen; once the grant is gone, so is the folder.
 #[test]
 fn two_users_share_a_folder_with_rights_enforced() {
-    let tree = tree_with_two_users();
-    let server = Server::start(&tree, "imap-serve", &[]);
+    let (tree, server) = two_users_served();
     let said = run(
         &tree,
         &server,
@@ -144,8 +144,7 @@ print("shared ok")
 /// nothing is written outside the trees.
 #[test]
 fn names_cannot_escape_a_tree() {
-    let tree = tree_with_two_users();
-    let server = Server::start(&tree, "imap-serve", &[]);
+    let (tree, server) = two_users_served();
     run(
         &tree,
         &server,
@@ -210,7 +209,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// writes by hand, picked up at the next command.
 #[test]
 fn public_folder_rights_come_from_the_admin_edited_acl_file() {
-    let tree = tree_with_two_users();
+    let (tree, server) = two_users_served();
     let public = tree.root().join("mail/example.test/@public");
     let mailbox = postroom::store::mailbox::Mailbox::new(&public);
     let news = postroom::store::mailbox::MailboxName::new("News").unwrap();
@@ -221,7 +220,6 @@ fn public_folder_rights_come_from_the_admin_edited_acl_file() {
         "authenticated lr\nuser=bob@example.test lrswite\n# ann may only look\n-user=ann@example.test r\n",
     )
     .unwrap();
-    let server = Server::start(&tree, "imap-serve", &[]);
     run(
         &tree,
         &server,
@@ -260,8 +258,7 @@ print("public ok")
 /// the folder ann shared with him.
 #[test]
 fn curl_reads_a_shared_folder() {
-    let tree = tree_with_two_users();
-    let server = Server::start(&tree, "imap-serve", &[]);
+    let (tree, server) = two_users_served();
     run(
         &tree,
         &server,

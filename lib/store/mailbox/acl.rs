@@ -167,24 +167,34 @@ pub enum Identifier {
 }
 
 impl Identifier {
+    /// The identifiers that are words alike in the file and in IMAP.
+    fn special(text: &str) -> Option<Identifier> {
+        Some(match text {
+            "owner" => Identifier::Owner,
+            "authenticated" => Identifier::Authenticated,
+            "anyone" => Identifier::Anyone,
+            _ => return None,
+        })
+    }
+
     /// The file's form: `owner`, `authenticated`, `anyone`, `user=ADDR`,
     /// `group=NAME`.
     pub fn parse_file(text: &str) -> Result<Identifier, AclError> {
         let bad = || AclError::BadIdentifier(text.to_string());
-        Ok(match text {
-            "owner" => Identifier::Owner,
-            "authenticated" => Identifier::Authenticated,
-            "anyone" => Identifier::Anyone,
-            _ => {
-                if let Some(user) = text.strip_prefix("user=") {
-                    Identifier::User(checked_name(user).ok_or_else(bad)?.to_lowercase())
-                } else if let Some(group) = text.strip_prefix("group=") {
-                    Identifier::Group(checked_name(group).ok_or_else(bad)?.to_string())
-                } else {
-                    return Err(bad());
-                }
-            }
-        })
+        if let Some(id) = Identifier::special(text) {
+            return Ok(id);
+        }
+        if let Some(user) = text.strip_prefix("user=") {
+            Ok(Identifier::User(
+                checked_name(user).ok_or_else(bad)?.to_lowercase(),
+            ))
+        } else if let Some(group) = text.strip_prefix("group=") {
+            Ok(Identifier::Group(
+                checked_name(group).ok_or_else(bad)?.to_string(),
+            ))
+        } else {
+            Err(bad())
+        }
     }
 
     /// The IMAP form (as Dovecot reads it): `owner`, `authenticated`,
@@ -192,32 +202,28 @@ impl Identifier {
     /// `domain`.
     pub fn parse_imap(text: &str, domain: &str) -> Result<Identifier, AclError> {
         let bad = || AclError::BadIdentifier(text.to_string());
-        Ok(match text.to_ascii_lowercase().as_str() {
-            "owner" => Identifier::Owner,
-            "authenticated" => Identifier::Authenticated,
-            "anyone" => Identifier::Anyone,
-            _ => {
-                if let Some(group) = text.strip_prefix('$') {
-                    Identifier::Group(checked_name(group).ok_or_else(bad)?.to_string())
-                } else {
-                    let user = checked_name(text).ok_or_else(bad)?.to_lowercase();
-                    if user.contains('@') {
-                        Identifier::User(user)
-                    } else {
-                        Identifier::User(format!("{user}@{}", domain.to_lowercase()))
-                    }
-                }
-            }
-        })
+        if let Some(id) = Identifier::special(&text.to_ascii_lowercase()) {
+            return Ok(id);
+        }
+        if let Some(group) = text.strip_prefix('$') {
+            return Ok(Identifier::Group(
+                checked_name(group).ok_or_else(bad)?.to_string(),
+            ));
+        }
+        let user = checked_name(text).ok_or_else(bad)?.to_lowercase();
+        Ok(Identifier::User(if user.contains('@') {
+            user
+        } else {
+            format!("{user}@{}", domain.to_lowercase())
+        }))
     }
 
+    /// The IMAP form: as in the file but for users and groups.
     pub fn imap(&self) -> String {
         match self {
-            Identifier::Owner => "owner".into(),
-            Identifier::Authenticated => "authenticated".into(),
-            Identifier::Anyone => "anyone".into(),
             Identifier::User(u) => u.clone(),
             Identifier::Group(g) => format!("${g}"),
+            special => special.to_string(),
         }
     }
 
