@@ -548,6 +548,35 @@ impl Session {
         }
     }
 
+    /// After the user renamed their folders (`(old, new)` names): the
+    /// sharing index follows each one's ACL, which moved with it. A
+    /// failure is logged; the grantees then see the folder again at the
+    /// next SETACL on it.
+    pub fn reindex_renamed(&self, moved: &[(MailboxName, MailboxName)]) {
+        let (me, domain) = self.who();
+        let Ok(own) = self.mailbox() else {
+            return;
+        };
+        let index = GranteeIndex::new(&self.shared.config.state_dir());
+        for (old, new) in moved {
+            let Ok(Some(acl)) = acl::read(own.folder(new).path()) else {
+                continue;
+            };
+            let shared = acl
+                .grants
+                .iter()
+                .filter(|g| !g.negative && g.rights.has(Rights::LOOKUP));
+            for key in shared.filter_map(|g| grantee_key(&g.id, &domain)) {
+                let moved = index
+                    .set(&key, &me, &old.disk_name(), false)
+                    .and_then(|()| index.set(&key, &me, &new.disk_name(), true));
+                if let Err(e) = moved {
+                    tracing::error!("shared-folder index of {key} after RENAME {old} {new}: {e}");
+                }
+            }
+        }
+    }
+
     /// A user named in SETACL must be one of the owner's domain: nobody
     /// else could reach the folder.
     fn check_grantee(
@@ -585,10 +614,8 @@ impl Session {
         let domain = domain.as_str();
         let folder = target.folder();
         let acl = acl::update(folder.path(), change).map_err(Done::from)?;
-        let key = match id {
-            Identifier::User(u) => u.clone(),
-            Identifier::Anyone | Identifier::Authenticated => format!("@{domain}"),
-            Identifier::Owner | Identifier::Group(_) => return Ok(()),
+        let Some(key) = grantee_key(id, domain) else {
+            return Ok(());
         };
         if target.space == Space::Public {
             // Public folders are found by listing their tree.
@@ -609,6 +636,16 @@ impl Session {
             ));
         }
         Ok(())
+    }
+}
+
+/// The file of the sharing index a grant goes to: the user's, or the
+/// domain's for everyone; none for the owner and groups.
+fn grantee_key(id: &Identifier, domain: &str) -> Option<String> {
+    match id {
+        Identifier::User(u) => Some(u.clone()),
+        Identifier::Anyone | Identifier::Authenticated => Some(format!("@{domain}")),
+        Identifier::Owner | Identifier::Group(_) => None,
     }
 }
 

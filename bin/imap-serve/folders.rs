@@ -278,8 +278,29 @@ impl Session {
         if to.as_str().starts_with(&format!("{from}.")) {
             return Done::No("[CANNOT] a mailbox cannot move into itself".into());
         }
+        // The folders that move (the children go along), for the
+        // sharing index.
+        let mut moved = Vec::new();
+        if !from.is_inbox() {
+            let prefix = format!("{from}.");
+            for name in mailbox.list().unwrap_or_default() {
+                let new = if name == from {
+                    Some(to.clone())
+                } else {
+                    name.as_str()
+                        .strip_prefix(&prefix)
+                        .and_then(|rest| MailboxName::new(&format!("{to}.{rest}")).ok())
+                };
+                if let Some(new) = new {
+                    moved.push((name, new));
+                }
+            }
+        }
         match mailbox.rename(&from, &to) {
-            Ok(()) => Done::Ok("RENAME completed".into()),
+            Ok(()) => {
+                self.reindex_renamed(&moved);
+                Done::Ok("RENAME completed".into())
+            }
             Err(e) => e.into(),
         }
     }

@@ -122,9 +122,21 @@ A.untagged_responses.clear()
 ok(A.noop())
 assert untagged(A, "EXPUNGE") == ["1"], A.untagged_responses
 
-# DELETEACL: gone from bob's LIST, and SELECT says it does not exist.
+# ann renames it (and its child): bob finds it under the new name.
 ok(B.close())
+ok(A.close())
+ok(A.create("Projects.Old"))
+ok(A.setacl("Projects.Old", "bob", "lr"))
+ok(A.rename("Projects", "Plans"))
+listed = [n for n in names(B) if "Shared" in n]
+assert '(\\HasChildren) "." Shared.ann.Plans' in listed, listed
+assert '(\\HasNoChildren) "." Shared.ann.Plans.Old' in listed, listed
+assert not [n for n in listed if "Projects" in n], listed
+ok(A.rename("Plans", "Projects"))
+
+# DELETEACL: gone from bob's LIST, and SELECT says it does not exist.
 ok(A.deleteacl("Projects", "bob@example.test"))
+ok(A.deleteacl("Projects.Old", "bob"))
 assert not [n for n in names(B) if "Shared" in n], names(B)
 no(B.select("Shared.ann.Projects"), "NONEXISTENT")
 acl = ok(A.getacl("Projects"))[0].decode()
