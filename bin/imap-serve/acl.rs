@@ -26,7 +26,9 @@ use postroom::proto::imap::response::astring;
 use postroom::store::mailbox::acl::{
     self, Acl, Change, GranteeIndex, Identifier, LETTERS, PrivateSeen, Rights,
 };
-use postroom::store::mailbox::{Entry, Flags, Folder, Mailbox, MailboxError, MailboxName, flags};
+use postroom::store::mailbox::{
+    Entry, Flags, Folder, Keywords, Mailbox, MailboxError, MailboxName, flags,
+};
 
 use crate::session::{Done, Selected, Session};
 
@@ -179,6 +181,22 @@ impl Selected {
         }
         Ok(Some(updated))
     }
+}
+
+/// PERMANENTFLAGS for a user with `rights`: only the flags they may
+/// change (RFC 4314 §4): \Seen with `s`, \Deleted with `t`, the others
+/// and new keywords (`\*`) with `w`.
+pub fn permanent_flags(keywords: &Keywords, rights: Rights) -> String {
+    let all = postroom::proto::imap::response::permanent_flags(keywords);
+    if rights == Rights::ALL {
+        return all;
+    }
+    let inner = all.trim_start_matches('(').trim_end_matches(')');
+    let kept: Vec<&str> = inner
+        .split(' ')
+        .filter(|f| !f.is_empty() && rights.has(rights_for_flags(&[f.to_string()])))
+        .collect();
+    format!("({})", kept.join(" "))
 }
 
 /// Flags with \Seen taken from `seen` (when given).
@@ -676,6 +694,23 @@ mod tests {
             Rights::WRITE
         );
         assert_eq!(rights_for_flags(&names(&[])), Rights::NONE);
+    }
+
+    #[test]
+    fn permanent_flags_are_those_the_rights_allow() {
+        let k = Keywords::default();
+        let all = postroom::proto::imap::response::permanent_flags(&k);
+        assert_eq!(permanent_flags(&k, Rights::ALL), all);
+        assert_eq!(permanent_flags(&k, Rights::parse("lr").unwrap()), "()");
+        assert_eq!(
+            permanent_flags(&k, Rights::parse("lrs").unwrap()),
+            "(\\Seen)"
+        );
+        let w = permanent_flags(&k, Rights::parse("lrwt").unwrap());
+        assert!(
+            w.contains("\\Deleted") && w.contains("\\*") && !w.contains("\\Seen"),
+            "{w}"
+        );
     }
 
     #[test]

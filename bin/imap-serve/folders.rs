@@ -8,7 +8,7 @@ use postroom::net::NetError;
 use postroom::proto::imap::command::{
     Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
 };
-use postroom::proto::imap::response::{all_flags, astring, permanent_flags};
+use postroom::proto::imap::response::{all_flags, astring};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Appending, MailboxName, flags};
 
@@ -91,7 +91,7 @@ impl Session {
         let permanent = if read_only {
             "()".to_string()
         } else {
-            permanent_flags(&state.keywords)
+            crate::acl::permanent_flags(&state.keywords, target.rights)
         };
         out.extend_from_slice(format!("* OK [PERMANENTFLAGS {permanent}] flags\r\n").as_bytes());
         out.extend_from_slice(format!("* {} EXISTS\r\n", state.entries.len()).as_bytes());

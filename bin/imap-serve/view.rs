@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
-use postroom::proto::imap::response::{all_flags, permanent_flags};
+use postroom::proto::imap::response::all_flags;
 use postroom::store::mailbox::shared::Entries;
 use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
@@ -178,7 +178,7 @@ impl Session {
                 out.extend_from_slice(
                     format!(
                         "* OK [PERMANENTFLAGS {}] flags\r\n",
-                        permanent_flags(&sel.keywords)
+                        crate::acl::permanent_flags(&sel.keywords, sel.rights)
                     )
                     .as_bytes(),
                 );
@@ -286,7 +286,7 @@ impl Session {
             out.extend_from_slice(
                 format!(
                     "* OK [PERMANENTFLAGS {}] flags\r\n",
-                    permanent_flags(&sel.keywords)
+                    crate::acl::permanent_flags(&sel.keywords, sel.rights)
                 )
                 .as_bytes(),
             );

@@ -83,8 +83,9 @@ assert typ == "OK", dat
 rights = untagged(B, "MYRIGHTS")
 assert rights == ["Shared.ann.Projects lrs"], rights
 
-# bob reads; \Seen is his own.
+# bob reads; \Seen is his own, the one flag he may change.
 assert ok(B.select("Shared.ann.Projects")) == [b"2"]
+assert B.untagged_responses.pop("PERMANENTFLAGS") == [b"(\\Seen)"], B.untagged_responses
 body = ok(B.fetch("1", "(BODY[])"))[0][1]
 assert b"The plan, part 1." in body, body
 assert b"\\Seen" in ok(B.fetch("1", "(FLAGS)"))[0], B.fetch("1", "(FLAGS)")
