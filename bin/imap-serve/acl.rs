@@ -183,6 +183,30 @@ impl Selected {
     }
 }
 
+/// The flags a change from `old` to `new` may make with `rights`: the
+/// ones the user may not change stay as they were (a `STORE FLAGS`
+/// replaces all of them, \Deleted too, which needs `t`).
+pub fn limit_change(old: Flags, new: Flags, rights: Rights) -> Flags {
+    let mut may = 0u8;
+    if rights.has(Rights::SEEN) {
+        may |= flags::SEEN;
+    }
+    if rights.has(Rights::DELETE_MESSAGES) {
+        may |= flags::DELETED;
+    }
+    if rights.has(Rights::WRITE) {
+        may |= !(flags::SEEN | flags::DELETED);
+    }
+    Flags {
+        system: (new.system & may) | (old.system & !may),
+        keywords: if rights.has(Rights::WRITE) {
+            new.keywords
+        } else {
+            old.keywords
+        },
+    }
+}
+
 /// PERMANENTFLAGS for a user with `rights`: only the flags they may
 /// change (RFC 4314 §4): \Seen with `s`, \Deleted with `t`, the others
 /// and new keywords (`\*`) with `w`.
@@ -711,6 +735,17 @@ mod tests {
             w.contains("\\Deleted") && w.contains("\\*") && !w.contains("\\Seen"),
             "{w}"
         );
+    }
+
+    #[test]
+    fn a_replacing_store_keeps_what_the_rights_do_not_reach() {
+        let old = Flags::from_info("Ta");
+        let new = Flags::from_info("FS");
+        let lrsw = Rights::parse("lrsw").unwrap();
+        assert_eq!(limit_change(old, new, lrsw), Flags::from_info("FST"));
+        let lrs = Rights::parse("lrs").unwrap();
+        assert_eq!(limit_change(old, new, lrs), Flags::from_info("STa"));
+        assert_eq!(limit_change(old, new, Rights::ALL), new);
     }
 
     #[test]

@@ -9,13 +9,13 @@ use postroom::proto::imap::command::{
     Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
 };
 use postroom::proto::imap::response::{all_flags, astring};
+use postroom::store::mailbox::acl::{self as folder_acl, Rights};
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Appending, MailboxName, flags};
 
 use crate::acl::overlay;
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
-use postroom::store::mailbox::acl::{self as folder_acl, Rights};
 
 macro_rules! mailbox_or_bad {
     ($session:expr) => {

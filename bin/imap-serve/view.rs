@@ -8,12 +8,12 @@ use std::time::Duration;
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
 use postroom::proto::imap::response::all_flags;
+use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::shared::Entries;
 use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
-use postroom::store::mailbox::acl::Rights;
 
 /// IDLE with no folder selected looks again this often; with one, as often
 /// as its filesystem asks (`watch::other_hosts_poll`: other hosts' changes
@@ -329,6 +329,7 @@ impl Session {
                     keywords: old.keywords & !given.keywords,
                 },
             };
+            let new = crate::acl::limit_change(old, new, sel.rights);
             let updated = match sel.set_flags(&current, new) {
                 Ok(Some(e)) => e,
                 // Expunged by another session: nothing to store, and no

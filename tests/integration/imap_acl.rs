@@ -102,6 +102,13 @@ assert "MESSAGES 2 UNSEEN 1" in st, st
 # EXPUNGE e, SETACL a.
 no(B.store("1", "+FLAGS", "(\\Deleted)"), "NOPERM")
 no(B.store("1", "+FLAGS", "(\\Flagged)"), "NOPERM")
+# A replacing STORE changes only what bob may: his \Seen, not ann's \Deleted.
+ok(A.store("2", "+FLAGS", "(\\Deleted)"))
+ok(B.store("2", "FLAGS", "(\\Seen)"))
+f = ok(B.fetch("2", "(FLAGS)"))[0].decode()
+assert "\\Seen" in f and "\\Deleted" in f, f
+ok(B.store("2", "-FLAGS", "(\\Seen)"))
+ok(A.store("2", "-FLAGS", "(\\Deleted)"))
 no(B.append("Shared.ann.Projects", None, None, MSG % (3, 3)), "NOPERM")
 no(B.expunge(), "NOPERM")
 no(B.setacl("Shared.ann.Projects", "bob@example.test", "lrswipkxtea"), "NOPERM")
