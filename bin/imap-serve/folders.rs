@@ -645,11 +645,24 @@ impl Session {
                 Ok(n) => n,
                 Err(done) => return Ok(done),
             };
-            if !mailbox.folder(&name).exists() {
+            let target = match self.target_of(&name) {
+                Ok(t) => t,
+                Err(done) => return Ok(done),
+            };
+            if let Err(done) = target.need(Rights::LOOKUP) {
+                return Ok(done);
+            }
+            if !target.folder().exists() {
                 return Ok(Done::No("[NONEXISTENT] no such mailbox".into()));
             }
             out.extend_from_slice(b"* QUOTAROOT ");
             out.extend_from_slice(&self.wire_name(&name));
+            if !target.is_personal() {
+                // The owner's quota is theirs to know: no root here.
+                out.extend_from_slice(b"\r\n");
+                self.out(&out).await?;
+                return Ok(Done::Ok("completed".into()));
+            }
             if quota.is_some() {
                 out.extend_from_slice(b" \"\"");
             }

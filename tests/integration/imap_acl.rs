@@ -95,6 +95,8 @@ ok(A.store("2", "+FLAGS", "(\\Seen)"))
 assert b"\\Seen" not in ok(B.fetch("2", "(FLAGS)"))[0], B.fetch("2", "(FLAGS)")
 assert ok(B.search(None, "UNSEEN")) == [b"2"], B.search(None, "UNSEEN")
 assert ok(A.search(None, "UNSEEN")) == [b"1"], A.search(None, "UNSEEN")
+typ, dat = B.getquotaroot("Shared.ann.Projects")
+assert typ == "OK" and dat[0] == [b"Shared.ann.Projects"], (typ, dat)
 st = ok(B.status("Shared.ann.Projects", "(MESSAGES UNSEEN)"))[0].decode()
 assert "MESSAGES 2 UNSEEN 1" in st, st
 

@@ -2023,13 +2023,24 @@ mod tests {
         }
 
         #[test]
+        fn setacl_arguments_come_back_as_sent(
+            mailbox in "[A-Za-z0-9.]{1,20}",
+            identifier in "-?[a-z0-9$]{1,12}(@[a-z]{1,8}\\.test)?",
+            rights in "[+-]?[a-z]{0,12}",
+        ) {
+            // Quoted, as a client sends any string that is no atom.
+            let line = format!("t SETACL {mailbox} \"{identifier}\" \"{rights}\"\r\n");
+            prop_assert_eq!(ok(&line), Body::Acl(AclCommand::SetAcl { mailbox, identifier, rights }));
+        }
+
+        #[test]
         fn random_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse(&bytes);
         }
 
         #[test]
         fn random_commands_never_panic(
-            name in prop::sample::select(vec!["FETCH", "UID FETCH", "SEARCH", "STORE", "LIST", "APPEND", "STATUS", "SELECT", "LOGIN", "COPY"]),
+            name in prop::sample::select(vec!["FETCH", "UID FETCH", "SEARCH", "STORE", "LIST", "APPEND", "STATUS", "SELECT", "LOGIN", "COPY", "SETACL", "DELETEACL", "GETACL", "LISTRIGHTS", "MYRIGHTS"]),
             rest in "[ -~]{0,80}",
         ) {
             let _ = parse(format!("t {name} {rest}\r\n").as_bytes());
