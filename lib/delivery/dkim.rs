@@ -22,6 +22,8 @@
 //! relaxed/relaxed (survives the re-folding of headers and trailing-space
 //! changes relays make); From, To, Subject and Date are over-signed (listed
 //! once more than they occur), so no one can add a second one after us.
+//! Mail we pass on (a Sieve redirect, a list post) is then ARC-sealed over
+//! the signed message (`delivery::arc`), in the same rewrite of the file.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
