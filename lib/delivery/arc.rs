@@ -344,6 +344,8 @@ mod tests {
                 vec!["i=1 cv=None".into(), "i=2 cv=Pass".into()]
             )
         );
+        // Our arc=pass lies below our own seal now: sealed here already.
+        assert_eq!(seals(&pass_on(&config, &second)), 2);
     }
 
     #[test]
