@@ -211,6 +211,25 @@ pub async fn tlsa_records(
     }
 }
 
+/// The certificate error of a DANE peer whose certificate no TLSA record
+/// matches: typed, so TLS reports tell it from an ordinary chain failure
+/// (`tlsrpt::TlsFailure`).
+#[derive(Debug, thiserror::Error)]
+#[error("DANE: no TLSA record matches the certificate")]
+pub struct TlsaMismatch;
+
+impl From<TlsaMismatch> for rustls::CertificateError {
+    fn from(e: TlsaMismatch) -> Self {
+        rustls::CertificateError::Other(rustls::OtherError(Arc::new(e)))
+    }
+}
+
+impl From<TlsaMismatch> for rustls::Error {
+    fn from(e: TlsaMismatch) -> Self {
+        rustls::Error::InvalidCertificate(e.into())
+    }
+}
+
 /// A client config that accepts exactly the certificates `records`
 /// match (their usable ones; the caller has checked there is one).
 pub fn client_config(records: Vec<Tlsa>) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
@@ -279,9 +298,7 @@ impl ServerCertVerifier for DaneVerifier {
                 now,
             );
         }
-        Err(rustls::Error::General(
-            "DANE: no TLSA record matches the certificate (TlsaMismatch)".into(),
-        ))
+        Err(TlsaMismatch.into())
     }
 
     fn verify_tls12_signature(
