@@ -108,6 +108,8 @@ pub struct Dispatcher {
     state_dir: PathBuf,
     /// The validating name servers DANE asks (`None` unless `dns.dnssec`).
     dane: Option<Vec<SocketAddr>>,
+    /// The TLSA answers of this run, kept for their TTL.
+    tlsa: dane::TlsaCache,
 }
 
 /// What protects the TLS of one host.
@@ -166,6 +168,7 @@ impl Dispatcher {
             credentials,
             queues: Mutex::new(HashMap::new()),
             sts,
+            tlsa: dane::TlsaCache::default(),
         })
     }
 
@@ -337,7 +340,11 @@ impl Dispatcher {
                 .get_or_init(|| dane::mx_is_secure(servers, timeout, domain))
                 .await;
             if secure {
-                match dane::tlsa_records(servers, timeout, host, destination.port).await {
+                match self
+                    .tlsa
+                    .records(servers, timeout, host, destination.port)
+                    .await
+                {
                     Answer::Secure(records) if !records.is_empty() => {
                         return Ok(HostPolicy::Dane(records));
                     }

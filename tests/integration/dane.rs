@@ -168,3 +168,37 @@ fn no_tlsa_record_falls_back_to_the_domains_policy() {
     ok(&w.send(&["--once"]));
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[test]
+fn tlsa_records_are_asked_once_a_run_while_their_ttl_lasts() {
+    let (tls, spki_hash) = self_signed("mx.far.test");
+    let w = dane_world(spki_hash.clone(), true);
+    // A second domain with the same MX host: its own connection.
+    w.dns
+        .set("near.test", vec![mx(10, "mx.far.test"), Record::Secure]);
+    let config = std::fs::read_to_string(&w.tree.config).unwrap();
+    let port = config
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap()
+        .to_string();
+    let tlsa = format!("_{port}._tcp.mx.far.test");
+    let sink = tls_sink(&w, tls);
+    w.queue_mail(&["bob@far.test", "carl@near.test"], "hi\n");
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages().len(), 2, "two connections");
+    assert_eq!(w.dns.asked(&tlsa), 1, "the second used the first answer");
+    // A TTL of 0 may not be kept: each connection asks.
+    w.dns.set(
+        &tlsa,
+        vec![
+            Record::Tlsa(3, 1, 1, spki_hash),
+            Record::Secure,
+            Record::Ttl(0),
+        ],
+    );
+    w.queue_mail(&["bob@far.test", "carl@near.test"], "again\n");
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages().len(), 4);
+    assert_eq!(w.dns.asked(&tlsa), 3);
+}
