@@ -8,58 +8,32 @@
 //! changed on the way is sealed cv=fail and fails both verifiers.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 
-use crate::dkim::tree_with_keys;
+use crate::dkim::{run_dkimpy, tree_with_keys, verifier};
 use crate::dns::Record;
-use crate::list_expand::{list_expand, ok as list_ok};
+use crate::list_expand::open_team_with_footer;
 use crate::sink::{Received, Sink};
 use crate::smtp_recv::python;
 use crate::smtp_send::{World, a, mx, ok};
-use crate::util::{Server, bin, stderr, stdout, wait_until};
+use crate::util::{Server, bin, stderr, wait_until};
 
+/// dkimpy's `arc_verify`: exits 0 for cv=pass.
 const DKIMPY_ARC: &str = r#"
-import json, sys
-try:
-    import dkim
-except ImportError:
-    sys.exit("dkimpy is not installed (.ci/run installs it: pip install 'dkimpy[ed25519]')")
-records = json.loads(sys.argv[1])
-def dnsfunc(name, timeout=5):
-    name = name.decode() if isinstance(name, bytes) else name
-    return records.get(name.rstrip(".").lower(), "").encode()
-cv, results, reason = dkim.arc_verify(sys.stdin.buffer.read(), dnsfunc=dnsfunc)
+cv, results, reason = dkim.arc_verify(message, dnsfunc=dnsfunc)
 print(cv, reason)
 sys.exit(0 if cv == dkim.CV_Pass else 1)
 "#;
 
 /// dkimpy's verdict on the chain: (cv=pass, what it printed).
 fn dkimpy_arc(records: &HashMap<String, String>, message: &[u8]) -> (bool, String) {
-    let mut child = Command::new("python3")
-        .args(["-c", DKIMPY_ARC, &serde_json::to_string(records).unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child.stdin.take().unwrap().write_all(message).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!("{}{}", stdout(&out), stderr(&out)),
-    )
+    run_dkimpy(DKIMPY_ARC, records, message)
 }
 
 /// mail-auth's verdict on the chain, asking the test DNS server, and each
 /// seal's instance and cv.
 fn mail_auth_arc(config: &postroom::config::Config, message: &[u8]) -> (String, Vec<String>) {
-    let authenticator = postroom::net::dns::authenticator(config).unwrap();
+    let (authenticator, runtime) = verifier(config);
     let parsed = mail_auth::AuthenticatedMessage::parse(message).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let output = runtime.block_on(authenticator.verify_arc(mail_auth::Parameters::new(&parsed)));
     let seals = output
         .sets()
@@ -161,30 +135,7 @@ fn redirects_and_list_posts_leave_sealed_and_each_hop_adds_a_set() {
     .unwrap();
     sieve(&w, "ann", "redirect \"fred@far.test\";\n");
     sieve(&w, "bea", "redirect \"gus@far.test\";\n");
-    list_ok(&list_expand(
-        &w.tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
-    list_ok(&list_expand(
-        &w.tree,
-        &["add", "team@example.test", "-"],
-        b"dora@far.test\n",
-    ));
-    let list_config = w.tree.root().join("lists/team@example.test/config");
-    let text = std::fs::read_to_string(&list_config).unwrap();
-    std::fs::write(
-        &list_config,
-        text + "footer = \"To leave: mail team-request\"\n",
-    )
-    .unwrap();
+    open_team_with_footer(&w.tree, b"dora@far.test\n");
 
     let server = Server::start(&w.tree, "smtp-recv", &[]);
     let scratch = w.tree.dir.path().to_path_buf();
