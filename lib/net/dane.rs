@@ -209,14 +209,16 @@ pub async fn mx_is_secure(servers: &[SocketAddr], timeout: Duration, domain: &st
 /// TLSA answers of one run, by host and port, each kept as long as its
 /// TTL says: a runner opens many connections to the same MX hosts, and
 /// each would otherwise ask again (as MX answers are kept by the
-/// resolver's cache). A failure is not kept: the next connection asks.
+/// resolver's cache). Connections that want the same answer at once share
+/// one question. A failure is not kept: the next connection asks.
 #[derive(Default)]
 pub struct TlsaCache {
     answers: std::sync::Mutex<Answers>,
 }
 
-/// Each (host, port)'s answer and when it expires.
-type Answers = std::collections::HashMap<(String, u16), (Instant, Answer<Tlsa>)>;
+/// Each (host, port)'s answer, once it is in, with when it expires.
+type Answers = std::collections::HashMap<(String, u16), Arc<tokio::sync::OnceCell<Kept>>>;
+type Kept = (Instant, Answer<Tlsa>);
 
 impl TlsaCache {
     /// The TLSA records of `_PORT._tcp.HOST`, from the cache while their
@@ -229,26 +231,25 @@ impl TlsaCache {
         port: u16,
     ) -> Answer<Tlsa> {
         let key = (host.trim_end_matches('.').to_ascii_lowercase(), port);
-        let now = Instant::now();
-        if let Some((until, answer)) = self.lock().get(&key)
-            && *until > now
-        {
-            return answer.clone();
-        }
-        let (answer, ttl) = tlsa_records(servers, timeout, &key.0, port).await;
-        if !ttl.is_zero() && !matches!(answer, Answer::Failed(_)) {
-            let mut answers = self.lock();
-            // Expired answers go, so the map holds only what is current.
-            answers.retain(|_, (until, _)| *until > now);
-            answers.insert(key, (now + ttl, answer.clone()));
-        }
-        answer
-    }
-
-    /// A poisoned lock only means another task panicked mid-insert; the
-    /// map is still a valid cache.
-    fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {
-        self.answers.lock().unwrap_or_else(|e| e.into_inner())
+        let cell = {
+            let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            // Expired answers go (a question in flight stays), so the map
+            // holds only what is current.
+            answers.retain(|_, cell| cell.get().is_none_or(|(until, _)| *until > now));
+            answers.entry(key.clone()).or_default().clone()
+        };
+        let (_, answer) = cell
+            .get_or_init(|| async {
+                let (answer, ttl) = tlsa_records(servers, timeout, &key.0, port).await;
+                let keep = match answer {
+                    Answer::Failed(_) => Duration::ZERO,
+                    _ => ttl,
+                };
+                (Instant::now() + keep, answer)
+            })
+            .await;
+        answer.clone()
     }
 }
 

@@ -172,15 +172,28 @@ fn no_tlsa_record_falls_back_to_the_domains_policy() {
 fn tlsa_records_are_asked_once_a_run_while_their_ttl_lasts() {
     let (tls, spki_hash) = self_signed("mx.far.test");
     let w = dane_world(spki_hash.clone(), true);
-    // A second domain with the same MX host: its own connection.
-    w.dns
-        .set("near.test", vec![mx(10, "mx.far.test"), Record::Secure]);
+    // One message a connection, one connection at a time: each message
+    // its own connection to mx.far.test, one after the other.
+    let config = std::fs::read_to_string(&w.tree.config).unwrap();
+    std::fs::write(
+        &w.tree.config,
+        config.replace(
+            "[send]\n",
+            "[send]\ndestination_concurrency = 1\nmessages_per_connection = 1\n",
+        ),
+    )
+    .unwrap();
     let tlsa = tlsa_name(&w);
     let sink = tls_sink(&w, tls);
-    w.queue_mail(&["bob@far.test", "carl@near.test"], "hi\n");
+    w.queue_mail(&["bob@far.test"], "one\n");
+    w.queue_mail(&["bob@far.test"], "two\n");
     ok(&w.send(&["--once"]));
-    assert_eq!(sink.messages().len(), 2, "two connections");
-    assert_eq!(w.dns.asked(&tlsa), 1, "the second used the first answer");
+    assert_eq!(sink.messages().len(), 2);
+    assert_eq!(
+        w.dns.asked(&tlsa),
+        1,
+        "the second connection used the answer"
+    );
     // A TTL of 0 may not be kept: each connection asks.
     w.dns.set(
         &tlsa,
@@ -190,7 +203,8 @@ fn tlsa_records_are_asked_once_a_run_while_their_ttl_lasts() {
             Record::Ttl(0),
         ],
     );
-    w.queue_mail(&["bob@far.test", "carl@near.test"], "again\n");
+    w.queue_mail(&["bob@far.test"], "three\n");
+    w.queue_mail(&["bob@far.test"], "four\n");
     ok(&w.send(&["--once"]));
     assert_eq!(sink.messages().len(), 4);
     assert_eq!(w.dns.asked(&tlsa), 3);
