@@ -309,6 +309,10 @@ pub struct Smtp {
     pub spf: bool,
     pub dkim: bool,
     pub dmarc: bool,
+    /// Validate the ARC chain (RFC 8617) of each message and record
+    /// `arc=` in the same header: the chain validation status our own ARC
+    /// seal carries when the message is passed on (`delivery::arc`).
+    pub arc: bool,
     /// External commands that may accept or refuse each stage.
     pub hooks: Hooks,
 }
@@ -419,6 +423,7 @@ impl Default for Smtp {
             spf: false,
             dkim: false,
             dmarc: false,
+            arc: false,
             hooks: Hooks::default(),
         }
     }
@@ -642,6 +647,19 @@ pub struct DkimKey {
     pub algorithm: DkimAlgorithm,
     /// The private key, PKCS#8 PEM.
     pub key: PathBuf,
+    /// Whether the key also seals ARC sets (RFC 8617) on mail passed on
+    /// (Sieve redirects, list posts). Unset: an `rsa2048` key does and an
+    /// `ed25519` key does not, since ARC is defined for rsa-sha256 only
+    /// (`delivery::arc`); `true` on an Ed25519 key is refused.
+    #[serde(default)]
+    pub arc: Option<bool>,
+}
+
+impl DkimKey {
+    /// True if this key seals ARC sets.
+    pub fn seals_arc(&self) -> bool {
+        self.arc.unwrap_or(self.algorithm == DkimAlgorithm::Rsa2048)
+    }
 }
 
 /// A DKIM signing algorithm.
@@ -974,6 +992,14 @@ impl Config {
                 return Err(format!(
                     "dkim.selector: {:?} is not a selector (letters, digits, '-', '.')",
                     key.selector
+                ));
+            }
+            if key.arc == Some(true) && key.algorithm != DkimAlgorithm::Rsa2048 {
+                return Err(format!(
+                    "dkim: the {} key {:?} of {} cannot seal ARC (RFC 8617 knows rsa-sha256 only): remove `arc = true` or make an rsa2048 key",
+                    key.algorithm.name(),
+                    key.selector,
+                    key.domain
                 ));
             }
         }

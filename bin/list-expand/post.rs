@@ -131,6 +131,9 @@ pub fn distribute(
     let mut submission = Submission::new(bounces, Recipients::Routes(recipients));
     // Each member's copy gets its own return path, so a bounce says who.
     submission.verp = true;
+    // Someone's post passed on: sealed with ARC, so a receiver can trust
+    // the authentication it had here, before the footer and tag broke it.
+    submission.passed_on = true;
     // Mail to many waits behind mail a person is waiting for.
     submission.priority = postroom::store::queue::Priority::Low;
     let id = submit::submit(config, &directory, submission, &outgoing)?;

@@ -346,6 +346,7 @@ fn redirect(
         Recipients::Addresses(&target, Unresolvable::Refuse),
     );
     submission.forwarding = true;
+    submission.passed_on = true;
     match submit(config, directory, submission, &out) {
         // An alias that expands to nobody (an empty include file) takes the
         // copy, as it would from anyone else.

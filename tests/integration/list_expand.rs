@@ -35,6 +35,14 @@ pub(crate) fn open_team(tree: &Tree, members: &[u8]) {
     ));
 }
 
+/// [`open_team`] with a footer, "To leave: mail team-request".
+pub(crate) fn open_team_with_footer(tree: &Tree, members: &[u8]) {
+    open_team(tree, members);
+    let config = tree.root().join("lists/team@example.test/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "footer = \"To leave: mail team-request\"\n").unwrap();
+}
+
 pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries on temporary trees (one test index,
 //! as ripgrep does, so the binaries are built once).
 
+mod arc;
 mod archive;
 mod auth;
 mod backup;
