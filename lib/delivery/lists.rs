@@ -13,9 +13,30 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::config::Config;
-use crate::proto::address::Address;
+use crate::delivery::submit::{self, Recipients, Submission, SubmitError, Unresolvable};
+use crate::directory::aliases::Directory;
+use crate::proto::address::{Address, ReversePath};
 use crate::store::fsutil::{self, FileError};
+
+/// The first path segment of a one-click unsubscribe URL
+/// (`unsubscribe_url/unsubscribe/LIST/MEMBER/TOKEN`, see `list-web(8)`).
+pub const ONE_CLICK: &str = "unsubscribe";
+
+/// Characters a member address keeps as they are in a URL path segment
+/// (RFC 3986 unreserved, and `@` and `+`, which a path may carry as they
+/// are); the rest are percent-encoded.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b'+');
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
@@ -27,6 +48,11 @@ pub enum ListError {
     Config { path: PathBuf, message: String },
     #[error(transparent)]
     File(#[from] FileError),
+    /// A reply or confirmation request that could not be queued.
+    #[error("queueing the list's reply: {0}")]
+    Submit(#[from] SubmitError),
+    #[error("composing the list's reply: {0}")]
+    Compose(std::io::Error),
     #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
@@ -407,6 +433,113 @@ impl List {
             .map(|a| (action.to_string(), a)))
     }
 
+    /// Starts a subscribe or unsubscribe that `who` must confirm (by
+    /// mail to the request address, or through `list-web`): keeps
+    /// `action address` under a new token and returns the subject and text
+    /// of the confirmation request. The subject carries the token, so a
+    /// plain reply confirms.
+    pub fn confirmation(&self, action: &str, who: &Address) -> Result<(String, String), ListError> {
+        let token = self.new_token(action, who)?;
+        let text = format!(
+            "To {action} {who} {} {}, reply to this message keeping the subject, or send\r\n\
+             a message to {} with this line:\r\n\r\n    confirm {token}\r\n\r\n\
+             The confirmation is good for {} hours. If you did not ask for this, do nothing.",
+            if action == "subscribe" { "to" } else { "from" },
+            self.address,
+            self.request_address(),
+            self.config.confirm_seconds / 3600
+        );
+        Ok((format!("confirm {token}"), text))
+    }
+
+    /// Queues a message from the request address to `to`: the null
+    /// sender and `Auto-Submitted: auto-replied`, so two robots cannot
+    /// answer each other for ever. An address that expands to nobody gets
+    /// nothing, and that is no error.
+    pub fn reply(
+        &self,
+        config: &Config,
+        to: &Address,
+        subject: &str,
+        text: &str,
+    ) -> Result<(), ListError> {
+        let message = mail_builder::MessageBuilder::new()
+            .from(self.request_address())
+            .to(to.to_string())
+            .subject(subject)
+            .header(
+                "Auto-Submitted",
+                mail_builder::headers::raw::Raw::new("auto-replied"),
+            )
+            .text_body(text)
+            .write_to_vec()
+            .map_err(ListError::Compose)?;
+        let directory = Directory::load(config)?;
+        let submission = Submission::new(
+            ReversePath::Null,
+            Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
+        );
+        match submit::submit(config, &directory, submission, &message) {
+            Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The key of this list's one-click unsubscribe tokens: `secret` in
+    /// the list's folder, made on first use (`fsutil::secret_or_create`).
+    fn unsubscribe_secret(&self) -> Result<Vec<u8>, ListError> {
+        let path = self.dir.join("secret");
+        fsutil::secret_or_create(&path).map_err(|error| ListError::Io { path, error })
+    }
+
+    /// The token that lets `member` leave with one click (RFC 8058): the
+    /// first 128 bits of an HMAC-SHA256 over the list and the member under
+    /// the list's secret, base64url. It names one member of one list, so
+    /// it can remove nobody else; it needs no state, so it stays good
+    /// until the secret is changed (which voids every link sent).
+    pub fn unsubscribe_token(&self, member: &Address) -> Result<String, ListError> {
+        let secret = self.unsubscribe_secret()?;
+        // HMAC takes keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret) else {
+            return Ok(String::new());
+        };
+        mac.update(b"list-unsubscribe\0");
+        mac.update(self.address.lookup_key().as_bytes());
+        mac.update(b"\0");
+        mac.update(member.lookup_key().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]))
+    }
+
+    /// True when `token` is `member`'s one-click token (compared in
+    /// constant time, so timing tells a forger nothing).
+    pub fn unsubscribe_token_matches(
+        &self,
+        member: &Address,
+        token: &str,
+    ) -> Result<bool, ListError> {
+        use subtle::ConstantTimeEq;
+        let expected = self.unsubscribe_token(member)?;
+        Ok(!expected.is_empty() && bool::from(expected.as_bytes().ct_eq(token.as_bytes())))
+    }
+
+    /// `member`'s one-click unsubscribe URL,
+    /// `unsubscribe_url/unsubscribe/LIST/MEMBER/TOKEN`; `None` when the
+    /// list has no `unsubscribe_url`.
+    pub fn one_click_url(&self, member: &Address) -> Result<Option<String>, ListError> {
+        let Some(base) = &self.config.unsubscribe_url else {
+            return Ok(None);
+        };
+        let member_key = member.lookup_key();
+        Ok(Some(format!(
+            "{}/{ONE_CLICK}/{}/{}/{}",
+            base.trim_end_matches('/'),
+            percent_encoding::utf8_percent_encode(&self.address.lookup_key(), SEGMENT),
+            percent_encoding::utf8_percent_encode(&member_key, SEGMENT),
+            self.unsubscribe_token(member)?
+        )))
+    }
+
     /// Counts a bounce for a member (the `bounces` file: `address count`
     /// lines, under its lock) and returns the new count.
     pub fn count_bounce(&self, member: &Address) -> Result<u32, ListError> {
@@ -472,6 +605,25 @@ impl List {
     pub fn archive_dir(&self) -> PathBuf {
         self.dir.join("archive")
     }
+}
+
+/// The list, member and token a one-click path names
+/// (`/unsubscribe/LIST/MEMBER/TOKEN`, already percent-decoded, as CGI's
+/// PATH_INFO is); `None` for any other path. The member is everything
+/// between the list and the token, so an address with a `/` in it
+/// (decoded from `%2F`) still comes out whole.
+pub fn parse_one_click_path(path: &str) -> Option<(Address, Address, String)> {
+    let rest = path.strip_prefix('/')?.strip_prefix(ONE_CLICK)?.strip_prefix('/')?;
+    let (list, rest) = rest.split_once('/')?;
+    let (member, token) = rest.rsplit_once('/')?;
+    if token.is_empty() || member.is_empty() {
+        return None;
+    }
+    Some((
+        Address::parse(list).ok()?,
+        Address::parse(member).ok()?,
+        token.to_string(),
+    ))
 }
 
 /// Member lines: `address [digest] [nomail]`; `#` comments and blank
@@ -602,6 +754,33 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(list.take_token(&token).unwrap().is_none(), "expired");
         assert!(list.take_token("../../etc/passwd").unwrap().is_none());
+    }
+
+    #[test]
+    fn one_click_tokens_name_one_member_of_one_list() {
+        let (_d, config) = setup();
+        let mut list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        let other = List::create(&config, &a("m@example.test"), &a("o@example.test")).unwrap();
+        assert_eq!(list.one_click_url(&a("b@x.test")).unwrap(), None);
+        list.config.unsubscribe_url = Some("https://w.test/cgi-bin/list-web/".into());
+        let token = list.unsubscribe_token(&a("B@x.test")).unwrap();
+        assert_eq!(token.len(), 22);
+        assert!(list.unsubscribe_token_matches(&a("b@x.test"), &token).unwrap());
+        assert!(!list.unsubscribe_token_matches(&a("c@x.test"), &token).unwrap());
+        assert!(!other.unsubscribe_token_matches(&a("b@x.test"), &token).unwrap());
+        assert!(!list.unsubscribe_token_matches(&a("b@x.test"), "").unwrap());
+        let url = list.one_click_url(&a("odd/one+x@x.test")).unwrap().unwrap();
+        let path = url.strip_prefix("https://w.test/cgi-bin/list-web").unwrap();
+        assert!(path.starts_with("/unsubscribe/l@example.test/odd%2Fone+x@x.test/"), "{url}");
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8().unwrap();
+        let (l, m, t) = parse_one_click_path(&decoded).unwrap();
+        assert_eq!((l, m.to_string()), (a("l@example.test"), "odd/one+x@x.test".into()));
+        assert!(list.unsubscribe_token_matches(&m, &t).unwrap());
+        assert!(parse_one_click_path("/unsubscribe/l@example.test/").is_none());
+        assert!(parse_one_click_path("/l@example.test").is_none());
+        // The key was made once, private, and is kept.
+        let again = List::open(&config, &a("l@example.test")).unwrap();
+        assert_eq!(again.unsubscribe_token(&a("b@x.test")).unwrap(), token);
     }
 
     #[test]
