@@ -326,7 +326,7 @@ mod tests {
             (head.method.as_str(), head.target.as_str()),
             ("POST", "/u/l%40x?a=b")
         );
-        assert_eq!((head.content_length, head.head_len), (5, 61));
+        assert_eq!((head.content_length, head.head_len), (5, 63));
         assert_eq!(head.header("host"), Some("w.test"));
         assert_eq!(
             split_target(&head.target).unwrap(),
