@@ -126,8 +126,9 @@ pub struct ListConfig {
     /// `list-expand(1)`).
     #[serde(default)]
     pub footer: Option<String>,
-    /// An HTTPS URL that unsubscribes with one POST (RFC 8058); with it,
-    /// posts carry List-Unsubscribe-Post.
+    /// The HTTPS URL where `list-web` answers: with it, each member's
+    /// copy carries their one-click URL under it
+    /// ([`List::one_click_url`]) and List-Unsubscribe-Post (RFC 8058).
     #[serde(default)]
     pub unsubscribe_url: Option<String>,
     /// Bounces after which a member is set to `nomail`.
