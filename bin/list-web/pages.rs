@@ -72,10 +72,15 @@ fn one_click(
             ),
         )),
         "POST" => {
-            let fields = match http::form_fields(request.content_type.as_deref(), &request.body)
-            {
+            let fields = match http::form_fields(request.content_type.as_deref(), &request.body) {
                 Ok(fields) => fields,
-                Err(e) => return Ok(message(e.status(), http::reason(e.status()), &e.to_string())),
+                Err(e) => {
+                    return Ok(message(
+                        e.status(),
+                        http::reason(e.status()),
+                        &e.to_string(),
+                    ));
+                }
             };
             let one_click = fields
                 .iter()
@@ -109,10 +114,15 @@ fn form(config: &Config, request: &Request, list: &Address) -> anyhow::Result<Re
     match request.method.as_str() {
         "GET" | "HEAD" => Ok(form_page(&list, 200, "")),
         "POST" => {
-            let fields = match http::form_fields(request.content_type.as_deref(), &request.body)
-            {
+            let fields = match http::form_fields(request.content_type.as_deref(), &request.body) {
                 Ok(fields) => fields,
-                Err(e) => return Ok(message(e.status(), http::reason(e.status()), &e.to_string())),
+                Err(e) => {
+                    return Ok(message(
+                        e.status(),
+                        http::reason(e.status()),
+                        &e.to_string(),
+                    ));
+                }
             };
             let field = |name: &str| {
                 fields
@@ -124,11 +134,7 @@ fn form(config: &Config, request: &Request, list: &Address) -> anyhow::Result<Re
             let action = match field("action") {
                 action @ ("subscribe" | "unsubscribe") => action,
                 _ => {
-                    return Ok(form_page(
-                        &list,
-                        400,
-                        "Choose Subscribe or Unsubscribe.",
-                    ));
+                    return Ok(form_page(&list, 400, "Choose Subscribe or Unsubscribe."));
                 }
             };
             let who = match Address::parse(field("address")) {

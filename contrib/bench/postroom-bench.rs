@@ -192,10 +192,7 @@ fn main() -> ExitCode {
         Bench::Net { sessions } => net::run(sessions),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
         Bench::Send { messages } => send::run(&base, messages),
-        Bench::List {
-            members,
-            one_click,
-        } => list::run(&base, members, one_click),
+        Bench::List { members, one_click } => list::run(&base, members, one_click),
         Bench::Sieve { messages } => sieve::run(&base, messages),
         Bench::Pop3 {
             messages,

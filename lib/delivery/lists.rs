@@ -614,7 +614,10 @@ impl List {
 /// between the list and the token, so an address with a `/` in it
 /// (decoded from `%2F`) still comes out whole.
 pub fn parse_one_click_path(path: &str) -> Option<(Address, Address, String)> {
-    let rest = path.strip_prefix('/')?.strip_prefix(ONE_CLICK)?.strip_prefix('/')?;
+    let rest = path
+        .strip_prefix('/')?
+        .strip_prefix(ONE_CLICK)?
+        .strip_prefix('/')?;
     let (list, rest) = rest.split_once('/')?;
     let (member, token) = rest.rsplit_once('/')?;
     if token.is_empty() || member.is_empty() {
@@ -766,16 +769,35 @@ mod tests {
         list.config.unsubscribe_url = Some("https://w.test/cgi-bin/list-web/".into());
         let token = list.unsubscribe_token(&a("B@x.test")).unwrap();
         assert_eq!(token.len(), 22);
-        assert!(list.unsubscribe_token_matches(&a("b@x.test"), &token).unwrap());
-        assert!(!list.unsubscribe_token_matches(&a("c@x.test"), &token).unwrap());
-        assert!(!other.unsubscribe_token_matches(&a("b@x.test"), &token).unwrap());
+        assert!(
+            list.unsubscribe_token_matches(&a("b@x.test"), &token)
+                .unwrap()
+        );
+        assert!(
+            !list
+                .unsubscribe_token_matches(&a("c@x.test"), &token)
+                .unwrap()
+        );
+        assert!(
+            !other
+                .unsubscribe_token_matches(&a("b@x.test"), &token)
+                .unwrap()
+        );
         assert!(!list.unsubscribe_token_matches(&a("b@x.test"), "").unwrap());
         let url = list.one_click_url(&a("odd/one+x@x.test")).unwrap().unwrap();
         let path = url.strip_prefix("https://w.test/cgi-bin/list-web").unwrap();
-        assert!(path.starts_with("/unsubscribe/l@example.test/odd%2Fone+x@x.test/"), "{url}");
-        let decoded = percent_encoding::percent_decode_str(path).decode_utf8().unwrap();
+        assert!(
+            path.starts_with("/unsubscribe/l@example.test/odd%2Fone+x@x.test/"),
+            "{url}"
+        );
+        let decoded = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .unwrap();
         let (l, m, t) = parse_one_click_path(&decoded).unwrap();
-        assert_eq!((l, m.to_string()), (a("l@example.test"), "odd/one+x@x.test".into()));
+        assert_eq!(
+            (l, m.to_string()),
+            (a("l@example.test"), "odd/one+x@x.test".into())
+        );
         assert!(list.unsubscribe_token_matches(&m, &t).unwrap());
         assert!(parse_one_click_path("/unsubscribe/l@example.test/").is_none());
         assert!(parse_one_click_path("/l@example.test").is_none());

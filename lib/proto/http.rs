@@ -24,7 +24,9 @@ pub const MAX_HEADERS: usize = 64;
 pub enum HttpError {
     #[error("not an HTTP/1.1 request: {0}")]
     Malformed(String),
-    #[error("the request head is longer than {MAX_HEAD} bytes or has more than {MAX_HEADERS} fields")]
+    #[error(
+        "the request head is longer than {MAX_HEAD} bytes or has more than {MAX_HEADERS} fields"
+    )]
     HeadTooLarge,
     #[error("the body is longer than the {0} bytes taken")]
     BodyTooLarge(usize),
@@ -194,7 +196,9 @@ fn multipart_fields(ctype: &str, body: &[u8]) -> Result<Vec<(String, String)>, H
         .iter()
         .any(|(k, v)| k == "boundary" && !v.is_empty())
     {
-        return Err(HttpError::BadForm("multipart/form-data with no boundary".into()));
+        return Err(HttpError::BadForm(
+            "multipart/form-data with no boundary".into(),
+        ));
     }
     if root.children.is_empty() && entity.len() > body_at {
         return Err(HttpError::BadForm("no part between the boundaries".into()));
@@ -343,7 +347,12 @@ mod tests {
         assert_eq!(parse_head(two, BIG).unwrap_err().status(), 400);
         let sign = b"POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n";
         assert_eq!(parse_head(sign, BIG).unwrap_err().status(), 400);
-        assert_eq!(parse_head(b"\x00\x01 nonsense\r\n\r\n", BIG).unwrap_err().status(), 400);
+        assert_eq!(
+            parse_head(b"\x00\x01 nonsense\r\n\r\n", BIG)
+                .unwrap_err()
+                .status(),
+            400
+        );
         assert_eq!(split_target("http://x/").unwrap_err().status(), 400);
         assert!(split_target("/%ff").is_err(), "not UTF-8");
     }
@@ -378,7 +387,10 @@ mod tests {
                 .status(),
             400
         );
-        assert_eq!(form_fields(Some("text/plain"), b"").unwrap_err().status(), 415);
+        assert_eq!(
+            form_fields(Some("text/plain"), b"").unwrap_err().status(),
+            415
+        );
     }
 
     #[test]

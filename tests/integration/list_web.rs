@@ -146,7 +146,10 @@ fn one_click_from_a_real_post_removes_exactly_its_member() {
     // A GET (a mail scanner, a link preview) shows the button, no more.
     let (status, page) = cgi(&tree, "GET", &bob, "", b"");
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("name=\"List-Unsubscribe\" value=\"One-Click\""), "{page}");
+    assert!(
+        page.contains("name=\"List-Unsubscribe\" value=\"One-Click\""),
+        "{page}"
+    );
     assert_eq!(members(&tree), everyone, "a GET unsubscribes nobody");
 
     // Forged: a token changed, another member's token on bob's address,
@@ -172,7 +175,10 @@ fn one_click_from_a_real_post_removes_exactly_its_member() {
     // The one-click POST, as CGI: bob and only bob leaves.
     let (status, page) = cgi(&tree, "POST", &bob, FORM, ONE_CLICK);
     assert_eq!(status, 200, "{page}");
-    assert!(page.contains("bob@example.test has left team@example.test"), "{page}");
+    assert!(
+        page.contains("bob@example.test has left team@example.test"),
+        "{page}"
+    );
     let without_bob = "cat@example.test\ndan@example.test\neve@example.test\n";
     assert_eq!(members(&tree), without_bob);
 
@@ -400,14 +406,27 @@ fn the_form_and_the_button_work_in_headless_chromium() {
         .unwrap_or_else(|| panic!("no confirm subject:\n{}", mail[0]))
         .trim()
         .to_string();
-    assert!(mail[0].contains("Auto-Submitted: auto-replied"), "{}", mail[0]);
+    assert!(
+        mail[0].contains("Auto-Submitted: auto-replied"),
+        "{}",
+        mail[0]
+    );
     assert!(!members(&tree).contains("newbie"), "not before confirming");
     ok(&list_expand(
         &tree,
-        &["request", "team@example.test", "--sender", "newbie@example.test"],
+        &[
+            "request",
+            "team@example.test",
+            "--sender",
+            "newbie@example.test",
+        ],
         format!("From: newbie@example.test\nSubject: Re: confirm {token}\n\nthanks\n").as_bytes(),
     ));
-    assert!(members(&tree).contains("newbie@example.test"), "{}", members(&tree));
+    assert!(
+        members(&tree).contains("newbie@example.test"),
+        "{}",
+        members(&tree)
+    );
 
     // The one-click link opened in a browser: the page loads (and leaves
     // bob in), and its button unsubscribes.
@@ -421,4 +440,62 @@ fn the_form_and_the_button_work_in_headless_chromium() {
         "cat@example.test\nnewbie@example.test\n",
         "bob, and only bob, left"
     );
+}
+
+#[test]
+fn each_members_copy_is_signed_over_its_own_one_click_url() {
+    // RFC 8058 §4: the signature covers List-Unsubscribe and
+    // List-Unsubscribe-Post, so the per-member fields need a signed copy
+    // a member.
+    let (tree, _records) = crate::dkim::tree_with_keys();
+    open_team(&tree, b"bob@far.test\ncat@far.test\ndan@far.test\n");
+    let config = tree.root().join("lists/team@example.test/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + &format!("unsubscribe_url = \"{BASE}\"\n")).unwrap();
+    ok(&list_expand(
+        &tree,
+        &["post", "team@example.test", "--sender", "ann@example.test"],
+        b"From: ann@example.test\nSubject: news\n\nhello all\n",
+    ));
+    let queue = tree.queue();
+    let ids = queue.list().unwrap();
+    assert_eq!(ids.len(), 3, "a copy a member");
+    let mut urls = std::collections::BTreeSet::new();
+    for id in ids {
+        let message = queue.read(&id).unwrap();
+        assert_eq!(message.envelope.recipients.len(), 1);
+        assert!(message.envelope.verp);
+        let member = message.envelope.recipients[0].address.to_string();
+        let body = postroom::store::queue::read_body(&message).unwrap();
+        let text = String::from_utf8_lossy(&body)
+            .replace("\r\n ", " ")
+            .replace("\r\n\t", " ");
+        let url = format!("{BASE}/unsubscribe/team@example.test/{member}/");
+        assert!(
+            text.contains(&format!("List-Unsubscribe: <{url}")),
+            "{text}"
+        );
+        urls.insert(member);
+        for signature in text.lines().filter(|l| l.starts_with("DKIM-Signature:")) {
+            let h = signature
+                .split(';')
+                .map(str::trim)
+                .find_map(|tag| tag.strip_prefix("h="))
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .replace(' ', "");
+            let names: Vec<&str> = h.split(':').collect();
+            for name in ["list-unsubscribe", "list-unsubscribe-post"] {
+                assert!(names.contains(&name), "{name} not signed: {signature}");
+            }
+        }
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("DKIM-Signature:"))
+                .count(),
+            2,
+            "signed with both keys: {text}"
+        );
+    }
+    assert_eq!(urls.len(), 3, "each member's own URL");
 }
