@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use postroom::config::Config;
-use postroom::proto::http::{self, HttpError, Response};
+use postroom::proto::http::Response;
 
 mod pages;
 mod read;
@@ -113,7 +113,7 @@ fn answer(cli: &Cli) -> anyhow::Result<Option<(Response, bool)>> {
     };
     let request = match request {
         Ok(request) => request,
-        Err(read::Failure::Http(e)) => return Ok(Some((refusal(&e), false))),
+        Err(read::Failure::Http(e)) => return Ok(Some((pages::refusal(&e), false))),
         Err(read::Failure::TimedOut) => {
             tracing::info!("request timed out");
             let page = pages::message(408, "Too slow", "The request did not arrive in time.");
@@ -126,10 +126,4 @@ fn answer(cli: &Cli) -> anyhow::Result<Option<(Response, bool)>> {
     postroom::net::privileges::drop_privileges(&config)?;
     let head_only = request.method == "HEAD";
     Ok(Some((pages::handle(&config, &request)?, head_only)))
-}
-
-/// The page for a request the codec refused.
-fn refusal(e: &HttpError) -> Response {
-    tracing::info!("request refused: {e}");
-    pages::message(e.status(), http::reason(e.status()), &e.to_string())
 }

@@ -6,7 +6,7 @@ use postroom::config::Config;
 use postroom::delivery::lists::{List, ListError, parse_one_click_path};
 use postroom::proto::address::Address;
 use postroom::proto::html::escape;
-use postroom::proto::http::{self, Response};
+use postroom::proto::http::{self, HttpError, Response};
 
 use crate::Request;
 
@@ -72,15 +72,9 @@ fn one_click(
             ),
         )),
         "POST" => {
-            let fields = match http::form_fields(request.content_type.as_deref(), &request.body) {
+            let fields = match fields_of(request) {
                 Ok(fields) => fields,
-                Err(e) => {
-                    return Ok(message(
-                        e.status(),
-                        http::reason(e.status()),
-                        &e.to_string(),
-                    ));
-                }
+                Err(refused) => return Ok(refused),
             };
             let one_click = fields
                 .iter()
@@ -114,15 +108,9 @@ fn form(config: &Config, request: &Request, list: &Address) -> anyhow::Result<Re
     match request.method.as_str() {
         "GET" | "HEAD" => Ok(form_page(&list, 200, "")),
         "POST" => {
-            let fields = match http::form_fields(request.content_type.as_deref(), &request.body) {
+            let fields = match fields_of(request) {
                 Ok(fields) => fields,
-                Err(e) => {
-                    return Ok(message(
-                        e.status(),
-                        http::reason(e.status()),
-                        &e.to_string(),
-                    ));
-                }
+                Err(refused) => return Ok(refused),
             };
             let field = |name: &str| {
                 fields
@@ -159,6 +147,17 @@ fn form(config: &Config, request: &Request, list: &Address) -> anyhow::Result<Re
         }
         _ => Ok(not_allowed()),
     }
+}
+
+/// The fields of a POSTed form, or the page refusing its body.
+fn fields_of(request: &Request) -> Result<Vec<(String, String)>, Response> {
+    http::form_fields(request.content_type.as_deref(), &request.body).map_err(|e| refusal(&e))
+}
+
+/// The page for a request the codec refused.
+pub fn refusal(e: &HttpError) -> Response {
+    tracing::info!("request refused: {e}");
+    message(e.status(), http::reason(e.status()), &e.to_string())
 }
 
 /// The list, or `None` when there is no such list.

@@ -280,26 +280,19 @@ impl Response {
     /// The response as HTTP/1.1, closing the connection; `head_only` for
     /// HEAD (the length of the body that GET would send, no body).
     pub fn to_http(&self, head_only: bool) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\n{}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.status,
-            reason(self.status),
-            self.fields(),
-            self.body.len()
-        )
-        .into_bytes();
-        if !head_only {
-            out.extend_from_slice(&self.body);
-        }
-        out
+        let status = format!("HTTP/1.1 {} {}", self.status, reason(self.status));
+        self.encode(&status, "Connection: close\r\n", head_only)
     }
 
     /// The response as CGI output: the web server writes the status line.
     pub fn to_cgi(&self, head_only: bool) -> Vec<u8> {
+        let status = format!("Status: {} {}", self.status, reason(self.status));
+        self.encode(&status, "", head_only)
+    }
+
+    fn encode(&self, status: &str, last_fields: &str, head_only: bool) -> Vec<u8> {
         let mut out = format!(
-            "Status: {} {}\r\n{}Content-Length: {}\r\n\r\n",
-            self.status,
-            reason(self.status),
+            "{status}\r\n{}Content-Length: {}\r\n{last_fields}\r\n",
             self.fields(),
             self.body.len()
         )

@@ -16,14 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::list_expand::{list_expand, ok, open_team};
-use crate::util::{Server, Tree, bin, maildir_texts, run_queue, run_with, stderr, stdout};
+use crate::util::{
+    Server, Tree, bin, chromium_dom, maildir_texts, run_queue, run_with, stderr, stdout,
+};
 
 const BASE: &str = "https://lists.example.test/cgi-bin/list-web";
 const ONE_CLICK: &[u8] = b"List-Unsubscribe=One-Click";
 const FORM: &str = "application/x-www-form-urlencoded";
 
-/// team@example.test with local members, its unsubscribe_url set to
-/// list-web's base, and one post sent and delivered to each member.
+/// team@example.test with local members and one-click URLs, and one post
+/// sent and delivered to each member.
 fn team_after_a_post(members: &[&str]) -> Tree {
     let tree = Tree::new();
     let mut lines = String::new();
@@ -31,17 +33,23 @@ fn team_after_a_post(members: &[&str]) -> Tree {
         tree.add_user(&format!("{member}@example.test"));
         lines.push_str(&format!("{member}@example.test\n"));
     }
-    open_team(&tree, lines.as_bytes());
+    open_team_and_post(&tree, lines.as_bytes());
+    run_queue(&tree);
+    tree
+}
+
+/// team@example.test with `members`, its unsubscribe_url set to
+/// list-web's base, and one post queued.
+fn open_team_and_post(tree: &Tree, members: &[u8]) {
+    open_team(tree, members);
     let config = tree.root().join("lists/team@example.test/config");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text + &format!("unsubscribe_url = \"{BASE}\"\n")).unwrap();
     ok(&list_expand(
-        &tree,
+        tree,
         &["post", "team@example.test", "--sender", "ann@example.test"],
         b"From: ann@example.test\nSubject: news\n\nhello all\n",
     ));
-    run_queue(&tree);
-    tree
 }
 
 fn members(tree: &Tree) -> String {
@@ -93,12 +101,16 @@ fn cgi(tree: &Tree, method: &str, path: &str, content_type: &str, body: &[u8]) -
         .env("CONTENT_TYPE", content_type);
     let out = run_with(command, body);
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    status_after("Status: ", stdout(&out))
+}
+
+/// The status a response starts with after `prefix`, and the response.
+fn status_after(prefix: &str, text: String) -> (u16, String) {
     let status = text
-        .strip_prefix("Status: ")
+        .strip_prefix(prefix)
         .and_then(|s| s.get(..3))
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no CGI status: {text}"));
+        .unwrap_or_else(|| panic!("no status after {prefix:?}: {text:?}"));
     (status, text)
 }
 
@@ -111,12 +123,7 @@ fn http(port: u16, request: &[u8]) -> (u16, String) {
     stream.write_all(request).unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|s| s.get(..3))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status: {text:?}"));
-    (status, text)
+    status_after("HTTP/1.1 ", text)
 }
 
 fn post_request(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
@@ -351,21 +358,8 @@ fn driver(src: &str, act: &str) -> String {
 
 /// What headless Chromium shows of `url` once the page's work is done.
 fn chromium(url: &str) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            // Runs the page's loads and timers to the end before the dump.
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-        ])
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); .ci/run installs it"));
-    assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out)
+    // Runs the page's loads and timers to the end before the dump.
+    chromium_dom(url, &["--virtual-time-budget=20000"])
 }
 
 #[test]
@@ -448,15 +442,7 @@ fn each_members_copy_is_signed_over_its_own_one_click_url() {
     // List-Unsubscribe-Post, so the per-member fields need a signed copy
     // a member.
     let (tree, _records) = crate::dkim::tree_with_keys();
-    open_team(&tree, b"bob@far.test\ncat@far.test\ndan@far.test\n");
-    let config = tree.root().join("lists/team@example.test/config");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text + &format!("unsubscribe_url = \"{BASE}\"\n")).unwrap();
-    ok(&list_expand(
-        &tree,
-        &["post", "team@example.test", "--sender", "ann@example.test"],
-        b"From: ann@example.test\nSubject: news\n\nhello all\n",
-    ));
+    open_team_and_post(&tree, b"bob@far.test\ncat@far.test\ndan@far.test\n");
     let queue = tree.queue();
     let ids = queue.list().unwrap();
     assert_eq!(ids.len(), 3, "a copy a member");
