@@ -105,6 +105,7 @@ fn answer(cli: &Cli) -> anyhow::Result<Option<(Response, bool)>> {
     let request = if cli.http {
         read::http(
             std::io::stdin(),
+            &mut std::io::stdout(),
             Duration::from_secs(cli.timeout.max(1)),
             MAX_BODY,
         )

@@ -1,7 +1,7 @@
 //! Reading the one request: from CGI's environment and stdin, or as
 //! HTTP/1.1 from the connection on stdin, bounded in size and time.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -62,8 +62,11 @@ pub fn cgi(stdin: impl Read, max_body: usize) -> Result<Request, Failure> {
 /// `limit`. A thread reads, so a client that stops sending cannot hold the
 /// process past the deadline: when it passes, the answer is 408 and the
 /// process exits, reader and all.
+/// A client that sent `Expect: 100-continue` (RFC 9110 §10.1.1) is told
+/// on `output` to go on once the head is read and the body is welcome.
 pub fn http(
     input: impl Read + Send + 'static,
+    output: &mut impl Write,
     limit: Duration,
     max_body: usize,
 ) -> Result<Request, Failure> {
@@ -85,14 +88,25 @@ pub fn http(
         }
     });
     let mut data = Vec::new();
+    let mut continued = false;
     let head = loop {
         // The head is bounded (`http::MAX_HEAD`) and so is the body
         // (`max_body`, checked against Content-Length before it is read);
         // bytes past the body (a pipelined request) are not read.
-        if let Some(head) = http::parse_head(&data, max_body)?
-            && data.len() >= head.head_len + head.content_length
-        {
-            break head;
+        if let Some(head) = http::parse_head(&data, max_body)? {
+            if data.len() >= head.head_len + head.content_length {
+                break head;
+            }
+            let expects = head
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+            if expects && !continued {
+                continued = true;
+                output
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .and_then(|()| output.flush())
+                    .map_err(Failure::Io)?;
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {

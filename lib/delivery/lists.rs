@@ -806,6 +806,31 @@ mod tests {
         assert_eq!(again.unsubscribe_token(&a("b@x.test")).unwrap(), token);
     }
 
+    proptest::proptest! {
+        // Each case makes a list and its secret on disk (fsyncs).
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn one_click_urls_name_their_member_back(
+            local in "[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]{1,20}",
+            domain in "[a-z0-9]{1,10}\\.test",
+        ) {
+            let Ok(member) = Address::parse(&format!("{local}@{domain}")) else {
+                return Ok(());
+            };
+            let (_d, config) = setup();
+            let mut list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+            list.config.unsubscribe_url = Some("https://w.test/lw".into());
+            let url = list.one_click_url(&member).unwrap().unwrap();
+            let path = url.strip_prefix("https://w.test/lw").unwrap();
+            // What CGI hands list-web (decoded) and what it reads from it.
+            let decoded = percent_encoding::percent_decode_str(path).decode_utf8().unwrap();
+            let (l, m, t) = parse_one_click_path(&decoded).unwrap();
+            proptest::prop_assert_eq!(l, list.address.clone());
+            proptest::prop_assert_eq!(m.lookup_key(), member.lookup_key());
+            proptest::prop_assert!(list.unsubscribe_token_matches(&m, &t).unwrap());
+        }
+    }
+
     #[test]
     fn bad_lines_and_bad_config_are_named() {
         let (_d, config) = setup();
