@@ -10,6 +10,10 @@ use postroom::proto::http::{self, HttpError, Response};
 
 use crate::Request;
 
+/// How long after a confirmation request the form sends no second one
+/// to the same address for the same action.
+const RESEND_SECONDS: u64 = 600;
+
 /// The one field and value of an RFC 8058 one-click POST.
 const ONE_CLICK_FIELD: &str = "List-Unsubscribe";
 const ONE_CLICK_VALUE: &str = "One-Click";
@@ -132,9 +136,15 @@ fn form(config: &Config, request: &Request, list: &Address) -> anyhow::Result<Re
                     return Ok(form_page(&list, 400, &text));
                 }
             };
-            let (subject, text) = list.confirmation(action, &who)?;
-            list.reply(config, &who, &subject, &text)?;
-            tracing::info!(list = %list.address, %who, action, "confirmation request sent");
+            if list.asked_recently(action, &who, RESEND_SECONDS)? {
+                // The page says the same, so it tells nobody whether a
+                // request was pending.
+                tracing::info!(list = %list.address, %who, action, "confirmation asked for again; not resent");
+            } else {
+                let (subject, text) = list.confirmation(action, &who)?;
+                list.reply(config, &who, &subject, &text)?;
+                tracing::info!(list = %list.address, %who, action, "confirmation request sent");
+            }
             Ok(message(
                 200,
                 "Check your mail",

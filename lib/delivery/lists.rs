@@ -392,6 +392,40 @@ impl List {
         Ok(found)
     }
 
+    /// True when a confirmation of `action` for `address` was asked for
+    /// less than `seconds` ago and is still waiting (a file in `pending/`).
+    /// `list-web` sends no second one then, so its form cannot be used to
+    /// flood someone's mailbox with confirmation requests.
+    pub fn asked_recently(
+        &self,
+        action: &str,
+        address: &Address,
+        seconds: u64,
+    ) -> Result<bool, ListError> {
+        let dir = self.dir.join("pending");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(ListError::Io { path: dir, error }),
+        };
+        let key = address.lookup_key();
+        let now = fsutil::now_secs();
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue; // taken meanwhile
+            };
+            let mut words = text.split_whitespace();
+            if let (Some(a), Some(who), Some(at)) = (words.next(), words.next(), words.next())
+                && a == action
+                && who == key
+                && now.saturating_sub(at.parse().unwrap_or(0)) < seconds
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Keeps `action address` under a new unguessable token for a
     /// confirmation, and returns the token.
     pub fn new_token(&self, action: &str, address: &Address) -> Result<String, ListError> {
@@ -744,7 +778,26 @@ mod tests {
         assert!(!list.set_options(&a("n@x.test"), Some(true), None).unwrap());
         assert!(list.members().unwrap()[0].digest);
         let token = list.new_token("subscribe", &a("new@x.test")).unwrap();
+        assert!(
+            list.asked_recently("subscribe", &a("NEW@x.test"), 60)
+                .unwrap()
+        );
+        assert!(
+            !list
+                .asked_recently("unsubscribe", &a("new@x.test"), 60)
+                .unwrap()
+        );
+        assert!(
+            !list
+                .asked_recently("subscribe", &a("m@x.test"), 60)
+                .unwrap()
+        );
         let (action, who) = list.take_token(&token).unwrap().unwrap();
+        assert!(
+            !list
+                .asked_recently("subscribe", &a("new@x.test"), 60)
+                .unwrap()
+        );
         assert_eq!(
             (action.as_str(), who.to_string().as_str()),
             ("subscribe", "new@x.test")

@@ -425,6 +425,37 @@ fn the_form_and_the_button_work_in_headless_chromium() {
         mail[0]
     );
     assert!(!members(&tree).contains("newbie"), "not before confirming");
+    // Asked again at once (as CGI): the same page, no second message.
+    let (status, page) = cgi(
+        &tree,
+        "POST",
+        "/team@example.test",
+        FORM,
+        b"address=newbie%40example.test&action=subscribe",
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("A message was sent to newbie@example.test"),
+        "{page}"
+    );
+    let (status, page) = cgi(
+        &tree,
+        "POST",
+        "/team@example.test",
+        FORM,
+        b"address=%3Cscript%3E&action=subscribe",
+    );
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("&lt;script&gt;") && !page.contains("<script>"),
+        "{page}"
+    );
+    run_queue(&tree);
+    assert_eq!(
+        maildir_texts(&tree.maildir("newbie")).len(),
+        1,
+        "not resent"
+    );
     ok(&list_expand(
         &tree,
         &[
