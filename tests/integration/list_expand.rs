@@ -415,7 +415,9 @@ fn verp_return_paths_and_bounce_counting() {
     let cat = mail_of(&tree, "cat");
     for want in [
         "Return-Path: <team-bounces+cat=example.test@example.test>",
-        "List-Unsubscribe: <https://lists.example.test/u/team>, <mailto:",
+        // One copy a member when the list has an unsubscribe_url: each
+        // carries its member's one-click URL (list-web(8)).
+        "List-Unsubscribe: <https://lists.example.test/u/team/unsubscribe/team@example.test/cat@example.test/",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
     ] {
         assert!(cat[0].contains(want), "{want:?} missing:\n{}", cat[0]);

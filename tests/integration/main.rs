@@ -21,6 +21,7 @@ mod layout;
 #[cfg(feature = "legacy-tls")]
 mod legacy_tls;
 mod list_expand;
+mod list_web;
 mod login_hooks;
 mod mailall;
 mod mailsort;

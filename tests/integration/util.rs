@@ -465,6 +465,12 @@ pub fn run_queue(tree: &Tree) {
 /// What a reader sees of an HTML page: its DOM as headless Chromium
 /// renders it.
 pub fn rendered(page: &Path) -> String {
+    chromium_dom(&format!("file://{}", page.display()), &[])
+}
+
+/// The DOM headless Chromium ends with at `url`, with `extra` flags (e.g.
+/// `--virtual-time-budget=MS` to let a page's loads and scripts finish).
+pub fn chromium_dom(url: &str, extra: &[&str]) -> String {
     let out = Command::new("chromium")
         .args([
             "--headless",
@@ -473,7 +479,8 @@ pub fn rendered(page: &Path) -> String {
             "--no-first-run",
             "--dump-dom",
         ])
-        .arg(format!("file://{}", page.display()))
+        .args(extra)
+        .arg(url)
         .output()
         .unwrap_or_else(|e| panic!("chromium is not installed ({e}); .ci/run installs it"));
     assert!(out.status.success(), "{}", stderr(&out));
