@@ -443,15 +443,22 @@ impl Session {
             return Ok(Done::Ok(format!("{what} completed (nothing to do)")));
         }
         let entries: Vec<Entry> = positions.iter().map(|&i| sel.view[i].clone()).collect();
-        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, remove) {
+        // All or none, as Dovecot does: a message of the set another
+        // session expunged fails the command and nothing is copied or
+        // moved (RFC 9051 §6.4.7 keeps a failed COPY from changing the
+        // destination). The EXPUNGE follows at the first command that
+        // may send it (at once after a UID COPY/MOVE).
+        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, remove, true) {
             Ok(r) => r,
             Err(e) => return Ok(e.into()),
         };
         sel.force = true;
         if pairs.is_empty() {
-            return Ok(Done::No(
-                "[EXPUNGEISSUED] the messages were expunged meanwhile".into(),
-            ));
+            return Ok(Done::No(format!(
+                "[EXPUNGEISSUED] some of the messages were expunged meanwhile, \
+                 nothing was {}; NOOP reports them, then {what} the rest",
+                if remove { "moved" } else { "copied" }
+            )));
         }
         let src: Vec<String> = pairs.iter().map(|(s, _)| s.to_string()).collect();
         let dst: Vec<String> = pairs.iter().map(|(_, d)| d.to_string()).collect();

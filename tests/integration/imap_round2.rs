@@ -59,6 +59,52 @@ print("held-back ok")
     );
 }
 
+/// Round 2, item 1 (COPY/MOVE): as in Dovecot, a COPY or MOVE naming a
+/// message another session expunged copies nothing and answers NO
+/// [EXPUNGEISSUED], whether all or some of the set are gone; the
+/// destination is left as it was; after NOOP the rest copies with OK.
+#[test]
+fn copy_and_move_of_messages_expunged_elsewhere_are_all_or_none() {
+    replay(
+        &["one", "two", "three"],
+        r#"
+A = login(); B = login()
+ok(A.select("INBOX")); ok(B.select("INBOX"))
+def trash():
+    return int(re.search(r"MESSAGES (\d+)", ok(A.status("Trash", "(MESSAGES)"))[0].decode()).group(1))
+def uids(M):
+    return [int(re.search(rb"UID (\d+)", x).group(1)) for x in ok(M.uid("FETCH", "1:*", "(UID)"))]
+for cmd in ["COPY", "MOVE"]:
+    for gone in [2, 1]:
+        # B sees the last two messages; A expunges `gone` of them.
+        ok(B.noop())
+        last = uids(B)[-2:]
+        ok(A.uid("STORE", ",".join(map(str, last[:gone])), "+FLAGS.SILENT", "\\Deleted"))
+        ok(A.uid("EXPUNGE", ",".join(map(str, last[:gone]))))
+        n = len(uids(A)) + gone
+        typ, data = B._simple_command(cmd, "%d:%d" % (n - 1, n), "Trash")
+        assert typ == "NO" and b"[EXPUNGEISSUED]" in data[0], (cmd, gone, typ, data)
+        assert trash() == 0, (cmd, gone)
+        # What was not expunged stayed where it was.
+        assert uids(A)[-1] == last[-1] or gone == 2, (cmd, uids(A), last)
+        ok(A.append("INBOX", None, None, b"Subject: more\r\n\r\nx\r\n"))
+        ok(A.append("INBOX", None, None, b"Subject: more\r\n\r\nx\r\n"))
+# A UID MOVE of a ghost fails the same way and reports the EXPUNGE at once.
+ok(B.noop())
+ghost = uids(B)[-1]
+ok(A.uid("STORE", str(ghost), "+FLAGS.SILENT", "\\Deleted")); ok(A.uid("EXPUNGE", str(ghost)))
+B.untagged_responses.clear()
+typ, data = B.uid("MOVE", str(ghost), "Trash")
+assert typ == "NO" and b"[EXPUNGEISSUED]" in data[0], (typ, data)
+assert B.untagged_responses.pop("EXPUNGE") == [str(len(uids(A)) + 1).encode()], B.untagged_responses
+# Once told, the client copies the rest.
+typ, data = B.copy("1", "Trash")
+assert typ == "OK" and b"[COPYUID " in data[0], (typ, data)
+assert trash() == 1
+"#,
+    );
+}
+
 /// Item 2: a folder deleted and created again at once gets a UIDVALIDITY
 /// it never had, so a client's cached UIDs are not taken for new ones.
 #[test]

@@ -682,11 +682,17 @@ impl Folder {
     /// Copies (hard links, or copies where links fail) or moves entries of
     /// this folder into `dest`. Returns (destination UIDVALIDITY, pairs of
     /// source and destination UIDs) for COPYUID.
+    ///
+    /// A message expunged meanwhile is skipped; with `all_or_none` (IMAP
+    /// COPY and MOVE, which RFC 9051 §6.4.7 makes atomic, as Dovecot has
+    /// them) it instead undoes what was placed and returns no pairs, so
+    /// that no pairs for some entries means "some were gone, none moved".
     pub fn transfer(
         &self,
         entries: &[Entry],
         dest: &Folder,
         remove: bool,
+        all_or_none: bool,
     ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
         let host = crate::store::fsutil::this_host();
         // Keyword letters are per folder: map each source letter to the
@@ -704,12 +710,29 @@ impl Folder {
             }
         }
         let mut placed: Vec<(u32, String)> = Vec::new();
+        // For an undo: (name in the source, name in the destination).
+        let mut names: Vec<(String, String)> = Vec::new();
         let mut bytes = 0i64;
         let from_cur = self.cur()?;
         let dest_dir = dest.maildir.open_dir().map_err(dest.io())?;
         let dest_cur = dest_dir.dir("cur").map_err(dest.io())?;
+        let undo = |names: &[(String, String)]| {
+            // The placed files have no UID in `dest` yet: taking them
+            // away (or back, for a move) leaves both folders as they were.
+            for (from, to) in names.iter().rev() {
+                let _ = if remove {
+                    dest_cur.rename(to, &from_cur, from)
+                } else {
+                    dest_cur.unlink(to)
+                };
+            }
+        };
         for entry in entries {
             let Some(entry) = self.refresh(entry)? else {
+                if all_or_none {
+                    undo(&names);
+                    return Ok((0, Vec::new()));
+                }
                 continue;
             };
             // A fresh base name in the destination, keeping the size fields.
@@ -741,10 +764,20 @@ impl Folder {
             };
             match result {
                 Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && all_or_none => {
+                    undo(&names);
+                    return Ok((0, Vec::new()));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.io()(e)),
+                Err(e) => {
+                    if all_or_none {
+                        undo(&names);
+                    }
+                    return Err(self.io()(e));
+                }
             }
             bytes += crate::store::maildir::size_from_name(&entry.base).unwrap_or(0) as i64;
+            names.push((from, to));
             placed.push((entry.uid, base));
         }
         if remove {

@@ -187,11 +187,11 @@ fn append_copy_move_keep_flags_and_give_uids() {
     );
 
     let sent = mb.folder(&MailboxName::new("Sent").unwrap());
-    let (dv, pairs) = f.transfer(&s.entries, &sent, false).unwrap();
+    let (dv, pairs) = f.transfer(&s.entries, &sent, false, false).unwrap();
     assert_eq!(pairs, vec![(1, 1)]);
     assert_eq!(sent.sync().unwrap().validity, dv);
     assert_eq!(f.sync().unwrap().entries.len(), 1);
-    let (_, pairs) = f.transfer(&s.entries, &sent, true).unwrap();
+    let (_, pairs) = f.transfer(&s.entries, &sent, true, false).unwrap();
     assert_eq!(pairs, vec![(1, 2)]);
     assert!(f.sync().unwrap().entries.is_empty());
     let s = sent.sync().unwrap();
@@ -203,6 +203,33 @@ fn append_copy_move_keep_flags_and_give_uids() {
         s.entries
     );
     assert_eq!(s.keywords.names, vec!["work"]);
+}
+
+#[test]
+fn an_all_or_none_transfer_with_a_message_gone_changes_neither_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = Mailbox::new(dir.path().join("u"));
+    mb.ensure_defaults().unwrap();
+    let f = inbox(&mb);
+    for i in 0..3 {
+        deliver(mb.root(), &format!("Subject: {i}\n\nbody\n"));
+    }
+    let s = f.sync().unwrap();
+    // The last one expunged by another session: the first two were
+    // placed before the transfer found it gone, and are taken back.
+    f.expunge(&s.entries[2..]).unwrap();
+    let sent = mb.folder(&MailboxName::new("Sent").unwrap());
+    for remove in [false, true] {
+        let (_, pairs) = f.transfer(&s.entries, &sent, remove, true).unwrap();
+        assert!(pairs.is_empty());
+        assert!(sent.sync().unwrap().entries.is_empty(), "remove {remove}");
+        let left = f.sync().unwrap().entries;
+        assert_eq!(left.iter().map(|e| e.uid).collect::<Vec<_>>(), [1, 2]);
+        assert!(left.iter().all(|e| f.open_message(e).is_ok()));
+    }
+    // Without all_or_none, the rest goes.
+    let (_, pairs) = f.transfer(&s.entries, &sent, true, false).unwrap();
+    assert_eq!(pairs, vec![(1, 1), (2, 2)]);
 }
 
 #[test]
