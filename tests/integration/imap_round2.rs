@@ -252,7 +252,53 @@ data = body1[body1.index(b"}\r\n") + 3:][:n]
 assert b"\x00" not in data, data
 assert base64.b64decode(data) == part, data
 whole = r[r.index(b"BODY[] "):]
-assert msg in whole, whole
+assert msg.replace(b"\x00", b"\x80") in whole, whole
+"#,
+    );
+}
+
+/// Round 2, item 2: `BODY[]` of a message holding NUL bytes is a plain
+/// literal without NUL (RFC 9051 §4.3); as Dovecot does, each NUL is sent
+/// as 0x80, so the length is RFC822.SIZE and partial fetches line up.
+/// BINARY[] still gives the bytes as they are, in a literal8.
+#[test]
+fn body_of_a_message_with_nul_is_a_literal_without_nul() {
+    replay(
+        &[],
+        r#"
+msg = b"Subject: nul\x00here\r\n\r\nbody \x00 one\r\n\x00\r\n"
+sent = msg.replace(b"\x00", b"\x80")
+s = socket.create_connection(("127.0.0.1", PORT))
+f = s.makefile("rb")
+def upto(tag):
+    out = b""
+    while True:
+        line = f.readline()
+        assert line, out
+        out += line
+        m = re.search(rb"[~]?\{(\d+)\}\r\n$", line)
+        if m:
+            out += f.read(int(m.group(1)))
+        if line.startswith(tag + b" "):
+            return out
+f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in upto(b"a")
+s.sendall(b"b APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
+r = upto(b"b"); assert b"b OK" in r, r
+s.sendall(b"c SELECT INBOX\r\n"); upto(b"c")
+s.sendall(b"d FETCH 1 (RFC822.SIZE BODY.PEEK[] BODY.PEEK[HEADER] BODY.PEEK[TEXT] BODY.PEEK[]<20.5> RFC822)\r\n")
+r = upto(b"d"); assert b"d OK" in r, r
+assert b"\x00" not in r, r
+assert b"RFC822.SIZE %d " % len(msg) in r, r
+assert b"BODY[] {%d}\r\n" % len(msg) + sent in r, r
+head = sent[:sent.index(b"\r\n\r\n") + 4]
+assert b"BODY[HEADER] {%d}\r\n" % len(head) + head in r, r
+assert b"BODY[TEXT] {%d}\r\n" % (len(sent) - len(head)) + sent[len(head):] in r, r
+assert b"BODY[]<20> {5}\r\n" + sent[20:25] in r, r
+assert b"RFC822 {%d}\r\n" % len(msg) + sent in r, r
+s.sendall(b"e FETCH 1 (BINARY.PEEK[])\r\n")
+r = upto(b"e"); assert b"e OK" in r, r
+assert b"BINARY[] ~{%d}\r\n" % len(msg) + msg in r, r
 "#,
     );
 }
