@@ -407,7 +407,13 @@ impl Session {
                     state
                         .entries
                         .iter()
-                        .map(|e| e.wire_size().unwrap_or(0))
+                        // A file stored as given counts its stored size:
+                        // STATUS reads no message (its CRs are a few bytes).
+                        .map(|e| {
+                            e.wire_size()
+                                .or_else(|| postroom::store::maildir::size_from_name(&e.base))
+                                .unwrap_or(0)
+                        })
                         .sum::<u64>()
                 ),
             });

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use super::MailboxError;
 use super::flags::{Flags, Keywords};
 use super::uidlist::{self, UidList, UidLock};
-use crate::store::maildir::{NoFollowDir, split_name, wire_size_from_name};
+use crate::store::maildir::{NoFollowDir, split_name, stated_wire_size};
 use rustix::fs::OFlags;
 
 /// One message as a session knows it.
@@ -48,9 +48,10 @@ impl Entry {
         format!("{}:2,{}", self.base, self.info)
     }
 
-    /// The size with CRLF line ends (`,W=` in the name), if the name says.
+    /// The size with CRLF line ends (`,W=` in the name), if the name says
+    /// (`maildir::stated_wire_size`).
     pub fn wire_size(&self) -> Option<u64> {
-        wire_size_from_name(&self.base)
+        stated_wire_size(&self.base)
     }
 }
 
