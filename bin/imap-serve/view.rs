@@ -287,50 +287,51 @@ impl Session {
             sel.update_modseqs();
         }
         let mut modified = Vec::new();
-        let mut stored = Vec::new();
+        let mut todo = Vec::with_capacity(positions.len());
         for i in positions {
-            let entry = sel.view[i].clone();
+            let uid_of = sel.view[i].uid;
             if let Some(since) = unchanged_since
-                && sel.modseq(entry.uid) > since
+                && sel.modseq(uid_of) > since
             {
-                modified.push(if uid { entry.uid } else { i as u32 + 1 });
+                modified.push(if uid { uid_of } else { i as u32 + 1 });
                 continue;
             }
-            // Start from the flags on disk: another session may have
-            // changed them since our last sync.
-            let current = match sel.folder.refresh(&entry) {
-                Ok(Some(e)) => e,
-                // Expunged by another session: nothing to store, and no
-                // failure either (the EXPUNGE follows when it may).
-                Ok(None) => continue,
-                Err(e) => return Ok(e.into()),
-            };
-            let old = current.flags();
-            let new = match mode {
-                StoreMode::Replace => Flags {
-                    system: given.system,
-                    keywords: given.keywords,
-                },
-                StoreMode::Add => Flags {
-                    system: old.system | given.system,
-                    keywords: old.keywords | given.keywords,
-                },
-                StoreMode::Remove => Flags {
-                    system: old.system & !given.system,
-                    keywords: old.keywords & !given.keywords,
-                },
-            };
-            let updated = match sel.folder.set_flags(&current, new) {
-                Ok(Some(e)) => e,
-                // Expunged by another session: nothing to store, and no
-                // failure either (the EXPUNGE follows when it may).
-                Ok(None) => continue,
-                Err(e) => return Ok(e.into()),
-            };
+            todo.push(i);
+        }
+        // One pass over the files, from the flags on disk (another
+        // session may have changed them since our last sync).
+        let entries: Vec<Entry> = todo.iter().map(|&i| sel.view[i].clone()).collect();
+        let change = |old: Flags| match mode {
+            StoreMode::Replace => Flags {
+                system: given.system,
+                keywords: given.keywords,
+            },
+            StoreMode::Add => Flags {
+                system: old.system | given.system,
+                keywords: old.keywords | given.keywords,
+            },
+            StoreMode::Remove => Flags {
+                system: old.system & !given.system,
+                keywords: old.keywords & !given.keywords,
+            },
+        };
+        let changed = match sel.folder.change_flags(&entries, &change) {
+            Ok(c) => c,
+            Err(e) => return Ok(e.into()),
+        };
+        let mut stored = Vec::with_capacity(todo.len());
+        if changed.iter().any(Option::is_some) {
             // The view becomes this session's own (copied once) until
             // the sync after the command finds the folder agreeing again.
-            Arc::make_mut(&mut sel.view)[i] = updated;
-            stored.push(i);
+            let view = Arc::make_mut(&mut sel.view);
+            for (i, updated) in todo.into_iter().zip(changed) {
+                // Expunged by another session: nothing to store, and no
+                // failure either (the EXPUNGE follows when it may).
+                if let Some(updated) = updated {
+                    view[i] = updated;
+                    stored.push(i);
+                }
+            }
         }
         if condstore {
             sel.update_modseqs();

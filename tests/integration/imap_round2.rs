@@ -105,6 +105,36 @@ assert trash() == 1
     );
 }
 
+/// Round 2, item 4: STORE over many messages renames them in one pass,
+/// still starting from the flags on disk: a flag another session set
+/// after our last look is kept, and a message it expunged is skipped
+/// without failing the command.
+#[test]
+fn a_store_over_many_messages_keeps_flags_set_elsewhere() {
+    let subjects: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+    replay(
+        &subjects,
+        r#"
+A = login(); B = login()
+ok(A.select("INBOX")); ok(B.select("INBOX"))
+ok(A.store("5", "+FLAGS", "(\\Flagged)"))
+ok(A.store("9", "+FLAGS.SILENT", "(\\Deleted)")); ok(A.expunge())
+r = ok(B.store("1:40", "+FLAGS", "(\\Seen)"))
+assert len(r) == 39, r
+assert any(x.startswith(b"5 (FLAGS (") and b"\\Flagged" in x and b"\\Seen" in x for x in r), r
+def flags_of(M):
+    ok(M.noop()); M.untagged_responses.clear()
+    return ok(M.fetch("1:*", "(FLAGS)"))
+flags = flags_of(A)
+assert len(flags) == 39 and all(b"\\Seen" in x for x in flags), flags
+assert b"\\Flagged" in flags[4], flags
+r = ok(B.store("1:*", "-FLAGS.SILENT", "(\\Seen)"))
+assert all(b"\\Seen" not in x for x in flags_of(A))
+"#,
+    );
+}
+
 /// Item 2: a folder deleted and created again at once gets a UIDVALIDITY
 /// it never had, so a client's cached UIDs are not taken for new ones.
 #[test]

@@ -152,6 +152,45 @@ fn flags_rename_and_concurrent_change_is_followed() {
 }
 
 #[test]
+fn a_batched_flag_change_starts_from_the_disk_and_skips_the_expunged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = Mailbox::new(dir.path().join("u"));
+    mb.ensure_defaults().unwrap();
+    let f = inbox(&mb);
+    for i in 0..20 {
+        deliver(mb.root(), &format!("Subject: {i}\n\nx\n"));
+    }
+    let entries = f.sync().unwrap().entries;
+    // Another session flags one and expunges another after our look.
+    let cur = mb.root().join("cur");
+    fs::rename(
+        f.path_of(&entries[4]),
+        cur.join(format!("{}:2,F", entries[4].base)),
+    )
+    .unwrap();
+    f.expunge(&entries[7..8]).unwrap();
+    let add_seen = |mut old: Flags| {
+        old.system |= flags::SEEN;
+        old
+    };
+    // Many (one readdir) and few (a look each): the same outcome.
+    for batch in [&entries[..], &entries[3..6]] {
+        let changed = f.change_flags(batch, &add_seen).unwrap();
+        for (e, c) in batch.iter().zip(&changed) {
+            match c {
+                None => assert_eq!(e.uid, 8),
+                Some(c) if e.uid == 5 => assert_eq!(&*c.info, "FS"),
+                Some(c) => assert_eq!(&*c.info, "S"),
+            }
+            if let Some(c) = c {
+                assert!(f.path_of(c).exists(), "{c:?}");
+            }
+        }
+    }
+    assert_eq!(f.sync().unwrap().entries.len(), 19);
+}
+
+#[test]
 fn append_copy_move_keep_flags_and_give_uids() {
     let dir = tempfile::tempdir().unwrap();
     let mb = Mailbox::new(dir.path().join("u"));
