@@ -123,6 +123,7 @@ impl Session {
             held_back: false,
             recent,
             report_recent: !self.rev2,
+            contexts: Vec::new(),
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest.

@@ -182,6 +182,7 @@ impl Session {
                 );
             }
         }
+        let old_view = sel.view.clone();
         let merged = merge(&sel.view, &state.entries, expunge_ok);
         sel.held_back = merged.held_back;
         let vanished: Vec<u32> = merged.expunged.iter().map(|&i| sel.view[i].uid).collect();
@@ -199,6 +200,8 @@ impl Session {
         if condstore {
             sel.update_modseqs();
         }
+        let (removed_from, added_to) = crate::context::updates(sel, &old_view);
+        out.extend_from_slice(&removed_from);
         if qresync {
             // RFC 7162 §3.2.10: UIDs, not sequence numbers, once enabled.
             if !vanished.is_empty() {
@@ -238,6 +241,7 @@ impl Session {
         if sel.report_recent && (grew || sel.recent != recent_before) {
             out.extend_from_slice(sel.recent_line().as_bytes());
         }
+        out.extend_from_slice(&added_to);
         self.out(&out).await
     }
 

@@ -135,6 +135,71 @@ assert all(b"\\Seen" not in x for x in flags_of(A))
     );
 }
 
+/// Round 2, item 5: CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267): a SEARCH
+/// or SORT with RETURN (UPDATE) is told how its result changes as
+/// messages arrive, change flags or are expunged (by another session
+/// here), REMOVEFROM before the EXPUNGE, ADDTO after EXISTS, until
+/// CANCELUPDATE.
+#[test]
+fn search_and_sort_contexts_are_updated_until_cancelled() {
+    replay(
+        &["c", "a", "b"],
+        r#"
+B = login(); ok(B.select("INBOX"))
+s = socket.create_connection(("127.0.0.1", PORT)); f = s.makefile("rb")
+def upto(tag):
+    lines = []
+    while True:
+        line = f.readline().decode()
+        assert line, lines
+        lines.append(line.rstrip("\r\n"))
+        if line.startswith(tag + " "):
+            return lines
+f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n"); caps = upto("a")[-1]
+assert "CONTEXT=SEARCH" in caps and "CONTEXT=SORT" in caps, caps
+s.sendall(b"b SELECT INBOX\r\n"); upto("b")
+s.sendall(b"s1 UID SEARCH RETURN (UPDATE) UNSEEN\r\n")
+assert '* ESEARCH (TAG "s1") UID ALL 1:3' in upto("s1")
+s.sendall(b"s2 UID SORT RETURN (CONTEXT UPDATE ALL) (SUBJECT) UTF-8 ALL\r\n")
+assert '* ESEARCH (TAG "s2") UID ALL 2:3,1' in upto("s2")
+s.sendall(b"s3 SEARCH RETURN (UPDATE COUNT) ALL\r\n")
+assert '* ESEARCH (TAG "s3") COUNT 3' in upto("s3")
+# A new message: in all three, at its place in the sorted one.
+deliver("aa")
+s.sendall(b"n1 NOOP\r\n"); r = upto("n1")
+exists = r.index("* 4 EXISTS")
+assert r.index('* ESEARCH (TAG "s1") UID ADDTO (0 4)') > exists, r
+assert r.index('* ESEARCH (TAG "s2") UID ADDTO (2 4)') > exists, r
+assert r.index('* ESEARCH (TAG "s3") ADDTO (0 4)') > exists, r
+# Seen elsewhere: out of the UNSEEN search only.
+ok(B.noop()); ok(B.uid("STORE", "2", "+FLAGS", "(\\Seen)"))
+s.sendall(b"n2 NOOP\r\n"); r = upto("n2")
+assert '* ESEARCH (TAG "s1") UID REMOVEFROM (0 2)' in r, r
+assert not any("s2" in l or "s3" in l for l in r), r
+# Expunged elsewhere: out of every result, before the EXPUNGE.
+ok(B.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")); ok(B.expunge())
+s.sendall(b"n3 NOOP\r\n"); r = upto("n3")
+gone = r.index("* 1 EXPUNGE")
+assert r.index('* ESEARCH (TAG "s1") UID REMOVEFROM (0 1)') < gone, r
+assert r.index('* ESEARCH (TAG "s2") UID REMOVEFROM (0 1)') < gone, r
+assert r.index('* ESEARCH (TAG "s3") REMOVEFROM (0 1)') < gone, r
+# Cancelled: no more updates for s1 and s3; s2 goes on.
+s.sendall(b'c1 CANCELUPDATE "s1" "s3"\r\n'); assert upto("c1")[-1].startswith("c1 OK"), r
+s.sendall(b'c2 CANCELUPDATE "s1"\r\n'); assert upto("c2")[-1].startswith("c2 BAD"), r
+deliver("ab")
+s.sendall(b"n4 NOOP\r\n"); r = upto("n4")
+assert '* ESEARCH (TAG "s2") UID ADDTO (3 5)' in r, r
+assert not any("s1" in l or "s3" in l for l in r), r
+# A new SELECT ends them all.
+s.sendall(b"b2 SELECT INBOX\r\n"); upto("b2")
+deliver("ac")
+s.sendall(b"n5 NOOP\r\n"); r = upto("n5")
+assert not any("ESEARCH" in l for l in r), r
+"#,
+    );
+}
+
 /// Item 2: a folder deleted and created again at once gets a UIDVALIDITY
 /// it never had, so a client's cached UIDs are not taken for new ones.
 #[test]

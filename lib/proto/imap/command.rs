@@ -326,6 +326,9 @@ pub enum Body {
     Check,
     Close,
     Unselect,
+    /// CANCELUPDATE (RFC 5267 §4.3.5): the tags of the searches whose
+    /// updates stop.
+    CancelUpdate(Vec<String>),
     Expunge(Option<SequenceSet>),
     Search {
         uid: bool,
@@ -712,6 +715,16 @@ impl<'a> Parser<'a> {
             "IDLE" => Body::Idle,
             "NAMESPACE" => Body::Namespace,
             "EXPUNGE" => Body::Expunge(None),
+            "CANCELUPDATE" => {
+                let mut tags = Vec::new();
+                while self.eat(b' ') {
+                    tags.push(self.astring()?);
+                }
+                if tags.is_empty() {
+                    return bad("CANCELUPDATE needs the tag of a search");
+                }
+                Body::CancelUpdate(tags)
+            }
             "AUTHENTICATE" => {
                 self.sp()?;
                 let mechanism = self.word()?;
@@ -1464,8 +1477,9 @@ impl<'a> Parser<'a> {
 
     /// `SP "(" [return-opt *(SP return-opt)] ")"` after RETURN, for SEARCH
     /// (ESEARCH, RFC 4731; SAVE, RFC 5182) and SORT (ESORT, RFC 5267):
-    /// MIN, MAX, ALL, COUNT, SAVE (SEARCH only) and `PARTIAL range` (RFC
-    /// 9394), which is kept as the one option `PARTIAL lo:hi`.
+    /// MIN, MAX, ALL, COUNT, SAVE (SEARCH only), UPDATE and CONTEXT (RFC
+    /// 5267 §4) and `PARTIAL range` (RFC 9394), which is kept as the one
+    /// option `PARTIAL lo:hi`.
     fn return_options(&mut self, search: bool) -> R<Vec<String>> {
         self.sp()?;
         self.expect(b'(')?;
@@ -1474,7 +1488,7 @@ impl<'a> Parser<'a> {
             self.eat(b' ');
             let opt = self.word()?;
             match opt.as_str() {
-                "MIN" | "MAX" | "ALL" | "COUNT" => opts.push(opt),
+                "MIN" | "MAX" | "ALL" | "COUNT" | "UPDATE" | "CONTEXT" => opts.push(opt),
                 "SAVE" if search => opts.push(opt),
                 "PARTIAL" => {
                     self.sp()?;
@@ -1781,6 +1795,19 @@ mod tests {
         assert!(matches!(
             ok("t UID SEARCH CHARSET utf-8 SUBJECT x\r\n"),
             Body::Search { uid: true, .. }
+        ));
+        // RFC 5267 contexts: UPDATE and CONTEXT, and CANCELUPDATE.
+        assert!(matches!(
+            ok("B01 UID SEARCH RETURN (UPDATE COUNT) DELETED\r\n"),
+            Body::Search { ret: Some(ref r), .. } if r == &["UPDATE", "COUNT"]
+        ));
+        assert!(matches!(
+            ok("C01 UID SORT RETURN (CONTEXT UPDATE) (DATE) UTF-8 ALL\r\n"),
+            Body::Sort { ret: Some(ref r), .. } if r == &["CONTEXT", "UPDATE"]
+        ));
+        assert!(matches!(
+            ok("D01 CANCELUPDATE \"B01\" \"C01\"\r\n"),
+            Body::CancelUpdate(ref tags) if tags == &["B01", "C01"]
         ));
         match ok("t UID FETCH 1:* FLAGS\r\n") {
             Body::Fetch {
