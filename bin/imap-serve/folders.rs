@@ -461,7 +461,28 @@ impl Session {
         if !folder.exists() {
             return Done::No("[TRYCREATE] no such mailbox".into());
         }
-        if messages.iter().any(|m| m.message.is_empty()) {
+        // CATENATE's messages are put together first: a bad URL fails the
+        // whole command before anything is stored.
+        let mut made = Vec::with_capacity(messages.len());
+        for m in messages {
+            made.push(if m.catenate.is_empty() {
+                None
+            } else {
+                match self.catenate(&m.catenate) {
+                    Ok(one) => Some(one),
+                    Err(done) => return done,
+                }
+            });
+        }
+        let bodies: Vec<(&[u8], bool)> = messages
+            .iter()
+            .zip(&made)
+            .map(|(m, made)| match made {
+                Some((text, binary)) => (&text[..], *binary),
+                None => (&m.message[..], m.binary),
+            })
+            .collect();
+        if bodies.iter().any(|(text, _)| text.is_empty()) {
             return Done::No("empty message".into());
         }
         let mut flags = Vec::with_capacity(messages.len());
@@ -474,10 +495,11 @@ impl Session {
         let quota = self.login.as_ref().and_then(|l| l.quota);
         let batch: Vec<Appending<'_>> = messages
             .iter()
+            .zip(bodies)
             .zip(flags)
-            .map(|(m, flags)| Appending {
-                message: &m.message,
-                as_given: m.binary,
+            .map(|((m, (message, as_given)), flags)| Appending {
+                message,
+                as_given,
                 flags,
                 internal_date: m.date,
             })

@@ -22,6 +22,7 @@ mod view;
 // but for the search and sort contexts (RFC 5267), which the sync after
 // any command runs SEARCH and SORT again for.
 mod context;
+mod catenate;
 mod fetch;
 mod folders;
 mod search;

@@ -104,6 +104,8 @@ impl Shared {
 
 /// The logged-in user.
 pub struct Login {
+    /// The address the user logged in as.
+    pub user: String,
     pub mailbox: Mailbox,
     pub quota: Option<u64>,
 }
@@ -362,6 +364,7 @@ impl Session {
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
                 "MULTIAPPEND",
+                "CATENATE",
             ]);
         }
         caps.join(" ")
@@ -896,6 +899,7 @@ impl Session {
                 tracing::info!(user = %user.address, "logged in");
                 let default_quota = self.shared.config.delivery.default_quota;
                 self.login = Some(Login {
+                    user: user.address.to_string(),
                     mailbox,
                     quota: user.quota.or((default_quota > 0).then_some(default_quota)),
                 });

@@ -200,6 +200,73 @@ assert not any("ESEARCH" in l for l in r), r
     );
 }
 
+/// Round 2, item 6: CATENATE (RFC 4469): APPEND puts a message together
+/// from literals and IMAP URLs (RFC 5092: absolute, `/mailbox...` and
+/// `;UID=` relative to the selected mailbox, SECTION and PARTIAL), in a
+/// MULTIAPPEND too; a URL naming nothing is `NO [BADURL "url"]` and a
+/// result over limits.message_size `NO [TOOBIG]`, with nothing stored.
+#[test]
+fn catenate_builds_messages_from_literals_and_urls() {
+    let tree = tree_with_user();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        text.replace("message_size = \"35M\"", "message_size = 3000"),
+    )
+    .unwrap();
+    deliver(&tree, "source");
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        r#"
+M = login()
+caps = ok(M.capability())[0].decode()
+assert " CATENATE" in caps, caps
+draft = (b"Subject: draft\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+         b"--x\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n--x--\r\n")
+ok(M.append("Drafts", None, None, draft))
+v = int(re.search(r"UIDVALIDITY (\d+)", ok(M.status("Drafts", "(UIDVALIDITY)"))[0].decode()).group(1))
+ok(M.select("INBOX"))
+src = ok(M.fetch("1", "(BODY.PEEK[])"))[0][1]
+head = src[:src.index(b"\r\n\r\n") + 4]
+s = socket.create_connection(("127.0.0.1", PORT)); f = s.makefile("rb"); f.readline()
+def cmd(data):
+    s.sendall(data)
+    while True:
+        line = f.readline()
+        assert line, data
+        if line.startswith(b"+ "):
+            continue
+        if line.startswith(data.split(b" ")[0] + b" "):
+            return line.decode()
+cmd(b"a LOGIN bob@example.test secret\r\n"); cmd(b"b SELECT INBOX\r\n")
+tail = b"new text\r\n"
+r = cmd(b'c APPEND Sent CATENATE (URL "/INBOX/;UID=1/;SECTION=HEADER" TEXT {%d+}\r\n' % len(tail) + tail
+        + b' URL "imap://bob%40example.test@localhost/Drafts;UIDVALIDITY=' + str(v).encode() + b'/;UID=1/;SECTION=1" URL ";UID=1/;PARTIAL=0.7")'
+        + b' CATENATE (TEXT {4+}\r\nx: y URL "/Drafts/;UID=1/;section=header")\r\n')
+assert re.match(r"c OK \[APPENDUID \d+ 1:2\]", r), r
+ok(M.select("Sent"))
+got = [x[1] for x in ok(M.fetch("1:2", "(BODY.PEEK[])")) if isinstance(x, tuple)]
+# (A last line without its line end gets one, as for any message.)
+assert got[0] == head + tail + b"first part" + src[:7] + b"\r\n", got[0]
+assert got[1] == b"x: y" + draft[:draft.index(b"\r\n\r\n") + 4], got[1]
+# A URL that names nothing fails the command: nothing of it is stored.
+for url in [b"/INBOX/;UID=99", b"/INBOX;UIDVALIDITY=" + str(v + 1).encode() + b"/;UID=1", b"/Nowhere/;UID=1",
+            b"imap://carol%40example.test@localhost/INBOX/;UID=1", b"/INBOX/;UID=1/;SECTION=7", b"/INBOX/;UID=1/;URLAUTH=x"]:
+    r = cmd(b'd APPEND Sent CATENATE (TEXT {2+}\r\nx\n) CATENATE (URL "' + url + b'")\r\n')
+    assert r.startswith('d NO [BADURL "' + url.decode() + '"]'), (url, r)
+# Over limits.message_size (3000) in all: TOOBIG.
+many = b" ".join([b'URL "/INBOX/;UID=1"'] * 20)
+r = cmd(b"e APPEND Sent CATENATE (" + many + b")\r\n")
+assert r.startswith("e NO [TOOBIG]"), r
+assert ok(M.status("Sent", "(MESSAGES)"))[0].decode().endswith("(MESSAGES 2)")
+print("catenated")
+"#,
+        &server,
+        &tree,
+    );
+    assert!(said.contains("catenated"), "{said}");
+}
+
 /// Item 2: a folder deleted and created again at once gets a UIDVALIDITY
 /// it never had, so a client's cached UIDs are not taken for new ones.
 #[test]
