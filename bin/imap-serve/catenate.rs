@@ -123,7 +123,9 @@ impl Session {
         };
         if let Some((offset, length)) = partial {
             let start = (offset as usize).min(data.len());
-            let end = length.map_or(data.len(), |l| start.saturating_add(l as usize).min(data.len()));
+            let end = length.map_or(data.len(), |l| {
+                start.saturating_add(l as usize).min(data.len())
+            });
             data = data[start..end].to_vec();
         }
         Ok(data)

@@ -80,7 +80,10 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return Done::Bad("select a mailbox first".into());
         };
-        if let Some(unknown) = tags.iter().find(|t| !sel.contexts.iter().any(|c| &c.tag == *t)) {
+        if let Some(unknown) = tags
+            .iter()
+            .find(|t| !sel.contexts.iter().any(|c| &c.tag == *t))
+        {
             return Done::Bad(format!(
                 "no search of tag {unknown} is being updated (RETURN (UPDATE) starts one)"
             ));

@@ -92,7 +92,11 @@ pub fn read_as_stored(folder: &Folder, entry: &Entry) -> Option<Vec<u8>> {
         return None;
     }
     let mut raw = Vec::new();
-    folder.open_message(entry).ok()?.read_to_end(&mut raw).ok()?;
+    folder
+        .open_message(entry)
+        .ok()?
+        .read_to_end(&mut raw)
+        .ok()?;
     Some(raw)
 }
 

@@ -239,7 +239,10 @@ pub fn sort_order(
         }
         items[a].seq.cmp(&items[b].seq)
     });
-    order.iter().map(|&i| (items[i].uid, items[i].seq)).collect()
+    order
+        .iter()
+        .map(|&i| (items[i].uid, items[i].seq))
+        .collect()
 }
 
 impl Session {

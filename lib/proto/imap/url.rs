@@ -127,8 +127,9 @@ mod tests {
 
     #[test]
     fn the_forms_clients_send_parse() {
-        let u = parse("imap://bob@mail.test/INBOX;UIDVALIDITY=785799047/;UID=113330/;SECTION=1.5.9")
-            .unwrap();
+        let u =
+            parse("imap://bob@mail.test/INBOX;UIDVALIDITY=785799047/;UID=113330/;SECTION=1.5.9")
+                .unwrap();
         assert_eq!(u.user.as_deref(), Some("bob"));
         assert_eq!(u.mailbox.as_deref(), Some("INBOX"));
         assert_eq!((u.validity, u.uid), (Some(785_799_047), 113_330));
@@ -139,7 +140,10 @@ mod tests {
         assert_eq!(u.section.as_deref(), Some("HEADER"));
         let u = parse("/Sent%20Items/;UID=7/;PARTIAL=10.20").unwrap();
         assert_eq!(u.mailbox.as_deref(), Some("Sent Items"));
-        assert_eq!((u.validity, u.uid, u.partial), (None, 7, Some((10, Some(20)))));
+        assert_eq!(
+            (u.validity, u.uid, u.partial),
+            (None, 7, Some((10, Some(20))))
+        );
         let u = parse(";UID=3/;SECTION=HEADER.FIELDS%20(SUBJECT)").unwrap();
         assert_eq!(u.mailbox, None);
         assert_eq!(u.section.as_deref(), Some("HEADER.FIELDS (SUBJECT)"));
