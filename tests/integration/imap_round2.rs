@@ -1,8 +1,29 @@
 //! imap-serve, round 2 (issue 15): each exchange a conformance or stress
 //! run failed on, replayed with Python's imaplib or a raw socket.
 
-use crate::imap_serve::{ONE_WIRE_FORM, deliver, python, tree_with_user};
+use crate::imap_serve::{ONE_WIRE_FORM, deliver, python, tree_with_message_size, tree_with_user};
 use crate::util::Server;
+
+/// Python for a raw-socket exchange: `s` is a connection logged in as
+/// bob, and `upto(tag)` reads everything up to the line tagged `tag`
+/// (literals whole, whatever they hold).
+const RAW: &str = r#"
+s = socket.create_connection(("127.0.0.1", PORT))
+f = s.makefile("rb")
+def upto(tag):
+    out = b""
+    while True:
+        line = f.readline()
+        assert line, out
+        out += line
+        m = re.search(rb"[~]?\{(\d+)\}\r\n$", line)
+        if m:
+            out += f.read(int(m.group(1)))
+        if line.startswith(tag + b" "):
+            return out
+f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in upto(b"a")
+"#;
 
 /// Bob's mailbox with a message for each of `subjects`, imap-serve on it,
 /// and `script` run against it with the Python prelude of `imap_serve`.
@@ -207,13 +228,7 @@ assert not any("ESEARCH" in l for l in r), r
 /// result over limits.message_size `NO [TOOBIG]`, with nothing stored.
 #[test]
 fn catenate_builds_messages_from_literals_and_urls() {
-    let tree = tree_with_user();
-    let text = std::fs::read_to_string(&tree.config).unwrap();
-    std::fs::write(
-        &tree.config,
-        text.replace("message_size = \"35M\"", "message_size = 3000"),
-    )
-    .unwrap();
+    let tree = tree_with_message_size("3000");
     deliver(&tree, "source");
     let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
@@ -377,27 +392,14 @@ assert '((NIL "@relay.test,@hop.test" "bob" "b.test"))' in env, env
 fn binary_append_keeps_bytes_and_body_of_a_nul_part_is_encoded() {
     replay(
         &[],
-        r#"
+        &[
+            RAW,
+            r#"
 import base64
 part = b"line1\nline2\x00x\n"
 msg = (b"Subject: bin\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
        b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
        + part + b"\r\n--b--\r\n")
-s = socket.create_connection(("127.0.0.1", PORT))
-f = s.makefile("rb")
-def upto(tag):
-    out = b""
-    while True:
-        line = f.readline()
-        assert line, out
-        out += line
-        m = re.search(rb"[~]?\{(\d+)\}\r\n$", line)
-        if m:
-            out += f.read(int(m.group(1)))
-        if line.startswith(tag + b" "):
-            return out
-f.readline()
-s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in upto(b"a")
 s.sendall(b"b APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
 r = upto(b"b"); assert b"b OK" in r, r
 s.sendall(b"c SELECT INBOX\r\n"); upto(b"c")
@@ -419,6 +421,8 @@ assert base64.b64decode(data) == part, data
 whole = r[r.index(b"BODY[] "):]
 assert b"BODY[] {%d}\r\n" % len(wire) + wire.replace(b"\x00", b"\x80") in whole, whole
 "#,
+        ]
+        .concat(),
     );
 }
 
@@ -469,24 +473,9 @@ print("agreed")
 fn body_of_a_message_with_nul_is_a_literal_without_nul() {
     replay(
         &[],
-        r#"
+        &[RAW, r#"
 msg = b"Subject: nul\x00here\r\n\r\nbody \x00 one\r\n\x00\r\n"
 sent = msg.replace(b"\x00", b"\x80")
-s = socket.create_connection(("127.0.0.1", PORT))
-f = s.makefile("rb")
-def upto(tag):
-    out = b""
-    while True:
-        line = f.readline()
-        assert line, out
-        out += line
-        m = re.search(rb"[~]?\{(\d+)\}\r\n$", line)
-        if m:
-            out += f.read(int(m.group(1)))
-        if line.startswith(tag + b" "):
-            return out
-f.readline()
-s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in upto(b"a")
 s.sendall(b"b APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
 r = upto(b"b"); assert b"b OK" in r, r
 s.sendall(b"c SELECT INBOX\r\n"); upto(b"c")
@@ -503,7 +492,8 @@ assert b"RFC822 {%d}\r\n" % len(msg) + sent in r, r
 s.sendall(b"e FETCH 1 (BINARY.PEEK[])\r\n")
 r = upto(b"e"); assert b"e OK" in r, r
 assert b"BINARY[] ~{%d}\r\n" % len(msg) + msg in r, r
-"#,
+"#]
+        .concat(),
     );
 }
 

@@ -22,15 +22,22 @@ fn inbox(mb: &Mailbox) -> Folder {
     mb.folder(&MailboxName::new("INBOX").unwrap())
 }
 
-#[test]
-fn sync_gives_ascending_uids_never_reused() {
+/// A fresh mailbox with `n` messages delivered: (its directory, kept
+/// until the test ends; the mailbox; its INBOX).
+fn inbox_with(n: usize) -> (tempfile::TempDir, Mailbox, Folder) {
     let dir = tempfile::tempdir().unwrap();
     let mb = Mailbox::new(dir.path().join("u"));
     mb.ensure_defaults().unwrap();
     let f = inbox(&mb);
-    for i in 0..3 {
+    for i in 0..n {
         deliver(mb.root(), &format!("Subject: {i}\n\nbody\n"));
     }
+    (dir, mb, f)
+}
+
+#[test]
+fn sync_gives_ascending_uids_never_reused() {
+    let (_dir, mb, f) = inbox_with(3);
     let s = f.sync().unwrap();
     assert_eq!(
         s.entries.iter().map(|e| e.uid).collect::<Vec<_>>(),
@@ -153,13 +160,7 @@ fn flags_rename_and_concurrent_change_is_followed() {
 
 #[test]
 fn a_batched_flag_change_starts_from_the_disk_and_skips_the_expunged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mb = Mailbox::new(dir.path().join("u"));
-    mb.ensure_defaults().unwrap();
-    let f = inbox(&mb);
-    for i in 0..20 {
-        deliver(mb.root(), &format!("Subject: {i}\n\nx\n"));
-    }
+    let (_dir, mb, f) = inbox_with(20);
     let entries = f.sync().unwrap().entries;
     // Another session flags one and expunges another after our look.
     let cur = mb.root().join("cur");
@@ -246,13 +247,7 @@ fn append_copy_move_keep_flags_and_give_uids() {
 
 #[test]
 fn an_all_or_none_transfer_with_a_message_gone_changes_neither_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let mb = Mailbox::new(dir.path().join("u"));
-    mb.ensure_defaults().unwrap();
-    let f = inbox(&mb);
-    for i in 0..3 {
-        deliver(mb.root(), &format!("Subject: {i}\n\nbody\n"));
-    }
+    let (_dir, mb, f) = inbox_with(3);
     let s = f.sync().unwrap();
     // The last one expunged by another session: the first two were
     // placed before the transfer found it gone, and are taken back.
