@@ -435,30 +435,27 @@ fn a_binary_append_with_bare_lfs_is_one_message_for_imap_and_pop3() {
     let tree = tree_with_user();
     let server = Server::start(&tree, "imap-serve", &[]);
     let said = python(
-        &format!(
-            r#"{ONE_WIRE_FORM}
+        &[
+            ONE_WIRE_FORM,
+            RAW,
+            r#"
 part = b"one\ntwo\r\nthree\n"
 msg = (b"Subject: lf\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
        b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
        + part + b"\r\n--b--\r\n")
-s = socket.create_connection(("127.0.0.1", PORT)); f = s.makefile("rb"); f.readline()
-s.sendall(b"a LOGIN bob@example.test secret\r\n")
-while not f.readline().startswith(b"a "): pass
-s.sendall(b"b APPEND INBOX ~{{%d+}}\r\n" % len(msg) + msg + b"\r\n")
-line = f.readline()
-while not line.startswith(b"b "): line = f.readline()
-assert line.startswith(b"b OK"), line
-s.sendall(b"c SELECT INBOX\r\nd FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1])\r\n")
-r = b""
-while not r.endswith(b"d OK FETCH completed\r\n"):
-    chunk = s.recv(65536); assert chunk, r; r += chunk
-assert b"BINARY.SIZE[1] %d " % len(part) in r and b"BINARY[1] {{%d}}\r\n" % len(part) + part in r, r
+s.sendall(b"b APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
+r = upto(b"b"); assert b"b OK" in r, r
+s.sendall(b"c SELECT INBOX\r\n"); upto(b"c")
+s.sendall(b"d FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1])\r\n")
+r = upto(b"d"); assert b"d OK" in r, r
+assert b"BINARY.SIZE[1] %d " % len(part) in r and b"BINARY[1] {%d}\r\n" % len(part) + part in r, r
 stored = os.listdir(os.environ["MAILDIR"] + "/cur")
 assert len(stored) == 1 and open(os.environ["MAILDIR"] + "/cur/" + stored[0], "rb").read() == msg, stored
 one_wire_form(1, re.sub(rb"(?<!\r)\n", b"\r\n", msg))
 print("agreed")
-"#
-        ),
+"#,
+        ]
+        .concat(),
         &server,
         &tree,
     );

@@ -741,16 +741,9 @@ impl<'a> Parser<'a> {
             "IDLE" => Body::Idle,
             "NAMESPACE" => Body::Namespace,
             "EXPUNGE" => Body::Expunge(None),
-            "CANCELUPDATE" => {
-                let mut tags = Vec::new();
-                while self.eat(b' ') {
-                    tags.push(self.astring()?);
-                }
-                if tags.is_empty() {
-                    return bad("CANCELUPDATE needs the tag of a search");
-                }
-                Body::CancelUpdate(tags)
-            }
+            "CANCELUPDATE" => Body::CancelUpdate(
+                self.one_or_more(Self::astring, "CANCELUPDATE needs the tag of a search")?,
+            ),
             "AUTHENTICATE" => {
                 self.sp()?;
                 let mechanism = self.word()?;
@@ -776,16 +769,7 @@ impl<'a> Parser<'a> {
                 let password = self.astring()?;
                 Body::Login { user, password }
             }
-            "ENABLE" => {
-                let mut caps = Vec::new();
-                while self.eat(b' ') {
-                    caps.push(self.word()?);
-                }
-                if caps.is_empty() {
-                    return bad("ENABLE needs a capability");
-                }
-                Body::Enable(caps)
-            }
+            "ENABLE" => Body::Enable(self.one_or_more(Self::word, "ENABLE needs a capability")?),
             "ID" => {
                 self.sp()?;
                 // The client's fields are only logged; read and drop them.
@@ -903,6 +887,18 @@ impl<'a> Parser<'a> {
             _ => return bad(format!("unknown command {name}")),
         };
         Ok(body)
+    }
+
+    /// `1*(SP item)`; `missing` is the complaint when there is none.
+    fn one_or_more<T>(&mut self, item: fn(&mut Self) -> R<T>, missing: &str) -> R<Vec<T>> {
+        let mut out = Vec::new();
+        while self.eat(b' ') {
+            out.push(item(self)?);
+        }
+        if out.is_empty() {
+            return bad(missing);
+        }
+        Ok(out)
     }
 
     fn nil(&mut self) -> R<()> {
