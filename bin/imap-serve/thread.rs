@@ -808,9 +808,11 @@ mod tests {
     /// An item whose header fields come from a raw header, through the
     /// same decoding a real message gets.
     fn raw_item(seq: u32, header: &str) -> Item {
+        // A wire size stated in the name (W= unlike S=), so the header
+        // alone makes a record.
         let entry = postroom::store::mailbox::Entry {
             uid: seq + 100,
-            base: format!("{seq}.M1P1.h,S=1,W=1").into(),
+            base: format!("{seq}.M1P1.h,S=1,W=2").into(),
             info: "".into(),
         };
         let wire = format!("{header}\r\n\r\nbody\r\n");
