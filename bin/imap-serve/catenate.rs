@@ -1,12 +1,11 @@
 //! CATENATE (RFC 4469): an APPEND whose message is put together from
 //! literals and IMAP URLs (RFC 5092) to messages, or parts of them, in
 //! the user's own mailboxes. A URL that names nothing this user can read
-//! answers `NO [BADURL "url"]`; a result over `limits.message_size`
+//! answers `NO [BADURL url]`; a result over `limits.message_size`
 //! answers `NO [TOOBIG]`. What a URL gives is what `BODY.PEEK[section]`
 //! would: the wire form, CRLF line ends.
 
 use postroom::proto::imap::command::{CatPart, parse_section};
-use postroom::proto::imap::response::quoted_or_literal;
 use postroom::proto::imap::url::{self, MessageUrl};
 use postroom::proto::mime;
 use postroom::store::mailbox::{Entry, MailboxName};
@@ -43,13 +42,19 @@ impl Session {
 
     /// What a URL names, as `BODY.PEEK[section]<partial>` gives it.
     fn fetch_url(&self, text: &str) -> Result<Vec<u8>, Done> {
+        // `"BADURL" SP url-resp-text` (RFC 4469 §6): the URL as sent, not
+        // quoted, as Dovecot has it; what the code's text may not hold
+        // (`]`, controls, non-ASCII) goes percent-encoded.
         let bad = |why: &str| {
-            let mut quoted = Vec::new();
-            quoted_or_literal(&mut quoted, text.as_bytes());
-            Done::No(format!(
-                "[BADURL {}] {why}",
-                String::from_utf8_lossy(&quoted)
-            ))
+            let mut url = String::with_capacity(text.len());
+            for b in text.bytes() {
+                if b == b']' || !(0x20..0x7f).contains(&b) {
+                    url.push_str(&format!("%{b:02X}"));
+                } else {
+                    url.push(b as char);
+                }
+            }
+            Done::No(format!("[BADURL {url}] {why}"))
         };
         let Some(u) = url::parse(text) else {
             return Err(bad(
