@@ -133,6 +133,11 @@ impl Seen {
 }
 
 impl Selected {
+    /// True when this session reads a shared folder with its own \Seen.
+    pub fn has_private_seen(&self) -> bool {
+        self.seen.is_some()
+    }
+
     /// A message's flags as this user sees them: their own \Seen in a
     /// folder of another tree.
     pub fn flags_of(&self, e: &Entry) -> Flags {

@@ -144,6 +144,7 @@ impl Session {
             held_back: false,
             recent,
             report_recent: !self.rev2,
+            contexts: Vec::new(),
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest.
@@ -521,7 +522,13 @@ impl Session {
                     state
                         .entries
                         .iter()
-                        .map(|e| e.wire_size().unwrap_or(0))
+                        // A file stored as given counts its stored size:
+                        // STATUS reads no message (its CRs are a few bytes).
+                        .map(|e| {
+                            e.wire_size()
+                                .or_else(|| postroom::store::maildir::size_from_name(&e.base))
+                                .unwrap_or(0)
+                        })
                         .sum::<u64>()
                 ),
             });
@@ -572,7 +579,28 @@ impl Session {
         if !folder.exists() {
             return Done::No("[TRYCREATE] no such mailbox".into());
         }
-        if messages.iter().any(|m| m.message.is_empty()) {
+        // CATENATE's messages are put together first: a bad URL fails the
+        // whole command before anything is stored.
+        let mut made = Vec::with_capacity(messages.len());
+        for m in messages {
+            made.push(if m.catenate.is_empty() {
+                None
+            } else {
+                match self.catenate(&m.catenate) {
+                    Ok(one) => Some(one),
+                    Err(done) => return done,
+                }
+            });
+        }
+        let bodies: Vec<(&[u8], bool)> = messages
+            .iter()
+            .zip(&made)
+            .map(|(m, made)| match made {
+                Some((text, binary)) => (&text[..], *binary),
+                None => (&m.message[..], m.binary),
+            })
+            .collect();
+        if bodies.iter().any(|(text, _)| text.is_empty()) {
             return Done::No("empty message".into());
         }
         let mut flags = Vec::with_capacity(messages.len());
@@ -604,10 +632,11 @@ impl Session {
         let quota = target.quota;
         let batch: Vec<Appending<'_>> = messages
             .iter()
+            .zip(bodies)
             .zip(flags)
-            .map(|(m, flags)| Appending {
-                message: &m.message,
-                as_given: m.binary,
+            .map(|((m, (message, as_given)), flags)| Appending {
+                message,
+                as_given,
                 flags,
                 internal_date: m.date,
             })

@@ -20,7 +20,11 @@ mod matching;
 mod message;
 mod session;
 mod view;
-// ...and the handlers, which point at those and never at each other.
+// ...and the handlers, which point at those and never at each other,
+// but for the search and sort contexts (RFC 5267), which the sync after
+// any command runs SEARCH and SORT again for.
+mod catenate;
+mod context;
 mod fetch;
 mod folders;
 mod search;

@@ -149,6 +149,8 @@ pub struct Selected {
     pub report_recent: bool,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
     pub cache: Cache,
+    /// Searches kept for updates (RFC 5267 contexts).
+    pub contexts: Vec<crate::context::Context>,
 }
 
 impl Selected {
@@ -362,12 +364,15 @@ impl Session {
                 "SORT",
                 "SORT=DISPLAY",
                 "ESORT",
+                "CONTEXT=SEARCH",
+                "CONTEXT=SORT",
                 "PARTIAL",
                 "UTF8=ACCEPT",
                 "CREATE-SPECIAL-USE",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
                 "MULTIAPPEND",
+                "CATENATE",
             ]);
         }
         caps.join(" ")
@@ -700,6 +705,7 @@ impl Session {
                 return Ok(Done::Ok("completed, no mailbox selected".into()));
             }
             Body::Expunge(uids) => self.expunge(uids.as_ref()).await?,
+            Body::CancelUpdate(tags) => self.cancel_update(&tags),
             Body::Search { uid, key, ret } => self.search(&tag, uid, &key, ret.as_deref()).await?,
             Body::Sort {
                 uid,

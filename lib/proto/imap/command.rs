@@ -261,6 +261,18 @@ pub struct Appended {
     /// Sent as a `~{n}` literal8 (RFC 3516): binary content, to be kept
     /// byte for byte.
     pub binary: bool,
+    /// CATENATE (RFC 4469): the parts the message is made of, in order
+    /// (`message` is then empty); empty for a plain message.
+    pub catenate: Vec<CatPart>,
+}
+
+/// One part of a CATENATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatPart {
+    /// `TEXT literal`; `true` for a literal8 (binary, kept as given).
+    Text(Vec<u8>, bool),
+    /// `URL url`: a message or part of one (`url::parse`).
+    Url(String),
 }
 
 /// QRESYNC's SELECT parameter: what the client knew when it left.
@@ -328,6 +340,9 @@ pub enum Body {
     Check,
     Close,
     Unselect,
+    /// CANCELUPDATE (RFC 5267 §4.3.5): the tags of the searches whose
+    /// updates stop.
+    CancelUpdate(Vec<String>),
     Expunge(Option<SequenceSet>),
     Search {
         uid: bool,
@@ -430,6 +445,20 @@ pub fn partial_range(opts: &str) -> Option<(i64, i64)> {
     let same_sign = (a > 0 && b > 0) || (a < 0 && b < 0);
     let bound = i64::from(u32::MAX);
     (same_sign && a.abs() <= bound && b.abs() <= bound).then_some((a.min(b), a.max(b)))
+}
+
+/// A section spec as FETCH takes it between brackets (`HEADER`, `1.2`,
+/// `1.MIME`, `HEADER.FIELDS (SUBJECT)`), as an IMAP URL's `SECTION=`
+/// gives it; `None` if it is not one.
+pub fn parse_section(spec: &str) -> Option<Section> {
+    let input = format!("[{spec}]");
+    let mut p = Parser {
+        input: input.as_bytes(),
+        pos: 0,
+        keys: 0,
+    };
+    let section = p.section().ok()?;
+    (p.pos == input.len()).then_some(section)
 }
 
 /// Parses one framed command (ending in CRLF or LF).
@@ -737,6 +766,9 @@ impl<'a> Parser<'a> {
             "IDLE" => Body::Idle,
             "NAMESPACE" => Body::Namespace,
             "EXPUNGE" => Body::Expunge(None),
+            "CANCELUPDATE" => Body::CancelUpdate(
+                self.one_or_more(Self::astring, "CANCELUPDATE needs the tag of a search")?,
+            ),
             "AUTHENTICATE" => {
                 self.sp()?;
                 let mechanism = self.word()?;
@@ -762,16 +794,7 @@ impl<'a> Parser<'a> {
                 let password = self.astring()?;
                 Body::Login { user, password }
             }
-            "ENABLE" => {
-                let mut caps = Vec::new();
-                while self.eat(b' ') {
-                    caps.push(self.word()?);
-                }
-                if caps.is_empty() {
-                    return bad("ENABLE needs a capability");
-                }
-                Body::Enable(caps)
-            }
+            "ENABLE" => Body::Enable(self.one_or_more(Self::word, "ENABLE needs a capability")?),
             "ID" => {
                 self.sp()?;
                 // The client's fields are only logged; read and drop them.
@@ -914,6 +937,18 @@ impl<'a> Parser<'a> {
             _ => return bad(format!("unknown command {name}")),
         };
         Ok(body)
+    }
+
+    /// `1*(SP item)`; `missing` is the complaint when there is none.
+    fn one_or_more<T>(&mut self, item: fn(&mut Self) -> R<T>, missing: &str) -> R<Vec<T>> {
+        let mut out = Vec::new();
+        while self.eat(b' ') {
+            out.push(item(self)?);
+        }
+        if out.is_empty() {
+            return bad(missing);
+        }
+        Ok(out)
     }
 
     fn nil(&mut self) -> R<()> {
@@ -1065,14 +1100,28 @@ impl<'a> Parser<'a> {
                 self.sp()?;
             }
             // `utf8-literal = "UTF8" SP "(" literal8 ")"` (RFC 6855 §4):
-            // a message with UTF-8 headers, kept as given.
-            let utf8 = self.peek().is_some_and(|b| b.eq_ignore_ascii_case(&b'U'));
-            if utf8 {
-                if self.word()? != "UTF8" {
-                    return bad("expected a message literal or UTF8 (literal8)");
+            // a message with UTF-8 headers, kept as given; or `CATENATE
+            // SP "(" cat-part *(SP cat-part) ")"` (RFC 4469).
+            let mut utf8 = false;
+            if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) {
+                match self.word()?.as_str() {
+                    "UTF8" => {
+                        utf8 = true;
+                        self.sp()?;
+                        self.expect(b'(')?;
+                    }
+                    "CATENATE" => {
+                        messages.push(Appended {
+                            flags,
+                            date,
+                            message: Vec::new(),
+                            binary: false,
+                            catenate: self.cat_parts()?,
+                        });
+                        continue;
+                    }
+                    _ => return bad("expected a message literal, UTF8 (literal8) or CATENATE"),
                 }
-                self.sp()?;
-                self.expect(b'(')?;
             }
             let binary = self.peek() == Some(b'~');
             let message = self.string()?;
@@ -1084,12 +1133,48 @@ impl<'a> Parser<'a> {
                 date,
                 message,
                 binary,
+                catenate: Vec::new(),
             });
         }
         if messages.is_empty() {
             return bad("APPEND needs a message");
         }
         Ok(Body::Append { mailbox, messages })
+    }
+
+    /// `SP "(" cat-part *(SP cat-part) ")"`, `cat-part = "TEXT" SP
+    /// literal / "URL" SP astring` (RFC 4469 §5; TEXT may be a literal8).
+    fn cat_parts(&mut self) -> R<Vec<CatPart>> {
+        self.sp()?;
+        self.expect(b'(')?;
+        let mut parts = Vec::new();
+        while !self.eat(b')') {
+            if !parts.is_empty() {
+                self.sp()?;
+            }
+            match self.word()?.as_str() {
+                "TEXT" => {
+                    self.sp()?;
+                    let binary = self.peek() == Some(b'~');
+                    if !matches!(self.peek(), Some(b'{' | b'~')) {
+                        return bad("CATENATE TEXT takes a literal");
+                    }
+                    parts.push(CatPart::Text(self.string()?, binary));
+                }
+                "URL" => {
+                    self.sp()?;
+                    parts.push(CatPart::Url(self.astring()?));
+                }
+                other => return bad(format!("unknown CATENATE part {other} (TEXT or URL)")),
+            }
+            if parts.len() > 1000 {
+                return bad("too many CATENATE parts");
+            }
+        }
+        if parts.is_empty() {
+            return bad("CATENATE needs a part");
+        }
+        Ok(parts)
     }
 
     fn fetch(&mut self, uid: bool) -> R<Body> {
@@ -1515,8 +1600,9 @@ impl<'a> Parser<'a> {
 
     /// `SP "(" [return-opt *(SP return-opt)] ")"` after RETURN, for SEARCH
     /// (ESEARCH, RFC 4731; SAVE, RFC 5182) and SORT (ESORT, RFC 5267):
-    /// MIN, MAX, ALL, COUNT, SAVE (SEARCH only) and `PARTIAL range` (RFC
-    /// 9394), which is kept as the one option `PARTIAL lo:hi`.
+    /// MIN, MAX, ALL, COUNT, SAVE (SEARCH only), UPDATE and CONTEXT (RFC
+    /// 5267 §4) and `PARTIAL range` (RFC 9394), which is kept as the one
+    /// option `PARTIAL lo:hi`.
     fn return_options(&mut self, search: bool) -> R<Vec<String>> {
         self.sp()?;
         self.expect(b'(')?;
@@ -1525,7 +1611,7 @@ impl<'a> Parser<'a> {
             self.eat(b' ');
             let opt = self.word()?;
             match opt.as_str() {
-                "MIN" | "MAX" | "ALL" | "COUNT" => opts.push(opt),
+                "MIN" | "MAX" | "ALL" | "COUNT" | "UPDATE" | "CONTEXT" => opts.push(opt),
                 "SAVE" if search => opts.push(opt),
                 "PARTIAL" => {
                     self.sp()?;
@@ -1743,6 +1829,10 @@ mod tests {
             .body
     }
 
+    fn refused(s: &str) {
+        assert!(parse(s.as_bytes()).is_err(), "{s} parsed");
+    }
+
     #[test]
     fn parses_acl_commands() {
         // RFC 4314 §3 examples.
@@ -1882,6 +1972,46 @@ mod tests {
             ok("t UID SEARCH CHARSET utf-8 SUBJECT x\r\n"),
             Body::Search { uid: true, .. }
         ));
+        // CATENATE (RFC 4469 §5's example), also in a MULTIAPPEND.
+        match ok(
+            "A003 APPEND Drafts (\\Seen \\Draft $MDNSent) CATENATE (URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;section=HEADER\" TEXT {42}\r\n\r\n--------------030308070208000400050907\r\n URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;section=1.MIME\") {3}\r\nhi!\r\n",
+        ) {
+            Body::Append { messages, .. } => {
+                assert_eq!(messages.len(), 2);
+                assert_eq!(messages[0].flags.len(), 3);
+                let parts = &messages[0].catenate;
+                assert_eq!(parts.len(), 3);
+                assert!(matches!(&parts[1], CatPart::Text(t, false) if t.len() == 42));
+                assert!(matches!(&parts[2], CatPart::Url(u) if u.ends_with("1.MIME")));
+                assert!(messages[1].catenate.is_empty() && messages[1].message == b"hi!");
+            }
+            other => panic!("{other:?}"),
+        }
+        refused("t APPEND x CATENATE ()\r\n");
+        refused("t APPEND x CATENATE (TEXT \"quoted\")\r\n");
+        refused("t APPEND x CATENATE (BODY {1}\r\nx)\r\n");
+        assert_eq!(
+            parse_section("HEADER.FIELDS (SUBJECT)").map(|s| s.text),
+            Some(SectionText::HeaderFields {
+                not: false,
+                fields: vec!["SUBJECT".into()]
+            })
+        );
+        assert_eq!(parse_section("1.2").map(|s| s.part), Some(vec![1, 2]));
+        assert_eq!(parse_section("1.2] x"), None);
+        // RFC 5267 contexts: UPDATE and CONTEXT, and CANCELUPDATE.
+        assert!(matches!(
+            ok("B01 UID SEARCH RETURN (UPDATE COUNT) DELETED\r\n"),
+            Body::Search { ret: Some(ref r), .. } if r == &["UPDATE", "COUNT"]
+        ));
+        assert!(matches!(
+            ok("C01 UID SORT RETURN (CONTEXT UPDATE) (DATE) UTF-8 ALL\r\n"),
+            Body::Sort { ret: Some(ref r), .. } if r == &["CONTEXT", "UPDATE"]
+        ));
+        assert!(matches!(
+            ok("D01 CANCELUPDATE \"B01\" \"C01\"\r\n"),
+            Body::CancelUpdate(ref tags) if tags == &["B01", "C01"]
+        ));
         match ok("t UID FETCH 1:* FLAGS\r\n") {
             Body::Fetch {
                 uid: true, items, ..
@@ -1911,6 +2041,7 @@ mod tests {
                     date,
                     flags,
                     binary,
+                    ..
                 } = messages.remove(0);
                 assert!(!binary);
                 assert_eq!(message, b"hello");

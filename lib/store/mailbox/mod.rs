@@ -279,7 +279,7 @@ impl Mailbox {
             let inbox = self.folder(from);
             let state = inbox.sync()?;
             self.create(to)?;
-            inbox.transfer(&state.entries, &self.folder(to), true)?;
+            inbox.transfer(&state.entries, &self.folder(to), true, false)?;
             return Ok(());
         }
         if !self.folder(from).exists() {
