@@ -1,5 +1,5 @@
 //! Codecs and protocol state machines that do no I/O, so they are tested
-//! without sockets: SMTP, POP3 and IMAP commands, MIME structure, message
+//! without sockets: SMTP, POP3, IMAP and ManageSieve commands, MIME structure, message
 //! line endings, addresses, delivery status notifications and MTA-STS
 //! policies.
 
@@ -7,6 +7,7 @@ pub mod address;
 pub mod flags;
 pub mod html;
 pub mod imap;
+pub mod managesieve;
 pub mod mbox;
 pub mod message;
 pub mod mime;
