@@ -21,9 +21,8 @@ use std::sync::Arc;
 
 use postroom::config::Config;
 use postroom::config::login::Service;
-use postroom::directory::access::Access;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
-use postroom::directory::reloading::Reloading;
+use postroom::directory::reloading::LoginFiles;
 use postroom::directory::users::{self, Users};
 use postroom::net::{Connection, NetError};
 use postroom::proto::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
@@ -39,31 +38,21 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Shared {
     pub config: Config,
     tls: Option<TlsAcceptor>,
-    users: Reloading<Users>,
-    access: Reloading<Access>,
+    files: LoginFiles,
 }
 
 impl Shared {
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = Reloading::users(&config)?;
-        let access = Reloading::access(&config)?;
+        let files = LoginFiles::load(&config)?;
         Ok(Shared {
             config,
             tls,
-            users,
-            access,
+            files,
         })
     }
 
-    /// The users, reloaded if the file changed; a version that does not
-    /// load keeps the last good one in force (logged).
     fn users(&self) -> Arc<Users> {
-        self.users.current()
-    }
-
-    /// The access rules, reloaded the same way.
-    fn access(&self) -> Arc<Access> {
-        self.access.current()
+        self.files.users()
     }
 }
 
@@ -98,10 +87,8 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         auth_failures: 0,
         retrieved: 0,
     };
-    if let Some(ip) = session.conn.peer().map(|p| p.ip())
-        && !session.shared.access().allows(ip)
-    {
-        tracing::info!(%ip, "denied by the access file");
+    if !session.shared.files.admits(session.conn.peer()) {
+        tracing::info!("denied by the access file");
         session.conn.write(b"-ERR [SYS/PERM] access denied\r\n");
         let _ = session.conn.flush().await;
         return;
