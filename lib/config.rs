@@ -456,6 +456,11 @@ impl Default for QueuePolicy {
     }
 }
 
+/// The largest Sieve script the compiler takes (`postroom-sieve(5)`,
+/// Limits), and so the most `sieve.max_script_size` may be. Here rather
+/// than in the compiler because the config, a lower layer, checks it.
+pub const SIEVE_SCRIPT_MAX: usize = 1 << 20;
+
 /// Administrator Sieve scripts `mailsort` runs around each user's own,
 /// and what `sieve-serve` lets a user store.
 #[derive(Debug, Clone, Deserialize)]
@@ -489,7 +494,7 @@ impl Default for Sieve {
             // Pigeonhole has no default limit; a user with a hundred
             // scripts is a script generator, not a person.
             max_scripts: 100,
-            max_script_size: crate::delivery::sieve::MAX_SCRIPT as u64,
+            max_script_size: SIEVE_SCRIPT_MAX as u64,
         }
     }
 }
@@ -875,7 +880,7 @@ impl Config {
                 return Err(format!("{key}: must be greater than 0"));
             }
         }
-        let script_max = crate::delivery::sieve::MAX_SCRIPT as u64;
+        let script_max = SIEVE_SCRIPT_MAX as u64;
         if self.sieve.max_script_size == 0 || self.sieve.max_script_size > script_max {
             return Err(format!(
                 "sieve.max_script_size: must be from 1 to {script_max} bytes (the Sieve compiler's limit)"

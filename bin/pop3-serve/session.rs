@@ -44,11 +44,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
         let files = LoginFiles::load(&config)?;
-        Ok(Shared {
-            config,
-            tls,
-            files,
-        })
+        Ok(Shared { config, tls, files })
     }
 
     fn users(&self) -> Arc<Users> {

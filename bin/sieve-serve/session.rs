@@ -106,8 +106,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
 
 impl Session {
     fn reply(&mut self, status: Status, code: Option<&str>, text: &str) {
-        self.conn
-            .write(&managesieve::response(status, code, text));
+        self.conn.write(&managesieve::response(status, code, text));
     }
 
     /// A refusal for a command that should not have been sent: counts
@@ -256,7 +255,9 @@ impl Session {
             }
             if too_big || size > literal_max {
                 too_big = true;
-                self.conn.read_exact_into(size, &mut std::io::sink()).await?;
+                self.conn
+                    .read_exact_into(size, &mut std::io::sink())
+                    .await?;
             } else {
                 buf.reserve(size);
                 self.conn.read_exact_into(size, &mut buf).await?;
@@ -393,7 +394,13 @@ impl Session {
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
         let checked = AuthLimit::from_config(&self.shared.config)
-            .check_password(Service::Sieve, ip, self.shared.files.users(), login, password)
+            .check_password(
+                Service::Sieve,
+                ip,
+                self.shared.files.users(),
+                login,
+                password,
+            )
             .await;
         match checked {
             Ok(Some(user)) => {

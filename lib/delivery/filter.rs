@@ -217,8 +217,8 @@ fn carry_out(
 /// stored form would still have to rebuild its regular expressions.)
 fn compiled(path: &std::path::Path) -> Result<std::sync::Arc<Script>, String> {
     use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock};
     use std::os::unix::fs::MetadataExt;
+    use std::sync::{Arc, Mutex, OnceLock};
     type Key = (PathBuf, std::time::SystemTime, u64, u64);
     static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Script>>>> = OnceLock::new();
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;

@@ -182,8 +182,7 @@ impl Parser<'_> {
     }
 
     fn string_text(&mut self) -> Result<String, ParseError> {
-        String::from_utf8(self.string()?)
-            .map_err(|_| ParseError::Syntax("a name must be UTF-8"))
+        String::from_utf8(self.string()?).map_err(|_| ParseError::Syntax("a name must be UTF-8"))
     }
 
     /// `SP x`, when the line goes on.
@@ -308,7 +307,8 @@ impl Parser<'_> {
 /// A string as the server sends it: quoted when it can be, else a literal
 /// `{N}` CRLF (RFC 5804 `literal-s2c`).
 pub fn string(text: &[u8]) -> Vec<u8> {
-    let quotable = text.len() <= QUOTED_MAX && !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0));
+    let quotable =
+        text.len() <= QUOTED_MAX && !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0));
     if quotable {
         let mut out = Vec::with_capacity(text.len() + 2);
         out.push(b'"');
@@ -380,8 +380,7 @@ mod tests {
             }
         );
         assert_eq!(
-            parse("Putscript \"foo\" {31+}\r\n#comment\r\nInvalidSieveCommand\r\n\r\n")
-                .unwrap(),
+            parse("Putscript \"foo\" {31+}\r\n#comment\r\nInvalidSieveCommand\r\n\r\n").unwrap(),
             Command::PutScript {
                 name: "foo".into(),
                 script: b"#comment\r\nInvalidSieveCommand\r\n".to_vec()
@@ -443,10 +442,7 @@ mod tests {
             assert!(Command::parse(bad.as_bytes()).is_err(), "{bad:?}");
         }
         assert!(Command::parse(b"GETSCRIPT {2+}\r\n\xff\xfe\r\n").is_err());
-        assert_eq!(
-            parse("FROB\r\n"),
-            Err(ParseError::Unknown("FROB".into()))
-        );
+        assert_eq!(parse("FROB\r\n"), Err(ParseError::Unknown("FROB".into())));
         let long = format!("GETSCRIPT \"{}\"\r\n", "x".repeat(QUOTED_MAX + 1));
         assert!(parse(&long).is_err());
     }
@@ -454,7 +450,10 @@ mod tests {
     #[test]
     fn sasl_responses() {
         assert_eq!(parse_string_line(b"\"AGEAYg==\"\r\n").unwrap(), "AGEAYg==");
-        assert_eq!(parse_string_line(b"{8+}\r\nAGEAYg==\r\n").unwrap(), "AGEAYg==");
+        assert_eq!(
+            parse_string_line(b"{8+}\r\nAGEAYg==\r\n").unwrap(),
+            "AGEAYg=="
+        );
         assert_eq!(parse_string_line(b"\"*\"\r\n").unwrap(), "*");
         assert!(parse_string_line(b"AGEAYg==\r\n").is_err());
     }
@@ -476,7 +475,8 @@ mod tests {
     /// How a client might send a string: quoted if it can be, or a literal
     /// in either form.
     fn encode(text: &[u8], how: u8) -> Vec<u8> {
-        let quotable = text.len() <= QUOTED_MAX && !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0));
+        let quotable =
+            text.len() <= QUOTED_MAX && !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0));
         match how % 3 {
             0 if quotable => string(text),
             1 => {

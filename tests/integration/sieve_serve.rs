@@ -71,7 +71,10 @@ impl Client {
             writer: stream,
         };
         let greeting = client.response();
-        assert!(greeting.ends_with("OK \"postroom ManageSieve ready\"\r\n"), "{greeting}");
+        assert!(
+            greeting.ends_with("OK \"postroom ManageSieve ready\"\r\n"),
+            "{greeting}"
+        );
         client
     }
 
@@ -127,7 +130,7 @@ impl Client {
     /// True once the server has closed the connection.
     fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(_))
+        self.reader.read_to_end(&mut rest).is_ok()
     }
 }
 
@@ -147,7 +150,13 @@ fn sieve_connect_uploads_lists_activates_and_the_next_delivery_follows() {
     let (ok, out) = sieve_connect(
         &tree,
         &server,
-        &["--localsieve", "rules.sieve", "--remotesieve", "rules", "--upload"],
+        &[
+            "--localsieve",
+            "rules.sieve",
+            "--remotesieve",
+            "rules",
+            "--upload",
+        ],
     );
     assert!(ok, "{out}");
     let (ok, out) = sieve_connect(&tree, &server, &["--list"]);
@@ -160,7 +169,13 @@ fn sieve_connect_uploads_lists_activates_and_the_next_delivery_follows() {
     let (ok, out) = sieve_connect(
         &tree,
         &server,
-        &["--remotesieve", "rules", "--localsieve", "back.sieve", "--download"],
+        &[
+            "--remotesieve",
+            "rules",
+            "--localsieve",
+            "back.sieve",
+            "--download",
+        ],
     );
     assert!(ok, "{out}");
     assert_eq!(
@@ -198,7 +213,13 @@ fn sieve_connect_uploads_lists_activates_and_the_next_delivery_follows() {
     let (ok, out) = sieve_connect(
         &tree,
         &server,
-        &["--localsieve", "bad.sieve", "--remotesieve", "bad", "--upload"],
+        &[
+            "--localsieve",
+            "bad.sieve",
+            "--remotesieve",
+            "bad",
+            "--upload",
+        ],
     );
     assert!(!ok, "{out}");
     assert!(out.contains("line 3, column 3"), "{out}");
@@ -269,12 +290,18 @@ fn errors_name_the_line_and_column_and_the_response_codes() {
     let tree = tree_with_ann();
     let server = Server::start(&tree, "sieve-serve", &[]);
     let mut c = Client::connect(server.port);
-    assert!(c.command("LISTSCRIPTS").starts_with("NO \"LISTSCRIPTS is not valid before login\""));
+    assert!(
+        c.command("LISTSCRIPTS")
+            .starts_with("NO \"LISTSCRIPTS is not valid before login\"")
+    );
     c.login();
     let reply = c.put("bad", "require \"fileinto\";\r\nkeep;\r\n  fileinto;\r\n");
     assert!(reply.starts_with("NO \"line 3, column 3:"), "{reply}");
     let reply = c.put("x", "require \"enotify\";\r\n");
-    assert!(reply.starts_with("NO \"line 1, column 1: extension \\\"enotify\\\" is not supported"), "{reply}");
+    assert!(
+        reply.starts_with("NO \"line 1, column 1: extension \\\"enotify\\\" is not supported"),
+        "{reply}"
+    );
     assert_eq!(c.put("x", "keep;"), "OK\r\n");
     assert_eq!(
         c.command("GETSCRIPT \"none\""),
@@ -284,15 +311,24 @@ fn errors_name_the_line_and_column_and_the_response_codes() {
     assert!(c.command("SETACTIVE \"x\"").starts_with("OK"));
     assert!(c.command("DELETESCRIPT \"x\"").starts_with("NO (ACTIVE)"));
     assert!(c.put("y", "stop;").starts_with("OK"));
-    assert!(c.command("RENAMESCRIPT \"y\" \"x\"").starts_with("NO (ALREADYEXISTS)"));
-    assert!(c.command("PUTSCRIPT \"a/b\" \"keep;\"").starts_with("NO \"bad script name"));
+    assert!(
+        c.command("RENAMESCRIPT \"y\" \"x\"")
+            .starts_with("NO (ALREADYEXISTS)")
+    );
+    assert!(
+        c.command("PUTSCRIPT \"a/b\" \"keep;\"")
+            .starts_with("NO \"bad script name")
+    );
     assert_eq!(
         c.command("NOOP \"sync-1\""),
         "OK (TAG \"sync-1\") \"done\"\r\n"
     );
     assert!(c.command("FROBNICATE").starts_with("NO \"unknown command"));
     assert_eq!(c.command("UNAUTHENTICATE"), "OK\r\n");
-    assert!(c.command("LISTSCRIPTS").starts_with("NO \"LISTSCRIPTS is not valid before login\""));
+    assert!(
+        c.command("LISTSCRIPTS")
+            .starts_with("NO \"LISTSCRIPTS is not valid before login\"")
+    );
     assert!(c.command("LOGOUT").starts_with("OK"));
     assert!(c.closed());
 }
@@ -311,10 +347,16 @@ fn per_user_limits_answer_with_quota_codes() {
     assert!(c.put("a", "keep;").starts_with("OK"));
     assert!(c.put("b", "keep;").starts_with("OK"));
     assert!(c.put("c", "keep;").starts_with("NO (QUOTA/MAXSCRIPTS)"));
-    assert!(c.command("HAVESPACE \"c\" 10").starts_with("NO (QUOTA/MAXSCRIPTS)"));
+    assert!(
+        c.command("HAVESPACE \"c\" 10")
+            .starts_with("NO (QUOTA/MAXSCRIPTS)")
+    );
     // A new version of a script that exists fits.
     assert!(c.put("a", "stop;").starts_with("OK"));
-    assert!(c.command("HAVESPACE \"a\" 101").starts_with("NO (QUOTA/MAXSIZE)"));
+    assert!(
+        c.command("HAVESPACE \"a\" 101")
+            .starts_with("NO (QUOTA/MAXSIZE)")
+    );
     assert!(c.command("HAVESPACE \"a\" 100").starts_with("OK"));
     // Over the limit: read and dropped, and the session goes on.
     let big = format!("#{}\r\nkeep;\r\n", "x".repeat(5000));

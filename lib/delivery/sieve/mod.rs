@@ -15,7 +15,6 @@ mod run;
 pub mod storage;
 
 pub use compile::{EXTENSIONS, Script};
-pub use parse::MAX_SCRIPT;
 pub use run::{Action, Input};
 
 /// A script that cannot be used, and where: line and column (1-based).

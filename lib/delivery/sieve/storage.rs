@@ -435,10 +435,7 @@ mod tests {
             s.rename("home", "office"),
             Err(StorageError::AlreadyExists(_))
         ));
-        assert!(matches!(
-            s.get("work"),
-            Err(StorageError::NonExistent(_))
-        ));
+        assert!(matches!(s.get("work"), Err(StorageError::NonExistent(_))));
         s.set_active(None).unwrap();
         assert!(!active.exists());
         s.delete("office").unwrap();
@@ -510,6 +507,40 @@ mod tests {
             PathBuf::from("mine.sieve")
         );
         assert_eq!(std::fs::read(&active).unwrap(), b"stop;");
+    }
+
+    /// Sessions racing for the last places: the lock lets exactly the
+    /// limit through, and every stored script is whole.
+    #[test]
+    fn concurrent_puts_respect_the_count() {
+        let (_dir, s) = scripts();
+        let limits = Limits {
+            max_scripts: 5,
+            max_size: 1000,
+        };
+        let stored: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let s = s.clone();
+                    scope.spawn(move || {
+                        let text = format!("# script {i}\n{}keep;\n", "#\n".repeat(i * 20));
+                        s.put(&format!("s{i}"), text.as_bytes(), limits).is_ok()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(stored, 5);
+        let list = s.list().unwrap();
+        assert_eq!(list.len(), 5);
+        for (name, _) in list {
+            let i: usize = name[1..].parse().unwrap();
+            let text = String::from_utf8(s.get(&name).unwrap()).unwrap();
+            assert!(text.starts_with(&format!("# script {i}\n")) && text.ends_with("keep;\n"));
+        }
     }
 
     #[test]
