@@ -518,17 +518,10 @@ impl Session {
                 self.conn.write(b"+ go ahead\r\n");
                 self.conn.flush().await?;
             }
-            buf.reserve(size);
-            self.conn.read_exact_into(size, &mut buf).await?;
-            let line_max = if pre_login {
-                // What is left of the command's allowance (at least the
-                // CRLF that ends it).
-                PRE_LOGIN_COMMAND_MAX.saturating_sub(buf.len()).max(2)
-            } else {
-                max_line
-            };
-            let rest = self.conn.read_line(line_max).await?;
-            buf.extend_from_slice(&rest);
+            let allowance = pre_login.then_some(PRE_LOGIN_COMMAND_MAX);
+            self.conn
+                .read_literal_then_line(&mut buf, size, true, max_line, allowance)
+                .await?;
         }
     }
 

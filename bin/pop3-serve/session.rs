@@ -19,15 +19,12 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use postroom::config::Config;
 use postroom::config::login::Service;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
-use postroom::directory::reloading::LoginFiles;
-use postroom::directory::users::{self, Users};
+use postroom::directory::users;
 use postroom::net::{Connection, NetError};
 use postroom::proto::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
 use postroom::store::mailbox::maildrop::Maildrop;
-use tokio_rustls::TlsAcceptor;
 
 /// Failed logins before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -35,22 +32,7 @@ const AUTH_FAILURES_MAX: u32 = 3;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// What every session of this process shares.
-pub struct Shared {
-    pub config: Config,
-    tls: Option<TlsAcceptor>,
-    files: LoginFiles,
-}
-
-impl Shared {
-    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let files = LoginFiles::load(&config)?;
-        Ok(Shared { config, tls, files })
-    }
-
-    fn users(&self) -> Arc<Users> {
-        self.files.users()
-    }
-}
+pub use postroom::net::server::LoginShared as Shared;
 
 enum State {
     /// Before login; USER's name waits here for PASS.
@@ -338,7 +320,13 @@ impl Session {
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
         let checked = match AuthLimit::from_config(&self.shared.config)
-            .check_password(Service::Pop3, ip, self.shared.users(), login, password.0)
+            .check_password(
+                Service::Pop3,
+                ip,
+                self.shared.files.users(),
+                login,
+                password.0,
+            )
             .await
         {
             Err(CheckError::Refused(why)) => {

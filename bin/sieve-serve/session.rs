@@ -18,16 +18,13 @@
 
 use std::sync::Arc;
 
-use postroom::config::Config;
 use postroom::config::login::Service;
 use postroom::delivery::sieve::storage::{self, Scripts, StorageError};
 use postroom::delivery::sieve::{EXTENSIONS, Script};
 use postroom::directory::authlimit::{AuthLimit, CheckError};
-use postroom::directory::reloading::LoginFiles;
 use postroom::directory::users;
 use postroom::net::{Connection, NetError};
 use postroom::proto::managesieve::{self, Command, ParseError, Status, literal_at_end};
-use tokio_rustls::TlsAcceptor;
 
 /// Failed logins before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -42,18 +39,7 @@ const LITERALS_MAX: usize = 4;
 const DISCARD_MAX: usize = 64 << 20;
 
 /// What every session of this process shares.
-pub struct Shared {
-    pub config: Config,
-    tls: Option<TlsAcceptor>,
-    files: LoginFiles,
-}
-
-impl Shared {
-    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let files = LoginFiles::load(&config)?;
-        Ok(Shared { config, tls, files })
-    }
-}
+pub use postroom::net::server::LoginShared as Shared;
 
 /// The logged-in user.
 struct User {
@@ -253,24 +239,11 @@ impl Session {
                 self.conn.flush().await?;
                 return Err(NetError::Closed);
             }
-            if too_big || size > literal_max {
-                too_big = true;
-                self.conn
-                    .read_exact_into(size, &mut std::io::sink())
-                    .await?;
-            } else {
-                buf.reserve(size);
-                self.conn.read_exact_into(size, &mut buf).await?;
-            }
-            let line_max = if pre_auth {
-                // What is left of the command's allowance (at least the
-                // CRLF that ends it).
-                PRE_AUTH_COMMAND_MAX.saturating_sub(buf.len()).max(2)
-            } else {
-                line_max
-            };
-            let rest = self.conn.read_line(line_max).await?;
-            buf.extend_from_slice(&rest);
+            too_big |= size > literal_max;
+            let allowance = pre_auth.then_some(PRE_AUTH_COMMAND_MAX);
+            self.conn
+                .read_literal_then_line(&mut buf, size, !too_big, line_max, allowance)
+                .await?;
         }
     }
 
@@ -547,8 +520,7 @@ fn execute(scripts: &Scripts, limits: storage::Limits, command: Command) -> Done
         Command::GetScript(name) => match scripts.get(&name) {
             Ok(text) => {
                 // Always a literal: a script has line ends.
-                let mut out = format!("{{{}}}\r\n", text.len()).into_bytes();
-                out.extend_from_slice(&text);
+                let mut out = managesieve::literal(&text);
                 out.extend_from_slice(b"\r\n");
                 Done::Ok(out)
             }

@@ -12,6 +12,7 @@
 //! same way: there is nothing to wait for.
 
 pub use crate::proto::imap::command::literal_at_end;
+use crate::proto::imap::response;
 
 /// Longest quoted string (RFC 5804 §4: "quoted" strings are for short
 /// values; anything longer goes in a literal).
@@ -307,24 +308,26 @@ impl Parser<'_> {
 /// A string as the server sends it: quoted when it can be, else a literal
 /// `{N}` CRLF (RFC 5804 `literal-s2c`).
 pub fn string(text: &[u8]) -> Vec<u8> {
-    let quotable =
-        text.len() <= QUOTED_MAX && !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0));
-    if quotable {
-        let mut out = Vec::with_capacity(text.len() + 2);
-        out.push(b'"');
-        for &b in text {
-            if b == b'"' || b == b'\\' {
-                out.push(b'\\');
-            }
-            out.push(b);
-        }
-        out.push(b'"');
-        out
+    let mut out = Vec::with_capacity(text.len() + 8);
+    if quotable(text) {
+        response::quoted(&mut out, text);
     } else {
-        let mut out = format!("{{{}}}\r\n", text.len()).into_bytes();
-        out.extend_from_slice(text);
-        out
+        response::literal(&mut out, text);
     }
+    out
+}
+
+/// A string as a literal whatever it holds (a script: GETSCRIPT).
+pub fn literal(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    response::literal(&mut out, text);
+    out
+}
+
+/// Whether a string may be sent quoted (RFC 5804 §4: no CR, LF or NUL,
+/// and short).
+fn quotable(text: &[u8]) -> bool {
+    text.len() <= QUOTED_MAX && !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
 }
 
 /// How a command ended (RFC 5804 §1.3).
@@ -475,21 +478,13 @@ mod tests {
     /// How a client might send a string: quoted if it can be, or a literal
     /// in either form.
     fn encode(text: &[u8], how: u8) -> Vec<u8> {
-        let quotable =
-            text.len() <= QUOTED_MAX && !text.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0));
-        match how % 3 {
-            0 if quotable => string(text),
-            1 => {
-                let mut out = format!("{{{}}}\r\n", text.len()).into_bytes();
-                out.extend_from_slice(text);
-                out
-            }
-            _ => {
-                let mut out = format!("{{{}+}}\r\n", text.len()).into_bytes();
-                out.extend_from_slice(text);
-                out
-            }
-        }
+        let mut out = match how % 3 {
+            0 if quotable(text) => return string(text),
+            1 => format!("{{{}}}\r\n", text.len()).into_bytes(),
+            _ => format!("{{{}+}}\r\n", text.len()).into_bytes(),
+        };
+        out.extend_from_slice(text);
+        out
     }
 
     proptest! {

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use postroom::store::maildir::{Delivered, Maildir, Message};
 
-use crate::util::{Server, Tree, bin, configure, maildir_files, stderr, stdout, wait_until};
+use crate::util::{
+    Server, Tree, bin, configure, connect_loopback, maildir_files, stderr, stdout, wait_until,
+};
 
 const ANN_PLAIN: &str = "AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0"; // \0ann@example.test\0secret
 
@@ -117,14 +119,8 @@ struct Client {
 
 impl Client {
     fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut client = Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
+        let (reader, writer) = connect_loopback(port);
+        let mut client = Client { reader, writer };
         let greeting = client.line();
         assert!(greeting.starts_with(b"+OK"), "greeting {greeting:?}");
         client

@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::util::{
-    Server, Tree, configure, maildir_files, spawn_inetd, stderr, stdout, wait_until,
+    Server, Tree, configure, connect_loopback, maildir_files, spawn_inetd, stderr, stdout,
+    wait_until,
 };
 
 const ANN_PLAIN: &str = "AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0"; // \0ann@example.test\0secret
@@ -62,14 +63,8 @@ struct Client {
 
 impl Client {
     fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut client = Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
+        let (reader, writer) = connect_loopback(port);
+        let mut client = Client { reader, writer };
         let greeting = client.response();
         assert!(
             greeting.ends_with("OK \"postroom ManageSieve ready\"\r\n"),

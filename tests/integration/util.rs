@@ -91,6 +91,16 @@ impl Tree {
     }
 }
 
+/// A client's connection to a server on loopback: a buffered reader and a
+/// writer over one socket, reads waiting at most 20 seconds.
+pub fn connect_loopback(port: u16) -> (BufReader<std::net::TcpStream>, std::net::TcpStream) {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    (BufReader::new(stream.try_clone().unwrap()), stream)
+}
+
 /// Sets keys of one section of the tree's config (replacing any the
 /// section already has), e.g. `("limits", &[("idle_timeout", "\"1s\"")])`.
 pub fn configure(tree: &Tree, section: &str, keys: &[(&str, &str)]) {
