@@ -217,14 +217,13 @@ impl Session {
     }
 
     async fn stls(&mut self) -> Result<(), NetError> {
-        let Some(acceptor) = self.shared.tls.clone() else {
-            self.error("TLS is not available here");
-            return Ok(());
+        let acceptor = match self.conn.starttls_acceptor(self.shared.tls.as_ref()) {
+            Ok(acceptor) => acceptor,
+            Err(why) => {
+                self.error(why);
+                return Ok(());
+            }
         };
-        if self.conn.is_tls() {
-            self.error("TLS is already active");
-            return Ok(());
-        }
         self.ok("begin TLS negotiation");
         // start_tls sends the reply, then discards anything the client sent
         // after STLS in the clear (CVE-2011-0411 class).

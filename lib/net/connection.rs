@@ -338,6 +338,19 @@ impl Connection {
         }
     }
 
+    /// The acceptor STARTTLS would use now, or why it cannot start (for
+    /// the protocol's refusal): no certificate loaded, or TLS already on.
+    pub fn starttls_acceptor(
+        &self,
+        tls: Option<&TlsAcceptor>,
+    ) -> Result<TlsAcceptor, &'static str> {
+        match tls {
+            None => Err("TLS is not available here"),
+            Some(_) if self.is_tls() => Err("TLS is already active"),
+            Some(acceptor) => Ok(acceptor.clone()),
+        }
+    }
+
     /// Starts TLS on this connection (STARTTLS, or implicit TLS at
     /// connect). Pending output (the "go ahead" reply) is sent first.
     ///
