@@ -443,3 +443,39 @@ fn wrong_passwords_end_the_session_on_the_third() {
     assert!(reply.starts_with("BYE"), "{reply}");
     assert!(c.closed());
 }
+
+/// As contrib/systemd/sieve-serve.socket runs it: Accept=yes, the
+/// connection on stdin/stdout, the peer from getpeername (loopback, so a
+/// password may be sent without TLS).
+#[test]
+fn systemd_accept_yes_socket() {
+    let tree = tree_with_ann();
+    // systemd-socket-activate cannot bind port 0: it gets a base port.
+    let activator = Server::start_with("systemd-socket-activate --inetd", 1, |base| {
+        let mut command = Command::new("systemd-socket-activate");
+        command
+            .args(["--inetd", "-a", "-l", &format!("127.0.0.1:{base}")])
+            .arg(crate::util::bin("sieve-serve"))
+            .arg("--config")
+            .arg(&tree.config);
+        command
+    });
+    let mut c = Client::connect(activator.base);
+    c.login();
+    assert_eq!(c.put("via-socket", "keep;"), "OK\r\n");
+    assert_eq!(c.command("LISTSCRIPTS"), "\"via-socket\"\r\nOK\r\n");
+    assert!(c.command("LOGOUT").starts_with("OK"));
+    assert!(c.closed());
+}
+
+#[test]
+fn an_idle_client_is_told_and_disconnected() {
+    let tree = tree_with_ann();
+    configure(&tree, "limits", &[("idle_timeout", "\"1s\"")]);
+    let server = Server::start(&tree, "sieve-serve", &[]);
+    let mut c = Client::connect(server.port);
+    c.login();
+    // Nothing sent: the server speaks first once the second is up.
+    assert_eq!(c.response(), "BYE \"idle too long, closing\"\r\n");
+    assert!(c.closed());
+}
