@@ -117,7 +117,12 @@ impl Session {
         };
         lines.push(("SASL", sasl.into()));
         lines.push(("SIEVE", EXTENSIONS.join(" ")));
-        if self.user.is_none() && self.shared.tls.is_some() && !self.conn.is_tls() {
+        if self.user.is_none()
+            && self
+                .conn
+                .starttls_acceptor(self.shared.tls.as_ref())
+                .is_ok()
+        {
             lines.push(("STARTTLS", String::new()));
         }
         lines.push(("UNAUTHENTICATE", String::new()));
