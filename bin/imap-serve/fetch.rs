@@ -226,10 +226,15 @@ impl Session {
                 record = Some(fresh);
             }
             let mut flags_changed = false;
-            if sets_seen && !sel.read_only && !entry.flags().has(flags::SEEN) {
-                let mut f = entry.flags();
+            // Without `s` a read leaves \Seen alone (RFC 4314 §4).
+            if sets_seen
+                && !sel.read_only
+                && sel.rights.has(postroom::store::mailbox::acl::Rights::SEEN)
+                && !sel.flags_of(&entry).has(flags::SEEN)
+            {
+                let mut f = sel.flags_of(&entry);
                 f.system |= flags::SEEN;
-                if let Ok(Some(updated)) = sel.folder.set_flags(&entry, f) {
+                if let Ok(Some(updated)) = sel.set_flags(&entry, f) {
                     std::sync::Arc::make_mut(&mut sel.view)[i] = updated.clone();
                     entry = Cow::Owned(updated);
                     sel.force = true;

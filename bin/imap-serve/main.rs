@@ -13,7 +13,9 @@
 #![forbid(unsafe_code)]
 
 // The session, the view of the selected folder, and what the command
-// handlers share (message access, search-key matching)...
+// handlers share (message access, search-key matching, which folder a
+// name means and the rights on it)...
+mod acl;
 mod matching;
 mod message;
 mod session;

@@ -26,6 +26,7 @@ use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::LoginFiles;
 use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
+use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::shared::{Entries, Folders, SharedFolder};
@@ -86,13 +87,17 @@ impl Shared {
         self.watcher.as_ref()
     }
 
-    fn users(&self) -> Arc<Users> {
+    /// The users, reloaded if the file changed; a version that does not
+    /// load keeps the last good one in force (logged).
+    pub fn users(&self) -> Arc<Users> {
         self.files.users()
     }
 }
 
 /// The logged-in user.
 pub struct Login {
+    /// The user's address, lower case (what ACLs name).
+    pub address: String,
     pub mailbox: Mailbox,
     pub quota: Option<u64>,
 }
@@ -104,6 +109,10 @@ pub struct Selected {
     /// What the sessions of this process know of the folder, one copy.
     pub shared: Arc<SharedFolder>,
     pub read_only: bool,
+    /// The user's rights on the folder (all of them on their own).
+    pub rights: Rights,
+    /// The user's own \Seen, in a folder of another tree (`acl`).
+    pub seen: Option<crate::acl::Seen>,
     /// Entries by sequence number - 1, UIDs ascending: the folder's
     /// shared entries as last synced while the view is those (an idle
     /// session's is), a copy of its own once it differs (a command
@@ -147,7 +156,7 @@ impl Selected {
 
     /// A message's FLAGS, with \Recent where this session shows it.
     pub fn flags(&self, e: &Entry) -> String {
-        let mut list = flag_list(e.flags(), &self.keywords);
+        let mut list = flag_list(self.flags_of(e), &self.keywords);
         if self.is_recent(e.uid) {
             list.pop();
             if !list.ends_with('(') {
@@ -321,6 +330,9 @@ impl Session {
         } else {
             caps.extend([
                 "NAMESPACE",
+                "ACL",
+                "RIGHTS=texk",
+                "LIST-MYRIGHTS",
                 "UNSELECT",
                 "UIDPLUS",
                 "MOVE",
@@ -604,10 +616,8 @@ impl Session {
                 self.out(enabled.as_bytes()).await?;
                 Done::Ok("ENABLE completed".into())
             }
-            Body::Namespace => {
-                self.out(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\n").await?;
-                Done::Ok("NAMESPACE completed".into())
-            }
+            Body::Namespace => self.namespace().await?,
+            Body::Acl(command) => self.acl_command(command).await?,
             Body::Select {
                 mailbox,
                 read_only,
@@ -654,6 +664,8 @@ impl Session {
                 if let Some(sel) = self.selected.take()
                     && close
                     && !sel.read_only
+                    // Without `e` CLOSE expunges nothing (RFC 4314 §4).
+                    && sel.rights.has(Rights::EXPUNGE)
                 {
                     let deleted: Vec<Entry> = sel
                         .folder
@@ -871,6 +883,7 @@ impl Session {
                 tracing::info!(user = %user.address, "logged in");
                 let default_quota = self.shared.config.delivery.default_quota;
                 self.login = Some(Login {
+                    address: user.address.to_lowercase(),
                     mailbox,
                     quota: user.quota.or((default_quota > 0).then_some(default_quota)),
                 });

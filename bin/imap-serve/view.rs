@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
-use postroom::proto::imap::response::{all_flags, permanent_flags};
+use postroom::proto::imap::response::all_flags;
+use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::shared::Entries;
 use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
@@ -139,6 +140,7 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
+        sel.reload_seen();
         let state = match sel.shared.sync(sel.force) {
             Ok(s) => s,
             Err(e) => {
@@ -176,7 +178,7 @@ impl Session {
                 out.extend_from_slice(
                     format!(
                         "* OK [PERMANENTFLAGS {}] flags\r\n",
-                        permanent_flags(&sel.keywords)
+                        crate::acl::permanent_flags(&sel.keywords, sel.rights)
                     )
                     .as_bytes(),
                 );
@@ -264,6 +266,13 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
+        let needed = crate::acl::rights_for_flags(names);
+        if !sel.rights.has(needed) {
+            return Ok(Done::No(format!(
+                "[NOPERM] you lack the right(s) {} on this mailbox to change these flags",
+                needed.without(sel.rights)
+            )));
+        }
         let (given, keywords) = match flags_from_names(&sel.folder, names) {
             Ok(f) => f,
             Err(done) => return Ok(done),
@@ -277,7 +286,7 @@ impl Session {
             out.extend_from_slice(
                 format!(
                     "* OK [PERMANENTFLAGS {}] flags\r\n",
-                    permanent_flags(&sel.keywords)
+                    crate::acl::permanent_flags(&sel.keywords, sel.rights)
                 )
                 .as_bytes(),
             );
@@ -305,7 +314,7 @@ impl Session {
                 Ok(None) => continue,
                 Err(e) => return Ok(e.into()),
             };
-            let old = current.flags();
+            let old = sel.flags_of(&current);
             let new = match mode {
                 StoreMode::Replace => Flags {
                     system: given.system,
@@ -320,7 +329,8 @@ impl Session {
                     keywords: old.keywords & !given.keywords,
                 },
             };
-            let updated = match sel.folder.set_flags(&current, new) {
+            let new = crate::acl::limit_change(old, new, sel.rights);
+            let updated = match sel.set_flags(&current, new) {
                 Ok(Some(e)) => e,
                 // Expunged by another session: nothing to store, and no
                 // failure either (the EXPUNGE follows when it may).
@@ -386,6 +396,11 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
+        if !sel.rights.has(Rights::EXPUNGE) {
+            return Ok(Done::No(
+                "[NOPERM] you lack the right e (expunge) on this mailbox".into(),
+            ));
+        }
         let candidates: Vec<&Entry> = match only {
             Some(positions) => positions.into_iter().map(|i| &sel.view[i]).collect(),
             None => sel.view.iter().collect(),
@@ -418,14 +433,13 @@ impl Session {
             Ok(p) => p,
             Err(done) => return Ok(done),
         };
-        let mailbox = match self.mailbox() {
-            Ok(m) => m,
+        let target = match self.target(wire) {
+            Ok(t) => t,
             Err(done) => return Ok(done),
         };
-        let name = match self.name(wire) {
-            Ok(n) => n,
-            Err(done) => return Ok(done),
-        };
+        if let Err(done) = target.need(Rights::INSERT) {
+            return Ok(done);
+        }
         let Some(sel) = self.selected.as_mut() else {
             return Ok(Done::Bad("select a mailbox first".into()));
         };
@@ -434,7 +448,17 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
-        let dest = mailbox.folder(&name);
+        // MOVE takes the messages away: t and e on the source (RFC 6851 §3.3).
+        if remove
+            && !sel
+                .rights
+                .has(Rights::DELETE_MESSAGES.with(Rights::EXPUNGE))
+        {
+            return Ok(Done::No(
+                "[NOPERM] MOVE needs the rights t and e on this mailbox; COPY instead".into(),
+            ));
+        }
+        let dest = target.folder();
         if !dest.exists() {
             return Ok(Done::No("[TRYCREATE] no such mailbox".into()));
         }

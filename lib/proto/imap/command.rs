@@ -247,6 +247,8 @@ pub struct ListOptions {
     pub return_subscribed: bool,
     pub return_children: bool,
     pub return_special_use: bool,
+    /// `RETURN (MYRIGHTS)` (RFC 8440).
+    pub return_myrights: bool,
     pub status: Vec<StatusItem>,
 }
 
@@ -378,6 +380,29 @@ pub enum Body {
     GetQuota(String),
     GetQuotaRoot(String),
     SetQuota,
+    /// ACL commands (RFC 4314): the mailbox, then the identifier and the
+    /// rights as sent (`+`/`-` prefix kept for the handler to read).
+    Acl(AclCommand),
+}
+
+/// An ACL command (RFC 4314 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclCommand {
+    SetAcl {
+        mailbox: String,
+        identifier: String,
+        rights: String,
+    },
+    DeleteAcl {
+        mailbox: String,
+        identifier: String,
+    },
+    GetAcl(String),
+    ListRights {
+        mailbox: String,
+        identifier: String,
+    },
+    MyRights(String),
 }
 
 impl Body {
@@ -785,6 +810,31 @@ impl<'a> Parser<'a> {
                     qresync,
                 }
             }
+            "SETACL" | "DELETEACL" | "GETACL" | "LISTRIGHTS" | "MYRIGHTS" => {
+                self.sp()?;
+                let mailbox = self.mailbox()?;
+                let mut next = || -> R<String> {
+                    self.sp()?;
+                    self.astring()
+                };
+                Body::Acl(match name.as_str() {
+                    "SETACL" => AclCommand::SetAcl {
+                        mailbox,
+                        identifier: next()?,
+                        rights: next()?,
+                    },
+                    "DELETEACL" => AclCommand::DeleteAcl {
+                        mailbox,
+                        identifier: next()?,
+                    },
+                    "LISTRIGHTS" => AclCommand::ListRights {
+                        mailbox,
+                        identifier: next()?,
+                    },
+                    "GETACL" => AclCommand::GetAcl(mailbox),
+                    _ => AclCommand::MyRights(mailbox),
+                })
+            }
             "CREATE" | "DELETE" | "SUBSCRIBE" | "UNSUBSCRIBE" | "GETQUOTAROOT" => {
                 self.sp()?;
                 let mailbox = self.mailbox()?;
@@ -928,6 +978,7 @@ impl<'a> Parser<'a> {
                     "SUBSCRIBED" => options.return_subscribed = true,
                     "CHILDREN" => options.return_children = true,
                     "SPECIAL-USE" => options.return_special_use = true,
+                    "MYRIGHTS" => options.return_myrights = true,
                     "STATUS" => {
                         self.sp()?;
                         options.status = self.status_items()?;
@@ -1693,6 +1744,55 @@ mod tests {
     }
 
     #[test]
+    fn parses_acl_commands() {
+        // RFC 4314 §3 examples.
+        assert_eq!(
+            ok("A035 SETACL INBOX/Drafts John lrQswicda\r\n"),
+            Body::Acl(AclCommand::SetAcl {
+                mailbox: "INBOX/Drafts".into(),
+                identifier: "John".into(),
+                rights: "lrQswicda".into()
+            })
+        );
+        assert_eq!(
+            ok("A002 SETACL INBOX.Projects \"bob@d\" -w\r\n"),
+            Body::Acl(AclCommand::SetAcl {
+                mailbox: "INBOX.Projects".into(),
+                identifier: "bob@d".into(),
+                rights: "-w".into()
+            })
+        );
+        assert_eq!(
+            ok("A003 DELETEACL INBOX Fred\r\n"),
+            Body::Acl(AclCommand::DeleteAcl {
+                mailbox: "INBOX".into(),
+                identifier: "Fred".into()
+            })
+        );
+        assert_eq!(
+            ok("A002 GETACL INBOX\r\n"),
+            Body::Acl(AclCommand::GetAcl("INBOX".into()))
+        );
+        assert_eq!(
+            ok("a LISTRIGHTS ~/Mail/saved smith\r\n"),
+            Body::Acl(AclCommand::ListRights {
+                mailbox: "~/Mail/saved".into(),
+                identifier: "smith".into()
+            })
+        );
+        assert_eq!(
+            ok("A003 MYRIGHTS INBOX\r\n"),
+            Body::Acl(AclCommand::MyRights("INBOX".into()))
+        );
+        assert!(parse(b"a SETACL INBOX bob\r\n").is_err());
+        assert!(parse(b"a MYRIGHTS\r\n").is_err());
+        match ok("a LIST \"\" * RETURN (MYRIGHTS)\r\n") {
+            Body::List { options, .. } => assert!(options.return_myrights),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn parses_rfc_examples() {
         assert_eq!(ok("a1 NOOP\r\n"), Body::Noop);
         assert_eq!(
@@ -1923,13 +2023,24 @@ mod tests {
         }
 
         #[test]
+        fn setacl_arguments_come_back_as_sent(
+            mailbox in "[A-Za-z0-9.]{1,20}",
+            identifier in "-?[a-z0-9$]{1,12}(@[a-z]{1,8}\\.test)?",
+            rights in "[+-]?[a-z]{0,12}",
+        ) {
+            // Quoted, as a client sends any string that is no atom.
+            let line = format!("t SETACL {mailbox} \"{identifier}\" \"{rights}\"\r\n");
+            prop_assert_eq!(ok(&line), Body::Acl(AclCommand::SetAcl { mailbox, identifier, rights }));
+        }
+
+        #[test]
         fn random_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse(&bytes);
         }
 
         #[test]
         fn random_commands_never_panic(
-            name in prop::sample::select(vec!["FETCH", "UID FETCH", "SEARCH", "STORE", "LIST", "APPEND", "STATUS", "SELECT", "LOGIN", "COPY"]),
+            name in prop::sample::select(vec!["FETCH", "UID FETCH", "SEARCH", "STORE", "LIST", "APPEND", "STATUS", "SELECT", "LOGIN", "COPY", "SETACL", "DELETEACL", "GETACL", "LISTRIGHTS", "MYRIGHTS"]),
             rest in "[ -~]{0,80}",
         ) {
             let _ = parse(format!("t {name} {rest}\r\n").as_bytes());

@@ -23,8 +23,11 @@
 //! and `postroom-cache` ([`cache`], what IMAP computed about each message);
 //! and `postroom-recent` (`folder::RECENT_FILE`, which UIDs some IMAP
 //! session has taken \Recent for). In memory, [`shared`] keeps one copy
-//! per process of what the sessions of a folder know of it.
+//! per process of what the sessions of a folder know of it. A shared
+//! folder has Dovecot's `dovecot-acl` ([`acl`], IMAP ACL), and each reader
+//! their own \Seen of it in their tree (`postroom-shared-seen/`).
 
+pub mod acl;
 pub mod cache;
 pub mod expire;
 pub mod flags;
