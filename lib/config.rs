@@ -461,8 +461,14 @@ impl Default for QueuePolicy {
     }
 }
 
-/// Administrator Sieve scripts `mailsort` runs around each user's own.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The largest Sieve script the compiler takes (`postroom-sieve(5)`,
+/// Limits), and so the most `sieve.max_script_size` may be. Here rather
+/// than in the compiler because the config, a lower layer, checks it.
+pub const SIEVE_SCRIPT_MAX: usize = 1 << 20;
+
+/// Administrator Sieve scripts `mailsort` runs around each user's own,
+/// and what `sieve-serve` lets a user store.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sieve {
     /// Run before the user's script (in order); their actions add up.
@@ -475,6 +481,27 @@ pub struct Sieve {
     /// The domain of SRS addresses (default: `hostname`; it must be one of
     /// the local domains so bounces come back).
     pub srs_domain: Option<String>,
+    /// Scripts a user may keep through `sieve-serve` (0: no limit).
+    pub max_scripts: usize,
+    /// Largest script `sieve-serve` stores, in bytes: at most the
+    /// compiler's own limit (1 MiB), which is also the default.
+    #[serde(deserialize_with = "size")]
+    pub max_script_size: u64,
+}
+
+impl Default for Sieve {
+    fn default() -> Self {
+        Sieve {
+            before: Vec::new(),
+            after: Vec::new(),
+            srs_secret_file: None,
+            srs_domain: None,
+            // Pigeonhole has no default limit; a user with a hundred
+            // scripts is a script generator, not a person.
+            max_scripts: 100,
+            max_script_size: SIEVE_SCRIPT_MAX as u64,
+        }
+    }
 }
 
 impl Config {
@@ -870,6 +897,12 @@ impl Config {
             if value == 0 {
                 return Err(format!("{key}: must be greater than 0"));
             }
+        }
+        let script_max = SIEVE_SCRIPT_MAX as u64;
+        if self.sieve.max_script_size == 0 || self.sieve.max_script_size > script_max {
+            return Err(format!(
+                "sieve.max_script_size: must be from 1 to {script_max} bytes (the Sieve compiler's limit)"
+            ));
         }
         if l.line_length < 512 {
             return Err("limits.line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());

@@ -22,9 +22,8 @@ use std::sync::{Arc, Weak};
 
 use postroom::config::Config;
 use postroom::config::login::Service;
-use postroom::directory::access::Access;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
-use postroom::directory::reloading::Reloading;
+use postroom::directory::reloading::LoginFiles;
 use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::acl::Rights;
@@ -57,8 +56,7 @@ const LITERALS_MAX: usize = 1000;
 pub struct Shared {
     pub config: Config,
     tls: Option<TlsAcceptor>,
-    users: Reloading<Users>,
-    access: Reloading<Access>,
+    files: LoginFiles,
     /// None when inotify is unavailable: IDLE then re-syncs on its timer.
     watcher: Option<Watcher>,
     /// The selected folders' entries and mod-sequences, one copy each.
@@ -68,8 +66,7 @@ pub struct Shared {
 impl Shared {
     /// Call inside the runtime (the watcher registers with it).
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = Reloading::users(&config)?;
-        let access = Reloading::access(&config)?;
+        let files = LoginFiles::load(&config)?;
         let watcher = match Watcher::new() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -80,8 +77,7 @@ impl Shared {
         Ok(Shared {
             config,
             tls,
-            users,
-            access,
+            files,
             watcher,
             folders: Folders::default(),
         })
@@ -94,12 +90,7 @@ impl Shared {
     /// The users, reloaded if the file changed; a version that does not
     /// load keeps the last good one in force (logged).
     pub fn users(&self) -> Arc<Users> {
-        self.users.current()
-    }
-
-    /// The access rules, reloaded the same way.
-    fn access(&self) -> Arc<Access> {
-        self.access.current()
+        self.files.users()
     }
 }
 
@@ -296,10 +287,8 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         errors: 0,
         auth_failures: 0,
     };
-    if let Some(ip) = session.conn.peer().map(|p| p.ip())
-        && !session.shared.access().allows(ip)
-    {
-        tracing::info!("refused by the access file");
+    if !session.shared.files.admits(session.conn.peer()) {
+        tracing::info!("denied by the access file");
         session.conn.write(b"* BYE access denied\r\n");
         let _ = session.conn.flush().await;
         return;
@@ -546,17 +535,10 @@ impl Session {
                 self.conn.write(b"+ go ahead\r\n");
                 self.conn.flush().await?;
             }
-            buf.reserve(size);
-            self.conn.read_exact_into(size, &mut buf).await?;
-            let line_max = if pre_login {
-                // What is left of the command's allowance (at least the
-                // CRLF that ends it).
-                PRE_LOGIN_COMMAND_MAX.saturating_sub(buf.len()).max(2)
-            } else {
-                max_line
-            };
-            let rest = self.conn.read_line(line_max).await?;
-            buf.extend_from_slice(&rest);
+            let allowance = pre_login.then_some(PRE_LOGIN_COMMAND_MAX);
+            self.conn
+                .read_literal_then_line(&mut buf, size, true, max_line, allowance)
+                .await?;
         }
     }
 

@@ -31,6 +31,7 @@ mod multihost;
 mod pop3_serve;
 mod queue_priority;
 mod quota;
+mod sieve_serve;
 mod sink;
 mod smtp_recv;
 mod smtp_send;

@@ -8,17 +8,23 @@ use crate::proto::imap::command::{Section, SectionText, partial_range};
 /// A `string`: quoted when it is printable ASCII, else a literal.
 pub fn quoted_or_literal(out: &mut Vec<u8>, s: &[u8]) {
     if s.iter().all(|&b| (0x20..0x7f).contains(&b)) && s.len() < 4096 {
-        out.push(b'"');
-        for &b in s {
-            if b == b'"' || b == b'\\' {
-                out.push(b'\\');
-            }
-            out.push(b);
-        }
-        out.push(b'"');
+        quoted(out, s);
     } else {
         literal(out, s);
     }
+}
+
+/// `s` in double quotes, `"` and `\` escaped (IMAP and ManageSieve quote
+/// alike); the caller has checked that `s` may be quoted.
+pub fn quoted(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &b in s {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// A literal. A literal may not hold a NUL (RFC 9051 §4.3; only BINARY's
