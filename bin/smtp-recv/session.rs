@@ -1348,7 +1348,7 @@ impl Session {
             None => staged,
         };
         let staged = match self.authentication_results(&tx, &staged).await {
-            Some(header) => match prepend_headers(staged, &[header]) {
+            Some(header) => match add_results(staged, &header, &self.shared.config.hostname) {
                 Ok(staged) => staged,
                 Err(e) => {
                     self.local_error(format_args!("adding Authentication-Results failed: {e}"));
@@ -1528,6 +1528,42 @@ impl Session {
 fn prepend_headers(staged: Staged, headers: &[String]) -> Result<Staged, queue::QueueError> {
     let block: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     staged.prepend(block.as_bytes())
+}
+
+/// Our Authentication-Results on top, with any already there that claim to
+/// be ours removed: RFC 8601 §5 has a border MTA delete results that claim
+/// to come from inside its trust boundary, so a sender cannot forge the
+/// "pass" a Sieve rule or the ARC sealer (`delivery::arc`) would read.
+/// Costs nothing more when there are none (the header is prepended by the
+/// same rewrite either way).
+fn add_results(staged: Staged, header: &str, hostname: &str) -> Result<Staged, queue::QueueError> {
+    use postroom::proto::message;
+    let claims_ours = |field: &[u8]| {
+        let Some((name, value)) = message::header_fields(field).pop() else {
+            return false;
+        };
+        name.eq_ignore_ascii_case("Authentication-Results")
+            && message::authserv_id(&value).eq_ignore_ascii_case(hostname)
+    };
+    let head = staged.message.header_block(1 << 20)?;
+    let kept = message::remove_fields(&head, claims_ours);
+    if kept.len() == head.len() {
+        return prepend_headers(staged, &[header.to_string()]);
+    }
+    // Opened before the old copy is removed (see `Staged::prepend`).
+    let body = staged.message.body();
+    staged.replace(|out| {
+        use std::io::{Read, Write};
+        out.write_all(format!("{header}\r\n").as_bytes())?;
+        out.write_all(&kept)?;
+        let mut body = body.map_err(std::io::Error::other)?;
+        // Past the old header block, the rest as it was.
+        std::io::copy(
+            &mut (&mut body).take(head.len() as u64),
+            &mut std::io::sink(),
+        )?;
+        std::io::copy(&mut body, out).map(drop)
+    })
 }
 
 /// DKIM verification holds the whole message in memory; a larger one is

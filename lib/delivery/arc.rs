@@ -150,10 +150,7 @@ fn this_hop(hostname: &str, head: &[u8]) -> Hop {
             return Hop::Sealed;
         }
         if name.eq_ignore_ascii_case("Authentication-Results") {
-            // authserv-id [version] ; results
-            let id = value.split(';').next().unwrap_or_default();
-            let id = id.split_whitespace().next().unwrap_or_default();
-            if id.eq_ignore_ascii_case(hostname) {
+            if message::authserv_id(&value).eq_ignore_ascii_case(hostname) {
                 return Hop::Verified(value);
             }
         }

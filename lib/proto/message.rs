@@ -254,20 +254,41 @@ pub fn missing_origin_fields(headers: &[u8], id: &str, hostname: &str, now: u64)
 
 /// Removes every field of this name (with its continuation lines).
 pub fn remove_header(headers: &[u8], name: &str) -> Vec<u8> {
+    remove_fields(headers, |field| {
+        field.len() > name.len()
+            && field[name.len()] == b':'
+            && field[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+    })
+}
+
+/// Removes every field for which `drop` is true; `drop` sees the whole
+/// field, first line and continuation lines, as it stands.
+pub fn remove_fields(headers: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(headers.len());
-    let mut skipping = false;
+    let (mut start, mut pos) = (0, 0);
     for line in headers.split_inclusive(|&b| b == b'\n') {
         let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
-        if !continuation {
-            skipping = line.len() > name.len()
-                && line[name.len()] == b':'
-                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes());
+        if !continuation && pos > start {
+            let field = &headers[start..pos];
+            if !drop(field) {
+                out.extend_from_slice(field);
+            }
+            start = pos;
         }
-        if !skipping {
-            out.extend_from_slice(line);
-        }
+        pos += line.len();
+    }
+    let field = &headers[start..pos];
+    if !field.is_empty() && !drop(field) {
+        out.extend_from_slice(field);
     }
     out
+}
+
+/// The authserv-id of an Authentication-Results value (RFC 8601 §2.2:
+/// `authserv-id [version] ; results`): whose results they claim to be.
+pub fn authserv_id(value: &str) -> &str {
+    let id = value.split(';').next().unwrap_or_default();
+    id.split_whitespace().next().unwrap_or_default()
 }
 
 /// An RFC 5322 date for `secs` since the epoch, in UTC.
@@ -581,6 +602,23 @@ mod tests {
             b"To: a@b,\r\n c@d\r\nSubject: s\r\n\r\n"
         );
         assert_eq!(header_len(b"\r\nbody"), 2);
+    }
+
+    #[test]
+    fn fields_removed_whole_by_what_they_say() {
+        let h = b"Authentication-Results:\r\n\tmx.test; dkim=pass\r\nX: 1\r\n\
+                  Authentication-Results: other.test; spf=pass\r\n\r\n";
+        let ours = |field: &[u8]| {
+            let (name, value) = header_fields(field).pop().unwrap_or_default();
+            name.eq_ignore_ascii_case("authentication-results")
+                && authserv_id(&value).eq_ignore_ascii_case("MX.test")
+        };
+        assert_eq!(
+            remove_fields(h, ours),
+            b"X: 1\r\nAuthentication-Results: other.test; spf=pass\r\n\r\n"
+        );
+        assert_eq!(authserv_id(" mx.test 1 ; none"), "mx.test");
+        assert_eq!(remove_fields(b"", |_| true), b"");
     }
 
     #[test]

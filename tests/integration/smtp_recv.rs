@@ -1056,6 +1056,37 @@ fn spf_dkim_and_dmarc_are_recorded_in_authentication_results() {
     );
 }
 
+/// RFC 8601 §5: results a sender wrote in our name are removed, so only
+/// ours claim to be ours; results of other hosts stay, and so does the body.
+#[test]
+fn forged_results_in_our_name_are_removed() {
+    use mail_auth::common::crypto::Ed25519Key;
+
+    let key = Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()).unwrap();
+    let (_dns, tree) = tree_checking_remote_test(&key, |text| text);
+    let message = "Authentication-Results:\r\n MAIL.example.test; dkim=pass; arc=pass\r\n\
+                   Authentication-Results: relay.other.test; spf=pass\r\n\
+                   From: Sender <s@remote.test>\r\nTo: ann@example.test\r\nSubject: forged\r\n\r\n\
+                   the body\r\n";
+    deliver_from_remote_test(&tree, "192.0.2.1", message);
+    let files = maildir_files(&tree.maildir("ann"));
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(
+        text.matches("Authentication-Results: mail.example.test;")
+            .count(),
+        1,
+        "one result in our name, ours: {text}"
+    );
+    assert!(!text.contains("MAIL.example.test"), "{text}");
+    assert!(!text.contains("dkim=pass; arc=pass"), "{text}");
+    assert!(
+        text.contains("Authentication-Results: relay.other.test; spf=pass\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("Subject: forged\n\nthe body\n"), "{text}");
+}
+
 /// A DKIM-Signature field (ed25519-sha256, `c=simple/simple`: RFC 6376
 /// §3.4.1 and §3.4.3, header fields and body as they are) by `key` for
 /// remote.test over `headers` (whole CRLF lines, all signed) and `body`.
