@@ -13,6 +13,7 @@ mod dns;
 mod expire;
 mod first_day;
 mod foundation;
+mod imap_index;
 mod imap_round2;
 mod imap_serve;
 mod layout;
