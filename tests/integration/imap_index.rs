@@ -81,7 +81,7 @@ fn select_in_a_new_process_takes_an_unchanged_folder_from_its_index() {
     // A new process now answers from the index (it misses the tampered
     // UIDNEXT, which a read of the uidlist would see), and tells the same
     // HIGHESTMODSEQ without a look at the log.
-    tamper_next_uid(&maildir, " N4 ", " N9 ");
+    tamper_next_uid(&maildir, " N4\n", " N9\n");
     let fast = session(&tree, "b SELECT INBOX\r\nc FETCH 1:* (UID FLAGS)\r\n");
     assert!(fast.contains("* 3 EXISTS"), "{fast}");
     assert_eq!(code(&fast, "UIDNEXT"), "4", "the index answered");
@@ -113,7 +113,7 @@ fn a_damaged_index_costs_only_a_full_sync() {
     settle(&maildir);
     session(&tree, "b SELECT INBOX\r\n");
     let good = std::fs::read(&index).unwrap();
-    tamper_next_uid(&maildir, " N3 ", " N7 ");
+    tamper_next_uid(&maildir, " N3\n", " N7\n");
     // Torn, a flipped byte in a record, and foreign bytes: each is
     // refused, and the uidlist (with its tampered UIDNEXT) answers.
     let flipped = {

@@ -290,9 +290,64 @@ impl Folders {
 mod tests {
     use super::*;
     use crate::store::mailbox::{Mailbox, MailboxName};
+    use std::io::Write;
 
     fn deliver(root: &std::path::Path, name: &str) {
         std::fs::write(root.join("new").join(name), "Subject: x\n\nbody\n").unwrap();
+    }
+
+    /// Moves the times of the folder's stamp back, as if it had been
+    /// still for a while.
+    fn settle(root: &std::path::Path) {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+        for sub in ["new", "cur", "dovecot-uidlist", "dovecot-keywords"] {
+            if let Ok(f) = std::fs::File::open(root.join(sub)) {
+                f.set_modified(old).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_process_takes_a_settled_folder_from_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailbox = Mailbox::new(dir.path());
+        mailbox.ensure_defaults().unwrap();
+        deliver(dir.path(), "1000.M1P1.host,S=20");
+        deliver(dir.path(), "1001.M2P1.host,S=20:2,S");
+        let inbox = MailboxName::new("INBOX").unwrap();
+        let index = dir.path().join(index::FILE);
+        let first = Folders::default().open(mailbox.folder(&inbox));
+        let synced = first.sync(false).unwrap();
+        assert!(!index.exists(), "the folder just changed: no index");
+        settle(dir.path());
+        // The next look syncs in full (the last stamp proved nothing),
+        // under a settled stamp: it writes the index, the log first.
+        let again = first.sync(false).unwrap();
+        assert_eq!(again.entries, synced.entries);
+        assert!(index.exists());
+        let highest = first.modseqs(synced.validity).as_ref().unwrap().highest();
+        // Another process: the entries and HIGHESTMODSEQ from the index.
+        let other = Folders::default().open(mailbox.folder(&inbox));
+        let loaded = other.sync(false).unwrap();
+        assert_eq!(loaded.entries, synced.entries);
+        assert_eq!((loaded.validity, loaded.next_uid), (synced.validity, 3));
+        assert!(lock(&other.last).as_ref().unwrap().indexed.is_some());
+        assert_eq!(other.indexed_highest_modseq(&loaded.entries), Some(highest));
+        // Not for entries other than the index's, nor once the log moved.
+        assert_eq!(other.indexed_highest_modseq(&Arc::default()), None);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(super::super::modseq::FILE))
+            .unwrap()
+            .write_all(b"1 99 S\n")
+            .unwrap();
+        assert_eq!(other.indexed_highest_modseq(&loaded.entries), None);
+        // A delivery moves the stamp: a third process reads the disk.
+        deliver(dir.path(), "1002.M3P1.host,S=20");
+        let third = Folders::default().open(mailbox.folder(&inbox));
+        let grown = third.sync(false).unwrap();
+        assert_eq!(grown.entries.len(), 3);
+        assert!(lock(&third.last).as_ref().unwrap().indexed.is_none());
     }
 
     #[test]
@@ -313,12 +368,7 @@ mod tests {
         // found the same, and kept the same copy.
         assert!(Arc::ptr_eq(&again.entries, &first.entries));
         // Once the times are old enough, an unchanged folder is not read.
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
-        for sub in ["new", "cur", "dovecot-uidlist", "dovecot-keywords"] {
-            if let Ok(f) = std::fs::File::open(dir.path().join(sub)) {
-                f.set_modified(old).unwrap();
-            }
-        }
+        settle(dir.path());
         let settled = a.sync(false).unwrap();
         let shared = b.sync(false).unwrap();
         assert!(Arc::ptr_eq(&settled.entries, &shared.entries));
