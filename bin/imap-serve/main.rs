@@ -26,12 +26,6 @@ mod thread;
 
 use std::process::ExitCode;
 
-// mimalloc, not glibc's malloc: glibc keeps what a big command freed (a
-// FETCH or SEARCH over 100,000 messages left ~150 MB resident for the
-// life of the process); mimalloc gives it back (postroom-bench imap).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use postroom::net::server::{Server, ServerFlags, StartError};
 

@@ -192,12 +192,12 @@ fn strip_leader(s: &str) -> Option<String> {
 
 /// The matched messages with their cache records (read and cached now for
 /// those that have none), in sequence order.
-fn items(session: &mut Session, key: &SearchKey) -> Result<Vec<Item>, Done> {
+fn items(session: &mut Session, key: &SearchKey, fields: &[&str]) -> Result<Vec<Item>, Done> {
     let Some(sel) = session.selected.as_mut() else {
         return Err(Done::Bad("select a mailbox first".into()));
     };
     let positions = crate::matching::matching(sel, key);
-    let records = crate::message::records(sel, &positions);
+    let records = crate::message::records(sel, &positions, fields);
     Ok(positions
         .iter()
         .zip(records)
@@ -221,7 +221,17 @@ impl Session {
         ret: Option<&[String]>,
     ) -> Result<Done, NetError> {
         let session = self;
-        let items = match items(session, key) {
+        let fields: Vec<&str> = criteria
+            .iter()
+            .filter_map(|(_, k)| match k {
+                SortKey::Subject => Some("SUBJECT"),
+                SortKey::From | SortKey::DisplayFrom => Some("FROM"),
+                SortKey::To | SortKey::DisplayTo => Some("TO"),
+                SortKey::Cc => Some("CC"),
+                SortKey::Arrival | SortKey::Date | SortKey::Size => None,
+            })
+            .collect();
+        let items = match items(session, key, &fields) {
             Ok(items) => items,
             Err(done) => return Ok(done),
         };
@@ -297,7 +307,8 @@ impl Session {
         key: &SearchKey,
     ) -> Result<Done, NetError> {
         let session = self;
-        let items = match items(session, key) {
+        let fields = ["SUBJECT", "MESSAGE-ID", "REFERENCES", "IN-REPLY-TO"];
+        let items = match items(session, key, &fields) {
             Ok(items) => items,
             Err(done) => return Ok(done),
         };

@@ -66,6 +66,8 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
     let mut client = Client::connect(port)?;
     client.run("LOGIN sink@bench.test x")?;
     let (first, _) = client.run("SELECT INBOX")?;
+    // The server's RSS after each step: where the memory stays.
+    let mut steps = vec![("SELECT", crate::smtp::rss_kib(server.child.id())?)];
     let mut selects = Vec::new();
     for _ in 0..3 {
         client.run("UNSELECT")?;
@@ -78,6 +80,7 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         ms(selects[1])
     );
     let (flags, out) = client.run("UID FETCH 1:* (FLAGS)")?;
+    steps.push(("FLAGS", crate::smtp::rss_kib(server.child.id())?));
     anyhow::ensure!(
         out.matches(" FETCH (").count() == messages,
         "FETCH FLAGS returned {} lines",
@@ -88,7 +91,9 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         ms(flags)
     );
     let (cold, _) = client.run("FETCH 1:* (ENVELOPE)")?;
+    steps.push(("ENVELOPE cold", crate::smtp::rss_kib(server.child.id())?));
     let (warm, out) = client.run("FETCH 1:* (ENVELOPE)")?;
+    steps.push(("ENVELOPE warm", crate::smtp::rss_kib(server.child.id())?));
     println!(
         "FETCH 1:* (ENVELOPE): first {:.0} ms, again {:.0} ms ({:.1} MB sent)",
         ms(cold),
@@ -103,13 +108,16 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         out.lines().next().unwrap_or_default()
     );
     let (search_from, _) = client.run("SEARCH FROM \"nobody-matches\"")?;
+    steps.push(("SEARCH", crate::smtp::rss_kib(server.child.id())?));
     println!(
         "SEARCH HEADER Subject: {:.0} ms; SEARCH FROM (no match): {:.0} ms",
         ms(search),
         ms(search_from)
     );
     let (sort, _) = client.run("SORT (DATE) UTF-8 ALL")?;
+    steps.push(("SORT", crate::smtp::rss_kib(server.child.id())?));
     let (thread, _) = client.run("THREAD REFERENCES UTF-8 ALL")?;
+    steps.push(("THREAD", crate::smtp::rss_kib(server.child.id())?));
     println!(
         "SORT (DATE) of {messages}: {:.0} ms; THREAD REFERENCES: {:.0} ms",
         ms(sort),
@@ -150,6 +158,11 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
     );
     let rss = crate::smtp::rss_kib(server.child.id())?;
     let peak = crate::smtp::status_kib(server.child.id(), "VmHWM:")?;
+    let steps: Vec<String> = steps
+        .iter()
+        .map(|(step, kib)| format!("{step} {:.1}", *kib as f64 / 1024.0))
+        .collect();
+    println!("RSS after each step, MB: {}", steps.join(", "));
     println!(
         "RSS with one session after these: {:.1} MB, {:.1} MB above the idle process's {:.1} MB (goal < 50 MB above); peak {:.1} MB",
         rss as f64 / 1024.0,

@@ -30,7 +30,11 @@ fn session(tree: &Tree, commands: &str) -> String {
 
 /// The value of a `* OK [NAME value]` line.
 fn code(out: &str, name: &str) -> String {
-    let start = out.find(&format!("[{name} ")).unwrap_or_else(|| panic!("{out}")) + name.len() + 2;
+    let start = out
+        .find(&format!("[{name} "))
+        .unwrap_or_else(|| panic!("{out}"))
+        + name.len()
+        + 2;
     out[start..].split(']').next().unwrap().to_string()
 }
 
@@ -122,7 +126,11 @@ fn a_damaged_index_costs_only_a_full_sync() {
         b[last] ^= 1;
         b
     };
-    for bad in [good[..good.len() / 2].to_vec(), flipped, b"not an index".to_vec()] {
+    for bad in [
+        good[..good.len() / 2].to_vec(),
+        flipped,
+        b"not an index".to_vec(),
+    ] {
         std::fs::write(&index, &bad).unwrap();
         let out = session(&tree, "b SELECT INBOX\r\nc FETCH 1:* (UID)\r\n");
         assert!(out.contains("* 2 EXISTS"), "{out}");

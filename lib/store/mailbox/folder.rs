@@ -130,12 +130,11 @@ impl Stamp {
     pub(super) fn to_bytes(self) -> [u8; STAMP_BYTES] {
         let mut out = [0u8; STAMP_BYTES];
         for (i, chunk) in out.chunks_exact_mut(20).enumerate() {
-            let (secs, nanos) = match self.times[i]
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            {
-                Some(d) => (d.as_secs(), d.subsec_nanos()),
-                None => (0, u32::MAX),
-            };
+            let (secs, nanos) =
+                match self.times[i].and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+                    Some(d) => (d.as_secs(), d.subsec_nanos()),
+                    None => (0, u32::MAX),
+                };
             chunk[..8].copy_from_slice(&self.inodes[i].to_le_bytes());
             chunk[8..16].copy_from_slice(&secs.to_le_bytes());
             chunk[16..].copy_from_slice(&nanos.to_le_bytes());

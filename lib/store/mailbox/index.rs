@@ -312,10 +312,7 @@ mod tests {
         settle();
         let stamp = folder.stamp();
         assert!(stamp.trustworthy());
-        let h = Header {
-            stamp,
-            ..header(3)
-        };
+        let h = Header { stamp, ..header(3) };
         store(dir.path(), &h, &entries(3)).unwrap();
         assert_eq!(load(dir.path(), &folder.stamp()).unwrap().1, entries(3));
         // Any change to cur/ moves the stamp: the index is not used.
