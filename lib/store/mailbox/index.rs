@@ -79,13 +79,14 @@ fn u16_at(b: &[u8], at: usize) -> Option<usize> {
 
 /// A name part an index may hand out: what a readdir could have given
 /// (no `/`, no NUL) and a base that [`Entry::file_name`] splits back.
+/// Byte by byte (these bytes never occur inside a UTF-8 sequence): a
+/// check by `char` was a third of a 100,000-message load.
 fn sane(base: &str, info: &str) -> bool {
-    let bad = |c: char| c == '/' || c == '\0';
+    let base = base.as_bytes();
     !base.is_empty()
-        && !base.starts_with('.')
-        && !base.contains(':')
-        && !base.contains(bad)
-        && !info.contains(bad)
+        && base.first() != Some(&b'.')
+        && !base.iter().any(|&b| matches!(b, b'/' | b'\0' | b':'))
+        && !info.bytes().any(|b| matches!(b, b'/' | b'\0'))
 }
 
 /// Renders an index; `None` when an entry cannot be recorded (a name
@@ -301,14 +302,7 @@ mod tests {
         let mailbox = crate::store::mailbox::Mailbox::new(dir.path());
         mailbox.ensure_defaults().unwrap();
         let folder = mailbox.folder(&crate::store::mailbox::MailboxName::new("INBOX").unwrap());
-        let settle = || {
-            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
-            for sub in ["new", "cur", "dovecot-uidlist", "dovecot-keywords"] {
-                if let Ok(f) = fs::File::open(dir.path().join(sub)) {
-                    f.set_modified(old).unwrap();
-                }
-            }
-        };
+        let settle = || crate::store::mailbox::tests::settle(dir.path());
         settle();
         let stamp = folder.stamp();
         assert!(stamp.trustworthy());

@@ -289,22 +289,12 @@ impl Folders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::mailbox::tests::settle;
     use crate::store::mailbox::{Mailbox, MailboxName};
     use std::io::Write;
 
     fn deliver(root: &std::path::Path, name: &str) {
         std::fs::write(root.join("new").join(name), "Subject: x\n\nbody\n").unwrap();
-    }
-
-    /// Moves the times of the folder's stamp back, as if it had been
-    /// still for a while.
-    fn settle(root: &std::path::Path) {
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
-        for sub in ["new", "cur", "dovecot-uidlist", "dovecot-keywords"] {
-            if let Ok(f) = std::fs::File::open(root.join(sub)) {
-                f.set_modified(old).unwrap();
-            }
-        }
     }
 
     #[test]
