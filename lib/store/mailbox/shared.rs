@@ -98,7 +98,7 @@ impl SharedFolder {
         let stamp = self.folder.stamp();
         let mut last = lock(&self.last);
         if last.is_none() && !force {
-            *last = self.from_index(&stamp);
+            *last = self.load_index(&stamp);
         }
         let fresh = last
             .as_ref()
@@ -153,7 +153,7 @@ impl SharedFolder {
 
     /// The first look of this process: the folder's index, if written
     /// under the stamp the folder has now.
-    fn from_index(&self, stamp: &Stamp) -> Option<Last> {
+    fn load_index(&self, stamp: &Stamp) -> Option<Last> {
         let started = Instant::now();
         let (header, entries) = index::load(self.folder.path(), stamp)?;
         let keywords = super::flags::read_keywords(self.folder.path()).ok()?;
