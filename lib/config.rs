@@ -309,6 +309,10 @@ pub struct Smtp {
     pub spf: bool,
     pub dkim: bool,
     pub dmarc: bool,
+    /// Validate the ARC chain (RFC 8617) of each message and record
+    /// `arc=` in the same header: the chain validation status our own ARC
+    /// seal carries when the message is passed on (`delivery::arc`).
+    pub arc: bool,
     /// External commands that may accept or refuse each stage.
     pub hooks: Hooks,
 }
@@ -419,6 +423,7 @@ impl Default for Smtp {
             spf: false,
             dkim: false,
             dmarc: false,
+            arc: false,
             hooks: Hooks::default(),
         }
     }
@@ -456,8 +461,14 @@ impl Default for QueuePolicy {
     }
 }
 
-/// Administrator Sieve scripts `mailsort` runs around each user's own.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The largest Sieve script the compiler takes (`postroom-sieve(5)`,
+/// Limits), and so the most `sieve.max_script_size` may be. Here rather
+/// than in the compiler because the config, a lower layer, checks it.
+pub const SIEVE_SCRIPT_MAX: usize = 1 << 20;
+
+/// Administrator Sieve scripts `mailsort` runs around each user's own,
+/// and what `sieve-serve` lets a user store.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sieve {
     /// Run before the user's script (in order); their actions add up.
@@ -470,6 +481,27 @@ pub struct Sieve {
     /// The domain of SRS addresses (default: `hostname`; it must be one of
     /// the local domains so bounces come back).
     pub srs_domain: Option<String>,
+    /// Scripts a user may keep through `sieve-serve` (0: no limit).
+    pub max_scripts: usize,
+    /// Largest script `sieve-serve` stores, in bytes: at most the
+    /// compiler's own limit (1 MiB), which is also the default.
+    #[serde(deserialize_with = "size")]
+    pub max_script_size: u64,
+}
+
+impl Default for Sieve {
+    fn default() -> Self {
+        Sieve {
+            before: Vec::new(),
+            after: Vec::new(),
+            srs_secret_file: None,
+            srs_domain: None,
+            // Pigeonhole has no default limit; a user with a hundred
+            // scripts is a script generator, not a person.
+            max_scripts: 100,
+            max_script_size: SIEVE_SCRIPT_MAX as u64,
+        }
+    }
 }
 
 impl Config {
@@ -642,6 +674,19 @@ pub struct DkimKey {
     pub algorithm: DkimAlgorithm,
     /// The private key, PKCS#8 PEM.
     pub key: PathBuf,
+    /// Whether the key also seals ARC sets (RFC 8617) on mail passed on
+    /// (Sieve redirects, list posts). Unset: an `rsa2048` key does and an
+    /// `ed25519` key does not, since ARC is defined for rsa-sha256 only
+    /// (`delivery::arc`); `true` on an Ed25519 key is refused.
+    #[serde(default)]
+    pub arc: Option<bool>,
+}
+
+impl DkimKey {
+    /// True if this key seals ARC sets.
+    pub fn seals_arc(&self) -> bool {
+        self.arc.unwrap_or(self.algorithm == DkimAlgorithm::Rsa2048)
+    }
 }
 
 /// A DKIM signing algorithm.
@@ -853,6 +898,12 @@ impl Config {
                 return Err(format!("{key}: must be greater than 0"));
             }
         }
+        let script_max = SIEVE_SCRIPT_MAX as u64;
+        if self.sieve.max_script_size == 0 || self.sieve.max_script_size > script_max {
+            return Err(format!(
+                "sieve.max_script_size: must be from 1 to {script_max} bytes (the Sieve compiler's limit)"
+            ));
+        }
         if l.line_length < 512 {
             return Err("limits.line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
         }
@@ -974,6 +1025,14 @@ impl Config {
                 return Err(format!(
                     "dkim.selector: {:?} is not a selector (letters, digits, '-', '.')",
                     key.selector
+                ));
+            }
+            if key.arc == Some(true) && key.algorithm != DkimAlgorithm::Rsa2048 {
+                return Err(format!(
+                    "dkim: the {} key {:?} of {} cannot seal ARC (RFC 8617 knows rsa-sha256 only): remove `arc = true` or make an rsa2048 key",
+                    key.algorithm.name(),
+                    key.selector,
+                    key.domain
                 ));
             }
         }

@@ -15,10 +15,10 @@
 //! - [`directory`]: who exists and who may log in: users, aliases, domains,
 //!   access rules, password hashes, login limits, SRS.
 //! - [`proto`]: codecs and state machines that do no I/O: SMTP, POP3, IMAP,
-//!   SASL, MIME structure, message flags, messages and their line endings,
+//!   ManageSieve, SASL, MIME structure, message flags, messages and their line endings,
 //!   addresses.
 //! - [`delivery`]: what happens to a message once accepted: local delivery,
-//!   Sieve, vacation, mailing lists, delivery status notifications, and the
+//!   Sieve (and where users keep their scripts), vacation, mailing lists, delivery status notifications, and the
 //!   one way into the queue.
 //! - [`net`]: how servers get and keep connections: launch modes, limits,
 //!   TLS, DNS, privileges, logging.

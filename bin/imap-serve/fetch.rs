@@ -135,6 +135,14 @@ impl Session {
         });
         let mut unknown_cte = false;
         let wants_flags = items.contains(&FetchItem::Flags);
+        // What may read a message stored as given as it is stored.
+        let wants_binary = items.iter().any(|i| match i {
+            FetchItem::Binary { .. } | FetchItem::BinarySize(_) => true,
+            FetchItem::Section { section, .. } => {
+                !section.part.is_empty() && section.text == SectionText::Full
+            }
+            _ => false,
+        });
         // Small responses (FLAGS, UID) go out in batches: one write per
         // message costs more than the message's own work.
         let mut batch: Vec<u8> = Vec::new();
@@ -226,10 +234,15 @@ impl Session {
                 record = Some(fresh);
             }
             let mut flags_changed = false;
-            if sets_seen && !sel.read_only && !entry.flags().has(flags::SEEN) {
-                let mut f = entry.flags();
+            // Without `s` a read leaves \Seen alone (RFC 4314 §4).
+            if sets_seen
+                && !sel.read_only
+                && sel.rights.has(postroom::store::mailbox::acl::Rights::SEEN)
+                && !sel.flags_of(&entry).has(flags::SEEN)
+            {
+                let mut f = sel.flags_of(&entry);
                 f.system |= flags::SEEN;
-                if let Ok(Some(updated)) = sel.folder.set_flags(&entry, f) {
+                if let Ok(Some(updated)) = sel.set_flags(&entry, f) {
                     std::sync::Arc::make_mut(&mut sel.view)[i] = updated.clone();
                     entry = Cow::Owned(updated);
                     sel.force = true;
@@ -251,6 +264,19 @@ impl Session {
                 (Some(m), Need::Everything) => Some(mime::parse(m)),
                 _ => None,
             };
+            // BINARY of a message stored as given decodes the stored bytes.
+            let stored = if wants_binary {
+                message::read_as_stored(&sel.folder, &entry).map(|raw| {
+                    let root = mime::parse(&raw);
+                    (raw, root)
+                })
+            } else {
+                None
+            };
+            let (binary_of, binary_structure) = match &stored {
+                Some((raw, root)) => (&raw[..], Some(root)),
+                None => (message.as_deref().unwrap_or(b""), structure.as_ref()),
+            };
             for item in items {
                 sep(&mut out);
                 match item {
@@ -259,8 +285,7 @@ impl Session {
                     }
                     FetchItem::Binary { part, partial, .. } => {
                         out.extend_from_slice(format!("BINARY[{}]", part_number(part)).as_bytes());
-                        let m = message.as_deref().unwrap_or(b"");
-                        match mime::binary_data(m, structure.as_ref(), part) {
+                        match mime::binary_data(binary_of, binary_structure, part) {
                             mime::Binary::Data(data) => {
                                 let data = match partial {
                                     Some((origin, count)) => {
@@ -286,8 +311,7 @@ impl Session {
                         out.extend_from_slice(
                             format!("BINARY.SIZE[{}] ", part_number(part)).as_bytes(),
                         );
-                        let m = message.as_deref().unwrap_or(b"");
-                        match mime::binary_data(m, structure.as_ref(), part) {
+                        match mime::binary_data(binary_of, binary_structure, part) {
                             mime::Binary::Data(data) => {
                                 out.extend_from_slice(data.len().to_string().as_bytes())
                             }
@@ -376,9 +400,19 @@ impl Session {
                         out.push(b']');
                         let m = message.as_deref().unwrap_or(b"");
                         let data = mime::section_data(m, structure.as_ref(), section);
-                        // A part holding a NUL goes content-transfer-encoded.
+                        // A part holding a NUL goes content-transfer-encoded:
+                        // its bytes as stored, when it was stored as given.
                         let data = match (data, section.part.is_empty(), &section.text) {
-                            (Some(d), false, SectionText::Full) => Some(mime::without_nul(d)),
+                            (Some(d), false, SectionText::Full) if d.contains(&0) => {
+                                let d = match &stored {
+                                    Some(_) => {
+                                        mime::section_data(binary_of, binary_structure, section)
+                                            .unwrap_or(d)
+                                    }
+                                    None => d,
+                                };
+                                Some(mime::without_nul(d))
+                            }
                             (d, _, _) => d,
                         };
                         match (data, partial) {

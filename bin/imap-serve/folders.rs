@@ -8,10 +8,12 @@ use postroom::net::NetError;
 use postroom::proto::imap::command::{
     Appended, Bound, ListOptions, Qresync, SequenceSet, StatusItem,
 };
-use postroom::proto::imap::response::{all_flags, astring, permanent_flags};
+use postroom::proto::imap::response::{all_flags, astring};
+use postroom::store::mailbox::acl::{self as folder_acl, Rights};
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::{Appending, Folder, MailboxName, flags};
+use postroom::store::mailbox::{Appending, MailboxName, flags};
 
+use crate::acl::overlay;
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
 
@@ -49,7 +51,6 @@ impl Session {
         read_only: bool,
         qresync: Option<&Qresync>,
     ) -> Result<Done, NetError> {
-        let mailbox = mailbox_or_bad!(self);
         if self.selected.take().is_some() && (self.rev2 || self.qresync) {
             self.out(b"* OK [CLOSED] previous mailbox closed\r\n")
                 .await?;
@@ -58,7 +59,23 @@ impl Session {
             Ok(n) => n,
             Err(done) => return Ok(done),
         };
-        let folder = mailbox.folder(&name);
+        let target = match self.target_of(&name) {
+            Ok(t) => t,
+            Err(done) => return Ok(done),
+        };
+        if let Err(done) = target.need(Rights::LOOKUP.with(Rights::READ)) {
+            return Ok(done);
+        }
+        // Nothing to change without s, w, t or e: read-only, as RFC 4314
+        // §4 allows.
+        let read_only = read_only
+            || !target.rights.any(
+                Rights::SEEN
+                    .with(Rights::WRITE)
+                    .with(Rights::DELETE_MESSAGES)
+                    .with(Rights::EXPUNGE),
+            );
+        let folder = target.folder();
         // The state other sessions of this process share: an unchanged
         // folder is not read again, however big.
         let shared = self.shared.folders.open(folder.clone());
@@ -66,13 +83,15 @@ impl Session {
             Ok(s) => s,
             Err(e) => return Ok(e.into()),
         };
+        let seen = self.seen_for(&target, state.validity);
+        let private = seen.as_ref().map(|s| s.uids());
         let mut out = Vec::with_capacity(512);
         let flags_line = all_flags(&state.keywords);
         out.extend_from_slice(format!("* FLAGS {flags_line}\r\n").as_bytes());
         let permanent = if read_only {
             "()".to_string()
         } else {
-            permanent_flags(&state.keywords)
+            crate::acl::permanent_flags(&state.keywords, target.rights)
         };
         out.extend_from_slice(format!("* OK [PERMANENTFLAGS {permanent}] flags\r\n").as_bytes());
         out.extend_from_slice(format!("* {} EXISTS\r\n", state.entries.len()).as_bytes());
@@ -94,7 +113,7 @@ impl Session {
             if let Some(first) = state
                 .entries
                 .iter()
-                .position(|e| !e.flags().has(flags::SEEN))
+                .position(|e| !overlay(e.flags(), e.uid, private).has(flags::SEEN))
             {
                 out.extend_from_slice(
                     format!("* OK [UNSEEN {}] first unseen\r\n", first + 1).as_bytes(),
@@ -114,6 +133,8 @@ impl Session {
             folder,
             shared,
             read_only,
+            rights: target.rights,
+            seen,
             synced: std::sync::Arc::downgrade(&state.entries),
             view: state.entries,
             keywords: state.keywords,
@@ -123,6 +144,7 @@ impl Session {
             held_back: false,
             recent,
             report_recent: !self.rev2,
+            contexts: Vec::new(),
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest. A folder the index gave,
@@ -148,10 +170,6 @@ impl Session {
     }
 
     pub fn create(&mut self, wire: &str, uses: &[String]) -> Done {
-        let mailbox = match self.mailbox() {
-            Ok(m) => m,
-            Err(done) => return done,
-        };
         // A trailing delimiter only says the name will have children.
         let wire = wire.strip_suffix('.').unwrap_or(wire);
         let name = match self.name(wire) {
@@ -161,6 +179,14 @@ impl Session {
         if name.is_inbox() {
             return Done::No("[ALREADYEXISTS] INBOX always exists".into());
         }
+        let target = match self.target_of(&name) {
+            Ok(t) => t,
+            Err(done) => return done,
+        };
+        if !target.is_personal() {
+            return self.create_in_other_tree(&name, &target);
+        }
+        let mailbox = target.mailbox;
         let created = match uses {
             [] => mailbox.create(&name).map(Some),
             [special] => mailbox.create_special(&name, special),
@@ -179,11 +205,43 @@ impl Session {
         }
     }
 
-    pub fn delete(&mut self, wire: &str) -> Done {
-        let mailbox = match self.mailbox() {
-            Ok(m) => m,
+    /// CREATE of a child in a folder of another tree: `k` on the parent
+    /// (RFC 4314 §4); the child starts with the parent's ACL, as in
+    /// Dovecot, so whoever could see the parent sees it.
+    fn create_in_other_tree(&mut self, name: &MailboxName, target: &crate::acl::Target) -> Done {
+        let Some(parent) = name.parents().last().and_then(|p| MailboxName::new(p).ok()) else {
+            return Done::No("[NOPERM] folders of this namespace are made by their owner".into());
+        };
+        let parent = match self.target_of(&parent) {
+            Ok(p) if p.space == target.space && p.folder().exists() => p,
+            Ok(_) => {
+                return Done::No(
+                    "[NOPERM] folders of this namespace are made by their owner".into(),
+                );
+            }
             Err(done) => return done,
         };
+        if let Err(done) = parent.need(Rights::CREATE) {
+            return done;
+        }
+        if let Err(e) = target.mailbox.create(&target.name) {
+            return e.into();
+        }
+        let inherited = match folder_acl::read(parent.folder().path()) {
+            Ok(acl) => acl.unwrap_or_default(),
+            Err(e) => return e.into(),
+        };
+        let ids: Vec<_> = inherited.grants.iter().map(|g| g.id.clone()).collect();
+        for id in ids {
+            let grants = inherited.clone();
+            if let Err(done) = self.change_acl(target, &id, move |acl| *acl = grants) {
+                return done;
+            }
+        }
+        Done::Ok("CREATE completed".into())
+    }
+
+    pub fn delete(&mut self, wire: &str) -> Done {
         let name = match self.name(wire) {
             Ok(n) => n,
             Err(done) => return done,
@@ -191,7 +249,14 @@ impl Session {
         if self.selected.as_ref().is_some_and(|s| s.name == name) {
             return Done::No("[INUSE] close the mailbox before deleting it".into());
         }
-        match mailbox.delete(&name) {
+        let target = match self.target_of(&name) {
+            Ok(t) => t,
+            Err(done) => return done,
+        };
+        if let Err(done) = target.need(Rights::DELETE_MAILBOX) {
+            return done;
+        }
+        match target.mailbox.delete(&target.name) {
             Ok(()) => Done::Ok("DELETE completed".into()),
             Err(e) => e.into(),
         }
@@ -209,11 +274,39 @@ impl Session {
         if to.is_inbox() {
             return Done::No("[ALREADYEXISTS] INBOX always exists".into());
         }
+        let personal = |n: &MailboxName| self.target_of(n).is_ok_and(|t| t.is_personal());
+        if !personal(&from) || !personal(&to) {
+            return Done::No(
+                "[NOPERM] shared and public folders are renamed by their owner (or the admin)"
+                    .into(),
+            );
+        }
         if to.as_str().starts_with(&format!("{from}.")) {
             return Done::No("[CANNOT] a mailbox cannot move into itself".into());
         }
+        // The folders that move (the children go along), for the
+        // sharing index.
+        let mut moved = Vec::new();
+        if !from.is_inbox() {
+            let prefix = format!("{from}.");
+            for name in mailbox.list().unwrap_or_default() {
+                let new = if name == from {
+                    Some(to.clone())
+                } else {
+                    name.as_str()
+                        .strip_prefix(&prefix)
+                        .and_then(|rest| MailboxName::new(&format!("{to}.{rest}")).ok())
+                };
+                if let Some(new) = new {
+                    moved.push((name, new));
+                }
+            }
+        }
         match mailbox.rename(&from, &to) {
-            Ok(()) => Done::Ok("RENAME completed".into()),
+            Ok(()) => {
+                self.reindex_renamed(&moved);
+                Done::Ok("RENAME completed".into())
+            }
             Err(e) => e.into(),
         }
     }
@@ -227,7 +320,11 @@ impl Session {
             Ok(n) => n,
             Err(done) => return done,
         };
-        if on && !mailbox.folder(&name).exists() {
+        if on
+            && !self
+                .target_of(&name)
+                .is_ok_and(|t| t.rights.has(Rights::LOOKUP) && t.folder().exists())
+        {
             return Done::No("[NONEXISTENT] no such mailbox".into());
         }
         match mailbox.subscribe(&[name], on) {
@@ -250,10 +347,15 @@ impl Session {
                 .await?;
             return Ok(Done::Ok(format!("{what} completed")));
         }
-        let existing = match mailbox.list() {
+        let mut existing = match mailbox.list() {
             Ok(l) => l,
             Err(e) => return Ok(e.into()),
         };
+        // Folders of other trees the user may see, under their namespaces.
+        let others: std::collections::BTreeMap<MailboxName, Rights> =
+            self.other_folders().into_iter().collect();
+        existing.extend(others.keys().cloned());
+        existing.sort();
         let subscribed: BTreeSet<MailboxName> = match mailbox.subscriptions() {
             Ok(s) => s.into_iter().collect(),
             Err(e) => return Ok(e.into()),
@@ -342,6 +444,10 @@ impl Session {
                 out.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
             }
             out.extend_from_slice(b"\r\n");
+            if options.return_myrights && present && !lsub {
+                let rights = others.get(name).copied().unwrap_or(Rights::ALL);
+                out.extend_from_slice(&self.myrights_line(name, rights));
+            }
             if present && !options.status.is_empty() {
                 listed.push(name.clone());
             }
@@ -352,8 +458,13 @@ impl Session {
         }
         self.out(&out).await?;
         for name in listed {
-            let folder = mailbox.folder(&name);
-            if let Some(line) = self.status_line(&name, &folder, &options.status) {
+            let Ok(target) = self.target_of(&name) else {
+                continue;
+            };
+            if !target.rights.has(Rights::READ) {
+                continue;
+            }
+            if let Some(line) = self.status_line(&name, &target, &options.status) {
                 self.out(line.as_bytes()).await?;
             }
         }
@@ -364,10 +475,14 @@ impl Session {
     fn status_line(
         &self,
         name: &MailboxName,
-        folder: &Folder,
+        target: &crate::acl::Target,
         items: &[StatusItem],
     ) -> Option<String> {
+        let folder = &target.folder();
         let state = folder.sync().ok()?;
+        // The reader's own \Seen in a folder of another tree.
+        let seen = self.seen_for(target, state.validity);
+        let private = seen.as_ref().map(|s| s.uids());
         let mut parts = Vec::new();
         for item in items {
             parts.push(match item {
@@ -389,7 +504,7 @@ impl Session {
                     state
                         .entries
                         .iter()
-                        .filter(|e| !e.flags().has(flags::SEEN))
+                        .filter(|e| !overlay(e.flags(), e.uid, private).has(flags::SEEN))
                         .count()
                 ),
                 StatusItem::Deleted => format!(
@@ -412,7 +527,13 @@ impl Session {
                     state
                         .entries
                         .iter()
-                        .map(|e| e.wire_size().unwrap_or(0))
+                        // A file stored as given counts its stored size:
+                        // STATUS reads no message (its CRs are a few bytes).
+                        .map(|e| {
+                            e.wire_size()
+                                .or_else(|| postroom::store::maildir::size_from_name(&e.base))
+                                .unwrap_or(0)
+                        })
                         .sum::<u64>()
                 ),
             });
@@ -425,16 +546,21 @@ impl Session {
     }
 
     pub async fn status(&mut self, wire: &str, items: &[StatusItem]) -> Result<Done, NetError> {
-        let mailbox = mailbox_or_bad!(self);
         let name = match self.name(wire) {
             Ok(n) => n,
             Err(done) => return Ok(done),
         };
-        let folder = mailbox.folder(&name);
-        if !folder.exists() {
+        let target = match self.target_of(&name) {
+            Ok(t) => t,
+            Err(done) => return Ok(done),
+        };
+        if let Err(done) = target.need(Rights::LOOKUP.with(Rights::READ)) {
+            return Ok(done);
+        }
+        if !target.folder().exists() {
             return Ok(Done::No("[NONEXISTENT] no such mailbox".into()));
         }
-        match self.status_line(&name, &folder, items) {
+        match self.status_line(&name, &target, items) {
             Some(line) => {
                 self.out(line.as_bytes()).await?;
                 Ok(Done::Ok("STATUS completed".into()))
@@ -447,45 +573,99 @@ impl Session {
 
     /// APPEND, and MULTIAPPEND (RFC 3502): all the messages or none.
     pub fn append(&mut self, wire: &str, messages: &[Appended]) -> Done {
-        let mailbox = match self.mailbox() {
-            Ok(m) => m,
+        let target = match self.target(wire) {
+            Ok(t) => t,
             Err(done) => return done,
         };
-        let name = match self.name(wire) {
-            Ok(n) => n,
-            Err(done) => return done,
-        };
-        let folder = mailbox.folder(&name);
+        if let Err(done) = target.need(Rights::INSERT) {
+            return done;
+        }
+        let folder = target.folder();
         if !folder.exists() {
             return Done::No("[TRYCREATE] no such mailbox".into());
         }
-        if messages.iter().any(|m| m.message.is_empty()) {
+        // CATENATE's messages are put together first: a bad URL fails the
+        // whole command before anything is stored.
+        let mut made = Vec::with_capacity(messages.len());
+        for m in messages {
+            made.push(if m.catenate.is_empty() {
+                None
+            } else {
+                match self.catenate(&m.catenate) {
+                    Ok(one) => Some(one),
+                    Err(done) => return done,
+                }
+            });
+        }
+        let bodies: Vec<(&[u8], bool)> = messages
+            .iter()
+            .zip(&made)
+            .map(|(m, made)| match made {
+                Some((text, binary)) => (&text[..], *binary),
+                None => (&m.message[..], m.binary),
+            })
+            .collect();
+        if bodies.iter().any(|(text, _)| text.is_empty()) {
             return Done::No("empty message".into());
         }
         let mut flags = Vec::with_capacity(messages.len());
+        let mut seen = Vec::with_capacity(messages.len());
         for m in messages {
-            match flags_from_names(&folder, &m.flags) {
-                Ok((f, _)) => flags.push(f),
+            // Flags the user may not set are left off (RFC 4314 §4).
+            let names: Vec<String> = m
+                .flags
+                .iter()
+                .filter(|n| {
+                    target
+                        .rights
+                        .has(crate::acl::rights_for_flags(&[(*n).clone()]))
+                })
+                .cloned()
+                .collect();
+            match flags_from_names(&folder, &names) {
+                Ok((mut f, _)) => {
+                    seen.push(f.has(flags::SEEN));
+                    if !target.is_personal() {
+                        // The reader's own \Seen goes to their file below.
+                        f.system &= !flags::SEEN;
+                    }
+                    flags.push(f)
+                }
                 Err(done) => return done,
             }
         }
-        let quota = self.login.as_ref().and_then(|l| l.quota);
+        let quota = target.quota;
         let batch: Vec<Appending<'_>> = messages
             .iter()
+            .zip(bodies)
             .zip(flags)
-            .map(|(m, flags)| Appending {
-                message: &m.message,
-                as_given: m.binary,
+            .map(|((m, (message, as_given)), flags)| Appending {
+                message,
+                as_given,
                 flags,
                 internal_date: m.date,
             })
             .collect();
         // All or none (Folder::append takes back what it stored).
         match folder.append(&batch, quota) {
-            Ok((validity, uids)) => Done::Ok(format!(
-                "[APPENDUID {validity} {}] APPEND completed",
-                SequenceSet::of_sorted(&uids)
-            )),
+            Ok((validity, uids)) => {
+                let seen_uids: Vec<u32> = uids
+                    .iter()
+                    .zip(&seen)
+                    .filter(|(_, s)| **s)
+                    .map(|(u, _)| *u)
+                    .collect();
+                if !seen_uids.is_empty()
+                    && let Some(private) = self.seen_for(&target, validity)
+                    && let Err(e) = private.set(&seen_uids, true)
+                {
+                    tracing::warn!("private \\Seen of {wire}: {e}");
+                }
+                Done::Ok(format!(
+                    "[APPENDUID {validity} {}] APPEND completed",
+                    SequenceSet::of_sorted(&uids)
+                ))
+            }
             Err(e) => e.into(),
         }
     }
@@ -499,11 +679,24 @@ impl Session {
                 Ok(n) => n,
                 Err(done) => return Ok(done),
             };
-            if !mailbox.folder(&name).exists() {
+            let target = match self.target_of(&name) {
+                Ok(t) => t,
+                Err(done) => return Ok(done),
+            };
+            if let Err(done) = target.need(Rights::LOOKUP) {
+                return Ok(done);
+            }
+            if !target.folder().exists() {
                 return Ok(Done::No("[NONEXISTENT] no such mailbox".into()));
             }
             out.extend_from_slice(b"* QUOTAROOT ");
             out.extend_from_slice(&self.wire_name(&name));
+            if !target.is_personal() {
+                // The owner's quota is theirs to know: no root here.
+                out.extend_from_slice(b"\r\n");
+                self.out(&out).await?;
+                return Ok(Done::Ok("completed".into()));
+            }
             if quota.is_some() {
                 out.extend_from_slice(b" \"\"");
             }

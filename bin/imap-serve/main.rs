@@ -13,12 +13,18 @@
 #![forbid(unsafe_code)]
 
 // The session, the view of the selected folder, and what the command
-// handlers share (message access, search-key matching)...
+// handlers share (message access, search-key matching, which folder a
+// name means and the rights on it)...
+mod acl;
 mod matching;
 mod message;
 mod session;
 mod view;
-// ...and the handlers, which point at those and never at each other.
+// ...and the handlers, which point at those and never at each other,
+// but for the search and sort contexts (RFC 5267), which the sync after
+// any command runs SEARCH and SORT again for.
+mod catenate;
+mod context;
 mod fetch;
 mod folders;
 mod search;

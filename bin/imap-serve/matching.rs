@@ -131,12 +131,14 @@ struct Context<'a> {
     recent: &'a [(u32, u32)],
     /// Held only when the key asks about mod-sequences.
     modseqs: Option<&'a ModSeqs>,
+    /// The reader's own \Seen, in a folder of another tree.
+    seen: Option<&'a [u32]>,
     count: u32,
     largest_uid: u32,
 }
 
 fn matches(key: &SearchKey, c: &mut Candidate<'_>, ctx: &Context<'_>) -> bool {
-    let f = c.entry.flags();
+    let f = crate::acl::overlay(c.entry.flags(), c.entry.uid, ctx.seen);
     match key {
         SearchKey::All => true,
         SearchKey::Flag(bit, set) => f.has(*bit) == *set,
@@ -213,6 +215,7 @@ pub fn matching(sel: &mut Selected, key: &SearchKey) -> Vec<usize> {
         keywords: &sel.keywords,
         recent: if sel.report_recent { &sel.recent } else { &[] },
         modseqs: modseqs.as_ref().and_then(|g| g.as_ref()),
+        seen: sel.seen.as_ref().map(|s| s.uids()),
         count: sel.view.len() as u32,
         largest_uid: sel.view.last().map_or(0, |e| e.uid),
     };

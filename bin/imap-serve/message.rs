@@ -71,16 +71,33 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
     } else {
         file.read_to_end(&mut raw).ok()?;
     }
-    if postroom::store::maildir::is_wire_form(&entry.base) {
-        // Stored as the client gave it (APPEND of binary content).
-        return Some(raw);
-    }
+    // A file stored as the client gave it (APPEND of a `~{n}` literal) is
+    // sent in the same wire form as any other, bare LFs and all made CRLF,
+    // as Dovecot and POP3 send it; only BINARY reads it as stored
+    // (`read_as_stored`).
     if whole {
         return Some(wire_form(&raw));
     }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
     WireForm::new().encode(&raw, &mut out);
     Some(out)
+}
+
+/// The bytes of a message file as stored, for BINARY of a file stored as
+/// the client gave it (`maildir::is_wire_form`), whose binary parts keep
+/// their bare LFs; `None` for any other file (its wire form is what
+/// BINARY decodes) or one that is gone.
+pub fn read_as_stored(folder: &Folder, entry: &Entry) -> Option<Vec<u8>> {
+    if !postroom::store::maildir::is_wire_form(&entry.base) {
+        return None;
+    }
+    let mut raw = Vec::new();
+    folder
+        .open_message(entry)
+        .ok()?
+        .read_to_end(&mut raw)
+        .ok()?;
+    Some(raw)
 }
 
 /// A record from the message's wire form (CRLF). `whole` says the text is

@@ -49,6 +49,14 @@ impl Session {
             .iter()
             .map(|&i| if uid { sel.view[i].uid } else { i as u32 + 1 })
             .collect();
+        let (ret, update) = crate::context::split_return(ret);
+        let refused = if update {
+            let uids = positions.iter().map(|&i| sel.view[i].uid).collect();
+            crate::context::open(sel, tag, uid, key, None, uids)
+        } else {
+            String::new()
+        };
+        let ret = ret.as_deref();
         // IMAP4rev2 answers every SEARCH with ESEARCH (RFC 9051 §7.3.4).
         let rev2_all = Vec::new();
         let ret = ret.or(session.rev2.then_some(&rev2_all[..]));
@@ -95,7 +103,9 @@ impl Session {
                 line.push_str(&format!(" (MODSEQ {highest})"));
             }
         }
-        session.out(format!("{line}\r\n").as_bytes()).await?;
+        session
+            .out(format!("{refused}{line}\r\n").as_bytes())
+            .await?;
         Ok(Done::Ok("SEARCH completed".into()))
     }
 }

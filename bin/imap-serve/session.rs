@@ -22,11 +22,11 @@ use std::sync::{Arc, Weak};
 
 use postroom::config::Config;
 use postroom::config::login::Service;
-use postroom::directory::access::Access;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
-use postroom::directory::reloading::Reloading;
+use postroom::directory::reloading::LoginFiles;
 use postroom::directory::users::Users;
 use postroom::net::{Connection, NetError};
+use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::shared::{Entries, Folders, SharedFolder};
@@ -56,8 +56,7 @@ const LITERALS_MAX: usize = 1000;
 pub struct Shared {
     pub config: Config,
     tls: Option<TlsAcceptor>,
-    users: Reloading<Users>,
-    access: Reloading<Access>,
+    files: LoginFiles,
     /// None when inotify is unavailable: IDLE then re-syncs on its timer.
     watcher: Option<Watcher>,
     /// The selected folders' entries and mod-sequences, one copy each.
@@ -67,8 +66,7 @@ pub struct Shared {
 impl Shared {
     /// Call inside the runtime (the watcher registers with it).
     pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = Reloading::users(&config)?;
-        let access = Reloading::access(&config)?;
+        let files = LoginFiles::load(&config)?;
         let watcher = match Watcher::new() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -79,8 +77,7 @@ impl Shared {
         Ok(Shared {
             config,
             tls,
-            users,
-            access,
+            files,
             watcher,
             folders: Folders::default(),
         })
@@ -92,18 +89,15 @@ impl Shared {
 
     /// The users, reloaded if the file changed; a version that does not
     /// load keeps the last good one in force (logged).
-    fn users(&self) -> Arc<Users> {
-        self.users.current()
-    }
-
-    /// The access rules, reloaded the same way.
-    fn access(&self) -> Arc<Access> {
-        self.access.current()
+    pub fn users(&self) -> Arc<Users> {
+        self.files.users()
     }
 }
 
 /// The logged-in user.
 pub struct Login {
+    /// The user's address, lower case (what ACLs name).
+    pub address: String,
     pub mailbox: Mailbox,
     pub quota: Option<u64>,
 }
@@ -115,6 +109,10 @@ pub struct Selected {
     /// What the sessions of this process know of the folder, one copy.
     pub shared: Arc<SharedFolder>,
     pub read_only: bool,
+    /// The user's rights on the folder (all of them on their own).
+    pub rights: Rights,
+    /// The user's own \Seen, in a folder of another tree (`acl`).
+    pub seen: Option<crate::acl::Seen>,
     /// Entries by sequence number - 1, UIDs ascending: the folder's
     /// shared entries as last synced while the view is those (an idle
     /// session's is), a copy of its own once it differs (a command
@@ -142,6 +140,8 @@ pub struct Selected {
     pub report_recent: bool,
     /// ENVELOPE, BODYSTRUCTURE, sizes and search fields already computed.
     pub cache: Cache,
+    /// Searches kept for updates (RFC 5267 contexts).
+    pub contexts: Vec<crate::context::Context>,
 }
 
 impl Selected {
@@ -158,7 +158,7 @@ impl Selected {
 
     /// A message's FLAGS, with \Recent where this session shows it.
     pub fn flags(&self, e: &Entry) -> String {
-        let mut list = flag_list(e.flags(), &self.keywords);
+        let mut list = flag_list(self.flags_of(e), &self.keywords);
         if self.is_recent(e.uid) {
             list.pop();
             if !list.ends_with('(') {
@@ -287,10 +287,8 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         errors: 0,
         auth_failures: 0,
     };
-    if let Some(ip) = session.conn.peer().map(|p| p.ip())
-        && !session.shared.access().allows(ip)
-    {
-        tracing::info!("refused by the access file");
+    if !session.shared.files.admits(session.conn.peer()) {
+        tracing::info!("denied by the access file");
         session.conn.write(b"* BYE access denied\r\n");
         let _ = session.conn.flush().await;
         return;
@@ -334,6 +332,9 @@ impl Session {
         } else {
             caps.extend([
                 "NAMESPACE",
+                "ACL",
+                "RIGHTS=texk",
+                "LIST-MYRIGHTS",
                 "UNSELECT",
                 "UIDPLUS",
                 "MOVE",
@@ -352,12 +353,15 @@ impl Session {
                 "SORT",
                 "SORT=DISPLAY",
                 "ESORT",
+                "CONTEXT=SEARCH",
+                "CONTEXT=SORT",
                 "PARTIAL",
                 "UTF8=ACCEPT",
                 "CREATE-SPECIAL-USE",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
                 "MULTIAPPEND",
+                "CATENATE",
             ]);
         }
         caps.join(" ")
@@ -531,17 +535,10 @@ impl Session {
                 self.conn.write(b"+ go ahead\r\n");
                 self.conn.flush().await?;
             }
-            buf.reserve(size);
-            self.conn.read_exact_into(size, &mut buf).await?;
-            let line_max = if pre_login {
-                // What is left of the command's allowance (at least the
-                // CRLF that ends it).
-                PRE_LOGIN_COMMAND_MAX.saturating_sub(buf.len()).max(2)
-            } else {
-                max_line
-            };
-            let rest = self.conn.read_line(line_max).await?;
-            buf.extend_from_slice(&rest);
+            let allowance = pre_login.then_some(PRE_LOGIN_COMMAND_MAX);
+            self.conn
+                .read_literal_then_line(&mut buf, size, true, max_line, allowance)
+                .await?;
         }
     }
 
@@ -624,10 +621,8 @@ impl Session {
                 self.out(enabled.as_bytes()).await?;
                 Done::Ok("ENABLE completed".into())
             }
-            Body::Namespace => {
-                self.out(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\n").await?;
-                Done::Ok("NAMESPACE completed".into())
-            }
+            Body::Namespace => self.namespace().await?,
+            Body::Acl(command) => self.acl_command(command).await?,
             Body::Select {
                 mailbox,
                 read_only,
@@ -674,6 +669,8 @@ impl Session {
                 if let Some(sel) = self.selected.take()
                     && close
                     && !sel.read_only
+                    // Without `e` CLOSE expunges nothing (RFC 4314 §4).
+                    && sel.rights.has(Rights::EXPUNGE)
                 {
                     let deleted: Vec<Entry> = sel
                         .folder
@@ -690,6 +687,7 @@ impl Session {
                 return Ok(Done::Ok("completed, no mailbox selected".into()));
             }
             Body::Expunge(uids) => self.expunge(uids.as_ref()).await?,
+            Body::CancelUpdate(tags) => self.cancel_update(&tags),
             Body::Search { uid, key, ret } => self.search(&tag, uid, &key, ret.as_deref()).await?,
             Body::Sort {
                 uid,
@@ -891,6 +889,7 @@ impl Session {
                 tracing::info!(user = %user.address, "logged in");
                 let default_quota = self.shared.config.delivery.default_quota;
                 self.login = Some(Login {
+                    address: user.address.to_lowercase(),
                     mailbox,
                     quota: user.quota.or((default_quota > 0).then_some(default_quota)),
                 });

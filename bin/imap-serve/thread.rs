@@ -27,7 +27,7 @@ use postroom::proto::imap::command::{SearchKey, SortKey};
 use postroom::proto::imap::response::{esearch, number_list};
 use postroom::store::mailbox::cache::Record;
 
-use crate::session::{Done, Session};
+use crate::session::{Done, Selected, Session};
 
 /// What SORT and THREAD know of one matched message.
 struct Item {
@@ -196,9 +196,15 @@ fn items(session: &mut Session, key: &SearchKey, fields: &[&str]) -> Result<Vec<
     let Some(sel) = session.selected.as_mut() else {
         return Err(Done::Bad("select a mailbox first".into()));
     };
+    Ok(items_of(sel, key, fields))
+}
+
+/// `fields`: the decoded header fields the caller reads (the rest of each
+/// record is not kept, `message::records`).
+fn items_of(sel: &mut Selected, key: &SearchKey, fields: &[&str]) -> Vec<Item> {
     let positions = crate::matching::matching(sel, key);
     let records = crate::message::records(sel, &positions, fields);
-    Ok(positions
+    positions
         .iter()
         .zip(records)
         .filter_map(|(&i, record)| {
@@ -208,7 +214,47 @@ fn items(session: &mut Session, key: &SearchKey, fields: &[&str]) -> Result<Vec<
                 record: record?,
             })
         })
-        .collect())
+        .collect()
+}
+
+/// The messages `key` matches in SORT order: (UID, sequence number).
+/// SORT answers with it, and a SORT context (RFC 5267) recomputes it.
+pub fn sort_order(
+    sel: &mut Selected,
+    criteria: &[(bool, SortKey)],
+    key: &SearchKey,
+) -> Vec<(u32, u32)> {
+    let fields: Vec<&str> = criteria
+        .iter()
+        .filter_map(|(_, k)| match k {
+            SortKey::Subject => Some("SUBJECT"),
+            SortKey::From | SortKey::DisplayFrom => Some("FROM"),
+            SortKey::To | SortKey::DisplayTo => Some("TO"),
+            SortKey::Cc => Some("CC"),
+            SortKey::Arrival | SortKey::Date | SortKey::Size => None,
+        })
+        .collect();
+    let items = items_of(sel, key, &fields);
+    // Every key computed once per message, not once per comparison.
+    let keys: Vec<Vec<SortValue>> = items
+        .iter()
+        .map(|item| criteria.iter().map(|(_, k)| sort_value(item, *k)).collect())
+        .collect();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| {
+        for (n, (reverse, _)) in criteria.iter().enumerate() {
+            let o = keys[a][n].cmp(&keys[b][n]);
+            let o = if *reverse { o.reverse() } else { o };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        items[a].seq.cmp(&items[b].seq)
+    });
+    order
+        .iter()
+        .map(|&i| (items[i].uid, items[i].seq))
+        .collect()
 }
 
 impl Session {
@@ -221,42 +267,25 @@ impl Session {
         ret: Option<&[String]>,
     ) -> Result<Done, NetError> {
         let session = self;
-        let fields: Vec<&str> = criteria
-            .iter()
-            .filter_map(|(_, k)| match k {
-                SortKey::Subject => Some("SUBJECT"),
-                SortKey::From | SortKey::DisplayFrom => Some("FROM"),
-                SortKey::To | SortKey::DisplayTo => Some("TO"),
-                SortKey::Cc => Some("CC"),
-                SortKey::Arrival | SortKey::Date | SortKey::Size => None,
-            })
-            .collect();
-        let items = match items(session, key, &fields) {
-            Ok(items) => items,
-            Err(done) => return Ok(done),
+        let Some(sel) = session.selected.as_mut() else {
+            return Ok(Done::Bad("select a mailbox first".into()));
         };
-        // Every key computed once per message, not once per comparison.
-        let keys: Vec<Vec<SortValue>> = items
+        let order = sort_order(sel, criteria, key);
+        let sorted: Vec<u32> = order
             .iter()
-            .map(|item| criteria.iter().map(|(_, k)| sort_value(item, *k)).collect())
+            .map(|&(u, seq)| if uid { u } else { seq })
             .collect();
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        order.sort_by(|&a, &b| {
-            for (n, (reverse, _)) in criteria.iter().enumerate() {
-                let o = keys[a][n].cmp(&keys[b][n]);
-                let o = if *reverse { o.reverse() } else { o };
-                if o != Ordering::Equal {
-                    return o;
-                }
-            }
-            items[a].seq.cmp(&items[b].seq)
-        });
-        let sorted: Vec<u32> = order.iter().map(|&i| items[i].number(uid)).collect();
+        let (ret, update) = crate::context::split_return(ret);
+        let mut line = String::new();
+        if update {
+            let uids = order.iter().map(|&(u, _)| u).collect();
+            line = crate::context::open(sel, tag, uid, key, Some(criteria), uids);
+        }
         // ESORT (RFC 5267): RETURN options answer as ESEARCH, in sort order.
-        let mut line = match ret {
+        line.push_str(&match &ret {
             Some(opts) => esearch(tag, uid, &sorted, opts),
             None => number_list("SORT", &sorted),
-        };
+        });
         line.push_str("\r\n");
         session.out(line.as_bytes()).await?;
         Ok(Done::Ok("SORT completed".into()))
@@ -792,9 +821,11 @@ mod tests {
     /// An item whose header fields come from a raw header, through the
     /// same decoding a real message gets.
     fn raw_item(seq: u32, header: &str) -> Item {
+        // A wire size stated in the name (W= unlike S=), so the header
+        // alone makes a record.
         let entry = postroom::store::mailbox::Entry {
             uid: seq + 100,
-            base: format!("{seq}.M1P1.h,S=1,W=1").into(),
+            base: format!("{seq}.M1P1.h,S=1,W=2").into(),
             info: "".into(),
         };
         let wire = format!("{header}\r\n\r\nbody\r\n");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
-use postroom::proto::imap::response::{all_flags, permanent_flags};
+use postroom::proto::imap::response::all_flags;
+use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::shared::Entries;
 use postroom::store::mailbox::{Entry, Flags, Folder, flags};
 
@@ -139,6 +140,7 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
+        sel.reload_seen();
         let state = match sel.shared.sync(sel.force) {
             Ok(s) => s,
             Err(e) => {
@@ -176,12 +178,13 @@ impl Session {
                 out.extend_from_slice(
                     format!(
                         "* OK [PERMANENTFLAGS {}] flags\r\n",
-                        permanent_flags(&sel.keywords)
+                        crate::acl::permanent_flags(&sel.keywords, sel.rights)
                     )
                     .as_bytes(),
                 );
             }
         }
+        let old_view = sel.view.clone();
         let merged = merge(&sel.view, &state.entries, expunge_ok);
         sel.held_back = merged.held_back;
         let vanished: Vec<u32> = merged.expunged.iter().map(|&i| sel.view[i].uid).collect();
@@ -199,6 +202,8 @@ impl Session {
         if condstore {
             sel.update_modseqs();
         }
+        let (removed_from, added_to) = crate::context::updates(sel, &old_view);
+        out.extend_from_slice(&removed_from);
         if qresync {
             // RFC 7162 §3.2.10: UIDs, not sequence numbers, once enabled.
             if !vanished.is_empty() {
@@ -238,6 +243,7 @@ impl Session {
         if sel.report_recent && (grew || sel.recent != recent_before) {
             out.extend_from_slice(sel.recent_line().as_bytes());
         }
+        out.extend_from_slice(&added_to);
         self.out(&out).await
     }
 
@@ -264,6 +270,13 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
+        let needed = crate::acl::rights_for_flags(names);
+        if !sel.rights.has(needed) {
+            return Ok(Done::No(format!(
+                "[NOPERM] you lack the right(s) {} on this mailbox to change these flags",
+                needed.without(sel.rights)
+            )));
+        }
         let (given, keywords) = match flags_from_names(&sel.folder, names) {
             Ok(f) => f,
             Err(done) => return Ok(done),
@@ -277,7 +290,7 @@ impl Session {
             out.extend_from_slice(
                 format!(
                     "* OK [PERMANENTFLAGS {}] flags\r\n",
-                    permanent_flags(&sel.keywords)
+                    crate::acl::permanent_flags(&sel.keywords, sel.rights)
                 )
                 .as_bytes(),
             );
@@ -287,25 +300,19 @@ impl Session {
             sel.update_modseqs();
         }
         let mut modified = Vec::new();
-        let mut stored = Vec::new();
+        let mut todo = Vec::with_capacity(positions.len());
         for i in positions {
-            let entry = sel.view[i].clone();
+            let uid_of = sel.view[i].uid;
             if let Some(since) = unchanged_since
-                && sel.modseq(entry.uid) > since
+                && sel.modseq(uid_of) > since
             {
-                modified.push(if uid { entry.uid } else { i as u32 + 1 });
+                modified.push(if uid { uid_of } else { i as u32 + 1 });
                 continue;
             }
-            // Start from the flags on disk: another session may have
-            // changed them since our last sync.
-            let current = match sel.folder.refresh(&entry) {
-                Ok(Some(e)) => e,
-                // Expunged by another session: nothing to store, and no
-                // failure either (the EXPUNGE follows when it may).
-                Ok(None) => continue,
-                Err(e) => return Ok(e.into()),
-            };
-            let old = current.flags();
+            todo.push(i);
+        }
+        let rights = sel.rights;
+        let change = |old: Flags| {
             let new = match mode {
                 StoreMode::Replace => Flags {
                     system: given.system,
@@ -320,17 +327,52 @@ impl Session {
                     keywords: old.keywords & !given.keywords,
                 },
             };
-            let updated = match sel.folder.set_flags(&current, new) {
-                Ok(Some(e)) => e,
-                // Expunged by another session: nothing to store, and no
-                // failure either (the EXPUNGE follows when it may).
-                Ok(None) => continue,
+            crate::acl::limit_change(old, new, rights)
+        };
+        let changed: Vec<Option<Entry>> = if sel.has_private_seen() {
+            // A reader of a shared folder keeps their own \Seen in a file of
+            // theirs: each message is changed on its own (acl.rs), since
+            // the batch below knows only the flags on disk.
+            let mut changed = Vec::with_capacity(todo.len());
+            for &i in &todo {
+                let entry = sel.view[i].clone();
+                let current = match sel.folder.refresh(&entry) {
+                    Ok(Some(e)) => e,
+                    Ok(None) => {
+                        changed.push(None);
+                        continue;
+                    }
+                    Err(e) => return Ok(e.into()),
+                };
+                let new = change(sel.flags_of(&current));
+                match sel.set_flags(&current, new) {
+                    Ok(updated) => changed.push(updated),
+                    Err(e) => return Ok(e.into()),
+                }
+            }
+            changed
+        } else {
+            // One pass over the files, from the flags on disk (another
+            // session may have changed them since our last sync).
+            let entries: Vec<Entry> = todo.iter().map(|&i| sel.view[i].clone()).collect();
+            match sel.folder.change_flags(&entries, &change) {
+                Ok(c) => c,
                 Err(e) => return Ok(e.into()),
-            };
+            }
+        };
+        let mut stored = Vec::with_capacity(todo.len());
+        if changed.iter().any(Option::is_some) {
             // The view becomes this session's own (copied once) until
             // the sync after the command finds the folder agreeing again.
-            Arc::make_mut(&mut sel.view)[i] = updated;
-            stored.push(i);
+            let view = Arc::make_mut(&mut sel.view);
+            for (i, updated) in todo.into_iter().zip(changed) {
+                // Expunged by another session: nothing to store, and no
+                // failure either (the EXPUNGE follows when it may).
+                if let Some(updated) = updated {
+                    view[i] = updated;
+                    stored.push(i);
+                }
+            }
         }
         if condstore {
             sel.update_modseqs();
@@ -386,6 +428,11 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
+        if !sel.rights.has(Rights::EXPUNGE) {
+            return Ok(Done::No(
+                "[NOPERM] you lack the right e (expunge) on this mailbox".into(),
+            ));
+        }
         let candidates: Vec<&Entry> = match only {
             Some(positions) => positions.into_iter().map(|i| &sel.view[i]).collect(),
             None => sel.view.iter().collect(),
@@ -418,14 +465,13 @@ impl Session {
             Ok(p) => p,
             Err(done) => return Ok(done),
         };
-        let mailbox = match self.mailbox() {
-            Ok(m) => m,
+        let target = match self.target(wire) {
+            Ok(t) => t,
             Err(done) => return Ok(done),
         };
-        let name = match self.name(wire) {
-            Ok(n) => n,
-            Err(done) => return Ok(done),
-        };
+        if let Err(done) = target.need(Rights::INSERT) {
+            return Ok(done);
+        }
         let Some(sel) = self.selected.as_mut() else {
             return Ok(Done::Bad("select a mailbox first".into()));
         };
@@ -434,7 +480,17 @@ impl Session {
                 "[READ-ONLY] the mailbox is read-only (EXAMINE)".into(),
             ));
         }
-        let dest = mailbox.folder(&name);
+        // MOVE takes the messages away: t and e on the source (RFC 6851 §3.3).
+        if remove
+            && !sel
+                .rights
+                .has(Rights::DELETE_MESSAGES.with(Rights::EXPUNGE))
+        {
+            return Ok(Done::No(
+                "[NOPERM] MOVE needs the rights t and e on this mailbox; COPY instead".into(),
+            ));
+        }
+        let dest = target.folder();
         if !dest.exists() {
             return Ok(Done::No("[TRYCREATE] no such mailbox".into()));
         }
@@ -443,15 +499,22 @@ impl Session {
             return Ok(Done::Ok(format!("{what} completed (nothing to do)")));
         }
         let entries: Vec<Entry> = positions.iter().map(|&i| sel.view[i].clone()).collect();
-        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, remove) {
+        // All or none, as Dovecot does: a message of the set another
+        // session expunged fails the command and nothing is copied or
+        // moved (RFC 9051 §6.4.7 keeps a failed COPY from changing the
+        // destination). The EXPUNGE follows at the first command that
+        // may send it (at once after a UID COPY/MOVE).
+        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, remove, true) {
             Ok(r) => r,
             Err(e) => return Ok(e.into()),
         };
         sel.force = true;
         if pairs.is_empty() {
-            return Ok(Done::No(
-                "[EXPUNGEISSUED] the messages were expunged meanwhile".into(),
-            ));
+            return Ok(Done::No(format!(
+                "[EXPUNGEISSUED] some of the messages were expunged meanwhile, \
+                 nothing was {}; NOOP reports them, then {what} the rest",
+                if remove { "moved" } else { "copied" }
+            )));
         }
         let src: Vec<String> = pairs.iter().map(|(s, _)| s.to_string()).collect();
         let dst: Vec<String> = pairs.iter().map(|(_, d)| d.to_string()).collect();

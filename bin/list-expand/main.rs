@@ -5,7 +5,8 @@
 //! it takes one post on stdin, decides by the list's policy whether it
 //! goes out, is held for a moderator or is refused, and sends an accepted
 //! post to every member as one queued message (one body, one recipient
-//! line per member) with the RFC 2369 and RFC 2919 headers added.
+//! line per member), or with one-click unsubscribe URLs as one message a
+//! member, with the RFC 2369, RFC 2919 and RFC 8058 headers added.
 //!
 //! Exit codes for `post` follow the delivery contract (`postroom-queue(5)`):
 //! 0 accepted, held or dropped as a loop; 77 refused (the text printed

@@ -9,6 +9,7 @@ use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, ReversePath};
 use postroom::proto::message;
 use postroom::store::maildir::{Maildir, Message};
+use postroom::store::queue;
 
 use crate::EX_NOPERM;
 
@@ -75,8 +76,16 @@ pub fn post(config: &Config, list: &List, sender: &ReversePath, raw: &[u8]) -> a
     Ok(0)
 }
 
-/// Sends an accepted post to the members: headers added, archived, one
-/// queued message for all.
+/// Sends an accepted post to the members: headers added, archived, and
+/// queued as one message for all, or, when the list has an
+/// `unsubscribe_url`, one message a member.
+///
+/// Why a copy a member then: RFC 8058 wants the one-click URL to name its
+/// recipient and List-Unsubscribe to be covered by the DKIM signature, and
+/// signing happens when a message is queued, so a header that differs per
+/// member needs a queued (and signed) copy per member. VERP already sends
+/// each member their own SMTP transaction, so what it adds is a queue
+/// file, its fsyncs and a signature per member (`list-expand(1)`, COSTS).
 pub fn distribute(
     config: &Config,
     list: &List,
@@ -105,13 +114,33 @@ pub fn distribute(
     // now makes the whole post wait (exit 75) rather than go out without
     // members who may well exist (a missing users file, an include file
     // unreadable now). One who does not exist is left out.
-    let recipients = submit::resolve(&directory, &members, Unresolvable::SkipUnknown)
-        .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
+    let per_member = list.config.unsubscribe_url.is_some();
+    let mut copies: Vec<(Option<Address>, Vec<queue::Recipient>)> = Vec::new();
+    if per_member {
+        for member in members {
+            let routes = submit::resolve(
+                &directory,
+                std::slice::from_ref(&member),
+                Unresolvable::SkipUnknown,
+            )
+            .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
+            if !routes.is_empty() {
+                copies.push((Some(member), routes));
+            }
+        }
+    } else {
+        let routes = submit::resolve(&directory, &members, Unresolvable::SkipUnknown)
+            .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
+        if !routes.is_empty() {
+            copies.push((None, routes));
+        }
+    }
     if list.config.archive {
+        let archived = [unsubscribe_headers(list, None)?.as_bytes(), &outgoing].concat();
         Maildir::new(list.archive_dir())
             .deliver(Message {
                 prepend: b"",
-                body: &mut &outgoing[..],
+                body: &mut &archived[..],
                 base_name: None,
                 search_cur: false,
                 end_header: true,
@@ -120,7 +149,7 @@ pub fn distribute(
             })
             .context("archiving the post")?;
     }
-    if recipients.is_empty() {
+    if copies.is_empty() {
         tracing::info!(list = %list.address, %sender, "no member to send to");
         return Ok(());
     }
@@ -128,19 +157,70 @@ pub fn distribute(
         .bounce_address()
         .map(ReversePath::Address)
         .unwrap_or(ReversePath::Null);
-    let mut submission = Submission::new(bounces, Recipients::Routes(recipients));
-    // Each member's copy gets its own return path, so a bounce says who.
-    submission.verp = true;
-    // Mail to many waits behind mail a person is waiting for.
-    submission.priority = postroom::store::queue::Priority::Low;
-    let id = submit::submit(config, &directory, submission, &outgoing)?;
-    tracing::info!(list = %list.address, %sender, queue_id = %id, "post queued");
+    let count = copies.len();
+    let queue_copy = |(member, routes): (Option<Address>, Vec<queue::Recipient>)| {
+        let copy = [
+            unsubscribe_headers(list, member.as_ref())?.as_bytes(),
+            &outgoing,
+        ]
+        .concat();
+        let mut submission = Submission::new(bounces.clone(), Recipients::Routes(routes));
+        // Each member's copy gets its own return path, so a bounce says who.
+        submission.verp = true;
+        // Someone's post passed on: sealed with ARC, so a receiver can trust
+        // the authentication it had here, before the footer and tag broke it.
+        submission.passed_on = true;
+        // Mail to many waits behind mail a person is waiting for.
+        submission.priority = postroom::store::queue::Priority::Low;
+        let id = submit::submit(config, &directory, submission, &copy)?;
+        tracing::debug!(list = %list.address, queue_id = %id, "copy queued");
+        anyhow::Ok(())
+    };
+    if count == 1 {
+        copies.into_iter().try_for_each(queue_copy)?;
+    } else {
+        // A copy costs two fsyncs and almost no CPU: committed from many
+        // threads at once, the filesystem's journal takes the fsyncs
+        // together instead of one after another (`list-expand(1)`, COSTS).
+        use rayon::prelude::*;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(COMMIT_THREADS)
+            .build()?
+            .install(|| copies.into_par_iter().try_for_each(queue_copy))
+            // A failure part way through sends the post again when it is
+            // retried (exit 75), so some members may get it twice: never
+            // none.
+            .with_context(|| format!("queueing the post's {count} copies (some may be queued)"))?;
+    }
+    tracing::info!(list = %list.address, %sender, copies = count, "post queued");
     Ok(())
+}
+
+/// Threads that commit a post's copies to the queue at once.
+const COMMIT_THREADS: usize = 32;
+
+/// List-Unsubscribe (RFC 2369) and, for a member of a list with an
+/// `unsubscribe_url`, that member's one-click URL and
+/// List-Unsubscribe-Post (RFC 8058), served by `list-web`. The mailto form
+/// is always there.
+fn unsubscribe_headers(list: &List, member: Option<&Address>) -> anyhow::Result<String> {
+    let request = list.request_address();
+    let url = match member {
+        Some(member) => list.one_click_url(member)?,
+        None => None,
+    };
+    Ok(match url {
+        Some(url) => format!(
+            "List-Unsubscribe: <{url}>,\r\n <mailto:{request}?subject=unsubscribe>\r\n\
+             List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        ),
+        None => format!("List-Unsubscribe: <mailto:{request}?subject=unsubscribe>\r\n"),
+    })
 }
 
 /// The post as members get it: the Return-Path delivery added, the held
 /// marker and another list's List-* headers removed; List-Id (RFC 2919),
-/// List-Post, List-Help, List-Subscribe, List-Unsubscribe (RFC 2369),
+/// List-Post, List-Help, List-Subscribe (RFC 2369),
 /// Precedence and X-Loop added; the subject tag in front; Reply-To as
 /// configured.
 fn list_headers(list: &List, post: &[u8]) -> Vec<u8> {
@@ -177,17 +257,7 @@ fn list_headers(list: &List, post: &[u8]) -> Vec<u8> {
          List-Subscribe: <mailto:{request}?subject=subscribe>\r\n",
         list.list_id()
     );
-    // RFC 8058 one-click unsubscribe needs an HTTPS endpoint the site runs;
-    // the mailto form is always there.
-    match &list.config.unsubscribe_url {
-        Some(url) => added.push_str(&format!(
-            "List-Unsubscribe: <{url}>, <mailto:{request}?subject=unsubscribe>\r\n\
-             List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-        )),
-        None => added.push_str(&format!(
-            "List-Unsubscribe: <mailto:{request}?subject=unsubscribe>\r\n"
-        )),
-    }
+    // List-Unsubscribe is added per copy: see `unsubscribe_headers`.
     added.push_str(&format!("Precedence: list\r\nX-Loop: {address}\r\n"));
     if list.config.reply_to == ReplyTo::List {
         added.push_str(&format!("Reply-To: <{address}>\r\n"));

@@ -13,8 +13,6 @@
 use mail_parser::MessageParser;
 use postroom::config::Config;
 use postroom::delivery::lists::List;
-use postroom::delivery::submit::{Recipients, Submission, SubmitError, Unresolvable, submit};
-use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, ReversePath};
 
 use crate::post::{distribute, take_held};
@@ -81,7 +79,7 @@ pub fn request(
     if replies.is_empty() {
         replies.push(help(list));
     }
-    send_reply(config, list, &from, &subject, &replies.join("\r\n"))?;
+    list.reply(config, &from, &subject, &replies.join("\r\n"))?;
     Ok(0)
 }
 
@@ -101,15 +99,14 @@ fn command(
         list.is_owner(from) || list.roster("moderators")?.contains(&from.lookup_key());
     let reply = match words.as_slice() {
         ["help"] => help(list),
-        ["subscribe"] | ["join"] => {
-            let token = list.new_token("subscribe", from)?;
-            *subject = format!("confirm {token}");
-            confirm_request(list, "subscribe", from, &token)
-        }
-        ["unsubscribe"] | ["leave"] => {
-            let token = list.new_token("unsubscribe", from)?;
-            *subject = format!("confirm {token}");
-            confirm_request(list, "unsubscribe", from, &token)
+        [action @ ("subscribe" | "join" | "unsubscribe" | "leave")] => {
+            let action = match *action {
+                "subscribe" | "join" => "subscribe",
+                _ => "unsubscribe",
+            };
+            let (confirm_subject, text) = list.confirmation(action, from)?;
+            *subject = confirm_subject;
+            text
         }
         ["confirm", token] => match list.take_token(token)? {
             Some((action, who)) if action == "subscribe" => {
@@ -179,18 +176,6 @@ fn command(
     Ok(Some(reply))
 }
 
-fn confirm_request(list: &List, action: &str, who: &Address, token: &str) -> String {
-    format!(
-        "To {action} {who} {} {}, reply to this message keeping the subject, or send\r\n\
-         a message to {} with this line:\r\n\r\n    confirm {token}\r\n\r\n\
-         The confirmation is good for {} hours. If you did not ask for this, do nothing.",
-        if action == "subscribe" { "to" } else { "from" },
-        list.address,
-        list.request_address(),
-        list.config.confirm_seconds / 3600
-    )
-}
-
 fn help(list: &List) -> String {
     format!(
         "Commands for {list} (in the subject or one a line in the body of a message to {request}):\r\n\r\n\
@@ -203,34 +188,4 @@ fn help(list: &List) -> String {
         list = list.address,
         request = list.request_address()
     )
-}
-
-/// Queues a reply from the request address (null sender, auto-replied).
-fn send_reply(
-    config: &Config,
-    list: &List,
-    to: &Address,
-    subject: &str,
-    text: &str,
-) -> anyhow::Result<()> {
-    let message = mail_builder::MessageBuilder::new()
-        .from(list.request_address())
-        .to(to.to_string())
-        .subject(subject)
-        .header(
-            "Auto-Submitted",
-            mail_builder::headers::raw::Raw::new("auto-replied"),
-        )
-        .text_body(text)
-        .write_to_vec()?;
-    let directory = Directory::load(config)?;
-    let submission = Submission::new(
-        ReversePath::Null,
-        Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
-    );
-    match submit(config, &directory, submission, &message) {
-        // An address that expands to nobody gets no reply, and that is all.
-        Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }

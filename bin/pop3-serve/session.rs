@@ -19,16 +19,12 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use postroom::config::Config;
 use postroom::config::login::Service;
-use postroom::directory::access::Access;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
-use postroom::directory::reloading::Reloading;
-use postroom::directory::users::{self, Users};
+use postroom::directory::users;
 use postroom::net::{Connection, NetError};
 use postroom::proto::pop3::{self, Command, MessageNumber, ParseError, Password, Transmit};
 use postroom::store::mailbox::maildrop::Maildrop;
-use tokio_rustls::TlsAcceptor;
 
 /// Failed logins before the session is dropped.
 const AUTH_FAILURES_MAX: u32 = 3;
@@ -36,36 +32,7 @@ const AUTH_FAILURES_MAX: u32 = 3;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// What every session of this process shares.
-pub struct Shared {
-    pub config: Config,
-    tls: Option<TlsAcceptor>,
-    users: Reloading<Users>,
-    access: Reloading<Access>,
-}
-
-impl Shared {
-    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
-        let users = Reloading::users(&config)?;
-        let access = Reloading::access(&config)?;
-        Ok(Shared {
-            config,
-            tls,
-            users,
-            access,
-        })
-    }
-
-    /// The users, reloaded if the file changed; a version that does not
-    /// load keeps the last good one in force (logged).
-    fn users(&self) -> Arc<Users> {
-        self.users.current()
-    }
-
-    /// The access rules, reloaded the same way.
-    fn access(&self) -> Arc<Access> {
-        self.access.current()
-    }
-}
+pub use postroom::net::server::LoginShared as Shared;
 
 enum State {
     /// Before login; USER's name waits here for PASS.
@@ -98,10 +65,8 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         auth_failures: 0,
         retrieved: 0,
     };
-    if let Some(ip) = session.conn.peer().map(|p| p.ip())
-        && !session.shared.access().allows(ip)
-    {
-        tracing::info!(%ip, "denied by the access file");
+    if !session.shared.files.admits(session.conn.peer()) {
+        tracing::info!("denied by the access file");
         session.conn.write(b"-ERR [SYS/PERM] access denied\r\n");
         let _ = session.conn.flush().await;
         return;
@@ -252,14 +217,13 @@ impl Session {
     }
 
     async fn stls(&mut self) -> Result<(), NetError> {
-        let Some(acceptor) = self.shared.tls.clone() else {
-            self.error("TLS is not available here");
-            return Ok(());
+        let acceptor = match self.conn.starttls_acceptor(self.shared.tls.as_ref()) {
+            Ok(acceptor) => acceptor,
+            Err(why) => {
+                self.error(why);
+                return Ok(());
+            }
         };
-        if self.conn.is_tls() {
-            self.error("TLS is already active");
-            return Ok(());
-        }
         self.ok("begin TLS negotiation");
         // start_tls sends the reply, then discards anything the client sent
         // after STLS in the clear (CVE-2011-0411 class).
@@ -355,7 +319,13 @@ impl Session {
         let ip = self.conn.peer().map(|p| p.ip());
         let tried = login.clone();
         let checked = match AuthLimit::from_config(&self.shared.config)
-            .check_password(Service::Pop3, ip, self.shared.users(), login, password.0)
+            .check_password(
+                Service::Pop3,
+                ip,
+                self.shared.files.users(),
+                login,
+                password.0,
+            )
             .await
         {
             Err(CheckError::Refused(why)) => {

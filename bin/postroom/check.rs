@@ -189,12 +189,17 @@ fn check_postmaster(config: &Config, report: &mut Report) {
     }
 }
 
-/// Secret files readable by every local user: password hashes, keys.
+/// Secret files readable by every local user: password hashes, keys,
+/// the SRS and list unsubscribe secrets.
 fn check_secrets(config: &Config, report: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
     let mut secrets = vec![config.users_file(), config.tls_key()];
     if let Some(file) = &config.sieve.srs_secret_file {
         secrets.push(config.path(file));
+    }
+    // Each list's one-click unsubscribe key (postroom-lists(5)).
+    for list in postroom::delivery::lists::List::all(config).unwrap_or_default() {
+        secrets.push(postroom::delivery::lists::List::dir_for(config, &list).join("secret"));
     }
     for file in secrets {
         let Ok(meta) = std::fs::metadata(&file) else {

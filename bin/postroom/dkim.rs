@@ -64,6 +64,7 @@ fn keygen(
         selector: selector.clone(),
         algorithm,
         key: PathBuf::new(),
+        arc: None,
     };
     let appended = |text: &str, key: &DkimKey| -> anyhow::Result<String> {
         let mut text = text.to_string();

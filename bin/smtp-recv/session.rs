@@ -79,7 +79,7 @@ impl Shared {
             Some(postroom::net::dns::resolver(&config)?)
         };
         let checks = &config.smtp;
-        let authenticator = if checks.spf || checks.dkim || checks.dmarc {
+        let authenticator = if checks.spf || checks.dkim || checks.dmarc || checks.arc {
             Some(postroom::net::dns::authenticator(&config)?)
         } else {
             None
@@ -403,6 +403,17 @@ impl Session {
                     ));
                 } else {
                     text.push_str(&more().with_dmarc_result(&dmarc).to_string());
+                }
+            }
+            if config.smtp.arc {
+                let chain = !message.ams_headers.is_empty() || !message.as_headers.is_empty();
+                if too_large && chain {
+                    // As for DKIM: a chain not checked is no verdict, and
+                    // a redirect of it goes on unsealed (`delivery::arc`).
+                    text.push_str(&format!(";\r\n\tarc=neutral reason=\"{TOO_LARGE}\""));
+                } else {
+                    let arc = authenticator.verify_arc(message).await;
+                    text.push_str(&postroom::delivery::arc::result_entry(arc.result(), ip));
                 }
             }
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use base64::Engine;
 use postroom::delivery::deliver::Outcome;
 use postroom::delivery::envelope_smtp::{Offered, mail_command, rcpt_command};
+use postroom::net::tlsrpt::TlsFailure;
 use postroom::proto::address::ReversePath;
 use postroom::proto::smtp::DataEncoder;
 use postroom::store::queue::{Envelope, QueuedMessage, Recipient};
@@ -35,15 +36,22 @@ const BODY_CHUNK: usize = 64 << 10;
 pub enum SessionError {
     /// Try again later (or another host now).
     Temporary(String),
-    /// TLS could not be set up on a connection where it was only wanted;
-    /// the caller may try the host again without it.
-    TlsFailed(String),
+    /// TLS is required and the host offers no STARTTLS: deferred, and a
+    /// TLS report says `starttls-not-supported`.
+    NoStarttls(String),
+    /// TLS could not be set up, for the reason the kind says (from the
+    /// handshake's own error: what the TLS report records and whether
+    /// legacy TLS may be tried); the caller may try the host again without
+    /// it where TLS was only wanted.
+    TlsFailed(TlsFailure, String),
 }
 
 impl SessionError {
     pub fn text(&self) -> &str {
         match self {
-            SessionError::Temporary(t) | SessionError::TlsFailed(t) => t,
+            SessionError::Temporary(t)
+            | SessionError::NoStarttls(t)
+            | SessionError::TlsFailed(_, t) => t,
         }
     }
 }
@@ -203,7 +211,7 @@ impl Client {
                 client.hello(setup.helo).await?;
             } else if setup.tls_required {
                 client.quit().await;
-                return Err(SessionError::Temporary(format!(
+                return Err(SessionError::NoStarttls(format!(
                     "451 4.7.4 {where_} does not offer STARTTLS, and TLS is required for this destination"
                 )));
             }
@@ -248,7 +256,10 @@ impl Client {
         self.send(b"STARTTLS\r\n").await?;
         let reply = self.read_reply(self.command_timeout).await?;
         if reply.class() != 2 {
-            return Err(SessionError::TlsFailed(self.said(&reply)));
+            return Err(SessionError::TlsFailed(
+                TlsFailure::StarttlsNotSupported,
+                self.said(&reply),
+            ));
         }
         // Anything the server sent after its 220 arrived in plaintext and
         // must not be read as if it came over TLS (CVE-2011-0411's mirror).
@@ -272,7 +283,10 @@ impl Client {
         host: &str,
     ) -> Result<(), SessionError> {
         let name = ServerName::try_from(host.to_string()).map_err(|_| {
-            SessionError::TlsFailed(format!("421 4.7.5 {host}: not a name TLS can check"))
+            SessionError::TlsFailed(
+                TlsFailure::Other,
+                format!("421 4.7.5 {host}: not a name TLS can check"),
+            )
         })?;
         let tcp = self.starttls_command().await?;
         let connector = tokio_rustls::TlsConnector::from(config);
@@ -281,14 +295,14 @@ impl Client {
                 self.stream = Stream::Tls(Box::new(tls));
                 Ok(())
             }
-            Ok(Err(e)) => Err(SessionError::TlsFailed(format!(
-                "421 4.7.5 TLS with {} failed: {e}",
-                self.peer()
-            ))),
-            Err(_) => Err(SessionError::TlsFailed(format!(
-                "421 4.7.5 TLS with {} timed out",
-                self.peer()
-            ))),
+            Ok(Err(e)) => Err(SessionError::TlsFailed(
+                TlsFailure::of_handshake(&e),
+                format!("421 4.7.5 TLS with {} failed: {e}", self.peer()),
+            )),
+            Err(_) => Err(SessionError::TlsFailed(
+                TlsFailure::Other,
+                format!("421 4.7.5 TLS with {} timed out", self.peer()),
+            )),
         }
     }
 
@@ -305,27 +319,30 @@ impl Client {
             .danger_accept_invalid_certs(true)
             .danger_accept_invalid_hostnames(true)
             .build()
-            .map_err(|e| SessionError::TlsFailed(format!("421 4.7.5 OpenSSL: {e}")))?;
+            .map_err(|e| {
+                SessionError::TlsFailed(TlsFailure::Other, format!("421 4.7.5 OpenSSL: {e}"))
+            })?;
         let connector = tokio_native_tls::TlsConnector::from(connector);
         match timeout(self.command_timeout, connector.connect(host, tcp)).await {
             Ok(Ok(tls)) => {
                 self.stream = Stream::Legacy(Box::new(tls));
                 Ok(())
             }
-            Ok(Err(e)) => Err(SessionError::TlsFailed(format!(
-                "421 4.7.5 legacy TLS with {} failed: {e}",
-                self.peer()
-            ))),
-            Err(_) => Err(SessionError::TlsFailed(format!(
-                "421 4.7.5 legacy TLS with {} timed out",
-                self.peer()
-            ))),
+            Ok(Err(e)) => Err(SessionError::TlsFailed(
+                TlsFailure::Other,
+                format!("421 4.7.5 legacy TLS with {} failed: {e}", self.peer()),
+            )),
+            Err(_) => Err(SessionError::TlsFailed(
+                TlsFailure::Other,
+                format!("421 4.7.5 legacy TLS with {} timed out", self.peer()),
+            )),
         }
     }
 
     #[cfg(not(feature = "legacy-tls"))]
     async fn start_legacy_tls(&mut self, _host: &str) -> Result<(), SessionError> {
         Err(SessionError::TlsFailed(
+            TlsFailure::Other,
             "421 4.7.5 this smtp-send was built without the legacy-tls feature".into(),
         ))
     }
@@ -636,14 +653,6 @@ impl Client {
             Stream::Legacy(_) => true,
             _ => false,
         }
-    }
-
-    /// Whether a TLS failure is rustls finding no protocol version in
-    /// common with the peer (one that speaks only TLS 1.0 or 1.1).
-    pub fn is_protocol_version_failure(text: &str) -> bool {
-        text.contains("ProtocolVersion")
-            || text.contains("ServerDoesNotSupportTls12Or13")
-            || text.contains("SupportedVersionsExtensionRequired")
     }
 }
 

@@ -27,7 +27,7 @@ use postroom::net::dane::{self, Answer, Tlsa};
 use postroom::net::dns::{self, Exchanger, RouteError};
 use postroom::net::mta_sts::{Fetcher, KnownPolicy};
 use postroom::net::tls::ClientTls;
-use postroom::net::tlsrpt::{self, Applied, SessionLine};
+use postroom::net::tlsrpt::{self, Applied, SessionLine, TlsFailure};
 use postroom::proto::address::ReversePath;
 use postroom::proto::mta_sts::Mode;
 use postroom::store::queue::{Priority, QueuedMessage, Recipient};
@@ -108,6 +108,8 @@ pub struct Dispatcher {
     state_dir: PathBuf,
     /// The validating name servers DANE asks (`None` unless `dns.dnssec`).
     dane: Option<Vec<SocketAddr>>,
+    /// The TLSA answers of this run, kept for their TTL.
+    tlsa: dane::TlsaCache,
 }
 
 /// What protects the TLS of one host.
@@ -166,6 +168,7 @@ impl Dispatcher {
             credentials,
             queues: Mutex::new(HashMap::new()),
             sts,
+            tlsa: dane::TlsaCache::default(),
         })
     }
 
@@ -337,7 +340,11 @@ impl Dispatcher {
                 .get_or_init(|| dane::mx_is_secure(servers, timeout, domain))
                 .await;
             if secure {
-                match dane::tlsa_records(servers, timeout, host, destination.port).await {
+                match self
+                    .tlsa
+                    .records(servers, timeout, host, destination.port)
+                    .await
+                {
                     Answer::Secure(records) if !records.is_empty() => {
                         return Ok(HostPolicy::Dane(records));
                     }
@@ -445,10 +452,8 @@ impl Dispatcher {
                 Some((tlsrpt::STARTTLS_NOT_SUPPORTED, "no STARTTLS offered"))
             }
             Ok(_) => None,
-            Err(SessionError::TlsFailed(text)) => {
-                Some((tlsrpt::result_of_tls_error(text), text.as_str()))
-            }
-            Err(SessionError::Temporary(text)) if text.contains("4.7.4") => {
+            Err(SessionError::TlsFailed(kind, text)) => Some((kind.result_type(), text.as_str())),
+            Err(SessionError::NoStarttls(text)) => {
                 Some((tlsrpt::STARTTLS_NOT_SUPPORTED, text.as_str()))
             }
             Err(_) => None,
@@ -459,7 +464,7 @@ impl Dispatcher {
         let testing =
             matches!(policy, HostPolicy::Sts(known) if known.policy.mode == Mode::Testing);
         let result = match first {
-            Err(SessionError::TlsFailed(text)) if testing => {
+            Err(SessionError::TlsFailed(_, text)) if testing => {
                 tracing::info!(host, error = %text, "MTA-STS testing: the certificate check failed; going on as without a policy");
                 setup.tls = own_tls;
                 setup.tls_required = own_required;
@@ -470,10 +475,8 @@ impl Dispatcher {
         // A peer that speaks only TLS 1.0/1.1 gets OpenSSL before it gets
         // plaintext, where the policy is opportunistic (legacy-tls).
         let result = match result {
-            Err(SessionError::TlsFailed(text))
-                if cfg!(feature = "legacy-tls")
-                    && !setup.tls_required
-                    && Client::is_protocol_version_failure(&text) =>
+            Err(SessionError::TlsFailed(TlsFailure::ProtocolVersion, text))
+                if cfg!(feature = "legacy-tls") && !setup.tls_required =>
             {
                 tracing::info!(host, error = %text, "no TLS 1.2 or 1.3 in common; trying legacy TLS");
                 setup.legacy_tls = true;
@@ -484,12 +487,12 @@ impl Dispatcher {
             other => other,
         };
         match result {
-            Err(SessionError::TlsFailed(text)) if !setup.tls_required => {
+            Err(SessionError::TlsFailed(_, text)) if !setup.tls_required => {
                 tracing::info!(host, error = %text, "TLS failed; trying again without");
                 setup.tls = None;
                 Client::open(&setup).await
             }
-            Err(SessionError::TlsFailed(text)) => Err(SessionError::Temporary(text)),
+            Err(SessionError::TlsFailed(_, text)) => Err(SessionError::Temporary(text)),
             other => other,
         }
     }

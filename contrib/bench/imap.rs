@@ -8,7 +8,9 @@
 //! warm, SEARCH on a header, SORT and THREAD, a new session's SELECT of
 //! the folder as it was left, the same SELECT in a new process as inetd
 //! starts one per connection (median of 5), and the server's RSS after
-//! all that (and its peak). Then the time from spawn to greeting in inetd mode, the
+//! all that (and its peak, and after each step), and STORE +FLAGS /
+//! -FLAGS.SILENT over the whole folder. Then the time from spawn to
+//! greeting in inetd mode, the
 //! multi-client figure (10 and 50 clients on 10 shared mailboxes, each
 //! running `--rounds` of login, select, fetch, store, append, store,
 //! expunge, logout: operations a second, the server's CPU per operation,
@@ -169,6 +171,15 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         rss.saturating_sub(idle_rss) as f64 / 1024.0,
         idle_rss as f64 / 1024.0,
         peak as f64 / 1024.0
+    );
+    // A flag change over the whole folder (a third is \Seen already):
+    // the renames of one command, and the sync after them.
+    let (seen, _) = client.run("STORE 1:* +FLAGS (\\Seen)")?;
+    let (unseen, _) = client.run("STORE 1:* -FLAGS.SILENT (\\Seen)")?;
+    println!(
+        "STORE 1:* +FLAGS (\\Seen) of {messages}: {:.0} ms; STORE 1:* -FLAGS.SILENT (\\Seen): {:.0} ms",
+        ms(seen),
+        ms(unseen)
     );
     client.run("LOGOUT")?;
     drop(server);

@@ -86,6 +86,10 @@ enum Bench {
         /// Members of the list.
         #[arg(long, default_value_t = 100_000)]
         members: usize,
+        /// Give the list an unsubscribe_url, so each member gets a copy
+        /// of their own with their one-click URL (list-web(8)).
+        #[arg(long)]
+        one_click: bool,
     },
     /// Sieve: messages through a 20-rule script, alone and with delivery.
     Sieve {
@@ -188,7 +192,7 @@ fn main() -> ExitCode {
         Bench::Net { sessions } => net::run(sessions),
         Bench::Smtp { messages, idle } => smtp::run(&base, messages, idle),
         Bench::Send { messages } => send::run(&base, messages),
-        Bench::List { members } => list::run(&base, members),
+        Bench::List { members, one_click } => list::run(&base, members, one_click),
         Bench::Sieve { messages } => sieve::run(&base, messages),
         Bench::Pop3 {
             messages,

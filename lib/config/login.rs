@@ -1,4 +1,4 @@
-//! `[login]`: programs that decide logins for POP3, IMAP and SMTP AUTH
+//! `[login]`: programs that decide logins for POP3, IMAP, ManageSieve and SMTP AUTH
 //! instead of (`check`) and after (`after`) the users file's password
 //! check; see `postroom.toml(5)` and `directory::loginhook`.
 
@@ -12,6 +12,8 @@ pub enum Service {
     Pop3,
     Imap,
     Smtp,
+    /// ManageSieve (`sieve-serve`).
+    Sieve,
 }
 
 impl Service {
@@ -21,6 +23,7 @@ impl Service {
             Service::Pop3 => "pop3",
             Service::Imap => "imap",
             Service::Smtp => "smtp",
+            Service::Sieve => "sieve",
         }
     }
 }
@@ -40,6 +43,7 @@ pub struct Login {
     pub pop3: ServiceLogin,
     pub imap: ServiceLogin,
     pub smtp: ServiceLogin,
+    pub sieve: ServiceLogin,
 }
 
 impl Default for Login {
@@ -51,11 +55,12 @@ impl Default for Login {
             pop3: ServiceLogin::default(),
             imap: ServiceLogin::default(),
             smtp: ServiceLogin::default(),
+            sieve: ServiceLogin::default(),
         }
     }
 }
 
-/// `[login.pop3]`, `[login.imap]`, `[login.smtp]`: a key set here replaces
+/// `[login.pop3]`, `[login.imap]`, `[login.smtp]`, `[login.sieve]`: a key set here replaces
 /// `[login]`'s for that service; an empty string turns the hook off there.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,6 +84,7 @@ impl Login {
             Service::Pop3 => &self.pop3,
             Service::Imap => &self.imap,
             Service::Smtp => &self.smtp,
+            Service::Sieve => &self.sieve,
         };
         let pick = |own: &Option<String>, general: &Option<String>| {
             own.as_ref()

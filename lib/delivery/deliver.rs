@@ -104,21 +104,29 @@ pub fn deliver_staged(
     directory: &Directory,
     staged: Staged,
 ) -> Result<Early, EnqueueError> {
-    enter_queue(config, Some(directory), staged)
+    enter_queue(config, Some(directory), staged, false)
 }
 
 /// Commits a finished message to the queue as it is, local recipients and
 /// all (`mail-inject -odq`, and [`submit`](super::submit)): always
 /// [`Early::Queued`].
 pub fn queue_staged(config: &Config, staged: Staged) -> Result<Early, EnqueueError> {
-    enter_queue(config, None, staged)
+    enter_queue(config, None, staged, false)
+}
+
+/// [`queue_staged`] for someone else's mail we pass on (a Sieve redirect,
+/// a list post, through [`submit`](super::submit)): also ARC-sealed
+/// (`delivery::arc`) when it leaves for another host.
+pub fn queue_passed_on(config: &Config, staged: Staged) -> Result<Early, EnqueueError> {
+    enter_queue(config, None, staged, true)
 }
 
 /// The one way a finished message enters the queue: the disclaimer
 /// ([`disclaimer::add`](crate::delivery::disclaimer::add)), then DKIM
 /// signing
 /// ([`dkim::sign_staged`]: before any local copy is made, so a signing
-/// failure refuses the whole message and a retry delivers nothing twice),
+/// failure refuses the whole message and a retry delivers nothing twice;
+/// with the ARC seal of mail `passed_on`),
 /// then the archive copies of the message as signed
 /// ([`archive::copy`](crate::delivery::archive::copy)), then early
 /// delivery with a `directory`, then the commit of what is left.
@@ -126,9 +134,10 @@ fn enter_queue(
     config: &Config,
     directory: Option<&Directory>,
     staged: Staged,
+    passed_on: bool,
 ) -> Result<Early, EnqueueError> {
     let staged = crate::delivery::disclaimer::add(config, staged)?;
-    let staged = dkim::sign_staged(config, staged)?;
+    let staged = dkim::sign_staged(config, staged, passed_on)?;
     let staged = crate::delivery::archive::copy(config, directory, staged)?;
     let Some(directory) = directory else {
         return Ok(Early::Queued(staged.commit(&[])?));

@@ -22,6 +22,8 @@
 //! relaxed/relaxed (survives the re-folding of headers and trailing-space
 //! changes relays make); From, To, Subject and Date are over-signed (listed
 //! once more than they occur), so no one can add a second one after us.
+//! Mail we pass on (a Sieve redirect, a list post) is then ARC-sealed over
+//! the signed message (`delivery::arc`), in the same rewrite of the file.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -84,7 +86,10 @@ const OVER_SIGNED: [&str; 4] = ["From", "To", "Subject", "Date"];
 /// Signs `staged` if it should be (see the module note) and returns the
 /// message to commit: the same one, or one with the signatures on top
 /// (and long lines folded as `smtp-send` would), under the same queue id.
-pub fn sign_staged(config: &Config, staged: Staged) -> Result<Staged, DkimError> {
+/// Mail `passed_on` (a Sieve redirect, a list post) is also ARC-sealed
+/// ([`arc::seal`](super::arc::seal)) over the signed message; signatures
+/// and seal are written in one copy.
+pub fn sign_staged(config: &Config, staged: Staged, passed_on: bool) -> Result<Staged, DkimError> {
     let envelope = &staged.message.envelope;
     if config.dkim.is_empty()
         || !envelope.recipients.iter().any(|r| r.route == Route::Remote)
@@ -96,10 +101,19 @@ pub fn sign_staged(config: &Config, staged: Staged) -> Result<Staged, DkimError>
     let folded = smtp::as_sent(&message);
     let message = folded.as_deref().unwrap_or(&message);
     let signatures = signatures(config, &envelope.sender, message)?;
-    if signatures.is_empty() {
+    let seal = if passed_on {
+        let mut signed = Vec::with_capacity(signatures.len() + message.len());
+        signed.extend_from_slice(signatures.as_bytes());
+        signed.extend_from_slice(message);
+        super::arc::seal(config, &envelope.sender, &signed)?
+    } else {
+        String::new()
+    };
+    if signatures.is_empty() && seal.is_empty() {
         return Ok(staged);
     }
     let replaced = staged.replace(|out| {
+        out.write_all(seal.as_bytes())?;
         out.write_all(signatures.as_bytes())?;
         out.write_all(message)
     })?;
@@ -157,7 +171,7 @@ fn sign_with<K: SigningKey>(
 /// The `h=` template: the signed fields the message has, then the
 /// over-signed ones again (mail-auth lists a name it finds no further
 /// instance of as an empty one, which is what over-signing is).
-fn signed_names(head: &[u8]) -> Vec<String> {
+pub(super) fn signed_names(head: &[u8]) -> Vec<String> {
     let fields = message::header_fields(head);
     let mut names: Vec<String> = SIGNED
         .iter()
@@ -170,7 +184,7 @@ fn signed_names(head: &[u8]) -> Vec<String> {
 
 /// The configured domain to sign for: the From domain if we have a key for
 /// it, else the envelope sender's.
-fn signing_domain(config: &Config, head: &[u8], sender: &ReversePath) -> Option<String> {
+pub(super) fn signing_domain(config: &Config, head: &[u8], sender: &ReversePath) -> Option<String> {
     let has_key = |domain: &str| {
         config
             .dkim
@@ -217,13 +231,13 @@ pub fn submitted(config: &Config, envelope: &Envelope) -> bool {
         .any(|n| n.contains(ip))
 }
 
-enum Loaded {
+pub(super) enum Loaded {
     Ed25519(Shared<Ed25519Key>),
     Rsa(Shared<RsaKey<Sha256>>),
 }
 
 /// A parsed key shared by every signature made with it in this process.
-struct Shared<K>(Arc<K>);
+pub(super) struct Shared<K>(Arc<K>);
 
 impl<K> Clone for Shared<K> {
     fn clone(&self) -> Self {
@@ -274,7 +288,7 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
 }
 
 /// A configured key, parsed (see [`PARSED`]).
-fn load(config: &Config, key: &DkimKey) -> Result<Loaded, DkimError> {
+pub(super) fn load(config: &Config, key: &DkimKey) -> Result<Loaded, DkimError> {
     let path = config.path(&key.key);
     let bad = |error: String| DkimError::Key {
         path: path.clone(),
@@ -455,16 +469,17 @@ pub fn write_key(
         selector: selector.to_string(),
         algorithm,
         key: relative,
+        arc: None,
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::proto::address::Address;
     use crate::store::queue::{Queue, Recipient};
 
-    fn setup(algorithms: &[DkimAlgorithm]) -> (tempfile::TempDir, Config) {
+    pub(crate) fn setup(algorithms: &[DkimAlgorithm]) -> (tempfile::TempDir, Config) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::parse("hostname = \"mx.example.test\"\n").unwrap();
         config.dir = dir.path().to_path_buf();
@@ -485,9 +500,9 @@ mod tests {
         )
     }
 
-    /// Verifies every signature of `message` with mail-auth, the keys'
-    /// records served from a cache, so no DNS is asked.
-    pub(crate) fn verify(config: &Config, message: &[u8]) -> Vec<mail_auth::DkimResult> {
+    /// The records of every configured key, as a resolver cache, so a
+    /// verifier asks no DNS.
+    pub(crate) fn key_cache(config: &Config) -> TestTxt {
         use mail_auth::common::parse::TxtRecordParser;
         use mail_auth::common::verify::DomainKey;
         let mut records = std::collections::HashMap::new();
@@ -498,7 +513,13 @@ mod tests {
                 records.insert(name, mail_auth::Txt::DomainKey(key.clone()));
             }
         }
-        let cache = TestTxt(records);
+        TestTxt(records)
+    }
+
+    /// Verifies every signature of `message` with mail-auth, the keys'
+    /// records served from a cache, so no DNS is asked.
+    pub(crate) fn verify(config: &Config, message: &[u8]) -> Vec<mail_auth::DkimResult> {
+        let cache = key_cache(config);
         // Never asked: every record is in the cache.
         let authenticator =
             mail_auth::MessageAuthenticator::new(Default::default(), Default::default()).unwrap();
@@ -515,7 +536,7 @@ mod tests {
             .collect()
     }
 
-    struct TestTxt(std::collections::HashMap<String, mail_auth::Txt>);
+    pub(crate) struct TestTxt(std::collections::HashMap<String, mail_auth::Txt>);
 
     impl mail_auth::ResolverCache<String, mail_auth::Txt> for TestTxt {
         fn get<Q>(&self, name: &Q) -> Option<mail_auth::Txt>
@@ -547,7 +568,7 @@ mod tests {
             .stage(&remote_envelope("ann@example.test"), body.as_bytes())
             .unwrap();
         let id = staged.message.id.clone();
-        let signed = sign_staged(&config, staged).unwrap();
+        let signed = sign_staged(&config, staged, false).unwrap();
         assert_eq!(signed.message.id, id, "the queue id stays");
         let bytes = queue::read_body(&signed.message).unwrap();
         let text = String::from_utf8_lossy(&bytes);
@@ -583,7 +604,7 @@ mod tests {
         let message = b"From: ann@example.test\r\nTo: bob@far.test\r\n\r\nhi\r\n";
         let signed = |envelope: &Envelope, message: &[u8]| {
             let staged = queue.stage(envelope, message).unwrap();
-            let staged = sign_staged(&config, staged).unwrap();
+            let staged = sign_staged(&config, staged, false).unwrap();
             let body = queue::read_body(&staged.message).unwrap();
             staged.discard().unwrap();
             body.starts_with(b"DKIM-Signature:")
@@ -614,7 +635,7 @@ mod tests {
         let staged = queue
             .stage(&remote_envelope("ann@example.test"), message)
             .unwrap();
-        let error = sign_staged(&config, staged).err().unwrap();
+        let error = sign_staged(&config, staged, false).err().unwrap();
         assert!(
             error.to_string().contains("postroom dkim keygen"),
             "{error}"

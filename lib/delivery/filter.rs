@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::delivery::sieve::{Action, Input, Script};
+use crate::delivery::sieve::{Action, Input, Script, storage};
 use crate::delivery::submit::{Recipients, Submission, SubmitError, Unresolvable, submit};
 use crate::delivery::vacation::{self, VacationError};
 use crate::directory::aliases::Directory;
@@ -57,7 +57,7 @@ impl From<MaildirError> for SortError {
 pub fn has_rules(config: &Config, inbox: &Maildir) -> bool {
     !config.sieve.before.is_empty()
         || !config.sieve.after.is_empty()
-        || inbox.path().join("sieve").join("active.sieve").exists()
+        || storage::active_path(inbox.path()).exists()
 }
 
 /// Runs the rules on `raw` and carries out what they decided.
@@ -85,7 +85,7 @@ pub fn decide(
     raw: &[u8],
 ) -> Vec<Action> {
     let mut scripts: Vec<PathBuf> = config.sieve.before.iter().map(|p| config.path(p)).collect();
-    let own = inbox.path().join("sieve").join("active.sieve");
+    let own = storage::active_path(inbox.path());
     if own.exists() {
         scripts.push(own);
     }
@@ -94,7 +94,7 @@ pub fn decide(
     let sender_text = sender.to_string();
     let to = user.to_string();
     let exists = |name: &str| folder_of(inbox, name).is_ok_and(|f| f.path().join("cur").is_dir());
-    let lists_dir = inbox.path().join("sieve").join("lists");
+    let lists_dir = inbox.path().join(storage::FOLDER).join("lists");
     let list = |name: &str| read_list(&lists_dir, name);
     let mut actions: Vec<Action> = Vec::new();
     let mut every_script_kept = true;
@@ -210,19 +210,23 @@ fn carry_out(
 /// A script compiled once per process and version of its file: a runner
 /// delivering many messages to one user compiles their rules once. The
 /// key is the path with the file's modification time and size, so an
-/// edited script is compiled afresh. (Not on disk: compiling a 20-rule
+/// edited script is compiled afresh; the inode too, since `active.sieve`
+/// is a link `sieve-serve` may point at another script of the same size
+/// and time. (Not on disk: compiling a 20-rule
 /// script takes about 150 µs against about 2 ms for the delivery, and a
 /// stored form would still have to rebuild its regular expressions.)
 fn compiled(path: &std::path::Path) -> Result<std::sync::Arc<Script>, String> {
     use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
     use std::sync::{Arc, Mutex, OnceLock};
-    type Key = (PathBuf, std::time::SystemTime, u64);
+    type Key = (PathBuf, std::time::SystemTime, u64, u64);
     static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Script>>>> = OnceLock::new();
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     let key: Key = (
         path.to_path_buf(),
         meta.modified().map_err(|e| e.to_string())?,
         meta.len(),
+        meta.ino(),
     );
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some(script) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -346,6 +350,7 @@ fn redirect(
         Recipients::Addresses(&target, Unresolvable::Refuse),
     );
     submission.forwarding = true;
+    submission.passed_on = true;
     match submit(config, directory, submission, &out) {
         // An alias that expands to nobody (an empty include file) takes the
         // copy, as it would from anyone else.

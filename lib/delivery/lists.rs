@@ -13,9 +13,30 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::config::Config;
-use crate::proto::address::Address;
+use crate::delivery::submit::{self, Recipients, Submission, SubmitError, Unresolvable};
+use crate::directory::aliases::Directory;
+use crate::proto::address::{Address, ReversePath};
 use crate::store::fsutil::{self, FileError};
+
+/// The first path segment of a one-click unsubscribe URL
+/// (`unsubscribe_url/unsubscribe/LIST/MEMBER/TOKEN`, see `list-web(8)`).
+pub const ONE_CLICK: &str = "unsubscribe";
+
+/// Characters a member address keeps as they are in a URL path segment
+/// (RFC 3986 unreserved, and `@` and `+`, which a path may carry as they
+/// are); the rest are percent-encoded.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b'+');
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
@@ -27,6 +48,11 @@ pub enum ListError {
     Config { path: PathBuf, message: String },
     #[error(transparent)]
     File(#[from] FileError),
+    /// A reply or confirmation request that could not be queued.
+    #[error("queueing the list's reply: {0}")]
+    Submit(#[from] SubmitError),
+    #[error("composing the list's reply: {0}")]
+    Compose(std::io::Error),
     #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
@@ -100,8 +126,9 @@ pub struct ListConfig {
     /// `list-expand(1)`).
     #[serde(default)]
     pub footer: Option<String>,
-    /// An HTTPS URL that unsubscribes with one POST (RFC 8058); with it,
-    /// posts carry List-Unsubscribe-Post.
+    /// The HTTPS URL where `list-web` answers: with it, each member's
+    /// copy carries their one-click URL under it
+    /// ([`List::one_click_url`]) and List-Unsubscribe-Post (RFC 8058).
     #[serde(default)]
     pub unsubscribe_url: Option<String>,
     /// Bounces after which a member is set to `nomail`.
@@ -365,6 +392,40 @@ impl List {
         Ok(found)
     }
 
+    /// True when a confirmation of `action` for `address` was asked for
+    /// less than `seconds` ago and is still waiting (a file in `pending/`).
+    /// `list-web` sends no second one then, so its form cannot be used to
+    /// flood someone's mailbox with confirmation requests.
+    pub fn asked_recently(
+        &self,
+        action: &str,
+        address: &Address,
+        seconds: u64,
+    ) -> Result<bool, ListError> {
+        let dir = self.dir.join("pending");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(ListError::Io { path: dir, error }),
+        };
+        let key = address.lookup_key();
+        let now = fsutil::now_secs();
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue; // taken meanwhile
+            };
+            let mut words = text.split_whitespace();
+            if let (Some(a), Some(who), Some(at)) = (words.next(), words.next(), words.next())
+                && a == action
+                && who == key
+                && now.saturating_sub(at.parse().unwrap_or(0)) < seconds
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Keeps `action address` under a new unguessable token for a
     /// confirmation, and returns the token.
     pub fn new_token(&self, action: &str, address: &Address) -> Result<String, ListError> {
@@ -405,6 +466,113 @@ impl List {
         Ok(Address::parse(address)
             .ok()
             .map(|a| (action.to_string(), a)))
+    }
+
+    /// Starts a subscribe or unsubscribe that `who` must confirm (by
+    /// mail to the request address, or through `list-web`): keeps
+    /// `action address` under a new token and returns the subject and text
+    /// of the confirmation request. The subject carries the token, so a
+    /// plain reply confirms.
+    pub fn confirmation(&self, action: &str, who: &Address) -> Result<(String, String), ListError> {
+        let token = self.new_token(action, who)?;
+        let text = format!(
+            "To {action} {who} {} {}, reply to this message keeping the subject, or send\r\n\
+             a message to {} with this line:\r\n\r\n    confirm {token}\r\n\r\n\
+             The confirmation is good for {} hours. If you did not ask for this, do nothing.",
+            if action == "subscribe" { "to" } else { "from" },
+            self.address,
+            self.request_address(),
+            self.config.confirm_seconds / 3600
+        );
+        Ok((format!("confirm {token}"), text))
+    }
+
+    /// Queues a message from the request address to `to`: the null
+    /// sender and `Auto-Submitted: auto-replied`, so two robots cannot
+    /// answer each other for ever. An address that expands to nobody gets
+    /// nothing, and that is no error.
+    pub fn reply(
+        &self,
+        config: &Config,
+        to: &Address,
+        subject: &str,
+        text: &str,
+    ) -> Result<(), ListError> {
+        let message = mail_builder::MessageBuilder::new()
+            .from(self.request_address())
+            .to(to.to_string())
+            .subject(subject)
+            .header(
+                "Auto-Submitted",
+                mail_builder::headers::raw::Raw::new("auto-replied"),
+            )
+            .text_body(text)
+            .write_to_vec()
+            .map_err(ListError::Compose)?;
+        let directory = Directory::load(config)?;
+        let submission = Submission::new(
+            ReversePath::Null,
+            Recipients::Addresses(std::slice::from_ref(to), Unresolvable::Refuse),
+        );
+        match submit::submit(config, &directory, submission, &message) {
+            Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The key of this list's one-click unsubscribe tokens: `secret` in
+    /// the list's folder, made on first use (`fsutil::secret_or_create`).
+    fn unsubscribe_secret(&self) -> Result<Vec<u8>, ListError> {
+        let path = self.dir.join("secret");
+        fsutil::secret_or_create(&path).map_err(|error| ListError::Io { path, error })
+    }
+
+    /// The token that lets `member` leave with one click (RFC 8058): the
+    /// first 128 bits of an HMAC-SHA256 over the list and the member under
+    /// the list's secret, base64url. It names one member of one list, so
+    /// it can remove nobody else; it needs no state, so it stays good
+    /// until the secret is changed (which voids every link sent).
+    pub fn unsubscribe_token(&self, member: &Address) -> Result<String, ListError> {
+        let secret = self.unsubscribe_secret()?;
+        // HMAC takes keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret) else {
+            return Ok(String::new());
+        };
+        mac.update(b"list-unsubscribe\0");
+        mac.update(self.address.lookup_key().as_bytes());
+        mac.update(b"\0");
+        mac.update(member.lookup_key().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]))
+    }
+
+    /// True when `token` is `member`'s one-click token (compared in
+    /// constant time, so timing tells a forger nothing).
+    pub fn unsubscribe_token_matches(
+        &self,
+        member: &Address,
+        token: &str,
+    ) -> Result<bool, ListError> {
+        use subtle::ConstantTimeEq;
+        let expected = self.unsubscribe_token(member)?;
+        Ok(!expected.is_empty() && bool::from(expected.as_bytes().ct_eq(token.as_bytes())))
+    }
+
+    /// `member`'s one-click unsubscribe URL,
+    /// `unsubscribe_url/unsubscribe/LIST/MEMBER/TOKEN`; `None` when the
+    /// list has no `unsubscribe_url`.
+    pub fn one_click_url(&self, member: &Address) -> Result<Option<String>, ListError> {
+        let Some(base) = &self.config.unsubscribe_url else {
+            return Ok(None);
+        };
+        let member_key = member.lookup_key();
+        Ok(Some(format!(
+            "{}/{ONE_CLICK}/{}/{}/{}",
+            base.trim_end_matches('/'),
+            percent_encoding::utf8_percent_encode(&self.address.lookup_key(), SEGMENT),
+            percent_encoding::utf8_percent_encode(&member_key, SEGMENT),
+            self.unsubscribe_token(member)?
+        )))
     }
 
     /// Counts a bounce for a member (the `bounces` file: `address count`
@@ -472,6 +640,28 @@ impl List {
     pub fn archive_dir(&self) -> PathBuf {
         self.dir.join("archive")
     }
+}
+
+/// The list, member and token a one-click path names
+/// (`/unsubscribe/LIST/MEMBER/TOKEN`, already percent-decoded, as CGI's
+/// PATH_INFO is); `None` for any other path. The member is everything
+/// between the list and the token, so an address with a `/` in it
+/// (decoded from `%2F`) still comes out whole.
+pub fn parse_one_click_path(path: &str) -> Option<(Address, Address, String)> {
+    let rest = path
+        .strip_prefix('/')?
+        .strip_prefix(ONE_CLICK)?
+        .strip_prefix('/')?;
+    let (list, rest) = rest.split_once('/')?;
+    let (member, token) = rest.rsplit_once('/')?;
+    if token.is_empty() || member.is_empty() {
+        return None;
+    }
+    Some((
+        Address::parse(list).ok()?,
+        Address::parse(member).ok()?,
+        token.to_string(),
+    ))
 }
 
 /// Member lines: `address [digest] [nomail]`; `#` comments and blank
@@ -588,7 +778,26 @@ mod tests {
         assert!(!list.set_options(&a("n@x.test"), Some(true), None).unwrap());
         assert!(list.members().unwrap()[0].digest);
         let token = list.new_token("subscribe", &a("new@x.test")).unwrap();
+        assert!(
+            list.asked_recently("subscribe", &a("NEW@x.test"), 60)
+                .unwrap()
+        );
+        assert!(
+            !list
+                .asked_recently("unsubscribe", &a("new@x.test"), 60)
+                .unwrap()
+        );
+        assert!(
+            !list
+                .asked_recently("subscribe", &a("m@x.test"), 60)
+                .unwrap()
+        );
         let (action, who) = list.take_token(&token).unwrap().unwrap();
+        assert!(
+            !list
+                .asked_recently("subscribe", &a("new@x.test"), 60)
+                .unwrap()
+        );
         assert_eq!(
             (action.as_str(), who.to_string().as_str()),
             ("subscribe", "new@x.test")
@@ -602,6 +811,77 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(list.take_token(&token).unwrap().is_none(), "expired");
         assert!(list.take_token("../../etc/passwd").unwrap().is_none());
+    }
+
+    #[test]
+    fn one_click_tokens_name_one_member_of_one_list() {
+        let (_d, config) = setup();
+        let mut list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        let other = List::create(&config, &a("m@example.test"), &a("o@example.test")).unwrap();
+        assert_eq!(list.one_click_url(&a("b@x.test")).unwrap(), None);
+        list.config.unsubscribe_url = Some("https://w.test/cgi-bin/list-web/".into());
+        let token = list.unsubscribe_token(&a("B@x.test")).unwrap();
+        assert_eq!(token.len(), 22);
+        assert!(
+            list.unsubscribe_token_matches(&a("b@x.test"), &token)
+                .unwrap()
+        );
+        assert!(
+            !list
+                .unsubscribe_token_matches(&a("c@x.test"), &token)
+                .unwrap()
+        );
+        assert!(
+            !other
+                .unsubscribe_token_matches(&a("b@x.test"), &token)
+                .unwrap()
+        );
+        assert!(!list.unsubscribe_token_matches(&a("b@x.test"), "").unwrap());
+        let url = list.one_click_url(&a("odd/one+x@x.test")).unwrap().unwrap();
+        let path = url.strip_prefix("https://w.test/cgi-bin/list-web").unwrap();
+        assert!(
+            path.starts_with("/unsubscribe/l@example.test/odd%2Fone+x@x.test/"),
+            "{url}"
+        );
+        let decoded = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .unwrap();
+        let (l, m, t) = parse_one_click_path(&decoded).unwrap();
+        assert_eq!(
+            (l, m.to_string()),
+            (a("l@example.test"), "odd/one+x@x.test".into())
+        );
+        assert!(list.unsubscribe_token_matches(&m, &t).unwrap());
+        assert!(parse_one_click_path("/unsubscribe/l@example.test/").is_none());
+        assert!(parse_one_click_path("/l@example.test").is_none());
+        // The key was made once, private, and is kept.
+        let again = List::open(&config, &a("l@example.test")).unwrap();
+        assert_eq!(again.unsubscribe_token(&a("b@x.test")).unwrap(), token);
+    }
+
+    proptest::proptest! {
+        // Each case makes a list and its secret on disk (fsyncs).
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn one_click_urls_name_their_member_back(
+            local in "[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]{1,20}",
+            domain in "[a-z0-9]{1,10}\\.test",
+        ) {
+            let Ok(member) = Address::parse(&format!("{local}@{domain}")) else {
+                return Ok(());
+            };
+            let (_d, config) = setup();
+            let mut list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+            list.config.unsubscribe_url = Some("https://w.test/lw".into());
+            let url = list.one_click_url(&member).unwrap().unwrap();
+            let path = url.strip_prefix("https://w.test/lw").unwrap();
+            // What CGI hands list-web (decoded) and what it reads from it.
+            let decoded = percent_encoding::percent_decode_str(path).decode_utf8().unwrap();
+            let (l, m, t) = parse_one_click_path(&decoded).unwrap();
+            proptest::prop_assert_eq!(l, list.address.clone());
+            proptest::prop_assert_eq!(m.lookup_key(), member.lookup_key());
+            proptest::prop_assert!(list.unsubscribe_token_matches(&m, &t).unwrap());
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`filter`]), vacation replies, mailing lists, and [`submit`]: the one
 //! way mail postroom writes or passes on itself enters the queue.
 
+pub mod arc;
 pub mod archive;
 pub mod bsmtp;
 pub mod deliver;

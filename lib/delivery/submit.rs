@@ -6,7 +6,8 @@
 //! so every such message is addressed and queued by the same rules.
 //!
 //! The commit goes through `deliver::queue_staged`, the one way into the
-//! queue, which DKIM-signs what leaves for another host (`delivery::dkim`)
+//! queue, which DKIM-signs what leaves for another host (`delivery::dkim`),
+//! and ARC-seals mail passed on (`delivery::arc`),
 //! just as it does for mail a user submits (`smtp-recv`, `mail-inject`:
 //! those programs stage it themselves, because their Received line names
 //! the queue id).
@@ -92,6 +93,9 @@ pub struct Submission<'a> {
     /// rewritten to an address of ours, so the next system's SPF check
     /// sees our domain and a bounce finds its way back.
     pub forwarding: bool,
+    /// Someone else's mail passed on (a Sieve redirect, a list post): it
+    /// gets an ARC set (RFC 8617, `delivery::arc`) as it enters the queue.
+    pub passed_on: bool,
     /// Each recipient's copy carries its own return path (VERP), so a
     /// bounce says who bounced (list posts).
     pub verp: bool,
@@ -109,6 +113,7 @@ impl Submission<'_> {
             sender,
             recipients,
             forwarding: false,
+            passed_on: false,
             verp: false,
             protocol: None,
             priority: Priority::Normal,
@@ -127,8 +132,14 @@ pub fn submit(
     submission: Submission<'_>,
     message: &[u8],
 ) -> Result<QueueId, SubmitError> {
+    let passed_on = submission.passed_on;
     let staged = stage(config, directory, submission, message)?;
-    match deliver::queue_staged(config, staged)? {
+    let queued = if passed_on {
+        deliver::queue_passed_on(config, staged)?
+    } else {
+        deliver::queue_staged(config, staged)?
+    };
+    match queued {
         Early::Queued(id) => Ok(id),
         Early::Delivered => Err(SubmitError::NoRecipients),
     }

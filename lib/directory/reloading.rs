@@ -103,6 +103,39 @@ impl Reloading<Access> {
     }
 }
 
+/// What a login server (pop3-serve, imap-serve, sieve-serve) reads from
+/// the tree: the users and the access rules, each reloaded when it changes.
+pub struct LoginFiles {
+    users: Reloading<Users>,
+    access: Reloading<Access>,
+}
+
+impl LoginFiles {
+    pub fn load(config: &Config) -> Result<LoginFiles, FileError> {
+        Ok(LoginFiles {
+            users: Reloading::users(config)?,
+            access: Reloading::access(config)?,
+        })
+    }
+
+    /// The users, reloaded if the file changed; a version that does not
+    /// load keeps the last good one in force (logged).
+    pub fn users(&self) -> Arc<Users> {
+        self.users.current()
+    }
+
+    /// The access rules, reloaded the same way.
+    pub fn access(&self) -> Arc<Access> {
+        self.access.current()
+    }
+
+    /// Whether the access file lets a client at `peer` connect (a pipe
+    /// with no peer address is the launcher's business).
+    pub fn admits(&self, peer: Option<std::net::SocketAddr>) -> bool {
+        peer.is_none_or(|p| self.access().allows(p.ip()))
+    }
+}
+
 impl Reloading<Directory> {
     /// Users, aliases and domains together, as delivery looks them up.
     pub fn directory(config: &Config) -> Result<Reloading<Directory>, FileError> {

@@ -240,6 +240,36 @@ impl Connection {
         Ok(())
     }
 
+    /// Reads the rest of a command that announced a literal at the end of
+    /// a line (IMAP, ManageSieve): the literal's `size` bytes onto
+    /// `command` (read and thrown away when `keep` is false: a literal over
+    /// a limit whose bytes are on their way), then the line that goes on
+    /// after it onto `command` too. That line may be `line_max` bytes; with
+    /// an `allowance` (the bound of a whole command before login) only what
+    /// is left of it, and at least the CRLF that ends the command.
+    pub async fn read_literal_then_line(
+        &mut self,
+        command: &mut Vec<u8>,
+        size: usize,
+        keep: bool,
+        line_max: usize,
+        allowance: Option<usize>,
+    ) -> Result<(), NetError> {
+        if keep {
+            command.reserve(size);
+            self.read_exact_into(size, command).await?;
+        } else {
+            self.read_exact_into(size, &mut io::sink()).await?;
+        }
+        let line_max = match allowance {
+            Some(all) => all.saturating_sub(command.len()).max(2),
+            None => line_max,
+        };
+        let rest = self.read_line(line_max).await?;
+        command.extend_from_slice(&rest);
+        Ok(())
+    }
+
     /// True when the client has sent bytes not yet read by the protocol:
     /// a client that pipelines after STARTTLS (or before the greeting) can
     /// be told off.
@@ -305,6 +335,19 @@ impl Connection {
             Err(_) => Err(NetError::Timeout),
             Ok(Err(e)) => Err(from_io(e)),
             Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// The acceptor STARTTLS would use now, or why it cannot start (for
+    /// the protocol's refusal): no certificate loaded, or TLS already on.
+    pub fn starttls_acceptor(
+        &self,
+        tls: Option<&TlsAcceptor>,
+    ) -> Result<TlsAcceptor, &'static str> {
+        match tls {
+            None => Err("TLS is not available here"),
+            Some(_) if self.is_tls() => Err("TLS is already active"),
+            Some(acceptor) => Ok(acceptor.clone()),
         }
     }
 

@@ -20,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -86,15 +86,21 @@ pub enum Answer<T> {
 }
 
 /// Asks the `[dns]` name servers, in order, one question with the AD bit
-/// set (RFC 6840 §5.7), and returns the answer's records of that type.
+/// set (RFC 6840 §5.7), and returns the answer's records of that type,
+/// with how long the answer may be kept: the records' smallest TTL, or for
+/// no records the SOA's negative TTL (RFC 2308 §5); zero for a failure or
+/// an answer that says nothing of it.
 async fn ask(
     servers: &[SocketAddr],
     timeout: Duration,
     name: &str,
     record_type: RecordType,
-) -> Answer<RData> {
+) -> (Answer<RData>, Duration) {
     let Ok(qname) = Name::from_ascii(name) else {
-        return Answer::Failed(format!("{name} is not a domain name"));
+        return (
+            Answer::Failed(format!("{name} is not a domain name")),
+            Duration::ZERO,
+        );
     };
     let mut message = Message::new();
     message
@@ -105,7 +111,10 @@ async fn ask(
         .set_authentic_data(true)
         .add_query(Query::query(qname, record_type));
     let Ok(query) = message.to_vec() else {
-        return Answer::Failed(format!("cannot ask about {name}"));
+        return (
+            Answer::Failed(format!("cannot ask about {name}")),
+            Duration::ZERO,
+        );
     };
     let mut last = format!("no name server for {name} (set [dns] nameservers)");
     for &server in servers {
@@ -128,22 +137,36 @@ async fn ask(
             last = format!("{name} {record_type}: {server} answered another question");
             continue;
         }
+        let records: Vec<&hickory_proto::rr::Record> = reply
+            .answers()
+            .iter()
+            .filter(|r| r.record_type() == record_type)
+            .collect();
+        let ttl = records
+            .iter()
+            .map(|r| r.ttl())
+            .min()
+            .or_else(|| {
+                reply.name_servers().iter().find_map(|r| match r.data() {
+                    RData::SOA(soa) => Some(r.ttl().min(soa.minimum())),
+                    _ => None,
+                })
+            })
+            .unwrap_or(0);
+        let ttl = Duration::from_secs(ttl.into());
         return match reply.response_code() {
-            ResponseCode::NoError | ResponseCode::NXDomain if reply.authentic_data() => {
-                Answer::Secure(
-                    reply
-                        .answers()
-                        .iter()
-                        .filter(|r| r.record_type() == record_type)
-                        .map(|r| r.data().clone())
-                        .collect(),
-                )
-            }
-            ResponseCode::NoError | ResponseCode::NXDomain => Answer::Insecure,
-            code => Answer::Failed(format!("{name} {record_type}: {code}")),
+            ResponseCode::NoError | ResponseCode::NXDomain if reply.authentic_data() => (
+                Answer::Secure(records.into_iter().map(|r| r.data().clone()).collect()),
+                ttl,
+            ),
+            ResponseCode::NoError | ResponseCode::NXDomain => (Answer::Insecure, ttl),
+            code => (
+                Answer::Failed(format!("{name} {record_type}: {code}")),
+                Duration::ZERO,
+            ),
         };
     }
-    Answer::Failed(last)
+    (Answer::Failed(last), Duration::ZERO)
 }
 
 /// One question and its answer: UDP, and TCP when the answer did not fit.
@@ -178,20 +201,68 @@ async fn exchange(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> 
 pub async fn mx_is_secure(servers: &[SocketAddr], timeout: Duration, domain: &str) -> bool {
     let name = format!("{}.", domain.trim_end_matches('.'));
     matches!(
-        ask(servers, timeout, &name, RecordType::MX).await,
+        ask(servers, timeout, &name, RecordType::MX).await.0,
         Answer::Secure(_)
     )
 }
 
-/// The TLSA records of `_PORT._tcp.HOST`.
-pub async fn tlsa_records(
+/// TLSA answers of one run, by host and port, each kept as long as its
+/// TTL says: a runner opens many connections to the same MX hosts, and
+/// each would otherwise ask again (as MX answers are kept by the
+/// resolver's cache). Connections that want the same answer at once share
+/// one question. A failure is not kept: the next connection asks.
+#[derive(Default)]
+pub struct TlsaCache {
+    answers: std::sync::Mutex<Answers>,
+}
+
+/// Each (host, port)'s answer, once it is in, with when it expires.
+type Answers = std::collections::HashMap<(String, u16), Arc<tokio::sync::OnceCell<Kept>>>;
+type Kept = (Instant, Answer<Tlsa>);
+
+impl TlsaCache {
+    /// The TLSA records of `_PORT._tcp.HOST`, from the cache while their
+    /// TTL lasts, else asked of `servers`.
+    pub async fn records(
+        &self,
+        servers: &[SocketAddr],
+        timeout: Duration,
+        host: &str,
+        port: u16,
+    ) -> Answer<Tlsa> {
+        let key = (host.trim_end_matches('.').to_ascii_lowercase(), port);
+        let cell = {
+            let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            // Expired answers go (a question in flight stays), so the map
+            // holds only what is current.
+            answers.retain(|_, cell| cell.get().is_none_or(|(until, _)| *until > now));
+            answers.entry(key.clone()).or_default().clone()
+        };
+        let (_, answer) = cell
+            .get_or_init(|| async {
+                let (answer, ttl) = tlsa_records(servers, timeout, &key.0, port).await;
+                let keep = match answer {
+                    Answer::Failed(_) => Duration::ZERO,
+                    _ => ttl,
+                };
+                (Instant::now() + keep, answer)
+            })
+            .await;
+        answer.clone()
+    }
+}
+
+/// The TLSA records of `_PORT._tcp.HOST`, and how long they may be kept.
+async fn tlsa_records(
     servers: &[SocketAddr],
     timeout: Duration,
     host: &str,
     port: u16,
-) -> Answer<Tlsa> {
+) -> (Answer<Tlsa>, Duration) {
     let name = format!("_{port}._tcp.{}.", host.trim_end_matches('.'));
-    match ask(servers, timeout, &name, RecordType::TLSA).await {
+    let (answer, ttl) = ask(servers, timeout, &name, RecordType::TLSA).await;
+    let answer = match answer {
         Answer::Secure(records) => Answer::Secure(
             records
                 .into_iter()
@@ -208,6 +279,26 @@ pub async fn tlsa_records(
         ),
         Answer::Insecure => Answer::Insecure,
         Answer::Failed(text) => Answer::Failed(text),
+    };
+    (answer, ttl)
+}
+
+/// The certificate error of a DANE peer whose certificate no TLSA record
+/// matches: typed, so TLS reports tell it from an ordinary chain failure
+/// (`tlsrpt::TlsFailure`).
+#[derive(Debug, thiserror::Error)]
+#[error("DANE: no TLSA record matches the certificate")]
+pub struct TlsaMismatch;
+
+impl From<TlsaMismatch> for rustls::CertificateError {
+    fn from(e: TlsaMismatch) -> Self {
+        rustls::CertificateError::Other(rustls::OtherError(Arc::new(e)))
+    }
+}
+
+impl From<TlsaMismatch> for rustls::Error {
+    fn from(e: TlsaMismatch) -> Self {
+        rustls::Error::InvalidCertificate(e.into())
     }
 }
 
@@ -279,9 +370,7 @@ impl ServerCertVerifier for DaneVerifier {
                 now,
             );
         }
-        Err(rustls::Error::General(
-            "DANE: no TLSA record matches the certificate (TlsaMismatch)".into(),
-        ))
+        Err(TlsaMismatch.into())
     }
 
     fn verify_tls12_signature(

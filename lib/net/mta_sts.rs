@@ -294,10 +294,7 @@ pub fn current_id(records: &[String]) -> Option<String> {
 /// verify is `sts-webpki-invalid`, anything else a fetch error.
 fn handshake_failure(host: &str, error: std::io::Error) -> FetchFailure {
     let text = format!("{host}: {error}");
-    match error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
+    match crate::net::tls::rustls_error(&error) {
         Some(rustls::Error::InvalidCertificate(_)) => FetchFailure::WebPki(text),
         _ => FetchFailure::Fetch(text),
     }

@@ -1,4 +1,4 @@
-//! What every server (smtp-recv, pop3-serve, imap-serve) does before its
+//! What every server (smtp-recv, pop3-serve, imap-serve, sieve-serve) does before its
 //! first session and after its last, so each `main` only says what is its
 //! own: its protocol's session, its limits, its "too busy" reply.
 //!
@@ -18,8 +18,10 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError, Limits};
+use crate::directory::reloading::LoginFiles;
 use crate::net::privileges::{self, PrivilegeError};
 use crate::net::{Connection, Launch, NetError, tls};
+use crate::store::fsutil::FileError;
 
 /// The flags every server takes, flattened into its own `clap` arguments.
 #[derive(Debug, clap::Args)]
@@ -122,5 +124,22 @@ impl Server {
             .map_err(StartError::from)
         })?;
         std::process::exit(0);
+    }
+}
+
+/// What every session of a login server shares (pop3-serve and
+/// sieve-serve; imap-serve keeps its folders beside the same): the
+/// config, TLS for STARTTLS, and the users and access files, reloaded
+/// when they change.
+pub struct LoginShared {
+    pub config: Config,
+    pub tls: Option<TlsAcceptor>,
+    pub files: LoginFiles,
+}
+
+impl LoginShared {
+    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> Result<LoginShared, FileError> {
+        let files = LoginFiles::load(&config)?;
+        Ok(LoginShared { config, tls, files })
     }
 }

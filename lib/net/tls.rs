@@ -68,6 +68,12 @@ pub struct ClientTls {
     pub verified: Arc<rustls::ClientConfig>,
 }
 
+/// The rustls error inside the I/O error a TLS connector or acceptor
+/// returns, if that is what it was (tokio-rustls wraps it).
+pub fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    error.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
 /// Client configs with the system's trusted roots plus `send.ca_file`.
 pub fn client_configs(config: &Config) -> Result<ClientTls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

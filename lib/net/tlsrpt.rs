@@ -219,21 +219,82 @@ pub fn build_report(
     }
 }
 
-/// The failure result type of a TLS error text from the SMTP client
-/// (rustls names the certificate problem in its message).
-pub fn result_of_tls_error(text: &str) -> &'static str {
-    if text.contains("TlsaMismatch") {
-        VALIDATION_FAILURE
-    } else if text.contains("STARTTLS") && text.contains("4.7.4") {
-        STARTTLS_NOT_SUPPORTED
-    } else if text.contains("NotValidForName") {
-        CERTIFICATE_HOST_MISMATCH
-    } else if text.contains("Expired") {
-        CERTIFICATE_EXPIRED
-    } else if text.contains("UnknownIssuer") || text.contains("certificate") {
-        CERTIFICATE_NOT_TRUSTED
-    } else {
-        VALIDATION_FAILURE
+/// Why TLS with a mail exchanger could not be set up, told apart as the
+/// TLS reports (RFC 8460 §4.3.2) and smtp-send's second tries need it:
+/// from rustls's own error ([`TlsFailure::of_rustls`]), never from text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The host refused STARTTLS (a reply other than 220).
+    StarttlsNotSupported,
+    /// The certificate names other hosts.
+    CertificateHostMismatch,
+    /// The certificate has expired.
+    CertificateExpired,
+    /// Any other certificate the chain check refused (an unknown issuer,
+    /// a bad signature, not valid yet).
+    CertificateNotTrusted,
+    /// No TLSA record of the host matches its certificate (DANE).
+    TlsaMismatch,
+    /// No TLS version in common: a peer that speaks only TLS 1.0 or 1.1,
+    /// which the `legacy-tls` feature may try with OpenSSL.
+    ProtocolVersion,
+    /// Anything else: a handshake error, a timeout, a name TLS cannot
+    /// check, OpenSSL's failures.
+    Other,
+}
+
+impl TlsFailure {
+    /// The kind of a rustls handshake error.
+    pub fn of_rustls(error: &rustls::Error) -> TlsFailure {
+        use rustls::{AlertDescription, CertificateError, InvalidMessage, PeerIncompatible};
+        match error {
+            rustls::Error::InvalidCertificate(e) => match e {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    TlsFailure::CertificateHostMismatch
+                }
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    TlsFailure::CertificateExpired
+                }
+                CertificateError::Other(other)
+                    if other
+                        .0
+                        .downcast_ref::<crate::net::dane::TlsaMismatch>()
+                        .is_some() =>
+                {
+                    TlsFailure::TlsaMismatch
+                }
+                _ => TlsFailure::CertificateNotTrusted,
+            },
+            rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)
+            | rustls::Error::InvalidMessage(InvalidMessage::UnknownProtocolVersion)
+            | rustls::Error::PeerIncompatible(
+                PeerIncompatible::ServerDoesNotSupportTls12Or13
+                | PeerIncompatible::SupportedVersionsExtensionRequired,
+            ) => TlsFailure::ProtocolVersion,
+            _ => TlsFailure::Other,
+        }
+    }
+
+    /// The kind of the I/O error a TLS connector returns (tokio-rustls
+    /// wraps rustls's error in it).
+    pub fn of_handshake(error: &std::io::Error) -> TlsFailure {
+        crate::net::tls::rustls_error(error)
+            .map(TlsFailure::of_rustls)
+            .unwrap_or(TlsFailure::Other)
+    }
+
+    /// The RFC 8460 result type a report gives it.
+    pub fn result_type(self) -> &'static str {
+        match self {
+            TlsFailure::StarttlsNotSupported => STARTTLS_NOT_SUPPORTED,
+            TlsFailure::CertificateHostMismatch => CERTIFICATE_HOST_MISMATCH,
+            TlsFailure::CertificateExpired => CERTIFICATE_EXPIRED,
+            TlsFailure::CertificateNotTrusted => CERTIFICATE_NOT_TRUSTED,
+            TlsFailure::TlsaMismatch | TlsFailure::ProtocolVersion | TlsFailure::Other => {
+                VALIDATION_FAILURE
+            }
+        }
     }
 }
 
@@ -332,28 +393,63 @@ mod tests {
     }
 
     #[test]
-    fn tls_errors_are_classified() {
+    fn tls_errors_are_classified_by_kind() {
+        use rustls::{AlertDescription, CertificateError, PeerIncompatible};
+        let cert = |e| TlsFailure::of_rustls(&rustls::Error::InvalidCertificate(e));
         assert_eq!(
-            result_of_tls_error(
-                "421 4.7.5 TLS with mx[1.2.3.4] failed: invalid peer certificate: NotValidForName"
-            ),
+            cert(CertificateError::NotValidForName),
+            TlsFailure::CertificateHostMismatch
+        );
+        assert_eq!(
+            cert(CertificateError::Expired),
+            TlsFailure::CertificateExpired
+        );
+        assert_eq!(
+            cert(CertificateError::UnknownIssuer),
+            TlsFailure::CertificateNotTrusted
+        );
+        assert_eq!(
+            cert(crate::net::dane::TlsaMismatch.into()),
+            TlsFailure::TlsaMismatch
+        );
+        assert_eq!(
+            TlsFailure::of_rustls(&rustls::Error::AlertReceived(
+                AlertDescription::ProtocolVersion
+            )),
+            TlsFailure::ProtocolVersion
+        );
+        assert_eq!(
+            TlsFailure::of_rustls(&rustls::Error::PeerIncompatible(
+                PeerIncompatible::ServerDoesNotSupportTls12Or13
+            )),
+            TlsFailure::ProtocolVersion
+        );
+        assert_eq!(
+            TlsFailure::of_rustls(&rustls::Error::General("ProtocolVersion".into())),
+            TlsFailure::Other,
+            "the text says nothing"
+        );
+        // Through the I/O error tokio-rustls hands back.
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::Expired),
+        );
+        assert_eq!(
+            TlsFailure::of_handshake(&io),
+            TlsFailure::CertificateExpired
+        );
+        assert_eq!(
+            TlsFailure::of_handshake(&std::io::Error::other("reset")),
+            TlsFailure::Other
+        );
+        assert_eq!(
+            TlsFailure::CertificateHostMismatch.result_type(),
             CERTIFICATE_HOST_MISMATCH
         );
+        assert_eq!(TlsFailure::TlsaMismatch.result_type(), VALIDATION_FAILURE);
         assert_eq!(
-            result_of_tls_error("failed: invalid peer certificate: UnknownIssuer"),
-            CERTIFICATE_NOT_TRUSTED
-        );
-        assert_eq!(
-            result_of_tls_error("invalid peer certificate: Expired"),
-            CERTIFICATE_EXPIRED
-        );
-        assert_eq!(
-            result_of_tls_error("451 4.7.4 mx does not offer STARTTLS, and TLS is required"),
+            TlsFailure::StarttlsNotSupported.result_type(),
             STARTTLS_NOT_SUPPORTED
-        );
-        assert_eq!(
-            result_of_tls_error("421 4.7.5 TLS with mx timed out"),
-            VALIDATION_FAILURE
         );
     }
 }

@@ -1,12 +1,14 @@
 //! Codecs and protocol state machines that do no I/O, so they are tested
-//! without sockets: SMTP, POP3 and IMAP commands, MIME structure, message
-//! line endings, addresses, delivery status notifications and MTA-STS
-//! policies.
+//! without sockets: SMTP, POP3, IMAP and ManageSieve commands, MIME
+//! structure, message line endings, addresses, delivery status
+//! notifications, MTA-STS policies and the HTTP requests `list-web` answers.
 
 pub mod address;
 pub mod flags;
 pub mod html;
+pub mod http;
 pub mod imap;
+pub mod managesieve;
 pub mod mbox;
 pub mod message;
 pub mod mime;

@@ -116,6 +116,36 @@ impl Writer {
             .map_err(io_err(path))
     }
 
+    /// A symbolic link to a file beside it, as the link (`sieve/active.sieve`
+    /// names the active script this way, `postroom-sieve(5)`). A link
+    /// anywhere else is left out: restoring it could point into another
+    /// user's files.
+    fn link(&mut self, path: &Path, name: &Path) -> Result<(), BackupError> {
+        let target = match fs::read_link(path) {
+            Ok(target) => target,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        if !is_sibling(&target) {
+            tracing::warn!(
+                "{}: a link to {} is not backed up (only links to a file beside them are)",
+                path.display(),
+                target.display()
+            );
+            return Ok(());
+        }
+        let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata(&meta);
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        self.tar
+            .append_link(&mut header, name, &target)
+            .map_err(io_err(path))?;
+        self.report.files += 1;
+        Ok(())
+    }
+
     /// A folder and everything under it (missing: nothing).
     fn tree(&mut self, path: &Path, name: &Path) -> Result<(), BackupError> {
         let entries = match fs::read_dir(path) {
@@ -137,6 +167,8 @@ impl Writer {
                 self.tree(&child.path(), &name.join(&file_name))?;
             } else if kind.is_file() {
                 self.file(&child.path(), &name.join(&file_name))?;
+            } else if kind.is_symlink() {
+                self.link(&child.path(), &name.join(&file_name))?;
             }
         }
         Ok(())
@@ -471,6 +503,24 @@ pub fn restore(
                     report.files += 1;
                 }
             }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name().map_err(bad)?.map(|t| t.into_owned());
+                match target {
+                    Some(target) if is_sibling(&target) => {
+                        if fs::symlink_metadata(&dest).is_ok() && !overwrite {
+                            report.kept += 1;
+                        } else {
+                            write_link(&dest, &target)?;
+                            touched.insert(fsutil::parent_of(&dest).to_path_buf());
+                            report.files += 1;
+                        }
+                    }
+                    _ => tracing::warn!(
+                        "{}: a link that does not point beside itself; skipped",
+                        name.display()
+                    ),
+                }
+            }
             _ => {}
         }
         if name == Path::new(CONFIG_ENTRY) {
@@ -483,6 +533,27 @@ pub fn restore(
         fsutil::fsync_dir(&dir).map_err(io_err(&dir))?;
     }
     Ok(report)
+}
+
+/// A link target that is a file name in the link's own folder.
+fn is_sibling(target: &Path) -> bool {
+    let mut parts = target.components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
+}
+
+/// Makes `dest` a link to `target` by way of a hidden name beside it.
+fn write_link(dest: &Path, target: &Path) -> Result<(), BackupError> {
+    let dir = fsutil::parent_of(dest);
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(format!(".postroom-restore-{}", fsutil::unique_suffix()));
+    let result = std::os::unix::fs::symlink(target, &tmp).and_then(|()| fs::rename(&tmp, dest));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(dest))
 }
 
 /// Writes `data` to `dest` by way of a hidden name beside it.

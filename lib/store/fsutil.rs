@@ -277,6 +277,35 @@ where
     Ok(())
 }
 
+/// The secret kept in `path` (hex text), made on first use: 32 random
+/// bytes written [`SECRET_MODE`] under the file's lock, so two processes
+/// (or two hosts sharing the tree) that both find it missing agree on one.
+/// Per-list unsubscribe keys are kept this way (`postroom-lists(5)`); an
+/// admin may also write the file by hand, and any non-empty content is the
+/// secret as it stands.
+pub fn secret_or_create(path: &Path) -> io::Result<Vec<u8>> {
+    let trimmed = |text: &[u8]| text.trim_ascii().to_vec();
+    match read_fresh(path) {
+        Ok(text) if !text.trim_ascii().is_empty() => return Ok(trimmed(&text)),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut secret = Vec::new();
+    edit_secret_locked(path, |text| -> io::Result<String> {
+        if !text.trim().is_empty() {
+            // Someone else made it while this process waited for the lock.
+            secret = trimmed(text.as_bytes());
+            return Ok(text);
+        }
+        let bytes: [u8; 32] = rand::random();
+        let made: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        secret = made.clone().into_bytes();
+        Ok(made + "\n")
+    })?;
+    Ok(secret)
+}
+
 /// This machine's name as unique file names carry it (Maildir's rule:
 /// the host that wrote the file, not the name the config gives the mail
 /// system, which every host sharing the tree has in common), read once.
@@ -391,6 +420,20 @@ mod tests {
         write_atomic(&path, b"two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_secret_is_made_once_private_and_then_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let first = secret_or_create(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(secret_or_create(&path).unwrap(), first);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SECRET_MODE);
+        std::fs::write(&path, "by hand\n").unwrap();
+        assert_eq!(secret_or_create(&path).unwrap(), b"by hand");
     }
 
     #[test]

@@ -577,9 +577,10 @@ impl MessageFile {
         size_from_name(&self.name)
     }
 
-    /// Size on the wire (what POP3 RETR sends) from the name's `,W=`.
+    /// Size on the wire (what POP3 RETR sends) from the name, when it
+    /// states one ([`stated_wire_size`]).
     pub fn wire_size(&self) -> Option<u64> {
-        wire_size_from_name(&self.name)
+        stated_wire_size(&self.name)
     }
 }
 
@@ -973,11 +974,23 @@ fn copy_with_lf(
     Ok((size, wire.octets()))
 }
 
+/// The wire size (what POP3 RETR and IMAP BODY[] send) a name states:
+/// its `,W=`, except in the name of a file stored as given
+/// ([`is_wire_form`]), whose bare LFs, if any, are sent as CRLF like any
+/// other file's: its size is then counted from its bytes ([`pop3_size`]).
+pub fn stated_wire_size(name: &str) -> Option<u64> {
+    if is_wire_form(name) {
+        return None;
+    }
+    wire_size_from_name(name)
+}
+
 /// Whether a base name says its file is its own wire form: `,W=` equal
 /// to `,S=`. Every file delivery writes with LF has a `,W=` larger than
 /// its `,S=` (each LF counts two), and for a file with CRLF line ends the
 /// two forms are the same bytes anyway; so only a file stored as given
-/// (`Message::as_given`) is read differently: as it is, bare LFs and all.
+/// (`Message::as_given`) is read differently: BINARY decodes its parts as
+/// they are, bare LFs and all.
 pub fn is_wire_form(base: &str) -> bool {
     match (size_from_name(base), wire_size_from_name(base)) {
         (Some(s), Some(w)) => s == w,

@@ -131,6 +131,11 @@ fn backup_wipe_restore_brings_back_every_message_flag_and_queued_mail() {
     let sieve = tree.maildir("ann").join("sieve");
     std::fs::create_dir_all(&sieve).unwrap();
     std::fs::write(sieve.join("active.sieve"), "keep;\n").unwrap();
+    // bob's rules as sieve-serve keeps them: the active one is a link.
+    let bob_sieve = tree.maildir("bob").join("sieve");
+    std::fs::create_dir_all(&bob_sieve).unwrap();
+    std::fs::write(bob_sieve.join("rules.sieve"), "discard;\n").unwrap();
+    std::os::unix::fs::symlink("rules.sieve", bob_sieve.join("active.sieve")).unwrap();
     let out = tree.postroom(&["alias", "add", "info@example.test", "ann"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // A message for elsewhere waits in the queue.
@@ -206,5 +211,13 @@ fn backup_wipe_restore_brings_back_every_message_flag_and_queued_mail() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(files(&config_files), before_files);
     assert!(sieve.join("active.sieve").exists());
+    assert_eq!(
+        std::fs::read_link(bob_sieve.join("active.sieve")).unwrap(),
+        Path::new("rules.sieve")
+    );
+    assert_eq!(
+        std::fs::read_to_string(bob_sieve.join("active.sieve")).unwrap(),
+        "discard;\n"
+    );
     assert!(crate::util::maildir_files(&tree.maildir("ann")).is_empty());
 }

@@ -38,12 +38,6 @@ fn dane_world(tlsa: Vec<u8>, tlsa_secure: bool) -> World {
         "",
     );
     let config = std::fs::read_to_string(&w.tree.config).unwrap();
-    let port: u16 = config
-        .lines()
-        .find_map(|l| l.strip_prefix("port = "))
-        .unwrap()
-        .parse()
-        .unwrap();
     std::fs::write(
         &w.tree.config,
         config.replace("[dns]\n", "[dns]\ndnssec = true\n"),
@@ -53,8 +47,19 @@ fn dane_world(tlsa: Vec<u8>, tlsa_secure: bool) -> World {
     if tlsa_secure {
         records.push(Record::Secure);
     }
-    w.dns.set(&format!("_{port}._tcp.mx.far.test"), records);
+    w.dns.set(&tlsa_name(&w), records);
     w
+}
+
+/// Where mx.far.test's TLSA records are: `_PORT._tcp.mx.far.test`, the
+/// port the world's exchangers listen on.
+fn tlsa_name(w: &World) -> String {
+    let config = std::fs::read_to_string(&w.tree.config).unwrap();
+    let port = config
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap();
+    format!("_{port}._tcp.mx.far.test")
 }
 
 /// The MX sink at 127.0.0.2, offering STARTTLS with `tls`.
@@ -156,15 +161,51 @@ fn no_tlsa_record_falls_back_to_the_domains_policy() {
     let (tls, _) = self_signed("mx.far.test");
     let w = dane_world(vec![], true);
     // Remove the record: the name is unknown (NXDOMAIN, not validated).
-    let config = std::fs::read_to_string(&w.tree.config).unwrap();
-    let port = config
-        .lines()
-        .find_map(|l| l.strip_prefix("port = "))
-        .unwrap()
-        .to_string();
-    w.dns.set(&format!("_{port}._tcp.mx.far.test"), vec![]);
+    w.dns.set(&tlsa_name(&w), vec![]);
     let sink = tls_sink(&w, tls);
     w.queue_mail(&["bob@far.test"], "hi\n");
     ok(&w.send(&["--once"]));
     assert_eq!(sink.messages().len(), 1);
+}
+
+#[test]
+fn tlsa_records_are_asked_once_a_run_while_their_ttl_lasts() {
+    let (tls, spki_hash) = self_signed("mx.far.test");
+    let w = dane_world(spki_hash.clone(), true);
+    // One message a connection, one connection at a time: each message
+    // its own connection to mx.far.test, one after the other.
+    let config = std::fs::read_to_string(&w.tree.config).unwrap();
+    std::fs::write(
+        &w.tree.config,
+        config.replace(
+            "[send]\n",
+            "[send]\ndestination_concurrency = 1\nmessages_per_connection = 1\n",
+        ),
+    )
+    .unwrap();
+    let tlsa = tlsa_name(&w);
+    let sink = tls_sink(&w, tls);
+    w.queue_mail(&["bob@far.test"], "one\n");
+    w.queue_mail(&["bob@far.test"], "two\n");
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages().len(), 2);
+    assert_eq!(
+        w.dns.asked(&tlsa),
+        1,
+        "the second connection used the answer"
+    );
+    // A TTL of 0 may not be kept: each connection asks.
+    w.dns.set(
+        &tlsa,
+        vec![
+            Record::Tlsa(3, 1, 1, spki_hash),
+            Record::Secure,
+            Record::Ttl(0),
+        ],
+    );
+    w.queue_mail(&["bob@far.test"], "three\n");
+    w.queue_mail(&["bob@far.test"], "four\n");
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages().len(), 4);
+    assert_eq!(w.dns.asked(&tlsa), 3);
 }

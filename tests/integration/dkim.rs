@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::dns::Record;
-use crate::list_expand::{list_expand, ok as list_ok, open_team};
+use crate::list_expand::{list_expand, ok as list_ok, open_team_with_footer};
 use crate::smtp_recv::{ANN_LOGS_IN, python};
 use crate::smtp_send::{World, a, mx, ok};
 use crate::util::{Server, Tree, stderr, stdout};
@@ -54,14 +54,23 @@ pub(crate) fn tree_with_keys() -> (Tree, HashMap<String, String>) {
     (tree, records)
 }
 
-/// What mail-auth says of each signature, asking the test DNS server.
-pub(crate) fn mail_auth_results(config: &postroom::config::Config, message: &[u8]) -> Vec<String> {
+/// mail-auth's verifier asking the test DNS server, and a runtime to run
+/// it on.
+pub(crate) fn verifier(
+    config: &postroom::config::Config,
+) -> (mail_auth::MessageAuthenticator, tokio::runtime::Runtime) {
     let authenticator = postroom::net::dns::authenticator(config).unwrap();
-    let parsed = mail_auth::AuthenticatedMessage::parse(message).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    (authenticator, runtime)
+}
+
+/// What mail-auth says of each signature, asking the test DNS server.
+pub(crate) fn mail_auth_results(config: &postroom::config::Config, message: &[u8]) -> Vec<String> {
+    let (authenticator, runtime) = verifier(config);
+    let parsed = mail_auth::AuthenticatedMessage::parse(message).unwrap();
     runtime
         .block_on(authenticator.verify_dkim(mail_auth::Parameters::new(&parsed)))
         .iter()
@@ -69,7 +78,9 @@ pub(crate) fn mail_auth_results(config: &postroom::config::Config, message: &[u8
         .collect()
 }
 
-const DKIMPY: &str = r#"
+/// dkimpy, the message on stdin, and `dnsfunc` answering from the records
+/// (a JSON object, the first argument): what every dkimpy check starts with.
+const DKIMPY_SETUP: &str = r#"
 import json, sys
 try:
     import dkim
@@ -80,6 +91,9 @@ def dnsfunc(name, timeout=5):
     name = name.decode() if isinstance(name, bytes) else name
     return records.get(name.rstrip(".").lower(), "").encode()
 message = sys.stdin.buffer.read()
+"#;
+
+const DKIMPY: &str = r#"
 d = dkim.DKIM(message)
 count = sum(1 for line in message.split(b"\r\n\r\n")[0].split(b"\r\n")
             if line.lower().startswith(b"dkim-signature:"))
@@ -90,8 +104,19 @@ sys.exit(0 if count and all(results) else 1)
 
 /// dkimpy's verdict on every signature: (all passed, what it printed).
 fn dkimpy(records: &HashMap<String, String>, message: &[u8]) -> (bool, String) {
+    run_dkimpy(DKIMPY, records, message)
+}
+
+/// Runs a dkimpy `check` (after [`DKIMPY_SETUP`]) on `message`: (it
+/// exited 0, what it printed).
+pub(crate) fn run_dkimpy(
+    check: &str,
+    records: &HashMap<String, String>,
+    message: &[u8],
+) -> (bool, String) {
+    let script = format!("{DKIMPY_SETUP}{check}");
     let mut child = Command::new("python3")
-        .args(["-c", DKIMPY, &serde_json::to_string(records).unwrap()])
+        .args(["-c", &script, &serde_json::to_string(records).unwrap()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -152,14 +177,7 @@ s.quit()
     // A list post from an outside author, with a footer: signed for the
     // list's domain (the envelope sender's), the footer inside the body
     // hash.
-    open_team(&w.tree, b"dora@far.test\n");
-    let list_config = w.tree.root().join("lists/team@example.test/config");
-    let text = std::fs::read_to_string(&list_config).unwrap();
-    std::fs::write(
-        &list_config,
-        text + "footer = \"To leave: mail team-request\"\n",
-    )
-    .unwrap();
+    open_team_with_footer(&w.tree, b"dora@far.test\n");
     list_ok(&list_expand(
         &w.tree,
         &["post", "team@example.test", "--sender", "eve@far.test"],

@@ -26,12 +26,16 @@ pub enum Record {
     /// Answers about the name carry the AD bit, as a validating
     /// resolver's do for a signed zone.
     Secure,
+    /// The TTL of the name's records (60 s without one).
+    Ttl(u32),
 }
 
 /// The server; stops when dropped.
 pub struct DnsServer {
     pub addr: SocketAddr,
     records: Arc<Mutex<HashMap<String, Vec<Record>>>>,
+    /// How many questions each name got.
+    asked: Arc<Mutex<HashMap<String, usize>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -48,13 +52,15 @@ impl DnsServer {
         let stopped = stop.clone();
         let records = Arc::new(Mutex::new(records));
         let table = records.clone();
+        let asked = Arc::new(Mutex::new(HashMap::new()));
+        let counts = asked.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stopped.load(Ordering::Relaxed) {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                let reply = answer(&buf[..n], &table.lock().unwrap());
+                let reply = answer(&buf[..n], &table.lock().unwrap(), &counts);
                 if let Some(reply) = reply {
                     let _ = socket.send_to(&reply, peer);
                 }
@@ -63,6 +69,7 @@ impl DnsServer {
         DnsServer {
             addr,
             records,
+            asked,
             stop,
             thread: Some(thread),
         }
@@ -70,6 +77,11 @@ impl DnsServer {
 }
 
 impl DnsServer {
+    /// How many questions `name` got so far.
+    pub fn asked(&self, name: &str) -> usize {
+        self.asked.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+
     /// Replaces a name's records from now on (a zone edit).
     pub fn set(&self, name: &str, records: Vec<Record>) {
         self.records
@@ -89,7 +101,11 @@ impl Drop for DnsServer {
     }
 }
 
-fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8>> {
+fn answer(
+    query: &[u8],
+    records: &HashMap<String, Vec<Record>>,
+    asked: &Mutex<HashMap<String, usize>>,
+) -> Option<Vec<u8>> {
     if query.len() < 12 {
         return None;
     }
@@ -108,6 +124,16 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
     let qtype = u16::from_be_bytes([*query.get(i)?, *query.get(i + 1)?]);
     let question = &query[12..i + 4];
     let name = labels.join(".");
+    *asked.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let ttl = records
+        .get(&name)
+        .and_then(|rs| {
+            rs.iter().find_map(|r| match r {
+                Record::Ttl(ttl) => Some(*ttl),
+                _ => None,
+            })
+        })
+        .unwrap_or(60);
     let matching: Vec<&Record> = records
         .get(&name)
         .map(|rs| {
@@ -162,7 +188,7 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
                 data.push(0);
                 (15u16, data)
             }
-            Record::ServFail | Record::Secure => continue,
+            Record::ServFail | Record::Secure | Record::Ttl(_) => continue,
             Record::Tlsa(usage, selector, matching, bytes) => {
                 let mut data = vec![*usage, *selector, *matching];
                 data.extend_from_slice(bytes);
@@ -179,7 +205,7 @@ fn answer(query: &[u8], records: &HashMap<String, Vec<Record>>) -> Option<Vec<u8
         };
         reply.extend_from_slice(&rtype.to_be_bytes());
         reply.extend_from_slice(&1u16.to_be_bytes()); // IN
-        reply.extend_from_slice(&60u32.to_be_bytes()); // TTL
+        reply.extend_from_slice(&ttl.to_be_bytes()); // TTL
         reply.extend_from_slice(&(data.len() as u16).to_be_bytes());
         reply.extend_from_slice(&data);
     }

@@ -15,6 +15,18 @@ pub(crate) fn tree_with_user() -> Tree {
     tree
 }
 
+/// Bob's tree with `limits.message_size` set to `limit`.
+pub(crate) fn tree_with_message_size(limit: &str) -> Tree {
+    let tree = tree_with_user();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        text.replace("message_size = \"35M\"", &format!("message_size = {limit}")),
+    )
+    .unwrap();
+    tree
+}
+
 /// Delivers a message to bob through mail-inject.
 pub(crate) fn deliver(tree: &Tree, subject: &str) {
     let msg = format!(
@@ -1060,13 +1072,7 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
 /// back included.
 #[test]
 fn sort_thread_multiappend_exact_answers_and_all_or_nothing() {
-    let tree = tree_with_user();
-    let text = std::fs::read_to_string(&tree.config).unwrap();
-    std::fs::write(
-        &tree.config,
-        text.replace("message_size = \"35M\"", "message_size = 3000"),
-    )
-    .unwrap();
+    let tree = tree_with_message_size("3000");
     let out = tree.postroom(&[
         "user",
         "add",

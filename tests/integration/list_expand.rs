@@ -35,6 +35,14 @@ pub(crate) fn open_team(tree: &Tree, members: &[u8]) {
     ));
 }
 
+/// [`open_team`] with a footer, "To leave: mail team-request".
+pub(crate) fn open_team_with_footer(tree: &Tree, members: &[u8]) {
+    open_team(tree, members);
+    let config = tree.root().join("lists/team@example.test/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "footer = \"To leave: mail team-request\"\n").unwrap();
+}
+
 pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
     stdout(out)
@@ -407,7 +415,9 @@ fn verp_return_paths_and_bounce_counting() {
     let cat = mail_of(&tree, "cat");
     for want in [
         "Return-Path: <team-bounces+cat=example.test@example.test>",
-        "List-Unsubscribe: <https://lists.example.test/u/team>, <mailto:",
+        // One copy a member when the list has an unsubscribe_url: each
+        // carries its member's one-click URL (list-web(8)).
+        "List-Unsubscribe: <https://lists.example.test/u/team/unsubscribe/team@example.test/cat@example.test/",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
     ] {
         assert!(cat[0].contains(want), "{want:?} missing:\n{}", cat[0]);

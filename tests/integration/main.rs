@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries on temporary trees (one test index,
 //! as ripgrep does, so the binaries are built once).
 
+mod arc;
 mod archive;
 mod auth;
 mod backup;
@@ -13,6 +14,7 @@ mod dns;
 mod expire;
 mod first_day;
 mod foundation;
+mod imap_acl;
 mod imap_index;
 mod imap_round2;
 mod imap_serve;
@@ -20,6 +22,7 @@ mod layout;
 #[cfg(feature = "legacy-tls")]
 mod legacy_tls;
 mod list_expand;
+mod list_web;
 mod login_hooks;
 mod mailall;
 mod mailsort;
@@ -29,6 +32,7 @@ mod multihost;
 mod pop3_serve;
 mod queue_priority;
 mod quota;
+mod sieve_serve;
 mod sink;
 mod smtp_recv;
 mod smtp_send;

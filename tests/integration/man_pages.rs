@@ -110,6 +110,7 @@ fn every_flag_of_every_program_is_in_its_man_page_and_back() {
         ("vacation", "vacation.1"),
         ("mailsort", "mailsort.1"),
         ("list-expand", "list-expand.1"),
+        ("list-web", "list-web.8"),
     ] {
         matches_page(program, page);
     }

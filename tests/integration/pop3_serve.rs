@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use postroom::store::maildir::{Delivered, Maildir, Message};
 
-use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout, wait_until};
+use crate::util::{
+    Server, Tree, bin, configure, connect_loopback, maildir_files, stderr, stdout, wait_until,
+};
 
 const ANN_PLAIN: &str = "AGFubkBleGFtcGxlLnRlc3QAc2VjcmV0"; // \0ann@example.test\0secret
 
@@ -38,43 +40,6 @@ fn tree_with_ann() -> Tree {
     let tree = Tree::new();
     tree.add_user("ann@example.test");
     tree
-}
-
-/// Sets keys of one section of the tree's config (replacing any the
-/// section already has), e.g. `("limits", &[("idle_timeout", "\"1s\"")])`.
-fn configure(tree: &Tree, section: &str, keys: &[(&str, &str)]) {
-    let text = std::fs::read_to_string(&tree.config).unwrap();
-    let header = format!("[{section}]");
-    let mut out = String::new();
-    let mut inside = false;
-    let mut found = false;
-    for line in text.lines() {
-        if line.starts_with('[') {
-            inside = line.trim() == header;
-            out.push_str(line);
-            out.push('\n');
-            if inside {
-                found = true;
-                for (k, v) in keys {
-                    out.push_str(&format!("{k} = {v}\n"));
-                }
-            }
-            continue;
-        }
-        let key = line.split('=').next().unwrap_or("").trim();
-        if inside && keys.iter().any(|(k, _)| *k == key) {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if !found {
-        out.push_str(&format!("\n{header}\n"));
-        for (k, v) in keys {
-            out.push_str(&format!("{k} = {v}\n"));
-        }
-    }
-    std::fs::write(&tree.config, out).unwrap();
 }
 
 /// Delivers `body` to a user's maildir as local delivery does; returns
@@ -154,14 +119,8 @@ struct Client {
 
 impl Client {
     fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut client = Client {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
+        let (reader, writer) = connect_loopback(port);
+        let mut client = Client { reader, writer };
         let greeting = client.line();
         assert!(greeting.starts_with(b"+OK"), "greeting {greeting:?}");
         client

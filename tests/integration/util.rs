@@ -91,6 +91,53 @@ impl Tree {
     }
 }
 
+/// A client's connection to a server on loopback: a buffered reader and a
+/// writer over one socket, reads waiting at most 20 seconds.
+pub fn connect_loopback(port: u16) -> (BufReader<std::net::TcpStream>, std::net::TcpStream) {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    (BufReader::new(stream.try_clone().unwrap()), stream)
+}
+
+/// Sets keys of one section of the tree's config (replacing any the
+/// section already has), e.g. `("limits", &[("idle_timeout", "\"1s\"")])`.
+pub fn configure(tree: &Tree, section: &str, keys: &[(&str, &str)]) {
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    let header = format!("[{section}]");
+    let mut out = String::new();
+    let mut inside = false;
+    let mut found = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            inside = line.trim() == header;
+            out.push_str(line);
+            out.push('\n');
+            if inside {
+                found = true;
+                for (k, v) in keys {
+                    out.push_str(&format!("{k} = {v}\n"));
+                }
+            }
+            continue;
+        }
+        let key = line.split('=').next().unwrap_or("").trim();
+        if inside && keys.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !found {
+        out.push_str(&format!("\n{header}\n"));
+        for (k, v) in keys {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    std::fs::write(&tree.config, out).unwrap();
+}
+
 /// The path of a binary of this package, built by cargo for the tests.
 /// A server as inetd starts it for one connection from loopback: its
 /// stdin and stdout piped, stderr dropped. (A pipe names no peer, and
@@ -119,6 +166,7 @@ pub fn bin(name: &str) -> PathBuf {
         "mailsort" => PathBuf::from(env!("CARGO_BIN_EXE_mailsort")),
         "pop3-serve" => PathBuf::from(env!("CARGO_BIN_EXE_pop3-serve")),
         "imap-serve" => PathBuf::from(env!("CARGO_BIN_EXE_imap-serve")),
+        "sieve-serve" => PathBuf::from(env!("CARGO_BIN_EXE_sieve-serve")),
         other => Path::new(env!("CARGO_BIN_EXE_postroom")).with_file_name(other),
     }
 }
@@ -465,6 +513,12 @@ pub fn run_queue(tree: &Tree) {
 /// What a reader sees of an HTML page: its DOM as headless Chromium
 /// renders it.
 pub fn rendered(page: &Path) -> String {
+    chromium_dom(&format!("file://{}", page.display()), &[])
+}
+
+/// The DOM headless Chromium ends with at `url`, with `extra` flags (e.g.
+/// `--virtual-time-budget=MS` to let a page's loads and scripts finish).
+pub fn chromium_dom(url: &str, extra: &[&str]) -> String {
     let out = Command::new("chromium")
         .args([
             "--headless",
@@ -473,7 +527,8 @@ pub fn rendered(page: &Path) -> String {
             "--no-first-run",
             "--dump-dom",
         ])
-        .arg(format!("file://{}", page.display()))
+        .args(extra)
+        .arg(url)
         .output()
         .unwrap_or_else(|e| panic!("chromium is not installed ({e}); .ci/run installs it"));
     assert!(out.status.success(), "{}", stderr(&out));

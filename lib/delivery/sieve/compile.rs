@@ -1171,6 +1171,24 @@ mod tests {
         }
     }
 
+    /// What sieve-serve and `mailsort --check` show a user: where the
+    /// command or test the compiler refused begins.
+    #[test]
+    fn compile_errors_name_the_line_and_column() {
+        for (script, at) in [
+            ("keep;\n  frobnicate;\n", (2, 3)),
+            ("require \"fileinto\";\nif true {\n\tfileinto;\n}\n", (3, 2)),
+            (
+                "if true {\n  keep;\n} elsif header :bogus \"a\" \"b\" { stop; }\n",
+                (3, 9),
+            ),
+            ("require \"enotify\";", (1, 1)),
+        ] {
+            let e = Script::compile(script).unwrap_err();
+            assert_eq!((e.line, e.column), at, "{script:?}: {e}");
+        }
+    }
+
     #[test]
     fn the_rfc_5228_example_compiles() {
         let script = r#"

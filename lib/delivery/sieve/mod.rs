@@ -12,6 +12,7 @@
 mod compile;
 mod parse;
 mod run;
+pub mod storage;
 
 pub use compile::{EXTENSIONS, Script};
 pub use run::{Action, Input};

@@ -10,7 +10,7 @@ use super::SieveError;
 /// The deepest nesting of blocks and test lists.
 const MAX_DEPTH: usize = 32;
 /// The longest script.
-pub const MAX_SCRIPT: usize = 1 << 20;
+pub const MAX_SCRIPT: usize = crate::config::SIEVE_SCRIPT_MAX;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arg {

@@ -247,6 +247,8 @@ pub struct ListOptions {
     pub return_subscribed: bool,
     pub return_children: bool,
     pub return_special_use: bool,
+    /// `RETURN (MYRIGHTS)` (RFC 8440).
+    pub return_myrights: bool,
     pub status: Vec<StatusItem>,
 }
 
@@ -259,6 +261,18 @@ pub struct Appended {
     /// Sent as a `~{n}` literal8 (RFC 3516): binary content, to be kept
     /// byte for byte.
     pub binary: bool,
+    /// CATENATE (RFC 4469): the parts the message is made of, in order
+    /// (`message` is then empty); empty for a plain message.
+    pub catenate: Vec<CatPart>,
+}
+
+/// One part of a CATENATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatPart {
+    /// `TEXT literal`; `true` for a literal8 (binary, kept as given).
+    Text(Vec<u8>, bool),
+    /// `URL url`: a message or part of one (`url::parse`).
+    Url(String),
 }
 
 /// QRESYNC's SELECT parameter: what the client knew when it left.
@@ -326,6 +340,9 @@ pub enum Body {
     Check,
     Close,
     Unselect,
+    /// CANCELUPDATE (RFC 5267 §4.3.5): the tags of the searches whose
+    /// updates stop.
+    CancelUpdate(Vec<String>),
     Expunge(Option<SequenceSet>),
     Search {
         uid: bool,
@@ -378,6 +395,29 @@ pub enum Body {
     GetQuota(String),
     GetQuotaRoot(String),
     SetQuota,
+    /// ACL commands (RFC 4314): the mailbox, then the identifier and the
+    /// rights as sent (`+`/`-` prefix kept for the handler to read).
+    Acl(AclCommand),
+}
+
+/// An ACL command (RFC 4314 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclCommand {
+    SetAcl {
+        mailbox: String,
+        identifier: String,
+        rights: String,
+    },
+    DeleteAcl {
+        mailbox: String,
+        identifier: String,
+    },
+    GetAcl(String),
+    ListRights {
+        mailbox: String,
+        identifier: String,
+    },
+    MyRights(String),
 }
 
 impl Body {
@@ -405,6 +445,20 @@ pub fn partial_range(opts: &str) -> Option<(i64, i64)> {
     let same_sign = (a > 0 && b > 0) || (a < 0 && b < 0);
     let bound = i64::from(u32::MAX);
     (same_sign && a.abs() <= bound && b.abs() <= bound).then_some((a.min(b), a.max(b)))
+}
+
+/// A section spec as FETCH takes it between brackets (`HEADER`, `1.2`,
+/// `1.MIME`, `HEADER.FIELDS (SUBJECT)`), as an IMAP URL's `SECTION=`
+/// gives it; `None` if it is not one.
+pub fn parse_section(spec: &str) -> Option<Section> {
+    let input = format!("[{spec}]");
+    let mut p = Parser {
+        input: input.as_bytes(),
+        pos: 0,
+        keys: 0,
+    };
+    let section = p.section().ok()?;
+    (p.pos == input.len()).then_some(section)
 }
 
 /// Parses one framed command (ending in CRLF or LF).
@@ -712,6 +766,9 @@ impl<'a> Parser<'a> {
             "IDLE" => Body::Idle,
             "NAMESPACE" => Body::Namespace,
             "EXPUNGE" => Body::Expunge(None),
+            "CANCELUPDATE" => Body::CancelUpdate(
+                self.one_or_more(Self::astring, "CANCELUPDATE needs the tag of a search")?,
+            ),
             "AUTHENTICATE" => {
                 self.sp()?;
                 let mechanism = self.word()?;
@@ -737,16 +794,7 @@ impl<'a> Parser<'a> {
                 let password = self.astring()?;
                 Body::Login { user, password }
             }
-            "ENABLE" => {
-                let mut caps = Vec::new();
-                while self.eat(b' ') {
-                    caps.push(self.word()?);
-                }
-                if caps.is_empty() {
-                    return bad("ENABLE needs a capability");
-                }
-                Body::Enable(caps)
-            }
+            "ENABLE" => Body::Enable(self.one_or_more(Self::word, "ENABLE needs a capability")?),
             "ID" => {
                 self.sp()?;
                 // The client's fields are only logged; read and drop them.
@@ -784,6 +832,31 @@ impl<'a> Parser<'a> {
                     condstore,
                     qresync,
                 }
+            }
+            "SETACL" | "DELETEACL" | "GETACL" | "LISTRIGHTS" | "MYRIGHTS" => {
+                self.sp()?;
+                let mailbox = self.mailbox()?;
+                let mut next = || -> R<String> {
+                    self.sp()?;
+                    self.astring()
+                };
+                Body::Acl(match name.as_str() {
+                    "SETACL" => AclCommand::SetAcl {
+                        mailbox,
+                        identifier: next()?,
+                        rights: next()?,
+                    },
+                    "DELETEACL" => AclCommand::DeleteAcl {
+                        mailbox,
+                        identifier: next()?,
+                    },
+                    "LISTRIGHTS" => AclCommand::ListRights {
+                        mailbox,
+                        identifier: next()?,
+                    },
+                    "GETACL" => AclCommand::GetAcl(mailbox),
+                    _ => AclCommand::MyRights(mailbox),
+                })
             }
             "CREATE" | "DELETE" | "SUBSCRIBE" | "UNSUBSCRIBE" | "GETQUOTAROOT" => {
                 self.sp()?;
@@ -866,6 +939,18 @@ impl<'a> Parser<'a> {
         Ok(body)
     }
 
+    /// `1*(SP item)`; `missing` is the complaint when there is none.
+    fn one_or_more<T>(&mut self, item: fn(&mut Self) -> R<T>, missing: &str) -> R<Vec<T>> {
+        let mut out = Vec::new();
+        while self.eat(b' ') {
+            out.push(item(self)?);
+        }
+        if out.is_empty() {
+            return bad(missing);
+        }
+        Ok(out)
+    }
+
     fn nil(&mut self) -> R<()> {
         if self.word()? == "NIL" {
             Ok(())
@@ -928,6 +1013,7 @@ impl<'a> Parser<'a> {
                     "SUBSCRIBED" => options.return_subscribed = true,
                     "CHILDREN" => options.return_children = true,
                     "SPECIAL-USE" => options.return_special_use = true,
+                    "MYRIGHTS" => options.return_myrights = true,
                     "STATUS" => {
                         self.sp()?;
                         options.status = self.status_items()?;
@@ -1014,14 +1100,28 @@ impl<'a> Parser<'a> {
                 self.sp()?;
             }
             // `utf8-literal = "UTF8" SP "(" literal8 ")"` (RFC 6855 §4):
-            // a message with UTF-8 headers, kept as given.
-            let utf8 = self.peek().is_some_and(|b| b.eq_ignore_ascii_case(&b'U'));
-            if utf8 {
-                if self.word()? != "UTF8" {
-                    return bad("expected a message literal or UTF8 (literal8)");
+            // a message with UTF-8 headers, kept as given; or `CATENATE
+            // SP "(" cat-part *(SP cat-part) ")"` (RFC 4469).
+            let mut utf8 = false;
+            if self.peek().is_some_and(|b| b.is_ascii_alphabetic()) {
+                match self.word()?.as_str() {
+                    "UTF8" => {
+                        utf8 = true;
+                        self.sp()?;
+                        self.expect(b'(')?;
+                    }
+                    "CATENATE" => {
+                        messages.push(Appended {
+                            flags,
+                            date,
+                            message: Vec::new(),
+                            binary: false,
+                            catenate: self.cat_parts()?,
+                        });
+                        continue;
+                    }
+                    _ => return bad("expected a message literal, UTF8 (literal8) or CATENATE"),
                 }
-                self.sp()?;
-                self.expect(b'(')?;
             }
             let binary = self.peek() == Some(b'~');
             let message = self.string()?;
@@ -1033,12 +1133,48 @@ impl<'a> Parser<'a> {
                 date,
                 message,
                 binary,
+                catenate: Vec::new(),
             });
         }
         if messages.is_empty() {
             return bad("APPEND needs a message");
         }
         Ok(Body::Append { mailbox, messages })
+    }
+
+    /// `SP "(" cat-part *(SP cat-part) ")"`, `cat-part = "TEXT" SP
+    /// literal / "URL" SP astring` (RFC 4469 §5; TEXT may be a literal8).
+    fn cat_parts(&mut self) -> R<Vec<CatPart>> {
+        self.sp()?;
+        self.expect(b'(')?;
+        let mut parts = Vec::new();
+        while !self.eat(b')') {
+            if !parts.is_empty() {
+                self.sp()?;
+            }
+            match self.word()?.as_str() {
+                "TEXT" => {
+                    self.sp()?;
+                    let binary = self.peek() == Some(b'~');
+                    if !matches!(self.peek(), Some(b'{' | b'~')) {
+                        return bad("CATENATE TEXT takes a literal");
+                    }
+                    parts.push(CatPart::Text(self.string()?, binary));
+                }
+                "URL" => {
+                    self.sp()?;
+                    parts.push(CatPart::Url(self.astring()?));
+                }
+                other => return bad(format!("unknown CATENATE part {other} (TEXT or URL)")),
+            }
+            if parts.len() > 1000 {
+                return bad("too many CATENATE parts");
+            }
+        }
+        if parts.is_empty() {
+            return bad("CATENATE needs a part");
+        }
+        Ok(parts)
     }
 
     fn fetch(&mut self, uid: bool) -> R<Body> {
@@ -1464,8 +1600,9 @@ impl<'a> Parser<'a> {
 
     /// `SP "(" [return-opt *(SP return-opt)] ")"` after RETURN, for SEARCH
     /// (ESEARCH, RFC 4731; SAVE, RFC 5182) and SORT (ESORT, RFC 5267):
-    /// MIN, MAX, ALL, COUNT, SAVE (SEARCH only) and `PARTIAL range` (RFC
-    /// 9394), which is kept as the one option `PARTIAL lo:hi`.
+    /// MIN, MAX, ALL, COUNT, SAVE (SEARCH only), UPDATE and CONTEXT (RFC
+    /// 5267 §4) and `PARTIAL range` (RFC 9394), which is kept as the one
+    /// option `PARTIAL lo:hi`.
     fn return_options(&mut self, search: bool) -> R<Vec<String>> {
         self.sp()?;
         self.expect(b'(')?;
@@ -1474,7 +1611,7 @@ impl<'a> Parser<'a> {
             self.eat(b' ');
             let opt = self.word()?;
             match opt.as_str() {
-                "MIN" | "MAX" | "ALL" | "COUNT" => opts.push(opt),
+                "MIN" | "MAX" | "ALL" | "COUNT" | "UPDATE" | "CONTEXT" => opts.push(opt),
                 "SAVE" if search => opts.push(opt),
                 "PARTIAL" => {
                     self.sp()?;
@@ -1692,6 +1829,59 @@ mod tests {
             .body
     }
 
+    fn refused(s: &str) {
+        assert!(parse(s.as_bytes()).is_err(), "{s} parsed");
+    }
+
+    #[test]
+    fn parses_acl_commands() {
+        // RFC 4314 §3 examples.
+        assert_eq!(
+            ok("A035 SETACL INBOX/Drafts John lrQswicda\r\n"),
+            Body::Acl(AclCommand::SetAcl {
+                mailbox: "INBOX/Drafts".into(),
+                identifier: "John".into(),
+                rights: "lrQswicda".into()
+            })
+        );
+        assert_eq!(
+            ok("A002 SETACL INBOX.Projects \"bob@d\" -w\r\n"),
+            Body::Acl(AclCommand::SetAcl {
+                mailbox: "INBOX.Projects".into(),
+                identifier: "bob@d".into(),
+                rights: "-w".into()
+            })
+        );
+        assert_eq!(
+            ok("A003 DELETEACL INBOX Fred\r\n"),
+            Body::Acl(AclCommand::DeleteAcl {
+                mailbox: "INBOX".into(),
+                identifier: "Fred".into()
+            })
+        );
+        assert_eq!(
+            ok("A002 GETACL INBOX\r\n"),
+            Body::Acl(AclCommand::GetAcl("INBOX".into()))
+        );
+        assert_eq!(
+            ok("a LISTRIGHTS ~/Mail/saved smith\r\n"),
+            Body::Acl(AclCommand::ListRights {
+                mailbox: "~/Mail/saved".into(),
+                identifier: "smith".into()
+            })
+        );
+        assert_eq!(
+            ok("A003 MYRIGHTS INBOX\r\n"),
+            Body::Acl(AclCommand::MyRights("INBOX".into()))
+        );
+        assert!(parse(b"a SETACL INBOX bob\r\n").is_err());
+        assert!(parse(b"a MYRIGHTS\r\n").is_err());
+        match ok("a LIST \"\" * RETURN (MYRIGHTS)\r\n") {
+            Body::List { options, .. } => assert!(options.return_myrights),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn parses_rfc_examples() {
         assert_eq!(ok("a1 NOOP\r\n"), Body::Noop);
@@ -1782,6 +1972,46 @@ mod tests {
             ok("t UID SEARCH CHARSET utf-8 SUBJECT x\r\n"),
             Body::Search { uid: true, .. }
         ));
+        // CATENATE (RFC 4469 §5's example), also in a MULTIAPPEND.
+        match ok(
+            "A003 APPEND Drafts (\\Seen \\Draft $MDNSent) CATENATE (URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;section=HEADER\" TEXT {42}\r\n\r\n--------------030308070208000400050907\r\n URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;section=1.MIME\") {3}\r\nhi!\r\n",
+        ) {
+            Body::Append { messages, .. } => {
+                assert_eq!(messages.len(), 2);
+                assert_eq!(messages[0].flags.len(), 3);
+                let parts = &messages[0].catenate;
+                assert_eq!(parts.len(), 3);
+                assert!(matches!(&parts[1], CatPart::Text(t, false) if t.len() == 42));
+                assert!(matches!(&parts[2], CatPart::Url(u) if u.ends_with("1.MIME")));
+                assert!(messages[1].catenate.is_empty() && messages[1].message == b"hi!");
+            }
+            other => panic!("{other:?}"),
+        }
+        refused("t APPEND x CATENATE ()\r\n");
+        refused("t APPEND x CATENATE (TEXT \"quoted\")\r\n");
+        refused("t APPEND x CATENATE (BODY {1}\r\nx)\r\n");
+        assert_eq!(
+            parse_section("HEADER.FIELDS (SUBJECT)").map(|s| s.text),
+            Some(SectionText::HeaderFields {
+                not: false,
+                fields: vec!["SUBJECT".into()]
+            })
+        );
+        assert_eq!(parse_section("1.2").map(|s| s.part), Some(vec![1, 2]));
+        assert_eq!(parse_section("1.2] x"), None);
+        // RFC 5267 contexts: UPDATE and CONTEXT, and CANCELUPDATE.
+        assert!(matches!(
+            ok("B01 UID SEARCH RETURN (UPDATE COUNT) DELETED\r\n"),
+            Body::Search { ret: Some(ref r), .. } if r == &["UPDATE", "COUNT"]
+        ));
+        assert!(matches!(
+            ok("C01 UID SORT RETURN (CONTEXT UPDATE) (DATE) UTF-8 ALL\r\n"),
+            Body::Sort { ret: Some(ref r), .. } if r == &["CONTEXT", "UPDATE"]
+        ));
+        assert!(matches!(
+            ok("D01 CANCELUPDATE \"B01\" \"C01\"\r\n"),
+            Body::CancelUpdate(ref tags) if tags == &["B01", "C01"]
+        ));
         match ok("t UID FETCH 1:* FLAGS\r\n") {
             Body::Fetch {
                 uid: true, items, ..
@@ -1811,6 +2041,7 @@ mod tests {
                     date,
                     flags,
                     binary,
+                    ..
                 } = messages.remove(0);
                 assert!(!binary);
                 assert_eq!(message, b"hello");
@@ -1923,13 +2154,24 @@ mod tests {
         }
 
         #[test]
+        fn setacl_arguments_come_back_as_sent(
+            mailbox in "[A-Za-z0-9.]{1,20}",
+            identifier in "-?[a-z0-9$]{1,12}(@[a-z]{1,8}\\.test)?",
+            rights in "[+-]?[a-z]{0,12}",
+        ) {
+            // Quoted, as a client sends any string that is no atom.
+            let line = format!("t SETACL {mailbox} \"{identifier}\" \"{rights}\"\r\n");
+            prop_assert_eq!(ok(&line), Body::Acl(AclCommand::SetAcl { mailbox, identifier, rights }));
+        }
+
+        #[test]
         fn random_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse(&bytes);
         }
 
         #[test]
         fn random_commands_never_panic(
-            name in prop::sample::select(vec!["FETCH", "UID FETCH", "SEARCH", "STORE", "LIST", "APPEND", "STATUS", "SELECT", "LOGIN", "COPY"]),
+            name in prop::sample::select(vec!["FETCH", "UID FETCH", "SEARCH", "STORE", "LIST", "APPEND", "STATUS", "SELECT", "LOGIN", "COPY", "SETACL", "DELETEACL", "GETACL", "LISTRIGHTS", "MYRIGHTS"]),
             rest in "[ -~]{0,80}",
         ) {
             let _ = parse(format!("t {name} {rest}\r\n").as_bytes());

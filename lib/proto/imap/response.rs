@@ -8,31 +8,50 @@ use crate::proto::imap::command::{Section, SectionText, partial_range};
 /// A `string`: quoted when it is printable ASCII, else a literal.
 pub fn quoted_or_literal(out: &mut Vec<u8>, s: &[u8]) {
     if s.iter().all(|&b| (0x20..0x7f).contains(&b)) && s.len() < 4096 {
-        out.push(b'"');
-        for &b in s {
-            if b == b'"' || b == b'\\' {
-                out.push(b'\\');
-            }
-            out.push(b);
-        }
-        out.push(b'"');
+        quoted(out, s);
     } else {
         literal(out, s);
     }
 }
 
+/// `s` in double quotes, `"` and `\` escaped (IMAP and ManageSieve quote
+/// alike); the caller has checked that `s` may be quoted.
+pub fn quoted(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &b in s {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// A literal. A literal may not hold a NUL (RFC 9051 §4.3; only BINARY's
+/// literal8 may), so each NUL is sent as 0x80, as Dovecot does: the length
+/// stays, so RFC822.SIZE and partial offsets still hold, and a message
+/// stored with a NUL (a broken sender's) is still served, never refused.
 pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    let start = out.len();
     out.extend_from_slice(s);
+    if s.contains(&0) {
+        for b in &mut out[start..] {
+            if *b == 0 {
+                *b = 0x80;
+            }
+        }
+    }
 }
 
 /// A literal, as `~{n}` (RFC 3516 literal8) when it holds a NUL, which a
-/// plain literal may not.
+/// plain literal may not; the NULs are then sent as they are.
 pub fn literal8(out: &mut Vec<u8>, data: &[u8]) {
-    if data.contains(&0) {
-        out.push(b'~');
+    if !data.contains(&0) {
+        return literal(out, data);
     }
-    literal(out, data);
+    out.extend_from_slice(format!("~{{{}}}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
 }
 
 /// `nstring`: NIL or a string.
@@ -276,6 +295,10 @@ mod tests {
         out.push(b' ');
         literal8(&mut out, b"ab");
         assert_eq!(out, b"~{2}\r\n\x00\x01 {2}\r\nab");
+        // A plain literal never holds a NUL: 0x80 in its place, as Dovecot.
+        out.clear();
+        literal(&mut out, b"a\x00b\x00");
+        assert_eq!(out, b"{4}\r\na\x80b\x80");
         let name = |part: Vec<u32>, text: SectionText| {
             let mut out = Vec::new();
             section_name(&mut out, &Section { part, text });

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use super::MailboxError;
 use super::flags::{Flags, Keywords};
 use super::uidlist::{self, UidList, UidLock};
-use crate::store::maildir::{NoFollowDir, split_name, wire_size_from_name};
+use crate::store::maildir::{NoFollowDir, split_name, stated_wire_size};
 use rustix::fs::OFlags;
 
 /// One message as a session knows it.
@@ -48,11 +48,16 @@ impl Entry {
         format!("{}:2,{}", self.base, self.info)
     }
 
-    /// The size with CRLF line ends (`,W=` in the name), if the name says.
+    /// The size with CRLF line ends (`,W=` in the name), if the name says
+    /// (`maildir::stated_wire_size`).
     pub fn wire_size(&self) -> Option<u64> {
-        wire_size_from_name(&self.base)
+        stated_wire_size(&self.base)
     }
 }
+
+/// A flag change of this many messages or more reads `cur/` once rather
+/// than look for each file by its name.
+const LIST_CUR_FROM: usize = 16;
 
 /// A list this long (about 10,000 messages) is read on a thread of its
 /// own while `cur/` is read.
@@ -535,34 +540,94 @@ impl Folder {
     /// now is, or `None` if the message has been expunged meanwhile.
     pub fn set_flags(&self, entry: &Entry, flags: Flags) -> Result<Option<Entry>, MailboxError> {
         let cur = self.cur()?;
-        let mut current = entry.info.to_string();
-        // Twice at most: a concurrent flag change by another session moves
-        // the file under us once; then we take its name from a readdir.
+        self.change_one(&cur, entry, Some(entry.info.clone()), false, &|_| flags)
+    }
+
+    /// Changes the flags of many messages in one pass (IMAP STORE):
+    /// `change` maps a message's flags as they are on disk now (another
+    /// session may have changed them since the caller looked) to the new
+    /// ones. One open of `cur/`; for more than a few messages one readdir
+    /// instead of a stat each; a rename only where the flags change.
+    /// `None` for a message expunged meanwhile.
+    pub fn change_flags(
+        &self,
+        entries: &[Entry],
+        change: &dyn Fn(Flags) -> Flags,
+    ) -> Result<Vec<Option<Entry>>, MailboxError> {
+        let cur = self.cur()?;
+        let mut listing = if entries.len() >= LIST_CUR_FROM {
+            Some(read_cur(&cur).map_err(self.io())?)
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let changed = match listing.as_mut() {
+                Some(names) => match names.remove(&*entry.base) {
+                    Some(info) => self.change_one(&cur, entry, Some(info), true, change)?,
+                    None => None,
+                },
+                None => self.change_one(&cur, entry, None, true, change)?,
+            };
+            out.push(changed);
+        }
+        Ok(out)
+    }
+
+    /// Renames one message for `change`, starting from `current`, its
+    /// info as last seen (`verified`: seen on disk just now), or, if
+    /// `None`, its info as the disk has it. A rename that finds the file
+    /// gone (another session renamed it) looks again and retries: twice
+    /// at most, then the message counts as expunged.
+    fn change_one(
+        &self,
+        cur: &NoFollowDir,
+        entry: &Entry,
+        mut current: Option<Box<str>>,
+        mut verified: bool,
+        change: &dyn Fn(Flags) -> Flags,
+    ) -> Result<Option<Entry>, MailboxError> {
+        let look_up = || -> Result<Option<Box<str>>, MailboxError> {
+            Ok(read_cur(cur).map_err(self.io())?.remove(&*entry.base))
+        };
         for _ in 0..3 {
-            let info = flags.apply_to_info(&current);
-            let from = format!("{}:2,{current}", entry.base);
-            if info == current {
-                if cur.has(&from) {
-                    return Ok(Some(Entry {
-                        info: info.into(),
-                        ..entry.clone()
-                    }));
+            let now = match current.take() {
+                Some(info) => info,
+                None if cur.has(&entry.file_name()) => {
+                    verified = true;
+                    entry.info.clone()
                 }
+                None => match look_up()? {
+                    Some(info) => {
+                        verified = true;
+                        info
+                    }
+                    None => return Ok(None),
+                },
+            };
+            let info = change(Flags::from_info(&now)).apply_to_info(&now);
+            let from = format!("{}:2,{now}", entry.base);
+            let done = if info == *now {
+                verified || cur.has(&from)
             } else {
                 let to = format!("{}:2,{info}", entry.base);
-                match cur.rename(&from, &cur, &to) {
-                    Ok(()) => {
-                        return Ok(Some(Entry {
-                            info: info.into(),
-                            ..entry.clone()
-                        }));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                match cur.rename(&from, cur, &to) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
                     Err(e) => return Err(self.io()(e)),
                 }
+            };
+            if done {
+                return Ok(Some(Entry {
+                    info: info.into(),
+                    ..entry.clone()
+                }));
             }
-            match read_cur(&cur).map_err(self.io())?.remove(&*entry.base) {
-                Some(info) => current = info.to_string(),
+            match look_up()? {
+                Some(info) => {
+                    current = Some(info);
+                    verified = true;
+                }
                 None => return Ok(None),
             }
         }
@@ -744,11 +809,17 @@ impl Folder {
     /// Copies (hard links, or copies where links fail) or moves entries of
     /// this folder into `dest`. Returns (destination UIDVALIDITY, pairs of
     /// source and destination UIDs) for COPYUID.
+    ///
+    /// A message expunged meanwhile is skipped; with `all_or_none` (IMAP
+    /// COPY and MOVE, which RFC 9051 §6.4.7 makes atomic, as Dovecot has
+    /// them) it instead undoes what was placed and returns no pairs, so
+    /// that no pairs for some entries means "some were gone, none moved".
     pub fn transfer(
         &self,
         entries: &[Entry],
         dest: &Folder,
         remove: bool,
+        all_or_none: bool,
     ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
         let host = crate::store::fsutil::this_host();
         // Keyword letters are per folder: map each source letter to the
@@ -766,12 +837,29 @@ impl Folder {
             }
         }
         let mut placed: Vec<(u32, String)> = Vec::new();
+        // For an undo: (name in the source, name in the destination).
+        let mut names: Vec<(String, String)> = Vec::new();
         let mut bytes = 0i64;
         let from_cur = self.cur()?;
         let dest_dir = dest.maildir.open_dir().map_err(dest.io())?;
         let dest_cur = dest_dir.dir("cur").map_err(dest.io())?;
+        let undo = |names: &[(String, String)]| {
+            // The placed files have no UID in `dest` yet: taking them
+            // away (or back, for a move) leaves both folders as they were.
+            for (from, to) in names.iter().rev() {
+                let _ = if remove {
+                    dest_cur.rename(to, &from_cur, from)
+                } else {
+                    dest_cur.unlink(to)
+                };
+            }
+        };
         for entry in entries {
             let Some(entry) = self.refresh(entry)? else {
+                if all_or_none {
+                    undo(&names);
+                    return Ok((0, Vec::new()));
+                }
                 continue;
             };
             // A fresh base name in the destination, keeping the size fields.
@@ -803,10 +891,20 @@ impl Folder {
             };
             match result {
                 Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && all_or_none => {
+                    undo(&names);
+                    return Ok((0, Vec::new()));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.io()(e)),
+                Err(e) => {
+                    if all_or_none {
+                        undo(&names);
+                    }
+                    return Err(self.io()(e));
+                }
             }
             bytes += crate::store::maildir::size_from_name(&entry.base).unwrap_or(0) as i64;
+            names.push((from, to));
             placed.push((entry.uid, base));
         }
         if remove {

@@ -23,9 +23,13 @@
 //! and `postroom-cache` ([`cache`], what IMAP computed about each message);
 //! and `postroom-recent` (`folder::RECENT_FILE`, which UIDs some IMAP
 //! session has taken \Recent for), and `postroom-index` ([`index`], the
-//! entries as the last settled sync found them, for a new process). In memory, [`shared`] keeps one copy
-//! per process of what the sessions of a folder know of it.
+//! entries as the last settled sync found them, for a new process). In
+//! memory, [`shared`] keeps one copy per process of what the sessions of
+//! a folder know of it. A shared folder has Dovecot's `dovecot-acl`
+//! ([`acl`], IMAP ACL), and each reader their own \Seen of it in their
+//! tree (`postroom-shared-seen/`).
 
+pub mod acl;
 pub mod cache;
 pub mod expire;
 pub mod flags;
@@ -278,7 +282,7 @@ impl Mailbox {
             let inbox = self.folder(from);
             let state = inbox.sync()?;
             self.create(to)?;
-            inbox.transfer(&state.entries, &self.folder(to), true)?;
+            inbox.transfer(&state.entries, &self.folder(to), true, false)?;
             return Ok(());
         }
         if !self.folder(from).exists() {

@@ -33,15 +33,22 @@ fn inbox(mb: &Mailbox) -> Folder {
     mb.folder(&MailboxName::new("INBOX").unwrap())
 }
 
-#[test]
-fn sync_gives_ascending_uids_never_reused() {
+/// A fresh mailbox with `n` messages delivered: (its directory, kept
+/// until the test ends; the mailbox; its INBOX).
+fn inbox_with(n: usize) -> (tempfile::TempDir, Mailbox, Folder) {
     let dir = tempfile::tempdir().unwrap();
     let mb = Mailbox::new(dir.path().join("u"));
     mb.ensure_defaults().unwrap();
     let f = inbox(&mb);
-    for i in 0..3 {
+    for i in 0..n {
         deliver(mb.root(), &format!("Subject: {i}\n\nbody\n"));
     }
+    (dir, mb, f)
+}
+
+#[test]
+fn sync_gives_ascending_uids_never_reused() {
+    let (_dir, mb, f) = inbox_with(3);
     let s = f.sync().unwrap();
     assert_eq!(
         s.entries.iter().map(|e| e.uid).collect::<Vec<_>>(),
@@ -163,6 +170,39 @@ fn flags_rename_and_concurrent_change_is_followed() {
 }
 
 #[test]
+fn a_batched_flag_change_starts_from_the_disk_and_skips_the_expunged() {
+    let (_dir, mb, f) = inbox_with(20);
+    let entries = f.sync().unwrap().entries;
+    // Another session flags one and expunges another after our look.
+    let cur = mb.root().join("cur");
+    fs::rename(
+        f.path_of(&entries[4]),
+        cur.join(format!("{}:2,F", entries[4].base)),
+    )
+    .unwrap();
+    f.expunge(&entries[7..8]).unwrap();
+    let add_seen = |mut old: Flags| {
+        old.system |= flags::SEEN;
+        old
+    };
+    // Many (one readdir) and few (a look each): the same outcome.
+    for batch in [&entries[..], &entries[3..6]] {
+        let changed = f.change_flags(batch, &add_seen).unwrap();
+        for (e, c) in batch.iter().zip(&changed) {
+            match c {
+                None => assert_eq!(e.uid, 8),
+                Some(c) if e.uid == 5 => assert_eq!(&*c.info, "FS"),
+                Some(c) => assert_eq!(&*c.info, "S"),
+            }
+            if let Some(c) = c {
+                assert!(f.path_of(c).exists(), "{c:?}");
+            }
+        }
+    }
+    assert_eq!(f.sync().unwrap().entries.len(), 19);
+}
+
+#[test]
 fn append_copy_move_keep_flags_and_give_uids() {
     let dir = tempfile::tempdir().unwrap();
     let mb = Mailbox::new(dir.path().join("u"));
@@ -198,11 +238,11 @@ fn append_copy_move_keep_flags_and_give_uids() {
     );
 
     let sent = mb.folder(&MailboxName::new("Sent").unwrap());
-    let (dv, pairs) = f.transfer(&s.entries, &sent, false).unwrap();
+    let (dv, pairs) = f.transfer(&s.entries, &sent, false, false).unwrap();
     assert_eq!(pairs, vec![(1, 1)]);
     assert_eq!(sent.sync().unwrap().validity, dv);
     assert_eq!(f.sync().unwrap().entries.len(), 1);
-    let (_, pairs) = f.transfer(&s.entries, &sent, true).unwrap();
+    let (_, pairs) = f.transfer(&s.entries, &sent, true, false).unwrap();
     assert_eq!(pairs, vec![(1, 2)]);
     assert!(f.sync().unwrap().entries.is_empty());
     let s = sent.sync().unwrap();
@@ -214,6 +254,27 @@ fn append_copy_move_keep_flags_and_give_uids() {
         s.entries
     );
     assert_eq!(s.keywords.names, vec!["work"]);
+}
+
+#[test]
+fn an_all_or_none_transfer_with_a_message_gone_changes_neither_folder() {
+    let (_dir, mb, f) = inbox_with(3);
+    let s = f.sync().unwrap();
+    // The last one expunged by another session: the first two were
+    // placed before the transfer found it gone, and are taken back.
+    f.expunge(&s.entries[2..]).unwrap();
+    let sent = mb.folder(&MailboxName::new("Sent").unwrap());
+    for remove in [false, true] {
+        let (_, pairs) = f.transfer(&s.entries, &sent, remove, true).unwrap();
+        assert!(pairs.is_empty());
+        assert!(sent.sync().unwrap().entries.is_empty(), "remove {remove}");
+        let left = f.sync().unwrap().entries;
+        assert_eq!(left.iter().map(|e| e.uid).collect::<Vec<_>>(), [1, 2]);
+        assert!(left.iter().all(|e| f.open_message(e).is_ok()));
+    }
+    // Without all_or_none, the rest goes.
+    let (_, pairs) = f.transfer(&s.entries, &sent, true, false).unwrap();
+    assert_eq!(pairs, vec![(1, 1), (2, 2)]);
 }
 
 #[test]
