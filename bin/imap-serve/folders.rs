@@ -147,11 +147,16 @@ impl Session {
             contexts: Vec::new(),
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
-        // mod-sequences reports the highest.
-        sel.update_modseqs();
-        out.extend_from_slice(
-            format!("* OK [HIGHESTMODSEQ {}] highest\r\n", sel.highest_modseq()).as_bytes(),
-        );
+        // mod-sequences reports the highest. A folder the index gave,
+        // unchanged since, has nothing new for the log: the index knows.
+        let highest = match sel.shared.indexed_highest_modseq(&sel.view) {
+            Some(highest) if qresync.is_none() => highest,
+            _ => {
+                sel.update_modseqs();
+                sel.highest_modseq()
+            }
+        };
+        out.extend_from_slice(format!("* OK [HIGHESTMODSEQ {highest}] highest\r\n").as_bytes());
         if let Some(q) = qresync.filter(|q| q.validity == validity) {
             resync(&mut out, &sel, q);
         }

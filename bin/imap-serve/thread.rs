@@ -192,16 +192,18 @@ fn strip_leader(s: &str) -> Option<String> {
 
 /// The matched messages with their cache records (read and cached now for
 /// those that have none), in sequence order.
-fn items(session: &mut Session, key: &SearchKey) -> Result<Vec<Item>, Done> {
+fn items(session: &mut Session, key: &SearchKey, fields: &[&str]) -> Result<Vec<Item>, Done> {
     let Some(sel) = session.selected.as_mut() else {
         return Err(Done::Bad("select a mailbox first".into()));
     };
-    Ok(items_of(sel, key))
+    Ok(items_of(sel, key, fields))
 }
 
-fn items_of(sel: &mut Selected, key: &SearchKey) -> Vec<Item> {
+/// `fields`: the decoded header fields the caller reads (the rest of each
+/// record is not kept, `message::records`).
+fn items_of(sel: &mut Selected, key: &SearchKey, fields: &[&str]) -> Vec<Item> {
     let positions = crate::matching::matching(sel, key);
-    let records = crate::message::records(sel, &positions);
+    let records = crate::message::records(sel, &positions, fields);
     positions
         .iter()
         .zip(records)
@@ -222,7 +224,17 @@ pub fn sort_order(
     criteria: &[(bool, SortKey)],
     key: &SearchKey,
 ) -> Vec<(u32, u32)> {
-    let items = items_of(sel, key);
+    let fields: Vec<&str> = criteria
+        .iter()
+        .filter_map(|(_, k)| match k {
+            SortKey::Subject => Some("SUBJECT"),
+            SortKey::From | SortKey::DisplayFrom => Some("FROM"),
+            SortKey::To | SortKey::DisplayTo => Some("TO"),
+            SortKey::Cc => Some("CC"),
+            SortKey::Arrival | SortKey::Date | SortKey::Size => None,
+        })
+        .collect();
+    let items = items_of(sel, key, &fields);
     // Every key computed once per message, not once per comparison.
     let keys: Vec<Vec<SortValue>> = items
         .iter()
@@ -324,7 +336,8 @@ impl Session {
         key: &SearchKey,
     ) -> Result<Done, NetError> {
         let session = self;
-        let items = match items(session, key) {
+        let fields = ["SUBJECT", "MESSAGE-ID", "REFERENCES", "IN-REPLY-TO"];
+        let items = match items(session, key, &fields) {
             Ok(items) => items,
             Err(done) => return Ok(done),
         };

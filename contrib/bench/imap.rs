@@ -6,8 +6,11 @@
 //! connection: the first SELECT (which gives every message its UID), a
 //! warm SELECT, `UID FETCH 1:* (FLAGS)`, `FETCH 1:* (ENVELOPE)` cold and
 //! warm, SEARCH on a header, SORT and THREAD, a new session's SELECT of
-//! the folder as it was left, and the server's RSS after all that (and its
-//! peak), and STORE +FLAGS / -FLAGS.SILENT over the whole folder. Then the time from spawn to greeting in inetd mode, the
+//! the folder as it was left, the same SELECT in a new process as inetd
+//! starts one per connection (median of 5), and the server's RSS after
+//! all that (and its peak, and after each step), and STORE +FLAGS /
+//! -FLAGS.SILENT over the whole folder. Then the time from spawn to
+//! greeting in inetd mode, the
 //! multi-client figure (10 and 50 clients on 10 shared mailboxes, each
 //! running `--rounds` of login, select, fetch, store, append, store,
 //! expunge, logout: operations a second, the server's CPU per operation,
@@ -65,6 +68,8 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
     let mut client = Client::connect(port)?;
     client.run("LOGIN sink@bench.test x")?;
     let (first, _) = client.run("SELECT INBOX")?;
+    // The server's RSS after each step: where the memory stays.
+    let mut steps = vec![("SELECT", crate::smtp::rss_kib(server.child.id())?)];
     let mut selects = Vec::new();
     for _ in 0..3 {
         client.run("UNSELECT")?;
@@ -77,6 +82,7 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         ms(selects[1])
     );
     let (flags, out) = client.run("UID FETCH 1:* (FLAGS)")?;
+    steps.push(("FLAGS", crate::smtp::rss_kib(server.child.id())?));
     anyhow::ensure!(
         out.matches(" FETCH (").count() == messages,
         "FETCH FLAGS returned {} lines",
@@ -87,7 +93,9 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         ms(flags)
     );
     let (cold, _) = client.run("FETCH 1:* (ENVELOPE)")?;
+    steps.push(("ENVELOPE cold", crate::smtp::rss_kib(server.child.id())?));
     let (warm, out) = client.run("FETCH 1:* (ENVELOPE)")?;
+    steps.push(("ENVELOPE warm", crate::smtp::rss_kib(server.child.id())?));
     println!(
         "FETCH 1:* (ENVELOPE): first {:.0} ms, again {:.0} ms ({:.1} MB sent)",
         ms(cold),
@@ -102,13 +110,16 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         out.lines().next().unwrap_or_default()
     );
     let (search_from, _) = client.run("SEARCH FROM \"nobody-matches\"")?;
+    steps.push(("SEARCH", crate::smtp::rss_kib(server.child.id())?));
     println!(
         "SEARCH HEADER Subject: {:.0} ms; SEARCH FROM (no match): {:.0} ms",
         ms(search),
         ms(search_from)
     );
     let (sort, _) = client.run("SORT (DATE) UTF-8 ALL")?;
+    steps.push(("SORT", crate::smtp::rss_kib(server.child.id())?));
     let (thread, _) = client.run("THREAD REFERENCES UTF-8 ALL")?;
+    steps.push(("THREAD", crate::smtp::rss_kib(server.child.id())?));
     println!(
         "SORT (DATE) of {messages}: {:.0} ms; THREAD REFERENCES: {:.0} ms",
         ms(sort),
@@ -123,8 +134,37 @@ pub fn run(base: &Path, sizes: Sizes, rounds: usize) -> anyhow::Result<()> {
         "SELECT in a new session, folder unchanged: {:.1} ms (goal < 5 ms)",
         ms(fresh)
     );
+    // The same in a new process, as inetd runs one per connection: no
+    // state in memory, only what the folder's files (its index) say.
+    let mut spawned = Vec::new();
+    for _ in 0..5 {
+        let (mut inetd, mut child) = Client::spawn(&serve, &config)?;
+        inetd.run("LOGIN sink@bench.test x")?;
+        let (took, out) = inetd.run("SELECT INBOX")?;
+        anyhow::ensure!(
+            out.contains(&format!("* {messages} EXISTS")),
+            "SELECT in a new process: {}",
+            out.lines().next().unwrap_or_default()
+        );
+        spawned.push(took);
+        inetd.run("LOGOUT")?;
+        child.wait()?;
+    }
+    spawned.sort();
+    println!(
+        "SELECT in a new process (inetd), folder unchanged: median {:.1} ms, range {:.1}-{:.1} ms of {} (goal < 5 ms)",
+        ms(spawned[spawned.len() / 2]),
+        ms(spawned[0]),
+        ms(spawned[spawned.len() - 1]),
+        spawned.len()
+    );
     let rss = crate::smtp::rss_kib(server.child.id())?;
     let peak = crate::smtp::status_kib(server.child.id(), "VmHWM:")?;
+    let steps: Vec<String> = steps
+        .iter()
+        .map(|(step, kib)| format!("{step} {:.1}", *kib as f64 / 1024.0))
+        .collect();
+    println!("RSS after each step, MB: {}", steps.join(", "));
     println!(
         "RSS with one session after these: {:.1} MB, {:.1} MB above the idle process's {:.1} MB (goal < 50 MB above); peak {:.1} MB",
         rss as f64 / 1024.0,
@@ -411,10 +451,12 @@ fn fill(maildir: &Path, n: usize, size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One IMAP connection that runs a command and reads to its tagged reply.
+/// One IMAP connection that runs a command and reads to its tagged reply:
+/// over TCP to a standalone server, or over the pipes of a process
+/// started as inetd starts one.
 struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    stream: Box<dyn Write>,
+    reader: BufReader<Box<dyn Read>>,
     tag: u32,
 }
 
@@ -422,7 +464,29 @@ impl Client {
     fn connect(port: u16) -> anyhow::Result<Client> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
-        let mut reader = BufReader::with_capacity(1 << 20, stream.try_clone()?);
+        let reader = Box::new(stream.try_clone()?);
+        Client::greeted(Box::new(stream), reader)
+    }
+
+    /// imap-serve in inetd mode: a new process for this one session.
+    fn spawn(serve: &Path, config: &Path) -> anyhow::Result<(Client, std::process::Child)> {
+        let mut child = Command::new(serve)
+            .arg("--config")
+            .arg(config)
+            // From loopback, where LOGIN is allowed without TLS.
+            .env("REMOTE_ADDR", "127.0.0.1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            anyhow::bail!("imap-serve has no pipes");
+        };
+        Ok((Client::greeted(Box::new(stdin), Box::new(stdout))?, child))
+    }
+
+    fn greeted(stream: Box<dyn Write>, reader: Box<dyn Read>) -> anyhow::Result<Client> {
+        let mut reader = BufReader::with_capacity(1 << 20, reader);
         let mut greeting = String::new();
         reader.read_line(&mut greeting)?;
         anyhow::ensure!(greeting.starts_with("* OK"), "greeting: {greeting}");
@@ -451,6 +515,7 @@ impl Client {
         let start = Instant::now();
         self.stream
             .write_all(format!("{tag} {command}\r\n").as_bytes())?;
+        self.stream.flush()?;
         let mut out = Vec::new();
         let mut line = Vec::new();
         loop {

@@ -64,6 +64,7 @@ pub struct BackupReport {
 fn skipped(name: &str) -> bool {
     name.ends_with(".lock")
         || name == "postroom-cache"
+        || name == crate::store::mailbox::index::FILE
         || name == "postroom-pop3-sizes"
         || name.starts_with(".postroom-restore-")
 }

@@ -94,6 +94,9 @@ pub struct State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stamp {
     times: [Option<SystemTime>; 4],
+    /// The inode numbers beside the times: a folder restored or copied
+    /// into place may carry the very same times on other files.
+    inodes: [u64; 4],
     /// A time was as recent as [`STAMP_DIRTY`] when the stamp was taken:
     /// the kernel's file times tick coarsely (a jiffy, or a second on some
     /// filesystems), so a change made just after may leave them as they
@@ -117,8 +120,58 @@ impl Stamp {
             && !older.shared
             && older.times.iter().any(Option::is_some)
             && self.times == older.times
+            && self.inodes == older.inodes
+    }
+
+    /// Whether this stamp can prove a later one unchanged: taken on a
+    /// local filesystem, with every time older than [`STAMP_DIRTY`].
+    pub fn trustworthy(&self) -> bool {
+        !self.dirty && !self.shared && self.times.iter().any(Option::is_some)
+    }
+
+    /// The times and inodes, as the folder index keeps them (`index.rs`):
+    /// per file, inode, seconds and nanoseconds since the epoch
+    /// (nanoseconds `u32::MAX`: the file is missing).
+    pub(super) fn to_bytes(self) -> [u8; STAMP_BYTES] {
+        let mut out = [0u8; STAMP_BYTES];
+        for (i, chunk) in out.chunks_exact_mut(20).enumerate() {
+            let (secs, nanos) =
+                match self.times[i].and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+                    Some(d) => (d.as_secs(), d.subsec_nanos()),
+                    None => (0, u32::MAX),
+                };
+            chunk[..8].copy_from_slice(&self.inodes[i].to_le_bytes());
+            chunk[8..16].copy_from_slice(&secs.to_le_bytes());
+            chunk[16..].copy_from_slice(&nanos.to_le_bytes());
+        }
+        out
+    }
+
+    /// The stamp [`Stamp::to_bytes`] wrote, as a trustworthy one (only a
+    /// trustworthy stamp is ever written); `None` for bytes it never
+    /// writes.
+    pub(super) fn from_bytes(bytes: &[u8; STAMP_BYTES]) -> Option<Stamp> {
+        let mut stamp = Stamp::default();
+        for (i, chunk) in bytes.chunks_exact(20).enumerate() {
+            let (inode, rest) = chunk.split_at(8);
+            let (secs, nanos) = rest.split_at(8);
+            stamp.inodes[i] = u64::from_le_bytes(inode.try_into().ok()?);
+            let secs = u64::from_le_bytes(secs.try_into().ok()?);
+            let nanos = u32::from_le_bytes(nanos.try_into().ok()?);
+            stamp.times[i] = match nanos {
+                u32::MAX if secs == 0 => None,
+                0..1_000_000_000 => Some(
+                    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))?,
+                ),
+                _ => return None,
+            };
+        }
+        Some(stamp)
     }
 }
+
+/// The size of a [`Stamp`] in the folder index.
+pub(super) const STAMP_BYTES: usize = 80;
 
 /// A folder on disk (INBOX or a `.Name` folder).
 #[derive(Debug, Clone)]
@@ -235,13 +288,21 @@ impl Folder {
     }
 
     pub fn stamp(&self) -> Stamp {
-        let m = |p: PathBuf| fs::metadata(p).and_then(|m| m.modified()).ok();
-        let times = [
-            m(self.dir.join("new")),
-            m(self.dir.join("cur")),
-            m(self.dir.join(uidlist::FILE)),
-            m(self.dir.join(super::flags::KEYWORDS_FILE)),
+        use std::os::unix::fs::MetadataExt;
+        let mut times = [None; 4];
+        let mut inodes = [0; 4];
+        let paths = [
+            self.dir.join("new"),
+            self.dir.join("cur"),
+            self.dir.join(uidlist::FILE),
+            self.dir.join(super::flags::KEYWORDS_FILE),
         ];
+        for (i, path) in paths.iter().enumerate() {
+            if let Ok(meta) = fs::metadata(path) {
+                times[i] = meta.modified().ok();
+                inodes[i] = meta.ino();
+            }
+        }
         let recent = SystemTime::now()
             .checked_sub(STAMP_DIRTY)
             .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -249,6 +310,7 @@ impl Folder {
         let shared = crate::store::fsutil::is_shared_filesystem(&self.dir);
         Stamp {
             times,
+            inodes,
             dirty,
             shared,
         }

@@ -22,16 +22,19 @@
 //! Dovecot's format: `postroom-modseq` ([`modseq`], CONDSTORE and QRESYNC)
 //! and `postroom-cache` ([`cache`], what IMAP computed about each message);
 //! and `postroom-recent` (`folder::RECENT_FILE`, which UIDs some IMAP
-//! session has taken \Recent for). In memory, [`shared`] keeps one copy
-//! per process of what the sessions of a folder know of it. A shared
-//! folder has Dovecot's `dovecot-acl` ([`acl`], IMAP ACL), and each reader
-//! their own \Seen of it in their tree (`postroom-shared-seen/`).
+//! session has taken \Recent for), and `postroom-index` ([`index`], the
+//! entries as the last settled sync found them, for a new process). In
+//! memory, [`shared`] keeps one copy per process of what the sessions of
+//! a folder know of it. A shared folder has Dovecot's `dovecot-acl`
+//! ([`acl`], IMAP ACL), and each reader their own \Seen of it in their
+//! tree (`postroom-shared-seen/`).
 
 pub mod acl;
 pub mod cache;
 pub mod expire;
 pub mod flags;
 pub mod folder;
+pub mod index;
 pub mod maildrop;
 pub mod modseq;
 pub mod name;

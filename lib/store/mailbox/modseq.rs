@@ -123,6 +123,13 @@ impl ModSeqs {
         self.highest.max(1)
     }
 
+    /// Where this state was read to in the file: (inode, offset), when
+    /// the file was read and ended there on a whole line (the folder
+    /// index records it: the log agreed with its entries up to here).
+    pub fn mark(&self) -> Option<(u64, u64)> {
+        self.opened.then_some((self.inode, self.read_to))
+    }
+
     /// The mod-sequence of a message (0 for one not yet recorded).
     pub fn of(&self, uid: u32) -> u64 {
         self.current.get(&uid).map_or(0, |(m, _)| *m)

@@ -14,6 +14,11 @@
 //! moved, under the same rules a session's own look followed (a stamp that
 //! is dirty or on a shared filesystem proves nothing, and the folder is
 //! synced), so other processes and other hosts see no difference.
+//!
+//! A process's first look at a folder may take the entries from the
+//! folder's index ([`super::index`]) instead, when the stamp proves the
+//! folder unchanged since it was written; and a full sync that found the
+//! folder settled writes that index for the next process.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,6 +28,7 @@ use std::time::Instant;
 use super::MailboxError;
 use super::flags::Keywords;
 use super::folder::{Entry, Folder, Stamp};
+use super::index::{self, ModSeqMark};
 use super::modseq::ModSeqs;
 
 /// A folder's entries as one sync found them, shared by every session
@@ -54,6 +60,9 @@ struct Last {
     next_uid: u32,
     entries: Entries,
     keywords: Keywords,
+    /// Taken from the folder index: where its mod-sequence log stood
+    /// when it agreed with these entries.
+    indexed: Option<ModSeqMark>,
 }
 
 /// One folder as the sessions of this process share it.
@@ -62,6 +71,9 @@ pub struct SharedFolder {
     folder: Folder,
     last: Mutex<Option<Last>>,
     modseqs: Mutex<Option<ModSeqs>>,
+    /// The stamp the folder index on disk is known to be written under
+    /// (read or written by this process): no need to write it again.
+    index_stamp: Mutex<Option<Stamp>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,6 +97,9 @@ impl SharedFolder {
         let asked = Instant::now();
         let stamp = self.folder.stamp();
         let mut last = lock(&self.last);
+        if last.is_none() && !force {
+            *last = self.load_index(&stamp);
+        }
         let fresh = last
             .as_ref()
             .is_some_and(|l| l.started >= asked || (!force && stamp.unchanged_since(&l.stamp)));
@@ -101,6 +116,9 @@ impl SharedFolder {
                 Some(l) if l.validity == state.validity && *l.entries == state.entries => l.entries,
                 _ => Arc::new(state.entries),
             };
+            if stamp.trustworthy() && *lock(&self.index_stamp) != Some(stamp) {
+                self.write_index(stamp, state.validity, state.next_uid, &entries);
+            }
             *last = Some(Last {
                 stamp,
                 started,
@@ -108,6 +126,7 @@ impl SharedFolder {
                 next_uid: state.next_uid,
                 entries,
                 keywords: state.keywords,
+                indexed: None,
             });
             return Ok(Synced {
                 validity: state.validity,
@@ -130,6 +149,83 @@ impl SharedFolder {
             entries: l.entries.clone(),
             keywords: l.keywords.clone(),
         })
+    }
+
+    /// The first look of this process: the folder's index, if written
+    /// under the stamp the folder has now.
+    fn load_index(&self, stamp: &Stamp) -> Option<Last> {
+        let started = Instant::now();
+        let (header, entries) = index::load(self.folder.path(), stamp)?;
+        let keywords = super::flags::read_keywords(self.folder.path()).ok()?;
+        *lock(&self.index_stamp) = Some(header.stamp);
+        Some(Last {
+            stamp: header.stamp,
+            started,
+            validity: header.validity,
+            next_uid: header.next_uid,
+            entries: Arc::new(entries),
+            keywords,
+            indexed: (header.modseq.len != u64::MAX).then_some(header.modseq),
+        })
+    }
+
+    /// Writes the folder index for entries a full sync found under a
+    /// settled `stamp`, with the mod-sequence log brought to agree with
+    /// them first (as SELECT would), so that the next process's SELECT
+    /// need not read the log either. A failure costs only the index.
+    fn write_index(&self, stamp: Stamp, validity: u32, next_uid: u32, entries: &Entries) {
+        let modseq = {
+            let mut guard = self.modseqs(validity);
+            guard.as_mut().and_then(|m| {
+                m.update_shared(entries).ok()?;
+                let (inode, len) = m.mark()?;
+                Some(ModSeqMark {
+                    highest: m.highest(),
+                    inode,
+                    len,
+                })
+            })
+        };
+        let header = index::Header {
+            stamp,
+            validity,
+            next_uid,
+            count: entries.len() as u32,
+            first_unseen: entries
+                .iter()
+                .position(|e| !e.flags().has(super::flags::SEEN))
+                .map(|i| i as u32),
+            modseq: modseq.unwrap_or(ModSeqMark {
+                highest: 0,
+                inode: 0,
+                len: u64::MAX,
+            }),
+        };
+        match index::store(self.folder.path(), &header, entries) {
+            Ok(()) => *lock(&self.index_stamp) = Some(stamp),
+            Err(e) => tracing::warn!("index of {}: {e}", self.folder.path().display()),
+        }
+    }
+
+    /// HIGHESTMODSEQ without reading the mod-sequence log, when `entries`
+    /// came from the folder index and the log is where it stood when it
+    /// agreed with them (so SELECT has nothing to record in it); `None`:
+    /// bring the log up to date and ask it.
+    pub fn indexed_highest_modseq(&self, entries: &Entries) -> Option<u64> {
+        let mark = {
+            let last = lock(&self.last);
+            let last = last.as_ref()?;
+            if !Arc::ptr_eq(&last.entries, entries) {
+                return None;
+            }
+            last.indexed?
+        };
+        // Once read, the log itself answers as cheaply.
+        if lock(&self.modseqs).is_some() {
+            return None;
+        }
+        let here = index::log_position(&self.folder.path().join(super::modseq::FILE))?;
+        (here == (mark.inode, mark.len)).then_some(mark.highest)
     }
 
     /// The folder's mod-sequences for this UIDVALIDITY, one copy for the
@@ -182,6 +278,7 @@ impl Folders {
         let shared = Arc::new(SharedFolder {
             last: Mutex::new(None),
             modseqs: Mutex::new(None),
+            index_stamp: Mutex::new(None),
             folder: folder.clone(),
         });
         open.insert(folder.path().to_path_buf(), Arc::downgrade(&shared));
@@ -192,10 +289,55 @@ impl Folders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::mailbox::tests::settle;
     use crate::store::mailbox::{Mailbox, MailboxName};
+    use std::io::Write;
 
     fn deliver(root: &std::path::Path, name: &str) {
         std::fs::write(root.join("new").join(name), "Subject: x\n\nbody\n").unwrap();
+    }
+
+    #[test]
+    fn a_new_process_takes_a_settled_folder_from_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailbox = Mailbox::new(dir.path());
+        mailbox.ensure_defaults().unwrap();
+        deliver(dir.path(), "1000.M1P1.host,S=20");
+        deliver(dir.path(), "1001.M2P1.host,S=20:2,S");
+        let inbox = MailboxName::new("INBOX").unwrap();
+        let index = dir.path().join(index::FILE);
+        let first = Folders::default().open(mailbox.folder(&inbox));
+        let synced = first.sync(false).unwrap();
+        assert!(!index.exists(), "the folder just changed: no index");
+        settle(dir.path());
+        // The next look syncs in full (the last stamp proved nothing),
+        // under a settled stamp: it writes the index, the log first.
+        let again = first.sync(false).unwrap();
+        assert_eq!(again.entries, synced.entries);
+        assert!(index.exists());
+        let highest = first.modseqs(synced.validity).as_ref().unwrap().highest();
+        // Another process: the entries and HIGHESTMODSEQ from the index.
+        let other = Folders::default().open(mailbox.folder(&inbox));
+        let loaded = other.sync(false).unwrap();
+        assert_eq!(loaded.entries, synced.entries);
+        assert_eq!((loaded.validity, loaded.next_uid), (synced.validity, 3));
+        assert!(lock(&other.last).as_ref().unwrap().indexed.is_some());
+        assert_eq!(other.indexed_highest_modseq(&loaded.entries), Some(highest));
+        // Not for entries other than the index's, nor once the log moved.
+        assert_eq!(other.indexed_highest_modseq(&Arc::default()), None);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(super::super::modseq::FILE))
+            .unwrap()
+            .write_all(b"1 99 S\n")
+            .unwrap();
+        assert_eq!(other.indexed_highest_modseq(&loaded.entries), None);
+        // A delivery moves the stamp: a third process reads the disk.
+        deliver(dir.path(), "1002.M3P1.host,S=20");
+        let third = Folders::default().open(mailbox.folder(&inbox));
+        let grown = third.sync(false).unwrap();
+        assert_eq!(grown.entries.len(), 3);
+        assert!(lock(&third.last).as_ref().unwrap().indexed.is_none());
     }
 
     #[test]
@@ -216,12 +358,7 @@ mod tests {
         // found the same, and kept the same copy.
         assert!(Arc::ptr_eq(&again.entries, &first.entries));
         // Once the times are old enough, an unchanged folder is not read.
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
-        for sub in ["new", "cur", "dovecot-uidlist", "dovecot-keywords"] {
-            if let Ok(f) = std::fs::File::open(dir.path().join(sub)) {
-                f.set_modified(old).unwrap();
-            }
-        }
+        settle(dir.path());
         let settled = a.sync(false).unwrap();
         let shared = b.sync(false).unwrap();
         assert!(Arc::ptr_eq(&settled.entries, &shared.entries));

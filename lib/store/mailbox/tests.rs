@@ -3,6 +3,17 @@
 use super::*;
 use std::time::Duration;
 
+/// Moves the times of a folder's stamp back, as if it had been still for
+/// a while (a stamp proves nothing while a time is under a second old).
+pub(super) fn settle(root: &std::path::Path) {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    for sub in ["new", "cur", "dovecot-uidlist", "dovecot-keywords"] {
+        if let Ok(f) = std::fs::File::open(root.join(sub)) {
+            f.set_modified(old).unwrap();
+        }
+    }
+}
+
 fn deliver(root: &Path, text: &str) {
     let md = crate::store::maildir::Maildir::new(root);
     let mut body = text.as_bytes();

@@ -1,12 +1,14 @@
 //! The state files beside a folder, as any session reads them after a crash
 //! or from another program: dovecot-uidlist, dovecot-keywords,
 //! postroom-modseq, postroom-cache (NUL-separated in the input, in that
-//! order), and the flag letters of a file name. A torn or hostile file
+//! order), and the flag letters of a file name; and the whole input as a
+//! postroom-index (checksum aside). A torn or hostile file
 //! never panics or loops; what reads writes back to what reads the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use postroom::store::mailbox::cache::{Record, frame, frames};
+use postroom::store::mailbox::index;
 use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::uidlist::UidList;
 use postroom::store::mailbox::{Flags, Keywords};
@@ -64,5 +66,12 @@ fuzz_target!(|data: &[u8]| {
         let bytes = record.encode();
         assert_eq!(&cache[..bytes.len()], &bytes[..]);
         assert_eq!(Record::decode(&bytes), Some(record));
+    }
+
+    if let Some((header, entries)) = index::decode_unchecked(data) {
+        assert_eq!(header.count as usize, entries.len());
+        let bytes = index::encode(&header, &entries).expect("what decodes encodes");
+        assert_eq!(bytes[12..], data[12..]);
+        assert_eq!(index::decode(&bytes), Some((header, entries)));
     }
 });
