@@ -149,10 +149,10 @@ fn this_hop(hostname: &str, head: &[u8]) -> Hop {
         if name.eq_ignore_ascii_case("ARC-Seal") {
             return Hop::Sealed;
         }
-        if name.eq_ignore_ascii_case("Authentication-Results") {
-            if message::authserv_id(&value).eq_ignore_ascii_case(hostname) {
-                return Hop::Verified(value);
-            }
+        if name.eq_ignore_ascii_case("Authentication-Results")
+            && message::authserv_id(&value).eq_ignore_ascii_case(hostname)
+        {
+            return Hop::Verified(value);
         }
     }
     Hop::Unverified
