@@ -27,6 +27,7 @@ mod catenate;
 mod context;
 mod fetch;
 mod folders;
+mod notify;
 mod search;
 mod thread;
 
