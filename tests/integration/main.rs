@@ -15,6 +15,7 @@ mod expire;
 mod first_day;
 mod foundation;
 mod imap_acl;
+mod imap_notify;
 mod imap_round2;
 mod imap_serve;
 mod layout;
