@@ -159,7 +159,10 @@ impl Session {
         };
         // What the client has now: a STATUS to send for SET STATUS, and
         // the figures later changes are told against.
-        let selected_path = self.selected.as_ref().map(|s| s.folder.path().to_path_buf());
+        let selected_path = self
+            .selected
+            .as_ref()
+            .map(|s| s.folder.path().to_path_buf());
         let mut out = Vec::new();
         for other in &mut notify.others {
             other.last = self.watched_status(other);
@@ -191,7 +194,9 @@ impl Session {
                 Filter::Inboxes => personal.iter().filter(|n| n.is_inbox()).cloned().collect(),
                 Filter::Personal => personal.clone(),
                 Filter::Subscribed => mailbox.subscriptions().map_err(Done::from)?,
-                Filter::Mailboxes(wires) => wires.iter().filter_map(|w| self.name(w).ok()).collect(),
+                Filter::Mailboxes(wires) => {
+                    wires.iter().filter_map(|w| self.name(w).ok()).collect()
+                }
                 Filter::Subtree(wires) => {
                     if !shared_listed {
                         all.extend(self.other_folders().into_iter().map(|(n, _)| n));
@@ -211,7 +216,7 @@ impl Session {
                 }
                 Filter::Selected | Filter::SelectedDelayed => continue,
             };
-            let flags = group.events.iter().any(|e| *e == Event::FlagChange);
+            let flags = group.events.contains(&Event::FlagChange);
             for name in names {
                 if !seen.insert(name.clone()) || group.events.is_empty() {
                     continue;
@@ -292,7 +297,10 @@ impl Session {
 
     /// Keeps the watch on the selected folder in step with SELECT.
     fn follow_selected(&mut self) {
-        let path = self.selected.as_ref().map(|s| s.folder.path().to_path_buf());
+        let path = self
+            .selected
+            .as_ref()
+            .map(|s| s.folder.path().to_path_buf());
         let watcher = self.shared.watcher().cloned();
         let Some(notify) = self.notify.as_mut() else {
             return;
@@ -315,8 +323,14 @@ impl Session {
             return Ok(());
         };
         let mut others = std::mem::take(&mut notify.others);
-        let selected = notify.selected.as_ref().map(|s| (s.delayed, s.fetch.clone()));
-        let selected_path = self.selected.as_ref().map(|s| s.folder.path().to_path_buf());
+        let selected = notify
+            .selected
+            .as_ref()
+            .map(|s| (s.delayed, s.fetch.clone()));
+        let selected_path = self
+            .selected
+            .as_ref()
+            .map(|s| s.folder.path().to_path_buf());
         let mut out = Vec::new();
         for other in &mut others {
             if !(all || other.dirty || other.watch.is_none()) {

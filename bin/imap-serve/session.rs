@@ -16,7 +16,8 @@
 //! (sequence number = position). After every command, and while IDLE, it
 //! syncs the folder and reports what changed: EXPUNGE (not during FETCH,
 //! STORE or SEARCH by sequence number, RFC 3501 §7.4.1), EXISTS, and FETCH
-//! FLAGS for flags other sessions changed.
+//! FLAGS for flags other sessions changed. With NOTIFY (`notify.rs`) it
+//! does so between commands too, while it waits for the next one.
 
 use std::sync::{Arc, Weak};
 

@@ -342,7 +342,10 @@ impl Event {
     pub fn is_message_event(&self) -> bool {
         matches!(
             self,
-            Event::MessageNew(_) | Event::MessageExpunge | Event::FlagChange | Event::AnnotationChange
+            Event::MessageNew(_)
+                | Event::MessageExpunge
+                | Event::FlagChange
+                | Event::AnnotationChange
         )
     }
 
@@ -2324,8 +2327,10 @@ mod tests {
     #[test]
     fn parses_notify() {
         assert_eq!(ok("a NOTIFY NONE\r\n"), Body::Notify(None));
-        let set = ok("a NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge FlagChange)) \
-             (PERSONAL (MessageNew MessageExpunge))\r\n");
+        let set = ok(
+            "a NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge FlagChange)) \
+             (PERSONAL (MessageNew MessageExpunge))\r\n",
+        );
         assert_eq!(
             set,
             Body::Notify(Some(NotifySet {
