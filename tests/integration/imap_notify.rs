@@ -3,7 +3,7 @@
 //! bounded by a timeout.
 
 use crate::imap_serve::{deliver, python, tree_with_user};
-use crate::util::Server;
+use crate::util::{Server, Tree};
 
 /// Python: `session()` is a raw connection logged in as bob; `upto(f,
 /// tag)` reads to the line tagged `tag`; `wait(f, pattern)` reads lines,
@@ -18,12 +18,12 @@ def upto(f, tag):
         out.append(line)
         if line.startswith(tag + b" "):
             return out
-def session():
+def session(user=b"bob"):
     s = socket.create_connection(("127.0.0.1", PORT))
     s.settimeout(20)
     f = s.makefile("rb")
     f.readline()
-    s.sendall(b"a LOGIN bob@example.test secret\r\n")
+    s.sendall(b"a LOGIN " + user + b"@example.test secret\r\n")
     assert upto(f, b"a")[-1].startswith(b"a OK")
     return s, f
 def command(s, f, tag, text):
@@ -163,5 +163,48 @@ r = command(s, f, b"d", b"NOOP")
 assert b"* 1 EXPUNGE\r\n" in r, r
 print("delayed ok")
 "#,
+    );
+}
+
+/// Shared folders count only with the rights `l` and `r` (RFC 5465 §5):
+/// bob, watching ann's tree, hears of the folder he may read, not of the
+/// one he may only see, and nothing more once his right to read is gone.
+#[test]
+fn notify_tells_of_shared_folders_only_with_lookup_and_read() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    tree.add_user("bob@example.test");
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        &format!(
+            "{RAW}\n{}",
+            r#"
+A = imaplib.IMAP4("127.0.0.1", PORT); A.login("ann@example.test", "secret")
+MSG = b"Subject: plan\r\n\r\nx\r\n"
+ok(A.create("Projects")); ok(A.create("Private"))
+ok(A.setacl("Projects", "bob@example.test", "lrs"))
+ok(A.setacl("Private", "bob@example.test", "l"))
+s, f = session()
+r = command(s, f, b"b", b"NOTIFY SET STATUS (SUBTREE Shared.ann (MessageNew MessageExpunge))")
+assert r[-1].startswith(b"b OK"), r
+status = [l for l in r if l.startswith(b"* STATUS")]
+assert len(status) == 1 and status[0].startswith(b"* STATUS Shared.ann.Projects (MESSAGES 0 "), r
+ok(A.append("Private", None, None, MSG))
+ok(A.append("Projects", None, None, MSG))
+seen = wait(f, rb"^\* STATUS Shared.ann.Projects \(MESSAGES 1 ")
+assert not [l for l in seen if b"Private" in l], seen
+# Without r, nothing more: ann's own watch shows when the change is seen.
+W, wf = session(b"ann")
+assert command(W, wf, b"w", b"NOTIFY SET (MAILBOXES Projects (MessageNew MessageExpunge))")[-1].startswith(b"w OK")
+ok(A.setacl("Projects", "bob@example.test", "l"))
+ok(A.append("Projects", None, None, MSG))
+wait(wf, rb"^\* STATUS Projects \(MESSAGES 2 ")
+r = command(s, f, b"c", b"NOOP")
+assert r == [b"c OK completed\r\n"], r
+print("shared ok")
+"#
+        ),
+        &server,
+        &tree,
     );
 }
