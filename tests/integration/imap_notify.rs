@@ -2,7 +2,7 @@
 //! commands, without it sending any, through a raw socket whose reads are
 //! bounded by a timeout.
 
-use crate::imap_serve::{deliver, python, tree_with_user};
+use crate::imap_serve::python;
 use crate::util::{Server, Tree};
 
 /// Python: `session()` is a raw connection logged in as bob; `upto(f,
@@ -30,6 +30,11 @@ def command(s, f, tag, text):
     s.sendall(tag + b" " + text + b"\r\n")
     out = upto(f, tag)
     return out
+def with_work():
+    """Session B with a folder Work made, and a raw session."""
+    B = login()
+    ok(B.create("Work"))
+    return (B,) + session()
 def wait(f, pattern):
     seen = []
     while True:
@@ -41,13 +46,10 @@ def wait(f, pattern):
             return seen
 "#;
 
+/// Bob's mailbox with `subjects`, imap-serve on it, and `script` run with
+/// the helpers above.
 fn replay(subjects: &[&str], script: &str) -> String {
-    let tree = tree_with_user();
-    for subject in subjects {
-        deliver(&tree, subject);
-    }
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(&format!("{RAW}\n{script}"), &server, &tree)
+    crate::imap_round2::replay(subjects, &format!("{RAW}\n{script}"))
 }
 
 /// Issue 15 item 11: with NOTIFY SET, a delivery, another session's flag
@@ -59,9 +61,7 @@ fn notify_pushes_selected_changes_and_other_folders_status() {
     replay(
         &["first"],
         r#"
-B = login()
-ok(B.create("Work"))
-s, f = session()
+B, s, f = with_work()
 caps = b"".join(command(s, f, b"c", b"CAPABILITY"))
 assert b" NOTIFY" in caps, caps
 assert command(s, f, b"d", b"SELECT INBOX")[-1].startswith(b"d OK")
@@ -105,9 +105,7 @@ fn notify_status_none_badevent_and_idle() {
     replay(
         &["first"],
         r#"
-B = login()
-ok(B.create("Work"))
-s, f = session()
+B, s, f = with_work()
 r = command(s, f, b"b", b"NOTIFY SET (PERSONAL (MessageNew MessageExpunge AnnotationChange))")
 assert r[-1].startswith(b"b NO [BADEVENT (MessageNew MessageExpunge FlagChange)]"), r
 r = command(s, f, b"c", b"NOTIFY SET (SELECTED (MessageNew))")

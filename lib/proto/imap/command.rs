@@ -1181,21 +1181,11 @@ impl<'a> Parser<'a> {
             name @ ("SUBTREE" | "MAILBOXES") => {
                 self.sp()?;
                 // `one-or-more-mailbox = mailbox / many-mailboxes`
-                let mut names = Vec::new();
-                if self.eat(b'(') {
-                    loop {
-                        names.push(self.mailbox()?);
-                        if names.len() > NOTIFY_NAMES_MAX {
-                            return bad(format!("more than {NOTIFY_NAMES_MAX} mailboxes"));
-                        }
-                        if self.eat(b')') {
-                            break;
-                        }
-                        self.sp()?;
-                    }
+                let names = if self.eat(b'(') {
+                    self.rest_of_list(Self::mailbox, NOTIFY_NAMES_MAX, "mailboxes")?
                 } else {
-                    names.push(self.mailbox()?);
-                }
+                    vec![self.mailbox()?]
+                };
                 if name == "SUBTREE" {
                     Filter::Subtree(names)
                 } else {
@@ -1205,23 +1195,35 @@ impl<'a> Parser<'a> {
             other => return bad(format!("unknown NOTIFY mailbox filter {other}")),
         };
         self.sp()?;
-        let mut events = Vec::new();
-        if self.eat(b'(') {
-            loop {
-                events.push(self.event()?);
-                if events.len() > 20 {
-                    return bad("too many events in one group");
-                }
-                if self.eat(b')') {
-                    break;
-                }
-                self.sp()?;
-            }
-        } else if self.word()? != "NONE" {
+        let events = if self.eat(b'(') {
+            self.rest_of_list(Self::event, 20, "events in one group")?
+        } else if self.word()? == "NONE" {
+            Vec::new()
+        } else {
             return bad("expected a list of events or NONE");
-        }
+        };
         self.expect(b')')?;
         Ok(EventGroup { filter, events })
+    }
+
+    /// `item *(SP item) ")"`, the "(" already read: at most `max` items.
+    fn rest_of_list<T>(
+        &mut self,
+        item: fn(&mut Self) -> R<T>,
+        max: usize,
+        what: &str,
+    ) -> R<Vec<T>> {
+        let mut out = Vec::new();
+        loop {
+            out.push(item(self)?);
+            if out.len() > max {
+                return bad(format!("more than {max} {what}"));
+            }
+            if self.eat(b')') {
+                return Ok(out);
+            }
+            self.sp()?;
+        }
     }
 
     /// `event = mailbox-event / message-event / event-ext`
@@ -1232,16 +1234,7 @@ impl<'a> Parser<'a> {
                 let mut items = Vec::new();
                 if self.input[self.pos..].starts_with(b" (") {
                     self.pos += 2;
-                    loop {
-                        items.push(self.fetch_att()?);
-                        if items.len() > 50 {
-                            return bad("too many FETCH items");
-                        }
-                        if self.eat(b')') {
-                            break;
-                        }
-                        self.sp()?;
-                    }
+                    items = self.rest_of_list(Self::fetch_att, 50, "FETCH items")?;
                 }
                 Event::MessageNew(items)
             }
