@@ -271,7 +271,11 @@ impl Session {
 
     /// The client's next line; while NOTIFY is set, what changed in the
     /// watched folders is sent while waiting for it.
+    /// The client has `imap.idle_timeout` to send it, counted from the
+    /// start: each wakeup starts a new read, whose own timeout would
+    /// otherwise begin again and keep a silent client forever.
     pub async fn next_line(&mut self, max: usize) -> Result<Vec<u8>, NetError> {
+        let deadline = tokio::time::Instant::now() + self.shared.config.imap.idle_timeout;
         let mut all = false;
         loop {
             // A client that has already sent more is busy: its commands
@@ -285,7 +289,11 @@ impl Session {
             let Some(notify) = self.notify.as_mut() else {
                 continue;
             };
-            let poll = notify.poll;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(NetError::Timeout);
+            }
+            let poll = notify.poll.min(deadline - now);
             tokio::select! {
                 biased;
                 line = self.conn.read_line(max) => return line,

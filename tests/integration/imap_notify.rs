@@ -206,3 +206,42 @@ print("shared ok")
         &tree,
     );
 }
+
+/// A NOTIFY session that sends nothing is closed after
+/// `imap.idle_timeout`, even while changes keep waking it: each wakeup
+/// must not start the client's time again.
+#[test]
+fn a_silent_notify_session_times_out_though_changes_keep_coming() {
+    let tree = crate::imap_serve::tree_with_user();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!("{text}\n[imap]\nidle_timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        &format!(
+            "{RAW}\n{}",
+            r#"
+B, s, f = with_work()
+assert command(s, f, b"b", b"NOTIFY SET (MAILBOXES Work (MessageNew MessageExpunge))")[-1].startswith(b"b OK")
+start = time.monotonic()
+# Each APPEND is paced by the STATUS it brings, so the session is woken
+# all the time; it must still say BYE once its 2 s are up.
+while True:
+    assert time.monotonic() - start < 15, "no BYE: the changes kept the session alive"
+    ok(B.append("Work", None, None, b"Subject: w\r\n\r\nx\r\n"))
+    line = f.readline()
+    assert line, "closed without BYE"
+    if line.startswith(b"* BYE"):
+        break
+    assert line.startswith(b"* STATUS Work"), line
+assert time.monotonic() - start >= 1.5, time.monotonic() - start
+print("timeout ok")
+"#
+        ),
+        &server,
+        &tree,
+    );
+}
