@@ -271,6 +271,7 @@ impl Session {
 
     /// The client's next line; while NOTIFY is set, what changed in the
     /// watched folders is sent while waiting for it.
+    ///
     /// The client has `imap.idle_timeout` to send it, counted from the
     /// start: each wakeup starts a new read, whose own timeout would
     /// otherwise begin again and keep a silent client forever.
