@@ -472,7 +472,7 @@ impl Session {
     }
 
     /// `* STATUS name (...)`, or None if the folder cannot be read.
-    fn status_line(
+    pub fn status_line(
         &self,
         name: &MailboxName,
         target: &crate::acl::Target,

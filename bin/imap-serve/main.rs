@@ -22,11 +22,13 @@ mod session;
 mod view;
 // ...and the handlers, which point at those and never at each other,
 // but for the search and sort contexts (RFC 5267), which the sync after
-// any command runs SEARCH and SORT again for.
+// any command runs SEARCH and SORT again for, and NOTIFY (RFC 5465),
+// which between commands sends what the sync, FETCH and STATUS would.
 mod catenate;
 mod context;
 mod fetch;
 mod folders;
+mod notify;
 mod search;
 mod thread;
 

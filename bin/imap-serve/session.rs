@@ -16,7 +16,8 @@
 //! (sequence number = position). After every command, and while IDLE, it
 //! syncs the folder and reports what changed: EXPUNGE (not during FETCH,
 //! STORE or SEARCH by sequence number, RFC 3501 §7.4.1), EXISTS, and FETCH
-//! FLAGS for flags other sessions changed.
+//! FLAGS for flags other sessions changed. With NOTIFY (`notify.rs`) it
+//! does so between commands too, while it waits for the next one.
 
 use std::sync::{Arc, Weak};
 
@@ -228,6 +229,8 @@ pub struct Session {
     pub qresync: bool,
     /// UIDs saved by `SEARCH RETURN (SAVE)`, which `$` names (RFC 5182).
     pub saved: Vec<u32>,
+    /// NOTIFY SET in force (RFC 5465): what to watch between commands.
+    pub notify: Option<crate::notify::Notify>,
     errors: usize,
     auth_failures: u32,
 }
@@ -284,6 +287,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection) {
         condstore: false,
         qresync: false,
         saved: Vec::new(),
+        notify: None,
         errors: 0,
         auth_failures: 0,
     };
@@ -362,6 +366,7 @@ impl Session {
                 "THREAD=REFERENCES",
                 "MULTIAPPEND",
                 "CATENATE",
+                "NOTIFY",
             ]);
         }
         caps.join(" ")
@@ -464,7 +469,8 @@ impl Session {
         } else {
             self.shared.config.imap.line_length
         };
-        let mut buf = self.conn.read_line(max_line).await?;
+        // The first line is awaited together with NOTIFY's changes.
+        let mut buf = self.next_line(max_line).await?;
         let is_append = {
             let mut words = buf.split(|&b| b == b' ');
             words.next();
@@ -660,6 +666,7 @@ impl Session {
             Body::Refused(text) => Done::No(text),
             Body::SetQuota => Done::No("[CANNOT] quotas are set in the users file".into()),
             Body::Idle => self.idle().await?,
+            Body::Notify(set) => self.notify(set).await?,
             body if self.selected.is_none() => {
                 let _ = body;
                 Done::Bad("select a mailbox first".into())

@@ -531,6 +531,11 @@ impl Session {
     /// IDLE (RFC 2177): report changes as they happen until DONE.
     pub async fn idle(&mut self) -> Result<Done, NetError> {
         self.conn.write(b"+ idling\r\n");
+        if self.notify.is_some() {
+            // RFC 5465 §4: IDLE then sends what NOTIFY asked for, no more.
+            let line = self.next_line(self.shared.config.imap.line_length).await?;
+            return Ok(idle_done(&line));
+        }
         let mut watch = match (self.shared.watcher(), &self.selected) {
             (Some(w), Some(sel)) => w.watch(sel.folder.path()).ok(),
             _ => None,
@@ -556,13 +561,20 @@ impl Session {
                 } => continue,
                 _ = tokio::time::sleep(poll) => continue,
             };
-            let word = String::from_utf8_lossy(&line);
-            return Ok(if word.trim().eq_ignore_ascii_case("DONE") {
-                Done::Ok("IDLE terminated".into())
-            } else {
-                Done::Bad("expected DONE".into())
-            });
+            return Ok(idle_done(&line));
         }
+    }
+}
+
+/// How IDLE ends: the client's DONE, or anything else.
+fn idle_done(line: &[u8]) -> Done {
+    if String::from_utf8_lossy(line)
+        .trim()
+        .eq_ignore_ascii_case("DONE")
+    {
+        Done::Ok("IDLE terminated".into())
+    } else {
+        Done::Bad("expected DONE".into())
     }
 }
 

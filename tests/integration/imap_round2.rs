@@ -27,7 +27,7 @@ s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in upto(b"a")
 
 /// Bob's mailbox with a message for each of `subjects`, imap-serve on it,
 /// and `script` run against it with the Python prelude of `imap_serve`.
-fn replay(subjects: &[&str], script: &str) -> String {
+pub(crate) fn replay(subjects: &[&str], script: &str) -> String {
     let tree = tree_with_user();
     for subject in subjects {
         deliver(&tree, subject);

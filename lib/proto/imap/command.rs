@@ -284,6 +284,90 @@ pub struct Qresync {
     pub known_uids: Option<SequenceSet>,
 }
 
+/// `NOTIFY SET` (RFC 5465 §3.1): the event groups, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySet {
+    /// `SET STATUS`: the STATUS of each watched mailbox at once.
+    pub status: bool,
+    pub groups: Vec<EventGroup>,
+}
+
+/// `event-group`: which mailboxes, and the events wanted from them
+/// (empty for `NONE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventGroup {
+    pub filter: Filter,
+    pub events: Vec<Event>,
+}
+
+/// `filter-mailboxes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    Selected,
+    /// Expunges held back until a command that may report them.
+    SelectedDelayed,
+    Inboxes,
+    Personal,
+    Subscribed,
+    /// These mailboxes and all below them.
+    Subtree(Vec<String>),
+    /// Exactly these mailboxes (no wildcards, RFC 5465 §6.6).
+    Mailboxes(Vec<String>),
+}
+
+impl Filter {
+    pub fn is_selected(&self) -> bool {
+        matches!(self, Filter::Selected | Filter::SelectedDelayed)
+    }
+}
+
+/// `event`: the ones RFC 5465 names, and any other (`event-ext`), which
+/// the server refuses with BADEVENT rather than as a syntax error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// With the FETCH items to send for each new message (SELECTED only).
+    MessageNew(Vec<FetchItem>),
+    MessageExpunge,
+    FlagChange,
+    AnnotationChange,
+    MailboxName,
+    SubscriptionChange,
+    MailboxMetadataChange,
+    ServerMetadataChange,
+    Other(String),
+}
+
+impl Event {
+    /// `message-event`: the only kind a SELECTED filter may ask for.
+    pub fn is_message_event(&self) -> bool {
+        matches!(
+            self,
+            Event::MessageNew(_)
+                | Event::MessageExpunge
+                | Event::FlagChange
+                | Event::AnnotationChange
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Event::MessageNew(_) => "MessageNew",
+            Event::MessageExpunge => "MessageExpunge",
+            Event::FlagChange => "FlagChange",
+            Event::AnnotationChange => "AnnotationChange",
+            Event::MailboxName => "MailboxName",
+            Event::SubscriptionChange => "SubscriptionChange",
+            Event::MailboxMetadataChange => "MailboxMetadataChange",
+            Event::ServerMetadataChange => "ServerMetadataChange",
+            Event::Other(name) => name,
+        }
+    }
+}
+
+/// Most event groups in one NOTIFY, and mailboxes named in one filter.
+pub const NOTIFY_GROUPS_MAX: usize = 64;
+pub const NOTIFY_NAMES_MAX: usize = 1000;
+
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -392,6 +476,8 @@ pub enum Body {
     /// text), such as SORT with a charset it does not know.
     Refused(String),
     Idle,
+    /// NOTIFY (RFC 5465): `None` for `NOTIFY NONE`.
+    Notify(Option<NotifySet>),
     GetQuota(String),
     GetQuotaRoot(String),
     SetQuota,
@@ -902,6 +988,7 @@ impl<'a> Parser<'a> {
                 Body::Rename(from, to)
             }
             "LIST" | "LSUB" => self.list(name == "LSUB")?,
+            "NOTIFY" => self.notify()?,
             "STATUS" => {
                 self.sp()?;
                 let mailbox = self.mailbox()?;
@@ -1027,6 +1114,138 @@ impl<'a> Parser<'a> {
             patterns,
             options,
             lsub,
+        })
+    }
+
+    /// `notify = "NOTIFY" SP (notify-set / notify-none)`, with the rules
+    /// of RFC 5465 §5 and §6.1 that make a well-formed set a BAD one.
+    fn notify(&mut self) -> R<Body> {
+        self.sp()?;
+        match self.word()?.as_str() {
+            "NONE" => return Ok(Body::Notify(None)),
+            "SET" => {}
+            other => return bad(format!("NOTIFY SET or NOTIFY NONE, not {other}")),
+        }
+        self.sp()?;
+        let mut status = false;
+        if self.peek() != Some(b'(') {
+            if self.word()? != "STATUS" {
+                return bad("expected STATUS or an event group after NOTIFY SET");
+            }
+            status = true;
+            self.sp()?;
+        }
+        let mut groups = Vec::new();
+        loop {
+            groups.push(self.event_group()?);
+            if groups.len() > NOTIFY_GROUPS_MAX {
+                return bad(format!("more than {NOTIFY_GROUPS_MAX} event groups"));
+            }
+            if !self.eat(b' ') {
+                break;
+            }
+        }
+        if groups.iter().filter(|g| g.filter.is_selected()).count() > 1 {
+            return bad("only one of SELECTED and SELECTED-DELAYED, once (RFC 5465 §6.1)");
+        }
+        for group in &groups {
+            let has = |f: fn(&Event) -> bool| group.events.iter().any(f);
+            let new = has(|e| matches!(e, Event::MessageNew(_)));
+            let expunge = has(|e| matches!(e, Event::MessageExpunge));
+            if new != expunge {
+                return bad("MessageNew and MessageExpunge go together (RFC 5465 §5)");
+            }
+            if has(|e| matches!(e, Event::FlagChange | Event::AnnotationChange)) && !new {
+                return bad("FlagChange needs MessageNew and MessageExpunge too (RFC 5465 §5)");
+            }
+            if group.filter.is_selected() {
+                if !group.events.iter().all(Event::is_message_event) {
+                    return bad("SELECTED takes message events only (RFC 5465 §6.1)");
+                }
+            } else if has(|e| matches!(e, Event::MessageNew(items) if !items.is_empty())) {
+                return bad("MessageNew takes FETCH items with SELECTED only");
+            }
+        }
+        Ok(Body::Notify(Some(NotifySet { status, groups })))
+    }
+
+    /// `event-group = "(" filter-mailboxes SP events ")"`
+    fn event_group(&mut self) -> R<EventGroup> {
+        self.expect(b'(')?;
+        let filter = match self.word()?.as_str() {
+            "SELECTED" => Filter::Selected,
+            "SELECTED-DELAYED" => Filter::SelectedDelayed,
+            "INBOXES" => Filter::Inboxes,
+            "PERSONAL" => Filter::Personal,
+            "SUBSCRIBED" => Filter::Subscribed,
+            name @ ("SUBTREE" | "MAILBOXES") => {
+                self.sp()?;
+                // `one-or-more-mailbox = mailbox / many-mailboxes`
+                let names = if self.eat(b'(') {
+                    self.rest_of_list(Self::mailbox, NOTIFY_NAMES_MAX, "mailboxes")?
+                } else {
+                    vec![self.mailbox()?]
+                };
+                if name == "SUBTREE" {
+                    Filter::Subtree(names)
+                } else {
+                    Filter::Mailboxes(names)
+                }
+            }
+            other => return bad(format!("unknown NOTIFY mailbox filter {other}")),
+        };
+        self.sp()?;
+        let events = if self.eat(b'(') {
+            self.rest_of_list(Self::event, 20, "events in one group")?
+        } else if self.word()? == "NONE" {
+            Vec::new()
+        } else {
+            return bad("expected a list of events or NONE");
+        };
+        self.expect(b')')?;
+        Ok(EventGroup { filter, events })
+    }
+
+    /// `item *(SP item) ")"`, the "(" already read: at most `max` items.
+    fn rest_of_list<T>(
+        &mut self,
+        item: fn(&mut Self) -> R<T>,
+        max: usize,
+        what: &str,
+    ) -> R<Vec<T>> {
+        let mut out = Vec::new();
+        loop {
+            out.push(item(self)?);
+            if out.len() > max {
+                return bad(format!("more than {max} {what}"));
+            }
+            if self.eat(b')') {
+                return Ok(out);
+            }
+            self.sp()?;
+        }
+    }
+
+    /// `event = mailbox-event / message-event / event-ext`
+    fn event(&mut self) -> R<Event> {
+        let name = self.atom()?;
+        Ok(match name.to_ascii_uppercase().as_str() {
+            "MESSAGENEW" => {
+                let mut items = Vec::new();
+                if self.input[self.pos..].starts_with(b" (") {
+                    self.pos += 2;
+                    items = self.rest_of_list(Self::fetch_att, 50, "FETCH items")?;
+                }
+                Event::MessageNew(items)
+            }
+            "MESSAGEEXPUNGE" => Event::MessageExpunge,
+            "FLAGCHANGE" => Event::FlagChange,
+            "ANNOTATIONCHANGE" => Event::AnnotationChange,
+            "MAILBOXNAME" => Event::MailboxName,
+            "SUBSCRIPTIONCHANGE" => Event::SubscriptionChange,
+            "MAILBOXMETADATACHANGE" => Event::MailboxMetadataChange,
+            "SERVERMETADATACHANGE" => Event::ServerMetadataChange,
+            _ => Event::Other(name),
         })
     }
 
@@ -2099,6 +2318,95 @@ mod tests {
     }
 
     #[test]
+    fn parses_notify() {
+        assert_eq!(ok("a NOTIFY NONE\r\n"), Body::Notify(None));
+        let set = ok(
+            "a NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge FlagChange)) \
+             (PERSONAL (MessageNew MessageExpunge))\r\n",
+        );
+        assert_eq!(
+            set,
+            Body::Notify(Some(NotifySet {
+                status: false,
+                groups: vec![
+                    EventGroup {
+                        filter: Filter::Selected,
+                        events: vec![
+                            Event::MessageNew(vec![FetchItem::Uid, FetchItem::Flags]),
+                            Event::MessageExpunge,
+                            Event::FlagChange,
+                        ],
+                    },
+                    EventGroup {
+                        filter: Filter::Personal,
+                        events: vec![Event::MessageNew(vec![]), Event::MessageExpunge],
+                    },
+                ],
+            }))
+        );
+        // RFC 5465 §3.1's example, with a literal-free mailbox list.
+        let Body::Notify(Some(set)) = ok("a notify set status (selected-delayed none) \
+             (subtree (Lists \"Other Users\") (MessageNew messageexpunge MailboxName)) \
+             (mailboxes INBOX (MessageNew MessageExpunge)) (inboxes NONE) (subscribed (SubscriptionChange))\r\n")
+        else {
+            panic!("not a NOTIFY SET");
+        };
+        assert!(set.status);
+        let filters: Vec<&Filter> = set.groups.iter().map(|g| &g.filter).collect();
+        assert_eq!(
+            filters,
+            [
+                &Filter::SelectedDelayed,
+                &Filter::Subtree(vec!["Lists".into(), "Other Users".into()]),
+                &Filter::Mailboxes(vec!["INBOX".into()]),
+                &Filter::Inboxes,
+                &Filter::Subscribed,
+            ]
+        );
+        assert!(set.groups[0].events.is_empty());
+        assert_eq!(set.groups[1].events[2], Event::MailboxName);
+        // Events the server does not know parse, to be refused with NO
+        // [BADEVENT] by the session, not BAD.
+        let Body::Notify(Some(set)) =
+            ok("a NOTIFY SET (PERSONAL (MessageNew MessageExpunge AnnotationChange XFoo))\r\n")
+        else {
+            panic!("not a NOTIFY SET");
+        };
+        assert_eq!(set.groups[0].events[2], Event::AnnotationChange);
+        assert_eq!(set.groups[0].events[3], Event::Other("XFoo".into()));
+    }
+
+    #[test]
+    fn refuses_malformed_notify() {
+        for line in [
+            "a NOTIFY\r\n",
+            "a NOTIFY SET\r\n",
+            "a NOTIFY SOME (SELECTED NONE)\r\n",
+            "a NOTIFY SET (SELECTED)\r\n",
+            "a NOTIFY SET (BOGUS NONE)\r\n",
+            "a NOTIFY SET (SUBTREE NONE)\r\n",
+            "a NOTIFY SET (MAILBOXES () (MessageNew MessageExpunge))\r\n",
+            "a NOTIFY SET (SELECTED ())\r\n",
+            "a NOTIFY SET (SELECTED (MessageNew MessageExpunge)\r\n",
+            "a NOTIFY SET (SELECTED (MessageNew MessageExpunge))(PERSONAL NONE)\r\n",
+            // RFC 5465 §5: MessageNew and MessageExpunge together; FlagChange
+            // with both.
+            "a NOTIFY SET (SELECTED (MessageNew))\r\n",
+            "a NOTIFY SET (PERSONAL (MessageExpunge))\r\n",
+            "a NOTIFY SET (SELECTED (FlagChange))\r\n",
+            "a NOTIFY SET (SELECTED (MessageNew FlagChange))\r\n",
+            // §6.1: one selected filter, message events only.
+            "a NOTIFY SET (SELECTED NONE) (SELECTED-DELAYED NONE)\r\n",
+            "a NOTIFY SET (SELECTED (MailboxName))\r\n",
+            // FETCH items belong to the selected mailbox.
+            "a NOTIFY SET (PERSONAL (MessageNew (UID) MessageExpunge))\r\n",
+            "a NOTIFY SET (SELECTED (MessageNew (NOSUCH) MessageExpunge))\r\n",
+        ] {
+            assert!(parse(line.as_bytes()).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
     fn sequence_sets_are_written_as_runs() {
         assert_eq!(
             SequenceSet::of_sorted(&[1, 2, 3, 7, 9, 10]).to_string(),
@@ -2162,6 +2470,56 @@ mod tests {
             // Quoted, as a client sends any string that is no atom.
             let line = format!("t SETACL {mailbox} \"{identifier}\" \"{rights}\"\r\n");
             prop_assert_eq!(ok(&line), Body::Acl(AclCommand::SetAcl { mailbox, identifier, rights }));
+        }
+
+        #[test]
+        fn a_notify_set_parses_back_to_its_parts(
+            groups in proptest::collection::vec(
+                (prop::sample::select(vec!["INBOXES", "PERSONAL", "SUBSCRIBED", "SUBTREE", "MAILBOXES"]),
+                 proptest::collection::vec("[A-Za-z0-9]{1,8}", 1..4),
+                 0u8..4),
+                1..6),
+            selected in prop::option::of(any::<bool>()),
+            status in any::<bool>(),
+        ) {
+            let mut line = String::from("t NOTIFY SET");
+            if status {
+                line.push_str(" STATUS");
+            }
+            let mut want = Vec::new();
+            if let Some(delayed) = selected {
+                line.push_str(if delayed { " (SELECTED-DELAYED" } else { " (SELECTED" });
+                line.push_str(" (MessageNew (UID FLAGS) MessageExpunge))");
+                want.push(EventGroup {
+                    filter: if delayed { Filter::SelectedDelayed } else { Filter::Selected },
+                    events: vec![Event::MessageNew(vec![FetchItem::Uid, FetchItem::Flags]), Event::MessageExpunge],
+                });
+            }
+            for (filter, names, events) in &groups {
+                let (text, filter) = match *filter {
+                    "SUBTREE" => (format!("SUBTREE ({})", names.join(" ")), Filter::Subtree(names.clone())),
+                    "MAILBOXES" => (format!("MAILBOXES ({})", names.join(" ")), Filter::Mailboxes(names.clone())),
+                    "INBOXES" => ("INBOXES".to_string(), Filter::Inboxes),
+                    "PERSONAL" => ("PERSONAL".to_string(), Filter::Personal),
+                    _ => ("SUBSCRIBED".to_string(), Filter::Subscribed),
+                };
+                let (text_events, events) = match events {
+                    0 => ("NONE", vec![]),
+                    1 => ("(MessageNew MessageExpunge)", vec![Event::MessageNew(vec![]), Event::MessageExpunge]),
+                    2 => ("(MessageExpunge MessageNew FlagChange)", vec![Event::MessageExpunge, Event::MessageNew(vec![]), Event::FlagChange]),
+                    _ => ("(MailboxName SubscriptionChange)", vec![Event::MailboxName, Event::SubscriptionChange]),
+                };
+                line.push_str(&format!(" ({text} {text_events})"));
+                want.push(EventGroup { filter, events });
+            }
+            line.push_str("\r\n");
+            prop_assert_eq!(ok(&line), Body::Notify(Some(NotifySet { status, groups: want })));
+        }
+
+        #[test]
+        fn random_notify_never_panics(rest in "[ -~]{0,80}") {
+            let _ = parse(format!("t NOTIFY SET {rest}\r\n").as_bytes());
+            let _ = parse(format!("t NOTIFY SET (SELECTED (MessageNew {rest}\r\n").as_bytes());
         }
 
         #[test]

@@ -1,0 +1,247 @@
+//! imap-serve's NOTIFY (RFC 5465): changes reach a session between its
+//! commands, without it sending any, through a raw socket whose reads are
+//! bounded by a timeout.
+
+use crate::imap_serve::python;
+use crate::util::{Server, Tree};
+
+/// Python: `session()` is a raw connection logged in as bob; `upto(f,
+/// tag)` reads to the line tagged `tag`; `wait(f, pattern)` reads lines,
+/// none of them tagged, until one matches (a read that takes longer than
+/// the socket's timeout fails the test instead of hanging it).
+const RAW: &str = r#"
+def upto(f, tag):
+    out = []
+    while True:
+        line = f.readline()
+        assert line, out
+        out.append(line)
+        if line.startswith(tag + b" "):
+            return out
+def session(user=b"bob"):
+    s = socket.create_connection(("127.0.0.1", PORT))
+    s.settimeout(20)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN " + user + b"@example.test secret\r\n")
+    assert upto(f, b"a")[-1].startswith(b"a OK")
+    return s, f
+def command(s, f, tag, text):
+    s.sendall(tag + b" " + text + b"\r\n")
+    out = upto(f, tag)
+    return out
+def with_work():
+    """Session B with a folder Work made, and a raw session."""
+    B = login()
+    ok(B.create("Work"))
+    return (B,) + session()
+def wait(f, pattern):
+    seen = []
+    while True:
+        line = f.readline()
+        assert line, seen
+        assert line.startswith(b"* "), (line, seen)
+        seen.append(line)
+        if re.search(pattern, line):
+            return seen
+"#;
+
+/// Bob's mailbox with `subjects`, imap-serve on it, and `script` run with
+/// the helpers above.
+fn replay(subjects: &[&str], script: &str) -> String {
+    crate::imap_round2::replay(subjects, &format!("{RAW}\n{script}"))
+}
+
+/// Issue 15 item 11: with NOTIFY SET, a delivery, another session's flag
+/// change and expunge in the selected mailbox, and an APPEND to another
+/// folder each reach session A as untagged responses while A sends
+/// nothing; the new message comes with the FETCH items MessageNew asked.
+#[test]
+fn notify_pushes_selected_changes_and_other_folders_status() {
+    replay(
+        &["first"],
+        r#"
+B, s, f = with_work()
+caps = b"".join(command(s, f, b"c", b"CAPABILITY"))
+assert b" NOTIFY" in caps, caps
+assert command(s, f, b"d", b"SELECT INBOX")[-1].startswith(b"d OK")
+r = command(s, f, b"e", b"NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge FlagChange)) "
+                        b"(PERSONAL (MessageNew MessageExpunge))")
+assert r[-1].startswith(b"e OK"), r
+# A delivery to the selected INBOX: EXISTS, then FETCH (UID FLAGS).
+deliver("pushed")
+seen = wait(f, rb"^\* 2 EXISTS")
+seen = wait(f, rb"^\* 2 FETCH \(")
+assert re.search(rb"UID 2\b", seen[-1]) and b"FLAGS (" in seen[-1], seen
+# Another session's flag change.
+ok(B.select("INBOX"))
+ok(B.store("1", "+FLAGS", "(\\Flagged)"))
+seen = wait(f, rb"^\* 1 FETCH \(.*\\Flagged")
+assert b"UID 1" in seen[-1], seen
+# Another session's expunge.
+ok(B.store("2", "+FLAGS.SILENT", "(\\Deleted)"))
+ok(B.expunge())
+wait(f, rb"^\* 2 EXPUNGE")
+# An APPEND to another folder of PERSONAL: its STATUS.
+ok(B.append("Work", None, None, b"Subject: work\r\n\r\nx\r\n"))
+seen = wait(f, rb"^\* STATUS Work \(")
+assert re.match(rb"\* STATUS Work \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+\)\r\n$", seen[-1]), seen
+# The view is what those said: one message, UID 1.
+r = command(s, f, b"g", b"UID FETCH 1:* (FLAGS)")
+fetched = [l for l in r if l.startswith(b"* ") and b"FETCH" in l]
+assert r[-1].startswith(b"g OK") and len(fetched) == 1, r
+assert re.match(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Flagged( \\Recent)?\)\)", fetched[0]), r
+print("notify ok")
+"#,
+    );
+}
+
+/// NOTIFY SET STATUS tells each watched folder's STATUS before the OK;
+/// NOTIFY NONE stops the pushes; an unsupported event is NO [BADEVENT]
+/// with the events that are, a malformed set BAD; IDLE under NOTIFY sends
+/// what NOTIFY asked for (here another folder's STATUS).
+#[test]
+fn notify_status_none_badevent_and_idle() {
+    replay(
+        &["first"],
+        r#"
+B, s, f = with_work()
+r = command(s, f, b"b", b"NOTIFY SET (PERSONAL (MessageNew MessageExpunge AnnotationChange))")
+assert r[-1].startswith(b"b NO [BADEVENT (MessageNew MessageExpunge FlagChange)]"), r
+r = command(s, f, b"c", b"NOTIFY SET (SELECTED (MessageNew))")
+assert r[-1].startswith(b"c BAD"), r
+r = command(s, f, b"d", b"NOTIFY SET STATUS (MAILBOXES (Work INBOX) (MessageNew MessageExpunge FlagChange))")
+assert r[-1].startswith(b"d OK"), r
+status = sorted(l for l in r if l.startswith(b"* STATUS"))
+assert len(status) == 2, r
+assert re.match(rb"\* STATUS INBOX \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)", status[0]), status
+assert re.match(rb"\* STATUS Work \(MESSAGES 0 UIDNEXT 1 UIDVALIDITY \d+ UNSEEN 0\)", status[1]), status
+# IDLE: the STATUS of Work when B appends to it, then DONE.
+s.sendall(b"e IDLE\r\n")
+assert f.readline().startswith(b"+ "), "no continuation"
+ok(B.append("Work", None, None, b"Subject: work\r\n\r\nx\r\n"))
+seen = wait(f, rb"^\* STATUS Work \(MESSAGES 1 UIDNEXT 2 ")
+s.sendall(b"DONE\r\n")
+assert upto(f, b"e")[-1].startswith(b"e OK"), "IDLE did not end"
+# A watcher in another session shows when a change has been seen; with
+# NOTIFY NONE, A hears nothing of it, even at its next command.
+W, wf = session()
+assert command(W, wf, b"w", b"NOTIFY SET (MAILBOXES Work (MessageNew MessageExpunge))")[-1].startswith(b"w OK")
+r = command(s, f, b"g", b"NOTIFY NONE")
+assert r[-1].startswith(b"g OK"), r
+ok(B.append("Work", None, None, b"Subject: work\r\n\r\nx\r\n"))
+wait(wf, rb"^\* STATUS Work \(MESSAGES 2 ")
+r = command(s, f, b"h", b"NOOP")
+assert r == [b"h OK completed\r\n"], r
+print("notify status ok")
+"#,
+    );
+}
+
+/// SELECTED-DELAYED: new messages are told at once, an expunge only at a
+/// command that may report it.
+#[test]
+fn selected_delayed_holds_expunges_until_a_command() {
+    replay(
+        &["one", "two"],
+        r#"
+B = login()
+s, f = session()
+assert command(s, f, b"b", b"SELECT INBOX")[-1].startswith(b"b OK")
+r = command(s, f, b"c", b"NOTIFY SET (SELECTED-DELAYED (MessageNew MessageExpunge))")
+assert r[-1].startswith(b"c OK"), r
+ok(B.select("INBOX"))
+ok(B.store("1", "+FLAGS.SILENT", "(\\Deleted)"))
+ok(B.expunge())
+deliver("three")
+# The arrival is told; message 1 keeps its number meanwhile.
+seen = wait(f, rb"^\* 3 EXISTS")
+assert not any(b"EXPUNGE" in l for l in seen), seen
+r = command(s, f, b"d", b"NOOP")
+assert b"* 1 EXPUNGE\r\n" in r, r
+print("delayed ok")
+"#,
+    );
+}
+
+/// Shared folders count only with the rights `l` and `r` (RFC 5465 §5):
+/// bob, watching ann's tree, hears of the folder he may read, not of the
+/// one he may only see, and nothing more once his right to read is gone.
+#[test]
+fn notify_tells_of_shared_folders_only_with_lookup_and_read() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    tree.add_user("bob@example.test");
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        &format!(
+            "{RAW}\n{}",
+            r#"
+A = imaplib.IMAP4("127.0.0.1", PORT); A.login("ann@example.test", "secret")
+MSG = b"Subject: plan\r\n\r\nx\r\n"
+ok(A.create("Projects")); ok(A.create("Private"))
+ok(A.setacl("Projects", "bob@example.test", "lrs"))
+ok(A.setacl("Private", "bob@example.test", "l"))
+s, f = session()
+r = command(s, f, b"b", b"NOTIFY SET STATUS (SUBTREE Shared.ann (MessageNew MessageExpunge))")
+assert r[-1].startswith(b"b OK"), r
+status = [l for l in r if l.startswith(b"* STATUS")]
+assert len(status) == 1 and status[0].startswith(b"* STATUS Shared.ann.Projects (MESSAGES 0 "), r
+ok(A.append("Private", None, None, MSG))
+ok(A.append("Projects", None, None, MSG))
+seen = wait(f, rb"^\* STATUS Shared.ann.Projects \(MESSAGES 1 ")
+assert not [l for l in seen if b"Private" in l], seen
+# Without r, nothing more: ann's own watch shows when the change is seen.
+W, wf = session(b"ann")
+assert command(W, wf, b"w", b"NOTIFY SET (MAILBOXES Projects (MessageNew MessageExpunge))")[-1].startswith(b"w OK")
+ok(A.setacl("Projects", "bob@example.test", "l"))
+ok(A.append("Projects", None, None, MSG))
+wait(wf, rb"^\* STATUS Projects \(MESSAGES 2 ")
+r = command(s, f, b"c", b"NOOP")
+assert r == [b"c OK completed\r\n"], r
+print("shared ok")
+"#
+        ),
+        &server,
+        &tree,
+    );
+}
+
+/// A NOTIFY session that sends nothing is closed after
+/// `imap.idle_timeout`, even while changes keep waking it: each wakeup
+/// must not start the client's time again.
+#[test]
+fn a_silent_notify_session_times_out_though_changes_keep_coming() {
+    let tree = crate::imap_serve::tree_with_user();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!("{text}\n[imap]\nidle_timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        &format!(
+            "{RAW}\n{}",
+            r#"
+B, s, f = with_work()
+assert command(s, f, b"b", b"NOTIFY SET (MAILBOXES Work (MessageNew MessageExpunge))")[-1].startswith(b"b OK")
+start = time.monotonic()
+# Each APPEND is paced by the STATUS it brings, so the session is woken
+# all the time; it must still say BYE once its 2 s are up.
+while True:
+    assert time.monotonic() - start < 15, "no BYE: the changes kept the session alive"
+    ok(B.append("Work", None, None, b"Subject: w\r\n\r\nx\r\n"))
+    line = f.readline()
+    assert line, "closed without BYE"
+    if line.startswith(b"* BYE"):
+        break
+    assert line.startswith(b"* STATUS Work"), line
+assert time.monotonic() - start >= 1.5, time.monotonic() - start
+print("timeout ok")
+"#
+        ),
+        &server,
+        &tree,
+    );
+}
