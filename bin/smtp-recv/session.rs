@@ -339,6 +339,7 @@ impl Session {
         // Each method is appended in turn, so a skipped one can say why.
         let more = || mail_auth::AuthenticationResults::new("");
         let mut text = results.to_string();
+        let mut arc_entry = String::new();
         let message = mail_auth::AuthenticatedMessage::parse(&raw);
         if let Some(message) = &message {
             let unverified = too_large && !message.dkim_headers.is_empty();
@@ -410,12 +411,20 @@ impl Session {
                 if too_large && chain {
                     // As for DKIM: a chain not checked is no verdict, and
                     // a redirect of it goes on unsealed (`delivery::arc`).
-                    text.push_str(&format!(";\r\n\tarc=neutral reason=\"{TOO_LARGE}\""));
+                    arc_entry = format!(";\r\n\tarc=neutral reason=\"{TOO_LARGE}\"");
                 } else {
                     let arc = authenticator.verify_arc(message).await;
-                    text.push_str(&postroom::delivery::arc::result_entry(arc.result(), ip));
+                    arc_entry = postroom::delivery::arc::result_entry(arc.result(), ip);
                 }
             }
+        }
+        // The ARC verdict comes first, right after our name: the sealer
+        // reads only that entry (`delivery::arc`), so text a sender put in
+        // a later one (a HELO name or address in SPF's comment, say
+        // `x;arc=pass`) cannot pass for it.
+        if !arc_entry.is_empty() {
+            let at = config.hostname.len().min(text.len());
+            text.insert_str(at, &arc_entry);
         }
         if text == config.hostname {
             text.push_str("; none");

@@ -159,16 +159,19 @@ fn this_hop(hostname: &str, head: &[u8]) -> Hop {
 }
 
 /// The `arc=` result in an Authentication-Results payload, if it has one.
+/// Only the first entry after the authserv-id is read: `smtp-recv` writes
+/// its ARC verdict there, and later entries hold text a sender chose (SPF's
+/// comment names the HELO and the MAIL FROM address, which may hold `;`),
+/// so `x;arc=pass` in them must never count.
 fn recorded_result(payload: &str) -> Option<&str> {
-    payload.split(';').skip(1).find_map(|entry| {
-        let (method, result) = entry.trim().split_once('=')?;
-        method.trim().eq_ignore_ascii_case("arc").then(|| {
-            result
-                .trim_start()
-                .split(|c: char| c.is_whitespace() || c == '(')
-                .next()
-                .unwrap_or_default()
-        })
+    let entry = payload.split(';').nth(1)?;
+    let (method, result) = entry.trim().split_once('=')?;
+    method.trim().eq_ignore_ascii_case("arc").then(|| {
+        result
+            .trim_start()
+            .split(|c: char| c.is_whitespace() || c == '(')
+            .next()
+            .unwrap_or_default()
     })
 }
 
@@ -260,7 +263,7 @@ mod tests {
     fn arrive(message: &[u8], arc: Option<&str>) -> Vec<u8> {
         let mut out = match arc {
             Some(arc) => format!(
-                "Authentication-Results: mx.example.test;\r\n\tdkim=none;\r\n\tarc={arc} smtp.remote-ip=192.0.2.1\r\n"
+                "Authentication-Results: mx.example.test;\r\n\tarc={arc} smtp.remote-ip=192.0.2.1;\r\n\tdkim=none\r\n"
             ),
             None => String::new(),
         };
@@ -319,7 +322,7 @@ mod tests {
             "sealed with the RSA key, the set on top:\n{text}"
         );
         assert!(
-            text.contains("ARC-Authentication-Results: i=1;\r\n\tmx.example.test;\r\n\tdkim=none;\r\n\tarc=none smtp.remote-ip=192.0.2.1\r\n"),
+            text.contains("ARC-Authentication-Results: i=1;\r\n\tmx.example.test;\r\n\tarc=none smtp.remote-ip=192.0.2.1;\r\n\tdkim=none\r\n"),
             "our results, folded:\n{text}"
         );
         assert!(text.contains("DKIM-Signature: v=1; a=ed25519-sha256"));
@@ -455,10 +458,16 @@ mod tests {
             );
         }
         assert_eq!(
-            recorded_result("mx; dkim=pass; arc=fail (x) smtp.remote-ip=1"),
+            recorded_result("mx; arc=fail (x) smtp.remote-ip=1; dkim=pass"),
             Some("fail")
         );
         assert_eq!(recorded_result("mx; arc = pass"), Some("pass"));
         assert_eq!(recorded_result("mx; dkim=pass"), None);
+        // A sender's text in a later entry (SPF's comment quotes the HELO
+        // name) is never the verdict, whatever it says.
+        assert_eq!(
+            recorded_result("mx; spf=none (helo x;arc=pass() smtp.helo=x; arc=fail"),
+            None
+        );
     }
 }

@@ -168,6 +168,11 @@ pub struct Member {
     pub nomail: bool,
 }
 
+/// How many confirmation requests from the web form may wait at once
+/// within the resend window before the form sends no more
+/// ([`List::asked_recently`]).
+pub const MAX_FRESH_REQUESTS: usize = 100;
+
 /// An open list.
 #[derive(Debug, Clone)]
 pub struct List {
@@ -395,7 +400,10 @@ impl List {
     /// True when a confirmation of `action` for `address` was asked for
     /// less than `seconds` ago and is still waiting (a file in `pending/`).
     /// `list-web` sends no second one then, so its form cannot be used to
-    /// flood someone's mailbox with confirmation requests.
+    /// flood someone's mailbox with confirmation requests. Also true when
+    /// [`MAX_FRESH_REQUESTS`] requests of any address are that fresh: the
+    /// spellings of one mailbox (quoted, a trailing dot...) are many, and
+    /// the list's `pending/` must not grow with what strangers post.
     pub fn asked_recently(
         &self,
         action: &str,
@@ -410,17 +418,19 @@ impl List {
         };
         let key = address.lookup_key();
         let now = fsutil::now_secs();
+        let mut fresh = 0;
         for entry in entries.flatten() {
             let Ok(text) = std::fs::read_to_string(entry.path()) else {
                 continue; // taken meanwhile
             };
             let mut words = text.split_whitespace();
             if let (Some(a), Some(who), Some(at)) = (words.next(), words.next(), words.next())
-                && a == action
-                && who == key
                 && now.saturating_sub(at.parse().unwrap_or(0)) < seconds
             {
-                return Ok(true);
+                fresh += 1;
+                if (a == action && who == key) || fresh >= MAX_FRESH_REQUESTS {
+                    return Ok(true);
+                }
             }
         }
         Ok(false)

@@ -116,9 +116,8 @@ impl Writer {
             .map_err(io_err(path))
     }
 
-    /// A symbolic link to a file beside it, as the link (`sieve/active.sieve`
-    /// names the active script this way, `postroom-sieve(5)`). A link
-    /// anywhere else is left out: restoring it could point into another
+    /// `sieve/active.sieve` as the link it is ([`is_script_link`]); any
+    /// other link is left out: restoring it could point into another
     /// user's files.
     fn link(&mut self, path: &Path, name: &Path) -> Result<(), BackupError> {
         let target = match fs::read_link(path) {
@@ -126,9 +125,9 @@ impl Writer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err(path)(e)),
         };
-        if !is_sibling(&target) {
+        if !is_script_link(path, &target) {
             tracing::warn!(
-                "{}: a link to {} is not backed up (only links to a file beside them are)",
+                "{}: a link to {} is not backed up (only sieve/active.sieve links to a script beside them are)",
                 path.display(),
                 target.display()
             );
@@ -506,7 +505,7 @@ pub fn restore(
             tar::EntryType::Symlink => {
                 let target = entry.link_name().map_err(bad)?.map(|t| t.into_owned());
                 match target {
-                    Some(target) if is_sibling(&target) => {
+                    Some(target) if is_script_link(&dest, &target) => {
                         if fs::symlink_metadata(&dest).is_ok() && !overwrite {
                             report.kept += 1;
                         } else {
@@ -516,7 +515,7 @@ pub fn restore(
                         }
                     }
                     _ => tracing::warn!(
-                        "{}: a link that does not point beside itself; skipped",
+                        "{}: a link other than sieve/active.sieve to a script beside it; skipped",
                         name.display()
                     ),
                 }
@@ -535,13 +534,23 @@ pub fn restore(
     Ok(report)
 }
 
-/// A link target that is a file name in the link's own folder.
-fn is_sibling(target: &Path) -> bool {
+/// The one link a tree holds: `sieve/active.sieve`, naming a script
+/// (`NAME.sieve`) in its own folder (`postroom-sieve(5)`). Any other link,
+/// in a tree or in an archive, is left alone: restored, a link such as
+/// `mail/D/ann -> bob` would write one user's files into another's.
+fn is_script_link(link: &Path, target: &Path) -> bool {
     let mut parts = target.components();
-    matches!(
+    let beside = matches!(
         (parts.next(), parts.next()),
         (Some(std::path::Component::Normal(_)), None)
-    )
+    );
+    beside
+        && link.file_name().is_some_and(|n| n == "active.sieve")
+        && link
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "sieve")
+        && target.extension().is_some_and(|e| e == "sieve")
 }
 
 /// Makes `dest` a link to `target` by way of a hidden name beside it.
@@ -595,4 +604,24 @@ fn chown(as_root: bool, path: &Path, owner: (Option<u64>, Option<u64>)) -> Resul
     let uid = owner.0.map(|u| nix::unistd::Uid::from_raw(u as u32));
     let gid = owner.1.map(|g| nix::unistd::Gid::from_raw(g as u32));
     nix::unistd::chown(path, uid, gid).map_err(|e| io_err(path)(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_active_script_link_is_kept() {
+        let ok = |link: &str, target: &str| is_script_link(Path::new(link), Path::new(target));
+        assert!(ok("mail/d/ann/sieve/active.sieve", "rules.sieve"));
+        assert!(!ok("mail/d/ann", "bob"));
+        assert!(!ok(
+            "mail/d/ann/sieve/active.sieve",
+            "../../bob/sieve/x.sieve"
+        ));
+        assert!(!ok("mail/d/ann/sieve/active.sieve", "/etc/passwd"));
+        assert!(!ok("mail/d/ann/sieve/active.sieve", "notes.txt"));
+        assert!(!ok("mail/d/ann/sieve/other.sieve", "rules.sieve"));
+        assert!(!ok("mail/d/ann/cur/active.sieve", "rules.sieve"));
+    }
 }

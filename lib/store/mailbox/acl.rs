@@ -465,6 +465,11 @@ impl GranteeIndex {
     fn file(&self, key: &str) -> Option<PathBuf> {
         let name = key.strip_prefix('@').unwrap_or(key);
         checked_name(name)?;
+        // Each file has its lock file beside it (`NAME.lock`): no grantee
+        // may be named after one.
+        if name.to_ascii_lowercase().ends_with(".lock") {
+            return None;
+        }
         Some(self.dir.join(key.to_lowercase()))
     }
 
@@ -493,6 +498,12 @@ impl GranteeIndex {
         let Some(path) = self.file(key) else {
             return Ok(());
         };
+        // Forgetting for a grantee with no file changes nothing: DELETEACL
+        // of any name must not make files (it takes no user check, so a
+        // deleted user's grants can still go).
+        if !on && !path.exists() {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir)?;
         let line = format!("{} {folder}", owner.to_lowercase());
         crate::store::fsutil::edit_locked::<io::Error>(&path, |old| {
@@ -691,6 +702,15 @@ mod tests {
         index.set("../x", "ann@d", "P", true).unwrap();
         assert!(index.entries("../x").is_empty());
         assert!(!dir.path().join("x").exists());
+        // Forgetting makes no file, and no grantee is named like a lock.
+        index.set("carol@d", "ann@d", "P", false).unwrap();
+        index.set("bob@d.LOCK", "ann@d", "P", true).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("shared-folders"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert_eq!(names, vec!["bob@d".to_string()]);
         assert!(PrivateSeen::new(dir.path(), "ann@d", "..", 1).is_none());
         let seen = PrivateSeen::new(dir.path(), "ann@d", "Projects", 5).unwrap();
         seen.set(&[3, 1, 2], true, &|_| true).unwrap();
