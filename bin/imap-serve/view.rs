@@ -10,7 +10,7 @@ use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
 use postroom::proto::imap::response::all_flags;
 use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::shared::Entries;
-use postroom::store::mailbox::{Entry, Flags, Folder, flags};
+use postroom::store::mailbox::{Admission, Entry, Flags, Folder, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
@@ -504,7 +504,19 @@ impl Session {
         // moved (RFC 9051 §6.4.7 keeps a failed COPY from changing the
         // destination). The EXPUNGE follows at the first command that
         // may send it (at once after a UID COPY/MOVE).
-        let (validity, pairs) = match sel.folder.transfer(&entries, &dest, remove, true) {
+        // Into another owner's tree (a shared or public folder): their
+        // quota, and only the flags the user's rights there allow.
+        let transferred = {
+            let rights = target.rights;
+            let allowed = move |f: Flags| crate::acl::limit_change(Flags::default(), f, rights);
+            let admission = Admission {
+                quota: target.quota,
+                flags: (rights != Rights::ALL).then_some(&allowed as &dyn Fn(Flags) -> Flags),
+            };
+            sel.folder
+                .transfer_under(&entries, &dest, remove, true, &admission)
+        };
+        let (validity, pairs) = match transferred {
             Ok(r) => r,
             Err(e) => return Ok(e.into()),
         };

@@ -307,3 +307,39 @@ ok(A.setacl("Projects", "bob@example.test", "lr"))
     let message = curl("Shared.ann.Projects;UID=1");
     assert!(message.contains("The plan, part 7."), "{message}");
 }
+
+/// COPY into another owner's folder (RFC 4314 §4, RFC 9208): the copy keeps
+/// only the flags the copier's rights there allow, counts against the
+/// owner's quota (not the copier's), and is refused whole past it.
+#[test]
+fn copies_into_a_shared_folder_keep_to_the_rights_and_the_owners_quota() {
+    let (tree, server) = two_users_served();
+    let quota = tree.postroom(&["user", "quota", "ann@example.test", "6K"]);
+    assert!(quota.status.success(), "{}", stderr(&quota));
+    let said = run(
+        &tree,
+        &server,
+        r#"
+A = login_as("ann"); B = login_as("bob")
+ok(A.create("Inbound"))
+ok(A.setacl("Inbound", "bob@example.test", "lri"))
+ok(B.append("INBOX", r"(\Seen \Flagged \Deleted)", None, MSG % (1, 1)))
+ok(B.select("INBOX"))
+typ, dat = B.copy("1", "Shared.ann.Inbound")
+assert typ == "OK" and "COPYUID" in dat[0].decode(), dat
+ok(A.select("Inbound"))
+flags = ok(A.fetch("1", "(FLAGS)"))[0].decode()
+assert not [f for f in ("Seen", "Flagged", "Deleted") if f in flags], flags
+# A message larger than what is left of ann's 6K: refused whole.
+big = b"From: bob@example.test\r\nSubject: big\r\n\r\n" + b"x" * 8000 + b"\r\n"
+ok(B.append("INBOX", None, None, big))
+B.noop()
+typ, dat = B.copy("1:2", "Shared.ann.Inbound")
+assert typ == "NO" and "OVERQUOTA" in dat[0].decode(), dat
+A.noop()
+assert ok(A.select("Inbound")) == [b"1"], "nothing of the refused COPY arrived"
+print("copies ok")
+"#,
+    );
+    assert!(said.contains("copies ok"), "{said}");
+}

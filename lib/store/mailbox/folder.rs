@@ -821,6 +821,44 @@ impl Folder {
         remove: bool,
         all_or_none: bool,
     ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
+        self.transfer_under(entries, dest, remove, all_or_none, &Admission::default())
+    }
+
+    /// [`transfer`](Folder::transfer) into a folder whose owner may not be
+    /// the user (a shared or public folder): `admission` holds the
+    /// destination tree's quota, which refuses the whole set when it would
+    /// go over, and the flags the user may set there (RFC 4314 §4: `s`,
+    /// `t` and `w` rule \Seen, \Deleted and the rest, for a copy as for
+    /// a STORE). Each tree's usage follows the messages.
+    pub fn transfer_under(
+        &self,
+        entries: &[Entry],
+        dest: &Folder,
+        remove: bool,
+        all_or_none: bool,
+        admission: &Admission<'_>,
+    ) -> Result<(u32, Vec<(u32, u32)>), MailboxError> {
+        let same_tree = self.inbox == dest.inbox;
+        // A move inside one tree changes no usage; trash counts for none.
+        let adds_usage = !dest.is_trash && (!same_tree || !remove || self.is_trash);
+        if let Some(limit) = admission.quota.filter(|&l| l > 0)
+            && adds_usage
+        {
+            let adding: u64 = entries
+                .iter()
+                .map(|e| crate::store::maildir::size_from_name(&e.base).unwrap_or(0))
+                .sum();
+            let md = crate::store::maildir::Maildir::new(&dest.inbox);
+            let (used, _) = md.quota_usage(limit)?;
+            if used.saturating_add(adding) > limit {
+                return Err(MailboxError::Maildir(
+                    crate::store::maildir::MaildirError::OverQuota {
+                        used: used.saturating_add(adding),
+                        limit,
+                    },
+                ));
+            }
+        }
         let host = crate::store::fsutil::this_host();
         // Keyword letters are per folder: map each source letter to the
         // destination's letter for the same name.
@@ -870,7 +908,7 @@ impl Folder {
                 crate::store::fsutil::unique_suffix()
             );
             let from = entry.file_name();
-            let mut flags = entry.flags();
+            let mut flags = admission.flags.map_or(entry.flags(), |f| f(entry.flags()));
             let mut mapped = 0u32;
             for (i, letter) in letters.iter().enumerate() {
                 if flags.keywords & (1 << i) != 0
@@ -912,10 +950,20 @@ impl Folder {
         }
         let md = crate::store::maildir::Maildir::new(&self.inbox);
         let n = placed.len() as i64;
-        match (self.is_trash, dest.is_trash, remove) {
-            (_, false, false) | (true, false, true) => md.quota_add(bytes, n),
-            (false, true, true) => md.quota_add(-bytes, -n),
-            _ => {}
+        if same_tree {
+            match (self.is_trash, dest.is_trash, remove) {
+                (_, false, false) | (true, false, true) => md.quota_add(bytes, n),
+                (false, true, true) => md.quota_add(-bytes, -n),
+                _ => {}
+            }
+        } else {
+            // Between two owners' trees: each one's usage follows.
+            if remove && !self.is_trash {
+                md.quota_add(-bytes, -n);
+            }
+            if !dest.is_trash {
+                crate::store::maildir::Maildir::new(&dest.inbox).quota_add(bytes, n);
+            }
         }
         let state = dest.sync()?;
         let uids: HashMap<&str, u32> = state.entries.iter().map(|e| (&*e.base, e.uid)).collect();
@@ -925,6 +973,15 @@ impl Folder {
             .collect();
         Ok((state.validity, pairs))
     }
+}
+
+/// What a destination folder admits in [`Folder::transfer_under`].
+#[derive(Default)]
+pub struct Admission<'a> {
+    /// The destination tree's quota in bytes (`None` or 0: no limit).
+    pub quota: Option<u64>,
+    /// The flags a message may keep there, from the flags it has.
+    pub flags: Option<&'a dyn Fn(super::Flags) -> super::Flags>,
 }
 
 /// Copies a message through the destination's tmp/ (for filesystems

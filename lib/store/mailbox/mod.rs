@@ -46,7 +46,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use flags::{Flags, Keywords};
-pub use folder::{Appending, Entry, Folder, Stamp, State};
+pub use folder::{Admission, Appending, Entry, Folder, Stamp, State};
 pub use name::{MailboxName, NameError};
 
 /// Opens an append-only side file (`postroom-cache`, `postroom-modseq`)
