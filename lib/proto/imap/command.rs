@@ -671,6 +671,8 @@ impl<'a> Parser<'a> {
         loop {
             match self.peek() {
                 None | Some(b'\r') | Some(b'\n') => return bad("unterminated quoted string"),
+                // CHAR is %x01-7F (RFC 3501 §9, UTF-8 in RFC 9051): no NUL.
+                Some(0) => return bad("NUL in a quoted string"),
                 Some(b'"') => {
                     self.pos += 1;
                     return Ok(out);
@@ -734,7 +736,16 @@ impl<'a> Parser<'a> {
 
     fn astring_bytes(&mut self) -> R<Vec<u8>> {
         match self.peek() {
-            Some(b'"') | Some(b'{') => self.string(),
+            Some(b'"') | Some(b'{') => {
+                let bytes = self.string()?;
+                // A literal is CHAR8 (%x01-FF): a name, login or search
+                // string never holds a NUL (the server could not write it
+                // back: its literals send NUL as 0x80).
+                if bytes.contains(&0) {
+                    return bad("NUL in a string");
+                }
+                Ok(bytes)
+            }
             _ => {
                 let start = self.pos;
                 // 8-bit bytes are not ATOM-CHARs, but clients (Python's
@@ -2028,6 +2039,16 @@ pub fn parse_date_time(text: &str) -> R<SystemTime> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Found by the imap_command fuzz target: a NUL in a quoted name was
+    /// taken, and the server's own writer could not give it back.
+    #[test]
+    fn strings_never_hold_nul() {
+        assert!(parse(b"a CREATE \"Sent \x00x\"\r\n").is_err());
+        assert!(parse(b"a CREATE {3}\r\na\x00b\r\n").is_err());
+        assert!(parse(b"a LOGIN u \"p\x00\"\r\n").is_err());
+        assert!(parse(b"a CREATE \"Sent\"\r\n").is_ok());
+    }
 
     #[test]
     fn literal_announcements() {
