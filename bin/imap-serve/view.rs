@@ -557,12 +557,23 @@ impl Session {
             Some(sel) => postroom::store::watch::other_hosts_poll(sel.folder.path()),
             None => IDLE_RESYNC,
         };
+        // The client has `imap.idle_timeout` to say DONE, counted from the
+        // start (RFC 9051 §6.3.13: clients IDLE again within 29 minutes):
+        // each wakeup starts a new read, whose own timeout would begin
+        // again and keep a silent client forever.
+        let deadline = tokio::time::Instant::now() + self.shared.config.imap.idle_timeout;
         loop {
             if let Some(w) = watch.as_mut() {
                 w.mark_seen();
             }
             self.report(true).await?;
             self.conn.flush().await?;
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                self.conn.write(b"* BYE idle too long, closing\r\n");
+                self.conn.flush().await?;
+                return Err(NetError::Timeout);
+            }
             let line = tokio::select! {
                 line = self.conn.read_line(max) => line?,
                 _ = async {
@@ -571,7 +582,7 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => continue,
-                _ = tokio::time::sleep(poll) => continue,
+                _ = tokio::time::sleep(poll.min(deadline - now)) => continue,
             };
             return Ok(idle_done(&line));
         }

@@ -245,3 +245,41 @@ print("timeout ok")
         &tree,
     );
 }
+
+/// Plain IDLE too: mail arriving all the time does not keep a client that
+/// never says DONE past `imap.idle_timeout`.
+#[test]
+fn a_silent_idle_session_times_out_though_mail_keeps_coming() {
+    let tree = crate::imap_serve::tree_with_user();
+    let text = std::fs::read_to_string(&tree.config).unwrap();
+    std::fs::write(
+        &tree.config,
+        format!("{text}\n[imap]\nidle_timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(&tree, "imap-serve", &[]);
+    python(
+        &format!(
+            "{RAW}\n{}",
+            r#"
+B, s, f = with_work()
+assert command(s, f, b"a", b"SELECT INBOX")[-1].startswith(b"a OK")
+s.sendall(b"i IDLE\r\n")
+assert f.readline().startswith(b"+ "), "no continuation"
+start = time.monotonic()
+while True:
+    assert time.monotonic() - start < 15, "no BYE: new mail kept the IDLE alive"
+    ok(B.append("INBOX", None, None, b"Subject: w\r\n\r\nx\r\n"))
+    line = f.readline()
+    assert line, "closed without BYE"
+    if line.startswith(b"* BYE"):
+        break
+    assert line.startswith(b"* "), line
+assert time.monotonic() - start >= 1.5, time.monotonic() - start
+print("timeout ok")
+"#
+        ),
+        &server,
+        &tree,
+    );
+}
