@@ -506,12 +506,32 @@ impl Session {
         // may send it (at once after a UID COPY/MOVE).
         // Into another owner's tree (a shared or public folder): their
         // quota, and only the flags the user's rights there allow.
+        // In another owner's tree the user's \Seen is their own (kept in
+        // their file, as APPEND does), never the owner's.
+        let private = !target.is_personal();
+        let seen_here: std::collections::HashSet<u32> =
+            if private && target.rights.has(Rights::SEEN) {
+                entries
+                    .iter()
+                    .filter(|e| sel.flags_of(e).has(flags::SEEN))
+                    .map(|e| e.uid)
+                    .collect()
+            } else {
+                Default::default()
+            };
         let transferred = {
             let rights = target.rights;
-            let allowed = move |f: Flags| crate::acl::limit_change(Flags::default(), f, rights);
+            let allowed = move |f: Flags| {
+                let mut f = crate::acl::limit_change(Flags::default(), f, rights);
+                if private {
+                    f.system &= !flags::SEEN;
+                }
+                f
+            };
             let admission = Admission {
                 quota: target.quota,
-                flags: (rights != Rights::ALL).then_some(&allowed as &dyn Fn(Flags) -> Flags),
+                flags: (rights != Rights::ALL || private)
+                    .then_some(&allowed as &dyn Fn(Flags) -> Flags),
             };
             sel.folder
                 .transfer_under(&entries, &dest, remove, true, &admission)
@@ -527,6 +547,17 @@ impl Session {
                  nothing was {}; NOOP reports them, then {what} the rest",
                 if remove { "moved" } else { "copied" }
             )));
+        }
+        let seen_there: Vec<u32> = pairs
+            .iter()
+            .filter(|(s, _)| seen_here.contains(s))
+            .map(|(_, d)| *d)
+            .collect();
+        if !seen_there.is_empty()
+            && let Some(own) = self.seen_for(&target, validity)
+            && let Err(e) = own.set(&seen_there, true)
+        {
+            tracing::warn!("private \\Seen of {wire}: {e}");
         }
         let src: Vec<String> = pairs.iter().map(|(s, _)| s.to_string()).collect();
         let dst: Vec<String> = pairs.iter().map(|(_, d)| d.to_string()).collect();

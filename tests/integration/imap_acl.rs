@@ -330,6 +330,17 @@ assert typ == "OK" and "COPYUID" in dat[0].decode(), dat
 ok(A.select("Inbound"))
 flags = ok(A.fetch("1", "(FLAGS)"))[0].decode()
 assert not [f for f in ("Seen", "Flagged", "Deleted") if f in flags], flags
+# With s there, bob's \Seen comes along as his own, never ann's.
+ok(A.create("Reading"))
+ok(A.setacl("Reading", "bob@example.test", "lrsi"))
+ok(B.copy("1", "Shared.ann.Reading"))
+ok(A.select("Reading"))
+flags = ok(A.fetch("1", "(FLAGS)"))[0].decode()
+assert "Seen" not in flags, flags
+ok(B.select("Shared.ann.Reading"))
+flags = ok(B.fetch("1", "(FLAGS)"))[0].decode()
+assert "\\Seen" in flags and "Flagged" not in flags, flags
+ok(A.select("Inbound")); ok(B.select("INBOX"))
 # A message larger than what is left of ann's 6K: refused whole.
 big = b"From: bob@example.test\r\nSubject: big\r\n\r\n" + b"x" * 8000 + b"\r\n"
 ok(B.append("INBOX", None, None, big))
