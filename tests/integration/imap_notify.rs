@@ -207,11 +207,11 @@ print("shared ok")
     );
 }
 
-/// A NOTIFY session that sends nothing is closed after
-/// `imap.idle_timeout`, even while changes keep waking it: each wakeup
-/// must not start the client's time again.
-#[test]
-fn a_silent_notify_session_times_out_though_changes_keep_coming() {
+/// Session A (raw `s`, `f`) set up by `setup`, then silent while B
+/// APPENDs to `folder` over and over, each APPEND paced by the untagged
+/// line it brings A: A must still hear BYE once its 2 s
+/// `imap.idle_timeout` is up (each wakeup must not start its time again).
+fn silent_session_gets_bye(setup: &str, folder: &str) {
     let tree = crate::imap_serve::tree_with_user();
     let text = std::fs::read_to_string(&tree.config).unwrap();
     std::fs::write(
@@ -220,56 +220,11 @@ fn a_silent_notify_session_times_out_though_changes_keep_coming() {
     )
     .unwrap();
     let server = Server::start(&tree, "imap-serve", &[]);
-    python(
-        &format!(
-            "{RAW}\n{}",
-            r#"
-B, s, f = with_work()
-assert command(s, f, b"b", b"NOTIFY SET (MAILBOXES Work (MessageNew MessageExpunge))")[-1].startswith(b"b OK")
+    let script = r#"
 start = time.monotonic()
-# Each APPEND is paced by the STATUS it brings, so the session is woken
-# all the time; it must still say BYE once its 2 s are up.
 while True:
     assert time.monotonic() - start < 15, "no BYE: the changes kept the session alive"
-    ok(B.append("Work", None, None, b"Subject: w\r\n\r\nx\r\n"))
-    line = f.readline()
-    assert line, "closed without BYE"
-    if line.startswith(b"* BYE"):
-        break
-    assert line.startswith(b"* STATUS Work"), line
-assert time.monotonic() - start >= 1.5, time.monotonic() - start
-print("timeout ok")
-"#
-        ),
-        &server,
-        &tree,
-    );
-}
-
-/// Plain IDLE too: mail arriving all the time does not keep a client that
-/// never says DONE past `imap.idle_timeout`.
-#[test]
-fn a_silent_idle_session_times_out_though_mail_keeps_coming() {
-    let tree = crate::imap_serve::tree_with_user();
-    let text = std::fs::read_to_string(&tree.config).unwrap();
-    std::fs::write(
-        &tree.config,
-        format!("{text}\n[imap]\nidle_timeout = \"2s\"\n"),
-    )
-    .unwrap();
-    let server = Server::start(&tree, "imap-serve", &[]);
-    python(
-        &format!(
-            "{RAW}\n{}",
-            r#"
-B, s, f = with_work()
-assert command(s, f, b"a", b"SELECT INBOX")[-1].startswith(b"a OK")
-s.sendall(b"i IDLE\r\n")
-assert f.readline().startswith(b"+ "), "no continuation"
-start = time.monotonic()
-while True:
-    assert time.monotonic() - start < 15, "no BYE: new mail kept the IDLE alive"
-    ok(B.append("INBOX", None, None, b"Subject: w\r\n\r\nx\r\n"))
+    ok(B.append(FOLDER, None, None, b"Subject: w\r\n\r\nx\r\n"))
     line = f.readline()
     assert line, "closed without BYE"
     if line.startswith(b"* BYE"):
@@ -277,9 +232,38 @@ while True:
     assert line.startswith(b"* "), line
 assert time.monotonic() - start >= 1.5, time.monotonic() - start
 print("timeout ok")
-"#
-        ),
+"#;
+    python(
+        &format!("{RAW}\nFOLDER = {folder:?}\n{setup}\n{script}"),
         &server,
         &tree,
+    );
+}
+
+/// A NOTIFY session that sends nothing is closed after
+/// `imap.idle_timeout`, even while changes keep waking it.
+#[test]
+fn a_silent_notify_session_times_out_though_changes_keep_coming() {
+    silent_session_gets_bye(
+        r#"
+B, s, f = with_work()
+assert command(s, f, b"b", b"NOTIFY SET (MAILBOXES Work (MessageNew MessageExpunge))")[-1].startswith(b"b OK")
+"#,
+        "Work",
+    );
+}
+
+/// Plain IDLE too: mail arriving all the time does not keep a client that
+/// never says DONE past `imap.idle_timeout`.
+#[test]
+fn a_silent_idle_session_times_out_though_mail_keeps_coming() {
+    silent_session_gets_bye(
+        r#"
+B, s, f = with_work()
+assert command(s, f, b"a", b"SELECT INBOX")[-1].startswith(b"a OK")
+s.sendall(b"i IDLE\r\n")
+assert f.readline().startswith(b"+ "), "no continuation"
+"#,
+        "INBOX",
     );
 }
