@@ -16,6 +16,17 @@ pub(crate) fn list_expand(tree: &Tree, args: &[&str], input: &[u8]) -> Output {
 /// Creates team@example.test, open to posts from anyone, owned by ann,
 /// with the `members` given one a line.
 pub(crate) fn open_team(tree: &Tree, members: &[u8]) {
+    create_open_team(tree);
+    ok(&list_expand(
+        tree,
+        &["add", "team@example.test", "-"],
+        members,
+    ));
+}
+
+/// Creates team@example.test, open to posts from anyone, owned by ann,
+/// with no members.
+fn create_open_team(tree: &Tree) {
     ok(&list_expand(
         tree,
         &[
@@ -27,11 +38,6 @@ pub(crate) fn open_team(tree: &Tree, members: &[u8]) {
             "open",
         ],
         b"",
-    ));
-    ok(&list_expand(
-        tree,
-        &["add", "team@example.test", "-"],
-        members,
     ));
 }
 
@@ -562,18 +568,7 @@ fn a_hundred_thousand_members_in_one_call() {
 #[test]
 fn the_html_archive_reads_well_in_a_browser_and_runs_nothing() {
     let tree = Tree::new();
-    ok(&list_expand(
-        &tree,
-        &[
-            "create",
-            "team@example.test",
-            "--owner",
-            "ann@example.test",
-            "--policy",
-            "open",
-        ],
-        b"",
-    ));
+    create_open_team(&tree);
     let post = |text: &str| {
         ok(&list_expand(
             &tree,
