@@ -1337,7 +1337,10 @@ impl Session {
                 return;
             }
         };
-        if hops(&staged) > MAX_HOPS {
+        // The header block as it arrived, read once for the loop check,
+        // the origin fields and results a sender wrote in our name.
+        let arrived = staged.message.header_block(1 << 20).unwrap_or_default();
+        if hops(&arrived) > MAX_HOPS {
             self.reply(Reply::new(
                 554,
                 "5.4.6",
@@ -1346,7 +1349,7 @@ impl Session {
             let _ = staged.discard();
             return;
         }
-        let staged = match self.origin_fields(&staged) {
+        let staged = match self.origin_fields(&staged, &arrived) {
             Some(fields) => match prepend_headers(staged, &fields) {
                 Ok(staged) => staged,
                 Err(e) => {
@@ -1357,13 +1360,15 @@ impl Session {
             None => staged,
         };
         let staged = match self.authentication_results(&tx, &staged).await {
-            Some(header) => match add_results(staged, &header, &self.shared.config.hostname) {
-                Ok(staged) => staged,
-                Err(e) => {
-                    self.local_error(format_args!("adding Authentication-Results failed: {e}"));
-                    return;
+            Some(header) => {
+                match add_results(staged, &header, &self.shared.config.hostname, &arrived) {
+                    Ok(staged) => staged,
+                    Err(e) => {
+                        self.local_error(format_args!("adding Authentication-Results failed: {e}"));
+                        return;
+                    }
                 }
-            },
+            }
             None => staged,
         };
         let (from, protocol) = (tx.sender.to_string(), self.protocol(&tx));
@@ -1411,13 +1416,12 @@ impl Session {
     /// The Date and Message-ID a submitted message lacks (RFC 6409 §8.2,
     /// §8.3): only for mail from this site's own users, since a relay must
     /// not change what it passes on. `None` when nothing is missing.
-    fn origin_fields(&self, staged: &Staged) -> Option<Vec<String>> {
+    fn origin_fields(&self, staged: &Staged, head: &[u8]) -> Option<Vec<String>> {
         if !self.submission() && self.user.is_none() {
             return None;
         }
-        let head = staged.message.header_block(1 << 20).unwrap_or_default();
         let fields = postroom::proto::message::missing_origin_fields(
-            &head,
+            head,
             &staged.message.id.to_string(),
             &self.shared.config.hostname,
             postroom::store::fsutil::now_secs(),
@@ -1545,7 +1549,12 @@ fn prepend_headers(staged: Staged, headers: &[String]) -> Result<Staged, queue::
 /// "pass" a Sieve rule or the ARC sealer (`delivery::arc`) would read.
 /// Costs nothing more when there are none (the header is prepended by the
 /// same rewrite either way).
-fn add_results(staged: Staged, header: &str, hostname: &str) -> Result<Staged, queue::QueueError> {
+fn add_results(
+    staged: Staged,
+    header: &str,
+    hostname: &str,
+    arrived: &[u8],
+) -> Result<Staged, queue::QueueError> {
     use postroom::proto::message;
     let claims_ours = |field: &[u8]| {
         let Some((name, value)) = message::header_fields(field).pop() else {
@@ -1554,11 +1563,14 @@ fn add_results(staged: Staged, header: &str, hostname: &str) -> Result<Staged, q
         name.eq_ignore_ascii_case("Authentication-Results")
             && message::authserv_id(&value).eq_ignore_ascii_case(hostname)
     };
-    let head = staged.message.header_block(1 << 20)?;
-    let kept = message::remove_fields(&head, claims_ours);
-    if kept.len() == head.len() {
+    // Most messages carry none, as the header block read at arrival
+    // shows; the block is read again only to rewrite it (Date or
+    // Message-ID may have been added above it since).
+    if message::remove_fields(arrived, claims_ours).len() == arrived.len() {
         return prepend_headers(staged, &[header.to_string()]);
     }
+    let head = staged.message.header_block(1 << 20)?;
+    let kept = message::remove_fields(&head, claims_ours);
     // Opened before the old copy is removed (see `Staged::prepend`).
     let body = staged.message.body();
     staged.replace(|out| {
@@ -1594,9 +1606,8 @@ fn is_token(value: &str) -> bool {
 const MAX_HOPS: usize = 100;
 
 /// Received headers in a message's header block (our own included).
-fn hops(staged: &Staged) -> usize {
-    let head = staged.message.header_block(1 << 20).unwrap_or_default();
-    postroom::proto::message::header_fields(&head)
+fn hops(head: &[u8]) -> usize {
+    postroom::proto::message::header_fields(head)
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
         .count()
