@@ -851,11 +851,9 @@ impl Folder {
             let md = crate::store::maildir::Maildir::new(&dest.inbox);
             let (used, _) = md.quota_usage(limit)?;
             if used.saturating_add(adding) > limit {
+                // As a delivery's refusal says it: the usage so far.
                 return Err(MailboxError::Maildir(
-                    crate::store::maildir::MaildirError::OverQuota {
-                        used: used.saturating_add(adding),
-                        limit,
-                    },
+                    crate::store::maildir::MaildirError::OverQuota { used, limit },
                 ));
             }
         }
