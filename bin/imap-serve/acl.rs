@@ -299,13 +299,12 @@ impl Session {
                     &user,
                 ));
                 let rights = rights_in(&mailbox.folder(&folder), &me, false)?;
-                let default_quota = self.shared.config.delivery.default_quota;
                 return Ok(Target {
                     mailbox,
                     name: folder,
                     space: Space::Shared { owner: address },
                     rights,
-                    quota: user.quota.or((default_quota > 0).then_some(default_quota)),
+                    quota: postroom::delivery::quota::limit_of(&self.shared.config, &user),
                 });
             }
             return Err(nonexistent());
