@@ -179,6 +179,9 @@ pub struct List {
     pub address: Address,
     pub dir: PathBuf,
     pub config: ListConfig,
+    /// The one-click secret once read: a post with one-click URLs makes
+    /// a token for every member, from many threads.
+    secret: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl List {
@@ -266,6 +269,7 @@ impl List {
             address,
             dir,
             config: list_config,
+            secret: std::sync::OnceLock::new(),
         })
     }
 
@@ -532,9 +536,15 @@ impl List {
 
     /// The key of this list's one-click unsubscribe tokens: `secret` in
     /// the list's folder, made on first use (`fsutil::secret_or_create`).
-    fn unsubscribe_secret(&self) -> Result<Vec<u8>, ListError> {
+    fn unsubscribe_secret(&self) -> Result<&[u8], ListError> {
+        if let Some(secret) = self.secret.get() {
+            return Ok(secret);
+        }
         let path = self.dir.join("secret");
-        fsutil::secret_or_create(&path).map_err(|error| ListError::Io { path, error })
+        let read =
+            fsutil::secret_or_create(&path).map_err(|error| ListError::Io { path, error })?;
+        // Two threads may read it at once: both read the same file.
+        Ok(self.secret.get_or_init(|| read))
     }
 
     /// The token that lets `member` leave with one click (RFC 8058): the
@@ -545,7 +555,7 @@ impl List {
     pub fn unsubscribe_token(&self, member: &Address) -> Result<String, ListError> {
         let secret = self.unsubscribe_secret()?;
         // HMAC takes keys of any length, so this cannot fail.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret) else {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
             return Ok(String::new());
         };
         mac.update(b"list-unsubscribe\0");
