@@ -1340,7 +1340,8 @@ impl Session {
         // The header block as it arrived, read once for the loop check,
         // the origin fields and results a sender wrote in our name.
         let arrived = staged.message.header_block(1 << 20).unwrap_or_default();
-        if hops(&arrived) > MAX_HOPS {
+        let fields = postroom::proto::message::header_fields(&arrived);
+        if hops(&fields) > MAX_HOPS {
             self.reply(Reply::new(
                 554,
                 "5.4.6",
@@ -1361,7 +1362,7 @@ impl Session {
         };
         let staged = match self.authentication_results(&tx, &staged).await {
             Some(header) => {
-                match add_results(staged, &header, &self.shared.config.hostname, &arrived) {
+                match add_results(staged, &header, &self.shared.config.hostname, &fields) {
                     Ok(staged) => staged,
                     Err(e) => {
                         self.local_error(format_args!("adding Authentication-Results failed: {e}"));
@@ -1553,20 +1554,21 @@ fn add_results(
     staged: Staged,
     header: &str,
     hostname: &str,
-    arrived: &[u8],
+    arrived: &[(String, String)],
 ) -> Result<Staged, queue::QueueError> {
     use postroom::proto::message;
     let claims_ours = |field: &[u8]| {
-        let Some((name, value)) = message::header_fields(field).pop() else {
-            return false;
-        };
-        name.eq_ignore_ascii_case("Authentication-Results")
-            && message::authserv_id(&value).eq_ignore_ascii_case(hostname)
+        message::header_fields(field)
+            .pop()
+            .is_some_and(|(name, value)| message::claims_results_of(&name, &value, hostname))
     };
-    // Most messages carry none, as the header block read at arrival
-    // shows; the block is read again only to rewrite it (Date or
+    // Most messages carry none, as the fields read at arrival (`arrived`)
+    // show; the block is read again only to rewrite it (Date or
     // Message-ID may have been added above it since).
-    if message::remove_fields(arrived, claims_ours).len() == arrived.len() {
+    if !arrived
+        .iter()
+        .any(|(name, value)| message::claims_results_of(name, value, hostname))
+    {
         return prepend_headers(staged, &[header.to_string()]);
     }
     let head = staged.message.header_block(1 << 20)?;
@@ -1606,8 +1608,8 @@ fn is_token(value: &str) -> bool {
 const MAX_HOPS: usize = 100;
 
 /// Received headers in a message's header block (our own included).
-fn hops(head: &[u8]) -> usize {
-    postroom::proto::message::header_fields(head)
+fn hops(fields: &[(String, String)]) -> usize {
+    fields
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("received"))
         .count()

@@ -149,9 +149,7 @@ fn this_hop(hostname: &str, head: &[u8]) -> Hop {
         if name.eq_ignore_ascii_case("ARC-Seal") {
             return Hop::Sealed;
         }
-        if name.eq_ignore_ascii_case("Authentication-Results")
-            && message::authserv_id(&value).eq_ignore_ascii_case(hostname)
-        {
+        if message::claims_results_of(&name, &value, hostname) {
             return Hop::Verified(value);
         }
     }

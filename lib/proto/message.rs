@@ -284,6 +284,13 @@ pub fn remove_fields(headers: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     out
 }
 
+/// True for an Authentication-Results field (`name`, unfolded `value`)
+/// whose authserv-id is `hostname`: results that claim to be that host's.
+pub fn claims_results_of(name: &str, value: &str, hostname: &str) -> bool {
+    name.eq_ignore_ascii_case("Authentication-Results")
+        && authserv_id(value).eq_ignore_ascii_case(hostname)
+}
+
 /// The authserv-id of an Authentication-Results value (RFC 8601 §2.2:
 /// `authserv-id [version] ; results`): whose results they claim to be.
 pub fn authserv_id(value: &str) -> &str {
@@ -610,8 +617,7 @@ mod tests {
                   Authentication-Results: other.test; spf=pass\r\n\r\n";
         let ours = |field: &[u8]| {
             let (name, value) = header_fields(field).pop().unwrap_or_default();
-            name.eq_ignore_ascii_case("authentication-results")
-                && authserv_id(&value).eq_ignore_ascii_case("MX.test")
+            claims_results_of(&name, &value, "MX.test")
         };
         assert_eq!(
             remove_fields(h, ours),
