@@ -72,13 +72,15 @@ pub fn seal(config: &Config, sender: &ReversePath, message: &[u8]) -> Result<Str
         tracing::debug!(%domain, "no RSA key to seal ARC with; passed on unsealed");
         return Ok(String::new());
     };
-    let Some(parsed) = AuthenticatedMessage::parse(message) else {
-        return Ok(String::new());
-    };
+    // Sealed here already: known from the head, before the whole
+    // message is parsed.
     let ours = match this_hop(&config.hostname, head) {
         Hop::Sealed => return Ok(String::new()),
         Hop::Verified(payload) => Some(payload),
         Hop::Unverified => None,
+    };
+    let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        return Ok(String::new());
     };
     let chain = !(parsed.as_headers.is_empty()
         && parsed.ams_headers.is_empty()
