@@ -133,11 +133,6 @@ impl Seen {
 }
 
 impl Selected {
-    /// True when this session reads a shared folder with its own \Seen.
-    pub fn has_private_seen(&self) -> bool {
-        self.seen.is_some()
-    }
-
     /// A message's flags as this user sees them: their own \Seen in a
     /// folder of another tree.
     pub fn flags_of(&self, e: &Entry) -> Flags {
@@ -155,36 +150,60 @@ impl Selected {
     /// Sets a message's flags: on disk, but for a reader's own \Seen,
     /// which goes to their file. `entry` is as on disk; the result too.
     pub fn set_flags(&mut self, entry: &Entry, new: Flags) -> Result<Option<Entry>, MailboxError> {
-        let Some(seen) = self.seen.as_mut() else {
+        if self.seen.is_none() {
             return self.folder.set_flags(entry, new);
+        }
+        let mut changed = self.change_flags(std::slice::from_ref(entry), &|_| new)?;
+        Ok(changed.pop().flatten())
+    }
+
+    /// Changes the flags of many messages (STORE): `change` maps a
+    /// message's flags as this user sees them to the new ones. One pass
+    /// over the files from the flags on disk (another session may have
+    /// changed them since our last sync), and for a reader with their own
+    /// \Seen one rewrite of their file for the whole command. `None` in
+    /// the result for a message expunged meanwhile.
+    pub fn change_flags(
+        &mut self,
+        entries: &[Entry],
+        change: &dyn Fn(Flags) -> Flags,
+    ) -> Result<Vec<Option<Entry>>, MailboxError> {
+        let Some(seen) = self.seen.as_mut() else {
+            return self.folder.change_flags(entries, change);
         };
-        let Some(current) = self.folder.refresh(entry)? else {
-            return Ok(None);
+        // The folder's own \Seen stays as it is on disk. Every other flag
+        // of the change depends only on that flag's old value, not on
+        // \Seen (limit_change and the STORE modes go bit by bit), so the
+        // disk's \Seen may stand in for the reader's here.
+        let on_disk = |disk: Flags| {
+            let mut new = change(disk);
+            new.system = (new.system & !flags::SEEN) | (disk.system & flags::SEEN);
+            new
         };
-        let mut disk = new;
-        disk.system = (new.system & !flags::SEEN) | (current.flags().system & flags::SEEN);
-        let updated = if disk == current.flags() {
-            current
-        } else {
-            match self.folder.set_flags(&current, disk)? {
-                Some(e) => e,
-                None => return Ok(None),
+        let changed = self.folder.change_flags(entries, &on_disk)?;
+        let (mut now_seen, mut now_unseen) = (Vec::new(), Vec::new());
+        for e in changed.iter().flatten() {
+            let was = seen.uids.binary_search(&e.uid).is_ok();
+            let is = change(overlay(e.flags(), e.uid, Some(&seen.uids))).has(flags::SEEN);
+            match (was, is) {
+                (false, true) => now_seen.push(e.uid),
+                (true, false) => now_unseen.push(e.uid),
+                _ => {}
             }
-        };
-        let on = new.has(flags::SEEN);
-        if seen.uids.binary_search(&updated.uid).is_ok() != on {
+        }
+        if !now_seen.is_empty() || !now_unseen.is_empty() {
             let view = &self.view;
-            seen.file
-                .set(&[updated.uid], on, &|u| {
+            seen.uids = seen
+                .file
+                .change(&now_seen, &now_unseen, &|u| {
                     view.binary_search_by_key(&u, |e| e.uid).is_ok()
                 })
                 .map_err(|error| MailboxError::Io {
                     path: self.folder.path().to_path_buf(),
                     error,
                 })?;
-            seen.uids = seen.file.load();
         }
-        Ok(Some(updated))
+        Ok(changed)
     }
 }
 

@@ -329,36 +329,13 @@ impl Session {
             };
             crate::acl::limit_change(old, new, rights)
         };
-        let changed: Vec<Option<Entry>> = if sel.has_private_seen() {
-            // A reader of a shared folder keeps their own \Seen in a file of
-            // theirs: each message is changed on its own (acl.rs), since
-            // the batch below knows only the flags on disk.
-            let mut changed = Vec::with_capacity(todo.len());
-            for &i in &todo {
-                let entry = sel.view[i].clone();
-                let current = match sel.folder.refresh(&entry) {
-                    Ok(Some(e)) => e,
-                    Ok(None) => {
-                        changed.push(None);
-                        continue;
-                    }
-                    Err(e) => return Ok(e.into()),
-                };
-                let new = change(sel.flags_of(&current));
-                match sel.set_flags(&current, new) {
-                    Ok(updated) => changed.push(updated),
-                    Err(e) => return Ok(e.into()),
-                }
-            }
-            changed
-        } else {
-            // One pass over the files, from the flags on disk (another
-            // session may have changed them since our last sync).
-            let entries: Vec<Entry> = todo.iter().map(|&i| sel.view[i].clone()).collect();
-            match sel.folder.change_flags(&entries, &change) {
-                Ok(c) => c,
-                Err(e) => return Ok(e.into()),
-            }
+        // One pass over the files, from the flags on disk (another session
+        // may have changed them since our last sync); a reader of a shared
+        // folder's own \Seen in one rewrite of their file (acl.rs).
+        let entries: Vec<Entry> = todo.iter().map(|&i| sel.view[i].clone()).collect();
+        let changed = match sel.change_flags(&entries, &change) {
+            Ok(c) => c,
+            Err(e) => return Ok(e.into()),
         };
         let mut stored = Vec::with_capacity(todo.len());
         if changed.iter().any(Option::is_some) {

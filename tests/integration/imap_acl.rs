@@ -111,6 +111,14 @@ f = ok(B.fetch("2", "(FLAGS)"))[0].decode()
 assert "\\Seen" in f and "\\Deleted" in f, f
 ok(B.store("2", "-FLAGS", "(\\Seen)"))
 ok(A.store("2", "-FLAGS", "(\\Deleted)"))
+# A STORE on several messages changes bob's \Seen of each (in one
+# rewrite of his file), and none of ann's.
+ok(B.store("1:2", "-FLAGS", "(\\Seen)"))
+assert ok(B.search(None, "UNSEEN")) == [b"1 2"], B.search(None, "UNSEEN")
+ok(B.store("1:2", "+FLAGS", "(\\Seen)"))
+assert ok(B.search(None, "SEEN")) == [b"1 2"], B.search(None, "SEEN")
+assert ok(A.search(None, "SEEN")) == [b"2"], A.search(None, "SEEN")
+ok(B.store("2", "-FLAGS", "(\\Seen)"))
 no(B.append("Shared.ann.Projects", None, None, MSG % (3, 3)), "NOPERM")
 no(B.expunge(), "NOPERM")
 no(B.setacl("Shared.ann.Projects", "bob@example.test", "lrswipkxtea"), "NOPERM")

@@ -567,22 +567,39 @@ impl PrivateSeen {
     /// Marks `uids` seen (`on`) or not, under the file's lock; `keep`
     /// says which UIDs still exist (the rest are dropped on the way).
     pub fn set(&self, uids: &[u32], on: bool, keep: &dyn Fn(u32) -> bool) -> io::Result<()> {
+        let (seen, unseen) = if on { (uids, &[][..]) } else { (&[][..], uids) };
+        self.change(seen, unseen, keep).map(drop)
+    }
+
+    /// Marks `seen` seen and `unseen` not in one rewrite of the file,
+    /// under its lock (a STORE on many messages is one edit, not one
+    /// each); `keep` as for [`PrivateSeen::set`]. Returns the seen UIDs
+    /// as written, ascending, so the caller need not read them back.
+    pub fn change(
+        &self,
+        seen: &[u32],
+        unseen: &[u32],
+        keep: &dyn Fn(u32) -> bool,
+    ) -> io::Result<Vec<u32>> {
         if let Some(parent) = self.path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         let validity = self.validity;
+        let mut written = Vec::new();
         crate::store::fsutil::edit_locked::<io::Error>(&self.path, |old| {
-            let mut seen = parse_seen(&old, validity);
-            if on {
-                seen.extend_from_slice(uids);
-            } else {
-                seen.retain(|u| !uids.contains(u));
-            }
-            seen.retain(|&u| keep(u));
-            seen.sort_unstable();
-            seen.dedup();
-            Ok(render_seen(validity, &seen))
-        })
+            let mut now = parse_seen(&old, validity);
+            now.extend_from_slice(seen);
+            now.sort_unstable();
+            now.dedup();
+            // Both sorted: a binary search each, not a scan per UID.
+            let mut gone = unseen.to_vec();
+            gone.sort_unstable();
+            now.retain(|&u| keep(u) && gone.binary_search(&u).is_err());
+            let text = render_seen(validity, &now);
+            written = now;
+            Ok(text)
+        })?;
+        Ok(written)
     }
 }
 
