@@ -135,14 +135,6 @@ impl Session {
         });
         let mut unknown_cte = false;
         let wants_flags = items.contains(&FetchItem::Flags);
-        // What may read a message stored as given as it is stored.
-        let wants_binary = items.iter().any(|i| match i {
-            FetchItem::Binary { .. } | FetchItem::BinarySize(_) => true,
-            FetchItem::Section { section, .. } => {
-                !section.part.is_empty() && section.text == SectionText::Full
-            }
-            _ => false,
-        });
         // Small responses (FLAGS, UID) go out in batches: one write per
         // message costs more than the message's own work.
         let mut batch: Vec<u8> = Vec::new();
@@ -264,19 +256,22 @@ impl Session {
                 (Some(m), Need::Everything) => Some(mime::parse(m)),
                 _ => None,
             };
-            // BINARY of a message stored as given decodes the stored bytes.
-            let stored = if wants_binary {
+            // BINARY, and a part holding a NUL, of a message stored as
+            // given read the stored bytes: read when first asked for, and
+            // once for the message however many items ask.
+            // (A OnceLock only because the session's future must be Send.)
+            let stored = std::sync::OnceLock::new();
+            let as_stored = || match stored.get_or_init(|| {
                 message::read_as_stored(&sel.folder, &entry).map(|raw| {
                     let root = mime::parse(&raw);
                     (raw, root)
                 })
-            } else {
-                None
+            }) {
+                Some((raw, root)) => Some((&raw[..], Some(root))),
+                None => None,
             };
-            let (binary_of, binary_structure) = match &stored {
-                Some((raw, root)) => (&raw[..], Some(root)),
-                None => (message.as_deref().unwrap_or(b""), structure.as_ref()),
-            };
+            let binary_source =
+                || as_stored().unwrap_or((message.as_deref().unwrap_or(b""), structure.as_ref()));
             for item in items {
                 sep(&mut out);
                 match item {
@@ -285,6 +280,7 @@ impl Session {
                     }
                     FetchItem::Binary { part, partial, .. } => {
                         out.extend_from_slice(format!("BINARY[{}]", part_number(part)).as_bytes());
+                        let (binary_of, binary_structure) = binary_source();
                         match mime::binary_data(binary_of, binary_structure, part) {
                             mime::Binary::Data(data) => {
                                 let data = match partial {
@@ -311,6 +307,7 @@ impl Session {
                         out.extend_from_slice(
                             format!("BINARY.SIZE[{}] ", part_number(part)).as_bytes(),
                         );
+                        let (binary_of, binary_structure) = binary_source();
                         match mime::binary_data(binary_of, binary_structure, part) {
                             mime::Binary::Data(data) => {
                                 out.extend_from_slice(data.len().to_string().as_bytes())
@@ -404,10 +401,9 @@ impl Session {
                         // its bytes as stored, when it was stored as given.
                         let data = match (data, section.part.is_empty(), &section.text) {
                             (Some(d), false, SectionText::Full) if d.contains(&0) => {
-                                let d = match &stored {
-                                    Some(_) => {
-                                        mime::section_data(binary_of, binary_structure, section)
-                                            .unwrap_or(d)
+                                let d = match as_stored() {
+                                    Some((raw, root)) => {
+                                        mime::section_data(raw, root, section).unwrap_or(d)
                                     }
                                     None => d,
                                 };
