@@ -6,17 +6,30 @@
 //! would: the wire form, CRLF line ends.
 
 use postroom::proto::imap::command::{CatPart, parse_section};
+use postroom::proto::imap::response;
 use postroom::proto::imap::url::{self, MessageUrl};
 use postroom::proto::mime;
-use postroom::store::mailbox::{Entry, MailboxName};
+use std::collections::HashMap;
+use std::collections::hash_map;
+
+use postroom::store::mailbox::{Entry, Folder, MailboxName, State};
 
 use crate::message::{Need, read_message};
 use crate::session::{Done, Session};
 
+/// The folders other than the selected one an APPEND's URLs named, each
+/// synced once for the command however many URLs name it.
+pub type Synced = HashMap<MailboxName, (Folder, State)>;
+
 impl Session {
     /// The message `parts` make, and whether it is to be kept as given (a
-    /// TEXT part was a literal8, RFC 3516).
-    pub fn catenate(&self, parts: &[CatPart]) -> Result<(Vec<u8>, bool), Done> {
+    /// TEXT part was a literal8, RFC 3516). `synced` holds the folders
+    /// the command's URLs named so far.
+    pub fn catenate(
+        &self,
+        parts: &[CatPart],
+        synced: &mut Synced,
+    ) -> Result<(Vec<u8>, bool), Done> {
         let limit = self.shared.config.limits.message_size as usize;
         let mut message = Vec::new();
         let mut binary = false;
@@ -27,7 +40,7 @@ impl Session {
                     message.extend_from_slice(text);
                 }
                 CatPart::Url(text) => {
-                    let data = self.fetch_url(text)?;
+                    let data = self.fetch_url(text, synced)?;
                     message.extend_from_slice(&data);
                 }
             }
@@ -41,7 +54,7 @@ impl Session {
     }
 
     /// What a URL names, as `BODY.PEEK[section]<partial>` gives it.
-    fn fetch_url(&self, text: &str) -> Result<Vec<u8>, Done> {
+    fn fetch_url(&self, text: &str, synced: &mut Synced) -> Result<Vec<u8>, Done> {
         // `"BADURL" SP url-resp-text` (RFC 4469 §6): the URL as sent, not
         // quoted, as Dovecot has it; what the code's text may not hold
         // (`]`, controls, non-ASCII) goes percent-encoded.
@@ -92,15 +105,20 @@ impl Session {
             (Some(sel), _) => (sel.folder.clone(), find(&sel.view), sel.validity),
             (None, None) => return Err(bad("a relative URL needs a selected mailbox")),
             (None, Some(n)) => {
-                let folder = login.mailbox.folder(&n);
-                if !folder.exists() {
-                    return Err(bad("no such mailbox"));
-                }
-                let state = folder
-                    .sync()
-                    .map_err(|_| bad("the mailbox cannot be read now"))?;
-                let entry = find(&state.entries);
-                (folder, entry, state.validity)
+                let (folder, state) = match synced.entry(n) {
+                    hash_map::Entry::Occupied(o) => o.into_mut(),
+                    hash_map::Entry::Vacant(v) => {
+                        let folder = login.mailbox.folder(v.key());
+                        if !folder.exists() {
+                            return Err(bad("no such mailbox"));
+                        }
+                        let state = folder
+                            .sync()
+                            .map_err(|_| bad("the mailbox cannot be read now"))?;
+                        v.insert((folder, state))
+                    }
+                };
+                (folder.clone(), find(&state.entries), state.validity)
             }
         };
         if validity.is_some_and(|v| v != folder_validity) {
@@ -126,12 +144,8 @@ impl Session {
                     .ok_or_else(|| bad("the message has no such section"))?
             }
         };
-        if let Some((offset, length)) = partial {
-            let start = (offset as usize).min(data.len());
-            let end = length.map_or(data.len(), |l| {
-                start.saturating_add(l as usize).min(data.len())
-            });
-            data = data[start..end].to_vec();
+        if let Some((origin, length)) = partial {
+            data = response::partial(&data, origin, length).to_vec();
         }
         Ok(data)
     }

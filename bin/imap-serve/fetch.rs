@@ -13,7 +13,7 @@ use std::io::Write as _;
 use postroom::net::NetError;
 use postroom::proto::imap::command::{FetchItem, SectionText, SequenceSet};
 use postroom::proto::imap::response::{
-    internal_date, literal, literal8, part_number, section_name,
+    self, internal_date, literal, literal8, part_number, section_name,
 };
 use postroom::proto::mime;
 use postroom::store::mailbox::cache::Record;
@@ -286,10 +286,7 @@ impl Session {
                                 let data = match partial {
                                     Some((origin, count)) => {
                                         out.extend_from_slice(format!("<{origin}>").as_bytes());
-                                        let start = (*origin as usize).min(data.len());
-                                        let end =
-                                            start.saturating_add(*count as usize).min(data.len());
-                                        &data[start..end]
+                                        response::partial(&data, *origin, Some(*count))
                                     }
                                     None => &data[..],
                                 };
@@ -419,9 +416,7 @@ impl Session {
                             }
                             (Some(data), Some((origin, count))) => {
                                 out.extend_from_slice(format!("<{origin}> ").as_bytes());
-                                let start = (*origin as usize).min(data.len());
-                                let end = start.saturating_add(*count as usize).min(data.len());
-                                literal(&mut out, &data[start..end]);
+                                literal(&mut out, response::partial(&data, *origin, Some(*count)));
                             }
                         }
                     }

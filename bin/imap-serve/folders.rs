@@ -587,11 +587,12 @@ impl Session {
         // CATENATE's messages are put together first: a bad URL fails the
         // whole command before anything is stored.
         let mut made = Vec::with_capacity(messages.len());
+        let mut synced = crate::catenate::Synced::new();
         for m in messages {
             made.push(if m.catenate.is_empty() {
                 None
             } else {
-                match self.catenate(&m.catenate) {
+                match self.catenate(&m.catenate, &mut synced) {
                     Ok(one) => Some(one),
                     Err(done) => return done,
                 }

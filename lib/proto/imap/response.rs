@@ -27,6 +27,17 @@ pub fn quoted(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+/// The bytes a partial fetch gives, `<origin.count>` (RFC 9051 §6.4.5) or
+/// a URL's `;PARTIAL=origin.length` (RFC 5092, `count` `None` for "to the
+/// end"): what lies past the end is simply not there, never an error.
+pub fn partial(data: &[u8], origin: u32, count: Option<u32>) -> &[u8] {
+    let start = (origin as usize).min(data.len());
+    let end = count.map_or(data.len(), |c| {
+        start.saturating_add(c as usize).min(data.len())
+    });
+    &data[start..end]
+}
+
 /// A literal. A literal may not hold a NUL (RFC 9051 §4.3; only BINARY's
 /// literal8 may), so each NUL is sent as 0x80, as Dovecot does: the length
 /// stays, so RFC822.SIZE and partial offsets still hold, and a message
@@ -265,6 +276,15 @@ pub fn internal_date(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn partial_stops_at_the_end() {
+        assert_eq!(partial(b"abcdef", 2, Some(3)), b"cde");
+        assert_eq!(partial(b"abcdef", 4, Some(10)), b"ef");
+        assert_eq!(partial(b"abcdef", 9, Some(1)), b"");
+        assert_eq!(partial(b"abcdef", 1, None), b"bcdef");
+        assert_eq!(partial(b"abcdef", 0, Some(u32::MAX)), b"abcdef");
+    }
+
     use super::*;
 
     #[test]
