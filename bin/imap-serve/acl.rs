@@ -675,30 +675,44 @@ impl Session {
         id: &Identifier,
         change: impl FnOnce(&mut Acl),
     ) -> Result<(), Done> {
+        self.change_acl_of(target, std::slice::from_ref(id), change)
+    }
+
+    /// [`Session::change_acl`] for a change reaching several identifiers
+    /// (a new folder taking its parent's ACL): the ACL is written once,
+    /// then the grantee index of each.
+    pub fn change_acl_of(
+        &self,
+        target: &Target,
+        ids: &[Identifier],
+        change: impl FnOnce(&mut Acl),
+    ) -> Result<(), Done> {
         let (me, domain) = self.who();
         let domain = domain.as_str();
         let folder = target.folder();
         let acl = acl::update(folder.path(), change).map_err(Done::from)?;
-        let Some(key) = grantee_key(id, domain) else {
-            return Ok(());
-        };
         if target.space == Space::Public {
             // Public folders are found by listing their tree.
             return Ok(());
         }
-        let shared = acl
-            .grants
-            .iter()
-            .any(|g| !g.negative && g.id == *id && g.rights.has(Rights::LOOKUP));
         let owner = target.owner_key(&me, domain);
         let index = GranteeIndex::new(&self.shared.config.state_dir());
-        if let Err(e) = index.set(&key, &owner, &target.name.disk_name(), shared) {
-            // The ACL holds; only LIST of the grantee lags. Logged for
-            // the admin, the client told to try again.
-            tracing::error!("shared-folder index of {key}: {e}");
-            return Err(Done::No(
-                "[SERVERUNAVAILABLE] the rights are set but the sharing index was not updated; try again".into(),
-            ));
+        for id in ids {
+            let Some(key) = grantee_key(id, domain) else {
+                continue;
+            };
+            let shared = acl
+                .grants
+                .iter()
+                .any(|g| !g.negative && g.id == *id && g.rights.has(Rights::LOOKUP));
+            if let Err(e) = index.set(&key, &owner, &target.name.disk_name(), shared) {
+                // The ACL holds; only LIST of the grantee lags. Logged for
+                // the admin, the client told to try again.
+                tracing::error!("shared-folder index of {key}: {e}");
+                return Err(Done::No(
+                    "[SERVERUNAVAILABLE] the rights are set but the sharing index was not updated; try again".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -232,11 +232,10 @@ impl Session {
             Err(e) => return e.into(),
         };
         let ids: Vec<_> = inherited.grants.iter().map(|g| g.id.clone()).collect();
-        for id in ids {
-            let grants = inherited.clone();
-            if let Err(done) = self.change_acl(target, &id, move |acl| *acl = grants) {
-                return done;
-            }
+        if !ids.is_empty()
+            && let Err(done) = self.change_acl_of(target, &ids, move |acl| *acl = inherited)
+        {
+            return done;
         }
         Done::Ok("CREATE completed".into())
     }

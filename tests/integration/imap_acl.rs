@@ -208,6 +208,8 @@ no(B.create("Shared.ann.Projects.Sub"), "NOPERM")
 ok(A.setacl("Projects", "bob", "+k"))
 ok(B.create("Shared.ann.Projects.Sub"))
 assert "Shared.ann.Projects.Sub" in " ".join(names(B)), names(B)
+rights = lambda n: ok(A.getacl(n))[0].decode().split(" ", 1)[1]
+assert rights("Projects.Sub") == rights("Projects"), (rights("Projects.Sub"), rights("Projects"))
 no(B.rename("Shared.ann.Projects.Sub", "Mine"), "NOPERM")
 print("escape ok")
 "#,
