@@ -60,14 +60,25 @@ pub fn result_entry(result: &DkimResult, remote_ip: std::net::IpAddr) -> String 
 /// passed on by us with the DKIM signatures already on it; empty when it
 /// is not to be sealed (see the module note).
 pub fn seal(config: &Config, sender: &ReversePath, message: &[u8]) -> Result<String, DkimError> {
+    match dkim::signer(config, message, sender) {
+        Some(signer) => seal_by(config, &signer, message),
+        None => Ok(String::new()),
+    }
+}
+
+/// [`seal`] with the signer worked out (by the DKIM signing of the same
+/// message, [`dkim::sign_staged`]).
+pub(super) fn seal_by(
+    config: &Config,
+    signer: &dkim::Signer,
+    message: &[u8],
+) -> Result<String, DkimError> {
     let head = &message[..message::header_len(message)];
-    let Some(domain) = dkim::signing_domain(config, head, sender) else {
-        return Ok(String::new());
-    };
+    let domain = &signer.domain;
     let Some(key) = config
         .dkim
         .iter()
-        .find(|k| k.domain == domain && k.seals_arc())
+        .find(|k| k.domain == *domain && k.seals_arc())
     else {
         tracing::debug!(%domain, "no RSA key to seal ARC with; passed on unsealed");
         return Ok(String::new());
@@ -104,7 +115,7 @@ pub fn seal(config: &Config, sender: &ReversePath, message: &[u8]) -> Result<Str
     let payload = ours.unwrap_or_else(|| format!("{}; none", config.hostname));
     let payload = payload.split_whitespace().collect::<Vec<_>>().join(" ");
     let results = AuthenticationResults::new(&payload);
-    let mut names = dkim::signed_names(head);
+    let mut names = signer.names.clone();
     names.push("DKIM-Signature".into());
     let sign = |k| -> Result<String, String> {
         let set = ArcSealer::from_key(k)

@@ -100,12 +100,17 @@ pub fn sign_staged(config: &Config, staged: Staged, passed_on: bool) -> Result<S
     let message = queue::read_body(&staged.message)?;
     let folded = smtp::as_sent(&message);
     let message = folded.as_deref().unwrap_or(&message);
-    let signatures = signatures(config, &envelope.sender, message)?;
+    // Worked out once for the signatures and the seal: the seal signs the
+    // same fields (and the signatures), for the same domain.
+    let Some(signer) = signer(config, message, &envelope.sender) else {
+        return Ok(staged);
+    };
+    let signatures = signatures_by(config, &signer, message)?;
     let seal = if passed_on {
         let mut signed = Vec::with_capacity(signatures.len() + message.len());
         signed.extend_from_slice(signatures.as_bytes());
         signed.extend_from_slice(message);
-        super::arc::seal(config, &envelope.sender, &signed)?
+        super::arc::seal_by(config, &signer, &signed)?
     } else {
         String::new()
     };
@@ -127,16 +132,38 @@ pub fn signatures(
     sender: &ReversePath,
     message: &[u8],
 ) -> Result<String, DkimError> {
+    match signer(config, message, sender) {
+        Some(signer) => signatures_by(config, &signer, message),
+        None => Ok(String::new()),
+    }
+}
+
+/// Who signs a message and what: the configured domain whose keys sign
+/// (and seal) it, and the `h=` template of the fields they cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Signer {
+    pub domain: String,
+    pub names: Vec<String>,
+}
+
+/// The [`Signer`] of `message` from `sender`, the one place DKIM signing
+/// and ARC sealing learn it; `None` when no key of ours is for it.
+pub(super) fn signer(config: &Config, message: &[u8], sender: &ReversePath) -> Option<Signer> {
     let head = &message[..message::header_len(message)];
-    let Some(domain) = signing_domain(config, head, sender) else {
-        return Ok(String::new());
-    };
-    let names = signed_names(head);
+    Some(Signer {
+        domain: signing_domain(config, head, sender)?,
+        names: signed_names(head),
+    })
+}
+
+/// [`signatures`] with the signer worked out.
+fn signatures_by(config: &Config, signer: &Signer, message: &[u8]) -> Result<String, DkimError> {
+    let Signer { domain, names } = signer;
     let mut out = String::new();
-    for key in config.dkim.iter().filter(|k| k.domain == domain) {
+    for key in config.dkim.iter().filter(|k| k.domain == *domain) {
         let signature = match load(config, key)? {
-            Loaded::Ed25519(k) => sign_with(k, key, &names, message),
-            Loaded::Rsa(k) => sign_with(k, key, &names, message),
+            Loaded::Ed25519(k) => sign_with(k, key, names, message),
+            Loaded::Rsa(k) => sign_with(k, key, names, message),
         }
         .map_err(|error| DkimError::Sign {
             domain: domain.clone(),
@@ -171,7 +198,7 @@ fn sign_with<K: SigningKey>(
 /// The `h=` template: the signed fields the message has, then the
 /// over-signed ones again (mail-auth lists a name it finds no further
 /// instance of as an empty one, which is what over-signing is).
-pub(super) fn signed_names(head: &[u8]) -> Vec<String> {
+fn signed_names(head: &[u8]) -> Vec<String> {
     let fields = message::header_fields(head);
     let mut names: Vec<String> = SIGNED
         .iter()
@@ -184,7 +211,7 @@ pub(super) fn signed_names(head: &[u8]) -> Vec<String> {
 
 /// The configured domain to sign for: the From domain if we have a key for
 /// it, else the envelope sender's.
-pub(super) fn signing_domain(config: &Config, head: &[u8], sender: &ReversePath) -> Option<String> {
+fn signing_domain(config: &Config, head: &[u8], sender: &ReversePath) -> Option<String> {
     let has_key = |domain: &str| {
         config
             .dkim
