@@ -16,6 +16,7 @@
 //! the tree may move, or keep its config in /etc and its data elsewhere.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -23,6 +24,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::delivery::sieve::storage;
 use crate::store::fsutil;
 use crate::store::mailbox::uidlist::UidLock;
 use crate::store::queue::{Queue, QueueError};
@@ -309,7 +311,7 @@ pub fn backup(
             w.maildir(&path, &name)?;
         } else {
             // Without mail, what the user wrote: Sieve rules, away message.
-            w.tree(&path.join("sieve"), &name.join("sieve"))?;
+            w.tree(&path.join(storage::FOLDER), &name.join(storage::FOLDER))?;
             w.file(&path.join("vacation.msg"), &name.join("vacation.msg"))?;
         }
     }
@@ -509,7 +511,9 @@ pub fn restore(
                         if fs::symlink_metadata(&dest).is_ok() && !overwrite {
                             report.kept += 1;
                         } else {
-                            write_link(&dest, &target)?;
+                            let dir = fsutil::parent_of(&dest);
+                            fs::create_dir_all(dir).map_err(io_err(dir))?;
+                            fsutil::symlink_atomic(&target, &dest).map_err(io_err(&dest))?;
                             touched.insert(fsutil::parent_of(&dest).to_path_buf());
                             report.files += 1;
                         }
@@ -545,24 +549,14 @@ fn is_script_link(link: &Path, target: &Path) -> bool {
         (Some(std::path::Component::Normal(_)), None)
     );
     beside
-        && link.file_name().is_some_and(|n| n == "active.sieve")
+        && link.file_name().is_some_and(|n| n == storage::ACTIVE)
         && link
             .parent()
             .and_then(Path::file_name)
-            .is_some_and(|n| n == "sieve")
-        && target.extension().is_some_and(|e| e == "sieve")
-}
-
-/// Makes `dest` a link to `target` by way of a hidden name beside it.
-fn write_link(dest: &Path, target: &Path) -> Result<(), BackupError> {
-    let dir = fsutil::parent_of(dest);
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(format!(".postroom-restore-{}", fsutil::unique_suffix()));
-    let result = std::os::unix::fs::symlink(target, &tmp).and_then(|()| fs::rename(&tmp, dest));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(dest))
+            .is_some_and(|n| n == storage::FOLDER)
+        && target
+            .extension()
+            .is_some_and(|e| Some(e) == storage::SUFFIX.strip_prefix('.').map(OsStr::new))
 }
 
 /// Writes `data` to `dest` by way of a hidden name beside it.

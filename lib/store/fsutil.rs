@@ -75,6 +75,20 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Makes `path` a symbolic link to `target` in one step: the link is made
+/// under a hidden unique name beside it and renamed over `path`, so a
+/// reader finds the old link (or file) or the new one, never none. The
+/// folder is not fsynced: the caller does, once for all its changes.
+pub fn symlink_atomic(target: &Path, path: &Path) -> io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("link");
+    let tmp = parent_of(path).join(format!(".{name}.{}.tmp", unique_suffix()));
+    let made = std::os::unix::fs::symlink(target, &tmp).and_then(|()| std::fs::rename(&tmp, path));
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
 /// The folder a path lives in (`.` for a bare name).
 pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {
@@ -411,6 +425,25 @@ pub fn unique_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlink_atomic_replaces_a_link_or_a_file_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("active.sieve");
+        symlink_atomic(Path::new("a.sieve"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("a.sieve"));
+        symlink_atomic(Path::new("b.sieve"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("b.sieve"));
+        std::fs::remove_file(&link).unwrap();
+        std::fs::write(&link, "keep\n").unwrap();
+        symlink_atomic(Path::new("c.sieve"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("c.sieve"));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["active.sieve"]);
+    }
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_temporaries() {

@@ -26,7 +26,7 @@ pub const ACTIVE: &str = "active.sieve";
 /// `active.sieve` is the link.
 pub const ACTIVE_NAME: &str = "active";
 /// What a script's file name ends with.
-const SUFFIX: &str = ".sieve";
+pub const SUFFIX: &str = ".sieve";
 /// The lock every change holds.
 const LOCK: &str = ".lock";
 /// A script name's longest form, in bytes (Pigeonhole allows 256
@@ -340,17 +340,10 @@ impl Scripts {
     /// Points `active.sieve` at `name`, replacing whatever it was in one
     /// rename.
     fn link_active(&self, name: &str) -> Result<(), StorageError> {
-        let tmp = self.dir.join(format!(
-            ".{ACTIVE}.{}.{}.tmp",
-            fsutil::this_host(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(format!("{name}{SUFFIX}"), &tmp)?;
-        if let Err(e) = std::fs::rename(&tmp, self.dir.join(ACTIVE)) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
+        fsutil::symlink_atomic(
+            Path::new(&format!("{name}{SUFFIX}")),
+            &self.dir.join(ACTIVE),
+        )?;
         fsutil::fsync_dir(&self.dir)?;
         Ok(())
     }
