@@ -13,6 +13,7 @@
 
 pub use crate::proto::imap::command::literal_at_end;
 use crate::proto::imap::response;
+use crate::proto::strings::{self, StringError};
 
 /// Longest quoted string (RFC 5804 §4: "quoted" strings are for short
 /// values; anything longer goes in a literal).
@@ -151,6 +152,22 @@ struct Parser<'a> {
     pos: usize,
 }
 
+/// A string's fault in ManageSieve's words.
+fn syntax(e: StringError) -> ParseError {
+    ParseError::Syntax(match e {
+        StringError::Unterminated => "unterminated quoted string",
+        StringError::LineEnd | StringError::Nul => {
+            "a quoted string may not hold CR, LF or NUL; use a literal"
+        }
+        StringError::BadEscape => "in a quoted string only \\\" and \\\\ are escapes",
+        StringError::TooLong => "quoted string longer than 1024 bytes; use a literal",
+        StringError::NoSize | StringError::SizeTooLarge => "bad literal size",
+        StringError::NoClose => "bad literal: expected {N+}",
+        StringError::NoLineEnd => "a literal's size must end the line",
+        StringError::Short => "literal shorter than announced",
+    })
+}
+
 impl Parser<'_> {
     fn peek(&self) -> Option<u8> {
         self.input.get(self.pos).copied()
@@ -208,78 +225,12 @@ impl Parser<'_> {
     }
 
     fn quoted(&mut self) -> Result<Vec<u8>, ParseError> {
-        self.pos += 1;
-        let mut out = Vec::new();
-        loop {
-            let b = self
-                .peek()
-                .ok_or(ParseError::Syntax("unterminated quoted string"))?;
-            self.pos += 1;
-            match b {
-                b'"' => return Ok(out),
-                b'\\' => match self.peek() {
-                    Some(c @ (b'"' | b'\\')) => {
-                        self.pos += 1;
-                        out.push(c);
-                    }
-                    _ => {
-                        return Err(ParseError::Syntax(
-                            "in a quoted string only \\\" and \\\\ are escapes",
-                        ));
-                    }
-                },
-                b'\r' | b'\n' | 0 => {
-                    return Err(ParseError::Syntax(
-                        "a quoted string may not hold CR, LF or NUL; use a literal",
-                    ));
-                }
-                b => out.push(b),
-            }
-            if out.len() > QUOTED_MAX {
-                return Err(ParseError::Syntax(
-                    "quoted string longer than 1024 bytes; use a literal",
-                ));
-            }
-        }
+        strings::quoted(self.input, &mut self.pos, QUOTED_MAX).map_err(syntax)
     }
 
     /// `{N+}` CRLF and N bytes (`{N}` read the same way).
     fn literal(&mut self) -> Result<Vec<u8>, ParseError> {
-        self.pos += 1;
-        let start = self.pos;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.pos += 1;
-        }
-        let digits = &self.input[start..self.pos];
-        if digits.is_empty() || digits.len() > 10 {
-            return Err(ParseError::Syntax("bad literal size"));
-        }
-        let size: usize = std::str::from_utf8(digits)
-            .ok()
-            .and_then(|d| d.parse().ok())
-            .ok_or(ParseError::Syntax("bad literal size"))?;
-        if self.peek() == Some(b'+') {
-            self.pos += 1;
-        }
-        if self.peek() != Some(b'}') {
-            return Err(ParseError::Syntax("bad literal: expected {N+}"));
-        }
-        self.pos += 1;
-        if self.peek() == Some(b'\r') {
-            self.pos += 1;
-        }
-        if self.peek() != Some(b'\n') {
-            return Err(ParseError::Syntax("a literal's size must end the line"));
-        }
-        self.pos += 1;
-        let end = self
-            .pos
-            .checked_add(size)
-            .filter(|&end| end <= self.input.len())
-            .ok_or(ParseError::Syntax("literal shorter than announced"))?;
-        let bytes = self.input[self.pos..end].to_vec();
-        self.pos = end;
-        Ok(bytes)
+        strings::literal(self.input, &mut self.pos).map_err(syntax)
     }
 
     /// HAVESPACE's size: a 32-bit number (RFC 5804 §4).

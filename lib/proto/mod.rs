@@ -2,6 +2,7 @@
 //! without sockets: SMTP, POP3, IMAP and ManageSieve commands, MIME
 //! structure, message line endings, addresses, delivery status
 //! notifications, MTA-STS policies and the HTTP requests `list-web` answers.
+//! `strings` holds the quoted strings and literals IMAP and ManageSieve share.
 
 pub mod address;
 pub mod flags;
@@ -16,4 +17,5 @@ pub mod mta_sts;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
+pub mod strings;
 pub mod xtext;

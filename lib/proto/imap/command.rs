@@ -19,6 +19,8 @@
 use std::fmt;
 use std::time::SystemTime;
 
+use crate::proto::strings::{self, StringError};
+
 /// Deepest nesting of search keys (parentheses, NOT, OR).
 pub const MAX_DEPTH: usize = 64;
 /// Most search keys in one command.
@@ -591,6 +593,22 @@ struct Parser<'a> {
     keys: usize,
 }
 
+/// A string's fault in IMAP's words.
+fn string_error(e: StringError) -> &'static str {
+    match e {
+        StringError::Unterminated | StringError::LineEnd | StringError::TooLong => {
+            "unterminated quoted string"
+        }
+        StringError::Nul => "NUL in a quoted string",
+        StringError::BadEscape => "bad escape in quoted string",
+        StringError::NoSize => "expected a number",
+        StringError::SizeTooLarge => "number too large",
+        StringError::NoClose => "expected '}'",
+        StringError::NoLineEnd => "expected '\\n'",
+        StringError::Short => "literal shorter than announced",
+    }
+}
+
 fn is_atom_char(b: u8) -> bool {
     b > 0x20 && b < 0x7f && !b"(){ %*\"\\]".contains(&b)
 }
@@ -666,52 +684,19 @@ impl<'a> Parser<'a> {
 
     /// `quoted = DQUOTE *QUOTED-CHAR DQUOTE`
     fn quoted(&mut self) -> R<Vec<u8>> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            match self.peek() {
-                None | Some(b'\r') | Some(b'\n') => return bad("unterminated quoted string"),
-                // CHAR is %x01-7F (RFC 3501 §9, UTF-8 in RFC 9051): no NUL.
-                Some(0) => return bad("NUL in a quoted string"),
-                Some(b'"') => {
-                    self.pos += 1;
-                    return Ok(out);
-                }
-                Some(b'\\') => {
-                    self.pos += 1;
-                    match self.peek() {
-                        Some(c @ (b'"' | b'\\')) => {
-                            out.push(c);
-                            self.pos += 1;
-                        }
-                        _ => return bad("bad escape in quoted string"),
-                    }
-                }
-                Some(c) => {
-                    out.push(c);
-                    self.pos += 1;
-                }
-            }
+        if self.peek() != Some(b'"') {
+            return bad("expected '\"'");
         }
+        strings::quoted(self.input, &mut self.pos, usize::MAX).or_else(|e| bad(string_error(e)))
     }
 
     /// `literal = "{" number64 ["+"] "}" CRLF *CHAR8` (the bytes are
     /// already in the input, read by the framing).
     fn literal(&mut self) -> R<Vec<u8>> {
-        self.expect(b'{')?;
-        let n = self.number()? as usize;
-        self.eat(b'+');
-        self.expect(b'}')?;
-        self.eat(b'\r');
-        self.expect(b'\n')?;
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.input.len())
-            .ok_or_else(|| Bad("literal shorter than announced".into()))?;
-        let bytes = self.input[self.pos..end].to_vec();
-        self.pos = end;
-        Ok(bytes)
+        if self.peek() != Some(b'{') {
+            return bad("expected '{'");
+        }
+        strings::literal(self.input, &mut self.pos).or_else(|e| bad(string_error(e)))
     }
 
     /// `string = quoted / literal`
