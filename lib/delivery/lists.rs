@@ -184,6 +184,33 @@ pub struct List {
     secret: std::sync::OnceLock<Vec<u8>>,
 }
 
+/// A confirmation waiting in the list's `pending/`, one file a token:
+/// `ACTION ADDRESS SECONDS`, the address as its lookup key and the time
+/// it was asked for. Written and read here only.
+struct Pending<'a> {
+    action: &'a str,
+    address: &'a str,
+    at: u64,
+}
+
+impl<'a> Pending<'a> {
+    /// `None` for a file that is not one; a time that does not read is
+    /// the epoch, so such a request is long expired.
+    fn parse(text: &'a str) -> Option<Pending<'a>> {
+        let mut words = text.split_whitespace();
+        let (action, address, at) = (words.next()?, words.next()?, words.next()?);
+        Some(Pending {
+            action,
+            address,
+            at: at.parse().unwrap_or(0),
+        })
+    }
+
+    fn render(&self) -> String {
+        format!("{} {} {}\n", self.action, self.address, self.at)
+    }
+}
+
 impl List {
     /// Where a list lives.
     pub fn dir_for(config: &Config, address: &Address) -> PathBuf {
@@ -427,12 +454,13 @@ impl List {
             let Ok(text) = std::fs::read_to_string(entry.path()) else {
                 continue; // taken meanwhile
             };
-            let mut words = text.split_whitespace();
-            if let (Some(a), Some(who), Some(at)) = (words.next(), words.next(), words.next())
-                && now.saturating_sub(at.parse().unwrap_or(0)) < seconds
+            if let Some(pending) = Pending::parse(&text)
+                && now.saturating_sub(pending.at) < seconds
             {
                 fresh += 1;
-                if (a == action && who == key) || fresh >= MAX_FRESH_REQUESTS {
+                if (pending.action == action && pending.address == key)
+                    || fresh >= MAX_FRESH_REQUESTS
+                {
                     return Ok(true);
                 }
             }
@@ -448,7 +476,12 @@ impl List {
         rand::thread_rng().fill_bytes(&mut bytes);
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let path = self.dir.join("pending").join(&token);
-        let text = format!("{action} {} {}\n", address.lookup_key(), fsutil::now_secs());
+        let text = Pending {
+            action,
+            address: &address.lookup_key(),
+            at: fsutil::now_secs(),
+        }
+        .render();
         std::fs::create_dir_all(self.dir.join("pending"))
             .and_then(|()| fsutil::write_atomic(&path, text.as_bytes()))
             .map_err(|error| ListError::Io { path, error })?;
@@ -468,18 +501,15 @@ impl List {
             Err(error) => return Err(ListError::Io { path, error }),
         };
         let _ = std::fs::remove_file(&path);
-        let mut words = text.split_whitespace();
-        let (Some(action), Some(address), Some(at)) = (words.next(), words.next(), words.next())
-        else {
+        let Some(pending) = Pending::parse(&text) else {
             return Ok(None);
         };
-        let at: u64 = at.parse().unwrap_or(0);
-        if fsutil::now_secs().saturating_sub(at) > self.config.confirm_seconds {
+        if fsutil::now_secs().saturating_sub(pending.at) > self.config.confirm_seconds {
             return Ok(None);
         }
-        Ok(Address::parse(address)
+        Ok(Address::parse(pending.address)
             .ok()
-            .map(|a| (action.to_string(), a)))
+            .map(|a| (pending.action.to_string(), a)))
     }
 
     /// Starts a subscribe or unsubscribe that `who` must confirm (by
@@ -744,6 +774,23 @@ pub fn read_address_lines(text: &str, source: &Path) -> Result<Vec<Address>, Lis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_request_reads_back_as_written() {
+        let text = Pending {
+            action: "subscribe",
+            address: "ann@example.test",
+            at: 1_700_000_000,
+        }
+        .render();
+        let back = Pending::parse(&text).unwrap();
+        assert_eq!(
+            (back.action, back.address, back.at),
+            ("subscribe", "ann@example.test", 1_700_000_000)
+        );
+        assert!(Pending::parse("subscribe ann@example.test").is_none());
+        assert_eq!(Pending::parse("subscribe a@b.test soon").unwrap().at, 0);
+    }
 
     fn setup() -> (tempfile::TempDir, Config) {
         let dir = tempfile::tempdir().unwrap();
