@@ -12,8 +12,10 @@
 //! `--check SCRIPT` says what is wrong with a script, by line and column;
 //! `--test SCRIPT < MESSAGE` prints the actions and delivers nothing.
 //!
-//! Exit codes (sysexits): 0 delivered, 67 unknown user, 75 temporary
-//! (a full mailbox, a write that failed), 77 refused by a `reject`.
+//! Exit codes (sysexits): 0 delivered, 67 unknown user, 69 a full
+//! mailbox with `quota.full = "bounce"`, 75 temporary (a full mailbox
+//! with `quota.full = "defer"`, a write that failed), 77 refused by a
+//! `reject`.
 
 #![forbid(unsafe_code)]
 
@@ -24,7 +26,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use postroom::config::Config;
+use postroom::delivery::deliver::Outcome;
 use postroom::delivery::filter::{self, SortError, Sorted};
+use postroom::delivery::quota;
 use postroom::delivery::sieve::{Input, Script};
 use postroom::directory::aliases::Directory;
 use postroom::directory::users;
@@ -33,6 +37,7 @@ use postroom::proto::message;
 use postroom::store::maildir::Maildir;
 
 const EX_NOUSER: u8 = 67;
+const EX_UNAVAILABLE: u8 = 69;
 const EX_TEMPFAIL: u8 = 75;
 const EX_NOPERM: u8 = 77;
 
@@ -144,20 +149,25 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let address = Address::parse(&user.address)?;
     let sender = message::envelope_sender(args.sender.as_deref(), &raw);
     let inbox = Maildir::new(users::maildir_of(&config, &user));
-    let quota = user
-        .quota
-        .or(Some(config.delivery.default_quota))
-        .filter(|&q| q > 0);
+    let quota = quota::limit_of(&config, &user);
     match filter::sort(&config, &directory, &inbox, quota, &address, &sender, &raw) {
         Ok(Sorted::Delivered) => Ok(0),
         Ok(Sorted::Refused(reason)) => {
             postroom::say!("{reason}");
             Ok(EX_NOPERM)
         }
-        Err(SortError::OverQuota) => {
-            postroom::say!("452 4.2.2 {address}: mailbox is full");
-            Ok(EX_TEMPFAIL)
-        }
+        // As every other delivery answers it, by `quota.full`: the queue
+        // keeps the mail (75) or the sender gets it back at once (69).
+        Err(SortError::OverQuota) => match quota::full(&config, &address) {
+            Outcome::Failed(text) => {
+                postroom::say!("{text}");
+                Ok(EX_UNAVAILABLE)
+            }
+            Outcome::Deferred(text) | Outcome::Delivered(text) => {
+                postroom::say!("{text}");
+                Ok(EX_TEMPFAIL)
+            }
+        },
         Err(e) => Err(e.into()),
     }
 }

@@ -285,3 +285,48 @@ fn delivery_never_writes_through_a_symlinked_folder_or_maildir_directory() {
     assert!(!outside.join("maildirfolder").exists());
     assert!(queued(&tree).contains("4 message(s)"), "{}", queued(&tree));
 }
+
+/// A full mailbox answers as `quota.full` says, as smtp-recv and the
+/// queue do: 452 4.2.2 and exit 75 (the queue keeps the mail) by default,
+/// 552 5.2.2 and exit 69 (the sender gets it back) with "bounce".
+#[test]
+fn a_full_mailbox_follows_quota_full() {
+    let tree = setup("keep;\n");
+    let out = tree.postroom(&["user", "quota", "ann@example.test", "1K"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sort = || {
+        crate::util::run_with(
+            {
+                let mut c = Command::new(bin("mailsort"));
+                c.args(["--config", &tree.config.display().to_string()])
+                    .args(["--user", "ann@example.test", "--sender", "bob@example.test"]);
+                c
+            },
+            format!(
+                "From: bob@example.test\nSubject: big\n\n{}\n",
+                "x".repeat(2500)
+            )
+            .as_bytes(),
+        )
+    };
+    let out = sort();
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).starts_with("452 4.2.2 "), "{}", stdout(&out));
+    crate::util::configure(&tree, "quota", &[("full", "\"bounce\"")]);
+    let out = sort();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).starts_with("552 5.2.2 "), "{}", stdout(&out));
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+}
