@@ -27,18 +27,56 @@ pub enum Age {
     After(Duration),
 }
 
+/// An age's words for "more than 0", given what was written.
+fn zero(written: &str) -> String {
+    format!("{written}: an age must be more than 0 (write \"never\" to keep mail for ever)")
+}
+
+/// An age is a string (`"30d"`, `"12h"`, `"never"`) or a whole number of
+/// days (`30`); anything else is refused, saying so.
 impl<'de> Deserialize<'de> for Age {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Age, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.trim().eq_ignore_ascii_case("never") {
-            return Ok(Age::Never);
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Age;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an age: a string such as \"30d\", \"2w\", \"12h\" or \"never\", or a number of days such as 30")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Age, E> {
+                if text.trim().eq_ignore_ascii_case("never") {
+                    return Ok(Age::Never);
+                }
+                match super::parse_duration(text).map_err(E::custom)? {
+                    d if d.is_zero() => Err(E::custom(zero(&format!("{text:?}")))),
+                    d => Ok(Age::After(d)),
+                }
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, days: u64) -> Result<Age, E> {
+                if days == 0 {
+                    return Err(E::custom(zero("0")));
+                }
+                days.checked_mul(86_400)
+                    .map(|secs| Age::After(Duration::from_secs(secs)))
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "{days} days is longer than any mail is kept; write \"never\""
+                        ))
+                    })
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, days: i64) -> Result<Age, E> {
+                match u64::try_from(days) {
+                    Ok(days) => self.visit_u64(days),
+                    Err(_) => Err(E::custom(format!(
+                        "{days}: an age cannot be negative (a number of days such as 30, or \"never\")"
+                    ))),
+                }
+            }
         }
-        match super::parse_duration(&text).map_err(serde::de::Error::custom)? {
-            d if d.is_zero() => Err(serde::de::Error::custom(format!(
-                "{text:?}: an age must be more than 0 (write \"never\" to keep mail for ever)"
-            ))),
-            d => Ok(Age::After(d)),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -110,6 +148,30 @@ impl Expire {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn ages_are_strings_or_whole_days_and_nothing_else() {
+        let parse = |age: &str| {
+            Config::parse(&format!("hostname = \"h.test\"\n[expire]\nTrash = {age}\n"))
+                .map(|c| c.expire.for_user("ann@example.org").get("Trash").copied())
+                .map_err(|e| e.to_string())
+        };
+        let days = |n: u64| Ok(Some(Duration::from_secs(n * 86_400)));
+        assert_eq!(parse("30"), days(30));
+        assert_eq!(parse("\"30d\""), days(30));
+        assert_eq!(parse("\"never\""), Ok(None));
+        for (bad, says) in [
+            ("0", "more than 0"),
+            ("-3", "cannot be negative"),
+            ("1.5", "a number of days such as 30"),
+            ("true", "a number of days such as 30"),
+            ("[30]", "a number of days such as 30"),
+            ("\"soon\"", "soon"),
+        ] {
+            let said = parse(bad).unwrap_err();
+            assert!(said.contains(says), "{bad}: {said}");
+        }
+    }
 
     #[test]
     fn users_win_over_domains_over_the_general_ages() {
