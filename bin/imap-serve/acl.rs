@@ -58,7 +58,8 @@ pub struct Target {
     pub name: MailboxName,
     pub space: Space,
     pub rights: Rights,
-    /// The tree's quota (the owner's), for APPEND.
+    /// The tree's quota (the owner's, or the public folders'), for APPEND
+    /// and COPY.
     pub quota: Option<u64>,
 }
 
@@ -340,7 +341,7 @@ impl Session {
                 name: folder,
                 space: Space::Public,
                 rights,
-                quota: None,
+                quota: postroom::delivery::quota::public_limit(&self.shared.config),
             });
         }
         Ok(Target {

@@ -13,6 +13,15 @@ pub struct Quota {
     pub warnings: Vec<u8>,
     /// What the sender gets for mail to a full mailbox.
     pub full: Full,
+    /// The quota of each domain's public folders (`mail/DOMAIN/@public`,
+    /// all of them together), in bytes; `None`: `delivery.default_quota`;
+    /// 0: none. See [`crate::delivery::quota::public_limit`].
+    #[serde(deserialize_with = "public_size")]
+    pub public: Option<u64>,
+}
+
+fn public_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    super::size(d).map(Some)
 }
 
 impl Default for Quota {
@@ -20,6 +29,7 @@ impl Default for Quota {
         Quota {
             warnings: vec![80, 95],
             full: Full::Defer,
+            public: None,
         }
     }
 }

@@ -92,6 +92,17 @@ pub fn limit_of(config: &Config, user: &User) -> Option<u64> {
         .filter(|&q| q > 0)
 }
 
+/// The quota of a domain's public folders (the tree `mail/DOMAIN/@public`
+/// together): `quota.public`, else `delivery.default_quota`; `None` for
+/// no quota. A folder anyone may add to must not fill the disk.
+pub fn public_limit(config: &Config) -> Option<u64> {
+    config
+        .quota
+        .public
+        .or(Some(config.delivery.default_quota))
+        .filter(|&q| q > 0)
+}
+
 /// Where the level last warned about is kept for `user`.
 fn record_path(config: &Config, user: &User) -> PathBuf {
     config

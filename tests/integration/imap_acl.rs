@@ -286,6 +286,40 @@ print("public ok")
     );
 }
 
+/// The domain's public folders have a quota of their own, `quota.public`:
+/// an APPEND or COPY past it is refused with NO [OVERQUOTA] and stores
+/// nothing.
+#[test]
+fn public_folders_keep_to_their_quota() {
+    let tree = Tree::new();
+    tree.add_user("bob@example.test");
+    crate::util::configure(&tree, "quota", &[("public", "\"4K\"")]);
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let public = tree.root().join("mail/example.test/@public");
+    let mailbox = postroom::store::mailbox::Mailbox::new(&public);
+    let news = postroom::store::mailbox::MailboxName::new("News").unwrap();
+    mailbox.create(&news).expect("public folder");
+    std::fs::write(public.join(".News/dovecot-acl"), "authenticated lrswite\n").unwrap();
+    run(
+        &tree,
+        &server,
+        r#"
+B = login_as("bob")
+big = MSG % (1, 1) + b"x" * 3000 + b"\r\n"
+ok(B.append("public.News", None, None, big))
+typ, dat = B.append("public.News", None, None, big)
+assert typ == "NO" and "[OVERQUOTA]" in dat[0].decode(), (typ, dat)
+ok(B.append("INBOX", None, None, big))
+ok(B.select("INBOX"))
+typ, dat = B.copy("1", "public.News")
+assert typ == "NO" and "[OVERQUOTA]" in dat[0].decode(), (typ, dat)
+st = ok(B.status("public.News", "(MESSAGES)"))[0].decode()
+assert "MESSAGES 1" in st, st
+print("public quota ok")
+"#,
+    );
+}
+
 /// A real IMAP client: curl lists bob's folders and fetches a message of
 /// the folder ann shared with him.
 #[test]
