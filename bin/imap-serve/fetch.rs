@@ -261,14 +261,16 @@ impl Session {
             // once for the message however many items ask.
             // (A OnceLock only because the session's future must be Send.)
             let stored = std::sync::OnceLock::new();
-            let as_stored = || match stored.get_or_init(|| {
-                message::read_as_stored(&sel.folder, &entry).map(|raw| {
-                    let root = mime::parse(&raw);
-                    (raw, root)
-                })
-            }) {
-                Some((raw, root)) => Some((&raw[..], Some(root))),
-                None => None,
+            let as_stored = || {
+                stored
+                    .get_or_init(|| {
+                        message::read_as_stored(&sel.folder, &entry).map(|raw| {
+                            let root = mime::parse(&raw);
+                            (raw, root)
+                        })
+                    })
+                    .as_ref()
+                    .map(|(raw, root)| (&raw[..], Some(root)))
             };
             let binary_source =
                 || as_stored().unwrap_or((message.as_deref().unwrap_or(b""), structure.as_ref()));
