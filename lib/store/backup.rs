@@ -24,9 +24,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::delivery::sieve::storage;
 use crate::store::fsutil;
 use crate::store::mailbox::uidlist::UidLock;
+use crate::store::maildir::sieve;
 use crate::store::queue::{Queue, QueueError};
 
 /// Where the config goes in the archive; it comes first, so a restore
@@ -311,7 +311,7 @@ pub fn backup(
             w.maildir(&path, &name)?;
         } else {
             // Without mail, what the user wrote: Sieve rules, away message.
-            w.tree(&path.join(storage::FOLDER), &name.join(storage::FOLDER))?;
+            w.tree(&path.join(sieve::FOLDER), &name.join(sieve::FOLDER))?;
             w.file(&path.join("vacation.msg"), &name.join("vacation.msg"))?;
         }
     }
@@ -549,14 +549,14 @@ fn is_script_link(link: &Path, target: &Path) -> bool {
         (Some(std::path::Component::Normal(_)), None)
     );
     beside
-        && link.file_name().is_some_and(|n| n == storage::ACTIVE)
+        && link.file_name().is_some_and(|n| n == sieve::ACTIVE)
         && link
             .parent()
             .and_then(Path::file_name)
-            .is_some_and(|n| n == storage::FOLDER)
+            .is_some_and(|n| n == sieve::FOLDER)
         && target
             .extension()
-            .is_some_and(|e| Some(e) == storage::SUFFIX.strip_prefix('.').map(OsStr::new))
+            .is_some_and(|e| Some(e) == sieve::SUFFIX.strip_prefix('.').map(OsStr::new))
 }
 
 /// Writes `data` to `dest` by way of a hidden name beside it.

@@ -1229,6 +1229,19 @@ impl NoFollowDir {
     }
 }
 
+/// The names of a user's Sieve scripts in their maildir
+/// (`postroom-sieve(5)`): here, in the store's layer, so that backup
+/// knows them too; the rules for changing the scripts are
+/// `delivery::sieve::storage`'s, which takes the names from here.
+pub mod sieve {
+    /// The folder of a user's scripts, in their maildir.
+    pub const FOLDER: &str = "sieve";
+    /// The file `mailsort` runs: a link to the active script, or a script.
+    pub const ACTIVE: &str = "active.sieve";
+    /// What a script's file name ends with.
+    pub const SUFFIX: &str = ".sieve";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,15 +18,10 @@ use std::path::{Path, PathBuf};
 
 use crate::store::fsutil::{self, FileLock};
 
-/// The folder of a user's scripts, in their maildir.
-pub const FOLDER: &str = "sieve";
-/// The file `mailsort` runs: a link to the active script, or a script.
-pub const ACTIVE: &str = "active.sieve";
+pub use crate::store::maildir::sieve::{ACTIVE, FOLDER, SUFFIX};
 /// The name a hand-written `active.sieve` is listed under; reserved, since
 /// `active.sieve` is the link.
 pub const ACTIVE_NAME: &str = "active";
-/// What a script's file name ends with.
-pub const SUFFIX: &str = ".sieve";
 /// The lock every change holds.
 const LOCK: &str = ".lock";
 /// A script name's longest form, in bytes (Pigeonhole allows 256
