@@ -107,7 +107,7 @@ fn notify_status_none_badevent_and_idle() {
         r#"
 B, s, f = with_work()
 r = command(s, f, b"b", b"NOTIFY SET (PERSONAL (MessageNew MessageExpunge AnnotationChange))")
-assert r[-1].startswith(b"b NO [BADEVENT (MessageNew MessageExpunge FlagChange)]"), r
+assert r[-1].startswith(b"b NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange)]"), r
 r = command(s, f, b"c", b"NOTIFY SET (SELECTED (MessageNew))")
 assert r[-1].startswith(b"c BAD"), r
 r = command(s, f, b"d", b"NOTIFY SET STATUS (MAILBOXES (Work INBOX) (MessageNew MessageExpunge FlagChange))")
@@ -265,5 +265,92 @@ s.sendall(b"i IDLE\r\n")
 assert f.readline().startswith(b"+ "), "no continuation"
 "#,
         "INBOX",
+    );
+}
+
+/// Issue 15 NOTIFY item 1: MailboxName and SubscriptionChange (RFC 5465
+/// §5.4, §5.5). Another session's CREATE, RENAME (with OLDNAME), DELETE
+/// (\NonExistent), SUBSCRIBE and UNSUBSCRIBE reach session A as `* LIST`
+/// while A sends nothing; so do a folder another process makes in the
+/// tree itself and A's own CREATE; a SUBTREE takes in only its names.
+#[test]
+fn notify_tells_of_folders_made_renamed_deleted_and_subscriptions() {
+    replay(
+        &["first"],
+        r#"
+B, s, f = with_work()
+assert command(s, f, b"a", b"SELECT INBOX")[-1].startswith(b"a OK")
+r = command(s, f, b"b", b"NOTIFY SET (SELECTED (MessageNew MessageExpunge)) "
+                        b"(PERSONAL (MailboxName SubscriptionChange))")
+assert r[-1].startswith(b"b OK"), r
+ok(B.create("Projects"))
+wait(f, rb'^\* LIST \(\) "\." "?Projects"?\r\n$')
+ok(B.rename("Projects", "Done"))
+seen = wait(f, rb'^\* LIST \(\) "\." "?Done"? \("OLDNAME" \("?Projects"?\)\)\r\n$')
+assert not [l for l in seen if b"NonExistent" in l], seen
+ok(B.subscribe("Done"))
+wait(f, rb'^\* LIST \(\\Subscribed\) "\." "?Done"?\r\n$')
+ok(B.delete("Done"))
+wait(f, rb'^\* LIST \(\\NonExistent\) "\." "?Done"?\r\n$')
+ok(B.unsubscribe("Done"))
+wait(f, rb'^\* LIST \(\\NonExistent\) "\." "?Done"?\r\n$')
+# Another program's folder, made in the tree (directory first, then
+# cur/, new/ and tmp/, as a CREATE does): told once it is a folder.
+root = os.environ["MAILDIR"]
+os.mkdir(os.path.join(root, ".Direct"))
+for sub in ("cur", "new", "tmp"):
+    os.mkdir(os.path.join(root, ".Direct", sub))
+wait(f, rb'^\* LIST \(\) "\." "?Direct"?\r\n$')
+# A's own CREATE is told too (the tree changed, whoever changed it).
+r = command(s, f, b"c", b"CREATE Mine")
+assert r[-1].startswith(b"c OK"), r
+wait(f, rb'^\* LIST \(\) "\." "?Mine"?\r\n$')
+# Mail still comes as before, and nothing about INBOX's lists is a LIST.
+deliver("second")
+seen = wait(f, rb"^\* 2 EXISTS")
+assert not [l for l in seen if l.startswith(b"* LIST")], seen
+# SUBTREE Work: Work.Sub is told, Other is not.
+r = command(s, f, b"d", b"NOTIFY SET (SUBTREE Work (MailboxName))")
+assert r[-1].startswith(b"d OK"), r
+ok(B.create("Other"))
+ok(B.create("Work.Sub"))
+seen = wait(f, rb'^\* LIST \(\) "\." "?Work\.Sub"?\r\n$')
+assert not [l for l in seen if b"Other" in l], seen
+r = command(s, f, b"e", b"NOOP")
+assert r == [b"e OK completed\r\n"], r
+print("names ok")
+"#,
+    );
+}
+
+/// Issue 15 NOTIFY item 2: a message that arrives while a command runs
+/// (here an APPEND to another folder, waiting for its literal) is told in
+/// that command's EXISTS, and with MessageNew's FETCH items too, before
+/// the command's OK; nothing is told twice after.
+#[test]
+fn message_new_fetch_items_also_for_mail_arriving_during_a_command() {
+    replay(
+        &["first"],
+        r#"
+B, s, f = with_work()
+assert command(s, f, b"a", b"SELECT INBOX")[-1].startswith(b"a OK")
+r = command(s, f, b"b", b"NOTIFY SET (SELECTED (MessageNew (UID FLAGS) MessageExpunge))")
+assert r[-1].startswith(b"b OK"), r
+msg = b"Subject: work\r\n\r\nx\r\n"
+s.sendall(b"c APPEND Work {%d}\r\n" % len(msg))
+assert f.readline().startswith(b"+ "), "no continuation"
+# The delivery lands while the APPEND waits for its literal.
+deliver("during")
+s.sendall(msg + b"\r\n")
+r = upto(f, b"c")
+assert r[-1].startswith(b"c OK"), r
+assert b"* 2 EXISTS\r\n" in r, r
+fetched = [l for l in r if re.match(rb"\* 2 FETCH \(", l)]
+assert len(fetched) == 1 and b"UID 2" in fetched[0] and b"FLAGS (" in fetched[0], r
+assert r.index(b"* 2 EXISTS\r\n") < r.index(fetched[0]), r
+r = command(s, f, b"d", b"NOOP")
+assert r == [b"d OK completed\r\n"], r
+print("during ok")
+"#,
     );
 }
