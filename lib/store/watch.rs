@@ -327,6 +327,12 @@ impl FolderWatch {
         }
     }
 
+    /// Whether a change came after the last one this watch saw, without
+    /// waiting.
+    pub fn has_changed(&self) -> bool {
+        self.changes.has_changed().unwrap_or(false)
+    }
+
     /// Forgets changes so far (call before a sync, so a change during it
     /// wakes the next wait).
     pub fn mark_seen(&mut self) {
