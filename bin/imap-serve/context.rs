@@ -68,6 +68,12 @@ pub fn open(
             quoted(tag)
         );
     }
+    if sel.contexts.is_empty() {
+        // Its result is of the view as it is: nothing to run again until
+        // that changes. (Beside others, the view theirs were last worked
+        // out on stays the mark.)
+        sel.contexts_of = Some(sel.view.clone());
+    }
     sel.contexts.push(Context {
         tag: tag.to_string(),
         uid,

@@ -262,30 +262,21 @@ impl Shared {
         // Each update of the maps is complete before anything can panic.
         self.folders.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-async fn read_events(shared: std::sync::Weak<Shared>) {
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let mut ready = match strong.inotify.readable().await {
-            Ok(ready) => ready,
-            Err(e) => {
-                tracing::error!("inotify: {e}; waiters fall back to their timers");
-                return;
-            }
-        };
-        let events = match ready.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from))
-        {
-            Ok(Ok(events)) => events,
-            Ok(Err(e)) => {
-                tracing::error!("inotify read: {e}; waiters fall back to their timers");
-                return;
-            }
-            Err(_would_block) => continue,
-        };
-        let mut folders = strong.folders();
+    /// Reads the events queued now, without waiting: the kernel queues an
+    /// event within the call that made the change, so after this every
+    /// change made so far has been counted.
+    fn pump(&self) {
+        // Nonblocking: nothing queued is EAGAIN, as is an empty queue the
+        // reader task took first.
+        if let Ok(events) = self.inotify.get_ref().0.read_events() {
+            self.dispatch(events);
+        }
+    }
+
+    /// Counts each event as a change of the places it concerns.
+    fn dispatch(&self, events: Vec<InotifyEvent>) {
+        let mut folders = self.folders();
         for event in events {
             if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                 // Events were lost: every place may have changed.
@@ -312,6 +303,31 @@ async fn read_events(shared: std::sync::Weak<Shared>) {
     }
 }
 
+async fn read_events(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let mut ready = match strong.inotify.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!("inotify: {e}; waiters fall back to their timers");
+                return;
+            }
+        };
+        let events = match ready.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from))
+        {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                tracing::error!("inotify read: {e}; waiters fall back to their timers");
+                return;
+            }
+            Err(_would_block) => continue,
+        };
+        strong.dispatch(events);
+    }
+}
+
 /// A waiter's interest in one watched place.
 pub struct FolderWatch {
     watcher: Watcher,
@@ -333,9 +349,12 @@ impl FolderWatch {
         self.changes.has_changed().unwrap_or(false)
     }
 
-    /// Forgets changes so far (call before a sync, so a change during it
-    /// wakes the next wait).
+    /// Forgets changes so far, those still queued in the kernel included
+    /// (call before a sync, so that a change made before it, this
+    /// process's own too, does not wake the next wait, and a change
+    /// during it does).
     pub fn mark_seen(&mut self) {
+        self.watcher.shared.pump();
         self.changes.mark_unchanged();
     }
 }
