@@ -451,12 +451,12 @@ impl Session {
 
     /// The LIST lines for what changed in the user's folders and
     /// subscriptions since last told, as far as the groups asking for
-    /// MailboxName and SubscriptionChange take the names in; and whether
+    /// MailboxName and SubscriptionChange take the names in; and, when
     /// the folder list changed (so the STATUS watches are worked out
-    /// again).
-    fn name_changes(&mut self) -> (Vec<u8>, bool) {
+    /// again), the names deleted and made again since the last look.
+    fn name_changes(&mut self) -> (Vec<u8>, Option<BTreeSet<MailboxName>>) {
         let Some(mut names) = self.notify.as_mut().and_then(|n| n.names.take()) else {
-            return (Vec::new(), false);
+            return (Vec::new(), None);
         };
         let (folders, subscribed, unfinished) = names.look();
         names.dirty = false;
@@ -483,24 +483,38 @@ impl Session {
                 out.extend_from_slice(b"\r\n");
             };
         let folders_changed = folders != names.folders;
+        // Folders made again under a name they had (deleted and created
+        // between two looks): their old watches went with the old ones.
+        let mut remade = BTreeSet::new();
         if folders_changed {
+            // What left or came, a name with its directory: a RENAME moves
+            // a directory (each child too), which keeps its inode.
+            let is_in = |map: &BTreeMap<MailboxName, u64>, (n, i): (&MailboxName, &u64)| {
+                map.get(n) == Some(i)
+            };
             let gone: Vec<(&MailboxName, u64)> = names
                 .folders
                 .iter()
-                .filter(|(n, _)| !folders.contains_key(*n))
+                .filter(|f| !is_in(&folders, *f))
                 .map(|(n, i)| (n, *i))
                 .collect();
-            let mut renamed_from = BTreeSet::new();
-            for (name, inode) in &folders {
-                if names.folders.contains_key(name) {
-                    continue;
+            let came: Vec<(&MailboxName, Option<&MailboxName>)> = folders
+                .iter()
+                .filter(|f| !is_in(&names.folders, *f))
+                .map(|(n, i)| (n, gone.iter().find(|(_, g)| g == i).map(|(o, _)| *o)))
+                .collect();
+            // Deletions first: a name deleted and made again is told in
+            // that order.
+            for (name, _) in &gone {
+                let renamed = came.iter().any(|(_, old)| *old == Some(*name));
+                if folders.contains_key(*name) {
+                    remade.insert((*name).clone());
                 }
-                // The same directory under a new name: renamed (its
-                // children move too, each one a rename of its own).
-                let old = gone.iter().find(|(_, i)| i == inode).map(|(n, _)| *n);
-                if let Some(old) = old {
-                    renamed_from.insert(old.clone());
+                if !renamed && wants(&names.mailbox_name, name) {
+                    list(&mut out, &["\\NonExistent"], name, None);
                 }
+            }
+            for (name, old) in came {
                 if wants(&names.mailbox_name, name)
                     || old.is_some_and(|o| wants(&names.mailbox_name, o))
                 {
@@ -510,11 +524,6 @@ impl Session {
                         &[]
                     };
                     list(&mut out, attrs, name, old);
-                }
-            }
-            for (name, _) in gone {
-                if !renamed_from.contains(name) && wants(&names.mailbox_name, name) {
-                    list(&mut out, &["\\NonExistent"], name, None);
                 }
             }
         }
@@ -537,13 +546,14 @@ impl Session {
         if let Some(notify) = self.notify.as_mut() {
             notify.names = Some(names);
         }
-        (out, folders_changed)
+        (out, folders_changed.then_some(remade))
     }
 
     /// The folders watched for STATUS worked out again (the folder list
-    /// changed): those still watched keep what was last told of them; a
-    /// new one is told from now on.
-    fn rewatch(&mut self) {
+    /// changed): those still watched keep what was last told of them and
+    /// their watch, but for those `remade` (whose directories, and so
+    /// watches, are new); a new one is told from now on.
+    fn rewatch(&mut self, remade: &BTreeSet<MailboxName>) {
         let Some(set) = self.notify.as_ref().map(|n| n.set.clone()) else {
             return;
         };
@@ -560,8 +570,8 @@ impl Session {
         let mut new_ones = Vec::new();
         for (i, w) in fresh.iter_mut().enumerate() {
             match old.remove(&w.path) {
-                Some(kept) => *w = kept,
-                None => new_ones.push(i),
+                Some(kept) if !remade.contains(&kept.name) => *w = kept,
+                _ => new_ones.push(i),
             }
         }
         for i in new_ones {
@@ -665,10 +675,10 @@ impl Session {
         let selected_due = all || look || notify.selected_dirty || notify.selected_watch.is_none();
         let mut out = Vec::new();
         if names_due {
-            let (lines, folders_changed) = self.name_changes();
+            let (lines, remade) = self.name_changes();
             out = lines;
-            if folders_changed {
-                self.rewatch();
+            if let Some(remade) = remade {
+                self.rewatch(&remade);
             }
         }
         let Some(notify) = self.notify.as_mut() else {

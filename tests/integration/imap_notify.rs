@@ -285,8 +285,14 @@ r = command(s, f, b"b", b"NOTIFY SET (SELECTED (MessageNew MessageExpunge)) "
 assert r[-1].startswith(b"b OK"), r
 ok(B.create("Projects"))
 wait(f, rb'^\* LIST \(\) "\." "?Projects"?\r\n$')
+ok(B.create("Projects.Sub"))
+wait(f, rb'^\* LIST \(\) "\." "?Projects\.Sub"?\r\n$')
+# A RENAME moves the children along: each is told with its old name.
 ok(B.rename("Projects", "Done"))
 seen = wait(f, rb'^\* LIST \(\) "\." "?Done"? \("OLDNAME" \("?Projects"?\)\)\r\n$')
+if not [l for l in seen if b"Done.Sub" in l]:
+    seen += wait(f, rb'Done\.Sub')
+assert [l for l in seen if re.match(rb'\* LIST \(\) "\." "?Done\.Sub"? \("OLDNAME" \("?Projects\.Sub"?\)\)\r\n$', l)], seen
 assert not [l for l in seen if b"NonExistent" in l], seen
 ok(B.subscribe("Done"))
 wait(f, rb'^\* LIST \(\\Subscribed\) "\." "?Done"?\r\n$')
@@ -309,6 +315,13 @@ wait(f, rb'^\* LIST \(\) "\." "?Mine"?\r\n$')
 deliver("second")
 seen = wait(f, rb"^\* 2 EXISTS")
 assert not [l for l in seen if l.startswith(b"* LIST")], seen
+# A folder made after NOTIFY SET is watched for STATUS from then on.
+r = command(s, f, b"c2", b"NOTIFY SET (PERSONAL (MessageNew MessageExpunge MailboxName))")
+assert r[-1].startswith(b"c2 OK"), r
+ok(B.create("Later"))
+wait(f, rb'^\* LIST \(\) "\." "?Later"?\r\n$')
+ok(B.append("Later", None, None, b"Subject: later\r\n\r\nx\r\n"))
+wait(f, rb"^\* STATUS Later \(MESSAGES 1 UIDNEXT 2 ")
 # SUBTREE Work: Work.Sub is told, Other is not.
 r = command(s, f, b"d", b"NOTIFY SET (SUBTREE Work (MailboxName))")
 assert r[-1].startswith(b"d OK"), r
