@@ -66,8 +66,9 @@ pub struct Notify {
     /// The selected folder's events; `None` for SELECTED NONE or none
     /// given (RFC 5465 §3.1: nothing between commands about it then).
     selected: Option<SelectedEvents>,
-    /// The watch on the selected folder, and that folder's path.
-    selected_watch: Option<(PathBuf, FolderWatch)>,
+    /// The selected folder followed (its path), and the watch on it
+    /// (none without inotify: then the timer).
+    selected_watch: Option<(PathBuf, Option<FolderWatch>)>,
     /// That watch fired since the selected folder was last synced.
     selected_dirty: bool,
     others: Vec<Watched>,
@@ -126,7 +127,7 @@ impl Notify {
         let ready: Vec<usize> = {
             type Waiting<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
             let mut waiting: Vec<(usize, Waiting<'_>)> = Vec::new();
-            if let Some((_, w)) = self.selected_watch.as_mut() {
+            if let Some((_, Some(w))) = self.selected_watch.as_mut() {
                 waiting.push((SELECTED, Box::pin(w.changed())));
             }
             if let Some(w) = self.names.as_mut().and_then(|n| n.watch.as_mut()) {
@@ -175,7 +176,7 @@ impl Notify {
     /// The selected folder is about to be synced (after a command): what
     /// its watch saw so far is in that sync.
     pub fn selected_seen(&mut self) {
-        if let Some((_, w)) = self.selected_watch.as_mut() {
+        if let Some((_, Some(w))) = self.selected_watch.as_mut() {
             w.mark_seen();
         }
         self.selected_dirty = false;
@@ -652,10 +653,10 @@ impl Session {
         if notify.selected_watch.as_ref().map(|(p, _)| p) == path.as_ref() {
             return false;
         }
-        notify.selected_watch = match (watcher, path) {
-            (Some(w), Some(p)) => w.watch(&p).ok().map(|watch| (p, watch)),
-            _ => None,
-        };
+        notify.selected_watch = path.map(|p| {
+            let watch = watcher.and_then(|w| w.watch(&p).ok());
+            (p, watch)
+        });
         true
     }
 
@@ -672,7 +673,7 @@ impl Session {
             .names
             .as_ref()
             .is_some_and(|n| all || n.dirty || n.watch.is_none());
-        let selected_due = all || look || notify.selected_dirty || notify.selected_watch.is_none();
+        let selected_due = all || look || notify.selected_dirty;
         let mut out = Vec::new();
         if names_due {
             let (lines, remade) = self.name_changes();

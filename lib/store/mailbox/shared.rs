@@ -275,7 +275,7 @@ pub const KEEP_RECENT: usize = 8;
 impl Folders {
     /// The shared state of `folder`, made on first use.
     pub fn open(&self, folder: Folder) -> Arc<SharedFolder> {
-        let shared = self.find_or_make(folder);
+        let shared = self.held(folder);
         let mut recent = lock(&self.recent);
         recent.retain(|f| !Arc::ptr_eq(f, &shared));
         recent.push_front(shared.clone());
@@ -288,10 +288,6 @@ impl Folders {
     /// push the folders sessions come back to out of [`KEEP_RECENT`] (a
     /// STATUS of every folder in a LIST-STATUS).
     pub fn held(&self, folder: Folder) -> Arc<SharedFolder> {
-        self.find_or_make(folder)
-    }
-
-    fn find_or_make(&self, folder: Folder) -> Arc<SharedFolder> {
         let mut open = lock(&self.open);
         if let Some(shared) = open.get(folder.path()).and_then(Weak::upgrade) {
             return shared;
