@@ -89,6 +89,14 @@ struct Watched {
     users: usize,
 }
 
+/// A directory's entries made, removed or renamed (a delivery, a flag
+/// rename, an expunge; a folder made, deleted or renamed).
+const ENTRIES_CHANGED: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
 /// `IN_MASK_ADD` (inotify(7)), which nix does not name: a second place on a
 /// directory adds its events to the watch instead of replacing the first
 /// place's.
@@ -139,15 +147,10 @@ impl Watcher {
     /// Watches the maildir folder at `dir` (its `new/` and `cur/`: a
     /// delivery, a flag rename, an expunge) until the guard is dropped.
     pub fn watch(&self, dir: &Path) -> io::Result<FolderWatch> {
-        let mask = AddWatchFlags::IN_CREATE
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_MOVED_FROM
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_ONLYDIR;
         self.watch_dirs(
             (dir.to_path_buf(), Kind::Folder),
             &[dir.join("new"), dir.join("cur")],
-            mask,
+            ENTRIES_CHANGED,
         )
     }
 
@@ -156,15 +159,10 @@ impl Watcher {
     /// the guard is dropped. The INBOX's own watch ([`Watcher::watch`] on
     /// the same root) is another place: neither wakes for the other.
     pub fn watch_tree(&self, root: &Path) -> io::Result<FolderWatch> {
-        let mask = AddWatchFlags::IN_CREATE
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_MOVED_FROM
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_ONLYDIR;
         self.watch_dirs(
             (root.to_path_buf(), Kind::Tree),
             &[root.to_path_buf()],
-            mask,
+            ENTRIES_CHANGED,
         )
     }
 
