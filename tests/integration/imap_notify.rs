@@ -388,7 +388,7 @@ def settle(folder):
 fn measured(script: &str) {
     let tree = crate::imap_serve::tree_with_user();
     let server = Server::start(&tree, "imap-serve", &[]);
-    python(
+    let said = python(
         &format!(
             "{RAW}\n{READ_SO_FAR}\nPID = {}\n{script}",
             server.child.id()
@@ -396,6 +396,8 @@ fn measured(script: &str) {
         &server,
         &tree,
     );
+    // The figures, for whoever runs it with its output shown.
+    println!("{said}");
 }
 
 /// Issue 15 NOTIFY item 3: the STATUS of a watched folder that has not
