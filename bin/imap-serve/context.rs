@@ -6,10 +6,14 @@
 //!
 //! Correct rather than clever: the search (or sort) is run again over the
 //! view after each change and the two results compared, so new messages,
-//! expunges and flag changes (by anyone) are all covered alike.
+//! expunges and flag changes (by anyone) are all covered alike. Only after
+//! a change: a view the same as the one the results were worked out on
+//! (no EXISTS, EXPUNGE or flag change since) cannot change them.
 
 use postroom::proto::imap::command::{SearchKey, SequenceSet, SortKey};
 use postroom::proto::imap::response::quoted_or_literal;
+use std::sync::Arc;
+
 use postroom::store::mailbox::Entry;
 
 use crate::session::{Done, Selected, Session};
@@ -64,6 +68,12 @@ pub fn open(
             quoted(tag)
         );
     }
+    if sel.contexts.is_empty() {
+        // Its result is of the view as it is: nothing to run again until
+        // that changes. (Beside others, the view theirs were last worked
+        // out on stays the mark.)
+        sel.contexts_of = Some(sel.view.clone());
+    }
     sel.contexts.push(Context {
         tag: tag.to_string(),
         uid,
@@ -100,8 +110,21 @@ impl Session {
 pub fn updates(sel: &mut Selected, old: &[Entry]) -> (Vec<u8>, Vec<u8>) {
     let (mut removed_lines, mut added_lines) = (Vec::new(), Vec::new());
     if sel.contexts.is_empty() {
+        // Not kept for nothing: it may be a whole folder's entries.
+        sel.contexts_of = None;
         return (removed_lines, added_lines);
     }
+    // The same entries, flags and all, as last time: the same results.
+    // (Not in a folder of another tree with the reader's own \Seen, kept
+    // beside the view: there the searches always run again.)
+    let unchanged = sel.contexts_of.as_ref().is_some_and(|of| {
+        Arc::ptr_eq(of, &sel.view) || (of.len() == sel.view.len() && **of == *sel.view)
+    });
+    if unchanged && sel.seen.is_none() {
+        sel.contexts_of = Some(sel.view.clone());
+        return (removed_lines, added_lines);
+    }
+    sel.contexts_of = Some(sel.view.clone());
     let mut contexts = std::mem::take(&mut sel.contexts);
     for c in &mut contexts {
         let now: Vec<u32> = match &c.sort {

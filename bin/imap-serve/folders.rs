@@ -10,7 +10,6 @@ use postroom::proto::imap::command::{
 };
 use postroom::proto::imap::response::{all_flags, astring};
 use postroom::store::mailbox::acl::{self as folder_acl, Rights};
-use postroom::store::mailbox::modseq::ModSeqs;
 use postroom::store::mailbox::{Appending, MailboxName, flags};
 
 use crate::acl::overlay;
@@ -39,7 +38,7 @@ impl Session {
             .map_err(|e| Done::No(format!("[CANNOT] {e}")))
     }
 
-    fn wire_name(&self, name: &MailboxName) -> Vec<u8> {
+    pub fn wire_name(&self, name: &MailboxName) -> Vec<u8> {
         let mut out = Vec::new();
         astring(&mut out, &name.wire(self.utf8_names()));
         out
@@ -145,6 +144,7 @@ impl Session {
             recent,
             report_recent: !self.rev2,
             contexts: Vec::new(),
+            contexts_of: None,
         };
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest. A folder the index gave,
@@ -477,8 +477,11 @@ impl Session {
         target: &crate::acl::Target,
         items: &[StatusItem],
     ) -> Option<String> {
-        let folder = &target.folder();
-        let state = folder.sync().ok()?;
+        // The process's shared state of the folder (held by a session
+        // that has it selected or a NOTIFY that watches it): an unchanged
+        // folder is not read again.
+        let shared = self.shared.folders.held(target.folder());
+        let state = shared.sync(false).ok()?;
         // The reader's own \Seen in a folder of another tree.
         let seen = self.seen_for(target, state.validity);
         let private = seen.as_ref().map(|s| s.uids());
@@ -514,13 +517,10 @@ impl Session {
                         .filter(|e| e.flags().has(flags::DELETED))
                         .count()
                 ),
-                StatusItem::HighestModSeq => {
-                    let mut modseqs = ModSeqs::new(folder.path(), state.validity);
-                    if let Err(e) = modseqs.update(&state.entries) {
-                        tracing::warn!("mod-sequences of {name}: {e}");
-                    }
-                    format!("HIGHESTMODSEQ {}", modseqs.highest())
-                }
+                StatusItem::HighestModSeq => format!(
+                    "HIGHESTMODSEQ {}",
+                    shared.highest_modseq(state.validity, &state.entries)
+                ),
                 StatusItem::Size => format!(
                     "SIZE {}",
                     state

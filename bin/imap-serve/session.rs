@@ -143,6 +143,8 @@ pub struct Selected {
     pub cache: Cache,
     /// Searches kept for updates (RFC 5267 contexts).
     pub contexts: Vec<crate::context::Context>,
+    /// The view their results were last worked out on (`context::updates`).
+    pub contexts_of: Option<Entries>,
 }
 
 impl Selected {

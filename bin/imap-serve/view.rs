@@ -135,7 +135,20 @@ impl Session {
     /// Syncs the selected folder and reports changes made elsewhere.
     /// `expunge_ok`: whether EXPUNGE may be sent now (RFC 3501 §7.4.1);
     /// when not, vanished messages stay in the view until a later sync.
+    /// Under NOTIFY, the new messages come with MessageNew's FETCH items.
     pub async fn report(&mut self, expunge_ok: bool) -> Result<(), NetError> {
+        if let Some(notify) = self.notify.as_mut() {
+            notify.selected_seen();
+        }
+        let Some(before) = self.selected.as_ref().map(|s| s.next_uid) else {
+            return Ok(());
+        };
+        self.sync_view(expunge_ok).await?;
+        self.announce_new(before).await
+    }
+
+    /// [`Session::report`] but for MessageNew's FETCH items.
+    async fn sync_view(&mut self, expunge_ok: bool) -> Result<(), NetError> {
         let (condstore, qresync) = (self.condstore, self.qresync);
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());

@@ -1,11 +1,15 @@
 //! Waking a process when part of the tree changes, by inotify rather than
-//! polling: IMAP IDLE on a folder's `new/` and `cur/`, `smtp-send --watch`
-//! on the queue's `todo/`.
+//! polling: IMAP IDLE on a folder's `new/` and `cur/`, NOTIFY on a
+//! mailbox's list of folders and subscriptions, `smtp-send --watch` on the
+//! queue's `todo/`.
 //!
 //! One inotify instance per process, shared by every waiter in it: the
 //! kernel allows few instances per user (128 by default) but many watches,
 //! so 10,000 IDLE sessions cost one file descriptor. Waiters on the same
-//! place share its watches. Each watched place has a counter that goes up
+//! place share its watches. A place is a path and what is watched there
+//! ([`Kind`]): in Maildir++ the INBOX is the mailbox's root, so the INBOX's
+//! messages and the root's folder list are two places at one path; and
+//! two places may share a directory, whose inotify watch then serves both. Each watched place has a counter that goes up
 //! on every change (a delivery, a flag rename, an expunge, a queue hint); a
 //! waiter remembers the value it has seen and waits for a larger one, so no
 //! wakeup is lost between a look and the wait.
@@ -17,15 +21,18 @@
 //! other hosts may be writing to it.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
+
+use crate::store::mailbox::SUBSCRIPTIONS;
 
 /// How long a waiter waits before it looks again on its own, for changes
 /// inotify cannot see: those of other hosts sharing the tree.
@@ -55,16 +62,61 @@ struct Shared {
     folders: Mutex<Folders>,
 }
 
+/// What is watched at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    /// A maildir folder's messages: its `new/` and `cur/`.
+    Folder,
+    /// Files arriving in one directory.
+    Arrivals,
+    /// A mailbox's folders (its `.Name` directories) and subscriptions.
+    Tree,
+}
+
+type Key = (PathBuf, Kind);
+
 #[derive(Default)]
 struct Folders {
-    by_path: HashMap<PathBuf, Watched>,
-    by_wd: HashMap<WatchDescriptor, PathBuf>,
+    by_key: HashMap<Key, Watched>,
+    /// The places each inotify watch serves (the kernel gives one watch
+    /// per directory, whoever asks).
+    by_wd: HashMap<WatchDescriptor, Vec<Key>>,
 }
 
 struct Watched {
     wds: Vec<WatchDescriptor>,
     changes: watch::Sender<u64>,
     users: usize,
+}
+
+/// A directory's entries made, removed or renamed (a delivery, a flag
+/// rename, an expunge; a folder made, deleted or renamed).
+const ENTRIES_CHANGED: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
+/// `IN_MASK_ADD` (inotify(7)), which nix does not name: a second place on a
+/// directory adds its events to the watch instead of replacing the first
+/// place's.
+const IN_MASK_ADD: AddWatchFlags = AddWatchFlags::from_bits_retain(0x2000_0000);
+
+impl Kind {
+    /// Whether an event on one of the place's directories is a change of
+    /// the place. The root of a mailbox also holds the INBOX's lists, whose
+    /// every rewrite is no change of its folders: a tree place wakes for
+    /// directories (folders made, removed or renamed) and the
+    /// subscriptions file only.
+    fn wakes(self, event: &InotifyEvent) -> bool {
+        match self {
+            Kind::Folder | Kind::Arrivals => true,
+            Kind::Tree => {
+                event.mask.contains(AddWatchFlags::IN_ISDIR)
+                    || event.name.as_deref() == Some(OsStr::new(SUBSCRIPTIONS))
+            }
+        }
+    }
 }
 
 struct InotifyFd(Inotify);
@@ -95,12 +147,23 @@ impl Watcher {
     /// Watches the maildir folder at `dir` (its `new/` and `cur/`: a
     /// delivery, a flag rename, an expunge) until the guard is dropped.
     pub fn watch(&self, dir: &Path) -> io::Result<FolderWatch> {
-        let mask = AddWatchFlags::IN_CREATE
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_MOVED_FROM
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_ONLYDIR;
-        self.watch_dirs(dir, &[dir.join("new"), dir.join("cur")], mask)
+        self.watch_dirs(
+            (dir.to_path_buf(), Kind::Folder),
+            &[dir.join("new"), dir.join("cur")],
+            ENTRIES_CHANGED,
+        )
+    }
+
+    /// Watches the folder list and subscriptions of the mailbox at `root`
+    /// (a folder made, deleted or renamed, a subscription changed) until
+    /// the guard is dropped. The INBOX's own watch ([`Watcher::watch`] on
+    /// the same root) is another place: neither wakes for the other.
+    pub fn watch_tree(&self, root: &Path) -> io::Result<FolderWatch> {
+        self.watch_dirs(
+            (root.to_path_buf(), Kind::Tree),
+            &[root.to_path_buf()],
+            ENTRIES_CHANGED,
+        )
     }
 
     /// Watches files arriving in `dir` (created, moved in or touched: the
@@ -110,44 +173,52 @@ impl Watcher {
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_ONLYDIR;
-        self.watch_dirs(dir, &[dir.to_path_buf()], mask)
+        self.watch_dirs(
+            (dir.to_path_buf(), Kind::Arrivals),
+            &[dir.to_path_buf()],
+            mask,
+        )
     }
 
-    /// Watches `dirs` as one place named `key`.
+    /// Watches `dirs` as one place, `key`.
     fn watch_dirs(
         &self,
-        key: &Path,
+        key: Key,
         dirs: &[PathBuf],
         mask: AddWatchFlags,
     ) -> io::Result<FolderWatch> {
         let mut folders = self.shared.folders();
-        if let Some(watched) = folders.by_path.get_mut(key) {
+        if let Some(watched) = folders.by_key.get_mut(&key) {
             watched.users += 1;
             let changes = watched.changes.subscribe();
             return Ok(FolderWatch {
                 watcher: self.clone(),
-                dir: key.to_path_buf(),
+                key,
                 changes,
             });
         }
         let mut wds = Vec::new();
         for dir in dirs {
-            match self.shared.inotify.get_ref().0.add_watch(dir, mask) {
-                Ok(wd) => wds.push(wd),
+            match self
+                .shared
+                .inotify
+                .get_ref()
+                .0
+                .add_watch(dir, mask | IN_MASK_ADD)
+            {
+                Ok(wd) => {
+                    folders.by_wd.entry(wd).or_default().push(key.clone());
+                    wds.push(wd);
+                }
                 Err(e) => {
-                    for wd in wds {
-                        let _ = self.shared.inotify.get_ref().0.rm_watch(wd);
-                    }
+                    folders.forget(&self.shared.inotify, &key, wds);
                     return Err(e.into());
                 }
             }
         }
         let (changes, receiver) = watch::channel(0);
-        for wd in &wds {
-            folders.by_wd.insert(*wd, key.to_path_buf());
-        }
-        folders.by_path.insert(
-            key.to_path_buf(),
+        folders.by_key.insert(
+            key.clone(),
             Watched {
                 wds,
                 changes,
@@ -156,14 +227,31 @@ impl Watcher {
         );
         Ok(FolderWatch {
             watcher: self.clone(),
-            dir: key.to_path_buf(),
+            key,
             changes: receiver,
         })
     }
 
-    /// How many folders are watched now (for tests).
+    /// How many places are watched now (for tests).
     pub fn watched(&self) -> usize {
-        self.shared.folders().by_path.len()
+        self.shared.folders().by_key.len()
+    }
+}
+
+impl Folders {
+    /// Takes `key` off the watches `wds`, removing those it was the last
+    /// place of.
+    fn forget(&mut self, inotify: &AsyncFd<InotifyFd>, key: &Key, wds: Vec<WatchDescriptor>) {
+        for wd in wds {
+            let Some(keys) = self.by_wd.get_mut(&wd) else {
+                continue;
+            };
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_wd.remove(&wd);
+                let _ = inotify.get_ref().0.rm_watch(wd);
+            }
+        }
     }
 }
 
@@ -171,6 +259,45 @@ impl Shared {
     fn folders(&self) -> MutexGuard<'_, Folders> {
         // Each update of the maps is complete before anything can panic.
         self.folders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the events queued now, without waiting: the kernel queues an
+    /// event within the call that made the change, so after this every
+    /// change made so far has been counted.
+    fn pump(&self) {
+        // Nonblocking: nothing queued is EAGAIN, as is an empty queue the
+        // reader task took first.
+        if let Ok(events) = self.inotify.get_ref().0.read_events() {
+            self.dispatch(events);
+        }
+    }
+
+    /// Counts each event as a change of the places it concerns.
+    fn dispatch(&self, events: Vec<InotifyEvent>) {
+        let mut folders = self.folders();
+        for event in events {
+            if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                // Events were lost: every place may have changed.
+                tracing::warn!("inotify queue overflowed; every waiter looks again");
+                for watched in folders.by_key.values() {
+                    watched.changes.send_modify(|n| *n += 1);
+                }
+                continue;
+            }
+            let ignored = event.mask.contains(AddWatchFlags::IN_IGNORED);
+            for key in folders.by_wd.get(&event.wd).into_iter().flatten() {
+                if (ignored || key.1.wakes(&event))
+                    && let Some(watched) = folders.by_key.get(key)
+                {
+                    watched.changes.send_modify(|n| *n += 1);
+                }
+            }
+            // The directory is gone (folder deleted): the kernel may give
+            // the descriptor to a new watch, so forget this one.
+            if ignored {
+                folders.by_wd.remove(&event.wd);
+            }
+        }
     }
 }
 
@@ -195,26 +322,14 @@ async fn read_events(shared: std::sync::Weak<Shared>) {
             }
             Err(_would_block) => continue,
         };
-        let mut folders = strong.folders();
-        for event in events {
-            if let Some(dir) = folders.by_wd.get(&event.wd)
-                && let Some(watched) = folders.by_path.get(dir)
-            {
-                watched.changes.send_modify(|n| *n += 1);
-            }
-            // The directory is gone (folder deleted): the kernel may give
-            // the descriptor to a new watch, so forget this one.
-            if event.mask.contains(AddWatchFlags::IN_IGNORED) {
-                folders.by_wd.remove(&event.wd);
-            }
-        }
+        strong.dispatch(events);
     }
 }
 
 /// A waiter's interest in one watched place.
 pub struct FolderWatch {
     watcher: Watcher,
-    dir: PathBuf,
+    key: Key,
     changes: watch::Receiver<u64>,
 }
 
@@ -226,9 +341,18 @@ impl FolderWatch {
         }
     }
 
-    /// Forgets changes so far (call before a sync, so a change during it
-    /// wakes the next wait).
+    /// Whether a change came after the last one this watch saw, without
+    /// waiting.
+    pub fn has_changed(&self) -> bool {
+        self.changes.has_changed().unwrap_or(false)
+    }
+
+    /// Forgets changes so far, those still queued in the kernel included
+    /// (call before a sync, so that a change made before it, this
+    /// process's own too, does not wake the next wait, and a change
+    /// during it does).
     pub fn mark_seen(&mut self) {
+        self.watcher.shared.pump();
         self.changes.mark_unchanged();
     }
 }
@@ -236,17 +360,14 @@ impl FolderWatch {
 impl Drop for FolderWatch {
     fn drop(&mut self) {
         let mut folders = self.watcher.shared.folders();
-        let Some(watched) = folders.by_path.get_mut(&self.dir) else {
+        let Some(watched) = folders.by_key.get_mut(&self.key) else {
             return;
         };
         watched.users -= 1;
         if watched.users == 0
-            && let Some(watched) = folders.by_path.remove(&self.dir)
+            && let Some(watched) = folders.by_key.remove(&self.key)
         {
-            for wd in watched.wds {
-                folders.by_wd.remove(&wd);
-                let _ = self.watcher.shared.inotify.get_ref().0.rm_watch(wd);
-            }
+            folders.forget(&self.watcher.shared.inotify, &self.key, watched.wds);
         }
     }
 }

@@ -119,6 +119,14 @@ impl MailboxError {
     }
 }
 
+/// A folder directory as [`Mailbox::scan`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    pub name: MailboxName,
+    pub inode: u64,
+    pub complete: bool,
+}
+
 /// One user's Maildir++ tree.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
@@ -306,7 +314,26 @@ impl Mailbox {
     /// that is a symlink (or whose `cur/`, `new/` or `tmp/` is one) is not
     /// a folder and is not listed.
     pub fn list(&self) -> Result<Vec<MailboxName>, MailboxError> {
-        let mut names = vec![MailboxName::new("INBOX")?];
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter(|f| f.complete)
+            .map(|f| f.name)
+            .collect())
+    }
+
+    /// Every `.Name` directory of the mailbox (not a symlink), INBOX first
+    /// (its inode 0), then by name, with its inode, which a rename keeps:
+    /// what NOTIFY compares to tell a folder renamed from one deleted and
+    /// another made. `complete`: a folder [`Mailbox::list`] gives; a
+    /// directory being made is not one yet.
+    pub fn scan(&self) -> Result<Vec<Scanned>, MailboxError> {
+        use std::os::unix::fs::DirEntryExt;
+        let mut names = vec![Scanned {
+            name: MailboxName::new("INBOX")?,
+            inode: 0,
+            complete: true,
+        }];
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
@@ -323,11 +350,15 @@ impl Mailbox {
                 continue;
             }
             match MailboxName::from_disk(disk) {
-                Ok(name) if !name.is_inbox() && self.folder(&name).exists() => others.push(name),
+                Ok(name) if !name.is_inbox() => others.push(Scanned {
+                    complete: self.folder(&name).exists(),
+                    name,
+                    inode: entry.ino(),
+                }),
                 _ => {}
             }
         }
-        others.sort();
+        others.sort_by(|a, b| a.name.cmp(&b.name));
         names.extend(others);
         Ok(names)
     }

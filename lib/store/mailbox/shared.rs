@@ -228,6 +228,24 @@ impl SharedFolder {
         (here == (mark.inode, mark.len)).then_some(mark.highest)
     }
 
+    /// HIGHESTMODSEQ of the folder as just synced (`entries`): from the
+    /// folder index when it answers ([`SharedFolder::indexed_highest_modseq`]),
+    /// else from the log brought up to date (a failure is logged; the value
+    /// then lags, and the next look catches up).
+    pub fn highest_modseq(&self, validity: u32, entries: &Entries) -> u64 {
+        if let Some(highest) = self.indexed_highest_modseq(entries) {
+            return highest;
+        }
+        let mut guard = self.modseqs(validity);
+        let Some(modseqs) = guard.as_mut() else {
+            return 1;
+        };
+        if let Err(e) = modseqs.update_shared(entries) {
+            tracing::warn!("mod-sequences of {}: {e}", self.folder.path().display());
+        }
+        modseqs.highest()
+    }
+
     /// The folder's mod-sequences for this UIDVALIDITY, one copy for the
     /// sessions of this process (each brings it up to date before use,
     /// [`ModSeqs::update`]). Do not hold it across an `.await`.
@@ -257,7 +275,7 @@ pub const KEEP_RECENT: usize = 8;
 impl Folders {
     /// The shared state of `folder`, made on first use.
     pub fn open(&self, folder: Folder) -> Arc<SharedFolder> {
-        let shared = self.find_or_make(folder);
+        let shared = self.held(folder);
         let mut recent = lock(&self.recent);
         recent.retain(|f| !Arc::ptr_eq(f, &shared));
         recent.push_front(shared.clone());
@@ -265,7 +283,11 @@ impl Folders {
         shared
     }
 
-    fn find_or_make(&self, folder: Folder) -> Arc<SharedFolder> {
+    /// The shared state of `folder` if some session holds it (or it is
+    /// among the last opened), else a new one: for a look that should not
+    /// push the folders sessions come back to out of [`KEEP_RECENT`] (a
+    /// STATUS of every folder in a LIST-STATUS).
+    pub fn held(&self, folder: Folder) -> Arc<SharedFolder> {
         let mut open = lock(&self.open);
         if let Some(shared) = open.get(folder.path()).and_then(Weak::upgrade) {
             return shared;

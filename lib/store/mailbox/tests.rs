@@ -354,6 +354,53 @@ async fn watcher_wakes_on_delivery() {
     assert_eq!(watcher.watched(), 0);
 }
 
+/// In Maildir++ the INBOX is the mailbox's root: a watch on the INBOX's
+/// messages and one on the folder list share a path and are two places
+/// all the same; neither wakes for the other's changes, and the root's
+/// own files (the INBOX's lists, rewritten at each sync) wake neither.
+#[tokio::test]
+async fn the_folder_list_and_the_inbox_are_two_places_at_one_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mb = Mailbox::new(dir.path().join("u"));
+    mb.ensure_defaults().unwrap();
+    let watcher = crate::store::watch::Watcher::new().unwrap();
+    let mut messages = watcher.watch(mb.root()).unwrap();
+    let mut tree = watcher.watch_tree(mb.root()).unwrap();
+    assert_eq!(watcher.watched(), 2);
+    // A delivery and the sync that rewrites the INBOX's uidlist in the
+    // root; a second delivery after it shows every event before it read.
+    deliver(mb.root(), "Subject: x\n\ny\n");
+    inbox(&mb).sync().unwrap();
+    woken(&mut messages).await;
+    messages.mark_seen();
+    deliver(mb.root(), "Subject: x\n\ny\n");
+    woken(&mut messages).await;
+    assert!(
+        !tree.has_changed(),
+        "the INBOX's changes woke the folder list"
+    );
+    // A folder made, then a subscription: the folder list only.
+    messages.mark_seen();
+    mb.create(&MailboxName::new("Work").unwrap()).unwrap();
+    woken(&mut tree).await;
+    tree.mark_seen();
+    mb.subscribe(&[MailboxName::new("Work").unwrap()], true)
+        .unwrap();
+    woken(&mut tree).await;
+    assert!(!messages.has_changed(), "the folder list woke the INBOX");
+    // Either goes without taking the other's watch along.
+    drop(tree);
+    assert_eq!(watcher.watched(), 1);
+    deliver(mb.root(), "Subject: x\n\ny\n");
+    woken(&mut messages).await;
+}
+
+async fn woken(w: &mut crate::store::watch::FolderWatch) {
+    tokio::time::timeout(Duration::from_secs(5), w.changed())
+        .await
+        .expect("woken by inotify");
+}
+
 #[test]
 fn symlinked_folders_and_messages_are_not_followed() {
     let dir = tempfile::tempdir().unwrap();
