@@ -137,6 +137,21 @@ impl Session {
     /// when not, vanished messages stay in the view until a later sync.
     pub async fn report(&mut self, expunge_ok: bool) -> Result<(), NetError> {
         let (condstore, qresync) = (self.condstore, self.qresync);
+        if let Some(sel) = self.selected.as_ref()
+            && let Some(indexed) = sel.unread.as_ref()
+        {
+            // Selected from the folder index and not read since (no
+            // command ran): nothing to report while the folder's stamp
+            // is still the index's, and then no need to read it.
+            if sel
+                .folder
+                .stamp()
+                .unchanged_since(&indexed.header().stamp)
+            {
+                return Ok(());
+            }
+            self.materialize().await?;
+        }
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
