@@ -496,6 +496,79 @@ mod tests {
         assert!(lock(&third.last).as_ref().unwrap().indexed.is_none());
     }
 
+    /// A folder with two messages and its index written, settled.
+    fn indexed_folder() -> (tempfile::TempDir, Mailbox, MailboxName) {
+        let dir = tempfile::tempdir().unwrap();
+        let mailbox = Mailbox::new(dir.path());
+        mailbox.ensure_defaults().unwrap();
+        deliver(dir.path(), "1000.M1P1.host,S=20");
+        deliver(dir.path(), "1001.M2P1.host,S=20:2,S");
+        let inbox = MailboxName::new("INBOX").unwrap();
+        let first = Folders::default().open(mailbox.folder(&inbox));
+        first.sync(false).unwrap();
+        settle(dir.path());
+        first.sync(false).unwrap();
+        assert!(dir.path().join(index::FILE).exists());
+        (dir, mailbox, inbox)
+    }
+
+    #[test]
+    fn select_answers_from_the_index_header_and_reads_the_records_later() {
+        let (dir, mailbox, inbox) = indexed_folder();
+        let other = Folders::default().open(mailbox.folder(&inbox));
+        let Ok(Selection::Indexed(indexed)) = other.select() else {
+            panic!("not from the index");
+        };
+        let h = indexed.header();
+        assert_eq!((h.count, h.next_uid, h.first_unseen), (2, 3, Some(0)));
+        assert!(indexed.entries.get().is_none(), "records not read");
+        assert!(other.unread_highest_modseq(&indexed).is_some());
+        // A second SELECT in the process shares it.
+        let Ok(Selection::Indexed(again)) = other.select() else {
+            panic!("not from the index");
+        };
+        assert!(Arc::ptr_eq(&indexed, &again));
+        // The folder changes before the first command: the view is still
+        // what SELECT described, and the next sync tells the change.
+        deliver(dir.path(), "1002.M3P1.host,S=20");
+        let view = other.entries(&indexed).unwrap();
+        assert_eq!(view.iter().map(|e| e.uid).collect::<Vec<_>>(), [1, 2]);
+        assert!(lock(&other.indexed).is_none(), "no longer pending");
+        assert_eq!(other.sync(false).unwrap().entries.len(), 3);
+        assert!(matches!(other.select(), Ok(Selection::Synced(_))));
+    }
+
+    #[test]
+    fn records_damaged_behind_a_good_header_fall_back_to_the_folder() {
+        let (dir, mailbox, inbox) = indexed_folder();
+        let path = dir.path().join(index::FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let other = Folders::default().open(mailbox.folder(&inbox));
+        let Ok(Selection::Indexed(indexed)) = other.select() else {
+            panic!("the header is whole");
+        };
+        // Unchanged since: the folder read in full is what SELECT said.
+        let view = other.entries(&indexed).unwrap();
+        assert_eq!(view.iter().map(|e| e.uid).collect::<Vec<_>>(), [1, 2]);
+        assert!(!path.exists(), "the damaged index is removed");
+        // Changed meanwhile: the session must select again.
+        let (dir, mailbox, inbox) = indexed_folder();
+        let path = dir.path().join(index::FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let other = Folders::default().open(mailbox.folder(&inbox));
+        let Ok(Selection::Indexed(indexed)) = other.select() else {
+            panic!("the header is whole");
+        };
+        deliver(dir.path(), "1002.M3P1.host,S=20");
+        assert!(other.entries(&indexed).is_err());
+    }
+
     #[test]
     fn sessions_share_one_copy_until_the_folder_changes() {
         let dir = tempfile::tempdir().unwrap();
