@@ -97,8 +97,8 @@ impl Session {
         };
         let seen = self.seen_for(&target, state.validity);
         let private = seen.as_ref().map(|s| s.uids());
-        // From the index's header alone (a 100,000-message folder's
-        // records take ten times the rest of SELECT to read), unless the
+        // From the index's header alone (reading a 100,000-message
+        // folder's records was nearly all of a 15 ms SELECT), unless the
         // answer needs the messages: a \Seen of the user's own, \Recent
         // to count (IMAP4rev1, messages no session has seen), QRESYNC, or
         // a mod-sequence log that moved since the index was written.
@@ -194,7 +194,8 @@ impl Session {
         // RFC 7162 §3.1.2.1: every SELECT of a folder with persistent
         // mod-sequences reports the highest. A folder the index gave,
         // unchanged since, has nothing new for the log: the index knows.
-        let highest = match indexed_highest.or_else(|| sel.shared.indexed_highest_modseq(&sel.view)) {
+        let highest = match indexed_highest.or_else(|| sel.shared.indexed_highest_modseq(&sel.view))
+        {
             Some(highest) if qresync.is_none() => highest,
             _ => {
                 sel.update_modseqs();

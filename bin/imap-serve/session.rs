@@ -197,6 +197,11 @@ impl Selected {
     /// to date; returns the UIDs with a new mod-sequence. A failure is
     /// logged: the values then lag, and the next look catches up.
     pub fn update_modseqs(&mut self) -> Vec<u32> {
+        if self.unread.is_some() {
+            // Not read yet: an empty view would count as every message
+            // expunged. Whoever calls this reads the view first.
+            return Vec::new();
+        }
         let mut guard = self.shared.modseqs(self.validity);
         let Some(modseqs) = guard.as_mut() else {
             return Vec::new();

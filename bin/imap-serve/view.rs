@@ -143,11 +143,7 @@ impl Session {
             // Selected from the folder index and not read since (no
             // command ran): nothing to report while the folder's stamp
             // is still the index's, and then no need to read it.
-            if sel
-                .folder
-                .stamp()
-                .unchanged_since(&indexed.header().stamp)
-            {
+            if sel.folder.stamp().unchanged_since(&indexed.header().stamp) {
                 return Ok(());
             }
             self.materialize().await?;

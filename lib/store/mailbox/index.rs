@@ -200,7 +200,9 @@ pub fn decode_unchecked(bytes: &[u8]) -> Option<(Header, Vec<Entry>)> {
         });
     }
     // The first unseen as the header says: SELECT gives it from there.
-    let unseen = entries.iter().position(|e| !e.flags().has(super::flags::SEEN));
+    let unseen = entries
+        .iter()
+        .position(|e| !e.flags().has(super::flags::SEEN));
     (at == bytes.len() && unseen.map(|i| i as u32) == header.first_unseen)
         .then_some((header, entries))
 }
