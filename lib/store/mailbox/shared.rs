@@ -538,33 +538,31 @@ mod tests {
         assert!(matches!(other.select(), Ok(Selection::Synced(_))));
     }
 
+    /// [`indexed_folder`] with the last byte of its last record flipped,
+    /// and a new process's SELECT of it (from the whole header).
+    fn damaged() -> (tempfile::TempDir, Arc<SharedFolder>, Arc<Indexed>) {
+        let (dir, mailbox, inbox) = indexed_folder();
+        let path = dir.path().join(index::FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let other = Folders::default().open(mailbox.folder(&inbox));
+        let Ok(Selection::Indexed(indexed)) = other.select() else {
+            panic!("the header is whole");
+        };
+        (dir, other, indexed)
+    }
+
     #[test]
     fn records_damaged_behind_a_good_header_fall_back_to_the_folder() {
-        let (dir, mailbox, inbox) = indexed_folder();
-        let path = dir.path().join(index::FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let other = Folders::default().open(mailbox.folder(&inbox));
-        let Ok(Selection::Indexed(indexed)) = other.select() else {
-            panic!("the header is whole");
-        };
         // Unchanged since: the folder read in full is what SELECT said.
+        let (dir, other, indexed) = damaged();
         let view = other.entries(&indexed).unwrap();
         assert_eq!(view.iter().map(|e| e.uid).collect::<Vec<_>>(), [1, 2]);
-        assert!(!path.exists(), "the damaged index is removed");
+        assert!(!dir.path().join(index::FILE).exists(), "removed");
         // Changed meanwhile: the session must select again.
-        let (dir, mailbox, inbox) = indexed_folder();
-        let path = dir.path().join(index::FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let other = Folders::default().open(mailbox.folder(&inbox));
-        let Ok(Selection::Indexed(indexed)) = other.select() else {
-            panic!("the header is whole");
-        };
+        let (dir, other, indexed) = damaged();
         deliver(dir.path(), "1002.M3P1.host,S=20");
         assert!(other.entries(&indexed).is_err());
     }
