@@ -568,8 +568,11 @@ impl Session {
     }
 
     /// The selected folder's view, read if SELECT left it in the index:
-    /// every command but SELECT and LOGOUT calls this first, so none
-    /// sees the empty view. Failing that, the client must select again.
+    /// every command that looks at the view calls this first, so none
+    /// sees it empty. NOOP, CHECK and IDLE leave it to [`Session::report`],
+    /// which reads it only once the folder moved (a client that selects
+    /// and waits in IDLE never needs it before). Failing that, the
+    /// client must select again.
     pub async fn materialize(&mut self) -> Result<(), NetError> {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
@@ -586,7 +589,16 @@ impl Session {
 
     async fn command(&mut self, cmd: Command) -> Result<Done, NetError> {
         let Command { tag, mut body } = cmd;
-        if !matches!(body, Body::Select { .. } | Body::Logout) {
+        if !matches!(
+            body,
+            Body::Select { .. }
+                | Body::Logout
+                | Body::Close
+                | Body::Unselect
+                | Body::Noop
+                | Body::Check
+                | Body::Idle
+        ) {
             self.materialize().await?;
         }
         if matches!(body, Body::Select { .. } | Body::Close | Body::Unselect) {

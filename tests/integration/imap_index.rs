@@ -197,12 +197,15 @@ fn sessions_selected_from_the_index_stay_exact_when_another_process_changes_the_
     imaplib(
         &tree,
         r#"
-# A and D: new processes, SELECT from the index, no command since.
-A, D = process(), process()
-for M in (A, D):
+# A, D and E: new processes, SELECT from the index, no command since
+# but E's NOOP (nothing moved: nothing to say).
+A, D, E = process(), process(), process()
+for M in (A, D, E):
     assert ok(M.select("INBOX")) == [b"6"]
     assert M.untagged_responses["UIDNEXT"] == [b"7"], M.untagged_responses
     assert M.untagged_responses["UNSEEN"] == [b"1"], M.untagged_responses
+ok(E.noop())
+assert E.untagged_responses["EXISTS"] == [b"6"] and "EXPUNGE" not in E.untagged_responses, E.untagged_responses
 # B, a third process, changes the folder: expunges UID 2, flags UID 3,
 # appends one (UID 20).
 B = process()
@@ -213,6 +216,17 @@ ok(B.store("2", "+FLAGS", "(\\Flagged)"))
 r = ok(B.append("INBOX", None, None, b"Subject: seven\r\n\r\nseven\r\n"))
 assert b"[APPENDUID " in r[0] and r[0].split()[2] == b"20]", r
 B.logout()
+
+# E's NOOP now: the view SELECT described, then every change since.
+ok(E.noop())
+assert E.untagged_responses.pop("EXPUNGE") == [b"2"], E.untagged_responses
+assert E.untagged_responses["EXISTS"][-1] == b"6", E.untagged_responses
+E.untagged_responses.clear()
+r = ok(E.uid("FETCH", "1:*", "(FLAGS)"))
+assert r[:5] == [b"1 (UID 1 FLAGS ())", b"2 (UID 3 FLAGS (\\Flagged))", b"3 (UID 4 FLAGS ())",
+                 b"4 (UID 5 FLAGS ())", b"5 (UID 6 FLAGS ())"], r
+assert r[5].startswith(b"6 (UID 20 FLAGS ("), r
+E.logout()
 
 # A's first command fetches by sequence number: the view is the one
 # SELECT described (UID 2 still there, its EXPUNGE held back, RFC 3501
