@@ -453,14 +453,20 @@ mod tests {
         std::fs::write(root.join("new").join(name), "Subject: x\n\nbody\n").unwrap();
     }
 
-    #[test]
-    fn a_new_process_takes_a_settled_folder_from_its_index() {
+    /// A new mailbox whose INBOX has two messages just delivered.
+    fn two_messages() -> (tempfile::TempDir, Mailbox, MailboxName) {
         let dir = tempfile::tempdir().unwrap();
         let mailbox = Mailbox::new(dir.path());
         mailbox.ensure_defaults().unwrap();
         deliver(dir.path(), "1000.M1P1.host,S=20");
         deliver(dir.path(), "1001.M2P1.host,S=20:2,S");
         let inbox = MailboxName::new("INBOX").unwrap();
+        (dir, mailbox, inbox)
+    }
+
+    #[test]
+    fn a_new_process_takes_a_settled_folder_from_its_index() {
+        let (dir, mailbox, inbox) = two_messages();
         let index = dir.path().join(index::FILE);
         let first = Folders::default().open(mailbox.folder(&inbox));
         let synced = first.sync(false).unwrap();
@@ -498,12 +504,7 @@ mod tests {
 
     /// A folder with two messages and its index written, settled.
     fn indexed_folder() -> (tempfile::TempDir, Mailbox, MailboxName) {
-        let dir = tempfile::tempdir().unwrap();
-        let mailbox = Mailbox::new(dir.path());
-        mailbox.ensure_defaults().unwrap();
-        deliver(dir.path(), "1000.M1P1.host,S=20");
-        deliver(dir.path(), "1001.M2P1.host,S=20:2,S");
-        let inbox = MailboxName::new("INBOX").unwrap();
+        let (dir, mailbox, inbox) = two_messages();
         let first = Folders::default().open(mailbox.folder(&inbox));
         first.sync(false).unwrap();
         settle(dir.path());
