@@ -30,7 +30,7 @@ use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::cache::Cache;
 use postroom::store::mailbox::modseq::ModSeqs;
-use postroom::store::mailbox::shared::{Entries, Folders, SharedFolder};
+use postroom::store::mailbox::shared::{Entries, Folders, Indexed, SharedFolder};
 use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, flags,
 };
@@ -118,7 +118,11 @@ pub struct Selected {
     /// shared entries as last synced while the view is those (an idle
     /// session's is), a copy of its own once it differs (a command
     /// changed flags, an EXPUNGE is held back); `Arc::make_mut` to change.
+    /// Empty while `unread` holds them.
     pub view: Entries,
+    /// SELECT answered from the folder index's header: the view is its
+    /// records, read at the first command ([`Session::materialize`]).
+    pub unread: Option<Arc<Indexed>>,
     pub keywords: Keywords,
     /// The UIDVALIDITY the client was given at SELECT.
     pub validity: u32,
@@ -148,6 +152,16 @@ pub struct Selected {
 }
 
 impl Selected {
+    /// Reads the view SELECT left in the folder index, if it did.
+    pub fn materialize(&mut self) -> Result<(), postroom::store::mailbox::MailboxError> {
+        if let Some(indexed) = self.unread.take() {
+            let entries = self.shared.entries(&indexed)?;
+            self.synced = Arc::downgrade(&entries);
+            self.view = entries;
+        }
+        Ok(())
+    }
+
     /// Whether this session shows the message as \Recent.
     pub fn is_recent(&self, uid: u32) -> bool {
         self.report_recent && self.recent.iter().any(|&(a, b)| (a..b).contains(&uid))
@@ -185,6 +199,11 @@ impl Selected {
     /// to date; returns the UIDs with a new mod-sequence. A failure is
     /// logged: the values then lag, and the next look catches up.
     pub fn update_modseqs(&mut self) -> Vec<u32> {
+        if self.unread.is_some() {
+            // Not read yet: an empty view would count as every message
+            // expunged. Whoever calls this reads the view first.
+            return Vec::new();
+        }
         let mut guard = self.shared.modseqs(self.validity);
         let Some(modseqs) = guard.as_mut() else {
             return Vec::new();
@@ -550,8 +569,40 @@ impl Session {
         }
     }
 
+    /// The selected folder's view, read if SELECT left it in the index:
+    /// every command that looks at the view calls this first, so none
+    /// sees it empty. NOOP, CHECK and IDLE leave it to [`Session::report`],
+    /// which reads it only once the folder moved (a client that selects
+    /// and waits in IDLE never needs it before). Failing that, the
+    /// client must select again.
+    pub async fn materialize(&mut self) -> Result<(), NetError> {
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = sel.materialize() {
+            tracing::warn!("view of {}: {e}", sel.name);
+            self.conn
+                .write(b"* BYE the mailbox's index was damaged and the mailbox changed since SELECT, select it again\r\n");
+            self.conn.flush().await?;
+            return Err(NetError::Closed);
+        }
+        Ok(())
+    }
+
     async fn command(&mut self, cmd: Command) -> Result<Done, NetError> {
         let Command { tag, mut body } = cmd;
+        if !matches!(
+            body,
+            Body::Select { .. }
+                | Body::Logout
+                | Body::Close
+                | Body::Unselect
+                | Body::Noop
+                | Body::Check
+                | Body::Idle
+        ) {
+            self.materialize().await?;
+        }
         if matches!(body, Body::Select { .. } | Body::Close | Body::Unselect) {
             // A saved result belongs to the folder it was made in.
             self.saved.clear();

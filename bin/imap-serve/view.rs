@@ -150,6 +150,17 @@ impl Session {
     /// [`Session::report`] but for MessageNew's FETCH items.
     async fn sync_view(&mut self, expunge_ok: bool) -> Result<(), NetError> {
         let (condstore, qresync) = (self.condstore, self.qresync);
+        if let Some(sel) = self.selected.as_ref()
+            && let Some(indexed) = sel.unread.as_ref()
+        {
+            // Selected from the folder index and not read since (no
+            // command ran): nothing to report while the folder's stamp
+            // is still the index's, and then no need to read it.
+            if sel.folder.stamp().unchanged_since(&indexed.header().stamp) {
+                return Ok(());
+            }
+            self.materialize().await?;
+        }
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };

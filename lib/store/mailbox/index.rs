@@ -16,19 +16,24 @@
 //!
 //! ```text
 //! offset size  field (little-endian)
-//!      0    8  magic "prindex1"
-//!      8    4  CRC-32 of every byte from offset 12 to the end
-//!     12    4  UIDVALIDITY
-//!     16    4  UIDNEXT
-//!     20    4  number of records
-//!     24    4  position of the first message without \Seen (u32::MAX: none)
-//!     28    8  HIGHESTMODSEQ of postroom-modseq when it agreed with the records
-//!     36    8  that file's inode then
-//!     44    8  and its length (u64::MAX: no such file)
-//!     52   80  the stamp: per file inode (8), seconds (8), nanoseconds (4)
-//!    132       records: UID (4), name length (2), info length (2), the
+//!      0    8  magic "prindex2" (version 2: "prindex1" files are ignored)
+//!      8    4  CRC-32 of bytes 16 to 136 (the rest of the header)
+//!     12    4  CRC-32 of the records, from offset 136 to the end
+//!     16    4  UIDVALIDITY
+//!     20    4  UIDNEXT
+//!     24    4  number of records
+//!     28    4  position of the first message without \Seen (u32::MAX: none)
+//!     32    8  HIGHESTMODSEQ of postroom-modseq when it agreed with the records
+//!     40    8  that file's inode then
+//!     48    8  and its length (u64::MAX: no such file)
+//!     56   80  the stamp: per file inode (8), seconds (8), nanoseconds (4)
+//!    136       records: UID (4), name length (2), info length (2), the
 //!              base name, the info letters; UIDs ascending
 //! ```
+//!
+//! The header has a checksum of its own so that SELECT can answer from
+//! it alone ([`open`]): the records, most of the file, are read and
+//! checked only when a command needs them ([`Unread::records`]).
 
 use std::fs;
 use std::io::{self, Write};
@@ -39,8 +44,9 @@ use super::folder::{Entry, STAMP_BYTES, Stamp};
 
 /// The file's name in each folder.
 pub const FILE: &str = "postroom-index";
-const MAGIC: &[u8; 8] = b"prindex1";
-const HEADER: usize = 52 + STAMP_BYTES;
+const MAGIC: &[u8; 8] = b"prindex2";
+/// The header's size; its checksummed part starts at 16.
+const HEADER: usize = 56 + STAMP_BYTES;
 
 /// Where the mod-sequence log stood when the index was written: it
 /// agreed with the records then, so while it is the same file at the
@@ -95,7 +101,7 @@ pub fn encode(header: &Header, entries: &[Entry]) -> Option<Vec<u8>> {
     let names: usize = entries.iter().map(|e| e.base.len() + e.info.len()).sum();
     let mut out = Vec::with_capacity(HEADER + entries.len() * 8 + names);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&header.validity.to_le_bytes());
     out.extend_from_slice(&header.next_uid.to_le_bytes());
     out.extend_from_slice(&u32::try_from(entries.len()).ok()?.to_le_bytes());
@@ -111,48 +117,61 @@ pub fn encode(header: &Header, entries: &[Entry]) -> Option<Vec<u8>> {
         out.extend_from_slice(e.base.as_bytes());
         out.extend_from_slice(e.info.as_bytes());
     }
-    let crc = crc32fast::hash(&out[12..]);
-    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    let records = crc32fast::hash(&out[HEADER..]);
+    out[12..16].copy_from_slice(&records.to_le_bytes());
+    let head = crc32fast::hash(&out[16..HEADER]);
+    out[8..12].copy_from_slice(&head.to_le_bytes());
     Some(out)
 }
 
-/// The header at the start of `bytes` (not checksummed yet: the caller
-/// compares the stamp first, and [`decode`] checks the whole).
+/// The header at the start of `bytes`, if it is whole and its checksum
+/// holds (the records' is [`decode`]'s to check).
 pub fn decode_header(bytes: &[u8]) -> Option<Header> {
+    if bytes.get(..8)? != MAGIC || u32_at(bytes, 8)? != crc32fast::hash(bytes.get(16..HEADER)?) {
+        return None;
+    }
+    header_fields(bytes)
+}
+
+/// The header's fields, unchecked.
+fn header_fields(bytes: &[u8]) -> Option<Header> {
     if bytes.get(..8)? != MAGIC {
         return None;
     }
-    let stamp: &[u8; STAMP_BYTES] = bytes.get(52..HEADER)?.try_into().ok()?;
-    let first_unseen = u32_at(bytes, 24)?;
-    Some(Header {
+    let stamp: &[u8; STAMP_BYTES] = bytes.get(56..HEADER)?.try_into().ok()?;
+    let first_unseen = u32_at(bytes, 28)?;
+    let header = Header {
         stamp: Stamp::from_bytes(stamp)?,
-        validity: u32_at(bytes, 12)?,
-        next_uid: u32_at(bytes, 16)?,
-        count: u32_at(bytes, 20)?,
+        validity: u32_at(bytes, 16)?,
+        next_uid: u32_at(bytes, 20)?,
+        count: u32_at(bytes, 24)?,
         first_unseen: (first_unseen != u32::MAX).then_some(first_unseen),
         modseq: ModSeqMark {
-            highest: u64_at(bytes, 28)?,
-            inode: u64_at(bytes, 36)?,
-            len: u64_at(bytes, 44)?,
+            highest: u64_at(bytes, 32)?,
+            inode: u64_at(bytes, 40)?,
+            len: u64_at(bytes, 48)?,
         },
-    })
+    };
+    // What the records must agree with, checkable without them.
+    let sane = header.validity != 0
+        && header.count < header.next_uid
+        && header.first_unseen.is_none_or(|i| i < header.count);
+    sane.then_some(header)
 }
 
 /// A whole index: `None` unless the checksum holds and every record is
 /// whole and sane, with UIDs ascending below UIDNEXT.
 pub fn decode(bytes: &[u8]) -> Option<(Header, Vec<Entry>)> {
-    if u32_at(bytes, 8)? != crc32fast::hash(bytes.get(12..)?) {
+    decode_header(bytes)?;
+    if u32_at(bytes, 12)? != crc32fast::hash(bytes.get(HEADER..)?) {
         return None;
     }
     decode_unchecked(bytes)
 }
 
-/// [`decode`] but for the checksum (the fuzzer's way past it).
+/// [`decode`] but for the checksums (the fuzzer's way past them).
 pub fn decode_unchecked(bytes: &[u8]) -> Option<(Header, Vec<Entry>)> {
-    let header = decode_header(bytes)?;
-    if header.validity == 0 {
-        return None;
-    }
+    let header = header_fields(bytes)?;
     // Each record takes at least 9 bytes: a count beyond what the file
     // can hold is a lie, and must not size an allocation.
     let count = header.count as usize;
@@ -180,29 +199,53 @@ pub fn decode_unchecked(bytes: &[u8]) -> Option<(Header, Vec<Entry>)> {
             info: info.into(),
         });
     }
-    let unseen_ok = header
-        .first_unseen
-        .is_none_or(|i| (i as usize) < entries.len());
-    (at == bytes.len() && unseen_ok).then_some((header, entries))
+    // The first unseen as the header says: SELECT gives it from there.
+    let unseen = entries
+        .iter()
+        .position(|e| !e.flags().has(super::flags::SEEN));
+    (at == bytes.len() && unseen.map(|i| i as u32) == header.first_unseen)
+        .then_some((header, entries))
+}
+
+/// A folder index whose header was read and matched the folder's stamp,
+/// its records not read yet. The file stays open: the index is only
+/// ever replaced by a rename, never changed in place, so what is read
+/// later through it is the file whose header matched.
+#[derive(Debug)]
+pub struct Unread {
+    file: fs::File,
+    pub header: Header,
+}
+
+impl Unread {
+    /// The records, read and checked in full (`None`: the file is torn
+    /// or damaged past its header, and only a full sync can tell).
+    pub fn records(&self) -> Option<Vec<Entry>> {
+        let len = usize::try_from(self.file.metadata().ok()?.len()).ok()?;
+        let mut bytes = vec![0u8; len];
+        self.file.read_exact_at(&mut bytes, 0).ok()?;
+        let (header, entries) = decode(&bytes)?;
+        (header == self.header).then_some(entries)
+    }
 }
 
 /// The folder's index, if it was written under the stamp `now` (taken
-/// before this call) and is whole. The header is read first, so a stale
-/// index costs one small read.
-pub fn load(dir: &Path, now: &Stamp) -> Option<(Header, Vec<Entry>)> {
+/// before this call) and its header is whole: one small read.
+pub fn open(dir: &Path, now: &Stamp) -> Option<Unread> {
     let file = crate::store::maildir::open_nofollow(&dir.join(FILE)).ok()?;
     let mut head = [0u8; HEADER];
     file.read_exact_at(&mut head, 0).ok()?;
-    if !now.unchanged_since(&decode_header(&head)?.stamp) {
-        return None;
-    }
-    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
-    let mut bytes = vec![0u8; len];
-    file.read_exact_at(&mut bytes, 0).ok()?;
-    let (header, entries) = decode(&bytes)?;
-    // Read again in full: the file must be the one whose header matched.
+    let header = decode_header(&head)?;
     now.unchanged_since(&header.stamp)
-        .then_some((header, entries))
+        .then_some(Unread { file, header })
+}
+
+/// The folder's index in full, if it was written under the stamp `now`
+/// and is whole.
+pub fn load(dir: &Path, now: &Stamp) -> Option<(Header, Vec<Entry>)> {
+    let unread = open(dir, now)?;
+    let entries = unread.records()?;
+    Some((unread.header, entries))
 }
 
 /// Replaces the folder's index: a new file, then a rename over the old,
@@ -261,7 +304,7 @@ mod tests {
             validity: 7,
             next_uid: count + 1,
             count,
-            first_unseen: Some(0),
+            first_unseen: (count > 0).then_some(0),
             modseq: ModSeqMark {
                 highest: 42,
                 inode: 3,

@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some((header, entries)) = index::decode_unchecked(data) {
         assert_eq!(header.count as usize, entries.len());
         let bytes = index::encode(&header, &entries).expect("what decodes encodes");
-        assert_eq!(bytes[12..], data[12..]);
+        assert_eq!(bytes[16..], data[16..]);
         assert_eq!(index::decode(&bytes), Some((header, entries)));
     }
 });
