@@ -47,6 +47,8 @@ struct Args {
 fn main() -> ExitCode {
     postroom::net::log::init("imap-serve", "info");
     let args = Args::parse();
+    // A standalone server returns the memory a big command used.
+    postroom::net::server::settle_allocator(&args.server);
     match run(args) {
         Ok(never) => match never {},
         Err(e) => {

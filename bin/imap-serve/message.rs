@@ -145,8 +145,9 @@ pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) ->
 }
 
 /// The cache records of the messages at `positions` of the selected
-/// folder's view; a message without one is read now, and its record
-/// cached. `None` for a message that is gone.
+/// folder's view, handed to `each` one at a time with the message's
+/// position and UID; a message without one is read now, and its record cached. A
+/// message that is gone is left out.
 ///
 /// This is the one place SORT and THREAD get header fields from. A
 /// message whose name gives its size is read up to its header only (a
@@ -156,8 +157,14 @@ pub fn summarize(entry: &Entry, wire: &[u8], whole: bool, internal_date: i64) ->
 /// Each record keeps only its numbers and the decoded `fields` the caller
 /// reads (the cache gets it whole): a SORT or THREAD over 100,000
 /// messages held every ENVELOPE and decoded field at once, 76 MB that the
-/// process kept after the command.
-pub fn records(sel: &mut Selected, positions: &[usize], fields: &[&str]) -> Vec<Option<Record>> {
+/// process kept after the command. One at a time, a caller that keeps
+/// only what it needs (THREAD) never holds 100,000 records at all.
+pub fn each_record(
+    sel: &mut Selected,
+    positions: &[usize],
+    fields: &[&str],
+    mut each: impl FnMut(usize, u32, Record),
+) {
     let slim = |mut r: Record| {
         r.base = String::new();
         r.envelope = Vec::new();
@@ -169,20 +176,17 @@ pub fn records(sel: &mut Selected, positions: &[usize], fields: &[&str]) -> Vec<
         r
     };
     sel.cache.refresh();
-    let mut out = Vec::with_capacity(positions.len());
     for &i in positions {
         let entry = &sel.view[i];
         if let Some(record) = sel.cache.get(entry.uid, &entry.base) {
-            out.push(Some(slim(record)));
+            each(i, entry.uid, slim(record));
             continue;
         }
+        let uid = entry.uid;
         // The file may have been renamed by a flag change elsewhere.
         let entry = match sel.folder.refresh(entry) {
             Ok(Some(now)) => now,
-            _ => {
-                out.push(None);
-                continue;
-            }
+            _ => continue,
         };
         let whole = entry.wire_size().is_none();
         let need = if whole {
@@ -192,13 +196,12 @@ pub fn records(sel: &mut Selected, positions: &[usize], fields: &[&str]) -> Vec<
         };
         let record = read_message(&sel.folder, &entry, need)
             .and_then(|wire| summarize(&entry, &wire, whole, internal_date(&sel.folder, &entry)));
-        if let Some(r) = &record {
+        if let Some(r) = record {
             sel.cache.put(r.clone());
+            each(i, uid, slim(r));
         }
-        out.push(record.map(slim));
     }
     sel.done_with_cache();
-    out
 }
 
 /// Cache records of messages whose names give their sizes, made from

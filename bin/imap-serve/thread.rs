@@ -21,6 +21,7 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use postroom::net::NetError;
 use postroom::proto::imap::command::{SearchKey, SortKey};
@@ -37,10 +38,6 @@ struct Item {
 }
 
 impl Item {
-    fn number(&self, uid: bool) -> u32 {
-        if uid { self.uid } else { self.seq }
-    }
-
     /// RFC 5256 §2.2: the Date header in UTC, else the internal date.
     fn sent(&self) -> i64 {
         self.record.sent_date.unwrap_or(self.record.internal_date)
@@ -190,31 +187,19 @@ fn strip_leader(s: &str) -> Option<String> {
         .map(|r| r.trim_start_matches(' ').to_string())
 }
 
-/// The matched messages with their cache records (read and cached now for
-/// those that have none), in sequence order.
-fn items(session: &mut Session, key: &SearchKey, fields: &[&str]) -> Result<Vec<Item>, Done> {
-    let Some(sel) = session.selected.as_mut() else {
-        return Err(Done::Bad("select a mailbox first".into()));
-    };
-    Ok(items_of(sel, key, fields))
-}
-
 /// `fields`: the decoded header fields the caller reads (the rest of each
-/// record is not kept, `message::records`).
+/// record is not kept, `message::each_record`).
 fn items_of(sel: &mut Selected, key: &SearchKey, fields: &[&str]) -> Vec<Item> {
     let positions = crate::matching::matching(sel, key);
-    let records = crate::message::records(sel, &positions, fields);
-    positions
-        .iter()
-        .zip(records)
-        .filter_map(|(&i, record)| {
-            Some(Item {
-                seq: i as u32 + 1,
-                uid: sel.view[i].uid,
-                record: record?,
-            })
+    let mut items = Vec::with_capacity(positions.len());
+    crate::message::each_record(sel, &positions, fields, |i, uid, record| {
+        items.push(Item {
+            seq: i as u32 + 1,
+            uid,
+            record,
         })
-        .collect()
+    });
+    items
 }
 
 /// The messages `key` matches in SORT order: (UID, sequence number).
@@ -336,25 +321,146 @@ impl Session {
         key: &SearchKey,
     ) -> Result<Done, NetError> {
         let session = self;
-        let fields = ["SUBJECT", "MESSAGE-ID", "REFERENCES", "IN-REPLY-TO"];
-        let items = match items(session, key, &fields) {
-            Ok(items) => items,
-            Err(done) => return Ok(done),
+        let Some(sel) = session.selected.as_mut() else {
+            return Ok(Done::Bad("select a mailbox first".into()));
         };
+        let messages = messages_of(sel, key);
         let forest = if references {
-            by_references(&items)
+            by_references(&messages)
         } else {
-            by_subject(&items)
+            by_subject(&messages)
         };
         let mut line = String::from("* THREAD ");
-        forest.print(&items, uid, &mut line);
+        forest.print(&messages.list, uid, &mut line);
+        // The working data goes before the answer is sent, not after.
+        drop(forest);
+        drop(messages);
         line.push_str("\r\n");
         session.out(line.as_bytes()).await?;
         Ok(Done::Ok("THREAD completed".into()))
     }
 }
 
-/// Containers: a message (an index into the items) or a placeholder.
+/// A stretch of [`Messages::text`].
+#[derive(Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// What THREAD knows of one matched message; its strings are spans of
+/// [`Messages::text`].
+struct Msg {
+    seq: u32,
+    uid: u32,
+    /// RFC 5256 §2.2: the Date header in UTC, else the internal date.
+    sent: i64,
+    /// The base subject (§2.1), and whether its dressing said it is a
+    /// reply or a forward.
+    base: Span,
+    reply: bool,
+    /// Its own Message-ID.
+    id: Option<Span>,
+    /// The Message-IDs of its References (else the first of In-Reply-To),
+    /// oldest first: `Messages::refs[refs.0..refs.1]`.
+    refs: (u32, u32),
+}
+
+impl Msg {
+    fn number(&self, uid: bool) -> u32 {
+        if uid { self.uid } else { self.seq }
+    }
+}
+
+/// The header fields THREAD reads.
+const THREAD_FIELDS: [&str; 4] = ["SUBJECT", "MESSAGE-ID", "REFERENCES", "IN-REPLY-TO"];
+
+/// THREAD's working data in three large buffers: every string (base
+/// subjects, Message-IDs) in one arena, spans of it in fixed-size
+/// entries. A String per Message-ID and a record per message came to a
+/// million small allocations over 100,000 messages, which glibc kept
+/// (40 MB of a fragmented heap) after the command had freed them; a few
+/// large buffers go back whole.
+#[derive(Default)]
+struct Messages {
+    list: Vec<Msg>,
+    text: String,
+    refs: Vec<Span>,
+}
+
+impl Messages {
+    /// `s` appended to the arena; `None` past 4 GB of it (spans are
+    /// u32), where the string counts as absent.
+    fn intern(&mut self, s: &str) -> Option<Span> {
+        let start = u32::try_from(self.text.len()).ok()?;
+        let end = u32::try_from(self.text.len() + s.len()).ok()?;
+        self.text.push_str(s);
+        Some(Span { start, end })
+    }
+
+    fn str(&self, span: Span) -> &str {
+        self.text
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or("")
+    }
+
+    fn refs_of(&self, msg: &Msg) -> &[Span] {
+        self.refs
+            .get(msg.refs.0 as usize..msg.refs.1 as usize)
+            .unwrap_or(&[])
+    }
+
+    /// What threading reads of a message's record (its decoded
+    /// [`THREAD_FIELDS`]), kept; the record itself is not.
+    fn push(&mut self, seq: u32, uid: u32, record: &Record) {
+        let (base, reply) = base_subject(record.header("SUBJECT").next().unwrap_or(""));
+        let base = self.intern(&base).unwrap_or(Span { start: 0, end: 0 });
+        let id = record
+            .header("MESSAGE-ID")
+            .next()
+            .and_then(|v| ids(v).next())
+            .and_then(|id| self.intern(id));
+        let first = self.refs.len();
+        for id in record.header("REFERENCES").flat_map(ids) {
+            if let Some(span) = self.intern(id) {
+                self.refs.push(span);
+            }
+        }
+        if self.refs.len() == first
+            && let Some(id) = record.header("IN-REPLY-TO").flat_map(ids).next()
+            && let Some(span) = self.intern(id)
+        {
+            self.refs.push(span);
+        }
+        let refs = (
+            u32::try_from(first).unwrap_or(u32::MAX),
+            u32::try_from(self.refs.len()).unwrap_or(u32::MAX),
+        );
+        self.list.push(Msg {
+            seq,
+            uid,
+            sent: record.sent_date.unwrap_or(record.internal_date),
+            base,
+            reply,
+            id,
+            refs,
+        });
+    }
+}
+
+/// The messages `key` matches, in sequence order, as THREAD needs them:
+/// each record is read, kept in part and dropped before the next.
+fn messages_of(sel: &mut Selected, key: &SearchKey) -> Messages {
+    let positions = crate::matching::matching(sel, key);
+    let mut messages = Messages::default();
+    messages.list.reserve_exact(positions.len());
+    crate::message::each_record(sel, &positions, &THREAD_FIELDS, |i, uid, record| {
+        messages.push(i as u32 + 1, uid, &record)
+    });
+    messages
+}
+
+/// Containers: a message (an index into the messages) or a placeholder.
 #[derive(Default)]
 struct Forest {
     message: Vec<Option<usize>>,
@@ -373,11 +479,11 @@ impl Forest {
 
     /// The date a container sorts by: its message's, or a placeholder's
     /// first child's (children are sorted before their parents).
-    fn date(&self, items: &[Item], n: usize) -> (i64, u32) {
+    fn date(&self, msgs: &[Msg], n: usize) -> (i64, u32) {
         let mut n = n;
         loop {
             if let Some(m) = self.message[n] {
-                return (items[m].sent(), items[m].seq);
+                return (msgs[m].sent, msgs[m].seq);
             }
             match self.children[n].first() {
                 Some(&c) => n = c,
@@ -402,20 +508,20 @@ impl Forest {
     }
 
     /// RFC 5256 §3 step 6: siblings by sent date, then sequence number.
-    fn sort(&mut self, items: &[Item]) {
+    fn sort(&mut self, msgs: &[Msg]) {
         for n in self.post_order() {
             let mut kids = std::mem::take(&mut self.children[n]);
-            kids.sort_by_key(|&c| self.date(items, c));
+            kids.sort_by_key(|&c| self.date(msgs, c));
             self.children[n] = kids;
         }
         let mut roots = std::mem::take(&mut self.roots);
-        roots.sort_by_key(|&r| self.date(items, r));
+        roots.sort_by_key(|&r| self.date(msgs, r));
         self.roots = roots;
     }
 
     /// `(3 6 (4 23)(44 7 96))`: a chain of single children in one list,
     /// several children each in parentheses.
-    fn print(&self, items: &[Item], uid: bool, out: &mut String) {
+    fn print(&self, msgs: &[Msg], uid: bool, out: &mut String) {
         enum Tok {
             Node(usize),
             Open,
@@ -439,7 +545,7 @@ impl Forest {
                         if out.ends_with(|c: char| c.is_ascii_digit()) {
                             out.push(' ');
                         }
-                        out.push_str(&items[m].number(uid).to_string());
+                        let _ = write!(out, "{}", msgs[m].number(uid));
                     }
                     let kids = &self.children[n];
                     if kids.len() == 1 && self.message[n].is_some() {
@@ -457,42 +563,41 @@ impl Forest {
 
 /// ORDEREDSUBJECT: one thread per base subject, oldest first; the first
 /// message is the parent of all the others.
-fn by_subject(items: &[Item]) -> Forest {
+fn by_subject(messages: &Messages) -> Forest {
+    let msgs = &messages.list;
     let mut forest = Forest::default();
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    let bases: Vec<String> = items.iter().map(|i| base_subject(i.subject()).0).collect();
+    let mut order: Vec<usize> = (0..msgs.len()).collect();
+    let base = |m: usize| messages.str(msgs[m].base);
     order.sort_by(|&a, &b| {
-        bases[a]
-            .cmp(&bases[b])
-            .then(items[a].sent().cmp(&items[b].sent()))
-            .then(items[a].seq.cmp(&items[b].seq))
+        base(a)
+            .cmp(base(b))
+            .then(msgs[a].sent.cmp(&msgs[b].sent))
+            .then(msgs[a].seq.cmp(&msgs[b].seq))
     });
     let mut head: Option<(usize, &str)> = None;
     for m in order {
         let n = forest.add(Some(m));
         match head {
-            Some((h, base)) if base == bases[m] => {
+            Some((h, b)) if b == base(m) => {
                 forest.parent[n] = Some(h);
                 forest.children[h].push(n);
             }
             _ => {
                 forest.roots.push(n);
-                head = Some((n, &bases[m]));
+                head = Some((n, base(m)));
             }
         }
     }
-    forest.sort(items);
+    forest.sort(msgs);
     forest
 }
 
 /// Message-IDs in a References or In-Reply-To value.
-fn ids(value: &str) -> Vec<String> {
+fn ids(value: &str) -> impl Iterator<Item = &str> {
     value
         .split(|c: char| c.is_whitespace() || c == ',')
         .map(|id| id.trim_start_matches('<').trim_end_matches('>'))
         .filter(|id| !id.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 /// What re-parenting (step 1C) may cost per message and per reference,
@@ -503,9 +608,10 @@ const REPARENT_WORK_FLOOR: usize = 100_000;
 
 /// Step 1 of RFC 5256 §3: containers by Message-ID and the links between
 /// them, with the bookkeeping that keeps each loop check cheap.
-struct Linker {
+struct Linker<'a> {
     forest: Forest,
-    by_id: HashMap<String, usize>,
+    /// Keys borrowed from [`Messages::text`]: no String per Message-ID.
+    by_id: HashMap<&'a str, usize>,
     /// Union-find over the trees: `top[n]` is n or one of its ancestors,
     /// so following it (with path halving) finds n's root in near-constant
     /// time. A link never invalidates it; a cut is repaired in `reparent`.
@@ -517,11 +623,11 @@ struct Linker {
     budget: usize,
 }
 
-impl Linker {
-    fn new() -> Self {
+impl<'a> Linker<'a> {
+    fn new(messages: usize) -> Self {
         Linker {
             forest: Forest::default(),
-            by_id: HashMap::new(),
+            by_id: HashMap::with_capacity(messages),
             top: Vec::new(),
             mark: Vec::new(),
             budget: REPARENT_WORK_FLOOR,
@@ -536,12 +642,12 @@ impl Linker {
     }
 
     /// The container for a Message-ID, made empty if there is none.
-    fn node(&mut self, id: &str) -> usize {
+    fn node(&mut self, id: &'a str) -> usize {
         if let Some(&n) = self.by_id.get(id) {
             return n;
         }
         let n = self.add(None);
-        self.by_id.insert(id.to_string(), n);
+        self.by_id.insert(id, n);
         n
     }
 
@@ -626,49 +732,32 @@ impl Linker {
 }
 
 /// REFERENCES: RFC 5256 §3, steps 1 to 6.
-fn by_references(items: &[Item]) -> Forest {
-    let mut linker = Linker::new();
-    for (m, item) in items.iter().enumerate() {
-        let own = item
-            .record
-            .header("MESSAGE-ID")
-            .next()
-            .map(ids)
-            .and_then(|v| v.into_iter().next());
-        // 1A: no Message-ID, or one an earlier message has: a unique one.
-        let own = match own {
+fn by_references(messages: &Messages) -> Forest {
+    let msgs = &messages.list;
+    let mut linker = Linker::new(msgs.len());
+    for (m, msg) in msgs.iter().enumerate() {
+        // 1A: no Message-ID, or one an earlier message has: a unique one,
+        // a container no reference can name.
+        let c = match msg.id.map(|span| messages.str(span)) {
             Some(id)
                 if linker
                     .by_id
-                    .get(&id)
+                    .get(id)
                     .is_none_or(|&n| linker.forest.message[n].is_none()) =>
             {
-                id
+                linker.node(id)
             }
-            _ => format!("\0{m}"),
+            _ => linker.add(None),
         };
-        let c = linker.node(&own);
         linker.forest.message[c] = Some(m);
-        let mut refs = item
-            .record
-            .header("REFERENCES")
-            .flat_map(ids)
-            .collect::<Vec<_>>();
-        if refs.is_empty() {
-            refs = item
-                .record
-                .header("IN-REPLY-TO")
-                .flat_map(ids)
-                .take(1)
-                .collect();
-        }
+        let refs = messages.refs_of(msg);
         linker.budget = linker
             .budget
             .saturating_add(REPARENT_WORK_PER_LINK.saturating_mul(refs.len() + 1));
         // 1B: each reference is the parent of the next.
         let mut previous: Option<usize> = None;
-        for id in &refs {
-            let n = linker.node(id);
+        for &span in refs {
+            let n = linker.node(messages.str(span));
             if let Some(p) = previous {
                 linker.link(p, n);
             }
@@ -684,53 +773,68 @@ fn by_references(items: &[Item]) -> Forest {
     prune(&mut forest);
     // 4: roots by date (an empty one by its first child's), so that 5
     // meets them in that order and takes a placeholder's first child.
-    forest.sort(items);
-    group_by_subject(&mut forest, items);
+    forest.sort(msgs);
+    group_by_subject(&mut forest, messages);
     // 6: every set of siblings by date.
-    forest.sort(items);
+    forest.sort(msgs);
     forest
 }
 
 /// Step 3: empty containers go; their children move up, except that the
 /// children of an empty root stay under it when there are several.
+///
+/// A container that goes leaves its (already pruned) children in its own
+/// list for its parent to take: no list of replacements per container.
 fn prune(forest: &mut Forest) {
     let order = forest.post_order();
-    let mut replacement: Vec<Vec<usize>> = vec![Vec::new(); forest.message.len()];
+    let mut kept = vec![false; forest.message.len()];
     for n in order {
-        let kids: Vec<usize> = std::mem::take(&mut forest.children[n])
-            .into_iter()
-            .flat_map(|c| std::mem::take(&mut replacement[c]))
-            .collect();
+        let old = std::mem::take(&mut forest.children[n]);
+        let mut kids = Vec::with_capacity(old.len());
+        for c in old {
+            if kept[c] {
+                kids.push(c);
+            } else {
+                kids.append(&mut forest.children[c]);
+            }
+        }
         let at_root = forest.parent[n].is_none();
-        replacement[n] = if forest.message[n].is_some() || (at_root && kids.len() > 1) {
+        if forest.message[n].is_some() || (at_root && kids.len() > 1) {
             for &k in &kids {
                 forest.parent[k] = Some(n);
             }
-            forest.children[n] = kids;
-            vec![n]
-        } else {
-            kids
-        };
+            kept[n] = true;
+        }
+        forest.children[n] = kids;
     }
     let roots = std::mem::take(&mut forest.roots);
-    forest.roots = roots
-        .into_iter()
-        .flat_map(|r| std::mem::take(&mut replacement[r]))
-        .collect();
+    for r in roots {
+        if kept[r] {
+            forest.roots.push(r);
+        } else {
+            let kids = std::mem::take(&mut forest.children[r]);
+            forest.roots.extend(kids);
+        }
+    }
     for &r in &forest.roots {
         forest.parent[r] = None;
     }
 }
 
+/// A thread's base subject (its message's, or a placeholder's first
+/// child's) and whether it is a reply; `None` when it is empty.
+fn subject_of<'a>(forest: &Forest, messages: &'a Messages, n: usize) -> Option<(&'a str, bool)> {
+    let m =
+        forest.message[n].or_else(|| forest.children[n].iter().find_map(|&c| forest.message[c]))?;
+    let msg = &messages.list[m];
+    let base = messages.str(msg.base);
+    (!base.is_empty()).then_some((base, msg.reply && forest.message[n].is_some()))
+}
+
 /// Step 5: roots with the same base subject become one thread.
-fn group_by_subject(forest: &mut Forest, items: &[Item]) {
-    let subject_of = |forest: &Forest, n: usize| -> Option<(String, bool)> {
-        let m = forest.message[n]
-            .or_else(|| forest.children[n].iter().find_map(|&c| forest.message[c]))?;
-        let (base, reply) = base_subject(items[m].subject());
-        (!base.is_empty()).then_some((base, reply && forest.message[n].is_some()))
-    };
-    let mut table: HashMap<String, usize> = HashMap::new();
+fn group_by_subject(forest: &mut Forest, messages: &Messages) {
+    let subject_of = |forest: &Forest, n: usize| subject_of(forest, messages, n);
+    let mut table: HashMap<&str, usize> = HashMap::new();
     for &r in &forest.roots {
         let Some((base, reply)) = subject_of(forest, r) else {
             continue;
@@ -839,8 +943,25 @@ mod tests {
 
     fn printed(forest: &Forest, items: &[Item]) -> String {
         let mut out = String::new();
-        forest.print(items, false, &mut out);
+        forest.print(&messages(items).list, false, &mut out);
         out
+    }
+
+    /// What THREAD keeps of the items, in their order.
+    fn messages(items: &[Item]) -> Messages {
+        let mut messages = Messages::default();
+        for item in items {
+            messages.push(item.seq, item.uid, &item.record);
+        }
+        messages
+    }
+
+    fn by_references(items: &[Item]) -> Forest {
+        super::by_references(&messages(items))
+    }
+
+    fn by_subject(items: &[Item]) -> Forest {
+        super::by_subject(&messages(items))
     }
 
     #[test]
@@ -1066,7 +1187,7 @@ mod tests {
             "(3 (2)(7)(5))(6)(1 4)"
         );
         let mut out = String::new();
-        by_subject(&items).print(&items, true, &mut out);
+        by_subject(&items).print(&messages(&items).list, true, &mut out);
         assert_eq!(out, "(103 (102)(107)(105))(106)(101 104)");
     }
 

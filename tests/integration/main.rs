@@ -16,6 +16,7 @@ mod first_day;
 mod foundation;
 mod imap_acl;
 mod imap_index;
+mod imap_memory;
 mod imap_notify;
 mod imap_round2;
 mod imap_serve;

@@ -28,6 +28,7 @@
 //! writer. Readers keep their offset and read only what was appended.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -206,14 +207,14 @@ impl ModSeqs {
             return Ok(Vec::new());
         }
         let modseq = (self.highest + 1).max(clock_micros());
-        let mut out = String::new();
-        let mut uids = Vec::new();
-        for (uid, info) in &changed {
-            match info {
-                Some(info) => out.push_str(&format!("{uid} {modseq} {info}\n")),
-                None => out.push_str(&format!("{uid} {modseq} -\n")),
-            }
-            uids.push(*uid);
+        // Written straight into one buffer: a first SELECT of a big
+        // folder records every message, and a String per line left as
+        // many holes in the heap as the folder has messages.
+        let mut out = String::with_capacity(changed.len() * 32);
+        let mut uids = Vec::with_capacity(changed.len());
+        for &(uid, info) in &changed {
+            let _ = writeln!(out, "{uid} {modseq} {}", info.unwrap_or("-"));
+            uids.push(uid);
         }
         (&*file).write_all(out.as_bytes())?;
         self.read()?;
@@ -225,12 +226,12 @@ impl ModSeqs {
 
     /// What differs between `entries` and the log: (uid, Some(info)) for a
     /// new or changed message, (uid, None) for an expunged one.
-    fn diff(&self, entries: &[Entry]) -> Vec<(u32, Option<Box<str>>)> {
+    fn diff<'a>(&self, entries: &'a [Entry]) -> Vec<(u32, Option<&'a str>)> {
         let mut out = Vec::new();
         for e in entries {
             match self.current.get(&e.uid) {
                 Some((_, info)) if **info == *e.info => {}
-                _ => out.push((e.uid, Some(e.info.clone()))),
+                _ => out.push((e.uid, Some(&*e.info))),
             }
         }
         if self.current.len() + out.len() > entries.len() {
