@@ -214,7 +214,9 @@ fn run(options: Options) -> Result<(), Failure> {
     let head_len = message::header_len(&body);
     let (mut headers, rest) = (body[..head_len].to_vec(), &body[head_len..]);
 
-    let sender = envelope_sender(&options, &config)?;
+    // Looked up once: without LOGNAME or USER it is a passwd lookup.
+    let login = login_name();
+    let sender = envelope_sender(&options, &config, &login)?;
     let mut wanted: Vec<String> = options.recipients.clone();
     if options.from_headers {
         wanted.extend(header_recipients(&headers));
@@ -229,7 +231,7 @@ fn run(options: Options) -> Result<(), Failure> {
     envelope.protocol = Some(text("local")?);
     // Someone on this host is waiting for it: before list and bulk mail.
     envelope.priority = postroom::store::queue::Priority::High;
-    envelope.auth = Some(text(&login_name())?);
+    envelope.auth = Some(text(&login)?);
     envelope.envid = options.envid.as_deref().map(text).transpose()?;
     envelope.ret = options.ret.as_deref().map(text).transpose()?;
     envelope.smtputf8 = !body.is_ascii() || wanted.iter().any(|r| !r.is_ascii());
@@ -376,12 +378,16 @@ fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> 
 }
 
 /// `-f` if given, else the login name at the system's hostname.
-fn envelope_sender(options: &Options, config: &Config) -> Result<ReversePath, Failure> {
+fn envelope_sender(
+    options: &Options,
+    config: &Config,
+    login: &str,
+) -> Result<ReversePath, Failure> {
     let bad =
         |e: postroom::proto::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
     match options.sender.as_deref() {
         Some(s) => ReversePath::parse(s.trim_start_matches('<').trim_end_matches('>')).map_err(bad),
-        None => Address::parse(&format!("{}@{}", login_name(), config.hostname))
+        None => Address::parse(&format!("{login}@{}", config.hostname))
             .map(ReversePath::Address)
             .map_err(bad),
     }
