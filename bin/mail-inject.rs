@@ -43,8 +43,8 @@ enum Mode {
     Send,
     /// `-bp`, or run as `mailq`: list the queue.
     ListQueue,
-    /// `-bi`, or run as `newaliases`: check the aliases file (there is no
-    /// database to rebuild: every program reads the text file).
+    /// `-bi`, or run as `newaliases`: check the aliases file (and so bring
+    /// its index up to date, as any program reading it would).
     CheckAliases,
     /// `-bs`: SMTP on stdin/stdout for a local user.
     Smtp,
@@ -297,14 +297,16 @@ fn hand_over(program: &str, config: &std::path::Path, args: &[&str]) -> Result<(
     ))
 }
 
-/// `newaliases`: every program reads the aliases file as text, so there
-/// is nothing to rebuild; check it and say so, as package scripts expect.
+/// `newaliases`: checks the aliases file. Reading it brings its index
+/// (`aliases.index`) up to date, as the first program to read it after an
+/// edit would anyway, so there is nothing else to run; say so, as package
+/// scripts expect.
 fn check_aliases(config: &Config) -> Result<(), Failure> {
     let file = config.aliases_file();
     let aliases = postroom::directory::aliases::Aliases::load(&file)
         .map_err(|e| Failure(EX_CONFIG, format!("{e}; fix it, then run newaliases again")))?;
     println!(
-        "{}: {} aliases, valid (read as text by every program: nothing to rebuild)",
+        "{}: {} aliases, valid (its index is rebuilt from it whenever it changes: nothing else to run)",
         file.display(),
         aliases.len()
     );
