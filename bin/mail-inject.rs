@@ -43,8 +43,8 @@ enum Mode {
     Send,
     /// `-bp`, or run as `mailq`: list the queue.
     ListQueue,
-    /// `-bi`, or run as `newaliases`: check the aliases file (there is no
-    /// database to rebuild: every program reads the text file).
+    /// `-bi`, or run as `newaliases`: check the aliases file (and so bring
+    /// its index up to date, as any program reading it would).
     CheckAliases,
     /// `-bs`: SMTP on stdin/stdout for a local user.
     Smtp,
@@ -214,7 +214,9 @@ fn run(options: Options) -> Result<(), Failure> {
     let head_len = message::header_len(&body);
     let (mut headers, rest) = (body[..head_len].to_vec(), &body[head_len..]);
 
-    let sender = envelope_sender(&options, &config)?;
+    // Looked up once: without LOGNAME or USER it is a passwd lookup.
+    let login = login_name();
+    let sender = envelope_sender(&options, &config, &login)?;
     let mut wanted: Vec<String> = options.recipients.clone();
     if options.from_headers {
         wanted.extend(header_recipients(&headers));
@@ -229,7 +231,7 @@ fn run(options: Options) -> Result<(), Failure> {
     envelope.protocol = Some(text("local")?);
     // Someone on this host is waiting for it: before list and bulk mail.
     envelope.priority = postroom::store::queue::Priority::High;
-    envelope.auth = Some(text(&login_name())?);
+    envelope.auth = Some(text(&login)?);
     envelope.envid = options.envid.as_deref().map(text).transpose()?;
     envelope.ret = options.ret.as_deref().map(text).transpose()?;
     envelope.smtputf8 = !body.is_ascii() || wanted.iter().any(|r| !r.is_ascii());
@@ -295,14 +297,16 @@ fn hand_over(program: &str, config: &std::path::Path, args: &[&str]) -> Result<(
     ))
 }
 
-/// `newaliases`: every program reads the aliases file as text, so there
-/// is nothing to rebuild; check it and say so, as package scripts expect.
+/// `newaliases`: checks the aliases file. Reading it brings its index
+/// (`aliases.index`) up to date, as the first program to read it after an
+/// edit would anyway, so there is nothing else to run; say so, as package
+/// scripts expect.
 fn check_aliases(config: &Config) -> Result<(), Failure> {
     let file = config.aliases_file();
     let aliases = postroom::directory::aliases::Aliases::load(&file)
         .map_err(|e| Failure(EX_CONFIG, format!("{e}; fix it, then run newaliases again")))?;
     println!(
-        "{}: {} aliases, valid (read as text by every program: nothing to rebuild)",
+        "{}: {} aliases, valid (its index is rebuilt from it whenever it changes: nothing else to run)",
         file.display(),
         aliases.len()
     );
@@ -376,12 +380,16 @@ fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> 
 }
 
 /// `-f` if given, else the login name at the system's hostname.
-fn envelope_sender(options: &Options, config: &Config) -> Result<ReversePath, Failure> {
+fn envelope_sender(
+    options: &Options,
+    config: &Config,
+    login: &str,
+) -> Result<ReversePath, Failure> {
     let bad =
         |e: postroom::proto::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
     match options.sender.as_deref() {
         Some(s) => ReversePath::parse(s.trim_start_matches('<').trim_end_matches('>')).map_err(bad),
-        None => Address::parse(&format!("{}@{}", login_name(), config.hostname))
+        None => Address::parse(&format!("{login}@{}", config.hostname))
             .map(ReversePath::Address)
             .map_err(bad),
     }

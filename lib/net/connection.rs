@@ -82,7 +82,9 @@ impl Connection {
         idle: Duration,
     ) -> Connection {
         Connection {
-            id: format!("{:08x}", rand::random::<u32>()),
+            // Not rand::random: see fsutil::random_u32 (a server under
+            // inetd is a short-lived process too).
+            id: format!("{:08x}", crate::store::fsutil::random_u32()),
             peer,
             local,
             listener,

@@ -37,9 +37,14 @@ pub fn drop_privileges(config: &Config) -> Result<(), PrivilegeError> {
             let owner = std::fs::metadata(&config.dir)
                 .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
                 .unwrap_or(0);
-            match User::from_uid(Uid::from_raw(owner)).ok().flatten() {
-                Some(user) if owner != 0 => user,
-                _ => {
+            // A root-owned tree needs no passwd lookup (a read of
+            // nsswitch.conf and passwd at every start of every program).
+            let user = (owner != 0)
+                .then(|| User::from_uid(Uid::from_raw(owner)).ok().flatten())
+                .flatten();
+            match user {
+                Some(user) => user,
+                None => {
                     tracing::debug!(tree = %config.dir.display(), "the tree belongs to root; staying root (set run_as)");
                     return Ok(());
                 }

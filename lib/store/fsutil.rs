@@ -418,8 +418,19 @@ pub fn unique_suffix() -> String {
         now.subsec_micros(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
-        rand::random::<u32>()
+        random_u32()
     )
+}
+
+/// 32 random bits for a unique name (a file's, a queue id's), straight
+/// from the kernel: one `getrandom(2)`. Not `rand::random`: its first use
+/// in a process seeds a ChaCha generator that first asks the CPU which
+/// SIMD it has (a dozen `cpuid`s, each a trap to the hypervisor in a VM),
+/// which costs a short-lived program like mail-inject more than the
+/// syscalls of all the names it will ever make.
+pub fn random_u32() -> u32 {
+    use rand::RngCore;
+    rand::rngs::OsRng.next_u32()
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ impl QueueId {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
-        QueueId(format!("{micros:014x}{:08x}", rand::random::<u32>()))
+        QueueId(format!("{micros:014x}{:08x}", fsutil::random_u32()))
     }
 
     /// Validates an id typed by an admin: only hex digits, so it can never
@@ -592,18 +592,20 @@ impl Queue {
     }
 
     fn read_open(&self, id: &QueueId, file: File) -> Result<QueuedMessage, QueueError> {
-        self.read_at(id, file, self.mess_path(id))
+        self.read_at(id, file, self.mess_path(id), false)
     }
 
+    /// `staged`: the writer's own uncommitted message, which has no log.
     fn read_at(
         &self,
         id: &QueueId,
         file: File,
         path: PathBuf,
+        staged: bool,
     ) -> Result<QueuedMessage, QueueError> {
         let size = file.metadata().map_err(io_err(&path))?.len();
         let mut reader = BufReader::with_capacity(8192, file);
-        self.parse_message(id, &mut reader, size, path, BodySource::File)
+        self.parse_message(id, &mut reader, size, path, BodySource::File, staged)
     }
 
     /// A staged message that is still in memory.
@@ -615,7 +617,7 @@ impl Queue {
     ) -> Result<QueuedMessage, QueueError> {
         let size = bytes.len() as u64;
         let mut reader = io::Cursor::new(SharedBytes(bytes.clone(), 0));
-        self.parse_message(id, &mut reader, size, path, BodySource::Memory(bytes))
+        self.parse_message(id, &mut reader, size, path, BodySource::Memory(bytes), true)
     }
 
     fn parse_message(
@@ -625,6 +627,7 @@ impl Queue {
         size: u64,
         path: PathBuf,
         source: BodySource,
+        staged: bool,
     ) -> Result<QueuedMessage, QueueError> {
         let head = Envelope::parse(reader, &path)?;
         if &head.id != id {
@@ -634,7 +637,14 @@ impl Queue {
                 message: format!("id line says {}", head.id),
             });
         }
-        let log = read_log(&self.log_path(id), head.envelope.recipients.len())?;
+        let count = head.envelope.recipients.len();
+        // A staged message's log is written only at its commit: looking
+        // for one costs a failed open per message and finds nothing.
+        let log = if staged {
+            parse_log(b"", count, &path)
+        } else {
+            read_log(&self.log_path(id), count)?
+        };
         Ok(QueuedMessage {
             id: id.clone(),
             envelope: head.envelope,
@@ -863,7 +873,9 @@ impl Incoming {
                     )
                     .map_err(io_err(&self.path))?;
                     let reader = File::open(&self.path).map_err(io_err(&self.path))?;
-                    let message = self.queue.read_at(&self.id, reader, self.path.clone())?;
+                    let message = self
+                        .queue
+                        .read_at(&self.id, reader, self.path.clone(), true)?;
                     Ok((Some(file), message))
                 })();
                 if result.is_err() {

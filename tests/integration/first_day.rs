@@ -155,9 +155,13 @@ fn mailq_newaliases_and_sendmail_modes_work_through_links() {
     tree.add_user("ann@example.test");
     let links = sendmail_links();
 
+    let index = tree.root().join("aliases.index");
+    let _ = std::fs::remove_file(&index);
     let out = linked(&links, "newaliases", &tree, &[]).output().unwrap();
     ok("newaliases", &out);
     assert!(stdout(&out).contains("valid"), "{}", stdout(&out));
+    // Reading the file brought its index up to date (mail-inject(8), -bi).
+    assert!(index.exists());
 
     let out = run_with(
         linked(
