@@ -306,6 +306,28 @@ fn foundation(base: &Path, messages: usize, rounds: usize) -> anyhow::Result<()>
 
 /// The bare durable-write loop: what any mail system on this disk pays.
 pub fn raw_rate(dir: &Path, messages: usize, writers: usize) -> anyhow::Result<f64> {
+    durable_loop(dir, messages, writers, None)
+}
+
+/// The durable-write loop with `program` (e.g. `/bin/true`) spawned and
+/// waited for before each write: the ceiling of any injector that is one
+/// process per message on this machine, since it pays at least a process
+/// start and the write.
+pub fn raw_rate_after_spawning(
+    dir: &Path,
+    messages: usize,
+    writers: usize,
+    program: &Path,
+) -> anyhow::Result<f64> {
+    durable_loop(dir, messages, writers, Some(program))
+}
+
+fn durable_loop(
+    dir: &Path,
+    messages: usize,
+    writers: usize,
+    spawn_first: Option<&Path>,
+) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir.join("tmp"))?;
     std::fs::create_dir_all(dir.join("new"))?;
     let data = vec![b'x'; MESSAGE_SIZE];
@@ -316,6 +338,10 @@ pub fn raw_rate(dir: &Path, messages: usize, writers: usize) -> anyhow::Result<f
                 let data = &data;
                 scope.spawn(move || -> anyhow::Result<()> {
                     for i in 0..messages / writers {
+                        if let Some(program) = spawn_first {
+                            let status = Command::new(program).stdin(Stdio::null()).status()?;
+                            anyhow::ensure!(status.success(), "{program:?} failed: {status}");
+                        }
                         let tmp = dir.join("tmp").join(format!("{w}.{i}"));
                         let mut f = std::fs::File::create(&tmp)?;
                         f.write_all(data)?;

@@ -5,7 +5,9 @@
 //!   folders, against procmail with the same 10 recipes, and against this
 //!   disk's durable-write floor (the raw tmp → fsync → rename → fsync loop)
 //!   plus the start of a process (`/bin/true`);
-//! - mail-inject → maildir with 1 and 8 injectors against the raw loop;
+//! - mail-inject → maildir with 1 and 8 injectors against the raw loop,
+//!   and against the ceiling of any process-per-message injector: the raw
+//!   loop with a `/bin/true` spawned before each write;
 //! - smtp-recv under inetd (stdin/stdout), spawn to greeting, against a
 //!   bare `/bin/true` spawned the same way, with users and aliases files of
 //!   10 lines and of 100,000;
@@ -212,9 +214,20 @@ fn inject_row(base: &Path, messages: usize) -> anyhow::Result<()> {
             injectors,
             false,
         )?;
+        let ceiling = crate::raw_rate_after_spawning(
+            &base.join(format!("ceiling-inject{injectors}")),
+            messages,
+            injectors,
+            Path::new("/bin/true"),
+        )?;
         println!(
             "mail-inject -> maildir, {injectors} injector(s): {rate:.0} msg/s; raw loop with {injectors} writer(s): {raw:.0} msg/s; {:.0}% of raw   [goal >= 50% with 8]",
             100.0 * rate / raw
+        );
+        println!(
+            "  ceiling of a process per message: /bin/true then the raw write, {injectors} writer(s): {ceiling:.0} msg/s; {:.0}% of raw; mail-inject {:.0}% of this ceiling",
+            100.0 * ceiling / raw,
+            100.0 * rate / ceiling
         );
     }
     Ok(())
