@@ -22,9 +22,10 @@ use postroom::store::mailbox::{Entry, Flags, Folder, Keywords, flags};
 
 use crate::session::{Done, Selected};
 
-/// How much of a file is read when only its header is needed; a header
-/// longer than this is read with the rest of the file.
-const HEADER_READ: usize = 64 * 1024;
+/// How much of a file is read at a time when only its header is needed:
+/// most headers end within the first read, and a 24 KB message is then
+/// neither read nor turned into its wire form whole.
+const HEADER_READ: usize = 8 * 1024;
 
 /// What of a message a command needs.
 #[derive(PartialEq, PartialOrd, Clone, Copy)]
@@ -43,31 +44,30 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
     let mut raw = Vec::new();
     let mut whole = true;
     if need == Need::Header {
-        raw.resize(HEADER_READ, 0);
+        // Read a chunk at a time until the empty line that ends the header
+        // (LF or CRLF line ends: a file another MDA or a migration wrote)
+        // or the end of the file; only then is it all of the file.
         let mut filled = 0;
-        while filled < raw.len() {
+        loop {
+            if raw.len() - filled < HEADER_READ / 2 {
+                raw.resize(raw.len() + HEADER_READ, 0);
+            }
             match file.read(&mut raw[filled..]) {
                 Ok(0) => break,
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    // The end may straddle two reads: look back 2 bytes.
+                    let from = filled.saturating_sub(2);
+                    filled += n;
+                    if header_ends(&raw[..filled], from) {
+                        whole = false;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return None,
             }
         }
         raw.truncate(filled);
-        // The empty line that ends the header, with LF or CRLF line ends
-        // (a file another MDA or a migration wrote).
-        let header_done = raw.starts_with(b"\n")
-            || raw.starts_with(b"\r\n")
-            || raw.windows(2).any(|w| w == b"\n\n")
-            || raw.windows(3).any(|w| w == b"\n\r\n");
-        // A short read was all of the file; a full one holding the whole
-        // header leaves the rest of the file unread.
-        if filled == HEADER_READ {
-            if header_done {
-                whole = false;
-            } else {
-                file.read_to_end(&mut raw).ok()?;
-            }
-        }
     } else {
         file.read_to_end(&mut raw).ok()?;
     }
@@ -81,6 +81,15 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
     WireForm::new().encode(&raw, &mut out);
     Some(out)
+}
+
+/// Whether `bytes` hold the end of a header (a line break followed by an
+/// empty line, or an empty first line), looking from `from` on.
+fn header_ends(bytes: &[u8], from: usize) -> bool {
+    bytes.starts_with(b"\n")
+        || bytes.starts_with(b"\r\n")
+        || bytes[from..].windows(2).any(|w| w == b"\n\n")
+        || bytes[from..].windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// The bytes of a message file as stored, for BINARY of a file stored as
@@ -316,5 +325,16 @@ mod tests {
             ..entry
         };
         assert!(summarize(&unsized_entry, msg, false, 5).is_none());
+    }
+
+    #[test]
+    fn a_header_end_is_found_across_the_edge_of_two_reads() {
+        // A read ended inside the end; `from` is 2 bytes before its edge.
+        assert!(header_ends(b"Subject: x\r\n\r\nbody", 13 - 2));
+        assert!(header_ends(b"Subject: x\n\nbody", 11 - 2));
+        assert!(header_ends(b"\r\nbody", 0));
+        assert!(!header_ends(b"Subject: x\r\nFrom: y\r\n", 10));
+        // An end wholly before `from` was already looked for.
+        assert!(!header_ends(b"Subject: x\n\nbody body", 16));
     }
 }

@@ -367,6 +367,64 @@ print("agreed")
     assert!(said.contains("agreed"), "{said}");
 }
 
+/// A header is read a few kilobytes at a time up to its end: headers
+/// that end just before, across and just after a read's edge, with LF and
+/// CRLF line ends, and one several reads long, each come back whole and
+/// alone in BODY[HEADER] and ENVELOPE, from a session that never saw them.
+#[test]
+fn headers_ending_at_any_point_of_a_read_come_back_whole() {
+    let tree = tree_with_user();
+    let cur = tree.maildir("bob").join("cur");
+    std::fs::create_dir_all(&cur).unwrap();
+    let mut n = 0;
+    for eol in ["\n", "\r\n"] {
+        for header_len in (8186..8198).chain([20_000, 70_000]) {
+            n += 1;
+            let first = format!("Subject: s{n}{eol}X-Pad: ");
+            let pad = header_len - first.len() - 2 * eol.len();
+            let header = format!("{first}{}{eol}{eol}", "a".repeat(pad));
+            assert_eq!(header.len(), header_len);
+            let message = format!("{header}body {n}{eol}").into_bytes();
+            let lines = message.iter().filter(|&&b| b == b'\n').count();
+            let crs = message.iter().filter(|&&b| b == b'\r').count();
+            // The size in CRLF form, as the name states it (Dovecot's W=).
+            let wire = message.len() + lines - crs;
+            std::fs::write(
+                cur.join(format!(
+                    "17000{n:05}.M1P1.here.test,S={},W={wire}:2,",
+                    message.len()
+                )),
+                &message,
+            )
+            .unwrap();
+        }
+    }
+    let server = Server::start(&tree, "imap-serve", &[]);
+    let said = python(
+        &format!(
+            r#"
+M = login()
+typ, data = M.select("INBOX", readonly=True)
+count = int(data[0])
+assert count == {n}, data
+for i in range(1, count + 1):
+    r = ok(M.fetch(str(i), "(ENVELOPE BODY.PEEK[HEADER])"))
+    head = r[0][0] + b"".join(x if isinstance(x, bytes) else b"" for x in r[1:])
+    header = r[0][1]
+    assert header.startswith(b"Subject: s"), (i, header[:40])
+    assert header.endswith(b"a\r\n\r\n"), (i, header[-20:])
+    assert b"body" not in header, (i, header[-40:])
+    subject = header.split(b"\r\n")[0][len(b"Subject: "):]
+    assert b'"' + subject + b'"' in head, (i, head[:200])
+print("whole")
+"#
+        ),
+        &server,
+        &tree,
+    );
+    assert!(said.contains("whole"), "{said}");
+}
+
 /// Item 4: an empty Sender or Reply-To is From in the ENVELOPE, and a
 /// source route is kept in the address's adl field.
 #[test]
