@@ -266,18 +266,9 @@ fn takes_in(
         Filter::Inboxes => name.is_inbox(),
         Filter::Subscribed => subscribed.iter().any(|s| s.contains(name)),
         Filter::Mailboxes(wires) => named(wires).contains(name),
-        Filter::Subtree(wires) => named(wires).iter().any(|root| is_under(name, root)),
+        Filter::Subtree(wires) => named(wires).iter().any(|root| name.is_within(root)),
         Filter::Selected | Filter::SelectedDelayed => false,
     }
-}
-
-/// `name` is `root` or below it.
-fn is_under(name: &MailboxName, root: &MailboxName) -> bool {
-    name == root
-        || name
-            .as_str()
-            .strip_prefix(root.as_str())
-            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 impl Session {
@@ -383,12 +374,7 @@ impl Session {
                     let roots: Vec<MailboxName> =
                         wires.iter().filter_map(|w| self.name(w).ok()).collect();
                     all.iter()
-                        .filter(|n| {
-                            roots.iter().any(|r| {
-                                n.as_str() == r.as_str()
-                                    || n.as_str().starts_with(&format!("{}.", r.as_str()))
-                            })
-                        })
+                        .filter(|n| roots.iter().any(|r| n.is_within(r)))
                         .cloned()
                         .collect()
                 }

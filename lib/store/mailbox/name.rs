@@ -113,6 +113,14 @@ impl MailboxName {
         }
     }
 
+    /// This name is `root` or a folder below it (`a.b` is within `a`,
+    /// `ab` is not).
+    pub fn is_within(&self, root: &MailboxName) -> bool {
+        self.0
+            .strip_prefix(root.0.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(DELIMITER))
+    }
+
     /// The parent levels of this name: `a.b.c` gives `a`, `a.b`.
     pub fn parents(&self) -> Vec<String> {
         self.0
@@ -224,6 +232,16 @@ pub fn decode_utf7(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_is_within_itself_and_its_parents_only() {
+        let name = |s: &str| MailboxName::new(s).unwrap();
+        assert!(name("Work").is_within(&name("Work")));
+        assert!(name("Work.Sub.Deep").is_within(&name("Work")));
+        assert!(name("Work.Sub").is_within(&name("Work.Sub")));
+        assert!(!name("Workshop").is_within(&name("Work")));
+        assert!(!name("Work").is_within(&name("Work.Sub")));
+    }
 
     #[test]
     fn utf7_round_trips_rfc_examples() {
