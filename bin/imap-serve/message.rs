@@ -84,7 +84,9 @@ pub fn read_message(folder: &Folder, entry: &Entry, need: Need) -> Option<Vec<u8
 }
 
 /// Whether `bytes` hold the end of a header (a line break followed by an
-/// empty line, or an empty first line), looking from `from` on.
+/// empty line, or an empty first line), looking from `from` on. The rule
+/// is `mime::body_start`'s; this form looks only at what a read added, so
+/// a long header is scanned once, not again at every read.
 fn header_ends(bytes: &[u8], from: usize) -> bool {
     bytes.starts_with(b"\n")
         || bytes.starts_with(b"\r\n")

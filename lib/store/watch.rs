@@ -9,9 +9,10 @@
 //! place share its watches. A place is a path and what is watched there
 //! ([`Kind`]): in Maildir++ the INBOX is the mailbox's root, so the INBOX's
 //! messages and the root's folder list are two places at one path; and
-//! two places may share a directory, whose inotify watch then serves both. Each watched place has a counter that goes up
-//! on every change (a delivery, a flag rename, an expunge, a queue hint); a
-//! waiter remembers the value it has seen and waits for a larger one, so no
+//! two places may share a directory, whose inotify watch then serves
+//! both. Each watched place has a counter that goes up on every change
+//! (a delivery, a flag rename, an expunge, a queue hint); a waiter
+//! remembers the value it has seen and waits for a larger one, so no
 //! wakeup is lost between a look and the wait.
 //!
 //! inotify does not see changes made on other hosts of a shared filesystem
