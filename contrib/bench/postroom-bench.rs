@@ -167,6 +167,10 @@ enum Bench {
         /// Sessions in IDLE for the IMAP memory figure (0: skip it).
         #[arg(long, default_value_t = 10_000)]
         imap_idle: usize,
+        /// The static build of the per-message programs (`cargo
+        /// build-static`), measured beside the glibc build when there.
+        #[arg(long, value_name = "DIR", default_value = table::STATIC_BUILD)]
+        static_dir: PathBuf,
     },
     /// Failed logins at once and in turn: peak and settled RSS, threads.
     Auth {
@@ -223,6 +227,7 @@ fn main() -> ExitCode {
             big,
             imap_messages,
             imap_idle,
+            static_dir,
         } => table::run(
             &base,
             &table::Options {
@@ -230,6 +235,7 @@ fn main() -> ExitCode {
                 runs: runs.max(1),
                 big,
                 imap: (imap_idle > 0).then_some((imap_messages, imap_idle)),
+                static_dir,
             },
         ),
         Bench::Multihost { mounts, messages } => multihost::run(&base, &mounts, messages),
@@ -274,14 +280,15 @@ fn foundation(base: &Path, messages: usize, rounds: usize) -> anyhow::Result<()>
             Vec::new(),
         ),
     ];
+    let inject = std::env::current_exe()?.with_file_name("mail-inject");
     for round in 0..rounds {
         let dir = |name: &str| base.join(format!("{name}-{round}"));
         for (i, figure) in figures.iter_mut().enumerate() {
             let raw = raw_rate(&dir(&format!("raw{i}")), messages, figure.1)?;
             let rate = match i {
-                0 => inject_rate(&dir("inject1"), messages, 1, false)?,
-                1 => inject_rate(&dir("inject8"), messages, 8, false)?,
-                2 => inject_rate(&dir("queued"), messages, 8, true)?,
+                0 => inject_rate(&inject, &dir("inject1"), messages, 1, false)?,
+                1 => inject_rate(&inject, &dir("inject8"), messages, 8, false)?,
+                2 => inject_rate(&inject, &dir("queued"), messages, 8, true)?,
                 _ => runner_rate(&dir("queued"))?,
             };
             figure.2.push((rate, raw));
@@ -399,12 +406,12 @@ pub fn lift_connection_caps(config: &Path) -> anyhow::Result<()> {
 
 /// mail-inject processes delivering to one local user.
 fn inject_rate(
+    inject: &Path,
     dir: &Path,
     messages: usize,
     injectors: usize,
     queue_only: bool,
 ) -> anyhow::Result<f64> {
-    let inject = std::env::current_exe()?.with_file_name("mail-inject");
     let config = bench_tree(dir)?;
     let mut body = b"Subject: bench\n\n".to_vec();
     while body.len() < MESSAGE_SIZE {
@@ -419,7 +426,7 @@ fn inject_rate(
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let handles: Vec<_> = (0..injectors)
             .map(|_| {
-                let (inject, config, body) = (&inject, &config, &body);
+                let (config, body) = (&config, &body);
                 scope.spawn(move || -> anyhow::Result<()> {
                     for _ in 0..per {
                         let mut child = Command::new(inject)

@@ -85,7 +85,13 @@ pub fn run(base: &Path, messages: usize) -> anyhow::Result<()> {
         messages as f64 / deliver
     );
     let true_start = crate::table::spawn_time(Path::new("/bin/true"), 50)?;
-    crate::table::mailsort_row(base, messages, true_start)
+    let static_dir = Path::new(crate::table::STATIC_BUILD);
+    crate::table::mailsort_row(
+        base,
+        messages,
+        true_start,
+        &crate::table::builds("mailsort", static_dir)?,
+    )
 }
 
 /// The external list: 200 addresses and a pattern.

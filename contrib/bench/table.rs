@@ -1,6 +1,11 @@
 //! `postroom-bench table`: every figure of issue 18's table beside its
 //! goal, in one run, on one filesystem:
 //!
+//! The per-message programs (mailsort, mail-inject) are measured as the
+//! glibc build beside this program and, when it is there, as their static
+//! build (`cargo build-static`, postroom-install(7)), which is what the
+//! .deb and the install script ship.
+//!
 //! - mailsort, one process per message, 10 header rules into Maildir++
 //!   folders, against procmail with the same 10 recipes, and against this
 //!   disk's durable-write floor (the raw tmp → fsync → rename → fsync loop)
@@ -47,6 +52,28 @@ pub struct Options {
     /// Arguments of the IMAP figure (messages per folder, idle sessions);
     /// `None` skips it.
     pub imap: Option<(usize, usize)>,
+    /// Where the static build of the per-message programs is.
+    pub static_dir: PathBuf,
+}
+
+/// Where `cargo build-static` puts its programs (`.cargo/config.toml`).
+pub const STATIC_BUILD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/static/x86_64-unknown-linux-musl/static"
+);
+
+/// The builds of a per-message program to measure: the glibc one beside
+/// this program, then the static one if `static_dir` holds it.
+pub fn builds(program: &str, static_dir: &Path) -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    let mut builds = vec![(
+        "glibc build",
+        std::env::current_exe()?.with_file_name(program),
+    )];
+    let built = static_dir.join(program);
+    if built.is_file() {
+        builds.push(("static build", built));
+    }
+    Ok(builds)
 }
 
 pub fn run(base: &Path, options: &Options) -> anyhow::Result<()> {
@@ -56,8 +83,23 @@ pub fn run(base: &Path, options: &Options) -> anyhow::Result<()> {
         base.display()
     );
     let true_start = spawn_time(Path::new("/bin/true"), options.runs.max(20))?;
-    mailsort_row(base, options.messages, true_start)?;
-    inject_row(base, options.messages)?;
+    if !options.static_dir.join("mailsort").is_file() {
+        println!(
+            "(no static build in {}: cargo build-static, or give --static-dir)",
+            options.static_dir.display()
+        );
+    }
+    mailsort_row(
+        base,
+        options.messages,
+        true_start,
+        &builds("mailsort", &options.static_dir)?,
+    )?;
+    inject_row(
+        base,
+        options.messages,
+        &builds("mail-inject", &options.static_dir)?,
+    )?;
     greeting_row(base, options.runs, options.big)?;
     match options.imap {
         Some((messages, idle)) => imap_row(base, messages, idle)?,
@@ -66,38 +108,47 @@ pub fn run(base: &Path, options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The mailsort figure (also printed by `postroom-bench sieve`).
-pub fn mailsort_row(base: &Path, messages: usize, true_start: Duration) -> anyhow::Result<()> {
+/// The mailsort figure (also printed by `postroom-bench sieve`), for each
+/// of `builds`.
+pub fn mailsort_row(
+    base: &Path,
+    messages: usize,
+    true_start: Duration,
+    builds: &[(&str, PathBuf)],
+) -> anyhow::Result<()> {
     let samples: Vec<Vec<u8>> = (0..messages).map(crate::sieve::sample).collect();
-    let dir = base.join("mailsort");
-    let config = crate::bench_tree(&dir)?;
-    let inbox = dir.join("mail/bench.test/sink");
-    make_folders(&inbox)?;
-    std::fs::create_dir_all(inbox.join("sieve"))?;
     let mut script = String::from("require \"fileinto\";\n");
     for (header, text, folder) in RULES {
         script.push_str(&format!(
             "if header :contains \"{header}\" \"{text}\" {{ fileinto \"{folder}\"; stop; }}\n"
         ));
     }
-    std::fs::write(inbox.join("sieve/active.sieve"), script)?;
-    let mailsort = std::env::current_exe()?.with_file_name("mailsort");
-    let ours = per_message(&samples, || {
-        let mut command = Command::new(&mailsort);
-        command.arg("--config").arg(&config).args([
-            "--user",
-            "sink@bench.test",
-            "--sender",
-            "someone@far.example",
-        ]);
-        command
-    })?;
-    let delivered = count_messages(&inbox)?;
-    anyhow::ensure!(
-        delivered == messages,
-        "mailsort delivered {delivered} of {messages}"
-    );
-    let filed = delivered - std::fs::read_dir(inbox.join("new"))?.count();
+    let mut ours = Vec::new();
+    for (label, mailsort) in builds {
+        let dir = base.join(format!("mailsort-{}", ours.len()));
+        let config = crate::bench_tree(&dir)?;
+        let inbox = dir.join("mail/bench.test/sink");
+        make_folders(&inbox)?;
+        std::fs::create_dir_all(inbox.join("sieve"))?;
+        std::fs::write(inbox.join("sieve/active.sieve"), &script)?;
+        let time = per_message(&samples, || {
+            let mut command = Command::new(mailsort);
+            command.arg("--config").arg(&config).args([
+                "--user",
+                "sink@bench.test",
+                "--sender",
+                "someone@far.example",
+            ]);
+            command
+        })?;
+        let delivered = count_messages(&inbox)?;
+        anyhow::ensure!(
+            delivered == messages,
+            "mailsort ({label}) delivered {delivered} of {messages}"
+        );
+        let filed = delivered - std::fs::read_dir(inbox.join("new"))?.count();
+        ours.push((label, time, filed));
+    }
 
     let raw = crate::raw_rate(&base.join("raw-mailsort"), messages, 1)?;
     let floor = Duration::from_secs_f64(1.0 / raw) + true_start;
@@ -129,26 +180,34 @@ pub fn mailsort_row(base: &Path, messages: usize, true_start: Duration) -> anyho
         }
         None => None,
     };
-    println!(
-        "mailsort, one process per message, 10 header rules -> Maildir++ folders: {:.0} msg/s ({:.2} ms each; {filed} filed into folders)",
-        1.0 / ours.as_secs_f64(),
-        ms(ours)
-    );
-    match procmail {
-        Some(theirs) => println!(
-            "  procmail, same rules: {:.0} msg/s ({:.2} ms); mailsort/procmail {:.2}x   [goal >= 1.5x]",
+    println!("mailsort, one process per message, 10 header rules -> Maildir++ folders:");
+    for (label, time, filed) in ours {
+        let against_procmail = match procmail {
+            Some(theirs) => format!(
+                "mailsort/procmail {:.2}x",
+                theirs.as_secs_f64() / time.as_secs_f64()
+            ),
+            None => "procmail not installed (apt-get install procmail)".into(),
+        };
+        println!(
+            "  {label}: {:.0} msg/s ({:.2} ms each; {filed} filed into folders); {against_procmail}   [goal >= 1.5x]; {:+.0}% above the floor   [goal <= +30%]",
+            1.0 / time.as_secs_f64(),
+            ms(time),
+            100.0 * (time.as_secs_f64() / floor.as_secs_f64() - 1.0)
+        );
+    }
+    if let Some(theirs) = procmail {
+        println!(
+            "  procmail, same rules: {:.0} msg/s ({:.2} ms)",
             1.0 / theirs.as_secs_f64(),
-            ms(theirs),
-            theirs.as_secs_f64() / ours.as_secs_f64()
-        ),
-        None => println!("  procmail: not installed (apt-get install procmail)   [goal >= 1.5x]"),
+            ms(theirs)
+        );
     }
     println!(
-        "  floor: durable write {:.2} ms + process start {:.2} ms = {:.2} ms; mailsort {:+.0}%   [goal <= +30%]",
+        "  floor: durable write {:.2} ms + process start (/bin/true) {:.2} ms = {:.2} ms",
         1000.0 / raw,
         ms(true_start),
-        ms(floor),
-        100.0 * (ours.as_secs_f64() / floor.as_secs_f64() - 1.0)
+        ms(floor)
     );
     Ok(())
 }
@@ -201,18 +260,12 @@ fn per_message(samples: &[Vec<u8>], command: impl Fn() -> Command) -> anyhow::Re
     Ok(start.elapsed() / samples.len() as u32)
 }
 
-fn inject_row(base: &Path, messages: usize) -> anyhow::Result<()> {
+fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyhow::Result<()> {
     for injectors in [1, 8] {
         let raw = crate::raw_rate(
             &base.join(format!("raw-inject{injectors}")),
             messages,
             injectors,
-        )?;
-        let rate = crate::inject_rate(
-            &base.join(format!("inject{injectors}")),
-            messages,
-            injectors,
-            false,
         )?;
         let ceiling = crate::raw_rate_after_spawning(
             &base.join(format!("ceiling-inject{injectors}")),
@@ -221,14 +274,23 @@ fn inject_row(base: &Path, messages: usize) -> anyhow::Result<()> {
             Path::new("/bin/true"),
         )?;
         println!(
-            "mail-inject -> maildir, {injectors} injector(s): {rate:.0} msg/s; raw loop with {injectors} writer(s): {raw:.0} msg/s; {:.0}% of raw   [goal >= 50% with 8]",
-            100.0 * rate / raw
+            "mail-inject -> maildir, {injectors} injector(s); raw loop with {injectors} writer(s): {raw:.0} msg/s; /bin/true then the raw write (the ceiling of a glibc process per message): {ceiling:.0} msg/s, {:.0}% of raw",
+            100.0 * ceiling / raw
         );
-        println!(
-            "  ceiling of a process per message: /bin/true then the raw write, {injectors} writer(s): {ceiling:.0} msg/s; {:.0}% of raw; mail-inject {:.0}% of this ceiling",
-            100.0 * ceiling / raw,
-            100.0 * rate / ceiling
-        );
+        for (n, (label, inject)) in builds.iter().enumerate() {
+            let rate = crate::inject_rate(
+                inject,
+                &base.join(format!("inject{injectors}-{n}")),
+                messages,
+                injectors,
+                false,
+            )?;
+            println!(
+                "  {label}: {rate:.0} msg/s; {:.0}% of raw   [goal >= 50% with 8]; {:.0}% of the ceiling",
+                100.0 * rate / raw,
+                100.0 * rate / ceiling
+            );
+        }
     }
     Ok(())
 }
