@@ -151,7 +151,9 @@ impl<'a> Lexer<'a> {
             }
         };
         // `text:` starts a multi-line string (§2.4.2).
-        if token == Token::Identifier("text".into()) && self.peek_byte() == Some(b':') {
+        if matches!(&token, Token::Identifier(word) if word == "text")
+            && self.peek_byte() == Some(b':')
+        {
             self.bump();
             return Ok(Some((Token::String(self.multiline()?), line, column)));
         }
