@@ -316,24 +316,25 @@ pub fn raw_rate(dir: &Path, messages: usize, writers: usize) -> anyhow::Result<f
     durable_loop(dir, messages, writers, None)
 }
 
-/// The durable-write loop with `program` (e.g. `/bin/true`) spawned and
-/// waited for before each write: the ceiling of any injector that is one
-/// process per message on this machine, since it pays at least a process
-/// start and the write.
+/// The durable-write loop with `program` and `args` (e.g. `/bin/true`)
+/// spawned and waited for before each write: the ceiling of any injector
+/// that is one process per message on this machine, since it pays at
+/// least a process start and the write.
 pub fn raw_rate_after_spawning(
     dir: &Path,
     messages: usize,
     writers: usize,
     program: &Path,
+    args: &[&str],
 ) -> anyhow::Result<f64> {
-    durable_loop(dir, messages, writers, Some(program))
+    durable_loop(dir, messages, writers, Some((program, args)))
 }
 
 fn durable_loop(
     dir: &Path,
     messages: usize,
     writers: usize,
-    spawn_first: Option<&Path>,
+    spawn_first: Option<(&Path, &[&str])>,
 ) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir.join("tmp"))?;
     std::fs::create_dir_all(dir.join("new"))?;
@@ -345,8 +346,12 @@ fn durable_loop(
                 let data = &data;
                 scope.spawn(move || -> anyhow::Result<()> {
                     for i in 0..messages / writers {
-                        if let Some(program) = spawn_first {
-                            let status = Command::new(program).stdin(Stdio::null()).status()?;
+                        if let Some((program, args)) = spawn_first {
+                            let status = Command::new(program)
+                                .args(args)
+                                .stdin(Stdio::null())
+                                .stdout(Stdio::null())
+                                .status()?;
                             anyhow::ensure!(status.success(), "{program:?} failed: {status}");
                         }
                         let tmp = dir.join("tmp").join(format!("{w}.{i}"));
