@@ -1,10 +1,9 @@
 //! `postroom-bench table`: every figure of issue 18's table beside its
-//! goal, in one run, on one filesystem:
-//!
-//! The per-message programs (mailsort, mail-inject) are measured as the
-//! glibc build beside this program and, when it is there, as their static
-//! build (`cargo build-static`, postroom-install(7)), which is what the
-//! .deb and the install script ship.
+//! goal, in one run, on one filesystem. The per-message programs
+//! (mailsort, mail-inject) are measured as the glibc build beside this
+//! program and, when it is there, as their static build (`cargo
+//! build-static`, postroom-install(7)), which is what the .deb and the
+//! install script ship. The figures:
 //!
 //! - mailsort, one process per message, 10 header rules into Maildir++
 //!   folders, against procmail with the same 10 recipes, and against this
