@@ -83,18 +83,14 @@ pub fn run(base: &Path, options: &Options) -> anyhow::Result<()> {
         base.display()
     );
     let true_start = spawn_time(Path::new("/bin/true"), options.runs.max(20))?;
-    if !options.static_dir.join("mailsort").is_file() {
+    let mailsorts = builds("mailsort", &options.static_dir)?;
+    if mailsorts.len() == 1 {
         println!(
             "(no static build in {}: cargo build-static, or give --static-dir)",
             options.static_dir.display()
         );
     }
-    mailsort_row(
-        base,
-        options.messages,
-        true_start,
-        &builds("mailsort", &options.static_dir)?,
-    )?;
+    mailsort_row(base, options.messages, true_start, &mailsorts)?;
     inject_row(
         base,
         options.messages,
@@ -276,28 +272,22 @@ fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyho
             "mail-inject -> maildir, {injectors} injector(s); raw loop with {injectors} writer(s): {raw:.0} msg/s"
         );
         for (n, (label, inject)) in builds.iter().enumerate() {
-            let (ceiling, spawned) = match n {
-                0 => (
-                    crate::raw_rate_after_spawning(
-                        &base.join(format!("ceiling-inject{injectors}-{n}")),
-                        messages,
-                        injectors,
-                        Path::new("/bin/true"),
-                        &[],
-                    )?,
-                    "/bin/true",
-                ),
+            // The glibc build comes first (see `builds`).
+            let (program, args, spawned): (PathBuf, &[&str], _) = match n {
+                0 => ("/bin/true".into(), &[], "/bin/true"),
                 _ => (
-                    crate::raw_rate_after_spawning(
-                        &base.join(format!("ceiling-inject{injectors}-{n}")),
-                        messages,
-                        injectors,
-                        &inject.with_file_name("mailsort"),
-                        &["--version"],
-                    )?,
+                    inject.with_file_name("mailsort"),
+                    &["--version"],
                     "mailsort --version",
                 ),
             };
+            let ceiling = crate::raw_rate_after_spawning(
+                &base.join(format!("ceiling-inject{injectors}-{n}")),
+                messages,
+                injectors,
+                &program,
+                args,
+            )?;
             let rate = crate::inject_rate(
                 inject,
                 &base.join(format!("inject{injectors}-{n}")),
