@@ -10,7 +10,7 @@
 //! ASLR of these programs' own code (libraries and the stack are still
 //! randomised); the servers that face the network keep PIE.
 //!
-//! Their static build (`cargo build-static`, `.cargo/config.toml`) is made
+//! Their static build (contrib/install/build-static) is made
 //! position-dependent by its relocation model instead: `-no-pie` there
 //! would link musl's static-PIE start code into a program that is not
 //! one, which crashes before `main`.

@@ -20,6 +20,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use postroom::net::server::{Server, ServerFlags, StartError};
 
+/// jemalloc in the static build (contrib/install/build-static): musl's own
+/// malloc slows a standalone smtp-recv's threads (Cargo.toml says how).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "smtp-recv", version, about = "Receive mail by ESMTP")]
 struct Args {

@@ -167,8 +167,9 @@ enum Bench {
         /// Sessions in IDLE for the IMAP memory figure (0: skip it).
         #[arg(long, default_value_t = 10_000)]
         imap_idle: usize,
-        /// The static build of the per-message programs (`cargo
-        /// build-static`), measured beside the glibc build when there.
+        /// The static build of smtp-recv and the per-message programs
+        /// (contrib/install/build-static), measured beside the glibc build
+        /// when there.
         #[arg(long, value_name = "DIR", default_value = table::STATIC_BUILD)]
         static_dir: PathBuf,
     },

@@ -3,7 +3,7 @@
 # checkout: the steps of postroom-install(7), in order. Run as root:
 #
 #   cargo build --release
-#   cargo build-static      # mail-inject, mailsort, vacation; optional
+#   contrib/install/build-static  # smtp-recv, mail-inject, mailsort, vacation; optional
 #   sudo contrib/install/install.sh example.org mail.example.org
 #
 # Safe to run again: it skips what is there (the user, the tree) and
@@ -32,13 +32,14 @@ getent passwd postroom >/dev/null ||
 
 # 2. The programs: servers and admin tools in sbin, user tools in bin.
 install -d "$prefix/sbin" "$prefix/bin"
-# The per-message programs from their static build when there is one
-# (postroom-install(7), step 1, Build): they start in a fraction of the time.
+# smtp-recv and the per-message programs from their static build when there
+# is one (postroom-install(7), step 1, Build): they start in a fraction of
+# the time.
 built() {
     case $1 in
-    mail-inject | mailsort | vacation)
+    smtp-recv | mail-inject | mailsort | vacation)
         if [ -x "$static/$1" ]; then echo "$static/$1"; return; fi
-        echo "install.sh: $1 from the glibc build; cargo build-static makes it start faster" >&2 ;;
+        echo "install.sh: $1 from the glibc build; contrib/install/build-static makes it start faster" >&2 ;;
     esac
     echo "$release/$1"
 }

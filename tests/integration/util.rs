@@ -156,9 +156,9 @@ pub fn spawn_inetd(program: &str, tree: &Tree) -> Child {
 }
 
 /// A program of this build, or of `$POSTROOM_TEST_PROGRAMS` when that
-/// folder holds it: CI runs the tests of mail-inject, mailsort and vacation
-/// again against their static build (`cargo build-static`), which is what
-/// the .deb ships.
+/// folder holds it: CI runs the tests of smtp-recv, mail-inject, mailsort
+/// and vacation again against their static build
+/// (contrib/install/build-static), which is what the .deb ships.
 pub fn bin(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("POSTROOM_TEST_PROGRAMS") {
         let program = Path::new(&dir).join(name);
