@@ -26,6 +26,7 @@ use postroom::config::login::Service;
 use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::LoginFiles;
 use postroom::directory::users::Users;
+use postroom::net::tls::ServerTls;
 use postroom::net::{Connection, NetError};
 use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::cache::Cache;
@@ -35,7 +36,6 @@ use postroom::store::mailbox::{
     Entry, Folder, Keywords, Mailbox, MailboxError, MailboxName, flags,
 };
 use postroom::store::watch::Watcher;
-use tokio_rustls::TlsAcceptor;
 
 use postroom::proto::imap::command::{
     self, Bad, Body, Command, SearchKey, SequenceSet, literal_at_end,
@@ -56,7 +56,7 @@ const LITERALS_MAX: usize = 1000;
 /// What every session of this process shares.
 pub struct Shared {
     pub config: Config,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ServerTls>,
     files: LoginFiles,
     /// None when inotify is unavailable: IDLE then re-syncs on its timer.
     watcher: Option<Watcher>,
@@ -66,7 +66,7 @@ pub struct Shared {
 
 impl Shared {
     /// Call inside the runtime (the watcher registers with it).
-    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> anyhow::Result<Shared> {
+    pub fn new(config: Config, tls: Option<ServerTls>) -> anyhow::Result<Shared> {
         let files = LoginFiles::load(&config)?;
         let watcher = match Watcher::new() {
             Ok(w) => Some(w),
@@ -346,7 +346,7 @@ impl Session {
             "IDLE",
         ];
         if self.login.is_none() {
-            if self.shared.tls.is_some() && !self.conn.is_tls() {
+            if self.conn.may_starttls(self.shared.tls.as_ref()) {
                 caps.push("STARTTLS");
             }
             if self.may_authenticate() {
@@ -855,12 +855,12 @@ impl Session {
     }
 
     async fn starttls(&mut self, tag: &str) -> Result<Done, NetError> {
-        let Some(acceptor) = self.shared.tls.clone() else {
-            return Ok(Done::No("TLS is not available".into()));
-        };
         if self.conn.is_tls() {
             return Ok(Done::Bad("TLS is already active".into()));
         }
+        let Some(acceptor) = self.shared.tls.as_ref().and_then(ServerTls::acceptor) else {
+            return Ok(Done::No("TLS is not available".into()));
+        };
         if self.login.is_some() {
             return Ok(Done::Bad("STARTTLS only before login".into()));
         }

@@ -199,7 +199,7 @@ impl Session {
     fn capa(&mut self) {
         let mut caps = vec!["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"];
         if let State::Authorization { .. } = self.state {
-            if self.shared.tls.is_some() && !self.conn.is_tls() {
+            if self.conn.may_starttls(self.shared.tls.as_ref()) {
                 caps.push("STLS");
             }
             if self.may_authenticate() {

@@ -117,12 +117,7 @@ impl Session {
         };
         lines.push(("SASL", sasl.into()));
         lines.push(("SIEVE", EXTENSIONS.join(" ")));
-        if self.user.is_none()
-            && self
-                .conn
-                .starttls_acceptor(self.shared.tls.as_ref())
-                .is_ok()
-        {
+        if self.user.is_none() && self.conn.may_starttls(self.shared.tls.as_ref()) {
             lines.push(("STARTTLS", String::new()));
         }
         lines.push(("UNAUTHENTICATE", String::new()));

@@ -23,6 +23,7 @@ use postroom::directory::access::Access;
 use postroom::directory::aliases::{Directory, ResolveError, Target};
 use postroom::directory::authlimit::{AuthLimit, CheckError};
 use postroom::directory::reloading::Reloading;
+use postroom::net::tls::ServerTls;
 use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::message::HeaderEnd;
@@ -32,7 +33,6 @@ use postroom::proto::smtp::{
 };
 use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
-use tokio_rustls::TlsAcceptor;
 
 use crate::hooks;
 
@@ -48,7 +48,7 @@ pub struct Shared {
     /// A local user on a pipe (`mail-inject -bs`): trusted as mail-inject
     /// trusts them, so they may send anywhere.
     local: bool,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ServerTls>,
     relay_networks: Vec<Network>,
     directory: Reloading<Directory>,
     access: Reloading<Access>,
@@ -63,7 +63,7 @@ impl Shared {
         config: Config,
         submission: bool,
         local: bool,
-        tls: Option<TlsAcceptor>,
+        tls: Option<ServerTls>,
     ) -> anyhow::Result<Shared> {
         let relay_networks = config
             .smtp
@@ -712,7 +712,7 @@ impl Session {
             "DSN".into(),
             "CHUNKING".into(),
         ];
-        if self.shared.tls.is_some() && !self.conn.is_tls() {
+        if self.conn.may_starttls(self.shared.tls.as_ref()) {
             caps.push("STARTTLS".into());
         }
         if self.may_authenticate() && self.user.is_none() {
@@ -735,14 +735,14 @@ impl Session {
     }
 
     async fn starttls(&mut self) -> Result<(), NetError> {
-        let Some(acceptor) = self.shared.tls.clone() else {
-            self.error(Reply::new(454, "4.7.0", "TLS not available"));
-            return Ok(());
-        };
         if self.conn.is_tls() {
             self.error(Reply::new(503, "5.5.1", "TLS already active"));
             return Ok(());
         }
+        let Some(acceptor) = self.shared.tls.as_ref().and_then(ServerTls::acceptor) else {
+            self.error(Reply::new(454, "4.7.0", "TLS not available"));
+            return Ok(());
+        };
         self.reply(Reply::new(220, "2.0.0", "ready to start TLS"));
         // start_tls sends the reply, then discards anything the client sent
         // after STARTTLS in the clear (CVE-2011-0411 class).

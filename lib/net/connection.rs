@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use super::tls::ServerTls;
 use super::{KEEP_OUTPUT_CAPACITY, NetError, OUTPUT_HIGH_WATER, READ_BUFFER, from_io};
 use crate::config::Plaintext;
 
@@ -340,17 +341,21 @@ impl Connection {
         }
     }
 
-    /// The acceptor STARTTLS would use now, or why it cannot start (for
-    /// the protocol's refusal): no certificate loaded, or TLS already on.
-    pub fn starttls_acceptor(
-        &self,
-        tls: Option<&TlsAcceptor>,
-    ) -> Result<TlsAcceptor, &'static str> {
-        match tls {
-            None => Err("TLS is not available here"),
-            Some(_) if self.is_tls() => Err("TLS is already active"),
-            Some(acceptor) => Ok(acceptor.clone()),
+    /// Whether STARTTLS may be offered now: a certificate is configured
+    /// and TLS is not on yet.
+    pub fn may_starttls(&self, tls: Option<&ServerTls>) -> bool {
+        tls.is_some() && !self.is_tls()
+    }
+
+    /// The acceptor STARTTLS would use now (loading a deferred
+    /// certificate), or why it cannot start (for the protocol's refusal):
+    /// no usable certificate, or TLS already on.
+    pub fn starttls_acceptor(&self, tls: Option<&ServerTls>) -> Result<TlsAcceptor, &'static str> {
+        if self.is_tls() {
+            return Err("TLS is already active");
         }
+        tls.and_then(ServerTls::acceptor)
+            .ok_or("TLS is not available here")
     }
 
     /// Starts TLS on this connection (STARTTLS, or implicit TLS at

@@ -15,12 +15,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio_rustls::TlsAcceptor;
-
 use crate::config::{Config, ConfigError, Limits};
 use crate::directory::reloading::LoginFiles;
 use crate::net::privileges::{self, PrivilegeError};
-use crate::net::{Connection, Launch, NetError, tls};
+use crate::net::tls::ServerTls;
+use crate::net::{Connection, Launch, NetError};
 use crate::store::fsutil::FileError;
 
 /// The flags every server takes, flattened into its own `clap` arguments.
@@ -115,22 +114,28 @@ pub enum StartError {
 /// A server with its sockets, without root, ready to serve.
 pub struct Server {
     pub config: Config,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<ServerTls>,
     launch: Launch,
 }
 
 impl Server {
     /// Reads the config, takes the sockets the flags or the launcher give,
-    /// leaves root, then loads the TLS certificate. Without a usable
-    /// certificate the server still runs, without STARTTLS or implicit TLS
-    /// (and so without plaintext passwords from remote clients); a warning
-    /// says why.
+    /// leaves root, then loads the TLS certificate: at once, or, for one
+    /// plain-text inetd connection, at its first STARTTLS
+    /// ([`ServerTls::deferred`]). Without a usable certificate the server
+    /// still runs, without STARTTLS or implicit TLS (and so without
+    /// plaintext passwords from remote clients); a warning says why.
     pub fn start(flags: &ServerFlags) -> Result<Server, StartError> {
         let config = Config::load(&Config::locate(flags.config.as_deref()))?;
         let launch = Launch::from_flags(&flags.listen, &flags.listen_tls, flags.inetd_tls)?;
         privileges::drop_privileges(&config)?;
-        let tls = match tls::acceptor(&config) {
-            Ok(acceptor) => Some(acceptor),
+        let tls = if matches!(launch, Launch::Inetd { tls: false }) {
+            ServerTls::deferred(&config)
+        } else {
+            ServerTls::load(&config)
+        };
+        let tls = match tls {
+            Ok(tls) => Some(tls),
             Err(e) => {
                 tracing::warn!("no TLS, so no STARTTLS and no passwords from remote clients: {e}");
                 None
@@ -153,7 +158,7 @@ impl Server {
         self,
         limits: Limits,
         busy_reply: &'static [u8],
-        shared: impl FnOnce(Config, Option<TlsAcceptor>) -> Result<S, E>,
+        shared: impl FnOnce(Config, Option<ServerTls>) -> Result<S, E>,
         session: F,
     ) -> Result<Infallible, StartError>
     where
@@ -168,11 +173,16 @@ impl Server {
             tls,
             launch,
         } = self;
+        // What implicit TLS needs now (a plain-text inetd connection needs
+        // none, and asking would load a deferred certificate).
+        let at_connect = match launch {
+            Launch::Inetd { tls: false } => None,
+            _ => tls.as_ref().and_then(ServerTls::acceptor),
+        };
         runtime.block_on(async move {
-            let state = Arc::new(
-                shared(config, tls.clone()).map_err(|e| StartError::Setup(format!("{e:#}")))?,
-            );
-            crate::net::serve(launch, &limits, tls, busy_reply, move |conn| {
+            let state =
+                Arc::new(shared(config, tls).map_err(|e| StartError::Setup(format!("{e:#}")))?);
+            crate::net::serve(launch, &limits, at_connect, busy_reply, move |conn| {
                 session(state.clone(), conn)
             })
             .await
@@ -188,12 +198,12 @@ impl Server {
 /// when they change.
 pub struct LoginShared {
     pub config: Config,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<ServerTls>,
     pub files: LoginFiles,
 }
 
 impl LoginShared {
-    pub fn new(config: Config, tls: Option<TlsAcceptor>) -> Result<LoginShared, FileError> {
+    pub fn new(config: Config, tls: Option<ServerTls>) -> Result<LoginShared, FileError> {
         let files = LoginFiles::load(&config)?;
         Ok(LoginShared { config, tls, files })
     }

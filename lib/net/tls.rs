@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -212,6 +212,78 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsError> {
     server_config(&config.tls_cert(), &config.tls_key()).map(TlsAcceptor::from)
 }
 
+/// A server's certificate and key, for STARTTLS and implicit TLS: loaded
+/// when the server starts ([`ServerTls::load`]), or at the first client
+/// that asks ([`ServerTls::deferred`]).
+///
+/// Loading means parsing the key, and for an ECDSA key deriving its public
+/// half: about a sixth of the instructions a plain-text inetd start of
+/// smtp-recv runs, for connections most of which never ask for TLS.
+#[derive(Clone)]
+pub struct ServerTls(Arc<ServerTlsFiles>);
+
+struct ServerTlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    /// Set once: the acceptor, or None when the files would not load
+    /// (said at warn, once).
+    acceptor: OnceLock<Option<TlsAcceptor>>,
+}
+
+impl ServerTls {
+    /// The config's certificate and key, loaded now.
+    pub fn load(config: &Config) -> Result<ServerTls, TlsError> {
+        let tls = ServerTls::named(config);
+        let acceptor = server_config(&tls.0.cert, &tls.0.key).map(TlsAcceptor::from)?;
+        let _ = tls.0.acceptor.set(Some(acceptor));
+        Ok(tls)
+    }
+
+    /// The config's certificate and key, loaded by the first
+    /// [`ServerTls::acceptor`] call: for a process that serves one
+    /// plain-text connection. Both files are opened now, so a missing or
+    /// unreadable one is reported at start, as [`ServerTls::load`] would;
+    /// what is wrong inside them shows at the first STARTTLS, which then
+    /// fails as if no certificate were configured.
+    pub fn deferred(config: &Config) -> Result<ServerTls, TlsError> {
+        let tls = ServerTls::named(config);
+        std::fs::File::open(&tls.0.cert).map_err(|e| TlsError::Cert {
+            file: tls.0.cert.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::File::open(&tls.0.key).map_err(|e| TlsError::Key {
+            file: tls.0.key.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(tls)
+    }
+
+    fn named(config: &Config) -> ServerTls {
+        ServerTls(Arc::new(ServerTlsFiles {
+            cert: config.tls_cert(),
+            key: config.tls_key(),
+            acceptor: OnceLock::new(),
+        }))
+    }
+
+    /// The acceptor, loading the files on the first call of a deferred
+    /// one; None when they do not load (the reason logged once, at warn).
+    pub fn acceptor(&self) -> Option<TlsAcceptor> {
+        self.0
+            .acceptor
+            .get_or_init(
+                || match server_config(&self.0.cert, &self.0.key).map(TlsAcceptor::from) {
+                    Ok(acceptor) => Some(acceptor),
+                    Err(e) => {
+                        tracing::warn!("no TLS for this client: {e}");
+                        None
+                    }
+                },
+            )
+            .clone()
+    }
+}
+
 /// Writes a new self-signed certificate for `hostname` (also valid for
 /// `localhost`, 127.0.0.1 and ::1, so local clients and tests can verify it)
 /// and its private key, creating the folders they go in.
@@ -343,5 +415,57 @@ pub(crate) mod tests {
         tls.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"world");
         assert_eq!(&server.await.unwrap(), b"hello");
+    }
+
+    /// A config naming `cert` and `key`.
+    fn naming(cert: &Path, key: &Path) -> Config {
+        Config::parse(&format!(
+            "hostname = \"mx.example.test\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            cert, key
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_deferred_certificate_loads_at_the_first_ask_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        generate_self_signed("mx.example.test", &cert, &key).unwrap();
+
+        // Missing files are reported at start, by both.
+        let missing = naming(&cert, &dir.path().join("none.pem"));
+        assert!(matches!(
+            ServerTls::deferred(&missing),
+            Err(TlsError::Key { .. })
+        ));
+        assert!(matches!(
+            ServerTls::load(&missing),
+            Err(TlsError::Key { .. })
+        ));
+
+        // A key that is there but is not one: deferred starts, load does
+        // not; the deferred one then has no acceptor to give.
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a key\n").unwrap();
+        let broken = naming(&cert, &junk);
+        assert!(ServerTls::load(&broken).is_err());
+        let tls = ServerTls::deferred(&broken).unwrap();
+        assert!(tls.acceptor().is_none());
+
+        // A good pair: nothing read until asked, then one acceptor shared.
+        let tls = ServerTls::deferred(&naming(&cert, &key)).unwrap();
+        assert!(tls.0.acceptor.get().is_none());
+        let first = tls.acceptor().unwrap();
+        let again = tls.clone().acceptor().unwrap();
+        assert!(Arc::ptr_eq(first.config(), again.config()));
+        assert!(
+            ServerTls::load(&naming(&cert, &key))
+                .unwrap()
+                .0
+                .acceptor
+                .get()
+                .is_some()
+        );
     }
 }

@@ -355,6 +355,105 @@ fn inetd_mode_over_pipes_refuses_auth_without_tls_from_remote_peers() {
     assert!(said.contains("221 2.0.0"), "{said}");
 }
 
+/// Python's smtplib over a socket pair handed to an inetd-mode smtp-recv
+/// (a socket with no IP peer, served as inetd's would be, `REMOTE_ADDR`
+/// naming a remote client), with `body` run after the greeting; `s` is the
+/// client. Returns (success, what Python and smtp-recv said).
+fn smtplib_inetd(tree: &Tree, body: &str) -> (bool, String) {
+    let script = format!(
+        r#"
+import os, smtplib, socket, ssl, subprocess
+ours, theirs = socket.socketpair()
+server = subprocess.Popen([os.environ["RECV"], "--config", os.environ["CONFIG"]],
+                          stdin=theirs, stdout=theirs, stderr=subprocess.PIPE,
+                          env=dict(os.environ, REMOTE_ADDR="192.0.2.7", POSTROOM_LOG="info"))
+theirs.close()
+s = smtplib.SMTP()
+s.sock = ours
+s._host = "localhost"  # the name STARTTLS verifies: the certificate has it
+code, _ = s.getreply()
+assert code == 220, code
+ctx = ssl.create_default_context(cafile=os.environ["CERT"])
+{body}
+s.close()
+server.wait(timeout=10)
+print(server.stderr.read().decode())
+"#
+    );
+    let config = tree.load_config();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("RECV", bin("smtp-recv"))
+        .env("CONFIG", &tree.config)
+        .env("CERT", config.tls_cert())
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+#[test]
+fn inetd_mode_loads_the_certificate_at_starttls() {
+    let tree = tree_with_users();
+    let (ok, said) = smtplib_inetd(
+        &tree,
+        r#"
+code, caps = s.ehlo("client.test")
+assert b"STARTTLS" in caps and b"AUTH" not in caps, caps
+s.starttls(context=ctx)
+code, caps = s.ehlo("client.test")
+assert b"AUTH PLAIN" in caps, caps
+s.login("ann@example.test", "secret")
+s.sendmail("ann@example.test", ["friend@elsewhere.test"], b"Subject: tls\r\n\r\nx\r\n")
+s.quit()
+"#,
+    );
+    assert!(ok, "{said}");
+    assert_eq!(tree.queue().list().unwrap().len(), 1, "{said}");
+}
+
+#[test]
+fn inetd_mode_with_a_broken_key_refuses_starttls_and_goes_on_in_clear() {
+    let tree = tree_with_users();
+    // There, so STARTTLS is offered; not a key, which shows when it loads.
+    std::fs::write(tree.load_config().tls_key(), "not a key\n").unwrap();
+    let (ok, said) = smtplib_inetd(
+        &tree,
+        r#"
+code, caps = s.ehlo("client.test")
+assert b"STARTTLS" in caps, caps
+code, text = s.docmd("STARTTLS")
+assert code == 454, (code, text)
+code, _ = s.ehlo("client.test")
+assert code == 250, code
+s.sendmail("x@remote.test", ["bob@example.test"], b"Subject: clear\r\n\r\nx\r\n")
+s.quit()
+"#,
+    );
+    assert!(ok, "{said}");
+    assert!(said.contains("no TLS for this client"), "{said}");
+    assert_eq!(maildir_files(&tree.maildir("bob")).len(), 1);
+
+    // A session that never asks for TLS never reads the key.
+    let (ok, said) = smtplib_inetd(
+        &tree,
+        r#"
+s.ehlo("client.test")
+s.sendmail("x@remote.test", ["bob@example.test"], b"Subject: clear\r\n\r\nx\r\n")
+s.quit()
+"#,
+    );
+    assert!(ok, "{said}");
+    assert!(
+        !said.contains("no TLS") && !said.contains("private key"),
+        "{said}"
+    );
+    assert_eq!(maildir_files(&tree.maildir("bob")).len(), 2);
+}
+
 #[test]
 fn swaks_starttls_auth_and_implicit_tls() {
     let tree = tree_with_users();
