@@ -157,10 +157,7 @@ mod tests {
     }
 
     fn tls_fixture() -> (tempfile::TempDir, TlsAcceptor, tokio_rustls::TlsConnector) {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = dir.path().join("cert.pem");
-        let key = dir.path().join("key.pem");
-        crate::net::tls::generate_self_signed("mx.example.test", &cert, &key).unwrap();
+        let (dir, cert, key) = crate::net::tls::tests::generated_pair();
         let acceptor = TlsAcceptor::from(crate::net::tls::server_config(&cert, &key).unwrap());
         let connector =
             tokio_rustls::TlsConnector::from(crate::net::tls::tests::client_trusting(&cert));

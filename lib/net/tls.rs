@@ -207,11 +207,6 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// The acceptor for the certificate and key the config names.
-pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsError> {
-    server_config(&config.tls_cert(), &config.tls_key()).map(TlsAcceptor::from)
-}
-
 /// A server's certificate and key, for STARTTLS and implicit TLS: loaded
 /// when the server starts ([`ServerTls::load`]), or at the first client
 /// that asks ([`ServerTls::deferred`]).
@@ -333,6 +328,16 @@ pub(crate) mod tests {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A fresh self-signed certificate for mx.example.test and its key, in
+    /// a folder that lives as long as the first value.
+    pub(crate) fn generated_pair() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        generate_self_signed("mx.example.test", &cert, &key).unwrap();
+        (dir, cert, key)
+    }
+
     /// A client config trusting exactly the certificate in `cert`.
     pub(crate) fn client_trusting(cert: &Path) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
@@ -388,10 +393,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn handshake_over_loopback() {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = dir.path().join("cert.pem");
-        let key = dir.path().join("key.pem");
-        generate_self_signed("mx.example.test", &cert, &key).unwrap();
+        let (_dir, cert, key) = generated_pair();
         let acceptor = TlsAcceptor::from(server_config(&cert, &key).unwrap());
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -428,10 +430,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_deferred_certificate_loads_at_the_first_ask_and_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = dir.path().join("cert.pem");
-        let key = dir.path().join("key.pem");
-        generate_self_signed("mx.example.test", &cert, &key).unwrap();
+        let (dir, cert, key) = generated_pair();
 
         // Missing files are reported at start, by both.
         let missing = naming(&cert, &dir.path().join("none.pem"));
