@@ -90,6 +90,12 @@ impl Launch {
         }
     }
 
+    /// One plain-text connection on fd 0/1: the launch that needs no TLS
+    /// until its client asks (STARTTLS), so loads none before.
+    pub fn is_plain_inetd(&self) -> bool {
+        matches!(self, Launch::Inetd { tls: false })
+    }
+
     /// A runtime fit for the launch: one thread for one inetd connection
     /// (starting fast matters there), a thread per core otherwise.
     pub fn runtime(&self) -> io::Result<tokio::runtime::Runtime> {

@@ -129,7 +129,7 @@ impl Server {
         let config = Config::load(&Config::locate(flags.config.as_deref()))?;
         let launch = Launch::from_flags(&flags.listen, &flags.listen_tls, flags.inetd_tls)?;
         privileges::drop_privileges(&config)?;
-        let tls = if matches!(launch, Launch::Inetd { tls: false }) {
+        let tls = if launch.is_plain_inetd() {
             ServerTls::deferred(&config)
         } else {
             ServerTls::load(&config)
@@ -175,9 +175,10 @@ impl Server {
         } = self;
         // What implicit TLS needs now (a plain-text inetd connection needs
         // none, and asking would load a deferred certificate).
-        let at_connect = match launch {
-            Launch::Inetd { tls: false } => None,
-            _ => tls.as_ref().and_then(ServerTls::acceptor),
+        let at_connect = if launch.is_plain_inetd() {
+            None
+        } else {
+            tls.as_ref().and_then(ServerTls::acceptor)
         };
         runtime.block_on(async move {
             let state =

@@ -229,8 +229,7 @@ impl ServerTls {
     /// The config's certificate and key, loaded now.
     pub fn load(config: &Config) -> Result<ServerTls, TlsError> {
         let tls = ServerTls::named(config);
-        let acceptor = server_config(&tls.0.cert, &tls.0.key).map(TlsAcceptor::from)?;
-        let _ = tls.0.acceptor.set(Some(acceptor));
+        let _ = tls.0.acceptor.set(Some(tls.read()?));
         Ok(tls)
     }
 
@@ -266,16 +265,19 @@ impl ServerTls {
     pub fn acceptor(&self) -> Option<TlsAcceptor> {
         self.0
             .acceptor
-            .get_or_init(
-                || match server_config(&self.0.cert, &self.0.key).map(TlsAcceptor::from) {
-                    Ok(acceptor) => Some(acceptor),
-                    Err(e) => {
-                        tracing::warn!("no TLS for this client: {e}");
-                        None
-                    }
-                },
-            )
+            .get_or_init(|| match self.read() {
+                Ok(acceptor) => Some(acceptor),
+                Err(e) => {
+                    tracing::warn!("no TLS for this client: {e}");
+                    None
+                }
+            })
             .clone()
+    }
+
+    /// Reads and parses the two files.
+    fn read(&self) -> Result<TlsAcceptor, TlsError> {
+        server_config(&self.0.cert, &self.0.key).map(TlsAcceptor::from)
     }
 }
 
