@@ -9,6 +9,11 @@
 
 #![forbid(unsafe_code)]
 
+/// dlmalloc in the static build: see [`postroom::cli::PerMessageAllocator`].
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: postroom::cli::PerMessageAllocator = postroom::cli::PerMessageAllocator;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
