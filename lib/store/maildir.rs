@@ -1334,6 +1334,23 @@ mod tests {
     }
 
     #[test]
+    fn a_body_larger_than_the_growing_buffer_is_copied_whole() {
+        // Lines of 7 and 8 bytes put CRLFs across every buffer size the
+        // copy goes through (8, 16, 32, then 64 KB reads).
+        let mut body = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..30_000u32 {
+            let line = if i % 2 == 0 { "abcde" } else { "abcdef" };
+            body.extend_from_slice(format!("{line}\r\n").as_bytes());
+            expected.extend_from_slice(format!("{line}\n").as_bytes());
+        }
+        let mut out = Vec::new();
+        let (n, wire) = copy_with_lf(&mut &body[..], &mut out, None).unwrap();
+        assert_eq!(out, expected);
+        assert_eq!((n, wire), (expected.len() as u64, body.len() as u64));
+    }
+
+    #[test]
     fn quota_refuses_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::new(dir.path().join("u"));
