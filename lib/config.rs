@@ -1167,11 +1167,37 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// A number or a string: TOML lets either stand for a size or a duration.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// Read by one visitor rather than `#[serde(untagged)]`, which tries the
+/// number first and builds (and formats) an error for every text value at
+/// every start of every program, and which answers anything else with
+/// "did not match any variant" instead of saying what was expected.
 enum NumberOrText {
     Number(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for NumberOrText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NumberOrText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number or a text such as \"35M\" or \"5m\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<NumberOrText, E> {
+                Ok(NumberOrText::Number(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<NumberOrText, E> {
+                u64::try_from(n).map(NumberOrText::Number).map_err(|_| {
+                    E::invalid_value(serde::de::Unexpected::Signed(n), &"zero or more")
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<NumberOrText, E> {
+                Ok(NumberOrText::Text(text.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1264,6 +1290,12 @@ mod tests {
         let e = Config::parse("hostname = \"h.test\"\n[limits]\nidle_timeout = \"5 fortnights\"\n")
             .unwrap_err();
         assert!(e.contains("unknown unit"), "{e}");
+        // Neither a number nor a text: the message says what would do.
+        let e =
+            Config::parse("hostname = \"h.test\"\n[limits]\nmessage_size = true\n").unwrap_err();
+        assert!(e.contains("a whole number or a text such as"), "{e}");
+        let e = Config::parse("hostname = \"h.test\"\n[limits]\nmessage_size = -5\n").unwrap_err();
+        assert!(e.contains("`-5`, expected zero or more"), "{e}");
         let e = Config::parse("hostname = \"h.test\"\n[limits]\nrecipients = 0\n").unwrap_err();
         assert!(e.contains("limits.recipients"), "{e}");
         let e = Config::parse("hostname = \"bad host\"\n").unwrap_err();
