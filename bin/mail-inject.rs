@@ -14,11 +14,6 @@
 
 #![forbid(unsafe_code)]
 
-/// dlmalloc in the static build: see [`postroom::cli::PerMessageAllocator`].
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOCATOR: postroom::cli::PerMessageAllocator = postroom::cli::PerMessageAllocator;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,6 +24,11 @@ use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::message;
 use postroom::store::queue::{Envelope, Queue};
+
+/// dlmalloc in the static build: see [`postroom::cli::PerMessageAllocator`].
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: postroom::cli::PerMessageAllocator = postroom::cli::PerMessageAllocator;
 
 /// sysexits(3), the contract every sendmail caller understands.
 const EX_USAGE: u8 = 64;

@@ -19,11 +19,6 @@
 
 #![forbid(unsafe_code)]
 
-/// dlmalloc in the static build: see [`postroom::cli::PerMessageAllocator`].
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOCATOR: postroom::cli::PerMessageAllocator = postroom::cli::PerMessageAllocator;
-
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +35,11 @@ use postroom::directory::users;
 use postroom::proto::address::Address;
 use postroom::proto::message;
 use postroom::store::maildir::Maildir;
+
+/// dlmalloc in the static build: see [`postroom::cli::PerMessageAllocator`].
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: postroom::cli::PerMessageAllocator = postroom::cli::PerMessageAllocator;
 
 const EX_NOUSER: u8 = 67;
 const EX_UNAVAILABLE: u8 = 69;

@@ -9,11 +9,6 @@
 
 #![forbid(unsafe_code)]
 
-/// dlmalloc in the static build: see [`postroom::cli::PerMessageAllocator`].
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOCATOR: postroom::cli::PerMessageAllocator = postroom::cli::PerMessageAllocator;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +20,11 @@ use postroom::config::{Config, parse_duration};
 use postroom::delivery::vacation::{self, Decision, Settings};
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::Address;
+
+/// dlmalloc in the static build: see [`postroom::cli::PerMessageAllocator`].
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: postroom::cli::PerMessageAllocator = postroom::cli::PerMessageAllocator;
 
 /// sysexits: unknown user, temporary failure, bad config.
 const EX_NOUSER: u8 = 67;

@@ -1176,13 +1176,18 @@ enum NumberOrText {
     Text(String),
 }
 
-impl<'de> Deserialize<'de> for NumberOrText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
+impl NumberOrText {
+    /// Reads either; `example` completes "a whole number of …" in the
+    /// message for anything else (`bytes or a text such as "35M"`).
+    fn read<'de, D: serde::Deserializer<'de>>(
+        d: D,
+        example: &'static str,
+    ) -> Result<Self, D::Error> {
+        struct Visitor(&'static str);
         impl serde::de::Visitor<'_> for Visitor {
             type Value = NumberOrText;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a whole number or a text such as \"35M\" or \"5m\"")
+                write!(f, "a whole number of {}", self.0)
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<NumberOrText, E> {
                 Ok(NumberOrText::Number(n))
@@ -1196,19 +1201,19 @@ impl<'de> Deserialize<'de> for NumberOrText {
                 Ok(NumberOrText::Text(text.to_string()))
             }
         }
-        d.deserialize_any(Visitor)
+        d.deserialize_any(Visitor(example))
     }
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match NumberOrText::deserialize(d)? {
+    match NumberOrText::read(d, "seconds or a text such as \"5m\"")? {
         NumberOrText::Number(n) => Ok(Duration::from_secs(n)),
         NumberOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
 
 fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match NumberOrText::deserialize(d)? {
+    match NumberOrText::read(d, "bytes or a text such as \"35M\"")? {
         NumberOrText::Number(n) => Ok(n),
         NumberOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
     }
@@ -1293,7 +1298,15 @@ mod tests {
         // Neither a number nor a text: the message says what would do.
         let e =
             Config::parse("hostname = \"h.test\"\n[limits]\nmessage_size = true\n").unwrap_err();
-        assert!(e.contains("a whole number or a text such as"), "{e}");
+        assert!(
+            e.contains("a whole number of bytes or a text such as"),
+            "{e}"
+        );
+        let e = Config::parse("hostname = \"h.test\"\n[limits]\nidle_timeout = [1]\n").unwrap_err();
+        assert!(
+            e.contains("a whole number of seconds or a text such as"),
+            "{e}"
+        );
         let e = Config::parse("hostname = \"h.test\"\n[limits]\nmessage_size = -5\n").unwrap_err();
         assert!(e.contains("`-5`, expected zero or more"), "{e}");
         let e = Config::parse("hostname = \"h.test\"\n[limits]\nrecipients = 0\n").unwrap_err();

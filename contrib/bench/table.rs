@@ -10,9 +10,13 @@
 //!   disk's durable-write floor (the raw tmp → fsync → rename → fsync loop)
 //!   plus the start of a process (`/bin/true`);
 //! - mail-inject → maildir with 1 and 8 injectors against the raw loop,
-//!   and against the ceiling of any process-per-message injector: the raw
-//!   loop with a process spawned before each write (`/bin/true` for the
-//!   glibc build, the static build's `mailsort --version` for it);
+//!   and against the ceiling of a process per message built the way
+//!   postroom's are: the raw loop with a process spawned before each write
+//!   (`/bin/true` for the glibc build, the static build's `mailsort
+//!   --version` for it). A smaller program starts faster still: a static C
+//!   program that returns at once took 0.03 ms of CPU and 5 page faults,
+//!   an empty static Rust one 0.05 ms and 11, `mailsort --version` 0.23 ms
+//!   and 53;
 //! - smtp-recv under inetd (stdin/stdout), spawn to greeting, against a
 //!   bare `/bin/true` spawned the same way, with users and aliases files of
 //!   10 lines and of 100,000;

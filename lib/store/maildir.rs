@@ -909,7 +909,8 @@ fn name_field(name: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The largest read [`copy_with_lf`] makes.
+/// The first read [`copy_with_lf`] makes, and the largest.
+const COPY_FIRST_READ: usize = 8 * 1024;
 const COPY_CHUNK: usize = 64 * 1024;
 
 /// Copies `body` to `out`, turning CRLF into LF (a maildir holds LF-ended
@@ -926,7 +927,7 @@ fn copy_with_lf(
     // The read buffer starts small and doubles while reads fill it: most
     // messages are a few KB, and a zeroed 64 KB buffer costs 16 page
     // faults in a process that delivers one message and exits.
-    let mut buf = vec![0u8; 8 * 1024];
+    let mut buf = vec![0u8; COPY_FIRST_READ];
     let mut converted = Vec::new();
     let mut ended = Vec::new();
     let mut size = 0;
@@ -940,7 +941,7 @@ fn copy_with_lf(
             Err(e) => return Err(e),
         };
         if n == buf.len() && buf.len() < COPY_CHUNK {
-            buf.resize(buf.len() * 2, 0);
+            buf.resize((buf.len() * 2).min(COPY_CHUNK), 0);
         }
         converted.clear();
         for &b in &buf[..n] {
@@ -1335,8 +1336,16 @@ mod tests {
 
     #[test]
     fn a_body_larger_than_the_growing_buffer_is_copied_whole() {
-        // Lines of 7 and 8 bytes put CRLFs across every buffer size the
-        // copy goes through (8, 16, 32, then 64 KB reads).
+        /// A slice reader that records the size of each read it is asked for.
+        struct Sizes<'a>(&'a [u8], Vec<usize>);
+        impl Read for Sizes<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.1.push(buf.len());
+                self.0.read(buf)
+            }
+        }
+        // 30,000 lines of 7 and 8 bytes: CRLFs fall across some of the
+        // read ends, and the copy must join them whatever the read size.
         let mut body = Vec::new();
         let mut expected = Vec::new();
         for i in 0..30_000u32 {
@@ -1344,10 +1353,17 @@ mod tests {
             body.extend_from_slice(format!("{line}\r\n").as_bytes());
             expected.extend_from_slice(format!("{line}\n").as_bytes());
         }
+        let mut reader = Sizes(&body, Vec::new());
         let mut out = Vec::new();
-        let (n, wire) = copy_with_lf(&mut &body[..], &mut out, None).unwrap();
+        let (n, wire) = copy_with_lf(&mut reader, &mut out, None).unwrap();
         assert_eq!(out, expected);
         assert_eq!((n, wire), (expected.len() as u64, body.len() as u64));
+        // The buffer doubles while reads fill it, up to COPY_CHUNK.
+        let k = 1024;
+        assert_eq!(
+            reader.1[..6],
+            [8 * k, 16 * k, 32 * k, 64 * k, 64 * k, 64 * k]
+        );
     }
 
     #[test]
