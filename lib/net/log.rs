@@ -90,19 +90,20 @@ impl Format {
 /// plain text. Text under systemd leaves out the timestamp, because the
 /// journal records its own.
 pub fn init(program: &str, default_level: &str) {
-    // The default filter is one level, which `Deferred` can apply alone.
-    let (filter, level, bad_filter) = match EnvFilter::try_from_env(FILTER_ENV) {
-        Ok(filter) => (filter, None, None),
+    // `None` is the default filter, `default_level` alone: built only where
+    // it is needed, and `Deferred` applies it without building it at all.
+    let (set, bad_filter) = match EnvFilter::try_from_env(FILTER_ENV) {
+        Ok(filter) => (Some(filter), None),
         Err(e) => {
             // Unset is the normal case; a value that does not parse is a
             // mistake worth reporting once logging works.
             let bad = std::env::var(FILTER_ENV).ok().map(|value| {
                 format!("{FILTER_ENV}={value:?} ignored ({e}); using {default_level:?}")
             });
-            let level = default_level.parse::<LevelFilter>().ok();
-            (EnvFilter::new(default_level), level, bad)
+            (None, bad)
         }
     };
+    let filter = |set: Option<EnvFilter>| set.unwrap_or_else(|| EnvFilter::new(default_level));
     let journal_stream = std::env::var_os("JOURNAL_STREAM").is_some();
     let (format, bad_format) =
         Format::from_env(std::env::var(FORMAT_ENV).ok().as_deref(), journal_stream);
@@ -113,13 +114,13 @@ pub fn init(program: &str, default_level: &str) {
                 let layer = layer
                     .with_syslog_identifier(program.to_string())
                     .with_field_prefix(None);
-                install(tracing_subscriber::registry().with(filter).with(layer))
+                install(tracing_subscriber::registry().with(filter(set)).with(layer))
             }
             Err(e) => {
                 notes.push(format!(
                     "the journal cannot be reached ({e}); logging text to stderr"
                 ));
-                install(text_subscriber(program, filter, journal_stream))
+                install(text_subscriber(program, filter(set), journal_stream))
             }
         },
         Format::Json => {
@@ -137,16 +138,20 @@ pub fn init(program: &str, default_level: &str) {
                     json: true,
                 })
                 .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new());
-            install(tracing_subscriber::registry().with(filter).with(ansi_free))
+            install(
+                tracing_subscriber::registry()
+                    .with(filter(set))
+                    .with(ansi_free),
+            )
         }
-        Format::Text => match level {
-            Some(level) => {
+        Format::Text => match (set, default_level.parse::<LevelFilter>()) {
+            (None, Ok(level)) => {
                 let program = program.to_string();
                 install(Deferred::new(level, move || {
                     text_subscriber(&program, EnvFilter::new(level.to_string()), journal_stream)
                 }))
             }
-            None => install(text_subscriber(program, filter, journal_stream)),
+            (set, _) => install(text_subscriber(program, filter(set), journal_stream)),
         },
     };
     if installed {

@@ -909,8 +909,9 @@ fn name_field(name: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The first read [`copy_with_lf`] makes, and the largest.
+/// The first read [`copy_with_lf`] makes.
 const COPY_FIRST_READ: usize = 8 * 1024;
+/// The largest read [`copy_with_lf`] makes.
 const COPY_CHUNK: usize = 64 * 1024;
 
 /// Copies `body` to `out`, turning CRLF into LF (a maildir holds LF-ended
