@@ -952,12 +952,12 @@ fn copy_with_lf(
         converted.clear();
         // A CR not followed by LF is content; CRLF becomes LF. A CR that
         // ends a read waits for the next byte. Runs between CRs are
-        // copied whole (memchr, as in `proto::message::to_crlf`).
+        // copied whole (`proto::message::find_byte` says how they are found).
         let mut rest = &buf[..n];
         if std::mem::take(&mut pending_cr) && rest.first() != Some(&b'\n') {
             converted.push(b'\r');
         }
-        while let Some(at) = memchr::memchr(b'\r', rest) {
+        while let Some(at) = crate::proto::message::find_byte(b'\r', rest) {
             converted.extend_from_slice(&rest[..at]);
             match rest.get(at + 1) {
                 None => pending_cr = true,
