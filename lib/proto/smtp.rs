@@ -802,21 +802,6 @@ mod tests {
         );
     }
 
-    /// Up to 3,000 bytes, rich in what the encoder treats specially: line
-    /// ends, leading dots and blanks to fold at.
-    fn message_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
-        proptest::collection::vec(
-            proptest::prop_oneof![
-                proptest::strategy::Just(b'\r'),
-                proptest::strategy::Just(b'\n'),
-                proptest::strategy::Just(b'.'),
-                proptest::strategy::Just(b' '),
-                proptest::prelude::any::<u8>(),
-            ],
-            0..3000,
-        )
-    }
-
     proptest::proptest! {
         // Long inputs, so fewer cases: each runs the encoder four times.
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
@@ -825,7 +810,7 @@ mod tests {
         /// no second pass.
         #[test]
         fn as_sent_sends_the_same_wire_bytes_and_is_final(
-            input in message_bytes(),
+            input in crate::proto::message::strategies::message_bytes(3000),
         ) {
             let stored = crate::proto::message::to_crlf(&input);
             let Some(sent) = as_sent(&stored) else {
@@ -840,7 +825,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn encoder_output_is_always_clean_smtp(
-            input in message_bytes(),
+            input in crate::proto::message::strategies::message_bytes(3000),
             chunk in 1usize..100,
         ) {
             let out = encode(&input, chunk);

@@ -1351,14 +1351,7 @@ mod tests {
         /// CRLF made LF, every other CR kept, and a last line end added.
         #[test]
         fn the_copy_ignores_how_reads_cut_the_message(
-            body in proptest::collection::vec(
-                proptest::prop_oneof![
-                    proptest::strategy::Just(b'\n'),
-                    proptest::strategy::Just(b'\r'),
-                    proptest::prelude::any::<u8>(),
-                ],
-                0..300,
-            ),
+            body in crate::proto::message::strategies::message_bytes(300),
             cuts in proptest::collection::vec(1usize..9, 1..40),
         ) {
             /// Returns reads of the sizes in `.1`, in turn.
@@ -1641,15 +1634,7 @@ mod tests {
         /// form) and what POP3 RETR sends, dot-stuffing undone.
         #[test]
         fn w_size_imap_and_pop3_agree_on_any_message(
-            body in proptest::collection::vec(
-                proptest::prop_oneof![
-                    proptest::strategy::Just(b'\n'),
-                    proptest::strategy::Just(b'\r'),
-                    proptest::strategy::Just(b'.'),
-                    proptest::prelude::any::<u8>(),
-                ],
-                0..300,
-            ),
+            body in crate::proto::message::strategies::message_bytes(300),
         ) {
             let mut file = Vec::new();
             let (size, w) = copy_with_lf(&mut &body[..], &mut file, None).unwrap();
