@@ -30,6 +30,13 @@ use std::time::{Duration, Instant};
 
 use crate::server::{first_line, inetd_greeting, ms};
 
+/// The rates are measured in this many rounds, each contender in turn
+/// with a share of the messages: this disk's speed changed up to fourfold
+/// within one run, and measured one after the other, a slow spell fell on
+/// one contender only (mailsort at 0.61x procmail in a run whose next gave
+/// 1.87x).
+const ROUNDS: usize = 10;
+
 /// The 10 header rules, as Sieve and as procmail recipes: (header, text,
 /// folder). Every one files into its folder and stops, as a procmail
 /// recipe without the `c` flag does.
@@ -128,35 +135,18 @@ pub fn mailsort_row(
             "if header :contains \"{header}\" \"{text}\" {{ fileinto \"{folder}\"; stop; }}\n"
         ));
     }
-    let mut ours = Vec::new();
-    for (label, mailsort) in builds {
-        let dir = base.join(format!("mailsort-{}", ours.len()));
+    // Every program's tree is made first; then they take turns (see
+    // ROUNDS).
+    let mut trees = Vec::new();
+    for (n, (label, mailsort)) in builds.iter().enumerate() {
+        let dir = base.join(format!("mailsort-{n}"));
         let config = crate::bench_tree(&dir)?;
         let inbox = dir.join("mail/bench.test/sink");
         make_folders(&inbox)?;
         std::fs::create_dir_all(inbox.join("sieve"))?;
         std::fs::write(inbox.join("sieve/active.sieve"), &script)?;
-        let time = per_message(&samples, || {
-            let mut command = Command::new(mailsort);
-            command.arg("--config").arg(&config).args([
-                "--user",
-                "sink@bench.test",
-                "--sender",
-                "someone@far.example",
-            ]);
-            command
-        })?;
-        let delivered = count_messages(&inbox)?;
-        anyhow::ensure!(
-            delivered == messages,
-            "mailsort ({label}) delivered {delivered} of {messages}"
-        );
-        let filed = delivered - std::fs::read_dir(inbox.join("new"))?.count();
-        ours.push((label, time, filed));
+        trees.push((*label, mailsort, config, inbox));
     }
-
-    let raw = crate::raw_rate(&base.join("raw-mailsort"), messages, 1)?;
-    let floor = Duration::from_secs_f64(1.0 / raw) + true_start;
     let procmail = match which("procmail") {
         Some(procmail) => {
             let maildir = base.join("procmail/Maildir");
@@ -174,14 +164,56 @@ pub fn mailsort_row(
                 ));
             }
             std::fs::write(&rc, text)?;
-            let time = per_message(&samples, || {
-                let mut command = Command::new(&procmail);
-                command.arg("-m").arg(&rc);
+            Some((procmail, rc, maildir))
+        }
+        None => None,
+    };
+
+    let mut ours_total = vec![Duration::ZERO; trees.len()];
+    let mut theirs_total = Duration::ZERO;
+    let mut raw_total = 0.0;
+    for (round, chunk) in samples.chunks(messages.div_ceil(ROUNDS)).enumerate() {
+        for ((label, mailsort, config, _), total) in trees.iter().zip(&mut ours_total) {
+            *total += per_message(chunk, || {
+                let mut command = Command::new(mailsort);
+                command.arg("--config").arg(config).args([
+                    "--user",
+                    "sink@bench.test",
+                    "--sender",
+                    "someone@far.example",
+                ]);
                 command
-            })?;
+            })
+            .map_err(|e| e.context(format!("mailsort ({label})")))?
+                * chunk.len() as u32;
+        }
+        if let Some((procmail, rc, _)) = &procmail {
+            theirs_total += per_message(chunk, || {
+                let mut command = Command::new(procmail);
+                command.arg("-m").arg(rc);
+                command
+            })? * chunk.len() as u32;
+        }
+        let dir = base.join(format!("raw-mailsort-{round}"));
+        raw_total += chunk.len() as f64 / crate::raw_rate(&dir, chunk.len(), 1)?;
+    }
+    let mut ours = Vec::new();
+    for ((label, _, _, inbox), total) in trees.iter().zip(ours_total) {
+        let delivered = count_messages(inbox)?;
+        anyhow::ensure!(
+            delivered == messages,
+            "mailsort ({label}) delivered {delivered} of {messages}"
+        );
+        let filed = delivered - std::fs::read_dir(inbox.join("new"))?.count();
+        ours.push((label, total / messages as u32, filed));
+    }
+    let raw = messages as f64 / raw_total;
+    let floor = Duration::from_secs_f64(1.0 / raw) + true_start;
+    let procmail = match procmail {
+        Some((_, _, maildir)) => {
             let got = count_messages(&maildir)?;
             anyhow::ensure!(got == messages, "procmail delivered {got} of {messages}");
-            Some(time)
+            Some(theirs_total / messages as u32)
         }
         None => None,
     };
@@ -272,38 +304,48 @@ fn per_message(samples: &[Vec<u8>], command: impl Fn() -> Command) -> anyhow::Re
 /// nothing).
 fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyhow::Result<()> {
     for injectors in [1, 8] {
-        let raw = crate::raw_rate(
-            &base.join(format!("raw-inject{injectors}")),
-            messages,
-            injectors,
-        )?;
+        // Each round, a share of the messages through the raw loop, then
+        // each build's ceiling and mail-inject (see ROUNDS); each figure
+        // is its messages over the time its rounds took.
+        let per_round = (messages / ROUNDS / injectors).max(1) * injectors;
+        let mut raw_time = 0.0;
+        let mut ceiling_time = vec![0.0; builds.len()];
+        let mut inject_time = vec![0.0; builds.len()];
+        for round in 0..ROUNDS {
+            let dir = |what: &str| base.join(format!("{what}{injectors}-round{round}"));
+            raw_time +=
+                per_round as f64 / crate::raw_rate(&dir("raw-inject"), per_round, injectors)?;
+            for (n, (_, inject)) in builds.iter().enumerate() {
+                let (program, args) = ceiling_program(n, inject);
+                ceiling_time[n] += per_round as f64
+                    / crate::raw_rate_after_spawning(
+                        &dir(&format!("ceiling-inject-{n}-")),
+                        per_round,
+                        injectors,
+                        &program,
+                        args,
+                    )?;
+                inject_time[n] += per_round as f64
+                    / crate::inject_rate(
+                        inject,
+                        &dir(&format!("inject-{n}-")),
+                        per_round,
+                        injectors,
+                        false,
+                    )?;
+            }
+        }
+        let total = (per_round * ROUNDS) as f64;
+        let raw = total / raw_time;
         println!(
             "mail-inject -> maildir, {injectors} injector(s); raw loop with {injectors} writer(s): {raw:.0} msg/s"
         );
-        for (n, (label, inject)) in builds.iter().enumerate() {
-            // The glibc build comes first (see `builds`).
-            let (program, args, spawned): (PathBuf, &[&str], _) = match n {
-                0 => ("/bin/true".into(), &[], "/bin/true"),
-                _ => (
-                    inject.with_file_name("mailsort"),
-                    &["--version"],
-                    "mailsort --version",
-                ),
+        for (n, (label, _)) in builds.iter().enumerate() {
+            let (ceiling, rate) = (total / ceiling_time[n], total / inject_time[n]);
+            let spawned = match n {
+                0 => "/bin/true",
+                _ => "mailsort --version",
             };
-            let ceiling = crate::raw_rate_after_spawning(
-                &base.join(format!("ceiling-inject{injectors}-{n}")),
-                messages,
-                injectors,
-                &program,
-                args,
-            )?;
-            let rate = crate::inject_rate(
-                inject,
-                &base.join(format!("inject{injectors}-{n}")),
-                messages,
-                injectors,
-                false,
-            )?;
             println!(
                 "  {label}: {rate:.0} msg/s; {:.0}% of raw   [goal >= 50% with 8]; ceiling ({spawned} then the raw write) {ceiling:.0} msg/s, {:.0}% of raw; mail-inject {:.0}% of it",
                 100.0 * rate / raw,
@@ -313,6 +355,16 @@ fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyho
         }
     }
     Ok(())
+}
+
+/// What the ceiling spawns before each raw write: `/bin/true` for the
+/// glibc build (which comes first, see `builds`), the static build's
+/// `mailsort --version` for it.
+fn ceiling_program(n: usize, inject: &Path) -> (PathBuf, &'static [&'static str]) {
+    match n {
+        0 => ("/bin/true".into(), &[]),
+        _ => (inject.with_file_name("mailsort"), &["--version"]),
+    }
 }
 
 /// The smtp-recv start figure, for each of `builds`, with both directory
