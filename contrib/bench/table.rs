@@ -316,7 +316,7 @@ fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyho
             raw_time +=
                 per_round as f64 / crate::raw_rate(&dir("raw-inject"), per_round, injectors)?;
             for (n, (_, inject)) in builds.iter().enumerate() {
-                let (program, args) = ceiling_program(n, inject);
+                let (program, args, _) = ceiling_program(n, inject);
                 ceiling_time[n] += per_round as f64
                     / crate::raw_rate_after_spawning(
                         &dir(&format!("ceiling-inject-{n}-")),
@@ -342,10 +342,7 @@ fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyho
         );
         for (n, (label, _)) in builds.iter().enumerate() {
             let (ceiling, rate) = (total / ceiling_time[n], total / inject_time[n]);
-            let spawned = match n {
-                0 => "/bin/true",
-                _ => "mailsort --version",
-            };
+            let (_, _, spawned) = ceiling_program(n, &builds[n].1);
             println!(
                 "  {label}: {rate:.0} msg/s; {:.0}% of raw   [goal >= 50% with 8]; ceiling ({spawned} then the raw write) {ceiling:.0} msg/s, {:.0}% of raw; mail-inject {:.0}% of it",
                 100.0 * rate / raw,
@@ -359,11 +356,15 @@ fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyho
 
 /// What the ceiling spawns before each raw write: `/bin/true` for the
 /// glibc build (which comes first, see `builds`), the static build's
-/// `mailsort --version` for it.
-fn ceiling_program(n: usize, inject: &Path) -> (PathBuf, &'static [&'static str]) {
+/// `mailsort --version` for it; and how the table names it.
+fn ceiling_program(n: usize, inject: &Path) -> (PathBuf, &'static [&'static str], &'static str) {
     match n {
-        0 => ("/bin/true".into(), &[]),
-        _ => (inject.with_file_name("mailsort"), &["--version"]),
+        0 => ("/bin/true".into(), &[], "/bin/true"),
+        _ => (
+            inject.with_file_name("mailsort"),
+            &["--version"],
+            "mailsort --version",
+        ),
     }
 }
 

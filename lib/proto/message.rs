@@ -10,8 +10,9 @@
 //!   reaches the queue (a bare CR or LF is what the 2023 SMTP smuggling
 //!   attacks ride on).
 //! - Maildirs hold LF. Delivery (`store::maildir`) writes CRLF as LF and
-//!   keeps a bare CR as content; [`crlf_to_lf`] is the same rule for
-//!   programs that read mail the Unix way (a pipe alias, Sieve's `pipe`).
+//!   keeps a bare CR as content, chunk by chunk with [`CrlfToLf`];
+//!   [`crlf_to_lf`] is the same rule whole, for programs that read mail
+//!   the Unix way (a pipe alias, Sieve's `pipe`).
 //! - What POP3 and IMAP send of a stored message, and what the `,W=` of a
 //!   maildir name counts, is its wire form: [`wire_form`] for a message in
 //!   memory, [`WireForm`] chunk by chunk (POP3 RETR streams it, delivery
@@ -61,17 +62,48 @@ pub fn to_crlf(data: &[u8]) -> Vec<u8> {
 /// the way in, and this is no place to guess.
 pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
-    let mut rest = data;
-    // Runs between CRs are copied whole (see `to_crlf`).
-    while let Some(at) = find_byte(b'\r', rest) {
-        out.extend_from_slice(&rest[..at]);
-        if rest.get(at + 1) != Some(&b'\n') {
+    let mut lf = CrlfToLf::default();
+    lf.feed(data, &mut out);
+    lf.finish(&mut out);
+    out
+}
+
+/// [`crlf_to_lf`] as a stream, for delivery's copy: chunks of any size
+/// give the same bytes, a CR that ends one chunk waiting for the next.
+#[derive(Debug, Default)]
+pub struct CrlfToLf {
+    pending_cr: bool,
+}
+
+impl CrlfToLf {
+    /// Decodes a chunk into `out`. Runs between CRs are copied whole (see
+    /// `to_crlf`).
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut rest = chunk;
+        if rest.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.pending_cr) && rest[0] != b'\n' {
             out.push(b'\r');
         }
-        rest = &rest[at + 1..];
+        while let Some(at) = find_byte(b'\r', rest) {
+            out.extend_from_slice(&rest[..at]);
+            match rest.get(at + 1) {
+                None => self.pending_cr = true,
+                Some(&b'\n') => {}
+                Some(_) => out.push(b'\r'),
+            }
+            rest = &rest[at + 1..];
+        }
+        out.extend_from_slice(rest);
     }
-    out.extend_from_slice(rest);
-    out
+
+    /// Ends the stream: a CR that ended the last chunk is content.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) {
+            out.push(b'\r');
+        }
+    }
 }
 
 /// The wire form of a stored message, which IMAP sends and `,W=` counts

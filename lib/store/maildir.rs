@@ -938,7 +938,7 @@ fn copy_with_lf(
     let mut ended = Vec::new();
     let mut size = 0;
     let mut wire = WireForm::new();
-    let mut pending_cr = false;
+    let mut lf = crate::proto::message::CrlfToLf::default();
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -950,23 +950,8 @@ fn copy_with_lf(
             buf.resize((buf.len() * 2).min(COPY_CHUNK), 0);
         }
         converted.clear();
-        // A CR not followed by LF is content; CRLF becomes LF. A CR that
-        // ends a read waits for the next byte. Runs between CRs are
-        // copied whole (`proto::message::find_byte` says how they are found).
-        let mut rest = &buf[..n];
-        if std::mem::take(&mut pending_cr) && rest.first() != Some(&b'\n') {
-            converted.push(b'\r');
-        }
-        while let Some(at) = crate::proto::message::find_byte(b'\r', rest) {
-            converted.extend_from_slice(&rest[..at]);
-            match rest.get(at + 1) {
-                None => pending_cr = true,
-                Some(&b'\n') => {}
-                Some(_) => converted.push(b'\r'),
-            }
-            rest = &rest[at + 1..];
-        }
-        converted.extend_from_slice(rest);
+        // A CR not followed by LF is content; CRLF becomes LF.
+        lf.feed(&buf[..n], &mut converted);
         if let Some(guard) = header_end.as_mut() {
             ended.clear();
             guard.feed(&converted, &mut ended);
@@ -977,9 +962,7 @@ fn copy_with_lf(
         out.write_all(&converted)?;
     }
     converted.clear();
-    if pending_cr {
-        converted.push(b'\r');
-    }
+    lf.finish(&mut converted);
     if let Some(guard) = header_end.as_mut() {
         ended.clear();
         guard.feed(&converted, &mut ended);
