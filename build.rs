@@ -17,7 +17,7 @@
 //!
 //! Both builds of the three link with contrib/install/hot-text.ld, which
 //! puts the functions a delivery runs first in the text, so the kernel
-//! maps them in fewer page faults (mail-inject: 27 text faults per
+//! maps them in fewer page faults (mail-inject: 14 text faults per
 //! delivery where it took 35);
 //! contrib/install/order-hot-text writes it and says why.
 fn main() {
