@@ -213,9 +213,14 @@ fn run(options: Options) -> Result<(), Failure> {
             });
     }
 
-    let raw = read_message(&config, options.ignore_dots)?;
-    // A message that is all header gets the empty line that ends it.
-    let body = message::with_header_end(&message::to_crlf(&raw));
+    // A message that is all header gets the empty line that ends it. The
+    // text as read is freed at once, here and after the staging below, so
+    // that the delivery's buffers reuse its memory rather than touch new
+    // pages (each a page fault in a process that lives for one message).
+    let body = {
+        let raw = read_message(&config, options.ignore_dots)?;
+        message::with_header_end(&message::to_crlf(&raw))
+    };
     let head_len = message::header_len(&body);
     let (mut headers, rest) = (body[..head_len].to_vec(), &body[head_len..]);
 
@@ -258,6 +263,7 @@ fn run(options: Options) -> Result<(), Failure> {
         .and_then(|()| incoming.write_all(rest))
         .map_err(|e| tempfail(format!("writing the queue file: {e}")))?;
     let staged = incoming.finish().map_err(tempfail)?;
+    drop((added, headers, body));
     tracing::info!(
         queue_id = %id,
         from = %sender,
