@@ -437,12 +437,18 @@ impl HeaderEnd {
     /// Passes the next piece of the message to `out`, the empty line
     /// added where it is missing.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let header = self.feed_header(chunk, out);
+        out.extend_from_slice(&chunk[header..]);
+    }
+
+    /// Passes to `out` the part of `chunk` that is still header (with
+    /// the empty line added where it is missing) and returns its length:
+    /// the rest, body, passes unchanged, so a caller that writes it
+    /// straight on saves copying it.
+    pub fn feed_header(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> usize {
         for (i, &b) in chunk.iter().enumerate() {
             match self.state {
-                HeaderState::Body => {
-                    out.extend_from_slice(&chunk[i..]);
-                    return;
-                }
+                HeaderState::Body => return i,
                 HeaderState::InField => {
                     out.push(b);
                     if b == b'\n' {
@@ -452,6 +458,7 @@ impl HeaderEnd {
                 HeaderState::LineStart => self.line_start(b, out),
             }
         }
+        chunk.len()
     }
 
     fn line_start(&mut self, b: u8, out: &mut Vec<u8>) {

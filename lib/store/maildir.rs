@@ -952,14 +952,18 @@ fn copy_with_lf(
         converted.clear();
         // A CR not followed by LF is content; CRLF becomes LF.
         lf.feed(&buf[..n], &mut converted);
+        let mut text = &converted[..];
+        // The guard rewrites only the header: the body goes out as it is.
         if let Some(guard) = header_end.as_mut() {
             ended.clear();
-            guard.feed(&converted, &mut ended);
-            std::mem::swap(&mut converted, &mut ended);
+            text = &text[guard.feed_header(text, &mut ended)..];
+            wire.count(&ended);
+            size += ended.len() as u64;
+            out.write_all(&ended)?;
         }
-        wire.count(&converted);
-        size += converted.len() as u64;
-        out.write_all(&converted)?;
+        wire.count(text);
+        size += text.len() as u64;
+        out.write_all(text)?;
     }
     converted.clear();
     lf.finish(&mut converted);
@@ -1354,7 +1358,24 @@ mod tests {
                 expected.push(b'\n');
             }
             let mut out = Vec::new();
-            let (n, wire) = copy_with_lf(&mut Cut(&body, cuts, 0), &mut out, None).unwrap();
+            let (n, wire) =
+                copy_with_lf(&mut Cut(&body, cuts.clone(), 0), &mut out, None).unwrap();
+            proptest::prop_assert_eq!(&out, &expected);
+            proptest::prop_assert_eq!(n, out.len() as u64);
+            proptest::prop_assert_eq!(wire, crate::proto::message::wire_form(&out).len() as u64);
+
+            // With the header's end guarded, the header as the guard
+            // writes it from the whole text, the body after it unchanged.
+            let mut expected = Vec::new();
+            let mut guard = HeaderEnd::lf();
+            guard.feed(&crate::proto::message::crlf_to_lf(&body), &mut expected);
+            guard.finish(&mut expected);
+            if !expected.is_empty() && !expected.ends_with(b"\n") {
+                expected.push(b'\n');
+            }
+            let mut out = Vec::new();
+            let guard = Some(HeaderEnd::lf());
+            let (n, wire) = copy_with_lf(&mut Cut(&body, cuts, 0), &mut out, guard).unwrap();
             proptest::prop_assert_eq!(&out, &expected);
             proptest::prop_assert_eq!(n, out.len() as u64);
             proptest::prop_assert_eq!(wire, crate::proto::message::wire_form(&out).len() as u64);
