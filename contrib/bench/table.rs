@@ -340,9 +340,9 @@ fn inject_row(base: &Path, messages: usize, builds: &[(&str, PathBuf)]) -> anyho
         println!(
             "mail-inject -> maildir, {injectors} injector(s); raw loop with {injectors} writer(s): {raw:.0} msg/s"
         );
-        for (n, (label, _)) in builds.iter().enumerate() {
+        for (n, (label, inject)) in builds.iter().enumerate() {
             let (ceiling, rate) = (total / ceiling_time[n], total / inject_time[n]);
-            let (_, _, spawned) = ceiling_program(n, &builds[n].1);
+            let (_, _, spawned) = ceiling_program(n, inject);
             println!(
                 "  {label}: {rate:.0} msg/s; {:.0}% of raw   [goal >= 50% with 8]; ceiling ({spawned} then the raw write) {ceiling:.0} msg/s, {:.0}% of raw; mail-inject {:.0}% of it",
                 100.0 * rate / raw,
