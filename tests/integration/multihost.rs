@@ -503,8 +503,12 @@ fn multihost_a_killed_host_leaves_its_queue_to_the_other() {
     let _ = doomed.wait();
     let _ = Command::new("umount").arg("-l").arg(mount.path()).status();
     // Each connection the dead host had open may have been waiting for
-    // the reply to its final dot: those messages, and only those, may be
-    // sent again (RFC 5321 §6.1's window).
+    // the reply to its final dot (RFC 5321 §6.1's window), and may also
+    // have just had the 250 for the message before it: the connection's
+    // worker takes its next message while the message's own task logs
+    // that delivery, and the log write may not have reached the shared
+    // filesystem. Those two per connection, and only those, may be sent
+    // again.
     let open_connections = *sink.connections.lock().unwrap();
     // Host B finishes the queue once the dead client's locks are dropped.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -527,7 +531,7 @@ fn multihost_a_killed_host_leaves_its_queue_to_the_other() {
     );
     let twice = counts.values().filter(|n| **n > 1).count();
     assert!(
-        twice <= open_connections,
-        "{twice} sent twice, more than the dead host's {open_connections} connections: {counts:?}"
+        twice <= 2 * open_connections,
+        "{twice} sent twice, more than two for each of the dead host's {open_connections} connections: {counts:?}"
     );
 }
