@@ -24,14 +24,28 @@
 //!   `BODY[]` literal, in POP3's LIST and in the octets of RETR.
 
 /// Where `byte` first is in `haystack`. The search for line ends in this
-/// module and in delivery: memchr's portable searcher, which tests a word
-/// at a time, rather than its top-level functions, which detect AVX2 on
-/// first use. That detection runs `cpuid`, which traps on a virtual
-/// machine (contrib/install/build-static), and in a process that delivers
-/// one message it cost more than the wider search saved: 0.1 ms and 6
-/// page faults per mail-inject delivery.
+/// module and in delivery. Not memchr's top-level functions: they detect
+/// AVX2 on first use, with `cpuid`, which traps on a virtual machine
+/// (contrib/install/build-static), and in a process that delivers one
+/// message that cost more than the wider search saved (0.1 ms and 6 page
+/// faults per mail-inject delivery). SSE2 is part of x86-64 itself, so
+/// its searcher needs no detection; elsewhere the portable one tests a
+/// word at a time.
 pub fn find_byte(byte: u8, haystack: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(search) = memchr::arch::x86_64::sse2::memchr::One::new(byte) {
+        return search.find(haystack);
+    }
     memchr::arch::all::memchr::One::new(byte).find(haystack)
+}
+
+/// Where `a` or `b` first is in `haystack` (see [`find_byte`]).
+fn find_either(a: u8, b: u8, haystack: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(search) = memchr::arch::x86_64::sse2::memchr::Two::new(a, b) {
+        return search.find(haystack);
+    }
+    memchr::arch::all::memchr::Two::new(a, b).find(haystack)
 }
 
 /// Canonical CRLF line ends: CRLF stays, a bare LF or a bare CR becomes CRLF.
@@ -42,9 +56,8 @@ pub fn to_crlf(data: &[u8]) -> Vec<u8> {
     // a word at a time (see `find_byte`), where a byte loop cost about a
     // dozen instructions a byte (this runs on every message a local
     // program injects).
-    let line_end = memchr::arch::all::memchr::Two::new(b'\r', b'\n');
     let mut rest = data;
-    while let Some(at) = line_end.find(rest) {
+    while let Some(at) = find_either(b'\r', b'\n', rest) {
         out.extend_from_slice(&rest[..at]);
         out.extend_from_slice(b"\r\n");
         let crlf = rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n');
