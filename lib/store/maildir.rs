@@ -939,6 +939,12 @@ fn copy_with_lf(
     let mut size = 0;
     let mut wire = WireForm::new();
     let mut lf = crate::proto::message::CrlfToLf::default();
+    // Every piece written is counted in both sizes.
+    let mut emit = |piece: &[u8], wire: &mut WireForm| -> io::Result<()> {
+        wire.count(piece);
+        size += piece.len() as u64;
+        out.write_all(piece)
+    };
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
@@ -957,13 +963,9 @@ fn copy_with_lf(
         if let Some(guard) = header_end.as_mut() {
             ended.clear();
             text = &text[guard.feed_header(text, &mut ended)..];
-            wire.count(&ended);
-            size += ended.len() as u64;
-            out.write_all(&ended)?;
+            emit(&ended, &mut wire)?;
         }
-        wire.count(text);
-        size += text.len() as u64;
-        out.write_all(text)?;
+        emit(text, &mut wire)?;
     }
     converted.clear();
     lf.finish(&mut converted);
@@ -973,13 +975,10 @@ fn copy_with_lf(
         guard.finish(&mut ended);
         std::mem::swap(&mut converted, &mut ended);
     }
-    wire.count(&converted);
+    emit(&converted, &mut wire)?;
     if !wire.at_line_start() {
-        converted.push(b'\n');
-        wire.count(b"\n");
+        emit(b"\n", &mut wire)?;
     }
-    size += converted.len() as u64;
-    out.write_all(&converted)?;
     Ok((size, wire.octets()))
 }
 
