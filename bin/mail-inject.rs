@@ -183,7 +183,9 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
 
 fn run(options: Options) -> Result<(), Failure> {
     let config_path = Config::locate(options.config.as_deref());
-    let config = Config::load(&config_path).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    let config = postroom::cli::keep_until_exit(
+        Config::load(&config_path).map_err(|e| Failure(EX_CONFIG, e.to_string()))?,
+    );
     match options.mode {
         Mode::Send => {}
         // The queue list and SMTP are other programs' jobs: hand over.
@@ -194,7 +196,9 @@ fn run(options: Options) -> Result<(), Failure> {
     }
     postroom::net::privileges::drop_privileges(&config)
         .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
-    let directory = Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    let directory = postroom::cli::keep_until_exit(
+        Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?,
+    );
     if options.mode == Mode::Verify {
         return verify(&directory, &options.recipients);
     }

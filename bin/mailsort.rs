@@ -139,9 +139,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let Some(user) = &args.user else {
         anyhow::bail!("give --user ADDRESS (deliver), --check SCRIPT or --test SCRIPT");
     };
-    let config = Config::load(&Config::locate(args.config.as_deref()))?;
+    let config =
+        postroom::cli::keep_until_exit(Config::load(&Config::locate(args.config.as_deref()))?);
     postroom::net::privileges::drop_privileges(&config)?;
-    let directory = Directory::load(&config)?;
+    let directory = postroom::cli::keep_until_exit(Directory::load(&config)?);
     let Some(user) = Address::parse(user).ok().and_then(|a| directory.user(&a)) else {
         // A missing users file says nothing about this user: try later.
         if let Some(why) = directory.users().unavailable() {

@@ -85,9 +85,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<u8> {
-    let config = Config::load(&Config::locate(args.config.as_deref()))?;
+    let config =
+        postroom::cli::keep_until_exit(Config::load(&Config::locate(args.config.as_deref()))?);
     postroom::net::privileges::drop_privileges(&config)?;
-    let directory = Directory::load(&config)?;
+    let directory = postroom::cli::keep_until_exit(Directory::load(&config)?);
     let Some(user) = Address::parse(&args.user)
         .ok()
         .and_then(|a| directory.user(&a))

@@ -53,6 +53,7 @@ use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::store::fsutil::{self, FileError};
 
@@ -134,6 +135,13 @@ pub struct Index {
     entries: u64,
     len: u64,
     meta: u64,
+    /// The last table block read and found whole, by number: a program
+    /// looks the same key up more than once (mail-inject routes a
+    /// recipient, then delivers to it), and a small table is one block,
+    /// whose read and checksum (a kilobyte, bytewise) are most of a
+    /// lookup. The file never changes under an open index (it is replaced
+    /// by rename), so a block once checked stays true.
+    last_block: Mutex<Option<(u64, Box<[u8]>)>>,
 }
 
 impl Index {
@@ -195,6 +203,7 @@ impl Index {
             len: u64_at(&header, 88),
             path: path.to_path_buf(),
             file,
+            last_block: Mutex::new(None),
         };
         let actual = index.file.metadata().map_err(|error| IndexError::Io {
             file: path.to_path_buf(),
@@ -235,21 +244,30 @@ impl Index {
         let hash = fnv1a(key);
         let mask = self.slots - 1;
         let mut slot = hash & mask;
-        let mut block_no = u64::MAX;
-        let mut block = vec![0u8; BLOCK];
+        // A poisoned lock only means another thread panicked mid-lookup:
+        // the cached block is either whole or absent, never half written.
+        let mut cached = self.last_block.lock().unwrap_or_else(|e| e.into_inner());
         // At most half the slots are used, so an empty one comes; the
         // bound only guards against a table a check missed.
         for _ in 0..self.slots {
             let wanted = slot / BLOCK_SLOTS as u64;
-            if wanted != block_no {
-                self.read(&mut block, HEADER as u64 + wanted * BLOCK as u64)?;
-                if u32_at(&block, BLOCK - 8) != CRC32.checksum(&block[..BLOCK - 8]) {
-                    return Err(self.damaged("a block of its table does not match its checksum"));
+            let block = match &mut *cached {
+                Some((number, block)) if *number == wanted => block,
+                _ => {
+                    let mut block = cached
+                        .take()
+                        .map_or_else(|| vec![0u8; BLOCK].into_boxed_slice(), |(_, block)| block);
+                    self.read(&mut block, HEADER as u64 + wanted * BLOCK as u64)?;
+                    if u32_at(&block, BLOCK - 8) != CRC32.checksum(&block[..BLOCK - 8]) {
+                        return Err(
+                            self.damaged("a block of its table does not match its checksum")
+                        );
+                    }
+                    &mut cached.insert((wanted, block)).1
                 }
-                block_no = wanted;
-            }
+            };
             let at = (slot % BLOCK_SLOTS as u64) as usize * SLOT;
-            let (slot_hash, offset) = (u64_at(&block, at), u64_at(&block, at + 8));
+            let (slot_hash, offset) = (u64_at(block, at), u64_at(block, at + 8));
             if offset == 0 {
                 return Ok(None);
             }
