@@ -132,6 +132,25 @@ pub struct Message<'a> {
     pub end_header: bool,
 }
 
+/// A message written and fsynced in `tmp/`, waiting to be linked into
+/// `cur/` ([`Maildir::stage_for_cur`]).
+#[derive(Debug)]
+pub struct StagedForCur {
+    /// Its name in `tmp/`.
+    tmp: String,
+    /// Its name in `cur/`, with sizes and flags.
+    name: String,
+    /// Its size on disk.
+    pub size: u64,
+}
+
+impl StagedForCur {
+    /// Its name without the flags, as the folder's UID list keeps it.
+    pub fn base(&self) -> &str {
+        base_of(&self.name)
+    }
+}
+
 /// Where [`Maildir::write_and_link`] puts a message: `new/` as delivered
 /// (no info), or `cur/` with its flags and internal date (IMAP APPEND).
 struct Target<'a> {
@@ -308,20 +327,21 @@ impl Maildir {
         Ok(Delivered::New(new))
     }
 
-    /// Stores a message straight into `cur/` with its flags (`info`) and
-    /// modification time, as IMAP APPEND does: tmp → fsync → link into
-    /// cur/. `cur/` itself is not synced here: a caller storing several
-    /// messages syncs it once for all ([`Maildir::sync_cur`]) before it
-    /// answers. `used` is the quota's (limit, bytes in use), which a batch
-    /// carries from one message to the next. Returns the name's base and
-    /// the size on disk.
-    pub fn store_in_cur(
+    /// Writes a message into `tmp/` and fsyncs it, ready to be linked
+    /// straight into `cur/` with its flags (`info`) and modification time,
+    /// as IMAP APPEND does, by [`Maildir::link_into_cur`]. Two steps so
+    /// that the caller can link under its folder's UID lock: a message
+    /// that appears in `cur/` before then would be numbered by another
+    /// session's sync, and then again by the append. `used` is the
+    /// quota's (limit, bytes in use), which a batch carries from one
+    /// message to the next.
+    pub fn stage_for_cur(
         &self,
         message: Message<'_>,
         info: &str,
         mtime: Option<std::time::SystemTime>,
         used: Option<(u64, u64)>,
-    ) -> Result<(String, u64), MaildirError> {
+    ) -> Result<StagedForCur, MaildirError> {
         self.create()?;
         let (tmp_dir, cur_dir) = self
             .open_dir()
@@ -339,31 +359,59 @@ impl Maildir {
             mtime,
         };
         let used = used.map(|(limit, bytes)| (limit, (bytes, 0)));
-        let result = self.write_and_link(&tmp_dir, &target, &base, message, used);
-        let _ = tmp_dir.unlink(&base);
-        match result? {
-            Some((path, size)) => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                Ok((base_of(&name).to_string(), size))
+        match self.write_tmp(&tmp_dir, &target, &base, message, used) {
+            Ok((name, size)) => Ok(StagedForCur {
+                tmp: base,
+                name,
+                size,
+            }),
+            Err(e) => {
+                let _ = tmp_dir.unlink(&base);
+                Err(e)
             }
-            // A fresh unique name already there: not possible short of a
-            // clock gone back and a reused pid; say so rather than lose it.
-            None => Err(MaildirError::io(&self.root)(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "a fresh message name was taken",
-            ))),
         }
     }
 
-    /// Makes the links [`Maildir::store_in_cur`] made durable.
-    pub fn sync_cur(&self) -> Result<(), MaildirError> {
-        self.open_dir()
-            .and_then(|dir| dir.dir("cur"))
-            .and_then(|cur| cur.sync())
-            .map_err(MaildirError::io(&self.root))
+    /// Links messages [`Maildir::stage_for_cur`] wrote into `cur/`, all or
+    /// none, and syncs `cur/` once for them; their `tmp/` names go either
+    /// way.
+    pub fn link_into_cur(&self, staged: &[StagedForCur]) -> Result<(), MaildirError> {
+        let (tmp_dir, cur_dir) = self
+            .open_dir()
+            .and_then(|dir| Ok((dir.dir("tmp")?, dir.dir("cur")?)))
+            .map_err(MaildirError::io(&self.root))?;
+        let mut result = Ok(());
+        let mut linked = 0;
+        for one in staged {
+            match tmp_dir.link(&one.tmp, &cur_dir, &one.name) {
+                Ok(()) => linked += 1,
+                Err(e) => {
+                    // A fresh unique name already there is not possible
+                    // short of a clock gone back and a reused pid.
+                    result = Err(MaildirError::io(&cur_dir.join(&one.name))(e));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = cur_dir.sync().map_err(MaildirError::io(&self.root));
+        }
+        if result.is_err() {
+            for one in &staged[..linked] {
+                let _ = cur_dir.unlink(&one.name);
+            }
+        }
+        self.discard_staged(staged);
+        result
+    }
+
+    /// Removes what [`Maildir::stage_for_cur`] wrote, for a batch given up.
+    pub fn discard_staged(&self, staged: &[StagedForCur]) {
+        if let Ok(tmp_dir) = self.open_dir().and_then(|dir| dir.dir("tmp")) {
+            for one in staged {
+                let _ = tmp_dir.unlink(&one.tmp);
+            }
+        }
     }
 
     /// Writes `tmp/base`, fsyncs it and links it into the target; the
@@ -377,6 +425,25 @@ impl Maildir {
         message: Message<'_>,
         used: Option<(u64, (u64, u64))>,
     ) -> Result<Option<(PathBuf, u64)>, MaildirError> {
+        let (name, size) = self.write_tmp(tmp_dir, target, base, message, used)?;
+        let linked = target.dir.join(&name);
+        match tmp_dir.link(base, target.dir, &name) {
+            Ok(()) => Ok(Some((linked, size))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(MaildirError::io(&linked)(e)),
+        }
+    }
+
+    /// Writes `tmp/base` and fsyncs it; the name it gets in the target
+    /// (sizes, and flags for `cur/`) and its size on disk.
+    fn write_tmp(
+        &self,
+        tmp_dir: &NoFollowDir,
+        target: &Target<'_>,
+        base: &str,
+        message: Message<'_>,
+        used: Option<(u64, (u64, u64))>,
+    ) -> Result<(String, u64), MaildirError> {
         let tmp = &tmp_dir.join(base);
         // A derived name may meet the debris of a crashed attempt in tmp/:
         // truncating it is right, since only the queue-message lock holder
@@ -411,7 +478,7 @@ impl Maildir {
             return Err(MaildirError::OverQuota { used: bytes, limit });
         }
         if let Some(mtime) = target.mtime {
-            // The INTERNALDATE APPEND gave; the link below shares the inode.
+            // The INTERNALDATE APPEND gave; the link into cur/ shares the inode.
             let _ = file.set_modified(mtime);
         }
         file.sync_all().map_err(MaildirError::io(tmp))?;
@@ -422,12 +489,7 @@ impl Maildir {
             name.push_str(":2,");
             name.push_str(info);
         }
-        let linked = target.dir.join(&name);
-        match tmp_dir.link(base, target.dir, &name) {
-            Ok(()) => Ok(Some((linked, size))),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(MaildirError::io(&linked)(e)),
-        }
+        Ok((name, size))
     }
 
     /// True if a message whose name starts with `base,` is in new/ or cur/.

@@ -724,10 +724,11 @@ impl Folder {
     /// them together.
     ///
     /// Durable in three steps however many there are: each file is
-    /// fsynced as it is written into `tmp/` and linked straight into `cur/`
-    /// with its flags; then `cur/` is synced once; then one write of the
-    /// list under its lock gives them the next UIDs, without the readdir
-    /// of a full sync (other newcomers get theirs at the next sync).
+    /// fsynced as it is written into `tmp/`; then, under the list's lock,
+    /// they are linked straight into `cur/` with their flags and `cur/` is
+    /// synced once; then one write of the list gives them the next UIDs,
+    /// without the readdir of a full sync (other newcomers get theirs at
+    /// the next sync).
     pub fn append(
         &self,
         messages: &[Appending<'_>],
@@ -739,12 +740,12 @@ impl Folder {
             }
             _ => None,
         };
-        let mut placed: Vec<(String, String)> = Vec::with_capacity(messages.len());
+        let mut staged = Vec::with_capacity(messages.len());
         let mut bytes = 0u64;
         for m in messages {
             let info = m.flags.apply_to_info("");
             let mut body = m.message;
-            let stored = self.maildir.store_in_cur(
+            let written = self.maildir.stage_for_cur(
                 crate::store::maildir::Message {
                     prepend: b"",
                     body: &mut body,
@@ -758,32 +759,38 @@ impl Folder {
                 m.internal_date,
                 used,
             );
-            match stored {
-                Ok((base, size)) => {
-                    bytes += size;
+            match written {
+                Ok(one) => {
+                    bytes += one.size;
                     if let Some((_, in_use)) = used.as_mut() {
-                        *in_use += size;
+                        *in_use += one.size;
                     }
-                    placed.push((base, info));
+                    staged.push(one);
                 }
                 Err(e) => {
-                    // All or none: the ones placed have no UID yet, so
-                    // unlinking them is all it takes.
-                    if let Ok(cur) = self.cur() {
-                        for (base, info) in &placed {
-                            let _ = cur.unlink(&format!("{base}:2,{info}"));
-                        }
-                    }
+                    // All or none: nothing is in cur/ yet.
+                    self.maildir.discard_staged(&staged);
                     return Err(e.into());
                 }
             }
         }
-        self.maildir.sync_cur()?;
+        // Linked into cur/ only under the list's lock, and numbered before
+        // it is released: a sync by another session (another process or
+        // host) in between would give them UIDs of its own, and these
+        // would be listed twice, with an APPENDUID naming no message.
+        let lock = match UidLock::acquire(&self.dir) {
+            Ok(lock) => lock,
+            Err(e) => {
+                self.maildir.discard_staged(&staged);
+                return Err(self.io()(e));
+            }
+        };
+        self.maildir.link_into_cur(&staged)?;
         if used.is_some() {
             crate::store::maildir::Maildir::new(&self.inbox)
-                .quota_add(bytes as i64, placed.len() as i64);
+                .quota_add(bytes as i64, staged.len() as i64);
         }
-        let lock = UidLock::acquire(&self.dir).map_err(self.io())?;
+        let placed: Vec<String> = staged.iter().map(|one| one.base().to_string()).collect();
         let mut list = UidList::read(&self.dir)
             .map_err(self.io())?
             .unwrap_or_else(|| UidList::fresh_in(&self.inbox));
@@ -793,7 +800,7 @@ impl Folder {
             let state = self.sync()?;
             let uids = placed
                 .iter()
-                .filter_map(|(base, _)| {
+                .filter_map(|base| {
                     state
                         .entries
                         .iter()
@@ -805,7 +812,7 @@ impl Folder {
             return Ok((state.validity, uids));
         }
         let mut uids = Vec::with_capacity(placed.len());
-        for (base, _) in placed {
+        for base in placed {
             uids.push(list.next_uid);
             list.entries.push((list.next_uid, base));
             list.next_uid += 1;

@@ -202,6 +202,61 @@ fn a_batched_flag_change_starts_from_the_disk_and_skips_the_expunged() {
     assert_eq!(f.sync().unwrap().entries.len(), 19);
 }
 
+/// Another session syncing the folder while messages are appended (an
+/// IDLE or NOOP in another process) neither numbers them itself, which
+/// would list each twice, nor makes APPENDUID name another message.
+#[test]
+fn append_during_another_sessions_syncs_gives_each_message_one_uid() {
+    let (_dir, mb, f) = inbox_with(1);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let appended: Vec<(u32, String)> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let other = inbox(&mb);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                other.sync().unwrap();
+            }
+        });
+        let appended = (0..40)
+            .map(|i| {
+                let text = format!("Subject: appended {i}\r\n\r\nbody\r\n");
+                let (_, uids) = f
+                    .append(
+                        &[super::Appending {
+                            message: text.as_bytes(),
+                            as_given: false,
+                            flags: Flags::default(),
+                            internal_date: None,
+                        }],
+                        None,
+                    )
+                    .unwrap();
+                assert_eq!(uids.len(), 1);
+                (uids[0], format!("Subject: appended {i}\n"))
+            })
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        appended
+    });
+    let list = fs::read_to_string(mb.root().join("dovecot-uidlist")).unwrap();
+    let mut bases: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(':').nth(1))
+        .collect();
+    let listed = bases.len();
+    bases.sort_unstable();
+    bases.dedup();
+    assert_eq!(bases.len(), listed, "a message listed twice:\n{list}");
+    assert_eq!(listed, 41);
+    let state = f.sync().unwrap();
+    assert_eq!(state.next_uid, 42);
+    for (uid, subject) in appended {
+        let entry = state.entries.iter().find(|e| e.uid == uid).unwrap();
+        let text = fs::read_to_string(f.path_of(entry)).unwrap();
+        assert!(text.starts_with(&subject), "UID {uid} is {text:?}");
+    }
+}
+
 #[test]
 fn append_copy_move_keep_flags_and_give_uids() {
     let dir = tempfile::tempdir().unwrap();
