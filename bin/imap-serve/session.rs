@@ -297,7 +297,10 @@ enum Input {
     Refused(String, String),
 }
 
-pub async fn run(shared: Arc<Shared>, conn: Connection) {
+pub async fn run(shared: Arc<Shared>, mut conn: Connection) {
+    // The end of a line may announce a literal: a line over the limit
+    // ends the session as soon as the limit is passed.
+    conn.end_long_lines_early();
     let mut session = Session {
         shared,
         conn,
@@ -420,7 +423,8 @@ impl Session {
                         self.conn
                             .write(b"* BYE command line too long (imap.line_length)\r\n");
                     }
-                    return self.conn.flush().await;
+                    self.conn.linger_close().await;
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
             };
@@ -526,7 +530,7 @@ impl Session {
                 tracing::info!("non-synchronizing literal of {size} bytes before login");
                 self.conn
                     .write(format!("{}\r\n", pre_login_refusal("* BYE")).as_bytes());
-                self.conn.flush().await?;
+                self.conn.linger_close().await;
                 return Err(NetError::Closed);
             }
             if size > literal_max
@@ -555,7 +559,7 @@ impl Session {
                     format!("* BYE [TOOBIG] literal larger than {literal_max} bytes\r\n")
                         .as_bytes(),
                 );
-                self.conn.flush().await?;
+                self.conn.linger_close().await;
                 return Err(NetError::Closed);
             }
             if sync {

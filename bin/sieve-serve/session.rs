@@ -69,7 +69,10 @@ struct Session {
     auth_failures: u32,
 }
 
-pub async fn run(shared: Arc<Shared>, conn: Connection) {
+pub async fn run(shared: Arc<Shared>, mut conn: Connection) {
+    // The end of a line may announce a literal: a line over the limit
+    // ends the session as soon as the limit is passed.
+    conn.end_long_lines_early();
     let mut session = Session {
         shared,
         conn,
@@ -150,7 +153,8 @@ impl Session {
                         None,
                         &format!("line too long (at most {max} octets)"),
                     );
-                    return self.conn.flush().await;
+                    self.conn.linger_close().await;
+                    return Ok(());
                 }
                 Err(NetError::Timeout) => {
                     self.reply(Status::Bye, None, "idle too long, closing");

@@ -18,6 +18,11 @@ use crate::config::Plaintext;
 pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
+/// How long [`Connection::linger_close`] waits for the client to stop
+/// sending, and how much of what it sends meanwhile it reads and drops.
+pub const LINGER: Duration = Duration::from_secs(2);
+pub const LINGER_BYTES: usize = 4 << 20;
+
 /// One client connection: line reading with limits, buffered replies,
 /// STARTTLS. Every read and write waits at most the idle timeout.
 pub struct Connection {
@@ -45,6 +50,8 @@ pub struct Connection {
     /// The first bytes of the last over-long line, so a protocol can tell
     /// what it was (an over-long `BDAT` line must end an SMTP session).
     long_line_start: [u8; 8],
+    /// An over-long line ends the session ([`Connection::end_long_lines_early`]).
+    long_line_ends_session: bool,
     pub(super) out: Vec<u8>,
 }
 
@@ -99,8 +106,18 @@ impl Connection {
             discarding: false,
             after_cr: false,
             long_line_start: [0; 8],
+            long_line_ends_session: false,
             out: Vec::new(),
         }
+    }
+
+    /// For a protocol that hangs up on an over-long line (IMAP and
+    /// ManageSieve, whose line may announce a literal): [`NetError::LineTooLong`]
+    /// comes as soon as `max` bytes have come without an LF, rather than
+    /// once the rest of the line has been read, which a client can put off
+    /// for ever (Dovecot disconnects at the limit too).
+    pub fn end_long_lines_early(&mut self) {
+        self.long_line_ends_session = true;
     }
 
     /// Short random id (8 hex digits) naming this session in logs and in
@@ -156,7 +173,8 @@ impl Connection {
     ///
     /// A line longer than `max` bytes gives [`NetError::LineTooLong`] once
     /// the rest of it has been read and dropped (at most `max` bytes are
-    /// ever held), so the next call reads the next line. EOF, even in
+    /// ever held), so the next call reads the next line; or at once, after
+    /// [`Connection::end_long_lines_early`]. EOF, even in
     /// mid-line, gives [`NetError::Closed`]; `limits.idle_timeout` without
     /// a byte gives [`NetError::Timeout`]. Cancel-safe: dropped in a
     /// `select!`, a later call goes on where this one stopped.
@@ -188,6 +206,10 @@ impl Connection {
                 self.discarding = true;
                 self.long_line_start = first_bytes(&self.line, available);
                 self.line = Vec::new();
+                if self.long_line_ends_session {
+                    self.start = self.end;
+                    return Err(NetError::LineTooLong);
+                }
             }
             if !self.discarding {
                 self.line.extend_from_slice(available);
@@ -341,6 +363,31 @@ impl Connection {
         }
     }
 
+    /// Ends a session the server gives up on while the client may still be
+    /// sending (a line over the limit): sends the last reply, closes the
+    /// sending side, then reads and drops what comes for at most
+    /// [`LINGER`] or [`LINGER_BYTES`]. Closing a socket with input unread
+    /// sends a reset, and a client's TCP that gets one drops what it has
+    /// received but not yet read: the BYE that says why would be lost.
+    pub async fn linger_close(&mut self) {
+        if self.shutdown().await.is_err() {
+            return;
+        }
+        let Some(io) = self.io.as_mut() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, io.read(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => dropped += n,
+                _ => break,
+            }
+        }
+        self.start = 0;
+        self.end = 0;
+    }
+
     /// Whether STARTTLS may be offered now: a certificate is configured
     /// and TLS is not on yet.
     pub fn may_starttls(&self, tls: Option<&ServerTls>) -> bool {
@@ -410,8 +457,6 @@ impl Connection {
     }
 }
 
-/// `TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`, as Postfix and others
-/// write it in Received headers.
 /// The first 8 bytes of a line held in two pieces (zeros after its end).
 fn first_bytes(held: &[u8], rest: &[u8]) -> [u8; 8] {
     let mut start = [0u8; 8];
@@ -421,6 +466,8 @@ fn first_bytes(held: &[u8], rest: &[u8]) -> [u8; 8] {
     start
 }
 
+/// `TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`, as Postfix and others
+/// write it in Received headers.
 fn describe_tls(conn: &rustls::ServerConnection) -> String {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),

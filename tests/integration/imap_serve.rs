@@ -1261,6 +1261,32 @@ fn append_literal_before_login_is_refused_unread() {
         "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
     );
 
+    // A line that never ends gets the BYE as soon as it passes the bound,
+    // not when (if ever) its end comes: before login, and after it at
+    // imap.line_length.
+    let (mut stream, mut reader) = connect();
+    let _ = stream.write_all(format!("a LOGIN {}", "u".repeat(10_000)).as_bytes());
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE [TOOBIG] before login a command is limited to 8192 bytes\r\n"
+    );
+    let (mut stream, mut reader) = connect();
+    stream
+        .write_all(b"a LOGIN bob@example.test secret\r\n")
+        .unwrap();
+    assert!(line_within(&mut reader, wait).starts_with("a OK"));
+    let endless = vec![b'x'; 256 * 1024];
+    let _ = stream.write_all(b"b SEARCH SUBJECT ");
+    for _ in 0..8 {
+        if stream.write_all(&endless).is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        line_within(&mut reader, wait),
+        "* BYE command line too long (imap.line_length)\r\n"
+    );
+
     // LOGIN by literals still works, and after it APPEND takes messages.
     let (mut stream, mut reader) = connect();
     stream.write_all(b"a LOGIN {16}\r\n").unwrap();
