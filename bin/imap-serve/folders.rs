@@ -133,6 +133,13 @@ impl Session {
             .as_ref()
             .map_or(state.entries.len(), |i| i.header().count as usize);
         out.extend_from_slice(format!("* {exists} EXISTS\r\n").as_bytes());
+        if self.rev2 {
+            // RFC 9051 §6.3.2: the name as the server has it (its case,
+            // its encoding), which the client uses from then on.
+            out.extend_from_slice(b"* LIST () \".\" ");
+            out.extend_from_slice(&self.wire_name(&name));
+            out.extend_from_slice(b"\r\n");
+        }
         let mut recent = Vec::new();
         crate::view::take_recent(
             &folder,
@@ -428,7 +435,6 @@ impl Session {
             })
             .collect();
         let mut out = Vec::new();
-        let mut listed = Vec::new();
         for name in &names {
             let chars: Vec<char> = name.as_str().chars().collect();
             if !patterns.iter().any(|p| wildcard(p, &chars)) {
@@ -493,8 +499,15 @@ impl Session {
                 let rights = others.get(name).copied().unwrap_or(Rights::ALL);
                 out.extend_from_slice(&self.myrights_line(name, rights));
             }
-            if present && !options.status.is_empty() {
-                listed.push(name.clone());
+            // RFC 5819 §2: each STATUS right after its LIST.
+            if present
+                && !lsub
+                && !options.status.is_empty()
+                && let Ok(target) = self.target_of(name)
+                && target.rights.has(Rights::READ)
+                && let Some(line) = self.status_line(name, &target, &options.status)
+            {
+                out.extend_from_slice(line.as_bytes());
             }
             if out.len() > 64 * 1024 {
                 self.out(&out).await?;
@@ -502,17 +515,6 @@ impl Session {
             }
         }
         self.out(&out).await?;
-        for name in listed {
-            let Ok(target) = self.target_of(&name) else {
-                continue;
-            };
-            if !target.rights.has(Rights::READ) {
-                continue;
-            }
-            if let Some(line) = self.status_line(&name, &target, &options.status) {
-                self.out(line.as_bytes()).await?;
-            }
-        }
         Ok(Done::Ok(format!("{what} completed")))
     }
 

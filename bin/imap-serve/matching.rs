@@ -192,8 +192,22 @@ fn body_contains(c: &mut Candidate<'_>, text: &str) -> bool {
     let Some(parsed) = MessageParser::new().parse(m) else {
         return false;
     };
-    parsed.parts.iter().any(|p| match &p.body {
+    any_text_contains(&parsed, text, 0)
+}
+
+/// How deep messages attached to messages are searched: deeper ones are
+/// no real mail, and the bound keeps a hostile one cheap.
+const NESTED_MESSAGES_SEARCHED: usize = 8;
+
+/// Whether a text part of `message`, or of a message attached to it
+/// (message/rfc822: a forwarded mail, or the whole message wrapping one),
+/// holds `text`, as RFC 9051 §6.4.4's BODY and Dovecot's search have it.
+fn any_text_contains(message: &mail_parser::Message<'_>, text: &str, depth: usize) -> bool {
+    message.parts.iter().any(|p| match &p.body {
         PartType::Text(t) | PartType::Html(t) => contains(t, text),
+        PartType::Message(inner) if depth < NESTED_MESSAGES_SEARCHED => {
+            any_text_contains(inner, text, depth + 1)
+        }
         _ => false,
     })
 }

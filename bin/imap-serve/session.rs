@@ -468,6 +468,11 @@ impl Session {
             };
             self.out(format!("{tag} {status} {text}\r\n").as_bytes())
                 .await?;
+            if self.auth_failures >= AUTH_FAILURES_MAX {
+                self.conn
+                    .write(b"* BYE too many authentication failures\r\n");
+                return self.conn.flush().await;
+            }
             if self.too_many_errors().await? {
                 return Ok(());
             }
@@ -928,10 +933,14 @@ impl Session {
         if response == "*" {
             return Ok(Done::Bad("authentication cancelled".into()));
         }
-        let Some((user, password)) = postroom::proto::sasl::decode_plain(&response) else {
-            return Ok(Done::Bad("malformed PLAIN response".into()));
-        };
-        self.check_password(user, password).await
+        use postroom::proto::sasl::{PlainRefusal, decode_plain_or_why};
+        match decode_plain_or_why(&response) {
+            Ok((user, password)) => self.check_password(user, password).await,
+            Err(PlainRefusal::Malformed) => Ok(Done::Bad("malformed PLAIN response".into())),
+            Err(PlainRefusal::OtherIdentity) => Ok(Done::No(
+                "[AUTHORIZATIONFAILED] no acting as another user".into(),
+            )),
+        }
     }
 
     async fn check_password(&mut self, login: String, password: String) -> Result<Done, NetError> {
@@ -975,11 +984,8 @@ impl Session {
             Ok(None) => {
                 self.auth_failures += 1;
                 tracing::info!(login = ?tried, failures = self.auth_failures, "authentication failed");
-                if self.auth_failures >= AUTH_FAILURES_MAX {
-                    self.conn
-                        .write(b"* BYE too many authentication failures\r\n");
-                    return Ok(Done::Bye);
-                }
+                // The last failure allowed is answered like the others;
+                // the BYE follows it (serve()), as Dovecot does.
                 Ok(Done::No(
                     "[AUTHENTICATIONFAILED] authentication failed".into(),
                 ))

@@ -10,7 +10,7 @@ use postroom::proto::imap::command::{Bound, SequenceSet, StoreMode};
 use postroom::proto::imap::response::all_flags;
 use postroom::store::mailbox::acl::Rights;
 use postroom::store::mailbox::shared::Entries;
-use postroom::store::mailbox::{Admission, Entry, Flags, Folder, flags};
+use postroom::store::mailbox::{Admission, Entry, Flags, Folder, MailboxError, flags};
 
 use crate::message::flags_from_names;
 use crate::session::{Done, Selected, Session};
@@ -167,6 +167,16 @@ impl Session {
         sel.reload_seen();
         let state = match sel.shared.sync(sel.force) {
             Ok(s) => s,
+            Err(MailboxError::NoSuchMailbox) => {
+                // Deleted or renamed by another session: nothing this one
+                // holds can be acted on, and a NO would be retried for
+                // ever. Dovecot ends the session the same way.
+                tracing::info!("{} was deleted or renamed while selected", sel.name);
+                self.conn
+                    .write(b"* BYE Selected mailbox was deleted, have to disconnect.\r\n");
+                self.conn.flush().await?;
+                return Err(NetError::Closed);
+            }
             Err(e) => {
                 tracing::warn!("sync of {}: {e}", sel.name);
                 return Ok(());

@@ -507,6 +507,11 @@ impl Addr {
     }
 }
 
+/// A space inside a quoted string of a phrase while an address is read:
+/// an addr-spec without angle brackets loses the spaces around its words
+/// (`user @ host`), but not those it quotes (`"john doe"@host`).
+const QUOTED_SPACE: char = '\u{E000}';
+
 /// Most addresses of one header reported in an ENVELOPE.
 const MAX_ADDRESSES: usize = 1000;
 
@@ -544,10 +549,12 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
         |phrase: &mut String, addr: &mut String, comment: &mut String, out: &mut Vec<Addr>| {
             let (phrase_t, addr_t) = (phrase.trim().to_string(), addr.trim().to_string());
             let (spec, name) = if addr_t.is_empty() {
-                // No angle brackets: the phrase is the address itself.
-                (phrase_t.replace(' ', ""), None)
+                // No angle brackets: the phrase is the address itself, the
+                // white space around its words dropped, what was quoted kept.
+                (phrase_t.replace(' ', "").replace(QUOTED_SPACE, " "), None)
             } else {
-                (addr_t, (!phrase_t.is_empty()).then_some(phrase_t))
+                let name = phrase_t.replace(QUOTED_SPACE, " ");
+                (addr_t, (!name.is_empty()).then_some(name))
             };
             let name = name.or_else(|| {
                 let c = comment.trim();
@@ -562,16 +569,18 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
                     Some((_, rest)) => (None, rest.to_string()),
                     None => (None, spec),
                 };
+                // No domain (`From: user`): an empty host, not NIL, which
+                // would read as the start of a group (RFC 9051 §7.5.2).
                 let (mailbox, host) = match spec.rsplit_once('@') {
-                    Some((m, h)) => (m.to_string(), Some(h.to_string())),
-                    None => (spec.clone(), None),
+                    Some((m, h)) => (m.to_string(), h.to_string()),
+                    None => (spec.clone(), String::new()),
                 };
                 if out.len() < MAX_ADDRESSES {
                     out.push(Addr {
                         name,
                         adl,
                         mailbox: Some(mailbox),
-                        host,
+                        host: Some(host),
                     });
                 }
             }
@@ -582,15 +591,20 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
     while let Some(c) = chars.next() {
         match c {
             '"' => {
-                let target = if in_angle { &mut addr } else { &mut phrase };
+                let (target, space) = if in_angle {
+                    (&mut addr, ' ')
+                } else {
+                    (&mut phrase, QUOTED_SPACE)
+                };
                 while let Some(q) = chars.next() {
                     match q {
                         '"' => break,
                         '\\' => {
                             if let Some(e) = chars.next() {
-                                target.push(e);
+                                target.push(if e == ' ' { space } else { e });
                             }
                         }
+                        ' ' => target.push(space),
                         _ => target.push(q),
                     }
                 }
@@ -617,7 +631,7 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
             '>' => in_angle = false,
             ':' if !in_angle && !in_group => {
                 in_group = true;
-                let group = phrase.trim().to_string();
+                let group = phrase.trim().replace(QUOTED_SPACE, " ");
                 phrase.clear();
                 if out.len() < MAX_ADDRESSES {
                     out.push(Addr::group_start(group));
@@ -643,9 +657,21 @@ pub fn parse_addresses(value: &str) -> Vec<Addr> {
     out
 }
 
+/// Fields mail-parser reads as message ids, without their angle brackets:
+/// IMAP's SEARCH HEADER compares the text as it stands (RFC 9051 §6.4.4,
+/// `HEADER Message-ID "<id@host>"`), as Dovecot does.
+const ID_FIELDS: [&str; 6] = [
+    "MESSAGE-ID",
+    "IN-REPLY-TO",
+    "REFERENCES",
+    "RESENT-MESSAGE-ID",
+    "CONTENT-ID",
+    "LIST-ID",
+];
+
 /// Header fields as (upper-case name, value) with RFC 2047 words decoded
 /// and addresses written out as `Name <addr>`; other structured fields
-/// (Date, Message-ID) as they stand.
+/// (Date, Message-ID, List-Id) as they stand, unfolded.
 pub fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
     let Some(message) = mail_parser::MessageParser::new().parse_headers(header) else {
         return Vec::new();
@@ -654,20 +680,28 @@ pub fn decoded_headers(header: &[u8]) -> Vec<(String, String)> {
         .headers()
         .iter()
         .map(|h| {
+            let name = h.name().to_ascii_uppercase();
             let value = match h.value() {
+                _ if ID_FIELDS.contains(&name.as_str()) => raw_value(header, h),
                 mail_parser::HeaderValue::Text(t) => t.to_string(),
                 mail_parser::HeaderValue::TextList(l) => l.join(" "),
                 mail_parser::HeaderValue::Address(a) => address_text(a),
-                _ => {
-                    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
-                    String::from_utf8_lossy(header.get(s..e).unwrap_or_default())
-                        .trim()
-                        .to_string()
-                }
+                _ => raw_value(header, h),
             };
-            (h.name().to_ascii_uppercase(), value)
+            (name, value)
         })
         .collect()
+}
+
+/// A field's value as it stands in `header`, unfolded, without the white
+/// space at its ends.
+fn raw_value(header: &[u8], h: &mail_parser::Header<'_>) -> String {
+    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
+    let text = String::from_utf8_lossy(header.get(s..e).unwrap_or_default());
+    text.replace("\r\n", "")
+        .replace('\n', "")
+        .trim()
+        .to_string()
 }
 
 fn address_text(a: &mail_parser::Address<'_>) -> String {
@@ -919,6 +953,32 @@ mod tests {
         let routed = parse_addresses("Old <@relay.test,@b.test:u@h.test>");
         assert_eq!(routed[0].adl.as_deref(), Some("@relay.test,@b.test"));
         assert_eq!(routed[0].mailbox.as_deref(), Some("u"));
+        // A quoted local part keeps its spaces; the words of a bare
+        // addr-spec lose the white space between them.
+        assert_eq!(
+            parse_addresses("\"quoted local\"@x.test, \"A B\" <\"c d\"@y>, u @ z"),
+            vec![
+                addr(None, "quoted local", "x.test"),
+                addr(Some("A B"), "c d", "y"),
+                addr(None, "u", "z"),
+            ]
+        );
+        // No domain: an empty host, which no client reads as a group.
+        let bare = parse_addresses("user");
+        assert_eq!(bare, vec![addr(None, "user", "")]);
+        assert!(!bare[0].is_group_start());
+    }
+
+    #[test]
+    fn id_fields_keep_their_angle_brackets_unfolded() {
+        let h = decoded_headers(
+            b"Message-ID: <abc@def>\r\nReferences: <one@x>\r\n <two@x>\r\nIn-Reply-To: <two@x>\r\nList-Id: Dev <dev.lists.test>\r\n\r\n",
+        );
+        let value = |name: &str| h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(value("MESSAGE-ID"), Some("<abc@def>"));
+        assert_eq!(value("REFERENCES"), Some("<one@x> <two@x>"));
+        assert_eq!(value("IN-REPLY-TO"), Some("<two@x>"));
+        assert_eq!(value("LIST-ID"), Some("Dev <dev.lists.test>"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::util::Server;
 /// Python for a raw-socket exchange: `s` is a connection logged in as
 /// bob, and `upto(tag)` reads everything up to the line tagged `tag`
 /// (literals whole, whatever they hold).
-const RAW: &str = r#"
+pub(crate) const RAW: &str = r#"
 s = socket.create_connection(("127.0.0.1", PORT))
 f = s.makefile("rb")
 def upto(tag):

@@ -19,6 +19,7 @@ mod imap_index;
 mod imap_memory;
 mod imap_notify;
 mod imap_round2;
+mod imap_round3;
 mod imap_serve;
 mod layout;
 #[cfg(feature = "legacy-tls")]

@@ -7,7 +7,7 @@
 //! out is ignored. Nothing in it is ever the only copy of anything.
 //!
 //! ```text
-//! postroom-cache 2 V<uidvalidity>\n
+//! postroom-cache 3 V<uidvalidity>\n
 //! record*      record = len:u32le crc32(payload):u32le payload
 //! ```
 //!
@@ -32,9 +32,11 @@ use std::path::{Path, PathBuf};
 
 /// The file's name in each folder.
 pub const FILE: &str = "postroom-cache";
-// 2: ENVELOPEs with the Sender/Reply-To fallback and source routes; a
-// file of version 1 reads as another UIDVALIDITY's, and is replaced.
-const MAGIC: &str = "postroom-cache 2 V";
+// 2: ENVELOPEs with the Sender/Reply-To fallback and source routes; 3:
+// Message-ID, In-Reply-To and References as they stand, angle brackets
+// and all. A file of an older version reads as another UIDVALIDITY's, and
+// is replaced.
+const MAGIC: &str = "postroom-cache 3 V";
 /// Largest record accepted; anything larger is corruption.
 const RECORD_MAX: u32 = 16 << 20;
 /// How much of the file a scan reads at a time.
