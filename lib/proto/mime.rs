@@ -820,15 +820,39 @@ pub fn binary_data(m: &[u8], root: Option<&Part>, part: &[u32]) -> Binary {
         "7bit" | "8bit" | "binary" => Binary::Data(body.to_vec()),
         // Broken encodings decode as far as they go: the client asked for
         // the bytes, and a lenient decoder gives the most of them.
-        "base64" => {
-            Binary::Data(mail_parser::decoders::base64::base64_decode(body).unwrap_or_default())
-        }
+        "base64" => Binary::Data(base64_lenient(body)),
         "quoted-printable" => Binary::Data(
             mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
                 .unwrap_or_else(|| body.to_vec()),
         ),
         _ => Binary::UnknownEncoding,
     }
+}
+
+/// Base64 as RFC 2045 §6.8 has it read: characters outside the alphabet
+/// (line ends, and junk a broken sender left) are ignored, and the data
+/// ends at the first `=`. A strict decoder gives nothing at all for one
+/// stray byte.
+fn base64_lenient(body: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+    );
+    let mut clean: Vec<u8> = body
+        .iter()
+        .copied()
+        .take_while(|&b| b != b'=')
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        .collect();
+    if clean.len() % 4 == 1 {
+        // A lone last character carries no whole byte.
+        clean.pop();
+    }
+    LENIENT.decode(&clean).unwrap_or_default()
 }
 
 /// The numbered parts of a message: its parts if multipart, else its body
@@ -967,6 +991,15 @@ mod tests {
         let bare = parse_addresses("user");
         assert_eq!(bare, vec![addr(None, "user", "")]);
         assert!(!bare[0].is_group_start());
+    }
+
+    #[test]
+    fn base64_ignores_what_is_not_base64() {
+        assert_eq!(base64_lenient(b"QUJD!!!REVG"), b"ABCDEF");
+        assert_eq!(base64_lenient(b"QUJD\r\nREVG\r\n"), b"ABCDEF");
+        assert_eq!(base64_lenient(b"QUI=\r\n"), b"AB");
+        assert_eq!(base64_lenient(b"QUJDR"), b"ABC");
+        assert_eq!(base64_lenient(b""), b"");
     }
 
     #[test]
