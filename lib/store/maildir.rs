@@ -151,14 +151,6 @@ impl StagedForCur {
     }
 }
 
-/// Where [`Maildir::write_and_link`] puts a message: `new/` as delivered
-/// (no info), or `cur/` with its flags and internal date (IMAP APPEND).
-struct Target<'a> {
-    dir: &'a NoFollowDir,
-    info: Option<&'a str>,
-    mtime: Option<std::time::SystemTime>,
-}
-
 impl Maildir {
     /// The INBOX of the mailbox rooted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Maildir {
@@ -308,12 +300,7 @@ impl Maildir {
             _ => None,
         };
 
-        let target = Target {
-            dir: &new_dir,
-            info: None,
-            mtime: None,
-        };
-        let result = self.write_and_link(&tmp_dir, &target, &base, message, used);
+        let result = self.write_and_link(&tmp_dir, &new_dir, &base, message, used);
         // The tmp name is only a staging name; it goes whatever happened.
         let _ = tmp_dir.unlink(&base);
         let (new, size) = match result? {
@@ -343,9 +330,9 @@ impl Maildir {
         used: Option<(u64, u64)>,
     ) -> Result<StagedForCur, MaildirError> {
         self.create()?;
-        let (tmp_dir, cur_dir) = self
+        let tmp_dir = self
             .open_dir()
-            .and_then(|dir| Ok((dir.dir("tmp")?, dir.dir("cur")?)))
+            .and_then(|dir| dir.dir("tmp"))
             .map_err(MaildirError::io(&self.root))?;
         let base = format!(
             "{}.{}.{}",
@@ -353,13 +340,8 @@ impl Maildir {
             fsutil::unique_suffix(),
             fsutil::this_host()
         );
-        let target = Target {
-            dir: &cur_dir,
-            info: Some(info),
-            mtime,
-        };
         let used = used.map(|(limit, bytes)| (limit, (bytes, 0)));
-        match self.write_tmp(&tmp_dir, &target, &base, message, used) {
+        match self.write_tmp(&tmp_dir, Some(info), mtime, &base, message, used) {
             Ok((name, size)) => Ok(StagedForCur {
                 tmp: base,
                 name,
@@ -414,32 +396,34 @@ impl Maildir {
         }
     }
 
-    /// Writes `tmp/base`, fsyncs it and links it into the target; the
+    /// Writes `tmp/base`, fsyncs it and links it into `new_dir`; the
     /// linked path and the size on disk, or `None` when the name was
     /// there already (an idempotent redelivery).
     fn write_and_link(
         &self,
         tmp_dir: &NoFollowDir,
-        target: &Target<'_>,
+        new_dir: &NoFollowDir,
         base: &str,
         message: Message<'_>,
         used: Option<(u64, (u64, u64))>,
     ) -> Result<Option<(PathBuf, u64)>, MaildirError> {
-        let (name, size) = self.write_tmp(tmp_dir, target, base, message, used)?;
-        let linked = target.dir.join(&name);
-        match tmp_dir.link(base, target.dir, &name) {
+        let (name, size) = self.write_tmp(tmp_dir, None, None, base, message, used)?;
+        let linked = new_dir.join(&name);
+        match tmp_dir.link(base, new_dir, &name) {
             Ok(()) => Ok(Some((linked, size))),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(MaildirError::io(&linked)(e)),
         }
     }
 
-    /// Writes `tmp/base` and fsyncs it; the name it gets in the target
-    /// (sizes, and flags for `cur/`) and its size on disk.
+    /// Writes `tmp/base` and fsyncs it, with `mtime` if given; the name it
+    /// gets where it is linked (sizes, and `info`, the flags, for `cur/`)
+    /// and its size on disk.
     fn write_tmp(
         &self,
         tmp_dir: &NoFollowDir,
-        target: &Target<'_>,
+        info: Option<&str>,
+        mtime: Option<std::time::SystemTime>,
         base: &str,
         message: Message<'_>,
         used: Option<(u64, (u64, u64))>,
@@ -477,7 +461,7 @@ impl Maildir {
         {
             return Err(MaildirError::OverQuota { used: bytes, limit });
         }
-        if let Some(mtime) = target.mtime {
+        if let Some(mtime) = mtime {
             // The INTERNALDATE APPEND gave; the link into cur/ shares the inode.
             let _ = file.set_modified(mtime);
         }
@@ -485,7 +469,7 @@ impl Maildir {
         drop(file);
 
         let mut name = format!("{base},S={size},W={wire_size}");
-        if let Some(info) = target.info {
+        if let Some(info) = info {
             name.push_str(":2,");
             name.push_str(info);
         }
