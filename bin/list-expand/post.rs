@@ -399,7 +399,7 @@ pub fn tell_owners(config: &Config, list: &List, subject: &str, text: &str) -> a
             .iter()
             .map(|o| o.as_str())
             .collect::<Vec<_>>())
-        .subject(subject)
+        .subject(message::header_safe(subject))
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-generated"),

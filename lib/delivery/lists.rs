@@ -545,7 +545,7 @@ impl List {
         let message = mail_builder::MessageBuilder::new()
             .from(self.request_address())
             .to(to.to_string())
-            .subject(subject)
+            .subject(crate::proto::message::header_safe(subject))
             .header(
                 "Auto-Submitted",
                 mail_builder::headers::raw::Raw::new("auto-replied"),

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::delivery::submit::{Recipients, Submission, SubmitError, submit};
 use crate::directory::aliases::Directory;
 use crate::proto::address::{Address, ReversePath};
+use crate::proto::message;
 use crate::store::fsutil::{self, FileLock};
 use crate::store::queue::{QueueId, Recipient, Route};
 
@@ -264,6 +265,10 @@ fn build_reply(
     now: u64,
 ) -> Vec<u8> {
     let original_subject = original.and_then(|m| m.subject()).unwrap_or("");
+    // Whatever came from the sender's message (its decoded Subject, also
+    // through a script's variables, its ids) is made one line: anyone
+    // may write to a user who is away, and must not write the reply's
+    // headers or body (mail-builder writes ASCII text as it is given).
     let subject = settings.subject.clone().unwrap_or_else(|| {
         if original_subject.is_empty() {
             "Auto: (no subject)".to_string()
@@ -271,15 +276,18 @@ fn build_reply(
             format!("Auto: {original_subject}")
         }
     });
-    let message_id = original.and_then(|m| m.message_id()).map(str::to_string);
+    let message_id = original
+        .and_then(|m| m.message_id())
+        .map(message::header_safe);
     let mut references: Vec<String> = original
         .and_then(|m| m.references().as_text_list())
-        .map(|l| l.iter().map(|s| s.to_string()).collect())
+        .map(|l| l.iter().map(|s| message::header_safe(s)).collect())
         .unwrap_or_default();
+    let from = settings.from.clone().unwrap_or_else(|| user.to_string());
     let mut builder = mail_builder::MessageBuilder::new()
-        .from(settings.from.clone().unwrap_or_else(|| user.to_string()))
+        .from(message::header_safe(&from))
         .to(sender.to_string())
-        .subject(subject)
+        .subject(message::header_safe(&subject))
         .date(now as i64)
         .message_id(format!(
             "vacation.{}@{}",
@@ -386,6 +394,42 @@ mod tests {
 
     const MESSAGE: &[u8] =
         b"From: bob@far.test\r\nTo: Ann <ANN@example.test>\r\nSubject: lunch?\r\nMessage-ID: <m1@far.test>\r\n\r\nhi\r\n";
+
+    /// A Subject that decodes to line ends (RFC 2047 allows any byte)
+    /// writes no header or body of the reply: anyone may send to a user
+    /// who is away, with any envelope sender.
+    #[test]
+    fn a_subject_with_line_ends_stays_one_header_field() {
+        let (_d, config) = setup();
+        let ann = Address::parse("ann@example.test").unwrap();
+        let message = b"From: bob@far.test\r\nTo: ann@example.test\r\n\
+Subject: =?UTF-8?Q?hi=0D=0AContent-Type:_text/html=0D=0A=0D=0A<a_href=3Dx>login</a>?=\r\n\r\nhi\r\n";
+        let Decision::Replied(id) = respond(
+            &config,
+            &directory(&config),
+            &ann,
+            &from("victim@other.test"),
+            message,
+            &settings(),
+            None,
+        )
+        .unwrap() else {
+            panic!("no reply")
+        };
+        let queued = Queue::from_config(&config).read(&id).unwrap();
+        let body = String::from_utf8(crate::store::queue::read_body(&queued).unwrap()).unwrap();
+        let header = &body[..body.find("\r\n\r\n").unwrap()];
+        let subject = header.lines().find(|l| l.starts_with("Subject:")).unwrap();
+        assert!(subject.contains("login</a>"), "{body}");
+        assert!(
+            !header
+                .lines()
+                .any(|l| l.starts_with("Content-Type: text/html")),
+            "{body}"
+        );
+        assert!(header.contains("Auto-Submitted: auto-replied"), "{body}");
+        assert!(!body.contains("\r\n<a href"), "{body}");
+    }
 
     #[test]
     fn answers_once_per_interval_with_rfc3834_headers() {

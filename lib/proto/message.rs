@@ -359,6 +359,18 @@ pub fn authserv_id(value: &str) -> &str {
     id.split_whitespace().next().unwrap_or_default()
 }
 
+/// `value` made safe as the text of one header field of a new message:
+/// control characters (CR and LF above all, which would end the field and
+/// start another, or the body) become spaces. For text taken from a
+/// message received (an RFC 2047 Subject may decode to any character)
+/// before it goes into one this server writes, an auto-reply's above all.
+pub fn header_safe(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
+}
+
 /// An RFC 5322 date for `secs` since the epoch, in UTC.
 pub fn rfc5322_date(secs: u64) -> String {
     mail_builder::headers::date::Date::new(secs as i64).to_rfc822()
