@@ -386,9 +386,22 @@ fn no_passwords_before_tls_and_bounded_input_before_login() {
     assert!(reply.starts_with("BYE \"at most 8192 bytes"), "{reply}");
     assert!(c.closed());
 
-    // An over-long line before login ends it too.
+    // A literal too large to count is no smaller: its bytes (here a
+    // command) are never read as commands.
+    let mut c = Client::connect(server.port);
+    c.send(b"CHECKSCRIPT {18446744073709551615+}\r\nNOOP \"smuggled\"\r\n");
+    let reply = c.response();
+    assert!(reply.starts_with("BYE \"at most 8192 bytes"), "{reply}");
+    assert!(c.closed());
+
+    // An over-long line before login ends it too, and one with no end at
+    // once.
     let mut c = Client::connect(server.port);
     c.send(format!("NOOP \"{}\"\r\n", "x".repeat(10_000)).as_bytes());
+    assert!(c.response().starts_with("BYE \"line too long"));
+    assert!(c.closed());
+    let mut c = Client::connect(server.port);
+    c.send(format!("NOOP \"{}", "x".repeat(100_000)).as_bytes());
     assert!(c.response().starts_with("BYE \"line too long"));
     assert!(c.closed());
 }

@@ -580,10 +580,15 @@ pub fn literal_at_end(line: &[u8]) -> Option<(usize, bool)> {
     };
     let open = line.iter().rposition(|&b| b == b'{')?;
     let digits = &line[open + 1..];
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    // A size too large to count is still a literal's, refused as too
+    // large: read as no literal, its bytes would be read as commands.
+    let n: u64 = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(u64::MAX);
     Some((usize::try_from(n).unwrap_or(usize::MAX), sync))
 }
 
@@ -2041,10 +2046,16 @@ mod tests {
         assert_eq!(literal_at_end(b"a APPEND x {100+}\r\n"), Some((100, false)));
         assert_eq!(literal_at_end(b"a LOGIN {}\r\n"), None);
         assert_eq!(literal_at_end(b"a LOGIN {5} x\r\n"), None);
+        // Too large to count: a literal all the same, of the largest
+        // size, which every limit refuses; never a line whose literal's
+        // bytes would then be read as commands.
         assert_eq!(
             literal_at_end(b"a {99999999999999999999}\r\n"),
-            None,
-            "more than 19 digits is no literal we accept"
+            Some((usize::MAX, true))
+        );
+        assert_eq!(
+            literal_at_end(b"a CHECKSCRIPT {18446744073709551615+}\r\n"),
+            Some((usize::MAX, false))
         );
     }
 
