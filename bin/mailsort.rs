@@ -99,11 +99,12 @@ fn run(args: Args) -> anyhow::Result<u8> {
             }
         });
     }
-    let mut raw = Vec::new();
+    let mut input = Vec::new();
     std::io::stdin()
         .take(256 << 20)
-        .read_to_end(&mut raw)
+        .read_to_end(&mut input)
         .context("reading the message")?;
+    let raw = message::without_mbox_from_line(&input);
     if let Some(path) = &args.test {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -114,10 +115,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
                 return Ok(1);
             }
         };
-        let sender = message::envelope_sender(args.sender.as_deref(), &raw).to_string();
+        let sender = message::envelope_sender(args.sender.as_deref(), raw).to_string();
         let to = args.envelope_to.clone().unwrap_or_default();
         let actions = script.run(&Input {
-            message: &raw,
+            message: raw,
             envelope_from: &sender,
             envelope_to: &to,
             delimiter: '+',
@@ -153,10 +154,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(EX_NOUSER);
     };
     let address = Address::parse(&user.address)?;
-    let sender = message::envelope_sender(args.sender.as_deref(), &raw);
+    let sender = message::envelope_sender(args.sender.as_deref(), raw);
     let inbox = Maildir::new(users::maildir_of(&config, &user));
     let quota = quota::limit_of(&config, &user);
-    match filter::sort(&config, &directory, &inbox, quota, &address, &sender, &raw) {
+    match filter::sort(&config, &directory, &inbox, quota, &address, &sender, raw) {
         Ok(Sorted::Delivered) => Ok(0),
         Ok(Sorted::Refused(reason)) => {
             postroom::say!("{reason}");

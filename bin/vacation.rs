@@ -131,12 +131,13 @@ fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(0);
     }
 
-    let mut message = Vec::new();
+    let mut input = Vec::new();
     std::io::stdin()
         .take(MAX_READ)
-        .read_to_end(&mut message)
+        .read_to_end(&mut input)
         .context("reading the message")?;
-    let sender = postroom::proto::message::envelope_sender(args.sender.as_deref(), &message);
+    let message = postroom::proto::message::without_mbox_from_line(&input);
+    let sender = postroom::proto::message::envelope_sender(args.sender.as_deref(), message);
     let message_file = args.message.clone().unwrap_or_else(|| {
         postroom::directory::users::maildir_of(&config, &user).join("vacation.msg")
     });
@@ -154,7 +155,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         &directory,
         &address,
         &sender,
-        &message,
+        message,
         &settings,
         Some(db.as_path()),
     )? {

@@ -4,6 +4,7 @@
 //! actions carried out together. A script that cannot be used is skipped
 //! and the message kept in INBOX: mail is never lost to a broken rule.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::delivery::vacation::{self, VacationError};
 use crate::directory::aliases::Directory;
 use crate::proto::address::{Address, AddressError, ReversePath};
 use crate::proto::message;
+use crate::store::mailbox::MailboxName;
 use crate::store::maildir::{Delivered, Maildir, MaildirError, Message, MessageFile, Sub};
 
 /// Redirects a message may have been through before it is kept instead.
@@ -166,14 +168,24 @@ fn carry_out(
             reason.replace(['\r', '\n'], " ")
         )));
     }
+    // One copy per folder, however many actions name it (`keep` and
+    // `fileinto "INBOX"`, `INBOX.A` and `A`): RFC 5228 §2.10.3.
+    let mut filed: HashSet<PathBuf> = HashSet::new();
+    let mut file_once = |folder: &Maildir, flags: &[String]| {
+        if filed.insert(folder.path().to_path_buf()) {
+            store(folder, quota, raw, flags)
+        } else {
+            Ok(())
+        }
+    };
     for action in &actions {
         let result = match action {
-            Action::Keep { flags } => store(inbox, quota, raw, flags).map_err(SortError::from),
+            Action::Keep { flags } => file_once(inbox, flags).map_err(SortError::from),
             Action::FileInto { mailbox, flags, .. } => match folder_of(inbox, mailbox) {
-                Ok(folder) => store(&folder, quota, raw, flags),
+                Ok(folder) => file_once(&folder, flags),
                 Err(e) => {
                     tracing::warn!("fileinto {mailbox:?}: {e}; kept in INBOX instead");
-                    store(inbox, quota, raw, flags)
+                    file_once(inbox, flags)
                 }
             }
             .map_err(SortError::from),
@@ -276,7 +288,11 @@ fn folder_of(inbox: &Maildir, name: &str) -> Result<Maildir, MaildirError> {
         .or_else(|| name.strip_prefix("INBOX/"))
         .unwrap_or(name)
         .replace('/', ".");
-    inbox.folder(&name)
+    // A Sieve mailbox name is UTF-8 (RFC 5228 §2.7.2); on disk a folder's
+    // name is modified UTF-7, as IMAP names it (postroom-mailbox(5)):
+    // written raw, `Entwürfe` (or `R&D`) would be a folder IMAP never lists.
+    let folder = MailboxName::new(&name).map_err(|_| MaildirError::BadFolder(name.clone()))?;
+    inbox.folder(&folder.disk_name())
 }
 
 /// Delivers into a maildir (created if missing, by `deliver`), then sets
@@ -396,5 +412,23 @@ pub fn describe(action: &Action) -> String {
                 .map(|h| format!(", handle {h:?}"))
                 .unwrap_or_default()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn sieve_mailbox_names_become_the_folders_imap_lists() {
+        let inbox = Maildir::new("/m");
+        let path = |name: &str| folder_of(&inbox, name).unwrap().path().to_path_buf();
+        assert_eq!(path("Entwürfe"), Path::new("/m/.Entw&APw-rfe"));
+        assert_eq!(path("R&D"), Path::new("/m/.R&-D"));
+        assert_eq!(path("INBOX/Lists/rust"), Path::new("/m/.Lists.rust"));
+        assert_eq!(path("INBOX.Sent"), Path::new("/m/.Sent"));
+        assert_eq!(path("inbox"), Path::new("/m"));
+        assert!(folder_of(&inbox, "a..b").is_err());
     }
 }

@@ -371,6 +371,18 @@ pub fn header_safe(value: &str) -> String {
         .collect()
 }
 
+/// A message without the mbox `From ` line it may start with (how
+/// procmail, fetchmail's `--mda` and mbox tools hand a message to a
+/// delivery program): that line is no header field, and left in place it
+/// would end the header before the first real one, as Dovecot's LDA and
+/// procmail know.
+pub fn without_mbox_from_line(raw: &[u8]) -> &[u8] {
+    match raw.strip_prefix(b"From ") {
+        Some(rest) => find_byte(b'\n', rest).map_or(&[][..], |lf| &rest[lf + 1..]),
+        None => raw,
+    }
+}
+
 /// An RFC 5322 date for `secs` since the epoch, in UTC.
 pub fn rfc5322_date(secs: u64) -> String {
     mail_builder::headers::date::Date::new(secs as i64).to_rfc822()
@@ -572,6 +584,20 @@ pub(crate) mod strategies {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_mbox_from_line_is_no_header() {
+        let m = b"From bob@far.test Fri Dec  4 01:00:00 2026\nSubject: x\n\nbody\n";
+        assert_eq!(without_mbox_from_line(m), b"Subject: x\n\nbody\n");
+        // Only a first line that is one: a header named From is kept.
+        assert_eq!(without_mbox_from_line(b"From: a@b\n\n"), b"From: a@b\n\n");
+        assert_eq!(without_mbox_from_line(b"From x"), b"");
+    }
+
+    #[test]
+    fn header_safe_keeps_one_line() {
+        assert_eq!(header_safe("a\r\nB: c\td"), "a  B: c\td");
+    }
 
     /// The wire form chunk by chunk, as POP3 RETR makes it.
     fn streamed(file: &[u8], chunk: usize) -> (Vec<u8>, u64) {

@@ -110,6 +110,59 @@ fn rules_file_flag_discard_refuse_and_redirect() {
     assert!(bounced, "bob got the refusal");
 }
 
+/// Folders are named as IMAP names them (a UTF-8 Sieve name becomes
+/// modified UTF-7 on disk), each gets one copy however many actions name
+/// it, and an mbox `From ` line in front of the message is no header.
+#[test]
+fn utf8_folders_one_copy_each_and_no_mbox_from_line() {
+    let tree = setup(
+        "require [\"fileinto\"];\nkeep;\nfileinto \"INBOX\";\nfileinto \"Entwürfe\";\nfileinto \"INBOX.Entwürfe\";\n",
+    );
+    let out = send(&tree, "friend@far.test", "hello");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ann = tree.maildir("ann");
+    let in_inbox = || {
+        ["new", "cur"]
+            .iter()
+            .map(|sub| std::fs::read_dir(ann.join(sub)).unwrap().count())
+            .sum::<usize>()
+    };
+    assert_eq!(in_inbox(), 1, "one copy in INBOX");
+    assert_eq!(maildir_files(&ann.join(".Entw&APw-rfe")).len(), 1);
+    assert!(!ann.join(".Entwürfe").exists());
+
+    let mut sort = Command::new(bin("mailsort"))
+        .args([
+            "--config",
+            &tree.config.to_string_lossy(),
+            "--user",
+            "ann@example.test",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    sort.stdin
+        .take()
+        .unwrap()
+        .write_all(b"From friend@far.test Fri Dec  4 01:00:00 2026\nSubject: mbox\n\nbody\n")
+        .unwrap();
+    assert!(sort.wait().unwrap().success());
+    let filed = maildir_files(&ann.join(".Entw&APw-rfe"));
+    let texts: Vec<String> = filed
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let mbox = texts.iter().find(|t| t.contains("Subject: mbox\n"));
+    let header = mbox.map(|t| &t[..t.find("\n\n").unwrap_or(t.len())]);
+    assert!(
+        header.is_some_and(|h| h.contains("Subject: mbox") && !h.contains("From friend")),
+        "{texts:?}"
+    );
+    assert_eq!(in_inbox(), 2);
+}
+
 #[test]
 fn a_broken_script_keeps_mail_in_the_inbox() {
     let tree =
