@@ -1,11 +1,15 @@
 //! One SMTP session: the command table of RFC 5321 and its extensions.
 //!
-//! Replies are buffered and sent when the client has nothing more in
-//! flight (RFC 2920 PIPELINING). Policy, in the order a session meets it:
-//! the client must say EHLO/HELO; AUTH only where `auth.plaintext` allows
-//! it (TLS or loopback by default), and STARTTLS forgets it with everything
-//! else; in `--submission` mode MAIL needs AUTH; after AUTH, on any port,
-//! the sender must be one of the user's addresses (unless
+//! Replies are buffered and sent before any read that has to wait for the
+//! client (RFC 2920 PIPELINING; `Connection::flush_before_reading`): a
+//! pipelined batch gets its replies in one write, and a client that waits
+//! for them before it sends more is never kept waiting.
+//!
+//! Policy, in the order a session meets it: the client must say
+//! EHLO/HELO; AUTH only where `auth.plaintext` allows it (TLS or loopback
+//! by default), and STARTTLS forgets it with everything else; in
+//! `--submission` mode MAIL needs AUTH; after AUTH, on any port, the
+//! sender must be one of the user's addresses (unless
 //! `smtp.auth_sender_check` says otherwise); RCPT for a local domain must
 //! resolve to a user, alias or catch-all; RCPT elsewhere needs AUTH or a
 //! client in `smtp.relay_networks`. `%`, `!`, quoted local parts and source
@@ -226,7 +230,8 @@ enum Next {
     Quit,
 }
 
-pub async fn run(shared: Arc<Shared>, conn: Connection) {
+pub async fn run(shared: Arc<Shared>, mut conn: Connection) {
+    conn.flush_before_reading();
     let greeting = Reply::new(
         220,
         "",
@@ -537,9 +542,6 @@ impl Session {
     async fn serve(&mut self) -> Result<(), NetError> {
         let max = self.shared.config.limits.line_length;
         loop {
-            if !self.conn.has_buffered_input() {
-                self.conn.flush().await?;
-            }
             let line = match self.conn.read_line(max).await {
                 Ok(line) => line,
                 Err(NetError::LineTooLong) if self.conn.long_line_began_with(b"BDAT ") => {
@@ -559,20 +561,38 @@ impl Session {
                     }
                     continue;
                 }
-                Err(NetError::Timeout) => {
-                    self.reply(Reply::new(421, "4.4.2", "idle too long, closing"));
-                    return self.conn.flush().await;
-                }
+                Err(NetError::Timeout) => return self.timed_out().await,
                 Err(e) => return Err(e),
             };
             // Boxed: a command's state (DATA, AUTH, DNS checks, hooks) lives
             // on the heap only while it runs, so an idle session's task stays
             // small (10,000 idle sessions must fit in well under 200 MB).
-            let next = Box::pin(self.command(&line)).await?;
+            let next = match Box::pin(self.command(&line)).await {
+                Ok(next) => next,
+                // Silence inside DATA, a BDAT chunk or an AUTH exchange.
+                Err(NetError::Timeout) => return self.timed_out().await,
+                Err(e) => return Err(e),
+            };
             if matches!(next, Next::Quit) || self.too_many_errors().await? {
                 return self.conn.flush().await;
             }
         }
+    }
+
+    /// `limits.idle_timeout` without a byte from the client, between
+    /// commands or inside one: a message half received is dropped (its
+    /// queue file goes with it), the 421 goes out after any replies still
+    /// queued, and the session ends.
+    async fn timed_out(&mut self) -> Result<(), NetError> {
+        self.tx = None;
+        self.chunks = None;
+        let host = self.shared.config.hostname.clone();
+        self.reply(Reply::new(
+            421,
+            "4.4.2",
+            format!("{host} timeout: idle too long, closing"),
+        ));
+        self.conn.flush().await
     }
 
     fn error(&mut self, reply: Reply) {

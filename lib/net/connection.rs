@@ -46,6 +46,9 @@ pub struct Connection {
     /// what it was (an over-long `BDAT` line must end an SMTP session).
     long_line_start: [u8; 8],
     pub(super) out: Vec<u8>,
+    /// Send what is queued before a read that has to wait for the client
+    /// ([`Connection::flush_before_reading`]).
+    flush_before_read: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -100,7 +103,19 @@ impl Connection {
             after_cr: false,
             long_line_start: [0; 8],
             out: Vec::new(),
+            flush_before_read: false,
         }
+    }
+
+    /// From now on, replies queued by [`Connection::write`] are sent
+    /// before any read that has to go to the client for more bytes (as
+    /// Postfix's streams do): a pipelining client that waits for them
+    /// before it sends the rest (a BDAT chunk, the end of a line) is
+    /// never left waiting while the server waits for it. Reads the
+    /// buffer already holds still send nothing, so a pipelined batch
+    /// still gets its replies in one write.
+    pub fn flush_before_reading(&mut self) {
+        self.flush_before_read = true;
     }
 
     /// Short random id (8 hex digits) naming this session in logs and in
@@ -397,6 +412,9 @@ impl Connection {
 
     /// Reads more from the client into the (empty) buffer.
     async fn fill(&mut self) -> Result<(), NetError> {
+        if self.flush_before_read && !self.out.is_empty() {
+            self.flush().await?;
+        }
         let io = self.io.as_mut().ok_or(NetError::Closed)?;
         let n = match timeout(self.idle, io.read(&mut self.buf)).await {
             Err(_) => return Err(NetError::Timeout),

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
+use crate::util::{Server, Tree, bin, configure, connect_loopback, maildir_files, stderr, stdout};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
 /// The start of a Python script in which ann logs in over STARTTLS
@@ -1484,5 +1484,74 @@ fn a_hanging_hook_defers_and_per_ip_connections_are_capped() {
     assert!(
         said.starts_with("421 4.7.0"),
         "the third connection from one address is refused: {said}"
+    );
+}
+
+/// Regression: replies to pipelined commands stayed queued while the
+/// server waited for the rest of a BDAT chunk, so a client that waits for
+/// them before it sends more (as the RFC 2920 client may) hung until the
+/// idle timeout. The idle timeout here is 5 minutes; the replies must
+/// come within the 20 s the client waits.
+#[test]
+fn pipelined_replies_are_sent_before_waiting_for_a_chunk() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let (mut reader, mut writer) = connect_loopback(server.port);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    writer
+        .write_all(
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ann@example.test>\r\nBDAT 100\r\nabc",
+        )
+        .unwrap();
+    let mut said = String::new();
+    while !said.ends_with("250 2.1.5 recipient ok\r\n") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "{said}");
+        said.push_str(&line);
+    }
+    writer
+        .write_all(format!("\r\n{}\r\nBDAT 0 LAST\r\nQUIT\r\n", "x".repeat(93)).as_bytes())
+        .unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.starts_with("250 2.0.0 100 octets received\r\n250 2.0.0 ok, delivered"),
+        "{rest}"
+    );
+    assert_eq!(maildir_files(&tree.maildir("ann")).len(), 1);
+}
+
+/// Regression: silence inside DATA or a BDAT chunk closed the connection
+/// after limits.idle_timeout with no reply, and the replies to the
+/// commands pipelined before a BDAT were never sent at all. smtp-recv(8):
+/// 421 and close, also in the middle of DATA; nothing half received kept.
+#[test]
+fn idle_timeout_inside_data_or_bdat_says_421_after_the_pending_replies() {
+    let tree = tree_with_users();
+    configure(&tree, "limits", &[("idle_timeout", "\"1s\"")]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let inputs: [&[u8]; 2] = [
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: half\r\n",
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ann@example.test>\r\nBDAT 100\r\nabc",
+    ];
+    for input in inputs {
+        let said = raw(server.port, input, Duration::from_secs(15));
+        assert!(
+            said.contains("250 2.1.0") && said.contains("250 2.1.5"),
+            "{said}"
+        );
+        assert!(
+            said.ends_with("421 4.4.2 mail.example.test timeout: idle too long, closing\r\n"),
+            "{said}"
+        );
+    }
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+    assert!(tree.queue().list().unwrap().is_empty());
+    let tmp = tree.load_config().queue_dir().join("tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing half received is kept"
     );
 }
