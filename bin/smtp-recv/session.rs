@@ -32,8 +32,8 @@ use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::message::HeaderEnd;
 use postroom::proto::smtp::{
-    BdatError, DataLine, DataProblem, DataReader, Network, Reply, has_nul, is_bare_postmaster,
-    is_clean_command, parse_bdat,
+    BdatError, DataLine, DataProblem, DataReader, Network, PathCommand, Reply, has_nul,
+    is_bare_postmaster, is_clean_command, parse_bdat, path_command,
 };
 use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
@@ -647,6 +647,12 @@ impl Session {
                 return Ok(Next::Continue);
             }
         };
+        // MAIL and RCPT read again as written, for what smtp-proto's parse
+        // loses (quoted local parts): see `PathCommand`.
+        let written = match &request {
+            Request::Mail { .. } | Request::Rcpt { .. } => path_command(line),
+            _ => None,
+        };
         match request {
             Request::Ehlo { host } => self.hello(host, true).await,
             Request::Helo { host } => self.hello(host, false).await,
@@ -657,8 +663,8 @@ impl Session {
             } => {
                 return self.auth(mechanism, initial_response).await;
             }
-            Request::Mail { from } => self.mail(from).await,
-            Request::Rcpt { to } => self.rcpt(to, is_bare_postmaster(line)).await,
+            Request::Mail { from } => self.mail(from, written).await,
+            Request::Rcpt { to } => self.rcpt(to, written, is_bare_postmaster(line)).await,
             Request::Data => return self.data().await.map(|()| Next::Continue),
             Request::Etrn { name } => self.etrn(name),
             // Taken by parse_bdat above; never run on smtp-proto's size.
@@ -892,7 +898,12 @@ impl Session {
         Ok((answer != "*").then_some(answer))
     }
 
-    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
+    /// MAIL; `written` is the line as the client wrote it, when it reads.
+    async fn mail(
+        &mut self,
+        mut from: smtp_proto::MailFrom<String>,
+        written: Option<PathCommand<'_>>,
+    ) {
         let config = &self.shared.config;
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "say EHLO or HELO first"));
@@ -916,6 +927,9 @@ impl Session {
                 "5.3.4",
                 format!("message too big (limit {})", config.limits.message_size),
             ));
+        }
+        if let Some(mailbox) = written.as_ref().and_then(PathCommand::quoted_mailbox) {
+            from.address = mailbox;
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
@@ -1018,7 +1032,16 @@ impl Session {
 
     /// RCPT; `bare_postmaster` when the path was `<Postmaster>` with no
     /// domain, which smtp-proto hands over as an empty address.
-    async fn rcpt(&mut self, mut to: smtp_proto::RcptTo<String>, bare_postmaster: bool) {
+    /// `written` is the line as the client wrote it, when it reads.
+    async fn rcpt(
+        &mut self,
+        mut to: smtp_proto::RcptTo<String>,
+        written: Option<PathCommand<'_>>,
+        bare_postmaster: bool,
+    ) {
+        if let Some(mailbox) = written.as_ref().and_then(PathCommand::quoted_mailbox) {
+            to.address = mailbox;
+        }
         let limit = self.shared.config.limits.recipients;
         let relay_ok = self.user.is_some() || self.shared.local || self.client_in_relay_networks();
         let Some(tx) = self.tx.as_ref() else {

@@ -202,6 +202,78 @@ pub fn is_bare_postmaster(line: &[u8]) -> bool {
         .is_some_and(|close| path[..close].eq_ignore_ascii_case(b"postmaster"))
 }
 
+/// A MAIL or RCPT line as the client wrote it, read beside `smtp-proto`'s
+/// parse for what that parse loses:
+///
+/// - it strips the quotes and backslashes of a quoted local part
+///   (`"john doe"@x` comes out as `john doe@x`, which is no address), so
+///   a path with a quote in it is taken from the line instead;
+///
+/// ```text
+/// Path = "<" [ A-d-l ":" ] Mailbox ">"       ; RFC 5321 §4.1.2
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathCommand<'a> {
+    /// Between the angle brackets, a source route (`@a,@b:`) dropped.
+    path: &'a str,
+}
+
+/// Reads a MAIL or RCPT line, raw as read (CRLF included), that
+/// `smtp-proto` has parsed; `None` if it cannot be read (not UTF-8, no
+/// closing `>`), in which case that parse stands alone.
+pub fn path_command(line: &[u8]) -> Option<PathCommand<'_>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let text = text.strip_suffix("\r\n").unwrap_or(text);
+    let rest = &text[text.find('<')? + 1..];
+    let (mut in_quote, mut escaped, mut close) = (false, false, None);
+    for (i, c) in rest.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '>' if !in_quote => {
+                close = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let close = close?;
+    let mut path = &rest[..close];
+    if path.starts_with('@') {
+        // RFC 5321 §4.1.1.3: a source route is accepted and ignored.
+        path = &path[path.find(':')? + 1..];
+    }
+    Some(PathCommand { path })
+}
+
+impl PathCommand<'_> {
+    /// The mailbox to parse when its local part is quoted, `None` when it
+    /// is not (`smtp-proto`'s address is right then). A quoted local part
+    /// that needs no quotes is given without them (`"ann"@x` is `ann@x`:
+    /// RFC 5322 §3.2.4, the quotes are not part of what it means), so it
+    /// finds the same user; any other stays quoted as written, and a
+    /// queue, a next hop or a reply gets it in the form it must have.
+    pub fn quoted_mailbox(&self) -> Option<String> {
+        let path = self.path;
+        if !path.starts_with('"') {
+            return None;
+        }
+        let (local, domain) = path.rsplit_once('@')?;
+        let inner = local.strip_prefix('"')?.strip_suffix('"')?;
+        let mut unquoted = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            unquoted.push(if c == '\\' { chars.next()? } else { c });
+        }
+        Some(if crate::proto::address::is_dot_string(&unquoted) {
+            format!("{unquoted}@{domain}")
+        } else {
+            path.to_string()
+        })
+    }
+}
+
 /// What one DATA line came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DataLine<'a> {
@@ -513,6 +585,47 @@ fn emit(line: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_local_parts_are_read_from_the_line() {
+        fn path(line: &str) -> PathCommand<'_> {
+            path_command(line.as_bytes()).unwrap()
+        }
+        let cases = [
+            // What smtp-proto strips to `john doe@…` and `x"y@…`.
+            (
+                "MAIL FROM:<\"john doe\"@client.test>\r\n",
+                Some("\"john doe\"@client.test"),
+            ),
+            (
+                "MAIL FROM:<\"x\\\"y\"@client.test>\r\n",
+                Some("\"x\\\"y\"@client.test"),
+            ),
+            (
+                "RCPT TO:<\"a>b\"@x.test> NOTIFY=NEVER\r\n",
+                Some("\"a>b\"@x.test"),
+            ),
+            (
+                "RCPT TO:<@relay.test,@b.test:\"a b\"@x.test>\r\n",
+                Some("\"a b\"@x.test"),
+            ),
+            // Quotes that change nothing are dropped: the same user.
+            (
+                "RCPT TO:<\"ann\"@example.test>\r\n",
+                Some("ann@example.test"),
+            ),
+            (
+                "RCPT TO:<\"a.\\b\"@example.test>\r\n",
+                Some("a.b@example.test"),
+            ),
+            ("RCPT TO:<ann@example.test>\r\n", None),
+            ("MAIL FROM:<>\r\n", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(path(line).quoted_mailbox().as_deref(), want, "{line:?}");
+        }
+        assert_eq!(path_command(b"MAIL FROM:<\"a>\r\n"), None);
+    }
 
     #[test]
     fn replies_render_multiline_and_clean() {

@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, Tree, bin, configure, connect_loopback, maildir_files, stderr, stdout};
+use crate::util::{
+    Server, Tree, bin, configure, connect_loopback, maildir_files, maildir_texts, stderr, stdout,
+};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
 /// The start of a Python script in which ann logs in over STARTTLS
@@ -1485,6 +1487,64 @@ fn a_hanging_hook_defers_and_per_ip_connections_are_capped() {
         said.starts_with("421 4.7.0"),
         "the third connection from one address is refused: {said}"
     );
+}
+
+/// Regression: smtp-proto's parser strips a quoted local part's quotes and
+/// backslashes, so `"john doe"@x` came out as `john doe@x` and was refused
+/// as no address (501 5.1.7, 501 5.1.3). RFC 5321 §4.1.2 allows a space
+/// (qtextSMTP) and a quoted pair; an unknown one is then 550 5.1.1.
+#[test]
+fn quoted_local_parts_with_a_space_or_a_quoted_pair_are_addresses() {
+    let tree = tree_with_users();
+    let said = inetd_session(
+        &tree,
+        "198.51.100.1",
+        "EHLO c\r\nMAIL FROM:<\"john doe\"@client.test>\r\nRSET\r\n\
+         MAIL FROM:<\"x\\\"y\"@client.test>\r\nRCPT TO:<\"john doe\"@example.test>\r\n\
+         RCPT TO:<\"ann\"@example.test>\r\nDATA\r\nSubject: quoted\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(!said.contains("501"), "{said}");
+    assert_eq!(said.matches("250 2.1.0 sender ok").count(), 2, "{said}");
+    assert!(
+        said.contains("550 5.1.1 <\"john doe\"@example.test>: no such user here"),
+        "{said}"
+    );
+    // Quotes that change nothing find the same user.
+    assert!(said.contains("250 2.1.5"), "{said}");
+    assert!(said.contains("250 2.0.0 ok, delivered"), "{said}");
+    let stored = maildir_texts(&tree.maildir("ann"));
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].starts_with("Return-Path: <\"x\\\"y\"@client.test>\n"),
+        "{}",
+        stored[0]
+    );
+
+    // Relayed, a quoted recipient with a space goes through the queue
+    // (whose recipient lines are words separated by spaces) as it came.
+    configure(&tree, "smtp", &[("relay_networks", "[\"192.0.2.0/24\"]")]);
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        "EHLO c\r\nMAIL FROM:<\"john doe\"@client.test>\r\n\
+         RCPT TO:<\"jane q. public\"@elsewhere.test> NOTIFY=FAILURE\r\n\
+         DATA\r\nSubject: relayed\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(said.contains("250 2.0.0 ok, queued"), "{said}");
+    let queue = tree.queue();
+    let ids = queue.list().unwrap();
+    assert_eq!(ids.len(), 1);
+    let message = queue.read(&ids[0]).unwrap();
+    assert_eq!(
+        message.envelope.sender.to_string(),
+        "\"john doe\"@client.test"
+    );
+    let rcpt = &message.envelope.recipients[0];
+    assert_eq!(
+        rcpt.address.to_string(),
+        "\"jane q. public\"@elsewhere.test"
+    );
+    assert_eq!(rcpt.notify.as_ref().map(|n| n.as_str()), Some("FAILURE"));
 }
 
 /// Regression: replies to pipelined commands stayed queued while the
