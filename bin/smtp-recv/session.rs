@@ -648,7 +648,8 @@ impl Session {
             }
         };
         // MAIL and RCPT read again as written, for what smtp-proto's parse
-        // loses (quoted local parts): see `PathCommand`.
+        // loses (quoted local parts, a SIZE past 20 digits): see
+        // `PathCommand`.
         let written = match &request {
             Request::Mail { .. } | Request::Rcpt { .. } => path_command(line),
             _ => None,
@@ -921,7 +922,12 @@ impl Session {
                 "too many messages in one session, reconnect",
             ));
         }
-        if from.size as u64 > config.limits.message_size {
+        // smtp-proto's SIZE wraps past 20 digits; the line's does not.
+        let size = written
+            .as_ref()
+            .and_then(PathCommand::declared_size)
+            .unwrap_or(from.size as u64);
+        if size > config.limits.message_size {
             return self.error(Reply::new(
                 552,
                 "5.3.4",

@@ -208,14 +208,19 @@ pub fn is_bare_postmaster(line: &[u8]) -> bool {
 /// - it strips the quotes and backslashes of a quoted local part
 ///   (`"john doe"@x` comes out as `john doe@x`, which is no address), so
 ///   a path with a quote in it is taken from the line instead;
+/// - a SIZE past 20 digits saturates and then starts over in its parser
+///   (`SIZE=99999999999999999999999` was a small number);
 ///
 /// ```text
-/// Path = "<" [ A-d-l ":" ] Mailbox ">"       ; RFC 5321 §4.1.2
+/// Mail-parameters = esmtp-param *(SP esmtp-param)       ; RFC 5321 §4.1.2
+/// esmtp-param     = esmtp-keyword ["=" esmtp-value]
+/// Path            = "<" [ A-d-l ":" ] Mailbox ">"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathCommand<'a> {
     /// Between the angle brackets, a source route (`@a,@b:`) dropped.
     path: &'a str,
+    params: Vec<(&'a str, Option<&'a str>)>,
 }
 
 /// Reads a MAIL or RCPT line, raw as read (CRLF included), that
@@ -244,7 +249,14 @@ pub fn path_command(line: &[u8]) -> Option<PathCommand<'_>> {
         // RFC 5321 §4.1.1.3: a source route is accepted and ignored.
         path = &path[path.find(':')? + 1..];
     }
-    Some(PathCommand { path })
+    let params = rest[close + 1..]
+        .split_ascii_whitespace()
+        .map(|word| match word.split_once('=') {
+            Some((keyword, value)) => (keyword, Some(value)),
+            None => (word, None),
+        })
+        .collect();
+    Some(PathCommand { path, params })
 }
 
 impl PathCommand<'_> {
@@ -271,6 +283,20 @@ impl PathCommand<'_> {
         } else {
             path.to_string()
         })
+    }
+
+    /// The SIZE declared, read here (`u64::MAX` when it overflows: larger
+    /// than any limit); `None` without a SIZE or with one `smtp-proto`
+    /// would not have taken.
+    pub fn declared_size(&self) -> Option<u64> {
+        let (_, value) = self
+            .params
+            .iter()
+            .find(|(keyword, _)| keyword.eq_ignore_ascii_case("SIZE"))?;
+        let digits = value.filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))?;
+        Some(digits.bytes().fold(0u64, |n, d| {
+            n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        }))
     }
 }
 
@@ -624,7 +650,19 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(path(line).quoted_mailbox().as_deref(), want, "{line:?}");
         }
+        let p = path("MAIL FROM:<\"a b\"@x.test>  SIZE=10 BODY=8BITMIME\r\n");
+        assert_eq!(p.declared_size(), Some(10));
         assert_eq!(path_command(b"MAIL FROM:<\"a>\r\n"), None);
+    }
+
+    #[test]
+    fn an_overflowing_size_is_larger_than_any_limit() {
+        let p = path_command(b"MAIL FROM:<a@b.test> SIZE=99999999999999999999999\r\n").unwrap();
+        assert_eq!(p.declared_size(), Some(u64::MAX));
+        let p = path_command(b"MAIL FROM:<a@b.test> size=18446744073709551615\r\n").unwrap();
+        assert_eq!(p.declared_size(), Some(u64::MAX));
+        let p = path_command(b"MAIL FROM:<a@b.test>\r\n").unwrap();
+        assert_eq!(p.declared_size(), None);
     }
 
     #[test]

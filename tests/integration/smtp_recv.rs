@@ -1547,6 +1547,25 @@ fn quoted_local_parts_with_a_space_or_a_quoted_pair_are_addresses() {
     assert_eq!(rcpt.notify.as_ref().map(|n| n.as_str()), Some("FAILURE"));
 }
 
+/// Regression: smtp-proto 0.2.5 saturates a SIZE past 20 digits and then
+/// starts over, so a SIZE no limit could hold was taken as a small one.
+#[test]
+fn a_size_too_large_to_count_is_over_every_limit() {
+    let tree = tree_with_users();
+    let said = inetd_session(
+        &tree,
+        "198.51.100.1",
+        "EHLO c\r\nMAIL FROM:<a@b.test> SIZE=99999999999999999999999\r\n\
+         MAIL FROM:<a@b.test> SIZE=100000000000000000000000000005\r\nMAIL FROM:<a@b.test> SIZE=1000\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        said.matches("552 5.3.4 message too big").count(),
+        2,
+        "{said}"
+    );
+    assert!(said.contains("250 2.1.0"), "{said}");
+}
+
 /// Regression: replies to pipelined commands stayed queued while the
 /// server waited for the rest of a BDAT chunk, so a client that waits for
 /// them before it sends more (as the RFC 2920 client may) hung until the
