@@ -648,12 +648,16 @@ impl Session {
             }
         };
         // MAIL and RCPT read again as written, for what smtp-proto's parse
-        // loses (quoted local parts, a SIZE past 20 digits): see
-        // `PathCommand`.
+        // loses (quoted local parts, a SIZE past 20 digits) or lets
+        // through (DSN parameters): see `PathCommand`.
         let written = match &request {
             Request::Mail { .. } | Request::Rcpt { .. } => path_command(line),
             _ => None,
         };
+        if let Some(Err(refusal)) = written.as_ref().map(PathCommand::check_params) {
+            self.error(refusal);
+            return Ok(Next::Continue);
+        }
         match request {
             Request::Ehlo { host } => self.hello(host, true).await,
             Request::Helo { host } => self.hello(host, false).await,

@@ -203,13 +203,15 @@ pub fn is_bare_postmaster(line: &[u8]) -> bool {
 }
 
 /// A MAIL or RCPT line as the client wrote it, read beside `smtp-proto`'s
-/// parse for what that parse loses:
+/// parse for what that parse loses or lets through:
 ///
 /// - it strips the quotes and backslashes of a quoted local part
 ///   (`"john doe"@x` comes out as `john doe@x`, which is no address), so
 ///   a path with a quote in it is taken from the line instead;
 /// - a SIZE past 20 digits saturates and then starts over in its parser
 ///   (`SIZE=99999999999999999999999` was a small number);
+/// - it takes `NOTIFY=NEVER,SUCCESS`, a RET or NOTIFY given twice, and
+///   an ENVID or ORCPT that is not xtext (`ENVID=a+2`).
 ///
 /// ```text
 /// Mail-parameters = esmtp-param *(SP esmtp-param)       ; RFC 5321 §4.1.2
@@ -298,6 +300,50 @@ impl PathCommand<'_> {
             n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
         }))
     }
+
+    /// The checks of RFC 3461 §4 that `smtp-proto` leaves out, with the
+    /// 501 that refuses the command (RFC 5321 §4.1.1.11): a keyword given
+    /// twice; NOTIFY that is not NEVER alone or a list of SUCCESS, FAILURE
+    /// and DELAY; an ENVID or ORCPT that is not xtext.
+    pub fn check_params(&self) -> Result<(), Reply> {
+        use crate::proto::xtext::is_xtext;
+        let refuse = |text: String| Err(Reply::new(501, "5.5.4", text));
+        for (i, (keyword, value)) in self.params.iter().enumerate() {
+            let keyword = keyword.to_ascii_uppercase();
+            if self.params[..i]
+                .iter()
+                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(&keyword))
+            {
+                return refuse(format!("Duplicate {keyword} parameter"));
+            }
+            let value = value.unwrap_or_default();
+            let well_formed = match keyword.as_str() {
+                "NOTIFY" => is_notify(value),
+                // RFC 3461 §4.4: ENVID = 1*100 xtext characters.
+                "ENVID" => (1..=100).contains(&value.len()) && is_xtext(value),
+                // RFC 3461 §4.2: ORCPT = addr-type ";" xtext.
+                "ORCPT" => value.split_once(';').is_some_and(|(kind, address)| {
+                    !kind.is_empty() && !address.is_empty() && is_xtext(address)
+                }),
+                _ => true,
+            };
+            if !well_formed {
+                return refuse(format!("Bad {keyword} parameter syntax"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3461 §4.1: `"NEVER" / 1#( "SUCCESS" / "FAILURE" / "DELAY" )`:
+/// NEVER stands alone.
+fn is_notify(value: &str) -> bool {
+    value.eq_ignore_ascii_case("NEVER")
+        || value.split(',').all(|word| {
+            ["SUCCESS", "FAILURE", "DELAY"]
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(word))
+        })
 }
 
 /// What one DATA line came to.
@@ -652,6 +698,7 @@ mod tests {
         }
         let p = path("MAIL FROM:<\"a b\"@x.test>  SIZE=10 BODY=8BITMIME\r\n");
         assert_eq!(p.declared_size(), Some(10));
+        assert!(p.check_params().is_ok());
         assert_eq!(path_command(b"MAIL FROM:<\"a>\r\n"), None);
     }
 
@@ -663,6 +710,59 @@ mod tests {
         assert_eq!(p.declared_size(), Some(u64::MAX));
         let p = path_command(b"MAIL FROM:<a@b.test>\r\n").unwrap();
         assert_eq!(p.declared_size(), None);
+    }
+
+    #[test]
+    fn dsn_parameters_are_checked() {
+        let check = |line: &str| {
+            path_command(line.as_bytes())
+                .unwrap()
+                .check_params()
+                .map_err(|r| r.to_string())
+        };
+        for good in [
+            "RCPT TO:<b@x.test> NOTIFY=NEVER",
+            "RCPT TO:<b@x.test> NOTIFY=success,FAILURE,Delay ORCPT=rfc822;b+2Bc@x.test",
+            "MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ314159+2B SIZE=3",
+        ] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for (bad, want) in [
+            (
+                "RCPT TO:<b@x.test> NOTIFY=NEVER,SUCCESS",
+                "501 5.5.4 Bad NOTIFY parameter syntax",
+            ),
+            (
+                "RCPT TO:<b@x.test> NOTIFY=SUCCESS,NEVER",
+                "501 5.5.4 Bad NOTIFY parameter syntax",
+            ),
+            (
+                "RCPT TO:<b@x.test> NOTIFY=",
+                "501 5.5.4 Bad NOTIFY parameter syntax",
+            ),
+            (
+                "MAIL FROM:<a@b.test> ENVID=a+2",
+                "501 5.5.4 Bad ENVID parameter syntax",
+            ),
+            (
+                "MAIL FROM:<a@b.test> ENVID=a=b",
+                "501 5.5.4 Bad ENVID parameter syntax",
+            ),
+            (
+                "RCPT TO:<b@x.test> ORCPT=rfc822;b+zz",
+                "501 5.5.4 Bad ORCPT parameter syntax",
+            ),
+            (
+                "MAIL FROM:<a@b.test> RET=FULL ret=HDRS",
+                "501 5.5.4 Duplicate RET parameter",
+            ),
+            (
+                "RCPT TO:<b@x.test> NOTIFY=DELAY NOTIFY=FAILURE",
+                "501 5.5.4 Duplicate NOTIFY parameter",
+            ),
+        ] {
+            assert_eq!(check(bad), Err(want.to_string()), "{bad}");
+        }
     }
 
     #[test]

@@ -1566,6 +1566,40 @@ fn a_size_too_large_to_count_is_over_every_limit() {
     assert!(said.contains("250 2.1.0"), "{said}");
 }
 
+/// Regression: NOTIFY=NEVER with other words, an ENVID that is not xtext
+/// and a parameter given twice were all taken (RFC 3461 §4).
+#[test]
+fn malformed_or_repeated_dsn_parameters_are_refused() {
+    let tree = tree_with_users();
+    let said = inetd_session(
+        &tree,
+        "198.51.100.1",
+        "EHLO c\r\nMAIL FROM:<a@b.test> ENVID=a+2\r\nMAIL FROM:<a@b.test> RET=FULL RET=HDRS\r\n\
+         MAIL FROM:<a@b.test> RET=HDRS ENVID=id+2B1\r\n\
+         RCPT TO:<bob@example.test> NOTIFY=NEVER,SUCCESS\r\n\
+         RCPT TO:<bob@example.test> NOTIFY=SUCCESS NOTIFY=DELAY\r\n\
+         RCPT TO:<bob@example.test> ORCPT=rfc822;bob+4\r\n\
+         RCPT TO:<bob@example.test> NOTIFY=NEVER ORCPT=rfc822;bob+40example.test\r\nQUIT\r\n",
+    );
+    let replies: Vec<&str> = said
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .collect();
+    assert_eq!(
+        replies[2..9],
+        [
+            "501 5.5.4 Bad ENVID parameter syntax",
+            "501 5.5.4 Duplicate RET parameter",
+            "250 2.1.0 sender ok",
+            "501 5.5.4 Bad NOTIFY parameter syntax",
+            "501 5.5.4 Duplicate NOTIFY parameter",
+            "501 5.5.4 Bad ORCPT parameter syntax",
+            "250 2.1.5 recipient ok",
+        ],
+        "{said}"
+    );
+}
+
 /// Regression: replies to pipelined commands stayed queued while the
 /// server waited for the rest of a BDAT chunk, so a client that waits for
 /// them before it sends more (as the RFC 2920 client may) hung until the
