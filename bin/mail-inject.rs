@@ -253,7 +253,7 @@ fn run(options: Options) -> Result<(), Failure> {
     let queue = Queue::from_config(&config);
     let mut incoming = queue.incoming(&envelope).map_err(tempfail)?;
     let id = incoming.id().clone();
-    let added = added_headers(
+    let (received, headers) = added_headers(
         &config,
         &headers,
         &sender,
@@ -262,12 +262,12 @@ fn run(options: Options) -> Result<(), Failure> {
     );
     use std::io::Write;
     incoming
-        .write_all(added.as_bytes())
+        .write_all(received.as_bytes())
         .and_then(|()| incoming.write_all(&headers))
         .and_then(|()| incoming.write_all(rest))
         .map_err(|e| tempfail(format!("writing the queue file: {e}")))?;
     let staged = incoming.finish().map_err(tempfail)?;
-    drop((added, headers, body));
+    drop((received, headers, body));
     tracing::info!(
         queue_id = %id,
         from = %sender,
@@ -499,36 +499,41 @@ fn route(
     }
 }
 
-/// Received, and the From, Date and Message-ID a submission must have
-/// (RFC 6409 §8.1-8.3 lets the submission agent add them).
+/// The Received line to go first (RFC 5321 §4.4: at the beginning of the
+/// content), and the header block with the From, Date and Message-ID a
+/// submission must have (RFC 6409 §8.1-8.3 lets the submission agent add
+/// them) after its own fields, where Postfix adds them
+/// (`message::append_fields`, as smtp-recv does for its users).
 fn added_headers(
     config: &Config,
     headers: &[u8],
     sender: &ReversePath,
     full_name: Option<&str>,
     id: &str,
-) -> String {
+) -> (String, Vec<u8>) {
     let now = postroom::store::fsutil::now_secs();
     let date = message::rfc5322_date(now);
-    let mut added = format!(
+    let received = format!(
         "Received: by {host} (postroom mail-inject, from userid {uid})\r\n\tid {id}; {date}\r\n",
         host = config.hostname,
         uid = nix::unistd::getuid(),
     );
+    let mut fields = Vec::new();
     if !message::has_header(headers, "From") {
-        match full_name.filter(|n| !n.chars().any(char::is_control)) {
-            Some(name) => added.push_str(&format!(
-                "From: \"{}\" <{sender}>\r\n",
-                name.replace('"', "'")
-            )),
-            None => added.push_str(&format!("From: <{sender}>\r\n")),
-        }
+        fields.push(
+            match full_name.filter(|n| !n.chars().any(char::is_control)) {
+                Some(name) => format!("From: \"{}\" <{sender}>", name.replace('"', "'")),
+                None => format!("From: <{sender}>"),
+            },
+        );
     }
-    for field in message::missing_origin_fields(headers, id, &config.hostname, now) {
-        added.push_str(&field);
-        added.push_str("\r\n");
-    }
-    added
+    fields.extend(message::missing_origin_fields(
+        headers,
+        id,
+        &config.hostname,
+        now,
+    ));
+    (received, message::append_fields(headers, &fields))
 }
 
 fn text(value: &str) -> Result<EnvelopeText, Failure> {

@@ -1404,7 +1404,7 @@ impl Session {
             return;
         }
         let staged = match self.origin_fields(&staged, &arrived) {
-            Some(fields) => match prepend_headers(staged, &fields) {
+            Some(fields) => match add_origin_fields(staged, &arrived, &fields) {
                 Ok(staged) => staged,
                 Err(e) => {
                     self.local_error(format_args!("adding Date or Message-ID failed: {e}"));
@@ -1595,6 +1595,31 @@ impl Session {
 fn prepend_headers(staged: Staged, headers: &[String]) -> Result<Staged, queue::QueueError> {
     let block: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     staged.prepend(block.as_bytes())
+}
+
+/// The Date and Message-ID a user's message lacks, after the fields it
+/// has (`message::append_fields`, as Postfix adds them), so our Received
+/// line stays the first (RFC 5321 §4.4); `head` is the header block as it
+/// arrived. Costs a copy, as prepending them did.
+fn add_origin_fields(
+    staged: Staged,
+    head: &[u8],
+    fields: &[String],
+) -> Result<Staged, queue::QueueError> {
+    let rewritten = postroom::proto::message::append_fields(head, fields);
+    // Opened before the old copy is removed (see `Staged::prepend`).
+    let body = staged.message.body();
+    staged.replace(|out| {
+        use std::io::{Read, Write};
+        out.write_all(&rewritten)?;
+        let mut body = body.map_err(std::io::Error::other)?;
+        // Past the old header block, the rest as it was.
+        std::io::copy(
+            &mut (&mut body).take(head.len() as u64),
+            &mut std::io::sink(),
+        )?;
+        std::io::copy(&mut body, out).map(drop)
+    })
 }
 
 /// Our Authentication-Results on top, with any already there that claim to

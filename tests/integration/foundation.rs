@@ -363,6 +363,71 @@ fn hostile_envelope_data_never_reaches_the_queue() {
     );
 }
 
+/// Regression: mail-inject put the From, Date and Message-ID it adds
+/// between its Received line (first, RFC 5321 §4.4) and the message's own
+/// fields; Postfix adds them after the message's fields.
+#[test]
+fn mail_inject_adds_its_fields_below_received_after_the_message_fields() {
+    let tree = Tree::new();
+    tree.add_user("carol@example.test");
+    let out = tree.inject(
+        &["-f", "x@remote.test", "carol@example.test"],
+        b"Subject: x\n\ny\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tree.inject(
+        &[
+            "-f",
+            "x@remote.test",
+            "-F",
+            "Cron Daemon",
+            "carol@example.test",
+        ],
+        b"Subject: named\nDate: Thu, 1 Jan 2026 00:00:00 +0000\n\ny\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut heads: Vec<String> = maildir_files(&tree.maildir("carol"))
+        .iter()
+        .map(|f| fs::read_to_string(f).unwrap())
+        .map(|text| text.split("\n\n").next().unwrap().to_string())
+        .collect();
+    heads.sort_by_key(|h| h.contains("named"));
+    let names = |head: &str| -> Vec<String> {
+        head.lines()
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .filter_map(|l| l.split(':').next().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(
+        names(&heads[0]),
+        [
+            "Return-Path",
+            "Delivered-To",
+            "Received",
+            "Subject",
+            "From",
+            "Date",
+            "Message-ID"
+        ],
+        "{}",
+        heads[0]
+    );
+    assert_eq!(
+        names(&heads[1]),
+        [
+            "Return-Path",
+            "Delivered-To",
+            "Received",
+            "Subject",
+            "Date",
+            "From",
+            "Message-ID"
+        ],
+        "{}",
+        heads[1]
+    );
+}
+
 #[test]
 fn ten_thousand_users_in_one_call_and_clear_admin_errors() {
     let tree = Tree::new();

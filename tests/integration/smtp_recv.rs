@@ -1668,3 +1668,45 @@ fn idle_timeout_inside_data_or_bdat_says_421_after_the_pending_replies() {
         "nothing half received is kept"
     );
 }
+
+/// Regression: on submission the Date and Message-ID a message lacked
+/// were put above the Received line; RFC 5321 §4.4 puts Received at the
+/// beginning, and Postfix adds the missing fields after the message's own.
+#[test]
+fn submission_adds_date_and_message_id_below_received_after_the_message_fields() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &["--submission"]);
+    let script = r#"
+import os, smtplib
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
+s.ehlo("c")
+s.login("ann@example.test", "secret")     # loopback counts as secure
+s.sendmail("ann@example.test", ["bob@example.test"],
+           b"From: ann@example.test\r\nSubject: order\r\n\r\nbody\r\n")
+s.quit()
+print("ok")
+"#;
+    let (ok, said) = python(script, server.port);
+    assert!(ok, "{said}");
+    let stored = maildir_texts(&tree.maildir("bob"));
+    assert_eq!(stored.len(), 1);
+    let head = stored[0].split("\n\n").next().unwrap();
+    let names: Vec<&str> = head
+        .lines()
+        .filter(|l| !l.starts_with([' ', '\t']))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Return-Path",
+            "Delivered-To",
+            "Received",
+            "From",
+            "Subject",
+            "Date",
+            "Message-ID"
+        ],
+        "{head}"
+    );
+}
