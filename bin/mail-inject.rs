@@ -443,7 +443,9 @@ fn header_recipients(headers: &[u8]) -> Vec<String> {
 }
 
 /// Expands aliases and validates every recipient; any bad one stops the
-/// injection, so nothing is queued half-addressed.
+/// injection, so nothing is queued half-addressed. A malformed address is
+/// a usage error (EX_USAGE, as mail-inject(8) says), before an unknown
+/// recipient (EX_NOUSER) or a temporary failure.
 fn route(
     config: &Config,
     directory: &Directory,
@@ -454,11 +456,13 @@ fn route(
     let mut recipients = Vec::new();
     let mut problems = Vec::new();
     let mut temporary = false;
+    let mut malformed = false;
     for rcpt in wanted {
         let rcpt = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
         let address = match Address::parse(rcpt) {
             Ok(a) => a,
             Err(e) => {
+                malformed = true;
                 problems.push(format!("{rcpt:?}: {e}"));
                 continue;
             }
@@ -491,7 +495,11 @@ fn route(
     if problems.is_empty() {
         Ok(recipients)
     } else {
-        let code = if temporary { EX_TEMPFAIL } else { EX_NOUSER };
+        let code = match (malformed, temporary) {
+            (true, _) => EX_USAGE,
+            (false, true) => EX_TEMPFAIL,
+            (false, false) => EX_NOUSER,
+        };
         Err(Failure(
             code,
             format!("not queued: {}", problems.join("; ")),

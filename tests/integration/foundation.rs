@@ -363,6 +363,32 @@ fn hostile_envelope_data_never_reaches_the_queue() {
     );
 }
 
+/// Regression: a malformed recipient exited 67 (EX_NOUSER) where
+/// mail-inject(8) promises 64 (EX_USAGE); 67 is for an unknown one.
+#[test]
+fn mail_inject_exits_64_for_a_malformed_recipient_and_67_for_an_unknown_one() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    for bad in [
+        "a@@b.test",
+        "ann@",
+        "@example.test",
+        "ann\u{1}@example.test",
+    ] {
+        for args in [vec![bad], vec!["ann@example.test", bad]] {
+            let out = tree.inject(&args, b"Subject: x\n\ny\n");
+            assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        }
+    }
+    // A malformed address is named before an unknown one decides the code.
+    let out = tree.inject(&["nobody@example.test", "a@@b.test"], b"Subject: x\n\ny\n");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let out = tree.inject(&["nobody@example.test"], b"Subject: x\n\ny\n");
+    assert_eq!(out.status.code(), Some(67), "{}", stderr(&out));
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+    assert!(tree.queue().list().unwrap().is_empty());
+}
+
 /// Regression: mail-inject put the From, Date and Message-ID it adds
 /// between its Received line (first, RFC 5321 §4.4) and the message's own
 /// fields; Postfix adds them after the message's fields.
