@@ -528,10 +528,17 @@ fn added_headers(
     );
     let mut fields = Vec::new();
     if !message::has_header(headers, "From") {
+        // RFC 5322 §3.6.2: From needs a mailbox, and `<>` is none. The
+        // null sender's mail comes from the mailer itself, as Postfix
+        // says: MAILER-DAEMON of this host.
+        let from = match sender {
+            ReversePath::Address(address) => address.to_string(),
+            ReversePath::Null => format!("MAILER-DAEMON@{}", config.hostname),
+        };
         fields.push(
             match full_name.filter(|n| !n.chars().any(char::is_control)) {
-                Some(name) => format!("From: \"{}\" <{sender}>", name.replace('"', "'")),
-                None => format!("From: <{sender}>"),
+                Some(name) => format!("From: \"{}\" <{from}>", name.replace('"', "'")),
+                None => format!("From: <{from}>"),
             },
         );
     }

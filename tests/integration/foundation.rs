@@ -391,24 +391,17 @@ fn mail_inject_exits_64_for_a_malformed_recipient_and_67_for_an_unknown_one() {
 
 /// Regression: mail-inject put the From, Date and Message-ID it adds
 /// between its Received line (first, RFC 5321 §4.4) and the message's own
-/// fields; Postfix adds them after the message's fields.
+/// fields; Postfix adds them after the message's fields. And with the
+/// null sender it wrote `From: <>`, which RFC 5322 §3.6.2 does not allow:
+/// Postfix writes MAILER-DAEMON of the host.
 #[test]
-fn mail_inject_adds_its_fields_below_received_after_the_message_fields() {
+fn mail_inject_adds_its_fields_below_received_and_a_null_sender_is_mailer_daemon() {
     let tree = Tree::new();
     tree.add_user("carol@example.test");
-    let out = tree.inject(
-        &["-f", "x@remote.test", "carol@example.test"],
-        b"Subject: x\n\ny\n",
-    );
+    let out = tree.inject(&["-f", "<>", "carol@example.test"], b"Subject: x\n\ny\n");
     assert!(out.status.success(), "{}", stderr(&out));
     let out = tree.inject(
-        &[
-            "-f",
-            "x@remote.test",
-            "-F",
-            "Cron Daemon",
-            "carol@example.test",
-        ],
+        &["-f", "<>", "-F", "Cron Daemon", "carol@example.test"],
         b"Subject: named\nDate: Thu, 1 Jan 2026 00:00:00 +0000\n\ny\n",
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -438,6 +431,12 @@ fn mail_inject_adds_its_fields_below_received_after_the_message_fields() {
         "{}",
         heads[0]
     );
+    assert!(
+        heads[0].contains("\nFrom: <MAILER-DAEMON@mail.example.test>\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(!heads[0].contains("From: <>"), "{}", heads[0]);
     assert_eq!(
         names(&heads[1]),
         [
@@ -449,6 +448,11 @@ fn mail_inject_adds_its_fields_below_received_after_the_message_fields() {
             "From",
             "Message-ID"
         ],
+        "{}",
+        heads[1]
+    );
+    assert!(
+        heads[1].contains("\nFrom: \"Cron Daemon\" <MAILER-DAEMON@mail.example.test>\n"),
         "{}",
         heads[1]
     );
