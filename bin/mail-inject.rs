@@ -253,7 +253,7 @@ fn run(options: Options) -> Result<(), Failure> {
     let queue = Queue::from_config(&config);
     let mut incoming = queue.incoming(&envelope).map_err(tempfail)?;
     let id = incoming.id().clone();
-    let added = added_headers(
+    let (received, headers) = added_headers(
         &config,
         &headers,
         &sender,
@@ -262,12 +262,12 @@ fn run(options: Options) -> Result<(), Failure> {
     );
     use std::io::Write;
     incoming
-        .write_all(added.as_bytes())
+        .write_all(received.as_bytes())
         .and_then(|()| incoming.write_all(&headers))
         .and_then(|()| incoming.write_all(rest))
         .map_err(|e| tempfail(format!("writing the queue file: {e}")))?;
     let staged = incoming.finish().map_err(tempfail)?;
-    drop((added, headers, body));
+    drop((received, headers, body));
     tracing::info!(
         queue_id = %id,
         from = %sender,
@@ -443,7 +443,9 @@ fn header_recipients(headers: &[u8]) -> Vec<String> {
 }
 
 /// Expands aliases and validates every recipient; any bad one stops the
-/// injection, so nothing is queued half-addressed.
+/// injection, so nothing is queued half-addressed. A malformed address is
+/// a usage error (EX_USAGE, as mail-inject(8) says), before an unknown
+/// recipient (EX_NOUSER) or a temporary failure.
 fn route(
     config: &Config,
     directory: &Directory,
@@ -454,11 +456,13 @@ fn route(
     let mut recipients = Vec::new();
     let mut problems = Vec::new();
     let mut temporary = false;
+    let mut malformed = false;
     for rcpt in wanted {
         let rcpt = rcpt.trim().trim_start_matches('<').trim_end_matches('>');
         let address = match Address::parse(rcpt) {
             Ok(a) => a,
             Err(e) => {
+                malformed = true;
                 problems.push(format!("{rcpt:?}: {e}"));
                 continue;
             }
@@ -491,7 +495,11 @@ fn route(
     if problems.is_empty() {
         Ok(recipients)
     } else {
-        let code = if temporary { EX_TEMPFAIL } else { EX_NOUSER };
+        let code = match (malformed, temporary) {
+            (true, _) => EX_USAGE,
+            (false, true) => EX_TEMPFAIL,
+            (false, false) => EX_NOUSER,
+        };
         Err(Failure(
             code,
             format!("not queued: {}", problems.join("; ")),
@@ -499,36 +507,48 @@ fn route(
     }
 }
 
-/// Received, and the From, Date and Message-ID a submission must have
-/// (RFC 6409 §8.1-8.3 lets the submission agent add them).
+/// The Received line to go first (RFC 5321 §4.4: at the beginning of the
+/// content), and the header block with the From, Date and Message-ID a
+/// submission must have (RFC 6409 §8.1-8.3 lets the submission agent add
+/// them) after its own fields, where Postfix adds them
+/// (`message::append_fields`, as smtp-recv does for its users).
 fn added_headers(
     config: &Config,
     headers: &[u8],
     sender: &ReversePath,
     full_name: Option<&str>,
     id: &str,
-) -> String {
+) -> (String, Vec<u8>) {
     let now = postroom::store::fsutil::now_secs();
     let date = message::rfc5322_date(now);
-    let mut added = format!(
+    let received = format!(
         "Received: by {host} (postroom mail-inject, from userid {uid})\r\n\tid {id}; {date}\r\n",
         host = config.hostname,
         uid = nix::unistd::getuid(),
     );
+    let mut fields = Vec::new();
     if !message::has_header(headers, "From") {
-        match full_name.filter(|n| !n.chars().any(char::is_control)) {
-            Some(name) => added.push_str(&format!(
-                "From: \"{}\" <{sender}>\r\n",
-                name.replace('"', "'")
-            )),
-            None => added.push_str(&format!("From: <{sender}>\r\n")),
-        }
+        // RFC 5322 §3.6.2: From needs a mailbox, and `<>` is none. The
+        // null sender's mail comes from the mailer itself, as Postfix
+        // says: MAILER-DAEMON of this host.
+        let from = match sender {
+            ReversePath::Address(address) => address.to_string(),
+            ReversePath::Null => format!("MAILER-DAEMON@{}", config.hostname),
+        };
+        fields.push(
+            match full_name.filter(|n| !n.chars().any(char::is_control)) {
+                Some(name) => format!("From: \"{}\" <{from}>", name.replace('"', "'")),
+                None => format!("From: <{from}>"),
+            },
+        );
     }
-    for field in message::missing_origin_fields(headers, id, &config.hostname, now) {
-        added.push_str(&field);
-        added.push_str("\r\n");
-    }
-    added
+    fields.extend(message::missing_origin_fields(
+        headers,
+        id,
+        &config.hostname,
+        now,
+    ));
+    (received, message::append_fields(headers, &fields))
 }
 
 fn text(value: &str) -> Result<EnvelopeText, Failure> {

@@ -1,11 +1,15 @@
 //! One SMTP session: the command table of RFC 5321 and its extensions.
 //!
-//! Replies are buffered and sent when the client has nothing more in
-//! flight (RFC 2920 PIPELINING). Policy, in the order a session meets it:
-//! the client must say EHLO/HELO; AUTH only where `auth.plaintext` allows
-//! it (TLS or loopback by default), and STARTTLS forgets it with everything
-//! else; in `--submission` mode MAIL needs AUTH; after AUTH, on any port,
-//! the sender must be one of the user's addresses (unless
+//! Replies are buffered and sent before any read that has to wait for the
+//! client (RFC 2920 PIPELINING; `Connection::flush_before_reading`): a
+//! pipelined batch gets its replies in one write, and a client that waits
+//! for them before it sends more is never kept waiting.
+//!
+//! Policy, in the order a session meets it: the client must say
+//! EHLO/HELO; AUTH only where `auth.plaintext` allows it (TLS or loopback
+//! by default), and STARTTLS forgets it with everything else; in
+//! `--submission` mode MAIL needs AUTH; after AUTH, on any port, the
+//! sender must be one of the user's addresses (unless
 //! `smtp.auth_sender_check` says otherwise); RCPT for a local domain must
 //! resolve to a user, alias or catch-all; RCPT elsewhere needs AUTH or a
 //! client in `smtp.relay_networks`. `%`, `!`, quoted local parts and source
@@ -28,8 +32,8 @@ use postroom::net::{Connection, NetError};
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::proto::message::HeaderEnd;
 use postroom::proto::smtp::{
-    BdatError, DataLine, DataProblem, DataReader, Network, Reply, has_nul, is_bare_postmaster,
-    is_clean_command, parse_bdat,
+    BdatError, DataLine, DataProblem, DataReader, Network, PathCommand, Reply, has_nul,
+    is_bare_postmaster, is_clean_command, parse_bdat, path_command,
 };
 use postroom::store::queue::{self, Envelope, Incoming, Queue, Recipient, Staged};
 use smtp_proto::Request;
@@ -226,7 +230,8 @@ enum Next {
     Quit,
 }
 
-pub async fn run(shared: Arc<Shared>, conn: Connection) {
+pub async fn run(shared: Arc<Shared>, mut conn: Connection) {
+    conn.flush_before_reading();
     let greeting = Reply::new(
         220,
         "",
@@ -537,9 +542,6 @@ impl Session {
     async fn serve(&mut self) -> Result<(), NetError> {
         let max = self.shared.config.limits.line_length;
         loop {
-            if !self.conn.has_buffered_input() {
-                self.conn.flush().await?;
-            }
             let line = match self.conn.read_line(max).await {
                 Ok(line) => line,
                 Err(NetError::LineTooLong) if self.conn.long_line_began_with(b"BDAT ") => {
@@ -559,20 +561,38 @@ impl Session {
                     }
                     continue;
                 }
-                Err(NetError::Timeout) => {
-                    self.reply(Reply::new(421, "4.4.2", "idle too long, closing"));
-                    return self.conn.flush().await;
-                }
+                Err(NetError::Timeout) => return self.timed_out().await,
                 Err(e) => return Err(e),
             };
             // Boxed: a command's state (DATA, AUTH, DNS checks, hooks) lives
             // on the heap only while it runs, so an idle session's task stays
             // small (10,000 idle sessions must fit in well under 200 MB).
-            let next = Box::pin(self.command(&line)).await?;
+            let next = match Box::pin(self.command(&line)).await {
+                Ok(next) => next,
+                // Silence inside DATA, a BDAT chunk or an AUTH exchange.
+                Err(NetError::Timeout) => return self.timed_out().await,
+                Err(e) => return Err(e),
+            };
             if matches!(next, Next::Quit) || self.too_many_errors().await? {
                 return self.conn.flush().await;
             }
         }
+    }
+
+    /// `limits.idle_timeout` without a byte from the client, between
+    /// commands or inside one: a message half received is dropped (its
+    /// queue file goes with it), the 421 goes out after any replies still
+    /// queued, and the session ends.
+    async fn timed_out(&mut self) -> Result<(), NetError> {
+        self.tx = None;
+        self.chunks = None;
+        let host = self.shared.config.hostname.clone();
+        self.reply(Reply::new(
+            421,
+            "4.4.2",
+            format!("{host} timeout: idle too long, closing"),
+        ));
+        self.conn.flush().await
     }
 
     fn error(&mut self, reply: Reply) {
@@ -627,6 +647,17 @@ impl Session {
                 return Ok(Next::Continue);
             }
         };
+        // MAIL and RCPT read again as written, for what smtp-proto's parse
+        // loses (quoted local parts, a SIZE past 20 digits) or lets
+        // through (DSN parameters): see `PathCommand`.
+        let written = match &request {
+            Request::Mail { .. } | Request::Rcpt { .. } => path_command(line),
+            _ => None,
+        };
+        if let Some(Err(refusal)) = written.as_ref().map(PathCommand::check_params) {
+            self.error(refusal);
+            return Ok(Next::Continue);
+        }
         match request {
             Request::Ehlo { host } => self.hello(host, true).await,
             Request::Helo { host } => self.hello(host, false).await,
@@ -637,8 +668,8 @@ impl Session {
             } => {
                 return self.auth(mechanism, initial_response).await;
             }
-            Request::Mail { from } => self.mail(from).await,
-            Request::Rcpt { to } => self.rcpt(to, is_bare_postmaster(line)).await,
+            Request::Mail { from } => self.mail(from, written).await,
+            Request::Rcpt { to } => self.rcpt(to, written, is_bare_postmaster(line)).await,
             Request::Data => return self.data().await.map(|()| Next::Continue),
             Request::Etrn { name } => self.etrn(name),
             // Taken by parse_bdat above; never run on smtp-proto's size.
@@ -872,7 +903,12 @@ impl Session {
         Ok((answer != "*").then_some(answer))
     }
 
-    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
+    /// MAIL; `written` is the line as the client wrote it, when it reads.
+    async fn mail(
+        &mut self,
+        mut from: smtp_proto::MailFrom<String>,
+        written: Option<PathCommand<'_>>,
+    ) {
         let config = &self.shared.config;
         if self.helo.is_none() {
             return self.error(Reply::new(503, "5.5.1", "say EHLO or HELO first"));
@@ -890,12 +926,20 @@ impl Session {
                 "too many messages in one session, reconnect",
             ));
         }
-        if from.size as u64 > config.limits.message_size {
+        // smtp-proto's SIZE wraps past 20 digits; the line's does not.
+        let size = written
+            .as_ref()
+            .and_then(PathCommand::declared_size)
+            .unwrap_or(from.size as u64);
+        if size > config.limits.message_size {
             return self.error(Reply::new(
                 552,
                 "5.3.4",
                 format!("message too big (limit {})", config.limits.message_size),
             ));
+        }
+        if let Some(mailbox) = written.as_ref().and_then(PathCommand::quoted_mailbox) {
+            from.address = mailbox;
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
@@ -998,7 +1042,16 @@ impl Session {
 
     /// RCPT; `bare_postmaster` when the path was `<Postmaster>` with no
     /// domain, which smtp-proto hands over as an empty address.
-    async fn rcpt(&mut self, mut to: smtp_proto::RcptTo<String>, bare_postmaster: bool) {
+    /// `written` is the line as the client wrote it, when it reads.
+    async fn rcpt(
+        &mut self,
+        mut to: smtp_proto::RcptTo<String>,
+        written: Option<PathCommand<'_>>,
+        bare_postmaster: bool,
+    ) {
+        if let Some(mailbox) = written.as_ref().and_then(PathCommand::quoted_mailbox) {
+            to.address = mailbox;
+        }
         let limit = self.shared.config.limits.recipients;
         let relay_ok = self.user.is_some() || self.shared.local || self.client_in_relay_networks();
         let Some(tx) = self.tx.as_ref() else {
@@ -1351,7 +1404,7 @@ impl Session {
             return;
         }
         let staged = match self.origin_fields(&staged, &arrived) {
-            Some(fields) => match prepend_headers(staged, &fields) {
+            Some(fields) => match add_origin_fields(staged, &arrived, &fields) {
                 Ok(staged) => staged,
                 Err(e) => {
                     self.local_error(format_args!("adding Date or Message-ID failed: {e}"));
@@ -1542,6 +1595,31 @@ impl Session {
 fn prepend_headers(staged: Staged, headers: &[String]) -> Result<Staged, queue::QueueError> {
     let block: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     staged.prepend(block.as_bytes())
+}
+
+/// The Date and Message-ID a user's message lacks, after the fields it
+/// has (`message::append_fields`, as Postfix adds them), so our Received
+/// line stays the first (RFC 5321 §4.4); `head` is the header block as it
+/// arrived. Costs a copy, as prepending them did.
+fn add_origin_fields(
+    staged: Staged,
+    head: &[u8],
+    fields: &[String],
+) -> Result<Staged, queue::QueueError> {
+    let rewritten = postroom::proto::message::append_fields(head, fields);
+    // Opened before the old copy is removed (see `Staged::prepend`).
+    let body = staged.message.body();
+    staged.replace(|out| {
+        use std::io::{Read, Write};
+        out.write_all(&rewritten)?;
+        let mut body = body.map_err(std::io::Error::other)?;
+        // Past the old header block, the rest as it was.
+        std::io::copy(
+            &mut (&mut body).take(head.len() as u64),
+            &mut std::io::sink(),
+        )?;
+        std::io::copy(&mut body, out).map(drop)
+    })
 }
 
 /// Our Authentication-Results on top, with any already there that claim to

@@ -26,7 +26,7 @@ use crate::delivery::deliver::{self, Early, EnqueueError};
 use crate::delivery::envelope_smtp::{self, MailParams, Offered};
 use crate::directory::aliases::{Directory, ResolveError};
 use crate::proto::address::{Address, EnvelopeText, ReversePath};
-use crate::proto::smtp::{DataLine, DataReader, has_nul, is_clean_command};
+use crate::proto::smtp::{DataLine, DataReader, has_nul, is_clean_command, path_command};
 use crate::store::fsutil;
 use crate::store::queue::{LockedMessage, LogEntry, Queue, QueueError, Recipient, Route};
 
@@ -487,13 +487,22 @@ impl<R: BufRead> Parser<R> {
                 .map(|r| r.into_owned())
                 .map_err(|e| self.malformed(format!("not an SMTP command ({e})")))?;
             use smtp_proto::Request;
+            // smtp-proto strips a quoted local part's quotes: the path is
+            // read from the line, as smtp-recv does (`PathCommand`).
+            let quoted = match &request {
+                Request::Mail { .. } | Request::Rcpt { .. } => {
+                    path_command(&self.line).and_then(|p| p.quoted_mailbox())
+                }
+                _ => None,
+            };
             match request {
                 Request::Ehlo { .. } | Request::Helo { .. } if !self.started => {
                     self.started = true;
                 }
                 Request::Noop { .. } => {}
                 Request::Rset => tx = None,
-                Request::Mail { from } => {
+                Request::Mail { mut from } => {
+                    from.address = quoted.unwrap_or(from.address);
                     self.started = true;
                     if tx.is_some() {
                         return Err(self.malformed("MAIL inside a transaction"));
@@ -511,7 +520,8 @@ impl<R: BufRead> Parser<R> {
                         rcpts: Vec::new(),
                     });
                 }
-                Request::Rcpt { to } => {
+                Request::Rcpt { mut to } => {
+                    to.address = quoted.unwrap_or(to.address);
                     let number = self.number;
                     let max_rcpts = self.max_rcpts;
                     let Some(current) = tx.as_mut() else {
@@ -628,6 +638,15 @@ mod tests {
         assert_eq!(txs[0].0.params.envid.as_ref().unwrap().as_str(), "x+y");
         assert!(txs[1].0.sender.is_null());
         assert!(txs[1].1.is_empty());
+    }
+
+    #[test]
+    fn quoted_local_parts_keep_their_quotes() {
+        let batch = b"MAIL FROM:<\"john doe\"@a.test>\r\nRCPT TO:<\"x\\\"y\"@b.test>\r\n\
+                      DATA\r\n.\r\nQUIT\r\n";
+        let txs = parse_all(batch).unwrap();
+        assert_eq!(txs[0].0.sender.to_string(), "\"john doe\"@a.test");
+        assert_eq!(txs[0].0.rcpts[0].1.to_string(), "\"x\\\"y\"@b.test");
     }
 
     #[test]

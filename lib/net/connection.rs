@@ -53,6 +53,9 @@ pub struct Connection {
     /// An over-long line ends the session ([`Connection::end_long_lines_early`]).
     long_line_ends_session: bool,
     pub(super) out: Vec<u8>,
+    /// Send what is queued before a read that has to wait for the client
+    /// ([`Connection::flush_before_reading`]).
+    flush_before_read: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -108,6 +111,7 @@ impl Connection {
             long_line_start: [0; 8],
             long_line_ends_session: false,
             out: Vec::new(),
+            flush_before_read: false,
         }
     }
 
@@ -118,6 +122,17 @@ impl Connection {
     /// for ever (Dovecot disconnects at the limit too).
     pub fn end_long_lines_early(&mut self) {
         self.long_line_ends_session = true;
+    }
+
+    /// From now on, replies queued by [`Connection::write`] are sent
+    /// before any read that has to go to the client for more bytes (as
+    /// Postfix's streams do): a pipelining client that waits for them
+    /// before it sends the rest (a BDAT chunk, the end of a line) is
+    /// never left waiting while the server waits for it. Reads the
+    /// buffer already holds still send nothing, so a pipelined batch
+    /// still gets its replies in one write.
+    pub fn flush_before_reading(&mut self) {
+        self.flush_before_read = true;
     }
 
     /// Short random id (8 hex digits) naming this session in logs and in
@@ -444,6 +459,9 @@ impl Connection {
 
     /// Reads more from the client into the (empty) buffer.
     async fn fill(&mut self) -> Result<(), NetError> {
+        if self.flush_before_read && !self.out.is_empty() {
+            self.flush().await?;
+        }
         let io = self.io.as_mut().ok_or(NetError::Closed)?;
         let n = match timeout(self.idle, io.read(&mut self.buf)).await {
             Err(_) => return Err(NetError::Timeout),

@@ -238,6 +238,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replies_go_out_before_a_read_that_waits_for_the_client() {
+        let (mut conn, mut client) = pair(IDLE).await;
+        conn.flush_before_reading();
+        // The first two commands are in hand: their replies wait.
+        client
+            .write_all(b"NOOP\r\nNOOP\r\nBDAT 5\r\nab")
+            .await
+            .unwrap();
+        let mut chunk = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(conn.read_line(512).await.unwrap(), b"NOOP\r\n");
+            conn.write(b"250 ok\r\n");
+        }
+        assert_eq!(conn.read_line(512).await.unwrap(), b"BDAT 5\r\n");
+        let client = tokio::spawn(async move {
+            // The client sends the rest of the chunk only once it has the
+            // replies: the server must send them before it waits.
+            let mut replies = [0u8; 16];
+            client.read_exact(&mut replies).await.unwrap();
+            assert_eq!(&replies, b"250 ok\r\n250 ok\r\n");
+            client.write_all(b"cde").await.unwrap();
+            client
+        });
+        timeout(Duration::from_secs(5), conn.read_exact_into(5, &mut chunk))
+            .await
+            .expect("the replies were sent before the read waited")
+            .unwrap();
+        assert_eq!(chunk, b"abcde");
+        drop(client.await.unwrap());
+    }
+
+    #[tokio::test]
     async fn silent_client_times_out() {
         let (mut conn, _client) = pair(Duration::from_millis(100)).await;
         let started = std::time::Instant::now();

@@ -257,7 +257,12 @@ fn is_local_part(local: &str) -> bool {
         }
         return !escaped;
     }
-    // Dot-string = Atom *("." Atom)
+    is_dot_string(local)
+}
+
+/// RFC 5321 `Dot-string = Atom *("." Atom)`: a local part that needs no
+/// quotes (UTF-8 allowed, RFC 6531).
+pub fn is_dot_string(local: &str) -> bool {
     local
         .split('.')
         .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))

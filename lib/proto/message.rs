@@ -313,6 +313,39 @@ pub fn missing_origin_fields(headers: &[u8], id: &str, hostname: &str, now: u64)
     added
 }
 
+/// `head`, a CRLF header block as [`header_len`] cuts it, with `fields`
+/// (whole lines without their CRLF) after the fields already there: where
+/// Postfix's cleanup adds the From, Date and Message-ID a message lacks.
+/// The trace fields stay on top, as RFC 5321 §4.4 wants the Received line
+/// "at the beginning of the message content". A block cut short of its
+/// empty line (read up to a limit) gets them before its last field, which
+/// may be incomplete, so no field is ever split.
+pub fn append_fields(head: &[u8], fields: &[String]) -> Vec<u8> {
+    let at = if head == b"\r\n" {
+        0
+    } else if head.ends_with(b"\r\n\r\n") {
+        head.len() - 2
+    } else {
+        let (mut last_field, mut pos) = (0, 0);
+        for line in head.split_inclusive(|&b| b == b'\n') {
+            if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+                last_field = pos;
+            }
+            pos += line.len();
+        }
+        last_field
+    };
+    let mut out =
+        Vec::with_capacity(head.len() + fields.iter().map(|f| f.len() + 2).sum::<usize>());
+    out.extend_from_slice(&head[..at]);
+    for field in fields {
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&head[at..]);
+    out
+}
+
 /// Removes every field of this name (with its continuation lines).
 pub fn remove_header(headers: &[u8], name: &str) -> Vec<u8> {
     remove_fields(headers, |field| {
@@ -583,6 +616,25 @@ pub(crate) mod strategies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_fields_go_after_the_others_and_never_split_one() {
+        let added = ["Date: now".to_string(), "Message-ID: <1@h>".to_string()];
+        let head = b"Received: from x\r\n\tby y; now\r\nSubject: s\r\n\r\n";
+        assert_eq!(
+            append_fields(head, &added),
+            b"Received: from x\r\n\tby y; now\r\nSubject: s\r\nDate: now\r\nMessage-ID: <1@h>\r\n\r\n"
+        );
+        assert_eq!(
+            append_fields(b"\r\n", &added),
+            b"Date: now\r\nMessage-ID: <1@h>\r\n\r\n"
+        );
+        // Cut at a limit inside a folded field: before that field.
+        assert_eq!(
+            append_fields(b"A: 1\r\nB: 2\r\n\tmore\r\n\tand", &added[..1]),
+            b"A: 1\r\nDate: now\r\nB: 2\r\n\tmore\r\n\tand"
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -202,6 +202,150 @@ pub fn is_bare_postmaster(line: &[u8]) -> bool {
         .is_some_and(|close| path[..close].eq_ignore_ascii_case(b"postmaster"))
 }
 
+/// A MAIL or RCPT line as the client wrote it, read beside `smtp-proto`'s
+/// parse for what that parse loses or lets through:
+///
+/// - it strips the quotes and backslashes of a quoted local part
+///   (`"john doe"@x` comes out as `john doe@x`, which is no address), so
+///   a path with a quote in it is taken from the line instead;
+/// - a SIZE past 20 digits saturates and then starts over in its parser
+///   (`SIZE=99999999999999999999999` was a small number);
+/// - it takes `NOTIFY=NEVER,SUCCESS`, a RET or NOTIFY given twice, and
+///   an ENVID or ORCPT that is not xtext (`ENVID=a+2`).
+///
+/// ```text
+/// Mail-parameters = esmtp-param *(SP esmtp-param)       ; RFC 5321 §4.1.2
+/// esmtp-param     = esmtp-keyword ["=" esmtp-value]
+/// Path            = "<" [ A-d-l ":" ] Mailbox ">"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathCommand<'a> {
+    /// Between the angle brackets, a source route (`@a,@b:`) dropped.
+    path: &'a str,
+    params: Vec<(&'a str, Option<&'a str>)>,
+}
+
+/// Reads a MAIL or RCPT line, raw as read (CRLF included), that
+/// `smtp-proto` has parsed; `None` if it cannot be read (not UTF-8, no
+/// closing `>`), in which case that parse stands alone.
+pub fn path_command(line: &[u8]) -> Option<PathCommand<'_>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let text = text.strip_suffix("\r\n").unwrap_or(text);
+    let rest = &text[text.find('<')? + 1..];
+    let (mut in_quote, mut escaped, mut close) = (false, false, None);
+    for (i, c) in rest.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '>' if !in_quote => {
+                close = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let close = close?;
+    let mut path = &rest[..close];
+    if path.starts_with('@') {
+        // RFC 5321 §4.1.1.3: a source route is accepted and ignored.
+        path = &path[path.find(':')? + 1..];
+    }
+    let params = rest[close + 1..]
+        .split_ascii_whitespace()
+        .map(|word| match word.split_once('=') {
+            Some((keyword, value)) => (keyword, Some(value)),
+            None => (word, None),
+        })
+        .collect();
+    Some(PathCommand { path, params })
+}
+
+impl PathCommand<'_> {
+    /// The mailbox to parse when its local part is quoted, `None` when it
+    /// is not (`smtp-proto`'s address is right then). A quoted local part
+    /// that needs no quotes is given without them (`"ann"@x` is `ann@x`:
+    /// RFC 5322 §3.2.4, the quotes are not part of what it means), so it
+    /// finds the same user; any other stays quoted as written, and a
+    /// queue, a next hop or a reply gets it in the form it must have.
+    pub fn quoted_mailbox(&self) -> Option<String> {
+        let path = self.path;
+        if !path.starts_with('"') {
+            return None;
+        }
+        let (local, domain) = path.rsplit_once('@')?;
+        let inner = local.strip_prefix('"')?.strip_suffix('"')?;
+        let mut unquoted = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            unquoted.push(if c == '\\' { chars.next()? } else { c });
+        }
+        Some(if crate::proto::address::is_dot_string(&unquoted) {
+            format!("{unquoted}@{domain}")
+        } else {
+            path.to_string()
+        })
+    }
+
+    /// The SIZE declared, read here (`u64::MAX` when it overflows: larger
+    /// than any limit); `None` without a SIZE or with one `smtp-proto`
+    /// would not have taken.
+    pub fn declared_size(&self) -> Option<u64> {
+        let (_, value) = self
+            .params
+            .iter()
+            .find(|(keyword, _)| keyword.eq_ignore_ascii_case("SIZE"))?;
+        let digits = value.filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))?;
+        Some(digits.bytes().fold(0u64, |n, d| {
+            n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        }))
+    }
+
+    /// The checks of RFC 3461 §4 that `smtp-proto` leaves out, with the
+    /// 501 that refuses the command (RFC 5321 §4.1.1.11): a keyword given
+    /// twice; NOTIFY that is not NEVER alone or a list of SUCCESS, FAILURE
+    /// and DELAY; an ENVID or ORCPT that is not xtext.
+    pub fn check_params(&self) -> Result<(), Reply> {
+        use crate::proto::xtext::is_xtext;
+        let refuse = |text: String| Err(Reply::new(501, "5.5.4", text));
+        for (i, (keyword, value)) in self.params.iter().enumerate() {
+            let keyword = keyword.to_ascii_uppercase();
+            if self.params[..i]
+                .iter()
+                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(&keyword))
+            {
+                return refuse(format!("Duplicate {keyword} parameter"));
+            }
+            let value = value.unwrap_or_default();
+            let well_formed = match keyword.as_str() {
+                "NOTIFY" => is_notify(value),
+                // RFC 3461 §4.4: ENVID = 1*100 xtext characters.
+                "ENVID" => (1..=100).contains(&value.len()) && is_xtext(value),
+                // RFC 3461 §4.2: ORCPT = addr-type ";" xtext.
+                "ORCPT" => value.split_once(';').is_some_and(|(kind, address)| {
+                    !kind.is_empty() && !address.is_empty() && is_xtext(address)
+                }),
+                _ => true,
+            };
+            if !well_formed {
+                return refuse(format!("Bad {keyword} parameter syntax"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3461 §4.1: `"NEVER" / 1#( "SUCCESS" / "FAILURE" / "DELAY" )`:
+/// NEVER stands alone.
+fn is_notify(value: &str) -> bool {
+    value.eq_ignore_ascii_case("NEVER")
+        || value.split(',').all(|word| {
+            ["SUCCESS", "FAILURE", "DELAY"]
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(word))
+        })
+}
+
 /// What one DATA line came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DataLine<'a> {
@@ -513,6 +657,113 @@ fn emit(line: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_local_parts_are_read_from_the_line() {
+        fn path(line: &str) -> PathCommand<'_> {
+            path_command(line.as_bytes()).unwrap()
+        }
+        let cases = [
+            // What smtp-proto strips to `john doe@…` and `x"y@…`.
+            (
+                "MAIL FROM:<\"john doe\"@client.test>\r\n",
+                Some("\"john doe\"@client.test"),
+            ),
+            (
+                "MAIL FROM:<\"x\\\"y\"@client.test>\r\n",
+                Some("\"x\\\"y\"@client.test"),
+            ),
+            (
+                "RCPT TO:<\"a>b\"@x.test> NOTIFY=NEVER\r\n",
+                Some("\"a>b\"@x.test"),
+            ),
+            (
+                "RCPT TO:<@relay.test,@b.test:\"a b\"@x.test>\r\n",
+                Some("\"a b\"@x.test"),
+            ),
+            // Quotes that change nothing are dropped: the same user.
+            (
+                "RCPT TO:<\"ann\"@example.test>\r\n",
+                Some("ann@example.test"),
+            ),
+            (
+                "RCPT TO:<\"a.\\b\"@example.test>\r\n",
+                Some("a.b@example.test"),
+            ),
+            ("RCPT TO:<ann@example.test>\r\n", None),
+            ("MAIL FROM:<>\r\n", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(path(line).quoted_mailbox().as_deref(), want, "{line:?}");
+        }
+        let p = path("MAIL FROM:<\"a b\"@x.test>  SIZE=10 BODY=8BITMIME\r\n");
+        assert_eq!(p.declared_size(), Some(10));
+        assert!(p.check_params().is_ok());
+        assert_eq!(path_command(b"MAIL FROM:<\"a>\r\n"), None);
+    }
+
+    #[test]
+    fn an_overflowing_size_is_larger_than_any_limit() {
+        let p = path_command(b"MAIL FROM:<a@b.test> SIZE=99999999999999999999999\r\n").unwrap();
+        assert_eq!(p.declared_size(), Some(u64::MAX));
+        let p = path_command(b"MAIL FROM:<a@b.test> size=18446744073709551615\r\n").unwrap();
+        assert_eq!(p.declared_size(), Some(u64::MAX));
+        let p = path_command(b"MAIL FROM:<a@b.test>\r\n").unwrap();
+        assert_eq!(p.declared_size(), None);
+    }
+
+    #[test]
+    fn dsn_parameters_are_checked() {
+        let check = |line: &str| {
+            path_command(line.as_bytes())
+                .unwrap()
+                .check_params()
+                .map_err(|r| r.to_string())
+        };
+        for good in [
+            "RCPT TO:<b@x.test> NOTIFY=NEVER",
+            "RCPT TO:<b@x.test> NOTIFY=success,FAILURE,Delay ORCPT=rfc822;b+2Bc@x.test",
+            "MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ314159+2B SIZE=3",
+        ] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for (bad, want) in [
+            (
+                "RCPT TO:<b@x.test> NOTIFY=NEVER,SUCCESS",
+                "501 5.5.4 Bad NOTIFY parameter syntax",
+            ),
+            (
+                "RCPT TO:<b@x.test> NOTIFY=SUCCESS,NEVER",
+                "501 5.5.4 Bad NOTIFY parameter syntax",
+            ),
+            (
+                "RCPT TO:<b@x.test> NOTIFY=",
+                "501 5.5.4 Bad NOTIFY parameter syntax",
+            ),
+            (
+                "MAIL FROM:<a@b.test> ENVID=a+2",
+                "501 5.5.4 Bad ENVID parameter syntax",
+            ),
+            (
+                "MAIL FROM:<a@b.test> ENVID=a=b",
+                "501 5.5.4 Bad ENVID parameter syntax",
+            ),
+            (
+                "RCPT TO:<b@x.test> ORCPT=rfc822;b+zz",
+                "501 5.5.4 Bad ORCPT parameter syntax",
+            ),
+            (
+                "MAIL FROM:<a@b.test> RET=FULL ret=HDRS",
+                "501 5.5.4 Duplicate RET parameter",
+            ),
+            (
+                "RCPT TO:<b@x.test> NOTIFY=DELAY NOTIFY=FAILURE",
+                "501 5.5.4 Duplicate NOTIFY parameter",
+            ),
+        ] {
+            assert_eq!(check(bad), Err(want.to_string()), "{bad}");
+        }
+    }
 
     #[test]
     fn replies_render_multiline_and_clean() {

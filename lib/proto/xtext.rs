@@ -46,6 +46,32 @@ pub fn decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// True when `text` is well-formed xtext: `xchar`s and `hexchar`s only,
+/// so nothing to decode is lost or guessed (smtp-proto's parser drops a
+/// `+` that two hex digits do not follow, and takes `=` and spaces for
+/// part of the value). Lower-case hex is taken, as [`decode`] takes it;
+/// UTF-8 beyond ASCII too (RFC 6533 §3's utf-8-xtext, which SMTPUTF8
+/// clients send).
+pub fn is_xtext(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                let hex = bytes.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            33..=126 | 128.. => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,11 +87,22 @@ mod tests {
         assert_eq!(decode("+"), None);
     }
 
+    #[test]
+    fn xtext_validity() {
+        for good in ["a", "rfc822;a+2Bb@c", "x+3d", "j\u{f8}ran", "!~"] {
+            assert!(is_xtext(good), "{good:?}");
+        }
+        for bad in ["a+2", "+", "a+zz", "a=b", "a b", "a\tb", "a\u{7f}"] {
+            assert!(!is_xtext(bad), "{bad:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn decode_inverts_encode(text in "\\PC*") {
             let encoded = encode(&text);
             prop_assert!(encoded.bytes().all(|b| (33..=126).contains(&b) && b != b'='));
+            prop_assert!(is_xtext(&encoded));
             prop_assert_eq!(decode(&encoded), Some(text));
         }
 

@@ -444,9 +444,10 @@ fn parse_rcpt(value: &str) -> Result<Recipient, String> {
         Some((head, command)) => (head, Some(command)),
         None => (value, None),
     };
-    let mut words = head.split(' ');
-    let route = words.next().unwrap_or("");
-    let address = Address::parse(words.next().unwrap_or("")).map_err(|e| e.to_string())?;
+    let (route, rest) = head.split_once(' ').unwrap_or((head, ""));
+    let (address, rest) = split_address(rest);
+    let address = Address::parse(address).map_err(|e| e.to_string())?;
+    let words = rest.split(' ').filter(|_| !rest.is_empty());
     let route = match (route, command) {
         ("local", None) => Route::Local,
         ("remote", None) => Route::Remote,
@@ -465,6 +466,24 @@ fn parse_rcpt(value: &str) -> Result<Recipient, String> {
         }
     }
     Ok(rcpt)
+}
+
+/// The address at the start of a recipient line's `rest`, and what
+/// follows the space after it: a quoted local part may hold spaces
+/// (`"john doe"@example.test`, RFC 5321 §4.1.2), so only a space outside
+/// quotes ends it.
+fn split_address(text: &str) -> (&str, &str) {
+    let (mut in_quote, mut escaped) = (false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            ' ' if !in_quote => return (&text[..i], &text[i + 1..]),
+            _ => {}
+        }
+    }
+    (text, "")
 }
 
 /// The queue folder and the rules for working it.
@@ -1944,6 +1963,8 @@ mod tests {
             env.priority = [Priority::Low, Priority::Normal, Priority::High][priority];
             env.helo = Some(EnvelopeText::new(&helo, 100).unwrap());
             env.recipients[0].address = address.unwrap();
+            // A quoted local part may hold spaces and escaped quotes.
+            env.recipients[1].address = addr(&format!("\"{local} x\\\"y\"@remote.test"));
             env.recipients[1].notify = Some(EnvelopeText::new(&notify, 100).unwrap()).filter(|n| !n.as_str().is_empty() && !n.as_str().contains(' '));
             let id = QueueId::generate();
             let (text, _) = env.render(&id);

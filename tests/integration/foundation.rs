@@ -363,6 +363,101 @@ fn hostile_envelope_data_never_reaches_the_queue() {
     );
 }
 
+/// Regression: a malformed recipient exited 67 (EX_NOUSER) where
+/// mail-inject(8) promises 64 (EX_USAGE); 67 is for an unknown one.
+#[test]
+fn mail_inject_exits_64_for_a_malformed_recipient_and_67_for_an_unknown_one() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    for bad in [
+        "a@@b.test",
+        "ann@",
+        "@example.test",
+        "ann\u{1}@example.test",
+    ] {
+        for args in [vec![bad], vec!["ann@example.test", bad]] {
+            let out = tree.inject(&args, b"Subject: x\n\ny\n");
+            assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        }
+    }
+    // A malformed address is named before an unknown one decides the code.
+    let out = tree.inject(&["nobody@example.test", "a@@b.test"], b"Subject: x\n\ny\n");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let out = tree.inject(&["nobody@example.test"], b"Subject: x\n\ny\n");
+    assert_eq!(out.status.code(), Some(67), "{}", stderr(&out));
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+    assert!(tree.queue().list().unwrap().is_empty());
+}
+
+/// Regression: mail-inject put the From, Date and Message-ID it adds
+/// between its Received line (first, RFC 5321 §4.4) and the message's own
+/// fields; Postfix adds them after the message's fields. And with the
+/// null sender it wrote `From: <>`, which RFC 5322 §3.6.2 does not allow:
+/// Postfix writes MAILER-DAEMON of the host.
+#[test]
+fn mail_inject_adds_its_fields_below_received_and_a_null_sender_is_mailer_daemon() {
+    let tree = Tree::new();
+    tree.add_user("carol@example.test");
+    let out = tree.inject(&["-f", "<>", "carol@example.test"], b"Subject: x\n\ny\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tree.inject(
+        &["-f", "<>", "-F", "Cron Daemon", "carol@example.test"],
+        b"Subject: named\nDate: Thu, 1 Jan 2026 00:00:00 +0000\n\ny\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut heads: Vec<String> = maildir_files(&tree.maildir("carol"))
+        .iter()
+        .map(|f| fs::read_to_string(f).unwrap())
+        .map(|text| text.split("\n\n").next().unwrap().to_string())
+        .collect();
+    heads.sort_by_key(|h| h.contains("named"));
+    let names = |head: &str| -> Vec<String> {
+        head.lines()
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .filter_map(|l| l.split(':').next().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(
+        names(&heads[0]),
+        [
+            "Return-Path",
+            "Delivered-To",
+            "Received",
+            "Subject",
+            "From",
+            "Date",
+            "Message-ID"
+        ],
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[0].contains("\nFrom: <MAILER-DAEMON@mail.example.test>\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(!heads[0].contains("From: <>"), "{}", heads[0]);
+    assert_eq!(
+        names(&heads[1]),
+        [
+            "Return-Path",
+            "Delivered-To",
+            "Received",
+            "Subject",
+            "Date",
+            "From",
+            "Message-ID"
+        ],
+        "{}",
+        heads[1]
+    );
+    assert!(
+        heads[1].contains("\nFrom: \"Cron Daemon\" <MAILER-DAEMON@mail.example.test>\n"),
+        "{}",
+        heads[1]
+    );
+}
+
 #[test]
 fn ten_thousand_users_in_one_call_and_clear_admin_errors() {
     let tree = Tree::new();

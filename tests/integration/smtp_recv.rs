@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, Tree, bin, maildir_files, stderr, stdout};
+use crate::util::{
+    Server, Tree, bin, configure, connect_loopback, maildir_files, maildir_texts, stderr, stdout,
+};
 
 /// Runs a Python script with PORT set; returns (success, stdout+stderr).
 /// The start of a Python script in which ann logs in over STARTTLS
@@ -1484,5 +1486,227 @@ fn a_hanging_hook_defers_and_per_ip_connections_are_capped() {
     assert!(
         said.starts_with("421 4.7.0"),
         "the third connection from one address is refused: {said}"
+    );
+}
+
+/// Regression: smtp-proto's parser strips a quoted local part's quotes and
+/// backslashes, so `"john doe"@x` came out as `john doe@x` and was refused
+/// as no address (501 5.1.7, 501 5.1.3). RFC 5321 §4.1.2 allows a space
+/// (qtextSMTP) and a quoted pair; an unknown one is then 550 5.1.1.
+#[test]
+fn quoted_local_parts_with_a_space_or_a_quoted_pair_are_addresses() {
+    let tree = tree_with_users();
+    let said = inetd_session(
+        &tree,
+        "198.51.100.1",
+        "EHLO c\r\nMAIL FROM:<\"john doe\"@client.test>\r\nRSET\r\n\
+         MAIL FROM:<\"x\\\"y\"@client.test>\r\nRCPT TO:<\"john doe\"@example.test>\r\n\
+         RCPT TO:<\"ann\"@example.test>\r\nDATA\r\nSubject: quoted\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(!said.contains("501"), "{said}");
+    assert_eq!(said.matches("250 2.1.0 sender ok").count(), 2, "{said}");
+    assert!(
+        said.contains("550 5.1.1 <\"john doe\"@example.test>: no such user here"),
+        "{said}"
+    );
+    // Quotes that change nothing find the same user.
+    assert!(said.contains("250 2.1.5"), "{said}");
+    assert!(said.contains("250 2.0.0 ok, delivered"), "{said}");
+    let stored = maildir_texts(&tree.maildir("ann"));
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].starts_with("Return-Path: <\"x\\\"y\"@client.test>\n"),
+        "{}",
+        stored[0]
+    );
+
+    // Relayed, a quoted recipient with a space goes through the queue
+    // (whose recipient lines are words separated by spaces) as it came.
+    configure(&tree, "smtp", &[("relay_networks", "[\"192.0.2.0/24\"]")]);
+    let said = inetd_session(
+        &tree,
+        "192.0.2.1",
+        "EHLO c\r\nMAIL FROM:<\"john doe\"@client.test>\r\n\
+         RCPT TO:<\"jane q. public\"@elsewhere.test> NOTIFY=FAILURE\r\n\
+         DATA\r\nSubject: relayed\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(said.contains("250 2.0.0 ok, queued"), "{said}");
+    let queue = tree.queue();
+    let ids = queue.list().unwrap();
+    assert_eq!(ids.len(), 1);
+    let message = queue.read(&ids[0]).unwrap();
+    assert_eq!(
+        message.envelope.sender.to_string(),
+        "\"john doe\"@client.test"
+    );
+    let rcpt = &message.envelope.recipients[0];
+    assert_eq!(
+        rcpt.address.to_string(),
+        "\"jane q. public\"@elsewhere.test"
+    );
+    assert_eq!(rcpt.notify.as_ref().map(|n| n.as_str()), Some("FAILURE"));
+}
+
+/// Regression: smtp-proto 0.2.5 saturates a SIZE past 20 digits and then
+/// starts over, so a SIZE no limit could hold was taken as a small one.
+#[test]
+fn a_size_too_large_to_count_is_over_every_limit() {
+    let tree = tree_with_users();
+    let said = inetd_session(
+        &tree,
+        "198.51.100.1",
+        "EHLO c\r\nMAIL FROM:<a@b.test> SIZE=99999999999999999999999\r\n\
+         MAIL FROM:<a@b.test> SIZE=100000000000000000000000000005\r\nMAIL FROM:<a@b.test> SIZE=1000\r\nQUIT\r\n",
+    );
+    assert_eq!(
+        said.matches("552 5.3.4 message too big").count(),
+        2,
+        "{said}"
+    );
+    assert!(said.contains("250 2.1.0"), "{said}");
+}
+
+/// Regression: NOTIFY=NEVER with other words, an ENVID that is not xtext
+/// and a parameter given twice were all taken (RFC 3461 §4).
+#[test]
+fn malformed_or_repeated_dsn_parameters_are_refused() {
+    let tree = tree_with_users();
+    let said = inetd_session(
+        &tree,
+        "198.51.100.1",
+        "EHLO c\r\nMAIL FROM:<a@b.test> ENVID=a+2\r\nMAIL FROM:<a@b.test> RET=FULL RET=HDRS\r\n\
+         MAIL FROM:<a@b.test> RET=HDRS ENVID=id+2B1\r\n\
+         RCPT TO:<bob@example.test> NOTIFY=NEVER,SUCCESS\r\n\
+         RCPT TO:<bob@example.test> NOTIFY=SUCCESS NOTIFY=DELAY\r\n\
+         RCPT TO:<bob@example.test> ORCPT=rfc822;bob+4\r\n\
+         RCPT TO:<bob@example.test> NOTIFY=NEVER ORCPT=rfc822;bob+40example.test\r\nQUIT\r\n",
+    );
+    let replies: Vec<&str> = said
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .collect();
+    assert_eq!(
+        replies[2..9],
+        [
+            "501 5.5.4 Bad ENVID parameter syntax",
+            "501 5.5.4 Duplicate RET parameter",
+            "250 2.1.0 sender ok",
+            "501 5.5.4 Bad NOTIFY parameter syntax",
+            "501 5.5.4 Duplicate NOTIFY parameter",
+            "501 5.5.4 Bad ORCPT parameter syntax",
+            "250 2.1.5 recipient ok",
+        ],
+        "{said}"
+    );
+}
+
+/// Regression: replies to pipelined commands stayed queued while the
+/// server waited for the rest of a BDAT chunk, so a client that waits for
+/// them before it sends more (as the RFC 2920 client may) hung until the
+/// idle timeout. The idle timeout here is 5 minutes; the replies must
+/// come within the 20 s the client waits.
+#[test]
+fn pipelined_replies_are_sent_before_waiting_for_a_chunk() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let (mut reader, mut writer) = connect_loopback(server.port);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    writer
+        .write_all(
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ann@example.test>\r\nBDAT 100\r\nabc",
+        )
+        .unwrap();
+    let mut said = String::new();
+    while !said.ends_with("250 2.1.5 recipient ok\r\n") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "{said}");
+        said.push_str(&line);
+    }
+    writer
+        .write_all(format!("\r\n{}\r\nBDAT 0 LAST\r\nQUIT\r\n", "x".repeat(93)).as_bytes())
+        .unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.starts_with("250 2.0.0 100 octets received\r\n250 2.0.0 ok, delivered"),
+        "{rest}"
+    );
+    assert_eq!(maildir_files(&tree.maildir("ann")).len(), 1);
+}
+
+/// Regression: silence inside DATA or a BDAT chunk closed the connection
+/// after limits.idle_timeout with no reply, and the replies to the
+/// commands pipelined before a BDAT were never sent at all. smtp-recv(8):
+/// 421 and close, also in the middle of DATA; nothing half received kept.
+#[test]
+fn idle_timeout_inside_data_or_bdat_says_421_after_the_pending_replies() {
+    let tree = tree_with_users();
+    configure(&tree, "limits", &[("idle_timeout", "\"1s\"")]);
+    let server = Server::start(&tree, "smtp-recv", &[]);
+    let inputs: [&[u8]; 2] = [
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ann@example.test>\r\nDATA\r\nSubject: half\r\n",
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<ann@example.test>\r\nBDAT 100\r\nabc",
+    ];
+    for input in inputs {
+        let said = raw(server.port, input, Duration::from_secs(15));
+        assert!(
+            said.contains("250 2.1.0") && said.contains("250 2.1.5"),
+            "{said}"
+        );
+        assert!(
+            said.ends_with("421 4.4.2 mail.example.test timeout: idle too long, closing\r\n"),
+            "{said}"
+        );
+    }
+    assert!(maildir_files(&tree.maildir("ann")).is_empty());
+    assert!(tree.queue().list().unwrap().is_empty());
+    let tmp = tree.load_config().queue_dir().join("tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing half received is kept"
+    );
+}
+
+/// Regression: on submission the Date and Message-ID a message lacked
+/// were put above the Received line; RFC 5321 §4.4 puts Received at the
+/// beginning, and Postfix adds the missing fields after the message's own.
+#[test]
+fn submission_adds_date_and_message_id_below_received_after_the_message_fields() {
+    let tree = tree_with_users();
+    let server = Server::start(&tree, "smtp-recv", &["--submission"]);
+    let script = r#"
+import os, smtplib
+s = smtplib.SMTP("127.0.0.1", int(os.environ["PORT"]), timeout=10)
+s.ehlo("c")
+s.login("ann@example.test", "secret")     # loopback counts as secure
+s.sendmail("ann@example.test", ["bob@example.test"],
+           b"From: ann@example.test\r\nSubject: order\r\n\r\nbody\r\n")
+s.quit()
+print("ok")
+"#;
+    let (ok, said) = python(script, server.port);
+    assert!(ok, "{said}");
+    let stored = maildir_texts(&tree.maildir("bob"));
+    assert_eq!(stored.len(), 1);
+    let head = stored[0].split("\n\n").next().unwrap();
+    let names: Vec<&str> = head
+        .lines()
+        .filter(|l| !l.starts_with([' ', '\t']))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Return-Path",
+            "Delivered-To",
+            "Received",
+            "From",
+            "Subject",
+            "Date",
+            "Message-ID"
+        ],
+        "{head}"
     );
 }
