@@ -500,7 +500,11 @@ impl Compiler {
                 let copy = self.copy_tag(&mut args, line, column)?;
                 let rest = args.rest()?;
                 let address = one_string(rest.first(), "redirect's address", line, column)?;
-                if crate::proto::address::Address::parse(&address).is_err() {
+                // With variables, the address is known only when the script
+                // runs (RFC 5229 §3), and is checked then.
+                let variable =
+                    address.contains("${") && self.required.iter().any(|r| r == "variables");
+                if !variable && crate::proto::address::Address::parse(&address).is_err() {
                     return Err(error_at(
                         line,
                         column,

@@ -121,7 +121,10 @@ struct State<'a> {
     started: Instant,
 }
 
-fn budget_error(message: &str) -> SieveError {
+/// An error while the script runs (a budget spent, an argument that
+/// makes no sense once its variables are filled in): the caller keeps the
+/// message and carries out none of the script's actions.
+fn runtime_error(message: &str) -> SieveError {
     SieveError {
         line: 0,
         column: 0,
@@ -161,10 +164,10 @@ impl State<'_> {
     fn step(&mut self) -> Result<(), SieveError> {
         self.steps += 1;
         if self.steps > MAX_STEPS {
-            return Err(budget_error("the script took too many steps"));
+            return Err(runtime_error("the script took too many steps"));
         }
         if self.steps.is_multiple_of(256) && self.started.elapsed() > MAX_TIME {
-            return Err(budget_error("the script ran out of time"));
+            return Err(runtime_error("the script ran out of time"));
         }
         Ok(())
     }
@@ -204,9 +207,15 @@ impl State<'_> {
                     if !*copy {
                         self.cancel_keep = true;
                     }
-                    let action = Action::Redirect {
-                        address: self.expand(address),
-                    };
+                    let address = self.expand(address);
+                    if crate::proto::address::Address::parse(&address).is_err() {
+                        // A runtime error, as Pigeonhole has it: the
+                        // message is kept, the script's other actions void.
+                        return Err(runtime_error(&format!(
+                            "redirect: {address:?} is not a mail address"
+                        )));
+                    }
+                    let action = Action::Redirect { address };
                     if !self.actions.contains(&action) {
                         self.actions.push(action);
                     }
@@ -535,7 +544,7 @@ impl State<'_> {
                     for line in &lines {
                         self.comparisons += 1;
                         if self.comparisons > MAX_COMPARISONS {
-                            return Err(budget_error("the script made too many comparisons"));
+                            return Err(runtime_error("the script made too many comparisons"));
                         }
                         let line = line.trim().to_ascii_lowercase();
                         let hit = if line.contains(['*', '?']) {
@@ -564,7 +573,7 @@ impl State<'_> {
             for (i, key) in keys.iter().enumerate() {
                 self.comparisons += 1;
                 if self.comparisons > MAX_COMPARISONS {
-                    return Err(budget_error("the script made too many comparisons"));
+                    return Err(runtime_error("the script made too many comparisons"));
                 }
                 if compare(matcher, i, key, value) {
                     if self.variables {
@@ -910,6 +919,35 @@ I would like to make money fast.\r\n";
             [Action::Redirect {
                 address: "x@y.test".into()
             }]
+        );
+    }
+
+    #[test]
+    fn a_redirect_address_from_variables_is_checked_when_the_script_runs() {
+        let script = |value: &str| {
+            Script::compile(&format!(
+                "require \"variables\";\nset \"a\" \"{value}\";\nredirect \"${{a}}\";\n"
+            ))
+            .unwrap()
+        };
+        let input = Input {
+            message: b"Subject: x\r\n\r\nbody\r\n",
+            envelope_from: "",
+            envelope_to: "",
+            delimiter: '+',
+            mailbox_exists: &|_| true,
+            list: &|_| None,
+        };
+        assert_eq!(
+            script("x@other.test").run(&input).unwrap(),
+            [Action::Redirect {
+                address: "x@other.test".into()
+            }]
+        );
+        assert!(script("not an address").run(&input).is_err());
+        assert!(
+            Script::compile("redirect \"${a}\";").is_err(),
+            "no variables required"
         );
     }
 
