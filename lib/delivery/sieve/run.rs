@@ -481,17 +481,35 @@ impl State<'_> {
     }
 
     /// The addresses of each occurrence of an address header.
+    /// The addresses of each occurrence of a header field, read from its
+    /// text by the RFC 5322 parser ENVELOPE uses: mail-parser's makes
+    /// `"john.doe"@q.test` into `@q.test`, and keeps an obsolete route
+    /// (`<@route:user@host>`) in the address.
     fn address_fields(&self, name: &str) -> Vec<Vec<String>> {
         self.message
             .headers()
             .iter()
             .filter(|h| h.name().eq_ignore_ascii_case(name))
-            .map(|h| match h.value() {
-                HeaderValue::Address(a) => a
-                    .iter()
-                    .filter_map(|a| a.address().map(str::to_string))
-                    .collect::<Vec<_>>(),
-                _ => Vec::new(),
+            .map(|h| {
+                let (start, end) = (h.offset_start() as usize, h.offset_end() as usize);
+                let text =
+                    String::from_utf8_lossy(self.input.message.get(start..end).unwrap_or(&[]));
+                crate::proto::mime::parse_addresses(&text)
+                    .into_iter()
+                    .filter(|a| !a.is_group_start())
+                    .filter_map(|a| {
+                        let local = a.mailbox?;
+                        let local = if crate::proto::address::is_dot_string(&local) {
+                            local
+                        } else {
+                            format!("\"{}\"", local.replace('\\', "\\\\").replace('"', "\\\""))
+                        };
+                        Some(match a.host.as_deref() {
+                            Some(host) if !host.is_empty() => format!("{local}@{host}"),
+                            _ => local,
+                        })
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
     }
@@ -919,6 +937,23 @@ I would like to make money fast.\r\n";
             [Action::Redirect {
                 address: "x@y.test".into()
             }]
+        );
+    }
+
+    #[test]
+    fn address_tests_read_quoted_local_parts_and_obsolete_routes() {
+        let message = b"From: \"john.doe\"@q.test\r\nReply-To: <@route.test:routed@r.test>\r\n\
+Cc: \"john doe\"@x.test, Group: a@g.test;, user\r\n\r\nbody\r\n";
+        let hit = |test: &str| files("\"fileinto\"", test, message);
+        assert!(hit(r#"address :all :is "from" "john.doe@q.test""#));
+        assert!(hit(r#"address :localpart :is "from" "john.doe""#));
+        assert!(hit(r#"address :all :is "reply-to" "routed@r.test""#));
+        assert!(hit(r#"address :all :is "cc" "\"john doe\"@x.test""#));
+        assert!(hit(r#"address :all :is "cc" "a@g.test""#));
+        assert!(hit(r#"address :all :is "cc" "user""#));
+        assert!(
+            !hit(r#"address :all :is "cc" "Group""#),
+            "a group's name is no address"
         );
     }
 
