@@ -1607,17 +1607,25 @@ fn add_origin_fields(
     fields: &[String],
 ) -> Result<Staged, queue::QueueError> {
     let rewritten = postroom::proto::message::append_fields(head, fields);
+    rewrite_header_block(staged, &[&rewritten], head.len())
+}
+
+/// The message with `new_head` (its pieces in turn) in place of its first
+/// `old_len` bytes, the header block as it was; the rest as it was.
+fn rewrite_header_block(
+    staged: Staged,
+    new_head: &[&[u8]],
+    old_len: usize,
+) -> Result<Staged, queue::QueueError> {
     // Opened before the old copy is removed (see `Staged::prepend`).
     let body = staged.message.body();
     staged.replace(|out| {
         use std::io::{Read, Write};
-        out.write_all(&rewritten)?;
+        for piece in new_head {
+            out.write_all(piece)?;
+        }
         let mut body = body.map_err(std::io::Error::other)?;
-        // Past the old header block, the rest as it was.
-        std::io::copy(
-            &mut (&mut body).take(head.len() as u64),
-            &mut std::io::sink(),
-        )?;
+        std::io::copy(&mut (&mut body).take(old_len as u64), &mut std::io::sink())?;
         std::io::copy(&mut body, out).map(drop)
     })
 }
@@ -1651,20 +1659,8 @@ fn add_results(
     }
     let head = staged.message.header_block(1 << 20)?;
     let kept = message::remove_fields(&head, claims_ours);
-    // Opened before the old copy is removed (see `Staged::prepend`).
-    let body = staged.message.body();
-    staged.replace(|out| {
-        use std::io::{Read, Write};
-        out.write_all(format!("{header}\r\n").as_bytes())?;
-        out.write_all(&kept)?;
-        let mut body = body.map_err(std::io::Error::other)?;
-        // Past the old header block, the rest as it was.
-        std::io::copy(
-            &mut (&mut body).take(head.len() as u64),
-            &mut std::io::sink(),
-        )?;
-        std::io::copy(&mut body, out).map(drop)
-    })
+    let ours = format!("{header}\r\n");
+    rewrite_header_block(staged, &[ours.as_bytes(), &kept], head.len())
 }
 
 /// DKIM verification holds the whole message in memory; a larger one is
