@@ -1709,4 +1709,9 @@ print("ok")
         ],
         "{head}"
     );
+    assert!(
+        stored[0].ends_with("\n\nbody\n"),
+        "the body as sent:\n{}",
+        stored[0]
+    );
 }
