@@ -1110,4 +1110,20 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        /// Any MAIL or RCPT line reads without a panic, and a path it
+        /// gives back is a piece of the line between its brackets.
+        #[test]
+        fn any_path_command_reads_without_panic(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let mut line = b"MAIL FROM:<".to_vec();
+            line.extend_from_slice(&tail);
+            if let Some(p) = path_command(&line) {
+                let _ = (p.quoted_mailbox(), p.declared_size(), p.check_params());
+                proptest::prop_assert!(std::str::from_utf8(&line).is_ok_and(|l| l.contains(p.path)));
+            }
+        }
+    }
 }
