@@ -86,9 +86,8 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<u8> {
     if let Some(path) = &args.check {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(match Script::compile(&text) {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(match Script::compile_bytes(&text) {
             Ok(_) => {
                 postroom::say!("{}: ok", path.display());
                 0
@@ -106,9 +105,8 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .context("reading the message")?;
     let raw = message::without_mbox_from_line(&input);
     if let Some(path) = &args.test {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let script = match Script::compile(&text) {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let script = match Script::compile_bytes(&text) {
             Ok(script) => script,
             Err(e) => {
                 postroom::say!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message);

@@ -479,9 +479,9 @@ impl From<Result<(), StorageError>> for Done {
 
 /// A script as mailsort will compile it; the error names line and column.
 fn check(script: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(script)
-        .map_err(|e| format!("the script is not UTF-8 text (at byte {})", e.valid_up_to()))?;
-    Script::compile(text).map(|_| ()).map_err(|e| e.to_string())
+    Script::compile_bytes(script)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn execute(scripts: &Scripts, limits: storage::Limits, command: Command) -> Done {

@@ -244,8 +244,8 @@ fn compiled(path: &std::path::Path) -> Result<std::sync::Arc<Script>, String> {
     if let Some(script) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(script.clone());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let script = Arc::new(Script::compile(&text).map_err(|e| e.to_string())?);
+    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let script = Arc::new(Script::compile_bytes(&text).map_err(|e| e.to_string())?);
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     // Old versions of a script are dropped with their path's entry.
     cache.retain(|k, _| k.0 != key.0);

@@ -8,7 +8,8 @@
 //! mail system or list address (MAILER-DAEMON, postmaster, owner-*,
 //! *-request, *-owner, *-bounces, noreply); the message has no
 //! `Auto-Submitted` other than `no`, no `Precedence: bulk|list|junk`, no
-//! `List-*` header; one of the user's addresses is in To or Cc; and this
+//! `List-*` header; the sender is not the user; one of the user's
+//! addresses is in To, Cc, Bcc, Resent-To, Resent-Cc or Resent-Bcc; and this
 //! sender was not answered (with the same handle) within the interval.
 //!
 //! Records live in `state/vacation/USER` (one `TIME SENDER [HANDLE]` line
@@ -92,6 +93,16 @@ pub fn respond(
     if let Some(why) = automatic_sender(sender) {
         return Ok(Decision::Skipped(why));
     }
+    if settings
+        .addresses
+        .iter()
+        .chain(std::iter::once(user))
+        .any(|a| a.lookup_key() == sender.lookup_key())
+    {
+        return Ok(Decision::Skipped(
+            "the user's own address is never answered".into(),
+        ));
+    }
     let parsed = MessageParser::default().parse_headers(message);
     let header = |name: &str| -> Option<String> {
         parsed
@@ -125,9 +136,11 @@ pub fn respond(
     let recipients = parsed
         .as_ref()
         .map(|m| {
-            let mut all = addresses_in(m.header("To"));
-            all.extend(addresses_in(m.header("Cc")));
-            all
+            // RFC 5230 §4.5: the user must be a named recipient.
+            ["To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc"]
+                .iter()
+                .flat_map(|name| addresses_in(m.header(*name)))
+                .collect::<Vec<_>>()
         })
         .unwrap_or_default();
     let mine = settings
@@ -136,7 +149,7 @@ pub fn respond(
         .any(|a| recipients.contains(&a.lookup_key()));
     if !mine {
         return Ok(Decision::Skipped(
-            "none of the user's addresses is in To or Cc".into(),
+            "none of the user's addresses is in To, Cc, Bcc or Resent-*".into(),
         ));
     }
 
@@ -535,23 +548,36 @@ Subject: =?UTF-8?Q?hi=0D=0AContent-Type:_text/html=0D=0A=0D=0A<a_href=3Dx>login<
         }
         skip(
             from("bob@far.test"),
-            b"From: bob@far.test\r\nTo: someone@else.test\r\nBcc: ann@example.test\r\n\r\nhi\r\n",
+            b"From: bob@far.test\r\nTo: someone@else.test\r\nCc: a@else.test\r\n\r\nhi\r\n",
         );
+        // The user writing to themselves.
+        skip(from("Ann@Example.test"), MESSAGE);
+        let answers = |sender: &str, m: &[u8]| {
+            matches!(
+                respond(
+                    &config,
+                    &directory(&config),
+                    &ann,
+                    &from(sender),
+                    m,
+                    &settings(),
+                    None
+                )
+                .unwrap(),
+                Decision::Replied(_)
+            )
+        };
         // Auto-Submitted: no is a person.
         let mut m = b"Auto-Submitted: no\r\n".to_vec();
         m.extend_from_slice(MESSAGE);
-        assert!(matches!(
-            respond(
-                &config,
-                &directory(&config),
-                &ann,
-                &from("bob@far.test"),
-                &m,
-                &settings(),
-                None
-            )
-            .unwrap(),
-            Decision::Replied(_)
-        ));
+        assert!(answers("bob@far.test", &m));
+        // RFC 5230 §4.5: Bcc and the Resent- fields name the user too.
+        for field in ["Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc"] {
+            let m = format!(
+                "From: x@far.test\r\nTo: someone@else.test\r\n{field}: Ann <ann@example.test>\r\n\r\nhi\r\n"
+            );
+            let sender = format!("{}@far.test", field.to_ascii_lowercase());
+            assert!(answers(&sender, m.as_bytes()), "{field}");
+        }
     }
 }

@@ -206,6 +206,13 @@ pub(super) struct Matcher {
 }
 
 impl Script {
+    /// Parses and checks a script file's bytes: what any reader of a
+    /// script on disk calls (see [`parse::script_text`] for bytes that
+    /// are not UTF-8).
+    pub fn compile_bytes(bytes: &[u8]) -> Result<Script, SieveError> {
+        Script::compile(&parse::script_text(bytes)?)
+    }
+
     /// Parses and checks a script.
     pub fn compile(text: &str) -> Result<Script, SieveError> {
         let mut commands = parse::parse(text)?;
@@ -346,6 +353,21 @@ fn strings(
             column,
             format!("{what} must be a string or string list"),
         )),
+    }
+}
+
+/// Whether `text` is one RFC 5322 mailbox (`a@b.example` or
+/// `Name <a@b.example>`), as a vacation `:from` must be.
+pub(super) fn is_one_mailbox(text: &str) -> bool {
+    let addresses = crate::proto::mime::parse_addresses(text);
+    match addresses.as_slice() {
+        [one] => match (&one.mailbox, &one.host) {
+            (Some(local), Some(host)) => {
+                crate::proto::address::Address::parse(&format!("{local}@{host}")).is_ok()
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -571,6 +593,18 @@ impl Compiler {
                 args.flag("mime");
                 let rest = args.rest()?;
                 let reason = one_string(rest.first(), "the vacation reason", line, column)?;
+                // RFC 5230 §4.3: an invalid :from is an error; one made of
+                // variables is checked when the script runs.
+                if let Some(from) = &from
+                    && !from.contains("${")
+                    && !is_one_mailbox(from)
+                {
+                    return Err(error_at(
+                        line,
+                        column,
+                        format!("vacation :from {from:?} is not an address"),
+                    ));
+                }
                 // RFC 5230 §4.1: 1 to a site maximum (a year here), 7 by default.
                 let seconds = match (seconds, days) {
                     (Some(s), _) => s.clamp(1, 365 * 86400),

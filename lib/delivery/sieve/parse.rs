@@ -12,6 +12,115 @@ const MAX_DEPTH: usize = 32;
 /// The longest script.
 pub const MAX_SCRIPT: usize = crate::config::SIEVE_SCRIPT_MAX;
 
+/// A script file's bytes as text. RFC 5228 §8.1 lets a comment hold any
+/// octets (a Latin-1 signature, say), so bytes that are not UTF-8 inside
+/// a comment become `?`; anywhere else they are an error naming where.
+pub fn script_text(bytes: &[u8]) -> Result<std::borrow::Cow<'_, str>, SieveError> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Ok(text.into());
+    }
+    let in_comment = comment_mask(bytes);
+    let mut text = String::with_capacity(bytes.len());
+    let mut at = 0;
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        at += chunk.valid().len();
+        let invalid = chunk.invalid();
+        if invalid.is_empty() {
+            continue;
+        }
+        if !in_comment.get(at).copied().unwrap_or(false) {
+            let before = &bytes[..at];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
+            return Err(SieveError {
+                line,
+                column,
+                message: "this is not UTF-8 text (only a comment may hold other bytes)".into(),
+            });
+        }
+        text.extend(std::iter::repeat_n('?', invalid.len()));
+        at += invalid.len();
+    }
+    Ok(text.into())
+}
+
+/// Which bytes of a script are inside a `#` or `/* */` comment, found by
+/// the lexer's rules for strings and `text:` blocks (whose quotes and
+/// hashes are not comments).
+fn comment_mask(bytes: &[u8]) -> Vec<bool> {
+    let mut mask = vec![false; bytes.len()];
+    let mut i = 0;
+    let at_line_start = |i: usize| i == 0 || bytes[i - 1] == b'\n';
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    mask[i] = true;
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let end = bytes[i + 2..]
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(bytes.len(), |p| i + 2 + p + 2);
+                mask[i..end].iter_mut().for_each(|m| *m = true);
+                i = end;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b't' | b'T'
+                if bytes.len() >= i + 5
+                    && bytes[i..i + 5].eq_ignore_ascii_case(b"text:")
+                    && (i == 0
+                        || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_')) =>
+            {
+                // The rest of this line may be a comment; then lines up to
+                // one that is a lone dot.
+                i += 5;
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    if bytes[i] == b'#' {
+                        while i < bytes.len() && bytes[i] != b'\n' {
+                            mask[i] = true;
+                            i += 1;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+                while i < bytes.len() {
+                    let end = bytes[i..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(bytes.len(), |p| i + p);
+                    let line = &bytes[i..end];
+                    let is_dot = line == b"." || line == b".\r";
+                    i = end + 1;
+                    if is_dot && at_line_start(end - line.len()) {
+                        break;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    mask
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arg {
     Strings(Vec<String>),
@@ -452,6 +561,26 @@ impl Parser {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn other_bytes_may_stand_in_comments_only() {
+        // A Latin-1 "é" in a hash comment, a bracket comment, and after
+        // the `text:` that opens a multi-line string.
+        let fine = b"# caf\xe9\r\n/* na\xefve */ keep; # \"quoted\xe9\r\nif true { vacation text: # \xe9\r\nhi\r\n.\r\n; }\r\n";
+        let text = script_text(fine).unwrap();
+        assert!(text.contains("caf?") && text.contains("na?ve"), "{text}");
+        // In a string, a multi-line string, or code: an error naming where.
+        for (bad, line, column) in [
+            (&b"keep;\r\nfileinto \"caf\xe9\";"[..], 2, 14),
+            (&b"vacation text:\r\nsch\xf6n\r\n.\r\n;"[..], 2, 4),
+            (&b"\"# not a comment \xe9\""[..], 1, 18),
+            (&b"keep\xff;"[..], 1, 5),
+        ] {
+            let error = script_text(bad).unwrap_err();
+            assert_eq!((error.line, error.column), (line, column), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -501,6 +630,21 @@ mod tests {
         #[test]
         fn never_panics(text in "\\PC{0,400}") {
             let _ = parse(&text);
+        }
+
+        #[test]
+        fn any_bytes_read_as_text_or_an_error_without_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)
+        ) {
+            match script_text(&bytes) {
+                Ok(text) => {
+                    proptest::prop_assert_eq!(text.chars().count() >= 1, !bytes.is_empty());
+                    if let Ok(utf8) = std::str::from_utf8(&bytes) {
+                        proptest::prop_assert_eq!(&*text, utf8);
+                    }
+                }
+                Err(error) => proptest::prop_assert!(error.line >= 1 && error.column >= 1),
+            }
         }
 
         #[test]

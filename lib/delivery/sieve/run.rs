@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mail_parser::{HeaderValue, Message, MessageParser, MimeHeaders};
+use mail_parser::{HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 
 use super::SieveError;
 use super::compile::{
@@ -132,6 +132,80 @@ fn runtime_error(message: &str) -> SieveError {
     }
 }
 
+/// How deep `body` looks into messages attached to messages.
+const MAX_NESTED_MESSAGES: usize = 8;
+
+/// The message and every message attached within it (message/rfc822
+/// parts), outermost first, at most [`MAX_NESTED_MESSAGES`] deep.
+fn messages_within<'m, 'x>(message: &'m Message<'x>) -> Vec<&'m Message<'x>> {
+    let mut found = vec![message];
+    let mut level = vec![message];
+    for _ in 0..MAX_NESTED_MESSAGES {
+        let next: Vec<&Message<'_>> = level
+            .iter()
+            .flat_map(|m| m.parts.iter())
+            .filter_map(|part| match &part.body {
+                PartType::Message(inner) => Some(inner),
+                _ => None,
+            })
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        found.extend(next.iter().copied());
+        level = next;
+    }
+    found
+}
+
+/// A multipart's prologue (before its first boundary) and epilogue (after
+/// its closing one), each without the boundary lines, when not blank.
+fn prologue_and_epilogue(
+    message: &Message<'_>,
+    part: &mail_parser::MessagePart<'_>,
+    children: &[mail_parser::MessagePartId],
+) -> Vec<String> {
+    let raw = message.raw_message();
+    let (first, last) = match (children.first(), children.last()) {
+        (Some(&f), Some(&l)) => (message.parts.get(f as usize), message.parts.get(l as usize)),
+        _ => (None, None),
+    };
+    let (Some(first), Some(last)) = (first, last) else {
+        return Vec::new();
+    };
+    let text = |from: u32, to: u32| {
+        let bytes = raw.get(from as usize..to as usize).unwrap_or(&[]);
+        let text = String::from_utf8_lossy(bytes);
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim_end().starts_with("--"))
+            .collect();
+        kept.join("\n").trim().to_string()
+    };
+    [
+        text(part.offset_body, first.offset_header),
+        text(last.offset_end, part.offset_end),
+    ]
+    .into_iter()
+    .filter(|t| !t.is_empty())
+    .collect()
+}
+
+/// The handle of a vacation without `:handle`: a digest of what the
+/// reply says, so changing the text answers everyone afresh (as
+/// Pigeonhole does).
+fn default_handle(subject: Option<&str>, from: Option<&str>, reason: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in [subject.unwrap_or(""), from.unwrap_or(""), reason] {
+        digest.update(part.len().to_le_bytes());
+        digest.update(part.as_bytes());
+    }
+    let sum = digest.finalize();
+    let hex: String = sum[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("text-{hex}")
+}
+
 /// The longest a variable may grow (RFC 5229 §3 lets us truncate).
 const MAX_VARIABLE: usize = 64 << 10;
 
@@ -167,6 +241,20 @@ impl State<'_> {
             return Err(runtime_error("the script took too many steps"));
         }
         if self.steps.is_multiple_of(256) && self.started.elapsed() > MAX_TIME {
+            return Err(runtime_error("the script ran out of time"));
+        }
+        Ok(())
+    }
+
+    /// Counts one comparison. A single test over a long key list against
+    /// long values can take seconds on its own, so the time budget is
+    /// checked here as well as between steps.
+    fn compared(&mut self) -> Result<(), SieveError> {
+        self.comparisons += 1;
+        if self.comparisons > MAX_COMPARISONS {
+            return Err(runtime_error("the script made too many comparisons"));
+        }
+        if self.comparisons.is_multiple_of(64) && self.started.elapsed() > MAX_TIME {
             return Err(runtime_error("the script ran out of time"));
         }
         Ok(())
@@ -279,21 +367,37 @@ impl State<'_> {
                     handle,
                     reason,
                 } => {
-                    if !self
+                    // RFC 5230 §4.7: a second vacation fails the script.
+                    if self
                         .actions
                         .iter()
                         .any(|a| matches!(a, Action::Vacation { .. }))
                     {
-                        let action = Action::Vacation {
-                            seconds: *seconds,
-                            subject: subject.as_deref().map(|s| self.expand(s)),
-                            from: from.as_deref().map(|s| self.expand(s)),
-                            addresses: addresses.iter().map(|a| self.expand(a)).collect(),
-                            handle: handle.as_deref().map(|s| self.expand(s)),
-                            reason: self.expand(reason),
-                        };
-                        self.actions.push(action);
+                        return Err(runtime_error("the script ran vacation twice"));
                     }
+                    let subject = subject.as_deref().map(|s| self.expand(s));
+                    // RFC 5230 §4.3: a :from that is not an address once its
+                    // variables are filled in is ignored.
+                    let from = from
+                        .as_deref()
+                        .map(|s| self.expand(s))
+                        .filter(|f| super::compile::is_one_mailbox(f));
+                    let reason = self.expand(reason);
+                    // RFC 5230 §4.2: without :handle, replies with other
+                    // text are counted apart, so the handle is made from it.
+                    let handle = match handle {
+                        Some(h) => self.expand(h),
+                        None => default_handle(subject.as_deref(), from.as_deref(), &reason),
+                    };
+                    let action = Action::Vacation {
+                        seconds: *seconds,
+                        subject,
+                        from,
+                        addresses: addresses.iter().map(|a| self.expand(a)).collect(),
+                        handle: Some(handle),
+                        reason,
+                    };
+                    self.actions.push(action);
                 }
                 Rule::Set {
                     name,
@@ -480,7 +584,6 @@ impl State<'_> {
             .collect()
     }
 
-    /// The addresses of each occurrence of an address header.
     /// The addresses of each occurrence of a header field, read from its
     /// text by the RFC 5322 parser ENVELOPE uses: mail-parser's makes
     /// `"john.doe"@q.test` into `@q.test`, and keeps an obsolete route
@@ -523,30 +626,45 @@ impl State<'_> {
                         .into_owned(),
                 ]
             }
-            BodyTransform::Text => (0..self.message.text_body.len())
-                .filter_map(|i| self.message.body_text(i).map(|t| t.into_owned()))
+            // RFC 5173 §5.2: the text of attached messages is searched too.
+            BodyTransform::Text => messages_within(&self.message)
+                .into_iter()
+                .flat_map(|m| (0..m.text_body.len()).filter_map(move |i| m.body_text(i)))
+                .map(|t| t.into_owned())
                 .collect(),
-            BodyTransform::Content(types) => self
-                .message
-                .parts
-                .iter()
-                .filter(|part| {
-                    let (t, s) = part
-                        .content_type()
-                        .map(|c| {
-                            (
-                                c.ctype().to_ascii_lowercase(),
-                                c.subtype().unwrap_or("").to_ascii_lowercase(),
-                            )
-                        })
-                        .unwrap_or(("text".into(), "plain".into()));
+            BodyTransform::Content(types) => {
+                let wanted = |t: &str, s: &str| {
                     types.iter().any(|want| {
                         let want = want.to_ascii_lowercase();
                         want.is_empty() || want == t || want == format!("{t}/{s}")
                     })
-                })
-                .filter_map(|part| part.text_contents().map(str::to_string))
-                .collect(),
+                };
+                let mut values = Vec::new();
+                for message in messages_within(&self.message) {
+                    for part in &message.parts {
+                        let (t, s) = part
+                            .content_type()
+                            .map(|c| {
+                                (
+                                    c.ctype().to_ascii_lowercase(),
+                                    c.subtype().unwrap_or("").to_ascii_lowercase(),
+                                )
+                            })
+                            .unwrap_or(("text".into(), "plain".into()));
+                        if !wanted(&t, &s) {
+                            continue;
+                        }
+                        if let PartType::Multipart(children) = &part.body {
+                            // RFC 5173 §5.2: a multipart's own text is its
+                            // prologue and epilogue.
+                            values.extend(prologue_and_epilogue(message, part, children));
+                        } else if let Some(text) = part.text_contents() {
+                            values.push(text.to_string());
+                        }
+                    }
+                }
+                values
+            }
         }
     }
 
@@ -560,10 +678,7 @@ impl State<'_> {
                 for value in values {
                     let value = value.to_ascii_lowercase();
                     for line in &lines {
-                        self.comparisons += 1;
-                        if self.comparisons > MAX_COMPARISONS {
-                            return Err(runtime_error("the script made too many comparisons"));
-                        }
+                        self.compared()?;
                         let line = line.trim().to_ascii_lowercase();
                         let hit = if line.contains(['*', '?']) {
                             wildcard(&line, &value)
@@ -589,10 +704,7 @@ impl State<'_> {
         let keys: Vec<String> = matcher.keys.iter().map(|k| self.expand(k)).collect();
         for value in values {
             for (i, key) in keys.iter().enumerate() {
-                self.comparisons += 1;
-                if self.comparisons > MAX_COMPARISONS {
-                    return Err(runtime_error("the script made too many comparisons"));
-                }
+                self.compared()?;
                 if compare(matcher, i, key, value) {
                     if self.variables {
                         self.capture(matcher, i, key, value);
@@ -1087,6 +1199,95 @@ if header :is "Sender" "owner-ietf-mtgs@ietf.org" {
     }
 
     #[test]
+    fn body_searches_attached_messages_and_multipart_prologues() {
+        let message = b"From: a@far.test\r\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\r\n\
+\r\n\
+This prologue says marmalade.\r\n\
+--outer\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+The cover note.\r\n\
+--outer\r\n\
+Content-Type: message/rfc822\r\n\
+\r\n\
+From: b@far.test\r\n\
+Subject: forwarded\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+The forwarded text mentions a needle.\r\n\
+--outer--\r\n\
+An epilogue with quince.\r\n";
+        let hit = |test: &str| files(r#""fileinto", "body""#, test, message);
+        assert!(hit(r#"body :text :contains "cover note""#));
+        assert!(hit(r#"body :text :contains "needle""#));
+        assert!(hit(r#"body :content "text" :contains "needle""#));
+        assert!(hit(r#"body :content "multipart" :contains "marmalade""#));
+        assert!(hit(r#"body :content "multipart" :contains "quince""#));
+        // The prologue is not text of any text part, nor the boundary a value.
+        assert!(!hit(r#"body :content "text" :contains "marmalade""#));
+        assert!(!hit(r#"body :content "multipart" :contains "--outer""#));
+    }
+
+    #[test]
+    fn vacation_follows_rfc_5230_on_handles_from_and_repeats() {
+        let handle = |script: &str| match &run(script)[0] {
+            Action::Vacation { handle, .. } => handle.clone().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        // §4.2: without :handle, other text is another handle; same text the same.
+        let a = handle(r#"require "vacation"; vacation "away";"#);
+        let b = handle(r#"require "vacation"; vacation "back on Monday";"#);
+        let c = handle(r#"require "vacation"; vacation :subject "Out" "away";"#);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, handle(r#"require "vacation"; vacation "away";"#));
+        assert_eq!(
+            handle(r#"require "vacation"; vacation :handle "h" "away";"#),
+            "h"
+        );
+        // §4.3: a :from that is not an address is an error; with variables,
+        // dropped at run time.
+        for bad in ["not an address", "a@b.test, c@d.test", ""] {
+            let script = format!(r#"require "vacation"; vacation :from "{bad}" "away";"#);
+            let error = Script::compile(&script).unwrap_err();
+            assert!(error.message.contains(":from"), "{bad}: {error}");
+        }
+        let from = |script: &str| match &run(script)[0] {
+            Action::Vacation { from, .. } => from.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            from(r#"require "vacation"; vacation :from "Ann <ann@acme.test>" "away";"#).as_deref(),
+            Some("Ann <ann@acme.test>")
+        );
+        assert_eq!(
+            from(
+                r#"require ["vacation", "variables"]; set "f" "nobody";
+                   vacation :from "${f}" "away";"#
+            ),
+            None
+        );
+        // §4.7: a second vacation fails the run, so the message is kept by
+        // the caller and nothing else is done.
+        let twice = Script::compile(
+            r#"require ["vacation", "fileinto"]; fileinto "x"; vacation "a"; vacation "b";"#,
+        )
+        .unwrap();
+        let error = twice
+            .run(&Input {
+                message: MESSAGE,
+                envelope_from: "coyote@desert.example.org",
+                envelope_to: "roadrunner@acme.example.com",
+                delimiter: '+',
+                mailbox_exists: &|_| false,
+                list: &|_| None,
+            })
+            .unwrap_err();
+        assert!(error.message.contains("twice"), "{error}");
+    }
+
+    #[test]
     fn external_lists_and_encoded_characters() {
         let yes = |test: &str| {
             let script = format!(
@@ -1282,5 +1483,33 @@ Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n";
         });
         // Ended by the comparison budget or done: either way, soon.
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn one_test_over_long_values_stops_at_the_time_budget() {
+        // Few comparisons, each over a megabyte: the comparison count
+        // alone would let this run for a minute.
+        let keys: Vec<String> = (0..60_000).map(|i| format!("\"k{i}\"")).collect();
+        let script = format!(
+            "if header :contains \"x-big\" [{}] {{ discard; }}",
+            keys.join(",")
+        );
+        let compiled = Script::compile(&script).unwrap();
+        let mut big = b"X-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 1 << 20));
+        big.extend_from_slice(b"\r\n\r\nbody\r\n");
+        let started = Instant::now();
+        let result = compiled.run(&Input {
+            message: &big,
+            envelope_from: "",
+            envelope_to: "",
+            delimiter: '+',
+            mailbox_exists: &|_| false,
+            list: &|_| None,
+        });
+        let took = started.elapsed();
+        assert!(took < MAX_TIME + Duration::from_secs(1), "{took:?}");
+        let error = result.unwrap_err();
+        assert!(error.message.contains("out of time"), "{error:?}");
     }
 }
