@@ -381,6 +381,10 @@ fn read_message(config: &Config, ignore_dots: bool) -> Result<Vec<u8>, Failure> 
         };
         Failure(code, e.to_string())
     })?;
+    // An mbox `From ` line in front is no header field (Postfix's
+    // sendmail drops it too); left in, it would end the header.
+    let from_line = raw.len() - message::without_mbox_from_line(&raw).len();
+    raw.drain(..from_line);
     if !ignore_dots {
         let mut offset = 0;
         for line in raw.split_inclusive(|&b| b == b'\n') {

@@ -636,3 +636,23 @@ fn commands_exit_quietly_when_the_reader_of_their_output_has_gone() {
         );
     }
 }
+
+/// Regression: a message piped to mail-inject from an mbox tool starts
+/// with a `From ` line; kept, it ended the header before the first real
+/// field, so Subject and the rest became body. Postfix's sendmail drops it.
+#[test]
+fn mail_inject_drops_a_leading_mbox_from_line() {
+    let tree = Tree::new();
+    tree.add_user("carol@example.test");
+    let out = tree.inject(
+        &["carol@example.test"],
+        b"From bob@far.test Thu Jan  1 00:00:00 2026\nFrom: bob@far.test\nSubject: kept as a header\n\nFrom here on, body.\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = maildir_files(&tree.maildir("carol"));
+    let text = fs::read_to_string(&files[0]).unwrap();
+    let (head, body) = text.split_once("\n\n").unwrap();
+    assert!(head.contains("\nSubject: kept as a header\n"), "{text}");
+    assert!(!head.contains("From bob@far.test Thu"), "{text}");
+    assert_eq!(body, "From here on, body.\n", "{text}");
+}
