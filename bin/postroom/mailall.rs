@@ -61,11 +61,9 @@ pub fn run(config: Option<PathBuf>, args: MailallArgs) -> anyhow::Result<ExitCod
     if !message::has_header(&text[..head], "To") {
         added.push("To: undisclosed-recipients:;".into());
     }
-    let mut body: Vec<u8> = added
-        .iter()
-        .flat_map(|line| format!("{line}\r\n").into_bytes())
-        .collect();
-    body.extend_from_slice(&text);
+    // After the message's own fields, where Postfix's cleanup adds them.
+    let mut body = message::append_fields(&text[..head], &added);
+    body.extend_from_slice(&text[head..]);
 
     let count = recipients.len();
     let mut submission = Submission::new(sender, Recipients::Routes(recipients));

@@ -53,6 +53,12 @@ fn mailall_reaches_every_user_or_one_domain_with_one_queued_message() {
             "{}",
             texts[0]
         );
+        // The fields added come after the message's own, as Postfix adds them.
+        let subject = texts[0].find("Subject: fire drill").unwrap();
+        for added in ["\nDate: ", "\nMessage-ID: ", "\nTo: "] {
+            let at = texts[0].find(added).unwrap_or_else(|| panic!("{added}"));
+            assert!(at > subject, "{added} above Subject: {}", texts[0]);
+        }
     }
     assert!(inbox(&tree, "cy@other.test").is_empty());
 
