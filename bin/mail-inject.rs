@@ -151,9 +151,37 @@ fn parse_args(args: &[String]) -> Result<Options, Failure> {
                 options.sender = Some(value(&mut i, &arg[2..], &arg[..2])?)
             }
             _ if arg.starts_with("-F") => options.full_name = Some(value(&mut i, &arg[2..], "-F")?),
-            _ if arg.starts_with("-N") => options.notify = Some(value(&mut i, &arg[2..], "-N")?),
-            _ if arg.starts_with("-R") => options.ret = Some(value(&mut i, &arg[2..], "-R")?),
-            _ if arg.starts_with("-V") => options.envid = Some(value(&mut i, &arg[2..], "-V")?),
+            // Checked here as smtp-recv checks them (RFC 3461 §4), so a
+            // bad value is a usage error, not a 501 at the next hop.
+            _ if arg.starts_with("-N") => {
+                let notify = value(&mut i, &arg[2..], "-N")?;
+                if !postroom::proto::smtp::is_notify(&notify) {
+                    return Err(usage(format!(
+                        "-N {notify:?}: say never, or any of success,failure,delay"
+                    )));
+                }
+                options.notify = Some(notify.to_ascii_uppercase());
+            }
+            _ if arg.starts_with("-R") => {
+                let ret = value(&mut i, &arg[2..], "-R")?;
+                if !["FULL", "HDRS"]
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(&ret))
+                {
+                    return Err(usage(format!("-R {ret:?}: say full or hdrs")));
+                }
+                options.ret = Some(ret.to_ascii_uppercase());
+            }
+            _ if arg.starts_with("-V") => {
+                let envid = value(&mut i, &arg[2..], "-V")?;
+                let printable = envid.bytes().all(|b| (b' '..=b'~').contains(&b));
+                if envid.is_empty() || envid.len() > 100 || !printable {
+                    return Err(usage(format!(
+                        "-V {envid:?}: an envelope id is 1 to 100 printable ASCII characters"
+                    )));
+                }
+                options.envid = Some(envid);
+            }
             // -oX options and -B bodytype: accepted and ignored, as Postfix does.
             _ if arg.starts_with("-o") => {}
             _ if arg.starts_with("-B") || arg.starts_with("-L") || arg.starts_with("-X") => {
@@ -200,7 +228,12 @@ fn run(options: Options) -> Result<(), Failure> {
         Directory::load(&config).map_err(|e| Failure(EX_CONFIG, e.to_string()))?,
     );
     if options.mode == Mode::Verify {
-        return verify(&directory, &options.recipients);
+        let named: Vec<String> = options
+            .recipients
+            .iter()
+            .flat_map(|arg| addresses_named(arg, &config.hostname))
+            .collect();
+        return verify(&directory, &named);
     }
     if options.mode == Mode::Bsmtp {
         // The same import as `postroom bsmtp import`: checked whole, then
@@ -231,10 +264,15 @@ fn run(options: Options) -> Result<(), Failure> {
     // Looked up once: without LOGNAME or USER it is a passwd lookup.
     let login = login_name();
     let sender = envelope_sender(&options, &config, &login)?;
-    let mut wanted: Vec<String> = options.recipients.clone();
+    let mut wanted: Vec<String> = options
+        .recipients
+        .iter()
+        .flat_map(|arg| addresses_named(arg, &config.hostname))
+        .collect();
     if options.from_headers {
-        wanted.extend(header_recipients(&headers));
+        wanted.extend(header_recipients(&headers, &config.hostname));
         headers = message::remove_header(&headers, "Bcc");
+        headers = message::remove_header(&headers, "Resent-Bcc");
     }
     if wanted.is_empty() {
         return Err(Failure(EX_USAGE, format!("no recipients given\n{USAGE}")));
@@ -248,7 +286,15 @@ fn run(options: Options) -> Result<(), Failure> {
     envelope.auth = Some(text(&login)?);
     envelope.envid = options.envid.as_deref().map(text).transpose()?;
     envelope.ret = options.ret.as_deref().map(text).transpose()?;
-    envelope.smtputf8 = !body.is_ascii() || wanted.iter().any(|r| !r.is_ascii());
+    // SMTPUTF8 is for UTF-8 in addresses and header fields (RFC 6531); an
+    // 8-bit body needs only 8BITMIME (RFC 6152), which nearly every server
+    // offers and smtp-send can do without.
+    envelope.smtputf8 = !headers.is_ascii()
+        || sender.to_string().bytes().any(|b| !b.is_ascii())
+        || wanted.iter().any(|r| !r.is_ascii());
+    if !rest.is_ascii() {
+        envelope.body_type = Some(text("8BITMIME")?);
+    }
 
     let queue = Queue::from_config(&config);
     let mut incoming = queue.incoming(&envelope).map_err(tempfail)?;
@@ -407,7 +453,15 @@ fn envelope_sender(
     let bad =
         |e: postroom::proto::address::AddressError| Failure(EX_USAGE, format!("bad sender: {e}"));
     match options.sender.as_deref() {
-        Some(s) => ReversePath::parse(s.trim_start_matches('<').trim_end_matches('>')).map_err(bad),
+        // A bare name is a user of this host, as for recipients.
+        Some(s) => {
+            let s = s.trim().trim_start_matches('<').trim_end_matches('>');
+            if s.is_empty() || s.contains('@') {
+                ReversePath::parse(s).map_err(bad)
+            } else {
+                ReversePath::parse(&format!("{s}@{}", config.hostname)).map_err(bad)
+            }
+        }
         None => Address::parse(&format!("{login}@{}", config.hostname))
             .map(ReversePath::Address)
             .map_err(bad),
@@ -433,17 +487,67 @@ fn login_name() -> String {
 }
 
 /// Addresses in To, Cc and Bcc, for `-t`.
-fn header_recipients(headers: &[u8]) -> Vec<String> {
-    let parsed = mail_parser::MessageParser::default().parse_headers(headers);
-    let Some(parsed) = parsed else {
-        return Vec::new();
+fn header_recipients(headers: &[u8], hostname: &str) -> Vec<String> {
+    let fields = message::header_fields(headers);
+    // Resent-* fields mean the message is being resent: they name its
+    // recipients now, as sendmail and Postfix read them.
+    let resent = fields.iter().any(|(name, _)| {
+        ["Resent-To", "Resent-Cc", "Resent-Bcc"]
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(name))
+    });
+    let names: [&str; 3] = if resent {
+        ["Resent-To", "Resent-Cc", "Resent-Bcc"]
+    } else {
+        ["To", "Cc", "Bcc"]
     };
-    [parsed.to(), parsed.cc(), parsed.bcc()]
-        .into_iter()
-        .flatten()
-        .flat_map(|list| list.iter())
-        .filter_map(|addr| addr.address().map(str::to_string))
+    fields
+        .iter()
+        .filter(|(name, _)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        .flat_map(|(_, value)| addresses_named(value, hostname))
         .collect()
+}
+
+/// The addresses one recipient argument or header field names, read as an
+/// RFC 5322 address list the way Postfix's sendmail reads its arguments
+/// (`Ann <ann@x.test>`, `a@x.test, b@y.test`, a group); a bare name is a
+/// user of this host (`root` is root@HOSTNAME, as Postfix appends
+/// $myorigin). Anything else is passed on as written, to be refused by
+/// the address parser with a usage error.
+fn addresses_named(text: &str, hostname: &str) -> Vec<String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Vec::new();
+    }
+    if !text.contains(['<', ',', '(', '"', ':', ';', ' ', '\t']) {
+        return vec![if text.contains('@') {
+            text.to_string()
+        } else {
+            format!("{text}@{hostname}")
+        }];
+    }
+    // Without a colon there is no group, so a name without a host is a
+    // bare user name, not a group's display name.
+    let has_groups = text.contains(':');
+    let named: Vec<String> = postroom::proto::mime::parse_addresses(text)
+        .into_iter()
+        .filter(|a| !(has_groups && a.is_group_start()))
+        .filter_map(|a| {
+            let local = a.mailbox.filter(|m| !m.is_empty())?;
+            let local = if postroom::proto::address::is_dot_string(&local) {
+                local
+            } else {
+                format!("\"{}\"", local.replace('\\', "\\\\").replace('"', "\\\""))
+            };
+            let host = a.host.filter(|h| !h.is_empty());
+            Some(format!("{local}@{}", host.as_deref().unwrap_or(hostname)))
+        })
+        .collect();
+    if named.is_empty() && !text.ends_with(';') {
+        vec![text.to_string()]
+    } else {
+        named
+    }
 }
 
 /// Expands aliases and validates every recipient; any bad one stops the

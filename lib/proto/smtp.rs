@@ -337,7 +337,7 @@ impl PathCommand<'_> {
 
 /// RFC 3461 §4.1: `"NEVER" / 1#( "SUCCESS" / "FAILURE" / "DELAY" )`:
 /// NEVER stands alone.
-fn is_notify(value: &str) -> bool {
+pub fn is_notify(value: &str) -> bool {
     value.eq_ignore_ascii_case("NEVER")
         || value.split(',').all(|word| {
             ["SUCCESS", "FAILURE", "DELAY"]

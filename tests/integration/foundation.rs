@@ -656,3 +656,119 @@ fn mail_inject_drops_a_leading_mbox_from_line() {
     assert!(!head.contains("From bob@far.test Thu"), "{text}");
     assert_eq!(body, "From here on, body.\n", "{text}");
 }
+
+/// Regression (an outside review): mail-inject refused what sendmail
+/// takes: a bare user name (`mail-inject root`, cron's MAILTO), an RFC 822
+/// address as an argument (`Ann <ann@x>`, `a@x, b@y`); with -t it read
+/// only the last of repeated To/Cc/Bcc fields and ignored Resent-*, so
+/// Resent-Bcc reached every recipient. Postfix's sendmail reads all.
+#[test]
+fn mail_inject_reads_recipients_as_sendmail_does() {
+    let tree = Tree::new();
+    for user in ["ann", "bob", "cy", "dee", "eve", "fay"] {
+        tree.add_user(&format!("{user}@example.test"));
+    }
+    // A bare name is a user of this host: root goes where root@HOSTNAME goes.
+    let host = tree.load_config().hostname;
+    let out = tree.inject(&["-bv", "root"], b"");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("root@{host}:")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = tree.inject(
+        &[
+            "Ann <ann@example.test>",
+            "bob@example.test, \"Cy\" <cy@example.test>",
+        ],
+        b"Subject: args\n\nx\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for user in ["ann", "bob", "cy"] {
+        assert_eq!(maildir_files(&tree.maildir(user)).len(), 1, "{user}");
+    }
+    let out = tree.inject(
+        &["-t"],
+        b"To: ann@example.test\nTo: bob@example.test\nCc: cy@example.test\nCc: Dee <dee@example.test>\nBcc: eve@example.test\nBcc: fay@example.test\nSubject: repeated\n\nx\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for user in ["ann", "bob", "cy", "dee", "eve", "fay"] {
+        let texts: Vec<String> = maildir_files(&tree.maildir(user))
+            .iter()
+            .map(|f| fs::read_to_string(f).unwrap())
+            .filter(|t| t.contains("Subject: repeated"))
+            .collect();
+        assert_eq!(texts.len(), 1, "{user}");
+        assert!(!texts[0].contains("Bcc:"), "{}", texts[0]);
+    }
+    // Resent-* fields name the recipients of a resent message; Resent-Bcc
+    // is hidden like Bcc.
+    let out = tree.inject(
+        &["-t"],
+        b"To: ann@example.test\nResent-To: bob@example.test\nResent-Bcc: cy@example.test\nSubject: resent\n\nx\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resent = |user: &str| -> Vec<String> {
+        maildir_files(&tree.maildir(user))
+            .iter()
+            .map(|f| fs::read_to_string(f).unwrap())
+            .filter(|t| t.contains("Subject: resent"))
+            .collect()
+    };
+    assert!(resent("ann").is_empty());
+    assert_eq!(resent("bob").len(), 1);
+    assert_eq!(resent("cy").len(), 1);
+    assert!(
+        !resent("bob")[0].contains("Resent-Bcc"),
+        "{}",
+        resent("bob")[0]
+    );
+}
+
+/// Regression (an outside review): mail-inject took `-N bogus`, `-N
+/// never,success` and `-R bogus`, and smtp-send sent them on to be
+/// refused with 501 at the next hop; and it flagged any 8-bit body as
+/// SMTPUTF8, which servers without it refuse, where 8BITMIME is enough.
+#[test]
+fn mail_inject_checks_dsn_options_and_flags_an_8bit_body_8bitmime() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    for args in [
+        vec!["-N", "bogus"],
+        vec!["-N", "never,success"],
+        vec!["-Rbogus"],
+        vec!["-V", ""],
+    ] {
+        let mut args = args.clone();
+        args.push("ann@example.test");
+        let out = tree.inject(&args, b"Subject: x\n\ny\n");
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+    }
+    let out = tree.inject(
+        &[
+            "-odq",
+            "-N",
+            "success,failure",
+            "-R",
+            "hdrs",
+            "ann@example.test",
+        ],
+        "Subject: plain ASCII\n\ncafé\n".as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let queue = tree.queue();
+    let queued = queue.list().unwrap();
+    assert_eq!(queued.len(), 1);
+    let message = queue.read(&queued[0]).unwrap();
+    let envelope = &message.envelope;
+    assert!(!envelope.smtputf8, "{envelope:?}");
+    assert_eq!(
+        envelope.body_type.as_ref().map(|b| b.as_str()),
+        Some("8BITMIME")
+    );
+    assert_eq!(envelope.ret.as_ref().map(|r| r.as_str()), Some("HDRS"));
+    assert_eq!(
+        envelope.recipients[0].notify.as_ref().map(|n| n.as_str()),
+        Some("SUCCESS,FAILURE")
+    );
+}
