@@ -571,17 +571,7 @@ impl Session {
                 ),
                 StatusItem::Size => format!(
                     "SIZE {}",
-                    state
-                        .entries
-                        .iter()
-                        // A file stored as given counts its stored size:
-                        // STATUS reads no message (its CRs are a few bytes).
-                        .map(|e| {
-                            e.wire_size()
-                                .or_else(|| postroom::store::maildir::size_from_name(&e.base))
-                                .unwrap_or(0)
-                        })
-                        .sum::<u64>()
+                    folder_size(&target.folder(), state.validity, &state.entries)
                 ),
             });
         }
@@ -853,6 +843,39 @@ fn resync(out: &mut Vec<u8>, sel: &Selected, q: &Qresync) {
             );
         }
     }
+}
+
+/// The sum of the messages' RFC822.SIZEs, which RFC 8438 §3 makes STATUS
+/// SIZE's floor: each name's `,W=`; for a file from elsewhere without
+/// one (or stored as given), the size FETCH cached for it, else its bytes
+/// counted as FETCH would send them.
+fn folder_size(
+    folder: &postroom::store::mailbox::folder::Folder,
+    validity: u32,
+    entries: &[postroom::store::mailbox::folder::Entry],
+) -> u64 {
+    let mut total = 0;
+    let mut cache = None;
+    for entry in entries {
+        if let Some(size) = entry.wire_size() {
+            total += size;
+            continue;
+        }
+        let cache = cache.get_or_insert_with(|| {
+            let mut cache = postroom::store::mailbox::cache::Cache::new(folder.path(), validity);
+            cache.refresh();
+            cache
+        });
+        let size = cache
+            .get(entry.uid, &entry.base)
+            .map(|r| r.size)
+            .or_else(|| {
+                let mut file = folder.open_message(entry).ok()?;
+                postroom::store::maildir::pop3_size(&mut file).ok()
+            });
+        total += size.unwrap_or(0);
+    }
+    total
 }
 
 #[cfg(test)]

@@ -560,10 +560,16 @@ impl Session {
                     };
                     return Ok(Input::Refused(tag, text));
                 }
-                self.conn.write(
+                // The reason the client would have had in the tagged reply.
+                let all = literal_max.saturating_mul(4);
+                let bye = if literals > LITERALS_MAX {
+                    format!("* BYE more than {LITERALS_MAX} literals in one command\r\n")
+                } else if size <= literal_max {
+                    format!("* BYE [TOOBIG] literals larger than {all} bytes in all\r\n")
+                } else {
                     format!("* BYE [TOOBIG] literal larger than {literal_max} bytes\r\n")
-                        .as_bytes(),
-                );
+                };
+                self.conn.write(bye.as_bytes());
                 self.conn.linger_close().await;
                 return Err(NetError::Closed);
             }
@@ -925,9 +931,19 @@ impl Session {
             None => {
                 self.conn.write(b"+ \r\n");
                 self.conn.flush().await?;
-                // Not logged in yet: held to the pre-login bound.
-                let line = self.conn.read_line(PRE_LOGIN_COMMAND_MAX).await?;
-                String::from_utf8_lossy(&line).trim_end().to_string()
+                // Not logged in yet: held to the pre-login bound, and
+                // refused the way an over-long command is (a BYE that is
+                // not lost to a reset), not by a silent hang-up.
+                match self.conn.read_line(PRE_LOGIN_COMMAND_MAX).await {
+                    Ok(line) => String::from_utf8_lossy(&line).trim_end().to_string(),
+                    Err(NetError::LineTooLong) => {
+                        let bye = format!("{}\r\n", pre_login_refusal("* BYE"));
+                        self.conn.write(bye.as_bytes());
+                        self.conn.linger_close().await;
+                        return Err(NetError::Closed);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         if response == "*" {

@@ -133,3 +133,63 @@ print("auth ok")
 "#,
     );
 }
+
+/// RFC 8438 §3: STATUS SIZE is at least the sum of the RFC822.SIZEs. A
+/// file from elsewhere without `,W=` in its name (moved in by hand, or by
+/// another MDA) counted nothing, or its LF size.
+#[test]
+fn status_size_counts_files_without_a_wire_size_in_their_name() {
+    replay(
+        &["delivered"],
+        r#"
+import pathlib
+new = pathlib.Path(os.environ["MAILDIR"]) / "new"
+(new / "1700000000.M1P1.elsewhere").write_bytes(b"Subject: moved in\n\nline one\nline two\n")
+(new / "1700000001.M2P2.elsewhere,S=30").write_bytes(b"Subject: sized\n\nwith S only\n")
+M = login()
+st = ok(M.status("INBOX", "(MESSAGES SIZE)"))[0]
+ok(M.select("INBOX", readonly=True))
+sizes = ok(M.fetch("1:*", "(RFC822.SIZE)"))
+total = sum(int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes)
+assert len(sizes) == 3, sizes
+m = re.search(rb"SIZE (\d+)", st)
+assert int(m.group(1)) >= total, (st, total)
+assert int(m.group(1)) == total, (st, total)
+# The same, asked for again (the sizes now come from the cache).
+st = ok(M.status("INBOX", "(SIZE)"))[0]
+assert int(re.search(rb"SIZE (\d+)", st).group(1)) == total, (st, total)
+print("size ok")
+"#,
+    );
+}
+
+/// An AUTHENTICATE response longer than a command may be before login
+/// closed the connection with no answer; now the BYE of any over-long
+/// pre-login command, which the lingering close lets the client read.
+/// And a command of many small literals is told what it broke.
+#[test]
+fn an_over_long_authenticate_response_gets_a_bye() {
+    replay(
+        &[],
+        r#"
+s = socket.create_connection(("127.0.0.1", PORT))
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"a AUTHENTICATE PLAIN\r\n")
+assert f.readline().startswith(b"+"), "continuation"
+s.sendall(b"QUFB" * 2600 + b"\r\n")
+rest = f.read()
+assert b"* BYE [TOOBIG] before login" in rest, rest
+s.close()
+
+s = socket.create_connection(("127.0.0.1", PORT))
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"a LOGIN bob@example.test secret\r\n"); assert b"a OK" in f.readline()
+s.sendall(b"b SEARCH TEXT" + b" {1+}\r\nx" * 1001 + b"\r\n")
+rest = f.read()
+assert b"* BYE more than 1000 literals" in rest, rest[-300:]
+print("bye ok")
+"#,
+    );
+}
