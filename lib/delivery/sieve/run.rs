@@ -191,6 +191,18 @@ fn prologue_and_epilogue(
     .collect()
 }
 
+/// One budget: `count` may not pass `max`, and every `every`th time the
+/// run's clock is read against [`MAX_TIME`].
+fn spend(count: u64, max: u64, every: u64, started: Instant, what: &str) -> Result<(), SieveError> {
+    if count > max {
+        return Err(runtime_error(&format!("the script {what}")));
+    }
+    if count.is_multiple_of(every) && started.elapsed() > MAX_TIME {
+        return Err(runtime_error("the script ran out of time"));
+    }
+    Ok(())
+}
+
 /// The handle of a vacation without `:handle`: a digest of what the
 /// reply says, so changing the text answers everyone afresh (as
 /// Pigeonhole does).
@@ -237,13 +249,13 @@ impl State<'_> {
 
     fn step(&mut self) -> Result<(), SieveError> {
         self.steps += 1;
-        if self.steps > MAX_STEPS {
-            return Err(runtime_error("the script took too many steps"));
-        }
-        if self.steps.is_multiple_of(256) && self.started.elapsed() > MAX_TIME {
-            return Err(runtime_error("the script ran out of time"));
-        }
-        Ok(())
+        spend(
+            self.steps,
+            MAX_STEPS,
+            256,
+            self.started,
+            "took too many steps",
+        )
     }
 
     /// Counts one comparison. A single test over a long key list against
@@ -251,13 +263,13 @@ impl State<'_> {
     /// checked here as well as between steps.
     fn compared(&mut self) -> Result<(), SieveError> {
         self.comparisons += 1;
-        if self.comparisons > MAX_COMPARISONS {
-            return Err(runtime_error("the script made too many comparisons"));
-        }
-        if self.comparisons.is_multiple_of(64) && self.started.elapsed() > MAX_TIME {
-            return Err(runtime_error("the script ran out of time"));
-        }
-        Ok(())
+        spend(
+            self.comparisons,
+            MAX_COMPARISONS,
+            64,
+            self.started,
+            "made too many comparisons",
+        )
     }
 
     /// Runs rules; `true` when `stop` ended the script.
