@@ -62,6 +62,7 @@ pub fn deliver_local(
     let tries: Vec<LogEntry> = due.iter().map(|&i| LogEntry::Try(i)).collect();
     locked.record(&tries, false)?;
     let outcomes = attempt(config, directory, &locked.message, &due)?;
+    report_successes(config, directory, &locked.message, &outcomes);
     // A pipe is not idempotent, so its outcome must not be lost.
     let durable = due
         .iter()
@@ -144,6 +145,7 @@ fn enter_queue(
     };
     let due = due_local(&staged.message, true);
     let outcomes = attempt(config, directory, &staged.message, &due)?;
+    report_successes(config, directory, &staged.message, &outcomes);
     let remote = staged
         .message
         .envelope
@@ -159,6 +161,32 @@ fn enter_queue(
     }
     let entries = log_entries(config, &staged.message, &outcomes);
     Ok(staged.commit(&entries).map(Early::Queued)?)
+}
+
+/// The success reports owed for the deliveries among `outcomes`
+/// ([`dsn::report_successes`]). One that cannot be queued is logged: the
+/// mail itself is delivered, and refusing it now would deliver it twice.
+fn report_successes(
+    config: &Config,
+    directory: &Directory,
+    message: &QueuedMessage,
+    outcomes: &[(usize, Outcome)],
+) {
+    let delivered: Vec<(usize, &str)> = outcomes
+        .iter()
+        .filter_map(|(i, o)| match o {
+            Outcome::Delivered(reply) => Some((*i, reply.as_str())),
+            _ => None,
+        })
+        .collect();
+    if delivered.is_empty() {
+        return;
+    }
+    if let Err(e) =
+        crate::delivery::dsn::report_successes(config, directory, message, &delivered, false)
+    {
+        tracing::error!(queue_id = %message.id, "success report not queued: {e}");
+    }
 }
 
 /// Local and pipe recipients still pending and due now (or at all, with

@@ -1,5 +1,6 @@
 //! Delivery status notifications (RFC 3464): the bounce a sender gets when
-//! mail cannot be delivered, and the warning while it is still being tried.
+//! mail cannot be delivered, the warning while it is still being tried,
+//! and the success report a sender asks for with NOTIFY=SUCCESS.
 //!
 //! A report is a `multipart/report` with three parts: words for people,
 //! `message/delivery-status` for programs, and the returned message's
@@ -19,9 +20,11 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
 
 use crate::config::Config;
+use crate::delivery::submit::{Recipients, Submission, SubmitError, submit};
+use crate::directory::aliases::Directory;
 use crate::proto::address::{Address, ReversePath};
 use crate::proto::message;
-use crate::store::queue::{QueueError, QueuedMessage, RcptState, Recipient};
+use crate::store::queue::{QueueError, QueueId, QueuedMessage, RcptState, Recipient};
 
 /// The most of the original message a full report carries.
 pub const MAX_RETURNED: u64 = 1 << 20;
@@ -56,12 +59,39 @@ pub fn wanted(recipient: &Recipient, kind: Kind) -> bool {
         .any(|w| w.trim().eq_ignore_ascii_case(word))
 }
 
-/// The report on recipients `rcpts` of `message`, ready to queue (CRLF).
+/// The report on recipients `rcpts` of `message`, ready to queue (CRLF),
+/// each with the last reply its state records.
 pub fn report(
     config: &Config,
     message: &QueuedMessage,
     kind: Kind,
     rcpts: &[usize],
+) -> Result<Vec<u8>, QueueError> {
+    let rows: Vec<(usize, &str)> = rcpts
+        .iter()
+        .filter_map(|&i| {
+            let reply = match message.state.recipients.get(i)? {
+                RcptState::Failed { reply, .. } | RcptState::Delivered { reply, .. } => {
+                    reply.as_str()
+                }
+                RcptState::Pending { last_reply, .. } => {
+                    last_reply.as_deref().unwrap_or("4.0.0 not yet tried")
+                }
+            };
+            Some((i, reply))
+        })
+        .collect();
+    report_on(config, message, kind, &rows)
+}
+
+/// The report on recipients of `message` given with the reply each got:
+/// for outcomes not yet recorded in its state (a success reported as it
+/// happens).
+pub fn report_on(
+    config: &Config,
+    message: &QueuedMessage,
+    kind: Kind,
+    rows: &[(usize, &str)],
 ) -> Result<Vec<u8>, QueueError> {
     let envelope = &message.envelope;
     let reporting = &config.hostname;
@@ -95,20 +125,15 @@ pub fn report(
              to be told.\r\n\r\n"
         ),
     });
-    for &i in rcpts {
+    for &(i, reply) in rows {
         let Some(rcpt) = envelope.recipients.get(i) else {
             continue;
         };
-        let (reply, action) = match (&message.state.recipients[i], kind) {
-            (RcptState::Failed { reply, .. }, _) => (reply.as_str(), "failed"),
-            (RcptState::Pending { last_reply, .. }, _) => (
-                last_reply.as_deref().unwrap_or("4.0.0 not yet tried"),
-                "delayed",
-            ),
-            (RcptState::Delivered { reply, .. }, Kind::Success { relayed: true }) => {
-                (reply.as_str(), "relayed")
-            }
-            (RcptState::Delivered { reply, .. }, _) => (reply.as_str(), "delivered"),
+        let action = match kind {
+            Kind::Failure => "failed",
+            Kind::Delay => "delayed",
+            Kind::Success { relayed: true } => "relayed",
+            Kind::Success { relayed: false } => "delivered",
         };
         let reply = reply.trim();
         human.push_str(&format!("<{}>: {reply}\r\n", rcpt.address));
@@ -195,6 +220,71 @@ fn kind_tag(kind: Kind) -> &'static str {
         Kind::Delay => "delay",
         Kind::Success { .. } => "success",
     }
+}
+
+/// Queues a report (null sender) to `to`, routed like any mail; if the
+/// address no longer resolves, the postmaster gets it instead.
+pub fn queue_report(
+    config: &Config,
+    directory: &Directory,
+    to: &Address,
+    report: &[u8],
+) -> Result<QueueId, SubmitError> {
+    let routes = directory.routes_for(to).or_else(|e| {
+        tracing::warn!(%to, "report cannot be routed ({e}); sending it to the postmaster");
+        postmaster(config)
+            .filter(|p| p != to)
+            .map(|p| directory.routes_for(&p))
+            .unwrap_or(Err(e))
+    });
+    let recipients = match routes {
+        Ok(routes) if !routes.is_empty() => routes,
+        Ok(_) => return Err(SubmitError::NoRecipients),
+        Err(error) => {
+            return Err(SubmitError::Unresolvable {
+                address: to.clone(),
+                error,
+            });
+        }
+    };
+    let submission = Submission::new(ReversePath::Null, Recipients::Routes(recipients));
+    let id = submit(config, directory, submission, report)?;
+    tracing::info!(report_id = %id, %to, "report queued");
+    Ok(id)
+}
+
+/// Success reports (RFC 3461 §4.1 NOTIFY=SUCCESS) for `delivered`, the
+/// recipients just delivered with the reply each got: queued to the
+/// sender for those that asked, before the delivery is recorded (a crash
+/// between sends it twice, never not at all). `relayed`: handed to a
+/// system that does not speak DSN, so this is the last report (§5.2.3).
+pub fn report_successes(
+    config: &Config,
+    directory: &Directory,
+    message: &QueuedMessage,
+    delivered: &[(usize, &str)],
+    relayed: bool,
+) -> Result<(), SubmitError> {
+    let ReversePath::Address(sender) = &message.envelope.sender else {
+        return Ok(());
+    };
+    let kind = Kind::Success { relayed };
+    let wanted: Vec<(usize, &str)> = delivered
+        .iter()
+        .copied()
+        .filter(|&(i, _)| {
+            message
+                .envelope
+                .recipients
+                .get(i)
+                .is_some_and(|r| wanted(r, kind))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let report = report_on(config, message, kind, &wanted)?;
+    queue_report(config, directory, sender, &report).map(drop)
 }
 
 /// Who hears of reports that cannot be delivered: `queue.postmaster`, else

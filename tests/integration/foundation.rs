@@ -772,3 +772,54 @@ fn mail_inject_checks_dsn_options_and_flags_an_8bit_body_8bitmime() {
         Some("SUCCESS,FAILURE")
     );
 }
+
+/// RFC 3461 §5.2.2 (an outside review): NOTIFY=SUCCESS asked for a
+/// "delivered" report, and none was ever made. Now a local delivery
+/// queues one to the sender; without SUCCESS, none.
+#[test]
+fn notify_success_gets_a_delivered_report_for_a_local_delivery() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    tree.add_user("bob@example.test");
+    let out = tree.inject(
+        &["-f", "bob@example.test", "ann@example.test"],
+        b"Subject: quiet\n\nx\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tree.queue().list().unwrap().is_empty(), "no report unasked");
+    let out = tree.inject(
+        &[
+            "-f",
+            "bob@example.test",
+            "-N",
+            "success,failure",
+            "-V",
+            "envelope-7",
+            "ann@example.test",
+        ],
+        b"Subject: tell me\n\nx\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(maildir_files(&tree.maildir("ann")).len(), 2);
+    let queue = tree.queue();
+    let ids = queue.list().unwrap();
+    assert_eq!(ids.len(), 1, "one report");
+    let report = queue.read(&ids[0]).unwrap();
+    assert!(report.envelope.sender.is_null());
+    assert_eq!(
+        report.envelope.recipients[0].address.to_string(),
+        "bob@example.test"
+    );
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut report.body().unwrap(), &mut text).unwrap();
+    for want in [
+        "report-type=\"delivery-status\"",
+        "Action: delivered",
+        "Final-Recipient: rfc822; ann@example.test",
+        "Status: 2.",
+        "Original-Envelope-Id: envelope-7",
+        "Subject: tell me",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+}
