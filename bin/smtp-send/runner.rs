@@ -19,7 +19,6 @@ use anyhow::Context;
 use postroom::config::Config;
 use postroom::delivery::deliver::{self, Outcome};
 use postroom::delivery::dsn::{self, Kind};
-use postroom::delivery::submit::{Recipients, Submission, submit};
 use postroom::directory::aliases::Directory;
 use postroom::proto::address::{Address, EnvelopeText, ReversePath};
 use postroom::store::pace::{self, Booking};
@@ -493,24 +492,10 @@ impl Runner {
         Ok(())
     }
 
-    /// Queues a report (null sender) to `to`, routed like any mail; if the
-    /// address no longer resolves, the postmaster gets it instead.
+    /// Queues a report ([`dsn::queue_report`]) and counts it.
     fn send_report(&self, to: &Address, report: &[u8]) -> anyhow::Result<QueueId> {
-        let routes = self.directory.routes_for(to).or_else(|e| {
-            tracing::warn!(%to, "report cannot be routed ({e}); sending it to the postmaster");
-            dsn::postmaster(&self.config)
-                .filter(|p| p != to)
-                .map(|p| self.directory.routes_for(&p))
-                .unwrap_or(Err(e))
-        });
-        let recipients = match routes {
-            Ok(routes) if !routes.is_empty() => routes,
-            _ => anyhow::bail!("no route for a report to {to}, nor to the postmaster"),
-        };
-        let submission = Submission::new(ReversePath::Null, Recipients::Routes(recipients));
-        let id = submit(&self.config, &self.directory, submission, report)?;
+        let id = dsn::queue_report(&self.config, &self.directory, to, report)?;
         self.tally.reports.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(report_id = %id, %to, "report queued");
         Ok(id)
     }
 }
