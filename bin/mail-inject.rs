@@ -81,6 +81,7 @@ struct Options {
 struct Failure(u8, String);
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("mail-inject", "warn");
     let mut argv = std::env::args();
     // Debian links mailq and newaliases to /usr/sbin/sendmail: the name

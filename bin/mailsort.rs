@@ -71,6 +71,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("mailsort", "warn");
     let args = Args::parse();
     match run(args) {

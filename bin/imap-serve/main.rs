@@ -45,6 +45,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("imap-serve", "info");
     let args = Args::parse();
     // A standalone server returns the memory a big command used.

@@ -126,6 +126,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("list-expand", "warn");
     let cli = Cli::parse();
     match run(cli) {

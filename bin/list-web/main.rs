@@ -64,6 +64,7 @@ pub struct Request {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("list-web", "info");
     let cli = Cli::parse();
     let cgi = !cli.http;

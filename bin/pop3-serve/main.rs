@@ -28,6 +28,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("pop3-serve", "info");
     let args = Args::parse();
     match run(args) {

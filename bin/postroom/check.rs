@@ -49,6 +49,7 @@ pub fn run(config: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<ExitCode>
     check_files(&config, &mut report);
     check_postmaster(&config, &mut report);
     check_secrets(&config, &mut report);
+    check_writable(&config, &mut report);
     check_access(&config, &mut report);
     check_tls(&config, &mut report);
     check_queue(&config, args.fix, &mut report);
@@ -193,7 +194,13 @@ fn check_postmaster(config: &Config, report: &mut Report) {
 /// the SRS and list unsubscribe secrets.
 fn check_secrets(config: &Config, report: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
-    let mut secrets = vec![config.users_file(), config.tls_key()];
+    // The users index holds the same password hashes as the users file.
+    let mut secrets = vec![
+        config.users_file(),
+        postroom::directory::index::path_for(&config.users_file()),
+        config.tls_key(),
+    ];
+    secrets.extend(config.dkim.iter().map(|key| config.path(&key.key)));
     if let Some(file) = &config.sieve.srs_secret_file {
         secrets.push(config.path(file));
     }
@@ -211,6 +218,56 @@ fn check_secrets(config: &Config, report: &mut Report) {
                 "{} is readable by everyone (mode {mode:04o}): chmod o-rwx {}",
                 file.display(),
                 file.display()
+            ));
+        }
+    }
+}
+
+/// Files and folders that say what runs and where mail goes, writable by
+/// users other than the tree's owner (a permissive umask when they were
+/// made, or a chmod): anyone who can write the aliases file runs commands
+/// as its owner, and anyone who can write a queue or mail folder can
+/// plant or remove mail. Postfix's `postfix check` warns the same way.
+fn check_writable(config: &Config, report: &mut Report) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut paths = vec![
+        config.file.clone(),
+        config.dir.clone(),
+        config.users_file(),
+        config.aliases_file(),
+        config.domains_file(),
+        config.access_file(),
+        config.mail_dir(),
+        config.queue_dir(),
+        config.lists_dir(),
+        config.state_dir(),
+    ];
+    if let Ok(entries) = std::fs::read_dir(config.queue_dir()) {
+        paths.extend(entries.flatten().map(|e| e.path()));
+    }
+    for path in paths {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // a missing file is said where it is read
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        // A sticky world-writable folder (/tmp's kind) is not named here:
+        // nothing of the tree should be one, but it is no open door.
+        if meta.is_dir() && mode & 0o1000 != 0 {
+            continue;
+        }
+        // Group write may be meant (contrib/web: a web server's CGI in the
+        // tree's group); world write never is.
+        if mode & 0o002 != 0 {
+            report.problems.push(format!(
+                "{} is writable by everyone (mode {mode:04o}): chmod go-w {}",
+                path.display(),
+                path.display()
+            ));
+        } else if mode & 0o020 != 0 {
+            report.warnings.push(format!(
+                "{} is writable by its group (mode {mode:04o}): every member of the group can                  change what it holds as the tree's owner; if that is not meant, chmod g-w {}",
+                path.display(),
+                path.display()
             ));
         }
     }

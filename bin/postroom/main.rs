@@ -91,6 +91,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("postroom", "warn");
     let cli = Cli::parse();
     let config = cli.config;

@@ -32,6 +32,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("sieve-serve", "info");
     let args = Args::parse();
     match run(args) {

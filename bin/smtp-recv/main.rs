@@ -43,6 +43,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("smtp-recv", "info");
     let args = Args::parse();
     match run(args) {

@@ -60,6 +60,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    postroom::store::fsutil::tighten_umask();
     postroom::net::log::init("smtp-send", "info");
     let args = Args::parse();
     match run(args) {

@@ -102,6 +102,19 @@ pub fn parent_of(path: &Path) -> &Path {
 /// as another user of that group can), everyone else nothing.
 pub const SECRET_MODE: u32 = 0o640;
 
+/// Makes sure nothing this process creates is writable by group or
+/// others, whatever umask it was started with (a `umask 000` shell, a
+/// service manager's default): a world-writable aliases file or queue
+/// folder would let any local user run commands as the tree's owner. A
+/// stricter umask is kept. Postfix and qmail do the same at start. Every
+/// program calls it first thing.
+pub fn tighten_umask() {
+    use nix::sys::stat::{Mode, umask};
+    let group_and_others_write = Mode::S_IWGRP | Mode::S_IWOTH;
+    let old = umask(group_and_others_write);
+    umask(old | group_and_others_write);
+}
+
 /// Replaces `path` with `data` atomically and durably: a reader sees the old
 /// content or the new, never a mix, and after return the new content survives
 /// a crash. The temporary name is unique per host and process so two writers

@@ -837,3 +837,95 @@ fn init_puts_the_config_where_the_install_layout_wants_it() {
     assert_eq!(mode(&tree.join("users")), 0o640);
     ok("check", &run(&["check"]));
 }
+
+/// An outside review: under `umask 000` init made the tree, the queue and
+/// the aliases file writable by everyone (any local user could add a
+/// `"|command"` alias run as the tree's owner), and `postroom check`
+/// called it healthy; nor did check name a world-readable DKIM key or
+/// users index (the password hashes). Every program now keeps group and
+/// others from writing what it creates, and check names both.
+#[test]
+fn a_permissive_umask_makes_nothing_writable_and_check_names_open_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000 && exec {} init {} --domain example.test",
+            bin("postroom").display(),
+            root.display()
+        ))
+        .output()
+        .unwrap();
+    ok("init", &out);
+    let config = root.join("postroom.toml");
+    // check looks up the DKIM record: on a loopback port nobody answers.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\n");
+    std::fs::write(&config, text).unwrap();
+    let postroom = |args: &[&str]| {
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 000 && exec \"$@\"")
+            .arg("sh")
+            .arg(bin("postroom"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(
+        "user add",
+        &postroom(&["user", "add", "ann@example.test", "--password", "{PLAIN}x"]),
+    );
+    ok(
+        "alias add",
+        &postroom(&["alias", "add", "root@example.test", "ann"]),
+    );
+    ok("keygen", &postroom(&["dkim", "keygen", "example.test"]));
+    let mut open = Vec::new();
+    let mut walk = vec![root.clone()];
+    while let Some(path) = walk.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.permissions().mode() & 0o022 != 0 {
+            open.push(format!("{} {:o}", path.display(), mode(&path)));
+        }
+        if meta.is_dir() {
+            walk.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(open.is_empty(), "writable by others: {open:#?}");
+    let said = stdout(&postroom(&["check"]));
+    assert!(
+        !said.contains("by everyone") && !said.contains("by its group"),
+        "{said}"
+    );
+
+    let loaded = postroom::config::Config::load(&config).unwrap();
+    let key = loaded.path(&loaded.dkim[0].key);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let index = root.join("users.index");
+    std::fs::set_permissions(&index, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let aliases = root.join("aliases");
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = postroom(&["check"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let said = stdout(&out);
+    for named in [&key, &index] {
+        assert!(
+            said.contains(&format!(
+                "warning: {} is readable by everyone",
+                named.display()
+            )),
+            "{said}"
+        );
+    }
+    assert!(
+        said.contains(&format!(
+            "problem: {} is writable by everyone",
+            aliases.display()
+        )),
+        "{said}"
+    );
+}
