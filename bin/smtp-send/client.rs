@@ -446,6 +446,13 @@ impl Client {
         for (n, (i, _)) in rcpts.iter().enumerate() {
             match replies.get(n + 1) {
                 Some(reply) if reply.class() == 2 => accepted.push(*i),
+                // RFC 5321 §4.5.3.1.10: a 552 to RCPT is RFC 821's "too
+                // many recipients" and is taken as the 452 it should be:
+                // the recipient waits for a later transaction. Its reply
+                // is kept as the server gave it.
+                Some(reply) if reply.code == 552 => {
+                    outcomes.push((*i, Outcome::Deferred(self.said(reply))));
+                }
                 Some(reply) => outcomes.push((*i, refusal(self.said(reply), reply))),
                 None => outcomes.push((
                     *i,

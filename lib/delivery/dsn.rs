@@ -311,11 +311,16 @@ fn status_of(reply: &str, action: &str) -> String {
                 .iter()
                 .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
     };
+    // A delay is of class 4 whatever the reply's class (RFC 3464 §2.3.4).
+    let class = |status: &str| match action {
+        "delayed" => format!("4{}", &status[1..]),
+        _ => status.to_string(),
+    };
     if is_status(enhanced) {
-        return enhanced.to_string();
+        return class(enhanced);
     }
     if is_status(basic) {
-        return basic.to_string();
+        return class(basic);
     }
     match (basic.as_bytes().first(), action) {
         (_, "delivered" | "relayed") => "2.0.0".into(),
@@ -465,6 +470,8 @@ mod tests {
         assert_eq!(status_of("452 too many", "delayed"), "4.0.0");
         assert_eq!(status_of("554 nope", "failed"), "5.0.0");
         assert_eq!(status_of("5.1.10 null MX", "failed"), "5.1.10");
+        // A reply of class 5 that only deferred (a 552 to RCPT, a greeting).
+        assert_eq!(status_of("552 5.5.3 too many", "delayed"), "4.5.3");
         assert_eq!(
             remote_mta("421 bye (from mx.x.test[::1])"),
             Some("mx.x.test")

@@ -426,6 +426,36 @@ fn a_message_over_the_servers_size_fails_without_being_sent() {
 }
 
 #[test]
+fn a_552_to_rcpt_waits_like_a_452() {
+    // warn_after 0: the first deferral brings a delay report.
+    let w = World::far("\n[queue]\nwarn_after = 0\n");
+    let sink = w.sink(
+        2,
+        Behaviour {
+            rcpt: Arc::new(|rcpt: &str| {
+                (rcpt == "r2@far.test").then(|| "552 5.5.3 too many recipients".to_string())
+            }),
+            ..Behaviour::default()
+        },
+    );
+    w.queue_mail(&["r1@far.test", "r2@far.test"], "hello\n");
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages()[0].rcpts, ["r1@far.test"]);
+    let ids = w.queue_ids();
+    assert_eq!(ids.len(), 1, "r2 waits for a later transaction");
+    let show = w.show(&ids[0]);
+    assert!(show.contains("552 5.5.3 too many recipients"), "{show}");
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0].contains("Action: delayed") && !reports[0].contains("Action: failed"),
+        "{}",
+        reports[0]
+    );
+    assert!(reports[0].contains("Status: 4.5.3"), "{}", reports[0]);
+}
+
+#[test]
 fn a_connection_dropped_mid_data_defers_without_a_bounce() {
     let w = World::far("");
     let _sink = w.sink(
