@@ -227,9 +227,10 @@ impl Client {
         format!("{}[{}]", self.host, self.addr.ip())
     }
 
-    /// A reply as the queue log keeps it: code, text, who said it.
+    /// A reply as the queue log keeps it: code, text, who said it
+    /// (`delivery::reply`, which reports read it back with).
     fn said(&self, reply: &Reply) -> String {
-        format!("{} {} (from {})", reply.code, reply.text, self.peer())
+        postroom::delivery::reply::from_server(reply.code, &reply.text, &self.host, self.addr.ip())
     }
 
     async fn hello(&mut self, helo: &str) -> Result<(), SessionError> {
@@ -369,10 +370,14 @@ impl Client {
         match reply.class() {
             2 => Ok(()),
             // A rejected password will not get better by trying again, but
-            // the admin can fix it before the lifetime runs out.
+            // the admin can fix it before the lifetime runs out. Recorded
+            // as our diagnosis: the server's reply was to AUTH, not to a
+            // recipient.
             _ => Err(SessionError::Temporary(format!(
-                "451 4.7.8 authentication failed: {}",
-                self.said(&reply)
+                "451 4.7.8 authentication with {} failed: it answered {} {}",
+                self.peer(),
+                reply.code,
+                reply.text
             ))),
         }
     }

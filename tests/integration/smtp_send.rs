@@ -455,6 +455,79 @@ fn a_552_to_rcpt_waits_like_a_452() {
     assert!(reports[0].contains("Status: 4.5.3"), "{}", reports[0]);
 }
 
+/// The report's lines that start with `field`.
+fn report_fields<'a>(report: &'a str, field: &str) -> Vec<&'a str> {
+    report
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with(field))
+        .collect()
+}
+
+#[test]
+fn diagnostic_code_is_the_servers_reply_or_says_it_is_ours() {
+    // lifetime 0: a deferral fails at once, as one at the end of the
+    // lifetime does.
+    let w = World::new(
+        vec![
+            ("far.test", mx(10, "mx.far.test")),
+            ("mx.far.test", a(2)),
+            ("dead.test", mx(10, "mx.dead.test")),
+            ("mx.dead.test", a(3)),
+        ],
+        "\n[queue]\nlifetime = 0\n",
+    );
+    // Nothing listens on .3: the connection is refused.
+    let _sink = w.sink(
+        2,
+        Behaviour {
+            rcpt: Arc::new(|rcpt: &str| {
+                (rcpt == "bob@far.test").then(|| "550 5.1.1 no such user".to_string())
+            }),
+            ..Behaviour::default()
+        },
+    );
+    w.queue_mail(&["bob@far.test"], "hello\n");
+    w.queue_mail(&["zed@dead.test"], "hello\n");
+    ok(&w.send(&["--once"]));
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let report = |rcpt: &str| {
+        reports
+            .iter()
+            .find(|r| r.contains(&format!("Final-Recipient: rfc822; {rcpt}")))
+            .unwrap_or_else(|| panic!("no report on {rcpt}: {reports:?}"))
+            .as_str()
+    };
+
+    let refused = report("bob@far.test");
+    assert_eq!(
+        report_fields(refused, "Diagnostic-Code:"),
+        ["Diagnostic-Code: smtp; 550 5.1.1 no such user"]
+    );
+    assert_eq!(
+        report_fields(refused, "Remote-MTA:"),
+        ["Remote-MTA: dns; mx.far.test"]
+    );
+
+    let unreached = report("zed@dead.test");
+    let code = report_fields(unreached, "Diagnostic-Code:");
+    assert_eq!(code.len(), 1, "{unreached}");
+    assert!(
+        code[0]
+            .starts_with("Diagnostic-Code: X-Postroom; cannot connect to mx.dead.test[127.0.0.3]"),
+        "{unreached}"
+    );
+    assert!(!code[0].contains("gave up"), "{unreached}");
+    assert!(
+        report_fields(unreached, "Remote-MTA:").is_empty(),
+        "{unreached}"
+    );
+    assert_eq!(report_fields(unreached, "Status:"), ["Status: 4.4.1"]);
+    // The words for people keep the context.
+    assert!(unreached.contains("gave up after 0 days"), "{unreached}");
+}
+
 #[test]
 fn a_connection_dropped_mid_data_defers_without_a_bounce() {
     let w = World::far("");
