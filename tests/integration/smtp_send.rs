@@ -426,6 +426,96 @@ fn a_message_over_the_servers_size_fails_without_being_sent() {
 }
 
 #[test]
+fn eight_bit_content_goes_as_quoted_printable_to_a_server_without_8bitmime() {
+    use postroom::proto::address::{Address, ReversePath};
+    use postroom::proto::mime::{self, Binary};
+    use postroom::store::queue::{Envelope, Recipient, Route};
+    let w = World::new(
+        vec![
+            ("far.test", mx(10, "mx.far.test")),
+            ("mx.far.test", a(2)),
+            ("new.test", mx(10, "mx.new.test")),
+            ("mx.new.test", a(3)),
+        ],
+        "",
+    );
+    let old = w.sink(
+        2,
+        Behaviour {
+            eightbitmime: false,
+            ..Behaviour::default()
+        },
+    );
+    let new = w.sink(3, Behaviour::default());
+    let message = "From: ann@example.test\nTo: bob@far.test\nSubject: x\nMIME-Version: 1.0\n\
+                   Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n\
+                   caf\u{e9} cr\u{e8}me\n";
+    // mail-inject declares the 8-bit body BODY=8BITMIME.
+    for to in ["bob@far.test", "cat@new.test"] {
+        let out = w
+            .tree
+            .inject(&["-f", "ann@example.test", to], message.as_bytes());
+        assert!(out.status.success(), "inject: {}", stderr(&out));
+    }
+    // 8-bit header fields have no 7-bit form without SMTPUTF8.
+    let mut envelope = Envelope::new(
+        ReversePath::parse("ann@example.test").unwrap(),
+        vec![Recipient::new(
+            Route::Remote,
+            Address::parse("dan@far.test").unwrap(),
+        )],
+    );
+    envelope.body_type = Some(postroom::proto::address::EnvelopeText::new("8BITMIME", 10).unwrap());
+    w.tree
+        .queue()
+        .enqueue(
+            &envelope,
+            "From: ann@example.test\r\nSubject: caf\u{e9}\r\n\r\nbody\r\n".as_bytes(),
+        )
+        .unwrap();
+    ok(&w.send(&["--once"]));
+
+    let got = old.messages();
+    assert_eq!(got.len(), 1, "only the message with a 7-bit form went");
+    assert!(!got[0].mail_from.contains("BODY="), "{}", got[0].mail_from);
+    assert!(
+        got[0].data.is_ascii(),
+        "{}",
+        String::from_utf8_lossy(&got[0].data)
+    );
+    let text = String::from_utf8(got[0].data.clone()).unwrap();
+    assert_eq!(
+        text.matches("Content-Transfer-Encoding:").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+        "{text}"
+    );
+    let root = mime::parse(&got[0].data);
+    let Binary::Data(body) = mime::binary_data(&got[0].data, Some(&root), &[1]) else {
+        panic!("no body in {text}");
+    };
+    assert_eq!(body, "caf\u{e9} cr\u{e8}me\r\n".as_bytes());
+
+    // A server with 8BITMIME gets the message as it is.
+    let got = new.messages();
+    assert!(got[0].mail_from.contains("BODY=8BITMIME"));
+    assert!(String::from_utf8_lossy(&got[0].data).contains("caf\u{e9} cr\u{e8}me\r\n"));
+
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0].contains("Final-Recipient: rfc822; dan@far.test")
+            && reports[0].contains("Status: 5.6.3"),
+        "{}",
+        reports[0]
+    );
+    assert!(w.queue_ids().is_empty());
+}
+
+#[test]
 fn a_552_to_rcpt_waits_like_a_452() {
     // warn_after 0: the first deferral brings a delay report.
     let w = World::far("\n[queue]\nwarn_after = 0\n");
