@@ -6,7 +6,9 @@
 //! `smtp-proto` crate. With PIPELINING, MAIL, every RCPT and DATA go in one
 //! write and their replies are read in order; without, one by one. The
 //! body goes through [`DataEncoder`], so the other side sees CRLF lines of
-//! at most 998 octets, dot-stuffed, whatever the queue file holds.
+//! at most 998 octets, dot-stuffed, whatever the queue file holds; to a
+//! server without 8BITMIME, 8-bit content goes in its 7-bit form
+//! (`proto::seven_bit`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use postroom::delivery::deliver::Outcome;
 use postroom::delivery::envelope_smtp::{Offered, mail_command, rcpt_command};
 use postroom::net::tlsrpt::TlsFailure;
 use postroom::proto::address::ReversePath;
+use postroom::proto::seven_bit::{self, NoSevenBitForm};
 use postroom::proto::smtp::DataEncoder;
 use postroom::store::queue::{Envelope, QueuedMessage, Recipient};
 use rustls_pki_types::ServerName;
@@ -227,9 +230,10 @@ impl Client {
         format!("{}[{}]", self.host, self.addr.ip())
     }
 
-    /// A reply as the queue log keeps it: code, text, who said it.
+    /// A reply as the queue log keeps it: code, text, who said it
+    /// (`delivery::reply`, which reports read it back with).
     fn said(&self, reply: &Reply) -> String {
-        format!("{} {} (from {})", reply.code, reply.text, self.peer())
+        postroom::delivery::reply::from_server(reply.code, &reply.text, &self.host, self.addr.ip())
     }
 
     async fn hello(&mut self, helo: &str) -> Result<(), SessionError> {
@@ -369,10 +373,14 @@ impl Client {
         match reply.class() {
             2 => Ok(()),
             // A rejected password will not get better by trying again, but
-            // the admin can fix it before the lifetime runs out.
+            // the admin can fix it before the lifetime runs out. Recorded
+            // as our diagnosis: the server's reply was to AUTH, not to a
+            // recipient.
             _ => Err(SessionError::Temporary(format!(
-                "451 4.7.8 authentication failed: {}",
-                self.said(&reply)
+                "451 4.7.8 authentication with {} failed: it answered {} {}",
+                self.peer(),
+                reply.code,
+                reply.text
             ))),
         }
     }
@@ -392,24 +400,47 @@ impl Client {
             rcpts.iter().map(|(i, _)| (*i, outcome.clone())).collect()
         };
         let ext = self.extensions.clone();
-        if ext.size > 0 && message.body_size > ext.size {
-            return Ok(everyone(Outcome::Failed(format!(
-                "552 5.3.4 message of {} bytes is larger than {} takes ({} bytes)",
-                message.body_size,
-                self.peer(),
-                ext.size
-            ))));
-        }
-        if needs_smtputf8(envelope, sender, rcpts) && !ext.smtputf8 {
+        let smtputf8 = needs_smtputf8(envelope, sender, rcpts);
+        if smtputf8 && !ext.smtputf8 {
             return Ok(everyone(Outcome::Failed(format!(
                 "553 5.6.7 {} does not support SMTPUTF8, which this message needs",
                 self.peer()
             ))));
         }
+        // 8-bit content goes to a server without 8BITMIME in its 7-bit
+        // form (RFC 6152 §3). An SMTPUTF8 message went above to a server
+        // that offers SMTPUTF8, which promises 8BITMIME (RFC 6531 §3.1).
+        let converted = if ext.eightbitmime || smtputf8 {
+            None
+        } else {
+            match seven_bit_body(message).await {
+                Ok(converted) => converted,
+                Err(SevenBit::Unreadable(text)) => return Ok(everyone(Outcome::Deferred(text))),
+                Err(SevenBit::Impossible(why)) => {
+                    return Ok(everyone(Outcome::Failed(format!(
+                        "554 5.6.3 {} does not support 8BITMIME, and this message has \
+                         no 7-bit form: {why}",
+                        self.peer()
+                    ))));
+                }
+            }
+        };
+        if converted.is_some() {
+            tracing::info!(queue_id = %message.id, host = %self.peer(), "converted to 7-bit MIME");
+        }
+        let size = converted
+            .as_ref()
+            .map_or(message.body_size, |body| body.len() as u64);
+        if ext.size > 0 && size > ext.size {
+            return Ok(everyone(Outcome::Failed(format!(
+                "552 5.3.4 message of {size} bytes is larger than {} takes ({} bytes)",
+                self.peer(),
+                ext.size
+            ))));
+        }
 
         let mut commands: Vec<Vec<u8>> = Vec::with_capacity(rcpts.len() + 2);
-        commands
-            .push(mail_command(envelope, sender, message.body_size, offered(&ext)).into_bytes());
+        commands.push(mail_command(envelope, sender, size, offered(&ext)).into_bytes());
         for (_, rcpt) in rcpts {
             commands.push(rcpt_command(rcpt, offered(&ext)).into_bytes());
         }
@@ -446,6 +477,13 @@ impl Client {
         for (n, (i, _)) in rcpts.iter().enumerate() {
             match replies.get(n + 1) {
                 Some(reply) if reply.class() == 2 => accepted.push(*i),
+                // RFC 5321 §4.5.3.1.10: a 552 to RCPT is RFC 821's "too
+                // many recipients" and is taken as the 452 it should be:
+                // the recipient waits for a later transaction. Its reply
+                // is kept as the server gave it.
+                Some(reply) if reply.code == 552 => {
+                    outcomes.push((*i, Outcome::Deferred(self.said(reply))));
+                }
                 Some(reply) => outcomes.push((*i, refusal(self.said(reply), reply))),
                 None => outcomes.push((
                     *i,
@@ -479,7 +517,10 @@ impl Client {
             }
         }
 
-        self.send_body(message).await?;
+        match &converted {
+            Some(body) => self.send_converted(body).await?,
+            None => self.send_body(message).await?,
+        }
         let done = self.read_reply(self.data_timeout).await?;
         let outcome = match done.class() {
             2 => Outcome::Delivered(self.said(&done)),
@@ -518,6 +559,20 @@ impl Client {
             left -= n as u64;
             wire.clear();
             encoder.push(&chunk[..n], &mut wire);
+            self.send(&wire).await?;
+        }
+        wire.clear();
+        encoder.finish(&mut wire);
+        self.send(&wire).await
+    }
+
+    /// Sends a body made in memory (the 7-bit form of one).
+    async fn send_converted(&mut self, body: &[u8]) -> Result<(), SessionError> {
+        let mut encoder = DataEncoder::new();
+        let mut wire = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
+        for chunk in body.chunks(BODY_CHUNK) {
+            wire.clear();
+            encoder.push(chunk, &mut wire);
             self.send(&wire).await?;
         }
         wire.clear();
@@ -704,6 +759,47 @@ fn refusal(line: String, reply: &Reply) -> Outcome {
     } else {
         Outcome::Failed(line)
     }
+}
+
+/// Why a body has no 7-bit form to send.
+enum SevenBit {
+    /// The queue file cannot be read now: try again later.
+    Unreadable(String),
+    /// Nor will it ever have one.
+    Impossible(NoSevenBitForm),
+}
+
+/// The 7-bit form of the message's body (`proto::seven_bit`) for a server
+/// that does not offer 8BITMIME, or `None` when the body is 7-bit as it
+/// is. Read whole: only such servers need it, and few are left.
+///
+/// A DKIM signature added as the message entered the queue
+/// (`delivery::dkim`, at submission: the queue file is immutable after)
+/// covers the 8-bit body and no longer verifies once it is converted;
+/// Postfix's conversion breaks it the same way. The signature cannot come
+/// after: which servers lack 8BITMIME is known only here.
+async fn seven_bit_body(message: &QueuedMessage) -> Result<Option<Vec<u8>>, SevenBit> {
+    let unreadable =
+        |e: String| SevenBit::Unreadable(format!("451 4.3.0 cannot read the queue file: {e}"));
+    let file = tokio::fs::read(message.path())
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+    let body = usize::try_from(message.body_offset)
+        .ok()
+        .zip(usize::try_from(message.body_length()).ok())
+        .and_then(|(start, len)| file.get(start..start.checked_add(len)?))
+        .ok_or_else(|| {
+            unreadable(format!(
+                "{} is shorter than its body; see postroom check",
+                message.id
+            ))
+        })?;
+    if body.is_ascii() {
+        return Ok(None);
+    }
+    seven_bit::to_seven_bit(body)
+        .map(Some)
+        .map_err(SevenBit::Impossible)
 }
 
 fn needs_smtputf8(envelope: &Envelope, sender: &ReversePath, rcpts: &[(usize, Recipient)]) -> bool {

@@ -304,9 +304,9 @@ pub fn expire(outcome: Outcome, arrived: u64, now: u64, config: &Config) -> Outc
         Outcome::Deferred(text)
             if now.saturating_sub(arrived) >= config.queue.lifetime.as_secs() =>
         {
-            Outcome::Failed(format!(
-                "{text} (gave up after {} days)",
-                config.queue.lifetime.as_secs() / 86400
+            Outcome::Failed(crate::delivery::reply::gave_up(
+                &text,
+                config.queue.lifetime.as_secs() / 86400,
             ))
         }
         other => other,

@@ -146,14 +146,16 @@ pub fn report_on(
             rcpt.address,
             status_of(reply, action)
         ));
-        if let Some(mta) = remote_mta(reply) {
+        // What the server said, or what we did (the host and the days
+        // given up after are in the words above).
+        let diagnostic = crate::delivery::reply::diagnostic(reply);
+        if let Some(mta) = diagnostic.remote_mta {
             machine.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
         }
-        if reply.as_bytes().first().is_some_and(u8::is_ascii_digit) {
-            machine.push_str(&format!("Diagnostic-Code: smtp; {reply}\r\n"));
-        } else {
-            machine.push_str(&format!("Diagnostic-Code: X-Postroom; {reply}\r\n"));
-        }
+        machine.push_str(&format!(
+            "Diagnostic-Code: {}; {}\r\n",
+            diagnostic.kind, diagnostic.text
+        ));
         machine.push_str(&format!(
             "Last-Attempt-Date: {}\r\n",
             message::rfc5322_date(now)
@@ -311,11 +313,16 @@ fn status_of(reply: &str, action: &str) -> String {
                 .iter()
                 .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
     };
+    // A delay is of class 4 whatever the reply's class (RFC 3464 §2.3.4).
+    let class = |status: &str| match action {
+        "delayed" => format!("4{}", &status[1..]),
+        _ => status.to_string(),
+    };
     if is_status(enhanced) {
-        return enhanced.to_string();
+        return class(enhanced);
     }
     if is_status(basic) {
-        return basic.to_string();
+        return class(basic);
     }
     match (basic.as_bytes().first(), action) {
         (_, "delivered" | "relayed") => "2.0.0".into(),
@@ -323,14 +330,6 @@ fn status_of(reply: &str, action: &str) -> String {
         (Some(b'4'), _) => "4.0.0".into(),
         _ => "5.0.0".into(),
     }
-}
-
-/// The host named in a remote reply: replies from other systems are
-/// recorded as `CODE TEXT (from HOST[IP])`.
-fn remote_mta(reply: &str) -> Option<&str> {
-    let start = reply.rfind("(from ")? + "(from ".len();
-    let end = reply[start..].find('[')? + start;
-    Some(&reply[start..end])
 }
 
 /// The original message, or its header, as the report's third part.
@@ -465,9 +464,7 @@ mod tests {
         assert_eq!(status_of("452 too many", "delayed"), "4.0.0");
         assert_eq!(status_of("554 nope", "failed"), "5.0.0");
         assert_eq!(status_of("5.1.10 null MX", "failed"), "5.1.10");
-        assert_eq!(
-            remote_mta("421 bye (from mx.x.test[::1])"),
-            Some("mx.x.test")
-        );
+        // A reply of class 5 that only deferred (a 552 to RCPT, a greeting).
+        assert_eq!(status_of("552 5.5.3 too many", "delayed"), "4.5.3");
     }
 }

@@ -16,6 +16,7 @@ pub mod footer;
 pub mod lists;
 pub mod mailall;
 pub mod quota;
+pub mod reply;
 pub mod sieve;
 pub mod submit;
 pub mod vacation;

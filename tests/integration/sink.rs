@@ -19,6 +19,8 @@ pub struct Behaviour {
     pub greeting: String,
     pub pipelining: bool,
     pub dsn: bool,
+    /// Offer 8BITMIME (RFC 6152).
+    pub eightbitmime: bool,
     /// SIZE limit to announce (0: none).
     pub size: u64,
     pub rcpt: RcptRule,
@@ -39,6 +41,7 @@ impl Default for Behaviour {
             greeting: "220 sink.test ESMTP".into(),
             pipelining: true,
             dsn: true,
+            eightbitmime: true,
             size: 0,
             rcpt: Arc::new(|_| None),
             data_reply: "250 2.0.0 queued".into(),
@@ -157,7 +160,10 @@ fn serve(stream: TcpStream, b: &Behaviour, received: &Mutex<Vec<Received>>) -> s
             if b.auth.is_some() {
                 lines.push("250-AUTH PLAIN".into());
             }
-            lines.push("250 8BITMIME".into());
+            if b.eightbitmime {
+                lines.push("250-8BITMIME".into());
+            }
+            lines.push("250 HELP".into());
             lines.join("\r\n")
         } else if upper == "STARTTLS" && b.tls.is_some() && !tls {
             reader.get_mut().write_all(b"220 2.0.0 go ahead\r\n")?;

@@ -426,6 +426,199 @@ fn a_message_over_the_servers_size_fails_without_being_sent() {
 }
 
 #[test]
+fn eight_bit_content_goes_as_quoted_printable_to_a_server_without_8bitmime() {
+    use postroom::proto::address::{Address, ReversePath};
+    use postroom::proto::mime::{self, Binary};
+    use postroom::store::queue::{Envelope, Recipient, Route};
+    let w = World::new(
+        vec![
+            ("far.test", mx(10, "mx.far.test")),
+            ("mx.far.test", a(2)),
+            ("new.test", mx(10, "mx.new.test")),
+            ("mx.new.test", a(3)),
+        ],
+        "",
+    );
+    let old = w.sink(
+        2,
+        Behaviour {
+            eightbitmime: false,
+            ..Behaviour::default()
+        },
+    );
+    let new = w.sink(3, Behaviour::default());
+    let message = "From: ann@example.test\nTo: bob@far.test\nSubject: x\nMIME-Version: 1.0\n\
+                   Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n\
+                   caf\u{e9} cr\u{e8}me\n";
+    // mail-inject declares the 8-bit body BODY=8BITMIME.
+    for to in ["bob@far.test", "cat@new.test"] {
+        let out = w
+            .tree
+            .inject(&["-f", "ann@example.test", to], message.as_bytes());
+        assert!(out.status.success(), "inject: {}", stderr(&out));
+    }
+    // 8-bit header fields have no 7-bit form without SMTPUTF8.
+    let mut envelope = Envelope::new(
+        ReversePath::parse("ann@example.test").unwrap(),
+        vec![Recipient::new(
+            Route::Remote,
+            Address::parse("dan@far.test").unwrap(),
+        )],
+    );
+    envelope.body_type = Some(postroom::proto::address::EnvelopeText::new("8BITMIME", 10).unwrap());
+    w.tree
+        .queue()
+        .enqueue(
+            &envelope,
+            "From: ann@example.test\r\nSubject: caf\u{e9}\r\n\r\nbody\r\n".as_bytes(),
+        )
+        .unwrap();
+    ok(&w.send(&["--once"]));
+
+    let got = old.messages();
+    assert_eq!(got.len(), 1, "only the message with a 7-bit form went");
+    assert!(!got[0].mail_from.contains("BODY="), "{}", got[0].mail_from);
+    assert!(
+        got[0].data.is_ascii(),
+        "{}",
+        String::from_utf8_lossy(&got[0].data)
+    );
+    let text = String::from_utf8(got[0].data.clone()).unwrap();
+    assert_eq!(
+        text.matches("Content-Transfer-Encoding:").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+        "{text}"
+    );
+    let root = mime::parse(&got[0].data);
+    let Binary::Data(body) = mime::binary_data(&got[0].data, Some(&root), &[1]) else {
+        panic!("no body in {text}");
+    };
+    assert_eq!(body, "caf\u{e9} cr\u{e8}me\r\n".as_bytes());
+
+    // A server with 8BITMIME gets the message as it is.
+    let got = new.messages();
+    assert!(got[0].mail_from.contains("BODY=8BITMIME"));
+    assert!(String::from_utf8_lossy(&got[0].data).contains("caf\u{e9} cr\u{e8}me\r\n"));
+
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0].contains("Final-Recipient: rfc822; dan@far.test")
+            && reports[0].contains("Status: 5.6.3"),
+        "{}",
+        reports[0]
+    );
+    assert!(w.queue_ids().is_empty());
+}
+
+#[test]
+fn a_552_to_rcpt_waits_like_a_452() {
+    // warn_after 0: the first deferral brings a delay report.
+    let w = World::far("\n[queue]\nwarn_after = 0\n");
+    let sink = w.sink(
+        2,
+        Behaviour {
+            rcpt: Arc::new(|rcpt: &str| {
+                (rcpt == "r2@far.test").then(|| "552 5.5.3 too many recipients".to_string())
+            }),
+            ..Behaviour::default()
+        },
+    );
+    w.queue_mail(&["r1@far.test", "r2@far.test"], "hello\n");
+    ok(&w.send(&["--once"]));
+    assert_eq!(sink.messages()[0].rcpts, ["r1@far.test"]);
+    let ids = w.queue_ids();
+    assert_eq!(ids.len(), 1, "r2 waits for a later transaction");
+    let show = w.show(&ids[0]);
+    assert!(show.contains("552 5.5.3 too many recipients"), "{show}");
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0].contains("Action: delayed") && !reports[0].contains("Action: failed"),
+        "{}",
+        reports[0]
+    );
+    assert!(reports[0].contains("Status: 4.5.3"), "{}", reports[0]);
+}
+
+/// The report's lines that start with `field`.
+fn report_fields<'a>(report: &'a str, field: &str) -> Vec<&'a str> {
+    report
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with(field))
+        .collect()
+}
+
+#[test]
+fn diagnostic_code_is_the_servers_reply_or_says_it_is_ours() {
+    // lifetime 0: a deferral fails at once, as one at the end of the
+    // lifetime does.
+    let w = World::new(
+        vec![
+            ("far.test", mx(10, "mx.far.test")),
+            ("mx.far.test", a(2)),
+            ("dead.test", mx(10, "mx.dead.test")),
+            ("mx.dead.test", a(3)),
+        ],
+        "\n[queue]\nlifetime = 0\n",
+    );
+    // Nothing listens on .3: the connection is refused.
+    let _sink = w.sink(
+        2,
+        Behaviour {
+            rcpt: Arc::new(|rcpt: &str| {
+                (rcpt == "bob@far.test").then(|| "550 5.1.1 no such user".to_string())
+            }),
+            ..Behaviour::default()
+        },
+    );
+    w.queue_mail(&["bob@far.test"], "hello\n");
+    w.queue_mail(&["zed@dead.test"], "hello\n");
+    ok(&w.send(&["--once"]));
+    let reports = w.ann_mail();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let report = |rcpt: &str| {
+        reports
+            .iter()
+            .find(|r| r.contains(&format!("Final-Recipient: rfc822; {rcpt}")))
+            .unwrap_or_else(|| panic!("no report on {rcpt}: {reports:?}"))
+            .as_str()
+    };
+
+    let refused = report("bob@far.test");
+    assert_eq!(
+        report_fields(refused, "Diagnostic-Code:"),
+        ["Diagnostic-Code: smtp; 550 5.1.1 no such user"]
+    );
+    assert_eq!(
+        report_fields(refused, "Remote-MTA:"),
+        ["Remote-MTA: dns; mx.far.test"]
+    );
+
+    let unreached = report("zed@dead.test");
+    let code = report_fields(unreached, "Diagnostic-Code:");
+    assert_eq!(code.len(), 1, "{unreached}");
+    assert!(
+        code[0]
+            .starts_with("Diagnostic-Code: X-Postroom; cannot connect to mx.dead.test[127.0.0.3]"),
+        "{unreached}"
+    );
+    assert!(!code[0].contains("gave up"), "{unreached}");
+    assert!(
+        report_fields(unreached, "Remote-MTA:").is_empty(),
+        "{unreached}"
+    );
+    assert_eq!(report_fields(unreached, "Status:"), ["Status: 4.4.1"]);
+    // The words for people keep the context.
+    assert!(unreached.contains("gave up after 0 days"), "{unreached}");
+}
+
+#[test]
 fn a_connection_dropped_mid_data_defers_without_a_bounce() {
     let w = World::far("");
     let _sink = w.sink(
