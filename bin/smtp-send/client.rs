@@ -701,6 +701,12 @@ impl Client {
         }
     }
 
+    /// Whether the server said DSN (RFC 3461) in its EHLO reply, so the
+    /// NOTIFY of what it accepts is its to honour.
+    pub fn speaks_dsn(&self) -> bool {
+        self.extensions.dsn
+    }
+
     pub fn is_tls(&self) -> bool {
         match self.stream {
             Stream::Tls(_) => true,

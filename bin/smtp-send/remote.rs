@@ -41,8 +41,18 @@ pub struct Job {
     /// The return path (the envelope's sender, or its VERP form).
     pub sender: ReversePath,
     pub rcpts: Vec<(usize, Recipient)>,
-    /// Where the outcomes go, one per recipient.
-    pub done: oneshot::Sender<Vec<(usize, Outcome)>>,
+    /// Where the outcomes go.
+    pub done: oneshot::Sender<Delivery>,
+}
+
+/// What became of a job.
+pub struct Delivery {
+    /// One per recipient.
+    pub outcomes: Vec<(usize, Outcome)>,
+    /// Those delivered went to a server that does not speak DSN, so their
+    /// NOTIFY ended here: a success report is ours to send, "relayed"
+    /// (RFC 3461 §5.2.3).
+    pub relayed: bool,
 }
 
 /// Where a recipient domain's mail goes.
@@ -227,8 +237,10 @@ impl Dispatcher {
                 }
             };
             let outcomes = self.deliver(&queue, &mut client, &job).await;
+            // A delivery leaves the connection it was made on open.
+            let relayed = client.as_ref().is_some_and(|c| !c.speaks_dsn());
             // The message's task may be gone (shutting down); nothing to do.
-            let _ = job.done.send(outcomes);
+            let _ = job.done.send(Delivery { outcomes, relayed });
         }
         if let Some(mut client) = client {
             client.quit().await;

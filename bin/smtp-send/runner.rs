@@ -28,7 +28,7 @@ use postroom::store::queue::{
 use postroom::store::{fsutil, queue};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::remote::{Destination, Dispatcher, Job};
+use crate::remote::{Delivery, Destination, Dispatcher, Job};
 
 /// Which messages a pass works, and whether backoff is respected.
 #[derive(Debug, Clone)]
@@ -348,11 +348,12 @@ impl Runner {
         while let Some(result) = waiting.join_next().await {
             // A dropped sender means the worker died: those recipients are
             // simply tried again next time.
-            let Ok((relay, Ok(outcomes))) = result else {
+            let Ok((relay, Ok(Delivery { outcomes, relayed }))) = result else {
                 continue;
             };
             self.tally.count(&outcomes);
             let (config, locked) = (self.config.clone(), locked.clone());
+            let directory = self.directory.clone();
             blocking(move || {
                 let mut locked = locked.lock().unwrap_or_else(|e| e.into_inner());
                 let now = fsutil::now_secs();
@@ -363,6 +364,16 @@ impl Runner {
                     .collect();
                 for (i, outcome) in &outcomes {
                     deliver::log_outcome(&locked.message, *i, &relay, outcome);
+                }
+                // Handed to a server without DSN: "relayed" reports are ours.
+                if relayed {
+                    deliver::report_successes(
+                        &config,
+                        &directory,
+                        &locked.message,
+                        &outcomes,
+                        true,
+                    );
                 }
                 let entries = deliver::log_entries(&config, &locked.message, &outcomes);
                 // When these deliveries finish the message, it is removed

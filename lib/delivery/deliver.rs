@@ -62,7 +62,7 @@ pub fn deliver_local(
     let tries: Vec<LogEntry> = due.iter().map(|&i| LogEntry::Try(i)).collect();
     locked.record(&tries, false)?;
     let outcomes = attempt(config, directory, &locked.message, &due)?;
-    report_successes(config, directory, &locked.message, &outcomes);
+    report_successes(config, directory, &locked.message, &outcomes, false);
     // A pipe is not idempotent, so its outcome must not be lost.
     let durable = due
         .iter()
@@ -145,7 +145,7 @@ fn enter_queue(
     };
     let due = due_local(&staged.message, true);
     let outcomes = attempt(config, directory, &staged.message, &due)?;
-    report_successes(config, directory, &staged.message, &outcomes);
+    report_successes(config, directory, &staged.message, &outcomes, false);
     let remote = staged
         .message
         .envelope
@@ -164,13 +164,16 @@ fn enter_queue(
 }
 
 /// The success reports owed for the deliveries among `outcomes`
-/// ([`dsn::report_successes`]). One that cannot be queued is logged: the
-/// mail itself is delivered, and refusing it now would deliver it twice.
-fn report_successes(
+/// ([`dsn::report_successes`]; `relayed`: to a server without DSN),
+/// queued before the deliveries are recorded. One that cannot be queued
+/// is logged: the mail itself is delivered, and refusing or retrying it
+/// now would deliver it twice.
+pub fn report_successes(
     config: &Config,
     directory: &Directory,
     message: &QueuedMessage,
     outcomes: &[(usize, Outcome)],
+    relayed: bool,
 ) {
     let delivered: Vec<(usize, &str)> = outcomes
         .iter()
@@ -183,7 +186,7 @@ fn report_successes(
         return;
     }
     if let Err(e) =
-        crate::delivery::dsn::report_successes(config, directory, message, &delivered, false)
+        crate::delivery::dsn::report_successes(config, directory, message, &delivered, relayed)
     {
         tracing::error!(queue_id = %message.id, "success report not queued: {e}");
     }

@@ -1204,3 +1204,67 @@ fn a_queue_file_without_a_recorded_length_is_delivered_as_before() {
     assert!(text.contains("line 199 of a message"), "{text}");
     assert!(w.queue_ids().is_empty());
 }
+
+/// RFC 3461 §5.2.3 (an outside review): a recipient with NOTIFY=SUCCESS
+/// handed to a server that does not speak DSN gets its sender a
+/// "relayed" report, since nobody further on will send one; a server that
+/// speaks DSN is passed the NOTIFY and reports itself.
+#[test]
+fn notify_success_to_a_server_without_dsn_gets_a_relayed_report() {
+    let w = World::new(
+        vec![
+            ("old.test", mx(10, "mx.old.test")),
+            ("mx.old.test", a(2)),
+            ("new.test", mx(10, "mx.new.test")),
+            ("mx.new.test", a(3)),
+        ],
+        "",
+    );
+    let old = w.sink(
+        2,
+        Behaviour {
+            dsn: false,
+            ..Behaviour::default()
+        },
+    );
+    let new = w.sink(3, Behaviour::default());
+    let out = w.tree.inject(
+        &[
+            "-f",
+            "ann@example.test",
+            "-N",
+            "success,failure",
+            "bob@old.test",
+            "cat@new.test",
+        ],
+        b"Subject: tell me\n\nx\n",
+    );
+    assert!(out.status.success(), "inject: {}", stderr(&out));
+    ok(&w.send(&["--once"]));
+    assert_eq!(old.messages().len(), 1);
+    let to_new = new.messages();
+    assert_eq!(to_new.len(), 1);
+    assert!(
+        to_new[0]
+            .commands
+            .iter()
+            .any(|c| c.contains("NOTIFY=SUCCESS,FAILURE")),
+        "{:?}",
+        to_new[0].commands
+    );
+    // The report is queued to ann, delivered by the next pass.
+    ok(&w.send(&["--once"]));
+    let reports: Vec<String> = maildir_files(&w.tree.maildir("ann"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .filter(|t| t.contains("delivery-status"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    assert!(reports[0].contains("Action: relayed"), "{}", reports[0]);
+    assert!(
+        reports[0].contains("Final-Recipient: rfc822; bob@old.test"),
+        "{}",
+        reports[0]
+    );
+    assert!(!reports[0].contains("cat@new.test"), "{}", reports[0]);
+}
