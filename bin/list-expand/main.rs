@@ -15,7 +15,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -165,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 "created {}; connect it in the aliases file:",
                 created.address
             );
-            print_aliases(&created)?;
+            print_aliases(&created, cli.config.as_deref())?;
         }
         Command::Delete { list } => List::open(&config, &address(&list)?)?.delete()?,
         Command::Show { list: None } => {
@@ -186,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             postroom::say!("moderators: {}", list.roster("moderators")?.len());
             postroom::say!("held posts: {}", held_ids(&list)?.len());
             postroom::say!("aliases:");
-            print_aliases(&list)?;
+            print_aliases(&list, cli.config.as_deref())?;
         }
         Command::Members { list } => {
             let list = List::open(&config, &address(&list)?)?;
@@ -347,25 +347,54 @@ fn set_policy(list: &List, policy: Policy) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_aliases(list: &List) -> std::io::Result<()> {
+/// Prints the aliases file lines that connect the list: its address,
+/// `-request` and `-bounces` to this program's `post`, `request` and
+/// `bounce`, and `-owner` to the owners. A `--config` given (or
+/// `$POSTROOM_CONFIG`) goes into the commands, made absolute, since pipe
+/// delivery runs them with neither that variable nor this directory.
+fn print_aliases(list: &List, config: Option<&Path>) -> std::io::Result<()> {
     let me = std::env::current_exe()
-        .map(|p| p.display().to_string())
+        .map(|p| shell_word(&p.display().to_string()))
         .unwrap_or_else(|_| "list-expand".into());
-    let a = &list.address;
-    postroom::say!("  {a}: \"|{me} post {a}\"");
-    postroom::say!(
-        "  {}: {}",
-        list.request_address(),
-        list.config.owners.join(", ")
-    );
-    postroom::say!(
-        "  {}-owner@{}: {}",
-        a.local_part(),
-        a.domain(),
-        list.config.owners.join(", ")
-    );
-    if let Some(bounces) = list.bounce_address() {
-        postroom::say!("  {bounces}: {}", list.config.owners.join(", "));
+    let me = match config {
+        Some(config) => format!(
+            "{me} --config {}",
+            shell_word(&std::path::absolute(config)?.display().to_string())
+        ),
+        None => me,
+    };
+    let owners = list.config.owners.join(", ");
+    for line in alias_lines(list, &me, &owners) {
+        postroom::say!("  {line}");
     }
     Ok(())
+}
+
+/// The aliases file lines for the list, `me` being the command that runs
+/// this program.
+fn alias_lines(list: &List, me: &str, owners: &str) -> Vec<String> {
+    let a = &list.address;
+    let mut lines = vec![
+        format!("{a}: \"|{me} post {a}\""),
+        format!("{}: \"|{me} request {a}\"", list.request_address()),
+        format!("{}-owner@{}: {owners}", a.local_part(), a.domain()),
+    ];
+    if let Some(bounces) = list.bounce_address() {
+        lines.push(format!("{bounces}: \"|{me} bounce {a}\""));
+    }
+    lines
+}
+
+/// `word` as one word for `sh -c` (pipe delivery's shell): as it is when
+/// it holds nothing the shell reads, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-=:@%,".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }

@@ -355,6 +355,75 @@ fn subscribe_and_unsubscribe_by_mail_with_confirmation() {
 }
 
 #[test]
+fn the_printed_alias_lines_connect_posts_requests_and_bounces() {
+    let tree = Tree::new();
+    for user in ["ann", "bob", "eve"] {
+        tree.add_user(&format!("{user}@example.test"));
+    }
+    let created = ok(&list_expand(
+        &tree,
+        &["create", "team@example.test", "--owner", "ann@example.test"],
+        b"",
+    ));
+    let lines: Vec<&str> = created
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(lines.len(), 4, "{created}");
+    for line in &lines {
+        assert!(
+            line.contains("-owner@")
+                || line.contains(&format!("--config {}", tree.config.display())),
+            "a pipe line without the --config given: {line}"
+        );
+    }
+    let show = ok(&list_expand(&tree, &["show", "team@example.test"], b""));
+    assert!(
+        show.ends_with(&created[created.find('\n').unwrap() + 1..]),
+        "{show}"
+    );
+    std::fs::write(tree.root().join("aliases"), lines.join("\n") + "\n").unwrap();
+    ok(&list_expand(
+        &tree,
+        &["add", "team@example.test", "-"],
+        b"bob@example.test\n",
+    ));
+
+    // A request reaches `request`: eve gets the confirmation, ann nothing.
+    let out = tree.inject(
+        &["-f", "eve@example.test", "team-request@example.test"],
+        b"From: eve@example.test\nSubject: subscribe\n\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    run_queue(&tree);
+    let eve = mail_of(&tree, "eve");
+    assert!(
+        eve.iter().any(|m| m.contains("Subject: confirm ")),
+        "{eve:?}"
+    );
+    // A bounce reaches `bounce`, which counts it against bob.
+    let out = tree.inject(
+        &["-f", "", "team-bounces+bob=example.test@example.test"],
+        b"From: MAILER-DAEMON@far.test\nSubject: failed\n\nbob is gone\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    run_queue(&tree);
+    let bounces =
+        std::fs::read_to_string(tree.root().join("lists/team@example.test/bounces")).unwrap();
+    assert_eq!(bounces, "bob@example.test 1\n");
+    assert!(mail_of(&tree, "ann").is_empty(), "the owner gets neither");
+    // And a post reaches `post`.
+    let out = tree.inject(
+        &["-f", "bob@example.test", "team@example.test"],
+        b"From: bob@example.test\nSubject: hi\n\nhello\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    run_queue(&tree);
+    assert!(mail_of(&tree, "bob").iter().any(|m| m.contains("List-Id:")));
+}
+
+#[test]
 fn digest_members_get_one_mime_digest_of_the_new_posts() {
     let tree = Tree::new();
     for user in ["ann", "bob", "dig"] {
