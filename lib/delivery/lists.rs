@@ -51,6 +51,11 @@ pub enum ListError {
     /// A reply or confirmation request that could not be queued.
     #[error("queueing the list's reply: {0}")]
     Submit(#[from] SubmitError),
+    /// The address to answer does not resolve, for good (no such user in
+    /// a local domain, an alias loop): nothing can ever be sent to it, so
+    /// a request from it is dropped rather than tried again.
+    #[error("{address} cannot receive mail: {reason}")]
+    Undeliverable { address: String, reason: String },
     #[error("composing the list's reply: {0}")]
     Compose(std::io::Error),
     #[error("{}: {error}", path.display())]
@@ -166,6 +171,15 @@ pub struct Member {
     pub digest: bool,
     /// Gets nothing (on holiday, say) but may still post.
     pub nomail: bool,
+}
+
+/// A confirmation request made by [`List::confirmation`], not sent yet.
+#[derive(Debug, Clone)]
+pub struct Confirmation {
+    /// Its name in `pending/`.
+    pub token: String,
+    pub subject: String,
+    pub text: String,
 }
 
 /// How many confirmation requests from the web form may wait at once
@@ -514,10 +528,12 @@ impl List {
 
     /// Starts a subscribe or unsubscribe that `who` must confirm (by
     /// mail to the request address, or through `list-web`): keeps
-    /// `action address` under a new token and returns the subject and text
-    /// of the confirmation request. The subject carries the token, so a
-    /// plain reply confirms.
-    pub fn confirmation(&self, action: &str, who: &Address) -> Result<(String, String), ListError> {
+    /// `action address` under a new token and returns it with the subject
+    /// and text of the confirmation request. The subject carries the
+    /// token, so a plain reply confirms. The caller queues the request
+    /// and, if that fails, removes the token ([`List::cancel_token`]), so
+    /// `pending/` holds only confirmations that were sent.
+    pub fn confirmation(&self, action: &str, who: &Address) -> Result<Confirmation, ListError> {
         let token = self.new_token(action, who)?;
         let text = format!(
             "To {action} {who} {} {}, reply to this message keeping the subject, or send\r\n\
@@ -528,13 +544,56 @@ impl List {
             self.request_address(),
             self.config.confirm_seconds / 3600
         );
-        Ok((format!("confirm {token}"), text))
+        Ok(Confirmation {
+            subject: format!("confirm {token}"),
+            token,
+            text,
+        })
+    }
+
+    /// [`List::confirmation`] queued to `who` as a reply of its own (the
+    /// web form); the token is removed again when it cannot be queued.
+    pub fn send_confirmation(
+        &self,
+        config: &Config,
+        action: &str,
+        who: &Address,
+    ) -> Result<(), ListError> {
+        let confirmation = self.confirmation(action, who)?;
+        let sent = self.reply(config, who, &confirmation.subject, &confirmation.text);
+        if sent.is_err() {
+            self.cancel_token(&confirmation.token)?;
+        }
+        sent
+    }
+
+    /// Removes a token whose confirmation request was never sent.
+    pub fn cancel_token(&self, token: &str) -> Result<(), ListError> {
+        let path = self.dir.join("pending").join(token);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(ListError::Io { path, error }),
+        }
+    }
+
+    /// Whether `to` can be answered at all: `Err(Undeliverable)` when it
+    /// does not resolve for good (an unknown user of a local domain),
+    /// `Err(Submit)` when it cannot be looked up now. A request is checked
+    /// before anything in it is done, so one that can never be answered
+    /// changes nothing.
+    pub fn check_reply_address(&self, config: &Config, to: &Address) -> Result<(), ListError> {
+        let directory = Directory::load(config)?;
+        submit::resolve(&directory, std::slice::from_ref(to), Unresolvable::Refuse)
+            .map(drop)
+            .map_err(undeliverable_or_submit)
     }
 
     /// Queues a message from the request address to `to`: the null
     /// sender and `Auto-Submitted: auto-replied`, so two robots cannot
     /// answer each other for ever. An address that expands to nobody gets
-    /// nothing, and that is no error.
+    /// nothing, and that is no error; one that does not resolve for good
+    /// is [`ListError::Undeliverable`].
     pub fn reply(
         &self,
         config: &Config,
@@ -560,7 +619,7 @@ impl List {
         );
         match submit::submit(config, &directory, submission, &message) {
             Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(undeliverable_or_submit(e)),
         }
     }
 
@@ -689,6 +748,21 @@ impl List {
 
     pub fn archive_dir(&self) -> PathBuf {
         self.dir.join("archive")
+    }
+}
+
+/// A submission's failure as a list sees it: a recipient that does not
+/// resolve for good is [`ListError::Undeliverable`], the rest (the queue,
+/// a users file missing now) [`ListError::Submit`].
+fn undeliverable_or_submit(e: SubmitError) -> ListError {
+    match e {
+        SubmitError::Unresolvable { address, error } if !error.is_temporary() => {
+            ListError::Undeliverable {
+                address: address.to_string(),
+                reason: error.to_string(),
+            }
+        }
+        e => ListError::Submit(e),
     }
 }
 
@@ -878,6 +952,25 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(list.take_token(&token).unwrap().is_none(), "expired");
         assert!(list.take_token("../../etc/passwd").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_confirmation_that_cannot_be_sent_leaves_no_token() {
+        let (_d, config) = setup();
+        let list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        // The host name's users cannot be looked up: there is no users file.
+        let e = list
+            .send_confirmation(&config, "subscribe", &a("who@mx.example.test"))
+            .unwrap_err();
+        assert!(matches!(e, ListError::Submit(_)), "{e}");
+        assert_eq!(
+            std::fs::read_dir(list.dir.join("pending")).unwrap().count(),
+            0
+        );
+        assert!(matches!(
+            list.check_reply_address(&config, &a("who@mx.example.test")),
+            Err(ListError::Submit(_))
+        ));
     }
 
     #[test]

@@ -424,6 +424,45 @@ fn the_printed_alias_lines_connect_posts_requests_and_bounces() {
 }
 
 #[test]
+fn a_request_from_an_address_that_cannot_receive_mail_is_dropped() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    ok(&list_expand(
+        &tree,
+        &["create", "team@example.test", "--owner", "ann@example.test"],
+        b"",
+    ));
+    let pending = tree.root().join("lists/team@example.test/pending");
+    for _ in 0..2 {
+        let out = list_expand(
+            &tree,
+            &[
+                "request",
+                "team@example.test",
+                "--sender",
+                "nosuch@example.test",
+            ],
+            b"From: nosuch@example.test\nSubject: subscribe\n\nhelp\n",
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nosuch@example.test cannot receive mail"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
+    assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
+    // One that can be answered still is.
+    ok(&list_expand(
+        &tree,
+        &["request", "team@example.test", "--sender", "x@far.test"],
+        b"From: x@far.test\nSubject: subscribe\n\n",
+    ));
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 1);
+}
+
+#[test]
 fn digest_members_get_one_mime_digest_of_the_new_posts() {
     let tree = Tree::new();
     for user in ["ann", "bob", "dig"] {
