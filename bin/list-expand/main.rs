@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use postroom::config::Config;
-use postroom::delivery::lists::{List, Policy, read_address_lines};
+use postroom::delivery::lists::{Bounce, List, Policy, read_address_lines};
 use postroom::proto::address::Address;
 use postroom::proto::message;
 
@@ -249,33 +249,39 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .or_else(|| std::env::var("RECIPIENT").ok())
                 .context("no bounce address: give --recipient or set $RECIPIENT")?;
             let delimiter = config.delivery.recipient_delimiter.unwrap_or('+');
-            let member = Address::parse(&recipient)
-                .ok()
-                .and_then(|r| list.member_of_bounce(&r, delimiter));
-            let Some(member) = member else {
-                eprintln!("list-expand: {recipient} names no member; bounce ignored");
-                return Ok(0);
+            let bounce = match Address::parse(&recipient) {
+                Ok(address) => list.take_bounce(&address, delimiter)?,
+                Err(_) => Bounce::NoMember,
             };
-            let count = list.count_bounce(&member)?;
-            if count == list.config.bounce_limit {
-                list.set_options(&member, None, Some(true))?;
-                post::tell_owners(
-                    &config,
-                    &list,
-                    &format!(
-                        "{}: {member} set to nomail after {count} bounces",
-                        list.address
-                    ),
-                    &format!(
-                        "Mail to {member} from {} bounced {count} times, so it gets no more.\r\n\
-                          When the address works again, they can send \"set nomail off\" to {},\r\n\
-                         or you can remove \"nomail\" from their line in the list's members file.\r\n",
-                        list.address,
-                        list.request_address()
-                    ),
-                )?;
+            match bounce {
+                Bounce::NoMember => {
+                    eprintln!("list-expand: {recipient} names no member; bounce ignored");
+                }
+                Bounce::MailOff(member) => {
+                    eprintln!("list-expand: {member} gets no mail already; bounce ignored");
+                }
+                Bounce::Counted(member, count) => {
+                    postroom::say!("{member}: {count} bounces");
+                }
+                Bounce::Stopped(member, count) => {
+                    post::tell_owners(
+                        &config,
+                        &list,
+                        &format!(
+                            "{}: {member} set to nomail after {count} bounces",
+                            list.address
+                        ),
+                        &format!(
+                            "Mail to {member} from {} bounced {count} times, so it gets no more.\r\n\
+                             When the address works again, they can send \"set nomail off\" to {},\r\n\
+                             or you can remove \"nomail\" from their line in the list's members file.\r\n",
+                            list.address,
+                            list.request_address()
+                        ),
+                    )?;
+                    postroom::say!("{member}: {count} bounces; set to nomail");
+                }
             }
-            postroom::say!("{member}: {count} bounces");
         }
         Command::Archive { list, html } => {
             let list = List::open(&config, &address(&list)?)?;
