@@ -253,6 +253,14 @@ fn one_click_from_a_real_post_removes_exactly_its_member() {
         b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
     );
     assert_eq!(status, 413);
+    // HTTP/1.1 without Host, or with two (RFC 9112 §3.2).
+    for request in [
+        b"GET /team@example.test HTTP/1.1\r\n\r\n".as_slice(),
+        b"GET /team@example.test HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+    ] {
+        let (status, said) = http(activator.base, request);
+        assert_eq!(status, 400, "{said}");
+    }
     let (status, _) = http(activator.base, b"GET / HTTP/1.1\r\nX-A: b\r\n");
     assert_eq!(status, 408);
     assert_eq!(members(&tree), "eve@example.test\n");
