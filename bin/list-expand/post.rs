@@ -307,18 +307,13 @@ fn rewrite_from_for_dmarc(config: &Config, list: &List, post: &[u8]) -> Option<V
     if policy != "reject" && policy != "quarantine" {
         return None;
     }
-    let name = author
-        .name()
-        .map(str::to_string)
-        .unwrap_or_else(|| address.clone());
-    let name = name.replace(['"', '\\', '\r', '\n'], " ");
+    // The name comes decoded (RFC 2047): written back encoded when it is
+    // not ASCII, since the post may go out without SMTPUTF8.
+    let name = author.name().unwrap_or(&address);
+    let name = message::display_name(&format!("{name} via {}", list.address.local_part()));
     let end = message::header_len(post);
     let mut headers = message::remove_header(&post[..end], "From");
-    let mut added = format!(
-        "From: \"{name} via {}\" <{}>\r\n",
-        list.address.local_part(),
-        list.address
-    );
+    let mut added = format!("From: {name} <{}>\r\n", list.address);
     if list.config.reply_to == ReplyTo::Sender && !message::has_header(&headers, "Reply-To") {
         added.push_str(&format!("Reply-To: <{address}>\r\n"));
     }

@@ -617,6 +617,12 @@ fn from_is_rewritten_for_authors_whose_domain_has_a_strict_dmarc_policy() {
     for (author, subject) in [
         ("Xena <x@strict.test>", "strict"),
         ("y@relaxed.test", "relaxed"),
+        // Decoded, the name is not ASCII, and one has a line end in it.
+        ("=?utf-8?b?w6lsw6h2ZQ==?= <e@strict.test>", "eight"),
+        (
+            "=?utf-8?q?z=0D=0ABcc:_evil@far.test?= <z@strict.test>",
+            "split",
+        ),
     ] {
         ok(&list_expand(
             &tree,
@@ -637,6 +643,23 @@ fn from_is_rewritten_for_authors_whose_domain_has_a_strict_dmarc_policy() {
         .find(|m| m.contains("Subject: relaxed"))
         .unwrap();
     assert!(relaxed.contains("From: y@relaxed.test"), "{relaxed}");
+    let eight = mail.iter().find(|m| m.contains("Subject: eight")).unwrap();
+    let head = &eight[..eight.find("\n\n").unwrap()];
+    assert!(head.is_ascii(), "8-bit header without SMTPUTF8:\n{head}");
+    let parsed = mail_parser::MessageParser::default()
+        .parse_headers(eight.as_bytes())
+        .unwrap();
+    let from = parsed.from().unwrap().first().unwrap();
+    assert_eq!(
+        (from.name(), from.address()),
+        (Some("élève via team"), Some("team@example.test"))
+    );
+    let split = mail.iter().find(|m| m.contains("Subject: split")).unwrap();
+    assert!(
+        split.contains("From: \"z  Bcc: evil@far.test via team\" <team@example.test>")
+            && !split.contains("\nBcc:"),
+        "{split}"
+    );
 }
 
 #[test]
