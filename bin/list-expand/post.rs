@@ -323,29 +323,58 @@ fn rewrite_from_for_dmarc(config: &Config, list: &List, post: &[u8]) -> Option<V
     Some(out)
 }
 
-/// `Subject: [tag] …`, unless the tag is there already (a reply).
+/// `Subject: [tag] …`, unless the tag is there already (a reply). It is
+/// looked for in the decoded subject, in any case: a reply's
+/// `Re: [team] héllo` is one RFC 2047 encoded word, and people write
+/// `[TEAM]` too. A subject with encoded words is written anew after the
+/// tag, encoded when it is not ASCII; any other keeps its text as it is.
 fn tag_subject(headers: &[u8], tag: &str) -> Vec<u8> {
-    let text = String::from_utf8_lossy(headers);
-    let mut out = String::with_capacity(text.len() + tag.len() + 12);
-    let mut found = false;
-    for line in text.split_inclusive("\r\n") {
-        if !found && line.len() >= 8 && line[..8].eq_ignore_ascii_case("subject:") {
-            found = true;
-            let value = &line[8..];
-            if value.contains(tag) {
-                out.push_str(line);
-            } else {
-                out.push_str(&format!("Subject: {tag} {}", value.trim_start()));
-            }
-            continue;
+    let decoded = mail_parser::MessageParser::default()
+        .parse_headers(headers)
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_default();
+    if decoded
+        .to_ascii_lowercase()
+        .contains(&tag.to_ascii_lowercase())
+    {
+        return headers.to_vec();
+    }
+    let lines: Vec<&[u8]> = headers.split_inclusive(|&b| b == b'\n').collect();
+    let is_subject = |line: &[u8]| line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:");
+    let Some(start) = lines.iter().position(|l| is_subject(l)) else {
+        let end = headers.len().saturating_sub(2);
+        return [
+            &headers[..end],
+            format!("Subject: {tag}\r\n").as_bytes(),
+            &headers[end..],
+        ]
+        .concat();
+    };
+    // The field with its continuation lines.
+    let end = start
+        + 1
+        + lines[start + 1..]
+            .iter()
+            .take_while(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+            .count();
+    let value = lines[start..end].concat();
+    let value = &value[8..];
+    let field = if value.windows(2).any(|w| w == b"=?") {
+        let text = message::header_safe(&format!("{tag} {decoded}"));
+        if text.is_ascii() {
+            format!("Subject: {text}\r\n").into_bytes()
+        } else {
+            use mail_builder::headers::Header;
+            let mut field = b"Subject: ".to_vec();
+            // Writing to a Vec cannot fail.
+            let _ = mail_builder::headers::text::Text::new(text).write_header(&mut field, 9);
+            field
         }
-        out.push_str(line);
-    }
-    if !found {
-        let end = out.len().saturating_sub(2);
-        out.insert_str(end, &format!("Subject: {tag}\r\n"));
-    }
-    out.into_bytes()
+    } else {
+        let text = value.trim_ascii_start();
+        [format!("Subject: {tag} ").as_bytes(), text].concat()
+    };
+    [&lines[..start].concat(), &field[..], &lines[end..].concat()].concat()
 }
 
 /// Keeps a post in `held/` under an unguessable id and tells the owners.
@@ -476,5 +505,47 @@ mod tests {
             tag_subject(b"From: a\r\n\r\n", "[t]"),
             b"From: a\r\nSubject: [t]\r\n\r\n"
         );
+        assert_eq!(
+            tag_subject(b"Subject: [TEAM] caps\r\n\r\n", "[team]"),
+            b"Subject: [TEAM] caps\r\n\r\n"
+        );
+        // Folded, and 8-bit: kept as it is after the tag.
+        assert_eq!(
+            tag_subject(
+                "Subject: long\r\n  line é\r\nTo: b\r\n\r\n".as_bytes(),
+                "[t]"
+            ),
+            "Subject: [t] long\r\n  line é\r\nTo: b\r\n\r\n".as_bytes()
+        );
+    }
+
+    #[test]
+    fn subject_tags_are_found_in_encoded_words_and_written_encoded() {
+        let reply = b"Subject: =?UTF-8?Q?Re=3a_=5bteam=5d_h=c3=a9llo?=\r\n\r\n";
+        assert_eq!(tag_subject(reply, "[team]"), reply);
+        let subject = |headers: &[u8]| {
+            let tagged = tag_subject(headers, "[team]");
+            let parsed = mail_parser::MessageParser::default()
+                .parse_headers(&tagged)
+                .unwrap();
+            assert!(tagged.is_ascii(), "{}", String::from_utf8_lossy(&tagged));
+            (
+                parsed.subject().unwrap().to_string(),
+                parsed.header_raw("To").map(str::trim).map(str::to_string),
+            )
+        };
+        assert_eq!(
+            subject(
+                b"Subject: =?utf-8?q?h=C3=A9llo?=\r\n =?utf-8?q?_w=C3=B6rld?=\r\nTo: b\r\n\r\n"
+            ),
+            ("[team] héllo wörld".to_string(), Some("b".to_string()))
+        );
+        assert_eq!(
+            subject(b"Subject: =?us-ascii?q?plain?=\r\n\r\n").0,
+            "[team] plain"
+        );
+        // A line end encoded in the subject stays in it.
+        let (text, to) = subject(b"Subject: =?utf-8?q?=C3=A9=0D=0ATo:_x?=\r\n\r\n");
+        assert_eq!((text.as_str(), to), ("[team] é  To: x", None));
     }
 }
