@@ -114,27 +114,8 @@ pub fn distribute(
     // now makes the whole post wait (exit 75) rather than go out without
     // members who may well exist (a missing users file, an include file
     // unreadable now). One who does not exist is left out.
-    let per_member = list.config.unsubscribe_url.is_some();
-    let mut copies: Vec<(Option<Address>, Vec<queue::Recipient>)> = Vec::new();
-    if per_member {
-        for member in members {
-            let routes = submit::resolve(
-                &directory,
-                std::slice::from_ref(&member),
-                Unresolvable::SkipUnknown,
-            )
-            .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
-            if !routes.is_empty() {
-                copies.push((Some(member), routes));
-            }
-        }
-    } else {
-        let routes = submit::resolve(&directory, &members, Unresolvable::SkipUnknown)
-            .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
-        if !routes.is_empty() {
-            copies.push((None, routes));
-        }
-    }
+    let copies = copies_for(list, &directory, members)
+        .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
     if list.config.archive {
         let archived = [unsubscribe_headers(list, None)?.as_bytes(), &outgoing].concat();
         Maildir::new(list.archive_dir())
@@ -153,26 +134,77 @@ pub fn distribute(
         tracing::info!(list = %list.address, %sender, "no member to send to");
         return Ok(());
     }
+    // Someone's post passed on: sealed with ARC, so a receiver can trust
+    // the authentication it had here, before the footer and tag broke it.
+    let count = queue_copies(config, list, &directory, copies, &outgoing, true)?;
+    tracing::info!(list = %list.address, %sender, copies = count, "post queued");
+    Ok(())
+}
+
+/// One queued copy of a list message: the member it is for (when each
+/// member gets their own, for their one-click URL) and where it goes.
+pub type MemberCopy = (Option<Address>, Vec<queue::Recipient>);
+
+/// The copies a message to `members` is queued as: one for all, or, when
+/// the list has an `unsubscribe_url`, one a member. A member who does not
+/// exist is left out; one who cannot be looked up now is an error, so the
+/// caller can wait rather than leave them out.
+pub fn copies_for(
+    list: &List,
+    directory: &Directory,
+    members: Vec<Address>,
+) -> Result<Vec<MemberCopy>, SubmitError> {
+    let mut copies = Vec::new();
+    if list.config.unsubscribe_url.is_some() {
+        for member in members {
+            let routes = submit::resolve(
+                directory,
+                std::slice::from_ref(&member),
+                Unresolvable::SkipUnknown,
+            )?;
+            if !routes.is_empty() {
+                copies.push((Some(member), routes));
+            }
+        }
+    } else {
+        let routes = submit::resolve(directory, &members, Unresolvable::SkipUnknown)?;
+        if !routes.is_empty() {
+            copies.push((None, routes));
+        }
+    }
+    Ok(copies)
+}
+
+/// Queues `message` (with the list's fields) as `copies`, each with its
+/// List-Unsubscribe fields in front, from the bounce address in its VERP
+/// form, at low priority; `passed_on` seals each with ARC. Returns how
+/// many were queued.
+pub fn queue_copies(
+    config: &Config,
+    list: &List,
+    directory: &Directory,
+    copies: Vec<MemberCopy>,
+    message: &[u8],
+    passed_on: bool,
+) -> anyhow::Result<usize> {
     let bounces = list
         .bounce_address()
         .map(ReversePath::Address)
         .unwrap_or(ReversePath::Null);
     let count = copies.len();
-    let queue_copy = |(member, routes): (Option<Address>, Vec<queue::Recipient>)| {
+    let queue_copy = |(member, routes): MemberCopy| {
         let copy = [
             unsubscribe_headers(list, member.as_ref())?.as_bytes(),
-            &outgoing,
+            message,
         ]
         .concat();
         let mut submission = Submission::new(bounces.clone(), Recipients::Routes(routes));
         // Each member's copy gets its own return path, so a bounce says who.
         submission.verp = true;
-        // Someone's post passed on: sealed with ARC, so a receiver can trust
-        // the authentication it had here, before the footer and tag broke it.
-        submission.passed_on = true;
+        submission.passed_on = passed_on;
         // Mail to many waits behind mail a person is waiting for.
         submission.priority = postroom::store::queue::Priority::Low;
-        let id = submit::submit(config, &directory, submission, &copy)?;
+        let id = submit::submit(config, directory, submission, &copy)?;
         tracing::debug!(list = %list.address, queue_id = %id, "copy queued");
         anyhow::Ok(())
     };
@@ -187,13 +219,12 @@ pub fn distribute(
             .num_threads(COMMIT_THREADS)
             .build()?
             .install(|| copies.into_par_iter().try_for_each(queue_copy))
-            // A failure part way through sends the post again when it is
-            // retried (exit 75), so some members may get it twice: never
-            // none.
-            .with_context(|| format!("queueing the post's {count} copies (some may be queued)"))?;
+            // A failure part way through sends the message again when it
+            // is retried (exit 75), so some members may get it twice:
+            // never none.
+            .with_context(|| format!("queueing the {count} copies (some may be queued)"))?;
     }
-    tracing::info!(list = %list.address, %sender, copies = count, "post queued");
-    Ok(())
+    Ok(count)
 }
 
 /// Threads that commit a post's copies to the queue at once.
@@ -203,7 +234,7 @@ const COMMIT_THREADS: usize = 32;
 /// `unsubscribe_url`, that member's one-click URL and
 /// List-Unsubscribe-Post (RFC 8058), served by `list-web`. The mailto form
 /// is always there.
-fn unsubscribe_headers(list: &List, member: Option<&Address>) -> anyhow::Result<String> {
+pub fn unsubscribe_headers(list: &List, member: Option<&Address>) -> anyhow::Result<String> {
     let request = list.request_address();
     let url = match member {
         Some(member) => list.one_click_url(member)?,
@@ -248,25 +279,32 @@ fn list_headers(list: &List, post: &[u8]) -> Vec<u8> {
     if let Some(tag) = &list.config.subject_tag {
         headers = tag_subject(&headers, tag);
     }
-    let address = &list.address;
-    let request = list.request_address();
-    let description = list.config.description.replace(['\r', '\n', '"'], " ");
-    let mut added = format!(
-        "List-Id: \"{description}\" <{}>\r\nList-Post: <mailto:{address}>\r\n\
-         List-Help: <mailto:{request}?subject=help>\r\n\
-         List-Subscribe: <mailto:{request}?subject=subscribe>\r\n",
-        list.list_id()
-    );
-    // List-Unsubscribe is added per copy: see `unsubscribe_headers`.
-    added.push_str(&format!("Precedence: list\r\nX-Loop: {address}\r\n"));
+    let mut added = list_fields(list);
     if list.config.reply_to == ReplyTo::List {
-        added.push_str(&format!("Reply-To: <{address}>\r\n"));
+        added.push_str(&format!("Reply-To: <{}>\r\n", list.address));
     }
     let mut out = Vec::with_capacity(post.len() + added.len());
     out.extend_from_slice(added.as_bytes());
     out.extend_from_slice(&headers);
     out.extend_from_slice(&post[end..]);
     out
+}
+
+/// The fields every message to the members carries (posts and digests):
+/// List-Id (RFC 2919), List-Post, List-Help, List-Subscribe (RFC 2369),
+/// Precedence and X-Loop. List-Unsubscribe is added per copy: see
+/// [`unsubscribe_headers`].
+pub fn list_fields(list: &List) -> String {
+    let address = &list.address;
+    let request = list.request_address();
+    let description = list.config.description.replace(['\r', '\n', '"'], " ");
+    format!(
+        "List-Id: \"{description}\" <{}>\r\nList-Post: <mailto:{address}>\r\n\
+         List-Help: <mailto:{request}?subject=help>\r\n\
+         List-Subscribe: <mailto:{request}?subject=subscribe>\r\n\
+         Precedence: list\r\nX-Loop: {address}\r\n",
+        list.list_id()
+    )
 }
 
 /// When the author's domain publishes DMARC `p=reject` or `p=quarantine`,

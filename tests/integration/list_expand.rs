@@ -474,7 +474,14 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
         "bob@example.test\ndig@example.test digest\n",
     )
     .unwrap();
-    for subject in ["first", "second"] {
+    let config = tree.root().join("lists/team@example.test/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text + "unsubscribe_url = \"https://lists.example.test/lw\"\n",
+    )
+    .unwrap();
+    for subject in ["first", "second", "=?utf-8?q?h=C3=A9llo?="] {
         ok(&list_expand(
             &tree,
             &["post", "team@example.test", "--sender", "ann@example.test"],
@@ -482,9 +489,9 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
         ));
     }
     let out = ok(&list_expand(&tree, &["digest", "team@example.test"], b""));
-    assert!(out.contains("2 posts"), "{out}");
+    assert!(out.contains("3 posts"), "{out}");
     run_queue(&tree);
-    assert_eq!(mail_of(&tree, "bob").len(), 2, "bob gets each post");
+    assert_eq!(mail_of(&tree, "bob").len(), 3, "bob gets each post");
     let digest = mail_of(&tree, "dig");
     assert_eq!(digest.len(), 1, "dig gets one digest only");
     for want in [
@@ -492,9 +499,31 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
         "message/rfc822",
         "body of first",
         "body of second",
-        "1. first",
     ] {
         assert!(digest[0].contains(want), "{want:?} missing:\n{}", digest[0]);
+    }
+    // The table of contents shows subjects decoded (RFC 2047).
+    let parsed = mail_parser::MessageParser::default()
+        .parse(digest[0].as_bytes())
+        .unwrap();
+    let contents = parsed.body_text(0).unwrap();
+    for want in ["1. first (ann@example.test)", "3. héllo (ann@example.test)"] {
+        assert!(contents.contains(want), "{want:?} missing:\n{contents}");
+    }
+    // The digest's own header carries the fields the posts do (RFC 2369),
+    // with dig's one-click URL.
+    let head = digest[0][..digest[0].find("\n\n").unwrap()].replace("\n ", " ");
+    for want in [
+        "List-Id: \"\" <team.example.test>",
+        "List-Post: <mailto:team@example.test>",
+        "List-Help: <mailto:team-request@example.test?subject=help>",
+        "List-Unsubscribe: <https://lists.example.test/lw/unsubscribe/team@example.test/dig@example.test/",
+        "<mailto:team-request@example.test?subject=unsubscribe>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "X-Loop: team@example.test",
+        "Return-Path: <team-bounces+dig=example.test@example.test>",
+    ] {
+        assert!(head.contains(want), "{want:?} missing:\n{head}");
     }
     let again = ok(&list_expand(&tree, &["digest", "team@example.test"], b""));
     assert!(again.contains("0 posts"), "{again}");
