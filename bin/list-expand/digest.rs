@@ -3,6 +3,11 @@
 //! a MIME digest (RFC 2046 §5.1.5): a table of contents, then a
 //! `multipart/digest` of the posts as `message/rfc822` parts.
 //!
+//! It carries the fields the list's posts do (List-Id, List-Post,
+//! List-Help, List-Subscribe, List-Unsubscribe, Precedence, X-Loop), and
+//! with an `unsubscribe_url` is queued as one copy a reader, each with its
+//! reader's one-click URL, as posts are.
+//!
 //! `digest.last` in the list's folder holds the time of the last digest;
 //! it moves forward only after the digest is queued, so a crash repeats a
 //! digest rather than losing one.
@@ -14,11 +19,12 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
 use postroom::config::Config;
 use postroom::delivery::lists::List;
-use postroom::delivery::submit::{self, Recipients, Submission, Unresolvable};
 use postroom::directory::aliases::Directory;
-use postroom::proto::address::{Address, ReversePath};
-use postroom::proto::message;
+use postroom::proto::address::Address;
+use postroom::proto::{message, mime};
 use postroom::store::fsutil;
+
+use crate::post;
 
 /// Sends the digest if there is anything new; returns how many posts it had.
 pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
@@ -61,9 +67,9 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
         .collect();
     // No digest rather than one that skips readers who may well exist (a
     // missing users file): the next run sends it.
-    let readers = submit::resolve(&directory, &wanted, Unresolvable::SkipUnknown)
+    let copies = post::copies_for(list, &directory, wanted)
         .map_err(|e| anyhow::anyhow!("digest reader {e}; no digest sent now"))?;
-    if posts.is_empty() || readers.is_empty() {
+    if posts.is_empty() || copies.is_empty() {
         return Ok(0);
     }
 
@@ -72,20 +78,23 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
     for (n, (_, path)) in posts.iter().enumerate() {
         let text = message::to_crlf(&std::fs::read(path)?);
         let end = message::header_len(&text);
-        let fields = message::header_fields(&text[..end]);
+        // Shown decoded (RFC 2047), as a reader would see them.
+        let fields = mime::decoded_headers(&text[..end]);
         let field = |name: &str| {
             fields
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| message::header_safe(v))
                 .unwrap_or_default()
         };
-        contents.push_str(&format!(
-            "{:>3}. {} ({})\r\n",
-            n + 1,
-            field("Subject"),
-            field("From")
-        ));
+        let from = field("From");
+        // A From without a name decodes as " <address>".
+        let from = from.trim();
+        let from = from
+            .strip_prefix('<')
+            .and_then(|f| f.strip_suffix('>'))
+            .unwrap_or(from);
+        contents.push_str(&format!("{:>3}. {} ({from})\r\n", n + 1, field("Subject")));
         parts.push(
             MimePart::new(
                 ContentType::new("message/rfc822"),
@@ -115,20 +124,12 @@ pub fn digest(config: &Config, list: &List) -> anyhow::Result<usize> {
             list.address,
             message::rfc5322_date(fsutil::now_secs())
         ))
-        .header(
-            "List-Id",
-            mail_builder::headers::raw::Raw::new(format!("<{}>", list.list_id())),
-        )
-        .header("Precedence", mail_builder::headers::raw::Raw::new("list"))
         .body(body)
         .write_to_vec()?;
-    let sender = list
-        .bounce_address()
-        .map(ReversePath::Address)
-        .unwrap_or(ReversePath::Null);
-    let mut submission = Submission::new(sender, Recipients::Routes(readers));
-    submission.priority = postroom::store::queue::Priority::Low;
-    submit::submit(config, &directory, submission, &digest)?;
+    // The list's fields, as on its posts, and each copy's List-Unsubscribe
+    // (its reader's one-click URL when the list has one).
+    let digest = [post::list_fields(list).as_bytes(), &digest].concat();
+    post::queue_copies(config, list, &directory, copies, &digest, false)?;
     fsutil::write_atomic(&state, format!("{now}\n").as_bytes())?;
     Ok(posts.len())
 }

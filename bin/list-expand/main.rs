@@ -15,13 +15,13 @@
 #![forbid(unsafe_code)]
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use postroom::config::Config;
-use postroom::delivery::lists::{List, Policy, read_address_lines};
+use postroom::delivery::lists::{Bounce, List, Policy, read_address_lines};
 use postroom::proto::address::Address;
 use postroom::proto::message;
 
@@ -165,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 "created {}; connect it in the aliases file:",
                 created.address
             );
-            print_aliases(&created)?;
+            print_aliases(&created, cli.config.as_deref())?;
         }
         Command::Delete { list } => List::open(&config, &address(&list)?)?.delete()?,
         Command::Show { list: None } => {
@@ -186,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             postroom::say!("moderators: {}", list.roster("moderators")?.len());
             postroom::say!("held posts: {}", held_ids(&list)?.len());
             postroom::say!("aliases:");
-            print_aliases(&list)?;
+            print_aliases(&list, cli.config.as_deref())?;
         }
         Command::Members { list } => {
             let list = List::open(&config, &address(&list)?)?;
@@ -249,33 +249,39 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .or_else(|| std::env::var("RECIPIENT").ok())
                 .context("no bounce address: give --recipient or set $RECIPIENT")?;
             let delimiter = config.delivery.recipient_delimiter.unwrap_or('+');
-            let member = Address::parse(&recipient)
-                .ok()
-                .and_then(|r| list.member_of_bounce(&r, delimiter));
-            let Some(member) = member else {
-                eprintln!("list-expand: {recipient} names no member; bounce ignored");
-                return Ok(0);
+            let bounce = match Address::parse(&recipient) {
+                Ok(address) => list.take_bounce(&address, delimiter)?,
+                Err(_) => Bounce::NoMember,
             };
-            let count = list.count_bounce(&member)?;
-            if count == list.config.bounce_limit {
-                list.set_options(&member, None, Some(true))?;
-                post::tell_owners(
-                    &config,
-                    &list,
-                    &format!(
-                        "{}: {member} set to nomail after {count} bounces",
-                        list.address
-                    ),
-                    &format!(
-                        "Mail to {member} from {} bounced {count} times, so it gets no more.\r\n\
-                          When the address works again, they can send \"set nomail off\" to {},\r\n\
-                         or you can remove \"nomail\" from their line in the list's members file.\r\n",
-                        list.address,
-                        list.request_address()
-                    ),
-                )?;
+            match bounce {
+                Bounce::NoMember => {
+                    eprintln!("list-expand: {recipient} names no member; bounce ignored");
+                }
+                Bounce::MailOff(member) => {
+                    eprintln!("list-expand: {member} gets no mail already; bounce ignored");
+                }
+                Bounce::Counted(member, count) => {
+                    postroom::say!("{member}: {count} bounces");
+                }
+                Bounce::Stopped(member, count) => {
+                    post::tell_owners(
+                        &config,
+                        &list,
+                        &format!(
+                            "{}: {member} set to nomail after {count} bounces",
+                            list.address
+                        ),
+                        &format!(
+                            "Mail to {member} from {} bounced {count} times, so it gets no more.\r\n\
+                             When the address works again, they can send \"set nomail off\" to {},\r\n\
+                             or you can remove \"nomail\" from their line in the list's members file.\r\n",
+                            list.address,
+                            list.request_address()
+                        ),
+                    )?;
+                    postroom::say!("{member}: {count} bounces; set to nomail");
+                }
             }
-            postroom::say!("{member}: {count} bounces");
         }
         Command::Archive { list, html } => {
             let list = List::open(&config, &address(&list)?)?;
@@ -347,25 +353,54 @@ fn set_policy(list: &List, policy: Policy) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_aliases(list: &List) -> std::io::Result<()> {
+/// Prints the aliases file lines that connect the list: its address,
+/// `-request` and `-bounces` to this program's `post`, `request` and
+/// `bounce`, and `-owner` to the owners. A `--config` given (or
+/// `$POSTROOM_CONFIG`) goes into the commands, made absolute, since pipe
+/// delivery runs them with neither that variable nor this directory.
+fn print_aliases(list: &List, config: Option<&Path>) -> std::io::Result<()> {
     let me = std::env::current_exe()
-        .map(|p| p.display().to_string())
+        .map(|p| shell_word(&p.display().to_string()))
         .unwrap_or_else(|_| "list-expand".into());
-    let a = &list.address;
-    postroom::say!("  {a}: \"|{me} post {a}\"");
-    postroom::say!(
-        "  {}: {}",
-        list.request_address(),
-        list.config.owners.join(", ")
-    );
-    postroom::say!(
-        "  {}-owner@{}: {}",
-        a.local_part(),
-        a.domain(),
-        list.config.owners.join(", ")
-    );
-    if let Some(bounces) = list.bounce_address() {
-        postroom::say!("  {bounces}: {}", list.config.owners.join(", "));
+    let me = match config {
+        Some(config) => format!(
+            "{me} --config {}",
+            shell_word(&std::path::absolute(config)?.display().to_string())
+        ),
+        None => me,
+    };
+    let owners = list.config.owners.join(", ");
+    for line in alias_lines(list, &me, &owners) {
+        postroom::say!("  {line}");
     }
     Ok(())
+}
+
+/// The aliases file lines for the list, `me` being the command that runs
+/// this program.
+fn alias_lines(list: &List, me: &str, owners: &str) -> Vec<String> {
+    let a = &list.address;
+    let mut lines = vec![
+        format!("{a}: \"|{me} post {a}\""),
+        format!("{}: \"|{me} request {a}\"", list.request_address()),
+        format!("{}-owner@{}: {owners}", a.local_part(), a.domain()),
+    ];
+    if let Some(bounces) = list.bounce_address() {
+        lines.push(format!("{bounces}: \"|{me} bounce {a}\""));
+    }
+    lines
+}
+
+/// `word` as one word for `sh -c` (pipe delivery's shell): as it is when
+/// it holds nothing the shell reads, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-=:@%,".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }

@@ -114,27 +114,8 @@ pub fn distribute(
     // now makes the whole post wait (exit 75) rather than go out without
     // members who may well exist (a missing users file, an include file
     // unreadable now). One who does not exist is left out.
-    let per_member = list.config.unsubscribe_url.is_some();
-    let mut copies: Vec<(Option<Address>, Vec<queue::Recipient>)> = Vec::new();
-    if per_member {
-        for member in members {
-            let routes = submit::resolve(
-                &directory,
-                std::slice::from_ref(&member),
-                Unresolvable::SkipUnknown,
-            )
-            .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
-            if !routes.is_empty() {
-                copies.push((Some(member), routes));
-            }
-        }
-    } else {
-        let routes = submit::resolve(&directory, &members, Unresolvable::SkipUnknown)
-            .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
-        if !routes.is_empty() {
-            copies.push((None, routes));
-        }
-    }
+    let copies = copies_for(list, &directory, members)
+        .map_err(|e| anyhow::anyhow!("member {e}; the post is not sent now"))?;
     if list.config.archive {
         let archived = [unsubscribe_headers(list, None)?.as_bytes(), &outgoing].concat();
         Maildir::new(list.archive_dir())
@@ -153,26 +134,77 @@ pub fn distribute(
         tracing::info!(list = %list.address, %sender, "no member to send to");
         return Ok(());
     }
+    // Someone's post passed on: sealed with ARC, so a receiver can trust
+    // the authentication it had here, before the footer and tag broke it.
+    let count = queue_copies(config, list, &directory, copies, &outgoing, true)?;
+    tracing::info!(list = %list.address, %sender, copies = count, "post queued");
+    Ok(())
+}
+
+/// One queued copy of a list message: the member it is for (when each
+/// member gets their own, for their one-click URL) and where it goes.
+pub type MemberCopy = (Option<Address>, Vec<queue::Recipient>);
+
+/// The copies a message to `members` is queued as: one for all, or, when
+/// the list has an `unsubscribe_url`, one a member. A member who does not
+/// exist is left out; one who cannot be looked up now is an error, so the
+/// caller can wait rather than leave them out.
+pub fn copies_for(
+    list: &List,
+    directory: &Directory,
+    members: Vec<Address>,
+) -> Result<Vec<MemberCopy>, SubmitError> {
+    let mut copies = Vec::new();
+    if list.config.unsubscribe_url.is_some() {
+        for member in members {
+            let routes = submit::resolve(
+                directory,
+                std::slice::from_ref(&member),
+                Unresolvable::SkipUnknown,
+            )?;
+            if !routes.is_empty() {
+                copies.push((Some(member), routes));
+            }
+        }
+    } else {
+        let routes = submit::resolve(directory, &members, Unresolvable::SkipUnknown)?;
+        if !routes.is_empty() {
+            copies.push((None, routes));
+        }
+    }
+    Ok(copies)
+}
+
+/// Queues `message` (with the list's fields) as `copies`, each with its
+/// List-Unsubscribe fields in front, from the bounce address in its VERP
+/// form, at low priority; `passed_on` seals each with ARC. Returns how
+/// many were queued.
+pub fn queue_copies(
+    config: &Config,
+    list: &List,
+    directory: &Directory,
+    copies: Vec<MemberCopy>,
+    message: &[u8],
+    passed_on: bool,
+) -> anyhow::Result<usize> {
     let bounces = list
         .bounce_address()
         .map(ReversePath::Address)
         .unwrap_or(ReversePath::Null);
     let count = copies.len();
-    let queue_copy = |(member, routes): (Option<Address>, Vec<queue::Recipient>)| {
+    let queue_copy = |(member, routes): MemberCopy| {
         let copy = [
             unsubscribe_headers(list, member.as_ref())?.as_bytes(),
-            &outgoing,
+            message,
         ]
         .concat();
         let mut submission = Submission::new(bounces.clone(), Recipients::Routes(routes));
         // Each member's copy gets its own return path, so a bounce says who.
         submission.verp = true;
-        // Someone's post passed on: sealed with ARC, so a receiver can trust
-        // the authentication it had here, before the footer and tag broke it.
-        submission.passed_on = true;
+        submission.passed_on = passed_on;
         // Mail to many waits behind mail a person is waiting for.
         submission.priority = postroom::store::queue::Priority::Low;
-        let id = submit::submit(config, &directory, submission, &copy)?;
+        let id = submit::submit(config, directory, submission, &copy)?;
         tracing::debug!(list = %list.address, queue_id = %id, "copy queued");
         anyhow::Ok(())
     };
@@ -187,13 +219,12 @@ pub fn distribute(
             .num_threads(COMMIT_THREADS)
             .build()?
             .install(|| copies.into_par_iter().try_for_each(queue_copy))
-            // A failure part way through sends the post again when it is
-            // retried (exit 75), so some members may get it twice: never
-            // none.
-            .with_context(|| format!("queueing the post's {count} copies (some may be queued)"))?;
+            // A failure part way through sends the message again when it
+            // is retried (exit 75), so some members may get it twice:
+            // never none.
+            .with_context(|| format!("queueing the {count} copies (some may be queued)"))?;
     }
-    tracing::info!(list = %list.address, %sender, copies = count, "post queued");
-    Ok(())
+    Ok(count)
 }
 
 /// Threads that commit a post's copies to the queue at once.
@@ -203,7 +234,7 @@ const COMMIT_THREADS: usize = 32;
 /// `unsubscribe_url`, that member's one-click URL and
 /// List-Unsubscribe-Post (RFC 8058), served by `list-web`. The mailto form
 /// is always there.
-fn unsubscribe_headers(list: &List, member: Option<&Address>) -> anyhow::Result<String> {
+pub fn unsubscribe_headers(list: &List, member: Option<&Address>) -> anyhow::Result<String> {
     let request = list.request_address();
     let url = match member {
         Some(member) => list.one_click_url(member)?,
@@ -248,25 +279,32 @@ fn list_headers(list: &List, post: &[u8]) -> Vec<u8> {
     if let Some(tag) = &list.config.subject_tag {
         headers = tag_subject(&headers, tag);
     }
-    let address = &list.address;
-    let request = list.request_address();
-    let description = list.config.description.replace(['\r', '\n', '"'], " ");
-    let mut added = format!(
-        "List-Id: \"{description}\" <{}>\r\nList-Post: <mailto:{address}>\r\n\
-         List-Help: <mailto:{request}?subject=help>\r\n\
-         List-Subscribe: <mailto:{request}?subject=subscribe>\r\n",
-        list.list_id()
-    );
-    // List-Unsubscribe is added per copy: see `unsubscribe_headers`.
-    added.push_str(&format!("Precedence: list\r\nX-Loop: {address}\r\n"));
+    let mut added = list_fields(list);
     if list.config.reply_to == ReplyTo::List {
-        added.push_str(&format!("Reply-To: <{address}>\r\n"));
+        added.push_str(&format!("Reply-To: <{}>\r\n", list.address));
     }
     let mut out = Vec::with_capacity(post.len() + added.len());
     out.extend_from_slice(added.as_bytes());
     out.extend_from_slice(&headers);
     out.extend_from_slice(&post[end..]);
     out
+}
+
+/// The fields every message to the members carries (posts and digests):
+/// List-Id (RFC 2919), List-Post, List-Help, List-Subscribe (RFC 2369),
+/// Precedence and X-Loop. List-Unsubscribe is added per copy: see
+/// [`unsubscribe_headers`].
+pub fn list_fields(list: &List) -> String {
+    let address = &list.address;
+    let request = list.request_address();
+    let description = list.config.description.replace(['\r', '\n', '"'], " ");
+    format!(
+        "List-Id: \"{description}\" <{}>\r\nList-Post: <mailto:{address}>\r\n\
+         List-Help: <mailto:{request}?subject=help>\r\n\
+         List-Subscribe: <mailto:{request}?subject=subscribe>\r\n\
+         Precedence: list\r\nX-Loop: {address}\r\n",
+        list.list_id()
+    )
 }
 
 /// When the author's domain publishes DMARC `p=reject` or `p=quarantine`,
@@ -307,18 +345,13 @@ fn rewrite_from_for_dmarc(config: &Config, list: &List, post: &[u8]) -> Option<V
     if policy != "reject" && policy != "quarantine" {
         return None;
     }
-    let name = author
-        .name()
-        .map(str::to_string)
-        .unwrap_or_else(|| address.clone());
-    let name = name.replace(['"', '\\', '\r', '\n'], " ");
+    // The name comes decoded (RFC 2047): written back encoded when it is
+    // not ASCII, since the post may go out without SMTPUTF8.
+    let name = author.name().unwrap_or(&address);
+    let name = message::display_name(&format!("{name} via {}", list.address.local_part()));
     let end = message::header_len(post);
     let mut headers = message::remove_header(&post[..end], "From");
-    let mut added = format!(
-        "From: \"{name} via {}\" <{}>\r\n",
-        list.address.local_part(),
-        list.address
-    );
+    let mut added = format!("From: {name} <{}>\r\n", list.address);
     if list.config.reply_to == ReplyTo::Sender && !message::has_header(&headers, "Reply-To") {
         added.push_str(&format!("Reply-To: <{address}>\r\n"));
     }
@@ -328,29 +361,58 @@ fn rewrite_from_for_dmarc(config: &Config, list: &List, post: &[u8]) -> Option<V
     Some(out)
 }
 
-/// `Subject: [tag] …`, unless the tag is there already (a reply).
+/// `Subject: [tag] …`, unless the tag is there already (a reply). It is
+/// looked for in the decoded subject, in any case: a reply's
+/// `Re: [team] héllo` is one RFC 2047 encoded word, and people write
+/// `[TEAM]` too. A subject with encoded words is written anew after the
+/// tag, encoded when it is not ASCII; any other keeps its text as it is.
 fn tag_subject(headers: &[u8], tag: &str) -> Vec<u8> {
-    let text = String::from_utf8_lossy(headers);
-    let mut out = String::with_capacity(text.len() + tag.len() + 12);
-    let mut found = false;
-    for line in text.split_inclusive("\r\n") {
-        if !found && line.len() >= 8 && line[..8].eq_ignore_ascii_case("subject:") {
-            found = true;
-            let value = &line[8..];
-            if value.contains(tag) {
-                out.push_str(line);
-            } else {
-                out.push_str(&format!("Subject: {tag} {}", value.trim_start()));
-            }
-            continue;
+    let decoded = mail_parser::MessageParser::default()
+        .parse_headers(headers)
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_default();
+    if decoded
+        .to_ascii_lowercase()
+        .contains(&tag.to_ascii_lowercase())
+    {
+        return headers.to_vec();
+    }
+    let lines: Vec<&[u8]> = headers.split_inclusive(|&b| b == b'\n').collect();
+    let is_subject = |line: &[u8]| line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"subject:");
+    let Some(start) = lines.iter().position(|l| is_subject(l)) else {
+        let end = headers.len().saturating_sub(2);
+        return [
+            &headers[..end],
+            format!("Subject: {tag}\r\n").as_bytes(),
+            &headers[end..],
+        ]
+        .concat();
+    };
+    // The field with its continuation lines.
+    let end = start
+        + 1
+        + lines[start + 1..]
+            .iter()
+            .take_while(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+            .count();
+    let value = lines[start..end].concat();
+    let value = &value[8..];
+    let field = if value.windows(2).any(|w| w == b"=?") {
+        let text = message::header_safe(&format!("{tag} {decoded}"));
+        if text.is_ascii() {
+            format!("Subject: {text}\r\n").into_bytes()
+        } else {
+            use mail_builder::headers::Header;
+            let mut field = b"Subject: ".to_vec();
+            // Writing to a Vec cannot fail.
+            let _ = mail_builder::headers::text::Text::new(text).write_header(&mut field, 9);
+            field
         }
-        out.push_str(line);
-    }
-    if !found {
-        let end = out.len().saturating_sub(2);
-        out.insert_str(end, &format!("Subject: {tag}\r\n"));
-    }
-    out.into_bytes()
+    } else {
+        let text = value.trim_ascii_start();
+        [format!("Subject: {tag} ").as_bytes(), text].concat()
+    };
+    [&lines[..start].concat(), &field[..], &lines[end..].concat()].concat()
 }
 
 /// Keeps a post in `held/` under an unguessable id and tells the owners.
@@ -481,5 +543,47 @@ mod tests {
             tag_subject(b"From: a\r\n\r\n", "[t]"),
             b"From: a\r\nSubject: [t]\r\n\r\n"
         );
+        assert_eq!(
+            tag_subject(b"Subject: [TEAM] caps\r\n\r\n", "[team]"),
+            b"Subject: [TEAM] caps\r\n\r\n"
+        );
+        // Folded, and 8-bit: kept as it is after the tag.
+        assert_eq!(
+            tag_subject(
+                "Subject: long\r\n  line é\r\nTo: b\r\n\r\n".as_bytes(),
+                "[t]"
+            ),
+            "Subject: [t] long\r\n  line é\r\nTo: b\r\n\r\n".as_bytes()
+        );
+    }
+
+    #[test]
+    fn subject_tags_are_found_in_encoded_words_and_written_encoded() {
+        let reply = b"Subject: =?UTF-8?Q?Re=3a_=5bteam=5d_h=c3=a9llo?=\r\n\r\n";
+        assert_eq!(tag_subject(reply, "[team]"), reply);
+        let subject = |headers: &[u8]| {
+            let tagged = tag_subject(headers, "[team]");
+            let parsed = mail_parser::MessageParser::default()
+                .parse_headers(&tagged)
+                .unwrap();
+            assert!(tagged.is_ascii(), "{}", String::from_utf8_lossy(&tagged));
+            (
+                parsed.subject().unwrap().to_string(),
+                parsed.header_raw("To").map(str::trim).map(str::to_string),
+            )
+        };
+        assert_eq!(
+            subject(
+                b"Subject: =?utf-8?q?h=C3=A9llo?=\r\n =?utf-8?q?_w=C3=B6rld?=\r\nTo: b\r\n\r\n"
+            ),
+            ("[team] héllo wörld".to_string(), Some("b".to_string()))
+        );
+        assert_eq!(
+            subject(b"Subject: =?us-ascii?q?plain?=\r\n\r\n").0,
+            "[team] plain"
+        );
+        // A line end encoded in the subject stays in it.
+        let (text, to) = subject(b"Subject: =?utf-8?q?=C3=A9=0D=0ATo:_x?=\r\n\r\n");
+        assert_eq!((text.as_str(), to), ("[team] é  To: x", None));
     }
 }

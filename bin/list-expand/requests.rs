@@ -12,7 +12,7 @@
 
 use mail_parser::MessageParser;
 use postroom::config::Config;
-use postroom::delivery::lists::List;
+use postroom::delivery::lists::{List, ListError};
 use postroom::proto::address::{Address, ReversePath};
 
 use crate::post::{distribute, take_held};
@@ -20,8 +20,12 @@ use crate::post::{distribute, take_held};
 /// The most commands one message may carry.
 const MAX_COMMANDS: usize = 10;
 
-/// Handles one message to the request address. Always 0: a request that
-/// cannot be done gets a reply saying why, never a bounce.
+/// Handles one message to the request address. 0 unless the reply cannot
+/// be queued now (`Err`, exit 75): a request that cannot be done gets a
+/// reply saying why, never a bounce, and one from an address that can
+/// never be answered (an unknown user of a local domain) is dropped with
+/// a log line before anything in it is done, as a post leaves out such a
+/// member; trying it again would change nothing.
 pub fn request(
     config: &Config,
     list: &List,
@@ -50,6 +54,17 @@ pub fn request(
         .and_then(|a| a.address())
         .and_then(|a| Address::parse(a).ok())
         .unwrap_or_else(|| envelope.clone());
+    match list.check_reply_address(config, &from) {
+        Ok(()) => {}
+        Err(e @ ListError::Undeliverable { .. }) => {
+            eprintln!(
+                "list-expand: {}: request from {envelope} dropped: {e}",
+                list.address
+            );
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    }
 
     let mut lines: Vec<String> = Vec::new();
     if let Some(subject) = parsed.subject() {
@@ -66,8 +81,11 @@ pub fn request(
     // A confirmation request's subject carries its token, so a plain
     // reply confirms.
     let mut subject = format!("Re: your request to {}", list.request_address());
+    // The confirmations asked for: taken back if the reply carrying them
+    // is not queued, so `pending/` holds only tokens that were sent.
+    let mut tokens = Vec::new();
     for line in lines.iter().take(MAX_COMMANDS + 1) {
-        match command(config, list, &from, line, &mut subject)? {
+        match command(config, list, &from, line, &mut subject, &mut tokens)? {
             Some(reply) => replies.push(format!("> {line}\r\n{reply}\r\n")),
             None if replies.is_empty() && line == &lines[0] => continue,
             None => break,
@@ -79,7 +97,16 @@ pub fn request(
     if replies.is_empty() {
         replies.push(help(list));
     }
-    list.reply(config, &from, &subject, &replies.join("\r\n"))?;
+    if let Err(e) = list.reply(config, &from, &subject, &replies.join("\r\n")) {
+        for token in &tokens {
+            list.cancel_token(token)?;
+        }
+        if let ListError::Undeliverable { .. } = e {
+            eprintln!("list-expand: {}: no reply sent: {e}", list.address);
+            return Ok(0);
+        }
+        return Err(e.into());
+    }
     Ok(0)
 }
 
@@ -90,6 +117,7 @@ fn command(
     from: &Address,
     line: &str,
     subject: &mut String,
+    tokens: &mut Vec<String>,
 ) -> anyhow::Result<Option<String>> {
     let lower = line.to_ascii_lowercase();
     // "Re: confirm TOKEN" from a reply's subject works too.
@@ -104,9 +132,10 @@ fn command(
                 "subscribe" | "join" => "subscribe",
                 _ => "unsubscribe",
             };
-            let (confirm_subject, text) = list.confirmation(action, from)?;
-            *subject = confirm_subject;
-            text
+            let confirmation = list.confirmation(action, from)?;
+            *subject = confirmation.subject;
+            tokens.push(confirmation.token);
+            confirmation.text
         }
         ["confirm", token] => match list.take_token(token)? {
             Some((action, who)) if action == "subscribe" => {

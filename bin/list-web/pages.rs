@@ -141,8 +141,18 @@ fn form(config: &Config, request: &Request, list: &Address) -> anyhow::Result<Re
                 // request was pending.
                 tracing::info!(list = %list.address, %who, action, "confirmation asked for again; not resent");
             } else {
-                let (subject, text) = list.confirmation(action, &who)?;
-                list.reply(config, &who, &subject, &text)?;
+                match list.send_confirmation(config, action, &who) {
+                    Ok(()) => {}
+                    Err(ListError::Undeliverable { reason, .. }) => {
+                        tracing::info!(list = %list.address, %who, action, "no confirmation sent: {reason}");
+                        let text = format!(
+                            "{who} cannot receive mail ({reason}), so no confirmation can be \
+                             sent to it; nothing was changed. Check the address."
+                        );
+                        return Ok(form_page(&list, 400, &text));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 tracing::info!(list = %list.address, %who, action, "confirmation request sent");
             }
             Ok(message(

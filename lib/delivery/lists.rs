@@ -51,6 +51,11 @@ pub enum ListError {
     /// A reply or confirmation request that could not be queued.
     #[error("queueing the list's reply: {0}")]
     Submit(#[from] SubmitError),
+    /// The address to answer does not resolve, for good (no such user in
+    /// a local domain, an alias loop): nothing can ever be sent to it, so
+    /// a request from it is dropped rather than tried again.
+    #[error("{address} cannot receive mail: {reason}")]
+    Undeliverable { address: String, reason: String },
     #[error("composing the list's reply: {0}")]
     Compose(std::io::Error),
     #[error("{}: {error}", path.display())]
@@ -166,6 +171,29 @@ pub struct Member {
     pub digest: bool,
     /// Gets nothing (on holiday, say) but may still post.
     pub nomail: bool,
+}
+
+/// A confirmation request made by [`List::confirmation`], not sent yet.
+#[derive(Debug, Clone)]
+pub struct Confirmation {
+    /// Its name in `pending/`.
+    pub token: String,
+    pub subject: String,
+    pub text: String,
+}
+
+/// What [`List::take_bounce`] made of a bounce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bounce {
+    /// The address names no member: ignored.
+    NoMember,
+    /// The member gets no mail already: ignored.
+    MailOff(Address),
+    /// Counted: the member's bounces so far.
+    Counted(Address, u32),
+    /// The member reached `bounce_limit` with this many and is set to
+    /// `nomail` now (the owners are to be told).
+    Stopped(Address, u32),
 }
 
 /// How many confirmation requests from the web form may wait at once
@@ -393,7 +421,9 @@ impl List {
     }
 
     /// Sets a member's options; `None` leaves one as it is. False when the
-    /// address is no member.
+    /// address is no member. A member whose mail is turned back on starts
+    /// with no bounces counted (as Mailman and mlmmj do), so the bounces
+    /// that stopped it cannot stop it again at the next one.
     pub fn set_options(
         &self,
         address: &Address,
@@ -402,6 +432,7 @@ impl List {
     ) -> Result<bool, ListError> {
         let key = address.lookup_key();
         let mut found = false;
+        let mut re_enabled = false;
         fsutil::edit_locked(
             &self.dir.join("members"),
             |text| -> Result<String, FileError> {
@@ -410,6 +441,7 @@ impl List {
                     let mut m = member;
                     if m.address == key {
                         found = true;
+                        re_enabled = m.nomail && nomail == Some(false);
                         m.digest = digest.unwrap_or(m.digest);
                         m.nomail = nomail.unwrap_or(m.nomail);
                     }
@@ -425,6 +457,9 @@ impl List {
                 Ok(out)
             },
         )?;
+        if re_enabled {
+            self.forget_bounces(address)?;
+        }
         Ok(found)
     }
 
@@ -514,10 +549,12 @@ impl List {
 
     /// Starts a subscribe or unsubscribe that `who` must confirm (by
     /// mail to the request address, or through `list-web`): keeps
-    /// `action address` under a new token and returns the subject and text
-    /// of the confirmation request. The subject carries the token, so a
-    /// plain reply confirms.
-    pub fn confirmation(&self, action: &str, who: &Address) -> Result<(String, String), ListError> {
+    /// `action address` under a new token and returns it with the subject
+    /// and text of the confirmation request. The subject carries the
+    /// token, so a plain reply confirms. The caller queues the request
+    /// and, if that fails, removes the token ([`List::cancel_token`]), so
+    /// `pending/` holds only confirmations that were sent.
+    pub fn confirmation(&self, action: &str, who: &Address) -> Result<Confirmation, ListError> {
         let token = self.new_token(action, who)?;
         let text = format!(
             "To {action} {who} {} {}, reply to this message keeping the subject, or send\r\n\
@@ -528,13 +565,56 @@ impl List {
             self.request_address(),
             self.config.confirm_seconds / 3600
         );
-        Ok((format!("confirm {token}"), text))
+        Ok(Confirmation {
+            subject: format!("confirm {token}"),
+            token,
+            text,
+        })
+    }
+
+    /// [`List::confirmation`] queued to `who` as a reply of its own (the
+    /// web form); the token is removed again when it cannot be queued.
+    pub fn send_confirmation(
+        &self,
+        config: &Config,
+        action: &str,
+        who: &Address,
+    ) -> Result<(), ListError> {
+        let confirmation = self.confirmation(action, who)?;
+        let sent = self.reply(config, who, &confirmation.subject, &confirmation.text);
+        if sent.is_err() {
+            self.cancel_token(&confirmation.token)?;
+        }
+        sent
+    }
+
+    /// Removes a token whose confirmation request was never sent.
+    pub fn cancel_token(&self, token: &str) -> Result<(), ListError> {
+        let path = self.dir.join("pending").join(token);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(ListError::Io { path, error }),
+        }
+    }
+
+    /// Whether `to` can be answered at all: `Err(Undeliverable)` when it
+    /// does not resolve for good (an unknown user of a local domain),
+    /// `Err(Submit)` when it cannot be looked up now. A request is checked
+    /// before anything in it is done, so one that can never be answered
+    /// changes nothing.
+    pub fn check_reply_address(&self, config: &Config, to: &Address) -> Result<(), ListError> {
+        let directory = Directory::load(config)?;
+        submit::resolve(&directory, std::slice::from_ref(to), Unresolvable::Refuse)
+            .map(drop)
+            .map_err(undeliverable_or_submit)
     }
 
     /// Queues a message from the request address to `to`: the null
     /// sender and `Auto-Submitted: auto-replied`, so two robots cannot
     /// answer each other for ever. An address that expands to nobody gets
-    /// nothing, and that is no error.
+    /// nothing, and that is no error; one that does not resolve for good
+    /// is [`ListError::Undeliverable`].
     pub fn reply(
         &self,
         config: &Config,
@@ -560,7 +640,7 @@ impl List {
         );
         match submit::submit(config, &directory, submission, &message) {
             Ok(_) | Err(SubmitError::NoRecipients) => Ok(()),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(undeliverable_or_submit(e)),
         }
     }
 
@@ -625,15 +705,63 @@ impl List {
         )))
     }
 
+    /// Takes a bounce sent to `bounce` (`LIST-bounces+local=domain@…`):
+    /// counts it against the member it names (the `bounces` file) and,
+    /// when the count reaches `bounce_limit`, sets the member to `nomail`
+    /// and forgets their count, so turning their mail back on, by mail or
+    /// by editing the members file, starts them afresh. A bounce that names
+    /// no member, or one whose mail is off already (late bounces of what
+    /// was sent before), changes nothing.
+    pub fn take_bounce(&self, bounce: &Address, delimiter: char) -> Result<Bounce, ListError> {
+        let Some(named) = member_of_verp(&self.address, bounce, delimiter) else {
+            return Ok(Bounce::NoMember);
+        };
+        let key = named.lookup_key();
+        let Some(member) = self.members()?.into_iter().find(|m| m.address == key) else {
+            return Ok(Bounce::NoMember);
+        };
+        if member.nomail {
+            return Ok(Bounce::MailOff(named));
+        }
+        let count = self.count_bounce(&named)?;
+        if count < self.config.bounce_limit {
+            return Ok(Bounce::Counted(named, count));
+        }
+        self.set_options(&named, None, Some(true))?;
+        self.forget_bounces(&named)?;
+        Ok(Bounce::Stopped(named, count))
+    }
+
     /// Counts a bounce for a member (the `bounces` file: `address count`
     /// lines, under its lock) and returns the new count.
-    pub fn count_bounce(&self, member: &Address) -> Result<u32, ListError> {
-        let key = member.lookup_key();
+    fn count_bounce(&self, member: &Address) -> Result<u32, ListError> {
         let mut count = 0;
+        self.edit_bounce_count(member, |n| {
+            count = n + 1;
+            Some(count)
+        })?;
+        Ok(count)
+    }
+
+    /// Drops a member's line from the `bounces` file.
+    fn forget_bounces(&self, member: &Address) -> Result<(), ListError> {
+        self.edit_bounce_count(member, |_| None)
+    }
+
+    /// Replaces a member's count in the `bounces` file (0 when it has no
+    /// line) with what `change` makes of it: a line for `Some`, none for
+    /// `None`.
+    fn edit_bounce_count(
+        &self,
+        member: &Address,
+        change: impl FnOnce(u32) -> Option<u32>,
+    ) -> Result<(), ListError> {
+        let key = member.lookup_key();
         fsutil::edit_locked(
             &self.dir.join("bounces"),
             |text| -> Result<String, FileError> {
                 let mut out = String::with_capacity(text.len() + 32);
+                let mut count = 0;
                 for line in text.lines() {
                     let mut words = line.split_whitespace();
                     let (Some(address), Some(n)) = (words.next(), words.next()) else {
@@ -646,17 +774,13 @@ impl List {
                         out.push('\n');
                     }
                 }
-                count += 1;
-                out.push_str(&format!("{key} {count}\n"));
+                if let Some(count) = change(count) {
+                    out.push_str(&format!("{key} {count}\n"));
+                }
                 Ok(out)
             },
         )?;
-        Ok(count)
-    }
-
-    /// The member a VERP bounce address names (`LIST-bounces+local=domain@…`).
-    pub fn member_of_bounce(&self, bounce: &Address, delimiter: char) -> Option<Address> {
-        member_of_verp(&self.address, bounce, delimiter)
+        Ok(())
     }
 
     /// The RFC 2919 list identifier: the address with `@` made a dot.
@@ -692,6 +816,21 @@ impl List {
     }
 }
 
+/// A submission's failure as a list sees it: a recipient that does not
+/// resolve for good is [`ListError::Undeliverable`], the rest (the queue,
+/// a users file missing now) [`ListError::Submit`].
+fn undeliverable_or_submit(e: SubmitError) -> ListError {
+    match e {
+        SubmitError::Unresolvable { address, error } if !error.is_temporary() => {
+            ListError::Undeliverable {
+                address: address.to_string(),
+                reason: error.to_string(),
+            }
+        }
+        e => ListError::Submit(e),
+    }
+}
+
 /// The list, member and token a one-click path names
 /// (`/unsubscribe/LIST/MEMBER/TOKEN`, already percent-decoded, as CGI's
 /// PATH_INFO is); `None` for any other path. The member is everything
@@ -714,8 +853,6 @@ pub fn parse_one_click_path(path: &str) -> Option<(Address, Address, String)> {
     ))
 }
 
-/// Member lines: `address [digest] [nomail]`; `#` comments and blank
-/// lines are skipped, and so is anything that is not an address.
 /// The member a VERP bounce address names for the list at `list`
 /// (`LIST-bounces+local=domain@…`, the inverse of
 /// [`crate::store::queue::Envelope::sender_for`]); `None` for any other
@@ -731,6 +868,8 @@ pub fn member_of_verp(list: &Address, bounce: &Address, delimiter: char) -> Opti
     Address::parse(&format!("{local}@{domain}")).ok()
 }
 
+/// Member lines: `address [digest] [nomail]`; `#` comments and blank
+/// lines are skipped, and so is anything that is not an address.
 fn parse_members(text: &str) -> Vec<Member> {
     text.lines()
         .filter_map(|line| {
@@ -878,6 +1017,59 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(list.take_token(&token).unwrap().is_none(), "expired");
         assert!(list.take_token("../../etc/passwd").unwrap().is_none());
+    }
+
+    #[test]
+    fn bounces_count_members_only_and_stop_them_again_after_mail_is_back_on() {
+        let (_d, config) = setup();
+        let mut list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        list.config.bounce_limit = 2;
+        list.add("members", &[a("m@x.test")]).unwrap();
+        let bounce = |who: &str| {
+            list.take_bounce(&a(&format!("l-bounces+{who}@example.test")), '+')
+                .unwrap()
+        };
+        let bounces = || std::fs::read_to_string(list.dir.join("bounces")).unwrap_or_default();
+        assert_eq!(bounce("nobody=x.test"), Bounce::NoMember);
+        assert_eq!(
+            list.take_bounce(&a("l-bounces@example.test"), '+').unwrap(),
+            Bounce::NoMember
+        );
+        assert_eq!(bounces(), "", "a bounce naming no member counts nothing");
+        for _ in 0..2 {
+            assert_eq!(bounce("m=x.test"), Bounce::Counted(a("m@x.test"), 1));
+            assert_eq!(bounce("M=x.test"), Bounce::Stopped(a("m@x.test"), 2));
+            assert!(list.members().unwrap()[0].nomail);
+            assert_eq!(bounce("m=x.test"), Bounce::MailOff(a("m@x.test")));
+            // Back on ("set nomail off"): counted from nothing again.
+            assert!(list.set_options(&a("m@x.test"), None, Some(false)).unwrap());
+        }
+        // A count left at the limit (as older versions left it) stops the
+        // member at their next bounce, not never.
+        std::fs::write(list.dir.join("bounces"), "m@x.test 7\n").unwrap();
+        assert_eq!(bounce("m=x.test"), Bounce::Stopped(a("m@x.test"), 8));
+        std::fs::write(list.dir.join("bounces"), "m@x.test 1\n").unwrap();
+        assert!(list.set_options(&a("m@x.test"), None, Some(false)).unwrap());
+        assert_eq!(bounces(), "", "turning mail on forgets the bounces");
+    }
+
+    #[test]
+    fn a_confirmation_that_cannot_be_sent_leaves_no_token() {
+        let (_d, config) = setup();
+        let list = List::create(&config, &a("l@example.test"), &a("o@example.test")).unwrap();
+        // The host name's users cannot be looked up: there is no users file.
+        let e = list
+            .send_confirmation(&config, "subscribe", &a("who@mx.example.test"))
+            .unwrap_err();
+        assert!(matches!(e, ListError::Submit(_)), "{e}");
+        assert_eq!(
+            std::fs::read_dir(list.dir.join("pending")).unwrap().count(),
+            0
+        );
+        assert!(matches!(
+            list.check_reply_address(&config, &a("who@mx.example.test")),
+            Err(ListError::Submit(_))
+        ));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! both of which RFC 8058 one-click POSTs may use), and the response as an
 //! HTTP/1.1 message or as CGI output (RFC 3875 §6).
 //!
+//! A request in HTTP/1.1 without a Host field, or any with two, is
+//! refused with 400 (RFC 9112 §3.2).
+//!
 //! Bounded: a head past [`MAX_HEAD`] bytes or with more than
 //! [`MAX_HEADERS`] fields, and a body past the caller's limit, are refused
 //! before they are read. A body must come with Content-Length: a chunked
@@ -138,6 +141,18 @@ pub fn parse_head(data: &[u8], max_body: usize) -> Result<Option<RequestHead>, H
             )));
         }
     };
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request
+    // with two, is answered 400 (two are another way past a proxy).
+    let hosts = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .count();
+    if hosts > 1 || (hosts == 0 && request.version == Some(1)) {
+        return Err(HttpError::Malformed(format!(
+            "{hosts} Host fields; an HTTP/1.1 request has exactly one (RFC 9112 §3.2)"
+        )));
+    }
     Ok(Some(RequestHead {
         content_length,
         ..head
@@ -345,6 +360,19 @@ mod tests {
                 .unwrap_err()
                 .status(),
             400
+        );
+        for hosts in [
+            b"GET / HTTP/1.1\r\n\r\n".as_slice(),
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.0\r\nhost: a\r\nHOST: a\r\n\r\n",
+        ] {
+            let e = parse_head(hosts, BIG).unwrap_err();
+            assert_eq!(e.status(), 400, "{e}");
+        }
+        assert!(
+            parse_head(b"GET / HTTP/1.0\r\n\r\n", BIG)
+                .unwrap()
+                .is_some()
         );
         assert_eq!(split_target("http://x/").unwrap_err().status(), 400);
         assert!(split_target("/%ff").is_err(), "not UTF-8");

@@ -404,6 +404,37 @@ pub fn header_safe(value: &str) -> String {
         .collect()
 }
 
+/// `name` as the display name of an address in a header field this server
+/// writes (`NAME <address>`): a quoted string when it is ASCII, else RFC
+/// 2047 encoded words (B, UTF-8), which a message without SMTPUTF8 needs
+/// and which must not stand in quotes (RFC 2047 §5), folded between
+/// words so none is longer than 75 characters. Control characters become
+/// spaces ([`header_safe`]), so the name stays in its field.
+pub fn display_name(name: &str) -> String {
+    use base64::Engine;
+    let name = header_safe(name);
+    if name.is_ascii() {
+        return format!("\"{}\"", name.replace(['"', '\\'], " "));
+    }
+    // `=?utf-8?B?` and `?=` leave 63 characters: 45 bytes in base64.
+    const MOST: usize = 45;
+    let mut words = Vec::new();
+    let mut rest = name.as_str();
+    while !rest.is_empty() {
+        let mut end = rest.len().min(MOST);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        words.push(format!(
+            "=?utf-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(chunk)
+        ));
+        rest = tail;
+    }
+    words.join("\r\n ")
+}
+
 /// A message without the mbox `From ` line it may start with (how
 /// procmail, fetchmail's `--mda` and mbox tools hand a message to a
 /// delivery program): that line is no header field, and left in place it
@@ -615,6 +646,27 @@ pub(crate) mod strategies {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn display_names_are_quoted_or_encoded_and_stay_in_their_field() {
+        assert_eq!(display_name("Ann \"A\" B\\"), "\"Ann  A  B \"");
+        assert_eq!(display_name("x\r\nBcc: e@x.test"), "\"x  Bcc: e@x.test\"");
+        let encoded = display_name("élève via team");
+        assert_eq!(encoded, "=?utf-8?B?w6lsw6h2ZSB2aWEgdGVhbQ==?=");
+        let long = "é".repeat(40) + "\r\nBcc: x";
+        let encoded = display_name(&long);
+        assert!(encoded.is_ascii());
+        for word in encoded.split("\r\n ") {
+            assert!(word.len() <= 75 && word.starts_with("=?utf-8?B?"), "{word}");
+        }
+        let field = format!("From: {encoded} <l@x.test>\r\n\r\n");
+        let parsed = mail_parser::MessageParser::default()
+            .parse_headers(field.as_bytes())
+            .unwrap();
+        let from = parsed.from().unwrap().first().unwrap();
+        assert_eq!(from.name(), Some(&*("é".repeat(40) + "  Bcc: x")));
+        assert_eq!(from.address(), Some("l@x.test"));
+    }
     use super::*;
 
     #[test]

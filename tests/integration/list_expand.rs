@@ -355,6 +355,114 @@ fn subscribe_and_unsubscribe_by_mail_with_confirmation() {
 }
 
 #[test]
+fn the_printed_alias_lines_connect_posts_requests_and_bounces() {
+    let tree = Tree::new();
+    for user in ["ann", "bob", "eve"] {
+        tree.add_user(&format!("{user}@example.test"));
+    }
+    let created = ok(&list_expand(
+        &tree,
+        &["create", "team@example.test", "--owner", "ann@example.test"],
+        b"",
+    ));
+    let lines: Vec<&str> = created
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(lines.len(), 4, "{created}");
+    for line in &lines {
+        assert!(
+            line.contains("-owner@")
+                || line.contains(&format!("--config {}", tree.config.display())),
+            "a pipe line without the --config given: {line}"
+        );
+    }
+    let show = ok(&list_expand(&tree, &["show", "team@example.test"], b""));
+    assert!(
+        show.ends_with(&created[created.find('\n').unwrap() + 1..]),
+        "{show}"
+    );
+    std::fs::write(tree.root().join("aliases"), lines.join("\n") + "\n").unwrap();
+    ok(&list_expand(
+        &tree,
+        &["add", "team@example.test", "-"],
+        b"bob@example.test\n",
+    ));
+
+    // A request reaches `request`: eve gets the confirmation, ann nothing.
+    let out = tree.inject(
+        &["-f", "eve@example.test", "team-request@example.test"],
+        b"From: eve@example.test\nSubject: subscribe\n\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    run_queue(&tree);
+    let eve = mail_of(&tree, "eve");
+    assert!(
+        eve.iter().any(|m| m.contains("Subject: confirm ")),
+        "{eve:?}"
+    );
+    // A bounce reaches `bounce`, which counts it against bob.
+    let out = tree.inject(
+        &["-f", "", "team-bounces+bob=example.test@example.test"],
+        b"From: MAILER-DAEMON@far.test\nSubject: failed\n\nbob is gone\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    run_queue(&tree);
+    let bounces =
+        std::fs::read_to_string(tree.root().join("lists/team@example.test/bounces")).unwrap();
+    assert_eq!(bounces, "bob@example.test 1\n");
+    assert!(mail_of(&tree, "ann").is_empty(), "the owner gets neither");
+    // And a post reaches `post`.
+    let out = tree.inject(
+        &["-f", "bob@example.test", "team@example.test"],
+        b"From: bob@example.test\nSubject: hi\n\nhello\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    run_queue(&tree);
+    assert!(mail_of(&tree, "bob").iter().any(|m| m.contains("List-Id:")));
+}
+
+#[test]
+fn a_request_from_an_address_that_cannot_receive_mail_is_dropped() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    ok(&list_expand(
+        &tree,
+        &["create", "team@example.test", "--owner", "ann@example.test"],
+        b"",
+    ));
+    let pending = tree.root().join("lists/team@example.test/pending");
+    for _ in 0..2 {
+        let out = list_expand(
+            &tree,
+            &[
+                "request",
+                "team@example.test",
+                "--sender",
+                "nosuch@example.test",
+            ],
+            b"From: nosuch@example.test\nSubject: subscribe\n\nhelp\n",
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nosuch@example.test cannot receive mail"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
+    assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
+    // One that can be answered still is.
+    ok(&list_expand(
+        &tree,
+        &["request", "team@example.test", "--sender", "x@far.test"],
+        b"From: x@far.test\nSubject: subscribe\n\n",
+    ));
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 1);
+}
+
+#[test]
 fn digest_members_get_one_mime_digest_of_the_new_posts() {
     let tree = Tree::new();
     for user in ["ann", "bob", "dig"] {
@@ -366,7 +474,14 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
         "bob@example.test\ndig@example.test digest\n",
     )
     .unwrap();
-    for subject in ["first", "second"] {
+    let config = tree.root().join("lists/team@example.test/config");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text + "unsubscribe_url = \"https://lists.example.test/lw\"\n",
+    )
+    .unwrap();
+    for subject in ["first", "second", "=?utf-8?q?h=C3=A9llo?="] {
         ok(&list_expand(
             &tree,
             &["post", "team@example.test", "--sender", "ann@example.test"],
@@ -374,9 +489,9 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
         ));
     }
     let out = ok(&list_expand(&tree, &["digest", "team@example.test"], b""));
-    assert!(out.contains("2 posts"), "{out}");
+    assert!(out.contains("3 posts"), "{out}");
     run_queue(&tree);
-    assert_eq!(mail_of(&tree, "bob").len(), 2, "bob gets each post");
+    assert_eq!(mail_of(&tree, "bob").len(), 3, "bob gets each post");
     let digest = mail_of(&tree, "dig");
     assert_eq!(digest.len(), 1, "dig gets one digest only");
     for want in [
@@ -384,9 +499,31 @@ fn digest_members_get_one_mime_digest_of_the_new_posts() {
         "message/rfc822",
         "body of first",
         "body of second",
-        "1. first",
     ] {
         assert!(digest[0].contains(want), "{want:?} missing:\n{}", digest[0]);
+    }
+    // The table of contents shows subjects decoded (RFC 2047).
+    let parsed = mail_parser::MessageParser::default()
+        .parse(digest[0].as_bytes())
+        .unwrap();
+    let contents = parsed.body_text(0).unwrap();
+    for want in ["1. first (ann@example.test)", "3. héllo (ann@example.test)"] {
+        assert!(contents.contains(want), "{want:?} missing:\n{contents}");
+    }
+    // The digest's own header carries the fields the posts do (RFC 2369),
+    // with dig's one-click URL.
+    let head = digest[0][..digest[0].find("\n\n").unwrap()].replace("\n ", " ");
+    for want in [
+        "List-Id: \"\" <team.example.test>",
+        "List-Post: <mailto:team@example.test>",
+        "List-Help: <mailto:team-request@example.test?subject=help>",
+        "List-Unsubscribe: <https://lists.example.test/lw/unsubscribe/team@example.test/dig@example.test/",
+        "<mailto:team-request@example.test?subject=unsubscribe>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "X-Loop: team@example.test",
+        "Return-Path: <team-bounces+dig=example.test@example.test>",
+    ] {
+        assert!(head.contains(want), "{want:?} missing:\n{head}");
     }
     let again = ok(&list_expand(&tree, &["digest", "team@example.test"], b""));
     assert!(again.contains("0 posts"), "{again}");
@@ -509,6 +646,12 @@ fn from_is_rewritten_for_authors_whose_domain_has_a_strict_dmarc_policy() {
     for (author, subject) in [
         ("Xena <x@strict.test>", "strict"),
         ("y@relaxed.test", "relaxed"),
+        // Decoded, the name is not ASCII, and one has a line end in it.
+        ("=?utf-8?b?w6lsw6h2ZQ==?= <e@strict.test>", "eight"),
+        (
+            "=?utf-8?q?z=0D=0ABcc:_evil@far.test?= <z@strict.test>",
+            "split",
+        ),
     ] {
         ok(&list_expand(
             &tree,
@@ -529,6 +672,23 @@ fn from_is_rewritten_for_authors_whose_domain_has_a_strict_dmarc_policy() {
         .find(|m| m.contains("Subject: relaxed"))
         .unwrap();
     assert!(relaxed.contains("From: y@relaxed.test"), "{relaxed}");
+    let eight = mail.iter().find(|m| m.contains("Subject: eight")).unwrap();
+    let head = &eight[..eight.find("\n\n").unwrap()];
+    assert!(head.is_ascii(), "8-bit header without SMTPUTF8:\n{head}");
+    let parsed = mail_parser::MessageParser::default()
+        .parse_headers(eight.as_bytes())
+        .unwrap();
+    let from = parsed.from().unwrap().first().unwrap();
+    assert_eq!(
+        (from.name(), from.address()),
+        (Some("élève via team"), Some("team@example.test"))
+    );
+    let split = mail.iter().find(|m| m.contains("Subject: split")).unwrap();
+    assert!(
+        split.contains("From: \"z  Bcc: evil@far.test via team\" <team@example.test>")
+            && !split.contains("\nBcc:"),
+        "{split}"
+    );
 }
 
 #[test]

@@ -253,9 +253,45 @@ fn one_click_from_a_real_post_removes_exactly_its_member() {
         b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
     );
     assert_eq!(status, 413);
+    // HTTP/1.1 without Host, or with two (RFC 9112 §3.2).
+    for request in [
+        b"GET /team@example.test HTTP/1.1\r\n\r\n".as_slice(),
+        b"GET /team@example.test HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+    ] {
+        let (status, said) = http(activator.base, request);
+        assert_eq!(status, 400, "{said}");
+    }
     let (status, _) = http(activator.base, b"GET / HTTP/1.1\r\nX-A: b\r\n");
     assert_eq!(status, 408);
     assert_eq!(members(&tree), "eve@example.test\n");
+}
+
+#[test]
+fn the_form_sends_no_confirmation_to_an_address_that_cannot_receive_mail() {
+    let tree = Tree::new();
+    tree.add_user("ann@example.test");
+    open_team(&tree, b"");
+    let pending = tree.root().join("lists/team@example.test/pending");
+    let form = |address: &str| {
+        cgi(
+            &tree,
+            "POST",
+            "/team@example.test",
+            FORM,
+            format!("address={}&action=subscribe", address.replace('@', "%40")).as_bytes(),
+        )
+    };
+    let (status, page) = form("nosuch@example.test");
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("nosuch@example.test cannot receive mail"),
+        "{page}"
+    );
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
+    assert!(tree.queue().list().unwrap().is_empty(), "nothing queued");
+    let (status, page) = form("x@far.test");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 1);
 }
 
 /// A loopback web server for a browser: `/test/NAME` answers with
