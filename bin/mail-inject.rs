@@ -535,11 +535,7 @@ fn addresses_named(text: &str, hostname: &str) -> Vec<String> {
         .filter(|a| !(has_groups && a.is_group_start()))
         .filter_map(|a| {
             let local = a.mailbox.filter(|m| !m.is_empty())?;
-            let local = if postroom::proto::address::is_dot_string(&local) {
-                local
-            } else {
-                format!("\"{}\"", local.replace('\\', "\\\\").replace('"', "\\\""))
-            };
+            let local = postroom::proto::address::quote_local_part(&local);
             let host = a.host.filter(|h| !h.is_empty());
             Some(format!("{local}@{}", host.as_deref().unwrap_or(hostname)))
         })

@@ -518,7 +518,10 @@ impl Client {
         }
 
         match &converted {
-            Some(body) => self.send_converted(body).await?,
+            Some(body) => {
+                self.send_data(body.as_slice(), body.len() as u64, message)
+                    .await?
+            }
             None => self.send_body(message).await?,
         }
         let done = self.read_reply(self.data_timeout).await?;
@@ -535,20 +538,31 @@ impl Client {
     /// short: the error drops the connection before the final dot, so the
     /// other side discards what it got (RFC 5321 §4.1.1.4).
     async fn send_body(&mut self, message: &QueuedMessage) -> Result<(), SessionError> {
-        let local = |e: std::io::Error| {
-            SessionError::Temporary(format!("451 4.3.0 cannot read the queue file: {e}"))
-        };
-        let mut file = tokio::fs::File::open(message.path()).await.map_err(local)?;
+        let mut file = tokio::fs::File::open(message.path())
+            .await
+            .map_err(unreadable)?;
         file.seek(std::io::SeekFrom::Start(message.body_offset))
             .await
-            .map_err(local)?;
+            .map_err(unreadable)?;
+        self.send_data(file, message.body_length(), message).await
+    }
+
+    /// `length` bytes of `body` through the encoder (CRLF lines of at most
+    /// 998 octets, dot-stuffed) and the final dot: the queue file's body,
+    /// or its 7-bit form made in memory.
+    async fn send_data(
+        &mut self,
+        mut body: impl tokio::io::AsyncRead + Unpin,
+        length: u64,
+        message: &QueuedMessage,
+    ) -> Result<(), SessionError> {
         let mut encoder = DataEncoder::new();
         let mut chunk = vec![0u8; BODY_CHUNK];
         let mut wire = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
-        let mut left = message.body_length();
+        let mut left = length;
         while left > 0 {
             let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = file.read(&mut chunk[..want]).await.map_err(local)?;
+            let n = body.read(&mut chunk[..want]).await.map_err(unreadable)?;
             if n == 0 {
                 return Err(SessionError::Temporary(format!(
                     "451 4.3.0 queue file {} ends {left} bytes before its body does; \
@@ -559,20 +573,6 @@ impl Client {
             left -= n as u64;
             wire.clear();
             encoder.push(&chunk[..n], &mut wire);
-            self.send(&wire).await?;
-        }
-        wire.clear();
-        encoder.finish(&mut wire);
-        self.send(&wire).await
-    }
-
-    /// Sends a body made in memory (the 7-bit form of one).
-    async fn send_converted(&mut self, body: &[u8]) -> Result<(), SessionError> {
-        let mut encoder = DataEncoder::new();
-        let mut wire = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 8);
-        for chunk in body.chunks(BODY_CHUNK) {
-            wire.clear();
-            encoder.push(chunk, &mut wire);
             self.send(&wire).await?;
         }
         wire.clear();
@@ -765,6 +765,11 @@ fn refusal(line: String, reply: &Reply) -> Outcome {
     } else {
         Outcome::Failed(line)
     }
+}
+
+/// A queue file that cannot be read now: the recipients wait.
+fn unreadable(e: std::io::Error) -> SessionError {
+    SessionError::Temporary(format!("451 4.3.0 cannot read the queue file: {e}"))
 }
 
 /// Why a body has no 7-bit form to send.

@@ -367,13 +367,7 @@ impl Runner {
                 }
                 // Handed to a server without DSN: "relayed" reports are ours.
                 if relayed {
-                    deliver::report_successes(
-                        &config,
-                        &directory,
-                        &locked.message,
-                        &outcomes,
-                        true,
-                    );
+                    dsn::report_successes(&config, &directory, &locked.message, &outcomes, true);
                 }
                 let entries = deliver::log_entries(&config, &locked.message, &outcomes);
                 // When these deliveries finish the message, it is removed

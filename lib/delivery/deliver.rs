@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::dkim::{self, DkimError};
+use crate::delivery::dsn;
 use crate::directory::aliases::{Directory, ResolveError};
 use crate::directory::users;
 use crate::program::{Ended, Program};
@@ -62,7 +63,7 @@ pub fn deliver_local(
     let tries: Vec<LogEntry> = due.iter().map(|&i| LogEntry::Try(i)).collect();
     locked.record(&tries, false)?;
     let outcomes = attempt(config, directory, &locked.message, &due)?;
-    report_successes(config, directory, &locked.message, &outcomes, false);
+    dsn::report_successes(config, directory, &locked.message, &outcomes, false);
     // A pipe is not idempotent, so its outcome must not be lost.
     let durable = due
         .iter()
@@ -145,7 +146,7 @@ fn enter_queue(
     };
     let due = due_local(&staged.message, true);
     let outcomes = attempt(config, directory, &staged.message, &due)?;
-    report_successes(config, directory, &staged.message, &outcomes, false);
+    dsn::report_successes(config, directory, &staged.message, &outcomes, false);
     let remote = staged
         .message
         .envelope
@@ -161,35 +162,6 @@ fn enter_queue(
     }
     let entries = log_entries(config, &staged.message, &outcomes);
     Ok(staged.commit(&entries).map(Early::Queued)?)
-}
-
-/// The success reports owed for the deliveries among `outcomes`
-/// ([`dsn::report_successes`]; `relayed`: to a server without DSN),
-/// queued before the deliveries are recorded. One that cannot be queued
-/// is logged: the mail itself is delivered, and refusing or retrying it
-/// now would deliver it twice.
-pub fn report_successes(
-    config: &Config,
-    directory: &Directory,
-    message: &QueuedMessage,
-    outcomes: &[(usize, Outcome)],
-    relayed: bool,
-) {
-    let delivered: Vec<(usize, &str)> = outcomes
-        .iter()
-        .filter_map(|(i, o)| match o {
-            Outcome::Delivered(reply) => Some((*i, reply.as_str())),
-            _ => None,
-        })
-        .collect();
-    if delivered.is_empty() {
-        return;
-    }
-    if let Err(e) =
-        crate::delivery::dsn::report_successes(config, directory, message, &delivered, relayed)
-    {
-        tracing::error!(queue_id = %message.id, "success report not queued: {e}");
-    }
 }
 
 /// Local and pipe recipients still pending and due now (or at all, with

@@ -20,6 +20,7 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::{BodyPart, MimePart};
 
 use crate::config::Config;
+use crate::delivery::deliver::Outcome;
 use crate::delivery::submit::{Recipients, Submission, SubmitError, submit};
 use crate::directory::aliases::Directory;
 use crate::proto::address::{Address, ReversePath};
@@ -87,7 +88,7 @@ pub fn report(
 /// The report on recipients of `message` given with the reply each got:
 /// for outcomes not yet recorded in its state (a success reported as it
 /// happens).
-pub fn report_on(
+fn report_on(
     config: &Config,
     message: &QueuedMessage,
     kind: Kind,
@@ -255,25 +256,30 @@ pub fn queue_report(
     Ok(id)
 }
 
-/// Success reports (RFC 3461 §4.1 NOTIFY=SUCCESS) for `delivered`, the
-/// recipients just delivered with the reply each got: queued to the
-/// sender for those that asked, before the delivery is recorded (a crash
-/// between sends it twice, never not at all). `relayed`: handed to a
-/// system that does not speak DSN, so this is the last report (§5.2.3).
+/// Success reports (RFC 3461 §4.1 NOTIFY=SUCCESS) for the deliveries
+/// among `outcomes`: queued to the sender for the recipients that asked,
+/// before the deliveries are recorded (a crash between sends one twice,
+/// never not at all). `relayed`: handed to a system that does not speak
+/// DSN, so this is the last report (§5.2.3). One that cannot be queued is
+/// logged: the mail itself is delivered, and refusing or retrying it now
+/// would deliver it twice.
 pub fn report_successes(
     config: &Config,
     directory: &Directory,
     message: &QueuedMessage,
-    delivered: &[(usize, &str)],
+    outcomes: &[(usize, Outcome)],
     relayed: bool,
-) -> Result<(), SubmitError> {
+) {
     let ReversePath::Address(sender) = &message.envelope.sender else {
-        return Ok(());
+        return;
     };
     let kind = Kind::Success { relayed };
-    let wanted: Vec<(usize, &str)> = delivered
+    let wanted: Vec<(usize, &str)> = outcomes
         .iter()
-        .copied()
+        .filter_map(|(i, outcome)| match outcome {
+            Outcome::Delivered(reply) => Some((*i, reply.as_str())),
+            _ => None,
+        })
         .filter(|&(i, _)| {
             message
                 .envelope
@@ -283,10 +289,14 @@ pub fn report_successes(
         })
         .collect();
     if wanted.is_empty() {
-        return Ok(());
+        return;
     }
-    let report = report_on(config, message, kind, &wanted)?;
-    queue_report(config, directory, sender, &report).map(drop)
+    let queued = report_on(config, message, kind, &wanted)
+        .map_err(SubmitError::from)
+        .and_then(|report| queue_report(config, directory, sender, &report));
+    if let Err(e) = queued {
+        tracing::error!(queue_id = %message.id, "success report not queued: {e}");
+    }
 }
 
 /// Who hears of reports that cannot be delivered: `queue.postmaster`, else

@@ -268,6 +268,17 @@ pub fn is_dot_string(local: &str) -> bool {
         .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
+/// A local part as an address writes it: as it is when it is a
+/// dot-string, else quoted with its `\` and `"` escaped (RFC 5321
+/// `Quoted-string`), so `john doe` becomes `"john doe"`.
+pub fn quote_local_part(local: &str) -> String {
+    if is_dot_string(local) {
+        local.to_string()
+    } else {
+        format!("\"{}\"", local.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
 /// RFC 5322 `atext`, widened by RFC 6531 to any non-ASCII character.
 fn is_atext(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()

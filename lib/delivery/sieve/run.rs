@@ -613,12 +613,7 @@ impl State<'_> {
                     .into_iter()
                     .filter(|a| !a.is_group_start())
                     .filter_map(|a| {
-                        let local = a.mailbox?;
-                        let local = if crate::proto::address::is_dot_string(&local) {
-                            local
-                        } else {
-                            format!("\"{}\"", local.replace('\\', "\\\\").replace('"', "\\\""))
-                        };
+                        let local = crate::proto::address::quote_local_part(&a.mailbox?);
                         Some(match a.host.as_deref() {
                             Some(host) if !host.is_empty() => format!("{local}@{host}"),
                             _ => local,
