@@ -1016,16 +1016,28 @@ I would like to make money fast.\r\n";
         let script = format!("require [{require}];\nif {test} {{ fileinto \"hit\"; }}");
         Script::compile(&script)
             .unwrap_or_else(|e| panic!("{test}: {e}"))
-            .run(&Input {
-                message,
-                envelope_from: "",
-                envelope_to: "",
-                delimiter: '+',
-                mailbox_exists: &|_| false,
-                list: &|_| None,
-            })
+            .run(&bare(message))
             .unwrap()
             == [into("hit")]
+    }
+
+    /// The input of a run on `message` alone: no envelope, no folders,
+    /// no external lists.
+    fn bare(message: &[u8]) -> Input<'_> {
+        fn no_folder(_: &str) -> bool {
+            false
+        }
+        fn no_list(_: &str) -> Option<Vec<String>> {
+            None
+        }
+        Input {
+            message,
+            envelope_from: "",
+            envelope_to: "",
+            delimiter: '+',
+            mailbox_exists: &no_folder,
+            list: &no_list,
+        }
     }
 
     fn keep() -> Action {
@@ -1281,16 +1293,7 @@ An epilogue with quince.\r\n";
             r#"require ["vacation", "fileinto"]; fileinto "x"; vacation "a"; vacation "b";"#,
         )
         .unwrap();
-        let error = twice
-            .run(&Input {
-                message: MESSAGE,
-                envelope_from: "coyote@desert.example.org",
-                envelope_to: "roadrunner@acme.example.com",
-                delimiter: '+',
-                mailbox_exists: &|_| false,
-                list: &|_| None,
-            })
-            .unwrap_err();
+        let error = twice.run(&bare(MESSAGE)).unwrap_err();
         assert!(error.message.contains("twice"), "{error}");
     }
 
@@ -1408,16 +1411,7 @@ Date: Mon, 23 Nov 2026 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n";
         big.extend(std::iter::repeat_n(b'a', 1 << 20));
         big.extend_from_slice(b"\r\nSubject: \xff\xfe broken \xc3\r\nContent-Type: multipart/mixed; boundary=\"never\"\r\n\r\n--nev\r\nneedle\r\n");
         let started = Instant::now();
-        let actions = script
-            .run(&Input {
-                message: &big,
-                envelope_from: "",
-                envelope_to: "",
-                delimiter: '+',
-                mailbox_exists: &|_| false,
-                list: &|_| None,
-            })
-            .unwrap();
+        let actions = script.run(&bare(&big)).unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -1480,14 +1474,7 @@ Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n";
         }
         let compiled = Script::compile(&script).unwrap();
         let started = Instant::now();
-        let _result = compiled.run(&Input {
-            message: MESSAGE,
-            envelope_from: "",
-            envelope_to: "",
-            delimiter: '+',
-            mailbox_exists: &|_| false,
-            list: &|_| None,
-        });
+        let _result = compiled.run(&bare(MESSAGE));
         // Ended by the comparison budget or done: either way, soon.
         assert!(started.elapsed() < Duration::from_secs(5));
     }
@@ -1506,14 +1493,7 @@ Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nbody\r\n";
         big.extend(std::iter::repeat_n(b'a', 1 << 20));
         big.extend_from_slice(b"\r\n\r\nbody\r\n");
         let started = Instant::now();
-        let result = compiled.run(&Input {
-            message: &big,
-            envelope_from: "",
-            envelope_to: "",
-            delimiter: '+',
-            mailbox_exists: &|_| false,
-            list: &|_| None,
-        });
+        let result = compiled.run(&bare(&big));
         let took = started.elapsed();
         assert!(took < MAX_TIME + Duration::from_secs(1), "{took:?}");
         let error = result.unwrap_err();
